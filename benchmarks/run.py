@@ -1,0 +1,674 @@
+"""Benchmark runner: clarion vs nchan vs Node reference servers, same run, same machine.
+
+    .venv/bin/python -m benchmarks.run --scenarios p1,p2,p3,p4,p5 --sizes 1000,10000 --duration 10
+
+Each measurement starts a fresh server pinned to core 1 (``taskset -c 1``), runs the load
+generator (``benchmarks/loadgen.py``) pinned to core 0 against it on loopback, and stops the
+server by its pid. Results go to ``benchmarks/results/<timestamp>.json`` (raw), a table on
+stdout, ``BENCHMARKS.md`` (ratios to the references, absolute figures, versions, machine load,
+the exact commands) and a plot (``benchmarks/img/fanout.png``).
+
+Scenarios:
+  p1  WebSocket fan-out at saturation (closed loop), one channel, --sizes subscribers
+  p2  publish-to-receive latency at --p2-subscribers x --p2-rate publications/s (WebSocket)
+  p3  server RSS per idle subscribed WebSocket connection at --p3-connections
+  p4  SSE fan-out at saturation, --sizes subscribers
+  p5  reconnect storm: --p5-clients dropped at once resume with their cursor (clarion only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import servers as srv
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SERVER_CORE = 1
+GENERATOR_CORE = 0
+ALL_SCENARIOS = ("p1", "p2", "p3", "p4", "p5")
+ALL_SERVERS = ("clarion", "nchan", "node")
+Record = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Running one measurement
+
+
+def loadgen_command(args: dict[str, Any]) -> list[str]:
+    cmd = [
+        "taskset",
+        "-c",
+        str(GENERATOR_CORE),
+        sys.executable,
+        "-m",
+        "benchmarks.loadgen",
+    ]
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, list):
+            for v in value:
+                cmd += [flag, str(v)]
+        else:
+            cmd += [flag, str(value)]
+    return cmd
+
+
+def measure(
+    scenario: str,
+    server: str,
+    transport: str,
+    lg_args: dict[str, Any],
+    workroot: Path,
+    log_dir: Path,
+) -> Record:
+    rec: Record = {"scenario": scenario, "server": server, "transport": transport}
+    rec["subscribers"] = lg_args.get("subscribers")
+    t0 = time.monotonic()
+    try:
+        server_proc = srv.start_server(server, transport, workroot, core=SERVER_CORE)
+    except srv.ServerError as exc:
+        rec["error"] = f"server failed to start: {exc}"
+        return rec
+    rec["server_command"] = shlex.join(server_proc.command)
+    rec["server_env"] = server_proc.env
+    try:
+        time.sleep(0.3)
+        args = dict(lg_args)
+        args.update(server=server, transport=transport, port=server_proc.port)
+        args["server_pid"] = [server_proc.pid]
+        budget = float(args.get("timeout", 240))
+        cmd = loadgen_command(args)
+        rec["loadgen_command"] = shlex.join(cmd)
+        name = f"{scenario}-{server}-{transport}-{lg_args.get('subscribers')}"
+        try:
+            out = subprocess.run(
+                cmd, cwd=REPO, capture_output=True, timeout=budget + 60, check=False
+            )
+        except subprocess.TimeoutExpired:
+            rec["error"] = f"load generator timed out after {budget + 60:.0f}s"
+            return rec
+        (log_dir / f"{name}.stderr").write_bytes(out.stderr)
+        lines = out.stdout.decode(errors="replace").strip().splitlines()
+        try:
+            result = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            rec["error"] = "load generator printed no result: " + out.stderr.decode()[-500:]
+            return rec
+        result.pop("config", None)
+        rec["result"] = result
+        if "error" in result:
+            rec["error"] = result["error"]
+        if not server_proc.alive():
+            rec["error"] = "server died during the run: " + server_proc.log_tail(5)
+    finally:
+        server_proc.stop()
+        (log_dir / f"{scenario}-{server}-{transport}-server.log").write_text(
+            server_proc.log_tail(200)
+        )
+    rec["seconds"] = round(time.monotonic() - t0, 1)
+    return rec
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+
+
+def fnum(x: Any, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float | int) and digits == 0:
+        return f"{x:,.0f}"
+    return f"{x:,.{digits}f}"
+
+
+def pct(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.0f}%"
+
+
+def flags(rec: Record) -> str:
+    if "error" in rec:
+        return "ERROR: " + str(rec["error"])[:120]
+    r = rec.get("result", {})
+    out = []
+    if r.get("generator_saturated"):
+        out.append("GEN-BOUND")
+    if r.get("exact") is False:
+        out.append(f"INEXACT (lost {r.get('lost', '?')})")
+    other = other_load(rec)
+    if other is not None and other > 0.15:
+        out.append(f"NOISY (other load on core {SERVER_CORE}: {other:.0%})")
+    return ", ".join(out) or "ok"
+
+
+def other_load(rec: Record) -> float | None:
+    r = rec.get("result", {})
+    cores = r.get("core_busy") or {}
+    busy = cores.get(f"cpu{SERVER_CORE}")
+    cpu = r.get("server_cpu_fraction")
+    if busy is None or cpu is None:
+        return None
+    return max(0.0, float(busy) - float(cpu))
+
+
+def valid_throughput(rec: Record) -> bool:
+    r = rec.get("result", {})
+    return "error" not in rec and bool(r.get("exact")) and not r.get("generator_saturated")
+
+
+def find(records: list[Record], scenario: str, server: str, size: int | None = None) -> Record:
+    for rec in records:
+        if (
+            rec["scenario"] == scenario
+            and rec["server"] == server
+            and (size is None or rec.get("subscribers") == size)
+        ):
+            return rec
+    return {}
+
+
+def ratio(a: Any, b: Any) -> str:
+    try:
+        if a and b:
+            return f"{float(a) / float(b):.2f}x"
+    except (TypeError, ValueError):
+        pass
+    return "-"
+
+
+def fanout_tables(records: list[Record], scenario: str, sizes: list[int]) -> list[str]:
+    rows = [
+        "| server | subscribers | deliveries/s | server CPU | deliveries per server CPU-s "
+        "| generator CPU | p50 / p99 ms | exact | flags |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for size in sizes:
+        for server in ALL_SERVERS:
+            rec = find(records, scenario, server, size)
+            if not rec:
+                continue
+            r = rec.get("result", {})
+            rows.append(
+                f"| {server} | {size:,} | {fnum(r.get('deliveries_per_s'))} "
+                f"| {pct(r.get('server_cpu_fraction'))} "
+                f"| {fnum(r.get('deliveries_per_server_cpu_s'))} "
+                f"| {pct(r.get('generator_cpu_fraction'))} "
+                f"| {fnum(r.get('latency_p50_ms'), 1)} / {fnum(r.get('latency_p99_ms'), 1)} "
+                f"| {'yes' if r.get('exact') else 'no'} | {flags(rec)} |"
+            )
+    rows += [
+        "",
+        "| subscribers | clarion/nchan deliveries/s | clarion/nchan per CPU-s "
+        "| clarion/node deliveries/s | clarion/node per CPU-s |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for size in sizes:
+        c = find(records, scenario, "clarion", size).get("result", {})
+        n = find(records, scenario, "nchan", size).get("result", {})
+        o = find(records, scenario, "node", size).get("result", {})
+        key, cpu = "deliveries_per_s", "deliveries_per_server_cpu_s"
+        rows.append(
+            f"| {size:,} | {ratio(c.get(key), n.get(key))} | {ratio(c.get(cpu), n.get(cpu))} "
+            f"| {ratio(c.get(key), o.get(key))} | {ratio(c.get(cpu), o.get(cpu))} |"
+        )
+    return rows
+
+
+def plot(records: list[Record], sizes: list[int], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = [
+        ("p1", "deliveries_per_s", "WebSocket fan-out: deliveries/s"),
+        ("p4", "deliveries_per_s", "SSE fan-out: deliveries/s"),
+        ("p1", "deliveries_per_server_cpu_s", "WebSocket: deliveries per server CPU-second"),
+        ("p4", "deliveries_per_server_cpu_s", "SSE: deliveries per server CPU-second"),
+    ]
+    present = [p for p in panels if any(r["scenario"] == p[0] for r in records)]
+    if not present:
+        return False
+    cols = 2 if len(present) > 1 else 1
+    rows = math.ceil(len(present) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
+    styles = {"clarion": "o-", "nchan": "s--", "node": "^-."}
+    for ax, (scenario, key, title) in zip(axes.flat, present, strict=False):
+        for server in ALL_SERVERS:
+            xs, ys = [], []
+            for size in sizes:
+                r = find(records, scenario, server, size).get("result", {})
+                if r.get(key):
+                    xs.append(size)
+                    ys.append(r[key])
+            if xs:
+                ax.plot(xs, ys, styles[server], label=server)
+        ax.set_xscale("log")
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([f"{s:,}" for s in sizes])
+        ax.set_xlabel("subscribers (one channel)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(bottom=0)
+        ax.legend()
+    for ax in list(axes.flat)[len(present) :]:
+        ax.axis("off")
+    fig.suptitle("clarion vs nchan vs Node (server on 1 core, loopback, ~100-byte JSON)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def machine_info() -> dict[str, str]:
+    info = {"cores": str(os.cpu_count()), "platform": platform.platform()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory"] = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    except OSError:
+        pass
+    return info
+
+
+def render(report: dict[str, Any], plot_rel: str | None) -> str:
+    records: list[Record] = report["records"]
+    sizes: list[int] = report["sizes"]
+    args = report["args"]
+    out: list[str] = ["# clarion benchmarks", ""]
+    out += [
+        f"Generated by `benchmarks/run.py` on {report['date']} (UTC), in one run on one machine. "
+        "Re-run to refresh; every figure below comes from the same run.",
+        "",
+    ]
+    # headline
+    head = []
+    for scenario, label in (("p1", "WebSocket"), ("p4", "SSE")):
+        for size in sizes:
+            c = find(records, scenario, "clarion", size).get("result", {})
+            n = find(records, scenario, "nchan", size).get("result", {})
+            if c and n:
+                per_s = ratio(c.get("deliveries_per_s"), n.get("deliveries_per_s"))
+                cpu_key = "deliveries_per_server_cpu_s"
+                per_cpu = ratio(c.get(cpu_key), n.get(cpu_key))
+                head.append(
+                    f"- {label} fan-out, {size:,} subscribers: clarion/nchan = **{per_s}** "
+                    f"deliveries/s, **{per_cpu}** deliveries per server CPU-second"
+                )
+    if head:
+        out += ["## Summary (ratios to the reference, same run)", "", *head, ""]
+    skipped = report.get("skipped", {})
+    if skipped:
+        out += ["Servers not measured in this run:", ""]
+        out += [f"- **{k}**: {v}" for k, v in skipped.items()]
+        out += [""]
+
+    out += [
+        "## Method",
+        "",
+        f"- Each server runs alone on core {SERVER_CORE} (`taskset -c {SERVER_CORE}`), started "
+        "fresh for each measurement; the load generator runs on core "
+        f"{GENERATOR_CORE} (`taskset -c {GENERATOR_CORE}`); loopback only.",
+        f"- Publications: {args['payload_size']}-byte JSON documents on one channel, published "
+        "over keep-alive HTTP/1.1 (`POST /api/publish` for clarion, nchan's publisher location, "
+        "`POST /pub` for the Node servers), one request in flight per publisher connection.",
+        f"- Saturation (P1, P4) is a closed loop: at most {args['window']} publications are in "
+        "flight (published but not yet delivered to every subscriber), so the server is "
+        "driven as fast as it fans out, without unbounded queues.",
+        f"- Measured over {args['duration']} s after {args['warmup']} s of warm-up. "
+        "deliveries/s = messages received by all subscribers / wall time. "
+        "Server CPU = utime+stime of the server's processes (/proc/<pid>/stat) / wall time; "
+        "deliveries per server CPU-second = deliveries/s / that fraction: it stays fair when "
+        "the generator, not the server, is the limit.",
+        "- The generator counts WebSocket frames by walking frame headers (SSE: counting "
+        f"`data:` lines); {args['sample']:.0%} of subscribers parse every message for latency "
+        "(each publication carries its send time). After publishing stops it waits for every "
+        "delivery: `exact` = received == publications x subscribers.",
+        "- Flags: GEN-BOUND = the generator used >= 90 % of its core, so deliveries/s is a lower "
+        "bound for that server (use the per-CPU-second figure); NOISY = other processes "
+        f"used > 15 % of core {SERVER_CORE} during the window; INEXACT = deliveries lost.",
+        "",
+    ]
+    scen = report["scenarios"]
+    if "p1" in scen:
+        out += ["## P1 - WebSocket fan-out at saturation", ""]
+        out += fanout_tables(records, "p1", sizes)
+        out += [""]
+        if plot_rel:
+            out += [f"![deliveries/s vs subscribers]({plot_rel})", ""]
+    if "p2" in scen:
+        out += [
+            f"## P2 - latency, {args['p2_subscribers']:,} subscribers x "
+            f"{args['p2_rate']:g} publications/s (WebSocket)",
+            "",
+            "| server | p50 ms | p99 ms | max ms | samples | deliveries/s | server CPU "
+            "| generator CPU | exact | flags |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        ]
+        for server in ALL_SERVERS:
+            rec = find(records, "p2", server)
+            if not rec:
+                continue
+            r = rec.get("result", {})
+            out.append(
+                f"| {server} | {fnum(r.get('latency_p50_ms'), 2)} "
+                f"| {fnum(r.get('latency_p99_ms'), 2)} | {fnum(r.get('latency_max_ms'), 2)} "
+                f"| {fnum(r.get('latency_samples'))} | {fnum(r.get('deliveries_per_s'))} "
+                f"| {pct(r.get('server_cpu_fraction'))} "
+                f"| {pct(r.get('generator_cpu_fraction'))} "
+                f"| {'yes' if r.get('exact') else 'no'} | {flags(rec)} |"
+            )
+        c = find(records, "p2", "clarion").get("result", {})
+        n = find(records, "p2", "nchan").get("result", {})
+        if c and n:
+            out += [
+                "",
+                f"clarion/nchan p50: {ratio(c.get('latency_p50_ms'), n.get('latency_p50_ms'))}, "
+                f"p99: {ratio(c.get('latency_p99_ms'), n.get('latency_p99_ms'))} (lower is "
+                "better).",
+            ]
+        out += [""]
+    if "p3" in scen:
+        out += [
+            f"## P3 - memory per idle subscribed WebSocket, {args['p3_connections']:,} connections",
+            "",
+            "RSS of the server's processes after the connections subscribed, minus before "
+            "(after a warm-up with 50 connections and one publication), divided by N; "
+            "then one publication checks all N are live.",
+            "",
+            "| server | RSS before MiB | RSS after MiB | bytes per connection | all live | flags |",
+            "|---|---:|---:|---:|---|---|",
+        ]
+        for server in ALL_SERVERS:
+            rec = find(records, "p3", server)
+            if not rec:
+                continue
+            r = rec.get("result", {})
+            mib = 1024 * 1024
+            out.append(
+                f"| {server} | {fnum((r.get('rss_before_bytes') or 0) / mib, 1)} "
+                f"| {fnum((r.get('rss_after_bytes') or 0) / mib, 1)} "
+                f"| {fnum(r.get('rss_per_connection_bytes'))} "
+                f"| {'yes' if r.get('exact') else 'no'} | {flags(rec)} |"
+            )
+        c = find(records, "p3", "clarion").get("result", {})
+        n = find(records, "p3", "nchan").get("result", {})
+        if c and n:
+            out += [
+                "",
+                "clarion/nchan bytes per connection: "
+                f"{ratio(c.get('rss_per_connection_bytes'), n.get('rss_per_connection_bytes'))}",
+            ]
+        out += [""]
+    if "p4" in scen:
+        out += ["## P4 - Server-Sent Events fan-out at saturation", ""]
+        out += fanout_tables(records, "p4", sizes)
+        out += [""]
+    if "p5" in scen:
+        out += [
+            f"## P5 - reconnect storm, {args['p5_clients']:,} clients (clarion)",
+            "",
+            f"All clients subscribed, publications at {args['p5_rate']:g}/s; after "
+            "3 s every connection is dropped at once (RST) and reconnects immediately with "
+            "`subscribe` + `since: <last cursor>`. Passes when all have resumed and caught up "
+            "within 10 s with no gap, no duplicate and no reset.",
+            "",
+        ]
+        rec = find(records, "p5", "clarion")
+        if rec:
+            r = rec.get("result", {})
+            out += [
+                "| reconnect (connect+subscribe) s | resumed and caught up s | gaps | duplicates "
+                "| resets | lost | passed |",
+                "|---:|---:|---:|---:|---:|---:|---|",
+                f"| {fnum(r.get('reconnect_connect_seconds'), 2)} "
+                f"| {fnum(r.get('reconnect_resume_seconds'), 2)} | {fnum(r.get('gaps'))} "
+                f"| {fnum(r.get('duplicates'))} | {fnum(r.get('resets'))} "
+                f"| {fnum(r.get('lost'))} | {'**yes**' if r.get('passed') else '**no**'} |",
+            ]
+            if "error" in rec:
+                out += ["", f"Error: {rec['error']}"]
+        else:
+            out += ["Not measured (clarion not available)."]
+        out += [""]
+
+    out += ["## Machine and load during the run", ""]
+    m = report["machine"]
+    out += [f"- {k}: {v}" for k, v in m.items()]
+    out += [
+        f"- load average before: {report['loadavg_before']}, after: {report['loadavg_after']}",
+        "- per measurement (generator CPU on its core; busy fraction of each core; "
+        "other load on the server core):",
+        "",
+        "| scenario | server | N | generator CPU | cpu0 busy | cpu1 busy | other on server core "
+        "| loadavg |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for rec in records:
+        r = rec.get("result", {})
+        cores = r.get("core_busy") or {}
+        la = r.get("loadavg")
+        out.append(
+            f"| {rec['scenario']} | {rec['server']} | {fnum(rec.get('subscribers'))} "
+            f"| {pct(r.get('generator_cpu_fraction'))} | {pct(cores.get('cpu0'))} "
+            f"| {pct(cores.get('cpu1'))} | {pct(other_load(rec))} "
+            f"| {' '.join(f'{x:.2f}' for x in la) if la else '-'} |"
+        )
+    out += ["", "## Versions", ""]
+    out += [f"- {k}: {v}" for k, v in report["versions"].items()]
+    out += [
+        "",
+        "## Commands",
+        "",
+        "Reproduce (as root; `benchmarks/setup.sh` installs nginx + nchan from Debian, the "
+        "Node `ws` package and matplotlib when missing):",
+        "",
+        "```sh",
+        report["command"],
+        "```",
+        "",
+        "Exact commands of this run (ports are free loopback ports picked per measurement; "
+        "clarion also got the environment shown, so that per-IP connection limits do not cap "
+        "the runs):",
+        "",
+        "```sh",
+    ]
+    seen = set()
+    for rec in records:
+        for key in ("server_command", "loadgen_command"):
+            cmd = rec.get(key)
+            if cmd and cmd not in seen:
+                seen.add(cmd)
+                if key == "server_command" and rec.get("server_env"):
+                    env = " ".join(f"{k}={v}" for k, v in rec["server_env"].items())
+                    cmd = f"{env} {cmd}"
+                out.append(cmd)
+    out += ["```", ""]
+    return "\n".join(out)
+
+
+def print_table(records: list[Record]) -> None:
+    print(
+        f"{'scen':4} {'server':8} {'tr':3} {'N':>6} {'deliv/s':>10} {'srvCPU':>6} "
+        f"{'per CPU-s':>10} {'genCPU':>6} {'p50ms':>7} {'p99ms':>7} {'B/conn':>7}  flags"
+    )
+    for rec in records:
+        r = rec.get("result", {})
+        extra = ""
+        if rec["scenario"] == "p5":
+            extra = (
+                f" resume={fnum(r.get('reconnect_resume_seconds'), 2)}s lost={r.get('lost')} "
+                f"passed={r.get('passed')}"
+            )
+        print(
+            f"{rec['scenario']:4} {rec['server']:8} {rec['transport']:3} "
+            f"{fnum(rec.get('subscribers')):>6} {fnum(r.get('deliveries_per_s')):>10} "
+            f"{pct(r.get('server_cpu_fraction')):>6} "
+            f"{fnum(r.get('deliveries_per_server_cpu_s')):>10} "
+            f"{pct(r.get('generator_cpu_fraction')):>6} {fnum(r.get('latency_p50_ms'), 1):>7} "
+            f"{fnum(r.get('latency_p99_ms'), 1):>7} {fnum(r.get('rss_per_connection_bytes')):>7}"
+            f"  {flags(rec)}{extra}",
+            flush=True,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    p.add_argument("--scenarios", default="p1,p2,p3,p4,p5")
+    p.add_argument("--servers", default="clarion,nchan,node")
+    p.add_argument("--sizes", default="1000,10000", help="subscriber counts for P1 and P4")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--window", type=int, default=8, help="saturation: publications in flight")
+    p.add_argument("--payload-size", type=int, default=100)
+    p.add_argument("--sample", type=float, default=0.01, help="fraction parsing every frame")
+    p.add_argument("--p2-subscribers", type=int, default=1000)
+    p.add_argument("--p2-rate", type=float, default=100.0)
+    p.add_argument("--p3-connections", type=int, default=10000)
+    p.add_argument("--p5-clients", type=int, default=10000)
+    p.add_argument("--p5-rate", type=float, default=5.0)
+    p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="'-' to skip")
+    p.add_argument("--plot", default=str(HERE / "img" / "fanout.png"))
+    p.add_argument("--results-dir", default=str(HERE / "results"))
+    p.add_argument("--no-install", action="store_true", help="do not apt-get/npm install")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+    wanted = [s.strip() for s in a.servers.split(",") if s.strip()]
+    sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
+    for s in scenarios:
+        if s not in ALL_SCENARIOS:
+            raise SystemExit(f"unknown scenario {s}")
+    for s in wanted:
+        if s not in ALL_SERVERS:
+            raise SystemExit(f"unknown server {s}")
+    if os.cpu_count() is not None and (os.cpu_count() or 0) < 2:
+        raise SystemExit("needs 2 cores: one for the server, one for the load generator")
+    os.sched_setaffinity(0, {GENERATOR_CORE})  # keep the runner off the server's core
+    nofile = srv.raise_nofile()
+    results_dir = Path(a.results_dir)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = results_dir / stamp
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workroot = Path(tempfile.mkdtemp(prefix="clarion-bench-"))
+
+    skipped: dict[str, str] = {}
+    if "nchan" in wanted and (why := srv.ensure_nchan(not a.no_install)):
+        skipped["nchan"] = why
+    if "node" in wanted and (why := srv.ensure_node(not a.no_install)):
+        skipped["node"] = why
+    if "clarion" in wanted and (why := srv.clarion_probe(workroot)):
+        skipped["clarion"] = "`clarion serve` did not start: " + why
+    active = [s for s in wanted if s not in skipped]
+    for name, why in skipped.items():
+        print(f"skipping {name}: {why}", flush=True)
+    print(f"servers: {', '.join(active)}; fd limit {nofile}; logs in {log_dir}", flush=True)
+
+    common = {
+        "duration": a.duration,
+        "warmup": a.warmup,
+        "payload_size": a.payload_size,
+        "timeout": a.warmup + a.duration + 150,
+    }
+    plan: list[tuple[str, str, str, dict[str, Any]]] = []
+    for scenario in scenarios:
+        if scenario in ("p1", "p4"):
+            transport = "ws" if scenario == "p1" else "sse"
+            for size in sizes:
+                for server in active:
+                    args = dict(common, mode="saturate", subscribers=size, window=a.window)
+                    args["sample"] = a.sample
+                    plan.append((scenario, server, transport, args))
+        elif scenario == "p2":
+            for server in active:
+                args = dict(common, mode="rate", subscribers=a.p2_subscribers, rate=a.p2_rate)
+                args["sample"] = max(a.sample, 0.05)
+                plan.append((scenario, server, "ws", args))
+        elif scenario == "p3":
+            for server in active:
+                args = dict(common, mode="idle", subscribers=a.p3_connections, sample=0)
+                plan.append((scenario, server, "ws", args))
+        elif scenario == "p5" and "clarion" in active:
+            args = dict(common, mode="storm", subscribers=a.p5_clients, rate=a.p5_rate)
+            args.update(sample=0, duration=3.0)
+            plan.append((scenario, "clarion", "ws", args))
+
+    report: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+        "command": shlex.join(
+            [".venv/bin/python", "-m", "benchmarks.run", *(argv or sys.argv[1:])]
+        ),
+        "args": vars(a),
+        "scenarios": scenarios,
+        "sizes": sizes,
+        "skipped": skipped,
+        "machine": machine_info(),
+        "versions": srv.versions(),
+        "loadavg_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "records": [],
+    }
+    records: list[Record] = report["records"]
+    try:
+        for i, (scenario, server, transport, args) in enumerate(plan, 1):
+            print(
+                f"[{i}/{len(plan)}] {scenario} {server} {transport} N={args['subscribers']}",
+                flush=True,
+            )
+            rec = measure(scenario, server, transport, args, workroot, log_dir)
+            records.append(rec)
+            print_table([rec])
+            time.sleep(1.0)
+    finally:
+        report["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        raw = results_dir / f"{stamp}.json"
+        raw.write_text(json.dumps(report, indent=1, default=str))
+        print(f"\nraw results: {raw}")
+    print()
+    print_table(records)
+    plot_path = Path(a.plot)
+    plot_rel = None
+    if a.out != "-" and plot(records, sizes, plot_path):
+        out_dir = Path(a.out).resolve().parent
+        plot_rel = os.path.relpath(plot_path.resolve(), out_dir)
+        print(f"plot: {plot_path}")
+    if a.out != "-":
+        Path(a.out).write_text(render(report, plot_rel))
+        print(f"report: {a.out}")
+    return 0 if all("error" not in r for r in records) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The ASGI adapter: HTTP API, WebSocket and HTTP streaming endpoints over the core hub."""

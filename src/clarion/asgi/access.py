@@ -1,0 +1,119 @@
+"""Who is calling: API keys, connection tokens and browser origins, read from ASGI scopes."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from clarion.core.auth import Credentials
+from clarion.core.hub import Hub
+from clarion.errors import Forbidden, Unauthorized
+
+TOKEN_COOKIE = "clarion_token"
+
+Scope = Mapping[str, Any]
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            try:
+                return str(value.decode("latin-1"))
+            except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes everything
+                return None
+    return None
+
+
+def query(scope: Scope) -> dict[str, list[str]]:
+    raw = scope.get("query_string", b"")
+    try:
+        return parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=600)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+
+
+def client_ip(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def check_api_key(hub: Hub, scope: Scope) -> None:
+    """Require ``Authorization: apikey <key>`` when keys are configured (constant-time compare)."""
+    keys = hub.settings.api_keys
+    if not keys:
+        return
+    value = header(scope, b"authorization") or ""
+    scheme, _, given = value.partition(" ")
+    if scheme.lower() != "apikey" or not given:
+        raise Unauthorized("this endpoint needs 'Authorization: apikey <key>'")
+    given_b = given.strip().encode()
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(given_b, key.encode())
+    if not ok:
+        raise Unauthorized("wrong API key")
+
+
+def token_from(scope: Scope) -> str | None:
+    """The connection token from the Authorization header, the ``token`` query or the cookie."""
+    value = header(scope, b"authorization")
+    if value:
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            return token.strip()
+    tokens = query(scope).get("token")
+    if tokens:
+        return tokens[0]
+    cookie = header(scope, b"cookie")
+    if cookie:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(cookie)
+        except CookieError:
+            return None
+        morsel = jar.get(TOKEN_COOKIE)
+        if morsel is not None and morsel.value:
+            return morsel.value
+    return None
+
+
+def credentials_for(hub: Hub, scope: Scope) -> Credentials:
+    token = token_from(scope)
+    if token is None:
+        return hub.auth.anonymous()
+    return hub.auth.verify(token)
+
+
+def origin_allowed(hub: Hub, scope: Scope) -> bool:
+    """Cross-site WebSocket hijacking and CORS: is the browser origin allowed?"""
+    origin = header(scope, b"origin")
+    settings = hub.settings
+    if origin is None:
+        return settings.allow_no_origin
+    allowed = settings.allowed_origins
+    if "*" in allowed or origin in allowed:
+        return True
+    if settings.development_mode and not allowed:
+        return True
+    # Same-origin requests are always fine: compare the Origin's host with the Host header.
+    host = header(scope, b"host")
+    return host is not None and urlsplit(origin).netloc == host
+
+
+def check_origin(hub: Hub, scope: Scope) -> None:
+    if not origin_allowed(hub, scope):
+        raise Forbidden("origin not allowed", code="origin_forbidden")
+
+
+def cors_headers(hub: Hub, scope: Scope) -> list[tuple[bytes, bytes]]:
+    origin = header(scope, b"origin")
+    if origin is None or not origin_allowed(hub, scope):
+        return []
+    return [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-allow-credentials", b"true"),
+        (b"vary", b"Origin"),
+    ]

@@ -1,0 +1,62 @@
+"""The hub's ASGI application: every endpoint of the public contract under one router."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from clarion.asgi.api import ServerAPI
+from clarion.asgi.openapi import document
+from clarion.asgi.responses import (
+    JSONResponse,
+    error_body,
+    handle_clarion_error,
+    handle_unexpected,
+)
+from clarion.asgi.websocket import ClarionWebSocket
+from clarion.core.hub import Hub
+from clarion.errors import ClarionError
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_body(code, str(exc.detail), exc.status_code)
+
+
+def build_app(hub: Hub, *, lifespan: bool = False) -> Starlette:
+    """The ASGI app of ``hub``.
+
+    Mounted in a host application, the host's lifespan starts the hub (``hub.lifespan``);
+    ``lifespan=True`` makes the app run it itself, as ``clarion serve`` does.
+    """
+    api = ServerAPI(hub)
+    openapi = document()
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi)
+
+    routes: list[BaseRoute] = [
+        Route("/api/publish", api.publish, methods=["POST"]),
+        Route("/api/broadcast", api.broadcast, methods=["POST"]),
+        Route("/api/history", api.history, methods=["GET"]),
+        Route("/api/presence", api.presence, methods=["GET"]),
+        Route("/api/channels", api.channels, methods=["GET"]),
+        Route("/api/disconnect", api.disconnect, methods=["POST"]),
+        Route("/api/openapi.json", openapi_json, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        WebSocketRoute("/ws", ClarionWebSocket(hub)),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=hub.lifespan if lifespan else None,
+        exception_handlers={
+            ClarionError: handle_clarion_error,
+            HTTPException: _http_error,
+            Exception: handle_unexpected,
+        },
+    )

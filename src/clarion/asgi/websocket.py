@@ -1,0 +1,211 @@
+"""``GET /ws``: the clarion JSON protocol over WebSocket (subprotocol ``clarion.v1``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from clarion.asgi import access
+from clarion.asgi.wstransport import FAST_WEBSOCKET, AsgiTransport, FastTransport
+from clarion.core.hub import Hub
+from clarion.core.session import Session, SubscribeResult
+from clarion.errors import ClarionError, Forbidden, LimitExceeded, Unauthorized
+from clarion.protocol import messages
+from clarion.protocol.codes import CloseCode
+from clarion.protocol.messages import Command, CommandError
+
+log = logging.getLogger("clarion.ws")
+
+MAX_BAD_FRAMES = 20  # malformed frames tolerated per connection before it is closed
+
+
+def _limit_close_code(exc: LimitExceeded) -> int:
+    return CloseCode.NODE_FULL if exc.code == "node_full" else CloseCode.TOO_MANY_CONNECTIONS
+
+
+class ClarionWebSocket:
+    """An ASGI application for one endpoint; one instance serves every connection."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        hub = self.hub
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        try:
+            access.check_origin(hub, scope)
+            credentials = access.credentials_for(hub, scope)
+        except (Forbidden, Unauthorized) as exc:
+            log.info("websocket refused: %s", exc.message)
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+            return
+        if hub.closing:
+            await send({"type": "websocket.close", "code": CloseCode.SHUTDOWN})
+            return
+        subprotocol = (
+            messages.SUBPROTOCOL if messages.SUBPROTOCOL in scope.get("subprotocols", ()) else None
+        )
+        await send({"type": "websocket.accept", "subprotocol": subprotocol})
+
+        session: Session | None = None
+
+        def overflow() -> None:
+            if session is not None and not session.closed:
+                hub.stats.slow_disconnects += 1
+                session.close(CloseCode.SLOW)
+
+        limit = hub.settings.limits.send_queue_bytes
+        fast = scope.get("extensions", {}).get(FAST_WEBSOCKET)
+        transport: FastTransport | AsgiTransport
+        if fast is not None:
+            transport = FastTransport(fast["connection"], limit, overflow)
+        else:
+            transport = AsgiTransport(send, limit, overflow)
+        try:
+            session = hub.open_session(transport, credentials, access.client_ip(scope))
+        except LimitExceeded as exc:
+            transport.close(_limit_close_code(exc), exc.message)
+            await self._drain_until_closed(receive, transport)
+            return
+        handler = _Connection(hub, session, transport)
+        try:
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.disconnect":
+                    break
+                if kind != "websocket.receive":
+                    continue
+                text = message.get("text")
+                if text is None:
+                    session.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
+                    continue
+                if session.closed:
+                    continue
+                await handler.handle(text)
+        finally:
+            hub.close_session(session, CloseCode.NORMAL)
+            if isinstance(transport, AsgiTransport):
+                await transport.stop()
+
+    @staticmethod
+    async def _drain_until_closed(receive: Any, transport: FastTransport | AsgiTransport) -> None:
+        if isinstance(transport, AsgiTransport):
+            await transport.stop()
+            return
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+
+class _Connection:
+    """Carries out one session's commands in the order they arrive."""
+
+    __slots__ = ("bad_frames", "hub", "session", "transport")
+
+    def __init__(self, hub: Hub, session: Session, transport: FastTransport | AsgiTransport):
+        self.hub = hub
+        self.session = session
+        self.transport = transport
+        self.bad_frames = 0
+
+    async def handle(self, text: str) -> None:
+        rid = None
+        try:
+            command = messages.parse_command(text)
+            rid = command.id
+            result = await self.dispatch(command)
+            if result is not None:
+                self.transport.reply(messages.encode_ok(rid, result))
+        except CommandError as exc:
+            self._error(exc.request_id, exc)
+            self.bad_frames += 1
+            if self.bad_frames > MAX_BAD_FRAMES:
+                self.session.close(CloseCode.BAD_REQUEST)
+        except ClarionError as exc:
+            self._error(rid, exc)
+            if exc.code == "token_expired":
+                self.session.close(CloseCode.TOKEN_EXPIRED)
+        except Exception:
+            log.exception("command failed")
+            self._error(rid, ClarionError("internal error", code="internal"))
+
+    def _error(self, rid: messages.RequestId, exc: ClarionError) -> None:
+        self.hub.stats.errors[exc.code] += 1
+        self.transport.reply(messages.encode_error(rid, exc))
+
+    async def dispatch(self, cmd: Command) -> dict[str, Any] | None:
+        hub, session = self.hub, self.session
+        op = cmd.op
+        if op == "ping":
+            return {}
+        if op == "subscribe":
+            assert cmd.channel is not None
+            rid = cmd.id
+
+            def ready(result: SubscribeResult) -> None:
+                self.transport.reply(messages.encode_ok(rid, result.to_dict()))
+
+            await session.subscribe(
+                cmd.channel,
+                self.transport.fmt,
+                self.transport.push,
+                since=cmd.since,
+                on_ready=ready,
+            )
+            return None
+        if op == "unsubscribe":
+            assert cmd.channel is not None
+            if not await session.unsubscribe(cmd.channel):
+                raise ClarionError(f"not subscribed to {cmd.channel!r}", code="not_subscribed")
+            return {}
+        if op == "publish":
+            assert cmd.channel is not None
+            pub = await session.publish(cmd.channel, cmd.data, idempotency_key=cmd.publication_id)
+            return {"offset": pub.offset, "epoch": pub.epoch, "cursor": hub.cursor_of(pub)}
+        if op == "history":
+            assert cmd.channel is not None
+            hub.auth.check_subscribe(session.credentials, cmd.channel)
+            history, reason = await hub.history(cmd.channel, since=cmd.since, limit=cmd.limit)
+            return history_body(hub, cmd.channel, history, reason)
+        if op == "presence":
+            assert cmd.channel is not None
+            hub.auth.check_subscribe(session.credentials, cmd.channel)
+            return {"clients": [e.to_dict() for e in await hub.presence(cmd.channel)]}
+        if op in ("connect", "refresh"):
+            return self.authenticate(cmd)
+        raise CommandError(f"unknown op {op!r}", cmd.id, code="unknown_op")  # pragma: no cover
+
+    def authenticate(self, cmd: Command) -> dict[str, Any]:
+        hub, session = self.hub, self.session
+        credentials = hub.auth.anonymous() if cmd.token is None else hub.auth.verify(cmd.token)
+        if cmd.op == "refresh" and credentials.user != session.user:
+            raise Forbidden("a refreshed token must be for the same user")
+        if cmd.op == "connect" and session.subscriptions and credentials.user != session.user:
+            raise Forbidden("connect must come before the first subscribe")
+        hub.set_credentials(session, credentials)
+        body: dict[str, Any] = {"client": session.id, "user": credentials.user}
+        if credentials.expires_at is not None:
+            body["expires"] = int(credentials.expires_at)
+        return body
+
+
+def history_body(hub: Hub, channel: str, history: Any, reason: str | None) -> dict[str, Any]:
+    pubs = history.publications
+    if pubs:
+        cursor = hub.cursor_of(pubs[-1])
+        last = pubs[-1].offset
+    else:
+        from clarion.protocol.cursor import encode_single
+
+        cursor = encode_single(channel, history.position.epoch, history.position.offset)
+        last = history.position.offset
+    body: dict[str, Any] = {
+        "publications": [{**p.to_dict(), "cursor": hub.cursor_of(p)} for p in pubs],
+        "cursor": cursor,
+        "more": last < history.position.offset,
+    }
+    if reason is not None:
+        body["reset"] = {"channel": channel, "reason": reason}
+    return body

@@ -1,0 +1,154 @@
+"""How the clarion WebSocket protocol reaches the socket: the fast path and the ASGI path.
+
+Under ``clarion serve`` the server offers the ``clarion.fast_websocket`` extension: publications
+are pushed as pre-built frames shared by every subscriber and coalesced into one write per
+connection per loop iteration. Under any other ASGI server, a per-connection sender task feeds
+``websocket.send`` from a bounded queue: same protocol, slower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from clarion.core.fanout import WireFormat, publication_cursor
+from clarion.protocol import messages
+from clarion.protocol.codes import disconnect_for
+from clarion.protocol.frames import text_frame
+from clarion.protocol.publication import Publication
+
+FAST_WEBSOCKET = "clarion.fast_websocket"
+
+
+def _frame(pub: Publication) -> bytes:
+    return text_frame(messages.encode_publication(pub, publication_cursor(pub)))
+
+
+def _text(pub: Publication) -> str:
+    return messages.encode_publication(pub, publication_cursor(pub)).decode()
+
+
+WS_FRAME = WireFormat("clarion.v1/frame", "ws", _frame)
+WS_TEXT = WireFormat("clarion.v1/text", "ws", _text)
+
+
+class FastTransport:
+    """Writes straight into the server's coalescing buffer for this connection."""
+
+    kind = "ws"
+    fmt = WS_FRAME
+    __slots__ = ("closed", "conn", "on_closed", "push")
+
+    def __init__(self, conn: Any, send_limit: int, on_overflow: Callable[[], None]) -> None:
+        self.conn = conn
+        self.push: Callable[[bytes], None] = conn.push
+        self.closed = False
+        conn.set_send_limit(send_limit, on_overflow)
+
+    @property
+    def last_activity(self) -> float:
+        return float(self.conn.last_activity)
+
+    def reply(self, payload: bytes) -> None:
+        if not self.closed:
+            self.conn.push_text(payload)
+
+    def ping(self) -> None:
+        if not self.closed:
+            self.conn.ping()
+
+    def send_reset(self, channel: str, reason: str, cursor: str) -> None:
+        self.reply(messages.encode_reset(channel, reason, cursor))
+
+    def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
+        self.reply(messages.encode_presence_event(kind, event))
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.reply(messages.encode_disconnect(code, reason, disconnect_for(code).reconnect))
+        self.closed = True
+        self.conn.close(code, reason)
+
+
+class AsgiTransport:
+    """Portable path: a bounded queue drained by one sender task per connection."""
+
+    kind = "ws"
+    fmt = WS_TEXT
+    __slots__ = ("_queue", "_queued", "_ready", "_task", "closed", "limit", "on_overflow", "send")
+
+    def __init__(
+        self,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        send_limit: int,
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self.send = send
+        self.limit = send_limit
+        self.on_overflow = on_overflow
+        self._queue: deque[str | tuple[int, str]] = deque()
+        self._queued = 0
+        self._ready = asyncio.Event()
+        self.closed = False
+        self._task = asyncio.create_task(self._drain(), name="clarion-ws-sender")
+
+    @property
+    def last_activity(self) -> float:
+        # The host server owns WebSocket pings on this path (e.g. uvicorn's ws_ping_interval).
+        return time.monotonic()
+
+    def push(self, text: str) -> None:
+        if self.closed:
+            return
+        self._queue.append(text)
+        self._queued += len(text)
+        self._ready.set()
+        if self._queued > self.limit:
+            self.on_overflow()
+
+    def reply(self, payload: bytes) -> None:
+        self.push(payload.decode())
+
+    def ping(self) -> None:
+        return None
+
+    def send_reset(self, channel: str, reason: str, cursor: str) -> None:
+        self.reply(messages.encode_reset(channel, reason, cursor))
+
+    def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
+        self.reply(messages.encode_presence_event(kind, event))
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.reply(messages.encode_disconnect(code, reason, disconnect_for(code).reconnect))
+        self.closed = True
+        self._queue.append((code, reason))
+        self._ready.set()
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                while self._queue:
+                    item = self._queue.popleft()
+                    if isinstance(item, tuple):
+                        code, reason = item
+                        await self.send({"type": "websocket.close", "code": code, "reason": reason})
+                        return
+                    self._queued -= len(item)
+                    await self.send({"type": "websocket.send", "text": item})
+        except (OSError, RuntimeError):
+            return  # the peer is gone; the receive loop notices and cleans up
+
+    async def stop(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

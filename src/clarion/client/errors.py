@@ -1,0 +1,91 @@
+"""What the client raises. Every class derives from :class:`clarion.errors.ClarionError`::
+
+    ClarionError
+    ├── ClientClosed       the client is closed; ``close_code``/``reason`` say why
+    │   └── Disconnected   the hub ended the connection with a "do not reconnect" code
+    ├── ConnectFailed      the hub could not be reached, or refused the transport, when opening
+    ├── ConnectionLost     the connection dropped with a request in flight: its outcome is unknown
+    ├── RequestTimeout     no answer within ``request_timeout`` (also a :class:`TimeoutError`)
+    └── RequestFailed      the hub answered with an error: ``code``, ``message``, HTTP ``status``
+
+Whether a close code means "reconnect" is decided by :func:`clarion.protocol.codes.should_reconnect`,
+the table every clarion client shares.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clarion.errors import ClarionError
+from clarion.protocol.codes import CloseCode
+
+
+class ClientClosed(ClarionError):
+    """The client is closed: ``close()`` was called, or the hub said not to reconnect."""
+
+    code = "client_closed"
+
+    def __init__(self, reason: str = "the client is closed", close_code: int = CloseCode.NORMAL):
+        super().__init__(reason)
+        self.close_code = close_code
+        self.reason = reason
+
+
+class Disconnected(ClientClosed):
+    """The hub closed the connection with a code that forbids reconnecting (e.g. 4501)."""
+
+    code = "disconnected"
+
+    def __init__(self, close_code: int, reason: str) -> None:
+        super().__init__(reason, close_code)
+
+    def __str__(self) -> str:
+        return f"disconnected by the hub ({self.close_code}: {self.reason})"
+
+
+class ConnectFailed(ClarionError):
+    """The first connection could not be made (unreachable hub, refused upgrade, no endpoint)."""
+
+    code = "connect_failed"
+
+
+class ConnectionLost(ClarionError):
+    """The connection dropped while a request was in flight; it may or may not have been done."""
+
+    code = "connection_lost"
+
+
+class RequestTimeout(ClarionError, TimeoutError):
+    """No answer to a request within ``request_timeout`` seconds."""
+
+    code = "request_timeout"
+
+
+class RequestFailed(ClarionError):
+    """The hub refused a request; ``code`` is the hub's error code (``forbidden``, ...)."""
+
+    def __init__(self, message: str, *, code: str, status: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status if status is not None else 0
+
+    @classmethod
+    def from_wire(cls, error: Any, status: int | None = None) -> RequestFailed:
+        """From the hub's ``{"code", "message"}`` error object (whatever shape it arrived in)."""
+        if not isinstance(error, dict):
+            error = {}
+        code = error.get("code")
+        message = error.get("message")
+        return cls(
+            message if isinstance(message, str) else "the hub refused the request",
+            code=code if isinstance(code, str) else f"http_{status}" if status else "error",
+            status=status,
+        )
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class TransportUnavailable(ConnectFailed):
+    """The hub does not offer this transport (refused upgrade, missing endpoint)."""
+
+    code = "transport_unavailable"

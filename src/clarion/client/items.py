@@ -1,0 +1,147 @@
+"""What the client hands back: the items a subscription yields and the results of requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from clarion.errors import BadCursor
+from clarion.protocol.cursor import Cursor
+from clarion.protocol.publication import Publication, StreamPosition
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A publication received on a subscription, with the cursor that resumes just after it."""
+
+    publication: Publication
+    cursor: str
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any], cursor: str | None = None) -> Message:
+        """From a publication object as the hub sends it (with ``cursor``, unless given apart)."""
+        token = cursor if cursor else obj["cursor"]
+        if not isinstance(token, str):
+            raise ValueError("cursor must be a string")
+        return cls(Publication.from_dict(obj), token)
+
+    @property
+    def channel(self) -> str:
+        return self.publication.channel
+
+    @property
+    def data(self) -> Any:
+        return self.publication.data
+
+    @property
+    def offset(self) -> int:
+        return self.publication.offset
+
+    @property
+    def epoch(self) -> str:
+        return self.publication.epoch
+
+    @property
+    def time(self) -> int:
+        return self.publication.time
+
+    @property
+    def info(self) -> dict[str, Any] | None:
+        return self.publication.info
+
+    @property
+    def id(self) -> str | None:
+        return self.publication.id
+
+    @property
+    def position(self) -> StreamPosition:
+        return self.publication.position
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Publications on ``channel`` were missed and cannot be recovered.
+
+    ``reason`` is the hub's: ``"trimmed"`` (older than the history still holds), ``"epoch"`` (the
+    history was lost), ``"position"`` (a position the stream never reached), ``"lost"``.
+    ``cursor`` is where the stream continues; the subscription goes on from there.
+    """
+
+    channel: str
+    reason: str
+    cursor: str
+
+    @property
+    def position(self) -> StreamPosition | None:
+        return position_of(self.channel, self.cursor)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Where a publication landed in its channel's stream."""
+
+    channel: str
+    offset: int
+    epoch: str
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A page of a channel's history, oldest first.
+
+    ``cursor`` continues after the last publication of the page (pass it as ``since`` for the
+    next page while ``more`` is true). ``reset`` is set when ``since`` pointed before what the
+    history still holds: the page then starts at the oldest publication kept.
+    """
+
+    channel: str
+    publications: list[Message]
+    cursor: str
+    more: bool = False
+    reset: Reset | None = None
+
+    @classmethod
+    def from_wire(cls, channel: str, body: dict[str, Any]) -> History:
+        cursor = str(body["cursor"])
+        reset = body.get("reset")
+        return cls(
+            channel=channel,
+            publications=[Message.from_wire(p) for p in body.get("publications", ())],
+            cursor=cursor,
+            more=bool(body.get("more", False)),
+            reset=None
+            if not isinstance(reset, dict)
+            else Reset(channel, str(reset.get("reason", "")), str(reset.get("cursor", cursor))),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One client present on a channel."""
+
+    client: str
+    user: str | None
+    transport: str
+    info: dict[str, Any] | None = None
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> Member:
+        user = obj.get("user")
+        info = obj.get("info")
+        return cls(
+            client=str(obj["client"]),
+            user=user if isinstance(user, str) else None,
+            transport=str(obj.get("transport", "")),
+            info=info if isinstance(info, dict) else None,
+        )
+
+
+def position_of(channel: str, cursor: str | None) -> StreamPosition | None:
+    """The position ``cursor`` holds for ``channel``; ``None`` if it holds none or is unreadable."""
+    if cursor is None:
+        return None
+    try:
+        return Cursor.decode(cursor).get(channel)
+    except BadCursor:
+        return None

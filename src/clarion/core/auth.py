@@ -1,0 +1,153 @@
+"""Connection identities: verifying JWTs and deciding what a session may read and write."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from clarion.errors import ConfigError, Forbidden, Unauthorized
+from clarion.protocol.channels import matches_any, namespace_of
+from clarion.settings import Settings
+
+log = logging.getLogger("clarion.auth")
+
+MAX_TOKEN_CHARS = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Who a session is. ``user`` is ``None`` for anonymous sessions."""
+
+    user: str | None
+    channels: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    info: dict[str, Any] | None = None
+    expires_at: float | None = None
+    token_id: str | None = None
+    trusted: bool = False  # development mode: everything allowed
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+ANONYMOUS = Credentials(user=None)
+DEVELOPMENT = Credentials(user=None, trusted=True)
+
+
+def _patterns(claims: dict[str, Any], name: str) -> tuple[str, ...]:
+    value = claims.get(name, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise Unauthorized(f"token claim {name!r} must be a list of channel patterns")
+    return tuple(value)
+
+
+class Authenticator:
+    """Turns tokens into :class:`Credentials` according to the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._key: Any = settings.token_secret
+        if settings.token_public_key_file:
+            self._key = self._load_public_key(settings.token_public_key_file)
+        algorithm = settings.token_algorithm
+        if settings.token_secret and not algorithm.startswith("HS"):
+            raise ConfigError("token_secret needs an HS* token_algorithm")
+        if settings.token_public_key_file and algorithm.startswith("HS"):
+            raise ConfigError("token_public_key_file needs an RS*/ES*/PS*/EdDSA token_algorithm")
+        self.algorithm = algorithm
+
+    @staticmethod
+    def _load_public_key(path: str) -> Any:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token_public_key_file: {exc}") from None
+        return text
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.auth_enabled
+
+    def anonymous(self) -> Credentials:
+        return ANONYMOUS if self.enabled else DEVELOPMENT
+
+    def verify(self, token: str) -> Credentials:
+        """Check ``token`` and return its credentials; raise :class:`Unauthorized` if bad."""
+        if not self.enabled:
+            return DEVELOPMENT
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise Unauthorized("token is missing or too long")
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self.algorithm],
+                options={"require": ["exp"]},
+                audience=self.settings.token_audience,
+                issuer=self.settings.token_issuer,
+                leeway=5,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired", code="token_expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        sub = claims.get("sub")
+        if sub is not None and not isinstance(sub, str):
+            raise Unauthorized("token claim 'sub' must be a string")
+        info = claims.get("info")
+        if info is not None and not isinstance(info, dict):
+            raise Unauthorized("token claim 'info' must be an object")
+        return Credentials(
+            user=sub,
+            channels=_patterns(claims, "channels"),
+            publish=_patterns(claims, "publish"),
+            info=info,
+            expires_at=float(claims["exp"]),
+            token_id=claims.get("jti") if isinstance(claims.get("jti"), str) else None,
+            claims=claims,
+        )
+
+    def check_subscribe(self, creds: Credentials, channel: str) -> None:
+        if creds.trusted:
+            return
+        if matches_any(creds.channels, channel):
+            return
+        if self.settings.namespace(namespace_of(channel)).anonymous:
+            return
+        if creds.user is None:
+            raise Unauthorized(f"a token is needed to subscribe to {channel!r}")
+        raise Forbidden(f"not allowed to subscribe to {channel!r}")
+
+    def check_publish(self, creds: Credentials, channel: str) -> None:
+        if not self.settings.namespace(namespace_of(channel)).client_publish:
+            raise Forbidden(f"clients may not publish to {channel!r}")
+        if creds.trusted:
+            return
+        if matches_any(creds.publish, channel):
+            return
+        raise Forbidden(f"not allowed to publish to {channel!r}")
+
+
+def mint_token(
+    secret: str,
+    user: str,
+    channels: list[str],
+    *,
+    publish: list[str] | None = None,
+    ttl: float = 3600,
+    info: dict[str, Any] | None = None,
+    algorithm: str = "HS256",
+) -> str:
+    """A development token (``clarion token``)."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user, "channels": channels, "iat": now, "exp": now + int(ttl)}
+    if publish:
+        claims["publish"] = publish
+    if info:
+        claims["info"] = info
+    return jwt.encode(claims, secret, algorithm=algorithm)

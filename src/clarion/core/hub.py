@@ -1,0 +1,610 @@
+"""The hub: the one object an application or adapter talks to."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from clarion.core.auth import Authenticator, Credentials
+from clarion.core.fanout import LocalChannel, Push, Subscription, WireFormat, publication_cursor
+from clarion.core.metrics import Stats, make_registry, render
+from clarion.core.session import Session, SubscribeResult, Transport
+from clarion.engines.base import Engine, History, PresenceEntry
+from clarion.errors import BadCursor, BadRequest, ConfigError, LimitExceeded, TooLarge
+from clarion.protocol.channels import namespace_of, validate_channel
+from clarion.protocol.codes import CloseCode, disconnect_for
+from clarion.protocol.cursor import Cursor, encode_single
+from clarion.protocol.publication import Publication, StreamPosition
+from clarion.settings import NamespaceOptions, Settings
+
+log = logging.getLogger("clarion.hub")
+
+TICK = 1.0  # seconds between heartbeat / idle / expiry sweeps over sessions
+
+
+def make_engine(settings: Settings) -> Engine:
+    url = settings.engine
+    if url == "memory":
+        from clarion.engines.memory import MemoryEngine
+
+        return MemoryEngine()
+    if url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+        try:
+            from clarion.engines.redis import RedisEngine  # type: ignore[import-not-found]
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ConfigError(
+                f"the redis engine is not available ({exc}); pip install 'clarion[redis]'"
+            ) from None
+        return RedisEngine(url, settings)  # type: ignore[no-any-return]
+    raise ConfigError(f"unknown engine {url!r}: use 'memory' or 'redis://host:port/db'")
+
+
+def position_for(channel: str, since: str | StreamPosition | None) -> StreamPosition | None:
+    if since is None or isinstance(since, StreamPosition):
+        return since
+    position = Cursor.decode(since).get(channel)
+    if position is None:
+        raise BadCursor(f"cursor holds no position for channel {channel!r}")
+    return position
+
+
+def reset_reason(history: History, since: StreamPosition) -> str:
+    if since.epoch != history.position.epoch:
+        return "epoch"  # the history the cursor pointed into is gone
+    if since.offset > history.position.offset:
+        return "position"  # a position this stream never reached
+    return "trimmed"  # older than what history still holds (size or TTL)
+
+
+class Hub:
+    """A clarion hub: channels, sessions, fan-out and the engine behind them.
+
+    This is the transport-agnostic core; :class:`clarion.Hub` adds the ASGI application.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, engine: Engine | None = None) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.engine: Engine = engine if engine is not None else make_engine(self.settings)
+        self.auth = Authenticator(self.settings)
+        self.local: dict[str, LocalChannel] = {}
+        self.sessions: dict[str, Session] = {}
+        self.by_user: dict[str, set[Session]] = {}
+        self.stats = Stats()
+        self.metrics_registry = make_registry(self)
+        self._recovering: dict[str, list[Publication]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._started = False
+        self.closing = False
+        self._session_hooks: list[Callable[[Session, bool], None]] = []
+        # Called with every publication this node made (webhooks' outbox, for one).
+        self.publish_listeners: list[Callable[[Publication], None]] = []
+        # Called with session lifecycle events: connect, disconnect, subscribe, unsubscribe.
+        self.lifecycle_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.closing = False
+        await self.engine.start(self)
+        self._ticker = asyncio.create_task(self._tick_forever(), name="clarion-hub-tick")
+        log.info("hub started (engine=%s)", self.engine.name)
+
+    async def close(self, code: int = CloseCode.SHUTDOWN) -> None:
+        """Close every session with ``code`` (default: reconnect elsewhere) and the engine."""
+        if not self._started:
+            return
+        self.closing = True
+        for session in list(self.sessions.values()):
+            self.close_session(session, code)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
+        await self.engine.close()
+        self._started = False
+        log.info("hub closed")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """Run the hub for the lifetime of a host application (Starlette/FastAPI ``lifespan``)."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.close()
+
+    def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def options(self, channel: str) -> NamespaceOptions:
+        return self.settings.namespace(namespace_of(channel))
+
+    # ---- publishing -------------------------------------------------------------------------
+
+    def check_data(self, data: Any) -> None:
+        try:
+            size = len(orjson.dumps(data))
+        except TypeError as exc:
+            raise BadRequest(f"data is not JSON-serialisable: {exc}") from None
+        if size > self.settings.limits.max_message_bytes:
+            raise TooLarge(
+                f"data is {size} bytes, over max_message_bytes "
+                f"({self.settings.limits.max_message_bytes})"
+            )
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        idempotency_key: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> Publication:
+        """Publish ``data`` to ``channel``; every subscriber on every node receives it."""
+        validate_channel(channel)
+        self.check_data(data)
+        pub = await self.engine.publish(
+            channel, data, self.options(channel), idempotency_key=idempotency_key, info=info
+        )
+        self._published(pub)
+        return pub
+
+    def _published(self, pub: Publication) -> None:
+        for listener in self.publish_listeners:
+            try:
+                listener(pub)
+            except Exception:
+                log.exception("publish listener failed")
+
+    def emit(self, kind: str, payload: dict[str, Any]) -> None:
+        """Report a lifecycle event to the listeners (never raises)."""
+        for listener in self.lifecycle_listeners:
+            try:
+                listener(kind, payload)
+            except Exception:
+                log.exception("lifecycle listener failed")
+
+    async def broadcast(self, channels: list[str], data: Any) -> list[Publication]:
+        for channel in channels:
+            validate_channel(channel)
+        self.check_data(data)
+        pubs = []
+        for channel in channels:
+            pub = await self.engine.publish(channel, data, self.options(channel))
+            self._published(pub)
+            pubs.append(pub)
+        return pubs
+
+    async def history(
+        self, channel: str, *, since: str | StreamPosition | None = None, limit: int | None = None
+    ) -> tuple[History, str | None]:
+        """A history read; also returns a reset reason when ``since`` cannot be covered."""
+        validate_channel(channel)
+        position = position_for(channel, since)
+        cap = self.settings.limits.max_history_batch
+        limit = cap if limit is None else min(limit, cap)
+        history = await self.engine.history(
+            channel, self.options(channel), since=position, limit=limit
+        )
+        reason = None
+        if position is not None and not history.covers(position):
+            reason = reset_reason(history, position)
+        return history, reason
+
+    async def presence(self, channel: str) -> list[PresenceEntry]:
+        validate_channel(channel)
+        return await self.engine.presence(channel)
+
+    def channels(self) -> dict[str, int]:
+        """Channels with subscribers on this node, with their subscriber counts."""
+        return {name: len(local) for name, local in self.local.items()}
+
+    # ---- engine sink: everything delivered goes through here ---------------------------------
+
+    def on_publication(self, pub: Publication) -> None:
+        self.stats.publications += 1
+        local = self.local.get(pub.channel)
+        if local is None:
+            return
+        recovering = self._recovering.get(pub.channel)
+        if recovering is not None:
+            recovering.append(pub)
+            return
+        last = local.position
+        if last is not None:
+            if pub.epoch == last.epoch:
+                if pub.offset <= last.offset:
+                    return  # already delivered (e.g. recovered from history first)
+                if pub.offset != last.offset + 1:
+                    self._recover(local, pub)
+                    return
+            else:
+                self._reset_all(local, "epoch", StreamPosition(pub.epoch, pub.offset - 1))
+        local.position = pub.position
+        self._deliver(local, pub)
+
+    def _deliver(self, local: LocalChannel, pub: Publication) -> None:
+        for buffer in local.pending.values():
+            buffer.append(pub)
+        deliveries = self.stats.deliveries
+        for fmt, group in local.by_format.items():
+            data = pub.encoded(fmt, fmt.encode)
+            for push in group.values():
+                push(data)
+            deliveries[fmt.transport] += len(group)
+
+    def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
+        local = self.local.get(channel)
+        if local is None:
+            return
+        for sub in local.subscriptions():
+            sub.session.transport.send_event(channel, kind, event)
+
+    def on_control(self, command: str, payload: dict[str, Any]) -> None:
+        if command == "disconnect":
+            user = payload.get("user")
+            if isinstance(user, str):
+                self.disconnect_local_user(user, int(payload.get("code", CloseCode.DISCONNECTED)))
+
+    def _reset_all(self, local: LocalChannel, reason: str, position: StreamPosition) -> None:
+        cursor = encode_single(local.name, position.epoch, position.offset)
+        for sub in local.subscriptions():
+            sub.session.transport.send_reset(local.name, reason, cursor)
+
+    def _recover(self, local: LocalChannel, pub: Publication) -> None:
+        """Publications went missing between the engine and this node: read them back."""
+        self._recovering[local.name] = [pub]
+        self.spawn(self._recover_from_history(local), name=f"clarion-recover-{local.name}")
+
+    async def _recover_from_history(self, local: LocalChannel) -> None:
+        channel = local.name
+        try:
+            since = local.position
+            assert since is not None
+            try:
+                history = await self.engine.history(channel, self.options(channel), since=since)
+            except Exception:
+                log.warning("history read failed while recovering %s", channel, exc_info=True)
+                history = None
+            if history is None or not history.covers(since):
+                target = history.position if history is not None else since
+                log.warning("could not recover %s from %s: resetting subscribers", channel, since)
+                self._reset_all(local, "lost", target)
+                local.position = target
+            else:
+                for pub in history.publications:
+                    if pub.offset > local.position.offset:  # type: ignore[union-attr]
+                        local.position = pub.position
+                        self._deliver(local, pub)
+        finally:
+            buffered = self._recovering.pop(channel, [])
+        for pub in sorted(buffered, key=lambda p: p.offset):
+            if self.local.get(channel) is local:
+                self.on_publication(pub)
+
+    # ---- sessions ---------------------------------------------------------------------------
+
+    def open_session(
+        self, transport: Transport, credentials: Credentials, client_ip: str | None = None
+    ) -> Session:
+        """Register a new connection. Raises :class:`LimitExceeded` when a cap is reached."""
+        limits = self.settings.limits
+        if len(self.sessions) >= limits.max_connections:
+            raise LimitExceeded(
+                "this node holds its maximum number of connections", code="node_full"
+            )
+        if credentials.user is not None:
+            held = self.by_user.get(credentials.user)
+            if held is not None and len(held) >= limits.max_connections_per_user:
+                raise LimitExceeded(
+                    "too many connections for this user", code="too_many_connections"
+                )
+        session = Session(self, transport, credentials, client_ip)
+        self.sessions[session.id] = session
+        if credentials.user is not None:
+            self.by_user.setdefault(credentials.user, set()).add(session)
+        for hook in self._session_hooks:
+            hook(session, True)
+        if self.lifecycle_listeners:
+            self.emit("connect", self._session_info(session))
+        return session
+
+    def _session_info(self, session: Session) -> dict[str, Any]:
+        return {"client": session.id, "user": session.user, "transport": session.transport.kind}
+
+    def set_credentials(self, session: Session, credentials: Credentials) -> None:
+        """Give ``session`` a new identity (the ``connect``/``refresh`` ops)."""
+        old, new = session.user, credentials.user
+        if new != old and new is not None:
+            held = self.by_user.get(new)
+            if held is not None and len(held) >= self.settings.limits.max_connections_per_user:
+                raise LimitExceeded(
+                    "too many connections for this user", code="too_many_connections"
+                )
+        if old is not None and old != new:
+            held = self.by_user.get(old)
+            if held is not None:
+                held.discard(session)
+                if not held:
+                    del self.by_user[old]
+        session.credentials = credentials
+        if new is not None:
+            self.by_user.setdefault(new, set()).add(session)
+
+    def close_session(self, session: Session, code: int, reason: str | None = None) -> None:
+        """End ``session``: stop deliveries now, tell the client, clean up presence later."""
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.pop(session.id, None)
+        if session.user is not None:
+            held = self.by_user.get(session.user)
+            if held is not None:
+                held.discard(session)
+                if not held:
+                    del self.by_user[session.user]
+        subs = list(session.subscriptions.values())
+        session.subscriptions.clear()
+        for sub in subs:
+            self._detach(sub)
+        if reason is None:
+            reason = disconnect_for(code).reason
+        try:
+            session.transport.close(code, reason)
+        except Exception:
+            log.exception("transport close failed for %r", session)
+        for hook in self._session_hooks:
+            hook(session, False)
+        if self.lifecycle_listeners:
+            for sub in subs:
+                self.emit("unsubscribe", {**self._session_info(session), "channel": sub.channel})
+            self.emit("disconnect", {**self._session_info(session), "code": code})
+        if subs:
+            self.spawn(self._leave_all(session, [s.channel for s in subs]))
+
+    def disconnect_local_user(self, user: str, code: int = CloseCode.DISCONNECTED) -> int:
+        sessions = list(self.by_user.get(user, ()))
+        for session in sessions:
+            self.close_session(session, code)
+        return len(sessions)
+
+    async def disconnect_user(self, user: str, code: int = CloseCode.DISCONNECTED) -> None:
+        """Close ``user``'s sessions on every node."""
+        await self.engine.broadcast_control("disconnect", {"user": user, "code": code})
+
+    # ---- subscriptions ----------------------------------------------------------------------
+
+    async def _local_channel(self, channel: str) -> LocalChannel:
+        while True:
+            local = self.local.get(channel)
+            if local is None:
+                local = self.local[channel] = LocalChannel(channel)
+                ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                local.ready = ready
+                try:
+                    await self.engine.subscribe(channel)
+                except BaseException as exc:
+                    if self.local.get(channel) is local:
+                        del self.local[channel]
+                    ready.set_exception(exc if isinstance(exc, Exception) else RuntimeError())
+                    ready.exception()  # retrieved: waiters re-raise it themselves
+                    raise
+                local.ready = None
+                ready.set_result(None)
+                return local
+            if local.ready is not None:
+                await asyncio.shield(local.ready)
+                continue
+            return local
+
+    async def subscribe(
+        self,
+        session: Session,
+        channel: str,
+        fmt: WireFormat,
+        push: Push,
+        *,
+        since: str | StreamPosition | None = None,
+        on_ready: Callable[[SubscribeResult], None] | None = None,
+    ) -> SubscribeResult | None:
+        validate_channel(channel)
+        self.auth.check_subscribe(session.credentials, channel)
+        since_pos = position_for(channel, since)
+        if channel in session.subscriptions:
+            raise BadRequest(f"already subscribed to {channel!r}", code="already_subscribed")
+        if len(session.subscriptions) >= self.settings.limits.max_subscriptions_per_connection:
+            raise LimitExceeded(
+                "too many subscriptions on this connection", code="too_many_subscriptions"
+            )
+        options = self.options(channel)
+        sub = Subscription(session, channel, fmt, push)
+        session.subscriptions[channel] = sub
+        session.idle_since = None
+        try:
+            local = await self._local_channel(channel)
+        except BaseException:
+            session.subscriptions.pop(channel, None)
+            raise
+        if session.subscriptions.get(channel) is not sub:  # closed or unsubscribed meanwhile
+            self._release(local)
+            return None
+        # Buffer live publications before reading history, so none falls between the two.
+        buffer: list[Publication] = []
+        local.pending[sub] = buffer
+        try:
+            history = await self.engine.history(
+                channel, options, since=since_pos, limit=None if since_pos else 0
+            )
+        except BaseException:
+            if session.subscriptions.get(channel) is sub:
+                del session.subscriptions[channel]
+            local.remove(sub)
+            self._release(local)
+            raise
+        if local.pending.get(sub) is not buffer:  # detached meanwhile
+            return None
+        recovered = since_pos is None or history.covers(since_pos)
+        reason = None if recovered else reset_reason(history, since_pos)  # type: ignore[arg-type]
+        last = since_pos if (since_pos is not None and recovered) else history.position
+        result = SubscribeResult(
+            channel,
+            history.position,
+            encode_single(channel, history.position.epoch, history.position.offset),
+            recovered=recovered,
+            reset=reason,
+        )
+        # From here to add_live nothing awaits: history, buffered and live stay in order.
+        if on_ready is not None:
+            on_ready(result)
+        if reason is not None:
+            session.transport.send_reset(channel, reason, result.cursor)
+        if since_pos is not None and recovered:
+            for pub in history.publications:
+                push(pub.encoded(fmt, fmt.encode))
+                last = pub.position
+        for pub in buffer:
+            if pub.epoch != last.epoch:
+                cursor = encode_single(channel, pub.epoch, pub.offset - 1)
+                session.transport.send_reset(channel, "epoch", cursor)
+            elif pub.offset <= last.offset:
+                continue
+            push(pub.encoded(fmt, fmt.encode))
+            last = pub.position
+        del local.pending[sub]
+        local.add_live(sub)
+        if local.position is None or (
+            local.position.epoch == last.epoch and local.position.offset < last.offset
+        ):
+            local.position = last
+        if options.presence:
+            self.spawn(self._join(session, channel))
+        if self.lifecycle_listeners:
+            self.emit("subscribe", {**self._session_info(session), "channel": channel})
+        return result
+
+    async def unsubscribe(self, session: Session, channel: str) -> bool:
+        sub = session.subscriptions.pop(channel, None)
+        if sub is None:
+            return False
+        self._detach(sub)
+        if not session.subscriptions:
+            session.idle_since = time.monotonic()
+        if self.lifecycle_listeners:
+            self.emit("unsubscribe", {**self._session_info(session), "channel": channel})
+        await self._leave(session, channel)
+        return True
+
+    def _detach(self, sub: Subscription) -> None:
+        local = self.local.get(sub.channel)
+        if local is not None and local.remove(sub):
+            self._release(local)
+
+    def _release(self, local: LocalChannel) -> None:
+        if len(local) == 0 and local.ready is None and self.local.get(local.name) is local:
+            del self.local[local.name]
+            self.spawn(self._engine_unsubscribe(local.name))
+
+    async def _engine_unsubscribe(self, channel: str) -> None:
+        if channel not in self.local:
+            await self.engine.unsubscribe(channel)
+
+    def _presence_entry(self, session: Session) -> PresenceEntry:
+        return PresenceEntry(
+            session.id, session.user, session.credentials.info, session.transport.kind
+        )
+
+    async def _join(self, session: Session, channel: str) -> None:
+        entry = self._presence_entry(session)
+        await self.engine.presence_add(channel, entry)
+        if self.lifecycle_listeners:
+            self.emit("join", {"channel": channel, **entry.to_dict()})
+        if self.options(channel).join_leave:
+            await self.engine.broadcast_event(
+                channel, "join", {"channel": channel, **entry.to_dict()}
+            )
+        if session.closed or channel not in session.subscriptions:
+            await self._leave(session, channel)
+
+    async def _leave(self, session: Session, channel: str) -> None:
+        if not self.options(channel).presence:
+            return
+        await self.engine.presence_remove(channel, session.id)
+        if self.lifecycle_listeners:
+            self.emit("leave", {"channel": channel, **self._session_info(session)})
+        if not self.options(channel).join_leave:
+            return
+        entry = self._presence_entry(session)
+        await self.engine.broadcast_event(channel, "leave", {"channel": channel, **entry.to_dict()})
+
+    async def _leave_all(self, session: Session, channels: list[str]) -> None:
+        for channel in channels:
+            try:
+                await self._leave(session, channel)
+            except Exception:
+                log.warning("presence cleanup failed for %s", channel, exc_info=True)
+
+    # ---- timers -----------------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self.tick(time.monotonic())
+            except Exception:
+                log.exception("session sweep failed")
+
+    def tick(self, now: float) -> None:
+        """Heartbeats, idle sessions and expired tokens, for every session at once."""
+        limits = self.settings.limits
+        wall = time.time()
+        for session in list(self.sessions.values()):
+            transport = session.transport
+            silent = now - transport.last_activity
+            if silent > limits.ping_interval + limits.pong_timeout:
+                self.close_session(session, CloseCode.NO_PONG)
+                continue
+            if silent > limits.ping_interval and (
+                session.pinged_at is None or now - session.pinged_at > limits.ping_interval
+            ):
+                session.pinged_at = now
+                transport.ping()
+            if (
+                self.auth.enabled
+                and session.user is None
+                and not session.subscriptions
+                and now - session.connected_at > limits.handshake_timeout
+            ):
+                self.close_session(session, CloseCode.HANDSHAKE_TIMEOUT)
+                continue
+            if session.idle_since is not None and now - session.idle_since > limits.idle_timeout:
+                self.close_session(session, CloseCode.IDLE)
+                continue
+            expires = session.credentials.expires_at
+            if expires is not None and wall > expires:
+                self.close_session(session, CloseCode.TOKEN_EXPIRED)
+
+    def metrics(self) -> bytes:
+        return render(self.metrics_registry)
+
+    def cursor_of(self, pub: Publication) -> str:
+        return publication_cursor(pub)

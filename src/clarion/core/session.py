@@ -1,0 +1,139 @@
+"""Sessions: one client connection on any transport, with its identity and subscriptions."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from clarion.core.auth import Credentials
+from clarion.core.fanout import Push, Subscription, WireFormat
+from clarion.protocol.publication import StreamPosition
+
+if TYPE_CHECKING:
+    from clarion.core.hub import Hub
+
+
+class Transport(Protocol):
+    """What an adapter provides for each connection. All calls are synchronous and cheap."""
+
+    kind: str  # "ws", "sse", "poll", "stomp": the metrics label
+
+    @property
+    def last_activity(self) -> float:
+        """``time.monotonic()`` of the last sign of life from the peer."""
+
+    def ping(self) -> None:
+        """Ask the peer for a sign of life (a WebSocket ping, a STOMP heart-beat...)."""
+
+    def send_reset(self, channel: str, reason: str, cursor: str) -> None:
+        """Tell the client it missed publications on ``channel`` that cannot be recovered."""
+
+    def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
+        """A presence ``join``/``leave`` event."""
+
+    def close(self, code: int, reason: str) -> None:
+        """End the connection with a documented code; must be idempotent."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeResult:
+    channel: str
+    position: StreamPosition
+    cursor: str
+    recovered: bool
+    reset: str | None = None  # the reset reason when the history could not cover the gap
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "channel": self.channel,
+            "epoch": self.position.epoch,
+            "offset": self.position.offset,
+            "cursor": self.cursor,
+            "recovered": self.recovered,
+        }
+        if self.reset is not None:
+            out["reset"] = self.reset
+        return out
+
+
+def new_session_id() -> str:
+    return os.urandom(9).hex()
+
+
+class Session:
+    """A connected client. Created by :meth:`Hub.open_session`, ended by :meth:`close`."""
+
+    __slots__ = (
+        "client_ip",
+        "closed",
+        "connected_at",
+        "credentials",
+        "hub",
+        "id",
+        "idle_since",
+        "pinged_at",
+        "subscriptions",
+        "transport",
+    )
+
+    def __init__(
+        self, hub: Hub, transport: Transport, credentials: Credentials, client_ip: str | None
+    ) -> None:
+        self.hub = hub
+        self.id = new_session_id()
+        self.transport = transport
+        self.credentials = credentials
+        self.client_ip = client_ip
+        self.subscriptions: dict[str, Subscription] = {}
+        self.closed = False
+        self.connected_at = time.monotonic()
+        self.idle_since: float | None = self.connected_at
+        self.pinged_at: float | None = None
+
+    @property
+    def user(self) -> str | None:
+        return self.credentials.user
+
+    async def subscribe(
+        self,
+        channel: str,
+        fmt: WireFormat,
+        push: Push,
+        *,
+        since: str | StreamPosition | None = None,
+        on_ready: Any = None,
+    ) -> SubscribeResult | None:
+        """Subscribe, resuming from ``since`` (a cursor token or position) when given.
+
+        ``on_ready(result)`` runs after the subscription is attached and before the first
+        publication is pushed, so an adapter can send its reply first. Returns ``None`` when the
+        session closed or unsubscribed meanwhile.
+        """
+        return await self.hub.subscribe(self, channel, fmt, push, since=since, on_ready=on_ready)
+
+    async def unsubscribe(self, channel: str) -> bool:
+        return await self.hub.unsubscribe(self, channel)
+
+    async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> Any:
+        self.hub.auth.check_publish(self.credentials, channel)
+        return await self.hub.publish(
+            channel, data, idempotency_key=idempotency_key, info=self.publisher_info()
+        )
+
+    def publisher_info(self) -> dict[str, Any] | None:
+        if self.credentials.user is None and self.credentials.info is None:
+            return None
+        info: dict[str, Any] = {"client": self.id}
+        if self.credentials.user is not None:
+            info["user"] = self.credentials.user
+        if self.credentials.info is not None:
+            info["info"] = self.credentials.info
+        return info
+
+    def close(self, code: int, reason: str | None = None) -> None:
+        self.hub.close_session(self, code, reason)
+
+    def __repr__(self) -> str:
+        return f"Session({self.id}, user={self.user!r}, {self.transport.kind})"

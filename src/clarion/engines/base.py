@@ -1,0 +1,115 @@
+"""The engine interface every engine implements, and the values it trades in.
+
+An engine owns the truth about channels: it assigns ``(epoch, offset)`` atomically with the
+history write, answers history reads, keeps presence, and hands every publication of a channel
+this node subscribed to back to the hub through :class:`EngineSink` — including the node's own
+publications, so a single code path delivers everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from clarion.protocol.publication import Publication, StreamPosition
+from clarion.settings import NamespaceOptions
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A history read: ``publications`` after the requested position, oldest first.
+
+    ``position`` is the channel's latest position; ``earliest`` the lowest offset still held
+    (``position.offset + 1`` when nothing is held). A reader at offset ``n`` of this epoch can
+    resume without a gap exactly when ``n >= earliest - 1``.
+    """
+
+    publications: list[Publication]
+    position: StreamPosition
+    earliest: int
+
+    def covers(self, since: StreamPosition) -> bool:
+        return (
+            since.epoch == self.position.epoch
+            and self.earliest - 1 <= since.offset <= self.position.offset
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEntry:
+    client: str
+    user: str | None
+    info: dict[str, Any] | None = field(default=None)
+    transport: str = "ws"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "client": self.client,
+            "user": self.user,
+            "transport": self.transport,
+        }
+        if self.info is not None:
+            out["info"] = self.info
+        return out
+
+
+class EngineSink(Protocol):
+    """The hub's side: called by the engine, on the event loop, never concurrently."""
+
+    def on_publication(self, pub: Publication) -> None: ...
+
+    def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
+        """A non-history event for a channel (presence ``join``/``leave``)."""
+
+    def on_control(self, command: str, payload: dict[str, Any]) -> None:
+        """A node-wide command from another node (e.g. disconnect a user)."""
+
+
+class Engine(Protocol):
+    name: str
+
+    async def start(self, sink: EngineSink) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        options: NamespaceOptions,
+        *,
+        idempotency_key: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> Publication:
+        """Append to the channel's history and deliver to every subscribed node.
+
+        With an ``idempotency_key`` seen on this channel within the namespace's window, nothing
+        is published and the earlier publication is returned.
+        """
+
+    async def history(
+        self,
+        channel: str,
+        options: NamespaceOptions,
+        *,
+        since: StreamPosition | None = None,
+        limit: int | None = None,
+    ) -> History:
+        """Publications after ``since`` (all held ones when ``None``), at most ``limit``."""
+
+    async def subscribe(self, channel: str) -> None:
+        """Start receiving the channel's publications on this node."""
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    async def broadcast_event(self, channel: str, kind: str, event: dict[str, Any]) -> None: ...
+
+    async def broadcast_control(self, command: str, payload: dict[str, Any]) -> None: ...
+
+    async def presence_add(self, channel: str, entry: PresenceEntry) -> None: ...
+
+    async def presence_remove(self, channel: str, client: str) -> None: ...
+
+    async def presence(self, channel: str) -> list[PresenceEntry]: ...
+
+    async def healthy(self) -> bool: ...

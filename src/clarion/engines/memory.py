@@ -1,0 +1,212 @@
+"""The memory engine: one process, everything in RAM, bounded by namespace options."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+from clarion.engines.base import EngineSink, History, PresenceEntry
+from clarion.protocol.publication import Publication, StreamPosition
+from clarion.settings import NamespaceOptions
+
+MAX_IDEMPOTENCY_KEYS = 10_000  # per channel; the oldest key is forgotten first
+SWEEP_INTERVAL = 30.0
+
+
+def new_epoch() -> str:
+    return os.urandom(6).hex()
+
+
+class _ChannelLog:
+    __slots__ = ("entries", "epoch", "expiries", "keys", "last_write", "offset")
+
+    def __init__(self) -> None:
+        self.epoch = new_epoch()
+        self.offset = 0
+        self.entries: deque[Publication] = deque()
+        self.expiries: deque[float] = deque()
+        self.keys: OrderedDict[str, tuple[float, Publication]] = OrderedDict()
+        self.last_write = 0.0
+
+    def trim(self, now: float, size: int) -> None:
+        entries, expiries = self.entries, self.expiries
+        while entries and (len(entries) > size or expiries[0] <= now):
+            entries.popleft()
+            expiries.popleft()
+        keys = self.keys
+        while keys:
+            first = next(iter(keys.values()))
+            if first[0] > now and len(keys) <= MAX_IDEMPOTENCY_KEYS:
+                break
+            keys.popitem(last=False)
+
+    @property
+    def earliest(self) -> int:
+        return self.entries[0].offset if self.entries else self.offset + 1
+
+
+class MemoryEngine:
+    """Single-node engine; publish is synchronous up to the hand-off to the hub."""
+
+    name = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        # The clock is injectable so TTL behaviour can be tested without sleeping.
+        self._clock = clock
+        self._logs: dict[str, _ChannelLog] = {}
+        self._meta_ttl: dict[str, float] = {}
+        self._presence: dict[str, dict[str, PresenceEntry]] = {}
+        self._sink: EngineSink | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, sink: EngineSink) -> None:
+        self._sink = sink
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="clarion-memory-sweep")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    def _log(self, channel: str) -> _ChannelLog:
+        log = self._logs.get(channel)
+        if log is None:
+            log = self._logs[channel] = _ChannelLog()
+            log.last_write = self._clock()
+        return log
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        options: NamespaceOptions,
+        *,
+        idempotency_key: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> Publication:
+        return self.publish_now(channel, data, options, idempotency_key=idempotency_key, info=info)
+
+    def publish_now(
+        self,
+        channel: str,
+        data: Any,
+        options: NamespaceOptions,
+        *,
+        idempotency_key: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> Publication:
+        """Synchronous publish: offset, history write and delivery happen in one step."""
+        now = self._clock()
+        log = self._log(channel)
+        log.trim(now, options.history_size)
+        if idempotency_key is not None:
+            seen = log.keys.get(idempotency_key)
+            if seen is not None:
+                return seen[1]
+        log.offset += 1
+        pub = Publication(
+            channel, log.offset, log.epoch, data, int(time.time() * 1000), info, idempotency_key
+        )
+        log.last_write = now
+        self._meta_ttl[channel] = options.history_meta_ttl
+        if options.history_size > 0:
+            log.entries.append(pub)
+            log.expiries.append(now + options.history_ttl)
+            if len(log.entries) > options.history_size:
+                log.entries.popleft()
+                log.expiries.popleft()
+        if idempotency_key is not None and options.idempotency_window > 0:
+            log.keys[idempotency_key] = (now + options.idempotency_window, pub)
+        if self._sink is not None:
+            self._sink.on_publication(pub)
+        return pub
+
+    async def history(
+        self,
+        channel: str,
+        options: NamespaceOptions,
+        *,
+        since: StreamPosition | None = None,
+        limit: int | None = None,
+    ) -> History:
+        return self.history_now(channel, options, since=since, limit=limit)
+
+    def history_now(
+        self,
+        channel: str,
+        options: NamespaceOptions,
+        *,
+        since: StreamPosition | None = None,
+        limit: int | None = None,
+    ) -> History:
+        log = self._log(channel)
+        log.trim(self._clock(), options.history_size)
+        position = StreamPosition(log.epoch, log.offset)
+        entries = log.entries
+        if since is None:
+            start = 0
+        elif since.epoch != log.epoch:
+            start = len(entries)  # nothing of another epoch is trusted
+        else:
+            # Offsets in a log are contiguous, so the index is arithmetic.
+            start = max(0, since.offset + 1 - log.earliest)
+        stop = len(entries) if limit is None else min(len(entries), start + limit)
+        pubs = [entries[i] for i in range(start, stop)] if start < stop else []
+        return History(pubs, position, log.earliest)
+
+    async def subscribe(self, channel: str) -> None:
+        return None
+
+    async def unsubscribe(self, channel: str) -> None:
+        return None
+
+    async def broadcast_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
+        if self._sink is not None:
+            self._sink.on_event(channel, kind, event)
+
+    async def broadcast_control(self, command: str, payload: dict[str, Any]) -> None:
+        if self._sink is not None:
+            self._sink.on_control(command, payload)
+
+    async def presence_add(self, channel: str, entry: PresenceEntry) -> None:
+        self._presence.setdefault(channel, {})[entry.client] = entry
+
+    async def presence_remove(self, channel: str, client: str) -> None:
+        clients = self._presence.get(channel)
+        if clients is not None:
+            clients.pop(client, None)
+            if not clients:
+                del self._presence[channel]
+
+    async def presence(self, channel: str) -> list[PresenceEntry]:
+        return list(self._presence.get(channel, {}).values())
+
+    async def healthy(self) -> bool:
+        return True
+
+    def sweep(self, now: float | None = None) -> int:
+        """Forget channels whose history is empty and whose meta TTL has passed."""
+        now = self._clock() if now is None else now
+        dropped = 0
+        for channel, log in list(self._logs.items()):
+            ttl = self._meta_ttl.get(channel, 86400.0)
+            while log.expiries and log.expiries[0] <= now:
+                log.entries.popleft()
+                log.expiries.popleft()
+            if not log.entries and now - log.last_write > ttl:
+                del self._logs[channel]
+                self._meta_ttl.pop(channel, None)
+                dropped += 1
+        return dropped
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self.sweep()

@@ -1,0 +1,104 @@
+"""Key and pub/sub channel names, and the wire format of what travels through Redis.
+
+Every key of one channel carries the channel name as a hash tag (``{chat:lobby}``), so a
+channel's keys share one Redis Cluster slot and one Lua script may touch them all. Channel
+names cannot contain braces (see :mod:`clarion.protocol.channels`), so the tag is exact.
+
+Pub/sub payloads (one pub/sub channel per clarion channel, one control channel per prefix):
+
+* ``p<offset>:<epoch>:<time>:<body>`` — a publication; ``body`` is JSON with ``data`` and the
+  optional ``info`` and ``id``; offset, epoch and time are prepended by the publish script,
+  which is the only place they are known.
+* ``e<json>`` — a channel event (presence ``join``/``leave``): ``{"k": kind, "e": event}``.
+* on the control channel: ``{"n": node, "c": command, "p": payload}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from clarion.protocol.publication import Publication
+
+PUBLICATION = ord("p")
+EVENT = ord("e")
+
+
+class Keys:
+    """Names of everything clarion keeps in Redis, under one prefix."""
+
+    __slots__ = ("control", "prefix", "pubsub_prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.pubsub_prefix = f"{prefix}.ch."
+        self.control = f"{prefix}.control"
+
+    def meta(self, channel: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:meta"
+
+    def stream(self, channel: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:stream"
+
+    def idempotency(self, channel: str, key: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:id:{key}"
+
+    def presence_expiry(self, channel: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:presence:z"
+
+    def presence_entries(self, channel: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:presence:h"
+
+    def connections(self, kind: str, key: str) -> str:
+        return f"{self.prefix}:{{conn:{kind}:{key}}}"
+
+    def rate(self, key: str) -> str:
+        return f"{self.prefix}:{{rate:{key}}}"
+
+    def pubsub(self, channel: str) -> str:
+        return self.pubsub_prefix + channel
+
+    def channel_of(self, pubsub_channel: bytes) -> str | None:
+        name = pubsub_channel.decode()
+        if name.startswith(self.pubsub_prefix):
+            return name[len(self.pubsub_prefix) :]
+        return None
+
+
+def encode_body(data: Any, info: dict[str, Any] | None, key: str | None) -> bytes:
+    body: dict[str, Any] = {"data": data}
+    if info is not None:
+        body["info"] = info
+    if key is not None:
+        body["id"] = key
+    return orjson.dumps(body)
+
+
+def publication_from_body(
+    channel: str, offset: int, epoch: str, time: int, body: bytes
+) -> Publication:
+    obj = orjson.loads(body)
+    return Publication(channel, offset, epoch, obj.get("data"), time, obj.get("info"), obj.get("id"))
+
+
+def decode_publication(channel: str, payload: bytes) -> Publication:
+    """A ``p…`` pub/sub payload back into a :class:`Publication`."""
+    offset, epoch, time, body = payload[1:].split(b":", 3)
+    return publication_from_body(channel, int(offset), epoch.decode(), int(time), body)
+
+
+def decode_entry(channel: str, epoch: str, entry: list[Any]) -> Publication:
+    """A stream entry ``[b"<offset>-0", [b"t", time, b"d", body]]``."""
+    entry_id, fields = entry
+    offset = int(entry_id.split(b"-", 1)[0])
+    return publication_from_body(channel, offset, epoch, int(fields[1]), fields[3])
+
+
+def encode_event(kind: str, event: dict[str, Any]) -> bytes:
+    return b"e" + orjson.dumps({"k": kind, "e": event})
+
+
+def decode_event(payload: bytes) -> tuple[str, dict[str, Any]]:
+    obj = orjson.loads(payload[1:])
+    return str(obj["k"]), dict(obj["e"])

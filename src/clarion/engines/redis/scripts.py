@@ -1,0 +1,237 @@
+"""The Lua scripts of the Redis engine.
+
+Each runs atomically on the Redis server and touches only keys of one channel (one hash tag),
+so it stays valid under Redis Cluster. Time comes from Redis (``TIME``), never from the nodes,
+so history TTLs and presence expiry do not depend on the nodes' clocks agreeing.
+
+A channel's stream holds entries whose ids are ``<offset>-0`` with fields ``t`` (publish time,
+ms) and ``d`` (the JSON body). Offsets in a stream are contiguous from its first entry to the
+channel's top offset: entries only ever leave from the head (size trim, TTL trim), which is
+what lets the TTL trim binary-search by offset.
+"""
+
+from __future__ import annotations
+
+# Shared helpers, prepended to the scripts that need them.
+_COMMON = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function offset_of(entry)
+  return tonumber(string.match(entry[1], '^(%d+)'))
+end
+
+-- Publish time of the first entry at or after `offset`, or nil.
+local function time_at(stream, offset)
+  local e = redis.call('XRANGE', stream, offset, '+', 'COUNT', 1)
+  if #e == 0 then return nil end
+  return tonumber(e[1][2][2])
+end
+
+-- Drop entries published before `cutoff` (ms): they are past the history TTL.
+local function trim_expired(stream, cutoff)
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if #first == 0 or tonumber(first[1][2][2]) >= cutoff then return end
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  local hi = offset_of(last[1])
+  if tonumber(last[1][2][2]) < cutoff then
+    redis.call('DEL', stream)
+    return
+  end
+  -- time(lo) < cutoff <= time(hi): find the first live offset.
+  local lo = offset_of(first[1])
+  while hi - lo > 1 do
+    local mid = math.floor((lo + hi) / 2)
+    local t = time_at(stream, mid)
+    if t ~= nil and t < cutoff then lo = mid else hi = mid end
+  end
+  redis.call('XTRIM', stream, 'MINID', hi)
+end
+
+-- The channel's epoch and top offset, creating the meta (fresh epoch) when it is gone.
+local function load_meta(stream, meta, new_epoch, meta_ttl)
+  local m = redis.call('HMGET', meta, 'e', 's')
+  if m[1] then return m[1], tonumber(m[2]) end
+  -- A stream left over from a lost meta belongs to an epoch nobody can name any more.
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'e', new_epoch, 's', 0)
+  redis.call('PEXPIRE', meta, meta_ttl)
+  return new_epoch, 0
+end
+"""
+
+# KEYS: stream, meta, idempotency key
+# ARGV: body, history size, history ttl ms, meta ttl ms, epoch if new, pub/sub channel
+#       ('' = none), idempotency window ms ('0' = no key)
+# -> {offset, epoch, time, duplicate (0/1), earlier body or ''}
+PUBLISH = (
+    _COMMON
+    + """
+local stream, meta, idem = KEYS[1], KEYS[2], KEYS[3]
+local size, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local meta_ttl = math.max(tonumber(ARGV[4]), ttl)
+local window = tonumber(ARGV[7])
+local now = now_ms()
+local epoch = load_meta(stream, meta, ARGV[5], meta_ttl)
+if window > 0 then
+  local seen = redis.call('HMGET', idem, 'e', 'o', 't', 'd')
+  if seen[1] == epoch then
+    return {tonumber(seen[2]), epoch, tonumber(seen[3]), 1, seen[4]}
+  end
+end
+local offset = redis.call('HINCRBY', meta, 's', 1)
+redis.call('PEXPIRE', meta, meta_ttl)
+if size > 0 then
+  trim_expired(stream, now - ttl)
+  redis.call('XADD', stream, 'MAXLEN', size, offset, 't', now, 'd', ARGV[1])
+  redis.call('PEXPIRE', stream, ttl)
+else
+  redis.call('DEL', stream)
+end
+if ARGV[6] ~= '' then
+  redis.call('PUBLISH', ARGV[6],
+    'p' .. string.format('%d', offset) .. ':' .. epoch .. ':' .. string.format('%d', now)
+    .. ':' .. ARGV[1])
+end
+if window > 0 then
+  redis.call('HSET', idem, 'e', epoch, 'o', offset, 't', now, 'd', ARGV[1])
+  redis.call('PEXPIRE', idem, window)
+end
+return {offset, epoch, now, 0, ''}
+"""
+)
+
+# KEYS: stream, meta
+# ARGV: since epoch ('' = from the start), since offset, limit (-1 = no limit), epoch if new,
+#       meta ttl ms, history ttl ms, history size
+# -> {epoch, top offset, earliest offset, entries}
+HISTORY = (
+    _COMMON
+    + """
+local stream, meta = KEYS[1], KEYS[2]
+local ttl, size, limit = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[3])
+local epoch, top = load_meta(stream, meta, ARGV[4], math.max(tonumber(ARGV[5]), ttl))
+if size == 0 then
+  redis.call('DEL', stream)
+else
+  trim_expired(stream, now_ms() - ttl)
+  redis.call('XTRIM', stream, 'MAXLEN', size)
+end
+local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+local earliest = top + 1
+if #first > 0 then earliest = offset_of(first[1]) end
+local entries = {}
+if limit ~= 0 and (ARGV[1] == '' or ARGV[1] == epoch) then
+  local start = earliest
+  if ARGV[1] ~= '' then start = math.max(start, tonumber(ARGV[2]) + 1) end
+  if start <= top then
+    if limit > 0 then
+      entries = redis.call('XRANGE', stream, start, '+', 'COUNT', limit)
+    else
+      entries = redis.call('XRANGE', stream, start, '+')
+    end
+  end
+end
+return {epoch, top, earliest, entries}
+"""
+)
+
+# KEYS: expiry zset, entries hash
+# ARGV: ttl ms, then pairs of member, value (value '' = the zset only)
+# Adds or refreshes members; each expires `ttl` after this call unless refreshed again.
+EXPIRING_ADD = (
+    _COMMON
+    + """
+local zset, hash, ttl = KEYS[1], KEYS[2], tonumber(ARGV[1])
+local expires = now_ms() + ttl
+for i = 2, #ARGV, 2 do
+  redis.call('ZADD', zset, expires, ARGV[i])
+  if ARGV[i + 1] ~= '' then redis.call('HSET', hash, ARGV[i], ARGV[i + 1]) end
+end
+redis.call('PEXPIRE', zset, ttl)
+if redis.call('EXISTS', hash) == 1 then redis.call('PEXPIRE', hash, ttl) end
+return 1
+"""
+)
+
+# KEYS: expiry zset, entries hash
+# -> flat list of member, value of live entries (expired ones are dropped first)
+PRESENCE_GET = (
+    _COMMON
+    + """
+local zset, hash = KEYS[1], KEYS[2]
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
+for i = 1, #expired, 500 do
+  redis.call('HDEL', hash, unpack(expired, i, math.min(i + 499, #expired)))
+end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', zset, '-inf', now) end
+local live = redis.call('ZRANGE', zset, 0, -1)
+local out = {}
+for i = 1, #live, 500 do
+  local values = redis.call('HMGET', hash, unpack(live, i, math.min(i + 499, #live)))
+  for j = 1, #values do
+    if values[j] then
+      out[#out + 1] = live[i + j - 1]
+      out[#out + 1] = values[j]
+    end
+  end
+end
+return out
+"""
+)
+
+# KEYS: expiry zset
+# ARGV: member, limit, ttl ms
+# -> {admitted (0/1), members counted after the call}
+CONNECTION_ACQUIRE = (
+    _COMMON
+    + """
+local zset, member = KEYS[1], ARGV[1]
+local limit, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', zset, '-inf', now)
+local count = redis.call('ZCARD', zset)
+if not redis.call('ZSCORE', zset, member) then
+  if count >= limit then return {0, count} end
+  count = count + 1
+end
+redis.call('ZADD', zset, now + ttl, member)
+redis.call('PEXPIRE', zset, ttl)
+return {1, count}
+"""
+)
+
+# KEYS: expiry zset -> members still alive
+CONNECTION_COUNT = (
+    _COMMON
+    + """
+return redis.call('ZCOUNT', KEYS[1], '(' .. now_ms(), '+inf')
+"""
+)
+
+# KEYS: bucket hash
+# ARGV: rate (tokens per second), burst (bucket size)
+# -> 1 when a token was taken, else 0
+RATE_TAKE = (
+    _COMMON
+    + """
+local bucket = KEYS[1]
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now = now_ms()
+local b = redis.call('HMGET', bucket, 'n', 't')
+local tokens, last = tonumber(b[1]), tonumber(b[2])
+if tokens == nil then tokens, last = burst, now end
+tokens = math.min(burst, tokens + math.max(0, now - last) * rate / 1000)
+local taken = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  taken = 1
+end
+redis.call('HSET', bucket, 'n', tostring(tokens), 't', now)
+redis.call('PEXPIRE', bucket, math.ceil(burst / rate * 1000) + 1000)
+return taken
+"""
+)

@@ -1,0 +1,182 @@
+"""The cursor: one opaque, URL-safe token holding stream positions for one or more channels.
+
+The same cursor format is the SSE ``id:``, the poll ``cursor``, the WebSocket ``since`` and the
+STOMP ``x-since``. Layout before base64url (no padding)::
+
+    version:u8  count:varint  { channel_tag:8  epoch_len:u8  epoch  offset:varint }*  check:4
+
+``channel_tag`` is a keyed BLAKE2b digest of the channel name: cursors stay short however long the
+names are, and a cursor given for the wrong channel is recognised (every transport names its
+channels next to the cursor). ``check`` is a BLAKE2b digest of everything before it, so a cursor
+that was truncated, edited or corrupted is rejected with :class:`BadCursor` instead of being
+misread. It is an integrity check, not a secret: a cursor grants nothing by itself, channel
+permissions are checked separately.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Iterator, Mapping
+from hashlib import blake2b
+
+from clarion.errors import BadCursor
+from clarion.protocol.publication import StreamPosition
+
+VERSION = 1
+MAX_TOKEN_CHARS = 16384
+MAX_EPOCH_BYTES = 64
+MAX_CHANNELS = 512
+_TAG = 8
+_CHECK = 4
+
+
+def channel_tag(channel: str) -> bytes:
+    return blake2b(channel.encode(), digest_size=_TAG, person=b"clarion.chan").digest()
+
+
+def _checksum(body: bytes) -> bytes:
+    return blake2b(body, digest_size=_CHECK, person=b"clarion.cursor").digest()
+
+
+def _put_varint(out: bytearray, value: int) -> None:
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return
+
+
+def _get_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    while True:
+        if pos >= len(buf):
+            raise BadCursor("cursor is truncated")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise BadCursor("cursor holds an offset out of range")
+
+
+class Cursor:
+    """Stream positions for a set of channels, addressed by channel name."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries: Mapping[bytes, StreamPosition] | None = None) -> None:
+        self._entries: dict[bytes, StreamPosition] = dict(entries or {})
+
+    @classmethod
+    def of(cls, positions: Mapping[str, StreamPosition]) -> Cursor:
+        return cls({channel_tag(ch): pos for ch, pos in positions.items()})
+
+    @classmethod
+    def single(cls, channel: str, position: StreamPosition) -> Cursor:
+        return cls({channel_tag(channel): position})
+
+    def get(self, channel: str) -> StreamPosition | None:
+        return self._entries.get(channel_tag(channel))
+
+    def covers(self, channels: Iterable[str]) -> bool:
+        return all(channel_tag(ch) in self._entries for ch in channels)
+
+    def with_position(self, channel: str, position: StreamPosition) -> Cursor:
+        entries = dict(self._entries)
+        entries[channel_tag(channel)] = position
+        return Cursor(entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._entries)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cursor) and other._entries == self._entries
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._entries.items()))
+
+    def __repr__(self) -> str:
+        return f"Cursor({self.encode()!r})"
+
+    def encode(self) -> str:
+        return encode_entries(self._entries.items())
+
+    @classmethod
+    def decode(cls, token: object) -> Cursor:
+        return cls(decode_entries(token))
+
+
+def encode_entries(entries: Iterable[tuple[bytes, StreamPosition]]) -> str:
+    items = list(entries)
+    out = bytearray((VERSION,))
+    _put_varint(out, len(items))
+    for tag, pos in items:
+        epoch = pos.epoch.encode("ascii")
+        if not 0 < len(epoch) <= MAX_EPOCH_BYTES:
+            raise ValueError("epoch must be 1 to 64 bytes")
+        if pos.offset < 0:
+            raise ValueError("offset must not be negative")
+        out += tag
+        out.append(len(epoch))
+        out += epoch
+        _put_varint(out, pos.offset)
+    out += _checksum(bytes(out))
+    return base64.urlsafe_b64encode(bytes(out)).rstrip(b"=").decode("ascii")
+
+
+def encode_single(channel: str, epoch: str, offset: int) -> str:
+    """Fast path for the most common cursor: one channel, one position."""
+    return encode_entries(((channel_tag(channel), StreamPosition(epoch, offset)),))
+
+
+def decode_entries(token: object) -> dict[bytes, StreamPosition]:
+    if not isinstance(token, str):
+        raise BadCursor("cursor must be a string")
+    if not token:
+        raise BadCursor("cursor is empty")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise BadCursor("cursor is too long")
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise BadCursor("cursor is not valid base64url") from None
+    if len(raw) < 1 + 1 + _CHECK:
+        raise BadCursor("cursor is truncated")
+    body, check = raw[:-_CHECK], raw[-_CHECK:]
+    if _checksum(body) != check:
+        raise BadCursor("cursor is corrupted or was altered")
+    if body[0] != VERSION:
+        raise BadCursor(f"unsupported cursor version {body[0]}")
+    count, pos = _get_varint(body, 1)
+    if count > MAX_CHANNELS:
+        raise BadCursor("cursor holds too many channels")
+    entries: dict[bytes, StreamPosition] = {}
+    for _ in range(count):
+        if pos + _TAG + 1 > len(body):
+            raise BadCursor("cursor is truncated")
+        tag = body[pos : pos + _TAG]
+        pos += _TAG
+        size = body[pos]
+        pos += 1
+        if size == 0 or pos + size > len(body):
+            raise BadCursor("cursor is truncated")
+        try:
+            epoch = body[pos : pos + size].decode("ascii")
+        except UnicodeDecodeError:
+            raise BadCursor("cursor holds an invalid epoch") from None
+        pos += size
+        offset, pos = _get_varint(body, pos)
+        entries[tag] = StreamPosition(epoch, offset)
+    if pos != len(body):
+        raise BadCursor("cursor has trailing bytes")
+    return entries

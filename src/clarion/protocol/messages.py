@@ -1,0 +1,139 @@
+"""The clarion JSON protocol (WebSocket subprotocol ``clarion.v1``): commands in, frames out.
+
+Client → hub, one JSON object per text frame::
+
+    {"id": 1, "op": "subscribe", "channel": "chat:lobby", "since": "<cursor>"}
+
+Hub → client: replies carry the command's ``id`` with ``ok`` or ``error``; pushes carry no ``id``
+(a publication object plus its ``cursor``, or one of ``reset``/``join``/``leave``/``disconnect``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from clarion.errors import BadRequest, ClarionError
+from clarion.protocol.channels import validate_channel
+from clarion.protocol.publication import Publication
+
+SUBPROTOCOL = "clarion.v1"
+
+OPS = frozenset(
+    {"connect", "refresh", "subscribe", "unsubscribe", "publish", "history", "presence", "ping"}
+)
+_CHANNEL_OPS = frozenset({"subscribe", "unsubscribe", "publish", "history", "presence"})
+MAX_ID_CHARS = 64
+MAX_HISTORY_LIMIT = 1000
+
+RequestId = int | str | None
+
+
+class CommandError(BadRequest):
+    """A command that cannot be carried out as sent; ``request_id`` echoes its ``id``."""
+
+    def __init__(self, message: str, request_id: RequestId = None, code: str | None = None):
+        super().__init__(message, code=code)
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    id: RequestId
+    op: str
+    channel: str | None = None
+    since: str | None = None
+    data: Any = None
+    publication_id: str | None = None
+    limit: int | None = None
+    token: str | None = None
+
+
+def parse_command(frame: str | bytes) -> Command:
+    """Decode and validate one client frame; raise :class:`CommandError` when it is wrong."""
+    try:
+        obj = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise CommandError("frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise CommandError("frame must be a JSON object")
+    rid = obj.get("id")
+    if rid is not None and not (
+        (isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**53)
+        or (isinstance(rid, str) and len(rid) <= MAX_ID_CHARS)
+    ):
+        raise CommandError("id must be a non-negative integer or a short string")
+    op = obj.get("op")
+    if not isinstance(op, str):
+        raise CommandError("op is required and must be a string", rid)
+    if op not in OPS:
+        raise CommandError(f"unknown op {op[:32]!r}", rid, code="unknown_op")
+    channel = None
+    if op in _CHANNEL_OPS:
+        try:
+            channel = validate_channel(obj.get("channel"))
+        except ClarionError as exc:
+            raise CommandError(exc.message, rid, code=exc.code) from None
+    since = obj.get("since")
+    if since is not None and not isinstance(since, str):
+        raise CommandError("since must be a cursor string", rid, code="bad_cursor")
+    limit = obj.get("limit")
+    if limit is not None and (
+        not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_HISTORY_LIMIT
+    ):
+        raise CommandError(f"limit must be an integer from 0 to {MAX_HISTORY_LIMIT}", rid)
+    pub_id = None
+    if op == "publish":
+        if "data" not in obj:
+            raise CommandError("publish needs data", rid)
+        pub_id = obj.get("pub_id")
+        if pub_id is not None and (not isinstance(pub_id, str) or len(pub_id) > 128):
+            raise CommandError("pub_id must be a string of at most 128 characters", rid)
+    token = obj.get("token")
+    if op in ("connect", "refresh"):
+        if token is not None and not isinstance(token, str):
+            raise CommandError("token must be a string", rid)
+        if op == "refresh" and not token:
+            raise CommandError("refresh needs a token", rid)
+    elif token is not None:
+        token = None
+    return Command(
+        id=rid,
+        op=op,
+        channel=channel,
+        since=since,
+        data=obj.get("data"),
+        publication_id=pub_id,
+        limit=limit,
+        token=token,
+    )
+
+
+def encode_ok(rid: RequestId, result: dict[str, Any] | None = None) -> bytes:
+    return orjson.dumps({"id": rid, "ok": result if result is not None else {}})
+
+
+def encode_error(rid: RequestId, error: ClarionError) -> bytes:
+    if rid is None:
+        return orjson.dumps({"error": error.to_dict()})
+    return orjson.dumps({"id": rid, "error": error.to_dict()})
+
+
+def encode_publication(pub: Publication, cursor: str) -> bytes:
+    """The publication object plus its ``cursor``; reuses the publication's cached JSON."""
+    body = pub.json()
+    return b'%s,"cursor":"%s"}' % (body[:-1], cursor.encode("ascii"))
+
+
+def encode_reset(channel: str, reason: str, cursor: str) -> bytes:
+    return orjson.dumps({"reset": {"channel": channel, "reason": reason, "cursor": cursor}})
+
+
+def encode_presence_event(kind: str, event: dict[str, Any]) -> bytes:
+    return orjson.dumps({kind: event})
+
+
+def encode_disconnect(code: int, reason: str, reconnect: bool) -> bytes:
+    return orjson.dumps({"disconnect": {"code": code, "reason": reason, "reconnect": reconnect}})

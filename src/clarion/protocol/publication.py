@@ -1,0 +1,106 @@
+"""Publications and stream positions: the values every layer passes around."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where a reader is in one channel's stream.
+
+    ``offset`` counts publications from 1 within one ``epoch``; offset 0 means "before the first
+    publication". A different epoch means the history the offset referred to is gone.
+    """
+
+    epoch: str
+    offset: int
+
+
+class Publication:
+    """One message on one channel, with its place in the channel's stream.
+
+    Publications are immutable once made. ``encoded`` memoises wire encodings so that a
+    publication delivered to many subscribers of one wire format is serialised once.
+    """
+
+    __slots__ = ("_encodings", "channel", "data", "epoch", "id", "info", "offset", "time")
+
+    def __init__(
+        self,
+        channel: str,
+        offset: int,
+        epoch: str,
+        data: Any,
+        time: int,
+        info: dict[str, Any] | None = None,
+        id: str | None = None,
+    ) -> None:
+        self.channel = channel
+        self.offset = offset
+        self.epoch = epoch
+        self.data = data
+        self.time = time
+        self.info = info
+        self.id = id
+        self._encodings: dict[object, Any] = {}
+
+    @property
+    def position(self) -> StreamPosition:
+        return StreamPosition(self.epoch, self.offset)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "channel": self.channel,
+            "offset": self.offset,
+            "epoch": self.epoch,
+            "data": self.data,
+            "time": self.time,
+        }
+        if self.info is not None:
+            out["info"] = self.info
+        if self.id is not None:
+            out["id"] = self.id
+        return out
+
+    def json(self) -> bytes:
+        """The publication object as JSON, encoded once."""
+        cached: bytes | None = self._encodings.get("json")
+        if cached is None:
+            cached = orjson.dumps(self.to_dict())
+            self._encodings["json"] = cached
+        return cached
+
+    def encoded(self, key: object, encode: Any) -> Any:
+        """``encode(self)`` memoised under ``key`` (one entry per wire format)."""
+        try:
+            return self._encodings[key]
+        except KeyError:
+            value = encode(self)
+            self._encodings[key] = value
+            return value
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Publication:
+        return cls(
+            channel=obj["channel"],
+            offset=int(obj["offset"]),
+            epoch=str(obj["epoch"]),
+            data=obj.get("data"),
+            time=int(obj.get("time", 0)),
+            info=obj.get("info"),
+            id=obj.get("id"),
+        )
+
+    def __repr__(self) -> str:
+        return f"Publication({self.channel!r}, offset={self.offset}, epoch={self.epoch!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Publication):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]

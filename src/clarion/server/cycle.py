@@ -1,0 +1,300 @@
+"""One HTTP request and its response: the ASGI ``http`` ``receive``/``send`` pair.
+
+The connection (:mod:`clarion.server.http`) parses requests and feeds bodies in; this module hands
+them to the app, frames the response (``Content-Length`` when the app gives one, chunked
+otherwise) and writes each body message as it arrives, so streaming responses (SSE) reach the
+client at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from typing import TYPE_CHECKING, Any
+
+from clarion.server.config import ClientDisconnected, Config, Message, Scope, date_header
+
+if TYPE_CHECKING:
+    from clarion.server.http import HttpProtocol
+
+log = logging.getLogger("clarion.server.http")
+
+DISCONNECT: Message = {"type": "http.disconnect"}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_status_lines: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    line = _status_lines.get(status)
+    if line is None:
+        try:
+            phrase = http.HTTPStatus(status).phrase.encode()
+        except ValueError:
+            phrase = b""
+        line = _status_lines[status] = b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+    return line
+
+
+def simple_response(status: int, body: bytes, *, close: bool = True) -> bytes:
+    """A complete plain-text response, for errors the server answers itself."""
+    return b"".join(
+        (
+            status_line(status),
+            date_header(),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n" if close else b"\r\n",
+            body,
+        )
+    )
+
+
+class HttpCycle:
+    """The ASGI side of one request; created by the connection once the headers are parsed."""
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_final_delivered",
+        "_head",
+        "_head_handle",
+        "_length",
+        "_more_body",
+        "_sent",
+        "_waiter",
+        "body_size",
+        "buffered",
+        "chunked",
+        "config",
+        "disconnected",
+        "expect_continue",
+        "head_written",
+        "http11",
+        "is_head",
+        "keep_alive",
+        "no_body",
+        "response_complete",
+        "response_started",
+        "scope",
+    )
+
+    def __init__(
+        self,
+        conn: HttpProtocol,
+        config: Config,
+        scope: Scope,
+        *,
+        keep_alive: bool,
+        expect_continue: bool,
+    ) -> None:
+        self._conn = conn
+        self.config = config
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.is_head = scope["method"] == "HEAD"
+        self.http11 = scope["http_version"] == "1.1"
+        # Request side.
+        self._chunks: list[bytes] = []
+        self.buffered = 0  # body bytes received, not yet handed to the app
+        self.body_size = 0
+        self._more_body = True
+        self._final_delivered = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.disconnected = False
+        # Response side.
+        self.response_started = False
+        self.head_written = False
+        self.response_complete = False
+        self._head = b""
+        self._head_handle: asyncio.Handle | None = None
+        self._length: int | None = None
+        self._sent = 0
+        self.chunked = False
+        self.no_body = False
+
+    # -- fed by the connection --------------------------------------------------------------
+
+    def feed_body(self, data: bytes) -> None:
+        self.body_size += len(data)
+        if self.response_complete:
+            return  # the app answered without reading it all: the parser just skips it
+        self._chunks.append(data)
+        self.buffered += len(data)
+        self._wake()
+
+    def end_body(self) -> None:
+        self._more_body = False
+        self._wake()
+
+    @property
+    def body_complete(self) -> bool:
+        return not self._more_body
+
+    def disconnect(self) -> None:
+        self.disconnected = True
+        if self._head_handle is not None:
+            self._head_handle.cancel()
+            self._head_handle = None
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- ASGI -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self.config.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            if not self.disconnected:
+                log.exception("exception in ASGI application")
+                self._fail()
+        except Exception:
+            log.exception("exception in ASGI application")
+            self._fail()
+        else:
+            if not self.response_complete and not self.disconnected:
+                log.error("ASGI application returned without completing its response")
+                self._fail()
+
+    async def receive(self) -> Message:
+        if self.expect_continue:
+            self.expect_continue = False
+            if not self.head_written and not self.disconnected:
+                self._conn.transport.write(CONTINUE)
+        while True:
+            if self.disconnected or self.response_complete:
+                return DISCONNECT
+            if self._chunks or (not self._more_body and not self._final_delivered):
+                body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                self._chunks = []
+                self.buffered = 0
+                self._final_delivered = not self._more_body
+                self._conn.update_reading()
+                return {"type": "http.request", "body": body, "more_body": self._more_body}
+            # Nothing to hand over: wait for body bytes, or (for SSE, long polls) the disconnect.
+            self._conn.update_reading()
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    async def send(self, message: Message) -> None:
+        conn = self._conn
+        if conn.write_paused and not self.disconnected:
+            await conn.drain()
+        if self.disconnected:
+            raise ClientDisconnected("client disconnected")
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"expected http.response.start, got {kind!r}")
+            self.response_started = True
+            self._head = self._build_head(message["status"], message.get("headers") or ())
+            # Written with the first body message (one write), or at the end of this loop
+            # iteration if that takes longer, so that e.g. an idle SSE stream sees its headers.
+            self._head_handle = asyncio.get_running_loop().call_soon(self._write_head)
+            return
+        if self.response_complete:
+            raise RuntimeError(f"{kind!r} after the response completed")
+        if kind != "http.response.body":
+            raise RuntimeError(f"expected http.response.body, got {kind!r}")
+        self._write_body(message.get("body", b""), bool(message.get("more_body", False)))
+
+    # -- response framing -------------------------------------------------------------------
+
+    def _build_head(self, status: int, headers: Any) -> bytes:
+        parts = [status_line(status)]
+        has_connection = False
+        for name, value in headers:
+            lname = name.lower()
+            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
+                raise RuntimeError("invalid header: CR or LF")
+            if lname == b"content-length":
+                self._length = int(value)
+            elif lname == b"transfer-encoding":
+                continue  # the body framing is ours
+            elif lname == b"connection":
+                has_connection = True
+                if value.lower() == b"close":
+                    self.keep_alive = False
+            parts.append(b"%s: %s\r\n" % (name, value))
+        parts.append(date_header())
+        self.no_body = self.is_head or status < 200 or status in (204, 304)
+        if self._length is None and not self.no_body:
+            if self.http11:
+                self.chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # an HTTP/1.0 body without length ends with the socket
+        if not has_connection:
+            if not self.keep_alive:
+                parts.append(b"connection: close\r\n")
+            elif not self.http11:
+                parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _write_head(self) -> None:
+        self._head_handle = None
+        if not self.head_written and not self.disconnected:
+            self.head_written = True
+            self._conn.transport.write(self._head)
+            self._head = b""
+
+    def _write_body(self, body: bytes, more: bool) -> None:
+        parts: list[bytes] = []
+        if not self.head_written:
+            if self._head_handle is not None:
+                self._head_handle.cancel()
+                self._head_handle = None
+            self.head_written = True
+            parts.append(self._head)
+            self._head = b""
+        if not self.no_body:
+            if self.chunked:
+                if body:
+                    parts += (b"%x\r\n" % len(body), body, b"\r\n")
+                if not more:
+                    parts.append(b"0\r\n\r\n")
+            elif body:
+                self._sent += len(body)
+                if self._length is not None and self._sent > self._length:
+                    raise RuntimeError("response body longer than its content-length")
+                parts.append(body)
+        if parts:
+            self._conn.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+        if not more:
+            self.response_complete = True
+            if self._length is not None and self._sent < self._length and not self.no_body:
+                self.keep_alive = False  # the client would wait for the missing bytes
+            self._wake()
+            self._conn.response_complete(self)
+
+    def _fail(self) -> None:
+        """The app failed: answer 500 if nothing was written yet, else cut the connection."""
+        if self.disconnected or self.response_complete:
+            return
+        if not self.head_written:
+            if self._head_handle is not None:
+                self._head_handle.cancel()
+                self._head_handle = None
+            self.head_written = self.response_started = self.response_complete = True
+            self.keep_alive = False
+            self._conn.transport.write(simple_response(500, b"Internal Server Error\n"))
+            self._conn.response_complete(self)
+        else:
+            self.response_complete = True
+            self._conn.close()
+
+    def cancel_head(self) -> None:
+        """The server answers itself (413): whatever the app started is dropped."""
+        if self._head_handle is not None:
+            self._head_handle.cancel()
+            self._head_handle = None

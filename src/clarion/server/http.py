@@ -1,0 +1,428 @@
+"""One TCP connection speaking HTTP/1.1: parsing, keep-alive, pipelining, timeouts, upgrade.
+
+``httptools`` parses; this protocol turns each request head into an ASGI scope and a
+:class:`~clarion.server.cycle.HttpCycle`, runs one cycle at a time (pipelined requests wait,
+with reading paused), and hands the socket to
+:class:`~clarion.server.websocket.WebSocketProtocol` on ``Upgrade: websocket``.
+
+Limits, each answered before the app sees anything: request head bytes and header count (431),
+malformed requests (400), declared or streamed bodies over ``max_body_bytes`` (413), a head not
+complete within ``handshake_timeout`` (closed: slowloris), and an idle keep-alive connection
+after ``keepalive_timeout`` (closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+from websockets.datastructures import Headers
+from websockets.http11 import Request
+
+from clarion.server.config import ASGI_VERSION, Config, Registry, Scope
+from clarion.server.cycle import HttpCycle, simple_response
+from clarion.server.websocket import WebSocketProtocol
+
+log = logging.getLogger("clarion.server.http")
+
+BODY_HIGH = 65536  # unread request body bytes at which reading pauses
+
+
+class _Reject(Exception):
+    """Raised from a parser callback to stop parsing and answer ``status``."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class _Upgrade:
+    """A parsed ``Upgrade: websocket`` request waiting for the socket to be handed over."""
+
+    __slots__ = ("leftover", "request", "scope")
+
+    def __init__(self, scope: Scope, request: Request) -> None:
+        self.scope = scope
+        self.request = request
+        self.leftover = bytearray()
+
+
+class HttpProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_cycle",
+        "_detached",
+        "_drain",
+        "_head_bytes",
+        "_head_timer",
+        "_headers",
+        "_idle_timer",
+        "_ignoring",
+        "_in_head",
+        "_loop",
+        "_parser",
+        "_parsing",
+        "_pipeline",
+        "_progress",
+        "_raw_bytes",
+        "_reading_paused",
+        "_reject",
+        "_upgrade",
+        "_url",
+        "client",
+        "config",
+        "registry",
+        "server",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, config: Config, registry: Registry) -> None:
+        self.config = config
+        self.registry = registry
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        # The head being parsed.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._raw_bytes = 0  # bytes of chunks that completed neither a head nor a message
+        self._in_head = True
+        self._progress = False  # this chunk completed a head or a message
+        self._reject = 0
+        # Requests.
+        self._cycle: HttpCycle | None = None  # response in flight
+        self._parsing: HttpCycle | None = None  # body being parsed
+        self._pipeline: deque[HttpCycle | _Upgrade] = deque()
+        self._upgrade: _Upgrade | None = None
+        self._detached = False  # the socket belongs to a WebSocketProtocol now
+        self._ignoring = False  # the parser stopped (error, foreign upgrade): drop input
+        # Flow control and timers.
+        self._reading_paused = False
+        self.write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client = _address(transport.get_extra_info("peername"))
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.registry.connections.add(self)
+        self._head_timer = self._loop.call_later(self.config.handshake_timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self._upgrade is not None:
+            # Frames behind a pipelined upgrade wait for the handover.
+            self._upgrade.leftover += data
+            return
+        if self._ignoring:
+            return
+        self._progress = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_parsed(data[exc.args[0] :])
+            return
+        except httptools.HttpParserError:
+            reject, self._reject = self._reject, 0
+            self._error(reject or 400, self._parsing)
+            return
+        if self._in_head and not self._progress:
+            # httptools buffers an unfinished header line without telling us: bound it here.
+            self._raw_bytes += len(data)
+            if self._raw_bytes > self.config.max_header_bytes:
+                self._error(431, None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        self.registry.connections.discard(self)
+        if self._detached:
+            return
+        for cycle in (self._cycle, self._parsing, *self._pipeline):
+            if isinstance(cycle, HttpCycle):
+                cycle.disconnect()
+        self._pipeline.clear()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._drain = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    async def drain(self) -> None:
+        if self._drain is not None:
+            await self._drain
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._in_head = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_later(self.config.handshake_timeout, self._timed_out)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self.config.max_header_bytes:
+            self._raise(431)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        self._headers.append((name.lower(), value))
+        if (
+            self._head_bytes > self.config.max_header_bytes
+            or len(self._headers) > self.config.max_headers
+        ):
+            self._raise(431)
+
+    def on_headers_complete(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._in_head = False
+        self._progress = True
+        self._raw_bytes = 0
+        parser = self._parser
+        url, headers = self._url, self._headers
+        version = parser.get_http_version()
+        try:
+            method = parser.get_method().decode("ascii")
+            if url.startswith(b"/"):
+                raw_path, _, query = url.partition(b"?")
+            else:  # absolute-form (proxy style) or asterisk-form
+                parsed = httptools.parse_url(url)
+                raw_path, query = parsed.path or b"/", parsed.query or b""
+            path = unquote(raw_path.decode("ascii"))
+        except (UnicodeDecodeError, httptools.HttpParserInvalidURLError):
+            self._raise(400)
+        values = {name: value for name, value in headers}
+        upgrade = values.get(b"upgrade", b"").lower()
+        scope: Scope = {
+            "asgi": ASGI_VERSION,
+            "http_version": version,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": "",
+            "headers": headers,
+            "client": self.client,
+            "server": self.server,
+            "state": dict(self.registry.state),
+        }
+        keep_alive = parser.should_keep_alive()
+        if parser.should_upgrade():
+            if upgrade == b"websocket":
+                scope["type"] = "websocket"
+                scope["scheme"] = "ws"
+                raw = Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers])
+                path_and_query = url.decode("latin-1")
+                self._upgrade = _Upgrade(
+                    scope, Request(path_and_query, raw, method, f"HTTP/{version}")
+                )
+                return
+            # Any other upgrade (h2c, CONNECT) is ignored: answered as plain HTTP, then closed,
+            # since httptools stops parsing this connection at the upgrade.
+            keep_alive = False
+        length = values.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
+            self._raise(413)
+        scope["type"] = "http"
+        scope["method"] = method
+        scope["scheme"] = "http"
+        cycle = HttpCycle(
+            self,
+            self.config,
+            scope,
+            keep_alive=keep_alive,
+            expect_continue=values.get(b"expect", b"").lower() == b"100-continue",
+        )
+        self._parsing = cycle
+        if self._cycle is None and not self._pipeline:
+            self._start(cycle)
+        else:
+            self._pipeline.append(cycle)
+            self.update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self._parsing
+        if cycle is None:
+            return
+        cycle.feed_body(body)
+        if cycle.body_size > self.config.max_body_bytes:
+            self._raise(413)
+        if cycle.buffered > BODY_HIGH:
+            self.update_reading()
+
+    def on_message_complete(self) -> None:
+        if self._upgrade is not None:
+            return
+        cycle, self._parsing = self._parsing, None
+        if cycle is not None:
+            cycle.end_body()
+        self._in_head = True
+        self._progress = True
+        self._raw_bytes = 0
+        self.update_reading()
+
+    def _raise(self, status: int) -> Any:
+        # Exceptions from callbacks reach us as HttpParserCallbackError: remember the status.
+        self._reject = status
+        raise _Reject(status)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _start(self, cycle: HttpCycle) -> None:
+        self._cycle = cycle
+        self.registry.start(cycle.run(), "clarion-http")
+
+    def response_complete(self, cycle: HttpCycle) -> None:
+        """Called by the cycle once its last body byte is written."""
+        if cycle is not self._cycle:
+            return
+        self._cycle = None
+        if self.transport.is_closing():
+            return
+        if not cycle.keep_alive or self.registry.shutting_down:
+            self.close()
+            return
+        if cycle is self._parsing and cycle.expect_continue:
+            # The client waits for "100 Continue" before sending a body we never asked for.
+            self.close()
+            return
+        if self._pipeline:
+            following = self._pipeline.popleft()
+            if isinstance(following, _Upgrade):
+                self._hand_over(following)
+                return
+            self._start(following)
+        elif self._in_head and self._head_timer is None:
+            self._idle_timer = self._loop.call_later(
+                self.config.keepalive_timeout, self.transport.close
+            )
+        self.update_reading()
+
+    def update_reading(self) -> None:
+        """Read only while nothing is queued: pipelined requests and unread bodies wait."""
+        if self._detached or self._ignoring or self.transport.is_closing():
+            return
+        parsing = self._parsing
+        pause = bool(self._pipeline) or (parsing is not None and parsing.buffered > BODY_HIGH)
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def _upgrade_parsed(self, leftover: bytes) -> None:
+        upgrade = self._upgrade
+        if upgrade is None:
+            # A non-websocket upgrade: its response closes the connection; ignore what follows.
+            self._ignoring = True
+            return
+        upgrade.leftover += leftover
+        if self._cycle is None and not self._pipeline:
+            self._hand_over(upgrade)
+        else:
+            self._pipeline.append(upgrade)
+            self.update_reading()
+
+    def _hand_over(self, upgrade: _Upgrade) -> None:
+        self._cancel_timers()
+        self._detached = True
+        self.registry.connections.discard(self)
+        transport = self.transport
+        if self._reading_paused:
+            transport.resume_reading()  # the websocket protocol pauses on its own terms
+        protocol = WebSocketProtocol(self.config, self.registry, upgrade.scope, upgrade.request)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if upgrade.leftover:
+            protocol.data_received(bytes(upgrade.leftover))
+
+    # -- errors, timers, shutdown -----------------------------------------------------------
+
+    def _error(self, status: int, at_fault: HttpCycle | None) -> None:
+        """Answer ``status`` and close; a response already on the wire is only cut short."""
+        active = self._cycle
+        if active is not None and active is not at_fault:
+            # The error is in a pipelined request: finish the one in flight, then close.
+            active.keep_alive = False
+            self._pipeline.clear()
+            self._ignoring = True
+            self.transport.pause_reading()
+            self._reading_paused = True
+            return
+        if active is not None:
+            active.cancel_head()
+            written = active.head_written
+            active.disconnect()
+            self._cycle = None
+            if written:
+                self.transport.close()
+                return
+        body = {400: b"Bad Request\n", 413: b"Payload Too Large\n"}.get(status, b"")
+        if status == 431:
+            body = b"Request Header Fields Too Large\n"
+        log.info("HTTP %d to %s", status, self.client)
+        self.transport.write(simple_response(status, body))
+        self.close()
+
+    def _timed_out(self) -> None:
+        self._head_timer = None
+        log.info("closing %s: request head not received in time", self.client)
+        self.transport.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._idle_timer = None
+
+    def close(self) -> None:
+        self._cancel_timers()
+        self.transport.close()
+
+    def is_idle(self) -> bool:
+        return self._cycle is None and not self._pipeline
+
+    def shutdown(self) -> None:
+        if self.is_idle():
+            self.close()
+        elif self._cycle is not None:
+            self._cycle.keep_alive = False
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+
+def _address(info: Any) -> tuple[str, int] | None:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None

@@ -1,0 +1,198 @@
+"""Running the server: listening socket, lifespan, graceful shutdown, signals and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from clarion.server.config import ASGIApp, Config, Registry
+from clarion.server.http import HttpProtocol
+from clarion.server.lifespan import Lifespan
+
+log = logging.getLogger("clarion.server")
+
+FORCE_CLOSE_GRACE = 0.5  # seconds a force-closed websocket gets for its close frame
+
+
+class Server:
+    """clarion's ASGI 3 server (HTTP/1.1 and WebSocket) with the fast websocket extension.
+
+    ``max_body_bytes`` caps a request body (413 beyond), ``max_message_bytes`` an inbound
+    WebSocket message (closed with 1009 beyond). A connection that has not sent a complete
+    request head within ``handshake_timeout`` seconds is closed, and so is a keep-alive
+    connection idle for ``keepalive_timeout``. Heads are bounded by ``max_headers`` and
+    ``max_header_bytes`` (431). ``send_limit`` is a websocket's default send budget (see
+    ``FastWebSocket.set_send_limit``), ``close_timeout`` how long a close handshake may take.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        max_body_bytes: int = 65536,
+        max_message_bytes: int = 65536,
+        handshake_timeout: float = 10.0,
+        keepalive_timeout: float = 5.0,
+        sock: socket.socket | None = None,
+        backlog: int = 2048,
+        max_headers: int = 100,
+        max_header_bytes: int = 16384,
+        send_limit: int = 4 * 1024 * 1024,
+        close_timeout: float = 3.0,
+    ) -> None:
+        self.host = host
+        self.requested_port = port
+        self.sock = sock
+        self.backlog = backlog
+        self.config = Config(
+            app=app,
+            max_body_bytes=max_body_bytes,
+            max_message_bytes=max_message_bytes,
+            handshake_timeout=handshake_timeout,
+            keepalive_timeout=keepalive_timeout,
+            max_headers=max_headers,
+            max_header_bytes=max_header_bytes,
+            send_limit=send_limit,
+            close_timeout=close_timeout,
+        )
+        self.registry = Registry()
+        self._lifespan = Lifespan(app, self.registry.state)
+        self._server: asyncio.Server | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one the OS picked when ``port=0``)."""
+        for sock in self.sockets:
+            return int(sock.getsockname()[1])
+        return self.requested_port
+
+    async def start(self) -> None:
+        """Run lifespan startup, then start accepting connections."""
+        if self._server is not None:
+            return
+        self._stopped = asyncio.Event()
+        await self._lifespan.startup()
+        loop = asyncio.get_running_loop()
+        config, registry = self.config, self.registry
+
+        def factory() -> HttpProtocol:
+            return HttpProtocol(config, registry)
+
+        if self.sock is not None:
+            self._server = await loop.create_server(factory, sock=self.sock, backlog=self.backlog)
+        else:
+            self._server = await loop.create_server(
+                factory,
+                self.host,
+                self.requested_port,
+                backlog=self.backlog,
+                reuse_address=True,
+            )
+        log.info("clarion server listening on %s:%d", self.host, self.port)
+
+    async def serve_forever(self) -> None:
+        """Start if needed, then wait until :meth:`shutdown` has finished."""
+        await self.start()
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop accepting, run lifespan shutdown, and close every connection within ``timeout``."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._shutdown(timeout))
+        await asyncio.shield(self._stopping)
+
+    async def _shutdown(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        registry = self.registry
+        registry.shutting_down = True
+        if self._server is not None:
+            self._server.close()
+        # Idle keep-alive connections go now; busy ones close after their response.
+        for conn in list(registry.connections):
+            if not _is_websocket(conn):
+                conn.shutdown()
+        # Lifespan shutdown lets the app close its own sessions (with its own close codes).
+        await self._lifespan.shutdown(max(deadline - loop.time(), 0.0))
+        await _wait_until(lambda: not registry.tasks and not registry.connections, deadline)
+        if registry.connections:
+            log.info("closing %d connections still open at shutdown", len(registry.connections))
+            for conn in list(registry.connections):
+                conn.shutdown()
+            await _wait_until(lambda: not registry.connections, loop.time() + FORCE_CLOSE_GRACE)
+            for conn in list(registry.connections):
+                conn.abort()
+        tasks = list(registry.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=FORCE_CLOSE_GRACE)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), FORCE_CLOSE_GRACE)
+        if self._stopped is not None:
+            self._stopped.set()
+        log.info("clarion server stopped")
+
+
+def _is_websocket(conn: object) -> bool:
+    return not isinstance(conn, HttpProtocol)
+
+
+async def _wait_until(done: Callable[[], bool], deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    while not done() and loop.time() < deadline:
+        await asyncio.sleep(min(0.02, max(deadline - loop.time(), 0.0)))
+
+
+def serve(
+    app: ASGIApp,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    shutdown_timeout: float = 10.0,
+    **kw: Any,
+) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM (under uvloop when installed), then shut down."""
+
+    async def main() -> None:
+        server = Server(app, host=host, port=port, **kw)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # not on Windows
+                loop.add_signal_handler(sig, _stop, server, shutdown_timeout)
+        await server.serve_forever()
+
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+
+
+_stopping: set[asyncio.Task[None]] = set()
+
+
+def _stop(server: Server, timeout: float) -> None:
+    task = asyncio.ensure_future(server.shutdown(timeout))
+    _stopping.add(task)  # keep a reference until it is done
+    task.add_done_callback(_stopping.discard)

@@ -1,0 +1,492 @@
+"""One WebSocket connection after an ``Upgrade: websocket`` request: the ASGI ``websocket`` scope.
+
+The handshake and inbound frame parsing belong to the ``websockets`` library's sans-I/O
+:class:`~websockets.server.ServerProtocol`; this module moves bytes between it, the socket and the
+ASGI app, reassembles fragmented messages, and owns timers and backpressure. Every outgoing byte,
+whether from ``websocket.send``, the fast path or the protocol object, goes through the
+:class:`~clarion.server.fastws.Outbox` so that the wire order is the call order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import enum
+import logging
+import time
+from collections import deque
+from typing import Any, cast
+
+from websockets.exceptions import ProtocolError
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from clarion.protocol.frames import binary_frame, text_frame
+from clarion.server.config import ClientDisconnected, Config, Message, Registry, Scope
+from clarion.server.fastws import FAST_WEBSOCKET_EXTENSION, Outbox
+
+log = logging.getLogger("clarion.server.websocket")
+# websockets logs every open and close at INFO; keep that under our tree, one level down.
+protocol_log = logging.getLogger("clarion.server.websocket.protocol")
+
+INBOUND_HIGH = 32  # queued messages at which reading from the socket pauses
+INBOUND_LOW = 8  # ... and resumes
+SEND_HIGH = 65536  # queued bytes at which websocket.send writes now instead of next iteration
+ABNORMAL = 1006
+SERVICE_RESTART = 1012
+OVERFLOW = 1008  # no standard "too slow" code; apps choose their own via set_send_limit
+
+
+class FrameProtocol(ServerProtocol):
+    """websockets' protocol, letting a close frame end a fragmented message cleanly.
+
+    RFC 6455 §5.4 allows control frames between fragments; websockets treats a close there as
+    a protocol error (1002), Autobahn case 7.1.5 expects the normal close echo. The partial
+    message is dropped either way.
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
+
+
+class Phase(enum.Enum):
+    CONNECTING = "connecting"  # handshake received, app not yet answered
+    OPEN = "open"
+    CLOSING = "closing"  # a close frame was sent or received
+    CLOSED = "closed"  # socket gone
+
+
+class WebSocketProtocol(Outbox, asyncio.Protocol):
+    """The asyncio protocol of one upgraded connection; also the fast-path connection object."""
+
+    __slots__ = (
+        "_close_timer",
+        "_decoder",
+        "_disconnected",
+        "_drain",
+        "_early",
+        "_handshake",
+        "_inbound",
+        "_loop",
+        "_opcode",
+        "_parts",
+        "_protocol",
+        "_reading_paused",
+        "_registry",
+        "_request",
+        "_response",
+        "_text_parts",
+        "_waiter",
+        "config",
+        "last_activity",
+        "phase",
+        "scope",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        scope: Scope,
+        request: Request,
+    ) -> None:
+        self.config = config
+        self._registry = registry
+        self.scope = scope
+        self._request = request
+        self._loop = asyncio.get_running_loop()
+        self.phase = Phase.CONNECTING
+        self.last_activity = time.monotonic()
+        self._handshake: ServerProtocol | None = None
+        self._response: Response | None = None
+        self._protocol: ServerProtocol | None = None
+        self._inbound: deque[Message] = deque([{"type": "websocket.connect"}])
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._early = bytearray()
+        self._disconnected = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        # The fragmented message being received: text is decoded fragment by fragment.
+        self._opcode: Opcode | None = None
+        self._parts: list[bytes] = []
+        self._text_parts: list[str] = []
+        self._decoder: codecs.IncrementalDecoder | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        self.init_outbox(self._loop, self.config.send_limit)
+        self._registry.connections.add(self)
+        handshake = ServerProtocol(max_size=self.config.max_message_bytes, logger=protocol_log)
+        response = handshake.accept(self._request)
+        if response.status_code != 101:
+            # Not a valid handshake (bad key, version, method): websockets wrote the answer.
+            log.info("websocket handshake refused: %s", handshake.handshake_exc)
+            self._send_handshake_failure(handshake, response)
+            return
+        self._handshake = handshake
+        self._response = response
+        subprotocols = [
+            p.strip()
+            for value in self._request.headers.get_all("Sec-WebSocket-Protocol")
+            for p in value.split(",")
+            if p.strip()
+        ]
+        self.scope["subprotocols"] = subprotocols
+        self.scope["extensions"] = {FAST_WEBSOCKET_EXTENSION: {"connection": self}}
+        task = self._registry.start(self._run(), "clarion-websocket")
+        task.add_done_callback(self._app_done)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        if self.phase is Phase.CONNECTING:
+            # Frames sent before the app accepted wait; so does the socket.
+            self._early += data
+            self._pause_reading()
+            return
+        if self._protocol is None:
+            return
+        self._feed(data)
+
+    def eof_received(self) -> bool | None:
+        protocol = self._protocol
+        if protocol is not None and self.phase is not Phase.CLOSED:
+            protocol.receive_eof()
+            self._pump(protocol)
+            self._deliver_disconnect()
+        # Write what is queued (a close echo) before the transport closes itself.
+        self.flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.phase = Phase.CLOSED
+        self._registry.connections.discard(self)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self.discard_outbox()
+        self._deliver_disconnect()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._drain is None or self._drain.done():
+            self._drain = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- the fast path (FastWebSocket); push/push_text/buffered_bytes/set_send_limit in Outbox -
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSING or self.phase is Phase.CLOSED
+
+    def ping(self) -> None:
+        protocol = self._protocol
+        if protocol is not None and self.phase is Phase.OPEN:
+            protocol.send_ping(b"")
+            self._pump(protocol)
+
+    def close(self, code: int, reason: str = "") -> None:
+        protocol = self._protocol
+        if protocol is None or self.phase is not Phase.OPEN:
+            return
+        try:
+            protocol.send_close(code, _clip_reason(reason))
+        except ProtocolError as exc:
+            raise ValueError(f"invalid close code {code}") from exc
+        self.phase = Phase.CLOSING
+        self._pump(protocol)
+
+    # -- Outbox hooks -----------------------------------------------------------------------
+
+    def on_eof_flushed(self) -> None:
+        # The close handshake is over on our side: half-close and give the peer a moment to
+        # close its side (reading and discarding meanwhile) before dropping the socket.
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._resume_reading()
+            self._arm_close_timer()
+        else:
+            transport.close()
+
+    def on_overflow_default(self) -> None:
+        log.info("websocket send buffer over %d bytes: closing", self._limit)
+        self.close(OVERFLOW, "send buffer overflow")
+
+    # -- registry.Connection ----------------------------------------------------------------
+
+    def is_idle(self) -> bool:
+        return False
+
+    def shutdown(self) -> None:
+        if self.phase is Phase.CONNECTING:
+            self._reject(503, "Service Unavailable\n")
+        else:
+            self.close(SERVICE_RESTART, "server shutting down")
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    # -- ASGI -------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        await self.config.app(self.scope, self.receive, self.send)
+
+    def _app_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            self.transport.abort()
+            return
+        exc = task.exception()
+        if isinstance(exc, ClientDisconnected):
+            # The ASGI way of learning the peer is gone, left to propagate: nothing to report.
+            log.debug("websocket app ended on a closed connection")
+        elif exc is not None:
+            log.error("exception in ASGI websocket application", exc_info=exc)
+        if self.phase is Phase.CONNECTING:
+            if exc is None:
+                self._reject(403, "Forbidden\n")
+            else:
+                self._reject(500, "Internal Server Error\n")
+        elif self.phase is Phase.OPEN:
+            self.close(1000 if exc is None else 1011)
+
+    async def receive(self) -> Message:
+        while not self._inbound:
+            if self._disconnected:
+                return {"type": "websocket.disconnect", "code": ABNORMAL, "reason": ""}
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        message = self._inbound.popleft()
+        if (
+            self._reading_paused
+            and len(self._inbound) <= INBOUND_LOW
+            and self.phase is not Phase.CONNECTING
+        ):
+            self._resume_reading()
+        return message
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "websocket.send":
+            if self.phase is not Phase.OPEN:
+                if self.phase is Phase.CONNECTING:
+                    raise RuntimeError("websocket.send before websocket.accept")
+                raise ClientDisconnected("websocket is closed")
+            text = message.get("text")
+            if text is not None:
+                frame = text_frame(text.encode())
+            else:
+                frame = binary_frame(message.get("bytes") or b"")
+            self.queue_raw(frame)
+            if self._out_bytes >= SEND_HIGH:
+                self.flush()
+            drain = self._drain
+            if drain is not None and not drain.done():
+                await drain
+        elif kind == "websocket.accept":
+            if self.phase is not Phase.CONNECTING:
+                raise RuntimeError(f"websocket.accept while {self.phase.value}")
+            self._accept(message.get("subprotocol"), message.get("headers") or ())
+        elif kind == "websocket.close":
+            if self.phase is Phase.CONNECTING:
+                self._reject(403, "Forbidden\n")
+            elif self.phase is Phase.OPEN:
+                self.close(message.get("code") or 1000, message.get("reason") or "")
+            # Closing twice, or after the peer left, is harmless.
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} on a websocket")
+
+    # -- handshake --------------------------------------------------------------------------
+
+    def _accept(self, subprotocol: str | None, headers: Any) -> None:
+        handshake, response = self._handshake, self._response
+        assert handshake is not None and response is not None
+        if subprotocol is not None:
+            response.headers["Sec-WebSocket-Protocol"] = subprotocol
+        for name, value in headers:
+            response.headers[name.decode("latin-1")] = value.decode("latin-1")
+        handshake.send_response(response)
+        for chunk in handshake.data_to_send():
+            self.queue_raw(chunk)
+        # A fresh protocol object in state OPEN parses frames: the handshake one is still parked
+        # in its HTTP request parser, which httptools already did for us.
+        protocol = FrameProtocol(
+            state=State.OPEN, max_size=self.config.max_message_bytes, logger=protocol_log
+        )
+        protocol.subprotocol = Subprotocol(subprotocol) if subprotocol else None
+        self._protocol = protocol
+        self._handshake = self._response = None
+        self.phase = Phase.OPEN
+        early, self._early = bytes(self._early), bytearray()
+        if early:
+            self._feed(early)
+        if self.phase is Phase.OPEN and len(self._inbound) < INBOUND_HIGH:
+            self._resume_reading()
+
+    def _reject(self, status: int, text: str) -> None:
+        handshake, response = self._handshake, None
+        if handshake is None or self.phase is not Phase.CONNECTING:
+            return
+        response = handshake.reject(status, text)
+        self._send_handshake_failure(handshake, response)
+
+    def _send_handshake_failure(self, handshake: ServerProtocol, response: Response) -> None:
+        handshake.send_response(response)
+        self._handshake = self._response = None
+        self.phase = Phase.CLOSING
+        self._disconnected = True
+        self._inbound.clear()
+        self._wake()
+        data = b"".join(handshake.data_to_send())
+        # send_response ends with EOF: an HTTP error response closes the connection.
+        self.transport.write(data)
+        self.transport.close()
+
+    # -- inbound ----------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        protocol = self._protocol
+        assert protocol is not None
+        protocol.receive_data(data)
+        for frame in protocol.events_received():
+            if not isinstance(frame, Frame):
+                continue
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                if not self._on_data_frame(protocol, opcode, bytes(frame.data), frame.fin):
+                    break
+            elif opcode is Opcode.CLOSE:
+                self.phase = Phase.CLOSING
+                self.seal()
+                self._deliver_disconnect()
+        self._pump(protocol)
+        if len(self._inbound) >= INBOUND_HIGH:
+            self._pause_reading()
+
+    def _on_data_frame(
+        self, protocol: ServerProtocol, opcode: Opcode, data: bytes, fin: bool
+    ) -> bool:
+        """Collect one data frame; False when the connection failed on it."""
+        if opcode is not Opcode.CONT:
+            if fin:  # the common case: one frame, one message
+                if opcode is Opcode.BINARY:
+                    self._deliver({"type": "websocket.receive", "bytes": data})
+                    return True
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError as exc:
+                    return self._invalid_utf8(protocol, exc)
+                self._deliver({"type": "websocket.receive", "text": text})
+                return True
+            self._opcode = opcode
+            if opcode is Opcode.TEXT:
+                self._decoder = codecs.getincrementaldecoder("utf-8")()
+        decoder = self._decoder
+        if decoder is not None:
+            # Decoded as they come, so that invalid UTF-8 fails at the first bad fragment.
+            try:
+                self._text_parts.append(decoder.decode(data, fin))
+            except UnicodeDecodeError as exc:
+                return self._invalid_utf8(protocol, exc)
+        else:
+            self._parts.append(data)
+        if fin:
+            if decoder is not None:
+                self._deliver({"type": "websocket.receive", "text": "".join(self._text_parts)})
+            else:
+                self._deliver({"type": "websocket.receive", "bytes": b"".join(self._parts)})
+            self._opcode = self._decoder = None
+            self._parts, self._text_parts = [], []
+        return True
+
+    def _invalid_utf8(self, protocol: ServerProtocol, exc: UnicodeDecodeError) -> bool:
+        # websockets' sans-I/O layer leaves text decoding to its callers: fail with 1007 here.
+        protocol.fail(1007, f"{exc.reason} at position {exc.start}")
+        self.phase = Phase.CLOSING
+        self.seal()
+        self._deliver_disconnect(1007)
+        return False
+
+    def _deliver(self, message: Message) -> None:
+        self._inbound.append(message)
+        self._wake()
+
+    def _deliver_disconnect(self, code: int | None = None) -> None:
+        if self._disconnected:
+            return
+        self._disconnected = True
+        reason = ""
+        protocol = self._protocol
+        if code is None:
+            code = ABNORMAL
+            if protocol is not None and protocol.close_rcvd is not None:
+                code, reason = protocol.close_rcvd.code, protocol.close_rcvd.reason
+        self._inbound.append({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- outbound ---------------------------------------------------------------------------
+
+    def _pump(self, protocol: ServerProtocol) -> None:
+        """Route what the protocol object wants written into the outbox, in order."""
+        for chunk in protocol.data_to_send():
+            if chunk:
+                self.queue_raw(chunk)
+            else:
+                self.queue_eof()
+        if self.phase is Phase.OPEN and protocol.state is not State.OPEN:
+            # The protocol object failed the connection (1002, 1009, ...): tell the app now.
+            self.phase = Phase.CLOSING
+            self.seal()
+            sent = protocol.close_sent
+            self._deliver_disconnect(sent.code if sent is not None else ABNORMAL)
+        if protocol.close_expected():
+            self._arm_close_timer()
+
+    def _arm_close_timer(self) -> None:
+        if self._close_timer is None and self.phase is not Phase.CLOSED:
+            self._close_timer = self._loop.call_later(
+                self.config.close_timeout, self._on_close_timeout
+            )
+
+    def _on_close_timeout(self) -> None:
+        self._close_timer = None
+        # abort, not close: a peer that stopped reading would keep close() waiting forever.
+        self.transport.abort()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self.transport.is_closing():
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+
+def _clip_reason(reason: str) -> str:
+    """A close reason fits in 123 bytes of UTF-8 (RFC 6455 §5.5: control payloads ≤ 125)."""
+    data = reason.encode()
+    if len(data) <= 123:
+        return reason
+    return data[:123].decode(errors="ignore")

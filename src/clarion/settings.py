@@ -1,0 +1,213 @@
+"""One settings model: defaults, then ``clarion.toml``, then ``CLARION_*`` environment variables.
+
+Nested keys join with ``__`` in the environment, e.g. ``CLARION_LIMITS__MAX_CONNECTIONS_PER_IP``.
+Every field is documented in ``docs/configuration.md`` (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from clarion.protocol.channels import DEFAULT_NAMESPACE
+
+
+class NamespaceOptions(BaseModel):
+    """Options for the channels of one namespace (the part of a channel name before ``:``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    history_size: int = Field(100, ge=0, le=1_000_000, description="publications kept per channel")
+    history_ttl: float = Field(600, gt=0, description="seconds a publication stays in history")
+    history_meta_ttl: float = Field(
+        86400,
+        gt=0,
+        description="seconds an idle channel's epoch and offset are remembered after its last "
+        "publication; after that its next publication starts a new epoch",
+    )
+    anonymous: bool = Field(False, description="allow subscribe without a token")
+    client_publish: bool = Field(True, description="allow clients (not only the API) to publish")
+    presence: bool = Field(True, description="track who is subscribed and push join/leave")
+    join_leave: bool = Field(
+        False, description="push join/leave events to subscribers (needs presence)"
+    )
+    slow_consumer: Literal["disconnect", "conflate"] = Field(
+        "disconnect", description="what happens when a session's send queue overflows"
+    )
+    idempotency_window: float = Field(
+        300, ge=0, description="seconds within which a repeated publish `id` is not published again"
+    )
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_connections: int = Field(100_000, ge=1, description="connections per node")
+    max_connections_per_ip: int = Field(1000, ge=1, description="connections per client IP")
+    max_connections_per_user: int = Field(100, ge=1, description="connections per user (sub)")
+    max_subscriptions_per_connection: int = Field(
+        128, ge=1, description="channels one connection may subscribe to"
+    )
+    max_message_bytes: int = Field(
+        65536, ge=256, description="largest inbound frame and largest publish API body"
+    )
+    client_publish_rate: float = Field(20, gt=0, description="publications per second per session")
+    client_publish_burst: int = Field(40, ge=1, description="token-bucket size for client publish")
+    send_queue_bytes: int = Field(
+        1_048_576,
+        ge=4096,
+        description="bytes queued to one session before its slow-consumer policy",
+    )
+    ping_interval: float = Field(25, gt=0, description="seconds between server pings")
+    pong_timeout: float = Field(10, gt=0, description="seconds to wait for a pong")
+    idle_timeout: float = Field(300, gt=0, description="seconds a session may hold no subscription")
+    handshake_timeout: float = Field(10, gt=0, description="seconds to finish the HTTP handshake")
+    max_history_batch: int = Field(1000, ge=1, description="publications per history/poll reply")
+
+
+class SseOptions(BaseModel):
+    """The ``[sse]`` section: Server-Sent Events streams at ``/sse``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retry_ms: int = Field(
+        3000, ge=0, le=3_600_000, description="reconnect delay sent as `retry:` first on a stream"
+    )
+    heartbeat: float = Field(
+        15, gt=0, description="seconds of silence after which a stream gets a comment line"
+    )
+
+
+class PollOptions(BaseModel):
+    """The ``[poll]`` section: long polling and polling at ``/poll``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout: float = Field(25, ge=0, description="seconds a poll waits when it gives no `timeout`")
+    timeout_max: float = Field(60, ge=0, description="largest `timeout` a poll may ask for")
+
+
+class Settings(BaseSettings):
+    """Everything clarion can be told; see ``docs/configuration.md``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLARION_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file=None,
+    )
+
+    host: str = Field("127.0.0.1", description="address `clarion serve` binds")
+    port: int = Field(8000, ge=0, le=65535, description="port `clarion serve` binds")
+    engine: str = Field("memory", description='"memory" or "redis://host:port/db"')
+    api_key: str | list[str] | None = Field(
+        None, description="server API key(s); several allow rotation. Unset = development mode"
+    )
+    token_secret: str | None = Field(None, description="HS256 secret for connection JWTs")
+    token_public_key_file: str | None = Field(
+        None, description="PEM public key or JWKS file for RS256/ES256 tokens"
+    )
+    token_algorithm: str = Field("HS256", description="the only JWT algorithm accepted")
+    token_audience: str | None = Field(None, description="required `aud` claim, if set")
+    token_issuer: str | None = Field(None, description="required `iss` claim, if set")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description='browser origins allowed to connect; ["*"] allows any. Empty = same host only',
+    )
+    allow_no_origin: bool = Field(True, description="accept requests without an Origin header")
+    insecure: bool = Field(
+        False, description="allow a non-loopback bind without api_key and token secret"
+    )
+    data_dir: str = Field("./clarion-data", description="durable local state of the memory engine")
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="hosts webhooks may reach even on loopback or private addresses",
+    )
+    shutdown_timeout: float = Field(10, ge=0, description="seconds to drain on SIGTERM")
+    log_level: str = Field("info", description="debug, info, warning or error")
+    limits: Limits = Field(default_factory=Limits)
+    sse: SseOptions = Field(default_factory=SseOptions)
+    poll: PollOptions = Field(default_factory=PollOptions)
+    namespaces: dict[str, NamespaceOptions] = Field(default_factory=dict)
+
+    @field_validator("namespaces")
+    @classmethod
+    def _namespace_names(cls, value: dict[str, NamespaceOptions]) -> dict[str, NamespaceOptions]:
+        for name in value:
+            if not name or ":" in name:
+                raise ValueError(f"invalid namespace name {name!r}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = settings_cls.model_config.get("toml_file")
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+        """Read ``config_file`` (TOML) and the environment; ``overrides`` win over both."""
+        if config_file is not None and not Path(config_file).is_file():
+            from clarion.errors import ConfigError
+
+            raise ConfigError(f"config file not found: {config_file}")
+
+        class _FromFile(cls):  # type: ignore[valid-type,misc]
+            model_config = SettingsConfigDict(
+                **{**cls.model_config, "toml_file": config_file}  # type: ignore[typeddict-item]
+            )
+
+        loaded = _FromFile(**overrides)
+        return cls.model_validate(loaded.model_dump())
+
+    # ---- derived values -------------------------------------------------------------------
+
+    def namespace(self, name: str) -> NamespaceOptions:
+        opts = self.namespaces.get(name)
+        if opts is None:
+            opts = self.namespaces.get(DEFAULT_NAMESPACE)
+            if opts is None:
+                opts = NamespaceOptions()
+                self.namespaces[DEFAULT_NAMESPACE] = opts
+        return opts
+
+    @property
+    def api_keys(self) -> list[str]:
+        if self.api_key is None:
+            return []
+        return [self.api_key] if isinstance(self.api_key, str) else list(self.api_key)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.token_secret or self.token_public_key_file)
+
+    @property
+    def development_mode(self) -> bool:
+        return not self.api_keys and not self.auth_enabled
+
+    def binds_loopback(self) -> bool:
+        if self.host in ("localhost", ""):
+            return self.host == "localhost"
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False

@@ -1,0 +1,205 @@
+"""Which URLs a webhook may target: the defence against server-side request forgery.
+
+A webhook makes the hub send requests where someone else says, so a target must not reach the
+hub's own network: loopback, private, link-local, shared (CGNAT), multicast, reserved and
+unspecified addresses are refused, including when they hide inside an IPv6 address
+(IPv4-mapped ``::ffff:a.b.c.d``, 6to4, NAT64). Hosts named in ``webhook_allow_hosts`` (a host
+name, an address or a network such as ``10.1.0.0/16``) are exempt.
+
+The check runs twice: when an endpoint is registered, and on every new connection after DNS
+resolution, against the very addresses the socket then connects to — so a name that later
+resolves somewhere else (DNS rebinding) is caught too. IPv4 literals are read the way libc's
+``inet_aton`` reads them (``2130706433``, ``0177.0.0.1``, ``0x7f.1`` and ``127.1`` are all
+127.0.0.1) and stored in dotted-quad form, so what is checked is what gets connected to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from clarion.errors import BadRequest
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_URL_CHARS = 2048
+
+# Characters of every IPv4 form inet_aton accepts (decimal, octal, hex, 1 to 4 parts).
+_IPV4_LIKE = re.compile(r"[0-9a-fA-FxX.]+")
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT; not "private" in ipaddress
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+class UnsafeTarget(BadRequest):
+    """The target URL would reach an address webhooks may not reach."""
+
+    code = "unsafe_target"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    url: str  # normalised: IPv4 literals in dotted-quad form
+    host: str  # without brackets, lower case
+    port: int
+    address: IPAddress | None  # set when the host is an address literal
+
+
+def parse_ipv4_like_libc(host: str) -> ipaddress.IPv4Address | None:
+    """``host`` as ``inet_aton`` would read it, or ``None`` when it is not an IPv4 literal."""
+    if _IPV4_LIKE.fullmatch(host) is None or not any(c.isdigit() for c in host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def parse_target(url: object) -> Target:
+    """Check the shape of a target URL and normalise it; addresses are checked separately."""
+    if not isinstance(url, str) or not url:
+        raise BadRequest("'url' must be a non-empty string")
+    if len(url) > MAX_URL_CHARS:
+        raise BadRequest(f"'url' is longer than {MAX_URL_CHARS} characters")
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise BadRequest("'url' must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise BadRequest(f"'url' is not a valid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise BadRequest("'url' must be an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise BadRequest("'url' must not hold credentials; receivers check the signature")
+    host = parts.hostname
+    if not host:
+        raise BadRequest("'url' has no host")
+    if "%" in host:
+        raise BadRequest("'url' must not hold an IPv6 zone")
+    address: IPAddress | None = parse_ipv4_like_libc(host)
+    if address is None and ":" in host:
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError:
+            raise BadRequest(f"'url' holds an invalid IPv6 address: {host!r}") from None
+    if address is not None:
+        host = str(address)
+    default_port = 443 if scheme == "https" else 80
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    normalised = urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+    try:
+        httpx.URL(normalised)
+    except httpx.InvalidURL as exc:
+        raise BadRequest(f"'url' is not a valid URL: {exc}") from None
+    return Target(normalised, host, port if port is not None else default_port, address)
+
+
+def refusal(address: IPAddress) -> str | None:
+    """Why webhooks may not reach ``address``, or ``None`` when they may."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and any(address in net for net in _NAT64):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            inner = refusal(embedded)
+            if inner is not None:
+                return f"{inner} (inside an IPv6 address)"
+    checks = (
+        (address.is_unspecified, "unspecified"),
+        (address.is_loopback, "loopback"),
+        (address.is_link_local, "link-local"),
+        (address.is_multicast, "multicast"),
+        (address.is_private, "private"),
+        (address.is_reserved, "reserved"),
+        (isinstance(address, ipaddress.IPv4Address) and address in _SHARED, "shared (CGNAT)"),
+    )
+    for refused, name in checks:
+        if refused:
+            return f"a {name} address"
+    if not address.is_global:
+        return "not a globally routable address"
+    return None
+
+
+class AllowList:
+    """``webhook_allow_hosts``: host names, addresses and networks exempt from the check."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.hosts: set[str] = set()
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in entries:
+            text = entry.strip().lower().rstrip(".").strip("[]")
+            if not text:
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                self.hosts.add(text)
+
+    def allows_host(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self.hosts
+
+    def allows_address(self, address: IPAddress) -> bool:
+        candidates: list[IPAddress] = [address]
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            candidates.append(address.ipv4_mapped)
+        return any(a in net for a in candidates for net in self.networks if a.version == net.version)
+
+
+def check_address(host: str, address: IPAddress, allow: AllowList) -> None:
+    if allow.allows_host(host) or allow.allows_address(address):
+        return
+    reason = refusal(address)
+    if reason is not None:
+        shown = host if host == str(address) else f"{host} ({address})"
+        raise UnsafeTarget(
+            f"webhook target {shown} is {reason}; add the host to webhook_allow_hosts to allow it"
+        )
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to, as the socket layer will see it."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise UnsafeTarget(f"cannot resolve webhook host {host!r}: {exc}") from None
+    addresses: list[IPAddress] = []
+    for family, _, _, _, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        # getaddrinfo may append an IPv6 zone ("fe80::1%eth0"); the address is what matters.
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise UnsafeTarget(f"webhook host {host!r} resolves to no IP address")
+    return addresses
+
+
+async def checked_addresses(host: str, port: int, allow: AllowList) -> list[IPAddress]:
+    """Resolve ``host`` and refuse it if any of its addresses may not be reached.
+
+    Refusing on any (not only on all) closes the trick of mixing a public and a private answer.
+    """
+    addresses = await resolve(host, port)
+    for address in addresses:
+        check_address(host, address, allow)
+    return addresses
+
+
+async def check_target(target: Target, allow: AllowList) -> None:
+    """The registration-time check of a parsed target."""
+    if target.address is not None:
+        check_address(target.host, target.address, allow)
+    else:
+        await checked_addresses(target.host, target.port, allow)

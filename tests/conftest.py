@@ -1,0 +1,124 @@
+"""Shared fixtures: a real hub listening on a loopback port, and helpers to talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from clarion import Hub, Settings
+
+# Timeouts scale with this factor on slow or loaded machines.
+TIMEOUT_FACTOR = float(os.environ.get("CLARION_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def timeout(seconds: float) -> float:
+    return seconds * TIMEOUT_FACTOR
+
+
+class RunningHub:
+    """A hub served over real sockets on 127.0.0.1, inside the test's event loop."""
+
+    def __init__(self, hub: Hub, server: Any, port: int) -> None:
+        self.hub = hub
+        self.server = server
+        self.port = port
+        self.http_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/ws"
+        self._client: httpx.AsyncClient | None = None
+
+    def http(self, **kw: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.http_url, timeout=timeout(10), **kw)
+
+    async def publish(self, channel: str, data: Any, **extra: Any) -> dict[str, Any]:
+        headers = {}
+        if self.hub.settings.api_keys:
+            headers["Authorization"] = f"apikey {self.hub.settings.api_keys[0]}"
+        if self._client is None:
+            self._client = self.http()
+        r = await self._client.post(
+            "/api/publish", json={"channel": channel, "data": data, **extra}, headers=headers
+        )
+        r.raise_for_status()
+        result: dict[str, Any] = r.json()
+        return result
+
+    @asynccontextmanager
+    async def ws(self, **kw: Any) -> AsyncIterator[WS]:
+        kw.setdefault("subprotocols", ["clarion.v1"])
+        async with websockets.connect(self.ws_url, open_timeout=timeout(5), **kw) as conn:
+            yield WS(conn)
+
+
+class WS:
+    """A thin JSON wrapper over a websockets client connection."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self._next_id = 0
+
+    async def send(self, obj: Any) -> None:
+        await self.conn.send(obj if isinstance(obj, str | bytes) else json.dumps(obj))
+
+    async def recv(self, wait: float = 5) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.conn.recv(), timeout(wait))
+        result: dict[str, Any] = json.loads(raw)
+        return result
+
+    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send a command and return its reply (pushes that arrive first are skipped)."""
+        self._next_id += 1
+        rid = self._next_id
+        await self.send({"id": rid, "op": op, **fields})
+        while True:
+            msg = await self.recv()
+            if msg.get("id") == rid:
+                return msg
+
+    async def subscribe(self, channel: str, **fields: Any) -> dict[str, Any]:
+        return await self.call("subscribe", channel=channel, **fields)
+
+
+async def start_hub(settings: Settings | None = None, hub: Hub | None = None) -> RunningHub:
+    hub = hub if hub is not None else Hub(settings or Settings())
+    from clarion.standalone import make_server
+
+    server = make_server(hub, port=0)
+    await server.start()
+    return RunningHub(hub, server, server.port)
+
+
+async def stop_hub(running: RunningHub) -> None:
+    if running._client is not None:
+        await running._client.aclose()
+    await running.server.shutdown(timeout=timeout(2))
+
+
+@pytest.fixture
+async def hub_factory() -> AsyncIterator[Callable[..., Any]]:
+    started: list[RunningHub] = []
+
+    async def factory(settings: Settings | None = None, **kw: Any) -> RunningHub:
+        if settings is None:
+            settings = Settings(**kw)
+        running = await start_hub(settings)
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        await stop_hub(running)
+
+
+@pytest.fixture
+async def hub(hub_factory: Callable[..., Any]) -> RunningHub:
+    running: RunningHub = await hub_factory()
+    return running

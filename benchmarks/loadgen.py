@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import ipaddress
@@ -36,6 +37,7 @@ import resource
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -84,6 +86,7 @@ class LoadConfig:
     timeout: float = 180.0  # hard bound on the whole run
     reconnect_deadline: float = 10.0  # storm: reconnect+resume must finish within this
     storm_before: float = 3.0  # storm: publishing seconds before the drop
+    storm_away: float = 1.0  # storm: seconds between the drop and the reconnect
 
     def validate(self) -> None:
         if self.server not in SERVERS:
@@ -648,10 +651,17 @@ class SseSubscriber(asyncio.BufferedProtocol):
 
 
 class Publisher(asyncio.Protocol):
-    def __init__(self, host: str, port: int, on_done: Callable[[Publisher, int, bytes], None]):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        on_done: Callable[[Publisher, int, bytes], None],
+        on_lost: Callable[[Publisher], None],
+    ):
         self.host = host
         self.port = port
         self.on_done = on_done
+        self.on_lost = on_lost
         self.parser = httptools.HttpResponseParser(self)
         self.body = bytearray()
         self.busy = False
@@ -667,6 +677,7 @@ class Publisher(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
+        self.on_lost(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -748,27 +759,55 @@ def proc_rss_bytes(pids: list[int]) -> int:
     return total
 
 
-def cpu_times() -> dict[str, tuple[int, int]]:
-    """Per-core (busy, total) jiffies from /proc/stat."""
-    out: dict[str, tuple[int, int]] = {}
+def cpu_times() -> dict[str, tuple[int, int, int]]:
+    """Per-core (busy, total, softirq) jiffies from /proc/stat."""
+    out: dict[str, tuple[int, int, int]] = {}
     with open("/proc/stat", "rb") as f:
         for line in f:
             if not line.startswith(b"cpu") or line.startswith(b"cpu "):
                 continue
             parts = line.split()
-            values = [int(x) for x in parts[1:]]
-            idle = values[3] + (values[4] if len(values) > 4 else 0)
+            values = [int(x) for x in parts[1:]] + [0] * 8
+            idle = values[3] + values[4]
             total = sum(values[:8])
-            out[parts[0].decode()] = (total - idle, total)
+            out[parts[0].decode()] = (total - idle, total, values[6])
     return out
 
 
+def server_core(pids: list[int]) -> str | None:
+    """The one core the server is pinned to (``cpuN``), if it is pinned to exactly one."""
+    if not pids:
+        return None
+    try:
+        cores = os.sched_getaffinity(pids[0])
+    except OSError:
+        return None
+    return f"cpu{next(iter(cores))}" if len(cores) == 1 else None
+
+
+def ksoftirqd_pids(core: str | None) -> list[int]:
+    """The pid of ``ksoftirqd/N`` for core ``cpuN``."""
+    if core is None:
+        return []
+    name = f"ksoftirqd/{core[3:]}"
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == name:
+                        return [int(entry)]
+            except OSError:
+                continue
+    return []
+
+
 class Snapshot:
-    def __init__(self, st: Stats, server_pids: list[int]) -> None:
+    def __init__(self, st: Stats, server_pids: list[int], ksoftirqd: list[int]) -> None:
         self.wall = time.monotonic()
         self.delivered = st.delivered
         self.gen_cpu = time.process_time()
         self.server_cpu = proc_cpu_seconds(server_pids)
+        self.ksoftirqd_cpu = proc_cpu_seconds(list(ksoftirqd))
         self.cores = cpu_times()
 
 
@@ -793,15 +832,19 @@ class LoadGen:
         self.subs: list[WsSubscriber | SseSubscriber] = []
         self.clients: list[Client] = []
         self.server_pids = descendants(cfg.server_pids) if cfg.server_pids else []
+        self.ksoftirqd = ksoftirqd_pids(server_core(self.server_pids))
         # publishing
         self.pubs: list[Publisher] = []
-        self.idle_pubs: list[Publisher] = []
+        # round robin, so that no keep-alive connection idles into the server's idle timeout
+        self.idle_pubs: collections.deque[Publisher] = collections.deque()
         self.publishing = False
         self.seq = 0
         self.sent = 0
         self.acked = 0  # 2xx answers
         self.pub_errors = 0
         self.late = 0  # rate mode: ticks with no idle publisher connection
+        self.pub_reopens = 0
+        self._tasks: set[asyncio.Future[None]] = set()
         self.result: dict[str, Any] = {"config": dataclasses.asdict(cfg)}
 
     # connections --------------------------------------------------------------------------
@@ -846,7 +889,7 @@ class LoadGen:
                 try:
                     await self._open(lambda sub=sub: sub, self._source(i))
                     ok = await asyncio.wait_for(sub.ready, max(0.1, deadline - time.monotonic()))
-                except (OSError, TimeoutError) as exc:
+                except (OSError, TimeoutError, RuntimeError) as exc:
                     self.st.error(f"connect_{type(exc).__name__}")
                     ok = False
                 if ok:
@@ -866,7 +909,10 @@ class LoadGen:
         await asyncio.gather(*(self._connect_one(i, sem, deadline) for i in range(cfg.subscribers)))
         missing = sum(1 for s in self.subs if s is None)
         if missing:
-            raise RuntimeError(f"{missing} of {cfg.subscribers} subscribers failed to subscribe")
+            raise RuntimeError(
+                f"{missing} of {cfg.subscribers} subscribers failed to subscribe "
+                f"(errors: {self.st.errors})"
+            )
         return time.monotonic() - t0
 
     def close_all(self) -> None:
@@ -877,7 +923,7 @@ class LoadGen:
     async def open_publishers(self, n: int) -> None:
         for _ in range(n):
             _, proto = await self.loop.create_connection(
-                lambda: Publisher(self.cfg.host, self.cfg.port, self._pub_done),
+                lambda: Publisher(self.cfg.host, self.cfg.port, self._pub_done, self._pub_lost),
                 self.cfg.host,
                 self.cfg.port,
             )
@@ -885,7 +931,8 @@ class LoadGen:
             self.idle_pubs.append(cast(Publisher, proto))
 
     def close_publishers(self) -> None:
-        for p in self.pubs:
+        self.publishing = False
+        for p in list(self.pubs):
             if p.transport is not None:
                 p.transport.close()
 
@@ -901,7 +948,7 @@ class LoadGen:
     def _publish(self) -> bool:
         if not self.idle_pubs:
             return False
-        pub = self.idle_pubs.pop()
+        pub = self.idle_pubs.popleft()
         pub.post(self.ep.pub_path, self._body())
         self.sent += 1
         return True
@@ -918,6 +965,31 @@ class LoadGen:
             self.st.error(f"publish_status_{status}")
         if pub.transport is not None and not pub.transport.is_closing():
             self.idle_pubs.append(pub)
+        if self.cfg.mode == "saturate":
+            self._pump()
+
+    def _pub_lost(self, pub: Publisher) -> None:
+        """A publisher connection closed (e.g. the server's keep-alive limit): replace it."""
+        if pub in self.idle_pubs:
+            self.idle_pubs.remove(pub)
+        if pub not in self.pubs:
+            return
+        self.pubs.remove(pub)
+        if pub.busy:  # its request got no answer
+            self.pub_errors += 1
+            self.st.error("publish_connection_lost")
+        if self.publishing and self.pub_reopens < 100:
+            self.pub_reopens += 1
+            task = asyncio.ensure_future(self._reopen_publisher())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _reopen_publisher(self) -> None:
+        try:
+            await self.open_publishers(1)
+        except OSError:
+            self.st.error("publisher_reconnect_failed")
+            return
         if self.cfg.mode == "saturate":
             self._pump()
 
@@ -994,21 +1066,21 @@ class LoadGen:
             st.on_gate = self._pump
             self._pump()
             await asyncio.sleep(max(0.0, t_start - time.monotonic()))
-            a = Snapshot(st, self.server_pids)
+            a = Snapshot(st, self.server_pids, self.ksoftirqd)
             st.measuring = True
             await asyncio.sleep(max(0.0, t_end - time.monotonic()))
             st.measuring = False
-            b = Snapshot(st, self.server_pids)
+            b = Snapshot(st, self.server_pids, self.ksoftirqd)
             self.publishing = False
             st.gate = 1 << 62
         else:
             task = asyncio.ensure_future(self._publish_at_rate(cfg.rate, t_end))
             await asyncio.sleep(max(0.0, t_start - time.monotonic()))
-            a = Snapshot(st, self.server_pids)
+            a = Snapshot(st, self.server_pids, self.ksoftirqd)
             st.measuring = True
             await asyncio.sleep(max(0.0, t_end - time.monotonic()))
             st.measuring = False
-            b = Snapshot(st, self.server_pids)
+            b = Snapshot(st, self.server_pids, self.ksoftirqd)
             self.publishing = False
             await task
         drained = await self._wait_drained(cfg.drain)
@@ -1037,24 +1109,36 @@ class LoadGen:
         r = self.result
         wall = b.wall - a.wall
         delivered = b.delivered - a.delivered
-        server_cpu = (b.server_cpu - a.server_cpu) / wall if self.server_pids else float("nan")
         gen_cpu = (b.gen_cpu - a.gen_cpu) / wall
-        cores = {}
-        for core, (busy_b, total_b) in b.cores.items():
-            busy_a, total_a = a.cores.get(core, (0, 0))
-            cores[core] = round((busy_b - busy_a) / max(1, total_b - total_a), 3)
+        cores: dict[str, float] = {}
+        softirq: dict[str, float] = {}
+        for core, (busy_b, total_b, soft_b) in b.cores.items():
+            busy_a, total_a, soft_a = a.cores.get(core, (0, 0, 0))
+            span = max(1, total_b - total_a)
+            cores[core] = round((busy_b - busy_a) / span, 3)
+            softirq[core] = round((soft_b - soft_a) / span, 3)
+        proc_cpu = (b.server_cpu - a.server_cpu) / wall if self.server_pids else None
+        # Network softirq work that the kernel defers to ksoftirqd on the server's core is
+        # caused by the server's loopback sends but is not charged to the server's process
+        # (softirq run inline is: this kernel has no IRQ time accounting). Count both.
+        core = server_core(self.server_pids)
+        ksoft = (b.ksoftirqd_cpu - a.ksoftirqd_cpu) / wall
+        server_cpu = proc_cpu + ksoft if proc_cpu is not None else None
+        per_cpu = delivered / (server_cpu * wall) if server_cpu else None
         lat = sorted(self.st.latencies_ns)
         r.update(
             window_seconds=round(wall, 3),
             deliveries=delivered,
             deliveries_per_s=delivered / wall,
             server_cpu_fraction=server_cpu,
-            deliveries_per_server_cpu_s=(
-                delivered / (server_cpu * wall) if server_cpu and server_cpu > 0 else None
-            ),
+            server_process_cpu_fraction=proc_cpu,
+            ksoftirqd_cpu_fraction=ksoft,
+            server_core=core,
+            deliveries_per_server_cpu_s=per_cpu,
             generator_cpu_fraction=gen_cpu,
             generator_saturated=gen_cpu >= 0.9,
             core_busy=cores,
+            core_softirq=softirq,
             server_rss_bytes=proc_rss_bytes(self.server_pids),
             latency_samples=len(lat),
             latency_p50_ms=percentile(lat, 0.50) / 1e6 if lat else None,
@@ -1118,8 +1202,11 @@ class LoadGen:
         for c in self.clients:
             c.caught = False
         self.close_all()
-        t_drop = time.monotonic()
-        await asyncio.sleep(0)
+        snap_drop = Snapshot(st, self.server_pids, self.ksoftirqd)
+        t_drop = snap_drop.wall
+        offset_at_drop = st.pub_last_offset
+        await asyncio.sleep(cfg.storm_away)  # publications go on: clients must resume them
+        missed = st.pub_last_offset - offset_at_drop
         connect_error = None
         try:
             await self.connect_all(max(cfg.reconnect_deadline * 3, 30.0))
@@ -1130,6 +1217,8 @@ class LoadGen:
         while st.caught_up < n and time.monotonic() < wait_end:
             await asyncio.sleep(0.01)
         t_caught = st.all_caught_at if st.caught_up >= n else float("nan")
+        snap_caught = Snapshot(st, self.server_pids, self.ksoftirqd)
+        span = max(1e-6, snap_caught.wall - snap_drop.wall)
         # keep publishing on the resumed connections, then stop and drain
         await asyncio.sleep(min(cfg.duration, 3.0))
         self.publishing = False
@@ -1149,9 +1238,14 @@ class LoadGen:
             published_ok=self.acked,
             final_offset=final,
             delivered_before_drop=received_before,
+            published_while_away=missed,
             delivered_total=st.delivered,
             reconnect_connect_seconds=round(t_reconnected - t_drop, 3),
             reconnect_resume_seconds=round(reconnect_s, 3),
+            reconnect_generator_cpu_fraction=(snap_caught.gen_cpu - snap_drop.gen_cpu) / span,
+            reconnect_server_cpu_fraction=(
+                (snap_caught.server_cpu - snap_drop.server_cpu) / span if self.server_pids else None
+            ),
             caught_up=st.caught_up,
             gaps=st.gaps,
             duplicates=st.dups,
@@ -1188,6 +1282,7 @@ async def run_load(cfg: LoadConfig) -> dict[str, Any]:
     try:
         return await asyncio.wait_for(gen.run(), cfg.timeout)
     except Exception as exc:  # report, do not crash: the runner records the failure
+        traceback.print_exc()
         gen.close_all()
         gen.close_publishers()
         gen.result["error"] = f"{type(exc).__name__}: {exc}"
@@ -1224,6 +1319,7 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
     p.add_argument("--server-pid", type=int, action="append", default=[])
     p.add_argument("--timeout", type=float, default=defaults.timeout)
     p.add_argument("--reconnect-deadline", type=float, default=defaults.reconnect_deadline)
+    p.add_argument("--storm-away", type=float, default=defaults.storm_away)
     a = p.parse_args(argv)
     return LoadConfig(
         server=a.server,
@@ -1242,6 +1338,7 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         server_pids=a.server_pid,
         timeout=a.timeout,
         reconnect_deadline=a.reconnect_deadline,
+        storm_away=a.storm_away,
     )
 
 

@@ -40,11 +40,36 @@ SERVER_CORE = 1
 GENERATOR_CORE = 0
 ALL_SCENARIOS = ("p1", "p2", "p3", "p4", "p5")
 ALL_SERVERS = ("clarion", "nchan", "node")
+NOISE_THRESHOLD = 0.15  # other processes' share of the server's core that flags a run
 Record = dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------------
 # Running one measurement
+
+
+def core_busy(seconds: float) -> dict[str, float]:
+    """Busy fraction of each core over ``seconds`` (from /proc/stat)."""
+    from benchmarks.loadgen import cpu_times
+
+    a = cpu_times()
+    time.sleep(seconds)
+    b = cpu_times()
+    return {
+        core: round((b[core][0] - a[core][0]) / max(1, b[core][1] - a[core][1]), 3)
+        for core in b
+        if core in a
+    }
+
+
+def wait_quiet(threshold: float, max_wait: float) -> dict[str, Any]:
+    """Wait (bounded) until both cores are nearly idle: other people's work on this machine
+    would otherwise be measured as the server's or the generator's slowness."""
+    t0 = time.monotonic()
+    busy = core_busy(1.0)
+    while max(busy.values(), default=0.0) > threshold and time.monotonic() - t0 < max_wait:
+        busy = core_busy(1.0)
+    return {"busy": busy, "waited_s": round(time.monotonic() - t0 - 1.0, 1)}
 
 
 def loadgen_command(args: dict[str, Any]) -> list[str]:
@@ -150,7 +175,7 @@ def flags(rec: Record) -> str:
     if r.get("exact") is False:
         out.append(f"INEXACT (lost {r.get('lost', '?')})")
     other = other_load(rec)
-    if other is not None and other > 0.15:
+    if other is not None and other > NOISE_THRESHOLD:
         out.append(f"NOISY (other load on core {SERVER_CORE}: {other:.0%})")
     return ", ".join(out) or "ok"
 
@@ -158,7 +183,7 @@ def flags(rec: Record) -> str:
 def other_load(rec: Record) -> float | None:
     r = rec.get("result", {})
     cores = r.get("core_busy") or {}
-    busy = cores.get(f"cpu{SERVER_CORE}")
+    busy = cores.get(r.get("server_core") or f"cpu{SERVER_CORE}")
     cpu = r.get("server_cpu_fraction")
     if busy is None or cpu is None:
         return None
@@ -234,6 +259,7 @@ def plot(records: list[Record], sizes: list[int], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         return False
     panels = [
@@ -266,6 +292,7 @@ def plot(records: list[Record], sizes: list[int], path: Path) -> bool:
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
         ax.legend()
     for ax in list(axes.flat)[len(present) :]:
         ax.axis("off")
@@ -319,6 +346,19 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
                 )
     if head:
         out += ["## Summary (ratios to the reference, same run)", "", *head, ""]
+        doubtful = [
+            f"{r['scenario']} {r['server']} N={r.get('subscribers')}: {flags(r)}"
+            for r in records
+            if flags(r) != "ok"
+        ]
+        if doubtful:
+            out += [
+                "Caution: some measurements are flagged (see Method); their deliveries/s are "
+                "not a clean server capacity:",
+                "",
+                *[f"- {d}" for d in doubtful],
+                "",
+            ]
     skipped = report.get("skipped", {})
     if skipped:
         out += ["Servers not measured in this run:", ""]
@@ -339,13 +379,22 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
         "driven as fast as it fans out, without unbounded queues.",
         f"- Measured over {args['duration']} s after {args['warmup']} s of warm-up. "
         "deliveries/s = messages received by all subscribers / wall time. "
-        "Server CPU = utime+stime of the server's processes (/proc/<pid>/stat) / wall time; "
+        "Server CPU = utime+stime of the server's processes (/proc/<pid>/stat, which here "
+        "includes the loopback softirq work done inline in its sends) plus the "
+        f"`ksoftirqd/{SERVER_CORE}` thread (softirq work the kernel deferred), / wall time; "
         "deliveries per server CPU-second = deliveries/s / that fraction: it stays fair when "
         "the generator, not the server, is the limit.",
+        "- With several publications in flight a server may coalesce them into one write per "
+        "subscriber (clarion does; nchan and the Node servers write each message): P1/P4 "
+        "reward that. P2 (a fixed 100 publications/s, so no coalescing) shows the "
+        "per-message cost: compare its deliveries per server CPU-second.",
         "- The generator counts WebSocket frames by walking frame headers (SSE: counting "
         f"`data:` lines); {args['sample']:.0%} of subscribers parse every message for latency "
         "(each publication carries its send time). After publishing stops it waits for every "
         "delivery: `exact` = received == publications x subscribers.",
+        f"- Before each measurement the runner waits (up to {args['quiet_wait']:g} s) until "
+        f"both cores are at most {args['quiet_threshold']:.0%} busy, and re-measures "
+        f"(up to {args['retries']} more time(s)) a NOISY one, keeping the least noisy.",
         "- Flags: GEN-BOUND = the generator used >= 90 % of its core, so deliveries/s is a lower "
         "bound for that server (use the per-CPU-second figure); NOISY = other processes "
         f"used > 15 % of core {SERVER_CORE} during the window; INEXACT = deliveries lost.",
@@ -364,8 +413,8 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
             f"{args['p2_rate']:g} publications/s (WebSocket)",
             "",
             "| server | p50 ms | p99 ms | max ms | samples | deliveries/s | server CPU "
-            "| generator CPU | exact | flags |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+            "| deliveries per server CPU-s | generator CPU | exact | flags |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
         ]
         for server in ALL_SERVERS:
             rec = find(records, "p2", server)
@@ -377,6 +426,7 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
                 f"| {fnum(r.get('latency_p99_ms'), 2)} | {fnum(r.get('latency_max_ms'), 2)} "
                 f"| {fnum(r.get('latency_samples'))} | {fnum(r.get('deliveries_per_s'))} "
                 f"| {pct(r.get('server_cpu_fraction'))} "
+                f"| {fnum(r.get('deliveries_per_server_cpu_s'))} "
                 f"| {pct(r.get('generator_cpu_fraction'))} "
                 f"| {'yes' if r.get('exact') else 'no'} | {flags(rec)} |"
             )
@@ -463,17 +513,21 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
         "other load on the server core):",
         "",
         "| scenario | server | N | generator CPU | cpu0 busy | cpu1 busy | other on server core "
-        "| loadavg |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| busy before (cpu0/cpu1) | waited s | attempt | loadavg |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for rec in records:
         r = rec.get("result", {})
         cores = r.get("core_busy") or {}
         la = r.get("loadavg")
+        quiet = rec.get("quiet_before") or {}
+        qb = quiet.get("busy") or {}
         out.append(
             f"| {rec['scenario']} | {rec['server']} | {fnum(rec.get('subscribers'))} "
             f"| {pct(r.get('generator_cpu_fraction'))} | {pct(cores.get('cpu0'))} "
             f"| {pct(cores.get('cpu1'))} | {pct(other_load(rec))} "
+            f"| {pct(qb.get('cpu0'))} / {pct(qb.get('cpu1'))} | {fnum(quiet.get('waited_s'), 1)} "
+            f"| {rec.get('attempt', 1)} "
             f"| {' '.join(f'{x:.2f}' for x in la) if la else '-'} |"
         )
     out += ["", "## Versions", ""]
@@ -561,6 +615,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plot", default=str(HERE / "img" / "fanout.png"))
     p.add_argument("--results-dir", default=str(HERE / "results"))
     p.add_argument("--no-install", action="store_true", help="do not apt-get/npm install")
+    p.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=0.15,
+        help="before each measurement wait until both cores are at most this busy",
+    )
+    p.add_argument("--quiet-wait", type=float, default=60.0, help="max seconds to wait")
+    p.add_argument("--retries", type=int, default=1, help="re-measure a NOISY measurement")
     return p.parse_args(argv)
 
 
@@ -647,10 +709,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"[{i}/{len(plan)}] {scenario} {server} {transport} N={args['subscribers']}",
                 flush=True,
             )
-            rec = measure(scenario, server, transport, args, workroot, log_dir)
+            rec: Record = {}
+            for attempt in range(1 + max(0, a.retries)):
+                quiet = wait_quiet(a.quiet_threshold, a.quiet_wait)
+                new = measure(scenario, server, transport, args, workroot, log_dir)
+                new["quiet_before"] = quiet
+                new["attempt"] = attempt + 1
+                print_table([new])
+                if not rec or (other_load(new) or 0.0) < (other_load(rec) or 0.0):
+                    rec = new
+                if "error" in new or (other_load(new) or 0.0) <= NOISE_THRESHOLD:
+                    break
+                print("  noisy: other processes used the server's core; measuring again")
             records.append(rec)
-            print_table([rec])
-            time.sleep(1.0)
     finally:
         report["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         raw = results_dir / f"{stamp}.json"

@@ -141,6 +141,7 @@ def start_server(
     extra_env: dict[str, str] = {}
     if name == "clarion":
         cmd = [*clarion_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--log-level", "warning"]
         extra_env = dict(CLARION_ENV)
         health = "/healthz"
     elif name == "nchan":

@@ -122,3 +122,78 @@ async def hub_factory() -> AsyncIterator[Callable[..., Any]]:
 async def hub(hub_factory: Callable[..., Any]) -> RunningHub:
     running: RunningHub = await hub_factory()
     return running
+
+
+class HubProcess:
+    """``clarion serve`` in a subprocess, for what needs a real process: signals, RSS, kill -9."""
+
+    def __init__(self, proc: Any, port: int, log: list[str]) -> None:
+        self.proc = proc
+        self.port = port
+        self.log = log
+        self.http_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/ws"
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+
+async def spawn_hub(*args: str, env: dict[str, str] | None = None) -> HubProcess:
+    """Start ``clarion serve --port 0 ARGS`` and wait until it listens."""
+    import re
+    import sys
+
+    full_env = {**os.environ, **(env or {})}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "clarion.cli",
+        "serve",
+        "--port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=full_env,
+    )
+    assert proc.stderr is not None
+    log: list[str] = []
+    deadline = asyncio.get_running_loop().time() + timeout(20)
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        line = (await asyncio.wait_for(proc.stderr.readline(), max(remaining, 0.1))).decode()
+        if not line:
+            raise RuntimeError("clarion serve exited:\n" + "".join(log))
+        log.append(line)
+        found = re.search(r"listening on http://[^:]+:(\d+)", line)
+        if found:
+            break
+
+    async def pump() -> None:
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            log.append(line.decode())
+
+    running = HubProcess(proc, int(found.group(1)), log)
+    running._pump = asyncio.get_running_loop().create_task(pump())  # type: ignore[attr-defined]
+    return running
+
+
+@pytest.fixture
+async def hub_process() -> AsyncIterator[Callable[..., Any]]:
+    started: list[HubProcess] = []
+
+    async def factory(*args: str, env: dict[str, str] | None = None) -> HubProcess:
+        running = await spawn_hub(*args, env=env)
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        if running.proc.returncode is None:
+            running.proc.kill()
+            await running.proc.wait()

@@ -257,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--secret", help="HS256 secret (default: token_secret from config/env)")
     token.add_argument("--config", help="path to clarion.toml")
     token.set_defaults(func=cmd_token)
+
+    from clarion.webhooks.cli import add_parser as add_webhooks_parser
+
+    add_webhooks_parser(sub)
     return parser
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from clarion.core.hub import Hub as CoreHub
+from clarion.protocol.codes import CloseCode
+from clarion.webhooks import WebhookService
 
 
 class Hub(CoreHub):
@@ -18,6 +20,31 @@ class Hub(CoreHub):
     """
 
     _app: Any = None
+    _webhooks: WebhookService | None = None
+
+    @property
+    def webhooks(self) -> WebhookService:
+        """Webhook endpoints and their durable outbox (opened by :meth:`start` when in use)."""
+        if self._webhooks is None:
+            self._webhooks = WebhookService(self)
+        return self._webhooks
+
+    async def start(self) -> None:
+        started = self._started
+        await super().start()
+        if started:
+            return
+        try:
+            await self.webhooks.start()
+        except BaseException:
+            await super().close()
+            raise
+
+    async def close(self, code: int = CloseCode.SHUTDOWN) -> None:
+        # Sessions close first, so their disconnect events still reach the outbox.
+        await super().close(code)
+        if self._webhooks is not None:
+            await self._webhooks.close()
 
     def asgi_app(self) -> Any:
         """The ASGI application: HTTP API, ``/ws`` and the other transports (built once)."""

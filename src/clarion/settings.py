@@ -97,6 +97,49 @@ class PollOptions(BaseModel):
     timeout_max: float = Field(60, ge=0, description="largest `timeout` a poll may ask for")
 
 
+class WebhookEndpointConfig(BaseModel):
+    """One ``[[webhooks]]`` entry: a receiver configured in the file rather than via the API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="http(s) URL the deliveries are POSTed to")
+    channels: list[str] = Field(default_factory=list, description="channel patterns to deliver")
+    secret: str | None = Field(
+        None, description="whsec_ signing secret; generated and kept in data_dir when unset"
+    )
+    events: list[str] = Field(
+        default_factory=list,
+        description="lifecycle events to deliver: connect, disconnect, subscribe, unsubscribe, "
+        "join, leave",
+    )
+    id: str | None = Field(None, description="stable endpoint id; derived from the URL when unset")
+
+
+class WebhookDelivery(BaseModel):
+    """The ``[webhook_delivery]`` section: how webhook deliveries are sent and retried."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout: float = Field(10, gt=0, description="seconds one attempt may take, all included")
+    concurrency: int = Field(32, ge=1, description="attempts in flight at once, all endpoints")
+    retry_base: float = Field(5, gt=0, description="seconds: ceiling of the first retry's wait")
+    retry_cap: float = Field(3600, gt=0, description="seconds: largest wait between attempts")
+    retry_window: float = Field(
+        86400, gt=0, description="seconds after a delivery's first failure before dead-lettering"
+    )
+    max_response_bytes: int = Field(65536, ge=0, description="response bytes read per attempt")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest payload sent")
+    max_backlog: int = Field(
+        100_000, ge=1, description="pending deliveries per endpoint; beyond, new ones dead-letter"
+    )
+    max_dead_letters: int = Field(
+        10_000, ge=1, description="dead letters kept per endpoint; the oldest go first"
+    )
+    fsync: bool = Field(
+        False, description="fsync every outbox commit (survives power loss, costs latency)"
+    )
+
+
 class Settings(BaseSettings):
     """Everything clarion can be told; see ``docs/configuration.md``."""
 
@@ -133,6 +176,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="hosts webhooks may reach even on loopback or private addresses",
     )
+    webhooks: list[WebhookEndpointConfig] = Field(
+        default_factory=list, description="webhook endpoints configured here ([[webhooks]])"
+    )
+    webhook_delivery: WebhookDelivery = Field(default_factory=WebhookDelivery)
     shutdown_timeout: float = Field(10, ge=0, description="seconds to drain on SIGTERM")
     log_level: str = Field("info", description="debug, info, warning or error")
     limits: Limits = Field(default_factory=Limits)

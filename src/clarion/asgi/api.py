@@ -123,12 +123,21 @@ class ServerAPI:
         )
 
     async def disconnect(self, request: Request) -> Response:
+        """Close a user's (or a token's) sessions everywhere; optionally refuse them a while."""
         self._authorize(request)
         body = await read_json(self.hub, request)
-        user = body.get("user")
-        if not isinstance(user, str) or not user:
+        user, jti, until = body.get("user"), body.get("jti"), body.get("until")
+        if user is not None and (not isinstance(user, str) or not user):
             raise BadRequest("'user' must be a non-empty string")
-        await self.hub.disconnect_user(user)
+        if jti is not None and (not isinstance(jti, str) or not jti):
+            raise BadRequest("'jti' must be a non-empty string")
+        if user is None and jti is None:
+            raise BadRequest("give 'user' (a token's sub) or 'jti' (a token's id)")
+        if until is not None and (
+            not isinstance(until, int | float) or isinstance(until, bool) or until < 0
+        ):
+            raise BadRequest("'until' must be a Unix time in seconds")
+        await self.hub.disconnect_user(user, token_id=jti, until=until)
         return JSONResponse({})
 
     async def healthz(self, request: Request) -> Response:

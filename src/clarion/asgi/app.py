@@ -10,15 +10,19 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from clarion.asgi.api import ServerAPI
 from clarion.asgi.openapi import document
+from clarion.asgi.poll import PollEndpoint
 from clarion.asgi.responses import (
     JSONResponse,
     error_body,
     handle_clarion_error,
     handle_unexpected,
 )
+from clarion.asgi.sse import SseEndpoint
+from clarion.asgi.stomp import StompEndpoint
 from clarion.asgi.websocket import ClarionWebSocket
 from clarion.core.hub import Hub
 from clarion.errors import ClarionError
+from clarion.webhooks.api import webhook_routes
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -50,6 +54,11 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> Starlette:
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
         WebSocketRoute("/ws", ClarionWebSocket(hub)),
+        WebSocketRoute("/stomp", StompEndpoint(hub)),
+        # Raw ASGI endpoints: they answer OPTIONS (CORS preflight) and 405 themselves.
+        Route("/sse", SseEndpoint(hub)),
+        Route("/poll", PollEndpoint(hub)),
+        *webhook_routes(hub),
     ]
     return Starlette(
         routes=routes,

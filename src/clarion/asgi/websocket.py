@@ -19,6 +19,13 @@ log = logging.getLogger("clarion.ws")
 MAX_BAD_FRAMES = 20  # malformed frames tolerated per connection before it is closed
 
 
+def _unauthorized_close_code(exc: Unauthorized) -> int:
+    return {
+        "token_expired": CloseCode.TOKEN_EXPIRED,
+        "revoked": CloseCode.DISCONNECTED,
+    }.get(exc.code, CloseCode.UNAUTHORIZED)
+
+
 def _limit_close_code(exc: LimitExceeded) -> int:
     return CloseCode.NODE_FULL if exc.code == "node_full" else CloseCode.TOO_MANY_CONNECTIONS
 
@@ -36,14 +43,22 @@ class ClarionWebSocket:
             return
         try:
             access.check_origin(hub, scope)
-            credentials = access.credentials_for(hub, scope)
-        except (Forbidden, Unauthorized) as exc:
+        except Forbidden as exc:
+            # Cross-site WebSocket hijacking: refuse the handshake itself (HTTP 403).
             log.info("websocket refused: %s", exc.message)
             await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
             return
         if hub.closing:
             await send({"type": "websocket.close", "code": CloseCode.SHUTDOWN})
             return
+        # A bad token is told over the protocol (accept, disconnect push, close 4500/4004), so
+        # that clients learn whether to reconnect; a refused handshake would look transient.
+        refusal: Unauthorized | None = None
+        try:
+            credentials = access.credentials_for(hub, scope)
+        except Unauthorized as exc:
+            refusal = exc
+            credentials = hub.auth.anonymous()
         subprotocol = (
             messages.SUBPROTOCOL if messages.SUBPROTOCOL in scope.get("subprotocols", ()) else None
         )
@@ -52,9 +67,8 @@ class ClarionWebSocket:
         session: Session | None = None
 
         def overflow() -> None:
-            if session is not None and not session.closed:
-                hub.stats.slow_disconnects += 1
-                session.close(CloseCode.SLOW)
+            if session is not None:
+                hub.overflow(session)
 
         limit = hub.settings.limits.send_queue_bytes
         fast = scope.get("extensions", {}).get(FAST_WEBSOCKET)
@@ -64,9 +78,16 @@ class ClarionWebSocket:
         else:
             transport = AsgiTransport(send, limit, overflow)
         try:
+            if refusal is not None:
+                raise refusal
             session = hub.open_session(transport, credentials, access.client_ip(scope))
         except LimitExceeded as exc:
             transport.close(_limit_close_code(exc), exc.message)
+            await self._drain_until_closed(receive, transport)
+            return
+        except Unauthorized as exc:
+            hub.stats.errors[exc.code] += 1
+            transport.close(_unauthorized_close_code(exc), exc.message)
             await self._drain_until_closed(receive, transport)
             return
         handler = _Connection(hub, session, transport)
@@ -125,8 +146,8 @@ class _Connection:
                 self.session.close(CloseCode.BAD_REQUEST)
         except ClarionError as exc:
             self._error(rid, exc)
-            if exc.code == "token_expired":
-                self.session.close(CloseCode.TOKEN_EXPIRED)
+            if exc.code in ("token_expired", "revoked") and isinstance(exc, Unauthorized):
+                self.session.close(_unauthorized_close_code(exc))
         except Exception:
             log.exception("command failed")
             self._error(rid, ClarionError("internal error", code="internal"))

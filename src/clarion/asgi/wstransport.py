@@ -41,13 +41,21 @@ class FastTransport:
 
     kind = "ws"
     fmt = WS_FRAME
-    __slots__ = ("closed", "conn", "on_closed", "push")
+    __slots__ = ("closed", "conn", "limit", "on_overflow", "push")
 
     def __init__(self, conn: Any, send_limit: int, on_overflow: Callable[[], None]) -> None:
         self.conn = conn
         self.push: Callable[[bytes], None] = conn.push
         self.closed = False
+        self.limit = send_limit
+        self.on_overflow = on_overflow
         conn.set_send_limit(send_limit, on_overflow)
+
+    def backlog(self) -> int:
+        return int(self.conn.buffered_bytes)
+
+    def watch_overflow(self) -> None:
+        self.conn.set_send_limit(self.limit, self.on_overflow)
 
     @property
     def last_activity(self) -> float:
@@ -113,6 +121,12 @@ class AsgiTransport:
 
     def reply(self, payload: bytes) -> None:
         self.push(payload.decode())
+
+    def backlog(self) -> int:
+        return self._queued
+
+    def watch_overflow(self) -> None:
+        return None  # push checks the limit on every call
 
     def ping(self) -> None:
         return None

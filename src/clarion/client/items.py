@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clarion.errors import BadCursor
-from clarion.protocol.cursor import Cursor
+from clarion.protocol.cursor import Cursor, encode_single
 from clarion.protocol.publication import Publication, StreamPosition
 
 
@@ -57,6 +57,10 @@ class Message:
     def position(self) -> StreamPosition:
         return self.publication.position
 
+    def before(self) -> str:
+        """The cursor that resumes with this message (just before it)."""
+        return encode_single(self.channel, self.epoch, self.offset - 1)
+
 
 @dataclass(frozen=True, slots=True)
 class Reset:
@@ -104,15 +108,18 @@ class History:
     @classmethod
     def from_wire(cls, channel: str, body: dict[str, Any]) -> History:
         cursor = str(body["cursor"])
+        publications = [Message.from_wire(p) for p in body.get("publications", ())]
         reset = body.get("reset")
+        if isinstance(reset, dict):
+            # The stream continues with the page's first publication, or after the page.
+            after = publications[0].before() if publications else cursor
+            found = Reset(channel, str(reset.get("reason", "")), str(reset.get("cursor", after)))
         return cls(
             channel=channel,
-            publications=[Message.from_wire(p) for p in body.get("publications", ())],
+            publications=publications,
             cursor=cursor,
             more=bool(body.get("more", False)),
-            reset=None
-            if not isinstance(reset, dict)
-            else Reset(channel, str(reset.get("reason", "")), str(reset.get("cursor", cursor))),
+            reset=found if isinstance(reset, dict) else None,
         )
 
 

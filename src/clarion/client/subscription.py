@@ -13,7 +13,6 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
 
 from clarion.client.errors import ClientClosed
 from clarion.client.items import Message, Reset, position_of
@@ -90,9 +89,11 @@ class Feed:
         if len(self.items) >= self.capacity:
             return False
         self.items.append(item)
-        self.advance(item.cursor)
+        self.resume_cursor = item.cursor
         if isinstance(item, Message):
-            self.position = item.position
+            self.position = item.position  # known: no need to decode the cursor
+        else:
+            self.position = position_of(self.channel, item.cursor)
         self._readable.set()
         return True
 
@@ -230,9 +231,3 @@ class Subscription:
 
     def __repr__(self) -> str:
         return f"Subscription({self.channel!r}, cursor={self.cursor!r})"
-
-
-def retrieve_quietly(task: asyncio.Task[Any]) -> None:
-    """Done-callback for background tasks whose failures are reported elsewhere."""
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("background task ended with an error", exc_info=task.exception())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -62,12 +63,33 @@ class Authenticator:
 
     @staticmethod
     def _load_public_key(path: str) -> Any:
+        """A PEM public key, a JWK, or a JWKS (keys chosen by the token's ``kid``)."""
         try:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
         except OSError as exc:
             raise ConfigError(f"cannot read token_public_key_file: {exc}") from None
+        if text.lstrip().startswith("{"):
+            try:
+                document = json.loads(text)
+                if "keys" in document:
+                    return jwt.PyJWKSet.from_dict(document)
+                return jwt.PyJWK.from_dict(document).key
+            except (ValueError, jwt.PyJWKError, jwt.PyJWKSetError) as exc:
+                raise ConfigError(f"token_public_key_file is not a usable JWK(S): {exc}") from None
         return text
+
+    def _key_for(self, token: str) -> Any:
+        if not isinstance(self._key, jwt.PyJWKSet):
+            return self._key
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        for jwk in self._key.keys:
+            if kid is None or jwk.key_id == kid:
+                return jwk.key
+        raise Unauthorized("invalid token: no key in the JWKS matches its kid")
 
     @property
     def enabled(self) -> bool:
@@ -85,7 +107,7 @@ class Authenticator:
         try:
             claims = jwt.decode(
                 token,
-                self._key,
+                self._key_for(token),
                 algorithms=[self.algorithm],
                 options={"require": ["exp"]},
                 audience=self.settings.token_audience,

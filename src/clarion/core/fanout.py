@@ -58,7 +58,7 @@ class Subscription:
 class LocalChannel:
     """The subscribers of one channel on this node and the last position delivered to them."""
 
-    __slots__ = ("by_format", "live_count", "name", "pending", "position", "ready")
+    __slots__ = ("by_format", "conflating", "live_count", "name", "pending", "position", "ready")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -66,15 +66,18 @@ class LocalChannel:
         self.by_format: dict[WireFormat, dict[Subscription, Push]] = {}
         # Subscriptions still reading history: they buffer live publications until caught up.
         self.pending: dict[Subscription, list[Publication]] = {}
+        # Subscriptions of slow sessions under the "conflate" policy: only the latest is kept.
+        self.conflating: dict[Subscription, Publication | None] = {}
         self.position: StreamPosition | None = None
         self.live_count = 0
         self.ready: Any = None  # set by the hub while the node subscription is being made
 
     def __len__(self) -> int:
-        return self.live_count + len(self.pending)
+        return self.live_count + len(self.pending) + len(self.conflating)
 
     def subscriptions(self) -> list[Subscription]:
         subs: list[Subscription] = list(self.pending)
+        subs.extend(self.conflating)
         for group in self.by_format.values():
             subs.extend(group)
         return subs
@@ -89,6 +92,9 @@ class LocalChannel:
     def remove(self, sub: Subscription) -> bool:
         if self.pending.pop(sub, None) is not None:
             return True
+        if sub in self.conflating:
+            del self.conflating[sub]
+            return True
         group = self.by_format.get(sub.fmt)
         if group is not None and group.pop(sub, None) is not None:
             self.live_count -= 1
@@ -96,15 +102,3 @@ class LocalChannel:
                 del self.by_format[sub.fmt]
             return True
         return False
-
-    def deliver(self, pub: Publication) -> int:
-        """Hand ``pub`` to every subscriber; returns the number of live deliveries."""
-        for buffer in self.pending.values():
-            buffer.append(pub)
-        delivered = 0
-        for fmt, group in self.by_format.items():
-            data = pub.encoded(fmt, fmt.encode)
-            for push in group.values():
-                push(data)
-            delivered += len(group)
-        return delivered

@@ -13,10 +13,18 @@ import orjson
 
 from clarion.core.auth import Authenticator, Credentials
 from clarion.core.fanout import LocalChannel, Push, Subscription, WireFormat, publication_cursor
+from clarion.core.limits import Revocations
 from clarion.core.metrics import Stats, make_registry, render
-from clarion.core.session import Session, SubscribeResult, Transport
+from clarion.core.session import Backlogged, Session, SubscribeResult, Transport
 from clarion.engines.base import Engine, History, PresenceEntry
-from clarion.errors import BadCursor, BadRequest, ConfigError, LimitExceeded, TooLarge
+from clarion.errors import (
+    BadCursor,
+    BadRequest,
+    ConfigError,
+    LimitExceeded,
+    TooLarge,
+    Unauthorized,
+)
 from clarion.protocol.channels import namespace_of, validate_channel
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor, encode_single
@@ -36,12 +44,12 @@ def make_engine(settings: Settings) -> Engine:
         return MemoryEngine()
     if url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
         try:
-            from clarion.engines.redis import RedisEngine  # type: ignore[import-not-found]
+            from clarion.engines.redis import RedisEngine
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ConfigError(
                 f"the redis engine is not available ({exc}); pip install 'clarion[redis]'"
             ) from None
-        return RedisEngine(url, settings)  # type: ignore[no-any-return]
+        return RedisEngine(url, settings)
     raise ConfigError(f"unknown engine {url!r}: use 'memory' or 'redis://host:port/db'")
 
 
@@ -75,6 +83,8 @@ class Hub:
         self.local: dict[str, LocalChannel] = {}
         self.sessions: dict[str, Session] = {}
         self.by_user: dict[str, set[Session]] = {}
+        self.by_ip: dict[str, int] = {}
+        self.revocations = Revocations()
         self.stats = Stats()
         self.metrics_registry = make_registry(self)
         self._recovering: dict[str, list[Publication]] = {}
@@ -246,6 +256,10 @@ class Hub:
     def _deliver(self, local: LocalChannel, pub: Publication) -> None:
         for buffer in local.pending.values():
             buffer.append(pub)
+        if local.conflating:
+            conflating = local.conflating
+            for sub in conflating:
+                conflating[sub] = pub
         deliveries = self.stats.deliveries
         for fmt, group in local.by_format.items():
             data = pub.encoded(fmt, fmt.encode)
@@ -263,8 +277,15 @@ class Hub:
     def on_control(self, command: str, payload: dict[str, Any]) -> None:
         if command == "disconnect":
             user = payload.get("user")
-            if isinstance(user, str):
-                self.disconnect_local_user(user, int(payload.get("code", CloseCode.DISCONNECTED)))
+            jti = payload.get("jti")
+            until = payload.get("until")
+            if isinstance(user, str) or isinstance(jti, str):
+                self.disconnect_local_user(
+                    user if isinstance(user, str) else None,
+                    int(payload.get("code") or CloseCode.DISCONNECTED),
+                    token_id=jti if isinstance(jti, str) else None,
+                    until=float(until) if isinstance(until, int | float) else None,
+                )
 
     def _reset_all(self, local: LocalChannel, reason: str, position: StreamPosition) -> None:
         cursor = encode_single(local.name, position.epoch, position.offset)
@@ -313,16 +334,23 @@ class Hub:
             raise LimitExceeded(
                 "this node holds its maximum number of connections", code="node_full"
             )
+        self.check_revoked(credentials)
         if credentials.user is not None:
             held = self.by_user.get(credentials.user)
             if held is not None and len(held) >= limits.max_connections_per_user:
                 raise LimitExceeded(
                     "too many connections for this user", code="too_many_connections"
                 )
+        if client_ip is not None and self.by_ip.get(client_ip, 0) >= limits.max_connections_per_ip:
+            raise LimitExceeded(
+                "too many connections from this address", code="too_many_connections"
+            )
         session = Session(self, transport, credentials, client_ip)
         self.sessions[session.id] = session
         if credentials.user is not None:
             self.by_user.setdefault(credentials.user, set()).add(session)
+        if client_ip is not None:
+            self.by_ip[client_ip] = self.by_ip.get(client_ip, 0) + 1
         for hook in self._session_hooks:
             hook(session, True)
         if self.lifecycle_listeners:
@@ -334,6 +362,7 @@ class Hub:
 
     def set_credentials(self, session: Session, credentials: Credentials) -> None:
         """Give ``session`` a new identity (the ``connect``/``refresh`` ops)."""
+        self.check_revoked(credentials)
         old, new = session.user, credentials.user
         if new != old and new is not None:
             held = self.by_user.get(new)
@@ -357,6 +386,13 @@ class Hub:
             return
         session.closed = True
         self.sessions.pop(session.id, None)
+        ip = session.client_ip
+        if ip is not None:
+            left = self.by_ip.get(ip, 1) - 1
+            if left > 0:
+                self.by_ip[ip] = left
+            else:
+                self.by_ip.pop(ip, None)
         if session.user is not None:
             held = self.by_user.get(session.user)
             if held is not None:
@@ -382,15 +418,82 @@ class Hub:
         if subs:
             self.spawn(self._leave_all(session, [s.channel for s in subs]))
 
-    def disconnect_local_user(self, user: str, code: int = CloseCode.DISCONNECTED) -> int:
-        sessions = list(self.by_user.get(user, ()))
+    def check_revoked(self, credentials: Credentials) -> None:
+        if self.revocations.refused(credentials.user, credentials.token_id):
+            raise Unauthorized("this user or token was revoked", code="revoked")
+
+    def overflow(self, session: Session) -> None:
+        """``session``'s send queue is full: conflate it, or close it with 4001 "slow".
+
+        Conflation needs every channel of the session in a ``conflate`` namespace, and a
+        transport that reports its backlog; otherwise the session is disconnected.
+        """
+        if session.closed or session.conflating:
+            return
+        subs = list(session.subscriptions.values())
+        if (
+            subs
+            and isinstance(session.transport, Backlogged)
+            and all(self.options(sub.channel).slow_consumer == "conflate" for sub in subs)
+        ):
+            session.conflating = True
+            for sub in subs:
+                local = self.local.get(sub.channel)
+                if local is not None and local.remove(sub):
+                    local.conflating[sub] = None
+            self.stats.conflations += 1
+            return
+        self.stats.slow_disconnects += 1
+        self.close_session(session, CloseCode.SLOW)
+
+    def _end_conflation(self, session: Session, transport: Backlogged) -> None:
+        """The backlog drained: send each channel's latest publication, then go live again."""
+        if transport.backlog() > self.settings.limits.send_queue_bytes // 2:
+            return
+        session.conflating = False
+        for sub in session.subscriptions.values():
+            local = self.local.get(sub.channel)
+            if local is None or sub not in local.conflating:
+                continue
+            latest = local.conflating.pop(sub)
+            if latest is not None:
+                sub.push(latest.encoded(sub.fmt, sub.fmt.encode))
+            local.add_live(sub)
+        transport.watch_overflow()
+
+    def disconnect_local_user(
+        self,
+        user: str | None,
+        code: int = CloseCode.DISCONNECTED,
+        *,
+        token_id: str | None = None,
+        until: float | None = None,
+    ) -> int:
+        """Close a user's (or a token's) sessions on this node; refuse them until ``until``."""
+        if until is not None:
+            self.revocations.revoke(user=user, token_id=token_id, until=until)
+        if user is not None:
+            sessions = list(self.by_user.get(user, ()))
+        else:
+            sessions = [s for s in self.sessions.values() if s.credentials.token_id == token_id]
         for session in sessions:
             self.close_session(session, code)
         return len(sessions)
 
-    async def disconnect_user(self, user: str, code: int = CloseCode.DISCONNECTED) -> None:
-        """Close ``user``'s sessions on every node."""
-        await self.engine.broadcast_control("disconnect", {"user": user, "code": code})
+    async def disconnect_user(
+        self,
+        user: str | None,
+        code: int = CloseCode.DISCONNECTED,
+        *,
+        token_id: str | None = None,
+        until: float | None = None,
+    ) -> None:
+        """Close the sessions of ``user`` (or of the token ``token_id``) on every node.
+
+        With ``until`` (Unix time), their new connections are refused until then.
+        """
+        payload: dict[str, Any] = {"user": user, "code": code, "jti": token_id, "until": until}
+        await self.engine.broadcast_control("disconnect", payload)
 
     # ---- subscriptions ----------------------------------------------------------------------
 
@@ -496,7 +599,7 @@ class Hub:
             local.position.epoch == last.epoch and local.position.offset < last.offset
         ):
             local.position = last
-        if options.presence:
+        if options.presence and session.transport.kind != "poll":
             self.spawn(self._join(session, channel))
         if self.lifecycle_listeners:
             self.emit("subscribe", {**self._session_info(session), "channel": channel})
@@ -546,7 +649,9 @@ class Hub:
             await self._leave(session, channel)
 
     async def _leave(self, session: Session, channel: str) -> None:
-        if not self.options(channel).presence:
+        # A long poll subscribes only while it waits: in presence it would join and leave on
+        # every poll, so it never joins.
+        if not self.options(channel).presence or session.transport.kind == "poll":
             return
         await self.engine.presence_remove(channel, session.id)
         if self.lifecycle_listeners:
@@ -579,6 +684,8 @@ class Hub:
         wall = time.time()
         for session in list(self.sessions.values()):
             transport = session.transport
+            if session.conflating and isinstance(transport, Backlogged):
+                self._end_conflation(session, transport)
             silent = now - transport.last_activity
             if silent > limits.ping_interval + limits.pong_timeout:
                 self.close_session(session, CloseCode.NO_PONG)

@@ -17,13 +17,14 @@ if TYPE_CHECKING:
 class Stats:
     """Mutable counters; incrementing an int attribute is the cheapest thing Python can do."""
 
-    __slots__ = ("deliveries", "errors", "publications", "slow_disconnects")
+    __slots__ = ("conflations", "deliveries", "errors", "publications", "slow_disconnects")
 
     def __init__(self) -> None:
         self.publications = 0
         self.deliveries: Counter[str] = Counter()  # by transport
         self.errors: Counter[str] = Counter()  # by error code
         self.slow_disconnects = 0
+        self.conflations = 0
 
 
 class _HubCollector(Collector):
@@ -73,6 +74,11 @@ class _HubCollector(Collector):
             "clarion_slow_disconnects",
             "Sessions closed because their send queue overflowed",
             value=stats.slow_disconnects,
+        )
+        yield CounterMetricFamily(
+            "clarion_conflations",
+            "Times a slow session was switched to latest-only delivery",
+            value=stats.conflations,
         )
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from clarion.core.auth import Credentials
 from clarion.core.fanout import Push, Subscription, WireFormat
+from clarion.core.limits import Abuse, TokenBucket
+from clarion.errors import LimitExceeded
+from clarion.protocol.codes import CloseCode
 from clarion.protocol.publication import StreamPosition
 
 if TYPE_CHECKING:
@@ -35,6 +38,17 @@ class Transport(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """End the connection with a documented code; must be idempotent."""
+
+
+@runtime_checkable
+class Backlogged(Protocol):
+    """A transport that can report its backlog, needed by the ``conflate`` slow-consumer policy."""
+
+    def backlog(self) -> int:
+        """Bytes queued for the peer and not yet written."""
+
+    def watch_overflow(self) -> None:
+        """Report the next overflow again (after a conflation ended)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +80,17 @@ class Session:
     """A connected client. Created by :meth:`Hub.open_session`, ended by :meth:`close`."""
 
     __slots__ = (
+        "abuse",
         "client_ip",
         "closed",
+        "conflating",
         "connected_at",
         "credentials",
         "hub",
         "id",
         "idle_since",
         "pinged_at",
+        "publish_bucket",
         "subscriptions",
         "transport",
     )
@@ -91,6 +108,10 @@ class Session:
         self.connected_at = time.monotonic()
         self.idle_since: float | None = self.connected_at
         self.pinged_at: float | None = None
+        limits = hub.settings.limits
+        self.publish_bucket = TokenBucket(limits.client_publish_rate, limits.client_publish_burst)
+        self.abuse = Abuse()
+        self.conflating = False
 
     @property
     def user(self) -> str | None:
@@ -118,6 +139,13 @@ class Session:
 
     async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> Any:
         self.hub.auth.check_publish(self.credentials, channel)
+        if not self.publish_bucket.take():
+            if self.abuse.strike():
+                self.close(CloseCode.ABUSE)
+            raise LimitExceeded(
+                f"publishing faster than {self.hub.settings.limits.client_publish_rate}/s",
+                code="rate_limited",
+            )
         return await self.hub.publish(
             channel, data, idempotency_key=idempotency_key, info=self.publisher_info()
         )

@@ -58,9 +58,7 @@ def id_line(event_id: str) -> bytes:
     return b"id: " + _check_field("id", event_id) + b"\n"
 
 
-def encode_event(
-    data: bytes | str, *, event: str | None = None, id: str | None = None
-) -> bytes:
+def encode_event(data: bytes | str, *, event: str | None = None, id: str | None = None) -> bytes:
     """One complete event: optional ``id:`` and ``event:`` lines, ``data:`` lines, a blank line."""
     out = b""
     if id is not None:

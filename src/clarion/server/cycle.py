@@ -211,7 +211,7 @@ class HttpCycle:
 
     def _build_head(self, status: int, headers: Any) -> bytes:
         parts = [status_line(status)]
-        has_connection = False
+        has_connection = has_date = False
         for name, value in headers:
             lname = name.lower()
             if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
@@ -224,8 +224,11 @@ class HttpCycle:
                 has_connection = True
                 if value.lower() == b"close":
                     self.keep_alive = False
+            elif lname == b"date":
+                has_date = True
             parts.append(b"%s: %s\r\n" % (name, value))
-        parts.append(date_header())
+        if not has_date:
+            parts.append(date_header())
         self.no_body = self.is_head or status < 200 or status in (204, 304)
         if self._length is None and not self.no_body:
             if self.http11:

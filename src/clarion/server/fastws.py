@@ -62,7 +62,12 @@ class FastWebSocket(Protocol):
         ...
 
     def set_send_limit(self, limit: int, on_overflow: Callable[[], None]) -> None:
-        """Call ``on_overflow()`` once (soon, from the loop) when :attr:`buffered_bytes` > limit."""
+        """Call ``on_overflow()`` once when pushes take :attr:`buffered_bytes` over ``limit``.
+
+        Called soon after, from the loop, never from inside :meth:`push`. Calling this again
+        re-arms it. The app must then stop pushing (close, or conflate until the backlog
+        drains): past twice the limit the server closes the connection itself (1008).
+        """
         ...
 
 
@@ -109,8 +114,9 @@ class Outbox:
     """A connection's outgoing frames between two flushes, and its send limit.
 
     Subclasses set :attr:`transport` and call :meth:`init_outbox` before anything is queued, and
-    implement :meth:`on_eof_flushed` (the protocol asked for the TCP half-close) and
-    :meth:`on_overflow_default` (the limit was hit and nobody asked to be told).
+    implement :meth:`on_eof_flushed` (the protocol asked for the TCP half-close),
+    :meth:`on_overflow_default` (the limit was hit and nobody asked to be told) and
+    :meth:`on_hard_overflow` (twice the limit: the app did not stop pushing).
     """
 
     __slots__ = (
@@ -123,6 +129,7 @@ class Outbox:
         "_out",
         "_out_bytes",
         "_overflowed",
+        "_pushed",
         "_sealed",
         "transport",
     )
@@ -139,6 +146,7 @@ class Outbox:
         self._eof = 0  # 1: half-close requested once the queue is written; 2: done
         self._sealed = False  # no more application frames (a close frame is queued)
         self._overflowed = False
+        self._pushed = False  # push() used since the last flush: the limit applies to it
         self._limit = limit
         self._on_overflow: Callable[[], None] = self.on_overflow_default
         self._flusher = flusher_for(loop)
@@ -149,6 +157,7 @@ class Outbox:
             return
         self._out.append(frame)
         self._out_bytes += len(frame)
+        self._pushed = True
         if not self._dirty:
             self._dirty = True
             self._flusher.mark(self)
@@ -167,6 +176,7 @@ class Outbox:
     def set_send_limit(self, limit: int, on_overflow: Callable[[], None]) -> None:
         self._limit = limit
         self._on_overflow = on_overflow
+        self._overflowed = False
 
     def queue_raw(self, data: bytes) -> None:
         """Queue bytes the protocol object produced (pong, close); ignores the seal and limit."""
@@ -204,8 +214,12 @@ class Outbox:
             self._out_bytes = 0
             transport.write(data)
             self._backlog = transport.get_write_buffer_size()
-            if self._backlog > self._limit:
-                self._overflow()
+            # Only pushed frames count against the limit: websocket.send waits for the
+            # transport to drain instead, however large one message is.
+            if self._pushed:
+                self._pushed = False
+                if self._backlog > self._limit:
+                    self._overflow()
         if self._eof == 1 and not transport.is_closing():
             self._eof = 2
             self.on_eof_flushed()
@@ -222,17 +236,20 @@ class Outbox:
             self._overflow()
 
     def _overflow(self) -> None:
-        if self._overflowed:
-            return
-        self._overflowed = True
-        # Drop further frames: the connection is over its budget and about to be closed.
-        self._sealed = True
-        # Deferred: push() runs inside fan-out loops that on_overflow (closing a session) may
-        # mutate; the callback must never run re-entrantly from push().
-        self._flusher._loop.call_soon(self._on_overflow)
+        if not self._overflowed:
+            self._overflowed = True
+            # Deferred: push() runs inside fan-out loops that on_overflow (closing a session)
+            # may mutate; the callback must never run re-entrantly from push().
+            self._flusher._loop.call_soon(self._on_overflow)
+        elif self._out_bytes + self._backlog > 2 * self._limit:
+            # Told, and still pushing: the budget is a bound, not a hint.
+            self.on_hard_overflow()
 
     def on_eof_flushed(self) -> None:
         raise NotImplementedError
 
     def on_overflow_default(self) -> None:
+        raise NotImplementedError
+
+    def on_hard_overflow(self) -> None:
         raise NotImplementedError

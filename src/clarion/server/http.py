@@ -371,6 +371,9 @@ class HttpProtocol(asyncio.Protocol):
     def _error(self, status: int, at_fault: HttpCycle | None) -> None:
         """Answer ``status`` and close; a response already on the wire is only cut short."""
         active = self._cycle
+        if at_fault is not None and at_fault.response_complete:
+            self.close()  # the app already answered: only the rest of its body was wrong
+            return
         if active is not None and active is not at_fault:
             # The error is in a pipelined request: finish the one in flight, then close.
             active.keep_alive = False

@@ -17,6 +17,7 @@ from clarion.server.lifespan import Lifespan
 log = logging.getLogger("clarion.server")
 
 FORCE_CLOSE_GRACE = 0.5  # seconds a force-closed websocket gets for its close frame
+FAILED_START_SHUTDOWN = 5.0  # seconds for lifespan shutdown when listening failed
 
 
 class Server:
@@ -91,16 +92,24 @@ class Server:
         def factory() -> HttpProtocol:
             return HttpProtocol(config, registry)
 
-        if self.sock is not None:
-            self._server = await loop.create_server(factory, sock=self.sock, backlog=self.backlog)
-        else:
-            self._server = await loop.create_server(
-                factory,
-                self.host,
-                self.requested_port,
-                backlog=self.backlog,
-                reuse_address=True,
-            )
+        try:
+            if self.sock is not None:
+                self._server = await loop.create_server(
+                    factory, sock=self.sock, backlog=self.backlog
+                )
+            else:
+                self._server = await loop.create_server(
+                    factory,
+                    self.host,
+                    self.requested_port,
+                    backlog=self.backlog,
+                    reuse_address=True,
+                )
+        except BaseException:
+            # Cannot listen (port taken): undo the startup the app already went through.
+            await self._lifespan.shutdown(FAILED_START_SHUTDOWN)
+            self._stopped.set()
+            raise
         log.info("clarion server listening on %s:%d", self.host, self.port)
 
     async def serve_forever(self) -> None:
@@ -132,10 +141,18 @@ class Server:
         if registry.connections:
             log.info("closing %d connections still open at shutdown", len(registry.connections))
             for conn in list(registry.connections):
-                conn.shutdown()
+                # A websocket gets a close frame (1012) and a moment for the handshake; an
+                # HTTP response still running has no way to end gracefully: cut it.
+                if _is_websocket(conn):
+                    conn.shutdown()
+                else:
+                    conn.abort()
             await _wait_until(lambda: not registry.connections, loop.time() + FORCE_CLOSE_GRACE)
             for conn in list(registry.connections):
                 conn.abort()
+        if registry.tasks:
+            # Apps see their disconnect first (SSE cleanup); cancelled only if they linger.
+            await asyncio.wait(list(registry.tasks), timeout=FORCE_CLOSE_GRACE)
         tasks = list(registry.tasks)
         for task in tasks:
             task.cancel()

@@ -98,7 +98,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self.config = config
         self._registry = registry
         self.scope = scope
-        self._request = request
+        self._request: Request | None = request
         self._loop = asyncio.get_running_loop()
         self.phase = Phase.CONNECTING
         self.last_activity = time.monotonic()
@@ -125,8 +125,10 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         self.init_outbox(self._loop, self.config.send_limit)
         self._registry.connections.add(self)
-        handshake = ServerProtocol(max_size=self.config.max_message_bytes, logger=protocol_log)
-        response = handshake.accept(self._request)
+        request, self._request = self._request, None
+        assert request is not None
+        handshake = ServerProtocol(logger=protocol_log)
+        response = handshake.accept(request)
         if response.status_code != 101:
             # Not a valid handshake (bad key, version, method): websockets wrote the answer.
             log.info("websocket handshake refused: %s", handshake.handshake_exc)
@@ -136,7 +138,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self._response = response
         subprotocols = [
             p.strip()
-            for value in self._request.headers.get_all("Sec-WebSocket-Protocol")
+            for value in request.headers.get_all("Sec-WebSocket-Protocol")
             for p in value.split(",")
             if p.strip()
         ]
@@ -225,6 +227,10 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         log.info("websocket send buffer over %d bytes: closing", self._limit)
         self.close(OVERFLOW, "send buffer overflow")
 
+    def on_hard_overflow(self) -> None:
+        log.warning("websocket send buffer over twice its limit of %d bytes: closing", self._limit)
+        self.close(OVERFLOW, "send buffer overflow")
+
     # -- registry.Connection ----------------------------------------------------------------
 
     def is_idle(self) -> bool:
@@ -300,6 +306,8 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
                 await drain
         elif kind == "websocket.accept":
             if self.phase is not Phase.CONNECTING:
+                if self._disconnected:  # the client left (or shutdown refused it) meanwhile
+                    raise ClientDisconnected("websocket is closed")
                 raise RuntimeError(f"websocket.accept while {self.phase.value}")
             self._accept(message.get("subprotocol"), message.get("headers") or ())
         elif kind == "websocket.close":
@@ -417,10 +425,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
     def _invalid_utf8(self, protocol: ServerProtocol, exc: UnicodeDecodeError) -> bool:
         # websockets' sans-I/O layer leaves text decoding to its callers: fail with 1007 here.
         protocol.fail(1007, f"{exc.reason} at position {exc.start}")
-        self.phase = Phase.CLOSING
-        self.seal()
-        self._deliver_disconnect(1007)
-        return False
+        return False  # _pump() tells the app
 
     def _deliver(self, message: Message) -> None:
         self._inbound.append(message)

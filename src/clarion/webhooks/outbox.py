@@ -95,10 +95,13 @@ class Outbox(Protocol):
     are stored as durably as the implementation promises. Everything else may await.
     """
 
-    def enqueue(self, deliveries: list[Delivery], event_version: int | None = None) -> None:
+    def enqueue(
+        self, deliveries: list[Delivery], event_version: int | None = None
+    ) -> list[Delivery]:
         """Append ``deliveries`` in order (those with ``dead_at`` set go to dead letters).
 
-        A delivery whose ``(endpoint, msg_id)`` is already pending is skipped.
+        A delivery whose ``(endpoint, msg_id)`` is already pending is skipped; the ones stored
+        are returned.
         """
 
     async def load_endpoints(self) -> list[Endpoint]: ...
@@ -108,8 +111,8 @@ class Outbox(Protocol):
     async def delete_endpoint(self, endpoint_id: str) -> None:
         """Forget the endpoint with its pending deliveries, dead letters and positions."""
 
-    async def head(self, endpoint_id: str, after_seq: int, limit: int) -> list[Delivery]:
-        """The oldest pending deliveries of an endpoint with ``seq > after_seq``."""
+    async def head(self, endpoint_id: str, limit: int) -> list[Delivery]:
+        """The oldest pending deliveries of an endpoint, oldest first."""
 
     async def delivered(self, delivery: Delivery, endpoint: Endpoint) -> None:
         """Forget a delivery the receiver acknowledged; record the endpoint's position."""
@@ -131,8 +134,8 @@ class Outbox(Protocol):
     async def revive(self, endpoint_id: str, ids: list[str] | None) -> int:
         """Move dead letters (all, or those with these message ids) back to the outbox's end."""
 
-    async def positions(self, endpoint_id: str) -> list[tuple[str, str, int]]:
-        """``(channel, epoch, offset)`` of the last delivered publication per channel."""
+    async def positions(self, endpoint_id: str, limit: int) -> list[tuple[str, str, int]]:
+        """``(channel, epoch, offset)`` of the last delivery per channel, latest first."""
 
     async def event_version(self) -> int: ...
 
@@ -194,23 +197,30 @@ class SQLiteOutbox:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     # ---- deliveries ------------------------------------------------------------------------
 
-    def enqueue(self, deliveries: list[Delivery], event_version: int | None = None) -> None:
+    def enqueue(
+        self, deliveries: list[Delivery], event_version: int | None = None
+    ) -> list[Delivery]:
+        stored: list[Delivery] = []
         buried: set[str] = set()
         with self._transaction() as db:
             for d in deliveries:
                 if d.dead_at is None:
-                    db.execute(
+                    cursor = db.execute(
                         "INSERT OR IGNORE INTO outbox (endpoint, msg_id, kind, channel, epoch, "
                         '"offset", body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
                         _values(d),
                     )
+                    if cursor.rowcount == 1:
+                        d.seq = cursor.lastrowid or 0
+                        stored.append(d)
                 else:
                     db.execute(
                         "INSERT INTO dead_letters (endpoint, msg_id, kind, channel, epoch, "
@@ -219,6 +229,7 @@ class SQLiteOutbox:
                         (*_values(d), d.attempts, d.last_error, d.dead_at),
                     )
                     buried.add(d.endpoint)
+                    stored.append(d)
             for endpoint_id in buried:
                 _trim_dead(db, endpoint_id, self._keep_dead)
             if event_version is not None:
@@ -227,12 +238,13 @@ class SQLiteOutbox:
                     "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
                     (event_version,),
                 )
+        return stored
 
-    async def head(self, endpoint_id: str, after_seq: int, limit: int) -> list[Delivery]:
+    async def head(self, endpoint_id: str, limit: int) -> list[Delivery]:
         rows = self.db.execute(
             f"SELECT {_DELIVERY_COLUMNS}, first_failure, next_attempt FROM outbox "
-            "WHERE endpoint = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (endpoint_id, after_seq, limit),
+            "WHERE endpoint = ? ORDER BY seq LIMIT ?",
+            (endpoint_id, limit),
         ).fetchall()
         out = []
         for row in rows:
@@ -327,10 +339,11 @@ class SQLiteOutbox:
             db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
         return revived
 
-    async def positions(self, endpoint_id: str) -> list[tuple[str, str, int]]:
+    async def positions(self, endpoint_id: str, limit: int) -> list[tuple[str, str, int]]:
         rows = self.db.execute(
-            'SELECT channel, epoch, "offset" FROM positions WHERE endpoint = ? ORDER BY channel',
-            (endpoint_id,),
+            'SELECT channel, epoch, "offset" FROM positions WHERE endpoint = ? '
+            "ORDER BY delivered_at DESC LIMIT ?",
+            (endpoint_id, limit),
         )
         return [(channel, epoch, offset) for channel, epoch, offset in rows]
 

@@ -112,7 +112,7 @@ def refusal(address: IPAddress) -> str | None:
         if embedded is not None:
             inner = refusal(embedded)
             if inner is not None:
-                return f"{inner} (inside an IPv6 address)"
+                return f"{inner} inside an IPv6 address"
     checks = (
         (address.is_unspecified, "unspecified"),
         (address.is_loopback, "loopback"),
@@ -152,7 +152,9 @@ class AllowList:
         candidates: list[IPAddress] = [address]
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             candidates.append(address.ipv4_mapped)
-        return any(a in net for a in candidates for net in self.networks if a.version == net.version)
+        return any(
+            a in net for a in candidates for net in self.networks if a.version == net.version
+        )
 
 
 def check_address(host: str, address: IPAddress, allow: AllowList) -> None:

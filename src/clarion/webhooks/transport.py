@@ -95,7 +95,10 @@ class _ResponseStream(httpx.AsyncByteStream):
             async for chunk in self._stream:
                 yield chunk
         except Exception as exc:
-            raise _translate(exc, self._request) from exc
+            translated = _translate(exc, self._request)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     async def aclose(self) -> None:
         if hasattr(self._stream, "aclose"):
@@ -140,7 +143,10 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         try:
             response = await self._pool.handle_async_request(core_request)
         except Exception as exc:
-            raise _translate(exc, request) from exc
+            translated = _translate(exc, request)
+            if translated is exc:
+                raise
+            raise translated from exc
         return httpx.Response(
             status_code=response.status,
             headers=response.headers,

@@ -79,7 +79,9 @@ def publication_from_body(
     channel: str, offset: int, epoch: str, time: int, body: bytes
 ) -> Publication:
     obj = orjson.loads(body)
-    return Publication(channel, offset, epoch, obj.get("data"), time, obj.get("info"), obj.get("id"))
+    return Publication(
+        channel, offset, epoch, obj.get("data"), time, obj.get("info"), obj.get("id")
+    )
 
 
 def decode_publication(channel: str, payload: bytes) -> Publication:

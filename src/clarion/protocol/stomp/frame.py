@@ -84,6 +84,8 @@ def serialise(frame: Frame, *, escaped: bool) -> bytes:
     for name, value in frame.headers:
         if name == "content-length":
             has_length = True
+        if "\0" in name or "\0" in value:
+            raise LocalProtocolError(f"header {name!r} holds a NUL octet")
         if escaped:
             parts.append(f"{escape(name)}:{escape(value)}")
         else:

@@ -1,0 +1,27 @@
+"""clarion mounted inside a FastAPI application.
+
+Run it:  uvicorn examples.fastapi_app:app --port 8000
+Then subscribe at ws://127.0.0.1:8000/rt/ws (or `clarion subscribe orders:new
+--url http://127.0.0.1:8000/rt`) and create an order:
+
+    curl -XPOST localhost:8000/orders -H 'content-type: application/json' -d '{"item": "tea"}'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from clarion import Hub, Settings
+
+hub = Hub(Settings())
+app = FastAPI(title="shop", lifespan=hub.lifespan)
+app.mount("/rt", hub.asgi_app())
+
+
+@app.post("/orders")
+async def create_order(order: dict[str, Any]) -> dict[str, Any]:
+    # Application code publishes directly: no HTTP round trip to the hub.
+    pub = await hub.publish("orders:new", order)
+    return {"order": order, "offset": pub.offset}

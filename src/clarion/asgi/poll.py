@@ -1,0 +1,303 @@
+"""``GET /poll``: long polling and plain polling, with everything needed in the cursor.
+
+A poll reads history after its cursor first. When that holds something (or a reset), or when
+``timeout=0``, it answers at once. Otherwise it subscribes its channels through the core with
+the positions it just read — the core's subscribe reads history again after registering, so a
+publication landing between the read and the wait is pushed, not lost — and answers with the
+first publications pushed, or with an unchanged cursor when ``timeout`` runs out. A client that
+goes away while waiting is noticed through ``http.disconnect`` and its session closed at once.
+
+Each poll is a short core session of kind ``"poll"``: it counts against the connection limits
+and in the metrics, but never joins presence (it would join and leave on every poll). Nothing is
+kept between polls: the next one resumes from the cursor alone, on any node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+import orjson
+
+from clarion.asgi import access
+from clarion.asgi.sse import (
+    ChannelEndpoint,
+    ChannelRequest,
+    Params,
+    Receive,
+    Scope,
+    Send,
+    channel_request,
+    single_param,
+    until_disconnect,
+)
+from clarion.core.fanout import WireFormat, publication_cursor
+from clarion.core.hub import Hub
+from clarion.core.session import Session
+from clarion.errors import BadRequest
+from clarion.protocol import messages
+from clarion.protocol.codes import CloseCode, Disconnect, disconnect_for
+from clarion.protocol.cursor import Cursor
+from clarion.protocol.publication import Publication, StreamPosition
+
+_SECONDS = re.compile(r"\d{1,6}(\.\d{1,6})?")
+CURSOR_BYTES = 48  # counted per publication for its cursor when sizing a reply
+
+# The waiter reads the publication objects themselves: nothing to encode per poll.
+POLL_WAKE = WireFormat("poll/publication", "poll", lambda pub: pub)
+
+
+class _Reset:
+    __slots__ = ("channel", "position", "reason")
+
+    def __init__(self, channel: str, reason: str, position: StreamPosition) -> None:
+        self.channel = channel
+        self.reason = reason
+        self.position = position
+
+
+class PollWaiter:
+    """A waiting poll's transport: collects what the core pushes and wakes the poll."""
+
+    kind = "poll"
+    __slots__ = ("bytes_left", "count_left", "disconnect", "events", "woken")
+
+    def __init__(self, count: int, size: int) -> None:
+        self.events: list[Publication | _Reset] = []
+        self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.disconnect: Disconnect | None = None
+        # Beyond one reply's worth nothing is kept: the next poll reads it from history.
+        self.count_left = count
+        self.bytes_left = size
+
+    def _wake(self) -> None:
+        if not self.woken.done():
+            self.woken.set_result(None)
+
+    def push(self, pub: Publication) -> None:
+        if self.count_left > 0 and self.bytes_left > 0:
+            self.count_left -= 1
+            self.bytes_left -= len(pub.json()) + CURSOR_BYTES
+            self.events.append(pub)
+        else:
+            self.count_left = self.bytes_left = 0  # keep later ones out: no gap in a channel
+        self._wake()
+
+    @property
+    def last_activity(self) -> float:
+        return time.monotonic()
+
+    def ping(self) -> None:
+        return None
+
+    def send_reset(self, channel: str, reason: str, cursor: str) -> None:
+        position = Cursor.decode(cursor).get(channel)
+        if position is not None and self.count_left > 0:
+            self.events.append(_Reset(channel, reason, position))
+        self._wake()
+
+    def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
+        return None  # presence events are not part of a poll reply
+
+    def close(self, code: int, reason: str) -> None:
+        if self.disconnect is None:
+            self.disconnect = disconnect_for(code)
+        self._wake()
+
+
+class _Reply:
+    """Builds one reply: per channel its publications and where it now stands."""
+
+    __slots__ = ("disconnect", "positions", "publications", "reset")
+
+    def __init__(self, since: dict[str, StreamPosition]) -> None:
+        self.positions = dict(since)
+        self.publications: list[Publication] = []
+        self.reset: tuple[str, str] | None = None
+        self.disconnect: Disconnect | None = None
+
+    def add_channel(self, channel: str, events: list[Publication | _Reset]) -> None:
+        """Take one channel's events, in order. One reset per reply: a channel with another
+        reset keeps its old position and is left for the next poll, which reports it at once."""
+        if any(isinstance(e, _Reset) for e in events):
+            if self.reset is not None:
+                return
+            reason = next(e.reason for e in events if isinstance(e, _Reset))
+            self.reset = (channel, reason)
+        for event in events:
+            if isinstance(event, _Reset):
+                self.positions[channel] = event.position
+            else:
+                self.publications.append(event)
+                self.positions[channel] = event.position
+
+    @property
+    def empty(self) -> bool:
+        return not self.publications and self.reset is None and self.disconnect is None
+
+    def cursor(self) -> str:
+        return Cursor.of(self.positions).encode()
+
+    def body(self, cursor: str) -> bytes:
+        pubs = b",".join(
+            messages.encode_publication(pub, publication_cursor(pub)) for pub in self.publications
+        )
+        out = b'{"publications":[%s],"cursor":"%s"' % (pubs, cursor.encode("ascii"))
+        if self.reset is not None:
+            out += b',"reset":' + orjson.dumps({"channel": self.reset[0], "reason": self.reset[1]})
+        if self.disconnect is not None:
+            out += b',"disconnect":' + orjson.dumps(self.disconnect.to_dict())
+        return out + b"}"
+
+
+def read_timeout(hub: Hub, params: Params) -> float:
+    options = hub.settings.poll
+    raw = single_param(params, "timeout")
+    if raw is None:
+        return min(options.timeout, options.timeout_max)
+    if _SECONDS.fullmatch(raw) is None or float(raw) > options.timeout_max:
+        raise BadRequest(
+            f"timeout must be a number of seconds from 0 to {options.timeout_max:g}",
+            code="bad_timeout",
+        )
+    return float(raw)
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if if_none_match is None:
+        return False
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate in ("*", etag):
+            return True
+    return False
+
+
+class PollEndpoint(ChannelEndpoint):
+    """``GET /poll?channel=A&cursor=C&timeout=S``."""
+
+    async def serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        params: Params,
+        cors: list[tuple[bytes, bytes]],
+    ) -> None:
+        hub = self.hub
+        timeout = read_timeout(hub, params)
+        request = channel_request(hub, scope, params, single_param(params, "cursor"))
+        limits = hub.settings.limits
+        waiter = PollWaiter(limits.max_history_batch, limits.send_queue_bytes)
+        session = hub.open_session(waiter, request.credentials, access.client_ip(scope))
+        reply: _Reply | None
+        try:
+            reply = await self._read(request)
+            if reply.empty and timeout > 0 and not session.closed:
+                reply = await self._wait(
+                    session, waiter, request, reply.positions, timeout, receive
+                )
+        finally:
+            hub.close_session(session, CloseCode.NORMAL)
+        if reply is None:
+            return  # the client went away
+        cursor = reply.cursor()
+        etag = f'"{cursor}"'
+        headers = [
+            (b"etag", etag.encode("ascii")),
+            (b"access-control-expose-headers", b"ETag"),
+            *cors,
+        ]
+        if reply.empty and _etag_matches(access.header(scope, b"if-none-match"), etag):
+            headers += [(b"cache-control", b"no-cache"), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = reply.body(cursor)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"%d" % len(body)),
+                    (b"cache-control", b"no-cache"),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _read(self, request: ChannelRequest) -> _Reply:
+        """History after the cursor, within one reply's count and bytes, shared by channels."""
+        hub = self.hub
+        limits = hub.settings.limits
+        count = limits.max_history_batch
+        size = limits.send_queue_bytes
+        share = max(1, count // len(request.channels))
+        found: dict[str, list[Publication | _Reset]] = {}
+        start: dict[str, StreamPosition] = {}
+        for channel in request.channels:
+            since = request.since[channel]
+            limit = 0 if since is None else min(share, count)
+            history, reason = await hub.history(channel, since=since, limit=limit)
+            start[channel] = since if since is not None else history.position
+            events: list[Publication | _Reset] = []
+            pubs = history.publications
+            if reason is not None:
+                # Like /api/history: the reset, then whatever history still holds — from just
+                # before it, so that what does not fit in this reply comes with the next one.
+                held = pubs[0].position if pubs else None
+                position = StreamPosition(held.epoch, held.offset - 1) if held else history.position
+                events.append(_Reset(channel, reason, position))
+            for pub in pubs:
+                if count <= 0 or size <= 0:
+                    break
+                count -= 1
+                size -= len(pub.json()) + CURSOR_BYTES
+                events.append(pub)
+            found[channel] = events
+        reply = _Reply(start)
+        for channel in request.channels:
+            reply.add_channel(channel, found[channel])
+        return reply
+
+    async def _wait(
+        self,
+        session: Session,
+        waiter: PollWaiter,
+        request: ChannelRequest,
+        positions: dict[str, StreamPosition],
+        timeout: float,
+        receive: Receive,
+    ) -> _Reply | None:
+        hub = self.hub
+        watcher = asyncio.create_task(until_disconnect(receive), name="clarion-poll-watcher")
+        try:
+            for channel in request.channels:
+                await hub.subscribe(
+                    session, channel, POLL_WAKE, waiter.push, since=positions[channel]
+                )
+                if waiter.woken.done() or session.closed or watcher.done():
+                    break
+            if not waiter.woken.done() and not watcher.done():
+                await asyncio.wait(
+                    (waiter.woken, watcher), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            if watcher.done():
+                return None
+        finally:
+            watcher.cancel()
+        reply = _Reply(positions)
+        for channel in request.channels:
+            reply.add_channel(channel, [e for e in waiter.events if _channel_of(e) == channel])
+        reply.disconnect = waiter.disconnect
+        return reply
+
+
+def _channel_of(event: Publication | _Reset) -> str:
+    return event.channel

@@ -1,0 +1,570 @@
+"""``GET /stomp``: STOMP 1.0, 1.1 and 1.2 over WebSocket, on the hub's channels.
+
+The STOMP session itself is the pure :class:`~clarion.protocol.stomp.StompSession`; this module
+moves bytes between it, the socket and the hub, and owns the timers: the ``CONNECT`` deadline,
+the hub's heart-beats, and the deadline of a frame split across WebSocket messages. Liveness of
+the client is the hub's tick, through :attr:`StompConnection.last_activity` and
+:meth:`StompConnection.ping`.
+
+Publications reach subscribers as ``MESSAGE`` frames cut in two
+(:mod:`clarion.protocol.stomp.message`): the tail, shared by every subscriber, is built once per
+publication and flavour; each delivery only adds the subscription's prefix and, on the fast path,
+the WebSocket frame header for the combined length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from clarion import __version__
+from clarion.asgi import access
+from clarion.asgi.wstransport import FAST_WEBSOCKET
+from clarion.core.fanout import Push, WireFormat, publication_cursor
+from clarion.core.hub import Hub
+from clarion.core.session import Session, SubscribeResult
+from clarion.errors import ClarionError, ClientError, Forbidden, LimitExceeded, Unauthorized
+from clarion.protocol.codes import CloseCode, disconnect_for
+from clarion.protocol.cursor import Cursor
+from clarion.protocol.frames import text_frame
+from clarion.protocol.publication import Publication
+from clarion.protocol.stomp import (
+    Ack,
+    Connect,
+    Disconnect,
+    Event,
+    RemoteProtocolError,
+    Send,
+    State,
+    StompSession,
+    Subscribe,
+    Unsubscribe,
+    acked_cursor,
+    message_tail,
+    select_subprotocol,
+)
+
+log = logging.getLogger("clarion.stomp")
+
+SERVER = f"clarion/{__version__}"
+HEART_BEAT = b"\n"
+_HEART_BEAT_FRAME = text_frame(HEART_BEAT)
+
+
+# ---- wire formats: one MESSAGE tail per publication and flavour ---------------------------------
+
+
+def _data_json(pub: Publication) -> bytes:
+    return orjson.dumps(pub.data)
+
+
+def _tail(pub: Publication, *, escaped: bool, ack: bool) -> bytes:
+    body: bytes = pub.encoded("stomp/data", _data_json)
+    return message_tail(pub, publication_cursor(pub), body, escaped=escaped, ack=ack)
+
+
+def _formats(kind: str, encode: Callable[[bytes], Any]) -> dict[tuple[bool, bool], WireFormat]:
+    def make(escaped: bool, ack: bool) -> WireFormat:
+        def tail(pub: Publication) -> Any:
+            return encode(_tail(pub, escaped=escaped, ack=ack))
+
+        name = f"stomp{'' if escaped else '1.0'}{'+ack' if ack else ''}/{kind}"
+        return WireFormat(name, "stomp", tail)
+
+    return {(e, a): make(e, a) for e in (True, False) for a in (True, False)}
+
+
+# Fast path: the tail stays bytes; ASGI path: decoded once, so each send only concatenates str.
+FRAME_FORMATS = _formats("frame", lambda tail: tail)
+TEXT_FORMATS = _formats("text", lambda tail: tail.decode())
+
+_pack16 = struct.Struct("!BBH").pack
+_pack64 = struct.Struct("!BBQ").pack
+# Headers of the frame lengths seen so far, up to 64 KiB (at most 65536 small entries).
+_HEADS: dict[int, bytes] = {n: bytes((0x81, n)) for n in range(126)}  # FIN + text, 7-bit length
+
+
+def _ws_head(length: int) -> bytes:
+    """The header of an unmasked, unfragmented text frame of ``length`` payload bytes."""
+    head = _HEADS.get(length)
+    if head is None:
+        if length >= 65536:
+            return _pack64(0x81, 127, length)
+        head = _HEADS[length] = _pack16(0x81, 126, length)
+    return head
+
+
+# ---- how bytes reach the socket ----------------------------------------------------------------
+
+
+class FastWire:
+    """The server's ``clarion.fast_websocket`` connection: frames go into its coalescing buffer."""
+
+    formats = FRAME_FORMATS
+    __slots__ = ("conn", "limit", "on_overflow")
+
+    def __init__(self, conn: Any, limit: int, on_overflow: Callable[[], None]) -> None:
+        self.conn = conn
+        self.limit = limit
+        self.on_overflow = on_overflow
+        conn.set_send_limit(limit, on_overflow)
+
+    def send(self, frame: bytes) -> None:
+        self.conn.push_text(frame)
+
+    def push_for(self, prefix: bytes) -> Push:
+        conn_push = self.conn.push
+        size = len(prefix)
+        last_length = -1
+        head = b""  # WebSocket header + prefix for frames of last_length bytes
+
+        def push(tail: bytes) -> None:
+            # Only the WebSocket header depends on this subscriber (through the prefix length);
+            # a channel's publications often have the same length, so it is reused when it can.
+            nonlocal last_length, head
+            length = size + len(tail)
+            if length != last_length:
+                last_length = length
+                head = _ws_head(length) + prefix
+            conn_push(head + tail)
+
+        return push
+
+    def heart_beat(self) -> None:
+        self.conn.push(_HEART_BEAT_FRAME)
+
+    def ping(self) -> None:
+        self.conn.ping()
+
+    def last_activity(self) -> float:
+        return float(self.conn.last_activity)
+
+    def backlog(self) -> int:
+        return int(self.conn.buffered_bytes)
+
+    def watch_overflow(self) -> None:
+        self.conn.set_send_limit(self.limit, self.on_overflow)
+
+    def close(self, code: int, reason: str) -> None:
+        self.conn.close(code, reason)
+
+    async def stop(self) -> None:
+        return None
+
+
+class AsgiWire:
+    """Any other ASGI server: a bounded queue drained into ``websocket.send`` by one task."""
+
+    formats = TEXT_FORMATS
+    __slots__ = ("_queue", "_queued", "_ready", "_task", "limit", "on_overflow", "send_message")
+
+    def __init__(
+        self,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        limit: int,
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self.send_message = send
+        self.limit = limit
+        self.on_overflow = on_overflow
+        self._queue: deque[str | tuple[int, str]] = deque()
+        self._queued = 0
+        self._ready = asyncio.Event()
+        self._task = asyncio.create_task(self._drain(), name="clarion-stomp-sender")
+
+    def _put(self, text: str) -> None:
+        self._queue.append(text)
+        self._queued += len(text)
+        self._ready.set()
+        if self._queued > self.limit:
+            self.on_overflow()
+
+    def send(self, frame: bytes) -> None:
+        self._put(frame.decode())
+
+    def push_for(self, prefix: bytes) -> Push:
+        head = prefix.decode()
+        put = self._put
+
+        def push(tail: str) -> None:
+            put(head + tail)
+
+        return push
+
+    def heart_beat(self) -> None:
+        self._put(HEART_BEAT.decode())
+
+    def ping(self) -> None:
+        return None  # no WebSocket ping through ASGI: the host server owns those
+
+    def last_activity(self) -> float:
+        return time.monotonic()
+
+    def backlog(self) -> int:
+        return self._queued
+
+    def watch_overflow(self) -> None:
+        return None  # _put checks the limit on every call
+
+    def close(self, code: int, reason: str) -> None:
+        self._queue.append((code, reason))
+        self._ready.set()
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                while self._queue:
+                    item = self._queue.popleft()
+                    if isinstance(item, tuple):
+                        code, reason = item
+                        await self.send_message(
+                            {"type": "websocket.close", "code": code, "reason": reason}
+                        )
+                        return
+                    self._queued -= len(item)
+                    await self.send_message({"type": "websocket.send", "text": item})
+        except (OSError, RuntimeError):
+            return  # the peer is gone; the receive loop notices and cleans up
+
+    async def stop(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+Wire = FastWire | AsgiWire
+
+
+def close_code_for(exc: ClarionError) -> int:
+    """The WebSocket close code that follows the ``ERROR`` frame for ``exc``."""
+    code = exc.code
+    if code == "handshake_timeout":
+        return CloseCode.HANDSHAKE_TIMEOUT
+    if code == "too_large":
+        return CloseCode.MESSAGE_TOO_BIG
+    if isinstance(exc, Unauthorized) or code == "unauthorized":
+        return {"token_expired": CloseCode.TOKEN_EXPIRED, "revoked": CloseCode.DISCONNECTED}.get(
+            code, CloseCode.UNAUTHORIZED
+        )
+    if isinstance(exc, Forbidden):
+        return CloseCode.FORBIDDEN
+    if isinstance(exc, LimitExceeded):
+        return {
+            "node_full": CloseCode.NODE_FULL,
+            "too_many_connections": CloseCode.TOO_MANY_CONNECTIONS,
+            "rate_limited": CloseCode.ABUSE,
+        }.get(code, CloseCode.BAD_REQUEST)
+    if isinstance(exc, ClientError):
+        return CloseCode.BAD_REQUEST
+    return CloseCode.SERVER_ERROR
+
+
+# ---- one connection ------------------------------------------------------------------------------
+
+
+class StompConnection:
+    """One STOMP client: the hub's :class:`~clarion.core.session.Transport` for it, and the code
+    that carries out its frames in the order they arrive."""
+
+    kind = "stomp"
+
+    def __init__(self, hub: Hub, scope: dict[str, Any], wire: Wire) -> None:
+        self.hub = hub
+        self.scope = scope
+        self.wire = wire
+        limits = hub.settings.limits
+        beat_ms = max(1, int(limits.ping_interval * 1000))
+        self.stomp = StompSession(
+            heart_beat=(beat_ms, beat_ms), max_frame_bytes=limits.max_message_bytes
+        )
+        self.session: Session | None = None
+        self.closed = False
+        self.last_received = time.monotonic()
+        self._receipt: str | None = None  # of the frame being carried out
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._handshake_timer: asyncio.TimerHandle | None = loop.call_later(
+            limits.handshake_timeout, self._handshake_expired
+        )
+        self._beat_timer: asyncio.TimerHandle | None = None
+        self._partial_timer: asyncio.TimerHandle | None = None
+
+    # ---- Transport (called by the hub) ---------------------------------------------------------
+
+    @property
+    def last_activity(self) -> float:
+        if isinstance(self.wire, FastWire):
+            return self.wire.last_activity()  # any bytes, WebSocket pongs included
+        promised = self.stomp.heart_beat.receive_ms / 1000
+        if not promised:
+            return time.monotonic()  # no heart-beats promised: the host server's pings decide
+        # The hub's tick allows ping_interval + pong_timeout of silence; stretch that to the
+        # interval this client negotiated, if longer.
+        return self.last_received + max(0.0, promised - self.hub.settings.limits.ping_interval)
+
+    def ping(self) -> None:
+        if not self.closed:
+            self.wire.ping()
+
+    def backlog(self) -> int:
+        return self.wire.backlog()
+
+    def watch_overflow(self) -> None:
+        self.wire.watch_overflow()
+
+    def send_reset(self, channel: str, reason: str, cursor: str) -> None:
+        sub = self.stomp.by_channel.get(channel)
+        if sub is None or self.closed:
+            return
+        frame = self.stomp.reset(sub, reason, cursor)
+        if frame is not None:
+            self.wire.send(frame)
+
+    def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
+        return None  # STOMP has no presence events
+
+    def close(self, code: int, reason: str) -> None:
+        """End the connection: an ``ERROR`` first unless the client asked to leave."""
+        if self.closed:
+            return
+        self.closed = True
+        for timer in (self._handshake_timer, self._beat_timer, self._partial_timer):
+            if timer is not None:
+                timer.cancel()
+        if code != CloseCode.NORMAL:
+            frame = self.stomp.error(
+                reason,
+                code=disconnect_for(code).reason.replace(" ", "_"),
+                headers=self._close_headers(code),
+            )
+            if frame is not None:
+                self.wire.send(frame)
+        self.stomp.close()
+        self.wire.close(code, reason)
+
+    @staticmethod
+    def _close_headers(code: int) -> tuple[tuple[str, str], ...]:
+        reconnect = "true" if disconnect_for(code).reconnect else "false"
+        return (("x-close-code", str(code)), ("x-reconnect", reconnect))
+
+    # ---- failures -------------------------------------------------------------------------------
+
+    def fail(self, exc: ClarionError, receipt: str | None = None) -> None:
+        """Answer ``exc`` with an ``ERROR`` frame and close the connection."""
+        if self.closed:
+            return
+        self.hub.stats.errors[exc.code] += 1
+        code = close_code_for(exc)
+        frame = self.stomp.error(
+            exc.message, code=exc.code, receipt_id=receipt, headers=self._close_headers(code)
+        )
+        if frame is not None:
+            self.wire.send(frame)
+        self.end(code, exc.message)
+
+    def end(self, code: int, reason: str) -> None:
+        if self.session is not None:
+            self.hub.close_session(self.session, code, reason)
+        else:
+            self.close(code, reason)
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if self.stomp.state is State.AWAITING_CONNECT and not self.closed:
+            limit = self.hub.settings.limits.handshake_timeout
+            self.fail(
+                ClarionError(f"no CONNECT frame within {limit:g} seconds", code="handshake_timeout")
+            )
+
+    def _partial_expired(self) -> None:
+        self._partial_timer = None
+        if self.stomp.pending_bytes and not self.closed:
+            limit = self.hub.settings.limits.pong_timeout
+            self.fail(
+                RemoteProtocolError(
+                    f"incomplete frame: no NUL octet within {limit:g} seconds",
+                    code="incomplete_frame",
+                )
+            )
+
+    def _watch_partial(self) -> None:
+        """A frame split across messages must end within ``pong_timeout`` of its start."""
+        if self.stomp.pending_bytes:
+            if self._partial_timer is None and self.stomp.state is State.CONNECTED:
+                self._partial_timer = self._loop.call_later(
+                    self.hub.settings.limits.pong_timeout, self._partial_expired
+                )
+        elif self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
+
+    def _beat(self) -> None:
+        self._beat_timer = None
+        if self.closed:
+            return
+        self.wire.heart_beat()
+        interval = self.stomp.heart_beat.send_ms / 1000
+        self._beat_timer = self._loop.call_later(interval, self._beat)
+
+    # ---- client frames ---------------------------------------------------------------------------
+
+    async def run(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                return
+            if kind != "websocket.receive" or self.closed:
+                continue
+            self.last_received = time.monotonic()
+            data = message.get("bytes")
+            if data is None:
+                data = (message.get("text") or "").encode()
+            await self.feed(data)
+
+    async def feed(self, data: bytes) -> None:
+        self._receipt = None
+        try:
+            self.stomp.receive_data(data)
+            while not self.closed:
+                self._receipt = None
+                event = self.stomp.next_event()
+                if event is None:
+                    break
+                await self.dispatch(event)
+        except ClarionError as exc:
+            receipt = getattr(exc, "receipt_id", None) or self._receipt
+            self.fail(exc, receipt)
+        except Exception:
+            log.exception("STOMP frame failed")
+            self.fail(ClarionError("internal error", code="internal"), self._receipt)
+        if not self.closed:
+            self._watch_partial()
+
+    async def dispatch(self, event: Event) -> None:
+        if isinstance(event, Connect):
+            self.connect(event)
+            return
+        session = self.session
+        assert session is not None  # the state table admits nothing else before CONNECT
+        self._receipt = event.receipt
+        if isinstance(event, Send):
+            pub = await session.publish(
+                event.channel, event.data, idempotency_key=event.idempotency_key
+            )
+            self._reply(event.receipt, ("x-cursor", self.hub.cursor_of(pub)))
+        elif isinstance(event, Subscribe):
+            await self.subscribe(session, event)
+        elif isinstance(event, Unsubscribe):
+            sub = event.subscription
+            if sub is not None:
+                await session.unsubscribe(sub.channel)
+                cursor = acked_cursor(sub)
+                self._reply(event.receipt, *([("x-cursor", cursor)] if cursor else []))
+            else:
+                self._reply(event.receipt)
+        elif isinstance(event, Ack):
+            cursor = acked_cursor(event.subscription) if event.subscription else None
+            self._reply(event.receipt, *([("x-cursor", cursor)] if cursor else []))
+        elif isinstance(event, Disconnect):
+            self._reply(event.receipt)
+            self.end(CloseCode.NORMAL, "normal")
+
+    def _reply(self, receipt: str | None, *headers: tuple[str, str]) -> None:
+        if receipt is not None and not self.closed:
+            self.wire.send(self.stomp.receipt(receipt, headers))
+
+    def connect(self, event: Connect) -> None:
+        hub = self.hub
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        # Browsers cannot set CONNECT headers from every library: fall back to the upgrade
+        # request's token (Authorization header, token= query parameter, cookie).
+        token = event.token or access.token_from(self.scope)
+        credentials = hub.auth.verify(token) if token else hub.auth.anonymous()
+        self.session = hub.open_session(self, credentials, access.client_ip(self.scope))
+        self.wire.send(self.stomp.connected(self.session.id, SERVER, credentials.user))
+        if event.heart_beat.send_ms:
+            self._beat_timer = self._loop.call_later(event.heart_beat.send_ms / 1000, self._beat)
+
+    async def subscribe(self, session: Session, event: Subscribe) -> None:
+        sub = event.subscription
+        fmt = self.wire.formats[(self.stomp.escaped, sub.needs_ack)]
+        since = event.since
+
+        def ready(result: SubscribeResult) -> None:
+            start = since if since is not None and result.recovered else result.position
+            sub.start(start)
+            cursor = Cursor.single(sub.channel, start).encode()
+            self._reply(event.receipt, ("x-cursor", cursor))
+
+        try:
+            await session.subscribe(
+                sub.channel, fmt, self.wire.push_for(sub.prefix), since=since, on_ready=ready
+            )
+        except BaseException:
+            self.stomp.forget(sub)
+            raise
+
+    def finish(self) -> None:
+        """The socket is gone: release the session (idempotent)."""
+        self.end(CloseCode.NORMAL, "normal")
+
+
+class StompEndpoint:
+    """The ASGI application of ``/stomp``; one instance serves every connection."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        hub = self.hub
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        try:
+            access.check_origin(hub, scope)
+        except Forbidden as exc:
+            log.info("STOMP websocket refused: %s", exc.message)
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+            return
+        if hub.closing:
+            await send({"type": "websocket.close", "code": CloseCode.SHUTDOWN})
+            return
+        subprotocol = select_subprotocol(list(scope.get("subprotocols", ())))
+        await send({"type": "websocket.accept", "subprotocol": subprotocol})
+
+        connection: StompConnection | None = None
+
+        def overflow() -> None:
+            if connection is not None and connection.session is not None:
+                hub.overflow(connection.session)
+            elif connection is not None:
+                connection.close(CloseCode.SLOW, disconnect_for(CloseCode.SLOW).reason)
+
+        limit = hub.settings.limits.send_queue_bytes
+        fast = scope.get("extensions", {}).get(FAST_WEBSOCKET)
+        wire: Wire = (
+            FastWire(fast["connection"], limit, overflow)
+            if fast is not None
+            else AsgiWire(send, limit, overflow)
+        )
+        connection = StompConnection(hub, scope, wire)
+        try:
+            await connection.run(receive)
+        finally:
+            connection.finish()
+            if isinstance(wire, AsgiWire):
+                await wire.stop()

@@ -1,0 +1,115 @@
+"""The hub over plain HTTP: the server API (publish, history, presence) and the shared client.
+
+Server API calls carry ``Authorization: apikey <key>`` when the client has a key; the SSE and
+poll streams carry the connection token as ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from clarion.client.endpoints import Endpoints
+from clarion.client.errors import ConnectFailed, ConnectionLost, RequestFailed, RequestTimeout
+from clarion.client.items import History, Member, Published
+from clarion.client.tokens import TokenSource, resolve_token
+
+# Codes for answers that do not carry the hub's error body (e.g. a proxy, or the HTTP server's
+# own body-size cap): the same codes the hub would have used.
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    413: "too_large",
+    429: "limit_exceeded",
+}
+
+
+def failure(response: httpx.Response) -> RequestFailed:
+    """The hub's ``{"error": {"code", "message"}}`` body as an exception (read the body first)."""
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+        error = {
+            "code": _STATUS_CODES.get(status, f"http_{status}"),
+            "message": f"HTTP {status} {response.reason_phrase}".strip(),
+        }
+    return RequestFailed.from_wire(error, status)
+
+
+class HttpApi:
+    """One ``httpx.AsyncClient`` for the server API and the SSE/poll streams of a client."""
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        *,
+        api_key: str | None,
+        token: TokenSource,
+        timeout: float,
+    ) -> None:
+        self.endpoints = endpoints
+        self.api_key = api_key
+        self.token = token
+        self.timeout = timeout
+        # Every SSE or poll subscription holds a connection of its own for as long as it lives.
+        self.http = httpx.AsyncClient(
+            timeout=timeout,
+            headers={"Accept": "application/json"},
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def api_headers(self) -> dict[str, str]:
+        return {"Authorization": f"apikey {self.api_key}"} if self.api_key else {}
+
+    async def stream_headers(self) -> dict[str, str]:
+        token = await resolve_token(self.token)
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        url = self.endpoints.url(path)
+        try:
+            response = await self.http.request(method, url, headers=self.api_headers(), **kwargs)
+        except httpx.TimeoutException:
+            raise RequestTimeout(f"no answer from {url} within {self.timeout} s") from None
+        except httpx.ConnectError as exc:
+            raise ConnectFailed(f"cannot connect to {url}: {exc}") from None
+        except httpx.RequestError as exc:
+            raise ConnectionLost(f"the connection to {url} failed: {exc}") from None
+        if not response.is_success:
+            raise failure(response)
+        try:
+            body = response.json()
+        except ValueError:
+            raise ConnectionLost(f"{url} answered with something that is not JSON") from None
+        if not isinstance(body, dict):
+            raise ConnectionLost(f"{url} answered with something that is not a JSON object")
+        return body
+
+    async def publish(self, channel: str, data: Any, id: str | None) -> Published:
+        body: dict[str, Any] = {"channel": channel, "data": data}
+        if id is not None:
+            body["id"] = id
+        ok = await self._call("POST", "/api/publish", json=body)
+        return Published(channel, int(ok["offset"]), str(ok["epoch"]), ok.get("cursor"))
+
+    async def history(self, channel: str, since: str | None, limit: int | None) -> History:
+        params: dict[str, str | int] = {"channel": channel}
+        if since is not None:
+            params["since"] = since
+        if limit is not None:
+            params["limit"] = limit
+        return History.from_wire(channel, await self._call("GET", "/api/history", params=params))
+
+    async def presence(self, channel: str) -> list[Member]:
+        body = await self._call("GET", "/api/presence", params={"channel": channel})
+        return [Member.from_wire(c) for c in body.get("clients", ())]

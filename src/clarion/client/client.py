@@ -1,0 +1,383 @@
+"""The async client: `async with connect(url) as c`, then subscribe, publish, history, presence."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Generator
+from types import TracebackType
+from typing import Any, Literal, NoReturn
+
+from clarion.client.api import HttpApi
+from clarion.client.backoff import Backoff
+from clarion.client.endpoints import Endpoints
+from clarion.client.errors import (
+    ClientClosed,
+    ConnectFailed,
+    ConnectionLost,
+    Disconnected,
+    RequestFailed,
+    TransportUnavailable,
+)
+from clarion.client.items import History, Member, Published
+from clarion.client.poll import run_poll
+from clarion.client.streams import StreamContext
+from clarion.client.subscription import Feed, Subscription
+from clarion.client.tokens import TokenSource
+from clarion.client.websocket import WebSocketLink
+from clarion.errors import BadCursor, ClarionError
+from clarion.protocol.channels import validate_channel
+from clarion.protocol.cursor import Cursor
+
+log = logging.getLogger("clarion.client")
+
+TransportName = Literal["auto", "ws", "sse", "poll"]
+TRANSPORTS: tuple[TransportName, ...] = ("auto", "ws", "sse", "poll")
+MAX_POLL_TIMEOUT = 60.0
+SSE_READ_TIMEOUT = 45.0  # three missed heartbeats (the hub sends one every 15 s)
+
+
+class Client:
+    """A connection to a clarion hub; see :func:`connect`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: TokenSource = None,
+        api_key: str | None = None,
+        transport: TransportName = "auto",
+        backoff: Backoff | None = None,
+        queue_size: int = 1024,
+        open_timeout: float = 10.0,
+        request_timeout: float = 10.0,
+        poll_timeout: float = 25.0,
+        max_message_bytes: int | None = 65536,
+    ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        if not open_timeout > 0 or not request_timeout > 0:
+            raise ValueError("timeouts must be positive")
+        if not 0 < poll_timeout <= MAX_POLL_TIMEOUT:
+            raise ValueError(f"poll_timeout must be more than 0 and at most {MAX_POLL_TIMEOUT}")
+        self.endpoints = Endpoints.parse(url)
+        self._token = token
+        self._api_key = api_key
+        self._option: TransportName = transport
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._queue_size = queue_size
+        self._open_timeout = open_timeout
+        self._request_timeout = request_timeout
+        self._poll_timeout = poll_timeout
+        self._max_message_bytes = max_message_bytes
+        self._mode: TransportName | None = transport if transport in ("sse", "poll") else None
+        self._state: Literal["new", "open", "closed"] = "new"
+        self._error: ClarionError | None = None
+        self._feeds: dict[str, Feed] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._deciding = asyncio.Lock()
+        self._api: HttpApi | None = None
+        self._link: WebSocketLink | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def transport(self) -> TransportName | None:
+        """``"ws"``, ``"sse"`` or ``"poll"`` once decided (``auto`` decides on first use)."""
+        return self._mode
+
+    @property
+    def client_id(self) -> str | None:
+        """The hub's id for the current WebSocket connection (``client`` in presence)."""
+        return self._link.client_id if self._link is not None and self._link.connected else None
+
+    @property
+    def closed(self) -> bool:
+        return self._state == "closed" or self._error is not None
+
+    async def open(self) -> Client:
+        """Connect. Over WebSocket (without an API key) the connection is made now."""
+        if self._state != "new":
+            raise ClientClosed("a client can be opened only once")
+        self._state = "open"
+        self._api = HttpApi(
+            self.endpoints, api_key=self._api_key, token=self._token, timeout=self._request_timeout
+        )
+        if self._option in ("ws", "auto"):
+            self._link = WebSocketLink(
+                self.endpoints,
+                token=self._token,
+                backoff=self._backoff,
+                open_timeout=self._open_timeout,
+                max_message_bytes=self._max_message_bytes,
+                on_fatal=self._link_failed,
+            )
+        # A backend with an API key publishes over HTTP: it opens the WebSocket only to subscribe.
+        if self._api_key is None and self._option in ("ws", "auto"):
+            try:
+                await self._transport()
+            except BaseException:
+                await self.close()
+                raise
+        return self
+
+    async def close(self) -> None:
+        """Close the connection; subscriptions end (their iterators stop)."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        for feed in list(self._feeds.values()):
+            feed.finish()
+        self._feeds.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._link is not None:
+            await self._link.close()
+        if self._api is not None:
+            await self._api.aclose()
+
+    async def __aenter__(self) -> Client:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self.open().__await__()
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        if self._state != "open":
+            raise ClientClosed("the client is not open" if self._state == "new" else "closed")
+
+    def _link_failed(self, error: ClarionError) -> None:
+        if isinstance(error, TransportUnavailable) and self._option == "auto":
+            return  # the transport decision falls back to SSE
+        self._stop(error)
+
+    def _stop(self, error: ClarionError) -> None:
+        """The hub said not to reconnect: every subscription and request ends with ``error``."""
+        if self._error is not None:
+            return
+        self._error = error
+        log.warning("client stopped: %s", error)
+        for feed in list(self._feeds.values()):
+            feed.finish(error)
+            if feed.task is not None:
+                feed.task.cancel()
+        self._feeds.clear()
+
+    async def _transport(self) -> TransportName:
+        """The transport in use; with ``auto``, try WebSocket first and fall back to SSE."""
+        if self._mode is not None:
+            return self._mode
+        async with self._deciding:
+            if self._mode is not None:
+                return self._mode
+            self._check_open()
+            link = self._link
+            assert link is not None
+            try:
+                async with asyncio.timeout(self._open_timeout):
+                    await link.wait_connected()
+            except TimeoutError:
+                raise ConnectFailed(
+                    f"could not connect to {self.endpoints.ws} within {self._open_timeout} s "
+                    f"({link.last_failure})"
+                ) from None
+            except TransportUnavailable as exc:
+                if self._option != "auto":
+                    raise
+                log.info("WebSocket unavailable (%s); falling back to SSE", exc)
+                self._mode = "sse"
+                return self._mode
+            self._mode = "ws"
+            return self._mode
+
+    async def _over_http(self) -> bool:
+        return self._api_key is not None or await self._transport() != "ws"
+
+    # ---- subscriptions ------------------------------------------------------------------------
+
+    def subscribe(self, channel: str, since: str | None = None) -> Subscription:
+        """Subscribe to ``channel``: an async iterator of :class:`Message` and :class:`Reset`.
+
+        ``since`` is a cursor (a ``Message.cursor``, a ``Reset.cursor``, ``Subscription.cursor``,
+        or one from another transport) to resume from; without it the subscription starts now.
+        """
+        self._check_open()
+        validate_channel(channel)
+        if since is not None and Cursor.decode(since).get(channel) is None:
+            raise BadCursor(f"the cursor holds no position for channel {channel!r}")
+        existing = self._feeds.get(channel)
+        if existing is not None and not existing.done:
+            raise RequestFailed(
+                f"this client is already subscribed to {channel!r}", code="already_subscribed"
+            )
+        feed = Feed(channel, since, self._queue_size)
+        self._feeds[channel] = feed
+        handle = Subscription(feed, self._release)
+        # A handle dropped without unsubscribing (``break`` out of ``async for``) unsubscribes.
+        weakref.finalize(handle, self._release_quietly, feed).atexit = False
+        if self._mode == "ws" and self._link is not None:
+            self._link.attach(feed)
+        else:
+            feed.task = self._spawn(self._run_feed(feed), f"clarion-client-{channel}")
+        return handle
+
+    def _release(self, feed: Feed) -> None:
+        if self._feeds.get(feed.channel) is feed:
+            del self._feeds[feed.channel]
+        feed.finish(drop=True)
+        if self._link is not None:
+            self._link.detach(feed)
+        if feed.task is not None:
+            feed.task.cancel()
+
+    def _release_quietly(self, feed: Feed) -> None:
+        with contextlib.suppress(RuntimeError):  # the event loop may be gone already
+            self._release(feed)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run_feed(self, feed: Feed) -> None:
+        try:
+            mode = await self._transport()
+            if feed.done:
+                return
+            if mode == "ws":
+                assert self._link is not None
+                self._link.attach(feed)
+                return
+            assert self._api is not None
+            ctx = StreamContext(self._api, self._backoff, self._poll_timeout, SSE_READ_TIMEOUT)
+            while True:
+                try:
+                    if mode == "sse":
+                        from clarion.client.sse import run_sse  # needs httpx-sse
+
+                        await run_sse(feed, ctx)
+                    else:
+                        await run_poll(feed, ctx)
+                    return
+                except TransportUnavailable as exc:
+                    if mode != "sse" or self._option != "auto":
+                        raise
+                    log.info("SSE unavailable (%s); falling back to long polling", exc)
+                    self._mode = mode = "poll"
+        except asyncio.CancelledError:
+            raise
+        except Disconnected as exc:
+            self._stop(exc)
+        except ClarionError as exc:
+            if self._feeds.get(feed.channel) is feed:
+                del self._feeds[feed.channel]
+            feed.finish(exc)
+        except Exception as exc:
+            log.exception("subscription to %s failed", feed.channel)
+            feed.finish(ConnectionLost(f"subscription to {feed.channel!r} failed: {exc!r}"))
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    async def publish(self, channel: str, data: Any, id: str | None = None) -> Published:
+        """Publish ``data`` (any JSON value); ``id`` makes retries idempotent on the hub."""
+        self._check_open()
+        validate_channel(channel)
+        if await self._over_http():
+            assert self._api is not None
+            return await self._api.publish(channel, data, id)
+        fields: dict[str, Any] = {"channel": channel, "data": data}
+        if id is not None:
+            fields["pub_id"] = id
+        ok = await self._request("publish", fields)
+        return Published(channel, int(ok["offset"]), str(ok["epoch"]), ok.get("cursor"))
+
+    async def history(
+        self, channel: str, since: str | None = None, limit: int | None = None
+    ) -> History:
+        """Publications kept in ``channel``'s history, after ``since`` if given, oldest first."""
+        self._check_open()
+        validate_channel(channel)
+        if await self._over_http():
+            assert self._api is not None
+            return await self._api.history(channel, since, limit)
+        fields: dict[str, Any] = {"channel": channel}
+        if since is not None:
+            fields["since"] = since
+        if limit is not None:
+            fields["limit"] = limit
+        return History.from_wire(channel, await self._request("history", fields))
+
+    async def presence(self, channel: str) -> list[Member]:
+        """The clients subscribed to ``channel`` now."""
+        self._check_open()
+        validate_channel(channel)
+        if await self._over_http():
+            assert self._api is not None
+            return await self._api.presence(channel)
+        ok = await self._request("presence", {"channel": channel})
+        return [Member.from_wire(c) for c in ok.get("clients", ())]
+
+    async def _request(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        assert self._link is not None
+        try:
+            return await self._link.request(op, fields, self._request_timeout)
+        except ClientClosed:
+            self._raise_closed()
+
+    def _raise_closed(self) -> NoReturn:
+        self._check_open()
+        raise ClientClosed()
+
+    def __repr__(self) -> str:
+        return f"Client({self.endpoints.http!r}, transport={self._mode!r}, state={self._state!r})"
+
+
+def connect(
+    url: str,
+    *,
+    token: TokenSource = None,
+    api_key: str | None = None,
+    transport: TransportName = "auto",
+    backoff: Backoff | None = None,
+    queue_size: int = 1024,
+    open_timeout: float = 10.0,
+    request_timeout: float = 10.0,
+    poll_timeout: float = 25.0,
+    max_message_bytes: int | None = 65536,
+) -> Client:
+    """A client for the hub at ``url``; use as ``async with connect(url) as client:``.
+
+    ``url`` is the hub's base URL (``http://127.0.0.1:8000``, or where a host app mounted it) or
+    its WebSocket endpoint (``ws://127.0.0.1:8000/ws``). ``token`` is a connection JWT, or a
+    callable (sync or async) asked for a fresh one before every connection. ``api_key`` sends
+    publish/history/presence through the HTTP server API. See ``docs/client.md``.
+    """
+    return Client(
+        url,
+        token=token,
+        api_key=api_key,
+        transport=transport,
+        backoff=backoff,
+        queue_size=queue_size,
+        open_timeout=open_timeout,
+        request_timeout=request_timeout,
+        poll_timeout=poll_timeout,
+        max_message_bytes=max_message_bytes,
+    )

@@ -1,0 +1,82 @@
+"""Long-polling transport: ``GET /poll?channel=C&cursor=K&timeout=S``, one loop per subscription.
+
+The first request of a subscription made without ``since`` is a plain poll (``timeout=0``): it
+returns the channel's current cursor at once, so the subscription has a resume point before the
+first long poll, and nothing published from then on can slip between two requests.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+from clarion.client.items import Message
+from clarion.client.streams import (
+    Retry,
+    StreamContext,
+    check,
+    disconnect_from,
+    message_from,
+    pause,
+    reset_from,
+)
+from clarion.client.subscription import Feed
+
+log = logging.getLogger(__name__)
+
+
+async def run_poll(feed: Feed, ctx: StreamContext) -> None:
+    """Fill ``feed`` by polling until the feed is done (see :func:`clarion.client.sse.run_sse`)."""
+    url = ctx.api.endpoints.url("/poll")
+    attempt = 0
+    while not feed.done:
+        await feed.wait_room()  # no request while the reader is behind: polling is backpressure
+        if feed.done:
+            return
+        wait = ctx.poll_timeout if feed.resume_cursor is not None else 0.0
+        params = {"channel": feed.channel, "timeout": _seconds(wait)}
+        if feed.resume_cursor is not None:
+            params["cursor"] = feed.resume_cursor
+        timeout = httpx.Timeout(ctx.api.timeout, read=wait + ctx.api.timeout)
+        try:
+            headers = await ctx.api.stream_headers()
+        except Exception as exc:
+            await pause(ctx, attempt, feed, f"the token callable failed: {exc!r}")
+            attempt += 1
+            continue
+        try:
+            response = await ctx.api.http.get(url, params=params, headers=headers, timeout=timeout)
+            await check(response, ctx, "/poll")
+            body = response.json()
+            cursor = body.get("cursor") if isinstance(body, dict) else None
+            if not isinstance(cursor, str) or not cursor:
+                raise Retry(f"{url} answered without a cursor")
+        except (httpx.RequestError, Retry, ValueError) as exc:
+            await pause(ctx, attempt, feed, exc or type(exc).__name__)
+            attempt += 1
+            continue
+        attempt = 0
+        feed.confirmed(cursor)
+        messages = [m for m in map(message_from, body.get("publications", ())) if m is not None]
+        reset = reset_from(feed, body.get("reset"), _before(messages, cursor))
+        if reset is not None:
+            await feed.put(reset)
+        for message in messages:
+            await feed.put(message)
+        if feed.done:
+            return
+        feed.advance(cursor)
+        error = disconnect_from(body.get("disconnect"))
+        if error is not None:
+            raise error
+
+
+def _seconds(value: float) -> str:
+    # The hub reads plain decimals (no exponent), to the microsecond at most.
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def _before(messages: list[Message], cursor: str) -> str:
+    """Where a reset leaves the stream: just before the first publication that follows it."""
+    return messages[0].before() if messages else cursor

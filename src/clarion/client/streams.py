@@ -1,0 +1,103 @@
+"""What the HTTP transports (SSE, polling) share: one feed per subscription, each its own stream.
+
+Each subscription runs its own request loop, so subscriptions come and go without disturbing each
+other and each resumes from its own cursor. HTTP status codes map onto the same decisions as
+WebSocket close codes: retry after a backoff delay, fail this subscription, stop the client, or
+(missing endpoint) fall back to the next transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from clarion.client.api import HttpApi, failure
+from clarion.client.backoff import Backoff
+from clarion.client.errors import Disconnected, TransportUnavailable
+from clarion.client.items import Message, Reset
+from clarion.client.subscription import Feed
+from clarion.client.tokens import refreshable
+from clarion.protocol.codes import CloseCode, should_reconnect
+
+log = logging.getLogger(__name__)
+
+MISSING = frozenset({404, 405, 501})  # the hub (or a proxy before it) has no such endpoint
+TRANSIENT = frozenset({408, 425, 429})
+
+
+class Retry(Exception):
+    """This request failed in a way a later one may not: wait, then try again."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamContext:
+    api: HttpApi
+    backoff: Backoff
+    poll_timeout: float
+    read_timeout: float  # SSE: longer than the hub's heartbeat interval
+
+
+async def check(response: httpx.Response, ctx: StreamContext, path: str) -> None:
+    """Raise what a non-200 answer to a stream request means; return on 200."""
+    status = response.status_code
+    if status == 200:
+        return
+    await response.aread()
+    error = failure(response)
+    if status in MISSING:
+        raise TransportUnavailable(f"the hub has no {path} endpoint (HTTP {status})")
+    if status == 401:
+        if error.code == "token_expired" and refreshable(ctx.api.token):
+            raise Retry(f"token expired: {error.message}")
+        raise Disconnected(CloseCode.UNAUTHORIZED, error.message)
+    if status in TRANSIENT or status >= 500:
+        raise Retry(f"{path} answered HTTP {status}: {error.message}")
+    raise error  # 400 bad channel or cursor, 403 forbidden: this subscription cannot be made
+
+
+def message_from(obj: Any, cursor: str | None = None) -> Message | None:
+    if not isinstance(obj, dict):
+        return None
+    try:
+        return Message.from_wire(obj, cursor)
+    except (KeyError, TypeError, ValueError):
+        log.warning("ignoring a malformed publication: %.120r", obj)
+        return None
+
+
+def reset_from(feed: Feed, obj: Any, fallback: str | None) -> Reset | None:
+    if not isinstance(obj, dict):
+        return None
+    cursor = obj.get("cursor")
+    if not isinstance(cursor, str) or not cursor:
+        cursor = fallback
+    if not cursor:
+        log.warning("ignoring a reset without a cursor on %s", feed.channel)
+        return None
+    return Reset(feed.channel, str(obj.get("reason", "")), cursor)
+
+
+def disconnect_from(obj: Any) -> Disconnected | None:
+    """A ``disconnect`` signal that forbids reconnecting, as the error to stop with."""
+    if not isinstance(obj, dict):
+        return None
+    code = obj.get("code")
+    if not isinstance(code, int):
+        return None
+    reconnect = obj.get("reconnect")
+    if not isinstance(reconnect, bool):
+        reconnect = should_reconnect(code)
+    if reconnect:
+        return None
+    return Disconnected(code, str(obj.get("reason", "")))
+
+
+async def pause(ctx: StreamContext, attempt: int, feed: Feed, why: object) -> None:
+    """Wait out the backoff delay of ``attempt`` after a failed request for ``feed``."""
+    delay = ctx.backoff.delay(attempt)
+    log.info("stream for %s: %s; retrying in %.2f s", feed.channel, why, delay)
+    await asyncio.sleep(delay)

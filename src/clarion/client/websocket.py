@@ -1,0 +1,461 @@
+"""The WebSocket transport: one ``clarion.v1`` connection carrying every subscription and request.
+
+The link owns the connection's life: connect (with the ``connect`` op, so a refused token comes
+back with the hub's own message), resubscribe every feed from its resume cursor, serve, and when
+the connection ends, read the hub's ``disconnect`` push (or the close code) to decide between
+reconnecting after a jittered backoff delay and stopping for good.
+
+Everything that is sent goes through one outbox drained by one writer task, and everything that is
+received is handled synchronously by one reader task: frames leave in the order they were queued
+and the state of every feed changes in wire order, which is what keeps resubscriptions (after a
+reconnect, an overflow or an unsubscribe/subscribe of the same channel) free of gaps and
+duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHeader,
+    InvalidStatus,
+    NegotiationError,
+    WebSocketException,
+)
+from websockets.typing import Subprotocol
+
+from clarion.client.backoff import Backoff
+from clarion.client.endpoints import Endpoints
+from clarion.client.errors import (
+    ClientClosed,
+    ConnectionLost,
+    Disconnected,
+    RequestFailed,
+    RequestTimeout,
+    TransportUnavailable,
+)
+from clarion.client.items import Message, Reset
+from clarion.client.subscription import Feed
+from clarion.client.tokens import TokenSource, refreshable, resolve_token
+from clarion.errors import ClarionError
+from clarion.protocol.codes import CloseCode, should_reconnect
+from clarion.protocol.messages import SUBPROTOCOL
+
+log = logging.getLogger(__name__)
+
+# A history reply may carry up to ``max_history_batch`` publications of ``max_message_bytes``.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+CLOSE_TIMEOUT = 2.0
+
+Reply = dict[str, Any]
+ReplyHandler = Callable[[Reply | None], None]  # ``None``: the connection ended first
+
+
+class _Retry(Exception):
+    """This attempt failed in a way a later attempt may not: wait, then try again."""
+
+
+def _settle(future: asyncio.Future[Reply | None], reply: Reply | None) -> None:
+    if not future.done():
+        future.set_result(reply)
+
+
+def _ignore(reply: Reply | None) -> None:
+    return None
+
+
+class WebSocketLink:
+    """The client's WebSocket connection, reconnected for as long as the client is open."""
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        *,
+        token: TokenSource,
+        backoff: Backoff,
+        open_timeout: float,
+        max_message_bytes: int | None,
+        on_fatal: Callable[[ClarionError], None],
+    ) -> None:
+        self.endpoints = endpoints
+        self.max_message_bytes = max_message_bytes
+        self.token = token
+        self.backoff = backoff
+        self.open_timeout = open_timeout
+        self.on_fatal = on_fatal
+        self.feeds: dict[str, Feed] = {}
+        self.error: ClarionError | None = None
+        self.ever_connected = False
+        self.last_failure = "no attempt yet"
+        self.client_id: str | None = None
+        self._pending: dict[int, ReplyHandler] = {}
+        self._ids = itertools.count(1)
+        self._outbox: deque[str] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._conn: ClientConnection | None = None
+        self._connected = False
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._disconnect: dict[str, Any] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the connection loop unless it runs already (it stops when the hub idles us out)."""
+        if self._closing or self.error is not None:
+            return
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="clarion-client-ws")
+
+    async def wait_connected(self) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self._closing:
+                raise ClientClosed()
+            if self._connected:
+                return
+            self.start()
+            changed = self._changed
+            await changed.wait()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._notify()
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for feed in list(self.feeds.values()):
+            feed.finish()
+        self.feeds.clear()
+
+    def _notify(self) -> None:
+        # Wake every waiter at once: each waits on the event current when it looked.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _fail(self, error: ClarionError) -> None:
+        self.error = error
+        for feed in list(self.feeds.values()):
+            feed.finish(error)
+        self.feeds.clear()
+        self._notify()
+        self.on_fatal(error)
+
+    async def _run(self) -> None:
+        attempt = 0
+        try:
+            while not self._closing:
+                try:
+                    was_connected, code, reason, reconnect = await self._connect_and_serve()
+                except _Retry as exc:
+                    self.last_failure = str(exc)
+                    log.info("connection attempt failed: %s", exc)
+                except ClarionError as exc:
+                    log.info("stopping: %s", exc)
+                    self._fail(exc)
+                    return
+                except Exception as exc:  # a bug must not leave waiters hanging: retry, loudly
+                    self.last_failure = f"unexpected error: {exc!r}"
+                    log.exception("connection attempt failed unexpectedly")
+                else:
+                    if self._closing:
+                        return
+                    if was_connected:
+                        attempt = 0
+                    if code == CloseCode.IDLE:
+                        # Idle means "no subscription on the hub". Without feeds, open again when
+                        # one is made; feeds paused by a slow reader still need a connection.
+                        if not self.feeds:
+                            log.info("the hub closed the idle connection; reopening when needed")
+                            return
+                    elif not reconnect:
+                        self._fail(Disconnected(code or CloseCode.NORMAL, reason))
+                        return
+                    self.last_failure = f"connection closed ({code}: {reason})"
+                    log.info("connection closed (%s: %s); reconnecting", code, reason)
+                delay = self.backoff.delay(attempt)
+                attempt += 1
+                await asyncio.sleep(delay)
+        finally:
+            self._notify()
+
+    # ---- one connection -----------------------------------------------------------------------
+
+    async def _open(self) -> ClientConnection:
+        url = self.endpoints.ws
+        try:
+            conn = await ws_connect(
+                url,
+                subprotocols=[Subprotocol(SUBPROTOCOL)],
+                open_timeout=self.open_timeout,
+                close_timeout=CLOSE_TIMEOUT,
+                max_size=MAX_FRAME_BYTES,
+            )
+        except (InvalidStatus, InvalidHeader, NegotiationError) as exc:
+            detail = (
+                f"HTTP {exc.response.status_code}" if isinstance(exc, InvalidStatus) else str(exc)
+            )
+            self._refused(f"the hub refused the WebSocket upgrade at {url} ({detail})")
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            raise _Retry(f"cannot connect to {url}: {exc or type(exc).__name__}") from None
+        if conn.subprotocol != SUBPROTOCOL:
+            await conn.close()
+            self._refused(f"{url} does not speak the {SUBPROTOCOL} subprotocol")
+        return conn
+
+    def _refused(self, message: str) -> Any:
+        # Refused before ever connecting: this hub (or a proxy before it) does not do WebSocket.
+        # Refused later: a hub shutting down or restarting refuses upgrades for a while.
+        if not self.ever_connected:
+            raise TransportUnavailable(message)
+        raise _Retry(message)
+
+    async def _connect_and_serve(self) -> tuple[bool, int | None, str, bool]:
+        """One connection from handshake to close: (was connected, code, reason, reconnect)."""
+        try:
+            token = await resolve_token(self.token)
+        except Exception as exc:
+            raise _Retry(f"the token callable failed: {exc!r}") from None
+        conn = await self._open()
+        self._disconnect = None
+        self._conn = conn
+        reader = asyncio.create_task(self._read(conn), name="clarion-client-ws-reader")
+        writer = asyncio.create_task(self._write(conn), name="clarion-client-ws-writer")
+        connected = False
+        try:
+            reply: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
+            rid = next(self._ids)
+            self._pending[rid] = partial(_settle, reply)
+            command: dict[str, Any] = {"id": rid, "op": "connect"}
+            if token is not None:
+                command["token"] = token
+            self._send(command)
+            waits: set[asyncio.Future[Any]] = {reply, reader}
+            done, _ = await asyncio.wait(
+                waits, timeout=self.open_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if reply.done() and (answer := reply.result()) is not None:
+                if "error" in answer:
+                    raise self._connect_refused(answer["error"])
+                ok = answer.get("ok")
+                if isinstance(ok, dict) and isinstance(ok.get("client"), str):
+                    self.client_id = ok["client"]
+                connected = self.ever_connected = self._connected = True
+                self._notify()
+                log.info("connected to %s", self.endpoints.ws)
+                for feed in list(self.feeds.values()):
+                    if not feed.paused:
+                        self._subscribe(feed)
+                await reader
+            elif not done:
+                raise _Retry("the hub did not answer the connect request in time")
+            # Otherwise the hub closed before answering: its close code says what to do.
+        finally:
+            self._conn = None
+            self._connected = False
+            self._notify()
+            pending, self._pending = self._pending, {}
+            for handler in pending.values():
+                handler(None)
+            self._outbox.clear()
+            for feed in self.feeds.values():
+                feed.live = False
+            for task in (reader, writer):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
+            await asyncio.gather(reader, writer, return_exceptions=True)
+        code, reason, reconnect = self._outcome(conn)
+        return connected, code, reason, reconnect
+
+    def _connect_refused(self, error: Any) -> Exception:
+        failure = RequestFailed.from_wire(error)
+        if failure.code == "token_expired" and refreshable(self.token):
+            return _Retry(f"token expired: {failure.message}")
+        if failure.code == "too_many_connections":
+            return Disconnected(CloseCode.TOO_MANY_CONNECTIONS, failure.message)
+        return Disconnected(CloseCode.UNAUTHORIZED, failure.message)
+
+    def _outcome(self, conn: ClientConnection) -> tuple[int | None, str, bool]:
+        """Close code, reason and whether to reconnect; the hub's ``disconnect`` push wins."""
+        push = self._disconnect
+        if push is not None:
+            code, reason, reconnect = push.get("code"), push.get("reason"), push.get("reconnect")
+            if isinstance(code, int) and isinstance(reason, str) and isinstance(reconnect, bool):
+                return code, reason, reconnect
+        code = conn.close_code
+        return code, conn.close_reason or "", should_reconnect(code)
+
+    async def _read(self, conn: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in conn:
+                if not isinstance(raw, str):
+                    log.warning("ignoring a binary frame from the hub")
+                    continue
+                try:
+                    msg = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    log.warning("ignoring a frame that is not JSON: %.80r", raw)
+                    continue
+                if isinstance(msg, dict):
+                    self._dispatch(msg)
+
+    async def _write(self, conn: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                while self._outbox:
+                    await conn.send(self._outbox.popleft())
+                self._outbox_ready.clear()
+                await self._outbox_ready.wait()
+
+    def _send(self, command: dict[str, Any] | str) -> bool:
+        if self._conn is None:
+            return False
+        frame = command if isinstance(command, str) else orjson.dumps(command).decode()
+        self._outbox.append(frame)
+        self._outbox_ready.set()
+        return True
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        if "ok" in msg or "error" in msg:
+            rid = msg.get("id")
+            if rid is None:
+                log.warning("the hub reported an error: %s", msg.get("error"))
+                return
+            handler = self._pending.pop(rid, None) if isinstance(rid, int) else None
+            if handler is not None:
+                handler(msg)
+            return
+        channel = msg.get("channel")
+        if isinstance(channel, str) and "offset" in msg:
+            feed = self.feeds.get(channel)
+            if feed is not None:
+                try:
+                    message = Message.from_wire(msg)
+                except (KeyError, TypeError, ValueError):
+                    log.warning("ignoring a malformed publication on %s", channel)
+                    return
+                feed.deliver(message)
+            return
+        reset = msg.get("reset")
+        if isinstance(reset, dict):
+            channel, cursor = reset.get("channel"), reset.get("cursor")
+            feed = self.feeds.get(channel) if isinstance(channel, str) else None
+            if feed is not None and isinstance(cursor, str) and cursor:
+                feed.deliver(Reset(feed.channel, str(reset.get("reason", "")), cursor))
+            return
+        disconnect = msg.get("disconnect")
+        if isinstance(disconnect, dict):
+            self._disconnect = disconnect
+        # ``join``/``leave`` presence events are not surfaced by this client.
+
+    # ---- subscriptions ------------------------------------------------------------------------
+
+    def attach(self, feed: Feed) -> None:
+        self.feeds[feed.channel] = feed
+        feed.on_overflow = self._pause
+        feed.on_resume = self._resume
+        if self._connected:
+            self._subscribe(feed)
+        else:
+            self.start()  # subscribed once connected
+
+    def detach(self, feed: Feed) -> None:
+        if self.feeds.get(feed.channel) is not feed:
+            return
+        del self.feeds[feed.channel]
+        self._unsubscribe(feed.channel)
+
+    def _subscribe(self, feed: Feed) -> None:
+        rid = next(self._ids)
+
+        def on_reply(reply: Reply | None) -> None:
+            if reply is None or self.feeds.get(feed.channel) is not feed:
+                return
+            if "error" in reply:
+                del self.feeds[feed.channel]
+                feed.finish(RequestFailed.from_wire(reply["error"]))
+                return
+            ok = reply.get("ok")
+            cursor = ok.get("cursor") if isinstance(ok, dict) else None
+            feed.confirmed(cursor if isinstance(cursor, str) else None)
+
+        self._pending[rid] = on_reply
+        command: dict[str, Any] = {"id": rid, "op": "subscribe", "channel": feed.channel}
+        if feed.resume_cursor is not None:
+            command["since"] = feed.resume_cursor
+        if not self._send(command):
+            del self._pending[rid]
+
+    def _unsubscribe(self, channel: str) -> None:
+        if self._connected:
+            rid = next(self._ids)
+            self._pending[rid] = _ignore
+            self._send({"id": rid, "op": "unsubscribe", "channel": channel})
+
+    def _pause(self, feed: Feed) -> None:
+        # Stop the hub sending what would be dropped; resume from the cursor once drained.
+        if self.feeds.get(feed.channel) is feed:
+            self._unsubscribe(feed.channel)
+
+    def _resume(self, feed: Feed) -> None:
+        if self.feeds.get(feed.channel) is feed and self._connected:
+            self._subscribe(feed)
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    async def request(self, op: str, fields: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send one command once connected; return its ``ok`` body or raise its error."""
+        loop = asyncio.get_running_loop()
+        rid = next(self._ids)
+        raw = orjson.dumps({"id": rid, "op": op, **fields})
+        limit = self.max_message_bytes
+        if limit is not None and len(raw) > limit:
+            # The hub would close the whole connection (1009, "do not reconnect") over it.
+            raise RequestFailed(
+                f"the {op} frame is {len(raw)} bytes, over max_message_bytes ({limit})",
+                code="too_large",
+            )
+        frame = raw.decode()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.wait_connected()
+                future: asyncio.Future[Reply | None] = loop.create_future()
+                self._pending[rid] = partial(_settle, future)
+                self._send(frame)
+                try:
+                    reply = await future
+                finally:
+                    self._pending.pop(rid, None)
+        except TimeoutError:
+            raise RequestTimeout(f"no answer to {op!r} within {timeout} s") from None
+        if reply is None:
+            raise ConnectionLost(f"the connection dropped before the hub answered {op!r}")
+        if "error" in reply:
+            raise RequestFailed.from_wire(reply["error"])
+        ok = reply.get("ok")
+        return ok if isinstance(ok, dict) else {}

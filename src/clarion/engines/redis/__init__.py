@@ -1,0 +1,8 @@
+"""The Redis engine: several hub nodes sharing channels, history and presence through Redis.
+
+Needs the ``redis`` extra (``pip install 'clarion[redis]'``) and Redis 6.2 or later.
+"""
+
+from clarion.engines.redis.engine import RedisEngine
+
+__all__ = ["RedisEngine"]

@@ -1,0 +1,63 @@
+"""Limits shared by every node through Redis: connection counts and publish rates.
+
+Connection counts are sorted sets of members (one per connection) scored by expiry; the
+owning node refreshes its members with its presence entries, so a crashed node's connections
+stop counting within the presence TTL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clarion.engines.redis import scripts
+from clarion.engines.redis.keys import Keys
+
+
+class ClusterLimits:
+    def __init__(self, client: Any, keys: Keys, ttl_ms: int) -> None:
+        self._keys = keys
+        self._ttl_ms = ttl_ms
+        self._acquire = client.register_script(scripts.CONNECTION_ACQUIRE)
+        self._count = client.register_script(scripts.CONNECTION_COUNT)
+        self._refresh = client.register_script(scripts.EXPIRING_ADD)
+        self._take = client.register_script(scripts.RATE_TAKE)
+        self._client = client
+        self._held: dict[str, set[str]] = {}  # key → this node's members
+
+    async def acquire_connection(self, kind: str, key: str, member: str, limit: int) -> bool:
+        """Count ``member`` (a connection id) under ``kind``/``key`` unless ``limit`` is reached.
+
+        ``kind`` is e.g. ``"user"`` or ``"ip"``. Returns whether the connection is admitted.
+        """
+        name = self._keys.connections(kind, key)
+        admitted, _ = await self._acquire(keys=[name], args=[member, limit, self._ttl_ms])
+        if admitted:
+            self._held.setdefault(name, set()).add(member)
+        return bool(admitted)
+
+    async def release_connection(self, kind: str, key: str, member: str) -> None:
+        name = self._keys.connections(kind, key)
+        held = self._held.get(name)
+        if held is not None:
+            held.discard(member)
+            if not held:
+                del self._held[name]
+        await self._client.zrem(name, member)
+
+    async def connection_count(self, kind: str, key: str) -> int:
+        return int(await self._count(keys=[self._keys.connections(kind, key)]))
+
+    async def take_token(self, key: str, rate: float, burst: int) -> bool:
+        """One token from the bucket ``key`` (refilled at ``rate``/s, holding ``burst``)."""
+        return bool(await self._take(keys=[self._keys.rate(key)], args=[rate, burst]))
+
+    async def refresh(self) -> None:
+        if not self._held:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for name, members in self._held.items():
+            args: list[Any] = [self._ttl_ms]
+            for member in members:
+                args += [member, ""]
+            await self._refresh(keys=[name, name], args=args, client=pipe)
+        await pipe.execute()

@@ -1,0 +1,224 @@
+"""The node's one pub/sub connection to Redis: subscriptions in call order, reconnect, heartbeat.
+
+Redis pub/sub is at-most-once: a message published while this connection is down, or dropped
+by Redis (output buffer limit, killed client), is gone. The link therefore reports every
+(re)connection through ``on_resubscribed`` once all wanted channels are subscribed again, so
+that the engine can compare each channel's stored position with the last one it saw.
+
+Subscribe and unsubscribe calls for one channel may interleave; they go out under one FIFO
+lock, in call order, so Redis ends in the state of the last call. ``subscribe`` returns once
+Redis has confirmed the subscription: from then on, every publication reaches this node (or
+its loss is detectable), which is what lets the hub read history right after without a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from clarion.engines.redis.keys import Keys
+from clarion.errors import EngineUnavailable
+
+log = logging.getLogger("clarion.engines.redis")
+
+SUBSCRIBE_BATCH = 500  # channels per SUBSCRIBE command when resubscribing
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+
+
+class PubSubLink:
+    def __init__(
+        self,
+        keys: Keys,
+        connection_factory: Callable[[], Any],
+        on_message: Callable[[bytes, bytes], None],
+        on_resubscribed: Callable[[list[str]], None],
+        client_name: str,
+    ) -> None:
+        self._keys = keys
+        self._factory = connection_factory
+        self._on_message = on_message
+        self._on_resubscribed = on_resubscribed
+        self._client_name = client_name
+        self.wanted: set[str] = set()
+        self._order = asyncio.Lock()  # FIFO: commands leave in call order
+        self._conn: Any = None
+        # Per channel, groups of subscribe() calls, each satisfied by one confirmation.
+        self._pending: dict[str, deque[list[asyncio.Future[None]]]] = {}
+        self._up = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._generation = 0
+        self._pings_sent = 0
+        self._pongs_seen = 0
+        self.last_error: BaseException | None = None
+
+    @property
+    def up(self) -> bool:
+        return self._up.is_set()
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, timeout: float) -> None:
+        self._task = asyncio.create_task(self._run(), name="clarion-redis-pubsub")
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout)
+        except TimeoutError:
+            await self.close()
+            raise EngineUnavailable(
+                f"Redis pub/sub connection did not come up within {timeout:g} s "
+                f"({self.last_error or 'no answer'})"
+            ) from None
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for groups in self._pending.values():
+            for group in groups:
+                for fut in group:
+                    fut.cancel()
+        self._pending.clear()
+
+    # ---- subscriptions ----------------------------------------------------------------------
+
+    async def subscribe(self, channel: str, timeout: float) -> None:
+        """Subscribe and wait for Redis to confirm (raises :class:`EngineUnavailable`).
+
+        On failure the channel stays wanted: the caller unsubscribes to undo it.
+        """
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        async with self._order:
+            self.wanted.add(channel)
+            self._pending.setdefault(channel, deque()).append([fut])
+            await self._send("SUBSCRIBE", self._keys.pubsub(channel))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise EngineUnavailable(
+                f"Redis did not confirm the subscription to {channel!r} within {timeout:g} s"
+            ) from None
+
+    async def unsubscribe(self, channel: str) -> None:
+        async with self._order:
+            self.wanted.discard(channel)
+            await self._send("UNSUBSCRIBE", self._keys.pubsub(channel))
+
+    async def heartbeat(self) -> None:
+        """Called periodically: a PING left unanswered since the last call means a dead link."""
+        conn = self._conn
+        if conn is None:
+            return
+        if self._pongs_seen < self._pings_sent:
+            log.warning("redis pub/sub connection does not answer: reconnecting")
+            await conn.disconnect(nowait=True)
+            return
+        self._pings_sent += 1
+        async with self._order:
+            await self._send("PING", f"hb-{self._pings_sent}")
+
+    async def _send(self, *args: str) -> None:
+        """Send on the live connection; when it is down, the next one's batch covers it."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            await conn.send_command(*args, check_health=False)
+        except Exception as exc:
+            # The reader fails on the same connection and reconnects.
+            log.debug("redis pub/sub send failed: %s", exc)
+
+    # ---- the connection ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = BACKOFF_MIN
+        while not self._closed:
+            conn = self._factory()
+            was_up = False
+            try:
+                await self._open(conn)
+                was_up = True
+                delay = BACKOFF_MIN
+                await self._read(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = exc
+                if was_up:
+                    log.warning("redis pub/sub connection lost (%s): reconnecting", exc)
+                else:
+                    log.debug("redis pub/sub connect failed: %s", exc)
+            finally:
+                self._conn = None
+                self._up.clear()
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _open(self, conn: Any) -> None:
+        await conn.connect()
+        await conn.send_command("CLIENT", "SETNAME", self._client_name, check_health=False)
+        await conn.read_response()
+        # From here reads wait as long as the channels stay quiet; liveness is the heartbeat's.
+        conn.socket_timeout = None
+        async with self._order:
+            names = [self._keys.control] + [self._keys.pubsub(c) for c in self.wanted]
+            for i in range(0, len(names), SUBSCRIBE_BATCH):
+                await conn.send_command("SUBSCRIBE", *names[i : i + SUBSCRIBE_BATCH])
+            # This batch yields exactly one confirmation per wanted channel, which satisfies
+            # every subscribe() still waiting from before the reconnect; later calls queue
+            # behind it with their own SUBSCRIBE.
+            pending, self._pending = self._pending, {}
+            for channel in self.wanted:
+                groups = pending.pop(channel, ())
+                self._pending[channel] = deque([[fut for group in groups for fut in group]])
+            for groups in pending.values():  # superseded by a later unsubscribe
+                for group in groups:
+                    for fut in group:
+                        if not fut.done():
+                            fut.set_result(None)
+            self._generation += 1
+            # Answered after every SUBSCRIBE above has taken effect.
+            await conn.send_command("PING", f"resync-{self._generation}")
+            self._pings_sent = self._pongs_seen = 0
+            self._conn = conn
+
+    async def _read(self, conn: Any) -> None:
+        while True:
+            msg = await conn.read_response()
+            kind = msg[0]
+            if kind == b"message":
+                self._on_message(msg[1], msg[2])
+            elif kind == b"subscribe":
+                self._confirmed(msg[1])
+            elif kind == b"pong":
+                self._pong(msg[1])
+
+    def _confirmed(self, pubsub_channel: bytes) -> None:
+        channel = self._keys.channel_of(pubsub_channel)
+        if channel is None:
+            return
+        groups = self._pending.get(channel)
+        if not groups:
+            return
+        for fut in groups.popleft():
+            if not fut.done():
+                fut.set_result(None)
+        if not groups:
+            del self._pending[channel]
+
+    def _pong(self, data: bytes) -> None:
+        if data.startswith(b"hb-"):
+            self._pongs_seen = int(data[3:])
+        elif data == f"resync-{self._generation}".encode() and not self._up.is_set():
+            self._up.set()
+            self._on_resubscribed(sorted(self.wanted))

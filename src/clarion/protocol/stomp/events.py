@@ -1,0 +1,82 @@
+"""What a client's frames mean once checked: one value per client command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from clarion.protocol.publication import StreamPosition
+from clarion.protocol.stomp.acks import AckMode, AckPosition
+from clarion.protocol.stomp.message import message_prefix
+from clarion.protocol.stomp.negotiation import HeartBeat
+
+
+class StompSubscription:
+    """One ``SUBSCRIBE`` of a session: its id, channel, ack mode and acked position."""
+
+    __slots__ = ("ack", "acks", "channel", "id", "prefix")
+
+    def __init__(self, sub_id: str, channel: str, ack: AckMode, *, escaped: bool) -> None:
+        self.id = sub_id
+        self.channel = channel
+        self.ack = ack
+        self.prefix = message_prefix(sub_id, escaped=escaped)
+        self.acks: AckPosition | None = None
+
+    def start(self, position: StreamPosition) -> None:
+        """Deliveries begin after ``position``: the acked position starts there."""
+        if self.ack != "auto":
+            self.acks = AckPosition(position, individual=self.ack == "client-individual")
+
+    @property
+    def needs_ack(self) -> bool:
+        return self.ack != "auto"
+
+    def __repr__(self) -> str:
+        return f"StompSubscription({self.id!r}, {self.channel!r}, ack={self.ack})"
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    version: str
+    heart_beat: HeartBeat
+    token: str | None
+    login: str | None
+    host: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    channel: str
+    data: Any
+    receipt: str | None
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    subscription: StompSubscription
+    since: StreamPosition | None
+    receipt: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    subscription: StompSubscription | None  # None: no such subscription (not an error)
+    receipt: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    subscription: StompSubscription | None  # None: the subscription has ended meanwhile
+    position: StreamPosition
+    negative: bool  # NACK
+    receipt: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    receipt: str | None
+
+
+Event = Connect | Send | Subscribe | Unsubscribe | Ack | Disconnect

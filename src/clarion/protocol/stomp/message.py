@@ -1,0 +1,69 @@
+"""``MESSAGE`` frames for fan-out: a shared tail per publication, a prefix per subscription.
+
+Every subscriber of a channel gets the same ``MESSAGE`` but for its ``subscription`` header. So
+the header is placed first and the frame is cut right after it::
+
+    MESSAGE\\nsubscription:<id>          <- prefix: built once per subscription
+    \\nmessage-id:<cursor>\\n...\\n\\n<body>\\0   <- tail: built once per publication and flavour
+
+The flavours differ in escaping (STOMP 1.0 writes ``:`` raw, 1.1+ writes ``\\c``) and in the
+``ack`` header that subscriptions with ``ack: client``/``client-individual`` need. A delivery is
+then the prefix followed by the tail.
+"""
+
+from __future__ import annotations
+
+from clarion.protocol.publication import Publication
+from clarion.protocol.stomp.frame import Frame, escape, serialise
+
+TOPIC = "/topic/"
+RESET_PREFIX = "reset-"
+CONTENT_TYPE = "application/json"
+
+
+def destination(channel: str, *, escaped: bool) -> str:
+    return TOPIC + (escape(channel) if escaped else channel)
+
+
+def message_prefix(subscription: str, *, escaped: bool) -> bytes:
+    """The per-subscription head of every ``MESSAGE``: command and ``subscription`` header."""
+    value = escape(subscription) if escaped else subscription
+    return b"MESSAGE\nsubscription:" + value.encode()
+
+
+def message_tail(pub: Publication, cursor: str, body: bytes, *, escaped: bool, ack: bool) -> bytes:
+    """The shared rest of a ``MESSAGE``: every header after ``subscription``, the body, the NUL.
+
+    ``body`` is the publication's ``data`` as JSON; ``cursor`` its single-channel cursor, which
+    is the ``message-id`` (and the ``ack`` id): a client resumes from it with ``x-since``.
+    """
+    epoch = escape(pub.epoch) if escaped else pub.epoch
+    ack_header = f"\nack:{cursor}" if ack else ""
+    head = (
+        f"\nmessage-id:{cursor}{ack_header}"
+        f"\ndestination:{destination(pub.channel, escaped=escaped)}"
+        f"\ncontent-type:{CONTENT_TYPE}\ncontent-length:{len(body)}"
+        f"\nx-offset:{pub.offset}\nx-epoch:{epoch}\n\n"
+    )
+    return head.encode() + body + b"\0"
+
+
+def reset_frame(
+    subscription: str, channel: str, reason: str, cursor: str, *, escaped: bool, ack: bool
+) -> bytes:
+    """The reset signal: a ``MESSAGE`` with ``x-reset``, ``x-cursor`` and an empty body.
+
+    Publications between the client's position and ``cursor`` are gone; live ones follow.
+    ``message-id`` is ``reset-<cursor>``, never a publication's id.
+    """
+    message_id = RESET_PREFIX + cursor
+    headers = [("subscription", subscription), ("message-id", message_id)]
+    if ack:
+        headers.append(("ack", message_id))
+    headers += [
+        ("destination", TOPIC + channel),
+        ("x-reset", reason),
+        ("x-cursor", cursor),
+        ("content-length", "0"),
+    ]
+    return serialise(Frame("MESSAGE", tuple(headers)), escaped=escaped)

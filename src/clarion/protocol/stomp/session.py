@@ -1,0 +1,415 @@
+"""The hub's side of one STOMP connection, without I/O: bytes in, checked events and frames out.
+
+The adapter feeds what the socket received to :meth:`StompSession.receive_data`, takes
+:class:`~clarion.protocol.stomp.events.Event` values from :meth:`StompSession.next_event`, acts on
+them with the hub, and writes the frames that :meth:`connected`, :meth:`receipt`, :meth:`error`
+and :meth:`reset` return. Every state change goes through the tables in
+:mod:`clarion.protocol.stomp.states`. Fan-out ``MESSAGE`` frames bypass this object on purpose
+(:mod:`clarion.protocol.stomp.message`): they are built once for all sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from clarion.errors import BadChannel, BadCursor
+from clarion.protocol.channels import validate_channel
+from clarion.protocol.cursor import Cursor, channel_tag, decode_entries
+from clarion.protocol.publication import StreamPosition
+from clarion.protocol.stomp.acks import ACK_MODES, AckMode
+from clarion.protocol.stomp.errors import LocalProtocolError, RemoteProtocolError
+from clarion.protocol.stomp.events import (
+    Ack,
+    Connect,
+    Disconnect,
+    Event,
+    Send,
+    StompSubscription,
+    Subscribe,
+    Unsubscribe,
+)
+from clarion.protocol.stomp.frame import CLIENT_COMMANDS, SERVER_COMMANDS, Frame, serialise
+from clarion.protocol.stomp.message import RESET_PREFIX, TOPIC, reset_frame
+from clarion.protocol.stomp.negotiation import (
+    VERSIONS,
+    HeartBeat,
+    negotiate_heart_beat,
+    negotiate_version,
+    parse_heart_beat,
+)
+from clarion.protocol.stomp.parser import (
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADERS,
+    FrameParser,
+)
+from clarion.protocol.stomp.states import (
+    CLIENT_TRANSITIONS,
+    IGNORING_INPUT,
+    SERVER_TRANSITIONS,
+    UNSUPPORTED,
+    State,
+)
+
+MAX_ID_CHARS = 256  # subscription ids
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+
+
+def _bearer(value: str | None) -> str | None:
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise RemoteProtocolError(
+            "the Authorization header must be 'Bearer <token>'", code="unauthorized"
+        )
+    return token.strip()
+
+
+def _one_line(text: str) -> str:
+    """``text`` as a header value that any version can carry raw."""
+    return text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
+
+
+def decode_body(frame: Frame) -> Any:
+    """A ``SEND`` body as the publication's ``data``: JSON, or a string for ``text/*``."""
+    content_type = frame.get("content-type")
+    mime = content_type.partition(";")[0].strip().lower() if content_type else "application/json"
+    if mime == "application/json" or mime.endswith("+json"):
+        try:
+            return orjson.loads(frame.body)
+        except orjson.JSONDecodeError:
+            raise RemoteProtocolError("SEND body is not valid JSON", code="bad_json") from None
+    if mime.startswith("text/"):
+        try:
+            return frame.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("SEND body is not valid UTF-8", code="bad_json") from None
+    raise RemoteProtocolError(
+        f"unsupported content-type {mime[:60]!r}: send application/json or text/plain",
+        code="unsupported_content_type",
+    )
+
+
+class StompSession:
+    """One STOMP connection's state, subscriptions and acked positions.
+
+    ``heart_beat`` is what the hub offers, ``(sx, sy)`` in milliseconds: it sends something at
+    least every ``sx`` and wants to hear from the client at least every ``sy``.
+    """
+
+    __slots__ = (
+        "_by_tag",
+        "by_channel",
+        "heart_beat",
+        "parser",
+        "server_heart_beat",
+        "state",
+        "subscriptions",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        heart_beat: tuple[int, int] = (0, 0),
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    ) -> None:
+        self.state = State.AWAITING_CONNECT
+        self.version: str | None = None
+        self.server_heart_beat = heart_beat
+        self.heart_beat = HeartBeat(0, 0)
+        self.parser = FrameParser(
+            max_frame_bytes=max_frame_bytes,
+            max_headers=max_headers,
+            max_header_bytes=max_header_bytes,
+        )
+        self.subscriptions: dict[str, StompSubscription] = {}
+        self.by_channel: dict[str, StompSubscription] = {}
+        self._by_tag: dict[bytes, StompSubscription] = {}
+
+    @property
+    def escaped(self) -> bool:
+        """Whether frames sent now escape their headers (1.1+, once ``CONNECTED`` was sent)."""
+        return self.version not in (None, "1.0") and self.state in (
+            State.CONNECTED,
+            State.DISCONNECTING,
+        )
+
+    # ---- client -> hub ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state not in IGNORING_INPUT:
+            self.parser.feed(data)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of a frame begun but not finished."""
+        return self.parser.pending
+
+    def next_event(self) -> Event | None:
+        """The next client frame as an event, ``None`` until more bytes arrive.
+
+        Raises :class:`RemoteProtocolError` for anything the client got wrong; the session can
+        then only send an ``ERROR``.
+        """
+        if self.state in IGNORING_INPUT:
+            return None
+        frame = self.parser.next_frame()
+        if frame is None:
+            return None
+        receipt = frame.get("receipt")
+        following = CLIENT_TRANSITIONS[self.state].get(frame.command)
+        if following is None:
+            raise self._unexpected(frame.command, receipt)
+        handler = self._handlers[frame.command]
+        try:
+            event = handler(self, frame, receipt)
+        except RemoteProtocolError as exc:
+            if exc.receipt_id is None:
+                exc.receipt_id = receipt
+            raise
+        self.state = following
+        return event
+
+    def _unexpected(self, command: str, receipt: str | None) -> RemoteProtocolError:
+        if command in UNSUPPORTED and self.state is State.CONNECTED:
+            return RemoteProtocolError(UNSUPPORTED[command], code="unsupported", receipt_id=receipt)
+        if self.state is State.AWAITING_CONNECT and command in CLIENT_COMMANDS:
+            message = f"the first frame must be CONNECT or STOMP, not {command}"
+        elif command in ("CONNECT", "STOMP"):
+            message = "already connected"
+        elif command in SERVER_COMMANDS:
+            message = f"{command} is a server frame"
+        elif command in CLIENT_COMMANDS:
+            message = f"{command} is not allowed in state {self.state.value}"
+        else:
+            message = f"unknown command {command}"
+        return RemoteProtocolError(message, receipt_id=receipt)
+
+    def _on_connect(self, frame: Frame, receipt: str | None) -> Connect:
+        version = negotiate_version(frame.get("accept-version"))
+        client_beats = parse_heart_beat(frame.get("heart-beat"))
+        token = (
+            frame.get("token")
+            or _bearer(frame.get("Authorization") or frame.get("authorization"))
+            or frame.get("passcode")
+            or None
+        )
+        self.version = version
+        self.heart_beat = negotiate_heart_beat(client_beats, self.server_heart_beat)
+        return Connect(version, self.heart_beat, token, frame.get("login"), frame.get("host"))
+
+    def _channel(self, frame: Frame) -> str:
+        dest = frame.get("destination")
+        if dest is None:
+            raise RemoteProtocolError(f"{frame.command} needs a destination header")
+        if not dest.startswith(TOPIC):
+            raise RemoteProtocolError(
+                f"destination must be /topic/<channel>, not {dest[:80]!r}",
+                code="bad_destination",
+            )
+        try:
+            return validate_channel(dest[len(TOPIC) :])
+        except BadChannel as exc:
+            raise RemoteProtocolError(
+                f"bad destination {dest[:80]!r}: {exc.message}", code="bad_channel"
+            ) from None
+
+    def _on_send(self, frame: Frame, receipt: str | None) -> Send:
+        channel = self._channel(frame)
+        if frame.get("transaction") is not None:
+            raise RemoteProtocolError(UNSUPPORTED["BEGIN"], code="unsupported")
+        key = frame.get("x-idempotency-key")
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+            raise RemoteProtocolError(
+                f"x-idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters"
+            )
+        return Send(channel, decode_body(frame), receipt, key)
+
+    def _on_subscribe(self, frame: Frame, receipt: str | None) -> Subscribe:
+        channel = self._channel(frame)
+        sub_id = frame.get("id")
+        if sub_id is None:
+            if self.version != "1.0":
+                raise RemoteProtocolError("SUBSCRIBE needs an id header")
+            sub_id = frame.get("destination", "")
+        if not sub_id or len(sub_id) > MAX_ID_CHARS:
+            raise RemoteProtocolError(f"subscription id must be 1 to {MAX_ID_CHARS} characters")
+        if sub_id in self.subscriptions:
+            raise RemoteProtocolError(f"subscription id {sub_id[:80]!r} is already in use")
+        if channel in self.by_channel:
+            raise RemoteProtocolError(
+                f"already subscribed to {TOPIC + channel!r} on this connection",
+                code="already_subscribed",
+            )
+        ack = frame.get("ack") or "auto"
+        if ack not in ACK_MODES:
+            raise RemoteProtocolError(
+                f"ack must be auto, client or client-individual, not {ack[:40]!r}"
+            )
+        mode: AckMode = ack
+        since = frame.get("x-since")
+        position = None
+        if since is not None:
+            try:
+                position = Cursor.decode(since).get(channel)
+            except BadCursor as exc:
+                raise RemoteProtocolError(f"x-since: {exc.message}", code="bad_cursor") from None
+            if position is None:
+                raise RemoteProtocolError(
+                    f"x-since holds no position for channel {channel!r}", code="bad_cursor"
+                )
+        sub = StompSubscription(sub_id, channel, mode, escaped=self.escaped)
+        self.subscriptions[sub_id] = sub
+        self.by_channel[channel] = sub
+        self._by_tag[channel_tag(channel)] = sub
+        return Subscribe(sub, position, receipt)
+
+    def _on_unsubscribe(self, frame: Frame, receipt: str | None) -> Unsubscribe:
+        sub_id = frame.get("id")
+        if sub_id is not None:
+            sub = self.subscriptions.get(sub_id)
+        elif self.version == "1.0":
+            sub = self.by_channel.get(self._channel(frame))
+        else:
+            raise RemoteProtocolError("UNSUBSCRIBE needs an id header")
+        if sub is not None:
+            self.forget(sub)
+        return Unsubscribe(sub, receipt)
+
+    def forget(self, sub: StompSubscription) -> None:
+        """Drop ``sub`` from the session's books."""
+        if self.subscriptions.get(sub.id) is sub:
+            del self.subscriptions[sub.id]
+        if self.by_channel.get(sub.channel) is sub:
+            del self.by_channel[sub.channel]
+            self._by_tag.pop(channel_tag(sub.channel), None)
+
+    def _on_ack(self, frame: Frame, receipt: str | None) -> Ack:
+        command = frame.command
+        ident = frame.get("id") if self.version == "1.2" else None
+        ident = ident or frame.get("message-id")
+        if ident is None:
+            needed = "an id" if self.version == "1.2" else "a message-id"
+            raise RemoteProtocolError(f"{command} needs {needed} header")
+        cumulative = ident.startswith(RESET_PREFIX)
+        try:
+            entries = decode_entries(ident[len(RESET_PREFIX) :] if cumulative else ident)
+        except BadCursor:
+            entries = {}
+        if len(entries) != 1:
+            raise RemoteProtocolError(
+                f"{command} names no message of this hub: {ident[:60]!r}", code="bad_ack"
+            )
+        ((tag, position),) = entries.items()
+        named = frame.get("subscription")
+        sub = self.subscriptions.get(named) if named is not None else self._by_tag.get(tag)
+        if sub is not None and channel_tag(sub.channel) != tag:
+            raise RemoteProtocolError(
+                f"{command} names a message of another subscription", code="bad_ack"
+            )
+        negative = command == "NACK"
+        if sub is not None and sub.acks is not None and not negative:
+            sub.acks.ack(position, cumulative=cumulative)
+        return Ack(sub, position, negative, receipt)
+
+    def _on_disconnect(self, frame: Frame, receipt: str | None) -> Disconnect:
+        return Disconnect(receipt)
+
+    _handlers: dict[str, Callable[[StompSession, Frame, str | None], Event]] = {
+        "CONNECT": _on_connect,
+        "STOMP": _on_connect,
+        "SEND": _on_send,
+        "SUBSCRIBE": _on_subscribe,
+        "UNSUBSCRIBE": _on_unsubscribe,
+        "ACK": _on_ack,
+        "NACK": _on_ack,
+        "DISCONNECT": _on_disconnect,
+    }
+
+    # ---- hub -> client ------------------------------------------------------------------------
+
+    def _transition(self, command: str) -> None:
+        following = SERVER_TRANSITIONS[self.state].get(command)
+        if following is None:
+            raise LocalProtocolError(f"cannot send {command} in state {self.state.value}")
+        self.state = following
+
+    def can_send(self, command: str) -> bool:
+        return command in SERVER_TRANSITIONS[self.state]
+
+    def connected(self, session_id: str, server: str, user: str | None = None) -> bytes:
+        """The ``CONNECTED`` frame; from now on headers are escaped (1.1+)."""
+        assert self.version is not None
+        beats = self.heart_beat
+        headers = [
+            ("version", self.version),
+            ("heart-beat", f"{beats.send_ms},{beats.receive_ms}"),
+            ("session", session_id),
+            ("server", server),
+        ]
+        if user is not None and user == _one_line(user):
+            headers.append(("user-name", user))
+        self._transition("CONNECTED")
+        self.parser.escaped = self.version != "1.0"
+        return serialise(Frame("CONNECTED", tuple(headers)), escaped=False)
+
+    def receipt(self, receipt_id: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+        escaped = self.escaped
+        self._transition("RECEIPT")
+        frame = Frame("RECEIPT", (("receipt-id", receipt_id), *headers))
+        return serialise(frame, escaped=escaped)
+
+    def error(
+        self,
+        message: str,
+        *,
+        code: str,
+        receipt_id: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> bytes | None:
+        """The ``ERROR`` frame that ends the session, or ``None`` when one may not be sent now."""
+        if not self.can_send("ERROR"):
+            return None
+        escaped = self.escaped
+        self._transition("ERROR")
+        message = _one_line(message)
+        extra: list[tuple[str, str]] = [("message", message), ("x-code", code)]
+        if receipt_id is not None:
+            extra.append(("receipt-id", _one_line(receipt_id)))
+        if code == "unsupported_version":
+            extra.append(("version", ",".join(VERSIONS)))
+        extra.append(("content-type", "text/plain"))
+        frame = Frame("ERROR", (*extra, *headers), (message + "\n").encode())
+        return serialise(frame, escaped=escaped)
+
+    def reset(self, sub: StompSubscription, reason: str, cursor: str) -> bytes | None:
+        """The reset ``MESSAGE`` for ``sub``, or ``None`` when the session no longer sends."""
+        if not self.can_send("MESSAGE") or self.subscriptions.get(sub.id) is not sub:
+            return None
+        self._transition("MESSAGE")
+        if sub.acks is not None:
+            position = Cursor.decode(cursor).get(sub.channel)
+            if position is not None:
+                sub.acks.reset(position)
+        return reset_frame(
+            sub.id, sub.channel, reason, cursor, escaped=self.escaped, ack=sub.needs_ack
+        )
+
+    def close(self) -> None:
+        """The connection ended (or is being ended): nothing more is read or sent."""
+        self._transition("close")
+
+
+def acked_cursor(sub: StompSubscription) -> str | None:
+    """The cursor of ``sub``'s acked position (``None`` in ``auto`` mode)."""
+    if sub.acks is None:
+        return None
+    position: StreamPosition = sub.acks.position
+    return Cursor.single(sub.channel, position).encode()

@@ -1,0 +1,116 @@
+"""The webhook endpoints of the server API, all behind the API key.
+
+``POST /api/webhooks``, ``GET /api/webhooks``, ``GET``/``DELETE /api/webhooks/{id}``,
+``POST /api/webhooks/{id}/enable``, ``POST /api/webhooks/{id}/replay``,
+``GET /api/webhooks/{id}/dead-letters``, ``POST /api/webhooks/{id}/dead-letters/replay``.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from clarion.asgi import access
+from clarion.asgi.api import read_json
+from clarion.asgi.responses import JSONResponse
+from clarion.core.hub import Hub
+from clarion.errors import BadRequest, NotFound
+from clarion.webhooks.service import WebhookService
+
+MAX_LIST = 1000
+
+
+def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > maximum:
+        raise BadRequest(f"{name} must be an integer from 0 to {maximum}")
+    return int(raw)
+
+
+class WebhookAPI:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def _service(self, request: Request) -> WebhookService:
+        access.check_api_key(self.hub, request.scope)
+        service = getattr(self.hub, "webhooks", None)
+        if not isinstance(service, WebhookService):
+            raise NotFound("webhooks are not available on this hub")
+        return service
+
+    async def index(self, request: Request) -> Response:
+        service = self._service(request)
+        return JSONResponse({"webhooks": await service.describe_all()})
+
+    async def create(self, request: Request) -> Response:
+        service = self._service(request)
+        body = await read_json(self.hub, request)
+        endpoint = await service.create(
+            body.get("url"), body.get("channels", []), body.get("secret"), body.get("events")
+        )
+        out = await service.describe(endpoint)
+        return JSONResponse({"id": endpoint.id, "secret": endpoint.secret, **out})
+
+    async def get(self, request: Request) -> Response:
+        service = self._service(request)
+        endpoint = service.get(request.path_params["id"])
+        return JSONResponse(await service.describe(endpoint, detail=True))
+
+    async def delete(self, request: Request) -> Response:
+        service = self._service(request)
+        await service.remove(request.path_params["id"])
+        return JSONResponse({})
+
+    async def enable(self, request: Request) -> Response:
+        service = self._service(request)
+        endpoint = await service.enable(request.path_params["id"])
+        return JSONResponse(await service.describe(endpoint))
+
+    async def replay(self, request: Request) -> Response:
+        service = self._service(request)
+        body = await read_json(self.hub, request)
+        if "since" not in body:
+            raise BadRequest("'since' (a cursor) is required")
+        result = await service.replay(
+            request.path_params["id"], body["since"], body.get("channels")
+        )
+        return JSONResponse(result)
+
+    async def dead_letters(self, request: Request) -> Response:
+        service = self._service(request)
+        after = _int_param(request, "after", 0, 2**63 - 1)
+        limit = _int_param(request, "limit", 100, MAX_LIST)
+        letters = await service.dead_letters(request.path_params["id"], after, limit)
+        return JSONResponse(
+            {
+                "dead_letters": [d.describe(with_payload=True) for d in letters],
+                # Pass as ``after`` to read the next page.
+                "next": letters[-1].seq if len(letters) == limit and letters else None,
+            }
+        )
+
+    async def revive(self, request: Request) -> Response:
+        service = self._service(request)
+        has_body = request.headers.get("content-length", "0") != "0" or (
+            "transfer-encoding" in request.headers
+        )
+        body = await read_json(self.hub, request) if has_body else {}
+        revived = await service.revive(request.path_params["id"], body.get("ids"))
+        return JSONResponse({"enqueued": revived})
+
+
+def webhook_routes(hub: Hub) -> list[BaseRoute]:
+    api = WebhookAPI(hub)
+    return [
+        Route("/api/webhooks", api.index, methods=["GET"]),
+        Route("/api/webhooks", api.create, methods=["POST"]),
+        Route("/api/webhooks/{id}", api.get, methods=["GET"]),
+        Route("/api/webhooks/{id}", api.delete, methods=["DELETE"]),
+        Route("/api/webhooks/{id}/enable", api.enable, methods=["POST"]),
+        Route("/api/webhooks/{id}/replay", api.replay, methods=["POST"]),
+        Route("/api/webhooks/{id}/dead-letters", api.dead_letters, methods=["GET"]),
+        Route("/api/webhooks/{id}/dead-letters/replay", api.revive, methods=["POST"]),
+    ]

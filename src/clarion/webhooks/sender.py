@@ -1,0 +1,96 @@
+"""One delivery attempt: sign, POST, judge the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from clarion.errors import ClarionError
+from clarion.webhooks import signing
+from clarion.webhooks.endpoint import Delivery, Endpoint
+from clarion.webhooks.targets import AllowList
+from clarion.webhooks.transport import GuardedTransport
+
+log = logging.getLogger("clarion.webhooks")
+
+MAX_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    delivered: bool
+    error: str | None = None
+    status: int | None = None
+
+    @property
+    def gone(self) -> bool:
+        """``410 Gone``: the receiver says this endpoint no longer exists."""
+        return self.status == 410
+
+
+class Sender:
+    """Sends attempts through one connection pool; no redirects, bounded in time and size."""
+
+    def __init__(
+        self,
+        allow: AllowList,
+        *,
+        timeout: float,
+        max_response_bytes: int,
+        max_connections: int,
+    ) -> None:
+        from clarion import __version__  # here: clarion/__init__ imports the hub, then us
+
+        self.user_agent = f"clarion-webhooks/{__version__}"
+        self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
+        self.client = httpx.AsyncClient(
+            transport=GuardedTransport(allow, max_connections=max_connections),
+            follow_redirects=False,
+            trust_env=False,
+            timeout=httpx.Timeout(timeout),
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def attempt(self, endpoint: Endpoint, delivery: Delivery) -> Outcome:
+        # Signed at each attempt: receivers reject timestamps more than minutes away from now.
+        headers = signing.headers(endpoint.key, delivery.msg_id, int(time.time()), delivery.body)
+        headers["content-type"] = "application/json"
+        headers["user-agent"] = self.user_agent
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.client.stream(
+                    "POST", endpoint.url, content=delivery.body, headers=headers
+                ) as response:
+                    excerpt = await self._read_bounded(response)
+        except TimeoutError:
+            return Outcome(False, f"no answer within {self.timeout:g}s")
+        except ClarionError as exc:  # the connect-time address check
+            return Outcome(False, exc.message)
+        except httpx.HTTPError as exc:
+            return Outcome(False, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+        status = response.status_code
+        if 200 <= status < 300:
+            return Outcome(True, status=status)
+        if 300 <= status < 400:
+            location = response.headers.get("location", "")[:200]
+            error = f"HTTP {status} redirect to {location!r} not followed"
+        else:
+            text = excerpt.decode("utf-8", "replace").strip()
+            error = f"HTTP {status}" + (f": {text}" if text else "")
+        return Outcome(False, error[:MAX_ERROR_CHARS], status)
+
+    async def _read_bounded(self, response: httpx.Response) -> bytes:
+        """At most ``max_response_bytes`` of the body; the rest is never read."""
+        body = bytearray()
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) >= self.max_response_bytes:
+                break
+        return bytes(body[: self.max_response_bytes])

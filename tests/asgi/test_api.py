@@ -1,0 +1,123 @@
+"""The server API over real HTTP: success paths, API keys, and errors that are never tracebacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ..conftest import RunningHub
+
+
+async def test_publish_and_history(hub: RunningHub) -> None:
+    async with hub.http() as http:
+        first = (await http.post("/api/publish", json={"channel": "c", "data": {"n": 1}})).json()
+        assert first["offset"] == 1 and first["epoch"] and first["cursor"]
+        await http.post("/api/publish", json={"channel": "c", "data": {"n": 2}})
+        body = (await http.get("/api/history", params={"channel": "c"})).json()
+        assert [p["data"] for p in body["publications"]] == [{"n": 1}, {"n": 2}]
+        assert body["more"] is False and "reset" not in body
+        since = (
+            await http.get("/api/history", params={"channel": "c", "since": first["cursor"]})
+        ).json()
+        assert [p["offset"] for p in since["publications"]] == [2]
+        page = (await http.get("/api/history", params={"channel": "c", "limit": "1"})).json()
+        assert len(page["publications"]) == 1 and page["more"] is True
+
+
+async def test_idempotent_publish(hub: RunningHub) -> None:
+    async with hub.http() as http:
+        a = (await http.post("/api/publish", json={"channel": "c", "data": 1, "id": "k"})).json()
+        b = (await http.post("/api/publish", json={"channel": "c", "data": 2, "id": "k"})).json()
+        assert a["offset"] == b["offset"] == 1
+
+
+async def test_broadcast_presence_channels(hub: RunningHub) -> None:
+    async with hub.ws() as ws, hub.http() as http:
+        await ws.subscribe("a")
+        r = await http.post("/api/broadcast", json={"channels": ["a", "b"], "data": "x"})
+        assert [(x["channel"], x["offset"]) for x in r.json()["results"]] == [("a", 1), ("b", 1)]
+        assert (await ws.recv())["data"] == "x"
+        presence = (await http.get("/api/presence", params={"channel": "a"})).json()
+        assert [c["transport"] for c in presence["clients"]] == ["ws"]
+        channels = (await http.get("/api/channels")).json()
+        assert channels == {"channels": [{"channel": "a", "subscribers": 1}]}
+
+
+async def test_healthz_metrics_openapi(hub: RunningHub) -> None:
+    async with hub.ws() as ws, hub.http() as http:
+        await ws.subscribe("m")
+        await hub.publish("m", 1)
+        await ws.recv()
+        assert (await http.get("/healthz")).json() == {"status": "ok", "engine": "memory"}
+        metrics = (await http.get("/metrics")).text
+        assert 'clarion_connections{transport="ws"} 1.0' in metrics
+        assert 'clarion_deliveries_total{transport="ws"} 1.0' in metrics
+        assert "clarion_publications_total 1.0" in metrics
+        spec = (await http.get("/api/openapi.json")).json()
+        assert spec["openapi"].startswith("3.") and "/api/publish" in spec["paths"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    [
+        ("POST", "/api/publish", {"content": b"{nope"}, 400, "bad_request"),
+        ("POST", "/api/publish", {"json": [1]}, 400, "bad_request"),
+        ("POST", "/api/publish", {"json": {"data": 1}}, 400, "bad_channel"),
+        ("POST", "/api/publish", {"json": {"channel": "a b", "data": 1}}, 400, "bad_channel"),
+        ("POST", "/api/publish", {"json": {"channel": "c"}}, 400, "bad_request"),
+        ("POST", "/api/publish", {"json": {"channel": "c", "data": 1, "id": 5}}, 400, "bad_request"),
+        ("POST", "/api/broadcast", {"json": {"channels": [], "data": 1}}, 400, "bad_request"),
+        ("GET", "/api/history", {}, 400, "bad_request"),
+        ("GET", "/api/history", {"params": {"channel": "c", "since": "zz"}}, 400, "bad_cursor"),
+        ("GET", "/api/history", {"params": {"channel": "c", "limit": "-1"}}, 400, "bad_request"),
+        ("GET", "/api/presence", {"params": {"channel": ""}}, 400, "bad_channel"),
+        ("POST", "/api/disconnect", {"json": {}}, 400, "bad_request"),
+        ("GET", "/api/publish", {}, 405, "method_not_allowed"),
+        ("GET", "/nowhere", {}, 404, "not_found"),
+    ],
+)
+async def test_errors_are_json(
+    hub: RunningHub, method: str, path: str, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    async with hub.http() as http:
+        r = await http.request(method, path, **kwargs)
+        assert r.status_code == status
+        assert r.headers["content-type"].startswith("application/json")
+        error = r.json()["error"]
+        assert error["code"] == code and error["message"]
+        assert "Traceback" not in r.text
+
+
+async def test_api_key_required_when_configured(hub_factory) -> None:  # type: ignore[no-untyped-def]
+    hub = await hub_factory(api_key=["new-key", "old-key"], token_secret="s" * 32)
+    async with hub.http() as http:
+        body = {"channel": "c", "data": 1}
+        missing = await http.post("/api/publish", json=body)
+        assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthorized"
+        wrong = await http.post("/api/publish", json=body, headers={"Authorization": "apikey x"})
+        assert wrong.status_code == 401
+        bearer = await http.post(
+            "/api/publish", json=body, headers={"Authorization": "Bearer new-key"}
+        )
+        assert bearer.status_code == 401
+        for key in ("new-key", "old-key"):  # rotation: both work
+            ok = await http.post(
+                "/api/publish", json=body, headers={"Authorization": f"apikey {key}"}
+            )
+            assert ok.status_code == 200
+        assert (await http.get("/metrics")).status_code == 401
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_disconnect_user(hub_factory) -> None:  # type: ignore[no-untyped-def]
+    from clarion.core.auth import mint_token
+
+    hub = await hub_factory(token_secret="secret-" * 5)
+    token = mint_token("secret-" * 5, "u1", ["*"])
+    async with hub.ws(additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        assert (await ws.subscribe("c"))["ok"]
+        async with hub.http() as http:
+            assert (await http.post("/api/disconnect", json={"user": "u1"})).status_code == 200
+        push = await ws.recv()
+        assert push["disconnect"] == {"code": 4501, "reason": "disconnected", "reconnect": False}

@@ -1,0 +1,181 @@
+"""Smoke tests of the benchmark harness (benchmarks/loadgen.py).
+
+The byte-level tests check the generator's cheap counting paths (WebSocket frame-header walk,
+SSE ``data:`` count) on hand-made streams. The smoke test runs the generator against a real
+``clarion serve`` on loopback with tiny sizes and checks only that it counts exactly:
+deliveries = publications x subscribers. No timing assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import loadgen
+from benchmarks.loadgen import LoadConfig, SseSubscriber, Stats, WsSubscriber, server_frame
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
+
+def feed(proto: Any, data: bytes, cut: int | None) -> None:
+    """Deliver ``data`` through the shared receive buffer, in two reads split at ``cut``."""
+    parts = [data] if cut is None else [data[:cut], data[cut:]]
+    for part in parts:
+        if part:
+            loadgen._BUF[: len(part)] = part
+            proto.buffer_updated(len(part))
+
+
+def ws_stream() -> tuple[bytes, int]:
+    """Server frames: small, 16-bit-length, 64-bit-length and fragmented messages, a ping."""
+    frames = [
+        server_frame(b'{"t":1,"s":1}'),
+        server_frame(b"x" * 200),
+        server_frame(b"\x81" * 129, opcode=2),  # payload bytes that look like headers
+        server_frame(b"ping!", opcode=9),
+        server_frame(b"y" * 70000),
+        server_frame(b"part1-", opcode=1, fin=False),
+        server_frame(b"part2", opcode=0, fin=True),
+        server_frame(b'{"t":2,"s":2}'),
+    ]
+    return b"".join(frames), 6
+
+
+def test_ws_header_walk_counts_exactly_at_every_split() -> None:
+    stream, expected = ws_stream()
+    cuts = [None, *range(1, 300), *range(len(stream) - 300, len(stream))]
+
+    async def run() -> None:
+        for cut in cuts:
+            st = Stats()
+            proto = WsSubscriber(st, b"", None, sampled=False)
+            transport = FakeTransport()
+            proto.transport = transport  # type: ignore[assignment]
+            proto.state = loadgen.OPEN
+            feed(proto, stream, cut)
+            assert st.delivered == expected, cut
+            assert proto.n == expected
+            # the ping was answered with a masked pong echoing its payload (zero mask key)
+            assert transport.written == [b"\x8a\x85\x00\x00\x00\x00ping!"], cut
+            assert proto.skip == 0 and proto.carry == b""
+
+    asyncio.run(run())
+
+
+def test_ws_full_parse_after_handshake_and_reply() -> None:
+    """Handshake + subscribe reply + publications arriving in one read (clarion's shape)."""
+    reply = server_frame(b'{"id":1,"ok":{}}')
+    pubs = [
+        server_frame(b'{"channel":"bench","offset":%d,"data":{"t":5,"s":1}}' % i)
+        for i in range(1, 4)
+    ]
+    data = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n" + reply + b"".join(pubs)
+    )
+
+    async def run() -> None:
+        st = Stats()
+        st.measuring = True
+        proto = WsSubscriber(st, b"GET", b"SUB", sampled=True)
+        transport = FakeTransport()
+        proto.connection_made(transport)  # type: ignore[arg-type]
+        feed(proto, data, 70)
+        assert transport.written == [b"GET", b"SUB"]
+        assert proto.ready.done() and proto.ready.result() is True
+        assert st.subscribed == 1
+        assert st.delivered == 3
+        assert len(st.latencies_ns) == 3
+
+    asyncio.run(run())
+
+
+def test_sse_count_across_reads() -> None:
+    events = b"".join(
+        b'id: c%d\nevent: message\ndata: {"t":1,"s":%d}\n\n' % (i, i) for i in range(5)
+    )
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\nretry: 1000\n\n"
+    data = head + events
+
+    async def run() -> None:
+        for cut in range(1, len(data)):
+            for sampled in (False, True):
+                st = Stats()
+                proto = SseSubscriber(st, b"GET", sampled)
+                proto.connection_made(FakeTransport())  # type: ignore[arg-type]
+                feed(proto, data, cut)
+                assert st.subscribed == 1
+                assert st.delivered == 5, (cut, sampled)
+
+    asyncio.run(run())
+
+
+def test_mask_frame_roundtrip() -> None:
+    payload = b'{"id":1,"op":"subscribe","channel":"bench"}'
+    frame = loadgen.mask_frame(payload)
+    assert frame[0] == 0x81 and frame[1] == 0x80 | len(payload)
+    key = frame[2:6]
+    unmasked = bytes(b ^ key[i % 4] for i, b in enumerate(frame[6:]))
+    assert unmasked == payload
+    assert len(loadgen.make_payload(7, 100)) == 100
+
+
+@pytest.fixture
+def clarion_server(tmp_path: Path) -> Any:
+    pytest.importorskip("clarion", reason="clarion is not importable")
+    from benchmarks import servers
+
+    server = servers.start_server("clarion", "ws", tmp_path, core=None, ready_timeout=30.0)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("transport", "mode"), [("ws", "saturate"), ("ws", "rate"), ("sse", "saturate")]
+)
+def test_loadgen_counts_clarion_deliveries_exactly(
+    clarion_server: Any, transport: str, mode: str
+) -> None:
+    cfg = LoadConfig(
+        server="clarion",
+        transport=transport,
+        port=clarion_server.port,
+        mode=mode,
+        subscribers=20,
+        duration=2.0,
+        warmup=0.0,
+        window=4,
+        rate=50.0,
+        sample=0.25,
+        per_address=8,
+        server_pids=[clarion_server.pid],
+        timeout=60.0,
+    )
+    result = loadgen.run_sync(cfg)
+    assert "error" not in result, result
+    assert result["published_ok"] > 0
+    assert result["publish_errors"] == 0
+    assert result["delivered_total"] == result["published_ok"] * 20, result
+    assert result["exact"] is True
+    assert result["per_subscriber_min"] == result["per_subscriber_max"] == result["published_ok"]
+    assert result["latency_samples"] > 0

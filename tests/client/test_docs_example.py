@@ -1,0 +1,37 @@
+"""The example in docs/client.md runs, as written, against a real hub."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from pathlib import Path
+
+from ..conftest import RunningHub, timeout
+
+DOC = Path(__file__).parents[2] / "docs" / "client.md"
+
+
+async def test_the_documented_example_runs(hub: RunningHub) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    example = blocks[0]
+    assert 'URL = "http://127.0.0.1:8000"' in example
+    code = example.replace("http://127.0.0.1:8000", hub.http_url)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout(30))
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[:3] == [f"{n + 1} {{'text': 'hello {n}'}}" for n in range(3)]
+    assert lines[3] == str([{"text": f"hello {n}"} for n in range(3)])
+    assert lines[4].startswith("[Member(") or lines[4] == "[]"

@@ -1,0 +1,132 @@
+"""publish, history and presence: over the WebSocket and over the HTTP server API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from clarion.client import (
+    ClientClosed,
+    History,
+    Message,
+    Published,
+    RequestFailed,
+    TransportName,
+    connect,
+)
+
+from ..conftest import RunningHub
+from .conftest import TRANSPORTS, next_message, sessions
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_publish_history_presence_round_trip(
+    hub: RunningHub, transport: TransportName
+) -> None:
+    async with connect(hub.http_url, transport=transport) as client:
+        async with client.subscribe("chat:lobby") as sub:
+            published = [await client.publish("chat:lobby", {"n": n}) for n in range(3)]
+            assert all(isinstance(p, Published) for p in published)
+            assert [p.offset for p in published] == [1, 2, 3]
+            assert [(await next_message(sub)).data for _ in range(3)] == [
+                {"n": n} for n in range(3)
+            ]
+            members = await client.presence("chat:lobby")
+            if transport == "poll":
+                assert members == []  # a poll is a short session: it never joins presence
+            else:
+                (member,) = members
+                assert member.transport == transport
+                if transport == "ws":
+                    assert member.client == client.client_id
+
+        page = await client.history("chat:lobby", limit=2)
+        assert isinstance(page, History)
+        assert [m.data for m in page.publications] == [{"n": 0}, {"n": 1}]
+        assert page.more is True and page.reset is None
+        assert all(isinstance(m, Message) for m in page.publications)
+        rest = await client.history("chat:lobby", since=page.cursor)
+        assert [m.offset for m in rest.publications] == [3]
+        assert rest.more is False
+        assert rest.cursor == published[-1].cursor
+
+
+async def test_publish_id_is_idempotent_over_websocket(hub: RunningHub) -> None:
+    async with connect(hub.http_url, transport="ws") as client:
+        first = await client.publish("chat:lobby", "once", id="order-1")
+        again = await client.publish("chat:lobby", "once", id="order-1")
+        assert again.offset == first.offset
+        page = await client.history("chat:lobby")
+        assert [(m.data, m.id) for m in page.publications] == [("once", "order-1")]
+
+
+async def test_request_errors_carry_the_hubs_code(hub: RunningHub) -> None:
+    async with connect(hub.http_url, transport="ws") as client:
+        with pytest.raises(RequestFailed) as caught:
+            await client.publish("chat:lobby", "x" * 70_000)
+        assert caught.value.code == "too_large"
+        # Refused before sending: the hub would have closed the connection over it.
+        assert (await client.publish("chat:lobby", "small")).offset == 1
+        with pytest.raises(RequestFailed) as caught:
+            await client.history("chat:lobby", since="not a cursor")
+        assert caught.value.code == "bad_cursor"
+    async with connect(hub.http_url, transport="sse") as client:
+        with pytest.raises(RequestFailed) as caught:
+            await client.publish("chat:lobby", "x" * 200_000)
+        assert caught.value.code == "too_large" and caught.value.status == 413
+
+
+async def test_api_key_publishes_over_http_without_a_websocket(hub_factory: Any) -> None:
+    hub: RunningHub = await hub_factory(api_key="backend-key")
+    async with connect(hub.http_url, api_key="backend-key", transport="ws") as client:
+        published = await client.publish("chat:lobby", "from the backend", id="b-1")
+        assert published.offset == 1
+        assert [m.data for m in (await client.history("chat:lobby")).publications] == [
+            "from the backend"
+        ]
+        assert await client.presence("chat:lobby") == []
+        assert sessions(hub, "ws") == []  # nothing needed a WebSocket yet
+        async with client.subscribe("chat:lobby") as sub:
+            assert client.transport == "ws"
+            await client.publish("chat:lobby", "live")
+            assert (await next_message(sub)).data == "live"
+    async with connect(hub.http_url, api_key="wrong", transport="ws") as client:
+        with pytest.raises(RequestFailed) as caught:
+            await client.publish("chat:lobby", "nope")
+        assert caught.value.status == 401 and caught.value.code == "unauthorized"
+
+
+async def test_closed_client_refuses_requests(hub: RunningHub) -> None:
+    client = connect(hub.http_url, transport="ws")
+    with pytest.raises(ClientClosed):
+        await client.publish("chat:lobby", "not open yet")
+    async with client:
+        await client.publish("chat:lobby", "open")
+    with pytest.raises(ClientClosed):
+        await client.publish("chat:lobby", "closed")
+    with pytest.raises(ClientClosed):
+        await client.open()  # a client opens once
+    awaited = await connect(hub.http_url, transport="ws")
+    try:
+        assert (await awaited.publish("chat:lobby", "awaited")).offset == 2
+    finally:
+        await awaited.close()
+    with pytest.raises(ClientClosed):
+        client.subscribe("chat:lobby")
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_history_says_when_it_no_longer_reaches_since(
+    hub_factory: Any, transport: TransportName
+) -> None:
+    hub: RunningHub = await hub_factory(namespaces={"default": {"history_size": 2}})
+    first = await hub.publish("news", 1)
+    for n in range(2, 6):
+        await hub.publish("news", n)
+    async with connect(hub.http_url, transport=transport) as client:
+        page = await client.history("news", since=first["cursor"])
+    assert [m.offset for m in page.publications] == [4, 5]
+    assert page.reset is not None
+    assert (page.reset.channel, page.reset.reason) == ("news", "trimmed")
+    assert page.reset.position is not None and page.reset.position.offset == 3

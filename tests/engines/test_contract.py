@@ -1,0 +1,256 @@
+"""The engine contract: every engine passes these, with the memory engine as the reference."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from clarion.engines.base import History, PresenceEntry
+from clarion.protocol.publication import StreamPosition
+from clarion.settings import NamespaceOptions
+
+from .helpers import Subject, eventually
+
+pytestmark = pytest.mark.timeout(30)
+
+OPTS = NamespaceOptions()
+
+
+async def publish_n(subject: Subject, channel: str, n: int, opts: NamespaceOptions = OPTS) -> None:
+    for i in range(n):
+        await subject.engine.publish(channel, {"n": i}, opts)
+
+
+# ---- publish ------------------------------------------------------------------------------
+
+
+async def test_publish_assigns_consecutive_offsets_in_one_epoch(engine: Subject) -> None:
+    pubs = [await engine.engine.publish("c", {"n": i}, OPTS) for i in range(5)]
+    assert [p.offset for p in pubs] == [1, 2, 3, 4, 5]
+    assert len({p.epoch for p in pubs}) == 1
+    assert [p.data for p in pubs] == [{"n": i} for i in range(5)]
+    assert all(p.channel == "c" and p.time > 0 for p in pubs)
+    other = await engine.engine.publish("d", "x", OPTS)
+    assert other.offset == 1  # offsets are per channel
+
+
+async def test_publication_keeps_info_and_id(engine: Subject) -> None:
+    pub = await engine.engine.publish(
+        "c", [1, "two", None], OPTS, idempotency_key="k1", info={"user": "u"}
+    )
+    history = await engine.engine.history("c", OPTS)
+    assert history.publications == [pub]
+    stored = history.publications[0]
+    assert (stored.data, stored.info, stored.id) == ([1, "two", None], {"user": "u"}, "k1")
+    assert stored.time == pub.time
+
+
+# ---- history ------------------------------------------------------------------------------
+
+
+async def test_history_since_and_limit(engine: Subject) -> None:
+    await publish_n(engine, "c", 5)
+    everything = await engine.engine.history("c", OPTS)
+    epoch = everything.position.epoch
+    assert [p.offset for p in everything.publications] == [1, 2, 3, 4, 5]
+    assert everything.position == StreamPosition(epoch, 5)
+    assert everything.earliest == 1
+
+    since2 = await engine.engine.history("c", OPTS, since=StreamPosition(epoch, 2))
+    assert [p.offset for p in since2.publications] == [3, 4, 5]
+    limited = await engine.engine.history("c", OPTS, since=StreamPosition(epoch, 1), limit=2)
+    assert [p.offset for p in limited.publications] == [2, 3]
+    assert limited.position == StreamPosition(epoch, 5)
+    first_two = await engine.engine.history("c", OPTS, limit=2)
+    assert [p.offset for p in first_two.publications] == [1, 2]
+    none = await engine.engine.history("c", OPTS, limit=0)
+    assert none.publications == [] and none.position == StreamPosition(epoch, 5)
+    at_top = await engine.engine.history("c", OPTS, since=StreamPosition(epoch, 5))
+    assert at_top.publications == []
+    beyond = await engine.engine.history("c", OPTS, since=StreamPosition(epoch, 9))
+    assert beyond.publications == []
+    foreign = await engine.engine.history("c", OPTS, since=StreamPosition("not-" + epoch, 2))
+    assert foreign.publications == []  # nothing of another epoch is trusted
+
+
+async def test_history_of_a_new_channel(engine: Subject) -> None:
+    first = await engine.engine.history("fresh", OPTS)
+    assert first.publications == []
+    assert first.position.offset == 0 and first.earliest == 1
+    again = await engine.engine.history("fresh", OPTS)
+    assert again.position == first.position  # the epoch is stable before any publication
+    pub = await engine.engine.publish("fresh", 1, OPTS)
+    assert pub.position == StreamPosition(first.position.epoch, 1)
+
+
+async def test_history_trimmed_by_size(engine: Subject) -> None:
+    opts = NamespaceOptions(history_size=3)
+    await publish_n(engine, "c", 5, opts)
+    history = await engine.engine.history("c", opts)
+    assert [p.offset for p in history.publications] == [3, 4, 5]
+    assert history.earliest == 3 and history.position.offset == 5
+    epoch = history.position.epoch
+    assert history.covers(StreamPosition(epoch, 2))  # the next one, 3, is held
+    assert not history.covers(StreamPosition(epoch, 1))  # 2 is gone
+    assert history.covers(StreamPosition(epoch, 5))
+    assert not history.covers(StreamPosition(epoch, 6))  # never reached
+    assert not history.covers(StreamPosition("other", 4))
+    since1 = await engine.engine.history("c", opts, since=StreamPosition(epoch, 1))
+    assert [p.offset for p in since1.publications] == [3, 4, 5]
+    assert not since1.covers(StreamPosition(epoch, 1))
+
+
+async def test_history_trimmed_by_ttl(engine: Subject) -> None:
+    opts = NamespaceOptions(history_ttl=0.4)
+    await publish_n(engine, "c", 3, opts)
+    await asyncio.sleep(0.6)
+    expired = await engine.engine.history("c", opts)
+    assert expired.publications == []
+    assert expired.position.offset == 3 and expired.earliest == 4
+    assert expired.covers(StreamPosition(expired.position.epoch, 3))
+    assert not expired.covers(StreamPosition(expired.position.epoch, 2))
+    await publish_n(engine, "c", 2, opts)
+    history = await engine.engine.history("c", opts)
+    assert [p.offset for p in history.publications] == [4, 5]
+    assert history.position == StreamPosition(expired.position.epoch, 5)
+    assert history.earliest == 4
+
+
+async def test_history_ttl_drops_only_old_entries(engine: Subject) -> None:
+    opts = NamespaceOptions(history_ttl=0.8)
+    await publish_n(engine, "c", 4, opts)
+    await asyncio.sleep(0.5)
+    await publish_n(engine, "c", 3, opts)
+    await asyncio.sleep(0.5)  # the first four are past the TTL, the last three are not
+    history = await engine.engine.history("c", opts)
+    assert [p.offset for p in history.publications] == [5, 6, 7]
+    assert history.earliest == 5
+
+
+async def test_history_size_zero_keeps_positions_only(engine: Subject) -> None:
+    opts = NamespaceOptions(history_size=0)
+    await publish_n(engine, "c", 3, opts)
+    history = await engine.engine.history("c", opts)
+    assert history.publications == []
+    assert history.position.offset == 3 and history.earliest == 4
+
+
+def test_covers_is_exact() -> None:
+    h = History([], StreamPosition("e", 10), 6)
+    assert [n for n in range(0, 13) if h.covers(StreamPosition("e", n))] == [5, 6, 7, 8, 9, 10]
+    assert not h.covers(StreamPosition("f", 7))
+    empty = History([], StreamPosition("e", 0), 1)
+    assert empty.covers(StreamPosition("e", 0)) and not empty.covers(StreamPosition("e", 1))
+
+
+# ---- idempotency --------------------------------------------------------------------------
+
+
+async def test_idempotency_within_the_window(engine: Subject) -> None:
+    first = await engine.engine.publish("c", "one", OPTS, idempotency_key="k")
+    again = await engine.engine.publish("c", "two", OPTS, idempotency_key="k")
+    assert again == first  # the earlier publication, data and time included
+    assert again.data == "one"
+    other_key = await engine.engine.publish("c", "three", OPTS, idempotency_key="k2")
+    assert other_key.offset == first.offset + 1
+    other_channel = await engine.engine.publish("d", "one", OPTS, idempotency_key="k")
+    assert other_channel.channel == "d" and other_channel.offset == 1
+    history = await engine.engine.history("c", OPTS)
+    assert [p.data for p in history.publications] == ["one", "three"]
+
+
+async def test_idempotency_after_the_window(engine: Subject) -> None:
+    opts = NamespaceOptions(idempotency_window=0.3)
+    first = await engine.engine.publish("c", "one", opts, idempotency_key="k")
+    await asyncio.sleep(0.5)
+    later = await engine.engine.publish("c", "two", opts, idempotency_key="k")
+    assert later.offset == first.offset + 1 and later.data == "two"
+
+
+async def test_idempotency_window_zero_never_deduplicates(engine: Subject) -> None:
+    opts = NamespaceOptions(idempotency_window=0)
+    a = await engine.engine.publish("c", 1, opts, idempotency_key="k")
+    b = await engine.engine.publish("c", 2, opts, idempotency_key="k")
+    assert (a.offset, b.offset) == (1, 2)
+
+
+# ---- presence -----------------------------------------------------------------------------
+
+
+async def test_presence_add_remove_list(engine: Subject) -> None:
+    e = engine.engine
+    assert await e.presence("c") == []
+    alice = PresenceEntry("c1", "alice", {"name": "Alice"}, "ws")
+    bob = PresenceEntry("c2", "bob", None, "sse")
+    anon = PresenceEntry("c3", None)
+    for entry in (alice, bob, anon):
+        await e.presence_add("c", entry)
+    await e.presence_add("other", PresenceEntry("c9", "zed"))
+    listed = await e.presence("c")
+    assert sorted(listed, key=lambda p: p.client) == [alice, bob, anon]
+    await e.presence_add("c", PresenceEntry("c1", "alice", {"name": "A."}, "ws"))  # update
+    await e.presence_remove("c", "c2")
+    await e.presence_remove("c", "nobody")
+    listed = await e.presence("c")
+    assert sorted(p.client for p in listed) == ["c1", "c3"]
+    assert next(p for p in listed if p.client == "c1").info == {"name": "A."}
+    await e.presence_remove("c", "c1")
+    await e.presence_remove("c", "c3")
+    assert await e.presence("c") == []
+    assert [p.client for p in await e.presence("other")] == ["c9"]
+
+
+# ---- delivery -----------------------------------------------------------------------------
+
+
+async def test_delivery_to_the_sink_after_subscribe(engine: Subject) -> None:
+    await engine.engine.subscribe("c")
+    pubs = [await engine.engine.publish("c", i, OPTS) for i in range(3)]
+    await eventually(lambda: len(engine.sink.offsets("c")) == 3)
+    assert engine.sink.publications == pubs
+    await engine.engine.subscribe("d")
+    await engine.engine.publish("d", "x", OPTS)
+    await eventually(lambda: engine.sink.offsets("d") == [1])
+
+
+async def test_no_delivery_after_unsubscribe(engine: Subject) -> None:
+    await engine.engine.subscribe("c")
+    await engine.engine.publish("c", 1, OPTS)
+    await eventually(lambda: engine.sink.offsets("c") == [1])
+    await engine.engine.unsubscribe("c")
+    await engine.engine.subscribe("marker")
+    await engine.engine.publish("c", 2, OPTS)
+    await engine.engine.publish("marker", 0, OPTS)
+    await eventually(lambda: engine.sink.offsets("marker") == [1])
+    if engine.kind == "memory":
+        # One process: the memory engine hands over everything and the hub, which knows its
+        # local subscribers, drops channels without any.
+        assert engine.sink.offsets("c") == [1, 2]
+    else:
+        assert engine.sink.offsets("c") == [1]
+
+
+async def test_events_and_control_reach_the_sink(engine: Subject) -> None:
+    await engine.engine.subscribe("c")
+    await engine.engine.broadcast_event("c", "join", {"channel": "c", "client": "x"})
+    await engine.engine.broadcast_control("disconnect", {"user": "u"})
+    await eventually(lambda: bool(engine.sink.events and engine.sink.controls))
+    assert engine.sink.events == [("c", "join", {"channel": "c", "client": "x"})]
+    assert engine.sink.controls == [("disconnect", {"user": "u"})]
+
+
+# ---- losing the meta ----------------------------------------------------------------------
+
+
+async def test_epoch_changes_after_the_meta_is_lost(engine: Subject) -> None:
+    opts = OPTS
+    await publish_n(engine, "c", 3, opts)
+    before = (await engine.engine.history("c", opts)).position
+    await engine.lose_meta("c")
+    after = await engine.engine.history("c", opts, since=before)
+    assert after.position.epoch != before.epoch
+    assert after.publications == []
+    assert not after.covers(before)  # a resuming reader gets a reset, not a silent gap
+    pub = await engine.engine.publish("c", "new", opts)
+    assert pub.position == StreamPosition(after.position.epoch, 1)

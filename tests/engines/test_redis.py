@@ -1,0 +1,315 @@
+"""Redis engine behaviour beyond the contract: several nodes, lost messages, outages, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from clarion.engines.base import PresenceEntry
+from clarion.engines.redis import RedisEngine
+from clarion.engines.redis.connect import parse_url
+from clarion.errors import ConfigError, EngineUnavailable
+from clarion.protocol.publication import StreamPosition
+from clarion.settings import NamespaceOptions, Settings
+
+from ..redis_fixture import REDIS_SERVER, RedisServer, free_port
+from .helpers import RecordingSink, eventually
+
+pytestmark = pytest.mark.timeout(30)
+
+OPTS = NamespaceOptions()
+Node = tuple[RedisEngine, RecordingSink]
+
+
+@pytest.fixture
+async def nodes(redis_server: RedisServer) -> AsyncIterator[Callable[..., Any]]:
+    """Start engines ("nodes") on the test's Redis; all are closed at the end."""
+    started: list[RedisEngine] = []
+
+    async def start(query: str = "check_interval=0.3&presence_ttl=1") -> Node:
+        engine = RedisEngine(f"{redis_server.url}?{query}", Settings())
+        sink = RecordingSink()
+        await engine.start(sink)
+        started.append(engine)
+        return engine, sink
+
+    yield start
+    for engine in started:
+        await engine.close()
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis(port=redis_server.port)
+    yield client
+    await client.aclose()
+
+
+async def test_publications_cross_nodes(nodes: Callable[..., Any]) -> None:
+    a, a_sink = await nodes()
+    b, b_sink = await nodes()
+    await a.subscribe("c")
+    await b.subscribe("c")
+    pubs = [await b.publish("c", i, OPTS) for i in range(20)]
+    await eventually(lambda: len(a_sink.offsets("c")) == 20 and len(b_sink.offsets("c")) == 20)
+    assert a_sink.publications == pubs == b_sink.publications
+    # Only subscribed nodes receive: a third node never sees "c".
+    c, c_sink = await nodes()
+    await c.subscribe("marker")
+    await a.publish("c", "x", OPTS)
+    await a.publish("marker", "m", OPTS)
+    await eventually(lambda: c_sink.offsets("marker") == [1])
+    assert c_sink.offsets("c") == []
+
+
+async def test_idempotency_is_cluster_wide(nodes: Callable[..., Any]) -> None:
+    a, _ = await nodes()
+    b, _ = await nodes()
+    first = await a.publish("c", "one", OPTS, idempotency_key="order-7")
+    again = await b.publish("c", "two", OPTS, idempotency_key="order-7")
+    assert again == first
+
+
+async def test_events_reach_subscribed_nodes_and_control_reaches_all(
+    nodes: Callable[..., Any],
+) -> None:
+    a, a_sink = await nodes()
+    b, b_sink = await nodes()
+    await b.subscribe("c")
+    await a.broadcast_event("c", "leave", {"channel": "c", "client": "x"})
+    await a.broadcast_control("disconnect", {"user": "u", "code": 4000})
+    await eventually(lambda: bool(b_sink.events and b_sink.controls and a_sink.controls))
+    assert b_sink.events == [("c", "leave", {"channel": "c", "client": "x"})]
+    assert a_sink.events == []  # a has no subscriber on "c"
+    assert a_sink.controls == b_sink.controls == [("disconnect", {"user": "u", "code": 4000})]
+    await asyncio.sleep(0.1)
+    assert len(a_sink.controls) == 1  # applied once on the sending node, not echoed
+
+
+async def test_lost_last_publication_is_recovered_by_the_position_check(
+    nodes: Callable[..., Any],
+) -> None:
+    a, sink = await nodes()
+    await a.subscribe("c")
+    await a.publish("c", 1, OPTS)
+    await eventually(lambda: sink.offsets("c") == [1])
+    # Stored, but its pub/sub message goes nowhere: as if Redis dropped it.
+    lost = await a._store("c", "lost", OPTS, None, None, "nowhere")
+    started = time.monotonic()
+    await eventually(lambda: sink.offsets("c") == [1, 2], timeout=3)
+    assert time.monotonic() - started < 1.5  # within a few check intervals (0.3 s)
+    assert sink.publications[-1] == lost
+    assert a.recovered == 1
+
+
+async def test_killed_pubsub_connection_reconnects_and_resyncs(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    a, sink = await nodes()
+    b, _ = await nodes()
+    await a.subscribe("c")
+    await b.publish("c", 1, OPTS)
+    await eventually(lambda: sink.offsets("c") == [1])
+    # Kill a's pub/sub connection, then publish while it is reconnecting.
+    killed = await raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    assert killed >= 2  # a's and b's
+    for i in range(2, 12):
+        await b.publish("c", i, OPTS)
+    await eventually(lambda: sink.offsets("c")[-1:] == [11], timeout=5)
+    # The hub drops duplicates; what matters is that nothing is missing, in order.
+    assert sorted(set(sink.offsets("c"))) == list(range(1, 12))
+    assert await a.healthy()
+    # The subscription is live again: new publications arrive by pub/sub.
+    recovered = a.recovered
+    await b.publish("c", 12, OPTS)
+    await eventually(lambda: sink.offsets("c")[-1] == 12)
+    assert a.recovered == recovered
+
+
+async def test_subscribe_and_unsubscribe_apply_in_call_order(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    a, _ = await nodes()
+    for _ in range(3):
+        # Interleaved calls for one channel: the last one wins.
+        await asyncio.gather(a.subscribe("c"), a.unsubscribe("c"), a.subscribe("c"))
+        channels = await raw.execute_command("PUBSUB", "CHANNELS", a.keys.pubsub("c"))
+        assert channels == [a.keys.pubsub("c").encode()]
+        await asyncio.gather(a.subscribe("c"), a.unsubscribe("c"))
+        assert await raw.execute_command("PUBSUB", "CHANNELS", a.keys.pubsub("c")) == []
+
+
+async def test_presence_of_a_crashed_node_expires(nodes: Callable[..., Any]) -> None:
+    a, _ = await nodes("presence_ttl=1.5")
+    b, _ = await nodes("presence_ttl=1.5")
+    await a.presence_add("c", PresenceEntry("a1", "alice"))
+    await b.presence_add("c", PresenceEntry("b1", "bob"))
+    await asyncio.sleep(2.0)  # past the TTL: both alive nodes refreshed their entries
+    assert sorted(p.client for p in await b.presence("c")) == ["a1", "b1"]
+    # a "crashes": its refresh stops, nothing is cleaned up.
+    for task in a._tasks:
+        task.cancel()
+    a._presence.clear()
+    crashed = time.monotonic()
+    while [p.client for p in await b.presence("c")] != ["b1"]:
+        assert time.monotonic() - crashed < 3.0  # the TTL, and some slack
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - crashed > 0.4  # refreshed entries outlive the crash a while
+
+
+async def test_meta_lost_with_stream_left_over_starts_a_clean_epoch(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    a, _ = await nodes()
+    for i in range(5):
+        await a.publish("c", i, OPTS)
+    before = (await a.history("c", OPTS)).position
+    await raw.delete(a.keys.meta("c"))  # evicted meta, stream still there
+    pub = await a.publish("c", "new", OPTS)
+    assert pub.offset == 1 and pub.epoch != before.epoch
+    history = await a.history("c", OPTS)
+    assert [p.data for p in history.publications] == ["new"]
+
+
+async def test_unreachable_at_start() -> None:
+    engine = RedisEngine(f"redis://127.0.0.1:{free_port()}/0", Settings())
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailable, match=r"cannot reach Redis at redis://127\.0\.0\.1"):
+        await engine.start(RecordingSink())
+    assert time.monotonic() - started < 5
+    assert not await engine.healthy()
+
+
+async def test_redis_down_then_back(nodes: Callable[..., Any], redis_server: RedisServer) -> None:
+    a, sink = await nodes()
+    b, _ = await nodes()
+    await a.subscribe("c")
+    await b.publish("c", 1, OPTS)
+    await eventually(lambda: sink.offsets("c") == [1])
+    epoch = sink.publications[0].epoch
+
+    redis_server.stop()
+    await eventually(lambda: not a._link.up, timeout=3)  # type: ignore[union-attr]
+    assert not await a.healthy()
+    with pytest.raises(EngineUnavailable):
+        await b.publish("c", 2, OPTS)
+    with pytest.raises(EngineUnavailable):
+        await a.history("c", OPTS)
+    with pytest.raises(EngineUnavailable):
+        await a.presence("c")
+    with pytest.raises(EngineUnavailable):
+        await a.subscribe("d")
+
+    redis_server.start()  # empty: no persistence
+    await eventually(lambda: a._link.up, timeout=5)  # type: ignore[union-attr]
+    assert await a.healthy()
+    pub = await b.publish("c", "after", OPTS)
+    assert pub.offset == 1 and pub.epoch != epoch  # the history was lost: a new epoch
+    await eventually(lambda: sink.publications[-1].data == "after")
+    await a.subscribe("d")  # subscriptions work again
+
+
+async def test_cluster_wide_connection_limits_and_rates(nodes: Callable[..., Any]) -> None:
+    a, _ = await nodes()
+    b, _ = await nodes()
+    assert a.limits is not None and b.limits is not None
+    assert await a.limits.acquire_connection("user", "u1", "s1", 2)
+    assert await b.limits.acquire_connection("user", "u1", "s2", 2)
+    assert not await b.limits.acquire_connection("user", "u1", "s3", 2)
+    assert await a.limits.acquire_connection("user", "u1", "s1", 2)  # already counted
+    assert await a.limits.connection_count("user", "u1") == 2
+    await a.limits.release_connection("user", "u1", "s1")
+    assert await b.limits.acquire_connection("user", "u1", "s3", 2)
+    assert await a.limits.connection_count("ip", "10.0.0.1") == 0
+
+    taken = [await a.limits.take_token("pub:u1", rate=1, burst=3) for _ in range(3)]
+    taken += [await b.limits.take_token("pub:u1", rate=1, burst=3)]
+    assert taken == [True, True, True, False]
+
+
+async def test_connection_counts_of_a_crashed_node_expire(nodes: Callable[..., Any]) -> None:
+    a, _ = await nodes("presence_ttl=1.5")
+    b, _ = await nodes("presence_ttl=1.5")
+    assert a.limits is not None and b.limits is not None
+    assert await a.limits.acquire_connection("ip", "10.0.0.1", "a1", 5)
+    assert await b.limits.acquire_connection("ip", "10.0.0.1", "b1", 5)
+    await asyncio.sleep(2.0)
+    assert await b.limits.connection_count("ip", "10.0.0.1") == 2
+    for task in a._tasks:
+        task.cancel()
+    crashed = time.monotonic()
+    while await b.limits.connection_count("ip", "10.0.0.1") != 1:
+        assert time.monotonic() - crashed < 3.0
+        await asyncio.sleep(0.05)
+
+
+async def test_history_reads_honour_a_foreign_since(nodes: Callable[..., Any]) -> None:
+    a, _ = await nodes()
+    await a.publish("c", 1, OPTS)
+    history = await a.history("c", OPTS, since=StreamPosition("gone", 0))
+    assert history.publications == [] and not history.covers(StreamPosition("gone", 0))
+
+
+def test_url_options() -> None:
+    target = parse_url("redis://:secret@example.com:6380/2?prefix=app1&check_interval=0.5")
+    assert target.prefix == "app1" and target.check_interval == 0.5
+    assert "secret" not in target.description
+    assert target.description == "redis://example.com:6380/2"
+    assert "prefix" not in target.url and "check_interval" not in target.url
+    sentinel = parse_url("redis+sentinel://s1:26379,s2:26380/mymaster/3")
+    assert sentinel.sentinels == (("s1", 26379), ("s2", 26380))
+    assert sentinel.service == "mymaster"
+    for bad in (
+        "redis://h/0?prefix={x}",
+        "redis://h/0?check_interval=0",
+        "redis+sentinel://s1/mymaster",
+        "redis+sentinel://s1:1/",
+        "memcached://h",
+    ):
+        with pytest.raises(ConfigError):
+            parse_url(bad)
+
+
+async def test_sentinel_finds_the_master(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Master discovery through a real Sentinel (failover itself is not exercised)."""
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor main 127.0.0.1 {redis_server.port} 1\n"
+    )
+    assert REDIS_SERVER is not None
+    sentinel = subprocess.Popen(
+        [REDIS_SERVER, str(conf), "--sentinel", "--daemonize", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    engine = RedisEngine(f"redis+sentinel://127.0.0.1:{port}/main/0", Settings())
+    try:
+        sink = RecordingSink()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await engine.start(sink)
+                break
+            except EngineUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        await engine.subscribe("c")
+        pub = await engine.publish("c", "via sentinel", OPTS)
+        await eventually(lambda: sink.publications == [pub])
+        assert await engine.healthy()
+    finally:
+        await engine.close()
+        os.kill(sentinel.pid, signal.SIGKILL)
+        sentinel.wait(timeout=10)

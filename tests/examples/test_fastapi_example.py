@@ -1,0 +1,59 @@
+"""The FastAPI example runs under uvicorn (the portable ASGI path, without the fast extension)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import websockets
+
+from ..conftest import timeout
+
+ROOT = Path(__file__).parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_fastapi_example_publishes_to_mounted_hub() -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, timeout=timeout(5)) as http:
+            for _ in range(100):
+                try:
+                    if (await http.get("/rt/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            async with websockets.connect(
+                f"ws://127.0.0.1:{port}/rt/ws", subprotocols=["clarion.v1"]
+            ) as ws:
+                await ws.send(json.dumps({"id": 1, "op": "subscribe", "channel": "orders:new"}))
+                assert json.loads(await asyncio.wait_for(ws.recv(), timeout(5)))["ok"]
+                r = await http.post("/orders", json={"item": "tea"})
+                assert r.status_code == 200 and r.json()["offset"] == 1
+                pub = json.loads(await asyncio.wait_for(ws.recv(), timeout(5)))
+                assert pub["channel"] == "orders:new" and pub["data"] == {"item": "tea"}
+                assert pub["cursor"]
+            # The hub's own API works under the mount too.
+            history = (await http.get("/rt/api/history", params={"channel": "orders:new"})).json()
+            assert [p["data"] for p in history["publications"]] == [{"item": "tea"}]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

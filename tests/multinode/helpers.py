@@ -1,0 +1,203 @@
+"""Hub nodes as real ``clarion serve`` processes, and clients that check what they receive."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+
+from clarion.protocol.cursor import Cursor
+
+from ..redis_fixture import free_port
+
+CLARION = str(Path(sys.executable).with_name("clarion"))
+
+
+class Node:
+    """One ``clarion serve`` process on a loopback port."""
+
+    def __init__(self, engine: str, config: Path, log_dir: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        self.log_path = log_dir / f"node-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        args = [CLARION, "serve", "--config", str(config), "--engine", engine]
+        args += ["--port", str(self.port)]
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+
+    async def wait_healthy(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"node exited:\n{self.log()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(self.http_url + "/healthz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"node on port {self.port} not healthy in time:\n{self.log()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._log.close()
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+class Tracker:
+    """A WebSocket subscriber that resumes from its cursor and records every anomaly.
+
+    Within an epoch, each publication must be the previous offset + 1: anything lower is a
+    duplicate, anything higher a gap. A new epoch must be announced by a reset first.
+    """
+
+    def __init__(self, channel: str, headers: dict[str, str] | None = None) -> None:
+        self.channel = channel
+        self.headers = headers or {}
+        self.cursor: str | None = None
+        self.last: tuple[str, int] | None = None
+        self.offsets: list[tuple[str, int]] = []
+        self.gaps: list[tuple[tuple[str, int] | None, tuple[str, int]]] = []
+        self.duplicates: list[tuple[str, int]] = []
+        self.silent_epoch_changes: list[tuple[str, int]] = []
+        self.resets: list[str] = []
+        self.disconnects: list[dict[str, Any]] = []
+        self.connections = 0
+        self.subscribed = asyncio.Event()
+        self._next_id = 0
+
+    async def run(self, urls: Sequence[str], *, until: asyncio.Event) -> None:
+        """Stay subscribed, moving to the next URL whenever a node goes away."""
+        i = 0
+        while not until.is_set():
+            # A node going away ends the session: resume on the next one.
+            with contextlib.suppress(OSError, websockets.WebSocketException, TimeoutError):
+                await self.session(urls[i % len(urls)], until)
+            i += 1
+            await asyncio.sleep(0.05)
+
+    async def session(self, url: str, until: asyncio.Event) -> None:
+        async with websockets.connect(
+            url,
+            subprotocols=[websockets.Subprotocol("clarion.v1")],
+            open_timeout=5,
+            additional_headers=self.headers,
+        ) as ws:
+            self.connections += 1
+            self._next_id += 1
+            command: dict[str, Any] = {"id": self._next_id, "op": "subscribe"}
+            command["channel"] = self.channel
+            if self.cursor is not None:
+                command["since"] = self.cursor
+            await ws.send(json.dumps(command))
+            stop = asyncio.ensure_future(until.wait())
+            try:
+                while True:
+                    recv = asyncio.ensure_future(ws.recv())
+                    done, _ = await asyncio.wait({recv, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    if recv not in done:
+                        recv.cancel()
+                        return
+                    self.handle(json.loads(recv.result()))
+            finally:
+                stop.cancel()
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        if msg.get("id") == self._next_id:
+            if "error" in msg:
+                raise RuntimeError(f"subscribe failed: {msg['error']}")
+            ok = msg["ok"]
+            # A reset reply is followed by a reset push, which is what gets recorded.
+            if ok.get("reset") or self.last is None:
+                self.last = (ok["epoch"], ok["offset"])
+                self.cursor = ok["cursor"]
+            self.subscribed.set()
+        elif "reset" in msg:
+            reset = msg["reset"]
+            self.resets.append(reset["reason"])
+            position = Cursor.decode(reset["cursor"]).get(self.channel)
+            assert position is not None
+            self.last = (position.epoch, position.offset)
+            self.cursor = reset["cursor"]
+        elif "disconnect" in msg:
+            self.disconnects.append(msg["disconnect"])
+        elif msg.get("channel") == self.channel and "offset" in msg:
+            here = (msg["epoch"], msg["offset"])
+            if self.last is not None:
+                if here[0] != self.last[0]:
+                    self.silent_epoch_changes.append(here)
+                elif here[1] <= self.last[1]:
+                    self.duplicates.append(here)
+                    return
+                elif here[1] != self.last[1] + 1:
+                    self.gaps.append((self.last, here))
+            self.last = here
+            self.cursor = msg["cursor"]
+            self.offsets.append(here)
+
+    def assert_clean(self) -> None:
+        assert self.gaps == [], f"gaps: {self.gaps[:5]}"
+        assert self.duplicates == [], f"duplicates: {self.duplicates[:5]}"
+        assert self.silent_epoch_changes == [], f"silent epoch changes: {self.silent_epoch_changes}"
+
+
+class Publisher:
+    """Publishes ``0, 1, 2…`` to one channel through a node's API at a steady rate."""
+
+    def __init__(self, url: str, channel: str, rate: float = 200.0) -> None:
+        self.url = url
+        self.channel = channel
+        self.rate = rate
+        self.published: list[tuple[str, int]] = []
+        self.failures: list[int] = []
+
+    async def run(self, until: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=self.url, timeout=5.0) as client:
+            started = time.monotonic()
+            n = 0
+            while not until.is_set():
+                r = await client.post("/api/publish", json={"channel": self.channel, "data": n})
+                if r.status_code == 200:
+                    body = r.json()
+                    self.published.append((body["epoch"], body["offset"]))
+                else:
+                    self.failures.append(r.status_code)
+                n += 1
+                delay = started + n / self.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+
+async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)

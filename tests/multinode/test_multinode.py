@@ -1,0 +1,221 @@
+"""Two hub processes behind no sticky load balancer, one Redis: nothing is lost silently."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from .conftest import Cluster
+from .helpers import Publisher, Tracker, eventually
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def run_trackers(trackers: list[Tracker], urls: list[str], stop: asyncio.Event) -> list:
+    tasks = [asyncio.create_task(t.run(urls, until=stop)) for t in trackers]
+    await asyncio.wait_for(asyncio.gather(*(t.subscribed.wait() for t in trackers)), 10)
+    return tasks
+
+
+async def test_subscribe_on_one_node_publish_through_another(cluster: Cluster) -> None:
+    a = await cluster.start()
+    b = await cluster.start()
+    tracker = Tracker("c")
+    stop = asyncio.Event()
+    tasks = await run_trackers([tracker], [a.ws_url], stop)
+    async with httpx.AsyncClient(base_url=b.http_url, timeout=5) as api:
+        for i in range(5):
+            r = await api.post("/api/publish", json={"channel": "c", "data": {"i": i}})
+            assert r.status_code == 200
+    await eventually(lambda: len(tracker.offsets) == 5, timeout=5)
+    tracker.assert_clean()
+    assert [o for _, o in tracker.offsets] == [1, 2, 3, 4, 5]
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_node_killed_clients_resume_on_the_other_without_gap_or_duplicate(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.start()
+    b = await cluster.start()
+    trackers = [Tracker("c") for _ in range(5)]
+    stop_clients, stop_publisher = asyncio.Event(), asyncio.Event()
+    tasks = await run_trackers(trackers, [a.ws_url, b.ws_url], stop_clients)
+    publisher = Publisher(b.http_url, "c", rate=200)
+    publishing = asyncio.create_task(publisher.run(stop_publisher))
+    await asyncio.sleep(1.0)
+    a.kill()  # SIGKILL: no goodbye to clients, no presence cleanup
+    await asyncio.sleep(1.5)
+    stop_publisher.set()
+    await publishing
+    assert publisher.failures == []
+    last = publisher.published[-1]
+    assert len(publisher.published) > 300
+    await eventually(lambda: all(t.last == last for t in trackers), timeout=10)
+    for t in trackers:
+        t.assert_clean()
+        assert t.resets == []
+        assert t.connections == 2  # moved to b once
+        assert t.offsets[-1] == last
+    # Everything published after each client first subscribed arrived, exactly once.
+    for t in trackers:
+        first = t.offsets[0][1]
+        assert [o for _, o in t.offsets] == list(range(first, last[1] + 1))
+    # The killed node's sessions leave presence within its TTL (2 s here).
+    async with httpx.AsyncClient(base_url=b.http_url, timeout=5) as api:
+
+        async def presence_is_b_only() -> bool:
+            r = await api.get("/api/presence", params={"channel": "c"})
+            return len(r.json()["clients"]) == len(trackers)
+
+        await eventually(presence_is_b_only, timeout=5)
+    stop_clients.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_redis_restarted_without_persistence_means_reset_never_silent_gap(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.start()
+    b = await cluster.start()
+    live = Tracker("c")  # stays connected through the restart
+    stop_live = asyncio.Event()
+    tasks = await run_trackers([live], [a.ws_url], stop_live)
+    async with httpx.AsyncClient(base_url=b.http_url, timeout=5) as api:
+        for i in range(5):
+            assert (await api.post("/api/publish", json={"channel": "c", "data": i})).is_success
+        await eventually(lambda: len(live.offsets) == 5)
+        # A client that was away during the restart, resuming from its cursor.
+        away = Tracker("c")
+        away.cursor, away.last = live.cursor, live.last
+
+        cluster.redis.restart()  # empty: epochs and history are gone
+
+        async def published() -> bool:
+            r = await api.post("/api/publish", json={"channel": "c", "data": "after"})
+            return r.status_code == 200
+
+        await eventually(published, timeout=10)
+        await eventually(lambda: live.offsets[-1][1] == 1 and live.resets != [], timeout=10)
+        live.assert_clean()
+        assert live.offsets[-1][0] != live.offsets[0][0]
+
+        stop_away = asyncio.Event()
+        tasks += await run_trackers([away], [b.ws_url], stop_away)
+        assert away.resets == ["epoch"]
+        assert (await api.post("/api/publish", json={"channel": "c", "data": "x"})).is_success
+        await eventually(lambda: away.offsets != [] and live.offsets[-1][1] == 2)
+        away.assert_clean()
+        assert away.offsets == [live.offsets[-1]]
+    stop_live.set()
+    stop_away.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_redis_stopped_and_started_mid_run(cluster: Cluster) -> None:
+    a = await cluster.start()
+    b = await cluster.start()
+    tracker = Tracker("c")
+    stop = asyncio.Event()
+    tasks = await run_trackers([tracker], [a.ws_url], stop)
+    async with httpx.AsyncClient(base_url=b.http_url, timeout=5) as api:
+        assert (await api.post("/api/publish", json={"channel": "c", "data": 0})).is_success
+        await eventually(lambda: len(tracker.offsets) == 1)
+
+        cluster.redis.stop()
+        r = await api.post("/api/publish", json={"channel": "c", "data": 1})
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "engine_unavailable"
+        for node in (a, b):
+
+            async def unhealthy(url: str = node.http_url) -> bool:
+                return (await api.get(url + "/healthz")).status_code == 503
+
+            await eventually(unhealthy, timeout=5)
+        await asyncio.sleep(1.0)
+        assert tracker.connections == 1  # the session was kept through the outage
+        assert tracker.disconnects == []
+
+        cluster.redis.start()
+        for node in (a, b):
+
+            async def healthy(url: str = node.http_url) -> bool:
+                return (await api.get(url + "/healthz")).status_code == 200
+
+            await eventually(healthy, timeout=10)
+        r = await api.post("/api/publish", json={"channel": "c", "data": 2})
+        assert r.status_code == 200
+        await eventually(lambda: tracker.offsets[-1][1] == 1 and tracker.resets != [], timeout=5)
+    tracker.assert_clean()
+    assert tracker.connections == 1
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_dropped_pubsub_messages_are_recovered_from_the_stream(cluster: Cluster) -> None:
+    a = await cluster.start()
+    b = await cluster.start()
+    trackers = [Tracker("c") for _ in range(3)]
+    stop_clients, stop_publisher = asyncio.Event(), asyncio.Event()
+    tasks = await run_trackers(trackers, [a.ws_url], stop_clients)
+    publisher = Publisher(b.http_url, "c", rate=200)
+    publishing = asyncio.create_task(publisher.run(stop_publisher))
+    redis = aioredis.Redis(port=cluster.redis.port)
+    try:
+        for _ in range(3):
+            await asyncio.sleep(0.4)
+            # Every node's pub/sub connection dies; messages published meanwhile are lost.
+            assert await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+        await asyncio.sleep(0.4)
+        stop_publisher.set()
+        await publishing
+        # The last publication after a kill: only the position check can bring it.
+        await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        async with httpx.AsyncClient(base_url=b.http_url, timeout=5) as api:
+            r = await api.post("/api/publish", json={"channel": "c", "data": "last"})
+            body = r.json()
+        last = (body["epoch"], body["offset"])
+        started = time.monotonic()
+        await eventually(lambda: all(t.last == last for t in trackers), timeout=10)
+        assert time.monotonic() - started < 5
+    finally:
+        await redis.aclose()
+    for t in trackers:
+        t.assert_clean()
+        assert t.resets == []
+        assert t.connections == 1
+    stop_clients.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_disconnect_a_user_on_every_node(cluster: Cluster) -> None:
+    from clarion import mint_token
+
+    config = "[namespaces.default]\nanonymous = false\n"
+    env = {"CLARION_TOKEN_SECRET": "s" * 32, "CLARION_API_KEY": "k" * 32}
+    a = await cluster.start(config=config, env=env)
+    b = await cluster.start(config=config, env=env)
+    token = mint_token("s" * 32, "u1", ["c"])
+    tracker = Tracker("c", headers={"Authorization": f"Bearer {token}"})
+    stop = asyncio.Event()
+    tasks = await run_trackers([tracker], [a.ws_url], stop)
+    async with httpx.AsyncClient(base_url=b.http_url, timeout=5) as api:
+        r = await api.post(
+            "/api/disconnect", json={"user": "u1"}, headers={"Authorization": "apikey " + "k" * 32}
+        )
+        assert r.status_code == 200
+    await eventually(lambda: tracker.disconnects != [] or tracker.connections > 1, timeout=5)
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_unreachable_redis_at_start_fails_the_node(cluster: Cluster) -> None:
+    cluster.redis.stop()
+    with pytest.raises(RuntimeError, match="cannot reach Redis"):
+        await cluster.start()
+    assert cluster.nodes[-1].process.wait(timeout=10) != 0

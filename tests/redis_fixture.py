@@ -1,0 +1,104 @@
+"""A real ``redis-server`` started by the test itself, on a free loopback port.
+
+Import the fixture where it is needed::
+
+    from ..redis_fixture import redis_server  # noqa: F401  (from a test package one level down)
+
+Nothing persists (``--save "" --appendonly no``), so ``restart()`` is a Redis that lost
+everything. The server is stopped by pid when the test ends; tests never touch any other
+Redis running on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port if port is not None else free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.mkdtemp(prefix="clarion-redis-")
+
+    def start(self, timeout: float = 10.0) -> None:
+        assert REDIS_SERVER is not None
+        # fmt: off
+        args = [
+            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--daemonize", "no",
+            "--dir", self._dir, "--loglevel", "warning",
+        ]
+        # fmt: on
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"redis-server exited at start: {err}")
+            if self.ping():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the server (SIGKILL by default: nothing is saved, connections drop at once)."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        os.kill(process.pid, sig)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        if process.stderr is not None:
+            process.stderr.close()
+
+    def restart(self) -> None:
+        """A Redis that lost everything: same port, empty data set."""
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()

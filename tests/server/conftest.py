@@ -1,0 +1,50 @@
+"""Fixtures for the server tests: real servers on 127.0.0.1, port 0, on both event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+
+from clarion.server import Server
+
+from .helpers import open_writers
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], Any]]:
+    # The server runs under uvloop in production and must also work on the stdlib loop.
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+StartServer = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[StartServer]:
+    """``await start_server(app, **options)`` → a started :class:`Server`; shut down after."""
+    servers: list[Server] = []
+
+    async def start(app: Any, **options: Any) -> Server:
+        server = Server(app, host="127.0.0.1", port=0, **options)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await asyncio.wait_for(server.shutdown(timeout=1.0), 5)
+
+
+@pytest.fixture(autouse=True)
+async def close_clients() -> AsyncIterator[None]:
+    """Close the raw client connections a test opened (and may have left open on purpose)."""
+    yield
+    while open_writers:
+        writer = open_writers.pop()
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()

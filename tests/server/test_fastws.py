@@ -1,0 +1,262 @@
+"""The ``clarion.fast_websocket`` extension: pushed frames, coalesced writes, the send limit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+
+from clarion.protocol.frames import text_frame
+from clarion.server import FAST_WEBSOCKET_EXTENSION
+
+from .helpers import TIMEOUT
+from .test_websocket import closed, open_ws, recv
+
+
+class CountingTransport:
+    """Wraps a connection's transport to count the writes the server makes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.writes: list[int] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(len(data))
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def fast(scope: Any) -> Any:
+    return scope["extensions"][FAST_WEBSOCKET_EXTENSION]["connection"]
+
+
+async def accept(scope: Any, receive: Any, send: Any) -> Any:
+    if scope["type"] != "websocket":
+        raise RuntimeError("websocket only")
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    return fast(scope)
+
+
+async def drain_until_disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def test_frames_pushed_in_one_iteration_go_out_in_one_write(start_server: Any) -> None:
+    counted: list[CountingTransport] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conn = await accept(scope, receive, send)
+        await asyncio.sleep(0.01)  # let the handshake response go out on its own
+        conn.transport = counting = CountingTransport(conn.transport)
+        counted.append(counting)
+        for i in range(1000):  # no await in between: one loop iteration
+            conn.push(text_frame(b"%d" % i))
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app)
+    async with open_ws(server.port) as ws:
+        got = [await recv(ws) for _ in range(1000)]
+        writes = list(counted[0].writes)
+    assert got == [str(i) for i in range(1000)]
+    # A thousand frames, one coalesced write.
+    assert writes == [sum(len(text_frame(b"%d" % i)) for i in range(1000))]
+
+
+async def test_push_and_websocket_send_keep_their_order(start_server: Any) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conn = await accept(scope, receive, send)
+        await send({"type": "websocket.send", "text": "1"})
+        conn.push_text(b"2")
+        await send({"type": "websocket.send", "text": "3"})
+        conn.push(text_frame(b"4"))
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app)
+    async with open_ws(server.port) as ws:
+        assert [await recv(ws) for _ in range(4)] == ["1", "2", "3", "4"]
+
+
+async def test_close_sends_queued_frames_first(start_server: Any) -> None:
+    states: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conn = await accept(scope, receive, send)
+        states.append(conn.closed)
+        conn.push_text(b"a")
+        conn.push_text(b"b")
+        conn.close(4001, "slow")
+        states.append(conn.closed)
+        conn.push_text(b"dropped")  # after close: ignored, never on the wire
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app)
+    async with open_ws(server.port) as ws:
+        assert [await recv(ws), await recv(ws)] == ["a", "b"]
+        assert await closed(ws) == (4001, "slow")
+    assert states == [False, True]
+
+
+async def test_ping_and_last_activity(start_server: Any) -> None:
+    result: asyncio.Future[tuple[float, float]] = asyncio.get_running_loop().create_future()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conn = await accept(scope, receive, send)
+        before = conn.last_activity
+        assert before <= time.monotonic()
+        await asyncio.sleep(0.05)
+        conn.ping()  # the client's pong is activity
+        for _ in range(100):
+            if conn.last_activity > before:
+                break
+            await asyncio.sleep(0.01)
+        result.set_result((before, conn.last_activity))
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app)
+    async with open_ws(server.port) as ws:
+        before, after = await asyncio.wait_for(result, TIMEOUT)
+        assert ws.state.name == "OPEN"
+    assert after - before >= 0.04
+
+
+async def test_buffered_bytes_counts_what_is_not_yet_written(start_server: Any) -> None:
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conn = await accept(scope, receive, send)
+        await asyncio.sleep(0.01)
+        frame = text_frame(b"x" * 100)
+        conn.push(frame)
+        seen.append(conn.buffered_bytes)
+        await asyncio.sleep(0.01)  # flushed, and the client reads
+        seen.append(conn.buffered_bytes)
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app)
+    async with open_ws(server.port) as ws:
+        assert await recv(ws) == "x" * 100
+        await asyncio.sleep(0.05)
+    assert seen == [102, 0]
+
+
+async def slow_reader(port: int) -> socket.socket:
+    """A client that completes the handshake and then never reads again."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(
+        sock,
+        b"GET /slow HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await asyncio.wait_for(loop.sock_recv(sock, 1), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 101")
+    return sock
+
+
+async def test_send_limit_overflow_closes_a_slow_reader_only(start_server: Any) -> None:
+    overflows: list[str] = []
+    slow_conns: list[Any] = []
+    payload = text_frame(b"p" * 65536)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conn = await accept(scope, receive, send)
+        if scope["path"] == "/slow":
+            slow_conns.append(conn)
+
+            def on_overflow() -> None:
+                overflows.append(scope["path"])
+                conn.close(4001, "slow")
+
+            conn.set_send_limit(256 * 1024, on_overflow)
+            deadline = time.monotonic() + 3
+            while not conn.closed and time.monotonic() < deadline:
+                for _ in range(4):
+                    conn.push(payload)
+                assert conn.buffered_bytes < 4 * 1024 * 1024 + 5 * len(payload)
+                await asyncio.sleep(0.001)
+        else:
+            counter = 0
+            while not conn.closed:
+                conn.push_text(b"%d" % counter)
+                counter += 1
+                await asyncio.sleep(0.002)
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app, close_timeout=0.2)
+    async with open_ws(server.port, "/fast") as ws:
+        sock = await slow_reader(server.port)
+        try:
+            received = await keep_receiving(ws, until=lambda: bool(overflows))
+            assert overflows == ["/slow"]
+            # The slow one is closed (aborted after close_timeout: it never reads the close).
+            for _ in range(100):
+                if slow_conns[0].transport.is_closing():
+                    break
+                await asyncio.sleep(0.01)
+            assert slow_conns[0].transport.is_closing()
+            # ...while the other connection kept, and keeps, receiving in order.
+            received += await keep_receiving(ws, until=lambda: False, duration=0.1)
+        finally:
+            sock.close()
+    numbers = [int(text) for text in received]
+    assert numbers == list(range(len(numbers)))
+    assert len(numbers) > 20
+    assert overflows == ["/slow"]  # exactly once
+
+
+async def keep_receiving(ws: ClientConnection, until: Any, duration: float = TIMEOUT) -> list[str]:
+    received: list[str] = []
+    deadline = asyncio.get_running_loop().time() + duration
+    while not until() and asyncio.get_running_loop().time() < deadline:
+        with contextlib.suppress(TimeoutError):
+            received.append(await asyncio.wait_for(ws.recv(), 0.05))
+    return received
+
+
+async def test_overflow_is_re_armed_and_bounded(start_server: Any) -> None:
+    events: list[str] = []
+    peak = 0
+    limit = 128 * 1024
+    payload = text_frame(b"p" * 16384)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal peak
+        conn = await accept(scope, receive, send)
+        conn.set_send_limit(limit, lambda: events.append("overflow"))
+        deadline = time.monotonic() + 3
+        while not conn.closed and time.monotonic() < deadline:
+            if events == ["overflow"]:
+                # What the hub's "conflate" policy does: stop, then watch again.
+                events.append("re-armed")
+                conn.set_send_limit(limit, lambda: events.append("overflow"))
+            conn.push(payload)
+            peak = max(peak, conn.buffered_bytes)
+            await asyncio.sleep(0.001)
+        events.append("closed" if conn.closed else "still open")
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app, close_timeout=0.2)
+    sock = await slow_reader(server.port)
+    try:
+        for _ in range(300):
+            if events[-1:] in (["closed"], ["still open"]):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        sock.close()
+    # Told twice; the app kept pushing regardless, so the server closed it at twice the limit.
+    assert events == ["overflow", "re-armed", "overflow", "closed"]
+    assert peak <= 2 * limit + len(payload)

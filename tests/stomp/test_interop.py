@@ -1,0 +1,172 @@
+"""Real STOMP clients against a hub on loopback: ``@stomp/stompjs`` (Node, ``ws``) and ``stomp.py``.
+
+Both do the same round trip: connect with a token, subscribe, receive a publication made through
+the HTTP API, send and receive their own message with a receipt, keep heart-beats going, resume
+with ``x-since`` after the connection is gone, and get an ``ERROR`` for a wrong token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from clarion import Settings, mint_token
+
+from ..conftest import RunningHub, timeout
+from .interop import node_project, run_node
+
+SECRET = "interop-secret-long-enough-for-hs256-keys"
+
+
+@pytest.fixture
+async def secure(hub_factory: Callable[..., Any]) -> RunningHub:
+    running: RunningHub = await hub_factory(
+        Settings(token_secret=SECRET, limits={"ping_interval": 0.5, "pong_timeout": 1.5})
+    )
+    return running
+
+
+def token(user: str = "js") -> str:
+    return mint_token(SECRET, user, ["chat:*"], publish=["chat:*"])
+
+
+async def test_stompjs(secure: RunningHub) -> None:
+    project = node_project()
+    bad = mint_token("not-the-secret-but-long-enough-for-hs256", "x", ["*"])
+    report = await run_node(project / "interop.mjs", secure.http_url, token(), bad)
+    assert report["version"] == "1.2"
+    assert report["server"].startswith("clarion/")
+    assert report["heartBeat"] == "500,500"
+    assert report["user"] == "js"
+    api = report["fromApi"]
+    assert api["body"] == {"text": "from the API"}
+    assert api["messageId"] == api["expectedId"]
+    assert api["destination"] == "/topic/chat:lobby"  # sent as chat\c..., unescaped by stompjs
+    assert api["contentType"] == "application/json"
+    own = report["own"]
+    assert own["body"] == {"text": "from stompjs"} and own["receiptCursor"] == own["messageId"]
+    assert report["heartBeatsReceived"] >= 2 and report["heartBeatLost"] is False
+    assert report["resumed"] == ["missed 1", "missed 2"]
+    assert report["wrongToken"]["message"] == "invalid token: Signature verification failed"
+    assert report["wrongToken"]["closeCode"] == 4500
+
+
+class _Listener:
+    """Collects what stomp.py's receiver thread hands over."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.receipts: dict[str, dict[str, str]] = {}
+        self.errors: list[Any] = []
+        self.heart_beats = 0
+        self.disconnected = threading.Event()
+        self.lock = threading.Condition()
+
+    def on_message(self, frame: Any) -> None:
+        with self.lock:
+            self.messages.append(frame)
+            self.lock.notify_all()
+
+    def on_receipt(self, frame: Any) -> None:
+        with self.lock:
+            self.receipts[frame.headers["receipt-id"]] = frame.headers
+            self.lock.notify_all()
+
+    def on_error(self, frame: Any) -> None:
+        with self.lock:
+            self.errors.append(frame)
+            self.lock.notify_all()
+
+    def on_heartbeat(self) -> None:
+        self.heart_beats += 1
+
+    def on_disconnected(self) -> None:
+        self.disconnected.set()
+
+    def wait_for(self, check: Callable[[], bool], what: str) -> None:
+        with self.lock:
+            assert self.lock.wait_for(check, timeout(5)), f"timed out waiting for {what}"
+
+
+def _connection(port: int, **kw: Any) -> Any:
+    import stomp
+
+    return stomp.WSStompConnection(
+        [("127.0.0.1", port)], ws_path="/stomp", heartbeats=(500, 500), **kw
+    )
+
+
+def _stomp_py_round_trip(port: int, publish: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """The blocking stomp.py side, run in a thread."""
+    seen: dict[str, Any] = {}
+    conn = _connection(port)
+    listener = _Listener()
+    conn.set_listener("", listener)
+    conn.connect(passcode=token("py"), wait=True, headers={"host": "clarion"})
+    conn.subscribe("/topic/chat:py", id="s1", headers={"receipt": "sub"})
+    listener.wait_for(lambda: "sub" in listener.receipts, "the SUBSCRIBE receipt")
+    published = publish({"from": "api"})
+    listener.wait_for(lambda: len(listener.messages) == 1, "the API's message")
+    first = listener.messages[0]
+    seen["api"] = (json.loads(first.body), first.headers["message-id"] == published["cursor"])
+    seen["destination"] = first.headers["destination"]
+    conn.send("/topic/chat:py", json.dumps({"from": "py"}), content_type="application/json",
+              headers={"receipt": "send"})  # fmt: skip
+    listener.wait_for(lambda: len(listener.messages) == 2 and "send" in listener.receipts, "own")
+    own = listener.messages[1]
+    seen["own"] = json.loads(own.body)
+    seen["receipt_cursor"] = listener.receipts["send"]["x-cursor"] == own.headers["message-id"]
+    time.sleep(1.5)  # several heart-beat periods
+    seen["heart_beats"] = listener.heart_beats
+    seen["connected"] = conn.is_connected()
+    last = own.headers["message-id"]
+    conn.disconnect(receipt="bye")
+    seen["bye"] = "bye" in listener.receipts
+
+    publish("missed 1")
+    publish("missed 2")
+    again = _connection(port)
+    resumed = _Listener()
+    again.set_listener("", resumed)
+    again.connect(passcode=token("py"), wait=True)
+    again.subscribe("/topic/chat:py", id="s1", headers={"x-since": last})
+    resumed.wait_for(lambda: len(resumed.messages) == 2, "the resumed messages")
+    seen["resumed"] = [json.loads(m.body) for m in resumed.messages]
+    again.disconnect()
+
+    refused = _connection(port)
+    failing = _Listener()
+    refused.set_listener("", failing)
+    try:
+        refused.connect(passcode="wrong", wait=True)
+    except Exception as exc:  # stomp.py raises once the hub closes the connection
+        seen["refusal"] = type(exc).__name__
+    failing.wait_for(lambda: bool(failing.errors), "the ERROR frame")
+    seen["error"] = failing.errors[0].headers["message"]
+    return seen
+
+
+async def test_stomp_py(secure: RunningHub) -> None:
+    pytest.importorskip("stomp", reason="stomp.py is not installed")
+    loop = asyncio.get_running_loop()
+
+    def publish(data: Any) -> dict[str, Any]:
+        future = asyncio.run_coroutine_threadsafe(secure.publish("chat:py", data), loop)
+        return future.result(timeout(5))
+
+    seen = await asyncio.wait_for(
+        asyncio.to_thread(_stomp_py_round_trip, secure.port, publish), timeout(60)
+    )
+    assert seen["api"] == ({"from": "api"}, True)
+    assert seen["destination"] == "/topic/chat:py"
+    assert seen["own"] == {"from": "py"} and seen["receipt_cursor"] is True
+    assert seen["heart_beats"] >= 2 and seen["connected"] is True
+    assert seen["bye"] is True
+    assert seen["resumed"] == ["missed 1", "missed 2"]
+    assert seen["error"] == "invalid token: Not enough segments"

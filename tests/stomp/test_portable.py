@@ -1,0 +1,90 @@
+"""``/stomp`` under another ASGI server (uvicorn): the portable path, without the fast extension."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from clarion import Hub, Settings, mint_token
+
+from ..conftest import RunningHub, timeout
+from .client import stomp
+from .interop import node_project, run_node
+
+SECRET = "portable-secret-long-enough-for-hs256-keys"
+
+
+@pytest.fixture
+async def portable() -> AsyncIterator[RunningHub]:
+    hub = Hub(Settings(token_secret=SECRET, limits={"ping_interval": 0.5, "pong_timeout": 1.5}))
+    await hub.start()
+    config = uvicorn.Config(
+        hub.asgi_app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        deadline = time.monotonic() + timeout(10)
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield RunningHub(hub, server, port)
+    finally:
+        await hub.close()
+        server.should_exit = True
+        await asyncio.wait_for(serving, timeout(10))
+
+
+def _token(user: str = "u") -> str:
+    return mint_token(SECRET, user, ["chat:*"], publish=["chat:*"])
+
+
+async def test_round_trip_heart_beats_and_disconnect(portable: RunningHub) -> None:
+    async with stomp(portable) as client:
+        connected = await client.connect(passcode=_token(), heart_beat="200,200")
+        assert connected.headers["heart-beat"] == "500,500"
+        await client.send("SUBSCRIBE", id="0", destination="/topic/chat\\cp", ack="client",
+                          receipt="r")  # fmt: skip
+        await client.expect("RECEIPT")
+        published = await portable.publish("chat:p", {"n": 1})
+        message = await client.expect("MESSAGE")
+        assert message.json() == {"n": 1}
+        assert message.headers["message-id"] == message.headers["ack"] == published["cursor"]
+        await client.send("SEND", '"mine"', destination="/topic/chat\\cp", receipt="s")
+        frames = {(await client.recv()).command for _ in range(2)}
+        assert frames == {"MESSAGE", "RECEIPT"}
+        beats = 0
+        while beats < 2:  # the hub's EOL heart-beats, through websocket.send
+            await client.send_raw("\n")
+            if (await client.recv(heart_beats=True)).command == "HEARTBEAT":
+                beats += 1
+        await client.send("DISCONNECT", receipt="bye")
+        assert (await client.expect("RECEIPT")).headers["receipt-id"] == "bye"
+        assert await client.closed() == 1000
+
+
+async def test_errors_close_the_connection(portable: RunningHub) -> None:
+    async with stomp(portable) as client:
+        await client.connect(passcode=_token())
+        await client.send("SEND", "{}", destination="/topic/elsewhere")
+        error = await client.expect("ERROR")
+        assert error.headers["message"] == "not allowed to publish to 'elsewhere'"
+        assert await client.closed() == 4502
+
+
+async def test_stompjs_under_uvicorn(portable: RunningHub) -> None:
+    project = node_project()
+    bad = mint_token("not-the-secret-but-long-enough-for-hs256", "x", ["*"])
+    report: dict[str, Any] = await run_node(
+        project / "interop.mjs", portable.http_url, _token("js"), bad
+    )
+    assert report["own"]["body"] == {"text": "from stompjs"}
+    assert report["resumed"] == ["missed 1", "missed 2"]
+    assert report["heartBeatLost"] is False and report["heartBeatsReceived"] >= 2
+    assert report["wrongToken"]["closeCode"] == 4500

@@ -1,0 +1,332 @@
+"""GET /sse over real HTTP: events and ids, resume, reset, several channels, heartbeats, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from typing import Any
+
+import orjson
+import pytest
+
+from clarion import Settings
+from clarion.core.session import Session
+from clarion.protocol.codes import CloseCode
+from clarion.protocol.cursor import Cursor
+from clarion.protocol.publication import StreamPosition
+
+from ..conftest import RunningHub, timeout
+from .streams import Baseline, sse, until
+from .test_sse_encoding import parse
+
+
+def sse_sessions(hub: RunningHub) -> list[Session]:
+    return [s for s in hub.hub.sessions.values() if s.transport.kind == "sse"]
+
+
+async def cut(hub: RunningHub, code: int = CloseCode.SHUTDOWN) -> None:
+    """The hub ends every SSE stream, as on shutdown or a server-side disconnect."""
+    for session in sse_sessions(hub):
+        hub.hub.close_session(session, code)
+
+
+async def test_headers_opening_and_events_in_order(hub: RunningHub) -> None:
+    await hub.publish("chat:lobby", "before")
+    async with sse(hub, "chat:lobby") as stream:
+        headers = stream.response.headers
+        assert headers["content-type"] == "text/event-stream"
+        assert headers["cache-control"] == "no-cache"
+        assert headers["x-accel-buffering"] == "no"
+        opening = await stream.opening()
+        assert opening.retry == 3000
+        start = Cursor.decode(opening.id).get("chat:lobby")
+        assert start is not None and start.offset == 1  # starts from now
+        published = [await hub.publish("chat:lobby", {"n": n}) for n in range(3)]
+        events = await stream.messages(3)
+    for (event_id, pub), sent, n in zip(events, published, range(3), strict=True):
+        assert pub["data"] == {"n": n} and pub["offset"] == n + 2
+        assert event_id == pub["cursor"] == sent["cursor"]
+        assert set(pub) == {"channel", "offset", "epoch", "data", "time", "cursor"}
+
+
+async def test_resume_with_last_event_id_after_the_hub_cut_the_stream(hub: RunningHub) -> None:
+    async with sse(hub, "chat:lobby") as stream:
+        for n in range(2):
+            await hub.publish("chat:lobby", f"seen {n}")
+        await stream.messages(2)
+        await cut(hub)
+        (disconnect,) = await stream.rest()
+        assert disconnect.event == "disconnect"
+        assert disconnect.json() == {"code": 4000, "reason": "shutdown", "reconnect": True}
+        last_id = stream.last_id
+    for n in range(3):
+        await hub.publish("chat:lobby", f"missed {n}")
+    async with sse(hub, "chat:lobby", headers={"Last-Event-ID": last_id}) as stream:
+        missed = await stream.messages(3)
+        assert [p["data"] for _, p in missed] == ["missed 0", "missed 1", "missed 2"]
+        assert [p["offset"] for _, p in missed] == [3, 4, 5]
+        await hub.publish("chat:lobby", "live")
+        ((_, live),) = await stream.messages(1)
+        assert (live["data"], live["offset"]) == ("live", 6)
+        with pytest.raises(asyncio.TimeoutError):
+            await stream.next(wait=0.2)  # and nothing else: no duplicate
+
+
+async def test_cut_before_the_first_event_still_resumes(hub: RunningHub) -> None:
+    """The opening id: gives a client its position before any event arrives."""
+    async with sse(hub, "chat:quiet") as stream:
+        opening_id = (await stream.opening()).id
+        await cut(hub)
+        await stream.rest()
+    await hub.publish("chat:quiet", "while away")
+    async with sse(hub, "chat:quiet", headers={"Last-Event-ID": opening_id}) as stream:
+        ((_, pub),) = await stream.messages(1)
+        assert pub["data"] == "while away"
+
+
+async def test_cursor_query_parameter_on_first_connect(hub: RunningHub) -> None:
+    first = await hub.publish("chat:lobby", "a")
+    await hub.publish("chat:lobby", "b")
+    async with sse(hub, "chat:lobby", cursor=first["cursor"]) as stream:
+        ((_, pub),) = await stream.messages(1)
+        assert pub["data"] == "b"
+
+
+async def test_last_event_id_wins_over_the_query_cursor(hub: RunningHub) -> None:
+    first = await hub.publish("chat:lobby", "a")
+    second = await hub.publish("chat:lobby", "b")
+    await hub.publish("chat:lobby", "c")
+    headers = {"Last-Event-ID": second["cursor"]}
+    async with sse(hub, "chat:lobby", cursor=first["cursor"], headers=headers) as stream:
+        ((_, pub),) = await stream.messages(1)
+        assert pub["data"] == "c"
+
+
+async def test_reset_when_history_was_trimmed(hub_factory: Any) -> None:
+    hub = await hub_factory(namespaces={"default": {"history_size": 3}})
+    cursor = (await hub.publish("news", 0))["cursor"]
+    for n in range(4):  # one more than history holds
+        await hub.publish("news", n + 1)
+    async with sse(hub, "news", headers={"Last-Event-ID": cursor}) as stream:
+        reset = await stream.next()
+        assert reset.event == "reset"
+        body = reset.json()
+        assert body["channel"] == "news" and body["reason"] == "trimmed"
+        assert reset.id == body["cursor"]
+        position = Cursor.decode(reset.id).get("news")
+        assert position is not None and position.offset == 5
+        await hub.publish("news", "live")
+        ((event_id, live),) = await stream.messages(1)
+        assert live["data"] == "live" and live["offset"] == 6 and event_id == live["cursor"]
+
+
+async def test_foreign_epoch_cursor_is_not_malformed_it_resets(hub: RunningHub) -> None:
+    await hub.publish("chat:lobby", "x")
+    foreign = Cursor.single("chat:lobby", StreamPosition("0123456789ab", 1)).encode()
+    async with sse(hub, "chat:lobby", cursor=foreign) as stream:
+        reset = await stream.next()
+        assert reset.event == "reset" and reset.json()["reason"] == "epoch"
+        await hub.publish("chat:lobby", "live")
+        ((_, live),) = await stream.messages(1)
+        assert live["data"] == "live"
+
+
+async def test_one_stream_several_channels_resumes_all_of_them(hub: RunningHub) -> None:
+    async with sse(hub, "chat:a", "chat:b") as stream:
+        await hub.publish("chat:a", "a1")
+        await hub.publish("chat:b", "b1")
+        await hub.publish("chat:a", "a2")
+        events = await stream.messages(3)
+        assert [p["data"] for _, p in events] == ["a1", "b1", "a2"]
+        for event_id, pub in events:
+            assert event_id != pub["cursor"]  # a combined cursor, not the publication's own
+            position = Cursor.decode(event_id).get(pub["channel"])
+            assert position is not None and position.offset == pub["offset"]
+        after_a1 = events[0][0]
+        assert Cursor.decode(after_a1).get("chat:b") == StreamPosition(events[1][1]["epoch"], 0)
+        await cut(hub)
+        await stream.rest()
+        last_id = stream.last_id
+    await hub.publish("chat:b", "b2")
+    await hub.publish("chat:a", "a3")
+    async with sse(hub, "chat:a", "chat:b", headers={"Last-Event-ID": last_id}) as stream:
+        missed = await stream.messages(2)
+        assert sorted(p["data"] for _, p in missed) == ["a3", "b2"]
+        await hub.publish("chat:b", "b3")
+        ((_, live),) = await stream.messages(1)
+        assert live["data"] == "b3"
+        with pytest.raises(asyncio.TimeoutError):
+            await stream.next(wait=0.2)
+    # Resuming from the id of the first event replays exactly what came after it, per channel.
+    async with sse(hub, "chat:a", "chat:b", headers={"Last-Event-ID": after_a1}) as stream:
+        replay = await stream.messages(5)
+        by_channel: dict[str, list[str]] = {}
+        for _, pub in replay:
+            by_channel.setdefault(pub["channel"], []).append(pub["data"])
+        assert by_channel == {"chat:a": ["a2", "a3"], "chat:b": ["b1", "b2", "b3"]}
+
+
+async def test_a_cursor_missing_a_channel_starts_that_channel_from_now(hub: RunningHub) -> None:
+    cursor = (await hub.publish("chat:a", "a1"))["cursor"]
+    await hub.publish("chat:a", "a2")
+    await hub.publish("chat:b", "old b")
+    async with sse(hub, "chat:a", "chat:b", cursor=cursor) as stream:
+        ((_, a2),) = await stream.messages(1)
+        assert a2["data"] == "a2"
+        await hub.publish("chat:b", "new b")
+        ((_, b),) = await stream.messages(1)
+        assert b["data"] == "new b"
+
+
+async def test_heartbeat_comment_on_a_quiet_stream(hub_factory: Any) -> None:
+    hub = await hub_factory(Settings(sse={"heartbeat": 0.2}))
+    async with (
+        hub.http() as client,
+        client.stream("GET", "/sse", params={"channel": "chat:quiet"}) as response,
+    ):
+        seen = b""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async for chunk in response.aiter_raw():
+            seen += chunk
+            if seen.count(b": ping\n") >= 2:
+                break
+            assert loop.time() - started < timeout(3)
+        elapsed = loop.time() - started
+    assert seen.startswith(b"retry: 3000\nid: ")
+    assert 0.3 < elapsed < timeout(2)
+
+
+async def test_presence_counts_sse_sessions_and_metrics_label_them(hub: RunningHub) -> None:
+    async with sse(hub, "chat:lobby"):
+        await until(lambda: len(hub.hub.sessions) == 1)
+        async with hub.http() as client:
+            presence = (await client.get("/api/presence", params={"channel": "chat:lobby"})).json()
+            metrics = (await client.get("/metrics")).text
+    assert [c["transport"] for c in presence["clients"]] == ["sse"]
+    assert 'clarion_connections{transport="sse"} 1.0' in metrics
+
+
+async def test_a_reader_that_stops_reading_is_disconnected_as_slow(hub_factory: Any) -> None:
+    hub = await hub_factory(limits={"send_queue_bytes": 65536})
+    baseline = Baseline(hub)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", hub.port))
+    request = b"GET /sse?channel=chat:big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    await loop.sock_sendall(sock, request)
+    await until(lambda: len(sse_sessions(hub)) == 1)
+    big = "x" * 50_000
+    sent = 0
+    while hub.hub.sessions and sent < 2000:  # bounded: the policy must kick in well before
+        await hub.hub.publish("chat:big", big)
+        sent += 1
+        await asyncio.sleep(0)
+    print(f"slow reader disconnected after {sent} publications of 50 kB")
+    assert not hub.hub.sessions and hub.hub.stats.slow_disconnects == 1
+    received = bytearray()
+    while True:  # the stream is bounded: reading it to its end must finish
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), timeout(10))
+        if not chunk:
+            break
+        received += chunk
+    sock.close()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    events = parse(_unchunk(body))
+    offsets = [orjson.loads(e.data)["offset"] for e in events if e.event == "message" and e.data]
+    assert offsets == list(range(1, len(offsets) + 1)) and len(offsets) < sent
+    # The reader came back within the grace period: it is told why the stream ended.
+    assert events[-1].event == "disconnect"
+    assert events[-1].json() == {"code": CloseCode.SLOW, "reason": "slow", "reconnect": True}
+    await baseline.restored()
+
+
+def _unchunk(body: bytes) -> bytes:
+    """The payload of a chunked body, tolerating a cut at the end."""
+    out = bytearray()
+    while body:
+        size_line, sep, rest = body.partition(b"\r\n")
+        if not sep:
+            break
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return bytes(out)
+
+
+async def test_clients_that_drop_leave_nothing_behind(hub: RunningHub) -> None:
+    baseline = Baseline(hub)
+    streams = [
+        sse(hub, "chat:a"),
+        sse(hub, "chat:a", "chat:b"),
+        sse(hub, "chat:c", cursor=(await hub.publish("chat:c", 1))["cursor"]),
+    ]
+    opened = [await s.__aenter__() for s in streams]
+    await until(lambda: len(hub.hub.sessions) == 3)
+    await hub.publish("chat:a", "x")
+    for stream in opened[:2]:
+        await stream.messages(1)
+    for s in streams:
+        await s.__aexit__(None, None, None)
+    await baseline.restored()
+
+
+async def test_a_reader_that_never_reads_again_is_cut_and_forgotten(hub_factory: Any) -> None:
+    hub = await hub_factory(limits={"send_queue_bytes": 65536})
+    baseline = Baseline(hub)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", hub.port))
+        await loop.sock_sendall(sock, b"GET /sse?channel=chat:big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: len(sse_sessions(hub)) == 1)
+        for _ in range(2000):
+            if not hub.hub.sessions:
+                break
+            await hub.hub.publish("chat:big", "x" * 50_000)
+            await asyncio.sleep(0)
+        assert not hub.hub.sessions
+        # Its writer is stuck on a full socket: it is cancelled after the grace period.
+        await baseline.restored(wait=5)
+    finally:
+        sock.close()
+
+
+async def test_a_slow_reader_in_a_conflate_namespace_gets_the_latest(hub_factory: Any) -> None:
+    hub = await hub_factory(
+        limits={"send_queue_bytes": 65536}, namespaces={"default": {"slow_consumer": "conflate"}}
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", hub.port))
+        await loop.sock_sendall(sock, b"GET /sse?channel=prices HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: len(sse_sessions(hub)) == 1)
+        sent = 0
+        while hub.hub.stats.conflations == 0 and sent < 2000:
+            await hub.hub.publish("prices", {"n": sent, "pad": "x" * 50_000})
+            sent += 1
+            await asyncio.sleep(0)
+        for _ in range(20):  # the reader is away: these are conflated to the last one
+            await hub.hub.publish("prices", {"n": sent, "pad": "x" * 50_000})
+            sent += 1
+        received = bytearray()
+        last = re.compile(rb'"n":%d,[^\n]*\n\n' % (sent - 1))
+        while last.search(received) is None:
+            received += await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), timeout(10))
+        assert len(sse_sessions(hub)) == 1 and hub.hub.stats.slow_disconnects == 0
+    finally:
+        sock.close()
+    events = parse(_unchunk(bytes(received).partition(b"\r\n\r\n")[2]))
+    numbers = [orjson.loads(e.data)["data"]["n"] for e in events if e.data]
+    assert numbers == sorted(numbers) and numbers[-1] == sent - 1 and len(numbers) < sent

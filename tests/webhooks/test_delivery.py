@@ -1,0 +1,288 @@
+"""Webhook delivery over real HTTP: signed, in order, at least once, retried, dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from clarion.protocol.cursor import channel_tag
+
+from ..conftest import RunningHub, timeout
+from .conftest import register, state, wait_state
+from .receiver import OK, Answer, Received, Receiver
+
+
+def offsets(received: list[Received]) -> list[int]:
+    return [r.payload["offset"] for r in received]
+
+
+async def test_publications_arrive_signed_in_order_as_publication_json(
+    webhook_hub: RunningHub,
+) -> None:
+    async with Receiver() as receiver:
+        hook = await register(webhook_hub, receiver, ["orders:*"])
+        assert hook["secret"].startswith("whsec_") and hook["id"].startswith("wh_")
+        published = []
+        for n in range(30):
+            channel = f"orders:{n % 2}"
+            published.append((channel, await webhook_hub.publish(channel, {"n": n})))
+            if n == 10:
+                await webhook_hub.publish("other", {"n": n})  # matches no pattern
+        got = await receiver.wait_acknowledged(30)
+        await asyncio.sleep(0.2)  # nothing else may follow
+        assert len(receiver.received) == 30
+        assert all(r.verified for r in receiver.received)
+        assert [r.payload["data"]["n"] for r in got] == list(range(30))
+        for r, (channel, result) in zip(got, published, strict=True):
+            assert r.payload["channel"] == channel
+            assert (r.payload["offset"], r.payload["epoch"]) == (result["offset"], result["epoch"])
+            assert set(r.payload) == {"channel", "offset", "epoch", "data", "time"}
+            tag = channel_tag(channel).hex()
+            assert r.msg_id == f"msg_{hook['id']}_{tag}_{result['epoch']}_{result['offset']}"
+            assert r.headers["content-type"] == "application/json"
+        after = await wait_state(webhook_hub, hook["id"], lambda s: s["backlog"] == 0)
+        assert after["last_delivered"]["id"] == got[-1].msg_id
+        assert after["positions"]["orders:1"]["offset"] == 15
+        assert after["positions"]["orders:0"]["cursor"]
+
+
+async def test_publication_is_in_the_outbox_when_publish_returns(
+    make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    async with Receiver(lambda r: Answer(hang=True)) as receiver:
+        running = await make_hub()
+        hook = await register(running, receiver, ["d"])
+        result = await running.publish("d", {"durable": True})
+        # Read the file the way a restarted hub would: a separate connection, right away.
+        db = sqlite3.connect(tmp_path / "data" / "webhooks.sqlite3")
+        try:
+            rows = db.execute('SELECT endpoint, "offset", body FROM outbox').fetchall()
+        finally:
+            db.close()
+        assert len(rows) == 1
+        assert rows[0][0] == hook["id"] and rows[0][1] == result["offset"]
+        assert b'"durable":true' in rows[0][2]
+
+
+async def test_flaky_receiver_gets_everything_in_order_duplicates_only_for_lost_acks(
+    webhook_hub: RunningHub,
+) -> None:
+    rng = random.Random(7)
+
+    def flaky(r: Received) -> Answer:
+        roll = rng.random()
+        if roll < 0.5:
+            return Answer(status=500)
+        if roll < 0.65:
+            return Answer(drop=True)  # processed, but the 2xx never reaches the hub
+        return OK
+
+    async with Receiver(flaky) as receiver:
+        hook = await register(webhook_hub, receiver, ["flaky"])
+        expected = [(await webhook_hub.publish("flaky", n))["offset"] for n in range(40)]
+        acked = await receiver.wait_acknowledged(40, wait=30)
+        received = receiver.received
+        assert all(r.verified for r in received)
+        assert any(r.answer.status == 500 for r in received)
+        assert any(r.answer.drop for r in received)
+        # Every publication acknowledged exactly once, in publish order.
+        assert offsets(acked) == expected
+        # Retries never overtake: the stream of attempts is ordered too.
+        assert offsets(received) == sorted(offsets(received))
+        # Processed more than once only where an earlier answer was lost.
+        processed = Counter(r.msg_id for r in received if r.acknowledged or r.answer.drop)
+        lost = Counter(r.msg_id for r in received if r.answer.drop)
+        for msg_id, count in processed.items():
+            assert count - 1 == lost[msg_id], msg_id
+        await wait_state(webhook_hub, hook["id"], lambda s: s["backlog"] == 0)
+
+
+async def test_hanging_receiver_is_retried_without_delaying_another(
+    make_hub: Callable[..., Any],
+) -> None:
+    hang = True
+
+    def slow(r: Received) -> Answer:
+        return Answer(hang=True) if hang else OK
+
+    running = await make_hub(webhook_delivery={"timeout": 1.5})
+    async with Receiver(slow) as stuck, Receiver() as healthy:
+        stuck_hook = await register(running, stuck, ["t:*"])
+        await register(running, healthy, ["t:*"])
+        started = time.monotonic()
+        for n in range(5):
+            await running.publish("t:x", n)
+        await healthy.wait_acknowledged(5, wait=5)
+        # All five reached the healthy receiver while the first attempt to the other still hung.
+        assert time.monotonic() - started < 1.5
+        assert len(stuck.received) == 1
+        await stuck.wait_until(lambda: len(stuck.received) >= 2, wait=10)
+        hung = await state(running, stuck_hook["id"])
+        assert "no answer within 1.5s" in hung["last_error"]
+        assert hung["backlog"] == 5 and hung["attempts"] >= 1
+        hang = False
+        await stuck.wait_acknowledged(5, wait=10)
+        assert [r.payload["data"] for r in stuck.acknowledged] == [0, 1, 2, 3, 4]
+
+
+async def test_gone_disables_the_endpoint_until_enabled(webhook_hub: RunningHub) -> None:
+    gone = True
+    async with Receiver(lambda r: Answer(status=410) if gone else OK) as receiver:
+        hook = await register(webhook_hub, receiver, ["g"])
+        await webhook_hub.publish("g", "first")
+        disabled = await wait_state(webhook_hub, hook["id"], lambda s: s["disabled"])
+        assert "410" in disabled["disabled_reason"] and disabled["backlog"] == 1
+        await webhook_hub.publish("g", "while disabled")  # not queued for a disabled endpoint
+        await asyncio.sleep(0.2)
+        assert len(receiver.received) == 1
+        assert (await state(webhook_hub, hook["id"]))["backlog"] == 1
+        gone = False
+        async with webhook_hub.http() as http:
+            r = await http.post(f"/api/webhooks/{hook['id']}/enable")
+            assert r.status_code == 200 and r.json()["disabled"] is False
+        acked = await receiver.wait_acknowledged(1)
+        assert [r.payload["data"] for r in acked] == ["first"]
+
+
+async def test_dead_letters_after_the_schedule_then_replayed(make_hub: Callable[..., Any]) -> None:
+    failing = True
+    running = await make_hub(webhook_delivery={"retry_window": 0.4})
+    async with Receiver(lambda r: Answer(status=500) if failing else OK) as receiver:
+        hook = await register(running, receiver, ["dl"])
+        for n in range(3):
+            await running.publish("dl", n)
+        dead = await wait_state(running, hook["id"], lambda s: s["dead_letters"] == 3)
+        assert dead["backlog"] == 0 and dead["last_error"].startswith("HTTP 500")
+        async with running.http() as http:
+            listing = (await http.get(f"/api/webhooks/{hook['id']}/dead-letters")).json()
+            letters = listing["dead_letters"]
+            assert [d["payload"]["data"] for d in letters] == [0, 1, 2]
+            assert all(d["attempts"] >= 1 and d["last_error"] for d in letters)
+            assert all(d["cursor"] and d["kind"] == "publication" for d in letters)
+            failing = False
+            # The endpoint moved on: a new publication goes straight through.
+            await running.publish("dl", 3)
+            await receiver.wait_acknowledged(1)
+            r = await http.post(f"/api/webhooks/{hook['id']}/dead-letters/replay")
+            assert r.json() == {"enqueued": 3}
+            acked = await receiver.wait_acknowledged(4)
+            assert [a.payload["data"] for a in acked] == [3, 0, 1, 2]
+            assert [a.msg_id for a in acked[1:]] == [d["id"] for d in letters]
+            empty = (await http.get(f"/api/webhooks/{hook['id']}/dead-letters")).json()
+            assert empty["dead_letters"] == []
+        assert (await state(running, hook["id"]))["dead_letters"] == 0
+
+
+async def test_replay_from_a_cursor_resends_history_with_the_same_ids(
+    webhook_hub: RunningHub,
+) -> None:
+    async with Receiver() as receiver:
+        hook = await register(webhook_hub, receiver, ["r:*"])
+        first = await webhook_hub.publish("r:a", 1)
+        for n in (2, 3):
+            await webhook_hub.publish("r:a", n)
+        original = await receiver.wait_acknowledged(3)
+        async with webhook_hub.http() as http:
+            url = f"/api/webhooks/{hook['id']}/replay"
+            r = await http.post(url, json={"since": first["cursor"]})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"enqueued": 2, "channels": ["r:a"], "resets": []}
+            again = await receiver.wait_acknowledged(5)
+            assert [a.msg_id for a in again[3:]] == [o.msg_id for o in original[1:]]
+            bad = await http.post(url, json={"since": "garbage"})
+            assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_cursor"
+            foreign = await http.post(url, json={"since": first["cursor"], "channels": ["zz"]})
+            assert foreign.status_code == 400
+
+
+async def test_lifecycle_events_with_versions(webhook_hub: RunningHub) -> None:
+    async with Receiver() as receiver:
+        await register(
+            webhook_hub,
+            receiver,
+            ["chat:*"],
+            events=["connect", "subscribe", "unsubscribe", "disconnect"],
+        )
+        async with webhook_hub.ws() as ws:
+            assert "ok" in await ws.subscribe("chat:a")
+            assert "ok" in await ws.subscribe("news")  # outside the patterns: no event
+            await ws.call("unsubscribe", channel="chat:a")
+        got = await receiver.wait_acknowledged(4)
+        await asyncio.sleep(0.2)
+        bodies = [r.payload for r in got]
+        kinds = [(b["type"], b["data"].get("channel")) for b in bodies]
+        assert kinds[:3] == [("connect", None), ("subscribe", "chat:a"), ("unsubscribe", "chat:a")]
+        assert kinds[3][0] == "disconnect" and len(receiver.received) == 4
+        versions = [b["version"] for b in bodies]
+        assert versions == sorted(versions) and len(set(versions)) == 4
+        assert len({b["data"]["client"] for b in bodies}) == 1
+
+
+async def test_api_manages_endpoints_and_refuses_bad_input(make_hub: Callable[..., Any]) -> None:
+    running = await make_hub(api_key="k3y")
+    auth = {"Authorization": "apikey k3y"}
+    async with Receiver() as receiver, running.http() as http:
+        assert (await http.get("/api/webhooks")).status_code == 401
+        assert (await http.get("/api/webhooks", headers=auth)).json() == {"webhooks": []}
+        bad_bodies: list[dict[str, Any]] = [
+            {"url": receiver.url, "channels": ["ok"], "secret": "not-a-secret"},
+            {"url": receiver.url, "channels": ["ok"], "secret": "whsec_c2hvcnQ="},
+            {"url": receiver.url, "channels": ["bad channel"]},
+            {"url": receiver.url, "channels": ["ok"], "events": ["explode"]},
+            {"url": receiver.url, "channels": []},
+            {"url": "ftp://127.0.0.1/x", "channels": ["ok"]},
+            {"url": "http://user:pw@127.0.0.1/x", "channels": ["ok"]},
+            {"channels": ["ok"]},
+        ]
+        for body in bad_bodies:
+            r = await http.post("/api/webhooks", json=body, headers=auth)
+            assert r.status_code == 400, (body, r.text)
+            assert set(r.json()["error"]) >= {"code", "message"}
+        secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        r = await http.post(
+            "/api/webhooks",
+            json={"url": receiver.url, "channels": ["a"], "secret": secret},
+            headers=auth,
+        )
+        assert r.status_code == 200 and r.json()["secret"] == secret
+        hook_id = r.json()["id"]
+        listing = (await http.get("/api/webhooks", headers=auth)).json()["webhooks"]
+        assert [h["id"] for h in listing] == [hook_id] and "secret" not in listing[0]
+        assert listing[0]["backlog"] == 0 and listing[0]["disabled"] is False
+        assert (await http.delete(f"/api/webhooks/{hook_id}", headers=auth)).status_code == 200
+        missing = await http.get(f"/api/webhooks/{hook_id}", headers=auth)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+async def test_cli_adds_lists_and_removes(webhook_hub: RunningHub) -> None:
+    async def clarion(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "webhooks", *args, "--url", webhook_hub.http_url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout(30))
+        return proc.returncode or 0, out.decode()
+
+    async with Receiver() as receiver:
+        code, out = await clarion("add", receiver.url, "--channel", "cli:*", "--event", "join")
+        assert code == 0, out
+        hook_id = out.split("id: ")[1].split()[0]
+        receiver.secret = out.split("secret: ")[1].split()[0]
+        await webhook_hub.publish("cli:1", "hello")
+        assert (await receiver.wait_acknowledged(1))[0].payload["data"] == "hello"
+        code, out = await clarion("list")
+        assert code == 0 and hook_id in out and "cli:*" in out and "backlog: 0" in out
+        code, out = await clarion("remove", hook_id)
+        assert code == 0, out
+        code, out = await clarion("remove", hook_id)
+        assert code != 0 and "404" in out
+
+
+CLI = [sys.executable, "-m", "clarion.cli"]

@@ -138,10 +138,8 @@ async def _connect(port: int, probe: bool = False) -> Counter:
     return proto
 
 
-def client_process(
-    ports: Sequence[int], count: int, window: tuple[float, float], conn: Any
-) -> None:
-    """Connect ``count`` subscribers across ``ports``; report frames seen inside ``window``."""
+def client_process(ports: Sequence[int], count: int, conn: Any) -> None:
+    """Connect ``count`` subscribers across ``ports``; count frames in the window it is sent."""
 
     async def main() -> None:
         subs = await asyncio.gather(*(_connect(ports[i % len(ports)]) for i in range(count)))

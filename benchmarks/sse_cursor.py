@@ -48,7 +48,7 @@ async def measure(events: int, channel_counts: list[int], repeat: int) -> list[d
     pubs = _publications(1, events)
     encoded = [pub.encoded(SSE_EVENT, SSE_EVENT.encode) for pub in pubs]
     reference = _per_event(single, encoded, repeat)
-    event_bytes = sum(map(len, encoded)) / len(encoded)  # type: ignore[arg-type]
+    event_bytes = sum(map(len, encoded)) / len(encoded)
     rows.append({"channels": 1, "us": reference * 1e6, "ratio": 1.0, "id_bytes": 0.0})
     for n in channel_counts:
         stream = SseStream(n, 1 << 40, 15)
@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(c) for c in args.channels.split(",")]
     rows = asyncio.run(measure(args.events, counts, args.repeat))
-    print(f"{'channels':>8} {'µs/event/stream':>16} {'× one channel':>14} {'id: line bytes':>15}")
+    print(f"{'channels':>8} {'µs/event/stream':>16} {'vs 1 channel':>14} {'id: line bytes':>15}")
     for row in rows:
         print(
             f"{row['channels']:>8.0f} {row['us']:>16.2f} {row['ratio']:>14.1f} "

@@ -1,8 +1,8 @@
 """A real ``redis-server`` started by the test itself, on a free loopback port.
 
-Import the fixture where it is needed::
+Import the fixture into a test package's ``conftest.py`` where it is needed::
 
-    from ..redis_fixture import redis_server  # noqa: F401  (from a test package one level down)
+    from ..redis_fixture import redis_server
 
 Nothing persists (``--save "" --appendonly no``), so ``restart()`` is a Redis that lost
 everything. The server is stopped by pid when the test ends; tests never touch any other

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -49,6 +50,17 @@ def _json_arg(text: str) -> Any:
 
 
 # ---- serve ------------------------------------------------------------------------------------
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    netloc = user + host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -99,7 +111,7 @@ async def _serve(settings: Settings) -> int:
         log.warning(
             "local development mode: engine=%s, no API key and no token secret, so anyone who "
             "can reach %s:%d may publish and subscribe (see docs/configuration.md)",
-            settings.engine,
+            redact(settings.engine),
             settings.host,
             server.port,
         )
@@ -192,7 +204,9 @@ def cmd_token(args: argparse.Namespace) -> int:
         publish=args.publish,
         ttl=args.ttl,
         info=info,
-        algorithm=settings.token_algorithm if settings.token_algorithm.startswith("HS") else "HS256",
+        algorithm=settings.token_algorithm
+        if settings.token_algorithm.startswith("HS")
+        else "HS256",
     )
     sys.stdout.write(token + "\n")
     return 0
@@ -227,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = sub.add_parser("publish", help="publish JSON to a channel through the server API")
     publish.add_argument("channel")
-    publish.add_argument("data", type=_json_arg, help="a JSON value, e.g. '{\"text\": \"hi\"}'")
+    publish.add_argument("data", type=_json_arg, help='a JSON value, e.g. \'{"text": "hi"}\'')
     publish.add_argument("--id", help="idempotency key")
     publish.add_argument("--url", default=DEFAULT_URL, help="hub base URL ($CLARION_URL)")
     publish.add_argument("--api-key", help="server API key ($CLARION_API_KEY)")

@@ -224,7 +224,7 @@ async def test_disconnect_mid_handshake_and_mid_resume(hub: RunningHub) -> None:
     first = await hub.publish("c", 0)
     for n in range(50):
         await hub.publish("c", n)
-    reader, writer = await raw_upgrade(hub)
+    _reader, writer = await raw_upgrade(hub)
     command = json.dumps({"id": 1, "op": "subscribe", "channel": "c", "since": first["cursor"]})
     payload = command.encode()
     mask = b"\x00\x00\x00\x00"
@@ -255,7 +255,7 @@ async def test_server_closes_with_disconnect_push(hub: RunningHub) -> None:
 
 async def test_slow_consumer_is_closed_4001(hub_factory) -> None:  # type: ignore[no-untyped-def]
     hub = await hub_factory(limits={"send_queue_bytes": 64 * 1024})
-    reader, writer = await raw_upgrade(hub)
+    _reader, writer = await raw_upgrade(hub)
     sock = writer.get_extra_info("socket")
     import socket
 

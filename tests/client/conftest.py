@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import pytest
@@ -62,7 +62,7 @@ async def front(hub: RunningHub) -> AsyncIterator[FrontFactory]:
     app = hub.hub.asgi_app()
 
     async def start(*, refuse_ws: bool = True, missing: tuple[str, ...] = ()) -> str:
-        async def picky(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def picky(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] == "websocket" and refuse_ws:
                 await receive()
                 await send({"type": "websocket.close", "code": 1008})

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
+from clarion import Hub, Settings
 from clarion.client import Disconnected, Message, Reset, TransportName, connect
 from clarion.protocol.codes import CloseCode
+from clarion.server import Server
 
-from ..conftest import RunningHub, timeout
+from ..conftest import RunningHub, stop_hub, timeout
 from .conftest import (
     TRANSPORTS,
     fixed_backoff,
@@ -157,3 +159,46 @@ async def test_do_not_reconnect_code_ends_iteration_with_the_error(
         # A reconnect would have come after 20 ms: none did.
         await asyncio.sleep(timeout(0.5))
         assert sessions(hub, transport) == []
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_hub_restart_is_survived_with_an_epoch_reset(
+    hub: RunningHub, transport: TransportName
+) -> None:
+    async with (
+        connect(hub.http_url, transport=transport, backoff=fixed_backoff(timeout(0.1))) as client,
+        client.subscribe("chat:lobby") as sub,
+    ):
+        await hub.publish("chat:lobby", "before")
+        before = await next_message(sub)
+        await hub.hub.close()  # tells every client "shutdown: reconnect" (4000)
+        await stop_hub(hub)
+        await asyncio.sleep(timeout(0.3))  # reconnect attempts meet a closed port meanwhile
+        # A new hub on the same port: the memory engine's history (and epoch) are gone.
+        restarted = Hub(Settings())
+        await restarted.start()
+        server = Server(restarted.asgi_app(), host="127.0.0.1", port=hub.port)
+        await server.start()
+        try:
+            again = RunningHub(restarted, server, server.port)
+            reset = await next_item(sub)
+            assert isinstance(reset, Reset) and reset.reason == "epoch"
+            assert reset.position is not None and reset.position.epoch != before.epoch
+            await again.publish("chat:lobby", "after the restart")
+            after = await next_message(sub)
+            assert (after.data, after.offset) == ("after the restart", 1)
+            assert after.epoch == reset.position.epoch
+        finally:
+            await restarted.close()
+            await stop_hub(RunningHub(restarted, server, server.port))
+
+
+async def test_poll_adapts_to_a_hub_with_a_shorter_poll_limit(hub_factory: Any) -> None:
+    hub: RunningHub = await hub_factory(poll={"timeout_max": 12})
+    async with (
+        connect(hub.http_url, transport="poll", poll_timeout=25) as client,
+        client.subscribe("chat:lobby") as sub,
+    ):
+        await session_of(hub, "poll", "chat:lobby")  # a long poll is waiting despite the limit
+        await hub.publish("chat:lobby", "through")
+        assert (await next_message(sub)).data == "through"

@@ -131,9 +131,11 @@ async def _run_model(operations: list[tuple[str, int]], size: int, ttl: float) -
                 last = _position(cursor)
                 current = (await engine.history("c", hub.options("c"), limit=0)).position
                 missed = range(last.offset + 1, current.offset + 1)
-                alive = {
-                    o for o, t in published.items() if t + ttl > clock.now
-                } if last.epoch == current.epoch else set()
+                alive = (
+                    {o for o, t in published.items() if t + ttl > clock.now}
+                    if last.epoch == current.epoch
+                    else set()
+                )
                 recent = set(sorted(alive)[-size:]) if size else set()
                 expect_reset = last.epoch != current.epoch or any(o not in recent for o in missed)
                 rec, (session, result) = await subscribe(hub, cursor)

@@ -313,3 +313,18 @@ async def test_sentinel_finds_the_master(redis_server: RedisServer, tmp_path: Pa
         await engine.close()
         os.kill(sentinel.pid, signal.SIGKILL)
         sentinel.wait(timeout=10)
+
+
+async def test_silent_pubsub_connection_is_replaced(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """A link that stops answering (here: Redis paused) is dropped by the heartbeat."""
+    a, sink = await nodes()
+    await a.subscribe("c")
+    link = a._link
+    assert link is not None
+    generation = link._generation
+    await raw.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+    await eventually(lambda: link._generation > generation and link.up, timeout=10)
+    pub = await a.publish("c", "after", OPTS)
+    await eventually(lambda: sink.publications[-1:] == [pub])

@@ -17,7 +17,9 @@ def test_subscribe() -> None:
 
 
 def test_publish() -> None:
-    cmd = parse_command(b'{"id": "x", "op": "publish", "channel": "c", "data": null, "pub_id": "k"}')
+    cmd = parse_command(
+        b'{"id": "x", "op": "publish", "channel": "c", "data": null, "pub_id": "k"}'
+    )
     assert (cmd.op, cmd.data, cmd.publication_id) == ("publish", None, "k")
 
 
@@ -62,7 +64,10 @@ def test_any_frame_parses_or_is_a_documented_error(frame: str | bytes) -> None:
 @given(
     st.dictionaries(
         st.sampled_from(["id", "op", "channel", "since", "data", "limit", "token", "pub_id"]),
-        st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.text(max_size=20)
         | st.sampled_from(["subscribe", "publish", "history", "ping", "c"]),
     )
 )

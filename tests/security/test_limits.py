@@ -1,4 +1,4 @@
-"""Limits over real sockets: caps, rates, deadlines and heartbeats, each hitting only the offender."""
+"""Limits over real sockets: caps, rates, deadlines and heartbeats, hitting only the offender."""
 
 from __future__ import annotations
 
@@ -65,7 +65,9 @@ async def test_per_ip_cap(hub_factory) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_per_user_cap(hub_factory) -> None:  # type: ignore[no-untyped-def]
-    hub = await hub_factory(token_secret=SECRET, api_key="k", limits={"max_connections_per_user": 2})
+    hub = await hub_factory(
+        token_secret=SECRET, api_key="k", limits={"max_connections_per_user": 2}
+    )
     token = mint_token(SECRET, "alice", ["*"])
     headers = {"Authorization": f"Bearer {token}"}
     async with hub.ws(additional_headers=headers), hub.ws(additional_headers=headers):

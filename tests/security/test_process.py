@@ -96,7 +96,7 @@ async def test_reader_that_never_reads_is_bounded_and_harmless(hub_process: Any)
             try:
                 chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), timeout(1))
                 ended = chunk == b""
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             except OSError:
                 ended = True

@@ -69,8 +69,16 @@ def _unsigned(payload: dict[str, Any]) -> str:
         (lambda: "not.a.jwt", 4500),
         (lambda: "x" * 9000, 4500),
     ],
-    ids=["alg-none", "expired", "not-yet-valid", "no-exp", "wrong-key", "tampered", "garbage",
-         "huge"],
+    ids=[
+        "alg-none",
+        "expired",
+        "not-yet-valid",
+        "no-exp",
+        "wrong-key",
+        "tampered",
+        "garbage",
+        "huge",
+    ],
 )
 async def test_bad_tokens_are_refused(secured: RunningHub, token_factory: Any, code: int) -> None:
     reply = await outcome(secured, token_factory())
@@ -151,9 +159,7 @@ async def test_rs256_and_algorithm_confusion(hub_factory, tmp_path: Path) -> Non
     key, public = _rsa_pair()
     pem = tmp_path / "public.pem"
     pem.write_bytes(public)
-    hub = await hub_factory(
-        token_public_key_file=str(pem), token_algorithm="RS256", api_key="k"
-    )
+    hub = await hub_factory(token_public_key_file=str(pem), token_algorithm="RS256", api_key="k")
     good = jwt.encode(claims(), key, algorithm="RS256")
     assert "ok" in await outcome(hub, good)
     # The classic confusion: HS256 "signed" with the RSA public key as the HMAC secret.

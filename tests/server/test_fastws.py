@@ -209,6 +209,8 @@ async def test_send_limit_overflow_closes_a_slow_reader_only(start_server: Any) 
             assert slow_conns[0].transport.is_closing()
             # ...while the other connection kept, and keeps, receiving in order.
             received += await keep_receiving(ws, until=lambda: False, duration=0.1)
+            # The slow reader's socket really ends (reset): nothing queued trickles on.
+            assert await socket_ends(sock, within=2.0)
         finally:
             sock.close()
     numbers = [int(text) for text in received]
@@ -260,3 +262,17 @@ async def test_overflow_is_re_armed_and_bounded(start_server: Any) -> None:
     # Told twice; the app kept pushing regardless, so the server closed it at twice the limit.
     assert events == ["overflow", "re-armed", "overflow", "closed"]
     assert peak <= 2 * limit + len(payload)
+
+
+async def socket_ends(sock: socket.socket, within: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        try:
+            if not await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 0.5):
+                return True
+        except TimeoutError:
+            continue
+        except OSError:  # reset
+            return True
+    return False

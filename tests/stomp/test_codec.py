@@ -144,6 +144,7 @@ def test_unescaped_mode_keeps_colons_and_backslashes() -> None:
         (b"SEND\nx:\\t\n\n\0", "undefined escape sequence '\\\\t' in a header"),
         (b"SEND\nx:\xff\n\n\0", "frame headers are not valid UTF-8"),
         (b"\rSEND\n\n\0", "a CR octet not followed by LF"),
+        (b"SEND\nreceipt:a\rb\n\n\0", "a CR octet not followed by LF"),
     ],
 )
 def test_parse_errors(wire: bytes, message: str) -> None:

@@ -102,6 +102,26 @@ async def test_bad_input_is_an_error_then_a_close(
         assert error.headers["version"] == "1.0,1.1,1.2"
 
 
+async def test_frames_streamed_across_messages_for_longer_than_the_deadline(
+    hub_factory: Callable[..., Any],
+) -> None:
+    # Every message ends inside a frame, for longer than the deadline of one unfinished frame:
+    # each frame ends in time, so nothing is wrong.
+    hub: RunningHub = await hub_factory(Settings(limits={"pong_timeout": 0.5}))
+    async with stomp(hub) as client:
+        await client.connect()
+        await client.send("SUBSCRIBE", id="s", destination="/topic/stream")
+        frames = "".join(f'SEND\ndestination:/topic/stream\n\n"{n}"\0' for n in range(8))
+        pieces = [frames[i : i + 30] for i in range(0, len(frames), 30)]
+        started = time.monotonic()
+        for piece in pieces:
+            await client.send_raw(piece)
+            await asyncio.sleep(0.1)
+        assert time.monotonic() - started > 1.0
+        bodies = [(await client.expect("MESSAGE")).json() for _ in range(8)]
+        assert bodies == [str(n) for n in range(8)]
+
+
 async def test_a_websocket_message_over_the_limit_is_closed_by_the_websocket_layer(
     hub_factory: Callable[..., Any],
 ) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clarion.protocol.cursor import encode_single
+from clarion.protocol.cursor import channel_tag, encode_single
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.protocol.stomp import (
     Ack,
@@ -448,6 +450,20 @@ def test_auto_mode_has_no_acked_position() -> None:
     session, event = subscribed("auto")
     assert ack(session, 1).subscription is event.subscription
     assert acked_cursor(event.subscription) is None
+
+
+def test_crafted_cursors_with_overlong_epochs_are_refused() -> None:
+    # The cursor's check is an integrity check, not a secret: clients can build any cursor.
+    body = bytes((1, 1)) + channel_tag("c") + bytes((100,)) + b"e" * 100 + bytes((1,))
+    check = hashlib.blake2b(body, digest_size=4, person=b"clarion.cursor").digest()
+    long_epoch = base64.urlsafe_b64encode(body + check).rstrip(b"=").decode()
+    session, _ = subscribed("client")
+    err = error_of(session, frame("ACK", id=long_epoch))
+    assert err.code == "bad_ack"
+    err = error_of(
+        connected(), frame("SUBSCRIBE", id="x", destination="/topic/c", x_since=long_epoch)
+    )
+    assert (err.message, err.code) == ("x-since holds an invalid epoch", "bad_cursor")
 
 
 def test_ack_for_another_subscription_is_refused() -> None:

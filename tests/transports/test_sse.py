@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from clarion import Settings
+from clarion import Settings, mint_token
 from clarion.core.session import Session
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.cursor import Cursor
@@ -330,3 +330,27 @@ async def test_a_slow_reader_in_a_conflate_namespace_gets_the_latest(hub_factory
     events = parse(_unchunk(bytes(received).partition(b"\r\n\r\n")[2]))
     numbers = [orjson.loads(e.data)["data"]["n"] for e in events if e.data]
     assert numbers == sorted(numbers) and numbers[-1] == sent - 1 and len(numbers) < sent
+
+
+async def test_an_expired_token_ends_the_stream_with_its_code(hub_factory: Any) -> None:
+    secret = "test-secret-0123456789abcdef0123456789"
+    hub = await hub_factory(token_secret=secret, api_key="k")
+    token = mint_token(secret, "alice", ["chat:*"], ttl=1)
+    async with sse(hub, "chat:lobby", token=token) as stream:
+        (disconnect,) = await stream.rest(wait=5)
+    assert disconnect.event == "disconnect"
+    assert disconnect.json() == {"code": 4004, "reason": "token expired", "reconnect": True}
+    assert not hub.hub.sessions
+
+
+async def test_join_and_leave_events(hub_factory: Any) -> None:
+    hub = await hub_factory(namespaces={"room": {"join_leave": True}})
+    async with sse(hub, "room:1") as stream:
+        await stream.opening()
+        async with hub.ws() as ws:
+            await ws.subscribe("room:1")
+            events = [await stream.next() for _ in range(2)]  # its own join, then the ws one
+        leave = await stream.next()
+    assert [e.event for e in events] == ["join", "join"]
+    assert {e.json()["transport"] for e in events} == {"sse", "ws"}
+    assert leave.event == "leave" and leave.json()["channel"] == "room:1"

@@ -48,6 +48,10 @@ async def test_unsafe_configured_endpoint_stops_the_start(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="link-local"):
         await hub.start()
     assert not hub._started
+    # Nothing is left holding the data_dir: a corrected config starts on it.
+    fixed = Hub(settings(tmp_path))
+    await fixed.start()
+    await fixed.close()
 
 
 async def test_restart_keeps_endpoints_pending_deliveries_and_event_versions(

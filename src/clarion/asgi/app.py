@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -43,6 +45,16 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> Starlette:
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)
 
+    browser_client = (files("clarion") / "static" / "clarion.js").read_bytes()
+
+    async def clarion_js(request: Request) -> Response:
+        # A public, credential-free ES module: any page may import it.
+        return Response(
+            browser_client,
+            media_type="text/javascript; charset=utf-8",
+            headers={"access-control-allow-origin": "*", "cache-control": "public, max-age=300"},
+        )
+
     routes: list[BaseRoute] = [
         Route("/api/publish", api.publish, methods=["POST"]),
         Route("/api/broadcast", api.broadcast, methods=["POST"]),
@@ -53,6 +65,7 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> Starlette:
         Route("/api/openapi.json", openapi_json, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/clarion.js", clarion_js, methods=["GET"]),
         WebSocketRoute("/ws", ClarionWebSocket(hub)),
         WebSocketRoute("/stomp", StompEndpoint(hub)),
         # Raw ASGI endpoints: they answer OPTIONS (CORS preflight) and 405 themselves.

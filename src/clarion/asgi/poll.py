@@ -247,14 +247,11 @@ class PollEndpoint(ChannelEndpoint):
             history, reason = await hub.history(channel, since=since, limit=limit)
             start[channel] = since if since is not None else history.position
             events: list[Publication | _Reset] = []
-            pubs = history.publications
             if reason is not None:
-                # Like /api/history: the reset, then whatever history still holds — from just
-                # before it, so that what does not fit in this reply comes with the next one.
-                held = pubs[0].position if pubs else None
-                position = StreamPosition(held.epoch, held.offset - 1) if held else history.position
-                events.append(_Reset(channel, reason, position))
-            for pub in pubs:
+                # As on every transport: a reset, then live publications from the current position.
+                found[channel] = [_Reset(channel, reason, history.position)]
+                continue
+            for pub in history.publications:
                 if count <= 0 or size <= 0:
                     break
                 count -= 1
@@ -292,6 +289,7 @@ class PollEndpoint(ChannelEndpoint):
                 return None
         finally:
             watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
         reply = _Reply(positions)
         for channel in request.channels:
             reply.add_channel(channel, [e for e in waiter.events if _channel_of(e) == channel])

@@ -398,16 +398,19 @@ class StompConnection:
                 )
             )
 
-    def _watch_partial(self) -> None:
-        """A frame split across messages must end within ``pong_timeout`` of its start."""
-        if self.stomp.pending_bytes:
-            if self._partial_timer is None and self.stomp.state is State.CONNECTED:
-                self._partial_timer = self._loop.call_later(
-                    self.hub.settings.limits.pong_timeout, self._partial_expired
-                )
-        elif self._partial_timer is not None:
-            self._partial_timer.cancel()
-            self._partial_timer = None
+    def _watch_partial(self, completed: bool) -> None:
+        """A frame split across messages must end within ``pong_timeout`` of its start.
+
+        ``completed``: frames ended in the bytes just read, so the unfinished one is new.
+        """
+        timer = self._partial_timer
+        if timer is not None and (completed or not self.stomp.pending_bytes):
+            timer.cancel()
+            self._partial_timer = timer = None
+        if timer is None and self.stomp.pending_bytes and self.stomp.state is State.CONNECTED:
+            self._partial_timer = self._loop.call_later(
+                self.hub.settings.limits.pong_timeout, self._partial_expired
+            )
 
     def _beat(self) -> None:
         self._beat_timer = None
@@ -435,6 +438,7 @@ class StompConnection:
 
     async def feed(self, data: bytes) -> None:
         self._receipt = None
+        completed = False
         try:
             self.stomp.receive_data(data)
             while not self.closed:
@@ -442,6 +446,7 @@ class StompConnection:
                 event = self.stomp.next_event()
                 if event is None:
                     break
+                completed = True
                 await self.dispatch(event)
         except ClarionError as exc:
             receipt = getattr(exc, "receipt_id", None) or self._receipt
@@ -450,7 +455,7 @@ class StompConnection:
             log.exception("STOMP frame failed")
             self.fail(ClarionError("internal error", code="internal"), self._receipt)
         if not self.closed:
-            self._watch_partial()
+            self._watch_partial(completed)
 
     async def dispatch(self, event: Event) -> None:
         if isinstance(event, Connect):

@@ -88,7 +88,17 @@ class AsgiTransport:
 
     kind = "ws"
     fmt = WS_TEXT
-    __slots__ = ("_queue", "_queued", "_ready", "_task", "closed", "limit", "on_overflow", "send")
+    __slots__ = (
+        "_overflowing",
+        "_queue",
+        "_queued",
+        "_ready",
+        "_task",
+        "closed",
+        "limit",
+        "on_overflow",
+        "send",
+    )
 
     def __init__(
         self,
@@ -102,6 +112,7 @@ class AsgiTransport:
         self._queue: deque[str | tuple[int, str]] = deque()
         self._queued = 0
         self._ready = asyncio.Event()
+        self._overflowing = False
         self.closed = False
         self._task = asyncio.create_task(self._drain(), name="clarion-ws-sender")
 
@@ -116,8 +127,15 @@ class AsgiTransport:
         self._queue.append(text)
         self._queued += len(text)
         self._ready.set()
-        if self._queued > self.limit:
-            self.on_overflow()
+        if self._queued > self.limit and not self._overflowing:
+            # Deferred: push runs inside the hub's fan-out loop, which the overflow policy
+            # (closing or conflating this session) changes.
+            self._overflowing = True
+            asyncio.get_running_loop().call_soon(self._overflow)
+
+    def _overflow(self) -> None:
+        self._overflowing = False
+        self.on_overflow()
 
     def reply(self, payload: bytes) -> None:
         self.push(payload.decode())

@@ -11,6 +11,7 @@ import logging
 
 import httpx
 
+from clarion.client.errors import RequestFailed
 from clarion.client.items import Message
 from clarion.client.streams import (
     Retry,
@@ -25,16 +26,19 @@ from clarion.client.subscription import Feed
 
 log = logging.getLogger(__name__)
 
+FALLBACK_TIMEOUT = 10.0  # for a hub whose ``poll.timeout_max`` is below the client's timeout
+
 
 async def run_poll(feed: Feed, ctx: StreamContext) -> None:
     """Fill ``feed`` by polling until the feed is done (see :func:`clarion.client.sse.run_sse`)."""
     url = ctx.api.endpoints.url("/poll")
     attempt = 0
+    longest = ctx.poll_timeout  # lowered to the hub's ``poll.timeout_max`` if that is less
     while not feed.done:
         await feed.wait_room()  # no request while the reader is behind: polling is backpressure
         if feed.done:
             return
-        wait = ctx.poll_timeout if feed.resume_cursor is not None else 0.0
+        wait = longest if feed.resume_cursor is not None else 0.0
         params = {"channel": feed.channel, "timeout": _seconds(wait)}
         if feed.resume_cursor is not None:
             params["cursor"] = feed.resume_cursor
@@ -55,6 +59,12 @@ async def run_poll(feed: Feed, ctx: StreamContext) -> None:
         except (httpx.RequestError, Retry, ValueError) as exc:
             await pause(ctx, attempt, feed, exc or type(exc).__name__)
             attempt += 1
+            continue
+        except RequestFailed as exc:
+            if exc.code != "bad_timeout" or longest <= FALLBACK_TIMEOUT:
+                raise
+            log.info("the hub refused timeout=%s; polling with %s s", longest, FALLBACK_TIMEOUT)
+            longest = FALLBACK_TIMEOUT
             continue
         attempt = 0
         feed.confirmed(cursor)

@@ -21,7 +21,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from websockets.asyncio.client import ClientConnection
@@ -227,7 +227,7 @@ class WebSocketLink:
             self._refused(f"{url} does not speak the {SUBPROTOCOL} subprotocol")
         return conn
 
-    def _refused(self, message: str) -> Any:
+    def _refused(self, message: str) -> NoReturn:
         # Refused before ever connecting: this hub (or a proxy before it) does not do WebSocket.
         # Refused later: a hub shutting down or restarting refuses upgrades for a while.
         if not self.ever_connected:

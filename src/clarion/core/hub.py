@@ -19,6 +19,7 @@ from clarion.core.session import Backlogged, Session, SubscribeResult, Transport
 from clarion.engines.base import Engine, History, PresenceEntry
 from clarion.errors import (
     BadCursor,
+    ClarionError,
     BadRequest,
     ConfigError,
     LimitExceeded,
@@ -353,9 +354,14 @@ class Hub:
             self.by_ip[client_ip] = self.by_ip.get(client_ip, 0) + 1
         for hook in self._session_hooks:
             hook(session, True)
-        if self.lifecycle_listeners:
+        if self._reports_lifecycle(session):
             self.emit("connect", self._session_info(session))
         return session
+
+    def _reports_lifecycle(self, session: Session) -> bool:
+        # A poll is a session per request: reporting each as connect/subscribe/disconnect
+        # would flood lifecycle listeners (webhooks) with noise.
+        return bool(self.lifecycle_listeners) and session.transport.kind != "poll"
 
     def _session_info(self, session: Session) -> dict[str, Any]:
         return {"client": session.id, "user": session.user, "transport": session.transport.kind}
@@ -411,7 +417,7 @@ class Hub:
             log.exception("transport close failed for %r", session)
         for hook in self._session_hooks:
             hook(session, False)
-        if self.lifecycle_listeners:
+        if self._reports_lifecycle(session):
             for sub in subs:
                 self.emit("unsubscribe", {**self._session_info(session), "channel": sub.channel})
             self.emit("disconnect", {**self._session_info(session), "code": code})
@@ -601,7 +607,7 @@ class Hub:
             local.position = last
         if options.presence and session.transport.kind != "poll":
             self.spawn(self._join(session, channel))
-        if self.lifecycle_listeners:
+        if self._reports_lifecycle(session):
             self.emit("subscribe", {**self._session_info(session), "channel": channel})
         return result
 
@@ -612,7 +618,7 @@ class Hub:
         self._detach(sub)
         if not session.subscriptions:
             session.idle_since = time.monotonic()
-        if self.lifecycle_listeners:
+        if self._reports_lifecycle(session):
             self.emit("unsubscribe", {**self._session_info(session), "channel": channel})
         await self._leave(session, channel)
         return True
@@ -637,6 +643,12 @@ class Hub:
         )
 
     async def _join(self, session: Session, channel: str) -> None:
+        try:
+            await self._join_now(session, channel)
+        except ClarionError as exc:  # e.g. the engine is unreachable: the session goes on
+            log.warning("presence join on %s failed: %s", channel, exc.message)
+
+    async def _join_now(self, session: Session, channel: str) -> None:
         entry = self._presence_entry(session)
         await self.engine.presence_add(channel, entry)
         if self.lifecycle_listeners:

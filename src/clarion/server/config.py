@@ -8,7 +8,10 @@ shutdown can reach them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -88,3 +91,20 @@ class _DateHeader:
 
 
 date_header = _DateHeader()
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Drop a connection now, with a TCP reset.
+
+    ``transport.abort()`` alone leaves what the kernel already holds in the socket's send buffer
+    (megabytes for a reader that stopped reading) to trickle out before the FIN; a zero linger
+    time discards it, so a slow reader's connection really ends and its memory is freed.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 from urllib.parse import unquote
 
 import httptools
@@ -290,7 +290,7 @@ class HttpProtocol(asyncio.Protocol):
         self._raw_bytes = 0
         self.update_reading()
 
-    def _raise(self, status: int) -> Any:
+    def _raise(self, status: int) -> NoReturn:
         # Exceptions from callbacks reach us as HttpParserCallbackError: remember the status.
         self._reject = status
         raise _Reject(status)
@@ -422,6 +422,7 @@ class HttpProtocol(asyncio.Protocol):
             self._cycle.keep_alive = False
 
     def abort(self) -> None:
+        # A FIN after what the kernel holds: a streaming client sees its response end.
         self.transport.abort()
 
 

@@ -25,7 +25,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from clarion.protocol.frames import binary_frame, text_frame
-from clarion.server.config import ClientDisconnected, Config, Message, Registry, Scope
+from clarion.server.config import ClientDisconnected, Config, Message, Registry, Scope, reset
 from clarion.server.fastws import FAST_WEBSOCKET_EXTENSION, Outbox
 
 log = logging.getLogger("clarion.server.websocket")
@@ -243,7 +243,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             self.close(SERVICE_RESTART, "server shutting down")
 
     def abort(self) -> None:
-        self.transport.abort()
+        reset(self.transport)
 
     # -- ASGI -------------------------------------------------------------------------------
 
@@ -252,7 +252,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
 
     def _app_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
-            self.transport.abort()
+            self.abort()
             return
         exc = task.exception()
         if isinstance(exc, ClientDisconnected):
@@ -475,8 +475,8 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
 
     def _on_close_timeout(self) -> None:
         self._close_timer = None
-        # abort, not close: a peer that stopped reading would keep close() waiting forever.
-        self.transport.abort()
+        # The peer did not finish the close handshake: reset, do not wait for it to read.
+        self.abort()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused:

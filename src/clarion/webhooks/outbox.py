@@ -170,11 +170,15 @@ class SQLiteOutbox:
         except OSError as exc:
             raise ConfigError(f"cannot create data_dir {self.path.parent}: {exc}") from None
         self._lock = _lock_file(self.path.with_suffix(".lock"))
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
-        db.execute("PRAGMA busy_timeout=1000")
-        db.executescript(SCHEMA)
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+            db.execute("PRAGMA busy_timeout=1000")
+            db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            self.close()
+            raise ConfigError(f"cannot open the webhook outbox {self.path}: {exc}") from None
         self._db = db
 
     def close(self) -> None:

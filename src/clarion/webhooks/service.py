@@ -118,8 +118,12 @@ class WebhookService:
         self._started = True
         static = self.hub.settings.webhooks
         if static or self._outbox is not None or SQLiteOutbox.exists(self.hub.settings.data_dir):
-            await self._open()
-            await self._apply_config(static)
+            try:
+                await self._open()
+                await self._apply_config(static)
+            except BaseException:
+                await self.close()
+                raise
 
     async def _open(self) -> None:
         if self._sender is not None:

@@ -127,6 +127,7 @@ class RedisEngine:
             raise
         self._tasks = [
             asyncio.create_task(self._check_forever(), name="clarion-redis-check"),
+            asyncio.create_task(self._heartbeat_forever(), name="clarion-redis-heartbeat"),
             asyncio.create_task(self._refresh_forever(), name="clarion-redis-refresh"),
         ]
         log.info(
@@ -287,7 +288,7 @@ class RedisEngine:
         if sink is None or not payload:
             return
         try:
-            if pubsub_channel == self.keys.control.encode():
+            if pubsub_channel == self.keys.control_bytes:
                 self._on_control(payload)
                 return
             channel = self.keys.channel_of(pubsub_channel)
@@ -333,14 +334,23 @@ class RedisEngine:
 
     # ---- position checks: publications pub/sub lost are read back from the streams ----------
 
+    async def _heartbeat_forever(self) -> None:
+        # Apart from the checks, which may wait on a slow Redis: a link that stops answering
+        # is replaced within two intervals whatever the other connections do.
+        while True:
+            await asyncio.sleep(self.check_interval)
+            if self._link is not None:
+                try:
+                    await self._link.heartbeat()
+                except Exception:
+                    log.exception("pub/sub heartbeat failed")
+
     async def _check_forever(self) -> None:
         while True:
             await asyncio.sleep(self.check_interval)
             try:
-                if self._link is not None:
-                    await self._link.heartbeat()
-                    if self._link.up:
-                        await self._resync(list(self._seen))
+                if self._link is not None and self._link.up:
+                    await self._resync(list(self._seen))
                 self._recovered_from_outage()
             except (RedisError, OSError, TimeoutError, EngineUnavailable) as exc:
                 self._outage("position check", exc)

@@ -28,12 +28,13 @@ EVENT = ord("e")
 class Keys:
     """Names of everything clarion keeps in Redis, under one prefix."""
 
-    __slots__ = ("control", "prefix", "pubsub_prefix")
+    __slots__ = ("control", "control_bytes", "prefix", "pubsub_prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.pubsub_prefix = f"{prefix}.ch."
         self.control = f"{prefix}.control"
+        self.control_bytes = self.control.encode()
 
     def meta(self, channel: str) -> str:
         return f"{self.prefix}:{{{channel}}}:meta"

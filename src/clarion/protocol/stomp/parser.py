@@ -163,14 +163,18 @@ class FrameParser:
         except UnicodeDecodeError:
             raise RemoteProtocolError("frame headers are not valid UTF-8") from None
         lines = text.split("\n")
-        command = lines[0].removesuffix("\r")
+        if "\r" in text:
+            lines = [line.removesuffix("\r") for line in lines]
+            if any("\r" in line for line in lines):
+                raise RemoteProtocolError("a CR octet not followed by LF")
+        command = lines[0]
         if _COMMAND.fullmatch(command) is None:
             raise RemoteProtocolError(f"not a STOMP command: {command[:40]!r}")
         if len(lines) - 1 > self.max_headers:
             raise RemoteProtocolError(
                 f"frame has over {self.max_headers} headers", code="too_large"
             )
-        headers = tuple(self._header(line.removesuffix("\r")) for line in lines[1:])
+        headers = tuple(self._header(line) for line in lines[1:])
         length: int | None = None
         for name, value in headers:
             if name == "content-length":

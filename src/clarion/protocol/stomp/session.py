@@ -17,7 +17,7 @@ import orjson
 
 from clarion.errors import BadChannel, BadCursor
 from clarion.protocol.channels import validate_channel
-from clarion.protocol.cursor import Cursor, channel_tag, decode_entries
+from clarion.protocol.cursor import MAX_EPOCH_BYTES, Cursor, channel_tag, decode_entries
 from clarion.protocol.publication import StreamPosition
 from clarion.protocol.stomp.acks import ACK_MODES, AckMode
 from clarion.protocol.stomp.errors import LocalProtocolError, RemoteProtocolError
@@ -265,6 +265,8 @@ class StompSession:
                 raise RemoteProtocolError(
                     f"x-since holds no position for channel {channel!r}", code="bad_cursor"
                 )
+            if len(position.epoch) > MAX_EPOCH_BYTES:
+                raise RemoteProtocolError("x-since holds an invalid epoch", code="bad_cursor")
         sub = StompSubscription(sub_id, channel, mode, escaped=self.escaped)
         self.subscriptions[sub_id] = sub
         self.by_channel[channel] = sub
@@ -303,7 +305,7 @@ class StompSession:
             entries = decode_entries(ident[len(RESET_PREFIX) :] if cumulative else ident)
         except BadCursor:
             entries = {}
-        if len(entries) != 1:
+        if len(entries) != 1 or any(len(p.epoch) > MAX_EPOCH_BYTES for p in entries.values()):
             raise RemoteProtocolError(
                 f"{command} names no message of this hub: {ident[:60]!r}", code="bad_ack"
             )

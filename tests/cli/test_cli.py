@@ -1,0 +1,107 @@
+"""The `clarion` command as a user runs it: serve, publish, subscribe (resuming), token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from typing import Any
+
+import jwt
+
+from ..conftest import timeout
+
+CLI = [sys.executable, "-m", "clarion.cli"]
+
+
+async def run(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout(30))
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_serve_publish_subscribe_resume(hub_process: Any) -> None:
+    hub = await hub_process()
+    assert any("local development mode" in line for line in hub.log)
+    url = hub.http_url
+    code, out, _ = await run("publish", "chat:lobby", '{"text": "first"}', "--url", url)
+    assert code == 0 and json.loads(out)["offset"] == 1
+    cursor = json.loads(out)["cursor"]
+    for n in range(3):
+        await run("publish", "chat:lobby", json.dumps(f"missed {n}"), "--url", url)
+    sub = await asyncio.create_subprocess_exec(
+        *CLI, "subscribe", "chat:lobby", "--since", cursor, "--url", url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert sub.stdout is not None
+    try:
+        lines = [json.loads(await asyncio.wait_for(sub.stdout.readline(), timeout(15)))]
+        lines += [json.loads(await asyncio.wait_for(sub.stdout.readline(), timeout(5)))]
+        lines += [json.loads(await asyncio.wait_for(sub.stdout.readline(), timeout(5)))]
+        assert [line["data"] for line in lines] == ["missed 0", "missed 1", "missed 2"]
+        assert [line["offset"] for line in lines] == [2, 3, 4]
+        assert all(line["cursor"] for line in lines)
+        await run("publish", "chat:lobby", '"live"', "--url", url)
+        live = json.loads(await asyncio.wait_for(sub.stdout.readline(), timeout(5)))
+        assert live["data"] == "live" and live["offset"] == 5
+    finally:
+        sub.terminate()
+        await sub.wait()
+
+
+async def test_publish_errors_exit_non_zero(hub_process: Any) -> None:
+    hub = await hub_process()
+    code, out, _ = await run("publish", "bad channel", "1", "--url", hub.http_url)
+    assert code == 1 and json.loads(out)["error"]["code"] == "bad_channel"
+    code, _, err = await run("publish", "c", "{not json", "--url", hub.http_url)
+    assert code == 2 and "not valid JSON" in err
+    code, _, err = await run("publish", "c", "1", "--url", "http://127.0.0.1:1")
+    assert code == 2 and "cannot reach" in err
+
+
+async def test_token() -> None:
+    code, out, _ = await run(
+        "token", "--user", "42", "--channels", "chat:*", "user:42", "--ttl", "15m",
+        "--secret", "s" * 32,
+    )  # fmt: skip
+    assert code == 0
+    claims = jwt.decode(out.strip(), "s" * 32, algorithms=["HS256"])
+    assert claims["sub"] == "42" and claims["channels"] == ["chat:*", "user:42"]
+    assert 890 <= claims["exp"] - claims["iat"] <= 900
+    code, _, err = await run("token", "--user", "42")
+    assert code == 2 and "no token secret" in err
+
+
+def test_help_lists_every_option() -> None:
+    out = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True, check=True)
+    for flag in ("--config", "--host", "--port", "--engine", "--insecure", "--log-level"):
+        assert flag in out.stdout
+
+
+async def test_config_file_and_environment(hub_process: Any, tmp_path: Any) -> None:
+    config = tmp_path / "clarion.toml"
+    config.write_text('[namespaces.default]\nhistory_size = 2\n[limits]\nmax_message_bytes = 2048\n')
+    hub = await hub_process(
+        "--config", str(config), env={"CLARION_LIMITS__MAX_MESSAGE_BYTES": "1024"}
+    )
+    code, out, _ = await run("publish", "c", json.dumps("x" * 1500), "--url", hub.http_url)
+    assert code == 1 and json.loads(out)["error"]["code"] == "too_large"  # env wins over file
+    for n in range(3):
+        await run("publish", "c", str(n), "--url", hub.http_url)
+    import httpx
+
+    history = httpx.get(hub.http_url + "/api/history", params={"channel": "c"}).json()
+    assert [p["data"] for p in history["publications"]] == [1, 2]  # the file's history_size
+
+
+async def test_bad_config_is_a_clear_error(tmp_path: Any) -> None:
+    config = tmp_path / "clarion.toml"
+    config.write_text("[limits]\nmax_conections = 5\n")
+    code, _, err = await run("serve", "--config", str(config), "--port", "0")
+    assert code == 2 and "max_conections" in err
+    code, _, err = await run("serve", "--config", str(tmp_path / "missing.toml"))
+    assert code == 2 and "config file not found" in err

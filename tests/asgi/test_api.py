@@ -127,3 +127,18 @@ async def test_disconnect_user(hub_factory) -> None:  # type: ignore[no-untyped-
             assert (await http.post("/api/disconnect", json={"user": "u1"})).status_code == 200
         push = await ws.recv()
         assert push["disconnect"] == {"code": 4501, "reason": "disconnected", "reconnect": False}
+
+
+async def test_openapi_documents_every_http_route(hub: RunningHub) -> None:
+    from starlette.routing import Route
+
+    app = hub.hub.asgi_app()
+    async with hub.http() as http:
+        spec = (await http.get("/api/openapi.json")).json()
+    undocumented = {"/api/openapi.json", "/clarion.js"}
+    for route in app.routes:
+        if isinstance(route, Route) and route.path not in undocumented:
+            assert route.path in spec["paths"], route.path
+            for method in route.methods or {"GET"}:
+                if method != "HEAD":
+                    assert method.lower() in spec["paths"][route.path], (route.path, method)

@@ -28,6 +28,25 @@ def _query(name: str, required: bool, schema: dict[str, Any], description: str) 
     }
 
 
+def _path_id() -> dict[str, Any]:
+    return {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _webhook_post(summary: str) -> dict[str, Any]:
+    return {
+        "parameters": [_path_id()],
+        "post": {
+            "summary": summary,
+            "responses": {
+                "200": _ok({"type": "object"}),
+                "400": _ERROR,
+                "401": _ERROR,
+                "404": _ERROR,
+            },
+        },
+    }
+
+
 def document() -> dict[str, Any]:
     errors = {"400": _ERROR, "401": _ERROR, "413": _ERROR, "503": _ERROR}
     return {
@@ -159,6 +178,84 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _ok({"type": "object"}), **errors},
                 }
             },
+            "/sse": {
+                "get": {
+                    "summary": "Server-Sent Events stream of one or more channels",
+                    "security": [],
+                    "parameters": [
+                        _query("channel", True, _CHANNEL, "a channel; repeat for several"),
+                        _query("cursor", False, {"type": "string"}, "resume after this cursor"),
+                        _query("token", False, {"type": "string"}, "connection token"),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "an endless text/event-stream",
+                            "content": {"text/event-stream": {}},
+                        },
+                        **errors,
+                    },
+                }
+            },
+            "/poll": {
+                "get": {
+                    "summary": "Long polling (timeout > 0) or polling (timeout = 0)",
+                    "security": [],
+                    "parameters": [
+                        _query("channel", True, _CHANNEL, "a channel; repeat for several"),
+                        _query("cursor", False, {"type": "string"}, "after this cursor"),
+                        _query("timeout", False, {"type": "number"}, "seconds to wait, 0-60"),
+                        _query("token", False, {"type": "string"}, "connection token"),
+                    ],
+                    "responses": {
+                        "200": _ok({"type": "object"}),
+                        "304": {"description": "no news"},
+                        **errors,
+                    },  # fmt: skip
+                }
+            },
+            "/api/webhooks": {
+                "get": {
+                    "summary": "Webhook endpoints and their delivery state",
+                    "responses": {"200": _ok({"type": "object"}), **errors},
+                },
+                "post": {
+                    "summary": "Register a webhook endpoint",
+                    "requestBody": _json_body(
+                        {
+                            "type": "object",
+                            "required": ["url", "channels"],
+                            "properties": {
+                                "url": {"type": "string"},
+                                "channels": {"type": "array", "items": {"type": "string"}},
+                                "secret": {"type": "string"},
+                                "events": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    ),
+                    "responses": {"200": _ok({"type": "object"}), **errors},
+                },
+            },
+            "/api/webhooks/{id}": {
+                "parameters": [_path_id()],
+                "get": {
+                    "summary": "One endpoint, with its secret and delivery state",
+                    "responses": {"200": _ok({"type": "object"}), "404": _ERROR, **errors},
+                },
+                "delete": {
+                    "summary": "Remove an endpoint and its queue",
+                    "responses": {"200": _ok({"type": "object"}), "404": _ERROR, **errors},
+                },
+            },
+            "/api/webhooks/{id}/enable": _webhook_post("Re-enable an endpoint disabled by 410"),
+            "/api/webhooks/{id}/replay": _webhook_post("Deliver again from a cursor"),
+            "/api/webhooks/{id}/dead-letters": {
+                "parameters": [_path_id()],
+                "get": {
+                    "summary": "Deliveries that exhausted their retries",
+                    "responses": {"200": _ok({"type": "object"}), "404": _ERROR, **errors},
+                },
+            },
+            "/api/webhooks/{id}/dead-letters/replay": _webhook_post("Retry dead letters"),
             "/healthz": {
                 "get": {
                     "summary": "Health of the node and its engine",

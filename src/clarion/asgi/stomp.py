@@ -15,11 +15,9 @@ the WebSocket frame header for the combined length.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +25,8 @@ import orjson
 
 from clarion import __version__
 from clarion.asgi import access
+from clarion.asgi.sendqueue import Send as AsgiSend
+from clarion.asgi.sendqueue import SendQueue, accept
 from clarion.asgi.wstransport import FAST_WEBSOCKET
 from clarion.core.fanout import Push, WireFormat, publication_cursor
 from clarion.core.hub import Hub
@@ -164,35 +164,17 @@ class AsgiWire:
     """Any other ASGI server: a bounded queue drained into ``websocket.send`` by one task."""
 
     formats = TEXT_FORMATS
-    __slots__ = ("_queue", "_queued", "_ready", "_task", "limit", "on_overflow", "send_message")
+    __slots__ = ("queue",)
 
-    def __init__(
-        self,
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-        limit: int,
-        on_overflow: Callable[[], None],
-    ) -> None:
-        self.send_message = send
-        self.limit = limit
-        self.on_overflow = on_overflow
-        self._queue: deque[str | tuple[int, str]] = deque()
-        self._queued = 0
-        self._ready = asyncio.Event()
-        self._task = asyncio.create_task(self._drain(), name="clarion-stomp-sender")
-
-    def _put(self, text: str) -> None:
-        self._queue.append(text)
-        self._queued += len(text)
-        self._ready.set()
-        if self._queued > self.limit:
-            self.on_overflow()
+    def __init__(self, send: AsgiSend, limit: int, on_overflow: Callable[[], None]) -> None:
+        self.queue = SendQueue(send, limit, on_overflow)
 
     def send(self, frame: bytes) -> None:
-        self._put(frame.decode())
+        self.queue.put(frame.decode())
 
     def push_for(self, prefix: bytes) -> Push:
         head = prefix.decode()
-        put = self._put
+        put = self.queue.put
 
         def push(tail: str) -> None:
             put(head + tail)
@@ -200,7 +182,7 @@ class AsgiWire:
         return push
 
     def heart_beat(self) -> None:
-        self._put(HEART_BEAT.decode())
+        self.queue.put(HEART_BEAT.decode())
 
     def ping(self) -> None:
         return None  # no WebSocket ping through ASGI: the host server owns those
@@ -209,38 +191,16 @@ class AsgiWire:
         return time.monotonic()
 
     def backlog(self) -> int:
-        return self._queued
+        return self.queue.backlog()
 
     def watch_overflow(self) -> None:
-        return None  # _put checks the limit on every call
+        return None  # every put checks the limit
 
     def close(self, code: int, reason: str) -> None:
-        self._queue.append((code, reason))
-        self._ready.set()
-
-    async def _drain(self) -> None:
-        try:
-            while True:
-                await self._ready.wait()
-                self._ready.clear()
-                while self._queue:
-                    item = self._queue.popleft()
-                    if isinstance(item, tuple):
-                        code, reason = item
-                        await self.send_message(
-                            {"type": "websocket.close", "code": code, "reason": reason}
-                        )
-                        return
-                    self._queued -= len(item)
-                    await self.send_message({"type": "websocket.send", "text": item})
-        except (OSError, RuntimeError):
-            return  # the peer is gone; the receive loop notices and cleans up
+        self.queue.close(code, reason)
 
     async def stop(self) -> None:
-        if not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.queue.stop()
 
 
 Wire = FastWire | AsgiWire
@@ -536,20 +496,9 @@ class StompEndpoint:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         hub = self.hub
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        try:
-            access.check_origin(hub, scope)
-        except Forbidden as exc:
-            log.info("STOMP websocket refused: %s", exc.message)
-            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
-            return
-        if hub.closing:
-            await send({"type": "websocket.close", "code": CloseCode.SHUTDOWN})
-            return
         subprotocol = select_subprotocol(list(scope.get("subprotocols", ())))
-        await send({"type": "websocket.accept", "subprotocol": subprotocol})
+        if not await accept(hub, scope, receive, send, subprotocol):
+            return
 
         connection: StompConnection | None = None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from clarion.asgi import access
+from clarion.asgi import access, sendqueue
 from clarion.asgi.wstransport import FAST_WEBSOCKET, AsgiTransport, FastTransport
 from clarion.core.hub import Hub
 from clarion.core.session import Session, SubscribeResult
@@ -38,18 +38,10 @@ class ClarionWebSocket:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         hub = self.hub
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        try:
-            access.check_origin(hub, scope)
-        except Forbidden as exc:
-            # Cross-site WebSocket hijacking: refuse the handshake itself (HTTP 403).
-            log.info("websocket refused: %s", exc.message)
-            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
-            return
-        if hub.closing:
-            await send({"type": "websocket.close", "code": CloseCode.SHUTDOWN})
+        subprotocol = (
+            messages.SUBPROTOCOL if messages.SUBPROTOCOL in scope.get("subprotocols", ()) else None
+        )
+        if not await sendqueue.accept(hub, scope, receive, send, subprotocol):
             return
         # A bad token is told over the protocol (accept, disconnect push, close 4500/4004), so
         # that clients learn whether to reconnect; a refused handshake would look transient.
@@ -59,11 +51,6 @@ class ClarionWebSocket:
         except Unauthorized as exc:
             refusal = exc
             credentials = hub.auth.anonymous()
-        subprotocol = (
-            messages.SUBPROTOCOL if messages.SUBPROTOCOL in scope.get("subprotocols", ()) else None
-        )
-        await send({"type": "websocket.accept", "subprotocol": subprotocol})
-
         session: Session | None = None
 
         def overflow() -> None:

@@ -8,13 +8,11 @@ connection per loop iteration. Under any other ASGI server, a per-connection sen
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
+from clarion.asgi.sendqueue import Send, SendQueue
 from clarion.core.fanout import WireFormat, publication_cursor
 from clarion.protocol import messages
 from clarion.protocol.codes import disconnect_for
@@ -88,33 +86,11 @@ class AsgiTransport:
 
     kind = "ws"
     fmt = WS_TEXT
-    __slots__ = (
-        "_overflowing",
-        "_queue",
-        "_queued",
-        "_ready",
-        "_task",
-        "closed",
-        "limit",
-        "on_overflow",
-        "send",
-    )
+    __slots__ = ("closed", "queue")
 
-    def __init__(
-        self,
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-        send_limit: int,
-        on_overflow: Callable[[], None],
-    ) -> None:
-        self.send = send
-        self.limit = send_limit
-        self.on_overflow = on_overflow
-        self._queue: deque[str | tuple[int, str]] = deque()
-        self._queued = 0
-        self._ready = asyncio.Event()
-        self._overflowing = False
+    def __init__(self, send: Send, send_limit: int, on_overflow: Callable[[], None]) -> None:
+        self.queue = SendQueue(send, send_limit, on_overflow)
         self.closed = False
-        self._task = asyncio.create_task(self._drain(), name="clarion-ws-sender")
 
     @property
     def last_activity(self) -> float:
@@ -122,29 +98,17 @@ class AsgiTransport:
         return time.monotonic()
 
     def push(self, text: str) -> None:
-        if self.closed:
-            return
-        self._queue.append(text)
-        self._queued += len(text)
-        self._ready.set()
-        if self._queued > self.limit and not self._overflowing:
-            # Deferred: push runs inside the hub's fan-out loop, which the overflow policy
-            # (closing or conflating this session) changes.
-            self._overflowing = True
-            asyncio.get_running_loop().call_soon(self._overflow)
-
-    def _overflow(self) -> None:
-        self._overflowing = False
-        self.on_overflow()
+        if not self.closed:
+            self.queue.put(text)
 
     def reply(self, payload: bytes) -> None:
         self.push(payload.decode())
 
     def backlog(self) -> int:
-        return self._queued
+        return self.queue.backlog()
 
     def watch_overflow(self) -> None:
-        return None  # push checks the limit on every call
+        return None  # every put checks the limit
 
     def ping(self) -> None:
         return None
@@ -160,27 +124,7 @@ class AsgiTransport:
             return
         self.reply(messages.encode_disconnect(code, reason, disconnect_for(code).reconnect))
         self.closed = True
-        self._queue.append((code, reason))
-        self._ready.set()
-
-    async def _drain(self) -> None:
-        try:
-            while True:
-                await self._ready.wait()
-                self._ready.clear()
-                while self._queue:
-                    item = self._queue.popleft()
-                    if isinstance(item, tuple):
-                        code, reason = item
-                        await self.send({"type": "websocket.close", "code": code, "reason": reason})
-                        return
-                    self._queued -= len(item)
-                    await self.send({"type": "websocket.send", "text": item})
-        except (OSError, RuntimeError):
-            return  # the peer is gone; the receive loop notices and cleans up
+        self.queue.close(code, reason)
 
     async def stop(self) -> None:
-        if not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.queue.stop()

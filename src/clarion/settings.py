@@ -62,6 +62,12 @@ class Limits(BaseModel):
         65536, ge=256, description="largest inbound frame and largest publish API body"
     )
     client_publish_rate: float = Field(20, gt=0, description="publications per second per session")
+    client_publish_rate_per_user: float | None = Field(
+        None,
+        gt=0,
+        description="publications per second per user across all their connections (and all "
+        "nodes with the redis engine); unset = no per-user limit",
+    )
     client_publish_burst: int = Field(40, ge=1, description="token-bucket size for client publish")
     send_queue_bytes: int = Field(
         1_048_576,

@@ -220,3 +220,39 @@ async def test_unreachable_redis_at_start_fails_the_node(cluster: Cluster) -> No
     with pytest.raises(RuntimeError, match="cannot reach Redis"):
         await cluster.start()
     assert cluster.nodes[-1].process.wait(timeout=10) != 0
+
+
+async def test_connection_caps_are_shared_by_every_node(cluster: Cluster) -> None:
+    env = {"CLARION_LIMITS__MAX_CONNECTIONS_PER_USER": "2"}
+    config = "[namespaces.default]\nanonymous = false\n"
+    env |= {"CLARION_TOKEN_SECRET": "s" * 32, "CLARION_API_KEY": "k" * 32}
+    a = await cluster.start(config=config, env=env)
+    b = await cluster.start(config=config, env=env)
+    headers = {"Authorization": f"Bearer {mint_token('s' * 32, 'u1', ['c'])}"}
+    import json
+
+    import websockets
+
+    first = await websockets.connect(a.ws_url, additional_headers=headers)
+    second = await websockets.connect(b.ws_url, additional_headers=headers)
+    try:
+        await asyncio.sleep(0.5)  # both admitted, one per node: within the cap of 2
+        third = await websockets.connect(a.ws_url, additional_headers=headers)
+        push = json.loads(await asyncio.wait_for(third.recv(), 5))
+        assert push["disconnect"]["code"] == CloseCode.TOO_MANY_CONNECTIONS
+        await third.close()
+        for ws in (first, second):  # the two within the cap are untouched
+            await ws.send('{"id": 1, "op": "ping"}')
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"id": 1, "ok": {}}
+    finally:
+        await first.close()
+        await second.close()
+
+    # Closing gives the slots back, cluster-wide.
+    async def admitted() -> bool:
+        async with websockets.connect(b.ws_url, additional_headers=headers) as ws:
+            await ws.send('{"id": 1, "op": "ping"}')
+            return "ok" in json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+    await asyncio.sleep(0.5)
+    assert await admitted()

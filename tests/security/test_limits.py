@@ -211,3 +211,19 @@ async def test_conflate_policy_keeps_latest(hub_factory) -> None:  # type: ignor
         await hub.hub.publish("ticker:btc", {"n": 400})
         msg = json.loads(await asyncio.wait_for(slow.recv(), timeout(5)))
         assert msg["data"]["n"] == 400  # and then it is live again
+
+
+async def test_publish_rate_per_user_spans_connections(hub_factory) -> None:  # type: ignore[no-untyped-def]
+    hub = await hub_factory(
+        token_secret=SECRET,
+        api_key="k",
+        limits={"client_publish_rate_per_user": 1, "client_publish_burst": 4},
+    )
+    headers = {"Authorization": f"Bearer {mint_token(SECRET, 'alice', ['*'], publish=['*'])}"}
+    async with hub.ws(additional_headers=headers) as a, hub.ws(additional_headers=headers) as b:
+        replies = []
+        for n in range(3):
+            replies.append(await a.call("publish", channel="c", data=n))
+            replies.append(await b.call("publish", channel="c", data=n))
+        codes = ["ok" if "ok" in r else r["error"]["code"] for r in replies]
+        assert codes[:4] == ["ok"] * 4 and set(codes[4:]) == {"rate_limited"}

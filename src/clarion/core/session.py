@@ -139,12 +139,11 @@ class Session:
 
     async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> Any:
         self.hub.auth.check_publish(self.credentials, channel)
-        if not self.publish_bucket.take():
+        if not self.publish_bucket.take() or not await self.hub.check_user_rate(self):
             if self.abuse.strike():
                 self.close(CloseCode.ABUSE)
             raise LimitExceeded(
-                f"publishing faster than {self.hub.settings.limits.client_publish_rate}/s",
-                code="rate_limited",
+                "publishing faster than this connection's or user's rate", code="rate_limited"
             )
         return await self.hub.publish(
             channel, data, idempotency_key=idempotency_key, info=self.publisher_info()

@@ -9,7 +9,7 @@ publications, so a single code path delivers everything.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions
@@ -113,3 +113,16 @@ class Engine(Protocol):
     async def presence(self, channel: str) -> list[PresenceEntry]: ...
 
     async def healthy(self) -> bool: ...
+
+
+@runtime_checkable
+class SharedLimits(Protocol):
+    """Counts shared by every node (an engine's ``limits`` attribute, when it has one)."""
+
+    async def acquire_connection(self, kind: str, key: str, member: str, limit: int) -> bool:
+        """Count ``member`` under ``kind``/``key`` unless ``limit`` is reached."""
+
+    async def release_connection(self, kind: str, key: str, member: str) -> None: ...
+
+    async def take_token(self, key: str, rate: float, burst: int) -> bool:
+        """One token from the shared bucket ``key``."""

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from clarion.asgi.app import build_app
+from clarion.asgi.publish import ENVELOPE_BYTES
 from clarion.hub import Hub
 from clarion.server import Server
-
-# The publish API body carries an envelope around ``data``.
-ENVELOPE_BYTES = 64 * 1024
 
 
 def make_server(hub: Hub, *, lifespan: bool = True, port: int | None = None) -> Server:

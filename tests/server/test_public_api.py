@@ -32,6 +32,7 @@ def test_fast_websocket_members() -> None:
         "last_activity",
         "ping",
         "push",
+        "push_many",
         "push_text",
         "set_send_limit",
     }

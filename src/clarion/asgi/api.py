@@ -1,42 +1,28 @@
-"""The server API for backends: publish, broadcast, history, presence, channels, disconnect."""
+"""The server API for backends: broadcast, history, presence, channels, disconnect, health.
+
+``POST /api/publish``, the hot path, is a raw ASGI endpoint of its own (``publish.py``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from clarion.asgi import access
+from clarion.asgi.publish import parse_object, read_body
 from clarion.asgi.responses import JSONResponse
 from clarion.asgi.websocket import history_body
 from clarion.core.hub import Hub
-from clarion.errors import BadRequest, TooLarge
+from clarion.errors import BadRequest
 from clarion.protocol.channels import validate_channel
 
-# The body carries the envelope around ``data``: allow some room beyond max_message_bytes.
-ENVELOPE_BYTES = 64 * 1024
 MAX_BROADCAST_CHANNELS = 1000
 
 
 async def read_json(hub: Hub, request: Request) -> dict[str, Any]:
-    cap = hub.settings.limits.max_message_bytes + ENVELOPE_BYTES
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise TooLarge(f"request body over {cap} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise TooLarge(f"request body over {cap} bytes")
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise BadRequest("request body must be a JSON object")
-    return obj
+    return parse_object(await read_body(hub, request.scope, request.receive))
 
 
 def _param(request: Request, name: str, required: bool = True) -> str | None:
@@ -56,20 +42,6 @@ class ServerAPI:
 
     def _authorize(self, request: Request) -> None:
         access.check_api_key(self.hub, request.scope)
-
-    async def publish(self, request: Request) -> Response:
-        self._authorize(request)
-        body = await read_json(self.hub, request)
-        channel = validate_channel(body.get("channel"))
-        if "data" not in body:
-            raise BadRequest("'data' is required")
-        key = body.get("id")
-        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
-            raise BadRequest("'id' must be a string of 1 to 128 characters")
-        pub = await self.hub.publish(channel, body["data"], idempotency_key=key)
-        return JSONResponse(
-            {"offset": pub.offset, "epoch": pub.epoch, "cursor": self.hub.cursor_of(pub)}
-        )
 
     async def broadcast(self, request: Request) -> Response:
         self._authorize(request)

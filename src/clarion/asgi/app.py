@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from importlib.resources import files
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from clarion.asgi.api import ServerAPI
 from clarion.asgi.openapi import document
 from clarion.asgi.poll import PollEndpoint
+from clarion.asgi.publish import PublishEndpoint
 from clarion.asgi.responses import (
     JSONResponse,
     error_body,
@@ -33,7 +36,41 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_body(code, str(exc.detail), exc.status_code)
 
 
-def build_app(hub: Hub, *, lifespan: bool = False) -> Starlette:
+def route_path(scope: Scope) -> str:
+    """The path below the app's mount point (``root_path``), as Starlette routes it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
+class App:
+    """The hub's ASGI application: the WebSocket endpoints go straight to their handlers.
+
+    A WebSocket connection's coroutine lives as long as the connection; skipping the framework's
+    middleware frames for it saves memory on every idle connection. Everything else is routed by
+    Starlette (``self.router``).
+    """
+
+    def __init__(self, router: Starlette, websockets: dict[str, Any]) -> None:
+        self.router = router
+        self.websockets = websockets
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        return self.router.routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            endpoint = self.websockets.get(route_path(scope))
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.router(scope, receive, send)
+
+
+def build_app(hub: Hub, *, lifespan: bool = False) -> App:
     """The ASGI app of ``hub``.
 
     Mounted in a host application, the host's lifespan starts the hub (``hub.lifespan``);
@@ -55,8 +92,9 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> Starlette:
             headers={"access-control-allow-origin": "*", "cache-control": "public, max-age=300"},
         )
 
+    websockets: dict[str, Any] = {"/ws": ClarionWebSocket(hub), "/stomp": StompEndpoint(hub)}
     routes: list[BaseRoute] = [
-        Route("/api/publish", api.publish, methods=["POST"]),
+        Route("/api/publish", PublishEndpoint(hub), methods=["POST"]),
         Route("/api/broadcast", api.broadcast, methods=["POST"]),
         Route("/api/history", api.history, methods=["GET"]),
         Route("/api/presence", api.presence, methods=["GET"]),
@@ -66,14 +104,14 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> Starlette:
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
         Route("/clarion.js", clarion_js, methods=["GET"]),
-        WebSocketRoute("/ws", ClarionWebSocket(hub)),
-        WebSocketRoute("/stomp", StompEndpoint(hub)),
+        WebSocketRoute("/ws", websockets["/ws"]),
+        WebSocketRoute("/stomp", websockets["/stomp"]),
         # Raw ASGI endpoints: they answer OPTIONS (CORS preflight) and 405 themselves.
         Route("/sse", SseEndpoint(hub)),
         Route("/poll", PollEndpoint(hub)),
         *webhook_routes(hub),
     ]
-    return Starlette(
+    router = Starlette(
         routes=routes,
         lifespan=hub.lifespan if lifespan else None,
         exception_handlers={
@@ -82,3 +120,4 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> Starlette:
             Exception: handle_unexpected,
         },
     )
+    return App(router, websockets)

@@ -208,9 +208,9 @@ def document() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": _ok({"type": "object"}),
-                        "304": {"description": "no news"},
+                        "304": {"description": "nothing new (If-None-Match)"},
                         **errors,
-                    },  # fmt: skip
+                    },
                 }
             },
             "/api/webhooks": {

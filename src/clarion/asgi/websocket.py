@@ -161,6 +161,7 @@ class _Connection:
                 self.transport.push,
                 since=cmd.since,
                 on_ready=ready,
+                target=self.transport.target,
             )
             return None
         if op == "unsubscribe":

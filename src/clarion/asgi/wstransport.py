@@ -9,7 +9,7 @@ connection per loop iteration. Under any other ASGI server, a per-connection sen
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from clarion.asgi.sendqueue import Send, SendQueue
@@ -30,20 +30,30 @@ def _text(pub: Publication) -> str:
     return messages.encode_publication(pub, publication_cursor(pub)).decode()
 
 
-WS_FRAME = WireFormat("clarion.v1/frame", "ws", _frame)
 WS_TEXT = WireFormat("clarion.v1/text", "ws", _text)
+# One frame format per server fan-out loop (in practice one): subscribers of one format share
+# each publication's frame and are delivered to by the server's own loop.
+_FRAME_FORMATS: dict[Any, WireFormat] = {}
+
+
+def frame_format(push_many: Callable[[Iterable[Any], bytes], None]) -> WireFormat:
+    fmt = _FRAME_FORMATS.get(push_many)
+    if fmt is None:
+        fmt = _FRAME_FORMATS[push_many] = WireFormat("clarion.v1/frame", "ws", _frame, push_many)
+    return fmt
 
 
 class FastTransport:
     """Writes straight into the server's coalescing buffer for this connection."""
 
     kind = "ws"
-    fmt = WS_FRAME
-    __slots__ = ("closed", "conn", "limit", "on_overflow", "push")
+    __slots__ = ("closed", "conn", "fmt", "limit", "on_overflow", "push", "target")
 
     def __init__(self, conn: Any, send_limit: int, on_overflow: Callable[[], None]) -> None:
         self.conn = conn
         self.push: Callable[[bytes], None] = conn.push
+        self.fmt = frame_format(conn.push_many)
+        self.target = conn  # what the server's push_many loop takes
         self.closed = False
         self.limit = send_limit
         self.on_overflow = on_overflow
@@ -86,6 +96,7 @@ class AsgiTransport:
 
     kind = "ws"
     fmt = WS_TEXT
+    target = None  # subscribers are delivered to through push
     __slots__ = ("closed", "queue")
 
     def __init__(self, send: Send, send_limit: int, on_overflow: Callable[[], None]) -> None:

@@ -8,7 +8,7 @@ connection's buffer — no JSON encoding, no coroutine, no task per subscriber.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from clarion.protocol.cursor import encode_single
@@ -29,30 +29,55 @@ def _cursor_of(pub: Publication) -> str:
     return encode_single(pub.channel, pub.epoch, pub.offset)
 
 
+def deliver_each(targets: Iterable[Any], data: Any) -> None:
+    """The default fan-out loop: each target is a ``push`` callable."""
+    for push in targets:
+        push(data)
+
+
 class WireFormat:
-    """How publications look on one kind of connection; ``encode`` runs once per publication."""
+    """How publications look on one kind of connection; ``encode`` runs once per publication.
 
-    __slots__ = ("encode", "name", "transport")
+    ``deliver(targets, data)`` hands the encoded ``data`` to every live subscriber of the
+    format; a transport may supply a tighter loop than calling each subscriber's ``push``
+    (clarion's server appends to connection buffers directly).
+    """
 
-    def __init__(self, name: str, transport: str, encode: Callable[[Publication], Any]) -> None:
+    __slots__ = ("deliver", "encode", "name", "transport")
+
+    def __init__(
+        self,
+        name: str,
+        transport: str,
+        encode: Callable[[Publication], Any],
+        deliver: Callable[[Iterable[Any], Any], None] = deliver_each,
+    ) -> None:
         self.name = name
         self.transport = transport
         self.encode = encode
+        self.deliver = deliver
 
     def __repr__(self) -> str:
         return f"WireFormat({self.name!r})"
 
 
 class Subscription:
-    """One session's subscription to one channel on this node."""
+    """One session's subscription to one channel on this node.
 
-    __slots__ = ("channel", "fmt", "push", "session")
+    ``push`` delivers one encoded publication to this subscriber; ``target`` is what the
+    format's ``deliver`` loop receives for it (``push`` itself unless the transport says).
+    """
 
-    def __init__(self, session: Session, channel: str, fmt: WireFormat, push: Push) -> None:
+    __slots__ = ("channel", "fmt", "push", "session", "target")
+
+    def __init__(
+        self, session: Session, channel: str, fmt: WireFormat, push: Push, target: Any = None
+    ) -> None:
         self.session = session
         self.channel = channel
         self.fmt = fmt
         self.push = push
+        self.target = push if target is None else target
 
 
 class LocalChannel:
@@ -62,8 +87,8 @@ class LocalChannel:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        # format -> {subscription: push}; dicts keep insertion order and O(1) removal.
-        self.by_format: dict[WireFormat, dict[Subscription, Push]] = {}
+        # format -> {subscription: target}; dicts keep insertion order and O(1) removal.
+        self.by_format: dict[WireFormat, dict[Subscription, Any]] = {}
         # Subscriptions still reading history: they buffer live publications until caught up.
         self.pending: dict[Subscription, list[Publication]] = {}
         # Subscriptions of slow sessions under the "conflate" policy: only the latest is kept.
@@ -86,7 +111,7 @@ class LocalChannel:
         group = self.by_format.get(sub.fmt)
         if group is None:
             group = self.by_format[sub.fmt] = {}
-        group[sub] = sub.push
+        group[sub] = sub.target
         self.live_count += 1
 
     def remove(self, sub: Subscription) -> bool:

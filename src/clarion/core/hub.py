@@ -19,8 +19,8 @@ from clarion.core.session import Backlogged, Session, SubscribeResult, Transport
 from clarion.engines.base import Engine, History, PresenceEntry, SharedLimits
 from clarion.errors import (
     BadCursor,
-    ClarionError,
     BadRequest,
+    ClarionError,
     ConfigError,
     LimitExceeded,
     TooLarge,
@@ -269,9 +269,7 @@ class Hub:
                 conflating[sub] = pub
         deliveries = self.stats.deliveries
         for fmt, group in local.by_format.items():
-            data = pub.encoded(fmt, fmt.encode)
-            for push in group.values():
-                push(data)
+            fmt.deliver(group.values(), pub.encoded(fmt, fmt.encode))
             deliveries[fmt.transport] += len(group)
 
     def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
@@ -611,6 +609,7 @@ class Hub:
         *,
         since: str | StreamPosition | None = None,
         on_ready: Callable[[SubscribeResult], None] | None = None,
+        target: Any = None,
     ) -> SubscribeResult | None:
         validate_channel(channel)
         self.auth.check_subscribe(session.credentials, channel)
@@ -622,7 +621,7 @@ class Hub:
                 "too many subscriptions on this connection", code="too_many_subscriptions"
             )
         options = self.options(channel)
-        sub = Subscription(session, channel, fmt, push)
+        sub = Subscription(session, channel, fmt, push, target)
         session.subscriptions[channel] = sub
         session.idle_since = None
         try:

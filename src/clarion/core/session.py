@@ -125,14 +125,18 @@ class Session:
         *,
         since: str | StreamPosition | None = None,
         on_ready: Any = None,
+        target: Any = None,
     ) -> SubscribeResult | None:
         """Subscribe, resuming from ``since`` (a cursor token or position) when given.
 
         ``on_ready(result)`` runs after the subscription is attached and before the first
-        publication is pushed, so an adapter can send its reply first. Returns ``None`` when the
-        session closed or unsubscribed meanwhile.
+        publication is pushed, so an adapter can send its reply first. ``target`` is what the
+        format's ``deliver`` loop gets for this subscriber (default: ``push``). Returns ``None``
+        when the session closed or unsubscribed meanwhile.
         """
-        return await self.hub.subscribe(self, channel, fmt, push, since=since, on_ready=on_ready)
+        return await self.hub.subscribe(
+            self, channel, fmt, push, since=since, on_ready=on_ready, target=target
+        )
 
     async def unsubscribe(self, channel: str) -> bool:
         return await self.hub.unsubscribe(self, channel)

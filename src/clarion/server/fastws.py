@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from clarion.protocol.frames import text_frame
 
@@ -53,6 +53,13 @@ class FastWebSocket(Protocol):
 
     def push_text(self, payload: bytes) -> None:
         """Frame ``payload`` (UTF-8) as one text frame and :meth:`push` it."""
+        ...
+
+    def push_many(self, connections: Iterable[Any], frame: bytes) -> None:
+        """:meth:`push` ``frame`` to each of ``connections`` (objects offered by this extension).
+
+        The fan-out's inner loop: the same for every connection, so it lives on each of them.
+        """
         ...
 
     def ping(self) -> None: ...
@@ -110,6 +117,34 @@ def flusher_for(loop: asyncio.AbstractEventLoop) -> Flusher:
     return flusher
 
 
+class _Discard(list[bytes]):
+    """Where a sealed connection's pushes go: appending does nothing, and it is never empty,
+    so the fan-out's inner loop never takes the "first frame" branch for it."""
+
+    def append(self, frame: bytes) -> None:
+        return None
+
+    def __bool__(self) -> bool:
+        return True
+
+
+_DISCARD = _Discard()
+
+
+def push_many(boxes: Iterable[Outbox], frame: bytes) -> None:
+    """Push one shared frame to many connections: the fan-out's inner loop, kept tight.
+
+    Per connection it is one list append; the first frame of an iteration also marks the
+    connection for the flush. The send limit is checked once per connection at flush time.
+    """
+    for box in boxes:
+        out = box._out
+        if out:
+            out.append(frame)
+        else:
+            box._first_push(frame)
+
+
 class Outbox:
     """A connection's outgoing frames between two flushes, and its send limit.
 
@@ -131,13 +166,20 @@ class Outbox:
         "_overflowed",
         "_pushed",
         "_sealed",
+        "_tail",
         "transport",
     )
 
     transport: asyncio.Transport
+    push_many = staticmethod(push_many)
 
     def init_outbox(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        # Frames in wire order. Once sealed, what was queued moves to _tail (followed by the
+        # protocol's own frames, e.g. the close frame) and pushes go to _DISCARD.
         self._out: list[bytes] = []
+        self._tail: list[bytes] = []
+        # Bytes queued by single pushes since the last flush (push_many does not count: its
+        # frames are bounded by one iteration's publications and checked at flush).
         self._out_bytes = 0
         # The transport's write buffer size at the last flush: push compares against it
         # without a call per frame; a suspected overflow is re-checked exactly.
@@ -146,32 +188,42 @@ class Outbox:
         self._eof = 0  # 1: half-close requested once the queue is written; 2: done
         self._sealed = False  # no more application frames (a close frame is queued)
         self._overflowed = False
-        self._pushed = False  # push() used since the last flush: the limit applies to it
+        self._pushed = False  # pushed since the last flush: the limit applies to it
         self._limit = limit
         self._on_overflow: Callable[[], None] = self.on_overflow_default
         self._flusher = flusher_for(loop)
 
-    # The hot path: one append, one add, at most one mark per iteration.
-    def push(self, frame: bytes) -> None:
+    def _first_push(self, frame: bytes) -> None:
         if self._sealed:
             return
         self._out.append(frame)
-        self._out_bytes += len(frame)
         self._pushed = True
         if not self._dirty:
             self._dirty = True
             self._flusher.mark(self)
+
+    def push(self, frame: bytes) -> None:
+        out = self._out
+        if out:
+            out.append(frame)
+        else:
+            self._first_push(frame)
+        self._out_bytes += len(frame)
         if self._out_bytes + self._backlog > self._limit:
             self._check_limit()
 
     def push_text(self, payload: bytes) -> None:
         self.push(text_frame(payload))
 
+    def _queued(self) -> int:
+        out = () if self._out is _DISCARD else self._out
+        return sum(map(len, out)) + sum(map(len, self._tail))
+
     @property
     def buffered_bytes(self) -> int:
         transport = self.transport
         pending = 0 if transport.is_closing() else transport.get_write_buffer_size()
-        return self._out_bytes + pending
+        return self._queued() + pending
 
     def set_send_limit(self, limit: int, on_overflow: Callable[[], None]) -> None:
         self._limit = limit
@@ -182,7 +234,7 @@ class Outbox:
         """Queue bytes the protocol object produced (pong, close); ignores the seal and limit."""
         if self._eof:
             return
-        self._out.append(data)
+        (self._tail if self._sealed else self._out).append(data)
         self._out_bytes += len(data)
         if not self._dirty:
             self._dirty = True
@@ -190,7 +242,7 @@ class Outbox:
 
     def queue_eof(self) -> None:
         """Half-close the TCP connection once everything queued is written."""
-        self._sealed = True
+        self.seal()
         if not self._eof:
             self._eof = 1
         if not self._dirty:
@@ -198,20 +250,21 @@ class Outbox:
             self._flusher.mark(self)
 
     def seal(self) -> None:
-        self._sealed = True
+        if not self._sealed:
+            self._sealed = True
+            self._tail = self._out
+            self._out = _DISCARD
 
     def flush(self) -> None:
         self._dirty = False
-        out = self._out
         transport = self.transport
-        if out:
+        chunks = self._tail if self._sealed else self._out
+        if chunks:
             if transport.is_closing():
-                out.clear()
-                self._out_bytes = 0
+                self._clear()
                 return
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            self._out_bytes = 0
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._clear()
             transport.write(data)
             self._backlog = transport.get_write_buffer_size()
             # Only pushed frames count against the limit: websocket.send waits for the
@@ -224,15 +277,21 @@ class Outbox:
             self._eof = 2
             self.on_eof_flushed()
 
-    def discard_outbox(self) -> None:
-        self._out.clear()
+    def _clear(self) -> None:
+        if self._out is not _DISCARD:
+            self._out.clear()
+        self._tail.clear()
         self._out_bytes = 0
-        self._sealed = True
+
+    def discard_outbox(self) -> None:
+        self.seal()
+        self._tail.clear()
+        self._out_bytes = 0
 
     def _check_limit(self) -> None:
         transport = self.transport
         self._backlog = 0 if transport.is_closing() else transport.get_write_buffer_size()
-        if self._out_bytes + self._backlog > self._limit:
+        if self._queued() + self._backlog > self._limit:
             self._overflow()
 
     def _overflow(self) -> None:
@@ -241,7 +300,7 @@ class Outbox:
             # Deferred: push() runs inside fan-out loops that on_overflow (closing a session)
             # may mutate; the callback must never run re-entrantly from push().
             self._flusher._loop.call_soon(self._on_overflow)
-        elif self._out_bytes + self._backlog > 2 * self._limit:
+        elif self._queued() + self._backlog > 2 * self._limit:
             # Told, and still pushing: the budget is a bound, not a hint.
             self.on_hard_overflow()
 

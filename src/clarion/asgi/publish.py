@@ -1,0 +1,97 @@
+"""``POST /api/publish`` as a raw ASGI endpoint: the API's hot path, without framework layers.
+
+Every publication a backend makes comes through here, so the per-request work is kept to
+reading a bounded body, one ``orjson`` parse, the hub's publish and one ``orjson`` answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from clarion.asgi import access
+from clarion.core.hub import Hub
+from clarion.errors import BadRequest, ClarionError, TooLarge
+from clarion.protocol.channels import validate_channel
+
+log = logging.getLogger("clarion.api")
+
+# The body carries the envelope around ``data``: allow some room beyond max_message_bytes.
+ENVELOPE_BYTES = 64 * 1024
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def read_body(hub: Hub, scope: Mapping[str, Any], receive: Any) -> bytes:
+    """The request body, refused with :class:`TooLarge` past the message cap plus envelope."""
+    cap = hub.settings.limits.max_message_bytes + ENVELOPE_BYTES
+    declared = access.header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise TooLarge(f"request body over {cap} bytes")
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client went away")
+        chunk: bytes = message.get("body", b"")
+        body += chunk
+        if len(body) > cap:
+            raise TooLarge(f"request body over {cap} bytes")
+        if not message.get("more_body", False):
+            return body
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("request body must be a JSON object")
+    return obj
+
+
+async def send_json(send: Any, status: int, payload: Any) -> None:
+    body = orjson.dumps(payload)
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class PublishEndpoint:
+    """An ASGI application answering ``POST /api/publish``."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        hub = self.hub
+        try:
+            if scope["method"] != "POST":
+                await send_json(send, 405, _error("method_not_allowed", "use POST"))
+                return
+            access.check_api_key(hub, scope)
+            body = parse_object(await read_body(hub, scope, receive))
+            channel = validate_channel(body.get("channel"))
+            if "data" not in body:
+                raise BadRequest("'data' is required")
+            key = body.get("id")
+            if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
+                raise BadRequest("'id' must be a string of 1 to 128 characters")
+            pub = await hub.publish(channel, body["data"], idempotency_key=key)
+        except ClarionError as exc:
+            await send_json(send, exc.status, {"error": exc.to_dict()})
+            return
+        except Exception:
+            log.exception("publish failed")
+            await send_json(send, 500, _error("internal", "internal error"))
+            return
+        await send_json(
+            send, 200, {"offset": pub.offset, "epoch": pub.epoch, "cursor": hub.cursor_of(pub)}
+        )
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}

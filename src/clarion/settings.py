@@ -186,6 +186,13 @@ class Settings(BaseSettings):
         default_factory=list, description="webhook endpoints configured here ([[webhooks]])"
     )
     webhook_delivery: WebhookDelivery = Field(default_factory=WebhookDelivery)
+    flush_interval: float = Field(
+        0.0,
+        ge=0,
+        le=0.05,
+        description="seconds WebSocket frames may wait to share one write per connection "
+        "(0 = end of the event-loop iteration); trades latency for fewer syscalls",
+    )
     shutdown_timeout: float = Field(10, ge=0, description="seconds to drain on SIGTERM")
     log_level: str = Field("info", description="debug, info, warning or error")
     limits: Limits = Field(default_factory=Limits)

@@ -20,4 +20,5 @@ def make_server(hub: Hub, *, lifespan: bool = True, port: int | None = None) -> 
         max_body_bytes=limits.max_message_bytes + ENVELOPE_BYTES,
         handshake_timeout=limits.handshake_timeout,
         send_limit=limits.send_queue_bytes,
+        flush_interval=settings.flush_interval,
     )

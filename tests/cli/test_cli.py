@@ -84,7 +84,9 @@ def test_help_lists_every_option() -> None:
 
 async def test_config_file_and_environment(hub_process: Any, tmp_path: Any) -> None:
     config = tmp_path / "clarion.toml"
-    config.write_text('[namespaces.default]\nhistory_size = 2\n[limits]\nmax_message_bytes = 2048\n')
+    config.write_text(
+        "[namespaces.default]\nhistory_size = 2\n[limits]\nmax_message_bytes = 2048\n"
+    )
     hub = await hub_process(
         "--config", str(config), env={"CLARION_LIMITS__MAX_MESSAGE_BYTES": "1024"}
     )

@@ -54,6 +54,7 @@ def test_server_options() -> None:
         "max_header_bytes",
         "send_limit",
         "close_timeout",
+        "flush_interval",
     ]
     assert parameters["max_body_bytes"].default == 65536
     assert parameters["keepalive_timeout"].default == 5.0

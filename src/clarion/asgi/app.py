@@ -65,7 +65,11 @@ class App:
         if scope["type"] == "websocket":
             endpoint = self.websockets.get(route_path(scope))
             if endpoint is not None:
-                await endpoint(scope, receive, send)
+                connection = endpoint(scope, receive, send)
+                # This frame lives as long as the connection: it must not keep the scope (and
+                # its headers) alive after the endpoint has let go of it.
+                del scope
+                await connection
                 return
         await self.router(scope, receive, send)
 

@@ -77,6 +77,8 @@ class ClarionWebSocket:
             transport.close(_unauthorized_close_code(exc), exc.message)
             await self._drain_until_closed(receive, transport)
             return
+        # Nothing below needs the scope: let its headers go for the connection's lifetime.
+        del scope
         handler = _Connection(hub, session, transport)
         try:
             while True:

@@ -43,6 +43,7 @@ class Config:
     max_header_bytes: int = 16384
     send_limit: int = 4 * 1024 * 1024
     close_timeout: float = 3.0
+    flush_interval: float = 0.0
 
 
 class Connection(Protocol):

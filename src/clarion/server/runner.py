@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clarion.server.config import ASGIApp, Config, Registry
+from clarion.server.fastws import flusher_for
 from clarion.server.http import HttpProtocol
 from clarion.server.lifespan import Lifespan
 
@@ -28,7 +29,9 @@ class Server:
     request head within ``handshake_timeout`` seconds is closed, and so is a keep-alive
     connection idle for ``keepalive_timeout``. Heads are bounded by ``max_headers`` and
     ``max_header_bytes`` (431). ``send_limit`` is a websocket's default send budget (see
-    ``FastWebSocket.set_send_limit``), ``close_timeout`` how long a close handshake may take.
+    ``FastWebSocket.set_send_limit``), ``close_timeout`` how long a close handshake may take,
+    ``flush_interval`` how long pushed frames may wait to share a write (0: until the end of the
+    loop iteration; the setting is per event loop).
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class Server:
         max_header_bytes: int = 16384,
         send_limit: int = 4 * 1024 * 1024,
         close_timeout: float = 3.0,
+        flush_interval: float = 0.0,
     ) -> None:
         self.host = host
         self.requested_port = port
@@ -62,6 +66,7 @@ class Server:
             max_header_bytes=max_header_bytes,
             send_limit=send_limit,
             close_timeout=close_timeout,
+            flush_interval=flush_interval,
         )
         self.registry = Registry()
         self._lifespan = Lifespan(app, self.registry.state)
@@ -88,6 +93,7 @@ class Server:
         await self._lifespan.startup()
         loop = asyncio.get_running_loop()
         config, registry = self.config, self.registry
+        flusher_for(loop).interval = config.flush_interval
 
         def factory() -> HttpProtocol:
             return HttpProtocol(config, registry)

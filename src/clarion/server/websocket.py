@@ -14,7 +14,6 @@ import codecs
 import enum
 import logging
 import time
-from collections import deque
 from typing import Any, cast
 
 from websockets.exceptions import ProtocolError
@@ -97,7 +96,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
     ) -> None:
         self.config = config
         self._registry = registry
-        self.scope = scope
+        self.scope: Scope | None = scope  # until the app has it
         self._request: Request | None = request
         self._loop = asyncio.get_running_loop()
         self.phase = Phase.CONNECTING
@@ -105,7 +104,9 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self._handshake: ServerProtocol | None = None
         self._response: Response | None = None
         self._protocol: ServerProtocol | None = None
-        self._inbound: deque[Message] = deque([{"type": "websocket.connect"}])
+        # A list, not a deque: an idle connection's empty deque still holds a 64-slot block,
+        # and this queue is short (INBOUND_HIGH) so pop(0) costs nothing.
+        self._inbound: list[Message] = [{"type": "websocket.connect"}]
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._reading_paused = False
@@ -142,8 +143,10 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             for p in value.split(",")
             if p.strip()
         ]
-        self.scope["subprotocols"] = subprotocols
-        self.scope["extensions"] = {FAST_WEBSOCKET_EXTENSION: {"connection": self}}
+        scope = self.scope
+        assert scope is not None
+        scope["subprotocols"] = subprotocols
+        scope["extensions"] = {FAST_WEBSOCKET_EXTENSION: {"connection": self}}
         task = self._registry.start(self._run(), "clarion-websocket")
         task.add_done_callback(self._app_done)
 
@@ -248,7 +251,13 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
     # -- ASGI -------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        await self.config.app(self.scope, self.receive, self.send)
+        # No local holds the scope while the app runs: the app keeps it as long as it needs it.
+        await self.config.app(self._hand_over_scope(), self.receive, self.send)
+
+    def _hand_over_scope(self) -> Scope:
+        scope, self.scope = self.scope, None
+        assert scope is not None
+        return scope
 
     def _app_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -277,7 +286,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
                 await waiter
             finally:
                 self._waiter = None
-        message = self._inbound.popleft()
+        message = self._inbound.pop(0)
         if (
             self._reading_paused
             and len(self._inbound) <= INBOUND_LOW

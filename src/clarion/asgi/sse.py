@@ -24,6 +24,7 @@ credentials of a request, CORS preflight, and JSON errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -240,6 +241,27 @@ def _tagged(pub: Publication) -> Tagged:
 
 SSE_EVENT = WireFormat("sse/event", "sse", _event)
 SSE_TAGGED = WireFormat("sse/tagged", "sse", _tagged)
+FAST_STREAM = "clarion.fast_stream"
+
+
+def http_chunk(data: bytes) -> bytes:
+    """``data`` framed as one HTTP/1.1 chunk (what the fast stream extension takes)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _chunked_event(pub: Publication) -> bytes:
+    return http_chunk(pub.encoded(SSE_EVENT, _event))
+
+
+# One format per server delivery loop (in practice one): subscribers share each event's chunk.
+_CHUNK_FORMATS: dict[Any, WireFormat] = {}
+
+
+def chunk_format(push_many: Callable[[Any, bytes], None]) -> WireFormat:
+    fmt = _CHUNK_FORMATS.get(push_many)
+    if fmt is None:
+        fmt = _CHUNK_FORMATS[push_many] = WireFormat("sse/chunk", "sse", _chunked_event, push_many)
+    return fmt
 
 
 class SseStream:
@@ -249,6 +271,7 @@ class SseStream:
     __slots__ = (
         "_beat",
         "_extra",
+        "_fast",
         "_heartbeat",
         "_last_write",
         "_limit",
@@ -284,6 +307,9 @@ class SseStream:
         self.push: Callable[[Any], None] = self._push_tagged if channels > 1 else self._push_event
         self.on_overflow: Callable[[], None] = lambda: None
         self._overflowed = False
+        # The server's chunk stream, once a one-channel stream runs on the fast path: events
+        # then go straight into the connection's write buffer, shared by every subscriber.
+        self._fast: Any = None
         self.closed = False
         self.peer_gone = False
         self.ended: asyncio.Future[None] = self._loop.create_future()
@@ -322,8 +348,14 @@ class SseStream:
             # What is queued cannot reach this reader in time; it resumes from its last id.
             self._queue.clear()
             self._queued = 0
+            if self._fast is not None:
+                self._fast.drop_pending()
         if not self.peer_gone:
-            self._queue.append(sse.disconnect_event(code, reason, disconnect_for(code).reconnect))
+            event = sse.disconnect_event(code, reason, disconnect_for(code).reconnect)
+            if self._fast is not None:
+                self._fast.push(http_chunk(event))
+            else:
+                self._queue.append(event)
         self.closed = True
         self._ready.set()
         if self._beat is not None:
@@ -342,6 +374,10 @@ class SseStream:
             self._enqueue(item, len(item[2]) + ID_ALLOWANCE)
 
     def _enqueue(self, item: bytes | Tagged, size: int) -> None:
+        if self._fast is not None:
+            assert isinstance(item, bytes)  # only one-channel streams run on the fast path
+            self._fast.push(http_chunk(item))
+            return
         self._queue.append(item)
         self._queued += size
         self._ready.set()
@@ -351,10 +387,14 @@ class SseStream:
             self._loop.call_soon(self.on_overflow)
 
     def backlog(self) -> int:
+        if self._fast is not None:
+            return int(self._fast.buffered_bytes)
         return self._queued
 
     def watch_overflow(self) -> None:
         self._overflowed = False
+        if self._fast is not None:
+            self._fast.set_send_limit(self._limit, self.on_overflow)
 
     def set_position(self, channel: str, position: StreamPosition) -> None:
         if self._positions is not None:
@@ -395,6 +435,26 @@ class SseStream:
         self._last_write = self._loop.time()
         if not self.closed:
             self._beat = self._loop.call_at(self._last_write + self._heartbeat, self._on_beat)
+
+    def go_fast(self, stream: Any, session: Session, hub: Hub) -> bool:
+        """Move a one-channel stream onto the server's chunk stream; ``False`` if it cannot.
+
+        What is queued (the opening and the replayed history) is pushed first, then the
+        subscription switches format, in one synchronous step: nothing is lost or reordered.
+        """
+        if self._positions is not None or self.closed or len(session.subscriptions) != 1:
+            return False
+        channel = next(iter(session.subscriptions))
+        fmt = chunk_format(stream.push_many)
+        if not hub.retarget(session, channel, fmt, stream.push, target=stream):
+            return False
+        replay = self._queued  # the missed history may exceed the limit once, as queued
+        if self._queue:
+            stream.push(http_chunk(self._take()))
+        self._fast = stream
+        self.push = stream.push
+        stream.set_send_limit(self._limit + replay, self.on_overflow)
+        return True
 
     def _on_beat(self) -> None:
         if self.closed:
@@ -461,14 +521,36 @@ class SseEndpoint(ChannelEndpoint):
                 *cors,
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await self._stream(stream, opening, receive, send)
+            stream.start(opening)
+            fast = scope.get("extensions", {}).get(FAST_STREAM)
+            if fast is not None and stream.go_fast(fast["open"](), session, hub):
+                await self._fast_stream(stream, receive, send)
+            else:
+                await self._stream(stream, receive, send)
         finally:
             hub.close_session(session, CloseCode.NORMAL)
 
     @staticmethod
-    async def _stream(stream: SseStream, opening: bytes, receive: Receive, send: Send) -> None:
+    async def _fast_stream(stream: SseStream, receive: Receive, send: Send) -> None:
+        """Events go straight to the connection; wait for the end, whichever side ends it."""
+        watcher = asyncio.create_task(until_disconnect(receive), name="clarion-sse-watcher")
+        try:
+            await asyncio.wait((watcher, stream.ended), return_when=asyncio.FIRST_COMPLETED)
+            if watcher.done():
+                stream.peer_gone = True
+            else:
+                # The hub closed the stream: what was pushed is written before the last chunk,
+                # unless the reader does not take it within the grace period (a slow reader).
+                last = send({"type": "http.response.body", "body": b"", "more_body": False})
+                with contextlib.suppress(OSError, TimeoutError):
+                    await asyncio.wait_for(last, CLOSE_GRACE)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    @staticmethod
+    async def _stream(stream: SseStream, receive: Receive, send: Send) -> None:
         """Write until the hub closes the stream or the client goes away."""
-        stream.start(opening)
         writer = asyncio.create_task(stream.pump(send), name="clarion-sse-writer")
         watcher = asyncio.create_task(until_disconnect(receive), name="clarion-sse-watcher")
         try:

@@ -686,6 +686,21 @@ class Hub:
             self.emit("subscribe", {**self._session_info(session), "channel": channel})
         return result
 
+    def retarget(
+        self, session: Session, channel: str, fmt: WireFormat, push: Push, target: Any = None
+    ) -> bool:
+        """Move a live subscription to another wire format (e.g. a faster path that became
+        available once a response started). Synchronous: no publication falls in between."""
+        sub = session.subscriptions.get(channel)
+        local = self.local.get(channel)
+        if sub is None or local is None or sub not in local.by_format.get(sub.fmt, ()):
+            return False  # not live (still resuming, or conflating): leave it where it is
+        local.remove(sub)
+        sub.fmt, sub.push = fmt, push
+        sub.target = push if target is None else target
+        local.add_live(sub)
+        return True
+
     async def unsubscribe(self, session: Session, channel: str) -> bool:
         sub = session.subscriptions.pop(channel, None)
         if sub is None:

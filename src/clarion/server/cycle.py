@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from clarion.server.config import ClientDisconnected, Config, Message, Scope, date_header
+from clarion.server.faststream import FAST_STREAM_EXTENSION, ChunkStream
 
 if TYPE_CHECKING:
     from clarion.server.http import HttpProtocol
@@ -63,6 +64,7 @@ class HttpCycle:
         "_length",
         "_more_body",
         "_sent",
+        "_stream",
         "_waiter",
         "body_size",
         "buffered",
@@ -114,6 +116,8 @@ class HttpCycle:
         self._sent = 0
         self.chunked = False
         self.no_body = False
+        self._stream: ChunkStream | None = None
+        scope.setdefault("extensions", {})[FAST_STREAM_EXTENSION] = {"open": self.open_stream}
 
     # -- fed by the connection --------------------------------------------------------------
 
@@ -135,6 +139,8 @@ class HttpCycle:
 
     def disconnect(self) -> None:
         self.disconnected = True
+        if self._stream is not None:
+            self._stream.discard_outbox()
         if self._head_handle is not None:
             self._head_handle.cancel()
             self._head_handle = None
@@ -251,7 +257,19 @@ class HttpCycle:
             self._conn.transport.write(self._head)
             self._head = b""
 
+    def open_stream(self) -> ChunkStream:
+        """The fast path for a chunked streaming response (see ``faststream``)."""
+        if not self.response_started or not self.chunked or self.response_complete:
+            raise RuntimeError("open() needs a started, chunked and unfinished response")
+        if self._stream is None:
+            self._write_body(b"", True)  # the head goes out first
+            conn = self._conn
+            self._stream = ChunkStream(conn, conn._loop, self.config.send_limit)
+        return self._stream
+
     def _write_body(self, body: bytes, more: bool) -> None:
+        if self._stream is not None:
+            self._stream.flush()  # what was pushed goes before what is sent
         parts: list[bytes] = []
         if not self.head_written:
             if self._head_handle is not None:
@@ -274,6 +292,8 @@ class HttpCycle:
         if parts:
             self._conn.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
         if not more:
+            if self._stream is not None:
+                self._stream.discard_outbox()  # nothing pushed later may leak into a next reply
             self.response_complete = True
             if self._length is not None and self._sent < self._length and not self.no_body:
                 self.keep_alive = False  # the client would wait for the missing bytes

@@ -1,0 +1,65 @@
+"""The ``clarion.fast_stream`` extension: shared, pre-framed chunks for streaming responses.
+
+Server-Sent Events are the WebSocket fan-out's twin: every subscriber of a channel receives the
+same event bytes, and with chunked transfer encoding even the chunk framing is the same. An
+HTTP request's scope carries ``scope["extensions"]["clarion.fast_stream"]["open"]``: once the
+app has sent ``http.response.start`` for a chunked response, ``open()`` returns a stream whose
+``push(chunk)`` takes complete, already chunk-framed bytes (``b"%x\\r\\n" % len(data) + data +
+b"\\r\\n"``) and coalesces them into one write per connection per loop iteration, like
+:class:`~clarion.server.fastws.Outbox`. The app still ends the response with a normal
+``http.response.body`` message (``more_body: False``), which writes what was pushed first.
+``drop_pending()`` forgets what was pushed and not yet written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from clarion.server.fastws import Outbox
+
+if TYPE_CHECKING:
+    from clarion.server.http import HttpProtocol
+
+FAST_STREAM_EXTENSION = "clarion.fast_stream"
+
+log = logging.getLogger("clarion.server.faststream")
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` framed as one HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class ChunkStream(Outbox):
+    """Pushed chunks of one streaming response, written once per loop iteration."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: HttpProtocol, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self._conn = conn
+        self.transport = conn.transport
+        self.init_outbox(loop, limit)
+
+    def on_eof_flushed(self) -> None:  # pragma: no cover - a stream never half-closes
+        return None
+
+    def on_overflow_default(self) -> None:
+        log.info("stream send buffer over %d bytes: closing", self._limit)
+        self._conn.close()
+
+    def on_hard_overflow(self) -> None:
+        log.warning("stream send buffer over twice its limit of %d bytes: closing", self._limit)
+        self.discard_outbox()
+        self.transport.abort()
+
+    def drop_pending(self) -> None:
+        """Forget what was pushed and not yet written (a reader too slow to take it)."""
+        if not self._sealed:
+            self._out.clear()
+            self._out_bytes = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.is_closing()

@@ -38,7 +38,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SERVER_CORE = 1
 GENERATOR_CORE = 0
-ALL_SCENARIOS = ("p1", "p2", "p3", "p4", "p5")
+ALL_SCENARIOS = ("p1", "p2", "p3", "p4", "p5", "flush")
+FLUSH_INTERVALS = (0.0, 0.0005, 0.001, 0.002, 0.005)  # seconds: clarion's flush_interval
 ALL_SERVERS = ("clarion", "nchan", "node")
 NOISE_THRESHOLD = 0.15  # other processes' share of the server's core that flags a run
 Record = dict[str, Any]
@@ -98,12 +99,14 @@ def measure(
     lg_args: dict[str, Any],
     workroot: Path,
     log_dir: Path,
+    env: dict[str, str] | None = None,
 ) -> Record:
     rec: Record = {"scenario": scenario, "server": server, "transport": transport}
     rec["subscribers"] = lg_args.get("subscribers")
+    rec["env"] = env or {}
     t0 = time.monotonic()
     try:
-        server_proc = srv.start_server(server, transport, workroot, core=SERVER_CORE)
+        server_proc = srv.start_server(server, transport, workroot, core=SERVER_CORE, env_extra=env)
     except srv.ServerError as exc:
         rec["error"] = f"server failed to start: {exc}"
         return rec
@@ -118,6 +121,8 @@ def measure(
         cmd = loadgen_command(args)
         rec["loadgen_command"] = shlex.join(cmd)
         name = f"{scenario}-{server}-{transport}-{lg_args.get('subscribers')}"
+        if env:
+            name += "-" + "-".join(env.values())
         try:
             out = subprocess.run(
                 cmd, cwd=REPO, capture_output=True, timeout=budget + 60, check=False
@@ -509,6 +514,41 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
             out += ["Not measured (clarion not available)."]
         out += [""]
 
+    flush_recs = [r for r in records if r["scenario"].startswith("flush-")]
+    if flush_recs:
+        out += [
+            "## Flush interval: latency against CPU",
+            "",
+            "clarion writes each connection's pending frames once per event-loop iteration; "
+            "`flush_interval` (seconds) lets them wait longer so several publications share one "
+            f"write. Fixed rate: {args['p2_subscribers']:,} subscribers x {args['p2_rate']:g} "
+            f"publications/s; saturation: {sizes[0]:,} subscribers, window {args['window']}.",
+            "",
+            "| flush_interval | fixed rate: p50 / p99 ms | fixed rate: server CPU "
+            "| fixed rate: deliveries per CPU-s | saturation: deliveries/s "
+            "| saturation: deliveries per CPU-s | saturation: p99 ms |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for interval in FLUSH_INTERVALS:
+            key = f"{interval:g}"
+            rate = next(
+                (r for r in flush_recs if r["scenario"] == "flush-rate"
+                 and r["env"].get("CLARION_FLUSH_INTERVAL") == key), {}
+            ).get("result", {})  # fmt: skip
+            sat = next(
+                (r for r in flush_recs if r["scenario"] == "flush-saturate"
+                 and r["env"].get("CLARION_FLUSH_INTERVAL") == key), {}
+            ).get("result", {})  # fmt: skip
+            out.append(
+                f"| {key} | {fnum(rate.get('latency_p50_ms'), 2)} / "
+                f"{fnum(rate.get('latency_p99_ms'), 2)} | {pct(rate.get('server_cpu_fraction'))} "
+                f"| {fnum(rate.get('deliveries_per_server_cpu_s'))} "
+                f"| {fnum(sat.get('deliveries_per_s'))} "
+                f"| {fnum(sat.get('deliveries_per_server_cpu_s'))} "
+                f"| {fnum(sat.get('latency_p99_ms'), 2)} |"
+            )
+        out += [""]
+
     out += ["## Machine and load during the run", ""]
     m = report["machine"]
     out += [f"- {k}: {v}" for k, v in m.items()]
@@ -608,7 +648,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", default="1000,10000", help="subscriber counts for P1 and P4")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=2.0)
-    p.add_argument("--window", type=int, default=8, help="saturation: publications in flight")
+    p.add_argument("--window", type=int, default=64, help="saturation: publications in flight")
     p.add_argument("--payload-size", type=int, default=100)
     p.add_argument("--sample", type=float, default=0.01, help="fraction parsing every frame")
     p.add_argument("--p2-subscribers", type=int, default=1000)
@@ -688,6 +728,17 @@ def main(argv: list[str] | None = None) -> int:
             for server in active:
                 args = dict(common, mode="idle", subscribers=a.p3_connections, sample=0)
                 plan.append((scenario, server, "ws", args))
+        elif scenario == "flush" and "clarion" in active:
+            # The trade-off between flush interval, latency and CPU: the fixed-rate load of P2
+            # and saturation at the first size, for each interval.
+            for interval in FLUSH_INTERVALS:
+                env = {"CLARION_FLUSH_INTERVAL": f"{interval:g}"}
+                args = dict(common, mode="rate", subscribers=a.p2_subscribers, rate=a.p2_rate)
+                args["sample"] = max(a.sample, 0.05)
+                plan.append(("flush-rate", "clarion", "ws", args | {"env": env}))
+                args = dict(common, mode="saturate", subscribers=sizes[0], window=a.window)
+                args["sample"] = a.sample
+                plan.append(("flush-saturate", "clarion", "ws", args | {"env": env}))
         elif scenario == "p5" and "clarion" in active:
             args = dict(common, mode="storm", subscribers=a.p5_clients, rate=a.p5_rate)
             args.update(sample=0, duration=3.0)
@@ -717,7 +768,10 @@ def main(argv: list[str] | None = None) -> int:
             rec: Record = {}
             for attempt in range(1 + max(0, a.retries)):
                 quiet = wait_quiet(a.quiet_threshold, a.quiet_wait)
-                new = measure(scenario, server, transport, args, workroot, log_dir)
+                lg_args = {k: v for k, v in args.items() if k != "env"}
+                new = measure(
+                    scenario, server, transport, lg_args, workroot, log_dir, args.get("env")
+                )
                 new["quiet_before"] = quiet
                 new["attempt"] = attempt + 1
                 print_table([new])

@@ -131,6 +131,7 @@ def start_server(
     workroot: Path,
     core: int | None = 1,
     ready_timeout: float = 20.0,
+    env_extra: dict[str, str] | None = None,
 ) -> Server:
     """Start ``name`` (clarion|nchan|node) serving ``transport`` (ws|sse) on a free port."""
     port = free_port()
@@ -142,7 +143,7 @@ def start_server(
     if name == "clarion":
         cmd = [*clarion_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
         cmd += ["--log-level", "warning"]
-        extra_env = dict(CLARION_ENV)
+        extra_env = {**CLARION_ENV, **(env_extra or {})}
         health = "/healthz"
     elif name == "nchan":
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -325,6 +326,12 @@ def machine_info() -> dict[str, str]:
     return info
 
 
+def portable(cmd: str) -> str:
+    """A command as a reader reruns it: paths relative to the checkout, no temp dirs."""
+    cmd = cmd.replace(str(REPO) + "/", "")
+    return re.sub(r"/\S*/clarion-bench-[^/\s]+", "$WORKDIR", cmd)
+
+
 def render(report: dict[str, Any], plot_rel: str | None) -> str:
     records: list[Record] = report["records"]
     sizes: list[int] = report["sizes"]
@@ -393,8 +400,10 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
         "subscriber (clarion does; nchan and the Node servers write each message): P1/P4 "
         "reward that. P2 (a fixed 100 publications/s, so no coalescing) shows the "
         "per-message cost: compare its deliveries per server CPU-second.",
-        "- The generator counts WebSocket frames by walking frame headers (SSE: counting "
-        f"`data:` lines); {args['sample']:.0%} of subscribers parse every message for latency "
+        "- The generator counts WebSocket messages by walking frame headers; at saturation, by "
+        "counting (in C, `bytes.count`) the marker each published document starts with exactly "
+        "once (SSE: counting `data:` lines); "
+        f"{args['sample']:.0%} of subscribers parse every message for latency "
         "(each publication carries its send time). After publishing stops it waits for every "
         "delivery: `exact` = received == publications x subscribers.",
         f"- Before each measurement the runner waits (up to {args['quiet_wait']:g} s) until "
@@ -476,7 +485,13 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
                 "clarion/nchan bytes per connection: "
                 f"{ratio(c.get('rss_per_connection_bytes'), n.get('rss_per_connection_bytes'))}",
             ]
-        out += [""]
+        out += [
+            "",
+            "clarion's goal is 4 KiB per idle connection. What an idle connection holds today, "
+            "what stands between it and that goal, and how far one process scales, are in "
+            "[docs/architecture.md](docs/architecture.md#memory-per-connection).",
+            "",
+        ]
     if "p4" in scen:
         out += ["## P4 - Server-Sent Events fan-out at saturation", ""]
         out += fanout_tables(records, "p4", sizes)
@@ -603,7 +618,7 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
                 if key == "server_command" and rec.get("server_env"):
                     env = " ".join(f"{k}={v}" for k, v in rec["server_env"].items())
                     cmd = f"{env} {cmd}"
-                out.append(cmd)
+                out.append(portable(cmd))
     out += ["```", ""]
     return "\n".join(out)
 

@@ -30,6 +30,10 @@ from clarion.server.fastws import FAST_WEBSOCKET_EXTENSION, Outbox
 log = logging.getLogger("clarion.server.websocket")
 # websockets logs every open and close at INFO; keep that under our tree, one level down.
 protocol_log = logging.getLogger("clarion.server.websocket.protocol")
+# The protocol objects log every connection's opening and closing at INFO: with thousands of
+# connections that is the log. Lower it explicitly (logging config) to see them.
+if protocol_log.level == logging.NOTSET:
+    protocol_log.setLevel(logging.WARNING)
 
 INBOUND_HIGH = 32  # queued messages at which reading from the socket pauses
 INBOUND_LOW = 8  # ... and resumes

@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 
+from clarion.core.admission import Admission
 from clarion.core.auth import Authenticator, Credentials
 from clarion.core.fanout import LocalChannel, Push, Subscription, WireFormat, publication_cursor
-from clarion.core.limits import Revocations, TokenBucket
+from clarion.core.limits import Revocations
 from clarion.core.metrics import Stats, make_registry, render
 from clarion.core.session import Backlogged, Session, SubscribeResult, Transport
 from clarion.engines.base import Engine, History, PresenceEntry, SharedLimits
@@ -86,10 +87,7 @@ class Hub:
         self.by_user: dict[str, set[Session]] = {}
         self.by_ip: dict[str, int] = {}
         self.revocations = Revocations()
-        self.user_buckets: dict[str, TokenBucket] = {}
-        # Per-user and per-IP caps shared by every node, when the engine offers them (Redis).
-        self.shared_limits: SharedLimits | None = None
-        self._admitted: dict[str, list[tuple[str, str]]] = {}
+        self.admission = Admission(self)
         self.stats = Stats()
         self.metrics_registry = make_registry(self)
         self._recovering: dict[str, list[Publication]] = {}
@@ -97,7 +95,6 @@ class Hub:
         self._ticker: asyncio.Task[None] | None = None
         self._started = False
         self.closing = False
-        self._session_hooks: list[Callable[[Session, bool], None]] = []
         # Called with every publication this node made (webhooks' outbox, for one).
         self.publish_listeners: list[Callable[[Publication], None]] = []
         # Called with session lifecycle events: connect, disconnect, subscribe, unsubscribe.
@@ -112,7 +109,7 @@ class Hub:
         self.closing = False
         await self.engine.start(self)
         shared = getattr(self.engine, "limits", None)
-        self.shared_limits = shared if isinstance(shared, SharedLimits) else None
+        self.admission.shared = shared if isinstance(shared, SharedLimits) else None
         self._ticker = asyncio.create_task(self._tick_forever(), name="clarion-hub-tick")
         log.info("hub started (engine=%s)", self.engine.name)
 
@@ -356,78 +353,11 @@ class Hub:
             self.by_user.setdefault(credentials.user, set()).add(session)
         if client_ip is not None:
             self.by_ip[client_ip] = self.by_ip.get(client_ip, 0) + 1
-        if self.shared_limits is not None and transport.kind != "poll":
-            self.spawn(self._admit(session, self.shared_limits))
-        for hook in self._session_hooks:
-            hook(session, True)
+        if self.admission.shared is not None and transport.kind != "poll":
+            self.spawn(self.admission.admit(session))
         if self._reports_lifecycle(session):
             self.emit("connect", self._session_info(session))
         return session
-
-    async def _admit(self, session: Session, shared: SharedLimits) -> None:
-        """Count the session against the caps every node shares; close it when over one.
-
-        The local caps were checked synchronously already; this runs right after, so a client
-        over a cluster-wide cap is told (4503) moments after connecting. When the engine cannot
-        be reached the local caps alone apply.
-        """
-        if session.closed:
-            return
-        limits = self.settings.limits
-        held = self._admitted.setdefault(session.id, [])
-        checks = [
-            ("ip", session.client_ip, limits.max_connections_per_ip),
-            ("user", session.user, limits.max_connections_per_user),
-        ]
-        for kind, key, cap in checks:
-            if key is None:
-                continue
-            try:
-                admitted = await shared.acquire_connection(kind, key, session.id, cap)
-            except (ClarionError, OSError) as exc:
-                log.warning("shared connection count unavailable: %s", exc)
-                continue
-            if session.closed:  # closed meanwhile: what was held is being released already
-                if admitted:
-                    await self._release_counts(shared, [(kind, key)], session.id)
-                return
-            if not admitted:
-                self.close_session(session, CloseCode.TOO_MANY_CONNECTIONS)
-                return
-            held.append((kind, key))
-
-    async def _release_counts(
-        self, shared: SharedLimits, held: list[tuple[str, str]], session_id: str
-    ) -> None:
-        for kind, key in held:
-            try:
-                await shared.release_connection(kind, key, session_id)
-            except (ClarionError, OSError):
-                log.warning("could not release a shared connection count", exc_info=True)
-
-    async def _release_admission(self, session_id: str) -> None:
-        held = self._admitted.pop(session_id, [])
-        if self.shared_limits is not None and held:
-            await self._release_counts(self.shared_limits, held, session_id)
-
-    async def check_user_rate(self, session: Session) -> bool:
-        """The per-user publish rate (``client_publish_rate_per_user``), shared when possible."""
-        limits = self.settings.limits
-        rate = limits.client_publish_rate_per_user
-        user = session.user
-        if rate is None or user is None:
-            return True
-        if self.shared_limits is not None:
-            try:
-                return await self.shared_limits.take_token(
-                    f"user:{user}", rate, limits.client_publish_burst
-                )
-            except (ClarionError, OSError):
-                log.warning("shared publish rate unavailable; using this node's", exc_info=True)
-        bucket = self.user_buckets.get(user)
-        if bucket is None:
-            bucket = self.user_buckets[user] = TokenBucket(rate, limits.client_publish_burst)
-        return bucket.take()
 
     def _reports_lifecycle(self, session: Session) -> bool:
         # A poll is a session per request: reporting each as connect/subscribe/disconnect
@@ -476,7 +406,7 @@ class Hub:
                 held.discard(session)
                 if not held:
                     del self.by_user[session.user]
-                    self.user_buckets.pop(session.user, None)
+                    self.admission.forget_user(session.user)
         subs = list(session.subscriptions.values())
         session.subscriptions.clear()
         for sub in subs:
@@ -487,10 +417,8 @@ class Hub:
             session.transport.close(code, reason)
         except Exception:
             log.exception("transport close failed for %r", session)
-        for hook in self._session_hooks:
-            hook(session, False)
-        if session.id in self._admitted:
-            self.spawn(self._release_admission(session.id))
+        if self.admission.holds(session.id):
+            self.spawn(self.admission.release(session.id))
         if self._reports_lifecycle(session):
             for sub in subs:
                 self.emit("unsubscribe", {**self._session_info(session), "channel": sub.channel})

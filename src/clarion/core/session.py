@@ -143,7 +143,7 @@ class Session:
 
     async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> Any:
         self.hub.auth.check_publish(self.credentials, channel)
-        if not self.publish_bucket.take() or not await self.hub.check_user_rate(self):
+        if not self.publish_bucket.take() or not await self.hub.admission.check_user_rate(self):
             if self.abuse.strike():
                 self.close(CloseCode.ABUSE)
             raise LimitExceeded(

@@ -1,0 +1,100 @@
+"""Caps and rates that span connections: per user and per IP, shared by every node when the
+engine offers shared counters (Redis), kept by this node otherwise."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from clarion.core.limits import TokenBucket
+from clarion.engines.base import SharedLimits
+from clarion.errors import ClarionError
+from clarion.protocol.codes import CloseCode
+
+if TYPE_CHECKING:
+    from clarion.core.hub import Hub
+    from clarion.core.session import Session
+
+log = logging.getLogger("clarion.admission")
+
+
+class Admission:
+    """Counts sessions against the shared per-user and per-IP caps; the per-user publish rate."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.shared: SharedLimits | None = None  # set when the hub starts
+        self._held: dict[str, list[tuple[str, str]]] = {}  # session id -> counted (kind, key)
+        self._buckets: dict[str, TokenBucket] = {}  # per user, when nothing is shared
+
+    def holds(self, session_id: str) -> bool:
+        return session_id in self._held
+
+    async def admit(self, session: Session) -> None:
+        """Count ``session`` against the caps every node shares; close it when over one.
+
+        The local caps were checked synchronously already; this runs right after, so a client
+        over a cluster-wide cap is told (4503) moments after connecting. When the engine cannot
+        be reached the local caps alone apply.
+        """
+        shared = self.shared
+        if shared is None or session.closed:
+            return
+        limits = self.hub.settings.limits
+        held = self._held.setdefault(session.id, [])
+        checks = [
+            ("ip", session.client_ip, limits.max_connections_per_ip),
+            ("user", session.user, limits.max_connections_per_user),
+        ]
+        for kind, key, cap in checks:
+            if key is None:
+                continue
+            try:
+                admitted = await shared.acquire_connection(kind, key, session.id, cap)
+            except (ClarionError, OSError) as exc:
+                log.warning("shared connection count unavailable: %s", exc)
+                continue
+            if session.closed:  # closed meanwhile: what was held is being released already
+                if admitted:
+                    await self._release(shared, [(kind, key)], session.id)
+                return
+            if not admitted:
+                self.hub.close_session(session, CloseCode.TOO_MANY_CONNECTIONS)
+                return
+            held.append((kind, key))
+
+    async def release(self, session_id: str) -> None:
+        held = self._held.pop(session_id, [])
+        if self.shared is not None and held:
+            await self._release(self.shared, held, session_id)
+
+    @staticmethod
+    async def _release(shared: SharedLimits, held: list[tuple[str, str]], session_id: str) -> None:
+        for kind, key in held:
+            try:
+                await shared.release_connection(kind, key, session_id)
+            except (ClarionError, OSError):
+                log.warning("could not release a shared connection count", exc_info=True)
+
+    def forget_user(self, user: str) -> None:
+        """The user's last session on this node closed."""
+        self._buckets.pop(user, None)
+
+    async def check_user_rate(self, session: Session) -> bool:
+        """The per-user publish rate (``client_publish_rate_per_user``), shared when possible."""
+        limits = self.hub.settings.limits
+        rate = limits.client_publish_rate_per_user
+        user = session.user
+        if rate is None or user is None:
+            return True
+        if self.shared is not None:
+            try:
+                return await self.shared.take_token(
+                    f"user:{user}", rate, limits.client_publish_burst
+                )
+            except (ClarionError, OSError):
+                log.warning("shared publish rate unavailable; using this node's", exc_info=True)
+        bucket = self._buckets.get(user)
+        if bucket is None:
+            bucket = self._buckets[user] = TokenBucket(rate, limits.client_publish_burst)
+        return bucket.take()

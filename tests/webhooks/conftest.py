@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 
 from ..conftest import RunningHub, timeout
+from ..redis_fixture import redis_server
 from .receiver import Receiver
+
+__all__ = ["redis_server"]  # the fixture, for the shared (Redis) outbox tests
 
 # Retries come quickly in tests; the window stays long unless a test wants dead letters.
 FAST: dict[str, Any] = {"timeout": 3.0, "retry_base": 0.02, "retry_cap": 0.1, "retry_window": 60}

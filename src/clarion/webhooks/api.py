@@ -41,6 +41,12 @@ class WebhookAPI:
             raise NotFound("webhooks are not available on this hub")
         return service
 
+    async def _current(self, request: Request) -> WebhookService:
+        """The service, caught up with endpoints other nodes changed (on a shared outbox)."""
+        service = self._service(request)
+        await service.refresh()
+        return service
+
     async def index(self, request: Request) -> Response:
         service = self._service(request)
         return JSONResponse({"webhooks": await service.describe_all()})
@@ -55,22 +61,22 @@ class WebhookAPI:
         return JSONResponse({"id": endpoint.id, "secret": endpoint.secret, **out})
 
     async def get(self, request: Request) -> Response:
-        service = self._service(request)
+        service = await self._current(request)
         endpoint = service.get(request.path_params["id"])
         return JSONResponse(await service.describe(endpoint, detail=True))
 
     async def delete(self, request: Request) -> Response:
-        service = self._service(request)
+        service = await self._current(request)
         await service.remove(request.path_params["id"])
         return JSONResponse({})
 
     async def enable(self, request: Request) -> Response:
-        service = self._service(request)
+        service = await self._current(request)
         endpoint = await service.enable(request.path_params["id"])
         return JSONResponse(await service.describe(endpoint))
 
     async def replay(self, request: Request) -> Response:
-        service = self._service(request)
+        service = await self._current(request)
         body = await read_json(self.hub, request)
         if "since" not in body:
             raise BadRequest("'since' (a cursor) is required")
@@ -80,7 +86,7 @@ class WebhookAPI:
         return JSONResponse(result)
 
     async def dead_letters(self, request: Request) -> Response:
-        service = self._service(request)
+        service = await self._current(request)
         after = _int_param(request, "after", 0, 2**63 - 1)
         limit = _int_param(request, "limit", 100, MAX_LIST)
         letters = await service.dead_letters(request.path_params["id"], after, limit)
@@ -93,7 +99,7 @@ class WebhookAPI:
         )
 
     async def revive(self, request: Request) -> Response:
-        service = self._service(request)
+        service = await self._current(request)
         has_body = request.headers.get("content-length", "0") != "0" or (
             "transfer-encoding" in request.headers
         )

@@ -139,7 +139,25 @@ class Outbox(Protocol):
 
     async def event_version(self) -> int: ...
 
+    # True when several nodes share the outbox: endpoints change under this node's feet, and
+    # each endpoint's queue is delivered by whichever node holds its lease.
+    shared: bool
+    # Seconds between looks at a queue this node has not been told about (``None``: never).
+    poll_interval: float | None
+
+    async def claim(self, endpoint_id: str) -> bool:
+        """Take or renew the right to deliver the endpoint; ``False`` while another node has it."""
+
+    async def release(self, endpoint_id: str) -> None:
+        """Give up the right to deliver the endpoint."""
+
+    async def flush(self) -> None:
+        """Wait until what :meth:`enqueue` accepted so far is stored."""
+
     def close(self) -> None: ...
+
+    async def aclose(self) -> None:
+        """Store what is pending, give up what this node holds, and close."""
 
 
 class SQLiteOutbox:
@@ -150,6 +168,8 @@ class SQLiteOutbox:
     """
 
     FILE = "webhooks.sqlite3"
+    shared = False
+    poll_interval: float | None = None
 
     def __init__(
         self, data_dir: str | Path, *, fsync: bool = False, max_dead_letters: int = 10_000
@@ -188,6 +208,18 @@ class SQLiteOutbox:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def claim(self, endpoint_id: str) -> bool:
+        return True  # one hub per data_dir: it delivers everything
+
+    async def release(self, endpoint_id: str) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None  # enqueue commits before it returns
 
     @property
     def db(self) -> sqlite3.Connection:

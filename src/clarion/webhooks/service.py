@@ -13,6 +13,12 @@ How a publication becomes a delivery:
    :mod:`clarion.webhooks.schedule`; when that is spent the delivery moves to the dead letters
    and the worker goes on with the next. ``410 Gone`` disables the endpoint until it is enabled
    again; its queue is kept.
+
+With the Redis engine the outbox is shared (:mod:`clarion.webhooks.redis_outbox`): every node
+queues what it publishes into the same per-endpoint queues, every node runs a worker per
+endpoint, and only the one holding the endpoint's lease delivers. Endpoints registered on any
+node reach the others through :meth:`WebhookService.refresh`: when a change is announced over
+pub/sub, every ``SYNC_INTERVAL``, and before each API call.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from clarion.webhooks.endpoint import (
     new_endpoint_id,
 )
 from clarion.webhooks.outbox import Outbox, SQLiteOutbox
+from clarion.webhooks.redis_outbox import RedisOutbox
 from clarion.webhooks.schedule import RetrySchedule
 from clarion.webhooks.sender import Sender
 from clarion.webhooks.signing import (
@@ -65,6 +72,7 @@ log = logging.getLogger("clarion.webhooks")
 ROUTE_CACHE = 4096  # channels whose matching endpoints are remembered
 MAX_ENDPOINTS = 1000
 MAX_POSITIONS = 1000  # channel positions shown per endpoint, latest first
+SYNC_INTERVAL = 1.0  # seconds between looks at a shared outbox's endpoint registry
 
 
 class WebhookService:
@@ -89,6 +97,10 @@ class WebhookService:
         self._listening_events = False
         self._started = False
         self._opening: asyncio.Lock | None = None
+        self._registry: asyncio.Lock | None = None  # endpoint changes vs. shared refreshes
+        self._registry_seen = -1
+        self._sync: asyncio.Task[None] | None = None
+        self._registry_changed = asyncio.Event()
         self.slots = asyncio.Semaphore(self.config.concurrency)
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -117,7 +129,14 @@ class WebhookService:
         """
         self._started = True
         static = self.hub.settings.webhooks
-        if static or self._outbox is not None or SQLiteOutbox.exists(self.hub.settings.data_dir):
+        # A shared outbox is always opened: other nodes may register endpoints at any time.
+        shared = self.hub.engine.name == "redis"
+        if (
+            static
+            or shared
+            or self._outbox is not None
+            or SQLiteOutbox.exists(self.hub.settings.data_dir)
+        ):
             try:
                 await self._open()
                 await self._apply_config(static)
@@ -128,9 +147,19 @@ class WebhookService:
     async def _open(self) -> None:
         if self._sender is not None:
             return
+        if self._outbox is None and self.hub.engine.name == "redis":
+            from clarion.engines.redis.engine import RedisEngine
+
+            engine = self.hub.engine
+            assert isinstance(engine, RedisEngine)
+            shared = RedisOutbox(engine, max_dead_letters=self.config.max_dead_letters)
+            await shared.open()
+            shared.on_written = self._written
+            shared.on_registry_changed = self._registry_changed.set
+            self._outbox = shared
         if self._outbox is None:
             if self.hub.engine.name != "memory":
-                # No shared outbox yet: each node delivers what it published, from its own file.
+                # An engine without a shared outbox: each node delivers what it published.
                 log.warning(
                     "webhooks: the outbox is local to this node (engine %s): each node needs "
                     "its own data_dir and delivers what it publishes; configure endpoints in "
@@ -149,6 +178,8 @@ class WebhookService:
         self.backlog = await outbox_.backlog()
         self.dead = await outbox_.dead_count()
         self._version = await outbox_.event_version()
+        if isinstance(outbox_, RedisOutbox):
+            self._registry_seen = await outbox_.registry_version()
         self._sender = Sender(
             self.allow,
             timeout=self.config.timeout,
@@ -159,6 +190,8 @@ class WebhookService:
         for endpoint in self.endpoints.values():
             self._workers[endpoint.id] = EndpointWorker(self, endpoint)
         self.endpoints_changed()
+        if outbox_.shared:
+            self._sync = asyncio.create_task(self._sync_forever(), name="clarion-webhook-sync")
         pending = sum(self.backlog.values())
         log.info("webhooks: %d endpoints, %d deliveries pending", len(self.endpoints), pending)
 
@@ -176,6 +209,11 @@ class WebhookService:
         with contextlib.suppress(ValueError):
             self.hub.publish_listeners.remove(self.on_publication)
         self._listen_events(False)
+        if self._sync is not None:
+            self._sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync
+            self._sync = None
         workers, self._workers = list(self._workers.values()), {}
         for worker in workers:
             await worker.stop()
@@ -183,8 +221,74 @@ class WebhookService:
             await self._sender.aclose()
             self._sender = None
         if self._outbox is not None:
-            self._outbox.close()
+            await self._outbox.aclose()
             self._outbox = None
+
+    @property
+    def registry_lock(self) -> asyncio.Lock:
+        if self._registry is None:
+            self._registry = asyncio.Lock()
+        return self._registry
+
+    async def _sync_forever(self) -> None:
+        failing = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._registry_changed.wait(), SYNC_INTERVAL)
+            self._registry_changed.clear()
+            try:
+                await self.refresh(force=False)
+            except Exception as exc:
+                if not failing:  # once per outage, not every second
+                    log.warning("webhooks: reading the shared endpoint registry failed: %s", exc)
+                failing = True
+            else:
+                failing = False
+
+    async def refresh(self, force: bool = True) -> None:
+        """Catch up with a shared outbox: endpoints other nodes added, changed or removed, and
+        the queue sizes. Without ``force``, endpoints are read only when the registry changed."""
+        outbox = self._outbox
+        if not isinstance(outbox, RedisOutbox) or not self.is_open:
+            return
+        async with self.registry_lock:
+            version = await outbox.registry_version()
+            if self.endpoints or version != self._registry_seen:
+                self.backlog = await outbox.backlog()
+                self.dead = await outbox.dead_count()
+            if not force and version == self._registry_seen:
+                return
+            self._registry_seen = version
+            loaded = {e.id: e for e in await outbox.load_endpoints()}
+            changed = False
+            for endpoint_id in [i for i in self.endpoints if i not in loaded]:
+                self.endpoints.pop(endpoint_id)
+                worker = self._workers.pop(endpoint_id, None)
+                if worker is not None:
+                    await worker.stop()
+                changed = True
+            for endpoint in loaded.values():
+                current = self.endpoints.get(endpoint.id)
+                if current is not None and _same_config(current, endpoint):
+                    # Delivery state written by whichever node delivers the endpoint.
+                    for name in _STATE_FIELDS:
+                        setattr(current, name, getattr(endpoint, name))
+                    continue
+                old = self._workers.pop(endpoint.id, None)
+                if old is not None:
+                    await old.stop()
+                self.endpoints[endpoint.id] = endpoint
+                self._workers[endpoint.id] = EndpointWorker(self, endpoint)
+                changed = True
+            if changed:
+                self.endpoints_changed()
+
+    def _written(self, endpoint_ids: set[str]) -> None:
+        """A shared outbox stored new deliveries for these endpoints: wake their workers."""
+        for endpoint_id in endpoint_ids:
+            worker = self._workers.get(endpoint_id)
+            if worker is not None:
+                worker.wake.set()
 
     async def _apply_config(self, entries: list[WebhookEndpointConfig]) -> None:
         """Make the config's ``[[webhooks]]`` the set of configured endpoints."""
@@ -283,13 +387,18 @@ class WebhookService:
         return endpoint
 
     async def _add(self, endpoint: Endpoint) -> None:
-        await self.outbox.save_endpoint(endpoint)
-        old = self._workers.pop(endpoint.id, None)
-        if old is not None:
-            await old.stop()
-        self.endpoints[endpoint.id] = endpoint
-        self._workers[endpoint.id] = EndpointWorker(self, endpoint)
-        self.endpoints_changed()
+        async with self.registry_lock:
+            current = self.endpoints.get(endpoint.id)
+            if current is not None and _same_config(current, endpoint) and self.outbox.shared:
+                # Another node applied the same [[webhooks]] entry: leave its worker alone.
+                return
+            await self.outbox.save_endpoint(endpoint)
+            old = self._workers.pop(endpoint.id, None)
+            if old is not None:
+                await old.stop()
+            self.endpoints[endpoint.id] = endpoint
+            self._workers[endpoint.id] = EndpointWorker(self, endpoint)
+            self.endpoints_changed()
 
     def get(self, endpoint_id: str) -> Endpoint:
         endpoint = self.endpoints.get(endpoint_id) if self.is_open else None
@@ -308,14 +417,15 @@ class WebhookService:
         log.info("webhook %s removed", endpoint_id)
 
     async def _forget(self, endpoint: Endpoint) -> None:
-        self.endpoints.pop(endpoint.id, None)
-        self.endpoints_changed()
-        worker = self._workers.pop(endpoint.id, None)
-        if worker is not None:
-            await worker.stop()
-        await self.outbox.delete_endpoint(endpoint.id)
-        self.backlog.pop(endpoint.id, None)
-        self.dead.pop(endpoint.id, None)
+        async with self.registry_lock:
+            self.endpoints.pop(endpoint.id, None)
+            self.endpoints_changed()
+            worker = self._workers.pop(endpoint.id, None)
+            if worker is not None:
+                await worker.stop()
+            await self.outbox.delete_endpoint(endpoint.id)
+            self.backlog.pop(endpoint.id, None)
+            self.dead.pop(endpoint.id, None)
 
     async def enable(self, endpoint_id: str) -> Endpoint:
         endpoint = self.get(endpoint_id)
@@ -475,6 +585,13 @@ class WebhookService:
                     "the cursor holds no position for a channel this webhook delivers; "
                     "name the channels in 'channels'"
                 )
+        try:
+            return await self._replay(names, cursor, endpoint)
+        finally:
+            # Answer once the deliveries are stored, as for a publish on the SQLite outbox.
+            await self.outbox.flush()
+
+    async def _replay(self, names: list[str], cursor: Cursor, endpoint: Endpoint) -> dict[str, Any]:
         enqueued = 0
         resets: list[dict[str, str]] = []
         for name in names:
@@ -548,4 +665,14 @@ class WebhookService:
     async def describe_all(self) -> list[dict[str, Any]]:
         if not self.is_open:
             return []
+        await self.refresh()
         return [await self.describe(e) for e in self.endpoints.values()]
+
+
+# What an endpoint is, as opposed to how its deliveries are going.
+_CONFIG_FIELDS = ("url", "channels", "events", "secret", "source", "disabled_reason")
+_STATE_FIELDS = ("last_error", "last_error_at", "last_msg_id", "last_delivered_at")
+
+
+def _same_config(a: Endpoint, b: Endpoint) -> bool:
+    return all(getattr(a, name) == getattr(b, name) for name in _CONFIG_FIELDS)

@@ -39,6 +39,7 @@ class EndpointWorker:
         self.wake = asyncio.Event()
         self.queue: deque[Delivery] = deque()
         self.in_flight = False
+        self.holding = False  # whether this node had the endpoint's lease at the last step
         self.task = asyncio.create_task(self._run(), name=f"clarion-webhook-{endpoint.id}")
 
     @property
@@ -46,14 +47,22 @@ class EndpointWorker:
         return self.queue[0] if self.queue else None
 
     async def _run(self) -> None:
+        failing = False
         while True:
             try:
                 await self._step()
+                failing = False
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("webhook worker for %s failed; reloading its queue", self.endpoint.id)
+                # Once per run of failures: a shared outbox's Redis may be away for a while.
+                if not failing:
+                    log.exception(
+                        "webhook worker for %s failed; reloading its queue", self.endpoint.id
+                    )
+                failing = True
                 self.queue.clear()
+                self.holding = False
                 await asyncio.sleep(FAILURE_PAUSE)
 
     async def _step(self) -> None:
@@ -62,11 +71,21 @@ class EndpointWorker:
             self.wake.clear()
             await self.wake.wait()
             return
+        if not await service.outbox.claim(endpoint.id):
+            # Another node delivers this endpoint; look again in case its lease lapses.
+            self.holding = False
+            self.queue.clear()
+            await self._rest()
+            return
+        if not self.holding:
+            # The queue may have moved on while another node held the lease: read it afresh.
+            self.holding = True
+            self.queue.clear()
         if not self.queue:
             self.wake.clear()
             self.queue.extend(await service.outbox.head(endpoint.id, BATCH))
             if not self.queue:
-                await self.wake.wait()
+                await self._rest()
                 return
         delivery = self.queue[0]
         wait = delivery.next_attempt - time.time()
@@ -118,7 +137,24 @@ class EndpointWorker:
         delivery.next_attempt = next_attempt
         await service.outbox.failed(delivery, endpoint)
 
+    async def _rest(self) -> None:
+        """Wait to be woken; on a shared outbox, also look again every ``poll_interval``:
+        other nodes queue deliveries without telling this one."""
+        self.wake.clear()
+        poll = self.service.outbox.poll_interval
+        if poll is None:
+            await self.wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), poll)
+
     async def stop(self) -> None:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+        if self.holding:
+            self.holding = False
+            try:
+                await self.service.outbox.release(self.endpoint.id)
+            except Exception as exc:  # the lease lapses by itself
+                log.warning("webhook %s: releasing its lease failed: %s", self.endpoint.id, exc)

@@ -1,0 +1,641 @@
+"""The outbox of the Redis engine: one outbox shared by every node, one deliverer per endpoint.
+
+Keys, under the engine's prefix ``P``:
+
+* ``P:{wh}:endpoints`` — hash, endpoint id → its configuration (JSON);
+  ``P:{wh}:registry`` — a counter bumped by every change of that hash, so nodes notice changes
+  with one ``GET``; ``P:{wh}:events`` — the lifecycle event version (``INCRBY``).
+* per endpoint, all with the hash tag ``{wh:<id>}`` so that one Lua script may touch them all:
+  ``q`` (sorted set, message id by queue position), ``d`` (hash, message id → delivery with its
+  retry state), ``seq`` (the queue position counter), ``dead`` (sorted set of dead letters,
+  ``"<seq>:<json>"`` by seq), ``dseq``, ``pos`` (hash, channel → last delivered position),
+  ``state`` (hash: last error, last delivery, disabled reason) and ``lease``.
+* the pub/sub channel ``P.wh.registry`` announces registry changes, so that other nodes start
+  queueing for a new endpoint within moments rather than at their next periodic look.
+
+The lease (``SET lease <node> NX PX ttl``) says which node delivers the endpoint; it is renewed
+while the node lives and released when it stops, and a crashed node's lease lapses after
+``ttl`` — the engine URL's ``presence_ttl``, the time any claim of a vanished node outlives it.
+
+Why enqueueing blocks the event loop: the hub's publish listener is synchronous, and the
+guarantee is that a publication whose publish call has returned is already stored in the
+outbox — so that it survives the node being killed, and so that a publication answered by one
+node is queued before one made afterwards through another node. :meth:`RedisOutbox.enqueue`
+therefore writes with a small synchronous client of its own: one round-trip to Redis per
+matching publication (two for a lifecycle event, whose version comes from Redis), bounded by
+``SYNC_TIMEOUT``. This is the SQLite outbox's choice, with a network round-trip in place of a
+local commit. When that write fails, or with Sentinel (where only the asynchronous client knows
+the primary), the deliveries go to a writer task that retries in the background: those are
+stored after the publish call has returned, and lost if the node dies first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from clarion.webhooks.endpoint import PUBLICATION, Delivery, Endpoint
+from clarion.webhooks.signing import event_msg_id
+
+if TYPE_CHECKING:
+    from clarion.engines.redis.connect import RedisTarget
+    from clarion.engines.redis.engine import RedisEngine
+
+log = logging.getLogger("clarion.webhooks")
+
+OPEN_TIMEOUT = 5.0  # seconds to reach Redis when the outbox opens
+WRITE_TRIES = 5  # a failed enqueue pipeline is tried again this many times, backing off
+WRITE_BACKOFF = 0.1  # seconds before the first retry; doubles
+SYNC_TIMEOUT = 1.0  # seconds a synchronous enqueue waits to connect, and for each reply
+
+# KEYS: seq, q, d. ARGV: msg_id, delivery. A message id already pending stays where it is.
+ENQUEUE = """
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return seq
+"""
+
+# KEYS: q, d, dseq, dead. ARGV: msg_id (or '' for a new delivery), dead letter, how many to
+# keep. A delivery no longer pending (its endpoint deleted meanwhile) is left alone.
+BURY = """
+if ARGV[1] ~= '' then
+  if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+local seq = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[4], seq, seq .. ':' .. ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[3]) + 1))
+return seq
+"""
+
+# KEYS: q, d, state. ARGV: msg_id, delivery, last error, its time. Only while still pending:
+# the keys of an endpoint deleted meanwhile are not brought back.
+UPDATE = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], 'last_error', ARGV[3], 'last_error_at', ARGV[4])
+return 1
+"""
+
+# KEYS: q, d, pos, state. ARGV: msg_id, channel (or ''), position, last msg id, its time.
+DELIVERED = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[3]) end
+redis.call('HSET', KEYS[4], 'last_msg_id', ARGV[4], 'last_delivered_at', ARGV[5])
+return 1
+"""
+
+# KEYS: q, d. ARGV: limit. Flat list: seq, delivery, seq, delivery…
+HEAD = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+local out = {}
+for i = 1, #ids, 2 do
+  out[#out + 1] = ids[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[2], ids[i]) or ''
+end
+return out
+"""
+
+# KEYS: lease. ARGV: node, ttl ms. 1: held (renewed), 2: newly taken, 0: another node has it.
+CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 2
+"""
+
+# KEYS: lease. ARGV: node. Only our own lease: another node's is never touched.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+ENDPOINT_KEYS = ("q", "d", "seq", "dead", "dseq", "pos", "state", "lease")
+
+
+@dataclass(slots=True)
+class _Pending:
+    deliveries: list[Delivery]
+    event: bool
+    versioned: bool = False
+
+
+def _encode(d: Delivery) -> bytes:
+    return orjson.dumps(
+        {
+            "m": d.msg_id,
+            "k": d.kind,
+            "b": d.body.decode(),
+            "c": d.channel,
+            "e": d.epoch,
+            "o": d.offset,
+            "t": d.created_at,
+            "a": d.attempts,
+            "f": d.first_failure,
+            "n": d.next_attempt,
+            "l": d.last_error,
+            "x": d.dead_at,
+        }
+    )
+
+
+def _decode(endpoint_id: str, seq: int, raw: bytes | str) -> Delivery:
+    o = orjson.loads(raw)
+    return Delivery(
+        endpoint=endpoint_id,
+        msg_id=o["m"],
+        kind=o["k"],
+        body=o["b"].encode(),
+        channel=o["c"],
+        epoch=o["e"],
+        offset=o["o"],
+        created_at=o["t"],
+        seq=seq,
+        attempts=o["a"],
+        first_failure=o["f"],
+        next_attempt=o["n"],
+        last_error=o["l"],
+        dead_at=o["x"],
+    )
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+class RedisOutbox:
+    """The :class:`~clarion.webhooks.outbox.Outbox` of the Redis engine, shared by all nodes."""
+
+    shared = True
+
+    def __init__(self, engine: RedisEngine, *, max_dead_letters: int = 10_000) -> None:
+        # A client of its own, made like the engine's (same URL, Sentinel, options): the engine
+        # closes its client before the webhook service stops, and stopping still needs Redis
+        # to write the last deliveries and release this node's leases.
+        self._target = engine.target
+        self.prefix = engine.keys.prefix
+        self.node = engine.node_id
+        self.lease_ttl = engine.presence_ttl
+        # How often a node that does not hold a lease looks again, and how often the holder
+        # looks for deliveries queued by other nodes.
+        self.poll_interval: float | None = min(1.0, self.lease_ttl / 4)
+        self._keep_dead = max_dead_letters
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._sync: redis.Redis | None = None
+        self._sync_scripts: dict[str, Any] = {}
+        self._pending: list[_Pending] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._held: set[str] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        # Told which endpoints have new deliveries once they are in Redis (wakes their workers).
+        self.on_written: Callable[[set[str]], None] | None = None
+        # Told when another node announces a change of the endpoint registry.
+        self.on_registry_changed: Callable[[], None] | None = None
+
+    # ---- keys ----------------------------------------------------------------------------------
+
+    def _global(self, name: str) -> str:
+        return f"{self.prefix}:{{wh}}:{name}"
+
+    def _key(self, endpoint_id: str, name: str) -> str:
+        return f"{self.prefix}:{{wh:{endpoint_id}}}:{name}"
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("the webhook outbox is not open")
+        return self._client
+
+    async def open(self) -> None:
+        client = self._target.client()
+        for name, source in (
+            ("enqueue", ENQUEUE),
+            ("bury", BURY),
+            ("update", UPDATE),
+            ("delivered", DELIVERED),
+            ("head", HEAD),
+            ("claim", CLAIM),
+            ("release", RELEASE),
+        ):
+            self._scripts[name] = client.register_script(source)
+        sync = _sync_client(self._target)
+        if sync is not None:
+            for name in ("enqueue", "bury"):
+                self._sync_scripts[name] = sync.register_script(self._scripts[name].script)
+        try:
+            await asyncio.wait_for(client.ping(), OPEN_TIMEOUT)
+            if sync is not None:
+                sync.ping()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+            if sync is not None:
+                sync.close()
+            raise
+        self._client = client
+        self._sync = sync
+        self._renewer = asyncio.create_task(self._renew_forever(), name="clarion-webhook-leases")
+        self._watcher = asyncio.create_task(self._watch_forever(), name="clarion-webhook-watch")
+
+    @property
+    def _announce(self) -> str:
+        return f"{self.prefix}.wh.registry"
+
+    async def _watch_forever(self) -> None:
+        # Best effort: a missed announcement is caught by the service's periodic look.
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(self._announce)
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+                    if message is not None and self.on_registry_changed is not None:
+                        self.on_registry_changed()
+            except (RedisError, OSError) as exc:
+                log.debug("webhook registry announcements interrupted: %s", exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(1.0)
+
+    async def flush(self) -> None:
+        """Wait until every delivery handed to :meth:`enqueue` so far is written (or given up)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
+    async def aclose(self) -> None:
+        """Write what is pending, give up this node's leases, and disconnect."""
+        if self._client is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), OPEN_TIMEOUT)
+        for task in (self._renewer, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._renewer = self._watcher = None
+        for endpoint_id in list(self._held):
+            with contextlib.suppress(Exception):
+                await self.release(endpoint_id)
+        client, self._client = self._client, None
+        with contextlib.suppress(Exception):
+            await client.aclose()
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    def close(self) -> None:
+        """Synchronous close for callers that cannot await: leases lapse after their TTL."""
+        for task in (self._renewer, self._watcher):
+            if task is not None:
+                task.cancel()
+        self._renewer = self._watcher = None
+        self._client = None
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    # ---- enqueueing ------------------------------------------------------------------------
+
+    def enqueue(
+        self, deliveries: list[Delivery], event_version: int | None = None
+    ) -> list[Delivery]:
+        """Store the deliveries before returning, as the SQLite outbox does; all are returned
+        (a message id already pending is skipped in Redis). Lifecycle events get their version
+        from Redis as they are stored, so versions grow across all nodes."""
+        self.client  # noqa: B018 - raises when closed, as the SQLite outbox does
+        pending = _Pending(deliveries, event_version is not None)
+        sync = self._sync
+        if sync is not None and not self._pending and (self._writer is None or self._writer.done()):
+            try:
+                written = self._write_sync(sync, pending)
+            except (RedisError, OSError) as exc:
+                # Not lost yet: the writer task tries again, and later writes queue behind.
+                log.warning("webhook outbox write failed, retrying in the background: %s", exc)
+            else:
+                if written and self.on_written is not None:
+                    self.on_written(written)
+                return list(deliveries)
+        self._pending.append(pending)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_pending(), name="clarion-webhook-writer"
+            )
+        return list(deliveries)
+
+    def _commands(self, batch: list[_Pending]) -> list[tuple[str, list[str], list[Any], str]]:
+        """``(script, keys, args, endpoint or "")`` for each delivery, in order."""
+        out: list[tuple[str, list[str], list[Any], str]] = []
+        for pending in batch:
+            for d in pending.deliveries:
+                if d.dead_at is None:
+                    keys = [self._key(d.endpoint, n) for n in ("seq", "q", "d")]
+                    out.append(("enqueue", keys, [d.msg_id, _encode(d)], d.endpoint))
+                else:
+                    keys = [self._key(d.endpoint, n) for n in ("q", "d", "dseq", "dead")]
+                    out.append(("bury", keys, ["", _encode(d), self._keep_dead], ""))
+        return out
+
+    def _unversioned(self, batch: list[_Pending]) -> list[_Pending]:
+        return [p for p in batch if p.event and not p.versioned and p.deliveries]
+
+    def _write_sync(self, client: Any, pending: _Pending) -> set[str]:
+        if self._unversioned([pending]):
+            version = int(client.incr(self._global("events")))
+            _set_version(pending.deliveries, version)
+            pending.versioned = True
+        commands = self._commands([pending])
+        pipe = client.pipeline(transaction=False)
+        for name, keys, args, _ in commands:
+            self._sync_scripts[name](keys=keys, args=args, client=pipe)
+        results = pipe.execute()
+        return {c[3] for c, seq in zip(commands, results, strict=True) if c[3] and seq}
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            for attempt in range(WRITE_TRIES):
+                try:
+                    written = await self._write(batch)
+                except (RedisError, OSError) as exc:
+                    if attempt == WRITE_TRIES - 1 or self._client is None:
+                        count = sum(len(p.deliveries) for p in batch)
+                        log.error("webhook outbox write failed: %d deliveries lost: %s", count, exc)
+                        break
+                    await asyncio.sleep(WRITE_BACKOFF * 2**attempt)
+                else:
+                    if written and self.on_written is not None:
+                        self.on_written(written)
+                    break
+
+    async def _write(self, batch: list[_Pending]) -> set[str]:
+        client = self.client
+        events = self._unversioned(batch)
+        if events:
+            top = int(await client.incrby(self._global("events"), len(events)))
+            for version, pending in enumerate(events, top - len(events) + 1):
+                _set_version(pending.deliveries, version)
+                pending.versioned = True
+        commands = self._commands(batch)
+        pipe = client.pipeline(transaction=False)
+        for name, keys, args, _ in commands:
+            await self._scripts[name](keys=keys, args=args, client=pipe)
+        results = await pipe.execute()
+        return {c[3] for c, seq in zip(commands, results, strict=True) if c[3] and seq}
+
+    # ---- deliveries ------------------------------------------------------------------------
+
+    async def head(self, endpoint_id: str, limit: int) -> list[Delivery]:
+        keys = [self._key(endpoint_id, "q"), self._key(endpoint_id, "d")]
+        flat = await self._scripts["head"](keys=keys, args=[limit], client=self.client)
+        out = []
+        for i in range(0, len(flat), 2):
+            if flat[i + 1]:
+                d = _decode(endpoint_id, int(float(flat[i])), flat[i + 1])
+                d.dead_at = None
+                out.append(d)
+        return out
+
+    async def delivered(self, delivery: Delivery, endpoint: Endpoint) -> None:
+        channel, position = "", b""
+        if delivery.channel is not None and delivery.offset is not None:
+            channel = delivery.channel
+            position = orjson.dumps([delivery.epoch, delivery.offset, time.time()])
+        keys = [self._key(endpoint.id, n) for n in ("q", "d", "pos", "state")]
+        args = [
+            delivery.msg_id,
+            channel,
+            position,
+            endpoint.last_msg_id or delivery.msg_id,
+            endpoint.last_delivered_at or 0,
+        ]
+        await self._scripts["delivered"](keys=keys, args=args, client=self.client)
+
+    async def failed(self, delivery: Delivery, endpoint: Endpoint) -> None:
+        keys = [self._key(endpoint.id, n) for n in ("q", "d", "state")]
+        args = [
+            delivery.msg_id,
+            _encode(delivery),
+            endpoint.last_error or "",
+            endpoint.last_error_at or 0,
+        ]
+        await self._scripts["update"](keys=keys, args=args, client=self.client)
+
+    async def bury(self, delivery: Delivery) -> None:
+        e = delivery.endpoint
+        keys = [self._key(e, n) for n in ("q", "d", "dseq", "dead")]
+        args = [delivery.msg_id, _encode(delivery), self._keep_dead]
+        await self._scripts["bury"](keys=keys, args=args, client=self.client)
+
+    async def _counts(self, name: str) -> dict[str, int]:
+        ids = [_text(i) or "" for i in await self.client.hkeys(self._global("endpoints"))]
+        pipe = self.client.pipeline(transaction=False)
+        for endpoint_id in ids:
+            pipe.zcard(self._key(endpoint_id, name))
+        counts = await pipe.execute()
+        return {i: int(c) for i, c in zip(ids, counts, strict=True) if c}
+
+    async def backlog(self) -> dict[str, int]:
+        return await self._counts("q")
+
+    async def dead_count(self) -> dict[str, int]:
+        return await self._counts("dead")
+
+    async def dead_letters(self, endpoint_id: str, after_seq: int, limit: int) -> list[Delivery]:
+        raw = await self.client.zrangebyscore(
+            self._key(endpoint_id, "dead"), f"({after_seq}", "+inf", start=0, num=limit
+        )
+        return [self._dead(endpoint_id, member) for member in raw]
+
+    def _dead(self, endpoint_id: str, member: bytes) -> Delivery:
+        seq, _, body = member.partition(b":")
+        return _decode(endpoint_id, int(seq), body)
+
+    async def revive(self, endpoint_id: str, ids: list[str] | None) -> int:
+        dead_key = self._key(endpoint_id, "dead")
+        wanted = None if ids is None else set(ids)
+        revived = 0
+        for member in await self.client.zrange(dead_key, 0, -1):
+            letter = self._dead(endpoint_id, member)
+            if wanted is not None and letter.msg_id not in wanted:
+                continue
+            fresh = Delivery(
+                endpoint=endpoint_id,
+                msg_id=letter.msg_id,
+                kind=letter.kind,
+                body=letter.body,
+                channel=letter.channel,
+                epoch=letter.epoch,
+                offset=letter.offset,
+                created_at=letter.created_at,
+            )
+            keys = [self._key(endpoint_id, n) for n in ("seq", "q", "d")]
+            # In dead-letter order; a message id still pending stays where it is.
+            seq = await self._scripts["enqueue"](
+                keys=keys, args=[fresh.msg_id, _encode(fresh)], client=self.client
+            )
+            await self.client.zrem(dead_key, member)
+            revived += 1 if seq else 0
+        return revived
+
+    async def positions(self, endpoint_id: str, limit: int) -> list[tuple[str, str, int]]:
+        raw = await self.client.hgetall(self._key(endpoint_id, "pos"))
+        rows = []
+        for channel, value in raw.items():
+            epoch, offset, at = orjson.loads(value)
+            rows.append((at, _text(channel) or "", str(epoch), int(offset)))
+        rows.sort(reverse=True)
+        return [(channel, epoch, offset) for _, channel, epoch, offset in rows[:limit]]
+
+    async def event_version(self) -> int:
+        return int(await self.client.get(self._global("events")) or 0)
+
+    # ---- endpoints -------------------------------------------------------------------------
+
+    async def registry_version(self) -> int:
+        """Changes with every endpoint saved or deleted by any node."""
+        return int(await self.client.get(self._global("registry")) or 0)
+
+    async def load_endpoints(self) -> list[Endpoint]:
+        raw = await self.client.hgetall(self._global("endpoints"))
+        configs = [orjson.loads(value) for value in raw.values()]
+        pipe = self.client.pipeline(transaction=False)
+        for config in configs:
+            pipe.hgetall(self._key(config["id"], "state"))
+        states = await pipe.execute()
+        endpoints = []
+        for config, state in zip(configs, states, strict=True):
+            s = {_text(k): _text(v) for k, v in state.items()}
+            endpoints.append(
+                Endpoint(
+                    id=config["id"],
+                    url=config["url"],
+                    channels=tuple(config["channels"]),
+                    events=tuple(config["events"]),
+                    secret=config["secret"],
+                    source=config["source"],
+                    created_at=config["created_at"],
+                    disabled_reason=s.get("disabled_reason") or None,
+                    last_error=s.get("last_error") or None,
+                    last_error_at=_int(s.get("last_error_at")),
+                    last_msg_id=s.get("last_msg_id") or None,
+                    last_delivered_at=_int(s.get("last_delivered_at")),
+                )
+            )
+        endpoints.sort(key=lambda e: (e.created_at, e.id))
+        return endpoints
+
+    async def save_endpoint(self, endpoint: Endpoint) -> None:
+        config = {
+            "id": endpoint.id,
+            "url": endpoint.url,
+            "channels": list(endpoint.channels),
+            "events": list(endpoint.events),
+            "secret": endpoint.secret,
+            "source": endpoint.source,
+            "created_at": endpoint.created_at,
+        }
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self._global("endpoints"), endpoint.id, orjson.dumps(config))
+        if endpoint.disabled_reason is None:
+            pipe.hdel(self._key(endpoint.id, "state"), "disabled_reason")
+        else:
+            pipe.hset(self._key(endpoint.id, "state"), "disabled_reason", endpoint.disabled_reason)
+        pipe.incr(self._global("registry"))
+        pipe.publish(self._announce, endpoint.id)
+        await pipe.execute()
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(self._global("endpoints"), endpoint_id)
+        pipe.delete(*(self._key(endpoint_id, name) for name in ENDPOINT_KEYS))
+        pipe.incr(self._global("registry"))
+        pipe.publish(self._announce, endpoint_id)
+        await pipe.execute()
+        self._held.discard(endpoint_id)
+
+    # ---- leases ----------------------------------------------------------------------------
+
+    async def claim(self, endpoint_id: str) -> bool:
+        """Take or renew this node's lease on the endpoint; ``False`` while another node has it."""
+        held = await self._scripts["claim"](
+            keys=[self._key(endpoint_id, "lease")],
+            args=[self.node, max(1, int(self.lease_ttl * 1000))],
+            client=self.client,
+        )
+        if held:
+            self._held.add(endpoint_id)
+        else:
+            self._held.discard(endpoint_id)
+        return bool(held)
+
+    async def release(self, endpoint_id: str) -> None:
+        self._held.discard(endpoint_id)
+        if self._client is not None:
+            await self._scripts["release"](
+                keys=[self._key(endpoint_id, "lease")], args=[self.node], client=self._client
+            )
+
+    async def _renew_forever(self) -> None:
+        # A worker renews its lease before every attempt; this covers the long waits between
+        # retries and attempts that take longer than the lease lasts.
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            for endpoint_id in list(self._held):
+                try:
+                    await self.claim(endpoint_id)
+                except (RedisError, OSError) as exc:
+                    log.warning("webhook lease renewal failed for %s: %s", endpoint_id, exc)
+
+
+def _set_version(deliveries: list[Delivery], version: int) -> None:
+    """Put the cluster-wide ``version`` into an event's body and message ids."""
+    body = orjson.loads(deliveries[0].body)
+    body["version"] = version
+    encoded = orjson.dumps(body)
+    for d in deliveries:
+        if d.kind != PUBLICATION:
+            d.body = encoded
+            d.msg_id = event_msg_id(d.endpoint, version)
+
+
+def _sync_client(target: RedisTarget) -> redis.Redis | None:
+    """A blocking client to the engine's Redis, for :meth:`RedisOutbox.enqueue`."""
+    if target.sentinels:
+        return None
+    client: redis.Redis = redis.Redis.from_url(
+        target.url,
+        socket_connect_timeout=SYNC_TIMEOUT,
+        socket_timeout=SYNC_TIMEOUT,
+        # As the engine's client: no hidden retries, RESP2.
+        retry=Retry(NoBackoff(), 0),
+        protocol=2,
+    )
+    return client

@@ -1,0 +1,296 @@
+"""The shared outbox of the Redis engine: endpoints known to every node, one deliverer at a time.
+
+Two hubs share one test-started ``redis-server``; receivers verify every signature with
+``standardwebhooks``. The takeover test runs real ``clarion serve`` processes to ``kill -9`` one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from clarion.webhooks import generate_secret
+
+from ..conftest import RunningHub, timeout
+from ..multinode.helpers import Node
+from ..redis_fixture import RedisServer
+from .conftest import register, wait_state
+from .receiver import OK, Answer, Received, Receiver
+
+# Short leases so a dead node's endpoints move on within the test's bounds.
+QUERY = "presence_ttl=1&check_interval=0.5"
+
+
+async def two_nodes(
+    make_hub: Callable[..., Any], redis_server: RedisServer, tmp_path: Path, **extra: Any
+) -> tuple[RunningHub, RunningHub]:
+    engine = f"{redis_server.url}?{QUERY}"
+    a: RunningHub = await make_hub(engine=engine, data_dir=str(tmp_path / "a"), **extra)
+    b: RunningHub = await make_hub(engine=engine, data_dir=str(tmp_path / "b"), **extra)
+    return a, b
+
+
+async def eventually(predicate: Callable[[], bool], wait: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout(wait)
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "never happened"
+        await asyncio.sleep(0.01)
+
+
+def first_seen(received: list[Received]) -> list[str]:
+    """Message ids in the order they were first acknowledged (a repeat is a duplicate)."""
+    return list(dict.fromkeys(r.msg_id for r in received if r.acknowledged))
+
+
+async def test_endpoint_registered_on_one_node_serves_both(
+    redis_server: RedisServer, make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    a, b = await two_nodes(make_hub, redis_server, tmp_path)
+    async with Receiver() as receiver:
+        created = await register(a, receiver, ["orders:*"])
+        async with b.http() as http:
+            listed = (await http.get("/api/webhooks")).json()["webhooks"]
+            one = (await http.get(f"/api/webhooks/{created['id']}")).json()
+        assert [w["id"] for w in listed] == [created["id"]]
+        assert one["secret"] == created["secret"]
+
+        # Published through both nodes, one after the other, on several channels.
+        expected = []
+        for i in range(30):
+            node = a if i % 2 == 0 else b
+            await node.publish(f"orders:{i % 3}", {"i": i})
+            expected.append(i)
+        await receiver.wait_acknowledged(30, wait=15)
+        assert all(r.verified for r in receiver.received)
+        order = [r.payload["data"]["i"] for r in receiver.acknowledged]
+        assert list(dict.fromkeys(order)) == expected
+        # Every answer was a 2xx, so nothing was sent twice.
+        assert len(receiver.received) == 30
+        assert len(first_seen(receiver.received)) == 30
+
+        # The other node sees the delivery state the delivering node wrote.
+        last = receiver.acknowledged[-1].msg_id
+        await wait_state(b, created["id"], lambda s: (s["last_delivered"] or {}).get("id") == last)
+
+        # Removed through the other node: gone everywhere, and no longer delivered.
+        async with b.http() as http:
+            assert (await http.delete(f"/api/webhooks/{created['id']}")).status_code == 200
+        async with a.http() as http:
+            assert (await http.get(f"/api/webhooks/{created['id']}")).status_code == 404
+        await a.publish("orders:0", {"i": 99})
+        await asyncio.sleep(0.5)
+        assert len(receiver.received) == 30
+
+
+async def test_failing_head_holds_back_queue_and_dead_letters_are_shared(
+    redis_server: RedisServer, make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    failing = {"on": True}
+
+    def behave(r: Received) -> Answer:
+        return Answer(status=503) if failing["on"] else OK
+
+    a, b = await two_nodes(make_hub, redis_server, tmp_path)
+    async with Receiver(behave) as receiver:
+        created = await register(b, receiver, ["jobs"])
+        # The other node learns of the endpoint by itself, without an API call to catch up.
+        await eventually(lambda: created["id"] in a.hub.webhooks.endpoints, wait=0.5)
+        queue = f"clarion:{{wh:{created['id']}}}:q"
+        store = redis.Redis.from_url(redis_server.url)
+        try:
+            for i in range(5):
+                await (a if i % 2 else b).publish("jobs", {"i": i})
+                # Stored in Redis by the time the publish call has answered.
+                assert store.zcard(queue) == i + 1
+        finally:
+            store.close()
+        # Retried in order: only the head is ever attempted while it fails.
+        await receiver.wait_until(lambda: len(receiver.received) >= 4)
+        assert {r.payload["data"]["i"] for r in receiver.received} == {0}
+        state = await wait_state(a, created["id"], lambda s: s["backlog"] == 5)
+        assert state["last_error"].startswith("HTTP 503")
+        failing["on"] = False
+        await receiver.wait_acknowledged(5)
+        assert [r.payload["data"]["i"] for r in receiver.acknowledged] == [0, 1, 2, 3, 4]
+        await wait_state(b, created["id"], lambda s: s["backlog"] == 0)
+
+
+async def test_configured_endpoint_applied_once_by_every_node(
+    redis_server: RedisServer, make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    secret = generate_secret()
+    async with Receiver() as receiver:
+        receiver.secret = secret
+        static = [{"url": receiver.url, "channels": ["news"], "secret": secret, "id": "wh_news"}]
+        a, b = await two_nodes(make_hub, redis_server, tmp_path, webhooks=static)
+        for node in (a, b):
+            async with node.http() as http:
+                listed = (await http.get("/api/webhooks")).json()["webhooks"]
+            assert [(w["id"], w["source"]) for w in listed] == [("wh_news", "config")]
+        await a.publish("news", {"n": 1})
+        await b.publish("news", {"n": 2})
+        await receiver.wait_acknowledged(2)
+        assert [r.payload["data"]["n"] for r in receiver.acknowledged] == [1, 2]
+
+
+async def test_lifecycle_versions_grow_across_nodes(
+    redis_server: RedisServer, make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    a, b = await two_nodes(make_hub, redis_server, tmp_path)
+    async with Receiver() as receiver:
+        await register(a, receiver, [], events=["connect"])
+        await wait_state(b, (await _only_id(b)), lambda s: s["events"] == ["connect"])
+        await asyncio.sleep(1.2)  # b's routes follow the registry within a second
+        for node in (a, b, a):
+            async with node.ws() as ws:
+                await ws.call("connect")
+            # The connect event is written before the next one is made.
+            await node.hub.webhooks.outbox.flush()
+        await receiver.wait_acknowledged(3)
+        # One counter for the cluster: distinct versions, growing in the order events happen
+        # (events of different nodes may be queued in another order than their versions).
+        versions = [r.payload["version"] for r in receiver.acknowledged]
+        assert versions == sorted(set(versions))
+        for r in receiver.acknowledged:
+            assert r.msg_id.endswith(f"_evt_{r.payload['version']}")
+
+
+async def _only_id(node: RunningHub) -> str:
+    async with node.http() as http:
+        listed = (await http.get("/api/webhooks")).json()["webhooks"]
+    assert len(listed) == 1
+    endpoint_id: str = listed[0]["id"]
+    return endpoint_id
+
+
+CONFIG = """
+data_dir = "{data}"
+webhook_allow_hosts = ["127.0.0.1"]
+
+[webhook_delivery]
+timeout = 3.0
+retry_base = 0.05
+retry_cap = 0.2
+retry_window = 60
+
+[[webhooks]]
+id = "wh_jobs"
+url = "{url}"
+channels = ["jobs"]
+secret = "{secret}"
+"""
+
+
+async def test_kill_9_of_the_delivering_node_moves_its_lease(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    failing = {"on": False}
+
+    def behave(r: Received) -> Answer:
+        return Answer(status=503) if failing["on"] else OK
+
+    secret = generate_secret()
+    engine = f"{redis_server.url}?check_interval=0.5&presence_ttl=2"
+    lease_key = "clarion:{wh:wh_jobs}:lease"
+    store = redis.Redis.from_url(redis_server.url)
+    nodes: list[Node] = []
+    try:
+        async with Receiver(behave) as receiver, httpx.AsyncClient(timeout=timeout(5)) as http:
+            receiver.secret = secret
+            config = tmp_path / "clarion.toml"
+            config.write_text(
+                CONFIG.format(data=tmp_path / "data", url=receiver.url, secret=secret)
+            )
+
+            async def publish(node: Node, i: int) -> None:
+                r = await http.post(
+                    node.http_url + "/api/publish", json={"channel": "jobs", "data": {"i": i}}
+                )
+                assert r.status_code == 200, r.text
+
+            # Alone, the first node takes the endpoint's lease.
+            nodes.append(Node(engine, config, tmp_path, {}))
+            first = nodes[0]
+            await first.wait_healthy()
+            await publish(first, 0)
+            await receiver.wait_acknowledged(1)
+            holder = store.get(lease_key)
+            assert holder is not None
+
+            nodes.append(Node(engine, config, tmp_path, {}))
+            second = nodes[1]
+            await second.wait_healthy()
+            # A backlog made through both nodes, held back by a failing receiver.
+            failing["on"] = True
+            for i in range(1, 11):
+                await publish(first if i % 2 else second, i)
+            await receiver.wait_until(lambda: len(receiver.received) >= 4)
+            assert store.get(lease_key) == holder
+
+            first.kill()  # SIGKILL: no lease release, no goodbye
+            failing["on"] = False
+            await receiver.wait_until(lambda: len(first_seen(receiver.received)) >= 11, wait=15)
+            assert store.get(lease_key) not in (None, holder)
+            assert all(r.verified for r in receiver.received)
+            order = [r.payload["data"]["i"] for r in receiver.acknowledged]
+            assert list(dict.fromkeys(order)) == list(range(11))
+    finally:
+        for node in nodes:
+            node.kill()
+        with contextlib.suppress(Exception):
+            store.close()
+
+
+async def test_dead_letters_replay_and_enable_through_either_node(
+    redis_server: RedisServer, make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    answer = {"status": 500}
+
+    def behave(r: Received) -> Answer:
+        return Answer(status=answer["status"])
+
+    a, b = await two_nodes(make_hub, redis_server, tmp_path, webhook_delivery={"retry_window": 0.4})
+    async with Receiver(behave) as receiver:
+        hook = await register(a, receiver, ["dl"])
+        await eventually(lambda: hook["id"] in b.hub.webhooks.endpoints, wait=0.5)
+        first = await a.publish("dl", 0)
+        for n in (1, 2):
+            await (b if n % 2 else a).publish("dl", n)
+        await wait_state(b, hook["id"], lambda s: s["dead_letters"] == 3 and s["backlog"] == 0)
+        answer["status"] = 200
+        async with b.http() as http:
+            listing = (await http.get(f"/api/webhooks/{hook['id']}/dead-letters")).json()
+            letters = listing["dead_letters"]
+            assert [d["payload"]["data"] for d in letters] == [0, 1, 2]
+            assert all(d["attempts"] >= 1 and d["last_error"] for d in letters)
+            r = await http.post(f"/api/webhooks/{hook['id']}/dead-letters/replay")
+            assert r.json() == {"enqueued": 3}
+        acked = await receiver.wait_acknowledged(3)
+        assert [x.msg_id for x in acked] == [d["id"] for d in letters]
+
+        # Positions recorded by whichever node delivered; replay asked of the other.
+        async with a.http() as http:
+            url = f"/api/webhooks/{hook['id']}/replay"
+            r = await http.post(url, json={"since": first["cursor"]})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"enqueued": 2, "channels": ["dl"], "resets": []}
+        again = await receiver.wait_acknowledged(5)
+        assert [x.msg_id for x in again[3:]] == [x.msg_id for x in acked[1:]]
+
+        # 410 disables the endpoint for every node; enabling it on either resumes it.
+        answer["status"] = 410
+        await b.publish("dl", 3)
+        await wait_state(a, hook["id"], lambda s: s["disabled"] and s["backlog"] == 1)
+        await eventually(lambda: b.hub.webhooks.endpoints[hook["id"]].disabled, wait=2)
+        answer["status"] = 200
+        async with b.http() as http:
+            r = await http.post(f"/api/webhooks/{hook['id']}/enable")
+            assert r.status_code == 200 and r.json()["disabled"] is False
+        done = await receiver.wait_acknowledged(6)
+        assert done[-1].payload["data"] == 3

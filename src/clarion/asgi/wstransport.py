@@ -43,11 +43,37 @@ def frame_format(push_many: Callable[[Iterable[Any], bytes], None]) -> WireForma
     return fmt
 
 
-class FastTransport:
+class _Pushes:
+    """What both write paths say the same way: resets, presence events, the disconnect push."""
+
+    __slots__ = ("closed",)
+    closed: bool
+
+    def reply(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def _end(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def send_reset(self, channel: str, reason: str, cursor: str) -> None:
+        self.reply(messages.encode_reset(channel, reason, cursor))
+
+    def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
+        self.reply(messages.encode_presence_event(kind, event))
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.reply(messages.encode_disconnect(code, reason, disconnect_for(code).reconnect))
+        self.closed = True
+        self._end(code, reason)
+
+
+class FastTransport(_Pushes):
     """Writes straight into the server's coalescing buffer for this connection."""
 
     kind = "ws"
-    __slots__ = ("closed", "conn", "fmt", "limit", "on_overflow", "push", "target")
+    __slots__ = ("conn", "fmt", "limit", "on_overflow", "push", "target")
 
     def __init__(self, conn: Any, send_limit: int, on_overflow: Callable[[], None]) -> None:
         self.conn = conn
@@ -77,27 +103,17 @@ class FastTransport:
         if not self.closed:
             self.conn.ping()
 
-    def send_reset(self, channel: str, reason: str, cursor: str) -> None:
-        self.reply(messages.encode_reset(channel, reason, cursor))
-
-    def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
-        self.reply(messages.encode_presence_event(kind, event))
-
-    def close(self, code: int, reason: str) -> None:
-        if self.closed:
-            return
-        self.reply(messages.encode_disconnect(code, reason, disconnect_for(code).reconnect))
-        self.closed = True
+    def _end(self, code: int, reason: str) -> None:
         self.conn.close(code, reason)
 
 
-class AsgiTransport:
+class AsgiTransport(_Pushes):
     """Portable path: a bounded queue drained by one sender task per connection."""
 
     kind = "ws"
     fmt = WS_TEXT
     target = None  # subscribers are delivered to through push
-    __slots__ = ("closed", "queue")
+    __slots__ = ("queue",)
 
     def __init__(self, send: Send, send_limit: int, on_overflow: Callable[[], None]) -> None:
         self.queue = SendQueue(send, send_limit, on_overflow)
@@ -124,17 +140,7 @@ class AsgiTransport:
     def ping(self) -> None:
         return None
 
-    def send_reset(self, channel: str, reason: str, cursor: str) -> None:
-        self.reply(messages.encode_reset(channel, reason, cursor))
-
-    def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
-        self.reply(messages.encode_presence_event(kind, event))
-
-    def close(self, code: int, reason: str) -> None:
-        if self.closed:
-            return
-        self.reply(messages.encode_disconnect(code, reason, disconnect_for(code).reconnect))
-        self.closed = True
+    def _end(self, code: int, reason: str) -> None:
         self.queue.close(code, reason)
 
     async def stop(self) -> None:

@@ -241,11 +241,15 @@ async def test_idempotency_key() -> None:
     await hub.start()
     try:
         rec, _ = await subscribe(hub, None)
+        heard: list[int] = []
+        hub.publish_listeners.append(lambda pub: heard.append(pub.offset))
         a = await hub.publish("c", 1, idempotency_key="k")
         b = await hub.publish("c", 2, idempotency_key="k")
         c = await hub.publish("c", 3, idempotency_key="other")
         assert a.offset == b.offset == 1 and b.data == 1 and c.offset == 2
+        assert b.repeated and not a.repeated
         assert rec.offsets() == [1, 2]
+        assert heard == [1, 2]  # listeners (webhooks) hear a repeat once, not twice
     finally:
         await hub.close()
 

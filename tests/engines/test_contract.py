@@ -152,6 +152,7 @@ async def test_idempotency_within_the_window(engine: Subject) -> None:
     again = await engine.engine.publish("c", "two", OPTS, idempotency_key="k")
     assert again == first  # the earlier publication, data and time included
     assert again.data == "one"
+    assert again.repeated and not first.repeated  # and the engine says nothing new was made
     other_key = await engine.engine.publish("c", "three", OPTS, idempotency_key="k2")
     assert other_key.offset == first.offset + 1
     other_channel = await engine.engine.publish("d", "one", OPTS, idempotency_key="k")
@@ -165,7 +166,7 @@ async def test_idempotency_after_the_window(engine: Subject) -> None:
     first = await engine.engine.publish("c", "one", opts, idempotency_key="k")
     await asyncio.sleep(0.5)
     later = await engine.engine.publish("c", "two", opts, idempotency_key="k")
-    assert later.offset == first.offset + 1 and later.data == "two"
+    assert later.offset == first.offset + 1 and later.data == "two" and not later.repeated
 
 
 async def test_idempotency_window_zero_never_deduplicates(engine: Subject) -> None:

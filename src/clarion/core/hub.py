@@ -180,7 +180,8 @@ class Hub:
         pub = await self.engine.publish(
             channel, data, self.options(channel), idempotency_key=idempotency_key, info=info
         )
-        self._published(pub)
+        if not pub.repeated:  # a repeat published nothing: listeners saw it the first time
+            self._published(pub)
         return pub
 
     def _published(self, pub: Publication) -> None:

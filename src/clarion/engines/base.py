@@ -84,7 +84,7 @@ class Engine(Protocol):
         """Append to the channel's history and deliver to every subscribed node.
 
         With an ``idempotency_key`` seen on this channel within the namespace's window, nothing
-        is published and the earlier publication is returned.
+        is published and the earlier publication is returned, marked ``repeated``.
         """
 
     async def history(

@@ -109,7 +109,7 @@ class MemoryEngine:
         if idempotency_key is not None:
             seen = log.keys.get(idempotency_key)
             if seen is not None:
-                return seen[1]
+                return seen[1].as_repeat()
         log.offset += 1
         pub = Publication(
             channel, log.offset, log.epoch, data, int(time.time() * 1000), info, idempotency_key

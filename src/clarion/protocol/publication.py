@@ -27,7 +27,17 @@ class Publication:
     publication delivered to many subscribers of one wire format is serialised once.
     """
 
-    __slots__ = ("_encodings", "channel", "data", "epoch", "id", "info", "offset", "time")
+    __slots__ = (
+        "_encodings",
+        "channel",
+        "data",
+        "epoch",
+        "id",
+        "info",
+        "offset",
+        "repeated",
+        "time",
+    )
 
     def __init__(
         self,
@@ -46,7 +56,18 @@ class Publication:
         self.time = time
         self.info = info
         self.id = id
+        # True when a publish was answered with this earlier publication (same idempotency key
+        # within the window): nothing new was published.
+        self.repeated = False
         self._encodings: dict[object, Any] = {}
+
+    def as_repeat(self) -> Publication:
+        """A copy marked :attr:`repeated`, to answer a repeated publish with."""
+        copy = Publication(
+            self.channel, self.offset, self.epoch, self.data, self.time, self.info, self.id
+        )
+        copy.repeated = True
+        return copy
 
     @property
     def position(self) -> StreamPosition:

@@ -213,7 +213,9 @@ class RedisEngine:
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc, f"publishing to {channel!r}") from None
         if duplicate:
-            return publication_from_body(channel, offset, epoch.decode(), time, earlier)
+            pub = publication_from_body(channel, offset, epoch.decode(), time, earlier)
+            pub.repeated = True
+            return pub
         return Publication(channel, offset, epoch.decode(), data, time, info, idempotency_key)
 
     async def history(

@@ -16,6 +16,7 @@ from clarion.settings import NamespaceOptions
 
 MAX_IDEMPOTENCY_KEYS = 10_000  # per channel; the oldest key is forgotten first
 SWEEP_INTERVAL = 30.0
+UNWRITTEN_TTL = 120.0  # seconds a channel that was read but never published to is remembered
 
 
 def new_epoch() -> str:
@@ -192,11 +193,17 @@ class MemoryEngine:
         return True
 
     def sweep(self, now: float | None = None) -> int:
-        """Forget channels whose history is empty and whose meta TTL has passed."""
+        """Forget channels whose history is empty and whose meta TTL has passed.
+
+        A channel that was only read, never published to, is forgotten after
+        ``UNWRITTEN_TTL``: reading arbitrary channel names must not pin memory for a day. A
+        client holding such a channel's offset-0 cursor gets an ``epoch`` reset later, an
+        explicit signal (it missed nothing, but cannot be told so safely).
+        """
         now = self._clock() if now is None else now
         dropped = 0
         for channel, log in list(self._logs.items()):
-            ttl = self._meta_ttl.get(channel, 86400.0)
+            ttl = self._meta_ttl.get(channel, 86400.0) if log.offset else UNWRITTEN_TTL
             while log.expiries and log.expiries[0] <= now:
                 log.entries.popleft()
                 log.expiries.popleft()

@@ -265,9 +265,9 @@ class Settings(BaseSettings):
         return not self.api_keys and not self.auth_enabled
 
     def binds_loopback(self) -> bool:
-        if self.host in ("localhost", ""):
-            return self.host == "localhost"
-        try:
+        if self.host == "localhost":
+            return True
+        try:  # "" (every interface) and host names are not loopback
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False

@@ -268,3 +268,34 @@ async def test_slow_engine_unsubscribe_during_history_read_leaves_nothing() -> N
         assert hub.local == {} and hub.sessions == {}
     finally:
         await hub.close()
+
+
+class FailingHistory(MemoryEngine):
+    """History reads fail, as when a networked engine is down while a gap is recovered."""
+
+    fail = False
+
+    async def history(self, *args: Any, **kw: Any) -> Any:
+        if self.fail:
+            raise OSError("engine down")
+        return self.history_now(*args, **kw)
+
+
+async def test_unrecoverable_gap_resets_once_then_goes_on_live() -> None:
+    engine = FailingHistory()
+    hub = Hub(Settings(), engine=engine)
+    await hub.start()
+    try:
+        rec, _ = await subscribe(hub, None)
+        first = await hub.publish("c", 1)
+        assert rec.offsets() == [1]
+        engine.fail = True
+        # Offsets 2 and 3 never reach this node; 4, 5 and 6 do, while history cannot be read.
+        for offset in (4, 5, 6):
+            hub.on_publication(Publication("c", offset, first.epoch, offset, 0))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert rec.resets() == ["lost"]  # told once, not once per later publication
+        assert rec.offsets() == [1, 4, 5, 6]  # then live again, in order
+    finally:
+        await hub.close()

@@ -22,7 +22,8 @@ Push = Callable[[Any], None]
 
 def publication_cursor(pub: Publication) -> str:
     """The single-channel cursor pointing just after ``pub`` (memoised on the publication)."""
-    return pub.encoded("cursor", _cursor_of)  # type: ignore[no-any-return]
+    cursor: str = pub.encoded("cursor", _cursor_of)
+    return cursor
 
 
 def _cursor_of(pub: Publication) -> str:

@@ -304,21 +304,25 @@ class Hub:
         channel = local.name
         try:
             since = local.position
-            assert since is not None
-            try:
-                history = await self.engine.history(channel, self.options(channel), since=since)
-            except Exception:
-                log.warning("history read failed while recovering %s", channel, exc_info=True)
-                history = None
-            if history is None or not history.covers(since):
-                target = history.position if history is not None else since
+            history = None
+            if since is not None:
+                try:
+                    history = await self.engine.history(channel, self.options(channel), since=since)
+                except Exception:
+                    log.warning("history read failed while recovering %s", channel, exc_info=True)
+            if since is None or history is None or not history.covers(since):
                 log.warning("could not recover %s from %s: resetting subscribers", channel, since)
-                self._reset_all(local, "lost", target)
-                local.position = target
+                target = history.position if history is not None else since
+                if target is not None:
+                    self._reset_all(local, "lost", target)
+                # After the reset the channel goes on live from its next publication; without a
+                # position to compare with, that one is not taken for another gap.
+                local.position = history.position if history is not None else None
             else:
+                position = since
                 for pub in history.publications:
-                    if pub.offset > local.position.offset:  # type: ignore[union-attr]
-                        local.position = pub.position
+                    if pub.offset > position.offset:
+                        position = local.position = pub.position
                         self._deliver(local, pub)
         finally:
             buffered = self._recovering.pop(channel, [])
@@ -576,8 +580,10 @@ class Hub:
             raise
         if local.pending.get(sub) is not buffer:  # detached meanwhile
             return None
-        recovered = since_pos is None or history.covers(since_pos)
-        reason = None if recovered else reset_reason(history, since_pos)  # type: ignore[arg-type]
+        reason = None
+        if since_pos is not None and not history.covers(since_pos):
+            reason = reset_reason(history, since_pos)
+        recovered = reason is None
         last = since_pos if (since_pos is not None and recovered) else history.position
         result = SubscribeResult(
             channel,

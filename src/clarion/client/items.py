@@ -10,12 +10,19 @@ from clarion.protocol.cursor import Cursor, encode_single
 from clarion.protocol.publication import Publication, StreamPosition
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Message:
     """A publication received on a subscription, with the cursor that resumes just after it."""
 
     publication: Publication
     cursor: str
+
+    def __repr__(self) -> str:
+        # What a reader printing messages wants to see: where it is and what it says.
+        return (
+            f"Message(channel={self.channel!r}, offset={self.offset}, data={self.data!r}, "
+            f"cursor={self.cursor!r})"
+        )
 
     @classmethod
     def from_wire(cls, obj: dict[str, Any], cursor: str | None = None) -> Message:

@@ -10,8 +10,8 @@ from typing import Any
 
 import jwt
 
-from clarion.errors import ConfigError, Forbidden, Unauthorized
-from clarion.protocol.channels import matches_any, namespace_of
+from clarion.errors import BadChannel, ConfigError, Forbidden, Unauthorized
+from clarion.protocol.channels import matches_any, namespace_of, validate_pattern
 from clarion.settings import Settings
 
 log = logging.getLogger("clarion.auth")
@@ -41,9 +41,12 @@ def _patterns(claims: dict[str, Any], name: str) -> tuple[str, ...]:
     value = claims.get(name, [])
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+    if not isinstance(value, list):
         raise Unauthorized(f"token claim {name!r} must be a list of channel patterns")
-    return tuple(value)
+    try:
+        return tuple(dict.fromkeys(validate_pattern(p) for p in value))
+    except BadChannel as exc:
+        raise Unauthorized(f"token claim {name!r}: {exc.message}") from None
 
 
 class Authenticator:

@@ -35,21 +35,44 @@ def namespace_of(channel: str) -> str:
 
 
 def validate_pattern(pattern: object) -> str:
+    """Return ``pattern`` if it is a valid channel pattern, else raise :class:`BadChannel`."""
     if not isinstance(pattern, str) or _PATTERN_RE.fullmatch(pattern) is None:
-        raise BadChannel(f"invalid channel pattern: {pattern!r}")
+        shown = repr(pattern) if len(repr(pattern)) <= 80 else repr(pattern)[:77] + "..."
+        raise BadChannel(
+            f"invalid channel pattern {shown}: 1 to {MAX_CHANNEL_BYTES} characters of "
+            "letters, digits, _ . : @ / = , + - and *"
+        )
     return pattern
 
 
 @lru_cache(maxsize=4096)
-def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
+def _parts(pattern: str) -> tuple[str, tuple[str, ...], str]:
+    """A pattern split at its stars: the literal head, the literals between stars, the tail."""
+    head, *middle, tail = pattern.split("*")
+    return head, tuple(part for part in middle if part), tail
 
 
 def matches(pattern: str, channel: str) -> bool:
-    """Whether ``channel`` matches ``pattern`` (``*`` matches any run of characters)."""
+    """Whether ``channel`` matches ``pattern`` (``*`` matches any run of characters, ``:`` too).
+
+    No backtracking: a star only ever needs the leftmost place where the next literal occurs
+    (any later one leaves less room for what follows), so each literal is searched for once,
+    left to right, and no character of the channel is scanned by two searches. The cost grows
+    with the channel's length whatever the pattern, however many stars it holds.
+    """
     if "*" not in pattern:
         return pattern == channel
-    return _compile(pattern).fullmatch(channel) is not None
+    head, middle, tail = _parts(pattern)
+    end = len(channel) - len(tail)
+    if end < len(head) or not channel.startswith(head) or not channel.endswith(tail):
+        return False
+    pos = len(head)
+    for part in middle:
+        found = channel.find(part, pos, end)
+        if found < 0:
+            return False
+        pos = found + len(part)
+    return True
 
 
 def matches_any(patterns: tuple[str, ...] | list[str], channel: str) -> bool:

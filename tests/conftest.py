@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -142,16 +142,22 @@ class HubProcess:
         raise RuntimeError("no VmRSS")
 
 
-async def spawn_hub(*args: str, env: dict[str, str] | None = None) -> HubProcess:
-    """Start ``clarion serve --port 0 ARGS`` and wait until it listens."""
+async def spawn_hub(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cli: Sequence[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> HubProcess:
+    """Start ``clarion serve --port 0 ARGS`` and wait until it listens.
+
+    ``cli`` is the command that runs ``clarion`` (default: this interpreter's).
+    """
     import re
     import sys
 
     full_env = {**os.environ, **(env or {})}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "clarion.cli",
+        *(cli or (sys.executable, "-m", "clarion.cli")),
         "serve",
         "--port",
         "0",
@@ -159,6 +165,7 @@ async def spawn_hub(*args: str, env: dict[str, str] | None = None) -> HubProcess
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env=full_env,
+        cwd=cwd,
     )
     assert proc.stderr is not None
     log: list[str] = []
@@ -187,8 +194,8 @@ async def spawn_hub(*args: str, env: dict[str, str] | None = None) -> HubProcess
 async def hub_process() -> AsyncIterator[Callable[..., Any]]:
     started: list[HubProcess] = []
 
-    async def factory(*args: str, env: dict[str, str] | None = None) -> HubProcess:
-        running = await spawn_hub(*args, env=env)
+    async def factory(*args: str, env: dict[str, str] | None = None, **kw: Any) -> HubProcess:
+        running = await spawn_hub(*args, env=env, **kw)
         started.append(running)
         return running
 

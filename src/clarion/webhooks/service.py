@@ -46,7 +46,6 @@ from clarion.webhooks.endpoint import (
     new_endpoint_id,
 )
 from clarion.webhooks.outbox import Outbox, SQLiteOutbox
-from clarion.webhooks.redis_outbox import RedisOutbox
 from clarion.webhooks.schedule import RetrySchedule
 from clarion.webhooks.sender import Sender
 from clarion.webhooks.signing import (
@@ -66,6 +65,7 @@ from clarion.webhooks.worker import EndpointWorker, millis
 
 if TYPE_CHECKING:
     from clarion.core.hub import Hub
+    from clarion.webhooks.redis_outbox import RedisOutbox
 
 log = logging.getLogger("clarion.webhooks")
 
@@ -90,6 +90,9 @@ class WebhookService:
         self.backlog: dict[str, int] = {}
         self.dead: dict[str, int] = {}
         self._outbox = outbox
+        # The same outbox when it is the Redis one, shared by every node (loaded only then:
+        # the redis package is an optional extra).
+        self._shared: RedisOutbox | None = None
         self._sender: Sender | None = None
         self._workers: dict[str, EndpointWorker] = {}
         self._routes: dict[str, tuple[Endpoint, ...]] = {}
@@ -149,6 +152,7 @@ class WebhookService:
             return
         if self._outbox is None and self.hub.engine.name == "redis":
             from clarion.engines.redis.engine import RedisEngine
+            from clarion.webhooks.redis_outbox import RedisOutbox
 
             engine = self.hub.engine
             assert isinstance(engine, RedisEngine)
@@ -156,7 +160,7 @@ class WebhookService:
             await shared.open()
             shared.on_written = self._written
             shared.on_registry_changed = self._registry_changed.set
-            self._outbox = shared
+            self._outbox = self._shared = shared
         if self._outbox is None:
             if self.hub.engine.name != "memory":
                 # An engine without a shared outbox: each node delivers what it published.
@@ -178,8 +182,8 @@ class WebhookService:
         self.backlog = await outbox_.backlog()
         self.dead = await outbox_.dead_count()
         self._version = await outbox_.event_version()
-        if isinstance(outbox_, RedisOutbox):
-            self._registry_seen = await outbox_.registry_version()
+        if self._shared is not None:
+            self._registry_seen = await self._shared.registry_version()
         self._sender = Sender(
             self.allow,
             timeout=self.config.timeout,
@@ -222,7 +226,7 @@ class WebhookService:
             self._sender = None
         if self._outbox is not None:
             await self._outbox.aclose()
-            self._outbox = None
+            self._outbox = self._shared = None
 
     @property
     def registry_lock(self) -> asyncio.Lock:
@@ -248,8 +252,8 @@ class WebhookService:
     async def refresh(self, force: bool = True) -> None:
         """Catch up with a shared outbox: endpoints other nodes added, changed or removed, and
         the queue sizes. Without ``force``, endpoints are read only when the registry changed."""
-        outbox = self._outbox
-        if not isinstance(outbox, RedisOutbox) or not self.is_open:
+        outbox = self._shared
+        if outbox is None or not self.is_open:
             return
         async with self.registry_lock:
             version = await outbox.registry_version()

@@ -49,6 +49,31 @@ def _patterns(claims: dict[str, Any], name: str) -> tuple[str, ...]:
         raise Unauthorized(f"token claim {name!r}: {exc.message}") from None
 
 
+# Token times are whole seconds since the epoch, up to the last second of year 9999: an expiry
+# beyond that (or a float such as 1e30) would read as "never" and overflow what the hub encodes.
+MAX_NUMERIC_DATE = 253_402_300_799
+LEEWAY = 5  # seconds of clock skew tolerated between the token's issuer and the hub
+
+
+def _check_times(claims: dict[str, Any], now: float) -> None:
+    """``exp``, ``nbf`` and ``iat`` are integers in range, and the token is valid at ``now``."""
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if name not in claims:
+            continue
+        if type(value) is not int or not 0 <= value <= MAX_NUMERIC_DATE:
+            raise Unauthorized(
+                f"invalid token: claim {name!r} must be a whole number of seconds "
+                f"from 0 to {MAX_NUMERIC_DATE}"
+            )
+    if claims["exp"] <= now - LEEWAY:
+        raise Unauthorized("token expired", code="token_expired")
+    if claims.get("nbf", 0) > now + LEEWAY:
+        raise Unauthorized("invalid token: it is not valid yet (nbf)")
+    if claims.get("iat", 0) > now + LEEWAY:
+        raise Unauthorized("invalid token: it was issued in the future (iat)")
+
+
 class Authenticator:
     """Turns tokens into :class:`Credentials` according to the settings."""
 
@@ -112,15 +137,21 @@ class Authenticator:
                 token,
                 self._key_for(token),
                 algorithms=[self.algorithm],
-                options={"require": ["exp"]},
+                # The times are checked below, once their type and range are known to be sane.
+                options={
+                    "require": ["exp"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
                 audience=self.settings.token_audience,
                 issuer=self.settings.token_issuer,
-                leeway=5,
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("token expired", code="token_expired") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
+        if not isinstance(claims, dict):  # pragma: no cover - PyJWT decodes objects only
+            raise Unauthorized("invalid token: its payload is not an object")
+        _check_times(claims, time.time())
         sub = claims.get("sub")
         if sub is not None and not isinstance(sub, str):
             raise Unauthorized("token claim 'sub' must be a string")
@@ -132,7 +163,7 @@ class Authenticator:
             channels=_patterns(claims, "channels"),
             publish=_patterns(claims, "publish"),
             info=info,
-            expires_at=float(claims["exp"]),
+            expires_at=claims["exp"],
             token_id=claims.get("jti") if isinstance(claims.get("jti"), str) else None,
             claims=claims,
         )

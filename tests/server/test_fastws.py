@@ -264,6 +264,39 @@ async def test_overflow_is_re_armed_and_bounded(start_server: Any) -> None:
     assert peak <= 2 * limit + len(payload)
 
 
+async def test_frames_pushed_before_the_app_is_told_are_not_held_against_it(
+    start_server: Any,
+) -> None:
+    """The overflow callback runs soon after the overflow, not inside it: what the fan-out
+    pushed in between was pushed by an app that could not know, and does not close it."""
+    events: list[str] = []
+    limit = 64 * 1024
+    payload = text_frame(b"p" * limit)  # one iteration's pushes take it past twice the limit
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conn = await accept(scope, receive, send)
+        conn.set_send_limit(limit, lambda: events.append("overflow"))
+        deadline = time.monotonic() + TIMEOUT
+        while not events and time.monotonic() < deadline:
+            conn.push_many([conn], payload)  # the fan-out's loop: checked when flushed
+            conn.push_many([conn], payload)
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)  # what was pushed meanwhile is flushed
+        events.append("closed" if conn.closed else "open")
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app, close_timeout=0.2)
+    sock = await slow_reader(server.port)
+    try:
+        for _ in range(300):
+            if events[-1:] in (["closed"], ["open"]):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        sock.close()
+    assert events == ["overflow", "open"]
+
+
 async def socket_ends(sock: socket.socket, within: float) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within

@@ -313,17 +313,21 @@ async def test_a_slow_reader_in_a_conflate_namespace_gets_the_latest(hub_factory
         await loop.sock_sendall(sock, b"GET /sse?channel=prices HTTP/1.1\r\nHost: x\r\n\r\n")
         await until(lambda: len(sse_sessions(hub)) == 1)
         sent = 0
-        while hub.hub.stats.conflations == 0 and sent < 2000:
+        while hub.hub.stats.conflations == 0 and sse_sessions(hub) and sent < 2000:
             await hub.hub.publish("prices", {"n": sent, "pad": "x" * 50_000})
             sent += 1
             await asyncio.sleep(0)
+        assert hub.hub.stats.conflations >= 1, "the slow stream is conflated"
         for _ in range(20):  # the reader is away: these are conflated to the last one
             await hub.hub.publish("prices", {"n": sent, "pad": "x" * 50_000})
             sent += 1
+        assert len(sse_sessions(hub)) == 1 and hub.hub.stats.slow_disconnects == 0
         received = bytearray()
         last = re.compile(rb'"n":%d,[^\n]*\n\n' % (sent - 1))
         while last.search(received) is None:
-            received += await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), timeout(10))
+            data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), timeout(10))
+            assert data, "the stream ended before the latest publication"
+            received += data
         assert len(sse_sessions(hub)) == 1 and hub.hub.stats.slow_disconnects == 0
     finally:
         sock.close()

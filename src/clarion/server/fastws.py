@@ -73,7 +73,8 @@ class FastWebSocket(Protocol):
 
         Called soon after, from the loop, never from inside :meth:`push`. Calling this again
         re-arms it. The app must then stop pushing (close, or conflate until the backlog
-        drains): past twice the limit the server closes the connection itself (1008).
+        drains): if it pushes on once told, past twice the limit the server closes the
+        connection itself (1008).
         """
         ...
 
@@ -174,6 +175,7 @@ class Outbox:
         "_pushed",
         "_sealed",
         "_tail",
+        "_told",
         "transport",
     )
 
@@ -195,6 +197,9 @@ class Outbox:
         self._eof = 0  # 1: half-close requested once the queue is written; 2: done
         self._sealed = False  # no more application frames (a close frame is queued)
         self._overflowed = False
+        # The app's overflow callback ran: from then on it must stop pushing, and what it
+        # still pushes counts towards the hard limit.
+        self._told = False
         self._pushed = False  # pushed since the last flush: the limit applies to it
         self._limit = limit
         self._on_overflow: Callable[[], None] = self.on_overflow_default
@@ -236,6 +241,7 @@ class Outbox:
         self._limit = limit
         self._on_overflow = on_overflow
         self._overflowed = False
+        self._told = False
 
     def queue_raw(self, data: bytes) -> None:
         """Queue bytes the protocol object produced (pong, close); ignores the seal and limit."""
@@ -304,12 +310,21 @@ class Outbox:
     def _overflow(self) -> None:
         if not self._overflowed:
             self._overflowed = True
+            self._told = False
             # Deferred: push() runs inside fan-out loops that on_overflow (closing a session)
             # may mutate; the callback must never run re-entrantly from push().
-            self._flusher._loop.call_soon(self._on_overflow)
-        elif self._queued() + self._backlog > 2 * self._limit:
+            self._flusher._loop.call_soon(self._tell)
+        elif self._told and self._queued() + self._backlog > 2 * self._limit:
             # Told, and still pushing: the budget is a bound, not a hint.
             self.on_hard_overflow()
+
+    def _tell(self) -> None:
+        # Frames pushed until now were pushed before the app could know: they are not held
+        # against it (the flush that writes them does not check the limit again). Whatever it
+        # pushes from here on is, against twice the limit.
+        self._told = True
+        self._pushed = False
+        self._on_overflow()
 
     def on_eof_flushed(self) -> None:
         raise NotImplementedError

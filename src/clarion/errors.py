@@ -14,6 +14,7 @@ machine-readable ``code`` (the string sent to clients and in API error bodies) a
     │   ├── NotFound           unknown resource
     │   ├── TooLarge           message over ``max_message_bytes``
     │   └── LimitExceeded      a rate or count limit
+    │       └── NodeFull       this node holds its maximum of connections: try another
     └── ServerError            clarion's side could not do it
         ├── EngineUnavailable  the engine (e.g. Redis) cannot be reached
         └── ConfigError        the configuration is invalid
@@ -83,6 +84,12 @@ class TooLarge(ClientError):
 class LimitExceeded(ClientError):
     code = "limit_exceeded"
     status = 429
+
+
+class NodeFull(LimitExceeded):
+    # 503, not 429: the client did nothing wrong, and a load balancer retries another node.
+    code = "node_full"
+    status = 503
 
 
 class ServerError(ClarionError):

@@ -24,6 +24,7 @@ from clarion.errors import (
     ClarionError,
     ConfigError,
     LimitExceeded,
+    NodeFull,
     TooLarge,
     Unauthorized,
 )
@@ -338,9 +339,7 @@ class Hub:
         """Register a new connection. Raises :class:`LimitExceeded` when a cap is reached."""
         limits = self.settings.limits
         if len(self.sessions) >= limits.max_connections:
-            raise LimitExceeded(
-                "this node holds its maximum number of connections", code="node_full"
-            )
+            raise NodeFull("this node holds its maximum number of connections")
         self.check_revoked(credentials)
         if credentials.user is not None:
             held = self.by_user.get(credentials.user)

@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from clarion.errors import BadRequest, ConfigError, Forbidden, NotFound, ServerError
+from clarion.errors import (
+    BadRequest,
+    ConfigError,
+    Forbidden,
+    LimitExceeded,
+    NotFound,
+    ServerError,
+)
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import Cursor, encode_single
 from clarion.protocol.publication import Publication
@@ -377,7 +384,7 @@ class WebhookService:
         await check_target(target, self.allow)
         await self._ensure_open()
         if len(self.endpoints) >= MAX_ENDPOINTS:
-            raise BadRequest(f"at most {MAX_ENDPOINTS} webhook endpoints", code="limit_exceeded")
+            raise LimitExceeded(f"at most {MAX_ENDPOINTS} webhook endpoints")
         endpoint = Endpoint(
             id=new_endpoint_id(),
             url=target.url,

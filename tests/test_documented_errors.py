@@ -1,0 +1,190 @@
+"""The documented error codes, close codes and STOMP error messages are the ones the code uses.
+
+The sources are read with ``ast``: every error code a hub module can give a peer (``code = "…"``
+on an error class, ``code="…"`` where an error is raised) and every STOMP protocol-error message
+is compared with the tables of ``docs/protocol.md`` and ``docs/stomp.md``, both ways.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from clarion.errors import ClarionError
+from clarion.protocol.codes import DISCONNECTS
+
+ROOT = Path(__file__).parents[1]
+SRC = ROOT / "src" / "clarion"
+DOCS = ROOT / "docs"
+
+# Modules that do not answer peers of the hub: the Python client raises its own errors on the
+# caller's side (documented by exception class in docs/client.md), and the CLIs print theirs.
+NOT_HUB = ("client/", "cli.py", "webhooks/cli.py")
+# Codes of exceptions that never leave the process: a configuration refused at start-up, and the
+# root classes that only give their subclasses a default.
+NEVER_SENT = {"config", "error", "stomp"}
+
+
+def _table(doc: Path, heading: str) -> list[list[str]]:
+    """The rows of the first table after ``heading``, as lists of cell texts."""
+    lines = doc.read_text().splitlines()
+    start = lines.index(heading)
+    rows: list[list[str]] = []
+    for line in lines[start:]:
+        if line.startswith("|"):
+            if not re.fullmatch(r"\|[-:| ]+\|", line.strip()):  # not the separator row
+                rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+        elif rows:
+            break
+    return rows[1:]  # without the header row
+
+
+def _hub_modules() -> Iterator[tuple[str, ast.Module]]:
+    for path in sorted(SRC.rglob("*.py")):
+        name = path.relative_to(SRC).as_posix()
+        if not name.startswith(NOT_HUB) and name not in NOT_HUB:
+            yield name, ast.parse(path.read_text())
+
+
+def _error_classes() -> dict[str, type[ClarionError]]:
+    import clarion.asgi.app
+    import clarion.protocol.stomp
+    import clarion.webhooks.service  # noqa: F401  (loads every hub-side error class)
+
+    found: dict[str, type[ClarionError]] = {}
+    todo: list[type[ClarionError]] = [ClarionError]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def _codes_in_source() -> dict[str, set[int | None]]:
+    """Each error code a hub module uses → the HTTP statuses it goes with (None: not known)."""
+    classes = _error_classes()
+    codes: dict[str, set[int | None]] = {}
+    for name, tree in _hub_modules():
+        # STOMP errors travel in ERROR frames: they have a code but no HTTP status.
+        framed = "stomp" in name
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name in classes:
+                cls = classes[node.name]
+                codes.setdefault(cls.code, set()).add(None if framed else cls.status)
+            if not isinstance(node, ast.Call):
+                continue
+            for kw in node.keywords:
+                if kw.arg == "code" and isinstance(kw.value, ast.Constant):
+                    func = node.func
+                    name = func.id if isinstance(func, ast.Name) else None
+                    cls = classes.get(name or "")
+                    # The root class carries no status of its own: the adapter chooses one.
+                    known = cls is not None and cls is not ClarionError and not framed
+                    codes.setdefault(kw.value.value, set()).add(cls.status if known else None)
+    return codes
+
+
+def test_the_error_code_table_lists_every_code_a_peer_can_get_with_its_status() -> None:
+    table = {
+        row[0].strip("`"): int(row[1]) for row in _table(DOCS / "protocol.md", "## Error codes")
+    }
+    stomp_doc = (DOCS / "stomp.md").read_text()
+    source = _codes_in_source()
+    sent = {code for code in source if code not in NEVER_SENT}
+    # STOMP-only codes are documented with the STOMP messages that carry them.
+    undocumented = {c for c in sent - table.keys() if f"`{c}`" not in stomp_doc}
+    assert undocumented == set()
+    assert {code for code in table if code not in source} == set(), "documented, never used"
+    wrong = {
+        code: (status, source[code])
+        for code, status in table.items()
+        if not {status, None} >= source[code]
+    }
+    assert wrong == {}, "documented status differs from the error class's"
+
+
+def test_the_close_code_table_is_the_one_clients_implement() -> None:
+    rows = _table(DOCS / "protocol.md", "## Close and disconnect codes")
+    documented = {
+        int(code): (reason, reconnect == "yes", meaning)
+        for code, reason, reconnect, meaning in rows
+    }
+    actual = {d.code: (d.reason, d.reconnect, d.meaning) for d in DISCONNECTS.values()}
+    assert documented == actual
+
+
+STOMP_FILES = [*(SRC / "protocol" / "stomp").glob("*.py"), SRC / "asgi" / "stomp.py"]
+
+
+def _stomp_strings() -> set[str]:
+    """Every string constant of the STOMP code (messages kept in tables, e.g. ``UNSUPPORTED``)."""
+    return {
+        node.value
+        for path in STOMP_FILES
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+
+
+def _stomp_messages() -> list[str]:
+    """The message of every ``RemoteProtocolError`` the STOMP code raises, as a regex."""
+    patterns: list[str] = []
+    for path in STOMP_FILES:
+        tree = ast.parse(path.read_text())
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef):
+                continue
+            assigned: dict[str, list[ast.expr]] = {}
+            for node in ast.walk(func):
+                if isinstance(node, ast.Assign):
+                    for target in node.targets:
+                        if isinstance(target, ast.Name):
+                            assigned.setdefault(target.id, []).append(node.value)
+            for node in ast.walk(func):
+                if not (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id == "RemoteProtocolError"
+                    and node.args
+                ):
+                    continue
+                arg = node.args[0]
+                values = assigned.get(arg.id, []) if isinstance(arg, ast.Name) else [arg]
+                patterns.extend(p for p in map(_pattern, values) if p is not None)
+    return patterns
+
+
+def _pattern(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return re.escape(node.value)
+    if isinstance(node, ast.JoinedStr):
+        parts = []
+        for value in node.values:
+            if isinstance(value, ast.Constant):
+                parts.append(re.escape(str(value.value)))
+            else:
+                parts.append(".+")
+        return "".join(parts)
+    if isinstance(node, ast.BinOp):  # "…" + " ".join(…): the computed part is a placeholder
+        return (_pattern(node.left) or ".+") + (_pattern(node.right) or ".+")
+    return None  # built elsewhere (e.g. a table of messages): not checked here
+
+
+def test_the_stomp_error_messages_are_the_ones_the_hub_sends() -> None:
+    rows = _table(DOCS / "stomp.md", "| message | cause |")
+    documented = []
+    for row in rows:
+        for shown in re.findall(r"`([^`]+)`", row[0].split(" (`")[0]):
+            documented.append(shown.replace("\\\\", "\\"))
+    assert documented
+    sent = _stomp_messages()
+    assert len(sent) > 20
+    constants = _stomp_strings()
+    unknown = [
+        d for d in documented if d not in constants and not any(re.fullmatch(p, d) for p in sent)
+    ]
+    assert unknown == [], "documented STOMP messages the hub never sends"
+    missing = [p for p in sent if not any(re.fullmatch(p, d) for d in documented)]
+    assert missing == [], "STOMP messages the docs do not list"

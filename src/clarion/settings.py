@@ -118,7 +118,13 @@ class WebhookEndpointConfig(BaseModel):
         description="lifecycle events to deliver: connect, disconnect, subscribe, unsubscribe, "
         "join, leave",
     )
-    id: str | None = Field(None, description="stable endpoint id; derived from the URL when unset")
+    id: str | None = Field(
+        None,
+        # It appears in paths (/api/webhooks/{id}), which are routed as sent: nothing to escape.
+        pattern=r"^[A-Za-z0-9_.~-]{1,64}$",
+        description="stable endpoint id (1 to 64 letters, digits, _ . ~ -); "
+        "derived from the URL when unset",
+    )
 
 
 class WebhookDelivery(BaseModel):

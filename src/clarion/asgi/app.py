@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
+from clarion.asgi import access
 from clarion.asgi.api import ServerAPI
 from clarion.asgi.openapi import document
 from clarion.asgi.poll import PollEndpoint
@@ -34,6 +35,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_body(code, str(exc.detail), exc.status_code)
+
+
+def encoded_path(scope: Scope) -> bool:
+    """Whether the request's path, as sent, holds a percent-escape.
+
+    Routes match the path as sent, not its decoded form: none of the hub's paths needs an
+    escape, so ``/%61pi/…`` or ``/api%2Fhistory`` names nothing here, and a proxy in front that
+    allows or denies by path prefix sees the same path the hub routes. A server that does not
+    pass ``raw_path`` leaves only the decoded path to route on.
+    """
+    raw: bytes | None = scope.get("raw_path")
+    return raw is not None and b"%" in raw.partition(b"?")[0]
 
 
 def route_path(scope: Scope) -> str:
@@ -62,6 +75,13 @@ class App:
         return self.router.routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and encoded_path(scope):
+            if scope["type"] == "http":
+                response = error_body("not_found", "Not Found", 404)
+                await response(scope, receive, send)
+            else:  # refused at the handshake (HTTP 403), like any unknown WebSocket path
+                await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] == "websocket":
             endpoint = self.websockets.get(route_path(scope))
             if endpoint is not None:
@@ -84,6 +104,8 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
     openapi = document()
 
     async def openapi_json(request: Request) -> Response:
+        # It maps the API for whoever reads it: keyed like the rest of the server API.
+        access.check_api_key(hub, request.scope)
         return JSONResponse(openapi)
 
     browser_client = (files("clarion") / "static" / "clarion.js").read_bytes()
@@ -124,4 +146,6 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
             Exception: handle_unexpected,
         },
     )
+    # "/api/history/" is not "/api/history": no redirect, one spelling per route.
+    router.router.redirect_slashes = False
     return App(router, websockets)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from clarion.engines.base import PresenceEntry
+from clarion.engines.base import History, PresenceEntry
 from clarion.engines.redis import RedisEngine
 from clarion.engines.redis.connect import parse_url
 from clarion.errors import ConfigError, EngineUnavailable
@@ -268,9 +268,17 @@ def test_url_options() -> None:
     sentinel = parse_url("redis+sentinel://s1:26379,s2:26380/mymaster/3")
     assert sentinel.sentinels == (("s1", 26379), ("s2", 26380))
     assert sentinel.service == "mymaster"
+    pooled = parse_url("redis://h/0?pool_size=4&pool_timeout=1.5&socket_timeout=2")
+    assert (pooled.pool_size, pooled.pool_timeout) == (4, 1.5)
+    assert "pool_" not in pooled.url and "socket_timeout=2" in pooled.url
     for bad in (
         "redis://h/0?prefix={x}",
         "redis://h/0?check_interval=0",
+        "redis://h/0?pool_size=0",
+        "redis://h/0?pool_size=many",
+        "redis://h/0?pool_timeout=-1",
+        "redis://h/0?max_connections=10",  # one name for the pool size: pool_size
+        "redis://h/0?timeout=3",
         "redis+sentinel://s1/mymaster",
         "redis+sentinel://s1:1/",
         "memcached://h",
@@ -328,3 +336,67 @@ async def test_silent_pubsub_connection_is_replaced(
     await eventually(lambda: link._generation > generation and link.up, timeout=10)
     pub = await a.publish("c", "after", OPTS)
     await eventually(lambda: sink.publications[-1:] == [pub])
+
+
+async def test_a_burst_of_calls_queues_for_the_pool(nodes: Callable[..., Any]) -> None:
+    """Far more concurrent calls than pooled connections: every one waits its turn, none fails."""
+    a, sink = await nodes("check_interval=0.3&presence_ttl=5&pool_size=2")
+    assert a.limits is not None
+    await a.subscribe("c")
+    n = 200
+    results = await asyncio.gather(
+        *(a.limits.acquire_connection("ip", "10.0.0.1", f"s{i}", n) for i in range(n)),
+        *(a.presence_add("c", PresenceEntry(f"s{i}", None)) for i in range(n)),
+        *(a.history("c", OPTS, limit=0) for i in range(n)),
+        *(a.publish("c", i, OPTS) for i in range(n)),
+        *(a.limits.take_token("pub:u1", rate=1, burst=n) for _ in range(n)),
+    )
+    assert results[:n] == [True] * n
+    assert sorted(pub.offset for pub in results[3 * n : 4 * n]) == list(range(1, n + 1))
+    assert results[4 * n :] == [True] * n
+    assert await a.limits.connection_count("ip", "10.0.0.1") == n
+    assert len(await a.presence("c")) == n
+    await eventually(lambda: sink.offsets("c") == list(range(1, n + 1)))
+    await asyncio.gather(
+        *(a.limits.release_connection("ip", "10.0.0.1", f"s{i}") for i in range(n))
+    )
+    assert await a.limits.connection_count("ip", "10.0.0.1") == 0
+
+
+async def test_calls_queued_behind_a_stuck_redis_fail_alone(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """Redis stops answering: calls queued for the pool give up after pool_timeout, each with
+    EngineUnavailable; the health check, on a connection of its own, reports it; all works
+    again once Redis answers."""
+    a, _ = await nodes("check_interval=5&presence_ttl=5&pool_size=2&pool_timeout=0.5")
+    assert a.limits is not None
+    assert await a.healthy()
+    await raw.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+    started = time.monotonic()
+
+    async def timed(call: Any) -> Any:
+        try:
+            return await call
+        except EngineUnavailable as exc:
+            return exc, time.monotonic() - started
+
+    calls = [a.history("c", OPTS) for _ in range(6)]
+    calls += [a.limits.acquire_connection("ip", "10.0.0.1", f"s{i}", 10) for i in range(3)]
+    calls += [a.limits.release_connection("ip", "10.0.0.1", "s0")]
+    results = await asyncio.gather(*(timed(c) for c in calls))
+    failed = [r for r in results if isinstance(r, tuple)]
+    # The two calls that got the pool's connections wait for Redis and succeed...
+    assert [type(r) for r in results if not isinstance(r, tuple)] == [History, History]
+    # ...the eight queued behind them give up on their own, well before Redis answers again.
+    assert len(failed) == 8
+    assert all("No connection available" in exc.message for exc, _ in failed), failed
+    assert max(when for _, when in failed) < 2.5
+    await raw.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+    assert not await a.healthy()
+    deadline = time.monotonic() + 5
+    while not await a.healthy():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert (await a.history("c", OPTS)).publications == []
+    assert await a.limits.acquire_connection("ip", "10.0.0.1", "s9", 10)

@@ -26,6 +26,7 @@ class Admission:
         self.shared: SharedLimits | None = None  # set when the hub starts
         self._held: dict[str, list[tuple[str, str]]] = {}  # session id -> counted (kind, key)
         self._buckets: dict[str, TokenBucket] = {}  # per user, when nothing is shared
+        self._failing = False  # the shared counts are unreachable (logged once per outage)
 
     def holds(self, session_id: str) -> bool:
         return session_id in self._held
@@ -52,8 +53,9 @@ class Admission:
             try:
                 admitted = await shared.acquire_connection(kind, key, session.id, cap)
             except (ClarionError, OSError) as exc:
-                log.warning("shared connection count unavailable: %s", exc)
+                self._unavailable("shared connection counts unavailable: %s", exc)
                 continue
+            self._available()
             if session.closed:  # closed meanwhile: what was held is being released already
                 if admitted:
                     await self._release(shared, [(kind, key)], session.id)
@@ -68,13 +70,26 @@ class Admission:
         if self.shared is not None and held:
             await self._release(self.shared, held, session_id)
 
-    @staticmethod
-    async def _release(shared: SharedLimits, held: list[tuple[str, str]], session_id: str) -> None:
+    async def _release(
+        self, shared: SharedLimits, held: list[tuple[str, str]], session_id: str
+    ) -> None:
         for kind, key in held:
             try:
                 await shared.release_connection(kind, key, session_id)
-            except (ClarionError, OSError):
-                log.warning("could not release a shared connection count", exc_info=True)
+            except (ClarionError, OSError) as exc:
+                # No longer refreshed by this node, the count lapses within the presence TTL.
+                self._unavailable("could not release a shared connection count: %s", exc)
+
+    def _unavailable(self, message: str, exc: BaseException) -> None:
+        # A burst of connections during an outage would otherwise log one line each.
+        if not self._failing:
+            self._failing = True
+            log.warning(message + "; this node's own counts apply until it is back", exc)
+
+    def _available(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("shared connection counts available again")
 
     def forget_user(self, user: str) -> None:
         """The user's last session on this node closed."""
@@ -92,8 +107,8 @@ class Admission:
                 return await self.shared.take_token(
                     f"user:{user}", rate, limits.client_publish_burst
                 )
-            except (ClarionError, OSError):
-                log.warning("shared publish rate unavailable; using this node's", exc_info=True)
+            except (ClarionError, OSError) as exc:
+                self._unavailable("shared publish rate unavailable: %s", exc)
         bucket = self._buckets.get(user)
         if bucket is None:
             bucket = self._buckets[user] = TokenBucket(rate, limits.client_publish_burst)

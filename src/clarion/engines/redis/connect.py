@@ -1,7 +1,12 @@
 """Engine URLs: ``redis://``, ``rediss://``, ``unix://`` and ``redis+sentinel://``.
 
-Query parameters that belong to clarion (``prefix``, ``check_interval``, ``presence_ttl``) are
-taken out; the rest go to redis-py unchanged (``socket_timeout``, ``ssl_ca_certs``…).
+Query parameters that belong to clarion (``prefix``, ``check_interval``, ``presence_ttl``,
+``pool_size``, ``pool_timeout``) are taken out; the rest go to redis-py unchanged
+(``socket_timeout``, ``ssl_ca_certs``…).
+
+Commands share a bounded, *blocking* pool of ``pool_size`` connections: a burst of calls (a
+thousand clients connecting at once) queues for a free connection instead of failing, and a
+call that waited ``pool_timeout`` seconds fails on its own, as any Redis error does.
 
 Sentinel: ``redis+sentinel://[user:password@]host1:26379,host2:26379/<service>[/<db>]``; the
 password, when given, is the data nodes' password, not the sentinels'.
@@ -13,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from clarion.errors import ConfigError
@@ -23,6 +28,13 @@ from clarion.errors import ConfigError
 DEFAULT_PREFIX = "clarion"
 DEFAULT_CHECK_INTERVAL = 2.0  # seconds between position checks and pub/sub heartbeats
 DEFAULT_PRESENCE_TTL = 30.0  # seconds a node's presence entries outlive the node
+# Redis runs one command at a time: more connections than commands in flight add nothing, and
+# every node's connections count against Redis' maxclients. 32 keeps a node's round trips
+# overlapping; bursts queue behind them (in call order) rather than open more.
+DEFAULT_POOL_SIZE = 32
+# Longer than a command's own timeout (socket_timeout, 5 s), so that a call fails for a queue
+# only when Redis has stopped answering, not because a burst is being worked through.
+DEFAULT_POOL_TIMEOUT = 10.0
 
 _DEFAULTS: dict[str, Any] = {
     "socket_connect_timeout": 2.0,
@@ -48,11 +60,17 @@ class RedisTarget:
     presence_ttl: float
     sentinels: tuple[tuple[str, int], ...] = ()
     service: str = ""
+    pool_size: int = DEFAULT_POOL_SIZE
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT
 
     def client(self) -> Redis:
+        """A client whose commands share one bounded blocking pool (see the module's doc)."""
         if self.sentinels:
             return self._sentinel_client()
-        return Redis.from_url(self.url, **_DEFAULTS)
+        pool = BlockingConnectionPool.from_url(
+            self.url, max_connections=self.pool_size, timeout=self.pool_timeout, **_DEFAULTS
+        )
+        return Redis.from_pool(pool)
 
     def _sentinel_client(self) -> Redis:
         parts = urlsplit(self.url)
@@ -71,8 +89,19 @@ class RedisTarget:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(self.sentinels), sentinel_kwargs=sentinel_kwargs, **kwargs
         )
-        client: Redis = sentinel.master_for(self.service, redis_class=Redis, **kwargs)
+        client: Redis = sentinel.master_for(
+            self.service,
+            redis_class=Redis,
+            connection_pool_class=_BlockingSentinelPool,
+            max_connections=self.pool_size,
+            timeout=self.pool_timeout,
+            **kwargs,
+        )
         return client
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The master's address from the Sentinels, the waiting of the blocking pool."""
 
 
 def _typed(query: dict[str, str]) -> dict[str, Any]:
@@ -106,6 +135,13 @@ def parse_url(url: str) -> RedisTarget:
         raise ConfigError(f"engine URL: invalid prefix {prefix!r}")
     check_interval = _positive(query, "check_interval", DEFAULT_CHECK_INTERVAL)
     presence_ttl = _positive(query, "presence_ttl", DEFAULT_PRESENCE_TTL)
+    pool_timeout = _positive(query, "pool_timeout", DEFAULT_POOL_TIMEOUT)
+    for theirs, ours in (("max_connections", "pool_size"), ("timeout", "pool_timeout")):
+        if theirs in query:
+            raise ConfigError(f"engine URL: the pool is set with {ours}, not {theirs}")
+    raw_size = query.pop("pool_size", str(DEFAULT_POOL_SIZE))
+    if not raw_size.isdigit() or int(raw_size) < 1:
+        raise ConfigError(f"engine URL: pool_size must be a whole number >= 1, not {raw_size!r}")
     rest = urlunsplit(parts._replace(query=urlencode(query)))
     host = parts.netloc.rpartition("@")[2]
     sentinels: list[tuple[str, int]] = []
@@ -129,4 +165,6 @@ def parse_url(url: str) -> RedisTarget:
         presence_ttl=presence_ttl,
         sentinels=tuple(sentinels),
         service=service,
+        pool_size=int(raw_size),
+        pool_timeout=pool_timeout,
     )

@@ -83,6 +83,8 @@ class RedisEngine:
         self._resync_lock = asyncio.Lock()
         self._presence: dict[str, dict[str, bytes]] = {}  # this node's entries, for refresh
         self._failing: str | None = None  # what last failed, to log an outage once
+        self._ping_conn: Any = None  # health checks' own connection, outside the pool
+        self._pinging: asyncio.Future[bool] | None = None  # the health check under way
         self.limits: ClusterLimits | None = None
         self.recovered = 0  # publications read back from streams after pub/sub lost them
 
@@ -156,6 +158,10 @@ class RedisEngine:
                     pipe.hdel(self.keys.presence_entries(channel), *entries)
                 await asyncio.wait_for(pipe.execute(), PING_TIMEOUT)
         self._presence.clear()
+        if self._ping_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._ping_conn.disconnect(nowait=True)
+            self._ping_conn = None
         await self._close_client()
 
     async def _close_client(self) -> None:
@@ -512,11 +518,36 @@ class RedisEngine:
             raise self._unavailable(exc, f"sending {command!r} to other nodes") from None
 
     async def _ping(self) -> bool:
+        """Whether Redis answers a PING within ``PING_TIMEOUT``.
+
+        On a connection of its own: a burst of commands queued for the pool must not make a
+        busy node look dead to its load balancer. Concurrent checks share one PING.
+        """
         if self._client is None:
             return False
+        pinging = self._pinging
+        if pinging is None:
+            pinging = self._pinging = asyncio.ensure_future(self._ping_once())
+            pinging.add_done_callback(self._ping_done)
+        return await asyncio.shield(pinging)
+
+    def _ping_done(self, pinging: asyncio.Future[bool]) -> None:
+        if self._pinging is pinging:
+            self._pinging = None
+
+    async def _ping_once(self) -> bool:
+        conn = self._ping_conn
+        if conn is None:
+            conn = self._ping_conn = self._client.connection_pool.make_connection()
         try:
-            await asyncio.wait_for(self._client.ping(), PING_TIMEOUT)
+            async with asyncio.timeout(PING_TIMEOUT):
+                await conn.connect()
+                await conn.send_command("PING", check_health=False)
+                await conn.read_response()
         except (RedisError, OSError, TimeoutError):
+            # Whatever was half sent or half read: the next check starts on a fresh socket.
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
             return False
         return True
 

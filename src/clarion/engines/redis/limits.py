@@ -3,14 +3,25 @@
 Connection counts are sorted sets of members (one per connection) scored by expiry; the
 owning node refreshes its members with its presence entries, so a crashed node's connections
 stop counting within the presence TTL.
+
+Every Redis failure (including a wait for a pooled connection that timed out) is raised as
+:class:`~clarion.errors.EngineUnavailable`, as the engine's other calls are: callers in the
+core know clarion's errors, not the client library's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from clarion.engines.redis import scripts
 from clarion.engines.redis.keys import Keys
+from clarion.errors import EngineUnavailable
+
+
+def _unavailable(exc: BaseException, doing: str) -> EngineUnavailable:
+    return EngineUnavailable(f"Redis unavailable while {doing}: {exc or 'timeout'}")
 
 
 class ClusterLimits:
@@ -30,7 +41,10 @@ class ClusterLimits:
         ``kind`` is e.g. ``"user"`` or ``"ip"``. Returns whether the connection is admitted.
         """
         name = self._keys.connections(kind, key)
-        admitted, _ = await self._acquire(keys=[name], args=[member, limit, self._ttl_ms])
+        try:
+            admitted, _ = await self._acquire(keys=[name], args=[member, limit, self._ttl_ms])
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _unavailable(exc, f"counting a connection per {kind}") from None
         if admitted:
             self._held.setdefault(name, set()).add(member)
         return bool(admitted)
@@ -42,14 +56,24 @@ class ClusterLimits:
             held.discard(member)
             if not held:
                 del self._held[name]
-        await self._client.zrem(name, member)
+        # Not refreshed any more: should this fail, the member expires within the TTL.
+        try:
+            await self._client.zrem(name, member)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _unavailable(exc, f"releasing a connection per {kind}") from None
 
     async def connection_count(self, kind: str, key: str) -> int:
-        return int(await self._count(keys=[self._keys.connections(kind, key)]))
+        try:
+            return int(await self._count(keys=[self._keys.connections(kind, key)]))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _unavailable(exc, f"counting the connections per {kind}") from None
 
     async def take_token(self, key: str, rate: float, burst: int) -> bool:
         """One token from the bucket ``key`` (refilled at ``rate``/s, holding ``burst``)."""
-        return bool(await self._take(keys=[self._keys.rate(key)], args=[rate, burst]))
+        try:
+            return bool(await self._take(keys=[self._keys.rate(key)], args=[rate, burst]))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _unavailable(exc, "taking a publish token") from None
 
     async def refresh(self) -> None:
         if not self._held:

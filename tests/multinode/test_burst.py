@@ -1,0 +1,83 @@
+"""Connection bursts on the Redis engine: a thousand clients at once, none refused or lost.
+
+A deploy or a network blip makes every client of a node connect within a second. Each
+connection costs the node several Redis calls (shared connection counts, history, presence);
+they must queue for the node's bounded pool of Redis connections, not fail.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from clarion import mint_token
+
+from ..conftest import timeout
+from .conftest import Cluster
+from .helpers import Node, eventually
+from .swarm import Subscriber, connect_all
+
+pytestmark = pytest.mark.timeout(int(timeout(120)))
+
+CLIENTS = 1000
+SECRET = "s" * 32
+CONFIG = """
+[limits]
+max_connections_per_ip = 5000
+
+[namespaces.default]
+history_size = 10000
+"""
+
+
+def assert_no_errors_logged(*nodes: Node) -> None:
+    for node in nodes:
+        log = node.log_path.read_text(errors="replace")
+        bad = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
+        assert bad == [], "\n".join(bad[:10])
+
+
+def assert_clean(subs: list[Subscriber]) -> None:
+    broken = {i: s.anomalies() for i, s in enumerate(subs) if s.anomalies()}
+    assert broken == {}, f"{len(broken)} of {len(subs)} clients: {list(broken.items())[:5]}"
+
+
+async def test_a_thousand_clients_subscribe_at_once_to_one_redis_node(cluster: Cluster) -> None:
+    node = await cluster.start(config=CONFIG, env={"CLARION_TOKEN_SECRET": SECRET})
+    # Tokens for 100 users: each connection is counted per user and per address in Redis.
+    tokens = [mint_token(SECRET, f"u{i}", ["burst:*"]) for i in range(100)]
+    subs = [Subscriber("burst:1", tokens[i % 100]) for i in range(CLIENTS)]
+    await connect_all(subs, [node.port], timeout=timeout(60))
+    assert_clean(subs)
+    assert all(s.last is not None for s in subs)
+
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=timeout(10)) as api:
+        r = await api.post("/api/publish", json={"channel": "burst:1", "data": "to all"})
+        assert r.status_code == 200
+        offset = r.json()["offset"]
+        await eventually(
+            lambda: all(s.last is not None and s.last[1] == offset for s in subs),
+            timeout=timeout(20),
+        )
+        assert [s.received for s in subs] == [1] * CLIENTS
+        presence = (await api.get("/api/presence", params={"channel": "burst:1"})).json()
+        assert len(presence["clients"]) == CLIENTS
+
+        # All of them gone at once: every shared count and presence entry is released.
+        for s in subs:
+            s.drop()
+        redis = aioredis.Redis(port=cluster.redis.port)
+        try:
+
+            async def released() -> bool:
+                counts = [await redis.zcard("clarion:{conn:ip:127.0.0.1}")]
+                counts += [await redis.zcard(f"clarion:{{conn:user:u{i}}}") for i in range(100)]
+                r = await api.get("/api/presence", params={"channel": "burst:1"})
+                return sum(counts) == 0 and r.json()["clients"] == []
+
+            await eventually(released, timeout=timeout(20), interval=0.2)
+        finally:
+            await redis.aclose()
+    assert_clean(subs)
+    assert_no_errors_logged(node)

@@ -47,6 +47,9 @@ class Recorder:
     def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         pass
 
+    def send_unsubscribe(self, channel: str, reason: str) -> None:
+        self.items.append(("unsubscribe", channel, reason))
+
     def close(self, code: int, reason: str) -> None:
         self.closed = code
 

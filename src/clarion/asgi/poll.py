@@ -62,10 +62,11 @@ class PollWaiter:
     """A waiting poll's transport: collects what the core pushes and wakes the poll."""
 
     kind = "poll"
-    __slots__ = ("bytes_left", "count_left", "disconnect", "events", "woken")
+    __slots__ = ("bytes_left", "count_left", "disconnect", "events", "unsubscribed", "woken")
 
     def __init__(self, count: int, size: int) -> None:
         self.events: list[Publication | _Reset] = []
+        self.unsubscribed: dict[str, str] = {}  # channel -> reason
         self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.disconnect: Disconnect | None = None
         # Beyond one reply's worth nothing is kept: the next poll reads it from history.
@@ -101,6 +102,10 @@ class PollWaiter:
     def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         return None  # presence events are not part of a poll reply
 
+    def send_unsubscribe(self, channel: str, reason: str) -> None:
+        self.unsubscribed[channel] = reason
+        self._wake()
+
     def close(self, code: int, reason: str) -> None:
         if self.disconnect is None:
             self.disconnect = disconnect_for(code)
@@ -110,13 +115,14 @@ class PollWaiter:
 class _Reply:
     """Builds one reply: per channel its publications and where it now stands."""
 
-    __slots__ = ("disconnect", "positions", "publications", "reset")
+    __slots__ = ("disconnect", "positions", "publications", "reset", "unsubscribed")
 
     def __init__(self, since: dict[str, StreamPosition]) -> None:
         self.positions = dict(since)
         self.publications: list[Publication] = []
         self.reset: tuple[str, str] | None = None
         self.disconnect: Disconnect | None = None
+        self.unsubscribed: dict[str, str] = {}
 
     def add_channel(self, channel: str, events: list[Publication | _Reset]) -> None:
         """Take one channel's events, in order. One reset per reply: a channel with another
@@ -135,7 +141,12 @@ class _Reply:
 
     @property
     def empty(self) -> bool:
-        return not self.publications and self.reset is None and self.disconnect is None
+        return (
+            not self.publications
+            and self.reset is None
+            and self.disconnect is None
+            and not self.unsubscribed
+        )
 
     def cursor(self) -> str:
         return Cursor.of(self.positions).encode()
@@ -147,6 +158,10 @@ class _Reply:
         out = b'{"publications":[%s],"cursor":"%s"' % (pubs, cursor.encode("ascii"))
         if self.reset is not None:
             out += b',"reset":' + orjson.dumps({"channel": self.reset[0], "reason": self.reset[1]})
+        if self.unsubscribed:
+            out += b',"unsubscribed":' + orjson.dumps(
+                [{"channel": c, "reason": r} for c, r in self.unsubscribed.items()]
+            )
         if self.disconnect is not None:
             out += b',"disconnect":' + orjson.dumps(self.disconnect.to_dict())
         return out + b"}"
@@ -294,6 +309,7 @@ class PollEndpoint(ChannelEndpoint):
         for channel in request.channels:
             reply.add_channel(channel, [e for e in waiter.events if _channel_of(e) == channel])
         reply.disconnect = waiter.disconnect
+        reply.unsubscribed = waiter.unsubscribed
         return reply
 
 

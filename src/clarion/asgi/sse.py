@@ -341,6 +341,11 @@ class SseStream:
             data = sse.presence_event(kind, event)
             self._enqueue(data, len(data))
 
+    def send_unsubscribe(self, channel: str, reason: str) -> None:
+        if not self.closed:
+            data = sse.unsubscribe_event(channel, reason)
+            self._enqueue(data, len(data))
+
     def close(self, code: int, reason: str) -> None:
         if self.closed:
             return

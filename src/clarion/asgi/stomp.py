@@ -294,6 +294,12 @@ class StompConnection:
     def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         return None  # STOMP has no presence events
 
+    def send_unsubscribe(self, channel: str, reason: str) -> None:
+        if not self.closed:
+            frame = self.stomp.unsubscribed(channel, reason)
+            if frame is not None:
+                self.wire.send(frame)
+
     def close(self, code: int, reason: str) -> None:
         """End the connection: an ``ERROR`` first unless the client asked to leave."""
         if self.closed:

@@ -157,7 +157,7 @@ class _Connection:
             def ready(result: SubscribeResult) -> None:
                 self.transport.reply(messages.encode_ok(rid, result.to_dict()))
 
-            await session.subscribe(
+            result = await session.subscribe(
                 cmd.channel,
                 self.transport.fmt,
                 self.transport.push,
@@ -165,6 +165,9 @@ class _Connection:
                 on_ready=ready,
                 target=self.transport.target,
             )
+            if result is None and not session.closed:
+                # The hub ended it before it was ready (its ``unsubscribe`` push says why).
+                raise ClarionError(f"unsubscribed from {cmd.channel!r}", code="unsubscribed")
             return None
         if op == "unsubscribe":
             assert cmd.channel is not None

@@ -61,6 +61,9 @@ class _Pushes:
     def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         self.reply(messages.encode_presence_event(kind, event))
 
+    def send_unsubscribe(self, channel: str, reason: str) -> None:
+        self.reply(messages.encode_unsubscribe(channel, reason))
+
     def close(self, code: int, reason: str) -> None:
         if self.closed:
             return

@@ -85,6 +85,14 @@ class RequestFailed(ClarionError):
         return f"{self.code}: {self.message}"
 
 
+def unsubscribed(channel: str, reason: Any) -> RequestFailed:
+    """What a subscription's reader gets when the hub ended it (``code`` ``unsubscribed``)."""
+    why = reason if isinstance(reason, str) else "unknown"
+    return RequestFailed(
+        f"the hub ended the subscription to {channel!r} ({why})", code="unsubscribed"
+    )
+
+
 class TransportUnavailable(ConnectFailed):
     """The hub does not offer this transport (refused upgrade, missing endpoint)."""
 

@@ -11,7 +11,7 @@ import logging
 
 import httpx
 
-from clarion.client.errors import RequestFailed
+from clarion.client.errors import RequestFailed, unsubscribed
 from clarion.client.items import Message
 from clarion.client.streams import (
     Retry,
@@ -80,6 +80,9 @@ async def run_poll(feed: Feed, ctx: StreamContext) -> None:
         error = disconnect_from(body.get("disconnect"))
         if error is not None:
             raise error
+        for ended in body.get("unsubscribed") or ():
+            if isinstance(ended, dict) and ended.get("channel") == feed.channel:
+                raise unsubscribed(feed.channel, ended.get("reason"))
 
 
 def _seconds(value: float) -> str:

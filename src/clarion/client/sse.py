@@ -13,7 +13,7 @@ import logging
 import httpx
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
-from clarion.client.errors import TransportUnavailable
+from clarion.client.errors import TransportUnavailable, unsubscribed
 from clarion.client.streams import (
     Retry,
     StreamContext,
@@ -80,7 +80,7 @@ async def run_sse(feed: Feed, ctx: StreamContext) -> None:
 async def _handle(feed: Feed, event: ServerSentEvent) -> bool:
     """Buffer what ``event`` carries; False when the stream should be reopened."""
     kind = event.event
-    if kind not in ("message", "reset", "disconnect"):
+    if kind not in ("message", "reset", "disconnect", "unsubscribe"):
         return True  # presence events, and events for newer clients
     if not event.data:
         # An ``id:``-only block (the stream's opening position), or a heartbeat comment that the
@@ -94,10 +94,14 @@ async def _handle(feed: Feed, event: ServerSentEvent) -> bool:
         log.warning("ignoring an SSE %s event whose data is not JSON", kind)
         return True
     cursor = event.id or None
+    if isinstance(body, dict) and body.get("channel", feed.channel) != feed.channel:
+        return True  # a channel the backend added to this stream: not this feed's
     if kind == "message":
         message = message_from(body, cursor)
         if message is not None:
             await feed.put(message)
+    elif kind == "unsubscribe":
+        raise unsubscribed(feed.channel, body.get("reason"))
     elif kind == "reset":
         reset = reset_from(feed, body, cursor)
         if reset is not None:

@@ -44,6 +44,7 @@ from clarion.client.errors import (
     RequestFailed,
     RequestTimeout,
     TransportUnavailable,
+    unsubscribed,
 )
 from clarion.client.items import Message, Reset
 from clarion.client.subscription import Feed
@@ -367,6 +368,14 @@ class WebSocketLink:
             feed = self.feeds.get(channel) if isinstance(channel, str) else None
             if feed is not None and isinstance(cursor, str) and cursor:
                 feed.deliver(Reset(feed.channel, str(reset.get("reason", "")), cursor))
+            return
+        ended = msg.get("unsubscribe")
+        if isinstance(ended, dict):
+            channel = ended.get("channel")
+            feed = self.feeds.get(channel) if isinstance(channel, str) else None
+            if feed is not None:
+                del self.feeds[feed.channel]
+                feed.finish(unsubscribed(feed.channel, ended.get("reason")))
             return
         disconnect = msg.get("disconnect")
         if isinstance(disconnect, dict):

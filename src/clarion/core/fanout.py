@@ -69,16 +69,26 @@ class Subscription:
     format's ``deliver`` loop receives for it (``push`` itself unless the transport says).
     """
 
-    __slots__ = ("channel", "fmt", "push", "session", "target")
+    __slots__ = ("channel", "fmt", "push", "server", "session", "target")
 
     def __init__(
-        self, session: Session, channel: str, fmt: WireFormat, push: Push, target: Any = None
+        self,
+        session: Session,
+        channel: str,
+        fmt: WireFormat,
+        push: Push,
+        target: Any = None,
+        *,
+        server: bool = False,
     ) -> None:
         self.session = session
         self.channel = channel
         self.fmt = fmt
         self.push = push
         self.target = push if target is None else target
+        # Made by the backend (``POST /api/subscribe``): its grant, not the token's, so a
+        # change of token does not end it.
+        self.server = server
 
 
 class LocalChannel:

@@ -390,6 +390,41 @@ class Hub:
         session.credentials = credentials
         if new is not None:
             self.by_user.setdefault(new, set()).add(session)
+        self.recheck(session)
+
+    def recheck(self, session: Session) -> list[str]:
+        """End the subscriptions ``session``'s credentials no longer allow; returns them.
+
+        Synchronous: once a new token is applied, nothing more of a channel it does not allow
+        is delivered. Subscriptions the backend made are its own grant and are kept.
+        """
+        dropped = []
+        for channel, sub in list(session.subscriptions.items()):
+            if sub.server:
+                continue
+            try:
+                self.auth.check_subscribe(session.credentials, channel)
+            except ClarionError:
+                self.drop(session, channel, "forbidden")
+                dropped.append(channel)
+        return dropped
+
+    def drop(self, session: Session, channel: str, reason: str) -> bool:
+        """End one subscription from the hub's side and tell the client why."""
+        sub = session.subscriptions.pop(channel, None)
+        if sub is None:
+            return False
+        self._detach(sub)
+        if not session.subscriptions:
+            session.idle_since = time.monotonic()
+        try:
+            session.transport.send_unsubscribe(channel, reason)
+        except Exception:
+            log.exception("unsubscribe push failed for %r", session)
+        if self._reports_lifecycle(session):
+            self.emit("unsubscribe", {**self._session_info(session), "channel": channel})
+        self.spawn(self._leave_all(session, [channel]))
+        return True
 
     def close_session(self, session: Session, code: int, reason: str | None = None) -> None:
         """End ``session``: stop deliveries now, tell the client, clean up presence later."""
@@ -542,9 +577,16 @@ class Hub:
         since: str | StreamPosition | None = None,
         on_ready: Callable[[SubscribeResult], None] | None = None,
         target: Any = None,
+        server: bool = False,
     ) -> SubscribeResult | None:
+        """Subscribe ``session`` to ``channel``; ``None`` if it closed or unsubscribed meanwhile.
+
+        ``server``: the backend asked for it (``POST /api/subscribe``), so the token's
+        permissions are not checked, and a later token does not end it.
+        """
         validate_channel(channel)
-        self.auth.check_subscribe(session.credentials, channel)
+        if not server:
+            self.auth.check_subscribe(session.credentials, channel)
         since_pos = position_for(channel, since)
         if channel in session.subscriptions:
             raise BadRequest(f"already subscribed to {channel!r}", code="already_subscribed")
@@ -553,7 +595,7 @@ class Hub:
                 "too many subscriptions on this connection", code="too_many_subscriptions"
             )
         options = self.options(channel)
-        sub = Subscription(session, channel, fmt, push, target)
+        sub = Subscription(session, channel, fmt, push, target, server=server)
         session.subscriptions[channel] = sub
         session.idle_since = None
         try:

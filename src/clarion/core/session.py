@@ -36,6 +36,9 @@ class Transport(Protocol):
     def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         """A presence ``join``/``leave`` event."""
 
+    def send_unsubscribe(self, channel: str, reason: str) -> None:
+        """The hub ended the subscription to ``channel`` (it is already detached)."""
+
     def close(self, code: int, reason: str) -> None:
         """End the connection with a documented code; must be idempotent."""
 
@@ -126,16 +129,18 @@ class Session:
         since: str | StreamPosition | None = None,
         on_ready: Any = None,
         target: Any = None,
+        server: bool = False,
     ) -> SubscribeResult | None:
         """Subscribe, resuming from ``since`` (a cursor token or position) when given.
 
         ``on_ready(result)`` runs after the subscription is attached and before the first
         publication is pushed, so an adapter can send its reply first. ``target`` is what the
         format's ``deliver`` loop gets for this subscriber (default: ``push``). Returns ``None``
-        when the session closed or unsubscribed meanwhile.
+        when the session closed or unsubscribed meanwhile. ``server``: the backend made this
+        subscription, which its permissions decided (see :meth:`Hub.subscribe`).
         """
         return await self.hub.subscribe(
-            self, channel, fmt, push, since=since, on_ready=on_ready, target=target
+            self, channel, fmt, push, since=since, on_ready=on_ready, target=target, server=server
         )
 
     async def unsubscribe(self, channel: str) -> bool:

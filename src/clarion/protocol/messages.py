@@ -5,7 +5,8 @@ Client → hub, one JSON object per text frame::
     {"id": 1, "op": "subscribe", "channel": "chat:lobby", "since": "<cursor>"}
 
 Hub → client: replies carry the command's ``id`` with ``ok`` or ``error``; pushes carry no ``id``
-(a publication object plus its ``cursor``, or one of ``reset``/``join``/``leave``/``disconnect``).
+(a publication object plus its ``cursor``, or one of ``reset``/``join``/``leave``/``subscribe``/
+``unsubscribe``/``disconnect``).
 """
 
 from __future__ import annotations
@@ -129,6 +130,11 @@ def encode_publication(pub: Publication, cursor: str) -> bytes:
 
 def encode_reset(channel: str, reason: str, cursor: str) -> bytes:
     return orjson.dumps({"reset": {"channel": channel, "reason": reason, "cursor": cursor}})
+
+
+def encode_unsubscribe(channel: str, reason: str) -> bytes:
+    """The hub ended a subscription: the token no longer allows it, or the backend said so."""
+    return orjson.dumps({"unsubscribe": {"channel": channel, "reason": reason}})
 
 
 def encode_presence_event(kind: str, event: dict[str, Any]) -> bytes:

@@ -32,6 +32,8 @@ from clarion.protocol.publication import Publication
 MESSAGE = "message"
 RESET = "reset"
 DISCONNECT = "disconnect"
+SUBSCRIBE = "subscribe"
+UNSUBSCRIBE = "unsubscribe"
 CONTENT_TYPE = b"text/event-stream; charset=utf-8"
 
 HEARTBEAT = b": ping\n\n"
@@ -100,6 +102,12 @@ def reset_event(channel: str, reason: str, cursor: str, stream_id: str | None) -
 def disconnect_event(code: int, reason: str, reconnect: bool) -> bytes:
     body = orjson.dumps({"code": code, "reason": reason, "reconnect": reconnect})
     return encode_event(body, event=DISCONNECT)
+
+
+def unsubscribe_event(channel: str, reason: str, stream_id: str | None = None) -> bytes:
+    """The hub ended the stream's subscription to ``channel``; the stream goes on."""
+    body = orjson.dumps({"channel": channel, "reason": reason})
+    return encode_event(body, event=UNSUBSCRIBE, id=stream_id)
 
 
 def presence_event(kind: str, event: dict[str, object]) -> bytes:

@@ -67,3 +67,27 @@ def reset_frame(
         ("content-length", "0"),
     ]
     return serialise(Frame("MESSAGE", tuple(headers)), escaped=escaped)
+
+
+def event_frame(
+    subscription: str,
+    channel: str,
+    event: str,
+    headers: tuple[tuple[str, str], ...],
+    *,
+    escaped: bool,
+) -> bytes:
+    """A signal about a subscription, not a publication: a ``MESSAGE`` with ``x-event`` set
+    (``subscribe``, ``unsubscribe``) and an empty body; ``message-id`` is ``<event>-<channel>``.
+
+    No ``ack`` header: the signal is not a publication and is never acknowledged.
+    """
+    all_headers = [
+        ("subscription", subscription),
+        ("message-id", f"{event}-{channel}"),
+        ("destination", TOPIC + channel),
+        ("x-event", event),
+        *headers,
+        ("content-length", "0"),
+    ]
+    return serialise(Frame("MESSAGE", tuple(all_headers)), escaped=escaped)

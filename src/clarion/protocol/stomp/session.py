@@ -32,7 +32,7 @@ from clarion.protocol.stomp.events import (
     Unsubscribe,
 )
 from clarion.protocol.stomp.frame import CLIENT_COMMANDS, SERVER_COMMANDS, Frame, serialise
-from clarion.protocol.stomp.message import RESET_PREFIX, TOPIC, reset_frame
+from clarion.protocol.stomp.message import RESET_PREFIX, TOPIC, event_frame, reset_frame
 from clarion.protocol.stomp.negotiation import (
     VERSIONS,
     HeartBeat,
@@ -402,6 +402,21 @@ class StompSession:
                 sub.acks.reset(position)
         return reset_frame(
             sub.id, sub.channel, reason, cursor, escaped=self.escaped, ack=sub.needs_ack
+        )
+
+    def unsubscribed(self, channel: str, reason: str) -> bytes | None:
+        """The hub ended the subscription to ``channel``: forget it and return its
+        ``x-event: unsubscribe`` signal (``None`` if there is no such subscription, or the
+        session no longer sends)."""
+        sub = self.by_channel.get(channel)
+        if sub is None:
+            return None
+        self.forget(sub)
+        if not self.can_send("MESSAGE"):
+            return None
+        self._transition("MESSAGE")
+        return event_frame(
+            sub.id, channel, "unsubscribe", (("x-reason", reason),), escaped=self.escaped
         )
 
     def close(self) -> None:

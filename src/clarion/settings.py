@@ -20,6 +20,8 @@ from pydantic_settings import (
 )
 
 from clarion.protocol.channels import DEFAULT_NAMESPACE
+from clarion.protocol.origins import Origin, OriginRule, parse_origin
+from clarion.protocol.proxies import parse_network
 
 
 class NamespaceOptions(BaseModel):
@@ -53,7 +55,16 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_connections: int = Field(100_000, ge=1, description="connections per node")
-    max_connections_per_ip: int = Field(1000, ge=1, description="connections per client IP")
+    max_connections_per_ip: int = Field(
+        1000, ge=1, description="connections per client IP (IPv6: per `ipv6_prefix` network)"
+    )
+    ipv6_prefix: int = Field(
+        64,
+        ge=16,
+        le=128,
+        description="IPv6 clients count against per-IP caps per network of "
+        "this prefix length (one subscriber usually holds a whole /64)",
+    )
     max_connections_per_user: int = Field(100, ge=1, description="connections per user (sub)")
     max_subscriptions_per_connection: int = Field(
         128, ge=1, description="channels one connection may subscribe to"
@@ -177,7 +188,25 @@ class Settings(BaseSettings):
     token_issuer: str | None = Field(None, description="required `iss` claim, if set")
     allowed_origins: list[str] = Field(
         default_factory=list,
-        description='browser origins allowed to connect; ["*"] allows any. Empty = same host only',
+        description="browser origins allowed to connect: `scheme://host[:port]`, or patterns "
+        '`https://*.example.com` (sub-domains) and `http://localhost:*` (any port); ["*"] '
+        "allows any. Empty = only `public_url`'s origin; in development mode with neither, "
+        "pages on loopback hosts (localhost, 127.0.0.1, [::1]) over the hub's own scheme",
+    )
+    public_url: str | None = Field(
+        None,
+        description="the hub's public URL, e.g. `https://rt.example.com`; its origin is allowed "
+        "(pages the hub's host serves)",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or CIDR blocks of reverse proxies whose `forwarded_header` and "
+        "`X-Forwarded-Proto` are believed; see docs/deployment.md",
+    )
+    forwarded_header: Literal["x-forwarded-for", "forwarded", "x-real-ip"] = Field(
+        "x-forwarded-for",
+        description="the one header trusted proxies give the client address in (the others "
+        "are ignored: a proxy passes a client's copy of them through)",
     )
     allow_no_origin: bool = Field(True, description="accept requests without an Origin header")
     insecure: bool = Field(
@@ -205,6 +234,31 @@ class Settings(BaseSettings):
     sse: SseOptions = Field(default_factory=SseOptions)
     poll: PollOptions = Field(default_factory=PollOptions)
     namespaces: dict[str, NamespaceOptions] = Field(default_factory=dict)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry != "*":
+                OriginRule(entry)  # raises ValueError naming the entry
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and public_origin(value) is None:
+            raise ValueError(f"public_url must be an http(s) URL, not {value!r}")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                parse_network(entry)
+            except ValueError:
+                raise ValueError(f"not an address or CIDR block: {entry!r}") from None
+        return value
 
     @field_validator("namespaces")
     @classmethod
@@ -270,6 +324,10 @@ class Settings(BaseSettings):
     def development_mode(self) -> bool:
         return not self.api_keys and not self.auth_enabled
 
+    @property
+    def public_origin(self) -> Origin | None:
+        return public_origin(self.public_url) if self.public_url else None
+
     def binds_loopback(self) -> bool:
         if self.host == "localhost":
             return True
@@ -277,3 +335,12 @@ class Settings(BaseSettings):
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+def public_origin(url: str) -> Origin | None:
+    """The origin of an http(s) URL (its path is the hub's mount point, not part of it)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return None
+    authority = rest.split("/", 1)[0]
+    return parse_origin(f"{scheme}://{authority}")

@@ -90,3 +90,24 @@ def test_origins(origin: bytes, host: bytes) -> None:
     hub = Hub(Settings(allowed_origins=["https://a.example"], token_secret="s" * 32))
     scope = {"headers": [(b"origin", origin), (b"host", host)]}
     assert isinstance(access.origin_allowed(hub, scope), bool)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.sampled_from([b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-forwarded-proto"]),
+        max_size=4,
+    ),
+    st.lists(st.binary(max_size=120), min_size=4, max_size=4),
+    st.sampled_from(["x-forwarded-for", "forwarded", "x-real-ip"]),
+)
+def test_forwarded_headers(names: list[bytes], values: list[bytes], header: str) -> None:
+    from clarion.hub import Hub
+
+    hub = Hub(Settings(trusted_proxies=["127.0.0.0/8"], forwarded_header=header))
+    scope = {"client": ("127.0.0.1", 5000), "headers": list(zip(names, values, strict=False))}
+    forwarded = access.forwarded(hub, scope)
+    assert forwarded.client is not None
+    assert forwarded.scheme in (None, "http", "https")
+    assert isinstance(access.origin_allowed(hub, {**scope, "headers": [(b"origin", values[0])]}),
+                      bool)  # fmt: skip

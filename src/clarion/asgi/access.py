@@ -1,16 +1,20 @@
-"""Who is calling: API keys, connection tokens and browser origins, read from ASGI scopes."""
+"""Who is calling: client addresses, API keys, connection tokens and browser origins, read
+from ASGI scopes. Every transport, on every server, asks here."""
 
 from __future__ import annotations
 
 import hmac
+import weakref
 from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from clarion.core.auth import Credentials
 from clarion.core.hub import Hub
 from clarion.errors import Forbidden, Unauthorized
+from clarion.protocol.origins import OriginPolicy
+from clarion.protocol.proxies import Forwarded, TrustedProxies, resolve
 
 TOKEN_COOKIE = "clarion_token"
 
@@ -35,9 +39,55 @@ def query(scope: Scope) -> dict[str, list[str]]:
         return {}
 
 
-def client_ip(scope: Scope) -> str | None:
+class _Policy:
+    """What the settings say about proxies and origins, parsed once per hub."""
+
+    __slots__ = ("forwarded_header", "origins", "proxies")
+
+    def __init__(self, hub: Hub) -> None:
+        settings = hub.settings
+        self.proxies = TrustedProxies(settings.trusted_proxies)
+        self.forwarded_header = settings.forwarded_header
+        allowed = list(settings.allowed_origins)
+        public = settings.public_origin
+        if public is not None:
+            allowed.append(str(public))
+        self.origins = OriginPolicy(
+            allowed, loopback_only=not allowed and settings.development_mode
+        )
+
+
+_policies: weakref.WeakKeyDictionary[Hub, _Policy] = weakref.WeakKeyDictionary()
+
+
+def _policy(hub: Hub) -> _Policy:
+    policy = _policies.get(hub)
+    if policy is None:
+        policy = _policies[hub] = _Policy(hub)
+    return policy
+
+
+def forwarded(hub: Hub, scope: Scope) -> Forwarded:
+    """The client address and public scheme of this request, behind trusted proxies."""
     client = scope.get("client")
-    return str(client[0]) if client else None
+    peer = str(client[0]) if client else None
+    policy = _policy(hub)
+    if not policy.proxies:  # the common case without a proxy: nothing to parse
+        return Forwarded(peer, None)
+    return resolve(peer, scope.get("headers", ()), policy.proxies, policy.forwarded_header)
+
+
+def client_address(hub: Hub, scope: Scope) -> str | None:
+    """The address of the client that made this request: what caps count and logs show."""
+    return forwarded(hub, scope).client
+
+
+def public_scheme(hub: Hub, scope: Scope) -> str:
+    """``http`` or ``https``: how the public reached the hub (a trusted proxy may say)."""
+    scheme = forwarded(hub, scope).scheme
+    if scheme is not None:
+        return scheme
+    return "https" if scope.get("scheme") in ("https", "wss") else "http"
 
 
 def check_api_key(hub: Hub, scope: Scope) -> None:
@@ -93,14 +143,9 @@ def origin_allowed(hub: Hub, scope: Scope) -> bool:
     settings = hub.settings
     if origin is None:
         return settings.allow_no_origin
-    allowed = settings.allowed_origins
-    if "*" in allowed or origin in allowed:
-        return True
-    if settings.development_mode and not allowed:
-        return True
-    # Same-origin requests are always fine: compare the Origin's host with the Host header.
-    host = header(scope, b"host")
-    return host is not None and urlsplit(origin).netloc == host
+    # Compared with configured origins only, never with the request's own Host: a Host header
+    # is whatever the client's DNS made of the name (DNS rebinding).
+    return _policy(hub).origins.allows(origin, public_scheme(hub, scope))
 
 
 def check_origin(hub: Hub, scope: Scope) -> None:

@@ -208,7 +208,7 @@ class PollEndpoint(ChannelEndpoint):
         request = channel_request(hub, scope, params, single_param(params, "cursor"))
         limits = hub.settings.limits
         waiter = PollWaiter(limits.max_history_batch, limits.send_queue_bytes)
-        session = hub.open_session(waiter, request.credentials, access.client_ip(scope))
+        session = hub.open_session(waiter, request.credentials, access.client_address(hub, scope))
         reply: _Reply | None
         try:
             reply = await self._read(request)

@@ -72,6 +72,11 @@ class SendQueue:
         except (OSError, RuntimeError):
             return  # the peer is gone; the receive loop notices and cleans up
 
+    async def finish(self, wait: float) -> None:
+        """Give the sender up to ``wait`` seconds to send what is queued (a close included)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._task), wait)
+
     async def stop(self) -> None:
         if not self._task.done():
             self._task.cancel()

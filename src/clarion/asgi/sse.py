@@ -510,7 +510,7 @@ class SseEndpoint(ChannelEndpoint):
         stream = SseStream(
             len(request.channels), hub.settings.limits.send_queue_bytes, hub.settings.sse.heartbeat
         )
-        session = hub.open_session(stream, request.credentials, access.client_ip(scope))
+        session = hub.open_session(stream, request.credentials, access.client_address(hub, scope))
 
         stream.on_overflow = lambda: hub.overflow(session)
         try:

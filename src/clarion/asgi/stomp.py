@@ -465,7 +465,7 @@ class StompConnection:
         # request's token (Authorization header, token= query parameter, cookie).
         token = event.token or access.token_from(self.scope)
         credentials = hub.auth.verify(token) if token else hub.auth.anonymous()
-        self.session = hub.open_session(self, credentials, access.client_ip(self.scope))
+        self.session = hub.open_session(self, credentials, access.client_address(hub, self.scope))
         self.wire.send(self.stomp.connected(self.session.id, SERVER, credentials.user))
         if event.heart_beat.send_ms:
             self._beat_timer = self._loop.call_later(event.heart_beat.send_ms / 1000, self._beat)

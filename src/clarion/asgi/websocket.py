@@ -16,6 +16,7 @@ from clarion.protocol.messages import Command, CommandError
 
 log = logging.getLogger("clarion.ws")
 
+CLOSE_WAIT = 5.0  # seconds a refused connection's close may take on the portable path
 MAX_BAD_FRAMES = 20  # malformed frames tolerated per connection before it is closed
 
 
@@ -67,7 +68,7 @@ class ClarionWebSocket:
         try:
             if refusal is not None:
                 raise refusal
-            session = hub.open_session(transport, credentials, access.client_ip(scope))
+            session = hub.open_session(transport, credentials, access.client_address(hub, scope))
         except LimitExceeded as exc:
             transport.close(_limit_close_code(exc), exc.message)
             await self._drain_until_closed(receive, transport)
@@ -103,6 +104,8 @@ class ClarionWebSocket:
     @staticmethod
     async def _drain_until_closed(receive: Any, transport: FastTransport | AsgiTransport) -> None:
         if isinstance(transport, AsgiTransport):
+            # The disconnect push and the close frame are queued: let them go before stopping.
+            await transport.finish(CLOSE_WAIT)
             await transport.stop()
             return
         while (await receive())["type"] != "websocket.disconnect":

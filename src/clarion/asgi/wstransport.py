@@ -146,5 +146,8 @@ class AsgiTransport(_Pushes):
     def _end(self, code: int, reason: str) -> None:
         self.queue.close(code, reason)
 
+    async def finish(self, wait: float) -> None:
+        await self.queue.finish(wait)
+
     async def stop(self) -> None:
         await self.queue.stop()

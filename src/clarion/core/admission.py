@@ -44,7 +44,7 @@ class Admission:
         limits = self.hub.settings.limits
         held = self._held.setdefault(session.id, [])
         checks = [
-            ("ip", session.client_ip, limits.max_connections_per_ip),
+            ("ip", session.ip_key, limits.max_connections_per_ip),
             ("user", session.user, limits.max_connections_per_user),
         ]
         for kind, key, cap in checks:

@@ -347,16 +347,17 @@ class Hub:
                 raise LimitExceeded(
                     "too many connections for this user", code="too_many_connections"
                 )
-        if client_ip is not None and self.by_ip.get(client_ip, 0) >= limits.max_connections_per_ip:
+        session = Session(self, transport, credentials, client_ip)
+        ip_key = session.ip_key
+        if ip_key is not None and self.by_ip.get(ip_key, 0) >= limits.max_connections_per_ip:
             raise LimitExceeded(
                 "too many connections from this address", code="too_many_connections"
             )
-        session = Session(self, transport, credentials, client_ip)
         self.sessions[session.id] = session
         if credentials.user is not None:
             self.by_user.setdefault(credentials.user, set()).add(session)
-        if client_ip is not None:
-            self.by_ip[client_ip] = self.by_ip.get(client_ip, 0) + 1
+        if ip_key is not None:
+            self.by_ip[ip_key] = self.by_ip.get(ip_key, 0) + 1
         if self.admission.shared is not None and transport.kind != "poll":
             self.spawn(self.admission.admit(session))
         if self._reports_lifecycle(session):
@@ -432,7 +433,7 @@ class Hub:
             return
         session.closed = True
         self.sessions.pop(session.id, None)
-        ip = session.client_ip
+        ip = session.ip_key
         if ip is not None:
             left = self.by_ip.get(ip, 1) - 1
             if left > 0:

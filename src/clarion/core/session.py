@@ -12,6 +12,7 @@ from clarion.core.fanout import Push, Subscription, WireFormat
 from clarion.core.limits import Abuse, TokenBucket
 from clarion.errors import LimitExceeded
 from clarion.protocol.codes import CloseCode
+from clarion.protocol.proxies import address_key
 from clarion.protocol.publication import StreamPosition
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class Session:
         "hub",
         "id",
         "idle_since",
+        "ip_key",
         "pinged_at",
         "publish_bucket",
         "subscriptions",
@@ -106,6 +108,10 @@ class Session:
         self.transport = transport
         self.credentials = credentials
         self.client_ip = client_ip
+        # What per-IP caps count this session as (an IPv6 client counts as its network).
+        self.ip_key = (
+            None if client_ip is None else address_key(client_ip, hub.settings.limits.ipv6_prefix)
+        )
         self.subscriptions: dict[str, Subscription] = {}
         self.closed = False
         self.connected_at = time.monotonic()

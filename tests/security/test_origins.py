@@ -1,0 +1,149 @@
+"""Browser origins on every transport and both servers: configured origins and patterns only,
+never the request's own ``Host``; loopback pages only in development mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from clarion import Settings
+
+from .servers import SERVERS, TRANSPORTS, serve, try_origin
+
+SECRET = "origin-secret-0123456789abcdef0123456789"
+
+CONFIGURED = {
+    "allowed_origins": ["https://app.example.com", "https://*.example.org", "http://localhost:*"],
+    "token_secret": SECRET,
+    "api_key": "k",
+    "namespaces": {"default": {"anonymous": True}},
+}
+
+# (origin, extra headers, allowed?) — "{port}" is the hub's own port.
+CONFIGURED_CASES = [
+    ("https://app.example.com", {}, True),
+    ("https://APP.Example.com:443", {}, True),  # same origin, other spelling
+    ("https://a.b.example.org", {}, True),  # sub-domain pattern, any depth
+    ("http://localhost:3000", {}, True),  # any-port pattern
+    ("http://localhost", {}, True),
+    ("https://example.org", {}, False),  # the apex is not a sub-domain
+    ("https://evilexample.org", {}, False),
+    ("https://app.example.com.evil.net", {}, False),
+    ("http://app.example.com", {}, False),  # scheme differs
+    ("https://app.example.com:8443", {}, False),  # port differs
+    ("https://app.example.com/path", {}, False),  # not an origin
+    ("https://user@app.example.com", {}, False),
+    ("https://localhost:3000", {}, False),
+    ("null", {}, False),
+    ("evil://127.0.0.1:{port}", {}, False),
+    ("http://127.0.0.1:{port}", {}, False),  # the request's own host is no credential
+    ("https://127.0.0.1:{port}", {}, False),
+    ("http://evil.example", {"Host": "evil.example"}, False),  # DNS rebinding
+    ("http://evil.example:{port}", {"Host": "evil.example:{port}"}, False),
+    ("https://app.example.com", {"Host": "evil.example"}, True),  # Host plays no part
+]
+
+DEVELOPMENT_CASES = [
+    ("http://127.0.0.1:{port}", {}, True),
+    ("http://localhost:5173", {}, True),  # a dev server on another port of this machine
+    ("http://[::1]:8000", {}, True),
+    ("http://app.localhost", {}, True),
+    ("https://127.0.0.1:{port}", {}, False),  # an https page is not this http hub's origin
+    ("evil://127.0.0.1:{port}", {}, False),
+    ("http://127.0.0.1:{port}/path", {}, False),
+    ("http://evil.example", {"Host": "evil.example"}, False),  # DNS rebinding
+    ("http://evil.example:{port}", {"Host": "evil.example:{port}"}, False),
+    ("http://10.0.0.5:{port}", {}, False),
+    ("http://localhost.evil.example", {}, False),
+    ("null", {}, False),
+]
+
+
+def _ids(cases: list[tuple[str, dict[str, str], bool]]) -> list[str]:
+    return [f"{o}{'+' + h['Host'] if h else ''}" for o, h, _ in cases]
+
+
+def _fill(text: str, port: int) -> str:
+    return text.replace("{port}", str(port))
+
+
+async def _check(running, transport, cases):  # type: ignore[no-untyped-def]
+    wrong = []
+    for origin, extra, expected in cases:
+        origin = _fill(origin, running.port)
+        headers = {k: _fill(v, running.port) for k, v in extra.items()}
+        ok, response = await try_origin(running, transport, origin, **headers)
+        if ok != expected:
+            wrong.append((origin, headers, response.status))
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
+async def test_configured_origins_only(server: str, transport: str) -> None:
+    async with serve(server, Settings(**CONFIGURED)) as running:
+        await _check(running, transport, CONFIGURED_CASES)
+        ok, _ = await try_origin(running, transport, None)  # a non-browser client
+        assert ok
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
+async def test_development_mode_allows_loopback_pages_only(server: str, transport: str) -> None:
+    async with serve(server, Settings()) as running:
+        await _check(running, transport, DEVELOPMENT_CASES)
+
+
+@pytest.mark.parametrize("transport", ["ws", "poll", "preflight-sse"])
+async def test_public_url_is_the_hubs_own_origin(transport: str) -> None:
+    settings = Settings(
+        public_url="https://rt.example.com/clarion",
+        token_secret=SECRET,
+        api_key="k",
+        namespaces={"default": {"anonymous": True}},
+    )
+    async with serve("clarion", settings) as running:
+        cases = [
+            ("https://rt.example.com", {}, True),
+            ("https://rt.example.com:443", {"Host": "elsewhere"}, True),
+            ("http://rt.example.com", {}, False),
+            ("https://app.example.com", {}, False),
+            ("http://127.0.0.1:{port}", {}, False),
+        ]
+        await _check(running, transport, cases)
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "preflight-poll"])
+async def test_scheme_from_a_trusted_proxy(transport: str) -> None:
+    """Behind a TLS-terminating proxy the hub's public scheme is https, if the proxy says so."""
+    async with serve("clarion", Settings(trusted_proxies=["127.0.0.1"])) as running:
+        https = {"X-Forwarded-Proto": "https"}
+        cases = [
+            ("https://localhost", https, True),
+            ("http://localhost", https, False),
+            ("http://localhost", {}, True),
+            ("https://localhost", {}, False),
+        ]
+        await _check(running, transport, cases)
+    # From a peer that is not a trusted proxy the header changes nothing.
+    async with serve("clarion", Settings(trusted_proxies=["10.0.0.0/8"])) as running:
+        cases = [
+            ("https://localhost", {"X-Forwarded-Proto": "https"}, False),
+            ("http://localhost", {"X-Forwarded-Proto": "https"}, True),
+        ]
+        await _check(running, transport, cases)
+
+
+def test_bad_configured_origins_refuse_to_start() -> None:
+    bad_entries = [
+        "app.example.com",
+        "https://*example.com",
+        "https://a.*.example.com",
+        "https://app.example.com/",
+        "https://*",
+        "https://app.example.com:9999999",
+    ]
+    for bad in bad_entries:
+        with pytest.raises(ValueError, match="origin"):
+            Settings(allowed_origins=[bad])
+    with pytest.raises(ValueError, match="public_url"):
+        Settings(public_url="rt.example.com")

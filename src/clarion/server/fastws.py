@@ -159,7 +159,8 @@ class Outbox:
     Subclasses set :attr:`transport` and call :meth:`init_outbox` before anything is queued, and
     implement :meth:`on_eof_flushed` (the protocol asked for the TCP half-close),
     :meth:`on_overflow_default` (the limit was hit and nobody asked to be told) and
-    :meth:`on_hard_overflow` (twice the limit: the app did not stop pushing).
+    :meth:`on_hard_overflow` (twice the limit: the app did not stop pushing), and may
+    implement :meth:`on_backlog` (e.g. stop reading a peer that does not read).
     """
 
     __slots__ = (
@@ -167,6 +168,7 @@ class Outbox:
         "_dirty",
         "_eof",
         "_flusher",
+        "_hard",
         "_limit",
         "_on_overflow",
         "_out",
@@ -200,6 +202,7 @@ class Outbox:
         # The app's overflow callback ran: from then on it must stop pushing, and what it
         # still pushes counts towards the hard limit.
         self._told = False
+        self._hard = False  # on_hard_overflow is scheduled or done
         self._pushed = False  # pushed since the last flush: the limit applies to it
         self._limit = limit
         self._on_overflow: Callable[[], None] = self.on_overflow_default
@@ -243,8 +246,14 @@ class Outbox:
         self._overflowed = False
         self._told = False
 
-    def queue_raw(self, data: bytes) -> None:
-        """Queue bytes the protocol object produced (pong, close); ignores the seal and limit."""
+    def queue_raw(self, data: bytes, *, counted: bool = False) -> None:
+        """Queue bytes past the seal: the handshake, ``websocket.send``, the protocol's frames.
+
+        ``counted``: the bytes count against the send limit, like pushes. Frames the protocol
+        object makes on its own (pongs, close frames, pings) are counted: a peer that sends
+        pings and never reads would otherwise grow the write buffer without bound. What
+        ``websocket.send`` queues is not: that path waits for the transport to drain instead.
+        """
         if self._eof:
             return
         (self._tail if self._sealed else self._out).append(data)
@@ -252,6 +261,18 @@ class Outbox:
         if not self._dirty:
             self._dirty = True
             self._flusher.mark(self)
+        if counted:
+            self._pushed = True
+
+    def flush_if_over(self) -> None:
+        """Write now if what is queued takes the connection over its limit.
+
+        The event loop may hand a connection many reads before the next flush (libuv reads a
+        socket up to 32 times in a row): what each read makes us queue (pongs) is written at
+        once, so that a peer that does not take it hits the limit before more is read.
+        """
+        if self._pushed and self._out_bytes + self._backlog > self._limit:
+            self.flush()
 
     def queue_eof(self) -> None:
         """Half-close the TCP connection once everything queued is written."""
@@ -280,11 +301,12 @@ class Outbox:
             self._clear()
             transport.write(data)
             self._backlog = transport.get_write_buffer_size()
-            # Only pushed frames count against the limit: websocket.send waits for the
-            # transport to drain instead, however large one message is.
+            # Only pushed and counted frames count against the limit: websocket.send waits
+            # for the transport to drain instead, however large one message is.
             if self._pushed:
                 self._pushed = False
                 if self._backlog > self._limit:
+                    self.on_backlog()
                     self._overflow()
         if self._eof == 1 and not transport.is_closing():
             self._eof = 2
@@ -308,15 +330,20 @@ class Outbox:
             self._overflow()
 
     def _overflow(self) -> None:
+        # Both deferred: push() runs inside fan-out loops that the callbacks (closing a
+        # session) may mutate, and the policy's own close must go first.
         if not self._overflowed:
             self._overflowed = True
             self._told = False
-            # Deferred: push() runs inside fan-out loops that on_overflow (closing a session)
-            # may mutate; the callback must never run re-entrantly from push().
             self._flusher._loop.call_soon(self._tell)
-        elif self._told and self._queued() + self._backlog > 2 * self._limit:
+        elif self._told and not self._hard and self._queued() + self._backlog > 2 * self._limit:
             # Told, and still pushing: the budget is a bound, not a hint.
-            self.on_hard_overflow()
+            self._hard = True
+            self._flusher._loop.call_soon(self.on_hard_overflow)
+
+    def on_backlog(self) -> None:
+        """What was written is over the limit and waits in the transport's buffer."""
+        return None
 
     def _tell(self) -> None:
         # Frames pushed until now were pushed before the app could know: they are not held

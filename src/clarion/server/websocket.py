@@ -85,6 +85,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         "_response",
         "_text_parts",
         "_waiter",
+        "_write_blocked",
         "config",
         "last_activity",
         "phase",
@@ -114,6 +115,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self._write_blocked = False  # reading paused until the peer reads what is queued
         self._early = bytearray()
         self._disconnected = False
         self._close_timer: asyncio.TimerHandle | None = None
@@ -193,6 +195,10 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+        if self._write_blocked:
+            self._write_blocked = False
+            if self.phase is not Phase.CONNECTING and len(self._inbound) < INBOUND_HIGH:
+                self._resume_reading()
 
     # -- the fast path (FastWebSocket); push/push_text/buffered_bytes/set_send_limit in Outbox -
 
@@ -230,13 +236,31 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         else:
             transport.close()
 
+    def on_backlog(self) -> None:
+        # Over the send budget: read nothing more until the peer reads. Whatever it sends
+        # (pings above all) would only make us write more; what it reads lets us go on.
+        # Only while the transport reports its buffer above its high-water mark: then
+        # resume_writing() is sure to come once it drains.
+        drain = self._drain
+        if not self._write_blocked and drain is not None and not drain.done():
+            self._write_blocked = True
+            self._pause_reading()
+
     def on_overflow_default(self) -> None:
         log.info("websocket send buffer over %d bytes: closing", self._limit)
         self.close(OVERFLOW, "send buffer overflow")
 
     def on_hard_overflow(self) -> None:
-        log.warning("websocket send buffer over twice its limit of %d bytes: closing", self._limit)
-        self.close(OVERFLOW, "send buffer overflow")
+        if self.phase is Phase.OPEN:
+            log.warning(
+                "websocket send buffer over twice its limit of %d bytes: closing", self._limit
+            )
+            self.close(OVERFLOW, "send buffer overflow")
+        elif self.phase is Phase.CLOSING:
+            # Closing, and the peer still makes us write (pongs to its pings) without reading
+            # what is queued: the close handshake cannot finish, drop the connection now.
+            log.info("websocket peer makes the hub write while it does not read: dropped")
+            self.abort()
 
     # -- registry.Connection ----------------------------------------------------------------
 
@@ -468,7 +492,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         """Route what the protocol object wants written into the outbox, in order."""
         for chunk in protocol.data_to_send():
             if chunk:
-                self.queue_raw(chunk)
+                self.queue_raw(chunk, counted=True)
             else:
                 self.queue_eof()
         if self.phase is Phase.OPEN and protocol.state is not State.OPEN:
@@ -479,6 +503,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             self._deliver_disconnect(sent.code if sent is not None else ABNORMAL)
         if protocol.close_expected():
             self._arm_close_timer()
+        self.flush_if_over()
 
     def _arm_close_timer(self) -> None:
         if self._close_timer is None and self.phase is not Phase.CLOSED:
@@ -497,6 +522,8 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
+        if self._write_blocked:
+            return  # resume_writing() reads again
         if self._reading_paused and not self.transport.is_closing():
             self._reading_paused = False
             self.transport.resume_reading()

@@ -1,6 +1,10 @@
 """clarion mounted inside a FastAPI application.
 
-Run it:  uvicorn examples.fastapi_app:app --port 8000
+It needs FastAPI and uvicorn, which the ``examples`` extra brings. From the checkout:
+
+    .venv/bin/pip install -e '.[examples]'
+    .venv/bin/uvicorn examples.fastapi_app:app --port 8000
+
 Then subscribe at ws://127.0.0.1:8000/rt/ws (or `clarion subscribe orders:new
 --url http://127.0.0.1:8000/rt`) and create an order:
 

@@ -1,6 +1,15 @@
+import json
+import os
+import re
+import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+
+from .docblocks import DOCUMENTS, MARKS, RUNNABLE, Block, Session, blocks, commands
 
 ROOT = Path(__file__).parents[1]
 
@@ -28,3 +37,113 @@ def test_every_setting_is_described() -> None:
             nested = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
             if name != "namespaces" and not nested:
                 assert field.description, f"{model.__name__}.{name} has no description"
+
+
+# -- the code blocks of README.md and docs/ (conventions: docs/examples.md) --------------------
+
+
+def _all_blocks() -> list[Block]:
+    return [block for doc in DOCUMENTS for block in blocks(doc)]
+
+
+def test_every_block_runs_or_is_marked() -> None:
+    found = _all_blocks()
+    assert len(found) > 50
+    for block in found:
+        assert block.lang, f"{block}: a block needs a language"
+        assert block.marks <= MARKS, f"{block}: unknown marks {block.marks - MARKS}"
+        assert len(block.marks) <= 1, block
+        if not block.marks:
+            assert block.lang in RUNNABLE, f"{block}: {block.lang} cannot run: mark it fragment"
+
+
+def test_json_blocks_parse() -> None:
+    for block in _all_blocks():
+        if block.lang == "json" and block.runs:
+            json.loads(block.text)
+
+
+def test_toml_blocks_are_accepted_by_the_settings_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clarion.settings import Settings
+
+    for name in [k for k in os.environ if k.startswith("CLARION_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    checked = 0
+    for block in _all_blocks():
+        if block.lang == "toml" and block.runs:
+            config = tmp_path / "clarion.toml"
+            config.write_text(block.text)
+            Settings.load(config)
+            checked += 1
+    assert checked >= 4
+
+
+def test_python_blocks_compile() -> None:
+    for block in _all_blocks():
+        if block.lang == "python" and block.runs:
+            compile(block.text, str(block), "exec")
+
+
+def test_slow_blocks_are_valid_shell_naming_files_that_exist() -> None:
+    checked = 0
+    for block in _all_blocks():
+        if "slow" not in block.marks:
+            continue
+        assert block.lang == "sh", block
+        for command in commands(block.text):
+            assert "…" not in command, f"{block}: a placeholder in a runnable command"
+            for word in shlex.split(command, comments=True):
+                if re.fullmatch(r"(\./)?(scripts|tests|fuzzing|benchmarks)/[\w./-]+", word):
+                    assert (ROOT / word).exists(), f"{block}: {word} does not exist"
+            module = re.search(r"python -m (benchmarks\.\w+)", command)
+            if module:
+                assert (ROOT / (module.group(1).replace(".", "/") + ".py")).exists(), block
+            checked += 1
+    assert checked >= 5
+
+
+def _documents_that_run() -> list[Path]:
+    return [
+        d for d in DOCUMENTS if any(b.runs and b.lang in RUNNABLE_BY_SESSION for b in blocks(d))
+    ]
+
+
+RUNNABLE_BY_SESSION = {"sh", "console", "python"}
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Iterator[Session]:
+    running = Session(tmp_path)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def _run_document(session: Session, doc: Path) -> None:
+    for block in blocks(doc):
+        if block.runs and block.lang in RUNNABLE_BY_SESSION:
+            session.run(block)
+    session.finish()
+
+
+@pytest.mark.parametrize("doc", _documents_that_run(), ids=lambda d: d.name)
+def test_the_document_runs_as_written(session: Session, doc: Path) -> None:
+    _run_document(session, doc)
+    if doc.name == "README.md":
+        _check_readme(session)
+
+
+def _check_readme(session: Session) -> None:
+    # What the first subscriber printed is what the README shows it prints.
+    shown = json.loads(next(b for b in blocks(ROOT / "README.md") if b.lang == "json").text)
+    printed = [json.loads(line) for line in session.output_of(r"subscribe chat:lobby$")]
+    assert printed[0].keys() == shown.keys() and printed[0]["data"] == shown["data"]
+    assert [p["data"] for p in printed[:2]] == [{"text": "hello"}, {"text": "hi"}]
+    # Resumed from the cursor: exactly the three missed publications, in order, then live.
+    resumed = [json.loads(line)["data"] for line in session.output_of(r"--since")]
+    assert resumed[:3] == ["one", "two", "three"]

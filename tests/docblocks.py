@@ -37,6 +37,11 @@ from .conftest import timeout
 ROOT = Path(__file__).parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUNNABLE = {"sh", "console", "python", "toml", "json"}
+# Configuration for other programs, run as written by a test of its own.
+DEDICATED = {
+    "nginx": ROOT / "tests" / "deployment" / "test_nginx.py",
+    "ini": ROOT / "tests" / "deployment" / "test_nginx.py",
+}
 MARKS = {"fragment", "slow"}
 HUB_PORT = 8000
 # A command that has not ended after this long is something a reader leaves running.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .docblocks import DOCUMENTS, MARKS, RUNNABLE, Block, Session, blocks, commands
+from .docblocks import DEDICATED, DOCUMENTS, MARKS, RUNNABLE, Block, Session, blocks, commands
 
 ROOT = Path(__file__).parents[1]
 
@@ -53,7 +53,10 @@ def test_every_block_runs_or_is_marked() -> None:
         assert block.lang, f"{block}: a block needs a language"
         assert block.marks <= MARKS, f"{block}: unknown marks {block.marks - MARKS}"
         assert len(block.marks) <= 1, block
-        if not block.marks:
+        if not block.marks and block.lang in DEDICATED:
+            runner = DEDICATED[block.lang]
+            assert f'"{block.lang}"' in runner.read_text(), f"{block}: {runner.name} runs it"
+        elif not block.marks:
             assert block.lang in RUNNABLE, f"{block}: {block.lang} cannot run: mark it fragment"
 
 

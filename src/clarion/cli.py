@@ -92,6 +92,7 @@ def check_bind(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings) -> int:
+    from clarion.core.auth import auth_notes
     from clarion.hub import Hub
     from clarion.server import LifespanFailed
     from clarion.standalone import make_server
@@ -115,6 +116,8 @@ async def _serve(settings: Settings) -> int:
             settings.host,
             server.port,
         )
+    for note in auth_notes(settings):
+        log.warning(note)
     log.info("clarion %s listening on http://%s:%d", __version__, settings.host, server.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -177,7 +177,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port `clarion serve` binds")
     engine: str = Field("memory", description='"memory" or "redis://host:port/db"')
     api_key: str | list[str] | None = Field(
-        None, description="server API key(s); several allow rotation. Unset = development mode"
+        None,
+        description="server API key(s); several allow rotation. Unset: the server API is "
+        "off, or open in development mode (no token key either)",
     )
     token_secret: str | None = Field(None, description="HS256 secret for connection JWTs")
     token_public_key_file: str | None = Field(
@@ -258,6 +260,17 @@ class Settings(BaseSettings):
                 parse_network(entry)
             except ValueError:
                 raise ValueError(f"not an address or CIDR block: {entry!r}") from None
+        return value
+
+    @field_validator("api_key", "token_secret")
+    @classmethod
+    def _no_empty_secret(cls, value: str | list[str] | None) -> str | list[str] | None:
+        # An empty value is neither "unset" (development mode) nor a usable secret: refuse it
+        # rather than guess which one was meant.
+        if value is not None and (
+            value == "" or value == [] or (isinstance(value, list) and "" in value)
+        ):
+            raise ValueError("must not be empty: remove the setting to leave it unset")
         return value
 
     @field_validator("namespaces")

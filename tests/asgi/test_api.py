@@ -119,12 +119,16 @@ async def test_api_key_required_when_configured(hub_factory) -> None:  # type: i
 async def test_disconnect_user(hub_factory) -> None:  # type: ignore[no-untyped-def]
     from clarion.core.auth import mint_token
 
-    hub = await hub_factory(token_secret="secret-" * 5)
+    hub = await hub_factory(token_secret="secret-" * 5, api_key="k")
     token = mint_token("secret-" * 5, "u1", ["*"])
     async with hub.ws(additional_headers={"Authorization": f"Bearer {token}"}) as ws:
         assert (await ws.subscribe("c"))["ok"]
         async with hub.http() as http:
-            assert (await http.post("/api/disconnect", json={"user": "u1"})).status_code == 200
+            assert (
+                await http.post(
+                    "/api/disconnect", json={"user": "u1"}, headers={"Authorization": "apikey k"}
+                )
+            ).status_code == 200
         push = await ws.recv()
         assert push["disconnect"] == {"code": 4501, "reason": "disconnected", "reconnect": False}
 

@@ -78,7 +78,9 @@ async def test_request_errors_carry_the_hubs_code(hub: RunningHub) -> None:
 
 
 async def test_api_key_publishes_over_http_without_a_websocket(hub_factory: Any) -> None:
-    hub: RunningHub = await hub_factory(api_key="backend-key")
+    hub: RunningHub = await hub_factory(
+        api_key="backend-key", namespaces={"chat": {"anonymous": True}}
+    )
     async with connect(hub.http_url, api_key="backend-key", transport="ws") as client:
         published = await client.publish("chat:lobby", "from the backend", id="b-1")
         assert published.offset == 1

@@ -116,7 +116,7 @@ async def test_wrong_arguments_are_refused_at_once(hub: RunningHub) -> None:
 
 
 async def test_token_is_sent_and_a_refused_token_stops_the_client(hub_factory: Any) -> None:
-    hub: RunningHub = await hub_factory(token_secret=SECRET)
+    hub: RunningHub = await hub_factory(token_secret=SECRET, api_key="k")
     with pytest.raises(Disconnected) as caught:
         async with connect(hub.http_url, transport="ws", token="not-a-jwt"):
             pass  # pragma: no cover

@@ -162,7 +162,7 @@ async def test_no_connect_in_time(hub_factory: Callable[..., Any]) -> None:
 
 @pytest.fixture
 async def secure(hub_factory: Callable[..., Any]) -> RunningHub:
-    running: RunningHub = await hub_factory(Settings(token_secret=SECRET))
+    running: RunningHub = await hub_factory(Settings(token_secret=SECRET, api_key="k"))
     return running
 
 
@@ -233,7 +233,10 @@ async def test_the_server_api_can_disconnect_a_user(secure: RunningHub) -> None:
     async with stomp(secure) as client:
         await client.connect(passcode=_token(user="mallory"))
         async with secure.http() as http:
-            (await http.post("/api/disconnect", json={"user": "mallory"})).raise_for_status()
+            r = await http.post(
+                "/api/disconnect", json={"user": "mallory"}, headers={"Authorization": "apikey k"}
+            )
+            r.raise_for_status()
         error, closed = await refused(client)
         assert (error.headers["x-close-code"], error.headers["x-reconnect"]) == ("4501", "false")
         assert closed == 4501

@@ -27,7 +27,9 @@ SECRET = "interop-secret-long-enough-for-hs256-keys"
 @pytest.fixture
 async def secure(hub_factory: Callable[..., Any]) -> RunningHub:
     running: RunningHub = await hub_factory(
-        Settings(token_secret=SECRET, limits={"ping_interval": 0.5, "pong_timeout": 1.5})
+        Settings(
+            token_secret=SECRET, api_key="k", limits={"ping_interval": 0.5, "pong_timeout": 1.5}
+        )
     )
     return running
 
@@ -39,7 +41,7 @@ def token(user: str = "js") -> str:
 async def test_stompjs(secure: RunningHub) -> None:
     project = node_project()
     bad = mint_token("not-the-secret-but-long-enough-for-hs256", "x", ["*"])
-    report = await run_node(project / "interop.mjs", secure.http_url, token(), bad)
+    report = await run_node(project / "interop.mjs", secure.http_url, token(), bad, "k")
     assert report["version"] == "1.2"
     assert report["server"].startswith("clarion/")
     assert report["heartBeat"] == "500,500"

@@ -17,11 +17,16 @@ from .client import stomp
 from .interop import node_project, run_node
 
 SECRET = "portable-secret-long-enough-for-hs256-keys"
+API_KEY = "portable-api-key"
 
 
 @pytest.fixture
 async def portable() -> AsyncIterator[RunningHub]:
-    hub = Hub(Settings(token_secret=SECRET, limits={"ping_interval": 0.5, "pong_timeout": 1.5}))
+    hub = Hub(
+        Settings(
+            token_secret=SECRET, api_key=API_KEY, limits={"ping_interval": 0.5, "pong_timeout": 1.5}
+        )
+    )
     await hub.start()
     config = uvicorn.Config(
         hub.asgi_app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
@@ -82,7 +87,7 @@ async def test_stompjs_under_uvicorn(portable: RunningHub) -> None:
     project = node_project()
     bad = mint_token("not-the-secret-but-long-enough-for-hs256", "x", ["*"])
     report: dict[str, Any] = await run_node(
-        project / "interop.mjs", portable.http_url, _token("js"), bad
+        project / "interop.mjs", portable.http_url, _token("js"), bad, API_KEY
     )
     assert report["own"]["body"] == {"text": "from stompjs"}
     assert report["resumed"] == ["missed 1", "missed 2"]

@@ -91,10 +91,14 @@ def public_scheme(hub: Hub, scope: Scope) -> str:
 
 
 def check_api_key(hub: Hub, scope: Scope) -> None:
-    """Require ``Authorization: apikey <key>`` when keys are configured (constant-time compare)."""
+    """Require ``Authorization: apikey <key>`` (constant-time compare); open only in development
+    mode."""
     keys = hub.settings.api_keys
     if not keys:
-        return
+        if hub.settings.development_mode:
+            return
+        # Connection tokens are configured but no API key: nobody may act as the backend.
+        raise Forbidden("the server API is off: api_key is not configured")
     value = header(scope, b"authorization") or ""
     scheme, _, given = value.partition(" ")
     if scheme.lower() != "apikey" or not given:

@@ -74,6 +74,26 @@ def _check_times(claims: dict[str, Any], now: float) -> None:
         raise Unauthorized("invalid token: it was issued in the future (iat)")
 
 
+def auth_notes(settings: Settings) -> list[str]:
+    """What a partial auth configuration leaves out, one line each, for the start-up log.
+
+    Development mode — no ``api_key`` and no token key — is the one state in which everything is
+    allowed (announced on its own). Any other configuration is secure as it stands: a hub
+    without a token key believes no token, a hub without an API key serves no server API.
+    """
+    if settings.development_mode:
+        return []
+    notes = []
+    if not settings.auth_enabled:
+        notes.append(
+            "no token_secret or token_public_key_file: every token is refused, and clients "
+            "connect anonymously, to namespaces with anonymous = true only"
+        )
+    if not settings.api_keys:
+        notes.append("no api_key: the server API (/api/*, /metrics) answers 403 to every call")
+    return notes
+
+
 class Authenticator:
     """Turns tokens into :class:`Credentials` according to the settings."""
 
@@ -124,12 +144,18 @@ class Authenticator:
         return self.settings.auth_enabled
 
     def anonymous(self) -> Credentials:
-        return ANONYMOUS if self.enabled else DEVELOPMENT
+        """A session without a token: trusted in development mode only, else anonymous."""
+        return DEVELOPMENT if self.settings.development_mode else ANONYMOUS
 
     def verify(self, token: str) -> Credentials:
         """Check ``token`` and return its credentials; raise :class:`Unauthorized` if bad."""
-        if not self.enabled:
+        if self.settings.development_mode:
             return DEVELOPMENT
+        if not self.enabled:  # an api_key alone: sessions are anonymous, no token is believed
+            raise Unauthorized(
+                "this hub accepts no tokens: neither token_secret nor token_public_key_file "
+                "is configured"
+            )
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized("token is missing or too long")
         try:

@@ -1,12 +1,12 @@
 // @stomp/stompjs against a clarion hub, in Node with `ws` as the WebSocket.
 //
-//   node interop.mjs <http base URL> <token> <bad token>
+//   node interop.mjs <http base URL> <token> <bad token> <API key>
 //
 // Prints one JSON object with what was observed; exits non-zero if a step failed or timed out.
 import { Client } from '@stomp/stompjs';
 import WebSocket from 'ws';
 
-const [base, token, badToken] = process.argv.slice(2);
+const [base, token, badToken, apiKey] = process.argv.slice(2);
 const stompUrl = base.replace(/^http/, 'ws') + '/stomp';
 const channel = 'chat:lobby';
 const destination = `/topic/${channel}`;
@@ -44,7 +44,7 @@ function connect(client) {
 async function publishOverHttp(data) {
   const response = await fetch(`${base}/api/publish`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', authorization: `apikey ${apiKey}` },
     body: JSON.stringify({ channel, data }),
   });
   if (!response.ok) throw new Error(`publish: HTTP ${response.status}`);

@@ -201,6 +201,15 @@ async def test_every_transport_through_nginx(proxied: Proxied) -> None:
                     polled = (await asyncio.wait_for(poll, timeout(10))).json()
                     assert [p["data"] for p in polled["publications"]] == [{"n": 1}]
                     assert time.monotonic() - sent < timeout(5)
+                    # Presence: the server API sees each client's own address; clients never.
+                    presence = await proxied.api(
+                        "GET", "/api/presence", params={"channel": "chat:a"}
+                    )
+                    addresses = {c["transport"]: c.get("address") for c in presence["clients"]}
+                    assert addresses == {"ws": ALICE, "stomp": BOB, "sse": ALICE}
+                    seen = await _reply(ws, 2, op="presence", channel="chat:a")
+                    assert len(seen["ok"]["clients"]) == 3, seen
+                    assert all("address" not in c for c in seen["ok"]["clients"])
     history = await proxied.api("GET", "/api/history", params={"channel": "chat:a"})
     assert history["publications"][-1]["offset"] == published["offset"]
 

@@ -183,7 +183,7 @@ async def test_presence_add_remove_list(engine: Subject) -> None:
     e = engine.engine
     assert await e.presence("c") == []
     alice = PresenceEntry("c1", "alice", {"name": "Alice"}, "ws")
-    bob = PresenceEntry("c2", "bob", None, "sse")
+    bob = PresenceEntry("c2", "bob", None, "sse", "2001:db8::7")  # the address is kept
     anon = PresenceEntry("c3", None)
     for entry in (alice, bob, anon):
         await e.presence_add("c", entry)

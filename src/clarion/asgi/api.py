@@ -85,7 +85,7 @@ class ServerAPI:
         self._authorize(request)
         channel = validate_channel(_param(request, "channel"))
         entries = await self.hub.presence(channel)
-        return JSONResponse({"clients": [e.to_dict() for e in entries]})
+        return JSONResponse({"clients": [e.to_dict(address=True) for e in entries]})
 
     async def channels(self, request: Request) -> Response:
         self._authorize(request)

@@ -706,7 +706,11 @@ class Hub:
 
     def _presence_entry(self, session: Session) -> PresenceEntry:
         return PresenceEntry(
-            session.id, session.user, session.credentials.info, session.transport.kind
+            session.id,
+            session.user,
+            session.credentials.info,
+            session.transport.kind,
+            session.client_ip,
         )
 
     async def _join(self, session: Session, channel: str) -> None:

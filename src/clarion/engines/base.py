@@ -41,8 +41,12 @@ class PresenceEntry:
     user: str | None
     info: dict[str, Any] | None = field(default=None)
     transport: str = "ws"
+    # The client's network address (behind trusted proxies, the real client's): shown to the
+    # server API only, never to other clients.
+    address: str | None = field(default=None)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, address: bool = False) -> dict[str, Any]:
+        """The entry as clients see it; ``address=True`` adds the address (server side)."""
         out: dict[str, Any] = {
             "client": self.client,
             "user": self.user,
@@ -50,6 +54,8 @@ class PresenceEntry:
         }
         if self.info is not None:
             out["info"] = self.info
+        if address and self.address is not None:
+            out["address"] = self.address
         return out
 
 

@@ -417,7 +417,7 @@ class RedisEngine:
     # ---- presence ---------------------------------------------------------------------------
 
     async def presence_add(self, channel: str, entry: PresenceEntry) -> None:
-        value = orjson.dumps(entry.to_dict())
+        value = orjson.dumps(entry.to_dict(address=True))
         # Kept locally first: if Redis is down now, the next refresh puts the entry back.
         self._presence.setdefault(channel, {})[entry.client] = value
         try:
@@ -454,7 +454,11 @@ class RedisEngine:
             obj = orjson.loads(flat[i + 1])
             out.append(
                 PresenceEntry(
-                    obj["client"], obj.get("user"), obj.get("info"), obj.get("transport", "ws")
+                    obj["client"],
+                    obj.get("user"),
+                    obj.get("info"),
+                    obj.get("transport", "ws"),
+                    obj.get("address"),
                 )
             )
         return out

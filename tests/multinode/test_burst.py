@@ -7,6 +7,8 @@ they must queue for the node's bounded pool of Redis connections, not fail.
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -15,7 +17,7 @@ from clarion import mint_token
 
 from ..conftest import timeout
 from .conftest import Cluster
-from .helpers import Node, eventually
+from .helpers import Node, Publisher, eventually
 from .swarm import Subscriber, connect_all
 
 pytestmark = pytest.mark.timeout(int(timeout(120)))
@@ -81,3 +83,37 @@ async def test_a_thousand_clients_subscribe_at_once_to_one_redis_node(cluster: C
             await redis.aclose()
     assert_clean(subs)
     assert_no_errors_logged(node)
+
+
+async def test_a_thousand_clients_dropped_at_once_resume_on_the_other_node(
+    cluster: Cluster,
+) -> None:
+    """The reconnect storm on two nodes: every client resumes from its cursor on the other
+    node while publishing goes on, with no gap, duplicate, reset or refused session."""
+    a = await cluster.start(config=CONFIG)
+    b = await cluster.start(config=CONFIG)
+    subs = [Subscriber("storm") for _ in range(CLIENTS)]
+    await connect_all(subs, [a.port, b.port], timeout=timeout(60))
+    assert_clean(subs)
+
+    stop = asyncio.Event()
+    publisher = Publisher(a.http_url, "storm", rate=50)
+    publishing = asyncio.create_task(publisher.run(stop))
+    await eventually(lambda: len(publisher.published) >= 20, timeout=timeout(10))
+    for s in subs:
+        s.drop()
+    dropped_at = len(publisher.published)
+    # Away while publishing goes on: what is published meanwhile must come from history.
+    await eventually(lambda: len(publisher.published) >= dropped_at + 10, timeout=timeout(10))
+    await connect_all(subs, [b.port, a.port], timeout=timeout(60))
+    await asyncio.sleep(1.0)
+    stop.set()
+    await publishing
+    assert publisher.failures == []
+    last = publisher.published[-1]
+    await eventually(lambda: all(s.last == last for s in subs), timeout=timeout(30))
+    assert_clean(subs)
+    assert {s.connections for s in subs} == {2}
+    # Every client got every publication since its first subscribe, exactly once.
+    assert {s.received for s in subs} == {len(publisher.published)}
+    assert_no_errors_logged(a, b)

@@ -94,7 +94,16 @@ class Subscription:
 class LocalChannel:
     """The subscribers of one channel on this node and the last position delivered to them."""
 
-    __slots__ = ("by_format", "conflating", "live_count", "name", "pending", "position", "ready")
+    __slots__ = (
+        "ahead",
+        "by_format",
+        "conflating",
+        "live_count",
+        "name",
+        "pending",
+        "position",
+        "ready",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -104,16 +113,20 @@ class LocalChannel:
         self.pending: dict[Subscription, list[Publication]] = {}
         # Subscriptions of slow sessions under the "conflate" policy: only the latest is kept.
         self.conflating: dict[Subscription, Publication | None] = {}
+        # Subscriptions that already hold publications this node has not delivered live yet
+        # (the history they read is ahead of pub/sub): each goes live at its position.
+        self.ahead: dict[Subscription, StreamPosition] = {}
         self.position: StreamPosition | None = None
         self.live_count = 0
         self.ready: Any = None  # set by the hub while the node subscription is being made
 
     def __len__(self) -> int:
-        return self.live_count + len(self.pending) + len(self.conflating)
+        return self.live_count + len(self.pending) + len(self.conflating) + len(self.ahead)
 
     def subscriptions(self) -> list[Subscription]:
         subs: list[Subscription] = list(self.pending)
         subs.extend(self.conflating)
+        subs.extend(self.ahead)
         for group in self.by_format.values():
             subs.extend(group)
         return subs
@@ -125,11 +138,26 @@ class LocalChannel:
         group[sub] = sub.target
         self.live_count += 1
 
+    def catch_up(self, pub: Publication) -> None:
+        """``pub`` was just delivered: subscriptions that already had it go live after it."""
+        for sub, position in list(self.ahead.items()):
+            if position.epoch != pub.epoch or position.offset <= pub.offset:
+                del self.ahead[sub]
+                self.add_live(sub)
+
+    def all_live(self) -> None:
+        """After a reset every subscriber starts again from the reset position: none is ahead."""
+        for sub in self.ahead:
+            self.add_live(sub)
+        self.ahead.clear()
+
     def remove(self, sub: Subscription) -> bool:
         if self.pending.pop(sub, None) is not None:
             return True
         if sub in self.conflating:
             del self.conflating[sub]
+            return True
+        if self.ahead.pop(sub, None) is not None:
             return True
         group = self.by_format.get(sub.fmt)
         if group is not None and group.pop(sub, None) is not None:

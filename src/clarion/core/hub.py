@@ -270,6 +270,8 @@ class Hub:
         for fmt, group in local.by_format.items():
             fmt.deliver(group.values(), pub.encoded(fmt, fmt.encode))
             deliveries[fmt.transport] += len(group)
+        if local.ahead:
+            local.catch_up(pub)
 
     def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         local = self.local.get(channel)
@@ -295,6 +297,7 @@ class Hub:
         cursor = encode_single(local.name, position.epoch, position.offset)
         for sub in local.subscriptions():
             sub.session.transport.send_reset(local.name, reason, cursor)
+        local.all_live()
 
     def _recover(self, local: LocalChannel, pub: Publication) -> None:
         """Publications went missing between the engine and this node: read them back."""
@@ -552,14 +555,25 @@ class Hub:
                 local = self.local[channel] = LocalChannel(channel)
                 ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 local.ready = ready
+                subscribed = False
                 try:
                     await self.engine.subscribe(channel)
+                    subscribed = True
+                    # Where live delivery starts: from here the engine hands this node every
+                    # later publication, in order, and none before. Subscribers whose history
+                    # reads end further on wait for the channel to get there (``ahead``);
+                    # the channel's position never jumps over publications still on their way.
+                    start = await self.engine.history(channel, self.options(channel), limit=0)
                 except BaseException as exc:
                     if self.local.get(channel) is local:
                         del self.local[channel]
+                    if subscribed:
+                        self.spawn(self._engine_unsubscribe(channel))
                     ready.set_exception(exc if isinstance(exc, Exception) else RuntimeError())
                     ready.exception()  # retrieved: waiters re-raise it themselves
                     raise
+                if local.position is None:
+                    local.position = start.position
                 local.ready = None
                 ready.set_result(None)
                 return local
@@ -652,11 +666,16 @@ class Hub:
             push(pub.encoded(fmt, fmt.encode))
             last = pub.position
         del local.pending[sub]
-        local.add_live(sub)
-        if local.position is None or (
-            local.position.epoch == last.epoch and local.position.offset < last.offset
-        ):
-            local.position = last
+        live = local.position
+        if live is not None and live.epoch == last.epoch and live.offset < last.offset:
+            # The subscriber already has publications this node has not delivered live yet
+            # (pub/sub lags the history just read, or the client comes from a node that was
+            # ahead): it goes live once the channel gets there, and gets nothing twice.
+            local.ahead[sub] = last
+        else:
+            local.add_live(sub)
+            if live is None:
+                local.position = last
         if options.presence and session.transport.kind != "poll":
             self.spawn(self._join(session, channel))
         if self._reports_lifecycle(session):

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.timeout(int(timeout(120)))
 
 CLIENTS = 1000
 SECRET = "s" * 32
+API_KEY = "k" * 32
 CONFIG = """
 [limits]
 max_connections_per_ip = 5000
@@ -46,7 +47,8 @@ def assert_clean(subs: list[Subscriber]) -> None:
 
 
 async def test_a_thousand_clients_subscribe_at_once_to_one_redis_node(cluster: Cluster) -> None:
-    node = await cluster.start(config=CONFIG, env={"CLARION_TOKEN_SECRET": SECRET})
+    env = {"CLARION_TOKEN_SECRET": SECRET, "CLARION_API_KEY": API_KEY}
+    node = await cluster.start(config=CONFIG, env=env)
     # Tokens for 100 users: each connection is counted per user and per address in Redis.
     tokens = [mint_token(SECRET, f"u{i}", ["burst:*"]) for i in range(100)]
     subs = [Subscriber("burst:1", tokens[i % 100]) for i in range(CLIENTS)]
@@ -54,7 +56,10 @@ async def test_a_thousand_clients_subscribe_at_once_to_one_redis_node(cluster: C
     assert_clean(subs)
     assert all(s.last is not None for s in subs)
 
-    async with httpx.AsyncClient(base_url=node.http_url, timeout=timeout(10)) as api:
+    headers = {"Authorization": f"apikey {API_KEY}"}
+    async with httpx.AsyncClient(
+        base_url=node.http_url, timeout=timeout(10), headers=headers
+    ) as api:
         r = await api.post("/api/publish", json={"channel": "burst:1", "data": "to all"})
         assert r.status_code == 200
         offset = r.json()["offset"]

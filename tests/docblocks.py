@@ -4,9 +4,9 @@ The conventions are those of docs/examples.md: the info string of a fence is the
 optionally followed by ``fragment`` (shown, never run) or ``slow`` (runnable, too slow for the
 suite: checked, not run). Everything else runs:
 
-- ``sh``: each command runs in bash, in order, against a hub the runner started; a command still
-  running after a few seconds (a subscriber, a stream, a server) goes on in the background, as
-  in another terminal, until the document ends;
+- ``sh``: each command runs in bash, in order, against a hub the runner started, and must end
+  with status 0 — but a subscriber, a stream, a long poll or a server (``KEEPS_RUNNING``), which
+  goes on in the background, as in a terminal of its own, until the document ends;
 - ``console``: a transcript: ``$ `` lines are commands, the lines after them their output, which
   must match what the command prints. Cursors, epochs and times in the transcript stand for the
   ones the hub gives (the same value in the transcript is the same value from the hub, and a
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,13 @@ DEDICATED = {
 }
 MARKS = {"fragment", "slow"}
 HUB_PORT = 8000
-# A command that has not ended after this long is something a reader leaves running.
+# Commands a reader leaves running in a terminal of their own: subscribers, streams, long polls
+# and servers. They run in the background until the document ends.
+KEEPS_RUNNING = re.compile(
+    r"\bclarion subscribe\b|\bcurl -N\b|\buvicorn\b|\bclarion serve\b|\bwhile true\b"
+    r"|/poll\?[^ ]*timeout=[1-9]"
+)
+# How long a background command that talks to none of the hubs here is given to start.
 BACKGROUND_AFTER = 3.0
 
 
@@ -232,8 +239,14 @@ class Session:
         assert "…" not in command, f"{block}: a placeholder in a runnable command: {command}"
         self.settle()
         command = self.substitute(command)
+        assignment = re.fullmatch(r"(?:export )?([A-Za-z_]\w*)=.*", command, re.DOTALL)
+        script = command
+        if assignment:  # keep the variable for the commands that follow, as a shell would
+            script = f'{command}\nprintf %s "${assignment.group(1)}"'
+        keeps_running = bool(KEEPS_RUNNING.search(command))
+        before = self.connections() if keeps_running else 0
         proc = subprocess.Popen(
-            ["bash", "-c", command],
+            ["bash", "-c", script],
             cwd=self.workdir,
             env=self.env,
             stdout=subprocess.PIPE,
@@ -248,33 +261,60 @@ class Session:
         ]
         for reader in readers:
             reader.start()
-        try:
-            proc.wait(timeout(BACKGROUND_AFTER))
-        except subprocess.TimeoutExpired:
+        if keeps_running:
             self.background.append(Background(command, proc, output, expected, block))
-            for port in re.findall(r"--port (\d+)", command):
-                _wait_listening(int(port))
+            self.ready(command, before, proc, errors)
             return
+        try:
+            proc.wait(timeout(60))
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{block}: `{command}` did not end: if it is meant to keep running, "
+                "teach tests/docblocks.py's KEEPS_RUNNING"
+            ) from None
         for reader in readers:
             reader.join(timeout(5))
-        assert proc.returncode == 0, f"{block}: `{command}` exited {proc.returncode}:\n" + "".join(
-            errors
-        )
-        assignment = re.fullmatch(r"(?:export )?([A-Za-z_]\w*)=.*", command, re.DOTALL)
-        if assignment:  # keep the variable for the commands that follow, as a shell would
-            name = assignment.group(1)
-            printed = subprocess.run(
-                ["bash", "-c", f'{command}\nprintf %s "${name}"'],
-                cwd=self.workdir,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=timeout(30),
-            )
-            self.env[name] = printed.stdout
-        self.outputs.append((command, [line.rstrip("\n") for line in output]))
+        failed = f"{block}: `{command}` exited {proc.returncode}:\n" + "".join(errors)
+        assert proc.returncode == 0, failed
+        lines = [line.rstrip("\n") for line in output]
+        if assignment:
+            self.env[assignment.group(1)] = "".join(output)
+            lines = []
+        self.outputs.append((command, lines))
         if expected is not None:
-            self.match(block, command, expected, [line.rstrip("\n") for line in output])
+            self.match(block, command, expected, lines)
+
+    def ready(
+        self, command: str, before: int, proc: subprocess.Popen[bytes], errors: list[str]
+    ) -> None:
+        """Wait until a command that keeps running is in place, as a reader would see it."""
+        ports = re.findall(r"--port (\d+)", command)
+        for port in ports:
+            _wait_listening(int(port))
+        to_hub = f":{self.hub_port}" in command or (
+            re.search(r"\bclarion (subscribe|publish)\b", command) and "--url" not in command
+        )
+        deadline = time.monotonic() + timeout(20)
+        if to_hub:  # its session is open on the hub
+            while self.connections() <= before:
+                assert proc.poll() is None, f"`{command}` ended:\n" + "".join(errors)
+                assert time.monotonic() < deadline, f"`{command}` never connected"
+                time.sleep(0.05)
+        elif not ports:  # nothing to watch: give it the time a reader would
+            time.sleep(timeout(BACKGROUND_AFTER))
+
+    def connections(self) -> int:
+        """Sessions open on the hub, from its /metrics."""
+        url = f"http://127.0.0.1:{self.hub_port}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout(10)) as response:
+            text = response.read().decode()
+        return int(
+            sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("clarion_connections{")
+            )
+        )
 
     def settle(self) -> None:
         """Check the transcripts of background commands that have printed all they show."""

@@ -188,3 +188,29 @@ def test_the_stomp_error_messages_are_the_ones_the_hub_sends() -> None:
     assert unknown == [], "documented STOMP messages the hub never sends"
     missing = [p for p in sent if not any(re.fullmatch(p, d) for d in documented)]
     assert missing == [], "STOMP messages the docs do not list"
+
+
+def _hub_message_patterns() -> list[str]:
+    """Every string and f-string of the hub-side modules, as a regex (placeholders: ``.+``)."""
+    patterns = []
+    for _, tree in _hub_modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr):
+                patterns.append(_pattern(node) or "")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                patterns.append(re.escape(node.value))
+    return [p for p in patterns if p]
+
+
+def test_the_hub_messages_quoted_by_the_stomp_docs_are_the_hubs() -> None:
+    text = (DOCS / "stomp.md").read_text()
+    start = text.index("Errors from the hub keep their own messages")
+    paragraph = text[start : text.index("\n\n", start)].replace("\n", " ")
+    quoted = [
+        q.replace("N", "7") if q.startswith("data is") else q
+        for q in re.findall(r"`([^`]+)`", paragraph)
+    ]
+    assert len(quoted) >= 8
+    patterns = _hub_message_patterns()
+    unknown = [q for q in quoted if not any(re.fullmatch(p, q) for p in patterns)]
+    assert unknown == [], "messages the hub does not send"

@@ -161,6 +161,25 @@ async def test_idempotency_within_the_window(engine: Subject) -> None:
     assert [p.data for p in history.publications] == ["one", "three"]
 
 
+async def test_idempotency_keys_live_in_separate_scopes(engine: Subject) -> None:
+    scopes = [None, "user:a", "user:b", "user:a:b", "user:a:b:c"]
+    firsts = [
+        await engine.engine.publish("c", n, OPTS, idempotency_key="k", idempotency_scope=scope)
+        for n, scope in enumerate(scopes)
+    ]
+    assert [p.offset for p in firsts] == [1, 2, 3, 4, 5]
+    # "user:a" + "b:k" and "user:a:b" + "k" must not meet, however the engine spells keys.
+    tricky = await engine.engine.publish(
+        "c", "x", OPTS, idempotency_key="b:k", idempotency_scope="user:a"
+    )
+    assert tricky.offset == 6 and not tricky.repeated
+    for scope, first in zip(scopes, firsts, strict=True):
+        again = await engine.engine.publish(
+            "c", "again", OPTS, idempotency_key="k", idempotency_scope=scope
+        )
+        assert again.repeated and again.offset == first.offset and again.data == first.data
+
+
 async def test_idempotency_after_the_window(engine: Subject) -> None:
     opts = NamespaceOptions(idempotency_window=0.3)
     first = await engine.engine.publish("c", "one", opts, idempotency_key="k")

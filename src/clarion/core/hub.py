@@ -174,12 +174,22 @@ class Hub:
         *,
         idempotency_key: str | None = None,
         info: dict[str, Any] | None = None,
+        idempotency_scope: str | None = None,
     ) -> Publication:
-        """Publish ``data`` to ``channel``; every subscriber on every node receives it."""
+        """Publish ``data`` to ``channel``; every subscriber on every node receives it.
+
+        ``idempotency_scope`` is ``None`` for the backend (API and app code); client publishes
+        pass their session's scope, so that no client can take a key the backend will use.
+        """
         validate_channel(channel)
         self.check_data(data)
         pub = await self.engine.publish(
-            channel, data, self.options(channel), idempotency_key=idempotency_key, info=info
+            channel,
+            data,
+            self.options(channel),
+            idempotency_key=idempotency_key,
+            info=info,
+            idempotency_scope=idempotency_scope,
         )
         if not pub.repeated:  # a repeat published nothing: listeners saw it the first time
             self._published(pub)

@@ -161,8 +161,19 @@ class Session:
                 "publishing faster than this connection's or user's rate", code="rate_limited"
             )
         return await self.hub.publish(
-            channel, data, idempotency_key=idempotency_key, info=self.publisher_info()
+            channel,
+            data,
+            idempotency_key=idempotency_key,
+            info=self.publisher_info(),
+            idempotency_scope=self.idempotency_scope,
         )
+
+    @property
+    def idempotency_scope(self) -> str:
+        """Where this session's publish keys live: its user's space (every connection of the
+        user, on every node, shares it), or its own for a session without a user."""
+        user = self.credentials.user
+        return f"user:{user}" if user is not None else f"session:{self.id}"
 
     def publisher_info(self) -> dict[str, Any] | None:
         if self.credentials.user is None and self.credentials.info is None:

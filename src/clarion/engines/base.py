@@ -86,11 +86,14 @@ class Engine(Protocol):
         *,
         idempotency_key: str | None = None,
         info: dict[str, Any] | None = None,
+        idempotency_scope: str | None = None,
     ) -> Publication:
         """Append to the channel's history and deliver to every subscribed node.
 
         With an ``idempotency_key`` seen on this channel within the namespace's window, nothing
-        is published and the earlier publication is returned, marked ``repeated``.
+        is published and the earlier publication is returned, marked ``repeated``. Keys live in
+        separate spaces: ``idempotency_scope`` ``None`` is the backend's, any other value one
+        client's (see :attr:`Session.idempotency_scope`); a key never answers for another space.
         """
 
     async def history(

@@ -31,7 +31,8 @@ class _ChannelLog:
         self.offset = 0
         self.entries: deque[Publication] = deque()
         self.expiries: deque[float] = deque()
-        self.keys: OrderedDict[str, tuple[float, Publication]] = OrderedDict()
+        # (scope, key) -> (expiry, publication); scope None is the backend's space.
+        self.keys: OrderedDict[tuple[str | None, str], tuple[float, Publication]] = OrderedDict()
         self.last_write = 0.0
 
     def trim(self, now: float, size: int) -> None:
@@ -91,8 +92,16 @@ class MemoryEngine:
         *,
         idempotency_key: str | None = None,
         info: dict[str, Any] | None = None,
+        idempotency_scope: str | None = None,
     ) -> Publication:
-        return self.publish_now(channel, data, options, idempotency_key=idempotency_key, info=info)
+        return self.publish_now(
+            channel,
+            data,
+            options,
+            idempotency_key=idempotency_key,
+            info=info,
+            idempotency_scope=idempotency_scope,
+        )
 
     def publish_now(
         self,
@@ -102,13 +111,15 @@ class MemoryEngine:
         *,
         idempotency_key: str | None = None,
         info: dict[str, Any] | None = None,
+        idempotency_scope: str | None = None,
     ) -> Publication:
         """Synchronous publish: offset, history write and delivery happen in one step."""
         now = self._clock()
         log = self._log(channel)
         log.trim(now, options.history_size)
-        if idempotency_key is not None:
-            seen = log.keys.get(idempotency_key)
+        slot = (idempotency_scope, idempotency_key) if idempotency_key is not None else None
+        if slot is not None:
+            seen = log.keys.get(slot)
             if seen is not None:
                 return seen[1].as_repeat()
         log.offset += 1
@@ -123,8 +134,8 @@ class MemoryEngine:
             if len(log.entries) > options.history_size:
                 log.entries.popleft()
                 log.expiries.popleft()
-        if idempotency_key is not None and options.idempotency_window > 0:
-            log.keys[idempotency_key] = (now + options.idempotency_window, pub)
+        if slot is not None and options.idempotency_window > 0:
+            log.keys[slot] = (now + options.idempotency_window, pub)
         if self._sink is not None:
             self._sink.on_publication(pub)
         return pub

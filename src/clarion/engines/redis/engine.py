@@ -183,9 +183,16 @@ class RedisEngine:
         *,
         idempotency_key: str | None = None,
         info: dict[str, Any] | None = None,
+        idempotency_scope: str | None = None,
     ) -> Publication:
         return await self._store(
-            channel, data, options, idempotency_key, info, self.keys.pubsub(channel)
+            channel,
+            data,
+            options,
+            idempotency_key,
+            info,
+            self.keys.pubsub(channel),
+            idempotency_scope=idempotency_scope,
         )
 
     async def _store(
@@ -196,13 +203,15 @@ class RedisEngine:
         idempotency_key: str | None,
         info: dict[str, Any] | None,
         pubsub_channel: str,
+        *,
+        idempotency_scope: str | None = None,
     ) -> Publication:
         body = encode_body(data, info, idempotency_key)
         window = 0
         idem = self.keys.meta(channel)  # a key of the same slot when there is no idempotency key
         if idempotency_key is not None and options.idempotency_window > 0:
             window = _ms(options.idempotency_window)
-            idem = self.keys.idempotency(channel, idempotency_key)
+            idem = self.keys.idempotency(channel, idempotency_key, idempotency_scope)
         try:
             offset, epoch, time, duplicate, earlier = await self._publish(
                 keys=[self.keys.stream(channel), self.keys.meta(channel), idem],

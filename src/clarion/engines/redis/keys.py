@@ -42,8 +42,11 @@ class Keys:
     def stream(self, channel: str) -> str:
         return f"{self.prefix}:{{{channel}}}:stream"
 
-    def idempotency(self, channel: str, key: str) -> str:
-        return f"{self.prefix}:{{{channel}}}:id:{key}"
+    def idempotency(self, channel: str, key: str, scope: str | None = None) -> str:
+        if scope is None:  # the backend's keys
+            return f"{self.prefix}:{{{channel}}}:id:{key}"
+        # A client's: the scope's length keeps every (scope, key) pair apart.
+        return f"{self.prefix}:{{{channel}}}:cid:{len(scope)}:{scope}:{key}"
 
     def presence_expiry(self, channel: str) -> str:
         return f"{self.prefix}:{{{channel}}}:presence:z"

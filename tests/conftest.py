@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -108,6 +109,8 @@ async def hub_factory() -> AsyncIterator[Callable[..., Any]]:
 
     async def factory(settings: Settings | None = None, **kw: Any) -> RunningHub:
         if settings is None:
+            # Durable state (revocations, the webhook outbox) stays with the test.
+            kw.setdefault("data_dir", tempfile.mkdtemp(prefix="clarion-test-"))
             settings = Settings(**kw)
         running = await start_hub(settings)
         started.append(running)

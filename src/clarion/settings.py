@@ -188,6 +188,12 @@ class Settings(BaseSettings):
     token_algorithm: str = Field("HS256", description="the only JWT algorithm accepted")
     token_audience: str | None = Field(None, description="required `aud` claim, if set")
     token_issuer: str | None = Field(None, description="required `iss` claim, if set")
+    revocation_ttl: float = Field(
+        86400,
+        gt=0,
+        description="seconds a token (`jti`) revocation without `until` or `exp` is kept; at "
+        "least your longest token lifetime",
+    )
     allowed_origins: list[str] = Field(
         default_factory=list,
         description="browser origins allowed to connect: `scheme://host[:port]`, or patterns "

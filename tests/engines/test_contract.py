@@ -274,3 +274,20 @@ async def test_epoch_changes_after_the_meta_is_lost(engine: Subject) -> None:
     assert not after.covers(before)  # a resuming reader gets a reset, not a silent gap
     pub = await engine.engine.publish("c", "new", opts)
     assert pub.position == StreamPosition(after.position.epoch, 1)
+
+
+# ---- revocations ----------------------------------------------------------------------------
+
+
+async def test_revocations_keep_the_later_until_and_drop_lapsed_ones(engine: Subject) -> None:
+    import time
+
+    now = time.time()
+    await engine.engine.revoke("user", "alice", now + 60)
+    await engine.engine.revoke("user", "alice", now + 30)  # earlier: the later one holds
+    await engine.engine.revoke("jti", "t-1", now + 1)
+    await engine.engine.revoke("user", "gone", now - 1)  # already lapsed: never listed
+    listed = {(kind, key): until for kind, key, until in await engine.engine.revocations()}
+    assert listed == {("user", "alice"): now + 60, ("jti", "t-1"): now + 1}
+    await asyncio.sleep(1.1)
+    assert [key for _, key, _ in await engine.engine.revocations()] == ["alice"]

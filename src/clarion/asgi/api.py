@@ -19,6 +19,7 @@ from clarion.errors import BadRequest
 from clarion.protocol.channels import validate_channel
 
 MAX_BROADCAST_CHANNELS = 1000
+MAX_UNIX_TIME = 253402300799  # 9999-12-31T23:59:59Z
 
 
 async def read_json(hub: Hub, request: Request) -> dict[str, Any]:
@@ -98,18 +99,24 @@ class ServerAPI:
         """Close a user's (or a token's) sessions everywhere; optionally refuse them a while."""
         self._authorize(request)
         body = await read_json(self.hub, request)
-        user, jti, until = body.get("user"), body.get("jti"), body.get("until")
+        user, jti = body.get("user"), body.get("jti")
+        until, exp = body.get("until"), body.get("exp")
         if user is not None and (not isinstance(user, str) or not user):
             raise BadRequest("'user' must be a non-empty string")
         if jti is not None and (not isinstance(jti, str) or not jti):
             raise BadRequest("'jti' must be a non-empty string")
         if user is None and jti is None:
             raise BadRequest("give 'user' (a token's sub) or 'jti' (a token's id)")
-        if until is not None and (
-            not isinstance(until, int | float) or isinstance(until, bool) or until < 0
-        ):
-            raise BadRequest("'until' must be a Unix time in seconds")
-        await self.hub.disconnect_user(user, token_id=jti, until=until)
+        for name, value in (("until", until), ("exp", exp)):
+            if value is not None and (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not 0 <= value <= MAX_UNIX_TIME  # also refuses NaN
+            ):
+                raise BadRequest(f"'{name}' must be a Unix time in seconds (before 10000 AD)")
+        if exp is not None and jti is None:
+            raise BadRequest("'exp' is the revoked token's own: give it with 'jti'")
+        await self.hub.disconnect_user(user, token_id=jti, until=until, exp=exp)
         return JSONResponse({})
 
     async def healthz(self, request: Request) -> Response:

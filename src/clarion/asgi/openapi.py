@@ -167,12 +167,26 @@ def document() -> dict[str, Any]:
             },
             "/api/disconnect": {
                 "post": {
-                    "summary": "Disconnect a user's sessions on every node",
+                    "summary": "Disconnect a user's or a token's sessions on every node",
+                    "description": "With `until`, or for a token (`jti`), new connections are "
+                    "refused on every node, and after restarts, until the revocation lapses.",
                     "requestBody": _json_body(
                         {
                             "type": "object",
-                            "required": ["user"],
-                            "properties": {"user": {"type": "string"}},
+                            "anyOf": [{"required": ["user"]}, {"required": ["jti"]}],
+                            "properties": {
+                                "user": {"type": "string", "description": "a token's `sub`"},
+                                "jti": {"type": "string", "description": "a token's `jti`"},
+                                "until": {
+                                    "type": "number",
+                                    "description": "refuse new connections until this Unix time",
+                                },
+                                "exp": {
+                                    "type": "number",
+                                    "description": "the revoked token's `exp` (with `jti`, "
+                                    "without `until`): how long its revocation is kept",
+                                },
+                            },
                         }
                     ),
                     "responses": {"200": _ok({"type": "object"}), **errors},

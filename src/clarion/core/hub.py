@@ -37,6 +37,9 @@ from clarion.settings import NamespaceOptions, Settings
 log = logging.getLogger("clarion.hub")
 
 TICK = 1.0  # seconds between heartbeat / idle / expiry sweeps over sessions
+# Seconds between reads of the engine's revocations: what a node missed (it was cut off from the
+# others when a revocation was announced) is refused at the latest this long after.
+REVOCATION_SYNC = 5.0
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -44,7 +47,7 @@ def make_engine(settings: Settings) -> Engine:
     if url == "memory":
         from clarion.engines.memory import MemoryEngine
 
-        return MemoryEngine()
+        return MemoryEngine(data_dir=settings.data_dir)
     if url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
         try:
             from clarion.engines.redis import RedisEngine
@@ -94,6 +97,7 @@ class Hub:
         self._recovering: dict[str, list[Publication]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._revocation_sync: asyncio.Task[None] | None = None
         self._started = False
         self.closing = False
         # Called with every publication this node made (webhooks' outbox, for one).
@@ -111,7 +115,12 @@ class Hub:
         await self.engine.start(self)
         shared = getattr(self.engine, "limits", None)
         self.admission.shared = shared if isinstance(shared, SharedLimits) else None
+        # Before the first connection: a revoked user or token is refused from the start.
+        await self.sync_revocations()
         self._ticker = asyncio.create_task(self._tick_forever(), name="clarion-hub-tick")
+        self._revocation_sync = asyncio.create_task(
+            self._sync_revocations_forever(), name="clarion-revocation-sync"
+        )
         log.info("hub started (engine=%s)", self.engine.name)
 
     async def close(self, code: int = CloseCode.SHUTDOWN) -> None:
@@ -121,10 +130,11 @@ class Hub:
         self.closing = True
         for session in list(self.sessions.values()):
             self.close_session(session, code)
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        for timer in (self._ticker, self._revocation_sync):
+            if timer is not None:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
         await self.engine.close()
@@ -548,13 +558,50 @@ class Hub:
         *,
         token_id: str | None = None,
         until: float | None = None,
+        exp: float | None = None,
     ) -> None:
         """Close the sessions of ``user`` (or of the token ``token_id``) on every node.
 
-        With ``until`` (Unix time), their new connections are refused until then.
+        With ``until`` (Unix time), their new connections are refused until then, on every node
+        (including nodes started later) and across restarts: the engine keeps the revocation.
+        A token revoked without ``until`` is refused until its ``exp`` (given, or at most
+        ``revocation_ttl`` from now).
         """
+        if until is None and token_id is not None:
+            until = exp if exp is not None else time.time() + self.settings.revocation_ttl
+        failure: ClarionError | None = None
+        if until is not None and until > time.time():
+            try:
+                if user is not None:
+                    await self.engine.revoke("user", user, until)
+                if token_id is not None:
+                    await self.engine.revoke("jti", token_id, until)
+            except ClarionError as exc:
+                failure = exc  # the sessions are still closed; the caller learns it did not last
         payload: dict[str, Any] = {"user": user, "code": code, "jti": token_id, "until": until}
         await self.engine.broadcast_control("disconnect", payload)
+        if failure is not None:
+            raise failure
+
+    async def sync_revocations(self) -> None:
+        """Take in every revocation the engine holds (those this node may have missed)."""
+        try:
+            entries = await self.engine.revocations()
+        except ClarionError as exc:
+            log.warning("could not read revocations: %s", exc.message)
+            return
+        for kind, key, until in entries:
+            if self.revocations.add(kind, key, until):  # missed: its sessions may still be open
+                user, jti = (key, None) if kind == "user" else (None, key)
+                self.disconnect_local_user(user, token_id=jti)
+
+    async def _sync_revocations_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REVOCATION_SYNC)
+            try:
+                await self.sync_revocations()
+            except Exception:
+                log.exception("revocation sync failed")
 
     # ---- subscriptions ----------------------------------------------------------------------
 

@@ -61,6 +61,15 @@ class Revocations:
         if token_id is not None:
             self.tokens[token_id] = max(until, self.tokens.get(token_id, 0.0))
 
+    def add(self, kind: str, key: str, until: float) -> bool:
+        """One ``(kind, key, until)`` entry as engines list them (``kind`` ``user``/``jti``);
+        ``True`` when it was not known here yet."""
+        table = self.users if kind == "user" else self.tokens if kind == "jti" else None
+        if table is None or table.get(key, 0.0) >= until:
+            return False
+        table[key] = until
+        return True
+
     def refused(self, user: str | None, token_id: str | None, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         self._expire(now)

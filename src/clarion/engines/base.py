@@ -121,6 +121,13 @@ class Engine(Protocol):
 
     async def presence(self, channel: str) -> list[PresenceEntry]: ...
 
+    async def revoke(self, kind: str, key: str, until: float) -> None:
+        """Refuse the user (``kind`` ``"user"``) or token id (``"jti"``) ``key`` until ``until``
+        (Unix time) on every node, including nodes started later; kept past a restart."""
+
+    async def revocations(self) -> list[tuple[str, str, float]]:
+        """Every revocation still in force: ``(kind, key, until)``."""
+
     async def healthy(self) -> bool: ...
 
 

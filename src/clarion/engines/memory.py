@@ -1,22 +1,34 @@
-"""The memory engine: one process, everything in RAM, bounded by namespace options."""
+"""The memory engine: one process, everything in RAM, bounded by namespace options.
+
+Only revocations outlive the process: they are kept in ``revocations.json`` under ``data_dir``,
+rewritten atomically (a temporary file, fsynced, then renamed over the old one) on every change.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import orjson
+
 from clarion.engines.base import EngineSink, History, PresenceEntry
+from clarion.errors import ConfigError
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions
 
 MAX_IDEMPOTENCY_KEYS = 10_000  # per channel; the oldest key is forgotten first
 SWEEP_INTERVAL = 30.0
 UNWRITTEN_TTL = 120.0  # seconds a channel that was read but never published to is remembered
+REVOCATIONS_FILE = "revocations.json"
+
+log = logging.getLogger("clarion.engines.memory")
 
 
 def new_epoch() -> str:
@@ -57,9 +69,18 @@ class MemoryEngine:
 
     name = "memory"
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         # The clock is injectable so TTL behaviour can be tested without sleeping.
         self._clock = clock
+        # Revocations ("user:<id>"/"jti:<id>" -> Unix time), kept in data_dir when given.
+        self._revoked: dict[str, float] = {}
+        self._revoked_path = Path(data_dir) / REVOCATIONS_FILE if data_dir is not None else None
+        self._revoked_lock = asyncio.Lock()
         self._logs: dict[str, _ChannelLog] = {}
         self._meta_ttl: dict[str, float] = {}
         self._presence: dict[str, dict[str, PresenceEntry]] = {}
@@ -68,6 +89,8 @@ class MemoryEngine:
 
     async def start(self, sink: EngineSink) -> None:
         self._sink = sink
+        if self._revoked_path is not None:
+            self._revoked = self._read_revocations(self._revoked_path)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="clarion-memory-sweep")
 
     async def close(self) -> None:
@@ -203,6 +226,47 @@ class MemoryEngine:
     async def healthy(self) -> bool:
         return True
 
+    # ---- revocations ----------------------------------------------------------------------------
+
+    async def revoke(self, kind: str, key: str, until: float) -> None:
+        member = f"{kind}:{key}"
+        self._revoked[member] = max(until, self._revoked.get(member, 0.0))
+        self._drop_lapsed()
+        if self._revoked_path is not None:
+            async with self._revoked_lock:
+                snapshot = orjson.dumps(self._revoked)
+                await asyncio.to_thread(_write_atomically, self._revoked_path, snapshot)
+
+    async def revocations(self) -> list[tuple[str, str, float]]:
+        self._drop_lapsed()
+        out = []
+        for member, until in self._revoked.items():
+            kind, _, key = member.partition(":")
+            out.append((kind, key, until))
+        return out
+
+    def _drop_lapsed(self) -> None:
+        now = time.time()
+        for member in [m for m, until in self._revoked.items() if until <= now]:
+            del self._revoked[member]
+
+    @staticmethod
+    def _read_revocations(path: Path) -> dict[str, float]:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+        try:
+            loaded = orjson.loads(raw)
+            revoked = {str(k): float(v) for k, v in loaded.items()}
+        except (ValueError, TypeError, AttributeError):
+            # Never start as if nothing were revoked: the operator decides what to do with it.
+            raise ConfigError(f"{path} is not a revocations file; move it away to start") from None
+        now = time.time()
+        return {member: until for member, until in revoked.items() if until > now}
+
     def sweep(self, now: float | None = None) -> int:
         """Forget channels whose history is empty and whose meta TTL has passed.
 
@@ -228,3 +292,20 @@ class MemoryEngine:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             self.sweep()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: readers and crashes see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # the rename itself reaches the disk (POSIX)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

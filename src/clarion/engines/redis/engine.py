@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from typing import Any
 
 import orjson
@@ -97,6 +98,7 @@ class RedisEngine:
         self._history = client.register_script(scripts.HISTORY)
         self._presence_add = client.register_script(scripts.EXPIRING_ADD)
         self._presence_get = client.register_script(scripts.PRESENCE_GET)
+        self._revoke = client.register_script(scripts.REVOKE)
         self.limits = ClusterLimits(client, self.keys, _ms(self.presence_ttl))
         where = self.target.description
         try:
@@ -107,7 +109,13 @@ class RedisEngine:
                     f"Redis at {where} is version {info['redis_version']}; clarion needs "
                     f"{MIN_REDIS[0]}.{MIN_REDIS[1]} or later"
                 )
-            for script in (self._publish, self._history, self._presence_add, self._presence_get):
+            for script in (
+                self._publish,
+                self._history,
+                self._presence_add,
+                self._presence_get,
+                self._revoke,
+            ):
                 await client.script_load(script.script)
         except (RedisError, OSError, TimeoutError) as exc:
             await self._close_client()
@@ -529,6 +537,28 @@ class RedisEngine:
             await self._client.publish(self.keys.control, message)
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc, f"sending {command!r} to other nodes") from None
+
+    # ---- revocations: one sorted set, scored by when each lapses --------------------------------
+
+    async def revoke(self, kind: str, key: str, until: float) -> None:
+        try:
+            args = [f"{kind}:{key}", repr(until), repr(time.time())]
+            await self._revoke(keys=[self.keys.revocations()], args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc, "storing a revocation") from None
+
+    async def revocations(self) -> list[tuple[str, str, float]]:
+        try:
+            rows = await self._client.zrangebyscore(
+                self.keys.revocations(), f"({time.time()!r}", "+inf", withscores=True
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc, "reading revocations") from None
+        out = []
+        for member, until in rows:
+            kind, _, key = member.decode().partition(":")
+            out.append((kind, key, float(until)))
+        return out
 
     async def _ping(self) -> bool:
         """Whether Redis answers a PING within ``PING_TIMEOUT``.

@@ -60,6 +60,9 @@ class Keys:
     def rate(self, key: str) -> str:
         return f"{self.prefix}:{{rate:{key}}}"
 
+    def revocations(self) -> str:
+        return f"{self.prefix}:revoked"
+
     def pubsub(self, channel: str) -> str:
         return self.pubsub_prefix + channel
 

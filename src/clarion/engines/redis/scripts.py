@@ -235,3 +235,15 @@ redis.call('PEXPIRE', bucket, math.ceil(burst / rate * 1000) + 1000)
 return taken
 """
 )
+
+# KEYS: revocations zset
+# ARGV: member ("user:<id>" or "jti:<id>"), until and now (Unix seconds)
+# Keeps the later of two revocations of one member and drops lapsed ones; the key itself expires
+# with its last revocation, so nothing outlives what it refuses.
+REVOKE = """
+redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(last[2]))) end
+return 1
+"""

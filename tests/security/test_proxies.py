@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from clarion import Settings
 
 from ..conftest import RunningHub, timeout
+from ..redis_fixture import RedisServer, redis_server  # noqa: F401  (a fixture)
 from ..stomp.client import frame
 from .servers import SERVERS, serve
 
@@ -219,6 +220,47 @@ async def test_per_ip_caps_count_the_client_behind_the_proxy(server: str) -> Non
             for conn in (a, b):
                 await conn.send(json.dumps({"id": 1, "op": "ping"}))
                 assert json.loads(await asyncio.wait_for(conn.recv(), timeout(5)))["ok"] == {}
+
+
+async def test_per_ip_caps_behind_proxies_hold_across_nodes(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """Two nodes on one Redis behind one proxy: the shared cap counts clients, not the proxy."""
+    settings = Settings(
+        engine=redis_server.url,
+        trusted_proxies=TRUSTED,
+        limits={"max_connections_per_ip": 1},
+        **ANON,
+    )
+    async with serve("clarion", settings) as a, serve("uvicorn", settings) as b:
+
+        def connect(node: RunningHub, client: str) -> Any:
+            return websockets.connect(
+                f"ws://127.0.0.1:{node.port}/ws",
+                subprotocols=["clarion.v1"],  # type: ignore[list-item]
+                additional_headers={XFF: client},
+            )
+
+        async def admitted(conn: Any) -> bool:
+            # The shared count is taken just after connecting: a client over the cap is closed
+            # (4503) moments later; one under it hears nothing more.
+            try:
+                while True:
+                    msg = json.loads(await asyncio.wait_for(conn.recv(), timeout(1)))
+                    assert "disconnect" in msg, msg
+            except TimeoutError:
+                return True
+            except ConnectionClosed as exc:
+                assert exc.rcvd is not None and exc.rcvd.code == 4503, exc
+                return False
+
+        async with connect(a, "203.0.113.7") as first, connect(a, "2001:db8:0:1::1") as v6:
+            assert await admitted(first) and await admitted(v6)
+            async with connect(b, "203.0.113.8") as other:
+                assert await admitted(other)
+            for client in ("203.0.113.7", "2001:db8:0:1::2"):
+                async with connect(b, client) as over:
+                    assert not await admitted(over)
 
 
 def test_bad_trusted_proxies_refuse_to_start() -> None:

@@ -244,7 +244,8 @@ class Session:
         if assignment:  # keep the variable for the commands that follow, as a shell would
             script = f'{command}\nprintf %s "${assignment.group(1)}"'
         keeps_running = bool(KEEPS_RUNNING.search(command))
-        before = self.connections() if keeps_running else 0
+        hub = self.hub_of(command) if keeps_running else None
+        before = self.connections(hub) if hub else 0
         proc = subprocess.Popen(
             ["bash", "-c", script],
             cwd=self.workdir,
@@ -263,7 +264,7 @@ class Session:
             reader.start()
         if keeps_running:
             self.background.append(Background(command, proc, output, expected, block))
-            self.ready(command, before, proc, errors)
+            self.ready(command, hub, before, proc, errors)
             return
         try:
             proc.wait(timeout(60))
@@ -284,29 +285,39 @@ class Session:
         if expected is not None:
             self.match(block, command, expected, lines)
 
+    def hub_of(self, command: str) -> str | None:
+        """The base URL of the hub a command talks to, if it talks to one."""
+        url = re.search(r"--url (\S+)", command)
+        if url:
+            return url.group(1).rstrip("/")
+        if f":{self.hub_port}" in command or re.search(r"\bclarion (subscribe|publish)\b", command):
+            return f"http://127.0.0.1:{self.hub_port}"
+        return None
+
     def ready(
-        self, command: str, before: int, proc: subprocess.Popen[bytes], errors: list[str]
+        self,
+        command: str,
+        hub: str | None,
+        before: int,
+        proc: subprocess.Popen[bytes],
+        errors: list[str],
     ) -> None:
         """Wait until a command that keeps running is in place, as a reader would see it."""
         ports = re.findall(r"--port (\d+)", command)
         for port in ports:
             _wait_listening(int(port))
-        to_hub = f":{self.hub_port}" in command or (
-            re.search(r"\bclarion (subscribe|publish)\b", command) and "--url" not in command
-        )
         deadline = time.monotonic() + timeout(20)
-        if to_hub:  # its session is open on the hub
-            while self.connections() <= before:
+        if hub:  # its session is open on the hub
+            while self.connections(hub) <= before:
                 assert proc.poll() is None, f"`{command}` ended:\n" + "".join(errors)
                 assert time.monotonic() < deadline, f"`{command}` never connected"
                 time.sleep(0.05)
         elif not ports:  # nothing to watch: give it the time a reader would
             time.sleep(timeout(BACKGROUND_AFTER))
 
-    def connections(self) -> int:
-        """Sessions open on the hub, from its /metrics."""
-        url = f"http://127.0.0.1:{self.hub_port}/metrics"
-        with urllib.request.urlopen(url, timeout=timeout(10)) as response:
+    def connections(self, hub: str) -> int:
+        """Sessions open on the hub at ``hub``, from its /metrics."""
+        with urllib.request.urlopen(f"{hub}/metrics", timeout=timeout(10)) as response:
             text = response.read().decode()
         return int(
             sum(

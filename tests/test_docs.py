@@ -150,3 +150,8 @@ def _check_readme(session: Session) -> None:
     # Resumed from the cursor: exactly the three missed publications, in order, then live.
     resumed = [json.loads(line)["data"] for line in session.output_of(r"--since")]
     assert resumed[:3] == ["one", "two", "three"]
+    # The cursor the README reads from /poll is the one the subscriber printed last.
+    assert session.env["cursor"] == printed[1]["cursor"]
+    # The FastAPI app's own hub delivered the order.
+    (order,) = [json.loads(line) for line in session.output_of(r"subscribe orders:new")]
+    assert order["channel"] == "orders:new" and order["data"] == {"item": "tea"}

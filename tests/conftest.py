@@ -17,8 +17,9 @@ from websockets.asyncio.client import ClientConnection
 
 from clarion import Hub, Settings
 
-# Timeouts scale with this factor on slow or loaded machines.
-TIMEOUT_FACTOR = float(os.environ.get("CLARION_TEST_TIMEOUT_FACTOR", "1"))
+# Timeouts scale with this factor on slow or loaded machines. Taken out of the environment:
+# every other CLARION_* variable is a setting, and hubs refuse the ones they do not know.
+TIMEOUT_FACTOR = float(os.environ.pop("CLARION_TEST_TIMEOUT_FACTOR", "1"))
 
 
 def timeout(seconds: float) -> float:

@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -21,6 +22,15 @@ from clarion.settings import Settings
 log = logging.getLogger("clarion.cli")
 
 DEFAULT_URL = os.environ.get("CLARION_URL", "http://127.0.0.1:8000")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in the style of every other error: ``clarion: …`` on stderr, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        message = message.removeprefix("argument ")
+        self.exit(2, f"clarion: {message}\ntry '{self.prog} --help'\n")
 
 
 def _setup_logging(level: str) -> None:
@@ -40,6 +50,16 @@ def _duration(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (0 to 65535): {text!r}")
+    return port
 
 
 def _json_arg(text: str) -> Any:
@@ -63,7 +83,31 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def load_settings(args: argparse.Namespace) -> Settings:
+class Loaded:
+    """Settings with where they came from, for the start-up log."""
+
+    def __init__(self, settings: Settings, config: Path | None, found: bool, env: list[str]):
+        self.settings = settings
+        self.config = config
+        self.found = found  # read from the working directory without --config
+        self.variables = env
+
+    def describe(self) -> str:
+        if self.config is None:
+            source = "config file: none"
+        else:
+            source = f"config file: {self.config.resolve()}"
+            if self.found:
+                source += " (found in the working directory)"
+        variables = ", ".join(self.variables) or "none"
+        engine = redact(self.settings.engine)
+        return f"{source}; environment: {variables}; engine: {engine}"
+
+
+def load_settings(args: argparse.Namespace) -> Loaded:
+    """The settings of a command: ``--config`` (or ``./clarion.toml``), environment, flags."""
+    from clarion.settings_sources import default_file, load
+
     overrides: dict[str, Any] = {}
     for name in ("host", "port", "engine"):
         value = getattr(args, name, None)
@@ -71,7 +115,9 @@ def load_settings(args: argparse.Namespace) -> Settings:
             overrides[name] = value
     if getattr(args, "insecure", False):
         overrides["insecure"] = True
-    return Settings.load(args.config, **overrides)
+    config = Path(args.config) if args.config else default_file()
+    settings, sourced = load(Settings, config, overrides, flags=True)
+    return Loaded(settings, config, config is not None and not args.config, sourced.variables)
 
 
 def check_bind(settings: Settings) -> None:
@@ -91,23 +137,38 @@ def check_bind(settings: Settings) -> None:
         )
 
 
-async def _serve(settings: Settings) -> int:
+def _listen_error(exc: OSError) -> str:
+    # asyncio's bind error repeats the address; the errno says it plainly (a negative one is
+    # a name-resolution error, whose own text is the plain one).
+    errno = exc.errno or 0
+    reason = os.strerror(errno) if errno > 0 else exc.strerror or str(exc)
+    return reason[:1].lower() + reason[1:]
+
+
+async def _serve(loaded: Loaded) -> int:
     from clarion.core.auth import auth_notes
     from clarion.hub import Hub
     from clarion.server import LifespanFailed
     from clarion.standalone import make_server
 
-    # The server runs the hub's lifespan: it starts the hub before accepting connections, and
-    # on shutdown stops accepting, lets the hub tell every client to reconnect elsewhere (4000),
-    # then drains what is left within shutdown_timeout.
+    settings = loaded.settings
+    log.info("%s", loaded.describe())
+    # The server binds first (a taken port fails before anything starts), then runs the hub's
+    # lifespan: it starts the hub before accepting connections, and on shutdown stops
+    # accepting, lets the hub tell every client to reconnect elsewhere (4000), then drains what
+    # is left within shutdown_timeout.
     server = make_server(Hub(settings))
     try:
         await server.start()
     except LifespanFailed as exc:
-        raise ClarionError(f"the hub could not start: {exc}", code="startup") from None
+        cause = exc.__cause__
+        reason = cause.message if isinstance(cause, ClarionError) else str(cause or exc)
+        raise ClarionError(f"the hub could not start: {reason}", code="startup") from None
     except OSError as exc:
-        await server.shutdown(timeout=0)
-        raise ClarionError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
+        raise ClarionError(
+            f"cannot listen on {settings.host}:{settings.port}: {_listen_error(exc)}",
+            code="listen",
+        ) from None
     if settings.development_mode:
         log.warning(
             "local development mode: engine=%s, no API key and no token secret, so anyone who "
@@ -132,15 +193,15 @@ async def _serve(settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
-    _setup_logging(args.log_level or settings.log_level)
-    check_bind(settings)
+    loaded = load_settings(args)
+    _setup_logging(args.log_level or loaded.settings.log_level)
+    check_bind(loaded.settings)
     try:
         import uvloop
 
-        return int(uvloop.run(_serve(settings)))
+        return int(uvloop.run(_serve(loaded)))
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.run(_serve(settings))
+        return asyncio.run(_serve(loaded))
 
 
 # ---- publish / subscribe / token ------------------------------------------------------------
@@ -191,7 +252,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     from clarion.core.auth import mint_token
 
-    settings = Settings.load(args.config)
+    settings = load_settings(args).settings
     secret = args.secret or settings.token_secret
     if not secret:
         raise ClarionError(
@@ -216,30 +277,28 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clarion", description="clarion: a real-time messaging hub."
-    )
+    parser = Parser(prog="clarion", description="clarion: a real-time messaging hub.")
     parser.add_argument("--version", action="version", version=f"clarion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser(
         "serve",
         help="run the hub",
-        description="Run the hub. Settings come from --config (TOML), then CLARION_* "
-        "environment variables, then these flags. With no configuration it runs in local "
-        "development mode (memory engine, no secrets, 127.0.0.1:8000). "
-        "See docs/configuration.md for every option.",
+        description="Run the hub. Settings come from --config (TOML; default ./clarion.toml "
+        "when there is one), then CLARION_* environment variables, then these flags. With no "
+        "configuration it runs in local development mode (memory engine, no secrets, "
+        "127.0.0.1:8000). See docs/configuration.md for every option.",
     )
-    serve.add_argument("--config", help="path to clarion.toml")
+    serve.add_argument("--config", help="path to clarion.toml (default ./clarion.toml, if any)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--port", type=_port, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--engine", help='"memory" (default) or "redis://host:port/db"')
     serve.add_argument(
         "--insecure",
         action="store_true",
         help="allow a non-loopback bind without api_key and token_secret",
     )
-    serve.add_argument("--log-level", help="debug, info, warning or error")
+    serve.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, help="default info")
     serve.set_defaults(func=cmd_serve)
 
     publish = sub.add_parser("publish", help="publish JSON to a channel through the server API")
@@ -272,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=_duration, default=3600.0, help="lifetime, e.g. 1h (default)")
     token.add_argument("--info", type=_json_arg, help="JSON object shown in presence")
     token.add_argument("--secret", help="HS256 secret (default: token_secret from config/env)")
-    token.add_argument("--config", help="path to clarion.toml")
+    token.add_argument("--config", help="path to clarion.toml (default ./clarion.toml, if any)")
     token.set_defaults(func=cmd_token)
 
     from clarion.webhooks.cli import add_parser as add_webhooks_parser
@@ -288,15 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         result: int = args.func(args)
         return result
     except ClarionError as exc:
-        sys.stderr.write(f"clarion: {exc.message}\n")
+        sys.stderr.write("".join(f"clarion: {line}\n" for line in exc.message.splitlines()))
         return 2
-    except Exception as exc:
-        from pydantic import ValidationError
-
-        if isinstance(exc, ValidationError):
-            sys.stderr.write(f"clarion: invalid configuration:\n{exc}\n")
-            return 2
-        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,27 +1,37 @@
 """One settings model: defaults, then ``clarion.toml``, then ``CLARION_*`` environment variables.
 
-Nested keys join with ``__`` in the environment, e.g. ``CLARION_LIMITS__MAX_CONNECTIONS_PER_IP``.
-Every field is documented in ``docs/configuration.md`` (a test keeps the two in step).
+Nested keys join with ``__`` in the environment, e.g. ``CLARION_LIMITS__MAX_CONNECTIONS_PER_IP``
+(:mod:`clarion.settings_sources` reads both and words the errors). Every field is documented in
+``docs/configuration.md`` (a test keeps the two in step).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from clarion.protocol.channels import DEFAULT_NAMESPACE
 from clarion.protocol.origins import Origin, OriginRule, parse_origin
 from clarion.protocol.proxies import parse_network
+
+
+class _Environment(PydanticBaseSettingsSource):
+    """The ``CLARION_*`` variables, read as :mod:`clarion.settings_sources` reads them."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads every variable at once
+
+    def __call__(self) -> dict[str, Any]:
+        from clarion.settings_sources import Sourced, read_environment
+
+        sourced = Sourced()
+        read_environment(self.settings_cls, os.environ, sourced)
+        return sourced.values
 
 
 class NamespaceOptions(BaseModel):
@@ -166,12 +176,7 @@ class WebhookDelivery(BaseModel):
 class Settings(BaseSettings):
     """Everything clarion can be told; see ``docs/configuration.md``."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CLARION_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        toml_file=None,
-    )
+    model_config = SettingsConfigDict(extra="forbid")
 
     host: str = Field("127.0.0.1", description="address `clarion serve` binds")
     port: int = Field(8000, ge=0, le=65535, description="port `clarion serve` binds")
@@ -237,7 +242,9 @@ class Settings(BaseSettings):
         "(0 = end of the event-loop iteration); trades latency for fewer syscalls",
     )
     shutdown_timeout: float = Field(10, ge=0, description="seconds to drain on SIGTERM")
-    log_level: str = Field("info", description="debug, info, warning or error")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error"
+    )
     limits: Limits = Field(default_factory=Limits)
     sse: SseOptions = Field(default_factory=SseOptions)
     poll: PollOptions = Field(default_factory=PollOptions)
@@ -287,6 +294,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"invalid namespace name {name!r}")
         return value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -296,27 +308,18 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_file = settings_cls.model_config.get("toml_file")
-        if toml_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
-        return tuple(sources)
+        # ``Settings(...)`` reads the environment the way ``Settings.load`` does.
+        return init_settings, _Environment(settings_cls)
 
     @classmethod
     def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-        """Read ``config_file`` (TOML) and the environment; ``overrides`` win over both."""
-        if config_file is not None and not Path(config_file).is_file():
-            from clarion.errors import ConfigError
+        """Read ``config_file`` (TOML) and the environment; ``overrides`` win over both.
 
-            raise ConfigError(f"config file not found: {config_file}")
+        Any problem is a :class:`~clarion.errors.ConfigError` naming the file or variable.
+        """
+        from clarion.settings_sources import load
 
-        class _FromFile(cls):  # type: ignore[valid-type,misc]
-            model_config = SettingsConfigDict(
-                **{**cls.model_config, "toml_file": config_file}  # type: ignore[typeddict-item]
-            )
-
-        loaded = _FromFile(**overrides)
-        return cls.model_validate(loaded.model_dump())
+        return load(cls, config_file, overrides)[0]
 
     # ---- derived values -------------------------------------------------------------------
 

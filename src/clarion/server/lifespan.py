@@ -14,6 +14,8 @@ from clarion.server.config import ASGI_VERSION, ASGIApp, Message
 
 log = logging.getLogger("clarion.server.lifespan")
 
+STARTUP_FAILED_GRACE = 1.0  # seconds an app that answered startup.failed has to end
+
 
 class LifespanFailed(RuntimeError):
     """The app answered ``lifespan.startup.failed`` (or ``shutdown.failed``)."""
@@ -29,6 +31,7 @@ class Lifespan:
         self._answers: asyncio.Queue[Message] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.supported = True
+        self._startup_error: Exception | None = None
 
     async def startup(self) -> None:
         self._task = asyncio.create_task(self._main(), name="clarion-lifespan")
@@ -36,7 +39,11 @@ class Lifespan:
         if answer is None:
             return
         if answer["type"] == "lifespan.startup.failed":
-            raise LifespanFailed(answer.get("message") or "lifespan startup failed")
+            # An app may also raise what failed (Starlette does, right after answering): give
+            # it a moment to, and chain it, so that callers can word the error themselves.
+            await asyncio.wait({self._task}, timeout=STARTUP_FAILED_GRACE)
+            message = answer.get("message") or "lifespan startup failed"
+            raise LifespanFailed(message) from self._startup_error
 
     async def shutdown(self, timeout: float) -> None:
         if not self.supported or self._task is None:
@@ -63,22 +70,26 @@ class Lifespan:
 
     async def _main(self) -> None:
         scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self._state}
-        started = False
+        started = failed = False
 
         async def receive() -> Message:
             return await self._events.get()
 
         async def send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, failed
             if message["type"] == "lifespan.startup.complete":
                 started = True
+            elif message["type"] == "lifespan.startup.failed":
+                failed = True  # startup() raises it; the app may raise too (Starlette does)
             await self._answers.put(message)
 
         try:
             await self._app(scope, receive, send)
-        except Exception:
+        except Exception as exc:
             if started:
                 log.exception("exception in ASGI lifespan")
+            elif failed:
+                self._startup_error = exc
             else:
                 # The usual way an app says it has no lifespan support.
                 self.supported = False

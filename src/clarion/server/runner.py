@@ -18,7 +18,6 @@ from clarion.server.lifespan import Lifespan
 log = logging.getLogger("clarion.server")
 
 FORCE_CLOSE_GRACE = 0.5  # seconds a force-closed websocket gets for its close frame
-FAILED_START_SHUTDOWN = 5.0  # seconds for lifespan shutdown when listening failed
 
 
 class Server:
@@ -86,11 +85,14 @@ class Server:
         return self.requested_port
 
     async def start(self) -> None:
-        """Run lifespan startup, then start accepting connections."""
+        """Bind, run lifespan startup, then start accepting connections.
+
+        Binding comes first so that a taken port fails before the app has started anything;
+        connections that arrive during startup wait in the listen backlog.
+        """
         if self._server is not None:
             return
         self._stopped = asyncio.Event()
-        await self._lifespan.startup()
         loop = asyncio.get_running_loop()
         config, registry = self.config, self.registry
         flusher_for(loop).interval = config.flush_interval
@@ -100,22 +102,29 @@ class Server:
 
         try:
             if self.sock is not None:
-                self._server = await loop.create_server(
-                    factory, sock=self.sock, backlog=self.backlog
+                server = await loop.create_server(
+                    factory, sock=self.sock, backlog=self.backlog, start_serving=False
                 )
             else:
-                self._server = await loop.create_server(
+                server = await loop.create_server(
                     factory,
                     self.host,
                     self.requested_port,
                     backlog=self.backlog,
                     reuse_address=True,
+                    start_serving=False,
                 )
         except BaseException:
-            # Cannot listen (port taken): undo the startup the app already went through.
-            await self._lifespan.shutdown(FAILED_START_SHUTDOWN)
             self._stopped.set()
             raise
+        try:
+            await self._lifespan.startup()
+        except BaseException:
+            server.close()
+            self._stopped.set()
+            raise
+        self._server = server
+        await server.start_serving()
         log.info("clarion server listening on %s:%d", self.host, self.port)
 
     async def serve_forever(self) -> None:

@@ -1,0 +1,300 @@
+"""Where settings come from — a TOML file, ``CLARION_*`` variables, flags — and errors that say so.
+
+Every value remembers its origin, so that a bad one is reported as the person wrote it::
+
+    clarion.toml: unknown key limits.max_conections (did you mean limits.max_connections?)
+    CLARION_PORT=abc: must be a valid integer
+    --port 70000: must be less than or equal to 65535
+
+In the environment, nested keys join with ``__`` and list settings take a JSON list or a
+comma-separated one (``CLARION_ALLOWED_ORIGINS=https://a.example,https://b.example``); tables
+take JSON. Every ``CLARION_*`` variable is a setting, except the ones the client commands read
+(:data:`CLIENT_VARIABLES`): an unknown one is an error, never silently nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+from pydantic import BaseModel, ValidationError
+
+from clarion.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
+PREFIX = "CLARION_"
+NESTED = "__"
+# Read by `clarion publish`, `subscribe` and `webhooks` (where the hub is, which token to use):
+# not hub settings.
+CLIENT_VARIABLES = frozenset({"CLARION_URL", "CLARION_TOKEN"})
+DEFAULT_FILE = "clarion.toml"  # read from the working directory when no file is named
+MAX_REPORTED = 5  # errors listed one per line; the rest are counted
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a value was written: a ``file``, a ``variable``, a ``flag`` or ``code``."""
+
+    kind: Literal["file", "variable", "flag", "code"]
+    name: str  # the file's path, the variable's or flag's name, "Settings.load"
+
+
+NOWHERE = Origin("code", "configuration")
+LOAD = Origin("code", "Settings.load")  # overrides given in code
+
+
+class Sourced:
+    """Raw values merged from every source, each key path with the origin that set it."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.origins: dict[Path_, Origin] = {}
+        self.variables: list[str] = []  # the CLARION_* variables used
+
+    def set(self, path: tuple[str, ...], value: Any, origin: Origin) -> None:
+        node = self.values
+        for key in path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        old = node.get(path[-1])
+        node[path[-1]] = _merge(old, value) if isinstance(old, dict) else value
+        self.origins[path] = origin
+
+    def origin_of(self, loc: Path_) -> tuple[Origin, Path_]:
+        """The origin of the value at ``loc``, and the path it was set at."""
+        for n in range(len(loc), 0, -1):
+            origin = self.origins.get(loc[:n])
+            if origin is not None:
+                return origin, loc[:n]
+        for path, origin in self.origins.items():  # set below loc: CLARION_PORT__X
+            if path[: len(loc)] == loc and path != ():
+                return origin, path
+        return self.origins.get((), NOWHERE), ()
+
+
+def _merge(base: dict[str, Any], top: Any) -> Any:
+    if not isinstance(top, dict):
+        return top
+    merged = dict(base)
+    for key, value in top.items():
+        old = merged.get(key)
+        merged[key] = _merge(old, value) if isinstance(old, dict) else value
+    return merged
+
+
+# ---- the file -----------------------------------------------------------------------------
+
+
+def read_file(path: str | os.PathLike[str], into: Sourced) -> None:
+    """Add the TOML file at ``path`` to ``into``; a missing or malformed file is a ConfigError."""
+    name = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {name}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: not valid TOML: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name}: not valid TOML: {_toml_reason(str(exc))}") from None
+    # The file comes first, so it is the origin of whatever no later source sets.
+    into.values = _merge(into.values, data)
+    into.origins[()] = Origin("file", name)
+
+
+def _toml_reason(text: str) -> str:
+    found = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", text)
+    if found is None:
+        return text
+    reason, line, column = found.groups()
+    return f"line {line}, column {column}: {reason[0].lower()}{reason[1:]}"
+
+
+# ---- the environment ----------------------------------------------------------------------
+
+
+def read_environment(model: type[BaseModel], environ: Mapping[str, str], into: Sourced) -> None:
+    """Add every ``CLARION_*`` variable of ``environ`` (but the client ones) to ``into``."""
+    for name in sorted(environ):
+        if not name.upper().startswith(PREFIX) or name.upper() in CLIENT_VARIABLES:
+            continue
+        raw = environ[name]
+        path = tuple(part.lower() for part in name[len(PREFIX) :].split(NESTED))
+        if not all(path):
+            raise ConfigError(f"{name}: not a setting name (empty part between '{NESTED}')")
+        into.set(
+            path, _parse_variable(name, raw, annotation_at(model, path)), Origin("variable", name)
+        )
+        into.variables.append(name)
+
+
+def _parse_variable(name: str, raw: str, annotation: Any) -> Any:
+    text = raw.strip()
+    if _takes_json(annotation) and text[:1] in ("[", "{"):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: not valid JSON: {exc}") from None
+    if typing.get_origin(annotation) is list:
+        # A list setting also takes the plain form people write first: a,b,c.
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return raw
+
+
+def _takes_json(annotation: Any) -> bool:
+    if annotation is None:
+        return False
+    if isinstance(annotation, type):
+        return issubclass(annotation, BaseModel)
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_takes_json(arg) for arg in typing.get_args(annotation))
+    return origin in (list, dict)
+
+
+def annotation_at(model: type[BaseModel], path: Path_) -> Any:
+    """The type of the setting at ``path`` in ``model``; None when there is no such setting."""
+    annotation: Any = model
+    for key in path:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(key))
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif typing.get_origin(annotation) in (dict, list):
+            annotation = typing.get_args(annotation)[-1]
+        else:
+            return None
+    return annotation
+
+
+# ---- validation errors ----------------------------------------------------------------------
+
+
+def explain(error: ValidationError, model: type[BaseModel], sourced: Sourced) -> ConfigError:
+    """One plain line per problem, naming the file, variable or flag, the key and what is wanted."""
+    lines = [_line(detail, model, sourced) for detail in error.errors()]
+    if len(lines) > MAX_REPORTED:
+        lines = [*lines[:MAX_REPORTED], f"… and {len(lines) - MAX_REPORTED} more"]
+    return ConfigError("\n".join(lines))
+
+
+def _line(detail: ErrorDetails, model: type[BaseModel], sourced: Sourced) -> str:
+    loc = tuple(detail["loc"])
+    origin, at = sourced.origin_of(loc)
+    key = _dotted(loc)
+    if detail["type"] == "extra_forbidden":
+        hint = _suggestion(model, loc)
+        if origin.kind == "variable" and at == loc:
+            better = f" (did you mean {_variable(hint)}?)" if hint else ""
+            return f"{origin.name}: unknown setting{better}"
+        better = f" (did you mean {_dotted(hint)}?)" if hint else ""
+        return f"{origin.name}: unknown key {key}{better}"
+    reason = _reason(detail)
+    value = detail.get("input")
+    if detail["type"] == "missing" or (at != loc and origin.kind != "file"):
+        where = f"{origin.name}: {key}"
+    elif origin.kind == "variable":
+        where = f"{origin.name}={_text(value)}"
+    elif origin.kind == "flag":
+        where = f"{origin.name} {_text(value)}"
+    elif origin == LOAD:
+        where = f"{LOAD.name}({key}={value!r})"
+    elif loc:
+        where = f"{origin.name}: {key} = {json.dumps(value, default=str)}"
+    else:
+        where = origin.name
+    return f"{where}: {reason}"
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _reason(detail: ErrorDetails) -> str:
+    kind, message = detail["type"], detail["msg"]
+    if kind == "missing":
+        return "required"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "must be a table"
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    elif message.startswith("Input should be "):
+        message = "must be " + message.removeprefix("Input should be ")
+        if kind.endswith(("_parsing", "_type")):
+            message = message.split(",")[0]  # "a valid integer", without pydantic's detail
+    return message
+
+
+def _dotted(path: Path_) -> str:
+    text = ""
+    for key in path:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
+    return text
+
+
+def _variable(path: Path_) -> str:
+    return PREFIX + NESTED.join(str(k).upper() for k in path)
+
+
+def _suggestion(model: type[BaseModel], loc: Path_) -> Path_ | None:
+    parent = annotation_at(model, loc[:-1])
+    if not (isinstance(parent, type) and issubclass(parent, BaseModel)):
+        return None
+    close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1, cutoff=0.7)
+    return (*loc[:-1], close[0]) if close else None
+
+
+# ---- all together ---------------------------------------------------------------------------
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
+def load(
+    model: type[M],
+    config_file: str | os.PathLike[str] | None,
+    overrides: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    flags: bool = False,
+) -> tuple[M, Sourced]:
+    """``model`` from ``config_file``, the environment and ``overrides`` (in rising priority).
+
+    With ``flags`` the overrides are reported as the command-line flags they came from.
+    """
+    sourced = Sourced()
+    if config_file is not None:
+        read_file(config_file, sourced)
+    read_environment(model, os.environ if environ is None else environ, sourced)
+    for name, value in overrides.items():
+        origin = Origin("flag", "--" + name.replace("_", "-")) if flags else LOAD
+        sourced.set((name,), value, origin)
+    try:
+        return model.model_validate(sourced.values), sourced
+    except ValidationError as exc:
+        raise explain(exc, model, sourced) from None
+
+
+def default_file(directory: str | os.PathLike[str] = ".") -> Path | None:
+    """``clarion.toml`` in ``directory`` when there is one: read when no file is named."""
+    path = Path(directory) / DEFAULT_FILE
+    return path if path.is_file() else None

@@ -1,0 +1,134 @@
+"""Reading settings from the environment and files, and naming the origin of a bad value."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import pytest
+
+from clarion import ConfigError, Settings
+from clarion.settings_sources import CLIENT_VARIABLES, annotation_at, load
+
+
+def _list_settings() -> list[str]:
+    return [
+        name
+        for name, field in Settings.model_fields.items()
+        if typing.get_origin(field.annotation) is list
+        and typing.get_args(field.annotation) == (str,)
+    ]
+
+
+def test_every_list_setting_takes_json_or_commas() -> None:
+    names = _list_settings()
+    assert "allowed_origins" in names and "webhook_allow_hosts" in names
+    for name in names:
+        variable = f"CLARION_{name.upper()}"
+        settings, _ = load(Settings, None, {}, environ={variable: " a.example , b.example,"})
+        assert getattr(settings, name) == ["a.example", "b.example"], name
+        settings, _ = load(Settings, None, {}, environ={variable: '["a,b", "c"]'})
+        assert getattr(settings, name) == ["a,b", "c"], name
+        settings, _ = load(Settings, None, {}, environ={variable: ""})
+        assert getattr(settings, name) == [], name
+
+
+def test_api_key_is_one_key_or_a_json_list() -> None:
+    settings, _ = load(Settings, None, {}, environ={"CLARION_API_KEY": "k1,k2"})
+    assert settings.api_keys == ["k1,k2"]
+    settings, _ = load(Settings, None, {}, environ={"CLARION_API_KEY": '["k1", "k2"]'})
+    assert settings.api_keys == ["k1", "k2"]
+
+
+def test_a_string_setting_is_never_parsed() -> None:
+    secret = '["not", "a list"]'
+    settings, _ = load(Settings, None, {}, environ={"CLARION_TOKEN_SECRET": secret})
+    assert settings.token_secret == secret
+
+
+def test_nested_variables_merge_with_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "clarion.toml"
+    config.write_text("[limits]\nmax_connections = 5\n[namespaces.chat]\nhistory_size = 7\n")
+    settings, sourced = load(
+        Settings,
+        config,
+        {"port": 0},
+        environ={
+            "CLARION_LIMITS__MAX_CONNECTIONS_PER_IP": "3",
+            "CLARION_NAMESPACES__CHAT__PRESENCE": "false",
+            "CLARION_URL": "http://elsewhere",
+            "PATH": "/bin",
+        },
+    )
+    assert (settings.limits.max_connections, settings.limits.max_connections_per_ip) == (5, 3)
+    chat = settings.namespace("chat")
+    assert (chat.history_size, chat.presence) == (7, False)
+    assert settings.port == 0
+    assert sourced.variables == [
+        "CLARION_LIMITS__MAX_CONNECTIONS_PER_IP",
+        "CLARION_NAMESPACES__CHAT__PRESENCE",
+    ]
+
+
+@pytest.mark.parametrize("variable", sorted(CLIENT_VARIABLES))
+def test_the_client_commands_variables_are_not_settings(variable: str) -> None:
+    settings, sourced = load(Settings, None, {}, environ={variable: "x"})
+    assert sourced.variables == [] and settings == Settings.model_validate({})
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"CLARION_": "1"}, "CLARION_: not a setting name (empty part between '__')"),
+        (
+            {"CLARION_LIMITS____X": "1"},
+            "CLARION_LIMITS____X: not a setting name (empty part between '__')",
+        ),
+        ({"CLARION_PORT__X": "1"}, "CLARION_PORT__X: port: must be a valid integer"),
+        ({"CLARION_HOST__X": "1"}, "CLARION_HOST__X: host: must be a valid string"),
+        (
+            {"CLARION_WEBHOOKS": "a,b"},
+            "CLARION_WEBHOOKS: webhooks[0]: must be a table\n"
+            "CLARION_WEBHOOKS: webhooks[1]: must be a table",
+        ),
+        ({"CLARION_NAMESPACES__CHAT": "5"}, "CLARION_NAMESPACES__CHAT=5: must be a table"),
+        ({"CLARION_INSECURE": "maybe"}, "CLARION_INSECURE=maybe: must be a valid boolean"),
+        ({"clarion_port": "x"}, "clarion_port=x: must be a valid integer"),
+    ],
+)
+def test_bad_variables_are_named(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(Settings, None, {}, environ=environ)
+    assert caught.value.message == message
+
+
+def test_many_errors_are_counted_beyond_five() -> None:
+    environ = {f"CLARION_UNKNOWN_{n}": "1" for n in range(8)}
+    with pytest.raises(ConfigError) as caught:
+        load(Settings, None, {}, environ=environ)
+    lines = caught.value.message.splitlines()
+    assert len(lines) == 6 and lines[-1] == "… and 3 more"
+
+
+def test_overrides_in_code_are_named_as_such() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(port=70000)
+    assert caught.value.message == "Settings.load(port=70000): must be less than or equal to 65535"
+
+
+def test_settings_built_in_code_read_the_environment_the_same_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLARION_ALLOWED_ORIGINS", "https://a.example,https://b.example")
+    assert Settings().allowed_origins == ["https://a.example", "https://b.example"]
+    monkeypatch.setenv("CLARION_NOT_A_SETTING", "1")
+    with pytest.raises(ValueError, match="not_a_setting"):
+        Settings()
+
+
+def test_annotation_at_follows_tables_lists_and_namespaces() -> None:
+    assert annotation_at(Settings, ("limits", "max_connections")) is int
+    assert annotation_at(Settings, ("namespaces", "anything", "history_size")) is int
+    assert annotation_at(Settings, ("webhooks", 0, "url")) is str
+    assert annotation_at(Settings, ("nothing",)) is None
+    assert annotation_at(Settings, ("port", "x")) is None

@@ -218,4 +218,3 @@ async def test_failing_to_listen_starts_nothing(start_server: Any) -> None:
     assert app.events == []
     await asyncio.wait_for(taken.shutdown(timeout=0), TIMEOUT)  # harmless afterwards
     assert app.events == []
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import typing
 from pathlib import Path
 
@@ -20,17 +21,33 @@ def _list_settings() -> list[str]:
     ]
 
 
+# Two valid entries for the list settings that check theirs.
+SAMPLES = {
+    "allowed_origins": ("https://a.example", "http://localhost:*"),
+    "trusted_proxies": ("10.0.0.0/8", "192.0.2.1"),
+}
+
+
 def test_every_list_setting_takes_json_or_commas() -> None:
     names = _list_settings()
     assert "allowed_origins" in names and "webhook_allow_hosts" in names
     for name in names:
         variable = f"CLARION_{name.upper()}"
-        settings, _ = load(Settings, None, {}, environ={variable: " a.example , b.example,"})
-        assert getattr(settings, name) == ["a.example", "b.example"], name
-        settings, _ = load(Settings, None, {}, environ={variable: '["a,b", "c"]'})
-        assert getattr(settings, name) == ["a,b", "c"], name
+        a, b = SAMPLES.get(name, ("a.example", "b.example"))
+        settings, _ = load(Settings, None, {}, environ={variable: f" {a} , {b},"})
+        assert getattr(settings, name) == [a, b], name
+        settings, _ = load(Settings, None, {}, environ={variable: json.dumps([b, a])})
+        assert getattr(settings, name) == [b, a], name
         settings, _ = load(Settings, None, {}, environ={variable: ""})
         assert getattr(settings, name) == [], name
+
+
+def test_a_bad_entry_is_shown_as_written() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(Settings, None, {}, environ={"CLARION_TRUSTED_PROXIES": "10.0.0.0/8,nonsense"})
+    assert caught.value.message == (
+        "CLARION_TRUSTED_PROXIES=10.0.0.0/8,nonsense: not an address or CIDR block: 'nonsense'"
+    )
 
 
 def test_api_key_is_one_key_or_a_json_list() -> None:

@@ -50,6 +50,7 @@ class Origin:
 
     kind: Literal["file", "variable", "flag", "code"]
     name: str  # the file's path, the variable's or flag's name, "Settings.load"
+    text: str | None = None  # a variable's value as written
 
 
 NOWHERE = Origin("code", "configuration")
@@ -141,9 +142,8 @@ def read_environment(model: type[BaseModel], environ: Mapping[str, str], into: S
         path = tuple(part.lower() for part in name[len(PREFIX) :].split(NESTED))
         if not all(path):
             raise ConfigError(f"{name}: not a setting name (empty part between '{NESTED}')")
-        into.set(
-            path, _parse_variable(name, raw, annotation_at(model, path)), Origin("variable", name)
-        )
+        value = _parse_variable(name, raw, annotation_at(model, path))
+        into.set(path, value, Origin("variable", name, raw))
         into.variables.append(name)
 
 
@@ -214,7 +214,7 @@ def _line(detail: ErrorDetails, model: type[BaseModel], sourced: Sourced) -> str
     if detail["type"] == "missing" or (at != loc and origin.kind != "file"):
         where = f"{origin.name}: {key}"
     elif origin.kind == "variable":
-        where = f"{origin.name}={_text(value)}"
+        where = f"{origin.name}={origin.text}"
     elif origin.kind == "flag":
         where = f"{origin.name} {_text(value)}"
     elif origin == LOAD:

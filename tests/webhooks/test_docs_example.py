@@ -33,7 +33,7 @@ async def test_docs_receiver_verifies_deliveries(
                 "/api/webhooks", json={"url": "http://127.0.0.1:9/", "channels": ["none"]}
             )
         ).json()
-    monkeypatch.setenv("CLARION_WEBHOOK_SECRET", created["secret"])
+    monkeypatch.setenv("WEBHOOK_SECRET", created["secret"])
     namespace: dict[str, Any] = {}
     exec(compile(receiver_example(), str(DOC), "exec"), namespace)
     handled: list[dict[str, Any]] = []

@@ -20,6 +20,10 @@ Modes: ``saturate`` (closed-loop publishing: at most ``--window`` publications n
 delivered to every subscriber), ``rate`` (open loop, ``--rate`` publications/s), ``idle``
 (connect, subscribe, measure the server's RSS, check one delivery), ``storm`` (drop every
 connection at once, reconnect with the last cursor, check nothing was lost; clarion only).
+
+Several nodes of one hub (the Redis engine): ``--also-port`` names the others. Subscribers
+and publishers are spread over all nodes, and in storm mode each client reconnects to the
+*next* node, so that every resume crosses nodes.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class LoadConfig:
     transport: str = "ws"  # ws | sse
     host: str = "127.0.0.1"
     port: int = 8000
+    also_ports: list[int] = dataclasses.field(default_factory=list)  # more nodes, same hub
     mode: str = "saturate"
     subscribers: int = 1000
     duration: float = 10.0  # measured seconds (saturate/rate) or publishing seconds (storm)
@@ -97,6 +102,8 @@ class LoadConfig:
             raise ValueError(f"unknown mode {self.mode!r}")
         if self.mode == "storm" and (self.server, self.transport) != ("clarion", "ws"):
             raise ValueError("storm mode needs clarion over WebSocket (cursor resume)")
+        if self.also_ports and self.server != "clarion":
+            raise ValueError("several nodes of one hub: clarion only")
         if self.subscribers < 1 or self.window < 1 or self.payload_size < 48:
             raise ValueError("subscribers>=1, window>=1, payload_size>=48 required")
 
@@ -860,6 +867,8 @@ class LoadGen:
         self.pub_errors = 0
         self.late = 0  # rate mode: ticks with no idle publisher connection
         self.pub_reopens = 0
+        self.ports = [cfg.port, *cfg.also_ports]
+        self.shift = 0  # storm: client i connects to ports[(i + shift) % len(ports)]
         self._tasks: set[asyncio.Future[None]] = set()
         self.result: dict[str, Any] = {"config": dataclasses.asdict(cfg)}
 
@@ -868,14 +877,19 @@ class LoadGen:
     def _source(self, i: int) -> str:
         return source_address(i, self.cfg.per_address)
 
-    async def _open(self, factory: Callable[[], asyncio.BaseProtocol], source: str) -> None:
+    def _port(self, i: int) -> int:
+        return self.ports[(i + self.shift) % len(self.ports)]
+
+    async def _open(
+        self, factory: Callable[[], asyncio.BaseProtocol], source: str, port: int
+    ) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
             sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((source, 0))
-            await self.loop.sock_connect(sock, (self.cfg.host, self.cfg.port))
+            await self.loop.sock_connect(sock, (self.cfg.host, port))
             await self.loop.create_connection(factory, sock=sock)
         except BaseException:
             sock.close()
@@ -887,9 +901,9 @@ class LoadGen:
         sampled = bool(every) and i % every == every // 2
         if cfg.transport == "sse":
             return SseSubscriber(
-                self.st, sse_request(cfg.host, cfg.port, self.ep.sub_path), sampled
+                self.st, sse_request(cfg.host, self._port(i), self.ep.sub_path), sampled
             )
-        request = ws_upgrade_request(cfg.host, cfg.port, self.ep.sub_path, self.ep.subprotocol)
+        request = ws_upgrade_request(cfg.host, self._port(i), self.ep.sub_path, self.ep.subprotocol)
         subscribe = None
         if self.ep.expect_reply:
             since = client.cursor if client is not None else None
@@ -908,7 +922,7 @@ class LoadGen:
             while time.monotonic() < deadline:
                 sub = self._make_sub(i, client)
                 try:
-                    await self._open(lambda sub=sub: sub, self._source(i))
+                    await self._open(lambda sub=sub: sub, self._source(i), self._port(i))
                     ok = await asyncio.wait_for(sub.ready, max(0.1, deadline - time.monotonic()))
                 except (OSError, TimeoutError, RuntimeError) as exc:
                     self.st.error(f"connect_{type(exc).__name__}")
@@ -943,10 +957,12 @@ class LoadGen:
 
     async def open_publishers(self, n: int) -> None:
         for _ in range(n):
+            port = self.ports[(len(self.pubs) + self.pub_reopens) % len(self.ports)]
+            publisher = Publisher(self.cfg.host, port, self._pub_done, self._pub_lost)
             _, proto = await self.loop.create_connection(
-                lambda: Publisher(self.cfg.host, self.cfg.port, self._pub_done, self._pub_lost),
+                lambda publisher=publisher: publisher,  # type: ignore[misc]
                 self.cfg.host,
-                self.cfg.port,
+                port,
             )
             self.pubs.append(cast(Publisher, proto))
             self.idle_pubs.append(cast(Publisher, proto))
@@ -1228,6 +1244,7 @@ class LoadGen:
         offset_at_drop = st.pub_last_offset
         await asyncio.sleep(cfg.storm_away)  # publications go on: clients must resume them
         missed = st.pub_last_offset - offset_at_drop
+        self.shift += 1  # with several nodes, every client resumes on another one
         connect_error = None
         try:
             await self.connect_all(max(cfg.reconnect_deadline * 3, 30.0))
@@ -1328,6 +1345,13 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
     p.add_argument("--transport", choices=TRANSPORTS, default=defaults.transport)
     p.add_argument("--host", default=defaults.host)
     p.add_argument("--port", type=int, default=defaults.port)
+    p.add_argument(
+        "--also-port",
+        type=int,
+        action="append",
+        default=[],
+        help="another node of the same hub (Redis engine); repeat for more",
+    )
     p.add_argument("--mode", choices=MODES, default=defaults.mode)
     p.add_argument("--subscribers", type=int, default=defaults.subscribers)
     p.add_argument("--duration", type=float, default=defaults.duration)
@@ -1347,6 +1371,7 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         transport=a.transport,
         host=a.host,
         port=a.port,
+        also_ports=a.also_port,
         mode=a.mode,
         subscribers=a.subscribers,
         duration=a.duration,

@@ -13,7 +13,9 @@ Scenarios:
   p2  publish-to-receive latency at --p2-subscribers x --p2-rate publications/s (WebSocket)
   p3  server RSS per idle subscribed WebSocket connection at --p3-connections
   p4  SSE fan-out at saturation, --sizes subscribers
-  p5  reconnect storm: --p5-clients dropped at once resume with their cursor (clarion only)
+  p5  reconnect storm: --p5-clients dropped at once resume with their cursor (clarion only);
+      with --p5-engine redis --p5-nodes 2, on two nodes sharing a Redis, every client resuming
+      on the other node
 """
 
 from __future__ import annotations
@@ -101,27 +103,50 @@ def measure(
     workroot: Path,
     log_dir: Path,
     env: dict[str, str] | None = None,
+    engine: str = "memory",
+    nodes: int = 1,
 ) -> Record:
+    """One measurement. With ``engine="redis"``, a Redis and ``nodes`` clarion nodes on it,
+    all on the server's core; their CPU together is the server CPU."""
     rec: Record = {"scenario": scenario, "server": server, "transport": transport}
     rec["subscribers"] = lg_args.get("subscribers")
     rec["env"] = env or {}
+    rec["engine"] = engine
+    rec["nodes"] = nodes
     t0 = time.monotonic()
+    started: list[srv.Server] = []
     try:
-        server_proc = srv.start_server(server, transport, workroot, core=SERVER_CORE, env_extra=env)
+        node_env = dict(env or {})
+        if engine == "redis":
+            redis = srv.start_redis(workroot, core=SERVER_CORE)
+            started.append(redis)
+            node_env["CLARION_ENGINE"] = f"redis://127.0.0.1:{redis.port}/0"
+        for _ in range(nodes):
+            started.append(
+                srv.start_server(server, transport, workroot, core=SERVER_CORE, env_extra=node_env)
+            )
     except srv.ServerError as exc:
+        for proc in started:
+            proc.stop()
         rec["error"] = f"server failed to start: {exc}"
         return rec
+    node_procs = [p for p in started if p.name != "redis"]
+    server_proc = node_procs[0]
     rec["server_command"] = shlex.join(server_proc.command)
     rec["server_env"] = server_proc.env
     try:
         time.sleep(0.3)
         args = dict(lg_args)
         args.update(server=server, transport=transport, port=server_proc.port)
-        args["server_pid"] = [server_proc.pid]
+        if len(node_procs) > 1:
+            args["also_port"] = [p.port for p in node_procs[1:]]
+        args["server_pid"] = [p.pid for p in started]
         budget = float(args.get("timeout", 240))
         cmd = loadgen_command(args)
         rec["loadgen_command"] = shlex.join(cmd)
         name = f"{scenario}-{server}-{transport}-{lg_args.get('subscribers')}"
+        if engine != "memory":
+            name += f"-{engine}-{nodes}"
         if env:
             name += "-" + "-".join(env.values())
         try:
@@ -142,13 +167,16 @@ def measure(
         rec["result"] = result
         if "error" in result:
             rec["error"] = result["error"]
-        if not server_proc.alive():
-            rec["error"] = "server died during the run: " + server_proc.log_tail(5)
+        for proc in started:
+            if not proc.alive():
+                rec["error"] = f"{proc.name} died during the run: " + proc.log_tail(5)
     finally:
-        server_proc.stop()
-        (log_dir / f"{scenario}-{server}-{transport}-server.log").write_text(
-            server_proc.log_tail(200)
-        )
+        for i, proc in reversed(list(enumerate(started))):  # the nodes before their Redis
+            proc.stop()
+            suffix = "" if len(started) == 1 else f"-{proc.name}{i}"
+            (log_dir / f"{scenario}-{server}-{transport}-server{suffix}.log").write_text(
+                proc.log_tail(200)
+            )
     rec["seconds"] = round(time.monotonic() - t0, 1)
     return rec
 
@@ -497,8 +525,14 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
         out += fanout_tables(records, "p4", sizes)
         out += [""]
     if "p5" in scen:
+        where = ""
+        if args.get("p5_engine", "memory") == "redis":
+            where = (
+                f", {args.get('p5_nodes', 1)} node(s) on one Redis (all on the server's core); "
+                "each client resumes on another node than the one it left"
+            )
         out += [
-            f"## P5 - reconnect storm, {args['p5_clients']:,} clients (clarion)",
+            f"## P5 - reconnect storm, {args['p5_clients']:,} clients (clarion{where})",
             "",
             f"All clients subscribed, publications at {args['p5_rate']:g}/s over HTTP; after "
             "3 s every connection is dropped at once (RST); 1 s later all reconnect at once "
@@ -671,6 +705,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--p3-connections", type=int, default=10000)
     p.add_argument("--p5-clients", type=int, default=10000)
     p.add_argument("--p5-rate", type=float, default=5.0)
+    p.add_argument(
+        "--p5-engine",
+        choices=("memory", "redis"),
+        default="memory",
+        help="p5 on the memory engine (one node) or on a Redis started for the run",
+    )
+    p.add_argument("--p5-nodes", type=int, default=1, help="p5: clarion nodes (redis engine)")
     p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="'-' to skip")
     p.add_argument("--plot", default=str(HERE / "img" / "fanout.png"))
     p.add_argument("--results-dir", default=str(HERE / "results"))
@@ -697,6 +738,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in wanted:
         if s not in ALL_SERVERS:
             raise SystemExit(f"unknown server {s}")
+    if a.p5_nodes < 1 or (a.p5_nodes > 1 and a.p5_engine != "redis"):
+        raise SystemExit("--p5-nodes > 1 needs --p5-engine redis (nodes must share an engine)")
     if os.cpu_count() is not None and (os.cpu_count() or 0) < 2:
         raise SystemExit("needs 2 cores: one for the server, one for the load generator")
     os.sched_setaffinity(0, {GENERATOR_CORE})  # keep the runner off the server's core
@@ -757,6 +800,7 @@ def main(argv: list[str] | None = None) -> int:
         elif scenario == "p5" and "clarion" in active:
             args = dict(common, mode="storm", subscribers=a.p5_clients, rate=a.p5_rate)
             args.update(sample=0, duration=3.0)
+            args["cluster"] = (a.p5_engine, a.p5_nodes)
             plan.append((scenario, "clarion", "ws", args))
 
     report: dict[str, Any] = {
@@ -783,9 +827,18 @@ def main(argv: list[str] | None = None) -> int:
             rec: Record = {}
             for attempt in range(1 + max(0, a.retries)):
                 quiet = wait_quiet(a.quiet_threshold, a.quiet_wait)
-                lg_args = {k: v for k, v in args.items() if k != "env"}
+                lg_args = {k: v for k, v in args.items() if k not in ("env", "cluster")}
+                engine, nodes = args.get("cluster", ("memory", 1))
                 new = measure(
-                    scenario, server, transport, lg_args, workroot, log_dir, args.get("env")
+                    scenario,
+                    server,
+                    transport,
+                    lg_args,
+                    workroot,
+                    log_dir,
+                    args.get("env"),
+                    engine=engine,
+                    nodes=nodes,
                 )
                 new["quiet_before"] = quiet
                 new["attempt"] = attempt + 1

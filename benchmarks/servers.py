@@ -188,6 +188,48 @@ def start_server(
     )
 
 
+def redis_ping(port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(workroot: Path, core: int | None = 1, ready_timeout: float = 10.0) -> Server:
+    """A ``redis-server`` on a free port, nothing persisted: the engine of clarion nodes."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServerError("redis-server is not installed")
+    port = free_port()
+    workdir = workroot / f"redis-{port}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "server.log"
+    # fmt: off
+    cmd = [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--daemonize", "no", "--dir", str(workdir), "--loglevel", "warning",
+    ]
+    # fmt: on
+    if core is not None:
+        cmd = ["taskset", "-c", str(core), *cmd]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    server = Server("redis", "resp", port, cmd, proc, workdir, log)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise ServerError(f"redis-server exited at startup: {server.log_tail()}")
+        if redis_ping(port):
+            return server
+        time.sleep(0.05)
+    server.stop()
+    raise ServerError(f"redis-server did not answer PING within {ready_timeout}s")
+
+
 # --------------------------------------------------------------------------------------------
 # Availability and versions
 
@@ -261,5 +303,6 @@ def versions() -> dict[str, str]:
         v["ws"] = str(pkg["version"])
     except (OSError, ValueError, KeyError):
         v["ws"] = "not installed"
+    v["redis"] = _run(["redis-server", "--version"]).split(" v=")[-1].split(" ")[0] or "?"
     v["kernel"] = os.uname().release
     return v

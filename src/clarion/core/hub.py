@@ -824,6 +824,8 @@ class Hub:
         for channel in channels:
             try:
                 await self._leave(session, channel)
+            except ClarionError as exc:  # e.g. the engine is unreachable: entries expire
+                log.warning("presence cleanup failed for %s: %s", channel, exc.message)
             except Exception:
                 log.warning("presence cleanup failed for %s", channel, exc_info=True)
 

@@ -53,6 +53,18 @@ class NamespaceOptions(BaseModel):
     join_leave: bool = Field(
         False, description="push join/leave events to subscribers (needs presence)"
     )
+    presence_read: Literal["subscribers", "anyone", "token"] = Field(
+        "subscribers",
+        description='who may read presence (the presence op, join/leave events): "subscribers" '
+        '= sessions with a token subscribed to the channel; "anyone" = whoever may subscribe, '
+        'anonymous included; "token" = only tokens whose `presence` claim matches (that claim '
+        "grants it under every setting)",
+    )
+    presence_info: bool = Field(
+        False,
+        description="show the token's `info` to clients in presence and join/leave events "
+        "(the server API always sees it)",
+    )
     slow_consumer: Literal["disconnect", "conflate"] = Field(
         "disconnect", description="what happens when a session's send queue overflows"
     )

@@ -188,8 +188,10 @@ class _Connection:
             return history_body(hub, cmd.channel, history, reason)
         if op == "presence":
             assert cmd.channel is not None
-            hub.auth.check_subscribe(session.credentials, cmd.channel)
-            return {"clients": [e.to_dict() for e in await hub.presence(cmd.channel)]}
+            subscribed = cmd.channel in session.subscriptions
+            hub.auth.check_presence(session.credentials, cmd.channel, subscribed=subscribed)
+            info = hub.options(cmd.channel).presence_info
+            return {"clients": [e.to_dict(info=info) for e in await hub.presence(cmd.channel)]}
         if op in ("connect", "refresh"):
             return self.authenticate(cmd)
         raise CommandError(f"unknown op {op!r}", cmd.id, code="unknown_op")  # pragma: no cover

@@ -26,6 +26,7 @@ class Credentials:
     user: str | None
     channels: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
+    presence: tuple[str, ...] = ()  # patterns whose presence may be read without subscribing
     info: dict[str, Any] | None = None
     expires_at: float | None = None
     token_id: str | None = None
@@ -188,6 +189,7 @@ class Authenticator:
             user=sub,
             channels=_patterns(claims, "channels"),
             publish=_patterns(claims, "publish"),
+            presence=_patterns(claims, "presence"),
             info=info,
             expires_at=claims["exp"],
             token_id=claims.get("jti") if isinstance(claims.get("jti"), str) else None,
@@ -204,6 +206,29 @@ class Authenticator:
         if creds.user is None:
             raise Unauthorized(f"a token is needed to subscribe to {channel!r}")
         raise Forbidden(f"not allowed to subscribe to {channel!r}")
+
+    def check_presence(self, creds: Credentials, channel: str, *, subscribed: bool) -> None:
+        """May this session read who is on ``channel`` (``subscribed``: is it subscribed)?"""
+        if creds.trusted or matches_any(creds.presence, channel):
+            return
+        rule = self.settings.namespace(namespace_of(channel)).presence_read
+        if rule == "anyone":
+            self.check_subscribe(creds, channel)
+            return
+        if rule == "subscribers" and subscribed and creds.user is not None:
+            return
+        if creds.user is None:
+            raise Unauthorized(f"a token is needed to read the presence of {channel!r}")
+        if rule == "subscribers":
+            raise Forbidden(f"subscribe to {channel!r} to read its presence")
+        raise Forbidden(f"not allowed to read the presence of {channel!r}")
+
+    def may_read_presence(self, creds: Credentials, channel: str, *, subscribed: bool) -> bool:
+        try:
+            self.check_presence(creds, channel, subscribed=subscribed)
+        except (Unauthorized, Forbidden):
+            return False
+        return True
 
     def check_publish(self, creds: Credentials, channel: str) -> None:
         if not self.settings.namespace(namespace_of(channel)).client_publish:

@@ -297,8 +297,11 @@ class Hub:
         local = self.local.get(channel)
         if local is None:
             return
+        # Presence events go to the subscribers who may read the channel's presence only.
+        may_read = self.auth.may_read_presence
         for sub in local.subscriptions():
-            sub.session.transport.send_event(channel, kind, event)
+            if may_read(sub.session.credentials, channel, subscribed=True):
+                sub.session.transport.send_event(channel, kind, event)
 
     def on_control(self, command: str, payload: dict[str, Any]) -> None:
         if command == "disconnect":
@@ -800,10 +803,10 @@ class Hub:
         await self.engine.presence_add(channel, entry)
         if self.lifecycle_listeners:
             self.emit("join", {"channel": channel, **entry.to_dict()})
-        if self.options(channel).join_leave:
-            await self.engine.broadcast_event(
-                channel, "join", {"channel": channel, **entry.to_dict()}
-            )
+        options = self.options(channel)
+        if options.join_leave:
+            shown = entry.to_dict(info=options.presence_info)
+            await self.engine.broadcast_event(channel, "join", {"channel": channel, **shown})
         if session.closed or channel not in session.subscriptions:
             await self._leave(session, channel)
 
@@ -815,10 +818,11 @@ class Hub:
         await self.engine.presence_remove(channel, session.id)
         if self.lifecycle_listeners:
             self.emit("leave", {"channel": channel, **self._session_info(session)})
-        if not self.options(channel).join_leave:
+        options = self.options(channel)
+        if not options.join_leave:
             return
-        entry = self._presence_entry(session)
-        await self.engine.broadcast_event(channel, "leave", {"channel": channel, **entry.to_dict()})
+        shown = self._presence_entry(session).to_dict(info=options.presence_info)
+        await self.engine.broadcast_event(channel, "leave", {"channel": channel, **shown})
 
     async def _leave_all(self, session: Session, channels: list[str]) -> None:
         for channel in channels:

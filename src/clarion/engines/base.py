@@ -45,14 +45,15 @@ class PresenceEntry:
     # server API only, never to other clients.
     address: str | None = field(default=None)
 
-    def to_dict(self, *, address: bool = False) -> dict[str, Any]:
-        """The entry as clients see it; ``address=True`` adds the address (server side)."""
+    def to_dict(self, *, address: bool = False, info: bool = True) -> dict[str, Any]:
+        """The entry as the server API sees it; ``address=True`` adds the address, ``info=False``
+        leaves out the token's ``info`` (for clients, unless the namespace shares it)."""
         out: dict[str, Any] = {
             "client": self.client,
             "user": self.user,
             "transport": self.transport,
         }
-        if self.info is not None:
+        if info and self.info is not None:
             out["info"] = self.info
         if address and self.address is not None:
             out["address"] = self.address

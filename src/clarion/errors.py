@@ -8,7 +8,7 @@ machine-readable ``code`` (the string sent to clients and in API error bodies) a
     ├── ClientError            the peer sent something wrong; answered, never logged as a failure
     │   ├── BadRequest         malformed frame, unknown op, missing or mistyped field
     │   ├── BadChannel         channel name outside the grammar
-    │   ├── BadCursor          garbage, tampered or foreign cursor
+    │   ├── BadCursor          garbage, corrupted or foreign cursor
     │   ├── Unauthorized       missing, invalid or expired token / API key
     │   ├── Forbidden          valid identity, but not allowed to do this
     │   ├── NotFound           unknown resource

@@ -5,12 +5,15 @@ STOMP ``x-since``. Layout before base64url (no padding)::
 
     version:u8  count:varint  { channel_tag:8  epoch_len:u8  epoch  offset:varint }*  check:4
 
-``channel_tag`` is a keyed BLAKE2b digest of the channel name: cursors stay short however long the
+``channel_tag`` is a BLAKE2b digest of the channel name: cursors stay short however long the
 names are, and a cursor given for the wrong channel is recognised (every transport names its
 channels next to the cursor). ``check`` is a BLAKE2b digest of everything before it, so a cursor
-that was truncated, edited or corrupted is rejected with :class:`BadCursor` instead of being
-misread. It is an integrity check, not a secret: a cursor grants nothing by itself, channel
-permissions are checked separately.
+that was truncated or corrupted is rejected with :class:`BadCursor` instead of being misread.
+
+Neither digest is keyed: cursors are positions, not credentials. Anyone can build a valid cursor
+for any channel and position, and that grants nothing — channel permissions are checked on every
+read, and a position the hub never issued is answered like any other (replayed from history, or
+reset with ``position`` or ``epoch``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,113 @@
+"""Cursors are positions, not credentials: anyone can build one from the documented layout, and
+that grants nothing — every read checks the channel's permission, and a made-up position is
+treated like any other (replayed, or reset). Only corruption is refused (`bad_cursor`)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from hashlib import blake2b
+from typing import Any
+
+import pytest
+
+from clarion.core.auth import mint_token
+
+from ..conftest import RunningHub
+from ..stomp.client import stomp
+from ..transports.streams import poll, sse
+
+SECRET = "a-long-enough-test-secret-0123456789"
+KEY = "backend-key"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def forge(positions: dict[str, tuple[str, int]]) -> str:
+    """A cursor built from the layout in the protocol reference, without clarion's code."""
+    body = bytearray(b"\x01") + _varint(len(positions))
+    for channel, (epoch, offset) in positions.items():
+        body += blake2b(channel.encode(), digest_size=8, person=b"clarion.chan").digest()
+        body += bytes([len(epoch)]) + epoch.encode() + _varint(offset)
+    body += blake2b(bytes(body), digest_size=4, person=b"clarion.cursor").digest()
+    return base64.urlsafe_b64encode(bytes(body)).rstrip(b"=").decode()
+
+
+@pytest.fixture
+async def hub(hub_factory: Callable[..., Any]) -> RunningHub:
+    running: RunningHub = await hub_factory(token_secret=SECRET, api_key=KEY)
+    return running
+
+
+def bearer(channels: list[str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(SECRET, 'mallory', channels)}"}
+
+
+async def test_anyone_can_build_the_hubs_cursors(hub: RunningHub) -> None:
+    published = await hub.publish("feed:a", 1)
+    assert forge({"feed:a": (published["epoch"], published["offset"])}) == published["cursor"]
+
+
+async def test_a_built_cursor_opens_no_channel(hub: RunningHub) -> None:
+    published = await hub.publish("secret:x", "hidden")
+    cursor = forge({"secret:x": (published["epoch"], 0)})
+    headers = bearer(["feed:*"])
+    async with hub.ws(additional_headers=headers) as ws:
+        assert (await ws.subscribe("secret:x", since=cursor))["error"]["code"] == "forbidden"
+        reply = await ws.call("history", channel="secret:x", since=cursor)
+        assert reply["error"]["code"] == "forbidden"
+    async with hub.http(headers=headers) as http:
+        for path in ("/sse", "/poll"):
+            r = await http.get(path, params={"channel": "secret:x", "cursor": cursor, "timeout": 0})
+            assert r.status_code == 403, r.text
+        r = await http.get(
+            "/sse", params={"channel": "secret:x"}, headers={"Last-Event-ID": cursor}
+        )
+        assert r.status_code == 403
+    async with stomp(hub) as client:
+        await client.connect(passcode=headers["Authorization"].removeprefix("Bearer "))
+        await client.send("SUBSCRIBE", id="1", destination="/topic/secret\\cx", x_since=cursor)
+        assert (await client.expect("ERROR")).headers["x-close-code"] == "4502"
+
+
+async def test_a_built_position_is_replayed_or_reset_like_any_other(hub: RunningHub) -> None:
+    pubs = [await hub.publish("feed:a", n) for n in range(5)]
+    epoch = pubs[0]["epoch"]
+    async with hub.ws(additional_headers=bearer(["feed:*"])) as ws:
+        # Inside history: the publications after it, as for a cursor the hub issued.
+        reply = await ws.subscribe("feed:a", since=forge({"feed:a": (epoch, 2)}))
+        assert reply["ok"]["recovered"] is True
+        assert [(await ws.recv())["data"] for _ in range(3)] == [2, 3, 4]
+        await ws.call("unsubscribe", channel="feed:a")
+        # Past the top, or of another epoch: a reset, then live publications.
+        for made_up, reason in [((epoch, 99), "position"), (("forged-epoch", 3), "epoch")]:
+            reply = await ws.subscribe("feed:a", since=forge({"feed:a": made_up}))
+            assert reply["ok"]["reset"] == reason
+            assert (await ws.recv())["reset"]["reason"] == reason
+            await ws.call("unsubscribe", channel="feed:a")
+    async with hub.http(headers=bearer(["feed:*"])) as http:
+        body = await poll(http, "feed:a", cursor=forge({"feed:a": (epoch, 3)}), timeout=0)
+        assert [p["data"] for p in body["publications"]] == [3, 4]
+    async with sse(
+        hub, "feed:a", headers=bearer(["feed:*"]), cursor=forge({"feed:a": (epoch, 4)})
+    ) as stream:
+        await stream.opening()
+        assert [p["data"] for _, p in await stream.messages(1)] == [4]
+
+
+async def test_only_corruption_is_refused(hub: RunningHub) -> None:
+    published = await hub.publish("feed:a", 1)
+    good = forge({"feed:a": (published["epoch"], 0)})
+    raw = bytearray(base64.urlsafe_b64decode(good + "=" * (-len(good) % 4)))
+    raw[12] ^= 0x01  # one bit of the epoch, checksum left as it was
+    flipped = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    async with hub.ws(additional_headers=bearer(["feed:*"])) as ws:
+        for bad in (flipped, good[:-3], forge({"feed:b": (published["epoch"], 0)})):
+            assert (await ws.subscribe("feed:a", since=bad))["error"]["code"] == "bad_cursor"

@@ -149,7 +149,10 @@ def origin_allowed(hub: Hub, scope: Scope) -> bool:
         return settings.allow_no_origin
     # Compared with configured origins only, never with the request's own Host: a Host header
     # is whatever the client's DNS made of the name (DNS rebinding).
-    return _policy(hub).origins.allows(origin, public_scheme(hub, scope))
+    origins = _policy(hub).origins
+    if origins.loopback_only:  # the only rule that needs the public scheme
+        return origins.allows(origin, public_scheme(hub, scope))
+    return origins.allows(origin)
 
 
 def check_origin(hub: Hub, scope: Scope) -> None:

@@ -127,9 +127,9 @@ class OriginPolicy:
         self.rules = tuple(OriginRule(entry) for entry in allowed if entry != "*")
         self.loopback_only = loopback_only
 
-    def allows(self, value: str, public_scheme: str) -> bool:
+    def allows(self, value: str, public_scheme: str = "http") -> bool:
         """Is the ``Origin`` header ``value`` allowed on a request the public reached over
-        ``public_scheme`` (``http``/``https``)?"""
+        ``public_scheme`` (``http``/``https``; only the loopback rule reads it)?"""
         if self.any:
             return True
         origin = parse_origin(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import configparser
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -305,6 +306,29 @@ async def test_resume_on_every_transport_after_nginx_reloads(proxied: Proxied) -
             "/poll", params={"channel": "chat:r", "token": token, "cursor": cursor, "timeout": "0"}
         )
         assert [p["data"] for p in polled.json()["publications"]] == missed
+
+
+def _seconds(value: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m|h)?", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[unit]
+
+
+def test_documented_read_timeouts_outlast_the_hubs_silences() -> None:
+    """nginx closes an upstream that is silent for proxy_read_timeout (60 s by default)."""
+    (site,) = fenced("nginx")
+    timeouts = {
+        match.group(1): _seconds(match.group(2))
+        for match in re.finditer(
+            r"location\s+(?:=\s+|~\s+)?(\S+)\s*\{[^}]*?proxy_read_timeout\s+(\w+);", site
+        )
+    }
+    defaults = Settings()
+    limits = defaults.limits
+    assert timeouts["^/(ws|stomp)$"] > limits.ping_interval + limits.pong_timeout
+    assert timeouts["/sse"] > defaults.sse.heartbeat
+    assert timeouts["/poll"] > defaults.poll.timeout_max
+    buffered = re.search(r"location = /sse \{[^}]*\}", site)
+    assert buffered is not None and "proxy_buffering off;" in buffered.group(0)
 
 
 def test_the_systemd_unit_runs_the_documented_command(tmp_path: Path) -> None:

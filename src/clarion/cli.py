@@ -146,7 +146,6 @@ def _listen_error(exc: OSError) -> str:
 
 
 async def _serve(loaded: Loaded) -> int:
-    from clarion.core.auth import auth_notes
     from clarion.hub import Hub
     from clarion.server import LifespanFailed
     from clarion.standalone import make_server
@@ -177,8 +176,6 @@ async def _serve(loaded: Loaded) -> int:
             settings.host,
             server.port,
         )
-    for note in auth_notes(settings):
-        log.warning(note)
     log.info("clarion %s listening on http://%s:%d", __version__, settings.host, server.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

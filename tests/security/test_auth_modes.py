@@ -158,3 +158,13 @@ def test_notes_name_the_missing_key() -> None:
     assert "token_secret" in only_key and "anonymous" in only_key
     (only_secret,) = auth_notes(Settings(token_secret=SECRET))
     assert "api_key" in only_secret
+
+
+async def test_an_embedded_hub_says_it_too(caplog: pytest.LogCaptureFixture) -> None:
+    from clarion import Hub
+
+    hub = Hub(Settings(token_secret=SECRET))
+    with caplog.at_level("WARNING", logger="clarion.hub"):
+        await hub.start()
+        await hub.close()
+    assert any("no api_key" in r.getMessage() for r in caplog.records), caplog.records

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from clarion.core.admission import Admission
-from clarion.core.auth import Authenticator, Credentials
+from clarion.core.auth import Authenticator, Credentials, auth_notes
 from clarion.core.fanout import LocalChannel, Push, Subscription, WireFormat, publication_cursor
 from clarion.core.limits import Revocations
 from clarion.core.metrics import Stats, make_registry, render
@@ -122,6 +122,8 @@ class Hub:
             self._sync_revocations_forever(), name="clarion-revocation-sync"
         )
         log.info("hub started (engine=%s)", self.engine.name)
+        for note in auth_notes(self.settings):  # embedded hubs say it too, not only the CLI
+            log.warning(note)
 
     async def close(self, code: int = CloseCode.SHUTDOWN) -> None:
         """Close every session with ``code`` (default: reconnect elsewhere) and the engine."""

@@ -302,3 +302,66 @@ async def test_unrecoverable_gap_resets_once_then_goes_on_live() -> None:
         assert rec.offsets() == [1, 4, 5, 6]  # then live again, in order
     finally:
         await hub.close()
+
+
+class LaggingDelivery(MemoryEngine):
+    """Publications reach the hub a few loop iterations after they are in history, as over a
+    networked engine's pub/sub: a history read may return what this node has not delivered."""
+
+    LAG = 8  # loop iterations
+
+    async def start(self, sink: Any) -> None:
+        self.hub = sink
+        await super().start(self)
+
+    async def history(self, *args: Any, **kw: Any) -> Any:
+        await asyncio.sleep(0)
+        return self.history_now(*args, **kw)
+
+    def on_publication(self, pub: Publication, hops: int = LAG) -> None:
+        if hops == 0:
+            self.hub.on_publication(pub)
+        else:  # call_soon is FIFO: publications keep their order
+            asyncio.get_running_loop().call_soon(self.on_publication, pub, hops - 1)
+
+    def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
+        self.hub.on_event(channel, kind, event)
+
+    def on_control(self, command: str, payload: dict[str, Any]) -> None:
+        self.hub.on_control(command, payload)
+
+
+async def test_a_subscriber_reading_ahead_of_live_delivery_takes_nothing_from_the_others() -> None:
+    settings = Settings(namespaces={"default": {"history_size": 1000}})
+    hub = Hub(settings, engine=LaggingDelivery())
+    await hub.start()
+    try:
+        live, _ = await subscribe(hub, None)
+        first = await hub.publish("c", 0)
+        since = encode_single("c", first.epoch, first.offset)
+        resumed: list[Recorder] = []
+        fresh: list[Recorder] = []
+
+        async def publisher() -> None:
+            for n in range(1, 200):
+                await hub.publish("c", n)
+                await asyncio.sleep(0)
+
+        async def subscriber(delay: int, resume: bool) -> None:
+            for _ in range(delay):
+                await asyncio.sleep(0)
+            rec, _ = await subscribe(hub, since if resume else None)
+            (resumed if resume else fresh).append(rec)
+
+        # Subscribers join while publications are in history but not yet delivered here.
+        await asyncio.gather(publisher(), *(subscriber(d, d % 2 == 0) for d in range(3, 180, 7)))
+        for _ in range(LaggingDelivery.LAG + 2):
+            await asyncio.sleep(0)
+        assert live.offsets() == list(range(1, 201))
+        for rec in resumed:
+            assert rec.offsets() == list(range(2, 201)) and rec.resets() == []
+        for rec in fresh:
+            offsets = rec.offsets()
+            assert offsets and offsets == list(range(offsets[0], 201)) and rec.resets() == []
+    finally:
+        await hub.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Iterable
+from typing import Any
 
 import pytest
 import websockets
@@ -92,14 +94,38 @@ async def test_unknown_epoch_gets_reset(hub: RunningHub) -> None:
         assert (await ws.recv())["reset"]["reason"] == "epoch"
 
 
-async def test_many_subscribers_same_bytes(hub: RunningHub) -> None:
+async def test_many_subscribers_same_bytes(
+    hub: RunningHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with contextlib.AsyncExitStack() as stack:
         conns = [await stack.enter_async_context(hub.ws()) for _ in range(20)]
         for ws in conns:
             await ws.subscribe("fan")
+        # Every subscriber is live under one wire format: spy on that format's encoder and on
+        # its fan-out loop (both still run), to see what each connection is handed.
+        [(fmt, targets)] = hub.hub.local["fan"].by_format.items()
+        assert len(targets) == 20
+        encodings: list[object] = []
+        handed: list[tuple[int, object]] = []
+        encode, deliver = fmt.encode, fmt.deliver
+
+        def counting_encode(pub: Any) -> Any:
+            encodings.append(encode(pub))
+            return encodings[-1]
+
+        def recording_deliver(to: Iterable[Any], data: Any) -> None:
+            to = list(to)
+            handed.append((len(to), data))
+            deliver(to, data)
+
+        monkeypatch.setattr(fmt, "encode", counting_encode)
+        monkeypatch.setattr(fmt, "deliver", recording_deliver)
         await hub.publish("fan", {"n": 1})
         received = [await ws.conn.recv() for ws in conns]
-        assert len(set(received)) == 1  # one encoding shared by every subscriber
+        assert len(encodings) == 1  # encoded once for all twenty
+        assert sum(n for n, _ in handed) == 20
+        assert all(data is encodings[0] for _, data in handed)  # the very same bytes object
+        assert len(set(received)) == 1
 
 
 async def test_publish_history_presence_ops(hub: RunningHub) -> None:

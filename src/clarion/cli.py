@@ -209,6 +209,16 @@ def _api_headers(args: argparse.Namespace) -> dict[str, str]:
     return {"Authorization": f"apikey {key}"} if key else {}
 
 
+def refused(action: str, response: Any) -> ClarionError:
+    """The hub's answer to a server API call that failed, as the CLI reports it."""
+    from clarion.client.api import failure
+
+    error = failure(response)
+    return ClarionError(
+        f"{action} refused (HTTP {error.status}, {error.code}): {error.message}", code=error.code
+    )
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     import httpx
 
@@ -224,13 +234,26 @@ def cmd_publish(args: argparse.Namespace) -> int:
         )
     except httpx.HTTPError as exc:
         raise ClarionError(f"cannot reach {args.url}: {exc}", code="unreachable") from None
+    if response.status_code != 200:
+        raise refused("publish", response)
     sys.stdout.write(response.text.rstrip("\n") + "\n")
-    return 0 if response.status_code == 200 else 1
+    return 0
+
+
+def _show_client_progress() -> None:
+    """The client's connection lines (connecting, retrying, lost, connected) on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("clarion: %(message)s"))
+    client_log = logging.getLogger("clarion.client")
+    client_log.addHandler(handler)
+    client_log.setLevel(logging.INFO)
+    client_log.propagate = False
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
     from clarion.client import run_subscribe
 
+    _show_client_progress()
     try:
         return asyncio.run(
             run_subscribe(

@@ -53,14 +53,20 @@ async def test_serve_publish_subscribe_resume(hub_process: Any) -> None:
         await sub.wait()
 
 
-async def test_publish_errors_exit_non_zero(hub_process: Any) -> None:
+async def test_publish_errors_are_one_line_on_stderr(hub_process: Any) -> None:
     hub = await hub_process()
-    code, out, _ = await run("publish", "bad channel", "1", "--url", hub.http_url)
-    assert code == 1 and json.loads(out)["error"]["code"] == "bad_channel"
-    code, _, err = await run("publish", "c", "{not json", "--url", hub.http_url)
-    assert code == 2 and "not valid JSON" in err
-    code, _, err = await run("publish", "c", "1", "--url", "http://127.0.0.1:1")
-    assert code == 2 and "cannot reach" in err
+    code, out, err = await run("publish", "bad channel", "1", "--url", hub.http_url)
+    assert (code, out) == (2, "")
+    assert err == (
+        "clarion: publish refused (HTTP 400, bad_channel): "
+        "channel may only contain letters, digits and _ . : @ / = , + -\n"
+    )
+    code, out, err = await run("publish", "c", "{not json", "--url", hub.http_url)
+    assert (code, out) == (2, "")
+    assert err == "clarion: data: not valid JSON: '{not json'\ntry 'clarion publish --help'\n"
+    code, out, err = await run("publish", "c", "1", "--url", "http://127.0.0.1:1")
+    assert (code, out) == (2, "")
+    assert err.startswith("clarion: cannot reach http://127.0.0.1:1: ") and err.count("\n") == 1
 
 
 async def test_token() -> None:
@@ -90,8 +96,8 @@ async def test_config_file_and_environment(hub_process: Any, tmp_path: Any) -> N
     hub = await hub_process(
         "--config", str(config), env={"CLARION_LIMITS__MAX_MESSAGE_BYTES": "1024"}
     )
-    code, out, _ = await run("publish", "c", json.dumps("x" * 1500), "--url", hub.http_url)
-    assert code == 1 and json.loads(out)["error"]["code"] == "too_large"  # env wins over file
+    code, _, err = await run("publish", "c", json.dumps("x" * 1500), "--url", hub.http_url)
+    assert code == 2 and "(HTTP 413, too_large)" in err  # env wins over file
     for n in range(3):
         await run("publish", "c", str(n), "--url", hub.http_url)
     import httpx

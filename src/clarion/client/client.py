@@ -172,7 +172,7 @@ class Client:
         if self._error is not None:
             return
         self._error = error
-        log.warning("client stopped: %s", error)
+        log.debug("client stopped: %s", error)  # raised to every subscription and request
         for feed in list(self._feeds.values()):
             feed.finish(error)
             if feed.task is not None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TextIO
 
 import orjson
 
 from clarion.client.client import TransportName, connect
+from clarion.client.errors import ConnectFailed, TransportUnavailable
 from clarion.client.items import Message, Reset
 from clarion.client.tokens import TokenSource
+
+log = logging.getLogger(__name__)
 
 
 def line_of(item: Message | Reset) -> bytes:
@@ -30,9 +34,20 @@ async def run_subscribe(
     token: TokenSource = None,
     transport: TransportName = "ws",
 ) -> int:
-    """Write ``channel``'s items to ``out`` until the hub says not to reconnect (which raises)."""
-    async with connect(url, token=token, transport=transport) as client:
-        async for item in client.subscribe(channel, since=since):
-            out.write(line_of(item).decode() + "\n")
-            out.flush()
-    return 0
+    """Write ``channel``'s items to ``out`` until the hub says not to reconnect (which raises).
+
+    A hub that cannot be reached yet is waited for, as a dropped connection is: the client's
+    log says what is being tried.
+    """
+    while True:
+        try:
+            async with connect(url, token=token, transport=transport) as client:
+                async for item in client.subscribe(channel, since=since):
+                    out.write(line_of(item).decode() + "\n")
+                    out.flush()
+                    since = item.cursor
+            return 0
+        except TransportUnavailable:
+            raise
+        except ConnectFailed as exc:
+            log.info("%s; still trying", exc)

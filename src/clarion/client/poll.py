@@ -18,6 +18,7 @@ from clarion.client.streams import (
     StreamContext,
     check,
     disconnect_from,
+    failed,
     message_from,
     pause,
     reset_from,
@@ -57,7 +58,7 @@ async def run_poll(feed: Feed, ctx: StreamContext) -> None:
             if not isinstance(cursor, str) or not cursor:
                 raise Retry(f"{url} answered without a cursor")
         except (httpx.RequestError, Retry, ValueError) as exc:
-            await pause(ctx, attempt, feed, exc or type(exc).__name__)
+            await pause(ctx, attempt, feed, failed(url, exc))
             attempt += 1
             continue
         except RequestFailed as exc:
@@ -66,6 +67,8 @@ async def run_poll(feed: Feed, ctx: StreamContext) -> None:
             log.info("the hub refused timeout=%s; polling with %s s", longest, FALLBACK_TIMEOUT)
             longest = FALLBACK_TIMEOUT
             continue
+        if attempt:
+            log.info("connected to %s again (%s)", url, feed.channel)
         attempt = 0
         feed.confirmed(cursor)
         messages = [m for m in map(message_from, body.get("publications", ())) if m is not None]

@@ -19,6 +19,7 @@ from clarion.client.streams import (
     StreamContext,
     check,
     disconnect_from,
+    failed,
     message_from,
     pause,
     reset_from,
@@ -65,12 +66,13 @@ async def run_sse(feed: Feed, ctx: StreamContext) -> None:
                     raise TransportUnavailable(f"{url} does not answer with an event stream")
                 first = False
                 attempt = 0
+                log.info("connected to %s (%s)", url, feed.channel)
                 feed.confirmed(None)
                 async for event in source.aiter_sse():
                     if not await _handle(feed, event):
                         break
         except (httpx.RequestError, SSEError, Retry) as exc:
-            why = exc or type(exc).__name__
+            why = failed(url, exc)
         if feed.done:
             return
         await pause(ctx, attempt, feed, why)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,8 +97,31 @@ def disconnect_from(obj: Any) -> Disconnected | None:
     return Disconnected(code, str(obj.get("reason", "")))
 
 
+def failed(url: str, exc: BaseException) -> str:
+    """What went wrong with a request to ``url``, in plain words."""
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect to {url}: {_reason(exc)}"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer from {url} in time"
+    if isinstance(exc, httpx.TransportError):
+        return f"lost the connection to {url}"
+    return str(exc) or type(exc).__name__
+
+
+def _reason(exc: BaseException) -> str:
+    # httpx says "All connection attempts failed"; the OSError under it says why.
+    seen: BaseException | None = exc
+    while seen is not None:
+        errno = getattr(seen, "errno", None)
+        if isinstance(errno, int) and errno > 0:
+            reason = os.strerror(errno)
+            return reason[:1].lower() + reason[1:]
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
+
+
 async def pause(ctx: StreamContext, attempt: int, feed: Feed, why: object) -> None:
     """Wait out the backoff delay of ``attempt`` after a failed request for ``feed``."""
     delay = ctx.backoff.delay(attempt)
-    log.info("stream for %s: %s; retrying in %.2f s", feed.channel, why, delay)
+    log.info("%s (%s); retrying in %.1f s", why, feed.channel, delay)
     await asyncio.sleep(delay)

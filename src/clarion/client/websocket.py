@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -65,6 +66,17 @@ ReplyHandler = Callable[[Reply | None], None]  # ``None``: the connection ended 
 
 class _Retry(Exception):
     """This attempt failed in a way a later attempt may not: wait, then try again."""
+
+
+def _plain(exc: BaseException) -> str:
+    """``connection refused`` rather than ``[Errno 111] Connect call failed ('127.0.0.1', 1)``."""
+    errno = getattr(exc, "errno", None)
+    if isinstance(errno, int) and errno > 0:
+        reason = os.strerror(errno)
+        return reason[:1].lower() + reason[1:]
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
 
 
 def _settle(future: asyncio.Future[Reply | None], reply: Reply | None) -> None:
@@ -167,20 +179,24 @@ class WebSocketLink:
         self.on_fatal(error)
 
     async def _run(self) -> None:
+        # What the link is doing is logged at INFO, one line per change, each ending with what
+        # happens next: `clarion subscribe` shows these lines on stderr.
+        url = self.endpoints.ws
         attempt = 0
         try:
+            if not self.ever_connected:
+                log.info("connecting to %s", url)
             while not self._closing:
                 try:
                     was_connected, code, reason, reconnect = await self._connect_and_serve()
                 except _Retry as exc:
-                    self.last_failure = str(exc)
-                    log.info("connection attempt failed: %s", exc)
+                    why = self.last_failure = str(exc)
                 except ClarionError as exc:
-                    log.info("stopping: %s", exc)
+                    log.debug("stopping: %s", exc)
                     self._fail(exc)
                     return
                 except Exception as exc:  # a bug must not leave waiters hanging: retry, loudly
-                    self.last_failure = f"unexpected error: {exc!r}"
+                    why = self.last_failure = f"unexpected error: {exc!r}"
                     log.exception("connection attempt failed unexpectedly")
                 else:
                     if self._closing:
@@ -196,10 +212,12 @@ class WebSocketLink:
                     elif not reconnect:
                         self._fail(Disconnected(code or CloseCode.NORMAL, reason))
                         return
-                    self.last_failure = f"connection closed ({code}: {reason})"
-                    log.info("connection closed (%s: %s); reconnecting", code, reason)
+                    closed = f"{code}: {reason}" if reason else str(code or "no close code")
+                    verb = "lost the connection" if was_connected else "the connection closed"
+                    why = self.last_failure = f"{verb} to {url} ({closed})"
                 delay = self.backoff.delay(attempt)
                 attempt += 1
+                log.info("%s; retrying in %.1f s", why, delay)
                 await asyncio.sleep(delay)
         finally:
             self._notify()
@@ -222,7 +240,7 @@ class WebSocketLink:
             )
             self._refused(f"the hub refused the WebSocket upgrade at {url} ({detail})")
         except (OSError, TimeoutError, WebSocketException) as exc:
-            raise _Retry(f"cannot connect to {url}: {exc or type(exc).__name__}") from None
+            raise _Retry(f"cannot connect to {url}: {_plain(exc)}") from None
         if conn.subprotocol != SUBPROTOCOL:
             await conn.close()
             self._refused(f"{url} does not speak the {SUBPROTOCOL} subprotocol")

@@ -81,15 +81,14 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
         )
     except httpx.HTTPError as exc:
         raise ClarionError(f"cannot reach {args.url}: {exc}", code="unreachable") from None
-    try:
-        result = response.json()
-    except ValueError:
-        result = None
     if response.status_code != 200:
-        error = result.get("error", {}) if isinstance(result, dict) else {}
-        message = error.get("message") or response.text[:200]
-        raise ClarionError(f"{method} {path}: HTTP {response.status_code}: {message}")
-    return result
+        from clarion.cli import refused
+
+        raise refused(f"{method} {path}", response)
+    try:
+        return response.json()
+    except ValueError:
+        raise ClarionError(f"{method} {path}: the answer is not JSON") from None
 
 
 def _when(ms: int | None) -> str:

@@ -1,0 +1,166 @@
+"""What the client commands say on stderr: progress while the hub is away, errors in one style."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+from typing import Any
+
+import pytest
+
+from ..conftest import timeout
+from .test_cli import CLI, run
+
+SECRET = "s" * 32
+KEY = "k" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Subscriber:
+    """``clarion subscribe`` in a subprocess, its stderr read line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.seen: list[str] = []
+
+    async def expect(self, pattern: str, within: float = 20) -> str:
+        """The next stderr line; it must match ``pattern`` (progress lines may repeat first)."""
+        assert self.proc.stderr is not None
+        deadline = asyncio.get_running_loop().time() + timeout(within)
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            line = await asyncio.wait_for(self.proc.stderr.readline(), max(remaining, 0.1))
+            text = line.decode().rstrip("\n")
+            assert text, f"stderr ended; seen: {self.seen}"
+            self.seen.append(text)
+            if re.fullmatch(pattern, text):
+                return text
+            assert re.fullmatch(RETRYING, text), f"{text!r} is not {pattern!r}: {self.seen}"
+
+    async def line(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        result: dict[str, Any] = json.loads(
+            await asyncio.wait_for(self.proc.stdout.readline(), timeout(15))
+        )
+        return result
+
+
+RETRYING = r"clarion: cannot connect to ws://127\.0\.0\.1:\d+/ws: connection refused; retrying in \d+\.\d s"  # noqa: E501
+
+
+async def subscribe(url: str, *args: str) -> Subscriber:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "subscribe", "chat:lobby", "--url", url, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    return Subscriber(proc)
+
+
+async def test_subscribe_says_what_it_is_doing_while_the_hub_is_away(hub_process: Any) -> None:
+    port = free_port()
+    ws = re.escape(f"ws://127.0.0.1:{port}/ws")
+    sub = await subscribe(f"http://127.0.0.1:{port}")
+    try:
+        # Nothing listens yet: it says where it connects, and that it retries.
+        await sub.expect(f"clarion: connecting to {ws}")
+        await sub.expect(RETRYING)
+        await sub.expect(RETRYING)
+        hub = await hub_process("--port", str(port))
+        await sub.expect(f"clarion: connected to {ws}", within=40)
+        await asyncio.sleep(0.2)  # the subscription is made just after the connection
+        code, _, err = await run("publish", "chat:lobby", '"first"', "--url", hub.http_url)
+        assert code == 0, err
+        assert (await sub.line())["data"] == "first"
+
+        # The hub goes away (shutting down tells clients to reconnect), then comes back.
+        hub.proc.terminate()
+        await hub.proc.wait()
+        await sub.expect(
+            f"clarion: lost the connection to {ws} \\(4000: shutdown\\); retrying in \\d+\\.\\d s"
+        )
+        hub = await hub_process("--port", str(port))
+        await sub.expect(f"clarion: connected to {ws}", within=40)
+        await asyncio.sleep(0.2)
+        code, _, err = await run("publish", "chat:lobby", '"again"', "--url", hub.http_url)
+        assert code == 0, err
+        # The new hub's history is not the old one's: a reset first, then the publication.
+        assert "reset" in await sub.line()
+        assert (await sub.line())["data"] == "again"
+    finally:
+        sub.proc.terminate()
+        await sub.proc.wait()
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+async def test_a_bad_token_is_one_line(hub_process: Any, transport: str) -> None:
+    hub = await hub_process(env={"CLARION_TOKEN_SECRET": SECRET, "CLARION_API_KEY": KEY})
+    code, out, err = await run(
+        "subscribe", "chat:lobby", "--url", hub.http_url, "--transport", transport,
+        "--token", "not-a-token",
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    errors = [line for line in err.splitlines() if "connect" not in line]
+    assert len(errors) == 1 and errors[0].startswith("clarion: "), err
+    assert "token" in errors[0]
+
+
+async def test_every_command_reports_errors_the_same_way(hub_process: Any) -> None:
+    hub = await hub_process(env={"CLARION_TOKEN_SECRET": SECRET, "CLARION_API_KEY": KEY})
+    url = hub.http_url
+    cases = [
+        (
+            ["publish", "chat:lobby", "1", "--url", url],
+            "clarion: publish refused (HTTP 401, unauthorized): "
+            "this endpoint needs 'Authorization: apikey <key>'",
+        ),
+        (
+            ["webhooks", "list", "--url", url],
+            "clarion: GET /api/webhooks refused (HTTP 401, unauthorized): "
+            "this endpoint needs 'Authorization: apikey <key>'",
+        ),
+        (
+            ["webhooks", "remove", "nope", "--url", url, "--api-key", KEY],
+            "clarion: DELETE /api/webhooks/nope refused (HTTP 404, not_found): no webhook 'nope'",
+        ),
+        (
+            ["token", "--user", "42"],
+            "clarion: no token secret: pass --secret, set token_secret in the config or "
+            "CLARION_TOKEN_SECRET",
+        ),
+    ]
+    for args, expected in cases:
+        code, out, err = await run(*args)
+        assert (code, out, err) == (2, "", expected + "\n"), args
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "clarion: the following arguments are required: command\ntry 'clarion --help'"),
+        (["frobnicate"], None),
+        (
+            ["publish"],
+            "clarion: the following arguments are required: channel, data\n"
+            "try 'clarion publish --help'",
+        ),
+        (
+            ["token", "--user", "1", "--ttl", "soon"],
+            "clarion: --ttl: not a duration: 'soon'\ntry 'clarion token --help'",
+        ),
+    ],
+)
+async def test_usage_errors(args: list[str], expected: str | None) -> None:
+    code, out, err = await run(*args)
+    assert (code, out) == (2, "")
+    if expected is None:
+        assert err.startswith("clarion: command: invalid choice: 'frobnicate'"), err
+        assert err.endswith("\ntry 'clarion --help'\n")
+    else:
+        assert err == expected + "\n"

@@ -119,6 +119,35 @@ class ServerAPI:
         await self.hub.disconnect_user(user, token_id=jti, until=until, exp=exp)
         return JSONResponse({})
 
+    async def _addressed(
+        self, request: Request
+    ) -> tuple[dict[str, Any], str, str | None, str | None]:
+        """A server-side subscription request: its body, channel, and ``user`` or ``client``."""
+        self._authorize(request)
+        body = await read_json(self.hub, request)
+        user, client = body.get("user"), body.get("client")
+        for name, value in (("user", user), ("client", client)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise BadRequest(f"'{name}' must be a non-empty string")
+        if (user is None) == (client is None):
+            raise BadRequest("give one of 'user' (a token's sub) or 'client' (a connection id)")
+        return body, validate_channel(body.get("channel")), user, client
+
+    async def subscribe(self, request: Request) -> Response:
+        """Subscribe every live session of a user (or one connection) to a channel."""
+        body, channel, user, client = await self._addressed(request)
+        since = body.get("since")
+        if since is not None and not isinstance(since, str):
+            raise BadRequest("'since' must be a cursor", code="bad_cursor")
+        await self.hub.server_subscribe(channel, user=user, client=client, since=since or None)
+        return JSONResponse({})
+
+    async def unsubscribe(self, request: Request) -> Response:
+        """End a channel's subscription on every live session of a user (or one connection)."""
+        _, channel, user, client = await self._addressed(request)
+        await self.hub.server_unsubscribe(channel, user=user, client=client)
+        return JSONResponse({})
+
     async def healthz(self, request: Request) -> Response:
         healthy = await self.hub.engine.healthy()
         body = {"status": "ok" if healthy else "unavailable", "engine": self.hub.engine.name}

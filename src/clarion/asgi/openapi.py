@@ -18,6 +18,22 @@ def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _server_subscription(*, with_since: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "user": {"type": "string", "description": "every session of this user (a token's sub)"},
+        "client": {"type": "string", "description": "one connection (its `client` id)"},
+        "channel": _CHANNEL,
+    }
+    if with_since:
+        properties["since"] = {"type": "string", "description": "resume after this cursor"}
+    return {
+        "type": "object",
+        "required": ["channel"],
+        "oneOf": [{"required": ["user"]}, {"required": ["client"]}],
+        "properties": properties,
+    }
+
+
 def _query(name: str, required: bool, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -189,6 +205,24 @@ def document() -> dict[str, Any]:
                             },
                         }
                     ),
+                    "responses": {"200": _ok({"type": "object"}), **errors},
+                }
+            },
+            "/api/subscribe": {
+                "post": {
+                    "summary": "Subscribe a user's live sessions (or one connection) to a channel",
+                    "description": "On every node and transport; each session gets a `subscribe` "
+                    "push. The backend's grant: the token's permissions are not checked.",
+                    "requestBody": _json_body(_server_subscription(with_since=True)),
+                    "responses": {"200": _ok({"type": "object"}), **errors},
+                }
+            },
+            "/api/unsubscribe": {
+                "post": {
+                    "summary": "End a channel on a user's live sessions (or one connection)",
+                    "description": "On every node and transport; each session gets an "
+                    "`unsubscribe` push with reason `server`.",
+                    "requestBody": _json_body(_server_subscription(with_since=False)),
                     "responses": {"200": _ok({"type": "object"}), **errors},
                 }
             },

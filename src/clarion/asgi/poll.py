@@ -35,7 +35,7 @@ from clarion.asgi.sse import (
 )
 from clarion.core.fanout import WireFormat, publication_cursor
 from clarion.core.hub import Hub
-from clarion.core.session import Session
+from clarion.core.session import Session, SubscribeResult
 from clarion.errors import BadRequest
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode, Disconnect, disconnect_for
@@ -62,11 +62,21 @@ class PollWaiter:
     """A waiting poll's transport: collects what the core pushes and wakes the poll."""
 
     kind = "poll"
-    __slots__ = ("bytes_left", "count_left", "disconnect", "events", "unsubscribed", "woken")
+    __slots__ = (
+        "bytes_left",
+        "count_left",
+        "disconnect",
+        "events",
+        "subscribed",
+        "unsubscribed",
+        "woken",
+    )
 
     def __init__(self, count: int, size: int) -> None:
         self.events: list[Publication | _Reset] = []
         self.unsubscribed: dict[str, str] = {}  # channel -> reason
+        # Channels the hub subscribed meanwhile -> where the client starts reading them.
+        self.subscribed: dict[str, StreamPosition] = {}
         self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.disconnect: Disconnect | None = None
         # Beyond one reply's worth nothing is kept: the next poll reads it from history.
@@ -104,7 +114,23 @@ class PollWaiter:
 
     def send_unsubscribe(self, channel: str, reason: str) -> None:
         self.unsubscribed[channel] = reason
+        self.subscribed.pop(channel, None)
         self._wake()
+
+    async def hub_subscribe(
+        self, session: Session, channel: str, since: StreamPosition | None, *, server: bool
+    ) -> None:
+        """The reply names the channel and the cursor holds its position: the client adds it
+        to its next poll, which reads what was published since from history."""
+
+        def ready(result: SubscribeResult) -> None:
+            start = since if since is not None and result.recovered else result.position
+            self.subscribed[channel] = start
+            self._wake()
+
+        await session.subscribe(
+            channel, POLL_WAKE, _ignore, since=since, on_ready=ready, server=server
+        )
 
     def close(self, code: int, reason: str) -> None:
         if self.disconnect is None:
@@ -115,7 +141,7 @@ class PollWaiter:
 class _Reply:
     """Builds one reply: per channel its publications and where it now stands."""
 
-    __slots__ = ("disconnect", "positions", "publications", "reset", "unsubscribed")
+    __slots__ = ("disconnect", "positions", "publications", "reset", "subscribed", "unsubscribed")
 
     def __init__(self, since: dict[str, StreamPosition]) -> None:
         self.positions = dict(since)
@@ -123,6 +149,14 @@ class _Reply:
         self.reset: tuple[str, str] | None = None
         self.disconnect: Disconnect | None = None
         self.unsubscribed: dict[str, str] = {}
+        self.subscribed: list[str] = []
+
+    def hub_changes(self, waiter: PollWaiter) -> None:
+        """What the hub subscribed and unsubscribed while this poll was open."""
+        self.unsubscribed = waiter.unsubscribed
+        for channel, position in waiter.subscribed.items():
+            self.subscribed.append(channel)
+            self.positions[channel] = position
 
     def add_channel(self, channel: str, events: list[Publication | _Reset]) -> None:
         """Take one channel's events, in order. One reset per reply: a channel with another
@@ -146,6 +180,7 @@ class _Reply:
             and self.reset is None
             and self.disconnect is None
             and not self.unsubscribed
+            and not self.subscribed
         )
 
     def cursor(self) -> str:
@@ -158,6 +193,13 @@ class _Reply:
         out = b'{"publications":[%s],"cursor":"%s"' % (pubs, cursor.encode("ascii"))
         if self.reset is not None:
             out += b',"reset":' + orjson.dumps({"channel": self.reset[0], "reason": self.reset[1]})
+        if self.subscribed:
+            out += b',"subscribed":' + orjson.dumps(
+                [
+                    {"channel": c, "cursor": Cursor.single(c, self.positions[c]).encode()}
+                    for c in self.subscribed
+                ]
+            )
         if self.unsubscribed:
             out += b',"unsubscribed":' + orjson.dumps(
                 [{"channel": c, "reason": r} for c, r in self.unsubscribed.items()]
@@ -216,6 +258,8 @@ class PollEndpoint(ChannelEndpoint):
                 reply = await self._wait(
                     session, waiter, request, reply.positions, timeout, receive
                 )
+            elif not session.closed:
+                reply.hub_changes(waiter)
         finally:
             hub.close_session(session, CloseCode.NORMAL)
         if reply is None:
@@ -309,8 +353,12 @@ class PollEndpoint(ChannelEndpoint):
         for channel in request.channels:
             reply.add_channel(channel, [e for e in waiter.events if _channel_of(e) == channel])
         reply.disconnect = waiter.disconnect
-        reply.unsubscribed = waiter.unsubscribed
+        reply.hub_changes(waiter)
         return reply
+
+
+def _ignore(pub: Publication) -> None:
+    return None  # read from history by the next poll, which names the channel
 
 
 def _channel_of(event: Publication | _Reset) -> str:

@@ -229,6 +229,9 @@ def _event(pub: Publication) -> bytes:
 
 
 Tagged = tuple[bytes, StreamPosition | None, bytes]  # channel tag, its new position, event body
+# The position of a tagged item whose channel leaves the stream's ``id:`` (a channel the hub
+# unsubscribed that the stream's URL does not name).
+FORGET = StreamPosition("", -1)
 
 
 def _tagged(pub: Publication) -> Tagged:
@@ -285,8 +288,10 @@ class SseStream:
         "ended",
         "fmt",
         "on_overflow",
+        "opened",
         "peer_gone",
         "push",
+        "url_tags",
     )
 
     def __init__(self, channels: int, limit: int, heartbeat: float) -> None:
@@ -313,6 +318,11 @@ class SseStream:
         self.closed = False
         self.peer_gone = False
         self.ended: asyncio.Future[None] = self._loop.create_future()
+        # Set once the stream is written to (or closed): subscriptions the hub makes wait for it.
+        self.opened = asyncio.Event()
+        # The tags of the channels the request named: they stay in the ``id:`` whatever happens,
+        # so that a reconnect with the same URL always finds its channels in the cursor.
+        self.url_tags: set[bytes] = set()
 
     # ---- Transport ----------------------------------------------------------------------
 
@@ -342,9 +352,50 @@ class SseStream:
             self._enqueue(data, len(data))
 
     def send_unsubscribe(self, channel: str, reason: str) -> None:
-        if not self.closed:
-            data = sse.unsubscribe_event(channel, reason)
+        if self.closed:
+            return
+        data = sse.unsubscribe_event(channel, reason)
+        if self._positions is None:
             self._enqueue(data, len(data))
+            return
+        tag = channel_tag(channel)
+        self._enqueue((tag, None if tag in self.url_tags else FORGET, data), len(data))
+
+    async def hub_subscribe(
+        self, session: Session, channel: str, since: StreamPosition | None, *, server: bool
+    ) -> None:
+        await self.opened.wait()
+        if self.closed:
+            return
+        self._to_tagged(session)
+
+        def ready(result: SubscribeResult) -> None:
+            start = since if since is not None and result.recovered else result.position
+            body = sse.subscribe_event(result.to_dict())
+            self._enqueue((channel_tag(channel), start, body), len(body) + ID_ALLOWANCE)
+
+        await session.subscribe(
+            channel, SSE_TAGGED, self._push_tagged, since=since, on_ready=ready, server=server
+        )
+
+    def _to_tagged(self, session: Session) -> None:
+        """From now on the stream's ``id:`` holds every channel's position (it gets another).
+
+        What is queued keeps its one-channel ids, which are right up to the switch; the
+        subscriptions move to the tagged format in the same synchronous step.
+        """
+        if self._positions is not None:
+            return
+        hub = session.hub
+        positions: dict[bytes, StreamPosition] = {}
+        for channel in session.subscriptions:
+            position = hub.delivered_position(session, channel)
+            if position is not None:
+                positions[channel_tag(channel)] = position
+            hub.reformat(session, channel, SSE_TAGGED, self._push_tagged)
+        self._positions = positions
+        self.fmt = SSE_TAGGED
+        self.push = self._push_tagged
 
     def close(self, code: int, reason: str) -> None:
         if self.closed:
@@ -363,6 +414,7 @@ class SseStream:
                 self._queue.append(event)
         self.closed = True
         self._ready.set()
+        self.opened.set()
         if self._beat is not None:
             self._beat.cancel()
         if not self.ended.done():
@@ -380,8 +432,8 @@ class SseStream:
 
     def _enqueue(self, item: bytes | Tagged, size: int) -> None:
         if self._fast is not None:
-            assert isinstance(item, bytes)  # only one-channel streams run on the fast path
-            self._fast.push(http_chunk(item))
+            # A tagged item's id is rendered now: in push order, as the writer would.
+            self._fast.push(http_chunk(item if isinstance(item, bytes) else self._render(item)))
             return
         self._queue.append(item)
         self._queued += size
@@ -415,20 +467,24 @@ class SseStream:
         if positions is None:
             chunk = b"".join(cast("deque[bytes]", queue))
         else:
-            parts: list[bytes] = []
-            for item in queue:
-                if isinstance(item, bytes):
-                    parts.append(item)
-                    continue
-                tag, position, body = item
-                if position is not None:
-                    positions[tag] = position
-                parts.append(b"id: %s\n" % encode_entries(positions.items()).encode("ascii"))
-                parts.append(body)
-            chunk = b"".join(parts)
+            render = self._render
+            chunk = b"".join(item if isinstance(item, bytes) else render(item) for item in queue)
         queue.clear()
         self._queued = 0
         return chunk
+
+    def _render(self, item: Tagged) -> bytes:
+        """A tagged event with the stream's ``id:`` line as it stands after this event."""
+        positions = self._positions
+        assert positions is not None
+        tag, position, body = item
+        if position is FORGET:
+            positions.pop(tag, None)
+        elif position is not None:
+            positions[tag] = position
+        if not positions:
+            return body
+        return b"id: %s\n" % encode_entries(positions.items()).encode("ascii") + body
 
     # ---- writer -------------------------------------------------------------------------
 
@@ -437,6 +493,7 @@ class SseStream:
         self._queue.appendleft(opening)
         self._extra = self._queued
         self._ready.set()
+        self.opened.set()
         self._last_write = self._loop.time()
         if not self.closed:
             self._beat = self._loop.call_at(self._last_write + self._heartbeat, self._on_beat)
@@ -510,6 +567,7 @@ class SseEndpoint(ChannelEndpoint):
         stream = SseStream(
             len(request.channels), hub.settings.limits.send_queue_bytes, hub.settings.sse.heartbeat
         )
+        stream.url_tags = {channel_tag(channel) for channel in request.channels}
         session = hub.open_session(stream, request.credentials, access.client_address(hub, scope))
 
         stream.on_overflow = lambda: hub.overflow(session)
@@ -528,6 +586,7 @@ class SseEndpoint(ChannelEndpoint):
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             stream.start(opening)
             fast = scope.get("extensions", {}).get(FAST_STREAM)
+            hub.subscribe_claimed(session)  # runs once the stream is open (go_fast is first)
             if fast is not None and stream.go_fast(fast["open"](), session, hub):
                 await self._fast_stream(stream, receive, send)
             else:

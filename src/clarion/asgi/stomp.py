@@ -35,7 +35,7 @@ from clarion.errors import ClarionError, ClientError, Forbidden, LimitExceeded, 
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.frames import text_frame
-from clarion.protocol.publication import Publication
+from clarion.protocol.publication import Publication, StreamPosition
 from clarion.protocol.stomp import (
     Ack,
     Connect,
@@ -300,6 +300,34 @@ class StompConnection:
             if frame is not None:
                 self.wire.send(frame)
 
+    async def hub_subscribe(
+        self, session: Session, channel: str, since: StreamPosition | None, *, server: bool
+    ) -> None:
+        if self.closed or channel in self.stomp.by_channel:
+            return
+        sub = self.stomp.hub_subscription(channel)
+        fmt = self.wire.formats[(self.stomp.escaped, False)]
+
+        def ready(result: SubscribeResult) -> None:
+            start = since if since is not None and result.recovered else result.position
+            sub.start(start)
+            frame = self.stomp.subscribed(sub, Cursor.single(channel, start).encode())
+            if frame is not None and not self.closed:
+                self.wire.send(frame)
+
+        try:
+            await session.subscribe(
+                channel,
+                fmt,
+                self.wire.push_for(sub.prefix),
+                since=since,
+                on_ready=ready,
+                server=server,
+            )
+        except BaseException:
+            self.stomp.forget(sub)
+            raise
+
     def close(self, code: int, reason: str) -> None:
         """End the connection: an ``ERROR`` first unless the client asked to leave."""
         if self.closed:
@@ -467,6 +495,7 @@ class StompConnection:
         credentials = hub.auth.verify(token) if token else hub.auth.anonymous()
         self.session = hub.open_session(self, credentials, access.client_address(hub, self.scope))
         self.wire.send(self.stomp.connected(self.session.id, SERVER, credentials.user))
+        hub.subscribe_claimed(self.session)
         if event.heart_beat.send_ms:
             self._beat_timer = self._loop.call_later(event.heart_beat.send_ms / 1000, self._beat)
 

@@ -80,6 +80,7 @@ class ClarionWebSocket:
             return
         # Nothing below needs the scope: let its headers go for the connection's lifetime.
         del scope
+        hub.subscribe_claimed(session)
         handler = _Connection(hub, session, transport)
         try:
             while True:
@@ -203,7 +204,10 @@ class _Connection:
             raise Forbidden("a refreshed token must be for the same user")
         if cmd.op == "connect" and session.subscriptions and credentials.user != session.user:
             raise Forbidden("connect must come before the first subscribe")
+        first = session.user is None and credentials.user is not None
         hub.set_credentials(session, credentials)
+        if cmd.op == "connect" and first:
+            hub.subscribe_claimed(session)
         body: dict[str, Any] = {"client": session.id, "user": credentials.user}
         if credentials.expires_at is not None:
             body["expires"] = int(credentials.expires_at)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clarion.asgi.sendqueue import Send, SendQueue
 from clarion.core.fanout import WireFormat, publication_cursor
 from clarion.protocol import messages
 from clarion.protocol.codes import disconnect_for
 from clarion.protocol.frames import text_frame
-from clarion.protocol.publication import Publication
+from clarion.protocol.publication import Publication, StreamPosition
+
+if TYPE_CHECKING:
+    from clarion.core.session import Session, SubscribeResult
 
 FAST_WEBSOCKET = "clarion.fast_websocket"
 
@@ -48,6 +51,9 @@ class _Pushes:
 
     __slots__ = ("closed",)
     closed: bool
+    fmt: WireFormat
+    push: Callable[[Any], None]
+    target: Any
 
     def reply(self, payload: bytes) -> None:
         raise NotImplementedError
@@ -63,6 +69,22 @@ class _Pushes:
 
     def send_unsubscribe(self, channel: str, reason: str) -> None:
         self.reply(messages.encode_unsubscribe(channel, reason))
+
+    async def hub_subscribe(
+        self, session: Session, channel: str, since: StreamPosition | None, *, server: bool
+    ) -> None:
+        def ready(result: SubscribeResult) -> None:
+            self.reply(messages.encode_subscribe(result.to_dict()))
+
+        await session.subscribe(
+            channel,
+            self.fmt,
+            self.push,
+            since=since,
+            on_ready=ready,
+            target=self.target,
+            server=server,
+        )
 
     def close(self, code: int, reason: str) -> None:
         if self.closed:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Generator
+from collections.abc import AsyncIterator, Generator
 from types import TracebackType
 from typing import Any, Literal, NoReturn
 
@@ -82,6 +82,7 @@ class Client:
         self._deciding = asyncio.Lock()
         self._api: HttpApi | None = None
         self._link: WebSocketLink | None = None
+        self._hub_made: asyncio.Queue[Subscription] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -236,6 +237,31 @@ class Client:
         else:
             feed.task = self._spawn(self._run_feed(feed), f"clarion-client-{channel}")
         return handle
+
+    async def server_subscriptions(self) -> AsyncIterator[Subscription]:
+        """Subscriptions the hub makes for this client, as they come: the backend's
+        ``POST /api/subscribe`` and the token's ``subs`` claim (over WebSocket).
+
+        Each is a :class:`Subscription` like :meth:`subscribe` returns; it ends with
+        :class:`RequestFailed` (code ``unsubscribed``) when the hub ends it. Only those made
+        after the first call are reported.
+        """
+        self._check_open()
+        if self._hub_made is None:
+            self._hub_made = asyncio.Queue()
+            if self._link is not None:
+                self._link.on_hub_subscribe = self._hub_subscribed
+        while True:
+            yield await self._hub_made.get()
+
+    def _hub_subscribed(self, channel: str) -> Feed:
+        feed = Feed(channel, None, self._queue_size)
+        self._feeds[channel] = feed
+        handle = Subscription(feed, self._release)
+        weakref.finalize(handle, self._release_quietly, feed).atexit = False
+        assert self._hub_made is not None
+        self._hub_made.put_nowait(handle)
+        return feed
 
     def _release(self, feed: Feed) -> None:
         if self._feeds.get(feed.channel) is feed:

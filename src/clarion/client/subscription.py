@@ -48,6 +48,7 @@ class Feed:
         "position",
         "ready",
         "resume_cursor",
+        "server",
         "since",
         "task",
     )
@@ -73,6 +74,8 @@ class Feed:
         self.done = False
         self.error: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
+        # The hub made this subscription (the backend, or the token's ``subs`` claim).
+        self.server = False
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
 

@@ -107,6 +107,8 @@ class WebSocketLink:
         self.backoff = backoff
         self.open_timeout = open_timeout
         self.on_fatal = on_fatal
+        # Makes the feed of a channel the hub subscribed this connection to (None: ignore them).
+        self.on_hub_subscribe: Callable[[str], Feed] | None = None
         self.feeds: dict[str, Feed] = {}
         self.error: ClarionError | None = None
         self.ever_connected = False
@@ -387,6 +389,10 @@ class WebSocketLink:
             if feed is not None and isinstance(cursor, str) and cursor:
                 feed.deliver(Reset(feed.channel, str(reset.get("reason", "")), cursor))
             return
+        started = msg.get("subscribe")
+        if isinstance(started, dict):
+            self._hub_subscribed(started)
+            return
         ended = msg.get("unsubscribe")
         if isinstance(ended, dict):
             channel = ended.get("channel")
@@ -401,6 +407,26 @@ class WebSocketLink:
         # ``join``/``leave`` presence events are not surfaced by this client.
 
     # ---- subscriptions ------------------------------------------------------------------------
+
+    def _hub_subscribed(self, push: dict[str, Any]) -> None:
+        """The hub subscribed this connection to a channel: a feed for it, if one is wanted."""
+        channel, cursor = push.get("channel"), push.get("cursor")
+        if not isinstance(channel, str):
+            return
+        feed = self.feeds.get(channel)
+        if feed is not None:
+            # Already a feed (the client's own, or one resuming after a reconnect): its own
+            # subscribe, with its cursor, decides; see ``already_subscribed`` below.
+            feed.server = True
+            return
+        if self.on_hub_subscribe is None:
+            return  # nobody asked for the hub's subscriptions: their publications are ignored
+        feed = self.on_hub_subscribe(channel)
+        self.feeds[channel] = feed
+        feed.server = True
+        feed.on_overflow = self._pause
+        feed.on_resume = self._resume
+        feed.confirmed(cursor if isinstance(cursor, str) else None)
 
     def attach(self, feed: Feed) -> None:
         self.feeds[feed.channel] = feed
@@ -417,11 +443,19 @@ class WebSocketLink:
         del self.feeds[feed.channel]
         self._unsubscribe(feed.channel)
 
-    def _subscribe(self, feed: Feed) -> None:
+    def _subscribe(self, feed: Feed, *, again: bool = True) -> None:
         rid = next(self._ids)
 
         def on_reply(reply: Reply | None) -> None:
             if reply is None or self.feeds.get(feed.channel) is not feed:
+                return
+            error = reply.get("error")
+            if again and isinstance(error, dict) and error.get("code") == "already_subscribed":
+                # The hub subscribed the channel itself at connect (the token's ``subs``
+                # claim), from "now": resume from this feed's cursor instead, skipping nothing.
+                feed.live = False
+                self._unsubscribe(feed.channel)
+                self._subscribe(feed, again=False)
                 return
             if "error" in reply:
                 del self.feeds[feed.channel]

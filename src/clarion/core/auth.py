@@ -11,7 +11,7 @@ from typing import Any
 import jwt
 
 from clarion.errors import BadChannel, ConfigError, Forbidden, Unauthorized
-from clarion.protocol.channels import matches_any, namespace_of, validate_pattern
+from clarion.protocol.channels import matches_any, namespace_of, validate_channel, validate_pattern
 from clarion.settings import Settings
 
 log = logging.getLogger("clarion.auth")
@@ -31,6 +31,7 @@ class Credentials:
     expires_at: float | None = None
     token_id: str | None = None
     trusted: bool = False  # development mode: everything allowed
+    subs: tuple[str, ...] = ()  # channels the hub subscribes at connect (each still checked)
     claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -46,6 +47,19 @@ def _patterns(claims: dict[str, Any], name: str) -> tuple[str, ...]:
         raise Unauthorized(f"token claim {name!r} must be a list of channel patterns")
     try:
         return tuple(dict.fromkeys(validate_pattern(p) for p in value))
+    except BadChannel as exc:
+        raise Unauthorized(f"token claim {name!r}: {exc.message}") from None
+
+
+MAX_SUBS_CLAIM = 1024  # names in a ``subs`` claim; the per-connection cap applies after
+
+
+def _channel_names(claims: dict[str, Any], name: str) -> tuple[str, ...]:
+    value = claims.get(name, [])
+    if not isinstance(value, list) or len(value) > MAX_SUBS_CLAIM:
+        raise Unauthorized(f"token claim {name!r} must be a list of channel names")
+    try:
+        return tuple(dict.fromkeys(validate_channel(c) for c in value))
     except BadChannel as exc:
         raise Unauthorized(f"token claim {name!r}: {exc.message}") from None
 
@@ -193,6 +207,7 @@ class Authenticator:
             info=info,
             expires_at=claims["exp"],
             token_id=claims.get("jti") if isinstance(claims.get("jti"), str) else None,
+            subs=_channel_names(claims, "subs"),
             claims=claims,
         )
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -317,6 +317,75 @@ class Hub:
                     token_id=jti if isinstance(jti, str) else None,
                     until=float(until) if isinstance(until, int | float) else None,
                 )
+        elif command in ("subscribe", "unsubscribe"):
+            channel, since = payload.get("channel"), payload.get("since")
+            if not isinstance(channel, str):
+                return
+            for session in self._addressed(payload):
+                if command == "unsubscribe":
+                    self.drop(session, channel, "server")
+                else:
+                    cursor = since if isinstance(since, str) else None
+                    self.spawn(self.subscribe_for(session, [channel], cursor, server=True))
+
+    def _addressed(self, payload: dict[str, Any]) -> list[Session]:
+        """This node's sessions of ``payload``'s ``user``, or its session ``client``."""
+        user, client = payload.get("user"), payload.get("client")
+        if isinstance(user, str):
+            return list(self.by_user.get(user, ()))
+        session = self.sessions.get(client) if isinstance(client, str) else None
+        return [session] if session is not None else []
+
+    async def subscribe_for(
+        self, session: Session, channels: Iterable[str], since: str | None = None, *, server: bool
+    ) -> None:
+        """Subscribe ``session`` to ``channels`` on the hub's initiative, telling the client
+        with a ``subscribe`` push each (or an ``unsubscribe`` push with the error code).
+
+        ``server``: the backend's grant (``POST /api/subscribe``); otherwise the token's ``subs``
+        claim, whose channels its permissions must allow.
+        """
+        for channel in channels:
+            if session.closed:
+                return
+            existing = session.subscriptions.get(channel)
+            if existing is not None:
+                existing.server = existing.server or server
+                continue
+            try:
+                position = position_for(channel, since) if since is not None else None
+                await session.transport.hub_subscribe(session, channel, position, server=server)
+            except ClarionError as exc:
+                if not session.closed and channel not in session.subscriptions:
+                    session.transport.send_unsubscribe(channel, exc.code)
+            except Exception:
+                log.exception("subscribing %r to %s failed", session, channel)
+
+    def subscribe_claimed(self, session: Session) -> None:
+        """Subscribe what the token's ``subs`` claim lists (adapters call it once the
+        connection can carry pushes)."""
+        if session.credentials.subs:
+            self.spawn(self.subscribe_for(session, session.credentials.subs, server=False))
+
+    async def server_subscribe(
+        self, channel: str, *, user: str | None, client: str | None, since: str | None = None
+    ) -> None:
+        """``POST /api/subscribe``: every live session of ``user`` (or the session ``client``),
+        on every node, starts receiving ``channel`` (resuming from ``since`` if given)."""
+        validate_channel(channel)
+        if since is not None:
+            position_for(channel, since)  # a bad cursor is the caller's error, answered now
+        payload = {"user": user, "client": client, "channel": channel, "since": since}
+        await self.engine.broadcast_control("subscribe", payload)
+
+    async def server_unsubscribe(
+        self, channel: str, *, user: str | None, client: str | None
+    ) -> None:
+        """``POST /api/unsubscribe``: those sessions stop receiving ``channel`` (reason
+        ``server``), whoever subscribed it."""
+        validate_channel(channel)
+        payload = {"user": user, "client": client, "channel": channel}
+        await self.engine.broadcast_control("unsubscribe", payload)
 
     def _reset_all(self, local: LocalChannel, reason: str, position: StreamPosition) -> None:
         cursor = encode_single(local.name, position.epoch, position.offset)
@@ -758,6 +827,26 @@ class Hub:
         sub.target = push if target is None else target
         local.add_live(sub)
         return True
+
+    def reformat(self, session: Session, channel: str, fmt: WireFormat, push: Push) -> bool:
+        """Like :meth:`retarget`, also for a subscription that waits to go live (ahead of the
+        channel, or conflating): it goes live in the new format. ``False`` while it resumes."""
+        if self.retarget(session, channel, fmt, push):
+            return True
+        sub = session.subscriptions.get(channel)
+        local = self.local.get(channel)
+        if sub is None or local is None or (sub not in local.ahead and sub not in local.conflating):
+            return False
+        sub.fmt, sub.push, sub.target = fmt, push, push
+        return True
+
+    def delivered_position(self, session: Session, channel: str) -> StreamPosition | None:
+        """The position of the last publication of ``channel`` pushed to ``session``."""
+        sub = session.subscriptions.get(channel)
+        local = self.local.get(channel)
+        if sub is None or local is None or sub in local.pending:
+            return None
+        return local.ahead.get(sub) or local.position
 
     async def unsubscribe(self, session: Session, channel: str) -> bool:
         sub = session.subscriptions.pop(channel, None)

@@ -40,6 +40,13 @@ class Transport(Protocol):
     def send_unsubscribe(self, channel: str, reason: str) -> None:
         """The hub ended the subscription to ``channel`` (it is already detached)."""
 
+    async def hub_subscribe(
+        self, session: Session, channel: str, since: StreamPosition | None, *, server: bool
+    ) -> None:
+        """Subscribe ``session`` to ``channel`` on the hub's initiative (the backend's
+        ``POST /api/subscribe``, or the token's ``subs`` claim) in this transport's format, and
+        push ``subscribe`` to the client once it is ready. The one coroutine of a transport."""
+
     def close(self, code: int, reason: str) -> None:
         """End the connection with a documented code; must be idempotent."""
 

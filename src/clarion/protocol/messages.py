@@ -132,6 +132,11 @@ def encode_reset(channel: str, reason: str, cursor: str) -> bytes:
     return orjson.dumps({"reset": {"channel": channel, "reason": reason, "cursor": cursor}})
 
 
+def encode_subscribe(result: dict[str, Any]) -> bytes:
+    """The hub subscribed the connection (backend or token ``subs``): as a subscribe reply."""
+    return orjson.dumps({"subscribe": result})
+
+
 def encode_unsubscribe(channel: str, reason: str) -> bytes:
     """The hub ended a subscription: the token no longer allows it, or the backend said so."""
     return orjson.dumps({"unsubscribe": {"channel": channel, "reason": reason}})

@@ -104,6 +104,12 @@ def disconnect_event(code: int, reason: str, reconnect: bool) -> bytes:
     return encode_event(body, event=DISCONNECT)
 
 
+def subscribe_event(result: dict[str, object]) -> bytes:
+    """The hub added a channel to the stream (``data`` as a ``/ws`` subscribe reply); the
+    caller puts the stream's ``id:`` in front."""
+    return encode_event(orjson.dumps(result), event=SUBSCRIBE)
+
+
 def unsubscribe_event(channel: str, reason: str, stream_id: str | None = None) -> bytes:
     """The hub ended the stream's subscription to ``channel``; the stream goes on."""
     body = orjson.dumps({"channel": channel, "reason": reason})

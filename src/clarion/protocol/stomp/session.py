@@ -404,6 +404,29 @@ class StompSession:
             sub.id, sub.channel, reason, cursor, escaped=self.escaped, ack=sub.needs_ack
         )
 
+    def hub_subscription(self, channel: str) -> StompSubscription:
+        """A subscription the hub makes on the client's behalf (``ack: auto``). Its id is
+        ``server-<channel>``, with ``-2``, ``-3``... appended if the client took that id."""
+        base = sub_id = f"server-{channel}"
+        n = 1
+        while sub_id in self.subscriptions:
+            n += 1
+            sub_id = f"{base}-{n}"
+        sub = StompSubscription(sub_id, channel, "auto", escaped=self.escaped)
+        self.subscriptions[sub_id] = sub
+        self.by_channel[channel] = sub
+        self._by_tag[channel_tag(channel)] = sub
+        return sub
+
+    def subscribed(self, sub: StompSubscription, cursor: str) -> bytes | None:
+        """The ``x-event: subscribe`` signal for a subscription the hub made."""
+        if not self.can_send("MESSAGE") or self.subscriptions.get(sub.id) is not sub:
+            return None
+        self._transition("MESSAGE")
+        return event_frame(
+            sub.id, sub.channel, "subscribe", (("x-cursor", cursor),), escaped=self.escaped
+        )
+
     def unsubscribed(self, channel: str, reason: str) -> bytes | None:
         """The hub ended the subscription to ``channel``: forget it and return its
         ``x-event: unsubscribe`` signal (``None`` if there is no such subscription, or the

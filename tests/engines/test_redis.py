@@ -384,7 +384,13 @@ async def test_calls_queued_behind_a_stuck_redis_fail_alone(
     calls = [a.history("c", OPTS) for _ in range(6)]
     calls += [a.limits.acquire_connection("ip", "10.0.0.1", f"s{i}", 10) for i in range(3)]
     calls += [a.limits.release_connection("ip", "10.0.0.1", "s0")]
-    results = await asyncio.gather(*(timed(c) for c in calls))
+    tasks = []
+    for call in calls:
+        # One loop iteration each: calls of one iteration would share one pipeline.
+        tasks.append(asyncio.create_task(timed(call)))
+        for _ in range(3):
+            await asyncio.sleep(0)
+    results = await asyncio.gather(*tasks)
     failed = [r for r in results if isinstance(r, tuple)]
     # The two calls that got the pool's connections wait for Redis and succeed...
     assert [type(r) for r in results if not isinstance(r, tuple)] == [History, History]
@@ -400,3 +406,24 @@ async def test_calls_queued_behind_a_stuck_redis_fail_alone(
         await asyncio.sleep(0.05)
     assert (await a.history("c", OPTS)).publications == []
     assert await a.limits.acquire_connection("ip", "10.0.0.1", "s9", 10)
+
+
+async def test_calls_of_one_iteration_share_a_pipeline_and_fail_alone(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """A command that fails in a batch fails its caller only; scripts Redis lost (SCRIPT FLUSH,
+    as after a restart) are loaded again and the batch goes through."""
+    a, _ = await nodes("check_interval=5&presence_ttl=5&pool_size=1")
+    assert a.limits is not None
+    await raw.set("clarion:{conn:ip:10.0.0.9}", "not a sorted set")
+    await raw.script_flush()
+    results = await asyncio.gather(
+        *(a.limits.acquire_connection("ip", f"10.0.0.{i}", "s1", 5) for i in range(20)),
+        *(a.history(f"c{i}", OPTS, limit=0) for i in range(20)),
+        return_exceptions=True,
+    )
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    assert failed == [9]
+    assert isinstance(results[9], EngineUnavailable) and "WRONGTYPE" in str(results[9])
+    assert all(isinstance(r, History) for r in results[20:])
+    assert await a.limits.connection_count("ip", "10.0.0.1") == 1

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from clarion.engines.base import EngineSink, History, PresenceEntry
 from clarion.engines.redis import scripts
+from clarion.engines.redis.batch import Batcher
 from clarion.engines.redis.connect import parse_url
 from clarion.engines.redis.keys import (
     EVENT,
@@ -99,7 +100,10 @@ class RedisEngine:
         self._presence_add = client.register_script(scripts.EXPIRING_ADD)
         self._presence_get = client.register_script(scripts.PRESENCE_GET)
         self._revoke = client.register_script(scripts.REVOKE)
-        self.limits = ClusterLimits(client, self.keys, _ms(self.presence_ttl))
+        # Per-session commands (history, presence, shared counts) issued in one loop
+        # iteration share one pipeline: a burst of sessions costs round trips per iteration.
+        self._batch = Batcher(client)
+        self.limits = ClusterLimits(client, self.keys, _ms(self.presence_ttl), self._batch)
         where = self.target.description
         try:
             info = await asyncio.wait_for(client.info("server"), START_TIMEOUT)
@@ -157,6 +161,8 @@ class RedisEngine:
         if self._link is not None:
             await self._link.close()
             self._link = None
+        if self._client is not None:
+            await self._batch.drain(PING_TIMEOUT)
         # Leave presence now rather than after the TTL; best effort.
         if self._presence and self._client is not None:
             with contextlib.suppress(Exception):
@@ -250,7 +256,8 @@ class RedisEngine:
         limit: int | None = None,
     ) -> History:
         try:
-            epoch_b, top, earliest, entries = await self._history(
+            epoch_b, top, earliest, entries = await self._batch.script(
+                self._history,
                 keys=[self.keys.stream(channel), self.keys.meta(channel)],
                 args=[
                     since.epoch if since is not None else "",
@@ -438,7 +445,8 @@ class RedisEngine:
         # Kept locally first: if Redis is down now, the next refresh puts the entry back.
         self._presence.setdefault(channel, {})[entry.client] = value
         try:
-            await self._presence_add(
+            await self._batch.script(
+                self._presence_add,
                 keys=[self.keys.presence_expiry(channel), self.keys.presence_entries(channel)],
                 args=[_ms(self.presence_ttl), entry.client, value],
             )
@@ -452,10 +460,10 @@ class RedisEngine:
             if not entries:
                 del self._presence[channel]
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.zrem(self.keys.presence_expiry(channel), client)
-            pipe.hdel(self.keys.presence_entries(channel), client)
-            await pipe.execute()
+            await asyncio.gather(
+                self._batch.command("ZREM", self.keys.presence_expiry(channel), client),
+                self._batch.command("HDEL", self.keys.presence_entries(channel), client),
+            )
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc, f"removing presence on {channel!r}") from None
 

@@ -16,6 +16,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from clarion.engines.redis import scripts
+from clarion.engines.redis.batch import Batcher
 from clarion.engines.redis.keys import Keys
 from clarion.errors import EngineUnavailable
 
@@ -25,7 +26,8 @@ def _unavailable(exc: BaseException, doing: str) -> EngineUnavailable:
 
 
 class ClusterLimits:
-    def __init__(self, client: Any, keys: Keys, ttl_ms: int) -> None:
+    def __init__(self, client: Any, keys: Keys, ttl_ms: int, batch: Batcher) -> None:
+        self._batch = batch  # a connection burst becomes a few pipelines, not a call each
         self._keys = keys
         self._ttl_ms = ttl_ms
         self._acquire = client.register_script(scripts.CONNECTION_ACQUIRE)
@@ -42,7 +44,9 @@ class ClusterLimits:
         """
         name = self._keys.connections(kind, key)
         try:
-            admitted, _ = await self._acquire(keys=[name], args=[member, limit, self._ttl_ms])
+            admitted, _ = await self._batch.script(
+                self._acquire, keys=[name], args=[member, limit, self._ttl_ms]
+            )
         except (RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc, f"counting a connection per {kind}") from None
         if admitted:
@@ -58,20 +62,22 @@ class ClusterLimits:
                 del self._held[name]
         # Not refreshed any more: should this fail, the member expires within the TTL.
         try:
-            await self._client.zrem(name, member)
+            await self._batch.command("ZREM", name, member)
         except (RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc, f"releasing a connection per {kind}") from None
 
     async def connection_count(self, kind: str, key: str) -> int:
         try:
-            return int(await self._count(keys=[self._keys.connections(kind, key)]))
+            name = self._keys.connections(kind, key)
+            return int(await self._batch.script(self._count, keys=[name]))
         except (RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc, f"counting the connections per {kind}") from None
 
     async def take_token(self, key: str, rate: float, burst: int) -> bool:
         """One token from the bucket ``key`` (refilled at ``rate``/s, holding ``burst``)."""
         try:
-            return bool(await self._take(keys=[self._keys.rate(key)], args=[rate, burst]))
+            name = self._keys.rate(key)
+            return bool(await self._batch.script(self._take, keys=[name], args=[rate, burst]))
         except (RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc, "taking a publish token") from None
 

@@ -28,7 +28,11 @@ SECRET = "interop-secret-long-enough-for-hs256-keys"
 async def secure(hub_factory: Callable[..., Any]) -> RunningHub:
     running: RunningHub = await hub_factory(
         Settings(
-            token_secret=SECRET, api_key="k", limits={"ping_interval": 0.5, "pong_timeout": 1.5}
+            token_secret=SECRET,
+            api_key="k",
+            # stomp.py sends the Origin of the page it would be: the hub's own address.
+            allowed_origins=["http://127.0.0.1:*"],
+            limits={"ping_interval": 0.5, "pong_timeout": 1.5},
         )
     )
     return running

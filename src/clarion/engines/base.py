@@ -9,10 +9,13 @@ publications, so a single code path delivers everything.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from clarion.protocol.publication import Publication, StreamPosition
-from clarion.settings import NamespaceOptions
+from clarion.settings import NamespaceOptions, Settings
+
+if TYPE_CHECKING:
+    from clarion.webhooks.outbox import Outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +146,12 @@ class SharedLimits(Protocol):
 
     async def take_token(self, key: str, rate: float, burst: int) -> bool:
         """One token from the shared bucket ``key``."""
+
+
+@runtime_checkable
+class WebhookStorage(Protocol):
+    """An engine that keeps the webhook outbox of its hubs (the memory engine in ``data_dir``,
+    the Redis engine in Redis, shared by every node)."""
+
+    def webhook_outbox(self, settings: Settings) -> Outbox:
+        """A new, unopened outbox for a hub with these settings."""

@@ -14,14 +14,17 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from clarion.engines.base import EngineSink, History, PresenceEntry
 from clarion.errors import ConfigError
 from clarion.protocol.publication import Publication, StreamPosition
-from clarion.settings import NamespaceOptions
+from clarion.settings import NamespaceOptions, Settings
+
+if TYPE_CHECKING:
+    from clarion.webhooks.outbox import Outbox
 
 MAX_IDEMPOTENCY_KEYS = 10_000  # per channel; the oldest key is forgotten first
 SWEEP_INTERVAL = 30.0
@@ -222,6 +225,15 @@ class MemoryEngine:
 
     async def presence(self, channel: str) -> list[PresenceEntry]:
         return list(self._presence.get(channel, {}).values())
+
+    def webhook_outbox(self, settings: Settings) -> Outbox:
+        """One SQLite file under the hub's ``data_dir``: this node publishes everything."""
+        from clarion.webhooks.outbox import SQLiteOutbox
+
+        delivery = settings.webhook_delivery
+        return SQLiteOutbox(
+            settings.data_dir, fsync=delivery.fsync, max_dead_letters=delivery.max_dead_letters
+        )
 
     async def healthy(self) -> bool:
         return True

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -89,11 +89,28 @@ _DELIVERY_COLUMNS = (
 
 
 class Outbox(Protocol):
-    """Storage for the webhook service.
+    """Storage for the webhook service, made by the engine (``Engine.webhook_outbox``).
 
     ``enqueue`` is synchronous because the hub's listeners are: when it returns, the deliveries
     are stored as durably as the implementation promises. Everything else may await.
     """
+
+    # True when several nodes share the outbox: endpoints change under this node's feet, and
+    # each endpoint's queue is delivered by whichever node holds its lease.
+    shared: bool
+    # Seconds between looks at a queue this node has not been told about (``None``: never).
+    poll_interval: float | None
+    # Told which endpoints have new deliveries once they are stored (wakes their workers).
+    on_written: Callable[[set[str]], None] | None
+    # Told when another node announces a change of the endpoint registry (shared outboxes).
+    on_registry_changed: Callable[[], None] | None
+
+    def in_use(self) -> bool:
+        """Whether to open the outbox at start: it holds something, or other nodes may add to
+        it. Otherwise it is opened with the first endpoint, and a hub that never uses webhooks
+        leaves nothing behind."""
+
+    async def open(self) -> None: ...
 
     def enqueue(
         self, deliveries: list[Delivery], event_version: int | None = None
@@ -110,6 +127,9 @@ class Outbox(Protocol):
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
         """Forget the endpoint with its pending deliveries, dead letters and positions."""
+
+    async def registry_version(self) -> int:
+        """Changes with every endpoint saved or deleted by any node sharing the outbox."""
 
     async def head(self, endpoint_id: str, limit: int) -> list[Delivery]:
         """The oldest pending deliveries of an endpoint, oldest first."""
@@ -138,12 +158,6 @@ class Outbox(Protocol):
         """``(channel, epoch, offset)`` of the last delivery per channel, latest first."""
 
     async def event_version(self) -> int: ...
-
-    # True when several nodes share the outbox: endpoints change under this node's feet, and
-    # each endpoint's queue is delivered by whichever node holds its lease.
-    shared: bool
-    # Seconds between looks at a queue this node has not been told about (``None``: never).
-    poll_interval: float | None
 
     async def claim(self, endpoint_id: str) -> bool:
         """Take or renew the right to deliver the endpoint; ``False`` while another node has it."""
@@ -179,12 +193,13 @@ class SQLiteOutbox:
         self._keep_dead = max_dead_letters
         self._db: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
+        self.on_written: Callable[[set[str]], None] | None = None
+        self.on_registry_changed: Callable[[], None] | None = None  # one node: never called
 
-    @staticmethod
-    def exists(data_dir: str | Path) -> bool:
-        return (Path(data_dir) / SQLiteOutbox.FILE).exists()
+    def in_use(self) -> bool:
+        return self.path.exists()
 
-    def open(self) -> None:
+    async def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -217,6 +232,9 @@ class SQLiteOutbox:
 
     async def release(self, endpoint_id: str) -> None:
         return None
+
+    async def registry_version(self) -> int:
+        return 0  # endpoints change only through this hub
 
     async def flush(self) -> None:
         return None  # enqueue commits before it returns

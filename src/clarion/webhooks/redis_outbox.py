@@ -226,6 +226,9 @@ class RedisOutbox:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
+    def in_use(self) -> bool:
+        return True  # other nodes may register endpoints at any time
+
     @property
     def client(self) -> Any:
         if self._client is None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from clarion.engines.base import WebhookStorage
 from clarion.errors import (
     BadRequest,
     ConfigError,
@@ -72,7 +73,6 @@ from clarion.webhooks.worker import EndpointWorker, millis
 
 if TYPE_CHECKING:
     from clarion.core.hub import Hub
-    from clarion.webhooks.redis_outbox import RedisOutbox
 
 log = logging.getLogger("clarion.webhooks")
 
@@ -96,10 +96,8 @@ class WebhookService:
         self.endpoints: dict[str, Endpoint] = {}
         self.backlog: dict[str, int] = {}
         self.dead: dict[str, int] = {}
-        self._outbox = outbox
-        # The same outbox when it is the Redis one, shared by every node (loaded only then:
-        # the redis package is an optional extra).
-        self._shared: RedisOutbox | None = None
+        self._outbox = outbox  # made by the engine at start unless given
+        self._opened = False
         self._sender: Sender | None = None
         self._workers: dict[str, EndpointWorker] = {}
         self._routes: dict[str, tuple[Endpoint, ...]] = {}
@@ -132,21 +130,16 @@ class WebhookService:
         return self._sender is not None
 
     async def start(self) -> None:
-        """Open the outbox now if the config names endpoints or an outbox exists already.
+        """Open the outbox now if the config names endpoints or the outbox is in use already.
 
-        Otherwise nothing is created until the first endpoint is registered: a hub that never
+        Otherwise nothing is opened until the first endpoint is registered: a hub that never
         uses webhooks leaves no file behind.
         """
         self._started = True
         static = self.hub.settings.webhooks
-        # A shared outbox is always opened: other nodes may register endpoints at any time.
-        shared = self.hub.engine.name == "redis"
-        if (
-            static
-            or shared
-            or self._outbox is not None
-            or SQLiteOutbox.exists(self.hub.settings.data_dir)
-        ):
+        if self._outbox is None:
+            self._outbox = self._make_outbox()
+        if static or self._outbox.in_use():
             try:
                 await self._open()
                 await self._apply_config(static)
@@ -154,43 +147,36 @@ class WebhookService:
                 await self.close()
                 raise
 
+    def _make_outbox(self) -> Outbox:
+        engine = self.hub.engine
+        if isinstance(engine, WebhookStorage):
+            return engine.webhook_outbox(self.hub.settings)
+        # An engine that keeps no outbox: each node delivers what it published.
+        log.warning(
+            "webhooks: the outbox is local to this node (engine %s): each node needs its own "
+            "data_dir and delivers what it publishes; configure endpoints in the config file so "
+            "that every node has them",
+            engine.name,
+        )
+        return SQLiteOutbox(
+            self.hub.settings.data_dir,
+            fsync=self.config.fsync,
+            max_dead_letters=self.config.max_dead_letters,
+        )
+
     async def _open(self) -> None:
         if self._sender is not None:
             return
-        if self._outbox is None and self.hub.engine.name == "redis":
-            from clarion.engines.redis.engine import RedisEngine
-            from clarion.webhooks.redis_outbox import RedisOutbox
-
-            engine = self.hub.engine
-            assert isinstance(engine, RedisEngine)
-            shared = RedisOutbox(engine, max_dead_letters=self.config.max_dead_letters)
-            await shared.open()
-            shared.on_written = self._written
-            shared.on_registry_changed = self._registry_changed.set
-            self._outbox = self._shared = shared
-        if self._outbox is None:
-            if self.hub.engine.name != "memory":
-                # An engine without a shared outbox: each node delivers what it published.
-                log.warning(
-                    "webhooks: the outbox is local to this node (engine %s): each node needs "
-                    "its own data_dir and delivers what it publishes; configure endpoints in "
-                    "the config file so that every node has them",
-                    self.hub.engine.name,
-                )
-            outbox = SQLiteOutbox(
-                self.hub.settings.data_dir,
-                fsync=self.config.fsync,
-                max_dead_letters=self.config.max_dead_letters,
-            )
-            outbox.open()
-            self._outbox = outbox
-        outbox_ = self.outbox
-        self.endpoints = {e.id: e for e in await outbox_.load_endpoints()}
-        self.backlog = await outbox_.backlog()
-        self.dead = await outbox_.dead_count()
-        self._version = await outbox_.event_version()
-        if self._shared is not None:
-            self._registry_seen = await self._shared.registry_version()
+        outbox = self.outbox
+        await outbox.open()
+        self._opened = True
+        outbox.on_written = self._written
+        outbox.on_registry_changed = self._registry_changed.set
+        self.endpoints = {e.id: e for e in await outbox.load_endpoints()}
+        self.backlog = await outbox.backlog()
+        self.dead = await outbox.dead_count()
+        self._version = await outbox.event_version()
+        self._registry_seen = await outbox.registry_version()
         self._sender = Sender(
             self.allow,
             timeout=self.config.timeout,
@@ -201,7 +187,7 @@ class WebhookService:
         for endpoint in self.endpoints.values():
             self._workers[endpoint.id] = EndpointWorker(self, endpoint)
         self.endpoints_changed()
-        if outbox_.shared:
+        if outbox.shared:
             self._sync = asyncio.create_task(self._sync_forever(), name="clarion-webhook-sync")
         pending = sum(self.backlog.values())
         log.info("webhooks: %d endpoints, %d deliveries pending", len(self.endpoints), pending)
@@ -231,9 +217,10 @@ class WebhookService:
         if self._sender is not None:
             await self._sender.aclose()
             self._sender = None
-        if self._outbox is not None:
+        if self._outbox is not None and self._opened:
             await self._outbox.aclose()
-            self._outbox = self._shared = None
+        self._outbox = None
+        self._opened = False
 
     @property
     def registry_lock(self) -> asyncio.Lock:
@@ -259,9 +246,9 @@ class WebhookService:
     async def refresh(self, force: bool = True) -> None:
         """Catch up with a shared outbox: endpoints other nodes added, changed or removed, and
         the queue sizes. Without ``force``, endpoints are read only when the registry changed."""
-        outbox = self._shared
-        if outbox is None or not self.is_open:
+        if not self.is_open or not self.outbox.shared:
             return
+        outbox = self.outbox
         async with self.registry_lock:
             version = await outbox.registry_version()
             if self.endpoints or version != self._registry_seen:

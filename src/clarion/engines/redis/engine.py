@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from redis.exceptions import RedisError
@@ -46,6 +46,9 @@ from clarion.errors import ConfigError, EngineUnavailable
 from clarion.protocol.channels import namespace_of
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions, Settings
+
+if TYPE_CHECKING:
+    from clarion.webhooks.outbox import Outbox
 
 log = logging.getLogger("clarion.engines.redis")
 
@@ -601,6 +604,12 @@ class RedisEngine:
                 await conn.disconnect(nowait=True)
             return False
         return True
+
+    def webhook_outbox(self, settings: Settings) -> Outbox:
+        """One outbox in Redis shared by every node; each endpoint delivered by one node."""
+        from clarion.webhooks.redis_outbox import RedisOutbox
+
+        return RedisOutbox(self, max_dead_letters=settings.webhook_delivery.max_dead_letters)
 
     async def healthy(self) -> bool:
         """Redis answers, and this node's pub/sub connection is up."""

@@ -111,6 +111,26 @@ class Limits(BaseModel):
     pong_timeout: float = Field(10, gt=0, description="seconds to wait for a pong")
     idle_timeout: float = Field(300, gt=0, description="seconds a session may hold no subscription")
     handshake_timeout: float = Field(10, gt=0, description="seconds to finish the HTTP handshake")
+    body_timeout: float = Field(
+        30,
+        gt=0,
+        description="seconds a request body may take to arrive once its head is in "
+        "(408, or closed if already answered)",
+    )
+    keepalive_timeout: float = Field(
+        5, gt=0, description="seconds an idle keep-alive HTTP connection stays open"
+    )
+    max_pending_connections: int = Field(
+        10_000,
+        ge=1,
+        description="HTTP connections per node that wait on their client (a request on its "
+        "way, idle keep-alive) and STOMP sockets before CONNECT; beyond, refused (503 / 4503)",
+    )
+    max_pending_connections_per_ip: int = Field(
+        1000,
+        ge=1,
+        description="the same, per client IP (IPv6: per `ipv6_prefix` network)",
+    )
     max_history_batch: int = Field(1000, ge=1, description="publications per history/poll reply")
 
 

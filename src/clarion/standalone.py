@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from clarion.asgi.app import build_app
 from clarion.asgi.publish import ENVELOPE_BYTES
 from clarion.hub import Hub
+from clarion.protocol.proxies import TrustedProxies, address_key, parse_address
 from clarion.server import Server
+from clarion.settings import Settings
 
 
 def make_server(hub: Hub, *, lifespan: bool = True, port: int | None = None) -> Server:
@@ -21,4 +25,28 @@ def make_server(hub: Hub, *, lifespan: bool = True, port: int | None = None) -> 
         handshake_timeout=limits.handshake_timeout,
         send_limit=limits.send_queue_bytes,
         flush_interval=settings.flush_interval,
+        keepalive_timeout=limits.keepalive_timeout,
+        body_timeout=limits.body_timeout,
+        max_pending=limits.max_pending_connections,
+        max_pending_per_ip=limits.max_pending_connections_per_ip,
+        client_key=peer_key(settings),
     )
+
+
+def peer_key(settings: Settings) -> Callable[[str], str | None]:
+    """What the server's per-IP cap counts a peer address as, before any request is read.
+
+    A trusted proxy is not counted per address (the clients behind it are, once their address
+    is read from its headers); anyone else counts as its address, IPv6 as its network.
+    """
+    proxies = TrustedProxies(settings.trusted_proxies)
+    prefix = settings.limits.ipv6_prefix
+
+    def key(peer: str) -> str | None:
+        if proxies:
+            address = parse_address(peer)
+            if address is not None and address in proxies:
+                return None
+        return address_key(peer, prefix)
+
+    return key

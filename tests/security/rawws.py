@@ -89,11 +89,14 @@ class RawWebSocket:
         self.writer.close()
 
 
-async def open_raw(port: int, path: str, subprotocol: str) -> RawWebSocket:
+async def open_raw(
+    port: int, path: str, subprotocol: str, source: str = "127.0.0.1"
+) -> RawWebSocket:
     """Upgrade a socket with a 4 KiB receive buffer; return once the hub answered 101."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((source, 0))
     sock.setblocking(False)
     await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), timeout(5))
     # A small stream limit too: the reader stops taking bytes from the socket early.

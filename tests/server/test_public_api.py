@@ -55,6 +55,12 @@ def test_server_options() -> None:
         "send_limit",
         "close_timeout",
         "flush_interval",
+        "body_timeout",
+        "max_pending",
+        "max_pending_per_ip",
+        "client_key",
     ]
     assert parameters["max_body_bytes"].default == 65536
     assert parameters["keepalive_timeout"].default == 5.0
+    assert parameters["body_timeout"].default == 30.0
+    assert parameters["max_pending_per_ip"].default == 1000

@@ -6,6 +6,7 @@ reading a bounded body, one ``orjson`` parse, the hub's publish and one ``orjson
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -82,7 +83,9 @@ class PublishEndpoint:
                 raise BadRequest("'id' must be a string of 1 to 128 characters")
             pub = await hub.publish(channel, body["data"], idempotency_key=key)
         except ClarionError as exc:
-            await send_json(send, exc.status, {"error": exc.to_dict()})
+            # The client may be gone (it never finished its body): nobody to tell, no error.
+            with contextlib.suppress(OSError):
+                await send_json(send, exc.status, {"error": exc.to_dict()})
             return
         except Exception:
             log.exception("publish failed")

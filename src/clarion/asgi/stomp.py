@@ -35,6 +35,7 @@ from clarion.errors import ClarionError, ClientError, Forbidden, LimitExceeded, 
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.frames import text_frame
+from clarion.protocol.proxies import address_key
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.protocol.stomp import (
     Ack,
@@ -250,6 +251,10 @@ class StompConnection:
         )
         self.session: Session | None = None
         self.closed = False
+        # Counted in hub.pending until CONNECT opens a session (which counts instead).
+        self.address = access.client_address(hub, scope)
+        self._pending_key = address_key(self.address, limits.ipv6_prefix) if self.address else None
+        self._pending = False
         self.last_received = time.monotonic()
         self._receipt: str | None = None  # of the frame being carried out
         loop = asyncio.get_running_loop()
@@ -493,7 +498,8 @@ class StompConnection:
         # request's token (Authorization header, token= query parameter, cookie).
         token = event.token or access.token_from(self.scope)
         credentials = hub.auth.verify(token) if token else hub.auth.anonymous()
-        self.session = hub.open_session(self, credentials, access.client_address(hub, self.scope))
+        self.session = hub.open_session(self, credentials, self.address)
+        self.unpend()
         self.wire.send(self.stomp.connected(self.session.id, SERVER, credentials.user))
         hub.subscribe_claimed(self.session)
         if event.heart_beat.send_ms:
@@ -518,8 +524,26 @@ class StompConnection:
             self.stomp.forget(sub)
             raise
 
+    def admit(self) -> bool:
+        """Count this socket against the caps for sockets before CONNECT; refuse it if over."""
+        self._pending = self.hub.pending.admit(self._pending_key)
+        if not self._pending:
+            self.fail(
+                LimitExceeded(
+                    "too many connections without CONNECT from this address",
+                    code="too_many_connections",
+                )
+            )
+        return self._pending
+
+    def unpend(self) -> None:
+        if self._pending:
+            self._pending = False
+            self.hub.pending.release(self._pending_key)
+
     def finish(self) -> None:
         """The socket is gone: release the session (idempotent)."""
+        self.unpend()
         self.end(CloseCode.NORMAL, "normal")
 
 
@@ -552,6 +576,7 @@ class StompEndpoint:
         )
         connection = StompConnection(hub, scope, wire)
         try:
+            connection.admit()  # refused: an ERROR frame and 4503, then the close handshake
             await connection.run(receive)
         finally:
             connection.finish()

@@ -14,7 +14,7 @@ import orjson
 from clarion.core.admission import Admission
 from clarion.core.auth import Authenticator, Credentials, auth_notes
 from clarion.core.fanout import LocalChannel, Push, Subscription, WireFormat, publication_cursor
-from clarion.core.limits import Revocations
+from clarion.core.limits import AddressCount, Refusals, Revocations
 from clarion.core.metrics import Stats, make_registry, render
 from clarion.core.session import Backlogged, Session, SubscribeResult, Transport
 from clarion.engines.base import Engine, History, PresenceEntry, SharedLimits
@@ -90,6 +90,13 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.by_user: dict[str, set[Session]] = {}
         self.by_ip: dict[str, int] = {}
+        limits = self.settings.limits
+        # Sockets without a session yet (STOMP before CONNECT), per address key and in all.
+        self.pending = AddressCount(
+            limits.max_pending_connections_per_ip,
+            limits.max_pending_connections,
+            Refusals(log, "socket(s) before CONNECT"),
+        )
         self.revocations = Revocations()
         self.admission = Admission(self)
         self.stats = Stats()

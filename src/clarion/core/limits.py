@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +26,87 @@ class TokenBucket:
             self.tokens -= 1.0
             return True
         return False
+
+
+class AddressCount:
+    """Connections counted per client address (its caps key) and in total, against two caps.
+
+    What it counts is the caller's choice: clarion's server counts connections that carry no
+    session yet (a request head or body on its way, an idle keep-alive), the STOMP endpoint
+    its sockets before ``CONNECT``. A ``None`` key counts towards the total only (a trusted
+    proxy, whose clients are counted once their address is known).
+    """
+
+    __slots__ = ("by_key", "per_key", "refusals", "total", "total_cap")
+
+    def __init__(self, per_key: int, total: int, refusals: Refusals | None = None) -> None:
+        self.per_key = per_key
+        self.total_cap = total
+        self.by_key: dict[str, int] = {}
+        self.total = 0
+        self.refusals = refusals
+
+    def admit(self, key: str | None) -> bool:
+        """Count one more for ``key`` unless a cap is reached (then say so, rate-limited)."""
+        if self.total >= self.total_cap:
+            if self.refusals is not None:
+                self.refusals.refused("node", key, self.total_cap)
+            return False
+        if key is not None and self.by_key.get(key, 0) >= self.per_key:
+            if self.refusals is not None:
+                self.refusals.refused("address", key, self.per_key)
+            return False
+        self.hold(key)
+        return True
+
+    def hold(self, key: str | None) -> None:
+        """Count one more for ``key`` whatever the caps (a connection that is there already)."""
+        self.total += 1
+        if key is not None:
+            self.by_key[key] = self.by_key.get(key, 0) + 1
+
+    def release(self, key: str | None) -> None:
+        self.total -= 1
+        if key is not None:
+            left = self.by_key.get(key, 1) - 1
+            if left > 0:
+                self.by_key[key] = left
+            else:
+                self.by_key.pop(key, None)
+
+
+class Refusals:
+    """Connections refused by a cap, logged at most once per ``every`` seconds per cap.
+
+    A flood refuses thousands of connections a second: one line per refusal would be a second
+    attack, on the logs; none at all leaves an operator blind. Each line says how many were
+    refused since the last one.
+    """
+
+    __slots__ = ("_counts", "_last", "every", "logger", "what")
+
+    def __init__(self, logger: logging.Logger, what: str, every: float = 10.0) -> None:
+        self.logger = logger
+        self.what = what
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def refused(self, cap: str, key: str | None, limit: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._counts[cap] = self._counts.get(cap, 0) + 1
+        last = self._last.get(cap)
+        if last is not None and now - last < self.every:
+            return
+        count = self._counts.pop(cap)
+        self._last[cap] = now
+        if cap == "address":
+            reason = f"the last from {key}, which holds {limit} (its cap)"
+        elif cap == "node":
+            reason = f"this node holds {limit} (its cap)"
+        else:  # descriptors
+            reason = f"the process is near its file descriptor limit ({limit} connections)"
+        self.logger.warning("refused %d %s since the last report: %s", count, self.what, reason)
 
 
 class Abuse:

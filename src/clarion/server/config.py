@@ -10,12 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import logging
 import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from clarion.core.limits import AddressCount, Refusals
+
+log = logging.getLogger("clarion.server")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,6 +49,12 @@ class Config:
     send_limit: int = 4 * 1024 * 1024
     close_timeout: float = 3.0
     flush_interval: float = 0.0
+    body_timeout: float = 30.0
+    max_pending: int = 10_000
+    max_pending_per_ip: int = 1000
+    # The key per-IP caps count a peer address as (None: not per address, e.g. a trusted
+    # proxy whose clients are counted once their own address is known).
+    client_key: Callable[[str], str | None] | None = None
 
 
 class Connection(Protocol):
@@ -58,12 +69,20 @@ class Connection(Protocol):
 
 @dataclass(slots=True)
 class Registry:
-    """The live connections and app tasks of one server, and the lifespan state."""
+    """The live connections and app tasks of one server, and the lifespan state.
+
+    ``pending`` counts the HTTP connections that wait on their client (a request head or body
+    on its way, an idle keep-alive) per address and in total; ``descriptors`` is how many
+    connections the process's file descriptor limit leaves room for (None: no limit).
+    """
 
     connections: set[Connection] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     state: dict[str, Any] = field(default_factory=dict)
     shutting_down: bool = False
+    pending: AddressCount = field(default_factory=lambda: AddressCount(1000, 10_000))
+    refusals: Refusals = field(default_factory=lambda: Refusals(log, "HTTP connection(s)"))
+    descriptors: int | None = None
 
     def start(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         """Run an app coroutine as a task that shutdown can wait for."""
@@ -92,6 +111,32 @@ class _DateHeader:
 
 
 date_header = _DateHeader()
+
+
+def descriptor_budget() -> int | None:
+    """Connections the file descriptor limit leaves room for, the rest kept in reserve.
+
+    Accepting until ``accept()`` fails with EMFILE leaves nothing for what the process needs
+    besides client sockets (its engine, webhooks, files) and, under uvloop, makes the event
+    loop drop connections without a word. Refusing a little earlier, and saying so, does not.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        # The soft limit is a default for programs that do not expect many files (1024 on
+        # most systems); a server holding connections raises it to what it is allowed, as
+        # Go's runtime does for every program.
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(soft - min(max(100, soft // 10), 1000), 1)
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)

@@ -7,8 +7,16 @@ with reading paused), and hands the socket to
 
 Limits, each answered before the app sees anything: request head bytes and header count (431),
 malformed requests (400), declared or streamed bodies over ``max_body_bytes`` (413), a head not
-complete within ``handshake_timeout`` (closed: slowloris), and an idle keep-alive connection
-after ``keepalive_timeout`` (closed).
+complete within ``handshake_timeout`` (closed: slowloris), a declared body not complete within
+``body_timeout`` of its head (408 if the app still waits for it, else closed), and an idle
+keep-alive connection after ``keepalive_timeout`` (closed). A timer runs in every state in
+which the connection waits on its client; timers do not run out while the server is the one
+not reading (a pipelined request waiting for the response before it).
+
+Connections that wait on their client count against ``max_pending_per_ip`` and
+``max_pending`` (a request being answered is the app's to count: SSE streams and long polls
+are sessions); the file descriptor limit caps all connections, with a reserve. A connection
+over a cap is answered 503 and closed, and the refusals are logged, at most once per 10 s.
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ class _Upgrade:
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
+        "_body_timer",
+        "_counted",
         "_cycle",
         "_detached",
         "_drain",
@@ -63,6 +73,7 @@ class HttpProtocol(asyncio.Protocol):
         "_idle_timer",
         "_ignoring",
         "_in_head",
+        "_key",
         "_loop",
         "_parser",
         "_parsing",
@@ -110,6 +121,10 @@ class HttpProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        # Counted as waiting on its client (registry.pending), under this address key.
+        self._counted = False
+        self._key: str | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -122,8 +137,28 @@ class HttpProtocol(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client = _address(transport.get_extra_info("peername"))
         self.server = _address(transport.get_extra_info("sockname"))
-        self.registry.connections.add(self)
-        self._head_timer = self._loop.call_later(self.config.handshake_timeout, self._timed_out)
+        registry, config = self.registry, self.config
+        if self.client is not None:
+            peer = self.client[0]
+            self._key = peer if config.client_key is None else config.client_key(peer)
+        budget = registry.descriptors
+        if budget is not None and len(registry.connections) >= budget:
+            registry.refusals.refused("descriptors", self._key, budget)
+            self._refuse()
+            return
+        if not registry.pending.admit(self._key):
+            self._refuse()
+            return
+        self._counted = True
+        registry.connections.add(self)
+        self._head_timer = self._loop.call_later(config.handshake_timeout, self._timed_out)
+
+    def _refuse(self) -> None:
+        # Over a cap: answer at once (a client that sends its request reads it) and close.
+        self._ignoring = True
+        self._detached = True  # nothing of ours to clean up
+        self.transport.write(simple_response(503, b"Service Unavailable\n"))
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._upgrade is not None:
@@ -151,6 +186,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
         self.registry.connections.discard(self)
+        self._uncount()
         if self._detached:
             return
         for cycle in (self._cycle, self._parsing, *self._pipeline):
@@ -252,6 +288,9 @@ class HttpProtocol(asyncio.Protocol):
         length = values.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
             self._raise(413)
+        if (length is not None and length.strip(b"0")) or b"transfer-encoding" in values:
+            # A body is coming: it must be complete within body_timeout.
+            self._arm_body_timer()
         scope["type"] = "http"
         scope["method"] = method
         scope["scheme"] = "http"
@@ -282,12 +321,17 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._upgrade is not None:
             return
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         cycle, self._parsing = self._parsing, None
         if cycle is not None:
             cycle.end_body()
         self._in_head = True
         self._progress = True
         self._raw_bytes = 0
+        self._recount()
+        self._arm_idle_timer()  # a body that came after its response: now the connection idles
         self.update_reading()
 
     def _raise(self, status: int) -> NoReturn:
@@ -299,6 +343,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _start(self, cycle: HttpCycle) -> None:
         self._cycle = cycle
+        self._recount()
         self.registry.start(cycle.run(), "clarion-http")
 
     def response_complete(self, cycle: HttpCycle) -> None:
@@ -321,11 +366,31 @@ class HttpProtocol(asyncio.Protocol):
                 self._hand_over(following)
                 return
             self._start(following)
-        elif self._in_head and self._head_timer is None:
-            self._idle_timer = self._loop.call_later(
-                self.config.keepalive_timeout, self.transport.close
-            )
+        else:
+            self._recount()
+            self._arm_idle_timer()
         self.update_reading()
+
+    def _recount(self) -> None:
+        """Count this connection as waiting on its client unless the app is answering it.
+
+        A request whose body is in and whose response is in flight is the app's business (an
+        SSE stream, a long poll: the hub counts those as sessions); in every other state the
+        connection waits on its client. Counted again after a response even over the cap: it
+        is there already, and its timers end it.
+        """
+        cycle = self._cycle
+        serving = cycle is not None and cycle.body_complete and not cycle.response_complete
+        if serving:
+            self._uncount()
+        elif not self._counted and not self._detached:
+            self._counted = True
+            self.registry.pending.hold(self._key)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.registry.pending.release(self._key)
 
     def update_reading(self) -> None:
         """Read only while nothing is queued: pipelined requests and unread bodies wait."""
@@ -339,6 +404,15 @@ class HttpProtocol(asyncio.Protocol):
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
+                # The client could not get through while we were not reading: its head or
+                # body gets a whole timeout from now.
+                if self._body_timer is not None:
+                    self._arm_body_timer()
+                if self._head_timer is not None:
+                    self._head_timer.cancel()
+                    self._head_timer = self._loop.call_later(
+                        self.config.handshake_timeout, self._timed_out
+                    )
 
     def _upgrade_parsed(self, leftover: bytes) -> None:
         upgrade = self._upgrade
@@ -355,6 +429,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _hand_over(self, upgrade: _Upgrade) -> None:
         self._cancel_timers()
+        self._uncount()  # the WebSocket app counts its own (sessions, sockets before CONNECT)
         self._detached = True
         self.registry.connections.discard(self)
         transport = self.transport
@@ -390,7 +465,11 @@ class HttpProtocol(asyncio.Protocol):
             if written:
                 self.transport.close()
                 return
-        body = {400: b"Bad Request\n", 413: b"Payload Too Large\n"}.get(status, b"")
+        body = {
+            400: b"Bad Request\n",
+            408: b"Request Timeout\n",
+            413: b"Payload Too Large\n",
+        }.get(status, b"")
         if status == 431:
             body = b"Request Header Fields Too Large\n"
         log.info("HTTP %d to %s", status, self.client)
@@ -399,14 +478,54 @@ class HttpProtocol(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._head_timer = None
+        if self._waiting_on_us():
+            self._head_timer = self._loop.call_later(self.config.handshake_timeout, self._timed_out)
+            return
         log.info("closing %s: request head not received in time", self.client)
         self.transport.close()
 
+    def _arm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+        self._body_timer = self._loop.call_later(self.config.body_timeout, self._body_timed_out)
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self._waiting_on_us():
+            self._arm_body_timer()
+            return
+        log.info("closing %s: request body not received in time", self.client)
+        cycle = self._parsing
+        if cycle is not None and cycle is self._cycle and not cycle.response_started:
+            self._error(408, cycle)  # the app still waits for it: tell the client why
+        else:
+            self.close()
+
+    def _waiting_on_us(self) -> bool:
+        """Reading is paused by us: a pipelined request waits for the response before it, or
+        the app has not taken the body read so far. The client is not the one stalling."""
+        return self._reading_paused and not self._ignoring and not self.transport.is_closing()
+
+    def _arm_idle_timer(self) -> None:
+        # Idle: no response in flight, nothing queued, no head or body on its way.
+        if (
+            self._cycle is None
+            and not self._pipeline
+            and self._in_head
+            and self._head_timer is None
+            and self._idle_timer is None
+            and not self._detached
+            and not self.transport.is_closing()
+        ):
+            self._idle_timer = self._loop.call_later(
+                self.config.keepalive_timeout, self.transport.close
+            )
+
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._idle_timer):
+        for timer in (self._head_timer, self._idle_timer, self._body_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._idle_timer = None
+        self._head_timer = self._idle_timer = self._body_timer = None
 
     def close(self) -> None:
         self._cancel_timers()

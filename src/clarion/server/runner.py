@@ -10,7 +10,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from clarion.server.config import ASGIApp, Config, Registry
+from clarion.core.limits import AddressCount
+from clarion.server.config import ASGIApp, Config, Registry, descriptor_budget
 from clarion.server.fastws import flusher_for
 from clarion.server.http import HttpProtocol
 from clarion.server.lifespan import Lifespan
@@ -31,6 +32,13 @@ class Server:
     ``FastWebSocket.set_send_limit``), ``close_timeout`` how long a close handshake may take,
     ``flush_interval`` how long pushed frames may wait to share a write (0: until the end of the
     loop iteration; the setting is per event loop).
+
+    A request body must be complete within ``body_timeout`` seconds of its head. Connections
+    that wait on their client (a head or body on its way, an idle keep-alive) are capped at
+    ``max_pending_per_ip`` per client address (as ``client_key`` maps it; ``None`` from it
+    counts towards the total only) and ``max_pending`` in all; every connection counts
+    against the file descriptor limit, less a reserve. Over a cap, a connection is answered
+    503 and closed, and the refusals are logged (at most once per 10 s).
     """
 
     def __init__(
@@ -50,6 +58,10 @@ class Server:
         send_limit: int = 4 * 1024 * 1024,
         close_timeout: float = 3.0,
         flush_interval: float = 0.0,
+        body_timeout: float = 30.0,
+        max_pending: int = 10_000,
+        max_pending_per_ip: int = 1000,
+        client_key: Callable[[str], str | None] | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
@@ -66,8 +78,15 @@ class Server:
             send_limit=send_limit,
             close_timeout=close_timeout,
             flush_interval=flush_interval,
+            body_timeout=body_timeout,
+            max_pending=max_pending,
+            max_pending_per_ip=max_pending_per_ip,
+            client_key=client_key,
         )
         self.registry = Registry()
+        self.registry.pending = AddressCount(
+            max_pending_per_ip, max_pending, self.registry.refusals
+        )
         self._lifespan = Lifespan(app, self.registry.state)
         self._server: asyncio.Server | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -96,6 +115,7 @@ class Server:
         loop = asyncio.get_running_loop()
         config, registry = self.config, self.registry
         flusher_for(loop).interval = config.flush_interval
+        registry.descriptors = descriptor_budget()
 
         def factory() -> HttpProtocol:
             return HttpProtocol(config, registry)

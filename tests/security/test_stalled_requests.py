@@ -1,0 +1,330 @@
+"""HTTP connections that wait on their client are timed and counted, in every state.
+
+A request head, a declared body (length, chunked, ``Expect: 100-continue``), an idle keep-alive
+connection, a pipelined request: each has a timer, each counts against the per-address and
+per-node caps for connections without a session, and connections beyond a cap or beyond the
+file descriptor budget are refused (503) and logged, while other addresses are still served.
+Raw sockets on clarion's own server; the caps and timeouts are lowered for the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import resource
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from ..conftest import RunningHub, timeout
+from .rawws import CLOSE, TEXT, masked, open_raw
+from .test_write_floods import STOMP_CONNECT, serve
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+QUICK = {"handshake_timeout": 0.5, "body_timeout": 0.5, "keepalive_timeout": 0.5}
+
+
+@pytest.fixture
+async def sockets() -> AsyncIterator[Callable[..., Any]]:
+    """``await open_(port, source)`` → a raw connection from ``source``; all closed after."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def open_(port: int, source: str = "127.0.0.1") -> Stream:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), timeout(5)
+        )
+        writers.append(writer)
+        return reader, writer
+
+    yield open_
+    for writer in writers:
+        writer.close()
+    for writer in writers:
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def until_closed(reader: asyncio.StreamReader, wait: float = 5) -> bytes:
+    """Everything the hub sends until it closes the connection (fails if it does not)."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout(wait))
+    except ConnectionResetError:
+        return b""
+
+
+def statuses(data: bytes) -> list[int]:
+    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+
+
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout(5))
+    length = int(re.findall(rb"content-length: (\d+)", head.lower())[0])
+    return head + await asyncio.wait_for(reader.readexactly(length), timeout(5))
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n"
+PUBLISH = b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize(
+    "sent, answers",
+    [
+        pytest.param(b"GET /healthz HTTP/1.1\r\nHost: h\r\n", [], id="slow-head"),
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n",
+            [200],
+            id="declared-body-answered-without-it",
+        ),
+        pytest.param(
+            PUBLISH + b"Content-Length: 1000\r\n\r\n" + b'{"channel": "c", ',
+            [408],
+            id="declared-body-awaited",
+        ),
+        pytest.param(
+            PUBLISH + b"Transfer-Encoding: chunked\r\n\r\n5\r\n" + b'{"cha\r\n',
+            [408],
+            id="chunked-never-finished",
+        ),
+        pytest.param(
+            PUBLISH + b"Content-Length: 40\r\nExpect: 100-continue\r\n\r\n",
+            [100, 408],
+            id="expect-100-continue",
+        ),
+        pytest.param(HEALTHZ, [200], id="idle-keep-alive"),
+        pytest.param(
+            HEALTHZ + PUBLISH + b"Content-Length: 100\r\n\r\n",
+            [200, 408],
+            id="pipelined-body-never-sent",
+        ),
+        pytest.param(
+            HEALTHZ + b"GET /healthz HTTP/1.1\r\nHost: h\r\n",
+            [200],
+            id="pipelined-head-never-finished",
+        ),
+    ],
+)
+async def test_every_waiting_state_has_a_timer(
+    hub_factory: Any, sockets: Any, sent: bytes, answers: list[int]
+) -> None:
+    hub: RunningHub = await hub_factory(limits=QUICK)
+    reader, writer = await sockets(hub.port)
+    started = time.monotonic()
+    writer.write(sent)
+    assert statuses(await until_closed(reader)) == answers
+    assert time.monotonic() - started >= 0.4  # a timer ended it, not a refusal
+    await asyncio.sleep(0.05)
+    assert hub.server.registry.pending.total == 0
+
+
+async def test_a_late_body_then_idle_is_closed(hub_factory: Any, sockets: Any) -> None:
+    hub: RunningHub = await hub_factory(limits=QUICK)
+    reader, writer = await sockets(hub.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")
+    assert statuses(await read_response(reader)) == [200]
+    writer.write(b"0123456789")  # the body, after the answer, in time: then the connection idles
+    assert await until_closed(reader) == b""
+
+
+async def test_a_long_poll_outlives_the_body_and_idle_timers(
+    hub_factory: Any, sockets: Any
+) -> None:
+    """Timers never run out on the app's time: a pipelined request waits for a long poll."""
+    hub: RunningHub = await hub_factory(limits=QUICK)
+    reader, writer = await sockets(hub.port)
+    started = time.monotonic()
+    writer.write(
+        b"GET /poll?channel=c&timeout=1.5 HTTP/1.1\r\nHost: h\r\n\r\n"
+        + PUBLISH
+        + b"Content-Length: 36\r\n\r\n"
+        + b'{"channel": "c", "data"'  # the rest never comes
+    )
+    # The poll answers after 1.5 s (three body timeouts) while the pipelined request waits;
+    # then the server reads it, and its body's timer runs.
+    assert statuses(await until_closed(reader)) == [200, 408]
+    assert time.monotonic() - started >= 1.9
+
+
+async def test_many_from_one_address_are_refused_others_are_served(
+    hub_factory: Any, sockets: Any, caplog: Any
+) -> None:
+    cap = 20
+    hub: RunningHub = await hub_factory(
+        limits={
+            "max_pending_connections_per_ip": cap,
+            "handshake_timeout": 30,
+            "body_timeout": 30,
+        }
+    )
+    held = [await sockets(hub.port) for _ in range(cap)]
+    for _, writer in held:  # each declares a body it never sends
+        writer.write(PUBLISH + b"Content-Length: 500\r\n\r\n")
+    caplog.set_level(logging.WARNING, logger="clarion.server")
+    await asyncio.sleep(0.05)
+    refused = [await sockets(hub.port) for _ in range(3 * cap)]
+    for reader, _ in refused:
+        assert statuses(await until_closed(reader)) == [503]
+    # Another address is served meanwhile, and so are the held ones' sessions elsewhere.
+    reader, writer = await sockets(hub.port, "127.0.0.2")
+    writer.write(HEALTHZ)
+    assert statuses(await read_response(reader)) == [200]
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert lines == [
+        f"refused 1 HTTP connection(s) since the last report: the last from 127.0.0.1, "
+        f"which holds {cap} (its cap)"
+    ]  # one line for the first refusal; the next 59 wait for the next report
+    for _, writer in held:
+        writer.close()
+    await asyncio.sleep(0.1)
+    reader, writer = await sockets(hub.port)
+    writer.write(HEALTHZ)
+    assert statuses(await read_response(reader)) == [200]
+
+
+async def test_node_cap_counts_every_address(hub_factory: Any, sockets: Any) -> None:
+    hub: RunningHub = await hub_factory(
+        limits={"max_pending_connections": 12, "handshake_timeout": 30}
+    )
+    for n in range(12):
+        _, writer = await sockets(hub.port, f"127.0.0.{2 + n % 4}")
+        writer.write(b"GET / HTTP/1.1\r\n")
+    reader, _ = await sockets(hub.port, "127.0.0.9")
+    assert statuses(await until_closed(reader)) == [503]
+
+
+async def test_streams_and_long_polls_are_sessions_not_pending(
+    hub_factory: Any, sockets: Any
+) -> None:
+    hub: RunningHub = await hub_factory(limits={"max_pending_connections_per_ip": 3})
+    streams = []
+    pending = hub.server.registry.pending
+    for n in range(6):
+        reader, writer = await sockets(hub.port)
+        path = f"/sse?channel=c{n}" if n % 2 else f"/poll?channel=c{n}&timeout=30"
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        streams.append(reader)
+        deadline = time.monotonic() + timeout(5)
+        while pending.total:  # being answered: no longer waiting on its client
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(streams[1].readuntil(b"\r\n\r\n"), timeout(5))  # an SSE head
+    reader, writer = await sockets(hub.port)
+    writer.write(HEALTHZ)
+    assert statuses(await read_response(reader)) == [200]
+
+
+def _low_descriptor_limit() -> None:  # runs in the child before exec
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+
+async def test_descriptor_limit_refuses_and_logs_instead_of_emfile(sockets: Any) -> None:
+    """At 256 descriptors the hub keeps 100 in reserve: connection 157 on gets 503, a
+    warning says so, and once the flood ends every address is served again."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "clarion.cli",
+        "serve",
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_low_descriptor_limit,
+        env={
+            **os.environ,
+            "CLARION_LIMITS__MAX_PENDING_CONNECTIONS_PER_IP": "1000",
+            "CLARION_LIMITS__HANDSHAKE_TIMEOUT": "60",
+        },
+    )
+    assert proc.stderr is not None
+    log: list[str] = []
+    try:
+        port = 0
+        while not port:
+            line = (await asyncio.wait_for(proc.stderr.readline(), timeout(20))).decode()
+            assert line, "".join(log)
+            log.append(line)
+            if "listening on http://" in line:
+                port = int(line.rsplit(":", 1)[1])
+        held = [await sockets(port, f"127.0.0.{2 + n % 8}") for n in range(200)]
+
+        async def answer(reader: asyncio.StreamReader) -> bytes:
+            try:
+                return await asyncio.wait_for(reader.read(64), timeout(1))
+            except TimeoutError:
+                return b""  # held: a head is awaited from it
+
+        answers = await asyncio.gather(*(answer(reader) for reader, _ in held))
+        refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+        assert len(refused) == 200 - 156, len(refused)
+        while "near its file descriptor limit" not in log[-1]:
+            log.append((await asyncio.wait_for(proc.stderr.readline(), timeout(5))).decode())
+        for _, writer in held:
+            writer.close()
+        await asyncio.sleep(0.2)
+        reader, writer = await sockets(port, "127.0.0.20")
+        writer.write(HEALTHZ)
+        assert statuses(await read_response(reader)) == [200]
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def test_a_refused_connection_is_cheap(hub_factory: Any) -> None:
+    """Refusals cost the hub one write and a close: a burst of them leaves nothing behind."""
+    hub: RunningHub = await hub_factory(
+        limits={"max_pending_connections_per_ip": 1, "handshake_timeout": 30}
+    )
+    keep = socket.create_connection(("127.0.0.1", hub.port))
+    try:
+        await asyncio.sleep(0.05)
+        for _ in range(50):
+            reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+            assert statuses(await until_closed(reader)) == [503]
+            writer.close()
+            await writer.wait_closed()
+        await asyncio.sleep(0.05)
+        assert hub.server.registry.pending.total == 1
+        assert len(hub.server.registry.connections) == 1
+    finally:
+        keep.close()
+
+
+@pytest.mark.parametrize("kind", ["clarion", "uvicorn"])
+async def test_stomp_sockets_before_connect_count_per_address(kind: str) -> None:
+    async with serve(kind, limits={"max_pending_connections_per_ip": 3}) as running:
+        hub = running.hub
+        held = [await open_raw(running.port, "/stomp", "v12.stomp") for _ in range(3)]
+        try:
+            refused = await open_raw(running.port, "/stomp", "v12.stomp")
+            opcode, frame = await asyncio.wait_for(refused.read_frame(), timeout(5))
+            assert frame.startswith(b"ERROR\n") and b"x-close-code:4503" in frame
+            opcode, payload = await asyncio.wait_for(refused.read_frame(), timeout(5))
+            assert (opcode, int.from_bytes(payload[:2], "big")) == (CLOSE, 4503)
+            refused.close()
+            # Another address is not affected.
+            other = await open_raw(running.port, "/stomp", "v12.stomp", "127.0.0.2")
+            other.close()
+            # CONNECT turns a pending socket into a session (counted as such): a slot frees.
+            held[0].writer.write(masked(TEXT, STOMP_CONNECT))
+            opcode, frame = await asyncio.wait_for(held[0].read_frame(), timeout(5))
+            assert frame.startswith(b"CONNECTED\n")
+            assert hub.pending.by_key == {"127.0.0.1": 2}
+            fresh = await open_raw(running.port, "/stomp", "v12.stomp")
+            fresh.writer.write(masked(TEXT, STOMP_CONNECT))
+            opcode, frame = await asyncio.wait_for(fresh.read_frame(), timeout(5))
+            assert frame.startswith(b"CONNECTED\n")
+            fresh.close()
+        finally:
+            for ws in held:
+                ws.close()
+        deadline = time.monotonic() + timeout(5)
+        while hub.pending.total:  # every socket gone: nothing left counted
+            assert time.monotonic() < deadline, hub.pending.by_key
+            await asyncio.sleep(0.02)

@@ -69,6 +69,16 @@ def test_version_help_and_import(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_the_redis_engine_asks_for_its_extra(tmp_path: Path) -> None:
+    engine = "redis://127.0.0.1:6379/0"
+    result = _run(CLARION, "serve", "--port", "0", "--engine", engine, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "clarion: the redis engine needs the redis extra (No module named 'redis'): "
+        "pip install -e '.[redis]' in the checkout"
+    )
+
+
 async def _cli(*args: str, cwd: Path) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         str(CLARION),

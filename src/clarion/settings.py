@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.fields import FieldInfo
@@ -18,6 +19,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from clarion.protocol.channels import DEFAULT_NAMESPACE
 from clarion.protocol.origins import Origin, OriginRule, parse_origin
 from clarion.protocol.proxies import parse_network
+
+# What ``engine`` may start with besides "memory": the Redis engine's URLs.
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 
 
 class _Environment(PydanticBaseSettingsSource):
@@ -324,6 +328,22 @@ class Settings(BaseSettings):
         for name in value:
             if not name or ":" in name:
                 raise ValueError(f"invalid namespace name {name!r}")
+        return value
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str) -> str:
+        if value == "memory":
+            return value
+        if not value.startswith(REDIS_URL_SCHEMES):
+            schemes = ", ".join(REDIS_URL_SCHEMES)
+            raise ValueError(f'must be "memory" or a Redis URL ({schemes})')
+        if "," in value:
+            return value  # several sentinels: the engine parses those
+        try:
+            urlsplit(value).port  # noqa: B018 - parsing it is the check
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL: {exc}") from None
         return value
 
     @field_validator("log_level", mode="before")

@@ -112,6 +112,20 @@ async def test_clarion_toml_in_the_working_directory_is_read(tmp_path: Path) -> 
         ),
         ({"CLARION_FOO": "1"}, ["clarion: CLARION_FOO: unknown setting"]),
         (
+            {"CLARION_ENGINE": "foo://x"},
+            [
+                'clarion: CLARION_ENGINE=foo://x: must be "memory" or a Redis URL '
+                "(redis://, rediss://, unix://, redis+sentinel://)"
+            ],
+        ),
+        (
+            {"CLARION_ENGINE": "redis://127.0.0.1:notaport/0"},
+            [
+                "clarion: CLARION_ENGINE=redis://127.0.0.1:notaport/0: "
+                "not a valid URL: Port could not be cast to integer value as 'notaport'"
+            ],
+        ),
+        (
             {"CLARION_LIMITS__MAX_CONECTIONS": "5"},
             [
                 "clarion: CLARION_LIMITS__MAX_CONECTIONS: unknown setting "

@@ -32,7 +32,7 @@ from clarion.protocol.channels import namespace_of, validate_channel
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor, encode_single
 from clarion.protocol.publication import Publication, StreamPosition
-from clarion.settings import NamespaceOptions, Settings
+from clarion.settings import REDIS_URL_SCHEMES, NamespaceOptions, Settings
 
 log = logging.getLogger("clarion.hub")
 
@@ -48,12 +48,13 @@ def make_engine(settings: Settings) -> Engine:
         from clarion.engines.memory import MemoryEngine
 
         return MemoryEngine(data_dir=settings.data_dir)
-    if url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+    if url.startswith(REDIS_URL_SCHEMES):
         try:
             from clarion.engines.redis import RedisEngine
-        except ImportError as exc:  # pragma: no cover - depends on the install
+        except ImportError as exc:
             raise ConfigError(
-                f"the redis engine is not available ({exc}); pip install 'clarion[redis]'"
+                f"the redis engine needs the redis extra ({exc}): "
+                "pip install -e '.[redis]' in the checkout"
             ) from None
         return RedisEngine(url, settings)
     raise ConfigError(f"unknown engine {url!r}: use 'memory' or 'redis://host:port/db'")

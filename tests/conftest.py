@@ -20,6 +20,8 @@ from clarion import Hub, Settings
 # Timeouts scale with this factor on slow or loaded machines. Taken out of the environment:
 # every other CLARION_* variable is a setting, and hubs refuse the ones they do not know.
 TIMEOUT_FACTOR = float(os.environ.pop("CLARION_TEST_TIMEOUT_FACTOR", "1"))
+# How many times the stress tests repeat their scenario; 0 skips them. Taken out likewise.
+STRESS_RUNS = int(os.environ.pop("CLARION_STRESS", "0"))
 
 
 def timeout(seconds: float) -> float:

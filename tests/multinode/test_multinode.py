@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import httpx
@@ -12,7 +11,7 @@ import redis.asyncio as aioredis
 
 from clarion import CloseCode, mint_token
 
-from ..conftest import timeout
+from ..conftest import STRESS_RUNS, timeout
 from .conftest import Cluster
 from .helpers import Publisher, Tracker, eventually
 
@@ -44,7 +43,6 @@ async def test_subscribe_on_one_node_publish_through_another(cluster: Cluster) -
 
 # The node-kill scenario repeated on demand, each run with its own Redis and nodes; best on a
 # loaded machine, where races show: CLARION_STRESS=50 ./scripts/test tests/multinode -k stress
-STRESS_RUNS = int(os.environ.get("CLARION_STRESS", "0"))
 STRESS = (
     range(STRESS_RUNS)
     if STRESS_RUNS > 0

@@ -286,6 +286,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         args.user,
         args.channels,
         publish=args.publish,
+        presence=args.presence,
         ttl=args.ttl,
         info=info,
         algorithm=settings.token_algorithm
@@ -348,8 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels", nargs="+", default=[], metavar="PATTERN", help="channels it may subscribe"
     )
     token.add_argument("--publish", nargs="*", default=[], metavar="PATTERN", help="may publish")
+    token.add_argument(
+        "--presence",
+        nargs="*",
+        default=[],
+        metavar="PATTERN",
+        help="may read presence without subscribing",
+    )
     token.add_argument("--ttl", type=_duration, default=3600.0, help="lifetime, e.g. 1h (default)")
-    token.add_argument("--info", type=_json_arg, help="JSON object shown in presence")
+    token.add_argument(
+        "--info", type=_json_arg, help="JSON object shown with publications (and presence)"
+    )
     token.add_argument("--secret", help="HS256 secret (default: token_secret from config/env)")
     token.add_argument("--config", help="path to clarion.toml (default ./clarion.toml, if any)")
     token.set_defaults(func=cmd_token)

@@ -78,6 +78,14 @@ async def test_token() -> None:
     claims = jwt.decode(out.strip(), "s" * 32, algorithms=["HS256"])
     assert claims["sub"] == "42" and claims["channels"] == ["chat:*", "user:42"]
     assert 890 <= claims["exp"] - claims["iat"] <= 900
+    assert "presence" not in claims and "publish" not in claims
+    code, out, _ = await run(
+        "token", "--user", "7", "--channels", "team:*", "--presence", "team:*", "lobby",
+        "--secret", "s" * 32,
+    )  # fmt: skip
+    assert code == 0
+    claims = jwt.decode(out.strip(), "s" * 32, algorithms=["HS256"])
+    assert claims["presence"] == ["team:*", "lobby"]
     code, _, err = await run("token", "--user", "42")
     assert code == 2 and "no token secret" in err
 

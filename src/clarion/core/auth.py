@@ -264,12 +264,15 @@ def mint_token(
     ttl: float = 3600,
     info: dict[str, Any] | None = None,
     algorithm: str = "HS256",
+    presence: list[str] | None = None,
 ) -> str:
     """A development token (``clarion token``)."""
     now = int(time.time())
     claims: dict[str, Any] = {"sub": user, "channels": channels, "iat": now, "exp": now + int(ttl)}
     if publish:
         claims["publish"] = publish
+    if presence:
+        claims["presence"] = presence
     if info:
         claims["info"] = info
     return jwt.encode(claims, secret, algorithm=algorithm)

@@ -121,6 +121,12 @@ class Limits(BaseModel):
         description="seconds a request body may take to arrive once its head is in "
         "(408, or closed if already answered)",
     )
+    send_timeout: float = Field(
+        60,
+        gt=0,
+        description="seconds an HTTP response may wait on a client that reads none of it "
+        "(then the connection is reset)",
+    )
     keepalive_timeout: float = Field(
         5, gt=0, description="seconds an idle keep-alive HTTP connection stays open"
     )

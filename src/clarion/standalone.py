@@ -27,6 +27,7 @@ def make_server(hub: Hub, *, lifespan: bool = True, port: int | None = None) -> 
         flush_interval=settings.flush_interval,
         keepalive_timeout=limits.keepalive_timeout,
         body_timeout=limits.body_timeout,
+        send_timeout=limits.send_timeout,
         max_pending=limits.max_pending_connections,
         max_pending_per_ip=limits.max_pending_connections_per_ip,
         client_key=peer_key(settings),

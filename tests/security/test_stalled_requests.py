@@ -25,7 +25,7 @@ import pytest
 
 from ..conftest import RunningHub, timeout
 from .rawws import CLOSE, TEXT, masked, open_raw
-from .test_write_floods import STOMP_CONNECT, serve
+from .test_write_floods import STOMP_CONNECT, serve, small_send_buffers
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 QUICK = {"handshake_timeout": 0.5, "body_timeout": 0.5, "keepalive_timeout": 0.5}
@@ -328,3 +328,25 @@ async def test_stomp_sockets_before_connect_count_per_address(kind: str) -> None
         while hub.pending.total:  # every socket gone: nothing left counted
             assert time.monotonic() < deadline, hub.pending.by_key
             await asyncio.sleep(0.02)
+
+
+async def test_a_response_nobody_reads_is_cut(hub_factory: Any) -> None:
+    """Pipelined requests whose responses are never read: once the buffers are full the
+    connection waits on its client again, and send_timeout ends it."""
+    hub: RunningHub = await hub_factory(limits={"send_timeout": 0.5})
+    small_send_buffers(hub.server.sockets[0])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", hub.port))
+    try:
+        await loop.sock_sendall(sock, b"GET /clarion.js HTTP/1.1\r\nHost: h\r\n\r\n" * 100)
+        registry = hub.server.registry
+        deadline = time.monotonic() + timeout(10)
+        while registry.connections:
+            assert time.monotonic() < deadline, "the stalled response was not cut"
+            await asyncio.sleep(0.05)
+        assert not registry.tasks or all(task.done() for task in registry.tasks)
+    finally:
+        sock.close()

@@ -56,6 +56,7 @@ def test_server_options() -> None:
         "close_timeout",
         "flush_interval",
         "body_timeout",
+        "send_timeout",
         "max_pending",
         "max_pending_per_ip",
         "client_key",

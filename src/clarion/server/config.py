@@ -50,6 +50,7 @@ class Config:
     close_timeout: float = 3.0
     flush_interval: float = 0.0
     body_timeout: float = 30.0
+    send_timeout: float = 60.0
     max_pending: int = 10_000
     max_pending_per_ip: int = 1000
     # The key per-IP caps count a peer address as (None: not per address, e.g. a trusted

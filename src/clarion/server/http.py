@@ -9,7 +9,8 @@ Limits, each answered before the app sees anything: request head bytes and heade
 malformed requests (400), declared or streamed bodies over ``max_body_bytes`` (413), a head not
 complete within ``handshake_timeout`` (closed: slowloris), a declared body not complete within
 ``body_timeout`` of its head (408 if the app still waits for it, else closed), and an idle
-keep-alive connection after ``keepalive_timeout`` (closed). A timer runs in every state in
+keep-alive connection after ``keepalive_timeout`` (closed), a response the client reads
+nothing of for ``send_timeout`` (reset). A timer runs in every state in
 which the connection waits on its client; timers do not run out while the server is the one
 not reading (a pipelined request waiting for the response before it).
 
@@ -33,7 +34,7 @@ import httptools
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from clarion.server.config import ASGI_VERSION, Config, Registry, Scope
+from clarion.server.config import ASGI_VERSION, Config, Registry, Scope, reset
 from clarion.server.cycle import HttpCycle, simple_response
 from clarion.server.websocket import WebSocketProtocol
 
@@ -82,6 +83,7 @@ class HttpProtocol(asyncio.Protocol):
         "_raw_bytes",
         "_reading_paused",
         "_reject",
+        "_send_timer",
         "_upgrade",
         "_url",
         "client",
@@ -122,6 +124,7 @@ class HttpProtocol(asyncio.Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         # Counted as waiting on its client (registry.pending), under this address key.
         self._counted = False
         self._key: str | None = None
@@ -199,9 +202,15 @@ class HttpProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         self._drain = self._loop.create_future()
+        if self._send_timer is None and not self._detached:
+            # The client takes none of what we write: it gets send_timeout to start again.
+            self._send_timer = self._loop.call_later(self.config.send_timeout, self._send_stalled)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -521,11 +530,17 @@ class HttpProtocol(asyncio.Protocol):
                 self.config.keepalive_timeout, self.transport.close
             )
 
+    def _send_stalled(self) -> None:
+        self._send_timer = None
+        log.info("closing %s: the client read nothing of its response in time", self.client)
+        # A reset: what the kernel holds for a client that does not read would keep it open.
+        reset(self.transport)
+
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._idle_timer, self._body_timer):
+        for timer in (self._head_timer, self._idle_timer, self._body_timer, self._send_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._idle_timer = self._body_timer = None
+        self._head_timer = self._idle_timer = self._body_timer = self._send_timer = None
 
     def close(self) -> None:
         self._cancel_timers()

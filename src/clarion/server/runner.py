@@ -33,7 +33,8 @@ class Server:
     ``flush_interval`` how long pushed frames may wait to share a write (0: until the end of the
     loop iteration; the setting is per event loop).
 
-    A request body must be complete within ``body_timeout`` seconds of its head. Connections
+    A request body must be complete within ``body_timeout`` seconds of its head; a response
+    whose client reads none of it for ``send_timeout`` seconds is cut (reset). Connections
     that wait on their client (a head or body on its way, an idle keep-alive) are capped at
     ``max_pending_per_ip`` per client address (as ``client_key`` maps it; ``None`` from it
     counts towards the total only) and ``max_pending`` in all; every connection counts
@@ -59,6 +60,7 @@ class Server:
         close_timeout: float = 3.0,
         flush_interval: float = 0.0,
         body_timeout: float = 30.0,
+        send_timeout: float = 60.0,
         max_pending: int = 10_000,
         max_pending_per_ip: int = 1000,
         client_key: Callable[[str], str | None] | None = None,
@@ -79,6 +81,7 @@ class Server:
             close_timeout=close_timeout,
             flush_interval=flush_interval,
             body_timeout=body_timeout,
+            send_timeout=send_timeout,
             max_pending=max_pending,
             max_pending_per_ip=max_pending_per_ip,
             client_key=client_key,

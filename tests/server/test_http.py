@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -240,16 +241,20 @@ async def test_request_head_trickled_past_the_handshake_timeout_is_closed(
 
     async def trickle() -> None:
         writer.write(b"GET / HTTP/1.1\r\n")
-        for i in range(100):
+        for i in range(400):
             await asyncio.sleep(0.05)
             writer.write(b"X-Slow-%d: 1\r\n" % i)
 
     trickler = asyncio.create_task(trickle())
     try:
-        assert await read_eof(reader, timeout=2) == b""  # closed, never answered
+        # Closed, never answered. The client is still writing when the server closes, so its
+        # kernel may see a reset rather than the end of the stream: either is the close.
+        with contextlib.suppress(ConnectionResetError):
+            assert await read_eof(reader) == b""
     finally:
         trickler.cancel()
-    assert 0.25 < loop.time() - started < 1.0
+    # Well before the trickle ends (20 s): the deadline is for the whole head, not per line.
+    assert 0.25 < loop.time() - started < 3.0
 
 
 async def test_silent_connection_is_closed_after_the_handshake_timeout(start_server: Any) -> None:

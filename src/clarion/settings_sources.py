@@ -4,7 +4,7 @@ Every value remembers its origin, so that a bad one is reported as the person wr
 
     clarion.toml: unknown key limits.max_conections (did you mean limits.max_connections?)
     CLARION_PORT=abc: must be a valid integer
-    --port 70000: must be less than or equal to 65535
+    --engine foo://x: must be "memory" or a Redis URL (redis://, rediss://, …)
 
 In the environment, nested keys join with ``__`` and list settings take a JSON list or a
 comma-separated one (``CLARION_ALLOWED_ORIGINS=https://a.example,https://b.example``); tables
@@ -41,7 +41,7 @@ CLIENT_VARIABLES = frozenset({"CLARION_URL", "CLARION_TOKEN"})
 DEFAULT_FILE = "clarion.toml"  # read from the working directory when no file is named
 MAX_REPORTED = 5  # errors listed one per line; the rest are counted
 
-Path_ = tuple[str | int, ...]
+KeyPath = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Sourced:
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
-        self.origins: dict[Path_, Origin] = {}
+        self.origins: dict[KeyPath, Origin] = {}
         self.variables: list[str] = []  # the CLARION_* variables used
 
     def set(self, path: tuple[str, ...], value: Any, origin: Origin) -> None:
@@ -76,7 +76,7 @@ class Sourced:
         node[path[-1]] = _merge(old, value) if isinstance(old, dict) else value
         self.origins[path] = origin
 
-    def origin_of(self, loc: Path_) -> tuple[Origin, Path_]:
+    def origin_of(self, loc: KeyPath) -> tuple[Origin, KeyPath]:
         """The origin of the value at ``loc``, and the path it was set at."""
         for n in range(len(loc), 0, -1):
             origin = self.origins.get(loc[:n])
@@ -171,7 +171,7 @@ def _takes_json(annotation: Any) -> bool:
     return origin in (list, dict)
 
 
-def annotation_at(model: type[BaseModel], path: Path_) -> Any:
+def annotation_at(model: type[BaseModel], path: KeyPath) -> Any:
     """The type of the setting at ``path`` in ``model``; None when there is no such setting."""
     annotation: Any = model
     for key in path:
@@ -245,18 +245,18 @@ def _reason(detail: ErrorDetails) -> str:
     return message
 
 
-def _dotted(path: Path_) -> str:
+def _dotted(path: KeyPath) -> str:
     text = ""
     for key in path:
         text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
     return text
 
 
-def _variable(path: Path_) -> str:
+def _variable(path: KeyPath) -> str:
     return PREFIX + NESTED.join(str(k).upper() for k in path)
 
 
-def _suggestion(model: type[BaseModel], loc: Path_) -> Path_ | None:
+def _suggestion(model: type[BaseModel], loc: KeyPath) -> KeyPath | None:
     parent = annotation_at(model, loc[:-1])
     if not (isinstance(parent, type) and issubclass(parent, BaseModel)):
         return None

@@ -516,7 +516,11 @@ class WsSubscriber(asyncio.BufferedProtocol):
             self._check_caught(client)
             return
         if "reset" in msg:
+            # Counted (a reset fails the run); the stream restarts, so what follows is not
+            # also counted as a gap.
             st.resets += 1
+            client.last = 0
+            client.epoch = None
             return
         if "offset" in msg:
             self._publication(client, msg)

@@ -427,3 +427,21 @@ async def test_calls_of_one_iteration_share_a_pipeline_and_fail_alone(
     assert isinstance(results[9], EngineUnavailable) and "WRONGTYPE" in str(results[9])
     assert all(isinstance(r, History) for r in results[20:])
     assert await a.limits.connection_count("ip", "10.0.0.1") == 1
+
+
+async def test_history_reads_share_decoded_publications_of_one_epoch(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """Reads of the same entries share objects (and so their encoded frames); an entry of a
+    new epoch with the same offset is never taken for the old one."""
+    a, sink = await nodes()
+    await a.subscribe("c")
+    await a.publish("c", "old", OPTS)
+    await eventually(lambda: len(sink.publications) == 1)
+    first, second = await a.history("c", OPTS), await a.history("c", OPTS)
+    assert first.publications[0] is second.publications[0] is sink.publications[0]
+    await raw.delete("clarion:{c}:meta", "clarion:{c}:stream")  # the channel's history is lost
+    await a.publish("c", "new", OPTS)
+    after = await a.history("c", OPTS)
+    assert [p.data for p in after.publications] == ["new"]
+    assert after.position.epoch != first.position.epoch

@@ -38,6 +38,7 @@ from clarion.engines.redis.keys import (
     decode_publication,
     encode_body,
     encode_event,
+    entry_offset,
     publication_from_body,
 )
 from clarion.engines.redis.limits import ClusterLimits
@@ -58,6 +59,9 @@ PING_TIMEOUT = 1.0
 CHECK_BATCH = 500  # channels per pipelined position check
 CATCH_UP_ROUNDS = 10  # history reads per channel per check, at most
 MIN_REDIS = (6, 2)  # XTRIM MINID
+# Decoded publications kept by (channel, epoch, offset), which names one content for good: the
+# history reads of a reconnect storm then share objects, and with them their encoded frames.
+RECENT = 4096
 
 
 def new_epoch() -> str:
@@ -87,6 +91,7 @@ class RedisEngine:
         self._seen: dict[str, StreamPosition] = {}  # subscribed channel → last position seen
         self._resync_lock = asyncio.Lock()
         self._presence: dict[str, dict[str, bytes]] = {}  # this node's entries, for refresh
+        self._recent: dict[tuple[str, str, int], Publication] = {}  # see RECENT
         self._failing: str | None = None  # what last failed, to log an outage once
         self._ping_conn: Any = None  # health checks' own connection, outside the pool
         self._pinging: asyncio.Future[bool] | None = None  # the health check under way
@@ -275,8 +280,22 @@ class RedisEngine:
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc, f"reading the history of {channel!r}") from None
         epoch = epoch_b.decode()
-        pubs = [decode_entry(channel, epoch, entry) for entry in entries]
+        pubs = [self._decoded(channel, epoch, entry) for entry in entries]
         return History(pubs, StreamPosition(epoch, int(top)), int(earliest))
+
+    def _decoded(self, channel: str, epoch: str, entry: list[Any]) -> Publication:
+        recent = self._recent.get((channel, epoch, entry_offset(entry)))
+        if recent is not None:
+            return recent
+        pub = decode_entry(channel, epoch, entry)
+        self._remember(pub)
+        return pub
+
+    def _remember(self, pub: Publication) -> None:
+        recent = self._recent
+        recent[(pub.channel, pub.epoch, pub.offset)] = pub
+        if len(recent) > RECENT:
+            del recent[next(iter(recent))]  # the oldest remembered
 
     # ---- subscriptions and delivery ---------------------------------------------------------
 
@@ -331,6 +350,7 @@ class RedisEngine:
                 return
             if payload[0] == PUBLICATION:
                 pub = decode_publication(channel, payload)
+                self._remember(pub)
                 self._note(pub.position, channel, baseline=False)
                 sink.on_publication(pub)
             elif payload[0] == EVENT:

@@ -97,11 +97,15 @@ def decode_publication(channel: str, payload: bytes) -> Publication:
     return publication_from_body(channel, int(offset), epoch.decode(), int(time), body)
 
 
+def entry_offset(entry: list[Any]) -> int:
+    """The offset of a stream entry ``[b"<offset>-0", fields]``."""
+    return int(entry[0].split(b"-", 1)[0])
+
+
 def decode_entry(channel: str, epoch: str, entry: list[Any]) -> Publication:
     """A stream entry ``[b"<offset>-0", [b"t", time, b"d", body]]``."""
-    entry_id, fields = entry
-    offset = int(entry_id.split(b"-", 1)[0])
-    return publication_from_body(channel, offset, epoch, int(fields[1]), fields[3])
+    fields = entry[1]
+    return publication_from_body(channel, entry_offset(entry), epoch, int(fields[1]), fields[3])
 
 
 def encode_event(kind: str, event: dict[str, Any]) -> bytes:

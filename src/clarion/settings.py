@@ -113,6 +113,12 @@ class Limits(BaseModel):
     )
     ping_interval: float = Field(25, gt=0, description="seconds between server pings")
     pong_timeout: float = Field(10, gt=0, description="seconds to wait for a pong")
+    stomp_min_heart_beat: float = Field(
+        1,
+        gt=0,
+        description="shortest period of the STOMP heart-beats the hub sends, in seconds; a "
+        "client asking for less gets this (independent of `ping_interval`)",
+    )
     idle_timeout: float = Field(300, gt=0, description="seconds a session may hold no subscription")
     handshake_timeout: float = Field(10, gt=0, description="seconds to finish the HTTP handshake")
     body_timeout: float = Field(

@@ -258,7 +258,7 @@ async def test_shutdown_tells_clients_to_reconnect(hub: RunningHub) -> None:
 @pytest.fixture
 async def quick(hub_factory: Callable[..., Any]) -> RunningHub:
     running: RunningHub = await hub_factory(
-        Settings(limits={"ping_interval": 0.3, "pong_timeout": 0.8})
+        Settings(limits={"ping_interval": 0.3, "pong_timeout": 0.8, "stomp_min_heart_beat": 0.3})
     )
     return running
 

@@ -30,9 +30,9 @@ async def secure(hub_factory: Callable[..., Any]) -> RunningHub:
         Settings(
             token_secret=SECRET,
             api_key="k",
-            # stomp.py sends the Origin of the page it would be: the hub's own address.
+            # stomp.py's WebSocket client sends the Origin of the URL it connects to.
             allowed_origins=["http://127.0.0.1:*"],
-            limits={"ping_interval": 0.5, "pong_timeout": 1.5},
+            limits={"ping_interval": 0.5, "pong_timeout": 1.5, "stomp_min_heart_beat": 0.5},
         )
     )
     return running

@@ -24,7 +24,9 @@ API_KEY = "portable-api-key"
 async def portable() -> AsyncIterator[RunningHub]:
     hub = Hub(
         Settings(
-            token_secret=SECRET, api_key=API_KEY, limits={"ping_interval": 0.5, "pong_timeout": 1.5}
+            token_secret=SECRET,
+            api_key=API_KEY,
+            limits={"ping_interval": 0.5, "pong_timeout": 1.5, "stomp_min_heart_beat": 0.5},
         )
     )
     await hub.start()

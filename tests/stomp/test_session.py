@@ -283,17 +283,42 @@ def test_subscribe_and_unsubscribe() -> None:
     assert error_of(
         connected(), frame("SUBSCRIBE", id="a", destination="/topic/a") * 2
     ).message == ("subscription id 'a' is already in use")
-    err = error_of(
-        connected(),
-        frame("SUBSCRIBE", id="a", destination="/topic/a")
-        + frame("SUBSCRIBE", id="b", destination="/topic/a"),
-    )
-    assert err.message == "already subscribed to '/topic/a' on this connection"
     (gone,) = feed(session, frame("UNSUBSCRIBE", id="s:1", receipt="u"))
     assert gone == Unsubscribe(sub, "u")
     assert session.subscriptions == {} and session.by_channel == {}
     (unknown,) = feed(session, frame("UNSUBSCRIBE", id="never"))
     assert unknown == Unsubscribe(None, None)
+
+
+def test_several_subscriptions_to_one_destination_ack_apart() -> None:
+    session = connected()
+    events = feed(
+        session,
+        frame("SUBSCRIBE", id="a", destination="/topic/t", ack="client-individual")
+        + frame("SUBSCRIBE", id="b", destination="/topic/t", ack="client-individual")
+        + frame("SUBSCRIBE", id="c", destination="/topic/u", ack="client"),
+    )
+    a, b, c = (e.subscription for e in events if isinstance(e, Subscribe))
+    assert (a.ack_suffix, b.ack_suffix, c.ack_suffix) == ("", ".1", "")
+    assert [s.id for s in session.by_channel["t"]] == ["a", "b"]
+    for sub in (a, b, c):
+        sub.start(StreamPosition("e", 0))
+    first, second = encode_single("t", "e", 1), encode_single("t", "e", 2)
+    # The bare cursor is the first subscription's ack id, the suffixed one the other's.
+    (ack_a,) = feed(session, frame("ACK", id=first))
+    (ack_b,) = feed(session, frame("ACK", id=second + ".1"))
+    assert (ack_a.subscription, ack_b.subscription) == (a, b)
+    assert a.acks is not None and a.acks.position == StreamPosition("e", 1)
+    assert b.acks is not None and b.acks.position == StreamPosition("e", 0)  # 1 not acked yet
+    (ack_b,) = feed(session, frame("ACK", id=first + ".1"))
+    assert b.acks.position == StreamPosition("e", 2)
+    # A suffix of a subscription that is gone names nothing; one of another channel is refused.
+    feed(session, frame("UNSUBSCRIBE", id="b"))
+    (late,) = feed(session, frame("ACK", id=second + ".1"))
+    assert late.subscription is None
+    assert session.by_channel["t"] == [a]
+    err = error_of(session, frame("ACK", id=encode_single("u", "e", 1) + ".1", subscription="a"))
+    assert err.code == "bad_ack"
 
 
 def test_stomp_1_0_has_no_escaping_and_optional_ids() -> None:

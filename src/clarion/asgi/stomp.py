@@ -29,7 +29,7 @@ from clarion.asgi.sendqueue import Send as AsgiSend
 from clarion.asgi.sendqueue import SendQueue, accept
 from clarion.asgi.wstransport import FAST_WEBSOCKET
 from clarion.core.fanout import Push, WireFormat, publication_cursor
-from clarion.core.hub import Hub
+from clarion.core.hub import Hub, reset_reason
 from clarion.core.session import Session, SubscribeResult
 from clarion.errors import ClarionError, ClientError, Forbidden, LimitExceeded, Unauthorized
 from clarion.protocol.codes import CloseCode, disconnect_for
@@ -46,12 +46,14 @@ from clarion.protocol.stomp import (
     Send,
     State,
     StompSession,
+    StompSubscription,
     Subscribe,
     Unsubscribe,
     acked_cursor,
     message_tail,
     select_subprotocol,
 )
+from clarion.protocol.stomp.message import TOPIC
 
 log = logging.getLogger("clarion.stomp")
 
@@ -67,9 +69,11 @@ def _data_json(pub: Publication) -> bytes:
     return orjson.dumps(pub.data)
 
 
-def _tail(pub: Publication, *, escaped: bool, ack: bool) -> bytes:
+def _tail(pub: Publication, *, escaped: bool, ack: bool, ack_suffix: str = "") -> bytes:
     body: bytes = pub.encoded("stomp/data", _data_json)
-    return message_tail(pub, publication_cursor(pub), body, escaped=escaped, ack=ack)
+    return message_tail(
+        pub, publication_cursor(pub), body, escaped=escaped, ack=ack, ack_suffix=ack_suffix
+    )
 
 
 def _formats(kind: str, encode: Callable[[bytes], Any]) -> dict[tuple[bool, bool], WireFormat]:
@@ -111,6 +115,10 @@ class FastWire:
 
     formats = FRAME_FORMATS
     __slots__ = ("conn", "limit", "on_overflow")
+
+    @staticmethod
+    def encode(tail: bytes) -> bytes:
+        return tail
 
     def __init__(self, conn: Any, limit: int, on_overflow: Callable[[], None]) -> None:
         self.conn = conn
@@ -166,6 +174,10 @@ class AsgiWire:
 
     formats = TEXT_FORMATS
     __slots__ = ("queue",)
+
+    @staticmethod
+    def encode(tail: bytes) -> str:
+        return tail.decode()
 
     def __init__(self, send: AsgiSend, limit: int, on_overflow: Callable[[], None]) -> None:
         self.queue = SendQueue(send, limit, on_overflow)
@@ -245,10 +257,18 @@ class StompConnection:
         self.scope = scope
         self.wire = wire
         limits = hub.settings.limits
-        beat_ms = max(1, int(limits.ping_interval * 1000))
+        # The hub beats as often as the client asks, down to stomp_min_heart_beat; it wants to
+        # hear from the client every ping_interval, which its liveness sweep allows anyway.
+        send_ms = max(1, int(limits.stomp_min_heart_beat * 1000))
+        receive_ms = max(1, int(limits.ping_interval * 1000))
         self.stomp = StompSession(
-            heart_beat=(beat_ms, beat_ms), max_frame_bytes=limits.max_message_bytes
+            heart_beat=(send_ms, receive_ms),
+            max_frame_bytes=limits.max_message_bytes,
+            max_subscriptions=limits.max_subscriptions_per_connection,
         )
+        # Channels with several subscriptions on this connection: one hub subscription each,
+        # fanned out here (see _Shared).
+        self.shared: dict[str, _Shared] = {}
         self.session: Session | None = None
         self.closed = False
         # Counted in hub.pending until CONNECT opens a session (which counts instead).
@@ -289,17 +309,18 @@ class StompConnection:
         self.wire.watch_overflow()
 
     def send_reset(self, channel: str, reason: str, cursor: str) -> None:
-        sub = self.stomp.by_channel.get(channel)
-        if sub is None or self.closed:
+        if self.closed:
             return
-        frame = self.stomp.reset(sub, reason, cursor)
-        if frame is not None:
-            self.wire.send(frame)
+        for sub in list(self.stomp.by_channel.get(channel, ())):
+            frame = self.stomp.reset(sub, reason, cursor)
+            if frame is not None:
+                self.wire.send(frame)
 
     def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         return None  # STOMP has no presence events
 
     def send_unsubscribe(self, channel: str, reason: str) -> None:
+        self.shared.pop(channel, None)
         if not self.closed:
             frame = self.stomp.unsubscribed(channel, reason)
             if frame is not None:
@@ -473,7 +494,12 @@ class StompConnection:
         elif isinstance(event, Unsubscribe):
             sub = event.subscription
             if sub is not None:
-                await session.unsubscribe(sub.channel)
+                shared = self.shared.get(sub.channel)
+                if shared is not None:
+                    shared.remove(sub)
+                if sub.channel not in self.stomp.by_channel:
+                    self.shared.pop(sub.channel, None)
+                    await session.unsubscribe(sub.channel)
                 cursor = acked_cursor(sub)
                 self._reply(event.receipt, *([("x-cursor", cursor)] if cursor else []))
             else:
@@ -507,6 +533,13 @@ class StompConnection:
 
     async def subscribe(self, session: Session, event: Subscribe) -> None:
         sub = event.subscription
+        if len(self.stomp.by_channel[sub.channel]) > 1:
+            try:
+                await self._subscribe_shared(session, event)
+            except BaseException:
+                self.stomp.forget(sub)
+                raise
+            return
         fmt = self.wire.formats[(self.stomp.escaped, sub.needs_ack)]
         since = event.since
 
@@ -541,10 +574,132 @@ class StompConnection:
             self._pending = False
             self.hub.pending.release(self._pending_key)
 
+    async def _subscribe_shared(self, session: Session, event: Subscribe) -> None:
+        """A further subscription to a destination this connection already subscribes to.
+
+        The hub holds one subscription per channel and connection: the first STOMP
+        subscription's is moved to :data:`SHARED_FORMAT`, whose push hands each publication to
+        every STOMP subscription of the channel, each with its own frames and ack state.
+        """
+        sub = event.subscription
+        channel = sub.channel
+        shared = self.shared.get(channel)
+        if shared is None:
+            local = self.hub.local.get(channel)
+            position = None if local is None else local.position
+            if position is None:
+                raise _still_resuming(channel)
+            shared = _Shared(self, channel, position)
+            for first in self.stomp.by_channel[channel]:
+                if first is not sub:
+                    shared.add(first)
+            if not self.hub.retarget(session, channel, SHARED_FORMAT, shared.push):
+                raise _still_resuming(channel)
+            self.shared[channel] = shared
+        since = event.since
+        start = shared.position
+        if since is None or since == start:
+            sub.start(start)
+            shared.add(sub)
+            self._reply(event.receipt, ("x-cursor", Cursor.single(channel, start).encode()))
+            return
+        # Resume this subscription alone: live publications wait in its buffer meanwhile.
+        buffer = shared.add(sub, pending=True)
+        hub = self.hub
+        history = await hub.engine.history(channel, hub.options(channel), since=since, limit=None)
+        if shared.buffers.get(sub) is not buffer or self.shared.get(channel) is not shared:
+            return  # unsubscribed meanwhile
+        reason = None if history.covers(since) else reset_reason(history, since)
+        last = since if reason is None else history.position
+        sub.start(last)
+        cursor = Cursor.single(channel, last).encode()
+        self._reply(event.receipt, ("x-cursor", cursor))
+        if reason is not None:
+            frame = self.stomp.reset(sub, reason, cursor)
+            if frame is not None:
+                self.wire.send(frame)
+        else:
+            for pub in history.publications:
+                if pub.epoch == last.epoch and pub.offset > last.offset:
+                    shared.deliver(sub, pub)
+                    last = pub.position
+        for pub in buffer:
+            if pub.epoch == last.epoch and pub.offset <= last.offset:
+                continue
+            shared.deliver(sub, pub)
+            last = pub.position
+        shared.live(sub)
+
     def finish(self) -> None:
         """The socket is gone: release the session (idempotent)."""
         self.unpend()
         self.end(CloseCode.NORMAL, "normal")
+
+
+def _still_resuming(channel: str) -> RemoteProtocolError:
+    # The hub's subscription is not live yet (still reading history, or held back while slow).
+    return RemoteProtocolError(
+        f"{TOPIC + channel!r} is still being caught up on this connection: "
+        "subscribe again once its first subscription's messages arrive",
+        code="busy",
+    )
+
+
+# The hub's format for a channel with several STOMP subscriptions on one connection: the
+# publication itself, which _Shared turns into each subscription's frame.
+SHARED_FORMAT = WireFormat("stomp/shared", "stomp", lambda pub: pub)
+
+
+class _Shared:
+    """The STOMP subscriptions of one connection to one channel, behind one hub subscription.
+
+    Each gets the frame of its own flavour (the tails are memoised on the publication like any
+    wire format's); one whose ``ack`` ids carry a suffix gets a tail of its own.
+    """
+
+    __slots__ = ("buffers", "channel", "connection", "position", "pushes")
+
+    def __init__(self, connection: StompConnection, channel: str, position: StreamPosition) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.pushes: dict[StompSubscription, Push] = {}
+        # Subscriptions still reading history, and the live publications they wait on.
+        self.buffers: dict[StompSubscription, list[Publication]] = {}
+        self.position = position  # of the last publication delivered
+
+    def add(self, sub: StompSubscription, *, pending: bool = False) -> list[Publication]:
+        buffer: list[Publication] = []
+        if pending:
+            self.buffers[sub] = buffer
+        else:
+            self.pushes[sub] = self.connection.wire.push_for(sub.prefix)
+        return buffer
+
+    def live(self, sub: StompSubscription) -> None:
+        if self.buffers.pop(sub, None) is not None:
+            self.pushes[sub] = self.connection.wire.push_for(sub.prefix)
+
+    def remove(self, sub: StompSubscription) -> None:
+        self.pushes.pop(sub, None)
+        self.buffers.pop(sub, None)
+
+    def push(self, pub: Publication) -> None:
+        self.position = pub.position
+        for buffer in self.buffers.values():
+            buffer.append(pub)
+        for sub in list(self.pushes):
+            self.deliver(sub, pub)
+
+    def deliver(self, sub: StompSubscription, pub: Publication) -> None:
+        push = self.pushes.get(sub) or self.connection.wire.push_for(sub.prefix)
+        wire = self.connection.wire
+        escaped = self.connection.stomp.escaped
+        if sub.ack_suffix and sub.needs_ack:
+            tail = wire.encode(_tail(pub, escaped=escaped, ack=True, ack_suffix=sub.ack_suffix))
+        else:
+            fmt = wire.formats[(escaped, sub.needs_ack)]
+            tail = pub.encoded(fmt, fmt.encode)
+        push(tail)
 
 
 class StompEndpoint:

@@ -12,14 +12,22 @@ from clarion.protocol.stomp.negotiation import HeartBeat
 
 
 class StompSubscription:
-    """One ``SUBSCRIBE`` of a session: its id, channel, ack mode and acked position."""
+    """One ``SUBSCRIBE`` of a session: its id, channel, ack mode and acked position.
 
-    __slots__ = ("ack", "acks", "channel", "id", "prefix")
+    ``ack_suffix`` tells this subscription's ``ack`` ids from those of other subscriptions of the
+    session to the same destination: empty for the first one (its ack id is the bare cursor),
+    ``.<n>`` for the others.
+    """
 
-    def __init__(self, sub_id: str, channel: str, ack: AckMode, *, escaped: bool) -> None:
+    __slots__ = ("ack", "ack_suffix", "acks", "channel", "id", "prefix")
+
+    def __init__(
+        self, sub_id: str, channel: str, ack: AckMode, *, escaped: bool, ack_suffix: str = ""
+    ) -> None:
         self.id = sub_id
         self.channel = channel
         self.ack = ack
+        self.ack_suffix = ack_suffix
         self.prefix = message_prefix(sub_id, escaped=escaped)
         self.acks: AckPosition | None = None
 

@@ -31,14 +31,17 @@ def message_prefix(subscription: str, *, escaped: bool) -> bytes:
     return b"MESSAGE\nsubscription:" + value.encode()
 
 
-def message_tail(pub: Publication, cursor: str, body: bytes, *, escaped: bool, ack: bool) -> bytes:
+def message_tail(
+    pub: Publication, cursor: str, body: bytes, *, escaped: bool, ack: bool, ack_suffix: str = ""
+) -> bytes:
     """The shared rest of a ``MESSAGE``: every header after ``subscription``, the body, the NUL.
 
     ``body`` is the publication's ``data`` as JSON; ``cursor`` its single-channel cursor, which
-    is the ``message-id`` (and the ``ack`` id): a client resumes from it with ``x-since``.
+    is the ``message-id`` and, followed by ``ack_suffix``, the ``ack`` id: a client resumes
+    from it with ``x-since``.
     """
     epoch = escape(pub.epoch) if escaped else pub.epoch
-    ack_header = f"\nack:{cursor}" if ack else ""
+    ack_header = f"\nack:{cursor}{ack_suffix}" if ack else ""
     head = (
         f"\nmessage-id:{cursor}{ack_header}"
         f"\ndestination:{destination(pub.channel, escaped=escaped)}"
@@ -49,7 +52,14 @@ def message_tail(pub: Publication, cursor: str, body: bytes, *, escaped: bool, a
 
 
 def reset_frame(
-    subscription: str, channel: str, reason: str, cursor: str, *, escaped: bool, ack: bool
+    subscription: str,
+    channel: str,
+    reason: str,
+    cursor: str,
+    *,
+    escaped: bool,
+    ack: bool,
+    ack_suffix: str = "",
 ) -> bytes:
     """The reset signal: a ``MESSAGE`` with ``x-reset``, ``x-cursor`` and an empty body.
 
@@ -59,7 +69,7 @@ def reset_frame(
     message_id = RESET_PREFIX + cursor
     headers = [("subscription", subscription), ("message-id", message_id)]
     if ack:
-        headers.append(("ack", message_id))
+        headers.append(("ack", message_id + ack_suffix))
     headers += [
         ("destination", TOPIC + channel),
         ("x-reset", reason),

@@ -55,6 +55,7 @@ from clarion.protocol.stomp.states import (
 )
 
 MAX_ID_CHARS = 256  # subscription ids
+DEFAULT_MAX_SUBSCRIPTIONS = 128
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 
 
@@ -102,9 +103,12 @@ class StompSession:
     """
 
     __slots__ = (
+        "_by_suffix",
         "_by_tag",
+        "_serial",
         "by_channel",
         "heart_beat",
+        "max_subscriptions",
         "parser",
         "server_heart_beat",
         "state",
@@ -119,6 +123,7 @@ class StompSession:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_headers: int = DEFAULT_MAX_HEADERS,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
     ) -> None:
         self.state = State.AWAITING_CONNECT
         self.version: str | None = None
@@ -129,9 +134,14 @@ class StompSession:
             max_headers=max_headers,
             max_header_bytes=max_header_bytes,
         )
+        self.max_subscriptions = max_subscriptions
         self.subscriptions: dict[str, StompSubscription] = {}
-        self.by_channel: dict[str, StompSubscription] = {}
+        # channel -> its subscriptions, oldest first (several ids may name one destination)
+        self.by_channel: dict[str, list[StompSubscription]] = {}
+        # Who takes an ack id: a bare cursor goes by its channel tag, a suffixed one by suffix.
         self._by_tag: dict[bytes, StompSubscription] = {}
+        self._by_suffix: dict[str, StompSubscription] = {}
+        self._serial = 0
 
     @property
     def escaped(self) -> bool:
@@ -243,10 +253,10 @@ class StompSession:
             raise RemoteProtocolError(f"subscription id must be 1 to {MAX_ID_CHARS} characters")
         if sub_id in self.subscriptions:
             raise RemoteProtocolError(f"subscription id {sub_id[:80]!r} is already in use")
-        if channel in self.by_channel:
+        if len(self.subscriptions) >= self.max_subscriptions:
             raise RemoteProtocolError(
-                f"already subscribed to {TOPIC + channel!r} on this connection",
-                code="already_subscribed",
+                f"over {self.max_subscriptions} subscriptions on this connection",
+                code="too_many_subscriptions",
             )
         ack = frame.get("ack") or "auto"
         if ack not in ACK_MODES:
@@ -267,18 +277,15 @@ class StompSession:
                 )
             if len(position.epoch) > MAX_EPOCH_BYTES:
                 raise RemoteProtocolError("x-since holds an invalid epoch", code="bad_cursor")
-        sub = StompSubscription(sub_id, channel, mode, escaped=self.escaped)
-        self.subscriptions[sub_id] = sub
-        self.by_channel[channel] = sub
-        self._by_tag[channel_tag(channel)] = sub
-        return Subscribe(sub, position, receipt)
+        return Subscribe(self._register(sub_id, channel, mode), position, receipt)
 
     def _on_unsubscribe(self, frame: Frame, receipt: str | None) -> Unsubscribe:
         sub_id = frame.get("id")
         if sub_id is not None:
             sub = self.subscriptions.get(sub_id)
         elif self.version == "1.0":
-            sub = self.by_channel.get(self._channel(frame))
+            subs = self.by_channel.get(self._channel(frame))
+            sub = subs[0] if subs else None
         else:
             raise RemoteProtocolError("UNSUBSCRIBE needs an id header")
         if sub is not None:
@@ -289,9 +296,16 @@ class StompSession:
         """Drop ``sub`` from the session's books."""
         if self.subscriptions.get(sub.id) is sub:
             del self.subscriptions[sub.id]
-        if self.by_channel.get(sub.channel) is sub:
-            del self.by_channel[sub.channel]
-            self._by_tag.pop(channel_tag(sub.channel), None)
+        subs = self.by_channel.get(sub.channel)
+        if subs is not None and sub in subs:
+            subs.remove(sub)
+            if not subs:
+                del self.by_channel[sub.channel]
+        if sub.ack_suffix:
+            if self._by_suffix.get(sub.ack_suffix) is sub:
+                del self._by_suffix[sub.ack_suffix]
+        elif self._by_tag.get(tag := channel_tag(sub.channel)) is sub:
+            del self._by_tag[tag]
 
     def _on_ack(self, frame: Frame, receipt: str | None) -> Ack:
         command = frame.command
@@ -301,8 +315,9 @@ class StompSession:
             needed = "an id" if self.version == "1.2" else "a message-id"
             raise RemoteProtocolError(f"{command} needs {needed} header")
         cumulative = ident.startswith(RESET_PREFIX)
+        cursor, dot, serial = (ident[len(RESET_PREFIX) :] if cumulative else ident).partition(".")
         try:
-            entries = decode_entries(ident[len(RESET_PREFIX) :] if cumulative else ident)
+            entries = decode_entries(cursor)
         except BadCursor:
             entries = {}
         if len(entries) != 1 or any(len(p.epoch) > MAX_EPOCH_BYTES for p in entries.values()):
@@ -311,7 +326,12 @@ class StompSession:
             )
         ((tag, position),) = entries.items()
         named = frame.get("subscription")
-        sub = self.subscriptions.get(named) if named is not None else self._by_tag.get(tag)
+        if named is not None:
+            sub = self.subscriptions.get(named)
+        elif dot:
+            sub = self._by_suffix.get(dot + serial)
+        else:
+            sub = self._by_tag.get(tag)
         if sub is not None and channel_tag(sub.channel) != tag:
             raise RemoteProtocolError(
                 f"{command} names a message of another subscription", code="bad_ack"
@@ -401,7 +421,13 @@ class StompSession:
             if position is not None:
                 sub.acks.reset(position)
         return reset_frame(
-            sub.id, sub.channel, reason, cursor, escaped=self.escaped, ack=sub.needs_ack
+            sub.id,
+            sub.channel,
+            reason,
+            cursor,
+            escaped=self.escaped,
+            ack=sub.needs_ack,
+            ack_suffix=sub.ack_suffix,
         )
 
     def hub_subscription(self, channel: str) -> StompSubscription:
@@ -412,10 +438,21 @@ class StompSession:
         while sub_id in self.subscriptions:
             n += 1
             sub_id = f"{base}-{n}"
-        sub = StompSubscription(sub_id, channel, "auto", escaped=self.escaped)
+        return self._register(sub_id, channel, "auto")
+
+    def _register(self, sub_id: str, channel: str, ack: AckMode) -> StompSubscription:
+        tag = channel_tag(channel)
+        suffix = ""
+        if tag in self._by_tag:
+            self._serial += 1
+            suffix = f".{self._serial}"
+        sub = StompSubscription(sub_id, channel, ack, escaped=self.escaped, ack_suffix=suffix)
         self.subscriptions[sub_id] = sub
-        self.by_channel[channel] = sub
-        self._by_tag[channel_tag(channel)] = sub
+        self.by_channel.setdefault(channel, []).append(sub)
+        if suffix:
+            self._by_suffix[suffix] = sub
+        else:
+            self._by_tag[tag] = sub
         return sub
 
     def subscribed(self, sub: StompSubscription, cursor: str) -> bytes | None:
@@ -428,19 +465,24 @@ class StompSession:
         )
 
     def unsubscribed(self, channel: str, reason: str) -> bytes | None:
-        """The hub ended the subscription to ``channel``: forget it and return its
-        ``x-event: unsubscribe`` signal (``None`` if there is no such subscription, or the
+        """The hub ended the subscriptions to ``channel``: forget them and return their
+        ``x-event: unsubscribe`` signals (``None`` if there is no such subscription, or the
         session no longer sends)."""
-        sub = self.by_channel.get(channel)
-        if sub is None:
+        subs = self.by_channel.get(channel)
+        if not subs:
             return None
-        self.forget(sub)
-        if not self.can_send("MESSAGE"):
-            return None
-        self._transition("MESSAGE")
-        return event_frame(
-            sub.id, channel, "unsubscribe", (("x-reason", reason),), escaped=self.escaped
-        )
+        frames = []
+        for sub in list(subs):
+            self.forget(sub)
+            if not self.can_send("MESSAGE"):
+                return None
+            self._transition("MESSAGE")
+            frames.append(
+                event_frame(
+                    sub.id, channel, "unsubscribe", (("x-reason", reason),), escaped=self.escaped
+                )
+            )
+        return b"".join(frames)
 
     def close(self) -> None:
         """The connection ended (or is being ended): nothing more is read or sent."""

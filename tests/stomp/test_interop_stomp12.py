@@ -1,0 +1,156 @@
+"""Real clients (``@stomp/stompjs`` in Node, ``stomp.py``) on the STOMP 1.2 features beyond a
+JSON round trip: heart-beats below the WebSocket ping interval, several subscriptions to one
+destination. The raw-frame tests of the same features are in ``test_stomp12.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from clarion import Settings, mint_token
+
+from ..conftest import RunningHub, timeout
+from .interop import node_project, run_node
+
+SECRET = "interop-secret-long-enough-for-hs256-keys"
+
+
+@pytest.fixture
+async def full(hub_factory: Callable[..., Any]) -> RunningHub:
+    # Default limits: WebSocket pings every 25 s, STOMP heart-beats down to 1 s.
+    running: RunningHub = await hub_factory(
+        Settings(token_secret=SECRET, api_key="k", allowed_origins=["http://127.0.0.1:*"])
+    )
+    return running
+
+
+def token(user: str = "client") -> str:
+    return mint_token(SECRET, user, ["chat:*"], publish=["chat:*"])
+
+
+async def stompjs(hub: RunningHub, *features: str) -> dict[str, Any]:
+    project = node_project()
+    return await run_node(project / "stomp12.mjs", hub.http_url, token(), "k", *features)
+
+
+async def test_stompjs_heart_beats(full: RunningHub) -> None:
+    report = (await stompjs(full, "heartbeat"))["heartbeat"]
+    assert report["header"] == "1000,25000"
+    assert report["beats"] >= 2 and report["lost"] is False
+
+
+async def test_stompjs_several_subscriptions(full: RunningHub) -> None:
+    report = (await stompjs(full, "subscriptions"))["subscriptions"]
+    assert report["a"] == {"subscription": "a", "body": '"both"', "ack": None}
+    assert report["b"]["subscription"] == "b" and report["b"]["body"] == '"both"'
+    assert report["messageIds"] == [report["expectedId"]] * 2
+    assert report["b"]["ack"] not in (None, report["expectedId"])  # b's own ack id
+    assert report["ackCursor"] == report["expectedId"]
+    assert report["afterUnsubscribe"] == {"b": '"only b"', "a": 0}
+
+
+# ---- stomp.py ------------------------------------------------------------------------------------
+
+
+class _Listener:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.receipts: dict[str, dict[str, str]] = {}
+        self.errors: list[Any] = []
+        self.heart_beats = 0
+        self.lock = threading.Condition()
+
+    def on_message(self, frame: Any) -> None:
+        with self.lock:
+            self.messages.append(frame)
+            self.lock.notify_all()
+
+    def on_receipt(self, frame: Any) -> None:
+        with self.lock:
+            self.receipts[frame.headers["receipt-id"]] = frame.headers
+            self.lock.notify_all()
+
+    def on_error(self, frame: Any) -> None:
+        with self.lock:
+            self.errors.append(frame)
+            self.lock.notify_all()
+
+    def on_heartbeat(self) -> None:
+        self.heart_beats += 1
+
+    def wait_for(self, check: Callable[[], bool], what: str) -> None:
+        with self.lock:
+            assert self.lock.wait_for(check, timeout(5)), f"timed out waiting for {what}"
+
+
+def _stomp_py(
+    port: int, run: Callable[[Any, _Listener], Any], heartbeats: tuple[int, int] = (0, 0)
+) -> Any:
+    import stomp
+
+    conn = stomp.WSStompConnection([("127.0.0.1", port)], ws_path="/stomp", heartbeats=heartbeats)
+    listener = _Listener()
+    conn.set_listener("", listener)
+    conn.connect(passcode=token("py"), wait=True)
+    try:
+        return run(conn, listener)
+    finally:
+        conn.disconnect()
+
+
+async def in_thread(hub: RunningHub, run: Callable[[Any, _Listener], Any], **kw: Any) -> Any:
+    pytest.importorskip("stomp", reason="stomp.py is not installed")
+    return await asyncio.wait_for(asyncio.to_thread(_stomp_py, hub.port, run, **kw), timeout(60))
+
+
+def publisher(hub: RunningHub) -> Callable[[str, Any], dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+
+    def publish(channel: str, data: Any) -> dict[str, Any]:
+        future = asyncio.run_coroutine_threadsafe(hub.publish(channel, data), loop)
+        return future.result(timeout(5))
+
+    return publish
+
+
+async def test_stomp_py_heart_beats(full: RunningHub) -> None:
+    def run(conn: Any, listener: _Listener) -> tuple[int, bool]:
+        time.sleep(3.5)
+        return listener.heart_beats, conn.is_connected()
+
+    beats, still = await in_thread(full, run, heartbeats=(1000, 1000))
+    assert beats >= 2 and still
+
+
+async def test_stomp_py_several_subscriptions(full: RunningHub) -> None:
+    publish = publisher(full)
+
+    def run(conn: Any, listener: _Listener) -> dict[str, Any]:
+        conn.subscribe("/topic/chat:twice", id="a", headers={"receipt": "ra"})
+        conn.subscribe("/topic/chat:twice", id="b", ack="client", headers={"receipt": "rb"})
+        listener.wait_for(lambda: {"ra", "rb"} <= listener.receipts.keys(), "receipts")
+        published = publish("chat:twice", {"n": 1})
+        listener.wait_for(lambda: len(listener.messages) == 2, "two messages")
+        by_sub = {m.headers["subscription"]: m for m in listener.messages}
+        conn.ack(by_sub["b"].headers["ack"], receipt="ack")
+        listener.wait_for(lambda: "ack" in listener.receipts, "the ACK receipt")
+        conn.unsubscribe("b", headers={"receipt": "ub"})
+        listener.wait_for(lambda: "ub" in listener.receipts, "the UNSUBSCRIBE receipt")
+        publish("chat:twice", {"n": 2})
+        listener.wait_for(lambda: len(listener.messages) == 3, "a third message")
+        return {
+            "subs": sorted(by_sub),
+            "ids": {m.headers["message-id"] for m in by_sub.values()} == {published["cursor"]},
+            "acked": listener.receipts["ack"]["x-cursor"] == published["cursor"],
+            "kept": listener.receipts["ub"]["x-cursor"] == published["cursor"],
+            "last": (listener.messages[2].headers["subscription"], listener.messages[2].body),
+        }
+
+    seen = await in_thread(full, run)
+    assert seen["subs"] == ["a", "b"] and seen["ids"] and seen["acked"] and seen["kept"]
+    assert seen["last"] == ("a", '{"n":2}')

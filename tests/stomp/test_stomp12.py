@@ -1,0 +1,142 @@
+"""STOMP 1.2 beyond the basics, in raw frames: heart-beats, several subscriptions per destination.
+
+The same features are exercised with real clients in ``test_interop_stomp12.py``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from clarion.protocol.cursor import encode_single
+
+from ..conftest import RunningHub, timeout
+from .client import Received, StompClient, stomp
+
+# ---- heart-beats -----------------------------------------------------------------------------
+
+
+async def test_heart_beats_as_often_as_asked_down_to_the_floor(hub: RunningHub) -> None:
+    # Defaults: WebSocket pings every 25 s, STOMP heart-beats down to 1 s.
+    async with stomp(hub) as client:
+        connected = await client.connect(heart_beat="0,1000")
+        assert connected.headers["heart-beat"] == "1000,0"
+        started = time.monotonic()
+        for _ in range(2):
+            assert (await client.recv(3, heart_beats=True)).command == "HEARTBEAT"
+        elapsed = time.monotonic() - started
+        assert 1.5 <= elapsed < timeout(4), elapsed
+    async with stomp(hub) as client:
+        # Asking for less than the floor gets the floor; the hub wants the client's beats no
+        # more often than every ping_interval.
+        connected = await client.connect(heart_beat="200,200")
+        assert connected.headers["heart-beat"] == "1000,25000"
+    async with stomp(hub) as client:
+        connected = await client.connect(heart_beat="0,4000")
+        assert connected.headers["heart-beat"] == "4000,0"
+
+
+# ---- several subscriptions to one destination --------------------------------------------------
+
+
+async def _subscribe(client: StompClient, sub_id: str, receipt: str, **headers: str) -> str:
+    await client.send("SUBSCRIBE", id=sub_id, destination="/topic/chat\\cmany", receipt=receipt,
+                      **headers)  # fmt: skip
+    got = await client.expect("RECEIPT")
+    assert got.headers["receipt-id"] == receipt
+    return got.headers["x-cursor"]
+
+
+async def _messages(client: StompClient, count: int) -> list[Received]:
+    return [await client.expect("MESSAGE") for _ in range(count)]
+
+
+async def test_several_subscriptions_to_one_destination(hub: RunningHub) -> None:
+    async with stomp(hub) as client:
+        await client.connect()
+        await _subscribe(client, "auto", "r1")
+        await hub.publish("chat:many", "first")
+        (only,) = await _messages(client, 1)
+        assert only.headers["subscription"] == "auto" and "ack" not in only.headers
+        start = await _subscribe(client, "manual", "r2", ack="client-individual")
+        assert start == only.headers["message-id"]  # it starts where the connection is
+        await _subscribe(client, "cumulative", "r3", ack="client")
+
+        published = await hub.publish("chat:many", "second")
+        got = {m.headers["subscription"]: m for m in await _messages(client, 3)}
+        assert set(got) == {"auto", "manual", "cumulative"}
+        assert {m.body for m in got.values()} == {b'"second"'}
+        assert {m.headers["message-id"] for m in got.values()} == {published["cursor"]}
+        assert "ack" not in got["auto"].headers
+        # Each subscription has its own ack ids and its own acked position.
+        manual, cumulative = got["manual"].headers["ack"], got["cumulative"].headers["ack"]
+        assert len({manual, cumulative, published["cursor"]}) == 3
+        await client.send("ACK", id=manual, receipt="a1")
+        assert (await client.expect("RECEIPT")).headers["x-cursor"] == published["cursor"]
+        await client.send("UNSUBSCRIBE", id="cumulative", receipt="u1")
+        # Nothing acknowledged there: its position is still where it started.
+        assert (await client.expect("RECEIPT")).headers["x-cursor"] == start
+        # An ack of a subscription that is gone names nothing: accepted, no position.
+        await client.send("ACK", id=cumulative, receipt="a2")
+        assert "x-cursor" not in (await client.expect("RECEIPT")).headers
+
+        await client.send("UNSUBSCRIBE", id="auto", receipt="u2")
+        await client.expect("RECEIPT")
+        await hub.publish("chat:many", "third")
+        (last,) = await _messages(client, 1)
+        assert last.headers["subscription"] == "manual" and last.body == b'"third"'
+        await client.send("UNSUBSCRIBE", id="manual", receipt="u3")
+        await client.expect("RECEIPT")
+        session = next(iter(hub.hub.sessions.values()))
+        assert not session.subscriptions  # the last one leaves the channel
+        await hub.publish("chat:many", "unheard")
+        await client.send("DISCONNECT", receipt="bye")
+        assert (await client.expect("RECEIPT")).headers["receipt-id"] == "bye"
+
+
+async def test_a_further_subscription_resumes_on_its_own(hub: RunningHub) -> None:
+    cursors = [(await hub.publish("chat:many", n))["cursor"] for n in range(3)]
+    async with stomp(hub) as client:
+        await client.connect()
+        await _subscribe(client, "live", "r1")
+        # The second one asks for what followed the first publication: only it gets the replay.
+        start = await _subscribe(client, "replay", "r2", x_since=cursors[0])
+        assert start == cursors[0]
+        replayed = await _messages(client, 2)
+        assert [(m.headers["subscription"], m.body) for m in replayed] == [
+            ("replay", b"1"),
+            ("replay", b"2"),
+        ]
+        third = await hub.publish("chat:many", 3)
+        got = await _messages(client, 2)
+        assert sorted(m.headers["subscription"] for m in got) == ["live", "replay"]
+        assert {m.body for m in got} == {b"3"}
+        # A position the history does not cover is reset, on that subscription only.
+        gone = encode_single("chat:many", "another-epoch", 7)
+        await client.send("SUBSCRIBE", id="stale", destination="/topic/chat\\cmany",
+                          receipt="r3", x_since=gone)  # fmt: skip
+        receipt = await client.expect("RECEIPT")
+        assert receipt.headers["x-cursor"] == third["cursor"]  # where the reset leaves it
+        reset = await client.expect("MESSAGE")
+        assert reset.headers["subscription"] == "stale"
+        assert reset.headers["x-reset"] == "epoch"
+        assert reset.headers["x-cursor"] == receipt.headers["x-cursor"]
+        last = await hub.publish("chat:many", 4)
+        got = await _messages(client, 3)
+        assert sorted(m.headers["subscription"] for m in got) == ["live", "replay", "stale"]
+        assert {m.headers["message-id"] for m in got} == {last["cursor"]}
+
+
+@pytest.mark.parametrize("count", [2, 5])
+async def test_the_subscription_cap_counts_every_id(hub_factory, count: int) -> None:  # type: ignore[no-untyped-def]
+    running: RunningHub = await hub_factory(limits={"max_subscriptions_per_connection": count})
+    async with stomp(running) as client:
+        await client.connect()
+        for n in range(count):
+            await _subscribe(client, f"s{n}", f"r{n}")
+        await client.send("SUBSCRIBE", id="over", destination="/topic/chat\\cmany", receipt="x")
+        error = await client.expect("ERROR")
+        assert error.headers["x-code"] == "too_many_subscriptions"
+        assert error.headers["receipt-id"] == "x"
+        assert await client.closed() == 4507

@@ -38,7 +38,8 @@ class Server:
     that wait on their client (a head or body on its way, an idle keep-alive) are capped at
     ``max_pending_per_ip`` per client address (as ``client_key`` maps it; ``None`` from it
     counts towards the total only) and ``max_pending`` in all; every connection counts
-    against the file descriptor limit, less a reserve. Over a cap, a connection is answered
+    against the file descriptor limit, less a reserve (and one address never holds more than
+    half of what it leaves waiting on their client). Over a cap, a connection is answered
     503 and closed, and the refusals are logged (at most once per 10 s).
     """
 
@@ -118,7 +119,17 @@ class Server:
         loop = asyncio.get_running_loop()
         config, registry = self.config, self.registry
         flusher_for(loop).interval = config.flush_interval
-        registry.descriptors = descriptor_budget()
+        budget = registry.descriptors = descriptor_budget()
+        pending = registry.pending
+        if budget is not None and pending.per_key > budget // 2:
+            # One address must never take the descriptors everyone else needs.
+            pending.per_key = max(budget // 2, 1)
+            log.info(
+                "file descriptor limit leaves room for %d connections: at most %d per address "
+                "waiting on their client (raise the limit, `ulimit -n`, for more)",
+                budget,
+                pending.per_key,
+            )
 
         def factory() -> HttpProtocol:
             return HttpProtocol(config, registry)

@@ -17,6 +17,7 @@ machine-readable ``code`` (the string sent to clients and in API error bodies) a
     │       └── NodeFull       this node holds its maximum of connections: try another
     └── ServerError            clarion's side could not do it
         ├── EngineUnavailable  the engine (e.g. Redis) cannot be reached
+        ├── HookUnavailable    the application's backend did not answer a hook
         └── ConfigError        the configuration is invalid
 """
 
@@ -99,6 +100,13 @@ class ServerError(ClarionError):
 
 class EngineUnavailable(ServerError):
     code = "engine_unavailable"
+    status = 503
+
+
+class HookUnavailable(ServerError):
+    """The application's backend did not give a usable answer to a hook (``[hooks]``)."""
+
+    code = "hook_unavailable"
     status = 503
 
 

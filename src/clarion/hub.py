@@ -35,6 +35,10 @@ class Hub(CoreHub):
         if started:
             return
         try:
+            if self.settings.hooks.enabled and self.hooks is None:
+                from clarion.hooks import HttpHooks
+
+                self.hooks = HttpHooks(self.settings.hooks)
             await self.webhooks.start()
         except BaseException:
             await super().close()
@@ -45,6 +49,9 @@ class Hub(CoreHub):
         await super().close(code)
         if self._webhooks is not None:
             await self._webhooks.close()
+        if self.hooks is not None:
+            await self.hooks.close()
+            self.hooks = None
 
     def asgi_app(self) -> Any:
         """The ASGI application: HTTP API, ``/ws`` and the other transports (built once)."""

@@ -221,6 +221,41 @@ class WebhookDelivery(BaseModel):
     )
 
 
+class HooksOptions(BaseModel):
+    """The ``[hooks]`` section: ask the application's backend before connect, subscribe, publish."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_url: str | None = Field(
+        None,
+        description="URL POSTed before a session opens: allow, deny, or amend info/channels/subs",
+    )
+    subscribe_url: str | None = Field(
+        None, description="URL POSTed before a client subscribes (not the backend's own subscribe)"
+    )
+    publish_url: str | None = Field(
+        None, description="URL POSTed before a client publishes: allow, deny, or replace the data"
+    )
+    secret: str | None = Field(
+        None,
+        description="whsec_ secret signing the requests (Standard Webhooks); required with a URL",
+    )
+    timeout: float = Field(3, gt=0, le=60, description="seconds the backend has to answer")
+    cache_ttl: float = Field(
+        30, ge=0, description="seconds an answer is reused for the same user and channel; 0 = never"
+    )
+    cache_size: int = Field(10_000, ge=0, description="answers kept in the cache, at most")
+    on_failure: Literal["deny", "allow"] = Field(
+        "deny",
+        description="when the backend errs, times out or is down: refuse (hook_unavailable) "
+        "or allow",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.connect_url or self.subscribe_url or self.publish_url)
+
+
 class Settings(BaseSettings):
     """Everything clarion can be told; see ``docs/configuration.md``."""
 
@@ -282,6 +317,7 @@ class Settings(BaseSettings):
         default_factory=list, description="webhook endpoints configured here ([[webhooks]])"
     )
     webhook_delivery: WebhookDelivery = Field(default_factory=WebhookDelivery)
+    hooks: HooksOptions = Field(default_factory=HooksOptions)
     flush_interval: float = Field(
         0.0,
         ge=0,

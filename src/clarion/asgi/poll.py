@@ -29,6 +29,7 @@ from clarion.asgi.sse import (
     Receive,
     Scope,
     Send,
+    authorized,
     channel_request,
     single_param,
     until_disconnect,
@@ -248,6 +249,7 @@ class PollEndpoint(ChannelEndpoint):
         hub = self.hub
         timeout = read_timeout(hub, params)
         request = channel_request(hub, scope, params, single_param(params, "cursor"))
+        request = await authorized(hub, request, "poll")
         limits = hub.settings.limits
         waiter = PollWaiter(limits.max_history_batch, limits.send_queue_bytes)
         session = hub.open_session(waiter, request.credentials, access.client_address(hub, scope))
@@ -336,7 +338,7 @@ class PollEndpoint(ChannelEndpoint):
         try:
             for channel in request.channels:
                 await hub.subscribe(
-                    session, channel, POLL_WAKE, waiter.push, since=positions[channel]
+                    session, channel, POLL_WAKE, waiter.push, since=positions[channel], checked=True
                 )
                 if waiter.woken.done() or session.closed or watcher.done():
                     break

@@ -135,6 +135,18 @@ def channel_request(hub: Hub, scope: Scope, params: Params, token: str | None) -
     return ChannelRequest(channels, credentials, resume_positions(token, channels))
 
 
+async def authorized(hub: Hub, request: ChannelRequest, transport: str) -> ChannelRequest:
+    """The request as the hooks see it: the connect hook's credentials, every channel read
+    allowed by them (the subscribe hook asked once here, not again when subscribing)."""
+    if hub.hooks is None:
+        return request
+    credentials = await hub.authenticate(request.credentials, transport)
+    for channel in request.channels:
+        await hub.authorize_read(credentials, channel, transport)
+    request.credentials = credentials
+    return request
+
+
 def error_status(exc: ClarionError) -> int:
     return 503 if exc.code in ("node_full", "shutting_down") else exc.status
 
@@ -563,7 +575,7 @@ class SseEndpoint(ChannelEndpoint):
         hub = self.hub
         # The header is what EventSource sends when it reconnects: it is newer than the query.
         token = access.header(scope, b"last-event-id") or single_param(params, "cursor")
-        request = channel_request(hub, scope, params, token)
+        request = await authorized(hub, channel_request(hub, scope, params, token), "sse")
         stream = SseStream(
             len(request.channels), hub.settings.limits.send_queue_bytes, hub.settings.sse.heartbeat
         )
@@ -651,7 +663,9 @@ class SseEndpoint(ChannelEndpoint):
                 started[channel] = position
                 stream.set_position(channel, position)
 
-            await session.subscribe(channel, stream.fmt, stream.push, since=since, on_ready=ready)
+            await session.subscribe(
+                channel, stream.fmt, stream.push, since=since, on_ready=ready, checked=True
+            )
             if session.closed:
                 break
         opening = sse.encode_retry(self.hub.settings.sse.retry_ms)

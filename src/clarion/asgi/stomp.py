@@ -479,7 +479,7 @@ class StompConnection:
 
     async def dispatch(self, event: Event) -> None:
         if isinstance(event, Connect):
-            self.connect(event)
+            await self.connect(event)
             return
         session = self.session
         assert session is not None  # the state table admits nothing else before CONNECT
@@ -515,7 +515,7 @@ class StompConnection:
         if receipt is not None and not self.closed:
             self.wire.send(self.stomp.receipt(receipt, headers))
 
-    def connect(self, event: Connect) -> None:
+    async def connect(self, event: Connect) -> None:
         hub = self.hub
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
@@ -524,6 +524,10 @@ class StompConnection:
         # request's token (Authorization header, token= query parameter, cookie).
         token = event.token or access.token_from(self.scope)
         credentials = hub.auth.verify(token) if token else hub.auth.anonymous()
+        if hub.hooks is not None:
+            credentials = await hub.authenticate(credentials, "stomp")
+            if self.closed:
+                return
         self.session = hub.open_session(self, credentials, self.address)
         self.unpend()
         self.wire.send(self.stomp.connected(self.session.id, SERVER, credentials.user))

@@ -68,6 +68,8 @@ class ClarionWebSocket:
         try:
             if refusal is not None:
                 raise refusal
+            if hub.hooks is not None:
+                credentials = await hub.authenticate(credentials, transport.kind)
             session = hub.open_session(transport, credentials, access.client_address(hub, scope))
         except LimitExceeded as exc:
             transport.close(_limit_close_code(exc), exc.message)
@@ -76,6 +78,12 @@ class ClarionWebSocket:
         except Unauthorized as exc:
             hub.stats.errors[exc.code] += 1
             transport.close(_unauthorized_close_code(exc), exc.message)
+            await self._drain_until_closed(receive, transport)
+            return
+        except ClarionError as exc:  # the connect hook said no, or could not be asked
+            hub.stats.errors[exc.code] += 1
+            code = CloseCode.FORBIDDEN if isinstance(exc, Forbidden) else CloseCode.SERVER_ERROR
+            transport.close(code, f"{exc.code}: {exc.message}")
             await self._drain_until_closed(receive, transport)
             return
         # Nothing below needs the scope: let its headers go for the connection's lifetime.
@@ -184,7 +192,7 @@ class _Connection:
             return {"offset": pub.offset, "epoch": pub.epoch, "cursor": hub.cursor_of(pub)}
         if op == "history":
             assert cmd.channel is not None
-            hub.auth.check_subscribe(session.credentials, cmd.channel)
+            await hub.authorize_read(session.credentials, cmd.channel, "ws", session.id)
             history, reason = await hub.history(cmd.channel, since=cmd.since, limit=cmd.limit)
             return history_body(hub, cmd.channel, history, reason)
         if op == "presence":
@@ -194,16 +202,20 @@ class _Connection:
             info = hub.options(cmd.channel).presence_info
             return {"clients": [e.to_dict(info=info) for e in await hub.presence(cmd.channel)]}
         if op in ("connect", "refresh"):
-            return self.authenticate(cmd)
+            return await self.authenticate(cmd)
         raise CommandError(f"unknown op {op!r}", cmd.id, code="unknown_op")  # pragma: no cover
 
-    def authenticate(self, cmd: Command) -> dict[str, Any]:
+    async def authenticate(self, cmd: Command) -> dict[str, Any]:
         hub, session = self.hub, self.session
         credentials = hub.auth.anonymous() if cmd.token is None else hub.auth.verify(cmd.token)
         if cmd.op == "refresh" and credentials.user != session.user:
             raise Forbidden("a refreshed token must be for the same user")
         if cmd.op == "connect" and session.subscriptions and credentials.user != session.user:
             raise Forbidden("connect must come before the first subscribe")
+        if hub.hooks is not None:
+            credentials = await hub.authenticate(credentials, "ws")
+            if session.closed:
+                return {}
         first = session.user is None and credentials.user is not None
         hub.set_credentials(session, credentials)
         if cmd.op == "connect" and first:

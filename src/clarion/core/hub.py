@@ -14,6 +14,7 @@ import orjson
 from clarion.core.admission import Admission
 from clarion.core.auth import Authenticator, Credentials, auth_notes
 from clarion.core.fanout import LocalChannel, Push, Subscription, WireFormat, publication_cursor
+from clarion.core.hooks import Hooks
 from clarion.core.limits import AddressCount, Refusals, Revocations
 from clarion.core.metrics import Stats, make_registry, render
 from clarion.core.session import Backlogged, Session, SubscribeResult, Transport
@@ -99,6 +100,8 @@ class Hub:
             Refusals(log, "socket(s) before CONNECT"),
         )
         self.revocations = Revocations()
+        # Set by the application layer when ``[hooks]`` are configured.
+        self.hooks: Hooks | None = None
         self.admission = Admission(self)
         self.stats = Stats()
         self.metrics_registry = make_registry(self)
@@ -477,6 +480,20 @@ class Hub:
     def _session_info(self, session: Session) -> dict[str, Any]:
         return {"client": session.id, "user": session.user, "transport": session.transport.kind}
 
+    async def authenticate(self, credentials: Credentials, transport: str) -> Credentials:
+        """The credentials a new session (or a new token) gets: the connect hook's say."""
+        if self.hooks is None:
+            return credentials
+        return await self.hooks.connect(credentials, transport)
+
+    async def authorize_read(
+        self, credentials: Credentials, channel: str, transport: str, client: str | None = None
+    ) -> None:
+        """May these credentials read ``channel`` (subscribe, history, presence)?"""
+        self.auth.check_subscribe(credentials, channel)
+        if self.hooks is not None:
+            await self.hooks.subscribe(credentials, channel, client, transport)
+
     def set_credentials(self, session: Session, credentials: Credentials) -> None:
         """Give ``session`` a new identity (the ``connect``/``refresh`` ops)."""
         self.check_revoked(credentials)
@@ -732,22 +749,25 @@ class Hub:
         on_ready: Callable[[SubscribeResult], None] | None = None,
         target: Any = None,
         server: bool = False,
+        checked: bool = False,
     ) -> SubscribeResult | None:
         """Subscribe ``session`` to ``channel``; ``None`` if it closed or unsubscribed meanwhile.
 
         ``server``: the backend asked for it (``POST /api/subscribe``), so the token's
-        permissions are not checked, and a later token does not end it.
+        permissions are not checked, and a later token does not end it. ``checked``: the
+        adapter already authorized this read for the same request (:meth:`authorize_read`).
         """
         validate_channel(channel)
         if not server:
             self.auth.check_subscribe(session.credentials, channel)
         since_pos = position_for(channel, since)
-        if channel in session.subscriptions:
-            raise BadRequest(f"already subscribed to {channel!r}", code="already_subscribed")
-        if len(session.subscriptions) >= self.settings.limits.max_subscriptions_per_connection:
-            raise LimitExceeded(
-                "too many subscriptions on this connection", code="too_many_subscriptions"
-            )
+        self._check_room(session, channel)
+        if not server and not checked and self.hooks is not None:
+            kind = session.transport.kind
+            await self.hooks.subscribe(session.credentials, channel, session.id, kind)
+            if session.closed:
+                return None
+            self._check_room(session, channel)  # the same channel may have come meanwhile
         options = self.options(channel)
         sub = Subscription(session, channel, fmt, push, target, server=server)
         session.subscriptions[channel] = sub
@@ -820,6 +840,14 @@ class Hub:
         if self._reports_lifecycle(session):
             self.emit("subscribe", {**self._session_info(session), "channel": channel})
         return result
+
+    def _check_room(self, session: Session, channel: str) -> None:
+        if channel in session.subscriptions:
+            raise BadRequest(f"already subscribed to {channel!r}", code="already_subscribed")
+        if len(session.subscriptions) >= self.settings.limits.max_subscriptions_per_connection:
+            raise LimitExceeded(
+                "too many subscriptions on this connection", code="too_many_subscriptions"
+            )
 
     def retarget(
         self, session: Session, channel: str, fmt: WireFormat, push: Push, target: Any = None

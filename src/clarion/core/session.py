@@ -143,6 +143,7 @@ class Session:
         on_ready: Any = None,
         target: Any = None,
         server: bool = False,
+        checked: bool = False,
     ) -> SubscribeResult | None:
         """Subscribe, resuming from ``since`` (a cursor token or position) when given.
 
@@ -153,7 +154,15 @@ class Session:
         subscription, which its permissions decided (see :meth:`Hub.subscribe`).
         """
         return await self.hub.subscribe(
-            self, channel, fmt, push, since=since, on_ready=on_ready, target=target, server=server
+            self,
+            channel,
+            fmt,
+            push,
+            since=since,
+            on_ready=on_ready,
+            target=target,
+            server=server,
+            checked=checked,
         )
 
     async def unsubscribe(self, channel: str) -> bool:
@@ -166,6 +175,11 @@ class Session:
                 self.close(CloseCode.ABUSE)
             raise LimitExceeded(
                 "publishing faster than this connection's or user's rate", code="rate_limited"
+            )
+        hooks = self.hub.hooks
+        if hooks is not None:
+            data = await hooks.publish(
+                self.credentials, channel, data, self.id, self.transport.kind
             )
         return await self.hub.publish(
             channel,

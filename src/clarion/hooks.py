@@ -1,0 +1,214 @@
+"""HTTP hooks: the hub asks the application's backend before a session opens (``connect_url``),
+before a client reads a channel (``subscribe_url``) and before it publishes (``publish_url``).
+
+Each request is a JSON ``POST`` signed like a webhook (Standard Webhooks headers, keyed with
+``hooks.secret``). The answer is ``{"allow": true, ...}``, possibly with amendments (``info``,
+``channels``, ``subs`` on connect; ``data`` on publish), or ``{"allow": false, "code"?,
+"reason"?}``, which the client gets as its error. Anything else — an error status, a timeout, a
+refused connection, a malformed answer — is a failure: refused with ``hook_unavailable`` unless
+``on_failure = "allow"``. Answers are reused for ``cache_ttl`` seconds per (event, user, channel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+import time
+from collections import OrderedDict
+from typing import Any
+
+import httpx
+import orjson
+
+from clarion.core.auth import Credentials
+from clarion.errors import BadChannel, BadRequest, ConfigError, Forbidden, HookUnavailable
+from clarion.protocol.channels import validate_channel, validate_pattern
+from clarion.settings import HooksOptions
+from clarion.webhooks import signing
+
+log = logging.getLogger("clarion.hooks")
+
+MAX_ANSWER_BYTES = 65536
+MAX_REASON_CHARS = 200
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+Answer = dict[str, Any]
+
+
+class HttpHooks:
+    """The :class:`clarion.core.hooks.Hooks` of ``[hooks]``."""
+
+    def __init__(self, options: HooksOptions) -> None:
+        if not options.secret:
+            raise ConfigError("[hooks] needs a secret (whsec_...) to sign its requests")
+        try:
+            self._key = signing.secret_key(options.secret)
+        except BadRequest as exc:
+            raise ConfigError(f"hooks.secret: {exc.message}") from None
+        self.options = options
+        # The backend is the operator's own, named in the configuration: no address filtering.
+        self._http = httpx.AsyncClient(timeout=options.timeout, follow_redirects=False)
+        self._cache: OrderedDict[tuple[str, str, str], tuple[float, Answer]] = OrderedDict()
+        self.requests = 0  # sent to the backend (not answered from the cache)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # ---- the three hooks ------------------------------------------------------------------
+
+    async def connect(self, credentials: Credentials, transport: str) -> Credentials:
+        url = self.options.connect_url
+        if url is None:
+            return credentials
+        body = {
+            "event": "connect",
+            "user": credentials.user,
+            "transport": transport,
+            "channels": list(credentials.channels),
+            "subs": list(credentials.subs),
+            "info": credentials.info,
+        }
+        answer = await self._ask("connect", url, credentials.user, "", body)
+        if answer is None:
+            return credentials
+        try:
+            return _amended(credentials, answer)
+        except HookUnavailable as exc:
+            if self.options.on_failure == "allow":
+                log.warning("connect hook answer unusable, allowing: %s", exc.message)
+                return credentials
+            raise
+
+    async def subscribe(
+        self, credentials: Credentials, channel: str, client: str | None, transport: str
+    ) -> None:
+        url = self.options.subscribe_url
+        if url is None or credentials.trusted:
+            return
+        body = {
+            "event": "subscribe",
+            "user": credentials.user,
+            "client": client,
+            "transport": transport,
+            "channel": channel,
+        }
+        await self._ask("subscribe", url, credentials.user, channel, body)
+
+    async def publish(
+        self, credentials: Credentials, channel: str, data: Any, client: str, transport: str
+    ) -> Any:
+        url = self.options.publish_url
+        if url is None or credentials.trusted:
+            return data
+        body = {
+            "event": "publish",
+            "user": credentials.user,
+            "client": client,
+            "transport": transport,
+            "channel": channel,
+            "data": data,
+        }
+        answer = await self._ask("publish", url, credentials.user, channel, body)
+        if answer is None or "data" not in answer:
+            return data
+        return answer["data"]
+
+    # ---- asking -----------------------------------------------------------------------------
+
+    async def _ask(
+        self, event: str, url: str, user: str | None, channel: str, body: dict[str, Any]
+    ) -> Answer | None:
+        """The backend's answer (``None``: it failed and ``on_failure`` allows); raises
+        :class:`Forbidden` when it denies, :class:`HookUnavailable` when it failed."""
+        key = (event, user or "", channel)
+        # Only identified users share answers: anonymous sessions are told apart by nothing.
+        cacheable = user is not None and self.options.cache_ttl > 0
+        cached = self._cache.get(key) if cacheable else None
+        if cached is not None and cached[0] > time.monotonic():
+            self._cache.move_to_end(key)
+            return _verdict(cached[1])
+        try:
+            answer = await self._post(url, body)
+        except HookUnavailable as exc:
+            if self.options.on_failure == "allow":
+                log.warning("%s hook failed, allowing (on_failure = allow): %s", event, exc.message)
+                return None
+            log.warning("%s hook failed, refusing: %s", event, exc.message)
+            raise
+        # A replaced publication depends on its data: never reused for another one.
+        if cacheable and "data" not in answer and self.options.cache_size > 0:
+            self._cache[key] = (time.monotonic() + self.options.cache_ttl, answer)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.options.cache_size:
+                self._cache.popitem(last=False)
+        return _verdict(answer)
+
+    async def _post(self, url: str, body: dict[str, Any]) -> Answer:
+        payload = orjson.dumps(body)
+        msg_id = "msg_" + os.urandom(12).hex()
+        headers = {
+            "content-type": "application/json",
+            **signing.headers(self._key, msg_id, int(time.time()), payload),
+        }
+        self.requests += 1
+        try:
+            raw = await asyncio.wait_for(self._send(url, payload, headers), self.options.timeout)
+        except TimeoutError:
+            raise HookUnavailable(
+                f"the application's backend did not answer within {self.options.timeout:g} s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise HookUnavailable(f"the application's backend cannot be reached: {exc!r}") from None
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise HookUnavailable("the application's backend answered no JSON") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("allow"), bool):
+            raise HookUnavailable('the application\'s backend answered without "allow": bool')
+        return answer
+
+    async def _send(self, url: str, payload: bytes, headers: dict[str, str]) -> bytes:
+        async with self._http.stream("POST", url, content=payload, headers=headers) as response:
+            if response.status_code != 200:
+                raise HookUnavailable(
+                    f"the application's backend answered HTTP {response.status_code}"
+                )
+            raw = bytearray()
+            async for chunk in response.aiter_bytes():
+                raw += chunk
+                if len(raw) > MAX_ANSWER_BYTES:
+                    raise HookUnavailable("the application's backend answered too much")
+            return bytes(raw)
+
+
+def _verdict(answer: Answer) -> Answer:
+    if answer["allow"]:
+        return answer
+    code = answer.get("code")
+    reason = answer.get("reason")
+    raise Forbidden(
+        reason[:MAX_REASON_CHARS] if isinstance(reason, str) else "denied by the application",
+        code=code if isinstance(code, str) and _CODE.fullmatch(code) else "forbidden",
+    )
+
+
+def _amended(credentials: Credentials, answer: Answer) -> Credentials:
+    """``credentials`` with what the connect answer replaces: ``info``, ``channels``, ``subs``."""
+    changes: dict[str, Any] = {}
+    try:
+        if "info" in answer:
+            if answer["info"] is not None and not isinstance(answer["info"], dict):
+                raise HookUnavailable('the connect hook\'s "info" must be an object')
+            changes["info"] = answer["info"]
+        for name, check in (("channels", validate_pattern), ("subs", validate_channel)):
+            if name in answer:
+                value = answer[name]
+                if not isinstance(value, list):
+                    raise HookUnavailable(f'the connect hook\'s "{name}" must be a list')
+                changes[name] = tuple(dict.fromkeys(check(item) for item in value))
+    except BadChannel as exc:
+        raise HookUnavailable(f"the connect hook answered a bad channel: {exc.message}") from None
+    return dataclasses.replace(credentials, **changes) if changes else credentials

@@ -1,0 +1,252 @@
+"""HTTP hooks against a real backend on a loopback port: it allows, denies, amends, is slow and
+is down; every transport asks it, and every request it gets is signed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import uvicorn
+from standardwebhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from websockets.exceptions import ConnectionClosed
+
+from clarion import Hub, Settings
+from clarion.errors import ConfigError
+from clarion.webhooks.signing import generate_secret
+
+from ..conftest import RunningHub, timeout
+from ..redis_fixture import free_port
+from ..stomp.client import stomp
+
+SECRET = "a-long-enough-test-secret-0123456789"
+HOOK_SECRET = generate_secret()
+
+
+def token(user: str = "alice", **claims: Any) -> str:
+    body = {"sub": user, "channels": ["chat:*", "room:*"], "exp": int(time.time()) + 600}
+    return jwt.encode({**body, **claims}, SECRET, algorithm="HS256")
+
+
+def bearer(user: str = "alice", **claims: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(user, **claims)}"}
+
+
+class Backend:
+    """The application's backend: its answers depend on who asks for what."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.requests: list[dict[str, Any]] = []
+        self.verifier = Webhook(HOOK_SECRET)
+
+    async def hook(self, request: Request) -> Response:
+        raw = await request.body()
+        self.verifier.verify(raw, dict(request.headers))  # raises if not signed with the secret
+        body: dict[str, Any] = json.loads(raw)
+        self.requests.append(body)
+        event, user, channel = body["event"], body.get("user"), body.get("channel")
+        if request.url.path == "/broken":
+            return Response("oops", status_code=500)
+        if event == "connect" and user == "mallory":
+            return JSONResponse({"allow": False, "code": "banned", "reason": "you are banned"})
+        if event == "connect" and user == "amy":
+            return JSONResponse(
+                {"allow": True, "info": {"name": "Amy"}, "channels": ["team:*"], "subs": ["team:7"]}
+            )
+        if channel == "room:secret":
+            return JSONResponse({"allow": False, "code": "not_a_member", "reason": "not yours"})
+        if channel == "room:slow":
+            await asyncio.sleep(5)
+        if channel == "room:censored":
+            return JSONResponse({"allow": True, "data": {"text": "***"}})
+        if channel == "room:readonly":
+            return JSONResponse({"allow": False})
+        return JSONResponse({"allow": True})
+
+    def count(self, event: str, channel: str | None = None) -> int:
+        return sum(
+            1
+            for r in self.requests
+            if r["event"] == event and (channel is None or r.get("channel") == channel)
+        )
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[Backend]:
+    app = Backend()
+    routes = [Route(path, app.hook, methods=["POST"]) for path in ("/hook", "/broken")]
+    config = uvicorn.Config(
+        Starlette(routes=routes), host="127.0.0.1", port=app.port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield app
+    server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout(5))
+
+
+async def hooked(hub_factory: Any, url: str, **hooks: Any) -> RunningHub:
+    options = {
+        "connect_url": url,
+        "subscribe_url": url,
+        "publish_url": url,
+        "secret": HOOK_SECRET,
+        **hooks,
+    }
+    hub: RunningHub = await hub_factory(token_secret=SECRET, api_key="k", hooks=options)
+    return hub
+
+
+async def closed_with(ws: Any) -> tuple[int | None, str]:
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await ws.recv()
+    rcvd = closed.value.rcvd
+    return (rcvd.code, rcvd.reason) if rcvd is not None else (None, "")
+
+
+async def test_connect_denied_on_every_transport(hub_factory: Any, backend: Backend) -> None:
+    hub = await hooked(hub_factory, backend.url + "/hook")
+    async with hub.ws(additional_headers=bearer("mallory")) as ws:
+        code, reason = await closed_with(ws)
+        assert code == 4502 and reason == "banned: you are banned"
+    async with hub.http(headers=bearer("mallory")) as http:
+        for path in ("/sse", "/poll"):
+            r = await http.get(path, params={"channel": "chat:a", "timeout": 0})
+            assert r.status_code == 403, r.text
+            assert r.json()["error"] == {"code": "banned", "message": "you are banned"}
+    async with stomp(hub) as client:
+        await client.send("CONNECT", accept_version="1.2", host="x", passcode=token("mallory"))
+        error = await client.expect("ERROR")
+        assert error.headers["x-code"] == "banned" and error.headers["message"] == "you are banned"
+    # The connect op of an open connection asks too: the error reply carries the code.
+    async with hub.ws() as ws:
+        reply = await ws.call("connect", token=token("mallory"))
+        assert reply["error"] == {"code": "banned", "message": "you are banned"}
+    async with hub.ws(additional_headers=bearer("alice")) as ws:
+        assert "ok" in await ws.call("ping")
+
+
+async def test_connect_amends_info_channels_and_subs(hub_factory: Any, backend: Backend) -> None:
+    hub = await hooked(hub_factory, backend.url + "/hook")
+    async with hub.ws(additional_headers=bearer("amy")) as ws:
+        told = await ws.recv()
+        assert told["subscribe"]["channel"] == "team:7"  # the amended subs
+        assert "ok" in await ws.subscribe("team:8")  # the amended channels
+        assert (await ws.subscribe("chat:a"))["error"]["code"] == "forbidden"  # replaced
+    session_info = [r for r in backend.requests if r["event"] == "connect"]
+    assert session_info[0]["channels"] == ["chat:*", "room:*"]  # what the token said
+
+
+async def test_subscribe_and_history_denied_with_the_backends_code(
+    hub_factory: Any, backend: Backend
+) -> None:
+    hub = await hooked(hub_factory, backend.url + "/hook")
+    async with hub.ws(additional_headers=bearer()) as ws:
+        reply = await ws.subscribe("room:secret")
+        assert reply["error"] == {"code": "not_a_member", "message": "not yours"}
+        reply = await ws.call("history", channel="room:secret")
+        assert reply["error"]["code"] == "not_a_member"
+        assert "ok" in await ws.subscribe("room:open")
+    async with hub.http(headers=bearer()) as http:
+        for path in ("/sse", "/poll"):
+            r = await http.get(path, params={"channel": "room:secret", "timeout": 0})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "not_a_member"
+
+
+async def test_answers_are_cached_per_user_and_channel(hub_factory: Any, backend: Backend) -> None:
+    hub = await hooked(hub_factory, backend.url + "/hook", cache_ttl=60)
+    async with hub.ws(additional_headers=bearer()) as ws:
+        for _ in range(3):
+            assert "ok" in await ws.subscribe("room:a")
+            assert "ok" in await ws.call("unsubscribe", channel="room:a")
+        assert (await ws.subscribe("room:secret"))["error"]["code"] == "not_a_member"
+        assert (await ws.subscribe("room:secret"))["error"]["code"] == "not_a_member"
+    async with hub.ws(additional_headers=bearer("bob")) as ws:
+        assert "ok" in await ws.subscribe("room:a")
+    assert backend.count("subscribe", "room:a") == 2  # once for alice, once for bob
+    assert backend.count("subscribe", "room:secret") == 1
+    assert backend.count("connect") == 2
+
+
+async def test_publish_is_allowed_replaced_or_denied(hub_factory: Any, backend: Backend) -> None:
+    hub = await hooked(hub_factory, backend.url + "/hook")
+    claims = {"publish": ["room:*"]}
+    async with (
+        hub.ws(additional_headers=bearer("alice", **claims)) as writer,
+        hub.ws(additional_headers=bearer("bob")) as reader,
+    ):
+        assert "ok" in await reader.subscribe("room:censored")
+        assert "ok" in await writer.call("publish", channel="room:censored", data={"text": "bad"})
+        assert (await reader.recv())["data"] == {"text": "***"}
+        denied = await writer.call("publish", channel="room:readonly", data=1)
+        assert denied["error"]["code"] == "forbidden"
+    published = [r for r in backend.requests if r["event"] == "publish"]
+    assert published[0]["data"] == {"text": "bad"} and published[0]["user"] == "alice"
+
+
+@pytest.mark.parametrize("on_failure", ["deny", "allow"])
+async def test_slow_broken_and_down_backends(
+    hub_factory: Any, backend: Backend, on_failure: str
+) -> None:
+    slow = await hooked(hub_factory, backend.url + "/hook", timeout=1, on_failure=on_failure)
+    async with slow.ws(additional_headers=bearer()) as ws:
+        started = time.monotonic()
+        reply = await ws.subscribe("room:slow")
+        assert time.monotonic() - started < timeout(4)  # the timeout, not the backend, decided
+        if on_failure == "deny":
+            assert reply["error"]["code"] == "hook_unavailable"
+        else:
+            assert "ok" in reply
+    broken = await hooked(hub_factory, backend.url + "/broken", on_failure=on_failure)
+    down = await hooked(hub_factory, f"http://127.0.0.1:{free_port()}/hook", on_failure=on_failure)
+    for hub in (broken, down):
+        async with hub.ws(additional_headers=bearer()) as ws:
+            if on_failure == "deny":
+                code, reason = await closed_with(ws)
+                assert code == 4003 and reason.startswith("hook_unavailable")
+            else:
+                assert "ok" in await ws.subscribe("room:a")
+        async with hub.http(headers=bearer()) as http:
+            r = await http.get("/poll", params={"channel": "room:a", "timeout": 0})
+            assert r.status_code == (503 if on_failure == "deny" else 200), r.text
+
+
+async def test_the_api_and_server_side_subscriptions_are_not_hooked(
+    hub_factory: Any, backend: Backend
+) -> None:
+    hub = await hooked(hub_factory, backend.url + "/hook")
+    async with hub.ws(additional_headers=bearer()) as ws:
+        assert "ok" in await ws.call("ping")
+        async with httpx.AsyncClient(base_url=hub.http_url) as http:
+            r = await http.post(
+                "/api/subscribe",
+                json={"user": "alice", "channel": "room:secret"},
+                headers={"Authorization": "apikey k"},
+            )
+            assert r.status_code == 200
+        assert (await ws.recv())["subscribe"]["channel"] == "room:secret"
+        await hub.publish("room:readonly", "from the backend")
+    assert backend.count("subscribe") == 0 and backend.count("publish") == 0
+
+
+async def test_a_hook_url_without_a_secret_is_refused_at_start() -> None:
+    settings = Settings(token_secret=SECRET, api_key="k", hooks={"connect_url": "http://x/"})
+    hub = Hub(settings)
+    with pytest.raises(ConfigError, match="secret"):
+        await hub.start()

@@ -246,3 +246,29 @@ async def test_the_api_key_is_required(hub: RunningHub) -> None:
         for path in ("/api/subscribe", "/api/unsubscribe"):
             r = await http.post(path, json={"user": "alice", "channel": "room:1"})
             assert r.status_code == 401
+
+
+async def test_subs_claim_on_sse_and_stomp(hub: RunningHub) -> None:
+    tok = token(channels=["chat:*"], subs=["chat:claimed", "secret:x"])
+    async with sse(hub, "chat:a", headers=bearer(tok)) as stream:
+        await stream.opening()
+        told = {}
+        for _ in range(2):
+            event = await stream.next()
+            told[event.json()["channel"]] = event.event
+        assert told == {"chat:claimed": "subscribe", "secret:x": "unsubscribe"}
+        await hub.publish("chat:claimed", "on the stream")
+        event = await stream.next()
+        assert event.json()["data"] == "on the stream"
+        assert Cursor.decode(event.id).get("chat:a") is not None  # both channels in the id
+    async with stomp(hub) as client:
+        await client.connect(Authorization=f"Bearer {tok}")
+        frames = [await client.expect("MESSAGE") for _ in range(2)]
+        by_channel = {f.headers["destination"]: f.headers for f in frames}
+        assert by_channel["/topic/chat:claimed"]["x-event"] == "subscribe"
+        assert by_channel["/topic/secret:x"]["x-event"] == "unsubscribe"
+        assert by_channel["/topic/secret:x"]["x-reason"] == "forbidden"
+        await hub.publish("chat:claimed", {"n": 2})
+        message = await client.expect("MESSAGE")
+        assert message.json() == {"n": 2}
+        assert message.headers["subscription"] == "server-chat:claimed"

@@ -350,6 +350,12 @@ class StompConnection:
                 on_ready=ready,
                 server=server,
             )
+        except ClarionError:
+            # Refused: the hub's unsubscribe signal (with the error code) names this id, unless
+            # the channel is held otherwise (or the session is over): then it is only forgotten.
+            if session.closed or channel in session.subscriptions:
+                self.stomp.forget(sub)
+            raise
         except BaseException:
             self.stomp.forget(sub)
             raise

@@ -56,7 +56,7 @@ BAD_INPUT = [
     (CONNECT + "FOO\n\n\0", "unknown command FOO", 4507),
     (CONNECT + "MESSAGE\n\n\0", "MESSAGE is a server frame", 4507),
     (CONNECT + CONNECT, "already connected", 4507),
-    (CONNECT + "BEGIN\ntransaction:t\n\n\0", "transactions are not supported", 4507),
+    (CONNECT + "COMMIT\ntransaction:t\n\n\0", "no open transaction 't'", 4507),
     (CONNECT + "SEND\ndestination:/topic/a\ncontent-length:1\n\n{}\0",
      "frame body is not followed by NUL after content-length octets", 4507),
     (CONNECT + "SEND\ndestination:/topic/a\nx:" + "v" * 9000 + "\n\n{}\0",

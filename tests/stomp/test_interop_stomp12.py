@@ -154,3 +154,46 @@ async def test_stomp_py_several_subscriptions(full: RunningHub) -> None:
     seen = await in_thread(full, run)
     assert seen["subs"] == ["a", "b"] and seen["ids"] and seen["acked"] and seen["kept"]
     assert seen["last"] == ("a", '{"n":2}')
+
+
+async def test_stompjs_transactions(full: RunningHub) -> None:
+    report = (await stompjs(full, "transactions"))["transactions"]
+    assert report == {"beforeCommit": 0, "bodies": ["1", "2", "3", "4"]}
+    history, _ = await full.hub.history("chat:tx")
+    assert [p.data for p in history.publications] == [1, 2, 3, 4]
+
+
+async def test_stomp_py_transactions(full: RunningHub) -> None:
+    def run(conn: Any, listener: _Listener) -> dict[str, Any]:
+        conn.subscribe("/topic/chat:tx", id="s", ack="client", headers={"receipt": "rs"})
+        listener.wait_for(lambda: "rs" in listener.receipts, "the SUBSCRIBE receipt")
+        dropped = conn.begin()
+        conn.send("/topic/chat:tx", '"never"', transaction=dropped)
+        conn.abort(dropped)
+        tx = conn.begin()
+        conn.send("/topic/chat:tx", "1", content_type="application/json", transaction=tx)
+        conn.send("/topic/chat:tx", "2", content_type="application/json", transaction=tx,
+                  headers={"receipt": "held"})  # fmt: skip
+        listener.wait_for(lambda: "held" in listener.receipts, "the held SEND's receipt")
+        time.sleep(0.3)
+        before = len(listener.messages)
+        conn.commit(tx, headers={"receipt": "commit"})
+        listener.wait_for(lambda: "commit" in listener.receipts, "the COMMIT receipt")
+        listener.wait_for(lambda: len(listener.messages) == 2, "the committed messages")
+        # An ACK in a transaction moves the acked position only at COMMIT.
+        last = listener.messages[-1].headers["ack"]
+        ack_tx = conn.begin()
+        conn.ack(last, transaction=ack_tx, receipt="held-ack")
+        listener.wait_for(lambda: "held-ack" in listener.receipts, "the held ACK's receipt")
+        conn.commit(ack_tx)
+        conn.unsubscribe("s", headers={"receipt": "u"})
+        listener.wait_for(lambda: "u" in listener.receipts, "the UNSUBSCRIBE receipt")
+        return {
+            "before": before,
+            "bodies": [m.body for m in listener.messages],
+            "held_ack_cursor": listener.receipts["held-ack"].get("x-cursor"),
+            "acked": listener.receipts["u"]["x-cursor"] == last,
+        }
+
+    seen = await in_thread(full, run)
+    assert seen == {"before": 0, "bodies": ["1", "2"], "held_ack_cursor": None, "acked": True}

@@ -13,8 +13,11 @@ from hypothesis import strategies as st
 from clarion.protocol.cursor import channel_tag, encode_single
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.protocol.stomp import (
+    Abort,
     Ack,
     AckPosition,
+    Begin,
+    Commit,
     Connect,
     Disconnect,
     HeartBeat,
@@ -187,13 +190,30 @@ def test_before_connect(data: bytes, message: str) -> None:
     [
         (frame("CONNECT", accept_version="1.2"), "already connected", "bad_frame"),
         (frame("STOMP"), "already connected", "bad_frame"),
-        (frame("BEGIN", transaction="t"), "transactions are not supported", "unsupported"),
-        (frame("COMMIT", transaction="t"), "transactions are not supported", "unsupported"),
-        (frame("ABORT", transaction="t"), "transactions are not supported", "unsupported"),
+        (frame("COMMIT", transaction="t"), "no open transaction 't'", "unknown_transaction"),
+        (frame("ABORT", transaction="t"), "no open transaction 't'", "unknown_transaction"),
+        (frame("COMMIT"), "COMMIT needs a transaction header", "bad_frame"),
+        (frame("BEGIN"), "BEGIN needs a transaction of 1 to 256 characters", "bad_frame"),
         (
             frame("SEND", "{}", destination="/topic/a", transaction="t"),
-            "transactions are not supported",
-            "unsupported",
+            "no open transaction 't'",
+            "unknown_transaction",
+        ),
+        (
+            frame("BEGIN", transaction="t") + frame("BEGIN", transaction="t"),
+            "transaction 't' is already open",
+            "unknown_transaction",
+        ),
+        (
+            b"".join(frame("BEGIN", transaction=str(n)) for n in range(9)),
+            "over 8 open transactions",
+            "too_many_transactions",
+        ),
+        (
+            frame("BEGIN", transaction="t")
+            + frame("SEND", "{}", destination="/topic/a", transaction="t") * 257,
+            "over 256 frames in transaction 't'",
+            "transaction_too_large",
         ),
         (frame("CONNECTED"), "CONNECTED is a server frame", "bad_frame"),
         (frame("FOO"), "unknown command FOO", "bad_frame"),
@@ -554,3 +574,57 @@ def test_any_frame_sequence_gives_events_or_a_remote_error(parts: list[bytes], c
                     session.receipt(event.receipt)
     except RemoteProtocolError as exc:
         assert exc.code in {"bad_frame", "too_large", "unsupported", "bad_json", "bad_ack"}
+
+
+def test_transactions_hold_sends_and_acks_until_commit() -> None:
+    session = StompSession(heart_beat=(0, 0), max_frame_bytes=1000, max_transaction_bytes=10)
+    feed(session, frame("CONNECT", accept_version="1.2"))
+    session.connected("s1", "clarion/test")
+    (sub,) = feed(session, frame("SUBSCRIBE", id="s", destination="/topic/t", ack="client"))
+    assert isinstance(sub, Subscribe)
+    sub.subscription.start(StreamPosition("e", 0))
+    acks = sub.subscription.acks
+    assert acks is not None
+    first = encode_single("t", "e", 1)
+    events = feed(
+        session,
+        frame("BEGIN", transaction="tx", receipt="b")
+        + frame("SEND", "1", destination="/topic/t", transaction="tx")
+        + frame("ACK", id=first, transaction="tx")
+        + frame("SEND", '"two"', destination="/topic/u", transaction="tx", receipt="r"),
+    )
+    assert events[0] == Begin("tx", "b")
+    held = events[1:]
+    assert acks.position == StreamPosition("e", 0)  # not acknowledged before COMMIT
+    (commit,) = feed(session, frame("COMMIT", transaction="tx", receipt="c"))
+    assert commit == Commit("tx", tuple(held), "c")  # type: ignore[arg-type]
+    assert [type(e).__name__ for e in commit.frames] == ["Send", "Ack", "Send"]
+    for event in commit.frames:
+        if isinstance(event, Ack):
+            session.apply_ack(event)
+    assert acks.position == StreamPosition("e", 1)
+    assert session.transactions == {}
+
+    # ABORT drops what was held; so does DISCONNECT for a transaction left open.
+    feed(session, frame("BEGIN", transaction="x") + frame("SEND", "1", destination="/topic/t",
+                                                          transaction="x"))  # fmt: skip
+    assert feed(session, frame("ABORT", transaction="x")) == [Abort("x", None)]
+    assert error_of(session, frame("COMMIT", transaction="x")).code == "unknown_transaction"
+
+    # Bytes held across all open transactions are bounded.
+    session = StompSession(max_transaction_bytes=10)
+    feed(session, frame("CONNECT", accept_version="1.2"))
+    session.connected("s1", "clarion/test")
+    feed(session, frame("BEGIN", transaction="a") + frame("BEGIN", transaction="b"))
+    feed(session, frame("SEND", '"123456"', destination="/topic/t", transaction="a"))
+    err = error_of(session, frame("SEND", '"1234"', destination="/topic/t", transaction="b"))
+    assert (err.code, err.message) == (
+        "transaction_too_large",
+        "open transactions hold over 10 bytes",
+    )
+
+    session = StompSession()
+    feed(session, frame("CONNECT", accept_version="1.2"))
+    session.connected("s1", "clarion/test")
+    feed(session, frame("BEGIN", transaction="a") + frame("DISCONNECT"))
+    assert session.transactions == {}

@@ -140,3 +140,86 @@ async def test_the_subscription_cap_counts_every_id(hub_factory, count: int) -> 
         assert error.headers["x-code"] == "too_many_subscriptions"
         assert error.headers["receipt-id"] == "x"
         assert await client.closed() == 4507
+
+
+# ---- transactions --------------------------------------------------------------------------------
+
+
+async def test_a_transaction_takes_effect_at_commit_in_order(hub: RunningHub) -> None:
+    async with stomp(hub) as client:
+        await client.connect()
+        await _subscribe(client, "s", "r0", ack="client-individual")
+        published = await hub.publish("chat:many", "before")
+        (before,) = await _messages(client, 1)
+        await client.send("BEGIN", transaction="tx", receipt="b")
+        assert (await client.expect("RECEIPT")).headers["receipt-id"] == "b"
+        for n in range(3):
+            await client.send("SEND", str(n), destination="/topic/chat\\cmany", transaction="tx",
+                              receipt=f"s{n}", content_type="application/json")  # fmt: skip
+            receipt = await client.expect("RECEIPT")
+            assert receipt.headers["receipt-id"] == f"s{n}" and "x-cursor" not in receipt.headers
+        await client.send("ACK", id=before.headers["ack"], transaction="tx", receipt="a")
+        assert "x-cursor" not in (await client.expect("RECEIPT")).headers
+        history = await hub.hub.history("chat:many")
+        assert [p.data for p in history[0].publications] == ["before"]  # nothing published yet
+        await client.send("COMMIT", transaction="tx", receipt="c")
+        got = [await client.recv() for _ in range(4)]
+        assert [m.body for m in got[:3]] == [b"0", b"1", b"2"]
+        assert got[3].command == "RECEIPT" and got[3].headers["receipt-id"] == "c"
+        # The ACK took effect at COMMIT: the acked position is past "before".
+        await client.send("UNSUBSCRIBE", id="s", receipt="u")
+        assert (await client.expect("RECEIPT")).headers["x-cursor"] == published["cursor"]
+
+
+async def test_abort_and_disconnect_discard_a_transaction(hub: RunningHub) -> None:
+    async with stomp(hub) as client:
+        await client.connect()
+        await _subscribe(client, "s", "r0")
+        await client.send("BEGIN", transaction="tx")
+        await client.send("SEND", '"dropped"', destination="/topic/chat\\cmany", transaction="tx")
+        await client.send("ABORT", transaction="tx", receipt="x")
+        assert (await client.expect("RECEIPT")).headers["receipt-id"] == "x"
+        await client.send("COMMIT", transaction="tx", receipt="c")
+        error = await client.expect("ERROR")
+        assert (error.headers["x-code"], error.headers["receipt-id"]) == (
+            "unknown_transaction",
+            "c",
+        )
+    async with stomp(hub) as client:
+        await client.connect()
+        await client.send("BEGIN", transaction="tx")
+        await client.send("SEND", '"left open"', destination="/topic/chat\\cmany",
+                          transaction="tx")  # fmt: skip
+        await client.send("DISCONNECT", receipt="bye")
+        await client.expect("RECEIPT")
+    async with stomp(hub) as client:  # the connection ends with the transaction open
+        await client.connect()
+        await client.send("BEGIN", transaction="tx")
+        await client.send("SEND", '"cut off"', destination="/topic/chat\\cmany", transaction="tx",
+                          receipt="held")  # fmt: skip
+        await client.expect("RECEIPT")
+    history, _ = await hub.hub.history("chat:many")
+    assert history.publications == []
+
+
+async def test_a_transaction_is_checked_as_it_goes(hub_factory) -> None:  # type: ignore[no-untyped-def]
+    # A SEND the token may not publish is refused when it arrives, not at COMMIT.
+    running: RunningHub = await hub_factory(namespaces={"ro": {"client_publish": False}})
+    async with stomp(running) as client:
+        await client.connect()
+        await client.send("BEGIN", transaction="tx")
+        await client.send("SEND", "1", destination="/topic/ro\\cx", transaction="tx", receipt="s")
+        error = await client.expect("ERROR")
+        assert error.headers["receipt-id"] == "s"
+        assert error.headers["message"] == "clients may not publish to 'ro:x'"
+        assert await client.closed() == 4502
+    async with stomp(running) as client:
+        await client.connect()
+        for n in range(8):
+            await client.send("BEGIN", transaction=f"t{n}")
+        await client.send("BEGIN", transaction="one-too-many", receipt="b")
+        error = await client.expect("ERROR")
+        assert (error.headers["x-code"], error.headers["receipt-id"]) == (
+            "too_many_transactions",
+            "b",
+        )

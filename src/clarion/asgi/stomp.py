@@ -38,7 +38,10 @@ from clarion.protocol.frames import text_frame
 from clarion.protocol.proxies import address_key
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.protocol.stomp import (
+    Abort,
     Ack,
+    Begin,
+    Commit,
     Connect,
     Disconnect,
     Event,
@@ -490,11 +493,24 @@ class StompConnection:
         session = self.session
         assert session is not None  # the state table admits nothing else before CONNECT
         self._receipt = event.receipt
-        if isinstance(event, Send):
-            pub = await session.publish(
-                event.channel, event.data, idempotency_key=event.idempotency_key
-            )
+        if isinstance(event, Send | Ack) and event.transaction is not None:
+            if isinstance(event, Send):  # refused now rather than at COMMIT
+                self.hub.auth.check_publish(session.credentials, event.channel)
+            self._reply(event.receipt)  # held until COMMIT
+        elif isinstance(event, Send):
+            pub = await self.publish(session, event)
             self._reply(event.receipt, ("x-cursor", self.hub.cursor_of(pub)))
+        elif isinstance(event, Commit):
+            # In the order the frames arrived; a SEND that fails now ends the connection like
+            # any failed SEND, after the ones before it were published.
+            for held in event.frames:
+                if isinstance(held, Send):
+                    await self.publish(session, held)
+                else:
+                    self.stomp.apply_ack(held)
+            self._reply(event.receipt)
+        elif isinstance(event, Begin | Abort):
+            self._reply(event.receipt)
         elif isinstance(event, Subscribe):
             await self.subscribe(session, event)
         elif isinstance(event, Unsubscribe):
@@ -516,6 +532,12 @@ class StompConnection:
         elif isinstance(event, Disconnect):
             self._reply(event.receipt)
             self.end(CloseCode.NORMAL, "normal")
+
+    async def publish(self, session: Session, event: Send) -> Publication:
+        pub: Publication = await session.publish(
+            event.channel, event.data, idempotency_key=event.idempotency_key
+        )
+        return pub
 
     def _reply(self, receipt: str | None, *headers: tuple[str, str]) -> None:
         if receipt is not None and not self.closed:

@@ -2,7 +2,7 @@
 //
 //   node stomp12.mjs <http base URL> <token> <API key> <feature>...
 //
-// Features: heartbeat, subscriptions. Prints one JSON object with what was observed per
+// Features: heartbeat, subscriptions, transactions. Prints one JSON object with what was observed per
 // feature; exits non-zero if a step failed or timed out.
 import { Client } from '@stomp/stompjs';
 import WebSocket from 'ws';
@@ -117,6 +117,33 @@ const checks = {
       ackCursor: ackReceipt.headers['x-cursor'],
       afterUnsubscribe: { b: onlyB.body, a: a.length },
     };
+    await client.deactivate();
+  },
+
+  // SENDs and ACKs in a transaction take effect at COMMIT, in order; ABORT drops them.
+  async transactions() {
+    const destination = '/topic/chat:tx';
+    const [client] = await connected();
+    const box = inbox();
+    client.subscribe(destination, (m) => box.push(m), { id: 's', receipt: 'rs' });
+    await withTimeout(receipt(client, 'rs'), 5000, 'SUBSCRIBE receipt');
+    const dropped = client.begin('dropped');
+    client.publish({ destination, body: '"never"', headers: { transaction: dropped.id } });
+    dropped.abort();
+    const tx = client.begin('tx-1');
+    for (const n of [1, 2, 3]) {
+      client.publish({ destination, body: JSON.stringify(n),
+        headers: { transaction: tx.id, 'content-type': 'application/json' } });
+    }
+    const held = receipt(client, 'held');
+    client.publish({ destination, body: '4', headers: { transaction: tx.id, receipt: 'held' } });
+    await withTimeout(held, 5000, 'receipt of a held SEND');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const beforeCommit = box.length;
+    tx.commit();
+    const bodies = [];
+    for (let n = 0; n < 4; n += 1) bodies.push((await box.next('committed message')).body);
+    report.transactions = { beforeCommit, bodies };
     await client.deactivate();
   },
 };

@@ -16,7 +16,10 @@ from clarion.protocol.stomp.errors import (
     StompProtocolError,
 )
 from clarion.protocol.stomp.events import (
+    Abort,
     Ack,
+    Begin,
+    Commit,
     Connect,
     Disconnect,
     Event,
@@ -43,9 +46,12 @@ __all__ = [
     "ACK_MODES",
     "SUBPROTOCOLS",
     "VERSIONS",
+    "Abort",
     "Ack",
     "AckMode",
     "AckPosition",
+    "Begin",
+    "Commit",
     "Connect",
     "Disconnect",
     "Event",

@@ -59,6 +59,7 @@ class Send:
     data: Any
     receipt: str | None
     idempotency_key: str | None
+    transaction: str | None = None  # held until that transaction's COMMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,30 @@ class Ack:
     position: StreamPosition
     negative: bool  # NACK
     receipt: str | None
+    transaction: str | None = None  # held until that transaction's COMMIT
+    cumulative: bool = False  # a reset's ack: accepts the gap it announces
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    transaction: str
+    receipt: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """The transaction's ``SEND``s and ``ACK``/``NACK``s, in the order they arrived: the
+    adapter carries them out now (:meth:`StompSession.apply_ack` for the acks)."""
+
+    transaction: str
+    frames: tuple[Send | Ack, ...]
+    receipt: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    transaction: str
+    receipt: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,4 +112,4 @@ class Disconnect:
     receipt: str | None
 
 
-Event = Connect | Send | Subscribe | Unsubscribe | Ack | Disconnect
+Event = Connect | Send | Subscribe | Unsubscribe | Ack | Begin | Commit | Abort | Disconnect

@@ -22,7 +22,10 @@ from clarion.protocol.publication import StreamPosition
 from clarion.protocol.stomp.acks import ACK_MODES, AckMode
 from clarion.protocol.stomp.errors import LocalProtocolError, RemoteProtocolError
 from clarion.protocol.stomp.events import (
+    Abort,
     Ack,
+    Begin,
+    Commit,
     Connect,
     Disconnect,
     Event,
@@ -50,12 +53,13 @@ from clarion.protocol.stomp.states import (
     CLIENT_TRANSITIONS,
     IGNORING_INPUT,
     SERVER_TRANSITIONS,
-    UNSUPPORTED,
     State,
 )
 
 MAX_ID_CHARS = 256  # subscription ids
 DEFAULT_MAX_SUBSCRIPTIONS = 128
+MAX_TRANSACTIONS = 8  # open at once, per connection
+MAX_TRANSACTION_FRAMES = 256  # SEND, ACK and NACK frames held by one transaction
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 
 
@@ -105,14 +109,17 @@ class StompSession:
     __slots__ = (
         "_by_suffix",
         "_by_tag",
+        "_held_bytes",
         "_serial",
         "by_channel",
         "heart_beat",
         "max_subscriptions",
+        "max_transaction_bytes",
         "parser",
         "server_heart_beat",
         "state",
         "subscriptions",
+        "transactions",
         "version",
     )
 
@@ -124,6 +131,7 @@ class StompSession:
         max_headers: int = DEFAULT_MAX_HEADERS,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+        max_transaction_bytes: int | None = None,
     ) -> None:
         self.state = State.AWAITING_CONNECT
         self.version: str | None = None
@@ -142,6 +150,12 @@ class StompSession:
         self._by_tag: dict[bytes, StompSubscription] = {}
         self._by_suffix: dict[str, StompSubscription] = {}
         self._serial = 0
+        # Open transactions: their held frames (with the body bytes each holds), in order.
+        self.transactions: dict[str, list[tuple[Send | Ack, int]]] = {}
+        self.max_transaction_bytes = (
+            4 * max_frame_bytes if max_transaction_bytes is None else max_transaction_bytes
+        )
+        self._held_bytes = 0
 
     @property
     def escaped(self) -> bool:
@@ -188,8 +202,6 @@ class StompSession:
         return event
 
     def _unexpected(self, command: str, receipt: str | None) -> RemoteProtocolError:
-        if command in UNSUPPORTED and self.state is State.CONNECTED:
-            return RemoteProtocolError(UNSUPPORTED[command], code="unsupported", receipt_id=receipt)
         if self.state is State.AWAITING_CONNECT and command in CLIENT_COMMANDS:
             message = f"the first frame must be CONNECT or STOMP, not {command}"
         elif command in ("CONNECT", "STOMP"):
@@ -233,14 +245,81 @@ class StompSession:
 
     def _on_send(self, frame: Frame, receipt: str | None) -> Send:
         channel = self._channel(frame)
-        if frame.get("transaction") is not None:
-            raise RemoteProtocolError(UNSUPPORTED["BEGIN"], code="unsupported")
         key = frame.get("x-idempotency-key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise RemoteProtocolError(
                 f"x-idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters"
             )
-        return Send(channel, decode_body(frame), receipt, key)
+        transaction = self._transaction_of(frame)
+        send = Send(channel, decode_body(frame), receipt, key, transaction)
+        if transaction is not None:
+            self._hold(transaction, send, len(frame.body))
+        return send
+
+    # ---- transactions: frames held until COMMIT, dropped at ABORT or the end of the session
+
+    def _transaction_of(self, frame: Frame) -> str | None:
+        """The frame's ``transaction`` header, which must name an open transaction."""
+        name = frame.get("transaction")
+        if name is not None and name not in self.transactions:
+            raise RemoteProtocolError(
+                f"no open transaction {name[:80]!r}", code="unknown_transaction"
+            )
+        return name
+
+    def _hold(self, transaction: str, event: Send | Ack, size: int) -> None:
+        held = self.transactions[transaction]
+        if len(held) >= MAX_TRANSACTION_FRAMES:
+            raise RemoteProtocolError(
+                f"over {MAX_TRANSACTION_FRAMES} frames in transaction {transaction[:80]!r}",
+                code="transaction_too_large",
+            )
+        if self._held_bytes + size > self.max_transaction_bytes:
+            raise RemoteProtocolError(
+                f"open transactions hold over {self.max_transaction_bytes} bytes",
+                code="transaction_too_large",
+            )
+        self._held_bytes += size
+        held.append((event, size))
+
+    def _on_begin(self, frame: Frame, receipt: str | None) -> Begin:
+        name = frame.get("transaction")
+        if not name or len(name) > MAX_ID_CHARS:
+            raise RemoteProtocolError(
+                f"BEGIN needs a transaction of 1 to {MAX_ID_CHARS} characters"
+            )
+        if name in self.transactions:
+            raise RemoteProtocolError(
+                f"transaction {name[:80]!r} is already open", code="unknown_transaction"
+            )
+        if len(self.transactions) >= MAX_TRANSACTIONS:
+            raise RemoteProtocolError(
+                f"over {MAX_TRANSACTIONS} open transactions", code="too_many_transactions"
+            )
+        self.transactions[name] = []
+        return Begin(name, receipt)
+
+    def _end_transaction(self, frame: Frame) -> tuple[str, list[tuple[Send | Ack, int]]]:
+        name = frame.get("transaction")
+        if name is None:
+            raise RemoteProtocolError(f"{frame.command} needs a transaction header")
+        self._transaction_of(frame)  # which must be open
+        held = self.transactions.pop(name)
+        self._held_bytes -= sum(size for _, size in held)
+        return name, held
+
+    def _on_commit(self, frame: Frame, receipt: str | None) -> Commit:
+        name, held = self._end_transaction(frame)
+        return Commit(name, tuple(event for event, _ in held), receipt)
+
+    def _on_abort(self, frame: Frame, receipt: str | None) -> Abort:
+        name, _ = self._end_transaction(frame)
+        return Abort(name, receipt)
+
+    def abort_all(self) -> None:
+        """Drop every open transaction (the session is ending)."""
+        self.transactions.clear()
+        self._held_bytes = 0
 
     def _on_subscribe(self, frame: Frame, receipt: str | None) -> Subscribe:
         channel = self._channel(frame)
@@ -336,12 +415,24 @@ class StompSession:
             raise RemoteProtocolError(
                 f"{command} names a message of another subscription", code="bad_ack"
             )
-        negative = command == "NACK"
-        if sub is not None and sub.acks is not None and not negative:
-            sub.acks.ack(position, cumulative=cumulative)
-        return Ack(sub, position, negative, receipt)
+        transaction = self._transaction_of(frame)
+        ack = Ack(sub, position, command == "NACK", receipt, transaction, cumulative)
+        if transaction is not None:
+            self._hold(transaction, ack, 0)
+        else:
+            self.apply_ack(ack)
+        return ack
+
+    def apply_ack(self, ack: Ack) -> None:
+        """Move the acked position of ``ack``'s subscription (at once, or at ``COMMIT``)."""
+        sub = ack.subscription
+        if sub is None or ack.negative or sub.acks is None:
+            return
+        if self.subscriptions.get(sub.id) is sub:  # not ended meanwhile
+            sub.acks.ack(ack.position, cumulative=ack.cumulative)
 
     def _on_disconnect(self, frame: Frame, receipt: str | None) -> Disconnect:
+        self.abort_all()  # STOMP: a transaction still open at DISCONNECT is aborted
         return Disconnect(receipt)
 
     _handlers: dict[str, Callable[[StompSession, Frame, str | None], Event]] = {
@@ -352,6 +443,9 @@ class StompSession:
         "UNSUBSCRIBE": _on_unsubscribe,
         "ACK": _on_ack,
         "NACK": _on_ack,
+        "BEGIN": _on_begin,
+        "COMMIT": _on_commit,
+        "ABORT": _on_abort,
         "DISCONNECT": _on_disconnect,
     }
 
@@ -485,8 +579,10 @@ class StompSession:
         return b"".join(frames)
 
     def close(self) -> None:
-        """The connection ended (or is being ended): nothing more is read or sent."""
+        """The connection ended (or is being ended): nothing more is read or sent; open
+        transactions are aborted."""
         self._transition("close")
+        self.abort_all()
 
 
 def acked_cursor(sub: StompSubscription) -> str | None:

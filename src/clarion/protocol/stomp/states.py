@@ -33,6 +33,9 @@ CLIENT_TRANSITIONS: dict[State, dict[str, State]] = {
         "UNSUBSCRIBE": State.CONNECTED,
         "ACK": State.CONNECTED,
         "NACK": State.CONNECTED,
+        "BEGIN": State.CONNECTED,
+        "COMMIT": State.CONNECTED,
+        "ABORT": State.CONNECTED,
         "DISCONNECT": State.DISCONNECTING,
     },
     State.DISCONNECTING: {},
@@ -59,13 +62,6 @@ SERVER_TRANSITIONS: dict[State, dict[str, State]] = {
 
 # States in which client frames are dropped unread: the connection is going away.
 IGNORING_INPUT = frozenset({State.DISCONNECTING, State.CLOSED})
-
-# Client commands STOMP defines that clarion does not carry out (no transactions).
-UNSUPPORTED = {
-    "BEGIN": "transactions are not supported",
-    "COMMIT": "transactions are not supported",
-    "ABORT": "transactions are not supported",
-}
 
 
 def transitions_markdown() -> str:

@@ -684,6 +684,7 @@ class Hub:
 
     async def sync_revocations(self) -> None:
         """Take in every revocation the engine holds (those this node may have missed)."""
+        self.revocations.expire()
         try:
             entries = await self.engine.revocations()
         except ClarionError as exc:

@@ -153,13 +153,15 @@ class Revocations:
         return True
 
     def refused(self, user: str | None, token_id: str | None, now: float | None = None) -> bool:
+        """Two lookups, whatever the number of revocations (checked on every connection)."""
         now = time.time() if now is None else now
-        self._expire(now)
         return (user is not None and self.users.get(user, 0.0) > now) or (
             token_id is not None and self.tokens.get(token_id, 0.0) > now
         )
 
-    def _expire(self, now: float) -> None:
+    def expire(self, now: float | None = None) -> None:
+        """Forget lapsed revocations (the hub does it between reads of the engine's)."""
+        now = time.time() if now is None else now
         for table in (self.users, self.tokens):
             for key in [k for k, until in table.items() if until <= now]:
                 del table[key]

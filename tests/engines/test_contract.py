@@ -74,6 +74,45 @@ async def test_history_since_and_limit(engine: Subject) -> None:
     assert foreign.publications == []  # nothing of another epoch is trusted
 
 
+async def test_history_reverse_pages_back(engine: Subject) -> None:
+    await publish_n(engine, "c", 5)
+    newest = await engine.engine.history("c", OPTS, reverse=True)
+    epoch = newest.position.epoch
+    assert [p.offset for p in newest.publications] == [5, 4, 3, 2, 1]
+    assert newest.position == StreamPosition(epoch, 5) and newest.earliest == 1
+    page = await engine.engine.history("c", OPTS, reverse=True, limit=2)
+    assert [p.offset for p in page.publications] == [5, 4]
+    older = await engine.engine.history(
+        "c", OPTS, reverse=True, limit=2, since=StreamPosition(epoch, 4)
+    )
+    assert [p.offset for p in older.publications] == [3, 2]  # strictly before the cursor
+    last = await engine.engine.history("c", OPTS, reverse=True, since=StreamPosition(epoch, 2))
+    assert [p.offset for p in last.publications] == [1]
+    done = await engine.engine.history("c", OPTS, reverse=True, since=StreamPosition(epoch, 1))
+    assert done.publications == []
+    beyond = await engine.engine.history("c", OPTS, reverse=True, since=StreamPosition(epoch, 9))
+    assert [p.offset for p in beyond.publications] == [5, 4, 3, 2, 1]
+    foreign = await engine.engine.history(
+        "c", OPTS, reverse=True, since=StreamPosition("not-" + epoch, 3)
+    )
+    assert foreign.publications == []
+    none = await engine.engine.history("c", OPTS, reverse=True, limit=0)
+    assert none.publications == [] and none.position.offset == 5
+    empty = await engine.engine.history("fresh-reverse", OPTS, reverse=True, limit=1)
+    assert empty.publications == [] and empty.position.offset == 0
+
+
+async def test_history_reverse_stops_at_what_is_held(engine: Subject) -> None:
+    opts = NamespaceOptions(history_size=3)
+    await publish_n(engine, "c", 6, opts)
+    newest = await engine.engine.history("c", opts, reverse=True, limit=10)
+    assert [p.offset for p in newest.publications] == [6, 5, 4]
+    assert newest.earliest == 4
+    epoch = newest.position.epoch
+    older = await engine.engine.history("c", opts, reverse=True, since=StreamPosition(epoch, 4))
+    assert older.publications == []
+
+
 async def test_history_of_a_new_channel(engine: Subject) -> None:
     first = await engine.engine.history("fresh", OPTS)
     assert first.publications == []

@@ -26,6 +26,16 @@ async def read_json(hub: Hub, request: Request) -> dict[str, Any]:
     return parse_object(await read_body(hub, request.scope, request.receive))
 
 
+def _flag(request: Request, name: str) -> bool:
+    """A yes/no query parameter: ``1``/``true`` or ``0``/``false`` (absent: no)."""
+    raw = _param(request, name, required=False)
+    if raw is None or raw in ("0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise BadRequest(f"{name} must be 1, true, 0 or false")
+
+
 def _param(request: Request, name: str, required: bool = True) -> str | None:
     values = request.query_params.getlist(name)
     if len(values) > 1:
@@ -79,8 +89,11 @@ class ServerAPI:
                     f"{self.hub.settings.limits.max_history_batch}"
                 )
             limit = int(raw_limit)
-        history, reason = await self.hub.history(channel, since=since or None, limit=limit)
-        return JSONResponse(history_body(self.hub, channel, history, reason))
+        reverse = _flag(request, "reverse")
+        history, reason = await self.hub.history(
+            channel, since=since or None, limit=limit, reverse=reverse
+        )
+        return JSONResponse(history_body(self.hub, channel, history, reason, reverse=reverse))
 
     async def presence(self, request: Request) -> Response:
         self._authorize(request)

@@ -164,6 +164,12 @@ def document() -> dict[str, Any]:
                         _query("channel", True, _CHANNEL, "the channel"),
                         _query("since", False, {"type": "string"}, "a cursor"),
                         _query("limit", False, {"type": "integer"}, "at most this many"),
+                        _query(
+                            "reverse",
+                            False,
+                            {"type": "string", "enum": ["1", "true", "0", "false"]},
+                            "newest first, older than `since`; the reply's `cursor` pages back",
+                        ),
                     ],
                     "responses": {"200": _ok({"type": "object"}), **errors},
                 }

@@ -304,8 +304,12 @@ class PollEndpoint(ChannelEndpoint):
         start: dict[str, StreamPosition] = {}
         for channel in request.channels:
             since = request.since[channel]
-            limit = 0 if since is None else min(share, count)
-            history, reason = await hub.history(channel, since=since, limit=limit)
+            if since is None and request.latest:
+                # The newest stored publication: its position is the channel's top.
+                history, reason = await hub.history(channel, limit=1, reverse=True)
+            else:
+                limit = 0 if since is None else min(share, count)
+                history, reason = await hub.history(channel, since=since, limit=limit)
             start[channel] = since if since is not None else history.position
             events: list[Publication | _Reset] = []
             if reason is not None:

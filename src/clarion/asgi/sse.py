@@ -64,17 +64,20 @@ ALLOWED_HEADERS = b"authorization, cache-control, last-event-id, if-none-match"
 class ChannelRequest:
     """The channels a request reads, who reads them, and where each one resumes (``None``: now)."""
 
-    __slots__ = ("channels", "credentials", "since")
+    __slots__ = ("channels", "credentials", "latest", "since")
 
     def __init__(
         self,
         channels: list[str],
         credentials: Credentials,
         since: dict[str, StreamPosition | None],
+        latest: bool = False,
     ) -> None:
         self.channels = channels
         self.credentials = credentials
         self.since = since
+        # ``latest=1``: channels starting from now get their newest stored publication first.
+        self.latest = latest
 
 
 def query_params(hub: Hub, scope: Scope) -> Params:
@@ -132,7 +135,12 @@ def channel_request(hub: Hub, scope: Scope, params: Params, token: str | None) -
     credentials = access.credentials_for(hub, scope)
     for channel in channels:
         hub.auth.check_subscribe(credentials, channel)
-    return ChannelRequest(channels, credentials, resume_positions(token, channels))
+    latest = single_param(params, "latest")
+    if latest not in (None, "0", "1", "true", "false"):
+        raise BadRequest("latest must be 1, true, 0 or false")
+    return ChannelRequest(
+        channels, credentials, resume_positions(token, channels), latest in ("1", "true")
+    )
 
 
 async def authorized(hub: Hub, request: ChannelRequest, transport: str) -> ChannelRequest:
@@ -664,7 +672,13 @@ class SseEndpoint(ChannelEndpoint):
                 stream.set_position(channel, position)
 
             await session.subscribe(
-                channel, stream.fmt, stream.push, since=since, on_ready=ready, checked=True
+                channel,
+                stream.fmt,
+                stream.push,
+                since=since,
+                latest=request.latest,
+                on_ready=ready,
+                checked=True,
             )
             if session.closed:
                 break

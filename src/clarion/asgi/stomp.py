@@ -583,7 +583,12 @@ class StompConnection:
 
         try:
             await session.subscribe(
-                sub.channel, fmt, self.wire.push_for(sub.prefix), since=since, on_ready=ready
+                sub.channel,
+                fmt,
+                self.wire.push_for(sub.prefix),
+                since=since,
+                latest=event.latest,
+                on_ready=ready,
             )
         except BaseException:
             self.stomp.forget(sub)

@@ -174,6 +174,7 @@ class _Connection:
                 self.transport.fmt,
                 self.transport.push,
                 since=cmd.since,
+                latest=cmd.latest,
                 on_ready=ready,
                 target=self.transport.target,
             )
@@ -193,8 +194,10 @@ class _Connection:
         if op == "history":
             assert cmd.channel is not None
             await hub.authorize_read(session.credentials, cmd.channel, "ws", session.id)
-            history, reason = await hub.history(cmd.channel, since=cmd.since, limit=cmd.limit)
-            return history_body(hub, cmd.channel, history, reason)
+            history, reason = await hub.history(
+                cmd.channel, since=cmd.since, limit=cmd.limit, reverse=cmd.reverse
+            )
+            return history_body(hub, cmd.channel, history, reason, reverse=cmd.reverse)
         if op == "presence":
             assert cmd.channel is not None
             subscribed = cmd.channel in session.subscriptions
@@ -226,20 +229,32 @@ class _Connection:
         return body
 
 
-def history_body(hub: Hub, channel: str, history: Any, reason: str | None) -> dict[str, Any]:
-    pubs = history.publications
-    if pubs:
-        cursor = hub.cursor_of(pubs[-1])
-        last = pubs[-1].offset
-    else:
-        from clarion.protocol.cursor import encode_single
+def history_body(
+    hub: Hub, channel: str, history: Any, reason: str | None, *, reverse: bool = False
+) -> dict[str, Any]:
+    """A history reply. Forward, ``cursor`` continues after the page; ``reverse``, it is the
+    oldest publication of the page (the earliest position held on an empty page), to page
+    further back from."""
+    from clarion.protocol.cursor import encode_single
 
+    pubs = history.publications
+    if reverse:
+        if pubs:
+            cursor = hub.cursor_of(pubs[-1])
+            more = pubs[-1].offset > history.earliest
+        else:
+            cursor = encode_single(channel, history.position.epoch, history.earliest)
+            more = False
+    elif pubs:
+        cursor = hub.cursor_of(pubs[-1])
+        more = pubs[-1].offset < history.position.offset
+    else:
         cursor = encode_single(channel, history.position.epoch, history.position.offset)
-        last = history.position.offset
+        more = False
     body: dict[str, Any] = {
         "publications": [{**p.to_dict(), "cursor": hub.cursor_of(p)} for p in pubs],
         "cursor": cursor,
-        "more": last < history.position.offset,
+        "more": more,
     }
     if reason is not None:
         body["reset"] = {"channel": channel, "reason": reason}

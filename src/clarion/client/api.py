@@ -102,8 +102,12 @@ class HttpApi:
         ok = await self._call("POST", "/api/publish", json=body)
         return Published(channel, int(ok["offset"]), str(ok["epoch"]), ok.get("cursor"))
 
-    async def history(self, channel: str, since: str | None, limit: int | None) -> History:
+    async def history(
+        self, channel: str, since: str | None, limit: int | None, *, reverse: bool = False
+    ) -> History:
         params: dict[str, str | int] = {"channel": channel}
+        if reverse:
+            params["reverse"] = "1"
         if since is not None:
             params["since"] = since
         if limit is not None:

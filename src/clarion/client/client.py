@@ -212,11 +212,15 @@ class Client:
 
     # ---- subscriptions ------------------------------------------------------------------------
 
-    def subscribe(self, channel: str, since: str | None = None) -> Subscription:
+    def subscribe(
+        self, channel: str, since: str | None = None, *, latest: bool = False
+    ) -> Subscription:
         """Subscribe to ``channel``: an async iterator of :class:`Message` and :class:`Reset`.
 
         ``since`` is a cursor (a ``Message.cursor``, a ``Reset.cursor``, ``Subscription.cursor``,
         or one from another transport) to resume from; without it the subscription starts now.
+        ``latest``: without ``since``, the newest stored publication comes first (a ticker or a
+        gauge shows a value at once).
         """
         self._check_open()
         validate_channel(channel)
@@ -227,7 +231,7 @@ class Client:
             raise RequestFailed(
                 f"this client is already subscribed to {channel!r}", code="already_subscribed"
             )
-        feed = Feed(channel, since, self._queue_size)
+        feed = Feed(channel, since, self._queue_size, latest=latest)
         self._feeds[channel] = feed
         handle = Subscription(feed, self._release)
         # A handle dropped without unsubscribing (``break`` out of ``async for``) unsubscribes.
@@ -335,15 +339,26 @@ class Client:
         return Published(channel, int(ok["offset"]), str(ok["epoch"]), ok.get("cursor"))
 
     async def history(
-        self, channel: str, since: str | None = None, limit: int | None = None
+        self,
+        channel: str,
+        since: str | None = None,
+        limit: int | None = None,
+        *,
+        reverse: bool = False,
     ) -> History:
-        """Publications kept in ``channel``'s history, after ``since`` if given, oldest first."""
+        """Publications kept in ``channel``'s history, after ``since`` if given, oldest first.
+
+        ``reverse``: newest first, older than ``since`` if given; the page's ``cursor`` (its
+        oldest publication) pages further back while ``more`` is true.
+        """
         self._check_open()
         validate_channel(channel)
         if await self._over_http():
             assert self._api is not None
-            return await self._api.history(channel, since, limit)
+            return await self._api.history(channel, since, limit, reverse=reverse)
         fields: dict[str, Any] = {"channel": channel}
+        if reverse:
+            fields["reverse"] = True
         if since is not None:
             fields["since"] = since
         if limit is not None:

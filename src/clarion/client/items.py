@@ -99,10 +99,11 @@ class Published:
 
 @dataclass(frozen=True, slots=True)
 class History:
-    """A page of a channel's history, oldest first.
+    """A page of a channel's history, oldest first (newest first when read in ``reverse``).
 
     ``cursor`` continues after the last publication of the page (pass it as ``since`` for the
-    next page while ``more`` is true). ``reset`` is set when ``since`` pointed before what the
+    next page while ``more`` is true; in reverse, it is the page's oldest publication, and the
+    next page holds those before it). ``reset`` is set when ``since`` pointed before what the
     history still holds: the page then starts at the oldest publication kept.
     """
 

@@ -43,6 +43,8 @@ async def run_poll(feed: Feed, ctx: StreamContext) -> None:
         params = {"channel": feed.channel, "timeout": _seconds(wait)}
         if feed.resume_cursor is not None:
             params["cursor"] = feed.resume_cursor
+        elif feed.latest:
+            params["latest"] = "1"
         timeout = httpx.Timeout(ctx.api.timeout, read=wait + ctx.api.timeout)
         try:
             headers = await ctx.api.stream_headers()

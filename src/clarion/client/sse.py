@@ -55,6 +55,8 @@ async def run_sse(feed: Feed, ctx: StreamContext) -> None:
                 params.append(("cursor", feed.resume_cursor))
             else:
                 headers["Last-Event-ID"] = feed.resume_cursor
+        elif feed.latest:
+            params.append(("latest", "1"))
         why: object = "the hub ended the stream"
         try:
             async with aconnect_sse(

@@ -41,6 +41,7 @@ class Feed:
         "done",
         "error",
         "items",
+        "latest",
         "live",
         "on_overflow",
         "on_resume",
@@ -53,9 +54,14 @@ class Feed:
         "task",
     )
 
-    def __init__(self, channel: str, since: str | None, capacity: int) -> None:
+    def __init__(
+        self, channel: str, since: str | None, capacity: int, *, latest: bool = False
+    ) -> None:
         self.channel = channel
         self.since = since
+        # Ask for the newest stored publication first; only while nothing resumes (``since``
+        # wins), so a reconnect never asks for it again.
+        self.latest = latest
         self.capacity = capacity
         self.resume_cursor = since
         self.position: StreamPosition | None = position_of(channel, since)
@@ -139,6 +145,10 @@ class Feed:
         self.live = True
         if self.resume_cursor is None and cursor is not None:
             self.advance(cursor)
+            if self.latest and self.position is not None:
+                # The newest stored publication sits at the confirmed position itself and is
+                # still to come: it must not pass for a duplicate.
+                self.position = StreamPosition(self.position.epoch, self.position.offset - 1)
         if self.cursor is None:
             self.cursor = self.resume_cursor
         if not self.ready.done():

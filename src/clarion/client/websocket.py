@@ -469,6 +469,8 @@ class WebSocketLink:
         command: dict[str, Any] = {"id": rid, "op": "subscribe", "channel": feed.channel}
         if feed.resume_cursor is not None:
             command["since"] = feed.resume_cursor
+        elif feed.latest:
+            command["latest"] = True
         if not self._send(command):
             del self._pending[rid]
 

@@ -245,19 +245,34 @@ class Hub:
         return pubs
 
     async def history(
-        self, channel: str, *, since: str | StreamPosition | None = None, limit: int | None = None
+        self,
+        channel: str,
+        *,
+        since: str | StreamPosition | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
     ) -> tuple[History, str | None]:
-        """A history read; also returns a reset reason when ``since`` cannot be covered."""
+        """A history read; also returns a reset reason when ``since`` cannot be covered.
+
+        ``reverse``: newest first, older than ``since`` (see :meth:`Engine.history`); the
+        reset reasons are then ``epoch`` and ``position`` only — reaching the oldest
+        publication held is the end of the pages, not a gap.
+        """
         validate_channel(channel)
         position = position_for(channel, since)
         cap = self.settings.limits.max_history_batch
         limit = cap if limit is None else min(limit, cap)
         history = await self.engine.history(
-            channel, self.options(channel), since=position, limit=limit
+            channel, self.options(channel), since=position, limit=limit, reverse=reverse
         )
         reason = None
-        if position is not None and not history.covers(position):
-            reason = reset_reason(history, position)
+        if position is not None:
+            if reverse:
+                top = history.position
+                if position.epoch != top.epoch or position.offset > top.offset + 1:
+                    reason = reset_reason(history, position)
+            elif not history.covers(position):
+                reason = reset_reason(history, position)
         return history, reason
 
     async def presence(self, channel: str) -> list[PresenceEntry]:
@@ -747,6 +762,7 @@ class Hub:
         push: Push,
         *,
         since: str | StreamPosition | None = None,
+        latest: bool = False,
         on_ready: Callable[[SubscribeResult], None] | None = None,
         target: Any = None,
         server: bool = False,
@@ -754,9 +770,11 @@ class Hub:
     ) -> SubscribeResult | None:
         """Subscribe ``session`` to ``channel``; ``None`` if it closed or unsubscribed meanwhile.
 
-        ``server``: the backend asked for it (``POST /api/subscribe``), so the token's
-        permissions are not checked, and a later token does not end it. ``checked``: the
-        adapter already authorized this read for the same request (:meth:`authorize_read`).
+        ``latest`` (without ``since``, which wins): the newest stored publication is pushed
+        right after ``on_ready``, before live ones. ``server``: the backend asked for it
+        (``POST /api/subscribe``), so the token's permissions are not checked, and a later
+        token does not end it. ``checked``: the adapter already authorized this read for the
+        same request (:meth:`authorize_read`).
         """
         validate_channel(channel)
         if not server:
@@ -785,9 +803,14 @@ class Hub:
         buffer: list[Publication] = []
         local.pending[sub] = buffer
         try:
-            history = await self.engine.history(
-                channel, options, since=since_pos, limit=None if since_pos else 0
-            )
+            if since_pos is None and latest:
+                # The stream's newest entry; its position is the channel's top, so live
+                # publications buffered meanwhile follow it without a gap or a repeat.
+                history = await self.engine.history(channel, options, limit=1, reverse=True)
+            else:
+                history = await self.engine.history(
+                    channel, options, since=since_pos, limit=None if since_pos else 0
+                )
         except BaseException:
             if session.subscriptions.get(channel) is sub:
                 del session.subscriptions[channel]
@@ -813,7 +836,7 @@ class Hub:
             on_ready(result)
         if reason is not None:
             session.transport.send_reset(channel, reason, result.cursor)
-        if since_pos is not None and recovered:
+        if (since_pos is not None and recovered) or (since_pos is None and latest):
             for pub in history.publications:
                 push(pub.encoded(fmt, fmt.encode))
                 last = pub.position

@@ -140,6 +140,7 @@ class Session:
         push: Push,
         *,
         since: str | StreamPosition | None = None,
+        latest: bool = False,
         on_ready: Any = None,
         target: Any = None,
         server: bool = False,
@@ -151,7 +152,8 @@ class Session:
         publication is pushed, so an adapter can send its reply first. ``target`` is what the
         format's ``deliver`` loop gets for this subscriber (default: ``push``). Returns ``None``
         when the session closed or unsubscribed meanwhile. ``server``: the backend made this
-        subscription, which its permissions decided (see :meth:`Hub.subscribe`).
+        subscription, which its permissions decided (see :meth:`Hub.subscribe`). ``latest``:
+        the newest stored publication first, unless ``since`` is given.
         """
         return await self.hub.subscribe(
             self,
@@ -159,6 +161,7 @@ class Session:
             fmt,
             push,
             since=since,
+            latest=latest,
             on_ready=on_ready,
             target=target,
             server=server,

@@ -107,8 +107,14 @@ class Engine(Protocol):
         *,
         since: StreamPosition | None = None,
         limit: int | None = None,
+        reverse: bool = False,
     ) -> History:
-        """Publications after ``since`` (all held ones when ``None``), at most ``limit``."""
+        """Publications after ``since`` (all held ones when ``None``), at most ``limit``.
+
+        ``reverse``: newest first, and ``since`` is where to page back from — the publications
+        older than it (offsets below ``since.offset``; from the newest when ``None``; none of
+        another epoch), the ``limit`` newest of them.
+        """
 
     async def subscribe(self, channel: str) -> None:
         """Start receiving the channel's publications on this node."""

@@ -173,8 +173,9 @@ class MemoryEngine:
         *,
         since: StreamPosition | None = None,
         limit: int | None = None,
+        reverse: bool = False,
     ) -> History:
-        return self.history_now(channel, options, since=since, limit=limit)
+        return self.history_now(channel, options, since=since, limit=limit, reverse=reverse)
 
     def history_now(
         self,
@@ -183,11 +184,20 @@ class MemoryEngine:
         *,
         since: StreamPosition | None = None,
         limit: int | None = None,
+        reverse: bool = False,
     ) -> History:
         log = self._log(channel)
         log.trim(self._clock(), options.history_size)
         position = StreamPosition(log.epoch, log.offset)
         entries = log.entries
+        if reverse:
+            if since is not None and since.epoch != log.epoch:
+                return History([], position, log.earliest)
+            top = log.offset if since is None else min(log.offset, since.offset - 1)
+            end = max(0, top + 1 - log.earliest)  # one past the newest wanted, as an index
+            begin = 0 if limit is None else max(0, end - limit)
+            newest_first = [entries[i] for i in range(end - 1, begin - 1, -1)]
+            return History(newest_first, position, log.earliest)
         if since is None:
             start = 0
         elif since.epoch != log.epoch:

@@ -50,6 +50,8 @@ class Command:
     publication_id: str | None = None
     limit: int | None = None
     token: str | None = None
+    latest: bool = False  # subscribe: the newest stored publication first
+    reverse: bool = False  # history: newest first, older than ``since``
 
 
 def parse_command(frame: str | bytes) -> Command:
@@ -85,6 +87,12 @@ def parse_command(frame: str | bytes) -> Command:
         not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_HISTORY_LIMIT
     ):
         raise CommandError(f"limit must be an integer from 0 to {MAX_HISTORY_LIMIT}", rid)
+    flags = {}
+    for name in ("latest", "reverse"):
+        value = obj.get(name, False)
+        if not isinstance(value, bool):
+            raise CommandError(f"{name} must be true or false", rid)
+        flags[name] = value
     pub_id = None
     if op == "publish":
         if "data" not in obj:
@@ -109,6 +117,8 @@ def parse_command(frame: str | bytes) -> Command:
         publication_id=pub_id,
         limit=limit,
         token=token,
+        latest=flags["latest"] and op == "subscribe",
+        reverse=flags["reverse"] and op == "history",
     )
 
 

@@ -262,6 +262,7 @@ class RedisEngine:
         *,
         since: StreamPosition | None = None,
         limit: int | None = None,
+        reverse: bool = False,
     ) -> History:
         try:
             epoch_b, top, earliest, entries = await self._batch.script(
@@ -275,6 +276,7 @@ class RedisEngine:
                     _ms(options.history_meta_ttl),
                     _ms(options.history_ttl),
                     options.history_size,
+                    1 if reverse else 0,
                 ],
             )
         except (RedisError, OSError, TimeoutError) as exc:

@@ -105,7 +105,7 @@ return {offset, epoch, now, 0, ''}
 
 # KEYS: stream, meta
 # ARGV: since epoch ('' = from the start), since offset, limit (-1 = no limit), epoch if new,
-#       meta ttl ms, history ttl ms, history size
+#       meta ttl ms, history ttl ms, history size, reverse ('1': newest first, before since)
 # -> {epoch, top offset, earliest offset, entries}
 HISTORY = (
     _COMMON
@@ -123,7 +123,17 @@ local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
 local earliest = top + 1
 if #first > 0 then earliest = offset_of(first[1]) end
 local entries = {}
-if limit ~= 0 and (ARGV[1] == '' or ARGV[1] == epoch) then
+if limit ~= 0 and (ARGV[1] == '' or ARGV[1] == epoch) and ARGV[8] == '1' then
+  local stop = top
+  if ARGV[1] ~= '' then stop = math.min(stop, tonumber(ARGV[2]) - 1) end
+  if stop >= earliest then
+    if limit > 0 then
+      entries = redis.call('XREVRANGE', stream, stop, earliest, 'COUNT', limit)
+    else
+      entries = redis.call('XREVRANGE', stream, stop, earliest)
+    end
+  end
+elseif limit ~= 0 and (ARGV[1] == '' or ARGV[1] == epoch) then
   local start = earliest
   if ARGV[1] ~= '' then start = math.max(start, tonumber(ARGV[2]) + 1) end
   if start <= top then

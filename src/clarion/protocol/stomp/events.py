@@ -67,6 +67,7 @@ class Subscribe:
     subscription: StompSubscription
     since: StreamPosition | None
     receipt: str | None
+    latest: bool = False  # ``x-latest:true``: the newest stored publication first
 
 
 @dataclass(frozen=True, slots=True)

@@ -356,7 +356,11 @@ class StompSession:
                 )
             if len(position.epoch) > MAX_EPOCH_BYTES:
                 raise RemoteProtocolError("x-since holds an invalid epoch", code="bad_cursor")
-        return Subscribe(self._register(sub_id, channel, mode), position, receipt)
+        latest = frame.get("x-latest")
+        if latest not in (None, "true", "false"):
+            raise RemoteProtocolError("x-latest must be true or false")
+        sub = self._register(sub_id, channel, mode)
+        return Subscribe(sub, position, receipt, latest=latest == "true")
 
     def _on_unsubscribe(self, frame: Frame, receipt: str | None) -> Unsubscribe:
         sub_id = frame.get("id")

@@ -100,6 +100,7 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.open = False
+        self.lost = False  # the connection ended
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -115,6 +116,7 @@ class _Protocol(asyncio.Protocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         for fut in (self.upgraded, self.subscribed):
             if not fut.done():
                 fut.set_result(False)

@@ -122,3 +122,27 @@ async def test_a_thousand_clients_dropped_at_once_resume_on_the_other_node(
     # Every client got every publication since its first subscribe, exactly once.
     assert {s.received for s in subs} == {len(publisher.published)}
     assert_no_errors_logged(a, b)
+
+
+async def test_with_redis_down_each_subscribe_fails_alone_and_sessions_stay(
+    cluster: Cluster,
+) -> None:
+    """Redis really unavailable: every subscribe is answered engine_unavailable, no session is
+    closed, the outage of the shared counts is logged once; once Redis is back, all subscribe."""
+    node = await cluster.start(config=CONFIG)
+    cluster.redis.stop()
+    subs = [Subscriber("down") for _ in range(100)]
+    await connect_all(subs, [node.port], timeout=timeout(30))
+    assert {s.errors[0]["code"] for s in subs if s.errors} == {"engine_unavailable"}
+    assert all(len(s.errors) == 1 and s.closes == [] for s in subs)
+    await asyncio.sleep(0.5)  # a close would have arrived by now
+    assert all(s.protocol is not None and not s.protocol.lost for s in subs)
+    cluster.redis.start()
+    await node.wait_healthy(timeout=timeout(15))
+    again = [Subscriber("down") for _ in range(100)]
+    await connect_all(again, [node.port], timeout=timeout(30))
+    assert_clean(again)
+    log = node.log_path.read_text(errors="replace")
+    assert log.count("shared connection counts unavailable") == 1
+    assert "shared connection counts available again" in log
+    assert_no_errors_logged(node)

@@ -238,7 +238,7 @@ class MemoryEngine:
 
     def webhook_outbox(self, settings: Settings) -> Outbox:
         """One SQLite file under the hub's ``data_dir``: this node publishes everything."""
-        from clarion.webhooks.outbox import SQLiteOutbox
+        from clarion.webhooks.sqlite_outbox import SQLiteOutbox
 
         delivery = settings.webhook_delivery
         return SQLiteOutbox(

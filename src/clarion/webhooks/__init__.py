@@ -6,10 +6,11 @@ loopback or private addresses are refused unless allow-listed. See ``docs/webhoo
 """
 
 from clarion.webhooks.endpoint import EVENT_KINDS, Delivery, Endpoint
-from clarion.webhooks.outbox import Outbox, SQLiteOutbox
+from clarion.webhooks.outbox import Outbox
 from clarion.webhooks.schedule import RetrySchedule
 from clarion.webhooks.service import WebhookService
 from clarion.webhooks.signing import generate_secret
+from clarion.webhooks.sqlite_outbox import SQLiteOutbox
 from clarion.webhooks.targets import UnsafeTarget
 
 __all__ = [

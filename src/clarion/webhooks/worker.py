@@ -2,7 +2,7 @@
 
 The worker reads a batch of the oldest pending deliveries from the outbox and works through
 them; it looks at the next only once the current one is delivered or dead-lettered, which is
-what keeps deliveries in order. Attempts hold one of the service's ``slots``: at most
+what keeps deliveries in order. Attempts hold one of the context's ``slots``: at most
 ``concurrency`` requests are in flight across all endpoints, and each endpoint has at most one.
 """
 
@@ -13,12 +13,14 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from clarion.webhooks.counts import QueueCounts
 from clarion.webhooks.endpoint import Delivery, Endpoint
-
-if TYPE_CHECKING:
-    from clarion.webhooks.service import WebhookService
+from clarion.webhooks.outbox import Outbox
+from clarion.webhooks.schedule import RetrySchedule
+from clarion.webhooks.sender import Sender
 
 log = logging.getLogger("clarion.webhooks")
 
@@ -30,16 +32,31 @@ def millis(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds * 1000)
 
 
+@dataclass(slots=True)
+class WorkerContext:
+    """What every endpoint's worker delivers with, shared by all of them."""
+
+    outbox: Outbox
+    sender: Sender
+    slots: asyncio.Semaphore  # ``concurrency`` attempts in flight, all endpoints together
+    schedule: RetrySchedule
+    counts: QueueCounts
+    on_disabled: Callable[[Endpoint], None]  # the receiver answered 410 Gone
+
+
 class EndpointWorker:
     """Delivers one endpoint's queue, in order, one attempt at a time."""
 
-    def __init__(self, service: WebhookService, endpoint: Endpoint) -> None:
-        self.service = service
+    def __init__(self, context: WorkerContext, endpoint: Endpoint) -> None:
+        self.context = context
         self.endpoint = endpoint
         self.wake = asyncio.Event()
         self.queue: deque[Delivery] = deque()
         self.in_flight = False
         self.holding = False  # whether this node had the endpoint's lease at the last step
+        # Set by stop() next to cancelling the task: a cancellation swallowed by a library
+        # call (now and then one is) must not leave the worker running and stop() waiting.
+        self.stopping = False
         self.task = asyncio.create_task(self._run(), name=f"clarion-webhook-{endpoint.id}")
 
     @property
@@ -48,7 +65,7 @@ class EndpointWorker:
 
     async def _run(self) -> None:
         failing = False
-        while True:
+        while not self.stopping:
             try:
                 await self._step()
                 failing = False
@@ -66,12 +83,13 @@ class EndpointWorker:
                 await asyncio.sleep(FAILURE_PAUSE)
 
     async def _step(self) -> None:
-        service, endpoint = self.service, self.endpoint
+        context, endpoint = self.context, self.endpoint
+        outbox = context.outbox
         if endpoint.disabled:
             self.wake.clear()
             await self.wake.wait()
             return
-        if not await service.outbox.claim(endpoint.id):
+        if not await outbox.claim(endpoint.id):
             # Another node delivers this endpoint; look again in case its lease lapses.
             self.holding = False
             self.queue.clear()
@@ -83,7 +101,7 @@ class EndpointWorker:
             self.queue.clear()
         if not self.queue:
             self.wake.clear()
-            self.queue.extend(await service.outbox.head(endpoint.id, BATCH))
+            self.queue.extend(await outbox.head(endpoint.id, BATCH))
             if not self.queue:
                 await self._rest()
                 return
@@ -91,19 +109,19 @@ class EndpointWorker:
         wait = delivery.next_attempt - time.time()
         if wait > 0:
             await asyncio.sleep(wait)
-        async with service.slots:
+        async with context.slots:
             self.in_flight = True
             try:
-                outcome = await service.sender.attempt(endpoint, delivery)
+                outcome = await context.sender.attempt(endpoint, delivery)
             finally:
                 self.in_flight = False
         now = time.time()
         if outcome.delivered:
             endpoint.last_msg_id = delivery.msg_id
             endpoint.last_delivered_at = millis(now)
-            await service.outbox.delivered(delivery, endpoint)
+            await outbox.delivered(delivery, endpoint)
             self.queue.popleft()
-            service.count_backlog(endpoint.id, -1)
+            context.counts.add_backlog(endpoint.id, -1)
             return
         delivery.attempts += 1
         delivery.last_error = outcome.error
@@ -115,18 +133,18 @@ class EndpointWorker:
         if outcome.gone:
             endpoint.disabled_reason = "the receiver answered 410 Gone"
             delivery.next_attempt = now
-            await service.outbox.failed(delivery, endpoint)
-            await service.outbox.save_endpoint(endpoint)
-            service.endpoints_changed()
+            await outbox.failed(delivery, endpoint)
+            await outbox.save_endpoint(endpoint)
+            context.on_disabled(endpoint)
             log.warning("webhook %s disabled: %s answered 410 Gone", endpoint.id, endpoint.url)
             return
-        next_attempt = service.schedule.next_attempt(delivery.attempts, delivery.first_failure, now)
+        next_attempt = context.schedule.next_attempt(delivery.attempts, delivery.first_failure, now)
         if next_attempt is None:
             delivery.dead_at = now
-            await service.outbox.bury(delivery)
+            await outbox.bury(delivery)
             self.queue.popleft()
-            service.count_backlog(endpoint.id, -1)
-            service.count_dead(endpoint.id)
+            context.counts.add_backlog(endpoint.id, -1)
+            context.counts.add_dead(endpoint.id)
             log.warning(
                 "webhook %s: %s dead-lettered after %d attempts",
                 endpoint.id,
@@ -135,26 +153,31 @@ class EndpointWorker:
             )
             return
         delivery.next_attempt = next_attempt
-        await service.outbox.failed(delivery, endpoint)
+        await outbox.failed(delivery, endpoint)
 
     async def _rest(self) -> None:
         """Wait to be woken; on a shared outbox, also look again every ``poll_interval``:
         other nodes queue deliveries without telling this one."""
         self.wake.clear()
-        poll = self.service.outbox.poll_interval
+        poll = self.context.outbox.poll_interval
         if poll is None:
             await self.wake.wait()
             return
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for may swallow a cancellation that
+        # meets its own timeout, and stop() would then wait for this task forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), poll)
+            async with asyncio.timeout(poll):
+                await self.wake.wait()
 
     async def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         if self.holding:
             self.holding = False
             try:
-                await self.service.outbox.release(self.endpoint.id)
+                await self.context.outbox.release(self.endpoint.id)
             except Exception as exc:  # the lease lapses by itself
                 log.warning("webhook %s: releasing its lease failed: %s", self.endpoint.id, exc)

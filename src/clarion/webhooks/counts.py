@@ -1,0 +1,33 @@
+"""Pending deliveries and dead letters per endpoint, as this node last counted them.
+
+Kept in memory for ``GET /api/webhooks`` and the ``max_backlog`` bound, adjusted as deliveries
+are stored and delivered, and read again from the outbox when it is opened or, when shared,
+refreshed.
+"""
+
+from __future__ import annotations
+
+from clarion.webhooks.outbox import Outbox
+
+
+class QueueCounts:
+    def __init__(self, max_dead_letters: int) -> None:
+        self.backlog: dict[str, int] = {}
+        self.dead: dict[str, int] = {}
+        self._max_dead = max_dead_letters
+
+    async def reload(self, outbox: Outbox) -> None:
+        self.backlog = await outbox.backlog()
+        self.dead = await outbox.dead_count()
+
+    def add_backlog(self, endpoint_id: str, delta: int) -> None:
+        self.backlog[endpoint_id] = max(0, self.backlog.get(endpoint_id, 0) + delta)
+
+    def add_dead(self, endpoint_id: str) -> None:
+        # The outbox keeps at most max_dead_letters, dropping the oldest: count the same way.
+        held = self.dead.get(endpoint_id, 0) + 1
+        self.dead[endpoint_id] = min(held, self._max_dead)
+
+    def forget(self, endpoint_id: str) -> None:
+        self.backlog.pop(endpoint_id, None)
+        self.dead.pop(endpoint_id, None)

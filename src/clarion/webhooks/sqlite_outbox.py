@@ -1,0 +1,416 @@
+"""The memory engine's webhook outbox: endpoints, pending deliveries, dead letters, positions.
+
+:class:`SQLiteOutbox` keeps them in one SQLite file under ``data_dir`` in WAL mode, used from
+the event loop's thread only.
+
+Why on the event loop rather than in a worker thread: :meth:`Outbox.enqueue` is called from the
+hub's publish listener, which is synchronous, and the guarantee we want is that a publication
+whose publish call has returned is already committed to the outbox. Every statement here is a
+short indexed read or write of a few rows, and a WAL commit without fsync costs tens of
+microseconds — less than a hop to a thread and back. With ``fsync = true`` each commit also
+waits for the disk, which protects against power loss at the price of that latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from clarion.errors import ConfigError
+from clarion.webhooks.endpoint import Delivery, Endpoint
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS endpoints (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    channels TEXT NOT NULL,
+    events TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    disabled_reason TEXT,
+    last_error TEXT,
+    last_error_at INTEGER,
+    last_msg_id TEXT,
+    last_delivered_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    channel TEXT,
+    epoch TEXT,
+    "offset" INTEGER,
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_failure REAL,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    UNIQUE (endpoint, msg_id)
+);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (endpoint, seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    channel TEXT,
+    epoch TEXT,
+    "offset" INTEGER,
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT,
+    dead_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_order ON dead_letters (endpoint, seq);
+CREATE TABLE IF NOT EXISTS positions (
+    endpoint TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    epoch TEXT NOT NULL,
+    "offset" INTEGER NOT NULL,
+    delivered_at REAL NOT NULL,
+    PRIMARY KEY (endpoint, channel)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+_DELIVERY_COLUMNS = (
+    'seq, endpoint, msg_id, kind, channel, epoch, "offset", body, created_at, attempts, last_error'
+)
+
+
+class SQLiteOutbox:
+    """The outbox of the memory engine: one SQLite file under ``data_dir``.
+
+    A lock file next to it makes sure only one hub uses a ``data_dir`` at a time: two writers
+    would deliver everything twice.
+    """
+
+    FILE = "webhooks.sqlite3"
+    shared = False
+    poll_interval: float | None = None
+
+    def __init__(
+        self, data_dir: str | Path, *, fsync: bool = False, max_dead_letters: int = 10_000
+    ) -> None:
+        self.path = Path(data_dir) / self.FILE
+        self._fsync = fsync
+        self._keep_dead = max_dead_letters
+        self._db: sqlite3.Connection | None = None
+        self._lock: IO[bytes] | None = None
+        self.on_written: Callable[[set[str]], None] | None = None
+        self.on_registry_changed: Callable[[], None] | None = None  # one node: never called
+
+    def in_use(self) -> bool:
+        return self.path.exists()
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create data_dir {self.path.parent}: {exc}") from None
+        self._lock = _lock_file(self.path.with_suffix(".lock"))
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+            db.execute("PRAGMA busy_timeout=1000")
+            db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            self.close()
+            raise ConfigError(f"cannot open the webhook outbox {self.path}: {exc}") from None
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def claim(self, endpoint_id: str) -> bool:
+        return True  # one hub per data_dir: it delivers everything
+
+    async def release(self, endpoint_id: str) -> None:
+        return None
+
+    async def registry_version(self) -> int:
+        return 0  # endpoints change only through this hub
+
+    async def flush(self) -> None:
+        return None  # enqueue commits before it returns
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the webhook outbox is not open")
+        return self._db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # ---- deliveries ------------------------------------------------------------------------
+
+    def enqueue(
+        self, deliveries: list[Delivery], event_version: int | None = None
+    ) -> list[Delivery]:
+        stored: list[Delivery] = []
+        buried: set[str] = set()
+        with self._transaction() as db:
+            for d in deliveries:
+                if d.dead_at is None:
+                    cursor = db.execute(
+                        "INSERT OR IGNORE INTO outbox (endpoint, msg_id, kind, channel, epoch, "
+                        '"offset", body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+                        _values(d),
+                    )
+                    if cursor.rowcount == 1:
+                        d.seq = cursor.lastrowid or 0
+                        stored.append(d)
+                else:
+                    db.execute(
+                        "INSERT INTO dead_letters (endpoint, msg_id, kind, channel, epoch, "
+                        '"offset", body, created_at, attempts, last_error, dead_at) '
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*_values(d), d.attempts, d.last_error, d.dead_at),
+                    )
+                    buried.add(d.endpoint)
+                    stored.append(d)
+            for endpoint_id in buried:
+                _trim_dead(db, endpoint_id, self._keep_dead)
+            if event_version is not None:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('event_version', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                    (event_version,),
+                )
+        return stored
+
+    async def head(self, endpoint_id: str, limit: int) -> list[Delivery]:
+        rows = self.db.execute(
+            f"SELECT {_DELIVERY_COLUMNS}, first_failure, next_attempt FROM outbox "
+            "WHERE endpoint = ? ORDER BY seq LIMIT ?",
+            (endpoint_id, limit),
+        ).fetchall()
+        out = []
+        for row in rows:
+            d = _delivery(row)
+            d.first_failure, d.next_attempt = row[11], row[12]
+            out.append(d)
+        return out
+
+    async def delivered(self, delivery: Delivery, endpoint: Endpoint) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("DELETE FROM outbox WHERE seq = ?", (delivery.seq,))
+            if delivery.channel is not None and delivery.offset is not None:
+                db.execute(
+                    'INSERT INTO positions (endpoint, channel, epoch, "offset", delivered_at) '
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint, channel) DO UPDATE SET "
+                    'epoch = excluded.epoch, "offset" = excluded."offset", '
+                    "delivered_at = excluded.delivered_at",
+                    (endpoint.id, delivery.channel, delivery.epoch, delivery.offset, now),
+                )
+            db.execute(
+                "UPDATE endpoints SET last_msg_id = ?, last_delivered_at = ? WHERE id = ?",
+                (endpoint.last_msg_id, endpoint.last_delivered_at, endpoint.id),
+            )
+
+    async def failed(self, delivery: Delivery, endpoint: Endpoint) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = ?, first_failure = ?, next_attempt = ?, "
+                "last_error = ? WHERE seq = ?",
+                (
+                    delivery.attempts,
+                    delivery.first_failure,
+                    delivery.next_attempt,
+                    delivery.last_error,
+                    delivery.seq,
+                ),
+            )
+            db.execute(
+                "UPDATE endpoints SET last_error = ?, last_error_at = ? WHERE id = ?",
+                (endpoint.last_error, endpoint.last_error_at, endpoint.id),
+            )
+
+    async def bury(self, delivery: Delivery) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM outbox WHERE seq = ?", (delivery.seq,))
+            db.execute(
+                "INSERT INTO dead_letters (endpoint, msg_id, kind, channel, epoch, "
+                '"offset", body, created_at, attempts, last_error, dead_at) '
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*_values(delivery), delivery.attempts, delivery.last_error, delivery.dead_at),
+            )
+            _trim_dead(db, delivery.endpoint, self._keep_dead)
+
+    async def backlog(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT endpoint, count(*) FROM outbox GROUP BY endpoint")
+        return {endpoint: count for endpoint, count in rows}
+
+    async def dead_count(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT endpoint, count(*) FROM dead_letters GROUP BY endpoint")
+        return {endpoint: count for endpoint, count in rows}
+
+    async def dead_letters(self, endpoint_id: str, after_seq: int, limit: int) -> list[Delivery]:
+        rows = self.db.execute(
+            f"SELECT {_DELIVERY_COLUMNS}, dead_at FROM dead_letters "
+            "WHERE endpoint = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (endpoint_id, after_seq, limit),
+        ).fetchall()
+        out = []
+        for row in rows:
+            d = _delivery(row)
+            d.dead_at = row[11]
+            out.append(d)
+        return out
+
+    async def revive(self, endpoint_id: str, ids: list[str] | None) -> int:
+        where = "endpoint = ?"
+        params: list[Any] = [endpoint_id]
+        if ids is not None:
+            where += f" AND msg_id IN ({', '.join('?' * len(ids))})"
+            params += ids
+        with self._transaction() as db:
+            # In dead-letter order; a message id still pending stays where it is.
+            before = db.total_changes
+            db.execute(
+                "INSERT OR IGNORE INTO outbox (endpoint, msg_id, kind, channel, epoch, "
+                '"offset", body, created_at) SELECT endpoint, msg_id, kind, channel, epoch, '
+                f'"offset", body, created_at FROM dead_letters WHERE {where} ORDER BY seq',
+                params,
+            )
+            revived = db.total_changes - before
+            db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
+        return revived
+
+    async def positions(self, endpoint_id: str, limit: int) -> list[tuple[str, str, int]]:
+        rows = self.db.execute(
+            'SELECT channel, epoch, "offset" FROM positions WHERE endpoint = ? '
+            "ORDER BY delivered_at DESC LIMIT ?",
+            (endpoint_id, limit),
+        )
+        return [(channel, epoch, offset) for channel, epoch, offset in rows]
+
+    async def event_version(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'event_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    # ---- endpoints -------------------------------------------------------------------------
+
+    async def load_endpoints(self) -> list[Endpoint]:
+        rows = self.db.execute(
+            "SELECT id, url, channels, events, secret, source, created_at, disabled_reason, "
+            "last_error, last_error_at, last_msg_id, last_delivered_at FROM endpoints "
+            "ORDER BY created_at, id"
+        )
+        return [
+            Endpoint(
+                id=row[0],
+                url=row[1],
+                channels=tuple(orjson.loads(row[2])),
+                events=tuple(orjson.loads(row[3])),
+                secret=row[4],
+                source=row[5],
+                created_at=row[6],
+                disabled_reason=row[7],
+                last_error=row[8],
+                last_error_at=row[9],
+                last_msg_id=row[10],
+                last_delivered_at=row[11],
+            )
+            for row in rows
+        ]
+
+    async def save_endpoint(self, endpoint: Endpoint) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO endpoints (id, url, channels, events, secret, source, created_at, "
+                "disabled_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "url = excluded.url, channels = excluded.channels, events = excluded.events, "
+                "secret = excluded.secret, source = excluded.source, "
+                "disabled_reason = excluded.disabled_reason",
+                (
+                    endpoint.id,
+                    endpoint.url,
+                    orjson.dumps(list(endpoint.channels)).decode(),
+                    orjson.dumps(list(endpoint.events)).decode(),
+                    endpoint.secret,
+                    endpoint.source,
+                    endpoint.created_at,
+                    endpoint.disabled_reason,
+                ),
+            )
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        with self._transaction() as db:
+            for table in ("endpoints", "outbox", "dead_letters", "positions"):
+                column = "id" if table == "endpoints" else "endpoint"
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (endpoint_id,))
+
+
+def _values(d: Delivery) -> tuple[Any, ...]:
+    return (d.endpoint, d.msg_id, d.kind, d.channel, d.epoch, d.offset, d.body, d.created_at)
+
+
+def _delivery(row: tuple[Any, ...]) -> Delivery:
+    return Delivery(
+        seq=row[0],
+        endpoint=row[1],
+        msg_id=row[2],
+        kind=row[3],
+        channel=row[4],
+        epoch=row[5],
+        offset=row[6],
+        body=bytes(row[7]),
+        created_at=row[8],
+        attempts=row[9],
+        last_error=row[10],
+    )
+
+
+def _trim_dead(db: sqlite3.Connection, endpoint_id: str, keep: int) -> None:
+    db.execute(
+        "DELETE FROM dead_letters WHERE endpoint = ? AND seq <= ("
+        "SELECT seq FROM dead_letters WHERE endpoint = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+        (endpoint_id, endpoint_id, keep),
+    )
+
+
+def _lock_file(path: Path) -> IO[bytes]:
+    handle = open(path, "ab")  # noqa: SIM115 - held open for the outbox's lifetime
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no advisory locks on this platform
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(
+            f"{path.parent} is in use by another clarion hub; give each hub its own data_dir"
+        ) from None
+    return handle

@@ -46,6 +46,21 @@ async def test_publication_keeps_info_and_id(engine: Subject) -> None:
     assert stored.time == pub.time
 
 
+async def test_publication_keeps_its_attributes(engine: Subject) -> None:
+    # Delivered to subscribed nodes and stored in history alike, fields of the publication.
+    await engine.engine.subscribe("c")
+    attrs = {"headers": {"x-trace": "a:b\nc", "é": ""}, "encoding": "base64",
+             "content_type": "application/octet-stream"}  # fmt: skip
+    pub = await engine.engine.publish("c", "AAE=", OPTS, attrs=attrs)
+    plain = await engine.engine.publish("c", {"n": 1}, OPTS)
+    history = await engine.engine.history("c", OPTS)
+    assert history.publications == [pub, plain]
+    assert history.publications[0].attrs == attrs and history.publications[1].attrs is None
+    assert pub.to_dict()["headers"] == attrs["headers"] and "headers" not in plain.to_dict()
+    await eventually(lambda: len(engine.sink.offsets("c")) == 2)
+    assert [p.attrs for p in engine.sink.publications] == [attrs, None]
+
+
 # ---- history ------------------------------------------------------------------------------
 
 

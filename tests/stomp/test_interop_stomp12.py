@@ -197,3 +197,21 @@ async def test_stomp_py_transactions(full: RunningHub) -> None:
 
     seen = await in_thread(full, run)
     assert seen == {"before": 0, "bodies": ["1", "2"], "held_ack_cursor": None, "acked": True}
+
+
+async def test_stompjs_user_headers(full: RunningHub) -> None:
+    report = (await stompjs(full, "headers"))["headers"]
+    assert report == {"trace": "a:b\nc", "priority": "5", "body": '{"n":1}'}
+
+
+async def test_stomp_py_user_headers(full: RunningHub) -> None:
+    def run(conn: Any, listener: _Listener) -> dict[str, str]:
+        conn.subscribe("/topic/chat:headers", id="s", headers={"receipt": "rs"})
+        listener.wait_for(lambda: "rs" in listener.receipts, "the SUBSCRIBE receipt")
+        conn.send("/topic/chat:headers", "[1]", content_type="application/json",
+                  headers={"x-trace": "a:b\nc", "priority": "5"})  # fmt: skip
+        listener.wait_for(lambda: len(listener.messages) == 1, "the message")
+        message = listener.messages[0]
+        return {k: message.headers[k] for k in ("x-trace", "priority")}
+
+    assert await in_thread(full, run) == {"x-trace": "a:b\nc", "priority": "5"}

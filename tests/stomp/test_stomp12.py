@@ -12,6 +12,7 @@ import pytest
 from clarion.protocol.cursor import encode_single
 
 from ..conftest import RunningHub, timeout
+from ..transports.streams import poll, sse
 from .client import Received, StompClient, stomp
 
 # ---- heart-beats -----------------------------------------------------------------------------
@@ -223,3 +224,74 @@ async def test_a_transaction_is_checked_as_it_goes(hub_factory) -> None:  # type
             "too_many_transactions",
             "b",
         )
+
+
+# ---- user headers --------------------------------------------------------------------------------
+
+
+async def test_user_headers_reach_subscribers_escaped(hub: RunningHub) -> None:
+    async with stomp(hub) as client, stomp(hub, subprotocols=["v10.stomp"]) as old:
+        await client.connect()
+        await old.connect("1.0")
+        await _subscribe(client, "s", "r")
+        await old.send("SUBSCRIBE", destination="/topic/chat:many", receipt="r")
+        await old.expect("RECEIPT")
+        # Sent escaped (1.2): a colon, a line break and a backslash in values; one name repeated.
+        raw = (
+            "SEND\ndestination:/topic/chat\\cmany\ncontent-type:application/json\n"
+            "x-trace:a\\cb\\nc\\\\d\npriority:9\nx-trace:second\nreceipt:s\n\n1\0"
+        )
+        await client.send_raw(raw)
+        got = {m.command: m for m in [await client.recv(), await client.recv()]}
+        message = got["MESSAGE"]
+        assert message.headers["x-trace"] == "a:b\nc\\d"  # unescaped by the test's parser
+        assert message.headers["priority"] == "9"
+        assert "receipt" not in message.headers and message.body == b"1"
+        wire = await old.conn.recv()  # 1.0: no escaping; a line break becomes a space
+        assert isinstance(wire, str) and "\nx-trace:a:b c\\d\npriority:9\n" in wire
+        # In history, and resumed like the rest of the publication.
+        start = encode_single("chat:many", message.headers["x-epoch"], 0)
+        await client.send("SUBSCRIBE", id="again", destination="/topic/chat\\cmany", x_since=start)
+        replayed = await client.expect("MESSAGE")
+        assert replayed.headers["subscription"] == "again"
+        assert replayed.headers["x-trace"] == "a:b\nc\\d"
+
+
+async def test_other_transports_see_a_headers_object(hub: RunningHub) -> None:
+    async with hub.ws() as ws, sse(hub, "chat:many") as stream, hub.http() as http:
+        await ws.subscribe("chat:many")
+        await stream.opening()
+        async with stomp(hub) as client:
+            await client.connect()
+            await client.send("SEND", '{"n":1}', destination="/topic/chat\\cmany",
+                              content_type="application/json", x_a="1", receipt="r")  # fmt: skip
+            cursor = (await client.expect("RECEIPT")).headers["x-cursor"]
+        via_ws = await ws.recv()
+        ((_, via_sse),) = await stream.messages(1)
+        via_poll = (await poll(http, "chat:many", cursor=encode_single(
+            "chat:many", via_ws["epoch"], 0), timeout=0))["publications"]  # fmt: skip
+    assert via_ws["cursor"] == cursor
+    assert via_ws["data"] == {"n": 1} and via_ws["headers"] == {"x-a": "1"}
+    assert via_ws == via_sse == via_poll[0]
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"message-id": "mine"}, "reserved_header"),
+        ({"x-offset": "1"}, "reserved_header"),
+        ({f"h{n}": "v" for n in range(33)}, "too_many_headers"),
+        ({"big": "v" * 4100}, "too_many_headers"),
+    ],
+)
+async def test_user_headers_are_bounded(
+    hub: RunningHub, headers: dict[str, str], code: str
+) -> None:
+    async with stomp(hub) as client:
+        await client.connect()
+        lines = "".join(f"{k}:{v}\n" for k, v in headers.items())
+        await client.send_raw(f"SEND\ndestination:/topic/chat\\cmany\n{lines}receipt:x\n\n1\0")
+        error = await client.expect("ERROR")
+        assert (error.headers["x-code"], error.headers["receipt-id"]) == (code, "x")
+    history, _ = await hub.hub.history("chat:many")
+    assert history.publications == []

@@ -535,7 +535,7 @@ class StompConnection:
 
     async def publish(self, session: Session, event: Send) -> Publication:
         pub: Publication = await session.publish(
-            event.channel, event.data, idempotency_key=event.idempotency_key
+            event.channel, event.data, idempotency_key=event.idempotency_key, attrs=event.attrs
         )
         return pub
 

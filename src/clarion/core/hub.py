@@ -9,8 +9,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-import orjson
-
 from clarion.core.admission import Admission
 from clarion.core.auth import Authenticator, Credentials, auth_notes
 from clarion.core.fanout import LocalChannel, Push, Subscription, WireFormat, publication_cursor
@@ -32,7 +30,7 @@ from clarion.errors import (
 from clarion.protocol.channels import namespace_of, validate_channel
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor, encode_single
-from clarion.protocol.publication import Publication, StreamPosition
+from clarion.protocol.publication import Publication, StreamPosition, payload_size
 from clarion.settings import REDIS_URL_SCHEMES, NamespaceOptions, Settings
 
 log = logging.getLogger("clarion.hub")
@@ -179,9 +177,9 @@ class Hub:
 
     # ---- publishing -------------------------------------------------------------------------
 
-    def check_data(self, data: Any) -> None:
+    def check_data(self, data: Any, attrs: dict[str, Any] | None = None) -> None:
         try:
-            size = len(orjson.dumps(data))
+            size = payload_size(data, attrs)
         except TypeError as exc:
             raise BadRequest(f"data is not JSON-serialisable: {exc}") from None
         if size > self.settings.limits.max_message_bytes:
@@ -198,6 +196,7 @@ class Hub:
         idempotency_key: str | None = None,
         info: dict[str, Any] | None = None,
         idempotency_scope: str | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> Publication:
         """Publish ``data`` to ``channel``; every subscriber on every node receives it.
 
@@ -205,7 +204,7 @@ class Hub:
         pass their session's scope, so that no client can take a key the backend will use.
         """
         validate_channel(channel)
-        self.check_data(data)
+        self.check_data(data, attrs)
         pub = await self.engine.publish(
             channel,
             data,
@@ -213,6 +212,7 @@ class Hub:
             idempotency_key=idempotency_key,
             info=info,
             idempotency_scope=idempotency_scope,
+            attrs=attrs,
         )
         if not pub.repeated:  # a repeat published nothing: listeners saw it the first time
             self._published(pub)

@@ -171,7 +171,14 @@ class Session:
     async def unsubscribe(self, channel: str) -> bool:
         return await self.hub.unsubscribe(self, channel)
 
-    async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> Any:
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        idempotency_key: str | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> Any:
         self.hub.auth.check_publish(self.credentials, channel)
         if not self.publish_bucket.take() or not await self.hub.admission.check_user_rate(self):
             if self.abuse.strike():
@@ -190,6 +197,7 @@ class Session:
             idempotency_key=idempotency_key,
             info=self.publisher_info(),
             idempotency_scope=self.idempotency_scope,
+            attrs=attrs,
         )
 
     @property

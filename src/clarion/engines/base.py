@@ -91,6 +91,7 @@ class Engine(Protocol):
         idempotency_key: str | None = None,
         info: dict[str, Any] | None = None,
         idempotency_scope: str | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> Publication:
         """Append to the channel's history and deliver to every subscribed node.
 
@@ -98,6 +99,8 @@ class Engine(Protocol):
         is published and the earlier publication is returned, marked ``repeated``. Keys live in
         separate spaces: ``idempotency_scope`` ``None`` is the backend's, any other value one
         client's (see :attr:`Session.idempotency_scope`); a key never answers for another space.
+        ``attrs`` are the publication's attributes
+        (:data:`~clarion.protocol.publication.ATTRIBUTES`), kept with it in history.
         """
 
     async def history(

@@ -119,6 +119,7 @@ class MemoryEngine:
         idempotency_key: str | None = None,
         info: dict[str, Any] | None = None,
         idempotency_scope: str | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> Publication:
         return self.publish_now(
             channel,
@@ -127,6 +128,7 @@ class MemoryEngine:
             idempotency_key=idempotency_key,
             info=info,
             idempotency_scope=idempotency_scope,
+            attrs=attrs,
         )
 
     def publish_now(
@@ -138,6 +140,7 @@ class MemoryEngine:
         idempotency_key: str | None = None,
         info: dict[str, Any] | None = None,
         idempotency_scope: str | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> Publication:
         """Synchronous publish: offset, history write and delivery happen in one step."""
         now = self._clock()
@@ -150,7 +153,14 @@ class MemoryEngine:
                 return seen[1].as_repeat()
         log.offset += 1
         pub = Publication(
-            channel, log.offset, log.epoch, data, int(time.time() * 1000), info, idempotency_key
+            channel,
+            log.offset,
+            log.epoch,
+            data,
+            int(time.time() * 1000),
+            info,
+            idempotency_key,
+            attrs,
         )
         log.last_write = now
         self._meta_ttl[channel] = options.history_meta_ttl

@@ -1,4 +1,13 @@
-"""Publications and stream positions: the values every layer passes around."""
+"""Publications and stream positions: the values every layer passes around.
+
+Besides its ``data``, a publication may carry **attributes** (:data:`ATTRIBUTES`), shown as
+fields of the publication object on every transport and kept in history:
+
+* ``headers``: an object of string values, the user headers of a STOMP ``SEND``;
+* ``encoding``: the publication is a raw body, not a JSON value: ``data`` is a string holding
+  it, ``"utf-8"`` text as is or ``"base64"`` binary in base64 (RFC 4648, with padding);
+* ``content_type``: the body's type, as the publisher gave it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+ATTRIBUTES = ("headers", "encoding", "content_type")
+ENCODINGS = ("utf-8", "base64")
+
+
+def payload_size(data: Any, attrs: dict[str, Any] | None = None) -> int:
+    """The bytes a publication's payload counts against ``max_message_bytes``: its JSON
+    encoding, or the raw body's own length for a publication with an ``encoding``."""
+    encoding = attrs.get("encoding") if attrs else None
+    if encoding == "utf-8" and isinstance(data, str):
+        return len(data.encode())
+    if encoding == "base64" and isinstance(data, str):
+        return len(data) // 4 * 3 - data[-2:].count("=")
+    return len(orjson.dumps(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +52,7 @@ class Publication:
 
     __slots__ = (
         "_encodings",
+        "attrs",
         "channel",
         "data",
         "epoch",
@@ -48,6 +72,7 @@ class Publication:
         time: int,
         info: dict[str, Any] | None = None,
         id: str | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> None:
         self.channel = channel
         self.offset = offset
@@ -56,6 +81,7 @@ class Publication:
         self.time = time
         self.info = info
         self.id = id
+        self.attrs = attrs or None  # see ATTRIBUTES
         # True when a publish was answered with this earlier publication (same idempotency key
         # within the window): nothing new was published.
         self.repeated = False
@@ -64,7 +90,14 @@ class Publication:
     def as_repeat(self) -> Publication:
         """A copy marked :attr:`repeated`, to answer a repeated publish with."""
         copy = Publication(
-            self.channel, self.offset, self.epoch, self.data, self.time, self.info, self.id
+            self.channel,
+            self.offset,
+            self.epoch,
+            self.data,
+            self.time,
+            self.info,
+            self.id,
+            self.attrs,
         )
         copy.repeated = True
         return copy
@@ -85,6 +118,8 @@ class Publication:
             out["info"] = self.info
         if self.id is not None:
             out["id"] = self.id
+        if self.attrs is not None:
+            out.update(self.attrs)
         return out
 
     def json(self) -> bytes:
@@ -114,6 +149,7 @@ class Publication:
             time=int(obj.get("time", 0)),
             info=obj.get("info"),
             id=obj.get("id"),
+            attrs=attributes_of(obj),
         )
 
     def __repr__(self) -> str:
@@ -125,3 +161,9 @@ class Publication:
         return self.to_dict() == other.to_dict()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def attributes_of(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The attributes among the fields of a publication object, or ``None``."""
+    attrs = {name: obj[name] for name in ATTRIBUTES if name in obj}
+    return attrs or None

@@ -2,7 +2,7 @@
 //
 //   node stomp12.mjs <http base URL> <token> <API key> <feature>...
 //
-// Features: heartbeat, subscriptions, transactions. Prints one JSON object with what was observed per
+// Features: heartbeat, subscriptions, headers, transactions. Prints one JSON object with what was observed per
 // feature; exits non-zero if a step failed or timed out.
 import { Client } from '@stomp/stompjs';
 import WebSocket from 'ws';
@@ -116,6 +116,25 @@ const checks = {
       expectedId: published.cursor,
       ackCursor: ackReceipt.headers['x-cursor'],
       afterUnsubscribe: { b: onlyB.body, a: a.length },
+    };
+    await client.deactivate();
+  },
+
+  // Headers a client adds to SEND reach the subscribers' MESSAGE frames. (No backslash in the
+  // value: stompjs unescapes `\\` after `\c`, so it would misread `\\c`.)
+  async headers() {
+    const destination = '/topic/chat:headers';
+    const [client] = await connected();
+    const box = inbox();
+    client.subscribe(destination, (m) => box.push(m), { id: 's', receipt: 'rs' });
+    await withTimeout(receipt(client, 'rs'), 5000, 'SUBSCRIBE receipt');
+    client.publish({ destination, body: '{"n":1}',
+      headers: { 'content-type': 'application/json', 'x-trace': 'a:b\nc', priority: '5' } });
+    const message = await box.next('message with headers');
+    report.headers = {
+      trace: message.headers['x-trace'],
+      priority: message.headers.priority,
+      body: message.body,
     };
     await client.deactivate();
   },

@@ -206,6 +206,7 @@ class RedisEngine:
         idempotency_key: str | None = None,
         info: dict[str, Any] | None = None,
         idempotency_scope: str | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> Publication:
         return await self._store(
             channel,
@@ -215,6 +216,7 @@ class RedisEngine:
             info,
             self.keys.pubsub(channel),
             idempotency_scope=idempotency_scope,
+            attrs=attrs,
         )
 
     async def _store(
@@ -227,8 +229,9 @@ class RedisEngine:
         pubsub_channel: str,
         *,
         idempotency_scope: str | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> Publication:
-        body = encode_body(data, info, idempotency_key)
+        body = encode_body(data, info, idempotency_key, attrs)
         window = 0
         idem = self.keys.meta(channel)  # a key of the same slot when there is no idempotency key
         if idempotency_key is not None and options.idempotency_window > 0:
@@ -253,7 +256,9 @@ class RedisEngine:
             pub = publication_from_body(channel, offset, epoch.decode(), time, earlier)
             pub.repeated = True
             return pub
-        return Publication(channel, offset, epoch.decode(), data, time, info, idempotency_key)
+        return Publication(
+            channel, offset, epoch.decode(), data, time, info, idempotency_key, attrs
+        )
 
     async def history(
         self,

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from clarion.protocol.publication import Publication
+from clarion.protocol.publication import Publication, attributes_of
 
 PUBLICATION = ord("p")
 EVENT = ord("e")
@@ -73,12 +73,16 @@ class Keys:
         return None
 
 
-def encode_body(data: Any, info: dict[str, Any] | None, key: str | None) -> bytes:
+def encode_body(
+    data: Any, info: dict[str, Any] | None, key: str | None, attrs: dict[str, Any] | None = None
+) -> bytes:
     body: dict[str, Any] = {"data": data}
     if info is not None:
         body["info"] = info
     if key is not None:
         body["id"] = key
+    if attrs:
+        body.update(attrs)
     return orjson.dumps(body)
 
 
@@ -87,7 +91,14 @@ def publication_from_body(
 ) -> Publication:
     obj = orjson.loads(body)
     return Publication(
-        channel, offset, epoch, obj.get("data"), time, obj.get("info"), obj.get("id")
+        channel,
+        offset,
+        epoch,
+        obj.get("data"),
+        time,
+        obj.get("info"),
+        obj.get("id"),
+        attributes_of(obj),
     )
 
 

@@ -60,6 +60,7 @@ class Send:
     receipt: str | None
     idempotency_key: str | None
     transaction: str | None = None  # held until that transaction's COMMIT
+    attrs: dict[str, Any] | None = None  # the publication's attributes (user headers, body)
 
 
 @dataclass(frozen=True, slots=True)

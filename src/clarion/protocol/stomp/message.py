@@ -46,9 +46,25 @@ def message_tail(
         f"\nmessage-id:{cursor}{ack_header}"
         f"\ndestination:{destination(pub.channel, escaped=escaped)}"
         f"\ncontent-type:{CONTENT_TYPE}\ncontent-length:{len(body)}"
-        f"\nx-offset:{pub.offset}\nx-epoch:{epoch}\n\n"
+        f"\nx-offset:{pub.offset}\nx-epoch:{epoch}"
     )
-    return head.encode() + body + b"\0"
+    attrs = pub.attrs
+    headers = attrs.get("headers") if attrs else None
+    if headers:
+        head += "".join(_user_header(str(k), str(v), escaped) for k, v in headers.items())
+    return head.encode() + b"\n\n" + body + b"\0"
+
+
+def _user_header(name: str, value: str, escaped: bool) -> str:
+    if escaped:
+        return f"\n{escape(name)}:{escape(value)}"
+    # STOMP 1.0 cannot carry a line break, or a colon in a name: those become spaces.
+    name = name.replace(":", " ")
+    return f"\n{_one_line(name)}:{_one_line(value)}"
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")
 
 
 def reset_frame(

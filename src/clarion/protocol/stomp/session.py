@@ -58,6 +58,25 @@ from clarion.protocol.stomp.states import (
 
 MAX_ID_CHARS = 256  # subscription ids
 DEFAULT_MAX_SUBSCRIPTIONS = 128
+MAX_USER_HEADERS = 32  # on one SEND, passed on to subscribers
+MAX_USER_HEADER_BYTES = 4096  # their names and values, in UTF-8
+# Headers a SEND consumes (not passed on), and those a MESSAGE sets itself (refused on a SEND).
+CONSUMED_HEADERS = frozenset(
+    {"destination", "transaction", "receipt", "content-type", "content-length", "x-idempotency-key"}
+)
+RESERVED_HEADERS = frozenset(
+    {
+        "subscription",
+        "message-id",
+        "ack",
+        "x-offset",
+        "x-epoch",
+        "x-reset",
+        "x-cursor",
+        "x-event",
+        "x-reason",
+    }
+)
 MAX_TRANSACTIONS = 8  # open at once, per connection
 MAX_TRANSACTION_FRAMES = 256  # SEND, ACK and NACK frames held by one transaction
 MAX_IDEMPOTENCY_KEY_CHARS = 128
@@ -97,6 +116,32 @@ def decode_body(frame: Frame) -> Any:
         f"unsupported content-type {mime[:60]!r}: send application/json or text/plain",
         code="unsupported_content_type",
     )
+
+
+def user_headers(frame: Frame) -> dict[str, str]:
+    """The headers of a ``SEND`` that reach subscribers: all but the ones STOMP and clarion
+    reserve; a repeated header's first value, as STOMP reads it."""
+    headers: dict[str, str] = {}
+    size = 0
+    for name, value in frame.headers:
+        if name in CONSUMED_HEADERS or name in headers:
+            continue
+        if name in RESERVED_HEADERS:
+            raise RemoteProtocolError(
+                f"header {name[:40]!r} is set by the hub on MESSAGE frames", code="reserved_header"
+            )
+        if len(headers) >= MAX_USER_HEADERS:
+            raise RemoteProtocolError(
+                f"over {MAX_USER_HEADERS} user headers on SEND", code="too_many_headers"
+            )
+        size += len(name.encode()) + len(value.encode())
+        if size > MAX_USER_HEADER_BYTES:
+            raise RemoteProtocolError(
+                f"user headers on SEND are over {MAX_USER_HEADER_BYTES} bytes",
+                code="too_many_headers",
+            )
+        headers[name] = value
+    return headers
 
 
 class StompSession:
@@ -251,7 +296,9 @@ class StompSession:
                 f"x-idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters"
             )
         transaction = self._transaction_of(frame)
-        send = Send(channel, decode_body(frame), receipt, key, transaction)
+        headers = user_headers(frame)
+        attrs = {"headers": headers} if headers else None
+        send = Send(channel, decode_body(frame), receipt, key, transaction, attrs)
         if transaction is not None:
             self._hold(transaction, send, len(frame.body))
         return send

@@ -1,19 +1,22 @@
-// clarion browser client: a dependency-free ES module served by the hub at /clarion.js.
+// clarion browser client: a dependency-free ES module, also served by the hub at /clarion.js.
 //
-//   import { connect } from "http://127.0.0.1:8000/clarion.js";
-//   const hub = connect("http://127.0.0.1:8000", { token, transport: "auto" });
-//   const sub = hub.subscribe("chat:lobby", {
-//     since: localStorage.cursor,                       // optional: resume from here
-//     onPublication: (pub) => { localStorage.cursor = pub.cursor; render(pub.data); },
-//     onReset: (reset) => reloadState(),                // history could not cover a gap
+//   import { connect } from "/clarion.js";
+//   const client = connect(location.origin, { getToken: () => fetchMyToken(), store: localStorage });
+//   client.subscribe("chat:lobby", {
+//     onPublication: (pub) => render(pub.data),
+//     onReset: (reset) => reloadState(),           // history could not cover a gap
 //   });
 //
 // Reconnects with full-jitter exponential backoff and resumes every subscription from its last
-// cursor. transport "auto" tries WebSocket, then Server-Sent Events, then long polling.
+// cursor. Transports: WebSocket, then Server-Sent Events, then long polling; a step down happens
+// only when a transport fails while the hub answers, and the client tries to step back up.
 
-const SUBPROTOCOL = "clarion.v1";
+export const SUBPROTOCOL = "clarion.v1";
+export const TRANSPORTS = ["ws", "sse", "poll"];
 
-// The close-code table of docs/protocol.md: whether a client should reconnect after `code`.
+// ---- the close-code table of the protocol ---------------------------------------------------
+
+// Whether a client should reconnect after `code` (codes 4000–4499: yes; 4500–4999: no).
 const RECONNECT = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
 export function shouldReconnect(code) {
   if (code === undefined || code === null) return true;
@@ -22,205 +25,727 @@ export function shouldReconnect(code) {
   return RECONNECT.has(code);
 }
 
-export function backoffDelay(attempt, base = 500, cap = 20000) {
-  return Math.random() * Math.min(cap, base * 2 ** attempt);  // full jitter
+export const TOKEN_EXPIRED = 4004;
+
+// Full jitter: a random delay in [0, min(cap, base·2^attempt)), so that many clients dropped at
+// once do not come back at once.
+export function backoffDelay(attempt, base = 500, cap = 20000, random = Math.random) {
+  return random() * Math.min(cap, base * 2 ** Math.min(attempt, 30));
 }
 
-function endpoints(url) {
-  const u = new URL(url, globalThis.location ? globalThis.location.href : undefined);
-  const base = u.pathname.replace(/\/(ws|sse|poll)?$/, "").replace(/\/$/, "");
-  const http = `${u.protocol === "wss:" ? "https:" : u.protocol === "ws:" ? "http:" : u.protocol}//${u.host}${base}`;
-  return { http, ws: http.replace(/^http/, "ws") + "/ws" };
+// ---- endpoints ------------------------------------------------------------------------------
+
+// Every endpoint from one URL: the hub's base (`http://host:8000`, `https://app/rt`) or one of
+// its transport endpoints (`ws://host/ws`, `.../sse`, `.../poll`).
+export function endpoints(url, base) {
+  const where = base ?? (globalThis.location ? globalThis.location.href : undefined);
+  const u = new URL(url, where);
+  const path = u.pathname.replace(/\/(ws|sse|poll)$/, "").replace(/\/+$/, "");
+  const scheme = u.protocol === "wss:" ? "https:" : u.protocol === "ws:" ? "http:" : u.protocol;
+  if (scheme !== "http:" && scheme !== "https:") throw new Error(`not a hub URL: ${url}`);
+  const http = `${scheme}//${u.host}${path}`;
+  return {
+    http,
+    ws: `${scheme === "https:" ? "wss:" : "ws:"}//${u.host}${path}/ws`,
+    sse: `${http}/sse`,
+    poll: `${http}/poll`,
+    healthz: `${http}/healthz`,
+    publish: `${http}/client/publish`,
+    history: `${http}/client/history`,
+    presence: `${http}/client/presence`,
+  };
 }
 
-class Subscription {
+// When a token expires, from its `exp` claim (seconds), or null; the signature is the hub's
+// business: this only schedules a refresh.
+export function tokenExpiry(token) {
+  if (typeof token !== "string") return null;
+  const part = token.split(".")[1];
+  if (!part) return null;
+  try {
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const json = JSON.parse(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)));
+    return typeof json.exp === "number" ? json.exp : null;
+  } catch {
+    return null;
+  }
+}
+
+// How long before `expires` (Unix seconds) to ask for a new token: a tenth of what is left, at
+// least one second, at most thirty.
+export function refreshDelay(expires, now = Date.now()) {
+  const left = expires * 1000 - now;
+  const margin = Math.min(30000, Math.max(1000, left / 10));
+  return Math.max(0, left - margin);
+}
+
+// ---- Server-Sent Events parsing -------------------------------------------------------------
+
+// The event-stream format of the HTML standard: lines end with CR, LF or CRLF (also across
+// chunks), one leading BOM is dropped, `:` lines are comments, a blank line dispatches.
+// `onEvent({type, data, id})` gets each event with data; `onId(id)` every `id:` that an event
+// dispatch (with or without data) makes current. Lines longer than `maxLine` characters throw:
+// the reader stays bounded whatever the stream sends.
+export class SseParser {
+  constructor({ onEvent = () => {}, onId = () => {}, onRetry = () => {}, onComment = () => {},
+                maxLine = 4 * 1024 * 1024 } = {}) {
+    Object.assign(this, { onEvent, onId, onRetry, onComment, maxLine });
+    this.decoder = new TextDecoder("utf-8", { ignoreBOM: true }); // the BOM is ours to drop, once
+    this.pending = "";       // an incomplete line
+    this.skipLF = false;     // the previous chunk ended with CR: a leading LF belongs to it
+    this.first = true;       // a BOM is dropped only at the very start
+    this.data = [];
+    this.type = "";
+    this.lastId = "";
+    this.idSeen = false;
+  }
+
+  feed(chunk) {
+    let text = typeof chunk === "string" ? chunk : this.decoder.decode(chunk, { stream: true });
+    if (this.first && text.length) {
+      if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+      this.first = false;
+    }
+    let start = 0;
+    if (this.skipLF && text.length) {
+      if (text[0] === "\n") start = 1;
+      this.skipLF = false;
+    }
+    const n = text.length;
+    for (let i = start; i < n; i++) {
+      const c = text.charCodeAt(i);
+      if (c !== 10 && c !== 13) continue;
+      const line = this.pending + text.slice(start, i);
+      this.pending = "";
+      if (c === 13) {
+        if (i + 1 < n) { if (text.charCodeAt(i + 1) === 10) i++; }
+        else this.skipLF = true;
+      }
+      start = i + 1;
+      this._line(line);
+    }
+    if (start < n) {
+      this.pending += text.slice(start);
+      if (this.pending.length > this.maxLine) throw new Error("event-stream line too long");
+    }
+  }
+
+  // The stream ended: an incomplete event is dropped, as the standard says.
+  end() {
+    this.pending = "";
+    this.data = [];
+    this.type = "";
+  }
+
+  _line(line) {
+    if (line === "") return this._dispatch();
+    if (line[0] === ":") return this.onComment(line.slice(1));
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value[0] === " ") value = value.slice(1);
+    if (field === "data") this.data.push(value);
+    else if (field === "event") this.type = value;
+    else if (field === "id") { if (!value.includes("\0")) { this.lastId = value; this.idSeen = true; } }
+    else if (field === "retry") { if (/^\d+$/.test(value)) this.onRetry(Number(value)); }
+  }
+
+  _dispatch() {
+    if (this.idSeen) { this.idSeen = false; this.onId(this.lastId); }
+    if (this.data.length) {
+      this.onEvent({ type: this.type || "message", data: this.data.join("\n"), id: this.lastId });
+    }
+    this.data = [];
+    this.type = "";
+  }
+}
+
+// ---- small pieces ---------------------------------------------------------------------------
+
+class Emitter {
+  constructor() { this.handlers = new Map(); }
+  on(event, fn) {
+    if (!this.handlers.has(event)) this.handlers.set(event, new Set());
+    this.handlers.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+  off(event, fn) { this.handlers.get(event)?.delete(fn); }
+  emit(event, ...args) {
+    for (const fn of [...(this.handlers.get(event) || [])]) {
+      try { fn(...args); } catch (error) { console.error("clarion: handler failed", error); }
+    }
+  }
+}
+
+class ClarionError extends Error {
+  constructor(error, status) {
+    super(error?.message || String(error?.code || "error"));
+    this.code = error?.code || "error";
+    if (status !== undefined) this.status = status;
+  }
+}
+
+// `localStorage`, a Map, or any object with get/set (or getItem/setItem).
+function storeOf(store) {
+  if (!store) return null;
+  if (typeof store.getItem === "function") {
+    return { get: (k) => store.getItem(k), set: (k, v) => store.setItem(k, v) };
+  }
+  return { get: (k) => store.get(k), set: (k, v) => store.set(k, v) };
+}
+
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+
+// ---- subscriptions --------------------------------------------------------------------------
+
+class Subscription extends Emitter {
   constructor(client, channel, options) {
+    super();
     this.client = client;
     this.channel = channel;
-    this.cursor = options.since || null;
-    this.onPublication = options.onPublication || (() => {});
-    this.onReset = options.onReset || (() => {});
-    this.onError = options.onError || ((e) => console.warn("clarion:", channel, e));
+    this.latest = Boolean(options.latest);
+    this.cursor = options.since || client._stored(channel) || null;
+    this.state = "unsubscribed";
     this.lastOffset = null;
     this.lastEpoch = null;
-    this.active = true;
-    this.stream = null; // the per-subscription SSE or poll loop, when not on WebSocket
-  }
-
-  deliver(pub) {
-    // Duplicates cannot come from one connection; across a reconnect, offsets guard anyway.
-    if (this.lastEpoch === pub.epoch && this.lastOffset !== null && pub.offset <= this.lastOffset) return;
-    this.lastEpoch = pub.epoch;
-    this.lastOffset = pub.offset;
-    this.cursor = pub.cursor;
-    this.onPublication(pub);
-  }
-
-  reset(reset) {
-    this.cursor = reset.cursor || this.cursor;
-    this.lastOffset = null;
-    this.onReset(reset);
+    this.stream = null; // its SSE or poll loop, off WebSocket
+    for (const [name, key] of [["publication", "onPublication"], ["reset", "onReset"],
+      ["subscribing", "onSubscribing"], ["subscribed", "onSubscribed"],
+      ["unsubscribed", "onUnsubscribed"], ["join", "onJoin"], ["leave", "onLeave"],
+      ["error", "onError"]]) {
+      if (typeof options[key] === "function") this.on(name, options[key]);
+    }
   }
 
   unsubscribe() {
-    this.active = false;
+    if (this.state === "unsubscribed" && !this.client.subs.has(this.channel)) return;
     this.client._unsubscribe(this);
+    this._ended("client");
+  }
+
+  _moveTo(cursor) {
+    if (!cursor) return;
+    this.cursor = cursor;
+    this.client._store(this.channel, cursor);
+  }
+
+  _subscribing() {
+    if (this.state === "subscribing") return;
+    this.state = "subscribing";
+    this.emit("subscribing", { channel: this.channel });
+  }
+
+  _subscribed(ok) {
+    this.state = "subscribed";
+    if (!ok.reset) this._moveTo(ok.cursor);
+    this.emit("subscribed", { channel: this.channel, recovered: ok.recovered !== false,
+      cursor: this.cursor, transport: this.client.transport });
+  }
+
+  _deliver(pub) {
+    // Within an epoch offsets only grow; across reconnects and transports this drops repeats.
+    if (this.lastEpoch === pub.epoch && this.lastOffset !== null && pub.offset <= this.lastOffset) return;
+    this.lastEpoch = pub.epoch;
+    this.lastOffset = pub.offset;
+    this._moveTo(pub.cursor);
+    this.emit("publication", pub);
+  }
+
+  _reset(reset) {
+    this.lastOffset = null;
+    this._moveTo(reset.cursor);
+    this.emit("reset", { channel: this.channel, reason: reset.reason, cursor: this.cursor });
+  }
+
+  _ended(reason) {
+    this.state = "unsubscribed";
+    this.emit("unsubscribed", { channel: this.channel, reason });
   }
 }
 
-class Client {
+// ---- the client -----------------------------------------------------------------------------
+
+class Client extends Emitter {
   constructor(url, options = {}) {
-    this.urls = endpoints(url);
-    this.token = options.token || null;
-    this.preferred = options.transport || "auto";
-    this.base = options.backoffBase || 500;
-    this.cap = options.backoffCap || 20000;
-    this.onState = options.onState || (() => {});
-    this.onDisconnect = options.onDisconnect || (() => {});
-    this.subs = new Map();
-    this.ws = null;
+    super();
+    this.urls = endpoints(url, options.base);
+    this.getToken = options.getToken || (options.token ? () => options.token : null);
+    let order = options.transports || (options.transport && options.transport !== "auto"
+      ? [options.transport] : TRANSPORTS);
+    order = order.filter((t) => TRANSPORTS.includes(t));
+    if (typeof WebSocket !== "function") order = order.filter((t) => t !== "ws");
+    if (!order.length) throw new Error("no usable transport");
+    this.order = order;
+    this.level = 0;
     this.transport = null;
+    this.state = "disconnected";
+    this.store = storeOf(options.store);
+    this.storePrefix = options.storePrefix ?? "clarion:cursor:";
+    this.base = options.backoffBase ?? 500;
+    this.cap = options.backoffCap ?? 20000;
+    this.upgradeInterval = options.upgradeInterval ?? 60000;
+    this.pollTimeout = options.pollTimeout ?? 25;
+    this.openTimeout = options.openTimeout ?? 10000;
+    this.subs = new Map();
+    this.token = null;
+    this.tokenExpires = null;
+    this.clientId = null;
+    this.user = null;
     this.attempt = 0;
     this.closed = false;
     this.nextId = 1;
     this.pending = new Map();
-    this.timer = null;
-    this._open();
+    this.ws = null;
+    this.generation = 0;     // bumped on every (re)connect: late events of old ones are dropped
+    this.timers = new Set();
+    this.active = false;     // the transport is up: new subscriptions attach at once
+    if (typeof options.onState === "function") {
+      for (const s of ["connecting", "connected", "disconnected", "closed"]) {
+        this.on(s, () => options.onState(s, this.transport));
+      }
+    }
+    if (typeof options.onDisconnect === "function") this.on("disconnected", options.onDisconnect);
+    this._connect();
   }
+
+  // -- public API --
 
   subscribe(channel, options = {}) {
     if (this.subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
     const sub = new Subscription(this, channel, options);
     this.subs.set(channel, sub);
-    if (this.transport === "ws" && this.ws && this.ws.readyState === 1) this._wsSubscribe(sub);
-    else if (this.transport === "sse" || this.transport === "poll") this._startStream(sub);
+    // After the caller's code has run: handlers added with sub.on() see every event.
+    queueMicrotask(() => {
+      if (this.subs.get(channel) !== sub) return;
+      if (this.active) this._attach(sub);
+      else sub._subscribing();
+    });
     return sub;
   }
 
-  publish(channel, data) {
-    return this._request({ op: "publish", channel, data });
+  getSubscription(channel) { return this.subs.get(channel) || null; }
+
+  publish(channel, data, options = {}) {
+    const command = { channel, data };
+    if (options.id !== undefined) command.pub_id = options.id;
+    if (options.ephemeral) command.ephemeral = true;
+    if (options.key !== undefined) command.key = options.key;
+    return this._call("publish", command);
   }
 
   history(channel, options = {}) {
-    return this._request({ op: "history", channel, ...options });
+    const command = { channel };
+    for (const key of ["since", "limit", "reverse"]) {
+      if (options[key] !== undefined) command[key] = options[key];
+    }
+    return this._call("history", command);
   }
+
+  presence(channel) { return this._call("presence", { channel }); }
 
   close() {
-    this.closed = true;
-    clearTimeout(this.timer);
-    if (this.ws) this.ws.close(1000);
-    for (const sub of this.subs.values()) this._stopStream(sub);
-    this._state("closed");
-  }
-
-  // ---- transports ---------------------------------------------------------------------------
-
-  _order() {
-    if (this.preferred !== "auto") return [this.preferred];
-    return typeof WebSocket === "function" ? ["ws", "sse", "poll"] : ["sse", "poll"];
-  }
-
-  _open(skip = 0) {
     if (this.closed) return;
-    const order = this._order();
-    const transport = order[Math.min(skip, order.length - 1)];
-    this.transport = transport;
-    this._state("connecting");
-    if (transport === "ws") this._openWebSocket(skip);
-    else {
-      this._state("connected");
-      for (const sub of this.subs.values()) this._startStream(sub);
+    this.closed = true;
+    this.generation++;
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    if (this.ws) { try { this.ws.close(1000); } catch {} this.ws = null; }
+    for (const sub of this.subs.values()) this._stopStream(sub);
+    this._failPending(new Error("client closed"));
+    this._setState("closed");
+  }
+
+  // -- state --
+
+  _setState(state, detail = {}) {
+    this.state = state;
+    this.emit(state, { transport: this.transport, ...detail });
+    this.emit("state", state, this.transport);
+  }
+
+  _stored(channel) {
+    if (!this.store) return null;
+    try { return this.store.get(this.storePrefix + channel) || null; } catch { return null; }
+  }
+
+  _store(channel, cursor) {
+    if (!this.store) return;
+    try { this.store.set(this.storePrefix + channel, cursor); } catch {}
+  }
+
+  _later(fn, ms) {
+    const t = setTimeout(() => { this.timers.delete(t); fn(); }, ms);
+    this.timers.add(t);
+    return t;
+  }
+
+  async _freshToken() {
+    if (!this.getToken) return null;
+    const token = await this.getToken();
+    this.token = token || null;
+    this.tokenExpires = tokenExpiry(this.token);
+    return this.token;
+  }
+
+  // -- connecting and falling back --
+
+  async _connect() {
+    if (this.closed) return;
+    const gen = ++this.generation;
+    this.transport = this.order[this.level];
+    this._setState("connecting");
+    try {
+      await this._freshToken();
+    } catch (error) {
+      if (gen !== this.generation) return;
+      this.emit("error", error);
+      return this._retry(gen, { code: null, reason: "getToken failed" });
     }
+    if (gen !== this.generation || this.closed) return;
+    if (this.transport === "ws") this._openWebSocket(gen);
+    else this._openHttp(gen);
   }
 
-  _openWebSocket(skip) {
-    const url = this.token ? `${this.urls.ws}?token=${encodeURIComponent(this.token)}` : this.urls.ws;
-    let opened = false;
-    const ws = new WebSocket(url, SUBPROTOCOL);
-    this.ws = ws;
-    ws.onopen = () => {
-      opened = true;
+  // A transport failed. Does the hub answer at all? Then the transport is what fails (a proxy
+  // that refuses upgrades, a buffering proxy): step down. Otherwise retry the same, later.
+  async _failed(gen, detail) {
+    if (gen !== this.generation || this.closed) return;
+    const reachable = await this._reachable();
+    if (gen !== this.generation || this.closed) return;
+    if (reachable && this.level + 1 < this.order.length) {
+      this.level++;
+      this._lost(gen, detail);
       this.attempt = 0;
-      this._state("connected");
-      for (const sub of this.subs.values()) this._wsSubscribe(sub);
-    };
-    ws.onmessage = (event) => this._onFrame(JSON.parse(event.data));
-    ws.onclose = (event) => {
-      this.ws = null;
-      for (const { reject } of this.pending.values()) reject(new Error("connection lost"));
-      this.pending.clear();
-      if (this.closed) return;
-      if (!opened && this.preferred === "auto" && skip + 1 < this._order().length) {
-        this._open(skip + 1); // the upgrade failed: fall back to SSE, then polling
-        return;
-      }
-      this._lost(event.code, event.reason);
-    };
-  }
-
-  _lost(code, reason) {
-    this._state("disconnected");
-    if (!shouldReconnect(code)) {
-      this.closed = true;
-      this.onDisconnect({ code, reason, reconnect: false });
-      this._state("closed");
+      this._connect();
       return;
     }
-    const delay = backoffDelay(this.attempt++, this.base, this.cap);
-    this.timer = setTimeout(() => this._open(), delay);
+    this._retry(gen, detail);
   }
 
-  _wsSubscribe(sub) {
-    const command = { op: "subscribe", channel: sub.channel };
-    if (sub.cursor) command.since = sub.cursor;
-    this._request(command).then(
-      (ok) => { if (!sub.cursor) sub.cursor = ok.cursor; },
-      (error) => sub.onError(error),
-    );
-  }
-
-  _request(command) {
-    if (this.transport !== "ws" || !this.ws || this.ws.readyState !== 1) {
-      if (command.op === "publish") return this._httpPublish(command);
-      return Promise.reject(new Error("not connected over WebSocket"));
+  async _reachable() {
+    try {
+      // An opaque answer is still an answer: the hub is up, whatever CORS says.
+      await fetch(this.urls.healthz, { mode: "no-cors", cache: "no-store" });
+      return true;
+    } catch {
+      return false;
     }
+  }
+
+  _lost(gen, detail) {
+    this.active = false;
+    if (this.state === "connected" || this.state === "connecting") {
+      for (const sub of this.subs.values()) if (sub.state === "subscribed") sub._subscribing();
+      this._setState("disconnected", { code: null, reason: "", reconnect: true, ...detail });
+    }
+  }
+
+  _retry(gen, detail) {
+    if (gen !== this.generation || this.closed) return;
+    this._lost(gen, detail);
+    const delay = backoffDelay(this.attempt++, this.base, this.cap);
+    this.generation++;
+    this._later(() => this._connect(), delay);
+  }
+
+  _stop(gen, detail) {
+    // The hub said not to come back (4500–4999): every subscription ends.
+    if (gen !== this.generation) return;
+    this._lost(gen, { ...detail, reconnect: false });
+    for (const sub of [...this.subs.values()]) {
+      this._stopStream(sub);
+      this.subs.delete(sub.channel);
+      sub._ended(detail.reason || "disconnected");
+    }
+    this.close();
+  }
+
+  _connected(gen, attach = true) {
+    this.attempt = 0;
+    this.active = true;
+    this._setState("connected");
+    if (attach) for (const sub of this.subs.values()) this._attach(sub);
+    if (this.level > 0) this._scheduleUpgrade(gen);
+    this._scheduleRefresh(gen);
+  }
+
+  // Every upgradeInterval, see whether a better transport works again; switch when it does.
+  _scheduleUpgrade(gen) {
+    if (!this.upgradeInterval) return;
+    this._later(async () => {
+      if (gen !== this.generation || this.closed || this.level === 0) return;
+      const better = this.order[0];
+      const works = await this._probe(better);
+      if (gen !== this.generation || this.closed) return;
+      if (!works) return this._scheduleUpgrade(gen);
+      this._teardown();
+      this.level = 0;
+      this._lost(gen, { reason: `moving to ${better}` });
+      this._connect();
+    }, this.upgradeInterval);
+  }
+
+  async _probe(transport) {
+    if (transport === "ws") {
+      return new Promise((ok) => {
+        let ws;
+        try { ws = new WebSocket(this.urls.ws, SUBPROTOCOL); } catch { return ok(false); }
+        const done = (v) => { ws.onopen = ws.onerror = ws.onclose = null; try { ws.close(1000); } catch {} ok(v); };
+        ws.onopen = () => done(true);
+        ws.onerror = ws.onclose = () => done(false);
+        setTimeout(() => done(false), 10000);
+      });
+    }
+    const channel = this.subs.keys().next().value;
+    if (!channel) return false;
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), 10000);
+    try {
+      const q = new URLSearchParams({ channel });
+      if (transport === "poll") q.set("timeout", "0");
+      const r = await fetch(`${this.urls[transport]}?${q}`, {
+        headers: this._headers(), signal: controller.signal, cache: "no-store",
+      });
+      const ok = r.ok && (transport === "poll" || (r.headers.get("content-type") || "").startsWith("text/event-stream"));
+      controller.abort();
+      return ok;
+    } catch {
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  _teardown() {
+    this.generation++;
+    this.active = false;
+    if (this.ws) { const ws = this.ws; this.ws = null; ws.onclose = null; try { ws.close(1000); } catch {} }
+    for (const sub of this.subs.values()) this._stopStream(sub);
+    this._failPending(new Error("connection lost"));
+  }
+
+  // Ask for a new token before this one expires: a refresh op on an open WebSocket; over SSE
+  // and poll the next request carries it.
+  _scheduleRefresh(gen) {
+    if (!this.getToken || !this.tokenExpires) return;
+    this._later(async () => {
+      if (gen !== this.generation || this.closed) return;
+      try {
+        const before = this.token;
+        await this._freshToken();
+        if (gen !== this.generation || this.closed) return;
+        if (this.transport === "ws" && this.token && this.token !== before) {
+          const ok = await this._wsRequest({ op: "refresh", token: this.token });
+          if (ok.expires) this.tokenExpires = ok.expires;
+        }
+      } catch (error) {
+        this.emit("error", error);
+      }
+      if (gen === this.generation) this._scheduleRefresh(gen);
+    }, refreshDelay(this.tokenExpires));
+  }
+
+  // -- WebSocket --
+
+  _openWebSocket(gen) {
+    let ws;
+    try { ws = new WebSocket(this.urls.ws, SUBPROTOCOL); } catch (error) {
+      return this._failed(gen, { reason: String(error) });
+    }
+    this.ws = ws;
+    let opened = false;
+    let disconnect = null;
+    // Something that accepts the upgrade but never speaks the protocol is no WebSocket to use.
+    const timer = this._later(() => { if (!opened) try { ws.close(); } catch {} }, this.openTimeout);
+    ws.onopen = async () => {
+      if (gen !== this.generation) return;
+      try {
+        // The token goes in the connect op, never in the URL.
+        const ok = await this._wsRequest({ op: "connect", ...(this.token ? { token: this.token } : {}) });
+        if (gen !== this.generation) return;
+        opened = true;
+        clearTimeout(timer);
+        this.clientId = ok.client;
+        this.user = ok.user;
+        if (ok.expires) this.tokenExpires = ok.expires;
+        this._connected(gen);
+      } catch (error) {
+        if (gen !== this.generation || !(error instanceof ClarionError)) return;
+        opened = true;
+        clearTimeout(timer);
+        this.emit("error", error);
+        if (error.code === "token_expired") {
+          this.attempt = 0;
+          this._retry(gen, { code: TOKEN_EXPIRED, reason: error.message, reconnect: true });
+        } else {
+          this._stop(gen, { code: 4500, reason: error.message });
+        }
+        ws.onclose = null;
+        try { ws.close(1000); } catch {}
+      }
+    };
+    ws.onmessage = (event) => {
+      if (gen !== this.generation) return;
+      let msg;
+      try { msg = JSON.parse(event.data); } catch { return; }
+      if (msg.disconnect) disconnect = msg.disconnect;
+      this._onFrame(msg);
+    };
+    ws.onclose = (event) => {
+      if (this.ws === ws) this.ws = null;
+      if (gen !== this.generation || this.closed) return;
+      this._failPending(new Error("connection lost"));
+      const code = disconnect?.code ?? event.code;
+      const detail = { code, reason: disconnect?.reason ?? event.reason, reconnect: shouldReconnect(code) };
+      if (!opened) return this._failed(gen, detail);
+      if (!shouldReconnect(code)) return this._stop(gen, detail);
+      if (code === TOKEN_EXPIRED) this.attempt = 0; // a new token is all it needs
+      this._retry(gen, detail);
+    };
+  }
+
+  _wsRequest(command) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== 1) return Promise.reject(new Error("not connected"));
     const id = this.nextId++;
-    this.ws.send(JSON.stringify({ id, ...command }));
+    ws.send(JSON.stringify({ id, ...command }));
     return new Promise((resolve, reject) => this.pending.set(id, { resolve, reject }));
   }
 
-  async _httpPublish(command) {
-    const headers = { "content-type": "application/json" };
-    if (this.token) headers.authorization = `Bearer ${this.token}`;
-    const r = await fetch(`${this.urls.http}/api/publish`, {
-      method: "POST", headers, body: JSON.stringify({ channel: command.channel, data: command.data }),
-    });
-    const body = await r.json();
-    if (!r.ok) throw Object.assign(new Error(body.error.message), body.error);
-    return body;
+  _failPending(error) {
+    for (const { reject } of this.pending.values()) reject(error);
+    this.pending.clear();
   }
 
   _onFrame(msg) {
     if (msg.id !== undefined && msg.id !== null && this.pending.has(msg.id)) {
       const { resolve, reject } = this.pending.get(msg.id);
       this.pending.delete(msg.id);
-      if (msg.error) reject(Object.assign(new Error(msg.error.message), msg.error));
+      if (msg.error) reject(new ClarionError(msg.error));
       else resolve(msg.ok);
-    } else if (msg.reset) {
-      const sub = this.subs.get(msg.reset.channel);
-      if (sub) sub.reset(msg.reset);
-    } else if (msg.disconnect) {
-      this.onDisconnect(msg.disconnect);
-    } else if (msg.channel !== undefined && msg.offset !== undefined) {
-      const sub = this.subs.get(msg.channel);
-      if (sub) sub.deliver(msg);
+      return;
     }
+    if (msg.reset) return this.subs.get(msg.reset.channel)?._reset(msg.reset);
+    if (msg.join) return this.subs.get(msg.join.channel)?.emit("join", msg.join);
+    if (msg.leave) return this.subs.get(msg.leave.channel)?.emit("leave", msg.leave);
+    if (msg.subscribe) return this._serverSubscribed(msg.subscribe);
+    if (msg.unsubscribe) return this._serverUnsubscribed(msg.unsubscribe);
+    if (msg.disconnect) return;
+    if (msg.channel !== undefined && msg.offset !== undefined) this.subs.get(msg.channel)?._deliver(msg);
+  }
+
+  _serverSubscribed(ok) {
+    let sub = this.subs.get(ok.channel);
+    if (!sub) {
+      sub = new Subscription(this, ok.channel, {});
+      sub.server = true;
+      this.subs.set(ok.channel, sub);
+      this.emit("subscription", sub);
+    }
+    if (ok.reset) sub._reset({ ...ok.reset, cursor: ok.cursor });
+    sub._subscribed(ok);
+  }
+
+  _serverUnsubscribed({ channel, reason }) {
+    const sub = this.subs.get(channel);
+    if (!sub) return;
+    this.subs.delete(channel);
+    this._stopStream(sub);
+    sub._ended(reason);
+  }
+
+  _attach(sub) {
+    sub._subscribing();
+    if (this.transport === "ws") this._wsSubscribe(sub);
+    else this._startStream(sub);
+  }
+
+  _wsSubscribe(sub) {
+    const gen = this.generation;
+    const command = { op: "subscribe", channel: sub.channel };
+    if (sub.cursor) command.since = sub.cursor;
+    if (sub.latest && !sub.cursor) command.latest = true;
+    this._wsRequest(command).then(
+      (ok) => {
+        if (gen !== this.generation || this.subs.get(sub.channel) !== sub) return;
+        if (ok.reset) sub._reset({ channel: sub.channel, reason: ok.reset.reason ?? ok.reset, cursor: ok.cursor });
+        sub._subscribed(ok);
+      },
+      (error) => {
+        if (gen !== this.generation || this.subs.get(sub.channel) !== sub) return;
+        if (error instanceof ClarionError) {
+          if (error.code === "bad_cursor") { sub.cursor = null; return this._wsSubscribe(sub); }
+          this.subs.delete(sub.channel);
+          sub.emit("error", error);
+          sub._ended(error.code);
+        }
+      },
+    );
+  }
+
+  _unsubscribe(sub) {
+    if (this.subs.get(sub.channel) !== sub) return;
+    this.subs.delete(sub.channel);
+    this._stopStream(sub);
+    if (this.transport === "ws" && this.ws && this.ws.readyState === 1) {
+      this._wsRequest({ op: "unsubscribe", channel: sub.channel }).catch(() => {});
+    }
+  }
+
+  // -- publish, history, presence --
+
+  async _call(op, command) {
+    if (this.transport === "ws" && this.state === "connected" && this.ws?.readyState === 1) {
+      return this._wsRequest({ op, ...command });
+    }
+    // Off WebSocket: the hub's client endpoints, with the same token and permissions.
+    let token = this.token;
+    for (let round = 0; ; round++) {
+      const headers = this._headers(token);
+      let r;
+      if (op === "publish") {
+        headers["content-type"] = "application/json";
+        r = await fetch(this.urls.publish, { method: "POST", headers, body: JSON.stringify(command), cache: "no-store" });
+      } else {
+        const q = new URLSearchParams();
+        for (const [k, v] of Object.entries(command)) q.set(k, String(v));
+        r = await fetch(`${this.urls[op]}?${q}`, { headers, cache: "no-store" });
+      }
+      const body = await r.json().catch(() => ({ error: { code: "http_error", message: `HTTP ${r.status}` } }));
+      if (r.ok) return body;
+      if (body.error?.code === "token_expired" && this.getToken && round === 0) {
+        token = await this._freshToken();
+        continue;
+      }
+      throw new ClarionError(body.error, r.status);
+    }
+  }
+
+  _headers(token = this.token) {
+    return token ? { authorization: `Bearer ${token}` } : {};
+  }
+
+  // -- SSE and poll: one stream per subscription --
+
+  _openHttp(gen) {
+    // Connected once the first stream opens (at once when there is nothing to read).
+    this.active = true;
+    if (!this.subs.size) return this._connected(gen, false);
+    for (const sub of this.subs.values()) this._attach(sub);
+  }
+
+  _streamOpened(stream) {
+    if (stream.gen === this.generation && this.state !== "connected") this._connected(stream.gen, false);
   }
 
   _startStream(sub) {
     this._stopStream(sub);
-    if (this.transport === "sse") this._sse(sub);
-    else this._poll(sub);
+    const stream = { stopped: false, controller: null, gen: this.generation, lastId: sub.cursor };
+    stream.stop = () => { stream.stopped = true; stream.controller?.abort(); };
+    sub.stream = stream;
+    (this.transport === "sse" ? this._sseLoop(sub, stream) : this._pollLoop(sub, stream)).catch(
+      (error) => console.error("clarion: stream failed", error),
+    );
   }
 
   _stopStream(sub) {
@@ -228,74 +753,138 @@ class Client {
     sub.stream = null;
   }
 
-  _query(sub) {
-    const q = new URLSearchParams({ channel: sub.channel });
-    if (sub.cursor) q.set("cursor", sub.cursor);
-    if (this.token) q.set("token", this.token);
-    return q;
+  _live(sub, stream) {
+    return !stream.stopped && !this.closed && stream.gen === this.generation && this.subs.get(sub.channel) === sub;
   }
 
-  _sse(sub) {
-    // EventSource reconnects by itself and sends Last-Event-ID; we only reopen after errors
-    // it gives up on (a closed stream with readyState CLOSED), from our own cursor.
-    const source = new EventSource(`${this.urls.http}/sse?${this._query(sub)}`);
-    sub.stream = { stop: () => source.close() };
-    source.addEventListener("message", (event) => sub.deliver(JSON.parse(event.data)));
-    source.addEventListener("reset", (event) => sub.reset(JSON.parse(event.data)));
-    source.addEventListener("disconnect", (event) => {
-      const info = JSON.parse(event.data);
-      this.onDisconnect(info);
-      if (!info.reconnect) { source.close(); sub.active = false; }
-    });
-    source.onerror = () => {
-      if (source.readyState === 2 && sub.active && !this.closed) {
-        setTimeout(() => sub.active && this._sse(sub), backoffDelay(this.attempt++, this.base, this.cap));
-      }
-    };
-  }
-
-  _poll(sub) {
-    let stopped = false;
-    let controller = null;
-    sub.stream = { stop: () => { stopped = true; if (controller) controller.abort(); } };
-    const loop = async () => {
-      let attempt = 0;
-      while (!stopped && sub.active && !this.closed) {
-        controller = new AbortController();
-        try {
-          const q = this._query(sub);
-          q.set("timeout", "25");
-          const r = await fetch(`${this.urls.http}/poll?${q}`, { signal: controller.signal });
-          const body = await r.json();
-          if (!r.ok) {
-            sub.onError(body.error);
-            if (r.status >= 400 && r.status < 500 && r.status !== 429) return;
-            throw new Error(body.error.message);
-          }
-          attempt = 0;
-          if (body.reset) sub.reset({ ...body.reset, cursor: body.cursor });
-          for (const pub of body.publications) sub.deliver(pub);
-          sub.cursor = body.cursor;
-        } catch (error) {
-          if (stopped) return;
-          await new Promise((ok) => setTimeout(ok, backoffDelay(attempt++, this.base, this.cap)));
-        }
-      }
-    };
-    loop();
-  }
-
-  _unsubscribe(sub) {
+  // An HTTP answer that is not the stream: a clarion error (JSON) is the hub speaking; anything
+  // else (a proxy's page, a refused request) means this transport does not work here.
+  async _httpError(sub, stream, r) {
+    let body = null;
+    try { body = await r.json(); } catch {}
+    const error = body?.error?.code ? new ClarionError(body.error, r.status) : null;
+    if (!error) return this._failed(stream.gen, { reason: `HTTP ${r.status}` });
+    if (error.code === "token_expired" && this.getToken) {
+      await this._freshToken();
+      return "again";
+    }
+    if (error.code === "bad_cursor" && stream.lastId) { stream.lastId = null; sub.cursor = null; return "again"; }
+    if (r.status === 429 || r.status >= 500) return "backoff";
     this.subs.delete(sub.channel);
-    this._stopStream(sub);
-    if (this.transport === "ws" && this.ws && this.ws.readyState === 1) {
-      this._request({ op: "unsubscribe", channel: sub.channel }).catch(() => {});
+    sub.emit("error", error);
+    sub._ended(error.code);
+    return "ended";
+  }
+
+  async _sseLoop(sub, stream) {
+    let attempt = 0;
+    while (this._live(sub, stream)) {
+      stream.controller = new AbortController();
+      const q = new URLSearchParams({ channel: sub.channel });
+      if (sub.latest && !stream.lastId) q.set("latest", "1");
+      const headers = { ...this._headers(), accept: "text/event-stream" };
+      if (stream.lastId) headers["last-event-id"] = stream.lastId;
+      let disconnect = null;
+      let r;
+      try {
+        r = await fetch(`${this.urls.sse}?${q}`, { headers, signal: stream.controller.signal, cache: "no-store" });
+      } catch (error) {
+        if (!this._live(sub, stream)) return;
+        return this._failed(stream.gen, { reason: String(error) });
+      }
+      if (!r.ok || !(r.headers.get("content-type") || "").startsWith("text/event-stream")) {
+        const what = await this._httpError(sub, stream, r);
+        if (what === "again") continue;
+        if (what === "backoff") { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
+        return;
+      }
+      let opened = false;
+      let subscribing = sub.state !== "subscribed";
+      const parser = new SseParser({
+        onId: (id) => {
+          if (id) stream.lastId = id;
+          // The opening block's id: the stream is on, from this position.
+          if (subscribing && stream.lastId && this._live(sub, stream)) {
+            subscribing = false;
+            sub._subscribed({ cursor: sub.cursor || stream.lastId, recovered: true });
+          }
+        },
+        onEvent: (event) => {
+          if (!this._live(sub, stream)) return;
+          let data;
+          try { data = JSON.parse(event.data); } catch { return; }
+          if (event.type === "message") this.subs.get(data.channel)?._deliver(data);
+          else if (event.type === "reset") this.subs.get(data.channel)?._reset(data);
+          else if (event.type === "join" || event.type === "leave") this.subs.get(data.channel)?.emit(event.type, data);
+          else if (event.type === "subscribe") this._serverSubscribed(data);
+          else if (event.type === "unsubscribe") this._serverUnsubscribed(data);
+          else if (event.type === "disconnect") disconnect = data;
+        },
+      });
+      try {
+        const reader = r.body.getReader();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          if (!opened) {
+            opened = true;
+            attempt = 0;
+            this._streamOpened(stream);
+          }
+          parser.feed(value);
+        }
+      } catch (error) {
+        if (!this._live(sub, stream)) return;
+      }
+      parser.end();
+      if (!this._live(sub, stream)) return;
+      if (disconnect && !shouldReconnect(disconnect.code)) return this._stop(stream.gen, disconnect);
+      if (disconnect?.code === TOKEN_EXPIRED) { await this._freshToken().catch(() => {}); continue; }
+      if (!opened) return this._failed(stream.gen, { reason: "the stream ended before it started" });
+      sub._subscribing();
+      await sleep(backoffDelay(attempt++, this.base, this.cap));
     }
   }
 
-  _state(state) {
-    this.state = state;
-    this.onState(state, this.transport);
+  async _pollLoop(sub, stream) {
+    let attempt = 0;
+    while (this._live(sub, stream)) {
+      stream.controller = new AbortController();
+      const q = new URLSearchParams({ channel: sub.channel, timeout: String(sub.state === "subscribed" ? this.pollTimeout : 0) });
+      if (stream.lastId) q.set("cursor", stream.lastId);
+      else if (sub.latest) q.set("latest", "1");
+      let r;
+      let body;
+      try {
+        r = await fetch(`${this.urls.poll}?${q}`, { headers: this._headers(), signal: stream.controller.signal, cache: "no-store" });
+        if (r.ok) body = await r.json();
+      } catch (error) {
+        if (!this._live(sub, stream)) return;
+        if (r && r.ok) { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
+        return this._failed(stream.gen, { reason: String(error) });
+      }
+      if (!this._live(sub, stream)) return;
+      if (!r.ok) {
+        const what = await this._httpError(sub, stream, r);
+        if (what === "again") continue;
+        if (what === "backoff") { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
+        return;
+      }
+      if (!body || !Array.isArray(body.publications)) return this._failed(stream.gen, { reason: "not a poll reply" });
+      attempt = 0;
+      this._streamOpened(stream);
+      if (sub.state !== "subscribed") sub._subscribed({ cursor: sub.cursor || body.cursor, recovered: !body.reset });
+      if (body.reset) this.subs.get(body.reset.channel)?._reset({ ...body.reset, cursor: body.cursor });
+      for (const pub of body.publications) this.subs.get(pub.channel)?._deliver(pub);
+      stream.lastId = body.cursor;
+      if (!body.publications.length && !body.reset) sub._moveTo(body.cursor);
+      for (const u of body.unsubscribed || []) this._serverUnsubscribed(u);
+      if (body.disconnect) {
+        if (!shouldReconnect(body.disconnect.code)) return this._stop(stream.gen, body.disconnect);
+        if (body.disconnect.code === TOKEN_EXPIRED) await this._freshToken().catch(() => {});
+        else await sleep(backoffDelay(attempt++, this.base, this.cap));
+      }
+    }
   }
 }
 

@@ -1,0 +1,165 @@
+// Types of the clarion browser client (clarion.js).
+
+export type TransportName = "ws" | "sse" | "poll";
+
+export declare const SUBPROTOCOL: "clarion.v1";
+export declare const TRANSPORTS: readonly TransportName[];
+export declare const TOKEN_EXPIRED: 4004;
+
+/** Whether a client should reconnect after a close or disconnect `code` (the hub's table). */
+export declare function shouldReconnect(code: number | null | undefined): boolean;
+/** A full-jitter exponential backoff delay in milliseconds. */
+export declare function backoffDelay(
+  attempt: number, base?: number, cap?: number, random?: () => number,
+): number;
+
+export interface Endpoints {
+  http: string; ws: string; sse: string; poll: string; healthz: string;
+  publish: string; history: string; presence: string;
+}
+/** Every endpoint of a hub from its base URL (or one of its transport URLs). */
+export declare function endpoints(url: string, base?: string): Endpoints;
+/** The `exp` claim of a JWT (Unix seconds), or null. The signature is not checked. */
+export declare function tokenExpiry(token: string | null | undefined): number | null;
+/** Milliseconds until a token expiring at `expires` (Unix seconds) should be refreshed. */
+export declare function refreshDelay(expires: number, now?: number): number;
+
+export interface SseEvent { type: string; data: string; id: string }
+export interface SseParserOptions {
+  onEvent?: (event: SseEvent) => void;
+  onId?: (id: string) => void;
+  onRetry?: (ms: number) => void;
+  onComment?: (text: string) => void;
+  /** Longest line accepted, in characters (default 4 MiB); longer throws. */
+  maxLine?: number;
+}
+/** An incremental parser of the text/event-stream format. */
+export declare class SseParser {
+  constructor(options?: SseParserOptions);
+  feed(chunk: Uint8Array | string): void;
+  end(): void;
+  lastId: string;
+}
+
+/** Where cursors are kept: `localStorage`, a `Map`, or any get/set. */
+export type CursorStore =
+  | { getItem(key: string): string | null; setItem(key: string, value: string): void }
+  | { get(key: string): string | null | undefined; set(key: string, value: string): unknown };
+
+export interface ConnectOptions {
+  /** Called at connect and whenever the token expired or is about to; null for anonymous. */
+  getToken?: () => string | null | undefined | Promise<string | null | undefined>;
+  /** A fixed token (prefer getToken: a fixed token cannot be refreshed). */
+  token?: string;
+  /** Transports to use, best first (default ["ws", "sse", "poll"]). */
+  transports?: TransportName[];
+  /** One transport only, or "auto" (the default). */
+  transport?: TransportName | "auto";
+  /** Keeps each subscription's cursor, so that a reload resumes. */
+  store?: CursorStore;
+  /** Prefix of the store's keys (default "clarion:cursor:"). */
+  storePrefix?: string;
+  /** Backoff base and cap in milliseconds (defaults 500 and 20000). */
+  backoffBase?: number;
+  backoffCap?: number;
+  /** How often to try a better transport after a fallback, in ms (default 60000; 0: never). */
+  upgradeInterval?: number;
+  /** Seconds a long poll waits (default 25). */
+  pollTimeout?: number;
+  /** Milliseconds a WebSocket may take to answer the connect op (default 10000). */
+  openTimeout?: number;
+  /** The page's URL to resolve a relative `url` against (default: location). */
+  base?: string;
+  onState?: (state: ClientState, transport: TransportName | null) => void;
+  onDisconnect?: (event: DisconnectedEvent) => void;
+}
+
+export type ClientState = "connecting" | "connected" | "disconnected" | "closed";
+
+export interface ConnectionEvent { transport: TransportName | null }
+export interface DisconnectedEvent extends ConnectionEvent {
+  code: number | null; reason: string; reconnect: boolean;
+}
+
+export interface Publication<T = unknown> {
+  channel: string; offset: number; epoch: string; data: T; time: number; cursor: string;
+  info?: { client?: string; user?: string; info?: unknown }; id?: string;
+}
+export interface ResetEvent { channel: string; reason: "epoch" | "trimmed" | "position" | "lost" | string; cursor: string }
+export interface SubscribedEvent { channel: string; recovered: boolean; cursor: string | null; transport: TransportName | null }
+export interface UnsubscribedEvent {
+  channel: string;
+  /** "client", "server", "forbidden", or the error code that ended it. */
+  reason: string;
+}
+export interface PresenceEvent { channel: string; client: string; user: string | null; transport: string; info?: unknown }
+
+export interface ClarionError extends Error { code: string; status?: number }
+
+export interface SubscribeOptions<T = unknown> {
+  /** Resume after this cursor (default: the store's cursor for the channel). */
+  since?: string;
+  /** Starting from now, first deliver the newest stored publication. */
+  latest?: boolean;
+  onPublication?: (pub: Publication<T>) => void;
+  onReset?: (reset: ResetEvent) => void;
+  onSubscribing?: (event: { channel: string }) => void;
+  onSubscribed?: (event: SubscribedEvent) => void;
+  onUnsubscribed?: (event: UnsubscribedEvent) => void;
+  onJoin?: (event: PresenceEvent) => void;
+  onLeave?: (event: PresenceEvent) => void;
+  onError?: (error: ClarionError) => void;
+}
+
+interface SubscriptionEvents<T> {
+  publication: Publication<T>; reset: ResetEvent; subscribing: { channel: string };
+  subscribed: SubscribedEvent; unsubscribed: UnsubscribedEvent;
+  join: PresenceEvent; leave: PresenceEvent; error: ClarionError;
+}
+
+export interface Subscription<T = unknown> {
+  readonly channel: string;
+  readonly cursor: string | null;
+  readonly state: "subscribing" | "subscribed" | "unsubscribed";
+  on<K extends keyof SubscriptionEvents<T>>(event: K, fn: (e: SubscriptionEvents<T>[K]) => void): () => void;
+  off<K extends keyof SubscriptionEvents<T>>(event: K, fn: (e: SubscriptionEvents<T>[K]) => void): void;
+  unsubscribe(): void;
+}
+
+export interface PublishResult { offset: number; epoch: string; cursor: string }
+export interface HistoryOptions { since?: string; limit?: number; reverse?: boolean }
+export interface HistoryResult<T = unknown> {
+  publications: Publication<T>[]; cursor: string; more: boolean;
+  reset?: { channel: string; reason: string };
+}
+export interface PresenceResult {
+  clients: { client: string; user: string | null; transport: string; info?: unknown }[];
+}
+
+interface ClientEvents {
+  connecting: ConnectionEvent; connected: ConnectionEvent; disconnected: DisconnectedEvent;
+  closed: ConnectionEvent; error: Error; subscription: Subscription;
+}
+
+export interface Client {
+  /** The transport in use, or being tried. */
+  readonly transport: TransportName | null;
+  readonly state: ClientState;
+  /** The hub's id for this connection and the token's user (WebSocket only). */
+  readonly clientId: string | null;
+  readonly user: string | null;
+  subscribe<T = unknown>(channel: string, options?: SubscribeOptions<T>): Subscription<T>;
+  getSubscription(channel: string): Subscription | null;
+  /** `id`: an idempotency key; `ephemeral` (with an optional `key`): a live signal, not stored. */
+  publish(
+    channel: string, data: unknown, options?: { id?: string; ephemeral?: boolean; key?: string },
+  ): Promise<PublishResult>;
+  history<T = unknown>(channel: string, options?: HistoryOptions): Promise<HistoryResult<T>>;
+  presence(channel: string): Promise<PresenceResult>;
+  on<K extends keyof ClientEvents>(event: K, fn: (e: ClientEvents[K]) => void): () => void;
+  on(event: "state", fn: (state: ClientState, transport: TransportName | null) => void): () => void;
+  off(event: string, fn: (...args: any[]) => void): void;
+  close(): void;
+}
+
+export declare function connect(url: string, options?: ConnectOptions): Client;

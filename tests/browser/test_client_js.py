@@ -1,0 +1,290 @@
+"""The browser client in headless Chromium against real hubs: every transport, every fallback
+step, token refresh, publishing with a user's token, resume after a reload."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clarion.core.auth import mint_token
+from clarion.protocol.cursor import encode_single
+
+from ..conftest import RunningHub, timeout
+from .test_browser import CHROMIUM, FLAGS
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (scripts/test does it)"
+)
+SECRET = "browser-test-secret-0123456789abcdef"
+TRANSPORTS = ["ws", "sse", "poll"]
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True
+        )
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+@pytest.fixture
+async def page(browser: Any) -> Any:
+    return await browser.new_page()
+
+
+async def secured(hub_factory: Any, **kw: Any) -> RunningHub:
+    hub: RunningHub = await hub_factory(
+        token_secret=SECRET, api_key="backend-key", allowed_origins=["http://127.0.0.1:*"], **kw
+    )
+    return hub
+
+
+def alice(ttl: float = 3600) -> str:
+    return mint_token(SECRET, "alice", ["chat:*"], publish=["chat:*"], ttl=ttl)
+
+
+# The page under test: one client, everything it sees recorded on window.
+SETUP = """async ([options, channel, subscribeOptions]) => {
+    const { connect } = await import('/clarion.js');
+    window.log = { pubs: [], events: [], states: [], tokens: 0 };
+    const opts = { backoffBase: 50, backoffCap: 1000, ...options };
+    if (opts.tokenFromPage) {
+        opts.getToken = async () => { window.log.tokens += 1; return await window.mintToken(); };
+    }
+    if (opts.useStore) opts.store = localStorage;
+    window.client = connect(location.origin, opts);
+    for (const s of ['connecting', 'connected', 'disconnected', 'closed']) {
+        window.client.on(s, (e) => window.log.states.push(s + ':' + e.transport
+            + (e.code ? ':' + e.code : '')));
+    }
+    if (channel) {
+        window.sub = window.client.subscribe(channel, {
+            ...subscribeOptions,
+            onPublication: (p) => window.log.pubs.push(p.data),
+        });
+        for (const e of ['subscribing', 'subscribed', 'reset', 'unsubscribed']) {
+            window.sub.on(e, (d) => window.log.events.push({ event: e, ...d }));
+        }
+    }
+}"""
+
+
+async def open_client(
+    page: Any,
+    hub: RunningHub,
+    options: dict[str, Any],
+    channel: str | None = "chat:lobby",
+    subscribe: dict[str, Any] | None = None,
+) -> None:
+    if page.url != hub.http_url + "/healthz":
+        await page.goto(hub.http_url + "/healthz")  # the hub's origin
+    await page.evaluate(SETUP, [options, channel, subscribe or {}])
+
+
+async def wait_for(page: Any, expression: str, seconds: float = 10) -> Any:
+    await page.wait_for_function(expression, timeout=timeout(seconds) * 1000)
+    return await page.evaluate(expression)
+
+
+async def pubs(page: Any, count: int, seconds: float = 10) -> list[Any]:
+    await wait_for(page, f"window.log.pubs.length >= {count}", seconds)
+    result: list[Any] = await page.evaluate("window.log.pubs")
+    return result
+
+
+async def subscribed(hub: RunningHub, channel: str, count: int = 1) -> None:
+    for _ in range(int(timeout(10) / 0.05)):
+        if sum(channel in s.subscriptions for s in hub.hub.sessions.values()) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"nobody subscribed to {channel}")
+
+
+async def test_the_hub_serves_the_client_package(hub: RunningHub) -> None:
+    package = Path(__file__).parents[2] / "clients" / "js" / "clarion.js"
+    async with hub.http() as http:
+        r = await http.get("/clarion.js")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/javascript")
+    assert r.content == package.read_bytes()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_each_transport_refreshes_five_second_tokens(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    hub = await secured(hub_factory)
+    await page.expose_function("mintToken", lambda: alice(ttl=5))
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    await open_client(
+        page, hub, {"transports": [transport], "tokenFromPage": True, "pollTimeout": 2}
+    )
+    await wait_for(page, f"window.log.states.includes('connected:{transport}')")
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", "before")
+    assert await pubs(page, 1) == ["before"]
+    # Past two expiries: publications keep coming, with new tokens.
+    await asyncio.sleep(11)
+    await hub.publish("chat:lobby", "after")
+    assert await pubs(page, 2) == ["before", "after"]
+    assert await page.evaluate("window.log.tokens") >= 3
+    assert await page.evaluate("window.client.transport") == transport
+    if transport == "ws":
+        # Refreshed on the open connection: never closed, the token never in a URL.
+        assert not [s for s in await page.evaluate("window.log.states") if "disconnected" in s]
+        assert sockets and all("token" not in url for url in sockets)
+    else:
+        assert not sockets
+
+
+@pytest.mark.parametrize("transport", ["ws"])
+async def test_each_transport_publishes_with_the_users_token(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    hub = await secured(hub_factory)
+    token = alice()
+    await open_client(page, hub, {"transports": [transport], "token": token})
+    await wait_for(page, f"window.log.states.includes('connected:{transport}')")
+    await subscribed(hub, "chat:lobby")
+    reply = await page.evaluate("window.client.publish('chat:lobby', {text: 'hi'})")
+    assert reply["offset"] == 1
+    assert await pubs(page, 1) == [{"text": "hi"}]
+    history = await page.evaluate("window.client.history('chat:lobby', {limit: 10})")
+    assert [p["data"] for p in history["publications"]] == [{"text": "hi"}]
+    # The token's permissions hold on every transport: no publishing to other channels.
+    refused = await page.evaluate(
+        "window.client.publish('news:x', 1).then(() => null, (e) => e.code)"
+    )
+    assert refused == "forbidden"
+
+
+async def test_falls_back_from_websocket_to_sse_then_poll(page: Any, hub: RunningHub) -> None:
+    # A proxy that refuses upgrades, then one that cuts event streams.
+    async def refuse(ws: Any) -> None:
+        await ws.close()
+
+    await page.route_web_socket("**/ws", refuse)
+    await open_client(page, hub, {})
+    await wait_for(page, "window.log.states.includes('connected:sse')")
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", 1)
+    assert await pubs(page, 1) == [1]
+
+    await page.route("**/sse?*", lambda route: route.abort())
+    for session in list(hub.hub.sessions.values()):
+        session.close(4000)
+    await wait_for(page, "window.log.states.includes('connected:poll')")
+    await hub.publish("chat:lobby", 2)
+    assert await pubs(page, 2) == [1, 2]
+    assert await page.evaluate("window.client.transport") == "poll"
+
+
+async def test_a_hub_that_is_down_is_retried_on_the_same_transport(
+    page: Any, hub: RunningHub
+) -> None:
+    # Nothing answers: the WebSocket fails, and so does the hub's health check.
+    blocked = {"on": True}
+
+    async def ws_route(ws: Any) -> None:
+        if blocked["on"]:
+            await ws.close()
+        else:
+            ws.connect_to_server()
+
+    async def health(route: Any) -> None:
+        await (route.abort() if blocked["on"] else route.continue_())
+
+    await page.goto(hub.http_url + "/healthz")
+    await page.route_web_socket("**/ws", ws_route)
+    await page.route("**/healthz", health)
+    await open_client(page, hub, {})
+    await wait_for(page, "window.log.states.filter((s) => s === 'connecting:ws').length >= 3")
+    assert all(s.endswith(":ws") for s in await page.evaluate("window.log.states"))
+    blocked["on"] = False
+    await wait_for(page, "window.log.states.includes('connected:ws')")
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", "up")
+    assert await pubs(page, 1) == ["up"]
+
+
+async def test_moves_back_up_once_the_websocket_works_again(page: Any, hub: RunningHub) -> None:
+    blocked = {"on": True}
+
+    async def ws_route(ws: Any) -> None:
+        if blocked["on"]:
+            await ws.close()
+        else:
+            ws.connect_to_server()
+
+    await page.route_web_socket("**/ws", ws_route)
+    await open_client(page, hub, {"upgradeInterval": 500})
+    await wait_for(page, "window.log.states.includes('connected:sse')")
+    await hub.publish("chat:lobby", 1)
+    assert await pubs(page, 1) == [1]
+    blocked["on"] = False
+    await wait_for(page, "window.log.states.includes('connected:ws')")
+    await hub.publish("chat:lobby", 2)
+    assert await pubs(page, 2) == [1, 2]
+    assert await page.evaluate("window.client.transport") == "ws"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_reload_resumes_from_the_stored_cursor(
+    page: Any, hub: RunningHub, transport: str
+) -> None:
+    await open_client(page, hub, {"transports": [transport], "useStore": True})
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", 1)
+    assert await pubs(page, 1) == [1]
+    await page.reload()
+    for n in (2, 3):  # while the page is away
+        await hub.publish("chat:lobby", n)
+    await open_client(page, hub, {"transports": [transport], "useStore": True})
+    assert await pubs(page, 2) == [2, 3]
+    events = await page.evaluate("window.log.events")
+    assert [e["event"] for e in events][:2] == ["subscribing", "subscribed"]
+    assert events[1]["recovered"] is True
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_subscription_events_and_a_server_side_unsubscribe(
+    page: Any, hub: RunningHub, transport: str
+) -> None:
+    await open_client(page, hub, {"transports": [transport]})
+    await wait_for(page, "window.log.events.some((e) => e.event === 'subscribed')")
+    await subscribed(hub, "chat:lobby")
+    async with hub.http() as http:
+        client = next(iter(hub.hub.sessions))
+        r = await http.post("/api/unsubscribe", json={"client": client, "channel": "chat:lobby"})
+        assert r.status_code == 200
+    await wait_for(page, "window.log.events.some((e) => e.event === 'unsubscribed')")
+    events = await page.evaluate("window.log.events")
+    assert [e["event"] for e in events] == ["subscribing", "subscribed", "unsubscribed"]
+    assert events[1]["recovered"] is True
+    assert events[2]["reason"] == "server"
+    assert await page.evaluate("window.client.getSubscription('chat:lobby')") is None
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_reset_is_told_with_its_reason(page: Any, hub: RunningHub, transport: str) -> None:
+    await hub.publish("chat:lobby", 1)
+    # A cursor of an epoch the channel never had: history cannot cover the gap.
+    stale = encode_single("chat:lobby", "000000000000", 1)
+    await open_client(page, hub, {"transports": [transport]}, subscribe={"since": stale})
+    await wait_for(page, "window.log.events.some((e) => e.event === 'reset')")
+    reset = next(e for e in await page.evaluate("window.log.events") if e["event"] == "reset")
+    assert reset["reason"] == "epoch" and reset["cursor"] != stale
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", 2)
+    assert await pubs(page, 1) == [2]

@@ -288,3 +288,16 @@ async def test_a_reset_is_told_with_its_reason(page: Any, hub: RunningHub, trans
     await subscribed(hub, "chat:lobby")
     await hub.publish("chat:lobby", 2)
     assert await pubs(page, 1) == [2]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_latest_gives_the_newest_stored_publication_first(
+    page: Any, hub: RunningHub, transport: str
+) -> None:
+    for n in (1, 2):
+        await hub.publish("chat:lobby", n)
+    await open_client(page, hub, {"transports": [transport]}, subscribe={"latest": True})
+    assert await pubs(page, 1) == [2]
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", 3)
+    assert await pubs(page, 2) == [2, 3]

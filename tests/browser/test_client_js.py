@@ -148,7 +148,7 @@ async def test_each_transport_refreshes_five_second_tokens(
         assert not sockets
 
 
-@pytest.mark.parametrize("transport", ["ws"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_each_transport_publishes_with_the_users_token(
     page: Any, hub_factory: Any, transport: str
 ) -> None:
@@ -162,6 +162,9 @@ async def test_each_transport_publishes_with_the_users_token(
     assert await pubs(page, 1) == [{"text": "hi"}]
     history = await page.evaluate("window.client.history('chat:lobby', {limit: 10})")
     assert [p["data"] for p in history["publications"]] == [{"text": "hi"}]
+    presence = await page.evaluate("window.client.presence('chat:lobby')")
+    users = [c["user"] for c in presence["clients"]]
+    assert users == ([] if transport == "poll" else ["alice"])  # a poll is in no presence
     # The token's permissions hold on every transport: no publishing to other channels.
     refused = await page.evaluate(
         "window.client.publish('news:x', 1).then(() => null, (e) => e.code)"

@@ -22,9 +22,10 @@ from clarion import Hub, Settings
 from ..conftest import RunningHub, timeout
 
 KEY = "paths-key"
-# Public without the API key. /sse, /poll, /ws and /stomp take connection tokens instead.
+# Public without the API key. The client transports and the client API take connection tokens.
 PUBLIC = {"/healthz", "/clarion.js"}
-TOKEN_AUTH = {"/sse", "/poll", "/ws", "/stomp"}
+TOKEN_AUTH = {"/sse", "/poll", "/ws", "/stomp", "/client/publish", "/client/history"}
+TOKEN_AUTH |= {"/client/presence"}
 
 
 def _concrete(path: str) -> str:

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from clarion.asgi import access
 from clarion.asgi.api import ServerAPI
+from clarion.asgi.clientapi import ClientEndpoint
 from clarion.asgi.openapi import document
 from clarion.asgi.poll import PollEndpoint
 from clarion.asgi.publish import PublishEndpoint
@@ -137,6 +138,10 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
         # Raw ASGI endpoints: they answer OPTIONS (CORS preflight) and 405 themselves.
         Route("/sse", SseEndpoint(hub)),
         Route("/poll", PollEndpoint(hub)),
+        # The client API for sessions off WebSocket: connection tokens, client rules.
+        Route("/client/publish", ClientEndpoint(hub, "publish"), methods=["POST", "OPTIONS"]),
+        Route("/client/history", ClientEndpoint(hub, "history")),
+        Route("/client/presence", ClientEndpoint(hub, "presence")),
         *webhook_routes(hub),
     ]
     router = Starlette(

@@ -44,6 +44,63 @@ def _query(name: str, required: bool, schema: dict[str, Any], description: str) 
     }
 
 
+_TOKEN = _query("token", False, {"type": "string"}, "connection token (or Authorization: Bearer)")
+
+
+def _client_api(errors: dict[str, Any]) -> dict[str, Any]:
+    """The client API: what the WebSocket ops do, for sessions on SSE or polling."""
+    preflight = {
+        "summary": "CORS preflight",
+        "security": [],
+        "responses": {"204": {"description": "allowed methods and headers"}, "403": _ERROR},
+    }
+    return {
+        "/client/publish": {
+            "post": {
+                "summary": "Publish with a connection token (as the `publish` op)",
+                "description": "The token's `publish` permissions, the hooks and the client "
+                "publish rate apply, per user (or address without a user).",
+                "security": [{"bearer": []}],
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["channel", "data"],
+                        "properties": {
+                            "channel": _CHANNEL,
+                            "data": {},
+                            "pub_id": {"type": "string", "maxLength": 128},
+                        },
+                    }
+                ),
+                "responses": {"200": _ok({"type": "object"}), **errors},
+            },
+            "options": preflight,
+        },
+        "/client/history": {
+            "get": {
+                "summary": "History with a connection token (as the `history` op)",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    _query("channel", True, _CHANNEL, "the channel"),
+                    _query("since", False, {"type": "string"}, "after this cursor"),
+                    _query("limit", False, {"type": "integer"}, "at most this many, 0-1000"),
+                    _query("reverse", False, {"type": "boolean"}, "newest first"),
+                    _TOKEN,
+                ],
+                "responses": {"200": _ok({"type": "object"}), **errors},
+            }
+        },
+        "/client/presence": {
+            "get": {
+                "summary": "Presence with a connection token (as the `presence` op)",
+                "security": [{"bearer": []}],
+                "parameters": [_query("channel", True, _CHANNEL, "the channel"), _TOKEN],
+                "responses": {"200": _ok({"type": "object"}), **errors},
+            }
+        },
+    }
+
+
 def _path_id() -> dict[str, Any]:
     return {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -75,7 +132,13 @@ def document() -> dict[str, Any]:
                     "in": "header",
                     "name": "Authorization",
                     "description": "`Authorization: apikey <key>`; not needed in development mode",
-                }
+                },
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "a connection token, as the client transports take it",
+                },
             },
             "schemas": {
                 "Publication": {
@@ -267,6 +330,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            **_client_api(errors),
             "/api/webhooks": {
                 "get": {
                     "summary": "Webhook endpoints and their delivery state",

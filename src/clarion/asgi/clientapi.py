@@ -1,0 +1,172 @@
+"""``/client/publish``, ``/client/history``, ``/client/presence``: what a WebSocket session does
+with its ``publish``, ``history`` and ``presence`` ops, for clients on SSE or polling.
+
+They take the connection token (``Authorization: Bearer``, ``token=`` or the cookie), never the
+API key, and apply the client rules: the token's channel and publish permissions, the hooks, the
+client publish rate, ``presence_read``. Each request is a session while it runs, like a poll.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+
+from clarion.asgi import access
+from clarion.asgi.poll import PollWaiter
+from clarion.asgi.publish import parse_object, read_body
+from clarion.asgi.sse import query_params, send_error, send_json, single_param
+from clarion.asgi.websocket import history_body
+from clarion.core.hub import Hub
+from clarion.core.limits import TokenBucket
+from clarion.core.session import Session
+from clarion.errors import BadRequest, ClarionError, Forbidden, LimitExceeded
+from clarion.protocol import messages
+from clarion.protocol.codes import CloseCode
+from clarion.protocol.messages import Command, CommandError
+
+log = logging.getLogger("clarion.api")
+
+ALLOWED_HEADERS = b"authorization, content-type"
+MAX_RATE_KEYS = 65536  # users and addresses whose publish rate is remembered at once
+
+
+class _Rates:
+    """Publish rates across requests: one bucket per user (or address, without a user), so a
+    client publishing over HTTP gets the rate of one connection, not one per request."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def take(self, session: Session) -> bool:
+        key = f"user:{session.user}" if session.user is not None else f"ip:{session.ip_key}"
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            limits = self.hub.settings.limits
+            bucket = TokenBucket(limits.client_publish_rate, limits.client_publish_burst)
+            self.buckets[key] = bucket
+            if len(self.buckets) > MAX_RATE_KEYS:  # bounded: the least recent one goes
+                self.buckets.popitem(last=False)
+        else:
+            self.buckets.move_to_end(key)
+        return bucket.take()
+
+
+def _command(obj: dict[str, Any]) -> Command:
+    try:
+        return messages.parse_command(orjson.dumps(obj))
+    except CommandError as exc:
+        raise BadRequest(exc.message, code=exc.code) from None
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value in (None, "0", "false"):
+        return False
+    if value in ("1", "true"):
+        return True
+    raise BadRequest(f"{name} must be 1, true, 0 or false")
+
+
+class ClientEndpoint:
+    """One raw ASGI endpoint for the three paths: origin, CORS preflight, errors, a session."""
+
+    def __init__(self, hub: Hub, op: str) -> None:
+        self.hub = hub
+        self.op = op
+        self.method = "POST" if op == "publish" else "GET"
+        self.rates = _Rates(hub)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        hub = self.hub
+        cors = access.cors_headers(hub, scope)
+        try:
+            if not access.origin_allowed(hub, scope):
+                raise Forbidden("origin not allowed", code="origin_forbidden")
+            method = scope["method"]
+            if method == "OPTIONS":
+                await self._preflight(send, cors)
+                return
+            if method != self.method:
+                exc = ClarionError(f"{method} is not allowed here", code="method_not_allowed")
+                exc.status = 405
+                raise exc
+            if hub.closing:
+                raise ClarionError("the hub is shutting down", code="shutting_down")
+            command = await self._read(scope, receive)
+            credentials = await hub.authenticate(access.credentials_for(hub, scope), "poll")
+            session = hub.open_session(
+                PollWaiter(0, 0), credentials, access.client_address(hub, scope)
+            )
+            try:
+                result = await self._run(session, command)
+            finally:
+                hub.close_session(session, CloseCode.NORMAL)
+        except ClarionError as exc:
+            await send_error(hub, send, exc, cors)
+            return
+        except Exception:
+            log.exception("client %s failed", self.op)
+            await send_error(hub, send, ClarionError("internal error", code="internal"), cors)
+            return
+        await send_json(send, 200, orjson.dumps(result), [(b"cache-control", b"no-store"), *cors])
+
+    async def _preflight(self, send: Any, cors: list[tuple[bytes, bytes]]) -> None:
+        headers = [
+            *cors,
+            (b"access-control-allow-methods", f"{self.method}, OPTIONS".encode()),
+            (b"access-control-allow-headers", ALLOWED_HEADERS),
+            (b"access-control-max-age", b"600"),
+            (b"content-length", b"0"),
+        ]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _read(self, scope: dict[str, Any], receive: Any) -> Command:
+        """The request as the op a WebSocket client would send, checked by the same codec."""
+        if self.op == "publish":
+            body = parse_object(await read_body(self.hub, scope, receive))
+            return _command({**body, "op": "publish", "id": None, "token": None})
+        params = query_params(self.hub, scope)
+        unknown = set(params) - {"channel", "since", "limit", "reverse", "token"}
+        if unknown:
+            raise BadRequest(f"unknown parameter {sorted(unknown)[0][:32]!r}")
+        obj: dict[str, Any] = {"op": self.op, "channel": single_param(params, "channel")}
+        if self.op == "history":
+            since = single_param(params, "since")
+            if since is not None:
+                obj["since"] = since
+            limit = single_param(params, "limit")
+            if limit is not None:
+                if not limit.isdigit() or len(limit) > 6:
+                    raise BadRequest("limit must be a whole number")
+                obj["limit"] = int(limit)
+            obj["reverse"] = _flag(single_param(params, "reverse"), "reverse")
+        return _command(obj)
+
+    async def _run(self, session: Session, cmd: Command) -> dict[str, Any]:
+        hub = self.hub
+        channel = cmd.channel
+        assert channel is not None
+        if cmd.op == "publish":
+            hub.auth.check_publish(session.credentials, channel)
+            if not self.rates.take(session):
+                raise LimitExceeded("publishing faster than the client rate", code="rate_limited")
+            pub = await session.publish(channel, cmd.data, idempotency_key=cmd.publication_id)
+            return {"offset": pub.offset, "epoch": pub.epoch, "cursor": hub.cursor_of(pub)}
+        await hub.authorize_read(session.credentials, channel, "poll", session.id)
+        if cmd.op == "history":
+            history, reason = await hub.history(
+                channel, since=cmd.since, limit=cmd.limit, reverse=cmd.reverse
+            )
+            return history_body(hub, channel, history, reason, reverse=cmd.reverse)
+        # A request is subscribed to nothing; a token that may read the channel could open a
+        # stream on it at once, so it counts as that stream's subscriber.
+        subscribed = session.user is not None
+        hub.auth.check_presence(session.credentials, channel, subscribed=subscribed)
+        info = hub.options(channel).presence_info
+        return {"clients": [e.to_dict(info=info) for e in await hub.presence(channel)]}

@@ -1,0 +1,246 @@
+"""``/client/publish``, ``/client/history``, ``/client/presence``: the WebSocket ops' rules for
+clients on SSE and polling, with the connection token, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from clarion.core.auth import mint_token
+
+from ..conftest import RunningHub
+
+SECRET = "client-api-secret-0123456789abcdef"
+ORIGIN = "https://app.example.com"
+
+
+def token(user: str = "alice", **kw: Any) -> str:
+    kw.setdefault("publish", ["chat:*"])
+    return mint_token(SECRET, user, kw.pop("channels", ["chat:*"]), **kw)
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {value}"}
+
+
+@pytest.fixture
+async def secured(hub_factory: Any) -> RunningHub:
+    hub: RunningHub = await hub_factory(
+        token_secret=SECRET,
+        api_key="backend-key",
+        allowed_origins=[ORIGIN],
+        limits={"client_publish_rate": 0.5, "client_publish_burst": 3},
+    )
+    return hub
+
+
+async def test_publish_history_and_presence_with_the_users_token(secured: RunningHub) -> None:
+    alice = token()
+    async with secured.http() as http:
+        r = await http.post(
+            "/client/publish", json={"channel": "chat:a", "data": {"t": 1}}, headers=bearer(alice)
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["offset"] == 1 and r.json()["cursor"]
+        await http.post(
+            "/client/publish", json={"channel": "chat:a", "data": {"t": 2}}, headers=bearer(alice)
+        )
+        r = await http.get("/client/history", params={"channel": "chat:a"}, headers=bearer(alice))
+        pubs = r.json()["publications"]
+        assert [p["data"] for p in pubs] == [{"t": 1}, {"t": 2}]
+        assert pubs[0]["info"]["user"] == "alice"  # who published, as over WebSocket
+        r = await http.get(
+            "/client/history",
+            params={"channel": "chat:a", "reverse": "1", "limit": "1"},
+            headers=bearer(alice),
+        )
+        assert [p["data"] for p in r.json()["publications"]] == [{"t": 2}]
+        async with secured.ws() as ws:
+            assert "ok" in await ws.call("connect", token=token("bob"))
+            await ws.subscribe("chat:a")
+            r = await http.get(
+                "/client/presence", params={"channel": "chat:a"}, headers=bearer(alice)
+            )
+            assert r.status_code == 200, r.text
+            assert [c["user"] for c in r.json()["clients"]] == ["bob"]
+    # Nothing stays behind: each request was a session only while it ran.
+    assert not secured.hub.sessions
+
+
+async def test_the_token_rules_apply_and_the_api_key_grants_nothing(secured: RunningHub) -> None:
+    async with secured.http() as http:
+
+        async def publish(channel: str, headers: dict[str, str]) -> httpx.Response:
+            return await http.post(
+                "/client/publish", json={"channel": channel, "data": 1}, headers=headers
+            )
+
+        # Anonymous, as over WebSocket; the backend's key makes no one a client.
+        r = await publish("chat:a", {})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+        r = await publish("chat:a", {"authorization": "apikey backend-key"})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+        r = await publish("news:a", bearer(token()))
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+        r = await publish("chat:a", bearer(token(publish=["other:*"])))
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+        r = await publish("chat:a", bearer(token(ttl=-10)))
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "token_expired")
+        r = await publish("chat:a", bearer("not-a-token"))
+        assert r.status_code == 401
+        for path in ("/client/history", "/client/presence"):
+            r = await http.get(path, params={"channel": "news:a"}, headers=bearer(token()))
+            assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden"), path
+            r = await http.get(path, params={"channel": "chat:a"})
+            assert r.status_code == 401, path
+        # The token may also come as ?token=, as on /sse and /poll.
+        r = await http.get("/client/history", params={"channel": "chat:a", "token": token()})
+        assert r.status_code == 200
+    assert secured.hub.stats.errors["forbidden"] >= 4
+
+
+async def test_publishing_is_held_to_the_client_rate_across_requests(secured: RunningHub) -> None:
+    alice = bearer(token())
+    async with secured.http() as http:
+        codes = []
+        for n in range(5):
+            r = await http.post(
+                "/client/publish", json={"channel": "chat:r", "data": n}, headers=alice
+            )
+            codes.append(r.status_code)
+        assert codes[:3] == [200, 200, 200]  # the burst
+        assert 429 in codes[3:]
+        r = await http.post("/client/publish", json={"channel": "chat:r", "data": 9}, headers=alice)
+        assert r.json()["error"]["code"] == "rate_limited"
+        # Another user has a bucket of their own.
+        r = await http.post(
+            "/client/publish", json={"channel": "chat:r", "data": 1}, headers=bearer(token("bob"))
+        )
+        assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kw", "status", "code"),
+    [
+        ("POST", "/client/publish", {"content": b"not json"}, 400, "bad_request"),
+        ("POST", "/client/publish", {"json": [1]}, 400, "bad_request"),
+        ("POST", "/client/publish", {"json": {"channel": "chat:a"}}, 400, "bad_request"),
+        (
+            "POST",
+            "/client/publish",
+            {"json": {"channel": "bad channel", "data": 1}},
+            400,
+            "bad_channel",
+        ),
+        (
+            "POST",
+            "/client/publish",
+            {"json": {"channel": "chat:a", "data": 1, "pub_id": 5}},
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/client/publish",
+            {"json": {"channel": "chat:a", "data": "x" * 70_000}},
+            413,
+            "too_large",
+        ),
+        ("GET", "/client/publish", {}, 405, "method_not_allowed"),
+        ("POST", "/client/history", {"json": {}}, 405, "method_not_allowed"),
+        ("GET", "/client/history", {}, 400, "bad_channel"),
+        (
+            "GET",
+            "/client/history",
+            {"params": {"channel": "chat:a", "since": "garbage"}},
+            400,
+            "bad_cursor",
+        ),
+        (
+            "GET",
+            "/client/history",
+            {"params": {"channel": "chat:a", "limit": "-1"}},
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/client/history",
+            {"params": {"channel": "chat:a", "limit": "5000"}},
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/client/history",
+            {"params": {"channel": "chat:a", "reverse": "maybe"}},
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/client/history",
+            {"params": [("channel", "chat:a"), ("channel", "chat:b")]},
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/client/presence",
+            {"params": {"channel": "chat:a", "other": "1"}},
+            400,
+            "bad_request",
+        ),
+    ],
+)
+async def test_bad_requests_get_documented_errors(
+    secured: RunningHub, method: str, path: str, kw: dict[str, Any], status: int, code: str
+) -> None:
+    async with secured.http() as http:
+        r = await http.request(method, path, headers=bearer(token()), **kw)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+    assert not secured.hub.sessions
+
+
+async def test_browser_origins_and_preflight(secured: RunningHub) -> None:
+    async with secured.http() as http:
+        r = await http.options(
+            "/client/publish",
+            headers={"origin": ORIGIN, "access-control-request-method": "POST"},
+        )
+        assert r.status_code == 204
+        assert r.headers["access-control-allow-origin"] == ORIGIN
+        assert "POST" in r.headers["access-control-allow-methods"]
+        assert "authorization" in r.headers["access-control-allow-headers"]
+        r = await http.post(
+            "/client/publish",
+            json={"channel": "chat:a", "data": 1},
+            headers={"origin": ORIGIN, **bearer(token())},
+        )
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN
+        # Another site's page cannot use a visitor's cookie to publish.
+        r = await http.post(
+            "/client/publish",
+            json={"channel": "chat:a", "data": 1},
+            headers={"origin": "https://evil.example", "cookie": f"clarion_token={token()}"},
+        )
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "origin_forbidden")
+        r = await http.get("/client/history", params={"channel": "chat:a"}, headers=bearer(token()))
+        assert [p["data"] for p in r.json()["publications"]] == [1]
+
+
+async def test_many_requests_at_once_leave_no_session(secured: RunningHub) -> None:
+    alice = bearer(token())
+    async with secured.http() as http:
+        replies = await asyncio.gather(
+            *(
+                http.get("/client/history", params={"channel": "chat:a"}, headers=alice)
+                for _ in range(30)
+            )
+        )
+    assert {r.status_code for r in replies} == {200}
+    assert not secured.hub.sessions

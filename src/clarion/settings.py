@@ -140,7 +140,8 @@ class Limits(BaseModel):
         10_000,
         ge=1,
         description="HTTP connections per node that wait on their client (a request on its "
-        "way, idle keep-alive) and STOMP sockets before CONNECT; beyond, refused (503 / 4503)",
+        "way, idle keep-alive) and WebSocket sockets without a session yet (STOMP before "
+        "CONNECT, /ws during a connect hook); beyond, refused (503 / 4503)",
     )
     max_pending_connections_per_ip: int = Field(
         1000,

@@ -23,11 +23,15 @@ from typing import Any
 
 import pytest
 
+from clarion import mint_token
+from clarion.webhooks.signing import generate_secret
+
 from ..conftest import RunningHub, timeout
 from .rawws import CLOSE, TEXT, masked, open_raw
 from .test_write_floods import STOMP_CONNECT, serve, small_send_buffers
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+SECRET = "a-long-enough-test-secret-0123456789"
 QUICK = {"handshake_timeout": 0.5, "body_timeout": 0.5, "keepalive_timeout": 0.5}
 
 
@@ -377,3 +381,49 @@ async def test_a_response_nobody_reads_is_cut(hub_factory: Any) -> None:
         assert not registry.tasks or all(task.done() for task in registry.tasks)
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("kind", ["clarion", "uvicorn"])
+async def test_ws_sockets_before_their_session_count_per_address(kind: str) -> None:
+    """A connect hook that takes its time: the /ws sockets waiting for it have no session
+    yet, and count against the same per-address cap as STOMP sockets before CONNECT."""
+    accepted: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(  # a backend that accepts and never answers
+        lambda reader, writer: accepted.append(writer), "127.0.0.1", 0
+    )
+    url = f"http://127.0.0.1:{silent.sockets[0].getsockname()[1]}/hook"
+    settings: dict[str, Any] = {
+        "token_secret": SECRET,
+        "api_key": "k",
+        "hooks": {"connect_url": url, "secret": generate_secret(), "timeout": 30},
+        "limits": {"max_pending_connections_per_ip": 2},
+    }
+    path = "/ws?token=" + mint_token(SECRET, "u", ["chat:*"])
+    try:
+        async with serve(kind, **settings) as running:
+            hub = running.hub
+            held = [await open_raw(running.port, path, "clarion.v1") for _ in range(2)]
+            deadline = time.monotonic() + timeout(5)
+            while hub.pending.total < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            refused = await open_raw(running.port, path, "clarion.v1")
+            while True:
+                opcode, payload = await asyncio.wait_for(refused.read_frame(), timeout(5))
+                if opcode == CLOSE:
+                    break
+            assert int.from_bytes(payload[:2], "big") == 4503
+            refused.close()
+            assert hub.pending.by_key == {"127.0.0.1": 2}
+            for ws in held:
+                ws.close()
+            for writer in accepted:  # the hook fails: the hub gives up on those sockets
+                writer.close()
+            deadline = time.monotonic() + timeout(5)
+            while hub.pending.total:  # nothing left counted
+                assert time.monotonic() < deadline, hub.pending.by_key
+                await asyncio.sleep(0.02)
+    finally:
+        for writer in accepted:
+            writer.close()
+        silent.close()

@@ -35,7 +35,6 @@ from clarion.errors import ClarionError, ClientError, Forbidden, LimitExceeded, 
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.frames import text_frame
-from clarion.protocol.proxies import address_key
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.protocol.stomp import (
     Abort,
@@ -276,7 +275,7 @@ class StompConnection:
         self.closed = False
         # Counted in hub.pending until CONNECT opens a session (which counts instead).
         self.address = access.client_address(hub, scope)
-        self._pending_key = address_key(self.address, limits.ipv6_prefix) if self.address else None
+        self._pending_key = hub.pending_key(self.address)
         self._pending = False
         self.last_received = time.monotonic()
         self._receipt: str | None = None  # of the frame being carried out

@@ -65,12 +65,22 @@ class ClarionWebSocket:
             transport = FastTransport(fast["connection"], limit, overflow)
         else:
             transport = AsgiTransport(send, limit, overflow)
+        address = access.client_address(hub, scope)
+        # Until its session opens (the connect hook may take a while) the socket counts against
+        # the caps for sockets without a session; from then on the session counts.
+        pending_key = hub.pending_key(address)
+        pending = hub.pending.admit(pending_key)
         try:
             if refusal is not None:
                 raise refusal
+            if not pending:
+                raise LimitExceeded(
+                    "too many connections without a session from this address",
+                    code="too_many_connections",
+                )
             if hub.hooks is not None:
                 credentials = await hub.authenticate(credentials, transport.kind)
-            session = hub.open_session(transport, credentials, access.client_address(hub, scope))
+            session = hub.open_session(transport, credentials, address)
         except LimitExceeded as exc:
             transport.close(_limit_close_code(exc), exc.message)
             await self._drain_until_closed(receive, transport)
@@ -86,6 +96,9 @@ class ClarionWebSocket:
             transport.close(code, f"{exc.code}: {exc.message}")
             await self._drain_until_closed(receive, transport)
             return
+        finally:
+            if pending:
+                hub.pending.release(pending_key)
         # Nothing below needs the scope: let its headers go for the connection's lifetime.
         del scope
         hub.subscribe_claimed(session)

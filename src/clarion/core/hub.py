@@ -30,6 +30,7 @@ from clarion.errors import (
 from clarion.protocol.channels import namespace_of, validate_channel
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor, encode_single
+from clarion.protocol.proxies import address_key
 from clarion.protocol.publication import Publication, StreamPosition, payload_size
 from clarion.settings import REDIS_URL_SCHEMES, NamespaceOptions, Settings
 
@@ -95,7 +96,7 @@ class Hub:
         self.pending = AddressCount(
             limits.max_pending_connections_per_ip,
             limits.max_pending_connections,
-            Refusals(log, "socket(s) before CONNECT"),
+            Refusals(log, "WebSocket(s) without a session"),
         )
         self.revocations = Revocations()
         # Set by the application layer when ``[hooks]`` are configured.
@@ -486,6 +487,12 @@ class Hub:
         if self._reports_lifecycle(session):
             self.emit("connect", self._session_info(session))
         return session
+
+    def pending_key(self, client_ip: str | None) -> str | None:
+        """What caps count a client address as (IPv6: its ``ipv6_prefix`` network)."""
+        if client_ip is None:
+            return None
+        return address_key(client_ip, self.settings.limits.ipv6_prefix)
 
     def _reports_lifecycle(self, session: Session) -> bool:
         # A poll is a session per request: reporting each as connect/subscribe/disconnect

@@ -445,3 +445,18 @@ async def test_history_reads_share_decoded_publications_of_one_epoch(
     after = await a.history("c", OPTS)
     assert [p.data for p in after.publications] == ["new"]
     assert after.position.epoch != first.position.epoch
+
+
+async def test_a_closed_engine_refuses_calls_instead_of_reconnecting(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    engine = RedisEngine(f"{redis_server.url}?check_interval=5", Settings())
+    await engine.start(RecordingSink())
+    await engine.presence_add("c", PresenceEntry("s1", None))
+    await engine.close()
+    clients = len(await raw.client_list())
+    with pytest.raises(EngineUnavailable, match="closed"):
+        await engine.presence_remove("c", "s1")
+    with pytest.raises(EngineUnavailable, match="closed"):
+        await engine.history("c", OPTS)
+    assert len(await raw.client_list()) == clients

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 MAX_BATCH = 256  # commands per pipeline: bounds one write, one reply and one caller's wait
@@ -52,6 +53,7 @@ class Batcher:
         self._client = client
         self._queued: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def script(self, script: Any, keys: list[Any], args: list[Any] | None = None) -> Any:
         """Run a registered script (``client.register_script``) in the next batch."""
@@ -62,6 +64,9 @@ class Batcher:
         return await self._add(_Call(None, [], list(args)))
 
     def _add(self, call: _Call) -> asyncio.Future[Any]:
+        if self._closed:  # e.g. a session's cleanup after the engine closed: no new connection
+            call.future.set_exception(RedisConnectionError("the redis engine is closed"))
+            return call.future
         if not self._queued:
             asyncio.get_running_loop().call_soon(self._flush)
         self._queued.append(call)
@@ -114,8 +119,9 @@ class Batcher:
                 results[i] = result
         return results
 
-    async def drain(self, timeout: float) -> None:
-        """Let the pipelines under way finish (at close), for at most ``timeout`` seconds."""
+    async def close(self, timeout: float) -> None:
+        """Refuse new commands; let those queued or under way finish, for at most ``timeout``."""
+        self._closed = True
         if self._queued:
             self._flush()
         if self._sending:

@@ -170,7 +170,7 @@ class RedisEngine:
             await self._link.close()
             self._link = None
         if self._client is not None:
-            await self._batch.drain(PING_TIMEOUT)
+            await self._batch.close(PING_TIMEOUT)
         # Leave presence now rather than after the TTL; best effort.
         if self._presence and self._client is not None:
             with contextlib.suppress(Exception):

@@ -20,7 +20,16 @@ pytestmark = pytest.mark.timeout(30)
 
 async def run_trackers(trackers: list[Tracker], urls: list[str], stop: asyncio.Event) -> list:
     tasks = [asyncio.create_task(t.run(urls, until=stop)) for t in trackers]
-    await asyncio.wait_for(asyncio.gather(*(t.subscribed.wait() for t in trackers)), 10)
+    subscribed = asyncio.ensure_future(asyncio.gather(*(t.subscribed.wait() for t in trackers)))
+    done, _ = await asyncio.wait(
+        [subscribed, *tasks], timeout=timeout(10), return_when=asyncio.FIRST_COMPLETED
+    )
+    for task in tasks:
+        if task in done:
+            task.result()  # raises what ended it, e.g. a refused subscribe
+    if subscribed not in done:
+        subscribed.cancel()
+        raise AssertionError("the trackers did not subscribe in time")
     return tasks
 
 
@@ -128,6 +137,11 @@ async def test_redis_restarted_without_persistence_means_reset_never_silent_gap(
         live.assert_clean()
         assert live.offsets[-1][0] != live.offsets[0][0]
 
+        # Until its pub/sub link is back, b answers a subscribe engine_unavailable (retry).
+        async def b_healthy() -> bool:
+            return (await api.get("/healthz")).status_code == 200
+
+        await eventually(b_healthy, timeout=timeout(10))
         stop_away = asyncio.Event()
         tasks += await run_trackers([away], [b.ws_url], stop_away)
         assert away.resets == ["epoch"]

@@ -8,7 +8,8 @@ from clarion.errors import ClarionError
 
 EXPECTED = {
     "Backoff", "Client", "ClientClosed", "ConnectFailed", "ConnectionLost", "Disconnected",
-    "History", "Member", "Message", "Published", "RequestFailed", "RequestTimeout", "Reset",
+    "History", "Member", "Message", "PresenceStats", "PresentUser", "Published", "RequestFailed",
+    "RequestTimeout", "Reset",
     "Subscription", "TransportName", "connect", "run_subscribe",
 }  # fmt: skip
 

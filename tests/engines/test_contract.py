@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from clarion.engines.base import History, PresenceEntry
+from clarion.engines.base import History, PresenceEntry, PresenceStats
 from clarion.protocol.publication import StreamPosition
 from clarion.settings import NamespaceOptions
 
@@ -273,6 +273,33 @@ async def test_presence_add_remove_list(engine: Subject) -> None:
     await e.presence_remove("c", "c3")
     assert await e.presence("c") == []
     assert [p.client for p in await e.presence("other")] == ["c9"]
+
+
+async def test_presence_stats_count_clients_and_distinct_users(engine: Subject) -> None:
+    e = engine.engine
+    assert await e.presence_stats("c") == PresenceStats(0, 0)
+    entries = [
+        PresenceEntry("a1", "alice"),
+        PresenceEntry("a2", "alice", {"tab": 2}),
+        PresenceEntry("b1", "bob"),
+        PresenceEntry("x1", None),
+    ]
+    for entry in entries:
+        await e.presence_add("c", entry)
+    await e.presence_add("other", PresenceEntry("z1", "zed"))
+    assert await e.presence_stats("c") == PresenceStats(4, 2)
+    await e.presence_add("c", PresenceEntry("a1", "alice", {"tab": 1}))  # a refresh counts once
+    assert await e.presence_stats("c") == PresenceStats(4, 2)
+    await e.presence_remove("c", "a1")
+    assert await e.presence_stats("c") == PresenceStats(3, 2)  # alice keeps a client
+    await e.presence_remove("c", "a2")
+    assert await e.presence_stats("c") == PresenceStats(2, 1)
+    await e.presence_remove("c", "x1")
+    await e.presence_remove("c", "x1")  # twice: nothing more
+    assert await e.presence_stats("c") == PresenceStats(1, 1)
+    await e.presence_remove("c", "b1")
+    assert await e.presence_stats("c") == PresenceStats(0, 0)
+    assert await e.presence_stats("other") == PresenceStats(1, 1)
 
 
 # ---- delivery -----------------------------------------------------------------------------

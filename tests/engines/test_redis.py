@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from clarion.engines.base import History, PresenceEntry
+from clarion.engines.base import History, PresenceEntry, PresenceStats
 from clarion.engines.redis import RedisEngine
 from clarion.engines.redis.connect import parse_url
 from clarion.errors import ConfigError, EngineUnavailable
@@ -164,6 +164,27 @@ async def test_presence_of_a_crashed_node_expires(nodes: Callable[..., Any]) -> 
         assert time.monotonic() - crashed < 3.0  # the TTL, and some slack
         await asyncio.sleep(0.05)
     assert time.monotonic() - crashed > 0.4  # refreshed entries outlive the crash a while
+
+
+async def test_presence_stats_of_a_crashed_node_expire(nodes: Callable[..., Any]) -> None:
+    a, _ = await nodes("presence_ttl=1.5")
+    b, _ = await nodes("presence_ttl=1.5")
+    await a.presence_add("c", PresenceEntry("a1", "alice"))
+    await a.presence_add("c", PresenceEntry("a2", "carol"))
+    await b.presence_add("c", PresenceEntry("b1", "alice"))
+    await b.presence_add("c", PresenceEntry("b2", "bob"))
+    await asyncio.sleep(2.0)  # past the TTL: both alive nodes refreshed their entries
+    assert await b.presence_stats("c") == PresenceStats(4, 3)
+    for task in a._tasks:  # a "crashes"
+        task.cancel()
+    a._presence.clear()
+    crashed = time.monotonic()
+    # alice stays (b holds one of her clients); carol goes with a's leases.
+    while await b.presence_stats("c") != PresenceStats(2, 2):
+        assert time.monotonic() - crashed < 3.0
+        await asyncio.sleep(0.05)
+    await b.presence_remove("c", "b1")
+    assert await b.presence_stats("c") == PresenceStats(1, 1)
 
 
 async def test_meta_lost_with_stream_left_over_starts_a_clean_epoch(

@@ -220,7 +220,7 @@ async def test_polls_are_sessions_but_never_join_presence(hub: RunningHub) -> No
         await hub.publish("chat:lobby", "x")
         await asyncio.wait_for(request, timeout(5))
     assert 'clarion_connections{transport="poll"} 1.0' in metrics
-    assert presence == {"clients": []}
+    assert presence == {"clients": [], "users": [], "anonymous": 0}
 
 
 async def test_a_thousand_concurrent_long_polls_answered_by_one_publish(hub: RunningHub) -> None:

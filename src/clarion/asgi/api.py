@@ -15,6 +15,7 @@ from clarion.asgi.publish import parse_object, read_body
 from clarion.asgi.responses import JSONResponse
 from clarion.asgi.websocket import history_body
 from clarion.core.hub import Hub
+from clarion.engines.base import presence_body
 from clarion.errors import BadRequest
 from clarion.protocol.channels import validate_channel
 
@@ -99,7 +100,12 @@ class ServerAPI:
         self._authorize(request)
         channel = validate_channel(_param(request, "channel"))
         entries = await self.hub.presence(channel)
-        return JSONResponse({"clients": [e.to_dict(address=True) for e in entries]})
+        return JSONResponse(presence_body(entries, info=True, address=True))
+
+    async def presence_stats(self, request: Request) -> Response:
+        self._authorize(request)
+        channel = validate_channel(_param(request, "channel"))
+        return JSONResponse((await self.hub.presence_stats(channel)).to_dict())
 
     async def channels(self, request: Request) -> Response:
         self._authorize(request)

@@ -125,6 +125,7 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
         Route("/api/broadcast", api.broadcast, methods=["POST"]),
         Route("/api/history", api.history, methods=["GET"]),
         Route("/api/presence", api.presence, methods=["GET"]),
+        Route("/api/presence_stats", api.presence_stats, methods=["GET"]),
         Route("/api/channels", api.channels, methods=["GET"]),
         Route("/api/disconnect", api.disconnect, methods=["POST"]),
         Route("/api/subscribe", api.subscribe, methods=["POST"]),

@@ -244,6 +244,15 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _ok({"type": "object"}), **errors},
                 }
             },
+            "/api/presence_stats": {
+                "get": {
+                    "summary": "How many clients and distinct users are on a channel",
+                    "description": "The counts alone, without listing anyone: "
+                    '`{"clients": N, "users": M}`.',
+                    "parameters": [_query("channel", True, _CHANNEL, "the channel")],
+                    "responses": {"200": _ok({"type": "object"}), **errors},
+                }
+            },
             "/api/channels": {
                 "get": {
                     "summary": "Channels with subscribers on this node",

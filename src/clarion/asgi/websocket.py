@@ -9,6 +9,7 @@ from clarion.asgi import access, sendqueue
 from clarion.asgi.wstransport import FAST_WEBSOCKET, AsgiTransport, FastTransport
 from clarion.core.hub import Hub
 from clarion.core.session import Session, SubscribeResult
+from clarion.engines.base import presence_body
 from clarion.errors import ClarionError, Forbidden, LimitExceeded, Unauthorized
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode
@@ -211,12 +212,14 @@ class _Connection:
                 cmd.channel, since=cmd.since, limit=cmd.limit, reverse=cmd.reverse
             )
             return history_body(hub, cmd.channel, history, reason, reverse=cmd.reverse)
-        if op == "presence":
+        if op in ("presence", "presence_stats"):
             assert cmd.channel is not None
             subscribed = cmd.channel in session.subscriptions
             hub.auth.check_presence(session.credentials, cmd.channel, subscribed=subscribed)
+            if op == "presence_stats":
+                return (await hub.presence_stats(cmd.channel)).to_dict()
             info = hub.options(cmd.channel).presence_info
-            return {"clients": [e.to_dict(info=info) for e in await hub.presence(cmd.channel)]}
+            return presence_body(await hub.presence(cmd.channel), info=info)
         if op in ("connect", "refresh"):
             return await self.authenticate(cmd)
         raise CommandError(f"unknown op {op!r}", cmd.id, code="unknown_op")  # pragma: no cover

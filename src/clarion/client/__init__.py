@@ -27,7 +27,15 @@ from clarion.client.errors import (
     RequestFailed,
     RequestTimeout,
 )
-from clarion.client.items import History, Member, Message, Published, Reset
+from clarion.client.items import (
+    History,
+    Member,
+    Message,
+    PresenceStats,
+    PresentUser,
+    Published,
+    Reset,
+)
 from clarion.client.jsonlines import run_subscribe
 from clarion.client.subscription import Subscription
 
@@ -41,6 +49,8 @@ __all__ = [
     "History",
     "Member",
     "Message",
+    "PresenceStats",
+    "PresentUser",
     "Published",
     "RequestFailed",
     "RequestTimeout",

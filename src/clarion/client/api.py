@@ -115,5 +115,11 @@ class HttpApi:
         return History.from_wire(channel, await self._call("GET", "/api/history", params=params))
 
     async def presence(self, channel: str) -> list[Member]:
-        body = await self._call("GET", "/api/presence", params={"channel": channel})
+        body = await self.presence_body(channel)
         return [Member.from_wire(c) for c in body.get("clients", ())]
+
+    async def presence_body(self, channel: str) -> dict[str, Any]:
+        return await self._call("GET", "/api/presence", params={"channel": channel})
+
+    async def presence_stats(self, channel: str) -> dict[str, Any]:
+        return await self._call("GET", "/api/presence_stats", params={"channel": channel})

@@ -21,7 +21,7 @@ from clarion.client.errors import (
     RequestFailed,
     TransportUnavailable,
 )
-from clarion.client.items import History, Member, Published
+from clarion.client.items import History, Member, PresenceStats, PresentUser, Published
 from clarion.client.poll import run_poll
 from clarion.client.streams import StreamContext
 from clarion.client.subscription import Feed, Subscription
@@ -374,6 +374,30 @@ class Client:
             return await self._api.presence(channel)
         ok = await self._request("presence", {"channel": channel})
         return [Member.from_wire(c) for c in ok.get("clients", ())]
+
+    async def presence_users(self, channel: str) -> list[PresentUser]:
+        """The users subscribed to ``channel`` now, one entry per user with its clients
+        (clients without a user are not listed)."""
+        self._check_open()
+        validate_channel(channel)
+        if await self._over_http():
+            assert self._api is not None
+            body = await self._api.presence_body(channel)
+        else:
+            body = await self._request("presence", {"channel": channel})
+        return [PresentUser.from_wire(u) for u in body.get("users", ())]
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        """How many clients and distinct users are subscribed to ``channel``, without listing
+        them (what a room of thousands shows)."""
+        self._check_open()
+        validate_channel(channel)
+        if await self._over_http():
+            assert self._api is not None
+            body = await self._api.presence_stats(channel)
+        else:
+            body = await self._request("presence_stats", {"channel": channel})
+        return PresenceStats(int(body["clients"]), int(body["users"]))
 
     async def _request(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
         assert self._link is not None

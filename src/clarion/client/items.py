@@ -152,6 +152,33 @@ class Member:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PresentUser:
+    """One user present on a channel: its clients (tabs, devices) and the union of their
+    ``info`` (``None`` where the hub does not share it)."""
+
+    user: str
+    clients: list[str]
+    info: dict[str, Any] | None = None
+
+    @classmethod
+    def from_wire(cls, obj: dict[str, Any]) -> PresentUser:
+        info = obj.get("info")
+        return cls(
+            user=str(obj["user"]),
+            clients=[str(c) for c in obj.get("clients", ())],
+            info=info if isinstance(info, dict) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    """How many clients are present on a channel, and how many distinct users they are."""
+
+    clients: int
+    users: int
+
+
 def position_of(channel: str, cursor: str | None) -> StreamPosition | None:
     """The position ``cursor`` holds for ``channel``; ``None`` if it holds none or is unreadable."""
     if cursor is None:

@@ -16,7 +16,7 @@ from clarion.core.hooks import Hooks
 from clarion.core.limits import AddressCount, Refusals, Revocations
 from clarion.core.metrics import Stats, make_registry, render
 from clarion.core.session import Backlogged, Session, SubscribeResult, Transport
-from clarion.engines.base import Engine, History, PresenceEntry, SharedLimits
+from clarion.engines.base import Engine, History, PresenceEntry, PresenceStats, SharedLimits
 from clarion.errors import (
     BadCursor,
     BadRequest,
@@ -279,6 +279,11 @@ class Hub:
     async def presence(self, channel: str) -> list[PresenceEntry]:
         validate_channel(channel)
         return await self.engine.presence(channel)
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        """How many clients and distinct users are present, without listing them."""
+        validate_channel(channel)
+        return await self.engine.presence_stats(channel)
 
     def channels(self) -> dict[str, int]:
         """Channels with subscribers on this node, with their subscriber counts."""

@@ -63,6 +63,43 @@ class PresenceEntry:
         return out
 
 
+def presence_body(
+    entries: list[PresenceEntry], *, info: bool, address: bool = False
+) -> dict[str, Any]:
+    """A presence reply: ``clients``, one entry per client, and ``users``, one per user with its
+    clients (tabs, devices) and the union of their ``info`` (when ``info``); clients without a
+    user are listed under ``clients`` only, and counted in ``anonymous``."""
+    users: dict[str, dict[str, Any]] = {}
+    anonymous = 0
+    for entry in entries:
+        if entry.user is None:
+            anonymous += 1
+            continue
+        user = users.get(entry.user)
+        if user is None:
+            user = users[entry.user] = {"user": entry.user, "clients": []}
+        user["clients"].append(entry.client)
+        if info and entry.info is not None:
+            user.setdefault("info", {}).update(entry.info)
+    return {
+        "clients": [e.to_dict(address=address, info=info) for e in entries],
+        "users": list(users.values()),
+        "anonymous": anonymous,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    """How many clients are present on a channel, and how many distinct users they are
+    (clients without a user count as clients only)."""
+
+    clients: int
+    users: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"clients": self.clients, "users": self.users}
+
+
 class EngineSink(Protocol):
     """The hub's side: called by the engine, on the event loop, never concurrently."""
 
@@ -133,6 +170,9 @@ class Engine(Protocol):
     async def presence_remove(self, channel: str, client: str) -> None: ...
 
     async def presence(self, channel: str) -> list[PresenceEntry]: ...
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        """The counts of :meth:`presence` without listing anyone: O(1) or one round trip."""
 
     async def revoke(self, kind: str, key: str, until: float) -> None:
         """Refuse the user (``kind`` ``"user"``) or token id (``"jti"``) ``key`` until ``until``

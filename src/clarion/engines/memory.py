@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from clarion.engines.base import EngineSink, History, PresenceEntry
+from clarion.engines.base import EngineSink, History, PresenceEntry, PresenceStats
 from clarion.errors import ConfigError
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions, Settings
@@ -87,6 +87,8 @@ class MemoryEngine:
         self._logs: dict[str, _ChannelLog] = {}
         self._meta_ttl: dict[str, float] = {}
         self._presence: dict[str, dict[str, PresenceEntry]] = {}
+        # channel -> user -> how many of its clients are present: the stats without a scan.
+        self._users: dict[str, dict[str, int]] = {}
         self._sink: EngineSink | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -234,14 +236,38 @@ class MemoryEngine:
             self._sink.on_control(command, payload)
 
     async def presence_add(self, channel: str, entry: PresenceEntry) -> None:
-        self._presence.setdefault(channel, {})[entry.client] = entry
+        clients = self._presence.setdefault(channel, {})
+        old = clients.get(entry.client)
+        if old is not None:
+            self._count_user(channel, old.user, -1)
+        clients[entry.client] = entry
+        self._count_user(channel, entry.user, 1)
 
     async def presence_remove(self, channel: str, client: str) -> None:
         clients = self._presence.get(channel)
         if clients is not None:
-            clients.pop(client, None)
+            old = clients.pop(client, None)
+            if old is not None:
+                self._count_user(channel, old.user, -1)
             if not clients:
                 del self._presence[channel]
+
+    def _count_user(self, channel: str, user: str | None, delta: int) -> None:
+        if user is None:
+            return
+        users = self._users.setdefault(channel, {})
+        left = users.get(user, 0) + delta
+        if left > 0:
+            users[user] = left
+        else:
+            users.pop(user, None)
+            if not users:
+                del self._users[channel]
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        return PresenceStats(
+            len(self._presence.get(channel, ())), len(self._users.get(channel, ()))
+        )
 
     async def presence(self, channel: str) -> list[PresenceEntry]:
         return list(self._presence.get(channel, {}).values())

@@ -23,9 +23,21 @@ from clarion.protocol.publication import Publication
 SUBPROTOCOL = "clarion.v1"
 
 OPS = frozenset(
-    {"connect", "refresh", "subscribe", "unsubscribe", "publish", "history", "presence", "ping"}
+    {
+        "connect",
+        "refresh",
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "history",
+        "presence",
+        "presence_stats",
+        "ping",
+    }
 )
-_CHANNEL_OPS = frozenset({"subscribe", "unsubscribe", "publish", "history", "presence"})
+_CHANNEL_OPS = frozenset(
+    {"subscribe", "unsubscribe", "publish", "history", "presence", "presence_stats"}
+)
 MAX_ID_CHARS = 64
 MAX_HISTORY_LIMIT = 1000
 

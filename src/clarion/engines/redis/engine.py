@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import RedisError
 
-from clarion.engines.base import EngineSink, History, PresenceEntry
+from clarion.engines.base import EngineSink, History, PresenceEntry, PresenceStats
 from clarion.engines.redis import scripts
 from clarion.engines.redis.batch import Batcher
 from clarion.engines.redis.connect import parse_url
@@ -90,7 +90,8 @@ class RedisEngine:
         self._tasks: list[asyncio.Task[None]] = []
         self._seen: dict[str, StreamPosition] = {}  # subscribed channel → last position seen
         self._resync_lock = asyncio.Lock()
-        self._presence: dict[str, dict[str, bytes]] = {}  # this node's entries, for refresh
+        # This node's entries, for refresh: channel -> client -> (entry, user or "").
+        self._presence: dict[str, dict[str, tuple[bytes, str]]] = {}
         self._recent: dict[tuple[str, str, int], Publication] = {}  # see RECENT
         self._failing: str | None = None  # what last failed, to log an outage once
         self._ping_conn: Any = None  # health checks' own connection, outside the pool
@@ -105,7 +106,9 @@ class RedisEngine:
         client = self._client = self.target.client()
         self._publish = client.register_script(scripts.PUBLISH)
         self._history = client.register_script(scripts.HISTORY)
-        self._presence_add = client.register_script(scripts.EXPIRING_ADD)
+        self._presence_add = client.register_script(scripts.PRESENCE_ADD)
+        self._presence_remove = client.register_script(scripts.PRESENCE_REMOVE)
+        self._presence_stats = client.register_script(scripts.PRESENCE_STATS)
         self._presence_get = client.register_script(scripts.PRESENCE_GET)
         self._revoke = client.register_script(scripts.REVOKE)
         # Per-session commands (history, presence, shared counts) issued in one loop
@@ -125,6 +128,8 @@ class RedisEngine:
                 self._publish,
                 self._history,
                 self._presence_add,
+                self._presence_remove,
+                self._presence_stats,
                 self._presence_get,
                 self._revoke,
             ):
@@ -176,8 +181,12 @@ class RedisEngine:
             with contextlib.suppress(Exception):
                 pipe = self._client.pipeline(transaction=False)
                 for channel, entries in self._presence.items():
-                    pipe.zrem(self.keys.presence_expiry(channel), *entries)
-                    pipe.hdel(self.keys.presence_entries(channel), *entries)
+                    for client, (_, user) in entries.items():
+                        await self._presence_remove(
+                            keys=self._presence_keys(channel, user),
+                            args=[client, user],
+                            client=pipe,
+                        )
                 await asyncio.wait_for(pipe.execute(), PING_TIMEOUT)
         self._presence.clear()
         if self._ping_conn is not None:
@@ -470,38 +479,62 @@ class RedisEngine:
 
     # ---- presence ---------------------------------------------------------------------------
 
+    def _presence_keys(self, channel: str, *users: str) -> list[str]:
+        keys = self.keys
+        out = [
+            keys.presence_expiry(channel),
+            keys.presence_entries(channel),
+            keys.presence_users(channel),
+        ]
+        # An entry without a user names no key of its own: the users zset stands in.
+        out += [keys.presence_user(channel, u) if u else out[2] for u in users]
+        return out
+
     async def presence_add(self, channel: str, entry: PresenceEntry) -> None:
         value = orjson.dumps(entry.to_dict(address=True))
+        user = entry.user or ""
         # Kept locally first: if Redis is down now, the next refresh puts the entry back.
-        self._presence.setdefault(channel, {})[entry.client] = value
+        self._presence.setdefault(channel, {})[entry.client] = (value, user)
         try:
             await self._batch.script(
                 self._presence_add,
-                keys=[self.keys.presence_expiry(channel), self.keys.presence_entries(channel)],
-                args=[_ms(self.presence_ttl), entry.client, value],
+                keys=self._presence_keys(channel, user),
+                args=[_ms(self.presence_ttl), entry.client, value, user],
             )
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc, f"adding presence on {channel!r}") from None
 
     async def presence_remove(self, channel: str, client: str) -> None:
         entries = self._presence.get(channel)
-        if entries is not None:
-            entries.pop(client, None)
-            if not entries:
-                del self._presence[channel]
+        held = entries.pop(client, None) if entries is not None else None
+        if entries is not None and not entries:
+            del self._presence[channel]
+        user = held[1] if held is not None else ""
         try:
-            await asyncio.gather(
-                self._batch.command("ZREM", self.keys.presence_expiry(channel), client),
-                self._batch.command("HDEL", self.keys.presence_entries(channel), client),
+            await self._batch.script(
+                self._presence_remove,
+                keys=self._presence_keys(channel, user),
+                args=[client, user],
             )
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc, f"removing presence on {channel!r}") from None
 
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        """Two counts in one round trip, however many are present."""
+        keys = self.keys
+        try:
+            clients, users = await self._batch.script(
+                self._presence_stats,
+                keys=[keys.presence_expiry(channel), keys.presence_users(channel)],
+                args=[],
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc, f"counting presence on {channel!r}") from None
+        return PresenceStats(int(clients), int(users))
+
     async def presence(self, channel: str) -> list[PresenceEntry]:
         try:
-            flat = await self._presence_get(
-                keys=[self.keys.presence_expiry(channel), self.keys.presence_entries(channel)]
-            )
+            flat = await self._presence_get(keys=self._presence_keys(channel))
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc, f"reading presence on {channel!r}") from None
         out = []
@@ -537,12 +570,11 @@ class RedisEngine:
             ttl = _ms(self.presence_ttl)
             for channel, entries in self._presence.items():
                 args: list[Any] = [ttl]
-                for client, value in entries.items():
-                    args += [client, value]
+                for client, (value, user) in entries.items():
+                    args += [client, value, user]
+                users = [user for _, user in entries.values()]
                 await self._presence_add(
-                    keys=[self.keys.presence_expiry(channel), self.keys.presence_entries(channel)],
-                    args=args,
-                    client=pipe,
+                    keys=self._presence_keys(channel, *users), args=args, client=pipe
                 )
             await pipe.execute()
         if self.limits is not None:

@@ -54,6 +54,13 @@ class Keys:
     def presence_entries(self, channel: str) -> str:
         return f"{self.prefix}:{{{channel}}}:presence:h"
 
+    def presence_users(self, channel: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:presence:u"
+
+    def presence_user(self, channel: str, user: str) -> str:
+        """The leases of one user's clients on the channel."""
+        return f"{self.prefix}:{{{channel}}}:presence:u:{user}"
+
     def connections(self, kind: str, key: str) -> str:
         return f"{self.prefix}:{{conn:{kind}:{key}}}"
 

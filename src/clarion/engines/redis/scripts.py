@@ -166,18 +166,84 @@ return 1
 """
 )
 
-# KEYS: expiry zset, entries hash
-# -> flat list of member, value of live entries (expired ones are dropped first)
+# Presence keeps, per channel, the clients' leases (expiry zset), their entries (hash), the
+# users' leases (users zset: each user scored with the latest lease of its clients, so a user
+# is live exactly while one of its clients is), and per user the leases of its clients.
+
+# KEYS: expiry zset, entries hash, users zset, then one user zset per entry (anything for an
+# entry without a user)
+# ARGV: ttl ms, then triples of client, entry value, user ('' = none)
+# Adds or refreshes clients; each lease ends `ttl` after this call unless refreshed again.
+PRESENCE_ADD = (
+    _COMMON
+    + """
+local zset, hash, users, ttl = KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1])
+local expires = now_ms() + ttl
+local n = (#ARGV - 1) / 3
+for i = 1, n do
+  local client, value, user = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  redis.call('ZADD', zset, expires, client)
+  redis.call('HSET', hash, client, value)
+  if user ~= '' then
+    redis.call('ZADD', KEYS[3 + i], expires, client)
+    redis.call('PEXPIRE', KEYS[3 + i], ttl)
+    redis.call('ZADD', users, 'GT', expires, user)
+  end
+end
+redis.call('PEXPIRE', zset, ttl)
+redis.call('PEXPIRE', hash, ttl)
+if redis.call('EXISTS', users) == 1 then redis.call('PEXPIRE', users, ttl) end
+return 1
+"""
+)
+
+# KEYS: expiry zset, entries hash, users zset, the user's zset (anything without a user)
+# ARGV: client, user ('' = none)
+# -> 1 when the user has no live client left (or there is no user), else 0
+PRESENCE_REMOVE = (
+    _COMMON
+    + """
+local zset, hash, users, mine = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local client, user = ARGV[1], ARGV[2]
+redis.call('ZREM', zset, client)
+redis.call('HDEL', hash, client)
+if user == '' then return 1 end
+redis.call('ZREM', mine, client)
+redis.call('ZREMRANGEBYSCORE', mine, '-inf', now_ms())
+local newest = redis.call('ZRANGE', mine, -1, -1, 'WITHSCORES')
+if #newest == 0 then
+  redis.call('ZREM', users, user)
+  return 1
+end
+redis.call('ZADD', users, newest[2], user)
+return 0
+"""
+)
+
+# KEYS: expiry zset, users zset
+# -> {live clients, live users}: two counts in O(log n), nothing listed
+PRESENCE_STATS = (
+    _COMMON
+    + """
+local bound = '(' .. now_ms()
+return {redis.call('ZCOUNT', KEYS[1], bound, '+inf'), redis.call('ZCOUNT', KEYS[2], bound, '+inf')}
+"""
+)
+
+# KEYS: expiry zset, entries hash, users zset
+# -> flat list of member, value of live entries (expired ones, and lapsed users, are dropped
+#    first)
 PRESENCE_GET = (
     _COMMON
     + """
-local zset, hash = KEYS[1], KEYS[2]
+local zset, hash, users = KEYS[1], KEYS[2], KEYS[3]
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
 for i = 1, #expired, 500 do
   redis.call('HDEL', hash, unpack(expired, i, math.min(i + 499, #expired)))
 end
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', zset, '-inf', now) end
+redis.call('ZREMRANGEBYSCORE', users, '-inf', now)
 local live = redis.call('ZRANGE', zset, 0, -1)
 local out = {}
 for i = 1, #live, 500 do

@@ -286,3 +286,33 @@ async def test_cli_adds_lists_and_removes(webhook_hub: RunningHub) -> None:
 
 
 CLI = [sys.executable, "-m", "clarion.cli"]
+
+
+async def test_concurrent_publishes_are_stored_in_order_before_each_answers(
+    make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    # Publishes made together are committed together, off the event loop: each call still
+    # returns only once its delivery is in the file, and the queue keeps the offsets' order.
+    async with Receiver(lambda r: Answer(hang=True)) as receiver:
+        running = await make_hub()
+        await register(running, receiver, ["burst:*"])
+        db = sqlite3.connect(tmp_path / "data" / "webhooks.sqlite3")
+
+        async def publish(i: int) -> tuple[str, int]:
+            pub = await running.hub.publish(f"burst:{i % 3}", {"i": i})
+            row = db.execute(
+                'SELECT count(*) FROM outbox WHERE channel = ? AND "offset" = ?',
+                (pub.channel, pub.offset),
+            ).fetchone()
+            assert row == (1,), (pub.channel, pub.offset)
+            return pub.channel, pub.offset
+
+        try:
+            published = await asyncio.gather(*(publish(i) for i in range(60)))
+            rows = db.execute('SELECT channel, "offset" FROM outbox ORDER BY seq').fetchall()
+        finally:
+            db.close()
+        assert sorted(rows) == sorted(published)
+        for channel in ("burst:0", "burst:1", "burst:2"):
+            queued = [offset for c, offset in rows if c == channel]
+            assert queued == sorted(queued) == list(range(1, 21))

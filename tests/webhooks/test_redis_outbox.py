@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx
 import redis
+import redis.asyncio
 
 from clarion.webhooks import generate_secret
+from clarion.webhooks.signing import publication_msg_id
 
 from ..conftest import RunningHub, timeout
 from ..multinode.helpers import Node
@@ -294,3 +296,29 @@ async def test_dead_letters_replay_and_enable_through_either_node(
             assert r.status_code == 200 and r.json()["disabled"] is False
         done = await receiver.wait_acknowledged(6)
         assert done[-1].payload["data"] == 3
+
+
+async def test_concurrent_publishes_are_stored_before_each_answers(
+    redis_server: RedisServer, make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    # Publishes made together share one pipeline; each call returns once its delivery is in
+    # Redis. (Their order in the queue is the order their publishes completed, which for
+    # concurrent publishes on one channel need not be the order of their offsets.)
+    async with Receiver(lambda r: Answer(hang=True)) as receiver:
+        node = await make_hub(engine=f"{redis_server.url}?{QUERY}")
+        hook = await register(node, receiver, ["burst:*"])
+        queue = f"clarion:{{wh:{hook['id']}}}:q"
+        store = redis.asyncio.Redis.from_url(redis_server.url)
+
+        async def publish(i: int) -> str:
+            pub = await node.hub.publish(f"burst:{i % 3}", {"i": i})
+            msg_id = publication_msg_id(hook["id"], pub.channel, pub.epoch, pub.offset)
+            assert await store.zscore(queue, msg_id) is not None, msg_id
+            return msg_id
+
+        try:
+            published = await asyncio.gather(*(publish(i) for i in range(60)))
+            queued = [m.decode() for m in await store.zrange(queue, 0, -1)]
+        finally:
+            await store.aclose()
+        assert sorted(queued) == sorted(published) and len(set(published)) == 60

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from clarion.core.admission import Admission
@@ -110,8 +110,9 @@ class Hub:
         self._revocation_sync: asyncio.Task[None] | None = None
         self._started = False
         self.closing = False
-        # Called with every publication this node made (webhooks' outbox, for one).
-        self.publish_listeners: list[Callable[[Publication], None]] = []
+        # Called with every publication this node made (webhooks' outbox, for one); what a
+        # listener returns, when awaitable, is awaited before the publish call answers.
+        self.publish_listeners: list[Callable[[Publication], Awaitable[object] | None]] = []
         # Called with session lifecycle events: connect, disconnect, subscribe, unsubscribe.
         self.lifecycle_listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
@@ -216,13 +217,24 @@ class Hub:
             attrs=attrs,
         )
         if not pub.repeated:  # a repeat published nothing: listeners saw it the first time
-            self._published(pub)
+            await self._published(pub)
         return pub
 
-    def _published(self, pub: Publication) -> None:
+    async def _published(self, pub: Publication) -> None:
+        """Tell the listeners; those that return an awaitable (a durable write: the webhook
+        outbox) are waited for, so the publish call answers once they are done."""
+        waits = []
         for listener in self.publish_listeners:
             try:
-                listener(pub)
+                result = listener(pub)
+            except Exception:
+                log.exception("publish listener failed")
+            else:
+                if result is not None:
+                    waits.append(result)
+        for wait in waits:
+            try:
+                await wait
             except Exception:
                 log.exception("publish listener failed")
 
@@ -241,7 +253,7 @@ class Hub:
         pubs = []
         for channel in channels:
             pub = await self.engine.publish(channel, data, self.options(channel))
-            self._published(pub)
+            await self._published(pub)
             pubs.append(pub)
         return pubs
 

@@ -1,13 +1,15 @@
 """From the hub to the outbox: publications and lifecycle events become deliveries.
 
 For each enabled endpoint that wants it, a publication or event becomes one
-:class:`~clarion.webhooks.endpoint.Delivery`, stored in the outbox before the hub's listener
-returns — so before the publish call returns to its caller. One too large for
+:class:`~clarion.webhooks.endpoint.Delivery`. The publish listener returns the outbox's future
+and the hub awaits it, so the publish call returns once the deliveries are stored; writes of
+one loop iteration are committed together, off the event loop. One too large for
 ``max_body_bytes``, or beyond the endpoint's ``max_backlog``, goes straight to the dead letters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -61,11 +63,13 @@ class Intake:
         self.config = config
         self.version = event_version  # of the last lifecycle event this node made
 
-    def on_publication(self, pub: Publication) -> None:
-        """The hub's publish listener: store a delivery for every matching endpoint."""
+    def on_publication(self, pub: Publication) -> asyncio.Future[int] | None:
+        """The hub's publish listener: store a delivery for every matching endpoint; the hub
+        waits for the future before answering the publisher."""
         targets = self.registry.targets(pub.channel)
         if targets:
-            self.store(publication_deliveries(pub, targets))
+            return self.store(publication_deliveries(pub, targets))
+        return None
 
     def on_lifecycle(self, kind: str, payload: dict[str, Any]) -> None:
         """The hub's lifecycle listener: events go out like publications, with a version."""
@@ -90,10 +94,14 @@ class Intake:
             )
             for e in targets
         ]
-        self.store(deliveries, event_version=version)
+        self.store(deliveries, event_version=version)  # nobody waits: the outbox flushes at close
 
-    def store(self, deliveries: list[Delivery], event_version: int | None = None) -> int:
-        """Commit deliveries to the outbox and wake their workers; returns how many are new."""
+    def store(
+        self, deliveries: list[Delivery], event_version: int | None = None
+    ) -> asyncio.Future[int]:
+        """Hand deliveries to the outbox; the future is done once they are stored (or lost: a
+        listener has nobody to raise to) with how many are new. Counted as pending at once, so
+        that ``max_backlog`` holds within a loop iteration too."""
         config = self.config
         for d in deliveries:
             reason = None
@@ -104,16 +112,47 @@ class Intake:
             if reason is not None:
                 d.dead_at, d.last_error = d.created_at, reason
                 log.warning("webhook %s: %s dead-lettered: %s", d.endpoint, d.msg_id, reason)
+            else:
+                self.counts.add_backlog(d.endpoint, 1)
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         try:
-            stored = self.outbox.enqueue(deliveries, event_version)
-        except Exception:
+            writing = self.outbox.enqueue(deliveries, event_version)
+        except Exception as exc:
+            self._stored(deliveries, None, exc)
+            done.set_result(0)
+            return done
+
+        def settle(writing: asyncio.Future[list[Delivery]]) -> None:
+            failure = writing.exception() if not writing.cancelled() else None
+            stored = None if writing.cancelled() or failure else writing.result()
+            if not done.done():
+                done.set_result(self._stored(deliveries, stored, failure))
+
+        writing.add_done_callback(settle)
+        return done
+
+    def _stored(
+        self,
+        deliveries: list[Delivery],
+        stored: list[Delivery] | None,
+        failure: BaseException | None,
+    ) -> int:
+        """Settle the counts once the outbox answered; wake the workers of what is new."""
+        if stored is None:
             # Nothing can be raised to the publisher from a listener; say loudly what is lost.
-            log.exception("webhook outbox write failed: %d deliveries lost", len(deliveries))
-            return 0
-        for d in stored:
+            log.error(
+                "webhook outbox write failed: %d deliveries lost: %s",
+                len(deliveries),
+                failure or "cancelled",
+            )
+            stored = []
+        new = {id(d) for d in stored}
+        for d in deliveries:
             if d.dead_at is not None:
-                self.counts.add_dead(d.endpoint)
-                continue
-            self.counts.add_backlog(d.endpoint, 1)
-            self.registry.wake(d.endpoint)
+                if id(d) in new:
+                    self.counts.add_dead(d.endpoint)
+            elif id(d) in new:
+                self.registry.wake(d.endpoint)
+            else:  # already pending, or lost
+                self.counts.add_backlog(d.endpoint, -1)
         return len(stored)

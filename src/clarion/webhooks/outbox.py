@@ -7,6 +7,7 @@ Each engine makes its own (``Engine.webhook_outbox``): the memory engine's is
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
@@ -16,8 +17,10 @@ from clarion.webhooks.endpoint import Delivery, Endpoint
 class Outbox(Protocol):
     """Storage for the webhook service, made by the engine (``Engine.webhook_outbox``).
 
-    ``enqueue`` is synchronous because the hub's listeners are: when it returns, the deliveries
-    are stored as durably as the implementation promises. Everything else may await.
+    :meth:`enqueue` is called from the hub's listeners and never blocks the event loop: what is
+    enqueued in one loop iteration is stored together (one transaction, one round trip), and the
+    future it returns is done once the deliveries are stored as durably as the implementation
+    promises — the publish call waits for it. Everything else is awaited.
     """
 
     # True when several nodes share the outbox: endpoints change under this node's feet, and
@@ -39,11 +42,11 @@ class Outbox(Protocol):
 
     def enqueue(
         self, deliveries: list[Delivery], event_version: int | None = None
-    ) -> list[Delivery]:
+    ) -> asyncio.Future[list[Delivery]]:
         """Append ``deliveries`` in order (those with ``dead_at`` set go to dead letters).
 
-        A delivery whose ``(endpoint, msg_id)`` is already pending is skipped; the ones stored
-        are returned.
+        The future's result is the deliveries stored: one whose ``(endpoint, msg_id)`` is already
+        pending may be skipped. It fails when they could not be stored.
         """
 
     async def load_endpoints(self) -> list[Endpoint]: ...
@@ -91,7 +94,7 @@ class Outbox(Protocol):
         """Give up the right to deliver the endpoint."""
 
     async def flush(self) -> None:
-        """Wait until what :meth:`enqueue` accepted so far is stored."""
+        """Wait until what :meth:`enqueue` accepted so far is stored (or has failed)."""
 
     def close(self) -> None: ...
 

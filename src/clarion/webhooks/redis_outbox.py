@@ -17,16 +17,13 @@ The lease (``SET lease <node> NX PX ttl``) says which node delivers the endpoint
 while the node lives and released when it stops, and a crashed node's lease lapses after
 ``ttl`` — the engine URL's ``presence_ttl``, the time any claim of a vanished node outlives it.
 
-Why enqueueing blocks the event loop: the hub's publish listener is synchronous, and the
-guarantee is that a publication whose publish call has returned is already stored in the
-outbox — so that it survives the node being killed, and so that a publication answered by one
-node is queued before one made afterwards through another node. :meth:`RedisOutbox.enqueue`
-therefore writes with a small synchronous client of its own: one round-trip to Redis per
-matching publication (two for a lifecycle event, whose version comes from Redis), bounded by
-``SYNC_TIMEOUT``. This is the SQLite outbox's choice, with a network round-trip in place of a
-local commit. When that write fails, or with Sentinel (where only the asynchronous client knows
-the primary), the deliveries go to a writer task that retries in the background: those are
-stored after the publish call has returned, and lost if the node dies first.
+Enqueueing never blocks the event loop: what the hub's listeners enqueue in one loop
+iteration goes to Redis as one pipeline, written by a task while the next iteration's
+deliveries gather behind it, and each publish call waits for its own deliveries to be stored —
+so that a publication whose publish call has answered survives the node being killed, and is
+queued before one made afterwards through another node. A failed write is tried again
+(``WRITE_TRIES``, backing off); when that is spent the publish call is answered all the same
+and the loss is logged.
 """
 
 from __future__ import annotations
@@ -40,16 +37,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from clarion.webhooks.endpoint import PUBLICATION, Delivery, Endpoint
 from clarion.webhooks.signing import event_msg_id
 
 if TYPE_CHECKING:
-    from clarion.engines.redis.connect import RedisTarget
     from clarion.engines.redis.engine import RedisEngine
 
 log = logging.getLogger("clarion.webhooks")
@@ -57,7 +50,6 @@ log = logging.getLogger("clarion.webhooks")
 OPEN_TIMEOUT = 5.0  # seconds to reach Redis when the outbox opens
 WRITE_TRIES = 5  # a failed enqueue pipeline is tried again this many times, backing off
 WRITE_BACKOFF = 0.1  # seconds before the first retry; doubles
-SYNC_TIMEOUT = 1.0  # seconds a synchronous enqueue waits to connect, and for each reply
 
 # KEYS: seq, q, d. ARGV: msg_id, delivery. A message id already pending stays where it is.
 ENQUEUE = """
@@ -135,6 +127,7 @@ ENDPOINT_KEYS = ("q", "d", "seq", "dead", "dseq", "pos", "state", "lease")
 class _Pending:
     deliveries: list[Delivery]
     event: bool
+    done: asyncio.Future[list[Delivery]]
     versioned: bool = False
 
 
@@ -204,8 +197,6 @@ class RedisOutbox:
         self._keep_dead = max_dead_letters
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
-        self._sync: redis.Redis | None = None
-        self._sync_scripts: dict[str, Any] = {}
         self._pending: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -247,22 +238,13 @@ class RedisOutbox:
             ("release", RELEASE),
         ):
             self._scripts[name] = client.register_script(source)
-        sync = _sync_client(self._target)
-        if sync is not None:
-            for name in ("enqueue", "bury"):
-                self._sync_scripts[name] = sync.register_script(self._scripts[name].script)
         try:
             await asyncio.wait_for(client.ping(), OPEN_TIMEOUT)
-            if sync is not None:
-                sync.ping()
         except BaseException:
             with contextlib.suppress(Exception):
                 await client.aclose()
-            if sync is not None:
-                sync.close()
             raise
         self._client = client
-        self._sync = sync
         self._renewer = asyncio.create_task(self._renew_forever(), name="clarion-webhook-leases")
         self._watcher = asyncio.create_task(self._watch_forever(), name="clarion-webhook-watch")
 
@@ -310,9 +292,6 @@ class RedisOutbox:
         client, self._client = self._client, None
         with contextlib.suppress(Exception):
             await client.aclose()
-        if self._sync is not None:
-            self._sync.close()
-            self._sync = None
 
     def close(self) -> None:
         """Synchronous close for callers that cannot await: leases lapse after their TTL."""
@@ -321,37 +300,23 @@ class RedisOutbox:
                 task.cancel()
         self._renewer = self._watcher = None
         self._client = None
-        if self._sync is not None:
-            self._sync.close()
-            self._sync = None
 
     # ---- enqueueing ------------------------------------------------------------------------
 
     def enqueue(
         self, deliveries: list[Delivery], event_version: int | None = None
-    ) -> list[Delivery]:
-        """Store the deliveries before returning, as the SQLite outbox does; all are returned
-        (a message id already pending is skipped in Redis). Lifecycle events get their version
-        from Redis as they are stored, so versions grow across all nodes."""
-        self.client  # noqa: B018 - raises when closed, as the SQLite outbox does
-        pending = _Pending(deliveries, event_version is not None)
-        sync = self._sync
-        if sync is not None and not self._pending and (self._writer is None or self._writer.done()):
-            try:
-                written = self._write_sync(sync, pending)
-            except (RedisError, OSError) as exc:
-                # Not lost yet: the writer task tries again, and later writes queue behind.
-                log.warning("webhook outbox write failed, retrying in the background: %s", exc)
-            else:
-                if written and self.on_written is not None:
-                    self.on_written(written)
-                return list(deliveries)
+    ) -> asyncio.Future[list[Delivery]]:
+        """Queue the deliveries for the writer's next pipeline; all are returned (a message id
+        already pending is skipped in Redis). Lifecycle events get their version from Redis as
+        they are stored, so versions grow across all nodes."""
+        self.client  # noqa: B018 - raises when closed
+        loop = asyncio.get_running_loop()
+        pending = _Pending(deliveries, event_version is not None, loop.create_future())
         self._pending.append(pending)
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(
-                self._write_pending(), name="clarion-webhook-writer"
-            )
-        return list(deliveries)
+            # Starts at the next iteration: whatever else this one enqueues joins the batch.
+            self._writer = loop.create_task(self._write_pending(), name="clarion-webhook-writer")
+        return pending.done
 
     def _commands(self, batch: list[_Pending]) -> list[tuple[str, list[str], list[Any], str]]:
         """``(script, keys, args, endpoint or "")`` for each delivery, in order."""
@@ -369,18 +334,6 @@ class RedisOutbox:
     def _unversioned(self, batch: list[_Pending]) -> list[_Pending]:
         return [p for p in batch if p.event and not p.versioned and p.deliveries]
 
-    def _write_sync(self, client: Any, pending: _Pending) -> set[str]:
-        if self._unversioned([pending]):
-            version = int(client.incr(self._global("events")))
-            _set_version(pending.deliveries, version)
-            pending.versioned = True
-        commands = self._commands([pending])
-        pipe = client.pipeline(transaction=False)
-        for name, keys, args, _ in commands:
-            self._sync_scripts[name](keys=keys, args=args, client=pipe)
-        results = pipe.execute()
-        return {c[3] for c, seq in zip(commands, results, strict=True) if c[3] and seq}
-
     async def _write_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
@@ -389,11 +342,14 @@ class RedisOutbox:
                     written = await self._write(batch)
                 except (RedisError, OSError) as exc:
                     if attempt == WRITE_TRIES - 1 or self._client is None:
-                        count = sum(len(p.deliveries) for p in batch)
-                        log.error("webhook outbox write failed: %d deliveries lost: %s", count, exc)
+                        _settle(batch, exc)
                         break
                     await asyncio.sleep(WRITE_BACKOFF * 2**attempt)
+                except BaseException as exc:
+                    _settle(batch, exc)
+                    raise
                 else:
+                    _settle(batch, None)
                     if written and self.on_written is not None:
                         self.on_written(written)
                     break
@@ -629,16 +585,13 @@ def _set_version(deliveries: list[Delivery], version: int) -> None:
             d.msg_id = event_msg_id(d.endpoint, version)
 
 
-def _sync_client(target: RedisTarget) -> redis.Redis | None:
-    """A blocking client to the engine's Redis, for :meth:`RedisOutbox.enqueue`."""
-    if target.sentinels:
-        return None
-    client: redis.Redis = redis.Redis.from_url(
-        target.url,
-        socket_connect_timeout=SYNC_TIMEOUT,
-        socket_timeout=SYNC_TIMEOUT,
-        # As the engine's client: no hidden retries, RESP2.
-        retry=Retry(NoBackoff(), 0),
-        protocol=2,
-    )
-    return client
+def _settle(batch: list[_Pending], failure: BaseException | None) -> None:
+    for pending in batch:
+        if pending.done.done():
+            continue
+        if failure is None:
+            pending.done.set_result(pending.deliveries)
+        elif isinstance(failure, asyncio.CancelledError):
+            pending.done.cancel()
+        else:
+            pending.done.set_exception(failure)

@@ -46,11 +46,7 @@ async def replay(
                 "the cursor holds no position for a channel this webhook delivers; "
                 "name the channels in 'channels'"
             )
-    try:
-        return await _replay(hub, intake, names, cursor, endpoint)
-    finally:
-        # Answer once the deliveries are stored, as for a publish.
-        await intake.outbox.flush()
+    return await _replay(hub, intake, names, cursor, endpoint)
 
 
 async def _replay(
@@ -66,7 +62,7 @@ async def _replay(
                 resets.append({"channel": name, "reason": reason})
             if not history.publications:
                 break
-            enqueued += intake.store(
+            enqueued += await intake.store(
                 [d for pub in history.publications for d in publication_deliveries(pub, [endpoint])]
             )
             position = history.publications[-1].position

@@ -1,24 +1,25 @@
 """The memory engine's webhook outbox: endpoints, pending deliveries, dead letters, positions.
 
-:class:`SQLiteOutbox` keeps them in one SQLite file under ``data_dir`` in WAL mode, used from
-the event loop's thread only.
+:class:`SQLiteOutbox` keeps them in one SQLite file under ``data_dir`` in WAL mode.
 
-Why on the event loop rather than in a worker thread: :meth:`Outbox.enqueue` is called from the
-hub's publish listener, which is synchronous, and the guarantee we want is that a publication
-whose publish call has returned is already committed to the outbox. Every statement here is a
-short indexed read or write of a few rows, and a WAL commit without fsync costs tens of
-microseconds — less than a hop to a thread and back. With ``fsync = true`` each commit also
-waits for the disk, which protects against power loss at the price of that latency.
+Every statement runs on one thread of the outbox's own, in the order the calls were made, so
+the event loop never waits for SQLite or the disk. What the hub's listeners enqueue while a
+commit is under way is committed next, in one transaction (a group commit): under load, one
+commit carries the deliveries of many publications, and each publish call waits only for the
+commit that holds its own. With ``fsync = true`` every commit also waits for the disk, which
+protects against power loss.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 
@@ -83,6 +84,10 @@ CREATE TABLE IF NOT EXISTS positions (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
+_T = TypeVar("_T")
+# Deliveries handed to enqueue, the event version they carry, and who waits for them.
+_Pending = tuple[list[Delivery], int | None, "asyncio.Future[list[Delivery]]"]
+
 _DELIVERY_COLUMNS = (
     'seq, endpoint, msg_id, kind, channel, epoch, "offset", body, created_at, attempts, last_error'
 )
@@ -107,6 +112,11 @@ class SQLiteOutbox:
         self._keep_dead = max_dead_letters
         self._db: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
+        # The connection is used on this one thread only, in the order calls are made.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="clarion-webhook-outbox")
+        self._pending: list[_Pending] = []  # enqueued, for the next commit
+        self._scheduled = False
+        self._writing: asyncio.Future[list[list[Delivery]]] | None = None
         self.on_written: Callable[[set[str]], None] | None = None
         self.on_registry_changed: Callable[[], None] | None = None  # one node: never called
 
@@ -114,23 +124,26 @@ class SQLiteOutbox:
         return self.path.exists()
 
     async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create data_dir {self.path.parent}: {exc}") from None
         self._lock = _lock_file(self.path.with_suffix(".lock"))
         try:
-            db = sqlite3.connect(self.path, isolation_level=None)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
             db.execute("PRAGMA busy_timeout=1000")
             db.executescript(SCHEMA)
         except sqlite3.Error as exc:
-            self.close()
+            self._close()
             raise ConfigError(f"cannot open the webhook outbox {self.path}: {exc}") from None
         self._db = db
 
-    def close(self) -> None:
+    def _close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -138,8 +151,14 @@ class SQLiteOutbox:
             self._lock.close()
             self._lock = None
 
+    def close(self) -> None:
+        """Close once the calls under way are done (deliveries not yet committed are lost)."""
+        self._thread.shutdown(wait=True)
+        self._close()
+
     async def aclose(self) -> None:
-        self.close()
+        await self.flush()
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     async def claim(self, endpoint_id: str) -> bool:
         return True  # one hub per data_dir: it delivers everything
@@ -151,7 +170,14 @@ class SQLiteOutbox:
         return 0  # endpoints change only through this hub
 
     async def flush(self) -> None:
-        return None  # enqueue commits before it returns
+        while self._pending or self._writing is not None:
+            if self._writing is None:
+                self._write_pending()
+            writing = self._writing
+            if writing is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(writing)
+                await asyncio.sleep(0)  # let its done callback run
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -175,40 +201,127 @@ class SQLiteOutbox:
 
     def enqueue(
         self, deliveries: list[Delivery], event_version: int | None = None
-    ) -> list[Delivery]:
-        stored: list[Delivery] = []
+    ) -> asyncio.Future[list[Delivery]]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Delivery]] = loop.create_future()
+        self._pending.append((deliveries, event_version, done))
+        if not self._scheduled and self._writing is None:
+            # At the end of this loop iteration: what else is enqueued meanwhile joins in.
+            self._scheduled = True
+            loop.call_soon(self._write_pending)
+        return done
+
+    def _write_pending(self) -> None:
+        self._scheduled = False
+        if self._writing is not None or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        job = asyncio.get_running_loop().run_in_executor(
+            self._thread, self._commit, [(d, v) for d, v, _ in batch]
+        )
+        self._writing = job
+        job.add_done_callback(lambda j: self._written(batch, j))
+
+    def _written(self, batch: list[_Pending], job: asyncio.Future[list[list[Delivery]]]) -> None:
+        self._writing = None
+        failure = job.exception() if not job.cancelled() else asyncio.CancelledError()
+        for i, (_, _, done) in enumerate(batch):
+            if done.done():
+                continue
+            if failure is not None:
+                done.set_exception(failure)
+            else:
+                done.set_result(job.result()[i])
+        # What was enqueued while this commit ran goes in the next one, together.
+        self._write_pending()
+
+    def _commit(self, batches: list[tuple[list[Delivery], int | None]]) -> list[list[Delivery]]:
+        """One transaction for every batch enqueued since the last commit (writer thread)."""
+        out: list[list[Delivery]] = []
         buried: set[str] = set()
+        version = None
         with self._transaction() as db:
-            for d in deliveries:
-                if d.dead_at is None:
-                    cursor = db.execute(
-                        "INSERT OR IGNORE INTO outbox (endpoint, msg_id, kind, channel, epoch, "
-                        '"offset", body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-                        _values(d),
-                    )
-                    if cursor.rowcount == 1:
-                        d.seq = cursor.lastrowid or 0
+            for deliveries, event_version in batches:
+                stored: list[Delivery] = []
+                for d in deliveries:
+                    if d.dead_at is None:
+                        cursor = db.execute(
+                            "INSERT OR IGNORE INTO outbox (endpoint, msg_id, kind, channel, "
+                            'epoch, "offset", body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+                            _values(d),
+                        )
+                        if cursor.rowcount == 1:
+                            d.seq = cursor.lastrowid or 0
+                            stored.append(d)
+                    else:
+                        db.execute(
+                            "INSERT INTO dead_letters (endpoint, msg_id, kind, channel, epoch, "
+                            '"offset", body, created_at, attempts, last_error, dead_at) '
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (*_values(d), d.attempts, d.last_error, d.dead_at),
+                        )
+                        buried.add(d.endpoint)
                         stored.append(d)
-                else:
-                    db.execute(
-                        "INSERT INTO dead_letters (endpoint, msg_id, kind, channel, epoch, "
-                        '"offset", body, created_at, attempts, last_error, dead_at) '
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (*_values(d), d.attempts, d.last_error, d.dead_at),
-                    )
-                    buried.add(d.endpoint)
-                    stored.append(d)
+                out.append(stored)
+                if event_version is not None:
+                    version = max(version or 0, event_version)
             for endpoint_id in buried:
                 _trim_dead(db, endpoint_id, self._keep_dead)
-            if event_version is not None:
+            if version is not None:
                 db.execute(
                     "INSERT INTO meta (key, value) VALUES ('event_version', ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-                    (event_version,),
+                    (version,),
                 )
-        return stored
+        return out
+
+    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn`` on the writer thread, after everything submitted before it. Once submitted
+        it runs to the end even if the caller is cancelled (a worker stopped just after its
+        receiver answered still records the delivery), and close() waits for it."""
+        job = asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        return await asyncio.shield(job)
 
     async def head(self, endpoint_id: str, limit: int) -> list[Delivery]:
+        return await self._call(self._head, endpoint_id, limit)
+
+    async def delivered(self, delivery: Delivery, endpoint: Endpoint) -> None:
+        await self._call(self._delivered, delivery, endpoint)
+
+    async def failed(self, delivery: Delivery, endpoint: Endpoint) -> None:
+        await self._call(self._failed, delivery, endpoint)
+
+    async def bury(self, delivery: Delivery) -> None:
+        await self._call(self._bury, delivery)
+
+    async def backlog(self) -> dict[str, int]:
+        return await self._call(self._backlog)
+
+    async def dead_count(self) -> dict[str, int]:
+        return await self._call(self._dead_count)
+
+    async def dead_letters(self, endpoint_id: str, after_seq: int, limit: int) -> list[Delivery]:
+        return await self._call(self._dead_letters, endpoint_id, after_seq, limit)
+
+    async def revive(self, endpoint_id: str, ids: list[str] | None) -> int:
+        return await self._call(self._revive, endpoint_id, ids)
+
+    async def positions(self, endpoint_id: str, limit: int) -> list[tuple[str, str, int]]:
+        return await self._call(self._positions, endpoint_id, limit)
+
+    async def event_version(self) -> int:
+        return await self._call(self._event_version)
+
+    async def load_endpoints(self) -> list[Endpoint]:
+        return await self._call(self._load_endpoints)
+
+    async def save_endpoint(self, endpoint: Endpoint) -> None:
+        await self._call(self._save_endpoint, endpoint)
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        await self._call(self._delete_endpoint, endpoint_id)
+
+    def _head(self, endpoint_id: str, limit: int) -> list[Delivery]:
         rows = self.db.execute(
             f"SELECT {_DELIVERY_COLUMNS}, first_failure, next_attempt FROM outbox "
             "WHERE endpoint = ? ORDER BY seq LIMIT ?",
@@ -221,7 +334,7 @@ class SQLiteOutbox:
             out.append(d)
         return out
 
-    async def delivered(self, delivery: Delivery, endpoint: Endpoint) -> None:
+    def _delivered(self, delivery: Delivery, endpoint: Endpoint) -> None:
         now = time.time()
         with self._transaction() as db:
             db.execute("DELETE FROM outbox WHERE seq = ?", (delivery.seq,))
@@ -238,7 +351,7 @@ class SQLiteOutbox:
                 (endpoint.last_msg_id, endpoint.last_delivered_at, endpoint.id),
             )
 
-    async def failed(self, delivery: Delivery, endpoint: Endpoint) -> None:
+    def _failed(self, delivery: Delivery, endpoint: Endpoint) -> None:
         with self._transaction() as db:
             db.execute(
                 "UPDATE outbox SET attempts = ?, first_failure = ?, next_attempt = ?, "
@@ -256,7 +369,7 @@ class SQLiteOutbox:
                 (endpoint.last_error, endpoint.last_error_at, endpoint.id),
             )
 
-    async def bury(self, delivery: Delivery) -> None:
+    def _bury(self, delivery: Delivery) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM outbox WHERE seq = ?", (delivery.seq,))
             db.execute(
@@ -267,15 +380,15 @@ class SQLiteOutbox:
             )
             _trim_dead(db, delivery.endpoint, self._keep_dead)
 
-    async def backlog(self) -> dict[str, int]:
+    def _backlog(self) -> dict[str, int]:
         rows = self.db.execute("SELECT endpoint, count(*) FROM outbox GROUP BY endpoint")
         return {endpoint: count for endpoint, count in rows}
 
-    async def dead_count(self) -> dict[str, int]:
+    def _dead_count(self) -> dict[str, int]:
         rows = self.db.execute("SELECT endpoint, count(*) FROM dead_letters GROUP BY endpoint")
         return {endpoint: count for endpoint, count in rows}
 
-    async def dead_letters(self, endpoint_id: str, after_seq: int, limit: int) -> list[Delivery]:
+    def _dead_letters(self, endpoint_id: str, after_seq: int, limit: int) -> list[Delivery]:
         rows = self.db.execute(
             f"SELECT {_DELIVERY_COLUMNS}, dead_at FROM dead_letters "
             "WHERE endpoint = ? AND seq > ? ORDER BY seq LIMIT ?",
@@ -288,7 +401,7 @@ class SQLiteOutbox:
             out.append(d)
         return out
 
-    async def revive(self, endpoint_id: str, ids: list[str] | None) -> int:
+    def _revive(self, endpoint_id: str, ids: list[str] | None) -> int:
         where = "endpoint = ?"
         params: list[Any] = [endpoint_id]
         if ids is not None:
@@ -307,7 +420,7 @@ class SQLiteOutbox:
             db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
         return revived
 
-    async def positions(self, endpoint_id: str, limit: int) -> list[tuple[str, str, int]]:
+    def _positions(self, endpoint_id: str, limit: int) -> list[tuple[str, str, int]]:
         rows = self.db.execute(
             'SELECT channel, epoch, "offset" FROM positions WHERE endpoint = ? '
             "ORDER BY delivered_at DESC LIMIT ?",
@@ -315,13 +428,13 @@ class SQLiteOutbox:
         )
         return [(channel, epoch, offset) for channel, epoch, offset in rows]
 
-    async def event_version(self) -> int:
+    def _event_version(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'event_version'").fetchone()
         return int(row[0]) if row else 0
 
     # ---- endpoints -------------------------------------------------------------------------
 
-    async def load_endpoints(self) -> list[Endpoint]:
+    def _load_endpoints(self) -> list[Endpoint]:
         rows = self.db.execute(
             "SELECT id, url, channels, events, secret, source, created_at, disabled_reason, "
             "last_error, last_error_at, last_msg_id, last_delivered_at FROM endpoints "
@@ -345,7 +458,7 @@ class SQLiteOutbox:
             for row in rows
         ]
 
-    async def save_endpoint(self, endpoint: Endpoint) -> None:
+    def _save_endpoint(self, endpoint: Endpoint) -> None:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO endpoints (id, url, channels, events, secret, source, created_at, "
@@ -365,7 +478,7 @@ class SQLiteOutbox:
                 ),
             )
 
-    async def delete_endpoint(self, endpoint_id: str) -> None:
+    def _delete_endpoint(self, endpoint_id: str) -> None:
         with self._transaction() as db:
             for table in ("endpoints", "outbox", "dead_letters", "positions"):
                 column = "id" if table == "endpoints" else "endpoint"

@@ -65,7 +65,8 @@ BAD_INPUT = [
      "frame has over 64 headers", 1009),
     (CONNECT + "SEND\ndestination:/topic/a\n\n[" + "1," * 600 + "1]\0",
      "frame is over 1024 bytes", 1009),
-    (CONNECT + "SEND\ndestination:/topic/a\n\n{nope}\0", "SEND body is not valid JSON", 4507),
+    (CONNECT + "SEND\ndestination:/topic/a\ncontent-type:application/json\n\n{nope}\0",
+     "SEND body is not valid JSON", 4507),
     (CONNECT + "SEND\ndestination:/queue/a\n\n{}\0",
      "destination must be /topic/<channel>, not '/queue/a'", 4507),
     (CONNECT + "SEND\ndestination:/topic/a\\tb\n\n{}\0",
@@ -143,7 +144,8 @@ async def test_invalid_utf8_in_headers(hub: RunningHub) -> None:
 async def test_the_error_names_the_receipt_of_the_failing_frame(hub: RunningHub) -> None:
     async with stomp(hub) as client:
         await client.connect()
-        await client.send("SEND", "{oops", destination="/topic/a", receipt="mine-1")
+        await client.send("SEND", "{oops", destination="/topic/a", receipt="mine-1",
+                          content_type="application/json")  # fmt: skip
         error, _ = await refused(client)
         assert error.headers["receipt-id"] == "mine-1"
         assert error.headers["x-code"] == "bad_json"

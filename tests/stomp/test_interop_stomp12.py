@@ -89,11 +89,22 @@ class _Listener:
 
 
 def _stomp_py(
-    port: int, run: Callable[[Any, _Listener], Any], heartbeats: tuple[int, int] = (0, 0)
+    port: int,
+    run: Callable[[Any, _Listener], Any],
+    heartbeats: tuple[int, int] = (0, 0),
+    binary: bool = False,
 ) -> Any:
     import stomp
 
-    conn = stomp.WSStompConnection([("127.0.0.1", port)], ws_path="/stomp", heartbeats=heartbeats)
+    # binary: bytes in and out (stomp.py decodes bodies as UTF-8 and sends text WebSocket
+    # messages unless told otherwise).
+    conn = stomp.WSStompConnection(
+        [("127.0.0.1", port)],
+        ws_path="/stomp",
+        heartbeats=heartbeats,
+        auto_decode=not binary,
+        binary_mode=binary,
+    )
     listener = _Listener()
     conn.set_listener("", listener)
     conn.connect(passcode=token("py"), wait=True)
@@ -160,7 +171,9 @@ async def test_stompjs_transactions(full: RunningHub) -> None:
     report = (await stompjs(full, "transactions"))["transactions"]
     assert report == {"beforeCommit": 0, "bodies": ["1", "2", "3", "4"]}
     history, _ = await full.hub.history("chat:tx")
-    assert [p.data for p in history.publications] == [1, 2, 3, 4]
+    # The last SEND had no content-type: its body is carried as text, not as JSON.
+    assert [p.data for p in history.publications] == [1, 2, 3, "4"]
+    assert [p.attrs for p in history.publications] == [None] * 3 + [{"encoding": "utf-8"}]
 
 
 async def test_stomp_py_transactions(full: RunningHub) -> None:
@@ -215,3 +228,49 @@ async def test_stomp_py_user_headers(full: RunningHub) -> None:
         return {k: message.headers[k] for k in ("x-trace", "priority")}
 
     assert await in_thread(full, run) == {"x-trace": "a:b\nc", "priority": "5"}
+
+
+@pytest.fixture
+async def roomy(hub_factory: Callable[..., Any]) -> RunningHub:
+    # Frames of 100 KiB and more: the limit is max_message_bytes, counted in bytes.
+    running: RunningHub = await hub_factory(
+        Settings(
+            token_secret=SECRET,
+            api_key="k",
+            allowed_origins=["http://127.0.0.1:*"],
+            limits={"max_message_bytes": 256 * 1024},
+        )
+    )
+    return running
+
+
+async def test_stompjs_bodies(roomy: RunningHub) -> None:
+    report = (await stompjs(roomy, "bodies"))["bodies"]
+    assert report == {
+        "binary": [0, 1, 2, 255, 0, 128, 10, 0],
+        "binaryType": "application/octet-stream",
+        "text": "plain text, not JSON",
+        "textType": "text/plain",
+        "large": True,
+        "largeType": None,
+    }
+    history, _ = await roomy.hub.history("chat:bodies")
+    assert history.publications[0].to_dict()["data"] == "AAEC/wCACgA="
+
+
+async def test_stomp_py_bodies(roomy: RunningHub) -> None:
+    def run(conn: Any, listener: _Listener) -> list[tuple[Any, Any]]:
+        conn.subscribe("/topic/chat:bodies", id="s", headers={"receipt": "rs"})
+        listener.wait_for(lambda: "rs" in listener.receipts, "the SUBSCRIBE receipt")
+        conn.send("/topic/chat:bodies", b"\x00\xff\x00 bytes", content_type="image/x-raw")
+        conn.send("/topic/chat:bodies", "text: ü", content_type="text/plain; charset=utf-8")
+        conn.send("/topic/chat:bodies", "y" * 100_000)
+        listener.wait_for(lambda: len(listener.messages) == 3, "the messages")
+        return [(m.body, m.headers.get("content-type")) for m in listener.messages]
+
+    got = await in_thread(roomy, run, binary=True)
+    assert got == [
+        (b"\x00\xff\x00 bytes", "image/x-raw"),
+        ("text: ü".encode(), "text/plain; charset=utf-8"),
+        (b"y" * 100_000, None),
+    ]

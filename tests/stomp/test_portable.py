@@ -95,3 +95,26 @@ async def test_stompjs_under_uvicorn(portable: RunningHub) -> None:
     assert report["resumed"] == ["missed 1", "missed 2"]
     assert report["heartBeatLost"] is False and report["heartBeatsReceived"] >= 2
     assert report["wrongToken"]["closeCode"] == 4500
+
+
+async def test_bodies_headers_and_several_subscriptions_under_uvicorn(portable: RunningHub) -> None:
+    body = b"\x00\xff binary \x00"
+    async with stomp(portable) as client:
+        await client.connect(passcode=_token())
+        for sub_id in ("a", "b"):
+            await client.send("SUBSCRIBE", id=sub_id, destination="/topic/chat\\cp",
+                              ack="client-individual", receipt=sub_id)  # fmt: skip
+            await client.expect("RECEIPT")
+        head = (
+            "SEND\ndestination:/topic/chat\\cp\ncontent-type:application/x-test\nx-k:v\n"
+            f"content-length:{len(body)}\n\n"
+        )
+        await client.send_raw(head.encode() + body + b"\0")  # a binary WebSocket message
+        got = {m.headers["subscription"]: m for m in [await client.recv(), await client.recv()]}
+        await client.send_raw("SEND\ndestination:/topic/chat\\cp\n\ntext\0")
+        texts = [await client.recv() for _ in range(2)]
+    assert {m.body for m in got.values()} == {body}
+    assert {m.headers["content-type"] for m in got.values()} == {"application/x-test"}
+    assert {m.headers["x-k"] for m in got.values()} == {"v"}
+    assert got["a"].headers["ack"] != got["b"].headers["ack"]
+    assert [(m.body, "content-type" in m.headers) for m in texts] == [(b"text", False)] * 2

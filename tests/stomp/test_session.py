@@ -229,12 +229,15 @@ def test_before_connect(data: bytes, message: str) -> None:
             "channel may only contain letters, digits and _ . : @ / = , + -",
             "bad_channel",
         ),
-        (frame("SEND", "{", destination="/topic/a"), "SEND body is not valid JSON", "bad_json"),
-        (frame("SEND", "", destination="/topic/a"), "SEND body is not valid JSON", "bad_json"),
         (
-            frame("SEND", "x", destination="/topic/a", content_type="image/png"),
-            "unsupported content-type 'image/png': send application/json or text/plain",
-            "unsupported_content_type",
+            frame("SEND", "{", destination="/topic/a", content_type="application/json"),
+            "SEND body is not valid JSON",
+            "bad_json",
+        ),
+        (
+            frame("SEND", "", destination="/topic/a", content_type="application/x+json"),
+            "SEND body is not valid JSON",
+            "bad_json",
         ),
         (frame("SUBSCRIBE", destination="/topic/a"), "SUBSCRIBE needs an id header", "bad_frame"),
         (
@@ -264,7 +267,9 @@ def test_connected_errors(data: bytes, message: str, code: str) -> None:
 
 def test_errors_name_the_receipt_of_the_failing_frame() -> None:
     session = connected()
-    err = error_of(session, frame("SEND", "{", destination="/topic/a", receipt="r-7"))
+    err = error_of(
+        session, frame("SEND", "{", destination="/topic/a", receipt="r-7", content_type="a/b+json")
+    )
     assert err.receipt_id == "r-7"
     error = session.error(err.message, code=err.code, receipt_id=err.receipt_id)
     assert error is not None and b"\nreceipt-id:r-7\n" in error
@@ -276,7 +281,13 @@ def test_send_events() -> None:
     session = connected()
     events = feed(
         session,
-        frame("SEND", '{"a": [1]}', destination="/topic/chat\\clobby", receipt="r")
+        frame(
+            "SEND",
+            '{"a":[1]}',
+            destination="/topic/chat\\clobby",
+            receipt="r",
+            content_type="application/json",
+        )
         + frame("SEND", "héllo", destination="/topic/t", content_type="text/plain;charset=utf-8")
         + frame(
             "SEND",
@@ -284,12 +295,20 @@ def test_send_events() -> None:
             destination="/topic/t",
             content_type="application/vnd.x+json",
             x_idempotency_key="k1",
-        ),
+        )
+        # JSON not in compact form, and no content-type at all: carried as they are.
+        + frame("SEND", '{"a": 1}', destination="/topic/t", content_type="application/json")
+        + frame("SEND", b"\x00\xff\x01", destination="/topic/t", content_length="3")
+        + frame("SEND", "", destination="/topic/t"),
     )
+    text = {"encoding": "utf-8"}
     assert events == [
         Send("chat:lobby", {"a": [1]}, "r", None),
-        Send("t", "héllo", None, None),
-        Send("t", 3, None, "k1"),
+        Send("t", "héllo", None, None, None, {**text, "content_type": "text/plain;charset=utf-8"}),
+        Send("t", "3", None, "k1", None, {**text, "content_type": "application/vnd.x+json"}),
+        Send("t", '{"a": 1}', None, None, None, {**text, "content_type": "application/json"}),
+        Send("t", "AP8B", None, None, None, {"encoding": "base64"}),
+        Send("t", "", None, None, None, text),
     ]
 
 

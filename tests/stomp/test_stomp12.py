@@ -5,6 +5,8 @@ The same features are exercised with real clients in ``test_interop_stomp12.py``
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 
 import pytest
@@ -12,8 +14,11 @@ import pytest
 from clarion.protocol.cursor import encode_single
 
 from ..conftest import RunningHub, timeout
+from ..redis_fixture import RedisServer, redis_server
 from ..transports.streams import poll, sse
 from .client import Received, StompClient, stomp
+
+__all__ = ["redis_server"]
 
 # ---- heart-beats -----------------------------------------------------------------------------
 
@@ -295,3 +300,101 @@ async def test_user_headers_are_bounded(
         assert (error.headers["x-code"], error.headers["receipt-id"]) == (code, "x")
     history, _ = await hub.hub.history("chat:many")
     assert history.publications == []
+
+
+# ---- bodies: text and binary, byte for byte -----------------------------------------------------
+
+BINARY = bytes(range(256)) + b"\0\0\xff"
+
+
+def _send_frame(body: bytes, **headers: str) -> bytes:
+    lines = "".join(f"{k.replace('_', '-')}:{v}\n" for k, v in headers.items())
+    head = f"SEND\ndestination:/topic/chat\\cmany\n{lines}content-length:{len(body)}\n\n"
+    return head.encode() + body + b"\0"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "published"),
+    [
+        (BINARY, "application/octet-stream", {"encoding": "base64"}),
+        ("plain words, ünïcode\n".encode(), "text/plain;charset=utf-8", {"encoding": "utf-8"}),
+        (b'{"spaced": [1, 2]}', "application/json", {"encoding": "utf-8"}),
+        (b'{"compact":[1,2]}', "application/json", {}),  # a JSON publication
+        (b"no type at all", None, {"encoding": "utf-8"}),
+        (b"\xc3\x28 not utf-8, no type", None, {"encoding": "base64"}),
+        (b"", None, {"encoding": "utf-8"}),
+    ],
+)
+async def test_bodies_round_trip_byte_for_byte_and_show_on_other_transports(
+    hub: RunningHub, body: bytes, content_type: str | None, published: dict[str, str]
+) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    async with hub.ws() as ws, sse(hub, "chat:many") as stream, hub.http() as http:
+        await ws.subscribe("chat:many")
+        await stream.opening()
+        async with stomp(hub) as client:
+            await client.connect()
+            start = await _subscribe(client, "s", "r")
+            await client.send_raw(_send_frame(body, receipt="x", **headers))
+            got = {m.command: m for m in [await client.recv(), await client.recv()]}
+            message = got["MESSAGE"]
+            assert message.body == body
+            assert message.headers.get("content-type") == (content_type or None)
+            assert int(message.headers["content-length"]) == len(body)
+            # Resumed from history: the same bytes.
+            await client.send("SUBSCRIBE", id="again", destination="/topic/chat\\cmany",
+                              x_since=start)  # fmt: skip
+            replayed = await client.expect("MESSAGE")
+            assert (replayed.body, replayed.headers.get("content-type")) == (
+                body,
+                content_type or None,
+            )
+        via_ws = await ws.recv()
+        ((_, via_sse),) = await stream.messages(1)
+        via_poll = (await poll(http, "chat:many", cursor=start, timeout=0))["publications"]
+    assert via_ws == via_sse == via_poll[0]
+    assert via_ws.get("encoding") == published.get("encoding")
+    assert via_ws.get("content_type") == (content_type if published else None)
+    if published.get("encoding") == "base64":
+        assert base64.b64decode(via_ws["data"]) == body
+    elif published:
+        assert via_ws["data"] == body.decode()
+    else:
+        assert via_ws["data"] == json.loads(body)
+
+
+async def test_a_body_counts_its_bytes_against_max_message_bytes(hub_factory) -> None:  # type: ignore[no-untyped-def]
+    running: RunningHub = await hub_factory(limits={"max_message_bytes": 4096})
+    async with stomp(running) as client:
+        await client.connect()
+        await _subscribe(client, "s", "r")
+        # 3200 bytes: under the limit, although their base64 (4268 characters) is not.
+        body = bytes(n % 7 for n in range(3199)) + b"\xff"
+        await client.send_raw(_send_frame(body, content_type="application/octet-stream"))
+        assert (await client.expect("MESSAGE")).body == body
+        # 3000 line breaks: 3000 bytes, although 6002 as a JSON string.
+        await client.send_raw(_send_frame(b"\n" * 3000, content_type="text/plain"))
+        assert (await client.expect("MESSAGE")).body == b"\n" * 3000
+    history, _ = await running.hub.history("chat:many")
+    assert [p.attrs for p in history.publications] == [
+        {"encoding": "base64", "content_type": "application/octet-stream"},
+        {"encoding": "utf-8", "content_type": "text/plain"},
+    ]
+
+
+async def test_bodies_on_the_redis_engine(hub_factory, redis_server: RedisServer) -> None:  # type: ignore[no-untyped-def]
+    running: RunningHub = await hub_factory(engine=redis_server.url)
+    async with stomp(running) as client:
+        await client.connect()
+        start = await _subscribe(client, "s", "r")
+        await client.send_raw(_send_frame(BINARY, content_type="image/x-test", x_a="1"))
+        await client.send_raw(_send_frame(b"text", content_type="text/plain"))
+        live = [await client.expect("MESSAGE") for _ in range(2)]
+        await client.send("SUBSCRIBE", id="again", destination="/topic/chat\\cmany", x_since=start)
+        replayed = [await client.expect("MESSAGE") for _ in range(2)]
+    for got in (live, replayed):
+        assert [(m.body, m.headers["content-type"]) for m in got] == [
+            (BINARY, "image/x-test"),
+            (b"text", "text/plain"),
+        ]
+        assert got[0].headers["x-a"] == "1"

@@ -37,7 +37,7 @@ class SendQueue:
         self.send = send
         self.limit = limit
         self.on_overflow = on_overflow
-        self._queue: deque[str | tuple[int, str]] = deque()
+        self._queue: deque[str | bytes | tuple[int, str]] = deque()
         self._queued = 0
         self._ready = asyncio.Event()
         self._overflowing = False
@@ -45,7 +45,8 @@ class SendQueue:
         self._told = False  # on_overflow ran; re-armed once the backlog is down to half
         self._task = asyncio.create_task(self._drain(), name="clarion-ws-sender")
 
-    def put(self, text: str) -> None:
+    def put(self, text: str | bytes) -> None:
+        """Queue a text message, or a binary one (``bytes``)."""
         if self._closed:
             return
         self._queue.append(text)
@@ -98,7 +99,10 @@ class SendQueue:
                     self._queued -= len(item)
                     if self._told and self._queued <= self.limit // 2:
                         self._told = False
-                    await self.send({"type": "websocket.send", "text": item})
+                    if isinstance(item, bytes):
+                        await self.send({"type": "websocket.send", "bytes": item})
+                    else:
+                        await self.send({"type": "websocket.send", "text": item})
         except (OSError, RuntimeError):
             return  # the peer is gone; the receive loop notices and cleans up
 

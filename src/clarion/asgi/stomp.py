@@ -21,8 +21,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
 from clarion import __version__
 from clarion.asgi import access
 from clarion.asgi.sendqueue import Send as AsgiSend
@@ -34,7 +32,7 @@ from clarion.core.session import Session, SubscribeResult
 from clarion.errors import ClarionError, ClientError, Forbidden, LimitExceeded, Unauthorized
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor
-from clarion.protocol.frames import text_frame
+from clarion.protocol.frames import frame_header, text_frame
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.protocol.stomp import (
     Abort,
@@ -52,10 +50,11 @@ from clarion.protocol.stomp import (
     Subscribe,
     Unsubscribe,
     acked_cursor,
+    message_body,
     message_tail,
     select_subprotocol,
 )
-from clarion.protocol.stomp.message import TOPIC
+from clarion.protocol.stomp.message import TOPIC, is_binary
 
 log = logging.getLogger("clarion.stomp")
 
@@ -67,21 +66,28 @@ _HEART_BEAT_FRAME = text_frame(HEART_BEAT)
 # ---- wire formats: one MESSAGE tail per publication and flavour ---------------------------------
 
 
-def _data_json(pub: Publication) -> bytes:
-    return orjson.dumps(pub.data)
+def _body(pub: Publication) -> bytes:
+    return message_body(pub)
 
 
 def _tail(pub: Publication, *, escaped: bool, ack: bool, ack_suffix: str = "") -> bytes:
-    body: bytes = pub.encoded("stomp/data", _data_json)
+    body: bytes = pub.encoded("stomp/data", _body)
     return message_tail(
         pub, publication_cursor(pub), body, escaped=escaped, ack=ack, ack_suffix=ack_suffix
     )
 
 
+class BinaryTail(bytes):
+    """The tail of a ``MESSAGE`` whose body is not UTF-8: sent in a binary WebSocket message."""
+
+    __slots__ = ()
+
+
 def _formats(kind: str, encode: Callable[[bytes], Any]) -> dict[tuple[bool, bool], WireFormat]:
     def make(escaped: bool, ack: bool) -> WireFormat:
         def tail(pub: Publication) -> Any:
-            return encode(_tail(pub, escaped=escaped, ack=ack))
+            frame = _tail(pub, escaped=escaped, ack=ack)
+            return BinaryTail(frame) if is_binary(pub) else encode(frame)
 
         name = f"stomp{'' if escaped else '1.0'}{'+ack' if ack else ''}/{kind}"
         return WireFormat(name, "stomp", tail)
@@ -95,6 +101,7 @@ TEXT_FORMATS = _formats("text", lambda tail: tail.decode())
 
 _pack16 = struct.Struct("!BBH").pack
 _pack64 = struct.Struct("!BBQ").pack
+_OP_BINARY = 0x82  # FIN + binary
 # Headers of the frame lengths seen so far, up to 64 KiB (at most 65536 small entries).
 _HEADS: dict[int, bytes] = {n: bytes((0x81, n)) for n in range(126)}  # FIN + text, 7-bit length
 
@@ -142,6 +149,9 @@ class FastWire:
             # a channel's publications often have the same length, so it is reused when it can.
             nonlocal last_length, head
             length = size + len(tail)
+            if type(tail) is BinaryTail:
+                conn_push(frame_header(length, _OP_BINARY) + prefix + tail)
+                return
             if length != last_length:
                 last_length = length
                 head = _ws_head(length) + prefix
@@ -191,8 +201,11 @@ class AsgiWire:
         head = prefix.decode()
         put = self.queue.put
 
-        def push(tail: str) -> None:
-            put(head + tail)
+        def push(tail: str | bytes) -> None:
+            if isinstance(tail, bytes):  # a BinaryTail
+                put(prefix + tail)
+            else:
+                put(head + tail)
 
         return push
 
@@ -731,7 +744,8 @@ class _Shared:
         wire = self.connection.wire
         escaped = self.connection.stomp.escaped
         if sub.ack_suffix and sub.needs_ack:
-            tail = wire.encode(_tail(pub, escaped=escaped, ack=True, ack_suffix=sub.ack_suffix))
+            frame = _tail(pub, escaped=escaped, ack=True, ack_suffix=sub.ack_suffix)
+            tail = BinaryTail(frame) if is_binary(pub) else wire.encode(frame)
         else:
             fmt = wire.formats[(escaped, sub.needs_ack)]
             tail = pub.encoded(fmt, fmt.encode)

@@ -2,7 +2,7 @@
 //
 //   node stomp12.mjs <http base URL> <token> <API key> <feature>...
 //
-// Features: heartbeat, subscriptions, headers, transactions. Prints one JSON object with what was observed per
+// Features: heartbeat, subscriptions, bodies, headers, transactions. Prints one JSON object with what was observed per
 // feature; exits non-zero if a step failed or timed out.
 import { Client } from '@stomp/stompjs';
 import WebSocket from 'ws';
@@ -116,6 +116,31 @@ const checks = {
       expectedId: published.cursor,
       ackCursor: ackReceipt.headers['x-cursor'],
       afterUnsubscribe: { b: onlyB.body, a: a.length },
+    };
+    await client.deactivate();
+  },
+
+  // Text and binary bodies arrive byte for byte, with their content-type.
+  async bodies() {
+    const destination = '/topic/chat:bodies';
+    const [client] = await connected();
+    const box = inbox();
+    client.subscribe(destination, (m) => box.push(m), { id: 's', receipt: 'rs' });
+    await withTimeout(receipt(client, 'rs'), 5000, 'SUBSCRIBE receipt');
+    const binary = new Uint8Array([0, 1, 2, 255, 0, 128, 10, 0]);
+    client.publish({ destination, binaryBody: binary,
+      headers: { 'content-type': 'application/octet-stream' } });
+    client.publish({ destination, body: 'plain text, not JSON', headers: { 'content-type': 'text/plain' } });
+    const big = 'x'.repeat(100 * 1024);
+    client.publish({ destination, body: big });
+    const [b, t, l] = [await box.next('binary'), await box.next('text'), await box.next('large')];
+    report.bodies = {
+      binary: Array.from(b.binaryBody),
+      binaryType: b.headers['content-type'],
+      text: t.body,
+      textType: t.headers['content-type'],
+      large: l.body === big,
+      largeType: l.headers['content-type'] ?? null,
     };
     await client.deactivate();
   },

@@ -29,7 +29,12 @@ from clarion.protocol.stomp.events import (
     Unsubscribe,
 )
 from clarion.protocol.stomp.frame import Frame, escape, serialise, unescape
-from clarion.protocol.stomp.message import message_prefix, message_tail, reset_frame
+from clarion.protocol.stomp.message import (
+    message_body,
+    message_prefix,
+    message_tail,
+    reset_frame,
+)
 from clarion.protocol.stomp.negotiation import (
     SUBPROTOCOLS,
     VERSIONS,
@@ -69,6 +74,7 @@ __all__ = [
     "Unsubscribe",
     "acked_cursor",
     "escape",
+    "message_body",
     "message_prefix",
     "message_tail",
     "negotiate_heart_beat",

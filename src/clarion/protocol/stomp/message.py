@@ -13,12 +13,16 @@ then the prefix followed by the tail.
 
 from __future__ import annotations
 
+import base64
+
+import orjson
+
 from clarion.protocol.publication import Publication
 from clarion.protocol.stomp.frame import Frame, escape, serialise
 
 TOPIC = "/topic/"
 RESET_PREFIX = "reset-"
-CONTENT_TYPE = "application/json"
+JSON_TYPE = "application/json"
 
 
 def destination(channel: str, *, escaped: bool) -> str:
@@ -36,7 +40,7 @@ def message_tail(
 ) -> bytes:
     """The shared rest of a ``MESSAGE``: every header after ``subscription``, the body, the NUL.
 
-    ``body`` is the publication's ``data`` as JSON; ``cursor`` its single-channel cursor, which
+    ``body`` is :func:`message_body`; ``cursor`` the publication's single-channel cursor, which
     is the ``message-id`` and, followed by ``ack_suffix``, the ``ack`` id: a client resumes
     from it with ``x-since``.
     """
@@ -45,7 +49,7 @@ def message_tail(
     head = (
         f"\nmessage-id:{cursor}{ack_header}"
         f"\ndestination:{destination(pub.channel, escaped=escaped)}"
-        f"\ncontent-type:{CONTENT_TYPE}\ncontent-length:{len(body)}"
+        f"{_content_type(pub, escaped)}\ncontent-length:{len(body)}"
         f"\nx-offset:{pub.offset}\nx-epoch:{epoch}"
     )
     attrs = pub.attrs
@@ -53,6 +57,35 @@ def message_tail(
     if headers:
         head += "".join(_user_header(str(k), str(v), escaped) for k, v in headers.items())
     return head.encode() + b"\n\n" + body + b"\0"
+
+
+def is_binary(pub: Publication) -> bool:
+    """Whether ``pub``'s ``MESSAGE`` body is not UTF-8: it travels in a binary WebSocket
+    message (a text message must be UTF-8)."""
+    attrs = pub.attrs
+    return attrs is not None and attrs.get("encoding") == "base64"
+
+
+def message_body(pub: Publication) -> bytes:
+    """The ``MESSAGE`` body: the raw body a publication with an ``encoding`` carries, or its
+    ``data`` as JSON."""
+    attrs = pub.attrs
+    encoding = attrs.get("encoding") if attrs else None
+    if encoding == "utf-8" and isinstance(pub.data, str):
+        return pub.data.encode()
+    if encoding == "base64" and isinstance(pub.data, str):
+        return base64.b64decode(pub.data)
+    return orjson.dumps(pub.data)
+
+
+def _content_type(pub: Publication, escaped: bool) -> str:
+    attrs = pub.attrs
+    if not attrs or "encoding" not in attrs:
+        return f"\ncontent-type:{JSON_TYPE}"
+    content_type = attrs.get("content_type")
+    if content_type is None:
+        return ""  # sent without one: delivered without one
+    return _user_header("content-type", str(content_type), escaped)
 
 
 def _user_header(name: str, value: str, escaped: bool) -> str:

@@ -10,6 +10,7 @@ and :meth:`reset` return. Every state change goes through the tables in
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +36,7 @@ from clarion.protocol.stomp.events import (
     Unsubscribe,
 )
 from clarion.protocol.stomp.frame import CLIENT_COMMANDS, SERVER_COMMANDS, Frame, serialise
-from clarion.protocol.stomp.message import RESET_PREFIX, TOPIC, event_frame, reset_frame
+from clarion.protocol.stomp.message import JSON_TYPE, RESET_PREFIX, TOPIC, event_frame, reset_frame
 from clarion.protocol.stomp.negotiation import (
     VERSIONS,
     HeartBeat,
@@ -98,24 +99,37 @@ def _one_line(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
 
 
-def decode_body(frame: Frame) -> Any:
-    """A ``SEND`` body as the publication's ``data``: JSON, or a string for ``text/*``."""
+def decode_body(frame: Frame) -> tuple[Any, dict[str, Any] | None]:
+    """A ``SEND`` body as the publication's ``data`` and attributes, so that subscribers get the
+    same bytes with the same ``content-type``.
+
+    * ``content-type: application/json`` with a body in compact form (as clarion writes JSON):
+      a JSON publication — ``data`` is the value;
+    * any other body of a JSON type must still be valid JSON (``bad_json``);
+    * every other body is carried as it is: ``data`` is the text (``encoding: utf-8``) when it
+      is valid UTF-8, else its base64 (``encoding: base64``), with its ``content_type`` if any.
+    """
     content_type = frame.get("content-type")
-    mime = content_type.partition(";")[0].strip().lower() if content_type else "application/json"
-    if mime == "application/json" or mime.endswith("+json"):
-        try:
-            return orjson.loads(frame.body)
-        except orjson.JSONDecodeError:
-            raise RemoteProtocolError("SEND body is not valid JSON", code="bad_json") from None
-    if mime.startswith("text/"):
-        try:
-            return frame.body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise RemoteProtocolError("SEND body is not valid UTF-8", code="bad_json") from None
-    raise RemoteProtocolError(
-        f"unsupported content-type {mime[:60]!r}: send application/json or text/plain",
-        code="unsupported_content_type",
-    )
+    body = frame.body
+    if content_type is not None:
+        mime = content_type.partition(";")[0].strip().lower()
+        if mime == "application/json" or mime.endswith("+json"):
+            try:
+                value = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise RemoteProtocolError("SEND body is not valid JSON", code="bad_json") from None
+            if content_type == JSON_TYPE and orjson.dumps(value) == body:
+                return value, None
+    attrs: dict[str, Any] = {}
+    try:
+        data = body.decode("utf-8")
+        attrs["encoding"] = "utf-8"
+    except UnicodeDecodeError:
+        data = base64.b64encode(body).decode()
+        attrs["encoding"] = "base64"
+    if content_type is not None:
+        attrs["content_type"] = content_type
+    return data, attrs
 
 
 def user_headers(frame: Frame) -> dict[str, str]:
@@ -296,9 +310,11 @@ class StompSession:
                 f"x-idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters"
             )
         transaction = self._transaction_of(frame)
+        data, attrs = decode_body(frame)
         headers = user_headers(frame)
-        attrs = {"headers": headers} if headers else None
-        send = Send(channel, decode_body(frame), receipt, key, transaction, attrs)
+        if headers:
+            attrs = {**(attrs or {}), "headers": headers}
+        send = Send(channel, data, receipt, key, transaction, attrs)
         if transaction is not None:
             self._hold(transaction, send, len(frame.body))
         return send

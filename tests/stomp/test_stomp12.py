@@ -15,10 +15,13 @@ from clarion.protocol.cursor import encode_single
 
 from ..conftest import RunningHub, timeout
 from ..redis_fixture import RedisServer, redis_server
+from ..security.test_hooks import Backend, backend, hooked
+from ..security.test_hooks import token as hook_token
 from ..transports.streams import poll, sse
 from .client import Received, StompClient, stomp
 
-__all__ = ["redis_server"]
+__all__ = ["backend", "redis_server"]
+JSON = "application/json"
 
 # ---- heart-beats -----------------------------------------------------------------------------
 
@@ -307,10 +310,15 @@ async def test_user_headers_are_bounded(
 BINARY = bytes(range(256)) + b"\0\0\xff"
 
 
-def _send_frame(body: bytes, **headers: str) -> bytes:
+def _send_frame(body: bytes, destination: str = "/topic/chat\\cmany", **headers: str) -> bytes:
     lines = "".join(f"{k.replace('_', '-')}:{v}\n" for k, v in headers.items())
-    head = f"SEND\ndestination:/topic/chat\\cmany\n{lines}content-length:{len(body)}\n\n"
+    head = f"SEND\ndestination:{destination}\n{lines}content-length:{len(body)}\n\n"
     return head.encode() + body + b"\0"
+
+
+async def _subscribe_to(client: StompClient, destination: str) -> None:
+    await client.send("SUBSCRIBE", id="s", destination=destination, receipt="sub")
+    await client.expect("RECEIPT")
 
 
 @pytest.mark.parametrize(
@@ -398,3 +406,19 @@ async def test_bodies_on_the_redis_engine(hub_factory, redis_server: RedisServer
             (b"text", "text/plain"),
         ]
         assert got[0].headers["x-a"] == "1"
+
+
+async def test_a_body_the_publish_hook_replaces_becomes_json(hub_factory, backend: Backend) -> None:  # type: ignore[no-untyped-def]
+    running = await hooked(hub_factory, backend.url + "/hook")
+    async with stomp(running) as client:
+        await client.connect(passcode=hook_token("alice", publish=["room:*"]))
+        await _subscribe_to(client, "/topic/room\\ccensored")
+        await client.send_raw(_send_frame(b"bad words", content_type="text/plain", x_a="1",
+                                          destination="/topic/room\\ccensored"))  # fmt: skip
+        message = await client.expect("MESSAGE")
+    assert (message.body, message.headers["content-type"]) == (b'{"text":"***"}', JSON)
+    assert message.headers["x-a"] == "1"  # the headers stay
+    (asked,) = [r for r in backend.requests if r["event"] == "publish"]
+    assert asked["data"] == "bad words"
+    history, _ = await running.hub.history("room:censored")
+    assert history.publications[0].attrs == {"headers": {"x-a": "1"}}

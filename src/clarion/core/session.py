@@ -188,9 +188,13 @@ class Session:
             )
         hooks = self.hub.hooks
         if hooks is not None:
-            data = await hooks.publish(
+            amended = await hooks.publish(
                 self.credentials, channel, data, self.id, self.transport.kind
             )
+            if amended is not data and attrs and "encoding" in attrs:
+                # The backend answered with data of its own: a JSON value, no longer the body.
+                attrs = {k: v for k, v in attrs.items() if k not in ("encoding", "content_type")}
+            data = amended
         return await self.hub.publish(
             channel,
             data,

@@ -290,6 +290,7 @@ class StompConnection:
         self.address = access.client_address(hub, scope)
         self._pending_key = hub.pending_key(self.address)
         self._pending = False
+        self._finishing = False
         self.last_received = time.monotonic()
         self._receipt: str | None = None  # of the frame being carried out
         loop = asyncio.get_running_loop()
@@ -393,6 +394,10 @@ class StompConnection:
                 self.wire.send(frame)
         self.stomp.close()
         self.wire.close(code, reason)
+        if self.session is not None and not self._finishing and not self._pending:
+            # The session is over, the socket not yet: it counts as one without a session.
+            self._pending = True
+            self.hub.pending.hold(self._pending_key)
 
     @staticmethod
     def _close_headers(code: int) -> tuple[tuple[str, str], ...]:
@@ -681,8 +686,9 @@ class StompConnection:
 
     def finish(self) -> None:
         """The socket is gone: release the session (idempotent)."""
-        self.unpend()
+        self._finishing = True
         self.end(CloseCode.NORMAL, "normal")
+        self.unpend()
 
 
 def _still_resuming(channel: str) -> RemoteProtocolError:

@@ -102,6 +102,17 @@ class ClarionWebSocket:
                 hub.pending.release(pending_key)
         # Nothing below needs the scope: let its headers go for the connection's lifetime.
         del scope
+        lingering = False
+
+        def linger() -> None:
+            # The hub ended the session (slow, revoked, ...) but the socket is still there until
+            # the peer or the server lets go: count it as a socket without a session meanwhile.
+            nonlocal lingering
+            if not lingering:
+                lingering = True
+                hub.pending.hold(pending_key)
+
+        transport.on_close = linger
         hub.subscribe_claimed(session)
         handler = _Connection(hub, session, transport)
         try:
@@ -120,7 +131,10 @@ class ClarionWebSocket:
                     continue
                 await handler.handle(text)
         finally:
+            transport.on_close = None
             hub.close_session(session, CloseCode.NORMAL)
+            if lingering:
+                hub.pending.release(pending_key)
             if isinstance(transport, AsgiTransport):
                 await transport.stop()
 

@@ -49,8 +49,11 @@ def frame_format(push_many: Callable[[Iterable[Any], bytes], None]) -> WireForma
 class _Pushes:
     """What both write paths say the same way: resets, presence events, the disconnect push."""
 
-    __slots__ = ("closed",)
+    __slots__ = ("closed", "on_close")
     closed: bool
+    # Called once the session is ended, while the socket may still be open (its endpoint
+    # counts it from then on, as a socket without a session).
+    on_close: Callable[[], None] | None
     fmt: WireFormat
     push: Callable[[Any], None]
     target: Any
@@ -92,6 +95,8 @@ class _Pushes:
         self.reply(messages.encode_disconnect(code, reason, disconnect_for(code).reconnect))
         self.closed = True
         self._end(code, reason)
+        if self.on_close is not None:
+            self.on_close()
 
 
 class FastTransport(_Pushes):
@@ -106,6 +111,7 @@ class FastTransport(_Pushes):
         self.fmt = frame_format(conn.push_many)
         self.target = conn  # what the server's push_many loop takes
         self.closed = False
+        self.on_close = None
         self.limit = send_limit
         self.on_overflow = on_overflow
         conn.set_send_limit(send_limit, on_overflow)
@@ -143,6 +149,7 @@ class AsgiTransport(_Pushes):
     def __init__(self, send: Send, send_limit: int, on_overflow: Callable[[], None]) -> None:
         self.queue = SendQueue(send, send_limit, on_overflow)
         self.closed = False
+        self.on_close = None
 
     @property
     def last_activity(self) -> float:

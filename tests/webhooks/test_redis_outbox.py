@@ -302,8 +302,9 @@ async def test_concurrent_publishes_are_stored_before_each_answers(
     redis_server: RedisServer, make_hub: Callable[..., Any], tmp_path: Path
 ) -> None:
     # Publishes made together share one pipeline; each call returns once its delivery is in
-    # Redis. (Their order in the queue is the order their publishes completed, which for
-    # concurrent publishes on one channel need not be the order of their offsets.)
+    # Redis, also when Redis has lost the outbox's scripts. (Their order in the queue is the
+    # order their publishes completed, which for concurrent publishes on one channel need not
+    # be the order of their offsets.)
     async with Receiver(lambda r: Answer(hang=True)) as receiver:
         node = await make_hub(engine=f"{redis_server.url}?{QUERY}")
         hook = await register(node, receiver, ["burst:*"])
@@ -317,6 +318,7 @@ async def test_concurrent_publishes_are_stored_before_each_answers(
             return msg_id
 
         try:
+            await store.script_flush()  # as after a Redis restart: the scripts are loaded again
             published = await asyncio.gather(*(publish(i) for i in range(60)))
             queued = [m.decode() for m in await store.zrange(queue, 0, -1)]
         finally:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from clarion.webhooks.endpoint import PUBLICATION, Delivery, Endpoint
 from clarion.webhooks.signing import event_msg_id
@@ -363,11 +363,33 @@ class RedisOutbox:
                 _set_version(pending.deliveries, version)
                 pending.versioned = True
         commands = self._commands(batch)
+        results = await self._run_scripts(client, commands)
+        return {c[3] for c, seq in zip(commands, results, strict=True) if c[3] and seq}
+
+    async def _run_scripts(
+        self, client: Any, commands: list[tuple[str, list[str], list[Any], str]]
+    ) -> list[Any]:
+        """One pipeline of ``EVALSHA``: one round trip (a pipeline of registered scripts would
+        first ask Redis whether it has them, every time). Scripts Redis lost (a restart) did
+        not run: they are loaded and those commands alone run again, in order."""
         pipe = client.pipeline(transaction=False)
         for name, keys, args, _ in commands:
-            await self._scripts[name](keys=keys, args=args, client=pipe)
-        results = await pipe.execute()
-        return {c[3] for c, seq in zip(commands, results, strict=True) if c[3] and seq}
+            pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            for name in {commands[i][0] for i in missing}:
+                await client.script_load(self._scripts[name].script)
+            pipe = client.pipeline(transaction=False)
+            for i in missing:
+                name, keys, args, _ = commands[i]
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
 
     # ---- deliveries ------------------------------------------------------------------------
 

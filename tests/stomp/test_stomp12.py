@@ -422,3 +422,19 @@ async def test_a_body_the_publish_hook_replaces_becomes_json(hub_factory, backen
     assert asked["data"] == "bad words"
     history, _ = await running.hub.history("room:censored")
     assert history.publications[0].attrs == {"headers": {"x-a": "1"}}
+
+
+async def test_x_latest_on_a_further_subscription(hub: RunningHub) -> None:
+    for n in range(3):
+        await hub.publish("chat:many", n)
+    async with stomp(hub) as client:
+        await client.connect()
+        start = await _subscribe(client, "first", "r1")
+        # The newest stored publication first, on that subscription only; then live ones.
+        assert await _subscribe(client, "newest", "r2", x_latest="true") == start
+        (newest,) = await _messages(client, 1)
+        assert (newest.headers["subscription"], newest.body) == ("newest", b"2")
+        await hub.publish("chat:many", 3)
+        got = await _messages(client, 2)
+        assert sorted(m.headers["subscription"] for m in got) == ["first", "newest"]
+        assert {m.body for m in got} == {b"3"}

@@ -652,6 +652,9 @@ class StompConnection:
             self.shared[channel] = shared
         since = event.since
         start = shared.position
+        if since is None and event.latest:
+            await self._latest_shared(shared, event)
+            return
         if since is None or since == start:
             sub.start(start)
             shared.add(sub)
@@ -677,6 +680,28 @@ class StompConnection:
                 if pub.epoch == last.epoch and pub.offset > last.offset:
                     shared.deliver(sub, pub)
                     last = pub.position
+        for pub in buffer:
+            if pub.epoch == last.epoch and pub.offset <= last.offset:
+                continue
+            shared.deliver(sub, pub)
+            last = pub.position
+        shared.live(sub)
+
+    async def _latest_shared(self, shared: _Shared, event: Subscribe) -> None:
+        """``x-latest`` on a further subscription: the newest stored publication first."""
+        sub, channel, start = event.subscription, shared.channel, shared.position
+        buffer = shared.add(sub, pending=True)
+        hub = self.hub
+        history = await hub.engine.history(channel, hub.options(channel), limit=1, reverse=True)
+        if shared.buffers.get(sub) is not buffer or self.shared.get(channel) is not shared:
+            return  # unsubscribed meanwhile
+        sub.start(start)
+        self._reply(event.receipt, ("x-cursor", Cursor.single(channel, start).encode()))
+        last = start
+        for pub in history.publications:
+            shared.deliver(sub, pub)
+            if pub.epoch == last.epoch and pub.offset > last.offset:
+                last = pub.position
         for pub in buffer:
             if pub.epoch == last.epoch and pub.offset <= last.offset:
                 continue

@@ -42,6 +42,7 @@ RUNNABLE = {"sh", "console", "python", "toml", "json"}
 DEDICATED = {
     "nginx": ROOT / "tests" / "deployment" / "test_nginx.py",
     "ini": ROOT / "tests" / "deployment" / "test_nginx.py",
+    "html": ROOT / "tests" / "browser" / "test_client_js.py",
 }
 MARKS = {"fragment", "slow"}
 HUB_PORT = 8000

@@ -68,6 +68,8 @@ export interface ConnectOptions {
   pollTimeout?: number;
   /** Milliseconds a WebSocket may take to answer the connect op (default 10000). */
   openTimeout?: number;
+  /** Milliseconds without a byte after which an SSE stream is reopened (default 45000). */
+  sseSilence?: number;
   /** The page's URL to resolve a relative `url` against (default: location). */
   base?: string;
   onState?: (state: ClientState, transport: TransportName | null) => void;

@@ -286,6 +286,7 @@ class Client extends Emitter {
     this.upgradeInterval = options.upgradeInterval ?? 60000;
     this.pollTimeout = options.pollTimeout ?? 25;
     this.openTimeout = options.openTimeout ?? 10000;
+    this.sseSilence = options.sseSilence ?? 45000;
     this.subs = new Map();
     this.token = null;
     this.tokenExpires = null;
@@ -311,6 +312,7 @@ class Client extends Emitter {
   // -- public API --
 
   subscribe(channel, options = {}) {
+    if (this.closed) throw new Error("the client is closed");
     if (this.subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
     const sub = new Subscription(this, channel, options);
     this.subs.set(channel, sub);
@@ -542,7 +544,7 @@ class Client extends Emitter {
         this.emit("error", error);
       }
       if (gen === this.generation) this._scheduleRefresh(gen);
-    }, refreshDelay(this.tokenExpires));
+    }, Math.max(500, refreshDelay(this.tokenExpires))); // a getToken() that keeps giving the old token is not asked in a loop
   }
 
   // -- WebSocket --
@@ -821,9 +823,16 @@ class Client extends Emitter {
           else if (event.type === "disconnect") disconnect = data;
         },
       });
+      // A stream silent for three of the hub's heartbeats is dead (a proxy lost it): reopen.
+      let silence = null;
+      const watch = () => {
+        clearTimeout(silence);
+        silence = setTimeout(() => stream.controller.abort(), this.sseSilence);
+      };
       try {
         const reader = r.body.getReader();
         for (;;) {
+          watch();
           const { value, done } = await reader.read();
           if (done) break;
           if (!opened) {
@@ -835,6 +844,8 @@ class Client extends Emitter {
         }
       } catch (error) {
         if (!this._live(sub, stream)) return;
+      } finally {
+        clearTimeout(silence);
       }
       parser.end();
       if (!this._live(sub, stream)) return;

@@ -14,6 +14,7 @@ from clarion.core.auth import mint_token
 from clarion.protocol.cursor import encode_single
 
 from ..conftest import RunningHub, timeout
+from ..docblocks import ROOT, blocks
 from .test_browser import CHROMIUM, FLAGS
 
 pytestmark = pytest.mark.skipif(
@@ -304,3 +305,106 @@ async def test_latest_gives_the_newest_stored_publication_first(
     await subscribed(hub, "chat:lobby")
     await hub.publish("chat:lobby", 3)
     assert await pubs(page, 2) == [2, 3]
+
+
+async def test_the_page_in_the_guide_runs_as_written(page: Any, hub: RunningHub) -> None:
+    """The "html" page of docs/client.md, served from the hub's origin."""
+    (html,) = [b.text for b in blocks(ROOT / "docs" / "client.md") if b.lang == "html"]
+
+    # Written into a page the hub served: the hub's own origin, loaded over loopback.
+    await page.goto(hub.http_url + "/healthz")
+    await page.set_content(html)
+    await page.wait_for_function(
+        "document.getElementById('transport').textContent === 'ws'", timeout=timeout(10) * 1000
+    )
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", {"text": "from the backend"})
+    await page.fill("#text", "from the page")
+    await page.click("button")
+    items = page.locator("#messages li")
+    await items.nth(1).wait_for(timeout=timeout(10) * 1000)
+    assert await items.all_text_contents() == ["from the backend", "from the page"]
+    # Reloaded, it resumes after what it showed: nothing twice, nothing missed.
+    await page.reload()
+    await hub.publish("chat:lobby", {"text": "while reloading"})
+    await page.set_content(html)
+    await items.first.wait_for(timeout=timeout(10) * 1000)
+    assert await items.all_text_contents() == ["while reloading"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_disconnected_user_is_told_and_not_reconnected(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    hub = await secured(hub_factory)
+    await open_client(page, hub, {"transports": [transport], "token": alice(), "pollTimeout": 2})
+    await wait_for(page, f"window.log.states.includes('connected:{transport}')")
+    await subscribed(hub, "chat:lobby")
+    async with hub.http() as http:
+        r = await http.post(
+            "/api/disconnect",
+            json={"user": "alice"},
+            headers={"authorization": "apikey backend-key"},
+        )
+        assert r.status_code == 200
+    await wait_for(page, "window.log.states.includes('closed:' + window.client.transport)")
+    states = await page.evaluate("window.log.states")
+    assert f"disconnected:{transport}:4501" in states
+    events = await page.evaluate("window.log.events")
+    assert events[-1]["event"] == "unsubscribed"
+    await asyncio.sleep(1)
+    assert not hub.hub.sessions  # it did not come back
+    assert (await page.evaluate("window.log.states"))[-1] == f"closed:{transport}"
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_join_and_leave_reach_the_subscription(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    hub = await secured(hub_factory, namespaces={"chat": {"join_leave": True}})
+    await open_client(page, hub, {"transports": [transport], "token": alice()})
+    await page.evaluate(
+        """() => { window.log.presence = [];
+        for (const e of ['join', 'leave']) window.sub.on(e, (d) => window.log.presence.push(
+            e + ':' + d.user)); }"""
+    )
+    await subscribed(hub, "chat:lobby")
+    async with hub.ws() as ws:
+        bob = mint_token(SECRET, "bob", ["chat:*"])
+        assert "ok" in await ws.call("connect", token=bob)
+        assert "ok" in await ws.subscribe("chat:lobby")
+        await wait_for(page, "window.log.presence.includes('join:bob')")
+    await wait_for(page, "window.log.presence.includes('leave:bob')")
+
+
+async def test_a_server_side_subscription_is_a_subscription(page: Any, hub: RunningHub) -> None:
+    await open_client(page, hub, {"transports": ["ws"]}, channel=None)
+    await page.evaluate(
+        """() => { window.client.on('subscription', (sub) => {
+            window.log.events.push({event: 'server', channel: sub.channel});
+            sub.on('publication', (p) => window.log.pubs.push(p.data)); }); }"""
+    )
+    await wait_for(page, "window.log.states.includes('connected:ws')")
+    client = next(iter(hub.hub.sessions))
+    async with hub.http() as http:
+        r = await http.post("/api/subscribe", json={"client": client, "channel": "rooms:1"})
+        assert r.status_code == 200
+    await wait_for(page, "window.log.events.some((e) => e.event === 'server')")
+    await hub.publish("rooms:1", "welcome")
+    assert await pubs(page, 1) == ["welcome"]
+
+
+async def test_a_silent_event_stream_is_reopened_from_its_cursor(
+    page: Any, hub_factory: Any
+) -> None:
+    hub: RunningHub = await hub_factory(sse={"heartbeat": 60})
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/sse?" in r.url else None)
+    await open_client(page, hub, {"transports": ["sse"], "sseSilence": 1000})
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", 1)
+    assert await pubs(page, 1) == [1]
+    await wait_for(page, "window.log.events.filter((e) => e.event === 'subscribed').length >= 3")
+    await hub.publish("chat:lobby", 2)
+    assert await pubs(page, 2) == [1, 2]
+    assert len(streams) >= 3

@@ -15,7 +15,7 @@ export declare function backoffDelay(
 
 export interface Endpoints {
   http: string; ws: string; sse: string; poll: string; healthz: string;
-  publish: string; history: string; presence: string;
+  publish: string; history: string; presence: string; presence_stats: string;
 }
 /** Every endpoint of a hub from its base URL (or one of its transport URLs). */
 export declare function endpoints(url: string, base?: string): Endpoints;
@@ -136,6 +136,9 @@ export interface HistoryResult<T = unknown> {
 }
 export interface PresenceResult {
   clients: { client: string; user: string | null; transport: string; info?: unknown }[];
+  /** Per user, their connections aggregated. */
+  users?: { user: string; clients: string[]; info?: unknown }[];
+  [key: string]: unknown;
 }
 
 interface ClientEvents {
@@ -158,6 +161,8 @@ export interface Client {
   ): Promise<PublishResult>;
   history<T = unknown>(channel: string, options?: HistoryOptions): Promise<HistoryResult<T>>;
   presence(channel: string): Promise<PresenceResult>;
+  /** How many clients and distinct users are present. */
+  presenceStats(channel: string): Promise<{ clients: number; users: number }>;
   on<K extends keyof ClientEvents>(event: K, fn: (e: ClientEvents[K]) => void): () => void;
   on(event: "state", fn: (state: ClientState, transport: TransportName | null) => void): () => void;
   off(event: string, fn: (...args: any[]) => void): void;

@@ -53,6 +53,7 @@ export function endpoints(url, base) {
     publish: `${http}/client/publish`,
     history: `${http}/client/history`,
     presence: `${http}/client/presence`,
+    presence_stats: `${http}/client/presence_stats`,
   };
 }
 
@@ -344,6 +345,8 @@ class Client extends Emitter {
   }
 
   presence(channel) { return this._call("presence", { channel }); }
+
+  presenceStats(channel) { return this._call("presence_stats", { channel }); }
 
   close() {
     if (this.closed) return;

@@ -25,7 +25,7 @@ KEY = "paths-key"
 # Public without the API key. The client transports and the client API take connection tokens.
 PUBLIC = {"/healthz", "/clarion.js"}
 TOKEN_AUTH = {"/sse", "/poll", "/ws", "/stomp", "/client/publish", "/client/history"}
-TOKEN_AUTH |= {"/client/presence"}
+TOKEN_AUTH |= {"/client/presence", "/client/presence_stats"}
 
 
 def _concrete(path: str) -> str:

@@ -66,6 +66,15 @@ async def test_publish_history_and_presence_with_the_users_token(secured: Runnin
             )
             assert r.status_code == 200, r.text
             assert [c["user"] for c in r.json()["clients"]] == ["bob"]
+            r = await http.get(
+                "/client/presence_stats", params={"channel": "chat:a"}, headers=bearer(alice)
+            )
+            assert r.json() == {"clients": 1, "users": 1}
+            # Presence of a channel the token may not read is not the user's to see.
+            r = await http.get(
+                "/client/presence_stats", params={"channel": "news:a"}, headers=bearer(alice)
+            )
+            assert r.status_code == 403
     # Nothing stays behind: each request was a session only while it ran.
     assert not secured.hub.sessions
 
@@ -91,7 +100,7 @@ async def test_the_token_rules_apply_and_the_api_key_grants_nothing(secured: Run
         assert (r.status_code, r.json()["error"]["code"]) == (401, "token_expired")
         r = await publish("chat:a", bearer("not-a-token"))
         assert r.status_code == 401
-        for path in ("/client/history", "/client/presence"):
+        for path in ("/client/history", "/client/presence", "/client/presence_stats"):
             r = await http.get(path, params={"channel": "news:a"}, headers=bearer(token()))
             assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden"), path
             r = await http.get(path, params={"channel": "chat:a"})

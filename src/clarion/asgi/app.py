@@ -143,6 +143,7 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
         Route("/client/publish", ClientEndpoint(hub, "publish"), methods=["POST", "OPTIONS"]),
         Route("/client/history", ClientEndpoint(hub, "history")),
         Route("/client/presence", ClientEndpoint(hub, "presence")),
+        Route("/client/presence_stats", ClientEndpoint(hub, "presence_stats")),
         *webhook_routes(hub),
     ]
     router = Starlette(

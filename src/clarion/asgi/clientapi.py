@@ -1,5 +1,5 @@
-"""``/client/publish``, ``/client/history``, ``/client/presence``: what a WebSocket session does
-with its ``publish``, ``history`` and ``presence`` ops, for clients on SSE or polling.
+"""``/client/publish``, ``/client/history``, ``/client/presence``, ``/client/presence_stats``: what
+a WebSocket session does with those ops, for clients on SSE or polling.
 
 They take the connection token (``Authorization: Bearer``, ``token=`` or the cookie), never the
 API key, and apply the client rules: the token's channel and publish permissions, the hooks, the
@@ -22,6 +22,7 @@ from clarion.asgi.websocket import history_body
 from clarion.core.hub import Hub
 from clarion.core.limits import TokenBucket
 from clarion.core.session import Session
+from clarion.engines.base import presence_body
 from clarion.errors import BadRequest, ClarionError, Forbidden, LimitExceeded
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode
@@ -158,15 +159,25 @@ class ClientEndpoint:
                 raise LimitExceeded("publishing faster than the client rate", code="rate_limited")
             pub = await session.publish(channel, cmd.data, idempotency_key=cmd.publication_id)
             return {"offset": pub.offset, "epoch": pub.epoch, "cursor": hub.cursor_of(pub)}
-        await hub.authorize_read(session.credentials, channel, "poll", session.id)
         if cmd.op == "history":
+            await hub.authorize_read(session.credentials, channel, "poll", session.id)
             history, reason = await hub.history(
                 channel, since=cmd.since, limit=cmd.limit, reverse=cmd.reverse
             )
             return history_body(hub, channel, history, reason, reverse=cmd.reverse)
-        # A request is subscribed to nothing; a token that may read the channel could open a
-        # stream on it at once, so it counts as that stream's subscriber.
-        subscribed = session.user is not None
+        # A request is subscribed to nothing; a user whose token may subscribe to the channel
+        # could open a stream on it at once, so it counts as that stream's subscriber.
+        subscribed = session.user is not None and _may_subscribe(hub, session, channel)
         hub.auth.check_presence(session.credentials, channel, subscribed=subscribed)
+        if cmd.op == "presence_stats":
+            return (await hub.presence_stats(channel)).to_dict()
         info = hub.options(channel).presence_info
-        return {"clients": [e.to_dict(info=info) for e in await hub.presence(channel)]}
+        return presence_body(await hub.presence(channel), info=info)
+
+
+def _may_subscribe(hub: Hub, session: Session, channel: str) -> bool:
+    try:
+        hub.auth.check_subscribe(session.credentials, channel)
+    except ClarionError:
+        return False
+    return True

@@ -98,6 +98,14 @@ def _client_api(errors: dict[str, Any]) -> dict[str, Any]:
                 "responses": {"200": _ok({"type": "object"}), **errors},
             }
         },
+        "/client/presence_stats": {
+            "get": {
+                "summary": "Presence counts with a connection token (as the `presence_stats` op)",
+                "security": [{"bearer": []}],
+                "parameters": [_query("channel", True, _CHANNEL, "the channel"), _TOKEN],
+                "responses": {"200": _ok({"type": "object"}), **errors},
+            }
+        },
     }
 
 

@@ -73,10 +73,10 @@ export function tokenExpiry(token) {
 }
 
 // How long before `expires` (Unix seconds) to ask for a new token: a tenth of what is left, at
-// least one second, at most thirty.
+// least two seconds (time for getToken() and the refresh on a busy page), at most thirty.
 export function refreshDelay(expires, now = Date.now()) {
   const left = expires * 1000 - now;
-  const margin = Math.min(30000, Math.max(1000, left / 10));
+  const margin = Math.min(30000, Math.max(2000, left / 10));
   return Math.max(0, left - margin);
 }
 

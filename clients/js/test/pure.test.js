@@ -72,7 +72,8 @@ test("token expiry from the exp claim, and when to refresh", () => {
   assert.equal(tokenExpiry("a.%%%.c"), null);
   assert.equal(tokenExpiry(null), null);
   const now = 1_000_000_000_000;
-  assert.equal(refreshDelay(now / 1000 + 5, now), 4000);            // 5 s token: 1 s early
+  assert.equal(refreshDelay(now / 1000 + 5, now), 3000);            // 5 s token: 2 s early
+  assert.equal(refreshDelay(now / 1000 + 1, now), 0);               // shorter: at once
   assert.equal(refreshDelay(now / 1000 + 100, now), 90000);         // a tenth of what is left
   assert.equal(refreshDelay(now / 1000 + 3600, now), 3570000);      // at most 30 s early
   assert.equal(refreshDelay(now / 1000 - 5, now), 0);               // already expired: now

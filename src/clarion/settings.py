@@ -54,8 +54,17 @@ class NamespaceOptions(BaseModel):
     anonymous: bool = Field(False, description="allow subscribe without a token")
     client_publish: bool = Field(True, description="allow clients (not only the API) to publish")
     presence: bool = Field(True, description="track who is subscribed and push join/leave")
-    join_leave: bool = Field(
-        False, description="push join/leave events to subscribers (needs presence)"
+    join_leave: bool | Literal["user", "client"] = Field(
+        False,
+        description='push join/leave events to subscribers (needs presence): "user" = when a '
+        "user's first client arrives and after its last one leaves (`presence_grace` later); "
+        '"client" (or true) = for every client',
+    )
+    presence_grace: float = Field(
+        5,
+        ge=0,
+        description='seconds a user\'s leave waits with `join_leave = "user"`: a reload or a '
+        "reconnect within it sends neither leave nor join",
     )
     presence_read: Literal["subscribers", "anyone", "token"] = Field(
         "subscribers",
@@ -75,6 +84,13 @@ class NamespaceOptions(BaseModel):
     idempotency_window: float = Field(
         300, ge=0, description="seconds within which a repeated publish `id` is not published again"
     )
+
+    @property
+    def join_leave_mode(self) -> str | None:
+        """``"user"``, ``"client"`` or ``None`` (no join/leave events)."""
+        if self.join_leave is True:
+            return "client"
+        return self.join_leave or None
 
 
 class Limits(BaseModel):

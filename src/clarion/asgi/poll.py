@@ -68,6 +68,7 @@ class PollWaiter:
         "count_left",
         "disconnect",
         "events",
+        "presence",
         "subscribed",
         "unsubscribed",
         "woken",
@@ -75,6 +76,8 @@ class PollWaiter:
 
     def __init__(self, count: int, size: int) -> None:
         self.events: list[Publication | _Reset] = []
+        # Presence events (``{"join": {...}}``) while the poll waits: it answers with them.
+        self.presence: list[dict[str, Any]] = []
         self.unsubscribed: dict[str, str] = {}  # channel -> reason
         # Channels the hub subscribed meanwhile -> where the client starts reading them.
         self.subscribed: dict[str, StreamPosition] = {}
@@ -111,7 +114,9 @@ class PollWaiter:
         self._wake()
 
     def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
-        return None  # presence events are not part of a poll reply
+        if len(self.presence) < self.count_left:  # bounded like the publications
+            self.presence.append({kind: event})
+        self._wake()
 
     def send_unsubscribe(self, channel: str, reason: str) -> None:
         self.unsubscribed[channel] = reason
@@ -142,7 +147,15 @@ class PollWaiter:
 class _Reply:
     """Builds one reply: per channel its publications and where it now stands."""
 
-    __slots__ = ("disconnect", "positions", "publications", "reset", "subscribed", "unsubscribed")
+    __slots__ = (
+        "disconnect",
+        "events",
+        "positions",
+        "publications",
+        "reset",
+        "subscribed",
+        "unsubscribed",
+    )
 
     def __init__(self, since: dict[str, StreamPosition]) -> None:
         self.positions = dict(since)
@@ -151,10 +164,12 @@ class _Reply:
         self.disconnect: Disconnect | None = None
         self.unsubscribed: dict[str, str] = {}
         self.subscribed: list[str] = []
+        self.events: list[dict[str, Any]] = []
 
     def hub_changes(self, waiter: PollWaiter) -> None:
         """What the hub subscribed and unsubscribed while this poll was open."""
         self.unsubscribed = waiter.unsubscribed
+        self.events = waiter.presence
         for channel, position in waiter.subscribed.items():
             self.subscribed.append(channel)
             self.positions[channel] = position
@@ -182,6 +197,7 @@ class _Reply:
             and self.disconnect is None
             and not self.unsubscribed
             and not self.subscribed
+            and not self.events
         )
 
     def cursor(self) -> str:
@@ -205,6 +221,8 @@ class _Reply:
             out += b',"unsubscribed":' + orjson.dumps(
                 [{"channel": c, "reason": r} for c, r in self.unsubscribed.items()]
             )
+        if self.events:
+            out += b',"events":' + orjson.dumps(self.events)
         if self.disconnect is not None:
             out += b',"disconnect":' + orjson.dumps(self.disconnect.to_dict())
         return out + b"}"

@@ -21,6 +21,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+
 from clarion import __version__
 from clarion.asgi import access
 from clarion.asgi.sendqueue import Send as AsgiSend
@@ -333,7 +335,10 @@ class StompConnection:
                 self.wire.send(frame)
 
     def send_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
-        return None  # STOMP has no presence events
+        if not self.closed:
+            frame = self.stomp.presence_event(channel, kind, orjson.dumps(event))
+            if frame is not None:
+                self.wire.send(frame)
 
     def send_unsubscribe(self, channel: str, reason: str) -> None:
         self.shared.pop(channel, None)

@@ -105,6 +105,8 @@ class Hub:
         self.stats = Stats()
         self.metrics_registry = make_registry(self)
         self._recovering: dict[str, list[Publication]] = {}
+        # (channel, user) -> the task that sends the user's leave once its grace has passed.
+        self._retiring: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._revocation_sync: asyncio.Task[None] | None = None
@@ -143,6 +145,9 @@ class Hub:
         self.closing = True
         for session in list(self.sessions.values()):
             self.close_session(session, code)
+        for retiring in self._retiring.values():
+            retiring.cancel()  # a node going away sends no late leave
+        self._retiring.clear()
         for timer in (self._ticker, self._revocation_sync):
             if timer is not None:
                 timer.cancel()
@@ -345,7 +350,10 @@ class Hub:
             return
         # Presence events go to the subscribers who may read the channel's presence only.
         may_read = self.auth.may_read_presence
+        pending = local.pending
         for sub in local.subscriptions():
+            if sub in pending:
+                continue  # not confirmed yet: nothing may come before its subscribe reply
             if may_read(sub.session.credentials, channel, subscribed=True):
                 sub.session.transport.send_event(channel, kind, event)
 
@@ -979,9 +987,17 @@ class Hub:
         if self.lifecycle_listeners:
             self.emit("join", {"channel": channel, **entry.to_dict()})
         options = self.options(channel)
-        if options.join_leave:
+        mode = options.join_leave_mode
+        if mode == "client":
             shown = entry.to_dict(info=options.presence_info)
             await self.engine.broadcast_event(channel, "join", {"channel": channel, **shown})
+        elif mode == "user" and session.user is not None:
+            pending = self._retiring.pop((channel, session.user), None)
+            if pending is not None:
+                pending.cancel()  # back within the grace: the leave check is moot
+            if await self.engine.presence_announce(channel, session.user):
+                event = self._user_event(channel, session, options)
+                await self.engine.broadcast_event(channel, "join", event)
         if session.closed or channel not in session.subscriptions:
             await self._leave(session, channel)
 
@@ -994,10 +1010,42 @@ class Hub:
         if self.lifecycle_listeners:
             self.emit("leave", {"channel": channel, **self._session_info(session)})
         options = self.options(channel)
-        if not options.join_leave:
-            return
-        shown = self._presence_entry(session).to_dict(info=options.presence_info)
-        await self.engine.broadcast_event(channel, "leave", {"channel": channel, **shown})
+        mode = options.join_leave_mode
+        if mode == "client":
+            shown = self._presence_entry(session).to_dict(info=options.presence_info)
+            await self.engine.broadcast_event(channel, "leave", {"channel": channel, **shown})
+        elif mode == "user" and session.user is not None and not self.closing:
+            # The user leaves once none of its clients is back within the grace, on any node:
+            # a reload or a reconnect storm sends neither leave nor join.
+            key = (channel, session.user)
+            pending = self._retiring.pop(key, None)
+            if pending is not None:
+                pending.cancel()
+            event = self._user_event(channel, session, options)
+            self._retiring[key] = self.spawn(
+                self._retire_later(key, event, options.presence_grace), name="clarion-retire"
+            )
+
+    def _user_event(
+        self, channel: str, session: Session, options: NamespaceOptions
+    ) -> dict[str, Any]:
+        event: dict[str, Any] = {"channel": channel, "user": session.user}
+        if options.presence_info and session.credentials.info is not None:
+            event["info"] = session.credentials.info
+        return event
+
+    async def _retire_later(
+        self, key: tuple[str, str], event: dict[str, Any], grace: float
+    ) -> None:
+        channel, user = key
+        try:
+            await asyncio.sleep(grace)
+            if self._retiring.get(key) is asyncio.current_task():
+                del self._retiring[key]
+            if await self.engine.presence_retire(channel, user):
+                await self.engine.broadcast_event(channel, "leave", event)
+        except ClarionError as exc:  # e.g. the engine is unreachable: no leave is sent
+            log.warning("presence leave on %s failed: %s", channel, exc.message)
 
     async def _leave_all(self, session: Session, channels: list[str]) -> None:
         for channel in channels:

@@ -174,6 +174,14 @@ class Engine(Protocol):
     async def presence_stats(self, channel: str) -> PresenceStats:
         """The counts of :meth:`presence` without listing anyone: O(1) or one round trip."""
 
+    async def presence_announce(self, channel: str, user: str) -> bool:
+        """Mark ``user`` as announced on ``channel``; ``True`` when it was not (a ``join`` is
+        due), on whichever node asks first."""
+
+    async def presence_retire(self, channel: str, user: str) -> bool:
+        """Unmark ``user`` when none of its clients is present any more; ``True`` when this
+        call did (a ``leave`` is due), on whichever node asks first."""
+
     async def revoke(self, kind: str, key: str, until: float) -> None:
         """Refuse the user (``kind`` ``"user"``) or token id (``"jti"``) ``key`` until ``until``
         (Unix time) on every node, including nodes started later; kept past a restart."""

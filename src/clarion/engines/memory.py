@@ -89,6 +89,7 @@ class MemoryEngine:
         self._presence: dict[str, dict[str, PresenceEntry]] = {}
         # channel -> user -> how many of its clients are present: the stats without a scan.
         self._users: dict[str, dict[str, int]] = {}
+        self._announced: dict[str, set[str]] = {}  # channel -> users whose join was sent
         self._sink: EngineSink | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -263,6 +264,22 @@ class MemoryEngine:
             users.pop(user, None)
             if not users:
                 del self._users[channel]
+
+    async def presence_announce(self, channel: str, user: str) -> bool:
+        announced = self._announced.setdefault(channel, set())
+        if user in announced:
+            return False
+        announced.add(user)
+        return True
+
+    async def presence_retire(self, channel: str, user: str) -> bool:
+        announced = self._announced.get(channel)
+        if announced is None or user not in announced or user in self._users.get(channel, ()):
+            return False
+        announced.discard(user)
+        if not announced:
+            del self._announced[channel]
+        return True
 
     async def presence_stats(self, channel: str) -> PresenceStats:
         return PresenceStats(

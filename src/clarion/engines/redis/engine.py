@@ -58,7 +58,8 @@ SUBSCRIBE_TIMEOUT = 5.0  # seconds for Redis to confirm a subscription
 PING_TIMEOUT = 1.0
 CHECK_BATCH = 500  # channels per pipelined position check
 CATCH_UP_ROUNDS = 10  # history reads per channel per check, at most
-MIN_REDIS = (6, 2)  # XTRIM MINID
+MIN_REDIS = (6, 2)  # XTRIM MINID, ZADD GT
+DAY_MS = 86_400_000
 # Decoded publications kept by (channel, epoch, offset), which names one content for good: the
 # history reads of a reconnect storm then share objects, and with them their encoded frames.
 RECENT = 4096
@@ -109,6 +110,8 @@ class RedisEngine:
         self._presence_add = client.register_script(scripts.PRESENCE_ADD)
         self._presence_remove = client.register_script(scripts.PRESENCE_REMOVE)
         self._presence_stats = client.register_script(scripts.PRESENCE_STATS)
+        self._presence_announce = client.register_script(scripts.PRESENCE_ANNOUNCE)
+        self._presence_retire = client.register_script(scripts.PRESENCE_RETIRE)
         self._presence_get = client.register_script(scripts.PRESENCE_GET)
         self._revoke = client.register_script(scripts.REVOKE)
         # Per-session commands (history, presence, shared counts) issued in one loop
@@ -130,6 +133,8 @@ class RedisEngine:
                 self._presence_add,
                 self._presence_remove,
                 self._presence_stats,
+                self._presence_announce,
+                self._presence_retire,
                 self._presence_get,
                 self._revoke,
             ):
@@ -518,6 +523,23 @@ class RedisEngine:
             )
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc, f"removing presence on {channel!r}") from None
+
+    async def presence_announce(self, channel: str, user: str) -> bool:
+        keys = [self.keys.presence_announced(channel), self.keys.presence_users(channel)]
+        # The set outlives a crashed node's users only by a day: nothing else ends it then.
+        try:
+            return bool(
+                await self._batch.script(self._presence_announce, keys=keys, args=[user, DAY_MS])
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc, f"announcing presence on {channel!r}") from None
+
+    async def presence_retire(self, channel: str, user: str) -> bool:
+        keys = [self.keys.presence_announced(channel), self.keys.presence_users(channel)]
+        try:
+            return bool(await self._batch.script(self._presence_retire, keys=keys, args=[user]))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc, f"retiring presence on {channel!r}") from None
 
     async def presence_stats(self, channel: str) -> PresenceStats:
         """Two counts in one round trip, however many are present."""

@@ -57,6 +57,10 @@ class Keys:
     def presence_users(self, channel: str) -> str:
         return f"{self.prefix}:{{{channel}}}:presence:u"
 
+    def presence_announced(self, channel: str) -> str:
+        """Users whose ``join`` was sent (``join_leave = "user"``)."""
+        return f"{self.prefix}:{{{channel}}}:presence:a"
+
     def presence_user(self, channel: str, user: str) -> str:
         """The leases of one user's clients on the channel."""
         return f"{self.prefix}:{{{channel}}}:presence:u:{user}"

@@ -220,6 +220,27 @@ return 0
 """
 )
 
+# KEYS: announced set, users zset
+# ARGV: user, ttl ms
+# -> 1 when the user was not announced yet (a join is due), else 0
+PRESENCE_ANNOUNCE = """
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return added
+"""
+
+# KEYS: announced set, users zset
+# ARGV: user
+# -> 1 when the user was announced and has no live client (a leave is due), else 0
+PRESENCE_RETIRE = (
+    _COMMON
+    + """
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if score and tonumber(score) > now_ms() then return 0 end
+return redis.call('SREM', KEYS[1], ARGV[1])
+"""
+)
+
 # KEYS: expiry zset, users zset
 # -> {live clients, live users}: two counts in O(log n), nothing listed
 PRESENCE_STATS = (

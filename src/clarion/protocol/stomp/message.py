@@ -135,9 +135,11 @@ def event_frame(
     headers: tuple[tuple[str, str], ...],
     *,
     escaped: bool,
+    body: bytes = b"",
 ) -> bytes:
-    """A signal about a subscription, not a publication: a ``MESSAGE`` with ``x-event`` set
-    (``subscribe``, ``unsubscribe``) and an empty body; ``message-id`` is ``<event>-<channel>``.
+    """A signal, not a publication: a ``MESSAGE`` with ``x-event`` set (``subscribe``,
+    ``unsubscribe`` with an empty body; presence ``join``, ``leave`` with the event as a JSON
+    body); ``message-id`` is ``<event>-<channel>``.
 
     No ``ack`` header: the signal is not a publication and is never acknowledged.
     """
@@ -147,6 +149,8 @@ def event_frame(
         ("destination", TOPIC + channel),
         ("x-event", event),
         *headers,
-        ("content-length", "0"),
     ]
-    return serialise(Frame("MESSAGE", tuple(all_headers)), escaped=escaped)
+    if body:
+        all_headers.append(("content-type", "application/json"))
+    all_headers.append(("content-length", str(len(body))))
+    return serialise(Frame("MESSAGE", tuple(all_headers), body), escaped=escaped)

@@ -645,6 +645,21 @@ class StompSession:
             )
         return b"".join(frames)
 
+    def presence_event(self, channel: str, kind: str, body: bytes) -> bytes | None:
+        """The ``x-event: join``/``leave`` signals (``body`` the event's JSON) for every
+        subscription to ``channel``; ``None`` if there is none, or the session no longer
+        sends."""
+        subs = self.by_channel.get(channel)
+        if not subs:
+            return None
+        frames = []
+        for sub in list(subs):
+            if not self.can_send("MESSAGE"):
+                return None
+            self._transition("MESSAGE")
+            frames.append(event_frame(sub.id, channel, kind, (), escaped=self.escaped, body=body))
+        return b"".join(frames)
+
     def close(self) -> None:
         """The connection ended (or is being ended): nothing more is read or sent; open
         transactions are aborted."""

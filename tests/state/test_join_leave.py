@@ -1,0 +1,153 @@
+"""Join and leave per user (``join_leave = "user"``) with a grace period, delivered on /ws,
+/sse, /poll and STOMP, over real sockets on both engines (on Redis, across two nodes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from clarion.core.auth import mint_token
+from clarion.settings import NamespaceOptions
+
+from ..conftest import WS, RunningHub, timeout
+from ..stomp.client import StompClient, stomp
+from ..transports.streams import SseClient, sse
+from .test_presence_users import until_stats
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET = "a-long-enough-test-secret-0123456789"
+KEY = "presence-api-key"
+GRACE = 1.0
+
+
+def settings(mode: str) -> dict[str, Any]:
+    room = NamespaceOptions(join_leave=mode, presence_grace=GRACE)  # type: ignore[arg-type]
+    return {"token_secret": SECRET, "api_key": KEY, "namespaces": {"room": room}}
+
+
+def token(user: str) -> str:
+    return mint_token(SECRET, user, ["room:*"])
+
+
+def bearer(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(user)}"}
+
+
+class Watchers:
+    """One subscriber per transport, each collecting the presence events about alice."""
+
+    def __init__(self, ws: WS, stream: SseClient, stomp_client: StompClient) -> None:
+        self.ws, self.sse, self.stomp = ws, stream, stomp_client
+
+    async def next_each(self, wait: float = 10) -> list[tuple[str, dict[str, Any]]]:
+        """The next event about alice on each transport: ``(kind, event)`` per transport."""
+        out = []
+        while True:
+            msg = await self.ws.recv(wait)
+            kind = next((k for k in ("join", "leave") if k in msg), None)
+            if kind is not None and msg[kind].get("user") == "alice":
+                out.append((kind, msg[kind]))
+                break
+        while True:
+            event = await self.sse.next(wait)
+            if event.event in ("join", "leave") and event.json().get("user") == "alice":
+                out.append((event.event, event.json()))
+                break
+        while True:
+            frame = await self.stomp.recv(wait)
+            kind = frame.headers.get("x-event") if frame.command == "MESSAGE" else None
+            if kind in ("join", "leave") and frame.json().get("user") == "alice":
+                out.append((str(kind), frame.json()))
+                break
+        return out
+
+    async def nothing_about_alice(self, wait: float) -> None:
+        """No event about alice reaches the WebSocket watcher within ``wait`` seconds (the
+        transports share one delivery: the others are checked by the next expected event)."""
+        deadline = time.monotonic() + timeout(wait)
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await asyncio.wait_for(self.ws.conn.recv(), left)
+            except TimeoutError:
+                return
+            assert "alice" not in str(msg), msg
+
+
+async def long_poll(hub: RunningHub, channel: str) -> dict[str, Any]:
+    async with hub.http(headers=bearer("poller")) as http:
+        r = await http.get("/poll", params={"channel": channel, "timeout": "20"})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def subscribers(hub: RunningHub, channel: str) -> int:
+    return hub.hub.channels().get(channel, 0)
+
+
+async def test_alice_with_two_tabs_and_bob(nodes: Callable[..., Any]) -> None:
+    a: RunningHub = await nodes(**settings("user"))
+    b: RunningHub = await nodes(**settings("user"))
+    async with (
+        b.ws(additional_headers=bearer("bob")) as bob,
+        sse(a, "room:1", headers=bearer("watcher")) as stream,
+        stomp(b) as stomp_client,
+    ):
+        await bob.subscribe("room:1")
+        await stream.opening()
+        await stomp_client.connect(passcode=token("stomper"))
+        await stomp_client.send("SUBSCRIBE", id="s", destination="/topic/room:1", receipt="r")
+        await stomp_client.expect("RECEIPT")
+        await until_stats(a, "room:1", clients=3, users=3)
+        watchers = Watchers(bob, stream, stomp_client)
+
+        # A poll waiting on node a answers with alice's join.
+        before = await subscribers(a, "room:1")
+        polling = asyncio.create_task(long_poll(a, "room:1"))
+        deadline = time.monotonic() + timeout(10)
+        while await subscribers(a, "room:1") <= before:
+            assert time.monotonic() < deadline and not polling.done()
+            await asyncio.sleep(0.02)
+
+        async with a.ws(additional_headers=bearer("alice")) as tab1:
+            await tab1.subscribe("room:1")
+            assert [kind for kind, _ in await watchers.next_each()] == ["join"] * 3
+            polled = await asyncio.wait_for(polling, timeout(10))
+            joins = [e["join"] for e in polled.get("events", []) if "join" in e]
+            assert {"channel": "room:1", "user": "alice"} in joins
+            async with b.ws(additional_headers=bearer("alice")) as tab2:
+                await tab2.subscribe("room:1")
+                await until_stats(a, "room:1", clients=5, users=4)
+                await tab1.conn.close()
+                await until_stats(a, "room:1", clients=4, users=4)
+                await watchers.nothing_about_alice(GRACE + 1)  # a tab left, alice did not
+
+                # A reload: the last tab goes and comes back within the grace.
+                await tab2.conn.close()
+            async with a.ws(additional_headers=bearer("alice")) as tab3:
+                await tab3.subscribe("room:1")
+                await watchers.nothing_about_alice(GRACE + 1)
+                await until_stats(a, "room:1", clients=4, users=4)
+                closed = time.monotonic()
+        events = await watchers.next_each()
+        assert events == [("leave", {"channel": "room:1", "user": "alice"})] * 3
+        assert time.monotonic() - closed >= GRACE  # not before the grace
+
+
+async def test_client_mode_keeps_per_client_events(nodes: Callable[..., Any]) -> None:
+    hub: RunningHub = await nodes(**settings("client"))
+    async with hub.ws(additional_headers=bearer("bob")) as bob:
+        await bob.subscribe("room:2")
+        async with hub.ws(additional_headers=bearer("alice")) as tab:
+            await tab.subscribe("room:2")
+            while "join" not in (msg := await bob.recv()) or msg["join"]["user"] != "alice":
+                pass
+            assert "client" in msg["join"]
+        while "leave" not in (msg := await bob.recv()):
+            pass
+        assert msg["leave"]["user"] == "alice" and "client" in msg["leave"]

@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import socket
-import statistics
 import time
 from typing import Any
 
@@ -46,25 +45,28 @@ async def test_non_loopback_bind_is_refused_without_secrets() -> None:
     assert b"refusing to listen on 0.0.0.0 without api_key and token_secret" in err
 
 
-async def _latencies(url: str, api: httpx.AsyncClient, count: int) -> list[float]:
-    async with websockets.connect(url) as ws:
-        await ws.send('{"id": 1, "op": "subscribe", "channel": "busy"}')
-        await ws.recv()
-        samples = []
-        for n in range(count):
-            sent = time.perf_counter()
-            await api.post("/api/publish", json={"channel": "busy", "data": {"n": n}})
-            while json.loads(await asyncio.wait_for(ws.recv(), timeout(5))).get("data") != {"n": n}:
-                pass
-            samples.append(time.perf_counter() - sent)
-        return samples
+async def _collect(ws: Any, count: int, into: list[int]) -> None:
+    """Read publications of channel "busy" until ``count`` of them have arrived."""
+    while len(into) < count:
+        msg = json.loads(await asyncio.wait_for(ws.recv(), timeout(10)))
+        if "data" in msg:
+            into.append(msg["data"]["n"])
 
 
 async def test_reader_that_never_reads_is_bounded_and_harmless(hub_process: Any) -> None:
     queue_cap = 256 * 1024
     hub = await hub_process(env={"CLARION_LIMITS__SEND_QUEUE_BYTES": str(queue_cap)})
-    async with httpx.AsyncClient(base_url=hub.http_url, timeout=timeout(10)) as api:
-        baseline = statistics.median(await _latencies(hub.ws_url, api, 60))
+    async with (
+        httpx.AsyncClient(base_url=hub.http_url, timeout=timeout(10)) as api,
+        websockets.connect(hub.ws_url) as bystander,
+    ):
+        # A well-behaved subscriber on the same channel: it must get every publication, in
+        # order, while the offender is fed and dropped (harm is judged by what it receives,
+        # not by latency, which a shared machine makes too noisy to assert on).
+        await bystander.send('{"id": 1, "op": "subscribe", "channel": "busy"}')
+        assert "ok" in json.loads(await bystander.recv())
+        received: list[int] = []
+        reader = asyncio.create_task(_collect(bystander, 400, received))
         rss_before = hub.rss_bytes()
         # The offender: subscribes, then never reads, with a tiny receive buffer.
         sock = socket.create_connection(("127.0.0.1", hub.port))
@@ -83,9 +85,8 @@ async def test_reader_that_never_reads_is_bounded_and_harmless(hub_process: Any)
         assert "clarion_slow_disconnects_total 1.0" in metrics
         growth = hub.rss_bytes() - rss_before
         assert growth < queue_cap + 8 * 1024 * 1024, growth
-        during = statistics.median(await _latencies(hub.ws_url, api, 60))
-        # Latency is noisy on a shared machine: compare medians, with 2 ms of absolute slack.
-        assert during <= 1.5 * baseline + 0.002, (baseline, during)
+        await asyncio.wait_for(reader, timeout(30))
+        assert received == list(range(400))
         # The hub drops the offender's connection: within its close timeout the socket ends
         # (EOF or reset), even though the reader never drained what was queued.
         sock.setblocking(False)

@@ -230,7 +230,12 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         # close its side (reading and discarding meanwhile) before dropping the socket.
         transport = self.transport
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:
+                # The peer is already gone (ENOTCONN): nothing is left to half-close.
+                transport.close()
+                return
             self._resume_reading()
             self._arm_close_timer()
         else:

@@ -13,7 +13,10 @@ PACKAGE = ROOT / "clients" / "js"
 
 
 def test_the_hub_ships_the_package_byte_for_byte() -> None:
+    # One source: the Python package's copy is a link to the npm package's file, which
+    # setuptools resolves into the wheel.
     served = ROOT / "src" / "clarion" / "static" / "clarion.js"
+    assert served.is_symlink() and served.resolve() == (PACKAGE / "clarion.js").resolve()
     assert served.read_bytes() == (PACKAGE / "clarion.js").read_bytes()
 
 

@@ -67,3 +67,13 @@ async def test_docs_receiver_verifies_deliveries(
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, timeout(10))
+
+
+def test_docs_run_command_sets_the_variable_the_receiver_reads() -> None:
+    # The prose says how to start the receiver; the test above sets the variable itself, so
+    # only this check catches a command that names a different one.
+    text = DOC.read_text()
+    commands = re.findall(r"`([A-Z_]+)=whsec_… [^`]*uvicorn receiver:app`", text)
+    read = set(re.findall(r'os\.environ\["([A-Z_]+)"\]', receiver_example()))
+    assert commands and read
+    assert set(commands) == read

@@ -21,7 +21,6 @@ from clarion.settings import Settings
 
 log = logging.getLogger("clarion.cli")
 
-DEFAULT_URL = os.environ.get("CLARION_URL", "http://127.0.0.1:8000")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -204,9 +203,65 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---- publish / subscribe / token ------------------------------------------------------------
 
 
-def _api_headers(args: argparse.Namespace) -> dict[str, str]:
-    key = args.api_key or os.environ.get("CLARION_API_KEY")
-    return {"Authorization": f"apikey {key}"} if key else {}
+class Target:
+    """The hub a client command talks to, and the API key it sends, with where each came from."""
+
+    def __init__(self, url: str, key: str | None, key_from: str | None) -> None:
+        self.url = url
+        self.key = key
+        self.key_from = key_from
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"apikey {self.key}"} if self.key else {}
+
+    def refused(self, action: str, response: Any) -> ClarionError:
+        error = refused(action, response)
+        if response.status_code == 401:
+            # The hub cannot say how to give it a key; the command can.
+            hint = (
+                f"the API key from {self.key_from} is not one of the hub's"
+                if self.key
+                else "pass the hub's API key: --api-key KEY, CLARION_API_KEY, or api_key in "
+                "clarion.toml (or the file --config names)"
+            )
+            return ClarionError(f"{error.message}\n{hint}", code=error.code)
+        return error
+
+
+def _local_url(settings: Settings, source: str) -> str:
+    """The URL of the hub ``clarion serve`` runs with ``settings``, seen from this machine."""
+    if settings.port == 0:
+        raise ClarionError(
+            f"{source} sets port 0 (any free port): pass --url or set CLARION_URL", code="config"
+        )
+    host = settings.host
+    if host in ("", "0.0.0.0"):  # every interface: loopback is one of them
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+def client_target(args: argparse.Namespace) -> Target:
+    """Where ``publish``, ``subscribe`` and ``webhooks`` go: ``--url`` or ``CLARION_URL``, else
+    the hub ``clarion serve`` would run here (its host and port from ``--config`` or
+    ``./clarion.toml`` and ``CLARION_*``); the key from ``--api-key``, else the configured one."""
+    url = args.url or os.environ.get("CLARION_URL")
+    key: str | None = getattr(args, "api_key", None)
+    key_from = "--api-key" if key else None
+    wants_key = hasattr(args, "api_key") and not key
+    if url is None or wants_key:
+        loaded = load_settings(argparse.Namespace(config=args.config))
+        if url is None:
+            source = str(loaded.config) if loaded.config is not None else "the configuration"
+            url = _local_url(loaded.settings, source)
+        if wants_key and loaded.settings.api_keys:
+            key = loaded.settings.api_keys[0]
+            variable = "CLARION_API_KEY" in loaded.variables
+            key_from = "CLARION_API_KEY" if variable else str(loaded.config)
+    return Target(url, key, key_from)
 
 
 def refused(action: str, response: Any) -> ClarionError:
@@ -222,20 +277,21 @@ def refused(action: str, response: Any) -> ClarionError:
 def cmd_publish(args: argparse.Namespace) -> int:
     import httpx
 
+    target = client_target(args)
     body: dict[str, Any] = {"channel": args.channel, "data": args.data}
     if args.id:
         body["id"] = args.id
     try:
         response = httpx.post(
-            args.url.rstrip("/") + "/api/publish",
+            target.url.rstrip("/") + "/api/publish",
             content=orjson.dumps(body),
-            headers={"Content-Type": "application/json", **_api_headers(args)},
+            headers={"Content-Type": "application/json", **target.headers()},
             timeout=10,
         )
     except httpx.HTTPError as exc:
-        raise ClarionError(f"cannot reach {args.url}: {exc}", code="unreachable") from None
+        raise ClarionError(f"cannot reach {target.url}: {exc}", code="unreachable") from None
     if response.status_code != 200:
-        raise refused("publish", response)
+        raise target.refused("publish", response)
     sys.stdout.write(response.text.rstrip("\n") + "\n")
     return 0
 
@@ -253,11 +309,12 @@ def _show_client_progress() -> None:
 def cmd_subscribe(args: argparse.Namespace) -> int:
     from clarion.client import run_subscribe
 
+    url = client_target(args).url
     _show_client_progress()
     try:
         return asyncio.run(
             run_subscribe(
-                args.url,
+                url,
                 args.channel,
                 since=args.since,
                 token=args.token or os.environ.get("CLARION_TOKEN"),
@@ -297,6 +354,23 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_client_options(parser: argparse.ArgumentParser, *, api_key: bool) -> None:
+    """``--url``, ``--config`` (and ``--api-key``): how a client command finds the hub."""
+    parser.add_argument(
+        "--url",
+        help="hub base URL (default $CLARION_URL, else http://HOST:PORT of the configuration, "
+        "http://127.0.0.1:8000 without one)",
+    )
+    parser.add_argument(
+        "--config", help="clarion.toml for the default URL and key (default ./clarion.toml)"
+    )
+    if api_key:
+        parser.add_argument(
+            "--api-key",
+            help="server API key (default $CLARION_API_KEY, else api_key of the config)",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="clarion", description="clarion: a real-time messaging hub.")
     parser.add_argument("--version", action="version", version=f"clarion {__version__}")
@@ -326,8 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("channel")
     publish.add_argument("data", type=_json_arg, help='a JSON value, e.g. \'{"text": "hi"}\'')
     publish.add_argument("--id", help="idempotency key")
-    publish.add_argument("--url", default=DEFAULT_URL, help="hub base URL ($CLARION_URL)")
-    publish.add_argument("--api-key", help="server API key ($CLARION_API_KEY)")
+    add_client_options(publish, api_key=True)
     publish.set_defaults(func=cmd_publish)
 
     subscribe = sub.add_parser(
@@ -336,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subscribe.add_argument("channel")
     subscribe.add_argument("--since", help="a cursor to resume from")
-    subscribe.add_argument("--url", default=DEFAULT_URL, help="hub base URL ($CLARION_URL)")
+    add_client_options(subscribe, api_key=False)
     subscribe.add_argument("--token", help="connection token ($CLARION_TOKEN)")
     subscribe.add_argument(
         "--transport", choices=["ws", "sse", "poll", "auto"], default="ws", help="default ws"

@@ -6,12 +6,14 @@ import asyncio
 import json
 import re
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ..conftest import timeout
 from .test_cli import CLI, run
+from .test_startup_errors import clean_env
 
 SECRET = "s" * 32
 KEY = "k" * 32
@@ -111,6 +113,12 @@ async def test_a_bad_token_is_one_line(hub_process: Any, transport: str) -> None
     assert "token" in errors[0]
 
 
+NO_KEY = (
+    "clarion: pass the hub's API key: --api-key KEY, CLARION_API_KEY, or api_key in "
+    "clarion.toml (or the file --config names)"
+)
+
+
 async def test_every_command_reports_errors_the_same_way(hub_process: Any) -> None:
     hub = await hub_process(env={"CLARION_TOKEN_SECRET": SECRET, "CLARION_API_KEY": KEY})
     url = hub.http_url
@@ -118,12 +126,17 @@ async def test_every_command_reports_errors_the_same_way(hub_process: Any) -> No
         (
             ["publish", "chat:lobby", "1", "--url", url],
             "clarion: publish refused (HTTP 401, unauthorized): "
-            "this endpoint needs 'Authorization: apikey <key>'",
+            "this endpoint needs 'Authorization: apikey <key>'\n" + NO_KEY,
         ),
         (
             ["webhooks", "list", "--url", url],
             "clarion: GET /api/webhooks refused (HTTP 401, unauthorized): "
-            "this endpoint needs 'Authorization: apikey <key>'",
+            "this endpoint needs 'Authorization: apikey <key>'\n" + NO_KEY,
+        ),
+        (
+            ["publish", "chat:lobby", "1", "--url", url, "--api-key", "nope"],
+            "clarion: publish refused (HTTP 401, unauthorized): wrong API key\n"
+            "clarion: the API key from --api-key is not one of the hub's",
         ),
         (
             ["webhooks", "remove", "nope", "--url", url, "--api-key", KEY],
@@ -164,3 +177,55 @@ async def test_usage_errors(args: list[str], expected: str | None) -> None:
         assert err.endswith("\ntry 'clarion --help'\n")
     else:
         assert err == expected + "\n"
+
+
+async def run_in(cwd: Path, *args: str, **variables: str) -> tuple[int, str, str]:
+    """``clarion ARGS`` in ``cwd`` with no CLARION_* variable but ``variables``."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=cwd, env=clean_env(**variables),
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout(30))
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_client_commands_find_the_hub_serve_runs_here(
+    hub_process: Any, tmp_path: Path
+) -> None:
+    # One clarion.toml: `serve` listens where it says, and the client commands go there, with
+    # its API key, unless told otherwise.
+    port = free_port()
+    (tmp_path / "clarion.toml").write_text(f'port = {port}\napi_key = "{KEY}"\n')
+    await hub_process("--port", str(port), cwd=tmp_path, env=clean_env())
+    code, out, err = await run_in(tmp_path, "publish", "chat:lobby", '"hi"')
+    assert (code, err) == (0, ""), err
+    assert "cursor" in json.loads(out)
+    code, out, err = await run_in(tmp_path, "webhooks", "list", "--json")
+    assert (code, err) == (0, ""), err
+    # The variables count as they do for serve; explicit flags win over both.
+    other = free_port()
+    code, out, err = await run_in(tmp_path, "publish", "c", "1", CLARION_PORT=str(other))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"clarion: cannot reach http://127.0.0.1:{other}: "), err
+    code, out, err = await run_in(tmp_path, "publish", "c", "1", CLARION_API_KEY="nope")
+    assert (code, out, err) == (
+        2,
+        "",
+        "clarion: publish refused (HTTP 401, unauthorized): wrong API key\n"
+        "clarion: the API key from CLARION_API_KEY is not one of the hub's\n",
+    )
+    code, out, err = await run_in(
+        tmp_path, "publish", "c", "1", "--url", f"http://127.0.0.1:{other}"
+    )
+    assert err.startswith(f"clarion: cannot reach http://127.0.0.1:{other}: "), err
+    code, out, err = await run_in(tmp_path.parent, "publish", "c", "1", "--api-key", "x",
+        "--config", str(tmp_path / "clarion.toml"))  # fmt: skip
+    assert err == (
+        "clarion: publish refused (HTTP 401, unauthorized): wrong API key\n"
+        "clarion: the API key from --api-key is not one of the hub's\n"
+    )
+    code, out, err = await run_in(
+        tmp_path.parent, "publish", "c", "1", "--config", str(tmp_path / "clarion.toml")
+    )
+    assert (code, err) == (0, ""), err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -20,13 +19,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="list, add or remove webhook endpoints of a running hub",
         description="Manage webhooks through the server API of a running hub.",
     )
+    from clarion.cli import add_client_options
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url",
-        default=os.environ.get("CLARION_URL", "http://127.0.0.1:8000"),
-        help="hub base URL ($CLARION_URL)",
-    )
-    common.add_argument("--api-key", help="server API key ($CLARION_API_KEY)")
+    add_client_options(common, api_key=True)
     actions = parser.add_subparsers(dest="webhooks_command", required=True)
 
     listing = actions.add_parser(
@@ -67,24 +63,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     import httpx
 
-    key = args.api_key or os.environ.get("CLARION_API_KEY")
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"apikey {key}"
+    from clarion.cli import client_target
+
+    target = client_target(args)
     try:
         response = httpx.request(
             method,
-            args.url.rstrip("/") + path,
+            target.url.rstrip("/") + path,
             content=None if body is None else orjson.dumps(body),
-            headers=headers,
+            headers={"Content-Type": "application/json", **target.headers()},
             timeout=30,
         )
     except httpx.HTTPError as exc:
-        raise ClarionError(f"cannot reach {args.url}: {exc}", code="unreachable") from None
+        raise ClarionError(f"cannot reach {target.url}: {exc}", code="unreachable") from None
     if response.status_code != 200:
-        from clarion.cli import refused
-
-        raise refused(f"{method} {path}", response)
+        raise target.refused(f"{method} {path}", response)
     try:
         return response.json()
     except ValueError:

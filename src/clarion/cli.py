@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -139,8 +140,8 @@ def check_bind(settings: Settings) -> None:
 def _listen_error(exc: OSError) -> str:
     # asyncio's bind error repeats the address; the errno says it plainly (a negative one is
     # a name-resolution error, whose own text is the plain one).
-    errno = exc.errno or 0
-    reason = os.strerror(errno) if errno > 0 else exc.strerror or str(exc)
+    number = exc.errno or 0
+    reason = os.strerror(number) if number > 0 else exc.strerror or str(exc)
     return reason[:1].lower() + reason[1:]
 
 
@@ -163,8 +164,11 @@ async def _serve(loaded: Loaded) -> int:
         reason = cause.message if isinstance(cause, ClarionError) else str(cause or exc)
         raise ClarionError(f"the hub could not start: {reason}", code="startup") from None
     except OSError as exc:
+        advice = ""
+        if exc.errno == errno.EADDRINUSE:
+            advice = "; choose another with --port N (or port in clarion.toml / CLARION_PORT)"
         raise ClarionError(
-            f"cannot listen on {settings.host}:{settings.port}: {_listen_error(exc)}",
+            f"cannot listen on {settings.host}:{settings.port}: {_listen_error(exc)}{advice}",
             code="listen",
         ) from None
     if settings.development_mode:

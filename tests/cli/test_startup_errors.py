@@ -198,12 +198,24 @@ async def test_port_in_use_is_one_line(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         code, lines = await serve("--port", str(port), cwd=tmp_path)
     assert code == 2
-    assert errors(lines) == [f"clarion: cannot listen on 127.0.0.1:{port}: address already in use"]
+    assert errors(lines) == [
+        f"clarion: cannot listen on 127.0.0.1:{port}: address already in use; "
+        "choose another with --port N (or port in clarion.toml / CLARION_PORT)"
+    ]
     # Nothing started, so nothing stops: the only log line says what was being tried.
     assert len(lines) == 2
     assert lines[0].endswith(
         "INFO clarion.cli: config file: none; environment: none; engine: memory"
     )
+
+
+async def test_an_address_not_of_this_machine_gets_no_port_advice(tmp_path: Path) -> None:
+    # Another port would not help: the advice is for a port in use only.
+    code, lines = await serve("--host", "192.0.2.1", "--port", "0", "--insecure", cwd=tmp_path)
+    assert code == 2
+    assert errors(lines) == [
+        "clarion: cannot listen on 192.0.2.1:0: cannot assign requested address"
+    ]
 
 
 async def test_unreachable_redis_is_one_line(tmp_path: Path) -> None:

@@ -331,7 +331,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from clarion.core.auth import mint_token
+    from clarion.core.auth import mint_token, secret_note
 
     settings = load_settings(args).settings
     secret = args.secret or settings.token_secret
@@ -342,6 +342,10 @@ def cmd_token(args: argparse.Namespace) -> int:
             code="config",
         )
     info = args.info if isinstance(args.info, dict) else None
+    algorithm = settings.token_algorithm if settings.token_algorithm.startswith("HS") else "HS256"
+    note = secret_note(secret, algorithm)
+    if note:  # a development secret is allowed, but not silently
+        sys.stderr.write(f"clarion: warning: {note}\n")
     token = mint_token(
         secret,
         args.user,
@@ -350,9 +354,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         presence=args.presence,
         ttl=args.ttl,
         info=info,
-        algorithm=settings.token_algorithm
-        if settings.token_algorithm.startswith("HS")
-        else "HS256",
+        algorithm=algorithm,
     )
     sys.stdout.write(token + "\n")
     return 0

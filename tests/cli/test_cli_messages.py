@@ -229,3 +229,39 @@ async def test_client_commands_find_the_hub_serve_runs_here(
         tmp_path.parent, "publish", "c", "1", "--config", str(tmp_path / "clarion.toml")
     )
     assert (code, err) == (0, ""), err
+
+
+SHORT_SECRET = (
+    "token_secret is 5 bytes, shorter than the 32 bytes HS256 needs: a short secret can be "
+    "guessed, and with it any token forged; use a random one, e.g. "
+    "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+)
+
+
+async def test_a_short_token_secret_is_one_warning_in_clarions_words(hub_process: Any) -> None:
+    # Allowed (a development secret), but said once, naming the setting, never PyJWT's warning.
+    code, out, err = await run("token", "--user", "42", "--channels", "chat:*", "--secret", "short")
+    assert (code, err) == (0, f"clarion: warning: {SHORT_SECRET}\n")
+    token = out.strip()
+    code, out, err = await run("token", "--user", "42", "--secret", "s" * 32)
+    assert (code, err) == (0, "")
+    hub = await hub_process(env={"CLARION_TOKEN_SECRET": "short", "CLARION_API_KEY": KEY})
+    sub = await subscribe(hub.http_url, "--token", token)
+    try:
+        await sub.expect(r"clarion: connecting to .*")
+        await sub.expect(r"clarion: connected to .*")
+        await asyncio.sleep(0.2)  # the subscription is made just after the connection
+        code, _, err = await run("publish", "chat:lobby", "1", "--url", hub.http_url,
+            "--api-key", KEY)  # fmt: skip
+        assert code == 0, err
+        assert (await sub.line())["data"] == 1  # the token was verified
+    finally:
+        sub.proc.terminate()
+        await sub.proc.wait()
+    hub.proc.terminate()
+    await asyncio.wait_for(hub.proc.wait(), timeout(20))
+    await asyncio.wait_for(hub._pump, timeout(5))
+    log = "".join(hub.log)
+    assert [line.split("WARNING clarion.hub: ", 1)[1] for line in hub.log
+        if "token_secret is" in line] == [SHORT_SECRET + "\n"], log  # fmt: skip
+    assert "InsecureKeyLengthWarning" not in log and "HMAC key" not in log, log

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,8 +91,29 @@ def _check_times(claims: dict[str, Any], now: float) -> None:
         raise Unauthorized("invalid token: it was issued in the future (iat)")
 
 
+# PyJWT warns about a short HMAC key at every encode and decode, with its own file paths; the
+# hub says it once at start instead (secret_note), in its own words. Short RSA keys still warn.
+warnings.filterwarnings("ignore", message="The HMAC key is", category=jwt.InsecureKeyLengthWarning)
+
+
+def secret_note(secret: str | None, algorithm: str) -> str | None:
+    """A warning when an HS* ``secret`` is shorter than its hash (RFC 7518 §3.2), else None."""
+    if not secret or not algorithm.startswith("HS"):
+        return None
+    minimum = hashlib.new("sha" + algorithm[2:]).digest_size
+    length = len(secret.encode())
+    if length >= minimum:
+        return None
+    return (
+        f"token_secret is {length} bytes, shorter than the {minimum} bytes {algorithm} needs: a "
+        "short secret can be guessed, and with it any token forged; use a random one, e.g. "
+        "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    )
+
+
 def auth_notes(settings: Settings) -> list[str]:
-    """What a partial auth configuration leaves out, one line each, for the start-up log.
+    """What a partial auth configuration leaves out, and a too short token_secret, one line
+    each, for the start-up log.
 
     Development mode — no ``api_key`` and no token key — is the one state in which everything is
     allowed (announced on its own). Any other configuration is secure as it stands: a hub
@@ -106,6 +129,9 @@ def auth_notes(settings: Settings) -> list[str]:
         )
     if not settings.api_keys:
         notes.append("no api_key: the server API (/api/*, /metrics) answers 403 to every call")
+    short = secret_note(settings.token_secret, settings.token_algorithm)
+    if short:
+        notes.append(short)
     return notes
 
 

@@ -121,20 +121,29 @@ def load_settings(args: argparse.Namespace) -> Loaded:
 
 
 def check_bind(settings: Settings) -> None:
-    """Refuse to expose an unprotected hub beyond loopback."""
+    """Refuse to expose a hub beyond loopback with either credential missing."""
     if settings.binds_loopback() or settings.insecure:
         return
-    missing = []
-    if not settings.api_keys:
-        missing.append("api_key")
-    if not settings.auth_enabled:
-        missing.append("token_secret (or token_public_key_file)")
-    if missing:
-        raise ClarionError(
-            f"refusing to listen on {settings.host} without {' and '.join(missing)}: anyone "
-            "could publish and subscribe. Configure them, bind 127.0.0.1, or pass --insecure.",
-            code="insecure_bind",
+    token_key = "token_secret (or token_public_key_file)"
+    if not settings.api_keys and not settings.auth_enabled:
+        missing, consequence = f"api_key and {token_key}", "anyone could publish and subscribe"
+    elif not settings.api_keys:
+        missing = "api_key"
+        consequence = "the server API (/api/*, /metrics) would refuse every call"
+    elif not settings.auth_enabled:
+        missing = token_key
+        consequence = (
+            "every token would be refused, and clients could connect only anonymously, to "
+            "namespaces with anonymous = true"
         )
+    else:
+        return
+    them = "them" if " and " in missing else "it"
+    raise ClarionError(
+        f"refusing to listen on {settings.host} without {missing}: {consequence}. "
+        f"Configure {them}, bind 127.0.0.1, or pass --insecure.",
+        code="insecure_bind",
+    )
 
 
 def _listen_error(exc: OSError) -> str:

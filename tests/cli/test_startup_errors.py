@@ -261,3 +261,28 @@ async def test_the_start_up_log_says_what_is_in_use(hub_process: Any, tmp_path: 
         except websockets.InvalidStatus:
             opened = False
         assert opened is allowed, origin
+
+
+@pytest.mark.parametrize(
+    ("variables", "missing"),
+    [
+        ({}, "api_key and token_secret (or token_public_key_file): anyone could publish and "
+         "subscribe. Configure them"),
+        ({"CLARION_TOKEN_SECRET": "s" * 32}, "api_key: the server API (/api/*, /metrics) "
+         "would refuse every call. Configure it"),
+        ({"CLARION_API_KEY": "k" * 32}, "token_secret (or token_public_key_file): every token "
+         "would be refused, and clients could connect only anonymously, to namespaces with "
+         "anonymous = true. Configure it"),
+    ],
+)  # fmt: skip
+async def test_a_public_bind_names_the_missing_credential_and_what_it_means(
+    tmp_path: Path, variables: dict[str, str], missing: str
+) -> None:
+    code, lines = await serve("--host", "0.0.0.0", "--port", "0", cwd=tmp_path, **variables)
+    assert (code, lines) == (
+        2,
+        [
+            f"clarion: refusing to listen on 0.0.0.0 without {missing}, bind 127.0.0.1, or "
+            "pass --insecure."
+        ],
+    )

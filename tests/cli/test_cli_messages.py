@@ -265,3 +265,29 @@ async def test_a_short_token_secret_is_one_warning_in_clarions_words(hub_process
     assert [line.split("WARNING clarion.hub: ", 1)[1] for line in hub.log
         if "token_secret is" in line] == [SHORT_SECRET + "\n"], log  # fmt: skip
     assert "InsecureKeyLengthWarning" not in log and "HMAC key" not in log, log
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+@pytest.mark.parametrize("age", [0, 3600])
+async def test_an_expired_token_ends_at_once(hub_process: Any, transport: str, age: int) -> None:
+    # The same token cannot do better on the next attempt: no retry, one line. Just expired
+    # (within the clock-skew leeway) the hub lets it connect and then closes; long expired it is
+    # refused at once.
+    import time
+
+    import jwt
+
+    now = int(time.time())
+    expired = jwt.encode(
+        {"sub": "1", "channels": ["chat:*"], "iat": now - age - 60, "exp": now - age}, SECRET
+    )
+    hub = await hub_process(env={"CLARION_TOKEN_SECRET": SECRET, "CLARION_API_KEY": KEY})
+    code, out, err = await run(
+        "subscribe", "chat:lobby", "--url", hub.http_url, "--transport", transport,
+        "--token", expired,
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    lines = err.splitlines()
+    assert [line for line in lines if not re.match(r"clarion: connect(ing|ed) to ", line)] == [
+        "clarion: token expired"
+    ], err

@@ -82,7 +82,7 @@ async def run_poll(feed: Feed, ctx: StreamContext) -> None:
         if feed.done:
             return
         feed.advance(cursor)
-        error = disconnect_from(body.get("disconnect"))
+        error = disconnect_from(body.get("disconnect"), ctx)
         if error is not None:
             raise error
         for ended in body.get("unsubscribed") or ():

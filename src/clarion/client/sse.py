@@ -71,7 +71,7 @@ async def run_sse(feed: Feed, ctx: StreamContext) -> None:
                 log.info("connected to %s (%s)", url, feed.channel)
                 feed.confirmed(None)
                 async for event in source.aiter_sse():
-                    if not await _handle(feed, event):
+                    if not await _handle(feed, event, ctx):
                         break
         except (httpx.RequestError, SSEError, Retry) as exc:
             why = failed(url, exc)
@@ -81,7 +81,7 @@ async def run_sse(feed: Feed, ctx: StreamContext) -> None:
         attempt += 1
 
 
-async def _handle(feed: Feed, event: ServerSentEvent) -> bool:
+async def _handle(feed: Feed, event: ServerSentEvent, ctx: StreamContext) -> bool:
     """Buffer what ``event`` carries; False when the stream should be reopened."""
     kind = event.event
     if kind not in ("message", "reset", "disconnect", "unsubscribe"):
@@ -111,7 +111,7 @@ async def _handle(feed: Feed, event: ServerSentEvent) -> bool:
         if reset is not None:
             await feed.put(reset)
     else:
-        error = disconnect_from(body)
+        error = disconnect_from(body, ctx)
         if error is not None:
             raise error
         return False

@@ -82,7 +82,7 @@ def reset_from(feed: Feed, obj: Any, fallback: str | None) -> Reset | None:
     return Reset(feed.channel, str(obj.get("reason", "")), cursor)
 
 
-def disconnect_from(obj: Any) -> Disconnected | None:
+def disconnect_from(obj: Any, ctx: StreamContext) -> Disconnected | None:
     """A ``disconnect`` signal that forbids reconnecting, as the error to stop with."""
     if not isinstance(obj, dict):
         return None
@@ -92,6 +92,8 @@ def disconnect_from(obj: Any) -> Disconnected | None:
     reconnect = obj.get("reconnect")
     if not isinstance(reconnect, bool):
         reconnect = should_reconnect(code)
+    if code == CloseCode.TOKEN_EXPIRED and not refreshable(ctx.api.token):
+        reconnect = False  # the same token again would expire again: only a fresh one helps
     if reconnect:
         return None
     return Disconnected(code, str(obj.get("reason", "")))

@@ -211,7 +211,10 @@ class WebSocketLink:
                         if not self.feeds:
                             log.info("the hub closed the idle connection; reopening when needed")
                             return
-                    elif not reconnect:
+                    elif not reconnect or (
+                        # The same token again would expire again: only a fresh one helps.
+                        code == CloseCode.TOKEN_EXPIRED and not refreshable(self.token)
+                    ):
                         self._fail(Disconnected(code or CloseCode.NORMAL, reason))
                         return
                     closed = f"{code}: {reason}" if reason else str(code or "no close code")

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -685,12 +685,7 @@ class StompConnection:
                 if pub.epoch == last.epoch and pub.offset > last.offset:
                     shared.deliver(sub, pub)
                     last = pub.position
-        for pub in buffer:
-            if pub.epoch == last.epoch and pub.offset <= last.offset:
-                continue
-            shared.deliver(sub, pub)
-            last = pub.position
-        shared.live(sub)
+        _go_live(shared, sub, buffer, last)
 
     async def _latest_shared(self, shared: _Shared, event: Subscribe) -> None:
         """``x-latest`` on a further subscription: the newest stored publication first."""
@@ -707,12 +702,7 @@ class StompConnection:
             shared.deliver(sub, pub)
             if pub.epoch == last.epoch and pub.offset > last.offset:
                 last = pub.position
-        for pub in buffer:
-            if pub.epoch == last.epoch and pub.offset <= last.offset:
-                continue
-            shared.deliver(sub, pub)
-            last = pub.position
-        shared.live(sub)
+        _go_live(shared, sub, buffer, last)
 
     def finish(self) -> None:
         """The socket is gone: release the session (idempotent)."""
@@ -823,3 +813,15 @@ class StompEndpoint:
             connection.finish()
             if isinstance(wire, AsgiWire):
                 await wire.stop()
+
+
+def _go_live(
+    shared: _Shared, sub: StompSubscription, buffer: Iterable[Publication], last: StreamPosition
+) -> None:
+    """Deliver what was buffered past ``last`` (no duplicates), then switch ``sub`` to live."""
+    for pub in buffer:
+        if pub.epoch == last.epoch and pub.offset <= last.offset:
+            continue
+        shared.deliver(sub, pub)
+        last = pub.position
+    shared.live(sub)

@@ -29,9 +29,10 @@ from typing import Any
 
 import orjson
 
-from clarion.asgi.stomp import FRAME_FORMATS, FastWire, _ws_head
+from clarion.asgi.stomp import FRAME_FORMATS, FastWire
 from clarion.asgi.wstransport import frame_format
 from clarion.core.fanout import WireFormat
+from clarion.protocol.frames import frame_header
 from clarion.protocol.publication import Publication
 from clarion.protocol.stomp import message_prefix
 from clarion.server.fastws import Outbox
@@ -76,7 +77,7 @@ def _header_per_delivery(box: _Box, prefix: bytes) -> Callable[[bytes], None]:
     push, size = box.push, len(prefix)
 
     def deliver(tail: bytes) -> None:
-        push(_ws_head(size + len(tail)) + prefix + tail)
+        push(frame_header(size + len(tail)) + prefix + tail)
 
     return deliver
 
@@ -85,7 +86,7 @@ def _two_pushes(box: _Box, prefix: bytes) -> Callable[[bytes], None]:
     push, size = box.push, len(prefix)
 
     def deliver(tail: bytes) -> None:
-        push(_ws_head(size + len(tail)) + prefix)
+        push(frame_header(size + len(tail)) + prefix)
         push(tail)
 
     return deliver

@@ -44,6 +44,7 @@ from clarion.protocol import sse
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor, channel_tag, encode_entries, encode_single
+from clarion.protocol.frames import http_chunk
 from clarion.protocol.publication import Publication, StreamPosition
 
 log = logging.getLogger("clarion.sse")
@@ -265,11 +266,6 @@ def _tagged(pub: Publication) -> Tagged:
 SSE_EVENT = WireFormat("sse/event", "sse", _event)
 SSE_TAGGED = WireFormat("sse/tagged", "sse", _tagged)
 FAST_STREAM = "clarion.fast_stream"
-
-
-def http_chunk(data: bytes) -> bytes:
-    """``data`` framed as one HTTP/1.1 chunk (what the fast stream extension takes)."""
-    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def _chunked_event(pub: Publication) -> bytes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -34,7 +33,7 @@ from clarion.core.session import Session, SubscribeResult
 from clarion.errors import ClarionError, ClientError, Forbidden, LimitExceeded, Unauthorized
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor
-from clarion.protocol.frames import frame_header, text_frame
+from clarion.protocol.frames import OP_BINARY, frame_header, text_frame
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.protocol.stomp import (
     Abort,
@@ -101,23 +100,6 @@ def _formats(kind: str, encode: Callable[[bytes], Any]) -> dict[tuple[bool, bool
 FRAME_FORMATS = _formats("frame", lambda tail: tail)
 TEXT_FORMATS = _formats("text", lambda tail: tail.decode())
 
-_pack16 = struct.Struct("!BBH").pack
-_pack64 = struct.Struct("!BBQ").pack
-_OP_BINARY = 0x82  # FIN + binary
-# Headers of the frame lengths seen so far, up to 64 KiB (at most 65536 small entries).
-_HEADS: dict[int, bytes] = {n: bytes((0x81, n)) for n in range(126)}  # FIN + text, 7-bit length
-
-
-def _ws_head(length: int) -> bytes:
-    """The header of an unmasked, unfragmented text frame of ``length`` payload bytes."""
-    head = _HEADS.get(length)
-    if head is None:
-        if length >= 65536:
-            return _pack64(0x81, 127, length)
-        head = _HEADS[length] = _pack16(0x81, 126, length)
-    return head
-
-
 # ---- how bytes reach the socket ----------------------------------------------------------------
 
 
@@ -152,11 +134,11 @@ class FastWire:
             nonlocal last_length, head
             length = size + len(tail)
             if type(tail) is BinaryTail:
-                conn_push(frame_header(length, _OP_BINARY) + prefix + tail)
+                conn_push(frame_header(length, OP_BINARY) + prefix + tail)
                 return
             if length != last_length:
                 last_length = length
-                head = _ws_head(length) + prefix
+                head = frame_header(length) + prefix
             conn_push(head + tail)
 
         return push

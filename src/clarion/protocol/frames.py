@@ -1,8 +1,9 @@
-"""Server-to-client WebSocket frames, built once and shared.
+"""Framing of what the server writes, built once and shared: WebSocket frames and HTTP chunks.
 
 Frames the server sends are unmasked (RFC 6455 §5.1), so a whole frame — header and payload — is
-the same bytes for every receiver: the fan-out builds it once per publication. Parsing frames
-from clients stays with the ``websockets`` library.
+the same bytes for every receiver: the fan-out builds it once per publication. Likewise an HTTP/1.1
+chunk of a streaming response (Server-Sent Events). Parsing frames from clients stays with the
+``websockets`` library.
 """
 
 from __future__ import annotations
@@ -12,14 +13,28 @@ import struct
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 
+_pack16 = struct.Struct("!BBH").pack
+_pack64 = struct.Struct("!BBQ").pack
+# Text frame headers of the lengths seen so far below 64 KiB (at most 65536 small entries):
+# a subscriber's frames often have the same length, and a lookup beats packing.
+_TEXT_HEADS: dict[int, bytes] = {n: bytes((0x80 | OP_TEXT, n)) for n in range(126)}
+
 
 def frame_header(length: int, opcode: int = OP_TEXT) -> bytes:
+    """The header of an unmasked, unfragmented frame of ``length`` payload bytes."""
+    if opcode == OP_TEXT:
+        head = _TEXT_HEADS.get(length)
+        if head is not None:
+            return head
     first = 0x80 | opcode  # FIN + opcode
     if length < 126:
         return bytes((first, length))
     if length < 1 << 16:
-        return struct.pack("!BBH", first, 126, length)
-    return struct.pack("!BBQ", first, 127, length)
+        head = _pack16(first, 126, length)
+        if opcode == OP_TEXT:
+            _TEXT_HEADS[length] = head
+        return head
+    return _pack64(first, 127, length)
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -29,3 +44,8 @@ def text_frame(payload: bytes) -> bytes:
 
 def binary_frame(payload: bytes) -> bytes:
     return frame_header(len(payload), OP_BINARY) + payload
+
+
+def http_chunk(data: bytes) -> bytes:
+    """``data`` framed as one HTTP/1.1 chunk (``Transfer-Encoding: chunked``)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)

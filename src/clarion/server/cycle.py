@@ -13,6 +13,7 @@ import http
 import logging
 from typing import TYPE_CHECKING, Any
 
+from clarion.protocol.frames import http_chunk
 from clarion.server.config import ClientDisconnected, Config, Message, Scope, date_header
 from clarion.server.faststream import FAST_STREAM_EXTENSION, ChunkStream
 
@@ -281,7 +282,7 @@ class HttpCycle:
         if not self.no_body:
             if self.chunked:
                 if body:
-                    parts += (b"%x\r\n" % len(body), body, b"\r\n")
+                    parts.append(http_chunk(body))
                 if not more:
                     parts.append(b"0\r\n\r\n")
             elif body:

@@ -4,10 +4,11 @@ Server-Sent Events are the WebSocket fan-out's twin: every subscriber of a chann
 same event bytes, and with chunked transfer encoding even the chunk framing is the same. An
 HTTP request's scope carries ``scope["extensions"]["clarion.fast_stream"]["open"]``: once the
 app has sent ``http.response.start`` for a chunked response, ``open()`` returns a stream whose
-``push(chunk)`` takes complete, already chunk-framed bytes (``b"%x\\r\\n" % len(data) + data +
-b"\\r\\n"``) and coalesces them into one write per connection per loop iteration, like
-:class:`~clarion.server.fastws.Outbox`. The app still ends the response with a normal
-``http.response.body`` message (``more_body: False``), which writes what was pushed first.
+``push(chunk)`` takes complete, already chunk-framed bytes
+(:func:`clarion.protocol.frames.http_chunk`) and coalesces them into one write per connection per
+loop iteration, like :class:`~clarion.server.fastws.Outbox`. The app still ends the response with
+a normal ``http.response.body`` message (``more_body: False``), which writes what was pushed
+first.
 ``drop_pending()`` forgets what was pushed and not yet written.
 """
 
@@ -25,11 +26,6 @@ if TYPE_CHECKING:
 FAST_STREAM_EXTENSION = "clarion.fast_stream"
 
 log = logging.getLogger("clarion.server.faststream")
-
-
-def chunk(data: bytes) -> bytes:
-    """``data`` framed as one HTTP/1.1 chunk."""
-    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 class ChunkStream(Outbox):

@@ -34,6 +34,7 @@ import httptools
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
+from clarion.server import flow
 from clarion.server.config import ASGI_VERSION, Config, Registry, Scope, reset
 from clarion.server.cycle import HttpCycle, simple_response
 from clarion.server.websocket import WebSocketProtocol
@@ -91,7 +92,6 @@ class HttpProtocol(asyncio.Protocol):
         "registry",
         "server",
         "transport",
-        "write_paused",
     )
 
     def __init__(self, config: Config, registry: Registry) -> None:
@@ -119,7 +119,6 @@ class HttpProtocol(asyncio.Protocol):
         self._ignoring = False  # the parser stopped (error, foreign upgrade): drop input
         # Flow control and timers.
         self._reading_paused = False
-        self.write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -196,27 +195,19 @@ class HttpProtocol(asyncio.Protocol):
             if isinstance(cycle, HttpCycle):
                 cycle.disconnect()
         self._pipeline.clear()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        flow.release(self._drain)
 
     def pause_writing(self) -> None:
-        self.write_paused = True
-        self._drain = self._loop.create_future()
+        self._drain = flow.paused(self._loop, self._drain)
         if self._send_timer is None and not self._detached:
             # The client takes none of what we write: it gets send_timeout to start again.
             self._send_timer = self._loop.call_later(self.config.send_timeout, self._send_stalled)
 
     def resume_writing(self) -> None:
-        self.write_paused = False
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-
-    async def drain(self) -> None:
-        if self._drain is not None:
-            await self._drain
+        flow.release(self._drain)
 
     # -- httptools callbacks ----------------------------------------------------------------
 
@@ -541,6 +532,13 @@ class HttpProtocol(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._idle_timer = self._body_timer = self._send_timer = None
+
+    @property
+    def write_paused(self) -> bool:
+        return flow.is_paused(self._drain)
+
+    async def drain(self) -> None:
+        await flow.wait(self._drain)
 
     def close(self) -> None:
         self._cancel_timers()

@@ -24,6 +24,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from clarion.protocol.frames import binary_frame, text_frame
+from clarion.server import flow
 from clarion.server.config import ClientDisconnected, Config, Message, Registry, Scope, reset
 from clarion.server.fastws import FAST_WEBSOCKET_EXTENSION, Outbox
 
@@ -185,16 +186,13 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             self._close_timer = None
         self.discard_outbox()
         self._deliver_disconnect()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        flow.release(self._drain)
 
     def pause_writing(self) -> None:
-        if self._drain is None or self._drain.done():
-            self._drain = self._loop.create_future()
+        self._drain = flow.paused(self._loop, self._drain)
 
     def resume_writing(self) -> None:
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        flow.release(self._drain)
         if self._write_blocked:
             self._write_blocked = False
             if self.phase is not Phase.CONNECTING and len(self._inbound) < INBOUND_HIGH:
@@ -246,8 +244,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         # (pings above all) would only make us write more; what it reads lets us go on.
         # Only while the transport reports its buffer above its high-water mark: then
         # resume_writing() is sure to come once it drains.
-        drain = self._drain
-        if not self._write_blocked and drain is not None and not drain.done():
+        if not self._write_blocked and flow.is_paused(self._drain):
             self._write_blocked = True
             self._pause_reading()
 
@@ -343,9 +340,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             self.queue_raw(frame)
             if self._out_bytes >= SEND_HIGH:
                 self.flush()
-            drain = self._drain
-            if drain is not None and not drain.done():
-                await drain
+            await flow.wait(self._drain)
         elif kind == "websocket.accept":
             if self.phase is not Phase.CONNECTING:
                 if self._disconnected:  # the client left (or shutdown refused it) meanwhile

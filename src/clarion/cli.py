@@ -33,10 +33,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"clarion: {message}\ntry '{self.prog} --help'\n")
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, worker: int | None = None) -> None:
+    # A worker's lines carry its number: the workers of one `serve --workers` share a stderr.
+    who = f"[worker {worker}] " if worker is not None else ""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
     )
 
 
@@ -154,18 +156,29 @@ def _listen_error(exc: OSError) -> str:
     return reason[:1].lower() + reason[1:]
 
 
-async def _serve(loaded: Loaded) -> int:
+async def _serve(loaded: Loaded, worker: int | None = None, link_fd: int | None = None) -> int:
     from clarion.hub import Hub
     from clarion.server import LifespanFailed
     from clarion.standalone import make_server
 
     settings = loaded.settings
+    stop = asyncio.Event()
+    link = None
+    if link_fd is not None:
+        from clarion.workers import watch_parent
+
+        link = await watch_parent(link_fd, stop)
     log.info("%s", loaded.describe())
     # The server binds first (a taken port fails before anything starts), then runs the hub's
     # lifespan: it starts the hub before accepting connections, and on shutdown stops
     # accepting, lets the hub tell every client to reconnect elsewhere (4000), then drains what
     # is left within shutdown_timeout.
-    server = make_server(Hub(settings))
+    hub = Hub(settings)
+    if worker is not None:
+        from clarion.core.metrics import labelled
+
+        hub.metrics_registry = labelled(hub.metrics_registry, {"worker": str(worker)})
+    server = make_server(hub, reuse_port=worker is not None)
     try:
         await server.start()
     except LifespanFailed as exc:
@@ -189,7 +202,9 @@ async def _serve(loaded: Loaded) -> int:
             server.port,
         )
     log.info("clarion %s listening on http://%s:%d", __version__, settings.host, server.port)
-    stop = asyncio.Event()
+    if link is not None:
+        with contextlib.suppress(OSError):
+            link.send(b"r")  # listening: the supervisor counts this worker as started
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
@@ -202,15 +217,30 @@ async def _serve(loaded: Loaded) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from clarion.workers import check_engine, supervise
+
     loaded = load_settings(args)
-    _setup_logging(args.log_level or loaded.settings.log_level)
+    _setup_logging(args.log_level or loaded.settings.log_level, args.worker_id)
     check_bind(loaded.settings)
+    if args.workers > 1:
+        return supervise(args.argv, args.workers, loaded.settings)
+    check_engine(loaded.settings, args.workers)
+    serving = _serve(loaded, args.worker_id, args.worker_link)
     try:
         import uvloop
 
-        return int(uvloop.run(_serve(loaded)))
+        return int(uvloop.run(serving))
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.run(_serve(loaded))
+        return asyncio.run(serving)
+
+
+def _workers(text: str) -> int:
+    from clarion.workers import worker_count
+
+    try:
+        return worker_count(text.strip().lower())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers takes ")) from None
 
 
 # ---- publish / subscribe / token ------------------------------------------------------------
@@ -409,6 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a non-loopback bind without api_key and token_secret",
     )
     serve.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, help="default info")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="hub processes sharing the port (SO_REUSEPORT) and the engine, which must be "
+        'Redis; "auto" = one per core (default 1)',
+    )
+    # Set by the supervisor of --workers for each worker it starts.
+    serve.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-link", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     publish = sub.add_parser("publish", help="publish JSON to a channel through the server API")
@@ -461,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the workers of serve
     try:
         result: int = args.func(args)
         return result

@@ -12,8 +12,13 @@ from clarion.server import Server
 from clarion.settings import Settings
 
 
-def make_server(hub: Hub, *, lifespan: bool = True, port: int | None = None) -> Server:
-    """A :class:`Server` for ``hub``; with ``lifespan`` the server starts and stops the hub."""
+def make_server(
+    hub: Hub, *, lifespan: bool = True, port: int | None = None, reuse_port: bool = False
+) -> Server:
+    """A :class:`Server` for ``hub``; with ``lifespan`` the server starts and stops the hub.
+
+    ``reuse_port``: listen with ``SO_REUSEPORT``, beside the other workers of the same port.
+    """
     settings = hub.settings
     limits = settings.limits
     return Server(
@@ -31,6 +36,7 @@ def make_server(hub: Hub, *, lifespan: bool = True, port: int | None = None) -> 
         max_pending=limits.max_pending_connections,
         max_pending_per_ip=limits.max_pending_connections_per_ip,
         client_key=peer_key(settings),
+        reuse_port=reuse_port,
     )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -86,6 +86,26 @@ def make_registry(hub: Hub) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_HubCollector(hub))
     return registry
+
+
+class _Labelled(Collector):
+    def __init__(self, inner: CollectorRegistry, labels: dict[str, str]) -> None:
+        self.inner = inner
+        self.labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.inner.collect():
+            family.samples = [
+                s._replace(labels={**s.labels, **self.labels}) for s in family.samples
+            ]
+            yield family
+
+
+def labelled(registry: CollectorRegistry, labels: dict[str, str]) -> CollectorRegistry:
+    """``registry`` with ``labels`` on every sample (a worker's number, for one)."""
+    out = CollectorRegistry(auto_describe=False)
+    out.register(_Labelled(registry, labels))
+    return out
 
 
 def render(registry: CollectorRegistry) -> bytes:

@@ -25,9 +25,10 @@ class Server:
     """clarion's ASGI 3 server (HTTP/1.1 and WebSocket) with the fast websocket extension.
 
     ``max_body_bytes`` caps a request body (413 beyond), ``max_message_bytes`` an inbound
-    WebSocket message (closed with 1009 beyond). A connection that has not sent a complete
-    request head within ``handshake_timeout`` seconds is closed, and so is a keep-alive
-    connection idle for ``keepalive_timeout``. Heads are bounded by ``max_headers`` and
+    WebSocket message (closed with 1009 beyond). ``reuse_port`` binds with ``SO_REUSEPORT``, so
+    that several processes share the port (``clarion serve --workers``). A connection that has
+    not sent a complete request head within ``handshake_timeout`` seconds is closed, and so is
+    a keep-alive connection idle for ``keepalive_timeout``. Heads are bounded by ``max_headers`` and
     ``max_header_bytes`` (431). ``send_limit`` is a websocket's default send budget (see
     ``FastWebSocket.set_send_limit``), ``close_timeout`` how long a close handshake may take,
     ``flush_interval`` how long pushed frames may wait to share a write (0: until the end of the
@@ -65,8 +66,10 @@ class Server:
         max_pending: int = 10_000,
         max_pending_per_ip: int = 1000,
         client_key: Callable[[str], str | None] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.host = host
+        self.reuse_port = reuse_port
         self.requested_port = port
         self.sock = sock
         self.backlog = backlog
@@ -146,6 +149,7 @@ class Server:
                     self.requested_port,
                     backlog=self.backlog,
                     reuse_address=True,
+                    reuse_port=self.reuse_port or None,
                     start_serving=False,
                 )
         except BaseException:

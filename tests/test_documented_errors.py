@@ -1,8 +1,9 @@
 """The documented error codes, close codes and STOMP error messages are the ones the code uses.
 
 The sources are read with ``ast``: every error code a hub module can give a peer (``code = "…"``
-on an error class, ``code="…"`` where an error is raised) and every STOMP protocol-error message
-is compared with the tables of ``docs/protocol.md`` and ``docs/stomp.md``, both ways.
+on an error class, ``code="…"`` where an error is raised, ``ErrorCode.…``) is compared with the
+table of ``clarion.protocol.errors``, both ways, and that table with ``docs/protocol.md``; every
+STOMP protocol-error message with the table of ``docs/stomp.md``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from clarion.errors import ClarionError
-from clarion.protocol.codes import DISCONNECTS
+from clarion.errors import ClarionError, Forbidden, LimitExceeded
+from clarion.protocol.codes import DISCONNECTS, CloseCode
+from clarion.protocol.errors import ERRORS, ErrorCode
 
 ROOT = Path(__file__).parents[1]
 SRC = ROOT / "src" / "clarion"
@@ -62,47 +64,59 @@ def _error_classes() -> dict[str, type[ClarionError]]:
     return found
 
 
-def _codes_in_source() -> dict[str, set[int | None]]:
-    """Each error code a hub module uses → the HTTP statuses it goes with (None: not known)."""
+def _codes_in_source() -> set[str]:
+    """Each error code a hub module gives: on an error class, or where an error is raised."""
     classes = _error_classes()
-    codes: dict[str, set[int | None]] = {}
-    for name, tree in _hub_modules():
-        # STOMP errors travel in ERROR frames: they have a code but no HTTP status.
-        framed = "stomp" in name
+    codes: set[str] = set()
+    for _, tree in _hub_modules():
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef) and node.name in classes:
-                cls = classes[node.name]
-                codes.setdefault(cls.code, set()).add(None if framed else cls.status)
-            if not isinstance(node, ast.Call):
-                continue
-            for kw in node.keywords:
-                if kw.arg == "code" and isinstance(kw.value, ast.Constant):
-                    func = node.func
-                    name = func.id if isinstance(func, ast.Name) else None
-                    cls = classes.get(name or "")
-                    # The root class carries no status of its own: the adapter chooses one.
-                    known = cls is not None and cls is not ClarionError and not framed
-                    codes.setdefault(kw.value.value, set()).add(cls.status if known else None)
+                codes.add(classes[node.name].code)
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "ErrorCode"
+            ):
+                codes.add(ErrorCode[node.attr])
+            if isinstance(node, ast.Call):
+                for kw in node.keywords:
+                    if kw.arg == "code" and isinstance(kw.value, ast.Constant):
+                        codes.add(kw.value.value)
     return codes
 
 
-def test_the_error_code_table_lists_every_code_a_peer_can_get_with_its_status() -> None:
-    table = {
-        row[0].strip("`"): int(row[1]) for row in _table(DOCS / "protocol.md", "## Error codes")
-    }
+def test_every_code_the_hub_gives_is_in_the_error_table_and_every_one_is_given() -> None:
+    source = _codes_in_source() - NEVER_SENT
+    assert source - set(ErrorCode) == set(), "codes outside clarion.protocol.errors"
+    assert set(ErrorCode) - source == set(), "codes in the table that the hub never gives"
+
+
+def test_the_documented_error_table_is_the_one_in_the_code() -> None:
+    documented = [
+        (code.strip("`"), int(status), int(close), meaning)
+        for code, status, close, meaning in _table(DOCS / "protocol.md", "## Error codes")
+    ]
+    table = [
+        (rule.code.value, rule.status, int(rule.close), rule.meaning)
+        for rule in ERRORS.values()
+        if not rule.stomp_only
+    ]
+    assert documented == table
     stomp_doc = (DOCS / "stomp.md").read_text()
-    source = _codes_in_source()
-    sent = {code for code in source if code not in NEVER_SENT}
-    # STOMP-only codes are documented with the STOMP messages that carry them.
-    undocumented = {c for c in sent - table.keys() if f"`{c}`" not in stomp_doc}
-    assert undocumented == set()
-    assert {code for code in table if code not in source} == set(), "documented, never used"
-    wrong = {
-        code: (status, source[code])
-        for code, status in table.items()
-        if not {status, None} >= source[code]
-    }
-    assert wrong == {}, "documented status differs from the error class's"
+    stomp = [rule.code for rule in ERRORS.values() if rule.stomp_only]
+    assert [code for code in stomp if f"`{code}`" not in stomp_doc] == []
+
+
+def test_an_error_answers_with_the_status_and_close_code_of_its_code() -> None:
+    # Classes give a default; a code given where the error is raised brings its own rule, and
+    # an application's own code (a hook's refusal) keeps the class's.
+    assert Forbidden("no").status == 403
+    assert ClarionError("x", code="method_not_allowed").status == 405
+    assert ClarionError("x", code="shutting_down").rule.close == CloseCode.SHUTDOWN
+    assert LimitExceeded("x", code="too_many_connections").rule.close == 4503
+    refused = Forbidden("banned for a day", code="banned")
+    assert (refused.status, refused.rule.close) == (403, CloseCode.FORBIDDEN)
+    assert ClarionError("x", code="stomp").status == 500
 
 
 def test_the_close_code_table_is_the_one_clients_implement() -> None:

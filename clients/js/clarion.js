@@ -14,12 +14,75 @@
 export const SUBPROTOCOL = "clarion.v1";
 export const TRANSPORTS = ["ws", "sse", "poll"];
 
-// ---- the close-code table of the protocol ---------------------------------------------------
+// ---- the protocol's tables -------------------------------------------------------------------
 
-// Whether a client should reconnect after `code` (codes 4000–4499: yes; 4500–4999: no).
-const RECONNECT = new Set([1001, 1006, 1011, 1012, 1013, 1014]);
+// The same tables as the hub's (clarion.protocol.codes and clarion.protocol.errors; a test keeps
+// them equal). Close codes: what each means and whether a client comes back after it.
+export const CLOSE_CODES = {
+  1000: { reason: "normal", reconnect: false },
+  1001: { reason: "going away", reconnect: true },
+  1002: { reason: "protocol error", reconnect: false },
+  1003: { reason: "unsupported data", reconnect: false },
+  1007: { reason: "invalid data", reconnect: false },
+  1008: { reason: "policy violation", reconnect: false },
+  1009: { reason: "message too big", reconnect: false },
+  1011: { reason: "internal error", reconnect: true },
+  4000: { reason: "shutdown", reconnect: true },
+  4001: { reason: "slow", reconnect: true },
+  4002: { reason: "no pong", reconnect: true },
+  4003: { reason: "server error", reconnect: true },
+  4004: { reason: "token expired", reconnect: true },
+  4005: { reason: "node full", reconnect: true },
+  4500: { reason: "unauthorized", reconnect: false },
+  4501: { reason: "disconnected", reconnect: false },
+  4502: { reason: "forbidden", reconnect: false },
+  4503: { reason: "too many connections", reconnect: false },
+  4504: { reason: "idle", reconnect: false },
+  4505: { reason: "abuse", reconnect: false },
+  4506: { reason: "handshake timeout", reconnect: false },
+  4507: { reason: "bad request", reconnect: false },
+};
+
+// Error codes: the HTTP status that carries each, and the close code when it ends a connection
+// (whose `reconnect` says whether to try again).
+export const ERRORS = {
+  bad_request: { status: 400, close: 4507 },
+  unknown_op: { status: 400, close: 4507 },
+  bad_channel: { status: 400, close: 4507 },
+  bad_cursor: { status: 400, close: 4507 },
+  already_subscribed: { status: 400, close: 4507 },
+  not_subscribed: { status: 400, close: 4507 },
+  unsubscribed: { status: 409, close: 4507 },
+  unauthorized: { status: 401, close: 4500 },
+  token_expired: { status: 401, close: 4004 },
+  forbidden: { status: 403, close: 4502 },
+  origin_forbidden: { status: 403, close: 4502 },
+  not_found: { status: 404, close: 4507 },
+  method_not_allowed: { status: 405, close: 4507 },
+  too_large: { status: 413, close: 1009 },
+  limit_exceeded: { status: 429, close: 4507 },
+  too_many_subscriptions: { status: 429, close: 4507 },
+  too_many_connections: { status: 429, close: 4503 },
+  too_many_channels: { status: 400, close: 4507 },
+  unsafe_target: { status: 400, close: 4507 },
+  configured_webhook: { status: 403, close: 4502 },
+  bad_timeout: { status: 400, close: 4507 },
+  rate_limited: { status: 429, close: 4505 },
+  revoked: { status: 401, close: 4501 },
+  shutting_down: { status: 503, close: 4000 },
+  node_full: { status: 503, close: 4005 },
+  engine_unavailable: { status: 503, close: 4003 },
+  hook_unavailable: { status: 503, close: 4003 },
+  internal: { status: 500, close: 4003 },
+};
+
+// Whether a client should reconnect after `code`; outside the table, codes 4000–4499 say yes,
+// 4500–4999 no, and of the standard ones those that mean "try again later".
+const RECONNECT = new Set([1006, 1012, 1013, 1014]);
 export function shouldReconnect(code) {
   if (code === undefined || code === null) return true;
+  const known = CLOSE_CODES[code];
+  if (known) return known.reconnect;
   if (code >= 4000 && code < 4500) return true;
   if (code >= 4500 && code < 5000) return false;
   return RECONNECT.has(code);

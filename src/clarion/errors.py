@@ -25,12 +25,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from clarion.protocol.errors import ErrorRule, rule_for
+
 
 class ClarionError(Exception):
-    """Root of clarion's exceptions; ``code`` is stable, ``message`` is for humans."""
+    """Root of clarion's exceptions; ``code`` is stable, ``message`` is for humans.
+
+    What the error means on the wire (HTTP status, close code, reconnect) is the rule of its
+    code in :mod:`clarion.protocol.errors`; a code outside that table (a hook's own) follows
+    the rule of the class's code.
+    """
 
     code: str = "error"
-    status: int = 500
 
     def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
         super().__init__(message)
@@ -38,6 +44,14 @@ class ClarionError(Exception):
         if code is not None:
             self.code = code
         self.details = details
+
+    @property
+    def rule(self) -> ErrorRule:
+        return rule_for(self.code, rule_for(type(self).code).code)
+
+    @property
+    def status(self) -> int:
+        return self.rule.status
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -47,7 +61,6 @@ class ClarionError(Exception):
 
 class ClientError(ClarionError):
     code = "bad_request"
-    status = 400
 
 
 class BadRequest(ClientError):
@@ -64,50 +77,41 @@ class BadCursor(ClientError):
 
 class Unauthorized(ClientError):
     code = "unauthorized"
-    status = 401
 
 
 class Forbidden(ClientError):
     code = "forbidden"
-    status = 403
 
 
 class NotFound(ClientError):
     code = "not_found"
-    status = 404
 
 
 class TooLarge(ClientError):
     code = "too_large"
-    status = 413
 
 
 class LimitExceeded(ClientError):
     code = "limit_exceeded"
-    status = 429
 
 
 class NodeFull(LimitExceeded):
     # 503, not 429: the client did nothing wrong, and a load balancer retries another node.
     code = "node_full"
-    status = 503
 
 
 class ServerError(ClarionError):
     code = "internal"
-    status = 500
 
 
 class EngineUnavailable(ServerError):
     code = "engine_unavailable"
-    status = 503
 
 
 class HookUnavailable(ServerError):
     """The application's backend did not give a usable answer to a hook (``[hooks]``)."""
 
     code = "hook_unavailable"
-    status = 503
 
 
 class ConfigError(ServerError):

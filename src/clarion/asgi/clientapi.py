@@ -93,9 +93,7 @@ class ClientEndpoint:
                 await self._preflight(send, cors)
                 return
             if method != self.method:
-                exc = ClarionError(f"{method} is not allowed here", code="method_not_allowed")
-                exc.status = 405
-                raise exc
+                raise ClarionError(f"{method} is not allowed here", code="method_not_allowed")
             if hub.closing:
                 raise ClarionError("the hub is shutting down", code="shutting_down")
             command = await self._read(scope, receive)

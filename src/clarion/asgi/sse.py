@@ -156,10 +156,6 @@ async def authorized(hub: Hub, request: ChannelRequest, transport: str) -> Chann
     return request
 
 
-def error_status(exc: ClarionError) -> int:
-    return 503 if exc.code in ("node_full", "shutting_down") else exc.status
-
-
 async def send_json(
     send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
 ) -> None:
@@ -182,7 +178,7 @@ async def send_error(
     hub: Hub, send: Send, exc: ClarionError, headers: list[tuple[bytes, bytes]]
 ) -> None:
     hub.stats.errors[exc.code] += 1
-    await send_json(send, error_status(exc), orjson.dumps({"error": exc.to_dict()}), headers)
+    await send_json(send, exc.status, orjson.dumps({"error": exc.to_dict()}), headers)
 
 
 async def until_disconnect(receive: Receive) -> None:
@@ -209,9 +205,7 @@ class ChannelEndpoint:
                 await self.preflight(send, cors)
                 return
             if method != "GET":
-                exc = ClarionError(f"{method} is not allowed here", code="method_not_allowed")
-                exc.status = 405
-                raise exc
+                raise ClarionError(f"{method} is not allowed here", code="method_not_allowed")
             if hub.closing:
                 raise ClarionError("the hub is shutting down", code="shutting_down")
             params = query_params(hub, scope)

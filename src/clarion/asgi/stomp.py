@@ -30,7 +30,7 @@ from clarion.asgi.wstransport import FAST_WEBSOCKET
 from clarion.core.fanout import Push, WireFormat, publication_cursor
 from clarion.core.hub import Hub, reset_reason
 from clarion.core.session import Session, SubscribeResult
-from clarion.errors import ClarionError, ClientError, Forbidden, LimitExceeded, Unauthorized
+from clarion.errors import ClarionError, LimitExceeded
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.frames import OP_BINARY, frame_header, text_frame
@@ -218,30 +218,6 @@ class AsgiWire:
 Wire = FastWire | AsgiWire
 
 
-def close_code_for(exc: ClarionError) -> int:
-    """The WebSocket close code that follows the ``ERROR`` frame for ``exc``."""
-    code = exc.code
-    if code == "handshake_timeout":
-        return CloseCode.HANDSHAKE_TIMEOUT
-    if code == "too_large":
-        return CloseCode.MESSAGE_TOO_BIG
-    if isinstance(exc, Unauthorized) or code == "unauthorized":
-        return {"token_expired": CloseCode.TOKEN_EXPIRED, "revoked": CloseCode.DISCONNECTED}.get(
-            code, CloseCode.UNAUTHORIZED
-        )
-    if isinstance(exc, Forbidden):
-        return CloseCode.FORBIDDEN
-    if isinstance(exc, LimitExceeded):
-        return {
-            "node_full": CloseCode.NODE_FULL,
-            "too_many_connections": CloseCode.TOO_MANY_CONNECTIONS,
-            "rate_limited": CloseCode.ABUSE,
-        }.get(code, CloseCode.BAD_REQUEST)
-    if isinstance(exc, ClientError):
-        return CloseCode.BAD_REQUEST
-    return CloseCode.SERVER_ERROR
-
-
 # ---- one connection ------------------------------------------------------------------------------
 
 
@@ -398,7 +374,7 @@ class StompConnection:
         if self.closed:
             return
         self.hub.stats.errors[exc.code] += 1
-        code = close_code_for(exc)
+        code = exc.rule.close
         frame = self.stomp.error(
             exc.message, code=exc.code, receipt_id=receipt, headers=self._close_headers(code)
         )

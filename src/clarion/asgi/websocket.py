@@ -21,17 +21,6 @@ CLOSE_WAIT = 5.0  # seconds a refused connection's close may take on the portabl
 MAX_BAD_FRAMES = 20  # malformed frames tolerated per connection before it is closed
 
 
-def _unauthorized_close_code(exc: Unauthorized) -> int:
-    return {
-        "token_expired": CloseCode.TOKEN_EXPIRED,
-        "revoked": CloseCode.DISCONNECTED,
-    }.get(exc.code, CloseCode.UNAUTHORIZED)
-
-
-def _limit_close_code(exc: LimitExceeded) -> int:
-    return CloseCode.NODE_FULL if exc.code == "node_full" else CloseCode.TOO_MANY_CONNECTIONS
-
-
 class ClarionWebSocket:
     """An ASGI application for one endpoint; one instance serves every connection."""
 
@@ -82,19 +71,12 @@ class ClarionWebSocket:
             if hub.hooks is not None:
                 credentials = await hub.authenticate(credentials, transport.kind)
             session = hub.open_session(transport, credentials, address)
-        except LimitExceeded as exc:
-            transport.close(_limit_close_code(exc), exc.message)
-            await self._drain_until_closed(receive, transport)
-            return
-        except Unauthorized as exc:
-            hub.stats.errors[exc.code] += 1
-            transport.close(_unauthorized_close_code(exc), exc.message)
-            await self._drain_until_closed(receive, transport)
-            return
-        except ClarionError as exc:  # the connect hook said no, or could not be asked
-            hub.stats.errors[exc.code] += 1
-            code = CloseCode.FORBIDDEN if isinstance(exc, Forbidden) else CloseCode.SERVER_ERROR
-            transport.close(code, f"{exc.code}: {exc.message}")
+        except ClarionError as exc:  # a cap, the token, or the connect hook said no
+            if not isinstance(exc, LimitExceeded):
+                hub.stats.errors[exc.code] += 1
+            # A hook's refusal names its code (perhaps the application's own) in the reason.
+            hooked = not isinstance(exc, LimitExceeded | Unauthorized)
+            transport.close(exc.rule.close, f"{exc.code}: {exc.message}" if hooked else exc.message)
             await self._drain_until_closed(receive, transport)
             return
         finally:
@@ -176,7 +158,7 @@ class _Connection:
         except ClarionError as exc:
             self._error(rid, exc)
             if exc.code in ("token_expired", "revoked") and isinstance(exc, Unauthorized):
-                self.session.close(_unauthorized_close_code(exc))
+                self.session.close(exc.rule.close)
         except Exception:
             log.exception("command failed")
             self._error(rid, ClarionError("internal error", code="internal"))

@@ -66,7 +66,12 @@ class RequestFailed(ClarionError):
 
     def __init__(self, message: str, *, code: str, status: int | None = None) -> None:
         super().__init__(message, code=code)
-        self.status = status if status is not None else 0
+        self._status = status if status is not None else 0
+
+    @property
+    def status(self) -> int:
+        """The HTTP status the refusal came with (0: it came over WebSocket)."""
+        return self._status
 
     @classmethod
     def from_wire(cls, error: Any, status: int | None = None) -> RequestFailed:

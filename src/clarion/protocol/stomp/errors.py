@@ -40,11 +40,9 @@ class RemoteProtocolError(StompProtocolError, ClientError):
     """The client broke the STOMP protocol (malformed frame, wrong state, missing header...)."""
 
     code = "bad_frame"
-    status = 400
 
 
 class LocalProtocolError(StompProtocolError, ServerError):
     """The hub asked to send a frame that the session's state does not allow."""
 
     code = "internal"
-    status = 500

@@ -24,9 +24,9 @@ DOCS = ROOT / "docs"
 # Modules that do not answer peers of the hub: the Python client raises its own errors on the
 # caller's side (documented by exception class in docs/client.md), and the CLIs print theirs.
 NOT_HUB = ("client/", "cli.py", "webhooks/cli.py")
-# Codes of exceptions that never leave the process: a configuration refused at start-up, and the
-# root classes that only give their subclasses a default.
-NEVER_SENT = {"config", "error", "stomp"}
+# Codes of exceptions that never leave the process: a configuration or an address refused at
+# start-up, and the root classes that only give their subclasses a default.
+NEVER_SENT = {"config", "error", "listen", "stomp"}
 
 
 def _table(doc: Path, heading: str) -> list[list[str]]:

@@ -68,6 +68,7 @@ export const ERRORS = {
   configured_webhook: { status: 403, close: 4502 },
   bad_timeout: { status: 400, close: 4507 },
   rate_limited: { status: 429, close: 4505 },
+  ephemeral_rate_limited: { status: 429, close: 4505 },
   revoked: { status: 401, close: 4501 },
   shutting_down: { status: 503, close: 4000 },
   node_full: { status: 503, close: 4005 },

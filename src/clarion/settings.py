@@ -84,6 +84,11 @@ class NamespaceOptions(BaseModel):
     idempotency_window: float = Field(
         300, ge=0, description="seconds within which a repeated publish `id` is not published again"
     )
+    ephemeral: bool = Field(
+        False,
+        description="every publication is a live signal: delivered to live subscribers, never "
+        "stored, no offset (as `publish` with `ephemeral: true`)",
+    )
 
     @property
     def join_leave_mode(self) -> str | None:
@@ -122,6 +127,15 @@ class Limits(BaseModel):
         "nodes with the redis engine); unset = no per-user limit",
     )
     client_publish_burst: int = Field(40, ge=1, description="token-bucket size for client publish")
+    client_ephemeral_rate: float = Field(
+        60,
+        gt=0,
+        description="ephemeral publications per second per session and channel (their own "
+        "budget: cursor moves come at 30-60 Hz)",
+    )
+    client_ephemeral_burst: int = Field(
+        60, ge=1, description="token-bucket size for client ephemeral publish"
+    )
     send_queue_bytes: int = Field(
         1_048_576,
         ge=4096,

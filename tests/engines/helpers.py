@@ -22,11 +22,15 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.publications: list[Publication] = []
+        self.signals: list[Publication] = []  # ephemeral publications
         self.events: list[tuple[str, str, dict[str, Any]]] = []
         self.controls: list[tuple[str, dict[str, Any]]] = []
 
     def on_publication(self, pub: Publication) -> None:
         self.publications.append(pub)
+
+    def on_ephemeral(self, pub: Publication) -> None:
+        self.signals.append(pub)
 
     def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         self.events.append((channel, kind, event))

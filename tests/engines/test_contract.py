@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from clarion.engines.base import History, PresenceEntry, PresenceStats
-from clarion.protocol.publication import StreamPosition
+from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions
 
 from .helpers import Subject, eventually
@@ -330,6 +330,38 @@ async def test_no_delivery_after_unsubscribe(engine: Subject) -> None:
         assert engine.sink.offsets("c") == [1, 2]
     else:
         assert engine.sink.offsets("c") == [1]
+
+
+async def test_ephemeral_publications_reach_the_sink_and_are_never_stored(
+    engine: Subject,
+) -> None:
+    await engine.engine.subscribe("c")
+    first = await engine.engine.publish("c", "stored", OPTS)
+    signals = [
+        Publication.signal("c", {"x": i}, 1000 + i, {"user": "u"}, None, f"k{i % 2}")
+        for i in range(3)
+    ]
+    for signal in signals:
+        await engine.engine.publish_ephemeral(signal)
+    last = await engine.engine.publish("c", "stored again", OPTS)
+    await eventually(lambda: len(engine.sink.signals) == 3 and len(engine.sink.publications) == 2)
+    assert [(p.data, p.key, p.info, p.time) for p in engine.sink.signals] == [
+        ({"x": i}, f"k{i % 2}", {"user": "u"}, 1000 + i) for i in range(3)
+    ]
+    assert all(p.ephemeral and p.channel == "c" and p.offset == 0 for p in engine.sink.signals)
+    # No offset taken, nothing in history, none among the stored publications delivered.
+    assert (first.offset, last.offset) == (1, 2)
+    history = await engine.engine.history("c", OPTS)
+    assert [p.data for p in history.publications] == ["stored", "stored again"]
+    assert history.position.offset == 2
+    assert not any(p.ephemeral for p in engine.sink.publications)
+    # A channel this node is not subscribed to: not delivered on Redis (pub/sub only).
+    await engine.engine.publish_ephemeral(Publication.signal("elsewhere", 1, 0))
+    await engine.engine.subscribe("marker")
+    await engine.engine.publish_ephemeral(Publication.signal("marker", 1, 0))
+    await eventually(lambda: any(p.channel == "marker" for p in engine.sink.signals))
+    held = await engine.engine.history("elsewhere", OPTS)
+    assert held.publications == [] and held.position.offset == 0
 
 
 async def test_events_and_control_reach_the_sink(engine: Subject) -> None:

@@ -69,7 +69,10 @@ class ServerAPI:
         return JSONResponse(
             {
                 "results": [
-                    {"channel": p.channel, "offset": p.offset, "epoch": p.epoch} for p in pubs
+                    {"channel": p.channel, "ephemeral": True}
+                    if p.ephemeral
+                    else {"channel": p.channel, "offset": p.offset, "epoch": p.epoch}
+                    for p in pubs
                 ]
             }
         )

@@ -16,7 +16,7 @@ import orjson
 
 from clarion.asgi import access
 from clarion.asgi.poll import PollWaiter
-from clarion.asgi.publish import parse_object, read_body
+from clarion.asgi.publish import parse_object, publish_reply, read_body
 from clarion.asgi.sse import query_params, send_error, send_json, single_param
 from clarion.asgi.websocket import history_body
 from clarion.core.hub import Hub
@@ -42,12 +42,19 @@ class _Rates:
         self.hub = hub
         self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def take(self, session: Session) -> bool:
+    def take(self, session: Session, signal_channel: str | None = None) -> bool:
+        """A token for one publish, or for one ephemeral publish to ``signal_channel`` (their
+        own budget, per channel, as on a connection)."""
         key = f"user:{session.user}" if session.user is not None else f"ip:{session.ip_key}"
+        if signal_channel is not None:
+            key = f"{key} signal:{signal_channel}"
         bucket = self.buckets.get(key)
         if bucket is None:
             limits = self.hub.settings.limits
-            bucket = TokenBucket(limits.client_publish_rate, limits.client_publish_burst)
+            if signal_channel is not None:
+                bucket = TokenBucket(limits.client_ephemeral_rate, limits.client_ephemeral_burst)
+            else:
+                bucket = TokenBucket(limits.client_publish_rate, limits.client_publish_burst)
             self.buckets[key] = bucket
             if len(self.buckets) > MAX_RATE_KEYS:  # bounded: the least recent one goes
                 self.buckets.popitem(last=False)
@@ -153,10 +160,23 @@ class ClientEndpoint:
         assert channel is not None
         if cmd.op == "publish":
             hub.auth.check_publish(session.credentials, channel)
-            if not self.rates.take(session):
+            ephemeral = cmd.ephemeral or hub.options(channel).ephemeral
+            if not self.rates.take(session, channel if ephemeral else None):
+                if ephemeral:
+                    raise LimitExceeded(
+                        "sending live signals to this channel faster than "
+                        "limits.client_ephemeral_rate",
+                        code="ephemeral_rate_limited",
+                    )
                 raise LimitExceeded("publishing faster than the client rate", code="rate_limited")
-            pub = await session.publish(channel, cmd.data, idempotency_key=cmd.publication_id)
-            return {"offset": pub.offset, "epoch": pub.epoch, "cursor": hub.cursor_of(pub)}
+            pub = await session.publish(
+                channel,
+                cmd.data,
+                idempotency_key=cmd.publication_id,
+                ephemeral=ephemeral,
+                key=cmd.key,
+            )
+            return publish_reply(hub, pub)
         if cmd.op == "history":
             await hub.authorize_read(session.credentials, channel, "poll", session.id)
             history, reason = await hub.history(

@@ -194,6 +194,16 @@ def document() -> dict[str, Any]:
                                 "channel": _CHANNEL,
                                 "data": {},
                                 "id": {"type": "string", "description": "idempotency key"},
+                                "ephemeral": {
+                                    "type": "boolean",
+                                    "description": "a live signal: delivered to live "
+                                    "subscribers, never stored, no offset",
+                                },
+                                "key": {
+                                    "type": "string",
+                                    "description": "an ephemeral publication's key: a "
+                                    "backlogged subscriber keeps the latest per key",
+                                },
                             },
                         }
                     ),
@@ -205,6 +215,7 @@ def document() -> dict[str, Any]:
                                     "offset": {"type": "integer"},
                                     "epoch": {"type": "string"},
                                     "cursor": {"type": "string"},
+                                    "ephemeral": {"type": "boolean"},
                                 },
                             }
                         ),

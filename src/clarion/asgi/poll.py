@@ -34,7 +34,7 @@ from clarion.asgi.sse import (
     single_param,
     until_disconnect,
 )
-from clarion.core.fanout import WireFormat, publication_cursor
+from clarion.core.fanout import WireFormat, cursor_if_stored
 from clarion.core.hub import Hub
 from clarion.core.session import Session, SubscribeResult
 from clarion.errors import BadRequest
@@ -92,6 +92,15 @@ class PollWaiter:
             self.woken.set_result(None)
 
     def push(self, pub: Publication) -> None:
+        if pub.ephemeral:
+            # A live signal answers the waiting poll; beyond one reply's worth it is dropped
+            # (it leaves no gap: it was never in the stream).
+            if self.count_left > 0 and self.bytes_left > 0:
+                self.count_left -= 1
+                self.bytes_left -= len(pub.json())
+                self.events.append(pub)
+            self._wake()
+            return
         if self.count_left > 0 and self.bytes_left > 0:
             self.count_left -= 1
             self.bytes_left -= len(pub.json()) + CURSOR_BYTES
@@ -187,7 +196,8 @@ class _Reply:
                 self.positions[channel] = event.position
             else:
                 self.publications.append(event)
-                self.positions[channel] = event.position
+                if not event.ephemeral:  # a signal moves no cursor
+                    self.positions[channel] = event.position
 
     @property
     def empty(self) -> bool:
@@ -205,7 +215,7 @@ class _Reply:
 
     def body(self, cursor: str) -> bytes:
         pubs = b",".join(
-            messages.encode_publication(pub, publication_cursor(pub)) for pub in self.publications
+            messages.encode_publication(pub, cursor_if_stored(pub)) for pub in self.publications
         )
         out = b'{"publications":[%s],"cursor":"%s"' % (pubs, cursor.encode("ascii"))
         if self.reset is not None:

@@ -17,6 +17,8 @@ from clarion.asgi import access
 from clarion.core.hub import Hub
 from clarion.errors import BadRequest, ClarionError, TooLarge
 from clarion.protocol.channels import validate_channel
+from clarion.protocol.messages import CommandError, signal_fields
+from clarion.protocol.publication import Publication
 
 log = logging.getLogger("clarion.api")
 
@@ -81,7 +83,13 @@ class PublishEndpoint:
             key = body.get("id")
             if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
                 raise BadRequest("'id' must be a string of 1 to 128 characters")
-            pub = await hub.publish(channel, body["data"], idempotency_key=key)
+            try:
+                ephemeral, signal_key = signal_fields(body)
+            except CommandError as exc:
+                raise BadRequest(exc.message) from None
+            pub = await hub.publish(
+                channel, body["data"], idempotency_key=key, ephemeral=ephemeral, key=signal_key
+            )
         except ClarionError as exc:
             # The client may be gone (it never finished its body): nobody to tell, no error.
             with contextlib.suppress(OSError):
@@ -91,9 +99,15 @@ class PublishEndpoint:
             log.exception("publish failed")
             await send_json(send, 500, _error("internal", "internal error"))
             return
-        await send_json(
-            send, 200, {"offset": pub.offset, "epoch": pub.epoch, "cursor": hub.cursor_of(pub)}
-        )
+        await send_json(send, 200, publish_reply(hub, pub))
+
+
+def publish_reply(hub: Hub, pub: Publication) -> dict[str, Any]:
+    """What a publish answers: the publication's place in the stream, or, for an ephemeral
+    one, only that it was (it has no place)."""
+    if pub.ephemeral:
+        return {"ephemeral": True}
+    return {"offset": pub.offset, "epoch": pub.epoch, "cursor": hub.cursor_of(pub)}
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

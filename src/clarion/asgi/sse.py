@@ -36,7 +36,7 @@ import orjson
 
 from clarion.asgi import access
 from clarion.core.auth import Credentials
-from clarion.core.fanout import WireFormat, publication_cursor
+from clarion.core.fanout import WireFormat, cursor_if_stored, publication_cursor
 from clarion.core.hub import Hub
 from clarion.core.session import Session, SubscribeResult
 from clarion.errors import BadCursor, BadRequest, ClarionError, Forbidden
@@ -240,7 +240,7 @@ class ChannelEndpoint:
 
 
 def _event(pub: Publication) -> bytes:
-    return sse.publication_event(pub, publication_cursor(pub))
+    return sse.publication_event(pub, cursor_if_stored(pub))
 
 
 Tagged = tuple[bytes, StreamPosition | None, bytes]  # channel tag, its new position, event body
@@ -249,7 +249,9 @@ Tagged = tuple[bytes, StreamPosition | None, bytes]  # channel tag, its new posi
 FORGET = StreamPosition("", -1)
 
 
-def _tagged(pub: Publication) -> Tagged:
+def _tagged(pub: Publication) -> Tagged | bytes:
+    if pub.ephemeral:
+        return sse.publication_body(pub, None)  # no position: rendered without an ``id:``
     return (
         channel_tag(pub.channel),
         pub.position,
@@ -436,9 +438,12 @@ class SseStream:
         if not self.closed:
             self._enqueue(event, len(event))
 
-    def _push_tagged(self, item: Tagged) -> None:
+    def _push_tagged(self, item: Tagged | bytes) -> None:
         if not self.closed:
-            self._enqueue(item, len(item[2]) + ID_ALLOWANCE)
+            if isinstance(item, bytes):  # an ephemeral publication's event
+                self._enqueue(item, len(item))
+            else:
+                self._enqueue(item, len(item[2]) + ID_ALLOWANCE)
 
     def _enqueue(self, item: bytes | Tagged, size: int) -> None:
         if self._fast is not None:

@@ -27,7 +27,7 @@ from clarion.asgi import access
 from clarion.asgi.sendqueue import Send as AsgiSend
 from clarion.asgi.sendqueue import SendQueue, accept
 from clarion.asgi.wstransport import FAST_WEBSOCKET
-from clarion.core.fanout import Push, WireFormat, publication_cursor
+from clarion.core.fanout import Push, WireFormat, cursor_if_stored
 from clarion.core.hub import Hub, reset_reason
 from clarion.core.session import Session, SubscribeResult
 from clarion.errors import ClarionError, LimitExceeded
@@ -74,7 +74,7 @@ def _body(pub: Publication) -> bytes:
 def _tail(pub: Publication, *, escaped: bool, ack: bool, ack_suffix: str = "") -> bytes:
     body: bytes = pub.encoded("stomp/data", _body)
     return message_tail(
-        pub, publication_cursor(pub), body, escaped=escaped, ack=ack, ack_suffix=ack_suffix
+        pub, cursor_if_stored(pub), body, escaped=escaped, ack=ack, ack_suffix=ack_suffix
     )
 
 
@@ -479,7 +479,10 @@ class StompConnection:
             self._reply(event.receipt)  # held until COMMIT
         elif isinstance(event, Send):
             pub = await self.publish(session, event)
-            self._reply(event.receipt, ("x-cursor", self.hub.cursor_of(pub)))
+            if pub.ephemeral:  # no place in the stream: no cursor to give
+                self._reply(event.receipt, ("x-ephemeral", "true"))
+            else:
+                self._reply(event.receipt, ("x-cursor", self.hub.cursor_of(pub)))
         elif isinstance(event, Commit):
             # In the order the frames arrived; a SEND that fails now ends the connection like
             # any failed SEND, after the ones before it were published.
@@ -515,7 +518,12 @@ class StompConnection:
 
     async def publish(self, session: Session, event: Send) -> Publication:
         pub: Publication = await session.publish(
-            event.channel, event.data, idempotency_key=event.idempotency_key, attrs=event.attrs
+            event.channel,
+            event.data,
+            idempotency_key=event.idempotency_key,
+            attrs=event.attrs,
+            ephemeral=event.ephemeral,
+            key=event.key,
         )
         return pub
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from clarion.asgi import access, sendqueue
+from clarion.asgi.publish import publish_reply
 from clarion.asgi.wstransport import FAST_WEBSOCKET, AsgiTransport, FastTransport
 from clarion.core.hub import Hub
 from clarion.core.session import Session, SubscribeResult
@@ -199,8 +200,14 @@ class _Connection:
             return {}
         if op == "publish":
             assert cmd.channel is not None
-            pub = await session.publish(cmd.channel, cmd.data, idempotency_key=cmd.publication_id)
-            return {"offset": pub.offset, "epoch": pub.epoch, "cursor": hub.cursor_of(pub)}
+            pub = await session.publish(
+                cmd.channel,
+                cmd.data,
+                idempotency_key=cmd.publication_id,
+                ephemeral=cmd.ephemeral,
+                key=cmd.key,
+            )
+            return publish_reply(hub, pub)
         if op == "history":
             assert cmd.channel is not None
             await hub.authorize_read(session.credentials, cmd.channel, "ws", session.id)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from clarion.asgi.sendqueue import Send, SendQueue
-from clarion.core.fanout import WireFormat, publication_cursor
+from clarion.core.fanout import WireFormat, cursor_if_stored
 from clarion.protocol import messages
 from clarion.protocol.codes import disconnect_for
 from clarion.protocol.frames import text_frame
@@ -26,11 +26,11 @@ FAST_WEBSOCKET = "clarion.fast_websocket"
 
 
 def _frame(pub: Publication) -> bytes:
-    return text_frame(messages.encode_publication(pub, publication_cursor(pub)))
+    return text_frame(messages.encode_publication(pub, cursor_if_stored(pub)))
 
 
 def _text(pub: Publication) -> str:
-    return messages.encode_publication(pub, publication_cursor(pub)).decode()
+    return messages.encode_publication(pub, cursor_if_stored(pub)).decode()
 
 
 WS_TEXT = WireFormat("clarion.v1/text", "ws", _text)

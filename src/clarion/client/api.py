@@ -95,12 +95,23 @@ class HttpApi:
             raise ConnectionLost(f"{url} answered with something that is not a JSON object")
         return body
 
-    async def publish(self, channel: str, data: Any, id: str | None) -> Published:
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        id: str | None,
+        *,
+        ephemeral: bool = False,
+        key: str | None = None,
+    ) -> Published:
         body: dict[str, Any] = {"channel": channel, "data": data}
         if id is not None:
             body["id"] = id
-        ok = await self._call("POST", "/api/publish", json=body)
-        return Published(channel, int(ok["offset"]), str(ok["epoch"]), ok.get("cursor"))
+        if ephemeral:
+            body["ephemeral"] = True
+        if key is not None:
+            body["key"] = key
+        return Published.from_wire(channel, await self._call("POST", "/api/publish", json=body))
 
     async def history(
         self, channel: str, since: str | None, limit: int | None, *, reverse: bool = False

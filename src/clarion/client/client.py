@@ -325,18 +325,33 @@ class Client:
 
     # ---- requests -----------------------------------------------------------------------------
 
-    async def publish(self, channel: str, data: Any, id: str | None = None) -> Published:
-        """Publish ``data`` (any JSON value); ``id`` makes retries idempotent on the hub."""
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        id: str | None = None,
+        *,
+        ephemeral: bool = False,
+        key: str | None = None,
+    ) -> Published:
+        """Publish ``data`` (any JSON value); ``id`` makes retries idempotent on the hub.
+
+        ``ephemeral``: a live signal (a cursor, a typing flag), delivered to live subscribers
+        and never stored; ``key`` names what it is the latest value of.
+        """
         self._check_open()
         validate_channel(channel)
         if await self._over_http():
             assert self._api is not None
-            return await self._api.publish(channel, data, id)
+            return await self._api.publish(channel, data, id, ephemeral=ephemeral, key=key)
         fields: dict[str, Any] = {"channel": channel, "data": data}
         if id is not None:
             fields["pub_id"] = id
-        ok = await self._request("publish", fields)
-        return Published(channel, int(ok["offset"]), str(ok["epoch"]), ok.get("cursor"))
+        if ephemeral:
+            fields["ephemeral"] = True
+        if key is not None:
+            fields["key"] = key
+        return Published.from_wire(channel, await self._request("publish", fields))
 
     async def history(
         self,

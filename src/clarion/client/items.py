@@ -12,7 +12,11 @@ from clarion.protocol.publication import Publication, StreamPosition
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Message:
-    """A publication received on a subscription, with the cursor that resumes just after it."""
+    """A publication received on a subscription, with the cursor that resumes just after it.
+
+    An ephemeral one (a live signal, :attr:`ephemeral`) has no place in the stream: its
+    ``cursor`` is the subscription's position when it came, which it does not move.
+    """
 
     publication: Publication
     cursor: str
@@ -26,7 +30,10 @@ class Message:
 
     @classmethod
     def from_wire(cls, obj: dict[str, Any], cursor: str | None = None) -> Message:
-        """From a publication object as the hub sends it (with ``cursor``, unless given apart)."""
+        """From a publication object as the hub sends it (with ``cursor``, unless given apart;
+        an ephemeral one has none)."""
+        if obj.get("ephemeral") is True:
+            return cls(Publication.from_dict(obj), cursor or "")
         token = cursor if cursor else obj["cursor"]
         if not isinstance(token, str):
             raise ValueError("cursor must be a string")
@@ -61,6 +68,16 @@ class Message:
         return self.publication.id
 
     @property
+    def ephemeral(self) -> bool:
+        """A live signal: never stored, no offset (``offset`` 0, ``epoch`` empty)."""
+        return self.publication.ephemeral
+
+    @property
+    def key(self) -> str | None:
+        """A live signal's key, when its publisher gave one."""
+        return self.publication.key
+
+    @property
     def position(self) -> StreamPosition:
         return self.publication.position
 
@@ -89,12 +106,21 @@ class Reset:
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """Where a publication landed in its channel's stream."""
+    """Where a publication landed in its channel's stream (an ephemeral one lands nowhere:
+    ``offset`` 0, ``epoch`` empty, no ``cursor``)."""
 
     channel: str
     offset: int
     epoch: str
     cursor: str | None = None
+    ephemeral: bool = False
+
+    @classmethod
+    def from_wire(cls, channel: str, ok: dict[str, Any]) -> Published:
+        """From a publish reply."""
+        if ok.get("ephemeral") is True:
+            return cls(channel, 0, "", None, True)
+        return cls(channel, int(ok["offset"]), str(ok["epoch"]), ok.get("cursor"))
 
 
 @dataclass(frozen=True, slots=True)

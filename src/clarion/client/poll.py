@@ -97,4 +97,5 @@ def _seconds(value: float) -> str:
 
 def _before(messages: list[Message], cursor: str) -> str:
     """Where a reset leaves the stream: just before the first publication that follows it."""
-    return messages[0].before() if messages else cursor
+    stored = [m for m in messages if not m.ephemeral]  # signals have no place in the stream
+    return stored[0].before() if stored else cursor

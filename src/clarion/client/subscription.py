@@ -89,7 +89,12 @@ class Feed:
 
     def is_duplicate(self, message: Message) -> bool:
         last = self.position
-        return last is not None and message.epoch == last.epoch and message.offset <= last.offset
+        return (
+            last is not None
+            and message.epoch == last.epoch
+            and message.offset <= last.offset
+            and not message.ephemeral
+        )
 
     def offer(self, item: Item) -> bool:
         """Buffer ``item`` if there is room; advance the resume point. False when full."""
@@ -97,6 +102,11 @@ class Feed:
             return True  # nobody reads any more: nothing to keep, nothing to resume
         if len(self.items) >= self.capacity:
             return False
+        if isinstance(item, Message) and item.ephemeral:
+            # A live signal moves no position: it carries the one it came at.
+            self.items.append(Message(item.publication, self.resume_cursor or ""))
+            self._readable.set()
+            return True
         self.items.append(item)
         self.resume_cursor = item.cursor
         if isinstance(item, Message):

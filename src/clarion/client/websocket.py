@@ -375,7 +375,7 @@ class WebSocketLink:
                 handler(msg)
             return
         channel = msg.get("channel")
-        if isinstance(channel, str) and "offset" in msg:
+        if isinstance(channel, str) and ("offset" in msg or msg.get("ephemeral") is True):
             feed = self.feeds.get(channel)
             if feed is not None:
                 try:

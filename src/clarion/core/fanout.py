@@ -30,6 +30,12 @@ def _cursor_of(pub: Publication) -> str:
     return encode_single(pub.channel, pub.epoch, pub.offset)
 
 
+def cursor_if_stored(pub: Publication) -> str | None:
+    """:func:`publication_cursor`, or ``None`` for an ephemeral publication (it has no place
+    in the stream, so it moves no reader's cursor)."""
+    return None if pub.ephemeral else publication_cursor(pub)
+
+
 def deliver_each(targets: Iterable[Any], data: Any) -> None:
     """The default fan-out loop: each target is a ``push`` callable."""
     for push in targets:

@@ -31,7 +31,12 @@ from clarion.protocol.channels import namespace_of, validate_channel
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor, encode_single
 from clarion.protocol.proxies import address_key
-from clarion.protocol.publication import Publication, StreamPosition, payload_size
+from clarion.protocol.publication import (
+    MAX_KEY_CHARS,
+    Publication,
+    StreamPosition,
+    payload_size,
+)
 from clarion.settings import REDIS_URL_SCHEMES, NamespaceOptions, Settings
 
 log = logging.getLogger("clarion.hub")
@@ -204,18 +209,29 @@ class Hub:
         info: dict[str, Any] | None = None,
         idempotency_scope: str | None = None,
         attrs: dict[str, Any] | None = None,
+        ephemeral: bool = False,
+        key: str | None = None,
     ) -> Publication:
         """Publish ``data`` to ``channel``; every subscriber on every node receives it.
 
         ``idempotency_scope`` is ``None`` for the backend (API and app code); client publishes
         pass their session's scope, so that no client can take a key the backend will use.
+        ``ephemeral`` (or the namespace's ``ephemeral`` option): a live signal, see
+        :meth:`publish_ephemeral`; ``key`` is an ephemeral publication's key.
         """
         validate_channel(channel)
         self.check_data(data, attrs)
+        options = self.options(channel)
+        if ephemeral or options.ephemeral:
+            if idempotency_key is not None:
+                raise BadRequest("an ephemeral publication takes no id: it is never stored")
+            return await self.publish_ephemeral(channel, data, info=info, attrs=attrs, key=key)
+        if key is not None:
+            raise BadRequest("a key is for ephemeral publications only")
         pub = await self.engine.publish(
             channel,
             data,
-            self.options(channel),
+            options,
             idempotency_key=idempotency_key,
             info=info,
             idempotency_scope=idempotency_scope,
@@ -223,6 +239,24 @@ class Hub:
         )
         if not pub.repeated:  # a repeat published nothing: listeners saw it the first time
             await self._published(pub)
+        return pub
+
+    async def publish_ephemeral(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        info: dict[str, Any] | None = None,
+        attrs: dict[str, Any] | None = None,
+        key: str | None = None,
+    ) -> Publication:
+        """A live signal: delivered to the channel's live subscribers on every node, never
+        stored, no offset, no cursor, not sent to webhooks. When a subscriber's send queue has
+        a backlog, only the latest signal per ``key`` waits in it."""
+        if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY_CHARS):
+            raise BadRequest(f"key must be a string of 1 to {MAX_KEY_CHARS} characters")
+        pub = Publication.signal(channel, data, int(time.time() * 1000), info, attrs, key)
+        await self.engine.publish_ephemeral(pub)
         return pub
 
     async def _published(self, pub: Publication) -> None:
@@ -257,7 +291,11 @@ class Hub:
         self.check_data(data)
         pubs = []
         for channel in channels:
-            pub = await self.engine.publish(channel, data, self.options(channel))
+            options = self.options(channel)
+            if options.ephemeral:
+                pubs.append(await self.publish_ephemeral(channel, data))
+                continue
+            pub = await self.engine.publish(channel, data, options)
             await self._published(pub)
             pubs.append(pub)
         return pubs
@@ -343,6 +381,21 @@ class Hub:
             deliveries[fmt.transport] += len(group)
         if local.ahead:
             local.catch_up(pub)
+
+    def on_ephemeral(self, pub: Publication) -> None:
+        """A live signal: to the channel's live subscribers as it comes. Nothing of the
+        stream's position changes; subscribers still reading history (their subscribe reply
+        is not out yet) and conflating ones (a backlog of stored publications) do without."""
+        self.stats.signals += 1
+        local = self.local.get(pub.channel)
+        if local is None:
+            return
+        deliveries = self.stats.deliveries
+        for fmt, group in local.by_format.items():
+            fmt.deliver(group.values(), pub.encoded(fmt, fmt.encode))
+            deliveries[fmt.transport] += len(group)
+        for sub in local.ahead:  # live already, only waiting for stored publications
+            sub.push(pub.encoded(sub.fmt, sub.fmt.encode))
 
     def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         local = self.local.get(channel)

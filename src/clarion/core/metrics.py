@@ -17,10 +17,18 @@ if TYPE_CHECKING:
 class Stats:
     """Mutable counters; incrementing an int attribute is the cheapest thing Python can do."""
 
-    __slots__ = ("conflations", "deliveries", "errors", "publications", "slow_disconnects")
+    __slots__ = (
+        "conflations",
+        "deliveries",
+        "errors",
+        "publications",
+        "signals",
+        "slow_disconnects",
+    )
 
     def __init__(self) -> None:
         self.publications = 0
+        self.signals = 0  # ephemeral publications
         self.deliveries: Counter[str] = Counter()  # by transport
         self.errors: Counter[str] = Counter()  # by error code
         self.slow_disconnects = 0
@@ -57,6 +65,11 @@ class _HubCollector(Collector):
         )
         yield CounterMetricFamily(
             "clarion_publications", "Publications accepted by this node", value=stats.publications
+        )
+        yield CounterMetricFamily(
+            "clarion_ephemeral_publications",
+            "Ephemeral publications (live signals) received by this node",
+            value=stats.signals,
         )
         deliveries = CounterMetricFamily(
             "clarion_deliveries", "Publications handed to sessions", labels=["transport"]

@@ -103,6 +103,7 @@ class Session:
         "ip_key",
         "pinged_at",
         "publish_bucket",
+        "signal_buckets",
         "subscriptions",
         "transport",
     )
@@ -126,6 +127,8 @@ class Session:
         self.pinged_at: float | None = None
         limits = hub.settings.limits
         self.publish_bucket = TokenBucket(limits.client_publish_rate, limits.client_publish_burst)
+        # channel -> the bucket of its ephemeral publishes (made on the first one).
+        self.signal_buckets: dict[str, TokenBucket] = {}
         self.abuse = Abuse()
         self.conflating = False
 
@@ -178,9 +181,20 @@ class Session:
         *,
         idempotency_key: str | None = None,
         attrs: dict[str, Any] | None = None,
+        ephemeral: bool = False,
+        key: str | None = None,
     ) -> Any:
         self.hub.auth.check_publish(self.credentials, channel)
-        if not self.publish_bucket.take() or not await self.hub.admission.check_user_rate(self):
+        ephemeral = ephemeral or self.hub.options(channel).ephemeral
+        if ephemeral:
+            if not self.take_signal(channel):
+                if self.abuse.strike():
+                    self.close(CloseCode.ABUSE)
+                raise LimitExceeded(
+                    "sending live signals to this channel faster than limits.client_ephemeral_rate",
+                    code="ephemeral_rate_limited",
+                )
+        elif not self.publish_bucket.take() or not await self.hub.admission.check_user_rate(self):
             if self.abuse.strike():
                 self.close(CloseCode.ABUSE)
             raise LimitExceeded(
@@ -202,7 +216,24 @@ class Session:
             info=self.publisher_info(),
             idempotency_scope=self.idempotency_scope,
             attrs=attrs,
+            ephemeral=ephemeral,
+            key=key,
         )
+
+    def take_signal(self, channel: str) -> bool:
+        """One token of this connection's ephemeral budget for ``channel``."""
+        bucket = self.signal_buckets.get(channel)
+        if bucket is None:
+            limits = self.hub.settings.limits
+            buckets = self.signal_buckets
+            if len(buckets) >= limits.max_subscriptions_per_connection:
+                # Bounded like the subscriptions: the bucket unused longest goes first (a
+                # second unused fills it again, so forgetting it gives little away).
+                del buckets[min(buckets, key=lambda c: buckets[c].stamp)]
+            bucket = buckets[channel] = TokenBucket(
+                limits.client_ephemeral_rate, limits.client_ephemeral_burst
+            )
+        return bucket.take()
 
     @property
     def idempotency_scope(self) -> str:

@@ -105,6 +105,9 @@ class EngineSink(Protocol):
 
     def on_publication(self, pub: Publication) -> None: ...
 
+    def on_ephemeral(self, pub: Publication) -> None:
+        """An ephemeral publication (:meth:`Engine.publish_ephemeral`) for this node."""
+
     def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         """A non-history event for a channel (presence ``join``/``leave``)."""
 
@@ -139,6 +142,11 @@ class Engine(Protocol):
         ``attrs`` are the publication's attributes
         (:data:`~clarion.protocol.publication.ATTRIBUTES`), kept with it in history.
         """
+
+    async def publish_ephemeral(self, pub: Publication) -> None:
+        """Hand the ephemeral publication ``pub`` to every node subscribed to its channel (this
+        one included): nothing is stored and no offset is taken. At most once, like the live
+        delivery it is."""
 
     async def history(
         self,

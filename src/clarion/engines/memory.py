@@ -179,6 +179,10 @@ class MemoryEngine:
             self._sink.on_publication(pub)
         return pub
 
+    async def publish_ephemeral(self, pub: Publication) -> None:
+        if self._sink is not None:
+            self._sink.on_ephemeral(pub)
+
     async def history(
         self,
         channel: str,

@@ -42,6 +42,7 @@ class ErrorCode(StrEnum):
     CONFIGURED_WEBHOOK = "configured_webhook"
     BAD_TIMEOUT = "bad_timeout"
     RATE_LIMITED = "rate_limited"
+    EPHEMERAL_RATE_LIMITED = "ephemeral_rate_limited"
     REVOKED = "revoked"
     SHUTTING_DOWN = "shutting_down"
     NODE_FULL = "node_full"
@@ -178,6 +179,13 @@ _RULES = [
         429,
         C.ABUSE,
         "publishing faster than `limits.client_publish_rate` (or the per-user rate)",
+    ),
+    ErrorRule(
+        E.EPHEMERAL_RATE_LIMITED,
+        429,
+        C.ABUSE,
+        "sending [live signals](#live-signals-ephemeral-publications) to one channel faster "
+        "than `limits.client_ephemeral_rate`",
     ),
     ErrorRule(
         E.REVOKED,

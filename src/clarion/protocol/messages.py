@@ -18,7 +18,7 @@ import orjson
 
 from clarion.errors import BadRequest, ClarionError
 from clarion.protocol.channels import validate_channel
-from clarion.protocol.publication import Publication
+from clarion.protocol.publication import MAX_KEY_CHARS, Publication
 
 SUBPROTOCOL = "clarion.v1"
 
@@ -64,6 +64,8 @@ class Command:
     token: str | None = None
     latest: bool = False  # subscribe: the newest stored publication first
     reverse: bool = False  # history: newest first, older than ``since``
+    ephemeral: bool = False  # publish: a live signal, never stored
+    key: str | None = None  # publish: an ephemeral publication's key
 
 
 def parse_command(frame: str | bytes) -> Command:
@@ -106,12 +108,14 @@ def parse_command(frame: str | bytes) -> Command:
             raise CommandError(f"{name} must be true or false", rid)
         flags[name] = value
     pub_id = None
+    ephemeral, key = False, None
     if op == "publish":
         if "data" not in obj:
             raise CommandError("publish needs data", rid)
         pub_id = obj.get("pub_id")
         if pub_id is not None and (not isinstance(pub_id, str) or len(pub_id) > 128):
             raise CommandError("pub_id must be a string of at most 128 characters", rid)
+        ephemeral, key = signal_fields(obj, rid)
     token = obj.get("token")
     if op in ("connect", "refresh"):
         if token is not None and not isinstance(token, str):
@@ -131,7 +135,20 @@ def parse_command(frame: str | bytes) -> Command:
         token=token,
         latest=flags["latest"] and op == "subscribe",
         reverse=flags["reverse"] and op == "history",
+        ephemeral=ephemeral,
+        key=key,
     )
+
+
+def signal_fields(obj: dict[str, Any], rid: RequestId = None) -> tuple[bool, str | None]:
+    """A publish's ``ephemeral`` and ``key`` fields, checked (the API's bodies too)."""
+    ephemeral = obj.get("ephemeral", False)
+    if not isinstance(ephemeral, bool):
+        raise CommandError("ephemeral must be true or false", rid)
+    key = obj.get("key")
+    if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY_CHARS):
+        raise CommandError(f"key must be a string of 1 to {MAX_KEY_CHARS} characters", rid)
+    return ephemeral, key
 
 
 def encode_ok(rid: RequestId, result: dict[str, Any] | None = None) -> bytes:
@@ -144,9 +161,14 @@ def encode_error(rid: RequestId, error: ClarionError) -> bytes:
     return orjson.dumps({"id": rid, "error": error.to_dict()})
 
 
-def encode_publication(pub: Publication, cursor: str) -> bytes:
-    """The publication object plus its ``cursor``; reuses the publication's cached JSON."""
+def encode_publication(pub: Publication, cursor: str | None) -> bytes:
+    """The publication object plus its ``cursor``; reuses the publication's cached JSON.
+
+    An ephemeral publication has no cursor (``None``): it is the object alone.
+    """
     body = pub.json()
+    if cursor is None:
+        return body
     return b'%s,"cursor":"%s"}' % (body[:-1], cursor.encode("ascii"))
 
 

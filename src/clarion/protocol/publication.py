@@ -7,6 +7,12 @@ fields of the publication object on every transport and kept in history:
 * ``encoding``: the publication is a raw body, not a JSON value: ``data`` is a string holding
   it, ``"utf-8"`` text as is or ``"base64"`` binary in base64 (RFC 4648, with padding);
 * ``content_type``: the body's type, as the publisher gave it.
+
+An **ephemeral** publication (a live signal: a cursor position, a typing flag) is delivered to
+live subscribers and nothing else: it is never stored, takes no offset (``offset`` 0, ``epoch``
+empty) and moves no cursor. Its object carries ``"ephemeral": true`` and, when given, the
+publisher's ``key`` (what a backlogged subscriber keeps only the latest signal of) instead of
+``offset`` and ``epoch``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import orjson
 
 ATTRIBUTES = ("headers", "encoding", "content_type")
 ENCODINGS = ("utf-8", "base64")
+MAX_KEY_CHARS = 128  # an ephemeral publication's key
 
 
 def payload_size(data: Any, attrs: dict[str, Any] | None = None) -> int:
@@ -55,9 +62,11 @@ class Publication:
         "attrs",
         "channel",
         "data",
+        "ephemeral",
         "epoch",
         "id",
         "info",
+        "key",
         "offset",
         "repeated",
         "time",
@@ -73,6 +82,9 @@ class Publication:
         info: dict[str, Any] | None = None,
         id: str | None = None,
         attrs: dict[str, Any] | None = None,
+        *,
+        ephemeral: bool = False,
+        key: str | None = None,
     ) -> None:
         self.channel = channel
         self.offset = offset
@@ -82,6 +94,8 @@ class Publication:
         self.info = info
         self.id = id
         self.attrs = attrs or None  # see ATTRIBUTES
+        self.ephemeral = ephemeral
+        self.key = key  # ephemeral only: signals of one key replace each other in a backlog
         # True when a publish was answered with this earlier publication (same idempotency key
         # within the window): nothing new was published.
         self.repeated = False
@@ -106,14 +120,33 @@ class Publication:
     def position(self) -> StreamPosition:
         return StreamPosition(self.epoch, self.offset)
 
+    @classmethod
+    def signal(
+        cls,
+        channel: str,
+        data: Any,
+        time: int,
+        info: dict[str, Any] | None = None,
+        attrs: dict[str, Any] | None = None,
+        key: str | None = None,
+    ) -> Publication:
+        """An ephemeral publication: no place in the stream, never stored."""
+        return cls(channel, 0, "", data, time, info, None, attrs, ephemeral=True, key=key)
+
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "channel": self.channel,
-            "offset": self.offset,
-            "epoch": self.epoch,
-            "data": self.data,
-            "time": self.time,
-        }
+        out: dict[str, Any]
+        if self.ephemeral:
+            out = {"channel": self.channel, "ephemeral": True, "data": self.data, "time": self.time}
+            if self.key is not None:
+                out["key"] = self.key
+        else:
+            out = {
+                "channel": self.channel,
+                "offset": self.offset,
+                "epoch": self.epoch,
+                "data": self.data,
+                "time": self.time,
+            }
         if self.info is not None:
             out["info"] = self.info
         if self.id is not None:
@@ -141,6 +174,16 @@ class Publication:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> Publication:
+        if obj.get("ephemeral") is True:
+            key = obj.get("key")
+            return cls.signal(
+                obj["channel"],
+                obj.get("data"),
+                int(obj.get("time", 0)),
+                obj.get("info"),
+                attributes_of(obj),
+                key if isinstance(key, str) else None,
+            )
         return cls(
             channel=obj["channel"],
             offset=int(obj["offset"]),

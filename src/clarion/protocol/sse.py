@@ -83,13 +83,19 @@ def encode_retry(milliseconds: int) -> bytes:
     return b"retry: %d\n\n" % milliseconds
 
 
-def publication_body(pub: Publication, cursor: str) -> bytes:
+def publication_body(pub: Publication, cursor: str | None) -> bytes:
     """``event: message`` and the publication's ``data:``, without an ``id:`` line."""
     return b"event: message\n" + data_lines(messages.encode_publication(pub, cursor)) + b"\n"
 
 
-def publication_event(pub: Publication, cursor: str) -> bytes:
-    """A publication event whose ``id:`` is ``cursor`` (the stream carries one channel)."""
+def publication_event(pub: Publication, cursor: str | None) -> bytes:
+    """A publication event whose ``id:`` is ``cursor`` (the stream carries one channel).
+
+    An ephemeral publication (``cursor`` ``None``) has no ``id:`` line: the stream's last event
+    id, what a reconnect resumes from, stays where the stored publications left it.
+    """
+    if cursor is None:
+        return publication_body(pub, None)
     return id_line(cursor) + publication_body(pub, cursor)
 
 

@@ -32,12 +32,15 @@ from clarion.engines.redis.connect import parse_url
 from clarion.engines.redis.keys import (
     EVENT,
     PUBLICATION,
+    SIGNAL,
     Keys,
     decode_entry,
     decode_event,
     decode_publication,
+    decode_signal,
     encode_body,
     encode_event,
+    encode_signal,
     entry_offset,
     publication_from_body,
 )
@@ -274,6 +277,13 @@ class RedisEngine:
             channel, offset, epoch.decode(), data, time, info, idempotency_key, attrs
         )
 
+    async def publish_ephemeral(self, pub: Publication) -> None:
+        # Pub/sub only: no stream entry, no offset; batched with the iteration's other calls.
+        try:
+            await self._batch.command("PUBLISH", self.keys.pubsub(pub.channel), encode_signal(pub))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc, f"publishing to {pub.channel!r}") from None
+
     async def history(
         self,
         channel: str,
@@ -374,6 +384,8 @@ class RedisEngine:
                 self._remember(pub)
                 self._note(pub.position, channel, baseline=False)
                 sink.on_publication(pub)
+            elif payload[0] == SIGNAL:
+                sink.on_ephemeral(decode_signal(channel, payload))
             elif payload[0] == EVENT:
                 kind, event = decode_event(payload)
                 sink.on_event(channel, kind, event)

@@ -9,6 +9,8 @@ Pub/sub payloads (one pub/sub channel per clarion channel, one control channel p
 * ``p<offset>:<epoch>:<time>:<body>`` — a publication; ``body`` is JSON with ``data`` and the
   optional ``info`` and ``id``; offset, epoch and time are prepended by the publish script,
   which is the only place they are known.
+* ``s<json>`` — an ephemeral publication: its publication object (``"ephemeral": true``, no
+  offset or epoch); it travels through pub/sub only and is stored nowhere.
 * ``e<json>`` — a channel event (presence ``join``/``leave``): ``{"k": kind, "e": event}``.
 * on the control channel: ``{"n": node, "c": command, "p": payload}``.
 """
@@ -23,6 +25,7 @@ from clarion.protocol.publication import Publication, attributes_of
 
 PUBLICATION = ord("p")
 EVENT = ord("e")
+SIGNAL = ord("s")  # an ephemeral publication
 
 
 class Keys:
@@ -128,6 +131,17 @@ def decode_entry(channel: str, epoch: str, entry: list[Any]) -> Publication:
     """A stream entry ``[b"<offset>-0", [b"t", time, b"d", body]]``."""
     fields = entry[1]
     return publication_from_body(channel, entry_offset(entry), epoch, int(fields[1]), fields[3])
+
+
+def encode_signal(pub: Publication) -> bytes:
+    """An ephemeral publication on pub/sub: ``s`` and its object (it is nowhere else)."""
+    return b"s" + pub.json()
+
+
+def decode_signal(channel: str, payload: bytes) -> Publication:
+    obj = orjson.loads(payload[1:])
+    obj["channel"] = channel
+    return Publication.from_dict(obj)
 
 
 def encode_event(kind: str, event: dict[str, Any]) -> bytes:

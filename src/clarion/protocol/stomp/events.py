@@ -61,6 +61,8 @@ class Send:
     idempotency_key: str | None
     transaction: str | None = None  # held until that transaction's COMMIT
     attrs: dict[str, Any] | None = None  # the publication's attributes (user headers, body)
+    ephemeral: bool = False  # ``x-ephemeral:true``: a live signal, never stored
+    key: str | None = None  # ``x-key``: the signal's key
 
 
 @dataclass(frozen=True, slots=True)

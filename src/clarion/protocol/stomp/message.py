@@ -14,6 +14,7 @@ then the prefix followed by the tail.
 from __future__ import annotations
 
 import base64
+import itertools
 
 import orjson
 
@@ -22,6 +23,10 @@ from clarion.protocol.stomp.frame import Frame, escape, serialise
 
 TOPIC = "/topic/"
 RESET_PREFIX = "reset-"
+# An ephemeral publication's message-id: ``ephemeral-<n>``, unique within the process. It
+# names no stream position, so acknowledging it moves nothing.
+EPHEMERAL_PREFIX = "ephemeral-"
+_signal_serial = itertools.count(1)
 JSON_TYPE = "application/json"
 
 
@@ -36,7 +41,13 @@ def message_prefix(subscription: str, *, escaped: bool) -> bytes:
 
 
 def message_tail(
-    pub: Publication, cursor: str, body: bytes, *, escaped: bool, ack: bool, ack_suffix: str = ""
+    pub: Publication,
+    cursor: str | None,
+    body: bytes,
+    *,
+    escaped: bool,
+    ack: bool,
+    ack_suffix: str = "",
 ) -> bytes:
     """The shared rest of a ``MESSAGE``: every header after ``subscription``, the body, the NUL.
 
@@ -44,13 +55,20 @@ def message_tail(
     is the ``message-id`` and, followed by ``ack_suffix``, the ``ack`` id: a client resumes
     from it with ``x-since``.
     """
-    epoch = escape(pub.epoch) if escaped else pub.epoch
+    if cursor is None:  # ephemeral: no place in the stream, ``x-ephemeral`` instead
+        cursor = f"{EPHEMERAL_PREFIX}{next(_signal_serial)}"
+        key = pub.key
+        place = "\nx-ephemeral:true"
+        if key is not None:
+            place += _user_header("x-key", key, escaped)
+    else:
+        epoch = escape(pub.epoch) if escaped else pub.epoch
+        place = f"\nx-offset:{pub.offset}\nx-epoch:{epoch}"
     ack_header = f"\nack:{cursor}{ack_suffix}" if ack else ""
     head = (
         f"\nmessage-id:{cursor}{ack_header}"
         f"\ndestination:{destination(pub.channel, escaped=escaped)}"
-        f"{_content_type(pub, escaped)}\ncontent-length:{len(body)}"
-        f"\nx-offset:{pub.offset}\nx-epoch:{epoch}"
+        f"{_content_type(pub, escaped)}\ncontent-length:{len(body)}{place}"
     )
     attrs = pub.attrs
     headers = attrs.get("headers") if attrs else None

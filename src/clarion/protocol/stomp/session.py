@@ -19,7 +19,7 @@ import orjson
 from clarion.errors import BadChannel, BadCursor
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import MAX_EPOCH_BYTES, Cursor, channel_tag, decode_entries
-from clarion.protocol.publication import StreamPosition
+from clarion.protocol.publication import MAX_KEY_CHARS, StreamPosition
 from clarion.protocol.stomp.acks import ACK_MODES, AckMode
 from clarion.protocol.stomp.errors import LocalProtocolError, RemoteProtocolError
 from clarion.protocol.stomp.events import (
@@ -36,7 +36,14 @@ from clarion.protocol.stomp.events import (
     Unsubscribe,
 )
 from clarion.protocol.stomp.frame import CLIENT_COMMANDS, SERVER_COMMANDS, Frame, serialise
-from clarion.protocol.stomp.message import JSON_TYPE, RESET_PREFIX, TOPIC, event_frame, reset_frame
+from clarion.protocol.stomp.message import (
+    EPHEMERAL_PREFIX,
+    JSON_TYPE,
+    RESET_PREFIX,
+    TOPIC,
+    event_frame,
+    reset_frame,
+)
 from clarion.protocol.stomp.negotiation import (
     VERSIONS,
     HeartBeat,
@@ -63,7 +70,16 @@ MAX_USER_HEADERS = 32  # on one SEND, passed on to subscribers
 MAX_USER_HEADER_BYTES = 4096  # their names and values, in UTF-8
 # Headers a SEND consumes (not passed on), and those a MESSAGE sets itself (refused on a SEND).
 CONSUMED_HEADERS = frozenset(
-    {"destination", "transaction", "receipt", "content-type", "content-length", "x-idempotency-key"}
+    {
+        "destination",
+        "transaction",
+        "receipt",
+        "content-type",
+        "content-length",
+        "x-idempotency-key",
+        "x-ephemeral",
+        "x-key",
+    }
 )
 RESERVED_HEADERS = frozenset(
     {
@@ -309,12 +325,18 @@ class StompSession:
             raise RemoteProtocolError(
                 f"x-idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters"
             )
+        flag = frame.get("x-ephemeral")
+        if flag not in (None, "true", "false"):
+            raise RemoteProtocolError("x-ephemeral must be true or false")
+        signal_key = frame.get("x-key")
+        if signal_key is not None and not 0 < len(signal_key) <= MAX_KEY_CHARS:
+            raise RemoteProtocolError(f"x-key must be 1 to {MAX_KEY_CHARS} characters")
         transaction = self._transaction_of(frame)
         data, attrs = decode_body(frame)
         headers = user_headers(frame)
         if headers:
             attrs = {**(attrs or {}), "headers": headers}
-        send = Send(channel, data, receipt, key, transaction, attrs)
+        send = Send(channel, data, receipt, key, transaction, attrs, flag == "true", signal_key)
         if transaction is not None:
             self._hold(transaction, send, len(frame.body))
         return send
@@ -460,6 +482,9 @@ class StompSession:
         if ident is None:
             needed = "an id" if self.version == "1.2" else "a message-id"
             raise RemoteProtocolError(f"{command} needs {needed} header")
+        if ident.startswith(EPHEMERAL_PREFIX):
+            # An ephemeral publication has no position: acknowledging it moves nothing.
+            return Ack(None, StreamPosition("", 0), command == "NACK", receipt, None, False)
         cumulative = ident.startswith(RESET_PREFIX)
         cursor, dot, serial = (ident[len(RESET_PREFIX) :] if cumulative else ident).partition(".")
         try:

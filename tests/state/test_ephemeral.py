@@ -1,0 +1,261 @@
+"""Live signals that skip history: ``publish`` with ``ephemeral``, over real sockets on both
+engines (on Redis, published on one node and received on another)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from clarion.client import connect
+
+from ..conftest import RunningHub, timeout
+from ..stomp.client import stomp
+from ..transports.streams import poll, sse
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def ws_until_offset(ws: Any, offset: int) -> list[dict[str, Any]]:
+    """Pushes up to the publication at ``offset``."""
+    got = []
+    while True:
+        msg = await ws.recv()
+        got.append(msg)
+        if msg.get("offset") == offset:
+            return got
+
+
+async def test_an_ephemeral_publication_reaches_live_subscribers_on_every_transport(
+    nodes: Callable[..., Any],
+) -> None:
+    writer: RunningHub = await nodes()
+    reader: RunningHub = await nodes()
+    first = await writer.publish("room:a", "stored 1")
+    async with (
+        reader.ws() as ws,
+        sse(reader, "room:a") as one,
+        sse(reader, "room:a", "room:b") as two,
+        stomp(reader) as client,
+        writer.ws() as publisher,
+        writer.http() as http,
+    ):
+        await ws.subscribe("room:a")
+        await one.opening()
+        await two.opening()
+        before_two = two.last_id
+        await client.connect()
+        await client.send("SUBSCRIBE", id="s", destination="/topic/room:a", receipt="r")
+        await client.expect("RECEIPT")
+        async with stomp(writer) as sender:
+            await sender.connect()
+            # One signal through each way of publishing.
+            api = await writer.publish("room:a", {"x": 1}, ephemeral=True, key="alice")
+            assert api == {"ephemeral": True}
+            op = await publisher.call("publish", channel="room:a", data={"x": 2}, ephemeral=True)
+            assert op["ok"] == {"ephemeral": True}
+            r = await http.post(
+                "/client/publish",
+                json={"channel": "room:a", "data": {"x": 3}, "ephemeral": True, "key": "bob"},
+            )
+            assert r.status_code == 200 and r.json() == {"ephemeral": True}, r.text
+            await sender.send(
+                "SEND",
+                '{"x":4}',
+                destination="/topic/room:a",
+                receipt="p",
+                content_type="application/json",
+                x_ephemeral="true",
+            )
+            receipt = await sender.expect("RECEIPT")
+            assert receipt.headers["x-ephemeral"] == "true" and "x-cursor" not in receipt.headers
+        last = await writer.publish("room:a", "stored 2")
+        assert last["offset"] == first["offset"] + 1  # no offset was taken by the signals
+
+        signals = [{"x": n} for n in (1, 2, 3, 4)]
+        got = await ws_until_offset(ws, last["offset"])
+        assert [m["data"] for m in got] == [*signals, "stored 2"]
+        for msg in got[:-1]:
+            assert msg["ephemeral"] is True and msg["channel"] == "room:a"
+            assert not {"offset", "epoch", "cursor"} & set(msg)
+        assert [m.get("key") for m in got[:-1]] == ["alice", None, "bob", None]
+
+        for stream, last_id in ((one, first["cursor"]), (two, before_two)):
+            events = [await stream.next() for _ in range(5)]
+            assert [e.json()["data"] for e in events] == [*signals, "stored 2"]
+            # No id: on the signals the last event id stays where the stored ones left it.
+            assert all(e.id == last_id and e.json()["ephemeral"] for e in events[:4])
+            assert events[4].id != last_id
+
+        messages = [await client.expect("MESSAGE") for _ in range(5)]
+        assert [m.json() for m in messages] == [*signals, "stored 2"]
+        for m in messages[:4]:
+            assert m.headers["x-ephemeral"] == "true" and "x-offset" not in m.headers
+            assert m.headers["message-id"].startswith("ephemeral-")
+        assert messages[0].headers["x-key"] == "alice"
+        assert messages[4].headers["x-offset"] == str(last["offset"])
+
+    # Never stored: absent from history and from a resume.
+    async with reader.ws() as ws:
+        history = (await ws.call("history", channel="room:a"))["ok"]
+        assert [p["data"] for p in history["publications"]] == ["stored 1", "stored 2"]
+        await ws.subscribe("room:a", since=first["cursor"])
+        resumed = await ws.recv()
+        assert resumed["data"] == "stored 2"
+        with pytest.raises(asyncio.TimeoutError):
+            await ws.recv(wait=0.3)
+    async with reader.http() as http:
+        body = await poll(http, "room:a", cursor=first["cursor"], timeout="0")
+        assert [p["data"] for p in body["publications"]] == ["stored 2"]
+
+
+async def test_a_waiting_long_poll_answers_with_a_signal_and_keeps_its_cursor(
+    nodes: Callable[..., Any],
+) -> None:
+    writer: RunningHub = await nodes()
+    reader: RunningHub = await nodes()
+    stored = await writer.publish("room:p", "stored")
+    async with reader.http() as http:
+        waiting = asyncio.create_task(poll(http, "room:p", cursor=stored["cursor"], timeout="20"))
+        # Signals reach live subscribers only: send until the poll is waiting to get one.
+        deadline = asyncio.get_running_loop().time() + timeout(10)
+        while not waiting.done():
+            assert asyncio.get_running_loop().time() < deadline, "the poll got no signal"
+            await writer.publish("room:p", {"at": 1}, ephemeral=True, key="k")
+            await asyncio.wait({waiting}, timeout=0.05)
+        body = waiting.result()
+    assert body["publications"] and all(p["ephemeral"] for p in body["publications"])
+    assert body["publications"][0] == {
+        "channel": "room:p",
+        "ephemeral": True,
+        "key": "k",
+        "data": {"at": 1},
+        "time": body["publications"][0]["time"],
+    }
+    assert body["cursor"] == stored["cursor"]  # a signal moves no cursor
+
+
+async def test_a_namespace_of_signals(nodes: Callable[..., Any]) -> None:
+    settings = {"namespaces": {"cursors": {"ephemeral": True}}}
+    writer: RunningHub = await nodes(**settings)
+    reader: RunningHub = await nodes(**settings)
+    async with reader.ws() as ws, writer.ws() as publisher:
+        await ws.subscribe("cursors:doc1")
+        assert await writer.publish("cursors:doc1", {"x": 5}) == {"ephemeral": True}
+        op = await publisher.call("publish", channel="cursors:doc1", data={"x": 6}, key="u")
+        assert op["ok"] == {"ephemeral": True}
+        got = [await ws.recv(), await ws.recv()]
+        assert [(m["data"], m["ephemeral"], m.get("key")) for m in got] == [
+            ({"x": 5}, True, None),
+            ({"x": 6}, True, "u"),
+        ]
+        history = (await ws.call("history", channel="cursors:doc1"))["ok"]
+        assert history["publications"] == [] and history["more"] is False
+        async with writer.http() as http:
+            r = await http.post(
+                "/api/broadcast", json={"channels": ["cursors:doc1", "plain"], "data": 7}
+            )
+            assert r.json()["results"][0] == {"channel": "cursors:doc1", "ephemeral": True}
+            assert r.json()["results"][1]["offset"] == 1
+        assert (await ws.recv())["data"] == 7
+        # An id asks for a stored publication: refused where nothing is stored.
+        async with writer.http() as http:
+            r = await http.post("/api/publish", json={"channel": "cursors:x", "data": 1, "id": "a"})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+
+
+async def test_bad_ephemeral_fields_are_refused(hub: RunningHub) -> None:
+    async with hub.ws() as ws, hub.http() as http:
+        for fields in ({"ephemeral": "yes"}, {"ephemeral": True, "key": ""}, {"key": 5}):
+            reply = await ws.call("publish", channel="room:x", data=1, **fields)
+            assert reply["error"]["code"] == "bad_request", fields
+            r = await http.post("/api/publish", json={"channel": "room:x", "data": 1, **fields})
+            assert r.status_code == 400, fields
+        # A key belongs to a signal.
+        reply = await ws.call("publish", channel="room:x", data=1, key="k")
+        assert reply["error"]["code"] == "bad_request"
+    async with stomp(hub) as client:
+        await client.connect()
+        await client.send("SEND", "1", destination="/topic/room:x", x_ephemeral="maybe")
+        assert (await client.expect("ERROR")).headers["message"]
+
+
+async def test_ephemeral_publishes_have_their_own_rate_per_channel(
+    hub_factory: Callable[..., Any],
+) -> None:
+    hub: RunningHub = await hub_factory(
+        limits={
+            "client_ephemeral_rate": 0.01,
+            "client_ephemeral_burst": 3,
+            "client_publish_rate": 0.01,
+            "client_publish_burst": 2,
+        }
+    )
+    async with hub.ws() as ws:
+
+        async def signal(channel: str) -> str:
+            reply = await ws.call("publish", channel=channel, data=1, ephemeral=True)
+            return "ok" if "ok" in reply else str(reply["error"]["code"])
+
+        assert [await signal("room:a") for _ in range(4)] == ["ok"] * 3 + ["ephemeral_rate_limited"]
+        assert await signal("room:b") == "ok"  # per channel
+        # The ordinary budget is untouched by the signals, and the other way round.
+        assert "ok" in await ws.call("publish", channel="room:a", data=2)
+        assert "ok" in await ws.call("publish", channel="room:a", data=3)
+        refused = await ws.call("publish", channel="room:a", data=4)
+        assert refused["error"]["code"] == "rate_limited"
+        assert await signal("room:b") == "ok"
+    async with hub.http() as http:
+        codes = []
+        for _ in range(4):
+            r = await http.post(
+                "/client/publish", json={"channel": "room:c", "data": 1, "ephemeral": True}
+            )
+            codes.append(r.status_code if r.status_code == 200 else r.json()["error"]["code"])
+        assert codes == [200, 200, 200, "ephemeral_rate_limited"]
+    async with stomp(hub) as client:
+        await client.connect()
+        for _ in range(3):
+            await client.send(
+                "SEND", "1", destination="/topic/room:d", receipt="r", x_ephemeral="true"
+            )
+            await client.expect("RECEIPT")
+        await client.send("SEND", "1", destination="/topic/room:d", x_ephemeral="true")
+        error = await client.expect("ERROR")
+        assert error.headers["x-code"] == "ephemeral_rate_limited"
+        assert error.headers["x-close-code"] == "4505" and await client.closed() == 4505
+
+
+async def test_the_python_client_sends_and_receives_signals(nodes: Callable[..., Any]) -> None:
+    writer: RunningHub = await nodes()
+    reader: RunningHub = await nodes()
+    for transport in ("ws", "sse", "poll"):
+        channel = f"room:py-{transport}"
+        async with (
+            connect(reader.http_url, transport=transport) as client,
+            connect(writer.http_url, transport=transport) as publisher,
+            client.subscribe(channel) as sub,
+        ):
+            stored = await publisher.publish(channel, "stored")
+            assert (await asyncio.wait_for(anext(sub), timeout(10))).offset == stored.offset
+            cursor = sub.cursor
+            # A poll sees the signals that come while it waits: send until one arrives.
+            got = None
+            for _ in range(100):
+                sent = await publisher.publish(channel, {"x": 1}, ephemeral=True, key="me")
+                assert sent.ephemeral and sent.cursor is None and sent.offset == 0
+                try:
+                    got = await asyncio.wait_for(anext(sub), 0.2)
+                    break
+                except TimeoutError:
+                    continue
+            assert got is not None, transport
+            assert (got.ephemeral, got.key, got.data) == (True, "me", {"x": 1}), transport
+            assert got.cursor == cursor and sub.cursor == cursor, transport
+            after = await publisher.publish(channel, "stored again")
+            assert after.offset == stored.offset + 1
+            while (message := await asyncio.wait_for(anext(sub), timeout(10))).ephemeral:
+                pass
+            assert message.offset == after.offset and sub.cursor == after.cursor, transport

@@ -77,6 +77,8 @@ class LoadConfig:
     also_ports: list[int] = dataclasses.field(default_factory=list)  # more nodes, same hub
     mode: str = "saturate"
     subscribers: int = 1000
+    channels: int = 1  # subscriber i listens on channel i % channels; publications go round
+    publishers: int = 0  # publisher connections (0: --window at saturation, else 4)
     duration: float = 10.0  # measured seconds (saturate/rate) or publishing seconds (storm)
     warmup: float = 2.0  # seconds of publishing before measuring
     window: int = 8  # saturate: publications in flight (not yet delivered to all)
@@ -106,26 +108,41 @@ class LoadConfig:
             raise ValueError("several nodes of one hub: clarion only")
         if self.subscribers < 1 or self.window < 1 or self.payload_size < 48:
             raise ValueError("subscribers>=1, window>=1, payload_size>=48 required")
+        if self.channels < 1 or self.subscribers % self.channels:
+            raise ValueError("subscribers must be a multiple of channels")
+        if self.channels > 1 and self.mode == "storm":
+            raise ValueError("storm mode uses one channel")
 
 
 @dataclasses.dataclass(frozen=True)
 class Endpoints:
-    sub_path: str
-    pub_path: str
+    sub_template: str  # "{ch}" stands for the channel
+    pub_template: str
     subprotocol: str | None
     expect_reply: bool  # the server answers the subscribe op before deliveries
     wrap_publish: bool  # clarion: body is {"channel":..., "data":...}
 
+    def sub_path(self, channel: str = CHANNEL) -> str:
+        return self.sub_template.replace("{ch}", channel)
+
+    def pub_path(self, channel: str = CHANNEL) -> str:
+        return self.pub_template.replace("{ch}", channel)
+
 
 def endpoints(server: str, transport: str) -> Endpoints:
     if server == "clarion":
-        sub = "/ws" if transport == "ws" else f"/sse?channel={CHANNEL}"
+        sub = "/ws" if transport == "ws" else "/sse?channel={ch}"
         return Endpoints(sub, "/api/publish", "clarion.v1", transport == "ws", True)
     if server == "nchan":
-        sub = f"/ws?id={CHANNEL}" if transport == "ws" else f"/sse?id={CHANNEL}"
-        return Endpoints(sub, f"/pub?id={CHANNEL}", None, False, False)
+        sub = "/ws?id={ch}" if transport == "ws" else "/sse?id={ch}"
+        return Endpoints(sub, "/pub?id={ch}", None, False, False)
     sub = "/ws" if transport == "ws" else "/sse"
     return Endpoints(sub, "/pub", None, False, False)
+
+
+def channel_name(k: int, channels: int) -> str:
+    """Channel ``k`` of ``channels``: one channel is ``bench``, several ``bench0``, ``bench1``..."""
+    return CHANNEL if channels == 1 else f"{CHANNEL}{k % channels}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,8 +215,8 @@ def sse_request(host: str, port: int, path: str) -> bytes:
     ).encode()
 
 
-def subscribe_op(since: str | None = None) -> bytes:
-    op: dict[str, Any] = {"id": 1, "op": "subscribe", "channel": CHANNEL}
+def subscribe_op(since: str | None = None, channel: str = CHANNEL) -> bytes:
+    op: dict[str, Any] = {"id": 1, "op": "subscribe", "channel": channel}
     if since is not None:
         op["since"] = since
     return orjson.dumps(op)
@@ -872,6 +889,7 @@ class LoadGen:
         self.late = 0  # rate mode: ticks with no idle publisher connection
         self.pub_reopens = 0
         self.ports = [cfg.port, *cfg.also_ports]
+        self.fanout = cfg.subscribers // cfg.channels  # deliveries per publication
         self.shift = 0  # storm: client i connects to ports[(i + shift) % len(ports)]
         self._tasks: set[asyncio.Future[None]] = set()
         self.result: dict[str, Any] = {"config": dataclasses.asdict(cfg)}
@@ -903,15 +921,15 @@ class LoadGen:
         cfg = self.cfg
         every = max(1, round(1 / cfg.sample)) if cfg.sample > 0 else 0
         sampled = bool(every) and i % every == every // 2
+        channel = channel_name(i, cfg.channels)
+        path = self.ep.sub_path(channel)
         if cfg.transport == "sse":
-            return SseSubscriber(
-                self.st, sse_request(cfg.host, self._port(i), self.ep.sub_path), sampled
-            )
-        request = ws_upgrade_request(cfg.host, self._port(i), self.ep.sub_path, self.ep.subprotocol)
+            return SseSubscriber(self.st, sse_request(cfg.host, self._port(i), path), sampled)
+        request = ws_upgrade_request(cfg.host, self._port(i), path, self.ep.subprotocol)
         subscribe = None
         if self.ep.expect_reply:
             since = client.cursor if client is not None else None
-            subscribe = mask_frame(subscribe_op(since))
+            subscribe = mask_frame(subscribe_op(since, channel))
         sub = WsSubscriber(self.st, request, subscribe, sampled, client)
         # At saturation the counting itself must stay cheap: count the payload's marker in C
         # (bytes.count) instead of walking frame headers in Python. Nothing pings a busy
@@ -979,18 +997,19 @@ class LoadGen:
 
     # publishing ---------------------------------------------------------------------------
 
-    def _body(self) -> bytes:
-        self.seq += 1
+    def _body(self, channel: str) -> bytes:
         data = make_payload(self.seq, self.cfg.payload_size)
         if self.ep.wrap_publish:
-            return b'{"channel":"%s","data":%s}' % (CHANNEL.encode(), data)
+            return b'{"channel":"%s","data":%s}' % (channel.encode(), data)
         return data
 
     def _publish(self) -> bool:
         if not self.idle_pubs:
             return False
         pub = self.idle_pubs.popleft()
-        pub.post(self.ep.pub_path, self._body())
+        self.seq += 1
+        channel = channel_name(self.seq, self.cfg.channels)
+        pub.post(self.ep.pub_path(channel), self._body(channel))
         self.sent += 1
         return True
 
@@ -1037,7 +1056,7 @@ class LoadGen:
     def _pump(self) -> None:
         """Closed loop: keep at most ``window`` publications not yet delivered to all."""
         st = self.st
-        n = self.cfg.subscribers
+        n = self.fanout
         window = self.cfg.window
         while self.publishing and self.sent - st.delivered // n < window:
             if not self._publish():
@@ -1060,7 +1079,7 @@ class LoadGen:
 
     async def _wait_drained(self, timeout: float) -> bool:
         end = time.monotonic() + timeout
-        n = self.cfg.subscribers
+        n = self.fanout
         while time.monotonic() < end:
             if len(self.idle_pubs) == len(self.pubs) and self.st.delivered >= self.acked * n:
                 return True
@@ -1097,8 +1116,8 @@ class LoadGen:
         st = self.st
         r = self.result
         await self._setup()
-        n = cfg.subscribers
-        await self.open_publishers(cfg.window if cfg.mode == "saturate" else 4)
+        n = self.fanout
+        await self.open_publishers(cfg.publishers or (cfg.window if cfg.mode == "saturate" else 4))
         self.publishing = True
         t0 = time.monotonic()
         t_start = t0 + cfg.warmup
@@ -1176,6 +1195,8 @@ class LoadGen:
             ksoftirqd_cpu_fraction=ksoft,
             server_core=core,
             deliveries_per_server_cpu_s=per_cpu,
+            publications_per_s=delivered / wall / self.fanout,
+            publications_per_server_cpu_s=per_cpu / self.fanout if per_cpu else None,
             generator_cpu_fraction=gen_cpu,
             generator_saturated=gen_cpu >= 0.9,
             core_busy=cores,
@@ -1358,6 +1379,8 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
     )
     p.add_argument("--mode", choices=MODES, default=defaults.mode)
     p.add_argument("--subscribers", type=int, default=defaults.subscribers)
+    p.add_argument("--channels", type=int, default=defaults.channels)
+    p.add_argument("--publishers", type=int, default=defaults.publishers)
     p.add_argument("--duration", type=float, default=defaults.duration)
     p.add_argument("--warmup", type=float, default=defaults.warmup)
     p.add_argument("--window", type=int, default=defaults.window)
@@ -1378,6 +1401,8 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         also_ports=a.also_port,
         mode=a.mode,
         subscribers=a.subscribers,
+        channels=a.channels,
+        publishers=a.publishers,
         duration=a.duration,
         warmup=a.warmup,
         window=a.window,

@@ -13,6 +13,9 @@ Scenarios:
   p2  publish-to-receive latency at --p2-subscribers x --p2-rate publications/s (WebSocket)
   p3  server RSS per idle subscribed WebSocket connection at --p3-connections
   p4  SSE fan-out at saturation, --sizes subscribers
+  p7  many rooms: --p7-subscribers WebSocket subscribers over --p7-channels channels,
+      --p7-rate publications/s spread over the channels through the HTTP API; and the publish
+      path alone: publications/s at saturation with one subscriber per channel
   p5  reconnect storm: --p5-clients dropped at once resume with their cursor (clarion only);
       with --p5-engine redis --p5-nodes 2, on two nodes sharing a Redis, every client resuming
       on the other node
@@ -41,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SERVER_CORE = 1
 GENERATOR_CORE = 0
-ALL_SCENARIOS = ("p1", "p2", "p3", "p4", "p5", "flush")
+ALL_SCENARIOS = ("p1", "p2", "p3", "p4", "p5", "p7", "flush")
 FLUSH_INTERVALS = (0.0, 0.0005, 0.001, 0.002, 0.005)  # seconds: clarion's flush_interval
 ALL_SERVERS = ("clarion", "nchan", "node")
 NOISE_THRESHOLD = 0.15  # other processes' share of the server's core that flags a run
@@ -285,6 +288,79 @@ def fanout_tables(records: list[Record], scenario: str, sizes: list[int]) -> lis
             f"| {ratio(c.get(key), o.get(key))} | {ratio(c.get(cpu), o.get(cpu))} |"
         )
     return rows
+
+
+def p7_section(records: list[Record], args: dict[str, Any]) -> list[str]:
+    per_room = args["p7_subscribers"] // max(1, args["p7_channels"])
+    out = [
+        f"## P7 - many rooms: {args['p7_subscribers']:,} subscribers over "
+        f"{args['p7_channels']:,} channels ({per_room} each), WebSocket",
+        "",
+        f"Publications at {args['p7_rate']:g}/s in total, each to the next channel in turn, "
+        f"through the HTTP API ({args['p7_publishers']} keep-alive connections, one request in "
+        "flight each).",
+        "",
+        "| server | publications/s | deliveries/s | server CPU | deliveries per server CPU-s "
+        "| µs of server CPU per publication | p50 / p99 ms | generator CPU | exact | flags |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for server in ALL_SERVERS:
+        rec = find(records, "p7", server)
+        if not rec:
+            continue
+        r = rec.get("result", {})
+        per_pub = r.get("publications_per_server_cpu_s")
+        out.append(
+            f"| {server} | {fnum(r.get('publications_per_s'))} "
+            f"| {fnum(r.get('deliveries_per_s'))} | {pct(r.get('server_cpu_fraction'))} "
+            f"| {fnum(r.get('deliveries_per_server_cpu_s'))} "
+            f"| {fnum(1e6 / per_pub if per_pub else None, 1)} "
+            f"| {fnum(r.get('latency_p50_ms'), 2)} / {fnum(r.get('latency_p99_ms'), 2)} "
+            f"| {pct(r.get('generator_cpu_fraction'))} "
+            f"| {'yes' if r.get('exact') else 'no'} | {flags(rec)} |"
+        )
+    c = find(records, "p7", "clarion").get("result", {})
+    n = find(records, "p7", "nchan").get("result", {})
+    if c and n:
+        cpu = "deliveries_per_server_cpu_s"
+        out += [
+            "",
+            f"clarion/nchan deliveries per server CPU-s: {ratio(c.get(cpu), n.get(cpu))} "
+            "(higher is better); p99: "
+            f"{ratio(c.get('latency_p99_ms'), n.get('latency_p99_ms'))} (lower is better).",
+        ]
+    out += [
+        "",
+        f"The publish path alone: {args['p7_channels']:,} channels with one subscriber each, "
+        f"closed loop with {args['p7_publishers']} publications in flight.",
+        "",
+        "| server | publications/s | server CPU | publications per server CPU-s "
+        "| µs of server CPU per publication | generator CPU | exact | flags |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for server in ALL_SERVERS:
+        rec = find(records, "p7-publish", server)
+        if not rec:
+            continue
+        r = rec.get("result", {})
+        per_pub = r.get("publications_per_server_cpu_s")
+        out.append(
+            f"| {server} | {fnum(r.get('publications_per_s'))} "
+            f"| {pct(r.get('server_cpu_fraction'))} | {fnum(per_pub)} "
+            f"| {fnum(1e6 / per_pub if per_pub else None, 1)} "
+            f"| {pct(r.get('generator_cpu_fraction'))} "
+            f"| {'yes' if r.get('exact') else 'no'} | {flags(rec)} |"
+        )
+    c = find(records, "p7-publish", "clarion").get("result", {})
+    n = find(records, "p7-publish", "nchan").get("result", {})
+    if c and n:
+        key, cpu = "publications_per_s", "publications_per_server_cpu_s"
+        out += [
+            "",
+            f"clarion/nchan publications/s: {ratio(c.get(key), n.get(key))}, "
+            f"per server CPU-s: {ratio(c.get(cpu), n.get(cpu))} (higher is better).",
+        ]
+    return [*out, ""]
 
 
 def plot(records: list[Record], sizes: list[int], path: Path) -> bool:
@@ -563,6 +639,8 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
             out += ["Not measured (clarion not available)."]
         out += [""]
 
+    if "p7" in scen:
+        out += p7_section(records, args)
     flush_recs = [r for r in records if r["scenario"].startswith("flush-")]
     if flush_recs:
         out += [
@@ -712,6 +790,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="p5 on the memory engine (one node) or on a Redis started for the run",
     )
     p.add_argument("--p5-nodes", type=int, default=1, help="p5: clarion nodes (redis engine)")
+    p.add_argument("--p7-subscribers", type=int, default=10000)
+    p.add_argument("--p7-channels", type=int, default=1000)
+    p.add_argument("--p7-rate", type=float, default=10000.0, help="p7: publications/s")
+    p.add_argument(
+        "--p7-publishers", type=int, default=64, help="p7: publisher connections (one in flight)"
+    )
     p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="'-' to skip")
     p.add_argument("--plot", default=str(HERE / "img" / "fanout.png"))
     p.add_argument("--results-dir", default=str(HERE / "results"))
@@ -797,6 +881,16 @@ def main(argv: list[str] | None = None) -> int:
                 args = dict(common, mode="saturate", subscribers=sizes[0], window=a.window)
                 args["sample"] = a.sample
                 plan.append(("flush-saturate", "clarion", "ws", args | {"env": env}))
+        elif scenario == "p7":
+            # Many rooms: the publish path (HTTP, JSON, history, cursor) shows beside delivery.
+            for server in active:
+                args = dict(common, mode="rate", subscribers=a.p7_subscribers, rate=a.p7_rate)
+                args.update(channels=a.p7_channels, publishers=a.p7_publishers, sample=a.sample)
+                plan.append(("p7", server, "ws", args))
+            for server in active:
+                args = dict(common, mode="saturate", subscribers=a.p7_channels, sample=a.sample)
+                args.update(channels=a.p7_channels, window=a.p7_publishers)
+                plan.append(("p7-publish", server, "ws", args))
         elif scenario == "p5" and "clarion" in active:
             args = dict(common, mode="storm", subscribers=a.p5_clients, rate=a.p5_rate)
             args.update(sample=0, duration=3.0)

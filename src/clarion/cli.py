@@ -202,6 +202,9 @@ async def _serve(loaded: Loaded, worker: int | None = None, link_fd: int | None 
             server.port,
         )
     log.info("clarion %s listening on http://%s:%d", __version__, settings.host, server.port)
+    if settings.host not in ("0.0.0.0", "::", ""):  # a wildcard is learned from requests
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        hub.nodes.address = f"{host}:{server.port}"
     if link is not None:
         with contextlib.suppress(OSError):
             link.send(b"r")  # listening: the supervisor counts this worker as started

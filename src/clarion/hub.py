@@ -5,8 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from clarion.core.hub import Hub as CoreHub
+from clarion.core.nodes import NodeCollector, NodeReporter
+from clarion.core.operator import OperatorAuth
+from clarion.engines.base import Engine
 from clarion.protocol.codes import CloseCode
+from clarion.settings import Settings
 from clarion.webhooks import WebhookService
+from clarion.webhooks.metrics import WebhookCollector
 
 
 class Hub(CoreHub):
@@ -21,6 +26,15 @@ class Hub(CoreHub):
 
     _app: Any = None
     _webhooks: WebhookService | None = None
+
+    def __init__(self, settings: Settings | None = None, *, engine: Engine | None = None) -> None:
+        super().__init__(settings, engine=engine)
+        if self.settings.admin:
+            self.auth = OperatorAuth(self.settings)
+        # This node's figures, announced to the others (``GET /api/info``, the admin page).
+        self.nodes = NodeReporter(self, metrics_channel=self.settings.admin)
+        self.metrics_registry.register(NodeCollector(self.nodes))
+        self.metrics_registry.register(WebhookCollector(lambda: self._webhooks))
 
     @property
     def webhooks(self) -> WebhookService:
@@ -43,8 +57,11 @@ class Hub(CoreHub):
         except BaseException:
             await super().close()
             raise
+        self.nodes.start()
 
     async def close(self, code: int = CloseCode.SHUTDOWN) -> None:
+        # This node leaves the directory first: the others see it go at once.
+        await self.nodes.close()
         # Sessions close first, so their disconnect events still reach the outbox.
         await super().close(code)
         if self._webhooks is not None:

@@ -300,6 +300,11 @@ class Settings(BaseSettings):
         description="server API key(s); several allow rotation. Unset: the server API is "
         "off, or open in development mode (no token key either)",
     )
+    admin: bool = Field(
+        False,
+        description="publish the hub's figures every second on its internal channel "
+        "`_clarion:metrics`, readable by sessions that connect with the API key as token",
+    )
     token_secret: str | None = Field(None, description="HS256 secret for connection JWTs")
     token_public_key_file: str | None = Field(
         None, description="PEM public key or JWKS file for RS256/ES256 tokens"

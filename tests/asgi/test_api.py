@@ -40,8 +40,12 @@ async def test_broadcast_presence_channels(hub: RunningHub) -> None:
         assert (await ws.recv())["data"] == "x"
         presence = (await http.get("/api/presence", params={"channel": "a"})).json()
         assert [c["transport"] for c in presence["clients"]] == ["ws"]
+        node = (await http.get("/api/info")).json()["node"]
         channels = (await http.get("/api/channels")).json()
-        assert channels == {"channels": [{"channel": "a", "subscribers": 1}]}
+        assert channels["channels"] == [
+            {"channel": "a", "subscribers": 1, "publication_rate": 0.0, "nodes": [node]}
+        ]
+        assert channels["complete"] is True and channels["total"] == 1
 
 
 async def test_healthz_metrics_openapi(hub: RunningHub) -> None:

@@ -1,6 +1,7 @@
-"""The server API for backends: broadcast, history, presence, channels, disconnect, health.
+"""The server API for backends: broadcast, history, presence, disconnect, health.
 
-``POST /api/publish``, the hot path, is a raw ASGI endpoint of its own (``publish.py``).
+``POST /api/publish``, the hot path, is a raw ASGI endpoint of its own (``publish.py``);
+``/api/info`` and ``/api/channels`` are in ``info.py``.
 """
 
 from __future__ import annotations
@@ -109,13 +110,6 @@ class ServerAPI:
         self._authorize(request)
         channel = validate_channel(_param(request, "channel"))
         return JSONResponse((await self.hub.presence_stats(channel)).to_dict())
-
-    async def channels(self, request: Request) -> Response:
-        self._authorize(request)
-        counts = self.hub.channels()
-        return JSONResponse(
-            {"channels": [{"channel": c, "subscribers": n} for c, n in sorted(counts.items())]}
-        )
 
     async def disconnect(self, request: Request) -> Response:
         """Close a user's (or a token's) sessions everywhere; optionally refuse them a while."""

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from clarion.asgi import access
 from clarion.asgi.api import ServerAPI
 from clarion.asgi.clientapi import ClientEndpoint
+from clarion.asgi.info import InfoAPI
 from clarion.asgi.openapi import document
 from clarion.asgi.poll import PollEndpoint
 from clarion.asgi.publish import PublishEndpoint
@@ -102,6 +103,7 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
     ``lifespan=True`` makes the app run it itself, as ``clarion serve`` does.
     """
     api = ServerAPI(hub)
+    info = InfoAPI(hub)
     openapi = document()
 
     async def openapi_json(request: Request) -> Response:
@@ -126,7 +128,8 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
         Route("/api/history", api.history, methods=["GET"]),
         Route("/api/presence", api.presence, methods=["GET"]),
         Route("/api/presence_stats", api.presence_stats, methods=["GET"]),
-        Route("/api/channels", api.channels, methods=["GET"]),
+        Route("/api/channels", info.channels, methods=["GET"]),
+        Route("/api/info", info.info, methods=["GET"]),
         Route("/api/disconnect", api.disconnect, methods=["POST"]),
         Route("/api/subscribe", api.subscribe, methods=["POST"]),
         Route("/api/unsubscribe", api.unsubscribe, methods=["POST"]),

@@ -10,6 +10,58 @@ _ERROR = {"$ref": "#/components/responses/Error"}
 _CHANNEL = {"type": "string", "pattern": "^[A-Za-z0-9_.:@/=,+-]{1,255}$"}
 
 
+_NODE = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "state": {"type": "string", "enum": ["up", "gone"]},
+        "version": {"type": "string"},
+        "address": {"type": ["string", "null"], "description": "host:port, once known"},
+        "pid": {"type": "integer"},
+        "engine": {"type": "string"},
+        "started": {"type": "number", "description": "Unix time"},
+        "uptime": {"type": ["number", "null"], "description": "seconds"},
+        "last_seen": {"type": "number", "description": "Unix time of its last announce"},
+        "connections": {
+            "type": "object",
+            "additionalProperties": {"type": "integer"},
+            "description": "sessions by transport (ws, sse, poll, stomp), admin pages apart",
+        },
+        "operators": {"type": "integer", "description": "admin pages connected"},
+        "channels_total": {"type": "integer"},
+        "deliveries_per_second": {"type": "number"},
+        "publications_per_second": {"type": "number"},
+    },
+}
+_INFO = {
+    "type": "object",
+    "properties": {
+        "node": {"type": "string", "description": "the id of the node that answered"},
+        "engine": {"type": "string"},
+        "nodes": {"type": "array", "items": _NODE},
+    },
+}
+_CHANNELS = {
+    "type": "object",
+    "properties": {
+        "channels": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "channel": _CHANNEL,
+                    "subscribers": {"type": "integer"},
+                    "publication_rate": {"type": "number"},
+                    "nodes": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+        "total": {"type": "integer", "description": "matching channels before `limit`"},
+        "complete": {"type": "boolean"},
+    },
+}
+
+
 def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
@@ -274,8 +326,37 @@ def document() -> dict[str, Any]:
             },
             "/api/channels": {
                 "get": {
-                    "summary": "Channels with subscribers on this node",
-                    "responses": {"200": _ok({"type": "object"}), **errors},
+                    "summary": "Channels with subscribers, across the cluster",
+                    "description": "Each channel with its subscribers summed over the nodes "
+                    "that are up, its publication rate (per second, last second) and the nodes "
+                    "holding it. Other nodes are read from their last announce, which lists "
+                    "their busiest channels only: `complete` says whether every channel is in.",
+                    "parameters": [
+                        _query("node", False, {"type": "string"}, "one node's channels only"),
+                        _query("q", False, {"type": "string"}, "names containing this"),
+                        _query(
+                            "sort",
+                            False,
+                            {"type": "string", "enum": ["channel", "subscribers", "rate"]},
+                            "order (default `channel`)",
+                        ),
+                        _query(
+                            "limit",
+                            False,
+                            {"type": "integer", "minimum": 1, "maximum": 10000},
+                            "at most this many (default and cap 10,000)",
+                        ),
+                    ],
+                    "responses": {"200": _ok(_CHANNELS), **errors},
+                }
+            },
+            "/api/info": {
+                "get": {
+                    "summary": "The nodes and their figures",
+                    "description": "This node first, then every node announced through the "
+                    "engine (every second; on the memory engine the node is alone). A node "
+                    "whose last announce is older than a few seconds is `gone`.",
+                    "responses": {"200": _ok(_INFO), **errors},
                 }
             },
             "/api/disconnect": {

@@ -367,6 +367,10 @@ class Hub:
                 self._reset_all(local, "epoch", StreamPosition(pub.epoch, pub.offset - 1))
         local.position = pub.position
         self._deliver(local, pub)
+        stats = self.stats
+        stats.countdown -= 1
+        if stats.countdown <= 0:
+            stats.sample(pub)
 
     def _deliver(self, local: LocalChannel, pub: Publication) -> None:
         for buffer in local.pending.values():
@@ -376,9 +380,12 @@ class Hub:
             for sub in conflating:
                 conflating[sub] = pub
         deliveries = self.stats.deliveries
+        total = 0
         for fmt, group in local.by_format.items():
             fmt.deliver(group.values(), pub.encoded(fmt, fmt.encode))
             deliveries[fmt.transport] += len(group)
+            total += len(group)
+        self.stats.activity.count(pub.channel, total)
         if local.ahead:
             local.catch_up(pub)
 
@@ -495,6 +502,7 @@ class Hub:
     def _reset_all(self, local: LocalChannel, reason: str, position: StreamPosition) -> None:
         cursor = encode_single(local.name, position.epoch, position.offset)
         for sub in local.subscriptions():
+            self.stats.resets[reason] += 1
             sub.session.transport.send_reset(local.name, reason, cursor)
         local.all_live()
 
@@ -920,6 +928,7 @@ class Hub:
         if on_ready is not None:
             on_ready(result)
         if reason is not None:
+            self.stats.resets[reason] += 1
             session.transport.send_reset(channel, reason, result.cursor)
         if (since_pos is not None and recovered) or (since_pos is None and latest):
             for pub in history.publications:
@@ -927,6 +936,7 @@ class Hub:
                 last = pub.position
         for pub in buffer:
             if pub.epoch != last.epoch:
+                self.stats.resets["epoch"] += 1
                 cursor = encode_single(channel, pub.epoch, pub.offset - 1)
                 session.transport.send_reset(channel, "epoch", cursor)
             elif pub.offset <= last.offset:
@@ -1115,6 +1125,7 @@ class Hub:
         while True:
             await asyncio.sleep(TICK)
             try:
+                self.stats.roll(time.monotonic())
                 self.tick(time.monotonic())
             except Exception:
                 log.exception("session sweep failed")

@@ -1,27 +1,50 @@
-"""Counters kept as plain integers on the hot path and exposed in Prometheus format on scrape."""
+"""Counters kept as plain integers on the hot path and exposed in Prometheus format on scrape.
+
+The publish-to-write latency is sampled: one publication in :data:`SAMPLE_EVERY`, and the first
+after each tick (so a quiet node is measured too), costs one scheduled callback; the others
+cost a decrement.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from clarion.core.rates import Activity, LatencyHistogram
+from clarion.protocol.publication import Publication
 
 if TYPE_CHECKING:
     from clarion.core.hub import Hub
+
+
+SAMPLE_EVERY = 64  # publications per latency sample under load
 
 
 class Stats:
     """Mutable counters; incrementing an int attribute is the cheapest thing Python can do."""
 
     __slots__ = (
+        "activity",
         "conflations",
+        "countdown",
         "deliveries",
         "errors",
+        "latency",
         "publications",
+        "resets",
+        "rolled_at",
         "signals",
         "slow_disconnects",
     )
@@ -31,15 +54,38 @@ class Stats:
         self.signals = 0  # ephemeral publications
         self.deliveries: Counter[str] = Counter()  # by transport
         self.errors: Counter[str] = Counter()  # by error code
+        self.resets: Counter[str] = Counter()  # reset signals sent, by reason
         self.slow_disconnects = 0
         self.conflations = 0
+        self.activity = Activity()
+        self.latency = LatencyHistogram()  # publish-to-write, sampled
+        self.countdown = 1  # publications until the next latency sample
+        self.rolled_at = time.monotonic()
+
+    def sample(self, pub: Publication) -> None:
+        """Measure ``pub``'s publish-to-write latency once the loop has written what this
+        iteration queued (clarion's server flushes in a callback scheduled before this one)."""
+        self.countdown = SAMPLE_EVERY
+        published = pub.time / 1000
+        asyncio.get_running_loop().call_soon(self._observe, published)
+
+    def _observe(self, published: float) -> None:
+        self.latency.observe(time.time() - published)
+
+    def roll(self, now: float) -> None:
+        """Once a second (the hub's tick): rates of the last interval; sample the next one."""
+        self.activity.roll(now - self.rolled_at)
+        self.rolled_at = now
+        self.countdown = 1
 
 
 class _HubCollector(Collector):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         hub = self.hub
         stats = hub.stats
         conns = GaugeMetricFamily(
@@ -92,6 +138,38 @@ class _HubCollector(Collector):
             "clarion_conflations",
             "Times a slow session was switched to latest-only delivery",
             value=stats.conflations,
+        )
+
+        resets = CounterMetricFamily(
+            "clarion_resets", "Reset signals sent to subscribers", labels=["reason"]
+        )
+        for reason, n in sorted(stats.resets.items()):
+            resets.add_metric([reason], n)
+        yield resets
+        activity = stats.activity
+        by_ns = CounterMetricFamily(
+            "clarion_namespace_publications",
+            "Publications delivered on this node, per namespace (counted each second)",
+            labels=["namespace"],
+        )
+        for namespace, n in sorted(activity.publications.items()):
+            by_ns.add_metric([namespace], n)
+        yield by_ns
+        by_ns = CounterMetricFamily(
+            "clarion_namespace_deliveries",
+            "Publications handed to sessions, per namespace (counted each second)",
+            labels=["namespace"],
+        )
+        for namespace, n in sorted(activity.deliveries.items()):
+            by_ns.add_metric([namespace], n)
+        yield by_ns
+        latency = stats.latency
+        yield HistogramMetricFamily(
+            "clarion_publish_to_write_seconds",
+            "From a publication's time to its bytes written to subscribers on this node "
+            f"(one publication in {SAMPLE_EVERY} and the first each second)",
+            buckets=latency.cumulative(),
+            sum_value=latency.sum,
         )
 
 

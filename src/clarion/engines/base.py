@@ -220,3 +220,34 @@ class WebhookStorage(Protocol):
 
     def webhook_outbox(self, settings: Settings) -> Outbox:
         """A new, unopened outbox for a hub with these settings."""
+
+
+@runtime_checkable
+class NodeDirectory(Protocol):
+    """Where the hub nodes sharing an engine announce themselves (``GET /api/info``).
+
+    A record is a JSON object of the node's figures; the directory keeps each node's last one
+    with the time it was announced, and forgets a node some minutes after it went quiet, so that
+    a node that stopped announcing can be shown as gone a while.
+    """
+
+    node: str  # this node's id
+
+    async def announce(self, record: dict[str, Any]) -> None:
+        """Store this node's record (under :attr:`node`), seen now."""
+
+    async def withdraw(self) -> None:
+        """Forget this node at once (it is stopping)."""
+
+    async def nodes(self) -> list[tuple[dict[str, Any], float]]:
+        """Every node's last record, with when it was announced (Unix time)."""
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class NodeDirectoryStorage(Protocol):
+    """An engine whose nodes can find each other (the memory engine's node is alone)."""
+
+    def node_directory(self) -> NodeDirectory:
+        """A new directory for this engine's node; it connects on first use."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from clarion.engines.base import EngineSink, History, PresenceEntry, PresenceStats
+from clarion.engines.nodes import LocalNodes
 from clarion.errors import ConfigError
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions, Settings
@@ -301,6 +302,10 @@ class MemoryEngine:
         return SQLiteOutbox(
             settings.data_dir, fsync=delivery.fsync, max_dead_letters=delivery.max_dead_letters
         )
+
+    def node_directory(self) -> LocalNodes:
+        """One node, alone: its own record."""
+        return LocalNodes()
 
     async def healthy(self) -> bool:
         return True

@@ -12,6 +12,7 @@ import httpx
 from clarion.errors import ClarionError
 from clarion.webhooks import signing
 from clarion.webhooks.endpoint import Delivery, Endpoint
+from clarion.webhooks.metrics import AttemptStats
 from clarion.webhooks.targets import AllowList
 from clarion.webhooks.transport import GuardedTransport
 
@@ -42,12 +43,14 @@ class Sender:
         timeout: float,
         max_response_bytes: int,
         max_connections: int,
+        stats: AttemptStats | None = None,
     ) -> None:
         from clarion import __version__  # here: clarion/__init__ imports the hub, then us
 
         self.user_agent = f"clarion-webhooks/{__version__}"
         self.timeout = timeout
         self.max_response_bytes = max_response_bytes
+        self.stats = stats if stats is not None else AttemptStats()
         self.client = httpx.AsyncClient(
             transport=GuardedTransport(allow, max_connections=max_connections),
             follow_redirects=False,
@@ -59,6 +62,12 @@ class Sender:
         await self.client.aclose()
 
     async def attempt(self, endpoint: Endpoint, delivery: Delivery) -> Outcome:
+        started = time.perf_counter()
+        outcome = await self._attempt(endpoint, delivery)
+        self.stats.record(endpoint.id, outcome.delivered, time.perf_counter() - started)
+        return outcome
+
+    async def _attempt(self, endpoint: Endpoint, delivery: Delivery) -> Outcome:
         # Signed at each attempt: receivers reject timestamps more than minutes away from now.
         headers = signing.headers(endpoint.key, delivery.msg_id, int(time.time()), delivery.body)
         headers["content-type"] = "application/json"

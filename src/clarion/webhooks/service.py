@@ -40,6 +40,7 @@ from clarion.webhooks.counts import QueueCounts
 from clarion.webhooks.describe import describe
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.intake import Intake
+from clarion.webhooks.metrics import AttemptStats
 from clarion.webhooks.outbox import Outbox
 from clarion.webhooks.registry import Registry, new_endpoint
 from clarion.webhooks.replay import replay, revive
@@ -69,6 +70,7 @@ class WebhookService:
             self.config.retry_base, self.config.retry_cap, self.config.retry_window
         )
         self.counts = QueueCounts(self.config.max_dead_letters)
+        self.attempt_stats = AttemptStats()
         self.slots = asyncio.Semaphore(self.config.concurrency)
         self._outbox = outbox  # made by the engine at start unless given
         self._opened = False
@@ -154,6 +156,7 @@ class WebhookService:
             timeout=self.config.timeout,
             max_response_bytes=self.config.max_response_bytes,
             max_connections=self.config.concurrency,
+            stats=self.attempt_stats,
         )
         context = WorkerContext(
             outbox, self._sender, self.slots, self.schedule, self.counts, self._disabled
@@ -276,6 +279,7 @@ class WebhookService:
                 code="configured_webhook",
             )
         await self._require().forget(endpoint)
+        self.attempt_stats.forget(endpoint_id)
         log.info("webhook %s removed", endpoint_id)
 
     async def enable(self, endpoint_id: str) -> Endpoint:

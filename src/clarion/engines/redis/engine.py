@@ -52,6 +52,7 @@ from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions, Settings
 
 if TYPE_CHECKING:
+    from clarion.engines.redis.nodes import RedisNodes
     from clarion.webhooks.outbox import Outbox
 
 log = logging.getLogger("clarion.engines.redis")
@@ -703,6 +704,12 @@ class RedisEngine:
         from clarion.webhooks.redis_outbox import RedisOutbox
 
         return RedisOutbox(self, max_dead_letters=settings.webhook_delivery.max_dead_letters)
+
+    def node_directory(self) -> RedisNodes:
+        """Every node of this prefix, each announced with its figures."""
+        from clarion.engines.redis.nodes import RedisNodes
+
+        return RedisNodes(self.target, self.keys.prefix, self.node_id)
 
     async def healthy(self) -> bool:
         """Redis answers, and this node's pub/sub connection is up."""

@@ -1,0 +1,75 @@
+"""``GET /api/info`` (the nodes and their figures) and ``GET /api/channels`` (cluster-wide),
+behind the API key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from clarion.asgi import access
+from clarion.asgi.responses import JSONResponse
+from clarion.core.hub import Hub
+from clarion.core.nodes import NodeReporter
+from clarion.errors import BadRequest, NotFound
+
+MAX_LIMIT = 10_000
+SORTS = {
+    "channel": lambda c: c["channel"],
+    "subscribers": lambda c: (-c["subscribers"], c["channel"]),
+    "rate": lambda c: (-c["publication_rate"], c["channel"]),
+}
+
+
+def reporter(hub: Hub, request: Request) -> NodeReporter:
+    """The hub's node reporter; it learns the node's address from the first request."""
+    access.check_api_key(hub, request.scope)
+    nodes = getattr(hub, "nodes", None)
+    if not isinstance(nodes, NodeReporter):
+        raise NotFound("node figures are not available on this hub")
+    if nodes.address is None:
+        server = request.scope.get("server")
+        if server and server[1] is not None:
+            nodes.address = f"{server[0]}:{server[1]}"
+    return nodes
+
+
+def _one(request: Request, name: str) -> str | None:
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise BadRequest(f"{name} given more than once")
+    return values[0] if values else None
+
+
+class InfoAPI:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def info(self, request: Request) -> Response:
+        nodes = reporter(self.hub, request)
+        body = {"node": nodes.node, "engine": self.hub.engine.name, "nodes": await nodes.cluster()}
+        return JSONResponse(body)
+
+    async def channels(self, request: Request) -> Response:
+        nodes = reporter(self.hub, request)
+        node, search = _one(request, "node"), _one(request, "q")
+        sort = _one(request, "sort") or "channel"
+        if sort not in SORTS:
+            raise BadRequest(f"sort must be one of {', '.join(SORTS)}")
+        raw_limit = _one(request, "limit")
+        limit = MAX_LIMIT
+        if raw_limit is not None:
+            if not raw_limit.isdigit() or not 0 < int(raw_limit) <= MAX_LIMIT:
+                raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
+            limit = int(raw_limit)
+        channels, complete = await nodes.channels(node or None)
+        if search:
+            channels = [c for c in channels if search in c["channel"]]
+        channels.sort(key=SORTS[sort])
+        body: dict[str, Any] = {
+            "channels": channels[:limit],
+            "total": len(channels),
+            "complete": complete,
+        }
+        return JSONResponse(body)

@@ -1,0 +1,286 @@
+"""This node's figures, announced to the others through the engine, and the cluster's view.
+
+Once a second the :class:`NodeReporter` builds this node's record (id, version, address,
+uptime, connections by transport, deliveries and publications per second, its busiest
+channels), stores it in the engine's node directory — timing that round trip, which is the
+engine latency ``/metrics`` reports — and, with ``admin = true``, publishes a sample of the
+figures the admin page charts on :data:`~clarion.core.operator.METRICS_CHANNEL`.
+
+A node is ``up`` while its last record is younger than :data:`GONE_AFTER`, then ``gone``
+until the directory forgets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from clarion.core.operator import METRICS_CHANNEL, is_operator
+from clarion.core.rates import LatencyHistogram
+from clarion.engines.base import NodeDirectory, NodeDirectoryStorage
+from clarion.engines.nodes import LocalNodes
+from clarion.errors import ClarionError
+
+if TYPE_CHECKING:
+    from clarion.core.hub import Hub
+
+log = logging.getLogger("clarion.nodes")
+
+INTERVAL = 1.0  # seconds between announces
+GONE_AFTER = 3 * INTERVAL + 2.0  # a record this old means the node stopped announcing
+# Channels a record lists: the busiest by subscribers, and the busiest by publication rate.
+TOP_BY_SUBSCRIBERS = 1000
+TOP_BY_RATE = 100
+TRANSPORTS = ("ws", "sse", "poll", "stomp")
+
+
+def _version() -> str:
+    from clarion import __version__  # here: the package's root imports the hub
+
+    return __version__
+
+
+class NodeReporter:
+    def __init__(self, hub: Hub, *, metrics_channel: bool = False) -> None:
+        self.hub = hub
+        engine = hub.engine
+        self.directory: NodeDirectory = (
+            engine.node_directory() if isinstance(engine, NodeDirectoryStorage) else LocalNodes()
+        )
+        self.metrics_channel = metrics_channel
+        self.started = time.time()
+        self.address: str | None = None  # host:port, once the server or a request tells
+        self.engine_latency = LatencyHistogram()
+        self.engine_errors = 0
+        self._last: tuple[float, int, int, int, int] | None = None
+        self.rates = {"deliveries": 0.0, "publications": 0.0, "resets": 0.0, "slow": 0.0}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def node(self) -> str:
+        return self.directory.node
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="clarion-node-reporter")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(ClarionError, OSError):
+            await self.directory.withdraw()
+        await self.directory.close()
+
+    async def _run(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.report()
+                failing = False
+            except ClarionError as exc:
+                self.engine_errors += 1
+                if not failing:  # once per outage
+                    log.warning("could not announce this node: %s", exc.message)
+                failing = True
+            except Exception:
+                log.exception("node report failed")
+            await asyncio.sleep(INTERVAL)
+
+    async def report(self) -> None:
+        """One round: rates, the record announced (timed), the metrics sample published."""
+        self._roll_rates()
+        record = self.record()
+        started = time.perf_counter()
+        await self.directory.announce(record)
+        self.engine_latency.observe(time.perf_counter() - started)
+        if self.metrics_channel:
+            # Straight to the engine: the hub's own figures are no publication of the
+            # application's (no webhook, no publish listener sees them).
+            hub = self.hub
+            options = hub.options(METRICS_CHANNEL)
+            await hub.engine.publish(METRICS_CHANNEL, self.sample(record), options)
+
+    def _roll_rates(self) -> None:
+        stats = self.hub.stats
+        now = time.monotonic()
+        figures = (
+            sum(stats.deliveries.values()),
+            stats.publications,
+            sum(stats.resets.values()),
+            stats.slow_disconnects,
+        )
+        if self._last is not None:
+            then, *before = self._last
+            seconds = max(now - then, 1e-3)
+            for name, was, is_ in zip(self.rates, before, figures, strict=True):
+                self.rates[name] = round((is_ - was) / seconds, 2)
+        self._last = (now, *figures)
+
+    # ---- this node ----------------------------------------------------------------------------
+
+    def connections(self) -> tuple[dict[str, int], int]:
+        """Sessions by transport (operator sessions apart), and the operator sessions."""
+        counts: Counter[str] = Counter()
+        operators = 0
+        for session in self.hub.sessions.values():
+            if is_operator(session.credentials):
+                operators += 1
+            else:
+                counts[session.transport.kind] += 1
+        return {kind: counts.get(kind, 0) for kind in (*TRANSPORTS, *counts)}, operators
+
+    def record(self) -> dict[str, Any]:
+        """This node as the others see it."""
+        hub = self.hub
+        connections, operators = self.connections()
+        subscribers = hub.channels()
+        rates = hub.stats.activity.channel_rates
+        busiest = set(heapq.nlargest(TOP_BY_SUBSCRIBERS, subscribers, key=subscribers.__getitem__))
+        busiest.update(heapq.nlargest(TOP_BY_RATE, rates, key=lambda c: rates[c][0]))
+        channels = [
+            [name, subscribers.get(name, 0), round(rates.get(name, (0.0, 0.0))[0], 2)]
+            for name in busiest
+            if name in subscribers
+        ]
+        return {
+            "id": self.node,
+            "version": _version(),
+            "address": self.address,
+            "pid": os.getpid(),
+            "engine": hub.engine.name,
+            "started": round(self.started, 3),
+            "connections": connections,
+            "operators": operators,
+            "channels_total": len(subscribers),
+            "deliveries_per_second": self.rates["deliveries"],
+            "publications_per_second": self.rates["publications"],
+            "channels": channels,
+        }
+
+    def sample(self, record: dict[str, Any]) -> dict[str, Any]:
+        """What the admin page charts, once a second per node."""
+        p99 = self.hub.stats.latency.take_p99()
+        return {
+            "node": self.node,
+            "time": round(time.time(), 3),
+            "connections": sum(record["connections"].values()),
+            "deliveries_per_second": self.rates["deliveries"],
+            "publications_per_second": self.rates["publications"],
+            "p99_ms": None if p99 is None else round(p99 * 1000, 3),
+            "resets_per_second": self.rates["resets"],
+            "slow_closes_per_second": self.rates["slow"],
+        }
+
+    # ---- the cluster ------------------------------------------------------------------------
+
+    async def cluster(self) -> list[dict[str, Any]]:
+        """Every node the directory knows, this one first and as it is now."""
+        now = time.time()
+        mine = self.record()
+        nodes = [self._shown(mine, now, now)]
+        for record, seen in await self.directory.nodes():
+            if record.get("id") != self.node:
+                nodes.append(self._shown(record, seen, now))
+        return nodes
+
+    @staticmethod
+    def _shown(record: dict[str, Any], seen: float, now: float) -> dict[str, Any]:
+        shown = {k: v for k, v in record.items() if k != "channels"}
+        started = record.get("started")
+        gone = now - seen > GONE_AFTER
+        shown["state"] = "gone" if gone else "up"
+        shown["last_seen"] = round(seen, 3)
+        shown["uptime"] = (
+            round((seen if gone else now) - started, 1)
+            if isinstance(started, int | float)
+            else None
+        )
+        return shown
+
+    async def channels(self, node: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+        """Channels with subscribers across the nodes that are up (or on ``node`` only), and
+        whether the list is complete (each node announces its busiest ones only)."""
+        now = time.time()
+        mine = self.record()
+        subscribers = self.hub.channels()
+        rates = self.hub.stats.activity.channel_rates
+        merged: dict[str, dict[str, Any]] = {}
+        complete = True
+        if node is None or node == self.node:
+            for name, count in subscribers.items():
+                rate = round(rates.get(name, (0.0, 0.0))[0], 2)
+                merged[name] = {
+                    "channel": name,
+                    "subscribers": count,
+                    "publication_rate": rate,
+                    "nodes": [self.node],
+                }
+        if node != self.node:
+            for record, seen in await self.directory.nodes():
+                rid = record.get("id")
+                if rid == mine["id"] or now - seen > GONE_AFTER or node not in (None, rid):
+                    continue
+                listed = record.get("channels") or []
+                if record.get("channels_total", 0) > len(listed):
+                    complete = False
+                for name, count, rate in listed:
+                    entry = merged.get(name)
+                    if entry is None:
+                        merged[name] = {
+                            "channel": name,
+                            "subscribers": count,
+                            "publication_rate": rate,
+                            "nodes": [rid],
+                        }
+                    else:
+                        entry["subscribers"] += count
+                        # Every node with subscribers receives every publication: the
+                        # channel's rate is the same on each, not a sum.
+                        entry["publication_rate"] = max(entry["publication_rate"], rate)
+                        entry["nodes"].append(rid)
+        return list(merged.values()), complete
+
+
+class NodeCollector(Collector):
+    """``/metrics``: which node this is, and the engine's round trips."""
+
+    def __init__(self, reporter: NodeReporter) -> None:
+        self.reporter = reporter
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        reporter = self.reporter
+        info = GaugeMetricFamily(
+            "clarion_node_info",
+            "This node (one per hub process, worker or not): always 1",
+            labels=["node", "version", "pid"],
+        )
+        info.add_metric([reporter.node, _version(), str(os.getpid())], 1)
+        yield info
+        latency = reporter.engine_latency
+        yield HistogramMetricFamily(
+            "clarion_engine_round_trip_seconds",
+            "Round trips to the engine, measured by this node's announce once a second",
+            buckets=latency.cumulative(),
+            sum_value=latency.sum,
+        )
+        yield CounterMetricFamily(
+            "clarion_engine_errors",
+            "Announces that failed (the engine did not answer)",
+            value=reporter.engine_errors,
+        )

@@ -1,0 +1,56 @@
+"""The operator's session: the admin page connects with the API key and reads the hub's own
+figures on the internal metrics channel, which no token opens.
+
+With ``admin = true`` the hub's :class:`OperatorAuth` takes an API key given as a connection
+token (in the ``connect`` op, never in a URL) for :data:`OPERATOR`, whose only channel is
+:data:`METRICS_CHANNEL`. The ``_clarion`` namespace is the hub's: no token's pattern reaches it,
+and no client publishes there.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from clarion.core.auth import Authenticator, Credentials
+from clarion.errors import Forbidden
+from clarion.protocol.channels import namespace_of
+from clarion.settings import Settings
+
+RESERVED_NAMESPACE = "_clarion"
+METRICS_CHANNEL = "_clarion:metrics"
+
+# One object: an operator session is recognised by identity, which no token can forge.
+OPERATOR = Credentials(user=None, channels=(METRICS_CHANNEL,))
+
+
+def is_operator(credentials: Credentials) -> bool:
+    return credentials is OPERATOR
+
+
+class OperatorAuth(Authenticator):
+    """The hub's authenticator, plus operator sessions and the reserved namespace."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._keys = [key.encode() for key in settings.api_keys]
+
+    def verify(self, token: str) -> Credentials:
+        given = token.encode()
+        matched = False
+        for key in self._keys:  # every key compared, in constant time each
+            matched |= hmac.compare_digest(given, key)
+        if matched:
+            return OPERATOR
+        return super().verify(token)
+
+    def check_subscribe(self, creds: Credentials, channel: str) -> None:
+        if namespace_of(channel) == RESERVED_NAMESPACE:
+            if creds is OPERATOR or creds.trusted:
+                return
+            raise Forbidden(f"{channel!r} is the hub's own channel")
+        super().check_subscribe(creds, channel)
+
+    def check_publish(self, creds: Credentials, channel: str) -> None:
+        if namespace_of(channel) == RESERVED_NAMESPACE:
+            raise Forbidden(f"{channel!r} is the hub's own channel: only the hub publishes there")
+        super().check_publish(creds, channel)

@@ -1,0 +1,82 @@
+"""``GET /api/info`` and ``GET /api/channels`` across two ``clarion serve`` processes on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import websockets
+
+from ..conftest import timeout
+from .conftest import Cluster
+from .helpers import Node
+
+CONFIG = """
+api_key = "k"
+[namespaces.room]
+anonymous = true
+"""
+
+
+async def get(hub: Node, path: str, **params: str) -> Any:
+    async with httpx.AsyncClient(timeout=timeout(5)) as http:
+        r = await http.get(
+            hub.http_url + path, params=params, headers={"Authorization": "apikey k"}
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+async def until(check: Any, wait: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout(wait)
+    while True:
+        result = await check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.1)
+
+
+async def test_nodes_see_each_other_and_a_killed_one_goes(cluster: Cluster) -> None:
+    first = await cluster.start(config=CONFIG)
+    second = await cluster.start(config=CONFIG)
+    second_id = (await get(second, "/api/info"))["node"]
+    async with websockets.connect(second.ws_url, subprotocols=["clarion.v1"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"id": 1, "op": "subscribe", "channel": "room:x"}))
+        assert "ok" in json.loads(await asyncio.wait_for(ws.recv(), timeout(10)))
+
+        async def both() -> dict[str, Any] | None:
+            info: dict[str, Any] = await get(first, "/api/info")
+            nodes = {n["id"]: n for n in info["nodes"]}
+            theirs = nodes.get(second_id)
+            if theirs is None or theirs["connections"]["ws"] != 1:
+                return None
+            # The announce after the subscription (a record may be older than it).
+            if not (await get(first, "/api/channels"))["channels"]:
+                return None
+            return info
+
+        info = await until(both)
+        assert info["engine"] == "redis" and len(info["nodes"]) == 2
+        assert all(n["state"] == "up" for n in info["nodes"])
+        theirs = next(n for n in info["nodes"] if n["id"] == second_id)
+        assert theirs["address"] == f"127.0.0.1:{second.port}"
+        assert theirs["pid"] == second.process.pid
+        channels = await get(first, "/api/channels")
+        assert [(c["channel"], c["subscribers"], c["nodes"]) for c in channels["channels"]] == [
+            ("room:x", 1, [second_id])
+        ]
+        assert (await get(first, "/api/channels", node=info["node"]))["channels"] == []
+    second.kill()
+
+    async def gone() -> dict[str, Any] | None:
+        info: dict[str, Any] = await get(first, "/api/info")
+        states = {n["id"]: n["state"] for n in info["nodes"]}
+        return info if states.get(second_id) == "gone" else None
+
+    info = await until(gone)
+    assert info["nodes"][0]["state"] == "up"
+    assert (await get(first, "/api/channels"))["channels"] == []

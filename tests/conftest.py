@@ -153,10 +153,12 @@ async def spawn_hub(
     env: dict[str, str] | None = None,
     cli: Sequence[str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    command: str = "serve",
 ) -> HubProcess:
     """Start ``clarion serve --port 0 ARGS`` and wait until it listens.
 
-    ``cli`` is the command that runs ``clarion`` (default: this interpreter's).
+    ``cli`` is the command that runs ``clarion`` (default: this interpreter's); ``command`` the
+    subcommand (``demo`` takes the same ``--port``).
     """
     import re
     import sys
@@ -164,7 +166,7 @@ async def spawn_hub(
     full_env = {**os.environ, **(env or {})}
     proc = await asyncio.create_subprocess_exec(
         *(cli or (sys.executable, "-m", "clarion.cli")),
-        "serve",
+        command,
         "--port",
         "0",
         *args,
@@ -180,7 +182,7 @@ async def spawn_hub(
         remaining = deadline - asyncio.get_running_loop().time()
         line = (await asyncio.wait_for(proc.stderr.readline(), max(remaining, 0.1))).decode()
         if not line:
-            raise RuntimeError("clarion serve exited:\n" + "".join(log))
+            raise RuntimeError(f"clarion {command} exited:\n" + "".join(log))
         log.append(line)
         found = re.search(r"listening on http://[^:]+:(\d+)", line)
         if found:

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -156,7 +157,9 @@ def _listen_error(exc: OSError) -> str:
     return reason[:1].lower() + reason[1:]
 
 
-async def _serve(loaded: Loaded, worker: int | None = None, link_fd: int | None = None) -> int:
+async def _serve(
+    loaded: Loaded, worker: int | None = None, link_fd: int | None = None, *, demo: bool = False
+) -> int:
     from clarion.hub import Hub
     from clarion.server import LifespanFailed
     from clarion.standalone import make_server
@@ -168,7 +171,8 @@ async def _serve(loaded: Loaded, worker: int | None = None, link_fd: int | None 
         from clarion.workers import watch_parent
 
         link = await watch_parent(link_fd, stop)
-    log.info("%s", loaded.describe())
+    if not demo:
+        log.info("%s", loaded.describe())
     # The server binds first (a taken port fails before anything starts), then runs the hub's
     # lifespan: it starts the hub before accepting connections, and on shutdown stops
     # accepting, lets the hub tell every client to reconnect elsewhere (4000), then drains what
@@ -178,7 +182,12 @@ async def _serve(loaded: Loaded, worker: int | None = None, link_fd: int | None 
         from clarion.core.metrics import labelled
 
         hub.metrics_registry = labelled(hub.metrics_registry, {"worker": str(worker)})
-    server = make_server(hub, reuse_port=worker is not None)
+    app = None
+    if demo:
+        from clarion.demo import Demo
+
+        app = Demo(hub)
+    server = make_server(hub, reuse_port=worker is not None, app=app)
     try:
         await server.start()
     except LifespanFailed as exc:
@@ -208,6 +217,10 @@ async def _serve(loaded: Loaded, worker: int | None = None, link_fd: int | None 
     if link is not None:
         with contextlib.suppress(OSError):
             link.send(b"r")  # listening: the supervisor counts this worker as started
+    if app is not None:
+        url = _local_url(settings.model_copy(update={"port": server.port}), "the demo")
+        app.serving(url)
+        log.info("the demo apps: %s/demo/ (demo only: tokens for whoever asks)", url)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
@@ -228,13 +241,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return supervise(args.argv, args.workers, loaded.settings)
     check_engine(loaded.settings, args.workers)
-    serving = _serve(loaded, args.worker_id, args.worker_link)
+    return run(_serve(loaded, args.worker_id, args.worker_link))
+
+
+def run(main: Coroutine[Any, Any, int]) -> int:
+    """Run a command's coroutine on uvloop (asyncio's loop where there is none)."""
     try:
         import uvloop
 
-        return int(uvloop.run(serving))
+        return int(uvloop.run(main))
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.run(serving)
+        return asyncio.run(main)
 
 
 def _workers(text: str) -> int:
@@ -496,9 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--config", help="path to clarion.toml (default ./clarion.toml, if any)")
     token.set_defaults(func=cmd_token)
 
+    from clarion.demo.cli import add_parser as add_demo_parser
     from clarion.webhooks.cli import add_parser as add_webhooks_parser
 
     add_webhooks_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from clarion.asgi.app import build_app
 from clarion.asgi.publish import ENVELOPE_BYTES
@@ -13,16 +14,23 @@ from clarion.settings import Settings
 
 
 def make_server(
-    hub: Hub, *, lifespan: bool = True, port: int | None = None, reuse_port: bool = False
+    hub: Hub,
+    *,
+    lifespan: bool = True,
+    port: int | None = None,
+    reuse_port: bool = False,
+    app: Any = None,
 ) -> Server:
     """A :class:`Server` for ``hub``; with ``lifespan`` the server starts and stops the hub.
 
     ``reuse_port``: listen with ``SO_REUSEPORT``, beside the other workers of the same port.
+    ``app`` serves instead of the hub's own app (one that wraps it, like ``clarion demo``'s);
+    its lifespan is then the one that starts the hub.
     """
     settings = hub.settings
     limits = settings.limits
     return Server(
-        build_app(hub, lifespan=lifespan),
+        build_app(hub, lifespan=lifespan) if app is None else app,
         host=settings.host,
         port=settings.port if port is None else port,
         max_message_bytes=limits.max_message_bytes,

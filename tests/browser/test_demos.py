@@ -1,0 +1,197 @@
+"""The demo apps in headless Chromium, served by the demo hub (pages, token endpoint, feeds):
+two people chatting, the ticker and the dashboard updating, cursors moving between two
+browsers — each on WebSocket and on a fallback transport. Each test saves a screenshot in
+``test-output/demo/``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clarion.demo import Demo, demo_settings
+from clarion.demo.feeds import DeviceSpec
+from clarion.hub import Hub
+from clarion.standalone import make_server
+
+from ..conftest import timeout
+from ..docblocks import ROOT
+from .test_browser import CHROMIUM, FLAGS
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (scripts/test does it)"
+)
+OUT = ROOT / "test-output" / "demo"
+# The freezer drops off every few seconds here, not every half minute.
+DEVICES = (
+    DeviceSpec("greenhouse", "Greenhouse", 24.0, 70.0),
+    DeviceSpec("freezer", "Freezer", -18.0, 30.0, online=3.0, offline=3.0),
+)
+
+
+class RunningDemo:
+    def __init__(self, hub: Hub, url: str) -> None:
+        self.hub = hub
+        self.url = url
+
+    async def subscribers(self, channel: str, count: int) -> None:
+        """Wait until ``count`` sessions follow ``channel`` (a signal sent earlier is lost)."""
+        for _ in range(int(timeout(15) / 0.05)):
+            if self.hub.channels().get(channel, 0) >= count:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{channel}: {self.hub.channels().get(channel, 0)} subscribers")
+
+
+@pytest.fixture
+async def demo(tmp_path: Path) -> AsyncIterator[RunningDemo]:
+    hub = Hub(demo_settings("127.0.0.1", 0, str(tmp_path)))
+    app = Demo(hub, devices=DEVICES)
+    server = make_server(hub, app=app, port=0)
+    await server.start()
+    url = f"http://127.0.0.1:{server.port}"
+    app.serving(url)
+    try:
+        yield RunningDemo(hub, url)
+    finally:
+        await server.shutdown(timeout=timeout(5))
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def open_app(
+    browser: Any, demo: RunningDemo, app: str, transport: str, user: str = "tester"
+) -> Any:
+    """``app`` in a browser context of its own (its own storage: its own user)."""
+    context = await browser.new_context(viewport={"width": 1100, "height": 680})
+    page = await context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    await page.goto(f"{demo.url}/demo/{app}?transport={transport}&user={user}")
+    badge = page.locator("#transport")
+    await badge.and_(page.locator("[data-state=connected]")).wait_for(timeout=ms(15))
+    assert (await badge.text_content() or "").startswith(transport)
+    return page
+
+
+def ms(seconds: float) -> float:
+    return timeout(seconds) * 1000
+
+
+async def until(page: Any, expression: str, seconds: float = 15) -> None:
+    await page.wait_for_function(expression, timeout=ms(seconds))
+
+
+async def screenshot(page: Any, name: str) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(OUT / f"{name}.png"))
+    assert not page.errors, page.errors
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_two_people_chat(browser: Any, demo: RunningDemo, transport: str) -> None:
+    alice = await open_app(browser, demo, "chat", transport, "alice")
+    await alice.fill("#text", "hello, before bob came")
+    await alice.press("#text", "Enter")
+    await alice.locator("#messages li", has_text="before bob came").wait_for(timeout=ms(10))
+
+    bob = await open_app(browser, demo, "chat", transport, "bob")
+    # The last messages on open, from history; and each one is in the other's list.
+    await bob.locator("#messages li", has_text="before bob came").wait_for(timeout=ms(10))
+    await bob.locator("#people li[data-user=alice]").wait_for(timeout=ms(10))
+    await alice.locator("#people li[data-user=bob]").wait_for(timeout=ms(10))
+
+    await demo.subscribers("typing:lobby", 2)
+    await alice.type("#text", "hi bob")
+    await until(bob, "document.getElementById('typing').textContent === 'alice is typing…'")
+    await alice.press("#text", "Enter")
+    line = bob.locator("#messages li", has_text="hi bob")
+    await line.wait_for(timeout=ms(10))
+    assert await line.locator(".who").text_content() == "alice"
+    # Sending ends the signal.
+    await until(bob, "document.getElementById('typing').textContent === ''")
+    assert await bob.locator("#messages li .text").all_text_contents() == [
+        "hello, before bob came",
+        "hi bob",
+    ]
+    await screenshot(bob, f"chat-{transport}")
+    await screenshot(alice, f"chat-{transport}-alice")
+
+
+@pytest.mark.parametrize("transport", ["ws", "poll"])
+async def test_the_ticker_updates(browser: Any, demo: RunningDemo, transport: str) -> None:
+    page = await open_app(browser, demo, "ticker", transport)
+    cards = page.locator("#quotes .quote")
+    assert await cards.count() == 4
+    for symbol in ("BTC-USD", "ETH-USD", "ACME", "EUR-USD"):
+        await until(
+            page, f"document.querySelector('[data-symbol=\"{symbol}\"]').dataset.updates >= 8"
+        )
+    prices = await page.evaluate(
+        "[...document.querySelectorAll('.quote')].map((c) => c.querySelector('.price').textContent)"
+    )
+    assert "—" not in prices
+    first = await page.evaluate("document.querySelector('[data-symbol=ACME]').dataset.price")
+    await until(page, f"document.querySelector('[data-symbol=ACME]').dataset.price !== '{first}'")
+    await screenshot(page, f"ticker-{transport}")
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_the_dashboard_updates_and_shows_a_device_going_offline(
+    browser: Any, demo: RunningDemo, transport: str
+) -> None:
+    page = await open_app(browser, demo, "dashboard", transport)
+    greenhouse = "document.querySelector('[data-device=greenhouse]')"
+    freezer = "document.querySelector('[data-device=freezer]')"
+    await until(page, f"{greenhouse}.dataset.online === 'true'")
+    # Ten readings a second: twenty take about two seconds.
+    await until(page, f"{greenhouse}.dataset.updates >= 20")
+    # The freezer leaves and comes back; presence says so.
+    await until(page, f"{freezer}.dataset.online === 'false'", seconds=20)
+    await until(page, f"{freezer}.dataset.online === 'true'", seconds=20)
+    await until(page, f"{freezer}.dataset.online === 'false'", seconds=20)
+    assert await page.locator("[data-device=freezer] .state").text_content() == "offline"
+    await screenshot(page, f"dashboard-{transport}")
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_cursors_and_notes_move_between_two_browsers(
+    browser: Any, demo: RunningDemo, transport: str
+) -> None:
+    alice = await open_app(browser, demo, "board", transport, "alice")
+    bob = await open_app(browser, demo, "board", transport, "bob")
+    await demo.subscribers("cursors:main", 2)
+    await bob.locator("#people [data-user=alice]").wait_for(timeout=ms(10))
+    await alice.locator("#people [data-user=bob]").wait_for(timeout=ms(10))
+
+    box = await alice.locator("#board").bounding_box()
+    cursor = "document.querySelector('.cursor[data-user=alice]')"
+    for fx, fy in ((0.5, 0.5), (0.25, 0.75)):
+        await alice.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+        await until(
+            bob,
+            f"{cursor} && !{cursor}.hidden && Math.abs({cursor}.dataset.x - {fx}) < 0.02"
+            f" && Math.abs({cursor}.dataset.y - {fy}) < 0.02",
+        )
+
+    # A note is a stored publication: bob sees it, and so does a reload of his page.
+    await alice.click("#add")
+    await bob.locator(".note", has_text="New note").wait_for(timeout=ms(10))
+    await bob.reload()
+    await bob.locator(".note", has_text="New note").wait_for(timeout=ms(10))
+    await alice.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.3 * box["height"])
+    await until(bob, f"{cursor} && !{cursor}.hidden && Math.abs({cursor}.dataset.x - 0.6) < 0.02")
+    await screenshot(bob, f"board-{transport}")

@@ -100,3 +100,13 @@ def test_known_bytes() -> None:
     assert raw[10] == 12 and raw[11:23] == b"0123456789ab"
     assert raw[23] == 3  # varint offset
     assert len(raw) == 24 + 4  # + checksum
+
+
+@given(st.lists(st.tuples(channels, epochs, st.integers(0, 2**62)), min_size=1, max_size=30))
+def test_single_cursor_is_the_general_encoding(entries: list[tuple[str, str, int]]) -> None:
+    # encode_single keeps per-(channel, epoch) prefixes: whatever it kept, the bytes are those
+    # of the general encoder, and they decode to the position given.
+    for channel, epoch, offset in entries + entries:
+        token = encode_single(channel, epoch, offset)
+        assert token == Cursor.single(channel, StreamPosition(epoch, offset)).encode()
+        assert Cursor.decode(token).get(channel) == StreamPosition(epoch, offset)

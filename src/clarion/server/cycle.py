@@ -204,9 +204,11 @@ class HttpCycle:
                 raise RuntimeError(f"expected http.response.start, got {kind!r}")
             self.response_started = True
             self._head = self._build_head(message["status"], message.get("headers") or ())
-            # Written with the first body message (one write), or at the end of this loop
-            # iteration if that takes longer, so that e.g. an idle SSE stream sees its headers.
-            self._head_handle = asyncio.get_running_loop().call_soon(self._write_head)
+            # Written with the first body message (one write). A streamed response (no length)
+            # also gets it at the end of this loop iteration if that takes longer, so that e.g.
+            # an idle SSE stream sees its headers; a response of known length is one write.
+            if self._length is None:
+                self._head_handle = asyncio.get_running_loop().call_soon(self._write_head)
             return
         if self.response_complete:
             raise RuntimeError(f"{kind!r} after the response completed")

@@ -64,12 +64,14 @@ class _Upgrade:
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = (
+        "_body_due",
         "_body_timer",
         "_counted",
         "_cycle",
         "_detached",
         "_drain",
         "_head_bytes",
+        "_head_due",
         "_head_timer",
         "_headers",
         "_idle_timer",
@@ -124,6 +126,10 @@ class HttpProtocol(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        # A head or body is on its way: its timer is armed once the chunk that began it is
+        # parsed, so a request that arrives whole in one read arms and cancels no timer.
+        self._head_due = False
+        self._body_due = False
         # Counted as waiting on its client (registry.pending), under this address key.
         self._counted = False
         self._key: str | None = None
@@ -184,6 +190,16 @@ class HttpProtocol(asyncio.Protocol):
             self._raw_bytes += len(data)
             if self._raw_bytes > self.config.max_header_bytes:
                 self._error(431, None)
+                return
+        if self._head_due:
+            self._head_due = False
+            if self._head_timer is None:
+                self._head_timer = self._loop.call_later(
+                    self.config.handshake_timeout, self._timed_out
+                )
+        if self._body_due:
+            self._body_due = False
+            self._arm_body_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
@@ -219,8 +235,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        if self._head_timer is None:
-            self._head_timer = self._loop.call_later(self.config.handshake_timeout, self._timed_out)
+        self._head_due = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -238,6 +253,7 @@ class HttpProtocol(asyncio.Protocol):
             self._raise(431)
 
     def on_headers_complete(self) -> None:
+        self._head_due = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -290,7 +306,7 @@ class HttpProtocol(asyncio.Protocol):
             self._raise(413)
         if (length is not None and length.strip(b"0")) or b"transfer-encoding" in values:
             # A body is coming: it must be complete within body_timeout.
-            self._arm_body_timer()
+            self._body_due = True
         scope["type"] = "http"
         scope["method"] = method
         scope["scheme"] = "http"
@@ -321,6 +337,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._upgrade is not None:
             return
+        self._body_due = False
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None

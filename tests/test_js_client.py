@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,22 +37,39 @@ NODE = shutil.which("node")
 PROBED = [*range(1000, 1016), *range(3999, 4010), *range(4499, 4510), 4999, 5000]
 
 TABLES = f"""
-import {{ CLOSE_CODES, ERRORS, shouldReconnect }} from "./clarion.js";
+import {{ CLOSE_CODES, ERRORS, endsClient, refusal, shouldReconnect }} from "./clarion.js";
 const probed = {PROBED!r};
+const refusals = {{}};
+for (const code of [...Object.keys(ERRORS), "banned", "http_502"]) {{
+  for (const status of [0, 400, 401, 403, 404, 409, 413, 418, 429, 500, 503]) {{
+    for (const refreshable of [false, true]) {{
+      for (const whole of [false, true]) {{
+        const key = [code, status, refreshable, whole];
+        refusals[key] = refusal(code, {{ status, refreshable, whole }});
+      }}
+    }}
+  }}
+}}
+const ends = {{}};
+for (const code of [null, ...probed]) {{
+  for (const reconnect of [null, false, true]) {{
+    for (const refreshable of [false, true]) {{
+      ends[[code, reconnect, refreshable]] = endsClient(code, reconnect, refreshable);
+    }}
+  }}
+}}
 console.log(JSON.stringify({{
   closes: CLOSE_CODES,
   errors: ERRORS,
   reconnect: Object.fromEntries(probed.map((c) => [c, shouldReconnect(c)])),
   lost: shouldReconnect(null),
+  refusals,
+  ends,
 }}));
 """
 
 
-@pytest.mark.skipif(NODE is None, reason="Node.js is not installed")
-def test_the_browser_client_has_the_hubs_close_and_error_tables() -> None:
-    from clarion.protocol.codes import DISCONNECTS, should_reconnect
-    from clarion.protocol.errors import ERRORS
-
+def _tables_in_js() -> dict[str, Any]:
     assert NODE is not None
     result = subprocess.run(
         [NODE, "--input-type=module", "-e", TABLES],
@@ -61,7 +79,16 @@ def test_the_browser_client_has_the_hubs_close_and_error_tables() -> None:
         timeout=60,
         check=True,
     )
-    js = json.loads(result.stdout)
+    tables: dict[str, Any] = json.loads(result.stdout)
+    return tables
+
+
+@pytest.mark.skipif(NODE is None, reason="Node.js is not installed")
+def test_the_browser_client_has_the_hubs_close_and_error_tables() -> None:
+    from clarion.protocol.codes import DISCONNECTS, should_reconnect
+    from clarion.protocol.errors import ERRORS
+
+    js = _tables_in_js()
     assert js["closes"] == {
         str(code): {"reason": d.reason, "reconnect": d.reconnect} for code, d in DISCONNECTS.items()
     }
@@ -72,3 +99,26 @@ def test_the_browser_client_has_the_hubs_close_and_error_tables() -> None:
     }
     assert js["reconnect"] == {str(code): should_reconnect(code) for code in PROBED}
     assert js["lost"] is should_reconnect(None) is True
+
+
+@pytest.mark.skipif(NODE is None, reason="Node.js is not installed")
+def test_the_browser_client_decides_as_the_python_client_on_every_refusal_and_close() -> None:
+    from clarion.client.refusals import stops, verdict
+
+    js = _tables_in_js()
+    refusals = {}
+    for key in js["refusals"]:
+        code, status, refreshable, whole = key.split(",")
+        refusals[key] = verdict(
+            code, int(status), refreshable=refreshable == "true", whole=whole == "true"
+        )
+    assert len(refusals) > 1000 and set(refusals.values()) == {"refresh", "backoff", "stop", "fail"}
+    assert js["refusals"] == refusals
+    ends = {}
+    for key in js["ends"]:
+        code, reconnect, refreshable = key.split(",")
+        token = (lambda: "t") if refreshable == "true" else "t"
+        given = {"": None, "true": True, "false": False}[reconnect]
+        ends[key] = stops(int(code) if code else None, given, token)
+    assert len(ends) > 200
+    assert js["ends"] == ends

@@ -6,8 +6,24 @@ export declare const SUBPROTOCOL: "clarion.v1";
 export declare const TRANSPORTS: readonly TransportName[];
 export declare const TOKEN_EXPIRED: 4004;
 
+/** The hub's close codes: each one's reason, and whether a client comes back after it. */
+export declare const CLOSE_CODES: Readonly<Record<number, { reason: string; reconnect: boolean }>>;
+/** The hub's error codes: the HTTP status of each, and the close code when it ends a connection. */
+export declare const ERRORS: Readonly<Record<string, { status: number; close: number }>>;
 /** Whether a client should reconnect after a close or disconnect `code` (the hub's table). */
 export declare function shouldReconnect(code: number | null | undefined): boolean;
+/** The rule of an error code; for a code outside the table, the one its HTTP status implies. */
+export declare function errorRule(
+  code: string, status?: number,
+): { status: number; close: number; reconnect: boolean };
+/** What a refusal means: try again with a fresh token, after a delay, stop, or fail one request. */
+export declare function refusal(
+  code: string, options?: { status?: number; refreshable?: boolean; whole?: boolean },
+): "refresh" | "backoff" | "stop" | "fail";
+/** Whether a connection that ended with `code` ends the client. */
+export declare function endsClient(
+  code: number | null | undefined, reconnect: boolean | null | undefined, refreshable: boolean,
+): boolean;
 /** A full-jitter exponential backoff delay in milliseconds. */
 export declare function backoffDelay(
   attempt: number, base?: number, cap?: number, random?: () => number,

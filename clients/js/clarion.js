@@ -91,6 +91,39 @@ export function shouldReconnect(code) {
 
 export const TOKEN_EXPIRED = 4004;
 
+// The rule of an error code; for a code outside the table (an application's own refusal, a
+// proxy's answer), the rule its HTTP status implies (`status` 0: it came over WebSocket).
+export function errorRule(code, status = 0) {
+  let rule = ERRORS[code];
+  if (!rule) {
+    const later = status === 408 || status === 425 || status === 429 || status >= 500;
+    const fallback = status === 0 || status === 403 ? "forbidden" : status === 401 ? "unauthorized"
+      : later ? "internal" : "bad_request";
+    rule = ERRORS[fallback];
+  }
+  return { ...rule, reconnect: shouldReconnect(rule.close) };
+}
+
+// What a refusal by the hub means, decided exactly as the Python client does (a test compares
+// them): "refresh" (the token expired and getToken may give a fresh one), "backoff" (try again
+// later), "stop" (the client ends) or "fail" (only this subscription or request fails). Refusals
+// of one channel (permission, name, cursor, size) end that subscription when it is a request of
+// its own (SSE, poll); `whole`: the connection itself was refused (WebSocket connect).
+const ONE_CHANNEL = new Set([4502, 4507, 1009]);
+export function refusal(code, { status = 0, refreshable = false, whole = false } = {}) {
+  const rule = errorRule(code, status);
+  if (rule.close === TOKEN_EXPIRED) return refreshable ? "refresh" : "stop";
+  if (rule.reconnect) return "backoff";
+  return whole || !ONE_CHANNEL.has(rule.close) ? "stop" : "fail";
+}
+
+// Whether a connection that ended with close code `code` ends the client; `reconnect` is the
+// hub's own word when it sent a disconnect signal. The same token again would expire again.
+export function endsClient(code, reconnect, refreshable) {
+  if (code === TOKEN_EXPIRED && !refreshable) return true;
+  return !(typeof reconnect === "boolean" ? reconnect : shouldReconnect(code));
+}
+
 // Full jitter: a random delay in [0, min(cap, base·2^attempt)), so that many clients dropped at
 // once do not come back at once.
 export function backoffDelay(attempt, base = 500, cap = 20000, random = Math.random) {
@@ -335,6 +368,7 @@ class Client extends Emitter {
     super();
     this.urls = endpoints(url, options.base);
     this.getToken = options.getToken || (options.token ? () => options.token : null);
+    this.refreshable = typeof options.getToken === "function"; // a fixed token stays the same
     let order = options.transports || (options.transport && options.transport !== "auto"
       ? [options.transport] : TRANSPORTS);
     order = order.filter((t) => TRANSPORTS.includes(t));
@@ -643,11 +677,13 @@ class Client extends Emitter {
         opened = true;
         clearTimeout(timer);
         this.emit("error", error);
-        if (error.code === "token_expired") {
-          this.attempt = 0;
-          this._retry(gen, { code: TOKEN_EXPIRED, reason: error.message, reconnect: true });
+        const what = refusal(error.code, { refreshable: this.refreshable, whole: true });
+        const detail = { code: errorRule(error.code).close, reason: error.message };
+        if (what === "stop") {
+          this._stop(gen, detail);
         } else {
-          this._stop(gen, { code: 4500, reason: error.message });
+          if (what === "refresh") this.attempt = 0; // a new token is all it needs
+          this._retry(gen, { ...detail, reconnect: true });
         }
         ws.onclose = null;
         try { ws.close(1000); } catch {}
@@ -665,9 +701,10 @@ class Client extends Emitter {
       if (gen !== this.generation || this.closed) return;
       this._failPending(new Error("connection lost"));
       const code = disconnect?.code ?? event.code;
-      const detail = { code, reason: disconnect?.reason ?? event.reason, reconnect: shouldReconnect(code) };
+      const ends = endsClient(code, disconnect?.reconnect, this.refreshable);
+      const detail = { code, reason: disconnect?.reason ?? event.reason, reconnect: !ends };
       if (!opened) return this._failed(gen, detail);
-      if (!shouldReconnect(code)) return this._stop(gen, detail);
+      if (ends) return this._stop(gen, detail);
       if (code === TOKEN_EXPIRED) this.attempt = 0; // a new token is all it needs
       this._retry(gen, detail);
     };
@@ -833,12 +870,17 @@ class Client extends Emitter {
     try { body = await r.json(); } catch {}
     const error = body?.error?.code ? new ClarionError(body.error, r.status) : null;
     if (!error) return this._failed(stream.gen, { reason: `HTTP ${r.status}` });
-    if (error.code === "token_expired" && this.getToken) {
+    if (error.code === "bad_cursor" && stream.lastId) { stream.lastId = null; sub.cursor = null; return "again"; }
+    const what = refusal(error.code, { status: r.status, refreshable: this.refreshable });
+    if (what === "refresh") {
       await this._freshToken();
       return "again";
     }
-    if (error.code === "bad_cursor" && stream.lastId) { stream.lastId = null; sub.cursor = null; return "again"; }
-    if (r.status === 429 || r.status >= 500) return "backoff";
+    if (what === "backoff") return "backoff";
+    if (what === "stop") {
+      this._stop(stream.gen, { code: errorRule(error.code, r.status).close, reason: error.message });
+      return "ended";
+    }
     this.subs.delete(sub.channel);
     sub.emit("error", error);
     sub._ended(error.code);
@@ -916,7 +958,9 @@ class Client extends Emitter {
       }
       parser.end();
       if (!this._live(sub, stream)) return;
-      if (disconnect && !shouldReconnect(disconnect.code)) return this._stop(stream.gen, disconnect);
+      if (disconnect && endsClient(disconnect.code, disconnect.reconnect, this.refreshable)) {
+        return this._stop(stream.gen, disconnect);
+      }
       if (disconnect?.code === TOKEN_EXPIRED) { await this._freshToken().catch(() => {}); continue; }
       if (!opened) return this._failed(stream.gen, { reason: "the stream ended before it started" });
       sub._subscribing();
@@ -958,7 +1002,8 @@ class Client extends Emitter {
       if (!body.publications.length && !body.reset) sub._moveTo(body.cursor);
       for (const u of body.unsubscribed || []) this._serverUnsubscribed(u);
       if (body.disconnect) {
-        if (!shouldReconnect(body.disconnect.code)) return this._stop(stream.gen, body.disconnect);
+        const { code, reconnect } = body.disconnect;
+        if (endsClient(code, reconnect, this.refreshable)) return this._stop(stream.gen, body.disconnect);
         if (body.disconnect.code === TOKEN_EXPIRED) await this._freshToken().catch(() => {});
         else await sleep(backoffDelay(attempt++, this.base, this.cap));
       }

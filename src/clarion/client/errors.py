@@ -8,8 +8,8 @@
     ├── RequestTimeout     no answer within ``request_timeout`` (also a :class:`TimeoutError`)
     └── RequestFailed      the hub answered with an error: ``code``, ``message``, HTTP ``status``
 
-Whether a close code means "reconnect" is decided by
-:func:`clarion.protocol.codes.should_reconnect`, the table every clarion client shares.
+Which close codes and refusals stop the client is decided in :mod:`clarion.client.refusals`, from
+the tables every clarion client shares.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import httpx
 
 from clarion.client.errors import RequestFailed, unsubscribed
 from clarion.client.items import Message
+from clarion.client.refusals import Retry
 from clarion.client.streams import (
-    Retry,
     StreamContext,
     check,
     disconnect_from,

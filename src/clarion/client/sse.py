@@ -14,8 +14,8 @@ import httpx
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
 from clarion.client.errors import TransportUnavailable, unsubscribed
+from clarion.client.refusals import Retry
 from clarion.client.streams import (
-    Retry,
     StreamContext,
     check,
     disconnect_from,

@@ -3,7 +3,7 @@
 Each subscription runs its own request loop, so subscriptions come and go without disturbing each
 other and each resumes from its own cursor. HTTP status codes map onto the same decisions as
 WebSocket close codes: retry after a backoff delay, fail this subscription, stop the client, or
-(missing endpoint) fall back to the next transport.
+(missing endpoint) fall back to the next transport (see :mod:`clarion.client.refusals`).
 """
 
 from __future__ import annotations
@@ -20,18 +20,12 @@ from clarion.client.api import HttpApi, failure
 from clarion.client.backoff import Backoff
 from clarion.client.errors import Disconnected, TransportUnavailable
 from clarion.client.items import Message, Reset
+from clarion.client.refusals import refused, stops
 from clarion.client.subscription import Feed
-from clarion.client.tokens import refreshable
-from clarion.protocol.codes import CloseCode, should_reconnect
 
 log = logging.getLogger(__name__)
 
 MISSING = frozenset({404, 405, 501})  # the hub (or a proxy before it) has no such endpoint
-TRANSIENT = frozenset({408, 425, 429})
-
-
-class Retry(Exception):
-    """This request failed in a way a later one may not: wait, then try again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +45,8 @@ async def check(response: httpx.Response, ctx: StreamContext, path: str) -> None
     error = failure(response)
     if status in MISSING:
         raise TransportUnavailable(f"the hub has no {path} endpoint (HTTP {status})")
-    if status == 401:
-        if error.code == "token_expired" and refreshable(ctx.api.token):
-            raise Retry(f"token expired: {error.message}")
-        raise Disconnected(CloseCode.UNAUTHORIZED, error.message)
-    if status in TRANSIENT or status >= 500:
-        raise Retry(f"{path} answered HTTP {status}: {error.message}")
-    raise error  # 400 bad channel or cursor, 403 forbidden: this subscription cannot be made
+    # Retry later, stop the client, or (a refusal of this channel) end this subscription.
+    raise refused(error, ctx.api.token, whole=False)
 
 
 def message_from(obj: Any, cursor: str | None = None) -> Message | None:
@@ -90,11 +79,7 @@ def disconnect_from(obj: Any, ctx: StreamContext) -> Disconnected | None:
     if not isinstance(code, int):
         return None
     reconnect = obj.get("reconnect")
-    if not isinstance(reconnect, bool):
-        reconnect = should_reconnect(code)
-    if code == CloseCode.TOKEN_EXPIRED and not refreshable(ctx.api.token):
-        reconnect = False  # the same token again would expire again: only a fresh one helps
-    if reconnect:
+    if not stops(code, reconnect if isinstance(reconnect, bool) else None, ctx.api.token):
         return None
     return Disconnected(code, str(obj.get("reason", "")))
 

@@ -48,10 +48,11 @@ from clarion.client.errors import (
     unsubscribed,
 )
 from clarion.client.items import Message, Reset
+from clarion.client.refusals import Retry, refused, stops
 from clarion.client.subscription import Feed
-from clarion.client.tokens import TokenSource, refreshable, resolve_token
+from clarion.client.tokens import TokenSource, resolve_token
 from clarion.errors import ClarionError
-from clarion.protocol.codes import CloseCode, should_reconnect
+from clarion.protocol.codes import CloseCode
 from clarion.protocol.messages import SUBPROTOCOL
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,6 @@ CLOSE_TIMEOUT = 2.0
 
 Reply = dict[str, Any]
 ReplyHandler = Callable[[Reply | None], None]  # ``None``: the connection ended first
-
-
-class _Retry(Exception):
-    """This attempt failed in a way a later attempt may not: wait, then try again."""
 
 
 def _plain(exc: BaseException) -> str:
@@ -191,7 +188,7 @@ class WebSocketLink:
             while not self._closing:
                 try:
                     was_connected, code, reason, reconnect = await self._connect_and_serve()
-                except _Retry as exc:
+                except Retry as exc:
                     why = self.last_failure = str(exc)
                 except ClarionError as exc:
                     log.debug("stopping: %s", exc)
@@ -211,10 +208,7 @@ class WebSocketLink:
                         if not self.feeds:
                             log.info("the hub closed the idle connection; reopening when needed")
                             return
-                    elif not reconnect or (
-                        # The same token again would expire again: only a fresh one helps.
-                        code == CloseCode.TOKEN_EXPIRED and not refreshable(self.token)
-                    ):
+                    elif stops(code, reconnect, self.token):
                         self._fail(Disconnected(code or CloseCode.NORMAL, reason))
                         return
                     closed = f"{code}: {reason}" if reason else str(code or "no close code")
@@ -245,7 +239,7 @@ class WebSocketLink:
             )
             self._refused(f"the hub refused the WebSocket upgrade at {url} ({detail})")
         except (OSError, TimeoutError, WebSocketException) as exc:
-            raise _Retry(f"cannot connect to {url}: {_plain(exc)}") from None
+            raise Retry(f"cannot connect to {url}: {_plain(exc)}") from None
         if conn.subprotocol != SUBPROTOCOL:
             await conn.close()
             self._refused(f"{url} does not speak the {SUBPROTOCOL} subprotocol")
@@ -256,14 +250,14 @@ class WebSocketLink:
         # Refused later: a hub shutting down or restarting refuses upgrades for a while.
         if not self.ever_connected:
             raise TransportUnavailable(message)
-        raise _Retry(message)
+        raise Retry(message)
 
-    async def _connect_and_serve(self) -> tuple[bool, int | None, str, bool]:
+    async def _connect_and_serve(self) -> tuple[bool, int | None, str, bool | None]:
         """One connection from handshake to close: (was connected, code, reason, reconnect)."""
         try:
             token = await resolve_token(self.token)
         except Exception as exc:
-            raise _Retry(f"the token callable failed: {exc!r}") from None
+            raise Retry(f"the token callable failed: {exc!r}") from None
         conn = await self._open()
         self._disconnect = None
         self._conn = conn
@@ -284,7 +278,8 @@ class WebSocketLink:
             )
             if reply.done() and (answer := reply.result()) is not None:
                 if "error" in answer:
-                    raise self._connect_refused(answer["error"])
+                    failure = RequestFailed.from_wire(answer["error"])
+                    raise refused(failure, self.token, whole=True)
                 ok = answer.get("ok")
                 if isinstance(ok, dict) and isinstance(ok.get("client"), str):
                     self.client_id = ok["client"]
@@ -296,7 +291,7 @@ class WebSocketLink:
                         self._subscribe(feed)
                 await reader
             elif not done:
-                raise _Retry("the hub did not answer the connect request in time")
+                raise Retry("the hub did not answer the connect request in time")
             # Otherwise the hub closed before answering: its close code says what to do.
         finally:
             self._conn = None
@@ -316,23 +311,14 @@ class WebSocketLink:
         code, reason, reconnect = self._outcome(conn)
         return connected, code, reason, reconnect
 
-    def _connect_refused(self, error: Any) -> Exception:
-        failure = RequestFailed.from_wire(error)
-        if failure.code == "token_expired" and refreshable(self.token):
-            return _Retry(f"token expired: {failure.message}")
-        if failure.code == "too_many_connections":
-            return Disconnected(CloseCode.TOO_MANY_CONNECTIONS, failure.message)
-        return Disconnected(CloseCode.UNAUTHORIZED, failure.message)
-
-    def _outcome(self, conn: ClientConnection) -> tuple[int | None, str, bool]:
-        """Close code, reason and whether to reconnect; the hub's ``disconnect`` push wins."""
+    def _outcome(self, conn: ClientConnection) -> tuple[int | None, str, bool | None]:
+        """Close code, reason and the hub's word on reconnecting; its ``disconnect`` push wins."""
         push = self._disconnect
         if push is not None:
             code, reason, reconnect = push.get("code"), push.get("reason"), push.get("reconnect")
             if isinstance(code, int) and isinstance(reason, str) and isinstance(reconnect, bool):
                 return code, reason, reconnect
-        code = conn.close_code
-        return code, conn.close_reason or "", should_reconnect(code)
+        return conn.close_code, conn.close_reason or "", None
 
     async def _read(self, conn: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):

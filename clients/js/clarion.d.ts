@@ -99,10 +99,17 @@ export interface DisconnectedEvent extends ConnectionEvent {
   code: number | null; reason: string; reconnect: boolean;
 }
 
-export interface Publication<T = unknown> {
+/** A publication stored in the channel's stream. */
+export interface StoredPublication<T = unknown> {
   channel: string; offset: number; epoch: string; data: T; time: number; cursor: string;
-  info?: { client?: string; user?: string; info?: unknown }; id?: string;
+  info?: { client?: string; user?: string; info?: unknown }; id?: string; ephemeral?: undefined;
 }
+/** A live signal (published with `ephemeral`): never stored, no offset, moves no cursor. */
+export interface EphemeralPublication<T = unknown> {
+  channel: string; ephemeral: true; key?: string; data: T; time: number;
+  info?: { client?: string; user?: string; info?: unknown };
+}
+export type Publication<T = unknown> = StoredPublication<T> | EphemeralPublication<T>;
 export interface ResetEvent { channel: string; reason: "epoch" | "trimmed" | "position" | "lost" | string; cursor: string }
 export interface SubscribedEvent { channel: string; recovered: boolean; cursor: string | null; transport: TransportName | null }
 export interface UnsubscribedEvent {
@@ -147,7 +154,7 @@ export interface Subscription<T = unknown> {
 export interface PublishResult { offset: number; epoch: string; cursor: string }
 export interface HistoryOptions { since?: string; limit?: number; reverse?: boolean }
 export interface HistoryResult<T = unknown> {
-  publications: Publication<T>[]; cursor: string; more: boolean;
+  publications: StoredPublication<T>[]; cursor: string; more: boolean;
   reset?: { channel: string; reason: string };
 }
 export interface PresenceResult {
@@ -171,9 +178,14 @@ export interface Client {
   readonly user: string | null;
   subscribe<T = unknown>(channel: string, options?: SubscribeOptions<T>): Subscription<T>;
   getSubscription(channel: string): Subscription | null;
-  /** `id`: an idempotency key; `ephemeral` (with an optional `key`): a live signal, not stored. */
+  /** A live signal: delivered to live subscribers, never stored, no offset; `key` (e.g. the
+   * user id): a subscriber that falls behind keeps only the latest signal per key. */
   publish(
-    channel: string, data: unknown, options?: { id?: string; ephemeral?: boolean; key?: string },
+    channel: string, data: unknown, options: { ephemeral: true; key?: string },
+  ): Promise<{ ephemeral: true }>;
+  /** `id`: an idempotency key. */
+  publish(
+    channel: string, data: unknown, options?: { id?: string; ephemeral?: false },
   ): Promise<PublishResult>;
   history<T = unknown>(channel: string, options?: HistoryOptions): Promise<HistoryResult<T>>;
   presence(channel: string): Promise<PresenceResult>;

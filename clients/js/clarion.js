@@ -341,6 +341,8 @@ class Subscription extends Emitter {
   }
 
   _deliver(pub) {
+    // A live signal has no place in the stream: it moves no cursor and is never a repeat.
+    if (pub.ephemeral === true) return this.emit("publication", pub);
     // Within an epoch offsets only grow; across reconnects and transports this drops repeats.
     if (this.lastEpoch === pub.epoch && this.lastOffset !== null && pub.offset <= this.lastOffset) return;
     this.lastEpoch = pub.epoch;
@@ -737,7 +739,9 @@ class Client extends Emitter {
     if (msg.subscribe) return this._serverSubscribed(msg.subscribe);
     if (msg.unsubscribe) return this._serverUnsubscribed(msg.unsubscribe);
     if (msg.disconnect) return;
-    if (msg.channel !== undefined && msg.offset !== undefined) this.subs.get(msg.channel)?._deliver(msg);
+    if (msg.channel !== undefined && (msg.offset !== undefined || msg.ephemeral === true)) {
+      this.subs.get(msg.channel)?._deliver(msg);
+    }
   }
 
   _serverSubscribed(ok) {
@@ -999,7 +1003,7 @@ class Client extends Emitter {
       if (body.reset) this.subs.get(body.reset.channel)?._reset({ ...body.reset, cursor: body.cursor });
       for (const pub of body.publications) this.subs.get(pub.channel)?._deliver(pub);
       stream.lastId = body.cursor;
-      if (!body.publications.length && !body.reset) sub._moveTo(body.cursor);
+      if (!body.publications.some((p) => p.ephemeral !== true) && !body.reset) sub._moveTo(body.cursor);
       for (const u of body.unsubscribed || []) this._serverUnsubscribed(u);
       if (body.disconnect) {
         const { code, reconnect } = body.disconnect;

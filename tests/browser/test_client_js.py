@@ -291,6 +291,38 @@ async def test_subscription_events_and_a_server_side_unsubscribe(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_signals_pass_without_moving_the_cursor(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    hub = await secured(hub_factory)
+    await open_client(page, hub, {"transports": [transport], "token": alice()})
+    await wait_for(page, f"window.log.states.includes('connected:{transport}')")
+    await subscribed(hub, "chat:lobby")
+    await page.evaluate(
+        "() => { window.seen = []; window.sub.on('publication', (p) => window.seen.push(p)); }"
+    )
+    stored = await page.evaluate("window.client.publish('chat:lobby', 'stored')")
+    await pubs(page, 1)
+    assert await page.evaluate("window.sub.cursor") == stored["cursor"]
+    # A poll gets the signals that come while it waits: send until one arrives.
+    signal = "window.client.publish('chat:lobby', {x: 1}, {ephemeral: true, key: 'alice'})"
+    for _ in range(int(timeout(10) / 0.1)):
+        assert await page.evaluate(signal) == {"ephemeral": True}
+        await asyncio.sleep(0.1)
+        if await page.evaluate("window.seen.length") >= 2:
+            break
+    seen = await page.evaluate("window.seen[1]")
+    assert seen["ephemeral"] is True and seen["key"] == "alice" and seen["data"] == {"x": 1}
+    assert "cursor" not in seen and "offset" not in seen
+    assert seen["info"]["user"] == "alice"
+    assert await page.evaluate("window.sub.cursor") == stored["cursor"]  # it moved nothing
+    after = await hub.publish("chat:lobby", "stored again")
+    assert after["offset"] == stored["offset"] + 1
+    await wait_for(page, "window.log.pubs.includes('stored again')")
+    assert await page.evaluate("window.sub.cursor") == after["cursor"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_reset_is_told_with_its_reason(page: Any, hub: RunningHub, transport: str) -> None:
     await hub.publish("chat:lobby", 1)
     # A cursor of an epoch the channel never had: history cannot cover the gap.

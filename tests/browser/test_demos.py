@@ -195,3 +195,37 @@ async def test_cursors_and_notes_move_between_two_browsers(
     await alice.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.3 * box["height"])
     await until(bob, f"{cursor} && !{cursor}.hidden && Math.abs({cursor}.dataset.x - 0.6) < 0.02")
     await screenshot(bob, f"board-{transport}")
+
+
+@pytest.mark.parametrize("transport", ["ws", "poll"])
+async def test_the_chat_resumes_and_says_when_it_missed_messages(
+    browser: Any, demo: RunningDemo, transport: str
+) -> None:
+    page = await open_app(browser, demo, "chat", transport, "carol")
+    await page.fill("#text", "before the cut")
+    await page.press("#text", "Enter")
+    await page.locator("#messages li", has_text="before the cut").wait_for(timeout=ms(10))
+    lines = page.locator("#messages li .text")
+
+    # Away for a moment: what was said meanwhile comes when the page is back.
+    await page.context.set_offline(True)
+    for session in list(demo.hub.sessions.values()):
+        session.close(4000)
+    await demo.hub.publish("chat:lobby", {"text": "while away"})
+    await page.context.set_offline(False)
+    await page.locator("#messages li", has_text="while away").wait_for(timeout=ms(20))
+    assert await lines.all_text_contents() == ["before the cut", "while away"]
+    assert await page.locator("#notice").is_hidden()
+
+    # Away while more was said than the room keeps: the page says so and reloads the last 50.
+    await page.context.set_offline(True)
+    for session in list(demo.hub.sessions.values()):
+        session.close(4000)
+    for n in range(250):
+        await demo.hub.publish("chat:lobby", {"text": f"flood {n}"})
+    await page.context.set_offline(False)
+    await page.locator("#notice", has_text="Missed messages").wait_for(timeout=ms(20))
+    await page.locator("#messages li", has_text="flood 249").wait_for(timeout=ms(10))
+    texts = await lines.all_text_contents()
+    assert texts == [f"flood {n}" for n in range(200, 250)]
+    await screenshot(page, f"chat-reset-{transport}")

@@ -302,8 +302,8 @@ class Settings(BaseSettings):
     )
     admin: bool = Field(
         False,
-        description="publish the hub's figures every second on its internal channel "
-        "`_clarion:metrics`, readable by sessions that connect with the API key as token",
+        description="serve the admin page at /admin (it logs in with the API key) and "
+        "publish the hub's figures every second on its channel `_clarion:metrics`",
     )
     token_secret: str | None = Field(None, description="HS256 secret for connection JWTs")
     token_public_key_file: str | None = Field(

@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from clarion.asgi import access
+from clarion.asgi.admin import admin_routes
 from clarion.asgi.api import ServerAPI
 from clarion.asgi.clientapi import ClientEndpoint
 from clarion.asgi.info import InfoAPI
@@ -160,6 +161,7 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
         Route("/client/presence", ClientEndpoint(hub, "presence")),
         Route("/client/presence_stats", ClientEndpoint(hub, "presence_stats")),
         *webhook_routes(hub),
+        *admin_routes(hub),
     ]
     router = Starlette(
         routes=routes,

@@ -1,0 +1,250 @@
+"""The admin page in headless Chromium against real hubs: login, the node and its connections,
+the publish console, disconnecting a user, and two Redis nodes of which one is killed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from clarion.core.auth import mint_token
+
+from ..conftest import RunningHub, timeout
+from ..docblocks import ROOT
+from ..multinode.conftest import Cluster, cluster, redis_server
+from .test_browser import CHROMIUM, FLAGS
+
+__all__ = ["cluster", "redis_server"]  # the fixtures, for the two-node test
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (scripts/test does it)"
+)
+SECRET = "admin-test-secret-0123456789abcdef"
+KEY = "admin-test-key"
+SCREENSHOTS = ROOT / "test-output" / "admin"
+WAIT = 15_000  # ms, for the page's conditions
+
+
+@pytest.fixture
+async def page(tmp_path: Path) -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True
+        )
+        try:
+            page = await context.new_page()
+            page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+            yield page
+        finally:
+            await context.close()
+
+
+async def screenshot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+async def log_in(page: Any, url: str, key: str = KEY) -> None:
+    await page.goto(url + "/admin")
+    await page.fill("#key", key)
+    await page.click("#login button[type=submit]")
+
+
+def token(user: str) -> str:
+    return mint_token(SECRET, user, ["chat:*"], publish=["chat:*"])
+
+
+async def admin_hub(hub_factory: Any) -> RunningHub:
+    hub: RunningHub = await hub_factory(
+        api_key=KEY,
+        token_secret=SECRET,
+        admin=True,
+        allowed_origins=["http://127.0.0.1:*"],
+    )
+    return hub
+
+
+async def test_admin_is_not_served_when_off(hub: RunningHub) -> None:
+    async with hub.http() as http:
+        for path in ("/admin", "/admin/admin.js", "/admin/vendor/uPlot.esm.js"):
+            r = await http.get(path)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+async def test_a_wrong_key_is_refused_and_shows_nothing(page: Any, hub_factory: Any) -> None:
+    hub = await admin_hub(hub_factory)
+    await log_in(page, hub.http_url, "not-the-key")
+    await page.wait_for_function(
+        "() => document.getElementById('login-error').textContent.includes('refused')", timeout=WAIT
+    )
+    await screenshot(page, "refused")
+    assert await page.is_hidden("#view") and await page.is_hidden("#nav")
+    assert await page.evaluate("sessionStorage.length") == 0
+    assert "not-the-key" not in page.url and KEY not in await page.content()
+
+
+class Clients:
+    """The test's own sessions, one kind per transport: 2 WebSockets, 1 SSE, 1 long poll,
+    1 STOMP; alice holds a WebSocket and the SSE stream."""
+
+    def __init__(self, hub: RunningHub) -> None:
+        self.hub = hub
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.sse_ended = asyncio.Event()
+        self.alice_ws: Any = None
+        self.carol_ws: Any = None
+
+    async def ws(self, user: str, channel: str) -> Any:
+        conn = await websockets.connect(self.hub.ws_url, subprotocols=["clarion.v1"])  # type: ignore[list-item]
+        await conn.send(json.dumps({"id": 1, "op": "connect", "token": token(user)}))
+        assert "ok" in json.loads(await conn.recv())
+        await conn.send(json.dumps({"id": 2, "op": "subscribe", "channel": channel}))
+        assert "ok" in json.loads(await conn.recv())
+        return conn
+
+    async def start(self) -> None:
+        self.alice_ws = await self.ws("alice", "chat:room")
+        self.carol_ws = await self.ws("carol", "chat:room")
+        headers = {"authorization": f"Bearer {token('alice')}"}
+        opened = asyncio.Event()
+
+        async def sse() -> None:
+            async with (
+                httpx.AsyncClient(base_url=self.hub.http_url, timeout=None) as http,
+                http.stream("GET", "/sse", params={"channel": "chat:news"}, headers=headers) as r,
+            ):
+                assert r.status_code == 200
+                opened.set()
+                async for _ in r.aiter_bytes():
+                    pass
+            self.sse_ended.set()
+
+        async def poll() -> None:
+            async with httpx.AsyncClient(base_url=self.hub.http_url, timeout=60) as http:
+                params = {"channel": "chat:quiet", "timeout": "60"}
+                bob = {"authorization": f"Bearer {token('bob')}"}
+                await http.get("/poll", params=params, headers=bob)
+
+        self.tasks += [asyncio.create_task(sse()), asyncio.create_task(poll())]
+        await asyncio.wait_for(opened.wait(), timeout(10))
+        self.stomp = await websockets.connect(
+            f"ws://127.0.0.1:{self.hub.port}/stomp",
+            subprotocols=[websockets.Subprotocol("v12.stomp")],
+        )
+        await self.stomp.send(f"CONNECT\naccept-version:1.2\npasscode:{token('dave')}\n\n\x00")
+        assert str(await self.stomp.recv()).startswith("CONNECTED")
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for conn in (self.alice_ws, self.carol_ws, self.stomp):
+            if conn is not None:
+                await conn.close()
+
+
+async def cell(page: Any, selector: str, text: str) -> None:
+    await page.wait_for_function(
+        "([s, t]) => document.querySelector(s)?.textContent.trim() === t",
+        arg=[selector, text],
+        timeout=WAIT,
+    )
+
+
+async def test_operator_sees_connections_publishes_and_disconnects(
+    page: Any, hub_factory: Any
+) -> None:
+    hub = await admin_hub(hub_factory)
+    clients = Clients(hub)
+    await clients.start()
+    try:
+        await log_in(page, hub.http_url)
+        await page.wait_for_selector("#nodes tbody tr", timeout=WAIT)
+        node = (await hub.hub.nodes.cluster())[0]["id"]
+        row = f"#nodes tr[data-node='{node}']"
+        # The test's own clients, per transport; the page's own WebSocket is not among them.
+        for transport, count in (("ws", "2"), ("sse", "1"), ("poll", "1"), ("stomp", "1")):
+            await cell(page, f"{row} td.conn-{transport}", count)
+        await cell(page, "#live-state", "live")
+        # The charts follow the metrics channel: several seconds, the same 5 connections.
+        await page.wait_for_function(
+            "() => { const c = document.getElementById('chart-connections');"
+            " return Number(c.dataset.points) >= 3 && c.dataset.last === '5'; }",
+            timeout=WAIT,
+        )
+        await screenshot(page, "overview")
+        assert KEY not in page.url
+
+        # The publish console: carol, subscribed on a WebSocket, receives what it sends.
+        await page.goto(hub.http_url + "/admin#channel/chat%3Aroom")
+        await page.wait_for_selector("#presence tr[data-user='alice']", timeout=WAIT)
+        await page.fill("#publish-data", '{"from": "console"}')
+        await page.click("#publish button[type=submit]")
+        await page.wait_for_function(
+            "() => document.getElementById('publish-result').textContent.startsWith('published')",
+            timeout=WAIT,
+        )
+        got = json.loads(await asyncio.wait_for(clients.carol_ws.recv(), timeout(10)))
+        assert got["channel"] == "chat:room" and got["data"] == {"from": "console"}
+        await page.check("#publish-ephemeral")
+        await page.fill("#publish-data", '{"typing": true}')
+        await page.click("#publish button[type=submit]")
+        got = json.loads(await asyncio.wait_for(clients.carol_ws.recv(), timeout(10)))
+        assert got["data"] == {"typing": True} and "offset" not in got
+        await page.wait_for_selector("#history td >> text=console", timeout=WAIT)
+        await screenshot(page, "channel")
+
+        # Disconnect alice, refusing her a minute: her WebSocket and her SSE stream end.
+        await page.goto(hub.http_url + "/admin#actions")
+        await page.fill("#disconnect-user", "alice")
+        await page.select_option("#disconnect-until", "60")
+        await page.click("#disconnect button[type=submit]")
+        await cell(page, "#action-result", "done")
+        await screenshot(page, "actions")
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(clients.alice_ws.recv(), timeout(10))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4501
+        await asyncio.wait_for(clients.sse_ended.wait(), timeout(10))
+        assert all(s.user != "alice" for s in hub.hub.sessions.values())
+        refused = await websockets.connect(hub.ws_url, subprotocols=["clarion.v1"])  # type: ignore[list-item]
+        await refused.send(json.dumps({"id": 1, "op": "connect", "token": token("alice")}))
+        assert json.loads(await refused.recv())["error"]["code"] == "revoked"
+        await refused.close()
+    finally:
+        await clients.close()
+
+
+ADMIN_CONFIG = f"""
+api_key = "{KEY}"
+admin = true
+allowed_origins = ["http://127.0.0.1:*"]
+"""
+
+
+async def test_two_redis_nodes_and_one_killed(page: Any, cluster: Cluster) -> None:
+    first = await cluster.start(config=ADMIN_CONFIG)
+    second = await cluster.start(config=ADMIN_CONFIG)
+    async with httpx.AsyncClient(timeout=timeout(5)) as http:
+        info = await http.get(
+            second.http_url + "/api/info", headers={"authorization": f"apikey {KEY}"}
+        )
+        second_id = info.json()["node"]
+    await log_in(page, first.http_url)
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#nodes tr.up').length === 2", timeout=WAIT
+    )
+    await cell(page, f"#nodes tr[data-node='{second_id}'] td.state", "up")
+    await screenshot(page, "two-nodes")
+    second.kill(signal.SIGKILL)
+    await cell(page, f"#nodes tr[data-node='{second_id}'] td.state", "gone")
+    assert await page.evaluate("document.querySelectorAll('#nodes tr.up').length") == 1
+    await screenshot(page, "one-gone")

@@ -28,7 +28,8 @@ from clarion.asgi.sendqueue import Send as AsgiSend
 from clarion.asgi.sendqueue import SendQueue, accept
 from clarion.asgi.wstransport import FAST_WEBSOCKET
 from clarion.core.fanout import Push, WireFormat, cursor_if_stored
-from clarion.core.hub import Hub, reset_reason
+from clarion.core.hub import Hub
+from clarion.core.resume import reset_reason
 from clarion.core.session import Session, SubscribeResult
 from clarion.errors import ClarionError, LimitExceeded
 from clarion.protocol.codes import CloseCode, disconnect_for

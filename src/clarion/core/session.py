@@ -1,22 +1,34 @@
-"""Sessions: one client connection on any transport, with its identity and subscriptions."""
+"""Sessions: one client connection on any transport, with its identity and subscriptions.
+
+A :class:`Session` owns what a client does — subscribe (with resume), unsubscribe, publish,
+take a new token, close —; the hub's parts it calls hold what sessions share (the channels,
+presence, the registry of sessions and its caps).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from clarion.core.auth import Credentials
 from clarion.core.fanout import Push, Subscription, WireFormat
 from clarion.core.limits import Abuse, TokenBucket
-from clarion.errors import LimitExceeded
-from clarion.protocol.codes import CloseCode
+from clarion.core.resume import Reset, plan_resume, position_for
+from clarion.errors import BadRequest, ClarionError, LimitExceeded
+from clarion.protocol.channels import validate_channel
+from clarion.protocol.codes import CloseCode, disconnect_for
+from clarion.protocol.cursor import encode_single
 from clarion.protocol.proxies import address_key
-from clarion.protocol.publication import StreamPosition
+from clarion.protocol.publication import Publication, StreamPosition
 
 if TYPE_CHECKING:
     from clarion.core.hub import Hub
+
+log = logging.getLogger("clarion.hub")
 
 
 class Transport(Protocol):
@@ -136,6 +148,17 @@ class Session:
     def user(self) -> str | None:
         return self.credentials.user
 
+    def info(self) -> dict[str, Any]:
+        """The session as lifecycle events describe it."""
+        return {"client": self.id, "user": self.user, "transport": self.transport.kind}
+
+    def reports_lifecycle(self) -> bool:
+        # A poll is a session per request: reporting each as connect/subscribe/disconnect
+        # would flood lifecycle listeners (webhooks) with noise.
+        return bool(self.hub.lifecycle_listeners) and self.transport.kind != "poll"
+
+    # ---- subscriptions ----------------------------------------------------------------------
+
     async def subscribe(
         self,
         channel: str,
@@ -144,7 +167,7 @@ class Session:
         *,
         since: str | StreamPosition | None = None,
         latest: bool = False,
-        on_ready: Any = None,
+        on_ready: Callable[[SubscribeResult], None] | None = None,
         target: Any = None,
         server: bool = False,
         checked: bool = False,
@@ -154,25 +177,145 @@ class Session:
         ``on_ready(result)`` runs after the subscription is attached and before the first
         publication is pushed, so an adapter can send its reply first. ``target`` is what the
         format's ``deliver`` loop gets for this subscriber (default: ``push``). Returns ``None``
-        when the session closed or unsubscribed meanwhile. ``server``: the backend made this
-        subscription, which its permissions decided (see :meth:`Hub.subscribe`). ``latest``:
-        the newest stored publication first, unless ``since`` is given.
+        when the session closed or unsubscribed meanwhile.
+
+        ``latest`` (without ``since``, which wins): the newest stored publication is pushed
+        right after ``on_ready``, before live ones. ``server``: the backend asked for it
+        (``POST /api/subscribe``), so the token's permissions are not checked, and a later
+        token does not end it. ``checked``: the adapter already authorized this read for the
+        same request (:meth:`Hub.authorize_read`).
         """
-        return await self.hub.subscribe(
-            self,
+        hub = self.hub
+        validate_channel(channel)
+        if not server:
+            hub.auth.check_subscribe(self.credentials, channel)
+        since_pos = position_for(channel, since)
+        self._check_room(channel)
+        if not server and not checked and hub.hooks is not None:
+            await hub.hooks.subscribe(self.credentials, channel, self.id, self.transport.kind)
+            if self.closed:
+                return None
+            self._check_room(channel)  # the same channel may have come meanwhile
+        options = hub.options(channel)
+        channels = hub.local_channels
+        sub = Subscription(self, channel, fmt, push, target, server=server)
+        self.subscriptions[channel] = sub
+        self.idle_since = None
+        try:
+            local = await channels.acquire(channel)
+        except BaseException:
+            self.subscriptions.pop(channel, None)
+            raise
+        if self.subscriptions.get(channel) is not sub:  # closed or unsubscribed meanwhile
+            channels.release(local)
+            return None
+        # Buffer live publications before reading history, so none falls between the two.
+        buffer: list[Publication] = []
+        local.pending[sub] = buffer
+        try:
+            if since_pos is None and latest:
+                # The stream's newest entry; its position is the channel's top, so live
+                # publications buffered meanwhile follow it without a gap or a repeat.
+                history = await hub.engine.history(channel, options, limit=1, reverse=True)
+            else:
+                history = await hub.engine.history(
+                    channel, options, since=since_pos, limit=None if since_pos else 0
+                )
+        except BaseException:
+            if self.subscriptions.get(channel) is sub:
+                del self.subscriptions[channel]
+            local.remove(sub)
+            channels.release(local)
+            raise
+        if local.pending.get(sub) is not buffer:  # detached meanwhile
+            return None
+        # From here to go_live nothing awaits: history, buffered and live stay in order.
+        plan = plan_resume(channel, history, since_pos, latest, buffer)
+        top = history.position
+        result = SubscribeResult(
             channel,
-            fmt,
-            push,
-            since=since,
-            latest=latest,
-            on_ready=on_ready,
-            target=target,
-            server=server,
-            checked=checked,
+            top,
+            encode_single(channel, top.epoch, top.offset),
+            recovered=plan.recovered,
+            reset=plan.reset,
         )
+        if on_ready is not None:
+            on_ready(result)
+        for item in plan.sends:
+            if isinstance(item, Reset):
+                hub.stats.resets[item.reason] += 1
+                self.transport.send_reset(channel, item.reason, item.cursor)
+            else:
+                push(item.encoded(fmt, fmt.encode))
+        del local.pending[sub]
+        channels.go_live(local, sub, plan.last)
+        if options.presence and self.transport.kind != "poll":
+            hub.spawn(hub.roster.join(self, channel))
+        if self.reports_lifecycle():
+            hub.emit("subscribe", {**self.info(), "channel": channel})
+        return result
+
+    def _check_room(self, channel: str) -> None:
+        if channel in self.subscriptions:
+            raise BadRequest(f"already subscribed to {channel!r}", code="already_subscribed")
+        if len(self.subscriptions) >= self.hub.settings.limits.max_subscriptions_per_connection:
+            raise LimitExceeded(
+                "too many subscriptions on this connection", code="too_many_subscriptions"
+            )
 
     async def unsubscribe(self, channel: str) -> bool:
-        return await self.hub.unsubscribe(self, channel)
+        """The client ends its subscription to ``channel``; ``False`` if it had none."""
+        if not self._end(channel):
+            return False
+        await self.hub.roster.leave(self, channel)
+        return True
+
+    def drop(self, channel: str, reason: str) -> bool:
+        """End one subscription from the hub's side and tell the client why."""
+        if not self._end(channel, reason):
+            return False
+        self.hub.spawn(self.hub.roster.leave_all(self, [channel]))
+        return True
+
+    def _end(self, channel: str, reason: str | None = None) -> bool:
+        sub = self.subscriptions.pop(channel, None)
+        if sub is None:
+            return False
+        self.hub.local_channels.detach(sub)
+        if not self.subscriptions:
+            self.idle_since = time.monotonic()
+        if reason is not None:
+            try:
+                self.transport.send_unsubscribe(channel, reason)
+            except Exception:
+                log.exception("unsubscribe push failed for %r", self)
+        if self.reports_lifecycle():
+            self.hub.emit("unsubscribe", {**self.info(), "channel": channel})
+        return True
+
+    def set_credentials(self, credentials: Credentials) -> None:
+        """Take a new identity (the ``connect``/``refresh`` ops)."""
+        self.hub.registry.rename(self, credentials)
+        self.recheck()
+
+    def recheck(self) -> list[str]:
+        """End the subscriptions the credentials no longer allow; returns them.
+
+        Synchronous: once a new token is applied, nothing more of a channel it does not allow
+        is delivered. Subscriptions the backend made are its own grant and are kept.
+        """
+        dropped = []
+        for channel, sub in list(self.subscriptions.items()):
+            if sub.server:
+                continue
+            try:
+                self.hub.auth.check_subscribe(self.credentials, channel)
+            except ClarionError:
+                self.drop(channel, "forbidden")
+                dropped.append(channel)
+        return dropped
+
+    # ---- publishing -------------------------------------------------------------------------
 
     async def publish(
         self,
@@ -184,8 +327,9 @@ class Session:
         ephemeral: bool = False,
         key: str | None = None,
     ) -> Any:
-        self.hub.auth.check_publish(self.credentials, channel)
-        ephemeral = ephemeral or self.hub.options(channel).ephemeral
+        hub = self.hub
+        hub.auth.check_publish(self.credentials, channel)
+        ephemeral = ephemeral or hub.options(channel).ephemeral
         if ephemeral:
             if not self.take_signal(channel):
                 if self.abuse.strike():
@@ -194,13 +338,13 @@ class Session:
                     "sending live signals to this channel faster than limits.client_ephemeral_rate",
                     code="ephemeral_rate_limited",
                 )
-        elif not self.publish_bucket.take() or not await self.hub.admission.check_user_rate(self):
+        elif not self.publish_bucket.take() or not await hub.admission.check_user_rate(self):
             if self.abuse.strike():
                 self.close(CloseCode.ABUSE)
             raise LimitExceeded(
                 "publishing faster than this connection's or user's rate", code="rate_limited"
             )
-        hooks = self.hub.hooks
+        hooks = hub.hooks
         if hooks is not None:
             amended = await hooks.publish(
                 self.credentials, channel, data, self.id, self.transport.kind
@@ -209,7 +353,7 @@ class Session:
                 # The backend answered with data of its own: a JSON value, no longer the body.
                 attrs = {k: v for k, v in attrs.items() if k not in ("encoding", "content_type")}
             data = amended
-        return await self.hub.publish(
+        return await hub.publish(
             channel,
             data,
             idempotency_key=idempotency_key,
@@ -252,8 +396,34 @@ class Session:
             info["info"] = self.credentials.info
         return info
 
+    # ---- the end --------------------------------------------------------------------------
+
     def close(self, code: int, reason: str | None = None) -> None:
-        self.hub.close_session(self, code, reason)
+        """End the session: stop deliveries now, tell the client, clean up presence later."""
+        if self.closed:
+            return
+        self.closed = True
+        hub = self.hub
+        hub.registry.forget(self)
+        subs = list(self.subscriptions.values())
+        self.subscriptions.clear()
+        detach = hub.local_channels.detach
+        for sub in subs:
+            detach(sub)
+        if reason is None:
+            reason = disconnect_for(code).reason
+        try:
+            self.transport.close(code, reason)
+        except Exception:
+            log.exception("transport close failed for %r", self)
+        if hub.admission.holds(self.id):
+            hub.spawn(hub.admission.release(self.id))
+        if self.reports_lifecycle():
+            for sub in subs:
+                hub.emit("unsubscribe", {**self.info(), "channel": sub.channel})
+            hub.emit("disconnect", {**self.info(), "code": code})
+        if subs:
+            hub.spawn(hub.roster.leave_all(self, [s.channel for s in subs]))
 
     def __repr__(self) -> str:
         return f"Session({self.id}, user={self.user!r}, {self.transport.kind})"

@@ -1,0 +1,279 @@
+"""This node's channels: live delivery, gap recovery, and the slow-consumer policy.
+
+The engine hands every publication to :meth:`LocalChannels.on_publication` (the hub exposes it as
+its own ``on_publication``, with no call in between): it checks the channel's position for a
+gap, then :meth:`LocalChannels.deliver` runs the encode-once fan-out of :mod:`clarion.core.fanout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from clarion.core.fanout import LocalChannel, Push, Subscription, WireFormat
+from clarion.core.resume import waits_ahead
+from clarion.core.session import Backlogged
+from clarion.protocol.codes import CloseCode
+from clarion.protocol.cursor import encode_single
+from clarion.protocol.publication import Publication, StreamPosition
+
+if TYPE_CHECKING:
+    from clarion.core.hub import Hub
+    from clarion.core.session import Session
+
+log = logging.getLogger("clarion.hub")
+
+
+class LocalChannels:
+    """The channels with subscribers on this node, by name, and what was delivered on each."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.stats = hub.stats
+        self.local: dict[str, LocalChannel] = {}
+        # Channels reading back publications the engine skipped: live ones wait here meanwhile.
+        self._recovering: dict[str, list[Publication]] = {}
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(local) for name, local in self.local.items()}
+
+    # ---- the node's subscription to a channel -------------------------------------------------
+
+    async def acquire(self, channel: str) -> LocalChannel:
+        """The channel's local state, subscribing this node to it on the engine if needed."""
+        hub = self.hub
+        while True:
+            local = self.local.get(channel)
+            if local is None:
+                local = self.local[channel] = LocalChannel(channel)
+                ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                local.ready = ready
+                subscribed = False
+                try:
+                    await hub.engine.subscribe(channel)
+                    subscribed = True
+                    # Where live delivery starts: from here the engine hands this node every
+                    # later publication, in order, and none before. Subscribers whose history
+                    # reads end further on wait for the channel to get there (``ahead``);
+                    # the channel's position never jumps over publications still on their way.
+                    start = await hub.engine.history(channel, hub.options(channel), limit=0)
+                except BaseException as exc:
+                    if self.local.get(channel) is local:
+                        del self.local[channel]
+                    if subscribed:
+                        hub.spawn(self._engine_unsubscribe(channel))
+                    ready.set_exception(exc if isinstance(exc, Exception) else RuntimeError())
+                    ready.exception()  # retrieved: waiters re-raise it themselves
+                    raise
+                if local.position is None:
+                    local.position = start.position
+                local.ready = None
+                ready.set_result(None)
+                return local
+            if local.ready is not None:
+                await asyncio.shield(local.ready)
+                continue
+            return local
+
+    def release(self, local: LocalChannel) -> None:
+        """Forget ``local`` once it has no subscriber left (and unsubscribe the node)."""
+        if len(local) == 0 and local.ready is None and self.local.get(local.name) is local:
+            del self.local[local.name]
+            self.hub.spawn(self._engine_unsubscribe(local.name))
+
+    async def _engine_unsubscribe(self, channel: str) -> None:
+        if channel not in self.local:
+            await self.hub.engine.unsubscribe(channel)
+
+    def detach(self, sub: Subscription) -> None:
+        local = self.local.get(sub.channel)
+        if local is not None and local.remove(sub):
+            self.release(local)
+
+    def go_live(self, local: LocalChannel, sub: Subscription, last: StreamPosition) -> None:
+        """``sub`` was sent everything up to ``last``: it takes live publications from there."""
+        live = local.position
+        if waits_ahead(live, last):
+            local.ahead[sub] = last
+        else:
+            local.add_live(sub)
+            if live is None:
+                local.position = last
+
+    # ---- the engine's publications: everything delivered goes through here --------------------
+
+    def on_publication(self, pub: Publication) -> None:
+        self.stats.publications += 1
+        local = self.local.get(pub.channel)
+        if local is None:
+            return
+        recovering = self._recovering.get(pub.channel)
+        if recovering is not None:
+            recovering.append(pub)
+            return
+        last = local.position
+        if last is not None:
+            if pub.epoch == last.epoch:
+                if pub.offset <= last.offset:
+                    return  # already delivered (e.g. recovered from history first)
+                if pub.offset != last.offset + 1:
+                    self._recover(local, pub)
+                    return
+            else:
+                self._reset_all(local, "epoch", StreamPosition(pub.epoch, pub.offset - 1))
+        local.position = pub.position
+        self.deliver(local, pub)
+        stats = self.stats
+        stats.countdown -= 1
+        if stats.countdown <= 0:
+            stats.sample(pub)
+
+    def deliver(self, local: LocalChannel, pub: Publication) -> None:
+        for buffer in local.pending.values():
+            buffer.append(pub)
+        if local.conflating:
+            conflating = local.conflating
+            for sub in conflating:
+                conflating[sub] = pub
+        deliveries = self.stats.deliveries
+        total = 0
+        for fmt, group in local.by_format.items():
+            fmt.deliver(group.values(), pub.encoded(fmt, fmt.encode))
+            deliveries[fmt.transport] += len(group)
+            total += len(group)
+        self.stats.activity.count(pub.channel, total)
+        if local.ahead:
+            local.catch_up(pub)
+
+    def on_ephemeral(self, pub: Publication) -> None:
+        """A live signal: to the channel's live subscribers as it comes. Nothing of the
+        stream's position changes; subscribers still reading history (their subscribe reply
+        is not out yet) and conflating ones (a backlog of stored publications) do without."""
+        self.stats.signals += 1
+        local = self.local.get(pub.channel)
+        if local is None:
+            return
+        deliveries = self.stats.deliveries
+        for fmt, group in local.by_format.items():
+            fmt.deliver(group.values(), pub.encoded(fmt, fmt.encode))
+            deliveries[fmt.transport] += len(group)
+        for sub in local.ahead:  # live already, only waiting for stored publications
+            sub.push(pub.encoded(sub.fmt, sub.fmt.encode))
+
+    def _reset_all(self, local: LocalChannel, reason: str, position: StreamPosition) -> None:
+        cursor = encode_single(local.name, position.epoch, position.offset)
+        for sub in local.subscriptions():
+            self.stats.resets[reason] += 1
+            sub.session.transport.send_reset(local.name, reason, cursor)
+        local.all_live()
+
+    def _recover(self, local: LocalChannel, pub: Publication) -> None:
+        """Publications went missing between the engine and this node: read them back."""
+        self._recovering[local.name] = [pub]
+        self.hub.spawn(self._recover_from_history(local), name=f"clarion-recover-{local.name}")
+
+    async def _recover_from_history(self, local: LocalChannel) -> None:
+        hub = self.hub
+        channel = local.name
+        try:
+            since = local.position
+            history = None
+            if since is not None:
+                try:
+                    history = await hub.engine.history(channel, hub.options(channel), since=since)
+                except Exception:
+                    log.warning("history read failed while recovering %s", channel, exc_info=True)
+            if since is None or history is None or not history.covers(since):
+                log.warning("could not recover %s from %s: resetting subscribers", channel, since)
+                target = history.position if history is not None else since
+                if target is not None:
+                    self._reset_all(local, "lost", target)
+                # After the reset the channel goes on live from its next publication; without a
+                # position to compare with, that one is not taken for another gap.
+                local.position = history.position if history is not None else None
+            else:
+                position = since
+                for pub in history.publications:
+                    if pub.offset > position.offset:
+                        position = local.position = pub.position
+                        self.deliver(local, pub)
+        finally:
+            buffered = self._recovering.pop(channel, [])
+        for pub in sorted(buffered, key=lambda p: p.offset):
+            if self.local.get(channel) is local:
+                self.on_publication(pub)
+
+    # ---- moving a live subscription ------------------------------------------------------------
+
+    def retarget(
+        self, session: Session, channel: str, fmt: WireFormat, push: Push, target: Any = None
+    ) -> bool:
+        sub = session.subscriptions.get(channel)
+        local = self.local.get(channel)
+        if sub is None or local is None or sub not in local.by_format.get(sub.fmt, ()):
+            return False  # not live (still resuming, or conflating): leave it where it is
+        local.remove(sub)
+        sub.fmt, sub.push = fmt, push
+        sub.target = push if target is None else target
+        local.add_live(sub)
+        return True
+
+    def reformat(self, session: Session, channel: str, fmt: WireFormat, push: Push) -> bool:
+        if self.retarget(session, channel, fmt, push):
+            return True
+        sub = session.subscriptions.get(channel)
+        local = self.local.get(channel)
+        if sub is None or local is None or (sub not in local.ahead and sub not in local.conflating):
+            return False
+        sub.fmt, sub.push, sub.target = fmt, push, push
+        return True
+
+    def delivered_position(self, session: Session, channel: str) -> StreamPosition | None:
+        sub = session.subscriptions.get(channel)
+        local = self.local.get(channel)
+        if sub is None or local is None or sub in local.pending:
+            return None
+        return local.ahead.get(sub) or local.position
+
+    # ---- slow consumers ------------------------------------------------------------------------
+
+    def overflow(self, session: Session) -> None:
+        """``session``'s send queue is full: conflate it, or close it with 4001 "slow".
+
+        Conflation needs every channel of the session in a ``conflate`` namespace, and a
+        transport that reports its backlog; otherwise the session is disconnected.
+        """
+        if session.closed or session.conflating:
+            return
+        subs = list(session.subscriptions.values())
+        options = self.hub.options
+        if (
+            subs
+            and isinstance(session.transport, Backlogged)
+            and all(options(sub.channel).slow_consumer == "conflate" for sub in subs)
+        ):
+            session.conflating = True
+            for sub in subs:
+                local = self.local.get(sub.channel)
+                if local is not None and local.remove(sub):
+                    local.conflating[sub] = None
+            self.stats.conflations += 1
+            return
+        self.stats.slow_disconnects += 1
+        session.close(CloseCode.SLOW)
+
+    def end_conflation(self, session: Session, transport: Backlogged) -> None:
+        """The backlog drained: send each channel's latest publication, then go live again."""
+        if transport.backlog() > self.hub.settings.limits.send_queue_bytes // 2:
+            return
+        session.conflating = False
+        for sub in session.subscriptions.values():
+            local = self.local.get(sub.channel)
+            if local is None or sub not in local.conflating:
+                continue
+            latest = local.conflating.pop(sub)
+            if latest is not None:
+                sub.push(latest.encoded(sub.fmt, sub.fmt.encode))
+            local.add_live(sub)
+        transport.watch_overflow()

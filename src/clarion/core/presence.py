@@ -1,0 +1,144 @@
+"""Presence: who is on a channel, the join and leave events, and the per-user grace.
+
+The engine holds the entries (every node's); this node adds and removes its sessions' entries,
+sends ``join``/``leave`` in the namespace's ``join_leave_mode``, and hands the events the
+engine broadcasts to the local subscribers allowed to read them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from clarion.engines.base import PresenceEntry
+from clarion.errors import ClarionError
+from clarion.settings import NamespaceOptions
+
+if TYPE_CHECKING:
+    from clarion.core.hub import Hub
+    from clarion.core.session import Session
+
+log = logging.getLogger("clarion.hub")
+
+
+def entry_of(session: Session) -> PresenceEntry:
+    return PresenceEntry(
+        session.id,
+        session.user,
+        session.credentials.info,
+        session.transport.kind,
+        session.client_ip,
+    )
+
+
+def _user_event(channel: str, session: Session, options: NamespaceOptions) -> dict[str, Any]:
+    event: dict[str, Any] = {"channel": channel, "user": session.user}
+    if options.presence_info and session.credentials.info is not None:
+        event["info"] = session.credentials.info
+    return event
+
+
+class Roster:
+    """This node's side of presence: its sessions' entries, joins and leaves."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        # (channel, user) -> the task that sends the user's leave once its grace has passed.
+        self._retiring: dict[tuple[str, str], asyncio.Task[Any]] = {}
+
+    def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
+        """A ``join``/``leave`` from the engine: to the subscribers who may read presence."""
+        hub = self.hub
+        local = hub.local.get(channel)
+        if local is None:
+            return
+        may_read = hub.auth.may_read_presence
+        pending = local.pending
+        for sub in local.subscriptions():
+            if sub in pending:
+                continue  # not confirmed yet: nothing may come before its subscribe reply
+            if may_read(sub.session.credentials, channel, subscribed=True):
+                sub.session.transport.send_event(channel, kind, event)
+
+    def stop(self) -> None:
+        for retiring in self._retiring.values():
+            retiring.cancel()  # a node going away sends no late leave
+        self._retiring.clear()
+
+    async def join(self, session: Session, channel: str) -> None:
+        try:
+            await self._join(session, channel)
+        except ClarionError as exc:  # e.g. the engine is unreachable: the session goes on
+            log.warning("presence join on %s failed: %s", channel, exc.message)
+
+    async def _join(self, session: Session, channel: str) -> None:
+        hub = self.hub
+        engine = hub.engine
+        entry = entry_of(session)
+        await engine.presence_add(channel, entry)
+        if hub.lifecycle_listeners:
+            hub.emit("join", {"channel": channel, **entry.to_dict()})
+        options = hub.options(channel)
+        mode = options.join_leave_mode
+        if mode == "client":
+            shown = entry.to_dict(info=options.presence_info)
+            await engine.broadcast_event(channel, "join", {"channel": channel, **shown})
+        elif mode == "user" and session.user is not None:
+            pending = self._retiring.pop((channel, session.user), None)
+            if pending is not None:
+                pending.cancel()  # back within the grace: the leave check is moot
+            if await engine.presence_announce(channel, session.user):
+                await engine.broadcast_event(
+                    channel, "join", _user_event(channel, session, options)
+                )
+        if session.closed or channel not in session.subscriptions:
+            await self.leave(session, channel)
+
+    async def leave(self, session: Session, channel: str) -> None:
+        hub = self.hub
+        # A long poll subscribes only while it waits: in presence it would join and leave on
+        # every poll, so it never joins.
+        options = hub.options(channel)
+        if not options.presence or session.transport.kind == "poll":
+            return
+        await hub.engine.presence_remove(channel, session.id)
+        if hub.lifecycle_listeners:
+            hub.emit("leave", {"channel": channel, **session.info()})
+        mode = options.join_leave_mode
+        if mode == "client":
+            shown = entry_of(session).to_dict(info=options.presence_info)
+            await hub.engine.broadcast_event(channel, "leave", {"channel": channel, **shown})
+        elif mode == "user" and session.user is not None and not hub.closing:
+            # The user leaves once none of its clients is back within the grace, on any node:
+            # a reload or a reconnect storm sends neither leave nor join.
+            key = (channel, session.user)
+            pending = self._retiring.pop(key, None)
+            if pending is not None:
+                pending.cancel()
+            event = _user_event(channel, session, options)
+            self._retiring[key] = hub.spawn(
+                self._retire_later(key, event, options.presence_grace), name="clarion-retire"
+            )
+
+    async def _retire_later(
+        self, key: tuple[str, str], event: dict[str, Any], grace: float
+    ) -> None:
+        channel, user = key
+        try:
+            await asyncio.sleep(grace)
+            if self._retiring.get(key) is asyncio.current_task():
+                del self._retiring[key]
+            if await self.hub.engine.presence_retire(channel, user):
+                await self.hub.engine.broadcast_event(channel, "leave", event)
+        except ClarionError as exc:  # e.g. the engine is unreachable: no leave is sent
+            log.warning("presence leave on %s failed: %s", channel, exc.message)
+
+    async def leave_all(self, session: Session, channels: list[str]) -> None:
+        for channel in channels:
+            try:
+                await self.leave(session, channel)
+            except ClarionError as exc:  # e.g. the engine is unreachable: entries expire
+                log.warning("presence cleanup failed for %s: %s", channel, exc.message)
+            except Exception:
+                log.warning("presence cleanup failed for %s", channel, exc_info=True)

@@ -1,0 +1,117 @@
+"""Resume: what a subscriber is sent when it joins a channel, from a cursor or from the top.
+
+Pure functions over engine values — no hub, no session, no I/O — so the algorithm is tested
+on its own (``tests/core/test_resume_plan.py``); :meth:`Session.subscribe` reads the history,
+asks :func:`plan_resume` what to send, and sends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from clarion.engines.base import History
+from clarion.errors import BadCursor
+from clarion.protocol.cursor import Cursor, encode_single
+from clarion.protocol.publication import Publication, StreamPosition
+
+
+def position_for(channel: str, since: str | StreamPosition | None) -> StreamPosition | None:
+    """The position a cursor token (or a position) holds for ``channel``."""
+    if since is None or isinstance(since, StreamPosition):
+        return since
+    position = Cursor.decode(since).get(channel)
+    if position is None:
+        raise BadCursor(f"cursor holds no position for channel {channel!r}")
+    return position
+
+
+def reset_reason(history: History, since: StreamPosition) -> str:
+    """Why ``history`` cannot continue from ``since``."""
+    if since.epoch != history.position.epoch:
+        return "epoch"  # the history the cursor pointed into is gone
+    if since.offset > history.position.offset:
+        return "position"  # a position this stream never reached
+    return "trimmed"  # older than what history still holds (size or TTL)
+
+
+def history_reset(history: History, since: StreamPosition | None, reverse: bool) -> str | None:
+    """The reset reason of a history read from ``since``, or ``None`` when it is covered.
+
+    Read newest first (``reverse``), only ``epoch`` and ``position`` apply: reaching the
+    oldest publication held is the end of the pages, not a gap.
+    """
+    if since is None:
+        return None
+    if reverse:
+        top = history.position
+        if since.epoch != top.epoch or since.offset > top.offset + 1:
+            return reset_reason(history, since)
+        return None
+    return None if history.covers(since) else reset_reason(history, since)
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Tell the subscriber it missed publications: ``reason``, and where it goes on from."""
+
+    reason: str
+    cursor: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What to send a new subscriber once its reply is out, in order, and where it ends."""
+
+    reset: str | None  # why ``since`` could not be covered (``None``: recovered, or no cursor)
+    sends: list[Publication | Reset]
+    last: StreamPosition  # the position of the last publication the subscriber then holds
+
+    @property
+    def recovered(self) -> bool:
+        return self.reset is None
+
+
+def plan_resume(
+    channel: str,
+    history: History,
+    since: StreamPosition | None,
+    latest: bool,
+    buffered: Iterable[Publication],
+) -> Resume:
+    """Join ``history`` (read after the subscription started buffering) and the live
+    publications ``buffered`` meanwhile, without a gap or a repeat.
+
+    ``history`` was read from ``since`` (``None``: no cursor; with ``latest``, the newest
+    publication only). Offsets de-duplicate the overlap; a buffered publication of another
+    epoch is preceded by an ``epoch`` reset.
+    """
+    reason = None
+    if since is not None and not history.covers(since):
+        reason = reset_reason(history, since)
+    sends: list[Publication | Reset] = []
+    if reason is not None:
+        top = history.position
+        sends.append(Reset(reason, encode_single(channel, top.epoch, top.offset)))
+    last = since if (since is not None and reason is None) else history.position
+    if (since is not None and reason is None) or (since is None and latest):
+        for pub in history.publications:
+            sends.append(pub)
+            last = pub.position
+    for pub in buffered:
+        if pub.epoch != last.epoch:
+            sends.append(Reset("epoch", encode_single(channel, pub.epoch, pub.offset - 1)))
+        elif pub.offset <= last.offset:
+            continue
+        sends.append(pub)
+        last = pub.position
+    return Resume(reason, sends, last)
+
+
+def waits_ahead(live: StreamPosition | None, last: StreamPosition) -> bool:
+    """Does a subscriber at ``last`` hold publications the channel has not delivered live yet?
+
+    Pub/sub lags the history just read, or the client comes from a node that was ahead: it
+    goes live once the channel gets there, and gets nothing twice.
+    """
+    return live is not None and live.epoch == last.epoch and live.offset < last.offset

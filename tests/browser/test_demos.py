@@ -121,8 +121,9 @@ async def test_two_people_chat(browser: Any, demo: RunningDemo, transport: str) 
     line = bob.locator("#messages li", has_text="hi bob")
     await line.wait_for(timeout=ms(10))
     assert await line.locator(".who").text_content() == "alice"
-    # Sending ends the signal.
+    # Sending ends the signal. Signals are never stored.
     await until(bob, "document.getElementById('typing').textContent === ''")
+    assert (await demo.hub.history("typing:lobby"))[0].publications == []
     assert await bob.locator("#messages li .text").all_text_contents() == [
         "hello, before bob came",
         "hi bob",
@@ -194,6 +195,7 @@ async def test_cursors_and_notes_move_between_two_browsers(
     await bob.locator(".note", has_text="New note").wait_for(timeout=ms(10))
     await alice.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.3 * box["height"])
     await until(bob, f"{cursor} && !{cursor}.hidden && Math.abs({cursor}.dataset.x - 0.6) < 0.02")
+    assert (await demo.hub.history("cursors:main"))[0].publications == []  # live signals only
     await screenshot(bob, f"board-{transport}")
 
 

@@ -58,8 +58,6 @@ def demo_settings(host: str = "127.0.0.1", port: int = 8000, data_dir: str = "."
         api_key=secrets.token_urlsafe(24),
         allowed_origins=origins,
         data_dir=data_dir,
-        # Cursor moves and typing signals come on top of messages.
-        limits={"client_publish_rate": 50, "client_publish_burst": 100},
         namespaces={
             "chat": {"history_size": 200, "history_ttl": day, **people},
             "board": {"history_size": 1000, "history_ttl": day, **people},
@@ -70,14 +68,9 @@ def demo_settings(host: str = "127.0.0.1", port: int = 8000, data_dir: str = "."
                 "presence_grace": 1,
             },
             "ticker": {"history_size": 300, "presence": False, "client_publish": False},
-            # Live signals: only the latest is worth anything.
-            "typing": {"history_size": 1, "history_ttl": 10, "presence": False},
-            "cursors": {
-                "history_size": 1,
-                "history_ttl": 10,
-                "presence": False,
-                "slow_consumer": "conflate",
-            },
+            # Live signals, never stored: a typing flag or a cursor is worth its latest value.
+            "typing": {"ephemeral": True, "presence": False},
+            "cursors": {"ephemeral": True, "presence": False},
         },
     )
 

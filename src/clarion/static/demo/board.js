@@ -1,5 +1,5 @@
 // Board: sticky notes as a stream of stored events (add, move, edit, delete) that every visitor
-// replays from history, and cursors as live signals on a channel that keeps only the latest.
+// replays from history, and cursors as live signals (ephemeral), the latest per user.
 import { start, el, colorOf } from "/demo/common.js";
 
 const NOTES = "board:main";
@@ -149,7 +149,8 @@ setInterval(() => {
 
 let lastMove = 0;
 let queued = null;
-const signal = (data) => client.publish(CURSORS, data).catch(() => {});
+// A live signal: never stored; a browser that falls behind gets the latest per user.
+const signal = (data) => client.publish(CURSORS, data, { ephemeral: true, key: me }).catch(() => {});
 board.addEventListener("pointermove", (e) => {
   queued = fraction(e);
   const wait = 60 - (Date.now() - lastMove); // at most ~16 signals a second
@@ -161,7 +162,7 @@ board.addEventListener("pointerleave", () => signal({ gone: true }));
 client.subscribe(CURSORS, {
   onPublication: (pub) => {
     const user = pub.info?.user;
-    if (!user || user === me || Date.now() - pub.time > 10000) return;
+    if (!user || user === me) return;
     if (pub.data?.gone) hideCursor(user);
     else showCursor(user, pub.data.x, pub.data.y);
   },

@@ -97,7 +97,7 @@ client.subscribe(channel, {
 });
 renderPeople();
 
-// ---- typing: live signals on a channel of their own, which keeps only the latest ----
+// ---- typing: live signals (ephemeral), never stored; only the latest per user matters ----
 
 const typing = new Map(); // user → until (ms)
 
@@ -113,7 +113,7 @@ setInterval(renderTyping, 500);
 client.subscribe(typingChannel, {
   onPublication: (pub) => {
     const user = pub.info?.user;
-    if (!user || user === me || Date.now() - pub.time > 5000) return; // a stale one, replayed
+    if (!user || user === me) return;
     if (pub.data?.typing) typing.set(user, Date.now() + 3000);
     else typing.delete(user);
     renderTyping();
@@ -121,7 +121,7 @@ client.subscribe(typingChannel, {
 });
 
 function signal(isTyping) {
-  client.publish(typingChannel, { typing: isTyping }).catch(() => {});
+  client.publish(typingChannel, { typing: isTyping }, { ephemeral: true, key: me }).catch(() => {});
 }
 
 let lastSignal = 0;

@@ -108,3 +108,93 @@ def test_replies() -> None:
 def test_frame_header(length: int, header: bytes) -> None:
     assert frame_header(length) == header
     assert text_frame(b"x" * length)[: len(header)] == header
+
+
+# ---- both directions: what one side writes, the other reads back ------------------------------
+
+CHANNELS = st.from_regex(r"[a-z][a-z0-9:_.-]{0,20}", fullmatch=True)
+CURSORS = st.text(alphabet="ABCDEFabcdef0123456789-_", min_size=1, max_size=40)
+
+
+@st.composite
+def commands(draw: st.DrawFn) -> messages.Command:
+    op = draw(st.sampled_from(sorted(messages.OPS)))
+    channel = draw(CHANNELS) if op not in ("connect", "refresh", "ping") else None
+    token = draw(st.text(min_size=1, max_size=20)) if op in ("connect", "refresh") else None
+    return messages.Command(
+        id=draw(st.none() | st.integers(0, 2**53 - 1) | st.text(max_size=64)),
+        op=op,
+        channel=channel,
+        since=draw(st.none() | CURSORS),
+        data=draw(st.none() | st.integers() | st.text()) if op == "publish" else None,
+        publication_id=draw(st.none() | st.text(max_size=128)) if op == "publish" else None,
+        limit=draw(st.none() | st.integers(0, messages.MAX_HISTORY_LIMIT)),
+        token=token,
+        latest=op == "subscribe" and draw(st.booleans()),
+        reverse=op == "history" and draw(st.booleans()),
+        ephemeral=op == "publish" and draw(st.booleans()),
+        key=draw(st.none() | st.text(min_size=1, max_size=128)) if op == "publish" else None,
+    )
+
+
+@given(commands())
+def test_the_hub_reads_back_every_command_a_client_writes(command: messages.Command) -> None:
+    assert parse_command(messages.encode_command(command)) == command
+
+
+def test_the_client_reads_back_every_frame_the_hub_writes() -> None:
+    pub = Publication("chat:lobby", 3, "e1", {"text": "hi"}, 1700000000000, info={"user": "u"})
+    read = messages.parse_frame(messages.encode_publication(pub, "CUR"))
+    assert isinstance(read, messages.PublicationPush) and read.cursor == "CUR"
+    assert read.publication.to_dict() == pub.to_dict()
+    assert messages.parse_frame(messages.encode_ok(7, {"cursor": "c"})) == messages.Reply(
+        7, ok={"cursor": "c"}
+    )
+    signal = Publication.signal("chat:lobby", {"x": 1}, 1700000000000, key="pointer")
+    read = messages.parse_frame(messages.encode_publication(signal, None))
+    assert isinstance(read, messages.PublicationPush) and read.cursor is None
+    assert read.publication.to_dict() == signal.to_dict()
+    refused = ClarionError("no", code="forbidden")
+    assert messages.parse_frame(messages.encode_error("a", refused)) == messages.Reply(
+        "a", error={"code": "forbidden", "message": "no"}
+    )
+    assert messages.parse_frame(messages.encode_error(None, refused)) == messages.Reply(
+        None, error={"code": "forbidden", "message": "no"}
+    )
+    assert messages.parse_frame(messages.encode_reset("c", "trimmed", "K")) == messages.ResetPush(
+        "c", "trimmed", "K"
+    )
+    assert messages.parse_frame(
+        messages.encode_unsubscribe("c", "token")
+    ) == messages.UnsubscribePush("c", "token")
+    body = {"channel": "c", "cursor": "K", "recovered": True}
+    assert messages.parse_frame(messages.encode_subscribe(body)) == messages.SubscribePush(
+        "c", "K", body
+    )
+    assert messages.parse_frame(
+        messages.encode_presence_event("join", {"channel": "c", "client": "x"})
+    ) == messages.PresencePush("join", {"channel": "c", "client": "x"})
+    assert messages.parse_frame(
+        messages.encode_disconnect(4501, "disconnected", False)
+    ) == messages.DisconnectPush(4501, "disconnected", False)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "not json",
+        "[]",
+        '{"channel": "c", "offset": 1, "epoch": "e"}',  # a publication without its cursor
+        '{"channel": "c", "offset": "x", "epoch": "e", "cursor": "K"}',
+        '{"id": true, "ok": {}}',
+        '{"reset": {"reason": "epoch"}}',
+        '{"disconnect": {"code": "4000", "reconnect": true}}',
+    ],
+)
+def test_a_frame_that_breaks_the_protocol_is_refused(frame: str) -> None:
+    with pytest.raises(messages.FrameError):
+        messages.parse_frame(frame)
+
+
+def test_a_push_of_a_newer_protocol_is_passed_over() -> None:
+    assert messages.parse_frame('{"typing": {"channel": "c"}}') is None

@@ -30,6 +30,7 @@ from clarion.client.websocket import WebSocketLink
 from clarion.errors import BadCursor, ClarionError
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import Cursor
+from clarion.protocol.messages import Command
 
 log = logging.getLogger("clarion.client")
 
@@ -344,14 +345,10 @@ class Client:
         if await self._over_http():
             assert self._api is not None
             return await self._api.publish(channel, data, id, ephemeral=ephemeral, key=key)
-        fields: dict[str, Any] = {"channel": channel, "data": data}
-        if id is not None:
-            fields["pub_id"] = id
-        if ephemeral:
-            fields["ephemeral"] = True
-        if key is not None:
-            fields["key"] = key
-        return Published.from_wire(channel, await self._request("publish", fields))
+        command = Command(
+            None, "publish", channel, data=data, publication_id=id, ephemeral=ephemeral, key=key
+        )
+        return Published.from_wire(channel, await self._request(command))
 
     async def history(
         self,
@@ -371,14 +368,8 @@ class Client:
         if await self._over_http():
             assert self._api is not None
             return await self._api.history(channel, since, limit, reverse=reverse)
-        fields: dict[str, Any] = {"channel": channel}
-        if reverse:
-            fields["reverse"] = True
-        if since is not None:
-            fields["since"] = since
-        if limit is not None:
-            fields["limit"] = limit
-        return History.from_wire(channel, await self._request("history", fields))
+        command = Command(None, "history", channel, since, limit=limit, reverse=reverse)
+        return History.from_wire(channel, await self._request(command))
 
     async def presence(self, channel: str) -> list[Member]:
         """The clients subscribed to ``channel`` now."""
@@ -387,7 +378,7 @@ class Client:
         if await self._over_http():
             assert self._api is not None
             return await self._api.presence(channel)
-        ok = await self._request("presence", {"channel": channel})
+        ok = await self._request(Command(None, "presence", channel))
         return [Member.from_wire(c) for c in ok.get("clients", ())]
 
     async def presence_users(self, channel: str) -> list[PresentUser]:
@@ -399,7 +390,7 @@ class Client:
             assert self._api is not None
             body = await self._api.presence_body(channel)
         else:
-            body = await self._request("presence", {"channel": channel})
+            body = await self._request(Command(None, "presence", channel))
         return [PresentUser.from_wire(u) for u in body.get("users", ())]
 
     async def presence_stats(self, channel: str) -> PresenceStats:
@@ -411,13 +402,13 @@ class Client:
             assert self._api is not None
             body = await self._api.presence_stats(channel)
         else:
-            body = await self._request("presence_stats", {"channel": channel})
+            body = await self._request(Command(None, "presence_stats", channel))
         return PresenceStats(int(body["clients"]), int(body["users"]))
 
-    async def _request(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+    async def _request(self, command: Command) -> dict[str, Any]:
         assert self._link is not None
         try:
-            return await self._link.request(op, fields, self._request_timeout)
+            return await self._link.request(command, self._request_timeout)
         except ClientClosed:
             self._raise_closed()
 

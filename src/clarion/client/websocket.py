@@ -21,10 +21,10 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any, NoReturn
 
-import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import (
@@ -53,7 +53,20 @@ from clarion.client.subscription import Feed
 from clarion.client.tokens import TokenSource, resolve_token
 from clarion.errors import ClarionError
 from clarion.protocol.codes import CloseCode
-from clarion.protocol.messages import SUBPROTOCOL
+from clarion.protocol.messages import (
+    SUBPROTOCOL,
+    Command,
+    DisconnectPush,
+    Frame,
+    FrameError,
+    PublicationPush,
+    Reply,
+    ResetPush,
+    SubscribePush,
+    UnsubscribePush,
+    encode_command,
+    parse_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +74,6 @@ log = logging.getLogger(__name__)
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 CLOSE_TIMEOUT = 2.0
 
-Reply = dict[str, Any]
 ReplyHandler = Callable[[Reply | None], None]  # ``None``: the connection ended first
 
 
@@ -120,7 +132,7 @@ class WebSocketLink:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._disconnect: dict[str, Any] | None = None
+        self._disconnect: DisconnectPush | None = None
 
     @property
     def connected(self) -> bool:
@@ -268,21 +280,18 @@ class WebSocketLink:
             reply: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
             rid = next(self._ids)
             self._pending[rid] = partial(_settle, reply)
-            command: dict[str, Any] = {"id": rid, "op": "connect"}
-            if token is not None:
-                command["token"] = token
-            self._send(command)
+            self._send(Command(rid, "connect", token=token))
             waits: set[asyncio.Future[Any]] = {reply, reader}
             done, _ = await asyncio.wait(
                 waits, timeout=self.open_timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if reply.done() and (answer := reply.result()) is not None:
-                if "error" in answer:
-                    failure = RequestFailed.from_wire(answer["error"])
+                if answer.error is not None:
+                    failure = RequestFailed.from_wire(answer.error)
                     raise refused(failure, self.token, whole=True)
-                ok = answer.get("ok")
-                if isinstance(ok, dict) and isinstance(ok.get("client"), str):
-                    self.client_id = ok["client"]
+                client = (answer.ok or {}).get("client")
+                if isinstance(client, str):
+                    self.client_id = client
                 connected = self.ever_connected = self._connected = True
                 self._notify()
                 log.info("connected to %s", self.endpoints.ws)
@@ -315,9 +324,7 @@ class WebSocketLink:
         """Close code, reason and the hub's word on reconnecting; its ``disconnect`` push wins."""
         push = self._disconnect
         if push is not None:
-            code, reason, reconnect = push.get("code"), push.get("reason"), push.get("reconnect")
-            if isinstance(code, int) and isinstance(reason, str) and isinstance(reconnect, bool):
-                return code, reason, reconnect
+            return push.code, push.reason, push.reconnect
         return conn.close_code, conn.close_reason or "", None
 
     async def _read(self, conn: ClientConnection) -> None:
@@ -327,12 +334,12 @@ class WebSocketLink:
                     log.warning("ignoring a binary frame from the hub")
                     continue
                 try:
-                    msg = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    log.warning("ignoring a frame that is not JSON: %.80r", raw)
+                    frame = parse_frame(raw)
+                except FrameError as exc:
+                    log.warning("ignoring a frame from the hub (%s): %.80r", exc, raw)
                     continue
-                if isinstance(msg, dict):
-                    self._dispatch(msg)
+                if frame is not None:  # else a push of a newer protocol: not for this client
+                    self._dispatch(frame)
 
     async def _write(self, conn: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -342,66 +349,47 @@ class WebSocketLink:
                 self._outbox_ready.clear()
                 await self._outbox_ready.wait()
 
-    def _send(self, command: dict[str, Any] | str) -> bool:
+    def _send(self, command: Command | str) -> bool:
         if self._conn is None:
             return False
-        frame = command if isinstance(command, str) else orjson.dumps(command).decode()
+        frame = command if isinstance(command, str) else encode_command(command).decode()
         self._outbox.append(frame)
         self._outbox_ready.set()
         return True
 
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        if "ok" in msg or "error" in msg:
-            rid = msg.get("id")
-            if rid is None:
-                log.warning("the hub reported an error: %s", msg.get("error"))
-                return
-            handler = self._pending.pop(rid, None) if isinstance(rid, int) else None
-            if handler is not None:
-                handler(msg)
-            return
-        channel = msg.get("channel")
-        if isinstance(channel, str) and ("offset" in msg or msg.get("ephemeral") is True):
-            feed = self.feeds.get(channel)
-            if feed is not None:
-                try:
-                    message = Message.from_wire(msg)
-                except (KeyError, TypeError, ValueError):
-                    log.warning("ignoring a malformed publication on %s", channel)
-                    return
-                feed.deliver(message)
-            return
-        reset = msg.get("reset")
-        if isinstance(reset, dict):
-            channel, cursor = reset.get("channel"), reset.get("cursor")
-            feed = self.feeds.get(channel) if isinstance(channel, str) else None
-            if feed is not None and isinstance(cursor, str) and cursor:
-                feed.deliver(Reset(feed.channel, str(reset.get("reason", "")), cursor))
-            return
-        started = msg.get("subscribe")
-        if isinstance(started, dict):
-            self._hub_subscribed(started)
-            return
-        ended = msg.get("unsubscribe")
-        if isinstance(ended, dict):
-            channel = ended.get("channel")
-            feed = self.feeds.get(channel) if isinstance(channel, str) else None
-            if feed is not None:
-                del self.feeds[feed.channel]
-                feed.finish(unsubscribed(feed.channel, ended.get("reason")))
-            return
-        disconnect = msg.get("disconnect")
-        if isinstance(disconnect, dict):
-            self._disconnect = disconnect
-        # ``join``/``leave`` presence events are not surfaced by this client.
+    def _dispatch(self, frame: Frame) -> None:
+        match frame:
+            case Reply(id=None, error=error):
+                log.warning("the hub reported an error: %s", error)
+            case Reply(id=int(rid)):
+                handler = self._pending.pop(rid, None)
+                if handler is not None:
+                    handler(frame)
+            case PublicationPush(publication=publication, cursor=cursor):
+                feed = self.feeds.get(publication.channel)
+                if feed is not None:
+                    # A live signal has no cursor: it does not move the subscription's.
+                    feed.deliver(Message(publication, cursor or ""))
+            case ResetPush(channel=channel, reason=reason, cursor=str(cursor)):
+                feed = self.feeds.get(channel)
+                if feed is not None:
+                    feed.deliver(Reset(feed.channel, reason, cursor))
+            case SubscribePush():
+                self._hub_subscribed(frame)
+            case UnsubscribePush(channel=channel, reason=reason):
+                feed = self.feeds.get(channel)
+                if feed is not None:
+                    del self.feeds[feed.channel]
+                    feed.finish(unsubscribed(feed.channel, reason))
+            case DisconnectPush():
+                self._disconnect = frame
+            # ``join``/``leave`` presence events are not surfaced by this client.
 
     # ---- subscriptions ------------------------------------------------------------------------
 
-    def _hub_subscribed(self, push: dict[str, Any]) -> None:
+    def _hub_subscribed(self, push: SubscribePush) -> None:
         """The hub subscribed this connection to a channel: a feed for it, if one is wanted."""
-        channel, cursor = push.get("channel"), push.get("cursor")
-        if not isinstance(channel, str):
-            return
+        channel = push.channel
         feed = self.feeds.get(channel)
         if feed is not None:
             # Already a feed (the client's own, or one resuming after a reconnect): its own
@@ -415,7 +403,7 @@ class WebSocketLink:
         feed.server = True
         feed.on_overflow = self._pause
         feed.on_resume = self._resume
-        feed.confirmed(cursor if isinstance(cursor, str) else None)
+        feed.confirmed(push.cursor)
 
     def attach(self, feed: Feed) -> None:
         self.feeds[feed.channel] = feed
@@ -438,28 +426,25 @@ class WebSocketLink:
         def on_reply(reply: Reply | None) -> None:
             if reply is None or self.feeds.get(feed.channel) is not feed:
                 return
-            error = reply.get("error")
-            if again and isinstance(error, dict) and error.get("code") == "already_subscribed":
+            error = reply.error
+            if again and error is not None and error["code"] == "already_subscribed":
                 # The hub subscribed the channel itself at connect (the token's ``subs``
                 # claim), from "now": resume from this feed's cursor instead, skipping nothing.
                 feed.live = False
                 self._unsubscribe(feed.channel)
                 self._subscribe(feed, again=False)
                 return
-            if "error" in reply:
+            if error is not None:
                 del self.feeds[feed.channel]
-                feed.finish(RequestFailed.from_wire(reply["error"]))
+                feed.finish(RequestFailed.from_wire(error))
                 return
-            ok = reply.get("ok")
-            cursor = ok.get("cursor") if isinstance(ok, dict) else None
+            cursor = (reply.ok or {}).get("cursor")
             feed.confirmed(cursor if isinstance(cursor, str) else None)
 
         self._pending[rid] = on_reply
-        command: dict[str, Any] = {"id": rid, "op": "subscribe", "channel": feed.channel}
-        if feed.resume_cursor is not None:
-            command["since"] = feed.resume_cursor
-        elif feed.latest:
-            command["latest"] = True
+        since = feed.resume_cursor
+        latest = since is None and feed.latest
+        command = Command(rid, "subscribe", feed.channel, since, latest=latest)
         if not self._send(command):
             del self._pending[rid]
 
@@ -467,7 +452,7 @@ class WebSocketLink:
         if self._connected:
             rid = next(self._ids)
             self._pending[rid] = _ignore
-            self._send({"id": rid, "op": "unsubscribe", "channel": channel})
+            self._send(Command(rid, "unsubscribe", channel))
 
     def _pause(self, feed: Feed) -> None:
         # Stop the hub sending what would be dropped; resume from the cursor once drained.
@@ -480,11 +465,13 @@ class WebSocketLink:
 
     # ---- requests -----------------------------------------------------------------------------
 
-    async def request(self, op: str, fields: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send one command once connected; return its ``ok`` body or raise its error."""
+    async def request(self, command: Command, timeout: float) -> dict[str, Any]:
+        """Send ``command`` (its ``id`` is set here) once connected; return its ``ok`` body or
+        raise its error."""
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
-        raw = orjson.dumps({"id": rid, "op": op, **fields})
+        op = command.op
+        raw = encode_command(replace(command, id=rid))
         limit = self.max_message_bytes
         if limit is not None and len(raw) > limit:
             # The hub would close the whole connection (1009, "do not reconnect") over it.
@@ -507,7 +494,6 @@ class WebSocketLink:
             raise RequestTimeout(f"no answer to {op!r} within {timeout} s") from None
         if reply is None:
             raise ConnectionLost(f"the connection dropped before the hub answered {op!r}")
-        if "error" in reply:
-            raise RequestFailed.from_wire(reply["error"])
-        ok = reply.get("ok")
-        return ok if isinstance(ok, dict) else {}
+        if reply.error is not None:
+            raise RequestFailed.from_wire(reply.error)
+        return reply.ok or {}

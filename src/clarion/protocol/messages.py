@@ -1,4 +1,4 @@
-"""The clarion JSON protocol (WebSocket subprotocol ``clarion.v1``): commands in, frames out.
+"""The clarion JSON protocol (WebSocket subprotocol ``clarion.v1``), in both directions.
 
 Client → hub, one JSON object per text frame::
 
@@ -7,12 +7,16 @@ Client → hub, one JSON object per text frame::
 Hub → client: replies carry the command's ``id`` with ``ok`` or ``error``; pushes carry no ``id``
 (a publication object plus its ``cursor``, or one of ``reset``/``join``/``leave``/``subscribe``/
 ``unsubscribe``/``disconnect``).
+
+The hub reads commands with :func:`parse_command` and writes frames with the ``encode_*``
+functions; a client writes commands with :func:`encode_command` and reads frames with
+:func:`parse_frame`, as the typed values below. Each pair reads back what the other writes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import orjson
 
@@ -151,6 +155,32 @@ def signal_fields(obj: dict[str, Any], rid: RequestId = None) -> tuple[bool, str
     return ephemeral, key
 
 
+def encode_command(command: Command) -> bytes:
+    """A command as a client sends it: what :func:`parse_command` reads back as ``command``."""
+    obj: dict[str, Any] = {"id": command.id, "op": command.op}
+    if command.channel is not None:
+        obj["channel"] = command.channel
+    if command.since is not None:
+        obj["since"] = command.since
+    if command.op == "publish":
+        obj["data"] = command.data
+    if command.publication_id is not None:
+        obj["pub_id"] = command.publication_id
+    if command.limit is not None:
+        obj["limit"] = command.limit
+    if command.token is not None:
+        obj["token"] = command.token
+    if command.latest:
+        obj["latest"] = True
+    if command.reverse:
+        obj["reverse"] = True
+    if command.ephemeral:
+        obj["ephemeral"] = True
+    if command.key is not None:
+        obj["key"] = command.key
+    return orjson.dumps(obj)
+
+
 def encode_ok(rid: RequestId, result: dict[str, Any] | None = None) -> bytes:
     return orjson.dumps({"id": rid, "ok": result if result is not None else {}})
 
@@ -192,3 +222,146 @@ def encode_presence_event(kind: str, event: dict[str, Any]) -> bytes:
 
 def encode_disconnect(code: int, reason: str, reconnect: bool) -> bytes:
     return orjson.dumps({"disconnect": {"code": code, "reason": reason, "reconnect": reconnect}})
+
+
+# ---- hub → client, as a client reads them -----------------------------------------------------
+
+
+class FrameError(ValueError):
+    """A hub frame this version of the protocol cannot read."""
+
+
+class ErrorBody(TypedDict):
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to the command with this ``id``: ``ok`` on success, else ``error``."""
+
+    id: RequestId
+    ok: dict[str, Any] | None = None
+    error: ErrorBody | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublicationPush:
+    publication: Publication
+    cursor: str | None  # None: an ephemeral publication, which has no place in the stream
+
+
+@dataclass(frozen=True, slots=True)
+class ResetPush:
+    channel: str
+    reason: str
+    cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribePush:
+    """The hub subscribed the connection: the body of a subscribe reply."""
+
+    channel: str
+    cursor: str | None
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribePush:
+    channel: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PresencePush:
+    kind: Literal["join", "leave"]
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectPush:
+    code: int
+    reason: str
+    reconnect: bool
+
+
+Frame = (
+    Reply
+    | PublicationPush
+    | ResetPush
+    | SubscribePush
+    | UnsubscribePush
+    | PresencePush
+    | DisconnectPush
+)
+
+
+def parse_frame(frame: str | bytes) -> Frame | None:
+    """Read one hub frame; ``None`` for a push this version does not know (a newer hub's).
+
+    Raises :class:`FrameError` when the frame is not what the protocol says.
+    """
+    try:
+        obj = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise FrameError("frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise FrameError("frame is not a JSON object")
+    if "ok" in obj or "error" in obj:
+        return _reply(obj)
+    if "channel" in obj and ("offset" in obj or obj.get("ephemeral") is True):
+        cursor = obj.get("cursor")
+        if not isinstance(cursor, str) and obj.get("ephemeral") is not True:
+            raise FrameError("a publication without its cursor")
+        try:
+            return PublicationPush(
+                Publication.from_dict(obj), cursor if isinstance(cursor, str) else None
+            )
+        except (KeyError, TypeError, ValueError):
+            raise FrameError("a malformed publication") from None
+    for kind in ("reset", "subscribe", "unsubscribe", "join", "leave", "disconnect"):
+        body = obj.get(kind)
+        if isinstance(body, dict):
+            return _push(kind, body)
+    return None
+
+
+def _reply(obj: dict[str, Any]) -> Reply:
+    rid = obj.get("id")
+    if not (rid is None or isinstance(rid, int | str)) or isinstance(rid, bool):
+        raise FrameError("a reply whose id is neither a number nor a string")
+    if "error" in obj:
+        error = obj["error"]
+        code = error.get("code") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        return Reply(
+            rid,
+            error={
+                "code": code if isinstance(code, str) else "error",
+                "message": message if isinstance(message, str) else "the hub refused the request",
+            },
+        )
+    ok = obj["ok"]
+    return Reply(rid, ok=ok if isinstance(ok, dict) else {})
+
+
+def _push(kind: str, body: dict[str, Any]) -> Frame:
+    if kind in ("join", "leave"):
+        return PresencePush("join" if kind == "join" else "leave", body)
+    if kind == "disconnect":
+        code, reason, reconnect = body.get("code"), body.get("reason"), body.get("reconnect")
+        if not isinstance(code, int) or isinstance(code, bool) or not isinstance(reconnect, bool):
+            raise FrameError("a disconnect without its code or reconnect")
+        return DisconnectPush(code, reason if isinstance(reason, str) else "", reconnect)
+    channel = body.get("channel")
+    if not isinstance(channel, str):
+        raise FrameError(f"a {kind} push without its channel")
+    reason = body.get("reason")
+    if kind == "unsubscribe":
+        return UnsubscribePush(channel, reason if isinstance(reason, str) else "")
+    cursor = body.get("cursor")
+    cursor = cursor if isinstance(cursor, str) and cursor else None
+    if kind == "reset":
+        return ResetPush(channel, reason if isinstance(reason, str) else "", cursor)
+    return SubscribePush(channel, cursor, body)

@@ -126,7 +126,9 @@ def commands(draw: st.DrawFn) -> messages.Command:
         op=op,
         channel=channel,
         since=draw(st.none() | CURSORS),
-        data=draw(st.none() | st.integers() | st.text()) if op == "publish" else None,
+        data=draw(st.none() | st.integers(-(2**63), 2**64 - 1) | st.text())
+        if op == "publish"
+        else None,
         publication_id=draw(st.none() | st.text(max_size=128)) if op == "publish" else None,
         limit=draw(st.none() | st.integers(0, messages.MAX_HISTORY_LIMIT)),
         token=token,

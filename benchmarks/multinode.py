@@ -1,13 +1,22 @@
-"""Deliveries per second through two Redis-engine nodes, against one memory-engine node.
+"""Deliveries per second through Redis-engine setups, against one memory-engine node.
 
 Same run, same machine, same client::
 
     .venv/bin/python -m benchmarks.multinode --subscribers 400 --duration 8 --rounds 3
 
+Setups (``--setups``, default ``memory,redis2``; the first is the reference of the ratios):
+
 * **memory**: one ``clarion serve`` (memory engine); every subscriber and the publisher on it.
-* **redis**: two ``clarion serve`` nodes on one ``redis-server`` (started here, on a free port,
-  without persistence); subscribers split evenly between the nodes, publications alternate
-  between the nodes' APIs, so half of them cross Redis twice (publish script, pub/sub).
+* **redis1**: one ``clarion serve`` on one ``redis-server`` (started here, on a free port,
+  without persistence).
+* **redis2**: two nodes on that Redis; subscribers split evenly between the nodes,
+  publications alternate between the nodes' APIs, so half of them cross Redis twice.
+* **workers2**: ``clarion serve --workers 2`` on that Redis: one port, the kernel spreads
+  subscribers and publications over the two workers.
+* **cluster**: two nodes on a Redis Cluster of three primaries (``redis+cluster://``).
+
+Each measurement also reports the CPU time (user + system) the hub processes and Redis used in
+the measured window: deliveries per hub CPU-second, and Redis CPU per publication.
 
 Publishing is closed-loop: at most ``--window`` publications are in flight, counted against
 a probe subscriber on each node, so neither setup is driven past what it delivers (queues
@@ -207,9 +216,45 @@ def start_node(procs: Processes, engine: str) -> int:
 # ---- one measurement --------------------------------------------------------------------------
 
 
-async def measure(
-    name: str, sub_ports: list[int], pub_ports: list[int], args: argparse.Namespace
-) -> dict[str, Any]:
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of ``pids`` and of their children (a supervisor's workers)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total += cpu_seconds([int(c) for c in children])
+    return total
+
+
+def redis_cpu(ports: Sequence[int]) -> float:
+    """CPU seconds the Redis servers on ``ports`` have used (INFO cpu)."""
+    import redis
+
+    total = 0.0
+    for port in ports:
+        client = redis.Redis(port=port)
+        info = client.info("cpu")
+        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        client.close()
+    return total
+
+
+class Setup:
+    def __init__(self, name: str, sub_ports: list[int], pids: list[int], redis: list[int]) -> None:
+        self.name = name
+        self.label = LABELS[name]
+        self.sub_ports = sub_ports
+        self.pub_ports = sub_ports
+        self.pids = pids  # hub processes (a supervisor counts with its workers)
+        self.redis = redis  # ports of the Redis servers it uses
+
+
+async def measure(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
+    sub_ports, pub_ports = setup.sub_ports, setup.pub_ports
     per_process = [args.subscribers // args.client_processes] * args.client_processes
     per_process[0] += args.subscribers - sum(per_process)
     ctx = mp.get_context("spawn")
@@ -250,7 +295,11 @@ async def measure(
                     acked = max(acked, r.json()["offset"])
 
     tasks = [asyncio.create_task(publisher(i)) for i in range(args.window)]
+    await asyncio.sleep(max(0.0, t_start - time.time()))
+    hub_cpu, redis_cpu_before = cpu_seconds(setup.pids), redis_cpu(setup.redis)
     await asyncio.sleep(max(0.0, t_end - time.time()))
+    hub_cpu = cpu_seconds(setup.pids) - hub_cpu
+    redis_used = redis_cpu(setup.redis) - redis_cpu_before
     counts = [await loop.run_in_executor(None, pipe.recv) for pipe in pipes]
     stop = True
     await asyncio.gather(*tasks)
@@ -262,14 +311,87 @@ async def measure(
         assert probe.transport is not None
         probe.transport.close()
     deliveries = sum(counts)
+    publications = deliveries / args.subscribers
     return {
-        "setup": "memory, 1 node" if name == "memory" else "redis, 2 nodes",
+        "setup": setup.label,
         "subscribers": args.subscribers,
         "seconds": args.duration,
         "deliveries": deliveries,
         "deliveries_per_s": round(deliveries / args.duration),
-        "publications_per_s": round(deliveries / args.duration / args.subscribers, 1),
+        "publications_per_s": round(publications / args.duration, 1),
+        "hub_cpu_s": round(hub_cpu, 2),
+        "deliveries_per_hub_cpu_s": round(deliveries / max(hub_cpu, 1e-9)),
+        "redis_cpu_us_per_publication": (
+            round(redis_used / publications * 1e6) if setup.redis and publications else None
+        ),
     }
+
+
+SETUPS = ("memory", "redis1", "redis2", "workers2", "cluster")
+LABELS = {
+    "memory": "memory, 1 node",
+    "redis1": "redis, 1 node",
+    "redis2": "redis, 2 nodes",
+    "workers2": "redis, --workers 2",
+    "cluster": "redis cluster (3 primaries), 2 nodes",
+}
+
+
+def start_redis(procs: Processes, *extra: str) -> int:
+    redis_server = shutil.which("redis-server")
+    assert redis_server is not None
+    port = free_port()
+    folder = procs.dir / f"redis-{port}"
+    folder.mkdir()
+    # fmt: off
+    procs.spawn([
+        redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--daemonize", "no", "--dir", str(folder), *extra,
+    ])
+    # fmt: on
+    wait_port(port, None)
+    return port
+
+
+def start_cluster(procs: Processes) -> list[int]:
+    """Three primaries, no replicas: the benchmark measures the steady state."""
+    import redis
+
+    ports = [start_redis(procs, "--cluster-enabled", "yes") for _ in range(3)]
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    subprocess.run(
+        ["redis-cli", "--cluster", "create", *addresses, "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(redis.Redis(port=p).cluster("INFO").get("cluster_state") == "ok" for p in ports):
+            return ports
+        time.sleep(0.1)
+    raise RuntimeError("the cluster did not come up")
+
+
+def start_setup(procs: Processes, name: str, redis_port: int | None) -> Setup:
+    if name == "memory":
+        port = start_node(procs, "memory")
+        return Setup(name, [port], [procs.procs[-1].pid], [])
+    assert redis_port is not None
+    engine = f"redis://127.0.0.1:{redis_port}/0"
+    if name in ("redis1", "redis2"):
+        ports = [start_node(procs, engine) for _ in range(1 if name == "redis1" else 2)]
+        return Setup(name, ports, [p.pid for p in procs.procs[-len(ports) :]], [redis_port])
+    if name == "workers2":
+        port = free_port()
+        args = [CLARION, "serve", "--engine", engine, "--port", str(port), "--workers", "2"]
+        procs.spawn(args, ENV)
+        wait_port(port, timeout=60)
+        return Setup(name, [port], [procs.procs[-1].pid], [redis_port])
+    cluster = start_cluster(procs)
+    engine = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in cluster)
+    ports = [start_node(procs, engine) for _ in range(2)]
+    return Setup(name, ports, [p.pid for p in procs.procs[-2:]], cluster)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,42 +402,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="measurements per setup")
+    parser.add_argument(
+        "--setups", default="memory,redis2", help=f"comma-separated, of {', '.join(SETUPS)}"
+    )
     args = parser.parse_args(argv)
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
+    names = [n.strip() for n in args.setups.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SETUPS]
+    if unknown or not names:
+        parser.error(f"unknown setups {unknown}; choose from {', '.join(SETUPS)}")
+    if shutil.which("redis-server") is None and names != ["memory"]:
         print("redis-server is not installed", file=sys.stderr)
         return 2
     procs = Processes()
     try:
-        redis_port = free_port()
-        # fmt: off
-        procs.spawn([
-            redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--daemonize", "no", "--dir", str(procs.dir),
-        ])
-        # fmt: on
-        wait_port(redis_port, None)
-        engine = f"redis://127.0.0.1:{redis_port}/0"
-        memory = start_node(procs, "memory")
-        a, b = start_node(procs, engine), start_node(procs, engine)
-        rates: dict[str, list[int]] = {"memory": [], "redis": []}
-        # Interleaved rounds, so that a change in the machine's load hits both setups.
+        redis_port = start_redis(procs) if names != ["memory"] else None
+        setups = [start_setup(procs, name, redis_port) for name in names]
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        # Interleaved rounds, so that a change in the machine's load hits every setup.
         for _ in range(args.rounds):
-            for name, subs, pubs in (
-                ("memory", [memory], [memory]),
-                ("redis", [a, b], [a, b]),
-            ):
-                result = asyncio.run(measure(name, subs, pubs, args))
-                rates[name].append(result["deliveries_per_s"])
+            for setup in setups:
+                result = asyncio.run(measure(setup, args))
+                results[setup.name].append(result)
                 print(json.dumps(result), flush=True)
-        medians = {name: statistics.median(values) for name, values in rates.items()}
+        keys = ("deliveries_per_s", "deliveries_per_hub_cpu_s", "redis_cpu_us_per_publication")
+        summary: dict[str, dict[str, Any]] = {}
+        for name, rows in results.items():
+            summary[name] = {
+                key: statistics.median(r[key] for r in rows)
+                for key in keys
+                if all(r[key] is not None for r in rows)
+            }
+        reference = summary[names[0]]["deliveries_per_s"]
+        for row in summary.values():
+            row["ratio"] = round(row["deliveries_per_s"] / max(1, reference), 2)
         print(
             json.dumps(
                 {
-                    "median_deliveries_per_s": medians,
-                    "ratio_redis_2_nodes_to_memory_1_node": round(
-                        medians["redis"] / max(1, medians["memory"]), 2
-                    ),
+                    "medians": summary,
+                    "reference": names[0],
                     "cpus": os.cpu_count(),
                     "loadavg": os.getloadavg(),
                 }

@@ -21,7 +21,13 @@ from clarion.protocol.origins import Origin, OriginRule, parse_origin
 from clarion.protocol.proxies import parse_network
 
 # What ``engine`` may start with besides "memory": the Redis engine's URLs.
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+REDIS_URL_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+sentinel://",
+    "redis+cluster://",
+)
 
 
 class _Environment(PydanticBaseSettingsSource):

@@ -115,7 +115,7 @@ async def test_clarion_toml_in_the_working_directory_is_read(tmp_path: Path) -> 
             {"CLARION_ENGINE": "foo://x"},
             [
                 'clarion: CLARION_ENGINE=foo://x: must be "memory" or a Redis URL '
-                "(redis://, rediss://, unix://, redis+sentinel://)"
+                "(redis://, rediss://, unix://, redis+sentinel://, redis+cluster://)"
             ],
         ),
         (

@@ -201,6 +201,47 @@ async def test_meta_lost_with_stream_left_over_starts_a_clean_epoch(
     assert [p.data for p in history.publications] == ["new"]
 
 
+async def test_writes_lost_in_a_failover_start_a_new_epoch(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    a, sink = await nodes()
+    await a.subscribe("c")
+    for i in range(5):
+        await a.publish("c", i, OPTS)
+    await eventually(lambda: sink.offsets("c") == [1, 2, 3, 4, 5])
+    epoch = sink.publications[0].epoch
+    # What a replica promoted before it received the last two writes holds.
+    await raw.hset(a.keys.meta("c"), "s", 3)
+    await raw.xdel(a.keys.stream("c"), "4-0", "5-0")
+    # A reader ahead of the stored top (a resuming client) gets a new epoch: a reset.
+    history = await a.history("c", OPTS, since=StreamPosition(epoch, 5))
+    assert history.position.epoch != epoch and history.publications == []
+    # Offsets 4 and 5 are never handed out again in the epoch subscribers saw.
+    pub = await a.publish("c", "after", OPTS)
+    assert pub.epoch == history.position.epoch and pub.offset == 1
+    await eventually(lambda: sink.publications[-1].epoch == pub.epoch)
+
+
+async def test_the_position_check_notices_lost_writes(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    a, sink = await nodes()
+    await a.subscribe("c")
+    for i in range(5):
+        await a.publish("c", i, OPTS)
+    await eventually(lambda: sink.offsets("c") == [1, 2, 3, 4, 5])
+    epoch = sink.publications[0].epoch
+    await raw.hset(a.keys.meta("c"), "s", 3)
+    await raw.xdel(a.keys.stream("c"), "4-0", "5-0")
+    # With nobody publishing, the node's own position check starts the new epoch.
+    deadline = time.monotonic() + 10
+    while (await raw.hget(a.keys.meta("c"), "e")) == epoch.encode():
+        assert time.monotonic() < deadline, "the check did not notice the lost writes"
+        await asyncio.sleep(0.05)
+    pub = await a.publish("c", "after", OPTS)
+    assert pub.epoch != epoch and pub.offset == 1
+
+
 async def test_unreachable_at_start() -> None:
     engine = RedisEngine(f"redis://127.0.0.1:{free_port()}/0", Settings())
     started = time.monotonic()

@@ -38,7 +38,8 @@ class _Call:
         if self.script is None:
             pipe.execute_command(*self.args)
         else:
-            pipe.evalsha(self.script.sha, len(self.keys), *self.keys, *self.args)
+            # Not pipe.evalsha: a cluster's pipeline refuses it, though it routes this by key.
+            pipe.execute_command("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
 
     async def run_alone(self, client: Any) -> Any:
         if self.script is None:
@@ -105,19 +106,15 @@ class Batcher:
             else:
                 call.future.set_result(result)
 
-    async def _pipeline(self, calls: list[_Call], *, reloaded: bool = False) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for call in calls:
-            call.queue(pipe)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if missing and not reloaded:
-            for script in {calls[i].script for i in missing}:
-                await self._client.script_load(script.script)
-            again = await self._pipeline([calls[i] for i in missing], reloaded=True)
-            for i, result in zip(missing, again, strict=True):
-                results[i] = result
-        return results
+    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+        return await _pipeline(self._client, calls)
+
+    async def now(self, scripts: list[tuple[Any, list[Any], list[Any]]]) -> None:
+        """Run ``(script, keys, args)`` calls at once, as one pipeline (periodic refreshes);
+        raises the first error."""
+        for result in await _pipeline(self._client, [_Call(*call) for call in scripts]):
+            if isinstance(result, Exception):
+                raise result
 
     async def close(self, timeout: float) -> None:
         """Refuse new commands; let those queued or under way finish, for at most ``timeout``."""
@@ -127,3 +124,18 @@ class Batcher:
         if self._sending:
             with contextlib.suppress(Exception):
                 await asyncio.wait(list(self._sending), timeout=timeout)
+
+
+async def _pipeline(client: Any, calls: list[_Call], *, reloaded: bool = False) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        call.queue(pipe)
+    results: list[Any] = await pipe.execute(raise_on_error=False)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing and not reloaded:
+        for script in {calls[i].script for i in missing}:
+            await client.script_load(script.script)
+        again = await _pipeline(client, [calls[i] for i in missing], reloaded=True)
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
+    return results

@@ -1,4 +1,4 @@
-"""Engine URLs: ``redis://``, ``rediss://``, ``unix://`` and ``redis+sentinel://``.
+"""Engine URLs: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``, ``redis+cluster://``.
 
 Query parameters that belong to clarion (``prefix``, ``check_interval``, ``presence_ttl``,
 ``pool_size``, ``pool_timeout``) are taken out; the rest go to redis-py unchanged
@@ -10,6 +10,11 @@ call that waited ``pool_timeout`` seconds fails on its own, as any Redis error d
 
 Sentinel: ``redis+sentinel://[user:password@]host1:26379,host2:26379/<service>[/<db>]``; the
 password, when given, is the data nodes' password, not the sentinels'.
+
+Cluster: ``redis+cluster://[user:password@]host1:6379[,host2:6379…]``: any reachable nodes of
+the cluster; the client learns the rest (and every later change of topology) from them.
+Commands go to each key's slot owner (``MOVED``/``ASK`` followed); each node's connections are
+capped at ``pool_size``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -62,11 +69,14 @@ class RedisTarget:
     service: str = ""
     pool_size: int = DEFAULT_POOL_SIZE
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
+    cluster: tuple[tuple[str, int], ...] = ()  # startup nodes of a Redis Cluster
 
-    def client(self) -> Redis:
+    def client(self) -> Any:
         """A client whose commands share one bounded blocking pool (see the module's doc)."""
         if self.sentinels:
             return self._sentinel_client()
+        if self.cluster:
+            return self._cluster_client()
         pool = BlockingConnectionPool.from_url(
             self.url, max_connections=self.pool_size, timeout=self.pool_timeout, **_DEFAULTS
         )
@@ -98,6 +108,33 @@ class RedisTarget:
             **kwargs,
         )
         return client
+
+    def _cluster_client(self) -> RedisCluster:
+        kwargs = self._cluster_kwargs()
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in self.cluster],
+            max_connections=self.pool_size,
+            # Topology is re-read after a failed command (a failover, a moved slot) rather
+            # than retried: a publish is never sent twice behind the caller's back.
+            reinitialize_steps=1,
+            **kwargs,
+        )
+
+    def _cluster_kwargs(self) -> dict[str, Any]:
+        parts = urlsplit(self.url)
+        kwargs: dict[str, Any] = dict(_DEFAULTS)
+        kwargs.update(_typed(dict(parse_qsl(parts.query))))
+        if parts.username:
+            kwargs["username"] = unquote(parts.username)
+        if parts.password:
+            kwargs["password"] = unquote(parts.password)
+        return kwargs
+
+    def connection(self, host: str, port: int) -> Connection:
+        """A connection of its own to one node of a cluster (sharded pub/sub, health checks)."""
+        kwargs = self._cluster_kwargs()
+        kwargs.pop("retry", None)
+        return Connection(host=host, port=port, **kwargs)
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -145,6 +182,7 @@ def parse_url(url: str) -> RedisTarget:
     rest = urlunsplit(parts._replace(query=urlencode(query)))
     host = parts.netloc.rpartition("@")[2]
     sentinels: list[tuple[str, int]] = []
+    nodes: list[tuple[str, int]] = []
     service = ""
     if parts.scheme == "redis+sentinel":
         for item in host.split(","):
@@ -155,6 +193,14 @@ def parse_url(url: str) -> RedisTarget:
         service = parts.path.strip("/").split("/")[0]
         if not service:
             raise ConfigError("engine URL: redis+sentinel:// needs a service name as its path")
+    elif parts.scheme == "redis+cluster":
+        for item in host.split(","):
+            name, _, port = item.rpartition(":")
+            if not name or not port.isdigit():
+                raise ConfigError(f"engine URL: cluster node address {item!r} is not host:port")
+            nodes.append((name, int(port)))
+        if parts.path.strip("/") not in ("", "0"):
+            raise ConfigError("engine URL: a Redis Cluster has one database: no /db path")
     elif parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"engine URL: unsupported scheme {parts.scheme!r}")
     return RedisTarget(
@@ -167,4 +213,5 @@ def parse_url(url: str) -> RedisTarget:
         service=service,
         pool_size=int(raw_size),
         pool_timeout=pool_timeout,
+        cluster=tuple(nodes),
     )

@@ -46,6 +46,7 @@ from clarion.engines.redis.keys import (
 )
 from clarion.engines.redis.limits import ClusterLimits
 from clarion.engines.redis.pubsub import PubSubLink
+from clarion.engines.redis.sharded import ShardedLink
 from clarion.errors import ConfigError, EngineUnavailable
 from clarion.protocol.channels import namespace_of
 from clarion.protocol.publication import Publication, StreamPosition
@@ -85,13 +86,15 @@ class RedisEngine:
     def __init__(self, url: str, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else Settings()
         self.target = parse_url(url)
-        self.keys = Keys(self.target.prefix)
+        self.keys = Keys(self.target.prefix, sharded=bool(self.target.cluster))
+        # On a cluster, a channel's messages go through its shard (see keys.py).
+        self._publish_command = "SPUBLISH" if self.target.cluster else "PUBLISH"
         self.node_id = os.urandom(8).hex()
         self.check_interval = self.target.check_interval
         self.presence_ttl = self.target.presence_ttl
         self._client: Any = None
         self._sink: EngineSink | None = None
-        self._link: PubSubLink | None = None
+        self._link: PubSubLink | ShardedLink | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._seen: dict[str, StreamPosition] = {}  # subscribed channel → last position seen
         self._resync_lock = asyncio.Lock()
@@ -149,13 +152,19 @@ class RedisEngine:
         except BaseException:
             await self._close_client()
             raise
-        self._link = PubSubLink(
-            self.keys,
-            client.connection_pool.make_connection,
-            self._on_message,
-            self._on_resubscribed,
-            client_name=f"clarion-pubsub-{self.node_id}",
-        )
+        name = f"clarion-pubsub-{self.node_id}"
+        if self.target.cluster:
+            self._link = ShardedLink(
+                self.keys, self.target, client, self._on_message, self._on_resubscribed, name
+            )
+        else:
+            self._link = PubSubLink(
+                self.keys,
+                client.connection_pool.make_connection,
+                self._on_message,
+                self._on_resubscribed,
+                client_name=name,
+            )
         try:
             await self._link.start(START_TIMEOUT)
         except BaseException:
@@ -188,15 +197,12 @@ class RedisEngine:
         # Leave presence now rather than after the TTL; best effort.
         if self._presence and self._client is not None:
             with contextlib.suppress(Exception):
-                pipe = self._client.pipeline(transaction=False)
-                for channel, entries in self._presence.items():
-                    for client, (_, user) in entries.items():
-                        await self._presence_remove(
-                            keys=self._presence_keys(channel, user),
-                            args=[client, user],
-                            client=pipe,
-                        )
-                await asyncio.wait_for(pipe.execute(), PING_TIMEOUT)
+                calls = [
+                    (self._presence_remove, self._presence_keys(channel, user), [client, user])
+                    for channel, entries in self._presence.items()
+                    for client, (_, user) in entries.items()
+                ]
+                await asyncio.wait_for(self._batch.now(calls), PING_TIMEOUT)
         self._presence.clear()
         if self._ping_conn is not None:
             with contextlib.suppress(Exception):
@@ -256,7 +262,10 @@ class RedisEngine:
             window = _ms(options.idempotency_window)
             idem = self.keys.idempotency(channel, idempotency_key, idempotency_scope)
         try:
-            offset, epoch, time, duplicate, earlier = await self._publish(
+            # Batched: the publications made in one loop iteration share one round trip. Each
+            # is still its own script, run atomically and in call order.
+            offset, epoch, time, duplicate, earlier = await self._batch.script(
+                self._publish,
                 keys=[self.keys.stream(channel), self.keys.meta(channel), idem],
                 args=[
                     body,
@@ -266,6 +275,7 @@ class RedisEngine:
                     new_epoch(),
                     pubsub_channel,
                     window,
+                    self._publish_command,
                 ],
             )
         except (RedisError, OSError, TimeoutError) as exc:
@@ -353,7 +363,7 @@ class RedisEngine:
         if self._link is not None:
             await self._link.unsubscribe(channel)
 
-    def _require_link(self) -> PubSubLink:
+    def _require_link(self) -> PubSubLink | ShardedLink:
         if self._link is None:
             raise EngineUnavailable("the redis engine is not started")
         return self._link
@@ -460,7 +470,9 @@ class RedisEngine:
                     seen = self._seen.get(channel)
                     if seen is None or epoch is None:
                         continue  # unsubscribed, or nothing published since the meta was lost
-                    if epoch.decode() != seen.epoch or int(top) > seen.offset:
+                    # A top below what was seen: Redis lost writes (failover); the history
+                    # read of the catch-up starts a new epoch for it.
+                    if epoch.decode() != seen.epoch or int(top) != seen.offset:
                         lagging.append(channel)
             for channel in lagging:
                 await self._catch_up(channel)
@@ -601,17 +613,15 @@ class RedisEngine:
 
     async def _refresh(self) -> None:
         if self._presence:
-            pipe = self._client.pipeline(transaction=False)
             ttl = _ms(self.presence_ttl)
+            calls = []
             for channel, entries in self._presence.items():
                 args: list[Any] = [ttl]
                 for client, (value, user) in entries.items():
                     args += [client, value, user]
                 users = [user for _, user in entries.values()]
-                await self._presence_add(
-                    keys=self._presence_keys(channel, *users), args=args, client=pipe
-                )
-            await pipe.execute()
+                calls.append((self._presence_add, self._presence_keys(channel, *users), args))
+            await self._batch.now(calls)
         if self.limits is not None:
             await self.limits.refresh()
 
@@ -629,7 +639,9 @@ class RedisEngine:
 
     async def broadcast_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         try:
-            await self._client.publish(self.keys.pubsub(channel), encode_event(kind, event))
+            await self._client.execute_command(
+                self._publish_command, self.keys.pubsub(channel), encode_event(kind, event)
+            )
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc, f"sending a {kind} event on {channel!r}") from None
 
@@ -673,6 +685,14 @@ class RedisEngine:
         """
         if self._client is None:
             return False
+        if self.target.cluster:
+            # Every primary answers: each owns channels nobody else can serve.
+            try:
+                async with asyncio.timeout(PING_TIMEOUT):
+                    await self._client.ping(target_nodes=self._client.PRIMARIES)
+            except (RedisError, OSError, TimeoutError):
+                return False
+            return True
         pinging = self._pinging
         if pinging is None:
             pinging = self._pinging = asyncio.ensure_future(self._ping_once())

@@ -13,6 +13,11 @@ Pub/sub payloads (one pub/sub channel per clarion channel, one control channel p
   offset or epoch); it travels through pub/sub only and is stored nowhere.
 * ``e<json>`` — a channel event (presence ``join``/``leave``): ``{"k": kind, "e": event}``.
 * on the control channel: ``{"n": node, "c": command, "p": payload}``.
+
+On a Redis Cluster (``sharded``) a channel's pub/sub channel is a *shard* channel
+(``SSUBSCRIBE``/``SPUBLISH``) carrying the same hash tag as its keys, so that the publish
+script may announce a publication in its own slot and the message travels only within the
+shard that owns the channel.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ SIGNAL = ord("s")  # an ephemeral publication
 class Keys:
     """Names of everything clarion keeps in Redis, under one prefix."""
 
-    __slots__ = ("control", "control_bytes", "prefix", "pubsub_prefix")
+    __slots__ = ("control", "control_bytes", "prefix", "pubsub_prefix", "sharded")
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, sharded: bool = False) -> None:
         self.prefix = prefix
+        self.sharded = sharded
         self.pubsub_prefix = f"{prefix}.ch."
         self.control = f"{prefix}.control"
         self.control_bytes = self.control.encode()
@@ -78,12 +84,15 @@ class Keys:
         return f"{self.prefix}:revoked"
 
     def pubsub(self, channel: str) -> str:
+        if self.sharded:
+            return f"{self.pubsub_prefix}{{{channel}}}"
         return self.pubsub_prefix + channel
 
     def channel_of(self, pubsub_channel: bytes) -> str | None:
         name = pubsub_channel.decode()
         if name.startswith(self.pubsub_prefix):
-            return name[len(self.pubsub_prefix) :]
+            name = name[len(self.pubsub_prefix) :]
+            return name[1:-1] if self.sharded else name
         return None
 
 

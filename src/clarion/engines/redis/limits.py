@@ -84,10 +84,10 @@ class ClusterLimits:
     async def refresh(self) -> None:
         if not self._held:
             return
-        pipe = self._client.pipeline(transaction=False)
+        calls = []
         for name, members in self._held.items():
             args: list[Any] = [self._ttl_ms]
             for member in members:
                 args += [member, ""]
-            await self._refresh(keys=[name, name], args=args, client=pipe)
-        await pipe.execute()
+            calls.append((self._refresh, [name, name], args))
+        await self._batch.now(calls)

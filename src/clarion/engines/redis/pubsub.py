@@ -9,6 +9,12 @@ Subscribe and unsubscribe calls for one channel may interleave; they go out unde
 lock, in call order, so Redis ends in the state of the last call. ``subscribe`` returns once
 Redis has confirmed the subscription: from then on, every publication reaches this node (or
 its loss is detectable), which is what lets the hub read history right after without a gap.
+
+On a Redis Cluster each link holds the *shard* channels (``SSUBSCRIBE``) of one primary, one
+``SSUBSCRIBE`` per channel (a command's channels must share a slot), and reports every lost
+connection through ``on_lost`` so that its owner can re-read the topology: a ``MOVED`` answer
+or a ``sunsubscribe`` Redis sends on its own (the slot moved away, the node is no longer a
+primary) ends the connection too.
 """
 
 from __future__ import annotations
@@ -39,8 +45,16 @@ class PubSubLink:
         on_message: Callable[[bytes, bytes], None],
         on_resubscribed: Callable[[list[str]], None],
         client_name: str,
+        *,
+        sharded: bool = False,
+        control: bool = True,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self._keys = keys
+        self._sharded = sharded
+        self._subscribe_cmd = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
+        self._control = control
+        self._on_lost = on_lost
         self._factory = connection_factory
         self._on_message = on_message
         self._on_resubscribed = on_resubscribed
@@ -99,7 +113,7 @@ class PubSubLink:
         async with self._order:
             self.wanted.add(channel)
             self._pending.setdefault(channel, deque()).append([fut])
-            await self._send("SUBSCRIBE", self._keys.pubsub(channel))
+            await self._send(self._subscribe_cmd, self._keys.pubsub(channel))
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
@@ -110,7 +124,7 @@ class PubSubLink:
     async def unsubscribe(self, channel: str) -> None:
         async with self._order:
             self.wanted.discard(channel)
-            await self._send("UNSUBSCRIBE", self._keys.pubsub(channel))
+            await self._send("S" * self._sharded + "UNSUBSCRIBE", self._keys.pubsub(channel))
 
     async def heartbeat(self) -> None:
         """Called periodically: a PING left unanswered since the last call means a dead link."""
@@ -156,6 +170,8 @@ class PubSubLink:
                     log.warning("redis pub/sub connection lost (%s): reconnecting", exc)
                 else:
                     log.debug("redis pub/sub connect failed: %s", exc)
+                if self._on_lost is not None:
+                    self._on_lost()
             finally:
                 self._conn = None
                 self._up.clear()
@@ -171,9 +187,12 @@ class PubSubLink:
         # From here reads wait as long as the channels stay quiet; liveness is the heartbeat's.
         conn.socket_timeout = None
         async with self._order:
-            names = [self._keys.control] + [self._keys.pubsub(c) for c in self.wanted]
-            for i in range(0, len(names), SUBSCRIBE_BATCH):
-                await conn.send_command("SUBSCRIBE", *names[i : i + SUBSCRIBE_BATCH])
+            if self._control:
+                await conn.send_command("SUBSCRIBE", self._keys.control)
+            names = [self._keys.pubsub(c) for c in self.wanted]
+            step = 1 if self._sharded else SUBSCRIBE_BATCH
+            for i in range(0, len(names), step):
+                await conn.send_command(self._subscribe_cmd, *names[i : i + step])
             # This batch yields exactly one confirmation per wanted channel, which satisfies
             # every subscribe() still waiting from before the reconnect; later calls queue
             # behind it with their own SUBSCRIBE.
@@ -195,13 +214,19 @@ class PubSubLink:
     async def _read(self, conn: Any) -> None:
         while True:
             msg = await conn.read_response()
+            if isinstance(msg, bytes):  # a PING's answer before any subscription
+                self._pong(msg)
+                continue
             kind = msg[0]
-            if kind == b"message":
+            if kind == b"message" or kind == b"smessage":
                 self._on_message(msg[1], msg[2])
-            elif kind == b"subscribe":
+            elif kind == b"subscribe" or kind == b"ssubscribe":
                 self._confirmed(msg[1])
             elif kind == b"pong":
                 self._pong(msg[1])
+            elif kind == b"sunsubscribe" and self._keys.channel_of(msg[1]) in self.wanted:
+                # Redis dropped a channel we still want: its slot lives elsewhere now.
+                raise ConnectionError(f"Redis moved {msg[1].decode()!r} away from this node")
 
     def _confirmed(self, pubsub_channel: bytes) -> None:
         channel = self._keys.channel_of(pubsub_channel)

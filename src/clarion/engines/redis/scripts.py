@@ -64,7 +64,8 @@ end
 
 # KEYS: stream, meta, idempotency key
 # ARGV: body, history size, history ttl ms, meta ttl ms, epoch if new, pub/sub channel
-#       ('' = none), idempotency window ms ('0' = no key)
+#       ('' = none), idempotency window ms ('0' = no key), publish command ('PUBLISH', or
+#       'SPUBLISH' on a cluster: the shard channel shares the keys' slot)
 # -> {offset, epoch, time, duplicate (0/1), earlier body or ''}
 PUBLISH = (
     _COMMON
@@ -91,7 +92,7 @@ else
   redis.call('DEL', stream)
 end
 if ARGV[6] ~= '' then
-  redis.call('PUBLISH', ARGV[6],
+  redis.call(ARGV[8], ARGV[6],
     'p' .. string.format('%d', offset) .. ':' .. epoch .. ':' .. string.format('%d', now)
     .. ':' .. ARGV[1])
 end
@@ -112,7 +113,17 @@ HISTORY = (
     + """
 local stream, meta = KEYS[1], KEYS[2]
 local ttl, size, limit = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[3])
-local epoch, top = load_meta(stream, meta, ARGV[4], math.max(tonumber(ARGV[5]), ttl))
+local meta_ttl = math.max(tonumber(ARGV[5]), ttl)
+local epoch, top = load_meta(stream, meta, ARGV[4], meta_ttl)
+if ARGV[1] == epoch and tonumber(ARGV[2]) > top and ARGV[8] ~= '1' then
+  -- A reader (reading forwards) has seen offsets this Redis never stored: it lost writes (a
+  -- failover to a replica that had not received them). Their offsets would be given again to other
+  -- publications: start a new epoch, so that every reader gets a reset instead.
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'e', ARGV[4], 's', 0)
+  redis.call('PEXPIRE', meta, meta_ttl)
+  epoch, top = ARGV[4], 0
+end
 if size == 0 then
   redis.call('DEL', stream)
 else

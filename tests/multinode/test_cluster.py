@@ -1,0 +1,161 @@
+"""Two hub processes on a Redis Cluster of three primaries with a replica each.
+
+Sharded pub/sub carries each channel's publications within its shard; a primary killed with
+SIGKILL while publications flow is replaced by its replica, and every subscriber ends with
+every publication in order, or with a reset where the new primary never got some — never a
+silent gap, never a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ..conftest import timeout
+from ..redis_cluster import RedisCluster
+from .conftest import CONFIG
+from .helpers import Node, Publisher, Tracker, eventually
+from .test_multinode import run_trackers
+
+pytestmark = [
+    pytest.mark.timeout(150),
+    pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed"),
+]
+
+# Channels whose slots fall on different primaries of a three-primary cluster.
+CHANNELS = ["a", "b", "c"]
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisCluster]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    cluster = RedisCluster(primaries=3, replicas=1)
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+class Hubs:
+    def __init__(self, cluster: RedisCluster, tmp_path: Path) -> None:
+        self.cluster = cluster
+        self.tmp_path = tmp_path
+        self.nodes: list[Node] = []
+
+    async def start(self) -> Node:
+        config = self.tmp_path / f"clarion-{len(self.nodes)}.toml"
+        config.write_text(CONFIG)
+        engine = f"{self.cluster.url}?check_interval=0.5&presence_ttl=2"
+        node = Node(engine, config, self.tmp_path, {})
+        self.nodes.append(node)
+        await node.wait_healthy(timeout=timeout(30))
+        return node
+
+
+@pytest.fixture
+def hubs(redis_cluster: RedisCluster, tmp_path: Path) -> Iterator[Hubs]:
+    h = Hubs(redis_cluster, tmp_path)
+    try:
+        yield h
+    finally:
+        for node in h.nodes:
+            node.kill()
+
+
+def test_the_channels_span_every_primary(redis_cluster: RedisCluster) -> None:
+    owners = {redis_cluster.owner(f"clarion:{{{c}}}:meta") for c in CHANNELS}
+    # Else the failover test would not cover shards that keep their primary.
+    assert len(owners) == 3 and None not in owners
+
+
+async def test_cross_node_delivery_presence_and_resume(hubs: Hubs) -> None:
+    a = await hubs.start()
+    b = await hubs.start()
+    trackers = [Tracker(c) for c in CHANNELS for _ in range(2)]
+    stop_clients, stop_publishing = asyncio.Event(), asyncio.Event()
+    tasks = await run_trackers(trackers, [a.ws_url, b.ws_url], stop_clients)
+    async with httpx.AsyncClient(base_url=b.http_url, timeout=5) as api:
+        # Presence on a channel, read on the other node.
+        for channel in CHANNELS:
+
+            async def listed(channel: str = channel) -> bool:
+                r = await api.get("/api/presence", params={"channel": channel})
+                return len(r.json()["clients"]) == 2
+
+            await eventually(listed, timeout=timeout(10))
+    publishers = [Publisher(b.http_url, c, rate=30) for c in CHANNELS]
+    publishing = [asyncio.create_task(p.run(stop_publishing)) for p in publishers]
+    await eventually(lambda: all(len(p.published) >= 20 for p in publishers), timeout=timeout(15))
+    a.kill()  # its clients resume on b from their cursors
+    await eventually(lambda: all(t.connections == 2 for t in trackers), timeout=timeout(15))
+    moved = [len(p.published) for p in publishers]
+    await eventually(
+        lambda: all(len(p.published) >= n + 20 for p, n in zip(publishers, moved, strict=True)),
+        timeout=timeout(15),
+    )
+    stop_publishing.set()
+    await asyncio.gather(*publishing)
+    last = {p.channel: p.published[-1] for p in publishers}
+    assert all(p.failures == [] for p in publishers)
+    await eventually(lambda: all(t.last == last[t.channel] for t in trackers), timeout=timeout(15))
+    for t in trackers:
+        t.assert_clean()
+        assert t.resets == []
+        first = t.offsets[0][1]
+        assert [o for _, o in t.offsets] == list(range(first, last[t.channel][1] + 1))
+    stop_clients.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_a_primary_killed_during_publishing_leaves_no_silent_gap(hubs: Hubs) -> None:
+    cluster = hubs.cluster
+    a = await hubs.start()
+    b = await hubs.start()
+    trackers = [Tracker(c) for c in CHANNELS for _ in range(4)]
+    stop_clients, stop_publishing = asyncio.Event(), asyncio.Event()
+    # Half the subscribers start on each node.
+    tasks = await run_trackers(trackers[::2], [a.ws_url, b.ws_url], stop_clients)
+    tasks += await run_trackers(trackers[1::2], [b.ws_url, a.ws_url], stop_clients)
+    # About 200 publications/s in all, through both nodes.
+    publishers = [Publisher(node.http_url, c, rate=33) for c in CHANNELS for node in (a, b)]
+    publishing = [asyncio.create_task(p.run(stop_publishing)) for p in publishers]
+    await eventually(lambda: sum(len(p.published) for p in publishers) >= 200, timeout=timeout(20))
+    victim = cluster.owner("clarion:{a}:meta")
+    assert victim is not None
+    cluster.kill(victim)
+    before = sum(len(p.published) for p in publishers)
+    # The replica takes over; publications to its channels fail until then, then go on.
+    await eventually(
+        lambda: cluster.owner("clarion:{a}:meta") not in (None, victim), timeout=timeout(30)
+    )
+    for_a = [p for p in publishers if p.channel == "a"]
+    after_a = sum(len(p.published) for p in for_a)
+    await eventually(
+        lambda: sum(len(p.published) for p in for_a) >= after_a + 100, timeout=timeout(30)
+    )
+    assert sum(len(p.published) for p in publishers) > before
+    stop_publishing.set()
+    await asyncio.gather(*publishing)
+
+    # Every subscriber reaches the newest stored publication of its channel (a publish that
+    # failed for its caller may still have been stored).
+    last: dict[str, tuple[str, int]] = {}
+    async with httpx.AsyncClient(base_url=b.http_url, timeout=5) as api:
+        for channel in CHANNELS:
+            params = {"channel": channel, "limit": "1", "reverse": "1"}
+            newest = (await api.get("/api/history", params=params)).json()["publications"][0]
+            last[channel] = (newest["epoch"], newest["offset"])
+    await eventually(lambda: all(t.last == last[t.channel] for t in trackers), timeout=timeout(20))
+    for t in trackers:
+        t.assert_clean()  # no gap, no duplicate, no epoch change without a reset
+        if t.channel != "a":
+            assert t.resets == []  # their shards were not touched
+    stop_clients.set()
+    await asyncio.gather(*tasks)

@@ -1,0 +1,160 @@
+"""A real Redis Cluster (and a Sentinel set) started by the test itself, on free loopback ports.
+
+``RedisCluster(primaries=3, replicas=1)`` starts ``redis-server --cluster-enabled yes`` six
+times in temporary directories, joins them with ``redis-cli --cluster create`` and waits
+until every node reports ``cluster_state:ok``. Failure detection is fast
+(``cluster-node-timeout`` 1 s) so that a killed primary's replica takes over within seconds.
+Every server is stopped by its pid at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from .redis_fixture import REDIS_SERVER
+
+REDIS_CLI = shutil.which("redis-cli")
+
+
+def command(port: int, *args: str, timeout: float = 2.0) -> str:
+    """One command through ``redis-cli`` (raw output)."""
+    assert REDIS_CLI is not None
+    out = subprocess.run(
+        [REDIS_CLI, "-p", str(port), *args], capture_output=True, text=True, timeout=timeout
+    )
+    return out.stdout
+
+
+def answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def bus_port_free() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    for _ in range(1000):
+        port = random.randrange(20000, 55000)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Servers:
+    """redis-server processes of one test; each stopped by pid."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="clarion-redis-")
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}  # port -> process
+
+    def start(self, port: int, *extra: str) -> None:
+        assert REDIS_SERVER is not None
+        folder = os.path.join(self.dir, str(port))
+        os.makedirs(folder, exist_ok=True)
+        # fmt: off
+        args = [
+            REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--daemonize", "no", "--dir", folder,
+            "--loglevel", "warning", *extra,
+        ]
+        # fmt: on
+        self.processes[port] = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def wait_answering(self, ports: list[int], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(answers(p) for p in ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer on {ports}")
+            time.sleep(0.02)
+
+    def kill(self, port: int, sig: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(port, None)
+        if process is None or process.poll() is not None:
+            return
+        os.kill(process.pid, sig)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def cleanup(self) -> None:
+        for port in list(self.processes):
+            self.kill(port)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisCluster(Servers):
+    def __init__(self, primaries: int = 3, replicas: int = 1) -> None:
+        super().__init__()
+        self.ports = [bus_port_free() for _ in range(primaries * (1 + replicas))]
+        self.replicas = replicas
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def start_all(self, timeout: float = 60.0) -> None:
+        for port in self.ports:
+            self.start(
+                port,
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "1000",
+            )  # fmt: skip
+        self.wait_answering(self.ports)
+        assert REDIS_CLI is not None
+        nodes = [f"127.0.0.1:{p}" for p in self.ports]
+        replicas = ["--cluster-replicas", str(self.replicas)]
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *nodes, *replicas, "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        self.wait_ok(timeout)
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [p for p in self.ports if p in self.processes]
+            if all("cluster_state:ok" in command(p, "CLUSTER", "INFO") for p in live):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def owner(self, key: str) -> int | None:
+        """The port of the primary that owns ``key``'s slot now (None: none, failing over)."""
+        live = [p for p in self.ports if p in self.processes]
+        slot = int(command(live[0], "CLUSTER", "KEYSLOT", key).strip())
+        for line in command(live[0], "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for part in fields[8:]:
+                low, _, high = part.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    return int(fields[1].split("@")[0].rsplit(":", 1)[1])
+        return None

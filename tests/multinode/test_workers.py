@@ -83,6 +83,21 @@ class Workers:
         self._log.close()
 
 
+class Reconnecting(Publisher):
+    """A publisher whose connection may land on the worker that is killed: it reconnects."""
+
+    def __init__(self, url: str, channel: str, rate: float) -> None:
+        super().__init__(url, channel, rate)
+        self.cut = 0  # requests whose connection died under them (stored or not)
+
+    async def run(self, until: asyncio.Event) -> None:
+        while not until.is_set():
+            try:
+                await super().run(until)
+            except httpx.TransportError:
+                self.cut += 1
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -113,7 +128,7 @@ async def test_one_port_two_workers_share_channels_and_a_killed_worker_comes_bac
     connections = await workers.metrics()
     assert sum(connections.values()) == 16 and all(connections.values()), connections
 
-    publisher = Publisher(workers.http_url, "w", rate=100)
+    publisher = Reconnecting(workers.http_url, "w", rate=100)
     publishing = asyncio.create_task(publisher.run(stop_publisher))
     await eventually(lambda: len(publisher.published) >= 50, timeout=timeout(10))
     before = workers.pids()

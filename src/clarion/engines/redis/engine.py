@@ -291,7 +291,9 @@ class RedisEngine:
     async def publish_ephemeral(self, pub: Publication) -> None:
         # Pub/sub only: no stream entry, no offset; batched with the iteration's other calls.
         try:
-            await self._batch.command("PUBLISH", self.keys.pubsub(pub.channel), encode_signal(pub))
+            await self._batch.command(
+                self._publish_command, self.keys.pubsub(pub.channel), encode_signal(pub)
+            )
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc, f"publishing to {pub.channel!r}") from None
 

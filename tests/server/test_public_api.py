@@ -60,8 +60,10 @@ def test_server_options() -> None:
         "max_pending",
         "max_pending_per_ip",
         "client_key",
+        "reuse_port",
     ]
     assert parameters["max_body_bytes"].default == 65536
     assert parameters["keepalive_timeout"].default == 5.0
     assert parameters["body_timeout"].default == 30.0
     assert parameters["max_pending_per_ip"].default == 1000
+    assert parameters["reuse_port"].default is False

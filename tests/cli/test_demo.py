@@ -39,6 +39,11 @@ async def test_clarion_demo_serves_the_apps_and_publishes(hub_process: Any) -> N
             script = await http.get(f"/demo/{app}.js")
             assert script.headers["content-type"].startswith("text/javascript")
         assert (await http.get("/")).headers["location"] == "/demo/"
+        missing = await http.get("/demo/nothing")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+        wrong_method = await http.post("/demo/token?user=x")
+        assert wrong_method.status_code == 405
+        assert wrong_method.json()["error"]["code"] == "method_not_allowed"
         # Every run has its own secret: the token comes from the demo's endpoint.
         token = (await http.get("/demo/token", params={"user": "visitor"})).json()["token"]
         refused = await http.get("/poll", params={"channel": "ticker:ACME", "timeout": "0"})

@@ -12,6 +12,7 @@ from importlib.resources import files
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -93,6 +94,13 @@ def color_of(name: str) -> str:
     return f"hsl({hue} 70% 45%)"
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # In the shape of every other error of the hub (a GET-only page asked with POST: 405).
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_body(code, str(exc.detail), exc.status_code)
+
+
 class Pages:
     """The files of ``clarion/static/demo``, read once."""
 
@@ -136,11 +144,13 @@ class Demo:
                 Route("/demo/{name:path}", self._page, methods=["GET"]),
             ],
             lifespan=self._lifespan,
+            exception_handlers={HTTPException: _http_error},
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan" or (
-            scope["type"] == "http" and (scope["path"] == "/" or scope["path"].startswith("/demo"))
+            scope["type"] == "http"
+            and (scope["path"] in ("/", "/demo") or scope["path"].startswith("/demo/"))
         ):
             await self.router(scope, receive, send)
         else:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import hmac
 import weakref
-from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
 from urllib.parse import parse_qs
 
+from clarion.asgitypes import Scope
 from clarion.core.auth import Credentials
 from clarion.core.hub import Hub
 from clarion.errors import Forbidden, Unauthorized
@@ -17,8 +16,6 @@ from clarion.protocol.origins import OriginPolicy
 from clarion.protocol.proxies import Forwarded, TrustedProxies, resolve
 
 TOKEN_COOKIE = "clarion_token"
-
-Scope = Mapping[str, Any]
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from clarion.asgi import access
+from clarion.asgitypes import Receive, Scope
 from clarion.core.hub import Hub
 from clarion.errors import BadRequest, ClarionError, TooLarge
 from clarion.protocol.channels import validate_channel
@@ -27,7 +27,7 @@ ENVELOPE_BYTES = 64 * 1024
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-async def read_body(hub: Hub, scope: Mapping[str, Any], receive: Any) -> bytes:
+async def read_body(hub: Hub, scope: Scope, receive: Receive) -> bytes:
     """The request body, refused with :class:`TooLarge` past the message cap plus envelope."""
     cap = hub.settings.limits.max_message_bytes + ENVELOPE_BYTES
     declared = access.header(scope, b"content-length")

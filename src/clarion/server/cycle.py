@@ -13,8 +13,9 @@ import http
 import logging
 from typing import TYPE_CHECKING, Any
 
+from clarion.asgitypes import Message, Scope
 from clarion.protocol.frames import http_chunk
-from clarion.server.config import ClientDisconnected, Config, Message, Scope, date_header
+from clarion.server.config import ClientDisconnected, Config, date_header
 from clarion.server.faststream import FAST_STREAM_EXTENSION, ChunkStream
 
 if TYPE_CHECKING:

@@ -18,12 +18,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from clarion.asgitypes import FAST_STREAM
 from clarion.server.fastws import Outbox
 
 if TYPE_CHECKING:
     from clarion.server.http import HttpProtocol
 
-FAST_STREAM_EXTENSION = "clarion.fast_stream"
+FAST_STREAM_EXTENSION = FAST_STREAM
 
 log = logging.getLogger("clarion.server.faststream")
 

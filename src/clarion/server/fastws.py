@@ -17,66 +17,15 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
 
+from clarion.asgitypes import FAST_WEBSOCKET, FastWebSocket
 from clarion.protocol.frames import text_frame
 
-FAST_WEBSOCKET_EXTENSION = "clarion.fast_websocket"
+__all__ = ["FAST_WEBSOCKET_EXTENSION", "FastWebSocket", "Flusher", "Outbox", "push_many"]
+
+FAST_WEBSOCKET_EXTENSION = FAST_WEBSOCKET  # the name clarion.server has always exported
 
 log = logging.getLogger("clarion.server.fastws")
-
-
-class FastWebSocket(Protocol):
-    """What ``scope["extensions"]["clarion.fast_websocket"]["connection"]`` offers.
-
-    Usable only after ``websocket.accept`` and only from the event loop's thread.
-    """
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes queued here plus bytes in the transport's write buffer."""
-        ...
-
-    @property
-    def last_activity(self) -> float:
-        """``time.monotonic()`` when bytes were last received from the peer."""
-        ...
-
-    @property
-    def closed(self) -> bool:
-        """True once a close frame was sent or received, or the socket is gone."""
-        ...
-
-    def push(self, frame: bytes) -> None:
-        """Queue a complete unmasked server frame; written at the end of this loop iteration."""
-        ...
-
-    def push_text(self, payload: bytes) -> None:
-        """Frame ``payload`` (UTF-8) as one text frame and :meth:`push` it."""
-        ...
-
-    def push_many(self, connections: Iterable[Any], frame: bytes) -> None:
-        """:meth:`push` ``frame`` to each of ``connections`` (objects offered by this extension).
-
-        The fan-out's inner loop: the same for every connection, so it lives on each of them.
-        """
-        ...
-
-    def ping(self) -> None: ...
-
-    def close(self, code: int, reason: str = "") -> None:
-        """Send what is queued, then a close frame; the socket closes after the handshake."""
-        ...
-
-    def set_send_limit(self, limit: int, on_overflow: Callable[[], None]) -> None:
-        """Call ``on_overflow()`` once when pushes take :attr:`buffered_bytes` over ``limit``.
-
-        Called soon after, from the loop, never from inside :meth:`push`. Calling this again
-        re-arms it. The app must then stop pushing (close, or conflate until the backlog
-        drains): if it pushes on once told, past twice the limit the server closes the
-        connection itself (1008).
-        """
-        ...
 
 
 class Flusher:

@@ -34,8 +34,9 @@ import httptools
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
+from clarion.asgitypes import Scope
 from clarion.server import flow
-from clarion.server.config import ASGI_VERSION, Config, Registry, Scope, reset
+from clarion.server.config import ASGI_VERSION, Config, Registry, reset
 from clarion.server.cycle import HttpCycle, simple_response
 from clarion.server.websocket import WebSocketProtocol
 

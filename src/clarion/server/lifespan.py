@@ -10,7 +10,8 @@ import asyncio
 import logging
 from typing import Any
 
-from clarion.server.config import ASGI_VERSION, ASGIApp, Message
+from clarion.asgitypes import ASGIApp, Message
+from clarion.server.config import ASGI_VERSION
 
 log = logging.getLogger("clarion.server.lifespan")
 

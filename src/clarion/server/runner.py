@@ -10,8 +10,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from clarion.asgitypes import ASGIApp
 from clarion.core.limits import AddressCount
-from clarion.server.config import ASGIApp, Config, Registry, descriptor_budget
+from clarion.server.config import Config, Registry, descriptor_budget
 from clarion.server.fastws import flusher_for
 from clarion.server.http import HttpProtocol
 from clarion.server.lifespan import Lifespan

@@ -23,9 +23,10 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from clarion.asgitypes import Message, Scope
 from clarion.protocol.frames import binary_frame, text_frame
 from clarion.server import flow
-from clarion.server.config import ClientDisconnected, Config, Message, Registry, Scope, reset
+from clarion.server.config import ClientDisconnected, Config, Registry, reset
 from clarion.server.fastws import FAST_WEBSOCKET_EXTENSION, Outbox
 
 log = logging.getLogger("clarion.server.websocket")

@@ -1,0 +1,108 @@
+"""What passes between a server and clarion's ASGI app: ASGI's own types, and the two extensions
+clarion's server adds to them.
+
+One home for both sides: :mod:`clarion.server` offers the extensions, :mod:`clarion.asgi` uses
+them when a scope carries them (and works, slower, under any other ASGI server):
+
+* ``scope["extensions"]["clarion.fast_websocket"]["connection"]`` is a :class:`FastWebSocket`;
+* ``scope["extensions"]["clarion.fast_stream"]["open"]()``, called once a chunked response has
+  started, returns a :class:`FastStream`.
+
+Both take bytes already framed once for every receiver (a WebSocket frame, an HTTP chunk) and
+coalesce them into one write per connection per event-loop iteration. See ``docs/server.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Protocol
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+FAST_WEBSOCKET = "clarion.fast_websocket"
+FAST_STREAM = "clarion.fast_stream"
+
+
+class FastOutbox(Protocol):
+    """What both extensions offer: pushes of pre-framed bytes, and a send budget."""
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes queued here plus bytes in the transport's write buffer."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closing or gone."""
+        ...
+
+    def push(self, frame: bytes) -> None:
+        """Queue complete framed bytes; written at the end of this loop iteration."""
+        ...
+
+    def push_many(self, connections: Iterable[Any], frame: bytes) -> None:
+        """:meth:`push` ``frame`` to each of ``connections`` (objects offered by the extension).
+
+        The fan-out's inner loop: the same for every connection, so it lives on each of them.
+        """
+        ...
+
+    def set_send_limit(self, limit: int, on_overflow: Callable[[], None]) -> None:
+        """Call ``on_overflow()`` once when pushes take :attr:`buffered_bytes` over ``limit``.
+
+        Called soon after, from the loop, never from inside :meth:`push`. Calling this again
+        re-arms it. The app must then stop pushing (close, or conflate until the backlog
+        drains): if it pushes on once told, past twice the limit the server closes the
+        connection itself.
+        """
+        ...
+
+
+class FastWebSocket(FastOutbox, Protocol):
+    """``clarion.fast_websocket``: pushes are complete unmasked server frames.
+
+    Usable only after ``websocket.accept`` and only from the event loop's thread.
+    """
+
+    @property
+    def last_activity(self) -> float:
+        """``time.monotonic()`` when bytes were last received from the peer."""
+        ...
+
+    def push_text(self, payload: bytes) -> None:
+        """Frame ``payload`` (UTF-8) as one text frame and :meth:`push` it."""
+        ...
+
+    def ping(self) -> None: ...
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Send what is queued, then a close frame; the socket closes after the handshake."""
+        ...
+
+
+class FastStream(FastOutbox, Protocol):
+    """``clarion.fast_stream``: pushes are complete HTTP chunks of one streaming response.
+
+    The app still ends the response with a normal ``http.response.body`` message
+    (``more_body: False``), which writes what was pushed first.
+    """
+
+    def drop_pending(self) -> None:
+        """Forget what was pushed and not yet written (a reader too slow to take it)."""
+        ...
+
+
+def fast_websocket(scope: Scope) -> FastWebSocket | None:
+    """The scope's ``clarion.fast_websocket`` connection, when its server offers one."""
+    offered = scope.get("extensions", {}).get(FAST_WEBSOCKET)
+    return None if offered is None else offered["connection"]
+
+
+def fast_stream(scope: Scope) -> Callable[[], FastStream] | None:
+    """The scope's ``clarion.fast_stream`` opener, when its server offers one."""
+    offered = scope.get("extensions", {}).get(FAST_STREAM)
+    return None if offered is None else offered["open"]

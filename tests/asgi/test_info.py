@@ -107,6 +107,10 @@ async def test_operator_metrics(hub: RunningHub) -> None:
         # A cursor from another epoch: the subscription starts with a reset "epoch".
         await ws.subscribe("chat:r", since=encode_single("chat:r", "gone", 3))
         assert (await ws.recv())["reset"]["reason"] == "epoch"
+        # And a poll from such a cursor: its reply carries the reset.
+        cursor = encode_single("chat:p", "gone", 3)
+        polled = await http.get("/poll", params={"channel": "chat:p", "cursor": cursor})
+        assert polled.json()["reset"]["reason"] == "epoch"
 
         async def scraped() -> dict[Any, float] | None:
             page = metrics((await http.get("/metrics")).text)
@@ -115,7 +119,7 @@ async def test_operator_metrics(hub: RunningHub) -> None:
 
         page = await until(scraped)
         assert page["clarion_namespace_deliveries_total", (("namespace", "chat"),)] == 5
-        assert page["clarion_resets_total", (("reason", "epoch"),)] == 1
+        assert page["clarion_resets_total", (("reason", "epoch"),)] == 2
         # The first publication after a tick is always sampled.
         assert page["clarion_publish_to_write_seconds_count", ()] >= 1
         assert page["clarion_slow_disconnects_total", ()] == 0

@@ -248,3 +248,73 @@ async def test_two_redis_nodes_and_one_killed(page: Any, cluster: Cluster) -> No
     await cell(page, f"#nodes tr[data-node='{second_id}'] td.state", "gone")
     assert await page.evaluate("document.querySelectorAll('#nodes tr.up').length") == 1
     await screenshot(page, "one-gone")
+
+
+async def test_channels_search_and_a_server_side_unsubscribe(page: Any, hub_factory: Any) -> None:
+    hub = await admin_hub(hub_factory)
+    clients = Clients(hub)
+    carol = await clients.ws("carol", "chat:lobby")
+    erin = await clients.ws("erin", "chat:news")
+    try:
+        await log_in(page, hub.http_url)
+        await page.wait_for_selector("#nodes tbody tr", timeout=WAIT)
+        await page.goto(hub.http_url + "/admin#channels")
+        await page.wait_for_selector("#by-subscribers tr[data-channel='chat:lobby']", timeout=WAIT)
+        await page.fill("#channel-search", "news")
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('#by-subscribers tbody tr')]"
+            ".map((r) => r.dataset.channel).join() === 'chat:news'",
+            timeout=WAIT,
+        )
+        await screenshot(page, "channels")
+        await page.click("#by-subscribers a")
+        await page.wait_for_selector("#presence tr[data-user='erin'] button", timeout=WAIT)
+        await page.click("#presence tr[data-user='erin'] button >> text=Unsubscribe")
+        pushed = json.loads(await asyncio.wait_for(erin.recv(), timeout(10)))
+        assert pushed == {"unsubscribe": {"channel": "chat:news", "reason": "server"}}
+        await page.wait_for_function(
+            "() => !document.querySelector(\"#presence tr[data-user='erin']\")", timeout=WAIT
+        )
+    finally:
+        await carol.close()
+        await erin.close()
+
+
+async def test_webhooks_dead_letters_and_replay_without_secrets(
+    page: Any, hub_factory: Any, tmp_path: Path
+) -> None:
+    from ..webhooks.receiver import OK, Answer, Receiver
+
+    hub: RunningHub = await hub_factory(
+        api_key=KEY,
+        admin=True,
+        data_dir=str(tmp_path / "data"),
+        webhook_allow_hosts=["127.0.0.1"],
+        webhook_delivery={"retry_base": 0.02, "retry_cap": 0.1, "retry_window": 0.4},
+    )
+    failing = True
+    async with Receiver(lambda r: Answer(status=500) if failing else OK) as receiver:
+        async with hub.http() as http:
+            auth = {"authorization": f"apikey {KEY}"}
+            url = receiver.url + "?token=query-secret"
+            r = await http.post(
+                "/api/webhooks", json={"url": url, "channels": ["orders:*"]}, headers=auth
+            )
+            hook = r.json()
+            receiver.secret = hook["secret"]  # it verifies each delivery's signature
+        for n in range(2):
+            await hub.publish("orders:1", {"n": n})
+        await log_in(page, hub.http_url)
+        await page.wait_for_selector("#nodes tbody tr", timeout=WAIT)
+        await page.goto(hub.http_url + "/admin#webhooks")
+        row = f"#webhooks tr[data-webhook='{hook['id']}']"
+        await cell(page, f"{row} td.dead", "2")
+        await cell(page, f"{row} td.backlog", "0")
+        content = await page.content()
+        assert "HTTP 500" in await page.inner_text(row)
+        assert hook["secret"] not in content and "query-secret" not in content
+        await screenshot(page, "webhooks")
+        failing = False
+        await page.click(f"{row} button.replay")
+        await receiver.wait_acknowledged(2)
+        await cell(page, f"{row} td.dead", "0")

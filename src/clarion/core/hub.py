@@ -299,7 +299,10 @@ class Hub:
         history = await self.engine.history(
             channel, self.options(channel), since=position, limit=limit, reverse=reverse
         )
-        return history, history_reset(history, position, reverse)
+        reason = history_reset(history, position, reverse)
+        if reason is not None:
+            self.stats.resets[reason] += 1
+        return history, reason
 
     async def presence(self, channel: str) -> list[PresenceEntry]:
         validate_channel(channel)

@@ -141,7 +141,9 @@ class _HubCollector(Collector):
         )
 
         resets = CounterMetricFamily(
-            "clarion_resets", "Reset signals sent to subscribers", labels=["reason"]
+            "clarion_resets",
+            "Resets sent to subscribers and answered to history reads (polls)",
+            labels=["reason"],
         )
         for reason, n in sorted(stats.resets.items()):
             resets.add_metric([reason], n)

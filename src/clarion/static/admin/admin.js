@@ -62,7 +62,7 @@ function start(apiKey) {
   $("view").hidden = false;
   const badge = $("live-state");
   live = new Live(apiKey, (state) => {
-    badge.textContent = state === "connected" ? "live" : state;
+    badge.textContent = state === "connected" ? "live" : `not live (${state})`;
     badge.classList.toggle("live", state === "connected");
   });
   route();

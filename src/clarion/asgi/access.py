@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 from clarion.asgitypes import Scope
 from clarion.core.auth import Credentials
 from clarion.core.hub import Hub
-from clarion.errors import Forbidden, Unauthorized
+from clarion.errors import BadRequest, ClarionError, Forbidden, Unauthorized
 from clarion.protocol.origins import OriginPolicy
 from clarion.protocol.proxies import Forwarded, TrustedProxies, resolve
 
@@ -28,11 +28,41 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def query(scope: Scope) -> dict[str, list[str]]:
+Params = dict[str, list[str]]
+
+MAX_QUERY_FIELDS = 600
+
+
+def query_params(
+    scope: Scope, max_fields: int = MAX_QUERY_FIELDS, too_many: ClarionError | None = None
+) -> Params:
+    """The query string's parameters, each name with its values in order; the one parser of
+    every raw HTTP endpoint. Raises :class:`BadRequest` when the query is not UTF-8, and
+    ``too_many`` (by default a :class:`BadRequest`) past ``max_fields`` parameters."""
     raw = scope.get("query_string", b"")
     try:
-        return parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=600)
-    except (UnicodeDecodeError, ValueError):
+        return parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=max_fields)
+    except UnicodeDecodeError:
+        raise BadRequest("the query string is not valid UTF-8") from None
+    except ValueError:  # more fields than any valid request has
+        raise too_many or BadRequest(f"more than {max_fields} query parameters") from None
+
+
+def single_param(params: Params, name: str) -> str | None:
+    """The one value of ``name``; :class:`BadRequest` when it is given more than once."""
+    values = params.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"query parameter {name!r} given more than once")
+    return values[0]
+
+
+def query(scope: Scope) -> Params:
+    """The query's parameters, or none when it cannot be read (where it is only looked into)."""
+    try:
+        return query_params(scope)
+    except ClarionError:
         return {}
 
 

@@ -39,14 +39,10 @@ def _flag(request: Request, name: str) -> bool:
 
 
 def _param(request: Request, name: str, required: bool = True) -> str | None:
-    values = request.query_params.getlist(name)
-    if len(values) > 1:
-        raise BadRequest(f"{name} given more than once")
-    if not values:
-        if required:
-            raise BadRequest(f"query parameter {name!r} is required")
-        return None
-    return values[0]
+    value = access.single_param(access.query_params(request.scope), name)
+    if value is None and required:
+        raise BadRequest(f"query parameter {name!r} is required")
+    return value
 
 
 class ServerAPI:

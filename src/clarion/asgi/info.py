@@ -36,10 +36,7 @@ def reporter(hub: Hub, request: Request) -> NodeReporter:
 
 
 def _one(request: Request, name: str) -> str | None:
-    values = request.query_params.getlist(name)
-    if len(values) > 1:
-        raise BadRequest(f"{name} given more than once")
-    return values[0] if values else None
+    return access.single_param(access.query_params(request.scope), name)
 
 
 class InfoAPI:

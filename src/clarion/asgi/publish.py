@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 
 from clarion.asgi import access
-from clarion.asgitypes import Receive, Scope
+from clarion.asgi.responses import send_error, send_json
+from clarion.asgitypes import Receive, Scope, Send
 from clarion.core.hub import Hub
 from clarion.errors import BadRequest, ClarionError, TooLarge
 from clarion.protocol.channels import validate_channel
@@ -24,7 +25,6 @@ log = logging.getLogger("clarion.api")
 
 # The body carries the envelope around ``data``: allow some room beyond max_message_bytes.
 ENVELOPE_BYTES = 64 * 1024
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 async def read_body(hub: Hub, scope: Scope, receive: Receive) -> bytes:
@@ -56,25 +56,17 @@ def parse_object(body: bytes) -> dict[str, Any]:
     return obj
 
 
-async def send_json(send: Any, status: int, payload: Any) -> None:
-    body = orjson.dumps(payload)
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 class PublishEndpoint:
     """An ASGI application answering ``POST /api/publish``."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.hub
         try:
             if scope["method"] != "POST":
-                await send_json(send, 405, _error("method_not_allowed", "use POST"))
-                return
+                raise ClarionError("use POST", code="method_not_allowed")
             access.check_api_key(hub, scope)
             body = parse_object(await read_body(hub, scope, receive))
             channel = validate_channel(body.get("channel"))
@@ -93,13 +85,13 @@ class PublishEndpoint:
         except ClarionError as exc:
             # The client may be gone (it never finished its body): nobody to tell, no error.
             with contextlib.suppress(OSError):
-                await send_json(send, exc.status, {"error": exc.to_dict()})
+                await send_error(send, exc)
             return
         except Exception:
             log.exception("publish failed")
-            await send_json(send, 500, _error("internal", "internal error"))
+            await send_error(send, ClarionError("internal error", code="internal"))
             return
-        await send_json(send, 200, publish_reply(hub, pub))
+        await send_json(send, 200, orjson.dumps(publish_reply(hub, pub)))
 
 
 def publish_reply(hub: Hub, pub: Publication) -> dict[str, Any]:
@@ -108,7 +100,3 @@ def publish_reply(hub: Hub, pub: Publication) -> dict[str, Any]:
     if pub.ephemeral:
         return {"ephemeral": True}
     return {"offset": pub.offset, "epoch": pub.epoch, "cursor": hub.cursor_of(pub)}
-
-
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}

@@ -337,10 +337,25 @@ LABELS = {
 }
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    import random
+
+    while True:
+        port = random.randrange(20000, 55000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+
+
 def start_redis(procs: Processes, *extra: str) -> int:
     redis_server = shutil.which("redis-server")
     assert redis_server is not None
-    port = free_port()
+    port = cluster_port() if "--cluster-enabled" in extra else free_port()
     folder = procs.dir / f"redis-{port}"
     folder.mkdir()
     # fmt: off

@@ -158,7 +158,7 @@ async def test_presence_of_a_crashed_node_expires(nodes: Callable[..., Any]) -> 
     # a "crashes": its refresh stops, nothing is cleaned up.
     for task in a._tasks:
         task.cancel()
-    a._presence.clear()
+    a._presence.held.clear()
     crashed = time.monotonic()
     while [p.client for p in await b.presence("c")] != ["b1"]:
         assert time.monotonic() - crashed < 3.0  # the TTL, and some slack
@@ -177,7 +177,7 @@ async def test_presence_stats_of_a_crashed_node_expire(nodes: Callable[..., Any]
     assert await b.presence_stats("c") == PresenceStats(4, 3)
     for task in a._tasks:  # a "crashes"
         task.cancel()
-    a._presence.clear()
+    a._presence.held.clear()
     crashed = time.monotonic()
     # alice stays (b holds one of her clients); carol goes with a's leases.
     while await b.presence_stats("c") != PresenceStats(2, 2):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,17 @@ class SentinelSet(Servers):
                 stderr=subprocess.DEVNULL,
             )
         self.wait_answering(self.sentinels)
+        # A failover needs a majority of sentinels that know each other and the replica.
+        deadline = time.monotonic() + 30
+        while not all(self._ready(p) for p in self.sentinels):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sentinels did not find each other and the replica")
+            time.sleep(0.1)
+
+    def _ready(self, port: int) -> bool:
+        fields = command(port, "SENTINEL", "MASTER", "main").split()
+        info = dict(zip(fields[::2], fields[1::2], strict=False))
+        return info.get("num-other-sentinels") == "2" and info.get("num-slaves") == "1"
 
     def master(self) -> int | None:
         """The primary's port as the first live sentinel reports it."""

@@ -30,7 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
-from clarion.errors import ConfigError
+from clarion.errors import ConfigError, EngineUnavailable
 
 DEFAULT_PREFIX = "clarion"
 DEFAULT_CHECK_INTERVAL = 2.0  # seconds between position checks and pub/sub heartbeats
@@ -215,3 +215,8 @@ def parse_url(url: str) -> RedisTarget:
         pool_timeout=pool_timeout,
         cluster=tuple(nodes),
     )
+
+
+def unavailable(exc: BaseException, doing: str) -> EngineUnavailable:
+    """What a Redis failure while ``doing`` something raises to the hub."""
+    return EngineUnavailable(f"Redis unavailable while {doing}: {exc or 'timeout'}")

@@ -1,16 +1,10 @@
 """The Redis engine: many hub nodes share channels, history and presence through one Redis.
 
-* Publish is one Lua script per publication: the channel's meta (epoch, top offset; a fresh
-  epoch when missing), the next offset, ``XADD`` to the channel's stream (entry id = offset,
-  trimmed by size and TTL), idempotency, and ``PUBLISH`` to the channel's pub/sub channel.
-* Each node holds one pub/sub connection and subscribes only to channels with local
-  subscribers. Pub/sub is at-most-once, so the node keeps the last position it saw per
-  channel and, every ``check_interval`` seconds and after every reconnect, compares it with
-  the channel's meta; publications it missed are read back from the stream and handed to the
-  hub, which drops what it already has. A lost *last* publication is thus delivered within one
-  interval, and the hub's own gap detection covers the ones followed by another.
-* Presence entries expire unless their node refreshes them, so a crashed node's sessions
-  leave presence within ``presence_ttl``.
+* Publish is one Lua script per publication (``scripts.PUBLISH``): meta, next offset, stream
+  entry, trims, idempotency and the pub/sub announcement, atomically.
+* Each node subscribes only to channels with local subscribers (``pubsub.py``; ``sharded.py``
+  on a cluster); what pub/sub loses is read back from the streams (``positions.py``).
+* Presence entries expire unless their node refreshes them (``presence.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +22,8 @@ from redis.exceptions import RedisError
 from clarion.engines.base import EngineSink, History, PresenceEntry, PresenceStats
 from clarion.engines.redis import scripts
 from clarion.engines.redis.batch import Batcher
-from clarion.engines.redis.connect import parse_url
+from clarion.engines.redis.connect import parse_url, unavailable
+from clarion.engines.redis.health import PING_TIMEOUT, HealthCheck
 from clarion.engines.redis.keys import (
     EVENT,
     PUBLICATION,
@@ -45,6 +40,8 @@ from clarion.engines.redis.keys import (
     publication_from_body,
 )
 from clarion.engines.redis.limits import ClusterLimits
+from clarion.engines.redis.positions import Positions
+from clarion.engines.redis.presence import RedisPresence
 from clarion.engines.redis.pubsub import PubSubLink
 from clarion.engines.redis.sharded import ShardedLink
 from clarion.errors import ConfigError, EngineUnavailable
@@ -60,11 +57,7 @@ log = logging.getLogger("clarion.engines.redis")
 
 START_TIMEOUT = 5.0  # seconds to reach Redis at start
 SUBSCRIBE_TIMEOUT = 5.0  # seconds for Redis to confirm a subscription
-PING_TIMEOUT = 1.0
-CHECK_BATCH = 500  # channels per pipelined position check
-CATCH_UP_ROUNDS = 10  # history reads per channel per check, at most
 MIN_REDIS = (6, 2)  # XTRIM MINID, ZADD GT
-DAY_MS = 86_400_000
 # Decoded publications kept by (channel, epoch, offset), which names one content for good: the
 # history reads of a reconnect storm then share objects, and with them their encoded frames.
 RECENT = 4096
@@ -96,16 +89,18 @@ class RedisEngine:
         self._sink: EngineSink | None = None
         self._link: PubSubLink | ShardedLink | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._seen: dict[str, StreamPosition] = {}  # subscribed channel → last position seen
-        self._resync_lock = asyncio.Lock()
-        # This node's entries, for refresh: channel -> client -> (entry, user or "").
-        self._presence: dict[str, dict[str, tuple[bytes, str]]] = {}
+        self._positions = Positions(
+            self.keys,
+            self.history,
+            self._options,
+            self._deliver_recovered,
+            self.settings.limits.max_history_batch,
+        )
+        self._presence: RedisPresence | None = None
         self._recent: dict[tuple[str, str, int], Publication] = {}  # see RECENT
         self._failing: str | None = None  # what last failed, to log an outage once
-        self._ping_conn: Any = None  # health checks' own connection, outside the pool
-        self._pinging: asyncio.Future[bool] | None = None  # the health check under way
+        self._health: HealthCheck | None = None
         self.limits: ClusterLimits | None = None
-        self.recovered = 0  # publications read back from streams after pub/sub lost them
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -114,17 +109,15 @@ class RedisEngine:
         client = self._client = self.target.client()
         self._publish = client.register_script(scripts.PUBLISH)
         self._history = client.register_script(scripts.HISTORY)
-        self._presence_add = client.register_script(scripts.PRESENCE_ADD)
-        self._presence_remove = client.register_script(scripts.PRESENCE_REMOVE)
-        self._presence_stats = client.register_script(scripts.PRESENCE_STATS)
-        self._presence_announce = client.register_script(scripts.PRESENCE_ANNOUNCE)
-        self._presence_retire = client.register_script(scripts.PRESENCE_RETIRE)
-        self._presence_get = client.register_script(scripts.PRESENCE_GET)
         self._revoke = client.register_script(scripts.REVOKE)
         # Per-session commands (history, presence, shared counts) issued in one loop
         # iteration share one pipeline: a burst of sessions costs round trips per iteration.
         self._batch = Batcher(client)
+        self._health = HealthCheck(client, cluster=bool(self.target.cluster))
+        self._positions.client = client
         self.limits = ClusterLimits(client, self.keys, _ms(self.presence_ttl), self._batch)
+        presence = RedisPresence(client, self.keys, _ms(self.presence_ttl), self._batch)
+        self._presence = presence
         where = self.target.description
         try:
             info = await asyncio.wait_for(client.info("server"), START_TIMEOUT)
@@ -137,12 +130,7 @@ class RedisEngine:
             for script in (
                 self._publish,
                 self._history,
-                self._presence_add,
-                self._presence_remove,
-                self._presence_stats,
-                self._presence_announce,
-                self._presence_retire,
-                self._presence_get,
+                *presence.scripts,
                 self._revoke,
             ):
                 await client.script_load(script.script)
@@ -195,19 +183,11 @@ class RedisEngine:
         if self._client is not None:
             await self._batch.close(PING_TIMEOUT)
         # Leave presence now rather than after the TTL; best effort.
-        if self._presence and self._client is not None:
+        if self._presence is not None and self._client is not None:
             with contextlib.suppress(Exception):
-                calls = [
-                    (self._presence_remove, self._presence_keys(channel, user), [client, user])
-                    for channel, entries in self._presence.items()
-                    for client, (_, user) in entries.items()
-                ]
-                await asyncio.wait_for(self._batch.now(calls), PING_TIMEOUT)
-        self._presence.clear()
-        if self._ping_conn is not None:
-            with contextlib.suppress(Exception):
-                await self._ping_conn.disconnect(nowait=True)
-            self._ping_conn = None
+                await asyncio.wait_for(self._presence.leave_all(), PING_TIMEOUT)
+        if self._health is not None:
+            await self._health.close()
         await self._close_client()
 
     async def _close_client(self) -> None:
@@ -215,9 +195,6 @@ class RedisEngine:
             with contextlib.suppress(Exception):
                 await self._client.aclose()
             self._client = None
-
-    def _unavailable(self, exc: BaseException, doing: str) -> EngineUnavailable:
-        return EngineUnavailable(f"Redis unavailable while {doing}: {exc or 'timeout'}")
 
     # ---- publish and history ----------------------------------------------------------------
 
@@ -279,7 +256,7 @@ class RedisEngine:
                 ],
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, f"publishing to {channel!r}") from None
+            raise unavailable(exc, f"publishing to {channel!r}") from None
         if duplicate:
             pub = publication_from_body(channel, offset, epoch.decode(), time, earlier)
             pub.repeated = True
@@ -295,7 +272,7 @@ class RedisEngine:
                 self._publish_command, self.keys.pubsub(pub.channel), encode_signal(pub)
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, f"publishing to {pub.channel!r}") from None
+            raise unavailable(exc, f"publishing to {pub.channel!r}") from None
 
     async def history(
         self,
@@ -322,7 +299,7 @@ class RedisEngine:
                 ],
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, f"reading the history of {channel!r}") from None
+            raise unavailable(exc, f"reading the history of {channel!r}") from None
         epoch = epoch_b.decode()
         pubs = [self._decoded(channel, epoch, entry) for entry in entries]
         return History(pubs, StreamPosition(epoch, int(top)), int(earliest))
@@ -355,13 +332,13 @@ class RedisEngine:
             history = await self.history(channel, self._options(channel), limit=0)
         except BaseException:
             # The hub treats a failed subscribe as never made: leave no subscription behind.
-            self._seen.pop(channel, None)
+            self._positions.forget(channel)
             await asyncio.shield(link.unsubscribe(channel))
             raise
-        self._note(history.position, channel)
+        self._positions.note(history.position, channel)
 
     async def unsubscribe(self, channel: str) -> None:
-        self._seen.pop(channel, None)
+        self._positions.forget(channel)
         if self._link is not None:
             await self._link.unsubscribe(channel)
 
@@ -373,13 +350,16 @@ class RedisEngine:
     def _options(self, channel: str) -> NamespaceOptions:
         return self.settings.namespace(namespace_of(channel))
 
-    def _note(self, position: StreamPosition, channel: str, *, baseline: bool = True) -> None:
-        seen = self._seen.get(channel)
-        if seen is None:
-            if baseline:
-                self._seen[channel] = position
-        elif seen.epoch != position.epoch or position.offset > seen.offset:
-            self._seen[channel] = position
+    def _deliver_recovered(self, pub: Publication) -> bool:
+        if self._sink is None:
+            return False
+        self._sink.on_publication(pub)
+        return True
+
+    @property
+    def recovered(self) -> int:
+        """Publications read back from streams after pub/sub lost them."""
+        return self._positions.recovered
 
     def _on_message(self, pubsub_channel: bytes, payload: bytes) -> None:
         sink = self._sink
@@ -395,7 +375,7 @@ class RedisEngine:
             if payload[0] == PUBLICATION:
                 pub = decode_publication(channel, payload)
                 self._remember(pub)
-                self._note(pub.position, channel, baseline=False)
+                self._positions.note(pub.position, channel, baseline=False)
                 sink.on_publication(pub)
             elif payload[0] == SIGNAL:
                 sink.on_ephemeral(decode_signal(channel, payload))
@@ -412,12 +392,12 @@ class RedisEngine:
         self._sink.on_control(str(msg["c"]), dict(msg.get("p") or {}))
 
     def _on_resubscribed(self, channels: list[str]) -> None:
-        if self._seen:
+        if self._positions.seen:
             self._spawn(self._resync_after_reconnect(), "clarion-redis-resync")
 
     async def _resync_after_reconnect(self) -> None:
         try:
-            await self._resync(list(self._seen))
+            await self._positions.resync(list(self._positions.seen))
         except (RedisError, OSError, TimeoutError, EngineUnavailable) as exc:
             # The periodic check retries within one interval.
             self._outage("resync after reconnect", exc)
@@ -451,154 +431,37 @@ class RedisEngine:
             await asyncio.sleep(self.check_interval)
             try:
                 if self._link is not None and self._link.up:
-                    await self._resync(list(self._seen))
-                self._recovered_from_outage()
+                    await self._positions.resync(list(self._positions.seen))
+                    self._recovered_from_outage()  # only a check that ran says so
             except (RedisError, OSError, TimeoutError, EngineUnavailable) as exc:
                 self._outage("position check", exc)
             except Exception:
                 log.exception("position check failed")
 
-    async def _resync(self, channels: list[str]) -> None:
-        """Compare each channel's stored position with the last one seen; catch up the lagging."""
-        async with self._resync_lock:
-            lagging: list[str] = []
-            for i in range(0, len(channels), CHECK_BATCH):
-                chunk = channels[i : i + CHECK_BATCH]
-                pipe = self._client.pipeline(transaction=False)
-                for channel in chunk:
-                    pipe.hmget(self.keys.meta(channel), "e", "s")
-                rows = await pipe.execute()
-                for channel, (epoch, top) in zip(chunk, rows, strict=True):
-                    seen = self._seen.get(channel)
-                    if seen is None or epoch is None:
-                        continue  # unsubscribed, or nothing published since the meta was lost
-                    # A top below what was seen: Redis lost writes (failover); the history
-                    # read of the catch-up starts a new epoch for it.
-                    if epoch.decode() != seen.epoch or int(top) != seen.offset:
-                        lagging.append(channel)
-            for channel in lagging:
-                await self._catch_up(channel)
+    # ---- presence (presence.py) -------------------------------------------------------------
 
-    async def _catch_up(self, channel: str) -> None:
-        options = self._options(channel)
-        batch = self.settings.limits.max_history_batch
-        for _ in range(CATCH_UP_ROUNDS):
-            seen = self._seen.get(channel)
-            if seen is None or self._sink is None:
-                return
-            history = await self.history(channel, options, since=seen, limit=batch)
-            if history.position.epoch != seen.epoch:
-                # Everything held of the new epoch; the hub resets its subscribers on it.
-                history = await self.history(channel, options, limit=batch)
-            if self._seen.get(channel) is None:
-                return  # unsubscribed meanwhile
-            if history.publications:
-                log.info(
-                    "recovered %d publication(s) on %s that pub/sub did not deliver",
-                    len(history.publications),
-                    channel,
-                )
-            for pub in history.publications:
-                self.recovered += 1
-                self._note(pub.position, channel)
-                self._sink.on_publication(pub)
-            last = history.publications[-1].offset if history.publications else None
-            if last is None or last >= history.position.offset:
-                # Nothing more to read (trimmed or history off): the hub resets on the next
-                # publication's gap; stop comparing against a position nobody can fill.
-                self._note(history.position, channel)
-                return
-
-    # ---- presence ---------------------------------------------------------------------------
-
-    def _presence_keys(self, channel: str, *users: str) -> list[str]:
-        keys = self.keys
-        out = [
-            keys.presence_expiry(channel),
-            keys.presence_entries(channel),
-            keys.presence_users(channel),
-        ]
-        # An entry without a user names no key of its own: the users zset stands in.
-        out += [keys.presence_user(channel, u) if u else out[2] for u in users]
-        return out
+    def _require_presence(self) -> RedisPresence:
+        if self._presence is None:
+            raise EngineUnavailable("the redis engine is not started")
+        return self._presence
 
     async def presence_add(self, channel: str, entry: PresenceEntry) -> None:
-        value = orjson.dumps(entry.to_dict(address=True))
-        user = entry.user or ""
-        # Kept locally first: if Redis is down now, the next refresh puts the entry back.
-        self._presence.setdefault(channel, {})[entry.client] = (value, user)
-        try:
-            await self._batch.script(
-                self._presence_add,
-                keys=self._presence_keys(channel, user),
-                args=[_ms(self.presence_ttl), entry.client, value, user],
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, f"adding presence on {channel!r}") from None
+        await self._require_presence().add(channel, entry)
 
     async def presence_remove(self, channel: str, client: str) -> None:
-        entries = self._presence.get(channel)
-        held = entries.pop(client, None) if entries is not None else None
-        if entries is not None and not entries:
-            del self._presence[channel]
-        user = held[1] if held is not None else ""
-        try:
-            await self._batch.script(
-                self._presence_remove,
-                keys=self._presence_keys(channel, user),
-                args=[client, user],
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, f"removing presence on {channel!r}") from None
+        await self._require_presence().remove(channel, client)
 
     async def presence_announce(self, channel: str, user: str) -> bool:
-        keys = [self.keys.presence_announced(channel), self.keys.presence_users(channel)]
-        # The set outlives a crashed node's users only by a day: nothing else ends it then.
-        try:
-            return bool(
-                await self._batch.script(self._presence_announce, keys=keys, args=[user, DAY_MS])
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, f"announcing presence on {channel!r}") from None
+        return await self._require_presence().announce(channel, user)
 
     async def presence_retire(self, channel: str, user: str) -> bool:
-        keys = [self.keys.presence_announced(channel), self.keys.presence_users(channel)]
-        try:
-            return bool(await self._batch.script(self._presence_retire, keys=keys, args=[user]))
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, f"retiring presence on {channel!r}") from None
+        return await self._require_presence().retire(channel, user)
 
     async def presence_stats(self, channel: str) -> PresenceStats:
-        """Two counts in one round trip, however many are present."""
-        keys = self.keys
-        try:
-            clients, users = await self._batch.script(
-                self._presence_stats,
-                keys=[keys.presence_expiry(channel), keys.presence_users(channel)],
-                args=[],
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, f"counting presence on {channel!r}") from None
-        return PresenceStats(int(clients), int(users))
+        return await self._require_presence().stats(channel)
 
     async def presence(self, channel: str) -> list[PresenceEntry]:
-        try:
-            flat = await self._presence_get(keys=self._presence_keys(channel))
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, f"reading presence on {channel!r}") from None
-        out = []
-        for i in range(0, len(flat), 2):
-            obj = orjson.loads(flat[i + 1])
-            out.append(
-                PresenceEntry(
-                    obj["client"],
-                    obj.get("user"),
-                    obj.get("info"),
-                    obj.get("transport", "ws"),
-                    obj.get("address"),
-                )
-            )
-        return out
+        return await self._require_presence().entries(channel)
 
     async def _refresh_forever(self) -> None:
         # Three refreshes per TTL: an entry survives two lost refreshes in a row.
@@ -614,16 +477,8 @@ class RedisEngine:
                 log.exception("presence refresh failed")
 
     async def _refresh(self) -> None:
-        if self._presence:
-            ttl = _ms(self.presence_ttl)
-            calls = []
-            for channel, entries in self._presence.items():
-                args: list[Any] = [ttl]
-                for client, (value, user) in entries.items():
-                    args += [client, value, user]
-                users = [user for _, user in entries.values()]
-                calls.append((self._presence_add, self._presence_keys(channel, *users), args))
-            await self._batch.now(calls)
+        if self._presence is not None:
+            await self._presence.refresh()
         if self.limits is not None:
             await self.limits.refresh()
 
@@ -645,7 +500,7 @@ class RedisEngine:
                 self._publish_command, self.keys.pubsub(channel), encode_event(kind, event)
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, f"sending a {kind} event on {channel!r}") from None
+            raise unavailable(exc, f"sending a {kind} event on {channel!r}") from None
 
     async def broadcast_control(self, command: str, payload: dict[str, Any]) -> None:
         # Applied here directly, so that this node acts even while its pub/sub is down.
@@ -655,7 +510,7 @@ class RedisEngine:
         try:
             await self._client.publish(self.keys.control, message)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, f"sending {command!r} to other nodes") from None
+            raise unavailable(exc, f"sending {command!r} to other nodes") from None
 
     # ---- revocations: one sorted set, scored by when each lapses --------------------------------
 
@@ -664,7 +519,7 @@ class RedisEngine:
             args = [f"{kind}:{key}", repr(until), repr(time.time())]
             await self._revoke(keys=[self.keys.revocations()], args=args)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, "storing a revocation") from None
+            raise unavailable(exc, "storing a revocation") from None
 
     async def revocations(self) -> list[tuple[str, str, float]]:
         try:
@@ -672,7 +527,7 @@ class RedisEngine:
                 self.keys.revocations(), f"({time.time()!r}", "+inf", withscores=True
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, "reading revocations") from None
+            raise unavailable(exc, "reading revocations") from None
         out = []
         for member, until in rows:
             kind, _, key = member.decode().partition(":")
@@ -680,46 +535,7 @@ class RedisEngine:
         return out
 
     async def _ping(self) -> bool:
-        """Whether Redis answers a PING within ``PING_TIMEOUT``.
-
-        On a connection of its own: a burst of commands queued for the pool must not make a
-        busy node look dead to its load balancer. Concurrent checks share one PING.
-        """
-        if self._client is None:
-            return False
-        if self.target.cluster:
-            # Every primary answers: each owns channels nobody else can serve.
-            try:
-                async with asyncio.timeout(PING_TIMEOUT):
-                    await self._client.ping(target_nodes=self._client.PRIMARIES)
-            except (RedisError, OSError, TimeoutError):
-                return False
-            return True
-        pinging = self._pinging
-        if pinging is None:
-            pinging = self._pinging = asyncio.ensure_future(self._ping_once())
-            pinging.add_done_callback(self._ping_done)
-        return await asyncio.shield(pinging)
-
-    def _ping_done(self, pinging: asyncio.Future[bool]) -> None:
-        if self._pinging is pinging:
-            self._pinging = None
-
-    async def _ping_once(self) -> bool:
-        conn = self._ping_conn
-        if conn is None:
-            conn = self._ping_conn = self._client.connection_pool.make_connection()
-        try:
-            async with asyncio.timeout(PING_TIMEOUT):
-                await conn.connect()
-                await conn.send_command("PING", check_health=False)
-                await conn.read_response()
-        except (RedisError, OSError, TimeoutError):
-            # Whatever was half sent or half read: the next check starts on a fresh socket.
-            with contextlib.suppress(Exception):
-                await conn.disconnect(nowait=True)
-            return False
-        return True
+        return self._health is not None and await self._health.ping()
 
     def webhook_outbox(self, settings: Settings) -> Outbox:
         """One outbox in Redis shared by every node; each endpoint delivered by one node."""

@@ -1,0 +1,65 @@
+"""Whether Redis answers: the health check behind ``/healthz`` and the subscribe guard.
+
+On a connection of its own, outside the command pool: a burst of commands queued for the pool
+must not make a busy node look dead to its load balancer. Concurrent checks share one PING.
+On a Redis Cluster every primary must answer: each owns channels nobody else can serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from redis.exceptions import RedisError
+
+PING_TIMEOUT = 1.0
+
+
+class HealthCheck:
+    def __init__(self, client: Any, *, cluster: bool) -> None:
+        self._client = client
+        self._cluster = cluster
+        self._conn: Any = None  # the checks' own connection (not on a cluster)
+        self._pinging: asyncio.Future[bool] | None = None  # the check under way
+
+    async def ping(self) -> bool:
+        """Whether Redis answers a PING within ``PING_TIMEOUT``."""
+        pinging = self._pinging
+        if pinging is None:
+            pinging = self._pinging = asyncio.ensure_future(self._ping_once())
+            pinging.add_done_callback(self._done)
+        return await asyncio.shield(pinging)
+
+    def _done(self, pinging: asyncio.Future[bool]) -> None:
+        if self._pinging is pinging:
+            self._pinging = None
+
+    async def _ping_once(self) -> bool:
+        if self._cluster:
+            try:
+                async with asyncio.timeout(PING_TIMEOUT):
+                    await self._client.ping(target_nodes=self._client.PRIMARIES)
+            except (RedisError, OSError, TimeoutError):
+                return False
+            return True
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._client.connection_pool.make_connection()
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                await conn.connect()
+                await conn.send_command("PING", check_health=False)
+                await conn.read_response()
+        except (RedisError, OSError, TimeoutError):
+            # Whatever was half sent or half read: the next check starts on a fresh socket.
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.disconnect(nowait=True)
+            self._conn = None

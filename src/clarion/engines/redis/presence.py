@@ -1,0 +1,153 @@
+"""Presence on Redis: per channel, the clients' leases and entries, and per user their leases.
+
+The node that owns a session adds its entry and refreshes all its entries every third of
+``presence_ttl``; readers drop expired ones. A node that crashes stops refreshing, so its
+sessions leave presence within ``presence_ttl``; a node that shuts down removes them at once.
+Entries are kept here first, so that an entry added while Redis was down is put back by the
+next refresh.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from clarion.engines.base import PresenceEntry, PresenceStats
+from clarion.engines.redis import scripts
+from clarion.engines.redis.batch import Batcher
+from clarion.engines.redis.connect import unavailable
+from clarion.engines.redis.keys import Keys
+
+DAY_MS = 86_400_000
+
+
+class RedisPresence:
+    """This node's presence entries, and the presence reads, through the engine's batcher."""
+
+    def __init__(self, client: Any, keys: Keys, ttl_ms: int, batch: Batcher) -> None:
+        self._keys = keys
+        self._ttl_ms = ttl_ms
+        self._batch = batch
+        self._add = client.register_script(scripts.PRESENCE_ADD)
+        self._remove = client.register_script(scripts.PRESENCE_REMOVE)
+        self._stats = client.register_script(scripts.PRESENCE_STATS)
+        self._announce = client.register_script(scripts.PRESENCE_ANNOUNCE)
+        self._retire = client.register_script(scripts.PRESENCE_RETIRE)
+        self._get = client.register_script(scripts.PRESENCE_GET)
+        self.scripts = (
+            self._add,
+            self._remove,
+            self._stats,
+            self._announce,
+            self._retire,
+            self._get,
+        )
+        # This node's entries, for refresh: channel -> client -> (entry, user or "").
+        self.held: dict[str, dict[str, tuple[bytes, str]]] = {}
+
+    def _channel_keys(self, channel: str, *users: str) -> list[str]:
+        keys = self._keys
+        out = [
+            keys.presence_expiry(channel),
+            keys.presence_entries(channel),
+            keys.presence_users(channel),
+        ]
+        # An entry without a user names no key of its own: the users zset stands in.
+        out += [keys.presence_user(channel, u) if u else out[2] for u in users]
+        return out
+
+    async def add(self, channel: str, entry: PresenceEntry) -> None:
+        value = orjson.dumps(entry.to_dict(address=True))
+        user = entry.user or ""
+        # Kept locally first: if Redis is down now, the next refresh puts the entry back.
+        self.held.setdefault(channel, {})[entry.client] = (value, user)
+        try:
+            await self._batch.script(
+                self._add,
+                keys=self._channel_keys(channel, user),
+                args=[self._ttl_ms, entry.client, value, user],
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise unavailable(exc, f"adding presence on {channel!r}") from None
+
+    async def remove(self, channel: str, client: str) -> None:
+        entries = self.held.get(channel)
+        held = entries.pop(client, None) if entries is not None else None
+        if entries is not None and not entries:
+            del self.held[channel]
+        user = held[1] if held is not None else ""
+        try:
+            await self._batch.script(
+                self._remove, keys=self._channel_keys(channel, user), args=[client, user]
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise unavailable(exc, f"removing presence on {channel!r}") from None
+
+    async def announce(self, channel: str, user: str) -> bool:
+        keys = [self._keys.presence_announced(channel), self._keys.presence_users(channel)]
+        # The set outlives a crashed node's users only by a day: nothing else ends it then.
+        try:
+            return bool(await self._batch.script(self._announce, keys=keys, args=[user, DAY_MS]))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise unavailable(exc, f"announcing presence on {channel!r}") from None
+
+    async def retire(self, channel: str, user: str) -> bool:
+        keys = [self._keys.presence_announced(channel), self._keys.presence_users(channel)]
+        try:
+            return bool(await self._batch.script(self._retire, keys=keys, args=[user]))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise unavailable(exc, f"retiring presence on {channel!r}") from None
+
+    async def stats(self, channel: str) -> PresenceStats:
+        """Two counts in one round trip, however many are present."""
+        keys = [self._keys.presence_expiry(channel), self._keys.presence_users(channel)]
+        try:
+            clients, users = await self._batch.script(self._stats, keys=keys, args=[])
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise unavailable(exc, f"counting presence on {channel!r}") from None
+        return PresenceStats(int(clients), int(users))
+
+    async def entries(self, channel: str) -> list[PresenceEntry]:
+        try:
+            flat = await self._get(keys=self._channel_keys(channel))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise unavailable(exc, f"reading presence on {channel!r}") from None
+        out = []
+        for i in range(0, len(flat), 2):
+            obj = orjson.loads(flat[i + 1])
+            out.append(
+                PresenceEntry(
+                    obj["client"],
+                    obj.get("user"),
+                    obj.get("info"),
+                    obj.get("transport", "ws"),
+                    obj.get("address"),
+                )
+            )
+        return out
+
+    async def refresh(self) -> None:
+        """Renew every entry this node holds, in one pipeline (raises what Redis raised)."""
+        if not self.held:
+            return
+        calls = []
+        for channel, entries in self.held.items():
+            args: list[Any] = [self._ttl_ms]
+            for client, (value, user) in entries.items():
+                args += [client, value, user]
+            users = [user for _, user in entries.values()]
+            calls.append((self._add, self._channel_keys(channel, *users), args))
+        await self._batch.now(calls)
+
+    async def leave_all(self) -> None:
+        """Remove every entry this node holds (at shutdown: not after the TTL)."""
+        calls = [
+            (self._remove, self._channel_keys(channel, user), [client, user])
+            for channel, entries in self.held.items()
+            for client, (_, user) in entries.items()
+        ]
+        self.held.clear()
+        if calls:
+            await self._batch.now(calls)

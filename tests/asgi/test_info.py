@@ -63,6 +63,15 @@ async def test_info_counts_this_nodes_connections_by_transport(hub: RunningHub) 
         assert node["address"] == f"127.0.0.1:{hub.port}"
         assert 0 <= node["uptime"] < 600 and node["channels_total"] >= 1
         assert len(info["nodes"]) == 1
+        spec = (await http.get("/api/openapi.json")).json()["paths"]
+        assert (
+            "nodes"
+            in spec["/api/info"]["get"]["responses"]["200"]["content"]["application/json"][
+                "schema"
+            ]["properties"]
+        )
+        params = {p["name"] for p in spec["/api/channels"]["get"]["parameters"]}
+        assert params == {"node", "q", "sort", "limit"}
 
 
 async def test_channels_search_sort_and_node_filter(hub: RunningHub) -> None:

@@ -13,6 +13,9 @@ import websockets
 from ..conftest import timeout
 from .conftest import Cluster
 from .helpers import Node
+from .test_cluster import Hubs, hubs, redis_cluster
+
+__all__ = ["hubs", "redis_cluster"]  # the fixtures, for the Redis Cluster test
 
 CONFIG = """
 api_key = "k"
@@ -80,3 +83,17 @@ async def test_nodes_see_each_other_and_a_killed_one_goes(cluster: Cluster) -> N
     info = await until(gone)
     assert info["nodes"][0]["state"] == "up"
     assert (await get(first, "/api/channels"))["channels"] == []
+
+
+async def test_nodes_see_each_other_on_a_redis_cluster(hubs: Hubs) -> None:
+    first = await hubs.start()
+    second = await hubs.start()
+    second_id = (await get(second, "/api/info"))["node"]
+
+    async def both() -> dict[str, Any] | None:
+        info: dict[str, Any] = await get(first, "/api/info")
+        states = {n["id"]: n["state"] for n in info["nodes"]}
+        return info if states.get(second_id) == "up" and len(states) == 2 else None
+
+    info = await until(both, wait=30)
+    assert info["engine"] == "redis"

@@ -4,10 +4,12 @@ engines (on Redis, published on one node and received on another)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import websockets
 
 from clarion.client import connect
 
@@ -259,3 +261,56 @@ async def test_the_python_client_sends_and_receives_signals(nodes: Callable[...,
             while (message := await asyncio.wait_for(anext(sub), timeout(10))).ephemeral:
                 pass
             assert message.offset == after.offset and sub.cursor == after.cursor, transport
+
+
+async def test_a_stalled_subscriber_keeps_the_latest_signal_per_key(
+    nodes: Callable[..., Any],
+) -> None:
+    settings: dict[str, Any] = {
+        "limits": {
+            "send_queue_bytes": 32 * 1024 * 1024,
+            "client_ephemeral_rate": 100_000,
+            "client_ephemeral_burst": 100_000,
+        },
+        "namespaces": {"cur": {"history_size": 4}},
+    }
+    writer: RunningHub = await nodes(**settings)
+    reader: RunningHub = await nodes(**settings)
+    # A reader that stops reading: the client takes no frame off the socket once one waits.
+    async with websockets.connect(
+        reader.ws_url, subprotocols=["clarion.v1"], max_queue=1, max_size=None, ping_interval=None
+    ) as conn:
+        await conn.send(json.dumps({"id": 1, "op": "subscribe", "channel": "cur:doc"}))
+        assert "ok" in json.loads(await asyncio.wait_for(conn.recv(), timeout(5)))
+        session = next(s for s in reader.hub.sessions.values() if "cur:doc" in s.subscriptions)
+        # Stored publications until what the hub sent it waits in the hub's buffer.
+        filler = "x" * 32_000
+        stored = 0
+        while session.transport.backlog() == 0:  # type: ignore[attr-defined]
+            assert stored < 500, "the reader never fell behind"
+            await writer.publish("cur:doc", filler)
+            stored += 1
+        # 1,000 cursor signals from 10 keys while it is behind.
+        async with writer.ws() as publisher:
+            for i in range(1000):
+                signal = {"op": "publish", "channel": "cur:doc", "ephemeral": True}
+                await publisher.send({**signal, "id": i, "data": {"i": i}, "key": f"k{i % 10}"})
+            replies = [await publisher.recv() for _ in range(1000)]
+            assert all(r.get("ok") == {"ephemeral": True} for r in replies)
+        await writer.publish("cur:doc", "done")
+        assert not session.closed  # held signals stay within the send budget
+        # It reads again: every stored publication, and the newest signal of each key.
+        signals: list[dict[str, Any]] = []
+        done = False
+        while not (done and len(signals) >= 10):
+            msg = json.loads(await asyncio.wait_for(conn.recv(), timeout(20)))
+            if msg.get("ephemeral"):
+                signals.append(msg)
+            elif msg.get("data") == "done":
+                done = True
+        with pytest.raises(asyncio.TimeoutError):
+            more = json.loads(await asyncio.wait_for(conn.recv(), 0.5))
+            raise AssertionError(f"more than the latest per key: {more}")
+    assert sorted((s["key"], s["data"]["i"]) for s in signals) == [
+        (f"k{k}", 990 + k) for k in range(10)
+    ]

@@ -44,7 +44,7 @@ from clarion.protocol import sse
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor, channel_tag, encode_entries, encode_single
-from clarion.protocol.frames import http_chunk
+from clarion.protocol.frames import http_chunk, latest
 from clarion.protocol.publication import Publication, StreamPosition
 
 log = logging.getLogger("clarion.sse")
@@ -265,7 +265,10 @@ FAST_STREAM = "clarion.fast_stream"
 
 
 def _chunked_event(pub: Publication) -> bytes:
-    return http_chunk(pub.encoded(SSE_EVENT, _event))
+    chunk = http_chunk(pub.encoded(SSE_EVENT, _event))
+    if pub.key is not None:  # a keyed signal: a stream that is behind keeps the newest
+        return latest(chunk, (pub.channel, pub.key))
+    return chunk
 
 
 # One format per server delivery loop (in practice one): subscribers share each event's chunk.

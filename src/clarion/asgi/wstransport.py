@@ -16,7 +16,7 @@ from clarion.asgi.sendqueue import Send, SendQueue
 from clarion.core.fanout import WireFormat, cursor_if_stored
 from clarion.protocol import messages
 from clarion.protocol.codes import disconnect_for
-from clarion.protocol.frames import text_frame
+from clarion.protocol.frames import latest, text_frame
 from clarion.protocol.publication import Publication, StreamPosition
 
 if TYPE_CHECKING:
@@ -26,7 +26,10 @@ FAST_WEBSOCKET = "clarion.fast_websocket"
 
 
 def _frame(pub: Publication) -> bytes:
-    return text_frame(messages.encode_publication(pub, cursor_if_stored(pub)))
+    frame = text_frame(messages.encode_publication(pub, cursor_if_stored(pub)))
+    if pub.key is not None:  # a keyed signal: a connection that is behind keeps the newest
+        return latest(frame, (pub.channel, pub.key))
+    return frame
 
 
 def _text(pub: Publication) -> str:

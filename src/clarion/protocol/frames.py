@@ -4,6 +4,9 @@ Frames the server sends are unmasked (RFC 6455 §5.1), so a whole frame — head
 the same bytes for every receiver: the fan-out builds it once per publication. Likewise an HTTP/1.1
 chunk of a streaming response (Server-Sent Events). Parsing frames from clients stays with the
 ``websockets`` library.
+
+A frame or chunk of a keyed live signal is :class:`Latest`: the same bytes, plus the ``slot``
+(channel and key) that a connection which is behind keeps only the newest frame of.
 """
 
 from __future__ import annotations
@@ -49,3 +52,29 @@ def binary_frame(payload: bytes) -> bytes:
 def http_chunk(data: bytes) -> bytes:
     """``data`` framed as one HTTP/1.1 chunk (``Transfer-Encoding: chunked``)."""
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Latest(bytes):
+    """A frame (or chunk) of a keyed live signal, for a connection that is behind (what it was
+    sent still waits to be written): only the newest frame of each ``slot`` waits for it."""
+
+    slot: tuple[str, str]
+
+
+class LatestText(str):
+    """:class:`Latest` for the pipes that queue text (``websocket.send``)."""
+
+    slot: tuple[str, str]
+
+
+def latest(data: bytes, slot: tuple[str, str]) -> Latest:
+    """``data`` marked as the newest frame of ``slot``."""
+    frame = Latest(data)
+    frame.slot = slot
+    return frame
+
+
+def latest_text(data: str, slot: tuple[str, str]) -> LatestText:
+    text = LatestText(data)
+    text.slot = slot
+    return text

@@ -56,6 +56,7 @@ class ChunkStream(Outbox):
         if not self._sealed:
             self._out.clear()
             self._out_bytes = 0
+        self._drop_held()
 
     @property
     def closed(self) -> bool:

@@ -19,11 +19,13 @@ import weakref
 from collections.abc import Callable, Iterable
 
 from clarion.asgitypes import FAST_WEBSOCKET, FastWebSocket
-from clarion.protocol.frames import text_frame
+from clarion.protocol.frames import Latest, text_frame
 
 __all__ = ["FAST_WEBSOCKET_EXTENSION", "FastWebSocket", "Flusher", "Outbox", "push_many"]
 
 FAST_WEBSOCKET_EXTENSION = FAST_WEBSOCKET  # the name clarion.server has always exported
+MAX_HELD = 1024  # keyed signals held per connection that is behind; more queue as usual
+HELD_CHECK = 0.05  # seconds between checks of whether a connection holding signals caught up
 
 log = logging.getLogger("clarion.server.fastws")
 
@@ -94,6 +96,10 @@ def push_many(boxes: Iterable[Outbox], frame: bytes) -> None:
     Per connection it is one list append; the first frame of an iteration also marks the
     connection for the flush. The send limit is checked once per connection at flush time.
     """
+    if type(frame) is Latest:
+        for box in boxes:
+            box.push_latest(frame)
+        return
     for box in boxes:
         out = box._out
         if out:
@@ -118,6 +124,8 @@ class Outbox:
         "_eof",
         "_flusher",
         "_hard",
+        "_held",
+        "_held_check",
         "_limit",
         "_on_overflow",
         "_out",
@@ -156,6 +164,10 @@ class Outbox:
         self._limit = limit
         self._on_overflow: Callable[[], None] = self.on_overflow_default
         self._flusher = flusher_for(loop)
+        # Keyed signals waiting while the connection is behind: the newest per slot, in the
+        # order their slots first came; written once the transport's buffer is empty.
+        self._held: dict[tuple[str, str], bytes] | None = None
+        self._held_check: asyncio.TimerHandle | None = None
 
     def _first_push(self, frame: bytes) -> None:
         if self._sealed:
@@ -167,6 +179,9 @@ class Outbox:
             self._flusher.mark(self)
 
     def push(self, frame: bytes) -> None:
+        if type(frame) is Latest:
+            self.push_latest(frame)
+            return
         out = self._out
         if out:
             out.append(frame)
@@ -179,9 +194,64 @@ class Outbox:
     def push_text(self, payload: bytes) -> None:
         self.push(text_frame(payload))
 
+    def push_latest(self, frame: Latest) -> None:
+        """A keyed signal's frame: queued like any while the connection keeps up; while it is
+        behind (the transport's buffer held bytes at the last write), it waits in its slot,
+        replacing the one of the same slot that waited there."""
+        held = self._held
+        if not self._backlog and held is None:
+            out = self._out
+            if out:
+                out.append(frame)
+            else:
+                self._first_push(frame)
+            return
+        if self._sealed:
+            return
+        if held is None:
+            held = self._held = {}
+        elif len(held) >= MAX_HELD and frame.slot not in held:
+            self._out.append(frame)  # keys beyond the bound queue as usual, against the limit
+            self._out_bytes += len(frame)
+            self._pushed = True
+            return
+        held[frame.slot] = frame
+        if not self._dirty:  # the flush decides whether it may go out already
+            self._dirty = True
+            self._flusher.mark(self)
+
+    def _release_held(self) -> None:
+        """At a flush: the held signals go out once the transport's buffer is empty."""
+        held = self._held
+        assert held is not None
+        transport = self.transport
+        if self._sealed or transport.is_closing():
+            self._drop_held()
+            return
+        if transport.get_write_buffer_size():
+            if self._held_check is None:
+                self._held_check = self._flusher._loop.call_later(HELD_CHECK, self._check_held)
+            return
+        self._held = None
+        self._out.extend(held.values())
+        self._pushed = True
+
+    def _check_held(self) -> None:
+        self._held_check = None
+        if self._held is not None and not self._dirty:
+            self._dirty = True
+            self._flusher.mark(self)
+
+    def _drop_held(self) -> None:
+        self._held = None
+        if self._held_check is not None:
+            self._held_check.cancel()
+            self._held_check = None
+
     def _queued(self) -> int:
         out = () if self._out is _DISCARD else self._out
-        return sum(map(len, out)) + sum(map(len, self._tail))
+        held = 0 if self._held is None else sum(map(len, self._held.values()))
+        return sum(map(len, out)) + sum(map(len, self._tail)) + held
 
     @property
     def buffered_bytes(self) -> int:
@@ -241,6 +311,8 @@ class Outbox:
     def flush(self) -> None:
         self._dirty = False
         transport = self.transport
+        if self._held is not None:
+            self._release_held()
         chunks = self._tail if self._sealed else self._out
         if chunks:
             if transport.is_closing():
@@ -271,6 +343,7 @@ class Outbox:
         self.seal()
         self._tail.clear()
         self._out_bytes = 0
+        self._drop_held()
 
     def _check_limit(self) -> None:
         transport = self.transport

@@ -1,13 +1,17 @@
 """The layering of the package is part of its design: check it mechanically."""
 
+import ast
 import json
 import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
+import clarion.asgi
 import clarion.core
 import clarion.protocol
+import clarion.server
+import clarion.webhooks
 
 
 def _modules(package: object) -> list[str]:
@@ -28,6 +32,69 @@ def test_protocol_layer_never_imports_asyncio() -> None:
     loaded = _imported_after(_modules(clarion.protocol))
     assert "asyncio" not in loaded
     assert not {m for m in loaded if m.startswith(("clarion.core", "clarion.asgi"))}
+
+
+def _imports(package: object) -> dict[str, set[str]]:
+    """Each module of ``package`` -> the clarion modules it imports when it runs, lazily or
+    not (imports under ``TYPE_CHECKING`` are for annotations only and are left out)."""
+    out: dict[str, set[str]] = {}
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):  # type: ignore[attr-defined]
+        spec = info.module_finder.find_spec(info.name, None)  # type: ignore[call-arg]
+        assert spec is not None and spec.origin is not None
+        tree = ast.parse(Path(spec.origin).read_text())
+        typing_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for inner in ast.walk(node)
+        }
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        out[info.name] = {n for n in names if n == "clarion" or n.startswith("clarion.")}
+    return out
+
+
+def _importers(package: object, prefixes: tuple[str, ...]) -> dict[str, set[str]]:
+    found = {
+        module: {n for n in names if n.startswith(prefixes)}
+        for module, names in _imports(package).items()
+    }
+    return {module: names for module, names in found.items() if names}
+
+
+def test_the_import_scan_sees_lazy_imports() -> None:
+    # clarion.webhooks.service imports its HTTP routes inside a method: the scan must see it.
+    assert "clarion.webhooks.api" in _imports(clarion.webhooks)["clarion.webhooks.service"]
+
+
+def test_core_imports_nothing_above_it_not_even_lazily() -> None:
+    above = ("clarion.asgi", "clarion.server", "clarion.webhooks", "clarion.hooks", "clarion.cli")
+    above += ("clarion.client", "clarion.standalone", "clarion.demo")
+    assert _importers(clarion.core, above) == {}
+
+
+def test_transports_import_no_engine() -> None:
+    # The engine's interface (clarion.engines.base) is all a transport may know of engines.
+    engines = ("clarion.engines.memory", "clarion.engines.redis")
+    for package in (clarion.asgi, clarion.server):
+        assert _importers(package, engines) == {}
+    loaded = _imported_after(_modules(clarion.asgi) + _modules(clarion.server))
+    assert not {m for m in loaded if m.startswith(engines)}
+
+
+def test_asgi_and_webhooks_are_not_a_cycle() -> None:
+    # The webhooks' HTTP routes build on the ASGI helpers; the ASGI app mounts them through the
+    # hub's extensions, without importing the webhooks.
+    assert _importers(clarion.asgi, ("clarion.webhooks",)) == {}
+    assert "clarion.webhooks.api" in _importers(clarion.webhooks, ("clarion.asgi",))
+    loaded = _imported_after(_modules(clarion.asgi))
+    assert not {m for m in loaded if m.startswith("clarion.webhooks")}
 
 
 def test_core_knows_no_http() -> None:
@@ -87,6 +154,7 @@ def test_a_memory_hub_with_webhooks_runs_without_redis(tmp_path: Path) -> None:
     result = _run_without_redis(
         "import asyncio, sys\n"
         "from clarion import Hub, Settings\n"
+        "from clarion.webhooks import WebhookService\n"
         "async def main():\n"
         f"    settings = Settings(data_dir={str(tmp_path)!r},\n"
         "        webhooks=[{'url': 'http://127.0.0.1:9/hook', 'channels': ['chat:*']}],\n"
@@ -95,7 +163,8 @@ def test_a_memory_hub_with_webhooks_runs_without_redis(tmp_path: Path) -> None:
         "    await hub.start()\n"
         "    hub.asgi_app()\n"
         "    await hub.publish('chat:lobby', {'text': 'hi'})\n"
-        "    assert sum(hub.webhooks.backlog.values()) == 1, hub.webhooks.backlog\n"
+        "    backlog = hub.extension(WebhookService).backlog\n"
+        "    assert sum(backlog.values()) == 1, backlog\n"
         "    await hub.close()\n"
         "asyncio.run(main())\n"
         "print(sorted(m for m in sys.modules if 'redis' in m))\n"

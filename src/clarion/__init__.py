@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from clarion.core.auth import Credentials, mint_token
+    from clarion.core.hub import Hub
     from clarion.core.session import Session, SubscribeResult
     from clarion.engines.base import Engine, History, PresenceEntry
     from clarion.errors import (
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
         TooLarge,
         Unauthorized,
     )
-    from clarion.hub import Hub
     from clarion.protocol.codes import CloseCode, Disconnect
     from clarion.protocol.cursor import Cursor
     from clarion.protocol.publication import Publication, StreamPosition
@@ -41,7 +41,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Credentials": "clarion.core.auth",
     "mint_token": "clarion.core.auth",
-    "Hub": "clarion.hub",
+    "Hub": "clarion.core.hub",
     "Session": "clarion.core.session",
     "SubscribeResult": "clarion.core.session",
     "Engine": "clarion.engines.base",

@@ -160,7 +160,7 @@ def _listen_error(exc: OSError) -> str:
 async def _serve(
     loaded: Loaded, worker: int | None = None, link_fd: int | None = None, *, demo: bool = False
 ) -> int:
-    from clarion.hub import Hub
+    from clarion.core.hub import Hub
     from clarion.server import LifespanFailed
     from clarion.standalone import make_server
 

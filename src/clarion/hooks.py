@@ -18,7 +18,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -29,6 +29,9 @@ from clarion.protocol.channels import validate_channel, validate_pattern
 from clarion.settings import HooksOptions
 from clarion.webhooks import signing
 
+if TYPE_CHECKING:
+    from clarion.core.hub import Hub
+
 log = logging.getLogger("clarion.hooks")
 
 MAX_ANSWER_BYTES = 65536
@@ -36,6 +39,24 @@ MAX_REASON_CHARS = 200
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 Answer = dict[str, Any]
+
+
+class HookService:
+    """The hub's extension that sets up :class:`HttpHooks` when ``[hooks]`` are configured
+    (unless the application gave the hub hooks of its own) and closes the hub's hooks."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def start(self) -> None:
+        hub = self.hub
+        if hub.settings.hooks.enabled and hub.hooks is None:
+            hub.hooks = HttpHooks(hub.settings.hooks)
+
+    async def close(self) -> None:
+        hooks, self.hub.hooks = self.hub.hooks, None
+        if hooks is not None:
+            await hooks.close()
 
 
 class HttpHooks:

@@ -7,7 +7,7 @@ from typing import Any
 
 from clarion.asgi.app import build_app
 from clarion.asgi.publish import ENVELOPE_BYTES
-from clarion.hub import Hub
+from clarion.core.hub import Hub
 from clarion.protocol.proxies import TrustedProxies, address_key, parse_address
 from clarion.server import Server
 from clarion.settings import Settings

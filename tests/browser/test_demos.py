@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from clarion.core.hub import Hub
 from clarion.demo import Demo, demo_settings
 from clarion.demo.feeds import DeviceSpec
-from clarion.hub import Hub
 from clarion.standalone import make_server
 
 from ..conftest import timeout

@@ -85,7 +85,7 @@ def test_token_headers_and_cookies(auth: bytes, cookie: bytes) -> None:
 @settings(max_examples=200)
 @given(st.binary(max_size=200), st.binary(max_size=200))
 def test_origins(origin: bytes, host: bytes) -> None:
-    from clarion.hub import Hub
+    from clarion.core.hub import Hub
 
     hub = Hub(Settings(allowed_origins=["https://a.example"], token_secret="s" * 32))
     scope = {"headers": [(b"origin", origin), (b"host", host)]}
@@ -102,7 +102,7 @@ def test_origins(origin: bytes, host: bytes) -> None:
     st.sampled_from(["x-forwarded-for", "forwarded", "x-real-ip"]),
 )
 def test_forwarded_headers(names: list[bytes], values: list[bytes], header: str) -> None:
-    from clarion.hub import Hub
+    from clarion.core.hub import Hub
 
     hub = Hub(Settings(trusted_proxies=["127.0.0.0/8"], forwarded_header=header))
     scope = {"client": ("127.0.0.1", 5000), "headers": list(zip(names, values, strict=False))}

@@ -16,7 +16,7 @@ import httpx
 import redis
 import redis.asyncio
 
-from clarion.webhooks import generate_secret
+from clarion.webhooks import WebhookService, generate_secret
 from clarion.webhooks.signing import publication_msg_id
 
 from ..conftest import RunningHub, timeout
@@ -102,7 +102,9 @@ async def test_failing_head_holds_back_queue_and_dead_letters_are_shared(
     async with Receiver(behave) as receiver:
         created = await register(b, receiver, ["jobs"])
         # The other node learns of the endpoint by itself, without an API call to catch up.
-        await eventually(lambda: created["id"] in a.hub.webhooks.endpoints, wait=0.5)
+        await eventually(
+            lambda: created["id"] in a.hub.extension(WebhookService).endpoints, wait=0.5
+        )
         queue = f"clarion:{{wh:{created['id']}}}:q"
         store = redis.Redis.from_url(redis_server.url)
         try:
@@ -153,7 +155,7 @@ async def test_lifecycle_versions_grow_across_nodes(
             async with node.ws() as ws:
                 await ws.call("connect")
             # The connect event is written before the next one is made.
-            await node.hub.webhooks.outbox.flush()
+            await node.hub.extension(WebhookService).outbox.flush()
         await receiver.wait_acknowledged(3)
         # One counter for the cluster: distinct versions, growing in the order events happen
         # (events of different nodes may be queued in another order than their versions).
@@ -260,7 +262,7 @@ async def test_dead_letters_replay_and_enable_through_either_node(
     a, b = await two_nodes(make_hub, redis_server, tmp_path, webhook_delivery={"retry_window": 0.4})
     async with Receiver(behave) as receiver:
         hook = await register(a, receiver, ["dl"])
-        await eventually(lambda: hook["id"] in b.hub.webhooks.endpoints, wait=0.5)
+        await eventually(lambda: hook["id"] in b.hub.extension(WebhookService).endpoints, wait=0.5)
         first = await a.publish("dl", 0)
         for n in (1, 2):
             await (b if n % 2 else a).publish("dl", n)
@@ -289,7 +291,9 @@ async def test_dead_letters_replay_and_enable_through_either_node(
         answer["status"] = 410
         await b.publish("dl", 3)
         await wait_state(a, hook["id"], lambda s: s["disabled"] and s["backlog"] == 1)
-        await eventually(lambda: b.hub.webhooks.endpoints[hook["id"]].disabled, wait=2)
+        await eventually(
+            lambda: b.hub.extension(WebhookService).endpoints[hook["id"]].disabled, wait=2
+        )
         answer["status"] = 200
         async with b.http() as http:
             r = await http.post(f"/api/webhooks/{hook['id']}/enable")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from importlib.resources import files
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,7 +31,6 @@ from clarion.asgi.stomp import StompEndpoint
 from clarion.asgi.websocket import ClarionWebSocket
 from clarion.core.hub import Hub
 from clarion.errors import ClarionError
-from clarion.webhooks.api import webhook_routes
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -108,6 +107,13 @@ class App:
         await self.router(scope, receive, send)
 
 
+@runtime_checkable
+class ServesRoutes(Protocol):
+    """A hub extension with HTTP endpoints of its own (the webhooks' ``/api/webhooks``)."""
+
+    def routes(self) -> list[BaseRoute]: ...
+
+
 def build_app(hub: Hub, *, lifespan: bool = False) -> App:
     """The ASGI app of ``hub``.
 
@@ -160,7 +166,7 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
         Route("/client/history", ClientEndpoint(hub, "history")),
         Route("/client/presence", ClientEndpoint(hub, "presence")),
         Route("/client/presence_stats", ClientEndpoint(hub, "presence_stats")),
-        *webhook_routes(hub),
+        *(r for ext in hub.extensions if isinstance(ext, ServesRoutes) for r in ext.routes()),
         *admin_routes(hub),
     ]
     router = Starlette(

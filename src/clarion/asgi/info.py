@@ -12,7 +12,7 @@ from clarion.asgi import access
 from clarion.asgi.responses import JSONResponse
 from clarion.core.hub import Hub
 from clarion.core.nodes import NodeReporter
-from clarion.errors import BadRequest, NotFound
+from clarion.errors import BadRequest
 
 MAX_LIMIT = 10_000
 SORTS = {
@@ -25,9 +25,7 @@ SORTS = {
 def reporter(hub: Hub, request: Request) -> NodeReporter:
     """The hub's node reporter; it learns the node's address from the first request."""
     access.check_api_key(hub, request.scope)
-    nodes = getattr(hub, "nodes", None)
-    if not isinstance(nodes, NodeReporter):
-        raise NotFound("node figures are not available on this hub")
+    nodes = hub.nodes
     if nodes.address is None:
         server = request.scope.get("server")
         if server and server[1] is not None:

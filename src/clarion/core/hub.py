@@ -20,23 +20,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from clarion.core.admission import Admission
 from clarion.core.auth import Authenticator, Credentials, auth_notes
 from clarion.core.channels import LocalChannels
 from clarion.core.control import Control
+from clarion.core.extension import APP_BUILDER, Extension, ExtensionFactory, load, standard
 from clarion.core.fanout import Push, WireFormat, publication_cursor
 from clarion.core.hooks import Hooks
 from clarion.core.metrics import Stats, make_registry, render
+from clarion.core.nodes import NodeCollector, NodeReporter
+from clarion.core.operator import OperatorAuth
 from clarion.core.presence import Roster
 from clarion.core.registry import SessionRegistry
 from clarion.core.resume import history_reset, position_for
 from clarion.core.session import Session, SubscribeResult, Transport
 from clarion.core.sweeper import Sweeper
 from clarion.engines.base import Engine, History, PresenceEntry, PresenceStats, SharedLimits
-from clarion.errors import BadRequest, ConfigError, TooLarge
+from clarion.errors import BadRequest, ConfigError, NotFound, TooLarge
 from clarion.protocol.channels import namespace_of, validate_channel
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.publication import (
@@ -48,6 +51,8 @@ from clarion.protocol.publication import (
 from clarion.settings import REDIS_URL_SCHEMES, NamespaceOptions, Settings
 
 log = logging.getLogger("clarion.hub")
+
+E = TypeVar("E")
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -69,9 +74,16 @@ def make_engine(settings: Settings) -> Engine:
 
 
 class Hub:
-    """A clarion hub: channels, sessions, fan-out and the engine behind them.
+    """A clarion hub, ready to serve or to mount inside a host application::
 
-    This is the transport-agnostic core; :class:`clarion.Hub` adds the ASGI application.
+        hub = Hub(Settings())
+        app = Starlette(lifespan=hub.lifespan)
+        app.mount("/rt", hub.asgi_app())
+        ...
+        await hub.publish("chat:lobby", {"text": "hi"})
+
+    ``extensions``: what to attach instead of the standard webhooks and HTTP hooks
+    (:mod:`clarion.core.extension`); ``()`` makes a hub of the core alone.
     """
 
     # The engine's sink for publications: the channels' own methods, bound in ``__init__`` so
@@ -79,10 +91,19 @@ class Hub:
     on_publication: Callable[[Publication], None]
     on_ephemeral: Callable[[Publication], None]
 
-    def __init__(self, settings: Settings | None = None, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        engine: Engine | None = None,
+        extensions: Iterable[ExtensionFactory] | None = None,
+    ) -> None:
         self.settings = settings if settings is not None else Settings()
         self.engine: Engine = engine if engine is not None else make_engine(self.settings)
-        self.auth = Authenticator(self.settings)
+        # With the admin page, the API key also opens an operator session (its metrics channel).
+        self.auth = (
+            OperatorAuth(self.settings) if self.settings.admin else Authenticator(self.settings)
+        )
         self.stats = Stats()
         # Set by the application layer when ``[hooks]`` are configured.
         self.hooks: Hooks | None = None
@@ -101,6 +122,10 @@ class Hub:
         self.on_publication = self.local_channels.on_publication
         self.on_ephemeral = self.local_channels.on_ephemeral
         self.metrics_registry = make_registry(self)
+        # This node's figures, announced to the others (``GET /api/info``, the admin page).
+        self.nodes = NodeReporter(self, metrics_channel=self.settings.admin)
+        self.metrics_registry.register(NodeCollector(self.nodes))
+        self._app: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self.closing = False
@@ -109,6 +134,8 @@ class Hub:
         self.publish_listeners: list[Callable[[Publication], Awaitable[object] | None]] = []
         # Called with session lifecycle events: connect, disconnect, subscribe, unsubscribe.
         self.lifecycle_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        factories = standard() if extensions is None else extensions
+        self.extensions: list[Extension] = [make(self) for make in factories]
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -123,24 +150,49 @@ class Hub:
         # Before the first connection: a revoked user or token is refused from the start.
         await self.registry.sync_revocations()
         self.sweeper.start()
+        try:
+            for extension in self.extensions:
+                await extension.start()
+        except BaseException:
+            await self.close()
+            raise
+        self.nodes.start()
         log.info("hub started (engine=%s)", self.engine.name)
         for note in auth_notes(self.settings):  # embedded hubs say it too, not only the CLI
             log.warning(note)
 
     async def close(self, code: int = CloseCode.SHUTDOWN) -> None:
         """Close every session with ``code`` (default: reconnect elsewhere) and the engine."""
-        if not self._started:
-            return
-        self.closing = True
-        for session in list(self.sessions.values()):
-            session.close(code)
-        self.roster.stop()
-        await self.sweeper.stop()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2.0)
-        await self.engine.close()
-        self._started = False
-        log.info("hub closed")
+        # This node leaves the directory first: the others see it go at once.
+        await self.nodes.close()
+        if self._started:
+            self.closing = True
+            for session in list(self.sessions.values()):
+                session.close(code)
+            self.roster.stop()
+            await self.sweeper.stop()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=2.0)
+            await self.engine.close()
+            self._started = False
+            log.info("hub closed")
+        # After the sessions: their disconnect events still reach the webhook outbox.
+        for extension in reversed(self.extensions):
+            await extension.close()
+
+    def extension(self, kind: type[E]) -> E:
+        """The hub's extension of type ``kind`` (e.g. its
+        :class:`~clarion.webhooks.WebhookService`); :class:`NotFound` without one."""
+        for extension in self.extensions:
+            if isinstance(extension, kind):
+                return extension
+        raise NotFound(f"this hub has no {kind.__name__}")
+
+    def asgi_app(self) -> Any:
+        """The ASGI application: HTTP API, ``/ws`` and the other transports (built once)."""
+        if self._app is None:
+            self._app = load(APP_BUILDER)(self)
+        return self._app
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:

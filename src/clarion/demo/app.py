@@ -20,8 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from clarion.asgi.responses import JSONResponse, error_body
 from clarion.core.auth import mint_token
+from clarion.core.hub import Hub
 from clarion.demo.feeds import DEVICES, DeviceSpec, device, ticker
-from clarion.hub import Hub
 from clarion.settings import Settings
 
 # A person's name on the demo pages: it is the token's user. Device users are "device:<id>",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clarion.core.auth import mint_token
-from clarion.hub import Hub
+from clarion.core.hub import Hub
 
 if TYPE_CHECKING:
     from clarion.client import Subscription

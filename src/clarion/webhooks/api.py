@@ -15,7 +15,7 @@ from clarion.asgi import access
 from clarion.asgi.api import read_json
 from clarion.asgi.responses import JSONResponse
 from clarion.core.hub import Hub
-from clarion.errors import BadRequest, NotFound
+from clarion.errors import BadRequest
 from clarion.webhooks.service import WebhookService
 
 MAX_LIST = 1000
@@ -31,15 +31,13 @@ def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
 
 
 class WebhookAPI:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, service: WebhookService) -> None:
         self.hub = hub
+        self.service = service
 
     def _service(self, request: Request) -> WebhookService:
         access.check_api_key(self.hub, request.scope)
-        service = getattr(self.hub, "webhooks", None)
-        if not isinstance(service, WebhookService):
-            raise NotFound("webhooks are not available on this hub")
-        return service
+        return self.service
 
     async def _current(self, request: Request) -> WebhookService:
         """The service, caught up with endpoints other nodes changed (on a shared outbox)."""
@@ -108,8 +106,8 @@ class WebhookAPI:
         return JSONResponse({"enqueued": revived})
 
 
-def webhook_routes(hub: Hub) -> list[BaseRoute]:
-    api = WebhookAPI(hub)
+def webhook_routes(hub: Hub, service: WebhookService) -> list[BaseRoute]:
+    api = WebhookAPI(hub, service)
     return [
         Route("/api/webhooks", api.index, methods=["GET"]),
         Route("/api/webhooks", api.create, methods=["POST"]),

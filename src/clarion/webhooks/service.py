@@ -40,7 +40,7 @@ from clarion.webhooks.counts import QueueCounts
 from clarion.webhooks.describe import describe
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.intake import Intake
-from clarion.webhooks.metrics import AttemptStats
+from clarion.webhooks.metrics import AttemptStats, WebhookCollector
 from clarion.webhooks.outbox import Outbox
 from clarion.webhooks.registry import Registry, new_endpoint
 from clarion.webhooks.replay import replay, revive
@@ -51,6 +51,8 @@ from clarion.webhooks.targets import AllowList
 from clarion.webhooks.worker import WorkerContext
 
 if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
     from clarion.core.hub import Hub
 
 log = logging.getLogger("clarion.webhooks")
@@ -59,7 +61,8 @@ SYNC_INTERVAL = 1.0  # seconds between looks at a shared outbox's endpoint regis
 
 
 class WebhookService:
-    """Webhooks of one hub. Opened by :meth:`start` when there is anything to deliver."""
+    """Webhooks of one hub, one of its extensions (:mod:`clarion.core.extension`). Opened by
+    :meth:`start` when there is anything to deliver."""
 
     def __init__(self, hub: Hub, outbox: Outbox | None = None) -> None:
         self.hub = hub
@@ -82,6 +85,13 @@ class WebhookService:
         self._opening: asyncio.Lock | None = None
         self._sync: asyncio.Task[None] | None = None
         self._registry_changed = asyncio.Event()
+        hub.metrics_registry.register(WebhookCollector(lambda: self))
+
+    def routes(self) -> list[BaseRoute]:
+        """``/api/webhooks…``: the ASGI app mounts them (see :mod:`clarion.webhooks.api`)."""
+        from clarion.webhooks.api import webhook_routes
+
+        return webhook_routes(self.hub, self)
 
     # ---- lifecycle --------------------------------------------------------------------------
 

@@ -200,3 +200,20 @@ def test_a_frame_that_breaks_the_protocol_is_refused(frame: str) -> None:
 
 def test_a_push_of_a_newer_protocol_is_passed_over() -> None:
     assert messages.parse_frame('{"typing": {"channel": "c"}}') is None
+
+
+def test_sse_events_carry_the_bodies_of_the_websocket_pushes() -> None:
+    from clarion.protocol import sse
+
+    def data(event: bytes) -> object:
+        lines = [line[6:] for line in event.decode().splitlines() if line.startswith("data: ")]
+        return json.loads("\n".join(lines))
+
+    disconnect = sse.disconnect_event(4000, "shutdown", True)
+    assert messages.read_push("disconnect", data(disconnect)) == messages.DisconnectPush(
+        4000, "shutdown", True
+    )
+    reset = sse.reset_event("c", "epoch", "K", None)
+    assert messages.read_push("reset", data(reset)) == messages.ResetPush("c", "epoch", "K")
+    with pytest.raises(messages.FrameError):
+        messages.read_push("disconnect", [4000])

@@ -22,6 +22,7 @@ from clarion.client.errors import Disconnected, TransportUnavailable
 from clarion.client.items import Message, Reset
 from clarion.client.refusals import refused, stops
 from clarion.client.subscription import Feed
+from clarion.protocol.messages import DisconnectPush, FrameError, ResetPush, read_push
 
 log = logging.getLogger(__name__)
 
@@ -60,28 +61,34 @@ def message_from(obj: Any, cursor: str | None = None) -> Message | None:
 
 
 def reset_from(feed: Feed, obj: Any, fallback: str | None) -> Reset | None:
-    if not isinstance(obj, dict):
+    if obj is None:
         return None
-    cursor = obj.get("cursor")
-    if not isinstance(cursor, str) or not cursor:
-        cursor = fallback
+    try:
+        push = read_push("reset", obj)
+    except FrameError as exc:
+        log.warning("ignoring a reset on %s: %s", feed.channel, exc)
+        return None
+    if not isinstance(push, ResetPush):
+        return None
+    cursor = push.cursor or fallback
     if not cursor:
         log.warning("ignoring a reset without a cursor on %s", feed.channel)
         return None
-    return Reset(feed.channel, str(obj.get("reason", "")), cursor)
+    return Reset(feed.channel, push.reason, cursor)
 
 
 def disconnect_from(obj: Any, ctx: StreamContext) -> Disconnected | None:
     """A ``disconnect`` signal that forbids reconnecting, as the error to stop with."""
-    if not isinstance(obj, dict):
+    if obj is None:
         return None
-    code = obj.get("code")
-    if not isinstance(code, int):
+    try:
+        push = read_push("disconnect", obj)
+    except FrameError as exc:
+        log.warning("ignoring a disconnect signal: %s", exc)
         return None
-    reconnect = obj.get("reconnect")
-    if not stops(code, reconnect if isinstance(reconnect, bool) else None, ctx.api.token):
+    if not isinstance(push, DisconnectPush) or not stops(push.code, push.reconnect, ctx.api.token):
         return None
-    return Disconnected(code, str(obj.get("reason", "")))
+    return Disconnected(push.code, push.reason)
 
 
 def failed(url: str, exc: BaseException) -> str:

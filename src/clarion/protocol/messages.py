@@ -323,7 +323,7 @@ def parse_frame(frame: str | bytes) -> Frame | None:
     for kind in ("reset", "subscribe", "unsubscribe", "join", "leave", "disconnect"):
         body = obj.get(kind)
         if isinstance(body, dict):
-            return _push(kind, body)
+            return read_push(kind, body)
     return None
 
 
@@ -346,7 +346,11 @@ def _reply(obj: dict[str, Any]) -> Reply:
     return Reply(rid, ok=ok if isinstance(ok, dict) else {})
 
 
-def _push(kind: str, body: dict[str, Any]) -> Frame:
+def read_push(kind: str, body: object) -> Frame:
+    """The body of a ``kind`` push (``reset``, ``disconnect``, ...), also as SSE events and
+    poll replies carry it; :class:`FrameError` when it is not what the protocol says."""
+    if not isinstance(body, dict):
+        raise FrameError(f"a {kind} that is not an object")
     if kind in ("join", "leave"):
         return PresencePush("join" if kind == "join" else "leave", body)
     if kind == "disconnect":

@@ -20,6 +20,7 @@ import websockets
 from clarion.protocol.cursor import Cursor
 
 from ..redis_fixture import free_port
+from ..support.history import ClientLog, PublisherLog, assert_no_findings
 
 CLARION = str(Path(sys.executable).with_name("clarion"))
 
@@ -67,21 +68,19 @@ class Node:
 
 
 class Tracker:
-    """A WebSocket subscriber that resumes from its cursor and records every anomaly.
+    """A WebSocket subscriber that resumes from its cursor and records what it receives in a
+    :class:`~tests.support.history.ClientLog`, for the history checker to judge."""
 
-    Within an epoch, each publication must be the previous offset + 1: anything lower is a
-    duplicate, anything higher a gap. A new epoch must be announced by a reset first.
-    """
+    count = 0
 
     def __init__(self, channel: str, headers: dict[str, str] | None = None) -> None:
+        Tracker.count += 1
         self.channel = channel
         self.headers = headers or {}
+        self.log = ClientLog(f"tracker-{Tracker.count}")
         self.cursor: str | None = None
         self.last: tuple[str, int] | None = None
-        self.offsets: list[tuple[str, int]] = []
-        self.gaps: list[tuple[tuple[str, int] | None, tuple[str, int]]] = []
-        self.duplicates: list[tuple[str, int]] = []
-        self.silent_epoch_changes: list[tuple[str, int]] = []
+        self.offsets: list[tuple[str, int]] = []  # in order, duplicates left out
         self.resets: list[str] = []
         self.disconnects: list[dict[str, Any]] = []
         self.connections = 0
@@ -133,6 +132,8 @@ class Tracker:
             if ok.get("reset") or self.last is None:
                 self.last = (ok["epoch"], ok["offset"])
                 self.cursor = ok["cursor"]
+            if not ok.get("reset"):
+                self.log.subscribed(self.channel, ok["epoch"], ok["offset"], ok["cursor"])
             self.subscribed.set()
         elif "reset" in msg:
             reset = msg["reset"]
@@ -141,26 +142,29 @@ class Tracker:
             assert position is not None
             self.last = (position.epoch, position.offset)
             self.cursor = reset["cursor"]
+            self.log.reset(
+                self.channel, position.epoch, position.offset, reset["reason"], reset["cursor"]
+            )
         elif "disconnect" in msg:
             self.disconnects.append(msg["disconnect"])
         elif msg.get("channel") == self.channel and "offset" in msg:
             here = (msg["epoch"], msg["offset"])
-            if self.last is not None:
-                if here[0] != self.last[0]:
-                    self.silent_epoch_changes.append(here)
-                elif here[1] <= self.last[1]:
-                    self.duplicates.append(here)
-                    return
-                elif here[1] != self.last[1] + 1:
-                    self.gaps.append((self.last, here))
+            self.log.publication(self.channel, here[0], here[1], msg["cursor"])
+            if self.last is not None and here[0] == self.last[0] and here[1] <= self.last[1]:
+                return  # a duplicate, or late: the checker reports it
             self.last = here
             self.cursor = msg["cursor"]
             self.offsets.append(here)
 
-    def assert_clean(self) -> None:
-        assert self.gaps == [], f"gaps: {self.gaps[:5]}"
-        assert self.duplicates == [], f"duplicates: {self.duplicates[:5]}"
-        assert self.silent_epoch_changes == [], f"silent epoch changes: {self.silent_epoch_changes}"
+    def assert_clean(self, *publishers: Publisher) -> None:
+        """No gap, duplicate, reordering, silent epoch change or needless reset; and, given
+        the publishers, nothing they had acknowledged missing."""
+        assert_no_findings([self.log], [p.log for p in publishers])
+
+
+def assert_history(trackers: Sequence[Tracker], publishers: Sequence[Publisher] = ()) -> None:
+    """The history checker over every tracker and publisher at once."""
+    assert_no_findings([t.log for t in trackers], [p.log for p in publishers])
 
 
 class Publisher:
@@ -172,6 +176,7 @@ class Publisher:
         self.rate = rate
         self.published: list[tuple[str, int]] = []
         self.failures: list[int] = []
+        self.log = PublisherLog(f"publisher-{channel}-{url}")
 
     async def run(self, until: asyncio.Event) -> None:
         async with httpx.AsyncClient(base_url=self.url, timeout=5.0) as client:
@@ -182,8 +187,10 @@ class Publisher:
                 if r.status_code == 200:
                     body = r.json()
                     self.published.append((body["epoch"], body["offset"]))
+                    self.log.ack(self.channel, body["epoch"], body["offset"], n)
                 else:
                     self.failures.append(r.status_code)
+                    self.log.refuse(str(r.status_code))
                 n += 1
                 delay = started + n / self.rate - time.monotonic()
                 if delay > 0:

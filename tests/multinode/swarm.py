@@ -1,9 +1,9 @@
 """Many WebSocket subscribers on raw sockets: a thousand fit in one test process.
 
 Each :class:`Subscriber` is a small ``asyncio.Protocol`` (no task, no library per connection)
-that upgrades, subscribes to one channel — from its cursor when it has one — and checks every
-publication it receives, as :class:`~tests.multinode.helpers.Tracker` does: within an epoch
-each offset is the previous one + 1; lower is a duplicate, higher a gap.
+that upgrades, subscribes to one channel — from its cursor when it has one — and records what
+it receives in a :class:`~tests.support.history.ClientLog`, as
+:class:`~tests.multinode.helpers.Tracker` does, for the history checker to judge.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ import os
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from clarion.protocol.cursor import Cursor
+
+from ..support.history import ClientLog, check
 
 MASK = b"\x5a\x13\xc7\x02"
 
@@ -30,6 +34,8 @@ def masked(payload: bytes, opcode: int = 1) -> bytes:
 class Subscriber:
     """What one client remembers across its connections, and what went wrong."""
 
+    count = 0
+
     def __init__(self, channel: str, token: str | None = None) -> None:
         self.channel = channel
         self.token = token
@@ -37,9 +43,8 @@ class Subscriber:
         self.last: tuple[str, int] | None = None
         self.received = 0
         self.connections = 0
-        self.gaps: list[tuple[tuple[str, int] | None, tuple[str, int]]] = []
-        self.duplicates: list[tuple[str, int]] = []
-        self.silent_epoch_changes: list[tuple[str, int]] = []
+        Subscriber.count += 1
+        self.log = ClientLog(f"subscriber-{Subscriber.count}")
         self.resets: list[str] = []
         self.errors: list[dict[str, Any]] = []  # error replies to subscribe
         self.closes: list[int] = []  # close codes the hub sent
@@ -56,27 +61,31 @@ class Subscriber:
             if ok.get("reset") or self.last is None:
                 self.last = (ok["epoch"], ok["offset"])
                 self.cursor = ok["cursor"]
+            if not ok.get("reset"):  # a reset reply is followed by the reset push
+                self.log.subscribed(self.channel, ok["epoch"], ok["offset"], ok["cursor"])
             if not subscribed.done():
                 subscribed.set_result(True)
         elif "reset" in msg:
-            self.resets.append(msg["reset"]["reason"])
+            reset = msg["reset"]
+            self.resets.append(reset["reason"])
+            position = Cursor.decode(reset["cursor"]).get(self.channel)
+            if position is not None:
+                self.log.reset(
+                    self.channel, position.epoch, position.offset, reset["reason"], reset["cursor"]
+                )
         elif msg.get("channel") == self.channel and "offset" in msg:
             here = (msg["epoch"], msg["offset"])
-            if self.last is not None:
-                if here[0] != self.last[0]:
-                    self.silent_epoch_changes.append(here)
-                elif here[1] <= self.last[1]:
-                    self.duplicates.append(here)
-                    return
-                elif here[1] != self.last[1] + 1:
-                    self.gaps.append((self.last, here))
+            self.log.publication(self.channel, here[0], here[1], msg["cursor"])
+            if self.last is not None and here[0] == self.last[0] and here[1] <= self.last[1]:
+                return  # a duplicate, or late: the checker reports it
             self.last = here
             self.cursor = msg["cursor"]
             self.received += 1
 
     def anomalies(self) -> list[str]:
-        out = []
-        for name in ("gaps", "duplicates", "silent_epoch_changes", "resets", "errors", "closes"):
+        """The history checker's findings, then any reset, refused subscribe or close."""
+        out = [str(f) for f in check([self.log])[:3]]
+        for name in ("resets", "errors", "closes"):
             value = getattr(self, name)
             if value:
                 out.append(f"{name}: {value[:3]}")

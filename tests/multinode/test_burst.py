@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from clarion import mint_token
 
 from ..conftest import timeout
+from ..support.history import assert_no_findings
 from .conftest import Cluster
 from .helpers import Node, Publisher, eventually
 from .swarm import Subscriber, connect_all
@@ -118,6 +119,7 @@ async def test_a_thousand_clients_dropped_at_once_resume_on_the_other_node(
     last = publisher.published[-1]
     await eventually(lambda: all(s.last == last for s in subs), timeout=timeout(30))
     assert_clean(subs)
+    assert_no_findings([s.log for s in subs], [publisher.log])
     assert {s.connections for s in subs} == {2}
     # Every client got every publication since its first subscribe, exactly once.
     assert {s.received for s in subs} == {len(publisher.published)}

@@ -450,3 +450,34 @@ async def test_a_silent_event_stream_is_reopened_from_its_cursor(
     await hub.publish("chat:lobby", 2)
     assert await pubs(page, 2) == [1, 2]
     assert len(streams) >= 3
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_refused_token_stops_the_client_with_the_refusals_close_code(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    # The same token would be refused again: the client stops, as the Python client does.
+    hub = await secured(hub_factory)
+    await open_client(page, hub, {"transports": [transport], "token": "not-a-jwt"})
+    await wait_for(page, "window.log.states.some((s) => s.startsWith('closed'))")
+    states = await page.evaluate("window.log.states")
+    assert f"disconnected:{transport}:4500" in states, states
+    assert await page.evaluate("window.log.events.at(-1).event") == "unsubscribed"
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_forbidden_channel_ends_only_its_own_stream(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    hub = await secured(hub_factory)
+    await open_client(page, hub, {"transports": [transport], "token": alice()}, "news:x")
+    await wait_for(page, "window.log.events.some((e) => e.event === 'unsubscribed')")
+    assert await page.evaluate("window.client.state") != "closed"
+    # The client goes on: another channel, one the token allows, is read.
+    await page.evaluate(
+        "window.client.subscribe('chat:lobby', {onPublication: (p) => window.log.pubs.push(p.data)"
+        "})"
+    )
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", "still here")
+    assert await pubs(page, 1) == ["still here"]

@@ -267,6 +267,10 @@ async def test_channels_search_and_a_server_side_unsubscribe(page: Any, hub_fact
             timeout=WAIT,
         )
         await screenshot(page, "channels")
+        # One node's channels: this hub's own id lists the same; another would list none.
+        node = (await hub.hub.nodes.cluster())[0]["id"]
+        await page.select_option("#channel-node", node)
+        await page.wait_for_selector("#by-subscribers tr[data-channel='chat:news']", timeout=WAIT)
         await page.click("#by-subscribers a")
         await page.wait_for_selector("#presence tr[data-user='erin'] button", timeout=WAIT)
         await page.click("#presence tr[data-user='erin'] button >> text=Unsubscribe")

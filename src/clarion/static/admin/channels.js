@@ -6,6 +6,7 @@ import { confirmAction, h, table } from "./dom.js";
 import { refreshing } from "./overview.js";
 
 const TOP = 20;
+const LIST_AT_MOST = 500; // presence entries a channel page lists
 
 function channelLink(name) {
   return h("a", { href: `#channel/${encodeURIComponent(name)}` }, name);
@@ -13,11 +14,14 @@ function channelLink(name) {
 
 export function channels(view) {
   const search = h("input", { id: "channel-search", type: "search", placeholder: "name contains…" });
+  const node = h("select", { id: "channel-node" }, h("option", { value: "" }, "every node"));
   const bySubs = h("div", { id: "by-subscribers" });
   const byRate = h("div", { id: "by-rate" });
   const note = h("p", { class: "muted" });
   view.replaceChildren(
-    h("h2", {}, "Channels"), h("label", {}, "Search", search), note,
+    h("h2", {}, "Channels"),
+    h("div", { class: "inline" }, h("label", {}, "Search", search), h("label", {}, "Node", node)),
+    note,
     h("h2", {}, "Most subscribers"), bySubs, h("h2", {}, "Busiest (publications per second)"), byRate,
   );
   const columns = [
@@ -28,16 +32,25 @@ export function channels(view) {
   ];
   const load = async () => {
     const q = search.value.trim();
-    const [subs, rate] = await Promise.all([
-      get("api/channels", { sort: "subscribers", limit: TOP, q }),
-      get("api/channels", { sort: "rate", limit: TOP, q }),
+    const filter = { q, node: node.value };
+    const [subs, rate, info] = await Promise.all([
+      get("api/channels", { sort: "subscribers", limit: TOP, ...filter }),
+      get("api/channels", { sort: "rate", limit: TOP, ...filter }),
+      get("api/info"),
     ]);
+    const known = new Set([...node.options].map((o) => o.value));
+    for (const n of info.nodes) {
+      if (n.state === "up" && !known.has(n.id)) node.append(h("option", { value: n.id }, n.id));
+    }
     note.textContent = `${subs.total} channels with subscribers`
       + (subs.complete ? "" : " (the busiest of each node: some nodes hold more)");
     bySubs.replaceChildren(table(columns, subs.channels, (c) => ({ dataset: { channel: c.channel } })));
-    byRate.replaceChildren(table(columns, rate.channels.filter((c) => c.publication_rate > 0)));
+    const busy = rate.channels.filter((c) => c.publication_rate > 0);
+    byRate.replaceChildren(busy.length ? table(columns, busy)
+      : h("p", { class: "muted" }, "No publication in the last second."));
   };
   search.addEventListener("input", () => load().catch(() => {}));
+  node.addEventListener("change", () => load().catch(() => {}));
   return refreshing(load);
 }
 
@@ -94,6 +107,13 @@ export function channel(view, name) {
     },
   }, label);
   const loadPresence = async () => {
+    // A crowded channel is counted, not listed: the listing grows with every client.
+    const counts = await get("api/presence_stats", { channel: name });
+    if (counts.clients > LIST_AT_MOST) {
+      presence.replaceChildren(h("p", {},
+        `${counts.clients} clients, ${counts.users} users: too many to list here`));
+      return;
+    }
     const body = await get("api/presence", { channel: name });
     presence.replaceChildren(
       h("p", { class: "muted" }, `${body.clients.length} clients, ${body.users.length} users, `

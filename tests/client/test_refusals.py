@@ -70,3 +70,19 @@ def test_a_close_ends_the_client_by_the_table_or_the_hubs_own_word() -> None:
         CloseCode.TOKEN_EXPIRED, True, None
     )
     assert not stops(CloseCode.TOKEN_EXPIRED, None, lambda: "fresh")
+
+
+def test_an_answer_without_the_hubs_body_is_read_by_its_status() -> None:
+    import httpx
+
+    from clarion.client.api import failure
+
+    def refused(status: int) -> str:
+        error = failure(httpx.Response(status, text="<html>busy</html>"))
+        return verdict(error.code, error.status, refreshable=False, whole=False)
+
+    assert refused(429) == "backoff"  # a proxy's rate limit: later
+    assert refused(502) == "backoff"
+    assert refused(401) == "stop"
+    assert refused(403) == "fail"
+    assert refused(413) == "fail"

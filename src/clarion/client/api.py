@@ -16,14 +16,14 @@ from clarion.client.items import History, Member, Published
 from clarion.client.tokens import TokenSource, resolve_token
 
 # Codes for answers that do not carry the hub's error body (e.g. a proxy, or the HTTP server's
-# own body-size cap): the same codes the hub would have used.
+# own body-size cap): the same codes the hub would have used. A bare 429 is a proxy's rate limit,
+# not one of the hub's (they say which): ``http_429``, retried later (clarion.client.refusals).
 _STATUS_CODES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     413: "too_large",
-    429: "limit_exceeded",
 }
 
 

@@ -1,17 +1,7 @@
 """The outbox of the Redis engine: one outbox shared by every node, one deliverer per endpoint.
 
-Keys, under the engine's prefix ``P``:
-
-* ``P:{wh}:endpoints`` — hash, endpoint id → its configuration (JSON);
-  ``P:{wh}:registry`` — a counter bumped by every change of that hash, so nodes notice changes
-  with one ``GET``; ``P:{wh}:events`` — the lifecycle event version (``INCRBY``).
-* per endpoint, all with the hash tag ``{wh:<id>}`` so that one Lua script may touch them all:
-  ``q`` (sorted set, message id by queue position), ``d`` (hash, message id → delivery with its
-  retry state), ``seq`` (the queue position counter), ``dead`` (sorted set of dead letters,
-  ``"<seq>:<json>"`` by seq), ``dseq``, ``pos`` (hash, channel → last delivered position),
-  ``state`` (hash: last error, last delivery, disabled reason) and ``lease``.
-* the pub/sub channel ``P.wh.registry`` announces registry changes, so that other nodes start
-  queueing for a new endpoint within moments rather than at their next periodic look.
+Its keys, their layout and the scripts that change them are in
+:mod:`clarion.webhooks.redis_outbox_store`.
 
 The lease (``SET lease <node> NX PX ttl``) says which node delivers the endpoint; it is renewed
 while the node lives and released when it stops, and a crashed node's lease lapses after
@@ -40,6 +30,20 @@ import orjson
 from redis.exceptions import NoScriptError, RedisError
 
 from clarion.webhooks.endpoint import PUBLICATION, Delivery, Endpoint
+from clarion.webhooks.redis_outbox_store import (
+    BURY,
+    CLAIM,
+    DELIVERED,
+    ENDPOINT_KEYS,
+    ENQUEUE,
+    HEAD,
+    RELEASE,
+    UPDATE,
+    as_int,
+    as_text,
+    decode_delivery,
+    encode_delivery,
+)
 from clarion.webhooks.signing import event_msg_id
 
 if TYPE_CHECKING:
@@ -51,77 +55,6 @@ OPEN_TIMEOUT = 5.0  # seconds to reach Redis when the outbox opens
 WRITE_TRIES = 5  # a failed enqueue pipeline is tried again this many times, backing off
 WRITE_BACKOFF = 0.1  # seconds before the first retry; doubles
 
-# KEYS: seq, q, d. ARGV: msg_id, delivery. A message id already pending stays where it is.
-ENQUEUE = """
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-local seq = redis.call('INCR', KEYS[1])
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-return seq
-"""
-
-# KEYS: q, d, dseq, dead. ARGV: msg_id (or '' for a new delivery), dead letter, how many to
-# keep. A delivery no longer pending (its endpoint deleted meanwhile) is left alone.
-BURY = """
-if ARGV[1] ~= '' then
-  if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-  redis.call('HDEL', KEYS[2], ARGV[1])
-end
-local seq = redis.call('INCR', KEYS[3])
-redis.call('ZADD', KEYS[4], seq, seq .. ':' .. ARGV[2])
-redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[3]) + 1))
-return seq
-"""
-
-# KEYS: q, d, state. ARGV: msg_id, delivery, last error, its time. Only while still pending:
-# the keys of an endpoint deleted meanwhile are not brought back.
-UPDATE = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[3], 'last_error', ARGV[3], 'last_error_at', ARGV[4])
-return 1
-"""
-
-# KEYS: q, d, pos, state. ARGV: msg_id, channel (or ''), position, last msg id, its time.
-DELIVERED = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[3]) end
-redis.call('HSET', KEYS[4], 'last_msg_id', ARGV[4], 'last_delivered_at', ARGV[5])
-return 1
-"""
-
-# KEYS: q, d. ARGV: limit. Flat list: seq, delivery, seq, delivery…
-HEAD = """
-local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
-local out = {}
-for i = 1, #ids, 2 do
-  out[#out + 1] = ids[i + 1]
-  out[#out + 1] = redis.call('HGET', KEYS[2], ids[i]) or ''
-end
-return out
-"""
-
-# KEYS: lease. ARGV: node, ttl ms. 1: held (renewed), 2: newly taken, 0: another node has it.
-CLAIM = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if holder then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 2
-"""
-
-# KEYS: lease. ARGV: node. Only our own lease: another node's is never touched.
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-ENDPOINT_KEYS = ("q", "d", "seq", "dead", "dseq", "pos", "state", "lease")
-
 
 @dataclass(slots=True)
 class _Pending:
@@ -129,53 +62,6 @@ class _Pending:
     event: bool
     done: asyncio.Future[list[Delivery]]
     versioned: bool = False
-
-
-def _encode(d: Delivery) -> bytes:
-    return orjson.dumps(
-        {
-            "m": d.msg_id,
-            "k": d.kind,
-            "b": d.body.decode(),
-            "c": d.channel,
-            "e": d.epoch,
-            "o": d.offset,
-            "t": d.created_at,
-            "a": d.attempts,
-            "f": d.first_failure,
-            "n": d.next_attempt,
-            "l": d.last_error,
-            "x": d.dead_at,
-        }
-    )
-
-
-def _decode(endpoint_id: str, seq: int, raw: bytes | str) -> Delivery:
-    o = orjson.loads(raw)
-    return Delivery(
-        endpoint=endpoint_id,
-        msg_id=o["m"],
-        kind=o["k"],
-        body=o["b"].encode(),
-        channel=o["c"],
-        epoch=o["e"],
-        offset=o["o"],
-        created_at=o["t"],
-        seq=seq,
-        attempts=o["a"],
-        first_failure=o["f"],
-        next_attempt=o["n"],
-        last_error=o["l"],
-        dead_at=o["x"],
-    )
-
-
-def _text(value: Any) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 class RedisOutbox:
@@ -325,10 +211,10 @@ class RedisOutbox:
             for d in pending.deliveries:
                 if d.dead_at is None:
                     keys = [self._key(d.endpoint, n) for n in ("seq", "q", "d")]
-                    out.append(("enqueue", keys, [d.msg_id, _encode(d)], d.endpoint))
+                    out.append(("enqueue", keys, [d.msg_id, encode_delivery(d)], d.endpoint))
                 else:
                     keys = [self._key(d.endpoint, n) for n in ("q", "d", "dseq", "dead")]
-                    out.append(("bury", keys, ["", _encode(d), self._keep_dead], ""))
+                    out.append(("bury", keys, ["", encode_delivery(d), self._keep_dead], ""))
         return out
 
     def _unversioned(self, batch: list[_Pending]) -> list[_Pending]:
@@ -400,7 +286,7 @@ class RedisOutbox:
         out = []
         for i in range(0, len(flat), 2):
             if flat[i + 1]:
-                d = _decode(endpoint_id, int(float(flat[i])), flat[i + 1])
+                d = decode_delivery(endpoint_id, int(float(flat[i])), flat[i + 1])
                 d.dead_at = None
                 out.append(d)
         return out
@@ -424,7 +310,7 @@ class RedisOutbox:
         keys = [self._key(endpoint.id, n) for n in ("q", "d", "state")]
         args = [
             delivery.msg_id,
-            _encode(delivery),
+            encode_delivery(delivery),
             endpoint.last_error or "",
             endpoint.last_error_at or 0,
         ]
@@ -433,11 +319,11 @@ class RedisOutbox:
     async def bury(self, delivery: Delivery) -> None:
         e = delivery.endpoint
         keys = [self._key(e, n) for n in ("q", "d", "dseq", "dead")]
-        args = [delivery.msg_id, _encode(delivery), self._keep_dead]
+        args = [delivery.msg_id, encode_delivery(delivery), self._keep_dead]
         await self._scripts["bury"](keys=keys, args=args, client=self.client)
 
     async def _counts(self, name: str) -> dict[str, int]:
-        ids = [_text(i) or "" for i in await self.client.hkeys(self._global("endpoints"))]
+        ids = [as_text(i) or "" for i in await self.client.hkeys(self._global("endpoints"))]
         pipe = self.client.pipeline(transaction=False)
         for endpoint_id in ids:
             pipe.zcard(self._key(endpoint_id, name))
@@ -458,7 +344,7 @@ class RedisOutbox:
 
     def _dead(self, endpoint_id: str, member: bytes) -> Delivery:
         seq, _, body = member.partition(b":")
-        return _decode(endpoint_id, int(seq), body)
+        return decode_delivery(endpoint_id, int(seq), body)
 
     async def revive(self, endpoint_id: str, ids: list[str] | None) -> int:
         dead_key = self._key(endpoint_id, "dead")
@@ -481,7 +367,7 @@ class RedisOutbox:
             keys = [self._key(endpoint_id, n) for n in ("seq", "q", "d")]
             # In dead-letter order; a message id still pending stays where it is.
             seq = await self._scripts["enqueue"](
-                keys=keys, args=[fresh.msg_id, _encode(fresh)], client=self.client
+                keys=keys, args=[fresh.msg_id, encode_delivery(fresh)], client=self.client
             )
             await self.client.zrem(dead_key, member)
             revived += 1 if seq else 0
@@ -492,7 +378,7 @@ class RedisOutbox:
         rows = []
         for channel, value in raw.items():
             epoch, offset, at = orjson.loads(value)
-            rows.append((at, _text(channel) or "", str(epoch), int(offset)))
+            rows.append((at, as_text(channel) or "", str(epoch), int(offset)))
         rows.sort(reverse=True)
         return [(channel, epoch, offset) for _, channel, epoch, offset in rows[:limit]]
 
@@ -514,7 +400,7 @@ class RedisOutbox:
         states = await pipe.execute()
         endpoints = []
         for config, state in zip(configs, states, strict=True):
-            s = {_text(k): _text(v) for k, v in state.items()}
+            s = {as_text(k): as_text(v) for k, v in state.items()}
             endpoints.append(
                 Endpoint(
                     id=config["id"],
@@ -526,9 +412,9 @@ class RedisOutbox:
                     created_at=config["created_at"],
                     disabled_reason=s.get("disabled_reason") or None,
                     last_error=s.get("last_error") or None,
-                    last_error_at=_int(s.get("last_error_at")),
+                    last_error_at=as_int(s.get("last_error_at")),
                     last_msg_id=s.get("last_msg_id") or None,
-                    last_delivered_at=_int(s.get("last_delivered_at")),
+                    last_delivered_at=as_int(s.get("last_delivered_at")),
                 )
             )
         endpoints.sort(key=lambda e: (e.created_at, e.id))

@@ -25,72 +25,16 @@ import orjson
 
 from clarion.errors import ConfigError
 from clarion.webhooks.endpoint import Delivery, Endpoint
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS endpoints (
-    id TEXT PRIMARY KEY,
-    url TEXT NOT NULL,
-    channels TEXT NOT NULL,
-    events TEXT NOT NULL,
-    secret TEXT NOT NULL,
-    source TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    disabled_reason TEXT,
-    last_error TEXT,
-    last_error_at INTEGER,
-    last_msg_id TEXT,
-    last_delivered_at INTEGER
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    endpoint TEXT NOT NULL,
-    msg_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    channel TEXT,
-    epoch TEXT,
-    "offset" INTEGER,
-    body BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    first_failure REAL,
-    next_attempt REAL NOT NULL DEFAULT 0,
-    last_error TEXT,
-    UNIQUE (endpoint, msg_id)
-);
-CREATE INDEX IF NOT EXISTS outbox_order ON outbox (endpoint, seq);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    endpoint TEXT NOT NULL,
-    msg_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    channel TEXT,
-    epoch TEXT,
-    "offset" INTEGER,
-    body BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    attempts INTEGER NOT NULL,
-    last_error TEXT,
-    dead_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dead_letters_order ON dead_letters (endpoint, seq);
-CREATE TABLE IF NOT EXISTS positions (
-    endpoint TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    epoch TEXT NOT NULL,
-    "offset" INTEGER NOT NULL,
-    delivered_at REAL NOT NULL,
-    PRIMARY KEY (endpoint, channel)
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+from clarion.webhooks.sqlite_schema import (
+    DELIVERY_COLUMNS,
+    SCHEMA,
+    delivery_of,
+    delivery_values,
+)
 
 _T = TypeVar("_T")
 # Deliveries handed to enqueue, the event version they carry, and who waits for them.
 _Pending = tuple[list[Delivery], int | None, "asyncio.Future[list[Delivery]]"]
-
-_DELIVERY_COLUMNS = (
-    'seq, endpoint, msg_id, kind, channel, epoch, "offset", body, created_at, attempts, last_error'
-)
 
 
 class SQLiteOutbox:
@@ -248,7 +192,7 @@ class SQLiteOutbox:
                         cursor = db.execute(
                             "INSERT OR IGNORE INTO outbox (endpoint, msg_id, kind, channel, "
                             'epoch, "offset", body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-                            _values(d),
+                            delivery_values(d),
                         )
                         if cursor.rowcount == 1:
                             d.seq = cursor.lastrowid or 0
@@ -258,7 +202,7 @@ class SQLiteOutbox:
                             "INSERT INTO dead_letters (endpoint, msg_id, kind, channel, epoch, "
                             '"offset", body, created_at, attempts, last_error, dead_at) '
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (*_values(d), d.attempts, d.last_error, d.dead_at),
+                            (*delivery_values(d), d.attempts, d.last_error, d.dead_at),
                         )
                         buried.add(d.endpoint)
                         stored.append(d)
@@ -323,13 +267,13 @@ class SQLiteOutbox:
 
     def _head(self, endpoint_id: str, limit: int) -> list[Delivery]:
         rows = self.db.execute(
-            f"SELECT {_DELIVERY_COLUMNS}, first_failure, next_attempt FROM outbox "
+            f"SELECT {DELIVERY_COLUMNS}, first_failure, next_attempt FROM outbox "
             "WHERE endpoint = ? ORDER BY seq LIMIT ?",
             (endpoint_id, limit),
         ).fetchall()
         out = []
         for row in rows:
-            d = _delivery(row)
+            d = delivery_of(row)
             d.first_failure, d.next_attempt = row[11], row[12]
             out.append(d)
         return out
@@ -376,7 +320,12 @@ class SQLiteOutbox:
                 "INSERT INTO dead_letters (endpoint, msg_id, kind, channel, epoch, "
                 '"offset", body, created_at, attempts, last_error, dead_at) '
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*_values(delivery), delivery.attempts, delivery.last_error, delivery.dead_at),
+                (
+                    *delivery_values(delivery),
+                    delivery.attempts,
+                    delivery.last_error,
+                    delivery.dead_at,
+                ),
             )
             _trim_dead(db, delivery.endpoint, self._keep_dead)
 
@@ -390,13 +339,13 @@ class SQLiteOutbox:
 
     def _dead_letters(self, endpoint_id: str, after_seq: int, limit: int) -> list[Delivery]:
         rows = self.db.execute(
-            f"SELECT {_DELIVERY_COLUMNS}, dead_at FROM dead_letters "
+            f"SELECT {DELIVERY_COLUMNS}, dead_at FROM dead_letters "
             "WHERE endpoint = ? AND seq > ? ORDER BY seq LIMIT ?",
             (endpoint_id, after_seq, limit),
         ).fetchall()
         out = []
         for row in rows:
-            d = _delivery(row)
+            d = delivery_of(row)
             d.dead_at = row[11]
             out.append(d)
         return out
@@ -483,26 +432,6 @@ class SQLiteOutbox:
             for table in ("endpoints", "outbox", "dead_letters", "positions"):
                 column = "id" if table == "endpoints" else "endpoint"
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (endpoint_id,))
-
-
-def _values(d: Delivery) -> tuple[Any, ...]:
-    return (d.endpoint, d.msg_id, d.kind, d.channel, d.epoch, d.offset, d.body, d.created_at)
-
-
-def _delivery(row: tuple[Any, ...]) -> Delivery:
-    return Delivery(
-        seq=row[0],
-        endpoint=row[1],
-        msg_id=row[2],
-        kind=row[3],
-        channel=row[4],
-        epoch=row[5],
-        offset=row[6],
-        body=bytes(row[7]),
-        created_at=row[8],
-        attempts=row[9],
-        last_error=row[10],
-    )
 
 
 def _trim_dead(db: sqlite3.Connection, endpoint_id: str, keep: int) -> None:

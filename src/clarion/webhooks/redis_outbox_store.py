@@ -1,0 +1,142 @@
+"""What the Redis outbox stores: its keys, the Lua scripts that change an endpoint's keys
+atomically, and a delivery as stored in its hash.
+
+Keys, under the engine's prefix ``P``:
+
+* ``P:{wh}:endpoints`` — hash, endpoint id → its configuration (JSON);
+  ``P:{wh}:registry`` — a counter bumped by every change of that hash, so nodes notice changes
+  with one ``GET``; ``P:{wh}:events`` — the lifecycle event version (``INCRBY``).
+* per endpoint, all with the hash tag ``{wh:<id>}`` so that one Lua script may touch them all:
+  ``q`` (sorted set, message id by queue position), ``d`` (hash, message id → delivery with its
+  retry state), ``seq`` (the queue position counter), ``dead`` (sorted set of dead letters,
+  ``"<seq>:<json>"`` by seq), ``dseq``, ``pos`` (hash, channel → last delivered position),
+  ``state`` (hash: last error, last delivery, disabled reason) and ``lease``.
+* the pub/sub channel ``P.wh.registry`` announces registry changes, so that other nodes start
+  queueing for a new endpoint within moments rather than at their next periodic look.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from clarion.webhooks.endpoint import Delivery
+
+# KEYS: seq, q, d. ARGV: msg_id, delivery. A message id already pending stays where it is.
+ENQUEUE = """
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return seq
+"""
+
+# KEYS: q, d, dseq, dead. ARGV: msg_id (or '' for a new delivery), dead letter, how many to
+# keep. A delivery no longer pending (its endpoint deleted meanwhile) is left alone.
+BURY = """
+if ARGV[1] ~= '' then
+  if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+local seq = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[4], seq, seq .. ':' .. ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[3]) + 1))
+return seq
+"""
+
+# KEYS: q, d, state. ARGV: msg_id, delivery, last error, its time. Only while still pending:
+# the keys of an endpoint deleted meanwhile are not brought back.
+UPDATE = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], 'last_error', ARGV[3], 'last_error_at', ARGV[4])
+return 1
+"""
+
+# KEYS: q, d, pos, state. ARGV: msg_id, channel (or ''), position, last msg id, its time.
+DELIVERED = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[3]) end
+redis.call('HSET', KEYS[4], 'last_msg_id', ARGV[4], 'last_delivered_at', ARGV[5])
+return 1
+"""
+
+# KEYS: q, d. ARGV: limit. Flat list: seq, delivery, seq, delivery…
+HEAD = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+local out = {}
+for i = 1, #ids, 2 do
+  out[#out + 1] = ids[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[2], ids[i]) or ''
+end
+return out
+"""
+
+# KEYS: lease. ARGV: node, ttl ms. 1: held (renewed), 2: newly taken, 0: another node has it.
+CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 2
+"""
+
+# KEYS: lease. ARGV: node. Only our own lease: another node's is never touched.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+ENDPOINT_KEYS = ("q", "d", "seq", "dead", "dseq", "pos", "state", "lease")
+
+
+def encode_delivery(d: Delivery) -> bytes:
+    return orjson.dumps(
+        {
+            "m": d.msg_id,
+            "k": d.kind,
+            "b": d.body.decode(),
+            "c": d.channel,
+            "e": d.epoch,
+            "o": d.offset,
+            "t": d.created_at,
+            "a": d.attempts,
+            "f": d.first_failure,
+            "n": d.next_attempt,
+            "l": d.last_error,
+            "x": d.dead_at,
+        }
+    )
+
+
+def decode_delivery(endpoint_id: str, seq: int, raw: bytes | str) -> Delivery:
+    o = orjson.loads(raw)
+    return Delivery(
+        endpoint=endpoint_id,
+        msg_id=o["m"],
+        kind=o["k"],
+        body=o["b"].encode(),
+        channel=o["c"],
+        epoch=o["e"],
+        offset=o["o"],
+        created_at=o["t"],
+        seq=seq,
+        attempts=o["a"],
+        first_failure=o["f"],
+        next_attempt=o["n"],
+        last_error=o["l"],
+        dead_at=o["x"],
+    )
+
+
+def as_text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def as_int(value: Any) -> int | None:
+    return None if value is None else int(value)

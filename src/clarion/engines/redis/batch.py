@@ -50,8 +50,13 @@ class _Call:
 class Batcher:
     """Queues commands for the current loop iteration; sends them as pipelines of ≤ MAX_BATCH."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, limit: int | None = None, timeout: float = 10.0) -> None:
         self._client = client
+        # A cluster client's per-node pools fail rather than wait when full: with ``limit``,
+        # at most that many batches are under way (each holds one connection per node it
+        # touches) and the rest wait for one, ``timeout`` seconds at most.
+        self._slots = asyncio.Semaphore(limit) if limit is not None else None
+        self._timeout = timeout
         self._queued: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -85,10 +90,20 @@ class Batcher:
         if not calls:
             return
         try:
-            if len(calls) == 1:
-                results = [await calls[0].run_alone(self._client)]
-            else:
-                results = await self._pipeline(calls)
+            if self._slots is not None:
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await self._slots.acquire()
+                except TimeoutError:
+                    raise RedisConnectionError("no free connection to Redis in time") from None
+            try:
+                if len(calls) == 1:
+                    results = [await calls[0].run_alone(self._client)]
+                else:
+                    results = await self._pipeline(calls)
+            finally:
+                if self._slots is not None:
+                    self._slots.release()
         except Exception as exc:
             for call in calls:
                 if not call.future.done():

@@ -13,8 +13,8 @@ password, when given, is the data nodes' password, not the sentinels'.
 
 Cluster: ``redis+cluster://[user:password@]host1:6379[,host2:6379…]``: any reachable nodes of
 the cluster; the client learns the rest (and every later change of topology) from them.
-Commands go to each key's slot owner (``MOVED``/``ASK`` followed); each node's connections are
-capped at ``pool_size``.
+Commands go to each key's slot owner (``MOVED``/``ASK`` followed); at most ``pool_size``
+batches are under way at once (the others wait, ``pool_timeout`` at most).
 """
 
 from __future__ import annotations
@@ -113,7 +113,9 @@ class RedisTarget:
         kwargs = self._cluster_kwargs()
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self.cluster],
-            max_connections=self.pool_size,
+            # Batches wait for one of pool_size slots (batch.py); the rest is headroom for
+            # the few calls made outside them.
+            max_connections=2 * self.pool_size,
             # Topology is re-read after a failed command (a failover, a moved slot) rather
             # than retried: a publish is never sent twice behind the caller's back.
             reinitialize_steps=1,

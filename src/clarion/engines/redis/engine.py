@@ -5,6 +5,8 @@
 * Each node subscribes only to channels with local subscribers (``pubsub.py``; ``sharded.py``
   on a cluster); what pub/sub loses is read back from the streams (``positions.py``).
 * Presence entries expire unless their node refreshes them (``presence.py``).
+
+Over ~500 lines because it is the whole ``Engine`` protocol; each concern's logic is its module's.
 """
 
 from __future__ import annotations
@@ -112,7 +114,9 @@ class RedisEngine:
         self._revoke = client.register_script(scripts.REVOKE)
         # Per-session commands (history, presence, shared counts) issued in one loop
         # iteration share one pipeline: a burst of sessions costs round trips per iteration.
-        self._batch = Batcher(client)
+        cluster = self.target.cluster
+        limit = self.target.pool_size if cluster else None  # else the pool itself blocks
+        self._batch = Batcher(client, limit, self.target.pool_timeout)
         self._health = HealthCheck(client, cluster=bool(self.target.cluster))
         self._positions.client = client
         self.limits = ClusterLimits(client, self.keys, _ms(self.presence_ttl), self._batch)

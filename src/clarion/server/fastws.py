@@ -98,7 +98,14 @@ def push_many(boxes: Iterable[Outbox], frame: bytes) -> None:
     """
     if type(frame) is Latest:
         for box in boxes:
-            box.push_latest(frame)
+            if box._backlog or box._held is not None:
+                box.push_latest(frame)  # behind: the frame waits in its slot
+                continue
+            out = box._out
+            if out:
+                out.append(frame)
+            else:
+                box._first_push(frame)
         return
     for box in boxes:
         out = box._out

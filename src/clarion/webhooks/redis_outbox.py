@@ -437,16 +437,17 @@ class RedisOutbox:
         else:
             pipe.hset(self._key(endpoint.id, "state"), "disabled_reason", endpoint.disabled_reason)
         pipe.incr(self._global("registry"))
-        pipe.publish(self._announce, endpoint.id)
         await pipe.execute()
+        # Announced once stored (not in the pipeline: a cluster's pipelines refuse PUBLISH).
+        await self.client.publish(self._announce, endpoint.id)
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
         pipe = self.client.pipeline(transaction=False)
         pipe.hdel(self._global("endpoints"), endpoint_id)
         pipe.delete(*(self._key(endpoint_id, name) for name in ENDPOINT_KEYS))
         pipe.incr(self._global("registry"))
-        pipe.publish(self._announce, endpoint_id)
         await pipe.execute()
+        await self.client.publish(self._announce, endpoint_id)
         self._held.discard(endpoint_id)
 
     # ---- leases ----------------------------------------------------------------------------

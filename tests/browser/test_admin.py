@@ -168,7 +168,7 @@ async def test_operator_sees_connections_publishes_and_disconnects(
     try:
         await log_in(page, hub.http_url)
         await page.wait_for_selector("#nodes tbody tr", timeout=WAIT)
-        node = (await hub.hub.nodes.cluster())[0]["id"]
+        node = hub.hub.nodes.node
         row = f"#nodes tr[data-node='{node}']"
         # The test's own clients, per transport; the page's own WebSocket is not among them.
         for transport, count in (("ws", "2"), ("sse", "1"), ("poll", "1"), ("stomp", "1")):
@@ -268,7 +268,7 @@ async def test_channels_search_and_a_server_side_unsubscribe(page: Any, hub_fact
         )
         await screenshot(page, "channels")
         # One node's channels: this hub's own id lists the same; another would list none.
-        node = (await hub.hub.nodes.cluster())[0]["id"]
+        node = hub.hub.nodes.node
         await page.select_option("#channel-node", node)
         await page.wait_for_selector("#by-subscribers tr[data-channel='chat:news']", timeout=WAIT)
         await page.click("#by-subscribers a")

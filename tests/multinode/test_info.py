@@ -83,6 +83,10 @@ async def test_nodes_see_each_other_and_a_killed_one_goes(cluster: Cluster) -> N
     info = await until(gone)
     assert info["nodes"][0]["state"] == "up"
     assert (await get(first, "/api/channels"))["channels"] == []
+    # Redis away: the node still answers for itself, and says why it is alone.
+    cluster.redis.stop()
+    info = await get(first, "/api/info")
+    assert [n["id"] for n in info["nodes"]] == [info["node"]] and info["engine_error"]
 
 
 async def test_nodes_see_each_other_on_a_redis_cluster(hubs: Hubs) -> None:

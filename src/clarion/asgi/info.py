@@ -43,7 +43,14 @@ class InfoAPI:
 
     async def info(self, request: Request) -> Response:
         nodes = reporter(self.hub, request)
-        body = {"node": nodes.node, "engine": self.hub.engine.name, "nodes": await nodes.cluster()}
+        cluster, error = await nodes.cluster()
+        body: dict[str, Any] = {
+            "node": nodes.node,
+            "engine": self.hub.engine.name,
+            "nodes": cluster,
+        }
+        if error is not None:
+            body["engine_error"] = error  # the other nodes are unknown while it lasts
         return JSONResponse(body)
 
     async def channels(self, request: Request) -> Response:

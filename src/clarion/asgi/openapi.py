@@ -39,6 +39,10 @@ _INFO = {
         "node": {"type": "string", "description": "the id of the node that answered"},
         "engine": {"type": "string"},
         "nodes": {"type": "array", "items": _NODE},
+        "engine_error": {
+            "type": "string",
+            "description": "present when the engine did not answer: only this node is listed",
+        },
     },
 }
 _CHANNELS = {

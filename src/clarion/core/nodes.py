@@ -189,15 +189,22 @@ class NodeReporter:
 
     # ---- the cluster ------------------------------------------------------------------------
 
-    async def cluster(self) -> list[dict[str, Any]]:
-        """Every node the directory knows, this one first and as it is now."""
+    async def cluster(self) -> tuple[list[dict[str, Any]], str | None]:
+        """Every node the directory knows, this one first and as it is now; and why the
+        others are missing, when the engine did not answer (this node is still shown: an
+        outage is when its operator needs it most)."""
         now = time.time()
         mine = self.record()
         nodes = [self._shown(mine, now, now)]
-        for record, seen in await self.directory.nodes():
+        try:
+            others = await self.directory.nodes()
+        except ClarionError as exc:
+            self.engine_errors += 1
+            return nodes, exc.message
+        for record, seen in others:
             if record.get("id") != self.node:
                 nodes.append(self._shown(record, seen, now))
-        return nodes
+        return nodes, None
 
     @staticmethod
     def _shown(record: dict[str, Any], seen: float, now: float) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -39,7 +40,7 @@ from clarion.core.resume import history_reset, position_for
 from clarion.core.session import Session, SubscribeResult, Transport
 from clarion.core.sweeper import Sweeper
 from clarion.engines.base import Engine, History, PresenceEntry, PresenceStats, SharedLimits
-from clarion.errors import BadRequest, ConfigError, NotFound, TooLarge
+from clarion.errors import BadRequest, ClarionError, ConfigError, NotFound, TooLarge
 from clarion.protocol.channels import namespace_of, validate_channel
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.publication import (
@@ -53,6 +54,7 @@ from clarion.settings import REDIS_URL_SCHEMES, NamespaceOptions, Settings
 log = logging.getLogger("clarion.hub")
 
 E = TypeVar("E")
+MAX_UNSETTLED = 4096  # publications remembered for a repeat to settle (oldest forgotten)
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -132,6 +134,9 @@ class Hub:
         # Called with every publication this node made (webhooks' outbox, for one); what a
         # listener returns, when awaitable, is awaited before the publish call answers.
         self.publish_listeners: list[Callable[[Publication], Awaitable[object] | None]] = []
+        # Publications a listener refused to settle (the outbox could not store them): the
+        # publisher was answered an error, and a repeat with the same id runs them again.
+        self._unsettled: OrderedDict[tuple[str, str, int], bool] = OrderedDict()
         # Called with session lifecycle events: connect, disconnect, subscribe, unsubscribe.
         self.lifecycle_listeners: list[Callable[[str, dict[str, Any]], None]] = []
         factories = standard() if extensions is None else extensions
@@ -267,7 +272,8 @@ class Hub:
             idempotency_scope=idempotency_scope,
             attrs=attrs,
         )
-        if not pub.repeated:  # a repeat published nothing: listeners saw it the first time
+        # A repeat published nothing: listeners saw it the first time, unless they failed.
+        if not pub.repeated or self._unsettled.pop((pub.channel, pub.epoch, pub.offset), False):
             await self._published(pub)
         return pub
 
@@ -291,8 +297,11 @@ class Hub:
 
     async def _published(self, pub: Publication) -> None:
         """Tell the listeners; those that return an awaitable (a durable write: the webhook
-        outbox) are waited for, so the publish call answers once they are done."""
+        outbox) are waited for, so the publish call answers once they are done. One that
+        fails with a :class:`ClarionError` (the outbox could not store) fails the call: the
+        publisher must not be told a publication is safe when its webhooks are not."""
         waits = []
+        refusal: ClarionError | None = None
         for listener in self.publish_listeners:
             try:
                 result = listener(pub)
@@ -304,8 +313,15 @@ class Hub:
         for wait in waits:
             try:
                 await wait
+            except ClarionError as exc:
+                refusal = refusal or exc
             except Exception:
                 log.exception("publish listener failed")
+        if refusal is not None:
+            self._unsettled[(pub.channel, pub.epoch, pub.offset)] = True
+            while len(self._unsettled) > MAX_UNSETTLED:
+                self._unsettled.popitem(last=False)
+            raise refusal
 
     def emit(self, kind: str, payload: dict[str, Any]) -> None:
         """Report a lifecycle event to the listeners (never raises)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from clarion.errors import EngineUnavailable
 from clarion.protocol.publication import Publication
 from clarion.settings import WebhookDelivery
 from clarion.webhooks.counts import QueueCounts
@@ -68,7 +69,7 @@ class Intake:
         waits for the future before answering the publisher."""
         targets = self.registry.targets(pub.channel)
         if targets:
-            return self.store(publication_deliveries(pub, targets))
+            return self.store(publication_deliveries(pub, targets), refuse_on_failure=True)
         return None
 
     def on_lifecycle(self, kind: str, payload: dict[str, Any]) -> None:
@@ -97,11 +98,17 @@ class Intake:
         self.store(deliveries, event_version=version)  # nobody waits: the outbox flushes at close
 
     def store(
-        self, deliveries: list[Delivery], event_version: int | None = None
+        self,
+        deliveries: list[Delivery],
+        event_version: int | None = None,
+        *,
+        refuse_on_failure: bool = False,
     ) -> asyncio.Future[int]:
-        """Hand deliveries to the outbox; the future is done once they are stored (or lost: a
-        listener has nobody to raise to) with how many are new. Counted as pending at once, so
-        that ``max_backlog`` holds within a loop iteration too."""
+        """Hand deliveries to the outbox; the future is done once they are stored, with how
+        many are new. When the outbox cannot store them, the future raises
+        :class:`EngineUnavailable` if ``refuse_on_failure`` (a publication: its publisher is
+        told) and is otherwise logged as lost (a lifecycle event has nobody to tell). Counted
+        as pending at once, so that ``max_backlog`` holds within a loop iteration too."""
         config = self.config
         for d in deliveries:
             reason = None
@@ -115,18 +122,31 @@ class Intake:
             else:
                 self.counts.add_backlog(d.endpoint, 1)
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def answer(stored: list[Delivery] | None, failure: BaseException | None) -> None:
+            new = self._stored(deliveries, stored, failure, refused=refuse_on_failure)
+            if done.done():
+                return
+            if stored is None and refuse_on_failure:
+                done.set_exception(
+                    EngineUnavailable(
+                        f"the webhook outbox could not store this publication's deliveries "
+                        f"({failure or 'cancelled'}); it was published to subscribers: "
+                        "publish again with the same id to queue its webhooks"
+                    )
+                )
+            else:
+                done.set_result(new)
+
         try:
             writing = self.outbox.enqueue(deliveries, event_version)
         except Exception as exc:
-            self._stored(deliveries, None, exc)
-            done.set_result(0)
+            answer(None, exc)
             return done
 
         def settle(writing: asyncio.Future[list[Delivery]]) -> None:
             failure = writing.exception() if not writing.cancelled() else None
-            stored = None if writing.cancelled() or failure else writing.result()
-            if not done.done():
-                done.set_result(self._stored(deliveries, stored, failure))
+            answer(None if writing.cancelled() or failure else writing.result(), failure)
 
         writing.add_done_callback(settle)
         return done
@@ -136,15 +156,23 @@ class Intake:
         deliveries: list[Delivery],
         stored: list[Delivery] | None,
         failure: BaseException | None,
+        *,
+        refused: bool = False,
     ) -> int:
         """Settle the counts once the outbox answered; wake the workers of what is new."""
         if stored is None:
-            # Nothing can be raised to the publisher from a listener; say loudly what is lost.
-            log.error(
-                "webhook outbox write failed: %d deliveries lost: %s",
-                len(deliveries),
-                failure or "cancelled",
-            )
+            if refused:
+                log.error(
+                    "webhook outbox write failed: %d deliveries not queued, publish refused: %s",
+                    len(deliveries),
+                    failure or "cancelled",
+                )
+            else:  # a lifecycle event: nobody to tell, so say loudly what is lost
+                log.error(
+                    "webhook outbox write failed: %d deliveries lost: %s",
+                    len(deliveries),
+                    failure or "cancelled",
+                )
             stored = []
         new = {id(d) for d in stored}
         for d in deliveries:

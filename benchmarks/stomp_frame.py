@@ -29,7 +29,8 @@ from typing import Any
 
 import orjson
 
-from clarion.asgi.stomp import FRAME_FORMATS, FastWire
+from clarion.asgi.pipe import FastSocketPipe
+from clarion.asgi.stompwire import FRAME_FORMATS, StompWire
 from clarion.asgi.wstransport import frame_format
 from clarion.core.fanout import WireFormat
 from clarion.protocol.frames import frame_header
@@ -123,7 +124,7 @@ async def main(subscribers: int, rounds: int) -> None:
             "stomp",
             stomp_fmt,
             [
-                FastWire(b, 1 << 30, _ignore).push_for(p)
+                StompWire(FastSocketPipe(b, 1 << 30)).push_for(p)
                 for b, p in zip(boxes, prefixes, strict=True)
             ],
         ),
@@ -155,10 +156,6 @@ async def main(subscribers: int, rounds: int) -> None:
         reference = results[0][1]
         for name, ns in results:
             print(f"  {name:30} {ns:8.1f} ns/delivery  {ns / reference:5.2f}x")
-
-
-def _ignore() -> None:
-    return None
 
 
 if __name__ == "__main__":

@@ -24,17 +24,16 @@ import orjson
 
 from clarion import __version__
 from clarion.asgi import access
-from clarion.asgi.sendqueue import Send as AsgiSend
-from clarion.asgi.sendqueue import SendQueue, accept
-from clarion.asgi.wstransport import FAST_WEBSOCKET
-from clarion.core.fanout import Push, WireFormat, cursor_if_stored
+from clarion.asgi.pipe import Pipe
+from clarion.asgi.stompwire import BinaryTail, StompWire, message_tail_of
+from clarion.asgi.wsendpoint import WebSocketEndpoint
+from clarion.core.fanout import Push, WireFormat
 from clarion.core.hub import Hub
 from clarion.core.resume import reset_reason
 from clarion.core.session import Session, SubscribeResult
 from clarion.errors import ClarionError, LimitExceeded
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor
-from clarion.protocol.frames import OP_BINARY, frame_header, text_frame
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.protocol.stomp import (
     Abort,
@@ -52,8 +51,6 @@ from clarion.protocol.stomp import (
     Subscribe,
     Unsubscribe,
     acked_cursor,
-    message_body,
-    message_tail,
     select_subprotocol,
 )
 from clarion.protocol.stomp.message import TOPIC, is_binary
@@ -61,162 +58,6 @@ from clarion.protocol.stomp.message import TOPIC, is_binary
 log = logging.getLogger("clarion.stomp")
 
 SERVER = f"clarion/{__version__}"
-HEART_BEAT = b"\n"
-_HEART_BEAT_FRAME = text_frame(HEART_BEAT)
-
-
-# ---- wire formats: one MESSAGE tail per publication and flavour ---------------------------------
-
-
-def _body(pub: Publication) -> bytes:
-    return message_body(pub)
-
-
-def _tail(pub: Publication, *, escaped: bool, ack: bool, ack_suffix: str = "") -> bytes:
-    body: bytes = pub.encoded("stomp/data", _body)
-    return message_tail(
-        pub, cursor_if_stored(pub), body, escaped=escaped, ack=ack, ack_suffix=ack_suffix
-    )
-
-
-class BinaryTail(bytes):
-    """The tail of a ``MESSAGE`` whose body is not UTF-8: sent in a binary WebSocket message."""
-
-    __slots__ = ()
-
-
-def _formats(kind: str, encode: Callable[[bytes], Any]) -> dict[tuple[bool, bool], WireFormat]:
-    def make(escaped: bool, ack: bool) -> WireFormat:
-        def tail(pub: Publication) -> Any:
-            frame = _tail(pub, escaped=escaped, ack=ack)
-            return BinaryTail(frame) if is_binary(pub) else encode(frame)
-
-        name = f"stomp{'' if escaped else '1.0'}{'+ack' if ack else ''}/{kind}"
-        return WireFormat(name, "stomp", tail)
-
-    return {(e, a): make(e, a) for e in (True, False) for a in (True, False)}
-
-
-# Fast path: the tail stays bytes; ASGI path: decoded once, so each send only concatenates str.
-FRAME_FORMATS = _formats("frame", lambda tail: tail)
-TEXT_FORMATS = _formats("text", lambda tail: tail.decode())
-
-# ---- how bytes reach the socket ----------------------------------------------------------------
-
-
-class FastWire:
-    """The server's ``clarion.fast_websocket`` connection: frames go into its coalescing buffer."""
-
-    formats = FRAME_FORMATS
-    __slots__ = ("conn", "limit", "on_overflow")
-
-    @staticmethod
-    def encode(tail: bytes) -> bytes:
-        return tail
-
-    def __init__(self, conn: Any, limit: int, on_overflow: Callable[[], None]) -> None:
-        self.conn = conn
-        self.limit = limit
-        self.on_overflow = on_overflow
-        conn.set_send_limit(limit, on_overflow)
-
-    def send(self, frame: bytes) -> None:
-        self.conn.push_text(frame)
-
-    def push_for(self, prefix: bytes) -> Push:
-        conn_push = self.conn.push
-        size = len(prefix)
-        last_length = -1
-        head = b""  # WebSocket header + prefix for frames of last_length bytes
-
-        def push(tail: bytes) -> None:
-            # Only the WebSocket header depends on this subscriber (through the prefix length);
-            # a channel's publications often have the same length, so it is reused when it can.
-            nonlocal last_length, head
-            length = size + len(tail)
-            if type(tail) is BinaryTail:
-                conn_push(frame_header(length, OP_BINARY) + prefix + tail)
-                return
-            if length != last_length:
-                last_length = length
-                head = frame_header(length) + prefix
-            conn_push(head + tail)
-
-        return push
-
-    def heart_beat(self) -> None:
-        self.conn.push(_HEART_BEAT_FRAME)
-
-    def ping(self) -> None:
-        self.conn.ping()
-
-    def last_activity(self) -> float:
-        return float(self.conn.last_activity)
-
-    def backlog(self) -> int:
-        return int(self.conn.buffered_bytes)
-
-    def watch_overflow(self) -> None:
-        self.conn.set_send_limit(self.limit, self.on_overflow)
-
-    def close(self, code: int, reason: str) -> None:
-        self.conn.close(code, reason)
-
-    async def stop(self) -> None:
-        return None
-
-
-class AsgiWire:
-    """Any other ASGI server: a bounded queue drained into ``websocket.send`` by one task."""
-
-    formats = TEXT_FORMATS
-    __slots__ = ("queue",)
-
-    @staticmethod
-    def encode(tail: bytes) -> str:
-        return tail.decode()
-
-    def __init__(self, send: AsgiSend, limit: int, on_overflow: Callable[[], None]) -> None:
-        self.queue = SendQueue(send, limit, on_overflow)
-
-    def send(self, frame: bytes) -> None:
-        self.queue.put(frame.decode())
-
-    def push_for(self, prefix: bytes) -> Push:
-        head = prefix.decode()
-        put = self.queue.put
-
-        def push(tail: str | bytes) -> None:
-            if isinstance(tail, bytes):  # a BinaryTail
-                put(prefix + tail)
-            else:
-                put(head + tail)
-
-        return push
-
-    def heart_beat(self) -> None:
-        self.queue.put(HEART_BEAT.decode())
-
-    def ping(self) -> None:
-        return None  # no WebSocket ping through ASGI: the host server owns those
-
-    def last_activity(self) -> float:
-        return time.monotonic()
-
-    def backlog(self) -> int:
-        return self.queue.backlog()
-
-    def watch_overflow(self) -> None:
-        return None  # every put checks the limit
-
-    def close(self, code: int, reason: str) -> None:
-        self.queue.close(code, reason)
-
-    async def stop(self) -> None:
-        await self.queue.stop()
-
-
-Wire = FastWire | AsgiWire
 
 
 # ---- one connection ------------------------------------------------------------------------------
@@ -228,10 +69,11 @@ class StompConnection:
 
     kind = "stomp"
 
-    def __init__(self, hub: Hub, scope: dict[str, Any], wire: Wire) -> None:
+    def __init__(self, hub: Hub, scope: dict[str, Any], pipe: Pipe) -> None:
         self.hub = hub
         self.scope = scope
-        self.wire = wire
+        self.pipe = pipe
+        self.wire = StompWire(pipe)
         limits = hub.settings.limits
         # The hub beats as often as the client asks, down to stomp_min_heart_beat; it wants to
         # hear from the client every ping_interval, which its liveness sweep allows anyway.
@@ -266,8 +108,8 @@ class StompConnection:
 
     @property
     def last_activity(self) -> float:
-        if isinstance(self.wire, FastWire):
-            return self.wire.last_activity()  # any bytes, WebSocket pongs included
+        if self.pipe.pings:
+            return self.pipe.last_activity  # any bytes, WebSocket pongs included
         promised = self.stomp.heart_beat.receive_ms / 1000
         if not promised:
             return time.monotonic()  # no heart-beats promised: the host server's pings decide
@@ -277,13 +119,13 @@ class StompConnection:
 
     def ping(self) -> None:
         if not self.closed:
-            self.wire.ping()
+            self.pipe.ping()
 
     def backlog(self) -> int:
-        return self.wire.backlog()
+        return self.pipe.backlog()
 
     def watch_overflow(self) -> None:
-        self.wire.watch_overflow()
+        self.pipe.watch_overflow()
 
     def send_reset(self, channel: str, reason: str, cursor: str) -> None:
         if self.closed:
@@ -357,7 +199,7 @@ class StompConnection:
             if frame is not None:
                 self.wire.send(frame)
         self.stomp.close()
-        self.wire.close(code, reason)
+        self.pipe.close(code, reason)
         if self.session is not None and not self._finishing and not self._pending:
             # The session is over, the socket not yet: it counts as one without a session.
             self._pending = True
@@ -737,7 +579,7 @@ class _Shared:
         wire = self.connection.wire
         escaped = self.connection.stomp.escaped
         if sub.ack_suffix and sub.needs_ack:
-            frame = _tail(pub, escaped=escaped, ack=True, ack_suffix=sub.ack_suffix)
+            frame = message_tail_of(pub, escaped=escaped, ack=True, ack_suffix=sub.ack_suffix)
             tail = BinaryTail(frame) if is_binary(pub) else wire.encode(frame)
         else:
             fmt = wire.formats[(escaped, sub.needs_ack)]
@@ -745,41 +587,31 @@ class _Shared:
         push(tail)
 
 
-class StompEndpoint:
-    """The ASGI application of ``/stomp``; one instance serves every connection."""
+class StompEndpoint(WebSocketEndpoint):
+    """``/stomp``: STOMP over WebSocket."""
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def subprotocol(self, offered: list[str]) -> str | None:
+        return select_subprotocol(offered)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def open(self, scope: dict[str, Any], pipe: Pipe) -> StompConnection:
         hub = self.hub
-        subprotocol = select_subprotocol(list(scope.get("subprotocols", ())))
-        if not await accept(hub, scope, receive, send, subprotocol):
-            return
-
-        connection: StompConnection | None = None
+        connection = StompConnection(hub, scope, pipe)
 
         def overflow() -> None:
-            if connection is not None and connection.session is not None:
+            if connection.session is not None:
                 hub.overflow(connection.session)
-            elif connection is not None:
+            else:
                 connection.close(CloseCode.SLOW, disconnect_for(CloseCode.SLOW).reason)
 
-        limit = hub.settings.limits.send_queue_bytes
-        fast = scope.get("extensions", {}).get(FAST_WEBSOCKET)
-        wire: Wire = (
-            FastWire(fast["connection"], limit, overflow)
-            if fast is not None
-            else AsgiWire(send, limit, overflow)
-        )
-        connection = StompConnection(hub, scope, wire)
+        pipe.on_overflow = overflow
+        connection.admit()  # refused: an ERROR frame and 4503, then the close handshake
+        return connection
+
+    async def run(self, handler: StompConnection, receive: Any) -> None:
         try:
-            connection.admit()  # refused: an ERROR frame and 4503, then the close handshake
-            await connection.run(receive)
+            await handler.run(receive)
         finally:
-            connection.finish()
-            if isinstance(wire, AsgiWire):
-                await wire.stop()
+            handler.finish()
 
 
 def _go_live(

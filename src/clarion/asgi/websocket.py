@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from clarion.asgi import access, sendqueue
+from clarion.asgi import access
+from clarion.asgi.pipe import Pipe
 from clarion.asgi.publish import publish_reply
-from clarion.asgi.wstransport import FAST_WEBSOCKET, AsgiTransport, FastTransport
+from clarion.asgi.wsendpoint import WebSocketEndpoint
+from clarion.asgi.wstransport import WsTransport
 from clarion.core.hub import Hub
 from clarion.core.session import Session, SubscribeResult
 from clarion.engines.base import presence_body
@@ -18,23 +20,17 @@ from clarion.protocol.messages import Command, CommandError
 
 log = logging.getLogger("clarion.ws")
 
-CLOSE_WAIT = 5.0  # seconds a refused connection's close may take on the portable path
 MAX_BAD_FRAMES = 20  # malformed frames tolerated per connection before it is closed
 
 
-class ClarionWebSocket:
-    """An ASGI application for one endpoint; one instance serves every connection."""
+class ClarionWebSocket(WebSocketEndpoint):
+    """``/ws``: the clarion JSON protocol."""
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def subprotocol(self, offered: list[str]) -> str | None:
+        return messages.SUBPROTOCOL if messages.SUBPROTOCOL in offered else None
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def open(self, scope: dict[str, Any], pipe: Pipe) -> _Connection | None:
         hub = self.hub
-        subprotocol = (
-            messages.SUBPROTOCOL if messages.SUBPROTOCOL in scope.get("subprotocols", ()) else None
-        )
-        if not await sendqueue.accept(hub, scope, receive, send, subprotocol):
-            return
         # A bad token is told over the protocol (accept, disconnect push, close 4500/4004), so
         # that clients learn whether to reconnect; a refused handshake would look transient.
         refusal: Unauthorized | None = None
@@ -43,19 +39,7 @@ class ClarionWebSocket:
         except Unauthorized as exc:
             refusal = exc
             credentials = hub.auth.anonymous()
-        session: Session | None = None
-
-        def overflow() -> None:
-            if session is not None:
-                hub.overflow(session)
-
-        limit = hub.settings.limits.send_queue_bytes
-        fast = scope.get("extensions", {}).get(FAST_WEBSOCKET)
-        transport: FastTransport | AsgiTransport
-        if fast is not None:
-            transport = FastTransport(fast["connection"], limit, overflow)
-        else:
-            transport = AsgiTransport(send, limit, overflow)
+        transport = WsTransport(pipe)
         address = access.client_address(hub, scope)
         # Until its session opens (the connect hook may take a while) the socket counts against
         # the caps for sockets without a session; from then on the session counts.
@@ -78,13 +62,15 @@ class ClarionWebSocket:
             # A hook's refusal names its code (perhaps the application's own) in the reason.
             hooked = not isinstance(exc, LimitExceeded | Unauthorized)
             transport.close(exc.rule.close, f"{exc.code}: {exc.message}" if hooked else exc.message)
-            await self._drain_until_closed(receive, transport)
-            return
+            return None
         finally:
             if pending:
                 hub.pending.release(pending_key)
-        # Nothing below needs the scope: let its headers go for the connection's lifetime.
-        del scope
+        pipe.on_overflow = lambda: hub.overflow(session)
+        return _Connection(hub, session, transport, pending_key)
+
+    async def run(self, handler: _Connection, receive: Any) -> None:
+        hub, session, transport = self.hub, handler.session, handler.transport
         lingering = False
 
         def linger() -> None:
@@ -93,11 +79,10 @@ class ClarionWebSocket:
             nonlocal lingering
             if not lingering:
                 lingering = True
-                hub.pending.hold(pending_key)
+                hub.pending.hold(handler.pending_key)
 
         transport.on_close = linger
         hub.subscribe_claimed(session)
-        handler = _Connection(hub, session, transport)
         try:
             while True:
                 message = await receive()
@@ -117,30 +102,21 @@ class ClarionWebSocket:
             transport.on_close = None
             hub.close_session(session, CloseCode.NORMAL)
             if lingering:
-                hub.pending.release(pending_key)
-            if isinstance(transport, AsgiTransport):
-                await transport.stop()
-
-    @staticmethod
-    async def _drain_until_closed(receive: Any, transport: FastTransport | AsgiTransport) -> None:
-        if isinstance(transport, AsgiTransport):
-            # The disconnect push and the close frame are queued: let them go before stopping.
-            await transport.finish(CLOSE_WAIT)
-            await transport.stop()
-            return
-        while (await receive())["type"] != "websocket.disconnect":
-            pass
+                hub.pending.release(handler.pending_key)
 
 
 class _Connection:
     """Carries out one session's commands in the order they arrive."""
 
-    __slots__ = ("bad_frames", "hub", "session", "transport")
+    __slots__ = ("bad_frames", "hub", "pending_key", "session", "transport")
 
-    def __init__(self, hub: Hub, session: Session, transport: FastTransport | AsgiTransport):
+    def __init__(
+        self, hub: Hub, session: Session, transport: WsTransport, pending_key: str | None
+    ) -> None:
         self.hub = hub
         self.session = session
         self.transport = transport
+        self.pending_key = pending_key  # where the socket counts once its session is over
         self.bad_frames = 0
 
     async def handle(self, text: str) -> None:

@@ -1,0 +1,115 @@
+"""How STOMP ``MESSAGE`` frames are encoded for the hub's fan-out, and written to a pipe.
+
+A ``MESSAGE`` is cut in two (:mod:`clarion.protocol.stomp.message`): the tail, shared by every
+subscriber, is built once per publication and flavour (escaping, ``ack`` header) as a wire
+format; each delivery only adds the subscription's prefix and, on the fast path, the WebSocket
+frame header for the combined length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from clarion.asgi.pipe import Pipe
+from clarion.core.fanout import Push, WireFormat, cursor_if_stored
+from clarion.protocol.frames import OP_BINARY, frame_header, text_frame
+from clarion.protocol.publication import Publication
+from clarion.protocol.stomp import message_body, message_tail
+from clarion.protocol.stomp.message import is_binary
+
+HEART_BEAT = b"\n"
+_HEART_BEAT_FRAME = text_frame(HEART_BEAT)
+
+
+def _body(pub: Publication) -> bytes:
+    return message_body(pub)
+
+
+def message_tail_of(pub: Publication, *, escaped: bool, ack: bool, ack_suffix: str = "") -> bytes:
+    """The shared tail of ``pub``'s ``MESSAGE`` in one flavour."""
+    body: bytes = pub.encoded("stomp/data", _body)
+    return message_tail(
+        pub, cursor_if_stored(pub), body, escaped=escaped, ack=ack, ack_suffix=ack_suffix
+    )
+
+
+class BinaryTail(bytes):
+    """The tail of a ``MESSAGE`` whose body is not UTF-8: sent in a binary WebSocket message."""
+
+    __slots__ = ()
+
+
+def _formats(kind: str, encode: Callable[[bytes], Any]) -> dict[tuple[bool, bool], WireFormat]:
+    def make(escaped: bool, ack: bool) -> WireFormat:
+        def tail(pub: Publication) -> Any:
+            frame = message_tail_of(pub, escaped=escaped, ack=ack)
+            return BinaryTail(frame) if is_binary(pub) else encode(frame)
+
+        name = f"stomp{'' if escaped else '1.0'}{'+ack' if ack else ''}/{kind}"
+        return WireFormat(name, "stomp", tail)
+
+    return {(e, a): make(e, a) for e in (True, False) for a in (True, False)}
+
+
+def _same(tail: bytes) -> bytes:
+    return tail
+
+
+def _decode(tail: bytes) -> str:
+    return tail.decode()
+
+
+# Fast path: the tail stays bytes; ASGI path: decoded once, so each send only concatenates str.
+FRAME_FORMATS = _formats("frame", _same)
+TEXT_FORMATS = _formats("text", _decode)
+
+
+class StompWire:
+    """A connection's pipe as STOMP uses it: frames out, and one ``push`` per subscription."""
+
+    __slots__ = ("_beat", "encode", "formats", "pipe", "send")
+
+    def __init__(self, pipe: Pipe) -> None:
+        self.pipe = pipe
+        self.send: Callable[[bytes], None] = pipe.send
+        framed = pipe.framed
+        self.formats = FRAME_FORMATS if framed else TEXT_FORMATS
+        self.encode: Callable[[bytes], Any] = _same if framed else _decode
+        self._beat: bytes | str = _HEART_BEAT_FRAME if framed else HEART_BEAT.decode()
+
+    def heart_beat(self) -> None:
+        self.pipe.push(self._beat)
+
+    def push_for(self, prefix: bytes) -> Push:
+        """The fan-out's ``push`` for a subscription whose frames start with ``prefix``."""
+        pipe_push = self.pipe.push
+        if not self.pipe.framed:
+            text = prefix.decode()
+
+            def push_text(tail: str | bytes) -> None:
+                if isinstance(tail, bytes):  # a BinaryTail
+                    pipe_push(prefix + tail)
+                else:
+                    pipe_push(text + tail)
+
+            return push_text
+
+        size = len(prefix)
+        last_length = -1
+        head = b""  # WebSocket header + prefix for frames of last_length bytes
+
+        def push(tail: bytes) -> None:
+            # Only the WebSocket header depends on this subscriber (through the prefix length);
+            # a channel's publications often have the same length, so it is reused when it can.
+            nonlocal last_length, head
+            length = size + len(tail)
+            if type(tail) is BinaryTail:
+                pipe_push(frame_header(length, OP_BINARY) + prefix + tail)
+                return
+            if length != last_length:
+                last_length = length
+                head = frame_header(length) + prefix
+            pipe_push(head + tail)
+
+        return push

@@ -1,0 +1,74 @@
+"""What every WebSocket endpoint does the same way: accept, open the pipe, serve, clean up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clarion.asgi.pipe import Pipe, Send, socket_pipe
+from clarion.core.hub import Hub
+from clarion.protocol.codes import CloseCode
+
+CLOSE_WAIT = 5.0  # seconds a refused connection's close may take on the portable path
+
+
+async def accept(
+    hub: Hub, scope: dict[str, Any], receive: Any, send: Send, subprotocol: str | None
+) -> bool:
+    """The handshake every WebSocket endpoint shares: origin check, shutdown, accept.
+
+    A cross-site origin is refused before the upgrade completes (HTTP 403): that is what stops
+    cross-site WebSocket hijacking. Returns whether the connection was accepted.
+    """
+    from clarion.asgi import access
+    from clarion.errors import Forbidden
+
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return False
+    try:
+        access.check_origin(hub, scope)
+    except Forbidden:
+        await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+        return False
+    if hub.closing:
+        await send({"type": "websocket.close", "code": CloseCode.SHUTDOWN})
+        return False
+    await send({"type": "websocket.accept", "subprotocol": subprotocol})
+    return True
+
+
+class WebSocketEndpoint:
+    """An ASGI application for one WebSocket endpoint; one instance serves every connection.
+
+    Accept → pipe → :meth:`open` (with the scope) → :meth:`run` (without it: its headers are not
+    kept for the connection's lifetime) → the pipe stopped, whatever happened.
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def subprotocol(self, offered: list[str]) -> str | None:
+        raise NotImplementedError
+
+    async def open(self, scope: dict[str, Any], pipe: Pipe) -> Any:
+        """The connection's handler, or ``None`` if it was refused (the pipe is closing)."""
+        raise NotImplementedError
+
+    async def run(self, handler: Any, receive: Any) -> None:
+        raise NotImplementedError
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        hub = self.hub
+        subprotocol = self.subprotocol(list(scope.get("subprotocols", ())))
+        if not await accept(hub, scope, receive, send, subprotocol):
+            return
+        pipe = socket_pipe(scope, send, hub.settings.limits.send_queue_bytes)
+        try:
+            handler = await self.open(scope, pipe)
+            del scope
+            if handler is None:
+                await pipe.closed(receive, CLOSE_WAIT)
+                return
+            await self.run(handler, receive)
+        finally:
+            await pipe.stop()

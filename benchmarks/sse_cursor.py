@@ -6,7 +6,7 @@ A one-channel stream appends the event bytes shared by every such stream (encode
 publication) and joins them when it writes. A stream of N channels appends the shared
 ``event:``/``data:`` part and, when it writes, encodes its combined cursor for each event's
 ``id:`` line. Both are timed through the real :class:`clarion.asgi.sse.SseStream` (push, then
-the writer's batch assembly), per event per stream; the one-channel figure is the reference.
+a batch joined as one write), per event per stream; the one-channel figure is the reference.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import time
 
+from clarion.asgi.pipe import Pipe
 from clarion.asgi.sse import SSE_EVENT, SSE_TAGGED, SseStream
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.publication import Publication, StreamPosition
@@ -30,33 +31,58 @@ def _publications(channels: int, events: int) -> list[Publication]:
     ]
 
 
-def _per_event(stream: SseStream, encoded: list[object], repeat: int) -> float:
+class _Batch(Pipe):
+    """A pipe that keeps what it is sent until the batch is joined."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+
+    def send(self, payload: bytes) -> None:
+        self.items.append(payload)
+
+    def take(self) -> bytes:
+        chunk = b"".join(self.items)
+        self.items.clear()
+        return chunk
+
+
+def _stream(channels: int) -> tuple[SseStream, _Batch]:
+    stream = SseStream(channels, 15)
+    stream.pipe = batch = _Batch()
+    return stream, batch
+
+
+def _per_event(streamed: tuple[SseStream, _Batch], encoded: list[object], repeat: int) -> float:
+    stream, batch = streamed
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
         for i in range(0, len(encoded), BATCH):
             for item in encoded[i : i + BATCH]:
                 stream.push(item)
-            stream._take()
+            batch.take()
         best = min(best, time.perf_counter() - start)
     return best / len(encoded)
 
 
 async def measure(events: int, channel_counts: list[int], repeat: int) -> list[dict[str, float]]:
     rows = []
-    single = SseStream(1, 1 << 40, 15)
+    single = _stream(1)
     pubs = _publications(1, events)
     encoded = [pub.encoded(SSE_EVENT, SSE_EVENT.encode) for pub in pubs]
     reference = _per_event(single, encoded, repeat)
     event_bytes = sum(map(len, encoded)) / len(encoded)
     rows.append({"channels": 1, "us": reference * 1e6, "ratio": 1.0, "id_bytes": 0.0})
     for n in channel_counts:
-        stream = SseStream(n, 1 << 40, 15)
+        streamed = _stream(n)
+        stream = streamed[0]
         for i in range(n):
             stream.set_position(f"chat:room-{i}", StreamPosition("a1b2c3d4e5f6", 0))
         pubs = _publications(n, events)
         encoded = [pub.encoded(SSE_TAGGED, SSE_TAGGED.encode) for pub in pubs]
-        cost = _per_event(stream, encoded, repeat)
+        cost = _per_event(streamed, encoded, repeat)
         id_bytes = len(stream.current_id()) + len("id: \n")
         rows.append(
             {"channels": n, "us": cost * 1e6, "ratio": cost / reference, "id_bytes": id_bytes}

@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 
 from clarion.asgi import access
+from clarion.asgi.channelrequest import query_params, send_error, send_json, single_param
 from clarion.asgi.poll import PollWaiter
 from clarion.asgi.publish import parse_object, publish_reply, read_body
-from clarion.asgi.sse import query_params, send_error, send_json, single_param
 from clarion.asgi.websocket import history_body
 from clarion.core.hub import Hub
 from clarion.core.limits import TokenBucket

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from clarion.asgi import access
-from clarion.asgi.sse import (
+from clarion.asgi.channelrequest import (
     ChannelEndpoint,
     ChannelRequest,
     Params,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,11 +25,10 @@ import orjson
 from clarion import __version__
 from clarion.asgi import access
 from clarion.asgi.pipe import Pipe
-from clarion.asgi.stompwire import BinaryTail, StompWire, message_tail_of
+from clarion.asgi.stompshared import Shared, subscribe_shared
+from clarion.asgi.stompwire import StompWire
 from clarion.asgi.wsendpoint import WebSocketEndpoint
-from clarion.core.fanout import Push, WireFormat
 from clarion.core.hub import Hub
-from clarion.core.resume import reset_reason
 from clarion.core.session import Session, SubscribeResult
 from clarion.errors import ClarionError, LimitExceeded
 from clarion.protocol.codes import CloseCode, disconnect_for
@@ -47,13 +46,11 @@ from clarion.protocol.stomp import (
     Send,
     State,
     StompSession,
-    StompSubscription,
     Subscribe,
     Unsubscribe,
     acked_cursor,
     select_subprotocol,
 )
-from clarion.protocol.stomp.message import TOPIC, is_binary
 
 log = logging.getLogger("clarion.stomp")
 
@@ -85,8 +82,8 @@ class StompConnection:
             max_subscriptions=limits.max_subscriptions_per_connection,
         )
         # Channels with several subscriptions on this connection: one hub subscription each,
-        # fanned out here (see _Shared).
-        self.shared: dict[str, _Shared] = {}
+        # fanned out here (see stompshared).
+        self.shared: dict[str, Shared] = {}
         self.session: Session | None = None
         self.closed = False
         # Counted in hub.pending until CONNECT opens a session (which counts instead).
@@ -398,7 +395,7 @@ class StompConnection:
         sub = event.subscription
         if len(self.stomp.by_channel[sub.channel]) > 1:
             try:
-                await self._subscribe_shared(session, event)
+                await subscribe_shared(self, session, event)
             except BaseException:
                 self.stomp.forget(sub)
                 raise
@@ -442,149 +439,11 @@ class StompConnection:
             self._pending = False
             self.hub.pending.release(self._pending_key)
 
-    async def _subscribe_shared(self, session: Session, event: Subscribe) -> None:
-        """A further subscription to a destination this connection already subscribes to.
-
-        The hub holds one subscription per channel and connection: the first STOMP
-        subscription's is moved to :data:`SHARED_FORMAT`, whose push hands each publication to
-        every STOMP subscription of the channel, each with its own frames and ack state.
-        """
-        sub = event.subscription
-        channel = sub.channel
-        shared = self.shared.get(channel)
-        if shared is None:
-            local = self.hub.local.get(channel)
-            position = None if local is None else local.position
-            if position is None:
-                raise _still_resuming(channel)
-            shared = _Shared(self, channel, position)
-            for first in self.stomp.by_channel[channel]:
-                if first is not sub:
-                    shared.add(first)
-            if not self.hub.retarget(session, channel, SHARED_FORMAT, shared.push):
-                raise _still_resuming(channel)
-            self.shared[channel] = shared
-        since = event.since
-        start = shared.position
-        if since is None and event.latest:
-            await self._latest_shared(shared, event)
-            return
-        if since is None or since == start:
-            sub.start(start)
-            shared.add(sub)
-            self._reply(event.receipt, ("x-cursor", Cursor.single(channel, start).encode()))
-            return
-        # Resume this subscription alone: live publications wait in its buffer meanwhile.
-        buffer = shared.add(sub, pending=True)
-        hub = self.hub
-        history = await hub.engine.history(channel, hub.options(channel), since=since, limit=None)
-        if shared.buffers.get(sub) is not buffer or self.shared.get(channel) is not shared:
-            return  # unsubscribed meanwhile
-        reason = None if history.covers(since) else reset_reason(history, since)
-        last = since if reason is None else history.position
-        sub.start(last)
-        cursor = Cursor.single(channel, last).encode()
-        self._reply(event.receipt, ("x-cursor", cursor))
-        if reason is not None:
-            frame = self.stomp.reset(sub, reason, cursor)
-            if frame is not None:
-                self.wire.send(frame)
-        else:
-            for pub in history.publications:
-                if pub.epoch == last.epoch and pub.offset > last.offset:
-                    shared.deliver(sub, pub)
-                    last = pub.position
-        _go_live(shared, sub, buffer, last)
-
-    async def _latest_shared(self, shared: _Shared, event: Subscribe) -> None:
-        """``x-latest`` on a further subscription: the newest stored publication first."""
-        sub, channel, start = event.subscription, shared.channel, shared.position
-        buffer = shared.add(sub, pending=True)
-        hub = self.hub
-        history = await hub.engine.history(channel, hub.options(channel), limit=1, reverse=True)
-        if shared.buffers.get(sub) is not buffer or self.shared.get(channel) is not shared:
-            return  # unsubscribed meanwhile
-        sub.start(start)
-        self._reply(event.receipt, ("x-cursor", Cursor.single(channel, start).encode()))
-        last = start
-        for pub in history.publications:
-            shared.deliver(sub, pub)
-            if pub.epoch == last.epoch and pub.offset > last.offset:
-                last = pub.position
-        _go_live(shared, sub, buffer, last)
-
     def finish(self) -> None:
         """The socket is gone: release the session (idempotent)."""
         self._finishing = True
         self.end(CloseCode.NORMAL, "normal")
         self.unpend()
-
-
-def _still_resuming(channel: str) -> RemoteProtocolError:
-    # The hub's subscription is not live yet (still reading history, or held back while slow).
-    return RemoteProtocolError(
-        f"{TOPIC + channel!r} is still being caught up on this connection: "
-        "subscribe again once its first subscription's messages arrive",
-        code="busy",
-    )
-
-
-# The hub's format for a channel with several STOMP subscriptions on one connection: the
-# publication itself, which _Shared turns into each subscription's frame.
-SHARED_FORMAT = WireFormat("stomp/shared", "stomp", lambda pub: pub)
-
-
-class _Shared:
-    """The STOMP subscriptions of one connection to one channel, behind one hub subscription.
-
-    Each gets the frame of its own flavour (the tails are memoised on the publication like any
-    wire format's); one whose ``ack`` ids carry a suffix gets a tail of its own.
-    """
-
-    __slots__ = ("buffers", "channel", "connection", "position", "pushes")
-
-    def __init__(self, connection: StompConnection, channel: str, position: StreamPosition) -> None:
-        self.connection = connection
-        self.channel = channel
-        self.pushes: dict[StompSubscription, Push] = {}
-        # Subscriptions still reading history, and the live publications they wait on.
-        self.buffers: dict[StompSubscription, list[Publication]] = {}
-        self.position = position  # of the last publication delivered
-
-    def add(self, sub: StompSubscription, *, pending: bool = False) -> list[Publication]:
-        buffer: list[Publication] = []
-        if pending:
-            self.buffers[sub] = buffer
-        else:
-            self.pushes[sub] = self.connection.wire.push_for(sub.prefix)
-        return buffer
-
-    def live(self, sub: StompSubscription) -> None:
-        if self.buffers.pop(sub, None) is not None:
-            self.pushes[sub] = self.connection.wire.push_for(sub.prefix)
-
-    def remove(self, sub: StompSubscription) -> None:
-        self.pushes.pop(sub, None)
-        self.buffers.pop(sub, None)
-
-    def push(self, pub: Publication) -> None:
-        self.position = pub.position
-        for buffer in self.buffers.values():
-            buffer.append(pub)
-        for sub in list(self.pushes):
-            self.deliver(sub, pub)
-
-    def deliver(self, sub: StompSubscription, pub: Publication) -> None:
-        push = self.pushes.get(sub) or self.connection.wire.push_for(sub.prefix)
-        wire = self.connection.wire
-        escaped = self.connection.stomp.escaped
-        if sub.ack_suffix and sub.needs_ack:
-            frame = message_tail_of(pub, escaped=escaped, ack=True, ack_suffix=sub.ack_suffix)
-            tail = BinaryTail(frame) if is_binary(pub) else wire.encode(frame)
-        else:
-            fmt = wire.formats[(escaped, sub.needs_ack)]
-            tail = pub.encoded(fmt, fmt.encode)
-        push(tail)
 
 
 class StompEndpoint(WebSocketEndpoint):
@@ -612,15 +471,3 @@ class StompEndpoint(WebSocketEndpoint):
             await handler.run(receive)
         finally:
             handler.finish()
-
-
-def _go_live(
-    shared: _Shared, sub: StompSubscription, buffer: Iterable[Publication], last: StreamPosition
-) -> None:
-    """Deliver what was buffered past ``last`` (no duplicates), then switch ``sub`` to live."""
-    for pub in buffer:
-        if pub.epoch == last.epoch and pub.offset <= last.offset:
-            continue
-        shared.deliver(sub, pub)
-        last = pub.position
-    shared.live(sub)

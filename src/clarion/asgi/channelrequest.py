@@ -1,0 +1,199 @@
+"""What ``/sse`` and ``/poll`` share: reading the channels, cursor and credentials of a request,
+CORS preflight, and JSON errors."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from clarion.asgi import access
+from clarion.core.auth import Credentials
+from clarion.core.hub import Hub
+from clarion.errors import BadCursor, BadRequest, ClarionError, Forbidden
+from clarion.protocol.channels import validate_channel
+from clarion.protocol.cursor import Cursor
+from clarion.protocol.publication import StreamPosition
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Params = dict[str, list[str]]
+
+ALLOWED_HEADERS = b"authorization, cache-control, last-event-id, if-none-match"
+
+
+class ChannelRequest:
+    """The channels a request reads, who reads them, and where each one resumes (``None``: now)."""
+
+    __slots__ = ("channels", "credentials", "latest", "since")
+
+    def __init__(
+        self,
+        channels: list[str],
+        credentials: Credentials,
+        since: dict[str, StreamPosition | None],
+        latest: bool = False,
+    ) -> None:
+        self.channels = channels
+        self.credentials = credentials
+        self.since = since
+        # ``latest=1``: channels starting from now get their newest stored publication first.
+        self.latest = latest
+
+
+def query_params(hub: Hub, scope: Scope) -> Params:
+    cap = hub.settings.limits.max_subscriptions_per_connection
+    raw = scope.get("query_string", b"")
+    try:
+        return parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=cap + 16)
+    except UnicodeDecodeError:
+        raise BadRequest("the query string is not valid UTF-8") from None
+    except ValueError:  # more fields than any valid request has
+        raise BadRequest(f"at most {cap} channels per request", code="too_many_channels") from None
+
+
+def single_param(params: Params, name: str) -> str | None:
+    values = params.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"query parameter {name!r} given more than once")
+    return values[0]
+
+
+def read_channels(hub: Hub, params: Params) -> list[str]:
+    names = params.get("channel")
+    if not names:
+        raise BadRequest("query parameter 'channel' is required (repeat it for several)")
+    channels = list(dict.fromkeys(names))  # repeated names count once, first order kept
+    cap = hub.settings.limits.max_subscriptions_per_connection
+    if len(channels) > cap:
+        raise BadRequest(f"at most {cap} channels per request", code="too_many_channels")
+    for name in channels:
+        validate_channel(name)
+    return channels
+
+
+def resume_positions(token: str | None, channels: list[str]) -> dict[str, StreamPosition | None]:
+    """Each channel's position in ``token``; channels it does not hold start from now.
+
+    A cursor holding none of the channels was made for another request: refused, like any
+    cursor that cannot be read. One holding some of them resumes those (a client may add a
+    channel to its stream between reconnects).
+    """
+    if token is None or token == "":
+        return dict.fromkeys(channels)
+    cursor = Cursor.decode(token)
+    since = {channel: cursor.get(channel) for channel in channels}
+    if all(position is None for position in since.values()):
+        raise BadCursor("the cursor holds no position for the requested channels")
+    return since
+
+
+def channel_request(hub: Hub, scope: Scope, params: Params, token: str | None) -> ChannelRequest:
+    """Validate a request; raises a :class:`ClarionError` before anything is sent."""
+    channels = read_channels(hub, params)
+    credentials = access.credentials_for(hub, scope)
+    for channel in channels:
+        hub.auth.check_subscribe(credentials, channel)
+    latest = single_param(params, "latest")
+    if latest not in (None, "0", "1", "true", "false"):
+        raise BadRequest("latest must be 1, true, 0 or false")
+    return ChannelRequest(
+        channels, credentials, resume_positions(token, channels), latest in ("1", "true")
+    )
+
+
+async def authorized(hub: Hub, request: ChannelRequest, transport: str) -> ChannelRequest:
+    """The request as the hooks see it: the connect hook's credentials, every channel read
+    allowed by them (the subscribe hook asked once here, not again when subscribing)."""
+    if hub.hooks is None:
+        return request
+    credentials = await hub.authenticate(request.credentials, transport)
+    for channel in request.channels:
+        await hub.authorize_read(credentials, channel, transport)
+    request.credentials = credentials
+    return request
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+                (b"cache-control", b"no-store"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(
+    hub: Hub, send: Send, exc: ClarionError, headers: list[tuple[bytes, bytes]]
+) -> None:
+    hub.stats.errors[exc.code] += 1
+    await send_json(send, exc.status, orjson.dumps({"error": exc.to_dict()}), headers)
+
+
+async def until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class ChannelEndpoint:
+    """A raw ASGI endpoint reading channels: methods, origin, CORS preflight and errors."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        hub = self.hub
+        method = scope["method"]
+        cors = access.cors_headers(hub, scope)
+        try:
+            if not access.origin_allowed(hub, scope):
+                raise Forbidden("origin not allowed", code="origin_forbidden")
+            if method == "OPTIONS":
+                await self.preflight(send, cors)
+                return
+            if method != "GET":
+                raise ClarionError(f"{method} is not allowed here", code="method_not_allowed")
+            if hub.closing:
+                raise ClarionError("the hub is shutting down", code="shutting_down")
+            params = query_params(hub, scope)
+            await self.serve(scope, receive, send, params, cors)
+        except ClarionError as exc:
+            # ``serve`` raises only before it starts its response.
+            await send_error(hub, send, exc, cors)
+
+    async def preflight(self, send: Send, cors: list[tuple[bytes, bytes]]) -> None:
+        headers = [
+            *cors,
+            (b"access-control-allow-methods", b"GET, OPTIONS"),
+            (b"access-control-allow-headers", ALLOWED_HEADERS),
+            (b"access-control-max-age", b"600"),
+            (b"content-length", b"0"),
+        ]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        params: Params,
+        cors: list[tuple[bytes, bytes]],
+    ) -> None:
+        raise NotImplementedError

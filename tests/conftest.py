@@ -100,14 +100,67 @@ async def start_hub(settings: Settings | None = None, hub: Hub | None = None) ->
     return RunningHub(hub, server, server.port)
 
 
+class PortableServer:
+    """uvicorn serving the hub's ASGI app mounted in a Starlette app: the portable path, where
+    clarion's server extensions are absent."""
+
+    def __init__(self, hub: Hub, uv: Any, serving: asyncio.Task[None]) -> None:
+        self.hub = hub
+        self.uv = uv
+        self.serving = serving
+
+    async def shutdown(self, timeout: float) -> None:
+        await self.hub.close()
+        self.uv.should_exit = True
+        await asyncio.wait_for(self.serving, timeout * 5)
+
+
+async def start_portable_hub(settings: Settings | None = None) -> RunningHub:
+    import time
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    hub = Hub(settings or Settings())
+    await hub.start()
+    app = Starlette(routes=[Mount("/", app=hub.asgi_app())])
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", proxy_headers=False
+    )
+    uv = uvicorn.Server(config)
+    serving = asyncio.create_task(uv.serve())
+    deadline = time.monotonic() + timeout(10)
+    while not uv.started:
+        if serving.done() or time.monotonic() > deadline:
+            await hub.close()
+            raise RuntimeError("uvicorn did not start")
+        await asyncio.sleep(0.01)
+    port = uv.servers[0].sockets[0].getsockname()[1]
+    return RunningHub(hub, PortableServer(hub, uv, serving), port)
+
+
 async def stop_hub(running: RunningHub) -> None:
     if running._client is not None:
         await running._client.aclose()
     await running.server.shutdown(timeout=timeout(2))
 
 
+# The two ways a hub is served: clarion's own server (with its fast extensions), and mounted in
+# a Starlette app under uvicorn (the portable ASGI path). Tests that exercise how bytes reach a
+# peer run on both: ``@both_servers``, with the ``hub`` or ``hub_factory`` fixture.
+SERVER_PATHS = ["clarion", "asgi"]
+both_servers = pytest.mark.parametrize("server_path", SERVER_PATHS, indirect=True)
+
+
 @pytest.fixture
-async def hub_factory() -> AsyncIterator[Callable[..., Any]]:
+def server_path(request: pytest.FixtureRequest) -> str:
+    path: str = getattr(request, "param", "clarion")
+    return path
+
+
+@pytest.fixture
+async def hub_factory(server_path: str) -> AsyncIterator[Callable[..., Any]]:
     started: list[RunningHub] = []
 
     async def factory(settings: Settings | None = None, **kw: Any) -> RunningHub:
@@ -115,7 +168,10 @@ async def hub_factory() -> AsyncIterator[Callable[..., Any]]:
             # Durable state (revocations, the webhook outbox) stays with the test.
             kw.setdefault("data_dir", tempfile.mkdtemp(prefix="clarion-test-"))
             settings = Settings(**kw)
-        running = await start_hub(settings)
+        if server_path == "asgi":
+            running = await start_portable_hub(settings)
+        else:
+            running = await start_hub(settings)
         started.append(running)
         return running
 

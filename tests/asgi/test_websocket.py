@@ -14,9 +14,10 @@ from websockets.exceptions import ConnectionClosed
 
 from clarion.protocol.cursor import encode_single
 
-from ..conftest import RunningHub, timeout
+from ..conftest import RunningHub, both_servers, timeout
 
 
+@both_servers
 async def test_subscribe_and_receive(hub: RunningHub) -> None:
     async with hub.ws() as ws:
         assert ws.conn.subprotocol == "clarion.v1"
@@ -37,6 +38,7 @@ async def test_no_subprotocol_is_accepted(hub: RunningHub) -> None:
         assert (await ws.call("ping")) == {"id": 1, "ok": {}}
 
 
+@both_servers
 async def test_away_for_three_gets_exactly_three_then_live(hub: RunningHub) -> None:
     async with hub.ws() as ws:
         await ws.subscribe("chat:lobby")
@@ -57,6 +59,7 @@ async def test_away_for_three_gets_exactly_three_then_live(hub: RunningHub) -> N
             await ws.recv(wait=0.2)  # and nothing else: no duplicate
 
 
+@both_servers
 async def test_away_longer_than_history_gets_reset_then_live(hub_factory) -> None:  # type: ignore[no-untyped-def]
     hub = await hub_factory(namespaces={"default": {"history_size": 3}})
     async with hub.ws() as ws:
@@ -94,6 +97,7 @@ async def test_unknown_epoch_gets_reset(hub: RunningHub) -> None:
         assert (await ws.recv())["reset"]["reason"] == "epoch"
 
 
+@both_servers
 async def test_many_subscribers_same_bytes(
     hub: RunningHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -128,6 +132,7 @@ async def test_many_subscribers_same_bytes(
         assert len(set(received)) == 1
 
 
+@both_servers
 async def test_publish_history_presence_ops(hub: RunningHub) -> None:
     async with hub.ws() as ws:
         await ws.subscribe("room")
@@ -267,6 +272,7 @@ async def test_disconnect_mid_handshake_and_mid_resume(hub: RunningHub) -> None:
         assert (await ws.subscribe("c"))["ok"]["offset"] == 51
 
 
+@both_servers
 async def test_server_closes_with_disconnect_push(hub: RunningHub) -> None:
     async with hub.ws() as ws:
         await ws.subscribe("c")
@@ -279,6 +285,7 @@ async def test_server_closes_with_disconnect_push(hub: RunningHub) -> None:
         assert info.value.rcvd is not None and info.value.rcvd.code == 4000
 
 
+@both_servers
 async def test_slow_consumer_is_closed_4001(hub_factory) -> None:  # type: ignore[no-untyped-def]
     hub = await hub_factory(limits={"send_queue_bytes": 64 * 1024})
     _reader, writer = await raw_upgrade(hub)

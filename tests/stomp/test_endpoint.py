@@ -11,10 +11,11 @@ import pytest
 from clarion import Settings, __version__
 from clarion.protocol.cursor import encode_single
 
-from ..conftest import RunningHub
+from ..conftest import RunningHub, both_servers
 from .client import StompClient, stomp
 
 
+@both_servers
 async def test_connect_subscribe_and_receive(hub: RunningHub) -> None:
     async with stomp(hub) as client:
         assert client.conn.subprotocol == "v12.stomp"
@@ -71,6 +72,7 @@ async def test_no_accept_version_means_1_0(hub: RunningHub) -> None:
         assert (await client.expect("CONNECTED")).headers["version"] == "1.0"
 
 
+@both_servers
 async def test_send_and_receive_own_message(hub: RunningHub) -> None:
     async with stomp(hub) as client:
         await client.connect()
@@ -99,6 +101,7 @@ async def test_text_plain_send_arrives_as_sent(hub: RunningHub) -> None:
         assert (message.body, message.headers["content-type"]) == (b"plain words", "text/plain")
 
 
+@both_servers
 async def test_receipts_and_disconnect(hub: RunningHub) -> None:
     async with stomp(hub) as client:
         await client.connect()
@@ -143,6 +146,7 @@ async def test_binary_websocket_messages_are_read_too(hub: RunningHub) -> None:
         await client.expect("CONNECTED")
 
 
+@both_servers
 async def test_resume_after_a_dropped_connection(hub: RunningHub) -> None:
     async with stomp(hub) as client:
         await client.connect()
@@ -164,6 +168,7 @@ async def test_resume_after_a_dropped_connection(hub: RunningHub) -> None:
         assert (await client.expect("MESSAGE")).json() == "live"
 
 
+@both_servers
 async def test_a_gap_that_history_cannot_fill_is_a_reset_message(
     hub_factory: Callable[..., Any],
 ) -> None:
@@ -230,6 +235,7 @@ async def test_client_acks_give_a_position_to_resume_from(hub: RunningHub) -> No
         assert (await client.expect("RECEIPT")).headers["x-cursor"] == again[-1].headers["ack"]
 
 
+@both_servers
 async def test_fan_out_to_many_subscribers_with_different_ids(hub: RunningHub) -> None:
     versions = ["1.2", "1.1", "1.0"] * 3
     async with contextlib.AsyncExitStack() as stack:

@@ -16,7 +16,7 @@ from clarion.protocol.codes import CloseCode
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.publication import StreamPosition
 
-from ..conftest import RunningHub, timeout
+from ..conftest import RunningHub, both_servers, timeout
 from .streams import Baseline, sse, until
 from .test_sse_encoding import parse
 
@@ -31,6 +31,7 @@ async def cut(hub: RunningHub, code: int = CloseCode.SHUTDOWN) -> None:
         hub.hub.close_session(session, code)
 
 
+@both_servers
 async def test_headers_opening_and_events_in_order(hub: RunningHub) -> None:
     await hub.publish("chat:lobby", "before")
     async with sse(hub, "chat:lobby") as stream:
@@ -50,6 +51,7 @@ async def test_headers_opening_and_events_in_order(hub: RunningHub) -> None:
         assert set(pub) == {"channel", "offset", "epoch", "data", "time", "cursor"}
 
 
+@both_servers
 async def test_resume_with_last_event_id_after_the_hub_cut_the_stream(hub: RunningHub) -> None:
     async with sse(hub, "chat:lobby") as stream:
         for n in range(2):
@@ -73,6 +75,7 @@ async def test_resume_with_last_event_id_after_the_hub_cut_the_stream(hub: Runni
             await stream.next(wait=0.2)  # and nothing else: no duplicate
 
 
+@both_servers
 async def test_cut_before_the_first_event_still_resumes(hub: RunningHub) -> None:
     """The opening id: gives a client its position before any event arrives."""
     async with sse(hub, "chat:quiet") as stream:
@@ -132,6 +135,7 @@ async def test_foreign_epoch_cursor_is_not_malformed_it_resets(hub: RunningHub) 
         assert live["data"] == "live"
 
 
+@both_servers
 async def test_one_stream_several_channels_resumes_all_of_them(hub: RunningHub) -> None:
     async with sse(hub, "chat:a", "chat:b") as stream:
         await hub.publish("chat:a", "a1")
@@ -179,6 +183,7 @@ async def test_a_cursor_missing_a_channel_starts_that_channel_from_now(hub: Runn
         assert b["data"] == "new b"
 
 
+@both_servers
 async def test_heartbeat_comment_on_a_quiet_stream(hub_factory: Any) -> None:
     hub = await hub_factory(Settings(sse={"heartbeat": 0.2}))
     async with (
@@ -208,6 +213,7 @@ async def test_presence_counts_sse_sessions_and_metrics_label_them(hub: RunningH
     assert 'clarion_connections{transport="sse"} 1.0' in metrics
 
 
+@both_servers
 async def test_a_reader_that_stops_reading_is_disconnected_as_slow(hub_factory: Any) -> None:
     hub = await hub_factory(limits={"send_queue_bytes": 65536})
     baseline = Baseline(hub)
@@ -277,6 +283,7 @@ async def test_clients_that_drop_leave_nothing_behind(hub: RunningHub) -> None:
     await baseline.restored()
 
 
+@both_servers
 async def test_a_reader_that_never_reads_again_is_cut_and_forgotten(hub_factory: Any) -> None:
     hub = await hub_factory(limits={"send_queue_bytes": 65536})
     baseline = Baseline(hub)
@@ -300,6 +307,7 @@ async def test_a_reader_that_never_reads_again_is_cut_and_forgotten(hub_factory:
         sock.close()
 
 
+@both_servers
 async def test_a_slow_reader_in_a_conflate_namespace_gets_the_latest(hub_factory: Any) -> None:
     hub = await hub_factory(
         limits={"send_queue_bytes": 65536}, namespaces={"default": {"slow_consumer": "conflate"}}
@@ -336,6 +344,7 @@ async def test_a_slow_reader_in_a_conflate_namespace_gets_the_latest(hub_factory
     assert numbers == sorted(numbers) and numbers[-1] == sent - 1 and len(numbers) < sent
 
 
+@both_servers
 async def test_an_expired_token_ends_the_stream_with_its_code(hub_factory: Any) -> None:
     secret = "test-secret-0123456789abcdef0123456789"
     hub = await hub_factory(token_secret=secret, api_key="k")

@@ -18,6 +18,9 @@ Connections that wait on their client count against ``max_pending_per_ip`` and
 ``max_pending`` (a request being answered is the app's to count: SSE streams and long polls
 are sessions); the file descriptor limit caps all connections, with a reserve. A connection
 over a cap is answered 503 and closed, and the refusals are logged, at most once per 10 s.
+
+Long (~570 lines) on purpose: one connection's state machine — parser callbacks, pipelining,
+flow control, timers — reads best in one class.
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def test_the_close_code_table_is_the_one_clients_implement() -> None:
     assert documented == actual
 
 
-STOMP_FILES = [*(SRC / "protocol" / "stomp").glob("*.py"), SRC / "asgi" / "stomp.py"]
+STOMP_FILES = [*(SRC / "protocol" / "stomp").glob("*.py"), *(SRC / "asgi").glob("stomp*.py")]
 
 
 def _stomp_strings() -> set[str]:

@@ -19,7 +19,7 @@ Connections that wait on their client count against ``max_pending_per_ip`` and
 are sessions); the file descriptor limit caps all connections, with a reserve. A connection
 over a cap is answered 503 and closed, and the refusals are logged, at most once per 10 s.
 
-Long (~570 lines) on purpose: one connection's state machine — parser callbacks, pipelining,
+Long on purpose: one connection's state machine — parser callbacks, pipelining,
 flow control, timers — reads best in one class.
 """
 

@@ -7,8 +7,8 @@ and :meth:`reset` return. Every state change goes through the tables in
 :mod:`clarion.protocol.stomp.states`. Fan-out ``MESSAGE`` frames bypass this object on purpose
 (:mod:`clarion.protocol.stomp.message`): they are built once for all sessions.
 
-Long (~680 lines) on purpose: every frame's checks and the state they change are one table-driven
-class, the one place a STOMP rule is enforced.
+Long on purpose: every frame's checks and the state they change are one table-driven class,
+the one place a STOMP rule is enforced.
 """
 
 from __future__ import annotations

@@ -3,13 +3,12 @@ CORS preflight, and JSON errors."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
 
 from clarion.asgi import access
+from clarion.asgitypes import Receive, Scope, Send
 from clarion.core.auth import Credentials
 from clarion.core.hub import Hub
 from clarion.errors import BadCursor, BadRequest, ClarionError, Forbidden
@@ -17,9 +16,6 @@ from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.publication import StreamPosition
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 Params = dict[str, list[str]]
 
 ALLOWED_HEADERS = b"authorization, cache-control, last-event-id, if-none-match"

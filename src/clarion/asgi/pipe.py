@@ -26,16 +26,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from clarion.asgitypes import FastOutbox, FastStream, FastWebSocket, Scope, Send, fast_websocket
 from clarion.core.fanout import deliver_each
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.frames import http_chunk
 
 log = logging.getLogger("clarion.pipe")
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-FAST_WEBSOCKET = "clarion.fast_websocket"
-FAST_STREAM = "clarion.fast_stream"
 
 
 class Pipe:
@@ -100,7 +96,7 @@ class FastPipe(Pipe):
     __slots__ = ("conn", "limit")
     framed = True
 
-    def __init__(self, conn: Any, limit: int) -> None:
+    def __init__(self, conn: FastOutbox, limit: int) -> None:
         self.conn = conn
         self.limit = limit
         self.push = conn.push
@@ -121,6 +117,10 @@ class FastSocketPipe(FastPipe):
 
     __slots__ = ()
     pings = True
+    conn: FastWebSocket
+
+    def __init__(self, conn: FastWebSocket, limit: int) -> None:
+        super().__init__(conn, limit)
 
     @property
     def last_activity(self) -> float:
@@ -147,8 +147,9 @@ class FastChunkPipe(FastPipe):
     """``clarion.fast_stream``: pushed items are whole HTTP chunks of a streaming response."""
 
     __slots__ = ("_asgi_send", "_ended")
+    conn: FastStream
 
-    def __init__(self, stream: Any, limit: int, send: Send, replay: int = 0) -> None:
+    def __init__(self, stream: FastStream, limit: int, send: Send, replay: int = 0) -> None:
         # ``replay``: bytes pushed on top of the budget once (the history a resume replays).
         super().__init__(stream, limit + replay)
         self.limit = limit
@@ -364,9 +365,9 @@ def _nothing() -> None:
     return None
 
 
-def socket_pipe(scope: dict[str, Any], send: Send, limit: int) -> FastSocketPipe | SocketQueue:
+def socket_pipe(scope: Scope, send: Send, limit: int) -> FastSocketPipe | SocketQueue:
     """The pipe of an accepted WebSocket: the fast one under ``clarion serve``."""
-    fast = scope.get("extensions", {}).get(FAST_WEBSOCKET)
-    if fast is not None:
-        return FastSocketPipe(fast["connection"], limit)
+    conn = fast_websocket(scope)
+    if conn is not None:
+        return FastSocketPipe(conn, limit)
     return SocketQueue(send, limit)

@@ -26,14 +26,12 @@ from clarion.asgi.channelrequest import (
     ChannelEndpoint,
     ChannelRequest,
     Params,
-    Receive,
-    Scope,
-    Send,
     authorized,
     channel_request,
     single_param,
     until_disconnect,
 )
+from clarion.asgitypes import Receive, Scope, Send
 from clarion.core.fanout import WireFormat, cursor_if_stored
 from clarion.core.hub import Hub
 from clarion.core.session import Session, SubscribeResult

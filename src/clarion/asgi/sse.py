@@ -31,15 +31,13 @@ from clarion.asgi.channelrequest import (
     ChannelEndpoint,
     ChannelRequest,
     Params,
-    Receive,
-    Scope,
-    Send,
     authorized,
     channel_request,
     single_param,
     until_disconnect,
 )
-from clarion.asgi.pipe import FAST_STREAM, BodyQueue, FastChunkPipe, Pipe, QueuePipe
+from clarion.asgi.pipe import BodyQueue, FastChunkPipe, Pipe, QueuePipe
+from clarion.asgitypes import FastStream, Receive, Scope, Send, fast_stream
 from clarion.core.fanout import WireFormat, cursor_if_stored, publication_cursor
 from clarion.core.hub import Hub
 from clarion.core.session import Session, SubscribeResult
@@ -296,13 +294,19 @@ class SseStream:
     # ---- the pipe -----------------------------------------------------------------------
 
     def start(
-        self, opening: bytes, send: Send, limit: int, fast: Any, session: Session, hub: Hub
+        self,
+        opening: bytes,
+        send: Send,
+        limit: int,
+        fast: Callable[[], FastStream] | None,
+        session: Session,
+        hub: Hub,
     ) -> Pipe:
         """Stream from now on: ``opening`` first, then what was held while subscribing.
 
-        A one-channel stream goes onto the server's chunk stream (``fast``: its extension, if
-        offered): what was held is pushed first, then the subscription switches format, in one
-        synchronous step: nothing is lost or reordered.
+        A one-channel stream goes onto the server's chunk stream (``fast`` opens it, if the
+        server offers one): what was held is pushed first, then the subscription switches
+        format, in one synchronous step: nothing is lost or reordered.
         """
         render = self._render
         start = opening + b"".join(
@@ -316,7 +320,7 @@ class SseStream:
             and not self.closed
             and len(session.subscriptions) == 1
         ):
-            stream = fast["open"]()
+            stream = fast()
             channel = next(iter(session.subscriptions))
             fmt = chunk_format(stream.push_many)
             if hub.retarget(session, channel, fmt, stream.push, target=stream):
@@ -384,7 +388,7 @@ class SseEndpoint(ChannelEndpoint):
                 *cors,
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            fast = scope.get("extensions", {}).get(FAST_STREAM)
+            fast = fast_stream(scope)
             limit = hub.settings.limits.send_queue_bytes
             pipe = stream.start(opening, send, limit, fast, session, hub)
             pipe.on_overflow = lambda: hub.overflow(session)

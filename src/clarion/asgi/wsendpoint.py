@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from clarion.asgi.pipe import Pipe, Send, socket_pipe
+from clarion.asgi.pipe import Pipe, socket_pipe
+from clarion.asgitypes import Send
 from clarion.core.hub import Hub
 from clarion.protocol.codes import CloseCode
 

@@ -24,11 +24,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+from clarion.core import extension as ext
 from clarion.core.admission import Admission
 from clarion.core.auth import Authenticator, Credentials, auth_notes
 from clarion.core.channels import LocalChannels
 from clarion.core.control import Control
-from clarion.core.extension import APP_BUILDER, Extension, ExtensionFactory, load, standard
 from clarion.core.fanout import Push, WireFormat, publication_cursor
 from clarion.core.hooks import Hooks
 from clarion.core.metrics import Stats, make_registry, render
@@ -40,7 +40,7 @@ from clarion.core.resume import history_reset, position_for
 from clarion.core.session import Session, SubscribeResult, Transport
 from clarion.core.sweeper import Sweeper
 from clarion.engines.base import Engine, History, PresenceEntry, PresenceStats, SharedLimits
-from clarion.errors import BadRequest, ClarionError, ConfigError, NotFound, TooLarge
+from clarion.errors import BadRequest, ClarionError, NotFound, TooLarge
 from clarion.protocol.channels import namespace_of, validate_channel
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.publication import (
@@ -49,30 +49,12 @@ from clarion.protocol.publication import (
     StreamPosition,
     payload_size,
 )
-from clarion.settings import REDIS_URL_SCHEMES, NamespaceOptions, Settings
+from clarion.settings import NamespaceOptions, Settings
 
 log = logging.getLogger("clarion.hub")
 
 E = TypeVar("E")
 MAX_UNSETTLED = 4096  # publications remembered for a repeat to settle (oldest forgotten)
-
-
-def make_engine(settings: Settings) -> Engine:
-    url = settings.engine
-    if url == "memory":
-        from clarion.engines.memory import MemoryEngine
-
-        return MemoryEngine(data_dir=settings.data_dir)
-    if url.startswith(REDIS_URL_SCHEMES):
-        try:
-            from clarion.engines.redis import RedisEngine
-        except ImportError as exc:
-            raise ConfigError(
-                f"the redis engine needs the redis extra ({exc}): "
-                "pip install -e '.[redis]' in the checkout"
-            ) from None
-        return RedisEngine(url, settings)
-    raise ConfigError(f"unknown engine {url!r}: use 'memory' or 'redis://host:port/db'")
 
 
 class Hub:
@@ -98,10 +80,10 @@ class Hub:
         settings: Settings | None = None,
         *,
         engine: Engine | None = None,
-        extensions: Iterable[ExtensionFactory] | None = None,
+        extensions: Iterable[ext.ExtensionFactory] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
-        self.engine: Engine = engine if engine is not None else make_engine(self.settings)
+        self.engine: Engine = engine if engine is not None else ext.make_engine(self.settings)
         # With the admin page, the API key also opens an operator session (its metrics channel).
         self.auth = (
             OperatorAuth(self.settings) if self.settings.admin else Authenticator(self.settings)
@@ -139,8 +121,8 @@ class Hub:
         self._unsettled: OrderedDict[tuple[str, str, int], bool] = OrderedDict()
         # Called with session lifecycle events: connect, disconnect, subscribe, unsubscribe.
         self.lifecycle_listeners: list[Callable[[str, dict[str, Any]], None]] = []
-        factories = standard() if extensions is None else extensions
-        self.extensions: list[Extension] = [make(self) for make in factories]
+        factories = ext.standard() if extensions is None else extensions
+        self.extensions: list[ext.Extension] = [make(self) for make in factories]
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -196,7 +178,7 @@ class Hub:
     def asgi_app(self) -> Any:
         """The ASGI application: HTTP API, ``/ws`` and the other transports (built once)."""
         if self._app is None:
-            self._app = load(APP_BUILDER)(self)
+            self._app = ext.load(ext.APP_BUILDER)(self)
         return self._app
 
     @contextlib.asynccontextmanager

@@ -29,7 +29,7 @@ from typing import Any
 from clarion.asgitypes import FastOutbox, FastStream, FastWebSocket, Scope, Send, fast_websocket
 from clarion.core.fanout import deliver_each
 from clarion.protocol.codes import CloseCode
-from clarion.protocol.frames import http_chunk
+from clarion.protocol.frames import Latest, LatestText, http_chunk, latest, latest_text
 
 log = logging.getLogger("clarion.pipe")
 
@@ -157,7 +157,8 @@ class FastChunkPipe(FastPipe):
         self._ended = False
 
     def send(self, payload: bytes) -> None:
-        self.conn.push(http_chunk(payload))
+        chunk = http_chunk(payload)
+        self.conn.push(latest(chunk, payload.slot) if type(payload) is Latest else chunk)
 
     def close(self, code: int, reason: str, last: bytes | None = None) -> None:
         if self._ended:
@@ -180,6 +181,15 @@ class FastChunkPipe(FastPipe):
 # ---- any ASGI server -----------------------------------------------------------------------
 
 
+class _Waiting:
+    """A keyed signal's frame in a queue, where a newer one of its slot may take its place."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Latest | LatestText) -> None:
+        self.item = item
+
+
 class _End:
     __slots__ = ("code", "reason")
 
@@ -195,11 +205,14 @@ class QueuePipe(Pipe):
     twice the limit, or when the connection closes while over it (or as slow), what is queued is
     dropped and only the end remains: a peer that does not read would otherwise hold it (and the
     close behind it) for as long as it keeps the socket open. Items are kept in push order in a
-    deque (a keyed "latest only" slot would replace an item in place).
+    deque. A keyed signal's frame (:class:`~clarion.protocol.frames.Latest`) pushed while the
+    connection is behind (something waits in the queue, or the host server has not taken the
+    last write yet) takes the place of the one of its slot still waiting, if any: the newest
+    per slot, where the older one was.
     """
 
-    __slots__ = ("_allowance", "_closed", "_lost", "_queue", "_queued", "_ready", "_task",
-                 "_told", "_watching", "last_write", "limit")  # fmt: skip
+    __slots__ = ("_allowance", "_busy", "_closed", "_lost", "_queue", "_queued", "_ready",
+                 "_slots", "_task", "_told", "_watching", "last_write", "limit")  # fmt: skip
 
     def __init__(self, send: Send, limit: int) -> None:
         self.limit = limit
@@ -209,6 +222,9 @@ class QueuePipe(Pipe):
         self.deliver = deliver_each
         self._queue: deque[Any] = deque()
         self._queued = 0
+        # slot -> the keyed signal waiting in the queue for it (wrapped, so it can be replaced).
+        self._slots: dict[tuple[str, str], _Waiting] = {}
+        self._busy = False  # the writer is handing bytes to the host server
         # Bytes allowed on top of the limit, shrinking as they are written (a replay).
         self._allowance = 0
         self._ready = asyncio.Event()
@@ -222,7 +238,17 @@ class QueuePipe(Pipe):
     def put(self, item: Any) -> None:
         if self._closed:
             return
-        self._queue.append(item)
+        kind = type(item)
+        if (kind is Latest or kind is LatestText) and (self._queue or self._busy):
+            waiting = self._slots.get(item.slot)
+            if waiting is not None:  # the older signal of its slot is still queued: replaced
+                self._queued += len(item) - len(waiting.item)
+                waiting.item = item
+                return
+            waiting = self._slots[item.slot] = _Waiting(item)
+            self._queue.append(waiting)
+        else:
+            self._queue.append(item)
         self._queued += len(item)
         self._ready.set()
         if self._queued > self.limit + self._allowance:
@@ -267,6 +293,7 @@ class QueuePipe(Pipe):
             return
         if self._queued > self.limit + self._allowance or code == CloseCode.SLOW:
             self._queue.clear()
+            self._slots.clear()
             self._queued = 0
         if last is not None:
             item = self._payload(last)
@@ -278,6 +305,13 @@ class QueuePipe(Pipe):
 
     def _payload(self, data: bytes) -> Any:
         return data
+
+    def _unwrap(self, item: Any) -> Any:
+        """The item itself, for a keyed signal that waited in its slot (now leaving it)."""
+        if type(item) is _Waiting:
+            del self._slots[item.item.slot]
+            return item.item
+        return item
 
     def _written(self, size: int) -> None:
         self._queued -= size
@@ -291,8 +325,10 @@ class QueuePipe(Pipe):
             while True:
                 await self._ready.wait()
                 self._ready.clear()
+                self._busy = True
                 if await self._write(send):
                     return
+                self._busy = False
         except (OSError, RuntimeError):
             self._lost = True  # the peer is gone; the receive loop notices and cleans up
 
@@ -317,7 +353,8 @@ class SocketQueue(QueuePipe):
     __slots__ = ()
 
     def send(self, payload: bytes) -> None:
-        self.put(payload.decode())
+        text = payload.decode()
+        self.put(latest_text(text, payload.slot) if type(payload) is Latest else text)
 
     def _payload(self, data: bytes) -> Any:
         return data.decode()
@@ -325,7 +362,7 @@ class SocketQueue(QueuePipe):
     async def _write(self, send: Send) -> bool:
         queue = self._queue
         while queue:
-            item = queue.popleft()
+            item = self._unwrap(queue.popleft())
             if type(item) is _End:
                 await send({"type": "websocket.close", "code": item.code, "reason": item.reason})
                 return True
@@ -349,7 +386,7 @@ class BodyQueue(QueuePipe):
         queue = self._queue
         while queue:
             end = type(queue[-1]) is _End
-            items = list(queue)[:-1] if end else list(queue)
+            items = [self._unwrap(item) for item in (list(queue)[:-1] if end else queue)]
             queue.clear()
             body = b"".join(items)
             self._written(len(body))

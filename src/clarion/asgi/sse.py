@@ -51,7 +51,10 @@ CLOSE_GRACE = 2.0  # seconds a stream closed by the hub gets to write its last e
 
 
 def _event(pub: Publication) -> bytes:
-    return sse.publication_event(pub, cursor_if_stored(pub))
+    event = sse.publication_event(pub, cursor_if_stored(pub))
+    if pub.key is not None:  # a keyed signal: a stream that is behind keeps the newest
+        return latest(event, (pub.channel, pub.key))
+    return event
 
 
 Tagged = tuple[bytes, StreamPosition | None, bytes]  # channel tag, its new position, event body
@@ -62,7 +65,7 @@ FORGET = StreamPosition("", -1)
 
 def _tagged(pub: Publication) -> Tagged | bytes:
     if pub.ephemeral:
-        return sse.publication_body(pub, None)  # no position: rendered without an ``id:``
+        return _event(pub)  # no position: rendered without an ``id:``
     return (
         channel_tag(pub.channel),
         pub.position,

@@ -14,7 +14,7 @@ from clarion.asgi.pipe import Pipe
 from clarion.core.fanout import WireFormat, cursor_if_stored
 from clarion.protocol import messages
 from clarion.protocol.codes import disconnect_for
-from clarion.protocol.frames import latest, text_frame
+from clarion.protocol.frames import latest, latest_text, text_frame
 from clarion.protocol.publication import Publication, StreamPosition
 
 if TYPE_CHECKING:
@@ -29,7 +29,10 @@ def _frame(pub: Publication) -> bytes:
 
 
 def _text(pub: Publication) -> str:
-    return messages.encode_publication(pub, cursor_if_stored(pub)).decode()
+    text = messages.encode_publication(pub, cursor_if_stored(pub)).decode()
+    if pub.key is not None:  # a keyed signal: a queue that is behind keeps the newest
+        return latest_text(text, (pub.channel, pub.key))
+    return text
 
 
 WS_TEXT = WireFormat("clarion.v1/text", "ws", _text)

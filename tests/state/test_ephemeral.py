@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from clarion.client import connect
 
 from ..conftest import RunningHub, timeout
-from ..stomp.client import stomp
+from ..stomp.client import Received, frame, parse, stomp
 from ..transports.streams import poll, sse
 
 pytestmark = pytest.mark.timeout(90)
@@ -314,3 +315,57 @@ async def test_a_stalled_subscriber_keeps_the_latest_signal_per_key(
     assert sorted((s["key"], s["data"]["i"]) for s in signals) == [
         (f"k{k}", 990 + k) for k in range(10)
     ]
+
+
+async def test_a_stalled_stomp_subscriber_keeps_the_latest_signal_per_key(
+    nodes: Callable[..., Any],
+) -> None:
+    settings: dict[str, Any] = {
+        "limits": {
+            "send_queue_bytes": 32 * 1024 * 1024,
+            "client_ephemeral_rate": 100_000,
+            "client_ephemeral_burst": 100_000,
+        },
+        "namespaces": {"cur": {"history_size": 4}},
+    }
+    writer: RunningHub = await nodes(**settings)
+    reader: RunningHub = await nodes(**settings)
+    url = f"ws://127.0.0.1:{reader.port}/stomp"
+    async with websockets.connect(
+        url, subprotocols=[Subprotocol("v12.stomp")], max_queue=1, max_size=None, ping_interval=None
+    ) as conn:
+        await conn.send(frame("CONNECT", accept_version="1.2", host="clarion").decode())
+        assert (await stomp_frames(conn))[0].command == "CONNECTED"
+        subscribe = frame("SUBSCRIBE", id="s", destination="/topic/cur:doc", receipt="r")
+        await conn.send(subscribe.decode())
+        assert (await stomp_frames(conn))[0].command == "RECEIPT"
+        session = next(s for s in reader.hub.sessions.values() if "cur:doc" in s.subscriptions)
+        stored = 0
+        while session.transport.backlog() == 0:  # type: ignore[attr-defined]
+            assert stored < 500, "the reader never fell behind"
+            await writer.publish("cur:doc", "x" * 32_000)
+            stored += 1
+        async with writer.ws() as publisher:
+            for i in range(1000):
+                signal = {"op": "publish", "channel": "cur:doc", "ephemeral": True}
+                await publisher.send({**signal, "id": i, "data": {"i": i}, "key": f"k{i % 10}"})
+            replies = [await publisher.recv() for _ in range(1000)]
+            assert all(r.get("ok") == {"ephemeral": True} for r in replies)
+        await writer.publish("cur:doc", "done")
+        signals: list[tuple[str, int]] = []
+        done = False
+        while not (done and len(signals) >= 10):
+            for got in await stomp_frames(conn, 20):
+                if got.headers.get("x-ephemeral") == "true":
+                    signals.append((got.headers["x-key"], got.json()["i"]))
+                elif got.body == b'"done"':
+                    done = True
+        with pytest.raises(asyncio.TimeoutError):
+            more = await asyncio.wait_for(conn.recv(), 0.5)
+            raise AssertionError(f"more than the latest per key: {more!r}")
+    assert sorted(signals) == [(f"k{k}", 990 + k) for k in range(10)]
+
+
+async def stomp_frames(conn: Any, wait: float = 5) -> list[Received]:
+    raw = await asyncio.wait_for(conn.recv(), timeout(wait))
+    return parse(raw.encode() if isinstance(raw, str) else raw)

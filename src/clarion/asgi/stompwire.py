@@ -13,7 +13,15 @@ from typing import Any
 
 from clarion.asgi.pipe import Pipe
 from clarion.core.fanout import Push, WireFormat, cursor_if_stored
-from clarion.protocol.frames import OP_BINARY, frame_header, text_frame
+from clarion.protocol.frames import (
+    OP_BINARY,
+    Latest,
+    LatestText,
+    frame_header,
+    latest,
+    latest_text,
+    text_frame,
+)
 from clarion.protocol.publication import Publication
 from clarion.protocol.stomp import message_body, message_tail
 from clarion.protocol.stomp.message import is_binary
@@ -44,7 +52,12 @@ def _formats(kind: str, encode: Callable[[bytes], Any]) -> dict[tuple[bool, bool
     def make(escaped: bool, ack: bool) -> WireFormat:
         def tail(pub: Publication) -> Any:
             frame = message_tail_of(pub, escaped=escaped, ack=ack)
-            return BinaryTail(frame) if is_binary(pub) else encode(frame)
+            if is_binary(pub):
+                return BinaryTail(frame)
+            if pub.key is not None:  # a keyed signal: a connection that is behind keeps the newest
+                slot = (pub.channel, pub.key)
+                return latest(frame, slot) if encode is _same else latest_text(frame.decode(), slot)
+            return encode(frame)
 
         name = f"stomp{'' if escaped else '1.0'}{'+ack' if ack else ''}/{kind}"
         return WireFormat(name, "stomp", tail)
@@ -90,12 +103,15 @@ class StompWire:
             def push_text(tail: str | bytes) -> None:
                 if isinstance(tail, bytes):  # a BinaryTail
                     pipe_push(prefix + tail)
+                elif type(tail) is LatestText:  # one slot per subscription and key
+                    pipe_push(latest_text(text + tail, (text, tail.slot[1])))
                 else:
                     pipe_push(text + tail)
 
             return push_text
 
         size = len(prefix)
+        slot_prefix = prefix.decode()
         last_length = -1
         head = b""  # WebSocket header + prefix for frames of last_length bytes
 
@@ -110,6 +126,9 @@ class StompWire:
             if length != last_length:
                 last_length = length
                 head = frame_header(length) + prefix
+            if type(tail) is Latest:  # one slot per subscription and key
+                pipe_push(latest(head + tail, (slot_prefix, tail.slot[1])))
+                return
             pipe_push(head + tail)
 
         return push

@@ -3,11 +3,9 @@ CORS preflight, and JSON errors."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
-
-import orjson
-
 from clarion.asgi import access
+from clarion.asgi.access import Params, single_param
+from clarion.asgi.responses import send_error
 from clarion.asgitypes import Receive, Scope, Send
 from clarion.core.auth import Credentials
 from clarion.core.hub import Hub
@@ -15,8 +13,6 @@ from clarion.errors import BadCursor, BadRequest, ClarionError, Forbidden
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.publication import StreamPosition
-
-Params = dict[str, list[str]]
 
 ALLOWED_HEADERS = b"authorization, cache-control, last-event-id, if-none-match"
 
@@ -41,23 +37,10 @@ class ChannelRequest:
 
 
 def query_params(hub: Hub, scope: Scope) -> Params:
+    """A channel request's parameters: at most as many as any valid request has."""
     cap = hub.settings.limits.max_subscriptions_per_connection
-    raw = scope.get("query_string", b"")
-    try:
-        return parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=cap + 16)
-    except UnicodeDecodeError:
-        raise BadRequest("the query string is not valid UTF-8") from None
-    except ValueError:  # more fields than any valid request has
-        raise BadRequest(f"at most {cap} channels per request", code="too_many_channels") from None
-
-
-def single_param(params: Params, name: str) -> str | None:
-    values = params.get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise BadRequest(f"query parameter {name!r} given more than once")
-    return values[0]
+    too_many = BadRequest(f"at most {cap} channels per request", code="too_many_channels")
+    return access.query_params(scope, cap + 16, too_many)
 
 
 def read_channels(hub: Hub, params: Params) -> list[str]:
@@ -115,29 +98,12 @@ async def authorized(hub: Hub, request: ChannelRequest, transport: str) -> Chann
     return request
 
 
-async def send_json(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(body)),
-                (b"cache-control", b"no-store"),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(
+async def refuse(
     hub: Hub, send: Send, exc: ClarionError, headers: list[tuple[bytes, bytes]]
 ) -> None:
+    """Count ``exc`` and answer it (before any response has started)."""
     hub.stats.errors[exc.code] += 1
-    await send_json(send, exc.status, orjson.dumps({"error": exc.to_dict()}), headers)
+    await send_error(send, exc, headers)
 
 
 async def until_disconnect(receive: Receive) -> None:
@@ -171,7 +137,7 @@ class ChannelEndpoint:
             await self.serve(scope, receive, send, params, cors)
         except ClarionError as exc:
             # ``serve`` raises only before it starts its response.
-            await send_error(hub, send, exc, cors)
+            await refuse(hub, send, exc, cors)
 
     async def preflight(self, send: Send, cors: list[tuple[bytes, bytes]]) -> None:
         headers = [

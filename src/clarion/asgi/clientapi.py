@@ -15,9 +15,11 @@ from typing import Any
 import orjson
 
 from clarion.asgi import access
-from clarion.asgi.channelrequest import query_params, send_error, send_json, single_param
+from clarion.asgi.access import single_param
+from clarion.asgi.channelrequest import query_params, refuse
 from clarion.asgi.poll import PollWaiter
 from clarion.asgi.publish import parse_object, publish_reply, read_body
+from clarion.asgi.responses import send_json
 from clarion.asgi.websocket import history_body
 from clarion.core.hub import Hub
 from clarion.core.limits import TokenBucket
@@ -113,13 +115,13 @@ class ClientEndpoint:
             finally:
                 hub.close_session(session, CloseCode.NORMAL)
         except ClarionError as exc:
-            await send_error(hub, send, exc, cors)
+            await refuse(hub, send, exc, cors)
             return
         except Exception:
             log.exception("client %s failed", self.op)
-            await send_error(hub, send, ClarionError("internal error", code="internal"), cors)
+            await refuse(hub, send, ClarionError("internal error", code="internal"), cors)
             return
-        await send_json(send, 200, orjson.dumps(result), [(b"cache-control", b"no-store"), *cors])
+        await send_json(send, 200, orjson.dumps(result), cors)
 
     async def _preflight(self, send: Any, cors: list[tuple[bytes, bytes]]) -> None:
         headers = [

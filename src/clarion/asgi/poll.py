@@ -22,13 +22,12 @@ from typing import Any
 import orjson
 
 from clarion.asgi import access
+from clarion.asgi.access import Params, single_param
 from clarion.asgi.channelrequest import (
     ChannelEndpoint,
     ChannelRequest,
-    Params,
     authorized,
     channel_request,
-    single_param,
     until_disconnect,
 )
 from clarion.asgitypes import Receive, Scope, Send

@@ -27,13 +27,12 @@ from collections.abc import Callable
 from typing import Any
 
 from clarion.asgi import access
+from clarion.asgi.access import Params, single_param
 from clarion.asgi.channelrequest import (
     ChannelEndpoint,
     ChannelRequest,
-    Params,
     authorized,
     channel_request,
-    single_param,
     until_disconnect,
 )
 from clarion.asgi.pipe import BodyQueue, FastChunkPipe, Pipe, QueuePipe

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from clarion.client import connect
 
 from ..conftest import RunningHub, timeout
 from ..stomp.client import Received, frame, parse, stomp
-from ..transports.streams import poll, sse
+from ..transports.streams import poll, sse, until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -369,3 +370,46 @@ async def test_a_stalled_stomp_subscriber_keeps_the_latest_signal_per_key(
 async def stomp_frames(conn: Any, wait: float = 5) -> list[Received]:
     raw = await asyncio.wait_for(conn.recv(), timeout(wait))
     return parse(raw.encode() if isinstance(raw, str) else raw)
+
+
+SIGNAL_EVENT = re.compile(rb'"data":\{"i":(\d+)\},"time":\d+,"key":"(k\d)"')
+
+
+@pytest.mark.parametrize("channels", [["cur:doc"], ["cur:doc", "cur:other"]])
+async def test_a_stalled_sse_stream_keeps_the_latest_signal_per_key(
+    nodes: Callable[..., Any], channels: list[str]
+) -> None:
+    settings: dict[str, Any] = {
+        "limits": {"send_queue_bytes": 32 * 1024 * 1024},
+        "namespaces": {"cur": {"history_size": 4}},
+    }
+    writer: RunningHub = await nodes(**settings)
+    reader: RunningHub = await nodes(**settings)
+    # A reader that reads the response head, then nothing until told.
+    stream_reader, stream_writer = await asyncio.open_connection("127.0.0.1", reader.port)
+    try:
+        query = "&".join(f"channel={c}" for c in channels)
+        stream_writer.write(f"GET /sse?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head = await asyncio.wait_for(stream_reader.readuntil(b"\r\n\r\n"), timeout(5))
+        assert head.startswith(b"HTTP/1.1 200"), head
+        await until(lambda: any("cur:doc" in s.subscriptions for s in reader.hub.sessions.values()))
+        session = next(s for s in reader.hub.sessions.values() if "cur:doc" in s.subscriptions)
+        stored = 0
+        while session.transport.backlog() == 0:  # type: ignore[attr-defined]
+            assert stored < 500, "the reader never fell behind"
+            await writer.publish("cur:doc", "x" * 32_000)
+            stored += 1
+        for i in range(1000):
+            await writer.hub.publish("cur:doc", {"i": i}, ephemeral=True, key=f"k{i % 10}")
+        await writer.publish("cur:doc", "done")
+        received = b""
+        while b'"data":"done"' not in received or len(SIGNAL_EVENT.findall(received)) < 10:
+            received += await asyncio.wait_for(stream_reader.read(1 << 20), timeout(20))
+        with pytest.raises(asyncio.TimeoutError):
+            more = await asyncio.wait_for(stream_reader.read(1 << 20), 0.5)
+            received += more
+            raise AssertionError(f"more than the latest per key: {more[:200]!r}")
+    finally:
+        stream_writer.close()
+    got = sorted((key.decode(), int(i)) for i, key in SIGNAL_EVENT.findall(received))
+    assert got == [(f"k{k}", 990 + k) for k in range(10)]

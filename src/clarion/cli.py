@@ -452,7 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="path to clarion.toml (default ./clarion.toml, if any)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, help="port (default 8000; 0 picks a free one)")
-    serve.add_argument("--engine", help='"memory" (default) or "redis://host:port/db"')
+    serve.add_argument(
+        "--engine",
+        help='"memory" (default), "redis://host:port/db", "redis+sentinel://…" or '
+        '"redis+cluster://host:port,…"',
+    )
     serve.add_argument(
         "--insecure",
         action="store_true",

@@ -300,7 +300,11 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address `clarion serve` binds")
     port: int = Field(8000, ge=0, le=65535, description="port `clarion serve` binds")
-    engine: str = Field("memory", description='"memory" or "redis://host:port/db"')
+    engine: str = Field(
+        "memory",
+        description='"memory", or a Redis URL: "redis://host:port/db", '
+        '"redis+sentinel://…", "redis+cluster://…" (docs/redis.md)',
+    )
     api_key: str | list[str] | None = Field(
         None,
         description="server API key(s); several allow rotation. Unset: the server API is "

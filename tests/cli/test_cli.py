@@ -92,7 +92,15 @@ async def test_token() -> None:
 
 def test_help_lists_every_option() -> None:
     out = subprocess.run([*CLI, "serve", "--help"], capture_output=True, text=True, check=True)
-    for flag in ("--config", "--host", "--port", "--engine", "--insecure", "--log-level"):
+    for flag in (
+        "--config",
+        "--host",
+        "--port",
+        "--engine",
+        "--insecure",
+        "--log-level",
+        "--workers",
+    ):
         assert flag in out.stdout
 
 

@@ -58,6 +58,9 @@ class Workers:
         while len(seen) < 2 and time.monotonic() < deadline:
             async with httpx.AsyncClient(timeout=2) as client:
                 r = await client.get(self.http_url + "/metrics")
+            samples = [line for line in r.text.splitlines() if not line.startswith("#")]
+            unlabelled = [line for line in samples if 'worker="' not in line]
+            assert samples and unlabelled == [], unlabelled[:3]
             for worker, n in re.findall(
                 r'clarion_connections\{transport="ws",worker="(\d+)"\} (\S+)', r.text
             ):

@@ -194,11 +194,25 @@ class _Labelled(Collector):
             yield family
 
 
+class _LabelledRegistry(CollectorRegistry):
+    """Collectors registered later (e.g. webhooks', at start) go to the inner registry, so that
+    their samples carry the labels too."""
+
+    def __init__(self, inner: CollectorRegistry, labels: dict[str, str]) -> None:
+        super().__init__(auto_describe=False)
+        self._inner = inner
+        super().register(_Labelled(inner, labels))
+
+    def register(self, collector: Collector) -> None:
+        self._inner.register(collector)
+
+    def unregister(self, collector: Collector) -> None:
+        self._inner.unregister(collector)
+
+
 def labelled(registry: CollectorRegistry, labels: dict[str, str]) -> CollectorRegistry:
     """``registry`` with ``labels`` on every sample (a worker's number, for one)."""
-    out = CollectorRegistry(auto_describe=False)
-    out.register(_Labelled(registry, labels))
-    return out
+    return _LabelledRegistry(registry, labels)
 
 
 def render(registry: CollectorRegistry) -> bytes:

@@ -1,4 +1,5 @@
 // clarion browser client: a dependency-free ES module, also served by the hub at /clarion.js.
+// One file on purpose: a page imports the whole client with one request and no bundler.
 //
 //   import { connect } from "/clarion.js";
 //   const client = connect(location.origin, { getToken: () => fetchMyToken(), store: localStorage });

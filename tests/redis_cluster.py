@@ -158,3 +158,20 @@ class RedisCluster(Servers):
                 if low.isdigit() and int(low) <= slot <= int(high or low):
                     return int(fields[1].split("@")[0].rsplit(":", 1)[1])
         return None
+
+    def node_id(self, port: int) -> str:
+        return command(port, "CLUSTER", "MYID").strip()
+
+    def move_slot(self, key: str, to: int) -> None:
+        """Migrate ``key``'s slot, keys included, to the primary on port ``to``."""
+        source = self.owner(key)
+        assert source is not None and source != to
+        slot = command(source, "CLUSTER", "KEYSLOT", key).strip()
+        src, dst = self.node_id(source), self.node_id(to)
+        command(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", src)
+        command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst)
+        while keys := command(source, "CLUSTER", "GETKEYSINSLOT", slot, "100").split():
+            command(source, "MIGRATE", "127.0.0.1", str(to), "", "0", "5000", "KEYS", *keys)
+        for port in self.ports:
+            if port in self.processes:
+                command(port, "CLUSTER", "SETSLOT", slot, "NODE", dst)

@@ -159,3 +159,35 @@ async def test_a_primary_killed_during_publishing_leaves_no_silent_gap(hubs: Hub
             assert t.resets == []  # their shards were not touched
     stop_clients.set()
     await asyncio.gather(*tasks)
+
+
+async def test_a_slot_moved_to_another_primary_keeps_every_subscriber_whole(hubs: Hubs) -> None:
+    cluster = hubs.cluster
+    a = await hubs.start()
+    b = await hubs.start()
+    trackers = [Tracker("a") for _ in range(4)]
+    stop_clients, stop_publishing = asyncio.Event(), asyncio.Event()
+    tasks = await run_trackers(trackers[::2], [a.ws_url, b.ws_url], stop_clients)
+    tasks += await run_trackers(trackers[1::2], [b.ws_url, a.ws_url], stop_clients)
+    publishers = [Publisher(node.http_url, "a", rate=50) for node in (a, b)]
+    publishing = [asyncio.create_task(p.run(stop_publishing)) for p in publishers]
+    await eventually(lambda: sum(len(p.published) for p in publishers) >= 100, timeout=timeout(20))
+    source = cluster.owner("clarion:{a}:meta")
+    target = cluster.owner("clarion:{b}:meta")
+    assert target is not None
+    cluster.move_slot("clarion:{a}:meta", target)  # keys, then the slot: MOVED and ASK meanwhile
+    assert cluster.owner("clarion:{a}:meta") == target != source
+    goals = [(p, len(p.published) + 100) for p in publishers]
+    await eventually(lambda: all(len(p.published) >= n for p, n in goals), timeout=timeout(30))
+    stop_publishing.set()
+    await asyncio.gather(*publishing)
+    async with httpx.AsyncClient(base_url=b.http_url, timeout=5) as api:
+        params = {"channel": "a", "limit": "1", "reverse": "1"}
+        newest = (await api.get("/api/history", params=params)).json()["publications"][0]
+    last = (newest["epoch"], newest["offset"])
+    await eventually(lambda: all(t.last == last for t in trackers), timeout=timeout(20))
+    for t in trackers:
+        t.assert_clean()
+        assert t.resets == []  # the stream moved with the slot: nothing to reset
+    stop_clients.set()
+    await asyncio.gather(*tasks)

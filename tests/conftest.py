@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from hypothesis import HealthCheck, settings
 from websockets.asyncio.client import ClientConnection
 
 from clarion import Hub, Settings
@@ -22,6 +23,11 @@ from clarion import Hub, Settings
 TIMEOUT_FACTOR = float(os.environ.pop("CLARION_TEST_TIMEOUT_FACTOR", "1"))
 # How many times the stress tests repeat their scenario; 0 skips them. Taken out likewise.
 STRESS_RUNS = int(os.environ.pop("CLARION_STRESS", "0"))
+
+
+# Property tests judge inputs, not speed: on a loaded machine a slow example is not a failure.
+settings.register_profile("clarion", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("clarion")
 
 
 def timeout(seconds: float) -> float:

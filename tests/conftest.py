@@ -23,6 +23,8 @@ from clarion import Hub, Settings
 TIMEOUT_FACTOR = float(os.environ.pop("CLARION_TEST_TIMEOUT_FACTOR", "1"))
 # How many times the stress tests repeat their scenario; 0 skips them. Taken out likewise.
 STRESS_RUNS = int(os.environ.pop("CLARION_STRESS", "0"))
+# How long the chaos tests' fault loops run, in seconds; 0 keeps their short CI form.
+CHAOS_SECONDS = float(os.environ.pop("CLARION_CHAOS_SECONDS", "0"))
 
 
 # Property tests judge inputs, not speed: on a loaded machine a slow example is not a failure.

@@ -4,9 +4,9 @@ Import the fixture into a test package's ``conftest.py`` where it is needed::
 
     from ..redis_fixture import redis_server
 
-Nothing persists (``--save "" --appendonly no``), so ``restart()`` is a Redis that lost
-everything. The server is stopped by pid when the test ends; tests never touch any other
-Redis running on the machine.
+Nothing persists (``--save "" --appendonly no``) unless ``persistent``, so ``restart()`` is
+a Redis that lost everything. The server is stopped by pid when the test ends; tests never
+touch any other Redis running on the machine.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
         self.port = port if port is not None else free_port()
+        # Persistent: an append-only file fsynced on every write, kept across restart().
+        self.persistent = persistent
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="clarion-redis-")
@@ -44,7 +46,8 @@ class RedisServer:
         # fmt: off
         args = [
             REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--daemonize", "no",
+            "--save", "", "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always", "--daemonize", "no",
             "--dir", self._dir, "--loglevel", "warning",
         ]
         # fmt: on
@@ -83,8 +86,9 @@ class RedisServer:
             process.stderr.close()
 
     def restart(self) -> None:
-        """A Redis that lost everything: same port, empty data set."""
-        self.stop()
+        """Same port; a Redis that lost everything, unless persistent (then stopped with
+        SIGTERM, and everything written is read back from its append-only file)."""
+        self.stop(signal.SIGTERM if self.persistent else signal.SIGKILL)
         self.start()
 
     def cleanup(self) -> None:

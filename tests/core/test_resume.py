@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from clarion import Hub, Publication, Settings, StreamPosition
 from clarion.core.fanout import WireFormat
 from clarion.engines.memory import MemoryEngine
-from clarion.protocol.cursor import encode_single
+from clarion.protocol.cursor import Cursor, encode_single
 
 RAW = WireFormat("raw", "test", lambda pub: pub)
 
@@ -296,10 +296,16 @@ async def test_unrecoverable_gap_resets_once_then_goes_on_live() -> None:
         # Offsets 2 and 3 never reach this node; 4, 5 and 6 do, while history cannot be read.
         for offset in (4, 5, 6):
             hub.on_publication(Publication("c", offset, first.epoch, offset, 0))
+        deadline = time.monotonic() + 10  # the read back is tried a few times first
+        while not rec.resets() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         for _ in range(20):
             await asyncio.sleep(0)
         assert rec.resets() == ["lost"]  # told once, not once per later publication
         assert rec.offsets() == [1, 4, 5, 6]  # then live again, in order
+        # The reset's cursor is where the subscriber goes on from: past the gap, before 4.
+        cursor = next(item[2] for item in rec.items if isinstance(item, tuple))
+        assert Cursor.decode(cursor).get("c") == StreamPosition(first.epoch, 3)
     finally:
         await hub.close()
 

@@ -28,12 +28,19 @@ CLARION = str(Path(sys.executable).with_name("clarion"))
 class Node:
     """One ``clarion serve`` process on a loopback port."""
 
-    def __init__(self, engine: str, config: Path, log_dir: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        engine: str,
+        config: Path,
+        log_dir: Path,
+        env: dict[str, str],
+        port: int | None = None,
+    ) -> None:
+        self.port = port if port is not None else free_port()
         self.http_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
         self.log_path = log_dir / f"node-{self.port}.log"
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")  # a node restarted on its port appends
         args = [CLARION, "serve", "--config", str(config), "--engine", engine]
         args += ["--port", str(self.port)]
         self.process = subprocess.Popen(

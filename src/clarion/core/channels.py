@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from clarion.core.hub import Hub
     from clarion.core.session import Session
 
+# Seconds to wait after each failed read back of missing publications; None: give up.
+RECOVERY_RETRIES: tuple[float | None, ...] = (0.1, 0.3, 0.9, None)
+
 log = logging.getLogger("clarion.hub")
 
 
@@ -179,14 +182,28 @@ class LocalChannels:
         try:
             since = local.position
             history = None
-            if since is not None:
+            # The fault that lost publications (a link to the engine cut) often fails the
+            # first read back too, while the link reconnects: try again a few times.
+            for delay in RECOVERY_RETRIES if since is not None else ():
                 try:
                     history = await hub.engine.history(channel, hub.options(channel), since=since)
+                    break
                 except Exception:
                     log.warning("history read failed while recovering %s", channel, exc_info=True)
+                    if delay is None:
+                        break
+                    await asyncio.sleep(delay)
             if since is None or history is None or not history.covers(since):
                 log.warning("could not recover %s from %s: resetting subscribers", channel, since)
-                target = history.position if history is not None else since
+                if history is not None:
+                    target = history.position
+                else:
+                    # Nothing read: the subscribers go on from the first publication held
+                    # back, so the reset's cursor points just before it, past the gap. (The
+                    # last position delivered would be a cursor before the gap, which the next
+                    # publication then silently jumps.)
+                    first = min(self._recovering[channel], key=lambda p: p.offset)
+                    target = StreamPosition(first.epoch, first.offset - 1)
                 if target is not None:
                     self._reset_all(local, "lost", target)
                 # After the reset the channel goes on live from its next publication; without a

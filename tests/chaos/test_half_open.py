@@ -1,0 +1,60 @@
+"""Clients whose connections went half-open (the peer silent, no FIN, no RST): the hub's pings
+find them out, ends their sessions, and what they held returns to the baseline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from ..conftest import RunningHub, timeout
+from ..multinode.helpers import eventually
+from ..support.proxy import FaultProxy
+
+pytestmark = pytest.mark.timeout(int(timeout(60)))
+
+CLIENTS = 20
+
+
+async def test_half_open_clients_are_ended_by_the_hubs_pings(
+    hub_factory: Callable[..., Any],
+) -> None:
+    # Short, but not so short that a loaded machine's pause ends the live client too.
+    hub: RunningHub = await hub_factory(limits={"ping_interval": 1, "pong_timeout": 2})
+    baseline = len(hub.hub.sessions)
+    proxy = await FaultProxy(hub.port).start()
+    url = f"ws://127.0.0.1:{proxy.port}/ws"
+    direct = await websockets.connect(hub.ws_url, subprotocols=["clarion.v1"])
+    clients = []
+    try:
+        for i in range(CLIENTS):
+            ws = await websockets.connect(url, subprotocols=["clarion.v1"], ping_interval=None)
+            await ws.send(json.dumps({"id": 1, "op": "subscribe", "channel": f"h:{i % 4}"}))
+            assert "ok" in json.loads(await asyncio.wait_for(ws.recv(), timeout(5)))
+            clients.append(ws)
+        await direct.send(json.dumps({"id": 1, "op": "subscribe", "channel": "h:0"}))
+        assert "ok" in json.loads(await asyncio.wait_for(direct.recv(), timeout(5)))
+        assert len(hub.hub.sessions) == baseline + CLIENTS + 1
+
+        proxy.stall()  # every proxied client goes silent: no pong, no FIN
+        await eventually(lambda: len(hub.hub.sessions) == baseline + 1, timeout=timeout(20))
+        async with httpx.AsyncClient(base_url=hub.http_url, timeout=timeout(5)) as api:
+            presence = (await api.get("/api/presence", params={"channel": "h:1"})).json()
+            assert presence["clients"] == []
+            channels = (await api.get("/api/channels")).json()
+            assert json.dumps(channels).count('"h:') == 1  # only the direct client's channel
+            # The live client did not notice: it still gets what is published.
+            r = await api.post("/api/publish", json={"channel": "h:0", "data": "still here"})
+            assert r.status_code == 200
+        assert json.loads(await asyncio.wait_for(direct.recv(), timeout(5)))["data"] == "still here"
+    finally:
+        proxy.resume()
+        await proxy.close()
+        await direct.close()
+        for ws in clients:
+            ws.transport.abort()

@@ -226,7 +226,11 @@ header_text = st.text(
 frames = st.builds(
     Frame,
     st.sampled_from(["SEND", "MESSAGE", "ERROR", "RECEIPT", "SUBSCRIBE"]),
-    st.lists(st.tuples(header_text.filter(bool), header_text), max_size=6).map(tuple),
+    # content-length is serialise's to write: a drawn one would not describe the body.
+    st.lists(
+        st.tuples(header_text.filter(lambda name: name not in ("", "content-length")), header_text),
+        max_size=6,
+    ).map(tuple),
     st.binary(max_size=200),
 )
 

@@ -1,0 +1,172 @@
+"""The publish path's cost in one process: hub, server and client on one event loop.
+
+``clarion serve``'s server and hub run in this process on loopback, with ``--channels``
+WebSocket subscribers (one per channel) and ``--connections`` keep-alive HTTP connections that
+each publish to the next channel in turn, one request in flight. Every request is the whole
+publish path: HTTP parsing, the ASGI app, JSON, the history append, the cursor, the frame, the
+reply and the write to the subscriber.
+
+It prints the process CPU per publication. That figure includes this file's client (the same
+for every tree measured), and on a shared machine it varies from run to run; for a figure that
+does not, count instructions, with callgrind counting only while publications are made::
+
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=cg.out \\
+        .venv/bin/python -m benchmarks.publish_cost --requests 1000 --callgrind
+    grep ^summary: cg.out    # instructions; divide by --requests
+
+(user space only: the kernel's part of the syscalls is not counted.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks.loadgen import make_payload, mask_frame, subscribe_op, ws_upgrade_request
+
+
+class _Reader(asyncio.Protocol):
+    """A client connection: counts response ends (publisher) or bytes (subscriber)."""
+
+    def __init__(self, done: Any = None) -> None:
+        self.done = done
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.received = 0
+        self.frames = 0
+        self.replied = False
+        self.opened = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.opened.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.done is None:
+            if self.replied:  # a publication frame carries its offset once
+                self.frames += data.count(b'"offset":')
+            elif b'"id":1' in data:  # the subscribe reply: the subscription is live
+                self.replied = True
+        else:
+            # One small JSON reply per request: its body ends with "}".
+            self.buf += data
+            while b"}" in self.buf and b"\r\n\r\n" in self.buf:
+                _, _, rest = self.buf.partition(b"\r\n\r\n")
+                end = rest.find(b"}")
+                if end < 0:
+                    break
+                self.buf = rest[end + 1 :]
+                self.done(self)
+
+
+def _callgrind(state: str) -> None:
+    """Turn callgrind's instrumentation of this process on or off (it waits for the answer)."""
+    subprocess.run(
+        ["callgrind_control", "-i", state, str(os.getpid())], check=True, capture_output=True
+    )
+
+
+async def run(
+    requests: int, channels: int, connections: int, callgrind: bool = False
+) -> dict[str, Any]:
+    from clarion.core.hub import Hub
+    from clarion.settings import Limits, Settings
+    from clarion.standalone import make_server
+
+    loop = asyncio.get_running_loop()
+    # The subscribers answer no pings: however slow the run (under valgrind), none is sent.
+    hub = Hub(Settings(limits=Limits(ping_interval=86400)))
+    server = make_server(hub, port=0)
+    await server.start()
+    port = server.port
+    subs: list[_Reader] = []
+    for k in range(channels):
+        _, sub = await loop.create_connection(_Reader, "127.0.0.1", port)
+        assert sub.transport is not None
+        sub.transport.write(ws_upgrade_request("127.0.0.1", port, "/ws", "clarion.v1"))
+        sub.transport.write(mask_frame(subscribe_op(channel=f"bench{k}")))
+        subs.append(sub)
+    while not all(s.replied for s in subs):
+        await asyncio.sleep(0.01)
+
+    sent = answered = 0
+    finished = loop.create_future()
+
+    def post(conn: _Reader) -> None:
+        nonlocal sent
+        sent += 1
+        body = b'{"channel":"bench%d","data":%s}' % (sent % channels, make_payload(sent, 100))
+        assert conn.transport is not None
+        conn.transport.write(
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    def done(conn: _Reader) -> None:
+        nonlocal answered
+        answered += 1
+        if sent < requests:
+            post(conn)
+        elif answered == requests and not finished.done():
+            finished.set_result(None)
+
+    pubs = []
+    for _ in range(connections):
+        _, pub = await loop.create_connection(lambda: _Reader(done), "127.0.0.1", port)
+        pubs.append(pub)
+    if callgrind:
+        _callgrind("on")
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    for pub in pubs[:requests]:
+        post(pub)
+    await finished
+    deadline = time.monotonic() + 600
+    while sum(s.frames for s in subs) < requests and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)  # every frame written reaches its subscriber
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    if callgrind:
+        _callgrind("off")
+    for conn in pubs + subs:
+        assert conn.transport is not None
+        conn.transport.close()
+    await server.shutdown(5.0)
+    return {
+        "requests": requests,
+        "channels": channels,
+        "connections": connections,
+        "cpu_us_per_publication": round(1e6 * cpu / requests, 1),
+        "publications_per_s": round(requests / wall),
+        "delivered": sum(s.frames for s in subs),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=5000)
+    p.add_argument("--channels", type=int, default=100, help="one WebSocket subscriber each")
+    p.add_argument("--connections", type=int, default=16, help="publishing HTTP connections")
+    p.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="under valgrind --tool=callgrind --instr-atstart=no: count only the publishing",
+    )
+    a = p.parse_args(argv)
+    try:
+        import uvloop
+
+        result = uvloop.run(run(a.requests, a.channels, a.connections, a.callgrind))
+    except ImportError:  # pragma: no cover - uvloop is a clarion dependency on Linux
+        result = asyncio.run(run(a.requests, a.channels, a.connections, a.callgrind))
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

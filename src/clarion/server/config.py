@@ -14,7 +14,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -81,10 +81,10 @@ class Registry:
     refusals: Refusals = field(default_factory=lambda: Refusals(log, "HTTP connection(s)"))
     descriptors: int | None = None
 
-    def start(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+    def start(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run an app coroutine as a task that shutdown can wait for."""
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        task.set_name(name)
+        # One per HTTP request: the loop's own create_task, not ensure_future's checks.
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task

@@ -277,7 +277,7 @@ class HttpProtocol(asyncio.Protocol):
             path = unquote(raw_path.decode("ascii"))
         except (UnicodeDecodeError, httptools.HttpParserInvalidURLError):
             self._raise(400)
-        values = {name: value for name, value in headers}
+        values = dict(headers)
         upgrade = values.get(b"upgrade", b"").lower()
         scope: Scope = {
             "asgi": ASGI_VERSION,

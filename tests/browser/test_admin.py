@@ -174,6 +174,7 @@ async def test_operator_sees_connections_publishes_and_disconnects(
         for transport, count in (("ws", "2"), ("sse", "1"), ("poll", "1"), ("stomp", "1")):
             await cell(page, f"{row} td.conn-{transport}", count)
         await cell(page, "#live-state", "live")
+        assert "null" not in await page.inner_text("#nodes")  # no engine error, and no stray text
         # The charts follow the metrics channel: several seconds, the same 5 connections.
         await page.wait_for_function(
             "() => { const c = document.getElementById('chart-connections');"

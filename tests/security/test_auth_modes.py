@@ -160,6 +160,15 @@ def test_notes_name_the_missing_key() -> None:
     assert "api_key" in only_secret
 
 
+def test_notes_say_the_admin_page_needs_an_allowed_origin() -> None:
+    full = {"api_key": KEY, "token_secret": SECRET, "admin": True}
+    (note,) = auth_notes(Settings(**full))
+    assert "public_url" in note and "admin" in note
+    assert auth_notes(Settings(**full, public_url="http://127.0.0.1:8000")) == []
+    assert auth_notes(Settings(**full, allowed_origins=["https://ops.example.com"])) == []
+    assert auth_notes(Settings(admin=True)) == []  # development mode allows loopback pages
+
+
 async def test_an_embedded_hub_says_it_too(caplog: pytest.LogCaptureFixture) -> None:
     from clarion import Hub
 

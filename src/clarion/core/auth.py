@@ -112,8 +112,8 @@ def secret_note(secret: str | None, algorithm: str) -> str | None:
 
 
 def auth_notes(settings: Settings) -> list[str]:
-    """What a partial auth configuration leaves out, and a too short token_secret, one line
-    each, for the start-up log.
+    """What a partial auth configuration leaves out, a too short token_secret, and an admin page
+    no browser origin may reach, one line each, for the start-up log.
 
     Development mode — no ``api_key`` and no token key — is the one state in which everything is
     allowed (announced on its own). Any other configuration is secure as it stands: a hub
@@ -132,6 +132,13 @@ def auth_notes(settings: Settings) -> list[str]:
     short = secret_note(settings.token_secret, settings.token_algorithm)
     if short:
         notes.append(short)
+    if settings.admin and not settings.public_url and not settings.allowed_origins:
+        # The page loads, but its WebSocket is a browser's: refused (403), it stays "not live".
+        notes.append(
+            "admin = true but no browser origin is allowed: the admin page's live charts cannot "
+            "connect; set public_url to the address the page is opened at, e.g. "
+            "http://127.0.0.1:8000"
+        )
     return notes
 
 

@@ -16,8 +16,9 @@ export async function overview(view, live) {
     const up = info.nodes.filter((n) => n.state === "up").length;
     nodes.replaceChildren(
       h("p", { class: "muted" }, `${up} of ${info.nodes.length} nodes up · engine ${info.engine}`),
-      info.engine_error ? h("p", { class: "error", id: "engine-error" },
-        `The engine does not answer (${info.engine_error}): the other nodes are unknown.`) : null,
+      // replaceChildren, unlike h(), would show a null as the text "null".
+      ...(info.engine_error ? [h("p", { class: "error", id: "engine-error" },
+        `The engine does not answer (${info.engine_error}): the other nodes are unknown.`)] : []),
       table([
         { title: "node", cell: (n) => n.id + (n.id === info.node ? " (this page's)" : "") },
         { title: "state", cls: "state", cell: (n) => n.state },

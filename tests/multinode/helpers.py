@@ -36,15 +36,24 @@ class Node:
         env: dict[str, str],
         port: int | None = None,
     ) -> None:
+        # A port chosen here may be taken by another process before the node binds it: then
+        # the node starts again on another (not when restarted on a given port).
+        self._chosen = port is None
         self.port = port if port is not None else free_port()
+        self._engine, self._config, self._env = engine, config, env
+        self._log_dir = log_dir
+        self._launch()
+
+    def _launch(self) -> None:
         self.http_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
-        self.log_path = log_dir / f"node-{self.port}.log"
+        self.log_path = self._log_dir / f"node-{self.port}.log"
         self._log = self.log_path.open("ab")  # a node restarted on its port appends
-        args = [CLARION, "serve", "--config", str(config), "--engine", engine]
+        self._logged = self.log_path.stat().st_size
+        args = [CLARION, "serve", "--config", str(self._config), "--engine", self._engine]
         args += ["--port", str(self.port)]
         self.process = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+            args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **self._env}
         )
 
     async def wait_healthy(self, timeout: float = 15.0) -> None:
@@ -52,10 +61,17 @@ class Node:
         async with httpx.AsyncClient(timeout=1.0) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
+                    if self._chosen and "cannot listen" in self.log():
+                        self._log.close()
+                        self.port = free_port()
+                        self._launch()
+                        continue
                     raise RuntimeError(f"node exited:\n{self.log()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(self.http_url + "/healthz")).status_code == 200:
-                        return
+                # Its own log says it listens: a /healthz answer is then this node's.
+                if b"listening on" in self.log_path.read_bytes()[self._logged :]:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(self.http_url + "/healthz")).status_code == 200:
+                            return
                 await asyncio.sleep(0.05)
         raise RuntimeError(f"node on port {self.port} not healthy in time:\n{self.log()}")
 

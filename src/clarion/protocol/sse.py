@@ -51,7 +51,7 @@ def _check_field(name: str, value: str) -> bytes:
 def data_lines(data: bytes | str) -> bytes:
     """``data:`` lines carrying ``data``, one per line of it (CR, LF and CRLF all split)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    if b"\n" not in raw and b"\r" not in raw:  # the common case: one line (e.g. any JSON)
+    if raw.find(b"\n") < 0 and raw.find(b"\r") < 0:  # the common case: one line (any JSON)
         return b"data: " + raw + b"\n"
     return b"".join(b"data: " + line + b"\n" for line in _LINE_BREAK.split(raw))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from clarion.asgitypes import Message, Scope
@@ -27,6 +28,9 @@ DISCONNECT: Message = {"type": "http.disconnect"}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _status_lines: dict[int, bytes] = {}
+# One search per header: ``b"\n" in value`` costs CPython a raised and cleared TypeError
+# (it first tries the operand as an integer), four times per header of every response.
+_cr_or_lf = re.compile(rb"[\r\n]").search
 
 
 def status_line(status: int) -> bytes:
@@ -224,7 +228,7 @@ class HttpCycle:
         has_connection = has_date = False
         for name, value in headers:
             lname = name.lower()
-            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
+            if _cr_or_lf(name) or _cr_or_lf(value):
                 raise RuntimeError("invalid header: CR or LF")
             if lname == b"content-length":
                 self._length = int(value)

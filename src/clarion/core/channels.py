@@ -158,11 +158,16 @@ class LocalChannels:
         if local is None:
             return
         deliveries = self.stats.deliveries
+        total = 0
         for fmt, group in local.by_format.items():
             fmt.deliver(group.values(), pub.encoded(fmt, fmt.encode))
             deliveries[fmt.transport] += len(group)
+            total += len(group)
         for sub in local.ahead:  # live already, only waiting for stored publications
             sub.push(pub.encoded(sub.fmt, sub.fmt.encode))
+            deliveries[sub.fmt.transport] += 1
+            total += 1
+        self.stats.activity.count(pub.channel, total)
 
     def _reset_all(self, local: LocalChannel, reason: str, position: StreamPosition) -> None:
         cursor = encode_single(local.name, position.epoch, position.offset)

@@ -11,6 +11,7 @@ touch any other Redis running on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +36,9 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
+        # A port chosen here may be taken before redis-server binds it: then it starts again
+        # on another (not on restart(), which keeps its port).
+        self._chosen = port is None
         self.port = port if port is not None else free_port()
         # Persistent: an append-only file fsynced on every write, kept across restart().
         self.persistent = persistent
@@ -48,7 +53,7 @@ class RedisServer:
             REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "yes" if self.persistent else "no",
             "--appendfsync", "always", "--daemonize", "no",
-            "--dir", self._dir, "--loglevel", "warning",
+            "--dir", self._dir, "--loglevel", "warning", "--logfile", "redis.log",
         ]
         # fmt: on
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -56,20 +61,35 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
+                with contextlib.suppress(OSError):
+                    err += (Path(self._dir) / "redis.log").read_text(errors="replace")
+                if self._chosen and "Address already in use" in err:
+                    self.port = free_port()
+                    self.url = f"redis://127.0.0.1:{self.port}/0"
+                    return self.start(deadline - time.monotonic())
                 raise RuntimeError(f"redis-server exited at start: {err}")
             if self.ping():
+                self._chosen = False  # restarts keep this port
                 return
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
     def ping(self) -> bool:
+        """This server answers: the process on the port is the one started here."""
+        assert self.process is not None
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                s.sendall(b"INFO server\r\n")
+                answer = b""
+                while b"process_id:" not in answer or not answer.endswith(b"\r\n"):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        return False
+                    answer += chunk
         except OSError:
             return False
+        return f"process_id:{self.process.pid}\r\n".encode() in answer
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
         """Stop the server (SIGKILL by default: nothing is saved, connections drop at once)."""

@@ -3,6 +3,8 @@
 Nested keys join with ``__`` in the environment, e.g. ``CLARION_LIMITS__MAX_CONNECTIONS_PER_IP``
 (:mod:`clarion.settings_sources` reads both and words the errors). Every field is documented in
 ``docs/configuration.md`` (a test keeps the two in step).
+
+Long on purpose: every setting, its default, bounds and meaning, in the one model it is read into.
 """
 
 from __future__ import annotations

@@ -102,8 +102,40 @@ def _query(name: str, required: bool, schema: dict[str, Any], description: str) 
 
 _TOKEN = _query("token", False, {"type": "string"}, "connection token (or Authorization: Bearer)")
 
+_ERRORS = {"400": _ERROR, "401": _ERROR, "413": _ERROR, "503": _ERROR}
+_OBJECT = {"type": "object"}
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
-def _client_api(errors: dict[str, Any]) -> dict[str, Any]:
+
+def _op(
+    summary: str,
+    *,
+    description: str | None = None,
+    security: list[Any] | None = None,
+    parameters: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    reply: dict[str, Any] = _OBJECT,
+    responses: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One operation; unless ``responses`` says otherwise, a JSON ``reply`` or an API error."""
+    op: dict[str, Any] = {"summary": summary}
+    if description is not None:
+        op["description"] = description
+    if security is not None:
+        op["security"] = security
+    if parameters is not None:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = _json_body(body)
+    op["responses"] = {"200": _ok(reply), **_ERRORS} if responses is None else responses
+    return op
+
+
+def _channel_only() -> list[dict[str, Any]]:
+    return [_query("channel", True, _CHANNEL, "the channel")]
+
+
+def _client_api() -> dict[str, Any]:
     """The client API: what the WebSocket ops do, for sessions on SSE or polling."""
     preflight = {
         "summary": "CORS preflight",
@@ -112,55 +144,49 @@ def _client_api(errors: dict[str, Any]) -> dict[str, Any]:
     }
     return {
         "/client/publish": {
-            "post": {
-                "summary": "Publish with a connection token (as the `publish` op)",
-                "description": "The token's `publish` permissions, the hooks and the client "
+            "post": _op(
+                "Publish with a connection token (as the `publish` op)",
+                description="The token's `publish` permissions, the hooks and the client "
                 "publish rate apply, per user (or address without a user).",
-                "security": [{"bearer": []}],
-                "requestBody": _json_body(
-                    {
-                        "type": "object",
-                        "required": ["channel", "data"],
-                        "properties": {
-                            "channel": _CHANNEL,
-                            "data": {},
-                            "pub_id": {"type": "string", "maxLength": 128},
-                        },
-                    }
-                ),
-                "responses": {"200": _ok({"type": "object"}), **errors},
-            },
+                security=_BEARER,
+                body={
+                    "type": "object",
+                    "required": ["channel", "data"],
+                    "properties": {
+                        "channel": _CHANNEL,
+                        "data": {},
+                        "pub_id": {"type": "string", "maxLength": 128},
+                    },
+                },
+            ),
             "options": preflight,
         },
         "/client/history": {
-            "get": {
-                "summary": "History with a connection token (as the `history` op)",
-                "security": [{"bearer": []}],
-                "parameters": [
-                    _query("channel", True, _CHANNEL, "the channel"),
+            "get": _op(
+                "History with a connection token (as the `history` op)",
+                security=_BEARER,
+                parameters=[
+                    *_channel_only(),
                     _query("since", False, {"type": "string"}, "after this cursor"),
                     _query("limit", False, {"type": "integer"}, "at most this many, 0-1000"),
                     _query("reverse", False, {"type": "boolean"}, "newest first"),
                     _TOKEN,
                 ],
-                "responses": {"200": _ok({"type": "object"}), **errors},
-            }
+            )
         },
         "/client/presence": {
-            "get": {
-                "summary": "Presence with a connection token (as the `presence` op)",
-                "security": [{"bearer": []}],
-                "parameters": [_query("channel", True, _CHANNEL, "the channel"), _TOKEN],
-                "responses": {"200": _ok({"type": "object"}), **errors},
-            }
+            "get": _op(
+                "Presence with a connection token (as the `presence` op)",
+                security=_BEARER,
+                parameters=[*_channel_only(), _TOKEN],
+            )
         },
         "/client/presence_stats": {
-            "get": {
-                "summary": "Presence counts with a connection token (as the `presence_stats` op)",
-                "security": [{"bearer": []}],
-                "parameters": [_query("channel", True, _CHANNEL, "the channel"), _TOKEN],
-                "responses": {"200": _ok({"type": "object"}), **errors},
-            }
+            "get": _op(
+                "Presence counts with a connection token (as the `presence_stats` op)",
+                security=_BEARER,
+                parameters=[*_channel_only(), _TOKEN],
+            )
         },
     }
 
@@ -170,22 +196,15 @@ def _path_id() -> dict[str, Any]:
 
 
 def _webhook_post(summary: str) -> dict[str, Any]:
-    return {
-        "parameters": [_path_id()],
-        "post": {
-            "summary": summary,
-            "responses": {
-                "200": _ok({"type": "object"}),
-                "400": _ERROR,
-                "401": _ERROR,
-                "404": _ERROR,
-            },
-        },
-    }
+    responses = {"200": _ok(_OBJECT), "400": _ERROR, "401": _ERROR, "404": _ERROR}
+    return {"parameters": [_path_id()], "post": _op(summary, responses=responses)}
+
+
+def _webhook_get(summary: str) -> dict[str, Any]:
+    return _op(summary, responses={"200": _ok(_OBJECT), "404": _ERROR, **_ERRORS})
 
 
 def document() -> dict[str, Any]:
-    errors = {"400": _ERROR, "401": _ERROR, "413": _ERROR, "503": _ERROR}
     return {
         "openapi": "3.1.0",
         "info": {"title": "clarion server API", "version": __version__},
@@ -240,66 +259,56 @@ def document() -> dict[str, Any]:
         "security": [{"apikey": []}],
         "paths": {
             "/api/publish": {
-                "post": {
-                    "summary": "Publish to one channel",
-                    "requestBody": _json_body(
-                        {
-                            "type": "object",
-                            "required": ["channel", "data"],
-                            "properties": {
-                                "channel": _CHANNEL,
-                                "data": {},
-                                "id": {"type": "string", "description": "idempotency key"},
-                                "ephemeral": {
-                                    "type": "boolean",
-                                    "description": "a live signal: delivered to live "
-                                    "subscribers, never stored, no offset",
-                                },
-                                "key": {
-                                    "type": "string",
-                                    "description": "an ephemeral publication's key: a "
-                                    "backlogged subscriber keeps the latest per key",
-                                },
+                "post": _op(
+                    "Publish to one channel",
+                    body={
+                        "type": "object",
+                        "required": ["channel", "data"],
+                        "properties": {
+                            "channel": _CHANNEL,
+                            "data": {},
+                            "id": {"type": "string", "description": "idempotency key"},
+                            "ephemeral": {
+                                "type": "boolean",
+                                "description": "a live signal: delivered to live "
+                                "subscribers, never stored, no offset",
                             },
-                        }
-                    ),
-                    "responses": {
-                        "200": _ok(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "offset": {"type": "integer"},
-                                    "epoch": {"type": "string"},
-                                    "cursor": {"type": "string"},
-                                    "ephemeral": {"type": "boolean"},
-                                },
-                            }
-                        ),
-                        **errors,
+                            "key": {
+                                "type": "string",
+                                "description": "an ephemeral publication's key: a "
+                                "backlogged subscriber keeps the latest per key",
+                            },
+                        },
                     },
-                }
+                    reply={
+                        "type": "object",
+                        "properties": {
+                            "offset": {"type": "integer"},
+                            "epoch": {"type": "string"},
+                            "cursor": {"type": "string"},
+                            "ephemeral": {"type": "boolean"},
+                        },
+                    },
+                )
             },
             "/api/broadcast": {
-                "post": {
-                    "summary": "Publish the same data to several channels",
-                    "requestBody": _json_body(
-                        {
-                            "type": "object",
-                            "required": ["channels", "data"],
-                            "properties": {
-                                "channels": {"type": "array", "items": _CHANNEL},
-                                "data": {},
-                            },
-                        }
-                    ),
-                    "responses": {"200": _ok({"type": "object"}), **errors},
-                }
+                "post": _op(
+                    "Publish the same data to several channels",
+                    body={
+                        "type": "object",
+                        "required": ["channels", "data"],
+                        "properties": {
+                            "channels": {"type": "array", "items": _CHANNEL},
+                            "data": {},
+                        },
+                    },
+                )
             },
             "/api/history": {
-                "get": {
-                    "summary": "Read a channel's history",
-                    "parameters": [
-                        _query("channel", True, _CHANNEL, "the channel"),
+                "get": _op(
+                    "Read a channel's history",
+                    parameters=[
+                        *_channel_only(),
                         _query("since", False, {"type": "string"}, "a cursor"),
                         _query("limit", False, {"type": "integer"}, "at most this many"),
                         _query(
@@ -309,33 +318,27 @@ def document() -> dict[str, Any]:
                             "newest first, older than `since`; the reply's `cursor` pages back",
                         ),
                     ],
-                    "responses": {"200": _ok({"type": "object"}), **errors},
-                }
+                )
             },
             "/api/presence": {
-                "get": {
-                    "summary": "Who is subscribed to a channel",
-                    "parameters": [_query("channel", True, _CHANNEL, "the channel")],
-                    "responses": {"200": _ok({"type": "object"}), **errors},
-                }
+                "get": _op("Who is subscribed to a channel", parameters=_channel_only())
             },
             "/api/presence_stats": {
-                "get": {
-                    "summary": "How many clients and distinct users are on a channel",
-                    "description": "The counts alone, without listing anyone: "
+                "get": _op(
+                    "How many clients and distinct users are on a channel",
+                    description="The counts alone, without listing anyone: "
                     '`{"clients": N, "users": M}`.',
-                    "parameters": [_query("channel", True, _CHANNEL, "the channel")],
-                    "responses": {"200": _ok({"type": "object"}), **errors},
-                }
+                    parameters=_channel_only(),
+                )
             },
             "/api/channels": {
-                "get": {
-                    "summary": "Channels with subscribers, across the cluster",
-                    "description": "Each channel with its subscribers summed over the nodes "
+                "get": _op(
+                    "Channels with subscribers, across the cluster",
+                    description="Each channel with its subscribers summed over the nodes "
                     "that are up, its publication rate (per second, last second) and the nodes "
                     "holding it. Other nodes are read from their last announce, which lists "
                     "their busiest channels only: `complete` says whether every channel is in.",
-                    "parameters": [
+                    parameters=[
                         _query("node", False, {"type": "string"}, "one node's channels only"),
                         _query("q", False, {"type": "string"}, "names containing this"),
                         _query(
@@ -351,154 +354,134 @@ def document() -> dict[str, Any]:
                             "at most this many (default and cap 10,000)",
                         ),
                     ],
-                    "responses": {"200": _ok(_CHANNELS), **errors},
-                }
+                    reply=_CHANNELS,
+                )
             },
             "/api/info": {
-                "get": {
-                    "summary": "The nodes and their figures",
-                    "description": "This node first, then every node announced through the "
+                "get": _op(
+                    "The nodes and their figures",
+                    description="This node first, then every node announced through the "
                     "engine (every second; on the memory engine the node is alone). A node "
                     "whose last announce is older than a few seconds is `gone`.",
-                    "responses": {"200": _ok(_INFO), **errors},
-                }
+                    reply=_INFO,
+                )
             },
             "/api/disconnect": {
-                "post": {
-                    "summary": "Disconnect a user's or a token's sessions on every node",
-                    "description": "With `until`, or for a token (`jti`), new connections are "
+                "post": _op(
+                    "Disconnect a user's or a token's sessions on every node",
+                    description="With `until`, or for a token (`jti`), new connections are "
                     "refused on every node, and after restarts, until the revocation lapses.",
-                    "requestBody": _json_body(
-                        {
-                            "type": "object",
-                            "anyOf": [{"required": ["user"]}, {"required": ["jti"]}],
-                            "properties": {
-                                "user": {"type": "string", "description": "a token's `sub`"},
-                                "jti": {"type": "string", "description": "a token's `jti`"},
-                                "until": {
-                                    "type": "number",
-                                    "description": "refuse new connections until this Unix time",
-                                },
-                                "exp": {
-                                    "type": "number",
-                                    "description": "the revoked token's `exp` (with `jti`, "
-                                    "without `until`): how long its revocation is kept",
-                                },
+                    body={
+                        "type": "object",
+                        "anyOf": [{"required": ["user"]}, {"required": ["jti"]}],
+                        "properties": {
+                            "user": {"type": "string", "description": "a token's `sub`"},
+                            "jti": {"type": "string", "description": "a token's `jti`"},
+                            "until": {
+                                "type": "number",
+                                "description": "refuse new connections until this Unix time",
                             },
-                        }
-                    ),
-                    "responses": {"200": _ok({"type": "object"}), **errors},
-                }
+                            "exp": {
+                                "type": "number",
+                                "description": "the revoked token's `exp` (with `jti`, "
+                                "without `until`): how long its revocation is kept",
+                            },
+                        },
+                    },
+                )
             },
             "/api/subscribe": {
-                "post": {
-                    "summary": "Subscribe a user's live sessions (or one connection) to a channel",
-                    "description": "On every node and transport; each session gets a `subscribe` "
+                "post": _op(
+                    "Subscribe a user's live sessions (or one connection) to a channel",
+                    description="On every node and transport; each session gets a `subscribe` "
                     "push. The backend's grant: the token's permissions are not checked.",
-                    "requestBody": _json_body(_server_subscription(with_since=True)),
-                    "responses": {"200": _ok({"type": "object"}), **errors},
-                }
+                    body=_server_subscription(with_since=True),
+                )
             },
             "/api/unsubscribe": {
-                "post": {
-                    "summary": "End a channel on a user's live sessions (or one connection)",
-                    "description": "On every node and transport; each session gets an "
+                "post": _op(
+                    "End a channel on a user's live sessions (or one connection)",
+                    description="On every node and transport; each session gets an "
                     "`unsubscribe` push with reason `server`.",
-                    "requestBody": _json_body(_server_subscription(with_since=False)),
-                    "responses": {"200": _ok({"type": "object"}), **errors},
-                }
+                    body=_server_subscription(with_since=False),
+                )
             },
             "/sse": {
-                "get": {
-                    "summary": "Server-Sent Events stream of one or more channels",
-                    "security": [],
-                    "parameters": [
+                "get": _op(
+                    "Server-Sent Events stream of one or more channels",
+                    security=[],
+                    parameters=[
                         _query("channel", True, _CHANNEL, "a channel; repeat for several"),
                         _query("cursor", False, {"type": "string"}, "resume after this cursor"),
                         _query("token", False, {"type": "string"}, "connection token"),
                     ],
-                    "responses": {
+                    responses={
                         "200": {
                             "description": "an endless text/event-stream",
                             "content": {"text/event-stream": {}},
                         },
-                        **errors,
+                        **_ERRORS,
                     },
-                }
+                )
             },
             "/poll": {
-                "get": {
-                    "summary": "Long polling (timeout > 0) or polling (timeout = 0)",
-                    "security": [],
-                    "parameters": [
+                "get": _op(
+                    "Long polling (timeout > 0) or polling (timeout = 0)",
+                    security=[],
+                    parameters=[
                         _query("channel", True, _CHANNEL, "a channel; repeat for several"),
                         _query("cursor", False, {"type": "string"}, "after this cursor"),
                         _query("timeout", False, {"type": "number"}, "seconds to wait, 0-60"),
                         _query("token", False, {"type": "string"}, "connection token"),
                     ],
-                    "responses": {
-                        "200": _ok({"type": "object"}),
+                    responses={
+                        "200": _ok(_OBJECT),
                         "304": {"description": "nothing new (If-None-Match)"},
-                        **errors,
+                        **_ERRORS,
                     },
-                }
+                )
             },
-            **_client_api(errors),
+            **_client_api(),
             "/api/webhooks": {
-                "get": {
-                    "summary": "Webhook endpoints and their delivery state",
-                    "responses": {"200": _ok({"type": "object"}), **errors},
-                },
-                "post": {
-                    "summary": "Register a webhook endpoint",
-                    "requestBody": _json_body(
-                        {
-                            "type": "object",
-                            "required": ["url", "channels"],
-                            "properties": {
-                                "url": {"type": "string"},
-                                "channels": {"type": "array", "items": {"type": "string"}},
-                                "secret": {"type": "string"},
-                                "events": {"type": "array", "items": {"type": "string"}},
-                            },
-                        }
-                    ),
-                    "responses": {"200": _ok({"type": "object"}), **errors},
-                },
+                "get": _op("Webhook endpoints and their delivery state"),
+                "post": _op(
+                    "Register a webhook endpoint",
+                    body={
+                        "type": "object",
+                        "required": ["url", "channels"],
+                        "properties": {
+                            "url": {"type": "string"},
+                            "channels": {"type": "array", "items": {"type": "string"}},
+                            "secret": {"type": "string"},
+                            "events": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                ),
             },
             "/api/webhooks/{id}": {
                 "parameters": [_path_id()],
-                "get": {
-                    "summary": "One endpoint, with its secret and delivery state",
-                    "responses": {"200": _ok({"type": "object"}), "404": _ERROR, **errors},
-                },
-                "delete": {
-                    "summary": "Remove an endpoint and its queue",
-                    "responses": {"200": _ok({"type": "object"}), "404": _ERROR, **errors},
-                },
+                "get": _webhook_get("One endpoint, with its secret and delivery state"),
+                "delete": _webhook_get("Remove an endpoint and its queue"),
             },
             "/api/webhooks/{id}/enable": _webhook_post("Re-enable an endpoint disabled by 410"),
             "/api/webhooks/{id}/replay": _webhook_post("Deliver again from a cursor"),
             "/api/webhooks/{id}/dead-letters": {
                 "parameters": [_path_id()],
-                "get": {
-                    "summary": "Deliveries that exhausted their retries",
-                    "responses": {"200": _ok({"type": "object"}), "404": _ERROR, **errors},
-                },
+                "get": _webhook_get("Deliveries that exhausted their retries"),
             },
             "/api/webhooks/{id}/dead-letters/replay": _webhook_post("Retry dead letters"),
             "/healthz": {
-                "get": {
-                    "summary": "Health of the node and its engine",
-                    "security": [],
-                    "responses": {"200": _ok({"type": "object"}), "503": _ERROR},
-                }
+                "get": _op(
+                    "Health of the node and its engine",
+                    security=[],
+                    responses={"200": _ok(_OBJECT), "503": _ERROR},
+                )
             },
             "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "Prometheus text format"}},
-                }
+                "get": _op(
+                    "Prometheus metrics",
+                    responses={"200": {"description": "Prometheus text format"}},
+                )
             },
         },
     }

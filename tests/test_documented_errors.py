@@ -23,7 +23,7 @@ DOCS = ROOT / "docs"
 
 # Modules that do not answer peers of the hub: the Python client raises its own errors on the
 # caller's side (documented by exception class in docs/client.md), and the CLIs print theirs.
-NOT_HUB = ("client/", "cli.py", "webhooks/cli.py", "demo/cli.py")
+NOT_HUB = ("client/", "cli/", "webhooks/cli.py", "demo/cli.py")
 # Codes of exceptions that never leave the process: a configuration or an address refused at
 # start-up, and the root classes that only give their subclasses a default.
 NEVER_SENT = {"config", "error", "listen", "stomp"}

@@ -11,10 +11,11 @@ from clarion.errors import ClarionError
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from clarion.cli import Loaded, _serve, _setup_logging, run
+    from clarion.cli.command import Loaded, run, setup_logging
+    from clarion.cli.serve import serve
     from clarion.demo.app import demo_settings
 
-    _setup_logging(args.log_level or "info")
+    setup_logging(args.log_level or "info")
     if args.log_level != "debug":  # the devices' comings and goings are the dashboard's to show
         logging.getLogger("clarion.client").setLevel(logging.WARNING)
     # Durable state of the run (revocations) goes with the run.
@@ -26,11 +27,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "token to anyone who asks. Bind 127.0.0.1, or pass --insecure.",
                 code="insecure_bind",
             )
-        return run(_serve(Loaded(settings, None, False, []), demo=True))
+        return run(serve(Loaded(settings, None, False, []), demo=True))
 
 
 def add_parser(sub: Any) -> None:
-    from clarion.cli import LOG_LEVELS, _port
+    from clarion.cli.command import LOG_LEVELS, port_number
 
     demo = sub.add_parser(
         "demo",
@@ -43,7 +44,7 @@ def add_parser(sub: Any) -> None:
     )
     demo.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     demo.add_argument(
-        "--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)"
+        "--port", type=port_number, default=8000, help="port (default 8000; 0 picks a free one)"
     )
     demo.add_argument(
         "--insecure",

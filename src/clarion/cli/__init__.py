@@ -1,0 +1,126 @@
+"""The ``clarion`` command: serve, publish, subscribe, token (and webhooks, demo).
+
+The subcommands live in :mod:`clarion.cli.serve` and :mod:`clarion.cli.client`, what they share in
+:mod:`clarion.cli.command`; this module builds the parser and runs one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from clarion import __version__
+from clarion.cli.client import (
+    add_client_options,
+    client_target,
+    cmd_publish,
+    cmd_subscribe,
+    cmd_token,
+)
+from clarion.cli.command import LOG_LEVELS, Parser, duration, json_value, port_number
+from clarion.cli.serve import cmd_serve, worker_count_arg
+from clarion.errors import ClarionError
+
+# `main` is the entry point; the webhooks command builds on the client options.
+__all__ = ["add_client_options", "build_parser", "client_target", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="clarion", description="clarion: a real-time messaging hub.")
+    parser.add_argument("--version", action="version", version=f"clarion {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the hub",
+        description="Run the hub. Settings come from --config (TOML; default ./clarion.toml "
+        "when there is one), then CLARION_* environment variables, then these flags. With no "
+        "configuration it runs in local development mode (memory engine, no secrets, "
+        "127.0.0.1:8000). See docs/configuration.md for every option.",
+    )
+    serve.add_argument("--config", help="path to clarion.toml (default ./clarion.toml, if any)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=port_number, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument(
+        "--engine",
+        help='"memory" (default), "redis://host:port/db", "redis+sentinel://…" or '
+        '"redis+cluster://host:port,…"',
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback bind without api_key and token_secret",
+    )
+    serve.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, help="default info")
+    serve.add_argument(
+        "--workers",
+        type=worker_count_arg,
+        default=1,
+        metavar="N",
+        help="hub processes sharing the port (SO_REUSEPORT) and the engine, which must be "
+        'Redis; "auto" = one per core (default 1)',
+    )
+    # Set by the supervisor of --workers for each worker it starts.
+    serve.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-link", type=int, help=argparse.SUPPRESS)
+    serve.set_defaults(func=cmd_serve)
+
+    publish = sub.add_parser("publish", help="publish JSON to a channel through the server API")
+    publish.add_argument("channel")
+    publish.add_argument("data", type=json_value, help='a JSON value, e.g. \'{"text": "hi"}\'')
+    publish.add_argument("--id", help="idempotency key")
+    add_client_options(publish, api_key=True)
+    publish.set_defaults(func=cmd_publish)
+
+    subscribe = sub.add_parser(
+        "subscribe",
+        help="print a channel's publications as JSON lines, resuming across dropped connections",
+    )
+    subscribe.add_argument("channel")
+    subscribe.add_argument("--since", help="a cursor to resume from")
+    add_client_options(subscribe, api_key=False)
+    subscribe.add_argument("--token", help="connection token ($CLARION_TOKEN)")
+    subscribe.add_argument(
+        "--transport", choices=["ws", "sse", "poll", "auto"], default="ws", help="default ws"
+    )
+    subscribe.set_defaults(func=cmd_subscribe)
+
+    token = sub.add_parser("token", help="mint a development connection token (HS256 JWT)")
+    token.add_argument("--user", required=True, help="the token's sub claim")
+    token.add_argument(
+        "--channels", nargs="+", default=[], metavar="PATTERN", help="channels it may subscribe"
+    )
+    token.add_argument("--publish", nargs="*", default=[], metavar="PATTERN", help="may publish")
+    token.add_argument(
+        "--presence",
+        nargs="*",
+        default=[],
+        metavar="PATTERN",
+        help="may read presence without subscribing",
+    )
+    token.add_argument("--ttl", type=duration, default=3600.0, help="lifetime, e.g. 1h (default)")
+    token.add_argument(
+        "--info", type=json_value, help="JSON object shown with publications (and presence)"
+    )
+    token.add_argument("--secret", help="HS256 secret (default: token_secret from config/env)")
+    token.add_argument("--config", help="path to clarion.toml (default ./clarion.toml, if any)")
+    token.set_defaults(func=cmd_token)
+
+    from clarion.demo.cli import add_parser as add_demo_parser
+    from clarion.webhooks.cli import add_parser as add_webhooks_parser
+
+    add_webhooks_parser(sub)
+    add_demo_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the workers of serve
+    try:
+        result: int = args.func(args)
+        return result
+    except ClarionError as exc:
+        sys.stderr.write("".join(f"clarion: {line}\n" for line in exc.message.splitlines()))
+        return 2

@@ -1,0 +1,170 @@
+"""The commands a hub's client runs: ``publish``, ``subscribe``, and ``token`` that mints what a
+client connects with; how they find the hub (``--url``, ``--config``, ``--api-key``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+import orjson
+
+from clarion.cli.command import load_settings, local_url
+from clarion.errors import ClarionError
+
+
+class Target:
+    """The hub a client command talks to, and the API key it sends, with where each came from."""
+
+    def __init__(self, url: str, key: str | None, key_from: str | None) -> None:
+        self.url = url
+        self.key = key
+        self.key_from = key_from
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"apikey {self.key}"} if self.key else {}
+
+    def refused(self, action: str, response: Any) -> ClarionError:
+        error = refused(action, response)
+        if response.status_code == 401:
+            # The hub cannot say how to give it a key; the command can.
+            hint = (
+                f"the API key from {self.key_from} is not one of the hub's"
+                if self.key
+                else "pass the hub's API key: --api-key KEY, CLARION_API_KEY, or api_key in "
+                "clarion.toml (or the file --config names)"
+            )
+            return ClarionError(f"{error.message}\n{hint}", code=error.code)
+        return error
+
+
+def client_target(args: argparse.Namespace) -> Target:
+    """Where ``publish``, ``subscribe`` and ``webhooks`` go: ``--url`` or ``CLARION_URL``, else
+    the hub ``clarion serve`` would run here (its host and port from ``--config`` or
+    ``./clarion.toml`` and ``CLARION_*``); the key from ``--api-key``, else the configured one."""
+    url = args.url or os.environ.get("CLARION_URL")
+    key: str | None = getattr(args, "api_key", None)
+    key_from = "--api-key" if key else None
+    wants_key = hasattr(args, "api_key") and not key
+    if url is None or wants_key:
+        loaded = load_settings(argparse.Namespace(config=args.config))
+        if url is None:
+            source = str(loaded.config) if loaded.config is not None else "the configuration"
+            url = local_url(loaded.settings, source)
+        if wants_key and loaded.settings.api_keys:
+            key = loaded.settings.api_keys[0]
+            variable = "CLARION_API_KEY" in loaded.variables
+            key_from = "CLARION_API_KEY" if variable else str(loaded.config)
+    return Target(url, key, key_from)
+
+
+def refused(action: str, response: Any) -> ClarionError:
+    """The hub's answer to a server API call that failed, as the CLI reports it."""
+    from clarion.client.api import failure
+
+    error = failure(response)
+    return ClarionError(
+        f"{action} refused (HTTP {error.status}, {error.code}): {error.message}", code=error.code
+    )
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    import httpx
+
+    target = client_target(args)
+    body: dict[str, Any] = {"channel": args.channel, "data": args.data}
+    if args.id:
+        body["id"] = args.id
+    try:
+        response = httpx.post(
+            target.url.rstrip("/") + "/api/publish",
+            content=orjson.dumps(body),
+            headers={"Content-Type": "application/json", **target.headers()},
+            timeout=10,
+        )
+    except httpx.HTTPError as exc:
+        raise ClarionError(f"cannot reach {target.url}: {exc}", code="unreachable") from None
+    if response.status_code != 200:
+        raise target.refused("publish", response)
+    sys.stdout.write(response.text.rstrip("\n") + "\n")
+    return 0
+
+
+def _show_client_progress() -> None:
+    """The client's connection lines (connecting, retrying, lost, connected) on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("clarion: %(message)s"))
+    client_log = logging.getLogger("clarion.client")
+    client_log.addHandler(handler)
+    client_log.setLevel(logging.INFO)
+    client_log.propagate = False
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from clarion.client import run_subscribe
+
+    url = client_target(args).url
+    _show_client_progress()
+    try:
+        return asyncio.run(
+            run_subscribe(
+                url,
+                args.channel,
+                since=args.since,
+                token=args.token or os.environ.get("CLARION_TOKEN"),
+                transport=args.transport,
+                out=sys.stdout,
+            )
+        )
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from clarion.core.auth import mint_token, secret_note
+
+    settings = load_settings(args).settings
+    secret = args.secret or settings.token_secret
+    if not secret:
+        raise ClarionError(
+            "no token secret: pass --secret, set token_secret in the config or "
+            "CLARION_TOKEN_SECRET",
+            code="config",
+        )
+    info = args.info if isinstance(args.info, dict) else None
+    algorithm = settings.token_algorithm if settings.token_algorithm.startswith("HS") else "HS256"
+    note = secret_note(secret, algorithm)
+    if note:  # a development secret is allowed, but not silently
+        sys.stderr.write(f"clarion: warning: {note}\n")
+    token = mint_token(
+        secret,
+        args.user,
+        args.channels,
+        publish=args.publish,
+        presence=args.presence,
+        ttl=args.ttl,
+        info=info,
+        algorithm=algorithm,
+    )
+    sys.stdout.write(token + "\n")
+    return 0
+
+
+def add_client_options(parser: argparse.ArgumentParser, *, api_key: bool) -> None:
+    """``--url``, ``--config`` (and ``--api-key``): how a client command finds the hub."""
+    parser.add_argument(
+        "--url",
+        help="hub base URL (default $CLARION_URL, else http://HOST:PORT of the configuration, "
+        "http://127.0.0.1:8000 without one)",
+    )
+    parser.add_argument(
+        "--config", help="clarion.toml for the default URL and key (default ./clarion.toml)"
+    )
+    if api_key:
+        parser.add_argument(
+            "--api-key",
+            help="server API key (default $CLARION_API_KEY, else api_key of the config)",
+        )

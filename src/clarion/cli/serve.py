@@ -1,0 +1,149 @@
+"""``clarion serve``: the hub on clarion's own server, as one process or as ``--workers``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+
+from clarion import __version__
+from clarion.cli.command import Loaded, load_settings, local_url, redact, run, setup_logging
+from clarion.errors import ClarionError
+from clarion.settings import Settings
+
+# Every subcommand logs as ``clarion.cli``: the start-up lines operators grep for keep one name.
+log = logging.getLogger("clarion.cli")
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse to expose a hub beyond loopback with either credential missing."""
+    if settings.binds_loopback() or settings.insecure:
+        return
+    token_key = "token_secret (or token_public_key_file)"
+    if not settings.api_keys and not settings.auth_enabled:
+        missing, consequence = f"api_key and {token_key}", "anyone could publish and subscribe"
+    elif not settings.api_keys:
+        missing = "api_key"
+        consequence = "the server API (/api/*, /metrics) would refuse every call"
+    elif not settings.auth_enabled:
+        missing = token_key
+        consequence = (
+            "every token would be refused, and clients could connect only anonymously, to "
+            "namespaces with anonymous = true"
+        )
+    else:
+        return
+    them = "them" if " and " in missing else "it"
+    raise ClarionError(
+        f"refusing to listen on {settings.host} without {missing}: {consequence}. "
+        f"Configure {them}, bind 127.0.0.1, or pass --insecure.",
+        code="insecure_bind",
+    )
+
+
+def _listen_error(exc: OSError) -> str:
+    # asyncio's bind error repeats the address; the errno says it plainly (a negative one is
+    # a name-resolution error, whose own text is the plain one).
+    number = exc.errno or 0
+    reason = os.strerror(number) if number > 0 else exc.strerror or str(exc)
+    return reason[:1].lower() + reason[1:]
+
+
+async def serve(
+    loaded: Loaded, worker: int | None = None, link_fd: int | None = None, *, demo: bool = False
+) -> int:
+    from clarion.core.hub import Hub
+    from clarion.server import LifespanFailed
+    from clarion.standalone import make_server
+
+    settings = loaded.settings
+    stop = asyncio.Event()
+    link = None
+    if link_fd is not None:
+        from clarion.workers import watch_parent
+
+        link = await watch_parent(link_fd, stop)
+    if not demo:
+        log.info("%s", loaded.describe())
+    # The server binds first (a taken port fails before anything starts), then runs the hub's
+    # lifespan: it starts the hub before accepting connections, and on shutdown stops
+    # accepting, lets the hub tell every client to reconnect elsewhere (4000), then drains what
+    # is left within shutdown_timeout.
+    hub = Hub(settings)
+    if worker is not None:
+        from clarion.core.metrics import labelled
+
+        hub.metrics_registry = labelled(hub.metrics_registry, {"worker": str(worker)})
+    app = None
+    if demo:
+        from clarion.demo import Demo
+
+        app = Demo(hub)
+    server = make_server(hub, reuse_port=worker is not None, app=app)
+    try:
+        await server.start()
+    except LifespanFailed as exc:
+        cause = exc.__cause__
+        reason = cause.message if isinstance(cause, ClarionError) else str(cause or exc)
+        raise ClarionError(f"the hub could not start: {reason}", code="startup") from None
+    except OSError as exc:
+        advice = ""
+        if exc.errno == errno.EADDRINUSE:
+            advice = "; choose another with --port N (or port in clarion.toml / CLARION_PORT)"
+        raise ClarionError(
+            f"cannot listen on {settings.host}:{settings.port}: {_listen_error(exc)}{advice}",
+            code="listen",
+        ) from None
+    if settings.development_mode:
+        log.warning(
+            "local development mode: engine=%s, no API key and no token secret, so anyone who "
+            "can reach %s:%d may publish and subscribe (see docs/configuration.md)",
+            redact(settings.engine),
+            settings.host,
+            server.port,
+        )
+    log.info("clarion %s listening on http://%s:%d", __version__, settings.host, server.port)
+    if settings.host not in ("0.0.0.0", "::", ""):  # a wildcard is learned from requests
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        hub.nodes.address = f"{host}:{server.port}"
+    if link is not None:
+        with contextlib.suppress(OSError):
+            link.send(b"r")  # listening: the supervisor counts this worker as started
+    if app is not None:
+        url = local_url(settings.model_copy(update={"port": server.port}), "the demo")
+        app.serving(url)
+        log.info("the demo apps: %s/demo/ (demo only: tokens for whoever asks)", url)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: telling clients to reconnect elsewhere")
+    await server.shutdown(timeout=settings.shutdown_timeout)
+    log.info("stopped")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from clarion.workers import check_engine, supervise
+
+    loaded = load_settings(args)
+    setup_logging(args.log_level or loaded.settings.log_level, args.worker_id)
+    check_bind(loaded.settings)
+    if args.workers > 1:
+        return supervise(args.argv, args.workers, loaded.settings)
+    check_engine(loaded.settings, args.workers)
+    return run(serve(loaded, args.worker_id, args.worker_link))
+
+
+def worker_count_arg(text: str) -> int:
+    from clarion.workers import worker_count
+
+    try:
+        return worker_count(text.strip().lower())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers takes ")) from None

@@ -117,22 +117,32 @@ class PortableServer:
         self.uv = uv
         self.serving = serving
 
+    @property
+    def sockets(self) -> list[Any]:
+        return list(self.uv.servers[0].sockets)
+
     async def shutdown(self, timeout: float) -> None:
         await self.hub.close()
         self.uv.should_exit = True
         await asyncio.wait_for(self.serving, timeout * 5)
 
 
-async def start_portable_hub(settings: Settings | None = None) -> RunningHub:
+async def start_portable_hub(
+    settings: Settings | None = None, hub: Hub | None = None, *, mount: bool = True
+) -> RunningHub:
+    """The hub under uvicorn: mounted in a Starlette app, or (``mount=False``) its app alone."""
     import time
 
     import uvicorn
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
-    hub = Hub(settings or Settings())
+    hub = hub if hub is not None else Hub(settings or Settings())
     await hub.start()
-    app = Starlette(routes=[Mount("/", app=hub.asgi_app())])
+    app: Any = hub.asgi_app()
+    if mount:
+        app = Starlette(routes=[Mount("/", app=app)])
+    # uvicorn's own proxy-header handling is off: the hub reads those headers itself.
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", proxy_headers=False
     )

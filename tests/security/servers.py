@@ -7,16 +7,13 @@ import asyncio
 import base64
 import contextlib
 import os
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import uvicorn
+from clarion import Settings
 
-from clarion import Hub, Settings
-
-from ..conftest import RunningHub, start_hub, stop_hub, timeout
+from ..conftest import RunningHub, start_hub, start_portable_hub, stop_hub, timeout
 
 SERVERS = ["clarion", "uvicorn"]
 
@@ -31,30 +28,11 @@ async def serve(server: str, settings: Settings) -> AsyncIterator[RunningHub]:
         finally:
             await stop_hub(running)
         return
-    hub = Hub(settings)
-    await hub.start()
-    # uvicorn's own proxy-header handling is off: the hub reads those headers itself.
-    config = uvicorn.Config(
-        hub.asgi_app(),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        lifespan="off",
-        proxy_headers=False,
-    )
-    uv = uvicorn.Server(config)
-    serving = asyncio.create_task(uv.serve())
+    running = await start_portable_hub(settings, mount=False)
     try:
-        deadline = time.monotonic() + timeout(10)
-        while not uv.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            await asyncio.sleep(0.01)
-        port = uv.servers[0].sockets[0].getsockname()[1]
-        yield RunningHub(hub, uv, port)
+        yield running
     finally:
-        await hub.close()
-        uv.should_exit = True
-        await asyncio.wait_for(serving, timeout(10))
+        await stop_hub(running)
 
 
 class Head:

@@ -18,11 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from clarion import Hub, Settings
 
-from ..conftest import RunningHub, start_hub, stop_hub, timeout
+from ..conftest import RunningHub, start_hub, start_portable_hub, stop_hub, timeout
 from .rawws import PING, TEXT, masked, raw_ws
 
 BUDGET = 64 * 1024
@@ -41,36 +40,16 @@ async def serve(kind: str, **settings: Any) -> AsyncIterator[RunningHub]:
     hub = Hub(Settings(**settings))
     if kind == "clarion":
         running = await start_hub(hub=hub)
-        small_send_buffers(running.server.sockets[0])
-        try:
-            yield running
-        finally:
-            await stop_hub(running)
-        return
-    await hub.start()
-    config = uvicorn.Config(
-        hub.asgi_app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
+    else:
+        running = await start_portable_hub(hub=hub, mount=False)
+    small_send_buffers(running.server.sockets[0])
     try:
-        deadline = time.monotonic() + timeout(10)
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            await asyncio.sleep(0.01)
-        listener = server.servers[0].sockets[0]
-        small_send_buffers(listener)
-        port = listener.getsockname()[1]
-        running = RunningHub(hub, server, port)
         yield running
-        if running._client is not None:
-            await running._client.aclose()
     finally:
-        await hub.close()
-        server.should_exit = True
-        # A socket whose peer never reads cannot be flushed: uvicorn would wait for it.
-        server.force_exit = True
-        await asyncio.wait_for(serving, timeout(10))
+        if kind != "clarion":
+            # A socket whose peer never reads cannot be flushed: uvicorn would wait for it.
+            running.server.uv.force_exit = True
+        await stop_hub(running)
 
 
 @contextlib.asynccontextmanager

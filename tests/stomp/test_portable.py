@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 
-from clarion import Hub, Settings, mint_token
+from clarion import Settings, mint_token
 
-from ..conftest import RunningHub, timeout
+from ..conftest import RunningHub, start_portable_hub, stop_hub
 from .client import stomp
 from .interop import node_project, run_node
 
@@ -22,30 +19,16 @@ API_KEY = "portable-api-key"
 
 @pytest.fixture
 async def portable() -> AsyncIterator[RunningHub]:
-    hub = Hub(
-        Settings(
-            token_secret=SECRET,
-            api_key=API_KEY,
-            limits={"ping_interval": 0.5, "pong_timeout": 1.5, "stomp_min_heart_beat": 0.5},
-        )
+    settings = Settings(
+        token_secret=SECRET,
+        api_key=API_KEY,
+        limits={"ping_interval": 0.5, "pong_timeout": 1.5, "stomp_min_heart_beat": 0.5},
     )
-    await hub.start()
-    config = uvicorn.Config(
-        hub.asgi_app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
+    running = await start_portable_hub(settings, mount=False)
     try:
-        deadline = time.monotonic() + timeout(10)
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield RunningHub(hub, server, port)
+        yield running
     finally:
-        await hub.close()
-        server.should_exit = True
-        await asyncio.wait_for(serving, timeout(10))
+        await stop_hub(running)
 
 
 def _token(user: str = "u") -> str:

@@ -1,4 +1,5 @@
-"""Running the real clients' side of the interop tests: the node project and its scripts."""
+"""Running the real clients' side of the interop tests: the node project and its scripts, and
+stomp.py's listener."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import json
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +56,40 @@ async def run_node(script: Path, *args: str, wait: float = 60) -> dict[str, Any]
     report: dict[str, Any] = json.loads(lines[-1])
     assert process.returncode == 0 and "failure" not in report, (report, err.decode())
     return report
+
+
+class Listener:
+    """Collects what stomp.py's receiver thread hands over, for the test's thread to wait on."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.receipts: dict[str, dict[str, str]] = {}
+        self.errors: list[Any] = []
+        self.heart_beats = 0
+        self.disconnected = threading.Event()
+        self.lock = threading.Condition()
+
+    def on_message(self, frame: Any) -> None:
+        with self.lock:
+            self.messages.append(frame)
+            self.lock.notify_all()
+
+    def on_receipt(self, frame: Any) -> None:
+        with self.lock:
+            self.receipts[frame.headers["receipt-id"]] = frame.headers
+            self.lock.notify_all()
+
+    def on_error(self, frame: Any) -> None:
+        with self.lock:
+            self.errors.append(frame)
+            self.lock.notify_all()
+
+    def on_heartbeat(self) -> None:
+        self.heart_beats += 1
+
+    def on_disconnected(self) -> None:
+        self.disconnected.set()
+
+    def wait_for(self, check: Callable[[], bool], what: str) -> None:
+        with self.lock:
+            assert self.lock.wait_for(check, timeout(5)), f"timed out waiting for {what}"

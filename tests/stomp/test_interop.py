@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from clarion import Settings, mint_token
 
 from ..conftest import RunningHub, timeout
-from .interop import node_project, run_node
+from .interop import Listener, node_project, run_node
 
 SECRET = "interop-secret-long-enough-for-hs256-keys"
 
@@ -63,43 +62,6 @@ async def test_stompjs(secure: RunningHub) -> None:
     assert report["wrongToken"]["closeCode"] == 4500
 
 
-class _Listener:
-    """Collects what stomp.py's receiver thread hands over."""
-
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-        self.receipts: dict[str, dict[str, str]] = {}
-        self.errors: list[Any] = []
-        self.heart_beats = 0
-        self.disconnected = threading.Event()
-        self.lock = threading.Condition()
-
-    def on_message(self, frame: Any) -> None:
-        with self.lock:
-            self.messages.append(frame)
-            self.lock.notify_all()
-
-    def on_receipt(self, frame: Any) -> None:
-        with self.lock:
-            self.receipts[frame.headers["receipt-id"]] = frame.headers
-            self.lock.notify_all()
-
-    def on_error(self, frame: Any) -> None:
-        with self.lock:
-            self.errors.append(frame)
-            self.lock.notify_all()
-
-    def on_heartbeat(self) -> None:
-        self.heart_beats += 1
-
-    def on_disconnected(self) -> None:
-        self.disconnected.set()
-
-    def wait_for(self, check: Callable[[], bool], what: str) -> None:
-        with self.lock:
-            assert self.lock.wait_for(check, timeout(5)), f"timed out waiting for {what}"
-
-
 def _connection(port: int, **kw: Any) -> Any:
     import stomp
 
@@ -112,7 +74,7 @@ def _stomp_py_round_trip(port: int, publish: Callable[[Any], dict[str, Any]]) ->
     """The blocking stomp.py side, run in a thread."""
     seen: dict[str, Any] = {}
     conn = _connection(port)
-    listener = _Listener()
+    listener = Listener()
     conn.set_listener("", listener)
     conn.connect(passcode=token("py"), wait=True, headers={"host": "clarion"})
     conn.subscribe("/topic/chat:py", id="s1", headers={"receipt": "sub"})
@@ -138,7 +100,7 @@ def _stomp_py_round_trip(port: int, publish: Callable[[Any], dict[str, Any]]) ->
     publish("missed 1")
     publish("missed 2")
     again = _connection(port)
-    resumed = _Listener()
+    resumed = Listener()
     again.set_listener("", resumed)
     again.connect(passcode=token("py"), wait=True)
     again.subscribe("/topic/chat:py", id="s1", headers={"x-since": last})
@@ -147,7 +109,7 @@ def _stomp_py_round_trip(port: int, publish: Callable[[Any], dict[str, Any]]) ->
     again.disconnect()
 
     refused = _connection(port)
-    failing = _Listener()
+    failing = Listener()
     refused.set_listener("", failing)
     try:
         refused.connect(passcode="wrong", wait=True)

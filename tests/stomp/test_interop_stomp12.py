@@ -5,7 +5,6 @@ destination. The raw-frame tests of the same features are in ``test_stomp12.py``
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from clarion import Settings, mint_token
 
 from ..conftest import RunningHub, timeout
-from .interop import node_project, run_node
+from .interop import Listener, node_project, run_node
 
 SECRET = "interop-secret-long-enough-for-hs256-keys"
 
@@ -57,40 +56,9 @@ async def test_stompjs_several_subscriptions(full: RunningHub) -> None:
 # ---- stomp.py ------------------------------------------------------------------------------------
 
 
-class _Listener:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-        self.receipts: dict[str, dict[str, str]] = {}
-        self.errors: list[Any] = []
-        self.heart_beats = 0
-        self.lock = threading.Condition()
-
-    def on_message(self, frame: Any) -> None:
-        with self.lock:
-            self.messages.append(frame)
-            self.lock.notify_all()
-
-    def on_receipt(self, frame: Any) -> None:
-        with self.lock:
-            self.receipts[frame.headers["receipt-id"]] = frame.headers
-            self.lock.notify_all()
-
-    def on_error(self, frame: Any) -> None:
-        with self.lock:
-            self.errors.append(frame)
-            self.lock.notify_all()
-
-    def on_heartbeat(self) -> None:
-        self.heart_beats += 1
-
-    def wait_for(self, check: Callable[[], bool], what: str) -> None:
-        with self.lock:
-            assert self.lock.wait_for(check, timeout(5)), f"timed out waiting for {what}"
-
-
 def _stomp_py(
     port: int,
-    run: Callable[[Any, _Listener], Any],
+    run: Callable[[Any, Listener], Any],
     heartbeats: tuple[int, int] = (0, 0),
     binary: bool = False,
 ) -> Any:
@@ -105,7 +73,7 @@ def _stomp_py(
         auto_decode=not binary,
         binary_mode=binary,
     )
-    listener = _Listener()
+    listener = Listener()
     conn.set_listener("", listener)
     conn.connect(passcode=token("py"), wait=True)
     try:
@@ -114,7 +82,7 @@ def _stomp_py(
         conn.disconnect()
 
 
-async def in_thread(hub: RunningHub, run: Callable[[Any, _Listener], Any], **kw: Any) -> Any:
+async def in_thread(hub: RunningHub, run: Callable[[Any, Listener], Any], **kw: Any) -> Any:
     pytest.importorskip("stomp", reason="stomp.py is not installed")
     return await asyncio.wait_for(asyncio.to_thread(_stomp_py, hub.port, run, **kw), timeout(60))
 
@@ -130,7 +98,7 @@ def publisher(hub: RunningHub) -> Callable[[str, Any], dict[str, Any]]:
 
 
 async def test_stomp_py_heart_beats(full: RunningHub) -> None:
-    def run(conn: Any, listener: _Listener) -> tuple[int, bool]:
+    def run(conn: Any, listener: Listener) -> tuple[int, bool]:
         time.sleep(3.5)
         return listener.heart_beats, conn.is_connected()
 
@@ -141,7 +109,7 @@ async def test_stomp_py_heart_beats(full: RunningHub) -> None:
 async def test_stomp_py_several_subscriptions(full: RunningHub) -> None:
     publish = publisher(full)
 
-    def run(conn: Any, listener: _Listener) -> dict[str, Any]:
+    def run(conn: Any, listener: Listener) -> dict[str, Any]:
         conn.subscribe("/topic/chat:twice", id="a", headers={"receipt": "ra"})
         conn.subscribe("/topic/chat:twice", id="b", ack="client", headers={"receipt": "rb"})
         listener.wait_for(lambda: {"ra", "rb"} <= listener.receipts.keys(), "receipts")
@@ -177,7 +145,7 @@ async def test_stompjs_transactions(full: RunningHub) -> None:
 
 
 async def test_stomp_py_transactions(full: RunningHub) -> None:
-    def run(conn: Any, listener: _Listener) -> dict[str, Any]:
+    def run(conn: Any, listener: Listener) -> dict[str, Any]:
         conn.subscribe("/topic/chat:tx", id="s", ack="client", headers={"receipt": "rs"})
         listener.wait_for(lambda: "rs" in listener.receipts, "the SUBSCRIBE receipt")
         dropped = conn.begin()
@@ -218,7 +186,7 @@ async def test_stompjs_user_headers(full: RunningHub) -> None:
 
 
 async def test_stomp_py_user_headers(full: RunningHub) -> None:
-    def run(conn: Any, listener: _Listener) -> dict[str, str]:
+    def run(conn: Any, listener: Listener) -> dict[str, str]:
         conn.subscribe("/topic/chat:headers", id="s", headers={"receipt": "rs"})
         listener.wait_for(lambda: "rs" in listener.receipts, "the SUBSCRIBE receipt")
         conn.send("/topic/chat:headers", "[1]", content_type="application/json",
@@ -259,7 +227,7 @@ async def test_stompjs_bodies(roomy: RunningHub) -> None:
 
 
 async def test_stomp_py_bodies(roomy: RunningHub) -> None:
-    def run(conn: Any, listener: _Listener) -> list[tuple[Any, Any]]:
+    def run(conn: Any, listener: Listener) -> list[tuple[Any, Any]]:
         conn.subscribe("/topic/chat:bodies", id="s", headers={"receipt": "rs"})
         listener.wait_for(lambda: "rs" in listener.receipts, "the SUBSCRIBE receipt")
         conn.send("/topic/chat:bodies", b"\x00\xff\x00 bytes", content_type="image/x-raw")

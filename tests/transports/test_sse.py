@@ -25,6 +25,25 @@ def sse_sessions(hub: RunningHub) -> list[Session]:
     return [s for s in hub.hub.sessions.values() if s.transport.kind == "sse"]
 
 
+async def stalled_reader(hub: RunningHub, channel: str, headers: str = "") -> socket.socket:
+    """A socket that asked for ``/sse?channel=…`` and reads nothing until the test does, with a
+    small receive buffer so that the hub's buffers fill, not the kernel's; once the hub has the
+    stream."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    request = f"GET /sse?channel={channel} HTTP/1.1\r\nHost: x\r\n{headers}\r\n"
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", hub.port))
+        await loop.sock_sendall(sock, request.encode())
+        await until(lambda: len(sse_sessions(hub)) == 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def cut(hub: RunningHub, code: int = CloseCode.SHUTDOWN) -> None:
     """The hub ends every SSE stream, as on shutdown or a server-side disconnect."""
     for session in sse_sessions(hub):
@@ -217,14 +236,8 @@ async def test_presence_counts_sse_sessions_and_metrics_label_them(hub: RunningH
 async def test_a_reader_that_stops_reading_is_disconnected_as_slow(hub_factory: Any) -> None:
     hub = await hub_factory(limits={"send_queue_bytes": 65536})
     baseline = Baseline(hub)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
+    sock = await stalled_reader(hub, "chat:big", "Connection: close\r\n")
     loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, ("127.0.0.1", hub.port))
-    request = b"GET /sse?channel=chat:big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    await loop.sock_sendall(sock, request)
-    await until(lambda: len(sse_sessions(hub)) == 1)
     big = "x" * 50_000
     sent = 0
     while hub.hub.sessions and sent < 2000:  # bounded: the policy must kick in well before
@@ -287,14 +300,8 @@ async def test_clients_that_drop_leave_nothing_behind(hub: RunningHub) -> None:
 async def test_a_reader_that_never_reads_again_is_cut_and_forgotten(hub_factory: Any) -> None:
     hub = await hub_factory(limits={"send_queue_bytes": 65536})
     baseline = Baseline(hub)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
+    sock = await stalled_reader(hub, "chat:big")
     try:
-        await loop.sock_connect(sock, ("127.0.0.1", hub.port))
-        await loop.sock_sendall(sock, b"GET /sse?channel=chat:big HTTP/1.1\r\nHost: x\r\n\r\n")
-        await until(lambda: len(sse_sessions(hub)) == 1)
         for _ in range(2000):
             if not hub.hub.sessions:
                 break
@@ -312,14 +319,9 @@ async def test_a_slow_reader_in_a_conflate_namespace_gets_the_latest(hub_factory
     hub = await hub_factory(
         limits={"send_queue_bytes": 65536}, namespaces={"default": {"slow_consumer": "conflate"}}
     )
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
+    sock = await stalled_reader(hub, "prices")
     loop = asyncio.get_running_loop()
     try:
-        await loop.sock_connect(sock, ("127.0.0.1", hub.port))
-        await loop.sock_sendall(sock, b"GET /sse?channel=prices HTTP/1.1\r\nHost: x\r\n\r\n")
-        await until(lambda: len(sse_sessions(hub)) == 1)
         sent = 0
         while hub.hub.stats.conflations == 0 and sse_sessions(hub) and sent < 2000:
             await hub.hub.publish("prices", {"n": sent, "pad": "x" * 50_000})

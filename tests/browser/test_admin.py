@@ -165,6 +165,15 @@ async def test_operator_sees_connections_publishes_and_disconnects(
     hub = await admin_hub(hub_factory)
     clients = Clients(hub)
     await clients.start()
+    refused: list[str] = []  # the page's own calls to the hub, none of which may be refused
+    page.on(
+        "response",
+        lambda r: (
+            refused.append(f"{r.status} {r.url}")
+            if r.status >= 400 and r.url.startswith(hub.http_url + "/") and "/favicon" not in r.url
+            else None
+        ),
+    )
     try:
         await log_in(page, hub.http_url)
         await page.wait_for_selector("#nodes tbody tr", timeout=WAIT)
@@ -183,6 +192,7 @@ async def test_operator_sees_connections_publishes_and_disconnects(
         )
         await screenshot(page, "overview")
         assert KEY not in page.url
+        assert refused == []  # the metrics history included: read over the page's WebSocket
 
         # The publish console: carol, subscribed on a WebSocket, receives what it sends.
         await page.goto(hub.http_url + "/admin#channel/chat%3Aroom")

@@ -40,10 +40,14 @@ export class Live {
     this.sub = this.client.subscribe(METRICS_CHANNEL, {
       onPublication: (pub) => this.add(pub.data),
     });
-    // The last samples kept in history fill the charts at once.
-    this.client.history(METRICS_CHANNEL, { reverse: true, limit: 100 })
-      .then((page) => { for (const pub of page.publications || []) this.add(pub.data); })
-      .catch(() => {});
+    // The last samples kept in history fill the charts at once, and the gap after a reconnect.
+    // Read over the WebSocket once it is up: before, the client would ask the HTTP client API,
+    // which no key opens the hub's own channels to.
+    this.client.on("connected", () => {
+      this.client.history(METRICS_CHANNEL, { reverse: true, limit: 100 })
+        .then((page) => { for (const pub of page.publications || []) this.add(pub.data); })
+        .catch((error) => console.warn("metrics history failed", error));
+    });
     this.timer = setInterval(() => this.redraw(), 1000);
   }
 

@@ -86,6 +86,8 @@ async def test_resets_and_stalls_between_a_hub_and_redis(cluster: Cluster) -> No
                 await asyncio.sleep(1.5)
                 proxy.resume()
             else:
+                # The node reconnects when it next needs Redis: reset it once it has.
+                await eventually(lambda: proxy.connections >= 1, timeout=timeout(15))
                 assert proxy.reset() >= 1
         await more(publisher, 30)
         await finish(trackers, publisher, publishing, stop_publisher, b.http_url)

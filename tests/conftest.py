@@ -36,6 +36,20 @@ def timeout(seconds: float) -> float:
     return seconds * TIMEOUT_FACTOR
 
 
+async def until(check: Callable[[], Any], wait: float = 5, interval: float = 0.002) -> Any:
+    """What ``check()`` (or the coroutine it returns) gives once it is true, polled within
+    ``timeout(wait)``; an assertion error after that."""
+    deadline = asyncio.get_running_loop().time() + timeout(wait)
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(interval)
+
+
 class RunningHub:
     """A hub served over real sockets on 127.0.0.1, inside the test's event loop."""
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import httpx
@@ -12,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clarion.protocol.cursor import encode_single
 
-from ..conftest import RunningHub, timeout
+from ..conftest import RunningHub, until
 
 
 def metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -22,16 +20,6 @@ def metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for sample in family.samples:
             out[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
     return out
-
-
-async def until(check: Any, wait: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout(wait)
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.05)
 
 
 async def test_info_counts_this_nodes_connections_by_transport(hub: RunningHub) -> None:
@@ -56,7 +44,7 @@ async def test_info_counts_this_nodes_connections_by_transport(hub: RunningHub) 
                     wanted = {"ws": 2, "sse": 1, "poll": 0, "stomp": 1}
                     return body if node["connections"] == wanted else None
 
-                info = await until(counted)
+                info = await until(counted, 10, 0.05)
         node = info["nodes"][0]
         assert info["node"] == node["id"] and info["engine"] == "memory"
         assert node["state"] == "up" and node["version"] and node["pid"] > 0
@@ -126,7 +114,7 @@ async def test_operator_metrics(hub: RunningHub) -> None:
             rolled = page.get(("clarion_namespace_publications_total", (("namespace", "chat"),)))
             return page if rolled == 5 else None
 
-        page = await until(scraped)
+        page = await until(scraped, 10, 0.05)
         assert page["clarion_namespace_deliveries_total", (("namespace", "chat"),)] == 5
         assert page["clarion_resets_total", (("reason", "epoch"),)] == 2
         # The first publication after a tick is always sampled.
@@ -141,5 +129,5 @@ async def test_operator_metrics(hub: RunningHub) -> None:
             page = metrics((await http.get("/metrics")).text)
             return page if page["clarion_engine_round_trip_seconds_count", ()] >= 1 else None
 
-        page = await until(announced)
+        page = await until(announced, 10, 0.05)
         assert page["clarion_engine_errors_total", ()] == 0

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import httpx
 import websockets
 
-from ..conftest import timeout
+from ..conftest import timeout, until
 from .conftest import Cluster
 from .helpers import Node
 from .test_cluster import Hubs, hubs, redis_cluster
@@ -33,16 +32,6 @@ async def get(hub: Node, path: str, **params: str) -> Any:
         return r.json()
 
 
-async def until(check: Any, wait: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout(wait)
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.1)
-
-
 async def test_nodes_see_each_other_and_a_killed_one_goes(cluster: Cluster) -> None:
     first = await cluster.start(config=CONFIG)
     second = await cluster.start(config=CONFIG)
@@ -62,7 +51,7 @@ async def test_nodes_see_each_other_and_a_killed_one_goes(cluster: Cluster) -> N
                 return None
             return info
 
-        info = await until(both)
+        info = await until(both, 15, 0.1)
         assert info["engine"] == "redis" and len(info["nodes"]) == 2
         assert all(n["state"] == "up" for n in info["nodes"])
         theirs = next(n for n in info["nodes"] if n["id"] == second_id)
@@ -80,7 +69,7 @@ async def test_nodes_see_each_other_and_a_killed_one_goes(cluster: Cluster) -> N
         states = {n["id"]: n["state"] for n in info["nodes"]}
         return info if states.get(second_id) == "gone" else None
 
-    info = await until(gone)
+    info = await until(gone, 15, 0.1)
     assert info["nodes"][0]["state"] == "up"
     assert (await get(first, "/api/channels"))["channels"] == []
     # Redis away: the node still answers for itself, and says why it is alone.
@@ -99,5 +88,5 @@ async def test_nodes_see_each_other_on_a_redis_cluster(hubs: Hubs) -> None:
         states = {n["id"]: n["state"] for n in info["nodes"]}
         return info if states.get(second_id) == "up" and len(states) == 2 else None
 
-    info = await until(both, wait=30)
+    info = await until(both, 30, 0.1)
     assert info["engine"] == "redis"

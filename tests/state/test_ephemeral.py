@@ -15,9 +15,9 @@ from websockets.typing import Subprotocol
 
 from clarion.client import connect
 
-from ..conftest import RunningHub, timeout
+from ..conftest import RunningHub, timeout, until
 from ..stomp.client import Received, frame, parse, stomp
-from ..transports.streams import poll, sse, until
+from ..transports.streams import poll, sse
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -125,12 +125,3 @@ class Baseline:
                 names = sorted(t.get_name() for t in asyncio.all_tasks())
                 raise AssertionError(f"left behind: {state}, baseline {self.tasks}, {names}")
             await asyncio.sleep(0.01)
-
-
-async def until(condition: Any, wait: float = 5) -> None:
-    """Wait until ``condition()`` holds, polling the event loop."""
-    deadline = time.monotonic() + timeout(wait)
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.002)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from ..conftest import RunningHub, timeout
-from .streams import Baseline, poll, sse, until
+from ..conftest import RunningHub, timeout, until
+from .streams import Baseline, poll, sse
 
 
 async def test_ws_sse_and_long_poll_see_the_same_publications_and_cursors(

@@ -12,8 +12,8 @@ from clarion.protocol.codes import CloseCode
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.publication import StreamPosition
 
-from ..conftest import RunningHub, timeout
-from .streams import Baseline, poll, raw_get, until
+from ..conftest import RunningHub, timeout, until
+from .streams import Baseline, poll, raw_get
 
 
 def waiting(hub: RunningHub, channel: str) -> int:

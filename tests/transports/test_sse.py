@@ -16,8 +16,8 @@ from clarion.protocol.codes import CloseCode
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.publication import StreamPosition
 
-from ..conftest import RunningHub, both_servers, timeout
-from .streams import Baseline, sse, until
+from ..conftest import RunningHub, both_servers, timeout, until
+from .streams import Baseline, sse
 from .test_sse_encoding import parse
 
 

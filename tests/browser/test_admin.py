@@ -19,13 +19,11 @@ from clarion.core.auth import mint_token
 from ..conftest import RunningHub, timeout
 from ..docblocks import ROOT
 from ..multinode.conftest import Cluster, cluster, redis_server
-from .test_browser import CHROMIUM, FLAGS
+from .chromium import chromium_context, needs_chromium
 
 __all__ = ["cluster", "redis_server"]  # the fixtures, for the two-node test
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (scripts/test does it)"
-)
+pytestmark = needs_chromium
 SECRET = "admin-test-secret-0123456789abcdef"
 KEY = "admin-test-key"
 SCREENSHOTS = ROOT / "test-output" / "admin"
@@ -34,18 +32,10 @@ WAIT = 15_000  # ms, for the page's conditions
 
 @pytest.fixture
 async def page(tmp_path: Path) -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True
-        )
-        try:
-            page = await context.new_page()
-            page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
-            yield page
-        finally:
-            await context.close()
+    async with chromium_context(tmp_path / "profile") as context:
+        page = await context.new_page()
+        page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        yield page
 
 
 async def screenshot(page: Any, name: str) -> None:

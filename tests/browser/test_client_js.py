@@ -15,27 +15,17 @@ from clarion.protocol.cursor import encode_single
 
 from ..conftest import RunningHub, timeout
 from ..docblocks import ROOT, blocks
-from .test_browser import CHROMIUM, FLAGS
+from .chromium import chromium_context, needs_chromium
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (scripts/test does it)"
-)
+pytestmark = needs_chromium
 SECRET = "browser-test-secret-0123456789abcdef"
 TRANSPORTS = ["ws", "sse", "poll"]
 
 
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True
-        )
-        try:
-            yield context
-        finally:
-            await context.close()
+    async with chromium_context(tmp_path / "profile") as context:
+        yield context
 
 
 @pytest.fixture

@@ -19,11 +19,9 @@ from clarion.standalone import make_server
 
 from ..conftest import timeout
 from ..docblocks import ROOT
-from .test_browser import CHROMIUM, FLAGS
+from .chromium import CHROMIUM, FLAGS, needs_chromium
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (scripts/test does it)"
-)
+pytestmark = needs_chromium
 OUT = ROOT / "test-output" / "demo"
 # The freezer drops off every few seconds here, not every half minute.
 DEVICES = (

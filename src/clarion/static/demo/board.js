@@ -1,6 +1,6 @@
 // Board: sticky notes as a stream of stored events (add, move, edit, delete) that every visitor
 // replays from history, and cursors as live signals (ephemeral), the latest per user.
-import { start, el, colorOf } from "/demo/common.js";
+import { start, el, colorOf, people } from "/demo/common.js";
 
 const NOTES = "board:main";
 const CURSORS = "cursors:main";
@@ -96,25 +96,10 @@ async function load() {
 
 // ---- who is here ----
 
-const people = new Set([me]);
-function renderPeople() {
-  document.getElementById("people").replaceChildren(...[...people].sort().map((u) =>
+const here = people(client, NOTES, me, (users) =>
+  document.getElementById("people").replaceChildren(...users.map((u) =>
     el("span", { class: "avatar", "data-user": u, title: u, style: `background:${colorOf(u)}` },
-      u.slice(0, 2).toUpperCase())));
-}
-async function refreshPeople() {
-  try {
-    const { users = [] } = await client.presence(NOTES);
-    people.clear();
-    people.add(me);
-    for (const u of users) people.add(u.user);
-    renderPeople();
-  } catch (error) {
-    console.warn("presence", error);
-  }
-}
-setInterval(() => { if (client.transport === "poll") refreshPeople(); }, 5000);
-renderPeople();
+      u.slice(0, 2).toUpperCase()))));
 
 // ---- cursors ----
 
@@ -176,13 +161,13 @@ client.on("connected", async function once() {
   client.subscribe(NOTES, {
     since,
     onPublication: (pub) => apply(pub.data, pub.info?.user ?? "?"),
-    onSubscribed: refreshPeople,
+    onSubscribed: here.refresh,
     onReset: async () => {
       // History no longer reaches back to where we were: rebuild the board from it.
       notice("Missed changes while disconnected — reloaded the board.");
       await load();
     },
-    onJoin: (e) => { if (e.user) { people.add(e.user); renderPeople(); } },
-    onLeave: (e) => { if (e.user && e.user !== me) { people.delete(e.user); renderPeople(); } },
+    onJoin: here.onJoin,
+    onLeave: here.onLeave,
   });
 });

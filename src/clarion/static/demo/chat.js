@@ -1,5 +1,5 @@
 // Chat: a room is the channel chat:<room>; its typing signals go on typing:<room>.
-import { start, params, el, colorOf, clock } from "/demo/common.js";
+import { start, params, el, colorOf, clock, people } from "/demo/common.js";
 
 const ROOMS = ["lobby", "random", "help"];
 const room = ROOMS.includes(params.get("room")) ? params.get("room") : "lobby";
@@ -57,34 +57,17 @@ function notice(text) {
 
 // ---- who is here: presence per user (your tabs are one), kept up by join and leave ----
 
-const people = new Set([me]);
-
-function renderPeople() {
-  $("people").replaceChildren(...[...people].sort().map((user) =>
+const here = people(client, channel, me, (users) =>
+  $("people").replaceChildren(...users.map((user) =>
     el("li", { "data-user": user }, el("i", { class: "dot", style: `background:${colorOf(user)}` }),
-      user === me ? `${user} (you)` : user)));
-}
-
-async function refreshPeople() {
-  try {
-    const { users = [] } = await client.presence(channel);
-    people.clear();
-    people.add(me);
-    for (const u of users) people.add(u.user);
-    renderPeople();
-  } catch (error) {
-    console.warn("presence", error);
-  }
-}
-// A long-polling client is in no presence and gets no join/leave between polls: it asks.
-setInterval(() => { if (client.transport === "poll") refreshPeople(); }, 5000);
+      user === me ? `${user} (you)` : user))));
 
 let loaded = false;
 client.subscribe(channel, {
   onPublication: add,
   onSubscribed: () => {
     if (!loaded) { loaded = true; loadRecent(); } // later, the subscription resumes by itself
-    refreshPeople();
+    here.refresh();
   },
   onReset: () => {
     // The hub could not fill the gap: say so, and start again from history.
@@ -92,10 +75,9 @@ client.subscribe(channel, {
     notice("Missed messages while disconnected — reloaded the last 50.");
     loadRecent();
   },
-  onJoin: (e) => { if (e.user) { people.add(e.user); renderPeople(); } },
-  onLeave: (e) => { if (e.user && e.user !== me) { people.delete(e.user); renderPeople(); } },
+  onJoin: here.onJoin,
+  onLeave: here.onLeave,
 });
-renderPeople();
 
 // ---- typing: live signals (ephemeral), never stored; only the latest per user matters ----
 

@@ -88,6 +88,32 @@ function bar(page, me, wanted, client) {
   for (const s of ["connecting", "connected", "disconnected", "closed"]) client.on(s, () => show(s));
 }
 
+// Who is on a channel, per user (a user's tabs are one), `me` always among them: read from presence
+// on every (re)subscribe, kept up by join and leave. A long-polling client is in no presence and
+// gets no join or leave between polls: it reads presence again every 5 s. `render` gets the names.
+export function people(client, channel, me, render) {
+  const users = new Set([me]);
+  const show = () => render([...users].sort());
+  async function refresh() {
+    try {
+      const { users: here = [] } = await client.presence(channel);
+      users.clear();
+      users.add(me);
+      for (const u of here) users.add(u.user);
+      show();
+    } catch (error) {
+      console.warn("presence", error);
+    }
+  }
+  setInterval(() => { if (client.transport === "poll") refresh(); }, 5000);
+  show();
+  return {
+    refresh,
+    onJoin: (e) => { if (e.user) { users.add(e.user); show(); } },
+    onLeave: (e) => { if (e.user && e.user !== me) { users.delete(e.user); show(); } },
+  };
+}
+
 // "12:04:31" for a publication's time (ms since the epoch).
 export function clock(ms) {
   return new Date(ms).toLocaleTimeString([], { hour12: false });

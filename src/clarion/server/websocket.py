@@ -5,6 +5,9 @@ The handshake and inbound frame parsing belong to the ``websockets`` library's s
 ASGI app, reassembles fragmented messages, and owns timers and backpressure. Every outgoing byte,
 whether from ``websocket.send``, the fast path or the protocol object, goes through the
 :class:`~clarion.server.fastws.Outbox` so that the wire order is the call order.
+
+Long on purpose: one connection's state machine — handshake, the app's receive and send, message
+reassembly, close timers, flow control — reads best in one class.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Regenerate the reference tables of docs/configuration.md from the settings model.
 
-    python scripts/configdoc.py          # rewrite the tables
-    python scripts/configdoc.py --check  # exit 1 if the file is out of date (the tests run this)
+python scripts/configdoc.py          # rewrite the tables
+python scripts/configdoc.py --check  # exit 1 if the file is out of date (the tests run this)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _default(field: Any) -> str:
         value = field.default
     if value is None:
         return "unset"
-    return f"`{json.dumps(value) if not isinstance(value, str) else json.dumps(value)}`"
+    return f"`{json.dumps(value)}`"
 
 
 def table(model: type[BaseModel], prefix: str, env_prefix: str) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 
 from playwright.async_api import async_playwright
 
-from clarion.demo import Demo, demo_settings
 from clarion.core.hub import Hub
+from clarion.demo import Demo, demo_settings
 from clarion.standalone import make_server
 
 OUT = Path(__file__).parents[1] / "docs" / "img"

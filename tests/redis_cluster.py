@@ -122,6 +122,8 @@ class RedisCluster(Servers):
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "1000",
+                # A replica whose link lagged on a busy machine still takes over its primary.
+                "--cluster-replica-validity-factor", "0",
             )  # fmt: skip
         self.wait_answering(self.ports)
         assert REDIS_CLI is not None
@@ -134,6 +136,22 @@ class RedisCluster(Servers):
             timeout=timeout,
         )
         self.wait_ok(timeout)
+        self.wait_replicas_synced(timeout)
+
+    def wait_replicas_synced(self, timeout: float = 30.0) -> None:
+        """Every replica has its primary's data: only then can it take over from a killed one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            infos = [command(p, "INFO", "replication") for p in self.ports if p in self.processes]
+            replicas = [info for info in infos if "role:slave" in info]
+            if len(replicas) == self.replicas * (len(self.ports) // (1 + self.replicas)) and all(
+                "master_link_status:up" in info and "master_sync_in_progress:0" in info
+                for info in replicas
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster's replicas did not sync with their primaries")
+            time.sleep(0.1)
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

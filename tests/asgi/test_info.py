@@ -95,11 +95,18 @@ async def test_info_needs_the_api_key(hub_factory: Any) -> None:
         assert ok.status_code == 200 and ok.json()["nodes"]
 
 
-async def test_operator_metrics(hub: RunningHub) -> None:
+async def test_operator_metrics(hub_factory: Any) -> None:
+    hub: RunningHub = await hub_factory(namespaces={"chat": {}})
     async with hub.ws() as ws, hub.http() as http:
         await ws.subscribe("chat:m")
         for n in range(5):
             await hub.publish("chat:m", n)
+            assert (await ws.recv())["data"] == n
+        # Channels of no configured namespace count under the default one: as many labels as
+        # the configuration has namespaces, whatever prefixes publishers choose.
+        for n in range(3):
+            await ws.subscribe(f"user{n}:inbox")
+            await hub.publish(f"user{n}:inbox", n)
             assert (await ws.recv())["data"] == n
         # A cursor from another epoch: the subscription starts with a reset "epoch".
         await ws.subscribe("chat:r", since=encode_single("chat:r", "gone", 3))
@@ -112,10 +119,14 @@ async def test_operator_metrics(hub: RunningHub) -> None:
         async def scraped() -> dict[Any, float] | None:
             page = metrics((await http.get("/metrics")).text)
             rolled = page.get(("clarion_namespace_publications_total", (("namespace", "chat"),)))
-            return page if rolled == 5 else None
+            other = page.get(("clarion_namespace_publications_total", (("namespace", "default"),)))
+            return page if (rolled, other) == (5, 3) else None
 
         page = await until(scraped, 10, 0.05)
         assert page["clarion_namespace_deliveries_total", (("namespace", "chat"),)] == 5
+        labels = {k[1] for k in page if k[0] == "clarion_namespace_publications_total"}
+        assert labels == {(("namespace", "chat"),), (("namespace", "default"),)}
+        assert page["clarion_namespace_publications_total", (("namespace", "default"),)] == 3
         assert page["clarion_resets_total", (("reason", "epoch"),)] == 2
         # The first publication after a tick is always sampled.
         assert page["clarion_publish_to_write_seconds_count", ()] >= 1

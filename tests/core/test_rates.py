@@ -19,13 +19,18 @@ def test_histogram_buckets_are_cumulative_and_p99_is_per_interval() -> None:
 
 
 def test_activity_rolls_into_rates_and_namespace_totals() -> None:
-    activity = Activity()
+    activity = Activity({"chat"})
     for _ in range(4):
         activity.count("chat:a", 10)
     activity.count("plain", 3)
+    activity.count("user7:inbox", 1)  # no such namespace configured: the default's
     activity.roll(2.0)
-    assert activity.channel_rates == {"chat:a": (2.0, 20.0), "plain": (0.5, 1.5)}
-    assert activity.publications == {"chat": 4, "default": 1}
-    assert activity.deliveries == {"chat": 40, "default": 3}
+    assert activity.channel_rates == {
+        "chat:a": (2.0, 20.0),
+        "plain": (0.5, 1.5),
+        "user7:inbox": (0.5, 0.5),
+    }
+    assert activity.publications == {"chat": 4, "default": 2}
+    assert activity.deliveries == {"chat": 40, "default": 4}
     activity.roll(1.0)  # a quiet second: no channel is busy, the totals stay
     assert activity.channel_rates == {} and activity.publications["chat"] == 4

@@ -88,7 +88,7 @@ class Hub:
         self.auth = (
             OperatorAuth(self.settings) if self.settings.admin else Authenticator(self.settings)
         )
-        self.stats = Stats()
+        self.stats = Stats(self.settings.namespaces)
         # Set by the application layer when ``[hooks]`` are configured.
         self.hooks: Hooks | None = None
         self.admission = Admission(self)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -49,7 +49,7 @@ class Stats:
         "slow_disconnects",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, namespaces: Container[str] = ()) -> None:
         self.publications = 0
         self.signals = 0  # ephemeral publications
         self.deliveries: Counter[str] = Counter()  # by transport
@@ -57,7 +57,7 @@ class Stats:
         self.resets: Counter[str] = Counter()  # reset signals sent, by reason
         self.slow_disconnects = 0
         self.conflations = 0
-        self.activity = Activity()
+        self.activity = Activity(namespaces)
         self.latency = LatencyHistogram()  # publish-to-write, sampled
         self.countdown = 1  # publications until the next latency sample
         self.rolled_at = time.monotonic()

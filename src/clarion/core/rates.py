@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Container
 
-from clarion.protocol.channels import namespace_of
+from clarion.protocol.channels import DEFAULT_NAMESPACE, namespace_of
 
 # Upper bounds (seconds) of the latency buckets: loopback fan-out sits in the first few, a
 # cross-node hop in the middle, a saturated node at the end.
@@ -74,9 +75,12 @@ class LatencyHistogram:
 class Activity:
     """Publications and deliveries per channel this second; totals per namespace for good."""
 
-    __slots__ = ("channel_rates", "current", "deliveries", "publications")
+    __slots__ = ("channel_rates", "current", "deliveries", "namespaces", "publications")
 
-    def __init__(self) -> None:
+    def __init__(self, namespaces: Container[str] = ()) -> None:
+        # The configured namespaces: any other prefix counts under the default one, whose
+        # options it takes, so the totals (and the metrics' labels) stay as many as the config.
+        self.namespaces = namespaces
         self.current: dict[str, list[int]] = {}  # channel -> [publications, deliveries]
         # The last full interval's rates: channel -> (publications/s, deliveries/s).
         self.channel_rates: dict[str, tuple[float, float]] = {}
@@ -98,6 +102,8 @@ class Activity:
         rates = {}
         for channel, (pubs, delivered) in current.items():
             namespace = namespace_of(channel)
+            if namespace not in self.namespaces:
+                namespace = DEFAULT_NAMESPACE
             self.publications[namespace] += pubs
             self.deliveries[namespace] += delivered
             rates[channel] = (pubs / seconds, delivered / seconds)

@@ -12,7 +12,7 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from clarion.core.hub import Hub
@@ -69,7 +69,12 @@ def admin_routes(hub: Hub) -> list[BaseRoute]:
         return serve("index.html")
 
     async def asset(request: Request) -> Response:
-        return serve(request.path_params["name"])
+        name = request.path_params["name"]
+        if not name:
+            # The page links its files relative to ``/admin``; under ``/admin/`` they would miss.
+            root = request.scope.get("root_path", "")
+            return RedirectResponse(f"{root}/admin", status_code=308, headers=HEADERS)
+        return serve(name)
 
     return [
         Route("/admin", page, methods=["GET"]),

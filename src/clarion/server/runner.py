@@ -164,7 +164,7 @@ class Server:
             raise
         self._server = server
         await server.start_serving()
-        log.info("clarion server listening on %s:%d", self.host, self.port)
+        log.debug("server listening on %s:%d", self.host, self.port)
 
     async def serve_forever(self) -> None:
         """Start if needed, then wait until :meth:`shutdown` has finished."""

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from clarion.errors import ClarionError, Forbidden, LimitExceeded
+from clarion.errors import ClarionError, Forbidden, LimitExceeded, LocalCode
 from clarion.protocol.codes import DISCONNECTS, CloseCode
 from clarion.protocol.errors import ERRORS, ErrorCode
 
@@ -26,7 +26,7 @@ DOCS = ROOT / "docs"
 NOT_HUB = ("client/", "cli/", "webhooks/cli.py", "demo/cli.py")
 # Codes of exceptions that never leave the process: a configuration or an address refused at
 # start-up, and the root classes that only give their subclasses a default.
-NEVER_SENT = {"config", "error", "listen", "stomp"}
+NEVER_SENT = set(LocalCode)
 
 
 def _table(doc: Path, heading: str) -> list[list[str]]:
@@ -89,6 +89,94 @@ def test_every_code_the_hub_gives_is_in_the_error_table_and_every_one_is_given()
     source = _codes_in_source() - NEVER_SENT
     assert source - set(ErrorCode) == set(), "codes outside clarion.protocol.errors"
     assert set(ErrorCode) - source == set(), "codes in the table that the hub never gives"
+
+
+def _string_literals(node: ast.expr) -> Iterator[str]:
+    """The string constants ``node`` may evaluate to (itself, or a branch of ``a if c else b``,
+    ``a or b``, a tuple, list or set of them)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        yield node.value
+    elif isinstance(node, ast.JoinedStr):
+        yield ast.unparse(node)
+    elif isinstance(node, ast.IfExp):
+        yield from _string_literals(node.body)
+        yield from _string_literals(node.orelse)
+    elif isinstance(node, ast.BoolOp):
+        for value in node.values:
+            yield from _string_literals(value)
+    elif isinstance(node, ast.Tuple | ast.List | ast.Set):
+        for element in node.elts:
+            yield from _string_literals(element)
+
+
+def _is_code(node: ast.expr) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "code") or (
+        isinstance(node, ast.Name) and node.id == "code"
+    )
+
+
+def _free_string_codes(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """Where ``tree`` spells an error code as a string: ``code="…"`` given to a call,
+    ``code = "…"`` on a class, ``….code == "…"`` (or ``in ("…", …)``)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            for kw in node.keywords:
+                if kw.arg == "code":
+                    for text in _string_literals(kw.value):
+                        yield node.lineno, text
+        elif isinstance(node, ast.ClassDef):
+            for stmt in node.body:
+                targets = (
+                    stmt.targets
+                    if isinstance(stmt, ast.Assign)
+                    else [stmt.target]
+                    if isinstance(stmt, ast.AnnAssign)
+                    else []
+                )
+                value = getattr(stmt, "value", None)
+                if value is not None and any(_is_code(t) for t in targets):
+                    for text in _string_literals(value):
+                        yield stmt.lineno, text
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(_is_code(side) for side in sides):
+                for side in sides:
+                    for text in _string_literals(side):
+                        yield node.lineno, text
+
+
+def test_no_error_code_is_a_free_string() -> None:
+    # Every code is a member of ErrorCode (sent to peers) or LocalCode (never leaves the
+    # process), or a ForeignCode made where an application's or a newer hub's code is read:
+    # mypy refuses a plain string where an error is made, and this catches the spellings it
+    # lets through (class attributes, comparisons) in every module, the client's included.
+    found = [
+        f"{path.relative_to(SRC)}:{line}: {text!r}"
+        for path in sorted(SRC.rglob("*.py"))
+        for line, text in _free_string_codes(ast.parse(path.read_text()))
+    ]
+    assert found == []
+
+
+def test_the_free_string_check_finds_each_spelling() -> None:
+    source = (
+        'raise BadRequest("x", code="bad_json")\n'
+        'raise Forbidden("x", code=app if ok else "forbidden")\n'
+        'class Refused(ClarionError):\n    code = "refused"\n'
+        'if exc.code in ("token_expired", "revoked"): pass\n'
+        'if code == "unsupported_version": pass\n'
+        'raise Forbidden("x", code=ErrorCode.FORBIDDEN)\n'
+        "if exc.code == ErrorCode.BAD_TIMEOUT: pass\n"
+    )
+    found = [text for _, text in sorted(_free_string_codes(ast.parse(source)), key=lambda f: f[0])]
+    assert found == [
+        "bad_json",
+        "forbidden",
+        "refused",
+        "token_expired",
+        "revoked",
+        "unsupported_version",
+    ]
 
 
 def test_the_documented_error_table_is_the_one_in_the_code() -> None:

@@ -23,9 +23,33 @@ machine-readable ``code`` (the string sent to clients and in API error bodies) a
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
-from clarion.protocol.errors import ErrorRule, rule_for
+from clarion.protocol.errors import ErrorCode, ErrorRule, ForeignCode, rule_for
+
+
+class LocalCode(StrEnum):
+    """Codes of errors that never reach a peer of the hub (those that do: ``ErrorCode``)."""
+
+    ERROR = "error"  # the root's, for its subclasses to replace
+    STOMP = "stomp"  # the STOMP errors' root's, likewise
+    CONFIG = "config"
+    LISTEN = "listen"  # an address the server cannot bind
+    STARTUP = "startup"
+    INSECURE_BIND = "insecure_bind"
+    UNREACHABLE = "unreachable"  # a command line client's hub
+    # The Python client's own (docs/client.md).
+    CLIENT_CLOSED = "client_closed"
+    DISCONNECTED = "disconnected"
+    CONNECT_FAILED = "connect_failed"
+    CONNECTION_LOST = "connection_lost"
+    REQUEST_TIMEOUT = "request_timeout"
+    TRANSPORT_UNAVAILABLE = "transport_unavailable"
+
+
+# Every error's code: the table's, a local one, or one read from elsewhere (never a free string).
+Code = ErrorCode | LocalCode | ForeignCode
 
 
 class ClarionError(Exception):
@@ -36,9 +60,9 @@ class ClarionError(Exception):
     the rule of the class's code.
     """
 
-    code: str = "error"
+    code: Code = LocalCode.ERROR
 
-    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+    def __init__(self, message: str, *, code: Code | None = None, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -60,59 +84,59 @@ class ClarionError(Exception):
 
 
 class ClientError(ClarionError):
-    code = "bad_request"
+    code = ErrorCode.BAD_REQUEST
 
 
 class BadRequest(ClientError):
-    code = "bad_request"
+    code = ErrorCode.BAD_REQUEST
 
 
 class BadChannel(ClientError):
-    code = "bad_channel"
+    code = ErrorCode.BAD_CHANNEL
 
 
 class BadCursor(ClientError):
-    code = "bad_cursor"
+    code = ErrorCode.BAD_CURSOR
 
 
 class Unauthorized(ClientError):
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
 
 
 class Forbidden(ClientError):
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 class NotFound(ClientError):
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class TooLarge(ClientError):
-    code = "too_large"
+    code = ErrorCode.TOO_LARGE
 
 
 class LimitExceeded(ClientError):
-    code = "limit_exceeded"
+    code = ErrorCode.LIMIT_EXCEEDED
 
 
 class NodeFull(LimitExceeded):
     # 503, not 429: the client did nothing wrong, and a load balancer retries another node.
-    code = "node_full"
+    code = ErrorCode.NODE_FULL
 
 
 class ServerError(ClarionError):
-    code = "internal"
+    code: Code = ErrorCode.INTERNAL
 
 
 class EngineUnavailable(ServerError):
-    code = "engine_unavailable"
+    code = ErrorCode.ENGINE_UNAVAILABLE
 
 
 class HookUnavailable(ServerError):
     """The application's backend did not give a usable answer to a hook (``[hooks]``)."""
 
-    code = "hook_unavailable"
+    code = ErrorCode.HOOK_UNAVAILABLE
 
 
 class ConfigError(ServerError):
-    code = "config"
+    code = LocalCode.CONFIG

@@ -26,6 +26,7 @@ import orjson
 from clarion.core.auth import Credentials
 from clarion.errors import BadChannel, BadRequest, ConfigError, Forbidden, HookUnavailable
 from clarion.protocol.channels import validate_channel, validate_pattern
+from clarion.protocol.errors import ErrorCode, code_of
 from clarion.settings import HooksOptions
 from clarion.webhooks import signing
 
@@ -212,7 +213,9 @@ def _verdict(answer: Answer) -> Answer:
     reason = answer.get("reason")
     raise Forbidden(
         reason[:MAX_REASON_CHARS] if isinstance(reason, str) else "denied by the application",
-        code=code if isinstance(code, str) and _CODE.fullmatch(code) else "forbidden",
+        code=code_of(code)
+        if isinstance(code, str) and _CODE.fullmatch(code)
+        else ErrorCode.FORBIDDEN,
     )
 
 

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from clarion.errors import ClarionError
+from clarion.errors import ClarionError, LocalCode
 from clarion.settings import Settings
 
 log = logging.getLogger("clarion.workers")
@@ -59,7 +59,7 @@ def check_engine(settings: Settings, workers: int) -> None:
             "each worker would hold its own channels, and a publication would reach only the "
             'subscribers of one worker. Use the Redis engine (engine = "redis://host:port/db", '
             "or --engine redis://…; see docs/redis.md), or run one worker.",
-            code="config",
+            code=LocalCode.CONFIG,
         )
 
 
@@ -262,7 +262,7 @@ def supervise(argv: list[str], count: int, settings: Settings) -> int:
         raise ClarionError(
             f"cannot listen on {settings.host}:{settings.port}: "
             f"{reason[:1].lower() + reason[1:]}{advice}",
-            code="listen",
+            code=LocalCode.LISTEN,
         ) from None
     with held:
         port = int(held.getsockname()[1])

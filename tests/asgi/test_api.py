@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from clarion.protocol.errors import ErrorCode
+
 from ..conftest import RunningHub
 
 
@@ -85,6 +87,11 @@ async def test_healthz_metrics_openapi(hub: RunningHub) -> None:
         ("POST", "/api/disconnect", {"json": {}}, 400, "bad_request"),
         ("GET", "/api/publish", {}, 405, "method_not_allowed"),
         ("GET", "/nowhere", {}, 404, "not_found"),
+        # The router's refusals, a raw endpoint's and a path refused before routing.
+        ("PUT", "/api/history", {}, 405, "method_not_allowed"),
+        ("POST", "/sse", {}, 405, "method_not_allowed"),
+        ("GET", "/poll", {"params": {"channel": "c", "cursor": "zz"}}, 400, "bad_cursor"),
+        ("GET", "/%61pi/history", {}, 404, "not_found"),
     ],
 )
 async def test_errors_are_json(
@@ -92,8 +99,10 @@ async def test_errors_are_json(
 ) -> None:
     async with hub.http() as http:
         r = await http.request(method, path, **kwargs)
-        assert r.status_code == status
-        assert r.headers["content-type"].startswith("application/json")
+        # One writer for every HTTP error: the status is the code's, from the error table.
+        assert r.status_code == status == ErrorCode(code).status
+        assert r.headers["content-type"] == "application/json"
+        assert r.headers["cache-control"] == "no-store"
         error = r.json()["error"]
         assert error["code"] == code and error["message"]
         assert "Traceback" not in r.text

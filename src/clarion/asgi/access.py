@@ -12,6 +12,7 @@ from clarion.asgitypes import Scope
 from clarion.core.auth import Credentials
 from clarion.core.hub import Hub
 from clarion.errors import BadRequest, ClarionError, Forbidden, Unauthorized
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.origins import OriginPolicy
 from clarion.protocol.proxies import Forwarded, TrustedProxies, resolve
 
@@ -184,7 +185,7 @@ def origin_allowed(hub: Hub, scope: Scope) -> bool:
 
 def check_origin(hub: Hub, scope: Scope) -> None:
     if not origin_allowed(hub, scope):
-        raise Forbidden("origin not allowed", code="origin_forbidden")
+        raise Forbidden("origin not allowed", code=ErrorCode.ORIGIN_FORBIDDEN)
 
 
 def cors_headers(hub: Hub, scope: Scope) -> list[tuple[bytes, bytes]]:

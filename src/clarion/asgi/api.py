@@ -19,6 +19,7 @@ from clarion.core.hub import Hub
 from clarion.engines.base import presence_body
 from clarion.errors import BadRequest
 from clarion.protocol.channels import validate_channel
+from clarion.protocol.errors import ErrorCode
 
 MAX_BROADCAST_CHANNELS = 1000
 MAX_UNIX_TIME = 253402300799  # 9999-12-31T23:59:59Z
@@ -150,7 +151,7 @@ class ServerAPI:
         body, channel, user, client = await self._addressed(request)
         since = body.get("since")
         if since is not None and not isinstance(since, str):
-            raise BadRequest("'since' must be a cursor", code="bad_cursor")
+            raise BadRequest("'since' must be a cursor", code=ErrorCode.BAD_CURSOR)
         await self.hub.server_subscribe(channel, user=user, client=client, since=since or None)
         return JSONResponse({})
 

@@ -6,7 +6,6 @@ from importlib.resources import files
 from typing import Any, Protocol, runtime_checkable
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -20,23 +19,12 @@ from clarion.asgi.info import InfoAPI
 from clarion.asgi.openapi import document
 from clarion.asgi.poll import PollEndpoint
 from clarion.asgi.publish import PublishEndpoint
-from clarion.asgi.responses import (
-    JSONResponse,
-    error_body,
-    handle_clarion_error,
-    handle_unexpected,
-)
+from clarion.asgi.responses import EXCEPTION_HANDLERS, JSONResponse, send_error
 from clarion.asgi.sse import SseEndpoint
 from clarion.asgi.stomp import StompEndpoint
 from clarion.asgi.websocket import ClarionWebSocket
 from clarion.core.hub import Hub
-from clarion.errors import ClarionError
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_body(code, str(exc.detail), exc.status_code)
+from clarion.errors import NotFound
 
 
 def encoded_path(scope: Scope) -> bool:
@@ -83,8 +71,7 @@ class App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and encoded_path(scope):
             if scope["type"] == "http":
-                response = error_body("not_found", "Not Found", 404)
-                await response(scope, receive, send)
+                await send_error(send, NotFound("Not Found"))
             else:  # refused at the handshake (HTTP 403), like any unknown WebSocket path
                 await send({"type": "websocket.close", "code": 1008})
             return
@@ -173,11 +160,7 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
     router = Starlette(
         routes=routes,
         lifespan=hub.lifespan if lifespan else None,
-        exception_handlers={
-            ClarionError: handle_clarion_error,
-            HTTPException: _http_error,
-            Exception: handle_unexpected,
-        },
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     # "/api/history/" is not "/api/history": no redirect, one spelling per route.
     router.router.redirect_slashes = False

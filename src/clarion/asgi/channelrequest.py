@@ -12,6 +12,7 @@ from clarion.core.hub import Hub
 from clarion.errors import BadCursor, BadRequest, ClarionError, Forbidden
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import Cursor
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import StreamPosition
 
 ALLOWED_HEADERS = b"authorization, cache-control, last-event-id, if-none-match"
@@ -39,7 +40,7 @@ class ChannelRequest:
 def query_params(hub: Hub, scope: Scope) -> Params:
     """A channel request's parameters: at most as many as any valid request has."""
     cap = hub.settings.limits.max_subscriptions_per_connection
-    too_many = BadRequest(f"at most {cap} channels per request", code="too_many_channels")
+    too_many = BadRequest(f"at most {cap} channels per request", code=ErrorCode.TOO_MANY_CHANNELS)
     return access.query_params(scope, cap + 16, too_many)
 
 
@@ -50,7 +51,7 @@ def read_channels(hub: Hub, params: Params) -> list[str]:
     channels = list(dict.fromkeys(names))  # repeated names count once, first order kept
     cap = hub.settings.limits.max_subscriptions_per_connection
     if len(channels) > cap:
-        raise BadRequest(f"at most {cap} channels per request", code="too_many_channels")
+        raise BadRequest(f"at most {cap} channels per request", code=ErrorCode.TOO_MANY_CHANNELS)
     for name in channels:
         validate_channel(name)
     return channels
@@ -125,14 +126,16 @@ class ChannelEndpoint:
         cors = access.cors_headers(hub, scope)
         try:
             if not access.origin_allowed(hub, scope):
-                raise Forbidden("origin not allowed", code="origin_forbidden")
+                raise Forbidden("origin not allowed", code=ErrorCode.ORIGIN_FORBIDDEN)
             if method == "OPTIONS":
                 await self.preflight(send, cors)
                 return
             if method != "GET":
-                raise ClarionError(f"{method} is not allowed here", code="method_not_allowed")
+                raise ClarionError(
+                    f"{method} is not allowed here", code=ErrorCode.METHOD_NOT_ALLOWED
+                )
             if hub.closing:
-                raise ClarionError("the hub is shutting down", code="shutting_down")
+                raise ClarionError("the hub is shutting down", code=ErrorCode.SHUTTING_DOWN)
             params = query_params(hub, scope)
             await self.serve(scope, receive, send, params, cors)
         except ClarionError as exc:

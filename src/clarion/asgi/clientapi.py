@@ -28,6 +28,7 @@ from clarion.engines.base import presence_body
 from clarion.errors import BadRequest, ClarionError, Forbidden, LimitExceeded
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.messages import Command, CommandError
 
 log = logging.getLogger("clarion.api")
@@ -96,15 +97,17 @@ class ClientEndpoint:
         cors = access.cors_headers(hub, scope)
         try:
             if not access.origin_allowed(hub, scope):
-                raise Forbidden("origin not allowed", code="origin_forbidden")
+                raise Forbidden("origin not allowed", code=ErrorCode.ORIGIN_FORBIDDEN)
             method = scope["method"]
             if method == "OPTIONS":
                 await self._preflight(send, cors)
                 return
             if method != self.method:
-                raise ClarionError(f"{method} is not allowed here", code="method_not_allowed")
+                raise ClarionError(
+                    f"{method} is not allowed here", code=ErrorCode.METHOD_NOT_ALLOWED
+                )
             if hub.closing:
-                raise ClarionError("the hub is shutting down", code="shutting_down")
+                raise ClarionError("the hub is shutting down", code=ErrorCode.SHUTTING_DOWN)
             command = await self._read(scope, receive)
             credentials = await hub.authenticate(access.credentials_for(hub, scope), "poll")
             session = hub.open_session(
@@ -119,7 +122,7 @@ class ClientEndpoint:
             return
         except Exception:
             log.exception("client %s failed", self.op)
-            await refuse(hub, send, ClarionError("internal error", code="internal"), cors)
+            await refuse(hub, send, ClarionError("internal error", code=ErrorCode.INTERNAL), cors)
             return
         await send_json(send, 200, orjson.dumps(result), cors)
 
@@ -168,9 +171,11 @@ class ClientEndpoint:
                     raise LimitExceeded(
                         "sending live signals to this channel faster than "
                         "limits.client_ephemeral_rate",
-                        code="ephemeral_rate_limited",
+                        code=ErrorCode.EPHEMERAL_RATE_LIMITED,
                     )
-                raise LimitExceeded("publishing faster than the client rate", code="rate_limited")
+                raise LimitExceeded(
+                    "publishing faster than the client rate", code=ErrorCode.RATE_LIMITED
+                )
             pub = await session.publish(
                 channel,
                 cmd.data,

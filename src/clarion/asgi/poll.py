@@ -38,6 +38,7 @@ from clarion.errors import BadRequest
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode, Disconnect, disconnect_for
 from clarion.protocol.cursor import Cursor
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import Publication, StreamPosition
 
 _SECONDS = re.compile(r"\d{1,6}(\.\d{1,6})?")
@@ -243,7 +244,7 @@ def read_timeout(hub: Hub, params: Params) -> float:
     if _SECONDS.fullmatch(raw) is None or float(raw) > options.timeout_max:
         raise BadRequest(
             f"timeout must be a number of seconds from 0 to {options.timeout_max:g}",
-            code="bad_timeout",
+            code=ErrorCode.BAD_TIMEOUT,
         )
     return float(raw)
 

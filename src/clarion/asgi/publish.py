@@ -18,6 +18,7 @@ from clarion.asgitypes import Receive, Scope, Send
 from clarion.core.hub import Hub
 from clarion.errors import BadRequest, ClarionError, TooLarge
 from clarion.protocol.channels import validate_channel
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.messages import CommandError, signal_fields
 from clarion.protocol.publication import Publication
 
@@ -66,7 +67,7 @@ class PublishEndpoint:
         hub = self.hub
         try:
             if scope["method"] != "POST":
-                raise ClarionError("use POST", code="method_not_allowed")
+                raise ClarionError("use POST", code=ErrorCode.METHOD_NOT_ALLOWED)
             access.check_api_key(hub, scope)
             body = parse_object(await read_body(hub, scope, receive))
             channel = validate_channel(body.get("channel"))
@@ -89,7 +90,7 @@ class PublishEndpoint:
             return
         except Exception:
             log.exception("publish failed")
-            await send_error(send, ClarionError("internal error", code="internal"))
+            await send_error(send, ClarionError("internal error", code=ErrorCode.INTERNAL))
             return
         await send_json(send, 200, orjson.dumps(publish_reply(hub, pub)))
 

@@ -1,9 +1,10 @@
 """JSON responses and errors in the one shape the API promises: never a traceback.
 
-One writer for every HTTP answer of clarion's own: :class:`JSONResponse` and
-:func:`error_response` for the framework-routed API, :func:`send_json` and :func:`send_error` for
-the raw ASGI endpoints (``/api/publish``, ``/sse``, ``/poll``, ``/client/*``). An error's status
-is its code's, from :mod:`clarion.protocol.errors`.
+Every error an HTTP endpoint of the hub answers is written by :func:`send_error`: its status is
+its code's (:mod:`clarion.protocol.errors`), its body ``{"error": {"code", "message", …}}``. The
+raw ASGI endpoints (``/api/publish``, ``/sse``, ``/poll``, ``/client/*``) call it themselves;
+the framework-routed ones raise, and the router's handlers (:data:`EXCEPTION_HANDLERS`) answer
+with an :class:`ErrorResponse`, which calls it too.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from clarion.asgitypes import Send
-from clarion.errors import ClarionError
+from clarion.asgitypes import Receive, Scope, Send
+from clarion.errors import ClarionError, ClientError, NotFound, ServerError
+from clarion.protocol.errors import ErrorCode
 
 log = logging.getLogger("clarion.api")
 
@@ -27,10 +30,6 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
-
-
-def error_response(exc: ClarionError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
 
 
 async def send_json(
@@ -55,19 +54,50 @@ async def send_json(
 async def send_error(
     send: Send, exc: ClarionError, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
-    """``exc`` as the API's error body, with its code's status."""
+    """``exc`` as the API's error body, with its code's status: every HTTP error of the hub."""
     await send_json(send, exc.status, orjson.dumps({"error": exc.to_dict()}), headers)
 
 
-def error_body(code: str, message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+class ErrorResponse(Response):
+    """An error where the framework wants a response: written by :func:`send_error`."""
+
+    def __init__(self, exc: ClarionError) -> None:
+        super().__init__(status_code=exc.status, media_type="application/json")
+        self.error = exc
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_error(send, self.error)
+
+
+def from_http_exception(exc: HTTPException) -> ClarionError:
+    """The router's own refusals (no route, wrong method) as the table's errors."""
+    if exc.status_code == 404:
+        return NotFound(str(exc.detail))
+    if exc.status_code == 405:
+        return ClientError(str(exc.detail), code=ErrorCode.METHOD_NOT_ALLOWED)
+    if exc.status_code < 500:
+        return ClientError(str(exc.detail))
+    return ServerError(str(exc.detail))
 
 
 async def handle_clarion_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ClarionError)
-    return error_response(exc)
+    return ErrorResponse(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return ErrorResponse(from_http_exception(exc))
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_body("internal", "internal error", 500)
+    return ErrorResponse(ServerError("internal error"))
+
+
+# The exception handlers of every Starlette router that serves the hub's errors.
+EXCEPTION_HANDLERS = {
+    ClarionError: handle_clarion_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -33,6 +33,7 @@ from clarion.core.session import Session, SubscribeResult
 from clarion.errors import ClarionError, LimitExceeded
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.protocol.stomp import (
     Abort,
@@ -233,7 +234,9 @@ class StompConnection:
         if self.stomp.state is State.AWAITING_CONNECT and not self.closed:
             limit = self.hub.settings.limits.handshake_timeout
             self.fail(
-                ClarionError(f"no CONNECT frame within {limit:g} seconds", code="handshake_timeout")
+                ClarionError(
+                    f"no CONNECT frame within {limit:g} seconds", code=ErrorCode.HANDSHAKE_TIMEOUT
+                )
             )
 
     def _partial_expired(self) -> None:
@@ -243,7 +246,7 @@ class StompConnection:
             self.fail(
                 RemoteProtocolError(
                     f"incomplete frame: no NUL octet within {limit:g} seconds",
-                    code="incomplete_frame",
+                    code=ErrorCode.INCOMPLETE_FRAME,
                 )
             )
 
@@ -302,7 +305,7 @@ class StompConnection:
             self.fail(exc, receipt)
         except Exception:
             log.exception("STOMP frame failed")
-            self.fail(ClarionError("internal error", code="internal"), self._receipt)
+            self.fail(ClarionError("internal error", code=ErrorCode.INTERNAL), self._receipt)
         if not self.closed:
             self._watch_partial(completed)
 
@@ -429,7 +432,7 @@ class StompConnection:
             self.fail(
                 LimitExceeded(
                     "too many connections without CONNECT from this address",
-                    code="too_many_connections",
+                    code=ErrorCode.TOO_MANY_CONNECTIONS,
                 )
             )
         return self._pending

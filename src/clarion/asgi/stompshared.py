@@ -16,6 +16,7 @@ from clarion.core.fanout import Push, WireFormat
 from clarion.core.resume import reset_reason
 from clarion.core.session import Session
 from clarion.protocol.cursor import Cursor
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.protocol.stomp import RemoteProtocolError, StompSubscription, Subscribe
 from clarion.protocol.stomp.message import TOPIC, is_binary
@@ -102,7 +103,7 @@ def _still_resuming(channel: str) -> RemoteProtocolError:
     return RemoteProtocolError(
         f"{TOPIC + channel!r} is still being caught up on this connection: "
         "subscribe again once its first subscription's messages arrive",
-        code="busy",
+        code=ErrorCode.BUSY,
     )
 
 

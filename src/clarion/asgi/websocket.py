@@ -16,6 +16,7 @@ from clarion.engines.base import presence_body
 from clarion.errors import ClarionError, Forbidden, LimitExceeded, Unauthorized
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.messages import Command, CommandError
 
 log = logging.getLogger("clarion.ws")
@@ -51,7 +52,7 @@ class ClarionWebSocket(WebSocketEndpoint):
             if not pending:
                 raise LimitExceeded(
                     "too many connections without a session from this address",
-                    code="too_many_connections",
+                    code=ErrorCode.TOO_MANY_CONNECTIONS,
                 )
             if hub.hooks is not None:
                 credentials = await hub.authenticate(credentials, transport.kind)
@@ -134,11 +135,13 @@ class _Connection:
                 self.session.close(CloseCode.BAD_REQUEST)
         except ClarionError as exc:
             self._error(rid, exc)
-            if exc.code in ("token_expired", "revoked") and isinstance(exc, Unauthorized):
+            if exc.code in (ErrorCode.TOKEN_EXPIRED, ErrorCode.REVOKED) and isinstance(
+                exc, Unauthorized
+            ):
                 self.session.close(exc.rule.close)
         except Exception:
             log.exception("command failed")
-            self._error(rid, ClarionError("internal error", code="internal"))
+            self._error(rid, ClarionError("internal error", code=ErrorCode.INTERNAL))
 
     def _error(self, rid: messages.RequestId, exc: ClarionError) -> None:
         self.hub.stats.errors[exc.code] += 1
@@ -167,12 +170,16 @@ class _Connection:
             )
             if result is None and not session.closed:
                 # The hub ended it before it was ready (its ``unsubscribe`` push says why).
-                raise ClarionError(f"unsubscribed from {cmd.channel!r}", code="unsubscribed")
+                raise ClarionError(
+                    f"unsubscribed from {cmd.channel!r}", code=ErrorCode.UNSUBSCRIBED
+                )
             return None
         if op == "unsubscribe":
             assert cmd.channel is not None
             if not await session.unsubscribe(cmd.channel):
-                raise ClarionError(f"not subscribed to {cmd.channel!r}", code="not_subscribed")
+                raise ClarionError(
+                    f"not subscribed to {cmd.channel!r}", code=ErrorCode.NOT_SUBSCRIBED
+                )
             return {}
         if op == "publish":
             assert cmd.channel is not None
@@ -201,7 +208,9 @@ class _Connection:
             return presence_body(await hub.presence(cmd.channel), info=info)
         if op in ("connect", "refresh"):
             return await self.authenticate(cmd)
-        raise CommandError(f"unknown op {op!r}", cmd.id, code="unknown_op")  # pragma: no cover
+        raise CommandError(
+            f"unknown op {op!r}", cmd.id, code=ErrorCode.UNKNOWN_OP
+        )  # pragma: no cover
 
     async def authenticate(self, cmd: Command) -> dict[str, Any]:
         hub, session = self.hub, self.session

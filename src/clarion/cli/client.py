@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from clarion.cli.command import load_settings, local_url
-from clarion.errors import ClarionError
+from clarion.errors import ClarionError, LocalCode
 
 
 class Target:
@@ -86,7 +86,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
             timeout=10,
         )
     except httpx.HTTPError as exc:
-        raise ClarionError(f"cannot reach {target.url}: {exc}", code="unreachable") from None
+        raise ClarionError(
+            f"cannot reach {target.url}: {exc}", code=LocalCode.UNREACHABLE
+        ) from None
     if response.status_code != 200:
         raise target.refused("publish", response)
     sys.stdout.write(response.text.rstrip("\n") + "\n")
@@ -132,7 +134,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         raise ClarionError(
             "no token secret: pass --secret, set token_secret in the config or "
             "CLARION_TOKEN_SECRET",
-            code="config",
+            code=LocalCode.CONFIG,
         )
     info = args.info if isinstance(args.info, dict) else None
     algorithm = settings.token_algorithm if settings.token_algorithm.startswith("HS") else "HS256"

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from clarion.errors import ClarionError
+from clarion.errors import ClarionError, LocalCode
 from clarion.settings import Settings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -120,7 +120,8 @@ def local_url(settings: Settings, source: str) -> str:
     """The URL of the hub ``clarion serve`` runs with ``settings``, seen from this machine."""
     if settings.port == 0:
         raise ClarionError(
-            f"{source} sets port 0 (any free port): pass --url or set CLARION_URL", code="config"
+            f"{source} sets port 0 (any free port): pass --url or set CLARION_URL",
+            code=LocalCode.CONFIG,
         )
     host = settings.host
     if host in ("", "0.0.0.0"):  # every interface: loopback is one of them

@@ -12,7 +12,7 @@ import signal
 
 from clarion import __version__
 from clarion.cli.command import Loaded, load_settings, local_url, redact, run, setup_logging
-from clarion.errors import ClarionError
+from clarion.errors import ClarionError, LocalCode
 from clarion.settings import Settings
 
 # Every subcommand logs as ``clarion.cli``: the start-up lines operators grep for keep one name.
@@ -41,7 +41,7 @@ def check_bind(settings: Settings) -> None:
     raise ClarionError(
         f"refusing to listen on {settings.host} without {missing}: {consequence}. "
         f"Configure {them}, bind 127.0.0.1, or pass --insecure.",
-        code="insecure_bind",
+        code=LocalCode.INSECURE_BIND,
     )
 
 
@@ -89,14 +89,14 @@ async def serve(
     except LifespanFailed as exc:
         cause = exc.__cause__
         reason = cause.message if isinstance(cause, ClarionError) else str(cause or exc)
-        raise ClarionError(f"the hub could not start: {reason}", code="startup") from None
+        raise ClarionError(f"the hub could not start: {reason}", code=LocalCode.STARTUP) from None
     except OSError as exc:
         advice = ""
         if exc.errno == errno.EADDRINUSE:
             advice = "; choose another with --port N (or port in clarion.toml / CLARION_PORT)"
         raise ClarionError(
             f"cannot listen on {settings.host}:{settings.port}: {_listen_error(exc)}{advice}",
-            code="listen",
+            code=LocalCode.LISTEN,
         ) from None
     if settings.development_mode:
         log.warning(

@@ -30,6 +30,7 @@ from clarion.client.websocket import WebSocketLink
 from clarion.errors import BadCursor, ClarionError
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import Cursor
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.messages import Command
 
 log = logging.getLogger("clarion.client")
@@ -230,7 +231,8 @@ class Client:
         existing = self._feeds.get(channel)
         if existing is not None and not existing.done:
             raise RequestFailed(
-                f"this client is already subscribed to {channel!r}", code="already_subscribed"
+                f"this client is already subscribed to {channel!r}",
+                code=ErrorCode.ALREADY_SUBSCRIBED,
             )
         feed = Feed(channel, since, self._queue_size, latest=latest)
         self._feeds[channel] = feed

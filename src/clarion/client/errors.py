@@ -16,14 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from clarion.errors import ClarionError
+from clarion.errors import ClarionError, Code, LocalCode
 from clarion.protocol.codes import CloseCode
+from clarion.protocol.errors import ErrorCode, ForeignCode, code_of
 
 
 class ClientClosed(ClarionError):
     """The client is closed: ``close()`` was called, or the hub said not to reconnect."""
 
-    code = "client_closed"
+    code = LocalCode.CLIENT_CLOSED
 
     def __init__(self, reason: str = "the client is closed", close_code: int = CloseCode.NORMAL):
         super().__init__(reason)
@@ -34,7 +35,7 @@ class ClientClosed(ClarionError):
 class Disconnected(ClientClosed):
     """The hub closed the connection with a code that forbids reconnecting (e.g. 4501)."""
 
-    code = "disconnected"
+    code = LocalCode.DISCONNECTED
 
     def __init__(self, close_code: int, reason: str) -> None:
         super().__init__(reason, close_code)
@@ -46,25 +47,25 @@ class Disconnected(ClientClosed):
 class ConnectFailed(ClarionError):
     """The first connection could not be made (unreachable hub, refused upgrade, no endpoint)."""
 
-    code = "connect_failed"
+    code = LocalCode.CONNECT_FAILED
 
 
 class ConnectionLost(ClarionError):
     """The connection dropped while a request was in flight; it may or may not have been done."""
 
-    code = "connection_lost"
+    code = LocalCode.CONNECTION_LOST
 
 
 class RequestTimeout(ClarionError, TimeoutError):
     """No answer to a request within ``request_timeout`` seconds."""
 
-    code = "request_timeout"
+    code = LocalCode.REQUEST_TIMEOUT
 
 
 class RequestFailed(ClarionError):
     """The hub refused a request; ``code`` is the hub's error code (``forbidden``, ...)."""
 
-    def __init__(self, message: str, *, code: str, status: int | None = None) -> None:
+    def __init__(self, message: str, *, code: Code, status: int | None = None) -> None:
         super().__init__(message, code=code)
         self._status = status if status is not None else 0
 
@@ -82,7 +83,11 @@ class RequestFailed(ClarionError):
         message = error.get("message")
         return cls(
             message if isinstance(message, str) else "the hub refused the request",
-            code=code if isinstance(code, str) else f"http_{status}" if status else "error",
+            code=code_of(code)
+            if isinstance(code, str)
+            else ForeignCode(f"http_{status}")
+            if status
+            else LocalCode.ERROR,
             status=status,
         )
 
@@ -94,11 +99,11 @@ def unsubscribed(channel: str, reason: Any) -> RequestFailed:
     """What a subscription's reader gets when the hub ended it (``code`` ``unsubscribed``)."""
     why = reason if isinstance(reason, str) else "unknown"
     return RequestFailed(
-        f"the hub ended the subscription to {channel!r} ({why})", code="unsubscribed"
+        f"the hub ended the subscription to {channel!r} ({why})", code=ErrorCode.UNSUBSCRIBED
     )
 
 
 class TransportUnavailable(ConnectFailed):
     """The hub does not offer this transport (refused upgrade, missing endpoint)."""
 
-    code = "transport_unavailable"
+    code = LocalCode.TRANSPORT_UNAVAILABLE

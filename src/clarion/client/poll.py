@@ -24,6 +24,7 @@ from clarion.client.streams import (
     reset_from,
 )
 from clarion.client.subscription import Feed
+from clarion.protocol.errors import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ async def run_poll(feed: Feed, ctx: StreamContext) -> None:
             attempt += 1
             continue
         except RequestFailed as exc:
-            if exc.code != "bad_timeout" or longest <= FALLBACK_TIMEOUT:
+            if exc.code != ErrorCode.BAD_TIMEOUT or longest <= FALLBACK_TIMEOUT:
                 raise
             log.info("the hub refused timeout=%s; polling with %s s", longest, FALLBACK_TIMEOUT)
             longest = FALLBACK_TIMEOUT

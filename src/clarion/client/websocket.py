@@ -53,6 +53,7 @@ from clarion.client.subscription import Feed
 from clarion.client.tokens import TokenSource, resolve_token
 from clarion.errors import ClarionError
 from clarion.protocol.codes import CloseCode
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.messages import (
     SUBPROTOCOL,
     Command,
@@ -477,7 +478,7 @@ class WebSocketLink:
             # The hub would close the whole connection (1009, "do not reconnect") over it.
             raise RequestFailed(
                 f"the {op} frame is {len(raw)} bytes, over max_message_bytes ({limit})",
-                code="too_large",
+                code=ErrorCode.TOO_LARGE,
             )
         frame = raw.decode()
         try:

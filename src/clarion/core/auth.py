@@ -14,6 +14,7 @@ import jwt
 
 from clarion.errors import BadChannel, ConfigError, Forbidden, Unauthorized
 from clarion.protocol.channels import matches_any, namespace_of, validate_channel, validate_pattern
+from clarion.protocol.errors import ErrorCode
 from clarion.settings import Settings
 
 log = logging.getLogger("clarion.auth")
@@ -84,7 +85,7 @@ def _check_times(claims: dict[str, Any], now: float) -> None:
                 f"from 0 to {MAX_NUMERIC_DATE}"
             )
     if claims["exp"] <= now - LEEWAY:
-        raise Unauthorized("token expired", code="token_expired")
+        raise Unauthorized("token expired", code=ErrorCode.TOKEN_EXPIRED)
     if claims.get("nbf", 0) > now + LEEWAY:
         raise Unauthorized("invalid token: it is not valid yet (nbf)")
     if claims.get("iat", 0) > now + LEEWAY:

@@ -11,6 +11,7 @@ from clarion.core.limits import AddressCount, Refusals, Revocations
 from clarion.core.session import Session, Transport
 from clarion.errors import ClarionError, LimitExceeded, NodeFull, Unauthorized
 from clarion.protocol.codes import CloseCode
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.proxies import address_key
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class SessionRegistry:
         ip_key = session.ip_key
         if ip_key is not None and self.by_ip.get(ip_key, 0) >= limits.max_connections_per_ip:
             raise LimitExceeded(
-                "too many connections from this address", code="too_many_connections"
+                "too many connections from this address", code=ErrorCode.TOO_MANY_CONNECTIONS
             )
         self.sessions[session.id] = session
         if credentials.user is not None:
@@ -73,7 +74,9 @@ class SessionRegistry:
     def _check_user_room(self, user: str) -> None:
         held = self.by_user.get(user)
         if held is not None and len(held) >= self.hub.settings.limits.max_connections_per_user:
-            raise LimitExceeded("too many connections for this user", code="too_many_connections")
+            raise LimitExceeded(
+                "too many connections for this user", code=ErrorCode.TOO_MANY_CONNECTIONS
+            )
 
     def rename(self, session: Session, credentials: Credentials) -> None:
         """Index ``session`` under the user of its new ``credentials`` (caps checked first)."""
@@ -121,7 +124,7 @@ class SessionRegistry:
 
     def check_revoked(self, credentials: Credentials) -> None:
         if self.revocations.refused(credentials.user, credentials.token_id):
-            raise Unauthorized("this user or token was revoked", code="revoked")
+            raise Unauthorized("this user or token was revoked", code=ErrorCode.REVOKED)
 
     def disconnect_local_user(
         self,

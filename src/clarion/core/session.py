@@ -22,6 +22,7 @@ from clarion.errors import BadRequest, ClarionError, LimitExceeded
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import encode_single
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.proxies import address_key
 from clarion.protocol.publication import Publication, StreamPosition
 
@@ -257,10 +258,12 @@ class Session:
 
     def _check_room(self, channel: str) -> None:
         if channel in self.subscriptions:
-            raise BadRequest(f"already subscribed to {channel!r}", code="already_subscribed")
+            raise BadRequest(
+                f"already subscribed to {channel!r}", code=ErrorCode.ALREADY_SUBSCRIBED
+            )
         if len(self.subscriptions) >= self.hub.settings.limits.max_subscriptions_per_connection:
             raise LimitExceeded(
-                "too many subscriptions on this connection", code="too_many_subscriptions"
+                "too many subscriptions on this connection", code=ErrorCode.TOO_MANY_SUBSCRIPTIONS
             )
 
     async def unsubscribe(self, channel: str) -> bool:
@@ -336,13 +339,14 @@ class Session:
                     self.close(CloseCode.ABUSE)
                 raise LimitExceeded(
                     "sending live signals to this channel faster than limits.client_ephemeral_rate",
-                    code="ephemeral_rate_limited",
+                    code=ErrorCode.EPHEMERAL_RATE_LIMITED,
                 )
         elif not self.publish_bucket.take() or not await hub.admission.check_user_rate(self):
             if self.abuse.strike():
                 self.close(CloseCode.ABUSE)
             raise LimitExceeded(
-                "publishing faster than this connection's or user's rate", code="rate_limited"
+                "publishing faster than this connection's or user's rate",
+                code=ErrorCode.RATE_LIMITED,
             )
         hooks = hub.hooks
         if hooks is not None:

@@ -12,16 +12,17 @@ from importlib.resources import files
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from clarion.asgi.responses import JSONResponse, error_body
+from clarion.asgi import access
+from clarion.asgi.responses import EXCEPTION_HANDLERS, ErrorResponse, JSONResponse
 from clarion.core.auth import mint_token
 from clarion.core.hub import Hub
 from clarion.demo.feeds import DEVICES, DeviceSpec, device, ticker
+from clarion.errors import BadRequest, NotFound
 from clarion.settings import Settings
 
 # A person's name on the demo pages: it is the token's user. Device users are "device:<id>",
@@ -94,13 +95,6 @@ def color_of(name: str) -> str:
     return f"hsl({hue} 70% 45%)"
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    # In the shape of every other error of the hub (a GET-only page asked with POST: 405).
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_body(code, str(exc.detail), exc.status_code)
-
-
 class Pages:
     """The files of ``clarion/static/demo``, read once."""
 
@@ -115,7 +109,7 @@ class Pages:
     def response(self, name: str) -> Response:
         found = self.files.get(name) or self.files.get(name + ".html")
         if found is None:
-            return error_body("not_found", "no such demo page", 404)
+            return ErrorResponse(NotFound("no such demo page"))
         body, media_type = found
         return Response(body, media_type=media_type, headers={"cache-control": "no-cache"})
 
@@ -144,7 +138,8 @@ class Demo:
                 Route("/demo/{name:path}", self._page, methods=["GET"]),
             ],
             lifespan=self._lifespan,
-            exception_handlers={HTTPException: _http_error},
+            # Errors in the shape of every other of the hub (a GET-only page asked with POST: 405).
+            exception_handlers=EXCEPTION_HANDLERS,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -193,11 +188,9 @@ class Demo:
 
     async def _token(self, request: Request) -> Response:
         # Demo-only: a token for whoever asks, for the name they ask for.
-        name = request.query_params.get("user", "")
+        name = access.single_param(access.query_params(request.scope), "user") or ""
         if not NAME.fullmatch(name):
-            return error_body(
-                "bad_request", "user: 1 to 24 letters, digits, '_' or '-'", status=400
-            )
+            return ErrorResponse(BadRequest("user: 1 to 24 letters, digits, '_' or '-'"))
         token = person_token(self.hub.settings, name)
         body = {"token": token, "user": name, "expires": int(time.time()) + TOKEN_TTL}
         return JSONResponse(body, headers={"cache-control": "no-store"})

@@ -7,7 +7,7 @@ import logging
 import tempfile
 from typing import Any
 
-from clarion.errors import ClarionError
+from clarion.errors import ClarionError, LocalCode
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -25,7 +25,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise ClarionError(
                 f"refusing to serve the demo on {settings.host}: its token endpoint gives a "
                 "token to anyone who asks. Bind 127.0.0.1, or pass --insecure.",
-                code="insecure_bind",
+                code=LocalCode.INSECURE_BIND,
             )
         return run(serve(Loaded(settings, None, False, []), demo=True))
 

@@ -6,8 +6,9 @@ client should come back (see :mod:`clarion.protocol.codes`). The hub's transport
 client and ``clarion.js`` all read it (a test keeps the browser client's copy equal), and
 ``docs/protocol.md`` lists it (a test keeps that equal too).
 
-Codes outside the table exist: a hook's refusal carries the application's own code. Such a code
-follows the rule of its exception's class (:func:`rule_for`).
+Codes outside the table exist: a hook's refusal carries the application's own code, and a
+client may hear a code from a newer hub. Such a code is a :data:`ForeignCode`, made on purpose
+where it is read, and follows the rule of its exception's class (:func:`rule_for`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NewType
 
 from clarion.protocol.codes import CloseCode, disconnect_for
 
@@ -226,6 +228,19 @@ _RULES = [
 del E, C
 
 ERRORS: Mapping[ErrorCode, ErrorRule] = {rule.code: rule for rule in _RULES}
+
+
+# A code that is not clarion's to define: an application's own (a hook's refusal), or one a hub
+# sent that this client does not know. A distinct type, so that no code is a free string.
+ForeignCode = NewType("ForeignCode", str)
+
+
+def code_of(value: str) -> ErrorCode | ForeignCode:
+    """``value``, read from a peer or an application, as the table's code when it is one."""
+    try:
+        return ErrorCode(value)
+    except ValueError:
+        return ForeignCode(value)
 
 
 def rule_for(code: str, fallback: ErrorCode = ErrorCode.INTERNAL) -> ErrorRule:

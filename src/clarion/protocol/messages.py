@@ -20,8 +20,9 @@ from typing import Any, Literal, TypedDict
 
 import orjson
 
-from clarion.errors import BadRequest, ClarionError
+from clarion.errors import BadRequest, ClarionError, Code
 from clarion.protocol.channels import validate_channel
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import MAX_KEY_CHARS, Publication
 
 SUBPROTOCOL = "clarion.v1"
@@ -51,7 +52,7 @@ RequestId = int | str | None
 class CommandError(BadRequest):
     """A command that cannot be carried out as sent; ``request_id`` echoes its ``id``."""
 
-    def __init__(self, message: str, request_id: RequestId = None, code: str | None = None):
+    def __init__(self, message: str, request_id: RequestId = None, code: Code | None = None):
         super().__init__(message, code=code)
         self.request_id = request_id
 
@@ -90,7 +91,7 @@ def parse_command(frame: str | bytes) -> Command:
     if not isinstance(op, str):
         raise CommandError("op is required and must be a string", rid)
     if op not in OPS:
-        raise CommandError(f"unknown op {op[:32]!r}", rid, code="unknown_op")
+        raise CommandError(f"unknown op {op[:32]!r}", rid, code=ErrorCode.UNKNOWN_OP)
     channel = None
     if op in _CHANNEL_OPS:
         try:
@@ -99,7 +100,7 @@ def parse_command(frame: str | bytes) -> Command:
             raise CommandError(exc.message, rid, code=exc.code) from None
     since = obj.get("since")
     if since is not None and not isinstance(since, str):
-        raise CommandError("since must be a cursor string", rid, code="bad_cursor")
+        raise CommandError("since must be a cursor string", rid, code=ErrorCode.BAD_CURSOR)
     limit = obj.get("limit")
     if limit is not None and (
         not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_HISTORY_LIMIT

@@ -22,7 +22,7 @@ MAX_LIST = 1000
 
 
 def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
-    raw = request.query_params.get(name)
+    raw = access.single_param(access.query_params(request.scope), name)
     if raw is None:
         return default
     if not raw.isdigit() or int(raw) > maximum:

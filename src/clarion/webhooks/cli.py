@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from clarion.errors import ClarionError
+from clarion.errors import ClarionError, LocalCode
 from clarion.webhooks.endpoint import EVENT_KINDS
 
 
@@ -75,7 +75,9 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
             timeout=30,
         )
     except httpx.HTTPError as exc:
-        raise ClarionError(f"cannot reach {target.url}: {exc}", code="unreachable") from None
+        raise ClarionError(
+            f"cannot reach {target.url}: {exc}", code=LocalCode.UNREACHABLE
+        ) from None
     if response.status_code != 200:
         raise target.refused(f"{method} {path}", response)
     try:

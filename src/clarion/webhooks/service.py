@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from clarion.engines.base import WebhookStorage
 from clarion.errors import Forbidden, NotFound, ServerError
+from clarion.protocol.errors import ErrorCode
 from clarion.webhooks.counts import QueueCounts
 from clarion.webhooks.describe import describe
 from clarion.webhooks.endpoint import Delivery, Endpoint
@@ -286,7 +287,7 @@ class WebhookService:
         if endpoint.source == "config":
             raise Forbidden(
                 f"webhook {endpoint_id} is configured in the config file; remove it there",
-                code="configured_webhook",
+                code=ErrorCode.CONFIGURED_WEBHOOK,
             )
         await self._require().forget(endpoint)
         self.attempt_stats.forget(endpoint_id)

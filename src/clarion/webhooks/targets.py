@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from clarion.errors import BadRequest
+from clarion.protocol.errors import ErrorCode
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_URL_CHARS = 2048
@@ -39,7 +40,7 @@ _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1:
 class UnsafeTarget(BadRequest):
     """The target URL would reach an address webhooks may not reach."""
 
-    code = "unsafe_target"
+    code = ErrorCode.UNSAFE_TARGET
 
 
 @dataclass(frozen=True, slots=True)

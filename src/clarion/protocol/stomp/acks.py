@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import StreamPosition
 from clarion.protocol.stomp.errors import RemoteProtocolError
 
@@ -70,7 +71,7 @@ class AckPosition:
             if not following and len(self._acked) >= MAX_OUT_OF_ORDER:
                 raise RemoteProtocolError(
                     f"over {MAX_OUT_OF_ORDER} messages acknowledged out of order",
-                    code="too_many_acks",
+                    code=ErrorCode.TOO_MANY_ACKS,
                 )
             self._acked.add(position)
         self._advance()

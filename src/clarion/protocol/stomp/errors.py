@@ -16,19 +16,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from clarion.errors import ClarionError, ClientError, ServerError
+from clarion.errors import ClarionError, ClientError, Code, LocalCode, ServerError
+from clarion.protocol.errors import ErrorCode
 
 
 class StompProtocolError(ClarionError):
     """Root of the STOMP errors; ``receipt_id`` is the failing frame's ``receipt`` header."""
 
-    code = "stomp"
+    code: Code = LocalCode.STOMP
 
     def __init__(
         self,
         message: str,
         *,
-        code: str | None = None,
+        code: Code | None = None,
         receipt_id: str | None = None,
         **details: Any,
     ) -> None:
@@ -39,10 +40,10 @@ class StompProtocolError(ClarionError):
 class RemoteProtocolError(StompProtocolError, ClientError):
     """The client broke the STOMP protocol (malformed frame, wrong state, missing header...)."""
 
-    code = "bad_frame"
+    code = ErrorCode.BAD_FRAME
 
 
 class LocalProtocolError(StompProtocolError, ServerError):
     """The hub asked to send a frame that the session's state does not allow."""
 
-    code = "internal"
+    code = ErrorCode.INTERNAL

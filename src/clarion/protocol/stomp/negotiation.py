@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.stomp.errors import RemoteProtocolError
 
 VERSIONS = ("1.0", "1.1", "1.2")  # oldest first
@@ -32,7 +33,7 @@ def negotiate_version(accept_version: str | None) -> str:
         if version in offered:
             return version
     raise RemoteProtocolError(
-        "Supported protocol versions are " + " ".join(VERSIONS), code="unsupported_version"
+        "Supported protocol versions are " + " ".join(VERSIONS), code=ErrorCode.UNSUPPORTED_VERSION
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.stomp.errors import RemoteProtocolError
 from clarion.protocol.stomp.frame import Frame, unescape
 
@@ -153,7 +154,7 @@ class FrameParser:
             raise RemoteProtocolError("a frame ended (NUL) before the blank line after its headers")
         if stop - start > self.max_header_bytes:
             raise RemoteProtocolError(
-                f"frame headers are over {self.max_header_bytes} bytes", code="too_large"
+                f"frame headers are over {self.max_header_bytes} bytes", code=ErrorCode.TOO_LARGE
             )
         if match is None:
             self._scan = max(start, len(buf) - 2)  # a blank line may straddle two feeds
@@ -172,7 +173,7 @@ class FrameParser:
             raise RemoteProtocolError(f"not a STOMP command: {command[:40]!r}")
         if len(lines) - 1 > self.max_headers:
             raise RemoteProtocolError(
-                f"frame has over {self.max_headers} headers", code="too_large"
+                f"frame has over {self.max_headers} headers", code=ErrorCode.TOO_LARGE
             )
         headers = tuple(self._header(line) for line in lines[1:])
         length: int | None = None
@@ -185,7 +186,7 @@ class FrameParser:
         body_start = match.end()
         if length is not None and body_start - start + length + 1 > self.max_frame_bytes:
             raise RemoteProtocolError(
-                f"frame is over {self.max_frame_bytes} bytes", code="too_large"
+                f"frame is over {self.max_frame_bytes} bytes", code=ErrorCode.TOO_LARGE
             )
         self._scan = body_start
         return _Head(command, headers, body_start, length)
@@ -215,13 +216,13 @@ class FrameParser:
             if end < 0:
                 if len(buf) - start >= self.max_frame_bytes:
                     raise RemoteProtocolError(
-                        f"frame is over {self.max_frame_bytes} bytes", code="too_large"
+                        f"frame is over {self.max_frame_bytes} bytes", code=ErrorCode.TOO_LARGE
                     )
                 self._scan = len(buf)
                 return None
             if end + 1 - start > self.max_frame_bytes:
                 raise RemoteProtocolError(
-                    f"frame is over {self.max_frame_bytes} bytes", code="too_large"
+                    f"frame is over {self.max_frame_bytes} bytes", code=ErrorCode.TOO_LARGE
                 )
         frame = Frame(head.command, head.headers, bytes(buf[body_start:end]))
         self._head = None

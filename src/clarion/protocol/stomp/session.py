@@ -22,6 +22,7 @@ import orjson
 from clarion.errors import BadChannel, BadCursor
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import MAX_EPOCH_BYTES, Cursor, channel_tag, decode_entries
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import MAX_KEY_CHARS, StreamPosition
 from clarion.protocol.stomp.acks import ACK_MODES, AckMode
 from clarion.protocol.stomp.errors import LocalProtocolError, RemoteProtocolError
@@ -108,7 +109,7 @@ def _bearer(value: str | None) -> str | None:
     scheme, _, token = value.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise RemoteProtocolError(
-            "the Authorization header must be 'Bearer <token>'", code="unauthorized"
+            "the Authorization header must be 'Bearer <token>'", code=ErrorCode.UNAUTHORIZED
         )
     return token.strip()
 
@@ -136,7 +137,9 @@ def decode_body(frame: Frame) -> tuple[Any, dict[str, Any] | None]:
             try:
                 value = orjson.loads(body)
             except orjson.JSONDecodeError:
-                raise RemoteProtocolError("SEND body is not valid JSON", code="bad_json") from None
+                raise RemoteProtocolError(
+                    "SEND body is not valid JSON", code=ErrorCode.BAD_JSON
+                ) from None
             if content_type == JSON_TYPE and orjson.dumps(value) == body:
                 return value, None
     attrs: dict[str, Any] = {}
@@ -161,17 +164,18 @@ def user_headers(frame: Frame) -> dict[str, str]:
             continue
         if name in RESERVED_HEADERS:
             raise RemoteProtocolError(
-                f"header {name[:40]!r} is set by the hub on MESSAGE frames", code="reserved_header"
+                f"header {name[:40]!r} is set by the hub on MESSAGE frames",
+                code=ErrorCode.RESERVED_HEADER,
             )
         if len(headers) >= MAX_USER_HEADERS:
             raise RemoteProtocolError(
-                f"over {MAX_USER_HEADERS} user headers on SEND", code="too_many_headers"
+                f"over {MAX_USER_HEADERS} user headers on SEND", code=ErrorCode.TOO_MANY_HEADERS
             )
         size += len(name.encode()) + len(value.encode())
         if size > MAX_USER_HEADER_BYTES:
             raise RemoteProtocolError(
                 f"user headers on SEND are over {MAX_USER_HEADER_BYTES} bytes",
-                code="too_many_headers",
+                code=ErrorCode.TOO_MANY_HEADERS,
             )
         headers[name] = value
     return headers
@@ -312,13 +316,13 @@ class StompSession:
         if not dest.startswith(TOPIC):
             raise RemoteProtocolError(
                 f"destination must be /topic/<channel>, not {dest[:80]!r}",
-                code="bad_destination",
+                code=ErrorCode.BAD_DESTINATION,
             )
         try:
             return validate_channel(dest[len(TOPIC) :])
         except BadChannel as exc:
             raise RemoteProtocolError(
-                f"bad destination {dest[:80]!r}: {exc.message}", code="bad_channel"
+                f"bad destination {dest[:80]!r}: {exc.message}", code=ErrorCode.BAD_CHANNEL
             ) from None
 
     def _on_send(self, frame: Frame, receipt: str | None) -> Send:
@@ -351,7 +355,7 @@ class StompSession:
         name = frame.get("transaction")
         if name is not None and name not in self.transactions:
             raise RemoteProtocolError(
-                f"no open transaction {name[:80]!r}", code="unknown_transaction"
+                f"no open transaction {name[:80]!r}", code=ErrorCode.UNKNOWN_TRANSACTION
             )
         return name
 
@@ -360,12 +364,12 @@ class StompSession:
         if len(held) >= MAX_TRANSACTION_FRAMES:
             raise RemoteProtocolError(
                 f"over {MAX_TRANSACTION_FRAMES} frames in transaction {transaction[:80]!r}",
-                code="transaction_too_large",
+                code=ErrorCode.TRANSACTION_TOO_LARGE,
             )
         if self._held_bytes + size > self.max_transaction_bytes:
             raise RemoteProtocolError(
                 f"open transactions hold over {self.max_transaction_bytes} bytes",
-                code="transaction_too_large",
+                code=ErrorCode.TRANSACTION_TOO_LARGE,
             )
         self._held_bytes += size
         held.append((event, size))
@@ -378,11 +382,11 @@ class StompSession:
             )
         if name in self.transactions:
             raise RemoteProtocolError(
-                f"transaction {name[:80]!r} is already open", code="unknown_transaction"
+                f"transaction {name[:80]!r} is already open", code=ErrorCode.UNKNOWN_TRANSACTION
             )
         if len(self.transactions) >= MAX_TRANSACTIONS:
             raise RemoteProtocolError(
-                f"over {MAX_TRANSACTIONS} open transactions", code="too_many_transactions"
+                f"over {MAX_TRANSACTIONS} open transactions", code=ErrorCode.TOO_MANY_TRANSACTIONS
             )
         self.transactions[name] = []
         return Begin(name, receipt)
@@ -423,7 +427,7 @@ class StompSession:
         if len(self.subscriptions) >= self.max_subscriptions:
             raise RemoteProtocolError(
                 f"over {self.max_subscriptions} subscriptions on this connection",
-                code="too_many_subscriptions",
+                code=ErrorCode.TOO_MANY_SUBSCRIPTIONS,
             )
         ack = frame.get("ack") or "auto"
         if ack not in ACK_MODES:
@@ -437,13 +441,17 @@ class StompSession:
             try:
                 position = Cursor.decode(since).get(channel)
             except BadCursor as exc:
-                raise RemoteProtocolError(f"x-since: {exc.message}", code="bad_cursor") from None
+                raise RemoteProtocolError(
+                    f"x-since: {exc.message}", code=ErrorCode.BAD_CURSOR
+                ) from None
             if position is None:
                 raise RemoteProtocolError(
-                    f"x-since holds no position for channel {channel!r}", code="bad_cursor"
+                    f"x-since holds no position for channel {channel!r}", code=ErrorCode.BAD_CURSOR
                 )
             if len(position.epoch) > MAX_EPOCH_BYTES:
-                raise RemoteProtocolError("x-since holds an invalid epoch", code="bad_cursor")
+                raise RemoteProtocolError(
+                    "x-since holds an invalid epoch", code=ErrorCode.BAD_CURSOR
+                )
         latest = frame.get("x-latest")
         if latest not in (None, "true", "false"):
             raise RemoteProtocolError("x-latest must be true or false")
@@ -496,7 +504,7 @@ class StompSession:
             entries = {}
         if len(entries) != 1 or any(len(p.epoch) > MAX_EPOCH_BYTES for p in entries.values()):
             raise RemoteProtocolError(
-                f"{command} names no message of this hub: {ident[:60]!r}", code="bad_ack"
+                f"{command} names no message of this hub: {ident[:60]!r}", code=ErrorCode.BAD_ACK
             )
         ((tag, position),) = entries.items()
         named = frame.get("subscription")
@@ -508,7 +516,7 @@ class StompSession:
             sub = self._by_tag.get(tag)
         if sub is not None and channel_tag(sub.channel) != tag:
             raise RemoteProtocolError(
-                f"{command} names a message of another subscription", code="bad_ack"
+                f"{command} names a message of another subscription", code=ErrorCode.BAD_ACK
             )
         transaction = self._transaction_of(frame)
         ack = Ack(sub, position, command == "NACK", receipt, transaction, cumulative)
@@ -594,7 +602,7 @@ class StompSession:
         extra: list[tuple[str, str]] = [("message", message), ("x-code", code)]
         if receipt_id is not None:
             extra.append(("receipt-id", _one_line(receipt_id)))
-        if code == "unsupported_version":
+        if code == ErrorCode.UNSUPPORTED_VERSION:
             extra.append(("version", ",".join(VERSIONS)))
         extra.append(("content-type", "text/plain"))
         frame = Frame("ERROR", (*extra, *headers), (message + "\n").encode())

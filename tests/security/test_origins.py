@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from clarion import Settings
+from clarion.core.auth import mint_token
 
-from .servers import SERVERS, TRANSPORTS, serve, try_origin
+from .servers import SERVERS, TRANSPORTS, head, serve, try_origin
 
 SECRET = "origin-secret-0123456789abcdef0123456789"
 
@@ -147,3 +148,54 @@ def test_bad_configured_origins_refuse_to_start() -> None:
             Settings(allowed_origins=[bad])
     with pytest.raises(ValueError, match="public_url"):
         Settings(public_url="rt.example.com")
+
+
+WILDCARD = {
+    "allowed_origins": ["*", "https://app.example.com"],
+    "token_secret": SECRET,
+    "api_key": "k",
+}
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_an_origin_admitted_by_the_wildcard_alone_gets_no_ambient_credentials(
+    server: str,
+) -> None:
+    """With ``*`` any page may connect, but the browser attaches the visitor's token cookie to
+    any page's request: from an origin no rule names, the cookie does not count (the page must
+    present a token itself) and CORS answers without ``Allow-Credentials``."""
+    token = mint_token(SECRET, "alice", ["chat:*"], publish=["chat:*"])
+    cookie = f"clarion_token={token}"
+    named, unnamed = "https://app.example.com", "https://anyone.example.net"
+    async with serve(server, Settings(**WILDCARD)) as running:
+        results = {}
+        for origin in (named, unnamed):
+            headers = {"Origin": origin, "Cookie": cookie}
+            async with running.ws(additional_headers=headers) as ws:
+                results["ws", origin] = "ok" in await ws.subscribe("chat:a")
+            for name, target in (
+                ("sse", "/sse?channel=chat:a"),
+                ("poll", "/poll?channel=chat:a&timeout=0"),
+            ):
+                response = await head(running.port, "GET", target, headers)
+                results[name, origin] = response.status == 200
+                assert response.headers.get("access-control-allow-origin") == origin
+                credentials = response.headers.get("access-control-allow-credentials")
+                assert credentials == ("true" if origin == named else None), (name, origin)
+            async with running.http() as http:
+                published = await http.post(
+                    "/client/publish", json={"channel": "chat:a", "data": 1}, headers=headers
+                )
+                results["publish", origin] = published.status_code == 200
+        assert results == {
+            **{(t, named): True for t in ("ws", "sse", "poll", "publish")},
+            **{(t, unnamed): False for t in ("ws", "sse", "poll", "publish")},
+        }
+        # The same page presenting the token itself is served.
+        async with running.ws(additional_headers={"Origin": unnamed}) as ws:
+            assert "ok" in await ws.call("connect", token=token)
+            assert "ok" in await ws.subscribe("chat:a")
+        response = await head(
+            running.port, "GET", f"/sse?channel=chat:a&token={token}", {"Origin": unnamed}
+        )
+        assert response.status == 200

@@ -139,8 +139,12 @@ def check_api_key(hub: Hub, scope: Scope) -> None:
         raise Unauthorized("wrong API key")
 
 
-def token_from(scope: Scope) -> str | None:
-    """The connection token from the Authorization header, the ``token`` query or the cookie."""
+def token_from(hub: Hub, scope: Scope) -> str | None:
+    """The connection token from the Authorization header, the ``token`` query or the cookie.
+
+    A browser sends the cookie on its own, whichever page opened the request: it counts only from
+    a page whose origin the configuration names (or with no ``Origin``: not a cross-site request).
+    An origin admitted by ``allowed_origins = ["*"]`` alone must present its token itself."""
     value = header(scope, b"authorization")
     if value:
         scheme, _, token = value.partition(" ")
@@ -150,7 +154,7 @@ def token_from(scope: Scope) -> str | None:
     if tokens:
         return tokens[0]
     cookie = header(scope, b"cookie")
-    if cookie:
+    if cookie and origin_trusted(hub, scope):
         jar: SimpleCookie = SimpleCookie()
         try:
             jar.load(cookie)
@@ -163,7 +167,7 @@ def token_from(scope: Scope) -> str | None:
 
 
 def credentials_for(hub: Hub, scope: Scope) -> Credentials:
-    token = token_from(scope)
+    token = token_from(hub, scope)
     if token is None:
         return hub.auth.anonymous()
     return hub.auth.verify(token)
@@ -183,6 +187,15 @@ def origin_allowed(hub: Hub, scope: Scope) -> bool:
     return origins.allows(origin)
 
 
+def origin_trusted(hub: Hub, scope: Scope) -> bool:
+    """May this request carry the visitor's ambient credentials: no ``Origin`` (not a cross-site
+    request), or one a rule names — not one admitted by ``*`` alone?"""
+    origin = header(scope, b"origin")
+    if origin is None:
+        return True
+    return _policy(hub).origins.names(origin, public_scheme(hub, scope))
+
+
 def check_origin(hub: Hub, scope: Scope) -> None:
     if not origin_allowed(hub, scope):
         raise Forbidden("origin not allowed", code=ErrorCode.ORIGIN_FORBIDDEN)
@@ -192,8 +205,7 @@ def cors_headers(hub: Hub, scope: Scope) -> list[tuple[bytes, bytes]]:
     origin = header(scope, b"origin")
     if origin is None or not origin_allowed(hub, scope):
         return []
-    return [
-        (b"access-control-allow-origin", origin.encode("latin-1")),
-        (b"access-control-allow-credentials", b"true"),
-        (b"vary", b"Origin"),
-    ]
+    headers = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+    if origin_trusted(hub, scope):
+        headers.append((b"access-control-allow-credentials", b"true"))
+    return headers

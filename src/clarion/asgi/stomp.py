@@ -381,7 +381,7 @@ class StompConnection:
             self._handshake_timer = None
         # Browsers cannot set CONNECT headers from every library: fall back to the upgrade
         # request's token (Authorization header, token= query parameter, cookie).
-        token = event.token or access.token_from(self.scope)
+        token = event.token or access.token_from(self.hub, self.scope)
         credentials = hub.auth.verify(token) if token else hub.auth.anonymous()
         if hub.hooks is not None:
             credentials = await hub.authenticate(credentials, "stomp")

@@ -130,8 +130,11 @@ class OriginPolicy:
     def allows(self, value: str, public_scheme: str = "http") -> bool:
         """Is the ``Origin`` header ``value`` allowed on a request the public reached over
         ``public_scheme`` (``http``/``https``; only the loopback rule reads it)?"""
-        if self.any:
-            return True
+        return self.any or self.names(value, public_scheme)
+
+    def names(self, value: str, public_scheme: str = "http") -> bool:
+        """Is ``value`` allowed by a rule of its own, not only by ``*``? Only such an origin is
+        trusted with the visitor's ambient credentials (the token cookie)."""
         origin = parse_origin(value)
         if origin is None:
             return False

@@ -1,10 +1,10 @@
 """The publish path's cost in one process: hub, server and client on one event loop.
 
-``clarion serve``'s server and hub run in this process on loopback, with ``--channels``
-WebSocket subscribers (one per channel) and ``--connections`` keep-alive HTTP connections that
-each publish to the next channel in turn, one request in flight. Every request is the whole
-publish path: HTTP parsing, the ASGI app, JSON, the history append, the cursor, the frame, the
-reply and the write to the subscriber.
+``clarion serve``'s server and hub run in this process on loopback, with ``--subscribers``
+WebSocket subscribers on each of ``--channels`` channels (one by default) and ``--connections``
+keep-alive HTTP connections that each publish to the next channel in turn, one request in
+flight. Every request is the whole publish path: HTTP parsing, the ASGI app, JSON, the history
+append, the cursor, the frame, the reply and the writes to the subscribers.
 
 It prints the process CPU per publication. That figure includes this file's client (the same
 for every tree measured), and on a shared machine it varies from run to run; for a figure that
@@ -14,7 +14,8 @@ does not, count instructions, with callgrind counting only while publications ar
         .venv/bin/python -m benchmarks.publish_cost --requests 1000 --callgrind
     grep ^summary: cg.out    # instructions; divide by --requests
 
-(user space only: the kernel's part of the syscalls is not counted.)
+(user space only: the kernel's part of the syscalls is not counted.) With ``--channels 1
+--subscribers 1000`` the same count is the fan-out's: one publication, a thousand deliveries.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def _callgrind(state: str) -> None:
 
 
 async def run(
-    requests: int, channels: int, connections: int, callgrind: bool = False
+    requests: int, channels: int, connections: int, callgrind: bool = False, subscribers: int = 1
 ) -> dict[str, Any]:
     from clarion.core.hub import Hub
     from clarion.settings import Limits, Settings
@@ -87,11 +88,11 @@ async def run(
     await server.start()
     port = server.port
     subs: list[_Reader] = []
-    for k in range(channels):
+    for k in range(channels * subscribers):
         _, sub = await loop.create_connection(_Reader, "127.0.0.1", port)
         assert sub.transport is not None
         sub.transport.write(ws_upgrade_request("127.0.0.1", port, "/ws", "clarion.v1"))
-        sub.transport.write(mask_frame(subscribe_op(channel=f"bench{k}")))
+        sub.transport.write(mask_frame(subscribe_op(channel=f"bench{k % channels}")))
         subs.append(sub)
     while not all(s.replied for s in subs):
         await asyncio.sleep(0.01)
@@ -128,7 +129,7 @@ async def run(
         post(pub)
     await finished
     deadline = time.monotonic() + 600
-    while sum(s.frames for s in subs) < requests and time.monotonic() < deadline:
+    while sum(s.frames for s in subs) < requests * subscribers and time.monotonic() < deadline:
         await asyncio.sleep(0.005)  # every frame written reaches its subscriber
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
     if callgrind:
@@ -141,6 +142,7 @@ async def run(
         "requests": requests,
         "channels": channels,
         "connections": connections,
+        "subscribers": subscribers,
         "cpu_us_per_publication": round(1e6 * cpu / requests, 1),
         "publications_per_s": round(requests / wall),
         "delivered": sum(s.frames for s in subs),
@@ -150,7 +152,8 @@ async def run(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=5000)
-    p.add_argument("--channels", type=int, default=100, help="one WebSocket subscriber each")
+    p.add_argument("--channels", type=int, default=100)
+    p.add_argument("--subscribers", type=int, default=1, help="WebSocket subscribers per channel")
     p.add_argument("--connections", type=int, default=16, help="publishing HTTP connections")
     p.add_argument(
         "--callgrind",
@@ -161,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        result = uvloop.run(run(a.requests, a.channels, a.connections, a.callgrind))
+        result = uvloop.run(run(a.requests, a.channels, a.connections, a.callgrind, a.subscribers))
     except ImportError:  # pragma: no cover - uvloop is a clarion dependency on Linux
-        result = asyncio.run(run(a.requests, a.channels, a.connections, a.callgrind))
+        result = asyncio.run(run(a.requests, a.channels, a.connections, a.callgrind, a.subscribers))
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

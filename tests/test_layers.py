@@ -28,6 +28,25 @@ def _imported_after(modules: list[str]) -> set[str]:
     return set(json.loads(out.stdout))
 
 
+# A module longer than this says at the top why it is long ("Long on purpose: …").
+LONG_MODULE = 500
+LONG_REASONS = ("Long on purpose:", "Over ~500 lines because")
+
+
+def test_every_long_module_says_why() -> None:
+    import clarion
+
+    root = Path(clarion.__file__).parent
+    silent = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > LONG_MODULE:
+            docstring = ast.get_docstring(ast.parse(text)) or ""
+            if not any(reason in docstring for reason in LONG_REASONS):
+                silent.append(path.relative_to(root).as_posix())
+    assert silent == []
+
+
 def test_protocol_layer_never_imports_asyncio() -> None:
     loaded = _imported_after(_modules(clarion.protocol))
     assert "asyncio" not in loaded
@@ -86,6 +105,16 @@ def test_transports_import_no_engine() -> None:
         assert _importers(package, engines) == {}
     loaded = _imported_after(_modules(clarion.asgi) + _modules(clarion.server))
     assert not {m for m in loaded if m.startswith(engines)}
+
+
+def test_the_server_and_the_app_meet_only_at_asgitypes() -> None:
+    # clarion.server is a plain ASGI server and clarion.asgi a plain ASGI app: the fast
+    # extensions' names and protocols are clarion.asgitypes', which both import.
+    app = {n for names in _imports(clarion.server).values() for n in names}
+    assert {n for n in app if n == "clarion.asgi" or n.startswith("clarion.asgi.")} == set()
+    assert _importers(clarion.asgi, ("clarion.server",)) == {}
+    assert "clarion.asgitypes" in _imports(clarion.server)["clarion.server.fastws"]
+    assert "clarion.asgitypes" in _imports(clarion.asgi)["clarion.asgi.pipe"]
 
 
 def test_asgi_and_webhooks_are_not_a_cycle() -> None:

@@ -10,6 +10,9 @@ received is handled synchronously by one reader task: frames leave in the order 
 and the state of every feed changes in wire order, which is what keeps resubscriptions (after a
 reconnect, an overflow or an unsubscribe/subscribe of the same channel) free of gaps and
 duplicates.
+
+Long on purpose: the connection's life, its one writer and its one reader share the link's
+state, and that ordering argument reads best in one class.
 """
 
 from __future__ import annotations

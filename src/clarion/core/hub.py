@@ -12,6 +12,9 @@
 
 The hub itself holds what they share (settings, engine, auth, hooks, listeners, background
 tasks), publishes, and reads history and presence.
+
+Long on purpose: it is the core's whole surface for adapters and applications, and most of its
+methods are one-line hand-offs to the part that holds the logic.
 """
 
 from __future__ import annotations

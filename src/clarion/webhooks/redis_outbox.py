@@ -14,6 +14,9 @@ so that a publication whose publish call has answered survives the node being ki
 queued before one made afterwards through another node. A failed write is tried again
 (``WRITE_TRIES``, backing off); when that is spent the publish call is answered all the same
 and the loss is logged.
+
+Long on purpose: it is the whole ``Outbox`` protocol on Redis (intake, delivery, dead letters,
+endpoints, leases) over one shared state; the keys and scripts are the store module's.
 """
 
 from __future__ import annotations

@@ -83,6 +83,17 @@ class FastWebSocket(FastOutbox, Protocol):
         """Send what is queued, then a close frame; the socket closes after the handshake."""
         ...
 
+    def listen(self, handler: Callable[[Message], Awaitable[None]]) -> None:
+        """From now on, ``await handler(message)`` for each inbound ASGI message instead of
+        ``receive()``: in order, one at a time, the last one ``websocket.disconnect``.
+
+        The server awaits them in a task of its own that exists only while messages wait, so
+        an idle connection holds no coroutine; the app's coroutine may return once it has
+        called this without ending the connection. A handler that raises is logged and the
+        connection closed with 1011; the messages that follow (the disconnect) still come.
+        """
+        ...
+
 
 class FastStream(FastOutbox, Protocol):
     """``clarion.fast_stream``: pushes are complete HTTP chunks of one streaming response.

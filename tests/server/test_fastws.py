@@ -312,3 +312,63 @@ async def socket_ends(sock: socket.socket, within: float) -> bool:
         except OSError:  # reset
             return True
     return False
+
+
+class Listener:
+    """An app that accepts, hands the connection a handler (``listen``) and returns."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.messages: list[Any] = []
+        self.returned = asyncio.Event()
+        self.disconnected = asyncio.Event()
+        self.fail_on = fail_on
+        self.conn: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.conn = await accept(scope, receive, send)
+        self.conn.listen(self.on_message)
+        self.returned.set()
+
+    async def on_message(self, message: Any) -> None:
+        self.messages.append(message)
+        if message["type"] == "websocket.disconnect":
+            self.disconnected.set()
+            return
+        text = message.get("text")
+        if text == self.fail_on:
+            raise ValueError("the handler failed")
+        await asyncio.sleep(0.01)  # a handler that awaits: the next message waits for it
+        self.conn.push_text(f"echo {text}".encode())
+
+
+async def test_a_listening_connection_outlives_its_app_and_holds_no_task(
+    start_server: Any,
+) -> None:
+    app = Listener()
+    server = await start_server(app)
+    async with open_ws(server.port) as ws:
+        await asyncio.wait_for(app.returned.wait(), TIMEOUT)
+        # The app's coroutine is over, the connection is open, and nothing waits on it.
+        await asyncio.sleep(0.05)
+        names = [task.get_name() for task in asyncio.all_tasks()]
+        assert not [name for name in names if name.startswith("clarion-websocket")], names
+        for i in range(3):  # sent at once: handed over in order, one at a time
+            await ws.send(str(i))
+        assert [await recv(ws) for _ in range(3)] == ["echo 0", "echo 1", "echo 2"]
+    await asyncio.wait_for(app.disconnected.wait(), TIMEOUT)
+    assert [m["type"] for m in app.messages] == ["websocket.receive"] * 3 + ["websocket.disconnect"]
+    assert app.messages[-1]["code"] == 1000
+
+
+async def test_a_failing_listener_closes_with_1011_and_still_hears_the_disconnect(
+    start_server: Any,
+) -> None:
+    app = Listener(fail_on="boom")
+    server = await start_server(app)
+    async with open_ws(server.port) as ws:
+        await ws.send("fine")
+        assert await recv(ws) == "echo fine"
+        await ws.send("boom")
+        code, _ = await closed(ws)
+    assert code == 1011
+    await asyncio.wait_for(app.disconnected.wait(), TIMEOUT)

@@ -30,6 +30,7 @@ def test_fast_websocket_members() -> None:
         "close",
         "closed",
         "last_activity",
+        "listen",
         "ping",
         "push",
         "push_many",

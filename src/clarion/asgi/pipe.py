@@ -26,7 +26,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from clarion.asgitypes import FastOutbox, FastStream, FastWebSocket, Scope, Send, fast_websocket
+from clarion.asgitypes import (
+    FastOutbox,
+    FastStream,
+    FastWebSocket,
+    Message,
+    Scope,
+    Send,
+    fast_websocket,
+)
 from clarion.core.fanout import deliver_each
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.frames import Latest, LatestText, http_chunk, latest, latest_text
@@ -71,6 +79,10 @@ class Pipe:
 
     def ping(self) -> None:
         return None
+
+    def listen(self, handler: Callable[[Message], Awaitable[None]]) -> bool:
+        """Have the server call ``handler`` with each inbound message; False: not offered."""
+        return False
 
     def close(self, code: int, reason: str, last: bytes | None = None) -> None:
         """Send ``last`` (unless what is queued is dropped first) and end the connection."""
@@ -131,6 +143,10 @@ class FastSocketPipe(FastPipe):
 
     def ping(self) -> None:
         self.conn.ping()
+
+    def listen(self, handler: Callable[[Message], Awaitable[None]]) -> bool:
+        self.conn.listen(handler)
+        return True
 
     def close(self, code: int, reason: str, last: bytes | None = None) -> None:
         if last is not None:

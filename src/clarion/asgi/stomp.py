@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -27,7 +26,8 @@ from clarion.asgi import access
 from clarion.asgi.pipe import Pipe
 from clarion.asgi.stompshared import Shared, subscribe_shared
 from clarion.asgi.stompwire import StompWire
-from clarion.asgi.wsendpoint import WebSocketEndpoint
+from clarion.asgi.wsendpoint import Handler, WebSocketEndpoint
+from clarion.asgitypes import Message
 from clarion.core.hub import Hub
 from clarion.core.session import Session, SubscribeResult
 from clarion.errors import ClarionError, LimitExceeded
@@ -61,7 +61,7 @@ SERVER = f"clarion/{__version__}"
 # ---- one connection ------------------------------------------------------------------------------
 
 
-class StompConnection:
+class StompConnection(Handler):
     """One STOMP client: the hub's :class:`~clarion.core.session.Transport` for it, and the code
     that carries out its frames in the order they arrive."""
 
@@ -274,19 +274,14 @@ class StompConnection:
 
     # ---- client frames ---------------------------------------------------------------------------
 
-    async def run(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
-                return
-            if kind != "websocket.receive" or self.closed:
-                continue
-            self.last_received = time.monotonic()
-            data = message.get("bytes")
-            if data is None:
-                data = (message.get("text") or "").encode()
-            await self.feed(data)
+    async def receive(self, message: Message) -> None:
+        if self.closed:
+            return
+        self.last_received = time.monotonic()
+        data = message.get("bytes")
+        if data is None:
+            data = (message.get("text") or "").encode()
+        await self.feed(data)
 
     async def feed(self, data: bytes) -> None:
         self._receipt = None
@@ -468,9 +463,3 @@ class StompEndpoint(WebSocketEndpoint):
         pipe.on_overflow = overflow
         connection.admit()  # refused: an ERROR frame and 4503, then the close handshake
         return connection
-
-    async def run(self, handler: StompConnection, receive: Any) -> None:
-        try:
-            await handler.run(receive)
-        finally:
-            handler.finish()

@@ -8,8 +8,9 @@ from typing import Any
 from clarion.asgi import access
 from clarion.asgi.pipe import Pipe
 from clarion.asgi.publish import publish_reply
-from clarion.asgi.wsendpoint import WebSocketEndpoint
+from clarion.asgi.wsendpoint import Handler, WebSocketEndpoint
 from clarion.asgi.wstransport import WsTransport
+from clarion.asgitypes import Message
 from clarion.core.hub import Hub
 from clarion.core.session import Session, SubscribeResult
 from clarion.engines.base import presence_body
@@ -67,49 +68,15 @@ class ClarionWebSocket(WebSocketEndpoint):
         finally:
             if pending:
                 hub.pending.release(pending_key)
-        pipe.on_overflow = lambda: hub.overflow(session)
-        return _Connection(hub, session, transport, pending_key)
-
-    async def run(self, handler: _Connection, receive: Any) -> None:
-        hub, session, transport = self.hub, handler.session, handler.transport
-        lingering = False
-
-        def linger() -> None:
-            # The hub ended the session (slow, revoked, ...) but the socket is still there until
-            # the peer or the server lets go: count it as a socket without a session meanwhile.
-            nonlocal lingering
-            if not lingering:
-                lingering = True
-                hub.pending.hold(handler.pending_key)
-
-        transport.on_close = linger
-        hub.subscribe_claimed(session)
-        try:
-            while True:
-                message = await receive()
-                kind = message["type"]
-                if kind == "websocket.disconnect":
-                    break
-                if kind != "websocket.receive":
-                    continue
-                text = message.get("text")
-                if text is None:
-                    session.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
-                    continue
-                if session.closed:
-                    continue
-                await handler.handle(text)
-        finally:
-            transport.on_close = None
-            hub.close_session(session, CloseCode.NORMAL)
-            if lingering:
-                hub.pending.release(handler.pending_key)
+        handler = _Connection(hub, session, transport, pending_key)
+        pipe.on_overflow = handler.overflow
+        return handler
 
 
-class _Connection:
+class _Connection(Handler):
     """Carries out one session's commands in the order they arrive."""
 
-    __slots__ = ("bad_frames", "hub", "pending_key", "session", "transport")
+    __slots__ = ("bad_frames", "hub", "lingering", "pending_key", "session", "transport")
 
     def __init__(
         self, hub: Hub, session: Session, transport: WsTransport, pending_key: str | None
@@ -119,6 +86,35 @@ class _Connection:
         self.transport = transport
         self.pending_key = pending_key  # where the socket counts once its session is over
         self.bad_frames = 0
+        self.lingering = False
+
+    def start(self) -> None:
+        self.transport.on_close = self.linger
+        self.hub.subscribe_claimed(self.session)
+
+    def overflow(self) -> None:
+        self.hub.overflow(self.session)
+
+    def linger(self) -> None:
+        # The hub ended the session (slow, revoked, ...) but the socket is still there until
+        # the peer or the server lets go: count it as a socket without a session meanwhile.
+        if not self.lingering:
+            self.lingering = True
+            self.hub.pending.hold(self.pending_key)
+
+    async def receive(self, message: Message) -> None:
+        text = message.get("text")
+        session = self.session
+        if text is None:
+            session.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
+        elif not session.closed:
+            await self.handle(text)
+
+    def finish(self) -> None:
+        self.transport.on_close = None
+        self.hub.close_session(self.session, CloseCode.NORMAL)
+        if self.lingering:
+            self.hub.pending.release(self.pending_key)
 
     async def handle(self, text: str) -> None:
         rid = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from clarion.asgi.pipe import Pipe, socket_pipe
-from clarion.asgitypes import Send
+from clarion.asgitypes import Message, Send
 from clarion.core.hub import Hub
 from clarion.protocol.codes import CloseCode
 
@@ -38,11 +38,39 @@ async def accept(
     return True
 
 
+class Handler:
+    """One connection's handler, as an endpoint's :meth:`WebSocketEndpoint.open` returns it."""
+
+    __slots__ = ()
+
+    def start(self) -> None:
+        """The connection is open and served from now on."""
+
+    async def receive(self, message: Message) -> None:
+        """One ``websocket.receive`` message, awaited before the next one is handed over."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """The connection is over (called once)."""
+
+    async def on_message(self, message: Message) -> None:
+        """What a listening server hands over: messages, then the disconnect."""
+        kind = message["type"]
+        if kind == "websocket.receive":
+            await self.receive(message)
+        elif kind == "websocket.disconnect":
+            self.finish()
+
+
 class WebSocketEndpoint:
     """An ASGI application for one WebSocket endpoint; one instance serves every connection.
 
-    Accept → pipe → :meth:`open` (with the scope) → :meth:`run` (without it: its headers are not
-    kept for the connection's lifetime) → the pipe stopped, whatever happened.
+    Accept → pipe → :meth:`open` (with the scope) → the handler is served (without the scope:
+    its headers are not kept for the connection's lifetime) → the pipe stopped, whatever
+    happened. On clarion's own server the handler is handed to the connection
+    (:meth:`~clarion.asgitypes.FastWebSocket.listen`), which calls it as messages come, and
+    the endpoint's coroutine ends: an idle connection holds no coroutine or task. Elsewhere
+    one coroutine per connection awaits ``receive()`` and hands each message over.
     """
 
     def __init__(self, hub: Hub) -> None:
@@ -51,11 +79,8 @@ class WebSocketEndpoint:
     def subprotocol(self, offered: list[str]) -> str | None:
         raise NotImplementedError
 
-    async def open(self, scope: dict[str, Any], pipe: Pipe) -> Any:
+    async def open(self, scope: dict[str, Any], pipe: Pipe) -> Handler | None:
         """The connection's handler, or ``None`` if it was refused (the pipe is closing)."""
-        raise NotImplementedError
-
-    async def run(self, handler: Any, receive: Any) -> None:
         raise NotImplementedError
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -70,6 +95,14 @@ class WebSocketEndpoint:
             if handler is None:
                 await pipe.closed(receive, CLOSE_WAIT)
                 return
-            await self.run(handler, receive)
+            handler.start()
+            if pipe.listen(handler.on_message):
+                return
+            try:
+                while (message := await receive())["type"] != "websocket.disconnect":
+                    if message["type"] == "websocket.receive":
+                        await handler.receive(message)
+            finally:
+                handler.finish()
         finally:
             await pipe.stop()

@@ -17,6 +17,7 @@ import codecs
 import enum
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from websockets.exceptions import ProtocolError
@@ -77,9 +78,11 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         "_decoder",
         "_disconnected",
         "_drain",
+        "_draining",
         "_early",
         "_handshake",
         "_inbound",
+        "_listener",
         "_loop",
         "_opcode",
         "_parts",
@@ -118,6 +121,9 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         # and this queue is short (INBOUND_HIGH) so pop(0) costs nothing.
         self._inbound: list[Message] = [{"type": "websocket.connect"}]
         self._waiter: asyncio.Future[None] | None = None
+        # Set by listen(): inbound messages are handed to it instead of to receive().
+        self._listener: Callable[[Message], Awaitable[None]] | None = None
+        self._draining = False  # a task is handing the inbound messages to the listener
         self._drain: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._write_blocked = False  # reading paused until the peer reads what is queued
@@ -225,6 +231,27 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self.phase = Phase.CLOSING
         self._pump(protocol)
 
+    def listen(self, handler: Callable[[Message], Awaitable[None]]) -> None:
+        if self.phase is Phase.CONNECTING:
+            raise RuntimeError("listen before websocket.accept")
+        self._listener = handler
+        if self._inbound:
+            self._wake()
+
+    async def _hand_over(self, handler: Callable[[Message], Awaitable[None]]) -> None:
+        """Await the listener on each waiting message; the task ends once none waits."""
+        try:
+            while self._inbound:
+                message = self._take()
+                try:
+                    await handler(message)
+                except Exception:
+                    log.error("exception in ASGI websocket application", exc_info=True)
+                    if self.phase is Phase.OPEN:
+                        self.close(1011)
+        finally:
+            self._draining = False
+
     # -- Outbox hooks -----------------------------------------------------------------------
 
     def on_eof_flushed(self) -> None:
@@ -298,6 +325,8 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             self.abort()
             return
         exc = task.exception()
+        if exc is None and self._listener is not None:
+            return  # the app listens: the connection goes on without its coroutine
         if isinstance(exc, ClientDisconnected):
             # The ASGI way of learning the peer is gone, left to propagate: nothing to report.
             log.debug("websocket app ended on a closed connection")
@@ -312,6 +341,8 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             self.close(1000 if exc is None else 1011)
 
     async def receive(self) -> Message:
+        if self._listener is not None:
+            raise RuntimeError("receive() on a websocket that listens")
         while not self._inbound:
             if self._disconnected:
                 return {"type": "websocket.disconnect", "code": ABNORMAL, "reason": ""}
@@ -320,6 +351,9 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
                 await waiter
             finally:
                 self._waiter = None
+        return self._take()
+
+    def _take(self) -> Message:
         message = self._inbound.pop(0)
         if (
             self._reading_paused
@@ -486,6 +520,12 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        listener = self._listener
+        if listener is not None:
+            if not self._draining:
+                self._draining = True
+                self._registry.start(self._hand_over(listener), "clarion-websocket-inbound")
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -73,6 +73,12 @@ MAX_NUMERIC_DATE = 253_402_300_799
 LEEWAY = 5  # seconds of clock skew tolerated between the token's issuer and the hub
 
 
+def expired(exp: float, now: float) -> bool:
+    """Whether a token expiring at ``exp`` is past it at ``now`` (the hub's wall clock), beyond
+    the leeway: one rule for a token presented and for a session that holds one."""
+    return exp <= now - LEEWAY
+
+
 def _check_times(claims: dict[str, Any], now: float) -> None:
     """``exp``, ``nbf`` and ``iat`` are integers in range, and the token is valid at ``now``."""
     for name in ("exp", "nbf", "iat"):
@@ -84,7 +90,7 @@ def _check_times(claims: dict[str, Any], now: float) -> None:
                 f"invalid token: claim {name!r} must be a whole number of seconds "
                 f"from 0 to {MAX_NUMERIC_DATE}"
             )
-    if claims["exp"] <= now - LEEWAY:
+    if expired(claims["exp"], now):
         raise Unauthorized("token expired", code=ErrorCode.TOKEN_EXPIRED)
     if claims.get("nbf", 0) > now + LEEWAY:
         raise Unauthorized("invalid token: it is not valid yet (nbf)")

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from clarion.core.auth import Credentials
+from clarion.core.auth import LEEWAY, Credentials
 from clarion.core.limits import AddressCount, Refusals, Revocations
 from clarion.core.session import Session, Transport
 from clarion.errors import ClarionError, LimitExceeded, NodeFull, Unauthorized
@@ -156,7 +156,10 @@ class SessionRegistry:
     ) -> None:
         engine = self.hub.engine
         if until is None and token_id is not None:
-            until = exp if exp is not None else time.time() + self.hub.settings.revocation_ttl
+            # Until the token is refused anyway: its exp, plus the leeway it is accepted within.
+            until = (
+                exp + LEEWAY if exp is not None else time.time() + self.hub.settings.revocation_ttl
+            )
         failure: ClarionError | None = None
         if until is not None and until > time.time():
             try:

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from clarion.core.auth import expired
 from clarion.core.session import Backlogged
 from clarion.protocol.codes import CloseCode
 
@@ -84,7 +85,7 @@ class Sweeper:
                 session.close(CloseCode.IDLE)
                 continue
             expires = session.credentials.expires_at
-            if expires is not None and wall > expires:
+            if expires is not None and expired(expires, wall):
                 session.close(CloseCode.TOKEN_EXPIRED)
 
     async def _sync_revocations_forever(self) -> None:

@@ -106,7 +106,10 @@ class EndpointWorker:
                 await self._rest()
                 return
         delivery = self.queue[0]
+        # next_attempt is wall-clock time, to outlive a restart; the wait is bounded by what the
+        # schedule could have chosen, so a clock stepped back delays no retry by the step.
         wait = delivery.next_attempt - time.time()
+        wait = min(wait, context.schedule.ceiling(delivery.attempts) if delivery.attempts else 0.0)
         if wait > 0:
             await asyncio.sleep(wait)
         async with context.slots:

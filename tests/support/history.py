@@ -30,7 +30,7 @@ from typing import Any
 Position = tuple[str, int]  # (epoch, offset)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a soak holds millions
 class Entry:
     kind: str  # "subscribed", "publication" or "reset"
     channel: str

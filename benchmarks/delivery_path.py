@@ -50,7 +50,7 @@ async def measure(subscribers: int, publications: int, rounds: int) -> float:
         received: list[Any] = []
         for n in range(subscribers):
             session = hub.open_session(Sink(), Credentials(user=f"u{n}", trusted=True))
-            await hub.subscribe(session, "bench", fmt, received.append)
+            await session.subscribe("bench", fmt, received.append)
         best = float("inf")
         for _ in range(rounds):
             received.clear()

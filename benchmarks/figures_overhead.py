@@ -56,7 +56,7 @@ async def measure(subscribers: int, publications: int, rounds: int) -> tuple[flo
         received: list[Any] = []
         for n in range(subscribers):
             session = hub.open_session(Sink(), Credentials(user=f"u{n}", trusted=True))
-            await hub.subscribe(session, "bench", fmt, received.append)
+            await session.subscribe("bench", fmt, received.append)
         on, quiet = hub.stats.activity, Quiet()
         best = {"on": float("inf"), "off": float("inf")}
         for _ in range(rounds):

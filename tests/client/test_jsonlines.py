@@ -26,7 +26,7 @@ async def test_lines_until_the_hub_says_stop(hub: RunningHub) -> None:
     async with asyncio.timeout(timeout(5)):
         while out.getvalue().count("\n") < 1:
             await asyncio.sleep(0.01)
-    hub.hub.close_session(session, CloseCode.DISCONNECTED)
+    session.close(CloseCode.DISCONNECTED)
     with pytest.raises(Disconnected):
         await asyncio.wait_for(task, timeout(5))
     (line,) = out.getvalue().splitlines()

@@ -60,7 +60,7 @@ async def test_dropped_connection_resumes_with_exactly_the_missed_then_live(
         await hub.publish("chat:lobby", "before")
         assert (await next_message(sub)).data == "before"
         dropped = await session_of(hub, transport, "chat:lobby")
-        hub.hub.close_session(dropped, CloseCode.SHUTDOWN)
+        dropped.close(CloseCode.SHUTDOWN)
         for n in range(3):
             await hub.publish("chat:lobby", f"missed {n}")
         # Published while the client was away: nobody was subscribed on the hub.
@@ -83,7 +83,7 @@ async def test_poll_between_requests_loses_nothing(hub: RunningHub) -> None:
         client.subscribe("chat:lobby") as sub,
     ):
         waiting = await session_of(hub, "poll", "chat:lobby")
-        hub.hub.close_session(waiting, CloseCode.SHUTDOWN)
+        waiting.close(CloseCode.SHUTDOWN)
         for n in range(3):
             await hub.publish("chat:lobby", n)
         assert [(await next_message(sub)).data for _ in range(3)] == [0, 1, 2]
@@ -120,7 +120,7 @@ async def test_gap_bigger_than_history_yields_a_reset_then_live(
         else:
             assert (await next_message(sub)).offset == 1
             dropped = await session_of(hub, transport, "news")
-            hub.hub.close_session(dropped, CloseCode.SHUTDOWN)
+            dropped.close(CloseCode.SHUTDOWN)
             await publish_five()
         reset = await next_item(sub)
         assert isinstance(reset, Reset), reset
@@ -146,7 +146,7 @@ async def test_do_not_reconnect_code_ends_iteration_with_the_error(
         await hub.publish("chat:lobby", "kept")
         assert (await next_message(sub)).data == "kept"
         session = await session_of(hub, transport, "chat:lobby")
-        hub.hub.close_session(session, CloseCode.DISCONNECTED)
+        session.close(CloseCode.DISCONNECTED)
         with pytest.raises(Disconnected) as caught:
             await next_item(sub)
         assert caught.value.close_code == CloseCode.DISCONNECTED

@@ -136,7 +136,7 @@ async def test_token_is_sent_and_a_refused_token_stops_the_client(hub_factory: A
         async with client.subscribe("chat:lobby") as sub:
             (member,) = await client.presence("chat:lobby")
             assert member.user == "ada"
-            hub.hub.close_session(await session_of(hub, "ws", "chat:lobby"), CloseCode.NO_PONG)
+            (await session_of(hub, "ws", "chat:lobby")).close(CloseCode.NO_PONG)
             await hub.publish("chat:lobby", "after reconnect")
             assert (await next_message(sub)).data == "after reconnect"
         assert len(asked) == 2  # asked again for the reconnect

@@ -201,7 +201,7 @@ async def test_a_session_closed_by_the_hub_answers_with_its_disconnect(hub: Runn
         request = asyncio.create_task(poll(client, "chat:lobby", cursor=cursor, timeout=30))
         await until(lambda: waiting(hub, "chat:lobby") == 1)
         for session in list(hub.hub.sessions.values()):
-            hub.hub.close_session(session, CloseCode.SHUTDOWN)
+            session.close(CloseCode.SHUTDOWN)
         reply = await asyncio.wait_for(request, timeout(5))
     assert reply == {
         "publications": [],

@@ -47,7 +47,7 @@ async def stalled_reader(hub: RunningHub, channel: str, headers: str = "") -> so
 async def cut(hub: RunningHub, code: int = CloseCode.SHUTDOWN) -> None:
     """The hub ends every SSE stream, as on shutdown or a server-side disconnect."""
     for session in sse_sessions(hub):
-        hub.hub.close_session(session, code)
+        session.close(code)
 
 
 @both_servers

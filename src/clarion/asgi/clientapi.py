@@ -116,7 +116,7 @@ class ClientEndpoint:
             try:
                 result = await self._run(session, command)
             finally:
-                hub.close_session(session, CloseCode.NORMAL)
+                session.close(CloseCode.NORMAL)
         except ClarionError as exc:
             await refuse(hub, send, exc, cors)
             return

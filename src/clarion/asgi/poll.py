@@ -289,7 +289,7 @@ class PollEndpoint(ChannelEndpoint):
             elif not session.closed:
                 reply.hub_changes(waiter)
         finally:
-            hub.close_session(session, CloseCode.NORMAL)
+            session.close(CloseCode.NORMAL)
         if reply is None:
             return  # the client went away
         cursor = reply.cursor()
@@ -363,12 +363,11 @@ class PollEndpoint(ChannelEndpoint):
         timeout: float,
         receive: Receive,
     ) -> _Reply | None:
-        hub = self.hub
         watcher = asyncio.create_task(until_disconnect(receive), name="clarion-poll-watcher")
         try:
             for channel in request.channels:
-                await hub.subscribe(
-                    session, channel, POLL_WAKE, waiter.push, since=positions[channel], checked=True
+                await session.subscribe(
+                    channel, POLL_WAKE, waiter.push, since=positions[channel], checked=True
                 )
                 if waiter.woken.done() or session.closed or watcher.done():
                     break

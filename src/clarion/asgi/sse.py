@@ -397,7 +397,7 @@ class SseEndpoint(ChannelEndpoint):
             hub.subscribe_claimed(session)  # runs once the stream is open
             await self._stream(stream, pipe, receive)
         finally:
-            hub.close_session(session, CloseCode.NORMAL)
+            session.close(CloseCode.NORMAL)
             if pipe is not None:
                 await pipe.stop()
 

@@ -225,7 +225,7 @@ class StompConnection(Handler):
 
     def end(self, code: int, reason: str) -> None:
         if self.session is not None:
-            self.hub.close_session(self.session, code, reason)
+            self.session.close(code, reason)
         else:
             self.close(code, reason)
 

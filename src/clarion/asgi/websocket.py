@@ -112,7 +112,7 @@ class _Connection(Handler):
 
     def finish(self) -> None:
         self.transport.on_close = None
-        self.hub.close_session(self.session, CloseCode.NORMAL)
+        self.session.close(CloseCode.NORMAL)
         if self.lingering:
             self.hub.pending.release(self.pending_key)
 
@@ -220,7 +220,7 @@ class _Connection(Handler):
             if session.closed:
                 return {}
         first = session.user is None and credentials.user is not None
-        hub.set_credentials(session, credentials)
+        session.set_credentials(credentials)
         if cmd.op == "connect" and first:
             hub.subscribe_claimed(session)
         body: dict[str, Any] = {"client": session.id, "user": credentials.user}

@@ -61,7 +61,7 @@ class Admission:
                     await self._release(shared, [(kind, key)], session.id)
                 return
             if not admitted:
-                self.hub.close_session(session, CloseCode.TOO_MANY_CONNECTIONS)
+                session.close(CloseCode.TOO_MANY_CONNECTIONS)
                 return
             held.append((kind, key))
 

@@ -12,9 +12,6 @@
 
 The hub itself holds what they share (settings, engine, auth, hooks, listeners, background
 tasks), publishes, and reads history and presence.
-
-Long on purpose: it is the core's whole surface for adapters and applications, and most of its
-methods are one-line hand-offs to the part that holds the logic.
 """
 
 from __future__ import annotations
@@ -40,7 +37,7 @@ from clarion.core.operator import OperatorAuth
 from clarion.core.presence import Roster
 from clarion.core.registry import SessionRegistry
 from clarion.core.resume import history_reset, position_for
-from clarion.core.session import Session, SubscribeResult, Transport
+from clarion.core.session import Session, Transport
 from clarion.core.sweeper import Sweeper
 from clarion.engines.base import Engine, History, PresenceEntry, PresenceStats, SharedLimits
 from clarion.errors import BadRequest, ClarionError, NotFound, TooLarge
@@ -404,14 +401,6 @@ class Hub:
         if self.hooks is not None:
             await self.hooks.subscribe(credentials, channel, client, transport)
 
-    def set_credentials(self, session: Session, credentials: Credentials) -> None:
-        """Give ``session`` a new identity (the ``connect``/``refresh`` ops)."""
-        session.set_credentials(credentials)
-
-    def close_session(self, session: Session, code: int, reason: str | None = None) -> None:
-        """End ``session``: stop deliveries now, tell the client, clean up presence later."""
-        session.close(code, reason)
-
     def overflow(self, session: Session) -> None:
         """``session``'s send queue is full: conflate it, or close it with 4001 "slow"."""
         self.local_channels.overflow(session)
@@ -435,33 +424,6 @@ class Hub:
         await self.registry.disconnect_user(user, code, token_id=token_id, until=until, exp=exp)
 
     # ---- subscriptions ----------------------------------------------------------------------
-
-    async def subscribe(
-        self,
-        session: Session,
-        channel: str,
-        fmt: WireFormat,
-        push: Push,
-        *,
-        since: str | StreamPosition | None = None,
-        latest: bool = False,
-        on_ready: Callable[[SubscribeResult], None] | None = None,
-        target: Any = None,
-        server: bool = False,
-        checked: bool = False,
-    ) -> SubscribeResult | None:
-        """:meth:`Session.subscribe`: ``None`` if it closed or unsubscribed meanwhile."""
-        return await session.subscribe(
-            channel,
-            fmt,
-            push,
-            since=since,
-            latest=latest,
-            on_ready=on_ready,
-            target=target,
-            server=server,
-            checked=checked,
-        )
 
     def retarget(
         self, session: Session, channel: str, fmt: WireFormat, push: Push, target: Any = None

@@ -20,7 +20,7 @@ import orjson
 
 from clarion.engines.base import EngineSink, History, PresenceEntry, PresenceStats
 from clarion.engines.nodes import LocalNodes
-from clarion.errors import ConfigError
+from clarion.errors import ConfigError, EngineUnavailable
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions, Settings
 
@@ -319,7 +319,13 @@ class MemoryEngine:
         if self._revoked_path is not None:
             async with self._revoked_lock:
                 snapshot = orjson.dumps(self._revoked)
-                await asyncio.to_thread(_write_atomically, self._revoked_path, snapshot)
+                try:
+                    await asyncio.to_thread(_write_atomically, self._revoked_path, snapshot)
+                except OSError as exc:  # data_dir unwritable, disk full: not stored, say so
+                    raise EngineUnavailable(
+                        f"the revocation could not be stored in {self._revoked_path}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
 
     async def revocations(self) -> list[tuple[str, str, float]]:
         self._drop_lapsed()

@@ -94,6 +94,7 @@ class LoadConfig:
     reconnect_deadline: float = 10.0  # storm: reconnect+resume must finish within this
     storm_before: float = 3.0  # storm: publishing seconds before the drop
     storm_away: float = 1.0  # storm: seconds between the drop and the reconnect
+    redis_port: int = 0  # storm: the nodes' Redis, whose work per resumed session is counted
 
     def validate(self) -> None:
         if self.server not in SERVERS:
@@ -789,6 +790,56 @@ def proc_cpu_seconds(pids: list[int]) -> float:
     return total / _CLK_TCK
 
 
+def redis_info(port: int) -> dict[str, str]:
+    """``INFO all`` of the Redis on ``port`` as a flat dict (blocking; a few ms)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as s:
+        s.sendall(b"*2\r\n$4\r\nINFO\r\n$3\r\nall\r\n")
+        buf = b""
+        while b"\r\n" not in buf:
+            buf += s.recv(65536)
+        head, _, body = buf.partition(b"\r\n")
+        size = int(head[1:])
+        while len(body) < size:
+            body += s.recv(65536)
+    info = {}
+    for line in body[:size].decode().splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            info[key] = value
+    return info
+
+
+class RedisWork:
+    """What Redis did between two INFO snapshots: CPU, read events (one per request burst a
+    client sends, so about one per round trip) and commands, scripts' inner ones included."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.before = redis_info(port)
+        self.pid = int(self.before["process_id"])
+
+    def since(self) -> dict[str, Any]:
+        after = redis_info(self.port)
+
+        def delta(key: str) -> float:
+            return float(after.get(key, 0)) - float(self.before.get(key, 0))
+
+        commands: dict[str, int] = {}
+        for key, value in after.items():
+            if key.startswith("cmdstat_"):
+                calls = int(value.split(",")[0].split("=")[1])
+                old = self.before.get(key)
+                calls -= int(old.split(",")[0].split("=")[1]) if old else 0
+                if calls:
+                    commands[key[8:]] = calls
+        return {
+            "cpu_seconds": delta("used_cpu_user") + delta("used_cpu_sys"),
+            "reads": int(delta("total_reads_processed")),
+            "commands": int(delta("total_commands_processed")),
+            "by_command": dict(sorted(commands.items(), key=lambda kv: -kv[1])),
+        }
+
+
 def proc_rss_bytes(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -1264,6 +1315,9 @@ class LoadGen:
         for c in self.clients:
             c.caught = False
         self.close_all()
+        redis = RedisWork(cfg.redis_port) if cfg.redis_port else None
+        hubs = [p for p in self.server_pids if redis is None or p != redis.pid]
+        hub_cpu_at_drop = proc_cpu_seconds(hubs)
         snap_drop = Snapshot(st, self.server_pids, self.ksoftirqd)
         t_drop = snap_drop.wall
         offset_at_drop = st.pub_last_offset
@@ -1282,6 +1336,23 @@ class LoadGen:
         t_caught = st.all_caught_at if st.caught_up >= n else float("nan")
         snap_caught = Snapshot(st, self.server_pids, self.ksoftirqd)
         span = max(1e-6, snap_caught.wall - snap_drop.wall)
+        # Per resumed session, drop to all caught up: less bound to the machine's load than
+        # the seconds.
+        resumed = max(1, st.caught_up)
+        hub_cpu = proc_cpu_seconds(hubs) - hub_cpu_at_drop
+        r.update(
+            storm_hub_cpu_seconds=round(hub_cpu, 3),
+            storm_hub_cpu_ms_per_session=round(1000 * hub_cpu / resumed, 3),
+        )
+        if redis is not None:
+            work = redis.since()
+            r.update(
+                storm_redis_cpu_seconds=round(work["cpu_seconds"], 3),
+                storm_redis_cpu_ms_per_session=round(1000 * work["cpu_seconds"] / resumed, 4),
+                storm_redis_reads_per_session=round(work["reads"] / resumed, 3),
+                storm_redis_commands_per_session=round(work["commands"] / resumed, 2),
+                storm_redis_commands=work["by_command"],
+            )
         # keep publishing on the resumed connections, then stop and drain
         await asyncio.sleep(min(cfg.duration, 3.0))
         self.publishing = False
@@ -1392,6 +1463,7 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
     p.add_argument("--timeout", type=float, default=defaults.timeout)
     p.add_argument("--reconnect-deadline", type=float, default=defaults.reconnect_deadline)
     p.add_argument("--storm-away", type=float, default=defaults.storm_away)
+    p.add_argument("--redis-port", type=int, default=defaults.redis_port)
     a = p.parse_args(argv)
     return LoadConfig(
         server=a.server,
@@ -1414,6 +1486,7 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         timeout=a.timeout,
         reconnect_deadline=a.reconnect_deadline,
         storm_away=a.storm_away,
+        redis_port=a.redis_port,
     )
 
 

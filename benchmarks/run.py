@@ -144,6 +144,8 @@ def measure(
         if len(node_procs) > 1:
             args["also_port"] = [p.port for p in node_procs[1:]]
         args["server_pid"] = [p.pid for p in started]
+        if engine == "redis" and scenario == "p5":
+            args["redis_port"] = started[0].port  # its work per resumed session is counted
         budget = float(args.get("timeout", 240))
         cmd = loadgen_command(args)
         rec["loadgen_command"] = shlex.join(cmd)
@@ -633,6 +635,16 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
                 f"| {pct(r.get('reconnect_generator_cpu_fraction'))} "
                 f"| {'**yes**' if r.get('passed') else '**no**'} |",
             ]
+            if "storm_redis_cpu_ms_per_session" in r:
+                out += [
+                    "",
+                    "Per resumed session, from the drop to the last caught up: "
+                    f"{r['storm_hub_cpu_ms_per_session']} ms of hub CPU (all nodes), "
+                    f"{r['storm_redis_cpu_ms_per_session']} ms of Redis CPU, "
+                    f"{r['storm_redis_reads_per_session']} Redis read events (about one per "
+                    f"round trip) and {r['storm_redis_commands_per_session']} Redis commands "
+                    "(scripts' inner commands included).",
+                ]
             if "error" in rec:
                 out += ["", f"Error: {rec['error']}"]
         else:
@@ -748,6 +760,14 @@ def print_table(records: list[Record]) -> None:
                 f" resume={fnum(r.get('reconnect_resume_seconds'), 2)}s lost={r.get('lost')} "
                 f"passed={r.get('passed')}"
             )
+            if "storm_hub_cpu_ms_per_session" in r:
+                extra += f" per session: hub {r['storm_hub_cpu_ms_per_session']} ms CPU"
+            if "storm_redis_cpu_ms_per_session" in r:
+                extra += (
+                    f", Redis {r['storm_redis_cpu_ms_per_session']} ms CPU, "
+                    f"{r['storm_redis_reads_per_session']} reads, "
+                    f"{r['storm_redis_commands_per_session']} commands"
+                )
         print(
             f"{rec['scenario']:4} {rec['server']:8} {rec['transport']:3} "
             f"{fnum(rec.get('subscribers')):>6} {fnum(r.get('deliveries_per_s')):>10} "

@@ -433,9 +433,9 @@ async def test_a_burst_of_calls_queues_for_the_pool(nodes: Callable[..., Any]) -
 async def test_calls_queued_behind_a_stuck_redis_fail_alone(
     nodes: Callable[..., Any], raw: aioredis.Redis
 ) -> None:
-    """Redis stops answering: calls queued for the pool give up after pool_timeout, each with
-    EngineUnavailable; the health check, on a connection of its own, reports it; all works
-    again once Redis answers."""
+    """Redis stops answering: calls queued behind the pipelines under way give up after
+    pool_timeout, each with EngineUnavailable; the health check, on a connection of its own,
+    reports it; all works again once Redis answers."""
     a, _ = await nodes("check_interval=5&presence_ttl=5&pool_size=2&pool_timeout=0.5")
     assert a.limits is not None
     assert await a.healthy()
@@ -463,7 +463,7 @@ async def test_calls_queued_behind_a_stuck_redis_fail_alone(
     assert [type(r) for r in results if not isinstance(r, tuple)] == [History, History]
     # ...the eight queued behind them give up on their own, well before Redis answers again.
     assert len(failed) == 8
-    assert all("No connection available" in exc.message for exc, _ in failed), failed
+    assert all("no free connection to Redis in time" in exc.message for exc, _ in failed), failed
     assert max(when for _, when in failed) < 2.5
     await raw.execute_command("CLIENT", "PAUSE", 1500, "ALL")
     assert not await a.healthy()
@@ -512,6 +512,74 @@ async def test_history_reads_share_decoded_publications_of_one_epoch(
     after = await a.history("c", OPTS)
     assert [p.data for p in after.publications] == ["new"]
     assert after.position.epoch != first.position.epoch
+
+
+async def evalsha_calls(raw: aioredis.Redis) -> int:
+    return int((await raw.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_resumes_of_one_channel_share_one_read_and_each_gets_its_part(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """A reconnect storm: readers of one channel from many cursors, queued together, cost one
+    script call; each gets exactly the publications after its own cursor, and readers without
+    a cursor the position alone."""
+    a, _ = await nodes("check_interval=30&presence_ttl=60")
+    for i in range(30):
+        pub = await a.publish("c", i, OPTS)
+    top = pub.position
+    before = await evalsha_calls(raw)
+    cursors = [StreamPosition(top.epoch, n) for n in (29, 3, 17, 30, 0, 12)]
+    reads = await asyncio.gather(
+        *(a.history("c", OPTS, since=since) for since in cursors),
+        a.history("c", OPTS, limit=0),
+    )
+    assert await evalsha_calls(raw) - before == 2  # the resumes' read, the position's read
+    for since, history in zip(cursors, reads, strict=False):
+        assert [p.offset for p in history.publications] == list(range(since.offset + 1, 31))
+        assert [p.data for p in history.publications] == list(range(since.offset, 30))
+        assert history.position == top and history.earliest == 1
+    assert reads[-1].publications == [] and reads[-1].position == top
+
+
+async def test_a_shared_read_keeps_resets_exact(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """In a shared read, a cursor of another epoch gets no publications (a reset), and a cursor
+    ahead of the top (Redis lost writes) still starts a new epoch, as a read of its own does."""
+    a, _ = await nodes("check_interval=30&presence_ttl=60")
+    for i in range(5):
+        pub = await a.publish("c", i, OPTS)
+    epoch = pub.position.epoch
+    behind, ahead, other = (
+        a.history("c", OPTS, since=StreamPosition(epoch, 2)),
+        a.history("c", OPTS, since=StreamPosition(epoch, 9)),
+        a.history("c", OPTS, since=StreamPosition("gone", 1)),
+    )
+    got_behind, got_ahead, got_other = await asyncio.gather(behind, ahead, other)
+    assert [p.offset for p in got_behind.publications] == [3, 4, 5]
+    assert got_behind.position == pub.position
+    assert got_ahead.publications == [] and got_ahead.position.epoch != epoch
+    assert got_other.publications == []
+    # The new epoch is the channel's now: the next publication is its first.
+    assert (await a.publish("c", "next", OPTS)).position == StreamPosition(
+        got_ahead.position.epoch, 1
+    )
+
+
+async def test_a_cancelled_reader_leaves_the_shared_read_to_the_others(
+    nodes: Callable[..., Any],
+) -> None:
+    a, _ = await nodes("check_interval=30&presence_ttl=60")
+    pub = await a.publish("c", "x", OPTS)
+    since = StreamPosition(pub.epoch, 0)
+    first = asyncio.ensure_future(a.history("c", OPTS, since=since))
+    second = asyncio.ensure_future(a.history("c", OPTS, since=since))
+    await asyncio.sleep(0)  # both queued on one call
+    first.cancel()
+    assert [p.data for p in (await second).publications] == ["x"]
+    with pytest.raises(asyncio.CancelledError):
+        await first
 
 
 async def test_a_closed_engine_refuses_calls_instead_of_reconnecting(

@@ -45,6 +45,7 @@ from clarion.engines.redis.limits import ClusterLimits
 from clarion.engines.redis.positions import Positions
 from clarion.engines.redis.presence import RedisPresence
 from clarion.engines.redis.pubsub import PubSubLink
+from clarion.engines.redis.reads import SharedReads
 from clarion.engines.redis.sharded import ShardedLink
 from clarion.errors import ConfigError, EngineUnavailable
 from clarion.protocol.channels import namespace_of
@@ -117,6 +118,7 @@ class RedisEngine:
         cluster = self.target.cluster
         limit = self.target.pool_size if cluster else None  # else the pool itself blocks
         self._batch = Batcher(client, limit, self.target.pool_timeout)
+        self._reads = SharedReads(self._batch, self._history, self._history_keys, self._decoded)
         self._health = HealthCheck(client, cluster=bool(self.target.cluster))
         self._positions.client = client
         self.limits = ClusterLimits(client, self.keys, _ms(self.presence_ttl), self._batch)
@@ -287,26 +289,34 @@ class RedisEngine:
         limit: int | None = None,
         reverse: bool = False,
     ) -> History:
+        args = [
+            since.epoch if since is not None else "",
+            since.offset if since is not None else 0,
+            -1 if limit is None else limit,
+            new_epoch(),
+            _ms(options.history_meta_ttl),
+            _ms(options.history_ttl),
+            options.history_size,
+            1 if reverse else 0,
+        ]
         try:
-            epoch_b, top, earliest, entries = await self._batch.script(
-                self._history,
-                keys=[self.keys.stream(channel), self.keys.meta(channel)],
-                args=[
-                    since.epoch if since is not None else "",
-                    since.offset if since is not None else 0,
-                    -1 if limit is None else limit,
-                    new_epoch(),
-                    _ms(options.history_meta_ttl),
-                    _ms(options.history_ttl),
-                    options.history_size,
-                    1 if reverse else 0,
-                ],
-            )
+            # A resume (everything after a cursor) or a position read shares its channel's
+            # queued read (reads.py); None: this reader is ahead of the top, and reads alone.
+            resume = since is not None and limit is None
+            if not reverse and (resume or (since is None and limit == 0)):
+                shared = await self._reads.read(channel, args, since)
+                if shared is not None:
+                    return shared
+            keys = self._history_keys(channel)
+            epoch_b, top, earliest, entries = await self._batch.script(self._history, keys, args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"reading the history of {channel!r}") from None
         epoch = epoch_b.decode()
         pubs = [self._decoded(channel, epoch, entry) for entry in entries]
         return History(pubs, StreamPosition(epoch, int(top)), int(earliest))
+
+    def _history_keys(self, channel: str) -> list[str]:
+        return [self.keys.stream(channel), self.keys.meta(channel)]
 
     def _decoded(self, channel: str, epoch: str, entry: list[Any]) -> Publication:
         recent = self._recent.get((channel, epoch, entry_offset(entry)))

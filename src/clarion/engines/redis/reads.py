@@ -1,0 +1,90 @@
+"""History reads of one channel waiting for the same pipeline share one script call.
+
+A reconnect storm makes thousands of sessions ask, within a few loop iterations, for the history
+of the same few channels from nearly the same cursor. A forward read without a limit joins the
+queued read of its channel and cursor epoch when there is one: the shared call reads from the
+oldest cursor among its readers, and each reader takes the part after its own. Only a call not
+yet sent is joined, so every read still runs in Redis after its reader began buffering live
+publications: nothing falls between the history and the live ones.
+
+The script's checks stay exact: a reader whose cursor is ahead of the channel's top (Redis lost
+writes) reads again alone, so that its read starts the new epoch as it would have unshared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from bisect import bisect_right
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from clarion.engines.base import History
+from clarion.engines.redis.batch import Batcher, Call
+from clarion.protocol.publication import Publication, StreamPosition
+
+
+class _Shared:
+    __slots__ = ("call", "history", "offsets")
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.history: History | None = None  # decoded once, for every reader
+        self.offsets: list[int] = []
+
+
+class SharedReads:
+    """Queues history reads through ``batch``; readers of one channel and epoch share one."""
+
+    def __init__(
+        self,
+        batch: Batcher,
+        script: Any,
+        keys: Callable[[str], list[str]],
+        decode: Callable[[str, str, list[Any]], Publication],
+    ) -> None:
+        self._batch = batch
+        self._script = script  # scripts.HISTORY, registered
+        self._keys = keys  # channel -> the script's keys
+        self._decode = decode  # (channel, epoch, entry) -> publication
+        self._open: dict[tuple[str, str], _Shared] = {}  # (channel, cursor epoch) -> unsent
+
+    async def read(
+        self, channel: str, args: list[Any], since: StreamPosition | None
+    ) -> History | None:
+        """The history of ``channel`` after ``since`` (``None``: no entries, the position).
+
+        ``args`` are the script's arguments for this read alone (from ``since`` without a
+        limit, or limit 0 without a cursor). ``None``: the reader is ahead of the channel's
+        top, and must read again alone.
+        """
+        key = (channel, since.epoch if since is not None else "")
+        shared = self._open.get(key)
+        if shared is None or shared.call.sent:
+            shared = _Shared(self._batch.queue(self._script, self._keys(channel), args))
+            self._open[key] = shared
+            shared.call.future.add_done_callback(partial(self._done, key, shared))
+        elif since is not None and since.offset < shared.call.args[1]:
+            shared.call.args[1] = since.offset  # the shared read starts at the oldest cursor
+        # Shielded: one reader cancelled must not cancel the call the others wait for.
+        history = self._decoded(channel, shared, await asyncio.shield(shared.call.future))
+        top = history.position
+        if since is None or since.epoch != top.epoch:
+            return History([], top, history.earliest)
+        if since.offset > top.offset:
+            return None
+        start = bisect_right(shared.offsets, since.offset)
+        return History(history.publications[start:], top, history.earliest)
+
+    def _decoded(self, channel: str, shared: _Shared, raw: Any) -> History:
+        if shared.history is None:
+            epoch_b, top, earliest, entries = raw
+            epoch = epoch_b.decode()
+            pubs = [self._decode(channel, epoch, entry) for entry in entries]
+            shared.offsets = [p.offset for p in pubs]
+            shared.history = History(pubs, StreamPosition(epoch, int(top)), int(earliest))
+        return shared.history
+
+    def _done(self, key: tuple[str, str], shared: _Shared, _: object) -> None:
+        if self._open.get(key) is shared:
+            del self._open[key]

@@ -73,6 +73,11 @@ class ClarionWebSocket(WebSocketEndpoint):
         return handler
 
 
+def oversized(text: str, limit: int) -> bool:
+    """Whether ``text`` is over ``limit`` bytes once UTF-8 encoded (encoded only if in doubt)."""
+    return len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit)
+
+
 class _Connection(Handler):
     """Carries out one session's commands in the order they arrive."""
 
@@ -107,7 +112,13 @@ class _Connection(Handler):
         session = self.session
         if text is None:
             session.close(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted")
-        elif not session.closed:
+        elif session.closed:
+            return
+        elif oversized(text, self.hub.settings.limits.max_message_bytes):
+            # Another ASGI server has received it whole, up to its own cap (clarion's refuses
+            # it while reading it).
+            session.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+        else:
             await self.handle(text)
 
     def finish(self) -> None:

@@ -188,16 +188,17 @@ class StompConnection(Handler):
         for timer in (self._handshake_timer, self._beat_timer, self._partial_timer):
             if timer is not None:
                 timer.cancel()
+        frame = None
         if code != CloseCode.NORMAL:
             frame = self.stomp.error(
                 reason,
                 code=disconnect_for(code).reason.replace(" ", "_"),
                 headers=self._close_headers(code),
             )
-            if frame is not None:
-                self.wire.send(frame)
         self.stomp.close()
-        self.pipe.close(code, reason)
+        # The ERROR goes as the pipe's last message: what is queued may be dropped (a slow
+        # reader's), the reason why never is.
+        self.pipe.close(code, reason, frame)
         if self.session is not None and not self._finishing and not self._pending:
             # The session is over, the socket not yet: it counts as one without a session.
             self._pending = True

@@ -60,6 +60,8 @@ def _imports(package: object) -> dict[str, set[str]]:
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):  # type: ignore[attr-defined]
         spec = info.module_finder.find_spec(info.name, None)  # type: ignore[call-arg]
         assert spec is not None and spec.origin is not None
+        if not spec.origin.endswith(".py"):
+            continue  # compiled (clarion.server._fastloop): it imports no module
         tree = ast.parse(Path(spec.origin).read_text())
         typing_only = {
             id(inner)

@@ -373,6 +373,11 @@ class Settings(BaseSettings):
         description="seconds WebSocket frames may wait to share one write per connection "
         "(0 = end of the event-loop iteration); trades latency for fewer syscalls",
     )
+    compiled: bool = Field(
+        True,
+        description="run the fan-out's append and flush loops compiled when clarion was built "
+        "with them (false: in Python, the fallback when no C compiler was at hand)",
+    )
     shutdown_timeout: float = Field(10, ge=0, description="seconds to drain on SIGTERM")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error"

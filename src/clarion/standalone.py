@@ -38,6 +38,7 @@ def make_server(
         handshake_timeout=limits.handshake_timeout,
         send_limit=limits.send_queue_bytes,
         flush_interval=settings.flush_interval,
+        compiled=settings.compiled,
         keepalive_timeout=limits.keepalive_timeout,
         body_timeout=limits.body_timeout,
         send_timeout=limits.send_timeout,

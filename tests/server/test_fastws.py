@@ -5,16 +5,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import ClientConnection
 
 from clarion.protocol.frames import text_frame
-from clarion.server import FAST_WEBSOCKET_EXTENSION
+from clarion.server import FAST_WEBSOCKET_EXTENSION, fastws
 
 from .helpers import TIMEOUT
 from .test_websocket import closed, open_ws, recv
+
+BUILT = fastws.use_compiled(True)  # whether the compiled loops were built here
+
+
+@pytest.fixture(params=["compiled", "python"])
+def start_server(request: Any, start_server: Any) -> Any:
+    """Every test here runs on the compiled loops and on the Python ones they fall back to."""
+    compiled = request.param == "compiled"
+    if compiled and not BUILT:
+        pytest.skip("clarion.server._fastloop is not built (no C compiler at install)")
+
+    async def start(app: Any, **options: Any) -> Any:
+        server = await start_server(app, compiled=compiled, **options)
+        assert fastws.COMPILED is compiled
+        return server
+
+    return start
 
 
 class CountingTransport:
@@ -372,3 +392,72 @@ async def test_a_failing_listener_closes_with_1011_and_still_hears_the_disconnec
         code, _ = await closed(ws)
     assert code == 1011
     await asyncio.wait_for(app.disconnected.wait(), TIMEOUT)
+
+
+async def test_one_frame_to_many_connections_each_iteration(start_server: Any) -> None:
+    """The fan-out's loop: one shared frame per iteration to every connection, in order."""
+    conns: list[Any] = []
+    clients = 20
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conns.append(await accept(scope, receive, send))
+        if len(conns) == clients:
+            await asyncio.sleep(0.01)
+            for i in range(50):
+                conns[0].push_many(conns, text_frame(b"%d" % i))
+                if i % 2:  # half of them alone in their iteration, half two to a write
+                    await asyncio.sleep(0)
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app)
+    async with contextlib.AsyncExitStack() as stack:
+        wss = [await stack.enter_async_context(open_ws(server.port)) for _ in range(clients)]
+        for ws in wss:
+            assert [await recv(ws) for _ in range(50)] == [str(i) for i in range(50)]
+
+
+async def test_a_reader_behind_gets_every_frame_in_order(start_server: Any) -> None:
+    """More than the kernel takes at once: each write's rest waits in the transport, and
+    what is pushed meanwhile goes behind it, never ahead."""
+    count, size = 600, 16 * 1024  # ~10 MB, more than loopback's socket buffers hold
+    pushed: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conn = await accept(scope, receive, send)
+        conn.set_send_limit(64 * 1024 * 1024, lambda: None)
+        for i in range(count):
+            conn.push_many([conn], text_frame(b"%06d" % i + b"x" * size))
+            if i % 3 == 0:
+                await asyncio.sleep(0)
+        pushed.append(conn.buffered_bytes)
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app)
+    async with open_ws(server.port, max_queue=1, max_size=None) as ws:
+        for _ in range(500):  # the client reads nothing until everything was pushed
+            if pushed:
+                break
+            await asyncio.sleep(0.01)
+        assert pushed and pushed[0] > 0  # the writes did not all go through at once
+        got = [(await recv(ws))[:6] for _ in range(count)]
+    assert got == [f"{i:06d}" for i in range(count)]
+
+
+def test_without_the_compiled_loops_the_python_ones_run() -> None:
+    """Installed without a C compiler, the module is missing: the server runs on the Python
+    loops, and says so."""
+    code = (
+        "import sys\n"
+        "class NotBuilt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'clarion.server._fastloop':\n"
+        "            raise ImportError('not built')\n"
+        "sys.meta_path.insert(0, NotBuilt())\n"
+        "from clarion.server import fastws\n"
+        "print(fastws.use_compiled(True), fastws.push_many is fastws._push_many)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]

@@ -56,6 +56,7 @@ def test_server_options() -> None:
         "send_limit",
         "close_timeout",
         "flush_interval",
+        "compiled",
         "body_timeout",
         "send_timeout",
         "max_pending",

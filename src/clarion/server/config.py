@@ -45,6 +45,7 @@ class Config:
     send_limit: int = 4 * 1024 * 1024
     close_timeout: float = 3.0
     flush_interval: float = 0.0
+    compiled: bool = True
     body_timeout: float = 30.0
     send_timeout: float = 60.0
     max_pending: int = 10_000

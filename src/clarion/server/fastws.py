@@ -9,6 +9,13 @@ cost one syscall, not a thousand.
 
 Frames the ``websockets`` protocol object produces itself (handshake response, pongs, close
 frames) go through the same buffer, so the order on the wire is the order of the calls.
+
+The two loops that run per connection — :func:`push_many`'s append and the flush — have a
+compiled twin, ``clarion.server._fastloop``, built when clarion is installed with a C compiler
+at hand; it takes their common case (a connection with frames to write and nothing else to do)
+and hands every other to the Python code here, which stays the reference. :data:`COMPILED` says
+which runs; the server's ``compiled=False`` (the setting ``compiled = false``) keeps the Python
+loops.
 """
 
 from __future__ import annotations
@@ -17,11 +24,20 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from clarion.asgitypes import FAST_WEBSOCKET, FastWebSocket
 from clarion.protocol.frames import Latest, text_frame
 
-__all__ = ["FAST_WEBSOCKET_EXTENSION", "FastWebSocket", "Flusher", "Outbox", "push_many"]
+__all__ = [
+    "COMPILED",
+    "FAST_WEBSOCKET_EXTENSION",
+    "FastWebSocket",
+    "Flusher",
+    "Outbox",
+    "push_many",
+    "use_compiled",
+]
 
 FAST_WEBSOCKET_EXTENSION = FAST_WEBSOCKET  # the name clarion.server has always exported
 MAX_HELD = 1024  # keyed signals held per connection that is behind; more queue as usual
@@ -47,21 +63,39 @@ class Flusher:
     def mark(self, box: Outbox) -> None:
         self._dirty.append(box)
         if not self._scheduled:
-            self._scheduled = True
-            if self.interval > 0:
-                self._loop.call_later(self.interval, self.flush)
-            else:
-                self._loop.call_soon(self.flush)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        if self.interval > 0:
+            self._loop.call_later(self.interval, self.flush)
+        else:
+            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
-        for box in dirty:
-            try:
-                box.flush()
-            except Exception:
-                # One broken connection must not starve the others queued behind it.
-                log.exception("flushing a websocket connection failed")
+        _flush_boxes(dirty)
+
+
+def _flush_each(dirty: list[Outbox]) -> None:
+    for box in dirty:
+        try:
+            box.flush()
+        except Exception as exc:
+            _report(box, exc)
+
+
+def _flush_one(box: Outbox) -> None:
+    try:
+        box.flush()
+    except Exception as exc:
+        _report(box, exc)
+
+
+def _report(box: Outbox, exc: BaseException) -> None:
+    # One broken connection must not starve the others queued behind it.
+    log.error("flushing a websocket connection failed", exc_info=exc)
 
 
 _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Flusher] = (
@@ -90,7 +124,7 @@ class _Discard(list[bytes]):
 _DISCARD = _Discard()
 
 
-def push_many(boxes: Iterable[Outbox], frame: bytes) -> None:
+def _push_many(boxes: Iterable[Outbox], frame: bytes) -> None:
     """Push one shared frame to many connections: the fan-out's inner loop, kept tight.
 
     Per connection it is one list append; the first frame of an iteration also marks the
@@ -127,8 +161,10 @@ class Outbox:
 
     __slots__ = (
         "_backlog",
+        "_direct",
         "_dirty",
         "_eof",
+        "_fd",
         "_flusher",
         "_hard",
         "_held",
@@ -146,7 +182,7 @@ class Outbox:
     )
 
     transport: asyncio.Transport
-    push_many = staticmethod(push_many)
+    push_many = staticmethod(_push_many)  # the compiled loop when there is one (below)
 
     def init_outbox(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
         # Frames in wire order. Once sealed, what was queued moves to _tail (followed by the
@@ -175,6 +211,20 @@ class Outbox:
         # order their slots first came; written once the transport's buffer is empty.
         self._held: dict[tuple[str, str], bytes] | None = None
         self._held_check: asyncio.TimerHandle | None = None
+        # The compiled flush may write to this socket itself, skipping the transport, while
+        # the transport's buffer is empty: only for a connection every byte of which goes
+        # through this outbox (see allow_direct_writes), and only to this transport.
+        self._direct: asyncio.Transport | None = None
+        self._fd = -1
+
+    def allow_direct_writes(self) -> None:
+        """Every byte of this connection goes through the outbox: the compiled flush may write
+        to its socket directly while the transport's buffer is empty (what the transport's own
+        ``write`` would do first, for less)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            self._fd = sock.fileno()
+            self._direct = self.transport
 
     def _first_push(self, frame: bytes) -> None:
         if self._sealed:
@@ -334,11 +384,14 @@ class Outbox:
             if self._pushed:
                 self._pushed = False
                 if self._backlog > self._limit:
-                    self.on_backlog()
-                    self._overflow()
+                    self._over_limit()
         if self._eof == 1 and not transport.is_closing():
             self._eof = 2
             self.on_eof_flushed()
+
+    def _over_limit(self) -> None:
+        self.on_backlog()
+        self._overflow()
 
     def _clear(self) -> None:
         if self._out is not _DISCARD:
@@ -347,6 +400,7 @@ class Outbox:
         self._out_bytes = 0
 
     def discard_outbox(self) -> None:
+        self._direct = None
         self.seal()
         self._tail.clear()
         self._out_bytes = 0
@@ -390,3 +444,32 @@ class Outbox:
 
     def on_hard_overflow(self) -> None:
         raise NotImplementedError
+
+
+def _compiled() -> Any:
+    try:
+        import clarion.server._fastloop as _fastloop
+    except ImportError:  # installed without a C compiler: the Python loops run
+        return None
+    _fastloop.bind(Outbox, Flusher, _flush_one, _push_many, _report)
+    return _fastloop
+
+
+_FASTLOOP = _compiled()
+COMPILED = False  # whether the compiled loops run (use_compiled sets it)
+push_many = _push_many
+_flush_boxes: Callable[[list[Outbox]], None] = _flush_each
+
+
+def use_compiled(enabled: bool = True) -> bool:
+    """Run the compiled loops (if built) or the Python ones, from the next connection on;
+    returns whether the compiled ones run. For tests and benchmarks of both."""
+    global COMPILED, push_many, _flush_boxes
+    COMPILED = enabled and _FASTLOOP is not None
+    push_many = _FASTLOOP.push_many if COMPILED else _push_many
+    _flush_boxes = _FASTLOOP.flush_boxes if COMPILED else _flush_each
+    Outbox.push_many = staticmethod(push_many)
+    return COMPILED
+
+
+use_compiled()

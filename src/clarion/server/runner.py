@@ -13,7 +13,7 @@ from typing import Any
 from clarion.asgitypes import ASGIApp
 from clarion.core.limits import AddressCount
 from clarion.server.config import Config, Registry, descriptor_budget
-from clarion.server.fastws import flusher_for
+from clarion.server.fastws import flusher_for, use_compiled
 from clarion.server.http import HttpProtocol
 from clarion.server.lifespan import Lifespan
 
@@ -33,7 +33,9 @@ class Server:
     ``max_header_bytes`` (431). ``send_limit`` is a websocket's default send budget (see
     ``FastWebSocket.set_send_limit``), ``close_timeout`` how long a close handshake may take,
     ``flush_interval`` how long pushed frames may wait to share a write (0: until the end of the
-    loop iteration; the setting is per event loop).
+    loop iteration; the setting is per event loop). ``compiled`` runs the fan-out's append and
+    flush loops compiled when clarion was built with them (``False``: in Python; the setting
+    is per process, see :mod:`clarion.server.fastws`).
 
     A request body must be complete within ``body_timeout`` seconds of its head; a response
     whose client reads none of it for ``send_timeout`` seconds is cut (reset). Connections
@@ -62,6 +64,7 @@ class Server:
         send_limit: int = 4 * 1024 * 1024,
         close_timeout: float = 3.0,
         flush_interval: float = 0.0,
+        compiled: bool = True,
         body_timeout: float = 30.0,
         send_timeout: float = 60.0,
         max_pending: int = 10_000,
@@ -85,6 +88,7 @@ class Server:
             send_limit=send_limit,
             close_timeout=close_timeout,
             flush_interval=flush_interval,
+            compiled=compiled,
             body_timeout=body_timeout,
             send_timeout=send_timeout,
             max_pending=max_pending,
@@ -123,6 +127,11 @@ class Server:
         loop = asyncio.get_running_loop()
         config, registry = self.config, self.registry
         flusher_for(loop).interval = config.flush_interval
+        if use_compiled(config.compiled):
+            log.info("fan-out loops: compiled")
+        else:
+            why = "switched off" if config.compiled is False else "not built"
+            log.info("fan-out loops: Python (compiled ones %s)", why)
         budget = registry.descriptors = descriptor_budget()
         pending = registry.pending
         if budget is not None and pending.per_key > budget // 2:

@@ -142,6 +142,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         # uvloop's transports quack like asyncio.Transport without subclassing it.
         self.transport = transport = cast(asyncio.Transport, transport)
         self.init_outbox(self._loop, self.config.send_limit)
+        self.allow_direct_writes()  # every byte of a WebSocket goes through the outbox
         self._registry.connections.add(self)
         request, self._request = self._request, None
         assert request is not None

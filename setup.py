@@ -1,0 +1,18 @@
+"""The one compiled part of clarion: setup.py exists only to declare it (see pyproject.toml).
+
+``clarion.server._fastloop`` is the fan-out's per-connection loops in C. It is optional: without
+a C compiler the build goes on without it and the same loops run in Python
+(``clarion.server.fastws.COMPILED`` says which run).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "clarion.server._fastloop",
+            sources=["src/clarion/server/_fastloop.c"],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,367 @@
+/* clarion.server._fastloop: the fan-out's append loop and the per-iteration flush, compiled.
+ *
+ * The same two loops as clarion/server/fastws.py (push_many, Flusher.flush), which stays the
+ * reference and the fallback: this module implements only their common case and hands every
+ * other one to the Python code. It reads and writes the Outbox's and Flusher's slots at the
+ * offsets their member descriptors give (bind() looks them up once), so no attribute lookup
+ * runs per connection.
+ *
+ * The common case of a flush: frames queued, nothing held, not sealed, no half-close pending.
+ * A connection that allows it (a WebSocket, whose every byte goes through its Outbox) and whose
+ * transport's buffer was empty at its last write gets its frames with one send()/sendmsg() on
+ * its socket, skipping the transport; whatever the kernel does not take goes to the transport's
+ * write(), which buffers it and raises what an error means, as for any write.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+#define MAX_IOV (IOV_MAX < 1024 ? IOV_MAX : 1024)
+
+/* What bind() found. */
+static PyTypeObject *outbox_type;
+static PyTypeObject *flusher_type;
+static PyObject *flush_one;   /* fastws._flush_one(box): the Python flush with its logging */
+static PyObject *push_many_py; /* fastws._push_many: frames that are not plain bytes */
+static PyObject *report;       /* fastws._report(box, exc): logs what one flush raised */
+static PyObject *empty_bytes;
+static PyObject *zero;
+static PyObject *str_is_closing, *str_write, *str_buffer_size, *str_over_limit, *str_schedule,
+    *str_join;
+
+static Py_ssize_t off_out, off_dirty, off_pushed, off_flusher, off_held, off_sealed, off_eof,
+    off_backlog, off_out_bytes, off_limit, off_transport, off_direct, off_fd;
+static Py_ssize_t off_f_dirty, off_f_scheduled;
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+static inline void set_slot(PyObject *obj, Py_ssize_t off, PyObject *value) {
+    PyObject *old = SLOT(obj, off);
+    Py_INCREF(value);
+    SLOT(obj, off) = value;
+    Py_XDECREF(old);
+}
+
+static int slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *off) {
+    PyObject *descr = PyObject_GetAttrString((PyObject *)type, name);
+    if (descr == NULL) return -1;
+    if (!Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
+        ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", type->tp_name, name);
+        Py_DECREF(descr);
+        return -1;
+    }
+    *off = ((PyMemberDescrObject *)descr)->d_member->offset;
+    Py_DECREF(descr);
+    return 0;
+}
+
+static PyObject *bind_types(PyObject *self, PyObject *args) {
+    PyObject *outbox, *flusher, *one, *many, *rep;
+    if (!PyArg_ParseTuple(args, "O!O!OOO", &PyType_Type, &outbox, &PyType_Type, &flusher, &one,
+                          &many, &rep))
+        return NULL;
+    PyTypeObject *ot = (PyTypeObject *)outbox, *ft = (PyTypeObject *)flusher;
+    if (slot_offset(ot, "_out", &off_out) || slot_offset(ot, "_dirty", &off_dirty) ||
+        slot_offset(ot, "_pushed", &off_pushed) || slot_offset(ot, "_flusher", &off_flusher) ||
+        slot_offset(ot, "_held", &off_held) || slot_offset(ot, "_sealed", &off_sealed) ||
+        slot_offset(ot, "_eof", &off_eof) || slot_offset(ot, "_backlog", &off_backlog) ||
+        slot_offset(ot, "_out_bytes", &off_out_bytes) || slot_offset(ot, "_limit", &off_limit) ||
+        slot_offset(ot, "transport", &off_transport) || slot_offset(ot, "_direct", &off_direct) ||
+        slot_offset(ot, "_fd", &off_fd) || slot_offset(ft, "_dirty", &off_f_dirty) ||
+        slot_offset(ft, "_scheduled", &off_f_scheduled))
+        return NULL;
+    Py_INCREF(ot);
+    Py_XSETREF(outbox_type, ot);
+    Py_INCREF(ft);
+    Py_XSETREF(flusher_type, ft);
+    Py_INCREF(one);
+    Py_XSETREF(flush_one, one);
+    Py_INCREF(many);
+    Py_XSETREF(push_many_py, many);
+    Py_INCREF(rep);
+    Py_XSETREF(report, rep);
+    Py_RETURN_NONE;
+}
+
+/* The first frame of an iteration on a clean connection: put it on its loop's flusher. */
+static int mark(PyObject *box) {
+    set_slot(box, off_pushed, Py_True);
+    if (SLOT(box, off_dirty) == Py_True) return 0;
+    set_slot(box, off_dirty, Py_True);
+    PyObject *flusher = SLOT(box, off_flusher);
+    if (flusher == NULL || !PyObject_TypeCheck(flusher, flusher_type)) {
+        PyErr_SetString(PyExc_TypeError, "connection without a flusher");
+        return -1;
+    }
+    PyObject *dirty = SLOT(flusher, off_f_dirty);
+    if (dirty == NULL || !PyList_CheckExact(dirty)) {
+        PyErr_SetString(PyExc_TypeError, "flusher without its list");
+        return -1;
+    }
+    if (PyList_Append(dirty, box) < 0) return -1;
+    if (SLOT(flusher, off_f_scheduled) != Py_True) {
+        PyObject *r = PyObject_CallMethodNoArgs(flusher, str_schedule);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+static PyObject *push_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "push_many(boxes, frame)");
+        return NULL;
+    }
+    PyObject *boxes = args[0], *frame = args[1];
+    if (!PyBytes_CheckExact(frame) || outbox_type == NULL)  /* keyed signals: the Python loop */
+        return PyObject_Vectorcall(push_many_py, args, 2, NULL);
+    PyObject *it = PyObject_GetIter(boxes);
+    if (it == NULL) return NULL;
+    PyObject *box;
+    while ((box = PyIter_Next(it)) != NULL) {
+        if (!PyObject_TypeCheck(box, outbox_type)) {
+            PyErr_Format(PyExc_TypeError, "not an Outbox: %R", box);
+            goto fail;
+        }
+        PyObject *out = SLOT(box, off_out);
+        if (out == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "_out");
+            goto fail;
+        }
+        if (PyList_CheckExact(out)) {  /* else sealed: its pushes are discarded */
+            Py_ssize_t n = PyList_GET_SIZE(out);
+            if (PyList_Append(out, frame) < 0) goto fail;
+            if (n == 0 && mark(box) < 0) goto fail;
+        }
+        Py_DECREF(box);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(box);
+    Py_DECREF(it);
+    return NULL;
+}
+
+/* The Python flush for this box (it logs and swallows what one connection raises). */
+static int flush_slow(PyObject *box) {
+    PyObject *r = PyObject_CallOneArg(flush_one, box);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Clear the queue after its bytes were handed on. */
+static int clear_out(PyObject *box, PyObject *out) {
+    if (PyList_SetSlice(out, 0, PyList_GET_SIZE(out), NULL) < 0) return -1;
+    set_slot(box, off_out_bytes, zero);
+    return 0;
+}
+
+/* Hand `data` (from byte `sent` on) to the transport, then what Outbox.flush does after its
+ * write: note what the transport still holds and hold pushed frames against the limit. */
+static int write_rest(PyObject *box, PyObject *transport, PyObject *data, Py_ssize_t sent) {
+    PyObject *rest = data;
+    if (sent > 0) {
+        rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + sent,
+                                         PyBytes_GET_SIZE(data) - sent);
+        if (rest == NULL) return -1;
+    } else {
+        Py_INCREF(rest);
+    }
+    PyObject *r = PyObject_CallMethodOneArg(transport, str_write, rest);
+    Py_DECREF(rest);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    PyObject *backlog = PyObject_CallMethodNoArgs(transport, str_buffer_size);
+    if (backlog == NULL) return -1;
+    set_slot(box, off_backlog, backlog);
+    int over = 0;
+    if (SLOT(box, off_pushed) == Py_True) {
+        set_slot(box, off_pushed, Py_False);
+        PyObject *limit = SLOT(box, off_limit);
+        over = limit == NULL ? -1 : PyObject_RichCompareBool(backlog, limit, Py_GT);
+    }
+    Py_DECREF(backlog);
+    if (over < 0) return -1;
+    if (over) {
+        r = PyObject_CallMethodNoArgs(box, str_over_limit);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+static PyObject *joined(PyObject *out) {
+    Py_ssize_t n = PyList_GET_SIZE(out);
+    if (n == 1) {
+        PyObject *only = PyList_GET_ITEM(out, 0);
+        if (PyBytes_CheckExact(only)) return Py_NewRef(only);
+    }
+    return PyObject_CallMethodOneArg(empty_bytes, str_join, out);
+}
+
+/* One connection's queue `out` to its `transport` (both held by the caller, as Python code
+ * may run in between): 1 = done here, 0 = not the common case, -1 = error. */
+static int flush_queue(PyObject *box, PyObject *out, PyObject *transport) {
+    Py_ssize_t n = PyList_GET_SIZE(out);
+    set_slot(box, off_dirty, Py_False);
+    if (n == 0) return 1;
+    PyObject *closing = PyObject_CallMethodNoArgs(transport, str_is_closing);
+    if (closing == NULL) return -1;
+    int is_closing = PyObject_IsTrue(closing);
+    Py_DECREF(closing);
+    if (is_closing) {
+        set_slot(box, off_dirty, Py_True);  /* the Python flush clears it and drops the queue */
+        return is_closing < 0 ? -1 : 0;
+    }
+    PyObject *backlog = SLOT(box, off_backlog), *fdobj = SLOT(box, off_fd);
+    int direct = SLOT(box, off_direct) == transport && backlog != NULL &&
+                 PyLong_CheckExact(backlog) && PyLong_AsSsize_t(backlog) == 0 &&
+                 fdobj != NULL && PyLong_CheckExact(fdobj) && n <= MAX_IOV;
+    if (!direct) {
+        PyObject *data = joined(out);
+        if (data == NULL) return -1;
+        int rc = clear_out(box, out);
+        if (rc == 0) rc = write_rest(box, transport, data, 0);
+        Py_DECREF(data);
+        return rc < 0 ? -1 : 1;
+    }
+    struct iovec iov[MAX_IOV];
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(out, i);
+        if (!PyBytes_Check(item)) {
+            set_slot(box, off_dirty, Py_True);
+            return 0;
+        }
+        iov[i].iov_base = PyBytes_AS_STRING(item);
+        iov[i].iov_len = (size_t)PyBytes_GET_SIZE(item);
+        total += iov[i].iov_len;
+    }
+    int fd = (int)PyLong_AsLong(fdobj);
+    ssize_t sent;
+    do {
+        if (n == 1) {
+            sent = send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+        } else {
+            struct msghdr msg;
+            memset(&msg, 0, sizeof msg);
+            msg.msg_iov = iov;
+            msg.msg_iovlen = (size_t)n;
+            sent = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        }
+    } while (sent < 0 && errno == EINTR);
+    if (sent >= 0 && (size_t)sent == total) {
+        if (clear_out(box, out) < 0) return -1;
+        set_slot(box, off_pushed, Py_False);  /* nothing waits: under any limit */
+        return 1;
+    }
+    /* The kernel took part (or nothing, or failed): the transport takes the rest and, on an
+     * error, fails the connection as its own write would. */
+    PyObject *data = joined(out);
+    if (data == NULL) return -1;
+    int rc = clear_out(box, out);
+    if (rc == 0) rc = write_rest(box, transport, data, sent > 0 ? (Py_ssize_t)sent : 0);
+    Py_DECREF(data);
+    return rc < 0 ? -1 : 1;
+}
+
+/* One connection: 1 = done here, 0 = not the common case (the caller runs the Python flush),
+ * -1 = error. */
+static int flush_fast(PyObject *box) {
+    PyObject *out = SLOT(box, off_out), *held = SLOT(box, off_held), *eof = SLOT(box, off_eof);
+    PyObject *sealed = SLOT(box, off_sealed), *transport = SLOT(box, off_transport);
+    if (out == NULL || held != Py_None || sealed != Py_False || eof == NULL || transport == NULL ||
+        !PyList_CheckExact(out) || !PyLong_CheckExact(eof) || PyLong_AsLong(eof) != 0)
+        return 0;
+    Py_INCREF(out);
+    Py_INCREF(transport);
+    int rc = flush_queue(box, out, transport);
+    Py_DECREF(transport);
+    Py_DECREF(out);
+    return rc;
+}
+
+static PyObject *flush_boxes(PyObject *self, PyObject *dirty) {
+    if (!PyList_CheckExact(dirty)) {
+        PyErr_SetString(PyExc_TypeError, "flush_boxes(list)");
+        return NULL;
+    }
+    /* Flushing may not add to this list (the flusher swapped it out), but hold it anyway. */
+    Py_INCREF(dirty);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dirty); i++) {
+        PyObject *box = PyList_GET_ITEM(dirty, i);
+        Py_INCREF(box);
+        int rc = PyObject_TypeCheck(box, outbox_type) ? flush_fast(box) : 0;
+        if (rc < 0) {
+            /* As the Python loop does: one connection's failure is logged, the rest go on. */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            if (tb != NULL) PyException_SetTraceback(value, tb);
+            PyObject *r = PyObject_CallFunctionObjArgs(report, box, value, NULL);
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+            if (r == NULL) {
+                Py_DECREF(box);
+                Py_DECREF(dirty);
+                return NULL;
+            }
+            Py_DECREF(r);
+            rc = 1;
+        }
+        if (rc == 0 && flush_slow(box) < 0) {
+            Py_DECREF(box);
+            Py_DECREF(dirty);
+            return NULL;
+        }
+        Py_DECREF(box);
+    }
+    Py_DECREF(dirty);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"bind", bind_types, METH_VARARGS,
+     "bind(Outbox, Flusher, flush_one, push_many, report): the classes whose slots the loops "
+     "use, and the Python code they fall back on."},
+    {"push_many", (PyCFunction)(void (*)(void))push_many, METH_FASTCALL,
+     "push_many(boxes, frame): append one shared frame to each connection's queue."},
+    {"flush_boxes", flush_boxes, METH_O,
+     "flush_boxes(dirty): write each dirty connection's queue."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "clarion.server._fastloop",
+    "The fan-out's append loop and the per-iteration flush, compiled (see fastws.py).", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__fastloop(void) {
+    empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
+    zero = PyLong_FromLong(0);
+    str_is_closing = PyUnicode_InternFromString("is_closing");
+    str_write = PyUnicode_InternFromString("write");
+    str_buffer_size = PyUnicode_InternFromString("get_write_buffer_size");
+    str_over_limit = PyUnicode_InternFromString("_over_limit");
+    str_schedule = PyUnicode_InternFromString("_schedule");
+    str_join = PyUnicode_InternFromString("join");
+    if (!empty_bytes || !zero || !str_is_closing || !str_write || !str_buffer_size ||
+        !str_over_limit || !str_schedule || !str_join)
+        return NULL;
+    return PyModule_Create(&module);
+}

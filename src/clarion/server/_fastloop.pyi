@@ -1,0 +1,14 @@
+# The compiled loops of clarion.server.fastws (see _fastloop.c); absent when not built.
+from collections.abc import Callable, Iterable
+from typing import Any
+
+def bind(
+    outbox: type,
+    flusher: type,
+    flush_one: Callable[[Any], None],
+    push_many: Callable[[Iterable[Any], bytes], None],
+    report: Callable[[Any, BaseException], None],
+    /,
+) -> None: ...
+def push_many(boxes: Iterable[Any], frame: bytes, /) -> None: ...
+def flush_boxes(dirty: list[Any], /) -> None: ...

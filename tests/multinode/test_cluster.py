@@ -9,18 +9,25 @@ silent gap, never a duplicate.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from clarion.protocol.codes import CloseCode
 
 from ..conftest import timeout
 from ..redis_cluster import RedisCluster
 from .conftest import CONFIG
 from .helpers import Node, Publisher, Tracker, eventually
 from .test_multinode import run_trackers
+from .test_revocation import SECRET, disconnect, outcome, token
 
 pytestmark = [
     pytest.mark.timeout(150),
@@ -49,11 +56,11 @@ class Hubs:
         self.tmp_path = tmp_path
         self.nodes: list[Node] = []
 
-    async def start(self) -> Node:
+    async def start(self, config_text: str = CONFIG, env: dict[str, str] | None = None) -> Node:
         config = self.tmp_path / f"clarion-{len(self.nodes)}.toml"
-        config.write_text(CONFIG)
+        config.write_text(config_text)
         engine = f"{self.cluster.url}?check_interval=0.5&presence_ttl=2"
-        node = Node(engine, config, self.tmp_path, {})
+        node = Node(engine, config, self.tmp_path, env or {})
         self.nodes.append(node)
         await node.wait_healthy(timeout=timeout(30))
         return node
@@ -191,3 +198,48 @@ async def test_a_slot_moved_to_another_primary_keeps_every_subscriber_whole(hubs
         assert t.resets == []  # the stream moved with the slot: nothing to reset
     stop_clients.set()
     await asyncio.gather(*tasks)
+
+
+async def test_shared_connection_caps_and_revocations_span_the_cluster(hubs: Hubs) -> None:
+    """A per-user cap counts the user's connections on both hubs; a token revoked through one
+    hub is refused by the other, and the user's open session there is closed."""
+    config = f'token_secret = "{SECRET}"\napi_key = "k"\n' + CONFIG
+    env = {"CLARION_LIMITS__MAX_CONNECTIONS_PER_USER": "2"}
+    a = await hubs.start(config, env)
+    b = await hubs.start(config, env)
+    headers = {"Authorization": f"Bearer {token('u1', 'j1')}"}
+    first = await websockets.connect(a.ws_url, additional_headers=headers)
+    second = await websockets.connect(b.ws_url, additional_headers=headers)
+    try:
+        for ws in (first, second):  # both admitted: one per hub, within the cap of 2
+            await ws.send('{"id": 1, "op": "ping"}')
+            assert json.loads(await asyncio.wait_for(ws.recv(), timeout(5))) == {"id": 1, "ok": {}}
+        async with websockets.connect(a.ws_url, additional_headers=headers) as third:
+            push = json.loads(await asyncio.wait_for(third.recv(), timeout(5)))
+            assert push["disconnect"]["code"] == CloseCode.TOO_MANY_CONNECTIONS
+    finally:
+        await first.close()
+        await second.close()
+
+    async def admitted() -> bool:  # closed on both hubs: the slots are given back
+        return await outcome(b, token("u1", "j2")) == "ok"
+
+    await eventually(admitted, timeout=timeout(10))
+
+    # Revoked through a: the open session of that user on b is closed, new ones refused.
+    headers = {"Authorization": f"Bearer {token('alice', 'j3')}"}
+    async with websockets.connect(
+        b.ws_url, subprotocols=["clarion.v1"], additional_headers=headers
+    ) as open_on_b:  # type: ignore[list-item]
+        await open_on_b.send('{"id": 1, "op": "ping"}')
+        assert "ok" in json.loads(await asyncio.wait_for(open_on_b.recv(), timeout(5)))
+        await disconnect(a, user="alice", until=time.time() + 60)
+        await disconnect(a, jti="j-bob")
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(open_on_b.recv(), timeout(10))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4501
+    for node in (a, b):
+        assert await outcome(node, token("alice", "j4")) == 4501
+        assert await outcome(node, token("bob", "j-bob")) == 4501
+        assert await outcome(node, token("bob", "j-bob-2")) == "ok"  # only that token

@@ -73,8 +73,15 @@ class FastWebSocket(FastOutbox, Protocol):
         """``time.monotonic()`` when bytes were last received from the peer."""
         ...
 
+    @property
+    def deflate_bits(self) -> int:
+        """permessage-deflate was negotiated: the window (8-15) compressed frames must fit;
+        0 when it was not (:mod:`clarion.protocol.deflate` builds such frames)."""
+        ...
+
     def push_text(self, payload: bytes) -> None:
-        """Frame ``payload`` (UTF-8) as one text frame and :meth:`push` it."""
+        """Frame ``payload`` (UTF-8) as one text frame, compressed if negotiated, and
+        :meth:`push` it."""
         ...
 
     def ping(self) -> None: ...

@@ -378,6 +378,11 @@ class Settings(BaseSettings):
         description="run the fan-out's append and flush loops compiled when clarion was built "
         "with them (false: in Python, the fallback when no C compiler was at hand)",
     )
+    permessage_deflate: bool = Field(
+        True,
+        description="compress WebSocket messages (/ws, /stomp) for clients that offer it; "
+        "each publication is compressed once for all its subscribers (docs/compression.md)",
+    )
     shutdown_timeout: float = Field(10, ge=0, description="seconds to drain on SIGTERM")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error"

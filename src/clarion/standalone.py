@@ -46,6 +46,7 @@ def make_server(
         max_pending_per_ip=limits.max_pending_connections_per_ip,
         client_key=peer_key(settings),
         reuse_port=reuse_port,
+        permessage_deflate=settings.permessage_deflate,
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from clarion.protocol import deflate
 from clarion.protocol.codes import DISCONNECTS
 
 from ..conftest import RunningHub
@@ -126,3 +127,38 @@ async def _wait_subscribed(hub: RunningHub, channel: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"nobody subscribed to {channel}")
+
+
+async def test_chromium_negotiates_permessage_deflate(page: Any, hub: RunningHub) -> None:
+    await page.goto(hub.http_url + "/healthz")
+    await page.evaluate(
+        """() => new Promise((resolve) => {
+        window.received = [];
+        const ws = window.ws = new WebSocket(
+            location.origin.replace('http', 'ws') + '/ws', 'clarion.v1');
+        ws.onmessage = (e) => window.received.push(JSON.parse(e.data));
+        ws.onopen = () => {
+            ws.send(JSON.stringify({id: 1, op: 'subscribe', channel: 'chat:lobby'}));
+            resolve();
+        };
+    })"""
+    )
+    assert await page.evaluate("window.ws.extensions") == (
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    )
+    await received(page, 1)  # the subscribe reply
+    long = {"text": "Anyone up for lunch at the new ramen place on 5th? " * 20}
+    before = deflate.TOTALS.messages
+    for data in (long, {"n": 1}, ["x"] * 200):
+        await hub.publish("chat:lobby", data)
+    got = await received(page, 4)
+    assert [m["data"] for m in got[1:]] == [long, {"n": 1}, ["x"] * 200]
+    assert deflate.TOTALS.messages - before == 3
+    # Chromium compresses what it sends (with no context, as the hub asked): it is inflated.
+    await page.evaluate(
+        "window.ws.send(JSON.stringify({id: 2, op: 'publish', channel: 'chat:lobby', "
+        "data: {text: 'y'.repeat(3000)}}))"
+    )
+    got = await received(page, 6)
+    assert {"id", "ok"} <= set(got[4]) | set(got[5])
+    assert any(m.get("data") == {"text": "y" * 3000} for m in got[4:])

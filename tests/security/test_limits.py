@@ -194,7 +194,8 @@ async def test_conflate_policy_keeps_latest(hub_factory) -> None:  # type: ignor
         limits={"send_queue_bytes": 64 * 1024},
         namespaces={"ticker": {"slow_consumer": "conflate"}},
     )
-    async with websockets.connect(hub.ws_url, max_queue=1) as slow:
+    # Uncompressed: the padding is what fills the send queue.
+    async with websockets.connect(hub.ws_url, max_queue=1, compression=None) as slow:
         await slow.send('{"id": 1, "op": "subscribe", "channel": "ticker:btc"}')
         await asyncio.sleep(0.2)
         slow.transport.pause_reading()

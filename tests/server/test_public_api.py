@@ -29,6 +29,7 @@ def test_fast_websocket_members() -> None:
         "buffered_bytes",
         "close",
         "closed",
+        "deflate_bits",
         "last_activity",
         "listen",
         "ping",
@@ -63,9 +64,11 @@ def test_server_options() -> None:
         "max_pending_per_ip",
         "client_key",
         "reuse_port",
+        "permessage_deflate",
     ]
     assert parameters["max_body_bytes"].default == 65536
     assert parameters["keepalive_timeout"].default == 5.0
     assert parameters["body_timeout"].default == 30.0
     assert parameters["max_pending_per_ip"].default == 1000
     assert parameters["reuse_port"].default is False
+    assert parameters["permessage_deflate"].default is True

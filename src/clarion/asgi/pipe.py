@@ -51,6 +51,8 @@ class Pipe:
     framed = False
     # WebSocket pings go through this pipe (False: the host server owns them).
     pings = False
+    # permessage-deflate on a framed pipe: the window compressed frames must fit (0: none).
+    deflate_bits = 0
     # ``loop.time()`` of the last write the pipe knows of (0: it does not track them).
     last_write = 0.0
     push: Callable[[Any], None]
@@ -137,6 +139,10 @@ class FastSocketPipe(FastPipe):
     @property
     def last_activity(self) -> float:
         return float(self.conn.last_activity)  # any bytes, pongs included
+
+    @property
+    def deflate_bits(self) -> int:  # type: ignore[override]
+        return int(self.conn.deflate_bits)
 
     def send(self, payload: bytes) -> None:
         self.conn.push_text(payload)

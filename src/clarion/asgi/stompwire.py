@@ -4,6 +4,9 @@ A ``MESSAGE`` is cut in two (:mod:`clarion.protocol.stomp.message`): the tail, s
 subscriber, is built once per publication and flavour (escaping, ``ack`` header) as a wire
 format; each delivery only adds the subscription's prefix and, on the fast path, the WebSocket
 frame header for the combined length.
+
+With permessage-deflate the tail is compressed once too, and each delivery puts the prefix in
+front of it as an uncompressed deflate block (:func:`~clarion.protocol.deflate.stored_block`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from typing import Any
 
 from clarion.asgi.pipe import Pipe
 from clarion.core.fanout import Push, WireFormat, cursor_if_stored
+from clarion.protocol import deflate
 from clarion.protocol.frames import (
     OP_BINARY,
+    OP_TEXT,
+    RSV1,
     Latest,
     LatestText,
     frame_header,
@@ -78,16 +84,55 @@ FRAME_FORMATS = _formats("frame", _same)
 TEXT_FORMATS = _formats("text", _decode)
 
 
+class DeflatedTail(bytes):
+    """A tail compressed on its own (permessage-deflate), with the first byte its frame has."""
+
+    first: int  # OP_TEXT or OP_BINARY, with RSV1
+    slot: tuple[str, str] | None  # a keyed signal's, as in Latest
+
+
+def _deflated_formats(bits: int) -> dict[tuple[bool, bool], WireFormat]:
+    def make(plain: WireFormat) -> WireFormat:
+        def tail(pub: Publication) -> Any:
+            frame = pub.encoded(plain, plain.encode)  # shared with uncompressed subscribers
+            data = deflate.compress(frame, bits)
+            if data is None:
+                return frame
+            out = DeflatedTail(data)
+            out.first = (OP_BINARY if type(frame) is BinaryTail else OP_TEXT) | RSV1
+            out.slot = frame.slot if type(frame) is Latest else None
+            return out
+
+        return WireFormat(f"{plain.name}+deflate{bits}", "stomp", tail)
+
+    return {flavour: make(plain) for flavour, plain in FRAME_FORMATS.items()}
+
+
+_DEFLATED_FORMATS: dict[int, dict[tuple[bool, bool], WireFormat]] = {}
+
+
+def deflated_formats(bits: int) -> dict[tuple[bool, bool], WireFormat]:
+    """The formats of connections with permessage-deflate within a ``bits`` window."""
+    formats = _DEFLATED_FORMATS.get(bits)
+    if formats is None:
+        formats = _DEFLATED_FORMATS[bits] = _deflated_formats(bits)
+    return formats
+
+
 class StompWire:
     """A connection's pipe as STOMP uses it: frames out, and one ``push`` per subscription."""
 
-    __slots__ = ("_beat", "encode", "formats", "pipe", "send")
+    __slots__ = ("_beat", "deflate_bits", "encode", "formats", "pipe", "send")
 
     def __init__(self, pipe: Pipe) -> None:
         self.pipe = pipe
         self.send: Callable[[bytes], None] = pipe.send
         framed = pipe.framed
-        self.formats = FRAME_FORMATS if framed else TEXT_FORMATS
+        self.deflate_bits = pipe.deflate_bits if framed else 0
+        if self.deflate_bits:
+            self.formats = deflated_formats(self.deflate_bits)
+        else:
+            self.formats = FRAME_FORMATS if framed else TEXT_FORMATS
         self.encode: Callable[[bytes], Any] = _same if framed else _decode
         self._beat: bytes | str = _HEART_BEAT_FRAME if framed else HEART_BEAT.decode()
 
@@ -110,6 +155,12 @@ class StompWire:
 
             return push_text
 
+        if self.deflate_bits:
+            return self._deflated_push(prefix, self._framed_push(prefix))
+        return self._framed_push(prefix)
+
+    def _framed_push(self, prefix: bytes) -> Push:
+        pipe_push = self.pipe.push
         size = len(prefix)
         slot_prefix = prefix.decode()
         last_length = -1
@@ -130,5 +181,24 @@ class StompWire:
                 pipe_push(latest(head + tail, (slot_prefix, tail.slot[1])))
                 return
             pipe_push(head + tail)
+
+        return push
+
+    def _deflated_push(self, prefix: bytes, plain: Push) -> Push:
+        """``plain`` for tails not worth compressing; compressed ones behind the prefix."""
+        pipe_push = self.pipe.push
+        stored = deflate.stored_block(prefix)
+        size = len(stored)
+        slot_prefix = prefix.decode()
+
+        def push(tail: bytes) -> None:
+            if type(tail) is not DeflatedTail:
+                plain(tail)
+                return
+            frame = frame_header(size + len(tail), tail.first) + stored + tail
+            if tail.slot is not None:  # one slot per subscription and key
+                pipe_push(latest(frame, (slot_prefix, tail.slot[1])))
+                return
+            pipe_push(frame)
 
         return push

@@ -12,9 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 from clarion.asgi.pipe import Pipe
 from clarion.core.fanout import WireFormat, cursor_if_stored
-from clarion.protocol import messages
+from clarion.protocol import deflate, messages
 from clarion.protocol.codes import disconnect_for
-from clarion.protocol.frames import latest, latest_text, text_frame
+from clarion.protocol.frames import (
+    OP_TEXT,
+    RSV1,
+    frame_header,
+    latest,
+    latest_text,
+    payload_of,
+    text_frame,
+)
 from clarion.protocol.publication import Publication, StreamPosition
 
 if TYPE_CHECKING:
@@ -38,14 +46,41 @@ def _text(pub: Publication) -> str:
 WS_TEXT = WireFormat("clarion.v1/text", "ws", _text)
 # One frame format per server fan-out loop (in practice one): subscribers of one format share
 # each publication's frame and are delivered to by the server's own loop.
-_FRAME_FORMATS: dict[Any, WireFormat] = {}
+_FRAME_FORMATS: dict[tuple[Any, int], WireFormat] = {}
 
 
-def frame_format(push_many: Callable[[Iterable[Any], bytes], None]) -> WireFormat:
-    fmt = _FRAME_FORMATS.get(push_many)
+def frame_format(
+    push_many: Callable[[Iterable[Any], bytes], None], deflate_bits: int = 0
+) -> WireFormat:
+    """The format of connections delivered to by ``push_many``; with permessage-deflate
+    (``deflate_bits``: its window), one per window, in practice one: 15."""
+    key = (push_many, deflate_bits)
+    fmt = _FRAME_FORMATS.get(key)
     if fmt is None:
-        fmt = _FRAME_FORMATS[push_many] = WireFormat("clarion.v1/frame", "ws", _frame, push_many)
+        if deflate_bits:
+            plain = frame_format(push_many)
+            encode = _deflated(plain, deflate_bits)
+            name = f"clarion.v1/deflate{deflate_bits}"
+            fmt = _FRAME_FORMATS[key] = WireFormat(name, "ws", encode, push_many)
+        else:
+            fmt = _FRAME_FORMATS[key] = WireFormat("clarion.v1/frame", "ws", _frame, push_many)
     return fmt
+
+
+def _deflated(plain: WireFormat, bits: int) -> Callable[[Publication], bytes]:
+    def encode(pub: Publication) -> bytes:
+        # Compressed once for every subscriber of this window; a message not worth compressing
+        # is the very frame the uncompressed format sends.
+        plain_frame: bytes = pub.encoded(plain, plain.encode)
+        data = deflate.compress(payload_of(plain_frame), bits)
+        if data is None:
+            return plain_frame
+        frame = frame_header(len(data), OP_TEXT | RSV1) + data
+        if pub.key is not None:
+            return latest(frame, (pub.channel, pub.key))
+        return frame
+
+    return encode
 
 
 class WsTransport:
@@ -58,7 +93,7 @@ class WsTransport:
         self.pipe = pipe
         self.push = pipe.push
         self.target = pipe.target
-        self.fmt = frame_format(pipe.deliver) if pipe.framed else WS_TEXT
+        self.fmt = frame_format(pipe.deliver, pipe.deflate_bits) if pipe.framed else WS_TEXT
         self.closed = False
         # Called once the session is ended, while the socket may still be open (its endpoint
         # counts it from then on, as a socket without a session).

@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from clarion.core.rates import Activity, LatencyHistogram
+from clarion.protocol import deflate
 from clarion.protocol.publication import Publication
 
 if TYPE_CHECKING:
@@ -165,6 +166,20 @@ class _HubCollector(Collector):
         for namespace, n in sorted(activity.deliveries.items()):
             by_ns.add_metric([namespace], n)
         yield by_ns
+        totals = deflate.TOTALS
+        yield CounterMetricFamily(
+            "clarion_deflate_messages",
+            "WebSocket messages compressed (permessage-deflate), each shared frame once",
+            value=totals.messages,
+        )
+        sizes = CounterMetricFamily(
+            "clarion_deflate_bytes",
+            "Bytes of the compressed WebSocket messages before and after compression",
+            labels=["stage"],
+        )
+        sizes.add_metric(["before"], totals.bytes_in)
+        sizes.add_metric(["after"], totals.bytes_out)
+        yield sizes
         latency = stats.latency
         yield HistogramMetricFamily(
             "clarion_publish_to_write_seconds",

@@ -15,6 +15,7 @@ import struct
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
+RSV1 = 0x40  # or'ed into an opcode: the message is compressed (permessage-deflate)
 
 _pack16 = struct.Struct("!BBH").pack
 _pack64 = struct.Struct("!BBQ").pack
@@ -24,7 +25,10 @@ _TEXT_HEADS: dict[int, bytes] = {n: bytes((0x80 | OP_TEXT, n)) for n in range(12
 
 
 def frame_header(length: int, opcode: int = OP_TEXT) -> bytes:
-    """The header of an unmasked, unfragmented frame of ``length`` payload bytes."""
+    """The header of an unmasked, unfragmented frame of ``length`` payload bytes.
+
+    ``opcode`` may carry :data:`RSV1`: the first byte is FIN, the opcode's bits, nothing else.
+    """
     if opcode == OP_TEXT:
         head = _TEXT_HEADS.get(length)
         if head is not None:
@@ -47,6 +51,12 @@ def text_frame(payload: bytes) -> bytes:
 
 def binary_frame(payload: bytes) -> bytes:
     return frame_header(len(payload), OP_BINARY) + payload
+
+
+def payload_of(frame: bytes) -> memoryview:
+    """The payload of a frame built here, without a copy."""
+    length = frame[1]
+    return memoryview(frame)[2 if length < 126 else 4 if length == 126 else 10 :]
 
 
 def http_chunk(data: bytes) -> bytes:

@@ -50,6 +50,8 @@ class Config:
     send_timeout: float = 60.0
     max_pending: int = 10_000
     max_pending_per_ip: int = 1000
+    # Answer permessage-deflate offers (RFC 7692; see clarion.protocol.deflate).
+    permessage_deflate: bool = True
     # The key per-IP caps count a peer address as (None: not per address, e.g. a trusted
     # proxy whose clients are counted once their own address is known).
     client_key: Callable[[str], str | None] | None = None

@@ -35,7 +35,8 @@ class Server:
     ``flush_interval`` how long pushed frames may wait to share a write (0: until the end of the
     loop iteration; the setting is per event loop). ``compiled`` runs the fan-out's append and
     flush loops compiled when clarion was built with them (``False``: in Python; the setting
-    is per process, see :mod:`clarion.server.fastws`).
+    is per process, see :mod:`clarion.server.fastws`). ``permessage_deflate`` accepts clients'
+    offers of compression (RFC 7692), each message compressed on its own.
 
     A request body must be complete within ``body_timeout`` seconds of its head; a response
     whose client reads none of it for ``send_timeout`` seconds is cut (reset). Connections
@@ -71,6 +72,7 @@ class Server:
         max_pending_per_ip: int = 1000,
         client_key: Callable[[str], str | None] | None = None,
         reuse_port: bool = False,
+        permessage_deflate: bool = True,
     ) -> None:
         self.host = host
         self.reuse_port = reuse_port
@@ -94,6 +96,7 @@ class Server:
             max_pending=max_pending,
             max_pending_per_ip=max_pending_per_ip,
             client_key=client_key,
+            permessage_deflate=permessage_deflate,
         )
         self.registry = Registry()
         self.registry.pending = AddressCount(

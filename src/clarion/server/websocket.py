@@ -28,10 +28,12 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from clarion.asgitypes import Message, Scope
-from clarion.protocol.frames import binary_frame, text_frame
+from clarion.protocol import deflate
+from clarion.protocol.frames import OP_BINARY, OP_TEXT, binary_frame, text_frame
 from clarion.server import flow
 from clarion.server.config import ClientDisconnected, Config, Registry, reset
 from clarion.server.fastws import FAST_WEBSOCKET_EXTENSION, Outbox
+from clarion.server.inflate import Inflate
 
 log = logging.getLogger("clarion.server.websocket")
 # websockets logs every open and close at INFO; keep that under our tree, one level down.
@@ -95,6 +97,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         "_waiter",
         "_write_blocked",
         "config",
+        "deflate_bits",
         "last_activity",
         "phase",
         "scope",
@@ -114,6 +117,8 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.phase = Phase.CONNECTING
         self.last_activity = time.monotonic()
+        # permessage-deflate: the window the hub compresses within, 0 when not negotiated.
+        self.deflate_bits = 0
         self._handshake: ServerProtocol | None = None
         self._response: Response | None = None
         self._protocol: ServerProtocol | None = None
@@ -155,6 +160,11 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             return
         self._handshake = handshake
         self._response = response
+        if self.config.permessage_deflate:
+            agreement = deflate.negotiate(request.headers.get_all("Sec-WebSocket-Extensions"))
+            if agreement is not None:
+                response.headers["Sec-WebSocket-Extensions"] = agreement.response
+                self.deflate_bits = agreement.window_bits
         subprotocols = [
             p.strip()
             for value in request.headers.get_all("Sec-WebSocket-Protocol")
@@ -214,6 +224,10 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
     @property
     def closed(self) -> bool:
         return self.phase is Phase.CLOSING or self.phase is Phase.CLOSED
+
+    def push_text(self, payload: bytes) -> None:
+        bits = self.deflate_bits
+        self.push(deflate.frame(payload, OP_TEXT, bits) if bits else text_frame(payload))
 
     def ping(self) -> None:
         protocol = self._protocol
@@ -372,10 +386,13 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
                     raise RuntimeError("websocket.send before websocket.accept")
                 raise ClientDisconnected("websocket is closed")
             text = message.get("text")
+            bits = self.deflate_bits
             if text is not None:
-                frame = text_frame(text.encode())
+                data = text.encode()
+                frame = deflate.frame(data, OP_TEXT, bits) if bits else text_frame(data)
             else:
-                frame = binary_frame(message.get("bytes") or b"")
+                data = message.get("bytes") or b""
+                frame = deflate.frame(data, OP_BINARY, bits) if bits else binary_frame(data)
             self.queue_raw(frame)
             if self._out_bytes >= SEND_HIGH:
                 self.flush()
@@ -413,6 +430,8 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             state=State.OPEN, max_size=self.config.max_message_bytes, logger=protocol_log
         )
         protocol.subprotocol = Subprotocol(subprotocol) if subprotocol else None
+        if self.deflate_bits:
+            protocol.extensions = [Inflate()]
         self._protocol = protocol
         self._handshake = self._response = None
         self.phase = Phase.OPEN

@@ -179,3 +179,12 @@ def test_loadgen_counts_clarion_deliveries_exactly(
     assert result["exact"] is True
     assert result["per_subscriber_min"] == result["per_subscriber_max"] == result["published_ok"]
     assert result["latency_samples"] > 0
+
+
+def test_deflate_benchmark_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import deflate as bench
+
+    assert bench.main(["--no-cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "| chat | `/ws` |" in out and "| ticker | `/stomp` |" in out
+    assert "| **frame** | **245** (payload 241) |" in out

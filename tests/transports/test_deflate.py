@@ -12,7 +12,7 @@ import websockets
 from clarion import Settings
 from clarion.protocol import deflate
 
-from ..conftest import WS, RunningHub, timeout, until
+from ..conftest import WS, RunningHub, timeout
 from ..stomp.client import StompClient, frame, stomp
 
 NO_TAKEOVER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
@@ -168,7 +168,28 @@ async def test_many_compressed_subscribers_on_a_busy_channel(hub: RunningHub) ->
         for ws in conns:
             got = sorted([(await ws.recv())["data"]["n"] for _ in range(50)])
             assert got == list(range(50))
-        await until(lambda: True)
     finally:
         for ws in conns:
             await ws.conn.close()
+
+
+@pytest.mark.parametrize("server_path", ["asgi"], indirect=True)
+async def test_under_uvicorn_the_server_compresses_per_connection(hub: RunningHub) -> None:
+    # The hub sees no frames there: uvicorn negotiates (with context takeover) and compresses
+    # each message for each connection; the hub's own compressor is not used.
+    squeezed = WS(await _connect(hub))
+    plain = WS(await _connect(hub, compression=None))
+    try:
+        offer = squeezed.conn.response.headers["Sec-WebSocket-Extensions"]
+        assert offer.startswith("permessage-deflate") and "server_no_context_takeover" not in offer
+        for ws in (squeezed, plain):
+            await ws.subscribe("chat:lobby")
+        before = deflate.TOTALS.messages
+        for data in (CHAT, [TICK] * 10):
+            await hub.publish("chat:lobby", data)
+        raw = [[await _recv_raw(ws) for _ in range(2)] for ws in (squeezed, plain)]
+        assert raw[0] == raw[1]
+        assert deflate.TOTALS.messages == before
+    finally:
+        await squeezed.conn.close()
+        await plain.conn.close()

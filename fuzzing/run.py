@@ -2,7 +2,7 @@
 
     pip install atheris
     python fuzzing/run.py commands -- -max_total_time=600
-    python fuzzing/run.py cursors|channels|patterns|tokens -- -runs=1000000
+    python fuzzing/run.py cursors|channels|patterns|tokens|wsframes -- -runs=1000000
 
 The oracle is the same as the bounded hypothesis run in tests/fuzz: each input is accepted or
 rejected with a documented ClarionError code; any other exception is a crash that libFuzzer
@@ -20,6 +20,7 @@ from clarion.errors import ClarionError
 from clarion.protocol.channels import matches, validate_channel, validate_pattern
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.messages import parse_command
+from clarion.protocol.wsreader import FrameReader
 from clarion.settings import Settings
 
 # Coverage feedback for everything loaded so far (clarion's parsers included).
@@ -51,6 +52,8 @@ TARGETS = {
         lambda t: matches(validate_pattern(t), t.replace("*", "x")), _text(data)
     ),
     "tokens": lambda data: _check(AUTH.verify, _text(data)),
+    # Client frames: events (a close at most, last), never an exception.
+    "wsframes": lambda data: FrameReader(1 << 16).receive_data(data),
 }
 
 

@@ -12,10 +12,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
-from websockets.protocol import State
 
 from clarion.server import ClientDisconnected
-from clarion.server.websocket import FrameProtocol
 
 from .helpers import TIMEOUT, connect, get, read_response, request
 
@@ -279,19 +277,6 @@ async def test_frames_sent_before_accept_are_kept(start_server: Any) -> None:
 
 def masked(opcode: Opcode, data: bytes, fin: bool = True) -> bytes:
     return Frame(opcode, data, fin).serialize(mask=True, extensions=[])
-
-
-def test_close_between_fragments_is_a_normal_close() -> None:
-    # RFC 6455 §5.4: control frames may come between fragments (Autobahn case 7.1.5).
-    protocol = FrameProtocol(state=State.OPEN)
-    protocol.receive_data(
-        masked(Opcode.TEXT, b"frag", fin=False)
-        + masked(Opcode.CLOSE, b"\x03\xe8")
-        + masked(Opcode.CONT, b"ment")
-    )
-    assert [frame.opcode for frame in protocol.events_received()] == [Opcode.TEXT, Opcode.CLOSE]
-    assert protocol.data_to_send() == [b"\x88\x02\x03\xe8", b""]  # the echo, then EOF
-    assert protocol.parser_exc is None
 
 
 UPGRADE = (

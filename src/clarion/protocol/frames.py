@@ -2,8 +2,8 @@
 
 Frames the server sends are unmasked (RFC 6455 §5.1), so a whole frame — header and payload — is
 the same bytes for every receiver: the fan-out builds it once per publication. Likewise an HTTP/1.1
-chunk of a streaming response (Server-Sent Events). Parsing frames from clients stays with the
-``websockets`` library.
+chunk of a streaming response (Server-Sent Events). Frames from clients are read by
+:mod:`clarion.protocol.wsreader`.
 
 A frame or chunk of a keyed live signal is :class:`Latest`: the same bytes, plus the ``slot``
 (channel and key) that a connection which is behind keeps only the newest frame of.

@@ -1,10 +1,12 @@
 """One WebSocket connection after an ``Upgrade: websocket`` request: the ASGI ``websocket`` scope.
 
-The handshake and inbound frame parsing belong to the ``websockets`` library's sans-I/O
-:class:`~websockets.server.ServerProtocol`; this module moves bytes between it, the socket and the
-ASGI app, reassembles fragmented messages, and owns timers and backpressure. Every outgoing byte,
-whether from ``websocket.send``, the fast path or the protocol object, goes through the
-:class:`~clarion.server.fastws.Outbox` so that the wire order is the call order.
+The handshake belongs to the ``websockets`` library's sans-I/O
+:class:`~websockets.server.ServerProtocol`, inbound frames after it to clarion's own
+:class:`~clarion.protocol.wsreader.FrameReader` (a few slots per idle connection, where the
+library's protocol object kept a generator, a buffer and a UUID); this module moves bytes between
+them, the socket and the ASGI app, and owns timers and backpressure. Every outgoing byte, whether
+from ``websocket.send``, the fast path, the handshake or the reader (pongs, close frames), goes
+through the :class:`~clarion.server.fastws.Outbox` so that the wire order is the call order.
 
 Long on purpose: one connection's state machine — handshake, the app's receive and send, message
 reassembly, close timers, flow control — reads best in one class.
@@ -13,27 +15,22 @@ reassembly, close timers, flow control — reads best in one class.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from websockets.exceptions import ProtocolError
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
 
 from clarion.asgitypes import Message, Scope
 from clarion.protocol import deflate
 from clarion.protocol.frames import OP_BINARY, OP_TEXT, binary_frame, text_frame
+from clarion.protocol.wsreader import Closed, FrameReader, Pong
 from clarion.server import flow
 from clarion.server.config import ClientDisconnected, Config, Registry, reset
 from clarion.server.fastws import FAST_WEBSOCKET_EXTENSION, Outbox
-from clarion.server.inflate import Inflate
 
 log = logging.getLogger("clarion.server.websocket")
 # websockets logs every open and close at INFO; keep that under our tree, one level down.
@@ -48,21 +45,8 @@ INBOUND_LOW = 8  # ... and resumes
 SEND_HIGH = 65536  # queued bytes at which websocket.send writes now instead of next iteration
 ABNORMAL = 1006
 SERVICE_RESTART = 1012
+PING = b"\x89\x00"  # an empty ping frame
 OVERFLOW = 1008  # no standard "too slow" code; apps choose their own via set_send_limit
-
-
-class FrameProtocol(ServerProtocol):
-    """websockets' protocol, letting a close frame end a fragmented message cleanly.
-
-    RFC 6455 §5.4 allows control frames between fragments; websockets treats a close there as
-    a protocol error (1002), Autobahn case 7.1.5 expects the normal close echo. The partial
-    message is dropped either way.
-    """
-
-    def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.CLOSE:
-            self.current_size = None
-        super().recv_frame(frame)
 
 
 class Phase(enum.Enum):
@@ -77,7 +61,6 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
 
     __slots__ = (
         "_close_timer",
-        "_decoder",
         "_disconnected",
         "_drain",
         "_draining",
@@ -86,14 +69,11 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         "_inbound",
         "_listener",
         "_loop",
-        "_opcode",
-        "_parts",
-        "_protocol",
+        "_reader",
         "_reading_paused",
         "_registry",
         "_request",
         "_response",
-        "_text_parts",
         "_waiter",
         "_write_blocked",
         "config",
@@ -121,7 +101,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self.deflate_bits = 0
         self._handshake: ServerProtocol | None = None
         self._response: Response | None = None
-        self._protocol: ServerProtocol | None = None
+        self._reader: FrameReader | None = None
         # A list, not a deque: an idle connection's empty deque still holds a 64-slot block,
         # and this queue is short (INBOUND_HIGH) so pop(0) costs nothing.
         self._inbound: list[Message] = [{"type": "websocket.connect"}]
@@ -132,14 +112,9 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._write_blocked = False  # reading paused until the peer reads what is queued
-        self._early = bytearray()
+        self._early = b""  # frames that came before the app accepted (rare: no buffer kept)
         self._disconnected = False
         self._close_timer: asyncio.TimerHandle | None = None
-        # The fragmented message being received: text is decoded fragment by fragment.
-        self._opcode: Opcode | None = None
-        self._parts: list[bytes] = []
-        self._text_parts: list[str] = []
-        self._decoder: codecs.IncrementalDecoder | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -185,15 +160,15 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             self._early += data
             self._pause_reading()
             return
-        if self._protocol is None:
+        if self._reader is None:
             return
         self._feed(data)
 
     def eof_received(self) -> bool | None:
-        protocol = self._protocol
-        if protocol is not None and self.phase is not Phase.CLOSED:
-            protocol.receive_eof()
-            self._pump(protocol)
+        reader = self._reader
+        if reader is not None and self.phase is not Phase.CLOSED:
+            reader.receive_eof()
+            self.queue_eof()  # the server closes its side too
             self._deliver_disconnect()
         # Write what is queued (a close echo) before the transport closes itself.
         self.flush()
@@ -230,21 +205,20 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self.push(deflate.frame(payload, OP_TEXT, bits) if bits else text_frame(payload))
 
     def ping(self) -> None:
-        protocol = self._protocol
-        if protocol is not None and self.phase is Phase.OPEN:
-            protocol.send_ping(b"")
-            self._pump(protocol)
+        if self._reader is not None and self.phase is Phase.OPEN:
+            self.queue_raw(PING, counted=True)
+            self.flush_if_over()
 
     def close(self, code: int, reason: str = "") -> None:
-        protocol = self._protocol
-        if protocol is None or self.phase is not Phase.OPEN:
+        reader = self._reader
+        if reader is None or self.phase is not Phase.OPEN:
             return
-        try:
-            protocol.send_close(code, _clip_reason(reason))
-        except ProtocolError as exc:
-            raise ValueError(f"invalid close code {code}") from exc
+        frame = reader.send_close(code, _clip_reason(reason))  # ValueError: a bad code
         self.phase = Phase.CLOSING
-        self._pump(protocol)
+        self.seal()  # what was queued goes first, nothing pushed later
+        self.queue_raw(frame, counted=True)
+        self._arm_close_timer()
+        self.flush_if_over()
 
     def listen(self, handler: Callable[[Message], Awaitable[None]]) -> None:
         if self.phase is Phase.CONNECTING:
@@ -424,18 +398,10 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         handshake.send_response(response)
         for chunk in handshake.data_to_send():
             self.queue_raw(chunk)
-        # A fresh protocol object in state OPEN parses frames: the handshake one is still parked
-        # in its HTTP request parser, which httptools already did for us.
-        protocol = FrameProtocol(
-            state=State.OPEN, max_size=self.config.max_message_bytes, logger=protocol_log
-        )
-        protocol.subprotocol = Subprotocol(subprotocol) if subprotocol else None
-        if self.deflate_bits:
-            protocol.extensions = [Inflate()]
-        self._protocol = protocol
+        self._reader = FrameReader(self.config.max_message_bytes, inflate=bool(self.deflate_bits))
         self._handshake = self._response = None
         self.phase = Phase.OPEN
-        early, self._early = bytes(self._early), bytearray()
+        early, self._early = self._early, b""
         if early:
             self._feed(early)
         if self.phase is Phase.OPEN and len(self._inbound) < INBOUND_HIGH:
@@ -463,79 +429,39 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
     # -- inbound ----------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        protocol = self._protocol
-        assert protocol is not None
-        protocol.receive_data(data)
-        for frame in protocol.events_received():
-            if not isinstance(frame, Frame):
-                continue
-            opcode = frame.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
-                if not self._on_data_frame(protocol, opcode, bytes(frame.data), frame.fin):
-                    break
-            elif opcode is Opcode.CLOSE:
+        reader = self._reader
+        assert reader is not None
+        for event in reader.receive_data(data):
+            kind = type(event)
+            if kind is str:
+                self._deliver({"type": "websocket.receive", "text": event})
+            elif kind is bytes:
+                self._deliver({"type": "websocket.receive", "bytes": event})
+            elif kind is Pong:
+                self.queue_raw(cast(Pong, event).frame, counted=True)
+            else:  # the peer closed, or broke the protocol: the last event
+                closed = cast(Closed, event)
+                if closed.failed:
+                    log.debug("websocket closed on a protocol error: %s", closed.reason)
                 self.phase = Phase.CLOSING
                 self.seal()
-                self._deliver_disconnect()
-        self._pump(protocol)
+                if closed.frame is not None:
+                    self.queue_raw(closed.frame, counted=True)
+                self.queue_eof()  # the server closes the TCP connection first (RFC 6455 §7.1.1)
+                self._arm_close_timer()
+                self._deliver_disconnect(closed.code, closed.reason)
+        self.flush_if_over()
         if len(self._inbound) >= INBOUND_HIGH:
             self._pause_reading()
-
-    def _on_data_frame(
-        self, protocol: ServerProtocol, opcode: Opcode, data: bytes, fin: bool
-    ) -> bool:
-        """Collect one data frame; False when the connection failed on it."""
-        if opcode is not Opcode.CONT:
-            if fin:  # the common case: one frame, one message
-                if opcode is Opcode.BINARY:
-                    self._deliver({"type": "websocket.receive", "bytes": data})
-                    return True
-                try:
-                    text = data.decode()
-                except UnicodeDecodeError as exc:
-                    return self._invalid_utf8(protocol, exc)
-                self._deliver({"type": "websocket.receive", "text": text})
-                return True
-            self._opcode = opcode
-            if opcode is Opcode.TEXT:
-                self._decoder = codecs.getincrementaldecoder("utf-8")()
-        decoder = self._decoder
-        if decoder is not None:
-            # Decoded as they come, so that invalid UTF-8 fails at the first bad fragment.
-            try:
-                self._text_parts.append(decoder.decode(data, fin))
-            except UnicodeDecodeError as exc:
-                return self._invalid_utf8(protocol, exc)
-        else:
-            self._parts.append(data)
-        if fin:
-            if decoder is not None:
-                self._deliver({"type": "websocket.receive", "text": "".join(self._text_parts)})
-            else:
-                self._deliver({"type": "websocket.receive", "bytes": b"".join(self._parts)})
-            self._opcode = self._decoder = None
-            self._parts, self._text_parts = [], []
-        return True
-
-    def _invalid_utf8(self, protocol: ServerProtocol, exc: UnicodeDecodeError) -> bool:
-        # websockets' sans-I/O layer leaves text decoding to its callers: fail with 1007 here.
-        protocol.fail(1007, f"{exc.reason} at position {exc.start}")
-        return False  # _pump() tells the app
 
     def _deliver(self, message: Message) -> None:
         self._inbound.append(message)
         self._wake()
 
-    def _deliver_disconnect(self, code: int | None = None) -> None:
+    def _deliver_disconnect(self, code: int = ABNORMAL, reason: str = "") -> None:
         if self._disconnected:
             return
         self._disconnected = True
-        reason = ""
-        protocol = self._protocol
-        if code is None:
-            code = ABNORMAL
-            if protocol is not None and protocol.close_rcvd is not None:
-                code, reason = protocol.close_rcvd.code, protocol.close_rcvd.reason
         self._inbound.append({"type": "websocket.disconnect", "code": code, "reason": reason})
         self._wake()
 
@@ -551,23 +477,6 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             waiter.set_result(None)
 
     # -- outbound ---------------------------------------------------------------------------
-
-    def _pump(self, protocol: ServerProtocol) -> None:
-        """Route what the protocol object wants written into the outbox, in order."""
-        for chunk in protocol.data_to_send():
-            if chunk:
-                self.queue_raw(chunk, counted=True)
-            else:
-                self.queue_eof()
-        if self.phase is Phase.OPEN and protocol.state is not State.OPEN:
-            # The protocol object failed the connection (1002, 1009, ...): tell the app now.
-            self.phase = Phase.CLOSING
-            self.seal()
-            sent = protocol.close_sent
-            self._deliver_disconnect(sent.code if sent is not None else ABNORMAL)
-        if protocol.close_expected():
-            self._arm_close_timer()
-        self.flush_if_over()
 
     def _arm_close_timer(self) -> None:
         if self._close_timer is None and self.phase is not Phase.CLOSED:

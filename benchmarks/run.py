@@ -593,8 +593,8 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
             ]
         out += [
             "",
-            "clarion's goal is 4 KiB per idle connection. What an idle connection holds today, "
-            "what stands between it and that goal, and how far one process scales, are in "
+            "clarion's goal is 4 KiB (4,096 bytes) per idle connection. What an idle connection "
+            "holds, each step with its figure, and how far one process scales, are in "
             "[docs/architecture.md](docs/architecture.md#memory-per-connection).",
             "",
         ]

@@ -156,7 +156,9 @@ class Outbox:
     implement :meth:`on_eof_flushed` (the protocol asked for the TCP half-close),
     :meth:`on_overflow_default` (the limit was hit and nobody asked to be told) and
     :meth:`on_hard_overflow` (twice the limit: the app did not stop pushing), and may
-    implement :meth:`on_backlog` (e.g. stop reading a peer that does not read).
+    implement :meth:`on_backlog` (e.g. stop reading a peer that does not read). They do not
+    override :meth:`flush` or the push methods: the compiled loops do their common case
+    without calling them, from these slots.
     """
 
     __slots__ = (

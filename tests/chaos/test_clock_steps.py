@@ -332,6 +332,10 @@ async def test_nodes_on_redis_whose_clocks_step_apart_lose_nothing(
                     other.step(-step)
                     await more(publisher, 25)
                     await until(lambda: present(len(direct)), wait=10)
+                    # Each node's age is measured on Redis' clock: both are up, seen from either.
+                    for seen_from in (a, b):
+                        r = await api.get(seen_from.http_url + "/api/info")
+                        assert [n["state"] for n in r.json()["nodes"]] == ["up", "up"], r.json()
             await resume(away, b.ws_url, stop_away, tasks)
             await finish([*direct, away], publisher, publishing, stop_publisher, b.http_url)
             assert publisher.failures == []

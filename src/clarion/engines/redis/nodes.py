@@ -10,6 +10,7 @@ Every Redis failure is raised as :class:`~clarion.errors.EngineUnavailable`.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -87,12 +88,15 @@ class RedisNodes:
     async def nodes(self) -> list[tuple[dict[str, Any], float]]:
         self._connected()
         try:
-            _, seen, records = await self._read(
+            redis_now, seen, records = await self._read(
                 keys=[self._records, self._seen], args=[int(FORGET * 1000)]
             )
         except (RedisError, OSError, TimeoutError) as exc:
             raise EngineUnavailable(f"Redis unavailable while listing nodes: {exc}") from None
-        times = {seen[i]: float(seen[i + 1]) / 1000 for i in range(0, len(seen), 2)}
+        # Announce times on this node's clock: an age is Redis' to measure, whatever the two
+        # clocks' difference (else a node an hour off would see every other one as gone).
+        shift = time.time() - float(redis_now) / 1000
+        times = {seen[i]: float(seen[i + 1]) / 1000 + shift for i in range(0, len(seen), 2)}
         out = []
         for i in range(0, len(records), 2):
             when = times.get(records[i])

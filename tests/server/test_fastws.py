@@ -465,3 +465,63 @@ def test_without_the_compiled_loops_the_python_ones_run() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+async def test_an_upgrade_behind_a_response_still_buffered_goes_out_after_it(
+    start_server: Any,
+) -> None:
+    """An upgrade pipelined behind a large response is handed over while the response's tail
+    still waits in the transport: the handshake and frames go behind it, never ahead."""
+    body = b"b" * (16 * 1024 * 1024)  # more than loopback's socket buffers hold
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = [(b"content-length", b"%d" % len(body))]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        # The client takes a little of the body now: its socket has room again, while the
+        # transport still holds most of the body (the loop does not run in between).
+        sock.setblocking(True)
+        sock.settimeout(TIMEOUT)
+        while len(data) < 256 * 1024:
+            data.extend(sock.recv(256 * 1024 - len(data)))
+        sock.setblocking(False)
+        received.append(len(data))
+        conn = await accept(scope, receive, send)
+        conn.push_text(b"after the body")
+        await drain_until_disconnect(receive)
+
+    received: list[int] = []
+    data = bytearray()
+    server = await start_server(app, send_limit=64 * 1024 * 1024)  # the order, not the budget
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", server.port))
+        await loop.sock_sendall(
+            sock,
+            b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        for _ in range(500):
+            if received:
+                break
+            await asyncio.sleep(0.01)
+        assert received
+        want = b"\x81\x0eafter the body"
+        # Until the frame came last, or came and the rest too (then out of order).
+        while not data.endswith(want) and not (want in data and len(data) > len(body) + 200):
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), TIMEOUT)
+            assert chunk, bytes(data[-200:])
+            data += chunk
+    finally:
+        sock.close()
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    # The whole body, then the handshake, then the frame.
+    assert rest[: len(body)] == body
+    assert rest[len(body) :].startswith(b"HTTP/1.1 101")
+    assert rest.endswith(want)

@@ -223,10 +223,14 @@ class Outbox:
         """Every byte of this connection goes through the outbox: the compiled flush may write
         to its socket directly while the transport's buffer is empty (what the transport's own
         ``write`` would do first, for less)."""
-        sock = self.transport.get_extra_info("socket")
+        transport = self.transport
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             self._fd = sock.fileno()
-            self._direct = self.transport
+            self._direct = transport
+            # An upgrade handed over behind a response the transport still holds: direct
+            # writes wait until a write through the transport finds it empty.
+            self._backlog = transport.get_write_buffer_size()
 
     def _first_push(self, frame: bytes) -> None:
         if self._sealed:

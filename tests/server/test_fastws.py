@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from websockets.asyncio.client import ClientConnection
 from clarion.protocol.frames import text_frame
 from clarion.server import FAST_WEBSOCKET_EXTENSION, fastws
 
+from ..conftest import until
 from .helpers import TIMEOUT
 from .test_websocket import closed, open_ws, recv
 
@@ -171,7 +174,7 @@ async def test_buffered_bytes_counts_what_is_not_yet_written(start_server: Any) 
     assert seen == [102, 0]
 
 
-async def slow_reader(port: int) -> socket.socket:
+async def slow_reader(port: int, path: str = "/slow") -> socket.socket:
     """A client that completes the handshake and then never reads again."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -180,8 +183,9 @@ async def slow_reader(port: int) -> socket.socket:
     await loop.sock_connect(sock, ("127.0.0.1", port))
     await loop.sock_sendall(
         sock,
-        b"GET /slow HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        b"GET %s HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        % path.encode(),
     )
     head = b""
     while b"\r\n\r\n" not in head:
@@ -525,3 +529,50 @@ async def test_an_upgrade_behind_a_response_still_buffered_goes_out_after_it(
     assert rest[: len(body)] == body
     assert rest[len(body) :].startswith(b"HTTP/1.1 101")
     assert rest.endswith(want)
+
+
+async def test_a_peer_that_resets_mid_stream_ends_its_connection_only(
+    start_server: Any, caplog: Any
+) -> None:
+    """Peers reset (RST) while frames are being written to them, partly taken: each connection
+    ends and its app hears the disconnect, nothing is logged as a failure, and a connection
+    beside them keeps its frames in order."""
+    ended: list[str] = []
+    frame = text_frame(b"r" * 4000)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conn = await accept(scope, receive, send)
+        conn.set_send_limit(64 * 1024 * 1024, lambda: None)
+        task = asyncio.current_task()
+        assert task is not None
+        if scope["path"] != "/fast":
+            # /full fills the peer's buffers (the transport holds the rest), /idle does not
+            # (each flush's send goes straight to the socket).
+            pause = 0.0 if scope["path"] == "/full" else 0.002
+            while not conn.closed and not conn.transport.is_closing():
+                conn.push_many([conn], frame)
+                conn.push_many([conn], frame)
+                await asyncio.sleep(pause)
+        else:
+            counter = 0
+            while not conn.closed:
+                conn.push_text(b"%d" % counter)
+                counter += 1
+                await asyncio.sleep(0.002)
+        await drain_until_disconnect(receive)
+        ended.append(scope["path"])
+
+    caplog.set_level(logging.WARNING)
+    server = await start_server(app)
+    resets = 10
+    async with open_ws(server.port, "/fast") as ws:
+        for i in range(resets):
+            sock = await slow_reader(server.port, "/full" if i % 2 else "/idle")
+            await asyncio.sleep(0.01)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # RST
+        await until(lambda: len(ended) == resets)
+        received = await keep_receiving(ws, until=lambda got: len(got) >= 20)
+    numbers = [int(text) for text in received]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

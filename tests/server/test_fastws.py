@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -11,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -576,3 +578,60 @@ async def test_a_peer_that_resets_mid_stream_ends_its_connection_only(
     numbers = [int(text) for text in received]
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+class WriteFailed(RuntimeError):
+    pass
+
+
+class FailingTransport(CountingTransport):
+    """A transport whose writes raise: what a broken connection's flush meets."""
+
+    raised: weakref.WeakSet[WriteFailed] = weakref.WeakSet()
+
+    def write(self, data: bytes) -> None:
+        exc = WriteFailed("write failed")
+        FailingTransport.raised.add(exc)
+        raise exc
+
+
+async def test_a_flush_that_raises_is_logged_and_the_others_go_on(
+    start_server: Any, caplog: Any
+) -> None:
+    """One connection's failing write is logged; the connections flushed in the same pass
+    still get their frames, and nothing of the failure stays referenced."""
+    conns: list[Any] = []
+    rounds = 200
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conns.append(await accept(scope, receive, send))
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app)
+    async with open_ws(server.port) as first, open_ws(server.port) as second:
+        await until(lambda: len(conns) == 2)
+        broken, working = conns
+        broken.transport = FailingTransport(broken.transport)
+        caplog.set_level(logging.ERROR, logger="clarion.server.fastws")
+        broken.push_many([broken, working], text_frame(b"0"))
+        await until(lambda: caplog.records)
+        record = caplog.records[0]
+        assert record.getMessage() == "flushing a websocket connection failed"
+        assert record.exc_info and record.exc_info[0] is WriteFailed
+        del record
+        # From here on no records (each would hold its exception): what stays is a leak.
+        caplog.set_level(logging.CRITICAL, logger="clarion.server.fastws")
+        FailingTransport.raised = weakref.WeakSet()
+        gc.collect()
+        before = sys.getrefcount(broken), sys.getrefcount(working)
+        for i in range(1, rounds):
+            broken.push_many([broken, working], text_frame(b"%d" % i))
+            await asyncio.sleep(0)
+        got = [await recv(second) for _ in range(rounds)]
+        assert got == [str(i) for i in range(rounds)]
+        del got
+        gc.collect()
+        assert len(FailingTransport.raised) == 0
+        assert (sys.getrefcount(broken), sys.getrefcount(working)) == before
+        broken.transport = broken.transport.inner
+        del first

@@ -69,7 +69,9 @@ class StompConnection(Handler):
 
     def __init__(self, hub: Hub, scope: dict[str, Any], pipe: Pipe) -> None:
         self.hub = hub
-        self.scope = scope
+        # The upgrade request's token (header, query, cookie), for a CONNECT without one: the
+        # scope itself, headers and all, is not kept for the connection's lifetime.
+        self.upgrade_token = access.token_from(hub, scope)
         self.pipe = pipe
         self.wire = StompWire(pipe)
         limits = hub.settings.limits
@@ -377,7 +379,7 @@ class StompConnection(Handler):
             self._handshake_timer = None
         # Browsers cannot set CONNECT headers from every library: fall back to the upgrade
         # request's token (Authorization header, token= query parameter, cookie).
-        token = event.token or access.token_from(self.hub, self.scope)
+        token = event.token or self.upgrade_token
         credentials = hub.auth.verify(token) if token else hub.auth.anonymous()
         if hub.hooks is not None:
             credentials = await hub.authenticate(credentials, "stomp")

@@ -141,8 +141,9 @@ class Session:
         limits = hub.settings.limits
         self.publish_bucket = TokenBucket(limits.client_publish_rate, limits.client_publish_burst)
         # channel -> the bucket of its ephemeral publishes (made on the first one).
-        self.signal_buckets: dict[str, TokenBucket] = {}
-        self.abuse = Abuse()
+        # Made when first needed: most sessions never send a signal or get refused.
+        self.signal_buckets: dict[str, TokenBucket] | None = None
+        self.abuse: Abuse | None = None
         self.conflating = False
 
     @property
@@ -335,15 +336,13 @@ class Session:
         ephemeral = ephemeral or hub.options(channel).ephemeral
         if ephemeral:
             if not self.take_signal(channel):
-                if self.abuse.strike():
-                    self.close(CloseCode.ABUSE)
+                self._strike()
                 raise LimitExceeded(
                     "sending live signals to this channel faster than limits.client_ephemeral_rate",
                     code=ErrorCode.EPHEMERAL_RATE_LIMITED,
                 )
         elif not self.publish_bucket.take() or not await hub.admission.check_user_rate(self):
-            if self.abuse.strike():
-                self.close(CloseCode.ABUSE)
+            self._strike()
             raise LimitExceeded(
                 "publishing faster than this connection's or user's rate",
                 code=ErrorCode.RATE_LIMITED,
@@ -368,12 +367,22 @@ class Session:
             key=key,
         )
 
+    def _strike(self) -> None:
+        """One refusal; persistent abuse closes the session."""
+        abuse = self.abuse
+        if abuse is None:
+            abuse = self.abuse = Abuse()
+        if abuse.strike():
+            self.close(CloseCode.ABUSE)
+
     def take_signal(self, channel: str) -> bool:
         """One token of this connection's ephemeral budget for ``channel``."""
-        bucket = self.signal_buckets.get(channel)
+        buckets = self.signal_buckets
+        if buckets is None:
+            buckets = self.signal_buckets = {}
+        bucket = buckets.get(channel)
         if bucket is None:
             limits = self.hub.settings.limits
-            buckets = self.signal_buckets
             if len(buckets) >= limits.max_subscriptions_per_connection:
                 # Bounded like the subscriptions: the bucket unused longest goes first (a
                 # second unused fills it again, so forgetting it gives little away).

@@ -4,17 +4,18 @@ Query parameters that belong to clarion (``prefix``, ``check_interval``, ``prese
 ``pool_size``, ``pool_timeout``) are taken out; the rest go to redis-py unchanged
 (``socket_timeout``, ``ssl_ca_certs``…).
 
-Commands share a bounded, *blocking* pool of ``pool_size`` connections: a burst of calls (a
-thousand clients connecting at once) queues for a free connection instead of failing, and a
-call that waited ``pool_timeout`` seconds fails on its own, as any Redis error does.
+Commands share a bounded, *blocking* pool of ``pool_size`` connections; the engine's batched
+commands (``batch.py``) use at most two of them at once and queue behind those, so a burst of
+calls (a thousand clients connecting at once) waits instead of failing, and a call that waited
+``pool_timeout`` seconds fails on its own, as any Redis error does.
 
 Sentinel: ``redis+sentinel://[user:password@]host1:26379,host2:26379/<service>[/<db>]``; the
 password, when given, is the data nodes' password, not the sentinels'.
 
 Cluster: ``redis+cluster://[user:password@]host1:6379[,host2:6379…]``: any reachable nodes of
 the cluster; the client learns the rest (and every later change of topology) from them.
-Commands go to each key's slot owner (``MOVED``/``ASK`` followed); at most ``pool_size``
-batches are under way at once (the others wait, ``pool_timeout`` at most).
+Commands go to each key's slot owner (``MOVED``/``ASK`` followed); at most two batches (and
+never more than ``pool_size``) are under way at once (the others wait, ``pool_timeout`` at most).
 """
 
 from __future__ import annotations

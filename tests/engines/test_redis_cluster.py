@@ -101,7 +101,8 @@ async def test_a_burst_of_calls_queues_for_the_pool(nodes: Callable[..., Any]) -
     assert results[:n] == [True] * n
     assert await a.limits.connection_count("ip", "10.0.0.1") == n
     assert sum([len(await a.presence(c)) for c in CHANNELS]) == n
-    await eventually(lambda: sum(len(sink.offsets(c)) for c in CHANNELS) == n)
+    # Repeats read back by the position check before pub/sub brought them are the hub's to drop.
+    await eventually(lambda: sum(len(set(sink.offsets(c))) for c in CHANNELS) == n)
 
 
 async def test_batches_wait_for_a_connection_while_redis_is_slow(

@@ -11,6 +11,7 @@ core know clarion's errors, not the client library's.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -85,9 +86,20 @@ class ClusterLimits:
         if not self._held:
             return
         calls = []
+        sent: list[tuple[str, set[str]]] = []
         for name, members in self._held.items():
             args: list[Any] = [self._ttl_ms]
             for member in members:
                 args += [member, ""]
             calls.append((self._refresh, [name, name], args))
+            sent.append((name, set(members)))
         await self._batch.now(calls)
+        # A member released while the refresh was under way may have been added back by it
+        # (its removal ran first): remove it again, now that the refresh has run.
+        await asyncio.gather(
+            *(
+                self._batch.command("ZREM", name, member)
+                for name, members in sent
+                for member in members - self._held.get(name, set())
+            )
+        )

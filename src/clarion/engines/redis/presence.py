@@ -9,6 +9,7 @@ next refresh.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -133,13 +134,27 @@ class RedisPresence:
         if not self.held:
             return
         calls = []
+        sent: list[tuple[str, dict[str, tuple[bytes, str]]]] = []
         for channel, entries in self.held.items():
             args: list[Any] = [self._ttl_ms]
             for client, (value, user) in entries.items():
                 args += [client, value, user]
             users = [user for _, user in entries.values()]
             calls.append((self._add, self._channel_keys(channel, *users), args))
+            sent.append((channel, dict(entries)))
         await self._batch.now(calls)
+        # An entry removed while the refresh was under way may have been added back by it (its
+        # removal ran first): remove it again, now that the refresh has run.
+        await asyncio.gather(
+            *(
+                self._batch.script(
+                    self._remove, keys=self._channel_keys(channel, user), args=[client, user]
+                )
+                for channel, entries in sent
+                for client, (_, user) in entries.items()
+                if client not in self.held.get(channel, {})
+            )
+        )
 
     async def leave_all(self) -> None:
         """Remove every entry this node holds (at shutdown: not after the TTL)."""

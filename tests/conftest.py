@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +26,12 @@ TIMEOUT_FACTOR = float(os.environ.pop("CLARION_TEST_TIMEOUT_FACTOR", "1"))
 STRESS_RUNS = int(os.environ.pop("CLARION_STRESS", "0"))
 # How long the chaos tests' fault loops run, in seconds; 0 keeps their short CI form.
 CHAOS_SECONDS = float(os.environ.pop("CLARION_CHAOS_SECONDS", "0"))
+# Which server serves the hubs tests start in-process: "clarion" (its own server, with its fast
+# extensions) or "asgi" (the hub's app mounted in a Starlette app under uvicorn: the portable
+# path). Taken out likewise. Tests about clarion's server itself are marked ``clarion_server``.
+TEST_SERVER = os.environ.pop("CLARION_TEST_SERVER", "clarion")
+if TEST_SERVER not in ("clarion", "asgi"):
+    raise pytest.UsageError(f"CLARION_TEST_SERVER={TEST_SERVER!r}: expected clarion or asgi")
 
 
 # Property tests judge inputs, not speed: on a loaded machine a slow example is not a failure.
@@ -113,20 +120,32 @@ class WS:
         return await self.call("subscribe", channel=channel, **fields)
 
 
-async def start_hub(settings: Settings | None = None, hub: Hub | None = None) -> RunningHub:
+async def start_hub(
+    settings: Settings | None = None, hub: Hub | None = None, port: int = 0
+) -> RunningHub:
+    """The hub served on the suite's server path (``CLARION_TEST_SERVER``)."""
+    if TEST_SERVER == "asgi":
+        return await start_portable_hub(settings, hub, port=port)
+    return await start_clarion_hub(settings, hub, port)
+
+
+async def start_clarion_hub(
+    settings: Settings | None = None, hub: Hub | None = None, port: int = 0
+) -> RunningHub:
+    """The hub on clarion's own server, whatever the suite's server path."""
     hub = hub if hub is not None else Hub(settings or Settings())
     from clarion.standalone import make_server
 
-    server = make_server(hub, port=0)
+    server = make_server(hub, port=port)
     await server.start()
     return RunningHub(hub, server, server.port)
 
 
 class PortableServer:
-    """uvicorn serving the hub's ASGI app mounted in a Starlette app: the portable path, where
-    clarion's server extensions are absent."""
+    """uvicorn serving an ASGI app (the hub's, mounted in a Starlette app): the portable path,
+    where clarion's server extensions are absent. Shutting it down closes ``hub`` if given."""
 
-    def __init__(self, hub: Hub, uv: Any, serving: asyncio.Task[None]) -> None:
+    def __init__(self, uv: Any, serving: asyncio.Task[None], hub: Hub | None = None) -> None:
         self.hub = hub
         self.uv = uv
         self.serving = serving
@@ -135,19 +154,47 @@ class PortableServer:
     def sockets(self) -> list[Any]:
         return list(self.uv.servers[0].sockets)
 
+    @property
+    def port(self) -> int:
+        port: int = self.sockets[0].getsockname()[1]
+        return port
+
     async def shutdown(self, timeout: float) -> None:
-        await self.hub.close()
+        if self.hub is not None:
+            await self.hub.close()
         self.uv.should_exit = True
         await asyncio.wait_for(self.serving, timeout * 5)
 
 
-async def start_portable_hub(
-    settings: Settings | None = None, hub: Hub | None = None, *, mount: bool = True
-) -> RunningHub:
-    """The hub under uvicorn: mounted in a Starlette app, or (``mount=False``) its app alone."""
+async def start_uvicorn(app: Any, port: int = 0, hub: Hub | None = None) -> PortableServer:
+    """``app`` served by uvicorn on 127.0.0.1 (``port`` 0: a free one), in this event loop."""
     import time
 
     import uvicorn
+
+    # uvicorn's own proxy-header handling is off: the hub reads those headers itself.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", proxy_headers=False
+    )
+    uv = uvicorn.Server(config)
+    serving = asyncio.create_task(uv.serve())
+    deadline = time.monotonic() + timeout(10)
+    while not uv.started:
+        if serving.done() or time.monotonic() > deadline:
+            uv.should_exit = True
+            raise RuntimeError("uvicorn did not start")
+        await asyncio.sleep(0.01)
+    return PortableServer(uv, serving, hub)
+
+
+async def start_portable_hub(
+    settings: Settings | None = None,
+    hub: Hub | None = None,
+    *,
+    mount: bool = True,
+    port: int = 0,
+) -> RunningHub:
+    """The hub under uvicorn: mounted in a Starlette app, or (``mount=False``) its app alone."""
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
@@ -156,20 +203,12 @@ async def start_portable_hub(
     app: Any = hub.asgi_app()
     if mount:
         app = Starlette(routes=[Mount("/", app=app)])
-    # uvicorn's own proxy-header handling is off: the hub reads those headers itself.
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", proxy_headers=False
-    )
-    uv = uvicorn.Server(config)
-    serving = asyncio.create_task(uv.serve())
-    deadline = time.monotonic() + timeout(10)
-    while not uv.started:
-        if serving.done() or time.monotonic() > deadline:
-            await hub.close()
-            raise RuntimeError("uvicorn did not start")
-        await asyncio.sleep(0.01)
-    port = uv.servers[0].sockets[0].getsockname()[1]
-    return RunningHub(hub, PortableServer(hub, uv, serving), port)
+    try:
+        server = await start_uvicorn(app, port, hub)
+    except RuntimeError:
+        await hub.close()
+        raise
+    return RunningHub(hub, server, server.port)
 
 
 async def stop_hub(running: RunningHub) -> None:
@@ -179,15 +218,69 @@ async def stop_hub(running: RunningHub) -> None:
 
 
 # The two ways a hub is served: clarion's own server (with its fast extensions), and mounted in
-# a Starlette app under uvicorn (the portable ASGI path). Tests that exercise how bytes reach a
-# peer run on both: ``@both_servers``, with the ``hub`` or ``hub_factory`` fixture.
-SERVER_PATHS = ["clarion", "asgi"]
+# a Starlette app under uvicorn (the portable ASGI path). Every in-process hub follows the suite's
+# switch (``CLARION_TEST_SERVER``); tests of how bytes reach a peer also run on both paths within
+# one run of clarion's: ``@both_servers``, with the ``hub`` or ``hub_factory`` fixture.
+SERVER_PATHS = ["clarion", "asgi"] if TEST_SERVER == "clarion" else ["asgi"]
 both_servers = pytest.mark.parametrize("server_path", SERVER_PATHS, indirect=True)
+
+
+def clarion_server(reason: str) -> pytest.MarkDecorator:
+    """Mark a test (or a module, as ``pytestmark``) as about clarion's own server by nature: on
+    the portable path (``CLARION_TEST_SERVER=asgi``) it is skipped with ``reason``."""
+    return pytest.mark.clarion_server(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "clarion_server(reason): about clarion's own server; skipped on the asgi path"
+    )
+
+
+# Directories of tests about clarion's server by nature (elsewhere: ``clarion_server`` marks).
+CLARION_ONLY = {
+    "server": "clarion's own HTTP/WebSocket server and its extensions",
+    "multinode": "real `clarion serve` processes",
+    "cli": "the `clarion` command and the processes it starts",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        part = item.path.relative_to(here).parts[0] if item.path.is_relative_to(here) else ""
+        if part in CLARION_ONLY:
+            item.add_marker(clarion_server(CLARION_ONLY[part]))
+    if TEST_SERVER != "asgi":
+        return
+    _refuse_clarion_server()
+    for item in items:
+        mark = item.get_closest_marker("clarion_server")
+        if mark is not None:
+            item.add_marker(pytest.mark.skip(reason=f"clarion's server only: {mark.args[0]}"))
+
+
+def _refuse_clarion_server() -> None:
+    """On the asgi path, a test that starts clarion's server (in-process or as ``clarion
+    serve``) without being marked ``clarion_server`` fails at once, rather than silently
+    testing the other path."""
+    from clarion.server import Server
+
+    async def refuse(self: Server) -> None:
+        raise AssertionError(NOT_ON_THIS_PATH)
+
+    Server.start = refuse  # type: ignore[method-assign]
+
+
+NOT_ON_THIS_PATH = (
+    "CLARION_TEST_SERVER=asgi, but this test starts clarion's own server: serve the hub with "
+    "start_hub / the hub_factory fixture, or mark the test clarion_server(reason)"
+)
 
 
 @pytest.fixture
 def server_path(request: pytest.FixtureRequest) -> str:
-    path: str = getattr(request, "param", "clarion")
+    path: str = getattr(request, "param", TEST_SERVER)
     return path
 
 
@@ -203,7 +296,7 @@ async def hub_factory(server_path: str) -> AsyncIterator[Callable[..., Any]]:
         if server_path == "asgi":
             running = await start_portable_hub(settings)
         else:
-            running = await start_hub(settings)
+            running = await start_clarion_hub(settings)
         started.append(running)
         return running
 
@@ -251,6 +344,7 @@ async def spawn_hub(
     import re
     import sys
 
+    assert TEST_SERVER != "asgi", NOT_ON_THIS_PATH
     full_env = {**os.environ, **(env or {})}
     proc = await asyncio.create_subprocess_exec(
         *(cli or (sys.executable, "-m", "clarion.cli")),

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import clarion_server
 from .docblocks import DEDICATED, DOCUMENTS, MARKS, RUNNABLE, Block, Session, blocks, commands
 
 ROOT = Path(__file__).parents[1]
+
+pytestmark = clarion_server("the documentation's commands, run as written (`clarion serve`)")
 
 
 def test_configuration_reference_is_up_to_date() -> None:

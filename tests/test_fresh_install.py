@@ -17,7 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import timeout
+from .conftest import clarion_server, timeout
+
+pytestmark = clarion_server("`clarion serve` from a fresh install")
 
 ROOT = Path(__file__).parents[1]
 FRESH = ROOT / ".venv-fresh"

@@ -12,8 +12,10 @@ import asyncio
 import json
 from typing import Any
 
-from ..conftest import RunningHub, until
+from ..conftest import RunningHub, clarion_server, until
 from ..security.rawws import CLOSE, TEXT, RawWebSocket, masked, open_raw
+
+pytestmark = clarion_server("fast_websocket's listen; elsewhere a receive() loop per connection")
 
 CONNECTIONS = 40
 SLACK = 3  # tasks the hub may start meanwhile on its own (timers, presence), never one each

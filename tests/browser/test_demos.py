@@ -17,11 +17,11 @@ from clarion.demo import Demo, demo_settings
 from clarion.demo.feeds import DeviceSpec
 from clarion.standalone import make_server
 
-from ..conftest import timeout
+from ..conftest import clarion_server, timeout
 from ..docblocks import ROOT
 from .chromium import CHROMIUM, FLAGS, needs_chromium
 
-pytestmark = needs_chromium
+pytestmark = [needs_chromium, clarion_server("the demo as `clarion demo` serves it")]
 OUT = ROOT / "test-output" / "demo"
 # The freezer drops off every few seconds here, not every half minute.
 DEVICES = (

@@ -26,7 +26,7 @@ import websockets
 from clarion.core.auth import LEEWAY
 from clarion.webhooks import generate_secret
 
-from ..conftest import timeout, until
+from ..conftest import clarion_server, timeout, until
 from ..multinode.conftest import Cluster
 from ..multinode.helpers import Node, Publisher, Tracker
 from ..multinode.test_multinode import run_trackers
@@ -36,7 +36,10 @@ from ..support.proxy import FaultProxy
 from ..webhooks.receiver import OK, Answer, Received, Receiver
 from .test_redis_faults import finish, more
 
-pytestmark = pytest.mark.timeout(int(timeout(150)))
+pytestmark = [
+    pytest.mark.timeout(int(timeout(150))),
+    clarion_server("`clarion serve` processes under a stepped clock"),
+]
 
 HOUR = 3600
 SECRET = "clock-steps-secret-of-32-bytes!!"

@@ -23,9 +23,12 @@ import jwt
 import pytest
 import websockets
 
-from ..conftest import HubProcess, spawn_hub, timeout
+from ..conftest import HubProcess, clarion_server, spawn_hub, timeout
 
-pytestmark = pytest.mark.timeout(int(timeout(60)))
+pytestmark = [
+    pytest.mark.timeout(int(timeout(60))),
+    clarion_server("`clarion serve` processes with an unusable data_dir"),
+]
 
 SECRET = "data-dir-test-secret-of-32-bytes"
 KEY = {"Authorization": "apikey key"}

@@ -12,11 +12,14 @@ import httpx
 import pytest
 import websockets
 
-from ..conftest import RunningHub, timeout
+from ..conftest import RunningHub, clarion_server, timeout
 from ..multinode.helpers import eventually
 from ..support.proxy import FaultProxy
 
-pytestmark = pytest.mark.timeout(int(timeout(60)))
+pytestmark = [
+    pytest.mark.timeout(int(timeout(60))),
+    clarion_server("the hub's WebSocket pings: another ASGI server pings on its own settings"),
+]
 
 CLIENTS = 20
 

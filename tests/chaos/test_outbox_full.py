@@ -19,9 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from ..conftest import HubProcess, timeout
+from ..conftest import HubProcess, clarion_server, timeout
 
 pytestmark = [
+    clarion_server("a `clarion serve` process whose files cannot grow"),
     pytest.mark.timeout(int(timeout(60))),
     pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)"),
 ]

@@ -15,13 +15,16 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from ..conftest import timeout
+from ..conftest import clarion_server, timeout
 from ..multinode.conftest import CONFIG, Cluster
 from ..multinode.helpers import Node, Tracker, eventually
 from ..multinode.test_multinode import run_trackers
 from ..support.history import PublisherLog, assert_no_findings
 
-pytestmark = pytest.mark.timeout(int(timeout(60)))
+pytestmark = [
+    pytest.mark.timeout(int(timeout(60))),
+    clarion_server("real `clarion serve` processes on a faulty Redis"),
+]
 
 
 async def _none(count: Any) -> bool:

@@ -17,14 +17,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..conftest import CHAOS_SECONDS, timeout
+from ..conftest import CHAOS_SECONDS, clarion_server, timeout
 from ..multinode.conftest import CONFIG, Cluster
 from ..multinode.helpers import Node, Publisher, Tracker, assert_history, eventually
 from ..multinode.test_multinode import run_trackers
 from ..redis_fixture import REDIS_SERVER, RedisServer
 from ..support.proxy import FaultProxy
 
-pytestmark = pytest.mark.timeout(int(timeout(60 + 2 * CHAOS_SECONDS)))
+pytestmark = [
+    pytest.mark.timeout(int(timeout(60 + 2 * CHAOS_SECONDS))),
+    clarion_server("real `clarion serve` processes on a faulty Redis"),
+]
 
 QUERY = "check_interval=0.5&presence_ttl=2"
 

@@ -12,7 +12,7 @@ from clarion.client import Backoff, Message, Reset, Subscription
 from clarion.core.session import Session
 from clarion.server import Server
 
-from ..conftest import RunningHub, timeout
+from ..conftest import TEST_SERVER, PortableServer, RunningHub, start_uvicorn, timeout
 
 TRANSPORTS = ["ws", "sse", "poll"]
 
@@ -55,10 +55,10 @@ FrontFactory = Callable[..., Awaitable[str]]
 
 @pytest.fixture
 async def front(hub: RunningHub) -> AsyncIterator[FrontFactory]:
-    """``await front(refuse_ws=True, missing=("/sse",))`` → the base URL of a second server for
-    the same hub that refuses WebSocket upgrades and answers 404 on ``missing`` paths, as a
-    proxy without WebSocket (or SSE) support would."""
-    servers: list[Server] = []
+    """``await front(refuse_ws=True, missing=("/sse",))`` → the base URL of a second server (on
+    the suite's server path) for the same hub that refuses WebSocket upgrades and answers 404
+    on ``missing`` paths, as a proxy without WebSocket (or SSE) support would."""
+    servers: list[Server | PortableServer] = []
     app = hub.hub.asgi_app()
 
     async def start(*, refuse_ws: bool = True, missing: tuple[str, ...] = ()) -> str:
@@ -75,8 +75,12 @@ async def front(hub: RunningHub) -> AsyncIterator[FrontFactory]:
                 return
             await app(scope, receive, send)
 
-        server = Server(picky, host="127.0.0.1", port=0)
-        await server.start()
+        server: Server | PortableServer
+        if TEST_SERVER == "asgi":
+            server = await start_uvicorn(picky)
+        else:
+            server = Server(picky, host="127.0.0.1", port=0)
+            await server.start()
         servers.append(server)
         return f"http://127.0.0.1:{server.port}"
 

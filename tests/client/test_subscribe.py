@@ -10,9 +10,8 @@ import pytest
 from clarion import Hub, Settings
 from clarion.client import Disconnected, Message, Reset, TransportName, connect
 from clarion.protocol.codes import CloseCode
-from clarion.server import Server
 
-from ..conftest import RunningHub, stop_hub, timeout
+from ..conftest import RunningHub, start_hub, stop_hub, timeout
 from .conftest import (
     TRANSPORTS,
     fixed_backoff,
@@ -175,12 +174,8 @@ async def test_hub_restart_is_survived_with_an_epoch_reset(
         await stop_hub(hub)
         await asyncio.sleep(timeout(0.3))  # reconnect attempts meet a closed port meanwhile
         # A new hub on the same port: the memory engine's history (and epoch) are gone.
-        restarted = Hub(Settings())
-        await restarted.start()
-        server = Server(restarted.asgi_app(), host="127.0.0.1", port=hub.port)
-        await server.start()
+        again = await start_hub(hub=Hub(Settings()), port=hub.port)
         try:
-            again = RunningHub(restarted, server, server.port)
             reset = await next_item(sub)
             assert isinstance(reset, Reset) and reset.reason == "epoch"
             assert reset.position is not None and reset.position.epoch != before.epoch
@@ -189,8 +184,7 @@ async def test_hub_restart_is_survived_with_an_epoch_reset(
             assert (after.data, after.offset) == ("after the restart", 1)
             assert after.epoch == reset.position.epoch
         finally:
-            await restarted.close()
-            await stop_hub(RunningHub(restarted, server, server.port))
+            await stop_hub(again)
 
 
 async def test_poll_adapts_to_a_hub_with_a_shorter_poll_limit(hub_factory: Any) -> None:

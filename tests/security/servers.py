@@ -13,16 +13,26 @@ from typing import Any
 
 from clarion import Settings
 
-from ..conftest import RunningHub, start_hub, start_portable_hub, stop_hub, timeout
+from ..conftest import (
+    TEST_SERVER,
+    RunningHub,
+    start_clarion_hub,
+    start_portable_hub,
+    stop_hub,
+    timeout,
+)
 
-SERVERS = ["clarion", "uvicorn"]
+# On the asgi path (CLARION_TEST_SERVER=asgi) only uvicorn: the clarion variants ran on the other.
+SERVERS = ["clarion", "uvicorn"] if TEST_SERVER == "clarion" else ["uvicorn"]
+# The server of a test that is not about one in particular: the suite's server path.
+SUITE = SERVERS[0]
 
 
 @asynccontextmanager
 async def serve(server: str, settings: Settings) -> AsyncIterator[RunningHub]:
     """A hub on a free loopback port, served by ``server``."""
     if server == "clarion":
-        running = await start_hub(settings)
+        running = await start_clarion_hub(settings)
         try:
             yield running
         finally:

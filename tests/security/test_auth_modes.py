@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from clarion import Settings
 from clarion.core.auth import auth_notes
 
-from ..conftest import RunningHub
+from ..conftest import RunningHub, clarion_server
 from ..stomp.client import stomp
 
 SECRET = "a-long-enough-test-secret-0123456789"
@@ -137,6 +137,7 @@ async def test_both_configured(hub_factory: Callable[..., Any]) -> None:
     ],
     ids=["none", "api-key-only", "token-secret-only"],
 )
+@clarion_server("the log lines of a `clarion serve` process at start")
 async def test_the_mode_is_announced_at_start(
     hub_process: Callable[..., Any], env: dict[str, str], said: str
 ) -> None:

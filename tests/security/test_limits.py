@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clarion.core.auth import mint_token
 
-from ..conftest import RunningHub, timeout
+from ..conftest import RunningHub, clarion_server, timeout
 
 SECRET = "a-long-enough-test-secret-0123456789"
 
@@ -121,6 +121,7 @@ async def test_idle_and_connect_deadline(hub_factory) -> None:  # type: ignore[n
         assert (await closed_with(anonymous, wait=5))[0] == 4506
 
 
+@clarion_server("pings are the host server's on the portable path (uvicorn: --ws-ping-interval)")
 async def test_peer_that_stops_answering_pings_is_removed(hub_factory) -> None:  # type: ignore[no-untyped-def]
     hub = await hub_factory(limits={"ping_interval": 1, "pong_timeout": 1})
     start = time.monotonic()
@@ -162,6 +163,7 @@ async def test_revoke_refuses_until(hub_factory) -> None:  # type: ignore[no-unt
         assert (await later.call("ping"))["ok"] == {}
 
 
+@clarion_server("the handshake of an HTTP connection is the host server's on the portable path")
 async def test_trickled_handshake_is_cut(hub_factory) -> None:  # type: ignore[no-untyped-def]
     hub = await hub_factory(limits={"handshake_timeout": 1})
     reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)

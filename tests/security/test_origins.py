@@ -8,7 +8,7 @@ import pytest
 from clarion import Settings
 from clarion.core.auth import mint_token
 
-from .servers import SERVERS, TRANSPORTS, head, serve, try_origin
+from .servers import SERVERS, SUITE, TRANSPORTS, head, serve, try_origin
 
 SECRET = "origin-secret-0123456789abcdef0123456789"
 
@@ -102,7 +102,7 @@ async def test_public_url_is_the_hubs_own_origin(transport: str) -> None:
         api_key="k",
         namespaces={"default": {"anonymous": True}},
     )
-    async with serve("clarion", settings) as running:
+    async with serve(SUITE, settings) as running:
         cases = [
             ("https://rt.example.com", {}, True),
             ("https://rt.example.com:443", {"Host": "elsewhere"}, True),
@@ -116,7 +116,7 @@ async def test_public_url_is_the_hubs_own_origin(transport: str) -> None:
 @pytest.mark.parametrize("transport", ["ws", "sse", "preflight-poll"])
 async def test_scheme_from_a_trusted_proxy(transport: str) -> None:
     """Behind a TLS-terminating proxy the hub's public scheme is https, if the proxy says so."""
-    async with serve("clarion", Settings(trusted_proxies=["127.0.0.1"])) as running:
+    async with serve(SUITE, Settings(trusted_proxies=["127.0.0.1"])) as running:
         https = {"X-Forwarded-Proto": "https"}
         cases = [
             ("https://localhost", https, True),
@@ -126,7 +126,7 @@ async def test_scheme_from_a_trusted_proxy(transport: str) -> None:
         ]
         await _check(running, transport, cases)
     # From a peer that is not a trusted proxy the header changes nothing.
-    async with serve("clarion", Settings(trusted_proxies=["10.0.0.0/8"])) as running:
+    async with serve(SUITE, Settings(trusted_proxies=["10.0.0.0/8"])) as running:
         cases = [
             ("https://localhost", {"X-Forwarded-Proto": "https"}, False),
             ("http://localhost", {"X-Forwarded-Proto": "https"}, True),

@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from clarion import Hub, Settings
 
 from ..conftest import RunningHub, timeout
+from .servers import SERVERS
 
 KEY = "paths-key"
 # Public without the API key. The client transports and the client API take connection tokens.
@@ -87,7 +88,7 @@ def _settings() -> Settings:
     return Settings(api_key=KEY, token_secret="s" * 32)
 
 
-@pytest.fixture(params=["clarion", "uvicorn"])
+@pytest.fixture(params=SERVERS)
 async def keyed(request, hub_factory) -> AsyncIterator[RunningHub]:  # type: ignore[no-untyped-def]
     """The hub under clarion's own server, and under uvicorn (the portable ASGI path)."""
     if request.param == "clarion":

@@ -13,7 +13,9 @@ import httpx
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from ..conftest import timeout
+from ..conftest import clarion_server, timeout
+
+pytestmark = clarion_server("real `clarion serve` processes")
 
 
 async def test_sigterm_tells_clients_to_reconnect_and_exits_0(hub_process: Any) -> None:

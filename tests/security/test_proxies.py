@@ -20,7 +20,7 @@ from clarion import Settings
 from ..conftest import RunningHub, timeout
 from ..redis_fixture import RedisServer, redis_server  # noqa: F401  (a fixture)
 from ..stomp.client import frame
-from .servers import SERVERS, serve
+from .servers import SERVERS, SUITE, serve
 
 Headers = list[tuple[str, str]]
 
@@ -155,7 +155,7 @@ async def test_x_forwarded_for_from_trusted_proxies(server: str, transport: str)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_forwarded_and_x_real_ip_when_configured(transport: str) -> None:
     settings = Settings(trusted_proxies=TRUSTED, forwarded_header="forwarded", **ANON)
-    async with serve("clarion", settings) as running:
+    async with serve(SUITE, settings) as running:
         await _check(running, transport, FORWARDED_CASES)
     settings = Settings(trusted_proxies=TRUSTED, forwarded_header="x-real-ip", **ANON)
     async with serve("uvicorn", settings) as running:
@@ -232,7 +232,7 @@ async def test_per_ip_caps_behind_proxies_hold_across_nodes(
         limits={"max_connections_per_ip": 1},
         **ANON,
     )
-    async with serve("clarion", settings) as a, serve("uvicorn", settings) as b:
+    async with serve(SUITE, settings) as a, serve("uvicorn", settings) as b:
 
         def connect(node: RunningHub, client: str) -> Any:
             return websockets.connect(

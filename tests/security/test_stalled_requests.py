@@ -26,13 +26,16 @@ import pytest
 from clarion import mint_token
 from clarion.webhooks.signing import generate_secret
 
-from ..conftest import RunningHub, timeout
+from ..conftest import RunningHub, clarion_server, timeout
 from .rawws import CLOSE, TEXT, masked, open_raw
+from .servers import SERVERS
 from .test_write_floods import STOMP_CONNECT, serve, small_send_buffers
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 SECRET = "a-long-enough-test-secret-0123456789"
 QUICK = {"handshake_timeout": 0.5, "body_timeout": 0.5, "keepalive_timeout": 0.5}
+# Under another ASGI server the HTTP connection is the host server's, with its own timeouts.
+HTTP_TIMERS = clarion_server("the timers and caps of HTTP connections are clarion's server's")
 
 
 @pytest.fixture
@@ -77,6 +80,7 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n"
 PUBLISH = b"POST /api/publish HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
 
 
+@HTTP_TIMERS
 @pytest.mark.parametrize(
     "sent, answers",
     [
@@ -129,6 +133,7 @@ async def test_every_waiting_state_has_a_timer(
         await asyncio.sleep(0.01)
 
 
+@HTTP_TIMERS
 async def test_a_late_body_then_idle_is_closed(hub_factory: Any, sockets: Any) -> None:
     hub: RunningHub = await hub_factory(limits=QUICK)
     reader, writer = await sockets(hub.port)
@@ -138,6 +143,7 @@ async def test_a_late_body_then_idle_is_closed(hub_factory: Any, sockets: Any) -
     assert await until_closed(reader) == b""
 
 
+@HTTP_TIMERS
 async def test_a_long_poll_outlives_the_body_and_idle_timers(
     hub_factory: Any, sockets: Any
 ) -> None:
@@ -157,6 +163,7 @@ async def test_a_long_poll_outlives_the_body_and_idle_timers(
     assert time.monotonic() - started >= 1.9
 
 
+@HTTP_TIMERS
 async def test_many_from_one_address_are_refused_others_are_served(
     hub_factory: Any, sockets: Any, caplog: Any
 ) -> None:
@@ -198,6 +205,7 @@ async def test_many_from_one_address_are_refused_others_are_served(
     assert statuses(await read_response(reader)) == [200]
 
 
+@HTTP_TIMERS
 async def test_node_cap_counts_every_address(hub_factory: Any, sockets: Any) -> None:
     hub: RunningHub = await hub_factory(
         limits={"max_pending_connections": 12, "handshake_timeout": 30}
@@ -209,6 +217,7 @@ async def test_node_cap_counts_every_address(hub_factory: Any, sockets: Any) -> 
     assert statuses(await until_closed(reader)) == [503]
 
 
+@HTTP_TIMERS
 async def test_streams_and_long_polls_are_sessions_not_pending(
     hub_factory: Any, sockets: Any
 ) -> None:
@@ -234,6 +243,7 @@ def _low_descriptor_limit() -> None:  # runs in the child before exec
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
 
+@clarion_server("a `clarion serve` process with a low descriptor limit")
 async def test_descriptor_limit_refuses_and_logs_instead_of_emfile(sockets: Any) -> None:
     """The reported attack, scaled to a process allowed 256 descriptors: 100 are kept in
     reserve, and one address may hold half of the other 156 waiting on their client. Its
@@ -305,6 +315,7 @@ async def test_descriptor_limit_refuses_and_logs_instead_of_emfile(sockets: Any)
         await proc.wait()
 
 
+@HTTP_TIMERS
 async def test_a_refused_connection_is_cheap(hub_factory: Any) -> None:
     """Refusals cost the hub one write and a close: a burst of them leaves nothing behind."""
     hub: RunningHub = await hub_factory(
@@ -329,7 +340,7 @@ async def test_a_refused_connection_is_cheap(hub_factory: Any) -> None:
         keep.close()
 
 
-@pytest.mark.parametrize("kind", ["clarion", "uvicorn"])
+@pytest.mark.parametrize("kind", SERVERS)
 async def test_stomp_sockets_before_connect_count_per_address(kind: str) -> None:
     async with serve(kind, limits={"max_pending_connections_per_ip": 3}) as running:
         hub = running.hub
@@ -363,6 +374,7 @@ async def test_stomp_sockets_before_connect_count_per_address(kind: str) -> None
             await asyncio.sleep(0.02)
 
 
+@HTTP_TIMERS
 async def test_a_response_nobody_reads_is_cut(hub_factory: Any) -> None:
     """Pipelined requests whose responses are never read: once the buffers are full the
     connection waits on its client again, and send_timeout ends it."""
@@ -385,7 +397,7 @@ async def test_a_response_nobody_reads_is_cut(hub_factory: Any) -> None:
         sock.close()
 
 
-@pytest.mark.parametrize("kind", ["clarion", "uvicorn"])
+@pytest.mark.parametrize("kind", SERVERS)
 async def test_ws_sockets_before_their_session_count_per_address(kind: str) -> None:
     """A connect hook that takes its time: the /ws sockets waiting for it have no session
     yet, and count against the same per-address cap as STOMP sockets before CONNECT."""

@@ -21,8 +21,16 @@ import pytest
 
 from clarion import Hub, Settings
 
-from ..conftest import RunningHub, start_hub, start_portable_hub, stop_hub, timeout
+from ..conftest import (
+    RunningHub,
+    clarion_server,
+    start_clarion_hub,
+    start_portable_hub,
+    stop_hub,
+    timeout,
+)
 from .rawws import PING, TEXT, masked, raw_ws
+from .servers import SERVERS
 
 BUDGET = 64 * 1024
 STOMP_CONNECT = b"CONNECT\naccept-version:1.2\nhost:h\n\n\0"
@@ -39,7 +47,7 @@ async def serve(kind: str, **settings: Any) -> AsyncIterator[RunningHub]:
     """A hub with ``settings`` on clarion's server or under uvicorn."""
     hub = Hub(Settings(**settings))
     if kind == "clarion":
-        running = await start_hub(hub=hub)
+        running = await start_clarion_hub(hub=hub)
     else:
         running = await start_portable_hub(hub=hub, mount=False)
     small_send_buffers(running.server.sockets[0])
@@ -102,6 +110,7 @@ async def flood_while_others_are_served(
     assert hub.stats.slow_disconnects == before + 1
 
 
+@clarion_server("pongs are the host server's own on the portable path")
 @pytest.mark.parametrize("payload", [b"", b"p" * 125], ids=["empty", "max-payload"])
 @pytest.mark.parametrize("path", ["/ws", "/stomp"])
 async def test_ping_flood_is_closed_as_slow(payload: bytes, path: str) -> None:
@@ -112,7 +121,7 @@ async def test_ping_flood_is_closed_as_slow(payload: bytes, path: str) -> None:
         await flood_while_others_are_served(running, path, subprotocol, first, chunk)
 
 
-@pytest.mark.parametrize("kind", ["clarion", "uvicorn"])
+@pytest.mark.parametrize("kind", SERVERS)
 async def test_stomp_receipts_never_read(kind: str) -> None:
     async with serve(kind, limits={"send_queue_bytes": BUDGET}) as running:
         receipt = b"r" * 200
@@ -122,7 +131,7 @@ async def test_stomp_receipts_never_read(kind: str) -> None:
         await flood_while_others_are_served(running, "/stomp", "v12.stomp", first, chunk)
 
 
-@pytest.mark.parametrize("kind", ["clarion", "uvicorn"])
+@pytest.mark.parametrize("kind", SERVERS)
 async def test_failing_ops_never_read(kind: str) -> None:
     async with serve(kind, limits={"send_queue_bytes": BUDGET}) as running:
         # Each op fails (not subscribed) without counting as a malformed frame: only the
@@ -132,6 +141,7 @@ async def test_failing_ops_never_read(kind: str) -> None:
         await flood_while_others_are_served(running, "/ws", "clarion.v1", b"", chunk)
 
 
+@clarion_server("the RSS of a `clarion serve` process under a ping flood")
 async def test_ping_flood_keeps_hub_memory_bounded(hub_process: Any) -> None:
     """The reported attack on a real process: two clients send pings and never read."""
     hub = await hub_process()

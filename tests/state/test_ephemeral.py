@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -284,8 +285,14 @@ async def test_a_stalled_subscriber_keeps_the_latest_signal_per_key(
     reader: RunningHub = await nodes(**settings)
     # A reader that stops reading: the client takes no frame off the socket once one waits.
     async with websockets.connect(
-        reader.ws_url, subprotocols=["clarion.v1"], max_queue=1, max_size=None, ping_interval=None
+        reader.ws_url,
+        subprotocols=["clarion.v1"],
+        max_queue=1,
+        max_size=None,
+        ping_interval=None,
+        compression=None,
     ) as conn:
+        small_receive_buffer(conn)
         await conn.send(json.dumps({"id": 1, "op": "subscribe", "channel": "cur:doc"}))
         assert "ok" in json.loads(await asyncio.wait_for(conn.recv(), timeout(5)))
         session = next(s for s in reader.hub.sessions.values() if "cur:doc" in s.subscriptions)
@@ -341,8 +348,14 @@ async def test_a_stalled_stomp_subscriber_keeps_the_latest_signal_per_key(
     reader: RunningHub = await nodes(**settings)
     url = f"ws://127.0.0.1:{reader.port}/stomp"
     async with websockets.connect(
-        url, subprotocols=[Subprotocol("v12.stomp")], max_queue=1, max_size=None, ping_interval=None
+        url,
+        subprotocols=[Subprotocol("v12.stomp")],
+        max_queue=1,
+        max_size=None,
+        ping_interval=None,
+        compression=None,
     ) as conn:
+        small_receive_buffer(conn)
         await conn.send(frame("CONNECT", accept_version="1.2", host="clarion").decode())
         assert (await stomp_frames(conn))[0].command == "CONNECTED"
         subscribe = frame("SUBSCRIBE", id="s", destination="/topic/cur:doc", receipt="r")
@@ -429,6 +442,14 @@ async def test_a_stalled_sse_stream_keeps_the_latest_signal_per_key(
         stream_writer.close()
     got = sorted((key.decode(), int(i)) for i, key in SIGNAL_EVENT.findall(received))
     assert got == [(f"k{k}", 990 + k) for k in range(10)]
+
+
+def small_receive_buffer(conn: Any) -> None:
+    """Cap the reader's socket buffer: once it stops reading, what the hub sends waits on the
+    hub's side within a test's time, whichever server writes it (the kernel would otherwise take
+    megabytes first). The reader does not offer compression either: the filler would shrink to
+    almost nothing on a server that compresses (uvicorn does by default)."""
+    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
 
 
 async def behind(session: Any) -> bool:

@@ -4,10 +4,13 @@ stomp.py's listener."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import shutil
 import subprocess
+import tempfile
 import threading
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,15 +26,19 @@ def node_project() -> Path:
     """``tests/stomp/js`` with its packages installed (``npm ci`` from the lock file)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are needed for the @stomp/stompjs interop test")
-    if not (JS / "node_modules" / "@stomp" / "stompjs").is_dir():
-        result = subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"],
-            cwd=JS,
-            capture_output=True,
-            text=True,
-            timeout=timeout(300),
-        )
-        assert result.returncode == 0, f"npm ci failed:\n{result.stderr}"
+    # Both server paths' test runs may get here at once: one installs, the other waits for it.
+    lock = Path(tempfile.gettempdir()) / f"clarion-npm-{zlib.crc32(bytes(JS))}.lock"
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        if not (JS / "node_modules" / "@stomp" / "stompjs").is_dir():
+            result = subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund"],
+                cwd=JS,
+                capture_output=True,
+                text=True,
+                timeout=timeout(300),
+            )
+            assert result.returncode == 0, f"npm ci failed:\n{result.stderr}"
     return JS
 
 

@@ -12,8 +12,11 @@ import websockets
 from clarion import Settings
 from clarion.protocol import deflate
 
-from ..conftest import WS, RunningHub, timeout
+from ..conftest import WS, RunningHub, clarion_server, timeout
 from ..stomp.client import StompClient, frame, stomp
+
+# Under another ASGI server the host server negotiates and compresses, each connection itself.
+HUB_DEFLATE = clarion_server("the hub's own permessage-deflate, which clarion's server offers")
 
 NO_TAKEOVER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
 CHAT = {
@@ -35,6 +38,7 @@ async def _connect(hub: RunningHub, **kw: Any) -> Any:
     )
 
 
+@HUB_DEFLATE
 async def test_compressed_and_plain_subscribers_get_the_same_messages(hub: RunningHub) -> None:
     squeezed = WS(await _connect(hub))
     plain = WS(await _connect(hub, compression=None))
@@ -62,6 +66,7 @@ async def test_compressed_and_plain_subscribers_get_the_same_messages(hub: Runni
         await plain.conn.close()
 
 
+@HUB_DEFLATE
 async def test_a_publication_is_compressed_once_for_all_its_subscribers(hub: RunningHub) -> None:
     conns = [WS(await _connect(hub)) for _ in range(5)]
     try:
@@ -79,6 +84,7 @@ async def test_a_publication_is_compressed_once_for_all_its_subscribers(hub: Run
             await ws.conn.close()
 
 
+@HUB_DEFLATE
 async def test_turned_off_no_offer_is_answered(hub_factory: Any) -> None:
     hub = await hub_factory(permessage_deflate=False)
     ws = WS(await _connect(hub))
@@ -99,7 +105,10 @@ async def test_a_compressed_message_over_the_limit_closes_with_1009(hub_factory:
     # Far under the limit on the wire, far over it once inflated.
     await ws.send(json.dumps({"id": 1, "op": "publish", "channel": "c", "data": "0" * 100_000}))
     with pytest.raises(websockets.ConnectionClosed):
-        await ws.recv()
+        # Clarion's server stops inflating at the limit; another ASGI server inflates it whole
+        # (up to its own cap) and the hub ends the session, saying why first.
+        while True:
+            assert (await ws.recv())["disconnect"]["code"] == 1009
     assert ws.conn.close_code == 1009
 
 
@@ -112,6 +121,7 @@ async def _stomp_messages(client: StompClient, count: int) -> list[Any]:
     return out
 
 
+@HUB_DEFLATE
 async def test_stomp_compressed_and_plain_get_the_same_frames(hub: RunningHub) -> None:
     async with stomp(hub) as squeezed, stomp(hub, compression=None) as plain:
         assert squeezed.conn.response.headers["Sec-WebSocket-Extensions"] == NO_TAKEOVER

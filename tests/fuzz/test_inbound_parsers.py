@@ -7,6 +7,7 @@ longer coverage-guided run of the same targets is ``python fuzzing/run.py`` (ath
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from clarion import Settings
 from clarion.asgi import access
 from clarion.core.auth import Authenticator
+from clarion.core.hub import Hub
 from clarion.errors import ClarionError
 from clarion.protocol.channels import matches, validate_channel, validate_pattern
 from clarion.protocol.cursor import Cursor
@@ -26,6 +28,12 @@ DOCUMENTED = {
 }  # fmt: skip
 
 texts = st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1"))
+
+
+@functools.cache
+def _hub() -> Hub:
+    """One hub for the examples: what is fuzzed reads only its settings."""
+    return Hub(Settings(allowed_origins=["*", "https://a.example"], token_secret="s" * 32))
 
 
 def _oracle(fn: Any, *args: Any) -> None:
@@ -69,14 +77,14 @@ def test_commands(text: str) -> None:
 def test_query_strings(raw: bytes) -> None:
     scope = {"query_string": raw, "headers": []}
     assert isinstance(access.query(scope), dict)
-    access.token_from(scope)
+    access.token_from(_hub(), scope)
 
 
 @settings(max_examples=300)
-@given(st.binary(max_size=400), st.binary(max_size=400))
-def test_token_headers_and_cookies(auth: bytes, cookie: bytes) -> None:
-    scope = {"headers": [(b"authorization", auth), (b"cookie", cookie)], "query_string": b""}
-    token = access.token_from(scope)
+@given(st.binary(max_size=400), st.binary(max_size=400), st.binary(max_size=100))
+def test_token_headers_and_cookies(auth: bytes, cookie: bytes, origin: bytes) -> None:
+    headers = [(b"authorization", auth), (b"cookie", cookie), (b"origin", origin)]
+    token = access.token_from(_hub(), {"headers": headers, "query_string": b""})
     authenticator = Authenticator(Settings(token_secret="s" * 32))
     if token is not None:
         _oracle(authenticator.verify, token)
@@ -85,8 +93,6 @@ def test_token_headers_and_cookies(auth: bytes, cookie: bytes) -> None:
 @settings(max_examples=200)
 @given(st.binary(max_size=200), st.binary(max_size=200))
 def test_origins(origin: bytes, host: bytes) -> None:
-    from clarion.core.hub import Hub
-
     hub = Hub(Settings(allowed_origins=["https://a.example"], token_secret="s" * 32))
     scope = {"headers": [(b"origin", origin), (b"host", host)]}
     assert isinstance(access.origin_allowed(hub, scope), bool)

@@ -8,11 +8,13 @@ import gc
 import logging
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from websockets.asyncio.client import ClientConnection
 
 from clarion.protocol.frames import text_frame
 from clarion.server import FAST_WEBSOCKET_EXTENSION, fastws
+from clarion.server.fastws import Outbox
 
 from ..conftest import until
 from .helpers import TIMEOUT
@@ -635,3 +638,65 @@ async def test_a_flush_that_raises_is_logged_and_the_others_go_on(
         assert (sys.getrefcount(broken), sys.getrefcount(working)) == before
         broken.transport = broken.transport.inner
         del first
+
+
+class PlainOutbox(Outbox, asyncio.Protocol):
+    """An outbox on whatever transport a server hands it, as WebSocketProtocol sets one up."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.init_outbox(asyncio.get_running_loop(), 1 << 20)
+        self.allow_direct_writes()
+        made.append(self)
+
+    def on_eof_flushed(self) -> None:
+        return None
+
+    def on_overflow_default(self) -> None:
+        return None
+
+    def on_hard_overflow(self) -> None:
+        return None
+
+
+made: list[PlainOutbox] = []
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+async def test_an_outbox_on_a_tls_transport_writes_through_it(
+    tmp_path: Path, compiled: bool
+) -> None:
+    """The socket under a TLS transport carries records, not frames: the compiled flush must
+    never write to it itself."""
+    if compiled and not BUILT:
+        pytest.skip("clarion.server._fastloop is not built (no C compiler at install)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=t",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(PlainOutbox, "127.0.0.1", 0, ssl=server_tls)
+    made.clear()
+    fastws.use_compiled(compiled)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        client_tls = ssl.create_default_context(cafile=str(cert))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls)
+        await until(lambda: made)
+        box = made[0]
+        frames = [text_frame(b"over tls %d" % i) for i in range(100)]
+        for frame in frames:
+            box.push_many([box], frame)
+            await asyncio.sleep(0)
+        got = await asyncio.wait_for(reader.readexactly(sum(map(len, frames))), TIMEOUT)
+        assert got == b"".join(frames)
+        writer.close()
+    finally:
+        fastws.use_compiled(True)
+        server.close()
+        await server.wait_closed()

@@ -225,7 +225,8 @@ class Outbox:
         ``write`` would do first, for less)."""
         transport = self.transport
         sock = transport.get_extra_info("socket")
-        if sock is not None:
+        # A TLS transport names the socket under it, which carries records, not our bytes.
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
             self._fd = sock.fileno()
             self._direct = transport
             # An upgrade handed over behind a response the transport still holds: direct

@@ -130,11 +130,7 @@ class Server:
         loop = asyncio.get_running_loop()
         config, registry = self.config, self.registry
         flusher_for(loop).interval = config.flush_interval
-        if use_compiled(config.compiled):
-            log.info("fan-out loops: compiled")
-        else:
-            why = "switched off" if config.compiled is False else "not built"
-            log.info("fan-out loops: Python (compiled ones %s)", why)
+        compiled = use_compiled(config.compiled)
         budget = registry.descriptors = descriptor_budget()
         pending = registry.pending
         if budget is not None and pending.per_key > budget // 2:
@@ -177,6 +173,12 @@ class Server:
         self._server = server
         await server.start_serving()
         log.debug("server listening on %s:%d", self.host, self.port)
+        # Said once serving, so a server that could not start says only why.
+        if compiled:
+            log.info("fan-out loops: compiled")
+        else:
+            why = "switched off" if config.compiled is False else "not built"
+            log.info("fan-out loops: Python (compiled ones %s)", why)
 
     async def serve_forever(self) -> None:
         """Start if needed, then wait until :meth:`shutdown` has finished."""

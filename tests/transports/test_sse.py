@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from clarion import Settings, mint_token
+from clarion.core.auth import LEEWAY
 from clarion.core.session import Session
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.cursor import Cursor
@@ -352,7 +353,8 @@ async def test_an_expired_token_ends_the_stream_with_its_code(hub_factory: Any) 
     hub = await hub_factory(token_secret=secret, api_key="k")
     token = mint_token(secret, "alice", ["chat:*"], ttl=1)
     async with sse(hub, "chat:lobby", token=token) as stream:
-        (disconnect,) = await stream.rest(wait=5)
+        # A session holds its token until its expiry is past the leeway as well.
+        (disconnect,) = await stream.rest(wait=5 + LEEWAY)
     assert disconnect.event == "disconnect"
     assert disconnect.json() == {"code": 4004, "reason": "token expired", "reconnect": True}
     assert not hub.hub.sessions

@@ -14,6 +14,7 @@ from clarion.engines.memory import MemoryEngine
 from clarion.engines.redis import RedisEngine
 from clarion.protocol.publication import Publication
 
+from ..conftest import timeout as scaled
 from ..redis_fixture import RedisServer
 
 
@@ -44,7 +45,7 @@ class RecordingSink:
 
 async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
     """Wait until ``check()`` holds (engines deliver asynchronously), or fail."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")

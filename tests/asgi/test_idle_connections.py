@@ -33,6 +33,15 @@ async def _text(ws: RawWebSocket) -> str:
             return payload.decode()
 
 
+async def _close_all(hub: RunningHub, sockets: list[RawWebSocket]) -> None:
+    """Close every socket with 1000; the disconnect reaches each handler, so every session ends."""
+    for ws in sockets:
+        ws.writer.write(masked(CLOSE, b"\x03\xe8"))
+    await until(lambda: not hub.hub.sessions)
+    for ws in sockets:
+        ws.close()
+
+
 async def test_idle_subscribed_websockets_hold_no_task(hub: RunningHub) -> None:
     baseline = len(asyncio.all_tasks())
     sockets = [await open_raw(hub.port, "/ws", "clarion.v1") for _ in range(CONNECTIONS)]
@@ -52,12 +61,7 @@ async def test_idle_subscribed_websockets_hold_no_task(hub: RunningHub) -> None:
         assert json.loads(await _text(sockets[0])) == {"id": 2, "ok": {}}
         await _tasks_settle(baseline)
     finally:
-        for ws in sockets:
-            ws.writer.write(masked(CLOSE, b"\x03\xe8"))
-    # The disconnect reaches each handler: every session ends.
-    await until(lambda: not hub.hub.sessions)
-    for ws in sockets:
-        ws.close()
+        await _close_all(hub, sockets)
 
 
 async def test_idle_stomp_subscriptions_hold_no_task(hub: RunningHub) -> None:
@@ -81,8 +85,4 @@ async def test_idle_stomp_subscriptions_hold_no_task(hub: RunningHub) -> None:
         assert all(frame.startswith("MESSAGE\n") for frame in frames.values())
         await _tasks_settle(baseline)
     finally:
-        for ws in sockets:
-            ws.writer.write(masked(CLOSE, b"\x03\xe8"))
-    await until(lambda: not hub.hub.sessions)
-    for ws in sockets:
-        ws.close()
+        await _close_all(hub, sockets)

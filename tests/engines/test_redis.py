@@ -21,6 +21,7 @@ from clarion.errors import ConfigError, EngineUnavailable
 from clarion.protocol.publication import StreamPosition
 from clarion.settings import NamespaceOptions, Settings
 
+from ..conftest import until
 from ..redis_fixture import REDIS_SERVER, RedisServer, free_port
 from .helpers import RecordingSink, eventually
 
@@ -153,41 +154,75 @@ async def test_subscribe_and_unsubscribe_apply_in_call_order(
         assert await raw.execute_command("PUBSUB", "CHANNELS", a.keys.pubsub("c")) == []
 
 
-async def test_presence_of_a_crashed_node_expires(nodes: Callable[..., Any]) -> None:
+async def renewed(raw: aioredis.Redis, zset: str, *members: str) -> None:
+    """Wait until every member's expiry in ``zset`` moved past where it stood: its node's
+    periodic refresh ran (however late a loaded machine runs it)."""
+    first = [await raw.zscore(zset, m) for m in members]
+
+    async def moved() -> bool:
+        now = [await raw.zscore(zset, m) for m in members]
+        return all(
+            f is not None and n is not None and n > f for f, n in zip(first, now, strict=True)
+        )
+
+    await until(moved, wait=10, interval=0.05)
+
+
+async def crash(node: RedisEngine) -> float:
+    """Stop ``node`` as a crash would: its refreshes stop and nothing is cleaned up. Its last
+    refresh runs first, so its leases outlive it by the whole TTL from the time returned."""
+    for task in node._tasks:
+        task.cancel()
+    await asyncio.gather(*node._tasks, return_exceptions=True)
+    refreshed = time.monotonic()
+    await node._refresh()
+    if node._presence is not None:
+        node._presence.held.clear()
+    return refreshed
+
+
+async def gone_after(refreshed: float, condition: Callable[[], Any]) -> float:
+    """Seconds from ``refreshed`` until ``condition`` holds; TTL 1.5 s plus some slack."""
+    await until(condition, wait=3.0, interval=0.05)
+    return time.monotonic() - refreshed
+
+
+async def test_presence_of_a_crashed_node_expires(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
     a, _ = await nodes("presence_ttl=1.5")
     b, _ = await nodes("presence_ttl=1.5")
     await a.presence_add("c", PresenceEntry("a1", "alice"))
     await b.presence_add("c", PresenceEntry("b1", "bob"))
-    await asyncio.sleep(2.0)  # past the TTL: both alive nodes refreshed their entries
+    await renewed(raw, a.keys.presence_expiry("c"), "a1", "b1")
     assert sorted(p.client for p in await b.presence("c")) == ["a1", "b1"]
-    # a "crashes": its refresh stops, nothing is cleaned up.
-    for task in a._tasks:
-        task.cancel()
-    a._presence.held.clear()
-    crashed = time.monotonic()
-    while [p.client for p in await b.presence("c")] != ["b1"]:
-        assert time.monotonic() - crashed < 3.0  # the TTL, and some slack
-        await asyncio.sleep(0.05)
-    assert time.monotonic() - crashed > 0.4  # refreshed entries outlive the crash a while
+    refreshed = await crash(a)
+
+    async def only_b() -> bool:
+        return [p.client for p in await b.presence("c")] == ["b1"]
+
+    # The lease ends a TTL after a's last refresh (Redis's clock), not before.
+    assert await gone_after(refreshed, only_b) > 1.4
 
 
-async def test_presence_stats_of_a_crashed_node_expire(nodes: Callable[..., Any]) -> None:
+async def test_presence_stats_of_a_crashed_node_expire(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
     a, _ = await nodes("presence_ttl=1.5")
     b, _ = await nodes("presence_ttl=1.5")
     await a.presence_add("c", PresenceEntry("a1", "alice"))
     await a.presence_add("c", PresenceEntry("a2", "carol"))
     await b.presence_add("c", PresenceEntry("b1", "alice"))
     await b.presence_add("c", PresenceEntry("b2", "bob"))
-    await asyncio.sleep(2.0)  # past the TTL: both alive nodes refreshed their entries
+    await renewed(raw, a.keys.presence_expiry("c"), "a1", "a2", "b1", "b2")
     assert await b.presence_stats("c") == PresenceStats(4, 3)
-    for task in a._tasks:  # a "crashes"
-        task.cancel()
-    a._presence.held.clear()
-    crashed = time.monotonic()
-    # alice stays (b holds one of her clients); carol goes with a's leases.
-    while await b.presence_stats("c") != PresenceStats(2, 2):
-        assert time.monotonic() - crashed < 3.0
-        await asyncio.sleep(0.05)
+    refreshed = await crash(a)
+
+    async def only_b() -> bool:
+        # alice stays (b holds one of her clients); carol goes with a's leases.
+        return await b.presence_stats("c") == PresenceStats(2, 2)
+
+    assert await gone_after(refreshed, only_b) > 1.4
     await b.presence_remove("c", "b1")
     assert await b.presence_stats("c") == PresenceStats(1, 1)
 
@@ -303,20 +338,22 @@ async def test_cluster_wide_connection_limits_and_rates(nodes: Callable[..., Any
     assert taken == [True, True, True, False]
 
 
-async def test_connection_counts_of_a_crashed_node_expire(nodes: Callable[..., Any]) -> None:
+async def test_connection_counts_of_a_crashed_node_expire(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
     a, _ = await nodes("presence_ttl=1.5")
     b, _ = await nodes("presence_ttl=1.5")
     assert a.limits is not None and b.limits is not None
     assert await a.limits.acquire_connection("ip", "10.0.0.1", "a1", 5)
     assert await b.limits.acquire_connection("ip", "10.0.0.1", "b1", 5)
-    await asyncio.sleep(2.0)
+    await renewed(raw, a.keys.connections("ip", "10.0.0.1"), "a1", "b1")
     assert await b.limits.connection_count("ip", "10.0.0.1") == 2
-    for task in a._tasks:
-        task.cancel()
-    crashed = time.monotonic()
-    while await b.limits.connection_count("ip", "10.0.0.1") != 1:
-        assert time.monotonic() - crashed < 3.0
-        await asyncio.sleep(0.05)
+    refreshed = await crash(a)
+
+    async def only_b() -> bool:
+        return await b.limits.connection_count("ip", "10.0.0.1") == 1
+
+    assert await gone_after(refreshed, only_b) > 1.4
 
 
 async def test_history_reads_honour_a_foreign_since(nodes: Callable[..., Any]) -> None:

@@ -10,11 +10,15 @@ them when a scope carries them (and works, slower, under any other ASGI server):
 
 Both take bytes already framed once for every receiver (a WebSocket frame, an HTTP chunk) and
 coalesce them into one write per connection per event-loop iteration. See ``docs/server.md``.
+
+The other way round, an app may offer the server :class:`DirectRoute` objects
+(its ``direct_routes``, read by :func:`direct_routes`): JSON endpoints the server calls with a
+request's headers and whole body, without a scope, a task or ASGI messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, MutableMapping
 from typing import Any, Protocol
 
 Scope = MutableMapping[str, Any]
@@ -124,3 +128,34 @@ def fast_stream(scope: Scope) -> Callable[[], FastStream] | None:
     """The scope's ``clarion.fast_stream`` opener, when its server offers one."""
     offered = scope.get("extensions", {}).get(FAST_STREAM)
     return None if offered is None else offered["open"]
+
+
+# A direct route's answer: the status and a JSON body (sent with ``cache-control: no-store``).
+DirectResponse = tuple[int, bytes]
+
+
+class DirectRoute(Protocol):
+    """A ``POST`` endpoint clarion's server may answer without ASGI (``POST /api/publish``).
+
+    For a request to the route's path whose body is small, of declared length and complete, the
+    server calls :meth:`respond` with the request's headers (names lower-cased) and body instead
+    of building a scope for the app; anything else about such a request (another method, a
+    chunked or large body, ``Expect``) goes to the app as usual, which must answer it the same.
+    """
+
+    @property
+    def eager(self) -> bool:
+        """Run :meth:`respond`'s coroutine at once, outside any task, up to its first
+        suspension (a task takes it on from there): true when it usually completes without one,
+        and when nothing it runs before suspending needs to be in a task."""
+        ...
+
+    def respond(
+        self, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> Coroutine[Any, Any, DirectResponse]: ...
+
+
+def direct_routes(app: object) -> Mapping[bytes, DirectRoute]:
+    """The direct routes ``app`` offers, by path as sent (without query); none by default."""
+    routes: Mapping[bytes, DirectRoute] | None = getattr(app, "direct_routes", None)
+    return {} if routes is None else routes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -32,6 +33,27 @@ async def test_idempotent_publish(hub: RunningHub) -> None:
         a = (await http.post("/api/publish", json={"channel": "c", "data": 1, "id": "k"})).json()
         b = (await http.post("/api/publish", json={"channel": "c", "data": 2, "id": "k"})).json()
         assert a["offset"] == b["offset"] == 1
+
+
+async def test_publish_answers_alike_whatever_the_body_framing(hub: RunningHub) -> None:
+    """A body sent whole is answered by clarion's server without ASGI; chunked, it goes
+    through the app: the same answers either way, errors included."""
+
+    async def chunked(body: bytes) -> AsyncIterator[bytes]:
+        yield body[:5]
+        yield body[5:]
+
+    async with hub.ws() as ws, hub.http() as http:
+        await ws.subscribe("f")
+        for n, framing in enumerate((lambda b: b, chunked), start=1):
+            body = b'{"channel": "f", "data": %d, "id": "k%d"}' % (n, n)
+            r = await http.post("/api/publish", content=framing(body))
+            assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+            assert r.json()["offset"] == n and (await ws.recv())["data"] == n
+            again = await http.post("/api/publish", content=framing(body))
+            assert again.json() == r.json()
+            bad = await http.post("/api/publish", content=framing(b'{"channel": "f"}   '))
+            assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
 
 
 async def test_broadcast_presence_channels(hub: RunningHub) -> None:

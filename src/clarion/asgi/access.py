@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import weakref
+from collections.abc import Iterable
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
@@ -121,13 +122,22 @@ def public_scheme(hub: Hub, scope: Scope) -> str:
 def check_api_key(hub: Hub, scope: Scope) -> None:
     """Require ``Authorization: apikey <key>`` (constant-time compare); open only in development
     mode."""
+    check_authorization(hub, scope.get("headers", ()))
+
+
+def check_authorization(hub: Hub, headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """:func:`check_api_key` on a request's headers (names lower-cased)."""
     keys = hub.settings.api_keys
     if not keys:
         if hub.settings.development_mode:
             return
         # Connection tokens are configured but no API key: nobody may act as the backend.
         raise Forbidden("the server API is off: api_key is not configured")
-    value = header(scope, b"authorization") or ""
+    value = ""
+    for name, raw in headers:
+        if name == b"authorization":
+            value = raw.decode("latin-1")
+            break
     scheme, _, given = value.partition(" ")
     if scheme.lower() != "apikey" or not given:
         raise Unauthorized("this endpoint needs 'Authorization: apikey <key>'")

@@ -23,6 +23,7 @@ from clarion.asgi.responses import EXCEPTION_HANDLERS, JSONResponse, send_error
 from clarion.asgi.sse import SseEndpoint
 from clarion.asgi.stomp import StompEndpoint
 from clarion.asgi.websocket import ClarionWebSocket
+from clarion.asgitypes import DirectRoute
 from clarion.core.hub import Hub
 from clarion.errors import NotFound
 
@@ -57,12 +58,20 @@ class App:
     middleware frames for it saves memory on every idle connection. A publication through the
     API skips them too: they were a tenth of its cost, and the endpoint answers every error
     itself. Everything else is routed by Starlette (``self.router``).
+
+    On clarion's own server, ``POST /api/publish`` is a direct route (``direct_routes``): the
+    server hands the endpoint a request whose body is in without making it an ASGI request.
     """
 
-    def __init__(self, router: Starlette, websockets: dict[str, Any], publish: Any = None) -> None:
+    def __init__(
+        self, router: Starlette, websockets: dict[str, Any], publish: PublishEndpoint | None = None
+    ) -> None:
         self.router = router
         self.websockets = websockets
         self.publish = publish
+        self.direct_routes: dict[bytes, DirectRoute] = (
+            {} if publish is None else {b"/api/publish": publish}
+        )
 
     @property
     def routes(self) -> list[BaseRoute]:

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 from clarion.asgi import access
-from clarion.asgi.responses import send_error, send_json
-from clarion.asgitypes import Receive, Scope, Send
+from clarion.asgi.responses import error_body, send_error, send_json
+from clarion.asgitypes import DirectResponse, Receive, Scope, Send
 from clarion.core.hub import Hub
 from clarion.errors import BadRequest, ClarionError, TooLarge
 from clarion.protocol.channels import validate_channel
@@ -58,10 +58,16 @@ def parse_object(body: bytes) -> dict[str, Any]:
 
 
 class PublishEndpoint:
-    """An ASGI application answering ``POST /api/publish``."""
+    """An ASGI application answering ``POST /api/publish``, and the same endpoint as a direct
+    route of clarion's server (:class:`~clarion.asgitypes.DirectRoute`): there a request with
+    its body in hand is answered by :meth:`respond`, without a scope, a task or ASGI messages,
+    and with the memory engine the whole publication completes before it first suspends."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        # Nothing a publication runs before the engine's first wait needs a task; the memory
+        # engine never waits, so the whole publish runs in the server's read callback.
+        self.eager = hub.publishes_inline
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.hub
@@ -69,7 +75,31 @@ class PublishEndpoint:
             if scope["method"] != "POST":
                 raise ClarionError("use POST", code=ErrorCode.METHOD_NOT_ALLOWED)
             access.check_api_key(hub, scope)
-            body = parse_object(await read_body(hub, scope, receive))
+            raw = await read_body(hub, scope, receive)
+        except ClarionError as exc:
+            # The client may be gone (it never finished its body): nobody to tell, no error.
+            with contextlib.suppress(OSError):
+                await send_error(send, exc)
+            return
+        status, body = await self.publish(raw)
+        await send_json(send, status, body)
+
+    async def respond(self, headers: list[tuple[bytes, bytes]], raw: bytes) -> DirectResponse:
+        """The direct route: a ``POST`` whose body is complete (and small)."""
+        try:
+            access.check_authorization(self.hub, headers)
+            cap = self.hub.settings.limits.max_message_bytes + ENVELOPE_BYTES
+            if len(raw) > cap:
+                raise TooLarge(f"request body over {cap} bytes")
+        except ClarionError as exc:
+            return exc.status, error_body(exc)
+        return await self.publish(raw)
+
+    async def publish(self, raw: bytes) -> DirectResponse:
+        """Publish what the body ``raw`` asks for; the answer's status and JSON body."""
+        hub = self.hub
+        try:
+            body = parse_object(raw)
             channel = validate_channel(body.get("channel"))
             if "data" not in body:
                 raise BadRequest("'data' is required")
@@ -84,15 +114,12 @@ class PublishEndpoint:
                 channel, body["data"], idempotency_key=key, ephemeral=ephemeral, key=signal_key
             )
         except ClarionError as exc:
-            # The client may be gone (it never finished its body): nobody to tell, no error.
-            with contextlib.suppress(OSError):
-                await send_error(send, exc)
-            return
+            return exc.status, error_body(exc)
         except Exception:
             log.exception("publish failed")
-            await send_error(send, ClarionError("internal error", code=ErrorCode.INTERNAL))
-            return
-        await send_json(send, 200, orjson.dumps(publish_reply(hub, pub)))
+            internal = ClarionError("internal error", code=ErrorCode.INTERNAL)
+            return internal.status, error_body(internal)
+        return 200, orjson.dumps(publish_reply(hub, pub))
 
 
 def publish_reply(hub: Hub, pub: Publication) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Every error an HTTP endpoint of the hub answers is written by :func:`send_error`
 its code's (:mod:`clarion.protocol.errors`), its body ``{"error": {"code", "message", …}}``. The
 raw ASGI endpoints (``/api/publish``, ``/sse``, ``/poll``, ``/client/*``) call it themselves;
 the framework-routed ones raise, and the router's handlers (:data:`EXCEPTION_HANDLERS`) answer
-with an :class:`ErrorResponse`, which calls it too.
+with an :class:`ErrorResponse`, which calls it too. ``/api/publish`` on clarion's server's
+direct path returns :func:`error_body` with the status instead, which the server writes.
 """
 
 from __future__ import annotations
@@ -55,7 +56,12 @@ async def send_error(
     send: Send, exc: ClarionError, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
     """``exc`` as the API's error body, with its code's status: every HTTP error of the hub."""
-    await send_json(send, exc.status, orjson.dumps({"error": exc.to_dict()}), headers)
+    await send_json(send, exc.status, error_body(exc), headers)
+
+
+def error_body(exc: ClarionError) -> bytes:
+    """The API's error body: ``{"error": {"code", "message", …}}`` (its status: ``exc.status``)."""
+    return orjson.dumps({"error": exc.to_dict()})
 
 
 class ErrorResponse(Response):

@@ -201,6 +201,13 @@ class Hub:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
 
+    @property
+    def publishes_inline(self) -> bool:
+        """Whether the engine publishes without suspending (the memory engine): a publish call
+        then completes in the caller's step unless a listener (the webhook outbox) makes it
+        wait. Engines say so with a ``publishes_inline = True`` attribute."""
+        return getattr(self.engine, "publishes_inline", False) is True
+
     def options(self, channel: str) -> NamespaceOptions:
         return self.settings.namespace(namespace_of(channel))
 

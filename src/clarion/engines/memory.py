@@ -72,6 +72,8 @@ class MemoryEngine:
     """Single-node engine; publish is synchronous up to the hand-off to the hub."""
 
     name = "memory"
+    # publish and publish_ephemeral never suspend: callers may run them outside a task.
+    publishes_inline = True
 
     def __init__(
         self,

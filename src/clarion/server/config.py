@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from clarion.asgitypes import ASGIApp
+from clarion.asgitypes import ASGIApp, DirectRoute
 from clarion.core.limits import AddressCount, Refusals
 
 log = logging.getLogger("clarion.server")
@@ -55,6 +55,8 @@ class Config:
     # The key per-IP caps count a peer address as (None: not per address, e.g. a trusted
     # proxy whose clients are counted once their own address is known).
     client_key: Callable[[str], str | None] | None = None
+    # The app's direct routes by path (``clarion.asgitypes.direct_routes``).
+    direct: dict[bytes, DirectRoute] = field(default_factory=dict)
 
 
 class Connection(Protocol):

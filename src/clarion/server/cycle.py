@@ -159,6 +159,10 @@ class HttpCycle:
 
     # -- ASGI -------------------------------------------------------------------------------
 
+    def begin(self) -> None:
+        """Run the app for this request (its turn on the connection has come)."""
+        self._conn.registry.start(self.run(), "clarion-http")
+
     async def run(self) -> None:
         try:
             await self.config.app(self.scope, self.receive, self.send)

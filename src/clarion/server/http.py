@@ -37,15 +37,19 @@ import httptools
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
-from clarion.asgitypes import Scope
+from clarion.asgitypes import DirectRoute, Scope
 from clarion.server import flow
 from clarion.server.config import ASGI_VERSION, Config, Registry, reset
 from clarion.server.cycle import HttpCycle, simple_response
+from clarion.server.direct import DirectRequest
 from clarion.server.websocket import WebSocketProtocol
 
 log = logging.getLogger("clarion.server.http")
 
 BODY_HIGH = 65536  # unread request body bytes at which reading pauses
+
+# A request in flight or waiting behind one: for the app (ASGI) or for a direct route.
+InFlight = HttpCycle | DirectRequest
 
 
 class _Reject(Exception):
@@ -73,6 +77,7 @@ class HttpProtocol(asyncio.Protocol):
         "_counted",
         "_cycle",
         "_detached",
+        "_direct",
         "_drain",
         "_head_bytes",
         "_head_due",
@@ -117,9 +122,10 @@ class HttpProtocol(asyncio.Protocol):
         self._progress = False  # this chunk completed a head or a message
         self._reject = 0
         # Requests.
-        self._cycle: HttpCycle | None = None  # response in flight
-        self._parsing: HttpCycle | None = None  # body being parsed
-        self._pipeline: deque[HttpCycle | _Upgrade] = deque()
+        self._cycle: InFlight | None = None  # response in flight
+        self._parsing: InFlight | None = None  # body being parsed
+        self._pipeline: deque[InFlight | _Upgrade] = deque()
+        self._direct: dict[bytes, DirectRoute] = config.direct
         self._upgrade: _Upgrade | None = None
         self._detached = False  # the socket belongs to a WebSocketProtocol now
         self._ignoring = False  # the parser stopped (error, foreign upgrade): drop input
@@ -212,7 +218,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._detached:
             return
         for cycle in (self._cycle, self._parsing, *self._pipeline):
-            if isinstance(cycle, HttpCycle):
+            if cycle is not None and not isinstance(cycle, _Upgrade):
                 cycle.disconnect()
         self._pipeline.clear()
         flow.release(self._drain)
@@ -267,17 +273,20 @@ class HttpProtocol(asyncio.Protocol):
         parser = self._parser
         url, headers = self._url, self._headers
         version = parser.get_http_version()
+        values = dict(headers)
         try:
-            method = parser.get_method().decode("ascii")
             if url.startswith(b"/"):
                 raw_path, _, query = url.partition(b"?")
+                route = self._direct.get(raw_path) if self._direct else None
+                if route is not None and self._take_direct(route, headers, values, version):
+                    return
             else:  # absolute-form (proxy style) or asterisk-form
                 parsed = httptools.parse_url(url)
                 raw_path, query = parsed.path or b"/", parsed.query or b""
+            method = parser.get_method().decode("ascii")
             path = unquote(raw_path.decode("ascii"))
         except (UnicodeDecodeError, httptools.HttpParserInvalidURLError):
             self._raise(400)
-        values = dict(headers)
         upgrade = values.get(b"upgrade", b"").lower()
         scope: Scope = {
             "asgi": ASGI_VERSION,
@@ -328,6 +337,40 @@ class HttpProtocol(asyncio.Protocol):
             self._pipeline.append(cycle)
             self.update_reading()
 
+    def _take_direct(
+        self,
+        route: DirectRoute,
+        headers: list[tuple[bytes, bytes]],
+        values: dict[bytes, bytes],
+        version: str,
+    ) -> bool:
+        """Take the request for ``route`` if it is a plain ``POST`` of a small body of declared
+        length; anything else about it goes to the app."""
+        parser = self._parser
+        if (
+            parser.get_method() != b"POST"
+            or parser.should_upgrade()
+            or b"transfer-encoding" in values
+            or b"expect" in values
+        ):
+            return False
+        length = values.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > min(BODY_HIGH, self.config.max_body_bytes):
+                return False  # the app's path reads (or refuses) a body this large
+            if length.strip(b"0"):
+                self._body_due = True
+        request = DirectRequest(
+            self, route, headers, keep_alive=parser.should_keep_alive(), http11=version == "1.1"
+        )
+        self._parsing = request
+        if self._cycle is None and not self._pipeline:
+            self._start(request)
+        else:
+            self._pipeline.append(request)
+            self.update_reading()
+        return True
+
     def on_body(self, body: bytes) -> None:
         cycle = self._parsing
         if cycle is None:
@@ -362,12 +405,12 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _start(self, cycle: HttpCycle) -> None:
+    def _start(self, cycle: InFlight) -> None:
         self._cycle = cycle
         self._recount()
-        self.registry.start(cycle.run(), "clarion-http")
+        cycle.begin()
 
-    def response_complete(self, cycle: HttpCycle) -> None:
+    def response_complete(self, cycle: InFlight) -> None:
         """Called by the cycle once its last body byte is written."""
         if cycle is not self._cycle:
             return
@@ -464,7 +507,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- errors, timers, shutdown -----------------------------------------------------------
 
-    def _error(self, status: int, at_fault: HttpCycle | None) -> None:
+    def _error(self, status: int, at_fault: InFlight | None) -> None:
         """Answer ``status`` and close; a response already on the wire is only cut short."""
         active = self._cycle
         if at_fault is not None and at_fault.response_complete:

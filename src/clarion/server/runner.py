@@ -10,7 +10,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from clarion.asgitypes import ASGIApp
+from clarion.asgitypes import ASGIApp, direct_routes
 from clarion.core.limits import AddressCount
 from clarion.server.config import Config, Registry, descriptor_budget
 from clarion.server.fastws import flusher_for, use_compiled
@@ -97,6 +97,7 @@ class Server:
             max_pending_per_ip=max_pending_per_ip,
             client_key=client_key,
             permessage_deflate=permessage_deflate,
+            direct=dict(direct_routes(app)),
         )
         self.registry = Registry()
         self.registry.pending = AddressCount(

@@ -1,0 +1,189 @@
+"""Direct routes on real sockets: a ``POST`` with its body in hand answered without ASGI, in
+order with the ASGI requests around it, and everything unusual left to the app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from .helpers import connect, get, read_eof, read_response, request
+
+
+class Route:
+    """A direct route answering what it was sent; ``wait`` seconds of suspension first (an
+    engine on the network), raising on a body of ``b"boom"``."""
+
+    def __init__(self, *, eager: bool = True, wait: float | None = None) -> None:
+        self.eager = eager
+        self.wait = wait
+        self.calls: list[bytes] = []
+        self.running = 0
+        self.most = 0
+
+    async def respond(self, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, bytes]:
+        self.calls.append(body)
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            if self.wait is not None:
+                await asyncio.sleep(self.wait)
+            if body == b"boom":
+                raise RuntimeError("boom")
+            names = [name.decode() for name, _ in headers]
+            return 201, json.dumps({"body": body.decode(), "headers": names}).encode()
+        finally:
+            self.running -= 1
+
+
+class App:
+    """An ASGI app that says which path reached it, with ``route`` as its direct route."""
+
+    def __init__(self, route: Route) -> None:
+        self.direct_routes = {b"/d": route}
+        self.asgi: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("http only")
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.asgi.append(f"{scope['method']} {scope['path']}")
+        payload = b"asgi " + body
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"%d" % len(payload))],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def post(path: str, body: bytes, *headers: str, version: str = "1.1") -> bytes:
+    lines = [f"POST {path} HTTP/{version}", "Host: t", *headers, f"Content-Length: {len(body)}"]
+    return "\r\n".join(lines).encode() + b"\r\n\r\n" + body
+
+
+async def test_a_post_to_a_direct_route_is_answered_by_it(start_server: Any) -> None:
+    route = Route()
+    app = App(route)
+    server = await start_server(app)
+    response = await request(server.port, post("/d?q=1", b"hello", "X-Custom: 1"))
+    assert response.status == 201
+    assert json.loads(response.body) == {
+        "body": "hello",
+        "headers": ["host", "x-custom", "content-length"],
+    }
+    assert response.headers[b"content-type"] == b"application/json"
+    assert response.headers[b"cache-control"] == b"no-store"
+    assert b"date" in response.headers and b"connection" not in response.headers
+    assert app.asgi == []
+
+
+async def test_everything_unusual_goes_to_the_app(start_server: Any) -> None:
+    route = Route()
+    app = App(route)
+    server = await start_server(app, max_body_bytes=100_000)
+    chunked = (
+        b"POST /d HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    assert (await request(server.port, chunked)).body == b"asgi abc"
+    assert (await request(server.port, get("/d"))).body == b"asgi "
+    assert (await request(server.port, post("/e", b"x"))).body == b"asgi x"
+    large = b"x" * 70_000
+    assert (await request(server.port, post("/d", large))).body == b"asgi " + large
+    reader, writer = await connect(server.port)
+    writer.write(post("/d", b"", "Expect: 100-continue").replace(b"Length: 0", b"Length: 2"))
+    assert (await read_response(reader)).status == 100
+    writer.write(b"ok")
+    assert (await read_response(reader)).body == b"asgi ok"
+    assert app.asgi == ["POST /d", "GET /d", "POST /e", "POST /d", "POST /d"]
+    assert route.calls == []
+
+
+async def test_a_body_in_pieces_is_answered_once_whole(start_server: Any) -> None:
+    route = Route()
+    server = await start_server(App(route))
+    reader, writer = await connect(server.port)
+    raw = post("/d", b"in two pieces")
+    writer.write(raw[:-5])
+    await asyncio.sleep(0.05)
+    assert route.calls == []
+    writer.write(raw[-5:])
+    assert json.loads((await read_response(reader)).body)["body"] == "in two pieces"
+
+
+async def test_pipelined_requests_are_answered_in_order_one_at_a_time(start_server: Any) -> None:
+    route = Route(wait=0.01)  # each suspends: the next waits for its answer
+    app = App(route)
+    server = await start_server(app)
+    reader, writer = await connect(server.port)
+    writer.write(post("/d", b"1") + get("/asgi") + post("/d", b"2") + post("/d", b"3"))
+    bodies = [(await read_response(reader)).body for _ in range(4)]
+    assert [json.loads(b)["body"] if b.startswith(b"{") else b.decode() for b in bodies] == [
+        "1",
+        "asgi ",
+        "2",
+        "3",
+    ]
+    assert route.most == 1
+
+
+async def test_a_long_pipeline_of_direct_requests_is_answered_whole(start_server: Any) -> None:
+    route = Route()
+    server = await start_server(App(route))
+    reader, writer = await connect(server.port)
+    # Behind an ASGI request, so that all of them wait in the pipeline and are answered one
+    # after the other once it is done.
+    writer.write(get("/first") + b"".join(post("/d", b"%d" % i) for i in range(3000)))
+    assert (await read_response(reader)).body == b"asgi "
+    for i in range(3000):
+        assert json.loads((await read_response(reader)).body)["body"] == str(i)
+
+
+async def test_a_route_that_suspends_or_is_not_eager_still_answers(start_server: Any) -> None:
+    for route in (Route(wait=0.01), Route(eager=False)):
+        server = await start_server(App(route))
+        response = await request(server.port, post("/d", b"later"))
+        assert (response.status, json.loads(response.body)["body"]) == (201, "later")
+
+
+async def test_a_route_that_raises_is_a_plain_500_and_the_connection_ends(
+    start_server: Any,
+) -> None:
+    for route in (Route(), Route(wait=0.01)):
+        server = await start_server(App(route))
+        reader, writer = await connect(server.port)
+        writer.write(post("/d", b"boom"))
+        response = await read_response(reader)
+        assert response.status == 500 and response.headers[b"connection"] == b"close"
+        assert await read_eof(reader) == b""
+
+
+async def test_connection_close_and_http_10(start_server: Any) -> None:
+    server = await start_server(App(Route()))
+    closing = await request(server.port, post("/d", b"a", "Connection: close"))
+    assert closing.headers[b"connection"] == b"close"
+    reader, writer = await connect(server.port)
+    writer.write(post("/d", b"b", "Connection: keep-alive", version="1.0"))
+    kept = await read_response(reader)
+    assert kept.headers[b"connection"] == b"keep-alive"
+    writer.write(post("/d", b"c", version="1.0"))
+    last = await read_response(reader)
+    assert json.loads(last.body)["body"] == "c" and last.headers[b"connection"] == b"close"
+    assert await read_eof(reader) == b""
+
+
+async def test_a_request_behind_one_that_closes_is_not_run(start_server: Any) -> None:
+    route = Route()
+    server = await start_server(App(route))
+    reader, writer = await connect(server.port)
+    writer.write(post("/d", b"1", "Connection: close") + post("/d", b"2"))
+    assert json.loads((await read_response(reader)).body)["body"] == "1"
+    assert await read_eof(reader) == b""
+    assert route.calls == [b"1"]

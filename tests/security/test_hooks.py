@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +26,7 @@ from clarion import Hub, Settings
 from clarion.errors import ConfigError
 from clarion.webhooks.signing import generate_secret
 
-from ..conftest import RunningHub, timeout
+from ..conftest import RunningHub, clarion_server, timeout, until
 from ..redis_fixture import free_port
 from ..stomp.client import stomp
 
@@ -50,6 +51,7 @@ class Backend:
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[dict[str, Any]] = []
         self.verifier = Webhook(HOOK_SECRET)
+        self.release = asyncio.Event()  # what holds the answers about room:held
 
     async def hook(self, request: Request) -> Response:
         raw = await request.body()
@@ -69,6 +71,8 @@ class Backend:
             return JSONResponse({"allow": False, "code": "not_a_member", "reason": "not yours"})
         if channel == "room:slow":
             await asyncio.sleep(5)
+        if channel == "room:held":
+            await self.release.wait()
         if channel == "room:censored":
             return JSONResponse({"allow": True, "data": {"text": "***"}})
         if channel == "room:readonly":
@@ -243,6 +247,33 @@ async def test_the_api_and_server_side_subscriptions_are_not_hooked(
         assert (await ws.recv())["subscribe"]["channel"] == "room:secret"
         await hub.publish("room:readonly", "from the backend")
     assert backend.count("subscribe") == 0 and backend.count("publish") == 0
+
+
+@clarion_server("clarion's send raises for a client that has gone (ASGI 2.4); uvicorn's is silent")
+async def test_a_client_gone_while_the_hook_decides_is_no_error(
+    hub_factory: Any, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer to a client that left meets a closed connection: nothing to log as an error
+    (a browser that navigates away, a health check that timed out)."""
+    hub = await hooked(hub_factory, backend.url + "/hook", cache_ttl=0)
+    caplog.set_level(logging.DEBUG, logger="clarion")
+    for path in ("/sse?", "/poll?timeout=5&", "/client/history?"):
+        backend.release.clear()
+        asked = backend.count("subscribe", "room:held")
+        _, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+        writer.write(
+            f"GET {path}channel=room:held HTTP/1.1\r\nhost: x\r\n"
+            f"authorization: Bearer {token()}\r\n\r\n".encode()
+        )
+        await until(lambda n=asked: backend.count("subscribe", "room:held") > n)
+        writer.transport.abort()
+        await until(lambda: not hub.server.registry.connections)  # the server saw it go
+        backend.release.set()
+        await until(lambda: not hub.server.registry.tasks)  # and the request has ended
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == []
+    assert "went away before the answer to GET /sse" in caplog.text
+    assert "went away before the answer to GET /client/history" in caplog.text
 
 
 async def test_a_hook_url_without_a_secret_is_refused_at_start() -> None:

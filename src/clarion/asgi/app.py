@@ -19,7 +19,7 @@ from clarion.asgi.info import InfoAPI
 from clarion.asgi.openapi import document
 from clarion.asgi.poll import PollEndpoint
 from clarion.asgi.publish import PublishEndpoint
-from clarion.asgi.responses import EXCEPTION_HANDLERS, JSONResponse, send_error
+from clarion.asgi.responses import EXCEPTION_HANDLERS, JSONResponse, send_error, watch_send
 from clarion.asgi.sse import SseEndpoint
 from clarion.asgi.stomp import StompEndpoint
 from clarion.asgi.websocket import ClarionWebSocket
@@ -101,6 +101,9 @@ class App:
                 del scope
                 await connection
                 return
+        elif scope["type"] == "http":
+            # So that the router's error handler tells a client that left from a fault.
+            send = watch_send(scope, send)
         await self.router(scope, receive, send)
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from clarion.asgitypes import Receive, Scope, Send
+from clarion.asgitypes import Message, Receive, Scope, Send
 from clarion.errors import ClarionError, ClientError, NotFound, ServerError
 from clarion.protocol.errors import ErrorCode
 
@@ -96,8 +96,34 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return ErrorResponse(from_http_exception(exc))
 
 
+# Set in a request's scope by :func:`watch_send` when the server refused a message.
+CLIENT_GONE = "clarion.client_gone"
+
+
+def watch_send(scope: Scope, send: Send) -> Send:
+    """``send``, marking ``scope`` when it raises: under ASGI 2.4 a ``send`` to a client that has
+    gone raises an ``OSError``, and the error that reaches :func:`handle_unexpected` is then the
+    client's leaving, not a fault of the hub's."""
+
+    async def watched(message: Message) -> None:
+        try:
+            await send(message)
+        except OSError:
+            scope[CLIENT_GONE] = True
+            raise
+
+    return watched
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    method, path = request.method, request.url.path
+    if isinstance(exc, ClientDisconnect) or (
+        isinstance(exc, OSError) and request.scope.get(CLIENT_GONE)
+    ):
+        # A browser that navigated away, a health check that timed out: nobody to answer.
+        log.debug("the client went away before the answer to %s %s", method, path)
+    else:
+        log.error("unhandled error on %s %s", method, path, exc_info=exc)
     return ErrorResponse(ServerError("internal error"))
 
 

@@ -113,6 +113,22 @@ async def test_a_bad_token_is_one_line(hub_process: Any, transport: str) -> None
     assert "token" in errors[0]
 
 
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+async def test_subscribing_without_a_token_says_how_to_give_one(
+    hub_process: Any, transport: str
+) -> None:
+    hub = await hub_process(env={"CLARION_TOKEN_SECRET": SECRET, "CLARION_API_KEY": KEY})
+    code, out, err = await run(
+        "subscribe", "chat:lobby", "--url", hub.http_url, "--transport", transport
+    )
+    assert (code, out) == (2, "")
+    errors = [line for line in err.splitlines() if "connect" not in line]
+    assert errors == [
+        "clarion: a token is needed to subscribe to 'chat:lobby'",
+        "clarion: pass a token with --token or CLARION_TOKEN (clarion token --user NAME mints one)",
+    ]
+
+
 NO_KEY = (
     "clarion: pass the hub's API key: --api-key KEY, CLARION_API_KEY, or api_key in "
     "clarion.toml (or the file --config names)"

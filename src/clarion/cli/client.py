@@ -14,6 +14,8 @@ import orjson
 
 from clarion.cli.command import load_settings, local_url
 from clarion.errors import ClarionError, LocalCode
+from clarion.protocol.codes import CloseCode
+from clarion.protocol.errors import ErrorCode
 
 
 class Target:
@@ -109,6 +111,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     from clarion.client import run_subscribe
 
     url = client_target(args).url
+    token = args.token or os.environ.get("CLARION_TOKEN")
     _show_client_progress()
     try:
         return asyncio.run(
@@ -116,13 +119,22 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                 url,
                 args.channel,
                 since=args.since,
-                token=args.token or os.environ.get("CLARION_TOKEN"),
+                token=token,
                 transport=args.transport,
                 out=sys.stdout,
             )
         )
     except KeyboardInterrupt:
         return 130
+    except ClarionError as exc:
+        # Refused at subscribe (WebSocket), or the stream closed for it (SSE, polling).
+        refused = exc.code == ErrorCode.UNAUTHORIZED
+        closed = getattr(exc, "close_code", None) == CloseCode.UNAUTHORIZED
+        if token or not (refused or closed):
+            raise
+        # The hub cannot say where a token comes from; the command can.
+        hint = "pass a token with --token or CLARION_TOKEN (clarion token --user NAME mints one)"
+        raise ClarionError(f"{exc.message}\n{hint}", code=exc.code) from None
 
 
 def cmd_token(args: argparse.Namespace) -> int:

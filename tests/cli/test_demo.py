@@ -6,6 +6,7 @@ import asyncio
 import fnmatch
 import re
 import signal
+import socket
 import tomllib
 from importlib.resources import files
 from typing import Any
@@ -83,6 +84,20 @@ def test_the_demo_refuses_other_addresses_unless_told(capsys: Any) -> None:
     assert main(["demo", "--host", "0.0.0.0", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "refusing to serve the demo on 0.0.0.0" in err and "--insecure" in err
+
+
+def test_a_port_in_use_is_one_line_without_the_settings_the_demo_does_not_read(
+    capsys: Any,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--port", str(port)]) == 2
+    assert capsys.readouterr().err == (
+        f"clarion: cannot listen on 127.0.0.1:{port}: address already in use; "
+        "choose another with --port N\n"
+    )
 
 
 def test_the_package_ships_every_demo_file() -> None:

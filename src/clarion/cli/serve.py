@@ -93,7 +93,9 @@ async def serve(
     except OSError as exc:
         advice = ""
         if exc.errno == errno.EADDRINUSE:
-            advice = "; choose another with --port N (or port in clarion.toml / CLARION_PORT)"
+            advice = "; choose another with --port N"
+            if not demo:  # the demo reads neither
+                advice += " (or port in clarion.toml / CLARION_PORT)"
         raise ClarionError(
             f"cannot listen on {settings.host}:{settings.port}: {_listen_error(exc)}{advice}",
             code=LocalCode.LISTEN,

@@ -274,6 +274,22 @@ async def test_idle_keep_alive_connection_is_closed(start_server: Any) -> None:
     assert loop.time() - done > 0.15
 
 
+async def test_idle_timeout_counts_from_the_last_response(start_server: Any) -> None:
+    # The idle timer is not re-armed per request: it finds the connection busy, or idle for
+    # less than the timeout, and waits again.
+    server = await start_server(echo, keepalive_timeout=0.3, handshake_timeout=5)
+    reader, writer = await connect(server.port)
+    loop = asyncio.get_running_loop()
+    first = loop.time()
+    while loop.time() - first < 0.6:  # past two timeouts from the first request
+        writer.write(get())
+        assert (await read_response(reader)).status == 200
+        await asyncio.sleep(0.05)
+    done = loop.time()
+    assert await read_eof(reader, timeout=2) == b""
+    assert loop.time() - done > 0.2
+
+
 @pytest.mark.parametrize(
     "raw",
     [

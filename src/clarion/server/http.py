@@ -83,6 +83,7 @@ class HttpProtocol(asyncio.Protocol):
         "_head_due",
         "_head_timer",
         "_headers",
+        "_idle_since",
         "_idle_timer",
         "_ignoring",
         "_in_head",
@@ -134,6 +135,10 @@ class HttpProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        # Loop time since when the connection idles (None: not idle). A new request does not
+        # cancel the idle timer, which re-arms itself when it finds the connection busy or
+        # idle for less than the timeout: keep-alive requests arm and cancel no timer each.
+        self._idle_since: float | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         # A head or body is on its way: its timer is armed once the chunk that began it is
@@ -242,9 +247,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = []
         self._head_bytes = 0
         self._in_head = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._idle_since = None
         self._head_due = True
 
     def on_url(self, url: bytes) -> None:
@@ -577,13 +580,26 @@ class HttpProtocol(asyncio.Protocol):
             and not self._pipeline
             and self._in_head
             and self._head_timer is None
-            and self._idle_timer is None
+            and self._idle_since is None
             and not self._detached
             and not self.transport.is_closing()
         ):
-            self._idle_timer = self._loop.call_later(
-                self.config.keepalive_timeout, self.transport.close
-            )
+            self._idle_since = self._loop.time()
+            if self._idle_timer is None:
+                self._idle_timer = self._loop.call_later(
+                    self.config.keepalive_timeout, self._idle_timed_out
+                )
+
+    def _idle_timed_out(self) -> None:
+        self._idle_timer = None
+        since = self._idle_since
+        if since is None:
+            return  # busy: armed again once the connection idles
+        left = since + self.config.keepalive_timeout - self._loop.time()
+        if left > 0:
+            self._idle_timer = self._loop.call_later(left, self._idle_timed_out)
+        else:
+            self.transport.close()
 
     def _send_stalled(self) -> None:
         self._send_timer = None
@@ -596,6 +612,7 @@ class HttpProtocol(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._idle_timer = self._body_timer = self._send_timer = None
+        self._idle_since = None
 
     @property
     def write_paused(self) -> bool:

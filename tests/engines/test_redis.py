@@ -391,6 +391,25 @@ def test_url_options() -> None:
             parse_url(bad)
 
 
+def test_a_misspelt_url_parameter_is_refused_by_name() -> None:
+    # Left to redis-py, it failed at the first connection as an unexpected keyword argument.
+    for url, hint in (
+        ("redis://h/0?prefx=app1", "(did you mean prefix?)"),
+        ("rediss://h/0?ssl_ca_cert=/ca.pem", "(did you mean ssl_ca_certs?)"),
+        ("redis+sentinel://s1:26379/main?sockettimeout=1", "(did you mean socket_timeout?)"),
+    ):
+        with pytest.raises(ConfigError, match="unknown parameter") as refused:
+            parse_url(url)
+        assert hint in str(refused.value)
+    # What redis-py's connections take still goes through, TLS and Unix sockets included.
+    for url in (
+        "rediss://h/0?ssl_ca_certs=/ca.pem&ssl_check_hostname=false",
+        "unix:///run/redis.sock?db=1&client_name=hub",
+        "redis://h/0?health_check_interval=5&socket_keepalive=true",
+    ):
+        parse_url(url)
+
+
 async def test_sentinel_finds_the_master(redis_server: RedisServer, tmp_path: Path) -> None:
     """Master discovery through a real Sentinel (failover itself is not exercised)."""
     port = free_port()

@@ -20,13 +20,21 @@ never more than ``pool_size``) are under way at once (the others wait, ``pool_ti
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from difflib import get_close_matches
+from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -167,6 +175,30 @@ def _positive(query: dict[str, str], name: str, default: float) -> float:
     return value
 
 
+OWN_PARAMETERS = ("prefix", "check_interval", "presence_ttl", "pool_size", "pool_timeout")
+
+
+@cache
+def redis_parameters() -> frozenset[str]:
+    """The query parameters redis-py's connections take (a name none takes fails only at the
+    first connection, in redis-py's words)."""
+    names: set[str] = set()
+    for kind in (AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection):
+        names.update(inspect.signature(kind.__init__).parameters)
+    return frozenset(names - {"self", "kwargs"})
+
+
+def _check_known(query: dict[str, str]) -> None:
+    for name in sorted(query):
+        if name not in redis_parameters():
+            close = get_close_matches(name, (*OWN_PARAMETERS, *redis_parameters()), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(
+                f"engine URL: unknown parameter {name!r}{hint}; clarion's own are "
+                f"{', '.join(OWN_PARAMETERS)}, the others are redis-py's connection options"
+            )
+
+
 def parse_url(url: str) -> RedisTarget:
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -182,6 +214,7 @@ def parse_url(url: str) -> RedisTarget:
     raw_size = query.pop("pool_size", str(DEFAULT_POOL_SIZE))
     if not raw_size.isdigit() or int(raw_size) < 1:
         raise ConfigError(f"engine URL: pool_size must be a whole number >= 1, not {raw_size!r}")
+    _check_known(query)
     rest = urlunsplit(parts._replace(query=urlencode(query)))
     host = parts.netloc.rpartition("@")[2]
     sentinels: list[tuple[str, int]] = []

@@ -100,6 +100,21 @@ async def test_subscribe_says_what_it_is_doing_while_the_hub_is_away(hub_process
         await sub.proc.wait()
 
 
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_subscribe_says_it_is_connected_on_every_transport(
+    hub_process: Any, transport: str
+) -> None:
+    hub = await hub_process()
+    sub = await subscribe(hub.http_url, "--transport", transport)
+    try:
+        await sub.expect(
+            re.escape(f"clarion: connected to {hub.http_url}/{transport} (chat:lobby)")
+        )
+    finally:
+        sub.proc.terminate()
+        await sub.proc.wait()
+
+
 @pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
 async def test_a_bad_token_is_one_line(hub_process: Any, transport: str) -> None:
     hub = await hub_process(env={"CLARION_TOKEN_SECRET": SECRET, "CLARION_API_KEY": KEY})

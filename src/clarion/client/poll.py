@@ -35,6 +35,7 @@ async def run_poll(feed: Feed, ctx: StreamContext) -> None:
     """Fill ``feed`` by polling until the feed is done (see :func:`clarion.client.sse.run_sse`)."""
     url = ctx.api.endpoints.url("/poll")
     attempt = 0
+    answered = False  # said once, as the other transports say their connection
     longest = ctx.poll_timeout  # lowered to the hub's ``poll.timeout_max`` if that is less
     while not feed.done:
         await feed.wait_room()  # no request while the reader is behind: polling is backpressure
@@ -72,6 +73,9 @@ async def run_poll(feed: Feed, ctx: StreamContext) -> None:
             continue
         if attempt:
             log.info("connected to %s again (%s)", url, feed.channel)
+        elif not answered:
+            log.info("connected to %s (%s)", url, feed.channel)
+        answered = True
         attempt = 0
         feed.confirmed(cursor)
         messages = [m for m in map(message_from, body.get("publications", ())) if m is not None]

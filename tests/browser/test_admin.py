@@ -82,6 +82,28 @@ async def test_a_wrong_key_is_refused_and_shows_nothing(page: Any, hub_factory: 
     assert "not-the-key" not in page.url and KEY not in await page.content()
 
 
+FITS = """() => {
+  const boxes = [...document.querySelectorAll('.chart')];
+  return boxes.length === 5 && boxes.every((box) => {
+    const plot = box.querySelector('.uplot');
+    const style = getComputedStyle(box);
+    const inner = box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    return plot !== null && Math.abs(plot.offsetWidth - inner) <= 1;
+  });
+}"""
+
+
+async def test_the_charts_fill_their_cards_as_the_window_changes(
+    page: Any, hub_factory: Any
+) -> None:
+    hub = await admin_hub(hub_factory)
+    for width in (1400, 1000, 700):
+        await page.set_viewport_size({"width": width, "height": 900})
+        if width == 1400:
+            await log_in(page, hub.http_url)
+        await page.wait_for_function(FITS, timeout=WAIT)
+
+
 class Clients:
     """The test's own sessions, one kind per transport: 2 WebSockets, 1 SSE, 1 long poll,
     1 STOMP; alice holds a WebSocket and the SSE stream."""

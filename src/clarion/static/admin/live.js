@@ -22,12 +22,22 @@ const CHARTS = [
   },
 ];
 const COLOURS = ["#2757d6", "#d97706"];
+const HEIGHT = 180;
+
+// The width of a card's content (inside its padding); before the card is laid out, 420, the
+// narrowest the grid makes it.
+function chartWidth(box) {
+  const style = getComputedStyle(box);
+  const inner = box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  return inner > 0 ? Math.floor(inner) : 420;
+}
 
 export class Live {
   constructor(apiKey, onState) {
     this.seconds = new Map(); // second -> node -> sample
     this.nodes = new Set();
     this.plots = new Map();
+    this.resizer = null; // fits the charts to their cards (mount)
     this.onState = onState;
     this.dirty = false;
     this.client = connect(HUB.href, {
@@ -81,13 +91,14 @@ export class Live {
 
   mount(container) {
     this.plots.clear();
+    this.resizer?.disconnect();
     container.replaceChildren();
     for (const chart of CHARTS) {
       const box = h("div", { class: "chart", id: `chart-${chart.id}` }, h("h3", {}, chart.title));
       container.append(box);
       const plot = new uPlot({
-        width: 420,
-        height: 180,
+        width: chartWidth(box),
+        height: HEIGHT,
         legend: { show: chart.series.length > 1 },
         scales: { x: { time: true } },
         series: [{}, ...chart.series.map(([, , label], i) => ({
@@ -97,6 +108,14 @@ export class Live {
       }, this.data(chart), box);
       this.plots.set(chart, plot);
     }
+    // The grid's cards grow with the window: each chart fills its card.
+    this.resizer = new ResizeObserver(() => {
+      for (const plot of this.plots.values()) {
+        const width = chartWidth(plot.root.parentElement);
+        if (width !== plot.width) plot.setSize({ width, height: HEIGHT });
+      }
+    });
+    this.resizer.observe(container);
     this.dirty = true;
     this.redraw();
   }
@@ -122,6 +141,7 @@ export class Live {
 
   close() {
     clearInterval(this.timer);
+    this.resizer?.disconnect();
     for (const plot of this.plots.values()) plot.destroy();
     this.client.close();
   }

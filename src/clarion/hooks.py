@@ -37,6 +37,11 @@ log = logging.getLogger("clarion.hooks")
 
 MAX_ANSWER_BYTES = 65536
 MAX_REASON_CHARS = 200
+# Any Python will do: the secret is the prefix and the base64 of 24 random bytes.
+MAKE_SECRET = (
+    "make one with: python3 -c "
+    """'import base64, os; print("whsec_" + base64.b64encode(os.urandom(24)).decode())'"""
+)
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 Answer = dict[str, Any]
@@ -65,11 +70,14 @@ class HttpHooks:
 
     def __init__(self, options: HooksOptions) -> None:
         if not options.secret:
-            raise ConfigError("[hooks] needs a secret (whsec_...) to sign its requests")
+            raise ConfigError(
+                f"[hooks] needs a secret (whsec_...) to sign its requests; {MAKE_SECRET}"
+            )
         try:
             self._key = signing.secret_key(options.secret)
         except BadRequest as exc:
-            raise ConfigError(f"hooks.secret: {exc.message}") from None
+            problem = exc.message.removeprefix("'secret' ")
+            raise ConfigError(f"hooks.secret {problem}; {MAKE_SECRET}") from None
         self.options = options
         # The backend is the operator's own, named in the configuration: no address filtering.
         self._http = httpx.AsyncClient(timeout=options.timeout, follow_redirects=False)

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import shlex
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -276,8 +278,18 @@ async def test_a_client_gone_while_the_hook_decides_is_no_error(
     assert "went away before the answer to GET /client/history" in caplog.text
 
 
-async def test_a_hook_url_without_a_secret_is_refused_at_start() -> None:
-    settings = Settings(token_secret=SECRET, api_key="k", hooks={"connect_url": "http://x/"})
-    hub = Hub(settings)
-    with pytest.raises(ConfigError, match="secret"):
-        await hub.start()
+async def test_a_missing_or_malformed_hook_secret_says_how_to_make_one() -> None:
+    advice = ""
+    for secret in (None, "my-secret"):
+        hooks = {"connect_url": "http://x/", **({"secret": secret} if secret else {})}
+        hub = Hub(Settings(token_secret=SECRET, api_key="k", hooks=hooks))
+        with pytest.raises(ConfigError, match="secret") as refused:
+            await hub.start()
+        advice = str(refused.value).partition("make one with: ")[2]
+        assert advice, refused.value
+    # The command the message gives makes a secret the hub takes.
+    made = subprocess.run(shlex.split(advice), capture_output=True, text=True, check=True)
+    hooks = {"connect_url": "http://x/", "secret": made.stdout.strip()}
+    hub = Hub(Settings(token_secret=SECRET, api_key="k", hooks=hooks))
+    await hub.start()
+    await hub.close()

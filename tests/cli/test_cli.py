@@ -64,6 +64,12 @@ async def test_publish_errors_are_one_line_on_stderr(hub_process: Any) -> None:
     code, out, err = await run("publish", "c", "{not json", "--url", hub.http_url)
     assert (code, out) == (2, "")
     assert err == "clarion: data: not valid JSON: '{not json'\ntry 'clarion publish --help'\n"
+    # A bare word is a string whose quotes the shell took: the message shows them kept.
+    code, out, err = await run("publish", "c", "hello", "--url", hub.http_url)
+    assert (code, out) == (2, "")
+    assert err.splitlines()[0] == (
+        """clarion: data: not valid JSON: 'hello' (a JSON string keeps its quotes: '"hello"')"""
+    )
     code, out, err = await run("publish", "c", "1", "--url", "http://127.0.0.1:1")
     assert (code, out) == (2, "")
     assert err.startswith("clarion: cannot reach http://127.0.0.1:1: ") and err.count("\n") == 1

@@ -198,6 +198,10 @@ async def test_every_command_reports_errors_the_same_way(hub_process: Any) -> No
             ["token", "--user", "1", "--ttl", "soon"],
             "clarion: --ttl: not a duration: 'soon'\ntry 'clarion token --help'",
         ),
+        (  # not dropped from the token without a word
+            ["token", "--user", "1", "--info", '"Ann"'],
+            "clarion: --info: not a JSON object: '\"Ann\"'\ntry 'clarion token --help'",
+        ),
     ],
 )
 async def test_usage_errors(args: list[str], expected: str | None) -> None:

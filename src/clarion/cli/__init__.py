@@ -17,7 +17,14 @@ from clarion.cli.client import (
     cmd_subscribe,
     cmd_token,
 )
-from clarion.cli.command import LOG_LEVELS, Parser, duration, json_value, port_number
+from clarion.cli.command import (
+    LOG_LEVELS,
+    Parser,
+    duration,
+    json_object,
+    json_value,
+    port_number,
+)
 from clarion.cli.serve import cmd_serve, worker_count_arg
 from clarion.errors import ClarionError
 
@@ -100,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--ttl", type=duration, default=3600.0, help="lifetime, e.g. 1h (default)")
     token.add_argument(
-        "--info", type=json_value, help="JSON object shown with publications (and presence)"
+        "--info", type=json_object, help="JSON object shown with publications (and presence)"
     )
     token.add_argument("--secret", help="HS256 secret (default: token_secret from config/env)")
     token.add_argument("--config", help="path to clarion.toml (default ./clarion.toml, if any)")

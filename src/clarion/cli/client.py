@@ -148,7 +148,6 @@ def cmd_token(args: argparse.Namespace) -> int:
             "CLARION_TOKEN_SECRET",
             code=LocalCode.CONFIG,
         )
-    info = args.info if isinstance(args.info, dict) else None
     algorithm = settings.token_algorithm if settings.token_algorithm.startswith("HS") else "HS256"
     note = secret_note(secret, algorithm)
     if note:  # a development secret is allowed, but not silently
@@ -160,7 +159,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         publish=args.publish,
         presence=args.presence,
         ttl=args.ttl,
-        info=info,
+        info=args.info,
         algorithm=algorithm,
     )
     sys.stdout.write(token + "\n")

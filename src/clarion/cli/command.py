@@ -65,7 +65,21 @@ def json_value(text: str) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
+        hint = ""
+        if text[:1] not in ('"', "{", "[", "-", *"0123456789") and "'" not in text:
+            # A bare word is a string without its quotes, which the shell took off.
+            hint = f""" (a JSON string keeps its quotes: '"{text}"')"""
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r}{hint}") from None
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
         raise argparse.ArgumentTypeError(f"not valid JSON: {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
 
 
 def redact(url: str) -> str:

@@ -116,6 +116,20 @@ async def test_subscribe_says_it_is_connected_on_every_transport(
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+async def test_a_url_without_the_hub_asks_whether_it_is_the_hubs(
+    hub_process: Any, transport: str
+) -> None:
+    # As for a hub mounted at /rt in an application, and asked at the application's root.
+    hub = await hub_process()
+    url = f"{hub.http_url}/rt"
+    code, out, err = await run("subscribe", "chat:lobby", "--url", url, "--transport", transport)
+    assert (code, out) == (2, "")
+    last = err.splitlines()[-1]
+    assert last.endswith(f"is {url} the hub's URL, with the path an application mounted it at?")
+    assert "/rt/" + transport in last, last
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
 async def test_a_bad_token_is_one_line(hub_process: Any, transport: str) -> None:
     hub = await hub_process(env={"CLARION_TOKEN_SECRET": SECRET, "CLARION_API_KEY": KEY})
     code, out, err = await run(

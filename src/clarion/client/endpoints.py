@@ -39,3 +39,8 @@ class Endpoints:
     def url(self, path: str) -> str:
         """The absolute URL of an HTTP endpoint such as ``/api/publish``."""
         return self.http + path
+
+    def doubt(self) -> str:
+        """What an endpoint that is not there most often means: the hub's URL without the path
+        an application mounted it at."""
+        return f"is {self.http} the hub's URL, with the path an application mounted it at?"

@@ -45,7 +45,10 @@ async def check(response: httpx.Response, ctx: StreamContext, path: str) -> None
     await response.aread()
     error = failure(response)
     if status in MISSING:
-        raise TransportUnavailable(f"the hub has no {path} endpoint (HTTP {status})")
+        raise TransportUnavailable(
+            f"nothing serves {path} at {ctx.api.endpoints.url(path)} (HTTP {status}): "
+            f"{ctx.api.endpoints.doubt()}"
+        )
     # Retry later, stop the client, or (a refusal of this channel) end this subscription.
     raise refused(error, ctx.api.token, whole=False)
 

@@ -253,7 +253,10 @@ class WebSocketLink:
             detail = (
                 f"HTTP {exc.response.status_code}" if isinstance(exc, InvalidStatus) else str(exc)
             )
-            self._refused(f"the hub refused the WebSocket upgrade at {url} ({detail})")
+            message = f"the hub refused the WebSocket upgrade at {url} ({detail})"
+            if isinstance(exc, InvalidStatus) and exc.response.status_code in (403, 404):
+                message += f": {self.endpoints.doubt()}"  # a path nothing serves is refused so
+            self._refused(message)
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise Retry(f"cannot connect to {url}: {_plain(exc)}") from None
         if conn.subprotocol != SUBPROTOCOL:

@@ -260,7 +260,12 @@ def _suggestion(model: type[BaseModel], loc: KeyPath) -> KeyPath | None:
     parent = annotation_at(model, loc[:-1])
     if not (isinstance(parent, type) and issubclass(parent, BaseModel)):
         return None
-    close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1, cutoff=0.7)
+    name = str(loc[-1])
+    # A setting named by its last words (``origins``, ``secret``) is the one that ends so, when
+    # one does; else the nearest spelling.
+    close = [field for field in parent.model_fields if field.endswith("_" + name)]
+    if len(close) != 1:
+        close = difflib.get_close_matches(name, list(parent.model_fields), n=1, cutoff=0.7)
     return (*loc[:-1], close[0]) if close else None
 
 

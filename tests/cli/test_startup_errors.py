@@ -111,6 +111,14 @@ async def test_clarion_toml_in_the_working_directory_is_read(tmp_path: Path) -> 
             ["clarion: CLARION_PORTT: unknown setting (did you mean CLARION_PORT?)"],
         ),
         ({"CLARION_FOO": "1"}, ["clarion: CLARION_FOO: unknown setting"]),
+        (  # a setting named by its last word
+            {"CLARION_ORIGINS": "https://app.example.com"},
+            ["clarion: CLARION_ORIGINS: unknown setting (did you mean CLARION_ALLOWED_ORIGINS?)"],
+        ),
+        (  # the one setting ending so, not the nearest spelling (insecure)
+            {"CLARION_SECRET": "x"},
+            ["clarion: CLARION_SECRET: unknown setting (did you mean CLARION_TOKEN_SECRET?)"],
+        ),
         (
             {"CLARION_ENGINE": "foo://x"},
             [

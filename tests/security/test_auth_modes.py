@@ -178,3 +178,24 @@ async def test_an_embedded_hub_says_it_too(caplog: pytest.LogCaptureFixture) -> 
         await hub.start()
         await hub.close()
     assert any("no api_key" in r.getMessage() for r in caplog.records), caplog.records
+
+
+def test_notes_say_no_browser_page_may_connect_beyond_loopback() -> None:
+    full = {"api_key": KEY, "token_secret": SECRET}
+    (note,) = auth_notes(Settings(**full, host="0.0.0.0"))
+    assert "allowed_origins" in note and "public_url" in note and "403" in note, note
+    assert auth_notes(Settings(**full, host="0.0.0.0", allowed_origins=["https://a.example"])) == []
+    assert auth_notes(Settings(**full, host="0.0.0.0", public_url="https://rt.example")) == []
+    assert auth_notes(Settings(**full, host="127.0.0.1")) == []
+
+
+async def test_an_embedded_hub_beyond_loopback_warns_of_refused_pages(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from clarion import Hub
+
+    hub = Hub(Settings(api_key=KEY, token_secret=SECRET, host="::"))
+    with caplog.at_level("WARNING", logger="clarion.hub"):
+        await hub.start()
+        await hub.close()
+    assert any("no browser origin is allowed" in r.getMessage() for r in caplog.records)

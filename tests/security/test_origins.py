@@ -199,3 +199,54 @@ async def test_an_origin_admitted_by_the_wildcard_alone_gets_no_ambient_credenti
             running.port, "GET", f"/sse?channel=chat:a&token={token}", {"Origin": unnamed}
         )
         assert response.status == 200
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "clarion.access"]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_a_refused_origin_is_logged_once_a_minute_naming_the_setting(
+    server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A page that cannot connect leaves a line on the hub, whatever its transport: the origin
+    and the setting that would let it in; the same origin again within the minute, none."""
+    caplog.set_level("WARNING", logger="clarion.access")
+    async with serve(server, Settings(**CONFIGURED)) as running:
+        for transport in TRANSPORTS:
+            origin = f"https://{transport}.example.net"
+            for _ in range(3):
+                ok, _ = await try_origin(running, transport, origin)
+                assert not ok
+        response = await head(
+            running.port, "POST", "/client/publish", {"Origin": "https://publish.example.net"}
+        )
+        assert response.status == 403
+        ok, _ = await try_origin(running, "sse", "https://app.example.com")
+        assert ok
+    lines = _refusals(caplog)
+    expected = [f"'https://{name}.example.net'" for name in [*TRANSPORTS, "publish"]]
+    assert len(lines) == len(expected), lines
+    for origin, line in zip(expected, lines, strict=True):
+        assert origin in line and "allowed_origins" in line and "public_url" in line, line
+
+
+async def test_endless_distinct_origins_neither_flood_the_log_nor_grow_memory(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from clarion.asgi import access
+
+    caplog.set_level("WARNING", logger="clarion.access")
+    async with serve(SUITE, Settings(**CONFIGURED)) as running:
+        for n in range(60):
+            ok, _ = await try_origin(running, "poll", f"https://x{n}.example.net")
+            assert not ok
+        refusals = access._policy(running.hub).refusals
+        assert len(refusals.logged) <= refusals.LINES
+        assert len(_refusals(caplog)) == refusals.LINES
+        refusals.started -= refusals.WINDOW  # a minute on, without waiting for it
+        ok, _ = await try_origin(running, "poll", "https://x0.example.net")
+        assert not ok
+    *_, summary, again = _refusals(caplog)
+    assert "40 more refused" in summary, summary
+    assert "'https://x0.example.net'" in again, again

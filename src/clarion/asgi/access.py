@@ -4,6 +4,8 @@ from ASGI scopes. Every transport, on every server, asks here."""
 from __future__ import annotations
 
 import hmac
+import logging
+import time
 import weakref
 from collections.abc import Iterable
 from http.cookies import CookieError, SimpleCookie
@@ -18,6 +20,8 @@ from clarion.protocol.origins import OriginPolicy
 from clarion.protocol.proxies import Forwarded, TrustedProxies, resolve
 
 TOKEN_COOKIE = "clarion_token"
+
+log = logging.getLogger("clarion.access")
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -71,7 +75,7 @@ def query(scope: Scope) -> Params:
 class _Policy:
     """What the settings say about proxies and origins, parsed once per hub."""
 
-    __slots__ = ("forwarded_header", "origins", "proxies")
+    __slots__ = ("forwarded_header", "origins", "proxies", "refusals")
 
     def __init__(self, hub: Hub) -> None:
         settings = hub.settings
@@ -83,6 +87,56 @@ class _Policy:
             allowed.append(str(public))
         self.origins = OriginPolicy(
             allowed, loopback_only=not allowed and settings.development_mode
+        )
+        self.refusals = _RefusalLog()
+
+
+class _RefusalLog:
+    """Says which origins the hub refuses, so that a page that cannot connect leaves a trace
+    where the operator looks. Each origin once a minute, and at most ``LINES`` origins a minute
+    in all: endless distinct ``Origin`` headers neither flood the log nor grow this table."""
+
+    WINDOW = 60.0
+    LINES = 20
+    SHOWN_CHARS = 120  # an Origin header is the client's text: shown cut, quoted (repr)
+
+    __slots__ = ("logged", "started", "unlogged")
+
+    def __init__(self) -> None:
+        self.started = -self.WINDOW
+        self.logged: set[str] = set()
+        self.unlogged = 0
+
+    def refused(self, origin: str | None, path: str) -> None:
+        now = time.monotonic()
+        if now - self.started >= self.WINDOW:
+            if self.unlogged:
+                log.warning(
+                    "%d more refused browser origin(s) were not logged in the last minute",
+                    self.unlogged,
+                )
+            self.started, self.unlogged = now, 0
+            self.logged.clear()
+        shown = origin[: self.SHOWN_CHARS] if origin is not None else None
+        key = shown or ""
+        if key in self.logged:
+            return
+        if len(self.logged) >= self.LINES:
+            self.unlogged += 1
+            return
+        self.logged.add(key)
+        if shown is None:
+            log.warning(
+                "refused a request without an Origin header on %s: allow_no_origin is false",
+                path,
+            )
+            return
+        log.warning(
+            "refused browser origin %r on %s (403): to let its pages connect, add it to "
+            "allowed_origins (CLARION_ALLOWED_ORIGINS), or set public_url "
+            "(CLARION_PUBLIC_URL) if the hub serves the page itself",
+            shown,
+            path,
         )
 
 
@@ -207,7 +261,10 @@ def origin_trusted(hub: Hub, scope: Scope) -> bool:
 
 
 def check_origin(hub: Hub, scope: Scope) -> None:
+    """Refuse a browser origin the settings do not allow, and log it (rate-limited): every
+    transport refuses here."""
     if not origin_allowed(hub, scope):
+        _policy(hub).refusals.refused(header(scope, b"origin"), scope.get("path", "/"))
         raise Forbidden("origin not allowed", code=ErrorCode.ORIGIN_FORBIDDEN)
 
 

@@ -9,7 +9,7 @@ from clarion.asgi.responses import send_error
 from clarion.asgitypes import Receive, Scope, Send
 from clarion.core.auth import Credentials
 from clarion.core.hub import Hub
-from clarion.errors import BadCursor, BadRequest, ClarionError, Forbidden
+from clarion.errors import BadCursor, BadRequest, ClarionError
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.errors import ErrorCode
@@ -125,8 +125,7 @@ class ChannelEndpoint:
         method = scope["method"]
         cors = access.cors_headers(hub, scope)
         try:
-            if not access.origin_allowed(hub, scope):
-                raise Forbidden("origin not allowed", code=ErrorCode.ORIGIN_FORBIDDEN)
+            access.check_origin(hub, scope)
             if method == "OPTIONS":
                 await self.preflight(send, cors)
                 return

@@ -25,7 +25,7 @@ from clarion.core.hub import Hub
 from clarion.core.limits import TokenBucket
 from clarion.core.session import Session
 from clarion.engines.base import presence_body
-from clarion.errors import BadRequest, ClarionError, Forbidden, LimitExceeded
+from clarion.errors import BadRequest, ClarionError, LimitExceeded
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.errors import ErrorCode
@@ -96,8 +96,7 @@ class ClientEndpoint:
         hub = self.hub
         cors = access.cors_headers(hub, scope)
         try:
-            if not access.origin_allowed(hub, scope):
-                raise Forbidden("origin not allowed", code=ErrorCode.ORIGIN_FORBIDDEN)
+            access.check_origin(hub, scope)
             method = scope["method"]
             if method == "OPTIONS":
                 await self._preflight(send, cors)

@@ -119,8 +119,8 @@ def secret_note(secret: str | None, algorithm: str) -> str | None:
 
 
 def auth_notes(settings: Settings) -> list[str]:
-    """What a partial auth configuration leaves out, a too short token_secret, and an admin page
-    no browser origin may reach, one line each, for the start-up log.
+    """What a partial auth configuration leaves out, a too short token_secret, and browser pages
+    (the admin page among them) no origin setting lets in, one line each, for the start-up log.
 
     Development mode — no ``api_key`` and no token key — is the one state in which everything is
     allowed (announced on its own). Any other configuration is secure as it stands: a hub
@@ -139,7 +139,18 @@ def auth_notes(settings: Settings) -> list[str]:
     short = secret_note(settings.token_secret, settings.token_algorithm)
     if short:
         notes.append(short)
-    if settings.admin and not settings.public_url and not settings.allowed_origins:
+    no_origin = not settings.public_url and not settings.allowed_origins
+    if no_origin and not settings.binds_loopback():
+        # Browsers send an Origin: with none allowed, every page is refused (403) on every
+        # transport, and a page elsewhere on the network is what listening there is for.
+        notes.append(
+            f"listening on {settings.host or 'every interface'} but no browser origin is "
+            "allowed: browser pages are refused (403) on /ws, /stomp, /sse, /poll and /client/*; "
+            "set allowed_origins (CLARION_ALLOWED_ORIGINS) to the origins of your pages, e.g. "
+            "https://app.example.com, or public_url (CLARION_PUBLIC_URL) to the hub's own "
+            "address for pages it serves"
+        )
+    if settings.admin and no_origin:
         # The page loads, but its WebSocket is a browser's: refused (403), it stays "not live".
         notes.append(
             "admin = true but no browser origin is allowed: the admin page's live charts cannot "

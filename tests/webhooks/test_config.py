@@ -89,8 +89,10 @@ async def test_a_data_dir_serves_one_hub_at_a_time(
         running = await hub_factory(settings(tmp_path))
         await register(running, receiver, ["a"])
         other = Hub(settings(tmp_path))
-        with pytest.raises(ConfigError, match="in use by another clarion hub"):
+        with pytest.raises(ConfigError, match="in use by another clarion hub") as refused:
             await other.start()
+        # It names the setting that moves the directory, by its variable too.
+        assert "CLARION_DATA_DIR" in str(refused.value), refused.value
 
 
 async def test_an_entry_removed_from_the_config_is_dropped(tmp_path: Path) -> None:

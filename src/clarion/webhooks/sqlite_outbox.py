@@ -453,6 +453,8 @@ def _lock_file(path: Path) -> IO[bytes]:
     except OSError:
         handle.close()
         raise ConfigError(
-            f"{path.parent} is in use by another clarion hub; give each hub its own data_dir"
+            f"{path.parent} is in use by another clarion hub (its webhook outbox); give each "
+            "hub its own data_dir (CLARION_DATA_DIR, or data_dir in clarion.toml or Settings): "
+            "two hubs started in one directory share the default ./clarion-data"
         ) from None
     return handle

@@ -11,9 +11,17 @@ from typing import Any
 
 import pytest
 
+from clarion.protocol.cursor import channel_tag, encode_entries
+from clarion.protocol.publication import StreamPosition
+
 from ..conftest import timeout
 from .test_cli import CLI, run
 from .test_startup_errors import clean_env
+
+CURSOR_SOURCES = (
+    'a cursor is the "cursor" of a line clarion subscribe prints, or of a /poll answer, '
+    "or the id: of an SSE event"
+)
 
 SECRET = "s" * 32
 KEY = "k" * 32
@@ -216,6 +224,12 @@ async def test_every_command_reports_errors_the_same_way(hub_process: Any) -> No
             ["token", "--user", "1", "--info", '"Ann"'],
             "clarion: --info: not a JSON object: '\"Ann\"'\ntry 'clarion token --help'",
         ),
+        (  # the option named, and where a cursor comes from; before connecting to anything
+            ["subscribe", "chat:lobby", "--since", "garbage", "--url", "http://127.0.0.1:9"],
+            "clarion: --since: not a cursor: 'garbage' (cursor is truncated); "
+            + CURSOR_SOURCES
+            + "\ntry 'clarion subscribe --help'",
+        ),
     ],
 )
 async def test_usage_errors(args: list[str], expected: str | None) -> None:
@@ -340,3 +354,15 @@ async def test_an_expired_token_ends_at_once(hub_process: Any, transport: str, a
     assert [line for line in lines if not re.match(r"clarion: connect(ing|ed) to ", line)] == [
         "clarion: token expired"
     ], err
+
+
+async def test_a_cursor_of_another_channel_is_refused_before_connecting() -> None:
+    cursor = encode_entries([(channel_tag("chat:other"), StreamPosition("ep", 3))])
+    code, out, err = await run(
+        "subscribe", "chat:lobby", "--since", cursor, "--url", "http://127.0.0.1:9"
+    )
+    assert (code, out) == (2, "")
+    assert err == (
+        "clarion: --since: the cursor holds no position for channel 'chat:lobby': it was taken "
+        f"from another channel; {CURSOR_SOURCES}\n"
+    )

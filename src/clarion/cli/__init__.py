@@ -20,6 +20,7 @@ from clarion.cli.client import (
 from clarion.cli.command import (
     LOG_LEVELS,
     Parser,
+    cursor_arg,
     duration,
     json_object,
     json_value,
@@ -84,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a channel's publications as JSON lines, resuming across dropped connections",
     )
     subscribe.add_argument("channel")
-    subscribe.add_argument("--since", help="a cursor to resume from")
+    subscribe.add_argument(
+        "--since",
+        type=cursor_arg,
+        help='a cursor to resume from: the "cursor" of a line subscribe printed, or of /poll',
+    )
     add_client_options(subscribe, api_key=False)
     subscribe.add_argument("--token", help="connection token ($CLARION_TOKEN)")
     subscribe.add_argument(

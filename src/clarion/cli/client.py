@@ -12,9 +12,10 @@ from typing import Any
 
 import orjson
 
-from clarion.cli.command import load_settings, local_url
-from clarion.errors import ClarionError, LocalCode
+from clarion.cli.command import CURSOR_SOURCES, load_settings, local_url
+from clarion.errors import BadCursor, ClarionError, LocalCode
 from clarion.protocol.codes import CloseCode
+from clarion.protocol.cursor import Cursor
 from clarion.protocol.errors import ErrorCode
 
 
@@ -112,6 +113,12 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 
     url = client_target(args).url
     token = args.token or os.environ.get("CLARION_TOKEN")
+    if args.since is not None and Cursor.decode(args.since).get(args.channel) is None:
+        # Said before connecting: the client would say it only after the connection.
+        raise BadCursor(
+            f"--since: the cursor holds no position for channel {args.channel!r}: it was "
+            f"taken from another channel; {CURSOR_SOURCES}"
+        )
     _show_client_progress()
     try:
         return asyncio.run(

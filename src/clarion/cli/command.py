@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from clarion.errors import ClarionError, LocalCode
+from clarion.errors import BadCursor, ClarionError, LocalCode
 from clarion.settings import Settings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -80,6 +80,27 @@ def json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
     return value
+
+
+CURSOR_SOURCES = (
+    'a cursor is the "cursor" of a line clarion subscribe prints, or of a /poll answer, '
+    "or the id: of an SSE event"
+)
+
+
+def cursor_arg(text: str) -> str:
+    """A cursor to resume from, read before connecting: a typo is a usage error then, not a
+    refusal after the connection."""
+    from clarion.protocol.cursor import Cursor
+
+    try:
+        Cursor.decode(text)
+    except BadCursor as exc:
+        raise argparse.ArgumentTypeError(
+            f"not a cursor: {text[:40]!r}{'…' if len(text) > 40 else ''} ({exc.message}); "
+            f"{CURSOR_SOURCES}"
+        ) from None
+    return text
 
 
 def redact(url: str) -> str:

@@ -23,6 +23,7 @@ machine-readable ``code`` (the string sent to clients and in API error bodies) a
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from typing import Any
 
@@ -140,3 +141,17 @@ class HookUnavailable(ServerError):
 
 class ConfigError(ServerError):
     code = LocalCode.CONFIG
+
+
+def os_reason(exc: BaseException) -> str | None:
+    """The operating system's words for why ``exc`` (or an exception under it) failed —
+    "connection refused" — or None without an errno. Libraries wrap the OSError in their own
+    words ("All connection attempts failed"); the errno is the plain reason."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        errno = getattr(seen, "errno", None)
+        if isinstance(errno, int) and errno > 0:
+            reason = os.strerror(errno)
+            return reason[:1].lower() + reason[1:]
+        seen = seen.__cause__ or seen.__context__
+    return None

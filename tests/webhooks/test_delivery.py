@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import sqlite3
 import sys
 import time
@@ -316,3 +317,22 @@ async def test_concurrent_publishes_are_stored_in_order_before_each_answers(
         for channel in ("burst:0", "burst:1", "burst:2"):
             queued = [offset for c, offset in rows if c == channel]
             assert queued == sorted(queued) == list(range(1, 21))
+
+
+async def test_a_receiver_that_is_down_is_reported_in_plain_words(
+    webhook_hub: RunningHub,
+) -> None:
+    """The OS's reason, not the HTTP library's class and wording ("ConnectError: All connection
+    attempts failed"), in last_error: what the API, the CLI and the admin page show."""
+    with socket.socket() as held:  # bound, never listening: a connection here is refused
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        async with webhook_hub.http() as http:
+            r = await http.post(
+                "/api/webhooks", json={"url": f"http://127.0.0.1:{port}/hook", "channels": ["d"]}
+            )
+        assert r.status_code == 200, r.text
+        hook = r.json()
+        await webhook_hub.publish("d", "x")
+        current = await wait_state(webhook_hub, hook["id"], lambda s: s["last_error"])
+    assert current["last_error"] == "cannot connect: connection refused", current

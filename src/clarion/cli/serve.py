@@ -7,12 +7,11 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import signal
 
 from clarion import __version__
 from clarion.cli.command import Loaded, load_settings, local_url, redact, run, setup_logging
-from clarion.errors import ClarionError, LocalCode
+from clarion.errors import ClarionError, LocalCode, os_reason
 from clarion.settings import Settings
 
 # Every subcommand logs as ``clarion.cli``: the start-up lines operators grep for keep one name.
@@ -48,8 +47,7 @@ def check_bind(settings: Settings) -> None:
 def _listen_error(exc: OSError) -> str:
     # asyncio's bind error repeats the address; the errno says it plainly (a negative one is
     # a name-resolution error, whose own text is the plain one).
-    number = exc.errno or 0
-    reason = os.strerror(number) if number > 0 else exc.strerror or str(exc)
+    reason = os_reason(exc) or exc.strerror or str(exc)
     return reason[:1].lower() + reason[1:]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from clarion.client.errors import Disconnected, TransportUnavailable
 from clarion.client.items import Message, Reset
 from clarion.client.refusals import refused, stops
 from clarion.client.subscription import Feed
+from clarion.errors import os_reason
 from clarion.protocol.messages import DisconnectPush, FrameError, ResetPush, read_push
 
 log = logging.getLogger(__name__)
@@ -106,15 +106,7 @@ def failed(url: str, exc: BaseException) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    # httpx says "All connection attempts failed"; the OSError under it says why.
-    seen: BaseException | None = exc
-    while seen is not None:
-        errno = getattr(seen, "errno", None)
-        if isinstance(errno, int) and errno > 0:
-            reason = os.strerror(errno)
-            return reason[:1].lower() + reason[1:]
-        seen = seen.__cause__ or seen.__context__
-    return str(exc) or type(exc).__name__
+    return os_reason(exc) or str(exc) or type(exc).__name__
 
 
 async def pause(ctx: StreamContext, attempt: int, feed: Feed, why: object) -> None:

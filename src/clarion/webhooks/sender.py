@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from clarion.errors import ClarionError
+from clarion.errors import ClarionError, os_reason
 from clarion.webhooks import signing
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.metrics import AttemptStats
@@ -82,8 +82,10 @@ class Sender:
             return Outcome(False, f"no answer within {self.timeout:g}s")
         except ClarionError as exc:  # the connect-time address check
             return Outcome(False, exc.message)
+        except httpx.TimeoutException:
+            return Outcome(False, f"no answer within {self.timeout:g}s")
         except httpx.HTTPError as exc:
-            return Outcome(False, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+            return Outcome(False, _failure(exc)[:MAX_ERROR_CHARS])
         status = response.status_code
         if 200 <= status < 300:
             return Outcome(True, status=status)
@@ -103,3 +105,14 @@ class Sender:
             if len(body) >= self.max_response_bytes:
                 break
         return bytes(body[: self.max_response_bytes])
+
+
+def _failure(exc: httpx.HTTPError) -> str:
+    """An attempt's failure as the operator reads it, in ``last_error``: the OS's reason when
+    there is one ("cannot connect: connection refused"), the library's class only without."""
+    reason = os_reason(exc)
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect: {reason or exc}"
+    if reason is not None:
+        return f"connection lost: {reason}"
+    return str(exc) or type(exc).__name__

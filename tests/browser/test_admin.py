@@ -35,7 +35,17 @@ async def page(tmp_path: Path) -> AsyncIterator[Any]:
     async with chromium_context(tmp_path / "profile") as context:
         page = await context.new_page()
         page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        page.console_errors = []  # what a test that expects none checks (console_clean)
+        page.on(
+            "console",
+            lambda m: page.console_errors.append(m.text) if m.type == "error" else None,
+        )
         yield page
+
+
+def console_clean(page: Any) -> None:
+    """No error in the page's console: no failed load (a missing /favicon.ico among them)."""
+    assert page.console_errors == [], page.console_errors
 
 
 async def screenshot(page: Any, name: str) -> None:
@@ -182,7 +192,7 @@ async def test_operator_sees_connections_publishes_and_disconnects(
         "response",
         lambda r: (
             refused.append(f"{r.status} {r.url}")
-            if r.status >= 400 and r.url.startswith(hub.http_url + "/") and "/favicon" not in r.url
+            if r.status >= 400 and r.url.startswith(hub.http_url + "/")
             else None
         ),
     )
@@ -205,6 +215,7 @@ async def test_operator_sees_connections_publishes_and_disconnects(
         await screenshot(page, "overview")
         assert KEY not in page.url
         assert refused == []  # the metrics history included: read over the page's WebSocket
+        console_clean(page)
 
         # The publish console: carol, subscribed on a WebSocket, receives what it sends.
         await page.goto(hub.http_url + "/admin#channel/chat%3Aroom")
@@ -232,6 +243,7 @@ async def test_operator_sees_connections_publishes_and_disconnects(
         await page.click("#disconnect button[type=submit]")
         await cell(page, "#action-result", "done")
         await screenshot(page, "actions")
+        console_clean(page)
         with pytest.raises(websockets.ConnectionClosed) as closed:
             while True:
                 await asyncio.wait_for(clients.alice_ws.recv(), timeout(10))

@@ -78,11 +78,31 @@ async def open_app(
     page = await context.new_page()
     page.errors = []
     page.on("pageerror", lambda error: page.errors.append(str(error)))
+    # The console stays clean too: no failed load (a missing /favicon.ico among them).
+    page.on(
+        "console",
+        lambda message: (
+            page.errors.append(f"console: {message.text} ({message.location.get('url')})")
+            if message.type == "error"
+            else None
+        ),
+    )
     await page.goto(f"{demo.url}/demo/{app}?transport={transport}&user={user}")
     badge = page.locator("#transport")
     await badge.and_(page.locator("[data-state=connected]")).wait_for(timeout=ms(15))
     assert (await badge.text_content() or "").startswith(transport)
     return page
+
+
+async def test_the_index_page_has_a_clean_console(browser: Any, demo: RunningDemo) -> None:
+    context = await browser.new_context()
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(f"{demo.url}/demo", wait_until="networkidle")
+    assert await page.locator("a[href*='/demo/chat']").count() > 0
+    assert errors == []
 
 
 def ms(seconds: float) -> float:

@@ -250,3 +250,14 @@ async def test_endless_distinct_origins_neither_flood_the_log_nor_grow_memory(
     *_, summary, again = _refusals(caplog)
     assert "40 more refused" in summary, summary
     assert "'https://x0.example.net'" in again, again
+
+
+async def test_a_request_without_an_origin_refused_is_logged_with_its_setting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("WARNING", logger="clarion.access")
+    async with serve(SUITE, Settings(**CONFIGURED, allow_no_origin=False)) as running:
+        ok, _ = await try_origin(running, "poll", None)
+        assert not ok
+    (line,) = _refusals(caplog)
+    assert "without an Origin" in line and "allow_no_origin" in line and "/poll" in line, line

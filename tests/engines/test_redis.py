@@ -653,3 +653,112 @@ async def test_a_closed_engine_refuses_calls_instead_of_reconnecting(
     with pytest.raises(EngineUnavailable, match="closed"):
         await engine.history("c", OPTS)
     assert len(await raw.client_list()) == clients
+
+
+async def test_a_burst_of_admissions_is_counted_exactly_and_in_call_order(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """Acquires of one key queued together are a few script calls, handled in call order: the
+    first ``limit`` sessions are admitted, each counted once, the later ones refused; the
+    releases queued together are a few commands and leave nothing counted."""
+    a, _ = await nodes("check_interval=30&presence_ttl=60")
+    b, _ = await nodes("check_interval=30&presence_ttl=60")
+    assert a.limits is not None and b.limits is not None
+    assert await b.limits.acquire_connection("ip", "10.0.0.1", "b0", 250)
+    before = await evalsha_calls(raw)
+    admitted = await asyncio.gather(
+        *(a.limits.acquire_connection("ip", "10.0.0.1", f"s{i}", 250) for i in range(300)),
+        a.limits.acquire_connection("ip", "10.0.0.1", "s5", 250),  # already counted
+    )
+    assert admitted == [True] * 249 + [False] * 51 + [True]
+    assert await evalsha_calls(raw) - before <= 4  # not one script call per session
+    assert await a.limits.connection_count("ip", "10.0.0.1") == 250
+    assert not await b.limits.acquire_connection("ip", "10.0.0.1", "b1", 250)
+    zrem = await command_calls(raw, "zrem")
+    await asyncio.gather(
+        *(a.limits.release_connection("ip", "10.0.0.1", f"s{i}") for i in range(249))
+    )
+    assert await command_calls(raw, "zrem") - zrem <= 3
+    assert await a.limits.connection_count("ip", "10.0.0.1") == 1
+    assert await b.limits.acquire_connection("ip", "10.0.0.1", "b1", 250)
+
+
+async def test_presence_is_exact_after_a_burst_of_joins_and_leaves(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """Adds and removes of one channel queued together run in call order, whoever asked: a
+    client that joins, leaves and joins again within one iteration stays; one that joins then
+    leaves is gone; the users' counts follow."""
+    a, _ = await nodes("check_interval=30&presence_ttl=60")
+    b, _ = await nodes("check_interval=30&presence_ttl=60")
+
+    def entry(i: int) -> PresenceEntry:
+        return PresenceEntry(f"s{i}", f"u{i % 7}" if i % 3 else None)
+
+    before = await evalsha_calls(raw)
+    await asyncio.gather(*(a.presence_add("c", entry(i)) for i in range(200)))
+    assert await evalsha_calls(raw) - before <= 2
+    calls = []
+    for i in range(200):
+        if i % 4 == 0:  # leaves
+            calls.append(a.presence_remove("c", f"s{i}"))
+        elif i % 4 == 1:  # leaves, then is back
+            calls += [a.presence_remove("c", f"s{i}"), a.presence_add("c", entry(i))]
+    calls += [a.presence_add("c", entry(i)) for i in range(200, 260)]  # new ones
+    calls += [a.presence_remove("c", f"s{i}") for i in range(250, 260)]  # gone again
+    await asyncio.gather(*calls)
+    present = [i for i in range(200) if i % 4 != 0] + list(range(200, 250))
+    listed = sorted(int(p.client[1:]) for p in await b.presence("c"))
+    assert listed == present
+    users = {entry(i).user for i in present} - {None}
+    assert await b.presence_stats("c") == PresenceStats(len(present), len(users))
+    await asyncio.gather(*(a.presence_remove("c", f"s{i}") for i in present))
+    assert await b.presence("c") == []
+    assert await b.presence_stats("c") == PresenceStats(0, 0)
+
+
+async def test_a_burst_of_a_crashed_node_expires(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """Entries and counts added by a burst (merged calls) are leases like any: the node's
+    refresh renews them all, and they end within the TTL once it has crashed."""
+    a, _ = await nodes("presence_ttl=1.5")
+    b, _ = await nodes("presence_ttl=1.5")
+    assert a.limits is not None and b.limits is not None
+    await asyncio.gather(
+        *(a.presence_add("c", PresenceEntry(f"a{i}", f"u{i % 5}")) for i in range(100)),
+        *(a.limits.acquire_connection("ip", "10.0.0.1", f"a{i}", 1000) for i in range(100)),
+    )
+    await b.presence_add("c", PresenceEntry("b1", "u0"))
+    assert await b.limits.acquire_connection("ip", "10.0.0.1", "b1", 1000)
+    members = [f"a{i}" for i in range(100)]
+    await renewed(raw, a.keys.presence_expiry("c"), *members)
+    await renewed(raw, a.keys.connections("ip", "10.0.0.1"), *members)
+    assert await b.presence_stats("c") == PresenceStats(101, 5)
+    refreshed = await crash(a)
+
+    async def only_b() -> bool:
+        return (
+            await b.presence_stats("c") == PresenceStats(1, 1)
+            and await b.limits.connection_count("ip", "10.0.0.1") == 1  # type: ignore[union-attr]
+            and [p.client for p in await b.presence("c")] == ["b1"]
+        )
+
+    assert await gone_after(refreshed, only_b) > 1.4
+
+
+async def command_calls(raw: aioredis.Redis, name: str) -> int:
+    return int((await raw.info("commandstats")).get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+async def test_a_cancelled_item_is_left_out_of_its_merged_call(nodes: Callable[..., Any]) -> None:
+    a, _ = await nodes("check_interval=30&presence_ttl=60")
+    assert a.limits is not None
+    first = asyncio.ensure_future(a.limits.acquire_connection("ip", "10.0.0.1", "s1", 10))
+    second = asyncio.ensure_future(a.limits.acquire_connection("ip", "10.0.0.1", "s2", 10))
+    await asyncio.sleep(0)  # both queued on one call, not sent yet
+    first.cancel()
+    assert await second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await a.limits.connection_count("ip", "10.0.0.1") == 1

@@ -12,6 +12,14 @@ Each command still succeeds or fails on its own: a script error fails its caller
 connection fails every caller of that pipeline (as :class:`~redis.exceptions.RedisError`), and
 none is retried. Scripts are sent by SHA; those Redis no longer holds (it restarted) are loaded
 and run again — a script Redis did not know has not run.
+
+The per-session writes of a burst go further: the items queued for the same keys (one channel's
+presence entries, one address's connection count) while their call waits are *merged* into that
+one script call (:meth:`Batcher.join`), which handles them in call order and answers each its
+own result. A session then costs its node a fraction of a command: the client library's
+per-command CPU (packing, parsing, a timer per reply) and Redis' (one ``TIME``, one ``PEXPIRE``
+per call, not per session) stay flat as the burst grows. Every such call touches the keys of one
+slot, so it stays valid on a cluster.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 MAX_BATCH = 256  # commands per pipeline: bounds one write, one reply and one caller's wait
+MAX_MERGED = 256  # items in one merged script call: bounds the time Redis spends in one script
+JOIN_AGE = 1.0  # seconds an unsent merged call takes new items (it fails as its oldest waited)
 # Pipelines under way at once. While that many are, new commands wait and go together in the
 # next: under a burst the round trips per command fall as the load rises (each one a write and
 # a read on the node and a read on Redis, which dominate a small command's cost), while a
@@ -58,6 +68,74 @@ class Call:
             return await client.execute_command(*self.args)
         return await self.script(keys=self.keys, args=self.args)
 
+    def live(self) -> bool:
+        """Someone still waits for the result (else every caller was cancelled)."""
+        return not self.future.done()
+
+    def settle(self, result: Any) -> None:
+        """Hand over the result (an exception instance: the call failed)."""
+        if self.future.done():
+            return
+        if isinstance(result, BaseException):
+            self.future.set_exception(result)
+        else:
+            self.future.set_result(result)
+
+    def cancel(self) -> None:
+        self.future.cancel()
+
+
+class Merged(Call):
+    """One script call carrying the items of many callers, each with its own future.
+
+    The script gets ``keys`` then each item's own keys, and ``args`` then each item's
+    arguments; it answers a list with one result per item, in the order they joined, or one
+    result (not a list) for all. With no script, ``args`` then the items' arguments are one
+    plain command (e.g. ``ZREM key`` and the members).
+    """
+
+    __slots__ = ("family", "items", "waiters")
+
+    def __init__(self, family: Any, script: Any, keys: list[Any], args: list[Any]) -> None:
+        # No future of its own: the waiters are the callers'.
+        self.script = script
+        self.keys = keys
+        self.args = args
+        self.at = asyncio.get_running_loop().time()
+        self.sent = False
+        self.family = family
+        self.items: list[tuple[asyncio.Future[Any], list[Any], list[Any]]] = []
+        self.waiters: list[asyncio.Future[Any]] = []
+
+    def seal(self) -> None:
+        """Sent now: the items of callers cancelled meanwhile are left out, the others'
+        keys and arguments appended to the call's."""
+        for waiter, keys, args in self.items:
+            if not waiter.done():
+                self.waiters.append(waiter)
+                self.keys += keys
+                self.args += args
+        self.items = []
+
+    def live(self) -> bool:
+        return bool(self.waiters)
+
+    def settle(self, result: Any) -> None:
+        if isinstance(result, BaseException):
+            for waiter in self.waiters:
+                if not waiter.done():
+                    waiter.set_exception(result)
+            return
+        if not isinstance(result, list):
+            result = [result] * len(self.waiters)
+        for waiter, one in zip(self.waiters, result, strict=True):
+            if not waiter.done():
+                waiter.set_result(one)
+
+    def cancel(self) -> None:
+        for waiter in self.waiters:
+            waiter.cancel()
+
 
 class Batcher:
     """Queues commands; sends them as pipelines of ≤ MAX_BATCH, ≤ IN_FLIGHT at a time."""
@@ -70,6 +148,7 @@ class Batcher:
         self._room = IN_FLIGHT if limit is None else max(1, min(IN_FLIGHT, limit))
         self._timeout = timeout
         self._queued: list[Call] = []
+        self._open: dict[Any, Merged] = {}  # family -> the unsent merged call items may join
         self._scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
         self._expiry: asyncio.TimerHandle | None = None  # fails what waits too long
@@ -90,11 +169,51 @@ class Batcher:
         if self._closed:  # e.g. a session's cleanup after the engine closed: no new connection
             call.future.set_exception(RedisConnectionError("the redis engine is closed"))
             return call
+        self._push(call)
+        return call
+
+    def _push(self, call: Call) -> None:
         self._queued.append(call)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        return call
+
+    def join(
+        self,
+        family: Any,
+        script: Any,
+        keys: list[Any],
+        args: list[Any],
+        item_keys: list[Any],
+        item_args: list[Any],
+    ) -> asyncio.Future[Any]:
+        """Queue one item of a merged script call (see :class:`Merged`); its own result is
+        the returned future's.
+
+        ``family`` names the keys the call writes (one slot). The item joins the unsent call
+        of its family when that is a call of the same ``script``; otherwise it starts a new
+        one, which closes the family's earlier call to later items: the writes to one
+        family's keys run in Redis in the order they were asked for, whatever the script.
+        ``keys`` and ``args`` are the call's own, set by the item that starts it.
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+        if self._closed:
+            waiter.set_exception(RedisConnectionError("the redis engine is closed"))
+            return waiter
+        call = self._open.get(family)
+        if (
+            call is None
+            or call.sent
+            or call.script is not script
+            or len(call.items) >= MAX_MERGED
+            or call.at + JOIN_AGE < loop.time()  # a late item must not fail early with it
+        ):
+            call = Merged(family, script, list(keys), list(args))
+            self._open[family] = call
+            self._push(call)
+        call.items.append((waiter, item_keys, item_args))
+        return waiter
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -115,8 +234,11 @@ class Batcher:
         for call in self._queued:
             if call.at > late:
                 kept.append(call)
-            elif not call.future.done():
-                call.future.set_exception(RedisConnectionError(NO_CONNECTION))
+            else:
+                call.sent = True  # failed unsent: no item joins it any more
+                if isinstance(call, Merged):
+                    call.seal()
+                call.settle(RedisConnectionError(NO_CONNECTION))
         self._queued = kept
         if kept:
             self._flush()  # arms the next expiry, unless a pipeline has room now
@@ -128,9 +250,14 @@ class Batcher:
 
     async def _send(self, calls: list[Call]) -> None:
         live = []
+        opened = self._open
         for call in calls:
             call.sent = True
-            if not call.future.done():  # else its caller was cancelled meanwhile
+            if isinstance(call, Merged):
+                if opened.get(call.family) is call:
+                    del opened[call.family]
+                call.seal()
+            if call.live():  # else every caller was cancelled meanwhile
                 live.append(call)
         if not live:
             return
@@ -141,20 +268,14 @@ class Batcher:
                 results = await _pipeline(self._client, live)
         except Exception as exc:
             for call in live:
-                if not call.future.done():
-                    call.future.set_exception(exc)
+                call.settle(exc)
             return
         except BaseException:
             for call in live:
-                call.future.cancel()
+                call.cancel()
             raise
         for call, result in zip(live, results, strict=True):
-            if call.future.done():
-                continue
-            if isinstance(result, Exception):
-                call.future.set_exception(result)
-            else:
-                call.future.set_result(result)
+            call.settle(result)
 
     async def now(self, scripts: list[tuple[Any, list[Any], list[Any]]]) -> None:
         """Run ``(script, keys, args)`` calls at once, as one pipeline (periodic refreshes);
@@ -173,12 +294,14 @@ class Batcher:
             with contextlib.suppress(Exception):
                 await asyncio.wait(list(self._sending), timeout=left)
         queued, self._queued = self._queued, []
+        self._open.clear()
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
         for call in queued:
-            if not call.future.done():
-                call.future.set_exception(RedisConnectionError("the redis engine is closed"))
+            if isinstance(call, Merged):
+                call.seal()
+            call.settle(RedisConnectionError("the redis engine is closed"))
 
 
 async def _pipeline(client: Any, calls: list[Call], *, reloaded: bool = False) -> list[Any]:

@@ -45,8 +45,9 @@ class ClusterLimits:
         """
         name = self._keys.connections(kind, key)
         try:
-            admitted, _ = await self._batch.script(
-                self._acquire, keys=[name], args=[member, limit, self._ttl_ms]
+            # The acquires of one key queued together are one script call, in call order.
+            admitted, _ = await self._batch.join(
+                name, self._acquire, [name], [self._ttl_ms], [], [member, limit]
             )
         except (RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc, f"counting a connection per {kind}") from None
@@ -63,9 +64,13 @@ class ClusterLimits:
                 del self._held[name]
         # Not refreshed any more: should this fail, the member expires within the TTL.
         try:
-            await self._batch.command("ZREM", name, member)
+            await self._release(name, member)
         except (RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc, f"releasing a connection per {kind}") from None
+
+    def _release(self, name: str, member: str) -> Any:
+        # The releases of one key queued together are one ZREM.
+        return self._batch.join(name, None, [], ["ZREM", name], [], [member])
 
     async def connection_count(self, kind: str, key: str) -> int:
         try:
@@ -98,7 +103,7 @@ class ClusterLimits:
         # (its removal ran first): remove it again, now that the refresh has run.
         await asyncio.gather(
             *(
-                self._batch.command("ZREM", name, member)
+                self._release(name, member)
                 for name, members in sent
                 for member in members - self._held.get(name, set())
             )

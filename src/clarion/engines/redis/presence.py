@@ -64,11 +64,17 @@ class RedisPresence:
         user = entry.user or ""
         # Kept locally first: if Redis is down now, the next refresh puts the entry back.
         self.held.setdefault(channel, {})[entry.client] = (value, user)
+        keys = self._channel_keys(channel)
         try:
-            await self._batch.script(
+            # The adds and removes of one channel queued together are one script call each,
+            # run in call order.
+            await self._batch.join(
+                keys[0],
                 self._add,
-                keys=self._channel_keys(channel, user),
-                args=[self._ttl_ms, entry.client, value, user],
+                keys,
+                [self._ttl_ms],
+                [self._keys.presence_user(channel, user) if user else keys[2]],
+                [entry.client, value, user],
             )
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"adding presence on {channel!r}") from None
@@ -80,11 +86,14 @@ class RedisPresence:
             del self.held[channel]
         user = held[1] if held is not None else ""
         try:
-            await self._batch.script(
-                self._remove, keys=self._channel_keys(channel, user), args=[client, user]
-            )
+            await self._removal(channel, client, user)
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"removing presence on {channel!r}") from None
+
+    def _removal(self, channel: str, client: str, user: str) -> Any:
+        keys = self._channel_keys(channel)
+        mine = self._keys.presence_user(channel, user) if user else keys[2]
+        return self._batch.join(keys[0], self._remove, keys, [], [mine], [client, user])
 
     async def announce(self, channel: str, user: str) -> bool:
         keys = [self._keys.presence_announced(channel), self._keys.presence_users(channel)]
@@ -147,9 +156,7 @@ class RedisPresence:
         # removal ran first): remove it again, now that the refresh has run.
         await asyncio.gather(
             *(
-                self._batch.script(
-                    self._remove, keys=self._channel_keys(channel, user), args=[client, user]
-                )
+                self._removal(channel, client, user)
                 for channel, entries in sent
                 for client, (_, user) in entries.items()
                 if client not in self.held.get(channel, {})

@@ -208,26 +208,34 @@ return 1
 """
 )
 
-# KEYS: expiry zset, entries hash, users zset, the user's zset (anything without a user)
-# ARGV: client, user ('' = none)
-# -> 1 when the user has no live client left (or there is no user), else 0
+# KEYS: expiry zset, entries hash, users zset, then one user zset per client (anything for a
+# client without a user)
+# ARGV: pairs of client, user ('' = none)
+# -> per client, 1 when its user has no live client left (or it has no user), else 0
 PRESENCE_REMOVE = (
     _COMMON
     + """
-local zset, hash, users, mine = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local client, user = ARGV[1], ARGV[2]
-redis.call('ZREM', zset, client)
-redis.call('HDEL', hash, client)
-if user == '' then return 1 end
-redis.call('ZREM', mine, client)
-redis.call('ZREMRANGEBYSCORE', mine, '-inf', now_ms())
-local newest = redis.call('ZRANGE', mine, -1, -1, 'WITHSCORES')
-if #newest == 0 then
-  redis.call('ZREM', users, user)
-  return 1
+local zset, hash, users = KEYS[1], KEYS[2], KEYS[3]
+local now = now_ms()
+local out = {}
+for i = 1, #ARGV / 2 do
+  local client, user, mine = ARGV[2 * i - 1], ARGV[2 * i], KEYS[3 + i]
+  redis.call('ZREM', zset, client)
+  redis.call('HDEL', hash, client)
+  out[i] = 1
+  if user ~= '' then
+    redis.call('ZREM', mine, client)
+    redis.call('ZREMRANGEBYSCORE', mine, '-inf', now)
+    local newest = redis.call('ZRANGE', mine, -1, -1, 'WITHSCORES')
+    if #newest == 0 then
+      redis.call('ZREM', users, user)
+    else
+      redis.call('ZADD', users, newest[2], user)
+      out[i] = 0
+    end
+  end
 end
-redis.call('ZADD', users, newest[2], user)
-return 0
+return out
 """
 )
 
@@ -292,23 +300,29 @@ return out
 )
 
 # KEYS: expiry zset
-# ARGV: member, limit, ttl ms
-# -> {admitted (0/1), members counted after the call}
+# ARGV: ttl ms, then pairs of member, limit
+# -> per member, in order: {admitted (0/1), members counted after it}
 CONNECTION_ACQUIRE = (
     _COMMON
     + """
-local zset, member = KEYS[1], ARGV[1]
-local limit, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local zset, ttl = KEYS[1], tonumber(ARGV[1])
 local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', zset, '-inf', now)
 local count = redis.call('ZCARD', zset)
-if not redis.call('ZSCORE', zset, member) then
-  if count >= limit then return {0, count} end
-  count = count + 1
+local out = {}
+local added = false
+for i = 1, (#ARGV - 1) / 2 do
+  local member, limit = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
+  if not redis.call('ZSCORE', zset, member) and count >= limit then
+    out[i] = {0, count}
+  else
+    if redis.call('ZADD', zset, now + ttl, member) == 1 then count = count + 1 end
+    out[i] = {1, count}
+    added = true
+  end
 end
-redis.call('ZADD', zset, now + ttl, member)
-redis.call('PEXPIRE', zset, ttl)
-return {1, count}
+if added then redis.call('PEXPIRE', zset, ttl) end
+return out
 """
 )
 

@@ -95,6 +95,7 @@ class LoadConfig:
     storm_before: float = 3.0  # storm: publishing seconds before the drop
     storm_away: float = 1.0  # storm: seconds between the drop and the reconnect
     redis_port: int = 0  # storm: the nodes' Redis, whose work per resumed session is counted
+    storm_mark: str = ""  # storm: a file told "drop <pids>" at the drop, "caught" at the end
 
     def validate(self) -> None:
         if self.server not in SERVERS:
@@ -809,6 +810,13 @@ def redis_info(port: int) -> dict[str, str]:
     return info
 
 
+def mark(path: str, line: str) -> None:
+    """Append ``line`` to ``path`` (none: do nothing): tells a watcher where a run stands."""
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
 class RedisWork:
     """What Redis did between two INFO snapshots: CPU, read events (one per request burst a
     client sends, so about one per round trip) and commands, scripts' inner ones included."""
@@ -1318,6 +1326,7 @@ class LoadGen:
         redis = RedisWork(cfg.redis_port) if cfg.redis_port else None
         hubs = [p for p in self.server_pids if redis is None or p != redis.pid]
         hub_cpu_at_drop = proc_cpu_seconds(hubs)
+        mark(cfg.storm_mark, "drop " + " ".join(map(str, hubs)))  # e.g. to attach a profiler
         snap_drop = Snapshot(st, self.server_pids, self.ksoftirqd)
         t_drop = snap_drop.wall
         offset_at_drop = st.pub_last_offset
@@ -1335,6 +1344,7 @@ class LoadGen:
             await asyncio.sleep(0.01)
         t_caught = st.all_caught_at if st.caught_up >= n else float("nan")
         snap_caught = Snapshot(st, self.server_pids, self.ksoftirqd)
+        mark(cfg.storm_mark, "caught")
         span = max(1e-6, snap_caught.wall - snap_drop.wall)
         # Per resumed session, drop to all caught up: less bound to the machine's load than
         # the seconds.
@@ -1464,6 +1474,11 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
     p.add_argument("--reconnect-deadline", type=float, default=defaults.reconnect_deadline)
     p.add_argument("--storm-away", type=float, default=defaults.storm_away)
     p.add_argument("--redis-port", type=int, default=defaults.redis_port)
+    p.add_argument(
+        "--storm-mark",
+        default=defaults.storm_mark,
+        help="storm: append 'drop <hub pids>' to this file at the drop, 'caught' at the end",
+    )
     a = p.parse_args(argv)
     return LoadConfig(
         server=a.server,
@@ -1487,6 +1502,7 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         reconnect_deadline=a.reconnect_deadline,
         storm_away=a.storm_away,
         redis_port=a.redis_port,
+        storm_mark=a.storm_mark,
     )
 
 

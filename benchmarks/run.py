@@ -810,6 +810,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="p5 on the memory engine (one node) or on a Redis started for the run",
     )
     p.add_argument("--p5-nodes", type=int, default=1, help="p5: clarion nodes (redis engine)")
+    p.add_argument(
+        "--p5-mark",
+        default="",
+        help="p5: a file the generator appends 'drop <hub pids>' to at the drop and 'caught' "
+        "once all caught up (to profile the storm alone: benchmarks/storm_profile.py)",
+    )
     p.add_argument("--p7-subscribers", type=int, default=10000)
     p.add_argument("--p7-channels", type=int, default=1000)
     p.add_argument("--p7-rate", type=float, default=10000.0, help="p7: publications/s")
@@ -914,6 +920,8 @@ def main(argv: list[str] | None = None) -> int:
         elif scenario == "p5" and "clarion" in active:
             args = dict(common, mode="storm", subscribers=a.p5_clients, rate=a.p5_rate)
             args.update(sample=0, duration=3.0)
+            if a.p5_mark:
+                args["storm_mark"] = a.p5_mark
             args["cluster"] = (a.p5_engine, a.p5_nodes)
             plan.append((scenario, "clarion", "ws", args))
 

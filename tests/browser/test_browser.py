@@ -11,7 +11,7 @@ import pytest
 from clarion.protocol import deflate
 from clarion.protocol.codes import DISCONNECTS
 
-from ..conftest import RunningHub
+from ..conftest import RunningHub, clarion_server
 from .chromium import chromium_context, needs_chromium
 
 pytestmark = needs_chromium
@@ -129,6 +129,7 @@ async def _wait_subscribed(hub: RunningHub, channel: str) -> None:
     raise AssertionError(f"nobody subscribed to {channel}")
 
 
+@clarion_server("the hub's own permessage-deflate, which clarion's server offers")
 async def test_chromium_negotiates_permessage_deflate(page: Any, hub: RunningHub) -> None:
     await page.goto(hub.http_url + "/healthz")
     await page.evaluate(

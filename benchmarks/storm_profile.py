@@ -4,8 +4,8 @@ Runs ``benchmarks.run`` for P5 with the arguments given after ``--``, waits for 
 to drop every connection, attaches ``py-spy record`` to each hub process until all clients have
 caught up, and prints each function's share of the samples (self time, and with what it calls)::
 
-    .venv/bin/python -m benchmarks.storm_profile --out /tmp/storm -- --p5-engine redis \\
-        --p5-nodes 2 --p5-clients 10000 --no-install
+    .venv/bin/python -m benchmarks.storm_profile -- --p5-engine redis --p5-nodes 2 \\
+        --p5-clients 10000 --no-install
 
 ``py-spy`` must be installed (``pip install py-spy``); ``--native`` adds C frames. The collapsed
 stacks stay in ``--out``-``<pid>.txt`` for a flame graph. With ``--perf``, ``perf record`` samples
@@ -83,13 +83,16 @@ def summarise(stacks: Path, top: int) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="/tmp/storm-profile", help="prefix of the output files")
+    p.add_argument(
+        "--out", default="benchmarks/results/storm-profile", help="prefix of the output files"
+    )
     p.add_argument("--rate", type=int, default=200, help="samples per second")
     p.add_argument("--native", action="store_true", help="py-spy --native")
     p.add_argument("--perf", action="store_true", help="perf record -g instead of py-spy")
     p.add_argument("--top", type=int, default=40)
     p.add_argument("run_args", nargs="*", help="after --: arguments of benchmarks.run")
     a = p.parse_args()
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     mark = Path(tempfile.mkstemp(prefix="storm-mark-")[1])
     cmd = [sys.executable, "-m", "benchmarks.run", "--scenarios", "p5", "--servers", "clarion"]
     cmd += ["--out", "-", "--p5-mark", str(mark), *a.run_args]

@@ -37,10 +37,11 @@ log = logging.getLogger("clarion.hooks")
 
 MAX_ANSWER_BYTES = 65536
 MAX_REASON_CHARS = 200
-# Any Python will do: the secret is the prefix and the base64 of 24 random bytes.
+# Any Python will do: the secret is the prefix and the base64 of random bytes.
 MAKE_SECRET = (
-    "make one with: python3 -c "
-    """'import base64, os; print("whsec_" + base64.b64encode(os.urandom(24)).decode())'"""
+    "make one with: python3 -c 'import base64, os; "
+    f'print("{signing.SECRET_PREFIX}" + '
+    f"base64.b64encode(os.urandom({signing.MIN_SECRET_BYTES})).decode())'"
 )
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 

@@ -406,8 +406,13 @@ def test_a_misspelt_url_parameter_is_refused_by_name() -> None:
         "rediss://h/0?ssl_ca_certs=/ca.pem&ssl_check_hostname=false",
         "unix:///run/redis.sock?db=1&client_name=hub",
         "redis://h/0?health_check_interval=5&socket_keepalive=true",
+        # the cluster client's own options, on a cluster
+        "redis+cluster://h1:7000,h2:7001?read_from_replicas=true&require_full_coverage=false",
     ):
         parse_url(url)
+    # ... and only there: a single node's connection would fail on them.
+    with pytest.raises(ConfigError, match="unknown parameter 'read_from_replicas'"):
+        parse_url("redis://h/0?read_from_replicas=true")
 
 
 async def test_sentinel_finds_the_master(redis_server: RedisServer, tmp_path: Path) -> None:

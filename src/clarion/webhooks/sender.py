@@ -78,12 +78,10 @@ class Sender:
                     "POST", endpoint.url, content=delivery.body, headers=headers
                 ) as response:
                     excerpt = await self._read_bounded(response)
-        except TimeoutError:
+        except (TimeoutError, httpx.TimeoutException):
             return Outcome(False, f"no answer within {self.timeout:g}s")
         except ClarionError as exc:  # the connect-time address check
             return Outcome(False, exc.message)
-        except httpx.TimeoutException:
-            return Outcome(False, f"no answer within {self.timeout:g}s")
         except httpx.HTTPError as exc:
             return Outcome(False, _failure(exc)[:MAX_ERROR_CHARS])
         status = response.status_code

@@ -179,19 +179,23 @@ OWN_PARAMETERS = ("prefix", "check_interval", "presence_ttl", "pool_size", "pool
 
 
 @cache
-def redis_parameters() -> frozenset[str]:
-    """The query parameters redis-py's connections take (a name none takes fails only at the
-    first connection, in redis-py's words)."""
+def redis_parameters(cluster: bool = False) -> frozenset[str]:
+    """The query parameters redis-py's connections take, and on a cluster its cluster client's
+    too (a name none takes fails only at the first connection, in redis-py's words)."""
     names: set[str] = set()
-    for kind in (AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection):
+    kinds: list[Any] = [AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection]
+    if cluster:
+        kinds.append(RedisCluster)
+    for kind in kinds:
         names.update(inspect.signature(kind.__init__).parameters)
     return frozenset(names - {"self", "kwargs"})
 
 
-def _check_known(query: dict[str, str]) -> None:
+def _check_known(query: dict[str, str], *, cluster: bool) -> None:
+    known = redis_parameters(cluster)
     for name in sorted(query):
-        if name not in redis_parameters():
-            close = get_close_matches(name, (*OWN_PARAMETERS, *redis_parameters()), n=1)
+        if name not in known:
+            close = get_close_matches(name, (*OWN_PARAMETERS, *known), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(
                 f"engine URL: unknown parameter {name!r}{hint}; clarion's own are "
@@ -214,7 +218,7 @@ def parse_url(url: str) -> RedisTarget:
     raw_size = query.pop("pool_size", str(DEFAULT_POOL_SIZE))
     if not raw_size.isdigit() or int(raw_size) < 1:
         raise ConfigError(f"engine URL: pool_size must be a whole number >= 1, not {raw_size!r}")
-    _check_known(query)
+    _check_known(query, cluster=parts.scheme == "redis+cluster")
     rest = urlunsplit(parts._replace(query=urlencode(query)))
     host = parts.netloc.rpartition("@")[2]
     sentinels: list[tuple[str, int]] = []

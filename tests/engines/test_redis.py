@@ -528,6 +528,7 @@ async def test_calls_queued_behind_a_stuck_redis_fail_alone(
     assert len(failed) == 8
     assert all("no free connection to Redis in time" in exc.message for exc, _ in failed), failed
     assert max(when for _, when in failed) < 2.5
+    assert a._batch._open == {}  # the merged calls that failed unsent are not kept
     await raw.execute_command("CLIENT", "PAUSE", 1500, "ALL")
     assert not await a.healthy()
     deadline = time.monotonic() + 5

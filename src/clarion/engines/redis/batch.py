@@ -237,6 +237,9 @@ class Batcher:
             else:
                 call.sent = True  # failed unsent: no item joins it any more
                 if isinstance(call, Merged):
+                    # Forgotten too: a family seen once, in an outage, is not kept for good.
+                    if self._open.get(call.family) is call:
+                        del self._open[call.family]
                     call.seal()
                 call.settle(RedisConnectionError(NO_CONNECTION))
         self._queued = kept

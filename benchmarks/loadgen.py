@@ -96,6 +96,9 @@ class LoadConfig:
     storm_away: float = 1.0  # storm: seconds between the drop and the reconnect
     redis_port: int = 0  # storm: the nodes' Redis, whose work per resumed session is counted
     storm_mark: str = ""  # storm: a file told "drop <pids>" at the drop, "caught" at the end
+    # rate mode: subscribers that do not sample latency read their sockets every this many
+    # seconds instead of on each arrival (0: on arrival). See LazyReader.
+    read_every: float = 0.0
 
     def validate(self) -> None:
         if self.server not in SERVERS:
@@ -114,6 +117,8 @@ class LoadConfig:
             raise ValueError("subscribers must be a multiple of channels")
         if self.channels > 1 and self.mode == "storm":
             raise ValueError("storm mode uses one channel")
+        if self.read_every < 0 or (self.read_every and self.mode != "rate"):
+            raise ValueError("read_every: rate mode only (saturation counts every delivery)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -925,6 +930,70 @@ def percentile(sorted_values: list[int], q: float) -> float:
 # The run
 
 
+class LazyReader:
+    """Reads the sockets of subscribers that do not sample latency on a timer, not on arrival.
+
+    A subscriber on another machine costs its server nothing after the server's ``send``. On
+    loopback, a subscriber waiting in ``epoll`` makes each of the server's sends also wake it
+    (the wake-up runs in the sender's system call), and reading each frame as it arrives
+    makes the generator do one ``epoll`` wake-up and one ``recv`` per delivery — at one frame
+    per write, more work than the server's. Here those subscribers' sockets leave the event
+    loop (``pause_reading``) and are drained together every ``interval`` seconds: the
+    server's sends wake no one, and one ``recv`` takes every frame that arrived meanwhile.
+    Deliveries are still counted exactly (later, by at most ``interval``); sampled
+    subscribers keep reading on arrival, so latency is measured as before. Both servers of a
+    comparison are measured the same way.
+    """
+
+    def __init__(self, subs: list[WsSubscriber | SseSubscriber], interval: float) -> None:
+        self.interval = interval
+        self.socks: list[tuple[WsSubscriber | SseSubscriber, socket.socket]] = []
+        for sub in subs:
+            if sub.state != OPEN or sub.sampled or sub.transport is None:
+                continue
+            if isinstance(sub, WsSubscriber) and sub.full:
+                continue
+            raw = sub.transport.get_extra_info("socket")
+            if raw is None:
+                continue
+            sub.transport.pause_reading()
+            # A socket object of our own on a duplicate descriptor: the transport's stays its.
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+            sock.setblocking(False)
+            self.socks.append((sub, sock))
+        self.running = True
+
+    def drain(self) -> None:
+        size = len(_BUF)
+        for sub, sock in self.socks:
+            if sub.state != OPEN:
+                continue
+            while True:
+                try:
+                    n = sock.recv_into(_BUF, size)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    n = 0
+                if n == 0:  # closed by the server: the transport, paused, cannot tell
+                    sub.connection_lost(None)
+                    break
+                sub.buffer_updated(n)
+                if n < size:
+                    break
+
+    async def run(self) -> None:
+        while self.running:
+            await asyncio.sleep(self.interval)
+            self.drain()
+
+    def close(self) -> None:
+        self.running = False
+        for _, sock in self.socks:
+            sock.close()
+        self.socks.clear()
+
+
 class LoadGen:
     def __init__(self, cfg: LoadConfig) -> None:
         cfg.validate()
@@ -951,6 +1020,7 @@ class LoadGen:
         self.fanout = cfg.subscribers // cfg.channels  # deliveries per publication
         self.shift = 0  # storm: client i connects to ports[(i + shift) % len(ports)]
         self._tasks: set[asyncio.Future[None]] = set()
+        self.lazy: LazyReader | None = None
         self.result: dict[str, Any] = {"config": dataclasses.asdict(cfg)}
 
     # connections --------------------------------------------------------------------------
@@ -1160,6 +1230,8 @@ class LoadGen:
                 await self._run_flow()
         finally:
             self.publishing = False
+            if self.lazy is not None:
+                self.lazy.close()
             self.close_publishers()
             self.close_all()
         r["errors"] = dict(self.st.errors)
@@ -1193,6 +1265,12 @@ class LoadGen:
             self.publishing = False
             st.gate = 1 << 62
         else:
+            if cfg.read_every:
+                self.lazy = LazyReader(self.subs, cfg.read_every)
+                r["lazy_subscribers"] = len(self.lazy.socks)
+                lazy_task = asyncio.ensure_future(self.lazy.run())
+                self._tasks.add(lazy_task)
+                lazy_task.add_done_callback(self._tasks.discard)
             task = asyncio.ensure_future(self._publish_at_rate(cfg.rate, t_end))
             await asyncio.sleep(max(0.0, t_start - time.monotonic()))
             a = Snapshot(st, self.server_pids, self.ksoftirqd)
@@ -1204,6 +1282,8 @@ class LoadGen:
             await task
         drained = await self._wait_drained(cfg.drain)
         await asyncio.sleep(0.05)
+        if self.lazy is not None:
+            self.lazy.drain()
         self._measure(a, b)
         expected = self.acked * n
         per_sub = [s.n for s in self.subs]
@@ -1475,6 +1555,13 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
     p.add_argument("--storm-away", type=float, default=defaults.storm_away)
     p.add_argument("--redis-port", type=int, default=defaults.redis_port)
     p.add_argument(
+        "--read-every",
+        type=float,
+        default=defaults.read_every,
+        help="rate mode: subscribers that do not sample latency read their sockets every this "
+        "many seconds, not on each arrival (0: on arrival)",
+    )
+    p.add_argument(
         "--storm-mark",
         default=defaults.storm_mark,
         help="storm: append 'drop <hub pids>' to this file at the drop, 'caught' at the end",
@@ -1503,6 +1590,7 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         storm_away=a.storm_away,
         redis_port=a.redis_port,
         storm_mark=a.storm_mark,
+        read_every=a.read_every,
     )
 
 

@@ -800,6 +800,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample", type=float, default=0.01, help="fraction parsing every frame")
     p.add_argument("--p2-subscribers", type=int, default=1000)
     p.add_argument("--p2-rate", type=float, default=100.0)
+    p.add_argument(
+        "--read-every",
+        type=float,
+        default=0.0,
+        help="P2/P7 (fixed rates): subscribers that do not sample latency read their sockets "
+        "every this many seconds instead of on each arrival, so that the server's sends wake "
+        "no one, as with clients on other machines (0: on arrival; see benchmarks/loadgen.py)",
+    )
     p.add_argument("--p3-connections", type=int, default=10000)
     p.add_argument("--p5-clients", type=int, default=10000)
     p.add_argument("--p5-rate", type=float, default=5.0)
@@ -891,6 +899,7 @@ def main(argv: list[str] | None = None) -> int:
             for server in active:
                 args = dict(common, mode="rate", subscribers=a.p2_subscribers, rate=a.p2_rate)
                 args["sample"] = max(a.sample, 0.05)
+                args["read_every"] = a.read_every
                 plan.append((scenario, server, "ws", args))
         elif scenario == "p3":
             for server in active:
@@ -912,6 +921,7 @@ def main(argv: list[str] | None = None) -> int:
             for server in active:
                 args = dict(common, mode="rate", subscribers=a.p7_subscribers, rate=a.p7_rate)
                 args.update(channels=a.p7_channels, publishers=a.p7_publishers, sample=a.sample)
+                args["read_every"] = a.read_every
                 plan.append(("p7", server, "ws", args))
             for server in active:
                 args = dict(common, mode="saturate", subscribers=a.p7_channels, sample=a.sample)

@@ -151,10 +151,18 @@ def clarion_server(tmp_path: Path) -> Any:
 
 
 @pytest.mark.parametrize(
-    ("transport", "mode"), [("ws", "saturate"), ("ws", "rate"), ("sse", "saturate")]
+    ("transport", "mode", "read_every"),
+    [
+        ("ws", "saturate", 0.0),
+        ("ws", "rate", 0.0),
+        ("sse", "saturate", 0.0),
+        # subscribers that do not sample read on a timer: still counted exactly
+        ("ws", "rate", 0.05),
+        ("sse", "rate", 0.05),
+    ],
 )
 def test_loadgen_counts_clarion_deliveries_exactly(
-    clarion_server: Any, transport: str, mode: str
+    clarion_server: Any, transport: str, mode: str, read_every: float
 ) -> None:
     cfg = LoadConfig(
         server="clarion",
@@ -170,9 +178,12 @@ def test_loadgen_counts_clarion_deliveries_exactly(
         per_address=8,
         server_pids=[clarion_server.pid],
         timeout=60.0,
+        read_every=read_every,
     )
     result = loadgen.run_sync(cfg)
     assert "error" not in result, result
+    if read_every:
+        assert result["lazy_subscribers"] == 15  # all but the sampled quarter
     assert result["published_ok"] > 0
     assert result["publish_errors"] == 0
     assert result["delivered_total"] == result["published_ok"] * 20, result

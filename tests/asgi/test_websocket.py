@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
+import socket
+import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from clarion.protocol.cursor import encode_single
 
-from ..conftest import RunningHub, both_servers, timeout
+from ..conftest import WS, RunningHub, both_servers, timeout, until
 
 
 @both_servers
@@ -319,3 +322,44 @@ async def test_command_without_id_is_answered(hub: RunningHub) -> None:
     async with websockets.connect(hub.ws_url) as raw:
         await raw.send('{"op":"ping"}')
         assert json.loads(await raw.recv()) == {"id": None, "ok": {}}
+
+
+@both_servers
+async def test_an_ended_connection_is_freed_without_the_collector(hub: RunningHub) -> None:
+    """What a dropped connection held is freed by reference counting once its session ends,
+    not kept in reference cycles until the collector walks every live object (10,000 clients
+    dropped at once left 18 objects each for it)."""
+    from clarion.asgi.pipe import Pipe
+    from clarion.asgi.websocket import _Connection
+    from clarion.asgi.wstransport import WsTransport
+    from clarion.core.session import Session
+    from clarion.server.websocket import WebSocketProtocol
+
+    ours = (Session, _Connection, WsTransport, Pipe, WebSocketProtocol)
+    clients = []
+    for _ in range(20):
+        conn = await websockets.connect(
+            hub.ws_url, subprotocols=["clarion.v1"], open_timeout=timeout(5)
+        )
+        clients.append(conn)
+        await WS(conn).subscribe("chat:lobby")
+    gc.collect()  # what connecting left: only the drop's is looked at
+    gc.disable()
+    try:
+        for i, conn in enumerate(clients):
+            if i % 2:
+                await conn.close()  # the close handshake
+            else:  # RST, as a client whose network went away
+                sock = conn.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.transport.abort()
+        await until(lambda: not hub.hub.sessions)
+        await asyncio.sleep(0.1)  # the connections' last callbacks
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = sorted({type(o).__name__ for o in gc.garbage if isinstance(o, ours)})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []

@@ -100,6 +100,11 @@ class Pipe:
     async def stop(self) -> None:
         """Stop writing (the connection is over)."""
 
+    def release(self) -> None:
+        """The connection is over: forget the owner's callback, which holds the owner (and
+        through it this pipe) in a reference cycle that only the garbage collector would end."""
+        self.on_overflow = _nothing
+
 
 # ---- clarion's own server ----------------------------------------------------------------
 
@@ -362,6 +367,10 @@ class QueuePipe(Pipe):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._task), wait)
 
+    def release(self) -> None:
+        super().release()
+        self.push = _ignore  # was this pipe's own put: a cycle of the pipe with itself
+
     async def stop(self) -> None:
         if not self._task.done():
             self._task.cancel()
@@ -418,6 +427,10 @@ class BodyQueue(QueuePipe):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return True
         return False
+
+
+def _ignore(item: Any) -> None:
+    return None
 
 
 def _nothing() -> None:

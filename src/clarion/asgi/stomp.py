@@ -445,6 +445,7 @@ class StompConnection(Handler):
         self._finishing = True
         self.end(CloseCode.NORMAL, "normal")
         self.unpend()
+        self.pipe.release()
 
 
 class StompEndpoint(WebSocketEndpoint):

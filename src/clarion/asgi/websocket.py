@@ -123,6 +123,7 @@ class _Connection(Handler):
 
     def finish(self) -> None:
         self.transport.on_close = None
+        self.transport.pipe.release()
         self.session.close(CloseCode.NORMAL)
         if self.lingering:
             self.hub.pending.release(self.pending_key)

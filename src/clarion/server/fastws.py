@@ -207,7 +207,9 @@ class Outbox:
         self._hard = False  # on_hard_overflow is scheduled or done
         self._pushed = False  # pushed since the last flush: the limit applies to it
         self._limit = limit
-        self._on_overflow: Callable[[], None] = self.on_overflow_default
+        # None: on_overflow_default (a bound method kept here would be a reference cycle of
+        # this object with itself, left for the garbage collector when the connection ends).
+        self._on_overflow: Callable[[], None] | None = None
         self._flusher = flusher_for(loop)
         # Keyed signals waiting while the connection is behind: the newest per slot, in the
         # order their slots first came; written once the transport's buffer is empty.
@@ -408,6 +410,9 @@ class Outbox:
 
     def discard_outbox(self) -> None:
         self._direct = None
+        # The owner's callback holds the owner, which holds this connection: let go of it now,
+        # so that reference counting frees the ended connection, not the collector.
+        self._on_overflow = None
         self.seal()
         self._tail.clear()
         self._out_bytes = 0
@@ -441,7 +446,11 @@ class Outbox:
         # pushes from here on is, against twice the limit.
         self._told = True
         self._pushed = False
-        self._on_overflow()
+        on_overflow = self._on_overflow
+        if on_overflow is None:
+            self.on_overflow_default()
+        else:
+            on_overflow()
 
     def on_eof_flushed(self) -> None:
         raise NotImplementedError

@@ -238,6 +238,11 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
                     log.error("exception in ASGI websocket application", exc_info=True)
                     if self.phase is Phase.OPEN:
                         self.close(1011)
+                if message["type"] == "websocket.disconnect":
+                    # The last message: the handler (which holds this connection) is let go,
+                    # so that the ended connection is freed by reference counting, not left in
+                    # a cycle for the collector's walk over every live object.
+                    self._listener = None
         finally:
             self._draining = False
 

@@ -1,0 +1,162 @@
+"""What a drop of every connection leaves for the garbage collector: objects in reference cycles.
+
+    .venv/bin/python -m benchmarks.drop_garbage --connections 2000 [--engine redis] [--top 20]
+
+Starts ``clarion serve`` in a child process, opens ``--connections`` WebSocket connections from
+``benchmarks.loadgen`` that each subscribe to one channel, then turns the hub's collector off
+and drops every connection at once (RST), as P5 does. Once the hub has ended the sessions, one
+``gc.collect()`` in the hub counts the objects that reference counting could not free — those
+kept only by cycles, which the collector's generation-2 passes otherwise find, at the cost of a
+walk over every object the hub holds — and lists them by type. Zero per connection is the goal:
+what a dead connection held is then freed the moment the hub lets go of it.
+
+With ``--engine redis`` the hub runs on a ``redis-server`` started for the run (the release of
+connection counts and presence entries is then on the drop's path too). Loopback only; every
+process it starts is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import servers as srv
+from benchmarks.loadgen import LoadConfig, LoadGen
+
+_CHILD = r"""
+import collections, gc, json, signal, sys
+out = sys.argv[1]
+count = 0
+def dump(*_):
+    global count
+    count += 1
+    found = gc.collect()
+    kinds = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+    gc.garbage.clear()
+    report = {"found": found, "objects": len(gc.get_objects()), "kinds": kinds.most_common(40)}
+    if count == 2:  # connected: from here the drop's cycles are kept for the next count
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+    elif count == 3:
+        gc.set_debug(0)
+        gc.enable()
+    with open(f"{out}.{count}.json", "w") as f:
+        json.dump(report, f)
+signal.signal(signal.SIGUSR1, dump)
+from clarion.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _signal(proc: subprocess.Popen[bytes], out: str, n: int, timeout: float = 120.0) -> dict:
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    path = Path(f"{out}.{n}.json")
+    while not path.exists() or not path.stat().st_size:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("the server did not count its garbage")
+        time.sleep(0.1)
+    time.sleep(0.05)
+    return dict(json.loads(path.read_text()))
+
+
+def _sessions(port: int) -> int:
+    status, body = srv.http_get(port, "/metrics", timeout=5.0)
+    if status != 200:
+        return -1
+    return sum(
+        int(float(line.rpartition(" ")[2]))
+        for line in body.decode().splitlines()
+        if line.startswith("clarion_connections{")
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--connections", type=int, default=2000)
+    p.add_argument("--engine", choices=("memory", "redis"), default="memory")
+    p.add_argument("--top", type=int, default=20)
+    a = p.parse_args(argv)
+    srv.raise_nofile()
+    work = Path(tempfile.mkdtemp(prefix="clarion-drop-"))
+    out = str(work / "gc")
+    port = srv.free_port()
+    env = dict(os.environ, **srv.CLARION_ENV)
+    redis = None
+    if a.engine == "redis":
+        redis = srv.start_redis(work, core=None)
+        env["CLARION_ENGINE"] = f"redis://127.0.0.1:{redis.port}/0"
+    cmd = [sys.executable, "-c", _CHILD, out]
+    cmd += ["serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if srv.http_get(port, "/healthz", timeout=1.0)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.1)
+
+        async def run() -> list[dict]:
+            n = a.connections
+            cfg = LoadConfig(port=port, mode="idle", subscribers=50, sample=0)
+            warm = LoadGen(cfg)
+            await warm.connect_all(60.0)
+            warm.close_all()
+            await asyncio.sleep(1.0)
+            counts = [_signal(proc, out, 1)]
+            cfg = LoadConfig(port=port, mode="idle", subscribers=n, sample=0)
+            gen = LoadGen(cfg)
+            await gen.connect_all(120.0)
+            await asyncio.sleep(1.0)
+            counts.append(_signal(proc, out, 2))
+            gen.close_all()
+            end = time.monotonic() + 60
+            while _sessions(port) > 0 and time.monotonic() < end:
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)  # the releases on Redis, after the sessions ended
+            counts.append(_signal(proc, out, 3))
+            return counts
+
+        counts = asyncio.run(run())
+        n = a.connections
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"connections: {n}, engine {a.engine}, load average {load}")
+        print(
+            f"objects in the hub: {counts[1]['objects']:,} connected, "
+            f"{counts[2]['objects']:,} after the drop and a collection "
+            f"(before connecting: {counts[0]['objects']:,})"
+        )
+        drop = counts[2]
+        print(
+            f"freed only by the collector after the drop: {drop['found']:,} objects, "
+            f"{drop['found'] / n:.1f} per connection"
+        )
+        for kind, k in drop["kinds"][: a.top]:
+            print(f"{k / n:8.2f}  {kind}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if redis is not None:
+            redis.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import struct
 import zlib
 
@@ -21,6 +22,9 @@ from clarion.protocol.wsreader import (
 )
 
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+# Mask keys from a seeded generator: the tables below are built at collection and their bytes
+# are the tests' ids, which every pytest-xdist worker must collect alike.
+MASK_KEYS = random.Random(6455)
 
 
 def frame(
@@ -37,7 +41,7 @@ def frame(
         head = bytes((first, (0x80 if mask else 0) | 127)) + struct.pack("!Q", n)
     if not mask:
         return head + payload
-    key = os.urandom(4)
+    key = MASK_KEYS.randbytes(4)
     return head + key + _apply_mask_py(payload, key)
 
 

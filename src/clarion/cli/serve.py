@@ -98,6 +98,12 @@ async def serve(
             f"cannot listen on {settings.host}:{settings.port}: {_listen_error(exc)}{advice}",
             code=LocalCode.LISTEN,
         ) from None
+    # Handled before anything says the hub listens: a SIGTERM sent on "listening on" (or on
+    # the worker's ready byte) shuts the hub down, never ends it by the signal's default action.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     if settings.development_mode:
         log.warning(
             "local development mode: engine=%s, no API key and no token secret, so anyone who "
@@ -117,10 +123,6 @@ async def serve(
         url = local_url(settings.model_copy(update={"port": server.port}), "the demo")
         app.serving(url)
         log.info("the demo apps: %s/demo/ (demo only: tokens for whoever asks)", url)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: telling clients to reconnect elsewhere")
     await server.shutdown(timeout=settings.shutdown_timeout)

@@ -257,11 +257,24 @@ def serve(
 
     async def main() -> None:
         server = Server(app, host=host, port=port, **kw)
-        await server.start()
+        starting = asyncio.ensure_future(server.start())
+
+        def on_signal() -> None:
+            if starting.done():
+                _stop(server, shutdown_timeout)
+            else:
+                starting.cancel()  # a signal while starting ends the start
+
+        # Handled from before the socket listens: a server seen listening stops through its
+        # shutdown, lifespan and all, never by the signal's default action.
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):  # not on Windows
-                loop.add_signal_handler(sig, _stop, server, shutdown_timeout)
+                loop.add_signal_handler(sig, on_signal)
+        await asyncio.wait([starting])
+        if starting.cancelled():
+            return
+        starting.result()  # a start that failed raises here
         await server.serve_forever()
 
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None

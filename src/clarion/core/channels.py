@@ -276,6 +276,7 @@ class LocalChannels:
             and all(options(sub.channel).slow_consumer == "conflate" for sub in subs)
         ):
             session.conflating = True
+            self.hub.sweeper.conflating.add(session)
             for sub in subs:
                 local = self.local.get(sub.channel)
                 if local is not None and local.remove(sub):

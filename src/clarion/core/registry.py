@@ -69,6 +69,7 @@ class SessionRegistry:
             hub.spawn(hub.admission.admit(session))
         if session.reports_lifecycle():
             hub.emit("connect", session.info())
+        hub.sweeper.watch(session, token=True)
         return session
 
     def _check_user_room(self, user: str) -> None:

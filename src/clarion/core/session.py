@@ -8,6 +8,7 @@ presence, the registry of sessions and its caps).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -118,6 +119,7 @@ class Session:
         "publish_bucket",
         "signal_buckets",
         "subscriptions",
+        "sweep_at",
         "transport",
     )
 
@@ -145,6 +147,7 @@ class Session:
         self.signal_buckets: dict[str, TokenBucket] | None = None
         self.abuse: Abuse | None = None
         self.conflating = False
+        self.sweep_at = math.inf  # when the hub's sweep looks at this session next
 
     @property
     def user(self) -> str | None:
@@ -288,6 +291,7 @@ class Session:
         self.hub.local_channels.detach(sub)
         if not self.subscriptions:
             self.idle_since = time.monotonic()
+            self.hub.sweeper.watch(self)  # idle (or unauthenticated) from now: perhaps sooner
         if reason is not None:
             try:
                 self.transport.send_unsubscribe(channel, reason)
@@ -300,6 +304,7 @@ class Session:
     def set_credentials(self, credentials: Credentials) -> None:
         """Take a new identity (the ``connect``/``refresh`` ops)."""
         self.hub.registry.rename(self, credentials)
+        self.hub.sweeper.watch(self, token=True)
         self.recheck()
 
     def recheck(self) -> list[str]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
-from .helpers import connect, get, read_eof, read_response, request
+from .helpers import TIMEOUT, connect, get, read_eof, read_response, request
 
 
 class Route:
@@ -187,3 +188,63 @@ async def test_a_request_behind_one_that_closes_is_not_run(start_server: Any) ->
     assert json.loads((await read_response(reader)).body)["body"] == "1"
     assert await read_eof(reader) == b""
     assert route.calls == [b"1"]
+
+
+async def test_a_client_that_does_not_read_its_answers_is_not_read_either(
+    start_server: Any,
+) -> None:
+    """Answers a client leaves unread wait in a bounded buffer: the route stops running and
+    the connection stops being read, other connections are served meanwhile, and once the
+    client reads, every request is answered, in order."""
+    route = Route()
+    server = await start_server(App(route))
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Small kernel buffers on the client's side, so that what the hub holds shows sooner.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", server.port)), TIMEOUT)
+        body = b"x" * 4000
+        count = 6000  # 24 MB each way if all were answered: more than any kernel buffers
+        requests = b"".join(post("/d", body) for _ in range(count))
+        sending: asyncio.Future[None] = asyncio.ensure_future(loop.sock_sendall(sock, requests))
+        # The route runs until the unread answers fill the kernel's buffers and the hub's
+        # bounded one; then neither the route nor the reading goes on.
+        seen = -1
+        while len(route.calls) != seen:
+            seen = len(route.calls)
+            await asyncio.sleep(0.5)
+        assert 0 < seen < count
+        assert not sending.done()
+        # Another client is served meanwhile.
+        other = await request(server.port, post("/d", b"other"))
+        assert json.loads(other.body)["body"] == "other"
+        # Reading the answers lets everything through.
+        statuses = await read_answers(sock, count)
+        assert statuses == [201] * count
+        await asyncio.wait_for(sending, TIMEOUT)
+    finally:
+        sock.close()
+    assert len(route.calls) == count + 1
+
+
+async def read_answers(sock: socket.socket, count: int) -> list[int]:
+    """The statuses of ``count`` responses of known length read from a non-blocking socket."""
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    statuses: list[int] = []
+    while len(statuses) < count:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            head = bytes(data[:end]).lower()
+            length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+            if len(data) >= end + 4 + length:
+                statuses.append(int(head.split(b" ")[1]))
+                del data[: end + 4 + length]
+                continue
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), TIMEOUT)
+        assert chunk, f"closed after {len(statuses)} answers"
+        data += chunk
+    return statuses

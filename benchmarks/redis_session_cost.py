@@ -131,6 +131,7 @@ async def run(sessions: int, per_tick: int, port: int, rounds: int) -> dict[str,
                 "redis_commands_per_session": round(redis["commands"] / sessions, 2),
                 "refresh_cpu_ms": round(1000 * refresh_cpu, 2),
                 "refresh_redis_cpu_ms": round(1000 * refresh_redis["cpu_seconds"], 2),
+                "refresh_redis_commands": refresh_redis["commands"],
                 "by_command": redis["by_command"],
             }
         )

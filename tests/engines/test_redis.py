@@ -768,3 +768,36 @@ async def test_a_cancelled_item_is_left_out_of_its_merged_call(nodes: Callable[.
     with pytest.raises(asyncio.CancelledError):
         await first
     assert await a.limits.connection_count("ip", "10.0.0.1") == 1
+
+
+async def test_a_refresh_renews_leases_and_puts_back_what_redis_lost(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """The periodic refresh sends no entry, only the clients to renew; the entries Redis lost
+    (here deleted, as a restart without persistence would) come back whole, users too."""
+    a, _ = await nodes()
+    assert a.limits is not None
+    await a.presence_add("c", PresenceEntry("p1", None, {"x": 1}))
+    await a.presence_add("c", PresenceEntry("p2", None))
+    await a.presence_add("c", PresenceEntry("u1", "alice", {"y": 2}))
+    await a.presence_add("c", PresenceEntry("u2", "bob"))
+    for member in ("p1", "u1"):
+        assert await a.limits.acquire_connection("ip", "10.0.0.1", member, 10)
+    zset, conns = a.keys.presence_expiry("c"), a.keys.connections("ip", "10.0.0.1")
+    await raw.zrem(zset, "p1", "u1")
+    await raw.hdel(a.keys.presence_entries("c"), "p1", "u1")
+    await raw.delete(a.keys.presence_user("c", "alice"), conns)
+    await raw.zrem(a.keys.presence_users("c"), "alice")
+    kept = {m: await raw.zscore(zset, m) for m in ("p2", "u2")}
+    await a._refresh()
+    for member, score in kept.items():
+        assert (await raw.zscore(zset, member) or 0) > (score or 0)  # renewed
+    listed = sorted((p.client, p.user, p.info) for p in await a.presence("c"))
+    assert listed == [
+        ("p1", None, {"x": 1}),
+        ("p2", None, None),
+        ("u1", "alice", {"y": 2}),
+        ("u2", "bob", None),
+    ]
+    assert await a.presence_stats("c") == PresenceStats(4, 2)
+    assert await a.limits.connection_count("ip", "10.0.0.1") == 2

@@ -280,12 +280,14 @@ class Batcher:
         for call, result in zip(live, results, strict=True):
             call.settle(result)
 
-    async def now(self, scripts: list[tuple[Any, list[Any], list[Any]]]) -> None:
+    async def now(self, scripts: list[tuple[Any, list[Any], list[Any]]]) -> list[Any]:
         """Run ``(script, keys, args)`` calls at once, as one pipeline (periodic refreshes);
-        raises the first error."""
-        for result in await _pipeline(self._client, [Call(*call) for call in scripts]):
+        returns their results, or raises the first error."""
+        results = await _pipeline(self._client, [Call(*call) for call in scripts])
+        for result in results:
             if isinstance(result, Exception):
                 raise result
+        return list(results)
 
     async def close(self, timeout: float) -> None:
         """Refuse new commands; let those queued or under way finish, for at most ``timeout``."""

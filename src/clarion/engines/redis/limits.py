@@ -33,7 +33,7 @@ class ClusterLimits:
         self._ttl_ms = ttl_ms
         self._acquire = client.register_script(scripts.CONNECTION_ACQUIRE)
         self._count = client.register_script(scripts.CONNECTION_COUNT)
-        self._refresh = client.register_script(scripts.EXPIRING_ADD)
+        self._renew = client.register_script(scripts.CONNECTION_RENEW)
         self._take = client.register_script(scripts.RATE_TAKE)
         self._client = client
         self._held: dict[str, set[str]] = {}  # key → this node's members
@@ -93,10 +93,7 @@ class ClusterLimits:
         calls = []
         sent: list[tuple[str, set[str]]] = []
         for name, members in self._held.items():
-            args: list[Any] = [self._ttl_ms]
-            for member in members:
-                args += [member, ""]
-            calls.append((self._refresh, [name, name], args))
+            calls.append((self._renew, [name], [self._ttl_ms, *members]))
             sent.append((name, set(members)))
         await self._batch.now(calls)
         # A member released while the refresh was under way may have been added back by it

@@ -32,6 +32,7 @@ class RedisPresence:
         self._ttl_ms = ttl_ms
         self._batch = batch
         self._add = client.register_script(scripts.PRESENCE_ADD)
+        self._renew = client.register_script(scripts.PRESENCE_RENEW)
         self._remove = client.register_script(scripts.PRESENCE_REMOVE)
         self._stats = client.register_script(scripts.PRESENCE_STATS)
         self._announce = client.register_script(scripts.PRESENCE_ANNOUNCE)
@@ -39,6 +40,7 @@ class RedisPresence:
         self._get = client.register_script(scripts.PRESENCE_GET)
         self.scripts = (
             self._add,
+            self._renew,
             self._remove,
             self._stats,
             self._announce,
@@ -139,19 +141,39 @@ class RedisPresence:
         return out
 
     async def refresh(self) -> None:
-        """Renew every entry this node holds, in one pipeline (raises what Redis raised)."""
+        """Renew every entry this node holds, in one pipeline (raises what Redis raised).
+
+        Only the leases are renewed: the entries are in Redis already. Those Redis no longer
+        has (it restarted, or they lapsed while it was out of reach) are added again, whole,
+        in a second pipeline."""
         if not self.held:
             return
         calls = []
         sent: list[tuple[str, dict[str, tuple[bytes, str]]]] = []
         for channel, entries in self.held.items():
-            args: list[Any] = [self._ttl_ms]
-            for client, (value, user) in entries.items():
-                args += [client, value, user]
-            users = [user for _, user in entries.values()]
-            calls.append((self._add, self._channel_keys(channel, *users), args))
+            plain: list[Any] = []
+            users: list[str] = []
+            pairs: list[Any] = []
+            for client, (_, user) in entries.items():
+                if user:
+                    users.append(user)
+                    pairs += [client, user]
+                else:
+                    plain.append(client)
+            keys = self._channel_keys(channel)
+            keys += [self._keys.presence_user(channel, user) for user in users]
+            calls.append((self._renew, keys, [self._ttl_ms, len(plain), *plain, *pairs]))
             sent.append((channel, dict(entries)))
-        await self._batch.now(calls)
+        missing = await self._batch.now(calls)
+        again = []
+        for (channel, entries), clients in zip(sent, missing, strict=True):
+            for raw in clients:
+                client = raw.decode() if isinstance(raw, bytes) else raw
+                value, user = entries[client]
+                keys = self._channel_keys(channel, user)
+                again.append((self._add, keys, [self._ttl_ms, client, value, user]))
+        if again:
+            await self._batch.now(again)
         # An entry removed while the refresh was under way may have been added back by it (its
         # removal ran first): remove it again, now that the refresh has run.
         await asyncio.gather(

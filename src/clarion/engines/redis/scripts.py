@@ -159,20 +159,25 @@ return {epoch, top, earliest, entries}
 """
 )
 
-# KEYS: expiry zset, entries hash
-# ARGV: ttl ms, then pairs of member, value (value '' = the zset only)
-# Adds or refreshes members; each expires `ttl` after this call unless refreshed again.
-EXPIRING_ADD = (
+# KEYS: expiry zset
+# ARGV: ttl ms, then members
+# Renews the members' leases (adding those missing): a node's periodic refresh of its connection
+# counts. One argument per member and one ZADD per 500: the refresh of 10,000 connections costs
+# the node and Redis a fraction of a call per member.
+CONNECTION_RENEW = (
     _COMMON
     + """
-local zset, hash, ttl = KEYS[1], KEYS[2], tonumber(ARGV[1])
+local zset, ttl = KEYS[1], tonumber(ARGV[1])
 local expires = now_ms() + ttl
-for i = 2, #ARGV, 2 do
-  redis.call('ZADD', zset, expires, ARGV[i])
-  if ARGV[i + 1] ~= '' then redis.call('HSET', hash, ARGV[i], ARGV[i + 1]) end
+for i = 2, #ARGV, 500 do
+  local pairs = {}
+  for j = i, math.min(i + 499, #ARGV) do
+    pairs[#pairs + 1] = expires
+    pairs[#pairs + 1] = ARGV[j]
+  end
+  redis.call('ZADD', zset, unpack(pairs))
 end
 redis.call('PEXPIRE', zset, ttl)
-if redis.call('EXISTS', hash) == 1 then redis.call('PEXPIRE', hash, ttl) end
 return 1
 """
 )
@@ -205,6 +210,54 @@ redis.call('PEXPIRE', zset, ttl)
 redis.call('PEXPIRE', hash, ttl)
 if redis.call('EXISTS', users) == 1 then redis.call('PEXPIRE', users, ttl) end
 return 1
+"""
+)
+
+# KEYS: expiry zset, entries hash, users zset, then one user zset per client with a user
+# ARGV: ttl ms, the number n of clients without a user, those n clients, then pairs of client,
+#       user
+# -> the clients whose entry is missing (Redis lost it, or a reader dropped it as expired): the
+#    node adds them again with their entries. The others' leases are renewed, their entries
+#    left as they are: a node's periodic refresh sends no entry, and one argument per client
+#    without a user.
+PRESENCE_RENEW = (
+    _COMMON
+    + """
+local zset, hash, users, ttl = KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1])
+local expires = now_ms() + ttl
+local plain = tonumber(ARGV[2])
+local missing = {}
+for i = 3, 2 + plain, 500 do
+  local last = math.min(i + 499, 2 + plain)
+  local scores = redis.call('ZMSCORE', zset, unpack(ARGV, i, last))
+  local pairs = {}
+  for j = 1, last - i + 1 do
+    if scores[j] then
+      pairs[#pairs + 1] = expires
+      pairs[#pairs + 1] = ARGV[i + j - 1]
+    else
+      missing[#missing + 1] = ARGV[i + j - 1]
+    end
+  end
+  if #pairs > 0 then redis.call('ZADD', zset, unpack(pairs)) end
+end
+local k = 4
+for i = 3 + plain, #ARGV, 2 do
+  local client, user = ARGV[i], ARGV[i + 1]
+  if redis.call('ZSCORE', zset, client) then
+    redis.call('ZADD', zset, expires, client)
+    redis.call('ZADD', KEYS[k], expires, client)
+    redis.call('PEXPIRE', KEYS[k], ttl)
+    redis.call('ZADD', users, 'GT', expires, user)
+  else
+    missing[#missing + 1] = client
+  end
+  k = k + 1
+end
+if redis.call('EXISTS', zset) == 1 then redis.call('PEXPIRE', zset, ttl) end
+if redis.call('EXISTS', hash) == 1 then redis.call('PEXPIRE', hash, ttl) end
+if redis.call('EXISTS', users) == 1 then redis.call('PEXPIRE', users, ttl) end
+return missing
 """
 )
 

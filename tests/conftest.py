@@ -160,6 +160,10 @@ class PortableServer:
         return port
 
     async def shutdown(self, timeout: float) -> None:
+        # Not listening first, as uvicorn's own shutdown and clarion's: the clients the hub tells
+        # to come back meet a closed port, not a closing hub that refuses them.
+        for server in self.uv.servers:
+            server.close()
         if self.hub is not None:
             await self.hub.close()
         self.uv.should_exit = True

@@ -400,6 +400,7 @@ class Client extends Emitter {
     this.pending = new Map();
     this.ws = null;
     this.generation = 0;     // bumped on every (re)connect: late events of old ones are dropped
+    this.checking = null;    // the generation whose failure is being looked into
     this.timers = new Set();
     this.active = false;     // the transport is up: new subscriptions attach at once
     if (typeof options.onState === "function") {
@@ -512,13 +513,14 @@ class Client extends Emitter {
     else this._openHttp(gen);
   }
 
-  // A transport failed. Does the hub answer at all? Then the transport is what fails (a proxy
-  // that refuses upgrades, a buffering proxy): step down. Otherwise retry the same, later.
+  // A transport failed. Does it fail while the hub answers (a proxy that refuses upgrades, a
+  // buffering proxy)? Then step down. Otherwise the hub was down: retry the same, later.
   async _failed(gen, detail) {
+    if (gen !== this.generation || this.closed || this.checking === gen) return;
+    this.checking = gen; // the streams of one connection fail together: one check for all
+    const broken = this.level + 1 < this.order.length && await this._broken(gen);
     if (gen !== this.generation || this.closed) return;
-    const reachable = await this._reachable();
-    if (gen !== this.generation || this.closed) return;
-    if (reachable && this.level + 1 < this.order.length) {
+    if (broken) {
       this.level++;
       this._lost(gen, detail);
       this.attempt = 0;
@@ -526,6 +528,15 @@ class Client extends Emitter {
       return;
     }
     this._retry(gen, detail);
+  }
+
+  // The hub answers its health check, and then the transport, tried once more, still fails. An
+  // answer alone proves nothing of the failure before it: a hub that restarts fails the
+  // transport while it is down and answers the health check once it is back.
+  async _broken(gen) {
+    if (!(await this._reachable())) return false;
+    if (gen !== this.generation || this.closed) return false;
+    return !(await this._probe(this.transport));
   }
 
   async _reachable() {
@@ -591,15 +602,23 @@ class Client extends Emitter {
     }, this.upgradeInterval);
   }
 
+  // Whether the hub answers over `transport`: a WebSocket answers a ping (an open socket alone
+  // may be a proxy's that speaks no protocol), an event stream starts, a poll replies.
   async _probe(transport) {
     if (transport === "ws") {
       return new Promise((ok) => {
         let ws;
         try { ws = new WebSocket(this.urls.ws, SUBPROTOCOL); } catch { return ok(false); }
-        const done = (v) => { ws.onopen = ws.onerror = ws.onclose = null; try { ws.close(1000); } catch {} ok(v); };
-        ws.onopen = () => done(true);
+        const timer = setTimeout(() => done(false), this.openTimeout);
+        const done = (v) => {
+          clearTimeout(timer);
+          ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+          try { ws.close(1000); } catch {}
+          ok(v);
+        };
+        ws.onopen = () => ws.send(JSON.stringify({ id: 1, op: "ping" }));
+        ws.onmessage = (event) => { try { done(JSON.parse(event.data).id === 1); } catch { done(false); } };
         ws.onerror = ws.onclose = () => done(false);
-        setTimeout(() => done(false), 10000);
       });
     }
     const channel = this.subs.keys().next().value;

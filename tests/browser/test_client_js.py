@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from clarion import Hub, Settings
 from clarion.core.auth import mint_token
 from clarion.protocol.cursor import encode_single
 
-from ..conftest import RunningHub, timeout
+from ..conftest import RunningHub, start_hub, stop_hub, timeout
 from ..docblocks import ROOT, blocks
 from .chromium import chromium_context, needs_chromium
 
@@ -86,8 +87,10 @@ async def wait_for(page: Any, expression: str, seconds: float = 10) -> Any:
     try:
         await page.wait_for_function(expression, timeout=timeout(seconds) * 1000)
     except Exception as exc:  # say what the page saw, not only that it timed out
-        log = await page.evaluate("window.log && window.log.events")
-        raise AssertionError(f"{expression} never held; the client's events: {log}") from exc
+        log = await page.evaluate("window.log && [window.log.events, window.log.states]")
+        raise AssertionError(
+            f"{expression} never held; the client's events and states: {log}"
+        ) from exc
     return await page.evaluate(expression)
 
 
@@ -192,32 +195,45 @@ async def test_falls_back_from_websocket_to_sse_then_poll(page: Any, hub: Runnin
     assert await page.evaluate("window.client.transport") == "poll"
 
 
+@pytest.mark.parametrize("transports", [TRANSPORTS, TRANSPORTS[1:]], ids=["ws", "sse"])
 async def test_a_hub_that_is_down_is_retried_on_the_same_transport(
-    page: Any, hub: RunningHub
+    page: Any, hub: RunningHub, transports: list[str]
 ) -> None:
-    # Nothing answers: the WebSocket fails, and so does the hub's health check.
-    blocked = {"on": True}
-
-    async def ws_route(ws: Any) -> None:
-        if blocked["on"]:
-            await ws.close()
-        else:
-            ws.connect_to_server()
+    # The hub restarts on its port. While it is down every attempt fails and so does the health
+    # check after it; the third health check is held until the hub is back, as a slow network
+    # would deliver it: the hub answers it, though the transport failed only for its absence.
+    transport = transports[0]
+    checks = 0
+    asked, back = asyncio.Event(), asyncio.Event()
 
     async def health(route: Any) -> None:
-        await (route.abort() if blocked["on"] else route.continue_())
+        nonlocal checks
+        checks += 1
+        if checks == 3:
+            asked.set()
+            await back.wait()
+        await route.continue_()
 
-    await page.goto(hub.http_url + "/healthz")
-    await page.route_web_socket("**/ws", ws_route)
-    await page.route("**/healthz", health)
-    await open_client(page, hub, {})
-    await wait_for(page, "window.log.states.filter((s) => s === 'connecting:ws').length >= 3")
-    assert all(s.endswith(":ws") for s in await page.evaluate("window.log.states"))
-    blocked["on"] = False
-    await wait_for(page, "window.log.states.includes('connected:ws')")
+    await open_client(page, hub, {"transports": transports})
+    await wait_for(page, f"window.log.states.includes('connected:{transport}')")
     await subscribed(hub, "chat:lobby")
-    await hub.publish("chat:lobby", "up")
-    assert await pubs(page, 1) == ["up"]
+    await page.route("**/healthz", health)
+    await stop_hub(hub)  # it stops listening, then tells its clients to come back (4000)
+    await asyncio.wait_for(asked.wait(), timeout(10))
+    again = await start_hub(hub=Hub(Settings()), port=hub.port)
+    try:
+        back.set()
+        await wait_for(
+            page, f"window.log.states.filter((s) => s === 'connected:{transport}').length >= 2"
+        )
+        states = await page.evaluate("window.log.states")
+        assert states.count(f"connecting:{transport}") >= 3
+        assert all(s.split(":")[1] == transport for s in states), states
+        await subscribed(again, "chat:lobby")
+        await again.publish("chat:lobby", "up")
+        assert await pubs(page, 1) == ["up"]
+    finally:
+        await stop_hub(again)
 
 
 async def test_moves_back_up_once_the_websocket_works_again(page: Any, hub: RunningHub) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -55,6 +57,42 @@ async def until(check: Callable[[], Any], wait: float = 5, interval: float = 0.0
             return result
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(interval)
+
+
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+# A port chosen here and bound later by another process (redis-server, nginx, `clarion serve
+# --port N`) is drawn at random below the kernel's ephemeral range, where bind(("", 0)) and
+# every outgoing connection take theirs: between the check here and the bind, no client socket
+# of this test, of another xdist worker or of another copy of the suite takes it, and a connect
+# to it before anything listens is refused (a port in the ephemeral range can connect to itself).
+CHOSEN_PORTS = range(10000, max(_ephemeral_start(), 22768))
+_draw = random.SystemRandom()  # not the random module's state, which tests may seed
+
+
+def free_port(span: int = 0) -> int:
+    """A free loopback port for a process to bind; ``port + span`` is free too (a Redis Cluster
+    node's bus port is port + 10000)."""
+    for _ in range(1000):
+        port = _draw.randrange(CHOSEN_PORTS.start, CHOSEN_PORTS.stop - span)
+        if _bindable(port) and (not span or _bindable(port + span)):
+            return port
+    raise RuntimeError("no free port")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class RunningHub:

@@ -33,7 +33,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .conftest import timeout
+from .conftest import free_port, timeout
 
 ROOT = Path(__file__).parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -363,7 +363,7 @@ class Session:
         def port(m: re.Match[str]) -> str:
             number = m.group(2)
             if number not in self.ports:
-                self.ports[number] = _free_port()
+                self.ports[number] = free_port()
             return f"{m.group(1)}{self.ports[number]}"
 
         text = re.sub(r"(localhost:|127\.0\.0\.1:|--port )(\d{4,5})\b", port, text)
@@ -428,12 +428,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_listening(port: int) -> None:

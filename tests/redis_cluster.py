@@ -10,7 +10,6 @@ Every server is stopped by its pid at the end.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import socket
@@ -18,6 +17,7 @@ import subprocess
 import tempfile
 import time
 
+from .conftest import free_port
 from .redis_fixture import REDIS_SERVER
 
 REDIS_CLI = shutil.which("redis-cli")
@@ -41,22 +41,9 @@ def answers(port: int) -> bool:
         return False
 
 
-def bus_port_free() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
-    for _ in range(1000):
-        port = random.randrange(20000, 55000)
-        if _bindable(port) and _bindable(port + 10000):
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def node_port() -> int:
+    """A free port for a node, whose cluster bus port (port + 10000) is free too."""
+    return free_port(span=10000)
 
 
 class Servers:
@@ -84,6 +71,9 @@ class Servers:
     def wait_answering(self, ports: list[int], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while not all(answers(p) for p in ports):
+            exited = [p for p in ports if self.processes[p].poll() is not None]
+            if exited:  # the port was taken after all: what answers there is not ours
+                raise RuntimeError(f"redis-server exited at start on {exited}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not answer on {ports}")
             time.sleep(0.02)
@@ -108,7 +98,7 @@ class Servers:
 class RedisCluster(Servers):
     def __init__(self, primaries: int = 3, replicas: int = 1) -> None:
         super().__init__()
-        self.ports = [bus_port_free() for _ in range(primaries * (1 + replicas))]
+        self.ports = [node_port() for _ in range(primaries * (1 + replicas))]
         self.replicas = replicas
 
     @property

@@ -148,18 +148,20 @@ async def test_token_is_sent_and_a_refused_token_stops_the_client(hub_factory: A
 
 
 async def test_unreachable_hub_fails_within_open_timeout() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    started = asyncio.get_running_loop().time()
-    with pytest.raises(ConnectFailed) as caught:
-        async with connect(
-            f"http://127.0.0.1:{port}",
-            transport="ws",
-            open_timeout=0.5,
-            backoff=fixed_backoff(0.05),
-        ):
-            pass  # pragma: no cover
+    # Held bound, never listening, for the whole test: every attempt is refused, and no other
+    # test's server can take the port meanwhile.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ConnectFailed) as caught:
+            async with connect(
+                f"http://127.0.0.1:{port}",
+                transport="ws",
+                open_timeout=0.5,
+                backoff=fixed_backoff(0.05),
+            ):
+                pass  # pragma: no cover
     assert asyncio.get_running_loop().time() - started < timeout(3)
     assert f"127.0.0.1:{port}" in str(caught.value)
 

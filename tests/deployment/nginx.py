@@ -13,13 +13,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
 from pathlib import Path
 
-from ..conftest import timeout
+from ..conftest import free_port, timeout
 
 ROOT = Path(__file__).parents[2]
 DOC = ROOT / "docs" / "deployment.md"
@@ -50,13 +49,6 @@ def documented_site(listen_port: int, cert: Path, key: Path, hub_port: int) -> s
         .replace(DOC_KEY, str(key))
         .replace(DOC_UPSTREAM, f"server 127.0.0.1:{hub_port};")
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,19 +11,13 @@ from pathlib import Path
 import httpx
 import websockets
 
-from ..conftest import timeout
+from ..conftest import free_port, timeout
 
 ROOT = Path(__file__).parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_fastapi_example_publishes_to_mounted_hub() -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", str(port)],
         cwd=ROOT,

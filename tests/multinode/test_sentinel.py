@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from ..conftest import timeout
-from ..redis_cluster import Servers, command
-from ..redis_fixture import REDIS_SERVER, free_port
+from ..redis_cluster import Servers, command, node_port
+from ..redis_fixture import REDIS_SERVER
 from .conftest import CONFIG
 from .helpers import Node, Publisher, Tracker, eventually
 from .test_multinode import run_trackers
@@ -33,8 +33,9 @@ class SentinelSet(Servers):
 
     def __init__(self) -> None:
         super().__init__()
-        self.primary, self.replica = free_port(), free_port()
-        self.sentinels = [free_port() for _ in range(3)]
+        # Chosen before the nodes bind them: below the ephemeral range (redis_cluster.node_port).
+        self.primary, self.replica = node_port(), node_port()
+        self.sentinels = [node_port() for _ in range(3)]
 
     def start_all(self) -> None:
         assert REDIS_SERVER is not None

@@ -16,6 +16,7 @@ import pytest
 
 from clarion.server import LifespanFailed, Server
 
+from ..conftest import free_port
 from .helpers import TIMEOUT, connect, get, read_chunk, read_eof, read_head, read_response, respond
 from .test_websocket import closed, open_ws
 
@@ -172,9 +173,7 @@ SERVE_SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_serve_runs_under_uvloop_and_stops_on_signals(signum: int) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE_SCRIPT, str(port)],

@@ -108,20 +108,23 @@ def measure(
     env: dict[str, str] | None = None,
     engine: str = "memory",
     nodes: int = 1,
+    redis_core: int = SERVER_CORE,
 ) -> Record:
-    """One measurement. With ``engine="redis"``, a Redis and ``nodes`` clarion nodes on it,
-    all on the server's core; their CPU together is the server CPU."""
+    """One measurement. With ``engine="redis"``, a Redis (on ``redis_core``) and ``nodes``
+    clarion nodes on it, on the server's core; their CPU together is the server CPU."""
     rec: Record = {"scenario": scenario, "server": server, "transport": transport}
     rec["subscribers"] = lg_args.get("subscribers")
     rec["env"] = env or {}
     rec["engine"] = engine
     rec["nodes"] = nodes
+    if engine == "redis":
+        rec["redis_core"] = redis_core
     t0 = time.monotonic()
     started: list[srv.Server] = []
     try:
         node_env = dict(env or {})
         if engine == "redis":
-            redis = srv.start_redis(workroot, core=SERVER_CORE)
+            redis = srv.start_redis(workroot, core=redis_core)
             started.append(redis)
             node_env["CLARION_ENGINE"] = f"redis://127.0.0.1:{redis.port}/0"
         for _ in range(nodes):
@@ -605,8 +608,13 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
     if "p5" in scen:
         where = ""
         if args.get("p5_engine", "memory") == "redis":
+            placed = (
+                "all on the server's core"
+                if args.get("p5_redis_core", SERVER_CORE) == SERVER_CORE
+                else "the nodes on the server's core, Redis on the load generator's"
+            )
             where = (
-                f", {args.get('p5_nodes', 1)} node(s) on one Redis (all on the server's core); "
+                f", {args.get('p5_nodes', 1)} node(s) on one Redis ({placed}); "
                 "each client resumes on another node than the one it left"
             )
         out += [
@@ -819,6 +827,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--p5-nodes", type=int, default=1, help="p5: clarion nodes (redis engine)")
     p.add_argument(
+        "--p5-redis-core",
+        type=int,
+        choices=(SERVER_CORE, GENERATOR_CORE),
+        default=SERVER_CORE,
+        help=f"p5: the core of Redis: the hubs' ({SERVER_CORE}, the default) or the load "
+        f"generator's ({GENERATOR_CORE}: as on another machine, though it shares that core)",
+    )
+    p.add_argument(
         "--p5-mark",
         default="",
         help="p5: a file the generator appends 'drop <hub pids>' to at the drop and 'caught' "
@@ -932,7 +948,7 @@ def main(argv: list[str] | None = None) -> int:
             args.update(sample=0, duration=3.0)
             if a.p5_mark:
                 args["storm_mark"] = a.p5_mark
-            args["cluster"] = (a.p5_engine, a.p5_nodes)
+            args["cluster"] = (a.p5_engine, a.p5_nodes, a.p5_redis_core)
             plan.append((scenario, "clarion", "ws", args))
 
     report: dict[str, Any] = {
@@ -960,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
             for attempt in range(1 + max(0, a.retries)):
                 quiet = wait_quiet(a.quiet_threshold, a.quiet_wait)
                 lg_args = {k: v for k, v in args.items() if k not in ("env", "cluster")}
-                engine, nodes = args.get("cluster", ("memory", 1))
+                engine, nodes, redis_core = args.get("cluster", ("memory", 1, SERVER_CORE))
                 new = measure(
                     scenario,
                     server,
@@ -971,6 +987,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.get("env"),
                     engine=engine,
                     nodes=nodes,
+                    redis_core=redis_core,
                 )
                 new["quiet_before"] = quiet
                 new["attempt"] = attempt + 1

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clarion.protocol.origins import OriginPolicy, OriginRule, parse_origin
 from clarion.protocol.proxies import (
@@ -93,6 +96,25 @@ def test_ipv6_clients_count_per_network() -> None:
     assert address_key("::ffff:203.0.113.7") == "203.0.113.7"
     assert address_key("203.0.113.7") == "203.0.113.7"
     assert address_key("not-an-ip") == "not-an-ip"
+
+
+def _parsed_key(address: str) -> str:
+    """What ``address_key`` gives an IPv4-looking address by parsing it."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
+
+
+OCTET = st.integers(0, 999).flatmap(
+    lambda n: st.sampled_from([str(n), f"0{n}", f"00{n}"]).filter(lambda s: len(s) <= 3)
+)
+
+
+@given(st.lists(OCTET, min_size=4, max_size=4))
+def test_a_dotted_quad_counts_as_parsing_it_would_say(octets: list[str]) -> None:
+    address = ".".join(octets)  # valid, out of range or with leading zeros
+    assert address_key(address) == _parsed_key(address)
 
 
 def test_origins_parse_to_scheme_host_and_port() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any
 
 import pytest
 
+from ..conftest import until
 from .helpers import (
     connect,
     get,
@@ -39,6 +41,17 @@ async def test_keep_alive_serves_two_requests_on_one_socket(start_server: Any) -
     assert (first.status, first.body) == (200, b"GET /one ")
     assert (second.status, second.body) == (200, b"GET /two ")
     assert b"connection" not in first.headers
+
+
+async def test_responses_are_not_held_back_by_nagles_algorithm(start_server: Any) -> None:
+    # The event loops turn it off on every TCP transport; the server counts on that.
+    server = await start_server(echo)
+    reader, writer = await connect(server.port)
+    (conn,) = await until(lambda: list(server.registry.connections))
+    sock = conn.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    writer.write(get("/one"))
+    assert (await read_response(reader)).status == 200
 
 
 async def test_pipelined_requests_run_one_at_a_time_in_order(start_server: Any) -> None:

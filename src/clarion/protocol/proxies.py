@@ -22,6 +22,7 @@ Pure functions over header values; no I/O.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -220,12 +221,20 @@ def _scheme(value: str | None) -> str | None:
     return value if value in ("http", "https") else None
 
 
+_DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+
+
 def address_key(address: str, ipv6_prefix: int = 64) -> str:
     """What per-IP caps count: an IPv4 address, or the IPv6 ``/ipv6_prefix`` network it is in.
 
     One IPv6 subscriber is usually given a whole /64 (or more), so counting single IPv6
     addresses would let one client open as many connections as it has addresses.
     """
+    if _DOTTED_QUAD.fullmatch(address) is not None:
+        # Its own key, valid or not: a valid one is already written as ``ipaddress`` writes
+        # it (which takes no leading zeros), and anything else is kept as given. Checked first
+        # because it is every IPv4 connection's case, and parsing is dear.
+        return address
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:

@@ -96,11 +96,13 @@ class Registry:
 
 
 class _DateHeader:
-    """The ``date`` response header, formatted at most once a second."""
+    """A date response header (or its value alone), formatted at most once a second."""
 
-    __slots__ = ("_second", "_value")
+    __slots__ = ("_after", "_before", "_second", "_value")
 
-    def __init__(self) -> None:
+    def __init__(self, before: bytes = b"date: ", after: bytes = b"\r\n") -> None:
+        self._before = before
+        self._after = after
         self._second = -1
         self._value = b""
 
@@ -108,11 +110,13 @@ class _DateHeader:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._value = b"date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+            date = email.utils.formatdate(now, usegmt=True).encode()
+            self._value = self._before + date + self._after
         return self._value
 
 
 date_header = _DateHeader()
+http_date = _DateHeader(b"", b"")  # the value alone (the WebSocket handshake's Date)
 
 
 def descriptor_budget() -> int | None:

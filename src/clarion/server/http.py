@@ -26,16 +26,12 @@ flow control, timers — reads best in one class.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 from collections import deque
 from typing import Any, NoReturn, cast
 from urllib.parse import unquote
 
 import httptools
-from websockets.datastructures import Headers
-from websockets.http11 import Request
 
 from clarion.asgitypes import DirectRoute, Scope
 from clarion.server import flow
@@ -62,11 +58,13 @@ class _Reject(Exception):
 class _Upgrade:
     """A parsed ``Upgrade: websocket`` request waiting for the socket to be handed over."""
 
-    __slots__ = ("leftover", "request", "scope")
+    __slots__ = ("leftover", "method", "scope", "target", "version")
 
-    def __init__(self, scope: Scope, request: Request) -> None:
-        self.scope = scope
-        self.request = request
+    def __init__(self, scope: Scope, method: str, target: bytes, version: str) -> None:
+        self.scope = scope  # its headers are the request's
+        self.method = method
+        self.target = target
+        self.version = version
         self.leftover = bytearray()
 
 
@@ -153,11 +151,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without subclassing it.
+        # (Nagle's algorithm is already off: uvloop and asyncio set TCP_NODELAY on every TCP
+        # transport they make.)
         self.transport = transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client = _address(transport.get_extra_info("peername"))
         self.server = _address(transport.get_extra_info("sockname"))
         registry, config = self.registry, self.config
@@ -308,11 +304,7 @@ class HttpProtocol(asyncio.Protocol):
             if upgrade == b"websocket":
                 scope["type"] = "websocket"
                 scope["scheme"] = "ws"
-                raw = Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers])
-                path_and_query = url.decode("latin-1")
-                self._upgrade = _Upgrade(
-                    scope, Request(path_and_query, raw, method, f"HTTP/{version}")
-                )
+                self._upgrade = _Upgrade(scope, method, url, version)
                 return
             # Any other upgrade (h2c, CONNECT) is ignored: answered as plain HTTP, then closed,
             # since httptools stops parsing this connection at the upgrade.
@@ -502,7 +494,14 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if self._reading_paused:
             transport.resume_reading()  # the websocket protocol pauses on its own terms
-        protocol = WebSocketProtocol(self.config, self.registry, upgrade.scope, upgrade.request)
+        protocol = WebSocketProtocol(
+            self.config,
+            self.registry,
+            upgrade.scope,
+            upgrade.method,
+            upgrade.target,
+            upgrade.version,
+        )
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if upgrade.leftover:

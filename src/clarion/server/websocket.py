@@ -1,12 +1,14 @@
 """One WebSocket connection after an ``Upgrade: websocket`` request: the ASGI ``websocket`` scope.
 
-The handshake belongs to the ``websockets`` library's sans-I/O
-:class:`~websockets.server.ServerProtocol`, inbound frames after it to clarion's own
-:class:`~clarion.protocol.wsreader.FrameReader` (a few slots per idle connection, where the
-library's protocol object kept a generator, a buffer and a UUID); this module moves bytes between
-them, the socket and the ASGI app, and owns timers and backpressure. Every outgoing byte, whether
-from ``websocket.send``, the fast path, the handshake or the reader (pongs, close frames), goes
-through the :class:`~clarion.server.fastws.Outbox` so that the wire order is the call order.
+A plain handshake (nearly all of them) is checked and answered by
+:mod:`clarion.protocol.handshake`, any other by the ``websockets`` library's sans-I/O
+:class:`~websockets.server.ServerProtocol`, which writes the refusals. Inbound frames after it go
+to clarion's own :class:`~clarion.protocol.wsreader.FrameReader` (a few slots per idle
+connection, where the library's protocol object kept a generator, a buffer and a UUID); this
+module moves bytes between them, the socket and the ASGI app, and owns timers and
+backpressure. Every outgoing byte, whether from ``websocket.send``, the fast path, the handshake
+or the reader (pongs, close frames), goes through the :class:`~clarion.server.fastws.Outbox` so
+that the wire order is the call order.
 
 Long on purpose: one connection's state machine — handshake, the app's receive and send, message
 reassembly, close timers, flow control — reads best in one class.
@@ -21,15 +23,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeaderValue
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from clarion.asgitypes import Message, Scope
-from clarion.protocol import deflate
+from clarion.protocol import deflate, handshake
 from clarion.protocol.frames import OP_BINARY, OP_TEXT, binary_frame, text_frame
 from clarion.protocol.wsreader import Closed, FrameReader, Pong
 from clarion.server import flow
-from clarion.server.config import ClientDisconnected, Config, Registry, reset
+from clarion.server.config import ClientDisconnected, Config, Registry, http_date, reset
 from clarion.server.fastws import FAST_WEBSOCKET_EXTENSION, Outbox
 
 log = logging.getLogger("clarion.server.websocket")
@@ -88,19 +92,24 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         config: Config,
         registry: Registry,
         scope: Scope,
-        request: Request,
+        method: str,
+        target: bytes,
+        version: str,
     ) -> None:
         self.config = config
         self._registry = registry
-        self.scope: Scope | None = scope  # until the app has it
-        self._request: Request | None = request
+        self.scope: Scope | None = scope  # until the app has it; its headers are the request's
+        # The request line until the handshake is checked.
+        self._request: tuple[str, bytes, str] | None = (method, target, version)
         self._loop = asyncio.get_running_loop()
         self.phase = Phase.CONNECTING
         self.last_activity = time.monotonic()
         # permessage-deflate: the window the hub compresses within, 0 when not negotiated.
         self.deflate_bits = 0
+        # Until the app accepts or refuses: the library's protocol and response, or (the plain
+        # case, without the library) the plain upgrade alone.
         self._handshake: ServerProtocol | None = None
-        self._response: Response | None = None
+        self._response: Response | handshake.PlainUpgrade | None = None
         self._reader: FrameReader | None = None
         # A list, not a deque: an idle connection's empty deque still holds a 64-slot block,
         # and this queue is short (INBOUND_HIGH) so pop(0) costs nothing.
@@ -125,29 +134,43 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self.allow_direct_writes()  # every byte of a WebSocket goes through the outbox
         self._registry.connections.add(self)
         request, self._request = self._request, None
-        assert request is not None
-        handshake = ServerProtocol(logger=protocol_log)
-        response = handshake.accept(request)
-        if response.status_code != 101:
-            # Not a valid handshake (bad key, version, method): websockets wrote the answer.
-            log.info("websocket handshake refused: %s", handshake.handshake_exc)
-            self._send_handshake_failure(handshake, response)
-            return
-        self._handshake = handshake
-        self._response = response
-        if self.config.permessage_deflate:
-            agreement = deflate.negotiate(request.headers.get_all("Sec-WebSocket-Extensions"))
-            if agreement is not None:
-                response.headers["Sec-WebSocket-Extensions"] = agreement.response
-                self.deflate_bits = agreement.window_bits
-        subprotocols = [
-            p.strip()
-            for value in request.headers.get_all("Sec-WebSocket-Protocol")
-            for p in value.split(",")
-            if p.strip()
-        ]
         scope = self.scope
-        assert scope is not None
+        assert request is not None and scope is not None
+        method, target, version = request
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        # The library logs each handshake (at INFO): whoever asks for that gets its path.
+        plain = None
+        if not protocol_log.isEnabledFor(logging.INFO):
+            plain = handshake.plain_upgrade(method.encode(), version, headers)
+        if plain is not None:
+            self._response = plain
+            offers, protocols = plain.extensions, plain.protocols
+        else:
+            library = ServerProtocol(logger=protocol_log)
+            raw = Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers])
+            response = library.accept(
+                Request(target.decode("latin-1"), raw, method, f"HTTP/{version}")
+            )
+            if response.status_code != 101:
+                # Not a valid handshake (bad key, version, method): websockets wrote the answer.
+                log.info("websocket handshake refused: %s", library.handshake_exc)
+                self._send_handshake_failure(library, response)
+                return
+            self._handshake = library
+            self._response = response
+            offers = raw.get_all("Sec-WebSocket-Extensions")
+            protocols = raw.get_all("Sec-WebSocket-Protocol")
+        if self.config.permessage_deflate:
+            agreement = deflate.negotiate(offers)
+            if agreement is not None:
+                if plain is not None:
+                    plain.headers.append(
+                        (b"Sec-WebSocket-Extensions", agreement.response.encode("latin-1"))
+                    )
+                else:
+                    response.headers["Sec-WebSocket-Extensions"] = agreement.response
+                self.deflate_bits = agreement.window_bits
+        subprotocols = [p.strip() for value in protocols for p in value.split(",") if p.strip()]
         scope["subprotocols"] = subprotocols
         scope["extensions"] = {FAST_WEBSOCKET_EXTENSION: {"connection": self}}
         task = self._registry.start(self._run(), "clarion-websocket")
@@ -394,15 +417,27 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
     # -- handshake --------------------------------------------------------------------------
 
     def _accept(self, subprotocol: str | None, headers: Any) -> None:
-        handshake, response = self._handshake, self._response
-        assert handshake is not None and response is not None
-        if subprotocol is not None:
-            response.headers["Sec-WebSocket-Protocol"] = subprotocol
-        for name, value in headers:
-            response.headers[name.decode("latin-1")] = value.decode("latin-1")
-        handshake.send_response(response)
-        for chunk in handshake.data_to_send():
-            self.queue_raw(chunk)
+        library, response = self._handshake, self._response
+        if library is None:
+            plain = response
+            assert isinstance(plain, handshake.PlainUpgrade)
+            extra = plain.headers
+            if subprotocol is not None:
+                extra.append(
+                    (b"Sec-WebSocket-Protocol", _valid("Sec-WebSocket-Protocol", subprotocol))
+                )
+            for name, value in headers:
+                extra.append((name, _valid(name.decode("latin-1"), value.decode("latin-1"))))
+            self.queue_raw(handshake.switching_protocols(http_date(), plain.accept, extra))
+        else:
+            assert isinstance(response, Response)
+            if subprotocol is not None:
+                response.headers["Sec-WebSocket-Protocol"] = subprotocol
+            for name, value in headers:
+                response.headers[name.decode("latin-1")] = value.decode("latin-1")
+            library.send_response(response)
+            for chunk in library.data_to_send():
+                self.queue_raw(chunk)
         self._reader = FrameReader(self.config.max_message_bytes, inflate=bool(self.deflate_bits))
         self._handshake = self._response = None
         self.phase = Phase.OPEN
@@ -413,11 +448,13 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             self._resume_reading()
 
     def _reject(self, status: int, text: str) -> None:
-        handshake, response = self._handshake, None
-        if handshake is None or self.phase is not Phase.CONNECTING:
+        if self.phase is not Phase.CONNECTING or self._response is None:
             return
-        response = handshake.reject(status, text)
-        self._send_handshake_failure(handshake, response)
+        library = self._handshake
+        if library is None:  # the plain case: the library writes refusals
+            library = ServerProtocol(logger=protocol_log)
+            library.accept_called = True
+        self._send_handshake_failure(library, library.reject(status, text))
 
     def _send_handshake_failure(self, handshake: ServerProtocol, response: Response) -> None:
         handshake.send_response(response)
@@ -505,6 +542,13 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         if self._reading_paused and not self.transport.is_closing():
             self._reading_paused = False
             self.transport.resume_reading()
+
+
+def _valid(name: str, value: str) -> bytes:
+    """A response header's value as the library would write it, or its InvalidHeaderValue."""
+    if handshake.VALID_VALUE.fullmatch(value) is None:
+        raise InvalidHeaderValue(name, value)
+    return value.encode("latin-1")
 
 
 def _clip_reason(reason: str) -> str:

@@ -135,3 +135,19 @@ async def test_bad_config_is_a_clear_error(tmp_path: Any) -> None:
     assert code == 2 and "max_conections" in err
     code, _, err = await run("serve", "--config", str(tmp_path / "missing.toml"))
     assert code == 2 and "config file not found" in err
+
+
+def test_serve_collects_the_young_generation_less_often() -> None:
+    """`clarion serve` raises the collector's first threshold (a storm's sessions would start
+    full collections otherwise); the other two stay as they were."""
+    import gc
+
+    from clarion.cli.serve import YOUNG_COLLECTION_AFTER, tune_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == (YOUNG_COLLECTION_AFTER, *before[1:])
+        assert before[0] < YOUNG_COLLECTION_AFTER
+    finally:
+        gc.set_threshold(*before)

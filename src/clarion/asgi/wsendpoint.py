@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from clarion.asgi import access
 from clarion.asgi.pipe import Pipe, socket_pipe
 from clarion.asgitypes import Message, Send
 from clarion.core.hub import Hub
+from clarion.errors import Forbidden
 from clarion.protocol.codes import CloseCode
 
 CLOSE_WAIT = 5.0  # seconds a refused connection's close may take on the portable path
@@ -20,9 +22,6 @@ async def accept(
     A cross-site origin is refused before the upgrade completes (HTTP 403): that is what stops
     cross-site WebSocket hijacking. Returns whether the connection was accepted.
     """
-    from clarion.asgi import access
-    from clarion.errors import Forbidden
-
     message = await receive()
     if message["type"] != "websocket.connect":
         return False

@@ -46,6 +46,8 @@ def query_params(
     every raw HTTP endpoint. Raises :class:`BadRequest` when the query is not UTF-8, and
     ``too_many`` (by default a :class:`BadRequest`) past ``max_fields`` parameters."""
     raw = scope.get("query_string", b"")
+    if not raw:  # most requests (a WebSocket's with its token elsewhere): parse_qs's answer
+        return {}
     try:
         return parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=max_fields)
     except UnicodeDecodeError:

@@ -63,7 +63,7 @@ async def node_under(
     path.write_text(f'data_dir = "{tmp_path / "data"}"\n' + config)
     node = Node(engine, path, tmp_path, clock.env)
     try:
-        await node.wait_healthy(timeout=timeout(15))
+        await node.wait_healthy()
         yield node
     finally:
         node.kill()

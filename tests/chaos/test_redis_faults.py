@@ -119,7 +119,7 @@ async def test_one_of_two_nodes_killed_again_and_again(cluster: Cluster) -> None
             a.kill()
             a = Node(cluster.engine_url(), _config(cluster), cluster.tmp_path, {}, port=a.port)
             cluster.nodes.append(a)
-            await a.wait_healthy(timeout=timeout(15))
+            await a.wait_healthy()
         await more(publisher, 50)
         await finish(trackers, publisher, publishing, stop_publisher, b.http_url)
         assert publisher.failures == []

@@ -45,7 +45,7 @@ class Subscriber:
             self.seen.append(text)
             if re.fullmatch(pattern, text):
                 return text
-            assert re.fullmatch(f"{RETRYING}|{STILL_TRYING}", text), (
+            assert re.fullmatch(f"{RETRYING}|{STILL_TRYING}|{CONNECTING}", text), (
                 f"{text!r} is not {pattern!r}: {self.seen}"
             )
 
@@ -61,6 +61,7 @@ REFUSED = r"cannot connect to ws://127\.0\.0\.1:\d+/ws: connection refused"
 RETRYING = rf"clarion: {REFUSED}; retrying in \d+\.\d s"
 # After its open timeout (10 s) without a hub, as when one starts slowly on a loaded machine.
 STILL_TRYING = rf"clarion: could not connect to \S+ within \d+\.\d s \({REFUSED}\); still trying"
+CONNECTING = r"clarion: connecting to ws://127\.0\.0\.1:\d+/ws"  # again, after still trying
 
 
 async def subscribe(url: str, *args: str) -> Subscriber:

@@ -27,12 +27,16 @@ async def test_fastapi_example_publishes_to_mounted_hub() -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=timeout(5)) as http:
-            for _ in range(100):
+            # uvicorn importing the app takes seconds of CPU: on a busy machine, more than ten.
+            deadline = asyncio.get_running_loop().time() + timeout(30)
+            while True:
                 try:
                     if (await http.get("/rt/healthz")).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                assert asyncio.get_running_loop().time() < deadline, "uvicorn did not start"
                 await asyncio.sleep(0.1)
             async with websockets.connect(
                 f"ws://127.0.0.1:{port}/rt/ws", subprotocols=["clarion.v1"]

@@ -140,7 +140,7 @@ async def test_with_redis_down_each_subscribe_fails_alone_and_sessions_stay(
     await asyncio.sleep(0.5)  # a close would have arrived by now
     assert all(s.protocol is not None and not s.protocol.lost for s in subs)
     cluster.redis.start()
-    await node.wait_healthy(timeout=timeout(15))
+    await node.wait_healthy()
     again = [Subscriber("down") for _ in range(100)]
     await connect_all(again, [node.port], timeout=timeout(30))
     assert_clean(again)

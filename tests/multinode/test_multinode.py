@@ -79,11 +79,11 @@ async def node_killed_clients_resume_on_the_other(cluster: Cluster) -> None:
     publisher = Publisher(b.http_url, "c", rate=200)
     publishing = asyncio.create_task(publisher.run(stop_publisher))
     # Counted in publications, not seconds: a loaded machine publishes fewer per second.
-    await eventually(lambda: len(publisher.published) >= 100, timeout=timeout(10))
+    await eventually(lambda: len(publisher.published) >= 100, timeout=timeout(30))
     a.kill()  # SIGKILL: no goodbye to clients, no presence cleanup
     await eventually(lambda: all(t.connections == 2 for t in trackers), timeout=timeout(10))
     moved = len(publisher.published)  # the clients moved while the publisher went on
-    await eventually(lambda: len(publisher.published) >= moved + 100, timeout=timeout(10))
+    await eventually(lambda: len(publisher.published) >= moved + 100, timeout=timeout(30))
     stop_publisher.set()
     await publishing
     assert publisher.failures == []

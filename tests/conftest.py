@@ -267,6 +267,12 @@ SERVER_PATHS = ["clarion", "asgi"] if TEST_SERVER == "clarion" else ["asgi"]
 both_servers = pytest.mark.parametrize("server_path", SERVER_PATHS, indirect=True)
 
 
+# The suite runs in parallel (pytest-xdist, ``--dist loadgroup``: docs/testing.md). Tests that
+# load the machine on purpose (a thousand clients at once, the Autobahn cases) share this group:
+# xdist runs a group's tests one after another on one worker, so two of them never add up.
+heavy = pytest.mark.xdist_group("heavy")
+
+
 def clarion_server(reason: str) -> pytest.MarkDecorator:
     """Mark a test (or a module, as ``pytestmark``) as about clarion's own server by nature: on
     the portable path (``CLARION_TEST_SERVER=asgi``) it is skipped with ``reason``."""

@@ -20,6 +20,8 @@ from .helpers import RecordingSink, eventually
 
 pytestmark = [
     pytest.mark.timeout(90),
+    # One worker runs the module: its tests share one cluster (a module fixture is per worker).
+    pytest.mark.xdist_group("redis-cluster"),
     pytest.mark.skipif(
         shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
         reason="redis-server and redis-cli are needed",

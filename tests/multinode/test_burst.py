@@ -15,13 +15,13 @@ import redis.asyncio as aioredis
 
 from clarion import mint_token
 
-from ..conftest import timeout
+from ..conftest import heavy, timeout
 from ..support.history import assert_no_findings
 from .conftest import Cluster
 from .helpers import Node, Publisher, eventually
 from .swarm import Subscriber, connect_all
 
-pytestmark = pytest.mark.timeout(int(timeout(120)))
+pytestmark = [pytest.mark.timeout(int(timeout(120))), heavy]
 
 CLIENTS = 1000
 SECRET = "s" * 32

@@ -8,9 +8,13 @@ from typing import Any
 
 import pytest
 
+from ..conftest import heavy
 from .autobahn import MAX_MESSAGE, echo, kosoku_path, run_kosoku
 
-pytestmark = pytest.mark.skipif(kosoku_path() is None, reason="kosoku is not installed")
+pytestmark = [
+    pytest.mark.skipif(kosoku_path() is None, reason="kosoku is not installed"),
+    heavy,
+]
 
 
 # permessage-deflate in CI: each data set (12.*) and each offer (13.*) with messages of 16 to

@@ -12,7 +12,7 @@ from clarion.protocol.codes import CloseCode
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.publication import StreamPosition
 
-from ..conftest import RunningHub, timeout, until
+from ..conftest import RunningHub, heavy, timeout, until
 from .streams import Baseline, poll, raw_get
 
 
@@ -223,6 +223,7 @@ async def test_polls_are_sessions_but_never_join_presence(hub: RunningHub) -> No
     assert presence == {"clients": [], "users": [], "anonymous": 0}
 
 
+@heavy
 async def test_a_thousand_concurrent_long_polls_answered_by_one_publish(hub: RunningHub) -> None:
     count = 1000
     async with hub.http() as client:

@@ -41,7 +41,14 @@ from benchmarks.loadgen import (
     subscribe_op,
     ws_upgrade_request,
 )
-from benchmarks.servers import CLARION_ENV, clarion_command, free_port, http_get, nchan_config
+from benchmarks.servers import (
+    CLARION_ENV,
+    clarion_command,
+    free_port,
+    nchan_config,
+    under_callgrind,
+    wait_healthy,
+)
 
 
 class _Subscriber(asyncio.Protocol):
@@ -119,13 +126,7 @@ def _start(
         conf.write_text("master_process off;\n" + nchan_config(workdir, port))
         cmd = ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
     if callgrind is not None:
-        cmd = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={callgrind}",
-            *cmd,
-        ]
+        cmd = under_callgrind(cmd, callgrind)
     log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
         cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -171,16 +172,10 @@ async def measure(
     proc = _start(server, workdir, port, out, compiled)
     slow = 60.0 if callgrind else 1.0  # valgrind runs the server tens of times slower
     try:
-        deadline = time.monotonic() + 30 * slow
-        while True:
-            try:
-                if http_get(port, "/healthz", timeout=slow)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{server} did not start: {workdir / 'server.log'}")
-            await asyncio.sleep(0.2)
+        try:
+            await asyncio.to_thread(wait_healthy, port, proc, 30 * slow, slow)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{server} did not start: {workdir / 'server.log'}") from exc
         ends = endpoints(server, "ws")
         request = ws_upgrade_request("127.0.0.1", port, ends.sub_path(), ends.subprotocol)
         subscribe = subscribe_op() if ends.expect_reply else None

@@ -98,16 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd += ["serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if srv.http_get(port, "/healthz", timeout=1.0)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.1)
+        srv.wait_healthy(port, proc, 120)
 
         async def run() -> list[dict]:
             n = a.connections

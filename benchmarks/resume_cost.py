@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -54,7 +53,7 @@ from benchmarks.loadgen import (
     subscribe_op,
     ws_upgrade_request,
 )
-from benchmarks.servers import CLARION_ENV, free_port, http_get
+from benchmarks.servers import CLARION_ENV, free_port, http_get, under_callgrind, wait_healthy
 
 CHANNEL = "bench"
 _LINGER_ZERO = struct.pack("ii", 1, 0)
@@ -86,13 +85,7 @@ def _start(
     cmd = [sys.executable, "-c", serve, "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--log-level", "warning"]
     if callgrind is not None:
-        cmd = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={callgrind}",
-            *cmd,
-        ]
+        cmd = under_callgrind(cmd, callgrind)
     log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
         cmd,
@@ -220,15 +213,11 @@ async def measure(
             os.environ["CLARION_ENGINE"] = f"redis://127.0.0.1:{rport}/0"
         port = free_port()
         proc = _start(workdir, port, out, cprofile)
-        deadline = time.monotonic() + 30 * slow
-        while True:
-            with contextlib.suppress(OSError):
-                if http_get(port, "/healthz", timeout=slow)[0] == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log = (workdir / "server.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"the hub did not start:\n{log}")
-            await asyncio.sleep(0.2)
+        try:
+            await asyncio.to_thread(wait_healthy, port, proc, 30 * slow, slow)
+        except RuntimeError as exc:
+            log = (workdir / "server.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the hub did not start:\n{log}") from exc
         for seq in range(1, backlog + 4):
             data = make_payload(seq, 100)
             _post(port, b'{"channel":"%s","data":%s}' % (CHANNEL.encode(), data))

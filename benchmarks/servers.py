@@ -109,6 +109,35 @@ def http_get(port: int, path: str, timeout: float = 1.0) -> tuple[int, bytes]:
     return status, body
 
 
+def wait_healthy(
+    port: int, proc: subprocess.Popen[bytes], seconds: float, probe: float = 1.0
+) -> None:
+    """Return once ``GET /healthz`` on ``port`` answers 200; raise if ``proc`` ends first or
+    ``seconds`` pass (``probe``: each attempt's timeout, longer for a server under valgrind)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if http_get(port, "/healthz", timeout=probe)[0] == 200:
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the server on port {port} did not start")
+        time.sleep(0.1)
+
+
+def under_callgrind(cmd: list[str], out: Path | str) -> list[str]:
+    """``cmd`` under callgrind, writing to ``out``; nothing is counted until the program turns
+    instrumentation on (``--instr-atstart=no``), so that start-up is left out."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}",
+        *cmd,
+    ]
+
+
 def clarion_command() -> list[str]:
     """How to run the ``clarion`` console script of this interpreter's environment."""
     script = Path(sys.executable).parent / "clarion"

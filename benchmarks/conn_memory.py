@@ -147,12 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, (size, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[: a.top]:
             print(f"{size / n:8.0f} B {count / n:6.2f} blocks  {key}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        srv.stop_process(proc)
     return 0
 
 

@@ -138,12 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind, k in drop["kinds"][: a.top]:
             print(f"{k / n:8.2f}  {kind}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        srv.stop_process(proc)
         if redis is not None:
             redis.stop()
     return 0

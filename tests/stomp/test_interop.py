@@ -95,7 +95,10 @@ def _stomp_py_round_trip(port: int, publish: Callable[[Any], dict[str, Any]]) ->
     seen["connected"] = conn.is_connected()
     last = own.headers["message-id"]
     conn.disconnect(receipt="bye")
-    seen["bye"] = "bye" in listener.receipts
+    # stomp.py marks itself disconnected (which ends disconnect()) before it hands the RECEIPT
+    # to its listeners, on its receiving thread: the receipt may still be on its way here.
+    with listener.lock:
+        seen["bye"] = listener.lock.wait_for(lambda: "bye" in listener.receipts, timeout(5))
 
     publish("missed 1")
     publish("missed 2")

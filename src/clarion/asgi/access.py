@@ -77,10 +77,11 @@ def query(scope: Scope) -> Params:
 class _Policy:
     """What the settings say about proxies and origins, parsed once per hub."""
 
-    __slots__ = ("forwarded_header", "origins", "proxies", "refusals")
+    __slots__ = ("api_keys", "forwarded_header", "origins", "proxies", "refusals")
 
     def __init__(self, hub: Hub) -> None:
         settings = hub.settings
+        self.api_keys = ApiKeys(settings.api_keys, open=settings.development_mode)
         self.proxies = TrustedProxies(settings.trusted_proxies)
         self.forwarded_header = settings.forwarded_header
         allowed = list(settings.allowed_origins)
@@ -183,26 +184,47 @@ def check_api_key(hub: Hub, scope: Scope) -> None:
 
 def check_authorization(hub: Hub, headers: Iterable[tuple[bytes, bytes]]) -> None:
     """:func:`check_api_key` on a request's headers (names lower-cased)."""
-    keys = hub.settings.api_keys
-    if not keys:
-        if hub.settings.development_mode:
-            return
-        # Connection tokens are configured but no API key: nobody may act as the backend.
-        raise Forbidden("the server API is off: api_key is not configured")
-    value = ""
-    for name, raw in headers:
-        if name == b"authorization":
-            value = raw.decode("latin-1")
-            break
-    scheme, _, given = value.partition(" ")
-    if scheme.lower() != "apikey" or not given:
-        raise Unauthorized("this endpoint needs 'Authorization: apikey <key>'")
-    given_b = given.strip().encode()
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(given_b, key.encode())
-    if not ok:
-        raise Unauthorized("wrong API key")
+    _policy(hub).api_keys.check(headers)
+
+
+def api_keys(hub: Hub) -> ApiKeys:
+    """The hub's :class:`ApiKeys`, for an endpoint that checks them on every request."""
+    return _policy(hub).api_keys
+
+
+class ApiKeys:
+    """The server API's keys, read from the settings once: every publication is checked, and
+    the settings' derived values (``api_keys``, ``development_mode``) are computed per read."""
+
+    __slots__ = ("_keys", "_open")
+
+    def __init__(self, keys: Iterable[str], *, open: bool) -> None:
+        self._keys = tuple(key.encode() for key in keys)
+        self._open = open  # development mode: no key and no token key, everything allowed
+
+    def check(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Require ``Authorization: apikey <key>`` (constant-time compare); open only in
+        development mode."""
+        keys = self._keys
+        if not keys:
+            if self._open:
+                return
+            # Connection tokens are configured but no API key: nobody may act as the backend.
+            raise Forbidden("the server API is off: api_key is not configured")
+        value = ""
+        for name, raw in headers:
+            if name == b"authorization":
+                value = raw.decode("latin-1")
+                break
+        scheme, _, given = value.partition(" ")
+        if scheme.lower() != "apikey" or not given:
+            raise Unauthorized("this endpoint needs 'Authorization: apikey <key>'")
+        given_b = given.strip().encode()
+        ok = False
+        for key in keys:
+            ok |= hmac.compare_digest(given_b, key)
+        if not ok:
+            raise Unauthorized("wrong API key")
 
 
 def token_from(hub: Hub, scope: Scope) -> str | None:

@@ -84,6 +84,8 @@ class Hub:
     ) -> None:
         self.settings = settings if settings is not None else Settings()
         self.engine: Engine = engine if engine is not None else ext.make_engine(self.settings)
+        # Read on every publication: a settings field costs several plain attributes' reads.
+        self.max_message_bytes = self.settings.limits.max_message_bytes
         # With the admin page, the API key also opens an operator session (its metrics channel).
         self.auth = (
             OperatorAuth(self.settings) if self.settings.admin else Authenticator(self.settings)
@@ -218,10 +220,9 @@ class Hub:
             size = payload_size(data, attrs)
         except TypeError as exc:
             raise BadRequest(f"data is not JSON-serialisable: {exc}") from None
-        if size > self.settings.limits.max_message_bytes:
+        if size > self.max_message_bytes:
             raise TooLarge(
-                f"data is {size} bytes, over max_message_bytes "
-                f"({self.settings.limits.max_message_bytes})"
+                f"data is {size} bytes, over max_message_bytes ({self.max_message_bytes})"
             )
 
     async def publish(

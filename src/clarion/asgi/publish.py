@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -87,16 +88,20 @@ class PublishEndpoint:
         status, body = await self.publish(raw)
         await send_json(send, status, body)
 
-    async def respond(self, headers: list[tuple[bytes, bytes]], raw: bytes) -> DirectResponse:
-        """The direct route: a ``POST`` whose body is complete (and small)."""
+    def respond(
+        self, headers: list[tuple[bytes, bytes]], raw: bytes
+    ) -> Coroutine[Any, Any, DirectResponse]:
+        """The direct route: a ``POST`` whose body is complete (and small). The checks of the
+        request run here; the publication's own coroutine is the answer's (one coroutine less
+        to make and to step through per publication)."""
         try:
             self._api_keys.check(headers)
             cap = self._cap
             if len(raw) > cap:
                 raise TooLarge(f"request body over {cap} bytes")
         except ClarionError as exc:
-            return exc.status, error_body(exc)
-        return await self.publish(raw)
+            return _answer(exc.status, error_body(exc))
+        return self.publish(raw)
 
     async def publish(self, raw: bytes) -> DirectResponse:
         """Publish what the body ``raw`` asks for; the answer's status and JSON body."""
@@ -123,6 +128,10 @@ class PublishEndpoint:
             internal = ClarionError("internal error", code=ErrorCode.INTERNAL)
             return internal.status, error_body(internal)
         return 200, orjson.dumps(publish_reply(hub, pub))
+
+
+async def _answer(status: int, body: bytes) -> DirectResponse:
+    return status, body
 
 
 def publish_reply(hub: Hub, pub: Publication) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from clarion.asgi.pipe import Pipe
-from clarion.core.fanout import WireFormat, cursor_if_stored
+from clarion.core.fanout import WireFormat, cursor_if_stored, publication_cursor
 from clarion.protocol import deflate, messages
 from clarion.protocol.codes import disconnect_for
 from clarion.protocol.frames import (
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 
 def _frame(pub: Publication) -> bytes:
-    frame = text_frame(messages.encode_publication(pub, cursor_if_stored(pub)))
+    cursor = None if pub.ephemeral else publication_cursor(pub)
+    frame = text_frame(messages.encode_publication(pub, cursor))
     if pub.key is not None:  # a keyed signal: a connection that is behind keeps the newest
         return latest(frame, (pub.channel, pub.key))
     return frame

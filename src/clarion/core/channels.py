@@ -125,7 +125,7 @@ class LocalChannels:
                     return
             else:
                 self._reset_all(local, "epoch", StreamPosition(pub.epoch, pub.offset - 1))
-        local.position = pub.position
+        local.position = StreamPosition(pub.epoch, pub.offset)
         self.deliver(local, pub)
         stats = self.stats
         stats.countdown -= 1

@@ -263,7 +263,9 @@ class Hub:
             attrs=attrs,
         )
         # A repeat published nothing: listeners saw it the first time, unless they failed.
-        if not pub.repeated or self._unsettled.pop((pub.channel, pub.epoch, pub.offset), False):
+        if pub.repeated and not self._unsettled.pop((pub.channel, pub.epoch, pub.offset), False):
+            return pub
+        if self.publish_listeners:  # none: no coroutine to make and await per publication
             await self._published(pub)
         return pub
 

@@ -127,31 +127,12 @@ class MemoryEngine:
         idempotency_scope: str | None = None,
         attrs: dict[str, Any] | None = None,
     ) -> Publication:
-        return self.publish_now(
-            channel,
-            data,
-            options,
-            idempotency_key=idempotency_key,
-            info=info,
-            idempotency_scope=idempotency_scope,
-            attrs=attrs,
-        )
-
-    def publish_now(
-        self,
-        channel: str,
-        data: Any,
-        options: NamespaceOptions,
-        *,
-        idempotency_key: str | None = None,
-        info: dict[str, Any] | None = None,
-        idempotency_scope: str | None = None,
-        attrs: dict[str, Any] | None = None,
-    ) -> Publication:
-        """Synchronous publish: offset, history write and delivery happen in one step."""
+        """Offset, history write and delivery in one step, without suspending: a coroutine
+        only to fit the engine interface (nothing here awaits)."""
         now = self._clock()
         log = self._log(channel)
-        log.trim(now, options.history_size)
+        size = options.history_size  # each read of an options field costs, once here
+        log.trim(now, size)
         slot = (idempotency_scope, idempotency_key) if idempotency_key is not None else None
         if slot is not None:
             seen = log.keys.get(slot)
@@ -170,11 +151,12 @@ class MemoryEngine:
         )
         log.last_write = now
         self._meta_ttl[channel] = options.history_meta_ttl
-        if options.history_size > 0:
-            log.entries.append(pub)
+        if size > 0:
+            entries = log.entries
+            entries.append(pub)
             log.expiries.append(now + options.history_ttl)
-            if len(log.entries) > options.history_size:
-                log.entries.popleft()
+            if len(entries) > size:
+                entries.popleft()
                 log.expiries.popleft()
         if slot is not None and options.idempotency_window > 0:
             log.keys[slot] = (now + options.idempotency_window, pub)

@@ -17,6 +17,9 @@ _PATTERN_RE = re.compile(r"[A-Za-z0-9_.:@/=,+\-*]{1,255}")
 
 def validate_channel(name: object) -> str:
     """Return ``name`` if it is a valid channel name, else raise :class:`BadChannel`."""
+    # The pattern alone decides (it bounds the length too); the checks below say why not.
+    if isinstance(name, str) and _CHANNEL_RE.fullmatch(name) is not None:
+        return name
     if not isinstance(name, str):
         raise BadChannel("channel must be a string")
     if not name:

@@ -46,7 +46,10 @@ def frame_header(length: int, opcode: int = OP_TEXT) -> bytes:
 
 def text_frame(payload: bytes) -> bytes:
     """A complete unmasked, unfragmented text frame carrying ``payload`` (UTF-8)."""
-    return frame_header(len(payload)) + payload
+    head = _TEXT_HEADS.get(len(payload))  # every publication's frame: spare a call
+    if head is None:
+        head = frame_header(len(payload))
+    return head + payload
 
 
 def binary_frame(payload: bytes) -> bytes:

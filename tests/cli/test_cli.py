@@ -110,6 +110,35 @@ def test_help_lists_every_option() -> None:
         assert flag in out.stdout
 
 
+def test_parsing_the_command_line_loads_no_command() -> None:
+    """Every `clarion` process parses its command line first, and `--help` or a usage error ends
+    there: the parse imports none of the commands, nor what they run on (which cost every
+    `clarion` process ~0.4 s of CPU before it did anything)."""
+    commands = [
+        ["serve", "--port", "0"],
+        ["publish", "c", "1"],
+        ["subscribe", "c"],
+        ["token", "--user", "u"],
+        ["webhooks", "list"],
+        ["demo"],
+    ]
+    code = (
+        "import json, sys\n"
+        "from clarion.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "parser.format_help()\n"
+        f"for argv in {commands!r}: parser.parse_args(argv)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    heavy = ("asyncio", "pydantic", "pydantic_settings", "httpx", "jwt", "starlette", "logging")
+    heavy += ("clarion.settings", "clarion.core", "clarion.errors", "clarion.cli.command")
+    heavy += ("clarion.cli.serve", "clarion.cli.client", "clarion.webhooks.endpoint")
+    heavy += ("clarion.demo.app",)
+    loaded = json.loads(out.stdout)
+    assert [m for m in loaded if m.startswith(heavy)] == []
+
+
 async def test_config_file_and_environment(hub_process: Any, tmp_path: Any) -> None:
     config = tmp_path / "clarion.toml"
     config.write_text(

@@ -1,36 +1,46 @@
 """The ``clarion`` command: serve, publish, subscribe, token (and webhooks, demo).
 
 The subcommands live in :mod:`clarion.cli.serve` and :mod:`clarion.cli.client`, what they share in
-:mod:`clarion.cli.command`; this module builds the parser and runs one.
+:mod:`clarion.cli.command`, what the parser needs in :mod:`clarion.cli.arguments`; this module
+builds the parser and runs one.
+
+Every ``clarion`` process builds the whole parser, so building it imports none of the commands:
+each is imported when it runs, and ``clarion --help`` or a usage error costs what argparse does.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 
 from clarion import __version__
-from clarion.cli.client import (
-    add_client_options,
-    client_target,
-    cmd_publish,
-    cmd_subscribe,
-    cmd_token,
-)
-from clarion.cli.command import (
+from clarion.cli.arguments import (
     LOG_LEVELS,
     Parser,
+    add_client_options,
     cursor_arg,
     duration,
     json_object,
     json_value,
     port_number,
+    worker_count_arg,
 )
-from clarion.cli.serve import cmd_serve, worker_count_arg
-from clarion.errors import ClarionError
 
-# `main` is the entry point; the webhooks command builds on the client options.
-__all__ = ["add_client_options", "build_parser", "client_target", "main"]
+__all__ = ["build_parser", "main"]
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _command(module: str, name: str) -> Command:
+    """The function ``name`` of ``module``, imported when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        function: Command = getattr(importlib.import_module(module), name)
+        return function(args)
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,14 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     # Set by the supervisor of --workers for each worker it starts.
     serve.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-link", type=int, help=argparse.SUPPRESS)
-    serve.set_defaults(func=cmd_serve)
+    serve.set_defaults(func=_command("clarion.cli.serve", "cmd_serve"))
 
     publish = sub.add_parser("publish", help="publish JSON to a channel through the server API")
     publish.add_argument("channel")
     publish.add_argument("data", type=json_value, help='a JSON value, e.g. \'{"text": "hi"}\'')
     publish.add_argument("--id", help="idempotency key")
     add_client_options(publish, api_key=True)
-    publish.set_defaults(func=cmd_publish)
+    publish.set_defaults(func=_command("clarion.cli.client", "cmd_publish"))
 
     subscribe = sub.add_parser(
         "subscribe",
@@ -95,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe.add_argument(
         "--transport", choices=["ws", "sse", "poll", "auto"], default="ws", help="default ws"
     )
-    subscribe.set_defaults(func=cmd_subscribe)
+    subscribe.set_defaults(func=_command("clarion.cli.client", "cmd_subscribe"))
 
     token = sub.add_parser("token", help="mint a development connection token (HS256 JWT)")
     token.add_argument("--user", required=True, help="the token's sub claim")
@@ -116,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--secret", help="HS256 secret (default: token_secret from config/env)")
     token.add_argument("--config", help="path to clarion.toml (default ./clarion.toml, if any)")
-    token.set_defaults(func=cmd_token)
+    token.set_defaults(func=_command("clarion.cli.client", "cmd_token"))
 
     from clarion.demo.cli import add_parser as add_demo_parser
     from clarion.webhooks.cli import add_parser as add_webhooks_parser
@@ -130,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the workers of serve
+    from clarion.errors import ClarionError  # here: --help and usage errors end before it
+
     try:
         result: int = args.func(args)
         return result

@@ -4,7 +4,6 @@ client connects with; how they find the hub (``--url``, ``--config``, ``--api-ke
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -12,11 +11,9 @@ from typing import Any
 
 import orjson
 
-from clarion.cli.command import CURSOR_SOURCES, load_settings, local_url
+from clarion.cli.arguments import CURSOR_SOURCES
+from clarion.cli.command import load_settings, local_url
 from clarion.errors import BadCursor, ClarionError, LocalCode
-from clarion.protocol.codes import CloseCode
-from clarion.protocol.cursor import Cursor
-from clarion.protocol.errors import ErrorCode
 
 
 class Target:
@@ -109,7 +106,12 @@ def _show_client_progress() -> None:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
+    import asyncio
+
     from clarion.client import run_subscribe
+    from clarion.protocol.codes import CloseCode
+    from clarion.protocol.cursor import Cursor
+    from clarion.protocol.errors import ErrorCode
 
     url = client_target(args).url
     token = args.token or os.environ.get("CLARION_TOKEN")
@@ -171,20 +173,3 @@ def cmd_token(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(token + "\n")
     return 0
-
-
-def add_client_options(parser: argparse.ArgumentParser, *, api_key: bool) -> None:
-    """``--url``, ``--config`` (and ``--api-key``): how a client command finds the hub."""
-    parser.add_argument(
-        "--url",
-        help="hub base URL (default $CLARION_URL, else http://HOST:PORT of the configuration, "
-        "http://127.0.0.1:8000 without one)",
-    )
-    parser.add_argument(
-        "--config", help="clarion.toml for the default URL and key (default ./clarion.toml)"
-    )
-    if api_key:
-        parser.add_argument(
-            "--api-key",
-            help="server API key (default $CLARION_API_KEY, else api_key of the config)",
-        )

@@ -1,33 +1,25 @@
-"""What every ``clarion`` subcommand shares: usage errors, argument types, logging, settings.
+"""What the ``clarion`` subcommands share when they run: logging, settings, the hub's URL.
 
-A subcommand's failure is a :class:`~clarion.errors.ClarionError`; :func:`clarion.cli.main` prints
-it as ``clarion: …`` on stderr and exits 2, as :class:`Parser` does for a usage error.
+What the parser needs is in :mod:`clarion.cli.arguments`. A subcommand's failure is a
+:class:`~clarion.errors.ClarionError`; :func:`clarion.cli.main` prints it as ``clarion: …`` on
+stderr and exits 2, as :class:`~clarion.cli.arguments.Parser` does for a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import orjson
+from clarion.errors import ClarionError, LocalCode
 
-from clarion.errors import BadCursor, ClarionError, LocalCode
-from clarion.settings import Settings
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-class Parser(argparse.ArgumentParser):
-    """Usage errors in the style of every other error: ``clarion: …`` on stderr, exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        message = message.removeprefix("argument ")
-        self.exit(2, f"clarion: {message}\ntry '{self.prog} --help'\n")
+if TYPE_CHECKING:
+    # Read when a command loads settings: a client command given --url and --api-key needs
+    # neither pydantic nor the settings model.
+    from clarion.settings import Settings
 
 
 def setup_logging(level: str, worker: int | None = None) -> None:
@@ -37,67 +29,6 @@ def setup_logging(level: str, worker: int | None = None) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
     )
-
-
-def duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``1h``, ``2d`` → seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip().lower()
-    try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
-
-
-def port_number(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port number (0 to 65535): {text!r}")
-    return port
-
-
-def json_value(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        hint = ""
-        if text[:1] not in ('"', "{", "[", "-", *"0123456789") and "'" not in text:
-            # A bare word is a string without its quotes, which the shell took off.
-            hint = f""" (a JSON string keeps its quotes: '"{text}"')"""
-        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r}{hint}") from None
-
-
-def json_object(text: str) -> dict[str, Any]:
-    value = json_value(text)
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
-    return value
-
-
-CURSOR_SOURCES = (
-    'a cursor is the "cursor" of a line clarion subscribe prints, or of a /poll answer, '
-    "or the id: of an SSE event"
-)
-
-
-def cursor_arg(text: str) -> str:
-    """A cursor to resume from, read before connecting: a typo is a usage error then, not a
-    refusal after the connection."""
-    from clarion.protocol.cursor import Cursor
-
-    try:
-        Cursor.decode(text)
-    except BadCursor as exc:
-        raise argparse.ArgumentTypeError(
-            f"not a cursor: {text[:40]!r}{'…' if len(text) > 40 else ''} ({exc.message}); "
-            f"{CURSOR_SOURCES}"
-        ) from None
-    return text
 
 
 def redact(url: str) -> str:
@@ -134,6 +65,7 @@ class Loaded:
 
 def load_settings(args: argparse.Namespace) -> Loaded:
     """The settings of a command: ``--config`` (or ``./clarion.toml``), environment, flags."""
+    from clarion.settings import Settings
     from clarion.settings_sources import default_file, load
 
     overrides: dict[str, Any] = {}
@@ -172,4 +104,6 @@ def run(main: Coroutine[Any, Any, int]) -> int:
 
         return int(uvloop.run(main))
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        import asyncio
+
         return asyncio.run(main)

@@ -156,12 +156,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return supervise(args.argv, args.workers, loaded.settings)
     check_engine(loaded.settings, args.workers)
     return run(serve(loaded, args.worker_id, args.worker_link))
-
-
-def worker_count_arg(text: str) -> int:
-    from clarion.workers import worker_count
-
-    try:
-        return worker_count(text.strip().lower())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers takes ")) from None

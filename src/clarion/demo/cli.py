@@ -1,19 +1,23 @@
-"""``clarion demo``: the command."""
+"""``clarion demo``: the command.
+
+Every ``clarion`` command builds its parser (:func:`add_parser`): what the demo runs is imported
+when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import tempfile
 from typing import Any
-
-from clarion.errors import ClarionError, LocalCode
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import logging
+    import tempfile
+
     from clarion.cli.command import Loaded, run, setup_logging
     from clarion.cli.serve import serve
     from clarion.demo.app import demo_settings
+    from clarion.errors import ClarionError, LocalCode
 
     setup_logging(args.log_level or "info")
     if args.log_level != "debug":  # the devices' comings and goings are the dashboard's to show
@@ -31,7 +35,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    from clarion.cli.command import LOG_LEVELS, port_number
+    from clarion.cli.arguments import LOG_LEVELS, port_number
 
     demo = sub.add_parser(
         "demo",

@@ -5,13 +5,48 @@ survives restarts, retried with backoff and dead-lettered when the schedule is s
 loopback or private addresses are refused unless allow-listed. See ``docs/webhooks.md``.
 """
 
-from clarion.webhooks.endpoint import EVENT_KINDS, Delivery, Endpoint
-from clarion.webhooks.outbox import Outbox
-from clarion.webhooks.schedule import RetrySchedule
-from clarion.webhooks.service import WebhookService
-from clarion.webhooks.signing import generate_secret
-from clarion.webhooks.sqlite_outbox import SQLiteOutbox
-from clarion.webhooks.targets import UnsafeTarget
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clarion.webhooks.endpoint import Delivery, Endpoint
+    from clarion.webhooks.kinds import EVENT_KINDS
+    from clarion.webhooks.outbox import Outbox
+    from clarion.webhooks.schedule import RetrySchedule
+    from clarion.webhooks.service import WebhookService
+    from clarion.webhooks.signing import generate_secret
+    from clarion.webhooks.sqlite_outbox import SQLiteOutbox
+    from clarion.webhooks.targets import UnsafeTarget
+
+# Exports load on first use: every `clarion` command builds the `clarion webhooks` parser
+# (clarion.webhooks.cli), which must not bring in the service, its HTTP client and the hub.
+_EXPORTS = {
+    "EVENT_KINDS": "clarion.webhooks.kinds",
+    "Delivery": "clarion.webhooks.endpoint",
+    "Endpoint": "clarion.webhooks.endpoint",
+    "Outbox": "clarion.webhooks.outbox",
+    "RetrySchedule": "clarion.webhooks.schedule",
+    "SQLiteOutbox": "clarion.webhooks.sqlite_outbox",
+    "UnsafeTarget": "clarion.webhooks.targets",
+    "WebhookService": "clarion.webhooks.service",
+    "generate_secret": "clarion.webhooks.signing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clarion.webhooks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "EVENT_KINDS",

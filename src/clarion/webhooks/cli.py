@@ -1,4 +1,8 @@
-"""``clarion webhooks list|add|remove``: manage a running hub's webhooks through its API."""
+"""``clarion webhooks list|add|remove``: manage a running hub's webhooks through its API.
+
+Every ``clarion`` command builds this parser: the module imports what a command needs when it
+runs (see :mod:`clarion.cli`).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-import orjson
-
-from clarion.errors import ClarionError, LocalCode
-from clarion.webhooks.endpoint import EVENT_KINDS
+from clarion.webhooks.kinds import EVENT_KINDS
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="list, add or remove webhook endpoints of a running hub",
         description="Manage webhooks through the server API of a running hub.",
     )
-    from clarion.cli import add_client_options
+    from clarion.cli.arguments import add_client_options
 
     common = argparse.ArgumentParser(add_help=False)
     add_client_options(common, api_key=True)
@@ -62,8 +63,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     import httpx
+    import orjson
 
-    from clarion.cli import client_target
+    from clarion.cli.client import client_target
+    from clarion.errors import ClarionError, LocalCode
 
     target = client_target(args)
     try:
@@ -112,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     listing = _request(args, "GET", "/api/webhooks")
     if args.json:
+        import orjson
+
         out.write(orjson.dumps(listing, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     for hook in listing["webhooks"]:

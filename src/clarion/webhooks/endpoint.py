@@ -11,11 +11,9 @@ import orjson
 from clarion.errors import BadRequest
 from clarion.protocol.channels import matches_any, validate_pattern
 from clarion.protocol.cursor import encode_single
+from clarion.webhooks.kinds import EVENT_KINDS
 from clarion.webhooks.signing import secret_key
 
-# Lifecycle events an endpoint may ask for, as the hub reports them.
-EVENT_KINDS = ("connect", "disconnect", "subscribe", "unsubscribe", "join", "leave")
-PUBLICATION = "publication"
 MAX_PATTERNS = 100
 
 

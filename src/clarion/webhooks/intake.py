@@ -21,7 +21,8 @@ from clarion.errors import EngineUnavailable
 from clarion.protocol.publication import Publication
 from clarion.settings import WebhookDelivery
 from clarion.webhooks.counts import QueueCounts
-from clarion.webhooks.endpoint import PUBLICATION, Delivery, Endpoint
+from clarion.webhooks.endpoint import Delivery, Endpoint
+from clarion.webhooks.kinds import PUBLICATION
 from clarion.webhooks.outbox import Outbox
 from clarion.webhooks.registry import Registry
 from clarion.webhooks.signing import event_msg_id, publication_msg_id

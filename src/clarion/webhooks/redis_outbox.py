@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import NoScriptError, RedisError
 
-from clarion.webhooks.endpoint import PUBLICATION, Delivery, Endpoint
+from clarion.webhooks.endpoint import Delivery, Endpoint
+from clarion.webhooks.kinds import PUBLICATION
 from clarion.webhooks.redis_outbox_store import (
     BURY,
     CLAIM,

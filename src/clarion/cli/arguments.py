@@ -1,0 +1,111 @@
+"""What the ``clarion`` parser needs: its error style, argument types and shared options.
+
+Every ``clarion`` process builds the whole parser, whichever command it runs (and ``--help``
+runs none): this module imports nothing but :mod:`argparse`, and an argument type imports what
+it checks with only when it is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in the style of every other error: ``clarion: …`` on stderr, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        message = message.removeprefix("argument ")
+        self.exit(2, f"clarion: {message}\ntry '{self.prog} --help'\n")
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``2d`` → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (0 to 65535): {text!r}")
+    return port
+
+
+def json_value(text: str) -> Any:
+    import orjson
+
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        hint = ""
+        if text[:1] not in ('"', "{", "[", "-", *"0123456789") and "'" not in text:
+            # A bare word is a string without its quotes, which the shell took off.
+            hint = f""" (a JSON string keeps its quotes: '"{text}"')"""
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r}{hint}") from None
+
+
+def json_object(text: str) -> dict[str, Any]:
+    value = json_value(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
+
+
+CURSOR_SOURCES = (
+    'a cursor is the "cursor" of a line clarion subscribe prints, or of a /poll answer, '
+    "or the id: of an SSE event"
+)
+
+
+def cursor_arg(text: str) -> str:
+    """A cursor to resume from, read before connecting: a typo is a usage error then, not a
+    refusal after the connection."""
+    from clarion.errors import BadCursor
+    from clarion.protocol.cursor import Cursor
+
+    try:
+        Cursor.decode(text)
+    except BadCursor as exc:
+        raise argparse.ArgumentTypeError(
+            f"not a cursor: {text[:40]!r}{'…' if len(text) > 40 else ''} ({exc.message}); "
+            f"{CURSOR_SOURCES}"
+        ) from None
+    return text
+
+
+def worker_count_arg(text: str) -> int:
+    from clarion.workers import worker_count
+
+    try:
+        return worker_count(text.strip().lower())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers takes ")) from None
+
+
+def add_client_options(parser: argparse.ArgumentParser, *, api_key: bool) -> None:
+    """``--url``, ``--config`` (and ``--api-key``): how a client command finds the hub."""
+    parser.add_argument(
+        "--url",
+        help="hub base URL (default $CLARION_URL, else http://HOST:PORT of the configuration, "
+        "http://127.0.0.1:8000 without one)",
+    )
+    parser.add_argument(
+        "--config", help="clarion.toml for the default URL and key (default ./clarion.toml)"
+    )
+    if api_key:
+        parser.add_argument(
+            "--api-key",
+            help="server API key (default $CLARION_API_KEY, else api_key of the config)",
+        )

@@ -7,6 +7,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from clarion import ConfigError, Settings
 from clarion.settings_sources import CLIENT_VARIABLES, annotation_at, load
@@ -141,6 +142,26 @@ def test_settings_built_in_code_read_the_environment_the_same_way(
     monkeypatch.setenv("CLARION_NOT_A_SETTING", "1")
     with pytest.raises(ValueError, match="not_a_setting"):
         Settings()
+
+
+def test_settings_built_in_code_win_over_the_environment_key_by_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLARION_PORT", "9000")
+    monkeypatch.setenv("CLARION_HOST", "127.0.0.2")
+    monkeypatch.setenv("CLARION_LIMITS__MAX_CONNECTIONS", "7")
+    monkeypatch.setenv("CLARION_LIMITS__MAX_CONNECTIONS_PER_IP", "3")
+    settings = Settings(port=9001, limits={"max_connections": 8})
+    assert (settings.host, settings.port) == ("127.0.0.2", 9001)
+    # A table given in code is merged with the environment's, not put in its place.
+    assert (settings.limits.max_connections, settings.limits.max_connections_per_ip) == (8, 3)
+    # Validated as any value: a bad one given in code is pydantic's error, as it always was.
+    with pytest.raises(ValidationError, match="port"):
+        Settings(port="not a port")
+    # Read afresh at each construction; a copy keeps what its original read.
+    monkeypatch.setenv("CLARION_PORT", "9002")
+    assert Settings().port == 9002
+    assert settings.model_copy().port == 9001
 
 
 def test_annotation_at_follows_tables_lists_and_namespaces() -> None:

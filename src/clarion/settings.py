@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from clarion.protocol.channels import DEFAULT_NAMESPACE
 from clarion.protocol.origins import Origin, OriginRule, parse_origin
@@ -30,20 +28,6 @@ REDIS_URL_SCHEMES = (
     "redis+sentinel://",
     "redis+cluster://",
 )
-
-
-class _Environment(PydanticBaseSettingsSource):
-    """The ``CLARION_*`` variables, read as :mod:`clarion.settings_sources` reads them."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        raise NotImplementedError  # __call__ reads every variable at once
-
-    def __call__(self) -> dict[str, Any]:
-        from clarion.settings_sources import Sourced, read_environment
-
-        sourced = Sourced()
-        read_environment(self.settings_cls, os.environ, sourced)
-        return sourced.values
 
 
 class NamespaceOptions(BaseModel):
@@ -295,10 +279,26 @@ class HooksOptions(BaseModel):
         return bool(self.connect_url or self.subscribe_url or self.publish_url)
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Everything clarion can be told; see ``docs/configuration.md``."""
 
-    model_config = SettingsConfigDict(extra="forbid")
+    # Defaults are validated too, as values given are.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    if not TYPE_CHECKING:  # type checkers see the fields as keyword arguments, as pydantic makes
+
+        def __init__(self, **values: Any) -> None:
+            # ``Settings(...)`` reads the environment the way ``Settings.load`` does; the values
+            # given win, key by key in tables. (pydantic's validation calls this too, so
+            # ``model_validate`` reads it as well.) Not pydantic-settings: importing it cost every
+            # command that reads settings ~0.05 s of CPU, and asyncio, for this alone.
+            from clarion.settings_sources import LOAD, Sourced, read_environment
+
+            sourced = Sourced()
+            read_environment(type(self), os.environ, sourced)
+            for name, value in values.items():
+                sourced.set((name,), value, LOAD)
+            super().__init__(**sourced.values)
 
     host: str = Field("127.0.0.1", description="address `clarion serve` binds")
     port: int = Field(8000, ge=0, le=65535, description="port `clarion serve` binds")
@@ -456,18 +456,6 @@ class Settings(BaseSettings):
     @classmethod
     def _log_level_any_case(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # ``Settings(...)`` reads the environment the way ``Settings.load`` does.
-        return init_settings, _Environment(settings_cls)
 
     @classmethod
     def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:

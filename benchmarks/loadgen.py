@@ -250,6 +250,7 @@ class Stats:
         self.pub_last_offset = 0
         self.caught_up = 0
         self.all_caught_at = 0.0
+        self.stages: list[tuple[float, float]] = []  # per opened connection: (TCP, to reply) s
         self.gaps = 0
         self.dups = 0
         self.resets = 0
@@ -1073,8 +1074,11 @@ class LoadGen:
             while time.monotonic() < deadline:
                 sub = self._make_sub(i, client)
                 try:
+                    t0 = time.monotonic()
                     await self._open(lambda sub=sub: sub, self._source(i), self._port(i))
+                    t1 = time.monotonic()
                     ok = await asyncio.wait_for(sub.ready, max(0.1, deadline - time.monotonic()))
+                    self.st.stages.append((t1 - t0, time.monotonic() - t1))
                 except (OSError, TimeoutError, RuntimeError) as exc:
                     self.st.error(f"connect_{type(exc).__name__}")
                     ok = False
@@ -1400,6 +1404,7 @@ class LoadGen:
         # drop every connection at once (RST), then reconnect all with their cursors
         st.caught_up = 0
         st.subscribed = 0
+        st.stages = []
         for c in self.clients:
             c.caught = False
         self.close_all()
@@ -1430,6 +1435,9 @@ class LoadGen:
         # the seconds.
         resumed = max(1, st.caught_up)
         hub_cpu = proc_cpu_seconds(hubs) - hub_cpu_at_drop
+        for name, k in (("tcp", 0), ("reply", 1)):
+            ms = sorted(1000 * stage[k] for stage in st.stages) or [float("nan")]
+            r[f"storm_{name}_ms"] = [round(ms[int(q * (len(ms) - 1))], 1) for q in (0.5, 0.9, 0.99)]
         r.update(
             storm_hub_cpu_seconds=round(hub_cpu, 3),
             storm_hub_cpu_ms_per_session=round(1000 * hub_cpu / resumed, 3),
@@ -1555,6 +1563,12 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
     p.add_argument("--storm-away", type=float, default=defaults.storm_away)
     p.add_argument("--redis-port", type=int, default=defaults.redis_port)
     p.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=defaults.connect_concurrency,
+        help="connections being opened and subscribed at once (storm: the reconnecting clients)",
+    )
+    p.add_argument(
         "--read-every",
         type=float,
         default=defaults.read_every,
@@ -1589,6 +1603,7 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         reconnect_deadline=a.reconnect_deadline,
         storm_away=a.storm_away,
         redis_port=a.redis_port,
+        connect_concurrency=a.connect_concurrency,
         storm_mark=a.storm_mark,
         read_every=a.read_every,
     )

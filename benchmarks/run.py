@@ -622,7 +622,8 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
             "",
             f"All clients subscribed, publications at {args['p5_rate']:g}/s over HTTP; after "
             "3 s every connection is dropped at once (RST); 1 s later all reconnect at once "
-            "(256 handshakes in flight) with `subscribe` + `since: <last cursor>`, while "
+            f"({args.get('p5_window', 256)} handshakes in flight) with `subscribe` + "
+            "`since: <last cursor>`, while "
             "publishing goes on, so what was published meanwhile must come from history. "
             "Timed from the drop; passes when all have resumed and caught up within 10 s "
             "with no gap, no duplicate and no reset.",
@@ -643,6 +644,14 @@ def render(report: dict[str, Any], plot_rel: str | None) -> str:
                 f"| {pct(r.get('reconnect_generator_cpu_fraction'))} "
                 f"| {'**yes**' if r.get('passed') else '**no**'} |",
             ]
+            if "storm_reply_ms" in r:
+                tcp, reply = r["storm_tcp_ms"], r["storm_reply_ms"]
+                out += [
+                    "",
+                    "Per reconnecting client, p50 / p90 / p99 ms: TCP connect "
+                    f"{' / '.join(map(str, tcp))}; from connected to the `subscribe` reply "
+                    f"{' / '.join(map(str, reply))}.",
+                ]
             if "storm_redis_cpu_ms_per_session" in r:
                 out += [
                     "",
@@ -768,6 +777,8 @@ def print_table(records: list[Record]) -> None:
                 f" resume={fnum(r.get('reconnect_resume_seconds'), 2)}s lost={r.get('lost')} "
                 f"passed={r.get('passed')}"
             )
+            if "storm_reply_ms" in r:
+                extra += f" reply p50/p99 {r['storm_reply_ms'][0]}/{r['storm_reply_ms'][2]} ms"
             if "storm_hub_cpu_ms_per_session" in r:
                 extra += f" per session: hub {r['storm_hub_cpu_ms_per_session']} ms CPU"
             if "storm_redis_cpu_ms_per_session" in r:
@@ -833,6 +844,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=SERVER_CORE,
         help=f"p5: the core of Redis: the hubs' ({SERVER_CORE}, the default) or the load "
         f"generator's ({GENERATOR_CORE}: as on another machine, though it shares that core)",
+    )
+    p.add_argument(
+        "--p5-window",
+        type=int,
+        default=256,
+        help="p5: clients reconnecting at once (each waits for its subscription before the "
+        "next of the storm starts in its place)",
     )
     p.add_argument(
         "--p5-mark",
@@ -945,7 +963,7 @@ def main(argv: list[str] | None = None) -> int:
                 plan.append(("p7-publish", server, "ws", args))
         elif scenario == "p5" and "clarion" in active:
             args = dict(common, mode="storm", subscribers=a.p5_clients, rate=a.p5_rate)
-            args.update(sample=0, duration=3.0)
+            args.update(sample=0, duration=3.0, connect_concurrency=a.p5_window)
             if a.p5_mark:
                 args["storm_mark"] = a.p5_mark
             args["cluster"] = (a.p5_engine, a.p5_nodes, a.p5_redis_core)

@@ -801,3 +801,33 @@ async def test_a_refresh_renews_leases_and_puts_back_what_redis_lost(
     ]
     assert await a.presence_stats("c") == PresenceStats(4, 2)
     assert await a.limits.connection_count("ip", "10.0.0.1") == 2
+
+
+async def test_a_refresh_leaves_alone_what_closed_while_it_ran(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """Entries removed and connections released while a refresh is under way stay gone, and
+    the refresh removes none of them again: a refresh that meets thousands of closing
+    sessions (a reconnect storm) costs no more than one that meets none."""
+    a, _ = await nodes("check_interval=30&presence_ttl=60")
+    assert a.limits is not None
+    clients = [f"s{i}" for i in range(200)]
+    for client in clients:
+        await a.presence_add("c", PresenceEntry(client, None))
+        assert await a.limits.acquire_connection("ip", "10.0.0.1", client, 1000)
+    await raw.config_resetstat()
+    refresh = asyncio.ensure_future(a._refresh())
+    await asyncio.sleep(0)  # the refresh has taken what this node holds and waits on Redis
+    gone = clients[:150]
+    await asyncio.gather(
+        *(a.presence_remove("c", client) for client in gone),
+        *(a.limits.release_connection("ip", "10.0.0.1", client) for client in gone),
+    )
+    await refresh
+    assert sorted(p.client for p in await a.presence("c")) == sorted(clients[150:])
+    assert await a.limits.connection_count("ip", "10.0.0.1") == 50
+    stats = await raw.info("commandstats")
+    # One HDEL and one ZREM per removed entry, and one ZREM for the 150 released connections
+    # (released together, they are one call): nothing removed twice.
+    assert stats["cmdstat_hdel"]["calls"] == 150
+    assert stats["cmdstat_zrem"]["calls"] == 151

@@ -88,20 +88,38 @@ class ClusterLimits:
             raise _unavailable(exc, "taking a publish token") from None
 
     async def refresh(self) -> None:
+        """Renew this node's members' leases; add back those Redis lost (raises what Redis
+        raised)."""
         if not self._held:
             return
-        calls = []
-        sent: list[tuple[str, set[str]]] = []
-        for name, members in self._held.items():
-            calls.append((self._renew, [name], [self._ttl_ms, *members]))
-            sent.append((name, set(members)))
-        await self._batch.now(calls)
-        # A member released while the refresh was under way may have been added back by it
-        # (its removal ran first): remove it again, now that the refresh has run.
+        names = list(self._held)
+        calls = [
+            (self._renew, [name], [self._ttl_ms, "renew", *self._held[name]]) for name in names
+        ]
+        missing = await self._batch.now(calls)
+        lost: list[tuple[str, list[str]]] = []
+        for name, members in zip(names, missing, strict=True):
+            # Those released while the renewal was under way are gone for good, not lost.
+            held = self._held.get(name, set())
+            back = [m for raw in members if (m := _text(raw)) in held]
+            if back:
+                lost.append((name, back))
+        if not lost:
+            return
+        await self._batch.now(
+            [(self._renew, [name], [self._ttl_ms, "add", *members]) for name, members in lost]
+        )
+        # A member released while it was being added back may be counted again (its release
+        # ran first): release it again, now that the addition has run.
         await asyncio.gather(
             *(
                 self._release(name, member)
-                for name, members in sent
-                for member in members - self._held.get(name, set())
+                for name, members in lost
+                for member in members
+                if member not in self._held.get(name, ())
             )
         )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -149,12 +149,12 @@ class RedisPresence:
         if not self.held:
             return
         calls = []
-        sent: list[tuple[str, dict[str, tuple[bytes, str]]]] = []
-        for channel, entries in self.held.items():
+        channels = list(self.held)
+        for channel in channels:
             plain: list[Any] = []
             users: list[str] = []
             pairs: list[Any] = []
-            for client, (_, user) in entries.items():
+            for client, (_, user) in self.held[channel].items():
                 if user:
                     users.append(user)
                     pairs += [client, user]
@@ -163,24 +163,28 @@ class RedisPresence:
             keys = self._channel_keys(channel)
             keys += [self._keys.presence_user(channel, user) for user in users]
             calls.append((self._renew, keys, [self._ttl_ms, len(plain), *plain, *pairs]))
-            sent.append((channel, dict(entries)))
         missing = await self._batch.now(calls)
+        lost: list[tuple[str, str, str]] = []
         again = []
-        for (channel, entries), clients in zip(sent, missing, strict=True):
+        for channel, clients in zip(channels, missing, strict=True):
+            # Those removed while the renewal was under way are gone for good, not lost.
+            entries = self.held.get(channel, {})
             for raw in clients:
                 client = raw.decode() if isinstance(raw, bytes) else raw
-                value, user = entries[client]
-                keys = self._channel_keys(channel, user)
-                again.append((self._add, keys, [self._ttl_ms, client, value, user]))
-        if again:
-            await self._batch.now(again)
-        # An entry removed while the refresh was under way may have been added back by it (its
-        # removal ran first): remove it again, now that the refresh has run.
+                if client in entries:
+                    value, user = entries[client]
+                    lost.append((channel, client, user))
+                    keys = self._channel_keys(channel, user)
+                    again.append((self._add, keys, [self._ttl_ms, client, value, user]))
+        if not again:
+            return
+        await self._batch.now(again)
+        # An entry removed while it was being added back may be back (its removal ran first):
+        # remove it again, now that the addition has run.
         await asyncio.gather(
             *(
                 self._removal(channel, client, user)
-                for channel, entries in sent
-                for client, (_, user) in entries.items()
+                for channel, client, user in lost
                 if client not in self.held.get(channel, {})
             )
         )

@@ -160,25 +160,34 @@ return {epoch, top, earliest, entries}
 )
 
 # KEYS: expiry zset
-# ARGV: ttl ms, then members
-# Renews the members' leases (adding those missing): a node's periodic refresh of its connection
-# counts. One argument per member and one ZADD per 500: the refresh of 10,000 connections costs
-# the node and Redis a fraction of a call per member.
+# ARGV: ttl ms, "add" or "renew", then members
+# A node's periodic refresh of its connection counts. "renew" extends the leases of the members
+# still there and returns the others, for the node to add back those it still holds ("add"): a
+# member released while the refresh was under way is not counted again. One argument per member
+# and one ZADD per 500: the refresh of 10,000 connections costs the node and Redis a fraction of
+# a call per member.
 CONNECTION_RENEW = (
     _COMMON
     + """
-local zset, ttl = KEYS[1], tonumber(ARGV[1])
+local zset, ttl, add = KEYS[1], tonumber(ARGV[1]), ARGV[2] == 'add'
 local expires = now_ms() + ttl
-for i = 2, #ARGV, 500 do
+local missing = {}
+for i = 3, #ARGV, 500 do
+  local last = math.min(i + 499, #ARGV)
+  local scores = add and {} or redis.call('ZMSCORE', zset, unpack(ARGV, i, last))
   local pairs = {}
-  for j = i, math.min(i + 499, #ARGV) do
-    pairs[#pairs + 1] = expires
-    pairs[#pairs + 1] = ARGV[j]
+  for j = 1, last - i + 1 do
+    if add or scores[j] then
+      pairs[#pairs + 1] = expires
+      pairs[#pairs + 1] = ARGV[i + j - 1]
+    else
+      missing[#missing + 1] = ARGV[i + j - 1]
+    end
   end
-  redis.call('ZADD', zset, unpack(pairs))
+  if #pairs > 0 then redis.call('ZADD', zset, unpack(pairs)) end
 end
-redis.call('PEXPIRE', zset, ttl)
-return 1
+if redis.call('EXISTS', zset) == 1 then redis.call('PEXPIRE', zset, ttl) end
+return missing
 """
 )
 

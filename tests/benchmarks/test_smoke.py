@@ -199,3 +199,20 @@ def test_deflate_benchmark_tables(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "| chat | `/ws` |" in out and "| ticker | `/stomp` |" in out
     assert "| **frame** | **245** (payload 241) |" in out
+
+
+@pytest.mark.parametrize("client_process", [False, True], ids=["one-process", "client-process"])
+def test_publish_cost_delivers_every_publication(
+    client_process: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("clarion", reason="clarion is not importable")
+    import json
+
+    from benchmarks import publish_cost
+
+    # The client process is started with ``-m benchmarks.publish_cost``: from the repository.
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    argv = ["--requests", "60", "--channels", "6", "--connections", "4"]
+    assert publish_cost.main(argv + (["--client-process"] if client_process else [])) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["delivered"] == 60 and result["client_process"] is client_process

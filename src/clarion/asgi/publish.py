@@ -16,6 +16,7 @@ import orjson
 from clarion.asgi import access
 from clarion.asgi.responses import error_body, send_error, send_json
 from clarion.asgitypes import DirectResponse, Receive, Scope, Send
+from clarion.core.fanout import publication_cursor
 from clarion.core.hub import Hub
 from clarion.errors import BadRequest, ClarionError, TooLarge
 from clarion.protocol.channels import validate_channel
@@ -139,4 +140,4 @@ def publish_reply(hub: Hub, pub: Publication) -> dict[str, Any]:
     one, only that it was (it has no place)."""
     if pub.ephemeral:
         return {"ephemeral": True}
-    return {"offset": pub.offset, "epoch": pub.epoch, "cursor": hub.cursor_of(pub)}
+    return {"offset": pub.offset, "epoch": pub.epoch, "cursor": publication_cursor(pub)}

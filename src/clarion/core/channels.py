@@ -107,14 +107,16 @@ class LocalChannels:
     # ---- the engine's publications: everything delivered goes through here --------------------
 
     def on_publication(self, pub: Publication) -> None:
-        self.stats.publications += 1
+        stats = self.stats
+        stats.publications += 1
         local = self.local.get(pub.channel)
         if local is None:
             return
-        recovering = self._recovering.get(pub.channel)
-        if recovering is not None:
-            recovering.append(pub)
-            return
+        if self._recovering:  # nearly always empty: one test, not a lookup
+            recovering = self._recovering.get(pub.channel)
+            if recovering is not None:
+                recovering.append(pub)
+                return
         last = local.position
         if last is not None:
             if pub.epoch == last.epoch:
@@ -127,25 +129,27 @@ class LocalChannels:
                 self._reset_all(local, "epoch", StreamPosition(pub.epoch, pub.offset - 1))
         local.position = StreamPosition(pub.epoch, pub.offset)
         self.deliver(local, pub)
-        stats = self.stats
         stats.countdown -= 1
         if stats.countdown <= 0:
             stats.sample(pub)
 
     def deliver(self, local: LocalChannel, pub: Publication) -> None:
-        for buffer in local.pending.values():
-            buffer.append(pub)
+        if local.pending:
+            for buffer in local.pending.values():
+                buffer.append(pub)
         if local.conflating:
             conflating = local.conflating
             for sub in conflating:
                 conflating[sub] = pub
-        deliveries = self.stats.deliveries
+        stats = self.stats
+        deliveries = stats.deliveries
         total = 0
         for fmt, group in local.by_format.items():
             fmt.deliver(group.values(), pub.encoded(fmt, fmt.encode))
-            deliveries[fmt.transport] += len(group)
-            total += len(group)
-        self.stats.activity.count(pub.channel, total)
+            count = len(group)
+            deliveries[fmt.transport] += count
+            total += count
+        stats.activity.count(pub.channel, total)
         if local.ahead:
             local.catch_up(pub)
 

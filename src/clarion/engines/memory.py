@@ -130,7 +130,9 @@ class MemoryEngine:
         """Offset, history write and delivery in one step, without suspending: a coroutine
         only to fit the engine interface (nothing here awaits)."""
         now = self._clock()
-        log = self._log(channel)
+        log = self._logs.get(channel)
+        if log is None:
+            log = self._log(channel)
         size = options.history_size  # each read of an options field costs, once here
         log.trim(now, size)
         slot = (idempotency_scope, idempotency_key) if idempotency_key is not None else None

@@ -25,6 +25,7 @@ import orjson
 ATTRIBUTES = ("headers", "encoding", "content_type")
 ENCODINGS = ("utf-8", "base64")
 MAX_KEY_CHARS = 128  # an ephemeral publication's key
+_UNSET = object()  # not encoded yet (an encoding may be anything, None too)
 
 
 def payload_size(data: Any, attrs: dict[str, Any] | None = None) -> int:
@@ -165,12 +166,12 @@ class Publication:
 
     def encoded(self, key: object, encode: Any) -> Any:
         """``encode(self)`` memoised under ``key`` (one entry per wire format)."""
-        try:
-            return self._encodings[key]
-        except KeyError:
-            value = encode(self)
-            self._encodings[key] = value
-            return value
+        # A lookup, not try/except KeyError: the first call for each key is the common one (a
+        # publication's frame, its cursor), and raising the KeyError cost more than the rest.
+        value = self._encodings.get(key, _UNSET)
+        if value is _UNSET:
+            value = self._encodings[key] = encode(self)
+        return value
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> Publication:

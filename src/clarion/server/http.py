@@ -72,6 +72,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_body_due",
         "_body_timer",
+        "_completing",
         "_counted",
         "_cycle",
         "_detached",
@@ -119,6 +120,7 @@ class HttpProtocol(asyncio.Protocol):
         self._raw_bytes = 0  # bytes of chunks that completed neither a head nor a message
         self._in_head = True
         self._progress = False  # this chunk completed a head or a message
+        self._completing = False  # in on_message_complete, which settles the state after
         self._reject = 0
         # Requests.
         self._cycle: InFlight | None = None  # response in flight
@@ -253,12 +255,11 @@ class HttpProtocol(asyncio.Protocol):
             self._raise(431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        self._headers.append((name.lower(), value))
-        if (
-            self._head_bytes > self.config.max_header_bytes
-            or len(self._headers) > self.config.max_headers
-        ):
+        headers = self._headers
+        headers.append((name.lower(), value))
+        size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
+        config = self.config
+        if size > config.max_header_bytes or len(headers) > config.max_headers:
             self._raise(431)
 
     def on_headers_complete(self) -> None:
@@ -385,7 +386,13 @@ class HttpProtocol(asyncio.Protocol):
             self._body_timer = None
         cycle, self._parsing = self._parsing, None
         if cycle is not None:
-            cycle.end_body()
+            # A direct request is answered in end_body: its response_complete leaves the
+            # counting, the idle timer and reading to the lines below, which redo them anyway.
+            self._completing = True
+            try:
+                cycle.end_body()
+            finally:
+                self._completing = False
         self._in_head = True
         self._progress = True
         self._raw_bytes = 0
@@ -425,6 +432,8 @@ class HttpProtocol(asyncio.Protocol):
                 self._hand_over(following)
                 return
             self._start(following)
+        elif self._completing:
+            return  # on_message_complete settles the rest, right after
         else:
             self._recount()
             self._arm_idle_timer()

@@ -20,7 +20,6 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from clarion.core.auth import Credentials
@@ -80,6 +79,8 @@ class HttpHooks:
             problem = exc.message.removeprefix("'secret' ")
             raise ConfigError(f"hooks.secret {problem}; {MAKE_SECRET}") from None
         self.options = options
+        import httpx  # here: a hub without [hooks] never loads the HTTP client
+
         # The backend is the operator's own, named in the configuration: no address filtering.
         self._http = httpx.AsyncClient(timeout=options.timeout, follow_redirects=False)
         self._cache: OrderedDict[tuple[str, str, str], tuple[float, Answer]] = OrderedDict()
@@ -178,6 +179,8 @@ class HttpHooks:
         return _verdict(answer)
 
     async def _post(self, url: str, body: dict[str, Any]) -> Answer:
+        import httpx  # loaded by __init__ already: only the name of its error is wanted here
+
         payload = orjson.dumps(body)
         msg_id = "msg_" + os.urandom(12).hex()
         headers = {

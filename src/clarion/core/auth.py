@@ -10,8 +10,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
-
 from clarion.errors import BadChannel, ConfigError, Forbidden, Unauthorized
 from clarion.protocol.channels import matches_any, namespace_of, validate_channel, validate_pattern
 from clarion.protocol.errors import ErrorCode
@@ -98,9 +96,18 @@ def _check_times(claims: dict[str, Any], now: float) -> None:
         raise Unauthorized("invalid token: it was issued in the future (iat)")
 
 
-# PyJWT warns about a short HMAC key at every encode and decode, with its own file paths; the
-# hub says it once at start instead (secret_note), in its own words. Short RSA keys still warn.
-warnings.filterwarnings("ignore", message="The HMAC key is", category=jwt.InsecureKeyLengthWarning)
+def _load_pyjwt() -> None:
+    """Import PyJWT when tokens are to be verified or minted: it loads ``cryptography`` (for
+    RS*/ES* keys), ~0.04 s of CPU that a hub believing no token need not spend at start. The
+    functions here that use it import it again, a name lookup by then."""
+    import jwt
+
+    # PyJWT warns about a short HMAC key at every encode and decode, with its own file paths; the
+    # hub says it once at start instead (secret_note), in its own words. Short RSA keys still
+    # warn. (The same filter added again replaces the first.)
+    warnings.filterwarnings(
+        "ignore", message="The HMAC key is", category=jwt.InsecureKeyLengthWarning
+    )
 
 
 def secret_note(secret: str | None, algorithm: str) -> str | None:
@@ -165,6 +172,8 @@ class Authenticator:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        if settings.auth_enabled:
+            _load_pyjwt()  # at start, not at the first connection with a token
         self._key: Any = settings.token_secret
         if settings.token_public_key_file:
             self._key = self._load_public_key(settings.token_public_key_file)
@@ -178,6 +187,8 @@ class Authenticator:
     @staticmethod
     def _load_public_key(path: str) -> Any:
         """A PEM public key, a JWK, or a JWKS (keys chosen by the token's ``kid``)."""
+        import jwt
+
         try:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
@@ -194,6 +205,8 @@ class Authenticator:
         return text
 
     def _key_for(self, token: str) -> Any:
+        import jwt
+
         if not isinstance(self._key, jwt.PyJWKSet):
             return self._key
         try:
@@ -224,6 +237,8 @@ class Authenticator:
             )
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized("token is missing or too long")
+        import jwt
+
         try:
             claims = jwt.decode(
                 token,
@@ -318,6 +333,9 @@ def mint_token(
     presence: list[str] | None = None,
 ) -> str:
     """A development token (``clarion token``)."""
+    _load_pyjwt()
+    import jwt
+
     now = int(time.time())
     claims: dict[str, Any] = {"sub": user, "channels": channels, "iat": now, "exp": now + int(ttl)}
     if publish:

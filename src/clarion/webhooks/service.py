@@ -46,7 +46,6 @@ from clarion.webhooks.outbox import Outbox
 from clarion.webhooks.registry import Registry, new_endpoint
 from clarion.webhooks.replay import replay, revive
 from clarion.webhooks.schedule import RetrySchedule
-from clarion.webhooks.sender import Sender
 from clarion.webhooks.sqlite_outbox import SQLiteOutbox
 from clarion.webhooks.targets import AllowList
 from clarion.webhooks.worker import WorkerContext
@@ -55,6 +54,7 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from clarion.core.hub import Hub
+    from clarion.webhooks.sender import Sender
 
 log = logging.getLogger("clarion.webhooks")
 
@@ -162,6 +162,10 @@ class WebhookService:
         outbox.on_written = self._written
         outbox.on_registry_changed = self._registry_changed.set
         await self.counts.reload(outbox)
+        # Imported on opening, with the HTTP client it sends with: a hub that never uses
+        # webhooks does not load httpx.
+        from clarion.webhooks.sender import Sender
+
         self._sender = Sender(
             self.allow,
             timeout=self.config.timeout,

@@ -23,8 +23,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
 from clarion.errors import BadRequest
 from clarion.protocol.errors import ErrorCode
 
@@ -97,6 +95,8 @@ def parse_target(url: object) -> Target:
     if port is not None:
         netloc += f":{port}"
     normalised = urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+    import httpx  # here: a hub that registers no webhook never loads the HTTP client
+
     try:
         httpx.URL(normalised)
     except httpx.InvalidURL as exc:

@@ -15,12 +15,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from clarion.webhooks.counts import QueueCounts
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.outbox import Outbox
 from clarion.webhooks.schedule import RetrySchedule
-from clarion.webhooks.sender import Sender
+
+if TYPE_CHECKING:
+    from clarion.webhooks.sender import Sender
 
 log = logging.getLogger("clarion.webhooks")
 

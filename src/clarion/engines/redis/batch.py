@@ -26,10 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
+
+pack_command: Callable[[tuple[Any, ...]], bytes] | None
+try:  # in C; hiredis (an install requirement of the Redis extra) has it from 2.1
+    from hiredis import pack_command
+except ImportError:  # pragma: no cover - an older hiredis: the client library packs
+    pack_command = None
 
 MAX_BATCH = 256  # commands per pipeline: bounds one write, one reply and one caller's wait
 MAX_MERGED = 256  # items in one merged script call: bounds the time Redis spends in one script
@@ -56,12 +64,14 @@ class Call:
         self.at = loop.time()  # when queued: a call that waited too long fails
         self.sent = False
 
-    def queue(self, pipe: Any) -> None:
+    def command(self) -> tuple[Any, ...]:
         if self.script is None:
-            pipe.execute_command(*self.args)
-        else:
-            # Not pipe.evalsha: a cluster's pipeline refuses it, though it routes this by key.
-            pipe.execute_command("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+            return tuple(self.args)
+        return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+
+    def queue(self, pipe: Any) -> None:
+        # Not pipe.evalsha: a cluster's pipeline refuses it, though it routes this by key.
+        pipe.execute_command(*self.command())
 
     async def run_alone(self, client: Any) -> Any:
         if self.script is None:
@@ -310,10 +320,14 @@ class Batcher:
 
 
 async def _pipeline(client: Any, calls: list[Call], *, reloaded: bool = False) -> list[Any]:
-    pipe = client.pipeline(transaction=False)
-    for call in calls:
-        call.queue(pipe)
-    results: list[Any] = await pipe.execute(raise_on_error=False)
+    results: list[Any]
+    if not isinstance(client, Redis) or pack_command is None:  # a cluster client routes calls
+        pipe = client.pipeline(transaction=False)
+        for call in calls:
+            call.queue(pipe)
+        results = await pipe.execute(raise_on_error=False)
+    else:
+        results = await _on_one_connection(client.connection_pool, calls)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing and not reloaded:
         for script in {calls[i].script for i in missing}:
@@ -321,4 +335,32 @@ async def _pipeline(client: Any, calls: list[Call], *, reloaded: bool = False) -
         again = await _pipeline(client, [calls[i] for i in missing], reloaded=True)
         for i, result in zip(missing, again, strict=True):
             results[i] = result
+    return results
+
+
+async def _on_one_connection(pool: Any, calls: list[Call]) -> list[Any]:
+    """The calls as one write and their replies in order, on one pooled connection.
+
+    What the client library's non-transactional pipeline does, without its per-command
+    layers (packing in Python, response callbacks, retries, observability): the batcher's
+    calls are scripts and plain commands whose raw replies are what the callers want, and a
+    reconnect storm sends thousands of them. An error reply is that call's result; anything
+    else (a lost connection, a timeout) fails them all and closes the connection, whose
+    replies would no longer match what was asked.
+    """
+    assert pack_command is not None
+    connection = await pool.get_connection()
+    try:
+        await connection.send_packed_command(b"".join(pack_command(c.command()) for c in calls))
+        results: list[Any] = []
+        for _ in calls:
+            try:
+                results.append(await connection.read_response())
+            except ResponseError as exc:
+                results.append(exc)
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
     return results

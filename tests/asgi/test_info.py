@@ -62,6 +62,26 @@ async def test_info_counts_this_nodes_connections_by_transport(hub: RunningHub) 
         assert params == {"node", "q", "sort", "limit"}
 
 
+async def test_info_counts_follow_sessions_that_close(hub: RunningHub) -> None:
+    """The counts are kept as sessions come and go: each close takes its session out."""
+
+    async def counts(http: httpx.AsyncClient, wanted: dict[str, int]) -> bool:
+        node = (await http.get("/api/info")).json()["nodes"][0]
+        return bool(node["connections"] == wanted and node["operators"] == 0)
+
+    async with hub.http() as http:
+        async with hub.ws() as first:
+            await first.subscribe("room:a")
+            async with hub.ws() as second:
+                await second.subscribe("room:a")
+                assert await until(lambda: counts(http, {**NONE, "ws": 2}), 10, 0.05)
+            assert await until(lambda: counts(http, {**NONE, "ws": 1}), 10, 0.05)
+        assert await until(lambda: counts(http, NONE), 10, 0.05)
+
+
+NONE = {"ws": 0, "sse": 0, "poll": 0, "stomp": 0}
+
+
 async def test_channels_search_sort_and_node_filter(hub: RunningHub) -> None:
     async with hub.ws() as a, hub.ws() as b, hub.http() as http:
         await a.subscribe("chat:big")

@@ -18,15 +18,15 @@ import heapq
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from clarion.core.operator import METRICS_CHANNEL, is_operator
+from clarion.core.operator import METRICS_CHANNEL
 from clarion.core.rates import LatencyHistogram
+from clarion.core.registry import OPERATORS
 from clarion.engines.base import NodeDirectory, NodeDirectoryStorage
 from clarion.engines.nodes import LocalNodes
 from clarion.errors import ClarionError
@@ -136,14 +136,9 @@ class NodeReporter:
 
     def connections(self) -> tuple[dict[str, int], int]:
         """Sessions by transport (operator sessions apart), and the operator sessions."""
-        counts: Counter[str] = Counter()
-        operators = 0
-        for session in self.hub.sessions.values():
-            if is_operator(session.credentials):
-                operators += 1
-            else:
-                counts[session.transport.kind] += 1
-        return {kind: counts.get(kind, 0) for kind in (*TRANSPORTS, *counts)}, operators
+        kinds = self.hub.registry.kinds
+        shown = (*TRANSPORTS, *(k for k in kinds if k not in TRANSPORTS and k != OPERATORS))
+        return {kind: kinds.get(kind, 0) for kind in shown}, kinds.get(OPERATORS, 0)
 
     def record(self) -> dict[str, Any]:
         """This node as the others see it."""

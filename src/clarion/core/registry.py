@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from clarion.core.auth import LEEWAY, Credentials
 from clarion.core.limits import AddressCount, Refusals, Revocations
+from clarion.core.operator import is_operator
 from clarion.core.session import Session, Transport
 from clarion.errors import ClarionError, LimitExceeded, NodeFull, Unauthorized
 from clarion.protocol.codes import CloseCode
@@ -28,6 +30,9 @@ class SessionRegistry:
         self.sessions: dict[str, Session] = {}
         self.by_user: dict[str, set[Session]] = {}
         self.by_ip: dict[str, int] = {}
+        # Open sessions by transport kind, operator sessions under OPERATORS: kept as they come
+        # and go, so the node's once-a-second figures do not walk every session.
+        self.kinds: Counter[str] = Counter()
         limits = hub.settings.limits
         # Sockets without a session yet (STOMP before CONNECT), per address key and in all.
         self.pending = AddressCount(
@@ -61,6 +66,7 @@ class SessionRegistry:
                 "too many connections from this address", code=ErrorCode.TOO_MANY_CONNECTIONS
             )
         self.sessions[session.id] = session
+        self.kinds[_kind(session)] += 1
         if credentials.user is not None:
             self.by_user.setdefault(credentials.user, set()).add(session)
         if ip_key is not None:
@@ -91,13 +97,18 @@ class SessionRegistry:
                 held.discard(session)
                 if not held:
                     del self.by_user[old]
+        was = _kind(session)
         session.credentials = credentials
+        if session.id in self.sessions and _kind(session) != was:
+            self.kinds[was] -= 1
+            self.kinds[_kind(session)] += 1
         if new is not None:
             self.by_user.setdefault(new, set()).add(session)
 
     def forget(self, session: Session) -> None:
         """Take a closing ``session`` out of every index and count."""
-        self.sessions.pop(session.id, None)
+        if self.sessions.pop(session.id, None) is not None:
+            self.kinds[_kind(session)] -= 1
         ip = session.ip_key
         if ip is not None:
             left = self.by_ip.get(ip, 1) - 1
@@ -187,3 +198,10 @@ class SessionRegistry:
             if self.revocations.add(kind, key, until):  # missed: its sessions may still be open
                 user, jti = (key, None) if kind == "user" else (None, key)
                 self.disconnect_local_user(user, token_id=jti)
+
+
+OPERATORS = "operator"  # the key of operator sessions in SessionRegistry.kinds
+
+
+def _kind(session: Session) -> str:
+    return OPERATORS if is_operator(session.credentials) else session.transport.kind

@@ -375,8 +375,9 @@ class Settings(BaseModel):
     )
     compiled: bool = Field(
         True,
-        description="run the fan-out's append and flush loops compiled when clarion was built "
-        "with them (false: in Python, the fallback when no C compiler was at hand)",
+        description="run the fan-out's append and flush loops, and the reader of whole "
+        "POST /api/publish requests, compiled when clarion was built with them (false: in "
+        "Python and httptools, the fallback when no C compiler was at hand)",
     )
     permessage_deflate: bool = Field(
         True,

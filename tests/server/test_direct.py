@@ -5,10 +5,35 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from typing import Any
 
+import pytest
+
+from clarion.server import fastws
+
 from .helpers import TIMEOUT, connect, get, read_eof, read_response, request
+
+BUILT = fastws.use_compiled(True)  # whether the compiled loops were built here
+
+
+@pytest.fixture(params=["compiled", "python"])
+def start_server(request: Any, start_server: Any) -> Any:
+    """Every test here runs with the compiled reader of whole requests and without it (every
+    request through httptools): the answers must be the same."""
+    compiled = request.param == "compiled"
+    if compiled and not BUILT:
+        if os.environ.get("CI") == "true":
+            pytest.fail("clarion.server._fastloop was not built: the compiled reader went untested")
+        pytest.skip("clarion.server._fastloop is not built (no C compiler at install)")
+
+    async def start(app: Any, **options: Any) -> Any:
+        server = await start_server(app, compiled=compiled, **options)
+        assert fastws.COMPILED is compiled
+        return server
+
+    return start
 
 
 class Route:
@@ -248,3 +273,102 @@ async def read_answers(sock: socket.socket, count: int) -> list[int]:
         assert chunk, f"closed after {len(statuses)} answers"
         data += chunk
     return statuses
+
+
+async def test_requests_written_unusually_are_answered_alike(start_server: Any) -> None:
+    """What the compiled reader leaves to httptools (blanks, folds, repeated or special
+    headers, a query, limits) is answered as before; what it takes, exactly as httptools'."""
+    route = Route()
+    app = App(route)
+    server = await start_server(app, max_headers=5)
+    head = b"POST /d HTTP/1.1\r\n"
+    cases = [
+        (head + b"X-A:1\r\nContent-Length: 1\r\n\r\na", 201, ["x-a", "content-length"]),
+        (head + b"X-A: 1 \r\nContent-Length: 1\r\n\r\nb", 201, ["x-a", "content-length"]),
+        (head + b"X-A: 1\r\nX-a: 2\r\nContent-Length: 1\r\n\r\nc", 201, None),
+        (head + b"Connection: Keep-Alive\r\nContent-Length: 1\r\n\r\nd", 201, None),
+        (head + b"content-length: 01\r\n\r\ne", 201, ["content-length"]),
+        (head + b"X-A: 1\r\n 2\r\nContent-Length: 1\r\n\r\nf", 400, None),
+        (head + b"X-A: 1\nContent-Length: 1\r\n\r\ng", 400, None),
+        (head + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nh", 400, None),
+        (head + b"X-A: \x01\r\nContent-Length: 1\r\n\r\ni", 400, None),
+        (
+            head + b"".join(b"X-%d: 1\r\n" % n for n in range(5)) + b"Content-Length: 1\r\n\r\nj",
+            431,
+            None,
+        ),
+    ]
+    for raw, status, names in cases:
+        reader, writer = await connect(server.port)
+        writer.write(raw)
+        response = await read_response(reader)
+        assert response.status == status, raw
+        if names is not None:
+            assert json.loads(response.body)["headers"] == names
+    assert [call.decode() for call in route.calls] == ["a", "b", "c", "d", "e"]
+    assert app.asgi == []
+
+
+async def test_requests_in_one_write_and_split_ones_are_answered_in_order(
+    start_server: Any,
+) -> None:
+    route = Route()
+    app = App(route)
+    server = await start_server(app)
+    reader, writer = await connect(server.port)
+    stream = post("/d", b"1") + post("/d", b"") + post("/d?q", b"2") + post("/d", b"3")
+    stream += get("/e") + post("/d", b"4")
+    writer.write(stream[:-7])
+    await asyncio.sleep(0.05)
+    writer.write(stream[-7:])
+    answers = [await read_response(reader) for _ in range(6)]
+    bodies = [a.body.decode() for a in answers]
+    assert [json.loads(b)["body"] for b in bodies if b.startswith("{")] == ["1", "", "2", "3", "4"]
+    assert bodies[4] == "asgi "
+    assert route.calls == [b"1", b"", b"2", b"3", b"4"]
+
+
+def test_the_compiled_reader_takes_only_plain_whole_requests() -> None:
+    if not BUILT:
+        pytest.skip("clarion.server._fastloop is not built (no C compiler at install)")
+    from clarion.server._fastloop import whole_direct
+
+    routes = {b"/d": "route"}
+
+    def read(raw: bytes, max_headers: int = 10, max_head: int = 200) -> Any:
+        return whole_direct(raw, routes, max_headers, max_head, 10)
+
+    plain = b"POST /d HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+    assert read(plain) == ("route", [(b"host", b"t"), (b"content-length", b"3")], 48, 51)
+    assert read(plain + b"POST") == read(plain)  # what follows is the next request's
+    assert read(plain.replace(b"Host: t", b"hOsT:\t t"))[:2] == read(plain)[:2]
+    left = [
+        plain[:-1],  # not whole
+        plain[:30],
+        plain.replace(b"POST", b"PUT "),
+        plain.replace(b"/d", b"/e"),
+        plain.replace(b"/d", b"/d?q"),
+        plain.replace(b"1.1", b"1.0"),
+        plain.replace(b"Host: t", b"Host: t "),  # a trailing blank
+        plain.replace(b"Host: t", b"Host:"),  # an empty value
+        plain.replace(b"Host: t", b"Ho st: t"),
+        plain.replace(b"Host: t", b"Host: t\x7f"),
+        plain.replace(b"Host: t\r\n", b"Host: t\n"),
+        plain.replace(b"Host: t", b"Host: t\r\n u"),  # a folded line
+        plain.replace(b"Host: t", b"Content-Length: 3"),  # twice
+        plain.replace(b": 3", b": 3x"),
+        plain.replace(b": 3", b": 30"),  # over the body limit
+        plain.replace(b"Content-Length: 3", b"X: 3"),  # no length
+        plain.replace(b"Host: t", b"Transfer-Encoding: chunked"),
+        plain.replace(b"Host: t", b"Expect: 100-continue"),
+        plain.replace(b"Host: t", b"Upgrade: h2c"),
+        plain.replace(b"Host: t", b"Proxy-Connection: close"),
+        plain.replace(b"Host: t", b"Connection: close"),
+    ]
+    for raw in left:
+        assert read(raw) is None, raw
+    assert read(plain.replace(b"Host: t", b"Connection: keep-alive")) is not None
+    assert read(plain, max_headers=1) is None
+    # The head's bytes as the parser's callbacks count them: path, then name + value + 4.
+    assert read(plain, max_head=2 + 4 + 1 + 4 + 14 + 1 + 4) is not None
+    assert read(plain, max_head=2 + 4 + 1 + 4 + 14 + 1 + 4 - 1) is None

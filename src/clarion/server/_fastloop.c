@@ -11,6 +11,11 @@
  * transport's buffer was empty at its last write gets its frames with one send()/sendmsg() on
  * its socket, skipping the transport; whatever the kernel does not take goes to the transport's
  * write(), which buffers it and raises what an error means, as for any write.
+ *
+ * whole_direct() reads a request for one of the app's direct routes (POST /api/publish) that a
+ * chunk holds whole and that is written in the plainest way (see http.py), in place of the
+ * parser's callbacks; it returns None for anything else, which httptools then parses, so it
+ * only ever takes requests httptools would read the same way.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -334,6 +339,165 @@ static PyObject *flush_boxes(PyObject *self, PyObject *dirty) {
     Py_RETURN_NONE;
 }
 
+
+/* ---- A direct route's request, read whole from one chunk (http.py, _whole_direct) -------- */
+
+/* RFC 9110 token characters: a header name. */
+static int is_tchar(unsigned char c) {
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return 1;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* A visible character of a header value (obs-text included); blanks are allowed inside. */
+static int is_vchar(unsigned char c) { return (c > 0x20 && c < 0x7f) || c >= 0x80; }
+
+static int name_is(const char *name, Py_ssize_t len, const char *lower) {
+    Py_ssize_t i;
+    if ((Py_ssize_t)strlen(lower) != len)
+        return 0;
+    for (i = 0; i < len; i++) {
+        char c = name[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        if (c != lower[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* whole_direct(data, routes, max_headers, max_head_bytes, max_body) -> None or
+ * (route, headers, body_start, end): the request at the start of data if data holds it whole
+ * and it is written in the plainest way (see http.py), else None (the parser's way). */
+static PyObject *whole_direct(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *data, *routes, *path, *route, *headers = NULL, *result = NULL;
+    const char *buf, *p, *end, *line;
+    Py_ssize_t size, max_headers, max_head, max_body, head_bytes, count = 0, length = -1, i;
+    if (nargs != 5 || !PyBytes_CheckExact(args[0]) || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "whole_direct(data, routes, max_headers, head, body)");
+        return NULL;
+    }
+    data = args[0];
+    routes = args[1];
+    max_headers = PyLong_AsSsize_t(args[2]);
+    max_head = PyLong_AsSsize_t(args[3]);
+    max_body = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    buf = PyBytes_AS_STRING(data);
+    size = PyBytes_GET_SIZE(data);
+    end = buf + size;
+    if (size < 16 || memcmp(buf, "POST /", 6) != 0)
+        Py_RETURN_NONE;
+    p = buf + 5;
+    line = p;
+    while (p < end && *p > 0x20 && *p < 0x7f)
+        p++;
+    if (end - p < 11 || memcmp(p, " HTTP/1.1\r\n", 11) != 0)
+        Py_RETURN_NONE;
+    path = PyBytes_FromStringAndSize(line, p - line);
+    if (path == NULL)
+        return NULL;
+    route = PyDict_GetItemWithError(routes, path); /* borrowed */
+    Py_DECREF(path);
+    if (route == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE; /* another path, or a query string */
+    }
+    head_bytes = p - line;
+    p += 11;
+    headers = PyList_New(0);
+    if (headers == NULL)
+        return NULL;
+    for (;;) {
+        const char *name = p, *value, *value_end;
+        Py_ssize_t name_len;
+        PyObject *lower, *raw, *pair;
+        char *out;
+        if (end - p >= 2 && p[0] == '\r' && p[1] == '\n') {
+            p += 2;
+            break;
+        }
+        while (p < end && is_tchar((unsigned char)*p))
+            p++;
+        if (p == name || p >= end || *p != ':')
+            goto other;
+        name_len = p - name;
+        value = ++p;
+        while (value < end && (*value == ' ' || *value == '\t'))
+            value++;
+        if (value >= end || !is_vchar((unsigned char)*value))
+            goto other; /* an empty value, or not whole */
+        value_end = value + 1;
+        while (value_end < end && (is_vchar((unsigned char)*value_end) || *value_end == ' ' ||
+                                   *value_end == '\t'))
+            value_end++;
+        if (end - value_end < 2 || value_end[0] != '\r' || value_end[1] != '\n')
+            goto other;
+        if (value_end[-1] == ' ' || value_end[-1] == '\t')
+            goto other; /* trailing blanks: the parser decides what the value is */
+        p = value_end + 2;
+        count++;
+        head_bytes += name_len + (value_end - value) + 4;
+        if (count > max_headers || head_bytes > max_head)
+            goto other; /* near the limits: the parser refuses (431) or not, exactly */
+        {
+            if (name_is(name, name_len, "content-length")) {
+                const char *d;
+                if (length >= 0 || value_end - value > 9)
+                    goto other;
+                length = 0;
+                for (d = value; d < value_end; d++) {
+                    if (*d < '0' || *d > '9')
+                        goto other;
+                    length = length * 10 + (*d - '0');
+                }
+            } else if (name_is(name, name_len, "transfer-encoding") ||
+                       name_is(name, name_len, "expect") || name_is(name, name_len, "upgrade") ||
+                       name_is(name, name_len, "proxy-connection")) {
+                goto other;
+            } else if (name_is(name, name_len, "connection")) {
+                if (!name_is(value, value_end - value, "keep-alive"))
+                    goto other;
+            }
+            lower = PyBytes_FromStringAndSize(NULL, name_len);
+            if (lower == NULL)
+                goto error;
+            out = PyBytes_AS_STRING(lower);
+            for (i = 0; i < name_len; i++) {
+                char c = name[i];
+                out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+            }
+        }
+        raw = PyBytes_FromStringAndSize(value, value_end - value);
+        if (raw == NULL) {
+            Py_DECREF(lower);
+            goto error;
+        }
+        pair = PyTuple_Pack(2, lower, raw);
+        Py_DECREF(lower);
+        Py_DECREF(raw);
+        if (pair == NULL || PyList_Append(headers, pair) < 0) {
+            Py_XDECREF(pair);
+            goto error;
+        }
+        Py_DECREF(pair);
+    }
+    if (length < 0 || length > max_body || end - p < length)
+        goto other;
+    result = Py_BuildValue("(OOnn)", route, headers, (Py_ssize_t)(p - buf),
+                           (Py_ssize_t)(p - buf) + length);
+    Py_DECREF(headers);
+    return result;
+other:
+    Py_DECREF(headers);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(headers);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"bind", bind_types, METH_VARARGS,
      "bind(Outbox, Flusher, flush_one, push_many, report): the classes whose slots the loops "
@@ -342,6 +506,9 @@ static PyMethodDef methods[] = {
      "push_many(boxes, frame): append one shared frame to each connection's queue."},
     {"flush_boxes", flush_boxes, METH_O,
      "flush_boxes(dirty): write each dirty connection's queue."},
+    {"whole_direct", (PyCFunction)(void (*)(void))whole_direct, METH_FASTCALL,
+     "whole_direct(data, routes, max_headers, max_head_bytes, max_body): a direct route's "
+     "request read whole from data, as (route, headers, body_start, end), or None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,8 +14,10 @@ starts first.
 ``--baseline SRC`` compares with another tree's ``src`` (e.g. ``git archive`` of an older commit,
 with the built ``src/clarion/server/*.so`` and ``src/clarion/static`` copied in): each run of a
 command is followed by one with ``PYTHONPATH=SRC``, so that both see the same moments of a busy
-machine, and the table shows both medians and their ratio. One process at a time; for a finer
-look, ``python -X importtime -m clarion.cli --help`` shows what each import costs.
+machine, and the table shows both medians and their ratio. ``--callgrind`` counts user-space
+instructions instead (millions, under valgrind; a command that runs on is counted up to its ready
+line with ``callgrind_control --dump``): figures the machine's load does not move. For what each
+import costs, ``python -X importtime -m clarion.cli --help``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from benchmarks.servers import clarion_command, stop_process, wait_healthy
 
@@ -43,12 +46,34 @@ def clean_env() -> dict[str, str]:
 
 
 BASELINE: str | None = None  # the tree the next command runs from (None: this one)
+CALLGRIND: str | None = None  # a directory for callgrind's files: count instructions instead
+
+
+def wrapped(args: list[str]) -> list[str]:
+    if CALLGRIND is None:
+        return args
+    for old in Path(CALLGRIND).glob("cg.out*"):
+        old.unlink()
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={CALLGRIND}/cg.out", *args]
+
+
+def instructions(path: Path, timeout: float = 60.0) -> float:
+    """Millions of instructions a callgrind file counts (waiting until callgrind has written
+    it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.startswith("summary:"):
+                    return int(line.split()[1]) / 1e6
+        time.sleep(0.1)
+    raise RuntimeError(f"callgrind wrote no {path}")
 
 
 def ended_cpu(args: list[str], cwd: str) -> float:
     """User + system CPU seconds of ``args`` run to its end."""
     proc = subprocess.Popen(
-        args, cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        wrapped(args), cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -57,6 +82,8 @@ def ended_cpu(args: list[str], cwd: str) -> float:
     proc.stderr.close()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}: {err}")
+    if CALLGRIND is not None:
+        return instructions(Path(CALLGRIND) / "cg.out")
     return usage.ru_utime + usage.ru_stime
 
 
@@ -69,7 +96,7 @@ def proc_cpu(pid: int) -> float:
 def ready_cpu(args: list[str], cwd: str, ready: str, timeout: float = 60.0) -> float:
     """User + system CPU seconds ``args`` has used when a line of its stderr contains ``ready``."""
     proc = subprocess.Popen(
-        args, cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        wrapped(args), cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     assert proc.stderr is not None
     seen = b""
@@ -82,6 +109,11 @@ def ready_cpu(args: list[str], cwd: str, ready: str, timeout: float = 60.0) -> f
                     raise RuntimeError(f"{' '.join(args)} never said {ready!r}: {seen.decode()}")
                 if sel.select(0.5):
                     seen += os.read(proc.stderr.fileno(), 65536)
+            if CALLGRIND is not None:  # the counts so far, dumped to cg.out.1
+                subprocess.run(
+                    ["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True
+                )
+                return instructions(Path(CALLGRIND) / "cg.out.1")
             return proc_cpu(proc.pid)
     finally:
         stop_process(proc)
@@ -125,14 +157,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--only", help="comma-separated commands (default all)")
     parser.add_argument("--baseline", metavar="SRC", help="another tree's src to compare with")
+    parser.add_argument(
+        "--callgrind", action="store_true", help="millions of instructions (valgrind), not CPU-s"
+    )
     opts = parser.parse_args()
-    global BASELINE
+    global BASELINE, CALLGRIND
     with tempfile.TemporaryDirectory(prefix="clarion-cli-startup-") as cwd:
-        hub, url = start_hub(cwd)
+        hub, url = start_hub(cwd)  # before CALLGRIND is set: the hub runs as it is
+        if opts.callgrind:
+            CALLGRIND = tempfile.mkdtemp(prefix="callgrind-", dir=cwd)
         try:
             table = commands(url)
             names = opts.only.split(",") if opts.only else list(table)
-            head = f"{'command':<22}{'median s':>10}{'min':>8}{'max':>8}"
+            unit = "M instr" if opts.callgrind else "median s"
+            head = f"{'command':<22}{unit:>10}{'min':>9}{'max':>9}"
             if opts.baseline:
                 head += f"{'baseline':>10}{'ratio':>8}"
             print(f"{head}  ({opts.runs} runs)")
@@ -150,13 +188,14 @@ def main() -> None:
                         BASELINE = opts.baseline
                         before.append(table[name](cwd))
                 BASELINE = None
+                f = ".1f" if opts.callgrind else ".3f"
                 row = (
-                    f"clarion {name:<14}{statistics.median(times):>10.3f}"
-                    f"{min(times):>8.3f}{max(times):>8.3f}"
+                    f"clarion {name:<14}{statistics.median(times):>10{f}}"
+                    f"{min(times):>9{f}}{max(times):>9{f}}"
                 )
                 if before:
                     ratio = statistics.median(times) / statistics.median(before)
-                    row += f"{statistics.median(before):>10.3f}{ratio:>8.2f}"
+                    row += f"{statistics.median(before):>10{f}}{ratio:>8.2f}"
                 print(row, flush=True)
         finally:
             stop_process(hub)

@@ -58,7 +58,7 @@ class Node:
         )
 
     async def wait_healthy(self, timeout: float | None = None) -> None:
-        # `clarion serve` needs about 0.8 s of CPU to start: on a 2-core machine busy with the
+        # `clarion serve` needs 0.3-0.4 s of CPU to start: on a 2-core machine busy with the
         # suite's workers (or two copies of the suite) that has taken over 15 s.
         deadline = time.monotonic() + (timeout if timeout is not None else scaled(30))
         async with httpx.AsyncClient(timeout=1.0) as client:

@@ -137,7 +137,8 @@ class NodeReporter:
     def connections(self) -> tuple[dict[str, int], int]:
         """Sessions by transport (operator sessions apart), and the operator sessions."""
         kinds = self.hub.registry.kinds
-        shown = (*TRANSPORTS, *(k for k in kinds if k not in TRANSPORTS and k != OPERATORS))
+        others = (k for k, n in kinds.items() if n and k not in TRANSPORTS and k != OPERATORS)
+        shown = (*TRANSPORTS, *others)
         return {kind: kinds.get(kind, 0) for kind in shown}, kinds.get(OPERATORS, 0)
 
     def record(self) -> dict[str, Any]:

@@ -180,3 +180,15 @@ def test_serve_collects_the_young_generation_less_often() -> None:
         assert before[0] < YOUNG_COLLECTION_AFTER
     finally:
         gc.set_threshold(*before)
+
+
+def test_python_m_clarion_is_the_clarion_command() -> None:
+    for module in ("clarion", "clarion.cli"):
+        done = subprocess.run(
+            [sys.executable, "-m", module, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=timeout(30),
+            check=False,
+        )
+        assert done.returncode == 0 and done.stdout.startswith("clarion "), done.stderr

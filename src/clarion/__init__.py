@@ -6,8 +6,9 @@ long polling or STOMP, and reconnecting clients resume from their cursor without
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from clarion import lazy
 
 if TYPE_CHECKING:
     from clarion.core.auth import Credentials, mint_token
@@ -76,13 +77,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'clarion' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy.exports(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import uvloop
 
-from clarion.server import Server
+from clarion.server import Server, fastws
 
 from .helpers import open_writers
 
@@ -48,3 +49,24 @@ async def close_clients() -> AsyncIterator[None]:
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+BUILT = fastws.use_compiled(True)  # whether the compiled loops were built here
+
+
+def on_both_loops(request: Any, start_server: StartServer, what: str) -> StartServer:
+    """``start_server`` on the compiled loops (``request.param == "compiled"``) or on the Python
+    code they fall back to; ``what`` names what the compiled module would have tested."""
+    compiled = request.param == "compiled"
+    if compiled and not BUILT:
+        # CI installs with a compiler: there, a missing module is a broken build, not a choice.
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"clarion.server._fastloop was not built: {what} went untested")
+        pytest.skip("clarion.server._fastloop is not built (no C compiler at install)")
+
+    async def start(app: Any, **options: Any) -> Any:
+        server = await start_server(app, compiled=compiled, **options)
+        assert fastws.COMPILED is compiled
+        return server
+
+    return start

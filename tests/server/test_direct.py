@@ -5,35 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 from typing import Any
 
 import pytest
 
-from clarion.server import fastws
-
+from .conftest import BUILT, on_both_loops
 from .helpers import TIMEOUT, connect, get, read_eof, read_response, request
-
-BUILT = fastws.use_compiled(True)  # whether the compiled loops were built here
 
 
 @pytest.fixture(params=["compiled", "python"])
 def start_server(request: Any, start_server: Any) -> Any:
     """Every test here runs with the compiled reader of whole requests and without it (every
     request through httptools): the answers must be the same."""
-    compiled = request.param == "compiled"
-    if compiled and not BUILT:
-        if os.environ.get("CI") == "true":
-            pytest.fail("clarion.server._fastloop was not built: the compiled reader went untested")
-        pytest.skip("clarion.server._fastloop is not built (no C compiler at install)")
-
-    async def start(app: Any, **options: Any) -> Any:
-        server = await start_server(app, compiled=compiled, **options)
-        assert fastws.COMPILED is compiled
-        return server
-
-    return start
+    return on_both_loops(request, start_server, "the compiled reader")
 
 
 class Route:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import socket
 import ssl
 import struct
@@ -25,28 +24,15 @@ from clarion.server import FAST_WEBSOCKET_EXTENSION, fastws
 from clarion.server.fastws import Outbox
 
 from ..conftest import until
+from .conftest import BUILT, on_both_loops
 from .helpers import TIMEOUT
 from .test_websocket import closed, open_ws, recv
-
-BUILT = fastws.use_compiled(True)  # whether the compiled loops were built here
 
 
 @pytest.fixture(params=["compiled", "python"])
 def start_server(request: Any, start_server: Any) -> Any:
     """Every test here runs on the compiled loops and on the Python ones they fall back to."""
-    compiled = request.param == "compiled"
-    if compiled and not BUILT:
-        # CI installs with a compiler: there, a missing module is a broken build, not a choice.
-        if os.environ.get("CI") == "true":
-            pytest.fail("clarion.server._fastloop was not built: the compiled loops went untested")
-        pytest.skip("clarion.server._fastloop is not built (no C compiler at install)")
-
-    async def start(app: Any, **options: Any) -> Any:
-        server = await start_server(app, compiled=compiled, **options)
-        assert fastws.COMPILED is compiled
-        return server
-
-    return start
+    return on_both_loops(request, start_server, "the compiled loops")
 
 
 class CountingTransport:

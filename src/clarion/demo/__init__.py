@@ -6,7 +6,9 @@ Demo-only: its token endpoint gives a token to whoever asks, so it is never part
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from clarion import lazy
 
 if TYPE_CHECKING:
     from clarion.demo.app import Demo, demo_settings
@@ -14,13 +16,6 @@ if TYPE_CHECKING:
 __all__ = ["Demo", "demo_settings"]
 
 
-def __getattr__(name: str) -> Any:
-    # On first use: every `clarion` command builds the `clarion demo` parser (clarion.demo.cli),
-    # which must not bring in the demo's app and the hub.
-    if name not in __all__:
-        raise AttributeError(f"module 'clarion.demo' has no attribute {name!r}")
-    from clarion.demo import app
-
-    value = getattr(app, name)
-    globals()[name] = value
-    return value
+# On first use: every `clarion` command builds the `clarion demo` parser (clarion.demo.cli),
+# which must not bring in the demo's app and the hub.
+__getattr__ = lazy.exports(__name__, dict.fromkeys(__all__, "clarion.demo.app"), globals())

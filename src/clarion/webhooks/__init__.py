@@ -7,8 +7,9 @@ loopback or private addresses are refused unless allow-listed. See ``docs/webhoo
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from clarion import lazy
 
 if TYPE_CHECKING:
     from clarion.webhooks.endpoint import Delivery, Endpoint
@@ -35,13 +36,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'clarion.webhooks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy.exports(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

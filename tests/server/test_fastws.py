@@ -462,6 +462,36 @@ def test_without_the_compiled_loops_the_python_ones_run() -> None:
     assert result.stdout.split() == ["False", "True"]
 
 
+def test_a_compiled_module_from_an_older_source_is_not_used() -> None:
+    """An editable install not rebuilt since _fastloop.c changed holds a module without what
+    this code calls: it is left unused, for the Python loops, and the reason says so."""
+    code = (
+        "import sys, types\n"
+        "class Old:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'clarion.server._fastloop':\n"
+        "            import importlib.machinery as m\n"
+        "            return m.ModuleSpec(name, self)\n"
+        "    def create_module(self, spec):\n"
+        "        old = types.ModuleType(spec.name)\n"
+        "        old.VERSION = 1\n"
+        "        return old\n"
+        "    def exec_module(self, module):\n"
+        "        pass\n"
+        "sys.meta_path.insert(0, Old())\n"
+        "from clarion.server import fastws\n"
+        "print(fastws.use_compiled(True), fastws.push_many is fastws._push_many)\n"
+        "print(fastws.NOT_COMPILED)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    first, reason = result.stdout.splitlines()
+    assert first.split() == ["False", "True"]
+    assert reason == "built from an older source: reinstall clarion to rebuild them"
+
+
 async def test_an_upgrade_behind_a_response_still_buffered_goes_out_after_it(
     start_server: Any,
 ) -> None:

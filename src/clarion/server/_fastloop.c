@@ -518,7 +518,13 @@ static struct PyModuleDef module = {
     methods,
 };
 
+/* What this source offers, as fastws.FASTLOOP_VERSION expects it: bumped with every change to
+ * the functions or their arguments, so that a module built from an older source (an editable
+ * install not rebuilt) is left unused, and said so, rather than half used. */
+#define FASTLOOP_VERSION 2
+
 PyMODINIT_FUNC PyInit__fastloop(void) {
+    PyObject *m;
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
     zero = PyLong_FromLong(0);
     str_is_closing = PyUnicode_InternFromString("is_closing");
@@ -530,5 +536,10 @@ PyMODINIT_FUNC PyInit__fastloop(void) {
     if (!empty_bytes || !zero || !str_is_closing || !str_write || !str_buffer_size ||
         !str_over_limit || !str_schedule || !str_join)
         return NULL;
-    return PyModule_Create(&module);
+    m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", FASTLOOP_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

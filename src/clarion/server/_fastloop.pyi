@@ -2,6 +2,8 @@
 from collections.abc import Callable, Iterable
 from typing import Any
 
+VERSION: int
+
 def bind(
     outbox: type,
     flusher: type,

@@ -462,10 +462,21 @@ class Outbox:
         raise NotImplementedError
 
 
+# The compiled module's VERSION that this code expects (see _fastloop.c): one built from an older
+# source is not used.
+FASTLOOP_VERSION = 2
+NOT_COMPILED = ""  # why the compiled loops are not available, when they are not
+
+
 def _compiled() -> Any:
+    global NOT_COMPILED
     try:
         import clarion.server._fastloop as _fastloop
     except ImportError:  # installed without a C compiler: the Python loops run
+        NOT_COMPILED = "not built"
+        return None
+    if getattr(_fastloop, "VERSION", None) != FASTLOOP_VERSION:
+        NOT_COMPILED = "built from an older source: reinstall clarion to rebuild them"
         return None
     _fastloop.bind(Outbox, Flusher, _flush_one, _push_many, _report)
     return _fastloop

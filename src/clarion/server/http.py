@@ -45,6 +45,7 @@ WholeDirect = Callable[
     [bytes, dict[bytes, DirectRoute], int, int, int],
     tuple[DirectRoute, list[tuple[bytes, bytes]], int, int] | None,
 ]
+# Used only while the compiled loops run (fastws.COMPILED: built, and from this source).
 whole_direct: WholeDirect | None
 try:
     from clarion.server._fastloop import whole_direct

@@ -12,6 +12,7 @@ from typing import Any
 
 from clarion.asgitypes import ASGIApp, direct_routes
 from clarion.core.limits import AddressCount
+from clarion.server import fastws
 from clarion.server.config import Config, Registry, descriptor_budget
 from clarion.server.fastws import flusher_for, use_compiled
 from clarion.server.http import HttpProtocol
@@ -178,7 +179,7 @@ class Server:
         if compiled:
             log.info("fan-out loops: compiled")
         else:
-            why = "switched off" if config.compiled is False else "not built"
+            why = "switched off" if config.compiled is False else fastws.NOT_COMPILED
             log.info("fan-out loops: Python (compiled ones %s)", why)
 
     async def serve_forever(self) -> None:

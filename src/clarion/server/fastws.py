@@ -462,27 +462,21 @@ class Outbox:
         raise NotImplementedError
 
 
-# The compiled module's VERSION that this code expects (see _fastloop.c): one built from an older
-# source is not used.
-FASTLOOP_VERSION = 2
-NOT_COMPILED = ""  # why the compiled loops are not available, when they are not
+FASTLOOP_VERSION = 2  # the VERSION of _fastloop.c this code calls: a module of another is not used
 
 
-def _compiled() -> Any:
-    global NOT_COMPILED
+def _compiled() -> tuple[Any, str]:
     try:
         import clarion.server._fastloop as _fastloop
     except ImportError:  # installed without a C compiler: the Python loops run
-        NOT_COMPILED = "not built"
-        return None
+        return None, "not built"
     if getattr(_fastloop, "VERSION", None) != FASTLOOP_VERSION:
-        NOT_COMPILED = "built from an older source: reinstall clarion to rebuild them"
-        return None
+        return None, "built from an older source: reinstall clarion to rebuild them"
     _fastloop.bind(Outbox, Flusher, _flush_one, _push_many, _report)
-    return _fastloop
+    return _fastloop, ""
 
 
-_FASTLOOP = _compiled()
+_FASTLOOP, NOT_COMPILED = _compiled()  # NOT_COMPILED: why the compiled loops are not available
 COMPILED = False  # whether the compiled loops run (use_compiled sets it)
 push_many = _push_many
 _flush_boxes: Callable[[list[Outbox]], None] = _flush_each

@@ -442,6 +442,15 @@ async def test_a_reader_behind_gets_every_frame_in_order(start_server: Any) -> N
     assert got == [f"{i:06d}" for i in range(count)]
 
 
+def run_python(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (what it imports is its own)."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_without_the_compiled_loops_the_python_ones_run() -> None:
     """Installed without a C compiler, the module is missing: the server runs on the Python
     loops, and says so."""
@@ -455,11 +464,7 @@ def test_without_the_compiled_loops_the_python_ones_run() -> None:
         "from clarion.server import fastws\n"
         "print(fastws.use_compiled(True), fastws.push_many is fastws._push_many)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "True"]
+    assert run_python(code).split() == ["False", "True"]
 
 
 def test_a_compiled_module_from_an_older_source_is_not_used() -> None:
@@ -483,11 +488,7 @@ def test_a_compiled_module_from_an_older_source_is_not_used() -> None:
         "print(fastws.use_compiled(True), fastws.push_many is fastws._push_many)\n"
         "print(fastws.NOT_COMPILED)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    first, reason = result.stdout.splitlines()
+    first, reason = run_python(code).splitlines()
     assert first.split() == ["False", "True"]
     assert reason == "built from an older source: reinstall clarion to rebuild them"
 

@@ -99,7 +99,7 @@ class HttpCycle:
     ) -> None:
         self._conn = conn
         self.config = config
-        self.scope = scope
+        self.scope: Scope | None = scope  # until the app has it
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
         self.is_head = scope["method"] == "HEAD"
@@ -165,7 +165,11 @@ class HttpCycle:
 
     async def run(self) -> None:
         try:
-            await self.config.app(self.scope, self.receive, self.send)
+            # The scope holds this cycle (its stream extension's ``open``): let go of it, so
+            # that the two are freed by reference counting once the app has.
+            scope, self.scope = self.scope, None
+            assert scope is not None
+            await self.config.app(scope, self.receive, self.send)
         except ClientDisconnected:
             if not self.disconnected:
                 log.exception("exception in ASGI application")

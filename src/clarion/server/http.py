@@ -204,6 +204,7 @@ class HttpProtocol(asyncio.Protocol):
         # Over a cap: answer at once (a client that sends its request reads it) and close.
         self._ignoring = True
         self._detached = True  # nothing of ours to clean up
+        del self._parser  # the cycle through its callbacks: see _hand_over
         self.transport.write(simple_response(503, b"Service Unavailable\n"))
         self.transport.close()
 
@@ -255,6 +256,7 @@ class HttpProtocol(asyncio.Protocol):
         self._uncount()
         if self._detached:
             return
+        del self._parser  # the cycle through its callbacks: see _hand_over
         for cycle in (self._cycle, self._parsing, *self._pipeline):
             if cycle is not None and not isinstance(cycle, _Upgrade):
                 cycle.disconnect()
@@ -573,6 +575,10 @@ class HttpProtocol(asyncio.Protocol):
         self._uncount()  # the WebSocket app counts its own (sessions, sockets before CONNECT)
         self._detached = True
         self.registry.connections.discard(self)
+        # The parser holds this object's bound methods as its callbacks: without it, what the
+        # upgrade leaves here is freed by reference counting, not by the collector's walk.
+        del self._parser
+        self._upgrade = None
         transport = self.transport
         if self._reading_paused:
             transport.resume_reading()  # the websocket protocol pauses on its own terms

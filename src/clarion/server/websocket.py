@@ -153,7 +153,12 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             )
             if response.status_code != 101:
                 # Not a valid handshake (bad key, version, method): websockets wrote the answer.
-                log.info("websocket handshake refused: %s", library.handshake_exc)
+                refusal = library.handshake_exc
+                log.info("websocket handshake refused: %s", refusal)
+                if refusal is not None:
+                    # Its traceback, and its context's, hold the frames that led here, which
+                    # hold this connection: cycles only the collector would free.
+                    refusal.__traceback__ = refusal.__context__ = refusal.__cause__ = None
                 self._send_handshake_failure(library, response)
                 return
             self._handshake = library

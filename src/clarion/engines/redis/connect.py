@@ -102,10 +102,11 @@ class RedisTarget:
         db = parts.path.strip("/").split("/")[1:2]
         if db:
             kwargs["db"] = int(db[0])
-        sentinel_kwargs = {
+        sentinel_kwargs: dict[str, Any] = {
             k: kwargs[k] for k in ("socket_connect_timeout", "socket_timeout") if k in kwargs
         }
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        # Typed from redis-py 8 on, untyped before: both are supported.
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(self.sentinels), sentinel_kwargs=sentinel_kwargs, **kwargs
         )
         client: Redis = sentinel.master_for(

@@ -170,7 +170,9 @@ class Publication:
         # publication's frame, its cursor), and raising the KeyError cost more than the rest.
         value = self._encodings.get(key, _UNSET)
         if value is _UNSET:
-            value = self._encodings[key] = encode(self)
+            value = encode(self)
+            if value is not self:  # kept, the publication itself would make it a cycle
+                self._encodings[key] = value
         return value
 
     @classmethod

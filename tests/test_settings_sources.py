@@ -139,9 +139,19 @@ def test_settings_built_in_code_read_the_environment_the_same_way(
 ) -> None:
     monkeypatch.setenv("CLARION_ALLOWED_ORIGINS", "https://a.example,https://b.example")
     assert Settings().allowed_origins == ["https://a.example", "https://b.example"]
+    # A variable at fault is named as Settings.load names it, with the same error.
     monkeypatch.setenv("CLARION_NOT_A_SETTING", "1")
-    with pytest.raises(ValueError, match="not_a_setting"):
-        Settings()
+    for make in (Settings, Settings.load):
+        with pytest.raises(ConfigError) as caught:
+            make()
+        assert caught.value.message == "CLARION_NOT_A_SETTING: unknown setting"
+    monkeypatch.delenv("CLARION_NOT_A_SETTING")
+    monkeypatch.setenv("CLARION_LIMITS__MAX_CONNECTIONS", "-5")
+    with pytest.raises(ConfigError) as caught:
+        Settings(port=9000)
+    assert caught.value.message == (
+        "CLARION_LIMITS__MAX_CONNECTIONS=-5: must be greater than or equal to 1"
+    )
 
 
 def test_settings_built_in_code_win_over_the_environment_key_by_key(

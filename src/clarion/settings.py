@@ -14,7 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from clarion.protocol.channels import DEFAULT_NAMESPACE
 from clarion.protocol.origins import Origin, OriginRule, parse_origin
@@ -292,13 +292,21 @@ class Settings(BaseModel):
             # given win, key by key in tables. (pydantic's validation calls this too, so
             # ``model_validate`` reads it as well.) Not pydantic-settings: importing it cost every
             # command that reads settings ~0.05 s of CPU, and asyncio, for this alone.
-            from clarion.settings_sources import LOAD, Sourced, read_environment
+            from clarion.settings_sources import LOAD, Sourced, explain, read_environment
 
             sourced = Sourced()
             read_environment(type(self), os.environ, sourced)
             for name, value in values.items():
                 sourced.set((name,), value, LOAD)
-            super().__init__(**sourced.values)
+            try:
+                super().__init__(**sourced.values)
+            except ValidationError as exc:
+                # A variable at fault is named as ``Settings.load`` names it; a value given in
+                # code stays the model's own error, as for any pydantic model.
+                blamed = (sourced.origin_of(tuple(e["loc"]))[0] for e in exc.errors())
+                if any(origin.kind == "variable" for origin in blamed):
+                    raise explain(exc, type(self), sourced) from None
+                raise
 
     host: str = Field("127.0.0.1", description="address `clarion serve` binds")
     port: int = Field(8000, ge=0, le=65535, description="port `clarion serve` binds")

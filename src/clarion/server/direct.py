@@ -4,9 +4,10 @@ The connection (:mod:`clarion.server.http`) takes a request this way when its pa
 route's, its method ``POST`` and its body small and of declared length (no ``Expect``, no
 chunks): no ASGI scope, no receive/send messages, and no task while the route's coroutine
 completes without suspending. Once the body is in and the responses before it are out, an eager
-route's coroutine runs at once, in the read callback; its answer is written in one ``write``. A
-coroutine that suspends (an engine that waits on the network, a webhook outbox that stores) is
-driven on by a task from where it stopped.
+route's coroutine runs at once, in the read callback; its answer is written in one ``write``,
+after the loop iteration's WebSocket frames, with its other answers. A coroutine that suspends
+(an engine that waits on the network, a webhook outbox that stores) is driven on by a task from
+where it stopped.
 
 A :class:`DirectRequest` stands where an :class:`~clarion.server.cycle.HttpCycle` would in the
 connection's state machine (the current request, the pipeline), with the attributes it reads.
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from clarion.asgitypes import DirectResponse, DirectRoute
 from clarion.server.config import date_header
 from clarion.server.cycle import simple_response, status_line
+from clarion.server.fastws import flusher_for
 
 if TYPE_CHECKING:
     from clarion.server.http import HttpProtocol
@@ -172,14 +174,26 @@ class DirectRequest:
             self._respond(result)
 
     def _respond(self, result: DirectResponse) -> None:
+        # Written with the iteration's frames and other answers, not now: one by one as each
+        # is ready, nearly every answer to a client that waits on it (a backend's publish, one
+        # in flight per connection) woke that client's process from sleep, a cross-core
+        # wake-up each; written together, the first wakes it and the rest find it awake. Until
+        # then the request is simply still in flight, as one whose route has not finished.
+        flusher_for(self._conn._loop).after(self._write_reply, result)
+
+    def _write_reply(self, result: DirectResponse) -> None:
         conn = self._conn
         if self.disconnected or conn.transport.is_closing():
             self.disconnected = True
             return
-        status, body = result
-        conn.transport.write(
-            json_response(status, body, keep_alive=self.keep_alive, http11=self.http11)
-        )
+        try:
+            status, body = result
+            answer = json_response(status, body, keep_alive=self.keep_alive, http11=self.http11)
+        except Exception:
+            log.exception("exception in direct route")  # not a (status, body) answer
+            self._fail()
+            return
+        conn.transport.write(answer)
         self.response_complete = True
         conn.response_complete(self)
 

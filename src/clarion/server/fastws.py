@@ -47,13 +47,15 @@ log = logging.getLogger("clarion.server.fastws")
 
 
 class Flusher:
-    """One per event loop: writes the frames of every dirty connection once per iteration."""
+    """One per event loop: writes the frames of every dirty connection once per iteration, then
+    the answers queued to go with them (:meth:`after`)."""
 
-    __slots__ = ("__weakref__", "_dirty", "_loop", "_scheduled", "interval")
+    __slots__ = ("__weakref__", "_after", "_dirty", "_loop", "_scheduled", "interval")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._dirty: list[Outbox] = []
+        self._after: list[tuple[Callable[[Any], None], Any]] = []
         self._scheduled = False
         # 0: flush at the end of the current iteration. A few hundred microseconds let frames
         # of several publications share one write per connection: fewer syscalls under load,
@@ -62,6 +64,13 @@ class Flusher:
 
     def mark(self, box: Outbox) -> None:
         self._dirty.append(box)
+        if not self._scheduled:
+            self._schedule()
+
+    def after(self, write: Callable[[Any], None], arg: Any) -> None:
+        """``write(arg)`` once this iteration's frames are written, with the iteration's other
+        such writes (the direct routes' answers: see ``clarion.server.direct``)."""
+        self._after.append((write, arg))
         if not self._scheduled:
             self._schedule()
 
@@ -76,6 +85,14 @@ class Flusher:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         _flush_boxes(dirty)
+        if self._after:
+            after, self._after = self._after, []
+            for write, arg in after:
+                try:
+                    write(arg)
+                except Exception:
+                    # One broken connection must not leave the others' answers unwritten.
+                    log.exception("writing an answer failed")
 
 
 def _flush_each(dirty: list[Outbox]) -> None:

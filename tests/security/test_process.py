@@ -57,7 +57,11 @@ async def _collect(ws: Any, count: int, into: list[int]) -> None:
 
 async def test_reader_that_never_reads_is_bounded_and_harmless(hub_process: Any) -> None:
     queue_cap = 256 * 1024
-    hub = await hub_process(env={"CLARION_LIMITS__SEND_QUEUE_BYTES": str(queue_cap)})
+    # A short history: kept with their encodings, 100 of these publications (the default) are
+    # about 5 MB of the hub's memory by design, which would crowd the slack allowed below.
+    env = {"CLARION_LIMITS__SEND_QUEUE_BYTES": str(queue_cap)}
+    env["CLARION_NAMESPACES__DEFAULT__HISTORY_SIZE"] = "10"
+    hub = await hub_process(env=env)
     async with (
         httpx.AsyncClient(base_url=hub.http_url, timeout=timeout(10)) as api,
         websockets.connect(hub.ws_url) as bystander,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from clarion.asgitypes import DirectResponse, DirectRoute
 from clarion.server.config import date_header
 from clarion.server.cycle import simple_response, status_line
-from clarion.server.fastws import flusher_for
+from clarion.server.flusher import flusher_for
 
 if TYPE_CHECKING:
     from clarion.server.http import HttpProtocol

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from clarion.asgitypes import FAST_WEBSOCKET, FastWebSocket
 from clarion.protocol.frames import Latest, text_frame
+from clarion.server import flusher
+from clarion.server.flusher import Flusher, flusher_for
 
 __all__ = [
     "COMPILED",
@@ -44,87 +45,6 @@ MAX_HELD = 1024  # keyed signals held per connection that is behind; more queue 
 HELD_CHECK = 0.05  # seconds between checks of whether a connection holding signals caught up
 
 log = logging.getLogger("clarion.server.fastws")
-
-
-class Flusher:
-    """One per event loop: writes the frames of every dirty connection once per iteration, then
-    the answers queued to go with them (:meth:`after`)."""
-
-    __slots__ = ("__weakref__", "_after", "_dirty", "_loop", "_scheduled", "interval")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._dirty: list[Outbox] = []
-        self._after: list[tuple[Callable[[Any], None], Any]] = []
-        self._scheduled = False
-        # 0: flush at the end of the current iteration. A few hundred microseconds let frames
-        # of several publications share one write per connection: fewer syscalls under load,
-        # for that much added latency (see BENCHMARKS.md).
-        self.interval = 0.0
-
-    def mark(self, box: Outbox) -> None:
-        self._dirty.append(box)
-        if not self._scheduled:
-            self._schedule()
-
-    def after(self, write: Callable[[Any], None], arg: Any) -> None:
-        """``write(arg)`` once this iteration's frames are written, with the iteration's other
-        such writes (the direct routes' answers: see ``clarion.server.direct``)."""
-        self._after.append((write, arg))
-        if not self._scheduled:
-            self._schedule()
-
-    def _schedule(self) -> None:
-        self._scheduled = True
-        if self.interval > 0:
-            self._loop.call_later(self.interval, self.flush)
-        else:
-            self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
-        _flush_boxes(dirty)
-        if self._after:
-            after, self._after = self._after, []
-            for write, arg in after:
-                try:
-                    write(arg)
-                except Exception:
-                    # One broken connection must not leave the others' answers unwritten.
-                    log.exception("writing an answer failed")
-
-
-def _flush_each(dirty: list[Outbox]) -> None:
-    for box in dirty:
-        try:
-            box.flush()
-        except Exception as exc:
-            _report(box, exc)
-
-
-def _flush_one(box: Outbox) -> None:
-    try:
-        box.flush()
-    except Exception as exc:
-        _report(box, exc)
-
-
-def _report(box: Outbox, exc: BaseException) -> None:
-    # One broken connection must not starve the others queued behind it.
-    log.error("flushing a websocket connection failed", exc_info=exc)
-
-
-_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Flusher] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def flusher_for(loop: asyncio.AbstractEventLoop) -> Flusher:
-    flusher = _flushers.get(loop)
-    if flusher is None:
-        flusher = _flushers[loop] = Flusher(loop)
-    return flusher
 
 
 class _Discard(list[bytes]):
@@ -489,23 +409,22 @@ def _compiled() -> tuple[Any, str]:
         return None, "not built"
     if getattr(_fastloop, "VERSION", None) != FASTLOOP_VERSION:
         return None, "built from an older source: reinstall clarion to rebuild them"
-    _fastloop.bind(Outbox, Flusher, _flush_one, _push_many, _report)
+    _fastloop.bind(Outbox, Flusher, flusher.flush_one, _push_many, flusher.report)
     return _fastloop, ""
 
 
 _FASTLOOP, NOT_COMPILED = _compiled()  # NOT_COMPILED: why the compiled loops are not available
 COMPILED = False  # whether the compiled loops run (use_compiled sets it)
 push_many = _push_many
-_flush_boxes: Callable[[list[Outbox]], None] = _flush_each
 
 
 def use_compiled(enabled: bool = True) -> bool:
     """Run the compiled loops (if built) or the Python ones, from the next connection on;
     returns whether the compiled ones run. For tests and benchmarks of both."""
-    global COMPILED, push_many, _flush_boxes
+    global COMPILED, push_many
     COMPILED = enabled and _FASTLOOP is not None
     push_many = _FASTLOOP.push_many if COMPILED else _push_many
-    _flush_boxes = _FASTLOOP.flush_boxes if COMPILED else _flush_each
+    flusher.flush_boxes = _FASTLOOP.flush_boxes if COMPILED else flusher.flush_each
     Outbox.push_many = staticmethod(push_many)
     return COMPILED
 

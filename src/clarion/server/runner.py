@@ -14,7 +14,8 @@ from clarion.asgitypes import ASGIApp, direct_routes
 from clarion.core.limits import AddressCount
 from clarion.server import fastws
 from clarion.server.config import Config, Registry, descriptor_budget
-from clarion.server.fastws import flusher_for, use_compiled
+from clarion.server.fastws import use_compiled
+from clarion.server.flusher import flusher_for
 from clarion.server.http import HttpProtocol
 from clarion.server.lifespan import Lifespan
 

@@ -145,6 +145,12 @@ def test_settings_built_in_code_read_the_environment_the_same_way(
         with pytest.raises(ConfigError) as caught:
             make()
         assert caught.value.message == "CLARION_NOT_A_SETTING: unknown setting"
+    with pytest.raises(ConfigError) as caught:  # with a value in code at fault beside it
+        Settings(port="x")
+    assert caught.value.message.splitlines() == [
+        "Settings(port='x'): must be a valid integer",
+        "CLARION_NOT_A_SETTING: unknown setting",
+    ]
     monkeypatch.delenv("CLARION_NOT_A_SETTING")
     monkeypatch.setenv("CLARION_LIMITS__MAX_CONNECTIONS", "-5")
     with pytest.raises(ConfigError) as caught:

@@ -292,12 +292,12 @@ class Settings(BaseModel):
             # given win, key by key in tables. (pydantic's validation calls this too, so
             # ``model_validate`` reads it as well.) Not pydantic-settings: importing it cost every
             # command that reads settings ~0.05 s of CPU, and asyncio, for this alone.
-            from clarion.settings_sources import LOAD, Sourced, explain, read_environment
+            from clarion.settings_sources import BUILT, Sourced, explain, read_environment
 
             sourced = Sourced()
             read_environment(type(self), os.environ, sourced)
             for name, value in values.items():
-                sourced.set((name,), value, LOAD)
+                sourced.set((name,), value, BUILT)
             try:
                 super().__init__(**sourced.values)
             except ValidationError as exc:

@@ -55,6 +55,7 @@ class Origin:
 
 NOWHERE = Origin("code", "configuration")
 LOAD = Origin("code", "Settings.load")  # overrides given in code
+BUILT = Origin("code", "Settings")  # values given to Settings(...) itself
 
 
 class Sourced:
@@ -217,8 +218,8 @@ def _line(detail: ErrorDetails, model: type[BaseModel], sourced: Sourced) -> str
         where = f"{origin.name}={origin.text}"
     elif origin.kind == "flag":
         where = f"{origin.name} {_text(value)}"
-    elif origin == LOAD:
-        where = f"{LOAD.name}({key}={value!r})"
+    elif origin in (LOAD, BUILT):
+        where = f"{origin.name}({key}={value!r})"
     elif loc:
         where = f"{origin.name}: {key} = {json.dumps(value, default=str)}"
     else:

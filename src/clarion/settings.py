@@ -379,7 +379,8 @@ class Settings(BaseModel):
         ge=0,
         le=0.05,
         description="seconds WebSocket frames may wait to share one write per connection "
-        "(0 = end of the event-loop iteration); trades latency for fewer syscalls",
+        "(0 = end of the event-loop iteration; answers to POST /api/publish wait with them); "
+        "trades latency for fewer syscalls",
     )
     compiled: bool = Field(
         True,

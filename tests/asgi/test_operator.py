@@ -3,11 +3,21 @@ no token opens and no client publishes to."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import websockets
+from websockets import Subprotocol
 
 from clarion.core.auth import mint_token
+from clarion.core.operator import METRICS_CHANNEL
+from clarion.protocol.codes import CloseCode
 
-from ..conftest import RunningHub
+from ..conftest import RunningHub, timeout
+from ..stomp.client import stomp
 
 SECRET = "operator-test-secret-0123456789abcdef"
 KEY = "operator-key"
@@ -54,3 +64,46 @@ async def test_without_admin_the_key_is_no_token(hub_factory: Any) -> None:
     async with hub.ws() as ws:
         reply = await ws.call("connect", token=KEY)
         assert reply["error"]["code"] == "unauthorized"
+
+
+# Every way a token comes with the HTTP request rather than in the connection's own messages.
+REQUEST_SOURCES: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "query": ({"token": KEY}, {}),
+    "bearer header": ({}, {"authorization": f"Bearer {KEY}"}),
+    # The cookie counts only from an allowed page.
+    "cookie": ({}, {"cookie": f"clarion_token={KEY}", "origin": "http://127.0.0.1:1"}),
+}
+
+
+@pytest.mark.parametrize("source", REQUEST_SOURCES)
+async def test_the_key_with_the_request_opens_no_operator_session(
+    hub_factory: Any, source: str
+) -> None:
+    """A key in a URL lands in access logs and proxies: with the WebSocket upgrade, SSE, a poll
+    or STOMP's upgrade it is refused as a token, and the hub's channel stays closed."""
+    params, headers = REQUEST_SOURCES[source]
+    hub = await secured(hub_factory, admin=True)
+    query = "?" + urlencode(params) if params else ""
+    async with websockets.connect(
+        hub.ws_url + query, subprotocols=[Subprotocol("clarion.v1")], additional_headers=headers
+    ) as conn:
+        told = json.loads(await asyncio.wait_for(conn.recv(), timeout(5)))["disconnect"]
+        assert told["code"] == CloseCode.UNAUTHORIZED and "connect message" in told["reason"]
+    async with hub.http() as http:
+        for path in ("/sse", "/poll"):
+            response = await http.get(
+                path, params={"channel": METRICS_CHANNEL, **params}, headers=headers
+            )
+            assert response.status_code == 401, (path, response.text)
+            assert "connect message" in response.json()["error"]["message"]
+    async with stomp(hub, query=query, additional_headers=headers) as client:
+        await client.send("CONNECT", accept_version="1.2", host="clarion")
+        assert "connect message" in (await client.expect("ERROR")).headers["message"]
+    # In the connection's own connect message the same key is the operator's.
+    async with hub.ws() as ws:
+        assert "ok" in await ws.call("connect", token=KEY)
+        assert "ok" in await ws.subscribe(METRICS_CHANNEL)
+    async with stomp(hub) as client:
+        await client.connect(token=KEY)
+        await client.send("SUBSCRIBE", id="0", destination="/topic/_clarion\\cmetrics", receipt="r")
+        await client.expect("RECEIPT")

@@ -258,7 +258,7 @@ def credentials_for(hub: Hub, scope: Scope) -> Credentials:
     token = token_from(hub, scope)
     if token is None:
         return hub.auth.anonymous()
-    return hub.auth.verify(token)
+    return hub.auth.verify_request(token)
 
 
 def origin_allowed(hub: Hub, scope: Scope) -> bool:

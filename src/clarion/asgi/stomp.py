@@ -379,8 +379,12 @@ class StompConnection(Handler):
             self._handshake_timer = None
         # Browsers cannot set CONNECT headers from every library: fall back to the upgrade
         # request's token (Authorization header, token= query parameter, cookie).
-        token = event.token or self.upgrade_token
-        credentials = hub.auth.verify(token) if token else hub.auth.anonymous()
+        if event.token:
+            credentials = hub.auth.verify(event.token)
+        elif self.upgrade_token:
+            credentials = hub.auth.verify_request(self.upgrade_token)
+        else:
+            credentials = hub.auth.anonymous()
         if hub.hooks is not None:
             credentials = await hub.authenticate(credentials, "stomp")
             if self.closed:

@@ -226,6 +226,11 @@ class Authenticator:
         """A session without a token: trusted in development mode only, else anonymous."""
         return DEVELOPMENT if self.settings.development_mode else ANONYMOUS
 
+    def verify_request(self, token: str) -> Credentials:
+        """:meth:`verify` for a token that came with the HTTP request (its ``Authorization``
+        header, ``token`` query parameter or cookie), not in the connection's own messages."""
+        return self.verify(token)
+
     def verify(self, token: str) -> Credentials:
         """Check ``token`` and return its credentials; raise :class:`Unauthorized` if bad."""
         if self.settings.development_mode:

@@ -82,7 +82,7 @@ export interface ConnectOptions {
   upgradeInterval?: number;
   /** Seconds a long poll waits (default 25). */
   pollTimeout?: number;
-  /** Milliseconds a WebSocket may take to answer the connect op (default 10000). */
+  /** Milliseconds a WebSocket may take to answer the connect op, and /healthz a health check (default 10000). */
   openTimeout?: number;
   /** Milliseconds without a byte after which an SSE stream is reopened (default 45000). */
   sseSilence?: number;

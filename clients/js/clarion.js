@@ -409,7 +409,11 @@ class Client extends Emitter {
       }
     }
     if (typeof options.onDisconnect === "function") this.on("disconnected", options.onDisconnect);
-    this._connect();
+    // Connecting starts after the caller's code has run, so that handlers it adds with on()
+    // see the first "connecting" too; the state reads "connecting" from here on.
+    this.transport = this.order[this.level];
+    this.state = "connecting";
+    queueMicrotask(() => this._connect());
   }
 
   // -- public API --
@@ -539,13 +543,19 @@ class Client extends Emitter {
     return !(await this._probe(this.transport));
   }
 
+  // Whether the hub itself answers: its own health reply (JSON with a status, 503 included while
+  // its engine is away), not a proxy's error page (502, 504) for a hub that is down.
   async _reachable() {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), this.openTimeout);
     try {
-      // An opaque answer is still an answer: the hub is up, whatever CORS says.
-      await fetch(this.urls.healthz, { mode: "no-cors", cache: "no-store" });
-      return true;
+      const r = await fetch(this.urls.healthz, { cache: "no-store", signal: controller.signal });
+      const body = await r.json();
+      return typeof body?.status === "string";
     } catch {
       return false;
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -725,7 +735,10 @@ class Client extends Emitter {
       const code = disconnect?.code ?? event.code;
       const ends = endsClient(code, disconnect?.reconnect, this.refreshable);
       const detail = { code, reason: disconnect?.reason ?? event.reason, reconnect: !ends };
-      if (!opened) return this._failed(gen, detail);
+      // Closed before the connect reply by the hub itself (its disconnect push, a close code of
+      // its own): the transport works, so the code decides, as on an open connection.
+      const hubs = disconnect !== null || (code >= 4000 && code <= 4999);
+      if (!opened && !hubs) return this._failed(gen, detail);
       if (ends) return this._stop(gen, detail);
       if (code === TOKEN_EXPIRED) this.attempt = 0; // a new token is all it needs
       this._retry(gen, detail);

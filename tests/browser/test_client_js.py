@@ -54,7 +54,7 @@ SETUP = """async ([options, channel, subscribeOptions]) => {
         opts.getToken = async () => { window.log.tokens += 1; return await window.mintToken(); };
     }
     if (opts.useStore) opts.store = localStorage;
-    window.client = connect(location.origin, opts);
+    window.client = connect(opts.hubUrl ?? location.origin, opts);
     for (const s of ['connecting', 'connected', 'disconnected', 'closed']) {
         window.client.on(s, (e) => window.log.states.push(s + ':' + e.transport
             + (e.code ? ':' + e.code : '')));
@@ -78,7 +78,7 @@ async def open_client(
     channel: str | None = "chat:lobby",
     subscribe: dict[str, Any] | None = None,
 ) -> None:
-    if page.url != hub.http_url + "/healthz":
+    if not page.url.endswith(f":{hub.port}/healthz"):
         await page.goto(hub.http_url + "/healthz")  # the hub's origin
     await page.evaluate(SETUP, [options, channel, subscribe or {}])
 
@@ -234,6 +234,71 @@ async def test_a_hub_that_is_down_is_retried_on_the_same_transport(
         assert await pubs(page, 1) == ["up"]
     finally:
         await stop_hub(again)
+
+
+async def test_a_proxys_error_page_for_a_hub_that_is_down_is_no_answer(
+    page: Any, hub: RunningHub
+) -> None:
+    # Behind a proxy, a hub that is down still gets an answer to its health check: the proxy's
+    # own 502 page. That is no sign the hub is up: the client stays on its transport.
+    async def proxy(route: Any) -> None:
+        await route.fulfill(status=502, content_type="text/html", body="<h1>Bad Gateway</h1>")
+
+    await open_client(page, hub, {})
+    await wait_for(page, "window.log.states.includes('connected:ws')")
+    await subscribed(hub, "chat:lobby")
+    await page.route("**/healthz", proxy)
+    await stop_hub(hub)
+    await wait_for(page, "window.log.states.filter((s) => s === 'connecting:ws').length >= 4")
+    await page.unroute("**/healthz")
+    again = await start_hub(hub=Hub(Settings()), port=hub.port)
+    try:
+        await wait_for(page, "window.log.states.filter((s) => s === 'connected:ws').length >= 2")
+        states = await page.evaluate("window.log.states")
+        assert all(s.split(":")[1] == "ws" for s in states), states
+        await subscribed(again, "chat:lobby")
+        await again.publish("chat:lobby", "up")
+        assert await pubs(page, 1) == ["up"]
+    finally:
+        await stop_hub(again)
+
+
+async def test_a_page_of_another_origin_falls_back_too(page: Any, hub_factory: Any) -> None:
+    # The health check is read across origins (the hub allows it): the page at localhost, the
+    # hub at 127.0.0.1, a proxy that refuses upgrades.
+    hub = await hub_factory(allowed_origins=["http://localhost:*"])
+
+    async def refuse(ws: Any) -> None:
+        await ws.close()
+
+    await page.route_web_socket("**/ws", refuse)
+    await page.goto(f"http://localhost:{hub.port}/healthz")
+    await open_client(page, hub, {"hubUrl": hub.http_url})
+    await wait_for(page, "window.log.states.includes('connected:sse')")
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", 1)
+    assert await pubs(page, 1) == [1]
+
+
+async def test_the_hubs_refusal_before_the_connect_reply_is_no_transport_failure(
+    page: Any, browser: Any, hub_factory: Any
+) -> None:
+    # A stale token cookie: the hub accepts the upgrade, says why it refuses and closes (4500).
+    # The WebSocket works, so the client ends as the code says instead of stepping down.
+    hub = await secured(hub_factory)
+    await browser.add_cookies([{"name": "clarion_token", "value": "stale", "url": hub.http_url}])
+    await open_client(page, hub, {})
+    await wait_for(page, "window.client.state === 'closed'")
+    states = await page.evaluate("window.log.states")
+    assert states == ["connecting:ws", "disconnected:ws:4500", "closed:ws"], states
+
+
+async def test_the_first_state_reaches_handlers_added_after_connect(
+    page: Any, hub: RunningHub
+) -> None:
+    await open_client(page, hub, {})
+    await wait_for(page, "window.log.states.includes('connected:ws')")
+    assert await page.evaluate("window.log.states") == ["connecting:ws", "connected:ws"]
 
 
 async def test_moves_back_up_once_the_websocket_works_again(page: Any, hub: RunningHub) -> None:

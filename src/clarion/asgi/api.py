@@ -164,7 +164,10 @@ class ServerAPI:
     async def healthz(self, request: Request) -> Response:
         healthy = await self.hub.engine.healthy()
         body = {"status": "ok" if healthy else "unavailable", "engine": self.hub.engine.name}
-        return JSONResponse(body, status_code=200 if healthy else 503)
+        # Readable from any page: the browser client tells the hub's own answer from a proxy's
+        # error page for a hub that is down. It holds nothing a page should not see.
+        headers = {"access-control-allow-origin": "*"}
+        return JSONResponse(body, status_code=200 if healthy else 503, headers=headers)
 
     async def metrics(self, request: Request) -> Response:
         self._authorize(request)

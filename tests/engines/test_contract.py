@@ -400,7 +400,41 @@ async def test_revocations_keep_the_later_until_and_drop_lapsed_ones(engine: Sub
     await engine.engine.revoke("user", "alice", now + 30)  # earlier: the later one holds
     await engine.engine.revoke("jti", "t-1", now + 1)
     await engine.engine.revoke("user", "gone", now - 1)  # already lapsed: never listed
-    listed = {(kind, key): until for kind, key, until in await engine.engine.revocations()}
+    _, entries = await engine.engine.revocations()
+    listed = {(kind, key): until for kind, key, until in entries}
     assert listed == {("user", "alice"): now + 60, ("jti", "t-1"): now + 1}
     await asyncio.sleep(1.1)
-    assert [key for _, key, _ in await engine.engine.revocations()] == ["alice"]
+    assert [key for _, key, _ in (await engine.engine.revocations())[1]] == ["alice"]
+
+
+async def test_a_read_from_the_last_mark_returns_what_changed_since(engine: Subject) -> None:
+    # A node reads the revocations every few seconds; there may be one per logout of a day.
+    import time
+
+    now = time.time()
+    revocations = engine.engine.revocations
+    mark, entries = await revocations()
+    assert entries == [] and (await revocations(mark))[1] == []
+    await engine.engine.revoke("user", "alice", now + 60)
+    await engine.engine.revoke("jti", "t-1", now + 60)
+    mark, entries = await revocations(mark)
+    assert sorted(entries) == [("jti", "t-1", now + 60), ("user", "alice", now + 60)]
+    mark, entries = await revocations(mark)
+    assert entries == []  # nothing new: nothing read
+    await engine.engine.revoke("user", "alice", now + 30)  # earlier: no change to take in
+    await engine.engine.revoke("user", "alice", now + 120)  # extended
+    await engine.engine.revoke("user", "bob", now + 60)
+    await engine.engine.revoke("jti", "t-2", now + 1)
+    mark, entries = await revocations(mark)
+    assert sorted(entries) == [
+        ("jti", "t-2", now + 1),
+        ("user", "alice", now + 120),
+        ("user", "bob", now + 60),
+    ]
+    # No mark, or one of another set of revocations (another process; a Redis that lost them
+    # and started a new set): every one in force.
+    for other in (None, "elsewhere:1", "junk"):
+        assert len((await revocations(other))[1]) == 4
+    await asyncio.sleep(1.1)  # t-2 lapses: gone from every read
+    assert sorted(key for _, key, _ in (await revocations())[1]) == ["alice", "bob", "t-1"]
+    assert (await revocations(mark))[1] == []

@@ -831,3 +831,42 @@ async def test_a_refresh_leaves_alone_what_closed_while_it_ran(
     # (released together, they are one call): nothing removed twice.
     assert stats["cmdstat_hdel"]["calls"] == 150
     assert stats["cmdstat_zrem"]["calls"] == 151
+
+
+async def test_revocations_lost_by_redis_are_read_whole_from_the_new_set(
+    nodes: Callable[..., Any], redis_server: RedisServer
+) -> None:
+    # Redis lost the revocations (their keys gone as after a restart without persistence): the
+    # next revocation starts a new set, and a node's mark of the old one reads the new one whole
+    # (counting on from its old mark would skip the first of them).
+    engine, _ = await nodes()
+    now = time.time()
+    await engine.revoke("user", "a", now + 60)
+    mark, _ = await engine.revocations()
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        assert await client.delete(*engine.keys.revocations()) == 3
+    finally:
+        await client.aclose()
+    await engine.revoke("user", "b", now + 60)
+    await engine.revoke("user", "c", now + 60)
+    _, entries = await engine.revocations(mark)
+    assert sorted(key for _, key, _ in entries) == ["b", "c"]
+
+
+async def test_revocations_keys_expire_with_the_last_one(
+    nodes: Callable[..., Any], redis_server: RedisServer
+) -> None:
+    engine, _ = await nodes()
+    now = time.time()
+    await engine.revoke("jti", "short", now + 30)
+    await engine.revoke("jti", "long", now + 90)
+    await engine.revoke("jti", "gone", now - 1)  # lapsed: stored nowhere
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        for key in engine.keys.revocations():
+            assert 85 < await client.ttl(key) <= 91, key
+        log = engine.keys.revocations()[1]
+        assert sorted(await client.zrange(log, 0, -1)) == [b"jti:long", b"jti:short"]
+    finally:
+        await client.aclose()

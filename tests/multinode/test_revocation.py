@@ -10,8 +10,13 @@ from typing import Any
 
 import httpx
 import jwt
+import pytest
+import redis.asyncio as redis
 import websockets
 from websockets.exceptions import ConnectionClosed
+
+from clarion.engines.redis import scripts
+from clarion.engines.redis.keys import Keys
 
 from ..conftest import timeout
 from .conftest import Cluster
@@ -77,18 +82,34 @@ async def test_a_revocation_lapses_everywhere(cluster: Cluster) -> None:
         assert await outcome(node, token("alice", "t1")) == "ok"
 
 
-async def test_a_node_that_missed_the_announcement_catches_up(cluster: Cluster) -> None:
-    """The revocation reaches a node by the engine even when the pub/sub message is lost."""
-    first = await cluster.start(config=CONFIG)
-    second = await cluster.start(config=CONFIG)
-    # Written straight into the engine, announced to no node: as if every message was lost.
-    import redis.asyncio as redis
-
-    client = redis.Redis.from_url(cluster.redis.url)
+async def store_unannounced(url: str, member: str, *, with_log: bool = True) -> None:
+    """A revocation written into Redis and announced to no node: as if every message was lost.
+    Without its log: as an earlier version kept them (one sorted set)."""
+    client = redis.Redis.from_url(url)
     try:
-        await client.zadd("clarion:revoked", {"user:alice": time.time() + 60})
+        if with_log:
+            keys = Keys("clarion").revocations()
+            args = [member, repr(time.time() + 60), repr(time.time()), "test"]
+            await client.eval(scripts.REVOKE, len(keys), *keys, *args)
+        else:
+            await client.zadd("clarion:revoked", {member: time.time() + 60})
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("with_log", [True, False], ids=["logged", "earlier-format"])
+async def test_a_node_that_missed_the_announcement_catches_up(
+    cluster: Cluster, with_log: bool
+) -> None:
+    """The revocation reaches a node by the engine even when the pub/sub message is lost. Logged:
+    both nodes have read the revocations since an earlier one (their marks are current). In the
+    earlier format: a set kept before the log existed, read whole."""
+    first = await cluster.start(config=CONFIG)
+    second = await cluster.start(config=CONFIG)
+    if with_log:
+        await disconnect(first, user="mallory", until=time.time() + 60)  # announced
+        await asyncio.sleep(6)  # each node has read the engine since, from its last mark
+    await store_unannounced(cluster.redis.url, "user:alice", with_log=with_log)
     headers = {"Authorization": f"Bearer {token('alice', 't1')}"}
     async with websockets.connect(
         second.ws_url, subprotocols=["clarion.v1"], additional_headers=headers

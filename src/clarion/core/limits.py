@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from dataclasses import dataclass, field
@@ -132,16 +133,20 @@ class Abuse:
 
 @dataclass
 class Revocations:
-    """Users and token ids refused until a wall-clock time (``POST /api/disconnect``)."""
+    """Users and token ids refused until a wall-clock time (``POST /api/disconnect``).
+
+    There may be one per logout of the last day: lapsed ones leave through a heap, never by a
+    walk over all of them."""
 
     users: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, float] = field(default_factory=dict)
+    _lapse: list[tuple[float, bool, str]] = field(default_factory=list)  # (until, user?, key)
 
     def revoke(self, *, user: str | None, token_id: str | None, until: float) -> None:
         if user is not None:
-            self.users[user] = max(until, self.users.get(user, 0.0))
+            self.add("user", user, until)
         if token_id is not None:
-            self.tokens[token_id] = max(until, self.tokens.get(token_id, 0.0))
+            self.add("jti", token_id, until)
 
     def add(self, kind: str, key: str, until: float) -> bool:
         """One ``(kind, key, until)`` entry as engines list them (``kind`` ``user``/``jti``);
@@ -150,6 +155,7 @@ class Revocations:
         if table is None or table.get(key, 0.0) >= until:
             return False
         table[key] = until
+        heapq.heappush(self._lapse, (until, table is self.users, key))
         return True
 
     def refused(self, user: str | None, token_id: str | None, now: float | None = None) -> bool:
@@ -162,6 +168,9 @@ class Revocations:
     def expire(self, now: float | None = None) -> None:
         """Forget lapsed revocations (the hub does it between reads of the engine's)."""
         now = time.time() if now is None else now
-        for table in (self.users, self.tokens):
-            for key in [k for k, until in table.items() if until <= now]:
+        lapse = self._lapse
+        while lapse and lapse[0][0] <= now:
+            until, of_user, key = heapq.heappop(lapse)
+            table = self.users if of_user else self.tokens
+            if table.get(key) == until:  # not extended since
                 del table[key]

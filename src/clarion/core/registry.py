@@ -11,6 +11,7 @@ from clarion.core.auth import LEEWAY, Credentials
 from clarion.core.limits import AddressCount, Refusals, Revocations
 from clarion.core.operator import is_operator
 from clarion.core.session import Session, Transport
+from clarion.engines.base import RevocationMark
 from clarion.errors import ClarionError, LimitExceeded, NodeFull, Unauthorized
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.errors import ErrorCode
@@ -41,6 +42,7 @@ class SessionRegistry:
             Refusals(log, "WebSocket(s) without a session"),
         )
         self.revocations = Revocations()
+        self._revocation_mark: RevocationMark | None = None  # where the last read left off
 
     def pending_key(self, client_ip: str | None) -> str | None:
         """What caps count a client address as (IPv6: its ``ipv6_prefix`` network)."""
@@ -187,13 +189,15 @@ class SessionRegistry:
             raise failure
 
     async def sync_revocations(self) -> None:
-        """Take in every revocation the engine holds (those this node may have missed)."""
+        """Take in the revocations the engine holds that this node may have missed: those made
+        since the last read (all of them at the first)."""
         self.revocations.expire()
         try:
-            entries = await self.hub.engine.revocations()
+            mark, entries = await self.hub.engine.revocations(self._revocation_mark)
         except ClarionError as exc:
             log.warning("could not read revocations: %s", exc.message)
             return
+        self._revocation_mark = mark
         for kind, key, until in entries:
             if self.revocations.add(kind, key, until):  # missed: its sessions may still be open
                 user, jti = (key, None) if kind == "user" else (None, key)

@@ -17,6 +17,10 @@ from clarion.settings import NamespaceOptions, Settings
 if TYPE_CHECKING:
     from clarion.webhooks.outbox import Outbox
 
+# Where a node's last read of the engine's revocations left off: opaque to the hub. It names
+# the engine's set of revocations too, so a set that was lost and started again is read whole.
+RevocationMark = str
+
 
 @dataclass(frozen=True, slots=True)
 class History:
@@ -194,8 +198,12 @@ class Engine(Protocol):
         """Refuse the user (``kind`` ``"user"``) or token id (``"jti"``) ``key`` until ``until``
         (Unix time) on every node, including nodes started later; kept past a restart."""
 
-    async def revocations(self) -> list[tuple[str, str, float]]:
-        """Every revocation still in force: ``(kind, key, until)``."""
+    async def revocations(
+        self, since: RevocationMark | None = None
+    ) -> tuple[RevocationMark, list[tuple[str, str, float]]]:
+        """The revocations still in force, ``(kind, key, until)``, that were made or extended
+        after the mark ``since`` — every one without a mark, or when the engine's revocations
+        were lost or replaced since — and the mark to pass next time."""
 
     async def healthy(self) -> bool: ...
 

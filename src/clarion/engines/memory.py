@@ -1,7 +1,7 @@
 """The memory engine: one process, everything in RAM, bounded by namespace options.
 
-Only revocations outlive the process: they are kept in ``revocations.json`` under ``data_dir``,
-rewritten atomically (a temporary file, fsynced, then renamed over the old one) on every change.
+Only revocations outlive the process: they are kept in ``revocations.json`` under ``data_dir``
+(:mod:`clarion.engines.revoked`).
 """
 
 from __future__ import annotations
@@ -13,14 +13,17 @@ import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from clarion.engines.base import EngineSink, History, PresenceEntry, PresenceStats
+from clarion.engines.base import (
+    EngineSink,
+    History,
+    PresenceEntry,
+    PresenceStats,
+    RevocationMark,
+)
 from clarion.engines.nodes import LocalNodes
-from clarion.errors import ConfigError, EngineUnavailable
+from clarion.engines.revoked import RevocationTable
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions, Settings
 
@@ -30,7 +33,6 @@ if TYPE_CHECKING:
 MAX_IDEMPOTENCY_KEYS = 10_000  # per channel; the oldest key is forgotten first
 SWEEP_INTERVAL = 30.0
 UNWRITTEN_TTL = 120.0  # seconds a channel that was read but never published to is remembered
-REVOCATIONS_FILE = "revocations.json"
 
 log = logging.getLogger("clarion.engines.memory")
 
@@ -83,10 +85,7 @@ class MemoryEngine:
     ) -> None:
         # The clock is injectable so TTL behaviour can be tested without sleeping.
         self._clock = clock
-        # Revocations ("user:<id>"/"jti:<id>" -> Unix time), kept in data_dir when given.
-        self._revoked: dict[str, float] = {}
-        self._revoked_path = Path(data_dir) / REVOCATIONS_FILE if data_dir is not None else None
-        self._revoked_lock = asyncio.Lock()
+        self._revoked = RevocationTable(data_dir)  # kept in data_dir when given
         self._logs: dict[str, _ChannelLog] = {}
         self._meta_ttl: dict[str, float] = {}
         self._presence: dict[str, dict[str, PresenceEntry]] = {}
@@ -98,8 +97,7 @@ class MemoryEngine:
 
     async def start(self, sink: EngineSink) -> None:
         self._sink = sink
-        if self._revoked_path is not None:
-            self._revoked = self._read_revocations(self._revoked_path)
+        self._revoked.load()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="clarion-memory-sweep")
 
     async def close(self) -> None:
@@ -299,49 +297,12 @@ class MemoryEngine:
     # ---- revocations ----------------------------------------------------------------------------
 
     async def revoke(self, kind: str, key: str, until: float) -> None:
-        member = f"{kind}:{key}"
-        self._revoked[member] = max(until, self._revoked.get(member, 0.0))
-        self._drop_lapsed()
-        if self._revoked_path is not None:
-            async with self._revoked_lock:
-                snapshot = orjson.dumps(self._revoked)
-                try:
-                    await asyncio.to_thread(_write_atomically, self._revoked_path, snapshot)
-                except OSError as exc:  # data_dir unwritable, disk full: not stored, say so
-                    raise EngineUnavailable(
-                        f"the revocation could not be stored in {self._revoked_path}: "
-                        f"{exc.strerror or exc}"
-                    ) from None
+        await self._revoked.revoke(f"{kind}:{key}", until)
 
-    async def revocations(self) -> list[tuple[str, str, float]]:
-        self._drop_lapsed()
-        out = []
-        for member, until in self._revoked.items():
-            kind, _, key = member.partition(":")
-            out.append((kind, key, until))
-        return out
-
-    def _drop_lapsed(self) -> None:
-        now = time.time()
-        for member in [m for m, until in self._revoked.items() if until <= now]:
-            del self._revoked[member]
-
-    @staticmethod
-    def _read_revocations(path: Path) -> dict[str, float]:
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from None
-        try:
-            loaded = orjson.loads(raw)
-            revoked = {str(k): float(v) for k, v in loaded.items()}
-        except (ValueError, TypeError, AttributeError):
-            # Never start as if nothing were revoked: the operator decides what to do with it.
-            raise ConfigError(f"{path} is not a revocations file; move it away to start") from None
-        now = time.time()
-        return {member: until for member, until in revoked.items() if until > now}
+    async def revocations(
+        self, since: RevocationMark | None = None
+    ) -> tuple[RevocationMark, list[tuple[str, str, float]]]:
+        return self._revoked.since(since)
 
     def sweep(self, now: float | None = None) -> int:
         """Forget channels whose history is empty and whose meta TTL has passed.
@@ -368,20 +329,3 @@ class MemoryEngine:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             self.sweep()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: readers and crashes see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):  # the rename itself reaches the disk (POSIX)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -15,13 +15,20 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from redis.exceptions import RedisError
 
-from clarion.engines.base import EngineSink, History, PresenceEntry, PresenceStats
+from clarion.engines.base import (
+    EngineSink,
+    History,
+    PresenceEntry,
+    PresenceStats,
+    RevocationMark,
+)
 from clarion.engines.redis import scripts
 from clarion.engines.redis.batch import Batcher
 from clarion.engines.redis.connect import parse_url, unavailable
@@ -113,6 +120,7 @@ class RedisEngine:
         self._publish = client.register_script(scripts.PUBLISH)
         self._history = client.register_script(scripts.HISTORY)
         self._revoke = client.register_script(scripts.REVOKE)
+        self._revocations = client.register_script(scripts.REVOCATIONS_SINCE)
         # Per-session commands (history, presence, shared counts) issued in one loop
         # iteration share one pipeline: a burst of sessions costs round trips per iteration.
         cluster = self.target.cluster
@@ -138,6 +146,7 @@ class RedisEngine:
                 self._history,
                 *presence.scripts,
                 self._revoke,
+                self._revocations,
             ):
                 await client.script_load(script.script)
         except (RedisError, OSError, TimeoutError) as exc:
@@ -526,27 +535,29 @@ class RedisEngine:
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"sending {command!r} to other nodes") from None
 
-    # ---- revocations: one sorted set, scored by when each lapses --------------------------------
+    # ---- revocations: one sorted set, scored by when each lapses, and its change log ---------
 
     async def revoke(self, kind: str, key: str, until: float) -> None:
         try:
-            args = [f"{kind}:{key}", repr(until), repr(time.time())]
-            await self._revoke(keys=[self.keys.revocations()], args=args)
+            args = [f"{kind}:{key}", repr(until), repr(time.time()), secrets.token_hex(6)]
+            await self._revoke(keys=self.keys.revocations(), args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, "storing a revocation") from None
 
-    async def revocations(self) -> list[tuple[str, str, float]]:
+    async def revocations(
+        self, since: RevocationMark | None = None
+    ) -> tuple[RevocationMark, list[tuple[str, str, float]]]:
+        name, _, number = (since or "").partition(":")
         try:
-            rows = await self._client.zrangebyscore(
-                self.keys.revocations(), f"({time.time()!r}", "+inf", withscores=True
-            )
+            args = [name, number if number.isdigit() else "0", repr(time.time())]
+            rows = await self._revocations(keys=self.keys.revocations(), args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, "reading revocations") from None
         out = []
-        for member, until in rows:
+        for member, until in zip(rows[2::2], rows[3::2], strict=True):
             kind, _, key = member.decode().partition(":")
             out.append((kind, key, float(until)))
-        return out
+        return f"{rows[0].decode()}:{int(rows[1])}", out
 
     async def _ping(self) -> bool:
         return self._health is not None and await self._health.ping()

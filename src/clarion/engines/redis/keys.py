@@ -80,8 +80,11 @@ class Keys:
     def rate(self, key: str) -> str:
         return f"{self.prefix}:{{rate:{key}}}"
 
-    def revocations(self) -> str:
-        return f"{self.prefix}:revoked"
+    def revocations(self) -> list[str]:
+        """The revocations, their change log and its mark: one slot (the others' hash tag is
+        the first's whole name)."""
+        name = f"{self.prefix}:revoked"
+        return [name, f"{{{name}}}:log", f"{{{name}}}:mark"]
 
     def pubsub(self, channel: str) -> str:
         if self.sharded:

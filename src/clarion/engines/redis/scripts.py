@@ -420,14 +420,66 @@ return taken
 """
 )
 
-# KEYS: revocations zset
-# ARGV: member ("user:<id>" or "jti:<id>"), until and now (Unix seconds)
-# Keeps the later of two revocations of one member and drops lapsed ones; the key itself expires
-# with its last revocation, so nothing outlives what it refuses.
+# KEYS: revocations zset (member -> until), its change log (member -> change number), its mark
+#       (a hash: "n" the last change number, "g" the name of this set of revocations)
+# ARGV: member ("user:<id>" or "jti:<id>"), until, now (Unix seconds), a fresh name
+# Keeps the later of two revocations of one member and drops lapsed ones; the keys expire with
+# the last revocation, so nothing outlives what it refuses. A set started anew (the keys
+# expired, or Redis lost them) gets a new name: a node's mark of the old one reads it whole.
 REVOKE = """
+local n = redis.call('HINCRBY', KEYS[3], 'n', 1)
+if n == 1 then
+  redis.call('HSET', KEYS[3], 'g', ARGV[4])
+  -- A set kept without a log (by an earlier version): its members are the first change.
+  local held = redis.call('ZRANGE', KEYS[1], 0, -1)
+  for i = 1, #held, 1000 do
+    local chunk = {}
+    for j = i, math.min(i + 999, #held) do
+      chunk[#chunk + 1] = 1
+      chunk[#chunk + 1] = held[j]
+    end
+    redis.call('ZADD', KEYS[2], unpack(chunk))
+  end
+end
 redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+redis.call('ZADD', KEYS[2], n, ARGV[1])
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, 1000)
+while #lapsed > 0 do
+  redis.call('ZREM', KEYS[1], unpack(lapsed))
+  redis.call('ZREM', KEYS[2], unpack(lapsed))
+  lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, 1000)
+end
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if last[2] then redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(last[2]))) end
+if last[2] then
+  local at = math.ceil(tonumber(last[2]))
+  for i = 1, 3 do redis.call('EXPIREAT', KEYS[i], at) end
+end
 return 1
+"""
+
+# KEYS: as REVOKE's
+# ARGV: the name and change number of the caller's mark ("" and 0 for none), now
+# Returns {name, n, member, until, member, until, ...}: the revocations in force changed after
+# the mark (all of them when the mark is of another set), and the new mark.
+REVOCATIONS_SINCE = """
+local mark = redis.call('HMGET', KEYS[3], 'g', 'n')
+local out = {mark[1] or '', mark[2] or '0'}
+local after = 0
+if mark[1] and mark[1] == ARGV[1] then after = tonumber(ARGV[2]) end
+if after == 0 then
+  -- Read whole: no mark, one of another set, or a set kept without a log (by an earlier
+  -- version), which is read whole until the next revocation gives it one.
+  local held = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[3], '+inf', 'WITHSCORES')
+  for i = 1, #held do out[#out + 1] = held[i] end
+  return out
+end
+local members = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. after, '+inf')
+for i = 1, #members do
+  local lapses = redis.call('ZSCORE', KEYS[1], members[i])
+  if lapses and tonumber(lapses) > tonumber(ARGV[3]) then
+    out[#out + 1] = members[i]
+    out[#out + 1] = lapses
+  end
+end
+return out
 """

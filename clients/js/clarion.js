@@ -737,8 +737,8 @@ class Client extends Emitter {
       const detail = { code, reason: disconnect?.reason ?? event.reason, reconnect: !ends };
       // Closed before the connect reply by the hub itself (its disconnect push, a close code of
       // its own): the transport works, so the code decides, as on an open connection.
-      const hubs = disconnect !== null || (code >= 4000 && code <= 4999);
-      if (!opened && !hubs) return this._failed(gen, detail);
+      const byHub = disconnect !== null || (code >= 4000 && code <= 4999);
+      if (!opened && !byHub) return this._failed(gen, detail);
       if (ends) return this._stop(gen, detail);
       if (code === TOKEN_EXPIRED) this.attempt = 0; // a new token is all it needs
       this._retry(gen, detail);

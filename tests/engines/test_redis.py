@@ -870,3 +870,15 @@ async def test_revocations_keys_expire_with_the_last_one(
         assert sorted(await client.zrange(log, 0, -1)) == [b"jti:long", b"jti:short"]
     finally:
         await client.aclose()
+
+
+async def test_a_lapsed_revocation_alone_leaves_no_key(
+    nodes: Callable[..., Any], redis_server: RedisServer
+) -> None:
+    engine, _ = await nodes()
+    await engine.revoke("user", "late", time.time() - 1)
+    client = aioredis.Redis(port=redis_server.port)
+    try:
+        assert await client.exists(*engine.keys.revocations()) == 0
+    finally:
+        await client.aclose()

@@ -453,6 +453,8 @@ local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 if last[2] then
   local at = math.ceil(tonumber(last[2]))
   for i = 1, 3 do redis.call('EXPIREAT', KEYS[i], at) end
+else
+  redis.call('DEL', KEYS[3])  -- nothing in force: the next revocation starts a new set
 end
 return 1
 """

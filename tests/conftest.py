@@ -73,14 +73,20 @@ def _ephemeral_start() -> int:
 # of this test, of another xdist worker or of another copy of the suite takes it, and a connect
 # to it before anything listens is refused (a port in the ephemeral range can connect to itself).
 CHOSEN_PORTS = range(10000, max(_ephemeral_start(), 22768))
+# Ports drawn for processes lie below this; a Redis Cluster node's bus port (port + 10000) lies
+# above it. Drawn from one band, a node's port could be another node's bus port, both free
+# when drawn and only one of them bound at start.
+SPANNED = CHOSEN_PORTS.start + 10000
 _draw = random.SystemRandom()  # not the random module's state, which tests may seed
 
 
 def free_port(span: int = 0) -> int:
     """A free loopback port for a process to bind; ``port + span`` is free too (a Redis Cluster
     node's bus port is port + 10000)."""
+    assert span in (0, SPANNED - CHOSEN_PORTS.start)
+    stop = min(SPANNED, CHOSEN_PORTS.stop - span)
     for _ in range(1000):
-        port = _draw.randrange(CHOSEN_PORTS.start, CHOSEN_PORTS.stop - span)
+        port = _draw.randrange(CHOSEN_PORTS.start, stop)
         if _bindable(port) and (not span or _bindable(port + span)):
             return port
     raise RuntimeError("no free port")

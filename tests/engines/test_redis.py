@@ -865,7 +865,7 @@ async def test_revocations_keys_expire_with_the_last_one(
     client = aioredis.Redis(port=redis_server.port)
     try:
         for key in engine.keys.revocations():
-            assert 85 < await client.ttl(key) <= 91, key
+            assert 60 < await client.ttl(key) <= 91, key  # the later one's, not 30 s
         log = engine.keys.revocations()[1]
         assert sorted(await client.zrange(log, 0, -1)) == [b"jti:long", b"jti:short"]
     finally:

@@ -77,7 +77,9 @@ async def test_healthz_metrics_openapi(hub: RunningHub) -> None:
         await ws.subscribe("m")
         await hub.publish("m", 1)
         await ws.recv()
-        assert (await http.get("/healthz")).json() == {"status": "ok", "engine": "memory"}
+        health = await http.get("/healthz", headers={"origin": "http://elsewhere.example"})
+        assert health.json() == {"status": "ok", "engine": "memory"}
+        assert health.headers["access-control-allow-origin"] == "*"  # any page may read it
         metrics = (await http.get("/metrics")).text
         assert 'clarion_connections{transport="ws"} 1.0' in metrics
         assert 'clarion_deliveries_total{transport="ws"} 1.0' in metrics
@@ -142,6 +144,7 @@ async def test_api_key_required_when_configured(hub_factory) -> None:  # type: i
             "/api/publish", json=body, headers={"Authorization": "Bearer new-key"}
         )
         assert bearer.status_code == 401
+        assert "Bearer is for connection tokens" in bearer.json()["error"]["message"]
         for key in ("new-key", "old-key"):  # rotation: both work
             ok = await http.post(
                 "/api/publish", json=body, headers={"Authorization": f"apikey {key}"}

@@ -94,6 +94,10 @@ async def test_token() -> None:
     assert claims["presence"] == ["team:*", "lobby"]
     code, _, err = await run("token", "--user", "42")
     assert code == 2 and "no token secret" in err
+    # Without --channels: a valid token that opens no channel, minted with a warning.
+    code, out, err = await run("token", "--user", "42", "--secret", "s" * 32)
+    assert code == 0 and jwt.decode(out.strip(), "s" * 32, algorithms=["HS256"])["channels"] == []
+    assert err == "clarion: warning: the token allows no channel: pass --channels, e.g. 'chat:*'\n"
 
 
 def test_help_lists_every_option() -> None:

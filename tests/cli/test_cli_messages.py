@@ -199,10 +199,24 @@ async def test_every_command_reports_errors_the_same_way(hub_process: Any) -> No
             "clarion: no token secret: pass --secret, set token_secret in the config or "
             "CLARION_TOKEN_SECRET",
         ),
+        # A path nothing serves: the command says what a wrong URL usually is.
+        (
+            ["publish", "chat:lobby", "1", "--url", url + "/wrong", "--api-key", KEY],
+            "clarion: publish refused (HTTP 404, not_found): Not Found\n"
+            f"clarion: is {url}/wrong the hub's URL, with the path an application mounted it at?",
+        ),
+        (
+            ["publish", "chat:lobby", "1", "--url", url.removeprefix("http://")],
+            "clarion: --url: hub URL must be http(s):// or ws(s):// with a host, got "
+            f"{url.removeprefix('http://')!r}",
+        ),
     ]
     for args, expected in cases:
         code, out, err = await run(*args)
         assert (code, out, err) == (2, "", expected + "\n"), args
+    # The hub's /ws URL names the hub as well as its base URL does.
+    code, out, _ = await run("publish", "chat:lobby", "1", "--url", hub.ws_url, "--api-key", KEY)
+    assert code == 0 and json.loads(out)["offset"] == 1
 
 
 @pytest.mark.parametrize(
@@ -305,7 +319,7 @@ async def test_a_short_token_secret_is_one_warning_in_clarions_words(hub_process
     code, out, err = await run("token", "--user", "42", "--channels", "chat:*", "--secret", "short")
     assert (code, err) == (0, f"clarion: warning: {SHORT_SECRET}\n")
     token = out.strip()
-    code, out, err = await run("token", "--user", "42", "--secret", "s" * 32)
+    code, out, err = await run("token", "--user", "42", "--channels", "a", "--secret", "s" * 32)
     assert (code, err) == (0, "")
     hub = await hub_process(env={"CLARION_TOKEN_SECRET": "short", "CLARION_API_KEY": KEY})
     sub = await subscribe(hub.http_url, "--token", token)

@@ -45,3 +45,14 @@ async def test_an_explicit_transport_does_not_fall_back(front: FrontFactory) -> 
             await next_item(sub)
         assert "/sse" in str(caught.value)
         assert client.transport == "sse"
+
+
+async def test_a_wrong_url_fails_at_connect_not_at_the_first_subscribe(hub: RunningHub) -> None:
+    # Nothing serves /wrong/ws (404), and /wrong/healthz is not the hub's answer either: no
+    # stepping down to SSE, which would only fail later.
+    with pytest.raises(ConnectFailed) as caught:
+        async with connect(hub.http_url + "/wrong"):
+            pass
+    message = str(caught.value)
+    assert "HTTP 404" in message and f"{hub.http_url}/wrong/healthz" in message
+    assert "the hub's URL" in message  # the hint at what a wrong path usually is

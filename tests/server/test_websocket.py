@@ -135,6 +135,28 @@ async def test_refusing_before_accept_is_an_http_error(
     assert refused.value.response.status_code == status
 
 
+async def test_the_app_may_refuse_the_handshake_with_its_own_response(start_server: Any) -> None:
+    # The ASGI denial response extension: status, headers and a body sent in parts.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            raise RuntimeError
+        assert "websocket.http.response" in scope["extensions"]
+        await receive()
+        headers = [(b"content-type", b"text/plain"), (b"x-why", b"teapot"), (b"connection", b"x")]
+        await send({"type": "websocket.http.response.start", "status": 418, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": b"short ", "more_body": True})
+        await send({"type": "websocket.http.response.body", "body": b"and stout"})
+
+    server = await start_server(app)
+    with pytest.raises(InvalidStatus) as refused:
+        async with open_ws(server.port):
+            pass
+    response = refused.value.response
+    assert (response.status_code, response.reason_phrase) == (418, "I'm a Teapot")
+    assert response.headers["x-why"] == "teapot" and response.headers["connection"] == "close"
+    assert response.headers["content-length"] == "15" and response.body == b"short and stout"
+
+
 async def test_invalid_handshake_is_refused_without_the_app(start_server: Any) -> None:
     app = Recorder()
     server = await start_server(app)

@@ -109,3 +109,17 @@ async def test_an_entry_removed_from_the_config_is_dropped(tmp_path: Path) -> No
                 assert (await http.get("/api/webhooks")).json() == {"webhooks": []}
         finally:
             await stop_hub(second)
+
+
+async def test_the_start_line_counts_the_configured_endpoints(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    entries = [{"url": "http://127.0.0.1:9/a", "channels": ["a"]}]
+    for expected in ("1 endpoint, 0 deliveries pending", "2 endpoints, 0 deliveries pending"):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="clarion.webhooks"):
+            hub = await start_hub(settings(tmp_path, webhooks=entries))
+            await stop_hub(hub)
+        # On a fresh data_dir too: counted once the config's endpoints are in.
+        assert f"webhooks: {expected}" in caplog.messages
+        entries = [*entries, {"url": "http://127.0.0.1:9/b", "channels": ["b"]}]

@@ -218,6 +218,11 @@ class ApiKeys:
                 break
         scheme, _, given = value.partition(" ")
         if scheme.lower() != "apikey" or not given:
+            if scheme.lower() == "bearer":  # a connection token's scheme, or a key sent as one
+                raise Unauthorized(
+                    "this endpoint needs 'Authorization: apikey <key>': Bearer is for "
+                    "connection tokens (/sse, /poll, /client/*)"
+                )
             raise Unauthorized("this endpoint needs 'Authorization: apikey <key>'")
         given_b = given.strip().encode()
         ok = False

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from clarion.asgi import access
 from clarion.asgi.admin import admin_routes
@@ -19,7 +20,13 @@ from clarion.asgi.info import InfoAPI
 from clarion.asgi.openapi import document
 from clarion.asgi.poll import PollEndpoint
 from clarion.asgi.publish import PublishEndpoint
-from clarion.asgi.responses import EXCEPTION_HANDLERS, JSONResponse, send_error, watch_send
+from clarion.asgi.responses import (
+    EXCEPTION_HANDLERS,
+    JSONResponse,
+    refuse_handshake,
+    send_error,
+    watch_send,
+)
 from clarion.asgi.sse import SseEndpoint
 from clarion.asgi.stomp import StompEndpoint
 from clarion.asgi.websocket import ClarionWebSocket
@@ -81,8 +88,8 @@ class App:
         if scope["type"] in ("http", "websocket") and encoded_path(scope):
             if scope["type"] == "http":
                 await send_error(send, NotFound("Not Found"))
-            else:  # refused at the handshake (HTTP 403), like any unknown WebSocket path
-                await send({"type": "websocket.close", "code": 1008})
+            else:  # refused at the handshake, like any unknown WebSocket path
+                await refuse_handshake(scope, send, NotFound("Not Found"))
             return
         if (
             self.publish is not None
@@ -112,6 +119,15 @@ class ServesRoutes(Protocol):
     """A hub extension with HTTP endpoints of its own (the webhooks' ``/api/webhooks``)."""
 
     def routes(self) -> list[BaseRoute]: ...
+
+
+async def _no_websocket_here(websocket: WebSocket) -> None:
+    # A 404 that says where the endpoints are, not a bare 403 that reads like an auth refusal.
+    message = (
+        f"no WebSocket endpoint at {websocket.url.path}: the hub's are its /ws (clarion.v1) "
+        "and /stomp (STOMP)"
+    )
+    await refuse_handshake(websocket.scope, websocket.send, NotFound(message))
 
 
 def build_app(hub: Hub, *, lifespan: bool = False) -> App:
@@ -168,6 +184,7 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
         Route("/client/presence_stats", ClientEndpoint(hub, "presence_stats")),
         *(r for ext in hub.extensions if isinstance(ext, ServesRoutes) for r in ext.routes()),
         *admin_routes(hub),
+        WebSocketRoute("/{path:path}", _no_websocket_here),
     ]
     router = Starlette(
         routes=routes,

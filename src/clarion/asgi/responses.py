@@ -59,6 +59,23 @@ async def send_error(
     await send_json(send, exc.status, error_body(exc), headers)
 
 
+async def refuse_handshake(scope: Scope, send: Send, exc: ClarionError) -> None:
+    """Refuse a WebSocket handshake with ``exc`` as an HTTP error, where the server lets the app
+    answer it (the ASGI denial response extension); else with its plain 403."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = error_body(exc)
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": exc.status,
+            "headers": [(b"content-type", b"application/json"), (b"cache-control", b"no-store")],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
 def error_body(exc: ClarionError) -> bytes:
     """The API's error body: ``{"error": {"code", "message", …}}`` (its status: ``exc.status``)."""
     return orjson.dumps({"error": exc.to_dict()})

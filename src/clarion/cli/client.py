@@ -27,6 +27,38 @@ class Target:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"apikey {self.key}"} if self.key else {}
 
+    def call(
+        self, action: str, method: str, path: str, body: Any = None, timeout: float = 10
+    ) -> Any:
+        """One server API call; the hub's answer when it is a 200, else the error to report,
+        with what the command can add (where a key comes from, what a wrong URL looks like)."""
+        import httpx
+
+        from clarion.client.endpoints import Endpoints
+
+        try:
+            endpoints = Endpoints.parse(self.url)  # a ws:// URL of the hub's /ws too
+        except ValueError as exc:
+            raise ClarionError(f"--url: {exc}", code=LocalCode.UNREACHABLE) from None
+        try:
+            response = httpx.request(
+                method,
+                endpoints.url(path),
+                content=None if body is None else orjson.dumps(body),
+                headers={"Content-Type": "application/json", **self.headers()},
+                timeout=timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise ClarionError(
+                f"cannot reach {self.url}: {exc}", code=LocalCode.UNREACHABLE
+            ) from None
+        if response.status_code != 200:
+            error = self.refused(action, response)
+            if response.status_code == 404 and not _names_a_resource(response):
+                raise ClarionError(f"{error.message}\n{endpoints.doubt()}", code=error.code)
+            raise error
+        return response
+
     def refused(self, action: str, response: Any) -> ClarionError:
         error = refused(action, response)
         if response.status_code == 401:
@@ -39,6 +71,16 @@ class Target:
             )
             return ClarionError(f"{error.message}\n{hint}", code=error.code)
         return error
+
+
+def _names_a_resource(response: Any) -> bool:
+    """A 404 of the hub about something it lacks (a webhook), not one for a path nothing serves
+    (the router's bare "Not Found", or another server's page)."""
+    try:
+        message = orjson.loads(response.content)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(message, str) and message != "Not Found"
 
 
 def client_target(args: argparse.Namespace) -> Target:
@@ -72,25 +114,10 @@ def refused(action: str, response: Any) -> ClarionError:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    import httpx
-
-    target = client_target(args)
     body: dict[str, Any] = {"channel": args.channel, "data": args.data}
     if args.id:
         body["id"] = args.id
-    try:
-        response = httpx.post(
-            target.url.rstrip("/") + "/api/publish",
-            content=orjson.dumps(body),
-            headers={"Content-Type": "application/json", **target.headers()},
-            timeout=10,
-        )
-    except httpx.HTTPError as exc:
-        raise ClarionError(
-            f"cannot reach {target.url}: {exc}", code=LocalCode.UNREACHABLE
-        ) from None
-    if response.status_code != 200:
-        raise target.refused("publish", response)
+    response = client_target(args).call("publish", "POST", "/api/publish", body)
     sys.stdout.write(response.text.rstrip("\n") + "\n")
     return 0
 
@@ -161,6 +188,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     note = secret_note(secret, algorithm)
     if note:  # a development secret is allowed, but not silently
         sys.stderr.write(f"clarion: warning: {note}\n")
+    if not args.channels:  # a valid token, and useless for subscribing: say so
+        sys.stderr.write(
+            "clarion: warning: the token allows no channel: pass --channels, e.g. 'chat:*'\n"
+        )
     token = mint_token(
         secret,
         args.user,

@@ -68,6 +68,16 @@ class HttpApi:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    async def answers_as_hub(self) -> bool:
+        """Whether the hub itself answers at this URL: its own health reply (503 included), not
+        a 404 of another server or a proxy's error page."""
+        try:
+            response = await self.http.get(self.endpoints.url("/healthz"))
+            body = response.json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return isinstance(body, dict) and isinstance(body.get("status"), str)
+
     def api_headers(self) -> dict[str, str]:
         return {"Authorization": f"apikey {self.api_key}"} if self.api_key else {}
 

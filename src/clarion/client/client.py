@@ -203,6 +203,14 @@ class Client:
             except TransportUnavailable as exc:
                 if self._option != "auto":
                     raise
+                # Only a hub that answers, behind something that refuses WebSocket, is worth
+                # trying over SSE: a wrong URL fails here, not at the first subscribe.
+                assert self._api is not None
+                if not await self._api.answers_as_hub():
+                    raise ConnectFailed(
+                        f"{exc}; nothing answers as a clarion hub at "
+                        f"{self.endpoints.url('/healthz')} either"
+                    ) from None
                 log.info("WebSocket unavailable (%s); falling back to SSE", exc)
                 self._mode = "sse"
                 return self._mode

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import http
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,8 @@ from clarion.protocol.wsreader import Closed, FrameReader, Pong
 from clarion.server import flow
 from clarion.server.config import ClientDisconnected, Config, Registry, http_date, reset
 from clarion.server.fastws import FAST_WEBSOCKET_EXTENSION, Outbox
+
+DENIAL_EXTENSION = "websocket.http.response"  # ASGI: refusing a handshake with a response
 
 log = logging.getLogger("clarion.server.websocket")
 # websockets logs every open and close at INFO; keep that under our tree, one level down.
@@ -65,6 +68,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
 
     __slots__ = (
         "_close_timer",
+        "_denial",
         "_disconnected",
         "_drain",
         "_draining",
@@ -124,6 +128,8 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self._early = b""  # frames that came before the app accepted (rare: no buffer kept)
         self._disconnected = False
         self._close_timer: asyncio.TimerHandle | None = None
+        # The app's own refusal while it is being sent: status, headers, body parts.
+        self._denial: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -177,7 +183,10 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
                 self.deflate_bits = agreement.window_bits
         subprotocols = [p.strip() for value in protocols for p in value.split(",") if p.strip()]
         scope["subprotocols"] = subprotocols
-        scope["extensions"] = {FAST_WEBSOCKET_EXTENSION: {"connection": self}}
+        scope["extensions"] = {
+            FAST_WEBSOCKET_EXTENSION: {"connection": self},
+            DENIAL_EXTENSION: {},  # an app may refuse the handshake with a response of its own
+        }
         task = self._registry.start(self._run(), "clarion-websocket")
         task.add_done_callback(self._app_done)
 
@@ -410,6 +419,16 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
                     raise ClientDisconnected("websocket is closed")
                 raise RuntimeError(f"websocket.accept while {self.phase.value}")
             self._accept(message.get("subprotocol"), message.get("headers") or ())
+        elif kind == "websocket.http.response.start":
+            if self.phase is not Phase.CONNECTING or self._denial is not None:
+                raise RuntimeError(f"{kind} after the handshake was answered")
+            self._denial = (message["status"], list(message.get("headers") or ()), [])
+        elif kind == "websocket.http.response.body":
+            if self._denial is None:
+                raise RuntimeError(f"{kind} before websocket.http.response.start")
+            self._denial[2].append(message.get("body") or b"")
+            if not message.get("more_body", False):
+                self._deny(*self._denial)
         elif kind == "websocket.close":
             if self.phase is Phase.CONNECTING:
                 self._reject(403, "Forbidden\n")
@@ -460,6 +479,27 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             library = ServerProtocol(logger=protocol_log)
             library.accept_called = True
         self._send_handshake_failure(library, library.reject(status, text))
+
+    def _deny(self, status: int, raw: list[tuple[bytes, bytes]], body: list[bytes]) -> None:
+        """The app's own refusal of the handshake (the ASGI denial response extension)."""
+        if self.phase is not Phase.CONNECTING or self._response is None:
+            return
+        library = self._handshake
+        if library is None:
+            library = ServerProtocol(logger=protocol_log)
+            library.accept_called = True
+        content = b"".join(body)
+        headers = Headers()
+        for name, value in raw:
+            if name.lower() not in (b"content-length", b"connection", b"transfer-encoding"):
+                headers[name.decode("latin-1")] = value.decode("latin-1")
+        headers["Content-Length"] = str(len(content))
+        headers["Connection"] = "close"
+        try:
+            reason = http.HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+        self._send_handshake_failure(library, Response(status, reason, headers, content))
 
     def _send_handshake_failure(self, handshake: ServerProtocol, response: Response) -> None:
         handshake.send_response(response)

@@ -62,31 +62,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    import httpx
-    import orjson
-
     from clarion.cli.client import client_target
-    from clarion.errors import ClarionError, LocalCode
+    from clarion.errors import ClarionError
 
-    target = client_target(args)
-    try:
-        response = httpx.request(
-            method,
-            target.url.rstrip("/") + path,
-            content=None if body is None else orjson.dumps(body),
-            headers={"Content-Type": "application/json", **target.headers()},
-            timeout=30,
-        )
-    except httpx.HTTPError as exc:
-        raise ClarionError(
-            f"cannot reach {target.url}: {exc}", code=LocalCode.UNREACHABLE
-        ) from None
-    if response.status_code != 200:
-        raise target.refused(f"{method} {path}", response)
+    action = f"{method} {path}"
+    response = client_target(args).call(action, method, path, body, timeout=30)
     try:
         return response.json()
     except ValueError:
-        raise ClarionError(f"{method} {path}: the answer is not JSON") from None
+        raise ClarionError(f"{action}: the answer is not JSON") from None
 
 
 def _when(ms: int | None) -> str:

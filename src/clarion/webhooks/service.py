@@ -135,6 +135,13 @@ class WebhookService:
             except BaseException:
                 await self.close()
                 raise
+            # After the config's endpoints are in: what this node starts with.
+            endpoints, pending = len(self.endpoints), sum(self.counts.backlog.values())
+            log.info(
+                "webhooks: %d endpoint%s, %d deliver%s pending",
+                *(endpoints, "" if endpoints == 1 else "s"),
+                *(pending, "y" if pending == 1 else "ies"),
+            )
 
     def _make_outbox(self) -> Outbox:
         engine = self.hub.engine
@@ -183,8 +190,6 @@ class WebhookService:
         self.hub.publish_listeners.append(intake.on_publication)
         if outbox.shared:
             self._sync = asyncio.create_task(self._sync_forever(), name="clarion-webhook-sync")
-        pending = sum(self.counts.backlog.values())
-        log.info("webhooks: %d endpoints, %d deliveries pending", len(self.endpoints), pending)
         return registry
 
     async def _ensure_open(self) -> Registry:

@@ -10,7 +10,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
 
 from clarion.asgi import access
 from clarion.asgi.admin import admin_routes
@@ -121,13 +120,21 @@ class ServesRoutes(Protocol):
     def routes(self) -> list[BaseRoute]: ...
 
 
-async def _no_websocket_here(websocket: WebSocket) -> None:
-    # A 404 that says where the endpoints are, not a bare 403 that reads like an auth refusal.
-    message = (
-        f"no WebSocket endpoint at {websocket.url.path}: the hub's are its /ws (clarion.v1) "
-        "and /stomp (STOMP)"
-    )
-    await refuse_handshake(websocket.scope, websocket.send, NotFound(message))
+def _unrouted(default: Any) -> Any:
+    """The router's answer to what no route takes; for a WebSocket, a 404 that says where the
+    endpoints are, not the bare 403 that reads like an auth refusal."""
+
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await default(scope, receive, send)
+            return
+        message = (
+            f"no WebSocket endpoint at {scope['path']}: the hub's are its /ws (clarion.v1) "
+            "and /stomp (STOMP)"
+        )
+        await refuse_handshake(scope, send, NotFound(message))
+
+    return answer
 
 
 def build_app(hub: Hub, *, lifespan: bool = False) -> App:
@@ -184,7 +191,6 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
         Route("/client/presence_stats", ClientEndpoint(hub, "presence_stats")),
         *(r for ext in hub.extensions if isinstance(ext, ServesRoutes) for r in ext.routes()),
         *admin_routes(hub),
-        WebSocketRoute("/{path:path}", _no_websocket_here),
     ]
     router = Starlette(
         routes=routes,
@@ -193,4 +199,5 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
     )
     # "/api/history/" is not "/api/history": no redirect, one spelling per route.
     router.router.redirect_slashes = False
+    router.router.default = _unrouted(router.router.default)
     return App(router, websockets, publish)

@@ -834,7 +834,7 @@ async def test_a_refresh_leaves_alone_what_closed_while_it_ran(
 
 
 async def test_revocations_lost_by_redis_are_read_whole_from_the_new_set(
-    nodes: Callable[..., Any], redis_server: RedisServer
+    nodes: Callable[..., Any], raw: aioredis.Redis
 ) -> None:
     # Redis lost the revocations (their keys gone as after a restart without persistence): the
     # next revocation starts a new set, and a node's mark of the old one reads the new one whole
@@ -843,11 +843,7 @@ async def test_revocations_lost_by_redis_are_read_whole_from_the_new_set(
     now = time.time()
     await engine.revoke("user", "a", now + 60)
     mark, _ = await engine.revocations()
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        assert await client.delete(*engine.keys.revocations()) == 3
-    finally:
-        await client.aclose()
+    assert await raw.delete(*engine.keys.revocations()) == 3
     await engine.revoke("user", "b", now + 60)
     await engine.revoke("user", "c", now + 60)
     _, entries = await engine.revocations(mark)
@@ -855,30 +851,22 @@ async def test_revocations_lost_by_redis_are_read_whole_from_the_new_set(
 
 
 async def test_revocations_keys_expire_with_the_last_one(
-    nodes: Callable[..., Any], redis_server: RedisServer
+    nodes: Callable[..., Any], raw: aioredis.Redis
 ) -> None:
     engine, _ = await nodes()
     now = time.time()
     await engine.revoke("jti", "short", now + 30)
     await engine.revoke("jti", "long", now + 90)
     await engine.revoke("jti", "gone", now - 1)  # lapsed: stored nowhere
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        for key in engine.keys.revocations():
-            assert 60 < await client.ttl(key) <= 91, key  # the later one's, not 30 s
-        log = engine.keys.revocations()[1]
-        assert sorted(await client.zrange(log, 0, -1)) == [b"jti:long", b"jti:short"]
-    finally:
-        await client.aclose()
+    for key in engine.keys.revocations():
+        assert 60 < await raw.ttl(key) <= 91, key  # the later one's, not 30 s
+    log = engine.keys.revocations()[1]
+    assert sorted(await raw.zrange(log, 0, -1)) == [b"jti:long", b"jti:short"]
 
 
 async def test_a_lapsed_revocation_alone_leaves_no_key(
-    nodes: Callable[..., Any], redis_server: RedisServer
+    nodes: Callable[..., Any], raw: aioredis.Redis
 ) -> None:
     engine, _ = await nodes()
     await engine.revoke("user", "late", time.time() - 1)
-    client = aioredis.Redis(port=redis_server.port)
-    try:
-        assert await client.exists(*engine.keys.revocations()) == 0
-    finally:
-        await client.aclose()
+    assert await raw.exists(*engine.keys.revocations()) == 0

@@ -543,15 +543,26 @@ class Client extends Emitter {
     return !(await this._probe(this.transport));
   }
 
-  // Whether the hub itself answers: its own health reply (JSON with a status, 503 included while
-  // its engine is away), not a proxy's error page (502, 504) for a hub that is down.
+  // Whether the hub answers. Its own health reply (JSON with a status, 503 included while its
+  // engine is away) says yes; a gateway's error page for it (502, 503, 504 without that JSON)
+  // says it is down. Anything else that answers — a page another server gives, an answer this
+  // page may not read (a proxy that does not pass /healthz, or adds its own CORS) — is taken as
+  // the hub being up behind it, as the fallback has always taken it.
   async _reachable() {
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), this.openTimeout);
+    const ask = (mode) => fetch(this.urls.healthz, { mode, cache: "no-store", signal: controller.signal });
     try {
-      const r = await fetch(this.urls.healthz, { cache: "no-store", signal: controller.signal });
-      const body = await r.json();
-      return typeof body?.status === "string";
+      let r;
+      try {
+        r = await ask("cors");
+      } catch {
+        await ask("no-cors"); // throws when nothing answers at all
+        return true;
+      }
+      const body = await r.json().catch(() => null);
+      if (typeof body?.status === "string") return true;
+      return !(r.status === 502 || r.status === 503 || r.status === 504);
     } catch {
       return false;
     } finally {

@@ -54,5 +54,5 @@ async def test_a_wrong_url_fails_at_connect_not_at_the_first_subscribe(hub: Runn
         async with connect(hub.http_url + "/wrong"):
             pass
     message = str(caught.value)
-    assert "HTTP 404" in message and f"{hub.http_url}/wrong/healthz" in message
+    assert "HTTP 404" in message and f"nothing is at {hub.http_url}/wrong/healthz" in message
     assert "the hub's URL" in message  # the hint at what a wrong path usually is

@@ -157,6 +157,30 @@ async def test_the_app_may_refuse_the_handshake_with_its_own_response(start_serv
     assert response.headers["content-length"] == "15" and response.body == b"short and stout"
 
 
+async def test_a_refusal_once_begun_is_not_accepted_nor_sent_twice(start_server: Any) -> None:
+    refused: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            raise RuntimeError
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": 403, "headers": []})
+        with pytest.raises(RuntimeError) as caught:
+            await send({"type": "websocket.accept"})
+        refused.append(str(caught.value))
+        await send({"type": "websocket.http.response.body", "body": b"no"})
+        with pytest.raises(RuntimeError):  # the response is whole: nothing may follow it
+            await send({"type": "websocket.http.response.body", "body": b"more"})
+        refused.append("after the end")
+
+    server = await start_server(app)
+    with pytest.raises(InvalidStatus) as caught:
+        async with open_ws(server.port):
+            pass
+    assert (caught.value.response.status_code, caught.value.response.body) == (403, b"no")
+    assert refused == ["websocket.accept after websocket.http.response.start", "after the end"]
+
+
 async def test_invalid_handshake_is_refused_without_the_app(start_server: Any) -> None:
     app = Recorder()
     server = await start_server(app)

@@ -68,15 +68,14 @@ class HttpApi:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def answers_as_hub(self) -> bool:
-        """Whether the hub itself answers at this URL: its own health reply (503 included), not
-        a 404 of another server or a proxy's error page."""
+    async def nothing_at(self, path: str) -> bool:
+        """Whether ``path`` is answered 404 (nothing is there: the URL is not the hub's, or
+        lacks the path it is mounted at); any other answer, or none, says nothing of the URL."""
         try:
-            response = await self.http.get(self.endpoints.url("/healthz"))
-            body = response.json()
-        except (httpx.HTTPError, ValueError):
+            response = await self.http.get(self.endpoints.url(path))
+        except httpx.HTTPError:
             return False
-        return isinstance(body, dict) and isinstance(body.get("status"), str)
+        return response.status_code == 404
 
     def api_headers(self) -> dict[str, str]:
         return {"Authorization": f"apikey {self.api_key}"} if self.api_key else {}

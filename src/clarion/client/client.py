@@ -203,13 +203,12 @@ class Client:
             except TransportUnavailable as exc:
                 if self._option != "auto":
                     raise
-                # Only a hub that answers, behind something that refuses WebSocket, is worth
-                # trying over SSE: a wrong URL fails here, not at the first subscribe.
+                # A hub behind something that refuses WebSocket answers /healthz; a wrong URL
+                # answers 404 there too, and fails here rather than at the first subscribe.
                 assert self._api is not None
-                if not await self._api.answers_as_hub():
+                if await self._api.nothing_at("/healthz"):
                     raise ConnectFailed(
-                        f"{exc}; nothing answers as a clarion hub at "
-                        f"{self.endpoints.url('/healthz')} either"
+                        f"{exc}; nothing is at {self.endpoints.url('/healthz')} either"
                     ) from None
                 log.info("WebSocket unavailable (%s); falling back to SSE", exc)
                 self._mode = "sse"

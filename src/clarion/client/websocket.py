@@ -253,8 +253,11 @@ class WebSocketLink:
             detail = (
                 f"HTTP {exc.response.status_code}" if isinstance(exc, InvalidStatus) else str(exc)
             )
+            status = exc.response.status_code if isinstance(exc, InvalidStatus) else 0
+            if status in (502, 503, 504):  # a gateway whose hub is away: try again later
+                raise Retry(f"{url} answered HTTP {status}: the hub is not there yet") from None
             message = f"the hub refused the WebSocket upgrade at {url} ({detail})"
-            if isinstance(exc, InvalidStatus) and exc.response.status_code in (403, 404):
+            if status in (403, 404):
                 message += f": {self.endpoints.doubt()}"  # a path nothing serves is refused so
             self._refused(message)
         except (OSError, TimeoutError, WebSocketException) as exc:

@@ -197,11 +197,12 @@ class SessionRegistry:
         except ClarionError as exc:
             log.warning("could not read revocations: %s", exc.message)
             return
-        self._revocation_mark = mark
         for kind, key, until in entries:
             if self.revocations.add(kind, key, until):  # missed: its sessions may still be open
                 user, jti = (key, None) if kind == "user" else (None, key)
                 self.disconnect_local_user(user, token_id=jti)
+        # Only once all are in: a read that failed half-way is read again from the old mark.
+        self._revocation_mark = mark
 
 
 OPERATORS = "operator"  # the key of operator sessions in SessionRegistry.kinds

@@ -414,18 +414,24 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
                 self.flush()
             await flow.wait(self._drain)
         elif kind == "websocket.accept":
+            if self._denial is not None:
+                raise RuntimeError("websocket.accept after websocket.http.response.start")
             if self.phase is not Phase.CONNECTING:
                 if self._disconnected:  # the client left (or shutdown refused it) meanwhile
                     raise ClientDisconnected("websocket is closed")
                 raise RuntimeError(f"websocket.accept while {self.phase.value}")
             self._accept(message.get("subprotocol"), message.get("headers") or ())
         elif kind == "websocket.http.response.start":
+            if self._disconnected:  # the client left meanwhile: nobody to refuse
+                raise ClientDisconnected("websocket is closed")
             if self.phase is not Phase.CONNECTING or self._denial is not None:
                 raise RuntimeError(f"{kind} after the handshake was answered")
             self._denial = (message["status"], list(message.get("headers") or ()), [])
         elif kind == "websocket.http.response.body":
-            if self._denial is None:
-                raise RuntimeError(f"{kind} before websocket.http.response.start")
+            if self._denial is None or self.phase is not Phase.CONNECTING:
+                if self._disconnected and self._denial is None:
+                    raise ClientDisconnected("websocket is closed")
+                raise RuntimeError(f"{kind} outside a response being sent")
             self._denial[2].append(message.get("body") or b"")
             if not message.get("more_body", False):
                 self._deny(*self._denial)

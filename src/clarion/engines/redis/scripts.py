@@ -426,16 +426,18 @@ return taken
 # Keeps the later of two revocations of one member and drops lapsed ones; the keys expire with
 # the last revocation, so nothing outlives what it refuses. A set started anew (the keys
 # expired, or Redis lost them) gets a new name: a node's mark of the old one reads it whole.
+# The log holds exactly the set's members; one that does not (a set kept by an earlier version,
+# or written by one during an upgrade) is logged anew, every member as this change.
 REVOKE = """
 local n = redis.call('HINCRBY', KEYS[3], 'n', 1)
-if n == 1 then
-  redis.call('HSET', KEYS[3], 'g', ARGV[4])
-  -- A set kept without a log (by an earlier version): its members are the first change.
+if n == 1 then redis.call('HSET', KEYS[3], 'g', ARGV[4]) end
+if redis.call('ZCARD', KEYS[1]) ~= redis.call('ZCARD', KEYS[2]) then
+  redis.call('DEL', KEYS[2])
   local held = redis.call('ZRANGE', KEYS[1], 0, -1)
   for i = 1, #held, 1000 do
     local chunk = {}
     for j = i, math.min(i + 999, #held) do
-      chunk[#chunk + 1] = 1
+      chunk[#chunk + 1] = n
       chunk[#chunk + 1] = held[j]
     end
     redis.call('ZADD', KEYS[2], unpack(chunk))
@@ -462,15 +464,20 @@ return 1
 # KEYS: as REVOKE's
 # ARGV: the name and change number of the caller's mark ("" and 0 for none), now
 # Returns {name, n, member, until, member, until, ...}: the revocations in force changed after
-# the mark (all of them when the mark is of another set), and the new mark.
+# the mark, and the new mark. Read whole instead: without a mark or with one of another set; a
+# set whose name names another Redis process than the mark's (restarted from its files, or a
+# replica promoted: either may lack writes the mark counted), or whose count went back; a log
+# that is not the set's (written by an earlier version, which keeps none).
 REVOCATIONS_SINCE = """
 local mark = redis.call('HMGET', KEYS[3], 'g', 'n')
-local out = {mark[1] or '', mark[2] or '0'}
+local server = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+local name = (mark[1] or '') .. '.' .. string.sub(server, 1, 12)
+local n = tonumber(mark[2] or '0')
+local out = {name, tostring(n)}
 local after = 0
-if mark[1] and mark[1] == ARGV[1] then after = tonumber(ARGV[2]) end
+if mark[1] and name == ARGV[1] then after = tonumber(ARGV[2]) end
+if after > n or redis.call('ZCARD', KEYS[1]) ~= redis.call('ZCARD', KEYS[2]) then after = 0 end
 if after == 0 then
-  -- Read whole: no mark, one of another set, or a set kept without a log (by an earlier
-  -- version), which is read whole until the next revocation gives it one.
   local held = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[3], '+inf', 'WITHSCORES')
   for i = 1, #held do out[#out + 1] = held[i] end
   return out

@@ -208,7 +208,7 @@ class Client:
                 assert self._api is not None
                 if await self._api.nothing_at("/healthz"):
                     raise ConnectFailed(
-                        f"{exc}; nothing is at {self.endpoints.url('/healthz')} either"
+                        f"{exc} (and nothing is at {self.endpoints.url('/healthz')} either)"
                     ) from None
                 log.info("WebSocket unavailable (%s); falling back to SSE", exc)
                 self._mode = "sse"

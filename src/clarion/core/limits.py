@@ -140,7 +140,8 @@ class Revocations:
 
     users: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, float] = field(default_factory=dict)
-    _lapse: list[tuple[float, bool, str]] = field(default_factory=list)  # (until, user?, key)
+    # (until, a user's?, key): a heap, the next to lapse first.
+    _lapse: list[tuple[float, bool, str]] = field(default_factory=list, init=False, repr=False)
 
     def revoke(self, *, user: str | None, token_id: str | None, until: float) -> None:
         if user is not None:

@@ -17,9 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import websockets
+from redis.exceptions import ResponseError
 from websockets.exceptions import ConnectionClosed
 
+from clarion.engines.redis.keys import Keys
 from clarion.protocol.codes import CloseCode
 
 from ..conftest import timeout
@@ -64,6 +67,21 @@ class Hubs:
         self.nodes.append(node)
         await node.wait_healthy(timeout=timeout(30))
         return node
+
+
+async def user_connections(cluster: RedisCluster, user: str) -> int:
+    """The user's connections as the hubs count them, read from the primary holding the key."""
+    key = Keys("clarion").connections("user", user)
+    total = 0
+    for port in cluster.ports:
+        client = aioredis.Redis(port=port)
+        try:
+            total += await client.zcard(key)
+        except ResponseError:  # MOVED: another node's slot
+            pass
+        finally:
+            await client.aclose()
+    return total
 
 
 @pytest.fixture
@@ -214,6 +232,13 @@ async def test_shared_connection_caps_and_revocations_span_the_cluster(hubs: Hub
         for ws in (first, second):  # both admitted: one per hub, within the cap of 2
             await ws.send('{"id": 1, "op": "ping"}')
             assert json.loads(await asyncio.wait_for(ws.recv(), timeout(5))) == {"id": 1, "ok": {}}
+
+        async def both_counted() -> bool:
+            # A session is counted cluster-wide just after it opens: until both are, a third
+            # could be counted before the second, and the second be the one refused.
+            return await user_connections(hubs.cluster, "u1") == 2
+
+        await eventually(both_counted, timeout=timeout(10))
         async with websockets.connect(a.ws_url, additional_headers=headers) as third:
             push = json.loads(await asyncio.wait_for(third.recv(), timeout(5)))
             assert push["disconnect"]["code"] == CloseCode.TOO_MANY_CONNECTIONS

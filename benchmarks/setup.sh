@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what clarion's benchmarks need besides the Python venv:
+#   - wrk, the HTTP load generator of request_floor.py (Debian package wrk);
 #   - nginx + the nchan module (Debian packages nginx-light, libnginx-mod-nchan) -- the system
 #     nginx service is not configured or started by the benchmarks; they run their own nginx
 #     with its own prefix directory and port;
@@ -13,6 +14,9 @@ if [ ! -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || ! command -v nginx >/d
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq nginx-light libnginx-mod-nchan
+fi
+if ! command -v wrk >/dev/null; then
+  apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }
 fi
 if ! command -v node >/dev/null; then
   apt-get install -y -qq nodejs npm

@@ -357,3 +357,77 @@ def test_the_compiled_reader_takes_only_plain_whole_requests() -> None:
     # The head's bytes as the parser's callbacks count them: path, then name + value + 4.
     assert read(plain, max_head=2 + 4 + 1 + 4 + 14 + 1 + 4) is not None
     assert read(plain, max_head=2 + 4 + 1 + 4 + 14 + 1 + 4 - 1) is None
+
+
+class HeldRoute(Route):
+    """A route that suspends until ``release`` is set (an engine waiting on the network)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def respond(self, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, bytes]:
+        self.running += 1
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        return 201, b"{}"
+
+
+class CountingRoute(Route):
+    """An eager route that notes the connections counted as waiting on their clients right
+    after it answered, while its answer waits for the end of the loop iteration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: Any = None
+        self.seen: list[int] = []
+
+    async def respond(self, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, bytes]:
+        # Runs after the read callback that answered, before the iteration's flush.
+        asyncio.get_running_loop().call_soon(lambda: self.seen.append(self.pending.total))
+        return 201, b"{}"
+
+
+async def test_a_connection_is_the_apps_to_count_only_while_its_route_runs_on(
+    start_server: Any,
+) -> None:
+    """Against ``max_pending_per_ip``: a connection whose request is answered at once waits on
+    its client throughout (its answer only waits for the loop iteration's end); one whose
+    route suspended is the app's until that route answers."""
+    route = CountingRoute()
+    server = await start_server(App(route), max_pending_per_ip=2)
+    route.pending = server.registry.pending
+    kept: list[asyncio.StreamWriter] = []
+    reader, writer = await connect(server.port)
+    for _ in range(3):
+        writer.write(post("/d", b"x"))
+        assert (await read_response(reader)).status == 201
+    assert route.seen == [1, 1, 1]
+    assert [await _admitted(server.port, kept) for _ in range(2)] == [200, 503]
+
+    held = HeldRoute()
+    server = await start_server(App(held), max_pending_per_ip=2)
+    reader, writer = await connect(server.port)
+    writer.write(post("/d", b"x"))
+    async with asyncio.timeout(TIMEOUT):
+        while held.running == 0:
+            await asyncio.sleep(0.005)
+    assert server.registry.pending.total == 0
+    assert [await _admitted(server.port, kept) for _ in range(2)] == [200, 200]
+    held.release.set()
+    assert (await read_response(reader)).status == 201
+    assert server.registry.pending.total == 3  # counted again once answered, over the cap
+    for each in (writer, *kept):
+        each.close()
+
+
+async def _admitted(port: int, kept: list[asyncio.StreamWriter]) -> int:
+    """A new connection's answer to a request for the app: 200, or 503 when it was over a cap
+    (the server answers that at once and closes). It stays open in ``kept``, waiting on its
+    client."""
+    reader, writer = await connect(port)
+    writer.write(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
+    kept.append(writer)
+    return (await read_response(reader)).status

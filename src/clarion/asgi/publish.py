@@ -115,10 +115,12 @@ class PublishEndpoint:
             key = body.get("id")
             if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
                 raise BadRequest("'id' must be a string of 1 to 128 characters")
-            try:
-                ephemeral, signal_key = signal_fields(body)
-            except CommandError as exc:
-                raise BadRequest(exc.message) from None
+            ephemeral, signal_key = False, None
+            if "ephemeral" in body or "key" in body:  # a live signal's fields: checked if there
+                try:
+                    ephemeral, signal_key = signal_fields(body)
+                except CommandError as exc:
+                    raise BadRequest(exc.message) from None
             pub = await hub.publish(
                 channel, body["data"], idempotency_key=key, ephemeral=ephemeral, key=signal_key
             )

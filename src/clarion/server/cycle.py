@@ -88,6 +88,9 @@ class HttpCycle:
         "scope",
     )
 
+    # An app's answer is written as it sends it: none waits for a flush (see DirectRequest).
+    answered = False
+
     def __init__(
         self,
         conn: HttpProtocol,

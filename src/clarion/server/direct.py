@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from clarion.asgitypes import DirectResponse, DirectRoute
 from clarion.server.config import date_header
 from clarion.server.cycle import simple_response, status_line
-from clarion.server.flusher import flusher_for
 
 if TYPE_CHECKING:
     from clarion.server.http import HttpProtocol
@@ -59,6 +58,7 @@ class DirectRequest:
         "_headers",
         "_route",
         "_started",
+        "answered",
         "body_complete",
         "body_size",
         "buffered",
@@ -91,6 +91,7 @@ class DirectRequest:
         self.buffered = 0
         self.body_complete = False
         self._started = False  # the responses before it are out: its turn
+        self.answered = False  # its answer waits for the iteration's flush (see _respond)
         self.response_started = False
         self.response_complete = False
         self.disconnected = False
@@ -110,6 +111,19 @@ class DirectRequest:
         self.body_complete = True
         if self._started:
             self._answer()
+
+    def whole(self, body: bytes) -> None:
+        """Its whole ``body``, on a connection with nothing before it in flight: answered now
+        (what ``begin``, ``feed_body`` and ``end_body`` do for it, in one call)."""
+        self.body_size = len(body)
+        self.body_complete = self._started = True
+        if self._conn.write_paused:
+            self._chunks.append(body)
+            self._answer()
+        else:
+            # What _answer checks first cannot be so: the connection is reading.
+            self.response_started = True
+            self._run(body)
 
     def begin(self) -> None:
         self._started = True
@@ -141,18 +155,21 @@ class DirectRequest:
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
         self.buffered = 0
+        self._run(body)
+
+    def _run(self, body: bytes) -> None:
         route = self._route
         try:
             coro = route.respond(self._headers, body)
             if not route.eager:
-                conn.registry.start(self._finish(coro, None), "clarion-http")
+                self._conn.registry.start(self._finish(coro, None), "clarion-http")
                 return
             try:
                 suspended = coro.send(None)
             except StopIteration as done:
                 self._respond(done.value)
                 return
-            conn.registry.start(self._finish(coro, _Resume(coro, suspended)), "clarion-http")
+            self._conn.registry.start(self._finish(coro, _Resume(coro, suspended)), "clarion-http")
         except Exception:
             # In a parser callback: nothing may escape to the parser, which would call it a 400.
             log.exception("exception in direct route")
@@ -178,8 +195,10 @@ class DirectRequest:
         # is ready, nearly every answer to a client that waits on it (a backend's publish, one
         # in flight per connection) woke that client's process from sleep, a cross-core
         # wake-up each; written together, the first wakes it and the rest find it awake. Until
-        # then the request is simply still in flight, as one whose route has not finished.
-        flusher_for(self._conn._loop).after(self._write_reply, result)
+        # then the request is simply still in flight, as one whose route has not finished; not
+        # the app's to count (see HttpProtocol._recount), since it is answered.
+        self.answered = True
+        self._conn.flusher.after(self._write_reply, result)
 
     def _write_reply(self, result: DirectResponse) -> None:
         conn = self._conn

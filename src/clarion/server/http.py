@@ -39,6 +39,7 @@ from clarion.server import fastws, flow
 from clarion.server.config import ASGI_VERSION, Config, Registry, reset
 from clarion.server.cycle import HttpCycle, simple_response
 from clarion.server.direct import DirectRequest
+from clarion.server.flusher import flusher_for
 from clarion.server.websocket import WebSocketProtocol
 
 WholeDirect = Callable[
@@ -123,6 +124,7 @@ class HttpProtocol(asyncio.Protocol):
         "_whole",
         "client",
         "config",
+        "flusher",
         "registry",
         "server",
         "transport",
@@ -132,6 +134,7 @@ class HttpProtocol(asyncio.Protocol):
         self.config = config
         self.registry = registry
         self._loop = asyncio.get_running_loop()
+        self.flusher = flusher_for(self._loop)  # writes the direct routes' answers
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport
         self.client: tuple[str, int] | None = None
@@ -417,28 +420,35 @@ class HttpProtocol(asyncio.Protocol):
         if found is None:
             return 0
         route, headers, body_start, end = found
-        # What on_message_begin, on_headers_complete (with _take_direct), on_body and
-        # on_message_complete do for this request, in their order.
+        # What on_message_begin, on_headers_complete (with _take_direct and _start), on_body
+        # and on_message_complete do for this request, in their order, less what cannot apply
+        # on a connection with nothing in flight, between requests and reading: no timer but
+        # the head's, and nothing to recount or to resume while the answer waits for the flush.
         self._idle_since = None
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         self._raw_bytes = 0
         request = DirectRequest(self, route, headers, keep_alive=True, http11=True)
-        self._start(request)
-        if end > body_start:
-            request.feed_body(data[body_start:end])
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._cycle = request
         self._completing = True
         try:
-            request.end_body()
+            request.whole(data[body_start:end])
         finally:
             self._completing = False
-        self._recount()
-        self._arm_idle_timer()
-        self.update_reading()
+        if (
+            request is not self._cycle  # answered at once (an error)
+            or not request.answered  # its route goes on in a task: the app's to count
+            or not self._counted
+            or self._reading_paused
+            or self._body_timer is not None
+        ):
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+            self._recount()
+            self._arm_idle_timer()
+            self.update_reading()
         return end
 
     def on_body(self, body: bytes) -> None:
@@ -507,23 +517,32 @@ class HttpProtocol(asyncio.Protocol):
                 self._hand_over(following)
                 return
             self._start(following)
-        elif self._completing:
+            self.update_reading()
+            return
+        if self._completing:
             return  # on_message_complete settles the rest, right after
-        else:
+        if not self._counted:
             self._recount()
-            self._arm_idle_timer()
-        self.update_reading()
+        self._arm_idle_timer()
+        if self._reading_paused or self._parsing is not None:
+            self.update_reading()  # otherwise nothing for it to change: nothing is queued
 
     def _recount(self) -> None:
         """Count this connection as waiting on its client unless the app is answering it.
 
         A request whose body is in and whose response is in flight is the app's business (an
         SSE stream, a long poll: the hub counts those as sessions); in every other state the
-        connection waits on its client. Counted again after a response even over the cap: it
-        is there already, and its timers end it.
+        connection waits on its client. A direct route's answer that only waits for the
+        iteration's flush leaves it counted (it is written within the iteration). Counted again
+        after a response even over the cap: it is there already, and its timers end it.
         """
         cycle = self._cycle
-        serving = cycle is not None and cycle.body_complete and not cycle.response_complete
+        serving = (
+            cycle is not None
+            and cycle.body_complete
+            and not cycle.response_complete
+            and not cycle.answered
+        )
         if serving:
             self._uncount()
         elif not self._counted and not self._detached:

@@ -156,19 +156,20 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("wrk is not installed: bash benchmarks/setup.sh")
     with tempfile.TemporaryDirectory(prefix="clarion-floor-") as tmp:
         root = Path(tmp)
-        servers = {
-            "nchan": (start_server("nchan", "ws", root), "/pub?id=room-7", PAYLOAD),
-            "clarion": (start_server("clarion", "ws", root), "/api/publish", CLARION_BODY),
-            "floor": (start_floor(root), "/api/publish", CLARION_BODY),
-        }
-        if a.baseline:
-            other = start_server("clarion", "ws", root, env_extra={"PYTHONPATH": a.baseline})
-            servers["baseline"] = (other, "/api/publish", CLARION_BODY)
-        results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+        # Started one by one inside the try: one that fails to start leaves none running.
+        servers: dict[str, tuple[Server, str, bytes]] = {}
+        results: dict[str, list[dict[str, float]]] = {}
         try:
+            servers["nchan"] = (start_server("nchan", "ws", root), "/pub?id=room-7", PAYLOAD)
+            servers["clarion"] = (start_server("clarion", "ws", root), "/api/publish", CLARION_BODY)
+            servers["floor"] = (start_floor(root), "/api/publish", CLARION_BODY)
+            if a.baseline:
+                other = start_server("clarion", "ws", root, env_extra={"PYTHONPATH": a.baseline})
+                servers["baseline"] = (other, "/api/publish", CLARION_BODY)
             for _ in range(a.rounds):
                 for name, (server, path, body) in servers.items():
-                    results[name].append(drive(server, path, body, a.seconds, root / "post.lua"))
+                    run = drive(server, path, body, a.seconds, root / "post.lua")
+                    results.setdefault(name, []).append(run)
         finally:
             for server, _, _ in servers.values():
                 server.stop()

@@ -22,12 +22,10 @@ Push = Callable[[Any], None]
 
 def publication_cursor(pub: Publication) -> str:
     """The single-channel cursor pointing just after ``pub`` (memoised on the publication)."""
-    cursor: str = pub.encoded("cursor", _cursor_of)
+    cursor = pub.cursor
+    if cursor is None:
+        cursor = pub.cursor = encode_single(pub.channel, pub.epoch, pub.offset)
     return cursor
-
-
-def _cursor_of(pub: Publication) -> str:
-    return encode_single(pub.channel, pub.epoch, pub.offset)
 
 
 def cursor_if_stored(pub: Publication) -> str | None:

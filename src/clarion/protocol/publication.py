@@ -60,8 +60,10 @@ class Publication:
 
     __slots__ = (
         "_encodings",
+        "_json",
         "attrs",
         "channel",
+        "cursor",
         "data",
         "ephemeral",
         "epoch",
@@ -97,6 +99,10 @@ class Publication:
         self.attrs = attrs or None  # see ATTRIBUTES
         self.ephemeral = ephemeral
         self.key = key  # ephemeral only: signals of one key replace each other in a backlog
+        # The single-channel cursor just after it, once encoded (core.fanout.publication_cursor);
+        # it and the JSON are slots, not entries of _encodings: every publication gets both.
+        self.cursor: str | None = None
+        self._json: bytes | None = None  # the publication object as JSON, once encoded
         # True when a publish was answered with this earlier publication (same idempotency key
         # within the window): nothing new was published.
         self.repeated = False
@@ -158,10 +164,9 @@ class Publication:
 
     def json(self) -> bytes:
         """The publication object as JSON, encoded once."""
-        cached: bytes | None = self._encodings.get("json")
+        cached = self._json
         if cached is None:
-            cached = orjson.dumps(self.to_dict())
-            self._encodings["json"] = cached
+            cached = self._json = orjson.dumps(self.to_dict())
         return cached
 
     def encoded(self, key: object, encode: Any) -> Any:

@@ -11,6 +11,7 @@ import clarion.asgi
 import clarion.core
 import clarion.protocol
 import clarion.server
+import clarion.tasks
 import clarion.webhooks
 
 
@@ -126,6 +127,20 @@ def test_asgi_and_webhooks_are_not_a_cycle() -> None:
     assert "clarion.webhooks.api" in _importers(clarion.webhooks, ("clarion.asgi",))
     loaded = _imported_after(_modules(clarion.asgi))
     assert not {m for m in loaded if m.startswith("clarion.webhooks")}
+
+
+def test_tasks_imports_only_the_standard_library() -> None:
+    # Every layer stops its background tasks with it, the client included.
+    tree = ast.parse(Path(clarion.tasks.__file__).read_text())
+    names = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    outside = {n for n in names if n.split(".")[0] not in sys.stdlib_module_names}
+    assert "asyncio" in names and outside == set()
 
 
 def test_core_knows_no_http() -> None:

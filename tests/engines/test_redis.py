@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,10 +18,13 @@ import redis.asyncio as aioredis
 from clarion.engines.base import History, PresenceEntry, PresenceStats
 from clarion.engines.redis import RedisEngine
 from clarion.engines.redis.connect import parse_url
+from clarion.engines.redis.keys import Keys
+from clarion.engines.redis.pubsub import PubSubLink
 from clarion.errors import ConfigError, EngineUnavailable
 from clarion.protocol.publication import StreamPosition
 from clarion.settings import NamespaceOptions, Settings
 
+from ..conftest import timeout as scaled
 from ..conftest import until
 from ..redis_fixture import REDIS_SERVER, RedisServer, free_port
 from .helpers import RecordingSink, eventually
@@ -318,6 +322,203 @@ async def test_redis_down_then_back(nodes: Callable[..., Any], redis_server: Red
     assert pub.offset == 1 and pub.epoch != epoch  # the history was lost: a new epoch
     await eventually(lambda: sink.publications[-1].data == "after")
     await a.subscribe("d")  # subscriptions work again
+
+
+async def test_a_close_during_the_pubsub_setup_ends_the_link(redis_server: RedisServer) -> None:
+    """A close at any point of the pub/sub connection's setup ends the link at once.
+
+    A cancel that comes as one of the setup's writes completes is lost on Python 3.11 (redis-py
+    waits for each write with asyncio.wait_for): the link came up anyway and read on, and the
+    close waited for that read, with no timer left to end it."""
+    client = parse_url(redis_server.url).client()
+    try:
+        for step in range(1000):
+            link = PubSubLink(
+                Keys("clarion"),
+                client.connection_pool.make_connection,
+                lambda channel, payload: None,
+                lambda channels: None,
+                client_name="setup",
+            )
+            starting = asyncio.create_task(link.start(5.0))
+            for _ in range(step):  # one loop iteration each: each point of the setup in turn
+                await asyncio.sleep(0)
+            setup_over = link.up
+            # A task of its own: the close must end by itself, not by the test cancelling it.
+            closing = asyncio.create_task(link.close())
+            done, _ = await asyncio.wait({closing}, timeout=scaled(2))
+            assert done, f"the close at step {step} of the setup did not end"
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, EngineUnavailable):
+                await starting
+            if setup_over:
+                break
+        else:
+            pytest.fail("the pub/sub link never came up")
+    finally:
+        await client.aclose()
+
+
+async def test_close_ends_a_task_that_lost_its_cancel(
+    nodes: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background task that lost its cancel (as in the test above) is cancelled again."""
+    a, _ = await nodes()
+    await a.subscribe("c")
+    checking = asyncio.Event()
+    lost: list[asyncio.CancelledError] = []
+
+    async def resync_losing_one_cancel(channels: list[str]) -> None:
+        checking.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError as exc:
+            if lost:
+                raise
+            lost.append(exc)  # and returns, as if no cancel had come
+
+    monkeypatch.setattr(a._positions, "resync", resync_losing_one_cancel)
+    await asyncio.wait_for(checking.wait(), scaled(5))
+    closing = asyncio.create_task(a.close())
+    done, _ = await asyncio.wait({closing}, timeout=scaled(5))
+    assert done and lost
+
+
+async def test_a_cancelled_start_leaves_no_link_running(redis_server: RedisServer) -> None:
+    """A start cancelled at any point of the setup stops the link's task before it ends.
+
+    Whoever cancels start() drops the link: a task left running would connect, subscribe and
+    read on for good, with nobody to close it."""
+    client = parse_url(redis_server.url).client()
+    links: list[PubSubLink] = []
+    try:
+        async with asyncio.timeout(scaled(20)):
+            for step in range(1000):
+                link = PubSubLink(
+                    Keys("clarion"),
+                    client.connection_pool.make_connection,
+                    lambda channel, payload: None,
+                    lambda channels: None,
+                    client_name="cancelled-start",
+                )
+                links.append(link)
+                starting = asyncio.create_task(link.start(5.0))
+                for _ in range(step):  # one loop iteration each: each point of the setup in turn
+                    await asyncio.sleep(0)
+                run = link._task
+                started = starting.done()
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                if started:
+                    break
+                # Cancelled before it was done: it says so, rather than return as if started.
+                assert starting.cancelled(), f"start returned though cancelled at step {step}"
+                assert run is None or run.done(), f"the link runs on after a cancel at step {step}"
+            else:
+                pytest.fail("the pub/sub link never came up")
+    finally:
+        for link in links:  # what a failure left running
+            await link.close()
+        await client.aclose()
+
+
+def running(name: str) -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == name and not t.done()]
+
+
+async def test_close_stops_a_resync_started_by_a_reconnect_while_it_closes(
+    nodes: Callable[..., Any], raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link reconnects while close() waits for a position check to stop: the resync that
+    reconnect would start must not outlive close()."""
+    a, _ = await nodes()
+    await a.subscribe("c")
+    link = a._link
+    assert isinstance(link, PubSubLink)
+    loop = asyncio.get_running_loop()
+    resyncs: list[asyncio.Task[Any]] = []
+    closing = asyncio.Event()
+
+    async def reconnect() -> None:
+        await closing.wait()
+        generation = link._generation
+        await raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await until(lambda: link._generation > generation and link.up)
+
+    async def resync(channels: list[str]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        resyncs.append(task)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            if task is resyncs[0]:  # the position check's, stopped by close()
+                closing.set()
+                # A slow stop, whatever cancels come: the link reconnects meanwhile.
+                deadline = loop.time() + scaled(5)
+                while not reconnecting.done() and loop.time() < deadline:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({reconnecting}, timeout=scaled(5))
+            raise
+
+    reconnecting = asyncio.create_task(reconnect())
+    monkeypatch.setattr(a._positions, "resync", resync)
+    try:
+        async with asyncio.timeout(scaled(15)):
+            await until(lambda: resyncs)  # the position check runs, and waits
+            await a.close()
+            assert reconnecting.done()
+            reconnecting.result()  # the link did come back while close() ran
+            assert running("clarion-redis-resync") == []
+            assert [t for t in resyncs if not t.done()] == []
+    finally:
+        for task in [reconnecting, *resyncs]:
+            task.cancel()
+
+
+async def test_close_stops_the_pipelines_still_waiting_for_redis(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """Redis stops answering with a pipeline waiting for the pool's one connection: close()
+    waits for it a while, then stops it, and its callers get EngineUnavailable.
+
+    Left to run, it got the connection back once the client closed, opened a new one to
+    Redis after the engine had closed, and waited there for the reply."""
+    a, _ = await nodes("check_interval=5&presence_ttl=5&pool_size=1")
+    await raw.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+    async with asyncio.timeout(scaled(10)):
+        # Not batched: it holds the pool's connection until the client closes.
+        event = asyncio.create_task(a.broadcast_event("c", "leave", {}))
+        await until(lambda: not a._client.connection_pool.can_get_connection())
+        reading = asyncio.create_task(a.history("c", OPTS))
+        await until(lambda: a._batch._sending)
+        sending = set(a._batch._sending)
+        await a.close()
+        assert all(task.done() for task in sending)
+        for call in (event, reading):
+            with pytest.raises(EngineUnavailable):
+                await call
+        # Once Redis answers again: no connection of the closed engine is left.
+        assert [c["cmd"] for c in await raw.client_list() if c["cmd"] != "client|list"] == []
+
+
+async def test_close_stops_a_health_check_under_way(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """A health check waiting on a stuck Redis is stopped by close(), and answers False."""
+    a, _ = await nodes("check_interval=5&presence_ttl=5")
+    health = a._health
+    assert health is not None
+    await raw.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+    checking = asyncio.create_task(a.healthy())
+    async with asyncio.timeout(scaled(10)):
+        await until(lambda: health._pinging is not None)
+        pinging = health._pinging
+        assert pinging is not None
+        await a.close()
+        assert pinging.done()
+        assert await checking is False
 
 
 async def test_cluster_wide_connection_limits_and_rates(nodes: Callable[..., Any]) -> None:

@@ -32,6 +32,7 @@ from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.messages import Command
+from clarion.tasks import stop
 
 log = logging.getLogger("clarion.client")
 
@@ -136,10 +137,9 @@ class Client:
         for feed in list(self._feeds.values()):
             feed.finish()
         self._feeds.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded, re-cancelling: a feed awaits the HTTP client and the token callable, which
+        # may lose a cancel (see clarion.tasks).
+        await stop(list(self._tasks))
         if self._link is not None:
             await self._link.close()
         if self._api is not None:

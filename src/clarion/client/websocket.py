@@ -71,6 +71,7 @@ from clarion.protocol.messages import (
     encode_command,
     parse_frame,
 )
+from clarion.tasks import stop
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +174,9 @@ class WebSocketLink:
         task = self._task
         if task is not None and not task.done():
             await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # Bounded, re-cancelling: the link awaits the token callable and its own wait_for,
+            # either of which may lose a cancel (see clarion.tasks).
+            await stop([task], CLOSE_TIMEOUT)
         for feed in list(self.feeds.values()):
             feed.finish()
         self.feeds.clear()

@@ -30,6 +30,7 @@ from clarion.core.registry import OPERATORS
 from clarion.engines.base import NodeDirectory, NodeDirectoryStorage
 from clarion.engines.nodes import LocalNodes
 from clarion.errors import ClarionError
+from clarion.tasks import stop
 
 if TYPE_CHECKING:
     from clarion.core.hub import Hub
@@ -80,9 +81,9 @@ class NodeReporter:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Bounded, re-cancelling: a report goes through the engine, which may lose a cancel
+        # (see clarion.tasks).
+        await stop([task])
         with contextlib.suppress(ClarionError, OSError):
             await self.directory.withdraw()
         await self.directory.close()

@@ -14,13 +14,13 @@ judged by, so that a step of that clock closes the sessions it overtakes at the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import math
 import time
 from typing import TYPE_CHECKING
 
+from clarion import tasks
 from clarion.core.auth import expired
 from clarion.core.session import Backlogged
 from clarion.protocol.codes import CloseCode
@@ -63,10 +63,9 @@ class Sweeper:
 
     async def stop(self) -> None:
         timers, self._timers = self._timers, []
-        for timer in timers:
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
+        # Bounded, re-cancelling: the revocation sync reads through the engine, which may lose
+        # a cancel (see clarion.tasks).
+        await tasks.stop(timers)
 
     async def _tick_forever(self) -> None:
         while True:

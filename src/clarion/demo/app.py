@@ -24,6 +24,7 @@ from clarion.core.hub import Hub
 from clarion.demo.feeds import DEVICES, DeviceSpec, device, ticker
 from clarion.errors import BadRequest, NotFound
 from clarion.settings import Settings
+from clarion.tasks import stop
 
 # A person's name on the demo pages: it is the token's user. Device users are "device:<id>",
 # which no name can spell, so a page cannot pose as a device.
@@ -169,10 +170,9 @@ class Demo:
             try:
                 yield
             finally:
-                for task in list(self.tasks):
-                    task.cancel()
-                if self.tasks:
-                    await asyncio.wait(list(self.tasks), timeout=5)
+                # Re-cancelling: the ticker publishes through the engine and the devices run
+                # the client, either of which may lose a cancel (see clarion.tasks).
+                await stop(list(self.tasks), timeout=5)
 
     async def _home(self, request: Request) -> Response:
         return RedirectResponse("/demo/", status_code=307)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import NoScriptError, RedisError
 
+from clarion.tasks import stop
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.kinds import PUBLICATION
 from clarion.webhooks.redis_outbox_store import (
@@ -168,13 +169,13 @@ class RedisOutbox:
         """Write what is pending, give up this node's leases, and disconnect."""
         if self._client is None:
             return
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for may lose a cancel of aclose()
+        # itself (see clarion.tasks).
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.flush(), OPEN_TIMEOUT)
-        for task in (self._renewer, self._watcher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                await self.flush()
+        # Bounded, re-cancelling: both await redis-py, which may lose a cancel.
+        await stop(task for task in (self._renewer, self._watcher) if task is not None)
         self._renewer = self._watcher = None
         for endpoint_id in list(self._held):
             with contextlib.suppress(Exception):

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from clarion.engines.base import WebhookStorage
 from clarion.errors import Forbidden, NotFound, ServerError
 from clarion.protocol.errors import ErrorCode
+from clarion.tasks import stop
 from clarion.webhooks.counts import QueueCounts
 from clarion.webhooks.describe import describe
 from clarion.webhooks.endpoint import Delivery, Endpoint
@@ -208,9 +209,9 @@ class WebhookService:
             with contextlib.suppress(ValueError):
                 self.hub.publish_listeners.remove(self._intake.on_publication)
         if self._sync is not None:
-            self._sync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync
+            # Bounded, re-cancelling: a refresh reads the shared outbox through redis-py, which
+            # may lose a cancel (see clarion.tasks).
+            await stop([self._sync])
             self._sync = None
         registry, self._registry, self._intake = self._registry, None, None
         if registry is not None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from clarion import tasks
 from clarion.webhooks.counts import QueueCounts
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.outbox import Outbox
@@ -178,9 +179,11 @@ class EndpointWorker:
     async def stop(self) -> None:
         self.stopping = True
         self.wake.set()
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        # Bounded, re-cancelling: a step awaits the outbox and the sender's HTTP client, which
+        # may lose a cancel (see clarion.tasks).
+        await tasks.stop([self.task])
+        if not self.task.done():
+            return  # left running (tasks.stop warned): its lease lapses by itself
         if self.holding:
             self.holding = False
             try:

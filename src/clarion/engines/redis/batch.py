@@ -33,6 +33,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
+from clarion.tasks import stop
+
 pack_command: Callable[[tuple[Any, ...]], bytes] | None
 try:  # in C; hiredis (an install requirement of the Redis extra) has it from 2.1
     from hiredis import pack_command
@@ -48,6 +50,7 @@ JOIN_AGE = 1.0  # seconds an unsent merged call takes new items (it fails as its
 # quiet node's lone command goes out at once. Redis runs one command at a time anyway.
 IN_FLIGHT = 2
 NO_CONNECTION = "no free connection to Redis in time"
+CLOSED = "the redis engine is closed"
 
 
 class Call:
@@ -177,7 +180,7 @@ class Batcher:
         its result is its ``future``."""
         call = Call(script, keys, args)
         if self._closed:  # e.g. a session's cleanup after the engine closed: no new connection
-            call.future.set_exception(RedisConnectionError("the redis engine is closed"))
+            call.future.set_exception(RedisConnectionError(CLOSED))
             return call
         self._push(call)
         return call
@@ -209,7 +212,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Any] = loop.create_future()
         if self._closed:
-            waiter.set_exception(RedisConnectionError("the redis engine is closed"))
+            waiter.set_exception(RedisConnectionError(CLOSED))
             return waiter
         call = self._open.get(family)
         if (
@@ -285,7 +288,10 @@ class Batcher:
             return
         except BaseException:
             for call in live:
-                call.cancel()
+                if self._closed:  # stopped by close(): the callers were not cancelled
+                    call.settle(RedisConnectionError(CLOSED))
+                else:
+                    call.cancel()
             raise
         for call, result in zip(live, results, strict=True):
             call.settle(result)
@@ -300,7 +306,8 @@ class Batcher:
         return list(results)
 
     async def close(self, timeout: float) -> None:
-        """Refuse new commands; let those queued or under way finish, for at most ``timeout``."""
+        """Refuse new commands; let those queued or under way finish, for at most ``timeout``;
+        fail the others."""
         self._closed = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -316,7 +323,10 @@ class Batcher:
         for call in queued:
             if isinstance(call, Merged):
                 call.seal()
-            call.settle(RedisConnectionError("the redis engine is closed"))
+            call.settle(RedisConnectionError(CLOSED))
+        # The pipelines still waiting for Redis are stopped, not left to run on after the
+        # engine closed. After the queue is emptied: a pipeline that ends sends what queued.
+        await stop(self._sending)
 
 
 async def _pipeline(client: Any, calls: list[Call], *, reloaded: bool = False) -> list[Any]:

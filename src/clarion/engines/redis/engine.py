@@ -58,6 +58,7 @@ from clarion.errors import ConfigError, EngineUnavailable
 from clarion.protocol.channels import namespace_of
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions, Settings
+from clarion.tasks import stop
 
 if TYPE_CHECKING:
     from clarion.engines.redis.nodes import RedisNodes
@@ -99,6 +100,7 @@ class RedisEngine:
         self._sink: EngineSink | None = None
         self._link: PubSubLink | ShardedLink | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False  # from close() on, no task starts (see _spawn)
         self._positions = Positions(
             self.keys,
             self.history,
@@ -116,6 +118,7 @@ class RedisEngine:
 
     async def start(self, sink: EngineSink) -> None:
         self._sink = sink
+        self._closing = False
         client = self._client = self.target.client()
         self._publish = client.register_script(scripts.PUBLISH)
         self._history = client.register_script(scripts.HISTORY)
@@ -173,7 +176,8 @@ class RedisEngine:
         except BaseException:
             await self._close_client()
             raise
-        self._tasks = [
+        # Added to, not replacing: on a restart, the link coming up may have started a resync.
+        self._tasks += [
             asyncio.create_task(self._check_forever(), name="clarion-redis-check"),
             asyncio.create_task(self._heartbeat_forever(), name="clarion-redis-heartbeat"),
             asyncio.create_task(self._refresh_forever(), name="clarion-redis-refresh"),
@@ -186,21 +190,22 @@ class RedisEngine:
         )
 
     async def close(self) -> None:
+        # The link may reconnect until it is closed below, and a reconnect starts a resync:
+        # refused from now on, else it would run on after close() returned.
+        self._closing = True
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop(tasks)
         if self._link is not None:
             await self._link.close()
             self._link = None
         if self._client is not None:
             await self._batch.close(PING_TIMEOUT)
-        # Leave presence now rather than after the TTL; best effort.
+        # Leave presence now rather than after the TTL; best effort. asyncio.timeout, not
+        # wait_for: on Python 3.11 wait_for may lose a cancel of close() itself (see clarion.tasks).
         if self._presence is not None and self._client is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._presence.leave_all(), PING_TIMEOUT)
+                async with asyncio.timeout(PING_TIMEOUT):
+                    await self._presence.leave_all()
         if self._health is not None:
             await self._health.close()
         await self._close_client()
@@ -428,6 +433,9 @@ class RedisEngine:
             log.exception("resync after reconnect failed")
 
     def _spawn(self, coro: Any, name: str) -> None:
+        if self._closing:
+            coro.close()  # never started: nothing is left for close() to stop
+            return
         task = asyncio.create_task(coro, name=name)
         self._tasks.append(task)
         task.add_done_callback(self._tasks_done)

@@ -13,6 +13,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from clarion.tasks import stop
+
 PING_TIMEOUT = 1.0
 
 
@@ -21,17 +23,29 @@ class HealthCheck:
         self._client = client
         self._cluster = cluster
         self._conn: Any = None  # the checks' own connection (not on a cluster)
-        self._pinging: asyncio.Future[bool] | None = None  # the check under way
+        self._pinging: asyncio.Task[bool] | None = None  # the check under way
+        self._closed = False
 
     async def ping(self) -> bool:
         """Whether Redis answers a PING within ``PING_TIMEOUT``."""
+        if self._closed:
+            return False
         pinging = self._pinging
         if pinging is None:
-            pinging = self._pinging = asyncio.ensure_future(self._ping_once())
+            pinging = self._pinging = asyncio.create_task(
+                self._ping_once(), name="clarion-redis-ping"
+            )
             pinging.add_done_callback(self._done)
-        return await asyncio.shield(pinging)
+        try:
+            return await asyncio.shield(pinging)
+        except asyncio.CancelledError:
+            # The check stopped by close() answers its callers, unless they were cancelled too.
+            caller = asyncio.current_task()
+            if pinging.cancelled() and self._closed and caller and not caller.cancelling():
+                return False
+            raise
 
-    def _done(self, pinging: asyncio.Future[bool]) -> None:
+    def _done(self, pinging: asyncio.Task[bool]) -> None:
         if self._pinging is pinging:
             self._pinging = None
 
@@ -59,6 +73,10 @@ class HealthCheck:
         return True
 
     async def close(self) -> None:
+        self._closed = True
+        # Stopped, not left to end by itself: closing its connection misses one still connecting.
+        if self._pinging is not None:
+            await stop([self._pinging])
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.disconnect(nowait=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 from clarion.engines.redis.keys import Keys
 from clarion.errors import EngineUnavailable
+from clarion.tasks import stop
 
 log = logging.getLogger("clarion.engines.redis")
 
@@ -81,20 +82,25 @@ class PubSubLink:
     async def start(self, timeout: float) -> None:
         self._task = asyncio.create_task(self._run(), name="clarion-redis-pubsub")
         try:
-            await asyncio.wait_for(self._up.wait(), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for may lose a cancel of start()
+            # (see clarion.tasks), which would then return as if nothing had cancelled it.
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
         except TimeoutError:
             await self.close()
             raise EngineUnavailable(
                 f"Redis pub/sub connection did not come up within {timeout:g} s "
                 f"({self.last_error or 'no answer'})"
             ) from None
+        except BaseException:
+            # Cancelled (or failed): the caller drops the link, and nobody else stops its task.
+            await self.close()
+            raise
 
     async def close(self) -> None:
         self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop([self._task])
             self._task = None
         for groups in self._pending.values():
             for group in groups:
@@ -159,6 +165,10 @@ class PubSubLink:
             was_up = False
             try:
                 await self._open(conn)
+                if self._closed:
+                    # Closed during the setup, and the cancel lost in it (see clarion.tasks): the
+                    # read below would wait for good.
+                    return
                 was_up = True
                 delay = BACKOFF_MIN
                 await self._read(conn)

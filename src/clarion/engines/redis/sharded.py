@@ -17,7 +17,6 @@ subscribers get a reset).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +27,7 @@ from clarion.engines.redis.connect import RedisTarget
 from clarion.engines.redis.keys import Keys
 from clarion.engines.redis.pubsub import PubSubLink
 from clarion.errors import EngineUnavailable
+from clarion.tasks import stop
 
 log = logging.getLogger("clarion.engines.redis")
 
@@ -80,9 +80,7 @@ class ShardedLink:
     async def close(self) -> None:
         self._closed = True
         if self._rehoming is not None:
-            self._rehoming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._rehoming
+            await stop([self._rehoming])
         links = [self._control, *self._links.values()]
         self._links.clear()
         for link in links:
@@ -114,6 +112,9 @@ class ShardedLink:
     async def _link(self, name: str, timeout: float) -> PubSubLink:
         link = self._links.get(name)
         if link is None:
+            if self._closed:
+                # close() has taken the links it stops: one started now would run on.
+                raise EngineUnavailable("the redis engine is closed")
             host, _, port = name.rpartition(":")
             link = self._links[name] = PubSubLink(
                 self._keys,

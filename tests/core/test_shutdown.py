@@ -8,8 +8,6 @@ one does whose write completes as the cancel comes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import pytest
 
@@ -18,25 +16,9 @@ from clarion.core import sweeper
 
 from ..conftest import timeout
 from ..redis_fixture import RedisServer, redis_server
+from ..support.cancels import losing_one_cancel
 
 __all__ = ["redis_server"]  # the fixture
-
-
-def losing_one_cancel(
-    called: asyncio.Event, lost: list[asyncio.CancelledError]
-) -> Callable[..., Coroutine[Any, Any, None]]:
-    """An engine call that waits until cancelled, and returns at the first cancel."""
-
-    async def call(*args: Any) -> None:
-        called.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError as exc:
-            if lost:
-                raise
-            lost.append(exc)  # and returns, as if no cancel had come
-
-    return call
 
 
 async def closes_by_itself(hub: Hub) -> bool:

@@ -27,6 +27,7 @@ from clarion.settings import NamespaceOptions, Settings
 from ..conftest import timeout as scaled
 from ..conftest import until
 from ..redis_fixture import REDIS_SERVER, RedisServer, free_port
+from ..support.cancels import losing_one_cancel
 from .helpers import RecordingSink, eventually
 
 pytestmark = pytest.mark.timeout(30)
@@ -324,6 +325,17 @@ async def test_redis_down_then_back(nodes: Callable[..., Any], redis_server: Red
     await a.subscribe("d")  # subscriptions work again
 
 
+def _quiet_link(client: Any, name: str) -> PubSubLink:
+    """A pub/sub link of ``client``'s that ignores what it receives."""
+    return PubSubLink(
+        Keys("clarion"),
+        client.connection_pool.make_connection,
+        lambda channel, payload: None,
+        lambda channels: None,
+        client_name=name,
+    )
+
+
 async def test_a_close_during_the_pubsub_setup_ends_the_link(redis_server: RedisServer) -> None:
     """A close at any point of the pub/sub connection's setup ends the link at once.
 
@@ -333,13 +345,7 @@ async def test_a_close_during_the_pubsub_setup_ends_the_link(redis_server: Redis
     client = parse_url(redis_server.url).client()
     try:
         for step in range(1000):
-            link = PubSubLink(
-                Keys("clarion"),
-                client.connection_pool.make_connection,
-                lambda channel, payload: None,
-                lambda channels: None,
-                client_name="setup",
-            )
+            link = _quiet_link(client, "setup")
             starting = asyncio.create_task(link.start(5.0))
             for _ in range(step):  # one loop iteration each: each point of the setup in turn
                 await asyncio.sleep(0)
@@ -367,17 +373,7 @@ async def test_close_ends_a_task_that_lost_its_cancel(
     await a.subscribe("c")
     checking = asyncio.Event()
     lost: list[asyncio.CancelledError] = []
-
-    async def resync_losing_one_cancel(channels: list[str]) -> None:
-        checking.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError as exc:
-            if lost:
-                raise
-            lost.append(exc)  # and returns, as if no cancel had come
-
-    monkeypatch.setattr(a._positions, "resync", resync_losing_one_cancel)
+    monkeypatch.setattr(a._positions, "resync", losing_one_cancel(checking, lost))
     await asyncio.wait_for(checking.wait(), scaled(5))
     closing = asyncio.create_task(a.close())
     done, _ = await asyncio.wait({closing}, timeout=scaled(5))
@@ -394,13 +390,7 @@ async def test_a_cancelled_start_leaves_no_link_running(redis_server: RedisServe
     try:
         async with asyncio.timeout(scaled(20)):
             for step in range(1000):
-                link = PubSubLink(
-                    Keys("clarion"),
-                    client.connection_pool.make_connection,
-                    lambda channel, payload: None,
-                    lambda channels: None,
-                    client_name="cancelled-start",
-                )
+                link = _quiet_link(client, "cancelled-start")
                 links.append(link)
                 starting = asyncio.create_task(link.start(5.0))
                 for _ in range(step):  # one loop iteration each: each point of the setup in turn

@@ -10,8 +10,10 @@ connections, one request in flight on each, no subscriber):
   and one Python callback per request cost, below anything a hub could do.
 
 The CPU of each server's processes is read from ``/proc/<pid>/stat`` around the measured
-stretch, user and kernel apart, and divided by the requests ``wrk`` completed. The rounds
-alternate between the servers, so that a change in the machine's load reaches all three::
+stretch, user and kernel apart, and divided by the requests ``wrk`` completed. Each column of
+the table is its own median over the rounds (so user and kernel need not add up to the total).
+The rounds alternate between the servers, so that a change in the machine's load reaches all
+three::
 
     .venv/bin/python -m benchmarks.request_floor --seconds 5 --rounds 3
 
@@ -42,15 +44,17 @@ PAYLOAD = b'{"user":"ann","text":"hello there, how is it going today? fine"}'
 CLARION_BODY = b'{"channel":"room-7","data":%s}' % PAYLOAD
 TICK = os.sysconf("SC_CLK_TCK")
 
-# The floor's one reply, the size of clarion's.
+# The floor's one reply: clarion's, with the same headers and a body of the same size.
+_BODY = b'{"offset":1,"epoch":"86e90384824a","cursor":"AQECxMiz7vMbrgw4NmU5MDM4NDgyNGEBeAocJQ"}'
 REPLY = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 26\r\n"
-    b'cache-control: no-store\r\n\r\n{"offset":1,"epoch":"abc"}'
-)
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+    b"cache-control: no-store\r\ndate: Fri, 04 Dec 2026 22:00:00 GMT\r\n\r\n%s"
+) % (len(_BODY), _BODY)
 
 
 class _Floor(asyncio.Protocol):
-    """Answers every whole request in what it has read; parses nothing but its end."""
+    """Answers every whole request in what it has read; reads nothing of it but where it ends
+    (its head's end and its ``Content-Length``)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -60,7 +64,10 @@ class _Floor(asyncio.Protocol):
         buf = self.buf + data if self.buf else data
         answered = 0
         while (head_end := buf.find(b"\r\n\r\n")) >= 0:
-            at = buf.find(b"content-length: ", 0, head_end)
+            # As wrk writes it, or lower-cased; a request without one has no body.
+            at = buf.find(b"Content-Length: ", 0, head_end)
+            if at < 0:
+                at = buf.find(b"content-length: ", 0, head_end)
             length = int(buf[at + 16 : buf.find(b"\r\n", at)]) if at >= 0 else 0
             end = head_end + 4 + length
             if end > len(buf):

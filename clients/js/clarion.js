@@ -295,6 +295,11 @@ function storeOf(store) {
 
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
+// The browser says it has no network (navigator.onLine is false): every try would fail, and
+// log a failed load. Only "false" counts: where there is no navigator (Node) nothing waits.
+const offline = () => typeof navigator !== "undefined" && navigator.onLine === false
+  && typeof addEventListener === "function";
+
 // ---- subscriptions --------------------------------------------------------------------------
 
 class Subscription extends Emitter {
@@ -403,6 +408,7 @@ class Client extends Emitter {
     this.checking = null;    // the generation whose failure is being looked into
     this.timers = new Set();
     this.active = false;     // the transport is up: new subscriptions attach at once
+    this.online = null;      // while offline: the wait for the browser's "online" (_whenOnline)
     if (typeof options.onState === "function") {
       for (const s of ["connecting", "connected", "disconnected", "closed"]) {
         this.on(s, () => options.onState(s, this.transport));
@@ -460,6 +466,7 @@ class Client extends Emitter {
     this.generation++;
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
+    if (this.online) this.online.end();
     if (this.ws) { try { this.ws.close(1000); } catch {} this.ws = null; }
     for (const sub of this.subs.values()) this._stopStream(sub);
     this._failPending(new Error("client closed"));
@@ -484,6 +491,22 @@ class Client extends Emitter {
     try { this.store.set(this.storePrefix + channel, cursor); } catch {}
   }
 
+  // Resolves once the browser is back online (or the client closes): one wait, shared.
+  _whenOnline() {
+    if (!this.online) {
+      let end;
+      const wait = new Promise((ok) => { end = ok; });
+      const back = () => {
+        removeEventListener("online", back);
+        this.online = null;
+        end();
+      };
+      addEventListener("online", back);
+      this.online = { wait, end: back };
+    }
+    return this.online.wait;
+  }
+
   _later(fn, ms) {
     const t = setTimeout(() => { this.timers.delete(t); fn(); }, ms);
     this.timers.add(t);
@@ -502,6 +525,14 @@ class Client extends Emitter {
 
   async _connect() {
     if (this.closed) return;
+    if (offline()) {
+      // No try while the browser has no network; once it is back, a short random wait, so
+      // that the pages of a network that comes back together do not all come at once.
+      const before = this.generation;
+      await this._whenOnline();
+      await sleep(backoffDelay(0, this.base, this.cap));
+      if (this.closed || this.generation !== before) return; // closed, or connected otherwise
+    }
     const gen = ++this.generation;
     this.transport = this.order[this.level];
     this._setState("connecting");
@@ -521,6 +552,8 @@ class Client extends Emitter {
   // buffering proxy)? Then step down. Otherwise the hub was down: retry the same, later.
   async _failed(gen, detail) {
     if (gen !== this.generation || this.closed || this.checking === gen) return;
+    // Offline, the transport is not what failed: no check (it would fail too), retry once back.
+    if (offline()) return this._retry(gen, detail);
     this.checking = gen; // the streams of one connection fail together: one check for all
     const broken = this.level + 1 < this.order.length && await this._broken(gen);
     if (gen !== this.generation || this.closed) return;
@@ -581,8 +614,10 @@ class Client extends Emitter {
   _retry(gen, detail) {
     if (gen !== this.generation || this.closed) return;
     this._lost(gen, detail);
-    const delay = backoffDelay(this.attempt++, this.base, this.cap);
     this.generation++;
+    // Offline, the network's return is the signal to try again, not the backoff's timer.
+    if (offline()) return void this._connect();
+    const delay = backoffDelay(this.attempt++, this.base, this.cap);
     this._later(() => this._connect(), delay);
   }
 
@@ -612,6 +647,7 @@ class Client extends Emitter {
     if (!this.upgradeInterval) return;
     this._later(async () => {
       if (gen !== this.generation || this.closed || this.level === 0) return;
+      if (offline()) return this._scheduleUpgrade(gen); // a probe now proves nothing
       const better = this.order[0];
       const works = await this._probe(better);
       if (gen !== this.generation || this.closed) return;
@@ -938,6 +974,7 @@ class Client extends Emitter {
   async _sseLoop(sub, stream) {
     let attempt = 0;
     while (this._live(sub, stream)) {
+      if (offline()) return this._failed(stream.gen, { reason: "the browser is offline" });
       stream.controller = new AbortController();
       const q = new URLSearchParams({ channel: sub.channel });
       if (sub.latest && !stream.lastId) q.set("latest", "1");
@@ -1019,6 +1056,7 @@ class Client extends Emitter {
   async _pollLoop(sub, stream) {
     let attempt = 0;
     while (this._live(sub, stream)) {
+      if (offline()) return this._failed(stream.gen, { reason: "the browser is offline" });
       stream.controller = new AbortController();
       const q = new URLSearchParams({ channel: sub.channel, timeout: String(sub.state === "subscribed" ? this.pollTimeout : 0) });
       if (stream.lastId) q.set("cursor", stream.lastId);

@@ -189,7 +189,8 @@ class HttpHooks:
         }
         self.requests += 1
         try:
-            raw = await asyncio.wait_for(self._send(url, payload, headers), self.options.timeout)
+            async with asyncio.timeout(self.options.timeout):
+                raw = await self._send(url, payload, headers)
         except TimeoutError:
             raise HookUnavailable(
                 f"the application's backend did not answer within {self.options.timeout:g} s"

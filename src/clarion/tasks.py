@@ -7,7 +7,9 @@ task then runs on as if never cancelled: into its next sleep, or into a read tha
 good. Awaiting it once after ``cancel()`` would wait as long; and ``suppress(CancelledError)``
 around that await swallows a cancel of the caller as well.
 
-Only the standard library here: every layer of the package may use it.
+clarion's own code bounds its waits with ``asyncio.timeout``, which loses no cancel (ruff
+refuses ``asyncio.wait_for`` in ``src``). Only the standard library here: every layer of the
+package may use it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 log = logging.getLogger("clarion.tasks")
 
 STOP_TIMEOUT = 5.0  # seconds a shutdown waits for its tasks, at most
-RECANCEL = 0.1  # seconds a cancelled task has to end before it is cancelled again
+# Seconds a cancelled task has to end before it is cancelled again: long enough for the
+# cleanup a task may await when cancelled (closing a connection), which a new cancel would cut.
+RECANCEL = 0.5
 
 
 async def stop(tasks: Iterable[asyncio.Task[Any]], timeout: float = STOP_TIMEOUT) -> None:

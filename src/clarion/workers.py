@@ -218,7 +218,8 @@ class Supervisor:
         worker.waiter = None
         if delay:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
             if self._stop.is_set():
                 return
         await self.spawn(worker)

@@ -556,3 +556,31 @@ async def test_a_forbidden_channel_ends_only_its_own_stream(
     await subscribed(hub, "chat:lobby")
     await hub.publish("chat:lobby", "still here")
     assert await pubs(page, 1) == ["still here"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_an_offline_browser_is_waited_for_not_retried(
+    page: Any, hub: RunningHub, transport: str
+) -> None:
+    """While the browser says it has no network, the client tries nothing (each try would only
+    fail, and log a failed load); once it is back, the client resumes at once."""
+    failed: list[str] = []
+    page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"))
+    await open_client(page, hub, {"transports": [transport], "pollTimeout": 2})
+    page.on(
+        "console",
+        lambda m: failed.append(f"console: {m.text}") if m.type == "error" else None,
+    )
+    await wait_for(page, f"window.log.states.includes('connected:{transport}')")
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", "before")
+    assert await pubs(page, 1) == ["before"]
+    await page.context.set_offline(True)
+    for session in list(hub.hub.sessions.values()):
+        session.close(4000)  # the hub tells the client to reconnect, while it cannot
+    await hub.publish("chat:lobby", "while away")
+    # With a 50 ms backoff, some twenty tries would have failed meanwhile.
+    await asyncio.sleep(1.5)
+    await page.context.set_offline(False)
+    assert await pubs(page, 2, seconds=3) == ["before", "while away"]
+    assert failed == []

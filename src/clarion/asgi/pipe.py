@@ -202,7 +202,8 @@ class FastChunkPipe(FastPipe):
         # within ``wait`` (a slow reader).
         last = self._asgi_send({"type": "http.response.body", "body": b"", "more_body": False})
         with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(last, wait)
+            async with asyncio.timeout(wait):
+                await last
 
 
 # ---- any ASGI server -----------------------------------------------------------------------
@@ -365,7 +366,8 @@ class QueuePipe(Pipe):
 
     async def finish(self, wait: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._task), wait)
+            async with asyncio.timeout(wait):
+                await asyncio.shield(self._task)
 
     def release(self) -> None:
         super().release()

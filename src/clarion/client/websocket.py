@@ -170,7 +170,8 @@ class WebSocketLink:
         conn = self._conn
         if conn is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await conn.close()
         task = self._task
         if task is not None and not task.done():
             await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
@@ -326,7 +327,8 @@ class WebSocketLink:
             for task in (reader, writer):
                 task.cancel()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await conn.close()
             await asyncio.gather(reader, writer, return_exceptions=True)
         code, reason, reconnect = self._outcome(conn)
         return connected, code, reason, reconnect

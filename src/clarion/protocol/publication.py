@@ -54,8 +54,9 @@ class StreamPosition:
 class Publication:
     """One message on one channel, with its place in the channel's stream.
 
-    Publications are immutable once made. ``encoded`` memoises wire encodings so that a
-    publication delivered to many subscribers of one wire format is serialised once.
+    Publications are immutable once made, but for what is memoised on them: ``encoded`` keeps
+    wire encodings so that a publication delivered to many subscribers of one wire format is
+    serialised once, and ``cursor`` and the JSON are kept once made.
     """
 
     __slots__ = (

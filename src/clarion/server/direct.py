@@ -195,8 +195,8 @@ class DirectRequest:
         # is ready, nearly every answer to a client that waits on it (a backend's publish, one
         # in flight per connection) woke that client's process from sleep, a cross-core
         # wake-up each; written together, the first wakes it and the rest find it awake. Until
-        # then the request is simply still in flight, as one whose route has not finished; not
-        # the app's to count (see HttpProtocol._recount), since it is answered.
+        # then the request is simply still in flight, as one whose route has not finished; no
+        # longer the app's to count (see HttpProtocol._recount), since its answer is ready.
         self.answered = True
         self._conn.flusher.after(self._write_reply, result)
 

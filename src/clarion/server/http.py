@@ -532,9 +532,9 @@ class HttpProtocol(asyncio.Protocol):
 
         A request whose body is in and whose response is in flight is the app's business (an
         SSE stream, a long poll: the hub counts those as sessions); in every other state the
-        connection waits on its client. A direct route's answer that only waits for the
-        iteration's flush leaves it counted (it is written within the iteration). Counted again
-        after a response even over the cap: it is there already, and its timers end it.
+        connection waits on its client. So does one whose direct route has its answer ready:
+        that only waits for the next flush. Counted again after a response even over the cap:
+        it is there already, and its timers end it.
         """
         cycle = self._cycle
         serving = (

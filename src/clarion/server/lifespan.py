@@ -50,7 +50,8 @@ class Lifespan:
         if not self.supported or self._task is None:
             return
         try:
-            answer = await asyncio.wait_for(self._ask({"type": "lifespan.shutdown"}), timeout)
+            async with asyncio.timeout(timeout):
+                answer = await self._ask({"type": "lifespan.shutdown"})
         except TimeoutError:
             log.warning("lifespan shutdown did not finish within %.1f s", timeout)
             self._task.cancel()

@@ -231,7 +231,8 @@ class Server:
             await asyncio.wait(tasks, timeout=FORCE_CLOSE_GRACE)
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), FORCE_CLOSE_GRACE)
+                async with asyncio.timeout(FORCE_CLOSE_GRACE):
+                    await self._server.wait_closed()
         if self._stopped is not None:
             self._stopped.set()
         log.info("clarion server stopped")

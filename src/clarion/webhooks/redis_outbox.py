@@ -130,7 +130,8 @@ class RedisOutbox:
         ):
             self._scripts[name] = client.register_script(source)
         try:
-            await asyncio.wait_for(client.ping(), OPEN_TIMEOUT)
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                await client.ping()
         except BaseException:
             with contextlib.suppress(Exception):
                 await client.aclose()

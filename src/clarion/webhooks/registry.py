@@ -129,8 +129,8 @@ class Registry:
 
     async def stop(self) -> None:
         workers, self.workers = list(self.workers.values()), {}
-        for worker in workers:
-            await worker.stop()
+        # Together: each may wait (bounded) for a task that lost its cancel.
+        await asyncio.gather(*(worker.stop() for worker in workers))
 
     # ---- changes ------------------------------------------------------------------------------
 

@@ -183,7 +183,9 @@ class EndpointWorker:
         # may lose a cancel (see clarion.tasks).
         await tasks.stop([self.task])
         if not self.task.done():
-            return  # left running (tasks.stop warned): its lease lapses by itself
+            # Left running (tasks.stop warned): its lease is not given up here, so that no
+            # other node takes the endpoint while this one may still deliver.
+            return
         if self.holding:
             self.holding = False
             try:

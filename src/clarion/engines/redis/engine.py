@@ -137,7 +137,8 @@ class RedisEngine:
         self._presence = presence
         where = self.target.description
         try:
-            info = await asyncio.wait_for(client.info("server"), START_TIMEOUT)
+            async with asyncio.timeout(START_TIMEOUT):
+                info = await client.info("server")
             version = tuple(int(p) for p in str(info["redis_version"]).split(".")[:2])
             if version < MIN_REDIS:
                 raise ConfigError(

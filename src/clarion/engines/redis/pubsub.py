@@ -121,7 +121,8 @@ class PubSubLink:
             self._pending.setdefault(channel, deque()).append([fut])
             await self._send(self._subscribe_cmd, self._keys.pubsub(channel))
         try:
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                await fut
         except TimeoutError:
             raise EngineUnavailable(
                 f"Redis did not confirm the subscription to {channel!r} within {timeout:g} s"

@@ -83,8 +83,8 @@ class ShardedLink:
             await stop([self._rehoming])
         links = [self._control, *self._links.values()]
         self._links.clear()
-        for link in links:
-            await link.close()
+        # Together: each may wait (bounded) for a task that lost its cancel.
+        await asyncio.gather(*(link.close() for link in links))
 
     async def heartbeat(self) -> None:
         for link in [self._control, *self._links.values()]:

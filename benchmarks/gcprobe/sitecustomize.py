@@ -59,8 +59,7 @@ def _untrack_publications() -> None:
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         made(self, *args, **kwargs)
-        untrack(self)
-        untrack(self._encodings)  # tracked again when a tracked key or value goes in
+        untrack(self)  # its encodings are kept in slots (a dict only for a second format)
 
     publication.Publication.__init__ = init  # type: ignore[method-assign]
 

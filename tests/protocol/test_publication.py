@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
+import tracemalloc
 
+from clarion.protocol.jsonkeep import dumps_to_keep
 from clarion.protocol.publication import Publication
+from clarion.protocol.stomp.message import message_body
 
 
 def test_encodings_are_memoised_once_per_key() -> None:
@@ -16,6 +19,13 @@ def test_encodings_are_memoised_once_per_key() -> None:
         return b"frame"
 
     assert pub.encoded("ws", encode) == b"frame"
+    assert pub.encoded("ws", encode) == b"frame"
+    assert calls == ["chat:1"]
+    # A second and a third format have theirs, and the first keeps its own.
+    assert pub.encoded("sse", lambda p: b"event") == b"event"
+    assert pub.encoded("stomp", lambda p: b"MESSAGE") == b"MESSAGE"
+    assert pub.encoded("sse", encode) == b"event"
+    assert pub.encoded("stomp", encode) == b"MESSAGE"
     assert pub.encoded("ws", encode) == b"frame"
     assert calls == ["chat:1"]
 
@@ -39,3 +49,24 @@ def test_an_encoding_that_is_the_publication_leaves_no_cycle() -> None:
         gc.garbage.clear()
         gc.enable()
     assert left == []
+
+
+def test_what_a_publication_keeps_holds_its_length_not_orjsons_buffer() -> None:
+    """orjson's bytes hold the buffer they were written into, 4 KiB at least: a publication's
+    JSON and its STOMP body, kept as long as it stays in history, are copies of their length."""
+    pubs = [Publication("chat:1", n, "e", {"text": "hi"}, 0) for n in range(500)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [
+            (pub.json(), message_body(pub), dumps_to_keep({"n": n})) for n, pub in enumerate(pubs)
+        ]
+        held = (tracemalloc.get_traced_memory()[0] - before) / len(pubs)
+    finally:
+        tracemalloc.stop()
+    assert kept[0] == (
+        b'{"channel":"chat:1","offset":0,"epoch":"e","data":{"text":"hi"},"time":0}',
+        b'{"text":"hi"}',
+        b'{"n":0}',
+    )
+    assert held < 600, f"{held:.0f} bytes held per publication"

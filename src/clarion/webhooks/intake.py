@@ -15,9 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from clarion.errors import EngineUnavailable
+from clarion.protocol.jsonkeep import dumps_to_keep
 from clarion.protocol.publication import Publication
 from clarion.settings import WebhookDelivery
 from clarion.webhooks.counts import QueueCounts
@@ -81,7 +80,7 @@ class Intake:
         self.version += 1
         version = self.version
         now = time.time()
-        body = orjson.dumps(
+        body = dumps_to_keep(  # queued until delivered
             {"type": kind, "version": version, "time": int(now * 1000), "data": payload}
         )
         channel = payload.get("channel")

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import NoScriptError, RedisError
 
+from clarion.protocol.jsonkeep import dumps_to_keep
 from clarion.tasks import stop
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.kinds import PUBLICATION
@@ -494,7 +495,7 @@ def _set_version(deliveries: list[Delivery], version: int) -> None:
     """Put the cluster-wide ``version`` into an event's body and message ids."""
     body = orjson.loads(deliveries[0].body)
     body["version"] = version
-    encoded = orjson.dumps(body)
+    encoded = dumps_to_keep(body)  # queued until delivered
     for d in deliveries:
         if d.kind != PUBLICATION:
             d.body = encoded

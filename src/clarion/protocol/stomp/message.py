@@ -16,8 +16,7 @@ from __future__ import annotations
 import base64
 import itertools
 
-import orjson
-
+from clarion.protocol.jsonkeep import dumps_to_keep
 from clarion.protocol.publication import Publication
 from clarion.protocol.stomp.frame import Frame, escape, serialise
 
@@ -93,7 +92,7 @@ def message_body(pub: Publication) -> bytes:
         return pub.data.encode()
     if encoding == "base64" and isinstance(pub.data, str):
         return base64.b64decode(pub.data)
-    return orjson.dumps(pub.data)
+    return dumps_to_keep(pub.data)  # memoised on the publication
 
 
 def _content_type(pub: Publication, escaped: bool) -> str:

@@ -785,16 +785,22 @@ def descendants(pids: list[int]) -> list[int]:
     return out
 
 
-def proc_cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def proc_cpu_split(pids: list[int]) -> tuple[float, float]:
+    """User and kernel CPU seconds of ``pids`` together (a process gone counts nothing)."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 rest = f.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        total += int(rest[11]) + int(rest[12])
-    return total / _CLK_TCK
+        user += int(rest[11])
+        system += int(rest[12])
+    return user / _CLK_TCK, system / _CLK_TCK
+
+
+def proc_cpu_seconds(pids: list[int]) -> float:
+    return sum(proc_cpu_split(pids))
 
 
 def redis_info(port: int) -> dict[str, str]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import socket
@@ -38,11 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.loadgen import proc_cpu_split
 from benchmarks.servers import Server, ServerError, free_port, start_server
 
 PAYLOAD = b'{"user":"ann","text":"hello there, how is it going today? fine"}'
 CLARION_BODY = b'{"channel":"room-7","data":%s}' % PAYLOAD
-TICK = os.sysconf("SC_CLK_TCK")
 
 # The floor's one reply: clarion's, with the same headers and a body of the same size.
 _BODY = b'{"offset":1,"epoch":"86e90384824a","cursor":"AQECxMiz7vMbrgw4NmU5MDM4NDgyNGEBeAocJQ"}'
@@ -106,16 +105,6 @@ def start_floor(workroot: Path) -> Server:
     raise ServerError(f"the floor server did not start: {server.log_tail()}")
 
 
-def cpu_ticks(pids: list[int]) -> tuple[int, int]:
-    """User and kernel clock ticks of ``pids``, together."""
-    user = system = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        user += int(fields[11])
-        system += int(fields[12])
-    return user, system
-
-
 def drive(server: Server, path: str, body: bytes, seconds: float, script: Path) -> dict[str, float]:
     """``wrk`` against ``server`` for ``seconds`` (after a 2 s warm-up); µs of CPU per request."""
     script.write_text(
@@ -127,15 +116,15 @@ def drive(server: Server, path: str, body: bytes, seconds: float, script: Path) 
     wrk = ["taskset", "-c", "0", "wrk", "-t1", "-c64", "-s", str(script), url]
     subprocess.run([*wrk[:5], "-d2s", *wrk[5:]], capture_output=True, check=True)
     pids = server.pids()
-    before = cpu_ticks(pids)
+    before = proc_cpu_split(pids)
     out = subprocess.run([*wrk[:5], f"-d{seconds:g}s", *wrk[5:]], capture_output=True, check=True)
-    after = cpu_ticks(pids)
+    after = proc_cpu_split(pids)
     text = out.stdout.decode()
     found = re.search(r"(\d+) requests in", text)
     if found is None or "Non-2xx" in text:
         raise ServerError(f"{server.name}: wrk did not get plain answers:\n{text}")
     requests = int(found.group(1))
-    per = 1e6 / TICK / requests
+    per = 1e6 / requests
     return {
         "requests_per_s": requests / seconds,
         "user_us": (after[0] - before[0]) * per,

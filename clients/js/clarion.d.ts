@@ -119,7 +119,8 @@ export interface UnsubscribedEvent {
 }
 export interface PresenceEvent { channel: string; client: string; user: string | null; transport: string; info?: unknown }
 
-export interface ClarionError extends Error { code: string; status?: number }
+/** `channel`: the one channel of a stream request the hub refused, when it names one. */
+export interface ClarionError extends Error { code: string; status?: number; channel?: string }
 
 export interface SubscribeOptions<T = unknown> {
   /** Resume after this cursor (default: the store's cursor for the channel). */

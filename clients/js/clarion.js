@@ -280,6 +280,7 @@ class ClarionError extends Error {
   constructor(error, status) {
     super(error?.message || String(error?.code || "error"));
     this.code = error?.code || "error";
+    if (error?.channel !== undefined) this.channel = error.channel; // the one channel refused
     if (status !== undefined) this.status = status;
   }
 }
@@ -312,7 +313,6 @@ class Subscription extends Emitter {
     this.state = "unsubscribed";
     this.lastOffset = null;
     this.lastEpoch = null;
-    this.stream = null; // its SSE or poll loop, off WebSocket
     for (const [name, key] of [["publication", "onPublication"], ["reset", "onReset"],
       ["subscribing", "onSubscribing"], ["subscribed", "onSubscribed"],
       ["unsubscribed", "onUnsubscribed"], ["join", "onJoin"], ["leave", "onLeave"],
@@ -409,6 +409,9 @@ class Client extends Emitter {
     this.timers = new Set();
     this.active = false;     // the transport is up: new subscriptions attach at once
     this.online = null;      // while offline: the wait for the browser's "online" (_whenOnline)
+    this.stream = null;      // off WebSocket: the one stream every subscription reads
+    this.restarting = false; // a reopen of that stream is due once the caller's code has run
+    this.position = null;    // that stream's last cursor and the channels it covers
     if (typeof options.onState === "function") {
       for (const s of ["connecting", "connected", "disconnected", "closed"]) {
         this.on(s, () => options.onState(s, this.transport));
@@ -468,7 +471,7 @@ class Client extends Emitter {
     this.timers.clear();
     if (this.online) this.online.end();
     if (this.ws) { try { this.ws.close(1000); } catch {} this.ws = null; }
-    for (const sub of this.subs.values()) this._stopStream(sub);
+    this._stopStream();
     this._failPending(new Error("client closed"));
     this._setState("closed");
   }
@@ -625,8 +628,8 @@ class Client extends Emitter {
     // The hub said not to come back (4500–4999): every subscription ends.
     if (gen !== this.generation) return;
     this._lost(gen, { ...detail, reconnect: false });
+    this._stopStream();
     for (const sub of [...this.subs.values()]) {
-      this._stopStream(sub);
       this.subs.delete(sub.channel);
       sub._ended(detail.reason || "disconnected");
     }
@@ -636,6 +639,9 @@ class Client extends Emitter {
   _connected(gen, attach = true) {
     this.attempt = 0;
     this.active = true;
+    // Each subscription moves on from here with its own cursor; an event stream's position
+    // from before would be behind them.
+    if (this.transport === "ws") this.position = null;
     this._setState("connected");
     if (attach) for (const sub of this.subs.values()) this._attach(sub);
     if (this.level > 0) this._scheduleUpgrade(gen);
@@ -702,7 +708,7 @@ class Client extends Emitter {
     this.generation++;
     this.active = false;
     if (this.ws) { const ws = this.ws; this.ws = null; ws.onclose = null; try { ws.close(1000); } catch {} }
-    for (const sub of this.subs.values()) this._stopStream(sub);
+    this._stopStream();
     this._failPending(new Error("connection lost"));
   }
 
@@ -839,15 +845,14 @@ class Client extends Emitter {
   _serverUnsubscribed({ channel, reason }) {
     const sub = this.subs.get(channel);
     if (!sub) return;
-    this.subs.delete(channel);
-    this._stopStream(sub);
+    this.subs.delete(channel); // the hub took it off the stream, which goes on with the others
     sub._ended(reason);
   }
 
   _attach(sub) {
     sub._subscribing();
     if (this.transport === "ws") this._wsSubscribe(sub);
-    else this._startStream(sub);
+    else this._restartStream();
   }
 
   _wsSubscribe(sub) {
@@ -876,9 +881,12 @@ class Client extends Emitter {
   _unsubscribe(sub) {
     if (this.subs.get(sub.channel) !== sub) return;
     this.subs.delete(sub.channel);
-    this._stopStream(sub);
-    if (this.transport === "ws" && this.ws && this.ws.readyState === 1) {
-      this._wsRequest({ op: "unsubscribe", channel: sub.channel }).catch(() => {});
+    if (this.transport === "ws") {
+      if (this.ws && this.ws.readyState === 1) {
+        this._wsRequest({ op: "unsubscribe", channel: sub.channel }).catch(() => {});
+      }
+    } else if (this.active) {
+      this._restartStream(); // the stream, without it
     }
   }
 
@@ -915,46 +923,121 @@ class Client extends Emitter {
     return token ? { authorization: `Bearer ${token}` } : {};
   }
 
-  // -- SSE and poll: one stream per subscription --
+  // -- SSE and poll: one stream for every subscription --
+  //
+  // A browser opens at most six HTTP/1.1 connections to one host: a stream per subscription
+  // would leave a page with six subscriptions no connection for a seventh, nor for publish. All
+  // of a client's subscriptions share one stream (`/sse` or a long-poll loop on `/poll`, with a
+  // `channel` for each), reopened from where it was whenever they change. Where it was: the
+  // stream's own cursor (each SSE `id:`, each poll reply's `cursor`) for the channels it read,
+  // and each newly added subscription's own cursor beside it; the hub merges them.
 
   _openHttp(gen) {
-    // Connected once the first stream opens (at once when there is nothing to read).
+    // Connected once the stream opens (at once when there is nothing to read).
     this.active = true;
     if (!this.subs.size) return this._connected(gen, false);
-    for (const sub of this.subs.values()) this._attach(sub);
+    for (const sub of this.subs.values()) sub._subscribing();
+    this._restartStream();
   }
 
-  _streamOpened(stream) {
+  // Reopen the stream with the subscriptions as they are once the caller's code has run: a
+  // page that subscribes to ten channels in a row opens one stream, not ten.
+  _restartStream() {
+    if (this.restarting) return;
+    this.restarting = true;
+    queueMicrotask(() => {
+      this.restarting = false;
+      if (this.closed || !this.active || this.transport === "ws") return;
+      this._stopStream();
+      if (!this.subs.size) {
+        if (this.state !== "connected") this._connected(this.generation, false);
+        return;
+      }
+      const stream = { stopped: false, controller: null, gen: this.generation, channels: null, more: false };
+      stream.stop = () => { stream.stopped = true; stream.controller?.abort(); };
+      this.stream = stream;
+      (this.transport === "sse" ? this._sseLoop(stream) : this._pollLoop(stream)).catch(
+        (error) => console.error("clarion: stream failed", error),
+      );
+    });
+  }
+
+  _stopStream() {
+    if (this.stream) this.stream.stop();
+    this.stream = null;
+  }
+
+  _live(stream) {
+    return !stream.stopped && !this.closed && stream.gen === this.generation && this.stream === stream;
+  }
+
+  // The stream is on: the client is connected, and its subscriptions that were waiting for it
+  // are subscribed, at `cursor` (the stream's) unless they have one of their own; `reset`: the
+  // channel whose history could not cover its gap, if any.
+  _streamOpened(stream, cursor, reset = null) {
     if (stream.gen === this.generation && this.state !== "connected") this._connected(stream.gen, false);
+    for (const channel of stream.channels) {
+      const sub = this.subs.get(channel);
+      if (sub && sub.state !== "subscribed") {
+        sub._subscribed({ cursor: sub.cursor || cursor, recovered: channel !== reset });
+      }
+    }
+    // Subscriptions left out of this opening (see _streamQuery) come in with the next one.
+    if (stream.more) { stream.more = false; this._restartStream(); }
   }
 
-  _startStream(sub) {
-    this._stopStream(sub);
-    const stream = { stopped: false, controller: null, gen: this.generation, lastId: sub.cursor };
-    stream.stop = () => { stream.stopped = true; stream.controller?.abort(); };
-    sub.stream = stream;
-    (this.transport === "sse" ? this._sseLoop(sub, stream) : this._pollLoop(sub, stream)).catch(
-      (error) => console.error("clarion: stream failed", error),
-    );
+  // The stream's position: its cursor covers `channels`, the channels it was opened with and
+  // those the hub added since.
+  _streamAt(stream, cursor) {
+    if (cursor) this.position = { cursor, channels: stream.channels, transport: this.transport };
   }
 
-  _stopStream(sub) {
-    if (sub.stream) sub.stream.stop();
-    sub.stream = null;
-  }
-
-  _live(sub, stream) {
-    return !stream.stopped && !this.closed && stream.gen === this.generation && this.subs.get(sub.channel) === sub;
+  // The query that opens the stream: a `channel` for each subscription, the stream's cursor if
+  // it covers any of them, and the own cursor of each one it does not cover. `latest` is one
+  // flag for every channel without a position: subscriptions that ask otherwise than the first
+  // such one wait for the next opening, when the others have their positions.
+  _streamQuery(stream) {
+    const at = this.position?.transport === this.transport ? this.position : null;
+    let subs = [...this.subs.values()];
+    const covered = at && subs.some((sub) => at.channels.has(sub.channel)) ? at : null;
+    const placed = (sub) => Boolean(sub.cursor) || Boolean(covered?.channels.has(sub.channel));
+    const fresh = subs.filter((sub) => !placed(sub));
+    const latest = fresh.length > 0 && fresh[0].latest;
+    if (fresh.some((sub) => sub.latest !== latest)) {
+      subs = subs.filter((sub) => placed(sub) || sub.latest === latest);
+      stream.more = true;
+    }
+    stream.channels = new Set(subs.map((sub) => sub.channel));
+    const q = new URLSearchParams();
+    for (const sub of subs) q.append("channel", sub.channel);
+    if (covered) q.append("cursor", covered.cursor);
+    for (const sub of subs) {
+      if (sub.cursor && !covered?.channels.has(sub.channel)) q.append("cursor", sub.cursor);
+    }
+    if (latest) q.set("latest", "1");
+    return q;
   }
 
   // An HTTP answer that is not the stream: a clarion error (JSON) is the hub speaking; anything
   // else (a proxy's page, a refused request) means this transport does not work here.
-  async _httpError(sub, stream, r) {
+  async _httpError(stream, r) {
     let body = null;
     try { body = await r.json(); } catch {}
     const error = body?.error?.code ? new ClarionError(body.error, r.status) : null;
     if (!error) return this._failed(stream.gen, { reason: `HTTP ${r.status}` });
-    if (error.code === "bad_cursor" && stream.lastId) { stream.lastId = null; sub.cursor = null; return "again"; }
+    if (error.code === "bad_cursor") {
+      // Whose cursor is it? First those of subscriptions not on the stream yet (a `since`
+      // given for another channel, say), then the stream's own, then every one: each channel
+      // then starts from now.
+      const subs = [...this.subs.values()];
+      const waiting = subs.filter((sub) => sub.cursor && sub.state !== "subscribed");
+      let dropped = true;
+      if (waiting.length) for (const sub of waiting) sub.cursor = null;
+      else if (this.position) this.position = null;
+      else if (subs.some((sub) => sub.cursor)) for (const sub of subs) sub.cursor = null;
+      else dropped = false;
+      if (dropped) return "again";
+    }
     const what = refusal(error.code, { status: r.status, refreshable: this.refreshable });
     if (what === "refresh") {
       await this._freshToken();
@@ -965,54 +1048,60 @@ class Client extends Emitter {
       this._stop(stream.gen, { code: errorRule(error.code, r.status).close, reason: error.message });
       return "ended";
     }
-    this.subs.delete(sub.channel);
-    sub.emit("error", error);
-    sub._ended(error.code);
-    return "ended";
+    // A refusal of one channel ends that subscription; the stream goes on with the others.
+    const named = this.subs.get(error.channel);
+    const refused = named ? [named] : [...stream.channels].map((c) => this.subs.get(c)).filter(Boolean);
+    for (const sub of refused) {
+      this.subs.delete(sub.channel);
+      sub.emit("error", error);
+      sub._ended(error.code);
+    }
+    return this.subs.size ? "again" : "ended";
   }
 
-  async _sseLoop(sub, stream) {
+  async _sseLoop(stream) {
     let attempt = 0;
-    while (this._live(sub, stream)) {
+    while (this._live(stream)) {
       if (offline()) return this._failed(stream.gen, { reason: "the browser is offline" });
       stream.controller = new AbortController();
-      const q = new URLSearchParams({ channel: sub.channel });
-      if (sub.latest && !stream.lastId) q.set("latest", "1");
+      const q = this._streamQuery(stream);
       const headers = { ...this._headers(), accept: "text/event-stream" };
-      if (stream.lastId) headers["last-event-id"] = stream.lastId;
       let disconnect = null;
       let r;
       try {
         r = await fetch(`${this.urls.sse}?${q}`, { headers, signal: stream.controller.signal, cache: "no-store" });
       } catch (error) {
-        if (!this._live(sub, stream)) return;
+        if (!this._live(stream)) return;
         return this._failed(stream.gen, { reason: String(error) });
       }
+      if (!this._live(stream)) return void stream.controller.abort();
       if (!r.ok || !(r.headers.get("content-type") || "").startsWith("text/event-stream")) {
-        const what = await this._httpError(sub, stream, r);
+        const what = await this._httpError(stream, r);
         if (what === "again") continue;
         if (what === "backoff") { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
+        if (what === "ended" && this.stream === stream) this.stream = null;
         return;
       }
       let opened = false;
-      let subscribing = sub.state !== "subscribed";
       const parser = new SseParser({
         onId: (id) => {
-          if (id) stream.lastId = id;
+          if (!this._live(stream)) return;
+          this._streamAt(stream, id);
           // The opening block's id: the stream is on, from this position.
-          if (subscribing && stream.lastId && this._live(sub, stream)) {
-            subscribing = false;
-            sub._subscribed({ cursor: sub.cursor || stream.lastId, recovered: true });
+          if (!opened && id) {
+            opened = true;
+            attempt = 0;
+            this._streamOpened(stream, id);
           }
         },
         onEvent: (event) => {
-          if (!this._live(sub, stream)) return;
+          if (!this._live(stream)) return;
           let data;
           try { data = JSON.parse(event.data); } catch { return; }
           if (event.type === "message") this.subs.get(data.channel)?._deliver(data);
           else if (event.type === "reset") this.subs.get(data.channel)?._reset(data);
           else if (event.type === "join" || event.type === "leave") this.subs.get(data.channel)?.emit(event.type, data);
-          else if (event.type === "subscribe") this._serverSubscribed(data);
+          else if (event.type === "subscribe") { stream.channels.add(data.channel); this._serverSubscribed(data); }
           else if (event.type === "unsubscribe") this._serverUnsubscribed(data);
           else if (event.type === "disconnect") disconnect = data;
         },
@@ -1023,69 +1112,71 @@ class Client extends Emitter {
         clearTimeout(silence);
         silence = setTimeout(() => stream.controller.abort(), this.sseSilence);
       };
+      let started = false;
       try {
         const reader = r.body.getReader();
         for (;;) {
           watch();
           const { value, done } = await reader.read();
           if (done) break;
-          if (!opened) {
-            opened = true;
-            attempt = 0;
-            this._streamOpened(stream);
-          }
+          started = true;
           parser.feed(value);
         }
       } catch (error) {
-        if (!this._live(sub, stream)) return;
+        if (!this._live(stream)) return;
       } finally {
         clearTimeout(silence);
       }
       parser.end();
-      if (!this._live(sub, stream)) return;
+      if (!this._live(stream)) return;
       if (disconnect && endsClient(disconnect.code, disconnect.reconnect, this.refreshable)) {
         return this._stop(stream.gen, disconnect);
       }
       if (disconnect?.code === TOKEN_EXPIRED) { await this._freshToken().catch(() => {}); continue; }
-      if (!opened) return this._failed(stream.gen, { reason: "the stream ended before it started" });
-      sub._subscribing();
+      if (!started) return this._failed(stream.gen, { reason: "the stream ended before it started" });
+      for (const channel of stream.channels) this.subs.get(channel)?._subscribing();
+      opened = false;
       await sleep(backoffDelay(attempt++, this.base, this.cap));
     }
   }
 
-  async _pollLoop(sub, stream) {
+  async _pollLoop(stream) {
     let attempt = 0;
-    while (this._live(sub, stream)) {
+    let opened = false;
+    while (this._live(stream)) {
       if (offline()) return this._failed(stream.gen, { reason: "the browser is offline" });
       stream.controller = new AbortController();
-      const q = new URLSearchParams({ channel: sub.channel, timeout: String(sub.state === "subscribed" ? this.pollTimeout : 0) });
-      if (stream.lastId) q.set("cursor", stream.lastId);
-      else if (sub.latest) q.set("latest", "1");
+      const q = this._streamQuery(stream);
+      // At once while a subscription waits to be confirmed; then a long poll.
+      const waiting = [...stream.channels].some((channel) => this.subs.get(channel)?.state !== "subscribed");
+      q.set("timeout", String(opened && !waiting ? this.pollTimeout : 0));
       let r;
       let body;
       try {
         r = await fetch(`${this.urls.poll}?${q}`, { headers: this._headers(), signal: stream.controller.signal, cache: "no-store" });
         if (r.ok) body = await r.json();
       } catch (error) {
-        if (!this._live(sub, stream)) return;
+        if (!this._live(stream)) return;
         if (r && r.ok) { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
         return this._failed(stream.gen, { reason: String(error) });
       }
-      if (!this._live(sub, stream)) return;
+      if (!this._live(stream)) return;
       if (!r.ok) {
-        const what = await this._httpError(sub, stream, r);
+        const what = await this._httpError(stream, r);
         if (what === "again") continue;
         if (what === "backoff") { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
+        if (what === "ended" && this.stream === stream) this.stream = null;
         return;
       }
       if (!body || !Array.isArray(body.publications)) return this._failed(stream.gen, { reason: "not a poll reply" });
       attempt = 0;
-      this._streamOpened(stream);
-      if (sub.state !== "subscribed") sub._subscribed({ cursor: sub.cursor || body.cursor, recovered: !body.reset });
+      for (const added of body.subscribed || []) stream.channels.add(added.channel);
+      this._streamAt(stream, body.cursor);
+      opened = true;
+      this._streamOpened(stream, body.cursor, body.reset?.channel);
       if (body.reset) this.subs.get(body.reset.channel)?._reset({ ...body.reset, cursor: body.cursor });
       for (const pub of body.publications) this.subs.get(pub.channel)?._deliver(pub);
-      stream.lastId = body.cursor;
-      if (!body.publications.some((p) => p.ephemeral !== true) && !body.reset) sub._moveTo(body.cursor);
+      for (const added of body.subscribed || []) this._serverSubscribed(added);
       for (const u of body.unsubscribed || []) this._serverUnsubscribed(u);
       if (body.disconnect) {
         const { code, reconnect } = body.disconnect;

@@ -14,7 +14,7 @@ from clarion import Hub, Settings
 from clarion.core.auth import mint_token
 from clarion.protocol.cursor import encode_single
 
-from ..conftest import RunningHub, start_hub, stop_hub, timeout
+from ..conftest import RunningHub, start_hub, stop_hub, timeout, until
 from ..docblocks import ROOT, blocks
 from .chromium import chromium_context, needs_chromium
 
@@ -424,6 +424,29 @@ async def test_latest_gives_the_newest_stored_publication_first(
     assert await pubs(page, 2) == [2, 3]
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_latest_is_each_subscriptions_own_on_a_shared_stream(
+    page: Any, hub: RunningHub, transport: str
+) -> None:
+    """Two subscriptions made together, one asking for ``latest``: the hub takes one flag per
+    request, so only the one that asked gets its channel's newest stored publication."""
+    await hub.publish("chat:old", "stored")
+    await hub.publish("chat:news", "newest")
+    await open_client(page, hub, {"transports": [transport], "pollTimeout": 20}, None)
+    await page.evaluate(
+        """() => {
+            const log = (p) => window.log.pubs.push(p.channel + ' ' + p.data);
+            window.client.subscribe('chat:old', { onPublication: log });
+            window.client.subscribe('chat:news', { onPublication: log, latest: true });
+        }"""
+    )
+    assert await pubs(page, 1) == ["chat:news newest"]
+    await subscribed(hub, "chat:old")
+    await subscribed(hub, "chat:news")
+    await hub.publish("chat:old", "live")
+    assert await pubs(page, 2) == ["chat:news newest", "chat:old live"]
+
+
 async def test_the_page_in_the_guide_runs_as_written(page: Any, hub: RunningHub) -> None:
     """The "html" page of docs/client.md, served from the hub's origin."""
     (html,) = [b.text for b in blocks(ROOT / "docs" / "client.md") if b.lang == "html"]
@@ -556,6 +579,71 @@ async def test_a_forbidden_channel_ends_only_its_own_stream(
     await subscribed(hub, "chat:lobby")
     await hub.publish("chat:lobby", "still here")
     assert await pubs(page, 1) == ["still here"]
+
+
+MANY = """(channels) => {
+    window.subs = {};
+    for (const c of channels) {
+        window.subs[c] = window.client.subscribe(c, {
+            onPublication: (p) => window.log.pubs.push(p.data),
+            onError: (e) => window.log.events.push({ event: 'error', channel: c, code: e.code }),
+        });
+    }
+}"""
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_every_subscription_shares_one_stream(
+    page: Any, hub: RunningHub, transport: str
+) -> None:
+    """A browser opens at most six HTTP/1.1 connections to one host. Twelve subscriptions read
+    over one stream, publish still has a connection, and the stream reopened for a change of
+    subscriptions loses and repeats nothing."""
+    channels = [f"chat:r{n}" for n in range(12)]
+    await open_client(page, hub, {"transports": [transport], "pollTimeout": 20}, None)
+    await page.evaluate(MANY, channels)
+    await wait_for(page, "Object.values(window.subs).every((s) => s.state === 'subscribed')")
+
+    def reading() -> list[set[str]]:
+        return [set(s.subscriptions) for s in hub.hub.sessions.values()]
+
+    assert await until(lambda: reading() == [set(channels)])
+    for channel in channels:
+        await hub.publish(channel, channel)
+    assert sorted(await pubs(page, 12)) == sorted(channels)
+    # Over HTTP beside the stream; with a stream per subscription, it waited for a connection.
+    reply = await page.evaluate("window.client.publish('chat:r0', 'from the page')")
+    assert reply["offset"] == 2
+    assert (await pubs(page, 13))[-1] == "from the page"
+    # A change reopens the stream: what is published meanwhile arrives once, on every channel.
+    await page.evaluate("window.subs['chat:r0'].unsubscribe()")
+    await page.evaluate(MANY, ["chat:new"])
+    for channel in [*channels, "chat:new"]:
+        await hub.publish(channel, "again " + channel)
+    expected = ["again " + c for c in [*channels[1:], "chat:new"]]
+    got = (await pubs(page, 13 + len(expected)))[13:]
+    await asyncio.sleep(0.3)  # anything more (a repeat, chat:r0) would come by now
+    assert sorted(await page.evaluate("window.log.pubs.slice(13)")) == sorted(expected)
+    assert len(got) == len(expected)
+    assert await until(lambda: reading() == [set(channels[1:]) | {"chat:new"}])
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_forbidden_channel_on_a_shared_stream_ends_only_its_subscription(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    hub = await secured(hub_factory)
+    await open_client(page, hub, {"transports": [transport], "token": alice()}, None)
+    await page.evaluate(MANY, ["chat:a", "news:x", "chat:b"])
+    await wait_for(page, "window.log.events.some((e) => e.event === 'error')")
+    assert await page.evaluate("window.log.events") == [
+        {"event": "error", "channel": "news:x", "code": "forbidden"}
+    ]
+    await wait_for(page, "window.subs['chat:a'].state === 'subscribed'")
+    assert await page.evaluate("window.subs['news:x'].state") == "unsubscribed"
+    await hub.publish("chat:a", "a")
+    await hub.publish("chat:b", "b")
+    assert sorted(await pubs(page, 2)) == ["a", "b"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -90,7 +90,8 @@ async def test_foreign_epoch_is_not_malformed(hub: RunningHub, path: str) -> Non
         ({"channel": "no spaces"}, "bad_channel"),
         ({"channel": "x" * 256}, "bad_channel"),
         ({"channel": ["a", "b", "c", "d"]}, "too_many_channels"),
-        ({"channel": "a", "cursor": ["x", "y"]}, "bad_request"),
+        ({"channel": "a", "latest": ["1", "0"]}, "bad_request"),
+        ({"channel": "a", "cursor": ["x", "y"]}, "bad_cursor"),  # several merge: each is read
     ],
 )
 async def test_bad_channels(hub_factory: Any, path: str, params: dict[str, Any], code: str) -> None:
@@ -131,6 +132,14 @@ async def test_unknown_and_forbidden_channels_with_tokens(hub_factory: Any, path
     assert bad_token.status_code == 401
     forbidden = await get(hub, path, {"channel": ["chat:lobby", "admin:x"], "token": token})
     assert forbidden.status_code == 403 and error_code(forbidden) == "forbidden"
+    # Which of the request's channels was refused, for a client reading several on one stream.
+    assert forbidden.json()["error"]["channel"] == "admin:x"
+    misnamed = await get(hub, path, {"channel": ["chat:lobby", "chat:a b"], "token": token})
+    assert misnamed.json()["error"] == {
+        "code": "bad_channel",
+        "message": misnamed.json()["error"]["message"],
+        "channel": "chat:a b",
+    }
     by_query = await get(hub, path, {"channel": "chat:lobby", "token": token})
     by_header = await get(
         hub, path, {"channel": "chat:lobby"}, {"Authorization": f"Bearer {token}"}

@@ -158,6 +158,22 @@ async def test_several_channels_share_one_cursor(hub: RunningHub) -> None:
     assert [p["data"] for p in last["publications"]] == ["a2"]
 
 
+async def test_several_cursors_merge_and_the_later_one_wins(hub: RunningHub) -> None:
+    async with hub.http() as client:
+        both = (await poll(client, "chat:a", "chat:b", timeout=0))["cursor"]
+        a1 = (await hub.publish("chat:a", "a1"))["cursor"]
+        await hub.publish("chat:a", "a2")
+        await hub.publish("chat:b", "b1")
+        c1 = (await hub.publish("chat:c", "c1"))["cursor"]
+        await hub.publish("chat:c", "c2")
+        # chat:a from its own cursor (after a1), chat:b from the stream's, chat:c from its own.
+        reply = await poll(client, "chat:a", "chat:b", "chat:c", cursor=[both, a1, c1], timeout=0)
+        assert sorted(p["data"] for p in reply["publications"]) == ["a2", "b1", "c2"]
+        # Every cursor given must hold a channel of the request.
+        refused = await poll(client, "chat:a", cursor=[both, c1], timeout=0, expect=400)
+        assert refused["error"]["code"] == "bad_cursor"
+
+
 async def test_one_reset_per_reply_the_other_comes_next(hub_factory: Any) -> None:
     hub = await hub_factory(namespaces={"default": {"history_size": 1}})
     start = {"a": (await hub.publish("a", 0))["cursor"], "b": (await hub.publish("b", 0))["cursor"]}

@@ -203,6 +203,22 @@ async def test_a_cursor_missing_a_channel_starts_that_channel_from_now(hub: Runn
         assert b["data"] == "new b"
 
 
+async def test_a_channel_added_to_a_stream_resumes_from_its_own_cursor(hub: RunningHub) -> None:
+    """A client that reads chat:a on one stream and adds chat:b gives the stream's cursor and
+    chat:b's own: each channel resumes where its cursor says."""
+    async with sse(hub, "chat:a") as stream:
+        await hub.publish("chat:a", "a1")
+        ((stream_id, _),) = await stream.messages(1)
+    b_cursor = (await hub.publish("chat:b", "b1"))["cursor"]
+    await hub.publish("chat:a", "a2")
+    await hub.publish("chat:b", "b2")
+    async with sse(hub, "chat:a", "chat:b", cursor=[stream_id, b_cursor]) as stream:
+        missed = await stream.messages(2)
+        assert sorted(p["data"] for _, p in missed) == ["a2", "b2"]
+        with pytest.raises(asyncio.TimeoutError):
+            await stream.next(wait=0.2)
+
+
 @both_servers
 async def test_heartbeat_comment_on_a_quiet_stream(hub_factory: Any) -> None:
     hub = await hub_factory(Settings(sse={"heartbeat": 0.2}))

@@ -3,6 +3,9 @@ CORS preflight, and JSON errors."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from clarion.asgi import access
 from clarion.asgi.access import Params, single_param
 from clarion.asgi.responses import send_error
@@ -53,37 +56,59 @@ def read_channels(hub: Hub, params: Params) -> list[str]:
     if len(channels) > cap:
         raise BadRequest(f"at most {cap} channels per request", code=ErrorCode.TOO_MANY_CHANNELS)
     for name in channels:
-        validate_channel(name)
+        with about(name):
+            validate_channel(name)
     return channels
 
 
-def resume_positions(token: str | None, channels: list[str]) -> dict[str, StreamPosition | None]:
-    """Each channel's position in ``token``; channels it does not hold start from now.
+def resume_positions(tokens: list[str], channels: list[str]) -> dict[str, StreamPosition | None]:
+    """Each channel's position in the cursors ``tokens``; channels they do not hold start from
+    now. Where several hold a channel, the later one wins.
 
     A cursor holding none of the channels was made for another request: refused, like any
     cursor that cannot be read. One holding some of them resumes those (a client may add a
-    channel to its stream between reconnects).
+    channel to its stream between reconnects, giving the new channel's own cursor beside the
+    stream's).
     """
-    if token is None or token == "":
-        return dict.fromkeys(channels)
-    cursor = Cursor.decode(token)
-    since = {channel: cursor.get(channel) for channel in channels}
-    if all(position is None for position in since.values()):
-        raise BadCursor("the cursor holds no position for the requested channels")
+    since: dict[str, StreamPosition | None] = dict.fromkeys(channels)
+    for token in tokens:
+        if token == "":
+            continue
+        cursor = Cursor.decode(token)
+        held = False
+        for channel in channels:
+            position = cursor.get(channel)
+            if position is not None:
+                since[channel] = position
+                held = True
+        if not held:
+            raise BadCursor("a cursor holds no position for the requested channels")
     return since
 
 
-def channel_request(hub: Hub, scope: Scope, params: Params, token: str | None) -> ChannelRequest:
+@contextmanager
+def about(channel: str) -> Iterator[None]:
+    """An error raised for one channel of a request names it (``"channel"`` in the error), so
+    that a client reading several on one stream knows which one to drop."""
+    try:
+        yield
+    except ClarionError as exc:
+        exc.details.setdefault("channel", channel)
+        raise
+
+
+def channel_request(hub: Hub, scope: Scope, params: Params, tokens: list[str]) -> ChannelRequest:
     """Validate a request; raises a :class:`ClarionError` before anything is sent."""
     channels = read_channels(hub, params)
     credentials = access.credentials_for(hub, scope)
     for channel in channels:
-        hub.auth.check_subscribe(credentials, channel)
+        with about(channel):
+            hub.auth.check_subscribe(credentials, channel)
     latest = single_param(params, "latest")
     if latest not in (None, "0", "1", "true", "false"):
         raise BadRequest("latest must be 1, true, 0 or false")
     return ChannelRequest(
-        channels, credentials, resume_positions(token, channels), latest in ("1", "true")
+        channels, credentials, resume_positions(tokens, channels), latest in ("1", "true")
     )
 
 
@@ -94,7 +119,8 @@ async def authorized(hub: Hub, request: ChannelRequest, transport: str) -> Chann
         return request
     credentials = await hub.authenticate(request.credentials, transport)
     for channel in request.channels:
-        await hub.authorize_read(credentials, channel, transport)
+        with about(channel):
+            await hub.authorize_read(credentials, channel, transport)
     request.credentials = credentials
     return request
 

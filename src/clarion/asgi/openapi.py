@@ -412,7 +412,9 @@ def document() -> dict[str, Any]:
                     security=[],
                     parameters=[
                         _query("channel", True, _CHANNEL, "a channel; repeat for several"),
-                        _query("cursor", False, {"type": "string"}, "resume after this cursor"),
+                        _query(
+                            "cursor", False, {"type": "string"}, "resume after; repeat to merge"
+                        ),
                         _query("token", False, {"type": "string"}, "connection token"),
                     ],
                     responses={
@@ -430,7 +432,7 @@ def document() -> dict[str, Any]:
                     security=[],
                     parameters=[
                         _query("channel", True, _CHANNEL, "a channel; repeat for several"),
-                        _query("cursor", False, {"type": "string"}, "after this cursor"),
+                        _query("cursor", False, {"type": "string"}, "after; repeat to merge"),
                         _query("timeout", False, {"type": "number"}, "seconds to wait, 0-60"),
                         _query("token", False, {"type": "string"}, "connection token"),
                     ],

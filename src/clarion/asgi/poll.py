@@ -26,6 +26,7 @@ from clarion.asgi.access import Params, single_param
 from clarion.asgi.channelrequest import (
     ChannelEndpoint,
     ChannelRequest,
+    about,
     authorized,
     channel_request,
     until_disconnect,
@@ -274,7 +275,7 @@ class PollEndpoint(ChannelEndpoint):
     ) -> None:
         hub = self.hub
         timeout = read_timeout(hub, params)
-        request = channel_request(hub, scope, params, single_param(params, "cursor"))
+        request = channel_request(hub, scope, params, params.get("cursor", []))
         request = await authorized(hub, request, "poll")
         limits = hub.settings.limits
         waiter = PollWaiter(limits.max_history_batch, limits.send_queue_bytes)
@@ -366,9 +367,10 @@ class PollEndpoint(ChannelEndpoint):
         watcher = asyncio.create_task(until_disconnect(receive), name="clarion-poll-watcher")
         try:
             for channel in request.channels:
-                await session.subscribe(
-                    channel, POLL_WAKE, waiter.push, since=positions[channel], checked=True
-                )
+                with about(channel):
+                    await session.subscribe(
+                        channel, POLL_WAKE, waiter.push, since=positions[channel], checked=True
+                    )
                 if waiter.woken.done() or session.closed or watcher.done():
                     break
             if not waiter.woken.done() and not watcher.done():

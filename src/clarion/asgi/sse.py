@@ -27,10 +27,11 @@ from collections.abc import Callable
 from typing import Any
 
 from clarion.asgi import access
-from clarion.asgi.access import Params, single_param
+from clarion.asgi.access import Params
 from clarion.asgi.channelrequest import (
     ChannelEndpoint,
     ChannelRequest,
+    about,
     authorized,
     channel_request,
     until_disconnect,
@@ -371,8 +372,9 @@ class SseEndpoint(ChannelEndpoint):
     ) -> None:
         hub = self.hub
         # The header is what EventSource sends when it reconnects: it is newer than the query.
-        token = access.header(scope, b"last-event-id") or single_param(params, "cursor")
-        request = await authorized(hub, channel_request(hub, scope, params, token), "sse")
+        last = access.header(scope, b"last-event-id")
+        tokens = [last] if last else params.get("cursor", [])
+        request = await authorized(hub, channel_request(hub, scope, params, tokens), "sse")
         stream = SseStream(len(request.channels), hub.settings.sse.heartbeat)
         stream.url_tags = {channel_tag(channel) for channel in request.channels}
         session = hub.open_session(stream, request.credentials, access.client_address(hub, scope))
@@ -438,15 +440,16 @@ class SseEndpoint(ChannelEndpoint):
                 started[channel] = position
                 stream.set_position(channel, position)
 
-            await session.subscribe(
-                channel,
-                stream.fmt,
-                stream.push,
-                since=since,
-                latest=request.latest,
-                on_ready=ready,
-                checked=True,
-            )
+            with about(channel):
+                await session.subscribe(
+                    channel,
+                    stream.fmt,
+                    stream.push,
+                    since=since,
+                    latest=request.latest,
+                    on_ready=ready,
+                    checked=True,
+                )
             if session.closed:
                 break
         opening = sse.encode_retry(self.hub.settings.sse.retry_ms)

@@ -117,7 +117,7 @@ class LocalChannels:
             if recovering is not None:
                 recovering.append(pub)
                 return
-        last = local.position
+        last = local.last
         if last is not None:
             if pub.epoch == last.epoch:
                 if pub.offset <= last.offset:
@@ -127,7 +127,7 @@ class LocalChannels:
                     return
             else:
                 self._reset_all(local, "epoch", StreamPosition(pub.epoch, pub.offset - 1))
-        local.position = StreamPosition(pub.epoch, pub.offset)
+        local.last = pub
         self.deliver(local, pub)
         stats.countdown -= 1
         if stats.countdown <= 0:
@@ -222,7 +222,8 @@ class LocalChannels:
                 position = since
                 for pub in history.publications:
                     if pub.offset > position.offset:
-                        position = local.position = pub.position
+                        position = pub.position
+                        local.last = pub
                         self.deliver(local, pub)
         finally:
             buffered = self._recovering.pop(channel, [])

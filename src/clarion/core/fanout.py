@@ -102,10 +102,10 @@ class LocalChannel:
         "ahead",
         "by_format",
         "conflating",
+        "last",
         "live_count",
         "name",
         "pending",
-        "position",
         "ready",
     )
 
@@ -120,9 +120,23 @@ class LocalChannel:
         # Subscriptions that already hold publications this node has not delivered live yet
         # (the history they read is ahead of pub/sub): each goes live at its position.
         self.ahead: dict[Subscription, StreamPosition] = {}
-        self.position: StreamPosition | None = None
+        # The last publication delivered, or the position delivery starts from: the channel's
+        # position, kept as the publication itself, which carries it (one object less made per
+        # publication).
+        self.last: Publication | StreamPosition | None = None
         self.live_count = 0
         self.ready: Any = None  # set by the hub while the node subscription is being made
+
+    @property
+    def position(self) -> StreamPosition | None:
+        last = self.last
+        if last is None or type(last) is StreamPosition:
+            return last
+        return StreamPosition(last.epoch, last.offset)
+
+    @position.setter
+    def position(self, position: StreamPosition | None) -> None:
+        self.last = position
 
     def __len__(self) -> int:
         return self.live_count + len(self.pending) + len(self.conflating) + len(self.ahead)

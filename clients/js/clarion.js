@@ -281,6 +281,7 @@ class ClarionError extends Error {
     super(error?.message || String(error?.code || "error"));
     this.code = error?.code || "error";
     if (error?.channel !== undefined) this.channel = error.channel; // the one channel refused
+    if (error?.cursor !== undefined) this.cursor = error.cursor; // the cursor it could not read
     if (status !== undefined) this.status = status;
   }
 }
@@ -298,6 +299,9 @@ const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
 // The browser says it has no network (navigator.onLine is false): every try would fail, and
 // log a failed load. Only "false" counts: where there is no navigator (Node) nothing waits.
+// Where `store` keeps the event stream's position: not a channel name (none holds a "*").
+const STREAM_KEY = "*";
+
 const offline = () => typeof navigator !== "undefined" && navigator.onLine === false
   && typeof addEventListener === "function";
 
@@ -328,7 +332,7 @@ class Subscription extends Emitter {
   }
 
   _moveTo(cursor) {
-    if (!cursor) return;
+    if (!cursor || cursor === this.cursor) return;
     this.cursor = cursor;
     this.client._store(this.channel, cursor);
   }
@@ -411,7 +415,10 @@ class Client extends Emitter {
     this.online = null;      // while offline: the wait for the browser's "online" (_whenOnline)
     this.stream = null;      // off WebSocket: the one stream every subscription reads
     this.restarting = false; // a reopen of that stream is due once the caller's code has run
-    this.position = null;    // that stream's last cursor and the channels it covers
+    // That stream's last cursor and the subscriptions it covers; a reloaded page starts from
+    // the one the last page stored, for every subscription without a cursor of its own.
+    const kept = this._stored(STREAM_KEY);
+    this.position = kept ? { cursor: kept, subs: null } : null;
     if (typeof options.onState === "function") {
       for (const s of ["connecting", "connected", "disconnected", "closed"]) {
         this.on(s, () => options.onState(s, this.transport));
@@ -639,11 +646,11 @@ class Client extends Emitter {
   _connected(gen, attach = true) {
     this.attempt = 0;
     this.active = true;
-    // Each subscription moves on from here with its own cursor; an event stream's position
-    // from before would be behind them.
-    if (this.transport === "ws") this.position = null;
     this._setState("connected");
     if (attach) for (const sub of this.subs.values()) this._attach(sub);
+    // Each subscription moves on from here with its own cursor (the subscribe reply's); an
+    // event stream's position from before would soon be behind them.
+    if (this.transport === "ws") this.position = null;
     if (this.level > 0) this._scheduleUpgrade(gen);
     this._scheduleRefresh(gen);
   }
@@ -840,12 +847,15 @@ class Client extends Emitter {
     }
     if (ok.reset) sub._reset({ ...ok.reset, cursor: ok.cursor });
     sub._subscribed(ok);
+    return sub;
   }
 
   _serverUnsubscribed({ channel, reason }) {
     const sub = this.subs.get(channel);
     if (!sub) return;
     this.subs.delete(channel); // the hub took it off the stream, which goes on with the others
+    this.position?.subs?.delete(sub);
+    if (!this.subs.size && this.transport !== "ws") this._stopStream();
     sub._ended(reason);
   }
 
@@ -858,8 +868,10 @@ class Client extends Emitter {
   _wsSubscribe(sub) {
     const gen = this.generation;
     const command = { op: "subscribe", channel: sub.channel };
-    if (sub.cursor) command.since = sub.cursor;
-    if (sub.latest && !sub.cursor) command.latest = true;
+    // From an event stream: a subscription that had no publication yet is where the stream was.
+    const since = sub.cursor || (this._covered(sub) ? this.position.cursor : null);
+    if (since) command.since = since;
+    else if (sub.latest) command.latest = true;
     this._wsRequest(command).then(
       (ok) => {
         if (gen !== this.generation || this.subs.get(sub.channel) !== sub) return;
@@ -929,8 +941,10 @@ class Client extends Emitter {
   // would leave a page with six subscriptions no connection for a seventh, nor for publish. All
   // of a client's subscriptions share one stream (`/sse` or a long-poll loop on `/poll`, with a
   // `channel` for each), reopened from where it was whenever they change. Where it was: the
-  // stream's own cursor (each SSE `id:`, each poll reply's `cursor`) for the channels it read,
-  // and each newly added subscription's own cursor beside it; the hub merges them.
+  // stream's own cursor (each SSE `id:`, each poll reply's `cursor`: one cursor for all its
+  // channels) for the subscriptions it read, then each other subscription's own cursor; the hub
+  // merges them, the later one winning. A subscription's own cursor is always of its channel
+  // alone (a publication's, a reset's, `since`), so that a query holds each position once.
 
   _openHttp(gen) {
     // Connected once the stream opens (at once when there is nothing to read).
@@ -953,7 +967,7 @@ class Client extends Emitter {
         if (this.state !== "connected") this._connected(this.generation, false);
         return;
       }
-      const stream = { stopped: false, controller: null, gen: this.generation, channels: null, more: false };
+      const stream = { stopped: false, controller: null, gen: this.generation, subs: null, more: false };
       stream.stop = () => { stream.stopped = true; stream.controller?.abort(); };
       this.stream = stream;
       (this.transport === "sse" ? this._sseLoop(stream) : this._pollLoop(stream)).catch(
@@ -967,53 +981,66 @@ class Client extends Emitter {
     this.stream = null;
   }
 
+  // Whether `stream` is still the one to read; false also when no subscription is left.
   _live(stream) {
-    return !stream.stopped && !this.closed && stream.gen === this.generation && this.stream === stream;
+    if (stream.stopped || this.closed || stream.gen !== this.generation || this.stream !== stream) return false;
+    if (this.subs.size) return true;
+    this._stopStream();
+    return false;
   }
 
   // The stream is on: the client is connected, and its subscriptions that were waiting for it
-  // are subscribed, at `cursor` (the stream's) unless they have one of their own; `reset`: the
-  // channel whose history could not cover its gap, if any.
-  _streamOpened(stream, cursor, reset = null) {
+  // are subscribed; `reset`: the channel whose history could not cover its gap, if any.
+  _streamOpened(stream, reset = null) {
     if (stream.gen === this.generation && this.state !== "connected") this._connected(stream.gen, false);
-    for (const channel of stream.channels) {
-      const sub = this.subs.get(channel);
-      if (sub && sub.state !== "subscribed") {
-        sub._subscribed({ cursor: sub.cursor || cursor, recovered: channel !== reset });
+    for (const sub of stream.subs) {
+      if (this.subs.get(sub.channel) === sub && sub.state !== "subscribed") {
+        sub._subscribed({ recovered: sub.channel !== reset });
       }
     }
     // Subscriptions left out of this opening (see _streamQuery) come in with the next one.
     if (stream.more) { stream.more = false; this._restartStream(); }
   }
 
-  // The stream's position: its cursor covers `channels`, the channels it was opened with and
-  // those the hub added since.
+  // The stream's position, `cursor`, covers the subscriptions it was opened with and those the
+  // hub added since (`stream.subs`). It is stored for a reload too: the subscriptions that had
+  // no publication yet have no cursor of their own. A stream of one channel has no other: its
+  // cursor is the subscription's own.
   _streamAt(stream, cursor) {
-    if (cursor) this.position = { cursor, channels: stream.channels, transport: this.transport };
+    if (!cursor) return;
+    this.position = { cursor, subs: stream.subs };
+    this._store(STREAM_KEY, cursor);
+    if (stream.subs.size === 1) for (const sub of stream.subs) sub._moveTo(cursor);
   }
 
-  // The query that opens the stream: a `channel` for each subscription, the stream's cursor if
-  // it covers any of them, and the own cursor of each one it does not cover. `latest` is one
-  // flag for every channel without a position: subscriptions that ask otherwise than the first
-  // such one wait for the next opening, when the others have their positions.
+  // Whether the stream's last position holds `sub`'s. One restored from the store (no `subs`)
+  // stands for every subscription without a cursor of its own.
+  _covered(sub) {
+    const at = this.position;
+    return at !== null && (at.subs ? at.subs.has(sub) : !sub.cursor);
+  }
+
+  // The query that opens the stream: a `channel` for each subscription; the stream's cursor if
+  // it covers any of them; after it, the own cursor of each one it does not cover (the hub
+  // takes the later one for a channel both hold). `latest` is one flag for every channel
+  // without a position: subscriptions that ask otherwise than the first such one wait for the
+  // next opening, when the others have their positions.
   _streamQuery(stream) {
-    const at = this.position?.transport === this.transport ? this.position : null;
     let subs = [...this.subs.values()];
-    const covered = at && subs.some((sub) => at.channels.has(sub.channel)) ? at : null;
-    const placed = (sub) => Boolean(sub.cursor) || Boolean(covered?.channels.has(sub.channel));
+    const placed = (sub) => Boolean(sub.cursor) || this._covered(sub);
     const fresh = subs.filter((sub) => !placed(sub));
     const latest = fresh.length > 0 && fresh[0].latest;
     if (fresh.some((sub) => sub.latest !== latest)) {
       subs = subs.filter((sub) => placed(sub) || sub.latest === latest);
       stream.more = true;
     }
-    stream.channels = new Set(subs.map((sub) => sub.channel));
+    stream.subs = new Set(subs);
     const q = new URLSearchParams();
     for (const sub of subs) q.append("channel", sub.channel);
-    if (covered) q.append("cursor", covered.cursor);
-    for (const sub of subs) {
-      if (sub.cursor && !covered?.channels.has(sub.channel)) q.append("cursor", sub.cursor);
-    }
+    if (subs.some((sub) => this._covered(sub))) q.append("cursor", this.position.cursor);
+    const own = new Set();
+    for (const sub of subs) if (sub.cursor && !this.position?.subs?.has(sub)) own.add(sub.cursor);
+    for (const cursor of own) q.append("cursor", cursor);
     if (latest) q.set("latest", "1");
     return q;
   }
@@ -1023,21 +1050,10 @@ class Client extends Emitter {
   async _httpError(stream, r) {
     let body = null;
     try { body = await r.json(); } catch {}
+    if (!this._live(stream)) return "ended"; // the subscriptions changed meanwhile
     const error = body?.error?.code ? new ClarionError(body.error, r.status) : null;
     if (!error) return this._failed(stream.gen, { reason: `HTTP ${r.status}` });
-    if (error.code === "bad_cursor") {
-      // Whose cursor is it? First those of subscriptions not on the stream yet (a `since`
-      // given for another channel, say), then the stream's own, then every one: each channel
-      // then starts from now.
-      const subs = [...this.subs.values()];
-      const waiting = subs.filter((sub) => sub.cursor && sub.state !== "subscribed");
-      let dropped = true;
-      if (waiting.length) for (const sub of waiting) sub.cursor = null;
-      else if (this.position) this.position = null;
-      else if (subs.some((sub) => sub.cursor)) for (const sub of subs) sub.cursor = null;
-      else dropped = false;
-      if (dropped) return "again";
-    }
+    if (error.code === "bad_cursor" && this._dropCursor(error.cursor)) return "again";
     const what = refusal(error.code, { status: r.status, refreshable: this.refreshable });
     if (what === "refresh") {
       await this._freshToken();
@@ -1048,15 +1064,34 @@ class Client extends Emitter {
       this._stop(stream.gen, { code: errorRule(error.code, r.status).close, reason: error.message });
       return "ended";
     }
-    // A refusal of one channel ends that subscription; the stream goes on with the others.
-    const named = this.subs.get(error.channel);
-    const refused = named ? [named] : [...stream.channels].map((c) => this.subs.get(c)).filter(Boolean);
+    // A refusal of one channel ends that subscription; the stream goes on with the others. One
+    // that names no channel is the request's: every subscription in it ends.
+    let refused = [...stream.subs].filter((sub) => this.subs.get(sub.channel) === sub);
+    if (error.channel !== undefined) refused = refused.filter((sub) => sub.channel === error.channel);
     for (const sub of refused) {
       this.subs.delete(sub.channel);
       sub.emit("error", error);
       sub._ended(error.code);
     }
     return this.subs.size ? "again" : "ended";
+  }
+
+  // The hub could not read `bad`, a cursor of the query (or one of them, when it does not
+  // say): its channels start from now. False when there is no cursor left to drop.
+  _dropCursor(bad) {
+    let dropped = false;
+    if (this.position && (bad === undefined || bad === this.position.cursor)) {
+      this.position = null;
+      this._store(STREAM_KEY, "");
+      dropped = true;
+    }
+    for (const sub of this.subs.values()) {
+      if (sub.cursor && (bad === undefined ? !dropped : sub.cursor === bad)) {
+        sub.cursor = null;
+        dropped = true;
+      }
+    }
+    return dropped;
   }
 
   async _sseLoop(stream) {
@@ -1091,7 +1126,7 @@ class Client extends Emitter {
           if (!opened && id) {
             opened = true;
             attempt = 0;
-            this._streamOpened(stream, id);
+            this._streamOpened(stream);
           }
         },
         onEvent: (event) => {
@@ -1101,7 +1136,7 @@ class Client extends Emitter {
           if (event.type === "message") this.subs.get(data.channel)?._deliver(data);
           else if (event.type === "reset") this.subs.get(data.channel)?._reset(data);
           else if (event.type === "join" || event.type === "leave") this.subs.get(data.channel)?.emit(event.type, data);
-          else if (event.type === "subscribe") { stream.channels.add(data.channel); this._serverSubscribed(data); }
+          else if (event.type === "subscribe") stream.subs.add(this._serverSubscribed(data));
           else if (event.type === "unsubscribe") this._serverUnsubscribed(data);
           else if (event.type === "disconnect") disconnect = data;
         },
@@ -1134,7 +1169,7 @@ class Client extends Emitter {
       }
       if (disconnect?.code === TOKEN_EXPIRED) { await this._freshToken().catch(() => {}); continue; }
       if (!started) return this._failed(stream.gen, { reason: "the stream ended before it started" });
-      for (const channel of stream.channels) this.subs.get(channel)?._subscribing();
+      for (const sub of stream.subs) if (this.subs.get(sub.channel) === sub) sub._subscribing();
       opened = false;
       await sleep(backoffDelay(attempt++, this.base, this.cap));
     }
@@ -1148,7 +1183,7 @@ class Client extends Emitter {
       stream.controller = new AbortController();
       const q = this._streamQuery(stream);
       // At once while a subscription waits to be confirmed; then a long poll.
-      const waiting = [...stream.channels].some((channel) => this.subs.get(channel)?.state !== "subscribed");
+      const waiting = [...stream.subs].some((sub) => sub.state !== "subscribed");
       q.set("timeout", String(opened && !waiting ? this.pollTimeout : 0));
       let r;
       let body;
@@ -1170,13 +1205,12 @@ class Client extends Emitter {
       }
       if (!body || !Array.isArray(body.publications)) return this._failed(stream.gen, { reason: "not a poll reply" });
       attempt = 0;
-      for (const added of body.subscribed || []) stream.channels.add(added.channel);
+      for (const added of body.subscribed || []) stream.subs.add(this._serverSubscribed(added));
       this._streamAt(stream, body.cursor);
       opened = true;
-      this._streamOpened(stream, body.cursor, body.reset?.channel);
-      if (body.reset) this.subs.get(body.reset.channel)?._reset({ ...body.reset, cursor: body.cursor });
+      this._streamOpened(stream, body.reset?.channel);
+      if (body.reset) this.subs.get(body.reset.channel)?._reset(body.reset);
       for (const pub of body.publications) this.subs.get(pub.channel)?._deliver(pub);
-      for (const added of body.subscribed || []) this._serverSubscribed(added);
       for (const u of body.unsubscribed || []) this._serverUnsubscribed(u);
       if (body.disconnect) {
         const { code, reconnect } = body.disconnect;

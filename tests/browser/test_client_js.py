@@ -629,6 +629,77 @@ async def test_every_subscription_shares_one_stream(
 
 
 @pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_reload_resumes_quiet_and_busy_channels_of_a_shared_stream(
+    page: Any, hub: RunningHub, transport: str
+) -> None:
+    """A quiet channel has no cursor of its own, only the stream's; a busy one has its own,
+    further on. After a reload, each resumes from the furthest it had: nothing is missed,
+    nothing comes twice."""
+    options = {"transports": [transport], "useStore": True, "pollTimeout": 20}
+    await open_client(page, hub, options, None)
+    await page.evaluate(MANY, ["chat:busy", "chat:quiet"])
+    await wait_for(page, "Object.values(window.subs).every((s) => s.state === 'subscribed')")
+    for n in range(5):
+        await hub.publish("chat:busy", f"busy {n}")
+    assert await pubs(page, 5) == [f"busy {n}" for n in range(5)]
+    await page.reload()
+    await hub.publish("chat:quiet", "quiet, while away")
+    await hub.publish("chat:busy", "busy, while away")
+    await open_client(page, hub, options, None)
+    await page.evaluate(MANY, ["chat:busy", "chat:quiet"])
+    got = await pubs(page, 2)
+    await asyncio.sleep(0.3)  # a repeat of what came before the reload would be here by now
+    assert sorted(await page.evaluate("window.log.pubs")) == sorted(got)
+    assert sorted(got) == ["busy, while away", "quiet, while away"]
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_page_of_many_subscriptions_reloads_on_a_shared_stream(
+    page: Any, hub: RunningHub, transport: str
+) -> None:
+    """Half the subscriptions with a cursor of their own (stored after a publication), half
+    quiet (the stream's cursor stands for them): the query that reopens the stream holds a
+    channel for each, their own cursors and the stream's once, within the hub's limits."""
+    channels = [f"chat:room-{n:03d}" for n in range(120)]
+    options = {"transports": [transport], "useStore": True, "pollTimeout": 20}
+    await open_client(page, hub, options, None)
+    await page.evaluate(MANY, channels)
+    await wait_for(page, "Object.values(window.subs).every((s) => s.state === 'subscribed')")
+    for channel in channels[::2]:
+        await hub.publish(channel, "before")
+    await pubs(page, len(channels) // 2)
+    await page.evaluate("window.log.pubs = []")
+    await page.reload()
+    for channel in channels:
+        await hub.publish(channel, "after")
+    await open_client(page, hub, options, None)
+    await page.evaluate(MANY, channels)
+    assert await pubs(page, len(channels)) == ["after"] * len(channels)
+    assert await page.evaluate("window.log.events") == []  # no error, no subscription ended
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_bad_cursor_of_one_subscription_moves_only_that_one_to_now(
+    page: Any, hub: RunningHub, transport: str
+) -> None:
+    await open_client(page, hub, {"transports": [transport], "pollTimeout": 20}, None)
+    await page.evaluate(MANY, ["chat:a"])
+    await subscribed(hub, "chat:a")
+    await hub.publish("chat:a", "a1")
+    assert await pubs(page, 1) == ["a1"]
+    await hub.publish("chat:b", "b, stored before")
+    await page.evaluate(
+        "window.subs['chat:b'] = window.client.subscribe('chat:b', {since: 'not-a-cursor',"
+        " onPublication: (p) => window.log.pubs.push(p.data)})"
+    )
+    await hub.publish("chat:a", "a2")  # while the stream reopens: chat:a keeps its place
+    await wait_for(page, "window.subs['chat:b'].state === 'subscribed'")
+    await subscribed(hub, "chat:b")
+    await hub.publish("chat:b", "b live")
+    assert sorted(await pubs(page, 3)) == ["a1", "a2", "b live"]
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
 async def test_a_forbidden_channel_on_a_shared_stream_ends_only_its_subscription(
     page: Any, hub_factory: Any, transport: str
 ) -> None:

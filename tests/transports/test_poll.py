@@ -118,7 +118,11 @@ async def test_reset_after_trimming_then_live(hub_factory: Any) -> None:
         await hub.publish("news", n + 1)
     async with hub.http() as client:
         reply = await poll(client, "news", cursor=cursor, timeout=10)
-        assert reply["reset"] == {"channel": "news", "reason": "trimmed"}
+        assert reply["reset"] == {
+            "channel": "news",
+            "reason": "trimmed",
+            "cursor": reply["cursor"],  # one channel: its own cursor is the reply's
+        }
         assert reply["publications"] == []
         position = Cursor.decode(reply["cursor"]).get("news")
         assert position is not None and position.offset == 5  # the current position
@@ -134,7 +138,7 @@ async def test_foreign_epoch_cursor_gives_a_reset(hub: RunningHub) -> None:
     foreign = Cursor.single("chat:lobby", StreamPosition("0123456789ab", 1)).encode()
     async with hub.http() as client:
         reply = await poll(client, "chat:lobby", cursor=foreign, timeout=0)
-    assert reply["reset"] == {"channel": "chat:lobby", "reason": "epoch"}
+    assert reply["reset"] == {"channel": "chat:lobby", "reason": "epoch", "cursor": last["cursor"]}
     assert reply["cursor"] == last["cursor"]
 
 
@@ -172,6 +176,12 @@ async def test_several_cursors_merge_and_the_later_one_wins(hub: RunningHub) -> 
         # Every cursor given must hold a channel of the request.
         refused = await poll(client, "chat:a", cursor=[both, c1], timeout=0, expect=400)
         assert refused["error"]["code"] == "bad_cursor"
+        assert refused["error"]["cursor"] == c1  # which one, for a client that sent several
+        # As many cursors as channels, and the stream's, are not too many parameters.
+        channels = ["chat:a", *(f"chat:n{n}" for n in range(127))]
+        cursors = [(await hub.publish(c, 0))["cursor"] for c in channels]
+        reply = await poll(client, *channels, cursor=[both, *cursors], timeout=0)
+        assert reply["publications"] == []
 
 
 async def test_one_reset_per_reply_the_other_comes_next(hub_factory: Any) -> None:
@@ -187,6 +197,11 @@ async def test_one_reset_per_reply_the_other_comes_next(hub_factory: Any) -> Non
         second = await poll(client, "a", "b", cursor=first["cursor"], timeout=0)
         third = await poll(client, "a", "b", cursor=second["cursor"], timeout=0)
     assert first["reset"]["channel"] == "a" and second["reset"]["channel"] == "b"
+    # Each reset's cursor is its channel's own, where the combined one moved that channel.
+    for reply in (first, second):
+        channel = reply["reset"]["channel"]
+        own = Cursor.decode(reply["reset"]["cursor"])
+        assert len(own) == 1 and own.get(channel) == Cursor.decode(reply["cursor"]).get(channel)
     assert first["publications"] == second["publications"] == []
     assert third == {"publications": [], "cursor": second["cursor"]}
     positions = Cursor.decode(third["cursor"])

@@ -41,10 +41,11 @@ class ChannelRequest:
 
 
 def query_params(hub: Hub, scope: Scope) -> Params:
-    """A channel request's parameters: at most as many as any valid request has."""
+    """A channel request's parameters: at most as many as any valid request has (a ``channel``
+    and a ``cursor`` for each channel, and a few more)."""
     cap = hub.settings.limits.max_subscriptions_per_connection
     too_many = BadRequest(f"at most {cap} channels per request", code=ErrorCode.TOO_MANY_CHANNELS)
-    return access.query_params(scope, cap + 16, too_many)
+    return access.query_params(scope, 2 * cap + 16, too_many)
 
 
 def read_channels(hub: Hub, params: Params) -> list[str]:
@@ -66,15 +67,20 @@ def resume_positions(tokens: list[str], channels: list[str]) -> dict[str, Stream
     now. Where several hold a channel, the later one wins.
 
     A cursor holding none of the channels was made for another request: refused, like any
-    cursor that cannot be read. One holding some of them resumes those (a client may add a
-    channel to its stream between reconnects, giving the new channel's own cursor beside the
-    stream's).
+    cursor that cannot be read, and the refusal gives it back (``"cursor"`` in the error) so
+    that a client that sent several knows which one to drop. One holding some of them resumes
+    those (a client may add a channel to its stream between reconnects, giving the new
+    channel's own cursor after the stream's).
     """
     since: dict[str, StreamPosition | None] = dict.fromkeys(channels)
     for token in tokens:
         if token == "":
             continue
-        cursor = Cursor.decode(token)
+        try:
+            cursor = Cursor.decode(token)
+        except BadCursor as exc:
+            exc.details["cursor"] = token
+            raise
         held = False
         for channel in channels:
             position = cursor.get(channel)
@@ -82,7 +88,7 @@ def resume_positions(tokens: list[str], channels: list[str]) -> dict[str, Stream
                 since[channel] = position
                 held = True
         if not held:
-            raise BadCursor("a cursor holds no position for the requested channels")
+            raise BadCursor("a cursor holds no position for the requested channels", cursor=token)
     return since
 
 

@@ -168,7 +168,7 @@ class _Reply:
     def __init__(self, since: dict[str, StreamPosition]) -> None:
         self.positions = dict(since)
         self.publications: list[Publication] = []
-        self.reset: tuple[str, str] | None = None
+        self.reset: tuple[str, str, StreamPosition] | None = None
         self.disconnect: Disconnect | None = None
         self.unsubscribed: dict[str, str] = {}
         self.subscribed: list[str] = []
@@ -188,8 +188,8 @@ class _Reply:
         if any(isinstance(e, _Reset) for e in events):
             if self.reset is not None:
                 return
-            reason = next(e.reason for e in events if isinstance(e, _Reset))
-            self.reset = (channel, reason)
+            first = next(e for e in events if isinstance(e, _Reset))
+            self.reset = (channel, first.reason, first.position)
         for event in events:
             if isinstance(event, _Reset):
                 self.positions[channel] = event.position
@@ -218,7 +218,11 @@ class _Reply:
         )
         out = b'{"publications":[%s],"cursor":"%s"' % (pubs, cursor.encode("ascii"))
         if self.reset is not None:
-            out += b',"reset":' + orjson.dumps({"channel": self.reset[0], "reason": self.reset[1]})
+            channel, reason, position = self.reset
+            single = Cursor.single(channel, position).encode()  # the channel's own, after the gap
+            out += b',"reset":' + orjson.dumps(
+                {"channel": channel, "reason": reason, "cursor": single}
+            )
         if self.subscribed:
             out += b',"subscribed":' + orjson.dumps(
                 [

@@ -73,7 +73,8 @@ export interface ConnectOptions {
   transport?: TransportName | "auto";
   /** Keeps each subscription's cursor, so that a reload resumes. */
   store?: CursorStore;
-  /** Prefix of the store's keys (default "clarion:cursor:"). */
+  /** Prefix of the store's keys (default "clarion:cursor:"): one per channel, and one per
+   * channel behind a "*" for where its event stream opened. */
   storePrefix?: string;
   /** Backoff base and cap in milliseconds (defaults 500 and 20000). */
   backoffBase?: number;
@@ -119,8 +120,11 @@ export interface UnsubscribedEvent {
 }
 export interface PresenceEvent { channel: string; client: string; user: string | null; transport: string; info?: unknown }
 
-/** `channel`: the one channel of a stream request the hub refused, when it names one. */
-export interface ClarionError extends Error { code: string; status?: number; channel?: string }
+/** From a stream request: `channel`, the one channel the hub refused; `cursor`, the cursor it
+ * could not read; `limit`, the cap the request went over. */
+export interface ClarionError extends Error {
+  code: string; status?: number; channel?: string; cursor?: string; limit?: number;
+}
 
 export interface SubscribeOptions<T = unknown> {
   /** Resume after this cursor (default: the store's cursor for the channel). */

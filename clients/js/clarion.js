@@ -282,6 +282,7 @@ class ClarionError extends Error {
     this.code = error?.code || "error";
     if (error?.channel !== undefined) this.channel = error.channel; // the one channel refused
     if (error?.cursor !== undefined) this.cursor = error.cursor; // the cursor it could not read
+    if (error?.limit !== undefined) this.limit = error.limit; // a cap the request went over
     if (status !== undefined) this.status = status;
   }
 }
@@ -299,8 +300,9 @@ const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
 // The browser says it has no network (navigator.onLine is false): every try would fail, and
 // log a failed load. Only "false" counts: where there is no navigator (Node) nothing waits.
-// Where `store` keeps the event stream's position: not a channel name (none holds a "*").
-const STREAM_KEY = "*";
+// Before a channel name in `store`: the cursor a subscription's event stream opened at (no
+// channel name holds a "*").
+const STREAM_MARK = "*";
 
 const offline = () => typeof navigator !== "undefined" && navigator.onLine === false
   && typeof addEventListener === "function";
@@ -313,7 +315,11 @@ class Subscription extends Emitter {
     this.client = client;
     this.channel = channel;
     this.latest = Boolean(options.latest);
+    // Its own cursor, of its channel alone: `since`, the one stored, then its publications'.
     this.cursor = options.since || client._stored(channel) || null;
+    // Without one, off WebSocket: the cursor its event stream opened at (of several channels),
+    // where a subscription without publications still is.
+    this.streamCursor = this.cursor ? null : client._stored(STREAM_MARK + channel);
     this.state = "unsubscribed";
     this.lastOffset = null;
     this.lastEpoch = null;
@@ -335,6 +341,15 @@ class Subscription extends Emitter {
     if (!cursor || cursor === this.cursor) return;
     this.cursor = cursor;
     this.client._store(this.channel, cursor);
+    if (this.streamCursor) this._openedAt(null);
+  }
+
+  // Off WebSocket, where the stream it is on opened; kept (and stored) only while it has no
+  // cursor of its own.
+  _openedAt(cursor) {
+    if (cursor === this.streamCursor) return;
+    this.streamCursor = cursor;
+    this.client._store(STREAM_MARK + this.channel, cursor || "");
   }
 
   _subscribing() {
@@ -415,10 +430,7 @@ class Client extends Emitter {
     this.online = null;      // while offline: the wait for the browser's "online" (_whenOnline)
     this.stream = null;      // off WebSocket: the one stream every subscription reads
     this.restarting = false; // a reopen of that stream is due once the caller's code has run
-    // That stream's last cursor and the subscriptions it covers; a reloaded page starts from
-    // the one the last page stored, for every subscription without a cursor of its own.
-    const kept = this._stored(STREAM_KEY);
-    this.position = kept ? { cursor: kept, subs: null } : null;
+    this.position = null;    // that stream's last cursor and the subscriptions it covers
     if (typeof options.onState === "function") {
       for (const s of ["connecting", "connected", "disconnected", "closed"]) {
         this.on(s, () => options.onState(s, this.transport));
@@ -646,11 +658,10 @@ class Client extends Emitter {
   _connected(gen, attach = true) {
     this.attempt = 0;
     this.active = true;
+    // An event stream's position from before would soon be behind the subscriptions' own.
+    if (this.transport === "ws") this.position = null;
     this._setState("connected");
     if (attach) for (const sub of this.subs.values()) this._attach(sub);
-    // Each subscription moves on from here with its own cursor (the subscribe reply's); an
-    // event stream's position from before would soon be behind them.
-    if (this.transport === "ws") this.position = null;
     if (this.level > 0) this._scheduleUpgrade(gen);
     this._scheduleRefresh(gen);
   }
@@ -868,8 +879,8 @@ class Client extends Emitter {
   _wsSubscribe(sub) {
     const gen = this.generation;
     const command = { op: "subscribe", channel: sub.channel };
-    // From an event stream: a subscription that had no publication yet is where the stream was.
-    const since = sub.cursor || (this._covered(sub) ? this.position.cursor : null);
+    // From an event stream: a subscription that had no publication yet is where it opened.
+    const since = sub.cursor || sub.streamCursor;
     if (since) command.since = since;
     else if (sub.latest) command.latest = true;
     this._wsRequest(command).then(
@@ -942,9 +953,10 @@ class Client extends Emitter {
   // of a client's subscriptions share one stream (`/sse` or a long-poll loop on `/poll`, with a
   // `channel` for each), reopened from where it was whenever they change. Where it was: the
   // stream's own cursor (each SSE `id:`, each poll reply's `cursor`: one cursor for all its
-  // channels) for the subscriptions it read, then each other subscription's own cursor; the hub
-  // merges them, the later one winning. A subscription's own cursor is always of its channel
-  // alone (a publication's, a reset's, `since`), so that a query holds each position once.
+  // channels) for the subscriptions it read, then the cursors of the others; the hub merges
+  // them, the later one winning. A subscription's own cursor is always of its channel alone (a
+  // publication's, a reset's, `since`); one without publications has the cursor its stream
+  // opened at, the same for all of them, so that a query holds each position about once.
 
   _openHttp(gen) {
     // Connected once the stream opens (at once when there is nothing to read).
@@ -990,44 +1002,37 @@ class Client extends Emitter {
   }
 
   // The stream is on: the client is connected, and its subscriptions that were waiting for it
-  // are subscribed; `reset`: the channel whose history could not cover its gap, if any.
-  _streamOpened(stream, reset = null) {
+  // are subscribed. `cursor`: where it opened (a reopening, not each poll), where those without
+  // publications are. `reset`: the channel whose history could not cover its gap, if any.
+  _streamOpened(stream, cursor, reset = null) {
     if (stream.gen === this.generation && this.state !== "connected") this._connected(stream.gen, false);
     for (const sub of stream.subs) {
-      if (this.subs.get(sub.channel) === sub && sub.state !== "subscribed") {
-        sub._subscribed({ recovered: sub.channel !== reset });
-      }
+      if (this.subs.get(sub.channel) !== sub) continue;
+      if (cursor && !sub.cursor) sub._openedAt(cursor);
+      if (sub.state !== "subscribed") sub._subscribed({ recovered: sub.channel !== reset });
     }
     // Subscriptions left out of this opening (see _streamQuery) come in with the next one.
     if (stream.more) { stream.more = false; this._restartStream(); }
   }
 
-  // The stream's position, `cursor`, covers the subscriptions it was opened with and those the
-  // hub added since (`stream.subs`). It is stored for a reload too: the subscriptions that had
-  // no publication yet have no cursor of their own. A stream of one channel has no other: its
-  // cursor is the subscription's own.
+  // The stream's position, `cursor`: it covers the subscriptions it was opened with and those
+  // the hub added since (`stream.subs`).
   _streamAt(stream, cursor) {
-    if (!cursor) return;
-    this.position = { cursor, subs: stream.subs };
-    this._store(STREAM_KEY, cursor);
-    if (stream.subs.size === 1) for (const sub of stream.subs) sub._moveTo(cursor);
+    if (cursor) this.position = { cursor, subs: stream.subs };
   }
 
-  // Whether the stream's last position holds `sub`'s. One restored from the store (no `subs`)
-  // stands for every subscription without a cursor of its own.
   _covered(sub) {
-    const at = this.position;
-    return at !== null && (at.subs ? at.subs.has(sub) : !sub.cursor);
+    return Boolean(this.position?.subs.has(sub));
   }
 
   // The query that opens the stream: a `channel` for each subscription; the stream's cursor if
-  // it covers any of them; after it, the own cursor of each one it does not cover (the hub
-  // takes the later one for a channel both hold). `latest` is one flag for every channel
-  // without a position: subscriptions that ask otherwise than the first such one wait for the
-  // next opening, when the others have their positions.
+  // it covers any of them; after it, for each one it does not cover, the cursor its last
+  // stream opened at, then its own (the hub takes the later one for a channel that several
+  // hold). `latest` is one flag for every channel without a position: subscriptions that ask
+  // otherwise than the first such one wait for the next opening, when the others have theirs.
   _streamQuery(stream) {
     let subs = [...this.subs.values()];
-    const placed = (sub) => Boolean(sub.cursor) || this._covered(sub);
+    const placed = (sub) => Boolean(sub.cursor || sub.streamCursor) || this._covered(sub);
     const fresh = subs.filter((sub) => !placed(sub));
     const latest = fresh.length > 0 && fresh[0].latest;
     if (fresh.some((sub) => sub.latest !== latest)) {
@@ -1037,10 +1042,11 @@ class Client extends Emitter {
     stream.subs = new Set(subs);
     const q = new URLSearchParams();
     for (const sub of subs) q.append("channel", sub.channel);
-    if (subs.some((sub) => this._covered(sub))) q.append("cursor", this.position.cursor);
-    const own = new Set();
-    for (const sub of subs) if (sub.cursor && !this.position?.subs?.has(sub)) own.add(sub.cursor);
-    for (const cursor of own) q.append("cursor", cursor);
+    const others = subs.filter((sub) => !this._covered(sub));
+    const cursors = new Set(others.length < subs.length ? [this.position.cursor] : []);
+    for (const sub of others) if (!sub.cursor && sub.streamCursor) cursors.add(sub.streamCursor);
+    for (const sub of others) if (sub.cursor) cursors.add(sub.cursor);
+    for (const cursor of cursors) q.append("cursor", cursor);
     if (latest) q.set("latest", "1");
     return q;
   }
@@ -1056,8 +1062,11 @@ class Client extends Emitter {
     if (error.code === "bad_cursor" && this._dropCursor(error.cursor)) return "again";
     const what = refusal(error.code, { status: r.status, refreshable: this.refreshable });
     if (what === "refresh") {
-      await this._freshToken();
-      return "again";
+      // Once at once; a token that is refused again, or a getToken() that fails, backs off.
+      const again = stream.refreshed;
+      stream.refreshed = true;
+      try { await this._freshToken(); } catch (failure) { this.emit("error", failure); return "backoff"; }
+      return again ? "backoff" : "again";
     }
     if (what === "backoff") return "backoff";
     if (what === "stop") {
@@ -1068,6 +1077,9 @@ class Client extends Emitter {
     // that names no channel is the request's: every subscription in it ends.
     let refused = [...stream.subs].filter((sub) => this.subs.get(sub.channel) === sub);
     if (error.channel !== undefined) refused = refused.filter((sub) => sub.channel === error.channel);
+    // Over the hub's cap of channels per request: the newest subscriptions, as on WebSocket.
+    if (error.code === "too_many_channels" && error.limit > 0) refused = refused.slice(error.limit);
+    if (!refused.length) return "backoff"; // none of ours: not the same request again at once
     for (const sub of refused) {
       this.subs.delete(sub.channel);
       sub.emit("error", error);
@@ -1082,12 +1094,18 @@ class Client extends Emitter {
     let dropped = false;
     if (this.position && (bad === undefined || bad === this.position.cursor)) {
       this.position = null;
-      this._store(STREAM_KEY, "");
       dropped = true;
+    }
+    for (const sub of this.subs.values()) {
+      if (sub.streamCursor && (bad === undefined ? !dropped : sub.streamCursor === bad)) {
+        sub._openedAt(null);
+        dropped = true;
+      }
     }
     for (const sub of this.subs.values()) {
       if (sub.cursor && (bad === undefined ? !dropped : sub.cursor === bad)) {
         sub.cursor = null;
+        this._store(sub.channel, "");
         dropped = true;
       }
     }
@@ -1126,7 +1144,8 @@ class Client extends Emitter {
           if (!opened && id) {
             opened = true;
             attempt = 0;
-            this._streamOpened(stream);
+            stream.refreshed = false;
+            this._streamOpened(stream, id);
           }
         },
         onEvent: (event) => {
@@ -1207,8 +1226,10 @@ class Client extends Emitter {
       attempt = 0;
       for (const added of body.subscribed || []) stream.subs.add(this._serverSubscribed(added));
       this._streamAt(stream, body.cursor);
+      const first = !opened;
       opened = true;
-      this._streamOpened(stream, body.reset?.channel);
+      stream.refreshed = false;
+      this._streamOpened(stream, first ? body.cursor : null, body.reset?.channel);
       if (body.reset) this.subs.get(body.reset.channel)?._reset(body.reset);
       for (const pub of body.publications) this.subs.get(pub.channel)?._deliver(pub);
       for (const u of body.unsubscribed || []) this._serverUnsubscribed(u);

@@ -699,6 +699,55 @@ async def test_a_bad_cursor_of_one_subscription_moves_only_that_one_to_now(
     assert sorted(await pubs(page, 3)) == ["a1", "a2", "b live"]
 
 
+async def test_a_quiet_channel_moves_up_to_the_websocket_from_where_its_stream_was(
+    page: Any, hub: RunningHub
+) -> None:
+    """A subscription without publications has no cursor of its own over SSE: moving to the
+    WebSocket, it subscribes from where its stream opened, and what came meanwhile arrives."""
+    blocked = {"on": True, "since": 0}
+
+    async def ws_route(ws: Any) -> None:
+        if blocked["on"]:
+            await ws.close()
+            return
+        blocked["since"] += 1
+        if blocked["since"] == 2:  # the move itself, after the probe and the stream's end
+            await hub.publish("chat:quiet", "during the move")
+        ws.connect_to_server()
+
+    await page.route_web_socket("**/ws", ws_route)
+    await open_client(page, hub, {"upgradeInterval": 500}, None)
+    await page.evaluate(MANY, ["chat:busy", "chat:quiet"])
+    await wait_for(page, "window.log.states.includes('connected:sse')")
+    await wait_for(page, "Object.values(window.subs).every((s) => s.state === 'subscribed')")
+    await hub.publish("chat:busy", "busy")
+    assert await pubs(page, 1) == ["busy"]
+    blocked["on"] = False
+    await wait_for(page, "window.log.states.includes('connected:ws')")
+    assert await pubs(page, 2) == ["busy", "during the move"]
+    await hub.publish("chat:quiet", "after")
+    assert await pubs(page, 3) == ["busy", "during the move", "after"]
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_over_the_hubs_cap_only_the_newest_subscriptions_end(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    hub = await hub_factory(limits={"max_subscriptions_per_connection": 3})
+    await open_client(page, hub, {"transports": [transport], "pollTimeout": 20}, None)
+    await page.evaluate(MANY, ["chat:1", "chat:2", "chat:3", "chat:4"])
+    await wait_for(page, "window.log.events.some((e) => e.event === 'error')")
+    assert await page.evaluate("window.log.events") == [
+        {"event": "error", "channel": "chat:4", "code": "too_many_channels"}
+    ]
+    await wait_for(
+        page, "['chat:1', 'chat:2', 'chat:3'].every((c) => window.subs[c].state === 'subscribed')"
+    )
+    for channel in ("chat:1", "chat:2", "chat:3", "chat:4"):
+        await hub.publish(channel, channel)
+    assert sorted(await pubs(page, 3)) == ["chat:1", "chat:2", "chat:3"]
+
+
 @pytest.mark.parametrize("transport", ["sse", "poll"])
 async def test_a_forbidden_channel_on_a_shared_stream_ends_only_its_subscription(
     page: Any, hub_factory: Any, transport: str

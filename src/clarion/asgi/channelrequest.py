@@ -44,7 +44,9 @@ def query_params(hub: Hub, scope: Scope) -> Params:
     """A channel request's parameters: at most as many as any valid request has (a ``channel``
     and a ``cursor`` for each channel, and a few more)."""
     cap = hub.settings.limits.max_subscriptions_per_connection
-    too_many = BadRequest(f"at most {cap} channels per request", code=ErrorCode.TOO_MANY_CHANNELS)
+    too_many = BadRequest(
+        f"at most {cap} channels per request", code=ErrorCode.TOO_MANY_CHANNELS, limit=cap
+    )
     return access.query_params(scope, 2 * cap + 16, too_many)
 
 
@@ -55,7 +57,9 @@ def read_channels(hub: Hub, params: Params) -> list[str]:
     channels = list(dict.fromkeys(names))  # repeated names count once, first order kept
     cap = hub.settings.limits.max_subscriptions_per_connection
     if len(channels) > cap:
-        raise BadRequest(f"at most {cap} channels per request", code=ErrorCode.TOO_MANY_CHANNELS)
+        raise BadRequest(
+            f"at most {cap} channels per request", code=ErrorCode.TOO_MANY_CHANNELS, limit=cap
+        )
     for name in channels:
         with about(name):
             validate_channel(name)

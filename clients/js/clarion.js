@@ -344,6 +344,12 @@ class Subscription extends Emitter {
     if (this.streamCursor) this._openedAt(null);
   }
 
+  // Its cursors could not be read: it starts from now.
+  _forget() {
+    if (this.cursor) { this.cursor = null; this.client._store(this.channel, ""); }
+    this._openedAt(null);
+  }
+
   // Off WebSocket, where the stream it is on opened; kept (and stored) only while it has no
   // cursor of its own.
   _openedAt(cursor) {
@@ -358,9 +364,11 @@ class Subscription extends Emitter {
     this.emit("subscribing", { channel: this.channel });
   }
 
-  _subscribed(ok) {
+  // `resumed`: it resumed from its cursor, which the publications replayed move on; the reply's
+  // cursor is the channel's top, which it may not have reached yet.
+  _subscribed(ok, resumed = false) {
     this.state = "subscribed";
-    if (!ok.reset) this._moveTo(ok.cursor);
+    if (!ok.reset && !resumed) this._moveTo(ok.cursor);
     this.emit("subscribed", { channel: this.channel, recovered: ok.recovered !== false,
       cursor: this.cursor, transport: this.client.transport });
   }
@@ -856,7 +864,7 @@ class Client extends Emitter {
       this.subs.set(ok.channel, sub);
       this.emit("subscription", sub);
     }
-    if (ok.reset) sub._reset({ ...ok.reset, cursor: ok.cursor });
+    if (ok.reset) sub._reset({ channel: ok.channel, reason: ok.reset.reason ?? ok.reset, cursor: ok.cursor });
     sub._subscribed(ok);
     return sub;
   }
@@ -887,12 +895,12 @@ class Client extends Emitter {
       (ok) => {
         if (gen !== this.generation || this.subs.get(sub.channel) !== sub) return;
         if (ok.reset) sub._reset({ channel: sub.channel, reason: ok.reset.reason ?? ok.reset, cursor: ok.cursor });
-        sub._subscribed(ok);
+        sub._subscribed(ok, Boolean(since) && ok.recovered !== false);
       },
       (error) => {
         if (gen !== this.generation || this.subs.get(sub.channel) !== sub) return;
         if (error instanceof ClarionError) {
-          if (error.code === "bad_cursor") { sub.cursor = null; return this._wsSubscribe(sub); }
+          if (error.code === "bad_cursor" && since) { sub._forget(); return this._wsSubscribe(sub); }
           this.subs.delete(sub.channel);
           sub.emit("error", error);
           sub._ended(error.code);
@@ -979,7 +987,7 @@ class Client extends Emitter {
         if (this.state !== "connected") this._connected(this.generation, false);
         return;
       }
-      const stream = { stopped: false, controller: null, gen: this.generation, subs: null, more: false };
+      const stream = { stopped: false, controller: null, gen: this.generation, subs: null };
       stream.stop = () => { stream.stopped = true; stream.controller?.abort(); };
       this.stream = stream;
       (this.transport === "sse" ? this._sseLoop(stream) : this._pollLoop(stream)).catch(
@@ -1011,8 +1019,6 @@ class Client extends Emitter {
       if (cursor && !sub.cursor) sub._openedAt(cursor);
       if (sub.state !== "subscribed") sub._subscribed({ recovered: sub.channel !== reset });
     }
-    // Subscriptions left out of this opening (see _streamQuery) come in with the next one.
-    if (stream.more) { stream.more = false; this._restartStream(); }
   }
 
   // The stream's position, `cursor`: it covers the subscriptions it was opened with and those
@@ -1025,29 +1031,24 @@ class Client extends Emitter {
     return Boolean(this.position?.subs.has(sub));
   }
 
-  // The query that opens the stream: a `channel` for each subscription; the stream's cursor if
-  // it covers any of them; after it, for each one it does not cover, the cursor its last
-  // stream opened at, then its own (the hub takes the later one for a channel that several
-  // hold). `latest` is one flag for every channel without a position: subscriptions that ask
-  // otherwise than the first such one wait for the next opening, when the others have theirs.
+  // The query that opens the stream: a `channel` for each subscription, then cursors from the
+  // oldest to the newest, as the hub takes the later one for a channel that several hold: where
+  // the streams of the subscriptions it does not cover opened (of several channels, some of
+  // them further on since), the stream's own (each of its channels where it is now), and the
+  // own cursors of the subscriptions it does not cover. `latest` names the channels that ask
+  // for it and have no position.
   _streamQuery(stream) {
-    let subs = [...this.subs.values()];
-    const placed = (sub) => Boolean(sub.cursor || sub.streamCursor) || this._covered(sub);
-    const fresh = subs.filter((sub) => !placed(sub));
-    const latest = fresh.length > 0 && fresh[0].latest;
-    if (fresh.some((sub) => sub.latest !== latest)) {
-      subs = subs.filter((sub) => placed(sub) || sub.latest === latest);
-      stream.more = true;
-    }
+    const subs = [...this.subs.values()];
     stream.subs = new Set(subs);
     const q = new URLSearchParams();
     for (const sub of subs) q.append("channel", sub.channel);
     const others = subs.filter((sub) => !this._covered(sub));
-    const cursors = new Set(others.length < subs.length ? [this.position.cursor] : []);
+    const cursors = new Set();
     for (const sub of others) if (!sub.cursor && sub.streamCursor) cursors.add(sub.streamCursor);
+    if (others.length < subs.length) cursors.add(this.position.cursor);
     for (const sub of others) if (sub.cursor) cursors.add(sub.cursor);
     for (const cursor of cursors) q.append("cursor", cursor);
-    if (latest) q.set("latest", "1");
+    for (const sub of others) if (sub.latest && !sub.cursor && !sub.streamCursor) q.append("latest", sub.channel);
     return q;
   }
 
@@ -1085,7 +1086,9 @@ class Client extends Emitter {
       sub.emit("error", error);
       sub._ended(error.code);
     }
-    return this.subs.size ? "again" : "ended";
+    if (this.subs.size) return "again";
+    if (this.state !== "connected") this._connected(stream.gen, false); // the hub answered
+    return "ended";
   }
 
   // The hub could not read `bad`, a cursor of the query (or one of them, when it does not
@@ -1217,7 +1220,7 @@ class Client extends Emitter {
       if (!this._live(stream)) return;
       if (!r.ok) {
         const what = await this._httpError(stream, r);
-        if (what === "again") continue;
+        if (what === "again") { opened = false; continue; } // another query: a reopening
         if (what === "backoff") { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
         if (what === "ended" && this.stream === stream) this.stream = null;
         return;

@@ -428,8 +428,8 @@ async def test_latest_gives_the_newest_stored_publication_first(
 async def test_latest_is_each_subscriptions_own_on_a_shared_stream(
     page: Any, hub: RunningHub, transport: str
 ) -> None:
-    """Two subscriptions made together, one asking for ``latest``: the hub takes one flag per
-    request, so only the one that asked gets its channel's newest stored publication."""
+    """Two subscriptions made together, one asking for ``latest``: one request names that
+    channel alone, so only the one that asked gets its channel's newest stored publication."""
     await hub.publish("chat:old", "stored")
     await hub.publish("chat:news", "newest")
     await open_client(page, hub, {"transports": [transport], "pollTimeout": 20}, None)
@@ -651,6 +651,56 @@ async def test_a_reload_resumes_quiet_and_busy_channels_of_a_shared_stream(
     await asyncio.sleep(0.3)  # a repeat of what came before the reload would be here by now
     assert sorted(await page.evaluate("window.log.pubs")) == sorted(got)
     assert sorted(got) == ["busy, while away", "quiet, while away"]
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_quiet_channel_added_after_a_reload_rewinds_no_other(
+    page: Any, hub: RunningHub, transport: str
+) -> None:
+    """chat:c comes back with where its last stream opened, a cursor that also holds chat:a at
+    an older place than the stream reopened now has: chat:a stays where it is."""
+    options = {"transports": [transport], "useStore": True, "pollTimeout": 20}
+    await open_client(page, hub, options, None)
+    await page.evaluate(MANY, ["chat:a", "chat:b", "chat:c"])
+    await wait_for(page, "Object.values(window.subs).every((s) => s.state === 'subscribed')")
+    for n in range(3):
+        await hub.publish("chat:a", f"a{n}")
+    assert await pubs(page, 3) == ["a0", "a1", "a2"]
+    await page.reload()
+    await open_client(page, hub, options, None)
+    await page.evaluate(MANY, ["chat:a", "chat:b"])
+    await wait_for(page, "Object.values(window.subs).every((s) => s.state === 'subscribed')")
+    await page.evaluate(MANY, ["chat:c"])
+    await wait_for(page, "window.subs['chat:c'].state === 'subscribed'")
+    await hub.publish("chat:a", "a3")
+    await hub.publish("chat:c", "c0")
+    assert sorted(await pubs(page, 2)) == ["a3", "c0"]
+    await asyncio.sleep(0.3)  # a repeat of a0..a2 would be here by now
+    assert sorted(await page.evaluate("window.log.pubs")) == ["a3", "c0"]
+
+
+async def test_a_resumed_subscription_keeps_its_cursor_until_the_replay_moves_it(
+    page: Any, hub: RunningHub
+) -> None:
+    """The subscribe reply's cursor is the channel's top: taken (and stored) before the
+    replayed publications arrive, a reload then would skip them."""
+    first = (await hub.publish("chat:lobby", 1))["cursor"]
+    for n in (2, 3):
+        await hub.publish("chat:lobby", n)
+    await page.goto(hub.http_url + "/healthz")
+    await page.evaluate(SETUP, [{"transports": ["ws"]}, None, {}])
+    await page.evaluate(
+        """(since) => {
+            window.sub = window.client.subscribe('chat:lobby', {
+                since,
+                onPublication: (p) => window.log.pubs.push(p.data),
+                onSubscribed: () => window.log.events.push({ cursor: window.sub.cursor }),
+            });
+        }""",
+        first,
+    )
+    assert await pubs(page, 2) == [2, 3]
+    assert await page.evaluate("window.log.events") == [{"cursor": first}]
 
 
 @pytest.mark.parametrize("transport", ["sse", "poll"])

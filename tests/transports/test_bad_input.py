@@ -91,6 +91,7 @@ async def test_foreign_epoch_is_not_malformed(hub: RunningHub, path: str) -> Non
         ({"channel": "x" * 256}, "bad_channel"),
         ({"channel": ["a", "b", "c", "d"]}, "too_many_channels"),
         ({"channel": "a", "latest": ["1", "0"]}, "bad_request"),
+        ({"channel": "a", "latest": ["a", "b"]}, "bad_request"),  # only channels of the request
         ({"channel": "a", "cursor": ["x", "y"]}, "bad_cursor"),  # several merge: each is read
     ],
 )

@@ -184,6 +184,16 @@ async def test_several_cursors_merge_and_the_later_one_wins(hub: RunningHub) -> 
         assert reply["publications"] == []
 
 
+async def test_latest_may_name_the_channels_that_want_it(hub: RunningHub) -> None:
+    for channel in ("chat:a", "chat:b"):
+        await hub.publish(channel, channel + " stored")
+    async with hub.http() as client:
+        named = await poll(client, "chat:a", "chat:b", latest="chat:b", timeout=0)
+        every = await poll(client, "chat:a", "chat:b", latest="1", timeout=0)
+    assert [p["data"] for p in named["publications"]] == ["chat:b stored"]
+    assert sorted(p["data"] for p in every["publications"]) == ["chat:a stored", "chat:b stored"]
+
+
 async def test_one_reset_per_reply_the_other_comes_next(hub_factory: Any) -> None:
     hub = await hub_factory(namespaces={"default": {"history_size": 1}})
     start = {"a": (await hub.publish("a", 0))["cursor"], "b": (await hub.publish("b", 0))["cursor"]}

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from clarion.asgi import access
-from clarion.asgi.access import Params, single_param
+from clarion.asgi.access import Params
 from clarion.asgi.responses import send_error
 from clarion.asgitypes import Receive, Scope, Send
 from clarion.core.auth import Credentials
@@ -31,12 +31,12 @@ class ChannelRequest:
         channels: list[str],
         credentials: Credentials,
         since: dict[str, StreamPosition | None],
-        latest: bool = False,
+        latest: frozenset[str] = frozenset(),
     ) -> None:
         self.channels = channels
         self.credentials = credentials
         self.since = since
-        # ``latest=1``: channels starting from now get their newest stored publication first.
+        # The channels that, starting from now, get their newest stored publication first.
         self.latest = latest
 
 
@@ -114,12 +114,21 @@ def channel_request(hub: Hub, scope: Scope, params: Params, tokens: list[str]) -
     for channel in channels:
         with about(channel):
             hub.auth.check_subscribe(credentials, channel)
-    latest = single_param(params, "latest")
-    if latest not in (None, "0", "1", "true", "false"):
-        raise BadRequest("latest must be 1, true, 0 or false")
     return ChannelRequest(
-        channels, credentials, resume_positions(tokens, channels), latest in ("1", "true")
+        channels, credentials, resume_positions(tokens, channels), read_latest(params, channels)
     )
+
+
+def read_latest(params: Params, channels: list[str]) -> frozenset[str]:
+    """``latest=1`` (or ``true``): every channel; ``latest=<channel>``, repeatable: those of the
+    request's channels (a client reading several on one stream, where only some ask for it)."""
+    values = params.get("latest", [])
+    if len(values) == 1 and values[0] in ("0", "1", "true", "false"):
+        return frozenset(channels) if values[0] in ("1", "true") else frozenset()
+    named = set(values)
+    if not named <= set(channels):
+        raise BadRequest("latest must be 1, true, 0, false or channels of the request")
+    return frozenset(named)
 
 
 async def authorized(hub: Hub, request: ChannelRequest, transport: str) -> ChannelRequest:

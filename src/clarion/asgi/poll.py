@@ -335,7 +335,7 @@ class PollEndpoint(ChannelEndpoint):
         start: dict[str, StreamPosition] = {}
         for channel in request.channels:
             since = request.since[channel]
-            if since is None and request.latest:
+            if since is None and channel in request.latest:
                 # The newest stored publication: its position is the channel's top.
                 history, reason = await hub.history(channel, limit=1, reverse=True)
             else:

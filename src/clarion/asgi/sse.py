@@ -446,7 +446,7 @@ class SseEndpoint(ChannelEndpoint):
                     stream.fmt,
                     stream.push,
                     since=since,
-                    latest=request.latest,
+                    latest=channel in request.latest,
                     on_ready=ready,
                     checked=True,
                 )

@@ -298,12 +298,12 @@ function storeOf(store) {
 
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
-// The browser says it has no network (navigator.onLine is false): every try would fail, and
-// log a failed load. Only "false" counts: where there is no navigator (Node) nothing waits.
 // Before a channel name in `store`: the cursor a subscription's event stream opened at (no
 // channel name holds a "*").
 const STREAM_MARK = "*";
 
+// The browser says it has no network (navigator.onLine is false): every try would fail, and
+// log a failed load. Only "false" counts: where there is no navigator (Node) nothing waits.
 const offline = () => typeof navigator !== "undefined" && navigator.onLine === false
   && typeof addEventListener === "function";
 

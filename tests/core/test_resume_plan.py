@@ -36,6 +36,7 @@ def test_no_cursor_starts_at_the_top_and_sends_only_what_came_after() -> None:
     plan = plan_resume("c", held(1, 5), None, False, [pub(5), pub(6), pub(7)])
     assert plan.recovered and plan.reset is None
     assert offsets(plan.sends) == [6, 7]  # 5 was in the stream before the subscription
+    assert plan.start == StreamPosition(EPOCH, 5)
     assert plan.last == StreamPosition(EPOCH, 7)
 
 
@@ -43,6 +44,7 @@ def test_latest_sends_the_newest_stored_then_the_buffer() -> None:
     history = History([pub(5)], StreamPosition(EPOCH, 5), 1)
     plan = plan_resume("c", history, None, True, [pub(5), pub(6)])
     assert offsets(plan.sends) == [5, 6]
+    assert plan.start == StreamPosition(EPOCH, 4)  # before the newest, which is sent
 
 
 def test_a_covered_cursor_gets_the_gap_then_the_buffer_without_repeats() -> None:
@@ -50,6 +52,7 @@ def test_a_covered_cursor_gets_the_gap_then_the_buffer_without_repeats() -> None
     plan = plan_resume("c", held(1, 5, since=2), since, False, [pub(4), pub(5), pub(6)])
     assert plan.recovered
     assert offsets(plan.sends) == [3, 4, 5, 6]
+    assert plan.start == since
     assert plan.last == StreamPosition(EPOCH, 6)
 
 

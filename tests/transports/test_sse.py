@@ -219,6 +219,23 @@ async def test_a_channel_added_to_a_stream_resumes_from_its_own_cursor(hub: Runn
             await stream.next(wait=0.2)
 
 
+@pytest.mark.parametrize("channels", [["chat:a"], ["chat:a", "chat:b"]])
+async def test_with_latest_the_first_id_is_just_before_the_newest(
+    hub: RunningHub, channels: list[str]
+) -> None:
+    """The newest publication comes after the opening: a stream cut between the two resumes
+    from the opening's id and still gets it."""
+    await hub.publish("chat:a", "older")
+    await hub.publish("chat:a", "newest")
+    async with sse(hub, *channels, latest="1") as stream:
+        opening = (await stream.opening()).id
+        ((_, first),) = await stream.messages(1)
+        assert first["data"] == "newest"
+    async with sse(hub, *channels, cursor=opening) as stream:
+        ((_, again),) = await stream.messages(1)
+        assert again["data"] == "newest"
+
+
 @both_servers
 async def test_heartbeat_comment_on_a_quiet_stream(hub_factory: Any) -> None:
     hub = await hub_factory(Settings(sse={"heartbeat": 0.2}))

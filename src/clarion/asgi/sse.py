@@ -430,13 +430,10 @@ class SseEndpoint(ChannelEndpoint):
         for channel in request.channels:
             since = request.since[channel]
 
-            def ready(
-                result: SubscribeResult,
-                channel: str = channel,
-                since: StreamPosition | None = since,
-            ) -> None:
-                # Resumed: the stream is at ``since`` until the replayed events pass it.
-                position = since if since is not None and result.recovered else result.position
+            def ready(result: SubscribeResult, channel: str = channel) -> None:
+                # Resumed: the stream is at ``since`` until the replayed events pass it; with
+                # ``latest``, just before the newest publication, which comes next.
+                position = result.start if result.start is not None else result.position
                 started[channel] = position
                 stream.set_position(channel, position)
 

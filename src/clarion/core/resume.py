@@ -66,6 +66,7 @@ class Resume:
     reset: str | None  # why ``since`` could not be covered (``None``: recovered, or no cursor)
     sends: list[Publication | Reset]
     last: StreamPosition  # the position of the last publication the subscriber then holds
+    start: StreamPosition  # where it is before ``sends``: a stream's first id says this
 
     @property
     def recovered(self) -> bool:
@@ -94,6 +95,10 @@ def plan_resume(
         top = history.position
         sends.append(Reset(reason, encode_single(channel, top.epoch, top.offset)))
     last = since if (since is not None and reason is None) else history.position
+    start = last
+    if since is None and latest and history.publications:
+        first = history.publications[0]  # the newest, sent first: the start is just before it
+        start = StreamPosition(first.epoch, first.offset - 1)
     if (since is not None and reason is None) or (since is None and latest):
         for pub in history.publications:
             sends.append(pub)
@@ -105,7 +110,7 @@ def plan_resume(
             continue
         sends.append(pub)
         last = pub.position
-    return Resume(reason, sends, last)
+    return Resume(reason, sends, last, start)
 
 
 def waits_ahead(live: StreamPosition | None, last: StreamPosition) -> bool:

@@ -83,6 +83,9 @@ class SubscribeResult:
     cursor: str
     recovered: bool
     reset: str | None = None  # the reset reason when the history could not cover the gap
+    # Where the subscriber is before what it is sent first (``since``, or just before the
+    # newest publication with ``latest``): where an event stream's first id puts it.
+    start: StreamPosition | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -243,6 +246,7 @@ class Session:
             encode_single(channel, top.epoch, top.offset),
             recovered=plan.recovered,
             reset=plan.reset,
+            start=plan.start,
         )
         if on_ready is not None:
             on_ready(result)

@@ -413,6 +413,24 @@ async def test_a_cancelled_start_leaves_no_link_running(redis_server: RedisServe
         await client.aclose()
 
 
+async def test_a_close_wakes_a_start_that_waits_for_the_link() -> None:
+    """A link that cannot come up (nothing listens) and is closed meanwhile: its start() says so
+    at once, instead of waiting out its timeout."""
+    client = parse_url(f"redis://127.0.0.1:{free_port()}/0").client()
+    try:
+        link = _quiet_link(client, "never-up")
+        starting = asyncio.create_task(link.start(60.0))
+        await asyncio.sleep(0.3)  # a few failed connects
+        await link.close()
+        done, _ = await asyncio.wait({starting}, timeout=scaled(5))
+        assert done, "start() still waits after close()"
+        with pytest.raises(EngineUnavailable, match="closed before it came up"):
+            starting.result()
+        assert not link.up
+    finally:
+        await client.aclose()
+
+
 def running(name: str) -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t.get_name() == name and not t.done()]
 

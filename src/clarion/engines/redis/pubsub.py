@@ -75,7 +75,7 @@ class PubSubLink:
 
     @property
     def up(self) -> bool:
-        return self._up.is_set()
+        return self._up.is_set() and not self._closed
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -86,6 +86,8 @@ class PubSubLink:
             # (see clarion.tasks), which would then return as if nothing had cancelled it.
             async with asyncio.timeout(timeout):
                 await self._up.wait()
+            if self._closed:  # close() came first and woke this wait
+                raise EngineUnavailable("the Redis pub/sub link was closed before it came up")
         except TimeoutError:
             await self.close()
             raise EngineUnavailable(
@@ -99,6 +101,7 @@ class PubSubLink:
 
     async def close(self) -> None:
         self._closed = True
+        self._up.set()  # a start() still waiting gives up now, not at its timeout
         if self._task is not None:
             await stop([self._task])
             self._task = None

@@ -346,8 +346,12 @@ class Subscription extends Emitter {
 
   // Its cursors could not be read: it starts from now.
   _forget() {
-    if (this.cursor) { this.cursor = null; this.client._store(this.channel, ""); }
+    this._dropOwn();
     this._openedAt(null);
+  }
+
+  _dropOwn() {
+    if (this.cursor) { this.cursor = null; this.client._store(this.channel, ""); }
   }
 
   // Off WebSocket, where the stream it is on opened; kept (and stored) only while it has no
@@ -1107,8 +1111,7 @@ class Client extends Emitter {
     }
     for (const sub of this.subs.values()) {
       if (sub.cursor && (bad === undefined ? !dropped : sub.cursor === bad)) {
-        sub.cursor = null;
-        this._store(sub.channel, "");
+        sub._dropOwn();
         dropped = true;
       }
     }

@@ -44,10 +44,13 @@ def query_params(hub: Hub, scope: Scope) -> Params:
     """A channel request's parameters: at most as many as any valid request has (a ``channel``
     and a ``cursor`` for each channel, and a few more)."""
     cap = hub.settings.limits.max_subscriptions_per_connection
-    too_many = BadRequest(
+    return access.query_params(scope, 2 * cap + 16, too_many_channels(cap))
+
+
+def too_many_channels(cap: int) -> BadRequest:
+    return BadRequest(
         f"at most {cap} channels per request", code=ErrorCode.TOO_MANY_CHANNELS, limit=cap
     )
-    return access.query_params(scope, 2 * cap + 16, too_many)
 
 
 def read_channels(hub: Hub, params: Params) -> list[str]:
@@ -57,9 +60,7 @@ def read_channels(hub: Hub, params: Params) -> list[str]:
     channels = list(dict.fromkeys(names))  # repeated names count once, first order kept
     cap = hub.settings.limits.max_subscriptions_per_connection
     if len(channels) > cap:
-        raise BadRequest(
-            f"at most {cap} channels per request", code=ErrorCode.TOO_MANY_CHANNELS, limit=cap
-        )
+        raise too_many_channels(cap)
     for name in channels:
         with about(name):
             validate_channel(name)

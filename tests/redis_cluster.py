@@ -61,7 +61,7 @@ class Servers:
         args = [
             REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--daemonize", "no", "--dir", folder,
-            "--loglevel", "warning", *extra,
+            "--loglevel", "notice", "--logfile", "redis.log", *extra,
         ]
         # fmt: on
         self.processes[port] = subprocess.Popen(
@@ -114,6 +114,11 @@ class RedisCluster(Servers):
                 "--cluster-node-timeout", "1000",
                 # A replica whose link lagged on a busy machine still takes over its primary.
                 "--cluster-replica-validity-factor", "0",
+                # A replica's first sync streams straight from its primary's memory into its
+                # own: no wait for more replicas, and no file on disk at either end.
+                "--repl-diskless-sync", "yes",
+                "--repl-diskless-sync-delay", "0",
+                "--repl-diskless-load", "on-empty-db",
             )  # fmt: skip
         self.wait_answering(self.ports)
         assert REDIS_CLI is not None
@@ -140,8 +145,30 @@ class RedisCluster(Servers):
             ):
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError("the cluster's replicas did not sync with their primaries")
+                raise RuntimeError(
+                    "the cluster's replicas did not sync with their primaries\n" + self.report()
+                )
             time.sleep(0.1)
+
+    def report(self) -> str:
+        """Each live node's replication state and the end of its log, for a failed start."""
+        lines = []
+        for port in self.ports:
+            if port not in self.processes:
+                continue
+            fields = dict(
+                line.split(":", 1)
+                for line in command(port, "INFO", "replication").splitlines()
+                if ":" in line
+            )
+            keys = ("role", "master_port", "master_link_status", "master_sync_in_progress")
+            lines.append(f"{port}: " + " ".join(f"{k}={fields.get(k)}" for k in keys))
+            try:
+                with open(os.path.join(self.dir, str(port), "redis.log")) as fh:
+                    lines.extend("    " + line.rstrip() for line in fh.readlines()[-15:])
+            except OSError:
+                pass
+        return "\n".join(lines)
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -150,7 +177,7 @@ class RedisCluster(Servers):
             if all("cluster_state:ok" in command(p, "CLUSTER", "INFO") for p in live):
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not reach cluster_state:ok")
+                raise RuntimeError("the cluster did not reach cluster_state:ok\n" + self.report())
             time.sleep(0.1)
 
     def owner(self, key: str) -> int | None:

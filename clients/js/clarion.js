@@ -372,7 +372,9 @@ class Subscription extends Emitter {
   // cursor is the channel's top, which it may not have reached yet.
   _subscribed(ok, resumed = false) {
     this.state = "subscribed";
-    if (!ok.reset && !resumed) this._moveTo(ok.cursor);
+    // `since`: older publications follow (the hub resumed it, or `latest`); it stands there
+    // until they come, so a drop in between resumes before them, not at the top.
+    if (!ok.reset && !resumed) this._moveTo(ok.since ?? ok.cursor);
     this.emit("subscribed", { channel: this.channel, recovered: ok.recovered !== false,
       cursor: this.cursor, transport: this.client.transport });
   }

@@ -534,6 +534,30 @@ async def test_a_server_side_subscription_is_a_subscription(page: Any, hub: Runn
     assert await pubs(page, 1) == ["welcome"]
 
 
+async def test_a_server_side_subscription_resumed_from_since_stands_there_first(
+    page: Any, hub: RunningHub
+) -> None:
+    before = await hub.publish("rooms:2", 1)
+    await hub.publish("rooms:2", 2)
+    top = await hub.publish("rooms:2", 3)
+    await open_client(page, hub, {"transports": ["ws"]}, channel=None)
+    await page.evaluate(
+        """() => { window.client.on('subscription', (sub) => {
+            sub.on('subscribed', (e) => window.log.events.push({event: 'at', cursor: e.cursor}));
+            sub.on('publication', (p) => window.log.pubs.push(p.data)); }); }"""
+    )
+    await wait_for(page, "window.log.states.includes('connected:ws')")
+    client = next(iter(hub.hub.sessions))
+    async with hub.http() as http:
+        body = {"client": client, "channel": "rooms:2", "since": before["cursor"]}
+        assert (await http.post("/api/subscribe", json=body)).status_code == 200
+    assert await pubs(page, 2) == [2, 3]
+    # Told of the subscription, it stood at since (a drop then resumes before the replay).
+    at = await page.evaluate("window.log.events.filter((e) => e.event === 'at')")
+    assert at == [{"event": "at", "cursor": before["cursor"]}]
+    assert await page.evaluate("window.client.subs.get('rooms:2').cursor") == top["cursor"]
+
+
 async def test_a_silent_event_stream_is_reopened_from_its_cursor(
     page: Any, hub_factory: Any
 ) -> None:

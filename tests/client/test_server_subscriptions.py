@@ -64,3 +64,22 @@ async def test_a_claimed_subscription_resumes_after_a_reconnect(hub_factory: Any
         await hub.publish("chat:general", 2)  # while the client is away
         await hub.publish("chat:general", 3)
         assert [(await next_message(sub, 10)).data for _ in range(2)] == [2, 3]
+
+
+async def test_a_subscription_the_hub_resumes_stands_at_since_until_read(
+    hub_factory: Any,
+) -> None:
+    hub: RunningHub = await hub_factory(token_secret=SECRET, api_key="k")
+    before = await hub.publish("room:2", 1)
+    await hub.publish("room:2", 2)
+    top = await hub.publish("room:2", 3)
+    async with connect(hub.http_url, token=token(), transport="ws") as client:
+        made = client.server_subscriptions()
+        waiting = asyncio.ensure_future(anext(made))
+        await asyncio.sleep(0)
+        await api(hub, "/api/subscribe", user="alice", channel="room:2", since=before["cursor"])
+        sub: Subscription = await asyncio.wait_for(waiting, timeout(5))
+        # Not the top: a reconnect before the replay is read must ask for it again.
+        assert sub.cursor == before["cursor"]
+        assert [(await next_message(sub)).data for _ in range(2)] == [2, 3]
+        assert sub.cursor == top["cursor"]

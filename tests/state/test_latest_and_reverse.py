@@ -108,16 +108,18 @@ async def test_latest_on_ws(nodes: Callable[..., Any]) -> None:
     async with reader.ws() as ws:
         reply = await ws.subscribe("feed:ws", latest=True)
         assert reply["ok"]["offset"] == 3
+        # It stands just before the newest until that comes: where the second one left it.
+        assert reply["ok"]["since"] == pubs[1]["cursor"]
         first = await ws.recv()
         assert first["data"] == {"n": 3} and first["cursor"] == pubs[2]["cursor"]
         await writer.publish("feed:ws", {"n": 4})
         assert (await ws.recv())["data"] == {"n": 4}  # then live, nothing twice
         # Without latest: nothing before the live ones.
-        await ws.subscribe("feed:ws2")
+        assert "since" not in (await ws.subscribe("feed:ws2"))["ok"]
         await writer.publish("feed:ws2", "live")
         assert (await ws.recv())["data"] == "live"
         # A channel with nothing stored: nothing before the live ones either.
-        await ws.subscribe("feed:ws3", latest=True)
+        assert "since" not in (await ws.subscribe("feed:ws3", latest=True))["ok"]
         await writer.publish("feed:ws3", "first")
         assert (await ws.recv())["data"] == "first"
 
@@ -127,7 +129,8 @@ async def test_latest_with_since_resumes_instead(nodes: Callable[..., Any]) -> N
     reader: RunningHub = await nodes(**SETTINGS)
     pubs = await publish_n(writer, "feed:s", 4)
     async with reader.ws() as ws:
-        await ws.subscribe("feed:s", latest=True, since=pubs[1]["cursor"])
+        reply = await ws.subscribe("feed:s", latest=True, since=pubs[1]["cursor"])
+        assert reply["ok"]["since"] == pubs[1]["cursor"]
         got = [(await ws.recv())["data"]["n"] for _ in range(2)]
         assert got == [3, 4]
     async with sse(reader, "feed:s", latest="1", cursor=pubs[2]["cursor"]) as stream:

@@ -78,6 +78,7 @@ async def test_every_session_of_the_user_is_subscribed_and_told(hub: RunningHub)
             told = await push(ws, "subscribe")
             assert told["channel"] == "room:1" and told["recovered"] is True
             assert Cursor.decode(told["cursor"]).get("room:1") is not None
+            assert "since" not in told  # nothing older follows: it stands at the top
         await hub.publish("room:1", "hello")
         for ws in (tab1, tab2):
             assert (await publication(ws))["data"] == "hello"
@@ -109,6 +110,8 @@ async def test_one_connection_by_client_id_and_resume_from_since(hub: RunningHub
         await api(hub, "/api/subscribe", client=client, channel="room:2", since=before["cursor"])
         told = await push(tab1, "subscribe")
         assert told["recovered"] is True
+        # It stands at ``since`` until the replay comes, not at the top it was told of.
+        assert told["since"] == before["cursor"] and told["cursor"] != before["cursor"]
         assert [(await publication(tab1))["data"] for _ in range(2)] == [2, 3]
         await api(hub, "/api/unsubscribe", client=client, channel="room:2")
         assert (await push(tab1, "unsubscribe"))["reason"] == "server"

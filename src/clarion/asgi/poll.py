@@ -138,8 +138,7 @@ class PollWaiter:
         to its next poll, which reads what was published since from history."""
 
         def ready(result: SubscribeResult) -> None:
-            start = since if since is not None and result.recovered else result.position
-            self.subscribed[channel] = start
+            self.subscribed[channel] = result.start
             self._wake()
 
         await session.subscribe(

@@ -186,9 +186,8 @@ class SseStream:
         self._to_tagged(session)
 
         def ready(result: SubscribeResult) -> None:
-            start = since if since is not None and result.recovered else result.position
             body = sse.subscribe_event(result.to_dict())
-            self._emit_tagged((channel_tag(channel), start, body))
+            self._emit_tagged((channel_tag(channel), result.start, body))
 
         await session.subscribe(
             channel, SSE_TAGGED, self._push_tagged, since=since, on_ready=ready, server=server
@@ -433,9 +432,8 @@ class SseEndpoint(ChannelEndpoint):
             def ready(result: SubscribeResult, channel: str = channel) -> None:
                 # Resumed: the stream is at ``since`` until the replayed events pass it; with
                 # ``latest``, just before the newest publication, which comes next.
-                position = result.start if result.start is not None else result.position
-                started[channel] = position
-                stream.set_position(channel, position)
+                started[channel] = result.start
+                stream.set_position(channel, result.start)
 
             with about(channel):
                 await session.subscribe(

@@ -157,9 +157,8 @@ class StompConnection(Handler):
         fmt = self.wire.formats[(self.stomp.escaped, False)]
 
         def ready(result: SubscribeResult) -> None:
-            start = since if since is not None and result.recovered else result.position
-            sub.start(start)
-            frame = self.stomp.subscribed(sub, Cursor.single(channel, start).encode())
+            sub.start(result.start)
+            frame = self.stomp.subscribed(sub, Cursor.single(channel, result.start).encode())
             if frame is not None and not self.closed:
                 self.wire.send(frame)
 

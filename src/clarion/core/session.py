@@ -82,10 +82,11 @@ class SubscribeResult:
     position: StreamPosition
     cursor: str
     recovered: bool
-    reset: str | None = None  # the reset reason when the history could not cover the gap
-    # Where the subscriber is before what it is sent first (``since``, or just before the
-    # newest publication with ``latest``): where an event stream's first id puts it.
-    start: StreamPosition | None = None
+    reset: str | None  # the reset reason when the history could not cover the gap
+    # Where the subscriber stands before what it is sent first: ``since`` when that was
+    # covered, just before the newest publication with ``latest``, else ``position``. What a
+    # client stores to resume from until those publications come.
+    start: StreamPosition
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -97,6 +98,11 @@ class SubscribeResult:
         }
         if self.reset is not None:
             out["reset"] = self.reset
+        start = self.start
+        if start != self.position:
+            # Publications from before the top follow (resumed, or ``latest``): the client
+            # stands here until they come, so a drop in between resumes here, not at the top.
+            out["since"] = encode_single(self.channel, start.epoch, start.offset)
         return out
 
 

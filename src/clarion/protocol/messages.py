@@ -261,7 +261,9 @@ class ResetPush:
 
 @dataclass(frozen=True, slots=True)
 class SubscribePush:
-    """The hub subscribed the connection: the body of a subscribe reply."""
+    """The hub subscribed the connection: the body of a subscribe reply. ``cursor`` is where
+    the connection stands, before the publications that follow: the push's ``since`` when it
+    resumes from there, else the channel's position."""
 
     channel: str
     cursor: str | None
@@ -365,7 +367,7 @@ def read_push(kind: str, body: object) -> Frame:
     reason = body.get("reason")
     if kind == "unsubscribe":
         return UnsubscribePush(channel, reason if isinstance(reason, str) else "")
-    cursor = body.get("cursor")
+    cursor = body.get("since" if kind == "subscribe" and "since" in body else "cursor")
     cursor = cursor if isinstance(cursor, str) and cursor else None
     if kind == "reset":
         return ResetPush(channel, reason if isinstance(reason, str) else "", cursor)

@@ -260,13 +260,17 @@ async def _client_process(
     await proc.stdin.drain()
     assert await proc.stdout.readline() == b"done\n"
     await stop()
+    # Only now may the client close its connections: their ends are not the publishing's.
+    proc.stdin.write(b"stopped\n")
+    await proc.stdin.drain()
     delivered = int(await proc.stdout.readline())
     await proc.wait()
     return delivered
 
 
 async def _client_of(port: int, requests: int, channels: int, connections: int, subs: int) -> int:
-    """The client process: says ``ready`` once subscribed, publishes on ``go``, says ``done``."""
+    """The client process: says ``ready`` once subscribed, publishes on ``go``, says ``done``
+    and closes its connections on ``stopped`` (once the server stopped counting)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -279,6 +283,7 @@ async def _client_of(port: int, requests: int, channels: int, connections: int, 
     async def stop() -> None:
         sys.stdout.write("done\n")
         sys.stdout.flush()
+        await reader.readline()
 
     delivered = await client(port, requests, channels, connections, subs, start, stop)
     sys.stdout.write(f"{delivered}\n")

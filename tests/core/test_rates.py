@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from clarion.core.fanout import LocalChannel
 from clarion.core.rates import Activity, LatencyHistogram
 
 
@@ -18,19 +19,25 @@ def test_histogram_buckets_are_cumulative_and_p99_is_per_interval() -> None:
     assert histogram.take_p99() == 0.099
 
 
-def test_activity_rolls_into_rates_and_namespace_totals() -> None:
+def test_activity_folds_channels_into_rates_and_namespace_totals() -> None:
     activity = Activity({"chat"})
-    for _ in range(4):
-        activity.count("chat:a", 10)
-    activity.count("plain", 3)
-    activity.count("user7:inbox", 1)  # no such namespace configured: the default's
-    activity.roll(2.0)
-    assert activity.channel_rates == {
-        "chat:a": (2.0, 20.0),
-        "plain": (0.5, 1.5),
-        "user7:inbox": (0.5, 0.5),
-    }
+    # No such namespace as "user7" configured: it counts under the default one.
+    channels = [LocalChannel(c, activity.namespace(c)) for c in ("chat:a", "plain", "user7:inbox")]
+    chat, plain, inbox = channels
+    for local, pubs, each in ((chat, 4, 10), (plain, 1, 3), (inbox, 1, 1)):
+        local.published += pubs
+        local.delivered += pubs * each
+    for local in channels:
+        activity.fold(local, 2.0)
+    assert [c.rate for c in channels] == [2.0, 0.5, 0.5]
     assert activity.publications == {"chat": 4, "default": 2}
     assert activity.deliveries == {"chat": 40, "default": 4}
-    activity.roll(1.0)  # a quiet second: no channel is busy, the totals stay
-    assert activity.channel_rates == {} and activity.publications["chat"] == 4
+    for local in channels:  # a quiet pass: no channel is busy, the totals stay
+        activity.fold(local, 1.0)
+    assert [c.rate for c in channels] == [0.0, 0.0, 0.0]
+    assert activity.publications["chat"] == 4
+    # A channel that goes keeps what it counted since the last pass.
+    chat.published += 1
+    chat.delivered += 10
+    activity.retire(chat)
+    assert activity.publications["chat"] == 5 and activity.deliveries["chat"] == 50

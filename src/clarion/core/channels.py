@@ -38,9 +38,6 @@ class LocalChannels:
         # Channels reading back publications the engine skipped: live ones wait here meanwhile.
         self._recovering: dict[str, list[Publication]] = {}
 
-    def counts(self) -> dict[str, int]:
-        return {name: len(local) for name, local in self.local.items()}
-
     # ---- the node's subscription to a channel -------------------------------------------------
 
     async def acquire(self, channel: str) -> LocalChannel:
@@ -49,7 +46,8 @@ class LocalChannels:
         while True:
             local = self.local.get(channel)
             if local is None:
-                local = self.local[channel] = LocalChannel(channel)
+                namespace = self.stats.activity.namespace(channel)
+                local = self.local[channel] = LocalChannel(channel, namespace)
                 ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 local.ready = ready
                 subscribed = False
@@ -64,6 +62,7 @@ class LocalChannels:
                 except BaseException as exc:
                     if self.local.get(channel) is local:
                         del self.local[channel]
+                        self.stats.activity.retire(local)
                     if subscribed:
                         hub.spawn(self._engine_unsubscribe(channel))
                     ready.set_exception(exc if isinstance(exc, Exception) else RuntimeError())
@@ -83,6 +82,7 @@ class LocalChannels:
         """Forget ``local`` once it has no subscriber left (and unsubscribe the node)."""
         if len(local) == 0 and local.ready is None and self.local.get(local.name) is local:
             del self.local[local.name]
+            self.stats.activity.retire(local)
             self.hub.spawn(self._engine_unsubscribe(local.name))
 
     async def _engine_unsubscribe(self, channel: str) -> None:
@@ -141,15 +141,15 @@ class LocalChannels:
             conflating = local.conflating
             for sub in conflating:
                 conflating[sub] = pub
-        stats = self.stats
-        deliveries = stats.deliveries
+        deliveries = self.stats.deliveries
         total = 0
         for fmt, group in local.by_format.items():
             fmt.deliver(group.values(), pub.encoded(fmt, fmt.encode))
             count = len(group)
             deliveries[fmt.transport] += count
             total += count
-        stats.activity.count(pub.channel, total)
+        local.published += 1
+        local.delivered += total
         if local.ahead:
             local.catch_up(pub)
 
@@ -171,7 +171,8 @@ class LocalChannels:
             sub.push(pub.encoded(sub.fmt, sub.fmt.encode))
             deliveries[sub.fmt.transport] += 1
             total += 1
-        self.stats.activity.count(pub.channel, total)
+        local.published += 1
+        local.delivered += total
 
     def _reset_all(self, local: LocalChannel, reason: str, position: StreamPosition) -> None:
         cursor = encode_single(local.name, position.epoch, position.offset)

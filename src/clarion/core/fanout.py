@@ -102,15 +102,27 @@ class LocalChannel:
         "ahead",
         "by_format",
         "conflating",
+        "delivered",
+        "folded_delivered",
+        "folded_published",
         "last",
         "live_count",
         "name",
+        "namespace",
         "pending",
+        "published",
+        "rate",
         "ready",
     )
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, namespace: str) -> None:
         self.name = name
+        # What it delivered, counted on the hot path; rates and namespace totals are made from
+        # these apart from it (clarion.core.rates).
+        self.namespace = namespace
+        self.published = self.delivered = 0
+        self.folded_published = self.folded_delivered = 0
+        self.rate = 0.0  # publications per second over the reporter's last pass
         # format -> {subscription: target}; dicts keep insertion order and O(1) removal.
         self.by_format: dict[WireFormat, dict[Subscription, Any]] = {}
         # Subscriptions still reading history: they buffer live publications until caught up.

@@ -375,7 +375,7 @@ class Hub:
 
     def channels(self) -> dict[str, int]:
         """Channels with subscribers on this node, with their subscriber counts."""
-        return self.local_channels.counts()
+        return {name: len(local) for name, local in self.local_channels.local.items()}
 
     # ---- engine sink (``on_publication``, ``on_ephemeral``: bound in ``__init__``) ---------
 

@@ -45,7 +45,6 @@ class Stats:
         "latency",
         "publications",
         "resets",
-        "rolled_at",
         "signals",
         "slow_disconnects",
     )
@@ -61,7 +60,6 @@ class Stats:
         self.activity = Activity(namespaces)
         self.latency = LatencyHistogram()  # publish-to-write, sampled
         self.countdown = 1  # publications until the next latency sample
-        self.rolled_at = time.monotonic()
 
     def sample(self, pub: Publication) -> None:
         """Measure ``pub``'s publish-to-write latency once the loop has written what this
@@ -73,10 +71,8 @@ class Stats:
     def _observe(self, published: float) -> None:
         self.latency.observe(time.time() - published)
 
-    def roll(self, now: float) -> None:
-        """Once a second (the hub's tick): rates of the last interval; sample the next one."""
-        self.activity.roll(now - self.rolled_at)
-        self.rolled_at = now
+    def roll(self) -> None:
+        """Once a second (the hub's tick): sample the next interval's first publication."""
         self.countdown = 1
 
 

@@ -1,8 +1,10 @@
 """This node's figures, announced to the others through the engine, and the cluster's view.
 
-Once a second the :class:`NodeReporter` builds this node's record (id, version, address,
-uptime, connections by transport, deliveries and publications per second, its busiest
-channels), stores it in the engine's node directory — timing that round trip, which is the
+Once a second the :class:`NodeReporter` passes over this node's channels, a slice per loop
+iteration (their rates and namespace totals, see :mod:`clarion.core.rates`, and the busiest of
+them), builds this node's record (id, version, address, uptime, connections by transport,
+deliveries and publications per second, its busiest channels), stores it in the engine's node
+directory — timing that round trip, which is the
 engine latency ``/metrics`` reports — and, with ``admin = true``, publishes a sample of the
 figures the admin page charts on :data:`~clarion.core.operator.METRICS_CHANNEL`.
 
@@ -42,6 +44,8 @@ GONE_AFTER = 3 * INTERVAL + 2.0  # a record this old means the node stopped anno
 # Channels a record lists: the busiest by subscribers, and the busiest by publication rate.
 TOP_BY_SUBSCRIBERS = 1000
 TOP_BY_RATE = 100
+# Channels looked at per loop iteration in the pass over them: about a millisecond each.
+SLICE = 1000
 TRANSPORTS = ("ws", "sse", "poll", "stomp")
 
 
@@ -66,6 +70,9 @@ class NodeReporter:
         self._last: tuple[float, int, int, int, int] | None = None
         self.rates = {"deliveries": 0.0, "publications": 0.0, "resets": 0.0, "slow": 0.0}
         self._task: asyncio.Task[None] | None = None
+        self._surveyed_at = time.monotonic()
+        # The busiest channels at the last pass: [name, subscribers, publications/s].
+        self.busiest: list[list[Any]] = []
 
     @property
     def node(self) -> str:
@@ -106,6 +113,7 @@ class NodeReporter:
     async def report(self) -> None:
         """One round: rates, the record announced (timed), the metrics sample published."""
         self._roll_rates()
+        await self.survey()
         record = self.record()
         started = time.perf_counter()
         await self.directory.announce(record)
@@ -133,6 +141,46 @@ class NodeReporter:
                 self.rates[name] = round((is_ - was) / seconds, 2)
         self._last = (now, *figures)
 
+    async def survey(self) -> None:
+        """One pass over this node's channels, :data:`SLICE` per loop iteration: each one's
+        rate and its namespace's totals (``Activity.fold``), and the busiest of them."""
+        hub = self.hub
+        activity = hub.stats.activity
+        now = time.monotonic()
+        seconds = max(now - self._surveyed_at, 1e-3)
+        self._surveyed_at = now
+        channels = list(hub.local_channels.local.values())
+        # The busiest so far, each a heap whose smallest is first: most channels are not
+        # among them, and one comparison says so.
+        by_subscribers: list[tuple[int, str]] = []
+        by_rate: list[tuple[float, str]] = []
+        top_subscribers, top_rate = TOP_BY_SUBSCRIBERS, TOP_BY_RATE
+        fold = activity.fold
+        for start in range(0, len(channels), SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for local in channels[start : start + SLICE]:
+                fold(local, seconds)
+                count, rate = len(local), local.rate
+                if len(by_subscribers) < top_subscribers:
+                    heapq.heappush(by_subscribers, (count, local.name))
+                elif top_subscribers and count > by_subscribers[0][0]:
+                    heapq.heapreplace(by_subscribers, (count, local.name))
+                if rate <= 0:
+                    continue
+                if len(by_rate) < top_rate:
+                    heapq.heappush(by_rate, (rate, local.name))
+                elif top_rate and rate > by_rate[0][0]:
+                    heapq.heapreplace(by_rate, (rate, local.name))
+        now_held = hub.local_channels.local
+        busiest = {name for _, name in by_subscribers}
+        busiest.update(name for _, name in by_rate)
+        self.busiest = [
+            [name, len(now_held[name]), round(now_held[name].rate, 2)]
+            for name in busiest
+            if name in now_held  # gone meanwhile
+        ]
+
     # ---- this node ----------------------------------------------------------------------------
 
     def connections(self) -> tuple[dict[str, int], int]:
@@ -146,15 +194,6 @@ class NodeReporter:
         """This node as the others see it."""
         hub = self.hub
         connections, operators = self.connections()
-        subscribers = hub.channels()
-        rates = hub.stats.activity.channel_rates
-        busiest = set(heapq.nlargest(TOP_BY_SUBSCRIBERS, subscribers, key=subscribers.__getitem__))
-        busiest.update(heapq.nlargest(TOP_BY_RATE, rates, key=lambda c: rates[c][0]))
-        channels = [
-            [name, subscribers.get(name, 0), round(rates.get(name, (0.0, 0.0))[0], 2)]
-            for name in busiest
-            if name in subscribers
-        ]
         return {
             "id": self.node,
             "version": _version(),
@@ -164,10 +203,10 @@ class NodeReporter:
             "started": round(self.started, 3),
             "connections": connections,
             "operators": operators,
-            "channels_total": len(subscribers),
+            "channels_total": len(hub.local_channels.local),
             "deliveries_per_second": self.rates["deliveries"],
             "publications_per_second": self.rates["publications"],
-            "channels": channels,
+            "channels": self.busiest,
         }
 
     def sample(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -222,17 +261,14 @@ class NodeReporter:
         whether the list is complete (each node announces its busiest ones only)."""
         now = time.time()
         mine = self.record()
-        subscribers = self.hub.channels()
-        rates = self.hub.stats.activity.channel_rates
         merged: dict[str, dict[str, Any]] = {}
         complete = True
         if node is None or node == self.node:
-            for name, count in subscribers.items():
-                rate = round(rates.get(name, (0.0, 0.0))[0], 2)
+            for name, local in self.hub.local_channels.local.items():
                 merged[name] = {
                     "channel": name,
-                    "subscribers": count,
-                    "publication_rate": rate,
+                    "subscribers": len(local),
+                    "publication_rate": round(local.rate, 2),
                     "nodes": [self.node],
                 }
         if node != self.node:

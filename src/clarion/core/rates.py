@@ -1,9 +1,13 @@
-"""Figures over time: per-channel activity rolled into rates each second, and a latency histogram.
+"""Figures over time: per-channel activity turned into rates and namespace totals, and a latency
+histogram.
 
-The hot path only adds to plain integers (:meth:`Activity.count`); once a second the hub's tick
-rolls them into last-second rates per channel and into running totals per namespace
-(:meth:`Activity.roll`), so the per-channel table never outgrows the channels that were busy in
-the last second.
+The hot path only adds to two integers on the channel itself (a
+:class:`~clarion.core.fanout.LocalChannel`'s ``published`` and ``delivered``). Once a second the
+node's reporter passes over the channels, a slice per loop iteration, and :meth:`Activity.fold`
+turns each one's counts since the last pass into its rate and adds them to its namespace's
+totals; a channel that goes is folded as it goes (:meth:`Activity.retire`), so nothing it counted
+is lost. No step is proportional to the number of channels: with a hundred thousand rooms, a
+pass over all of them at once would stop the loop for a tenth of a second every second.
 """
 
 from __future__ import annotations
@@ -11,8 +15,12 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Container
+from typing import TYPE_CHECKING
 
 from clarion.protocol.channels import DEFAULT_NAMESPACE, namespace_of
+
+if TYPE_CHECKING:
+    from clarion.core.fanout import LocalChannel
 
 # Upper bounds (seconds) of the latency buckets: loopback fan-out sits in the first few, a
 # cross-node hop in the middle, a saturated node at the end.
@@ -73,38 +81,35 @@ class LatencyHistogram:
 
 
 class Activity:
-    """Publications and deliveries per channel this second; totals per namespace for good."""
+    """Totals per namespace, since start, of what the channels counted (see above)."""
 
-    __slots__ = ("channel_rates", "current", "deliveries", "namespaces", "publications")
+    __slots__ = ("deliveries", "namespaces", "publications")
 
     def __init__(self, namespaces: Container[str] = ()) -> None:
         # The configured namespaces: any other prefix counts under the default one, whose
         # options it takes, so the totals (and the metrics' labels) stay as many as the config.
         self.namespaces = namespaces
-        self.current: dict[str, list[int]] = {}  # channel -> [publications, deliveries]
-        # The last full interval's rates: channel -> (publications/s, deliveries/s).
-        self.channel_rates: dict[str, tuple[float, float]] = {}
         self.publications: Counter[str] = Counter()  # by namespace, since start
         self.deliveries: Counter[str] = Counter()
 
-    def count(self, channel: str, deliveries: int) -> None:
-        entry = self.current.get(channel)
-        if entry is None:
-            self.current[channel] = [1, deliveries]
-        else:
-            entry[0] += 1
-            entry[1] += deliveries
+    def namespace(self, channel: str) -> str:
+        """The namespace ``channel`` counts under: asked once, when its local state is made."""
+        namespace = namespace_of(channel)
+        return namespace if namespace in self.namespaces else DEFAULT_NAMESPACE
 
-    def roll(self, seconds: float) -> None:
-        """Close the interval of ``seconds``: rates per channel, totals per namespace."""
-        current, self.current = self.current, {}
-        seconds = max(seconds, 1e-3)
-        rates = {}
-        for channel, (pubs, delivered) in current.items():
-            namespace = namespace_of(channel)
-            if namespace not in self.namespaces:
-                namespace = DEFAULT_NAMESPACE
-            self.publications[namespace] += pubs
-            self.deliveries[namespace] += delivered
-            rates[channel] = (pubs / seconds, delivered / seconds)
-        self.channel_rates = rates
+    def fold(self, local: LocalChannel, seconds: float) -> None:
+        """``local``'s publications per second over the last ``seconds``; what it counted
+        meanwhile goes to its namespace's totals."""
+        published = local.published
+        pubs = published - local.folded_published
+        local.rate = pubs / seconds
+        if pubs:
+            delivered = local.delivered
+            self.publications[local.namespace] += pubs
+            self.deliveries[local.namespace] += delivered - local.folded_delivered
+            local.folded_published = published
+            local.folded_delivered = delivered
+
+    def retire(self, local: LocalChannel) -> None:
+        """``local`` goes: what it counted since the last pass is kept."""
+        self.fold(local, 1.0)

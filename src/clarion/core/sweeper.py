@@ -71,7 +71,7 @@ class Sweeper:
         while True:
             await asyncio.sleep(TICK)
             try:
-                self.hub.stats.roll(time.monotonic())
+                self.hub.stats.roll()
                 self.tick(time.monotonic())
             except Exception:
                 log.exception("session sweep failed")

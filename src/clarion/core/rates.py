@@ -6,8 +6,9 @@ The hot path only adds to two integers on the channel itself (a
 node's reporter passes over the channels, a slice per loop iteration, and :meth:`Activity.fold`
 turns each one's counts since the last pass into its rate and adds them to its namespace's
 totals; a channel that goes is folded as it goes (:meth:`Activity.retire`), so nothing it counted
-is lost. No step is proportional to the number of channels: with a hundred thousand rooms, a
-pass over all of them at once would stop the loop for a tenth of a second every second.
+is lost. Nothing holds the loop for all the channels at once (but the copy of their list that
+starts a pass): with a hundred thousand rooms, one step over all of them stopped it for a tenth
+of a second every second.
 """
 
 from __future__ import annotations

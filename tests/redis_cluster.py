@@ -156,11 +156,11 @@ class RedisCluster(Servers):
         for port in self.ports:
             if port not in self.processes:
                 continue
-            fields = dict(
-                line.split(":", 1)
-                for line in command(port, "INFO", "replication").splitlines()
-                if ":" in line
-            )
+            try:
+                info = command(port, "INFO", "replication")
+            except subprocess.TimeoutExpired:
+                info = "role:no answer"
+            fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
             keys = ("role", "master_port", "master_link_status", "master_sync_in_progress")
             lines.append(f"{port}: " + " ".join(f"{k}={fields.get(k)}" for k in keys))
             try:

@@ -172,7 +172,8 @@ async def test_latest_on_sse_poll_and_stomp(nodes: Callable[..., Any]) -> None:
         await client.send(
             "SUBSCRIBE", id="s", destination="/topic/feed:t", receipt="r", **{"x-latest": "true"}
         )
-        await client.expect("RECEIPT")
+        # It starts just before the newest, which comes next.
+        assert (await client.expect("RECEIPT")).headers["x-cursor"] == pubs[3]["cursor"]
         message = await client.expect("MESSAGE")
         assert message.json() == {"n": 5}
         await writer.publish("feed:t", {"n": 6})
@@ -182,9 +183,14 @@ async def test_latest_on_sse_poll_and_stomp(nodes: Callable[..., Any]) -> None:
 async def test_latest_in_the_python_client(nodes: Callable[..., Any]) -> None:
     writer: RunningHub = await nodes(**SETTINGS)
     reader: RunningHub = await nodes(**SETTINGS)
-    await publish_n(writer, "feed:c", 2)
+    pubs = await publish_n(writer, "feed:c", 2)
     for transport in ("ws", "sse", "poll"):
         async with connect(reader.http_url, transport=transport) as client:
             sub = client.subscribe("feed:c", latest=True)
+            if transport == "ws":
+                # Confirmed, nothing read yet: it stands just before the newest, so a
+                # reconnect now asks for it again.
+                await asyncio.wait_for(sub.ready(), timeout(10))
+                assert sub.cursor == pubs[0]["cursor"]
             first = await asyncio.wait_for(anext(aiter(sub)), timeout(10))
             assert first.data == {"n": 2}, transport

@@ -408,9 +408,8 @@ class StompConnection(Handler):
         since = event.since
 
         def ready(result: SubscribeResult) -> None:
-            start = since if since is not None and result.recovered else result.position
-            sub.start(start)
-            cursor = Cursor.single(sub.channel, start).encode()
+            sub.start(result.start)
+            cursor = Cursor.single(sub.channel, result.start).encode()
             self._reply(event.receipt, ("x-cursor", cursor))
 
         try:

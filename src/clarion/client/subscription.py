@@ -150,12 +150,13 @@ class Feed:
             self._writable.clear()
             await self._writable.wait()
 
-    def confirmed(self, cursor: str | None) -> None:
-        """The hub confirmed the subscription; ``cursor`` is the stream's position at that time."""
+    def confirmed(self, cursor: str | None, *, start: bool = False) -> None:
+        """The hub confirmed the subscription; ``cursor`` is the stream's position at that time,
+        or with ``start`` where the feed stands before what follows (the hub said so)."""
         self.live = True
         if self.resume_cursor is None and cursor is not None:
             self.advance(cursor)
-            if self.latest and self.position is not None:
+            if self.latest and not start and self.position is not None:
                 # The newest stored publication sits at the confirmed position itself and is
                 # still to come: it must not pass for a duplicate.
                 self.position = StreamPosition(self.position.epoch, self.position.offset - 1)

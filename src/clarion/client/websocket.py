@@ -451,8 +451,14 @@ class WebSocketLink:
                 del self.feeds[feed.channel]
                 feed.finish(RequestFailed.from_wire(error))
                 return
-            cursor = (reply.ok or {}).get("cursor")
-            feed.confirmed(cursor if isinstance(cursor, str) else None)
+            ok = reply.ok or {}
+            since, cursor = ok.get("since"), ok.get("cursor")
+            if isinstance(since, str):
+                # Older publications follow (``latest``): it stands before them until they
+                # come, so a reconnect in between asks for them again.
+                feed.confirmed(since, start=True)
+            else:
+                feed.confirmed(cursor if isinstance(cursor, str) else None)
 
         self._pending[rid] = on_reply
         since = feed.resume_cursor

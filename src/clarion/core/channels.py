@@ -219,7 +219,7 @@ class LocalChannels:
                 # After the reset the channel goes on live from its next publication; without a
                 # position to compare with, that one is not taken for another gap.
                 local.position = history.position if history is not None else None
-            else:
+            elif self.local.get(channel) is local:  # not released while it read
                 position = since
                 for pub in history.publications:
                     if pub.offset > position.offset:

@@ -2,11 +2,11 @@
 
 Once a second the :class:`NodeReporter` passes over this node's channels, a slice per loop
 iteration (their rates and namespace totals, see :mod:`clarion.core.rates`, and the busiest of
-them), builds this node's record (id, version, address, uptime, connections by transport,
-deliveries and publications per second, its busiest channels), stores it in the engine's node
-directory — timing that round trip, which is the engine latency ``/metrics`` reports — and,
-with ``admin = true``, publishes a sample of the figures the admin page charts on
-:data:`~clarion.core.operator.METRICS_CHANNEL`.
+them); and, apart from that pass, builds this node's record (id, version, address, uptime,
+connections by transport, deliveries and publications per second, its busiest channels),
+stores it in the engine's node directory — timing that round trip, which is the engine latency
+``/metrics`` reports — and, with ``admin = true``, publishes a sample of the figures the admin
+page charts on :data:`~clarion.core.operator.METRICS_CHANNEL`.
 
 A node is ``up`` while its last record is younger than :data:`GONE_AFTER`, then ``gone``
 until the directory forgets it.
@@ -70,6 +70,7 @@ class NodeReporter:
         self._last: tuple[float, int, int, int, int] | None = None
         self.rates = {"deliveries": 0.0, "publications": 0.0, "resets": 0.0, "slow": 0.0}
         self._task: asyncio.Task[None] | None = None
+        self._surveyor: asyncio.Task[None] | None = None
         self._surveyed_at = time.monotonic()
         # The busiest channels at the last pass: [name, subscribers, publications/s].
         self.busiest: list[list[Any]] = []
@@ -83,14 +84,17 @@ class NodeReporter:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="clarion-node-reporter")
+            # Apart from the announce: the figures move on while the engine does not answer.
+            self._surveyor = asyncio.create_task(self._survey_forever(), name="clarion-survey")
 
     async def close(self) -> None:
         task, self._task = self._task, None
+        surveyor, self._surveyor = self._surveyor, None
         if task is None:
             return
         # Bounded, re-cancelling: a report goes through the engine, which may lose a cancel
         # (see clarion.tasks).
-        await stop([task])
+        await stop([task] if surveyor is None else [task, surveyor])
         with contextlib.suppress(ClarionError, OSError):
             await self.directory.withdraw()
         await self.directory.close()
@@ -110,10 +114,17 @@ class NodeReporter:
                 log.exception("node report failed")
             await asyncio.sleep(INTERVAL)
 
+    async def _survey_forever(self) -> None:
+        while True:
+            try:
+                await self.survey()
+            except Exception:
+                log.exception("the pass over this node's channels failed")
+            await asyncio.sleep(INTERVAL)
+
     async def report(self) -> None:
         """One round: rates, the record announced (timed), the metrics sample published."""
         self._roll_rates()
-        await self.survey()
         record = self.record()
         started = time.perf_counter()
         await self.directory.announce(record)

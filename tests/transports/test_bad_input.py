@@ -93,6 +93,9 @@ async def test_foreign_epoch_is_not_malformed(hub: RunningHub, path: str) -> Non
         ({"channel": "a", "latest": ["1", "0"]}, "bad_request"),
         ({"channel": "a", "latest": ["a", "b"]}, "bad_request"),  # only channels of the request
         ({"channel": "a", "cursor": ["x", "y"]}, "bad_cursor"),  # several merge: each is read
+        # The WebSocket op's name for a cursor: taken here, it would start from now unsaid.
+        ({"channel": "a", "since": "x"}, "bad_request"),
+        ({"channel": "a", "cursor": "x", "since": "x"}, "bad_request"),
     ],
 )
 async def test_bad_channels(hub_factory: Any, path: str, params: dict[str, Any], code: str) -> None:

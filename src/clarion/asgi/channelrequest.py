@@ -110,6 +110,10 @@ def about(channel: str) -> Iterator[None]:
 
 def channel_request(hub: Hub, scope: Scope, params: Params, tokens: list[str]) -> ChannelRequest:
     """Validate a request; raises a :class:`ClarionError` before anything is sent."""
+    if "since" in params:
+        # The WebSocket op's and the history API's name: ignored here, the stream would start
+        # from now, and the client would not be told it did not resume.
+        raise BadRequest("/sse and /poll resume from cursor=, not since=")
     channels = read_channels(hub, params)
     credentials = access.credentials_for(hub, scope)
     for channel in channels:

@@ -405,7 +405,6 @@ class StompConnection(Handler):
                 raise
             return
         fmt = self.wire.formats[(self.stomp.escaped, sub.needs_ack)]
-        since = event.since
 
         def ready(result: SubscribeResult) -> None:
             sub.start(result.start)
@@ -417,7 +416,7 @@ class StompConnection(Handler):
                 sub.channel,
                 fmt,
                 self.wire.push_for(sub.prefix),
-                since=since,
+                since=event.since,
                 latest=event.latest,
                 on_ready=ready,
             )

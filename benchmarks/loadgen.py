@@ -99,6 +99,8 @@ class LoadConfig:
     # rate mode: subscribers that do not sample latency read their sockets every this many
     # seconds instead of on each arrival (0: on arrival). See LazyReader.
     read_every: float = 0.0
+    # clarion: publications per request, through POST /api/publish_batch (1: POST /api/publish)
+    batch: int = 1
 
     def validate(self) -> None:
         if self.server not in SERVERS:
@@ -119,6 +121,10 @@ class LoadConfig:
             raise ValueError("storm mode uses one channel")
         if self.read_every < 0 or (self.read_every and self.mode != "rate"):
             raise ValueError("read_every: rate mode only (saturation counts every delivery)")
+        if self.batch < 1 or (
+            self.batch > 1 and (self.server, self.mode) != ("clarion", "saturate")
+        ):
+            raise ValueError("batch: clarion at saturation only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -717,6 +723,7 @@ class Publisher(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.body = bytearray()
         self.busy = False
+        self.carries = 0  # publications in the request under way
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -1146,14 +1153,30 @@ class LoadGen:
         if not self.idle_pubs:
             return False
         pub = self.idle_pubs.popleft()
-        self.seq += 1
-        channel = channel_name(self.seq, self.cfg.channels)
-        pub.post(self.ep.pub_path(channel), self._body(channel))
-        self.sent += 1
+        batch = self.cfg.batch
+        if batch > 1:
+            items = []
+            for _ in range(batch):
+                self.seq += 1
+                items.append(self._body(channel_name(self.seq, self.cfg.channels)))
+            pub.post("/api/publish_batch", b'{"publications":[%s]}' % b",".join(items))
+        else:
+            self.seq += 1
+            channel = channel_name(self.seq, self.cfg.channels)
+            pub.post(self.ep.pub_path(channel), self._body(channel))
+        pub.carries = batch
+        self.sent += batch
         return True
 
     def _pub_done(self, pub: Publisher, status: int, body: bytes) -> None:
-        if 200 <= status < 300:
+        if 200 <= status < 300 and pub.carries > 1:
+            # A batch: each publication answered on its own.
+            refused = body.count(b'{"error":')
+            self.acked += pub.carries - refused
+            self.pub_errors += refused
+            if refused:
+                self.st.error("publish_refused_in_batch")
+        elif 200 <= status < 300:
             self.acked += 1
             if self.cfg.mode == "storm" and body:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -1582,6 +1605,12 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         "many seconds, not on each arrival (0: on arrival)",
     )
     p.add_argument(
+        "--batch",
+        type=int,
+        default=defaults.batch,
+        help="clarion at saturation: publications per request (POST /api/publish_batch)",
+    )
+    p.add_argument(
         "--storm-mark",
         default=defaults.storm_mark,
         help="storm: append 'drop <hub pids>' to this file at the drop, 'caught' at the end",
@@ -1612,6 +1641,7 @@ def parse_args(argv: list[str] | None = None) -> LoadConfig:
         connect_concurrency=a.connect_concurrency,
         storm_mark=a.storm_mark,
         read_every=a.read_every,
+        batch=a.batch,
     )
 
 

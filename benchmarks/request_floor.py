@@ -18,7 +18,9 @@ three::
     .venv/bin/python -m benchmarks.request_floor --seconds 5 --rounds 3
 
 ``--baseline <tree>/src`` adds clarion from another tree (``git archive <rev> src | tar -x``,
-with the built ``_fastloop`` copied in), measured in the same rounds.
+with the built ``_fastloop`` copied in), measured in the same rounds. ``--batch 10,100`` adds
+clarion answering ``POST /api/publish_batch`` with that many publications per request, each to a
+channel of its own; its figures are per publication, not per request.
 
 Needs ``wrk`` and nginx with nchan (``bash benchmarks/setup.sh``).
 """
@@ -42,6 +44,13 @@ from benchmarks.servers import Server, ServerError, free_port, start_server
 
 PAYLOAD = b'{"user":"ann","text":"hello there, how is it going today? fine"}'
 CLARION_BODY = b'{"channel":"room-7","data":%s}' % PAYLOAD
+
+
+def batch_body(n: int) -> bytes:
+    """``n`` publications of the payload, each to a channel of its own."""
+    items = b",".join(b'{"channel":"room-%d","data":%s}' % (k, PAYLOAD) for k in range(n))
+    return b'{"publications":[%s]}' % items
+
 
 # The floor's one reply: clarion's, with the same headers and a body of the same size.
 _BODY = b'{"offset":1,"epoch":"86e90384824a","cursor":"AQECxMiz7vMbrgw4NmU5MDM4NDgyNGEBeAocJQ"}'
@@ -105,8 +114,11 @@ def start_floor(workroot: Path) -> Server:
     raise ServerError(f"the floor server did not start: {server.log_tail()}")
 
 
-def drive(server: Server, path: str, body: bytes, seconds: float, script: Path) -> dict[str, float]:
-    """``wrk`` against ``server`` for ``seconds`` (after a 2 s warm-up); µs of CPU per request."""
+def drive(
+    server: Server, path: str, body: bytes, seconds: float, script: Path, per_request: int = 1
+) -> dict[str, float]:
+    """``wrk`` against ``server`` for ``seconds`` (after a 2 s warm-up); µs of CPU per
+    publication (``per_request`` of them in each request)."""
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = '{body.decode()}'\n"
@@ -123,10 +135,10 @@ def drive(server: Server, path: str, body: bytes, seconds: float, script: Path) 
     found = re.search(r"(\d+) requests in", text)
     if found is None or "Non-2xx" in text:
         raise ServerError(f"{server.name}: wrk did not get plain answers:\n{text}")
-    requests = int(found.group(1))
-    per = 1e6 / requests
+    publications = int(found.group(1)) * per_request
+    per = 1e6 / publications
     return {
-        "requests_per_s": requests / seconds,
+        "per_s": publications / seconds,
         "user_us": (after[0] - before[0]) * per,
         "kernel_us": (after[1] - before[1]) * per,
     }
@@ -141,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SRC",
         help="also measure clarion from another tree's src (PYTHONPATH), as 'baseline'",
     )
+    p.add_argument(
+        "--batch",
+        default="",
+        metavar="N,N",
+        help="also clarion's POST /api/publish_batch with N publications per request",
+    )
     p.add_argument("--floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.floor is not None:
@@ -153,29 +171,42 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="clarion-floor-") as tmp:
         root = Path(tmp)
         # Started one by one inside the try: one that fails to start leaves none running.
-        servers: dict[str, tuple[Server, str, bytes]] = {}
+        started: list[Server] = []
+        # Each row: its server, path, body and publications per request.
+        rows: dict[str, tuple[Server, str, bytes, int]] = {}
         results: dict[str, list[dict[str, float]]] = {}
         try:
-            servers["nchan"] = (start_server("nchan", "ws", root), "/pub?id=room-7", PAYLOAD)
-            servers["clarion"] = (start_server("clarion", "ws", root), "/api/publish", CLARION_BODY)
-            servers["floor"] = (start_floor(root), "/api/publish", CLARION_BODY)
+            started.append(start_server("nchan", "ws", root))
+            rows["nchan"] = (started[-1], "/pub?id=room-7", PAYLOAD, 1)
+            started.append(clarion := start_server("clarion", "ws", root))
+            rows["clarion"] = (clarion, "/api/publish", CLARION_BODY, 1)
+            for n in (int(n) for n in a.batch.split(",") if n):
+                rows[f"clarion, {n} per request"] = (
+                    clarion,
+                    "/api/publish_batch",
+                    batch_body(n),
+                    n,
+                )
+            started.append(start_floor(root))
+            rows["floor"] = (started[-1], "/api/publish", CLARION_BODY, 1)
             if a.baseline:
-                other = start_server("clarion", "ws", root, env_extra={"PYTHONPATH": a.baseline})
-                servers["baseline"] = (other, "/api/publish", CLARION_BODY)
+                env = {"PYTHONPATH": a.baseline}
+                started.append(start_server("clarion", "ws", root, env_extra=env))
+                rows["baseline"] = (started[-1], "/api/publish", CLARION_BODY, 1)
             for _ in range(a.rounds):
-                for name, (server, path, body) in servers.items():
-                    run = drive(server, path, body, a.seconds, root / "post.lua")
+                for name, (server, path, body, n) in rows.items():
+                    run = drive(server, path, body, a.seconds, root / "post.lua", n)
                     results.setdefault(name, []).append(run)
         finally:
-            for server, _, _ in servers.values():
+            for server in started:
                 server.stop()
-    print("| server | requests/s | user µs per request | kernel µs | CPU µs per request |")
+    print("| server | publications/s | user µs each | kernel µs | CPU µs per publication |")
     print("|---|---:|---:|---:|---:|")
     for name, runs in results.items():
         user = statistics.median(r["user_us"] for r in runs)
         kernel = statistics.median(r["kernel_us"] for r in runs)
         total = statistics.median(r["user_us"] + r["kernel_us"] for r in runs)
-        rate = statistics.median(r["requests_per_s"] for r in runs)
+        rate = statistics.median(r["per_s"] for r in runs)
         print(f"| {name} | {rate:,.0f} | {user:.1f} | {kernel:.1f} | {total:.1f} |")
     print(f"\n(medians of {a.rounds} rounds of {a.seconds:g} s each)")
     return 0

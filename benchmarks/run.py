@@ -343,8 +343,11 @@ def p7_section(records: list[Record], args: dict[str, Any]) -> list[str]:
         "| µs of server CPU per publication | generator CPU | exact | flags |",
         "|---|---:|---:|---:|---:|---:|---|---|",
     ]
-    for server in ALL_SERVERS:
-        rec = find(records, "p7-publish", server)
+    rows = [(server, find(records, "p7-publish", server)) for server in ALL_SERVERS]
+    batched = find(records, "p7-batch", "clarion")
+    if batched:
+        rows.append((f"clarion, {args['p7_batch']} per request", batched))
+    for server, rec in rows:
         if not rec:
             continue
         r = rec.get("result", {})
@@ -365,6 +368,13 @@ def p7_section(records: list[Record], args: dict[str, Any]) -> list[str]:
             f"clarion/nchan publications/s: {ratio(c.get(key), n.get(key))}, "
             f"per server CPU-s: {ratio(c.get(cpu), n.get(cpu))} (higher is better).",
         ]
+        b = batched.get("result", {})
+        if b:
+            out.append(
+                f"With {args['p7_batch']} publications per request, clarion/nchan "
+                f"publications/s: {ratio(b.get(key), n.get(key))}, per server CPU-s: "
+                f"{ratio(b.get(cpu), n.get(cpu))}."
+            )
     return [*out, ""]
 
 
@@ -864,6 +874,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--p7-publishers", type=int, default=64, help="p7: publisher connections (one in flight)"
     )
+    p.add_argument(
+        "--p7-batch",
+        type=int,
+        default=0,
+        help="p7: also clarion's publish path with this many publications per request "
+        "(POST /api/publish_batch)",
+    )
     p.add_argument("--out", default=str(REPO / "BENCHMARKS.md"), help="'-' to skip")
     p.add_argument("--plot", default=str(HERE / "img" / "fanout.png"))
     p.add_argument("--results-dir", default=str(HERE / "results"))
@@ -961,6 +978,12 @@ def main(argv: list[str] | None = None) -> int:
                 args = dict(common, mode="saturate", subscribers=a.p7_channels, sample=a.sample)
                 args.update(channels=a.p7_channels, window=a.p7_publishers)
                 plan.append(("p7-publish", server, "ws", args))
+            if a.p7_batch > 1 and "clarion" in active:
+                # The same publishers, each request carrying p7_batch publications.
+                args = dict(common, mode="saturate", subscribers=a.p7_channels, sample=a.sample)
+                args.update(channels=a.p7_channels, publishers=a.p7_publishers)
+                args.update(window=a.p7_publishers * a.p7_batch, batch=a.p7_batch)
+                plan.append(("p7-batch", "clarion", "ws", args))
         elif scenario == "p5" and "clarion" in active:
             args = dict(common, mode="storm", subscribers=a.p5_clients, rate=a.p5_rate)
             args.update(sample=0, duration=3.0, connect_concurrency=a.p5_window)

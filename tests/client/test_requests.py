@@ -99,6 +99,33 @@ async def test_api_key_publishes_over_http_without_a_websocket(hub_factory: Any)
         assert caught.value.status == 401 and caught.value.code == "unauthorized"
 
 
+async def test_publish_batch_answers_each_in_order(hub_factory: Any) -> None:
+    hub: RunningHub = await hub_factory(
+        api_key="backend-key", namespaces={"chat": {"anonymous": True}}
+    )
+    async with (
+        connect(hub.http_url, api_key="backend-key", transport="ws") as client,
+        client.subscribe("chat:lobby") as sub,
+    ):
+        results = await client.publish_batch(
+            [
+                {"channel": "chat:lobby", "data": 1, "id": "one"},
+                {"channel": "chat:no such", "data": 2},
+                {"channel": "chat:lobby", "data": 3},
+            ]
+        )
+        first, refused, last = results
+        assert isinstance(first, Published) and isinstance(last, Published)
+        assert (first.channel, first.offset, last.offset) == ("chat:lobby", 1, 2)
+        assert last.cursor is not None and last.cursor != first.cursor
+        assert isinstance(refused, RequestFailed) and refused.code == "bad_channel"
+        assert [(await next_message(sub)).data for _ in range(2)] == [1, 3]
+    async with connect(hub.http_url, api_key="wrong", transport="ws") as client:
+        with pytest.raises(RequestFailed) as caught:
+            await client.publish_batch([{"channel": "chat:lobby", "data": 4}])
+        assert caught.value.status == 401 and caught.value.code == "unauthorized"
+
+
 async def test_closed_client_refuses_requests(hub: RunningHub) -> None:
     client = connect(hub.http_url, transport="ws")
     with pytest.raises(ClientClosed):

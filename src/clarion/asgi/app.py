@@ -18,7 +18,7 @@ from clarion.asgi.clientapi import ClientEndpoint
 from clarion.asgi.info import InfoAPI
 from clarion.asgi.openapi import document
 from clarion.asgi.poll import PollEndpoint
-from clarion.asgi.publish import PublishEndpoint
+from clarion.asgi.publish import BatchEndpoint, PublishEndpoint
 from clarion.asgi.responses import (
     EXCEPTION_HANDLERS,
     JSONResponse,
@@ -65,19 +65,26 @@ class App:
     API skips them too: they were a tenth of its cost, and the endpoint answers every error
     itself. Everything else is routed by Starlette (``self.router``).
 
-    On clarion's own server, ``POST /api/publish`` is a direct route (``direct_routes``): the
-    server hands the endpoint a request whose body is in without making it an ASGI request.
+    On clarion's own server, ``POST /api/publish`` and ``POST /api/publish_batch`` are direct
+    routes (``direct_routes``): the server hands the endpoint a request whose body is in without
+    making it an ASGI request.
     """
 
     def __init__(
-        self, router: Starlette, websockets: dict[str, Any], publish: PublishEndpoint | None = None
+        self,
+        router: Starlette,
+        websockets: dict[str, Any],
+        publish: PublishEndpoint | None = None,
+        batch: BatchEndpoint | None = None,
     ) -> None:
         self.router = router
         self.websockets = websockets
         self.publish = publish
-        self.direct_routes: dict[bytes, DirectRoute] = (
-            {} if publish is None else {b"/api/publish": publish}
-        )
+        self.direct_routes: dict[bytes, DirectRoute] = {}
+        if publish is not None:
+            self.direct_routes[b"/api/publish"] = publish
+        if batch is not None:
+            self.direct_routes[b"/api/publish_batch"] = batch
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -164,8 +171,10 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
 
     websockets: dict[str, Any] = {"/ws": ClarionWebSocket(hub), "/stomp": StompEndpoint(hub)}
     publish = PublishEndpoint(hub)
+    batch = BatchEndpoint(hub)
     routes: list[BaseRoute] = [
         Route("/api/publish", publish, methods=["POST"]),
+        Route("/api/publish_batch", batch, methods=["POST"]),
         Route("/api/broadcast", api.broadcast, methods=["POST"]),
         Route("/api/history", api.history, methods=["GET"]),
         Route("/api/presence", api.presence, methods=["GET"]),
@@ -200,4 +209,4 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
     # "/api/history/" is not "/api/history": no redirect, one spelling per route.
     router.router.redirect_slashes = False
     router.router.default = _unrouted(router.router.default)
-    return App(router, websockets, publish)
+    return App(router, websockets, publish, batch)

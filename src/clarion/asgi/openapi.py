@@ -1,10 +1,14 @@
-"""The OpenAPI 3.1 document of the server API, served at ``/api/openapi.json``."""
+"""The OpenAPI 3.1 document of the server API, served at ``/api/openapi.json``.
+
+Long on purpose: it is one literal document, every route of the API and its schemas in one place.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from clarion import __version__
+from clarion.asgi.publish import MAX_BATCH
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _CHANNEL = {"type": "string", "pattern": "^[A-Za-z0-9_.:@/=,+-]{1,255}$"}
@@ -104,6 +108,33 @@ _TOKEN = _query("token", False, {"type": "string"}, "connection token (or Author
 
 _ERRORS = {"400": _ERROR, "401": _ERROR, "413": _ERROR, "503": _ERROR}
 _OBJECT = {"type": "object"}
+_PUBLICATION = {
+    "type": "object",
+    "required": ["channel", "data"],
+    "properties": {
+        "channel": _CHANNEL,
+        "data": {},
+        "id": {"type": "string", "description": "idempotency key"},
+        "ephemeral": {
+            "type": "boolean",
+            "description": "a live signal: delivered to live subscribers, never stored, no offset",
+        },
+        "key": {
+            "type": "string",
+            "description": "an ephemeral publication's key: a backlogged subscriber keeps the "
+            "latest per key",
+        },
+    },
+}
+_PUBLISHED = {
+    "type": "object",
+    "properties": {
+        "offset": {"type": "integer"},
+        "epoch": {"type": "string"},
+        "cursor": {"type": "string"},
+        "ephemeral": {"type": "boolean"},
+    },
+}
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
@@ -259,34 +290,39 @@ def document() -> dict[str, Any]:
         "security": [{"apikey": []}],
         "paths": {
             "/api/publish": {
+                "post": _op("Publish to one channel", body=_PUBLICATION, reply=_PUBLISHED)
+            },
+            "/api/publish_batch": {
                 "post": _op(
-                    "Publish to one channel",
+                    "Publish several, each as /api/publish would, answered in order",
                     body={
                         "type": "object",
-                        "required": ["channel", "data"],
+                        "required": ["publications"],
                         "properties": {
-                            "channel": _CHANNEL,
-                            "data": {},
-                            "id": {"type": "string", "description": "idempotency key"},
-                            "ephemeral": {
-                                "type": "boolean",
-                                "description": "a live signal: delivered to live "
-                                "subscribers, never stored, no offset",
-                            },
-                            "key": {
-                                "type": "string",
-                                "description": "an ephemeral publication's key: a "
-                                "backlogged subscriber keeps the latest per key",
-                            },
+                            "publications": {
+                                "type": "array",
+                                "items": _PUBLICATION,
+                                "minItems": 1,
+                                "maxItems": MAX_BATCH,
+                            }
                         },
                     },
                     reply={
                         "type": "object",
                         "properties": {
-                            "offset": {"type": "integer"},
-                            "epoch": {"type": "string"},
-                            "cursor": {"type": "string"},
-                            "ephemeral": {"type": "boolean"},
+                            "results": {
+                                "type": "array",
+                                "items": {
+                                    "oneOf": [
+                                        _PUBLISHED,
+                                        {
+                                            "type": "object",
+                                            "required": ["error"],
+                                            "properties": {"error": _OBJECT},
+                                        },
+                                    ]
+                                },
+                            }
                         },
                     },
                 )

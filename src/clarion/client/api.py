@@ -6,6 +6,7 @@ poll streams carry the connection token as ``Authorization: Bearer <token>``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -121,6 +122,22 @@ class HttpApi:
         if key is not None:
             body["key"] = key
         return Published.from_wire(channel, await self._call("POST", "/api/publish", json=body))
+
+    async def publish_batch(
+        self, publications: Sequence[Mapping[str, Any]]
+    ) -> list[Published | RequestFailed]:
+        body = await self._call(
+            "POST", "/api/publish_batch", json={"publications": [dict(p) for p in publications]}
+        )
+        results = body.get("results")
+        if not isinstance(results, list) or len(results) != len(publications):
+            raise ConnectionLost("the hub answered a batch with something else than its results")
+        return [
+            RequestFailed.from_wire(result["error"])
+            if isinstance(result, dict) and "error" in result
+            else Published.from_wire(str(item.get("channel")), result)
+            for item, result in zip(publications, results, strict=True)
+        ]
 
     async def history(
         self, channel: str, since: str | None, limit: int | None, *, reverse: bool = False

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, NoReturn
 
@@ -358,6 +358,19 @@ class Client:
             None, "publish", channel, data=data, publication_id=id, ephemeral=ephemeral, key=key
         )
         return Published.from_wire(channel, await self._request(command))
+
+    async def publish_batch(
+        self, publications: Sequence[Mapping[str, Any]]
+    ) -> list[Published | RequestFailed]:
+        """Publish several in one request to the server API (``POST /api/publish_batch``,
+        whatever the transport): each item is ``{"channel", "data", "id"?, "ephemeral"?,
+        "key"?}``, as :meth:`publish` takes them. Each is answered on its own, in order: a
+        :class:`Published`, or the :class:`RequestFailed` the hub refused that one with. A
+        refusal of the whole batch (the API key, too many) is raised.
+        """
+        self._check_open()
+        assert self._api is not None
+        return await self._api.publish_batch(publications)
 
     async def history(
         self,

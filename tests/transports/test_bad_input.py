@@ -63,10 +63,15 @@ async def test_bad_cursors_are_refused_before_the_stream(
 
 
 async def test_bad_last_event_id_is_refused(hub: RunningHub) -> None:
+    """In the header or in the query (either name), and whatever cursor= says."""
     good = (await hub.publish("chat:lobby", 1))["cursor"]
     for bad in ("garbage", tampered(good)):
         response = await get(hub, "/sse", {"channel": "chat:lobby"}, {"Last-Event-ID": bad})
         assert response.status_code == 400 and error_code(response) == "bad_cursor"
+        for name in ("lastEventID", "lastEventId"):
+            query = {"channel": "chat:lobby", name: bad, "cursor": good}
+            response = await get(hub, "/sse", query)
+            assert response.status_code == 400 and error_code(response) == "bad_cursor"
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)

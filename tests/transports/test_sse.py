@@ -96,6 +96,23 @@ async def test_resume_with_last_event_id_after_the_hub_cut_the_stream(hub: Runni
 
 
 @both_servers
+async def test_last_event_id_in_the_query(hub: RunningHub) -> None:
+    """Where a client cannot set the header (an EventSource polyfill, a Mercure client), it
+    sends the same in the query, as lastEventID or lastEventId: newer than the page's cursor=,
+    older than a header."""
+    for name in ("lastEventID", "lastEventId"):
+        channel = f"chat:{name}"
+        first, second, third = [(await hub.publish(channel, n))["cursor"] for n in range(3)]
+        async with sse(hub, channel, **{name: second, "cursor": first}) as stream:
+            ((_, pub),) = await stream.messages(1)
+            assert (pub["offset"], pub["data"]) == (3, 2)
+        async with sse(hub, channel, headers={"Last-Event-ID": third}, **{name: first}) as stream:
+            await hub.publish(channel, "live")
+            ((_, pub),) = await stream.messages(1)
+            assert (pub["offset"], pub["data"]) == (4, "live")
+
+
+@both_servers
 async def test_cut_before_the_first_event_still_resumes(hub: RunningHub) -> None:
     """The opening id: gives a client its position before any event arrives."""
     async with sse(hub, "chat:quiet") as stream:

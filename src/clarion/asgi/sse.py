@@ -358,6 +358,18 @@ class SseStream:
 # ---- the endpoint -------------------------------------------------------------------------
 
 
+LAST_EVENT_ID_PARAMS = ("lastEventID", "lastEventId")  # Mercure's spelling, the polyfills'
+
+
+def last_event_ids(params: Params) -> list[str]:
+    """``Last-Event-ID`` carried in the query, under either name it is sent as."""
+    for name in LAST_EVENT_ID_PARAMS:
+        values = params.get(name)
+        if values:
+            return values
+    return []
+
+
 class SseEndpoint(ChannelEndpoint):
     """``GET /sse?channel=A&channel=B`` with ``Last-Event-ID`` or ``cursor=`` to resume."""
 
@@ -371,8 +383,10 @@ class SseEndpoint(ChannelEndpoint):
     ) -> None:
         hub = self.hub
         # The header is what EventSource sends when it reconnects: it is newer than the query.
+        # Where a client cannot set it (EventSource polyfills over XHR, Mercure's clients), it
+        # sends the same in the query: newer than cursor=, which is the page's first.
         last = access.header(scope, b"last-event-id")
-        tokens = [last] if last else params.get("cursor", [])
+        tokens = [last] if last else last_event_ids(params) or params.get("cursor", [])
         request = await authorized(hub, channel_request(hub, scope, params, tokens), "sse")
         stream = SseStream(len(request.channels), hub.settings.sse.heartbeat)
         stream.url_tags = {channel_tag(channel) for channel in request.channels}

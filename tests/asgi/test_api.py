@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from clarion.protocol.errors import ErrorCode
 
-from ..conftest import RunningHub
+from ..conftest import RunningHub, until
+from ..stomp.client import stomp
+from ..transports.streams import sse
 
 
 async def test_publish_and_history(hub: RunningHub) -> None:
@@ -86,6 +90,56 @@ async def test_healthz_metrics_openapi(hub: RunningHub) -> None:
         assert "clarion_publications_total 1.0" in metrics
         spec = (await http.get("/api/openapi.json")).json()
         assert spec["openapi"].startswith("3.") and "/api/publish" in spec["paths"]
+
+
+async def test_metrics_count_sessions_and_subscriptions_as_they_come_and_go(
+    hub: RunningHub,
+) -> None:
+    """The gauges are kept as sessions and subscriptions come and go (a scrape walks no
+    session): after subscriptions made, refused, ended by the client and by the backend, and
+    sessions closed, on WebSocket, STOMP and SSE, they are what a walk over the sessions finds.
+    """
+
+    def walked() -> dict[tuple[str, str], float]:
+        sessions = list(hub.hub.sessions.values())
+        counts: dict[tuple[str, str], float] = {}
+        for kind in ("ws", "sse", "poll", "stomp"):
+            held = [s for s in sessions if s.transport.kind == kind]
+            counts["clarion_connections", kind] = len(held)
+            counts["clarion_subscriptions", kind] = sum(len(s.subscriptions) for s in held)
+        return counts
+
+    async def scraped(http: httpx.AsyncClient) -> dict[tuple[str, str], float]:
+        text = (await http.get("/metrics")).text
+        found = re.findall(
+            r'^(clarion_(?:connections|subscriptions))\{transport="(\w+)"\} (\S+)$', text, re.M
+        )
+        return {(name, kind): float(n) for name, kind, n in found}
+
+    async with hub.http() as http:
+        async with hub.ws() as a, hub.ws() as b, stomp(hub) as client:
+            for channel in ("x", "y", "z"):
+                await a.subscribe(channel)
+            await b.subscribe("x")
+            assert (await b.call("subscribe", channel="x"))["error"]["code"] == "already_subscribed"
+            assert (await b.call("subscribe", channel="bad name"))["error"]["code"] == "bad_channel"
+            await a.call("unsubscribe", channel="y")
+            ended = next(s.id for s in hub.hub.sessions.values() if "z" in s.subscriptions)
+            await http.post("/api/unsubscribe", json={"client": ended, "channel": "z"})
+            assert (await a.recv())["unsubscribe"] == {"channel": "z", "reason": "server"}
+            await client.connect()
+            await client.send("SUBSCRIBE", id="1", destination="/topic/x", receipt="r")
+            await client.expect("RECEIPT")
+            async with sse(hub, "x", "y") as stream:
+                await stream.opening()
+                now = await scraped(http)
+                assert now == walked()
+                assert now["clarion_connections", "ws"] == 2
+                assert now["clarion_subscriptions", "ws"] == 2
+                assert now["clarion_subscriptions", "sse"] == 2
+                assert now["clarion_subscriptions", "stomp"] == 1
+        await until(lambda: not hub.hub.sessions)
+        assert set((await scraped(http)).values()) == {0.0}
 
 
 @pytest.mark.parametrize(

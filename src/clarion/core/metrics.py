@@ -88,20 +88,18 @@ class _HubCollector(Collector):
         conns = GaugeMetricFamily(
             "clarion_connections", "Open client sessions", labels=["transport"]
         )
-        by_transport: Counter[str] = Counter(s.transport.kind for s in hub.sessions.values())
-        for kind in ("ws", "sse", "poll", "stomp"):
-            by_transport.setdefault(kind, 0)
+        # Kept as sessions come and go: a scrape walks none of them.
+        registry = hub.registry
+        by_transport = Counter({"ws": 0, "sse": 0, "poll": 0, "stomp": 0})
+        by_transport.update(registry.transports)
         for kind, n in sorted(by_transport.items()):
             conns.add_metric([kind], n)
         yield conns
         subs = GaugeMetricFamily(
             "clarion_subscriptions", "Subscriptions held by sessions", labels=["transport"]
         )
-        sub_counts: Counter[str] = Counter()
-        for s in hub.sessions.values():
-            sub_counts[s.transport.kind] += len(s.subscriptions)
-        for kind in by_transport:
-            subs.add_metric([kind], sub_counts.get(kind, 0))
+        for kind in sorted(by_transport):
+            subs.add_metric([kind], registry.subscriptions.get(kind, 0))
         yield subs
         yield GaugeMetricFamily(
             "clarion_channels", "Channels with subscribers on this node", value=len(hub.local)

@@ -34,6 +34,10 @@ class SessionRegistry:
         # Open sessions by transport kind, operator sessions under OPERATORS: kept as they come
         # and go, so the node's once-a-second figures do not walk every session.
         self.kinds: Counter[str] = Counter()
+        # The metrics' figures, kept the same way: open sessions and the subscriptions they hold,
+        # by transport (operator sessions under theirs), so that a scrape walks no session.
+        self.transports: Counter[str] = Counter()
+        self.subscriptions: Counter[str] = Counter()
         limits = hub.settings.limits
         # Sockets without a session yet (STOMP before CONNECT), per address key and in all.
         self.pending = AddressCount(
@@ -69,6 +73,7 @@ class SessionRegistry:
             )
         self.sessions[session.id] = session
         self.kinds[_kind(session)] += 1
+        self.transports[transport.kind] += 1
         if credentials.user is not None:
             self.by_user.setdefault(credentials.user, set()).add(session)
         if ip_key is not None:
@@ -111,6 +116,7 @@ class SessionRegistry:
         """Take a closing ``session`` out of every index and count."""
         if self.sessions.pop(session.id, None) is not None:
             self.kinds[_kind(session)] -= 1
+            self.transports[session.transport.kind] -= 1
         ip = session.ip_key
         if ip is not None:
             left = self.by_ip.get(ip, 1) - 1

@@ -213,12 +213,12 @@ class Session:
         options = hub.options(channel)
         channels = hub.local_channels
         sub = Subscription(self, channel, fmt, push, target, server=server)
-        self.subscriptions[channel] = sub
+        self._hold(channel, sub)
         self.idle_since = None
         try:
             local = await channels.acquire(channel)
         except BaseException:
-            self.subscriptions.pop(channel, None)
+            self._let_go(channel)
             raise
         if self.subscriptions.get(channel) is not sub:  # closed or unsubscribed meanwhile
             channels.release(local)
@@ -237,7 +237,7 @@ class Session:
                 )
         except BaseException:
             if self.subscriptions.get(channel) is sub:
-                del self.subscriptions[channel]
+                self._let_go(channel)
             local.remove(sub)
             channels.release(local)
             raise
@@ -270,6 +270,18 @@ class Session:
             hub.emit("subscribe", {**self.info(), "channel": channel})
         return result
 
+    def _hold(self, channel: str, sub: Subscription) -> None:
+        """``sub`` is this session's subscription to ``channel`` (counted for the metrics)."""
+        self.subscriptions[channel] = sub
+        self.hub.registry.subscriptions[self.transport.kind] += 1
+
+    def _let_go(self, channel: str) -> Subscription | None:
+        """This session no longer holds its subscription to ``channel``; returns it, if any."""
+        sub = self.subscriptions.pop(channel, None)
+        if sub is not None:
+            self.hub.registry.subscriptions[self.transport.kind] -= 1
+        return sub
+
     def _check_room(self, channel: str) -> None:
         if channel in self.subscriptions:
             raise BadRequest(
@@ -295,7 +307,7 @@ class Session:
         return True
 
     def _end(self, channel: str, reason: str | None = None) -> bool:
-        sub = self.subscriptions.pop(channel, None)
+        sub = self._let_go(channel)
         if sub is None:
             return False
         self.hub.local_channels.detach(sub)
@@ -435,6 +447,7 @@ class Session:
         hub.registry.forget(self)
         subs = list(self.subscriptions.values())
         self.subscriptions.clear()
+        hub.registry.subscriptions[self.transport.kind] -= len(subs)
         detach = hub.local_channels.detach
         for sub in subs:
             detach(sub)

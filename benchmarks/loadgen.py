@@ -1183,7 +1183,7 @@ class LoadGen:
                     off = int(orjson.loads(body)["offset"])
                     self.st.pub_last_offset = max(self.st.pub_last_offset, off)
         else:
-            self.pub_errors += 1
+            self.pub_errors += max(1, pub.carries)
             self.st.error(f"publish_status_{status}")
         if pub.transport is not None and not pub.transport.is_closing():
             self.idle_pubs.append(pub)
@@ -1198,7 +1198,7 @@ class LoadGen:
             return
         self.pubs.remove(pub)
         if pub.busy:  # its request got no answer
-            self.pub_errors += 1
+            self.pub_errors += max(1, pub.carries)
             self.st.error("publish_connection_lost")
         if self.publishing and self.pub_reopens < 100:
             self.pub_reopens += 1

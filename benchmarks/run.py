@@ -337,7 +337,12 @@ def p7_section(records: list[Record], args: dict[str, Any]) -> list[str]:
     out += [
         "",
         f"The publish path alone: {args['p7_channels']:,} channels with one subscriber each, "
-        f"closed loop with {args['p7_publishers']} publications in flight.",
+        f"closed loop with {args['p7_publishers']} publications in flight"
+        + (
+            f" ({args['p7_publishers']} requests of {args['p7_batch']} in the batched row)."
+            if args.get("p7_batch", 0) > 1
+            else "."
+        ),
         "",
         "| server | publications/s | server CPU | publications per server CPU-s "
         "| µs of server CPU per publication | generator CPU | exact | flags |",

@@ -3,14 +3,16 @@ publication answered as ``POST /api/publish`` would answer it, in order, each on
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from clarion.asgi.publish import MAX_BATCH
+from clarion.asgi.publish import MAX_BATCH, NOT_ATTEMPTED
 
-from ..conftest import RunningHub
+from ..conftest import RunningHub, until
 from ..redis_fixture import RedisServer, redis_server
 
 __all__ = ["redis_server"]
@@ -174,3 +176,42 @@ async def test_answers_alike_whatever_the_body_framing(hub: RunningHub) -> None:
             results = r.json()["results"]
             assert r.status_code == 200 and results[0]["offset"] == n + 1
             assert results[1]["error"]["code"] == "bad_request"
+
+
+async def test_a_channel_redis_fails_stops_there(
+    hub_factory: Callable[..., Any], redis_server: RedisServer
+) -> None:
+    """Redis stops answering: each channel's first publication times out, and its later ones
+    in the batch are not attempted, so the batch costs one timeout per channel and no later
+    publication can overtake one whose fate is unknown. Redis back, the same batch publishes."""
+    hub = await hub_factory(engine=f"{redis_server.url}?socket_timeout=0.5")
+    items = [{"channel": "a", "data": n, "id": f"a{n}"} for n in range(4)]
+    items.insert(2, {"channel": "b", "data": 0, "id": "b0"})
+    items.insert(3, {"channel": "c d", "data": 0})  # refused whatever Redis does
+    assert redis_server.process is not None
+    async with hub.http() as http:
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            r = await http.post("/api/publish_batch", json={"publications": items})
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        errors = [x["error"] for x in r.json()["results"]]
+        assert [e["code"] for e in errors] == ["engine_unavailable"] * 3 + ["bad_channel"] + [
+            "engine_unavailable"
+        ] * 2
+        assert [e["message"] == NOT_ATTEMPTED for e in errors] == [
+            False,
+            True,
+            False,
+            False,
+            True,
+            True,
+        ]
+
+        # Sent again (with ids, those Redis ran after all are repeats): all in order.
+        async def published() -> list[Any] | None:
+            again = await http.post("/api/publish_batch", json={"publications": items})
+            offsets = [x.get("offset") for x in again.json()["results"]]
+            return offsets if offsets[0] is not None else None
+
+        assert await until(published, wait=10, interval=0.1) == [1, 2, 1, None, 3, 4]

@@ -54,6 +54,30 @@ async def test_publications_arrive_signed_in_order_as_publication_json(
         assert after["positions"]["orders:0"]["cursor"]
 
 
+async def test_a_batch_reaches_the_webhook_in_order(webhook_hub: RunningHub) -> None:
+    """With an outbox, a batch's publications are started together (each waits for its
+    commit): each channel's offsets still follow the list, every one is in the outbox when
+    the batch is answered, and the receiver gets them in order."""
+    async with Receiver() as receiver, webhook_hub.http() as http:
+        await register(webhook_hub, receiver, ["orders:*"])
+        items = [{"channel": f"orders:{n % 3}", "data": {"n": n}} for n in range(150)]
+        items.insert(7, {"channel": "orders:0"})  # refused in its place: no data
+        r = await http.post("/api/publish_batch", json={"publications": items})
+        results = r.json()["results"]
+        assert results[7]["error"]["code"] == "bad_request"
+        del results[7]
+        for channel in range(3):
+            assert [x["offset"] for x in results[channel::3]] == list(range(1, 51))
+        got = await receiver.wait_acknowledged(150)
+        by_channel: dict[str, list[int]] = {}
+        for received in got:
+            by_channel.setdefault(received.payload["channel"], []).append(
+                received.payload["offset"]
+            )
+        assert by_channel == {f"orders:{c}": list(range(1, 51)) for c in range(3)}
+        assert sorted(x.payload["data"]["n"] for x in got) == list(range(150))
+
+
 async def test_publication_is_in_the_outbox_when_publish_returns(
     make_hub: Callable[..., Any], tmp_path: Path
 ) -> None:

@@ -313,14 +313,15 @@ def document() -> dict[str, Any]:
                             "results": {
                                 "type": "array",
                                 "items": {
-                                    "oneOf": [
+                                    "anyOf": [
                                         _PUBLISHED,
                                         {
-                                            "type": "object",
+                                            "$ref": "#/components/schemas/Error",
                                             "required": ["error"],
-                                            "properties": {"error": _OBJECT},
                                         },
-                                    ]
+                                    ],
+                                    "description": "what /api/publish answers each, or "
+                                    "the error it was refused with",
                                 },
                             }
                         },

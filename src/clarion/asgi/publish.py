@@ -30,6 +30,8 @@ log = logging.getLogger("clarion.api")
 # The body carries the envelope around ``data``: allow some room beyond max_message_bytes.
 ENVELOPE_BYTES = 64 * 1024
 MAX_BATCH = 1000  # publications per POST /api/publish_batch
+YIELD_EVERY = 64  # publications a batch makes before the loop serves the others
+NOT_ATTEMPTED = "not attempted: an earlier publication to this channel in the batch failed"
 
 
 async def read_body(hub: Hub, scope: Scope, receive: Receive) -> bytes:
@@ -154,47 +156,97 @@ class BatchEndpoint(PublishEndpoint):
                 raise BadRequest(f"at most {MAX_BATCH} publications per batch", limit=MAX_BATCH)
         except ClarionError as exc:
             return exc.status, error_body(exc)
-        if self.eager:
-            # The engine publishes without waiting: one after the other costs no round trip.
-            results = [await self._result(item) for item in items]
+        batch = _Batch(self, items)
+        if not self.eager:
+            await batch.by_channel()
+        elif self.hub.publish_listeners:
+            await batch.together()
         else:
-            results = await self._by_channel(items)
-        return 200, orjson.dumps({"results": results})
+            await batch.in_turn()
+        if batch.unexpected:
+            # Once per batch: one fault under a thousand publications is one traceback.
+            log.error(
+                "%d publications of a batch failed",
+                len(batch.unexpected),
+                exc_info=batch.unexpected[0],
+            )
+        return 200, orjson.dumps({"results": batch.results})
 
-    async def _by_channel(self, items: list[Any]) -> list[dict[str, Any]]:
+
+class _Batch:
+    """One request's publications and their answers, in the request's order."""
+
+    __slots__ = ("endpoint", "items", "results", "unexpected")
+
+    def __init__(self, endpoint: PublishEndpoint, items: list[Any]) -> None:
+        self.endpoint = endpoint
+        self.items = items
+        self.results: list[dict[str, Any]] = [{} for _ in items]
+        self.unexpected: list[Exception] = []
+
+    async def in_turn(self) -> None:
+        """One after the other, where the engine publishes in the caller's step and nothing
+        waits after it: no task, no round trip. The loop serves the others every
+        :data:`YIELD_EVERY` publications, so that a large batch to large rooms does not hold it."""
+        for i in range(len(self.items)):
+            if i and not i % YIELD_EVERY:
+                await asyncio.sleep(0)
+            await self.attempt(i)
+
+    async def together(self) -> None:
+        """All started at once, where the engine publishes in each one's first step (in the
+        order they were started) and something waits after it (a webhook outbox's commit,
+        shared by those that wait together)."""
+        await asyncio.gather(*(self.attempt(i) for i in range(len(self.items))))
+
+    async def by_channel(self) -> None:
         """Each channel's publications one after the other, in the list's order, and the
         channels side by side: what one loop iteration gives the engine shares a round trip,
-        and an engine keeps no order between calls under way together."""
-        results: list[dict[str, Any]] = [{} for _ in items]
+        and an engine keeps no order between calls under way together. After one the hub fails
+        (an engine that does not answer), the rest of its channel's are not attempted: one
+        timeout per channel, not per publication, and none overtakes one whose fate is unknown.
+        """
         lanes: dict[object, list[int]] = {}
-        for i, item in enumerate(items):
+        for i, item in enumerate(self.items):
             channel = item.get("channel") if isinstance(item, dict) else None
             # An item refused before it names a channel goes alone.
             lanes.setdefault(channel if isinstance(channel, str) else i, []).append(i)
 
         async def lane(indexes: list[int]) -> None:
-            for i in indexes:
-                results[i] = await self._result(items[i])
+            for n, i in enumerate(indexes):
+                if not await self.attempt(i):
+                    code = self.results[i]["error"]["code"]
+                    for later in indexes[n + 1 :]:
+                        self.results[later] = {"error": {"code": code, "message": NOT_ATTEMPTED}}
+                    return
 
         await asyncio.gather(*(lane(indexes) for indexes in lanes.values()))
-        return results
 
-    async def _result(self, item: Any) -> dict[str, Any]:
+    async def attempt(self, i: int) -> bool:
+        """Publish item ``i`` and keep its answer; false when the hub failed it (not the item)."""
+        item = self.items[i]
         try:
             if not isinstance(item, dict):
                 raise BadRequest("each publication must be a JSON object")
-            pub = await self.publish_one(item)
+            pub = await self.endpoint.publish_one(item)
         except ClarionError as exc:
-            return {"error": exc.to_dict()}
-        except Exception:
-            return {"error": _internal().to_dict()}
-        return publish_reply(self.hub, pub)
+            self.results[i] = {"error": exc.to_dict()}
+            return exc.status < 500
+        except Exception as exc:
+            self.unexpected.append(exc)
+            self.results[i] = {"error": INTERNAL.to_dict()}
+            return False
+        self.results[i] = publish_reply(self.endpoint.hub, pub)
+        return True
+
+
+INTERNAL = ClarionError("internal error", code=ErrorCode.INTERNAL)
 
 
 def _internal() -> ClarionError:
     """What an unexpected failure answers; logged here, with its traceback."""
     log.exception("publish failed")
-    return ClarionError("internal error", code=ErrorCode.INTERNAL)
+    return INTERNAL
 
 
 async def _answer(status: int, body: bytes) -> DirectResponse:

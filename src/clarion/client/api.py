@@ -15,6 +15,7 @@ from clarion.client.endpoints import Endpoints
 from clarion.client.errors import ConnectFailed, ConnectionLost, RequestFailed, RequestTimeout
 from clarion.client.items import History, Member, Published
 from clarion.client.tokens import TokenSource, resolve_token
+from clarion.protocol.errors import rule_for
 
 # Codes for answers that do not carry the hub's error body (e.g. a proxy, or the HTTP server's
 # own body-size cap): the same codes the hub would have used. A bare 429 is a proxy's rate limit,
@@ -133,10 +134,7 @@ class HttpApi:
         if not isinstance(results, list) or len(results) != len(publications):
             raise ConnectionLost("the hub answered a batch with something else than its results")
         return [
-            RequestFailed.from_wire(result["error"])
-            if isinstance(result, dict) and "error" in result
-            else Published.from_wire(str(item.get("channel")), result)
-            for item, result in zip(publications, results, strict=True)
+            _batch_item(item, result) for item, result in zip(publications, results, strict=True)
         ]
 
     async def history(
@@ -160,3 +158,16 @@ class HttpApi:
 
     async def presence_stats(self, channel: str) -> dict[str, Any]:
         return await self._call("GET", "/api/presence_stats", params={"channel": channel})
+
+
+def _batch_item(item: Mapping[str, Any], result: Any) -> Published | RequestFailed:
+    """One answer of a batch: the publication's place, or its refusal with the status it would
+    have had as a request of its own."""
+    error = result.get("error") if isinstance(result, dict) else None
+    if error is not None:
+        code = error.get("code") if isinstance(error, dict) else None
+        return RequestFailed.from_wire(error, rule_for(code).status if isinstance(code, str) else 0)
+    try:
+        return Published.from_wire(str(item.get("channel")), result)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ConnectionLost("the hub answered a publication of a batch with no place") from None

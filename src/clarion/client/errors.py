@@ -71,7 +71,8 @@ class RequestFailed(ClarionError):
 
     @property
     def status(self) -> int:
-        """The HTTP status the refusal came with (0: it came over WebSocket)."""
+        """The HTTP status the refusal came with (0: it came over WebSocket); for a publication
+        of a batch, the status its code has, as a request of its own would have had."""
         return self._status
 
     @classmethod

@@ -119,7 +119,7 @@ class Shared:
     wire format's); one whose ``ack`` ids carry a suffix gets a tail of its own.
     """
 
-    __slots__ = ("buffers", "channel", "connection", "position", "pushes")
+    __slots__ = ("buffers", "channel", "connection", "last", "pushes")
 
     def __init__(self, connection: StompConnection, channel: str, position: StreamPosition) -> None:
         self.connection = connection
@@ -127,7 +127,14 @@ class Shared:
         self.pushes: dict[StompSubscription, Push] = {}
         # Subscriptions still reading history, and the live publications they wait on.
         self.buffers: dict[StompSubscription, list[Publication]] = {}
-        self.position = position  # of the last publication delivered
+        # The last publication delivered (where it started before the first): its position is
+        # made only where it is read, not per publication (a frozen dataclass costs ~0.8 µs).
+        self.last: Publication | StreamPosition = position
+
+    @property
+    def position(self) -> StreamPosition:
+        last = self.last
+        return last if type(last) is StreamPosition else StreamPosition(last.epoch, last.offset)
 
     def add(self, sub: StompSubscription, *, pending: bool = False) -> list[Publication]:
         buffer: list[Publication] = []
@@ -146,7 +153,7 @@ class Shared:
         self.buffers.pop(sub, None)
 
     def push(self, pub: Publication) -> None:
-        self.position = pub.position
+        self.last = pub
         for buffer in self.buffers.values():
             buffer.append(pub)
         for sub in list(self.pushes):

@@ -273,6 +273,25 @@ async def test_slow_engine_unsubscribe_during_history_read_leaves_nothing() -> N
         await hub.close()
 
 
+async def test_a_closed_session_subscribes_to_nothing() -> None:
+    """A subscription asked of a session the hub has closed (the next channel of a request
+    whose session a shutdown or a revocation closed meanwhile) holds nothing: no channel, no
+    count."""
+    hub = Hub(Settings())
+    await hub.start()
+    try:
+        rec = Recorder()
+        session = hub.open_session(rec, hub.auth.anonymous())
+        assert await session.subscribe("a", RAW, rec.push) is not None
+        session.close(1000)
+        assert await session.subscribe("b", RAW, rec.push) is None
+        assert session.subscriptions == {} and hub.local == {}
+        assert sum(hub.registry.subscriptions.values()) == 0
+        assert sum(hub.registry.transports.values()) == 0
+    finally:
+        await hub.close()
+
+
 class FailingHistory(MemoryEngine):
     """History reads fail, as when a networked engine is down while a gap is recovered."""
 

@@ -210,6 +210,8 @@ class Session:
             if self.closed:
                 return None
             self._check_room(channel)  # the same channel may have come meanwhile
+        if self.closed:  # e.g. the second channel of a request, closed during the first's
+            return None
         options = hub.options(channel)
         channels = hub.local_channels
         sub = Subscription(self, channel, fmt, push, target, server=server)

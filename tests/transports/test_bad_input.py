@@ -101,12 +101,27 @@ async def test_foreign_epoch_is_not_malformed(hub: RunningHub, path: str) -> Non
         # The WebSocket op's name for a cursor: taken here, it would start from now unsaid.
         ({"channel": "a", "since": "x"}, "bad_request"),
         ({"channel": "a", "cursor": "x", "since": "x"}, "bad_request"),
+        # A parameter given twice, but those a stream repeats: which one counts is no guess.
+        ({"channel": "a", "token": ["t1", "t2"]}, "bad_request"),
+        ({"channel": "a", "timeout": ["0", "1"]}, "bad_request"),
+        ({"channel": "a", "lastEventID": ["x", "y"]}, "bad_request"),
+        ({"channel": "a", "lastEventID": "x", "lastEventId": "y"}, "bad_request"),
+        ({"channel": "a", "anything": ["1", "2"]}, "bad_request"),
     ],
 )
 async def test_bad_channels(hub_factory: Any, path: str, params: dict[str, Any], code: str) -> None:
     hub = await hub_factory(limits={"max_subscriptions_per_connection": 3})
     response = await get(hub, path, params)
     assert response.status_code == 400 and error_code(response) == code
+
+
+async def test_poll_refuses_an_event_streams_last_event_id(hub: RunningHub) -> None:
+    """``lastEventID`` is the event stream's: a poll would start from now without a word."""
+    cursor = (await hub.publish("chat:lobby", 1))["cursor"]
+    for name in ("lastEventID", "lastEventId"):
+        response = await get(hub, "/poll", {"channel": "chat:lobby", name: cursor})
+        assert response.status_code == 400 and error_code(response) == "bad_request"
+        assert "cursor=" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)

@@ -53,6 +53,18 @@ def too_many_channels(cap: int) -> BadRequest:
     )
 
 
+LAST_EVENT_ID_PARAMS = ("lastEventID", "lastEventId")  # Mercure's spelling, the polyfills'
+
+
+def last_event_ids(params: Params) -> list[str]:
+    """``Last-Event-ID`` carried in the query, under either name it is sent as: one value, as
+    the header has (two are refused, as any repeated parameter)."""
+    given = [value for name in LAST_EVENT_ID_PARAMS for value in params.get(name, ())]
+    if len(given) > 1:
+        raise BadRequest("Last-Event-ID given more than once in the query")
+    return given
+
+
 def read_channels(hub: Hub, params: Params) -> list[str]:
     names = params.get("channel")
     if not names:
@@ -108,12 +120,20 @@ def about(channel: str) -> Iterator[None]:
         raise
 
 
+# The parameters a request may repeat: a stream reads several channels, and merges cursors.
+REPEATABLE = frozenset({"channel", "cursor", "latest"})
+
+
 def channel_request(hub: Hub, scope: Scope, params: Params, tokens: list[str]) -> ChannelRequest:
     """Validate a request; raises a :class:`ClarionError` before anything is sent."""
     if "since" in params:
         # The WebSocket op's and the history API's name: ignored here, the stream would start
         # from now, and the client would not be told it did not resume.
         raise BadRequest("/sse and /poll resume from cursor=, not since=")
+    for name, values in params.items():
+        if len(values) > 1 and name not in REPEATABLE:
+            # Which one would count is a guess the client should not have to make.
+            raise BadRequest(f"query parameter {name!r} given more than once")
     channels = read_channels(hub, params)
     credentials = access.credentials_for(hub, scope)
     for channel in channels:

@@ -24,6 +24,7 @@ import orjson
 from clarion.asgi import access
 from clarion.asgi.access import Params, single_param
 from clarion.asgi.channelrequest import (
+    LAST_EVENT_ID_PARAMS,
     ChannelEndpoint,
     ChannelRequest,
     about,
@@ -278,6 +279,9 @@ class PollEndpoint(ChannelEndpoint):
     ) -> None:
         hub = self.hub
         timeout = read_timeout(hub, params)
+        if any(name in params for name in LAST_EVENT_ID_PARAMS):
+            # An event stream's: ignored here, the poll would start from now without a word.
+            raise BadRequest("/poll resumes from cursor=, not lastEventID=")
         request = channel_request(hub, scope, params, params.get("cursor", []))
         request = await authorized(hub, request, "poll")
         limits = hub.settings.limits

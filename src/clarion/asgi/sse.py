@@ -34,6 +34,7 @@ from clarion.asgi.channelrequest import (
     about,
     authorized,
     channel_request,
+    last_event_ids,
     until_disconnect,
 )
 from clarion.asgi.pipe import BodyQueue, FastChunkPipe, Pipe, QueuePipe
@@ -356,18 +357,6 @@ class SseStream:
 
 
 # ---- the endpoint -------------------------------------------------------------------------
-
-
-LAST_EVENT_ID_PARAMS = ("lastEventID", "lastEventId")  # Mercure's spelling, the polyfills'
-
-
-def last_event_ids(params: Params) -> list[str]:
-    """``Last-Event-ID`` carried in the query, under either name it is sent as."""
-    for name in LAST_EVENT_ID_PARAMS:
-        values = params.get(name)
-        if values:
-            return values
-    return []
 
 
 class SseEndpoint(ChannelEndpoint):

@@ -155,6 +155,14 @@ class DirectRoute(Protocol):
     ) -> Coroutine[Any, Any, DirectResponse]: ...
 
 
+def server_errors(app: object) -> Mapping[int, bytes]:
+    """The JSON bodies ``app`` gives the errors clarion's server answers itself (a malformed or
+    slow request, a body or head over its limits, a server over its cap, an app that failed),
+    by status; none by default (plain text)."""
+    errors: Mapping[int, bytes] | None = getattr(app, "server_errors", None)
+    return {} if errors is None else errors
+
+
 def direct_routes(app: object) -> Mapping[bytes, DirectRoute]:
     """The direct routes ``app`` offers, by path as sent (without query); none by default."""
     routes: Mapping[bytes, DirectRoute] | None = getattr(app, "direct_routes", None)

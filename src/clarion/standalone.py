@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clarion.asgi.app import build_app
-from clarion.asgi.publish import ENVELOPE_BYTES
+from clarion.asgi.publish import body_cap
 from clarion.core.hub import Hub
 from clarion.protocol.proxies import TrustedProxies, address_key, parse_address
 from clarion.server import Server
@@ -34,7 +34,7 @@ def make_server(
         host=settings.host,
         port=settings.port if port is None else port,
         max_message_bytes=limits.max_message_bytes,
-        max_body_bytes=limits.max_message_bytes + ENVELOPE_BYTES,
+        max_body_bytes=body_cap(hub),
         handshake_timeout=limits.handshake_timeout,
         send_limit=limits.send_queue_bytes,
         flush_interval=settings.flush_interval,

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from clarion import Settings, mint_token
 from clarion.protocol.cursor import Cursor, encode_single
 from clarion.protocol.publication import StreamPosition
 
-from ..conftest import RunningHub
+from ..conftest import RunningHub, clarion_server, timeout
 from .streams import Baseline, error_code, sse
 
 ENDPOINTS = ["/sse", "/poll"]
@@ -113,6 +115,59 @@ async def test_bad_channels(hub_factory: Any, path: str, params: dict[str, Any],
     hub = await hub_factory(limits={"max_subscriptions_per_connection": 3})
     response = await get(hub, path, params)
     assert response.status_code == 400 and error_code(response) == code
+
+
+async def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """``request`` on a connection of its own, the answer read to its end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.read(), timeout(10))
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ", 2)[1]), headers, body
+
+
+@clarion_server("errors clarion's own server answers before the app")
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400, "bad_request"),
+        (
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n{",
+            413,
+            "too_large",
+        ),
+        (
+            b"POST /api/publish_batch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n" % 140_000
+            + b"x" * 140_000
+            + b"\r\n0\r\n\r\n",
+            413,
+            "too_large",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+            431,
+            "too_large",
+        ),
+    ],
+    ids=["garbage", "bad-header", "declared-body", "chunked-body", "big-head"],
+)
+async def test_the_servers_own_refusals_are_the_apis_errors(
+    hub: RunningHub, request_bytes: bytes, status: int, code: str
+) -> None:
+    """A request clarion's server refuses before the app sees it still gets the API's JSON
+    error: a client of the hub reads every error the same way."""
+    got, headers, body = await raw_exchange(hub.port, request_bytes)
+    assert got == status and headers["content-type"] == "application/json"
+    assert orjson.loads(body)["error"]["code"] == code
+    async with hub.http() as http:  # and the hub serves the others
+        assert (await http.get("/healthz")).status_code == 200
 
 
 async def test_poll_refuses_an_event_streams_last_event_id(hub: RunningHub) -> None:

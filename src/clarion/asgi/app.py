@@ -18,10 +18,11 @@ from clarion.asgi.clientapi import ClientEndpoint
 from clarion.asgi.info import InfoAPI
 from clarion.asgi.openapi import document
 from clarion.asgi.poll import PollEndpoint
-from clarion.asgi.publish import BatchEndpoint, PublishEndpoint
+from clarion.asgi.publish import INTERNAL, BatchEndpoint, PublishEndpoint, body_cap
 from clarion.asgi.responses import (
     EXCEPTION_HANDLERS,
     JSONResponse,
+    error_body,
     refuse_handshake,
     send_error,
     watch_send,
@@ -31,7 +32,7 @@ from clarion.asgi.stomp import StompEndpoint
 from clarion.asgi.websocket import ClarionWebSocket
 from clarion.asgitypes import DirectRoute
 from clarion.core.hub import Hub
-from clarion.errors import NotFound
+from clarion.errors import BadRequest, NodeFull, NotFound, TooLarge
 
 
 def encoded_path(scope: Scope) -> bool:
@@ -76,9 +77,12 @@ class App:
         websockets: dict[str, Any],
         publish: PublishEndpoint | None = None,
         batch: BatchEndpoint | None = None,
+        server_errors: dict[int, bytes] | None = None,
     ) -> None:
         self.router = router
         self.websockets = websockets
+        # What clarion's server answers itself, in the API's error shape (asgitypes).
+        self.server_errors = server_errors or {}
         # Answered before the router, on any server; and on clarion's as direct routes.
         self.publishing: dict[str, PublishEndpoint] = {}
         if publish is not None:
@@ -209,4 +213,22 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
     # "/api/history/" is not "/api/history": no redirect, one spelling per route.
     router.router.redirect_slashes = False
     router.router.default = _unrouted(router.router.default)
-    return App(router, websockets, publish, batch)
+    return App(router, websockets, publish, batch, server_errors(hub))
+
+
+def server_errors(hub: Hub) -> dict[int, bytes]:
+    """The errors clarion's server answers before the app sees a request, as the API's
+    ``{"error": {"code", "message"}}``: a client of the hub reads every error the same way.
+    (The status stays the server's: 408 and 431 have no code of their own.)"""
+    cap = body_cap(hub)
+    return {
+        status: error_body(error)
+        for status, error in (
+            (400, BadRequest("malformed HTTP request")),
+            (408, BadRequest("the request did not arrive in time")),
+            (413, TooLarge(f"request body over {cap} bytes")),
+            (431, TooLarge("request head over the server's limits")),
+            (500, INTERNAL),
+            (503, NodeFull("too many connections waiting on this node")),
+        )
+    }

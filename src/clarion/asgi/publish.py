@@ -34,9 +34,15 @@ YIELD_EVERY = 64  # publications a batch makes before the loop serves the others
 NOT_ATTEMPTED = "not attempted: an earlier publication to this channel in the batch failed"
 
 
+def body_cap(hub: Hub) -> int:
+    """The largest request body the API reads: the message cap plus an envelope (clarion's
+    server refuses larger ones itself)."""
+    return hub.settings.limits.max_message_bytes + ENVELOPE_BYTES
+
+
 async def read_body(hub: Hub, scope: Scope, receive: Receive) -> bytes:
-    """The request body, refused with :class:`TooLarge` past the message cap plus envelope."""
-    cap = hub.settings.limits.max_message_bytes + ENVELOPE_BYTES
+    """The request body, refused with :class:`TooLarge` past :func:`body_cap`."""
+    cap = body_cap(hub)
     declared = access.header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise TooLarge(f"request body over {cap} bytes")
@@ -76,7 +82,7 @@ class PublishEndpoint:
         self.eager = hub.publishes_inline
         # Read from the settings once: each read of a settings field costs more than the check.
         self._api_keys = access.api_keys(hub)
-        self._cap = hub.settings.limits.max_message_bytes + ENVELOPE_BYTES
+        self._cap = body_cap(hub)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.hub

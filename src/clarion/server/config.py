@@ -57,6 +57,9 @@ class Config:
     client_key: Callable[[str], str | None] | None = None
     # The app's direct routes by path (``clarion.asgitypes.direct_routes``).
     direct: dict[bytes, DirectRoute] = field(default_factory=dict)
+    # The app's JSON bodies for the errors the server answers itself, by status
+    # (``clarion.asgitypes.server_errors``); plain text for the others.
+    errors: dict[int, bytes] = field(default_factory=dict)
 
 
 class Connection(Protocol):

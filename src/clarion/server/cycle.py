@@ -26,6 +26,7 @@ log = logging.getLogger("clarion.server.http")
 
 DISCONNECT: Message = {"type": "http.disconnect"}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+TEXT = b"text/plain; charset=utf-8"
 
 _status_lines: dict[int, bytes] = {}
 # One search per header: ``b"\n" in value`` costs CPython a raised and cleared TypeError
@@ -44,18 +45,29 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def simple_response(status: int, body: bytes, *, close: bool = True) -> bytes:
-    """A complete plain-text response, for errors the server answers itself."""
+def simple_response(
+    status: int, body: bytes, *, close: bool = True, content_type: bytes = TEXT
+) -> bytes:
+    """A complete response, plain text unless said otherwise."""
     return b"".join(
         (
             status_line(status),
             date_header(),
-            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-type: %s\r\n" % content_type,
             b"content-length: %d\r\n" % len(body),
             b"connection: close\r\n\r\n" if close else b"\r\n",
             body,
         )
     )
+
+
+def error_response(config: Config, status: int, text: bytes) -> bytes:
+    """An error the server answers itself, closing: the app's JSON body for ``status`` when it
+    gives one (the hub's error shape), else ``text``."""
+    body = config.errors.get(status)
+    if body is None:
+        return simple_response(status, text)
+    return simple_response(status, body, content_type=b"application/json")
 
 
 class HttpCycle:
@@ -329,7 +341,8 @@ class HttpCycle:
                 self._head_handle = None
             self.head_written = self.response_started = self.response_complete = True
             self.keep_alive = False
-            self._conn.transport.write(simple_response(500, b"Internal Server Error\n"))
+            conn = self._conn
+            conn.transport.write(error_response(conn.config, 500, b"Internal Server Error\n"))
             self._conn.response_complete(self)
         else:
             self.response_complete = True

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from clarion.asgitypes import DirectResponse, DirectRoute
 from clarion.server.config import date_header
-from clarion.server.cycle import simple_response, status_line
+from clarion.server.cycle import error_response, status_line
 
 if TYPE_CHECKING:
     from clarion.server.http import HttpProtocol
@@ -222,7 +222,7 @@ class DirectRequest:
             return
         self.keep_alive = False
         self.response_complete = True
-        conn.transport.write(simple_response(500, b"Internal Server Error\n"))
+        conn.transport.write(error_response(conn.config, 500, b"Internal Server Error\n"))
         conn.response_complete(self)
 
 

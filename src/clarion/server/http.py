@@ -37,7 +37,7 @@ import httptools
 from clarion.asgitypes import DirectRoute, Scope
 from clarion.server import fastws, flow
 from clarion.server.config import ASGI_VERSION, Config, Registry, reset
-from clarion.server.cycle import HttpCycle, simple_response
+from clarion.server.cycle import HttpCycle, error_response
 from clarion.server.direct import DirectRequest
 from clarion.server.flusher import flusher_for
 from clarion.server.websocket import WebSocketProtocol
@@ -208,7 +208,7 @@ class HttpProtocol(asyncio.Protocol):
         self._ignoring = True
         self._detached = True  # nothing of ours to clean up
         del self._parser  # the cycle through its callbacks: see _hand_over
-        self.transport.write(simple_response(503, b"Service Unavailable\n"))
+        self.transport.write(error_response(self.config, 503, b"Service Unavailable\n"))
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -646,7 +646,7 @@ class HttpProtocol(asyncio.Protocol):
         if status == 431:
             body = b"Request Header Fields Too Large\n"
         log.info("HTTP %d to %s", status, self.client)
-        self.transport.write(simple_response(status, body))
+        self.transport.write(error_response(self.config, status, body))
         self.close()
 
     def _timed_out(self) -> None:

@@ -120,6 +120,8 @@ async def test_publish_batch_answers_each_in_order(hub_factory: Any) -> None:
         assert last.cursor is not None and last.cursor != first.cursor
         assert isinstance(refused, RequestFailed) and refused.code == "bad_channel"
         assert [(await next_message(sub)).data for _ in range(2)] == [1, 3]
+        with pytest.raises(TypeError):
+            await client.publish_batch("chat:lobby")  # type: ignore[arg-type]
     async with connect(hub.http_url, api_key="wrong", transport="ws") as client:
         with pytest.raises(RequestFailed) as caught:
             await client.publish_batch([{"channel": "chat:lobby", "data": 4}])

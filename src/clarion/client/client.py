@@ -369,6 +369,10 @@ class Client:
         refusal of the whole batch (the API key, too many) is raised.
         """
         self._check_open()
+        if isinstance(publications, str | bytes) or not all(
+            isinstance(p, Mapping) for p in publications
+        ):
+            raise TypeError("publish_batch takes a list of {'channel', 'data', ...} mappings")
         assert self._api is not None
         return await self._api.publish_batch(publications)
 

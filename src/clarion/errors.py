@@ -116,6 +116,16 @@ class TooLarge(ClientError):
     code = ErrorCode.TOO_LARGE
 
 
+class MethodNotAllowed(ClientError):
+    """A method the endpoint does not take; ``allow`` lists those it does (HTTP's ``Allow``)."""
+
+    code = ErrorCode.METHOD_NOT_ALLOWED
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
 class LimitExceeded(ClientError):
     code = ErrorCode.LIMIT_EXCEEDED
 

@@ -143,6 +143,26 @@ async def test_metrics_count_sessions_and_subscriptions_as_they_come_and_go(
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/api/publish", "POST"),
+        ("GET", "/api/publish_batch", "POST"),
+        ("PUT", "/api/history", "GET, HEAD"),
+        ("POST", "/sse", "GET, OPTIONS"),
+        ("DELETE", "/poll", "GET, OPTIONS"),
+        ("GET", "/client/publish", "POST, OPTIONS"),
+    ],
+)
+async def test_a_405_says_what_the_endpoint_takes(
+    hub: RunningHub, method: str, path: str, allow: str
+) -> None:
+    async with hub.http() as http:
+        r = await http.request(method, path)
+        assert (r.status_code, r.json()["error"]["code"]) == (405, "method_not_allowed")
+        assert set(r.headers["allow"].split(", ")) == set(allow.split(", "))
+
+
+@pytest.mark.parametrize(
     ("method", "path", "kwargs", "status", "code"),
     [
         ("POST", "/api/publish", {"content": b"{nope"}, 400, "bad_request"),

@@ -12,7 +12,7 @@ from clarion.asgi.responses import send_error
 from clarion.asgitypes import Receive, Scope, Send
 from clarion.core.auth import Credentials
 from clarion.core.hub import Hub
-from clarion.errors import BadCursor, BadRequest, ClarionError
+from clarion.errors import BadCursor, BadRequest, ClarionError, MethodNotAllowed
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.errors import ErrorCode
@@ -200,9 +200,7 @@ class ChannelEndpoint:
                 await self.preflight(send, cors)
                 return
             if method != "GET":
-                raise ClarionError(
-                    f"{method} is not allowed here", code=ErrorCode.METHOD_NOT_ALLOWED
-                )
+                raise MethodNotAllowed(f"{method} is not allowed here", allow="GET, OPTIONS")
             if hub.closing:
                 raise ClarionError("the hub is shutting down", code=ErrorCode.SHUTTING_DOWN)
             params = query_params(hub, scope)

@@ -25,7 +25,7 @@ from clarion.core.hub import Hub
 from clarion.core.limits import TokenBucket
 from clarion.core.session import Session
 from clarion.engines.base import presence_body
-from clarion.errors import BadRequest, ClarionError, LimitExceeded
+from clarion.errors import BadRequest, ClarionError, LimitExceeded, MethodNotAllowed
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.errors import ErrorCode
@@ -102,8 +102,8 @@ class ClientEndpoint:
                 await self._preflight(send, cors)
                 return
             if method != self.method:
-                raise ClarionError(
-                    f"{method} is not allowed here", code=ErrorCode.METHOD_NOT_ALLOWED
+                raise MethodNotAllowed(
+                    f"{method} is not allowed here", allow=f"{self.method}, OPTIONS"
                 )
             if hub.closing:
                 raise ClarionError("the hub is shutting down", code=ErrorCode.SHUTTING_DOWN)

@@ -19,7 +19,7 @@ from clarion.asgi.responses import error_body, send_error, send_json
 from clarion.asgitypes import DirectResponse, Receive, Scope, Send
 from clarion.core.fanout import publication_cursor
 from clarion.core.hub import Hub
-from clarion.errors import BadRequest, ClarionError, TooLarge
+from clarion.errors import BadRequest, ClarionError, MethodNotAllowed, TooLarge
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.messages import CommandError, signal_fields
@@ -88,7 +88,7 @@ class PublishEndpoint:
         hub = self.hub
         try:
             if scope["method"] != "POST":
-                raise ClarionError("use POST", code=ErrorCode.METHOD_NOT_ALLOWED)
+                raise MethodNotAllowed("use POST", allow="POST")
             access.check_api_key(hub, scope)
             raw = await read_body(hub, scope, receive)
         except ClarionError as exc:

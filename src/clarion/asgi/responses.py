@@ -20,8 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from clarion.asgitypes import Message, Receive, Scope, Send
-from clarion.errors import ClarionError, ClientError, NotFound, ServerError
-from clarion.protocol.errors import ErrorCode
+from clarion.errors import ClarionError, ClientError, MethodNotAllowed, NotFound, ServerError
 
 log = logging.getLogger("clarion.api")
 
@@ -56,6 +55,8 @@ async def send_error(
     send: Send, exc: ClarionError, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
     """``exc`` as the API's error body, with its code's status: every HTTP error of the hub."""
+    if isinstance(exc, MethodNotAllowed):  # a 405 says what the endpoint takes
+        headers = [*headers, (b"allow", exc.allow.encode())]
     await send_json(send, exc.status, error_body(exc), headers)
 
 
@@ -97,7 +98,8 @@ def from_http_exception(exc: HTTPException) -> ClarionError:
     if exc.status_code == 404:
         return NotFound(str(exc.detail))
     if exc.status_code == 405:
-        return ClientError(str(exc.detail), code=ErrorCode.METHOD_NOT_ALLOWED)
+        allow = (exc.headers or {}).get("Allow", "")
+        return MethodNotAllowed(str(exc.detail), allow=allow)
     if exc.status_code < 500:
         return ClientError(str(exc.detail))
     return ServerError(str(exc.detail))

@@ -20,7 +20,8 @@ three::
 ``--baseline <tree>/src`` adds clarion from another tree (``git archive <rev> src | tar -x``,
 with the built ``_fastloop`` copied in), measured in the same rounds. ``--batch 10,100`` adds
 clarion answering ``POST /api/publish_batch`` with that many publications per request, each to a
-channel of its own; its figures are per publication, not per request.
+channel of its own; its figures are per publication, not per request. ``--engine URL`` runs
+clarion on that engine (a Redis URL: the CPU counted is still the hub's alone, not Redis').
 
 Needs ``wrk`` and nginx with nchan (``bash benchmarks/setup.sh``).
 """
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N,N",
         help="also clarion's POST /api/publish_batch with N publications per request",
     )
+    p.add_argument("--engine", default="", metavar="URL", help="clarion's engine (default: memory)")
     p.add_argument("--floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.floor is not None:
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             started.append(start_server("nchan", "ws", root))
             rows["nchan"] = (started[-1], "/pub?id=room-7", PAYLOAD, 1)
-            started.append(clarion := start_server("clarion", "ws", root))
+            engine = {"CLARION_ENGINE": a.engine} if a.engine else None
+            started.append(clarion := start_server("clarion", "ws", root, env_extra=engine))
             rows["clarion"] = (clarion, "/api/publish", CLARION_BODY, 1)
             for n in (int(n) for n in a.batch.split(",") if n):
                 rows[f"clarion, {n} per request"] = (

@@ -21,17 +21,31 @@ from websockets.asyncio.client import ClientConnection
 
 from clarion import Hub, Settings
 
-# Timeouts scale with this factor on slow or loaded machines. Taken out of the environment:
-# every other CLARION_* variable is a setting, and hubs refuse the ones they do not know.
-TIMEOUT_FACTOR = float(os.environ.pop("CLARION_TEST_TIMEOUT_FACTOR", "1"))
-# How many times the stress tests repeat their scenario; 0 skips them. Taken out likewise.
-STRESS_RUNS = int(os.environ.pop("CLARION_STRESS", "0"))
+
+
+def _taken(name: str, default: str) -> str:
+    """The test option ``CLARION_<name>``, taken out of the environment (every other CLARION_*
+    variable is a setting, and hubs refuse the ones they do not know) and kept under a name no
+    hub reads, so that pytest-xdist's workers, started after this module ran in the controller,
+    get it too (they would otherwise run with the defaults)."""
+    kept = f"PYTEST_CLARION_{name}"
+    value = os.environ.pop(f"CLARION_{name}", None)
+    if value is None:
+        value = os.environ.get(kept, default)
+    os.environ[kept] = value
+    return value
+
+
+# Timeouts scale with this factor on slow or loaded machines.
+TIMEOUT_FACTOR = float(_taken("TEST_TIMEOUT_FACTOR", "1"))
+# How many times the stress tests repeat their scenario; 0 skips them.
+STRESS_RUNS = int(_taken("STRESS", "0"))
 # How long the chaos tests' fault loops run, in seconds; 0 keeps their short CI form.
-CHAOS_SECONDS = float(os.environ.pop("CLARION_CHAOS_SECONDS", "0"))
+CHAOS_SECONDS = float(_taken("CHAOS_SECONDS", "0"))
 # Which server serves the hubs tests start in-process: "clarion" (its own server, with its fast
 # extensions) or "asgi" (the hub's app mounted in a Starlette app under uvicorn: the portable
-# path). Taken out likewise. Tests about clarion's server itself are marked ``clarion_server``.
-TEST_SERVER = os.environ.pop("CLARION_TEST_SERVER", "clarion")
+# path). Tests about clarion's server itself are marked ``clarion_server``.
+TEST_SERVER = _taken("TEST_SERVER", "clarion")
 if TEST_SERVER not in ("clarion", "asgi"):
     raise pytest.UsageError(f"CLARION_TEST_SERVER={TEST_SERVER!r}: expected clarion or asgi")
 

@@ -22,7 +22,6 @@ from websockets.asyncio.client import ClientConnection
 from clarion import Hub, Settings
 
 
-
 def _taken(name: str, default: str) -> str:
     """The test option ``CLARION_<name>``, taken out of the environment (every other CLARION_*
     variable is a setting, and hubs refuse the ones they do not know) and kept under a name no

@@ -122,6 +122,9 @@ async def test_publish_batch_answers_each_in_order(hub_factory: Any) -> None:
         assert [(await next_message(sub)).data for _ in range(2)] == [1, 3]
         with pytest.raises(TypeError):
             await client.publish_batch("chat:lobby")  # type: ignore[arg-type]
+        # An iterator is read once, not used up by the check of its items.
+        more = await client.publish_batch({"channel": "chat:lobby", "data": n} for n in (5, 6))
+        assert [r.offset for r in more if isinstance(r, Published)] == [3, 4]
     async with connect(hub.http_url, api_key="wrong", transport="ws") as client:
         with pytest.raises(RequestFailed) as caught:
             await client.publish_batch([{"channel": "chat:lobby", "data": 4}])

@@ -191,6 +191,37 @@ async def test_bad_ephemeral_fields_are_refused(hub: RunningHub) -> None:
         assert (await client.expect("ERROR")).headers["message"]
 
 
+async def test_a_signal_leaves_a_shared_stomp_destination_where_it_stood(hub: RunningHub) -> None:
+    """Two STOMP subscriptions of one connection to one channel share the hub's; a signal to it
+    has no place in the stream, so a third subscription still starts where the stream stands,
+    and one resuming from before gets each stored publication once."""
+    async with stomp(hub) as client, hub.http() as http:
+        await client.connect()
+        first = (await hub.publish("room:s", "stored 1"))["cursor"]
+        for sub in ("a", "b"):
+            await client.send("SUBSCRIBE", id=sub, destination="/topic/room:s", receipt=sub)
+            await client.expect("RECEIPT")
+        second = await hub.publish("room:s", "stored 2")
+        await http.post(
+            "/api/publish", json={"channel": "room:s", "data": "sig", "ephemeral": True}
+        )
+        got = [await client.expect("MESSAGE") for _ in range(4)]
+        assert [m.body for m in got] == [b'"stored 2"'] * 2 + [b'"sig"'] * 2
+        await client.send("SUBSCRIBE", id="c", destination="/topic/room:s", receipt="c")
+        receipt = await client.expect("RECEIPT")
+        assert receipt.headers["x-cursor"] == second["cursor"]
+        await client.send(
+            "SUBSCRIBE", id="d", destination="/topic/room:s", receipt="d", x_since=first
+        )
+        await client.expect("RECEIPT")
+        replayed = await client.expect("MESSAGE")
+        assert (replayed.headers["subscription"], replayed.body) == ("d", b'"stored 2"')
+        await hub.publish("room:s", "stored 3")
+        live = [await client.expect("MESSAGE") for _ in range(4)]
+        assert sorted(m.headers["subscription"] for m in live) == ["a", "b", "c", "d"]
+        assert {m.body for m in live} == {b'"stored 3"'}
+
+
 async def test_ephemeral_publishes_have_their_own_rate_per_channel(
     hub_factory: Callable[..., Any],
 ) -> None:

@@ -218,17 +218,16 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
 
 def server_errors(hub: Hub) -> dict[int, bytes]:
     """The errors clarion's server answers before the app sees a request, as the API's
-    ``{"error": {"code", "message"}}``: a client of the hub reads every error the same way.
-    (The status stays the server's: 408 and 431 have no code of their own.)"""
+    ``{"error": {"code", "message"}}`` with its code's own status: a client of the hub reads
+    them as any other. 408 and 431 have no code of theirs and stay plain text: the clients go by
+    the status there (a 408 is tried again later)."""
     cap = body_cap(hub)
     return {
-        status: error_body(error)
-        for status, error in (
-            (400, BadRequest("malformed HTTP request")),
-            (408, BadRequest("the request did not arrive in time")),
-            (413, TooLarge(f"request body over {cap} bytes")),
-            (431, TooLarge("request head over the server's limits")),
-            (500, INTERNAL),
-            (503, NodeFull("too many connections waiting on this node")),
+        error.status: error_body(error)
+        for error in (
+            BadRequest("malformed HTTP request"),
+            TooLarge(f"request body over {cap} bytes"),
+            INTERNAL,
+            NodeFull("this node takes no more connections now"),
         )
     }

@@ -279,9 +279,9 @@ class PollEndpoint(ChannelEndpoint):
     ) -> None:
         hub = self.hub
         timeout = read_timeout(hub, params)
-        if any(name in params for name in LAST_EVENT_ID_PARAMS):
+        if access.header(scope, b"last-event-id") or any(p in params for p in LAST_EVENT_ID_PARAMS):
             # An event stream's: ignored here, the poll would start from now without a word.
-            raise BadRequest("/poll resumes from cursor=, not lastEventID=")
+            raise BadRequest("/poll resumes from cursor=, not Last-Event-ID")
         request = channel_request(hub, scope, params, params.get("cursor", []))
         request = await authorized(hub, request, "poll")
         limits = hub.settings.limits

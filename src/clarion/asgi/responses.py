@@ -55,7 +55,7 @@ async def send_error(
     send: Send, exc: ClarionError, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
     """``exc`` as the API's error body, with its code's status: every HTTP error of the hub."""
-    if isinstance(exc, MethodNotAllowed):  # a 405 says what the endpoint takes
+    if isinstance(exc, MethodNotAllowed) and exc.allow:  # a 405 says what the endpoint takes
         headers = [*headers, (b"allow", exc.allow.encode())]
     await send_json(send, exc.status, error_body(exc), headers)
 

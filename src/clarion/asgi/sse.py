@@ -374,8 +374,8 @@ class SseEndpoint(ChannelEndpoint):
         # The header is what EventSource sends when it reconnects: it is newer than the query.
         # Where a client cannot set it (EventSource polyfills over XHR, Mercure's clients), it
         # sends the same in the query: newer than cursor=, which is the page's first.
-        last = access.header(scope, b"last-event-id")
-        tokens = [last] if last else last_event_ids(params) or params.get("cursor", [])
+        last, in_query = access.header(scope, b"last-event-id"), last_event_ids(params)
+        tokens = [last] if last else in_query or params.get("cursor", [])
         request = await authorized(hub, channel_request(hub, scope, params, tokens), "sse")
         stream = SseStream(len(request.channels), hub.settings.sse.heartbeat)
         stream.url_tags = {channel_tag(channel) for channel in request.channels}

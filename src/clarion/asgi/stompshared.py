@@ -153,7 +153,8 @@ class Shared:
         self.buffers.pop(sub, None)
 
     def push(self, pub: Publication) -> None:
-        self.last = pub
+        if not pub.ephemeral:  # a live signal has no place in the stream
+            self.last = pub
         for buffer in self.buffers.values():
             buffer.append(pub)
         for sub in list(self.pushes):
@@ -180,5 +181,6 @@ def _go_live(
         if pub.epoch == last.epoch and pub.offset <= last.offset:
             continue
         shared.deliver(sub, pub)
-        last = pub.position
+        if not pub.ephemeral:
+            last = pub.position
     shared.live(sub)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal, NoReturn
 
@@ -360,7 +360,7 @@ class Client:
         return Published.from_wire(channel, await self._request(command))
 
     async def publish_batch(
-        self, publications: Sequence[Mapping[str, Any]]
+        self, publications: Iterable[Mapping[str, Any]]
     ) -> list[Published | RequestFailed]:
         """Publish several in one request to the server API (``POST /api/publish_batch``,
         whatever the transport): each item is ``{"channel", "data", "id"?, "ephemeral"?,
@@ -369,12 +369,14 @@ class Client:
         refusal of the whole batch (the API key, too many) is raised.
         """
         self._check_open()
-        if isinstance(publications, str | bytes) or not all(
-            isinstance(p, Mapping) for p in publications
-        ):
-            raise TypeError("publish_batch takes a list of {'channel', 'data', ...} mappings")
+        wrong = TypeError("publish_batch takes a list of {'channel', 'data', ...} mappings")
+        if isinstance(publications, str | bytes | Mapping):
+            raise wrong
+        items = list(publications)  # read once: an iterator is not used up by the check
+        if not all(isinstance(p, Mapping) for p in items):
+            raise wrong
         assert self._api is not None
-        return await self._api.publish_batch(publications)
+        return await self._api.publish_batch(items)
 
     async def history(
         self,

@@ -48,12 +48,13 @@ def status_line(status: int) -> bytes:
 def simple_response(
     status: int, body: bytes, *, close: bool = True, content_type: bytes = TEXT
 ) -> bytes:
-    """A complete response, plain text unless said otherwise."""
+    """A complete response, plain text unless said otherwise; never stored by a cache."""
     return b"".join(
         (
             status_line(status),
             date_header(),
             b"content-type: %s\r\n" % content_type,
+            b"cache-control: no-store\r\n",
             b"content-length: %d\r\n" % len(body),
             b"connection: close\r\n\r\n" if close else b"\r\n",
             body,

@@ -7,7 +7,7 @@ import contextlib
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from importlib.resources import files
 from typing import Any
 
@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from clarion.asgi import access
 from clarion.asgi.responses import EXCEPTION_HANDLERS, ErrorResponse, JSONResponse
+from clarion.asgitypes import DirectRoute, direct_routes, server_errors
 from clarion.core.auth import mint_token
 from clarion.core.hub import Hub
 from clarion.demo.feeds import DEVICES, DeviceSpec, device, ticker
@@ -142,6 +143,15 @@ class Demo:
             # Errors in the shape of every other of the hub (a GET-only page asked with POST: 405).
             exception_handlers=EXCEPTION_HANDLERS,
         )
+
+    @property
+    def direct_routes(self) -> Mapping[bytes, DirectRoute]:
+        # The hub's: no demo path is one of them.
+        return direct_routes(self.hub_app)
+
+    @property
+    def server_errors(self) -> Mapping[int, bytes]:
+        return server_errors(self.hub_app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan" or (

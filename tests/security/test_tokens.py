@@ -133,6 +133,48 @@ async def test_token_in_query_cookie_and_connect_op(secured: RunningHub) -> None
         assert (await ws.subscribe("chat:a"))["ok"]
 
 
+async def test_a_token_given_twice_is_refused_on_every_path(secured: RunningHub) -> None:
+    """Two tokens in one request — the same or different, in the query or the header — are
+    refused rather than one of them picked: a proxy may have checked the other."""
+    alice, bob = (mint_token(SECRET, user, ["chat:*"]) for user in ("alice", "bob"))
+    twice_query = f"?token={alice}&token={bob}"
+    twice_header = [("Authorization", f"Bearer {alice}"), ("Authorization", f"Bearer {alice}")]
+    import websockets
+
+    for url, headers in ((secured.ws_url + twice_query, []), (secured.ws_url, twice_header)):
+        async with websockets.connect(url, additional_headers=headers) as raw:
+            told = json.loads(await raw.recv())
+            assert told["disconnect"]["code"] == 4500 and not told["disconnect"]["reconnect"]
+            assert "more than once" in told["disconnect"]["reason"]
+    async with secured.http() as http:
+        r = await http.get(f"/client/history{twice_query}&channel=chat:a")
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized")
+        r = await http.get("/client/history?channel=chat:a", headers=twice_header)
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized")
+        for path in ("/sse", "/poll"):
+            r = await http.get(f"{path}?channel=chat:a&timeout=0", headers=twice_header)
+            assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized")
+        # The API key: one Authorization header, or none counts.
+        r = await http.post(
+            "/api/publish",
+            json={"channel": "chat:a", "data": 1},
+            headers=[("Authorization", "apikey k"), ("Authorization", "apikey k")],
+        )
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized")
+    # One token, once, still works on each.
+    async with websockets.connect(f"{secured.ws_url}?token={alice}") as raw:
+        await raw.send(json.dumps({"id": 1, "op": "subscribe", "channel": "chat:a"}))
+        assert "ok" in json.loads(await raw.recv())
+
+
+async def test_cookies_split_over_several_fields_are_read_together(secured: RunningHub) -> None:
+    # HTTP/2 sends each cookie in a field of its own; an ASGI server may pass them on so.
+    token = mint_token(SECRET, "alice", ["chat:*"])
+    cookies = [("Cookie", "theme=dark"), ("Cookie", f"clarion_token={token}")]
+    async with secured.ws(additional_headers=cookies) as ws:
+        assert (await ws.subscribe("chat:a"))["ok"]
+
+
 async def test_client_publish_needs_publish_claim(secured: RunningHub) -> None:
     reader = mint_token(SECRET, "alice", ["chat:*"])
     writer = mint_token(SECRET, "bob", ["chat:*"], publish=["chat:*"])

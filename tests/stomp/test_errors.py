@@ -301,3 +301,22 @@ async def test_a_silent_peer_is_removed(quick: RunningHub) -> None:
         while quick.hub.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert not quick.hub.sessions, "a silent peer was not removed"
+
+
+@pytest.mark.parametrize("twice", ["query", "header"])
+async def test_an_upgrade_token_given_twice_is_refused_at_connect(
+    secure: RunningHub, twice: str
+) -> None:
+    alice, bob = _token(user="alice"), _token(user="bob")
+    query = f"?token={alice}&token={bob}" if twice == "query" else ""
+    headers = [("Authorization", f"Bearer {alice}"), ("Authorization", f"Bearer {bob}")]
+    extra = {"additional_headers": headers} if twice == "header" else {}
+    async with observer(secure), stomp(secure, query=query, **extra) as client:
+        await client.send("CONNECT", accept_version="1.2")
+        error, closed = await refused(client)
+        assert "more than once" in error.headers["message"]
+        assert error.headers["x-close-code"] == "4500" and closed == 4500
+    # A CONNECT that brings its own token does not read the upgrade's.
+    async with stomp(secure, query=query, **extra) as client:
+        connected = await client.connect(passcode=_token(user="carol"))
+        assert connected.headers["user-name"] == "carol"

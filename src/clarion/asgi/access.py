@@ -211,12 +211,13 @@ class ApiKeys:
                 return
             # Connection tokens are configured but no API key: nobody may act as the backend.
             raise Forbidden("the server API is off: api_key is not configured")
-        value = ""
+        value = None
         for name, raw in headers:
             if name == b"authorization":
+                if value is not None:  # which one a proxy checked is a guess
+                    raise Unauthorized("the Authorization header is given more than once")
                 value = raw.decode("latin-1")
-                break
-        scheme, _, given = value.partition(" ")
+        scheme, _, given = (value or "").partition(" ")
         if scheme.lower() != "apikey" or not given:
             if scheme.lower() == "bearer":  # a connection token's scheme, or a key sent as one
                 raise Unauthorized(
@@ -237,16 +238,25 @@ def token_from(hub: Hub, scope: Scope) -> str | None:
 
     A browser sends the cookie on its own, whichever page opened the request: it counts only from
     a page whose origin the configuration names (or with no ``Origin``: not a cross-site request).
-    An origin admitted by ``allowed_origins = ["*"]`` alone must present its token itself."""
-    value = header(scope, b"authorization")
-    if value:
-        scheme, _, token = value.partition(" ")
+    An origin admitted by ``allowed_origins = ["*"]`` alone must present its token itself.
+
+    A token given twice — two ``token`` parameters, two ``Authorization`` headers — is refused
+    whatever the values: which one a proxy or the hub would read is a guess."""
+    headers = scope.get("headers", ())
+    authorizations = [v for k, v in headers if k == b"authorization"]
+    tokens = query(scope).get("token")
+    if len(authorizations) > 1:
+        raise Unauthorized("the Authorization header is given more than once")
+    if tokens is not None and len(tokens) > 1:
+        raise Unauthorized("the token is given more than once")
+    if authorizations:
+        scheme, _, token = authorizations[0].decode("latin-1").partition(" ")
         if scheme.lower() == "bearer" and token:
             return token.strip()
-    tokens = query(scope).get("token")
     if tokens:
         return tokens[0]
-    cookie = header(scope, b"cookie")
+    # HTTP/2 may split the cookies over several fields (RFC 9113, 8.2.3): one jar of them all.
+    cookie = "; ".join(v.decode("latin-1") for k, v in headers if k == b"cookie")
     if cookie and origin_trusted(hub, scope):
         jar: SimpleCookie = SimpleCookie()
         try:

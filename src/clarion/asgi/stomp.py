@@ -30,7 +30,7 @@ from clarion.asgi.wsendpoint import Handler, WebSocketEndpoint
 from clarion.asgitypes import Message
 from clarion.core.hub import Hub
 from clarion.core.session import Session, SubscribeResult
-from clarion.errors import ClarionError, LimitExceeded
+from clarion.errors import ClarionError, LimitExceeded, Unauthorized
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.errors import ErrorCode
@@ -71,7 +71,12 @@ class StompConnection(Handler):
         self.hub = hub
         # The upgrade request's token (header, query, cookie), for a CONNECT without one: the
         # scope itself, headers and all, is not kept for the connection's lifetime.
-        self.upgrade_token = access.token_from(hub, scope)
+        self.upgrade_refusal: Unauthorized | None = None
+        try:
+            self.upgrade_token = access.token_from(hub, scope)
+        except Unauthorized as exc:  # told at CONNECT, where a STOMP client can read it
+            self.upgrade_token = None
+            self.upgrade_refusal = exc
         self.pipe = pipe
         self.wire = StompWire(pipe)
         limits = hub.settings.limits
@@ -380,6 +385,8 @@ class StompConnection(Handler):
         # request's token (Authorization header, token= query parameter, cookie).
         if event.token:
             credentials = hub.auth.verify(event.token)
+        elif self.upgrade_refusal is not None:
+            raise self.upgrade_refusal
         elif self.upgrade_token:
             credentials = hub.auth.verify_request(self.upgrade_token)
         else:

@@ -26,6 +26,7 @@ from clarion.core.auth import Credentials
 from clarion.errors import BadChannel, BadRequest, ConfigError, Forbidden, HookUnavailable
 from clarion.protocol.channels import validate_channel, validate_pattern
 from clarion.protocol.errors import ErrorCode, code_of
+from clarion.protocol.jsonkeep import writable
 from clarion.settings import HooksOptions
 from clarion.webhooks import signing
 
@@ -239,6 +240,8 @@ def _amended(credentials: Credentials, answer: Answer) -> Credentials:
         if "info" in answer:
             if answer["info"] is not None and not isinstance(answer["info"], dict):
                 raise HookUnavailable('the connect hook\'s "info" must be an object')
+            if not writable(answer["info"]):
+                raise HookUnavailable('the connect hook\'s "info" is nested too deep')
             changes["info"] = answer["info"]
         for name, check in (("channels", validate_pattern), ("subs", validate_channel)):
             if name in answer:

@@ -69,6 +69,11 @@ class Backend:
             return JSONResponse(
                 {"allow": True, "info": {"name": "Amy"}, "channels": ["team:*"], "subs": ["team:7"]}
             )
+        if event == "connect" and user == "deep":  # read by the hub, too deep to write back
+            info: dict[str, Any] = {}
+            for _ in range(300):
+                info = {"a": info}
+            return JSONResponse({"allow": True, "info": info})
         if channel == "room:secret":
             return JSONResponse({"allow": False, "code": "not_a_member", "reason": "not yours"})
         if channel == "room:slow":
@@ -204,6 +209,17 @@ async def test_publish_is_allowed_replaced_or_denied(hub_factory: Any, backend: 
         assert denied["error"]["code"] == "forbidden"
     published = [r for r in backend.requests if r["event"] == "publish"]
     assert published[0]["data"] == {"text": "bad"} and published[0]["user"] == "alice"
+
+
+async def test_an_answer_too_deep_to_write_back_is_a_failed_hook(
+    hub_factory: Any, backend: Backend
+) -> None:
+    hub = await hooked(hub_factory, backend.url + "/hook")
+    async with hub.ws(additional_headers=bearer("deep")) as ws:
+        code, reason = await closed_with(ws)
+        assert code == 4003 and reason.startswith("hook_unavailable")
+    async with hub.ws(additional_headers=bearer()) as ws:  # everyone else goes on
+        assert "ok" in await ws.subscribe("room:a")
 
 
 @pytest.mark.parametrize("on_failure", ["deny", "allow"])

@@ -50,6 +50,13 @@ async def test_valid_token_subscribes(secured: RunningHub) -> None:
     assert reply["ok"]["channel"] == "chat:lobby"
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 def _unsigned(payload: dict[str, Any]) -> str:
     def part(obj: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
@@ -67,6 +74,8 @@ def _unsigned(payload: dict[str, Any]) -> str:
         (lambda: hs256(claims(), secret="another-secret-another-secret-00"), 4500),
         (lambda: hs256(claims())[:-4] + "AAAA", 4500),  # tampered signature
         (lambda: "not.a.jwt", 4500),
+        # Read, but too deep for any presence event or publication to write (254 levels).
+        (lambda: hs256(claims(info=_nested(300))), 4500),
     ],
     ids=[
         "alg-none",
@@ -76,6 +85,7 @@ def _unsigned(payload: dict[str, Any]) -> str:
         "wrong-key",
         "tampered",
         "garbage",
+        "info-too-deep",
     ],
 )
 async def test_bad_tokens_are_refused(secured: RunningHub, token_factory: Any, code: int) -> None:

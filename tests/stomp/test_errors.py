@@ -67,6 +67,12 @@ BAD_INPUT = [
      "frame is over 1024 bytes", 1009),
     (CONNECT + "SEND\ndestination:/topic/a\ncontent-type:application/json\n\n{nope}\0",
      "SEND body is not valid JSON", 4507),
+    # Read (orjson reads 1,024 levels), but too deep to write to any subscriber (254).
+    (CONNECT + "SEND\ndestination:/topic/a\ncontent-type:application/json\n\n"
+     + "[" * 300 + "]" * 300 + "\0", "SEND body is JSON nested too deep (over 254 levels)", 4507),
+    (CONNECT + "SEND\ndestination:/topic/a\ncontent-type:application/x+json\n\n"
+     + "[" * 255 + "]" * 255 + "\0",
+     "SEND body is JSON nested too deep (over 254 levels)", 4507),
     (CONNECT + "SEND\ndestination:/queue/a\n\n{}\0",
      "destination must be /topic/<channel>, not '/queue/a'", 4507),
     (CONNECT + "SEND\ndestination:/topic/a\\tb\n\n{}\0",

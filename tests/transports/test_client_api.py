@@ -158,6 +158,21 @@ async def test_publishing_is_held_to_the_client_rate_across_requests(secured: Ru
             413,
             "too_large",
         ),
+        # Read (orjson reads 1,024 levels), but too deep to write back (254).
+        (
+            "POST",
+            "/client/publish",
+            {"content": b'{"channel":"chat:a","data":' + b"[" * 300 + b"]" * 300 + b"}"},
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/client/publish",
+            {"content": b'{"channel":"chat:a","data":1,"x":' + b'{"":' * 260 + b"1" + b"}" * 261},
+            400,
+            "bad_request",
+        ),
         ("GET", "/client/publish", {}, 405, "method_not_allowed"),
         ("POST", "/client/history", {"json": {}}, 405, "method_not_allowed"),
         ("GET", "/client/history", {}, 400, "bad_channel"),

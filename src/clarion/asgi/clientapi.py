@@ -29,6 +29,7 @@ from clarion.errors import BadRequest, ClarionError, LimitExceeded, MethodNotAll
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.errors import ErrorCode
+from clarion.protocol.jsonkeep import writable
 from clarion.protocol.messages import Command, CommandError
 
 log = logging.getLogger("clarion.api")
@@ -67,6 +68,8 @@ class _Rates:
 
 
 def _command(obj: dict[str, Any]) -> Command:
+    if not writable(obj):  # read from the body, but too deep to write back
+        raise BadRequest("the body is JSON nested too deep (over 254 levels)")
     try:
         return messages.parse_command(orjson.dumps(obj))
     except CommandError as exc:

@@ -13,6 +13,7 @@ from typing import Any
 from clarion.errors import BadChannel, ConfigError, Forbidden, Unauthorized
 from clarion.protocol.channels import matches_any, namespace_of, validate_channel, validate_pattern
 from clarion.protocol.errors import ErrorCode
+from clarion.protocol.jsonkeep import writable
 from clarion.settings import Settings
 
 log = logging.getLogger("clarion.auth")
@@ -270,6 +271,8 @@ class Authenticator:
         info = claims.get("info")
         if info is not None and not isinstance(info, dict):
             raise Unauthorized("token claim 'info' must be an object")
+        if info is not None and not writable(info):
+            raise Unauthorized("token claim 'info' is nested too deep (over 254 levels)")
         return Credentials(
             user=sub,
             channels=_patterns(claims, "channels"),

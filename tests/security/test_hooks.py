@@ -63,6 +63,8 @@ class Backend:
         event, user, channel = body["event"], body.get("user"), body.get("channel")
         if request.url.path == "/broken":
             return Response("oops", status_code=500)
+        if request.url.path == "/members" and event == "connect" and user is None:
+            return JSONResponse({"allow": False, "code": "login_required", "reason": "log in"})
         if event == "connect" and user == "mallory":
             return JSONResponse({"allow": False, "code": "banned", "reason": "you are banned"})
         if event == "connect" and user == "amy":
@@ -97,7 +99,8 @@ class Backend:
 @pytest.fixture
 async def backend() -> AsyncIterator[Backend]:
     app = Backend()
-    routes = [Route(path, app.hook, methods=["POST"]) for path in ("/hook", "/broken")]
+    paths = ("/hook", "/broken", "/members")
+    routes = [Route(path, app.hook, methods=["POST"]) for path in paths]
     config = uvicorn.Config(
         Starlette(routes=routes), host="127.0.0.1", port=app.port, log_level="warning"
     )
@@ -151,6 +154,39 @@ async def test_connect_denied_on_every_transport(hub_factory: Any, backend: Back
         assert reply["error"] == {"code": "banned", "message": "you are banned"}
     async with hub.ws(additional_headers=bearer("alice")) as ws:
         assert "ok" in await ws.call("ping")
+
+
+async def test_a_token_in_the_connect_op_is_asked_about_once_as_its_user(
+    hub_factory: Any, backend: Backend
+) -> None:
+    """A WebSocket that brings no token at the upgrade is asked about when it first acts: a
+    backend that turns anonymous sessions away still lets in a client that sends its token in
+    the ``connect`` op, as the browser and Python clients do."""
+    hub = await hooked(hub_factory, backend.url + "/members")
+    async with hub.ws() as ws:
+        assert "ok" in await ws.call("ping")  # a ping asks nothing
+        connected = await ws.call("connect", token=token("alice"))
+        assert connected["ok"]["user"] == "alice"
+        assert "ok" in await ws.subscribe("room:a")
+    asked = [r["user"] for r in backend.requests if r["event"] == "connect"]
+    assert asked == ["alice"]
+    # Anonymous, the session's first op is what the backend is asked about, and refused.
+    for first in ({"op": "subscribe", "channel": "room:a"}, {"op": "history", "channel": "x"}):
+        async with hub.ws() as ws:
+            await ws.send({"id": 1, **first})
+            code, reason = await closed_with(ws)
+            assert code == 4502 and reason == "login_required: log in"
+    assert [r["user"] for r in backend.requests if r["event"] == "connect"] == [
+        "alice",
+        None,
+        None,
+    ]
+    # A token at the upgrade is asked about there, once.
+    async with hub.ws(additional_headers=bearer("bob")) as ws:
+        assert "ok" in await ws.subscribe("room:a")
+        assert (await ws.call("connect", token=token("bob")))["ok"]["user"] == "bob"
+    later = [r["user"] for r in backend.requests if r["event"] == "connect"][3:]
+    assert later[0] == "bob" and None not in later  # a repeat may come from the cache
 
 
 async def test_connect_amends_info_channels_and_subs(hub_factory: Any, backend: Backend) -> None:

@@ -36,8 +36,12 @@ class ClarionWebSocket(WebSocketEndpoint):
         # A bad token is told over the protocol (accept, disconnect push, close 4500/4004), so
         # that clients learn whether to reconnect; a refused handshake would look transient.
         refusal: Unauthorized | None = None
+        token = None
         try:
-            credentials = access.credentials_for(hub, scope)
+            token = access.token_from(hub, scope)
+            credentials = (
+                hub.auth.anonymous() if token is None else hub.auth.verify_request(token)
+            )
         except Unauthorized as exc:
             refusal = exc
             credentials = hub.auth.anonymous()
@@ -55,7 +59,11 @@ class ClarionWebSocket(WebSocketEndpoint):
                     "too many connections without a session from this address",
                     code=ErrorCode.TOO_MANY_CONNECTIONS,
                 )
-            if hub.hooks is not None:
+            # Without a token at the upgrade, the connect hook is asked when the session first
+            # acts: most clients send their token in the connect op, and a backend that turns
+            # anonymous sessions away would otherwise refuse them all before they could.
+            vetted = hub.hooks is None or token is not None
+            if hub.hooks is not None and vetted:
                 credentials = await hub.authenticate(credentials, transport.kind)
             session = hub.open_session(transport, credentials, address)
         except ClarionError as exc:  # a cap, the token, or the connect hook said no
@@ -68,7 +76,7 @@ class ClarionWebSocket(WebSocketEndpoint):
         finally:
             if pending:
                 hub.pending.release(pending_key)
-        handler = _Connection(hub, session, transport, pending_key)
+        handler = _Connection(hub, session, transport, pending_key, vetted)
         pipe.on_overflow = handler.overflow
         return handler
 
@@ -81,10 +89,23 @@ def oversized(text: str, limit: int) -> bool:
 class _Connection(Handler):
     """Carries out one session's commands in the order they arrive."""
 
-    __slots__ = ("bad_frames", "hub", "lingering", "pending_key", "session", "transport")
+    __slots__ = (
+        "bad_frames",
+        "hub",
+        "lingering",
+        "pending_key",
+        "session",
+        "transport",
+        "vetted",
+    )
 
     def __init__(
-        self, hub: Hub, session: Session, transport: WsTransport, pending_key: str | None
+        self,
+        hub: Hub,
+        session: Session,
+        transport: WsTransport,
+        pending_key: str | None,
+        vetted: bool = True,
     ) -> None:
         self.hub = hub
         self.session = session
@@ -92,6 +113,7 @@ class _Connection(Handler):
         self.pending_key = pending_key  # where the socket counts once its session is over
         self.bad_frames = 0
         self.lingering = False
+        self.vetted = vetted  # has the connect hook had its say on this session?
 
     def start(self) -> None:
         self.transport.on_close = self.linger
@@ -160,6 +182,8 @@ class _Connection(Handler):
         op = cmd.op
         if op == "ping":
             return {}
+        if not self.vetted and op not in ("connect", "refresh") and not await self.vet():
+            return None
         if op == "subscribe":
             assert cmd.channel is not None
             rid = cmd.id
@@ -231,6 +255,7 @@ class _Connection(Handler):
             credentials = await hub.authenticate(credentials, "ws")
             if session.closed:
                 return {}
+            self.vetted = True
         first = session.user is None and credentials.user is not None
         session.set_credentials(credentials)
         if cmd.op == "connect" and first:
@@ -239,6 +264,23 @@ class _Connection(Handler):
         if credentials.expires_at is not None:
             body["expires"] = int(credentials.expires_at)
         return body
+
+    async def vet(self) -> bool:
+        """The connect hook's say on a session that opened without a token and acts before any
+        ``connect`` op: as at an upgrade, a refusal closes it. Whether it may go on."""
+        hub, session = self.hub, self.session
+        try:
+            credentials = await hub.authenticate(session.credentials, "ws")
+        except ClarionError as exc:
+            hub.stats.errors[exc.code] += 1
+            hooked = not isinstance(exc, Unauthorized)
+            session.close(exc.rule.close, f"{exc.code}: {exc.message}" if hooked else exc.message)
+            return False
+        if session.closed:
+            return False
+        self.vetted = True
+        session.set_credentials(credentials)
+        return True
 
 
 def history_body(

@@ -20,14 +20,17 @@ LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
 
 
 @contextlib.asynccontextmanager
-async def serve(config: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """``clarion serve --config …`` on a free port; yields the process and its base URL."""
+async def serve(
+    config: Path, lines: list[str] | None = None
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """``clarion serve --config …`` on a free port; yields the process and its base URL, and
+    keeps what it logs in ``lines``."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "clarion.cli", "serve", "--config", str(config), "--port", "0",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
-    lines: list[str] = []
+    lines = [] if lines is None else lines
 
     async def url() -> str:
         assert proc.stderr is not None
@@ -109,3 +112,33 @@ async def test_backlog_survives_kill_9_and_is_delivered_in_order(tmp_path: Path)
             assert len(hooks) == 1 and hooks[0]["source"] == "config"
             assert hooks[0]["backlog"] == 0 and hooks[0]["dead_letters"] == 0
             assert hooks[0]["last_delivered"]["id"] == acked[-1].msg_id
+
+
+async def test_a_webhooks_query_stays_out_of_the_log(tmp_path: Path) -> None:
+    async with Receiver() as receiver:
+        secret = generate_secret()
+        receiver.secret = secret
+        port = receiver.url.split(":")[2].split("/")[0]
+        config = tmp_path / "clarion.toml"
+        config.write_text(
+            f'data_dir = "{tmp_path / "data"}"\nwebhook_allow_hosts = ["127.0.0.1"]\n'
+        )
+        lines: list[str] = []
+        async with serve(config, lines) as (_, base):
+            async with httpx.AsyncClient(base_url=base, timeout=timeout(10)) as http:
+                r = await http.post(
+                    "/api/webhooks",
+                    json={
+                        "url": f"http://127.0.0.1:{port}/h?key=s3cret",
+                        "channels": ["orders:*"],
+                        "secret": secret,
+                    },
+                )
+                assert r.status_code in (200, 201), r.text
+                r = await http.post("/api/publish", json={"channel": "orders:eu", "data": 1})
+                assert r.status_code == 200, r.text
+            await receiver.wait_acknowledged(1)
+        log = "".join(lines)
+        assert f"registered for http://127.0.0.1:{port}/h\n" in log
+        assert "s3cret" not in log
+        assert "HTTP Request" not in log  # httpx's line per delivery, URL and all

@@ -39,9 +39,7 @@ class ClarionWebSocket(WebSocketEndpoint):
         token = None
         try:
             token = access.token_from(hub, scope)
-            credentials = (
-                hub.auth.anonymous() if token is None else hub.auth.verify_request(token)
-            )
+            credentials = hub.auth.anonymous() if token is None else hub.auth.verify_request(token)
         except Unauthorized as exc:
             refusal = exc
             credentials = hub.auth.anonymous()

@@ -25,10 +25,14 @@ if TYPE_CHECKING:
 def setup_logging(level: str, worker: int | None = None) -> None:
     # A worker's lines carry its number: the workers of one `serve --workers` share a stderr.
     who = f"[worker {worker}] " if worker is not None else ""
+    chosen = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
+        level=chosen, format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"
     )
+    # httpx logs each request at INFO, its whole URL with it: a line per webhook delivery and
+    # hook call, and a secret in a webhook's query in the log. Its warnings still show, and
+    # everything at DEBUG.
+    logging.getLogger("httpx").setLevel(chosen if chosen <= logging.DEBUG else logging.WARNING)
 
 
 def redact(url: str) -> str:

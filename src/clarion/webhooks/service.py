@@ -48,7 +48,7 @@ from clarion.webhooks.registry import Registry, new_endpoint
 from clarion.webhooks.replay import replay, revive
 from clarion.webhooks.schedule import RetrySchedule
 from clarion.webhooks.sqlite_outbox import SQLiteOutbox
-from clarion.webhooks.targets import AllowList
+from clarion.webhooks.targets import AllowList, shown
 from clarion.webhooks.worker import WorkerContext
 
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ class WebhookService:
         endpoint = await new_endpoint(url, channels, secret, events, self.allow)
         registry = await self._ensure_open()
         await registry.create(endpoint)
-        log.info("webhook %s registered for %s", endpoint.id, endpoint.url)
+        log.info("webhook %s registered for %s", endpoint.id, shown(endpoint.url))
         return endpoint
 
     async def remove(self, endpoint_id: str) -> None:

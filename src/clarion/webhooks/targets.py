@@ -49,6 +49,13 @@ class Target:
     address: IPAddress | None  # set when the host is an address literal
 
 
+def shown(url: str) -> str:
+    """``url`` as logs show it: without user, password and query, which may hold a secret."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def parse_ipv4_like_libc(host: str) -> ipaddress.IPv4Address | None:
     """``host`` as ``inet_aton`` would read it, or ``None`` when it is not an IPv4 literal."""
     if _IPV4_LIKE.fullmatch(host) is None or not any(c.isdigit() for c in host):

@@ -22,6 +22,7 @@ from clarion.webhooks.counts import QueueCounts
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.outbox import Outbox
 from clarion.webhooks.schedule import RetrySchedule
+from clarion.webhooks.targets import shown
 
 if TYPE_CHECKING:
     from clarion.webhooks.sender import Sender
@@ -143,7 +144,9 @@ class EndpointWorker:
             await outbox.failed(delivery, endpoint)
             await outbox.save_endpoint(endpoint)
             context.on_disabled(endpoint)
-            log.warning("webhook %s disabled: %s answered 410 Gone", endpoint.id, endpoint.url)
+            log.warning(
+                "webhook %s disabled: %s answered 410 Gone", endpoint.id, shown(endpoint.url)
+            )
             return
         next_attempt = context.schedule.next_attempt(delivery.attempts, delivery.first_failure, now)
         if next_attempt is None:

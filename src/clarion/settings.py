@@ -506,6 +506,20 @@ class Settings(BaseModel):
     def public_origin(self) -> Origin | None:
         return public_origin(self.public_url) if self.public_url else None
 
+    def local_url(self) -> str | None:
+        """The URL of the hub's own server seen from this machine; None on port 0 (any free
+        port, known only once it listens)."""
+        if self.port == 0:
+            return None
+        host = self.host
+        if host in ("", "0.0.0.0"):  # every interface: loopback is one of them
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
     def binds_loopback(self) -> bool:
         if self.host == "localhost":
             return True

@@ -187,6 +187,11 @@ def test_notes_say_no_browser_page_may_connect_beyond_loopback() -> None:
     assert auth_notes(Settings(**full, host="0.0.0.0", allowed_origins=["https://a.example"])) == []
     assert auth_notes(Settings(**full, host="0.0.0.0", public_url="https://rt.example")) == []
     assert auth_notes(Settings(**full, host="127.0.0.1")) == []
+    # The admin page's note names this hub's own address, when it is known before it listens.
+    (note,) = auth_notes(Settings(**full, admin=True, port=18180))
+    assert note.endswith("e.g. http://127.0.0.1:18180"), note
+    (note,) = auth_notes(Settings(**full, admin=True, port=0))
+    assert note.endswith("the address the page is opened at"), note
 
 
 async def test_an_embedded_hub_beyond_loopback_warns_of_refused_pages(

@@ -86,19 +86,13 @@ def load_settings(args: argparse.Namespace) -> Loaded:
 
 def local_url(settings: Settings, source: str) -> str:
     """The URL of the hub ``clarion serve`` runs with ``settings``, seen from this machine."""
-    if settings.port == 0:
+    url = settings.local_url()
+    if url is None:
         raise ClarionError(
             f"{source} sets port 0 (any free port): pass --url or set CLARION_URL",
             code=LocalCode.CONFIG,
         )
-    host = settings.host
-    if host in ("", "0.0.0.0"):  # every interface: loopback is one of them
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.port}"
+    return url
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:

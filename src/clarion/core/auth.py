@@ -162,8 +162,8 @@ def auth_notes(settings: Settings) -> list[str]:
         # The page loads, but its WebSocket is a browser's: refused (403), it stays "not live".
         notes.append(
             "admin = true but no browser origin is allowed: the admin page's live charts cannot "
-            "connect; set public_url to the address the page is opened at, e.g. "
-            "http://127.0.0.1:8000"
+            "connect; set public_url to the address the page is opened at"
+            + (f", e.g. {here}" if (here := settings.local_url()) else "")
         )
     return notes
 

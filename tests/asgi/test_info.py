@@ -116,7 +116,7 @@ async def test_info_needs_the_api_key(hub_factory: Any) -> None:
 
 
 async def test_operator_metrics(hub_factory: Any) -> None:
-    hub: RunningHub = await hub_factory(namespaces={"chat": {}})
+    hub: RunningHub = await hub_factory(namespaces={"chat": {}, "quiet": {}})
     async with hub.ws() as ws, hub.http() as http:
         await ws.subscribe("chat:m")
         for n in range(5):
@@ -145,7 +145,10 @@ async def test_operator_metrics(hub_factory: Any) -> None:
         page = await until(scraped, 10, 0.05)
         assert page["clarion_namespace_deliveries_total", (("namespace", "chat"),)] == 5
         labels = {k[1] for k in page if k[0] == "clarion_namespace_publications_total"}
-        assert labels == {(("namespace", "chat"),), (("namespace", "default"),)}
+        # Every configured namespace, at zero until it has traffic.
+        assert labels == {(("namespace", n),) for n in ("chat", "default", "quiet")}
+        assert page["clarion_namespace_publications_total", (("namespace", "quiet"),)] == 0
+        assert page["clarion_namespace_deliveries_total", (("namespace", "quiet"),)] == 0
         assert page["clarion_namespace_publications_total", (("namespace", "default"),)] == 3
         assert page["clarion_resets_total", (("reason", "epoch"),)] == 2
         # The first publication after a tick is always sampled.

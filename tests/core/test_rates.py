@@ -19,6 +19,11 @@ def test_histogram_buckets_are_cumulative_and_p99_is_per_interval() -> None:
     assert histogram.take_p99() == 0.099
 
 
+def test_activity_counts_each_configured_namespace_from_the_start() -> None:
+    activity = Activity({"chat", "quiet"})
+    assert activity.publications == activity.deliveries == {"chat": 0, "quiet": 0, "default": 0}
+
+
 def test_activity_folds_channels_into_rates_and_namespace_totals() -> None:
     activity = Activity({"chat"})
     # No such namespace as "user7" configured: it counts under the default one.

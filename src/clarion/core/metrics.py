@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Container, Iterator
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -49,7 +49,7 @@ class Stats:
         "slow_disconnects",
     )
 
-    def __init__(self, namespaces: Container[str] = ()) -> None:
+    def __init__(self, namespaces: Collection[str] = ()) -> None:
         self.publications = 0
         self.signals = 0  # ephemeral publications
         self.deliveries: Counter[str] = Counter()  # by transport

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Container
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from clarion.protocol.channels import DEFAULT_NAMESPACE, namespace_of
@@ -86,12 +86,14 @@ class Activity:
 
     __slots__ = ("deliveries", "namespaces", "publications")
 
-    def __init__(self, namespaces: Container[str] = ()) -> None:
+    def __init__(self, namespaces: Collection[str] = ()) -> None:
         # The configured namespaces: any other prefix counts under the default one, whose
-        # options it takes, so the totals (and the metrics' labels) stay as many as the config.
+        # options it takes, so the totals (and the metrics' labels) stay as many as the config:
+        # each of them from the start, at zero until it has traffic.
         self.namespaces = namespaces
-        self.publications: Counter[str] = Counter()  # by namespace, since start
-        self.deliveries: Counter[str] = Counter()
+        zeros = dict.fromkeys([*namespaces, DEFAULT_NAMESPACE], 0)
+        self.publications: Counter[str] = Counter(zeros)  # by namespace, since start
+        self.deliveries: Counter[str] = Counter(zeros)
 
     def namespace(self, channel: str) -> str:
         """The namespace ``channel`` counts under: asked once, when its local state is made."""

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from clarion.tasks import stop
 
@@ -363,11 +365,17 @@ async def _on_one_connection(pool: Any, calls: list[Call]) -> list[Any]:
     try:
         await connection.send_packed_command(b"".join(pack_command(c.command()) for c in calls))
         results: list[Any] = []
-        for _ in calls:
-            try:
-                results.append(await connection.read_response())
-            except ResponseError as exc:
-                results.append(exc)
+        # One deadline for all the replies, not a timer per reply (the client library's own,
+        # set up and torn down for each of up to MAX_BATCH replies).
+        async with asyncio.timeout(connection.socket_timeout):
+            for _ in calls:
+                try:
+                    results.append(await connection.read_response(timeout=math.inf))
+                except ResponseError as exc:
+                    results.append(exc)
+    except TimeoutError:  # the deadline above, said as the client library says its own
+        await connection.disconnect()
+        raise RedisTimeoutError("timeout reading from Redis") from None
     except BaseException:
         await connection.disconnect()
         raise

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import clarion.client
 from clarion.client import ClientClosed, Disconnected, RequestFailed, RequestTimeout
-from clarion.errors import ClarionError
+from clarion.errors import BadChannel, BadCursor, ClarionError
 
 EXPECTED = {
-    "Backoff", "Client", "ClientClosed", "ConnectFailed", "ConnectionLost", "Disconnected",
+    "Backoff", "BadChannel", "BadCursor", "Client", "ClientClosed", "ConnectFailed",
+    "ConnectionLost", "Disconnected",
     "History", "Member", "Message", "PresenceStats", "PresentUser", "Published", "RequestFailed",
     "RequestTimeout", "Reset",
     "Subscription", "TransportName", "connect", "run_subscribe",
@@ -23,6 +24,8 @@ def test_public_api_is_pinned() -> None:
 def test_errors_share_clarions_root() -> None:
     for name in ("ClientClosed", "ConnectFailed", "ConnectionLost", "RequestFailed"):
         assert issubclass(getattr(clarion.client, name), ClarionError)
+    # What subscribe() raises for a bad argument is clarion's own class, not a copy.
+    assert (clarion.client.BadChannel, clarion.client.BadCursor) == (BadChannel, BadCursor)
     assert issubclass(Disconnected, ClientClosed)
     assert issubclass(RequestTimeout, TimeoutError)
     error = Disconnected(4501, "disconnected")

@@ -38,9 +38,12 @@ from clarion.client.items import (
 )
 from clarion.client.jsonlines import run_subscribe
 from clarion.client.subscription import Subscription
+from clarion.errors import BadChannel, BadCursor  # what subscribe() raises for bad arguments
 
 __all__ = [
     "Backoff",
+    "BadChannel",
+    "BadCursor",
     "Client",
     "ClientClosed",
     "ConnectFailed",

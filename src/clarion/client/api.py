@@ -1,20 +1,30 @@
-"""The hub over plain HTTP: the server API (publish, history, presence) and the shared client.
+"""The hub over plain HTTP: publish, history and presence requests, and the shared client.
 
-Server API calls carry ``Authorization: apikey <key>`` when the client has a key; the SSE and
-poll streams carry the connection token as ``Authorization: Bearer <token>``.
+A client with an API key (a backend) calls the server API, ``/api/*``, with
+``Authorization: apikey <key>``; any other calls the client API, ``/client/*``, with its
+connection token as ``Authorization: Bearer <token>``, under the rules the same ops meet over
+WebSocket. The SSE and poll streams carry the connection token too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from clarion.client.endpoints import Endpoints
-from clarion.client.errors import ConnectFailed, ConnectionLost, RequestFailed, RequestTimeout
+from clarion.client.errors import (
+    ConnectFailed,
+    ConnectionLost,
+    Disconnected,
+    RequestFailed,
+    RequestTimeout,
+)
 from clarion.client.items import History, Member, Published
-from clarion.client.tokens import TokenSource, resolve_token
+from clarion.client.refusals import Retry, request_refused
+from clarion.client.tokens import Tokens
 from clarion.protocol.errors import rule_for
 
 # Codes for answers that do not carry the hub's error body (e.g. a proxy, or the HTTP server's
@@ -46,19 +56,24 @@ def failure(response: httpx.Response) -> RequestFailed:
 
 
 class HttpApi:
-    """One ``httpx.AsyncClient`` for the server API and the SSE/poll streams of a client."""
+    """One ``httpx.AsyncClient`` for a client's requests (server or client API) and its SSE and
+    poll streams."""
 
     def __init__(
         self,
         endpoints: Endpoints,
         *,
         api_key: str | None,
-        token: TokenSource,
+        tokens: Tokens,
         timeout: float,
+        on_fatal: Callable[[Disconnected], None],
     ) -> None:
         self.endpoints = endpoints
         self.api_key = api_key
-        self.token = token
+        self.tokens = tokens
+        # Told when a request is refused as a connection would be (a fixed token that expired):
+        # the client ends, as the hub closing that connection would end it.
+        self.on_fatal = on_fatal
         self.timeout = timeout
         # Every SSE or poll subscription holds a connection of its own for as long as it lives.
         self.http = httpx.AsyncClient(
@@ -83,13 +98,53 @@ class HttpApi:
         return {"Authorization": f"apikey {self.api_key}"} if self.api_key else {}
 
     async def stream_headers(self) -> dict[str, str]:
-        token = await resolve_token(self.token)
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        return _bearer(await self.tokens.fresh())
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    async def _call(self, method: str, name: str, **kwargs: Any) -> dict[str, Any]:
+        """The request ``name`` (``publish``, ``history``...) of the server API with the API key,
+        else of the client API with the connection token."""
+        path = f"/api/{name}" if self.api_key is not None else f"/client/{name}"
+        try:
+            # One bound for the whole, a retry with a renewed token included.
+            async with asyncio.timeout(self.timeout):
+                if self.api_key is not None:
+                    return await self._send(method, path, self.api_headers(), **kwargs)
+                return await self._as_client(method, path, **kwargs)
+        except RequestTimeout:
+            raise
+        except TimeoutError:
+            url = self.endpoints.url(path)
+            raise RequestTimeout(f"no answer from {url} within {self.timeout} s") from None
+
+    async def _as_client(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        token = await self.tokens.latest()
+        try:
+            return await self._send(method, path, _bearer(token), **kwargs)
+        except RequestFailed as exc:
+            decided = self._refusal(exc)
+            if not isinstance(decided, Retry):
+                raise decided from None
+        # Expired, and refused before anything was done: once more with a renewed token.
+        token = await self.tokens.renewed(token)
+        try:
+            return await self._send(method, path, _bearer(token), **kwargs)
+        except RequestFailed as exc:
+            decided = self._refusal(exc)
+            raise (exc if isinstance(decided, Retry) else decided) from None
+
+    def _refusal(self, error: RequestFailed) -> Exception:
+        """What a refused client API request raises (a :class:`Retry`: renew the token)."""
+        decided = request_refused(error, self.tokens.source)
+        if isinstance(decided, Disconnected):
+            self.on_fatal(decided)
+        return decided
+
+    async def _send(
+        self, method: str, path: str, headers: dict[str, str], **kwargs: Any
+    ) -> dict[str, Any]:
         url = self.endpoints.url(path)
         try:
-            response = await self.http.request(method, url, headers=self.api_headers(), **kwargs)
+            response = await self.http.request(method, url, headers=headers, **kwargs)
         except httpx.TimeoutException:
             raise RequestTimeout(f"no answer from {url} within {self.timeout} s") from None
         except httpx.ConnectError as exc:
@@ -117,18 +172,23 @@ class HttpApi:
     ) -> Published:
         body: dict[str, Any] = {"channel": channel, "data": data}
         if id is not None:
-            body["id"] = id
+            # The client API names it as the ``publish`` op does: a key in the client's space.
+            body["id" if self.api_key is not None else "pub_id"] = id
         if ephemeral:
             body["ephemeral"] = True
         if key is not None:
             body["key"] = key
-        return Published.from_wire(channel, await self._call("POST", "/api/publish", json=body))
+        return Published.from_wire(channel, await self._call("POST", "publish", json=body))
 
     async def publish_batch(
         self, publications: Sequence[Mapping[str, Any]]
     ) -> list[Published | RequestFailed]:
-        body = await self._call(
-            "POST", "/api/publish_batch", json={"publications": [dict(p) for p in publications]}
+        # The server API's alone: a batch needs the API key whoever sends it.
+        body = await self._send(
+            "POST",
+            "/api/publish_batch",
+            self.api_headers(),
+            json={"publications": [dict(p) for p in publications]},
         )
         results = body.get("results")
         if not isinstance(results, list) or len(results) != len(publications):
@@ -147,17 +207,21 @@ class HttpApi:
             params["since"] = since
         if limit is not None:
             params["limit"] = limit
-        return History.from_wire(channel, await self._call("GET", "/api/history", params=params))
+        return History.from_wire(channel, await self._call("GET", "history", params=params))
 
     async def presence(self, channel: str) -> list[Member]:
         body = await self.presence_body(channel)
         return [Member.from_wire(c) for c in body.get("clients", ())]
 
     async def presence_body(self, channel: str) -> dict[str, Any]:
-        return await self._call("GET", "/api/presence", params={"channel": channel})
+        return await self._call("GET", "presence", params={"channel": channel})
 
     async def presence_stats(self, channel: str) -> dict[str, Any]:
-        return await self._call("GET", "/api/presence_stats", params={"channel": channel})
+        return await self._call("GET", "presence_stats", params={"channel": channel})
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _batch_item(item: Mapping[str, Any], result: Any) -> Published | RequestFailed:

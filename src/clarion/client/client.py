@@ -25,7 +25,7 @@ from clarion.client.items import History, Member, PresenceStats, PresentUser, Pu
 from clarion.client.poll import run_poll
 from clarion.client.streams import StreamContext
 from clarion.client.subscription import Feed, Subscription
-from clarion.client.tokens import TokenSource
+from clarion.client.tokens import Tokens, TokenSource
 from clarion.client.websocket import WebSocketLink
 from clarion.errors import BadCursor, ClarionError
 from clarion.protocol.channels import validate_channel
@@ -68,7 +68,7 @@ class Client:
         if not 0 < poll_timeout <= MAX_POLL_TIMEOUT:
             raise ValueError(f"poll_timeout must be more than 0 and at most {MAX_POLL_TIMEOUT}")
         self.endpoints = Endpoints.parse(url)
-        self._token = token
+        self._tokens = Tokens(token)
         self._api_key = api_key
         self._option: TransportName = transport
         self._backoff = backoff if backoff is not None else Backoff()
@@ -109,12 +109,16 @@ class Client:
             raise ClientClosed("a client can be opened only once")
         self._state = "open"
         self._api = HttpApi(
-            self.endpoints, api_key=self._api_key, token=self._token, timeout=self._request_timeout
+            self.endpoints,
+            api_key=self._api_key,
+            tokens=self._tokens,
+            timeout=self._request_timeout,
+            on_fatal=self._stop,
         )
         if self._option in ("ws", "auto"):
             self._link = WebSocketLink(
                 self.endpoints,
-                token=self._token,
+                tokens=self._tokens,
                 backoff=self._backoff,
                 open_timeout=self._open_timeout,
                 max_message_bytes=self._max_message_bytes,
@@ -193,31 +197,39 @@ class Client:
             link = self._link
             assert link is not None
             try:
+                # One deadline for the whole decision, the look at /healthz included.
                 async with asyncio.timeout(self._open_timeout):
-                    await link.wait_connected()
+                    self._mode = await self._decide(link)
             except TimeoutError:
                 raise ConnectFailed(
                     f"could not connect to {self.endpoints.ws} within {self._open_timeout} s "
                     f"({link.last_failure})"
                 ) from None
-            except TransportUnavailable as exc:
-                if self._option != "auto":
-                    raise
-                # A hub behind something that refuses WebSocket answers /healthz; a wrong URL
-                # answers 404 there too, and fails here rather than at the first subscribe.
-                assert self._api is not None
-                if await self._api.nothing_at("/healthz"):
-                    raise ConnectFailed(
-                        f"{exc} (and nothing is at {self.endpoints.url('/healthz')} either)"
-                    ) from None
-                log.info("WebSocket unavailable (%s); falling back to SSE", exc)
-                self._mode = "sse"
-                return self._mode
-            self._mode = "ws"
             return self._mode
 
-    async def _over_http(self) -> bool:
-        return self._api_key is not None or await self._transport() != "ws"
+    async def _decide(self, link: WebSocketLink) -> TransportName:
+        try:
+            await link.wait_connected()
+        except TransportUnavailable as exc:
+            if self._option != "auto":
+                raise
+            # A hub behind something that refuses WebSocket answers /healthz; a wrong URL
+            # answers 404 there too, and fails here rather than at the first subscribe.
+            assert self._api is not None
+            if await self._api.nothing_at("/healthz"):
+                raise ConnectFailed(
+                    f"{exc} (and nothing is at {self.endpoints.url('/healthz')} either)"
+                ) from None
+            log.info("WebSocket unavailable (%s); falling back to SSE", exc)
+            return "sse"
+        return "ws"
+
+    async def _over_http(self) -> HttpApi | None:
+        """Where requests go over HTTP (with an API key, or off WebSocket); None: the WebSocket."""
+        if self._api_key is None and await self._transport() == "ws":
+            return None
+        assert self._api is not None
+        return self._api
 
     # ---- subscriptions ------------------------------------------------------------------------
 
@@ -351,9 +363,8 @@ class Client:
         """
         self._check_open()
         validate_channel(channel)
-        if await self._over_http():
-            assert self._api is not None
-            return await self._api.publish(channel, data, id, ephemeral=ephemeral, key=key)
+        if (api := await self._over_http()) is not None:
+            return await api.publish(channel, data, id, ephemeral=ephemeral, key=key)
         command = Command(
             None, "publish", channel, data=data, publication_id=id, ephemeral=ephemeral, key=key
         )
@@ -393,9 +404,8 @@ class Client:
         """
         self._check_open()
         validate_channel(channel)
-        if await self._over_http():
-            assert self._api is not None
-            return await self._api.history(channel, since, limit, reverse=reverse)
+        if (api := await self._over_http()) is not None:
+            return await api.history(channel, since, limit, reverse=reverse)
         command = Command(None, "history", channel, since, limit=limit, reverse=reverse)
         return History.from_wire(channel, await self._request(command))
 
@@ -403,9 +413,8 @@ class Client:
         """The clients subscribed to ``channel`` now."""
         self._check_open()
         validate_channel(channel)
-        if await self._over_http():
-            assert self._api is not None
-            return await self._api.presence(channel)
+        if (api := await self._over_http()) is not None:
+            return await api.presence(channel)
         ok = await self._request(Command(None, "presence", channel))
         return [Member.from_wire(c) for c in ok.get("clients", ())]
 
@@ -414,9 +423,8 @@ class Client:
         (clients without a user are not listed)."""
         self._check_open()
         validate_channel(channel)
-        if await self._over_http():
-            assert self._api is not None
-            body = await self._api.presence_body(channel)
+        if (api := await self._over_http()) is not None:
+            body = await api.presence_body(channel)
         else:
             body = await self._request(Command(None, "presence", channel))
         return [PresentUser.from_wire(u) for u in body.get("users", ())]
@@ -426,9 +434,8 @@ class Client:
         them (what a room of thousands shows)."""
         self._check_open()
         validate_channel(channel)
-        if await self._over_http():
-            assert self._api is not None
-            body = await self._api.presence_stats(channel)
+        if (api := await self._over_http()) is not None:
+            body = await api.presence_stats(channel)
         else:
             body = await self._request(Command(None, "presence_stats", channel))
         return PresenceStats(int(body["clients"]), int(body["users"]))

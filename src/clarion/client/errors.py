@@ -8,6 +8,9 @@
     ├── RequestTimeout     no answer within ``request_timeout`` (also a :class:`TimeoutError`)
     └── RequestFailed      the hub answered with an error: ``code``, ``message``, HTTP ``status``
 
+``subscribe()`` raises clarion's own :class:`~clarion.errors.BadChannel` and
+:class:`~clarion.errors.BadCursor` for a bad argument (``clarion.client`` exports them too).
+
 Which close codes and refusals stop the client is decided in :mod:`clarion.client.refusals`, from
 the tables every clarion client shares.
 """

@@ -8,6 +8,10 @@ Every decision is read from the hub's own tables (:mod:`clarion.protocol.errors`
 - ``stop``: the client ends (:class:`Disconnected`, with the error's close code);
 - ``fail``: only this subscription or request fails, the client goes on.
 
+A refused client API request (``/client/*``, over SSE and polling) is what an error reply to the
+same op is over WebSocket, a :class:`RequestFailed`; only an expired token is treated as it is on
+a connection (:func:`request_refused`).
+
 ``clarion.js`` decides the same way (its ``refusal``; a test compares the two on every code).
 """
 
@@ -66,6 +70,17 @@ def refused(error: RequestFailed, token: TokenSource, *, whole: bool) -> Excepti
     if decided == "stop":
         return Disconnected(error_rule(error.code, error.status).close, error.message)
     return error
+
+
+def request_refused(error: RequestFailed, token: TokenSource) -> Exception:
+    """What a refused client API request raises: ``error`` itself, as an error reply over
+    WebSocket would; an expired token is refreshed (:class:`Retry`) or, a fixed one, stops the
+    client as the hub closing a connection for it (4004) would."""
+    if error_rule(error.code, error.status).close != CloseCode.TOKEN_EXPIRED:
+        return error
+    if refreshable(token):
+        return Retry(f"{error.code}: {error.message}")
+    return Disconnected(CloseCode.TOKEN_EXPIRED, error.message)
 
 
 def stops(code: int | None, reconnect: bool | None, token: TokenSource) -> bool:

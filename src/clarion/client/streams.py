@@ -50,7 +50,7 @@ async def check(response: httpx.Response, ctx: StreamContext, path: str) -> None
             f"{ctx.api.endpoints.doubt()}"
         )
     # Retry later, stop the client, or (a refusal of this channel) end this subscription.
-    raise refused(error, ctx.api.token, whole=False)
+    raise refused(error, ctx.api.tokens.source, whole=False)
 
 
 def message_from(obj: Any, cursor: str | None = None) -> Message | None:
@@ -89,7 +89,9 @@ def disconnect_from(obj: Any, ctx: StreamContext) -> Disconnected | None:
     except FrameError as exc:
         log.warning("ignoring a disconnect signal: %s", exc)
         return None
-    if not isinstance(push, DisconnectPush) or not stops(push.code, push.reconnect, ctx.api.token):
+    if not isinstance(push, DisconnectPush):
+        return None
+    if not stops(push.code, push.reconnect, ctx.api.tokens.source):
         return None
     return Disconnected(push.code, push.reason)
 

@@ -22,3 +22,34 @@ async def resolve_token(source: TokenSource) -> str | None:
 def refreshable(source: TokenSource) -> bool:
     """Whether asking again may give a different token (and so retrying an expired one helps)."""
     return callable(source)
+
+
+class Tokens:
+    """A client's token source and the token it last gave, shared by every transport.
+
+    Connections (the WebSocket, each SSE or poll request) ask the source afresh; client API
+    requests reuse the latest answer, so a token callable is not asked once per publish, and
+    a token a reconnect obtained is the one the next request carries.
+    """
+
+    __slots__ = ("_asked", "current", "source")
+
+    def __init__(self, source: TokenSource) -> None:
+        self.source = source
+        self.current: str | None = None
+        self._asked = False
+
+    async def fresh(self) -> str | None:
+        """Ask the source; its answer becomes the current token."""
+        token = await resolve_token(self.source)
+        self.current, self._asked = token, True
+        return token
+
+    async def latest(self) -> str | None:
+        """The token the latest connection or request used (the source is asked if none has)."""
+        return self.current if self._asked else await self.fresh()
+
+    async def renewed(self, expired: str | None) -> str | None:
+        """A token to use instead of ``expired``: the current one if a connection obtained a new
+        one meanwhile, else a fresh one."""
+        return self.current if self.current != expired else await self.fresh()

@@ -53,7 +53,7 @@ from clarion.client.errors import (
 from clarion.client.items import Message, Reset
 from clarion.client.refusals import Retry, refused, stops
 from clarion.client.subscription import Feed
-from clarion.client.tokens import TokenSource, resolve_token
+from clarion.client.tokens import Tokens
 from clarion.errors import ClarionError
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.errors import ErrorCode
@@ -109,7 +109,7 @@ class WebSocketLink:
         self,
         endpoints: Endpoints,
         *,
-        token: TokenSource,
+        tokens: Tokens,
         backoff: Backoff,
         open_timeout: float,
         max_message_bytes: int | None,
@@ -117,7 +117,7 @@ class WebSocketLink:
     ) -> None:
         self.endpoints = endpoints
         self.max_message_bytes = max_message_bytes
-        self.token = token
+        self.tokens = tokens
         self.backoff = backoff
         self.open_timeout = open_timeout
         self.on_fatal = on_fatal
@@ -174,9 +174,13 @@ class WebSocketLink:
                     await conn.close()
         task = self._task
         if task is not None and not task.done():
-            await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
-            # Bounded, re-cancelling: the link awaits the token callable and its own wait_for,
-            # either of which may lose a cancel (see clarion.tasks).
+            if conn is not None:
+                # It ends once the close handshake is done.
+                await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
+            # Without a connection it is connecting or waiting out a backoff delay, and waiting
+            # for it would overrun open_timeout: it is cancelled at once. Bounded,
+            # re-cancelling: the link awaits the token callable and its own wait_for, either of
+            # which may lose a cancel (see clarion.tasks).
             await stop([task], CLOSE_TIMEOUT)
         for feed in list(self.feeds.values()):
             feed.finish()
@@ -210,6 +214,7 @@ class WebSocketLink:
                     why = self.last_failure = str(exc)
                 except ClarionError as exc:
                     log.debug("stopping: %s", exc)
+                    self.last_failure = str(exc)
                     self._fail(exc)
                     return
                 except Exception as exc:  # a bug must not leave waiters hanging: retry, loudly
@@ -226,7 +231,7 @@ class WebSocketLink:
                         if not self.feeds:
                             log.info("the hub closed the idle connection; reopening when needed")
                             return
-                    elif stops(code, reconnect, self.token):
+                    elif stops(code, reconnect, self.tokens.source):
                         self._fail(Disconnected(code or CloseCode.NORMAL, reason))
                         return
                     closed = f"{code}: {reason}" if reason else str(code or "no close code")
@@ -279,7 +284,7 @@ class WebSocketLink:
     async def _connect_and_serve(self) -> tuple[bool, int | None, str, bool | None]:
         """One connection from handshake to close: (was connected, code, reason, reconnect)."""
         try:
-            token = await resolve_token(self.token)
+            token = await self.tokens.fresh()
         except Exception as exc:
             raise Retry(f"the token callable failed: {exc!r}") from None
         conn = await self._open()
@@ -300,7 +305,7 @@ class WebSocketLink:
             if reply.done() and (answer := reply.result()) is not None:
                 if answer.error is not None:
                     failure = RequestFailed.from_wire(answer.error)
-                    raise refused(failure, self.token, whole=True)
+                    raise refused(failure, self.tokens.source, whole=True)
                 client = (answer.ok or {}).get("client")
                 if isinstance(client, str):
                     self.client_id = client

@@ -10,7 +10,9 @@ variables are not named ``CLARION_…``, which the hub would refuse as unknown s
 ``GCPROBE``: ``off`` switches the collector off in the hub; ``untrack`` takes every
 publication and its dict of encodings out of the collector's lists (``PyObject_GC_UnTrack``
 through ``ctypes``: a measurement of what that would save, not something the hub does — an
-untracked object in a reference cycle is never freed); anything else, or unset, changes nothing.
+untracked object in a reference cycle is never freed); ``young:N`` makes the young collections
+come every ``N`` allocations instead of what ``clarion serve`` sets; anything else, or unset,
+changes nothing.
 Either way each collection of the hub longer than 1 ms, and every full one, is written to
 ``<GCPROBE_DIR or the temporary directory>/gcprobe-<pid>.txt``: the wall time, the
 generation, the pause and what it collected.
@@ -32,6 +34,8 @@ def _install() -> None:
         gc.disable()
     elif mode == "untrack":
         _untrack_publications()
+    elif mode.startswith("young:"):
+        _young_every(int(mode.partition(":")[2]))
     folder = os.environ.get("GCPROBE_DIR", tempfile.gettempdir())
     out = open(os.path.join(folder, f"gcprobe-{os.getpid()}.txt"), "w", buffering=1)  # noqa: SIM115
     started = [0.0]
@@ -46,6 +50,15 @@ def _install() -> None:
             out.write(f"{time.time():.3f} gen{generation} {ms:.2f}ms {info['collected']}\n")
 
     gc.callbacks.append(timed)
+
+
+def _young_every(allocations: int) -> None:
+    real = gc.set_threshold
+
+    def set_threshold(young: int, *older: int) -> None:  # what ``clarion serve`` calls
+        real(allocations, *older)
+
+    gc.set_threshold = set_threshold
 
 
 def _untrack_publications() -> None:

@@ -930,6 +930,9 @@ class Client extends Emitter {
   // -- publish, history, presence --
 
   async _call(op, command) {
+    // Closed — by close(), or by the hub with a code that says not to come back (a fixed token
+    // that expired): nothing more is asked of the hub, as nothing more is subscribed.
+    if (this.closed) throw new Error("the client is closed");
     if (this.transport === "ws" && this.state === "connected" && this.ws?.readyState === 1) {
       return this._wsRequest({ op, ...command });
     }

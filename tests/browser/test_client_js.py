@@ -495,6 +495,13 @@ async def test_a_disconnected_user_is_told_and_not_reconnected(
     await asyncio.sleep(1)
     assert not hub.hub.sessions  # it did not come back
     assert (await page.evaluate("window.log.states"))[-1] == f"closed:{transport}"
+    # Nor does anything else it is asked: a closed client makes no request.
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    for call in ("publish('chat:lobby', 1)", "history('chat:lobby')", "presence('chat:lobby')"):
+        refused = await page.evaluate(f"window.client.{call}.then(() => 'sent', (e) => e.message)")
+        assert refused == "the client is closed"
+    assert requests == []
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])

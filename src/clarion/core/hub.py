@@ -34,6 +34,7 @@ from clarion.core.hooks import Hooks
 from clarion.core.metrics import Stats, make_registry, render
 from clarion.core.nodes import NodeCollector, NodeReporter
 from clarion.core.operator import OperatorAuth
+from clarion.core.pages import fitting, page_budget
 from clarion.core.presence import Roster
 from clarion.core.registry import SessionRegistry
 from clarion.core.resume import history_reset, position_for
@@ -351,6 +352,9 @@ class Hub:
         ``reverse``: newest first, older than ``since`` (see :meth:`Engine.history`); the
         reset reasons are then ``epoch`` and ``position`` only — reaching the oldest
         publication held is the end of the pages, not a gap.
+
+        A page stops at ``limits.send_queue_bytes`` too (:mod:`~clarion.core.pages`): the
+        reply's ``more`` and ``cursor`` then say where the next page starts.
         """
         validate_channel(channel)
         position = position_for(channel, since)
@@ -359,6 +363,10 @@ class Hub:
         history = await self.engine.history(
             channel, self.options(channel), since=position, limit=limit, reverse=reverse
         )
+        pubs = history.publications
+        count = fitting(pubs, page_budget(self.settings.limits.send_queue_bytes))
+        if count < len(pubs):
+            history = History(pubs[:count], history.position, history.earliest)
         reason = history_reset(history, position, reverse)
         if reason is not None:
             self.stats.resets[reason] += 1

@@ -101,15 +101,19 @@ async def test_history_replies_stop_at_the_budget_and_page_on(
     assert len(sizes) >= COUNT * PAD // BOUND  # the budget cut them, not the count
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 async def test_history_api_on_the_redis_engine(
     hub_factory: Callable[..., Any],
     redis_server: RedisServer,  # noqa: F811
+    reverse: bool,
 ) -> None:
+    """Read from Redis in growing pieces until the page is full: the same pages."""
     running = await filled(hub_factory, engine=redis_server.url)
     async with running.http() as http:
-        seen, sizes = await page_through(http, "/api/history", reverse=False)
-    assert seen == list(range(COUNT))
+        seen, sizes = await page_through(http, "/api/history", reverse=reverse)
+    assert seen == (list(range(COUNT))[::-1] if reverse else list(range(COUNT)))
     assert max(sizes) <= BOUND, sizes
+    assert len(sizes) >= COUNT * PAD // BOUND
 
 
 async def test_history_op_replies_stop_at_the_budget(hub_factory: Callable[..., Any]) -> None:

@@ -34,7 +34,7 @@ from clarion.core.hooks import Hooks
 from clarion.core.metrics import Stats, make_registry, render
 from clarion.core.nodes import NodeCollector, NodeReporter
 from clarion.core.operator import OperatorAuth
-from clarion.core.pages import fitting, page_budget
+from clarion.core.pages import page_budget, read_page
 from clarion.core.presence import Roster
 from clarion.core.registry import SessionRegistry
 from clarion.core.resume import history_reset, position_for
@@ -56,7 +56,6 @@ log = logging.getLogger("clarion.hub")
 
 E = TypeVar("E")
 MAX_UNSETTLED = 4096  # publications remembered for a repeat to settle (oldest forgotten)
-FIRST_PIECE = 32  # publications in the first read of a history page from a remote engine
 
 
 class Hub:
@@ -361,30 +360,16 @@ class Hub:
         position = position_for(channel, since)
         cap = self.settings.limits.max_history_batch
         limit = cap if limit is None else min(limit, cap)
-        options = self.options(channel)
-        budget = page_budget(self.settings.limits.send_queue_bytes)
-        # In process a read is a slice of what is held. Over the network (Redis) a read of
-        # ``limit`` large publications would move megabytes only to cut them here: the page is
-        # read in growing pieces until it is full.
-        step = limit if self.publishes_inline else min(limit, FIRST_PIECE)
-        history = await self.engine.history(
-            channel, options, since=position, limit=step, reverse=reverse
+        history = await read_page(
+            self.engine,
+            channel,
+            self.options(channel),
+            since=position,
+            limit=limit,
+            reverse=reverse,
+            budget=page_budget(self.settings.limits.send_queue_bytes),
+            remote=not self.publishes_inline,
         )
-        pubs = history.publications
-        count = fitting(pubs, budget)
-        piece = len(pubs)
-        while count == len(pubs) and piece == step and 0 < len(pubs) < limit:
-            step = min(step * 4, limit - len(pubs))
-            more = await self.engine.history(
-                channel, options, since=pubs[-1].position, limit=step, reverse=reverse
-            )
-            if more.position.epoch != history.position.epoch:
-                break  # the channel started again meanwhile: the page ends before that
-            pubs = pubs + more.publications
-            piece = len(more.publications)
-            count = fitting(pubs, budget)
-        if count < len(pubs) or pubs is not history.publications:
-            history = History(pubs[:count], history.position, history.earliest)
         reason = history_reset(history, position, reverse)
         if reason is not None:
             self.stats.resets[reason] += 1

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from clarion.protocol.publication import Publication
+from clarion.engines.base import Engine, History
+from clarion.protocol.publication import Publication, StreamPosition
+from clarion.settings import NamespaceOptions
 
 CURSOR_BYTES = 64  # counted per publication: its cursor and its separators in a reply
 RESERVE = 1024  # kept out of a page for what goes with it (the reply's own fields)
+FIRST_PIECE = 32  # publications in the first read of a page from a remote engine
 
 
 def page_budget(limit: int) -> int:
@@ -42,3 +45,40 @@ def fitting(pubs: Sequence[Publication], budget: int) -> int:
         if used > budget and count:
             return count
     return len(pubs)
+
+
+async def read_page(
+    engine: Engine,
+    channel: str,
+    options: NamespaceOptions,
+    *,
+    since: StreamPosition | None,
+    limit: int,
+    reverse: bool,
+    budget: int,
+    remote: bool,
+) -> History:
+    """One page of history: at most ``limit`` publications and ``budget`` bytes of them.
+
+    In process a read is a slice of what is held. From a ``remote`` engine (Redis) a read of
+    ``limit`` large publications would move megabytes only to be cut here: the page is read
+    in growing pieces until it is full. ``position`` and ``earliest`` are the first read's.
+    """
+    step = min(limit, FIRST_PIECE) if remote else limit
+    history = await engine.history(channel, options, since=since, limit=step, reverse=reverse)
+    pubs = history.publications
+    count = fitting(pubs, budget)
+    piece = len(pubs)
+    while count == len(pubs) and piece == step and 0 < len(pubs) < limit:
+        step = min(step * 4, limit - len(pubs))
+        more = await engine.history(
+            channel, options, since=pubs[-1].position, limit=step, reverse=reverse
+        )
+        if more.position.epoch != history.position.epoch:
+            break  # the channel started again meanwhile: the page ends before that
+        pubs = pubs + more.publications
+        piece = len(more.publications)
+        count = fitting(pubs, budget)
+    if count < len(pubs) or pubs is not history.publications:
+        history = History(pubs[:count], history.position, history.earliest)
+    return history

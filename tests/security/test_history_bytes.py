@@ -352,3 +352,38 @@ async def test_history_ops_of_peers_that_do_not_read_cost_a_budget_each(
         sock.close()
     # 100 replies of 12 MB: several seconds of CPU; of one MiB each, a fraction of one.
     assert spent < 1.0, f"{spent:.2f} s of CPU"
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+async def test_the_python_client_resumes_a_deep_backlog_by_itself(
+    hub_factory: Callable[..., Any], transport: str
+) -> None:
+    """Given a cursor at offset 0, the client gets every publication once, in order, whatever
+    closes (4001) come between the pieces; a history page loop gets them all too."""
+    from clarion.client import Backoff, Message, connect
+
+    running = await filled(hub_factory)
+    since = encode_single(CHANNEL, await epoch_of(running), 0)
+    seen: list[int] = []
+    async with (
+        connect(
+            running.http_url, transport=transport, backoff=Backoff(base=0.01, cap=0.05)
+        ) as client,  # type: ignore[arg-type]
+        client.subscribe(CHANNEL, since=since) as sub,
+    ):
+        async with asyncio.timeout(timeout(30)):
+            async for item in sub:
+                assert isinstance(item, Message), item
+                seen.append(item.data["n"])
+                if len(seen) == COUNT:
+                    break
+        pages, page_since = [], None
+        while True:
+            page = await client.history(CHANNEL, since=page_since, limit=1000)
+            pages.append([m.data["n"] for m in page.publications])
+            if not page.more:
+                break
+            page_since = page.cursor
+    assert seen == list(range(COUNT))
+    assert [n for page in pages for n in page] == list(range(COUNT))
+    assert len(pages) > 2

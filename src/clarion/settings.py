@@ -131,7 +131,10 @@ class Limits(BaseModel):
     send_queue_bytes: int = Field(
         1_048_576,
         ge=4096,
-        description="bytes queued to one session before its slow-consumer policy",
+        description=(
+            "bytes queued to one session before its slow-consumer policy; also the bytes of "
+            "one history reply and of the replay a resume starts with"
+        ),
     )
     ping_interval: float = Field(25, gt=0, description="seconds between server pings")
     pong_timeout: float = Field(10, gt=0, description="seconds to wait for a pong")
@@ -170,7 +173,9 @@ class Limits(BaseModel):
         ge=1,
         description="the same, per client IP (IPv6: per `ipv6_prefix` network)",
     )
-    max_history_batch: int = Field(1000, ge=1, description="publications per history/poll reply")
+    max_history_batch: int = Field(
+        1000, ge=1, description="publications per history/poll reply (bytes: `send_queue_bytes`)"
+    )
 
 
 class SseOptions(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from clarion.core.pages import CURSOR_BYTES, fitting
 from clarion.core.resume import Reset, history_reset, plan_resume, position_for, waits_ahead
 from clarion.engines.base import History
 from clarion.errors import BadCursor
@@ -109,3 +110,28 @@ def test_position_for_reads_the_channels_position_from_a_cursor() -> None:
     assert position_for("c", token) == StreamPosition(EPOCH, 4)
     with pytest.raises(BadCursor):
         position_for("other", token)
+
+
+def test_a_replay_over_its_budget_stops_there_and_sends_nothing_buffered() -> None:
+    size = len(pub(1).json()) + CURSOR_BYTES
+    plan = plan_resume("c", held(1, 10, since=0), StreamPosition(EPOCH, 0), False,
+                       [pub(10), pub(11)], budget=3 * size)  # fmt: skip
+    assert plan.cut and plan.recovered
+    assert offsets(plan.sends) == [1, 2, 3]
+    assert plan.last == StreamPosition(EPOCH, 3)  # where the client resumes from
+
+
+def test_a_replay_within_its_budget_goes_live() -> None:
+    plan = plan_resume("c", held(1, 3, since=0), StreamPosition(EPOCH, 0), False, [pub(4)],
+                       budget=1 << 20)  # fmt: skip
+    assert not plan.cut
+    assert offsets(plan.sends) == [1, 2, 3, 4]
+
+
+def test_a_page_always_holds_one_publication_and_never_encodes_far_past_its_budget() -> None:
+    pubs = [pub(n) for n in range(10, 100)]  # of one size: two-digit offsets
+    assert fitting(pubs, 1) == 1
+    size = len(pubs[0].json()) + CURSOR_BYTES
+    assert fitting(pubs, 10 * size) == 10
+    assert all(p._json is None for p in pubs[11:])  # past the cut: never encoded
+    assert fitting(pubs, 1 << 30) == 90

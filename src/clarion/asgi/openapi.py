@@ -199,7 +199,13 @@ def _client_api() -> dict[str, Any]:
                 parameters=[
                     *_channel_only(),
                     _query("since", False, {"type": "string"}, "after this cursor"),
-                    _query("limit", False, {"type": "integer"}, "at most this many, 0-1000"),
+                    _query(
+                        "limit",
+                        False,
+                        {"type": "integer"},
+                        "at most this many, 0-1000; a page also ends at `send_queue_bytes` "
+                        "(`more`: page on with `cursor`)",
+                    ),
                     _query("reverse", False, {"type": "boolean"}, "newest first"),
                     _TOKEN,
                 ],
@@ -347,7 +353,13 @@ def document() -> dict[str, Any]:
                     parameters=[
                         *_channel_only(),
                         _query("since", False, {"type": "string"}, "a cursor"),
-                        _query("limit", False, {"type": "integer"}, "at most this many"),
+                        _query(
+                            "limit",
+                            False,
+                            {"type": "integer"},
+                            "at most this many; a page also ends at `send_queue_bytes` "
+                            "(`more`: page on with `cursor`)",
+                        ),
                         _query(
                             "reverse",
                             False,

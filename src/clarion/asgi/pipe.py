@@ -191,8 +191,9 @@ class FastChunkPipe(FastPipe):
         if self._ended:
             return
         self._ended = True
-        if code == CloseCode.SLOW:
+        if code == CloseCode.SLOW and self.backlog() > self.limit:
             # What is queued cannot reach this reader in time; it resumes from its last id.
+            # Within the budget it goes first (a replay cut at the budget: the next page).
             self.conn.drop_pending()
         if last is not None:
             self.conn.push(http_chunk(last))
@@ -230,7 +231,7 @@ class QueuePipe(Pipe):
     """A bounded queue drained by one task; the ASGI messages are the subclass's.
 
     Over ``limit`` the owner's ``on_overflow`` policy runs (close as slow, or conflate); past
-    twice the limit, or when the connection closes while over it (or as slow), what is queued is
+    twice the limit, or when the connection closes while over it, what is queued is
     dropped and only the end remains: a peer that does not read would otherwise hold it (and the
     close behind it) for as long as it keeps the socket open. Items are kept in push order in a
     deque. A keyed signal's frame (:class:`~clarion.protocol.frames.Latest`) pushed while the
@@ -319,7 +320,9 @@ class QueuePipe(Pipe):
     def close(self, code: int, reason: str, last: bytes | None = None) -> None:
         if self._closed:
             return
-        if self._queued > self.limit + self._allowance or code == CloseCode.SLOW:
+        # Over the budget, the queue cannot reach the peer in time: only the end goes. Within
+        # it, what is queued goes first (a resume's replay cut at the budget, then 4001).
+        if self._queued > self.limit + self._allowance:
             self._queue.clear()
             self._slots.clear()
             self._queued = 0

@@ -35,6 +35,7 @@ from clarion.asgi.channelrequest import (
 from clarion.asgitypes import Receive, Scope, Send
 from clarion.core.fanout import WireFormat, cursor_if_stored
 from clarion.core.hub import Hub
+from clarion.core.pages import CURSOR_BYTES
 from clarion.core.session import Session, SubscribeResult
 from clarion.errors import BadRequest
 from clarion.protocol import messages
@@ -44,7 +45,6 @@ from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import Publication, StreamPosition
 
 _SECONDS = re.compile(r"\d{1,6}(\.\d{1,6})?")
-CURSOR_BYTES = 48  # counted per publication for its cursor when sizing a reply
 
 # The waiter reads the publication objects themselves: nothing to encode per poll.
 POLL_WAKE = WireFormat("poll/publication", "poll", lambda pub: pub)

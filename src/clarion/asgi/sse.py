@@ -100,7 +100,9 @@ class SseStream:
     """One stream's transport: encodes events and writes them through its pipe.
 
     Until the response starts there is no pipe yet: what the subscriptions push (the missed
-    history above all) is held, and goes first, on top of the send budget, once it starts.
+    history above all) is held, and goes first, on top of the send budget, once it starts. It
+    counts as the stream's backlog meanwhile, so a resume's replay stops at the budget
+    (:mod:`~clarion.core.pages`): the held part is bounded by it.
     """
 
     kind = "sse"
@@ -109,6 +111,7 @@ class SseStream:
         "_end",
         "_heartbeat",
         "_held",
+        "_held_bytes",
         "_loop",
         "_positions",
         "_started",
@@ -126,6 +129,7 @@ class SseStream:
         self._loop = asyncio.get_running_loop()
         self.pipe: Pipe | None = None
         self._held: list[bytes | Tagged] = []
+        self._held_bytes = 0
         self._end: tuple[int, str] | None = None  # closed before the pipe was there
         self._heartbeat = heartbeat
         self._started = 0.0
@@ -214,7 +218,7 @@ class SseStream:
         self.push = self._push_tagged
 
     def backlog(self) -> int:
-        return self.pipe.backlog() if self.pipe is not None else 0
+        return self.pipe.backlog() if self.pipe is not None else self._held_bytes
 
     def watch_overflow(self) -> None:
         if self.pipe is not None:
@@ -230,8 +234,8 @@ class SseStream:
         if self.pipe is not None:
             self.pipe.close(code, reason, last)
         else:
-            if code == CloseCode.SLOW:
-                self._held.clear()
+            # Closed as slow before it started: a replay cut at the budget, whose held part
+            # goes out first (it is within the budget) and tells the client where to resume.
             if last is not None:
                 self._held.append(last)
             self._end = (code, reason)
@@ -258,6 +262,7 @@ class SseStream:
         pipe = self.pipe
         if pipe is None:
             self._held.append(data)
+            self._held_bytes += len(data)
         else:
             pipe.send(data)
 
@@ -267,6 +272,7 @@ class SseStream:
             # Rendered when the stream starts: its ``id:`` then holds every channel the
             # request names, subscribed after this one or not.
             self._held.append(item)
+            self._held_bytes += len(item[2])
         else:
             pipe.send(self._render(item))
 
@@ -316,6 +322,7 @@ class SseStream:
             item if isinstance(item, bytes) else render(item) for item in self._held
         )
         self._held = []
+        self._held_bytes = 0
         pipe: Pipe | None = None
         if (
             fast is not None

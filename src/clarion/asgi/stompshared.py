@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 
 from clarion.asgi.stompwire import BinaryTail, message_tail_of
 from clarion.core.fanout import Push, WireFormat
+from clarion.core.pages import fitting, replay_budget
 from clarion.core.resume import reset_reason
 from clarion.core.session import Session
+from clarion.protocol.codes import CloseCode
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import Publication, StreamPosition
@@ -73,10 +75,17 @@ async def subscribe_shared(conn: StompConnection, session: Session, event: Subsc
         if frame is not None:
             conn.wire.send(frame)
     else:
-        for pub in history.publications:
-            if pub.epoch == last.epoch and pub.offset > last.offset:
-                shared.deliver(sub, pub)
-                last = pub.position
+        # As every resume: the replay stops at what the send budget has left, and a client
+        # that missed more is closed as slow once that part is out, to resume from it.
+        pubs = [p for p in history.publications if p.epoch == last.epoch and p.offset > last.offset]
+        count = fitting(pubs, replay_budget(hub.settings.limits.send_queue_bytes, conn.backlog()))
+        for pub in pubs[:count]:
+            shared.deliver(sub, pub)
+            last = pub.position
+        if count < len(pubs):
+            hub.stats.slow_disconnects += 1
+            session.close(CloseCode.SLOW)
+            return
     _go_live(shared, sub, buffer, last)
 
 

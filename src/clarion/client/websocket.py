@@ -75,7 +75,8 @@ from clarion.tasks import stop
 
 log = logging.getLogger(__name__)
 
-# A history reply may carry up to ``max_history_batch`` publications of ``max_message_bytes``.
+# A history reply holds about the hub's ``send_queue_bytes``, whose setting is not known here:
+# room for a hub that raised it.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 CLOSE_TIMEOUT = 2.0
 

@@ -34,6 +34,7 @@ from clarion.core.hooks import Hooks
 from clarion.core.metrics import Stats, make_registry, render
 from clarion.core.nodes import NodeCollector, NodeReporter
 from clarion.core.operator import OperatorAuth
+from clarion.core.pages import page_budget, read_page
 from clarion.core.presence import Roster
 from clarion.core.registry import SessionRegistry
 from clarion.core.resume import history_reset, position_for
@@ -351,13 +352,23 @@ class Hub:
         ``reverse``: newest first, older than ``since`` (see :meth:`Engine.history`); the
         reset reasons are then ``epoch`` and ``position`` only — reaching the oldest
         publication held is the end of the pages, not a gap.
+
+        A page stops at ``limits.send_queue_bytes`` too (:mod:`~clarion.core.pages`): the
+        reply's ``more`` and ``cursor`` then say where the next page starts.
         """
         validate_channel(channel)
         position = position_for(channel, since)
         cap = self.settings.limits.max_history_batch
         limit = cap if limit is None else min(limit, cap)
-        history = await self.engine.history(
-            channel, self.options(channel), since=position, limit=limit, reverse=reverse
+        history = await read_page(
+            self.engine,
+            channel,
+            self.options(channel),
+            since=position,
+            limit=limit,
+            reverse=reverse,
+            budget=page_budget(self.settings.limits.send_queue_bytes),
+            remote=not self.publishes_inline,
         )
         reason = history_reset(history, position, reverse)
         if reason is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from clarion.core.pages import fitting
 from clarion.engines.base import History
 from clarion.errors import BadCursor
 from clarion.protocol.cursor import Cursor, encode_single
@@ -67,6 +68,9 @@ class Resume:
     sends: list[Publication | Reset]
     last: StreamPosition  # the position of the last publication the subscriber then holds
     start: StreamPosition  # where it is before ``sends``: a stream's first id says this
+    # The replay stopped at its byte budget: publications after ``last`` are still to come,
+    # so the subscriber cannot go live; it resumes from ``last`` on a new connection.
+    cut: bool = False
 
     @property
     def recovered(self) -> bool:
@@ -79,6 +83,7 @@ def plan_resume(
     since: StreamPosition | None,
     latest: bool,
     buffered: Iterable[Publication],
+    budget: int | None = None,
 ) -> Resume:
     """Join ``history`` (read after the subscription started buffering) and the live
     publications ``buffered`` meanwhile, without a gap or a repeat.
@@ -86,6 +91,9 @@ def plan_resume(
     ``history`` was read from ``since`` (``None``: no cursor; with ``latest``, the newest
     publication only). Offsets de-duplicate the overlap; a buffered publication of another
     epoch is preceded by an ``epoch`` reset.
+
+    ``budget``: the bytes the replayed publications may take (:mod:`~clarion.core.pages`);
+    past it the plan stops there (``cut``) and sends nothing buffered.
     """
     reason = None
     if since is not None and not history.covers(since):
@@ -100,9 +108,13 @@ def plan_resume(
         first = history.publications[0]  # the newest, sent first: the start is just before it
         start = StreamPosition(first.epoch, first.offset - 1)
     if (since is not None and reason is None) or (since is None and latest):
-        for pub in history.publications:
+        pubs = history.publications
+        count = len(pubs) if budget is None else fitting(pubs, budget)
+        for pub in pubs[:count]:
             sends.append(pub)
             last = pub.position
+        if count < len(pubs):
+            return Resume(reason, sends, last, start, cut=True)
     for pub in buffered:
         if pub.epoch != last.epoch:
             sends.append(Reset("epoch", encode_single(channel, pub.epoch, pub.offset - 1)))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from clarion.core.auth import Credentials
 from clarion.core.fanout import Push, Subscription, WireFormat
 from clarion.core.limits import Abuse, TokenBucket
+from clarion.core.pages import replay_budget
 from clarion.core.resume import Reset, plan_resume, position_for
 from clarion.errors import BadRequest, ClarionError, LimitExceeded
 from clarion.protocol.channels import validate_channel
@@ -246,7 +247,11 @@ class Session:
         if local.pending.get(sub) is not buffer:  # detached meanwhile
             return None
         # From here to go_live nothing awaits: history, buffered and live stay in order.
-        plan = plan_resume(channel, history, since_pos, latest, buffer)
+        # The replay takes what the send budget has left: a forged cursor at offset 0 must
+        # not queue the whole history for a peer that does not read.
+        queued = self.transport.backlog() if isinstance(self.transport, Backlogged) else 0
+        budget = replay_budget(hub.settings.limits.send_queue_bytes, queued)
+        plan = plan_resume(channel, history, since_pos, latest, buffer, budget)
         top = history.position
         result = SubscribeResult(
             channel,
@@ -264,6 +269,13 @@ class Session:
                 self.transport.send_reset(channel, item.reason, item.cursor)
             else:
                 push(item.encoded(fmt, fmt.encode))
+        if plan.cut:
+            # More than the budget is missed: what fits goes out, then the slow-consumer
+            # close; the client resumes from the last publication it got, a page further on.
+            # The transports keep a queue within budget for this close.
+            hub.stats.slow_disconnects += 1
+            self.close(CloseCode.SLOW)
+            return None
         del local.pending[sub]
         channels.go_live(local, sub, plan.last)
         if options.presence and self.transport.kind != "poll":

@@ -243,7 +243,7 @@ def token_from(hub: Hub, scope: Scope) -> str | None:
     A token given twice — two ``token`` parameters, two ``Authorization`` headers — is refused
     whatever the values: which one a proxy or the hub would read is a guess."""
     headers = scope.get("headers", ())
-    authorizations = [v for k, v in headers if k == b"authorization"]
+    authorizations: list[bytes] = [v for k, v in headers if k == b"authorization"]
     tokens = query(scope).get("token")
     if len(authorizations) > 1:
         raise Unauthorized("the Authorization header is given more than once")

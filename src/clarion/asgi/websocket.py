@@ -160,6 +160,8 @@ class _Connection(Handler):
         op = cmd.op
         if op == "ping":
             return {}
+        if op != "publish":  # publishes have buckets of their own
+            session.take_command(op)
         if op == "subscribe":
             assert cmd.channel is not None
             rid = cmd.id

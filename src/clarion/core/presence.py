@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from clarion.core.fanout import JOINED, JOINING, LEFT, Subscription
 from clarion.engines.base import PresenceEntry
 from clarion.errors import ClarionError
 from clarion.settings import NamespaceOptions
@@ -66,17 +67,43 @@ class Roster:
             retiring.cancel()  # a node going away sends no late leave
         self._retiring.clear()
 
-    async def join(self, session: Session, channel: str) -> None:
-        try:
-            await self._join(session, channel)
-        except ClarionError as exc:  # e.g. the engine is unreachable: the session goes on
-            log.warning("presence join on %s failed: %s", channel, exc.message)
+    async def join(self, session: Session, sub: Subscription) -> None:
+        """Add the session to ``sub``'s channel and announce it, once per subscription.
 
-    async def _join(self, session: Session, channel: str) -> None:
+        Awaited by the subscribe that made ``sub``, so a connection has at most one join on its
+        way and its next command waits for it: churn cannot pile up joins. A subscription
+        ended before its join was announced is never announced, and gets no leave either.
+        """
+        sub.joined = JOINING
+        try:
+            await self._join(session, sub)
+        except ClarionError as exc:  # e.g. the engine is unreachable: the session goes on
+            log.warning("presence join on %s failed: %s", sub.channel, exc.message)
+            if sub.joined == JOINING:
+                sub.joined = JOINED  # perhaps added: its leave removes it
+            elif session.subscriptions.get(sub.channel) is None:
+                await self._forget(session, sub.channel)
+
+    async def _forget(self, session: Session, channel: str) -> None:
+        """Take back an entry that was never announced (unless a newer subscription of the
+        session's to the channel holds it: entries go by session)."""
+        try:
+            await self.hub.engine.presence_remove(channel, session.id)
+        except ClarionError as exc:  # entries expire
+            log.warning("presence cleanup failed for %s: %s", channel, exc.message)
+
+    async def _join(self, session: Session, sub: Subscription) -> None:
         hub = self.hub
         engine = hub.engine
+        channel = sub.channel
         entry = entry_of(session)
         await engine.presence_add(channel, entry)
+        if sub.joined == LEFT:
+            # Ended while the entry was being added: nobody was told it came, nobody is told
+            # it went.
+            if session.subscriptions.get(channel) is None:
+                await self._forget(session, channel)
+            return
         if hub.lifecycle_listeners:
             hub.emit("join", {"channel": channel, **entry.to_dict()})
         options = hub.options(channel)
@@ -92,17 +119,29 @@ class Roster:
                 await engine.broadcast_event(
                     channel, "join", _user_event(channel, session, options)
                 )
-        if session.closed or channel not in session.subscriptions:
-            await self.leave(session, channel)
+        if sub.joined == LEFT:
+            # Ended while its join was being announced: one leave follows it.
+            await self._leave(session, channel, remove=session.subscriptions.get(channel) is None)
+        else:
+            sub.joined = JOINED
 
-    async def leave(self, session: Session, channel: str) -> None:
+    async def leave(self, session: Session, sub: Subscription) -> None:
+        """``sub`` ended: its leave, if its join was announced (or is being announced: then
+        the join sends it once done). Never twice."""
+        state = sub.joined
+        sub.joined = LEFT
+        if state == JOINED:
+            await self._leave(session, sub.channel)
+
+    async def _leave(self, session: Session, channel: str, *, remove: bool = True) -> None:
         hub = self.hub
         # A long poll subscribes only while it waits: in presence it would join and leave on
         # every poll, so it never joins.
         options = hub.options(channel)
         if not options.presence or session.transport.kind == "poll":
             return
-        await hub.engine.presence_remove(channel, session.id)
+        if remove:
+            await hub.engine.presence_remove(channel, session.id)
         if hub.lifecycle_listeners:
             hub.emit("leave", {"channel": channel, **session.info()})
         mode = options.join_leave_mode
@@ -134,11 +173,11 @@ class Roster:
         except ClarionError as exc:  # e.g. the engine is unreachable: no leave is sent
             log.warning("presence leave on %s failed: %s", channel, exc.message)
 
-    async def leave_all(self, session: Session, channels: list[str]) -> None:
-        for channel in channels:
+    async def leave_all(self, session: Session, subs: list[Subscription]) -> None:
+        for sub in subs:
             try:
-                await self.leave(session, channel)
+                await self.leave(session, sub)
             except ClarionError as exc:  # e.g. the engine is unreachable: entries expire
-                log.warning("presence cleanup failed for %s: %s", channel, exc.message)
+                log.warning("presence cleanup failed for %s: %s", sub.channel, exc.message)
             except Exception:
-                log.warning("presence cleanup failed for %s", channel, exc_info=True)
+                log.warning("presence cleanup failed for %s", sub.channel, exc_info=True)

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clarion.hub")
 
+# Seconds a client's join or leave waits to go out with others; one that the same client
+# undoes meanwhile (a leave after its join) goes nowhere.
+ANNOUNCE_WINDOW = 0.05
+
 
 def entry_of(session: Session) -> PresenceEntry:
     return PresenceEntry(
@@ -47,6 +51,11 @@ class Roster:
         self.hub = hub
         # (channel, user) -> the task that sends the user's leave once its grace has passed.
         self._retiring: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        # Per-client events waiting for the next flush: channel -> client -> (kind, event).
+        # At most one per client and channel, so they are bounded by the sessions.
+        self._outgoing: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        self._flush_at: asyncio.TimerHandle | None = None
+        self._sending: asyncio.Task[None] | None = None
 
     def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         """A ``join``/``leave`` from the engine: to the subscribers who may read presence."""
@@ -66,6 +75,51 @@ class Roster:
         for retiring in self._retiring.values():
             retiring.cancel()  # a node going away sends no late leave
         self._retiring.clear()
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        self._outgoing.clear()
+
+    def _announce(self, channel: str, client: str, kind: str, event: dict[str, Any]) -> None:
+        """Queue a client's ``join``/``leave`` for the next flush, ``ANNOUNCE_WINDOW`` away.
+
+        A join and a leave of one client within the window cancel out: readers hear of changes
+        that lasted, not of each subscribe/unsubscribe pair, so churn — even from connections
+        that come back with a fresh command budget — costs every reader little.
+        """
+        waiting = self._outgoing.get(channel)
+        if waiting is None:
+            waiting = self._outgoing[channel] = {}
+        earlier = waiting.pop(client, None)
+        if earlier is not None and earlier[0] != kind:
+            if not waiting:
+                del self._outgoing[channel]
+            return
+        waiting[client] = (kind, event)
+        if self._flush_at is None:
+            loop = asyncio.get_running_loop()
+            self._flush_at = loop.call_later(ANNOUNCE_WINDOW, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_at = None
+        batch, self._outgoing = self._outgoing, {}
+        if batch:
+            self._sending = self.hub.spawn(self._send(batch, self._sending))
+
+    async def _send(
+        self,
+        batch: dict[str, dict[str, tuple[str, dict[str, Any]]]],
+        before: asyncio.Task[None] | None,
+    ) -> None:
+        if before is not None and not before.done():
+            await asyncio.wait([before])  # in order, across batches too
+        broadcast = self.hub.engine.broadcast_event
+        for channel, events in batch.items():
+            for kind, event in events.values():
+                try:
+                    await broadcast(channel, kind, event)
+                except ClarionError as exc:  # e.g. the engine is unreachable
+                    log.warning("presence %s on %s failed: %s", kind, channel, exc.message)
 
     async def join(self, session: Session, sub: Subscription) -> None:
         """Add the session to ``sub``'s channel and announce it, once per subscription.
@@ -110,7 +164,7 @@ class Roster:
         mode = options.join_leave_mode
         if mode == "client":
             shown = entry.to_dict(info=options.presence_info)
-            await engine.broadcast_event(channel, "join", {"channel": channel, **shown})
+            self._announce(channel, session.id, "join", {"channel": channel, **shown})
         elif mode == "user" and session.user is not None:
             pending = self._retiring.pop((channel, session.user), None)
             if pending is not None:
@@ -147,7 +201,7 @@ class Roster:
         mode = options.join_leave_mode
         if mode == "client":
             shown = entry_of(session).to_dict(info=options.presence_info)
-            await hub.engine.broadcast_event(channel, "leave", {"channel": channel, **shown})
+            self._announce(channel, session.id, "leave", {"channel": channel, **shown})
         elif mode == "user" and session.user is not None and not hub.closing:
             # The user leaves once none of its clients is back within the grace, on any node:
             # a reload or a reconnect storm sends neither leave nor join.

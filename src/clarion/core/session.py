@@ -271,10 +271,12 @@ class Session:
                 push(item.encoded(fmt, fmt.encode))
         del local.pending[sub]
         channels.go_live(local, sub, plan.last)
-        if options.presence and self.transport.kind != "poll":
-            await hub.roster.join(self, sub)
         if self.reports_lifecycle():
             hub.emit("subscribe", {**self.info(), "channel": channel})
+        if options.presence and self.transport.kind != "poll":
+            # Awaited, not spawned: the connection's next command waits for it, so subscribe
+            # churn cannot pile up presence work.
+            await hub.roster.join(self, sub)
         return result
 
     def _hold(self, channel: str, sub: Subscription) -> None:

@@ -907,6 +907,13 @@ class Client extends Emitter {
         if (gen !== this.generation || this.subs.get(sub.channel) !== sub) return;
         if (error instanceof ClarionError) {
           if (error.code === "bad_cursor" && since) { sub._forget(); return this._wsSubscribe(sub); }
+          if (error.code === "rate_limited") {
+            // The connection's command budget is spent for now: ask again in about a second,
+            // on this connection (a new one resubscribes everything anyway).
+            return this._later(() => {
+              if (gen === this.generation && this.subs.get(sub.channel) === sub) this._wsSubscribe(sub);
+            }, 500 + Math.random() * 1000);
+          }
           this.subs.delete(sub.channel);
           sub.emit("error", error);
           sub._ended(error.code);

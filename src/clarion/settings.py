@@ -128,6 +128,19 @@ class Limits(BaseModel):
     client_ephemeral_burst: int = Field(
         60, ge=1, description="token-bucket size for client ephemeral publish"
     )
+    client_command_rate: float = Field(
+        20,
+        gt=0,
+        description="subscribe, unsubscribe, history, presence, connect and refresh ops per "
+        "second per session (STOMP: SUBSCRIBE and UNSUBSCRIBE); over it, `rate_limited`",
+    )
+    client_command_burst: int = Field(
+        300,
+        ge=1,
+        description="token-bucket size for those ops; never less than twice "
+        "max_subscriptions_per_connection plus 20, so that a reconnect resubscribing every "
+        "channel (and reading each one's history or presence) passes",
+    )
     send_queue_bytes: int = Field(
         1_048_576,
         ge=4096,
@@ -176,6 +189,11 @@ class Limits(BaseModel):
     max_history_batch: int = Field(
         1000, ge=1, description="publications per history/poll reply (bytes: `send_queue_bytes`)"
     )
+
+    @property
+    def command_burst(self) -> int:
+        """The command bucket's size: a client resubscribing all it may hold must fit in it."""
+        return max(self.client_command_burst, 2 * self.max_subscriptions_per_connection + 20)
 
 
 class SseOptions(BaseModel):

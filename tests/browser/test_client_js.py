@@ -873,3 +873,40 @@ async def test_an_offline_browser_is_waited_for_not_retried(
     await page.context.set_offline(False)
     assert await pubs(page, 2, seconds=3) == ["before", "while away"]
     assert failed == []
+
+
+async def test_a_page_of_128_subscriptions_resubscribes_after_a_drop_within_the_budget(
+    page: Any, hub: RunningHub
+) -> None:
+    """The connection's command budget fits a page that subscribes all it may hold, then has
+    them all subscribed again on its next connection."""
+    channels = [f"chat:room-{n:03d}" for n in range(128)]
+    await open_client(page, hub, {"transports": ["ws"]}, None)
+    await page.evaluate(MANY, channels)
+    await wait_for(page, "Object.values(window.subs).every((s) => s.state === 'subscribed')")
+    for session in list(hub.hub.sessions.values()):
+        session.close(4000)  # reconnect, and subscribe everything again
+    await wait_for(page, "window.log.states.filter((s) => s === 'connected:ws').length >= 2")
+    await subscribed(hub, channels[-1])
+    for channel in channels:
+        await hub.publish(channel, "after")
+    assert await pubs(page, len(channels)) == ["after"] * len(channels)
+    assert await page.evaluate("window.log.events") == []  # nothing refused
+
+
+async def test_a_rate_limited_subscribe_is_sent_again(page: Any, hub_factory: Any) -> None:
+    limits = {"max_subscriptions_per_connection": 2, "client_command_burst": 1}
+    hub = await hub_factory(limits={**limits, "client_command_rate": 2})
+    assert hub.hub.settings.limits.command_burst == 24
+    await open_client(page, hub, {"transports": ["ws"]}, None)
+    await wait_for(page, "window.log.states.includes('connected:ws')")
+    # The connect op took one token: the page's history reads take the rest.
+    await page.evaluate(
+        "async () => { for (let i = 0; i < 23; i++) await window.client.history('chat:a'); }"
+    )
+    await page.evaluate(MANY, ["chat:a"])
+    await subscribed(hub, "chat:a")
+    assert hub.hub.stats.errors["rate_limited"] >= 1
+    await hub.publish("chat:a", "hello")
+    assert await pubs(page, 1) == ["hello"]
+    assert await page.evaluate("window.log.events") == []

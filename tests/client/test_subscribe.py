@@ -196,3 +196,19 @@ async def test_poll_adapts_to_a_hub_with_a_shorter_poll_limit(hub_factory: Any) 
         await session_of(hub, "poll", "chat:lobby")  # a long poll is waiting despite the limit
         await hub.publish("chat:lobby", "through")
         assert (await next_message(sub)).data == "through"
+
+
+async def test_a_rate_limited_subscribe_is_sent_again(hub_factory: Any) -> None:
+    """Refused with ``rate_limited`` (the connection's command budget is spent), the feed asks
+    again after about a second instead of ending."""
+    limits = {"max_subscriptions_per_connection": 2, "client_command_burst": 1}
+    running: RunningHub = await hub_factory(limits={**limits, "client_command_rate": 2})
+    assert running.hub.settings.limits.command_burst == 24
+    async with connect(running.http_url, transport="ws") as client:
+        for _ in range(23):  # with the connect op, the whole budget
+            await client.history("chat:lobby")
+        async with client.subscribe("chat:lobby") as sub:
+            await session_of(running, "ws", "chat:lobby")
+            assert running.hub.stats.errors["rate_limited"] >= 1
+            await running.publish("chat:lobby", "hi")
+            assert (await next_message(sub)).data == "hi"

@@ -131,6 +131,33 @@ async def test_publishing_is_held_to_the_client_rate_across_requests(secured: Ru
         assert r.status_code == 200
 
 
+async def test_history_and_presence_reads_are_held_to_the_command_rate(
+    hub_factory: Any,
+) -> None:
+    """A loop of reads over HTTP spends the command budget of one connection, per user (per
+    address without one) across requests: over it, 429 ``rate_limited``."""
+    hub: RunningHub = await hub_factory(
+        token_secret=SECRET,
+        api_key="backend-key",
+        allowed_origins=[ORIGIN],
+        limits={"client_command_rate": 0.5, "max_subscriptions_per_connection": 1},
+    )
+    burst = hub.hub.settings.limits.command_burst
+    alice = bearer(token())
+    async with hub.http() as http:
+        for path in ["/client/history", "/client/presence"] * (burst // 2):
+            r = await http.get(path, params={"channel": "chat:r"}, headers=alice)
+            assert r.status_code == 200, r.text
+        for path in ("/client/history", "/client/presence", "/client/presence_stats"):
+            r = await http.get(path, params={"channel": "chat:r"}, headers=alice)
+            assert (r.status_code, r.json()["error"]["code"]) == (429, "rate_limited")
+        # Another user has a budget of their own.
+        r = await http.get(
+            "/client/history", params={"channel": "chat:r"}, headers=bearer(token("bob"))
+        )
+        assert r.status_code == 200
+
+
 @pytest.mark.parametrize(
     ("method", "path", "kw", "status", "code"),
     [

@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 from clarion.asgi import access
 from clarion.asgi.admin import admin_routes
 from clarion.asgi.api import ServerAPI
-from clarion.asgi.clientapi import ClientEndpoint
+from clarion.asgi.clientapi import ClientEndpoint, ClientRates
 from clarion.asgi.info import InfoAPI
 from clarion.asgi.openapi import document
 from clarion.asgi.poll import PollEndpoint
@@ -176,6 +176,7 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
     websockets: dict[str, Any] = {"/ws": ClarionWebSocket(hub), "/stomp": StompEndpoint(hub)}
     publish = PublishEndpoint(hub)
     batch = BatchEndpoint(hub)
+    rates = ClientRates(hub)  # the client API's paths share each user's budgets
     routes: list[BaseRoute] = [
         Route("/api/publish", publish, methods=["POST"]),
         Route("/api/publish_batch", batch, methods=["POST"]),
@@ -198,10 +199,14 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
         Route("/sse", SseEndpoint(hub)),
         Route("/poll", PollEndpoint(hub)),
         # The client API for sessions off WebSocket: connection tokens, client rules.
-        Route("/client/publish", ClientEndpoint(hub, "publish"), methods=["POST", "OPTIONS"]),
-        Route("/client/history", ClientEndpoint(hub, "history")),
-        Route("/client/presence", ClientEndpoint(hub, "presence")),
-        Route("/client/presence_stats", ClientEndpoint(hub, "presence_stats")),
+        Route(
+            "/client/publish",
+            ClientEndpoint(hub, "publish", rates),
+            methods=["POST", "OPTIONS"],
+        ),
+        Route("/client/history", ClientEndpoint(hub, "history", rates)),
+        Route("/client/presence", ClientEndpoint(hub, "presence", rates)),
+        Route("/client/presence_stats", ClientEndpoint(hub, "presence_stats", rates)),
         *(r for ext in hub.extensions if isinstance(ext, ServesRoutes) for r in ext.routes()),
         *admin_routes(hub),
     ]

@@ -38,25 +38,32 @@ ALLOWED_HEADERS = b"authorization, content-type"
 MAX_RATE_KEYS = 65536  # users and addresses whose publish rate is remembered at once
 
 
-class _Rates:
-    """Publish rates across requests: one bucket per user (or address, without a user), so a
-    client publishing over HTTP gets the rate of one connection, not one per request."""
+class ClientRates:
+    """Rates across requests: one bucket per user (or address, without a user) and kind, so a
+    client over HTTP gets the budgets of one connection, not one per request or path."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def take(self, session: Session, signal_channel: str | None = None) -> bool:
-        """A token for one publish, or for one ephemeral publish to ``signal_channel`` (their
-        own budget, per channel, as on a connection)."""
+    def take(
+        self, session: Session, signal_channel: str | None = None, *, command: bool = False
+    ) -> bool:
+        """A token for one publish, for one ephemeral publish to ``signal_channel`` (their
+        own budget, per channel, as on a connection), or with ``command`` for one history or
+        presence read (the command budget of a connection)."""
         key = f"user:{session.user}" if session.user is not None else f"ip:{session.ip_key}"
         if signal_channel is not None:
             key = f"{key} signal:{signal_channel}"
+        elif command:
+            key = f"{key} commands"
         bucket = self.buckets.get(key)
         if bucket is None:
             limits = self.hub.settings.limits
             if signal_channel is not None:
                 bucket = TokenBucket(limits.client_ephemeral_rate, limits.client_ephemeral_burst)
+            elif command:
+                bucket = TokenBucket(limits.client_command_rate, limits.command_burst)
             else:
                 bucket = TokenBucket(limits.client_publish_rate, limits.client_publish_burst)
             self.buckets[key] = bucket
@@ -87,11 +94,11 @@ def _flag(value: str | None, name: str) -> bool:
 class ClientEndpoint:
     """One raw ASGI endpoint for the three paths: origin, CORS preflight, errors, a session."""
 
-    def __init__(self, hub: Hub, op: str) -> None:
+    def __init__(self, hub: Hub, op: str, rates: ClientRates | None = None) -> None:
         self.hub = hub
         self.op = op
         self.method = "POST" if op == "publish" else "GET"
-        self.rates = _Rates(hub)
+        self.rates = ClientRates(hub) if rates is None else rates
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -186,6 +193,12 @@ class ClientEndpoint:
                 key=cmd.key,
             )
             return publish_reply(hub, pub)
+        if not self.rates.take(session, command=True):
+            raise LimitExceeded(
+                f"{cmd.op} refused: reading history or presence faster than "
+                "limits.client_command_rate",
+                code=ErrorCode.RATE_LIMITED,
+            )
         if cmd.op == "history":
             await hub.authorize_read(session.credentials, channel, "poll", session.id)
             history, reason = await hub.history(

@@ -340,8 +340,10 @@ class StompConnection(Handler):
         elif isinstance(event, Begin | Abort):
             self._reply(event.receipt)
         elif isinstance(event, Subscribe):
+            session.take_command("SUBSCRIBE")
             await self.subscribe(session, event)
         elif isinstance(event, Unsubscribe):
+            session.take_command("UNSUBSCRIBE")
             sub = event.subscription
             if sub is not None:
                 shared = self.shared.get(sub.channel)

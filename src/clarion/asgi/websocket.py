@@ -180,6 +180,8 @@ class _Connection(Handler):
         op = cmd.op
         if op == "ping":
             return {}
+        if op != "publish":  # publishes have buckets of their own
+            session.take_command(op)
         if not self.vetted and op not in ("connect", "refresh") and not await self.vet():
             return None
         if op == "subscribe":

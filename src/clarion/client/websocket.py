@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import logging
 import os
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -79,6 +80,9 @@ log = logging.getLogger(__name__)
 # room for a hub that raised it.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 CLOSE_TIMEOUT = 2.0
+# Seconds a subscribe refused with ``rate_limited`` waits (jittered) before it is sent again:
+# the hub's command budget refills at ``limits.client_command_rate`` a second.
+RATE_LIMITED_DELAY = 1.0
 
 ReplyHandler = Callable[[Reply | None], None]  # ``None``: the connection ended first
 
@@ -453,6 +457,11 @@ class WebSocketLink:
                 self._unsubscribe(feed.channel)
                 self._subscribe(feed, again=False)
                 return
+            if error is not None and error["code"] == ErrorCode.RATE_LIMITED:
+                # The connection's command budget is spent for now: the feed waits and asks
+                # again on this connection (a new one resubscribes it anyway).
+                self._subscribe_later(feed, self._conn)
+                return
             if error is not None:
                 del self.feeds[feed.channel]
                 feed.finish(RequestFailed.from_wire(error))
@@ -472,6 +481,14 @@ class WebSocketLink:
         command = Command(rid, "subscribe", feed.channel, since, latest=latest)
         if not self._send(command):
             del self._pending[rid]
+
+    def _subscribe_later(self, feed: Feed, conn: ClientConnection | None) -> None:
+        def again() -> None:
+            if self.feeds.get(feed.channel) is feed and self._conn is conn and self._connected:
+                self._subscribe(feed)
+
+        delay = RATE_LIMITED_DELAY * random.uniform(0.5, 1.5)  # not all feeds at once
+        asyncio.get_running_loop().call_later(delay, again)
 
     def _unsubscribe(self, channel: str) -> None:
         if self._connected:

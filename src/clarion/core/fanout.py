@@ -66,6 +66,11 @@ class WireFormat:
         return f"WireFormat({self.name!r})"
 
 
+# ``Subscription.joined``: no presence entry; its join is on its way; announced (or at least
+# added); its leave has been sent.
+NOT_JOINED, JOINING, JOINED, LEFT = range(4)
+
+
 class Subscription:
     """One session's subscription to one channel on this node.
 
@@ -73,7 +78,7 @@ class Subscription:
     format's ``deliver`` loop receives for it (``push`` itself unless the transport says).
     """
 
-    __slots__ = ("channel", "fmt", "push", "server", "session", "target")
+    __slots__ = ("channel", "fmt", "joined", "push", "server", "session", "target")
 
     def __init__(
         self,
@@ -93,6 +98,9 @@ class Subscription:
         # Made by the backend (``POST /api/subscribe``): its grant, not the token's, so a
         # change of token does not end it.
         self.server = server
+        # Where its presence stands (:class:`~clarion.core.presence.Roster`): a join not yet
+        # announced is never followed by a leave.
+        self.joined = NOT_JOINED
 
 
 class LocalChannel:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from clarion.core.fanout import JOINED, JOINING, LEFT, Subscription
 from clarion.engines.base import PresenceEntry
 from clarion.errors import ClarionError
 from clarion.settings import NamespaceOptions
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
     from clarion.core.session import Session
 
 log = logging.getLogger("clarion.hub")
+
+# Seconds a client's join or leave waits to go out with others; one that the same client
+# undoes meanwhile (a leave after its join) goes nowhere.
+ANNOUNCE_WINDOW = 0.05
 
 
 def entry_of(session: Session) -> PresenceEntry:
@@ -46,6 +51,11 @@ class Roster:
         self.hub = hub
         # (channel, user) -> the task that sends the user's leave once its grace has passed.
         self._retiring: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        # Per-client events waiting for the next flush: channel -> client -> (kind, event).
+        # At most one per client and channel, so they are bounded by the sessions.
+        self._outgoing: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        self._flush_at: asyncio.TimerHandle | None = None
+        self._sending: asyncio.Task[None] | None = None
 
     def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         """A ``join``/``leave`` from the engine: to the subscribers who may read presence."""
@@ -65,25 +75,96 @@ class Roster:
         for retiring in self._retiring.values():
             retiring.cancel()  # a node going away sends no late leave
         self._retiring.clear()
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        self._outgoing.clear()
 
-    async def join(self, session: Session, channel: str) -> None:
+    def _announce(self, channel: str, client: str, kind: str, event: dict[str, Any]) -> None:
+        """Queue a client's ``join``/``leave`` for the next flush, ``ANNOUNCE_WINDOW`` away.
+
+        A join and a leave of one client within the window cancel out: readers hear of changes
+        that lasted, not of each subscribe/unsubscribe pair, so churn — even from connections
+        that come back with a fresh command budget — costs every reader little.
+        """
+        waiting = self._outgoing.get(channel)
+        if waiting is None:
+            waiting = self._outgoing[channel] = {}
+        earlier = waiting.pop(client, None)
+        if earlier is not None and earlier[0] != kind:
+            if not waiting:
+                del self._outgoing[channel]
+            return
+        waiting[client] = (kind, event)
+        if self._flush_at is None:
+            loop = asyncio.get_running_loop()
+            self._flush_at = loop.call_later(ANNOUNCE_WINDOW, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_at = None
+        batch, self._outgoing = self._outgoing, {}
+        if batch:
+            self._sending = self.hub.spawn(self._send(batch, self._sending))
+
+    async def _send(
+        self,
+        batch: dict[str, dict[str, tuple[str, dict[str, Any]]]],
+        before: asyncio.Task[None] | None,
+    ) -> None:
+        if before is not None and not before.done():
+            await asyncio.wait([before])  # in order, across batches too
+        broadcast = self.hub.engine.broadcast_event
+        for channel, events in batch.items():
+            for kind, event in events.values():
+                try:
+                    await broadcast(channel, kind, event)
+                except ClarionError as exc:  # e.g. the engine is unreachable
+                    log.warning("presence %s on %s failed: %s", kind, channel, exc.message)
+
+    async def join(self, session: Session, sub: Subscription) -> None:
+        """Add the session to ``sub``'s channel and announce it, once per subscription.
+
+        Awaited by the subscribe that made ``sub``, so a connection has at most one join on its
+        way and its next command waits for it: churn cannot pile up joins. A subscription
+        ended before its join was announced is never announced, and gets no leave either.
+        """
+        sub.joined = JOINING
         try:
-            await self._join(session, channel)
+            await self._join(session, sub)
         except ClarionError as exc:  # e.g. the engine is unreachable: the session goes on
-            log.warning("presence join on %s failed: %s", channel, exc.message)
+            log.warning("presence join on %s failed: %s", sub.channel, exc.message)
+            if sub.joined == JOINING:
+                sub.joined = JOINED  # perhaps added: its leave removes it
+            elif session.subscriptions.get(sub.channel) is None:
+                await self._forget(session, sub.channel)
 
-    async def _join(self, session: Session, channel: str) -> None:
+    async def _forget(self, session: Session, channel: str) -> None:
+        """Take back an entry that was never announced (unless a newer subscription of the
+        session's to the channel holds it: entries go by session)."""
+        try:
+            await self.hub.engine.presence_remove(channel, session.id)
+        except ClarionError as exc:  # entries expire
+            log.warning("presence cleanup failed for %s: %s", channel, exc.message)
+
+    async def _join(self, session: Session, sub: Subscription) -> None:
         hub = self.hub
         engine = hub.engine
+        channel = sub.channel
         entry = entry_of(session)
         await engine.presence_add(channel, entry)
+        if sub.joined == LEFT:
+            # Ended while the entry was being added: nobody was told it came, nobody is told
+            # it went.
+            if session.subscriptions.get(channel) is None:
+                await self._forget(session, channel)
+            return
         if hub.lifecycle_listeners:
             hub.emit("join", {"channel": channel, **entry.to_dict()})
         options = hub.options(channel)
         mode = options.join_leave_mode
         if mode == "client":
             shown = entry.to_dict(info=options.presence_info)
-            await engine.broadcast_event(channel, "join", {"channel": channel, **shown})
+            self._announce(channel, session.id, "join", {"channel": channel, **shown})
         elif mode == "user" and session.user is not None:
             pending = self._retiring.pop((channel, session.user), None)
             if pending is not None:
@@ -92,23 +173,35 @@ class Roster:
                 await engine.broadcast_event(
                     channel, "join", _user_event(channel, session, options)
                 )
-        if session.closed or channel not in session.subscriptions:
-            await self.leave(session, channel)
+        if sub.joined == LEFT:
+            # Ended while its join was being announced: one leave follows it.
+            await self._leave(session, channel, remove=session.subscriptions.get(channel) is None)
+        else:
+            sub.joined = JOINED
 
-    async def leave(self, session: Session, channel: str) -> None:
+    async def leave(self, session: Session, sub: Subscription) -> None:
+        """``sub`` ended: its leave, if its join was announced (or is being announced: then
+        the join sends it once done). Never twice."""
+        state = sub.joined
+        sub.joined = LEFT
+        if state == JOINED:
+            await self._leave(session, sub.channel)
+
+    async def _leave(self, session: Session, channel: str, *, remove: bool = True) -> None:
         hub = self.hub
         # A long poll subscribes only while it waits: in presence it would join and leave on
         # every poll, so it never joins.
         options = hub.options(channel)
         if not options.presence or session.transport.kind == "poll":
             return
-        await hub.engine.presence_remove(channel, session.id)
+        if remove:
+            await hub.engine.presence_remove(channel, session.id)
         if hub.lifecycle_listeners:
             hub.emit("leave", {"channel": channel, **session.info()})
         mode = options.join_leave_mode
         if mode == "client":
             shown = entry_of(session).to_dict(info=options.presence_info)
-            await hub.engine.broadcast_event(channel, "leave", {"channel": channel, **shown})
+            self._announce(channel, session.id, "leave", {"channel": channel, **shown})
         elif mode == "user" and session.user is not None and not hub.closing:
             # The user leaves once none of its clients is back within the grace, on any node:
             # a reload or a reconnect storm sends neither leave nor join.
@@ -134,11 +227,11 @@ class Roster:
         except ClarionError as exc:  # e.g. the engine is unreachable: no leave is sent
             log.warning("presence leave on %s failed: %s", channel, exc.message)
 
-    async def leave_all(self, session: Session, channels: list[str]) -> None:
-        for channel in channels:
+    async def leave_all(self, session: Session, subs: list[Subscription]) -> None:
+        for sub in subs:
             try:
-                await self.leave(session, channel)
+                await self.leave(session, sub)
             except ClarionError as exc:  # e.g. the engine is unreachable: entries expire
-                log.warning("presence cleanup failed for %s: %s", channel, exc.message)
+                log.warning("presence cleanup failed for %s: %s", sub.channel, exc.message)
             except Exception:
-                log.warning("presence cleanup failed for %s", channel, exc_info=True)
+                log.warning("presence cleanup failed for %s", sub.channel, exc_info=True)

@@ -118,6 +118,7 @@ class Session:
         "abuse",
         "client_ip",
         "closed",
+        "command_bucket",
         "conflating",
         "connected_at",
         "credentials",
@@ -152,6 +153,10 @@ class Session:
         self.pinged_at: float | None = None
         limits = hub.settings.limits
         self.publish_bucket = TokenBucket(limits.client_publish_rate, limits.client_publish_burst)
+        # Every op that costs the hub more than its reply (a subscription with its presence
+        # join and leave, a history or presence read, a token check) spends from one budget:
+        # without it, subscribe/unsubscribe churn floods every presence reader of a channel.
+        self.command_bucket = TokenBucket(limits.client_command_rate, limits.command_burst)
         # channel -> the bucket of its ephemeral publishes (made on the first one).
         # Made when first needed: most sessions never send a signal or get refused.
         self.signal_buckets: dict[str, TokenBucket] | None = None
@@ -278,10 +283,12 @@ class Session:
             return None
         del local.pending[sub]
         channels.go_live(local, sub, plan.last)
-        if options.presence and self.transport.kind != "poll":
-            hub.spawn(hub.roster.join(self, channel))
         if self.reports_lifecycle():
             hub.emit("subscribe", {**self.info(), "channel": channel})
+        if options.presence and self.transport.kind != "poll":
+            # Awaited, not spawned: the connection's next command waits for it, so subscribe
+            # churn cannot pile up presence work.
+            await hub.roster.join(self, sub)
         return result
 
     def _hold(self, channel: str, sub: Subscription) -> None:
@@ -308,22 +315,24 @@ class Session:
 
     async def unsubscribe(self, channel: str) -> bool:
         """The client ends its subscription to ``channel``; ``False`` if it had none."""
-        if not self._end(channel):
+        sub = self._end(channel)
+        if sub is None:
             return False
-        await self.hub.roster.leave(self, channel)
+        await self.hub.roster.leave(self, sub)
         return True
 
     def drop(self, channel: str, reason: str) -> bool:
         """End one subscription from the hub's side and tell the client why."""
-        if not self._end(channel, reason):
-            return False
-        self.hub.spawn(self.hub.roster.leave_all(self, [channel]))
-        return True
-
-    def _end(self, channel: str, reason: str | None = None) -> bool:
-        sub = self._let_go(channel)
+        sub = self._end(channel, reason)
         if sub is None:
             return False
+        self.hub.spawn(self.hub.roster.leave_all(self, [sub]))
+        return True
+
+    def _end(self, channel: str, reason: str | None = None) -> Subscription | None:
+        sub = self._let_go(channel)
+        if sub is None:
+            return None
         self.hub.local_channels.detach(sub)
         if not self.subscriptions:
             self.idle_since = time.monotonic()
@@ -335,7 +344,7 @@ class Session:
                 log.exception("unsubscribe push failed for %r", self)
         if self.reports_lifecycle():
             self.hub.emit("unsubscribe", {**self.info(), "channel": channel})
-        return True
+        return sub
 
     def set_credentials(self, credentials: Credentials) -> None:
         """Take a new identity (the ``connect``/``refresh`` ops)."""
@@ -408,6 +417,17 @@ class Session:
             key=key,
         )
 
+    def take_command(self, op: str) -> None:
+        """One token of this connection's command budget for ``op``, or ``rate_limited``
+        (counted as a refusal towards closing the session with 4505, as publish floods are)."""
+        if not self.command_bucket.take():
+            self._strike()
+            raise LimitExceeded(
+                f"{op} refused: sending subscribe, unsubscribe, history, presence or token ops "
+                "faster than limits.client_command_rate",
+                code=ErrorCode.RATE_LIMITED,
+            )
+
     def _strike(self) -> None:
         """One refusal; persistent abuse closes the session."""
         abuse = self.abuse
@@ -478,7 +498,7 @@ class Session:
                 hub.emit("unsubscribe", {**self.info(), "channel": sub.channel})
             hub.emit("disconnect", {**self.info(), "code": code})
         if subs:
-            hub.spawn(hub.roster.leave_all(self, [s.channel for s in subs]))
+            hub.spawn(hub.roster.leave_all(self, subs))
 
     def __repr__(self) -> str:
         return f"Session({self.id}, user={self.user!r}, {self.transport.kind})"

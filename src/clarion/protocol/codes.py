@@ -94,7 +94,13 @@ _TABLE = [
         4503, "too many connections", False, "The IP address or user holds too many connections."
     ),
     Disconnect(4504, "idle", False, "The connection had no subscription for `idle_timeout`."),
-    Disconnect(4505, "abuse", False, "The client kept exceeding its publish rate."),
+    Disconnect(
+        4505,
+        "abuse",
+        False,
+        "The client kept exceeding its publish rate or its command rate "
+        "(subscribe, unsubscribe, history, presence, refresh).",
+    ),
     Disconnect(4506, "handshake timeout", False, "The client did not finish connecting in time."),
     Disconnect(4507, "bad request", False, "The client kept sending frames the hub cannot read."),
 ]

@@ -180,7 +180,9 @@ _RULES = [
         E.RATE_LIMITED,
         429,
         C.ABUSE,
-        "publishing faster than `limits.client_publish_rate` (or the per-user rate)",
+        "publishing faster than `limits.client_publish_rate` (or the per-user rate), or "
+        "sending subscribe, unsubscribe, history, presence and token ops faster than "
+        "`limits.client_command_rate`",
     ),
     ErrorRule(
         E.EPHEMERAL_RATE_LIMITED,

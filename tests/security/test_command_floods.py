@@ -1,0 +1,372 @@
+"""Subscription churn and other costly ops: one budget per connection, presence that cannot be
+amplified, and other sessions unharmed. Over real sockets, on /ws and STOMP.
+
+A subscribe/unsubscribe pair on a channel with join/leave events sends two events to every
+reader of its presence; without a bound, two connections churning one channel sent a watcher
+tens of thousands of events a second and got it closed as a slow consumer. Every op but
+``ping`` and ``publish`` now spends from ``limits.client_command_rate``: over it ``rate_limited``,
+and 50 refusals within 10 s close the connection with 4505, as publish floods are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from clarion.core.auth import mint_token
+from clarion.core.presence import ANNOUNCE_WINDOW
+from clarion.settings import NamespaceOptions
+
+from ..conftest import WS, RunningHub, timeout, until
+from ..stomp.client import frame, stomp
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET = "a-long-enough-test-secret-0123456789"
+KEY = "churn-api-key"
+CHANNEL = "chat:watch"
+BURST = 300  # limits.client_command_burst's default
+
+
+def settings(join_leave: Any = "client", **limits: Any) -> dict[str, Any]:
+    chat = NamespaceOptions(
+        anonymous=True,
+        join_leave=join_leave,
+        presence_read="anyone",
+        presence_grace=1.0,
+    )
+    out: dict[str, Any] = {
+        "token_secret": SECRET,
+        "api_key": KEY,
+        "namespaces": {"chat": chat},
+    }
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def churn_commands(n: int, channel: str = CHANNEL) -> list[str]:
+    """``n`` commands: subscribe, unsubscribe, subscribe... to ``channel``."""
+    ops = ("subscribe", "unsubscribe")
+    return [json.dumps({"id": i, "op": ops[i % 2], "channel": channel}) for i in range(n)]
+
+
+async def ws_churner(hub: RunningHub, seconds: float) -> tuple[Counter[str], int | None]:
+    """One anonymous /ws connection sending subscribe/unsubscribe back to back, never waiting
+    for a reply, until it is closed or ``seconds`` pass: its replies by outcome, its close
+    code."""
+    outcomes: Counter[str] = Counter()
+    async with hub.ws() as ws:
+        conn = ws.conn
+
+        async def read() -> None:
+            async for raw in conn:
+                msg = json.loads(raw)
+                if "id" in msg:
+                    outcomes["ok" if "ok" in msg else msg["error"]["code"]] += 1
+
+        reader = asyncio.create_task(read())
+        deadline = time.monotonic() + seconds
+        batch = churn_commands(100)
+        try:
+            while time.monotonic() < deadline and not reader.done():
+                for command in batch:
+                    await conn.send(command)
+                await asyncio.sleep(0.005)
+        except ConnectionClosed:
+            pass
+        try:
+            await asyncio.wait_for(reader, timeout(5))
+        except TimeoutError:
+            reader.cancel()
+        except ConnectionClosed:
+            pass
+        return outcomes, conn.close_code
+
+
+class Watcher:
+    """A well-behaved subscriber: counts join/leave pushes and measures publication latency."""
+
+    def __init__(self, ws: WS, client: str) -> None:
+        self.ws = ws
+        self.id = client
+        self.events: Counter[str] = Counter()
+        self.by_client: dict[str, list[str]] = {}
+        self.latencies: list[float] = []
+        self.closed: int | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws.conn:
+                msg = json.loads(raw)
+                for kind in ("join", "leave"):
+                    if kind in msg:
+                        self.events[kind] += 1
+                        # Per client; per user with ``join_leave = "user"``.
+                        who = msg[kind].get("client") or msg[kind].get("user")
+                        self.by_client.setdefault(who, []).append(kind)
+                data = msg.get("data") if "offset" in msg else None
+                if isinstance(data, dict):
+                    sent = data.get("t")
+                    if isinstance(sent, float):
+                        self.latencies.append(time.monotonic() - sent)
+        except ConnectionClosed:
+            self.closed = self.ws.conn.close_code
+
+
+async def publisher(hub: RunningHub, seconds: float, every: float = 0.05) -> int:
+    """Publishes a timestamp to the watched channel every ``every`` seconds; how many."""
+    count = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await hub.publish(CHANNEL, {"t": time.monotonic()})
+        count += 1
+        await asyncio.sleep(every)
+    return count
+
+
+async def watched(
+    hub_factory: Callable[..., Any],
+    attack: Callable[[RunningHub], Any],
+    seconds: float = 2.0,
+    **hub_settings: Any,
+) -> tuple[Watcher, int, list[Any]]:
+    """A watcher on ``CHANNEL`` while ``attack`` runs and the backend publishes: the watcher,
+    how many were published, and what the attack returned."""
+    hub: RunningHub = await hub_factory(**settings(**hub_settings))
+    async with hub.ws() as ws:
+        token = mint_token(SECRET, "watcher", ["chat:*"])
+        connected = await ws.call("connect", token=token)
+        assert "ok" in await ws.subscribe(CHANNEL)
+        watcher = Watcher(ws, connected["ok"]["client"])
+        watcher.start()
+        published, *results = await asyncio.gather(publisher(hub, seconds), attack(hub))
+        # What was published reaches it, whatever the attack did meanwhile.
+        await until(lambda: len(watcher.latencies) >= published or watcher.closed, wait=10)
+        assert watcher.closed is None, f"the watcher was closed with {watcher.closed}"
+        assert watcher.task is not None
+        watcher.task.cancel()
+        return watcher, published, results
+
+
+async def test_ws_churn_is_refused_then_closed_with_4505(hub_factory: Callable[..., Any]) -> None:
+    hub: RunningHub = await hub_factory(**settings())
+    outcomes, code = await ws_churner(hub, seconds=timeout(10))
+    assert code == 4505
+    # The burst went through, then refusals; 50 of them closed the connection.
+    assert BURST <= outcomes["ok"] <= BURST + 5 * timeout(10) * 20
+    assert 1 <= outcomes["rate_limited"] <= 50
+    assert hub.hub.stats.errors["rate_limited"] >= 1
+
+
+async def test_two_ws_churners_do_not_flood_a_watcher(hub_factory: Callable[..., Any]) -> None:
+    async def attack(hub: RunningHub) -> list[tuple[Counter[str], int | None]]:
+        return list(await asyncio.gather(ws_churner(hub, 2.0), ws_churner(hub, 2.0)))
+
+    watcher, published, (results,) = await watched(hub_factory, attack)
+    assert [code for _, code in results] == [4505, 4505]
+    # Each churner gets at most its burst (and a little refill) through: an event per op.
+    assert watcher.events["join"] + watcher.events["leave"] <= 2 * (BURST + 2 * 20 * 2)
+    assert len(watcher.latencies) == published
+    assert max(watcher.latencies) < timeout(1.0)
+
+
+async def test_churners_that_come_back_at_once_do_not_flood_a_watcher(
+    hub_factory: Callable[..., Any],
+) -> None:
+    """A churner closed with 4505 that reconnects at once has a fresh budget each time; what
+    it costs readers stays small, as a join and a leave of one client within the announce
+    window (``ANNOUNCE_WINDOW``) cancel out."""
+    seconds = 2.0
+    connections = 0
+
+    async def again(hub: RunningHub) -> None:
+        nonlocal connections
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            await ws_churner(hub, left)
+            connections += 1
+
+    async def attack(hub: RunningHub) -> None:
+        await asyncio.gather(again(hub), again(hub))
+
+    watcher, published, _ = await watched(hub_factory, attack, seconds=seconds)
+    assert connections >= 4
+    # At most a join and a leave per connection, and a change per window for those alive.
+    windows = 2 * seconds / ANNOUNCE_WINDOW
+    assert watcher.events["join"] + watcher.events["leave"] <= 4 * connections + windows
+    assert len(watcher.latencies) == published
+
+
+async def test_every_leave_follows_its_join_once(hub_factory: Callable[..., Any]) -> None:
+    """Connections that subscribe and go at once, mid-churn: per client, join and leave
+    alternate (no leave without a join, never two), and presence is left with the watcher."""
+
+    async def attack(hub: RunningHub) -> None:
+        async def hit_and_run(n: int) -> None:
+            async with hub.ws() as ws:
+                for command in churn_commands(n):
+                    await ws.send(command)
+            # Closed without waiting for any reply: the hub ends the session mid-churn.
+
+        for round_ in range(20):
+            await asyncio.gather(*(hit_and_run(1 + (round_ + i) % 6) for i in range(5)))
+        # Once the hub has let every churner go (the last of their leaves is spawned at
+        # close), presence holds the watcher alone: no entry is left behind.
+        await until(lambda: len(hub.hub.registry.sessions) == 1, wait=10)
+        await until(lambda: not [t for t in hub.hub._tasks if not t.done()], wait=10)
+        assert await _watcher_alone(hub)
+
+    watcher, _, _ = await watched(hub_factory, attack)
+    assert watcher.events["join"] > 0
+    watcher.by_client.pop(watcher.id)  # its own join
+    for client, kinds in watcher.by_client.items():
+        # A subscription ended before its join went out is announced neither way.
+        assert kinds == ["join", "leave"] * (len(kinds) // 2), (client, kinds)
+    assert watcher.events["join"] == watcher.events["leave"] + 1
+
+
+def _watcher_alone(hub: RunningHub) -> Any:
+    async def check() -> bool:
+        async with hub.http() as http:
+            r = await http.get(
+                "/api/presence",
+                params={"channel": CHANNEL},
+                headers={"Authorization": f"apikey {KEY}"},
+            )
+            clients = r.json()["clients"]
+            return len(clients) == 1 and clients[0]["user"] == "watcher"
+
+    return check()
+
+
+async def test_stomp_churn_gets_an_error_and_4505(hub_factory: Callable[..., Any]) -> None:
+    async def attack(hub: RunningHub) -> list[Any]:
+        async def one() -> tuple[str, str, int | None]:
+            async with stomp(hub) as client:
+                await client.connect()
+                frames = []
+                for i in range(400):
+                    frames.append(frame("SUBSCRIBE", id=f"s{i}", destination=f"/topic/{CHANNEL}"))
+                    frames.append(frame("UNSUBSCRIBE", id=f"s{i}"))
+                try:
+                    for data in frames:
+                        await client.send_raw(data)
+                except ConnectionClosed:
+                    pass
+                while (got := await client.recv(wait=10)).command != "ERROR":
+                    assert got.command in ("MESSAGE", "RECEIPT"), got
+                return got.headers["message"], got.headers["x-code"], await client.closed()
+
+        return list(await asyncio.gather(one(), one()))
+
+    watcher, published, (results,) = await watched(hub_factory, attack)
+    for message, code, close in results:
+        assert "client_command_rate" in message
+        assert code == "rate_limited"
+        assert close == 4505
+    assert watcher.events["join"] + watcher.events["leave"] <= 2 * (BURST + 2 * 20 * 2)
+    assert len(watcher.latencies) == published
+
+
+async def test_costly_reads_spend_the_same_budget(hub_factory: Callable[..., Any]) -> None:
+    """history, presence, presence_stats and refresh are bounded like subscribe; ping is not."""
+    hub: RunningHub = await hub_factory(
+        **settings(), limits={"client_command_rate": 1, "max_subscriptions_per_connection": 4}
+    )
+    burst = hub.hub.settings.limits.command_burst
+    assert burst == 300
+    async with hub.ws() as ws:
+        token = mint_token(SECRET, "reader", ["chat:*"])
+        for i in range(burst):
+            op = ("history", "presence", "presence_stats")[i % 3]
+            reply = await ws.call(op, channel=CHANNEL)
+            assert "ok" in reply, (i, reply)
+        for op, fields in (
+            ("history", {"channel": CHANNEL}),
+            ("presence", {"channel": CHANNEL}),
+            ("refresh", {"token": token}),
+            ("subscribe", {"channel": CHANNEL}),
+        ):
+            reply = await ws.call(op, **fields)
+            assert reply["error"]["code"] == "rate_limited", (op, reply)
+        for _ in range(100):
+            assert "ok" in await ws.call("ping")
+
+
+async def test_twelve_churners_without_join_leave_leave_others_unharmed(
+    hub_factory: Callable[..., Any],
+) -> None:
+    """Subscribe churn costs the hub even with no event to send (replies, history reads,
+    presence entries): the budget bounds it, so a watcher's latency and the backend's
+    publishes hold."""
+
+    async def attack(hub: RunningHub) -> list[tuple[Counter[str], int | None]]:
+        return list(await asyncio.gather(*(ws_churner(hub, 2.0) for _ in range(12))))
+
+    watcher, published, (results,) = await watched(hub_factory, attack, join_leave=False)
+    assert all(code == 4505 for _, code in results)
+    assert watcher.events == Counter()
+    assert published >= 2.0 / 0.05 / 2  # the publisher's requests went through
+    assert len(watcher.latencies) == published
+    assert max(watcher.latencies) < timeout(0.5)
+
+
+async def test_a_reconnect_resubscribing_everything_passes(
+    hub_factory: Callable[..., Any],
+) -> None:
+    """connect, then as many subscribes as a connection may hold and a history read for each,
+    sent at once: nothing refused, twice (the next connection has a budget of its own)."""
+    hub: RunningHub = await hub_factory(**settings())
+    limit = hub.hub.settings.limits.max_subscriptions_per_connection
+    channels = [f"chat:room-{n}" for n in range(limit)]
+    token = mint_token(SECRET, "reader", ["chat:*"])
+    for _ in range(2):
+        async with hub.ws() as ws:
+            commands = [{"id": 0, "op": "connect", "token": token}]
+            commands += [
+                {"id": i + 1, "op": "subscribe", "channel": c} for i, c in enumerate(channels)
+            ]
+            commands += [
+                {"id": limit + i + 1, "op": "history", "channel": c} for i, c in enumerate(channels)
+            ]
+            for command in commands:
+                await ws.send(command)
+            replies: dict[int, dict[str, Any]] = {}
+            while len(replies) < len(commands):
+                msg = await ws.recv()
+                if "id" in msg:
+                    replies[msg["id"]] = msg
+            refused = [r for r in replies.values() if "error" in r]
+            assert refused == []
+
+
+async def test_user_join_leave_is_not_amplified_by_churn(hub_factory: Callable[..., Any]) -> None:
+    """With ``join_leave = "user"`` a user's churn within the grace is one join, and anonymous
+    churn none."""
+
+    async def attack(hub: RunningHub) -> None:
+        async with hub.ws() as ws:
+            token = mint_token(SECRET, "churner", ["chat:*"])
+            assert "ok" in await ws.call("connect", token=token)
+            for _ in range(50):
+                assert "ok" in await ws.subscribe(CHANNEL)
+                assert "ok" in await ws.call("unsubscribe", channel=CHANNEL)
+        await ws_churner(hub, 1.0)
+
+    watcher, _, _ = await watched(hub_factory, attack, join_leave="user")
+    assert watcher.by_client.pop("watcher") == ["join"]
+    # The churner's join once, perhaps its leave once its grace passed; anonymous: nothing.
+    assert watcher.by_client.pop("churner") in (["join"], ["join", "leave"])
+    assert watcher.by_client == {}

@@ -62,7 +62,7 @@ SERVER = f"clarion/{__version__}"
 
 
 class StompConnection(Handler):
-    """One STOMP client: the hub's :class:`~clarion.core.session.Transport` for it, and the code
+    """One STOMP client: the hub's :class:`~clarion.core.transport.Transport` for it, and the code
     that carries out its frames in the order they arrive."""
 
     kind = "stomp"

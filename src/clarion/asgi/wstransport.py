@@ -85,7 +85,7 @@ def _deflated(plain: WireFormat, bits: int) -> Callable[[Publication], bytes]:
 
 
 class WsTransport:
-    """The hub's :class:`~clarion.core.session.Transport` for one ``/ws`` connection."""
+    """The hub's :class:`~clarion.core.transport.Transport` for one ``/ws`` connection."""
 
     kind = "ws"
     __slots__ = ("closed", "fmt", "on_close", "pipe", "push", "target")

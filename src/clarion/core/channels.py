@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from clarion.core.fanout import LocalChannel, Push, Subscription, WireFormat
 from clarion.core.resume import waits_ahead
-from clarion.core.session import Backlogged
+from clarion.core.transport import Backlogged
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.cursor import encode_single
 from clarion.protocol.publication import Publication, StreamPosition

@@ -38,8 +38,9 @@ from clarion.core.pages import page_budget, read_page
 from clarion.core.presence import Roster
 from clarion.core.registry import SessionRegistry
 from clarion.core.resume import history_reset, position_for
-from clarion.core.session import Session, Transport
+from clarion.core.session import Session
 from clarion.core.sweeper import Sweeper
+from clarion.core.transport import Transport
 from clarion.engines.base import Engine, History, PresenceEntry, PresenceStats, SharedLimits
 from clarion.errors import BadRequest, ClarionError, NotFound, TooLarge
 from clarion.protocol.channels import namespace_of, validate_channel

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from clarion.core.auth import LEEWAY, Credentials
 from clarion.core.limits import AddressCount, Refusals, Revocations
 from clarion.core.operator import is_operator
-from clarion.core.session import Session, Transport
+from clarion.core.session import Session
+from clarion.core.transport import Transport
 from clarion.engines.base import RevocationMark
 from clarion.errors import ClarionError, LimitExceeded, NodeFull, Unauthorized
 from clarion.protocol.codes import CloseCode

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from clarion import tasks
 from clarion.core.auth import expired
-from clarion.core.session import Backlogged
+from clarion.core.transport import Backlogged
 from clarion.protocol.codes import CloseCode
 
 if TYPE_CHECKING:

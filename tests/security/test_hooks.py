@@ -326,8 +326,8 @@ async def test_a_client_gone_while_the_hook_decides_is_no_error(
         await until(lambda: not hub.server.registry.tasks)  # and the request has ended
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert errors == []
-    assert "went away before the answer to GET /sse" in caplog.text
-    assert "went away before the answer to GET /client/history" in caplog.text
+    assert "went away before the answer to GET '/sse'" in caplog.text
+    assert "went away before the answer to GET '/client/history'" in caplog.text
 
 
 async def test_a_missing_or_malformed_hook_secret_says_how_to_make_one() -> None:

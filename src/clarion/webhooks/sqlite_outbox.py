@@ -144,7 +144,7 @@ class SQLiteOutbox:
         db = self._db
         if db is None:
             return False
-        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        free: int = db.execute("PRAGMA freelist_count").fetchone()[0]
         if free < self.RECLAIM_AT:
             return False
         # executescript, not execute: the pragma frees one page per step of its statement, and

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from clarion.core.auth import Credentials
 from clarion.core.fanout import Push, Subscription, WireFormat
-from clarion.core.limits import Abuse, TokenBucket
+from clarion.core.limits import Abuse, LogLimit, TokenBucket
 from clarion.core.resume import Reset, plan_resume, position_for
 from clarion.errors import BadRequest, ClarionError, LimitExceeded
 from clarion.protocol.channels import validate_channel
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from clarion.core.hub import Hub
 
 log = logging.getLogger("clarion.hub")
+# Failures a session's peer may cause once per session: one per kind a minute.
+_failures = LogLimit(log)
 
 
 class Transport(Protocol):
@@ -319,8 +321,14 @@ class Session:
         if reason is not None:
             try:
                 self.transport.send_unsubscribe(channel, reason)
-            except Exception:
-                log.exception("unsubscribe push failed for %r", self)
+            except Exception as exc:
+                _failures.log(
+                    logging.ERROR,
+                    "unsubscribe " + type(exc).__name__,
+                    "unsubscribe push failed for %r",
+                    self,
+                    exc_info=exc,
+                )
         if self.reports_lifecycle():
             self.hub.emit("unsubscribe", {**self.info(), "channel": channel})
         return True
@@ -457,8 +465,14 @@ class Session:
             reason = disconnect_for(code).reason
         try:
             self.transport.close(code, reason)
-        except Exception:
-            log.exception("transport close failed for %r", self)
+        except Exception as exc:
+            _failures.log(
+                logging.ERROR,
+                "close " + type(exc).__name__,
+                "transport close failed for %r",
+                self,
+                exc_info=exc,
+            )
         if hub.admission.holds(self.id):
             hub.spawn(hub.admission.release(self.id))
         if self.reports_lifecycle():

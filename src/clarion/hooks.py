@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from clarion.core.auth import Credentials
+from clarion.core.limits import LogLimit
 from clarion.errors import BadChannel, BadRequest, ConfigError, Forbidden, HookUnavailable
 from clarion.protocol.channels import validate_channel, validate_pattern
 from clarion.protocol.errors import ErrorCode, code_of
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from clarion.core.hub import Hub
 
 log = logging.getLogger("clarion.hooks")
+# Each connection or subscription may ask a hook that is down: a line per event a minute.
+_failures = LogLimit(log)
 
 MAX_ANSWER_BYTES = 65536
 MAX_REASON_CHARS = 200
@@ -111,7 +114,12 @@ class HttpHooks:
             return _amended(credentials, answer)
         except HookUnavailable as exc:
             if self.options.on_failure == "allow":
-                log.warning("connect hook answer unusable, allowing: %s", exc.message)
+                _failures.log(
+                    logging.WARNING,
+                    "connect answer",
+                    "connect hook answer unusable, allowing: %s",
+                    exc.message,
+                )
                 return credentials
             raise
 
@@ -167,9 +175,17 @@ class HttpHooks:
             answer = await self._post(url, body)
         except HookUnavailable as exc:
             if self.options.on_failure == "allow":
-                log.warning("%s hook failed, allowing (on_failure = allow): %s", event, exc.message)
+                _failures.log(
+                    logging.WARNING,
+                    event,
+                    "%s hook failed, allowing (on_failure = allow): %s",
+                    event,
+                    exc.message,
+                )
                 return None
-            log.warning("%s hook failed, refusing: %s", event, exc.message)
+            _failures.log(
+                logging.WARNING, event, "%s hook failed, refusing: %s", event, exc.message
+            )
             raise
         # A replaced publication depends on its data: never reused for another one.
         if cacheable and "data" not in answer and self.options.cache_size > 0:

@@ -76,6 +76,8 @@ class Backend:
             for _ in range(300):
                 info = {"a": info}
             return JSONResponse({"allow": True, "info": info})
+        if channel is not None and channel.startswith("room:denied_"):  # a new code each time
+            return JSONResponse({"allow": False, "code": channel.removeprefix("room:")})
         if channel == "room:secret":
             return JSONResponse({"allow": False, "code": "not_a_member", "reason": "not yours"})
         if channel == "room:slow":
@@ -216,6 +218,26 @@ async def test_subscribe_and_history_denied_with_the_backends_code(
             assert r.status_code == 403 and r.json()["error"]["code"] == "not_a_member"
 
 
+async def test_application_codes_share_one_metrics_label(
+    hub_factory: Any, backend: Backend
+) -> None:
+    """A backend may deny with any code of the grammar, a new one each time: the client is
+    told its code, the metrics count it under ``application``, so the series stay few."""
+    hub = await hooked(hub_factory, backend.url + "/hook")
+    async with hub.ws(additional_headers=bearer()) as ws:
+        for n in range(40):
+            reply = await ws.subscribe(f"room:denied_{n}")
+            assert reply["error"]["code"] == f"denied_{n}"
+        assert (await ws.subscribe("room:secret"))["error"]["code"] == "not_a_member"
+        assert "error" in await ws.call("nonsense")  # one of the hub's own codes
+    async with hub.http(headers={"Authorization": "apikey k"}) as http:
+        metrics = (await http.get("/metrics")).text
+    series = [line for line in metrics.splitlines() if line.startswith("clarion_client_errors")]
+    assert 'clarion_client_errors_total{code="application"} 41.0' in series, series
+    assert not any("denied_" in line or "not_a_member" in line for line in series), series
+    assert any('code="unknown_op"' in line for line in series), series
+
+
 async def test_answers_are_cached_per_user_and_channel(hub_factory: Any, backend: Backend) -> None:
     hub = await hooked(hub_factory, backend.url + "/hook", cache_ttl=60)
     async with hub.ws(additional_headers=bearer()) as ws:
@@ -326,8 +348,8 @@ async def test_a_client_gone_while_the_hook_decides_is_no_error(
         await until(lambda: not hub.server.registry.tasks)  # and the request has ended
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert errors == []
-    assert "went away before the answer to GET /sse" in caplog.text
-    assert "went away before the answer to GET /client/history" in caplog.text
+    assert "went away before the answer to GET '/sse'" in caplog.text
+    assert "went away before the answer to GET '/client/history'" in caplog.text
 
 
 async def test_a_missing_or_malformed_hook_secret_says_how_to_make_one() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 import weakref
 from collections.abc import Iterable
 from http.cookies import CookieError, SimpleCookie
@@ -14,6 +13,7 @@ from urllib.parse import parse_qs
 from clarion.asgitypes import Scope
 from clarion.core.auth import Credentials
 from clarion.core.hub import Hub
+from clarion.core.limits import LogLimit, excerpt
 from clarion.errors import BadRequest, ClarionError, Forbidden, Unauthorized
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.origins import OriginPolicy
@@ -96,50 +96,34 @@ class _Policy:
 
 class _RefusalLog:
     """Says which origins the hub refuses, so that a page that cannot connect leaves a trace
-    where the operator looks. Each origin once a minute, and at most ``LINES`` origins a minute
-    in all: endless distinct ``Origin`` headers neither flood the log nor grow this table."""
+    where the operator looks: each origin once a minute, and at most 20 origins a minute in
+    all (:class:`LogLimit`)."""
 
-    WINDOW = 60.0
-    LINES = 20
     SHOWN_CHARS = 120  # an Origin header is the client's text: shown cut, quoted (repr)
 
-    __slots__ = ("logged", "started", "unlogged")
+    __slots__ = ("lines",)
 
     def __init__(self) -> None:
-        self.started = -self.WINDOW
-        self.logged: set[str] = set()
-        self.unlogged = 0
+        self.lines = LogLimit(log, every=60.0, keys=20)
 
     def refused(self, origin: str | None, path: str) -> None:
-        now = time.monotonic()
-        if now - self.started >= self.WINDOW:
-            if self.unlogged:
-                log.warning(
-                    "%d more refused browser origin(s) were not logged in the last minute",
-                    self.unlogged,
-                )
-            self.started, self.unlogged = now, 0
-            self.logged.clear()
-        shown = origin[: self.SHOWN_CHARS] if origin is not None else None
-        key = shown or ""
-        if key in self.logged:
-            return
-        if len(self.logged) >= self.LINES:
-            self.unlogged += 1
-            return
-        self.logged.add(key)
-        if shown is None:
-            log.warning(
+        if origin is None:
+            self.lines.log(
+                logging.WARNING,
+                "",
                 "refused a request without an Origin header on %s: allow_no_origin is false",
-                path,
+                excerpt(path),
             )
             return
-        log.warning(
-            "refused browser origin %r on %s (403): to let its pages connect, add it to "
+        cut = origin[: self.SHOWN_CHARS]
+        self.lines.log(
+            logging.WARNING,
+            cut,
+            "refused browser origin %s on %s (403): to let its pages connect, add it to "
             "allowed_origins (CLARION_ALLOWED_ORIGINS), or set public_url "
             "(CLARION_PUBLIC_URL) if the hub serves the page itself",
-            shown,
-            path,
+            excerpt(origin, self.SHOWN_CHARS),
+            excerpt(path),
         )
 
 

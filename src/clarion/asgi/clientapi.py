@@ -22,7 +22,7 @@ from clarion.asgi.publish import parse_object, publish_reply, read_body
 from clarion.asgi.responses import send_json
 from clarion.asgi.websocket import history_body
 from clarion.core.hub import Hub
-from clarion.core.limits import TokenBucket
+from clarion.core.limits import LogLimit, TokenBucket
 from clarion.core.session import Session
 from clarion.engines.base import presence_body
 from clarion.errors import BadRequest, ClarionError, LimitExceeded, MethodNotAllowed
@@ -33,6 +33,8 @@ from clarion.protocol.jsonkeep import writable
 from clarion.protocol.messages import Command, CommandError
 
 log = logging.getLogger("clarion.api")
+# Tracebacks a peer may cause per request or frame: one per kind of failure a minute.
+_failures = LogLimit(log)
 
 ALLOWED_HEADERS = b"authorization, content-type"
 MAX_RATE_KEYS = 65536  # users and addresses whose publish rate is remembered at once
@@ -129,8 +131,10 @@ class ClientEndpoint:
         except ClarionError as exc:
             await refuse(hub, send, exc, cors)
             return
-        except Exception:
-            log.exception("client %s failed", self.op)
+        except Exception as exc:
+            _failures.log(
+                logging.ERROR, type(exc).__name__, "client %s failed", self.op, exc_info=exc
+            )
             await refuse(hub, send, ClarionError("internal error", code=ErrorCode.INTERNAL), cors)
             return
         await send_json(send, 200, orjson.dumps(result), cors)

@@ -36,10 +36,13 @@ from clarion.asgitypes import (
     fast_websocket,
 )
 from clarion.core.fanout import deliver_each
+from clarion.core.limits import LogLimit
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.frames import Latest, LatestText, http_chunk, latest, latest_text
 
 log = logging.getLogger("clarion.pipe")
+# A peer that does not read causes it, once per connection: a line a minute at most.
+_overflows = LogLimit(log, keys=1)
 
 
 class Pipe:
@@ -285,7 +288,12 @@ class QueuePipe(Pipe):
                 if self._queued > 2 * self.limit + self._allowance:
                     # Told, and still queueing (a conflating session's replies): the budget
                     # is a bound, not a hint.
-                    log.warning("send queue over twice its limit of %d: closing", self.limit)
+                    _overflows.log(
+                        logging.WARNING,
+                        "",
+                        "send queue over twice its limit of %d: closing",
+                        self.limit,
+                    )
                     self.close(CloseCode.POLICY_VIOLATION, "send buffer overflow")
             elif not self._watching:
                 # Deferred: put runs inside the hub's fan-out loop, which the overflow policy

@@ -20,9 +20,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from clarion.asgitypes import Message, Receive, Scope, Send
+from clarion.core.limits import LogLimit, excerpt
 from clarion.errors import ClarionError, ClientError, MethodNotAllowed, NotFound, ServerError
 
 log = logging.getLogger("clarion.api")
+# Tracebacks a peer may cause per request or frame: one per kind of failure a minute.
+_failures = LogLimit(log)
 
 
 class JSONResponse(Response):
@@ -140,9 +143,16 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
         isinstance(exc, OSError) and request.scope.get(CLIENT_GONE)
     ):
         # A browser that navigated away, a health check that timed out: nobody to answer.
-        log.debug("the client went away before the answer to %s %s", method, path)
+        log.debug("the client went away before the answer to %s %s", method, excerpt(path))
     else:
-        log.error("unhandled error on %s %s", method, path, exc_info=exc)
+        _failures.log(
+            logging.ERROR,
+            type(exc).__name__,
+            "unhandled error on %s %s",
+            method,
+            excerpt(path),
+            exc_info=exc,
+        )
     return ErrorResponse(ServerError("internal error"))
 
 

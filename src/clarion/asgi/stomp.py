@@ -29,6 +29,7 @@ from clarion.asgi.stompwire import StompWire
 from clarion.asgi.wsendpoint import Handler, WebSocketEndpoint
 from clarion.asgitypes import Message
 from clarion.core.hub import Hub
+from clarion.core.limits import LogLimit
 from clarion.core.session import Session, SubscribeResult
 from clarion.errors import ClarionError, LimitExceeded, Unauthorized
 from clarion.protocol.codes import CloseCode, disconnect_for
@@ -54,6 +55,8 @@ from clarion.protocol.stomp import (
 )
 
 log = logging.getLogger("clarion.stomp")
+# Tracebacks a peer may cause per request or frame: one per kind of failure a minute.
+_failures = LogLimit(log)
 
 SERVER = f"clarion/{__version__}"
 
@@ -305,8 +308,8 @@ class StompConnection(Handler):
         except ClarionError as exc:
             receipt = getattr(exc, "receipt_id", None) or self._receipt
             self.fail(exc, receipt)
-        except Exception:
-            log.exception("STOMP frame failed")
+        except Exception as exc:
+            _failures.log(logging.ERROR, type(exc).__name__, "STOMP frame failed", exc_info=exc)
             self.fail(ClarionError("internal error", code=ErrorCode.INTERNAL), self._receipt)
         if not self.closed:
             self._watch_partial(completed)

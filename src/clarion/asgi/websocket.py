@@ -12,6 +12,7 @@ from clarion.asgi.wsendpoint import Handler, WebSocketEndpoint
 from clarion.asgi.wstransport import WsTransport
 from clarion.asgitypes import Message
 from clarion.core.hub import Hub
+from clarion.core.limits import LogLimit
 from clarion.core.session import Session, SubscribeResult
 from clarion.engines.base import presence_body
 from clarion.errors import ClarionError, Forbidden, LimitExceeded, Unauthorized
@@ -21,6 +22,8 @@ from clarion.protocol.errors import ErrorCode
 from clarion.protocol.messages import Command, CommandError
 
 log = logging.getLogger("clarion.ws")
+# Tracebacks a peer may cause per request or frame: one per kind of failure a minute.
+_failures = LogLimit(log)
 
 MAX_BAD_FRAMES = 20  # malformed frames tolerated per connection before it is closed
 
@@ -167,8 +170,8 @@ class _Connection(Handler):
                 exc, Unauthorized
             ):
                 self.session.close(exc.rule.close)
-        except Exception:
-            log.exception("command failed")
+        except Exception as exc:
+            _failures.log(logging.ERROR, type(exc).__name__, "command failed", exc_info=exc)
             self._error(rid, ClarionError("internal error", code=ErrorCode.INTERNAL))
 
     def _error(self, rid: messages.RequestId, exc: ClarionError) -> None:

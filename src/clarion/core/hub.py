@@ -31,6 +31,7 @@ from clarion.core.channels import LocalChannels
 from clarion.core.control import Control
 from clarion.core.fanout import Push, WireFormat, publication_cursor
 from clarion.core.hooks import Hooks
+from clarion.core.limits import LogLimit
 from clarion.core.metrics import Stats, make_registry, render
 from clarion.core.nodes import NodeCollector, NodeReporter
 from clarion.core.operator import OperatorAuth
@@ -54,6 +55,16 @@ from clarion.protocol.publication import (
 from clarion.settings import NamespaceOptions, Settings
 
 log = logging.getLogger("clarion.hub")
+# Listeners run per publication and per lifecycle event, which anonymous sessions cause too:
+# a failing one is a traceback per kind a minute, not one per event.
+_listener_failures = LogLimit(log)
+
+
+def _listener_failed(kind: str, exc: Exception) -> None:
+    _listener_failures.log(
+        logging.ERROR, f"{kind} {type(exc).__name__}", "%s listener failed", kind, exc_info=exc
+    )
+
 
 E = TypeVar("E")
 MAX_UNSETTLED = 4096  # publications remembered for a repeat to settle (oldest forgotten)
@@ -299,8 +310,8 @@ class Hub:
         for listener in self.publish_listeners:
             try:
                 result = listener(pub)
-            except Exception:
-                log.exception("publish listener failed")
+            except Exception as exc:
+                _listener_failed("publish", exc)
             else:
                 if result is not None:
                     waits.append(result)
@@ -309,8 +320,8 @@ class Hub:
                 await wait
             except ClarionError as exc:
                 refusal = refusal or exc
-            except Exception:
-                log.exception("publish listener failed")
+            except Exception as exc:
+                _listener_failed("publish", exc)
         if refusal is not None:
             self._unsettled[(pub.channel, pub.epoch, pub.offset)] = True
             while len(self._unsettled) > MAX_UNSETTLED:
@@ -322,8 +333,8 @@ class Hub:
         for listener in self.lifecycle_listeners:
             try:
                 listener(kind, payload)
-            except Exception:
-                log.exception("lifecycle listener failed")
+            except Exception as exc:
+                _listener_failed("lifecycle", exc)
 
     async def broadcast(self, channels: list[str], data: Any) -> list[Publication]:
         for channel in channels:

@@ -110,6 +110,67 @@ class Refusals:
         self.logger.warning("refused %d %s since the last report: %s", count, self.what, reason)
 
 
+def excerpt(text: object, limit: int = 80) -> str:
+    """A peer's text as a log line may show it: its first ``limit`` characters, repr-escaped
+    (no newline or control character of its own reaches the log), with its length when cut."""
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
+    elif not isinstance(text, str):
+        text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+class LogLimit:
+    """Lines of one kind that peers can cause, at most one per ``every`` seconds per key (an
+    address, an origin) and ``keys`` keys per window in all.
+
+    The hub's one rule for such lines: a client that repeats a request (or sends endless
+    distinct keys) neither floods the log nor grows this table, and the first line after a
+    window in which lines were held back says how many.
+    """
+
+    __slots__ = ("every", "held", "keys", "logged", "logger", "started")
+
+    def __init__(self, logger: logging.Logger, every: float = 60.0, keys: int = 20) -> None:
+        self.logger = logger
+        self.every = every
+        self.keys = keys
+        self.started = -every
+        self.logged: set[str] = set()
+        self.held = 0
+
+    def log(
+        self,
+        level: int,
+        key: str,
+        msg: str,
+        *args: object,
+        exc_info: BaseException | bool | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Log ``msg % args`` unless the limit holds it back (then count it); ``True`` when
+        logged."""
+        if not self.logger.isEnabledFor(level):
+            return False
+        now = time.monotonic() if now is None else now
+        held = 0
+        if now - self.started >= self.every:
+            held, self.held = self.held, 0
+            self.started = now
+            self.logged.clear()
+        if key in self.logged or len(self.logged) >= self.keys:
+            self.held += 1
+            return False
+        self.logged.add(key)
+        if held:
+            msg += " (and %d more like it since the last such line, not logged)"
+            args = (*args, held)
+        self.logger.log(level, msg, *args, exc_info=exc_info)
+        return True
+
+
 class Abuse:
     """Counts refusals; persistent abuse is ``strikes`` refusals within ``window`` seconds."""
 

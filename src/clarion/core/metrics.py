@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from clarion.core.rates import Activity, LatencyHistogram
 from clarion.protocol import deflate
+from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import Publication
 
 if TYPE_CHECKING:
@@ -31,6 +32,29 @@ if TYPE_CHECKING:
 
 
 SAMPLE_EVERY = 64  # publications per latency sample under load
+
+
+# What an application's own codes (from its hooks' refusals) count under: any string of the
+# code grammar may come from there, and each label value is a series kept for the process's life.
+APPLICATION_CODE = "application"
+_TABLE_CODES = frozenset(code.value for code in ErrorCode)
+
+
+class ErrorCounts(Counter[str]):
+    """Errors by code, under a label set the hub's own table bounds: its codes count as
+    themselves, any other under :data:`APPLICATION_CODE`."""
+
+    def __getitem__(self, code: str) -> int:
+        return super().__getitem__(error_label(code))
+
+    def __setitem__(self, code: str, n: int) -> None:
+        super().__setitem__(error_label(code), n)
+
+
+def error_label(code: str) -> str:
+    """The ``code`` label an error answered with ``code`` counts under."""
+    code = str(code)
+    return code if code in _TABLE_CODES else APPLICATION_CODE
 
 
 class Stats:
@@ -53,7 +77,7 @@ class Stats:
         self.publications = 0
         self.signals = 0  # ephemeral publications
         self.deliveries: Counter[str] = Counter()  # by transport
-        self.errors: Counter[str] = Counter()  # by error code
+        self.errors = ErrorCounts()  # by error code
         self.resets: Counter[str] = Counter()  # reset signals sent, by reason
         self.slow_disconnects = 0
         self.conflations = 0

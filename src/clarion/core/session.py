@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from clarion.core.auth import Credentials
 from clarion.core.fanout import Push, Subscription, WireFormat
-from clarion.core.limits import Abuse, TokenBucket
+from clarion.core.limits import Abuse, LogLimit, TokenBucket
 from clarion.core.pages import replay_budget
 from clarion.core.resume import Reset, plan_resume, position_for
 from clarion.core.transport import Backlogged, Transport
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from clarion.core.hub import Hub
 
 log = logging.getLogger("clarion.hub")
+# Failures a session's peer may cause once per session: one per kind a minute.
+_failures = LogLimit(log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,8 +300,14 @@ class Session:
         if reason is not None:
             try:
                 self.transport.send_unsubscribe(channel, reason)
-            except Exception:
-                log.exception("unsubscribe push failed for %r", self)
+            except Exception as exc:
+                _failures.log(
+                    logging.ERROR,
+                    "unsubscribe " + type(exc).__name__,
+                    "unsubscribe push failed for %r",
+                    self,
+                    exc_info=exc,
+                )
         if self.reports_lifecycle():
             self.hub.emit("unsubscribe", {**self.info(), "channel": channel})
         return sub
@@ -447,8 +455,14 @@ class Session:
             reason = disconnect_for(code).reason
         try:
             self.transport.close(code, reason)
-        except Exception:
-            log.exception("transport close failed for %r", self)
+        except Exception as exc:
+            _failures.log(
+                logging.ERROR,
+                "close " + type(exc).__name__,
+                "transport close failed for %r",
+                self,
+                exc_info=exc,
+            )
         if hub.admission.holds(self.id):
             hub.spawn(hub.admission.release(self.id))
         if self.reports_lifecycle():

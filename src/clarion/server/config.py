@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from clarion.asgitypes import ASGIApp, DirectRoute
-from clarion.core.limits import AddressCount, Refusals
+from clarion.core.limits import AddressCount, LogLimit, Refusals
 
 log = logging.getLogger("clarion.server")
 
@@ -72,6 +72,10 @@ class Connection(Protocol):
     def abort(self) -> None: ...
 
 
+def _lines(logger: str) -> LogLimit:
+    return LogLimit(logging.getLogger(logger))
+
+
 @dataclass(slots=True)
 class Registry:
     """The live connections and app tasks of one server, and the lifespan state.
@@ -88,6 +92,13 @@ class Registry:
     pending: AddressCount = field(default_factory=lambda: AddressCount(1000, 10_000))
     refusals: Refusals = field(default_factory=lambda: Refusals(log, "HTTP connection(s)"))
     descriptors: int | None = None
+    # What peers cause per request or connection (a malformed request, a stalled one, a
+    # refused handshake, a send buffer it does not read): a line per address a minute at most.
+    errors: LogLimit = field(default_factory=lambda: _lines("clarion.server.http"))
+    stalls: LogLimit = field(default_factory=lambda: _lines("clarion.server.http"))
+    handshakes: LogLimit = field(default_factory=lambda: _lines("clarion.server.websocket"))
+    overflows: LogLimit = field(default_factory=lambda: _lines("clarion.server.websocket"))
+    streams: LogLimit = field(default_factory=lambda: _lines("clarion.server.faststream"))
 
     def start(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run an app coroutine as a task that shutdown can wait for."""

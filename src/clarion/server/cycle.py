@@ -15,6 +15,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from clarion.asgitypes import Message, Scope
+from clarion.core.limits import LogLimit
 from clarion.protocol.frames import http_chunk
 from clarion.server.config import ClientDisconnected, Config, date_header
 from clarion.server.faststream import FAST_STREAM_EXTENSION, ChunkStream
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from clarion.server.http import HttpProtocol
 
 log = logging.getLogger("clarion.server.http")
+# Tracebacks a peer may cause per request or frame: one per kind of failure a minute.
+_failures = LogLimit(log)
 
 DISCONNECT: Message = {"type": "http.disconnect"}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -186,16 +189,20 @@ class HttpCycle:
             scope, self.scope = self.scope, None
             assert scope is not None
             await self.config.app(scope, self.receive, self.send)
-        except ClientDisconnected:
-            if not self.disconnected:
-                log.exception("exception in ASGI application")
+        except Exception as exc:
+            if not isinstance(exc, ClientDisconnected) or not self.disconnected:
+                _failures.log(
+                    logging.ERROR,
+                    type(exc).__name__,
+                    "exception in ASGI application",
+                    exc_info=exc,
+                )
                 self._fail()
-        except Exception:
-            log.exception("exception in ASGI application")
-            self._fail()
         else:
             if not self.response_complete and not self.disconnected:
-                log.error("ASGI application returned without completing its response")
+                _failures.log(
+                    logging.ERROR, "", "ASGI application returned without completing its response"
+                )
                 self._fail()
 
     async def receive(self) -> Message:

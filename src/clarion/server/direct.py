@@ -20,6 +20,7 @@ from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from clarion.asgitypes import DirectResponse, DirectRoute
+from clarion.core.limits import LogLimit
 from clarion.server.config import date_header
 from clarion.server.cycle import error_response, status_line
 
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
     from clarion.server.http import HttpProtocol
 
 log = logging.getLogger("clarion.server.http")
+# Tracebacks a peer may cause per request: one per kind of failure a minute.
+_failures = LogLimit(log)
+
+
+def _failed(exc: Exception) -> None:
+    _failures.log(logging.ERROR, type(exc).__name__, "exception in direct route", exc_info=exc)
+
 
 _heads: dict[int, bytes] = {}
 
@@ -170,9 +178,9 @@ class DirectRequest:
                 self._respond(done.value)
                 return
             self._conn.registry.start(self._finish(coro, _Resume(coro, suspended)), "clarion-http")
-        except Exception:
+        except Exception as exc:
             # In a parser callback: nothing may escape to the parser, which would call it a 400.
-            log.exception("exception in direct route")
+            _failed(exc)
             self._fail()
 
     async def _after_drain(self) -> None:
@@ -184,8 +192,8 @@ class DirectRequest:
     ) -> None:
         try:
             result = await (coro if rest is None else rest)
-        except Exception:
-            log.exception("exception in direct route")
+        except Exception as exc:
+            _failed(exc)
             self._fail()
         else:
             self._respond(result)
@@ -208,8 +216,8 @@ class DirectRequest:
         try:
             status, body = result
             answer = json_response(status, body, keep_alive=self.keep_alive, http11=self.http11)
-        except Exception:
-            log.exception("exception in direct route")  # not a (status, body) answer
+        except Exception as exc:
+            _failed(exc)  # not a (status, body) answer
             self._fail()
             return
         conn.transport.write(answer)

@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 FAST_STREAM_EXTENSION = FAST_STREAM
 
-log = logging.getLogger("clarion.server.faststream")
-
 
 class ChunkStream(Outbox):
     """Pushed chunks of one streaming response, written once per loop iteration."""
@@ -39,15 +37,23 @@ class ChunkStream(Outbox):
         self.transport = conn.transport
         self.init_outbox(loop, limit)
 
+    def _log(self, level: int, msg: str, *args: object) -> None:
+        conn = self._conn
+        conn.registry.streams.log(level, conn.peer_key, msg, *args)
+
     def on_eof_flushed(self) -> None:  # pragma: no cover - a stream never half-closes
         return None
 
     def on_overflow_default(self) -> None:
-        log.info("stream send buffer over %d bytes: closing", self._limit)
+        self._log(logging.INFO, "stream send buffer over %d bytes: closing", self._limit)
         self._conn.close()
 
     def on_hard_overflow(self) -> None:
-        log.warning("stream send buffer over twice its limit of %d bytes: closing", self._limit)
+        self._log(
+            logging.WARNING,
+            "stream send buffer over twice its limit of %d bytes: closing",
+            self._limit,
+        )
         self.discard_outbox()
         self.transport.abort()
 

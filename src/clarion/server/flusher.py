@@ -14,11 +14,15 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from clarion.core.limits import LogLimit
+
 if TYPE_CHECKING:
     from clarion.server.fastws import Outbox
 
 # Under the fast path's name: a failed flush is a WebSocket connection's.
 log = logging.getLogger("clarion.server.fastws")
+# Tracebacks a peer may cause per request or frame: one per kind of failure a minute.
+_failures = LogLimit(log)
 
 
 class Flusher:
@@ -65,9 +69,14 @@ class Flusher:
             for write, arg in after:
                 try:
                     write(arg)
-                except Exception:
+                except Exception as exc:
                     # One broken connection must not leave the others' answers unwritten.
-                    log.exception("writing an answer failed")
+                    _failures.log(
+                        logging.ERROR,
+                        "answer " + type(exc).__name__,
+                        "writing an answer failed",
+                        exc_info=exc,
+                    )
 
 
 def flush_each(dirty: list[Outbox]) -> None:
@@ -87,7 +96,12 @@ def flush_one(box: Outbox) -> None:
 
 def report(box: Outbox, exc: BaseException) -> None:
     # One broken connection must not starve the others queued behind it.
-    log.error("flushing a websocket connection failed", exc_info=exc)
+    _failures.log(
+        logging.ERROR,
+        "flush " + type(exc).__name__,
+        "flushing a websocket connection failed",
+        exc_info=exc,
+    )
 
 
 _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Flusher] = (

@@ -645,16 +645,26 @@ class HttpProtocol(asyncio.Protocol):
         }.get(status, b"")
         if status == 431:
             body = b"Request Header Fields Too Large\n"
-        log.info("HTTP %d to %s", status, self.client)
+        self.registry.errors.log(logging.INFO, self.peer_key, "HTTP %d to %s", status, self.client)
         self.transport.write(error_response(self.config, status, body))
         self.close()
+
+    @property
+    def peer_key(self) -> str:
+        """The key this connection's log lines are limited by: its caps key."""
+        return self._key or ""
 
     def _timed_out(self) -> None:
         self._head_timer = None
         if self._waiting_on_us():
             self._head_timer = self._loop.call_later(self.config.handshake_timeout, self._timed_out)
             return
-        log.info("closing %s: request head not received in time", self.client)
+        self.registry.stalls.log(
+            logging.INFO,
+            self.peer_key,
+            "closing %s: request head not received in time",
+            self.client,
+        )
         self.transport.close()
 
     def _arm_body_timer(self) -> None:
@@ -667,7 +677,12 @@ class HttpProtocol(asyncio.Protocol):
         if self._waiting_on_us():
             self._arm_body_timer()
             return
-        log.info("closing %s: request body not received in time", self.client)
+        self.registry.stalls.log(
+            logging.INFO,
+            self.peer_key,
+            "closing %s: request body not received in time",
+            self.client,
+        )
         cycle = self._parsing
         if cycle is not None and cycle is self._cycle and not cycle.response_started:
             self._error(408, cycle)  # the app still waits for it: tell the client why
@@ -709,7 +724,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send_stalled(self) -> None:
         self._send_timer = None
-        log.info("closing %s: the client read nothing of its response in time", self.client)
+        self.registry.stalls.log(
+            logging.INFO,
+            self.peer_key,
+            "closing %s: the client read nothing of its response in time",
+            self.client,
+        )
         # A reset: what the kernel holds for a client that does not read would keep it open.
         reset(self.transport)
 

@@ -30,6 +30,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from clarion.asgitypes import Message, Scope
+from clarion.core.limits import LogLimit, excerpt
 from clarion.protocol import deflate, handshake
 from clarion.protocol.frames import OP_BINARY, OP_TEXT, binary_frame, text_frame
 from clarion.protocol.wsreader import Closed, FrameReader, Pong
@@ -40,6 +41,8 @@ from clarion.server.fastws import FAST_WEBSOCKET_EXTENSION, Outbox
 DENIAL_EXTENSION = "websocket.http.response"  # ASGI: refusing a handshake with a response
 
 log = logging.getLogger("clarion.server.websocket")
+# Tracebacks a peer may cause per request or frame: one per kind of failure a minute.
+_failures = LogLimit(log)
 # websockets logs every open and close at INFO; keep that under our tree, one level down.
 protocol_log = logging.getLogger("clarion.server.websocket.protocol")
 # The protocol objects log every connection's opening and closing at INFO: with thousands of
@@ -77,6 +80,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         "_inbound",
         "_listener",
         "_loop",
+        "_peer",
         "_reader",
         "_reading_paused",
         "_registry",
@@ -102,6 +106,8 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
     ) -> None:
         self.config = config
         self._registry = registry
+        client = scope.get("client")
+        self._peer = str(client[0]) if client else ""  # what log lines are limited by
         self.scope: Scope | None = scope  # until the app has it; its headers are the request's
         # The request line until the handshake is checked.
         self._request: tuple[str, bytes, str] | None = (method, target, version)
@@ -160,7 +166,13 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             if response.status_code != 101:
                 # Not a valid handshake (bad key, version, method): websockets wrote the answer.
                 refusal = library.handshake_exc
-                log.info("websocket handshake refused: %s", refusal)
+                self._registry.handshakes.log(
+                    logging.INFO,
+                    self._peer,
+                    "websocket handshake refused from %s: %s",
+                    scope.get("client"),
+                    excerpt(refusal, 120),
+                )
                 if refusal is not None:
                     # Its traceback, and its context's, hold the frames that led here, which
                     # hold this connection: cycles only the collector would free.
@@ -271,8 +283,13 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
                 message = self._take()
                 try:
                     await handler(message)
-                except Exception:
-                    log.error("exception in ASGI websocket application", exc_info=True)
+                except Exception as exc:
+                    _failures.log(
+                        logging.ERROR,
+                        type(exc).__name__,
+                        "exception in ASGI websocket application",
+                        exc_info=exc,
+                    )
                     if self.phase is Phase.OPEN:
                         self.close(1011)
                 if message["type"] == "websocket.disconnect":
@@ -311,20 +328,29 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             self._pause_reading()
 
     def on_overflow_default(self) -> None:
-        log.info("websocket send buffer over %d bytes: closing", self._limit)
+        self._log_overflow(
+            logging.INFO, "websocket send buffer over %d bytes: closing", self._limit
+        )
         self.close(OVERFLOW, "send buffer overflow")
 
     def on_hard_overflow(self) -> None:
         if self.phase is Phase.OPEN:
-            log.warning(
-                "websocket send buffer over twice its limit of %d bytes: closing", self._limit
+            self._log_overflow(
+                logging.WARNING,
+                "websocket send buffer over twice its limit of %d bytes: closing",
+                self._limit,
             )
             self.close(OVERFLOW, "send buffer overflow")
         elif self.phase is Phase.CLOSING:
             # Closing, and the peer still makes us write (pongs to its pings) without reading
             # what is queued: the close handshake cannot finish, drop the connection now.
-            log.info("websocket peer makes the hub write while it does not read: dropped")
+            self._log_overflow(
+                logging.INFO, "websocket peer makes the hub write while it does not read: dropped"
+            )
             self.abort()
+
+    def _log_overflow(self, level: int, msg: str, *args: object) -> None:
+        self._registry.overflows.log(level, self._peer, msg, *args)
 
     # -- registry.Connection ----------------------------------------------------------------
 
@@ -362,7 +388,12 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
             # The ASGI way of learning the peer is gone, left to propagate: nothing to report.
             log.debug("websocket app ended on a closed connection")
         elif exc is not None:
-            log.error("exception in ASGI websocket application", exc_info=exc)
+            _failures.log(
+                logging.ERROR,
+                type(exc).__name__,
+                "exception in ASGI websocket application",
+                exc_info=exc,
+            )
         if self.phase is Phase.CONNECTING:
             if exc is None:
                 self._reject(403, "Forbidden\n")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from clarion.core.limits import LogLimit
 from clarion.errors import EngineUnavailable
 from clarion.protocol.jsonkeep import dumps_to_keep
 from clarion.protocol.publication import Publication
@@ -27,6 +28,9 @@ from clarion.webhooks.registry import Registry
 from clarion.webhooks.signing import event_msg_id, publication_msg_id
 
 log = logging.getLogger("clarion.webhooks")
+# Anonymous sessions' joins and publications make deliveries too: a full backlog must not
+# make each of them a line (one per endpoint a minute).
+_dead = LogLimit(log)
 
 
 def publication_deliveries(pub: Publication, targets: Sequence[Endpoint]) -> list[Delivery]:
@@ -118,7 +122,14 @@ class Intake:
                 reason = f"backlog full (max_backlog {config.max_backlog})"
             if reason is not None:
                 d.dead_at, d.last_error = d.created_at, reason
-                log.warning("webhook %s: %s dead-lettered: %s", d.endpoint, d.msg_id, reason)
+                _dead.log(
+                    logging.WARNING,
+                    d.endpoint,
+                    "webhook %s: %s dead-lettered: %s",
+                    d.endpoint,
+                    d.msg_id,
+                    reason,
+                )
             else:
                 self.counts.add_backlog(d.endpoint, 1)
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clarion import tasks
+from clarion.core.limits import LogLimit
 from clarion.webhooks.counts import QueueCounts
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.outbox import Outbox
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from clarion.webhooks.sender import Sender
 
 log = logging.getLogger("clarion.webhooks")
+# A backlog that outlives the retry window is buried a delivery at a time: a line per
+# endpoint a minute.
+_dead = LogLimit(log)
 
 BATCH = 64  # deliveries a worker reads from the outbox at once
 FAILURE_PAUSE = 1.0  # seconds a worker rests after an unexpected error of its own
@@ -155,7 +159,9 @@ class EndpointWorker:
             self.queue.popleft()
             context.counts.add_backlog(endpoint.id, -1)
             context.counts.add_dead(endpoint.id)
-            log.warning(
+            _dead.log(
+                logging.WARNING,
+                endpoint.id,
                 "webhook %s: %s dead-lettered after %d attempts",
                 endpoint.id,
                 delivery.msg_id,

@@ -24,6 +24,7 @@ from clarion.protocol.cursor import Cursor
 
 from ..conftest import RunningHub, until
 from ..redis_fixture import RedisServer
+from ..stomp.client import stomp
 from ..transports.streams import poll, sse
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,18 +84,28 @@ async def read_by_api_history(hub: RunningHub, names: list[str]) -> None:
             assert r.status_code == 200, r.text
 
 
+async def read_by_stomp_subscribe(hub: RunningHub, names: list[str]) -> None:
+    async with stomp(hub) as client:
+        await client.connect(heart_beat="0,0")
+        for n, name in enumerate(names):
+            destination = "/topic/" + name.replace(":", "\\c")
+            await client.send("SUBSCRIBE", id=f"s{n}", destination=destination, receipt=f"r{n}")
+            await client.expect("RECEIPT")
+
+
 READS = {
     "poll": read_by_poll,
     "ws_subscribe": read_by_ws_subscribe,
     "ws_history": read_by_ws_history,
     "sse": read_by_sse,
     "api_history": read_by_api_history,
+    "stomp_subscribe": read_by_stomp_subscribe,
 }
 
 
 @pytest.mark.parametrize("path", list(READS))
 async def test_redis_reads_of_unwritten_channels_leave_only_short_lived_metas(
-    hub_factory: Any, redis_server: RedisServer, raw: aioredis.Redis, path: str
+    redis_server: RedisServer, raw: aioredis.Redis, hub_factory: Any, path: str
 ) -> None:
     hub: RunningHub = await hub_factory(engine=f"{redis_server.url}?check_interval=0.2")
     names = [f"pub:x{n}" for n in range(256 if path == "poll" else 20)]
@@ -224,7 +235,7 @@ async def test_memory_sweep_of_many_channels_does_not_stall_the_loop(
 
 
 async def test_redis_reads_never_lengthen_an_unwritten_meta_kept_by_an_earlier_version(
-    hub_factory: Any, redis_server: RedisServer, raw: aioredis.Redis
+    redis_server: RedisServer, raw: aioredis.Redis, hub_factory: Any
 ) -> None:
     await raw.hset("clarion:{pub:old}:meta", mapping={"e": "0123456789ab", "s": 0})
     await raw.pexpire("clarion:{pub:old}:meta", DAY_MS)

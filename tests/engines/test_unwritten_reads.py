@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from clarion.core.auth import mint_token
 from clarion.engines import memory
 from clarion.engines.memory import UNWRITTEN_TTL
 from clarion.engines.redis import engine as redis_engine
@@ -30,6 +31,14 @@ from ..transports.streams import poll, sse
 pytestmark = pytest.mark.timeout(60)
 
 DAY_MS = 86_400_000
+SECRET = "unwritten-reads-secret-0123456789abcdef"
+API_KEY = "unwritten-reads-key"
+# Anonymous reads of "pub:" (as the attacker's), tokens and the API key for the other paths.
+SECURED = {
+    "token_secret": SECRET,
+    "api_key": API_KEY,
+    "namespaces": {"pub": {"anonymous": True}},
+}
 
 
 @pytest.fixture
@@ -80,7 +89,23 @@ async def read_by_sse(hub: RunningHub, names: list[str]) -> None:
 async def read_by_api_history(hub: RunningHub, names: list[str]) -> None:
     async with hub.http() as client:
         for name in names:
-            r = await client.get("/api/history", params={"channel": name})
+            r = await client.get(
+                "/api/history",
+                params={"channel": name},
+                headers={"Authorization": f"apikey {API_KEY}"},
+            )
+            assert r.status_code == 200, r.text
+
+
+async def read_by_client_history(hub: RunningHub, names: list[str]) -> None:
+    token = mint_token(SECRET, "mallory", ["pub:*"])
+    async with hub.http() as client:
+        for name in names:
+            r = await client.get(
+                "/client/history",
+                params={"channel": name},
+                headers={"Authorization": f"Bearer {token}"},
+            )
             assert r.status_code == 200, r.text
 
 
@@ -99,6 +124,7 @@ READS = {
     "ws_history": read_by_ws_history,
     "sse": read_by_sse,
     "api_history": read_by_api_history,
+    "client_history": read_by_client_history,
     "stomp_subscribe": read_by_stomp_subscribe,
 }
 
@@ -107,7 +133,7 @@ READS = {
 async def test_redis_reads_of_unwritten_channels_leave_only_short_lived_metas(
     redis_server: RedisServer, raw: aioredis.Redis, hub_factory: Any, path: str
 ) -> None:
-    hub: RunningHub = await hub_factory(engine=f"{redis_server.url}?check_interval=0.2")
+    hub: RunningHub = await hub_factory(engine=f"{redis_server.url}?check_interval=0.2", **SECURED)
     names = [f"pub:x{n}" for n in range(256 if path == "poll" else 20)]
     await READS[path](hub, names)
     held = await metas(raw)

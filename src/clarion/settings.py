@@ -41,7 +41,8 @@ class NamespaceOptions(BaseModel):
         86400,
         gt=0,
         description="seconds an idle channel's epoch and offset are remembered after its last "
-        "publication; after that its next publication starts a new epoch",
+        "publication; after that its next publication starts a new epoch. A channel read but "
+        "never published to is remembered 120 s only, whatever this says",
     )
     anonymous: bool = Field(False, description="allow subscribe without a token")
     client_publish: bool = Field(True, description="allow clients (not only the API) to publish")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from clarion.engines.base import PresenceEntry
+from clarion.engines.base import UNWRITTEN_TTL, PresenceEntry
 from clarion.engines.redis import RedisEngine
 from clarion.engines.redis.connect import parse_url
 from clarion.errors import ConfigError
@@ -124,3 +124,24 @@ async def test_batches_wait_for_a_connection_while_redis_is_slow(
         await asyncio.sleep(0.002)  # every call in a batch of its own
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert [r for r in results if isinstance(r, BaseException)] == []
+
+
+async def test_a_read_of_an_unwritten_channel_leaves_a_short_lived_meta_on_every_primary(
+    redis_cluster: RedisCluster, nodes: Callable[..., Any]
+) -> None:
+    """The scripts are the cluster's too: a read's meta lives 120 s, a publication's a day."""
+    engine, _ = await nodes()
+    for channel in CHANNELS:  # one on each primary
+        await engine.history(channel, OPTS, limit=0)
+
+    def ttls() -> list[int]:
+        port = redis_cluster.ports[0]
+        return [
+            int(command(port, "-c", "PTTL", engine.keys.meta(channel)).strip())
+            for channel in CHANNELS
+        ]
+
+    assert all(0 < ttl <= UNWRITTEN_TTL * 1000 for ttl in ttls()), ttls()
+    for channel in CHANNELS:
+        await engine.publish(channel, 1, OPTS)
+    assert all(ttl > OPTS.history_meta_ttl * 1000 - 60_000 for ttl in ttls()), ttls()

@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 # the engine's set of revocations too, so a set that was lost and started again is read whole.
 RevocationMark = str
 
+# Seconds an engine keeps the epoch of a channel that was read but never published to. Reading
+# costs nothing and names are free, so such state must not last the day a written channel's
+# meta does (``history_meta_ttl``); a publication within it continues the epoch its readers
+# were given, one after it starts a new epoch (a reset for them, never a silent loss).
+UNWRITTEN_TTL = 120.0
+
 
 @dataclass(frozen=True, slots=True)
 class History:

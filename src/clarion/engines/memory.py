@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from clarion.engines.base import (
+    UNWRITTEN_TTL,
     EngineSink,
     History,
     PresenceEntry,
@@ -31,8 +32,12 @@ if TYPE_CHECKING:
     from clarion.webhooks.outbox import Outbox
 
 MAX_IDEMPOTENCY_KEYS = 10_000  # per channel; the oldest key is forgotten first
-SWEEP_INTERVAL = 30.0
-UNWRITTEN_TTL = 120.0  # seconds a channel that was read but never published to is remembered
+SWEEP_INTERVAL = 30.0  # seconds between the starts of two passes over the written channels
+SWEEP_TICK = 1.0  # a pass goes a part per tick, sized to end within SWEEP_INTERVAL
+SWEEP_SLICE = 1000  # channels looked at per loop iteration: about 1 ms
+# Channels read but never published to whose epoch is remembered, at most: each costs a name
+# and an epoch, and anyone may read any name. The oldest read is forgotten first.
+MAX_UNWRITTEN = 10_000
 
 log = logging.getLogger("clarion.engines.memory")
 
@@ -44,8 +49,8 @@ def new_epoch() -> str:
 class _ChannelLog:
     __slots__ = ("entries", "epoch", "expiries", "keys", "last_write", "offset")
 
-    def __init__(self) -> None:
-        self.epoch = new_epoch()
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
         self.offset = 0
         self.entries: deque[Publication] = deque()
         self.expiries: deque[float] = deque()
@@ -86,7 +91,10 @@ class MemoryEngine:
         # The clock is injectable so TTL behaviour can be tested without sleeping.
         self._clock = clock
         self._revoked = RevocationTable(data_dir)  # kept in data_dir when given
-        self._logs: dict[str, _ChannelLog] = {}
+        self._logs: dict[str, _ChannelLog] = {}  # channels published to
+        # Channels read but never published to: the epoch their readers were given, and when it
+        # was given, oldest first. No log for them: a read of nothing answers from nothing.
+        self._unwritten: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._meta_ttl: dict[str, float] = {}
         self._presence: dict[str, dict[str, PresenceEntry]] = {}
         # channel -> user -> how many of its clients are present: the stats without a scan.
@@ -110,9 +118,36 @@ class MemoryEngine:
     def _log(self, channel: str) -> _ChannelLog:
         log = self._logs.get(channel)
         if log is None:
-            log = self._logs[channel] = _ChannelLog()
+            # The first publication continues the epoch readers of the empty channel were given.
+            read = self._unwritten.pop(channel, None)
+            log = self._logs[channel] = _ChannelLog(new_epoch() if read is None else read[0])
             log.last_write = self._clock()
         return log
+
+    def _unwritten_epoch(self, channel: str) -> str:
+        read = self._unwritten.get(channel)
+        if read is not None:
+            return read[0]
+        now = self._clock()
+        self._expire_unwritten(now)
+        epoch = new_epoch()
+        self._unwritten[channel] = (epoch, now)
+        if len(self._unwritten) > MAX_UNWRITTEN:
+            self._unwritten.popitem(last=False)
+        return epoch
+
+    def _expire_unwritten(self, now: float) -> int:
+        """Forget the unwritten channels read more than ``UNWRITTEN_TTL`` ago: the oldest
+        come first, so this costs what it drops."""
+        unwritten = self._unwritten
+        dropped = 0
+        while unwritten:
+            read_at = next(iter(unwritten.values()))[1]
+            if now - read_at <= UNWRITTEN_TTL:
+                break
+            unwritten.popitem(last=False)
+            dropped += 1
+        return dropped
 
     async def publish(
         self,
@@ -188,7 +223,10 @@ class MemoryEngine:
         limit: int | None = None,
         reverse: bool = False,
     ) -> History:
-        log = self._log(channel)
+        log = self._logs.get(channel)
+        if log is None:
+            # Offset 0 of an epoch kept for the first publication: it follows on, no reset.
+            return History([], StreamPosition(self._unwritten_epoch(channel), 0), 1)
         log.trim(self._clock(), options.history_size)
         position = StreamPosition(log.epoch, log.offset)
         entries = log.entries
@@ -305,27 +343,57 @@ class MemoryEngine:
         return self._revoked.since(since)
 
     def sweep(self, now: float | None = None) -> int:
-        """Forget channels whose history is empty and whose meta TTL has passed.
+        """Forget, in one pass, the channels nobody needs; how many were forgotten.
 
-        A channel that was only read, never published to, is forgotten after
-        ``UNWRITTEN_TTL``: reading arbitrary channel names must not pin memory for a day. A
-        client holding such a channel's offset-0 cursor gets an ``epoch`` reset later, an
-        explicit signal (it missed nothing, but cannot be told so safely).
+        A written channel goes once its history is empty and its meta TTL has passed. A channel
+        only read, never published to, goes after ``UNWRITTEN_TTL`` (or sooner, past
+        ``MAX_UNWRITTEN``): a client holding its offset-0 cursor gets an ``epoch`` reset later,
+        an explicit signal (it missed nothing, but cannot be told so safely).
         """
         now = self._clock() if now is None else now
-        dropped = 0
-        for channel, log in list(self._logs.items()):
-            ttl = self._meta_ttl.get(channel, 86400.0) if log.offset else UNWRITTEN_TTL
-            while log.expiries and log.expiries[0] <= now:
-                log.entries.popleft()
-                log.expiries.popleft()
-            if not log.entries and now - log.last_write > ttl:
-                del self._logs[channel]
-                self._meta_ttl.pop(channel, None)
-                dropped += 1
+        dropped = self._expire_unwritten(now)
+        for channel in list(self._logs):
+            dropped += self._sweep_one(channel, now)
         return dropped
 
+    def _sweep_one(self, channel: str, now: float) -> int:
+        log = self._logs.get(channel)
+        if log is None:
+            return 0
+        while log.expiries and log.expiries[0] <= now:
+            log.entries.popleft()
+            log.expiries.popleft()
+        if log.entries or now - log.last_write <= self._meta_ttl.get(channel, 86400.0):
+            return 0
+        del self._logs[channel]
+        self._meta_ttl.pop(channel, None)
+        return 1
+
     async def _sweep_forever(self) -> None:
+        # A pass over a million channels in one go held the loop for a second: it goes a
+        # part per tick, sized to end within SWEEP_INTERVAL, in slices of one loop iteration.
+        pending: list[str] = []
+        done = 0
+        next_pass = self._clock() + SWEEP_INTERVAL
+        step = SWEEP_SLICE
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            self.sweep()
+            await asyncio.sleep(SWEEP_TICK)
+            now = self._clock()
+            self._expire_unwritten(now)
+            if done >= len(pending):
+                if now < next_pass:
+                    continue
+                # The copy (3 ms at 150,000 channels) takes a tick of its own.
+                pending, done = list(self._logs), 0
+                next_pass = now + SWEEP_INTERVAL
+                step = max(SWEEP_SLICE, int(len(pending) * SWEEP_TICK / SWEEP_INTERVAL) + 1)
+                continue
+            end = min(done + step, len(pending))
+            while done < end:
+                stop = min(done + SWEEP_SLICE, end)
+                for channel in pending[done:stop]:
+                    self._sweep_one(channel, now)
+                done = stop
+                await asyncio.sleep(0)
+            if done >= len(pending):
+                pending = []

@@ -23,6 +23,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from clarion.engines.base import (
+    UNWRITTEN_TTL,
     EngineSink,
     History,
     PresenceEntry,
@@ -309,7 +310,8 @@ class RedisEngine:
             since.offset if since is not None else 0,
             -1 if limit is None else limit,
             new_epoch(),
-            _ms(options.history_meta_ttl),
+            # A meta this read creates is of a channel never published to: short-lived.
+            _ms(UNWRITTEN_TTL),
             _ms(options.history_ttl),
             options.history_size,
             1 if reverse else 0,

@@ -71,7 +71,9 @@ class Positions:
                 for channel, (epoch, top) in zip(chunk, rows, strict=True):
                     seen = self.seen.get(channel)
                     if seen is None or epoch is None:
-                        continue  # unsubscribed, or nothing published since the meta was lost
+                        # Unsubscribed, or no meta: lost, or a read's lapsed (HMGET creates
+                        # none); the next publication's new epoch is caught up then.
+                        continue
                     # A top below what was seen: Redis lost writes (failover); the history
                     # read of the catch-up starts a new epoch for it.
                     if epoch.decode() != seen.epoch or int(top) != seen.offset:

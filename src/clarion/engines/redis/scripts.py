@@ -50,7 +50,8 @@ local function trim_expired(stream, cutoff)
   redis.call('XTRIM', stream, 'MINID', hi)
 end
 
--- The channel's epoch and top offset, creating the meta (fresh epoch) when it is gone.
+-- The channel's epoch and top offset, creating the meta (fresh epoch) when it is gone; a meta
+-- created lives `meta_ttl` ms unless a publication extends it.
 local function load_meta(stream, meta, new_epoch, meta_ttl)
   local m = redis.call('HMGET', meta, 'e', 's')
   if m[1] then return m[1], tonumber(m[2]) end
@@ -106,22 +107,30 @@ return {offset, epoch, now, 0, ''}
 
 # KEYS: stream, meta
 # ARGV: since epoch ('' = from the start), since offset, limit (-1 = no limit), epoch if new,
-#       meta ttl ms, history ttl ms, history size, reverse ('1': newest first, before since)
+#       unwritten ttl ms, history ttl ms, history size, reverse ('1': newest first, before
+#       since)
 # -> {epoch, top offset, earliest offset, entries}
+# A read never gives a meta more than the unwritten TTL: a meta of a channel nobody published to
+# is only the epoch its readers were given, kept for a publication that may follow soon. Were it
+# kept for history_meta_ttl, reading fresh names would fill Redis with keys for a day.
 HISTORY = (
     _COMMON
     + """
 local stream, meta = KEYS[1], KEYS[2]
 local ttl, size, limit = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[3])
-local meta_ttl = math.max(tonumber(ARGV[5]), ttl)
-local epoch, top = load_meta(stream, meta, ARGV[4], meta_ttl)
+local unwritten_ttl = tonumber(ARGV[5])
+local epoch, top = load_meta(stream, meta, ARGV[4], unwritten_ttl)
+if top == 0 and redis.call('PTTL', meta) > unwritten_ttl then
+  -- Left by an earlier version, which gave a read's meta the full meta TTL.
+  redis.call('PEXPIRE', meta, unwritten_ttl)
+end
 if ARGV[1] == epoch and tonumber(ARGV[2]) > top and ARGV[8] ~= '1' then
   -- A reader (reading forwards) has seen offsets this Redis never stored: it lost writes (a
   -- failover to a replica that had not received them). Their offsets would be given again to other
   -- publications: start a new epoch, so that every reader gets a reset instead.
   redis.call('DEL', stream)
   redis.call('HSET', meta, 'e', ARGV[4], 's', 0)
-  redis.call('PEXPIRE', meta, meta_ttl)
+  redis.call('PEXPIRE', meta, unwritten_ttl)
   epoch, top = ARGV[4], 0
 end
 if size == 0 then

@@ -363,11 +363,9 @@ class Hub:
 
         ``reverse``: newest first, older than ``since`` (see :meth:`Engine.history`); the
         reset reasons are then ``epoch`` and ``position`` only — reaching the oldest
-        publication held is the end of the pages, not a gap.
-
-        A page stops at ``limits.send_queue_bytes`` too (:mod:`~clarion.core.pages`): the
-        reply's ``more`` and ``cursor`` then say where the next page starts.
-        """
+        publication held is the end of the pages, not a gap. A page also stops at
+        ``limits.send_queue_bytes`` (:mod:`~clarion.core.pages`): ``more`` and ``cursor`` say
+        where the next one starts."""
         validate_channel(channel)
         position = position_for(channel, since)
         cap = self.settings.limits.max_history_batch

@@ -9,10 +9,7 @@ commit carries the deliveries of many publications, and each publish call waits 
 commit that holds its own. With ``fsync = true`` every commit also waits for the disk, which
 protects against power loss.
 
-The file gives disk back as deliveries leave: it is kept in ``auto_vacuum = INCREMENTAL`` mode
-(a file made before is converted by one ``VACUUM`` when opened), free pages are returned a
-bounded number at a time on the outbox's thread between other calls, and the write-ahead log
-is truncated once they are (``wal_checkpoint(TRUNCATE)``; ``journal_size_limit`` otherwise).
+The file gives disk back as deliveries leave (``sqlite_space``).
 """
 
 from __future__ import annotations
@@ -36,6 +33,7 @@ from clarion.webhooks.sqlite_schema import (
     delivery_of,
     delivery_values,
 )
+from clarion.webhooks.sqlite_space import WAL_LIMIT, Reclaimer, open_incremental
 
 _T = TypeVar("_T")
 # Deliveries handed to enqueue, the event version they carry, and who waits for them.
@@ -52,15 +50,6 @@ class SQLiteOutbox:
     FILE = "webhooks.sqlite3"
     shared = False
     poll_interval: float | None = None
-    # Giving disk back: from this many free pages on, at most STEP_PAGES per call on the
-    # outbox's thread (4 MiB a step with SQLite's 4 KiB pages: milliseconds, so deliveries
-    # wait little behind it), a pause between steps, and while rows keep being deleted (a
-    # backlog that drains) a look every CHECK_EVERY s.
-    RECLAIM_AT = 256
-    STEP_PAGES = 1024
-    STEP_PAUSE = 0.01
-    CHECK_EVERY = 1.0
-    WAL_LIMIT = 4 << 20  # bytes of write-ahead log kept after a checkpoint
 
     def __init__(
         self, data_dir: str | Path, *, fsync: bool = False, max_dead_letters: int = 10_000
@@ -77,8 +66,7 @@ class SQLiteOutbox:
         self._writing: asyncio.Future[list[list[Delivery]]] | None = None
         self.on_written: Callable[[set[str]], None] | None = None
         self.on_registry_changed: Callable[[], None] | None = None  # one node: never called
-        self._reclaiming: asyncio.Task[None] | None = None
-        self._deleted = False  # rows deleted since the last look at the free pages
+        self._space = Reclaimer(self._call, lambda: self._db)
 
     def in_use(self) -> bool:
         return self.path.exists()
@@ -94,9 +82,9 @@ class SQLiteOutbox:
         self._lock = _lock_file(self.path.with_suffix(".lock"))
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            _incremental(db)
+            open_incremental(db)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA journal_size_limit={self.WAL_LIMIT}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
             db.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
             db.execute("PRAGMA busy_timeout=1000")
             db.executescript(SCHEMA)
@@ -113,51 +101,6 @@ class SQLiteOutbox:
             self._lock.close()
             self._lock = None
 
-    def _reclaim_soon(self) -> None:
-        """Rows were deleted: give their pages back to the disk, a step at a time."""
-        self._deleted = True
-        if self._reclaiming is None and self._db is not None:
-            self._reclaiming = asyncio.get_running_loop().create_task(
-                self._reclaim(), name="clarion-webhook-reclaim"
-            )
-
-    async def _reclaim(self) -> None:
-        try:
-            while self._db is not None:
-                self._deleted = False
-                if await self._call(self._reclaim_step):
-                    await asyncio.sleep(self.STEP_PAUSE)
-                elif self._deleted:  # deletes go on (a backlog draining): look again later
-                    await asyncio.sleep(self.CHECK_EVERY)
-                else:
-                    # Quiet now: the log, up to WAL_LIMIT long, back to nothing.
-                    await self._call(self._truncate_log)
-                    break
-        except (RuntimeError, sqlite3.Error):
-            pass  # closed meanwhile; what is left free is reclaimed after the next deletes
-        finally:
-            self._reclaiming = None
-
-    def _reclaim_step(self) -> bool:
-        """Return up to STEP_PAGES free pages to the file system (writer thread); ``True``
-        while more are left."""
-        db = self._db
-        if db is None:
-            return False
-        free: int = db.execute("PRAGMA freelist_count").fetchone()[0]
-        if free < self.RECLAIM_AT:
-            return False
-        # executescript, not execute: the pragma frees one page per step of its statement, and
-        # execute() steps a statement without result columns once.
-        db.executescript(f"PRAGMA incremental_vacuum({self.STEP_PAGES});")
-        return free > self.STEP_PAGES
-
-    def _truncate_log(self) -> None:
-        """Copy what the log holds to the file, which it may shorten, and empty the log
-        (writer thread; durable all along: the log is emptied only once copied)."""
-        if self._db is not None:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
     def close(self) -> None:
         """Close once the calls under way are done (deliveries not yet committed are lost)."""
         self._thread.shutdown(wait=True)
@@ -165,11 +108,7 @@ class SQLiteOutbox:
 
     async def aclose(self) -> None:
         await self.flush()
-        reclaiming = self._reclaiming
-        if reclaiming is not None:
-            reclaiming.cancel()  # a step under way finishes on the thread; close waits for it
-            with contextlib.suppress(asyncio.CancelledError):
-                await reclaiming
+        await self._space.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     async def claim(self, endpoint_id: str) -> bool:
@@ -299,14 +238,14 @@ class SQLiteOutbox:
 
     async def delivered(self, delivery: Delivery, endpoint: Endpoint) -> None:
         await self._call(self._delivered, delivery, endpoint)
-        self._reclaim_soon()
+        self._space.soon()
 
     async def failed(self, delivery: Delivery, endpoint: Endpoint) -> None:
         await self._call(self._failed, delivery, endpoint)
 
     async def bury(self, delivery: Delivery) -> None:
         await self._call(self._bury, delivery)
-        self._reclaim_soon()
+        self._space.soon()
 
     async def backlog(self) -> dict[str, int]:
         return await self._call(self._backlog)
@@ -319,7 +258,7 @@ class SQLiteOutbox:
 
     async def revive(self, endpoint_id: str, ids: list[str] | None) -> int:
         revived = await self._call(self._revive, endpoint_id, ids)
-        self._reclaim_soon()
+        self._space.soon()
         return revived
 
     async def positions(self, endpoint_id: str, limit: int) -> list[tuple[str, str, int]]:
@@ -336,7 +275,7 @@ class SQLiteOutbox:
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
         await self._call(self._delete_endpoint, endpoint_id)
-        self._reclaim_soon()
+        self._space.soon()
 
     def _head(self, endpoint_id: str, limit: int) -> list[Delivery]:
         rows = self.db.execute(
@@ -505,17 +444,6 @@ class SQLiteOutbox:
             for table in ("endpoints", "outbox", "dead_letters", "positions"):
                 column = "id" if table == "endpoints" else "endpoint"
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (endpoint_id,))
-
-
-def _incremental(db: sqlite3.Connection) -> None:
-    """Make sure free pages can be given back (``auto_vacuum = INCREMENTAL``). A new file
-    takes the mode before its first table; one made before needs a ``VACUUM``, once, which
-    rewrites it (live rows only, so it is short unless the backlog is large)."""
-    if db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
-        return
-    db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # tables exist already
-        db.execute("VACUUM")
 
 
 def _trim_dead(db: sqlite3.Connection, endpoint_id: str, keep: int) -> None:

@@ -50,8 +50,7 @@ local function trim_expired(stream, cutoff)
   redis.call('XTRIM', stream, 'MINID', hi)
 end
 
--- The channel's epoch and top offset, creating the meta (fresh epoch) when it is gone; a meta
--- created lives `meta_ttl` ms unless a publication extends it.
+-- The channel's epoch and top offset; a meta made when gone (fresh epoch) lives `meta_ttl` ms.
 local function load_meta(stream, meta, new_epoch, meta_ttl)
   local m = redis.call('HMGET', meta, 'e', 's')
   if m[1] then return m[1], tonumber(m[2]) end
@@ -107,12 +106,10 @@ return {offset, epoch, now, 0, ''}
 
 # KEYS: stream, meta
 # ARGV: since epoch ('' = from the start), since offset, limit (-1 = no limit), epoch if new,
-#       unwritten ttl ms, history ttl ms, history size, reverse ('1': newest first, before
-#       since)
+#       unwritten ttl ms, history ttl ms, history size, reverse ('1': newest first, before since)
 # -> {epoch, top offset, earliest offset, entries}
-# A read never gives a meta more than the unwritten TTL: a meta of a channel nobody published to
-# is only the epoch its readers were given, kept for a publication that may follow soon. Were it
-# kept for history_meta_ttl, reading fresh names would fill Redis with keys for a day.
+# A read gives a meta no more than the unwritten TTL: the epoch its readers were given, kept for
+# a publication that may follow soon, not for a day (reading fresh names would fill Redis).
 HISTORY = (
     _COMMON
     + """

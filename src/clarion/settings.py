@@ -132,8 +132,8 @@ class Limits(BaseModel):
     client_command_rate: float = Field(
         20,
         gt=0,
-        description="subscribe, unsubscribe, history, presence, connect and refresh ops per "
-        "second per session (STOMP: SUBSCRIBE and UNSUBSCRIBE); over it, `rate_limited`",
+        description="subscribe, history, presence, connect and refresh ops per second per "
+        "session (STOMP: SUBSCRIBE); over it, `rate_limited` (an unsubscribe is never refused)",
     )
     client_command_burst: int = Field(
         300,

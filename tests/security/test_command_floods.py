@@ -370,3 +370,32 @@ async def test_user_join_leave_is_not_amplified_by_churn(hub_factory: Callable[.
     # The churner's join once, perhaps its leave once its grace passed; anonymous: nothing.
     assert watcher.by_client.pop("churner") in (["join"], ["join", "leave"])
     assert watcher.by_client == {}
+
+
+async def test_an_unsubscribe_is_never_refused(hub_factory: Callable[..., Any]) -> None:
+    # Refused, it would leave a subscription the client thinks gone: still delivered, still in
+    # presence, still counted against its cap.
+    hub: RunningHub = await hub_factory(
+        namespaces={"room": {"anonymous": True, "presence_read": "anyone"}},
+        limits={
+            "max_subscriptions_per_connection": 2,
+            "client_command_burst": 1,
+            "client_command_rate": 0.01,
+        },
+    )
+    async with hub.ws() as ws, hub.ws() as watcher:
+        assert "ok" in await ws.subscribe("room:b")
+        while "ok" in await ws.subscribe("room:a"):  # the whole budget, on subscribes alone
+            assert "ok" in await ws.call("unsubscribe", channel="room:a")
+        for channel in ("room:a", "room:b"):
+            reply = await ws.call("unsubscribe", channel=channel)
+            assert "ok" in reply or reply["error"]["code"] == "not_subscribed", reply
+        for channel in ("room:a", "room:b"):
+            present = await watcher.call("presence", channel=channel)
+            assert present["ok"]["clients"] == [], present
+    async with stomp(hub) as client:  # STOMP: 20 SUBSCRIBEs and 20 UNSUBSCRIBEs in 24 tokens
+        await client.connect()
+        for n in range(20):
+            await client.send("SUBSCRIBE", id=str(n), destination="/topic/room:b")
+            await client.send("UNSUBSCRIBE", id=str(n), receipt=f"u{n}")
+            assert (await client.expect("RECEIPT")).headers["receipt-id"] == f"u{n}"

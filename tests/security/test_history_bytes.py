@@ -208,6 +208,31 @@ async def test_sse_stream_of_several_channels_resumes_in_budgets(
     assert max(sizes) <= BOUND, sizes
 
 
+async def test_a_resume_of_many_channels_counts_its_id_lines_too(
+    hub_factory: Callable[..., Any],
+) -> None:
+    # Each event of a stream of many channels carries an ``id:`` naming all their positions:
+    # 128 channels make it some 4 KB, however small the publication it goes with.
+    running: RunningHub = await hub_factory(
+        limits={"send_queue_bytes": BUDGET}, namespaces={"quiet": {"history_size": 100}}
+    )
+    channels = [f"quiet:{n}" for n in range(128)]
+    cursors = []
+    for channel in channels:
+        for n in range(20):
+            pub = await running.hub.publish(channel, {"n": n})
+        cursors.append(encode_single(channel, pub.epoch, 0))
+    params = [("channel", c) for c in channels] + [("cursor", c) for c in cursors]
+    streamed = events = 0
+    async with running.http() as http, http.stream("GET", "/sse", params=params) as r:
+        assert r.status_code == 200
+        async for chunk in r.aiter_bytes():  # until the hub ends it: the replay was cut
+            streamed += len(chunk)
+            events += chunk.count(b"event: message\n")
+            assert streamed <= 2 * BOUND, streamed
+    assert events > 0  # it did replay: the client gets further each time
+
+
 async def test_ws_resume_from_offset_zero_comes_in_budgets(
     hub_factory: Callable[..., Any],
 ) -> None:

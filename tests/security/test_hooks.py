@@ -63,6 +63,8 @@ class Backend:
         event, user, channel = body["event"], body.get("user"), body.get("channel")
         if request.url.path == "/broken":
             return Response("oops", status_code=500)
+        if request.url.path == "/grants" and event == "connect":
+            return JSONResponse({"allow": True, "subs": ["pub:news"]})
         if request.url.path == "/members" and event == "connect" and user is None:
             return JSONResponse({"allow": False, "code": "login_required", "reason": "log in"})
         if event == "connect" and user == "mallory":
@@ -101,7 +103,7 @@ class Backend:
 @pytest.fixture
 async def backend() -> AsyncIterator[Backend]:
     app = Backend()
-    paths = ("/hook", "/broken", "/members")
+    paths = ("/hook", "/broken", "/members", "/grants")
     routes = [Route(path, app.hook, methods=["POST"]) for path in paths]
     config = uvicorn.Config(
         Starlette(routes=routes), host="127.0.0.1", port=app.port, log_level="warning"
@@ -189,6 +191,25 @@ async def test_a_token_in_the_connect_op_is_asked_about_once_as_its_user(
         assert (await ws.call("connect", token=token("bob")))["ok"]["user"] == "bob"
     later = [r["user"] for r in backend.requests if r["event"] == "connect"][3:]
     assert later[0] == "bob" and None not in later  # a repeat may come from the cache
+
+
+async def test_the_hooks_subs_reach_a_connection_that_came_without_a_token(
+    hub_factory: Any, backend: Backend
+) -> None:
+    # Asked when the session first acts — its connect op, or another op — the hook's grant
+    # of subscriptions holds as it did when asked at the upgrade.
+    hub: RunningHub = await hub_factory(
+        token_secret=SECRET,
+        api_key="k",
+        namespaces={"pub": {"anonymous": True}},
+        hooks={"connect_url": backend.url + "/grants", "secret": HOOK_SECRET},
+    )
+    for first in ({"op": "connect"}, {"op": "history", "channel": "pub:old"}):
+        async with hub.ws() as ws:
+            await ws.send({"id": 1, **first})
+            told = [await ws.recv(), await ws.recv()]
+            pushed = [m["subscribe"]["channel"] for m in told if "subscribe" in m]
+            assert pushed == ["pub:news"], told
 
 
 async def test_connect_amends_info_channels_and_subs(hub_factory: Any, backend: Backend) -> None:

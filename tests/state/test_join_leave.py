@@ -151,3 +151,21 @@ async def test_client_mode_keeps_per_client_events(nodes: Callable[..., Any]) ->
         while "leave" not in (msg := await bob.recv()):
             pass
         assert msg["leave"]["user"] == "alice" and "client" in msg["leave"]
+
+
+async def test_a_node_shutting_down_sends_its_clients_leaves(
+    hub_factory: Callable[..., Any], redis_server: Any
+) -> None:
+    # Per-client leaves wait for their 50 ms window: a node that closes sends them first.
+    going = await hub_factory(engine=redis_server.url, **settings("client"))
+    staying = await hub_factory(engine=redis_server.url, **settings("client"))
+    async with staying.ws(additional_headers=bearer("bob")) as bob:
+        await bob.subscribe("room:3")
+        async with going.ws(additional_headers=bearer("alice")) as alice:
+            await alice.subscribe("room:3")
+            while "join" not in (msg := await bob.recv()) or msg["join"]["user"] != "alice":
+                pass
+            await going.hub.close()
+            while "leave" not in (msg := await bob.recv(timeout(5))):
+                pass
+            assert msg["leave"]["user"] == "alice"

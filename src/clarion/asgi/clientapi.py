@@ -29,7 +29,6 @@ from clarion.errors import BadRequest, ClarionError, LimitExceeded, MethodNotAll
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.errors import ErrorCode
-from clarion.protocol.jsonkeep import writable
 from clarion.protocol.messages import Command, CommandError
 
 log = logging.getLogger("clarion.api")
@@ -77,10 +76,12 @@ class ClientRates:
 
 
 def _command(obj: dict[str, Any]) -> Command:
-    if not writable(obj):  # read from the body, but too deep to write back
-        raise BadRequest("the body is JSON nested too deep (over 254 levels)")
     try:
-        return messages.parse_command(orjson.dumps(obj))
+        written = orjson.dumps(obj)
+    except orjson.JSONEncodeError:  # read from the body, but too deep to write back
+        raise BadRequest("the body is JSON nested too deep (over 254 levels)") from None
+    try:
+        return messages.parse_command(written)
     except CommandError as exc:
         raise BadRequest(exc.message, code=exc.code) from None
 

@@ -96,6 +96,9 @@ def chunk_format(push_many: Callable[[Any, bytes], None]) -> WireFormat:
     return fmt
 
 
+ID_BYTES_PER_CHANNEL = 32  # of a multi-channel ``id:`` line, base64 of tag, epoch, offset
+
+
 class SseStream:
     """One stream's transport: encodes events and writes them through its pipe.
 
@@ -118,6 +121,7 @@ class SseStream:
         "closed",
         "ended",
         "fmt",
+        "frame_overhead",
         "opened",
         "peer_gone",
         "pipe",
@@ -136,6 +140,9 @@ class SseStream:
         self._beat: asyncio.TimerHandle | None = None
         # Several channels: the stream's own position per channel tag, for its ``id:`` lines.
         self._positions: dict[bytes, StreamPosition] | None = {} if channels > 1 else None
+        # What each held event's ``id:`` line will add once rendered, counted with it: it
+        # names every channel's position (about 30 bytes each, a 12-character epoch).
+        self.frame_overhead = ID_BYTES_PER_CHANNEL * channels if channels > 1 else 0
         self.fmt = SSE_TAGGED if channels > 1 else SSE_EVENT
         self.push: Callable[[Any], None] = self._push_tagged if channels > 1 else self._push_event
         self.closed = False
@@ -272,7 +279,7 @@ class SseStream:
             # Rendered when the stream starts: its ``id:`` then holds every channel the
             # request names, subscribed after this one or not.
             self._held.append(item)
-            self._held_bytes += len(item[2])
+            self._held_bytes += len(item[2]) + self.frame_overhead
         else:
             pipe.send(self._render(item))
 

@@ -345,8 +345,7 @@ class StompConnection(Handler):
         elif isinstance(event, Subscribe):
             session.take_command("SUBSCRIBE")
             await self.subscribe(session, event)
-        elif isinstance(event, Unsubscribe):
-            session.take_command("UNSUBSCRIBE")
+        elif isinstance(event, Unsubscribe):  # never refused (see websocket.py)
             sub = event.subscription
             if sub is not None:
                 shared = self.shared.get(sub.channel)

@@ -183,7 +183,9 @@ class _Connection(Handler):
         op = cmd.op
         if op == "ping":
             return {}
-        if op != "publish":  # publishes have buckets of their own
+        # Publishes have buckets of their own; an unsubscribe costs nothing to let through, and
+        # refused it would leave a subscription the client thinks gone.
+        if op != "publish" and op != "unsubscribe":
             session.take_command(op)
         if not self.vetted and op not in ("connect", "refresh") and not await self.vet():
             return None
@@ -254,12 +256,13 @@ class _Connection(Handler):
             raise Forbidden("a refreshed token must be for the same user")
         if cmd.op == "connect" and session.subscriptions and credentials.user != session.user:
             raise Forbidden("connect must come before the first subscribe")
+        # The hook's first say on this session may grant subscriptions (``subs``) too.
+        first = (session.user is None and credentials.user is not None) or not self.vetted
         if hub.hooks is not None:
             credentials = await hub.authenticate(credentials, "ws")
             if session.closed:
                 return {}
             self.vetted = True
-        first = session.user is None and credentials.user is not None
         session.set_credentials(credentials)
         if cmd.op == "connect" and first:
             hub.subscribe_claimed(session)
@@ -283,6 +286,7 @@ class _Connection(Handler):
             return False
         self.vetted = True
         session.set_credentials(credentials)
+        hub.subscribe_claimed(session)  # what the hook's answer grants (``subs``)
         return True
 
 

@@ -55,8 +55,7 @@ from clarion.protocol.publication import (
 from clarion.settings import NamespaceOptions, Settings
 
 log = logging.getLogger("clarion.hub")
-# Listeners run per publication and per lifecycle event, which anonymous sessions cause too:
-# a failing one is a traceback per kind a minute, not one per event.
+# Listeners run per publication and lifecycle event: a failing one logs once a minute per kind.
 _listener_failures = LogLimit(log)
 
 
@@ -175,6 +174,7 @@ class Hub:
             await self.sweeper.stop()
             if self._tasks:
                 await asyncio.wait(list(self._tasks), timeout=2.0)
+            await self.roster.drain(timeout=2.0)  # the leaves those tasks queued
             await self.engine.close()
             self._started = False
             log.info("hub closed")

@@ -35,13 +35,16 @@ def replay_budget(limit: int, queued: int) -> int:
     return max((limit - queued) // 2, 1)
 
 
-def fitting(pubs: Sequence[Publication], budget: int) -> int:
-    """How many of ``pubs``, from the first, fit in ``budget`` bytes; the first always does,
-    so a reader always gets further. The JSON of the publications past the first that does
-    not fit is never made: a page costs the CPU of its budget, not of the read."""
+def fitting(pubs: Sequence[Publication], budget: int, overhead: int = 0) -> int:
+    """How many of ``pubs``, from the first, fit in ``budget`` bytes, each with ``overhead``
+    bytes of framing besides (a transport's own, e.g. the ``id:`` line of an SSE stream of
+    many channels); the first always fits, so a reader always gets further. The JSON of the
+    publications past the first that does not fit is never made: a page costs the CPU of its
+    budget, not of the read."""
     used = 0
+    each = CURSOR_BYTES + overhead
     for count, pub in enumerate(pubs):
-        used += len(pub.json()) + CURSOR_BYTES
+        used += len(pub.json()) + each
         if used > budget and count:
             return count
     return len(pubs)
@@ -76,6 +79,11 @@ async def read_page(
         )
         if more.position.epoch != history.position.epoch:
             break  # the channel started again meanwhile: the page ends before that
+        following = pubs[-1].offset + (-1 if reverse else 1)
+        if more.publications and more.publications[0].offset != following:
+            # Trimmed meanwhile past the page's end: it ends there, and the next read from
+            # its cursor finds the gap and says so (a reset), instead of a page with a hole.
+            break
         pubs = pubs + more.publications
         piece = len(more.publications)
         count = fitting(pubs, budget)

@@ -75,10 +75,16 @@ class Roster:
         for retiring in self._retiring.values():
             retiring.cancel()  # a node going away sends no late leave
         self._retiring.clear()
+
+    async def drain(self, timeout: float) -> None:
+        """Send the join/leave events still waiting for their window now, and wait for them
+        (a node shutting down: its clients' leaves reach the other nodes before the engine
+        closes)."""
         if self._flush_at is not None:
             self._flush_at.cancel()
-            self._flush_at = None
-        self._outgoing.clear()
+        self._flush()
+        if self._sending is not None and not self._sending.done():
+            await asyncio.wait([self._sending], timeout=timeout)
 
     def _announce(self, channel: str, client: str, kind: str, event: dict[str, Any]) -> None:
         """Queue a client's ``join``/``leave`` for the next flush, ``ANNOUNCE_WINDOW`` away.

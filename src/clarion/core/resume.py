@@ -84,6 +84,7 @@ def plan_resume(
     latest: bool,
     buffered: Iterable[Publication],
     budget: int | None = None,
+    overhead: int = 0,
 ) -> Resume:
     """Join ``history`` (read after the subscription started buffering) and the live
     publications ``buffered`` meanwhile, without a gap or a repeat.
@@ -93,7 +94,8 @@ def plan_resume(
     epoch is preceded by an ``epoch`` reset.
 
     ``budget``: the bytes the replayed publications may take (:mod:`~clarion.core.pages`);
-    past it the plan stops there (``cut``) and sends nothing buffered.
+    past it the plan stops there (``cut``) and sends nothing buffered. ``overhead``: the
+    transport's framing per publication, counted in the budget too.
     """
     reason = None
     if since is not None and not history.covers(since):
@@ -109,7 +111,7 @@ def plan_resume(
         start = StreamPosition(first.epoch, first.offset - 1)
     if (since is not None and reason is None) or (since is None and latest):
         pubs = history.publications
-        count = len(pubs) if budget is None else fitting(pubs, budget)
+        count = len(pubs) if budget is None else fitting(pubs, budget, overhead)
         for pub in pubs[:count]:
             sends.append(pub)
             last = pub.position

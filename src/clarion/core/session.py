@@ -216,7 +216,8 @@ class Session:
         # not queue the whole history for a peer that does not read.
         queued = self.transport.backlog() if isinstance(self.transport, Backlogged) else 0
         budget = replay_budget(hub.settings.limits.send_queue_bytes, queued)
-        plan = plan_resume(channel, history, since_pos, latest, buffer, budget)
+        overhead = getattr(self.transport, "frame_overhead", 0)  # (an SSE stream's id lines)
+        plan = plan_resume(channel, history, since_pos, latest, buffer, budget, overhead)
         top = history.position
         result = SubscribeResult(
             channel,
@@ -389,7 +390,7 @@ class Session:
         if not self.command_bucket.take():
             self._strike()
             raise LimitExceeded(
-                f"{op} refused: sending subscribe, unsubscribe, history, presence or token ops "
+                f"{op} refused: sending subscribe, history, presence or token ops "
                 "faster than limits.client_command_rate",
                 code=ErrorCode.RATE_LIMITED,
             )

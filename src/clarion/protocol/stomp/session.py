@@ -23,7 +23,6 @@ from clarion.errors import BadChannel, BadCursor
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import MAX_EPOCH_BYTES, Cursor, channel_tag, decode_entries
 from clarion.protocol.errors import ErrorCode
-from clarion.protocol.jsonkeep import writable
 from clarion.protocol.publication import MAX_KEY_CHARS, StreamPosition
 from clarion.protocol.stomp.acks import ACK_MODES, AckMode
 from clarion.protocol.stomp.errors import LocalProtocolError, RemoteProtocolError
@@ -141,11 +140,13 @@ def decode_body(frame: Frame) -> tuple[Any, dict[str, Any] | None]:
                 raise RemoteProtocolError(
                     "SEND body is not valid JSON", code=ErrorCode.BAD_JSON
                 ) from None
-            if not writable(value):  # read, but too deep to write to a subscriber
+            try:
+                written = orjson.dumps(value)
+            except orjson.JSONEncodeError:  # read, but too deep to write to a subscriber
                 raise RemoteProtocolError(
                     "SEND body is JSON nested too deep (over 254 levels)", code=ErrorCode.BAD_JSON
-                )
-            if content_type == JSON_TYPE and orjson.dumps(value) == body:
+                ) from None
+            if content_type == JSON_TYPE and written == body:
                 return value, None
     attrs: dict[str, Any] = {}
     try:

@@ -143,9 +143,10 @@ async def test_history_op_replies_stop_at_the_budget(hub_factory: Callable[..., 
     assert max(sizes) <= BOUND, sizes
 
 
-async def resumed_over_sse(running: RunningHub) -> tuple[list[int], list[int]]:
+async def resumed_over_sse(running: RunningHub, *also: str) -> tuple[list[int], list[int]]:
     """Resume from offset 0 as a browser would, reconnecting with its last id after each
-    4001; the ``n`` of every publication got, and the bytes of each connection."""
+    4001 (on one stream with the channels ``also``); the ``n`` of every publication got, and
+    the bytes of each connection."""
     cursor = encode_single(CHANNEL, await epoch_of(running), 0)
     seen: list[int] = []
     sizes: list[int] = []
@@ -154,7 +155,7 @@ async def resumed_over_sse(running: RunningHub) -> tuple[list[int], list[int]]:
     while len(seen) < COUNT:
         assert len(sizes) <= COUNT, "resuming makes no progress"
         size = 0
-        async with sse(running, CHANNEL, headers=headers, **params) as stream:
+        async with sse(running, CHANNEL, *also, headers=headers, **params) as stream:
             pass  # the opening has no id when the replay is cut: the events do
             while len(seen) < COUNT:
                 event = await stream.next()
@@ -184,26 +185,7 @@ async def test_sse_stream_of_several_channels_resumes_in_budgets(
     hub_factory: Callable[..., Any],
 ) -> None:
     running = await filled(hub_factory)
-    cursor = encode_single(CHANNEL, await epoch_of(running), 0)
-    seen: list[int] = []
-    sizes: list[int] = []
-    headers: dict[str, str] = {}
-    params: dict[str, Any] = {"cursor": cursor}
-    while len(seen) < COUNT:
-        assert len(sizes) <= COUNT, "resuming makes no progress"
-        size = 0
-        async with sse(running, CHANNEL, "quiet:other", headers=headers, **params) as stream:
-            pass  # the opening has no id when the replay is cut: the events do
-            while len(seen) < COUNT:
-                event = await stream.next()
-                size += len(event.data) + len(event.id)
-                if event.event == "disconnect":
-                    assert event.json()["code"] == 4001
-                    break
-                seen.append(event.json()["data"]["n"])
-            last = stream.last_id
-        sizes.append(size)
-        headers, params = {"last-event-id": last}, {}
+    seen, sizes = await resumed_over_sse(running, "quiet:other")
     assert seen == list(range(COUNT))
     assert max(sizes) <= BOUND, sizes
 

@@ -7,7 +7,7 @@ hand a peer at most about one budget per reply or connection, and say where to g
 and ``cursor``, or the slow-consumer close and the last cursor delivered), so that paging on
 gets every publication, in order, once. Over real sockets, on clarion's server and under the
 portable ASGI path; the history API on the Redis engine too; and the RSS of a real process
-and CPU time of a real process under the reported attacks (non-reading sockets asking for the
+and CPU time of a real process under the attacks themselves (non-reading sockets asking for the
 whole history); and the Python client, which takes a deep backlog in pieces by itself.
 """
 
@@ -291,7 +291,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def big_channel(proc: Any, count: int = 200) -> None:
-    """``count`` publications of 60 KB (200: 12 MB): the reported channel, scaled down."""
+    """``count`` publications of 60 KB (200: 12 MB): the attack's channel, scaled down."""
     async with httpx.AsyncClient(base_url=proc.http_url, timeout=timeout(10)) as http:
         for n in range(count):
             r = await http.post(

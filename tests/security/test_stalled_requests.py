@@ -245,7 +245,7 @@ def _low_descriptor_limit() -> None:  # runs in the child before exec
 
 @clarion_server("a `clarion serve` process with a low descriptor limit")
 async def test_descriptor_limit_refuses_and_logs_instead_of_emfile(sockets: Any) -> None:
-    """The reported attack, scaled to a process allowed 256 descriptors: 100 are kept in
+    """The attack, scaled to a process allowed 256 descriptors: 100 are kept in
     reserve, and one address may hold half of the other 156 waiting on their client. Its
     flood is refused beyond 78 while another address is served; a flood from many addresses
     is refused beyond 156; both are logged; once they end, everyone is served again."""

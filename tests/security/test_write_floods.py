@@ -151,7 +151,7 @@ async def test_failing_ops_never_read(kind: str) -> None:
 
 @clarion_server("the RSS of a `clarion serve` process under a ping flood")
 async def test_ping_flood_keeps_hub_memory_bounded(hub_process: Any) -> None:
-    """The reported attack on a real process: two clients send pings and never read."""
+    """The attack on a real process: two clients send pings and never read."""
     hub = await hub_process()
     async with httpx.AsyncClient(base_url=hub.http_url, timeout=timeout(10)) as api:
         assert (await api.get("/healthz")).status_code == 200

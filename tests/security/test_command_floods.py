@@ -4,8 +4,9 @@ amplified, and other sessions unharmed. Over real sockets, on /ws and STOMP.
 A subscribe/unsubscribe pair on a channel with join/leave events sends two events to every
 reader of its presence; without a bound, two connections churning one channel sent a watcher
 tens of thousands of events a second and got it closed as a slow consumer. Every op but
-``ping`` and ``publish`` now spends from ``limits.client_command_rate``: over it ``rate_limited``,
-and 50 refusals within 10 s close the connection with 4505, as publish floods are.
+``ping``, ``publish`` and ``unsubscribe`` now spends from ``limits.client_command_rate``: over it
+``rate_limited``, and 50 refusals within 10 s close the connection with 4505, as publish floods
+are.
 """
 
 from __future__ import annotations
@@ -283,7 +284,9 @@ async def test_stomp_churn_gets_an_error_and_4505(hub_factory: Callable[..., Any
 async def test_costly_reads_spend_the_same_budget(hub_factory: Callable[..., Any]) -> None:
     """history, presence, presence_stats and refresh are bounded like subscribe; ping is not."""
     hub: RunningHub = await hub_factory(
-        **settings(), limits={"client_command_rate": 1, "max_subscriptions_per_connection": 4}
+        # A token every 100 s: however slow the machine, none comes back during the test.
+        **settings(),
+        limits={"client_command_rate": 0.01, "max_subscriptions_per_connection": 4},
     )
     burst = hub.hub.settings.limits.command_burst
     assert burst == 300

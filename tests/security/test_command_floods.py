@@ -103,6 +103,8 @@ class Watcher:
         self.latencies: list[float] = []
         self.closed: int | None = None
         self.task: asyncio.Task[None] | None = None
+        self.alone = 0  # publications the backend made in the same time without the attack
+        self.alone_latency = 0.0  # and the longest it took one of them to arrive
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._read())
@@ -141,10 +143,13 @@ async def watched(
     hub_factory: Callable[..., Any],
     attack: Callable[[RunningHub], Any],
     seconds: float = 2.0,
+    baseline: bool = False,
     **hub_settings: Any,
 ) -> tuple[Watcher, int, list[Any]]:
     """A watcher on ``CHANNEL`` while ``attack`` runs and the backend publishes: the watcher,
-    how many were published, and what the attack returned."""
+    how many were published, and what the attack returned. ``baseline``: first, how many the
+    backend publishes in the same time with no attack (``watcher.alone``), on this machine as
+    loaded as it is now."""
     hub: RunningHub = await hub_factory(**settings(**hub_settings))
     async with hub.ws() as ws:
         token = mint_token(SECRET, "watcher", ["chat:*"])
@@ -152,6 +157,11 @@ async def watched(
         assert "ok" in await ws.subscribe(CHANNEL)
         watcher = Watcher(ws, connected["ok"]["client"])
         watcher.start()
+        if baseline:
+            watcher.alone = await publisher(hub, seconds)
+            await until(lambda: len(watcher.latencies) >= watcher.alone, wait=10)
+            watcher.alone_latency = max(watcher.latencies)
+            watcher.latencies.clear()
         published, *results = await asyncio.gather(publisher(hub, seconds), attack(hub))
         # What was published reaches it, whatever the attack did meanwhile.
         await until(lambda: len(watcher.latencies) >= published or watcher.closed, wait=10)
@@ -175,12 +185,12 @@ async def test_two_ws_churners_do_not_flood_a_watcher(hub_factory: Callable[...,
     async def attack(hub: RunningHub) -> list[tuple[Counter[str], int | None]]:
         return list(await asyncio.gather(ws_churner(hub, 2.0), ws_churner(hub, 2.0)))
 
-    watcher, published, (results,) = await watched(hub_factory, attack)
+    watcher, published, (results,) = await watched(hub_factory, attack, baseline=True)
     assert [code for _, code in results] == [4505, 4505]
     # Each churner gets at most its burst (and a little refill) through: an event per op.
     assert watcher.events["join"] + watcher.events["leave"] <= 2 * (BURST + 2 * 20 * 2)
     assert len(watcher.latencies) == published
-    assert max(watcher.latencies) < timeout(1.0)
+    assert max(watcher.latencies) < max(timeout(1.0), 10 * watcher.alone_latency)
 
 
 async def test_churners_that_come_back_at_once_do_not_flood_a_watcher(
@@ -318,12 +328,16 @@ async def test_twelve_churners_without_join_leave_leave_others_unharmed(
     async def attack(hub: RunningHub) -> list[tuple[Counter[str], int | None]]:
         return list(await asyncio.gather(*(ws_churner(hub, 2.0) for _ in range(12))))
 
-    watcher, published, (results,) = await watched(hub_factory, attack, join_leave=False)
+    watcher, published, (results,) = await watched(
+        hub_factory, attack, baseline=True, join_leave=False
+    )
     assert all(code == 4505 for _, code in results)
     assert watcher.events == Counter()
-    assert published >= 2.0 / 0.05 / 2  # the publisher's requests went through
+    # The publisher's requests went through about as fast as with nobody churning (without the
+    # budget: a tenth as many), however loaded the machine is.
+    assert published >= watcher.alone / 2, (published, watcher.alone)
     assert len(watcher.latencies) == published
-    assert max(watcher.latencies) < timeout(0.5)
+    assert max(watcher.latencies) < max(timeout(0.5), 10 * watcher.alone_latency)
 
 
 async def test_a_reconnect_resubscribing_everything_passes(

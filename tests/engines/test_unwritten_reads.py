@@ -85,27 +85,24 @@ async def read_by_sse(hub: RunningHub, names: list[str]) -> None:
         await stream.opening()
 
 
-async def read_by_api_history(hub: RunningHub, names: list[str]) -> None:
+async def read_by_history_endpoint(
+    hub: RunningHub, names: list[str], path: str, authorization: str
+) -> None:
     async with hub.http() as client:
         for name in names:
             r = await client.get(
-                "/api/history",
-                params={"channel": name},
-                headers={"Authorization": f"apikey {API_KEY}"},
+                path, params={"channel": name}, headers={"Authorization": authorization}
             )
             assert r.status_code == 200, r.text
+
+
+async def read_by_api_history(hub: RunningHub, names: list[str]) -> None:
+    await read_by_history_endpoint(hub, names, "/api/history", f"apikey {API_KEY}")
 
 
 async def read_by_client_history(hub: RunningHub, names: list[str]) -> None:
     token = mint_token(SECRET, "mallory", ["pub:*"])
-    async with hub.http() as client:
-        for name in names:
-            r = await client.get(
-                "/client/history",
-                params={"channel": name},
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            assert r.status_code == 200, r.text
+    await read_by_history_endpoint(hub, names, "/client/history", f"Bearer {token}")
 
 
 async def read_by_stomp_subscribe(hub: RunningHub, names: list[str]) -> None:

@@ -37,6 +37,17 @@ log = logging.getLogger("clarion.hub")
 _failures = LogLimit(log)
 
 
+def _failed(what: str, session: Session, exc: Exception) -> None:
+    _failures.log(
+        logging.ERROR,
+        f"{what} {type(exc).__name__}",
+        "%s failed for %r",
+        what,
+        session,
+        exc_info=exc,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SubscribeResult:
     channel: str
@@ -302,13 +313,7 @@ class Session:
             try:
                 self.transport.send_unsubscribe(channel, reason)
             except Exception as exc:
-                _failures.log(
-                    logging.ERROR,
-                    "unsubscribe " + type(exc).__name__,
-                    "unsubscribe push failed for %r",
-                    self,
-                    exc_info=exc,
-                )
+                _failed("unsubscribe push", self, exc)
         if self.reports_lifecycle():
             self.hub.emit("unsubscribe", {**self.info(), "channel": channel})
         return sub
@@ -457,13 +462,7 @@ class Session:
         try:
             self.transport.close(code, reason)
         except Exception as exc:
-            _failures.log(
-                logging.ERROR,
-                "close " + type(exc).__name__,
-                "transport close failed for %r",
-                self,
-                exc_info=exc,
-            )
+            _failed("transport close", self, exc)
         if hub.admission.holds(self.id):
             hub.spawn(hub.admission.release(self.id))
         if self.reports_lifecycle():

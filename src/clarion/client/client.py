@@ -22,7 +22,8 @@ from clarion.client.errors import (
     TransportUnavailable,
 )
 from clarion.client.items import History, Member, PresenceStats, PresentUser, Published
-from clarion.client.poll import run_poll
+from clarion.client.poll import open_poll
+from clarion.client.shared import SharedStream
 from clarion.client.streams import StreamContext
 from clarion.client.subscription import Feed, Subscription
 from clarion.client.tokens import Tokens, TokenSource
@@ -86,6 +87,7 @@ class Client:
         self._api: HttpApi | None = None
         self._link: WebSocketLink | None = None
         self._hub_made: asyncio.Queue[Subscription] | None = None
+        self._stream: SharedStream | None = None  # every subscription over SSE or polling
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -185,6 +187,8 @@ class Client:
             if feed.task is not None:
                 feed.task.cancel()
         self._feeds.clear()
+        if self._stream is not None:
+            self._stream.stop()
 
     async def _transport(self) -> TransportName:
         """The transport in use; with ``auto``, try WebSocket first and fall back to SSE."""
@@ -295,6 +299,8 @@ class Client:
         feed.finish(drop=True)
         if self._link is not None:
             self._link.detach(feed)
+        if self._stream is not None:
+            self._stream.remove(feed)
         if feed.task is not None:
             feed.task.cancel()
 
@@ -309,41 +315,57 @@ class Client:
         return task
 
     async def _run_feed(self, feed: Feed) -> None:
+        """Start ``feed`` on the transport in use, once it is decided."""
         try:
             mode = await self._transport()
-            if feed.done:
-                return
-            if mode == "ws":
-                assert self._link is not None
-                self._link.attach(feed)
-                return
-            assert self._api is not None
-            ctx = StreamContext(self._api, self._backoff, self._poll_timeout, SSE_READ_TIMEOUT)
-            while True:
-                try:
-                    if mode == "sse":
-                        from clarion.client.sse import run_sse  # needs httpx-sse
-
-                        await run_sse(feed, ctx)
-                    else:
-                        await run_poll(feed, ctx)
-                    return
-                except TransportUnavailable as exc:
-                    if mode != "sse" or self._option != "auto":
-                        raise
-                    log.info("SSE unavailable (%s); falling back to long polling", exc)
-                    self._mode = mode = "poll"
         except asyncio.CancelledError:
             raise
-        except Disconnected as exc:
-            self._stop(exc)
         except ClarionError as exc:
-            if self._feeds.get(feed.channel) is feed:
-                del self._feeds[feed.channel]
             feed.finish(exc)
-        except Exception as exc:
-            log.exception("subscription to %s failed", feed.channel)
-            feed.finish(ConnectionLost(f"subscription to {feed.channel!r} failed: {exc!r}"))
+            return
+        if feed.done:
+            return
+        if mode == "ws":
+            assert self._link is not None
+            self._link.attach(feed)
+            return
+        if self._stream is None:
+            assert self._api is not None
+            ctx = StreamContext(self._api, self._backoff, self._poll_timeout, SSE_READ_TIMEOUT)
+            self._stream = SharedStream(ctx, self._spawn, self._run_stream)
+        self._stream.add(feed)
+
+    async def _run_stream(self, stream: SharedStream) -> None:
+        """Keep the one SSE stream or poll loop open for the subscriptions it holds."""
+        while stream.feeds:
+            try:
+                if self._mode == "sse":
+                    from clarion.client.sse import open_sse  # needs httpx-sse
+
+                    why = await stream.run_opens(open_sse)
+                else:
+                    why = await stream.run_opens(open_poll)
+            except asyncio.CancelledError:
+                raise
+            except TransportUnavailable as exc:
+                if self._mode == "sse" and self._option == "auto":
+                    log.info("SSE unavailable (%s); falling back to long polling", exc)
+                    self._mode = "poll"
+                    continue
+                stream.end_all(exc)
+                return
+            except Disconnected as exc:
+                self._stop(exc)
+                return
+            except ClarionError as exc:
+                stream.end_all(exc)
+                return
+            except Exception as exc:
+                log.exception("the %s stream failed", self._mode)
+                stream.end_all(ConnectionLost(f"the {self._mode} stream failed: {exc!r}"))
+                return
+            if why is not None:
+                await stream.pause(why)
 
     # ---- requests -----------------------------------------------------------------------------
 

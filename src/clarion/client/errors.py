@@ -68,9 +68,21 @@ class RequestTimeout(ClarionError, TimeoutError):
 class RequestFailed(ClarionError):
     """The hub refused a request; ``code`` is the hub's error code (``forbidden``, ...)."""
 
-    def __init__(self, message: str, *, code: Code, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: Code,
+        status: int | None = None,
+        channel: str | None = None,
+        limit: int | None = None,
+    ) -> None:
         super().__init__(message, code=code)
         self._status = status if status is not None else 0
+        self.channel = channel
+        """The channel the refusal names (one channel of a stream of several), if it names one."""
+        self.limit = limit
+        """The cap the refusal names (``too_many_channels``, ...), if it names one."""
 
     @property
     def status(self) -> int:
@@ -85,6 +97,8 @@ class RequestFailed(ClarionError):
             error = {}
         code = error.get("code")
         message = error.get("message")
+        channel = error.get("channel")
+        limit = error.get("limit")
         return cls(
             message if isinstance(message, str) else "the hub refused the request",
             code=code_of(code)
@@ -93,6 +107,8 @@ class RequestFailed(ClarionError):
             if status
             else LocalCode.ERROR,
             status=status,
+            channel=channel if isinstance(channel, str) else None,
+            limit=limit if type(limit) is int else None,
         )
 
     def __str__(self) -> str:

@@ -1,29 +1,27 @@
-"""Long-polling transport: ``GET /poll?channel=C&cursor=K&timeout=S``, one loop per subscription.
+"""Long-polling transport: one ``GET /poll?channel=A&channel=B…&cursor=K&timeout=S`` loop for
+every subscription (see :mod:`clarion.client.shared`).
 
-The first request of a subscription made without ``since`` is a plain poll (``timeout=0``): it
-returns the channel's current cursor at once, so the subscription has a resume point before the
-first long poll, and nothing published from then on can slip between two requests.
+While a subscription has no position yet (made without ``since``), the poll is a plain one
+(``timeout=0``): it returns each channel's current position at once, so the subscription has a
+resume point before the first long poll, and nothing published from then on can slip between
+two requests. Each reply's combined cursor moves every subscription it answered for to its own
+channel's position.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import httpx
 
 from clarion.client.errors import RequestFailed, unsubscribed
 from clarion.client.items import Message
 from clarion.client.refusals import Retry
-from clarion.client.streams import (
-    StreamContext,
-    check,
-    disconnect_from,
-    failed,
-    message_from,
-    pause,
-    reset_from,
-)
+from clarion.client.shared import SharedStream, naming, own_cursor, query, read_cursor
+from clarion.client.streams import check, disconnect_from, failed, message_from, reset_from
 from clarion.client.subscription import Feed
+from clarion.protocol.cursor import Cursor
 from clarion.protocol.errors import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -31,68 +29,79 @@ log = logging.getLogger(__name__)
 FALLBACK_TIMEOUT = 10.0  # for a hub whose ``poll.timeout_max`` is below the client's timeout
 
 
-async def run_poll(feed: Feed, ctx: StreamContext) -> None:
-    """Fill ``feed`` by polling until the feed is done (see :func:`clarion.client.sse.run_sse`)."""
+async def open_poll(stream: SharedStream, feeds: list[Feed]) -> str:
+    """Poll for ``feeds`` until a poll fails: why it failed (see :func:`open_sse`)."""
+    ctx = stream.ctx
     url = ctx.api.endpoints.url("/poll")
-    attempt = 0
-    answered = False  # said once, as the other transports say their connection
+    answered = False  # said once per open, as the other transports say their connection
     longest = ctx.poll_timeout  # lowered to the hub's ``poll.timeout_max`` if that is less
-    while not feed.done:
-        await feed.wait_room()  # no request while the reader is behind: polling is backpressure
-        if feed.done:
-            return
-        wait = longest if feed.resume_cursor is not None else 0.0
-        params = {"channel": feed.channel, "timeout": _seconds(wait)}
-        if feed.resume_cursor is not None:
-            params["cursor"] = feed.resume_cursor
-        elif feed.latest:
-            params["latest"] = "1"
+    while True:
+        if any(feed.done or feed.paused for feed in feeds):
+            # Ended by the hub, or a reader behind: the shared stream reopens without it.
+            feeds = [feed for feed in feeds if not (feed.done or feed.paused)]
+            if not feeds:
+                return "no subscription is left to poll"
+        wait = longest if all(f.resume_cursor is not None for f in feeds) else 0.0
+        params = httpx.QueryParams([*query(feeds), ("timeout", _seconds(wait))])
         timeout = httpx.Timeout(ctx.api.timeout, read=wait + ctx.api.timeout)
         try:
             headers = await ctx.api.stream_headers()
         except Exception as exc:
-            await pause(ctx, attempt, feed, f"the token callable failed: {exc!r}")
-            attempt += 1
-            continue
+            return f"the token callable failed: {exc!r}"
         try:
             response = await ctx.api.http.get(url, params=params, headers=headers, timeout=timeout)
             await check(response, ctx, "/poll")
             body = response.json()
             cursor = body.get("cursor") if isinstance(body, dict) else None
-            if not isinstance(cursor, str) or not cursor:
+            at = read_cursor(cursor) if isinstance(cursor, str) and cursor else None
+            if at is None:
                 raise Retry(f"{url} answered without a cursor")
         except (httpx.RequestError, Retry, ValueError) as exc:
-            await pause(ctx, attempt, feed, failed(url, exc))
-            attempt += 1
-            continue
+            return failed(url, exc)
         except RequestFailed as exc:
             if exc.code != ErrorCode.BAD_TIMEOUT or longest <= FALLBACK_TIMEOUT:
                 raise
             log.info("the hub refused timeout=%s; polling with %s s", longest, FALLBACK_TIMEOUT)
             longest = FALLBACK_TIMEOUT
             continue
-        if attempt:
-            log.info("connected to %s again (%s)", url, feed.channel)
-        elif not answered:
-            log.info("connected to %s (%s)", url, feed.channel)
-        answered = True
-        attempt = 0
-        feed.confirmed(cursor)
-        messages = [m for m in map(message_from, body.get("publications", ())) if m is not None]
-        reset = reset_from(feed, body.get("reset"), _before(messages, cursor))
-        if reset is not None:
-            await feed.put(reset)
-        for message in messages:
-            await feed.put(message)
-        if feed.done:
-            return
-        feed.advance(cursor)
+        if not answered:
+            log.info("connected to %s (%s)", url, naming(feeds))
+            answered = True
+            stream.attempt = 0
+        _take(stream, feeds, body, at)
         error = disconnect_from(body.get("disconnect"), ctx)
         if error is not None:
             raise error
-        for ended in body.get("unsubscribed") or ():
-            if isinstance(ended, dict) and ended.get("channel") == feed.channel:
-                raise unsubscribed(feed.channel, ended.get("reason"))
+
+
+def _take(stream: SharedStream, feeds: list[Feed], body: dict[str, Any], at: Cursor) -> None:
+    """Buffer what one reply carries, and move each subscription to where the reply leaves it."""
+    by_channel = {feed.channel: feed for feed in feeds}
+    for feed in feeds:
+        feed.confirmed(own_cursor(at, feed.channel))
+    messages: dict[str, list[Message]] = {}
+    for message in map(message_from, body.get("publications", ())):
+        if message is not None and message.channel in by_channel:
+            messages.setdefault(message.channel, []).append(message)
+    reset_body = body.get("reset")
+    if isinstance(reset_body, dict) and reset_body.get("channel") in by_channel:
+        feed = by_channel[reset_body["channel"]]
+        here = messages.get(feed.channel, [])
+        reset = reset_from(feed, reset_body, _before(here, own_cursor(at, feed.channel)))
+        if reset is not None:
+            feed.deliver(reset)
+    for channel, delivered in messages.items():
+        feed = by_channel[channel]
+        for message in delivered:
+            feed.deliver(message)
+    for feed in feeds:
+        # A reader behind keeps its own position (the next open resumes it from there).
+        if not (feed.done or feed.paused) and (mine := own_cursor(at, feed.channel)) is not None:
+            feed.advance(mine)
+    for ended in body.get("unsubscribed") or ():
+        gone = by_channel.get(str(ended.get("channel"))) if isinstance(ended, dict) else None
+        if gone is not None:
+            stream.end(gone, unsubscribed(gone.channel, ended.get("reason")))
 
 
 def _seconds(value: float) -> str:
@@ -100,7 +109,7 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-def _before(messages: list[Message], cursor: str) -> str:
+def _before(messages: list[Message], cursor: str | None) -> str | None:
     """Where a reset leaves the stream: just before the first publication that follows it."""
     stored = [m for m in messages if not m.ephemeral]  # signals have no place in the stream
     return stored[0].before() if stored else cursor

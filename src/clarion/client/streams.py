@@ -1,14 +1,13 @@
-"""What the HTTP transports (SSE, polling) share: one feed per subscription, each its own stream.
+"""What the HTTP transports (SSE, polling) share: reading the hub's answers and refusals.
 
-Each subscription runs its own request loop, so subscriptions come and go without disturbing each
-other and each resumes from its own cursor. HTTP status codes map onto the same decisions as
-WebSocket close codes: retry after a backoff delay, fail this subscription, stop the client, or
-(missing endpoint) fall back to the next transport (see :mod:`clarion.client.refusals`).
+HTTP status codes map onto the same decisions as WebSocket close codes: retry after a backoff
+delay, end the subscriptions refused, stop the client, or (missing endpoint) fall back to the
+next transport (see :mod:`clarion.client.refusals`). One stream carries every subscription
+(:mod:`clarion.client.shared`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -109,10 +108,3 @@ def failed(url: str, exc: BaseException) -> str:
 
 def _reason(exc: BaseException) -> str:
     return os_reason(exc) or str(exc) or type(exc).__name__
-
-
-async def pause(ctx: StreamContext, attempt: int, feed: Feed, why: object) -> None:
-    """Wait out the backoff delay of ``attempt`` after a failed request for ``feed``."""
-    delay = ctx.backoff.delay(attempt)
-    log.info("%s (%s); retrying in %.1f s", why, feed.channel, delay)
-    await asyncio.sleep(delay)

@@ -1,0 +1,192 @@
+"""Every subscription of a client over SSE or polling, on one stream.
+
+The hub reads several channels on one ``/sse`` stream or one ``/poll`` loop. A stream per
+subscription would cost a connection and a hub session each, counted against
+``limits.max_connections_per_user`` and ``max_connections_per_ip``: a client with more
+subscriptions than that cap could not hold them. So all of a client's subscriptions share one
+stream, reopened whenever they change (a subscribe, an unsubscribe, a reader that fell behind
+or caught up), with the changes of one turn of the event loop taken together.
+
+Every subscription keeps its own position (a cursor of its channel alone: a publication's, a
+reset's, where its stream opened), moved only when an item is buffered. A reopened stream asks
+for each channel from there, in one combined cursor, so nothing is missed or repeated however
+often, or wherever, the stream is cut. A subscription whose reader is behind leaves the stream
+until the reader has caught up (the others go on), then rejoins it from its own position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Literal
+
+from clarion.client.errors import RequestFailed
+from clarion.client.items import position_of
+from clarion.client.streams import StreamContext
+from clarion.client.subscription import Feed
+from clarion.errors import BadCursor
+from clarion.protocol.cursor import Cursor
+from clarion.protocol.errors import ErrorCode
+from clarion.protocol.publication import StreamPosition
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["sse", "poll"]
+# One open of the stream for the feeds given; returns why it ended (to retry after a backoff).
+Opener = Callable[["SharedStream", list[Feed]], Coroutine[Any, Any, str]]
+
+
+class SharedStream:
+    """The one SSE stream or poll loop of a client, for all of its subscriptions."""
+
+    def __init__(
+        self,
+        ctx: StreamContext,
+        spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]],
+        run: Callable[[SharedStream], Coroutine[Any, Any, None]],
+    ) -> None:
+        self.ctx = ctx
+        self.feeds: dict[str, Feed] = {}
+        self.attempt = 0  # failed opens in a row (the backoff's step); 0 once one is answered
+        self._spawn = spawn
+        self._run = run
+        self._task: asyncio.Task[None] | None = None
+        self._open: asyncio.Task[str] | None = None
+        self._changing = False
+        self.changed = asyncio.Event()
+
+    # ---- membership ---------------------------------------------------------------------------
+
+    def add(self, feed: Feed) -> None:
+        self.feeds[feed.channel] = feed
+        feed.on_overflow = self._change
+        feed.on_resume = self._change
+        self._change()
+        if self._task is None or self._task.done():
+            self._task = self._spawn(self._run(self), "clarion-client-stream")
+
+    def remove(self, feed: Feed) -> None:
+        """The reader let ``feed`` go: the stream goes on without it."""
+        if self.feeds.get(feed.channel) is feed:
+            del self.feeds[feed.channel]
+            self._change()
+
+    def end(self, feed: Feed, error: BaseException | None) -> None:
+        """The hub ended ``feed`` (or refused it): it leaves without a reopening of its own."""
+        if self.feeds.get(feed.channel) is feed:
+            del self.feeds[feed.channel]
+        feed.finish(error)
+
+    def wanted(self) -> list[Feed]:
+        """The feeds the next open asks for: all but those whose reader is behind."""
+        return [f for f in self.feeds.values() if not f.paused and not f.done]
+
+    def _change(self, _feed: Feed | None = None) -> None:
+        # Once per turn of the loop: a caller subscribing to ten channels in a row reopens once.
+        if self._changing:
+            return
+        self._changing = True
+        asyncio.get_running_loop().call_soon(self._reopen)
+
+    def _reopen(self) -> None:
+        self._changing = False
+        self.changed.set()
+        if self._open is not None and not self._open.done():
+            self._open.cancel()
+
+    # ---- opening ------------------------------------------------------------------------------
+
+    async def run_opens(self, opener: Opener) -> str | None:
+        """Open the stream for the feeds wanted now, until it ends or they change: why it
+        ended (to retry after a backoff), None when they changed (to reopen at once). Raises
+        what the open raised (a refusal, the hub saying to stop)."""
+        self.changed.clear()
+        feeds = self.wanted()
+        if not feeds:
+            await self.changed.wait()
+            return None
+        self._open = opening = asyncio.ensure_future(opener(self, feeds))
+        try:
+            await asyncio.wait({opening})
+        finally:
+            if not opening.done():  # this task was cancelled: so is the open
+                opening.cancel()
+            self._open = None
+        if opening.cancelled():
+            return None
+        try:
+            return opening.result()
+        except RequestFailed as exc:
+            # A refusal of some channels ends them, and the others reopen at once; one that
+            # ends none of ours is not asked again before the backoff.
+            return None if self.refused(feeds, exc) else f"refused: {exc}"
+
+    async def pause(self, why: object) -> None:
+        """Wait out the backoff delay after a failed open (less if the feeds change)."""
+        delay = self.ctx.backoff.delay(self.attempt)
+        self.attempt += 1
+        log.info("%s; retrying in %.1f s", why, delay)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self.changed.wait()
+
+    def refused(self, feeds: list[Feed], error: RequestFailed) -> bool:
+        """End the feeds a refusal of one open is about; False if none of them was ours."""
+        ours = [f for f in feeds if self.feeds.get(f.channel) is f]
+        if error.channel is not None:
+            ours = [f for f in ours if f.channel == error.channel]
+        elif error.code == ErrorCode.TOO_MANY_CHANNELS and error.limit:
+            ours = ours[error.limit :]  # the newest, as the WebSocket refuses them
+        for feed in ours:
+            self.end(feed, error)
+        return bool(ours)
+
+    def end_all(self, error: BaseException) -> None:
+        for feed in list(self.feeds.values()):
+            self.end(feed, error)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+def query(feeds: Iterable[Feed]) -> list[tuple[str, str]]:
+    """The channels of ``feeds``, each from its own position (one combined cursor), and
+    ``latest`` for those that start from now and ask for it."""
+    params: list[tuple[str, str]] = []
+    positions: dict[str, StreamPosition] = {}
+    for feed in feeds:
+        params.append(("channel", feed.channel))
+        if feed.resume_cursor is not None:
+            position = position_of(feed.channel, feed.resume_cursor)
+            if position is not None:
+                positions[feed.channel] = position
+        elif feed.latest:
+            params.append(("latest", feed.channel))
+    if positions:
+        params.append(("cursor", Cursor.of(positions).encode()))
+    return params
+
+
+def naming(feeds: list[Feed]) -> str:
+    """The channels of ``feeds`` for a log line: all of a few, the first of many."""
+    names = [feed.channel for feed in feeds]
+    if len(names) <= 3:
+        return ", ".join(names)
+    return f"{', '.join(names[:3])} and {len(names) - 3} more"
+
+
+def own_cursor(stream_cursor: Cursor, channel: str) -> str | None:
+    """The cursor of ``channel`` alone at its position in a stream's combined cursor."""
+    position = stream_cursor.get(channel)
+    return None if position is None else Cursor.single(channel, position).encode()
+
+
+def read_cursor(token: str) -> Cursor | None:
+    try:
+        return Cursor.decode(token)
+    except BadCursor:
+        log.warning("ignoring a stream position that is not a cursor: %.120r", token)
+        return None

@@ -1,0 +1,118 @@
+"""Over SSE and polling, every subscription of a client shares one stream: as many as the hub
+allows on one connection, whatever its per-address or per-user connection caps; subscriptions
+come and go, are refused, or fall behind, without a gap or a duplicate on the others."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import jwt
+import pytest
+
+from clarion.client import Message, RequestFailed, TransportName, connect
+from clarion.protocol.errors import ErrorCode
+
+from ..conftest import RunningHub, timeout
+from .conftest import fixed_backoff, next_item, next_message, sessions
+
+OFF_WEBSOCKET: list[TransportName] = ["sse", "poll"]
+SECRET = "a-test-secret-of-at-least-32-bytes!"
+
+
+@pytest.mark.parametrize("transport", OFF_WEBSOCKET)
+async def test_more_subscriptions_than_the_address_may_hold_connections(
+    hub_factory: Any, transport: TransportName
+) -> None:
+    hub: RunningHub = await hub_factory(limits={"max_connections_per_ip": 2})
+    channels = [f"chat:room{n}" for n in range(6)]
+    async with connect(hub.http_url, transport=transport) as client:
+        subs = [client.subscribe(channel) for channel in channels]
+        async with asyncio.timeout(timeout(10)):
+            await asyncio.gather(*(sub.ready() for sub in subs))
+        for n, channel in enumerate(channels):
+            await hub.publish(channel, n)
+        for n, sub in enumerate(subs):
+            message = await next_message(sub)
+            assert (message.channel, message.data, message.offset) == (channels[n], n, 1)
+        if transport == "sse":
+            assert len(sessions(hub, "sse")) == 1
+
+
+@pytest.mark.parametrize("transport", OFF_WEBSOCKET)
+async def test_subscriptions_added_and_ended_lose_nothing_on_the_others(
+    hub: RunningHub, transport: TransportName
+) -> None:
+    async with connect(hub.http_url, transport=transport) as client:
+        steady = client.subscribe("chat:steady")
+        await steady.ready()
+        count = 60
+
+        async def publish_steadily() -> None:
+            for n in range(count):
+                await hub.publish("chat:steady", n)
+                await asyncio.sleep(0.005)
+
+        publishing = asyncio.create_task(publish_steadily())
+        # Each change reopens the stream, while publications keep coming on the steady channel.
+        for round_ in range(6):
+            extra = client.subscribe(f"chat:extra{round_}")
+            await extra.ready()
+            await hub.publish(f"chat:extra{round_}", round_)
+            assert (await next_message(extra)).data == round_
+            await extra.unsubscribe()
+        await publishing
+        received = [(await next_message(steady)).data for _ in range(count)]
+        assert received == list(range(count))
+        with pytest.raises(TimeoutError):
+            await next_item(steady, wait=0.3)  # and no duplicate
+
+
+@pytest.mark.parametrize("transport", OFF_WEBSOCKET)
+async def test_a_refused_channel_ends_only_its_own_subscription(
+    hub_factory: Any, transport: TransportName
+) -> None:
+    hub: RunningHub = await hub_factory(api_key="backend-key", token_secret=SECRET)
+    token = jwt.encode(
+        {"sub": "ada", "channels": ["chat:*"], "exp": int(time.time() + 600)},
+        SECRET,
+        algorithm="HS256",
+    )
+    async with connect(hub.http_url, token=token, transport=transport) as client:
+        allowed = client.subscribe("chat:lobby")
+        refused = client.subscribe("admin:secrets")
+        with pytest.raises(RequestFailed) as caught:
+            async with asyncio.timeout(timeout(10)):
+                await refused.ready()
+        assert caught.value.code == ErrorCode.FORBIDDEN
+        assert caught.value.channel == "admin:secrets"
+        await allowed.ready()
+        await hub.publish("chat:lobby", "still here")
+        assert (await next_message(allowed)).data == "still here"
+        with pytest.raises(RequestFailed):
+            await next_item(refused)
+
+
+@pytest.mark.parametrize("transport", OFF_WEBSOCKET)
+async def test_a_reader_behind_leaves_the_stream_until_it_catches_up(
+    hub: RunningHub, transport: TransportName
+) -> None:
+    async with connect(
+        hub.http_url, transport=transport, queue_size=4, backoff=fixed_backoff(timeout(0.2))
+    ) as client:
+        slow = client.subscribe("chat:slow")
+        fast = client.subscribe("chat:fast")
+        await asyncio.gather(slow.ready(), fast.ready())
+        for n in range(20):  # five times what the slow one buffers, none read yet
+            await hub.publish("chat:slow", n)
+        # Nobody reads the slow one: the fast one goes on.
+        for n in range(5):
+            await hub.publish("chat:fast", n)
+            assert (await next_message(fast)).data == n
+        # The slow one, read now, gets all of it, in order, once.
+        got = [await next_message(slow) for _ in range(20)]
+        assert [m.data for m in got] == list(range(20))
+        assert all(isinstance(m, Message) for m in got)
+        with pytest.raises(TimeoutError):
+            await next_item(slow, wait=0.3)

@@ -22,7 +22,7 @@ from clarion.client.errors import (
     RequestFailed,
     RequestTimeout,
 )
-from clarion.client.items import History, Member, Published
+from clarion.client.items import History, Published
 from clarion.client.refusals import Retry, request_refused
 from clarion.client.tokens import Tokens
 from clarion.protocol.errors import rule_for
@@ -208,10 +208,6 @@ class HttpApi:
         if limit is not None:
             params["limit"] = limit
         return History.from_wire(channel, await self._call("GET", "history", params=params))
-
-    async def presence(self, channel: str) -> list[Member]:
-        body = await self.presence_body(channel)
-        return [Member.from_wire(c) for c in body.get("clients", ())]
 
     async def presence_body(self, channel: str) -> dict[str, Any]:
         return await self._call("GET", "presence", params={"channel": channel})

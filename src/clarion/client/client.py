@@ -117,6 +117,8 @@ class Client:
             timeout=self._request_timeout,
             on_fatal=self._stop,
         )
+        ctx = StreamContext(self._api, self._backoff, self._poll_timeout, SSE_READ_TIMEOUT)
+        self._stream = SharedStream(ctx, self._spawn, self._run_stream)
         if self._option in ("ws", "auto"):
             self._link = WebSocketLink(
                 self.endpoints,
@@ -318,8 +320,6 @@ class Client:
         """Start ``feed`` on the transport in use, once it is decided."""
         try:
             mode = await self._transport()
-        except asyncio.CancelledError:
-            raise
         except ClarionError as exc:
             feed.finish(exc)
             return
@@ -329,10 +329,7 @@ class Client:
             assert self._link is not None
             self._link.attach(feed)
             return
-        if self._stream is None:
-            assert self._api is not None
-            ctx = StreamContext(self._api, self._backoff, self._poll_timeout, SSE_READ_TIMEOUT)
-            self._stream = SharedStream(ctx, self._spawn, self._run_stream)
+        assert self._stream is not None
         self._stream.add(feed)
 
     async def _run_stream(self, stream: SharedStream) -> None:
@@ -345,25 +342,19 @@ class Client:
                     why = await stream.run_opens(open_sse)
                 else:
                     why = await stream.run_opens(open_poll)
-            except asyncio.CancelledError:
-                raise
-            except TransportUnavailable as exc:
-                if self._mode == "sse" and self._option == "auto":
-                    log.info("SSE unavailable (%s); falling back to long polling", exc)
-                    self._mode = "poll"
-                    continue
-                stream.end_all(exc)
-                return
             except Disconnected as exc:
-                self._stop(exc)
-                return
-            except ClarionError as exc:
-                stream.end_all(exc)
-                return
+                return self._stop(exc)
+            except TransportUnavailable as exc:
+                if self._mode != "sse" or self._option != "auto":
+                    return stream.end_all(exc)
+                log.info("SSE unavailable (%s); falling back to long polling", exc)
+                self._mode = "poll"
+                continue
             except Exception as exc:
-                log.exception("the %s stream failed", self._mode)
-                stream.end_all(ConnectionLost(f"the {self._mode} stream failed: {exc!r}"))
-                return
+                if not isinstance(exc, ClarionError):
+                    log.exception("the %s stream failed", self._mode)
+                    exc = ConnectionLost(f"the {self._mode} stream failed: {exc!r}")
+                return stream.end_all(exc)
             if why is not None:
                 await stream.pause(why)
 
@@ -433,23 +424,21 @@ class Client:
 
     async def presence(self, channel: str) -> list[Member]:
         """The clients subscribed to ``channel`` now."""
-        self._check_open()
-        validate_channel(channel)
-        if (api := await self._over_http()) is not None:
-            return await api.presence(channel)
-        ok = await self._request(Command(None, "presence", channel))
-        return [Member.from_wire(c) for c in ok.get("clients", ())]
+        body = await self._presence(channel)
+        return [Member.from_wire(c) for c in body.get("clients", ())]
 
     async def presence_users(self, channel: str) -> list[PresentUser]:
         """The users subscribed to ``channel`` now, one entry per user with its clients
         (clients without a user are not listed)."""
+        body = await self._presence(channel)
+        return [PresentUser.from_wire(u) for u in body.get("users", ())]
+
+    async def _presence(self, channel: str) -> dict[str, Any]:
         self._check_open()
         validate_channel(channel)
         if (api := await self._over_http()) is not None:
-            body = await api.presence_body(channel)
-        else:
-            body = await self._request(Command(None, "presence", channel))
-        return [PresentUser.from_wire(u) for u in body.get("users", ())]
+            return await api.presence_body(channel)
+        return await self._request(Command(None, "presence", channel))
 
     async def presence_stats(self, channel: str) -> PresenceStats:
         """How many clients and distinct users are subscribed to ``channel``, without listing

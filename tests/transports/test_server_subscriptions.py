@@ -13,6 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from clarion.protocol.cursor import Cursor
+from clarion.protocol.publication import StreamPosition
 
 from ..conftest import WS, RunningHub, timeout
 from ..stomp.client import stomp
@@ -275,3 +276,37 @@ async def test_subs_claim_on_sse_and_stomp(hub: RunningHub) -> None:
         message = await client.expect("MESSAGE")
         assert message.json() == {"n": 2}
         assert message.headers["subscription"] == "server-chat:claimed"
+
+
+async def test_a_stomp_subscribe_beside_a_backend_made_one_is_asked_about_as_any(
+    hub: RunningHub,
+) -> None:
+    """The backend's subscription lets the connection receive the channel live; it grants the
+    client nothing: its own SUBSCRIBE to the channel (resuming from before the grant, or not)
+    is refused as without it, and nothing stored before the grant is replayed."""
+    published = [await hub.publish("room:7", {"before": n}) for n in range(3)]
+    from_zero = Cursor.single("room:7", StreamPosition(published[0]["epoch"], 0)).encode()
+    for since in ({"x_since": from_zero}, {}):
+        async with stomp(hub) as client:
+            await client.connect(Authorization=f"Bearer {token()}")
+            await api(hub, "/api/subscribe", user="alice", channel="room:7")
+            assert (await client.expect("MESSAGE")).headers["x-event"] == "subscribe"
+            await client.send(
+                "SUBSCRIBE", destination="/topic/room:7", id="mine", receipt="r", **since
+            )
+            refused = await client.expect("ERROR")
+            assert refused.headers["x-code"] == "forbidden"
+            with pytest.raises(ConnectionClosed):  # closed, and no MESSAGE of before the grant
+                await client.recv()
+    # Where the token allows the channel, a second subscription beside the backend's is served.
+    async with stomp(hub) as client:
+        await client.connect(Authorization=f"Bearer {token(channels=['room:*'])}")
+        await api(hub, "/api/subscribe", user="alice", channel="room:7")
+        assert (await client.expect("MESSAGE")).headers["x-event"] == "subscribe"
+        await client.send(
+            "SUBSCRIBE", destination="/topic/room:7", id="mine", receipt="r", x_since=from_zero
+        )
+        assert (await client.expect("RECEIPT")).headers["receipt-id"] == "r"
+        replayed = [await client.expect("MESSAGE") for _ in range(3)]
+        assert [m.json() for m in replayed] == [{"before": n} for n in range(3)]
+        assert {m.headers["subscription"] for m in replayed} == {"mine"}

@@ -410,6 +410,11 @@ class StompConnection(Handler):
         sub = event.subscription
         if len(self.stomp.by_channel[sub.channel]) > 1:
             try:
+                # Another subscription holds the channel (the client's own, or one the backend
+                # made, which grants the client nothing): this one is asked about as any.
+                if not await session.may_subscribe(sub.channel):
+                    self.stomp.forget(sub)
+                    return
                 await subscribe_shared(self, session, event)
             except BaseException:
                 self.stomp.forget(sub)

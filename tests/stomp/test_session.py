@@ -596,7 +596,7 @@ def test_any_frame_sequence_gives_events_or_a_remote_error(parts: list[bytes], c
 
 
 def test_transactions_hold_sends_and_acks_until_commit() -> None:
-    session = StompSession(heart_beat=(0, 0), max_frame_bytes=1000, max_transaction_bytes=10)
+    session = StompSession(heart_beat=(0, 0), max_frame_bytes=1000, max_transaction_bytes=1000)
     feed(session, frame("CONNECT", accept_version="1.2"))
     session.connected("s1", "clarion/test")
     (sub,) = feed(session, frame("SUBSCRIBE", id="s", destination="/topic/t", ack="client"))
@@ -630,17 +630,21 @@ def test_transactions_hold_sends_and_acks_until_commit() -> None:
     assert feed(session, frame("ABORT", transaction="x")) == [Abort("x", None)]
     assert error_of(session, frame("COMMIT", transaction="x")).code == "unknown_transaction"
 
-    # Bytes held across all open transactions are bounded.
-    session = StompSession(max_transaction_bytes=10)
+    # Bytes held across all open transactions are bounded: the frames' headers as well as
+    # their bodies.
+    session = StompSession(max_transaction_bytes=200)
     feed(session, frame("CONNECT", accept_version="1.2"))
     session.connected("s1", "clarion/test")
     feed(session, frame("BEGIN", transaction="a") + frame("BEGIN", transaction="b"))
     feed(session, frame("SEND", '"123456"', destination="/topic/t", transaction="a"))
-    err = error_of(session, frame("SEND", '"1234"', destination="/topic/t", transaction="b"))
-    assert (err.code, err.message) == (
-        "transaction_too_large",
-        "open transactions hold over 10 bytes",
-    )
+    for body, headers in (('"' + "1" * 150 + '"', {}), ('"1"', {"x_note": "n" * 150})):
+        err = error_of(
+            session, frame("SEND", body, destination="/topic/t", transaction="b", **headers)
+        )
+        assert (err.code, err.message) == (
+            "transaction_too_large",
+            "open transactions hold over 200 bytes",
+        )
 
     session = StompSession()
     feed(session, frame("CONNECT", accept_version="1.2"))

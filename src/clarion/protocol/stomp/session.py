@@ -101,6 +101,8 @@ RESERVED_HEADERS = frozenset(
 MAX_TRANSACTIONS = 8  # open at once, per connection
 MAX_TRANSACTION_FRAMES = 256  # SEND, ACK and NACK frames held by one transaction
 MAX_IDEMPOTENCY_KEY_CHARS = 128
+# What a transaction holds until COMMIT: an ACK or NACK, or a SEND as it came (with its receipt).
+Held = Ack | tuple[Frame, str | None]
 
 
 def _bearer(value: str | None) -> str | None:
@@ -117,6 +119,16 @@ def _bearer(value: str | None) -> str | None:
 def _one_line(text: str) -> str:
     """``text`` as a header value that any version can carry raw."""
     return text.replace("\r", " ").replace("\n", " ").replace("\0", " ")
+
+
+def frame_bytes(frame: Frame) -> int:
+    """About what ``frame`` took on the wire: its command, headers and body."""
+    return (
+        len(frame.command)
+        + sum(len(name) + len(value) + 2 for name, value in frame.headers)
+        + len(frame.body)
+        + 2
+    )
 
 
 def decode_body(frame: Frame) -> tuple[Any, dict[str, Any] | None]:
@@ -239,7 +251,7 @@ class StompSession:
         self._by_suffix: dict[str, StompSubscription] = {}
         self._serial = 0
         # Open transactions: their held frames (with the body bytes each holds), in order.
-        self.transactions: dict[str, list[tuple[Send | Ack, int]]] = {}
+        self.transactions: dict[str, list[tuple[Held, int]]] = {}
         self.max_transaction_bytes = (
             4 * max_frame_bytes if max_transaction_bytes is None else max_transaction_bytes
         )
@@ -332,7 +344,6 @@ class StompSession:
             ) from None
 
     def _on_send(self, frame: Frame, receipt: str | None) -> Send:
-        channel = self._channel(frame)
         key = frame.get("x-idempotency-key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise RemoteProtocolError(
@@ -345,13 +356,11 @@ class StompSession:
         if signal_key is not None and not 0 < len(signal_key) <= MAX_KEY_CHARS:
             raise RemoteProtocolError(f"x-key must be 1 to {MAX_KEY_CHARS} characters")
         transaction = self._transaction_of(frame)
-        data, attrs = decode_body(frame)
-        headers = user_headers(frame)
-        if headers:
-            attrs = {**(attrs or {}), "headers": headers}
-        send = Send(channel, data, receipt, key, transaction, attrs, flag == "true", signal_key)
+        send = self._decoded_send(frame, receipt)
         if transaction is not None:
-            self._hold(transaction, send, len(frame.body))
+            # Held as it came, and read again at COMMIT: what a body decodes to can be many
+            # times its bytes (a JSON list of empty lists), and headers count as much as bodies.
+            self._hold(transaction, (frame, receipt), frame_bytes(frame))
         return send
 
     # ---- transactions: frames held until COMMIT, dropped at ABORT or the end of the session
@@ -365,7 +374,7 @@ class StompSession:
             )
         return name
 
-    def _hold(self, transaction: str, event: Send | Ack, size: int) -> None:
+    def _hold(self, transaction: str, event: Held, size: int) -> None:
         held = self.transactions[transaction]
         if len(held) >= MAX_TRANSACTION_FRAMES:
             raise RemoteProtocolError(
@@ -397,7 +406,7 @@ class StompSession:
         self.transactions[name] = []
         return Begin(name, receipt)
 
-    def _end_transaction(self, frame: Frame) -> tuple[str, list[tuple[Send | Ack, int]]]:
+    def _end_transaction(self, frame: Frame) -> tuple[str, list[tuple[Held, int]]]:
         name = frame.get("transaction")
         if name is None:
             raise RemoteProtocolError(f"{frame.command} needs a transaction header")
@@ -408,7 +417,27 @@ class StompSession:
 
     def _on_commit(self, frame: Frame, receipt: str | None) -> Commit:
         name, held = self._end_transaction(frame)
-        return Commit(name, tuple(event for event, _ in held), receipt)
+        events = tuple(
+            event if isinstance(event, Ack) else self._decoded_send(*event) for event, _ in held
+        )
+        return Commit(name, events, receipt)
+
+    def _decoded_send(self, frame: Frame, receipt: str | None) -> Send:
+        """A held ``SEND`` read as when it came (it was checked then), outside its transaction."""
+        data, attrs = decode_body(frame)
+        headers = user_headers(frame)
+        if headers:
+            attrs = {**(attrs or {}), "headers": headers}
+        return Send(
+            self._channel(frame),
+            data,
+            receipt,
+            frame.get("x-idempotency-key"),
+            frame.get("transaction"),
+            attrs,
+            frame.get("x-ephemeral") == "true",
+            frame.get("x-key"),
+        )
 
     def _on_abort(self, frame: Frame, receipt: str | None) -> Abort:
         name, _ = self._end_transaction(frame)

@@ -412,7 +412,10 @@ class StompConnection(Handler):
             try:
                 # Another subscription holds the channel (the client's own, or one the backend
                 # made, which grants the client nothing): this one is asked about as any.
-                if not await session.may_subscribe(sub.channel):
+                await self.hub.authorize_read(
+                    session.credentials, sub.channel, session.transport.kind, session.id
+                )
+                if session.closed:
                     self.stomp.forget(sub)
                     return
                 await subscribe_shared(self, session, event)

@@ -150,17 +150,6 @@ class Session:
 
     # ---- subscriptions ----------------------------------------------------------------------
 
-    async def may_subscribe(self, channel: str) -> bool:
-        """What every subscribe of this session's own asks: the token's permission, then the
-        subscribe hook. False when the session closed meanwhile."""
-        self.hub.auth.check_subscribe(self.credentials, channel)
-        return self.hub.hooks is None or await self.ask_hook(channel)
-
-    async def ask_hook(self, channel: str) -> bool:
-        assert self.hub.hooks is not None
-        await self.hub.hooks.subscribe(self.credentials, channel, self.id, self.transport.kind)
-        return not self.closed
-
     async def subscribe(
         self,
         channel: str,
@@ -194,7 +183,8 @@ class Session:
         since_pos = position_for(channel, since)
         self._check_room(channel)
         if not server and not checked and hub.hooks is not None:
-            if not await self.ask_hook(channel):
+            await hub.hooks.subscribe(self.credentials, channel, self.id, self.transport.kind)
+            if self.closed:
                 return None
             self._check_room(channel)  # the same channel may have come meanwhile
         if self.closed:  # e.g. the second channel of a request, closed during the first's

@@ -72,6 +72,7 @@ export const ERRORS = {
   ephemeral_rate_limited: { status: 429, close: 4505 },
   revoked: { status: 401, close: 4501 },
   shutting_down: { status: 503, close: 4000 },
+  not_started: { status: 503, close: 4000 },
   node_full: { status: 503, close: 4005 },
   engine_unavailable: { status: 503, close: 4003 },
   hook_unavailable: { status: 503, close: 4003 },

@@ -139,6 +139,19 @@ class ServerError(ClarionError):
     code: Code = ErrorCode.INTERNAL
 
 
+class NotStarted(ServerError):
+    """The hub was never started: nothing it accepted could reach a live subscriber."""
+
+    code = ErrorCode.NOT_STARTED
+
+    def __init__(
+        self,
+        message: str = "the hub was never started: give the application hub.lifespan "
+        "(FastAPI(lifespan=hub.lifespan)), or await hub.start() before serving it",
+    ) -> None:
+        super().__init__(message)
+
+
 class EngineUnavailable(ServerError):
     code = ErrorCode.ENGINE_UNAVAILABLE
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from importlib.resources import files
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,7 +33,8 @@ from clarion.asgi.stomp import StompEndpoint
 from clarion.asgi.websocket import ClarionWebSocket
 from clarion.asgitypes import DirectRoute
 from clarion.core.hub import Hub
-from clarion.errors import BadRequest, NodeFull, NotFound, TooLarge
+from clarion.core.limits import LogLimit
+from clarion.errors import BadRequest, ClarionError, NodeFull, NotFound, NotStarted, TooLarge
 
 
 def encoded_path(scope: Scope) -> bool:
@@ -57,6 +59,10 @@ def route_path(scope: Scope) -> str:
     return path
 
 
+# A request to a hub never started: said at ERROR, once a minute (every request gets a 503).
+_not_started = LogLimit(logging.getLogger("clarion.hub"))
+
+
 class App:
     """The hub's ASGI application: the WebSocket endpoints, ``POST /api/publish`` and
     ``POST /api/publish_batch`` go straight to their handlers.
@@ -73,12 +79,14 @@ class App:
 
     def __init__(
         self,
+        hub: Hub,
         router: Starlette,
         websockets: dict[str, Any],
         publish: PublishEndpoint | None = None,
         batch: BatchEndpoint | None = None,
         server_errors: dict[int, bytes] | None = None,
     ) -> None:
+        self.hub = hub
         self.router = router
         self.websockets = websockets
         # What clarion's server answers itself, in the API's error shape (asgitypes).
@@ -98,12 +106,22 @@ class App:
         return self.router.routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and encoded_path(scope):
-            if scope["type"] == "http":
-                await send_error(send, NotFound("Not Found"))
-            else:  # refused at the handshake, like any unknown WebSocket path
-                await refuse_handshake(scope, send, NotFound("Not Found"))
-            return
+        if scope["type"] in ("http", "websocket"):
+            refusal: ClarionError | None = None
+            if encoded_path(scope):
+                refusal = NotFound("Not Found")
+            else:
+                try:
+                    self.hub.check_started()
+                except NotStarted as exc:
+                    _not_started.log(logging.ERROR, "", "%s", exc.message)
+                    refusal = exc
+            if refusal is not None:
+                if scope["type"] == "http":
+                    await send_error(send, refusal)
+                else:  # refused at the handshake, like any unknown WebSocket path
+                    await refuse_handshake(scope, send, refusal)
+                return
         if scope["type"] == "http" and scope["method"] == "POST":
             publishing = self.publishing.get(route_path(scope))
             if publishing is not None:
@@ -218,7 +236,7 @@ def build_app(hub: Hub, *, lifespan: bool = False) -> App:
     # "/api/history/" is not "/api/history": no redirect, one spelling per route.
     router.router.redirect_slashes = False
     router.router.default = _unrouted(router.router.default)
-    return App(router, websockets, publish, batch, server_errors(hub))
+    return App(hub, router, websockets, publish, batch, server_errors(hub))
 
 
 def server_errors(hub: Hub) -> dict[int, bytes]:

@@ -12,6 +12,9 @@
 
 The hub itself holds what they share (settings, engine, auth, hooks, listeners, background
 tasks), publishes, and reads history and presence.
+
+Long on purpose: most methods are a façade's few lines handing over to the part that holds the
+rule; the façade is what applications and adapters read, in one place.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from clarion.core.session import Session
 from clarion.core.sweeper import Sweeper
 from clarion.core.transport import Transport
 from clarion.engines.base import Engine, History, PresenceEntry, PresenceStats, SharedLimits
-from clarion.errors import BadRequest, ClarionError, NotFound, TooLarge
+from clarion.errors import BadRequest, ClarionError, NotFound, NotStarted, TooLarge
 from clarion.protocol.channels import namespace_of, validate_channel
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.publication import (
@@ -190,6 +193,11 @@ class Hub:
                 return extension
         raise NotFound(f"this hub has no {kind.__name__}")
 
+    def check_started(self) -> None:
+        """Refuse work for a hub never started: it would be taken and never delivered live."""
+        if not self._started and not self.closing:
+            raise NotStarted()
+
     def asgi_app(self) -> Any:
         """The ASGI application: HTTP API, ``/ws`` and the other transports (built once)."""
         if self._app is None:
@@ -257,6 +265,8 @@ class Hub:
         ``ephemeral`` (or the namespace's ``ephemeral`` option): a live signal, see
         :meth:`publish_ephemeral`; ``key`` is an ephemeral publication's key.
         """
+        if not self._started:
+            self.check_started()
         validate_channel(channel)
         self.check_data(data, attrs)
         options = self.options(channel)
@@ -337,6 +347,7 @@ class Hub:
                 _listener_failed("lifecycle", exc)
 
     async def broadcast(self, channels: list[str], data: Any) -> list[Publication]:
+        self.check_started()
         for channel in channels:
             validate_channel(channel)
         self.check_data(data)

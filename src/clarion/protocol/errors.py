@@ -47,6 +47,7 @@ class ErrorCode(StrEnum):
     EPHEMERAL_RATE_LIMITED = "ephemeral_rate_limited"
     REVOKED = "revoked"
     SHUTTING_DOWN = "shutting_down"
+    NOT_STARTED = "not_started"
     NODE_FULL = "node_full"
     ENGINE_UNAVAILABLE = "engine_unavailable"
     HOOK_UNAVAILABLE = "hook_unavailable"
@@ -198,6 +199,13 @@ _RULES = [
         "the user or token was revoked with `POST /api/disconnect` and `until`",
     ),
     ErrorRule(E.SHUTTING_DOWN, 503, C.SHUTDOWN, "the node is shutting down: connect to another"),
+    ErrorRule(
+        E.NOT_STARTED,
+        503,
+        C.SHUTDOWN,
+        "the hub mounted in an application was never started (`hub.lifespan` not passed to the "
+        "application, or `hub.start()` not awaited)",
+    ),
     ErrorRule(E.NODE_FULL, 503, C.NODE_FULL, "the node holds `limits.max_connections`"),
     ErrorRule(
         E.ENGINE_UNAVAILABLE, 503, C.SERVER_ERROR, "the engine (e.g. Redis) cannot be reached"

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from clarion import ConfigError, Settings
+from clarion.settings import url_host
 from clarion.settings_sources import CLIENT_VARIABLES, annotation_at, load
 
 
@@ -186,3 +187,21 @@ def test_annotation_at_follows_tables_lists_and_namespaces() -> None:
     assert annotation_at(Settings, ("webhooks", 0, "url")) is str
     assert annotation_at(Settings, ("nothing",)) is None
     assert annotation_at(Settings, ("port", "x")) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "url", "listening"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8000", "127.0.0.1"),
+        ("0.0.0.0", "http://127.0.0.1:8000", "0.0.0.0"),
+        ("::1", "http://[::1]:8000", "[::1]"),
+        ("::", "http://[::1]:8000", "[::]"),
+        ("fd00::5", "http://[fd00::5]:8000", "[fd00::5]"),
+        ("hub.internal", "http://hub.internal:8000", "hub.internal"),
+    ],
+)
+def test_the_hubs_own_url_holds_an_ipv6_host_in_brackets(
+    host: str, url: str, listening: str
+) -> None:
+    assert Settings(host=host, port=8000, insecure=True).local_url() == url
+    assert url_host(host) == listening  # what `clarion serve` says it listens on

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from clarion.errors import ClarionError
 from clarion.protocol.channels import DEFAULT_NAMESPACE
 from clarion.protocol.origins import Origin, OriginRule, parse_origin
 from clarion.protocol.proxies import parse_network
@@ -28,6 +29,11 @@ REDIS_URL_SCHEMES = (
     "redis+sentinel://",
     "redis+cluster://",
 )
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL holds it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 class NamespaceOptions(BaseModel):
@@ -241,6 +247,19 @@ class WebhookEndpointConfig(BaseModel):
         description="stable endpoint id (1 to 64 letters, digits, _ . ~ -); "
         "derived from the URL when unset",
     )
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_is_one(cls, value: str | None) -> str | None:
+        # Refused here, naming the file, rather than when the hub starts.
+        if value is not None:
+            from clarion.webhooks.signing import secret_key  # light: base64 and hmac
+
+            try:
+                secret_key(value)
+            except ClarionError as exc:
+                raise ValueError(exc.message) from None
+        return value
 
 
 class WebhookDelivery(BaseModel):
@@ -540,9 +559,7 @@ class Settings(BaseModel):
             host = "127.0.0.1"
         elif host == "::":
             host = "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"http://{url_host(host)}:{self.port}"
 
     def binds_loopback(self) -> bool:
         if self.host == "localhost":

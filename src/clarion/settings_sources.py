@@ -199,6 +199,10 @@ def explain(error: ValidationError, model: type[BaseModel], sourced: Sourced) ->
     return ConfigError("\n".join(lines))
 
 
+# Keys whose values are credentials: an error names them, and never shows what they hold.
+SECRET_KEYS = frozenset({"api_key", "token_secret", "secret"})
+
+
 def _line(detail: ErrorDetails, model: type[BaseModel], sourced: Sourced) -> str:
     loc = tuple(detail["loc"])
     origin, at = sourced.origin_of(loc)
@@ -211,6 +215,9 @@ def _line(detail: ErrorDetails, model: type[BaseModel], sourced: Sourced) -> str
         better = f" (did you mean {_dotted(hint)}?)" if hint else ""
         return f"{origin.name}: unknown key {key}{better}"
     reason = _reason(detail)
+    if detail["type"] != "missing" and any(p in SECRET_KEYS for p in loc if isinstance(p, str)):
+        shown = f"{origin.name}: {key}" if origin.kind == "file" else origin.name
+        return f"{shown} (value not shown): {reason}"
     value = detail.get("input")
     if detail["type"] == "missing" or (at != loc and origin.kind != "file"):
         where = f"{origin.name}: {key}"

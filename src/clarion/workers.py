@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clarion.errors import ClarionError, LocalCode
-from clarion.settings import Settings
+from clarion.settings import Settings, url_host
 
 log = logging.getLogger("clarion.workers")
 
@@ -167,7 +167,7 @@ class Supervisor:
         log.info(
             "%d workers listening on http://%s:%d",
             len(self.workers),
-            self.settings.host,
+            url_host(self.settings.host),
             self.port,
         )
         stop = asyncio.ensure_future(self._stop.wait())

@@ -75,6 +75,27 @@ def errors(lines: list[str]) -> list[str]:
             "[[webhooks]]\nchannels = ['a']\n",
             ["clarion: clarion.toml: webhooks[0].url: required"],
         ),
+        (
+            'api_key = ""\n',
+            [
+                "clarion: clarion.toml: api_key (value not shown): "
+                "must not be empty: remove the setting to leave it unset"
+            ],
+        ),
+        (
+            "[[webhooks]]\nurl = 'https://example.com/h'\nsecret = 'whsec_not base64'\n",
+            [
+                "clarion: clarion.toml: webhooks[0].secret (value not shown): "
+                "'secret' is not valid base64 after whsec_"
+            ],
+        ),
+        (
+            "[[webhooks]]\nurl = 'https://example.com/h'\nsecret = 'whsec_c2hvcnQ='\n",
+            [
+                "clarion: clarion.toml: webhooks[0].secret (value not shown): "
+                "'secret' must hold 24 to 64 bytes, not 5"
+            ],
+        ),
     ],
 )
 async def test_bad_config_file(tmp_path: Path, toml: str, expected: list[str]) -> None:

@@ -13,7 +13,7 @@ import signal
 from clarion import __version__
 from clarion.cli.command import Loaded, load_settings, local_url, redact, run, setup_logging
 from clarion.errors import ClarionError, LocalCode, os_reason
-from clarion.settings import Settings
+from clarion.settings import Settings, url_host
 
 # Every subcommand logs as ``clarion.cli``: the start-up lines operators grep for keep one name.
 log = logging.getLogger("clarion.cli")
@@ -128,7 +128,9 @@ async def serve(
             settings.host,
             server.port,
         )
-    log.info("clarion %s listening on http://%s:%d", __version__, settings.host, server.port)
+    log.info(
+        "clarion %s listening on http://%s:%d", __version__, url_host(settings.host), server.port
+    )
     if settings.host not in ("0.0.0.0", "::", ""):  # a wildcard is learned from requests
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         hub.nodes.address = f"{host}:{server.port}"

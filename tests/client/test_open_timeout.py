@@ -106,6 +106,26 @@ async def test_sse_and_polling_open_nothing_at_connect(
     assert loop.time() - started < _slack()
 
 
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+@pytest.mark.parametrize("port", ["closed_port", "silent_port"])
+async def test_sse_and_polling_give_up_the_first_stream_at_the_deadline(
+    port: str, transport: TransportName, request: pytest.FixtureRequest
+) -> None:
+    url = f"http://127.0.0.1:{request.getfixturevalue(port)}"
+    loop = asyncio.get_running_loop()
+    async with connect(url, transport=transport, open_timeout=OPEN_TIMEOUT, backoff=BACKOFF) as c:
+        for _ in range(2):  # and a later subscription tries afresh
+            started = loop.time()
+            sub = c.subscribe("chat:lobby")
+            with pytest.raises(ConnectFailed) as caught:
+                await sub.ready()
+            took = loop.time() - started
+            assert OPEN_TIMEOUT - 0.05 <= took < OPEN_TIMEOUT + _slack(), took
+            assert f"within {OPEN_TIMEOUT} s" in str(caught.value)
+            with pytest.raises(ConnectFailed):
+                await next_item(sub)
+
+
 async def test_a_backend_s_first_subscription_keeps_the_deadline(silent_port: int) -> None:
     # With an API key the WebSocket opens at the first subscription: the same deadline.
     loop = asyncio.get_running_loop()

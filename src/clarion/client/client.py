@@ -117,7 +117,9 @@ class Client:
             timeout=self._request_timeout,
             on_fatal=self._stop,
         )
-        ctx = StreamContext(self._api, self._backoff, self._poll_timeout, SSE_READ_TIMEOUT)
+        ctx = StreamContext(
+            self._api, self._backoff, self._poll_timeout, SSE_READ_TIMEOUT, self._open_timeout
+        )
         self._stream = SharedStream(ctx, self._spawn, self._run_stream)
         if self._option in ("ws", "auto"):
             self._link = WebSocketLink(

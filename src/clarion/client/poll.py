@@ -67,7 +67,7 @@ async def open_poll(stream: SharedStream, feeds: list[Feed]) -> str:
         if not answered:
             log.info("connected to %s (%s)", url, naming(feeds))
             answered = True
-            stream.attempt = 0
+            stream.opened()
         _take(stream, feeds, body, at)
         error = disconnect_from(body.get("disconnect"), ctx)
         if error is not None:

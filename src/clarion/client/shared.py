@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Literal
 
-from clarion.client.errors import RequestFailed
+from clarion.client.errors import ConnectFailed, RequestFailed
 from clarion.client.items import position_of
 from clarion.client.streams import StreamContext
 from clarion.client.subscription import Feed
@@ -50,6 +50,9 @@ class SharedStream:
         self.ctx = ctx
         self.feeds: dict[str, Feed] = {}
         self.attempt = 0  # failed opens in a row (the backoff's step); 0 once one is answered
+        self.answered = False  # an open was answered once: the hub is there
+        self._first_try: float | None = None
+        self.why = "no answer"  # how the last open ended, for the error when the tries end
         self._spawn = spawn
         self._run = run
         self._task: asyncio.Task[None] | None = None
@@ -101,36 +104,75 @@ class SharedStream:
     async def run_opens(self, opener: Opener) -> str | None:
         """Open the stream for the feeds wanted now, until it ends or they change: why it
         ended (to retry after a backoff), None when they changed (to reopen at once). Raises
-        what the open raised (a refusal, the hub saying to stop)."""
+        what the open raised (a refusal, the hub saying to stop).
+
+        Until an open was answered once, the tries end at ``open_timeout``: the subscriptions
+        end with :class:`ConnectFailed`, as a first WebSocket connection would.
+        """
         self.changed.clear()
         feeds = self.wanted()
         if not feeds:
             await self.changed.wait()
             return None
+        if self._first_try is None:
+            self._first_try = asyncio.get_running_loop().time()
+        left = self._left()
+        if left is not None and left <= 0:
+            self._give_up()
+            return None
         self._open = opening = asyncio.ensure_future(opener(self, feeds))
         try:
-            await asyncio.wait({opening})
+            await asyncio.wait({opening}, timeout=left)
+            if not opening.done() and self.answered:  # answered in time: a stream, for long
+                await asyncio.wait({opening})
         finally:
-            if not opening.done():  # this task was cancelled: so is the open
+            if not opening.done():  # the deadline, or this task was cancelled: so is the open
                 opening.cancel()
             self._open = None
+        if not opening.done():
+            self.why = "no answer"
+            self._give_up()
+            return None
         if opening.cancelled():
             return None
         try:
-            return opening.result()
+            self.why = opening.result()
+            return self.why
         except RequestFailed as exc:
             # A refusal of some channels ends them, and the others reopen at once; one that
             # ends none of ours is not asked again before the backoff.
-            return None if self.refused(feeds, exc) else f"refused: {exc}"
+            self.why = f"refused: {exc}"
+            return None if self.refused(feeds, exc) else self.why
+
+    def opened(self) -> None:
+        """The hub answered an open with its stream."""
+        self.attempt = 0
+        self.answered = True
 
     async def pause(self, why: object) -> None:
-        """Wait out the backoff delay after a failed open (less if the feeds change)."""
+        """Wait out the backoff delay after a failed open (less if the feeds change, or the
+        first open's deadline comes first)."""
         delay = self.ctx.backoff.delay(self.attempt)
         self.attempt += 1
-        log.info("%s; retrying in %.1f s", why, delay)
+        left = self._left()
+        if left is not None and left < delay:
+            delay = max(left, 0.0)
+        else:
+            log.info("%s; retrying in %.1f s", why, delay)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self.changed.wait()
+
+    def _left(self) -> float | None:
+        """Seconds left before the first open's deadline; None once an open was answered."""
+        if self.answered or self._first_try is None:
+            return None
+        return self._first_try + self.ctx.open_timeout - asyncio.get_running_loop().time()
+
+    def _give_up(self) -> None:
+        timeout = self.ctx.open_timeout
+        self._first_try = None  # a later subscription tries afresh
+        self.end_all(ConnectFailed(f"could not connect within {timeout} s ({self.why})"))
 
     def refused(self, feeds: list[Feed], error: RequestFailed) -> bool:
         """End the feeds a refusal of one open is about; False if none of them was ours."""

@@ -46,7 +46,7 @@ async def open_sse(stream: SharedStream, feeds: list[Feed]) -> str:
             kind = source.response.headers.get("content-type", "").partition(";")[0]
             if kind.strip() != "text/event-stream":
                 raise TransportUnavailable(f"{url} does not answer with an event stream")
-            stream.attempt = 0
+            stream.opened()
             log.info("connected to %s (%s)", url, naming(feeds))
             for feed in feeds:
                 feed.confirmed(None)

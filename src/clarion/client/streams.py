@@ -34,6 +34,7 @@ class StreamContext:
     backoff: Backoff
     poll_timeout: float
     read_timeout: float  # SSE: longer than the hub's heartbeat interval
+    open_timeout: float  # until the client's first stream is answered
 
 
 async def check(response: httpx.Response, ctx: StreamContext, path: str) -> None:

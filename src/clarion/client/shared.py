@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Literal
+from typing import Any
 
 from clarion.client.errors import ConnectFailed, RequestFailed
 from clarion.client.items import position_of
@@ -33,7 +33,6 @@ from clarion.protocol.publication import StreamPosition
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["sse", "poll"]
 # One open of the stream for the feeds given; returns why it ended (to retry after a backoff).
 Opener = Callable[["SharedStream", list[Feed]], Coroutine[Any, Any, str]]
 

@@ -304,6 +304,7 @@ async def test_cli_adds_lists_and_removes(webhook_hub: RunningHub) -> None:
         assert (await receiver.wait_acknowledged(1))[0].payload["data"] == "hello"
         code, out = await clarion("list")
         assert code == 0 and hook_id in out and "cli:*" in out and "backlog: 0" in out
+        assert "last delivered: " in out
         code, out = await clarion("remove", hook_id)
         assert code == 0, out
         code, out = await clarion("remove", hook_id)

@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
         out.write(orjson.dumps(listing, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     for hook in listing["webhooks"]:
-        state = "disabled" if hook["disabled"] else "active"
+        state = "active"
+        if hook["disabled"]:
+            why = hook.get("disabled_reason")
+            state = f"disabled ({why})" if why else "disabled"
         out.write(
             f"{hook['id']}  {state}  {hook['url']}\n"
             f"    channels: {' '.join(hook['channels']) or '-'}"
@@ -112,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
             f"    backlog: {hook['backlog']}  dead letters: {hook['dead_letters']}"
             f"  next attempt: {_when(hook['next_attempt_at'])}\n"
         )
+        delivered = hook.get("last_delivered")
+        if delivered:  # beside the last error: which of the two is the newer
+            out.write(f"    last delivered: {_when(delivered['at'])}\n")
         if hook["last_error"]:
             out.write(f"    last error ({_when(hook['last_error_at'])}): {hook['last_error']}\n")
     if not listing["webhooks"]:

@@ -250,7 +250,7 @@ class StompSession:
         self._by_tag: dict[bytes, StompSubscription] = {}
         self._by_suffix: dict[str, StompSubscription] = {}
         self._serial = 0
-        # Open transactions: their held frames (with the body bytes each holds), in order.
+        # Open transactions: their held frames (with the bytes each counts for), in order.
         self.transactions: dict[str, list[tuple[Held, int]]] = {}
         self.max_transaction_bytes = (
             4 * max_frame_bytes if max_transaction_bytes is None else max_transaction_bytes
@@ -423,7 +423,8 @@ class StompSession:
         return Commit(name, events, receipt)
 
     def _decoded_send(self, frame: Frame, receipt: str | None) -> Send:
-        """A held ``SEND`` read as when it came (it was checked then), outside its transaction."""
+        """The publish a ``SEND`` frame asks for: when it comes, and again at ``COMMIT`` for one
+        its transaction held."""
         data, attrs = decode_body(frame)
         headers = user_headers(frame)
         if headers:

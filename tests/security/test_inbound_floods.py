@@ -32,9 +32,10 @@ import pytest
 from clarion.protocol import wsreader
 from clarion.protocol.deflate import Inflater
 from clarion.protocol.stomp.parser import FrameParser
+from clarion.server import Server
 from clarion.settings import NamespaceOptions
 
-from ..conftest import RunningHub, clarion_server, timeout
+from ..conftest import RunningHub, clarion_server, timeout, until
 
 pytestmark = clarion_server("the frame reader and inbound queue of clarion's own server")
 
@@ -271,6 +272,43 @@ async def test_a_message_that_never_ends_is_closed_with_1009(
             assert flood.close_code() == 1009
         finally:
             sock.close()
+
+
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "closed"])
+async def test_what_a_vanished_peer_left_queued_is_not_handled(reset: bool) -> None:
+    """A peer that resets its connection leaves no work behind; one that closes cleanly has
+    what it sent before its close frame handled."""
+    received: list[str] = []
+    go = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        await go.wait()  # busy elsewhere while the messages come
+        while (message := await receive())["type"] != "websocket.disconnect":
+            received.append(message["text"])
+        received.append(f"disconnect {message['code']}")
+
+    server = Server(app, host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        sock = await asyncio.to_thread(connect, server.port, "/", "x")
+        sock.sendall(frame(0x1, b"m") * 10)
+        if reset:
+            await asyncio.sleep(0.2)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            sock.sendall(frame(0x8, b"\x03\xe8"))
+            await asyncio.sleep(0.2)
+        sock.close()
+        await asyncio.sleep(0.2)
+        go.set()
+        await until(lambda: received and received[-1].startswith("disconnect"))
+        assert received == (["disconnect 1006"] if reset else ["m"] * 10 + ["disconnect 1000"])
+    finally:
+        await asyncio.wait_for(server.shutdown(timeout=1.0), timeout(5))
 
 
 def test_heart_beat_eols_are_skipped_without_a_python_step_per_byte() -> None:

@@ -204,18 +204,17 @@ class FrameReader:
             if not self._frame(events, first & 0x80, opcode, payload, first & 0x40):
                 if self.state == CLOSED:
                     return events
+                if pos == end:
+                    self.backlog = False
                 break  # the inflation budget is spent: backlog
-        self._pos = 0
         if pos == end:
             self._buf = b""
-            self.backlog = False
         elif self.backlog:
             self._buf = buf  # kept whole: the next call starts at _pos, no copy per call
             self._pos = pos
-        elif pos == 0 and type(buf) is bytearray:
-            self._buf = buf
         else:
-            self._buf = bytearray(buf[pos:])
+            self._buf = buf if pos == 0 and type(buf) is bytearray else bytearray(buf[pos:])
+            self._pos = 0
         return events
 
     def _check(self, first: int, second: int, opcode: int, length: int) -> tuple[int, str] | None:

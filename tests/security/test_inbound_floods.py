@@ -275,9 +275,9 @@ async def test_a_message_that_never_ends_is_closed_with_1009(
 
 
 @pytest.mark.parametrize("reset", [True, False], ids=["reset", "closed"])
-async def test_what_a_vanished_peer_left_queued_is_not_handled(reset: bool) -> None:
-    """A peer that resets its connection leaves no work behind; one that closes cleanly has
-    what it sent before its close frame handled."""
+async def test_what_a_peer_sent_before_it_left_is_handled(reset: bool) -> None:
+    """A peer that resets its connection, or closes it cleanly, has what it sent before
+    handled (a publish just before a drop is made): the queue's bounds keep that small."""
     received: list[str] = []
     go = asyncio.Event()
 
@@ -306,7 +306,7 @@ async def test_what_a_vanished_peer_left_queued_is_not_handled(reset: bool) -> N
         await asyncio.sleep(0.2)
         go.set()
         await until(lambda: received and received[-1].startswith("disconnect"))
-        assert received == (["disconnect 1006"] if reset else ["m"] * 10 + ["disconnect 1000"])
+        assert received == ["m"] * 10 + ["disconnect 1006" if reset else "disconnect 1000"]
     finally:
         await asyncio.wait_for(server.shutdown(timeout=1.0), timeout(5))
 

@@ -597,7 +597,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
                     self.queue_raw(closed.frame, counted=True)
                 self.queue_eof()  # the server closes the TCP connection first (RFC 6455 §7.1.1)
                 self._arm_close_timer()
-                self._deliver_disconnect(closed.code, closed.reason, drop=closed.failed)
+                self._deliver_disconnect(closed.code, closed.reason)
         self.flush_if_over()
         if (
             reader.backlog
@@ -628,20 +628,13 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         self._inbound.append(message)
         self._wake()
 
-    def _deliver_disconnect(
-        self, code: int = ABNORMAL, reason: str = "", *, drop: bool = True
-    ) -> None:
-        """The last message; ``drop``: what the app has not taken is dropped first.
-
-        The peer left without a close frame, or broke the protocol: no work for it now. After
-        a clean close what it sent before is still handled.
-        """
+    def _deliver_disconnect(self, code: int = ABNORMAL, reason: str = "") -> None:
+        """The last message. What the peer sent before it is still handled, however it left:
+        a publish sent just before a drop is made; the queue's bounds keep that work small,
+        and bytes not yet parsed are not (a closed connection parses no backlog)."""
         if self._disconnected:
             return
         self._disconnected = True
-        if drop and self._inbound:
-            self._inbound = [m for m in self._inbound if m["type"] != "websocket.receive"]
-            self._inbound_bytes = 0
         self._inbound.append({"type": "websocket.disconnect", "code": code, "reason": reason})
         self._wake()
 

@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clarion.protocol.wsreader import (
+    FRAMES_PER_CALL,
+    INFLATED_PER_CALL,
     Closed,
     Event,
     FrameReader,
@@ -295,3 +297,52 @@ def test_compressed_messages_whole_and_fragmented() -> None:
 )
 def test_compressed_protocol_errors(data: bytes, inflate: bool, code: int) -> None:
     assert failure(FrameReader(1000, inflate=inflate).receive_data(data))[0] == code
+
+
+# ---- the budget of one call ----------------------------------------------------------------
+
+
+def drained(reader: FrameReader, data: bytes) -> tuple[list[int], list[Event]]:
+    """Events per call: the bytes, then ``b""`` while the reader has a backlog."""
+    per_call = []
+    events = reader.receive_data(data)
+    per_call.append(len(events))
+    while reader.backlog:
+        more = reader.receive_data(b"")
+        per_call.append(len(more))
+        events += more
+    return per_call, events
+
+
+def test_a_call_parses_at_most_its_budget_of_frames_and_the_rest_waits() -> None:
+    pings = frame(PING, b"") * 150
+    last = frame(TEXT, b"last")
+    reader = FrameReader(100)
+    per_call, events = drained(reader, pings + last[:3])
+    assert per_call == [FRAMES_PER_CALL, FRAMES_PER_CALL, 150 - 2 * FRAMES_PER_CALL]
+    assert events == [Pong(b"\x8a\x00")] * 150
+    # The unfinished frame stays buffered; new bytes after a backlog go on from where it was.
+    assert reader.receive_data(last[3:]) == ["last"]
+    reader = FrameReader(100)
+    assert len(reader.receive_data(pings)) == FRAMES_PER_CALL
+    late = reader.receive_data(frame(TEXT, b"late"))
+    assert len(late) == FRAMES_PER_CALL and reader.backlog
+    assert drained(reader, b"")[1][-1] == "late"
+
+
+def test_a_call_stops_after_its_budget_of_inflated_bytes() -> None:
+    big = frame(TEXT, deflated(b"a" * 60000), rsv=0x40)
+    reader = FrameReader(1 << 16, inflate=True)
+    per_call, events = drained(reader, big * 20)
+    assert events == ["a" * 60000] * 20
+    assert max(per_call) <= INFLATED_PER_CALL // 60000 + 1 < 20
+
+
+def test_empty_fragments_are_bounded_in_number() -> None:
+    reader = FrameReader(64 * 100)
+    assert reader.max_fragments == 100
+    data = frame(TEXT, b"x", fin=False) + frame(CONT, b"", fin=False) * 98
+    assert drained(reader, data + frame(CONT, b"y"))[1] == ["xy"]  # 100 fragments
+    reader = FrameReader(64 * 100)
+    _, events = drained(reader, data + frame(CONT, b"", fin=False) * 2)
+    assert failure(events)[0] == 1009

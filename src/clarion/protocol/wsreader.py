@@ -10,6 +10,15 @@ With permessage-deflate negotiated (``inflate``), a message whose first frame ha
 inflated fragment by fragment (:class:`~clarion.protocol.deflate.Inflater`) within ``max_size``
 of inflated bytes (1009 beyond, 1002 for invalid data).
 
+What one call does is bounded whatever the frames are: it parses at most
+:data:`FRAMES_PER_CALL` frames (control frames and empty fragments included) and stops after
+each :data:`INFLATED_PER_CALL` bytes it inflated, leaving the rest of the bytes buffered and setting
+:attr:`FrameReader.backlog`; ``receive_data(b"")`` goes on with them. A server calls it again in a
+later turn of its loop, before it reads more, so that a peer's tiny or highly compressed frames
+cost no more per turn than a socket read of ordinary ones. A fragmented message is also bounded
+in fragments (one per :data:`FRAGMENT_BYTES` of ``max_size``): empty fragments cost nothing in
+bytes, but each one costs a frame.
+
 The reader holds only what an unfinished frame or message needs, so an idle connection's
 reader is a handful of slots. The handshake stays with the ``websockets`` library; what the
 server writes is :mod:`clarion.protocol.frames`.
@@ -32,6 +41,14 @@ NO_STATUS = 1005  # a close frame without a code (RFC 6455 §7.1.5)
 PROTOCOL_ERROR = 1002
 INVALID_DATA = 1007
 TOO_BIG = 1009
+
+# The work one receive_data call may do (see the module's docstring). 64 frames are more than one
+# read of ordinary messages holds; 256 KiB inflated is one socket read's worth, so a compressed
+# read costs no more than an uncompressed one.
+FRAMES_PER_CALL = 64
+INFLATED_PER_CALL = 256 * 1024
+# A fragmented message may have one fragment per this many bytes of max_size (at least 64).
+FRAGMENT_BYTES = 64
 
 _unpack16 = struct.Struct("!H").unpack_from
 _unpack64 = struct.Struct("!Q").unpack_from
@@ -95,15 +112,21 @@ class FrameReader:
     """One connection's inbound frames; see the module's docstring."""
 
     __slots__ = (
-        "_buf", "_decoder", "_inflater", "_opcode", "_parts", "_size", "inflate", "max_size",
-        "state",
+        "_buf", "_decoder", "_fragments", "_inflated", "_inflater", "_opcode", "_parts", "_pos",
+        "_size", "backlog", "inflate", "max_fragments", "max_size", "state",
     )  # fmt: skip
 
     def __init__(self, max_size: int, *, inflate: bool = False) -> None:
         self.max_size = max_size
         self.inflate = inflate  # permessage-deflate was negotiated
+        self.max_fragments = max(64, max_size // FRAGMENT_BYTES)
         self.state = OPEN
-        self._buf: bytes | bytearray = b""  # an unfinished frame
+        # Parsing stopped with bytes left that may hold whole frames: receive_data(b"") goes on.
+        self.backlog = False
+        self._buf: bytes | bytearray = b""  # an unfinished frame, or the backlog from _pos on
+        self._pos = 0
+        self._inflated = 0  # bytes inflated since parsing last stopped for them
+        self._fragments = 0  # of the fragmented message being received
         self._opcode = 0  # of the fragmented message being received (0: none)
         self._size = 0  # its bytes so far
         self._parts: list[Any] | None = None  # its fragments: str for text, else bytes
@@ -124,18 +147,33 @@ class FrameReader:
         self._end()
 
     def receive_data(self, data: bytes) -> list[Event]:
-        """The events the bytes complete, in order; nothing once the connection is over."""
+        """The events the bytes complete, in order; nothing once the connection is over.
+
+        Within the budget of one call: with :attr:`backlog` set, call again (``b""`` will do)
+        for the frames still buffered.
+        """
         events: list[Event] = []
         if self.state == CLOSED:
             return events
         buf = self._buf
+        pos = 0
         if buf:
-            buf += data
+            pos = self._pos
+            if data:
+                if pos:
+                    buf = buf[pos:]
+                    pos = 0
+                buf += data
+            self.backlog = False
         else:
             buf = data
-        pos = 0
         end = len(buf)
+        budget = FRAMES_PER_CALL
         while end - pos >= 2:
+            if not budget:
+                self.backlog = True
+                break
+            budget -= 1
             first = buf[pos]
             second = buf[pos + 1]
             length = second & 0x7F
@@ -164,13 +202,19 @@ class FrameReader:
                 payload = apply_mask(view[pos + head + 4 : frame_end], mask)
             pos = frame_end
             if not self._frame(events, first & 0x80, opcode, payload, first & 0x40):
-                return events
+                if self.state == CLOSED:
+                    return events
+                if pos == end:
+                    self.backlog = False
+                break  # the inflation budget is spent: backlog
         if pos == end:
             self._buf = b""
-        elif pos == 0 and type(buf) is bytearray:
-            self._buf = buf
+        elif self.backlog:
+            self._buf = buf  # kept whole: the next call starts at _pos, no copy per call
+            self._pos = pos
         else:
-            self._buf = bytearray(buf[pos:])
+            self._buf = buf if pos == 0 and type(buf) is bytearray else bytearray(buf[pos:])
+            self._pos = 0
         return events
 
     def _check(self, first: int, second: int, opcode: int, length: int) -> tuple[int, str] | None:
@@ -192,6 +236,8 @@ class FrameReader:
         if opcode == OP_CONT:
             if not self._opcode:
                 return PROTOCOL_ERROR, "unexpected continuation frame"
+            if self._fragments >= self.max_fragments:
+                return TOO_BIG, f"message in over {self.max_fragments} fragments"
         elif opcode > OP_BINARY:
             return PROTOCOL_ERROR, f"invalid opcode {opcode:#x}"
         elif self._opcode:
@@ -203,7 +249,7 @@ class FrameReader:
     def _frame(
         self, events: list[Event], fin: int, opcode: int, payload: bytes, compressed: int
     ) -> bool:
-        """Take one whole frame; False once the connection is over."""
+        """Take one whole frame; False once the connection is over or the budget is spent."""
         if opcode in (OP_TEXT, OP_BINARY):
             if compressed:
                 self._inflater = Inflater()  # fresh per message: no context takeover
@@ -217,7 +263,7 @@ class FrameReader:
                     return self._invalid_utf8(events, exc)
                 return True
             self._opcode = opcode
-            self._size = 0
+            self._size = self._fragments = 0
             self._parts = []
             if opcode == OP_TEXT:
                 self._decoder = codecs.getincrementaldecoder("utf-8")()
@@ -234,6 +280,7 @@ class FrameReader:
     def _fragment(self, events: list[Event], fin: int, payload: bytes) -> bool:
         parts = self._parts
         assert parts is not None
+        self._fragments += 1
         inflater = self._inflater
         if inflater is not None:
             try:
@@ -244,20 +291,27 @@ class FrameReader:
             except InflateError as exc:
                 self._fail(events, PROTOCOL_ERROR, str(exc))
                 return False
+            self._inflated += len(payload)
         self._size += len(payload)
         decoder = self._decoder
         if decoder is not None:
             # Decoded as they come, so that invalid UTF-8 fails at the first bad fragment.
             try:
-                parts.append(decoder.decode(payload, bool(fin)))
+                text = decoder.decode(payload, bool(fin))
             except UnicodeDecodeError as exc:
                 return self._invalid_utf8(events, exc)
-        else:
+            if text:
+                parts.append(text)
+        elif payload:
             parts.append(payload)
         if fin:
             events.append("".join(parts) if decoder is not None else b"".join(parts))
-            self._opcode = self._size = 0
+            self._opcode = self._size = self._fragments = 0
             self._parts = self._decoder = self._inflater = None
+        if self._inflated >= INFLATED_PER_CALL:
+            self._inflated = 0
+            self.backlog = True
+            return False
         return True
 
     def _close(self, events: list[Event], payload: bytes) -> bool:
@@ -294,5 +348,7 @@ class FrameReader:
 
     def _end(self) -> None:
         self.state = CLOSED
+        self.backlog = False
         self._buf = b""
+        self._pos = 0
         self._parts = self._decoder = self._inflater = None

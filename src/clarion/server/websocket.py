@@ -52,6 +52,12 @@ if protocol_log.level == logging.NOTSET:
 
 INBOUND_HIGH = 32  # queued messages at which reading from the socket pauses
 INBOUND_LOW = 8  # ... and resumes
+# Queued bytes (since the queue was last empty) at which reading pauses, until it empties: 32
+# messages of max_message_bytes would be 2 MiB, and compressed they take one read.
+INBOUND_HIGH_BYTES = 256 * 1024
+# Messages handed to a listener before its task lets the loop turn: a handler that never
+# suspends would otherwise run the whole queue in one turn.
+HAND_OVER_BATCH = 16
 SEND_HIGH = 65536  # queued bytes at which websocket.send writes now instead of next iteration
 ABNORMAL = 1006
 SERVICE_RESTART = 1012
@@ -78,8 +84,10 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         "_early",
         "_handshake",
         "_inbound",
+        "_inbound_bytes",
         "_listener",
         "_loop",
+        "_parse_scheduled",
         "_peer",
         "_reader",
         "_reading_paused",
@@ -124,12 +132,14 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         # A list, not a deque: an idle connection's empty deque still holds a 64-slot block,
         # and this queue is short (INBOUND_HIGH) so pop(0) costs nothing.
         self._inbound: list[Message] = [{"type": "websocket.connect"}]
+        self._inbound_bytes = 0  # received since the queue was last empty
         self._waiter: asyncio.Future[None] | None = None
         # Set by listen(): inbound messages are handed to it instead of to receive().
         self._listener: Callable[[Message], Awaitable[None]] | None = None
         self._draining = False  # a task is handing the inbound messages to the listener
         self._drain: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self._parse_scheduled = False  # the reader's backlog is parsed in the next turn
         self._write_blocked = False  # reading paused until the peer reads what is queued
         self._early = b""  # frames that came before the app accepted (rare: no buffer kept)
         self._disconnected = False
@@ -240,7 +250,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         flow.release(self._drain)
         if self._write_blocked:
             self._write_blocked = False
-            if self.phase is not Phase.CONNECTING and len(self._inbound) < INBOUND_HIGH:
+            if self.phase is not Phase.CONNECTING and not self._inbound_full():
                 self._resume_reading()
 
     # -- the fast path (FastWebSocket); push/push_text/buffered_bytes/set_send_limit in Outbox -
@@ -278,8 +288,15 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
 
     async def _hand_over(self, handler: Callable[[Message], Awaitable[None]]) -> None:
         """Await the listener on each waiting message; the task ends once none waits."""
+        handled = 0
         try:
             while self._inbound:
+                handled += 1
+                if handled > HAND_OVER_BATCH:
+                    handled = 1
+                    await asyncio.sleep(0)
+                    if not self._inbound:
+                        break
                 message = self._take()
                 try:
                     await handler(message)
@@ -416,10 +433,14 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         return self._take()
 
     def _take(self) -> Message:
-        message = self._inbound.pop(0)
+        inbound = self._inbound
+        message = inbound.pop(0)
+        if not inbound:
+            self._inbound_bytes = 0
         if (
             self._reading_paused
-            and len(self._inbound) <= INBOUND_LOW
+            and len(inbound) <= INBOUND_LOW
+            and self._inbound_bytes < INBOUND_HIGH_BYTES
             and self.phase is not Phase.CONNECTING
         ):
             self._resume_reading()
@@ -505,7 +526,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         early, self._early = self._early, b""
         if early:
             self._feed(early)
-        if self.phase is Phase.OPEN and len(self._inbound) < INBOUND_HIGH:
+        if self.phase is Phase.OPEN and not self._inbound_full():
             self._resume_reading()
 
     def _reject(self, status: int, text: str) -> None:
@@ -553,13 +574,16 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
     # -- inbound ----------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        """Parse what came (``b""``: the reader's backlog), within the reader's budget."""
         reader = self._reader
         assert reader is not None
         for event in reader.receive_data(data):
             kind = type(event)
             if kind is str:
+                self._inbound_bytes += len(event)  # type: ignore[arg-type]  # kind narrows it
                 self._deliver({"type": "websocket.receive", "text": event})
             elif kind is bytes:
+                self._inbound_bytes += len(event)  # type: ignore[arg-type]  # kind narrows it
                 self._deliver({"type": "websocket.receive", "bytes": event})
             elif kind is Pong:
                 self.queue_raw(cast(Pong, event).frame, counted=True)
@@ -575,14 +599,39 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
                 self._arm_close_timer()
                 self._deliver_disconnect(closed.code, closed.reason)
         self.flush_if_over()
-        if len(self._inbound) >= INBOUND_HIGH:
+        if (
+            reader.backlog
+            or len(self._inbound) >= INBOUND_HIGH
+            or self._inbound_bytes >= INBOUND_HIGH_BYTES
+        ):
+            # The socket waits while frames already read are parsed: first the queue drains
+            # (_take), then the backlog goes on in a later turn (_resume_reading).
             self._pause_reading()
+            if not self._inbound_full():
+                self._resume_reading()
+
+    def _inbound_full(self) -> bool:
+        return len(self._inbound) >= INBOUND_HIGH or self._inbound_bytes >= INBOUND_HIGH_BYTES
+
+    def _parse_backlog(self) -> None:
+        self._parse_scheduled = False
+        reader = self._reader
+        if reader is None or not reader.backlog or self.phase is Phase.CLOSED:
+            return
+        if self._write_blocked or self._inbound_full():
+            return  # resume_writing() or _take() comes back here
+        self._feed(b"")
+        if not reader.backlog and not self._inbound_full():
+            self._resume_reading()
 
     def _deliver(self, message: Message) -> None:
         self._inbound.append(message)
         self._wake()
 
     def _deliver_disconnect(self, code: int = ABNORMAL, reason: str = "") -> None:
+        """The last message. What the peer sent before it is still handled, however it left:
+        a publish sent just before a drop is made; the queue's bounds keep that work small,
+        and bytes not yet parsed are not (a closed connection parses no backlog)."""
         if self._disconnected:
             return
         self._disconnected = True
@@ -621,6 +670,13 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
     def _resume_reading(self) -> None:
         if self._write_blocked:
             return  # resume_writing() reads again
+        reader = self._reader
+        if reader is not None and reader.backlog:
+            # Frames already read come first, in a later turn: the socket after them.
+            if not self._parse_scheduled:
+                self._parse_scheduled = True
+                self._loop.call_soon(self._parse_backlog)
+            return
         if self._reading_paused and not self.transport.is_closing():
             self._reading_paused = False
             self.transport.resume_reading()

@@ -22,8 +22,10 @@ DEFAULT_MAX_HEADERS = 64
 DEFAULT_MAX_HEADER_BYTES = 8192
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+# Heart-beat EOLs, skipped by the regex engine: a message may hold tens of thousands of them.
+_EOLS = re.compile(rb"(?:\r?\n)*")
 _COMMAND = re.compile(r"[A-Z]{1,32}")
-_LF, _CR, _NUL = 10, 13, 0
+_CR, _NUL = 13, 0
 
 
 class _Head:
@@ -116,20 +118,14 @@ class FrameParser:
             self._pos = 0
 
     def _skip_heart_beats(self) -> None:
-        buf, pos, end = self._buf, self._pos, len(self._buf)
-        while pos < end:
-            byte = buf[pos]
-            if byte == _LF:
-                pos += 1
-            elif byte == _CR:
-                if pos + 1 == end:
-                    break  # the LF may come in the next message
-                if buf[pos + 1] != _LF:
-                    self._pos = pos
-                    raise RemoteProtocolError("a CR octet not followed by LF")
-                pos += 2
-            else:
-                break
+        buf = self._buf
+        match = _EOLS.match(buf, self._pos)
+        assert match is not None  # zero EOLs match
+        pos = match.end()
+        # A CR left over is the last byte (its LF may come in the next message) or an error.
+        if pos + 1 < len(buf) and buf[pos] == _CR:
+            self._pos = pos
+            raise RemoteProtocolError("a CR octet not followed by LF")
         if pos != self._pos:
             self._pos = pos
             self._scan = pos

@@ -107,3 +107,37 @@ async def test_the_key_with_the_request_opens_no_operator_session(
         await client.connect(token=KEY)
         await client.send("SUBSCRIBE", id="0", destination="/topic/_clarion\\cmetrics", receipt="r")
         await client.expect("RECEIPT")
+
+
+@pytest.mark.parametrize("admin", [True, False], ids=["admin", "no admin"])
+async def test_no_token_reads_or_writes_the_hubs_own_namespace(
+    hub_factory: Any, admin: bool
+) -> None:
+    """Whatever a token's patterns (all of them "*"), the `_clarion` namespace is closed to it
+    on every read — subscribe, history, presence and its counts, over WebSocket and the client
+    API — and to every publish; with or without the admin page."""
+    hub = await secured(hub_factory, admin=admin)
+    token = mint_token(SECRET, "mallory", ["*"], publish=["*"], presence=["*"])
+    bearer = {"authorization": f"Bearer {token}"}
+    async with hub.ws() as operator, hub.ws() as user, hub.http() as http:
+        if admin:  # someone is there to be seen
+            assert "ok" in await operator.call("connect", token=KEY)
+            assert "ok" in await operator.subscribe(METRICS_CHANNEL)
+        assert "ok" in await user.call("connect", token=token)
+        assert "ok" in await user.subscribe("chat:a")  # the token works elsewhere
+        for op, fields in (
+            ("subscribe", {}),
+            ("history", {}),
+            ("presence", {}),
+            ("presence_stats", {}),
+            ("publish", {"data": {"forged": True}}),
+        ):
+            reply = await user.call(op, channel=METRICS_CHANNEL, **fields)
+            assert reply.get("error", {}).get("code") == "forbidden", (op, reply)
+        for path in ("/client/presence", "/client/presence_stats", "/client/history"):
+            r = await http.get(path, params={"channel": METRICS_CHANNEL}, headers=bearer)
+            assert r.status_code == 403, (path, r.text)
+        r = await http.post(
+            "/client/publish", json={"channel": METRICS_CHANNEL, "data": 1}, headers=bearer
+        )
+        assert r.status_code == 403, r.text

@@ -19,6 +19,7 @@ from clarion.settings import Settings
 log = logging.getLogger("clarion.auth")
 
 MAX_TOKEN_CHARS = 8192
+RESERVED_NAMESPACE = "_clarion"  # the hub's own channels: see Authenticator._reserved
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,8 +286,22 @@ class Authenticator:
             claims=claims,
         )
 
+    # The hub's own namespace (the admin page's figures): no token's pattern reaches it, on
+    # every read (subscribe and history, presence and its counts), admin page or not.
+    def _reserved(self, creds: Credentials, channel: str) -> bool:
+        """True where ``creds`` may read the hub's own ``channel``; refused for anyone else
+        there; False for any other channel."""
+        if namespace_of(channel) != RESERVED_NAMESPACE:
+            return False
+        if self.reads_reserved(creds):
+            return True
+        raise Forbidden(f"{channel!r} is the hub's own channel")
+
+    def reads_reserved(self, creds: Credentials) -> bool:
+        return creds.trusted
+
     def check_subscribe(self, creds: Credentials, channel: str) -> None:
-        if creds.trusted:
+        if self._reserved(creds, channel) or creds.trusted:
             return
         if matches_any(creds.channels, channel):
             return
@@ -298,7 +313,7 @@ class Authenticator:
 
     def check_presence(self, creds: Credentials, channel: str, *, subscribed: bool) -> None:
         """May this session read who is on ``channel`` (``subscribed``: is it subscribed)?"""
-        if creds.trusted or matches_any(creds.presence, channel):
+        if self._reserved(creds, channel) or creds.trusted or matches_any(creds.presence, channel):
             return
         rule = self.settings.namespace(namespace_of(channel)).presence_read
         if rule == "anyone":
@@ -320,7 +335,10 @@ class Authenticator:
         return True
 
     def check_publish(self, creds: Credentials, channel: str) -> None:
-        if not self.settings.namespace(namespace_of(channel)).client_publish:
+        namespace = namespace_of(channel)
+        if namespace == RESERVED_NAMESPACE:
+            raise Forbidden(f"{channel!r} is the hub's own channel: only the hub publishes there")
+        if not self.settings.namespace(namespace).client_publish:
             raise Forbidden(f"clients may not publish to {channel!r}")
         if creds.trusted:
             return

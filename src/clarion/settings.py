@@ -196,6 +196,15 @@ class Limits(BaseModel):
     max_history_batch: int = Field(
         1000, ge=1, description="publications per history/poll reply (bytes: `send_queue_bytes`)"
     )
+    max_history_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1_048_576,
+        description="bytes of history the memory engine keeps across all channels: each "
+        "publication counts its JSON, the frame it was first delivered in and 512 bytes; past "
+        "it the oldest publications go first, and a reader resuming from before one gets a "
+        "`trimmed` reset, as after `history_size`. (Redis holds the redis engine's history: "
+        "its `maxmemory`.)",
+    )
 
     @property
     def command_burst(self) -> int:

@@ -55,7 +55,9 @@ def make_engine(settings: Settings) -> Engine:
     if url == "memory":
         from clarion.engines.memory import MemoryEngine
 
-        return MemoryEngine(data_dir=settings.data_dir)
+        return MemoryEngine(
+            data_dir=settings.data_dir, history_bytes=settings.limits.max_history_bytes
+        )
     if url.startswith(REDIS_URL_SCHEMES):
         try:
             from clarion.engines.redis import RedisEngine

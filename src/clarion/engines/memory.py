@@ -38,6 +38,10 @@ SWEEP_SLICE = 1000  # channels looked at per loop iteration: about 1 ms
 # Channels read but never published to whose epoch is remembered, at most: each costs a name
 # and an epoch, and anyone may read any name. The oldest read is forgotten first.
 MAX_UNWRITTEN = 10_000
+# What a stored publication costs besides its bytes: the object and its slots, its cursor, its
+# place in its channel's log and in the engine's ledger, its expiry. Counted in the budget.
+HELD_OVERHEAD = 512
+DEFAULT_HISTORY_BYTES = 256 * 1024 * 1024  # limits.max_history_bytes
 
 log = logging.getLogger("clarion.engines.memory")
 
@@ -58,17 +62,10 @@ class _ChannelLog:
         self.keys: OrderedDict[tuple[str | None, str], tuple[float, Publication]] = OrderedDict()
         self.last_write = 0.0
 
-    def trim(self, now: float, size: int) -> None:
-        entries, expiries = self.entries, self.expiries
-        while entries and (len(entries) > size or expiries[0] <= now):
-            entries.popleft()
-            expiries.popleft()
-        keys = self.keys
-        while keys:
-            first = next(iter(keys.values()))
-            if first[0] > now and len(keys) <= MAX_IDEMPOTENCY_KEYS:
-                break
-            keys.popitem(last=False)
+    def holds(self, pub: Publication) -> bool:
+        """Whether ``pub`` is still in this log (its offsets are contiguous from the first)."""
+        entries = self.entries
+        return bool(entries) and entries[0].offset <= pub.offset
 
     @property
     def earliest(self) -> int:
@@ -87,9 +84,18 @@ class MemoryEngine:
         clock: Callable[[], float] = time.monotonic,
         *,
         data_dir: str | os.PathLike[str] | None = None,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
         # The clock is injectable so TTL behaviour can be tested without sleeping.
         self._clock = clock
+        # Every stored publication, oldest first, across channels: id -> (log, publication,
+        # bytes counted, idempotency slot). A publication stays while its channel's history or
+        # an idempotency key holds it; past ``history_bytes`` in all, the oldest goes.
+        self._held: OrderedDict[
+            int, tuple[_ChannelLog, Publication, int, tuple[str | None, str] | None]
+        ] = OrderedDict()
+        self.held_bytes = 0  # what _held counts
+        self.history_bytes = history_bytes
         self._revoked = RevocationTable(data_dir)  # kept in data_dir when given
         self._logs: dict[str, _ChannelLog] = {}  # channels published to
         # Channels read but never published to: the epoch their readers were given, and when it
@@ -167,7 +173,7 @@ class MemoryEngine:
         if log is None:
             log = self._log(channel)
         size = options.history_size  # each read of an options field costs, once here
-        log.trim(now, size)
+        self._trim(log, now, size)
         slot = (idempotency_scope, idempotency_key) if idempotency_key is not None else None
         if slot is not None:
             seen = log.keys.get(slot)
@@ -191,13 +197,79 @@ class MemoryEngine:
             entries.append(pub)
             log.expiries.append(now + options.history_ttl)
             if len(entries) > size:
-                entries.popleft()
-                log.expiries.popleft()
-        if slot is not None and options.idempotency_window > 0:
-            log.keys[slot] = (now + options.idempotency_window, pub)
+                self._drop_first(log)
+        if slot is not None:
+            if options.idempotency_window > 0:
+                log.keys[slot] = (now + options.idempotency_window, pub)
+            else:
+                slot = None
         if self._sink is not None:
-            self._sink.on_publication(pub)
+            self._sink.on_publication(pub)  # delivered live with its data, as given
+        if size > 0 or slot is not None:
+            # Kept from here on as bytes, and counted (inline: once per publication).
+            cost = pub.pack() + HELD_OVERHEAD
+            self._held[id(pub)] = (log, pub, cost, slot)
+            self.held_bytes += cost
+            if self.held_bytes > self.history_bytes:
+                self._evict()
         return pub
+
+    # ---- the byte budget ------------------------------------------------------------------------
+
+    def _evict(self) -> None:
+        """Drop the oldest publications held, across channels, until the rest fit the budget.
+
+        From its channel's history: it was the oldest left there (both go in publish order), so
+        ``earliest`` moves past it and a reader behind it gets a ``trimmed`` reset, as after a
+        trim by ``history_size``. An idempotency key keeps answering repeats where it was
+        published, with a copy holding no data.
+        """
+        held = self._held
+        while held and self.held_bytes > self.history_bytes:
+            _, (log, pub, cost, slot) = held.popitem(last=False)
+            self.held_bytes -= cost
+            if log.entries and log.entries[0] is pub:
+                log.entries.popleft()
+                log.expiries.popleft()
+            if slot is not None:
+                seen = log.keys.get(slot)
+                if seen is not None and seen[1] is pub:
+                    stub = Publication(
+                        pub.channel, pub.offset, pub.epoch, None, pub.time, pub.info, pub.id
+                    )
+                    log.keys[slot] = (seen[0], stub)  # its place in the order is kept
+
+    def _release(self, pub: Publication) -> None:
+        """``pub`` left its channel's history or its key: held still if the other has it."""
+        record = self._held.get(id(pub))
+        if record is None or record[1] is not pub:
+            return
+        log, _, cost, slot = record
+        if slot is not None:
+            seen = log.keys.get(slot)
+            if seen is not None and seen[1] is pub:
+                return
+        if log.holds(pub):
+            return
+        del self._held[id(pub)]
+        self.held_bytes -= cost
+
+    def _drop_first(self, log: _ChannelLog) -> None:
+        pub = log.entries.popleft()
+        log.expiries.popleft()
+        self._release(pub)
+
+    def _trim(self, log: _ChannelLog, now: float, size: int) -> None:
+        entries, expiries = log.entries, log.expiries
+        while entries and (len(entries) > size or expiries[0] <= now):
+            self._drop_first(log)
+        keys = log.keys
+        while keys:
+            first = next(iter(keys.values()))
+            if first[0] > now and len(keys) <= MAX_IDEMPOTENCY_KEYS:
+                break
+            keys.popitem(last=False)
+            self._release(first[1])
 
     async def publish_ephemeral(self, pub: Publication) -> None:
         if self._sink is not None:
@@ -227,7 +299,7 @@ class MemoryEngine:
         if log is None:
             # Offset 0 of an epoch kept for the first publication: it follows on, no reset.
             return History([], StreamPosition(self._unwritten_epoch(channel), 0), 1)
-        log.trim(self._clock(), options.history_size)
+        self._trim(log, self._clock(), options.history_size)
         position = StreamPosition(log.epoch, log.offset)
         entries = log.entries
         if reverse:
@@ -361,12 +433,14 @@ class MemoryEngine:
         if log is None:
             return 0
         while log.expiries and log.expiries[0] <= now:
-            log.entries.popleft()
-            log.expiries.popleft()
+            self._drop_first(log)
         if log.entries or now - log.last_write <= self._meta_ttl.get(channel, 86400.0):
             return 0
         del self._logs[channel]
         self._meta_ttl.pop(channel, None)
+        keys, log.keys = log.keys, OrderedDict()
+        for _, pub in keys.values():  # the keys go with the log: what they held is let go
+            self._release(pub)
         return 1
 
     async def _sweep_forever(self) -> None:

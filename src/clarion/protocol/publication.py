@@ -28,6 +28,22 @@ ATTRIBUTES = ("headers", "encoding", "content_type")
 ENCODINGS = ("utf-8", "base64")
 MAX_KEY_CHARS = 128  # an ephemeral publication's key
 _UNSET = object()  # not encoded yet (an encoding may be anything, None too)
+# ``_data`` of a packed publication (:meth:`Publication.pack`): its data is read from its JSON.
+_PACKED = object()
+
+
+class _Kept(dict[object, Any]):
+    """A packed publication's further encodings: none is kept (what it holds is counted).
+    In its ``_more`` slot, so that :meth:`Publication.encoded` tests nothing more for it."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key: object, value: Any) -> None:
+        pass
+
+
+_KEPT = _Kept()
+_NO_KEY = object()  # a packed publication's ``_key`` when it keeps no encoding
 
 
 def payload_size(data: Any, attrs: dict[str, Any] | None = None) -> int:
@@ -59,9 +75,14 @@ class Publication:
     Publications are immutable once made, but for what is memoised on them: ``encoded`` keeps
     wire encodings so that a publication delivered to many subscribers of one wire format is
     serialised once, and ``cursor`` and the JSON are kept once made.
+
+    A stored publication is :meth:`pack`-ed once delivered: it keeps its JSON, not the objects
+    its data decodes to (compact JSON of many small containers takes twenty times its length
+    as Python objects), and ``data`` is decoded from the JSON again when asked.
     """
 
     __slots__ = (
+        "_data",
         "_json",
         "_key",
         "_more",
@@ -69,7 +90,6 @@ class Publication:
         "attrs",
         "channel",
         "cursor",
-        "data",
         "ephemeral",
         "epoch",
         "id",
@@ -97,7 +117,7 @@ class Publication:
         self.channel = channel
         self.offset = offset
         self.epoch = epoch
-        self.data = data
+        self._data = data
         self.time = time
         self.info = info
         self.id = id
@@ -122,14 +142,45 @@ class Publication:
             self.channel,
             self.offset,
             self.epoch,
-            self.data,
+            self._data,  # packed or not, as this one: the JSON goes with it
             self.time,
             self.info,
             self.id,
             self.attrs,
         )
+        copy._json = self._json
         copy.repeated = True
         return copy
+
+    @property
+    def data(self) -> Any:
+        """The published value; a packed publication's is decoded from its JSON at each read
+        (not kept: a history read would make the objects packing saved again)."""
+        data = self._data
+        if data is _PACKED:
+            return orjson.loads(self._json)["data"]  # type: ignore[arg-type]
+        return data
+
+    def pack(self) -> int:
+        """Keep this publication as bytes from now on: its JSON and the first wire encoding made
+        for it (what a resume in the format it was delivered in sends again), nothing else.
+        Returns the bytes it keeps. Encodings asked for later are made anew, not kept, so the
+        count stays true."""
+        body = self._json
+        if body is None:
+            body = self.json()
+        self._data = _PACKED
+        self._more = _KEPT
+        value = self._value
+        if type(value) is bytes:
+            return len(body) + len(value)
+        self._key = _NO_KEY
+        self._value = None
+        return len(body)
+
+    @property
+    def packed(self) -> bool:
+        return self._data is _PACKED
 
     @property
     def position(self) -> StreamPosition:
@@ -149,9 +200,12 @@ class Publication:
         return cls(channel, 0, "", data, time, info, None, attrs, ephemeral=True, key=key)
 
     def to_dict(self) -> dict[str, Any]:
+        return self._as_dict(self.data)
+
+    def _as_dict(self, data: Any) -> dict[str, Any]:
         out: dict[str, Any]
         if self.ephemeral:
-            out = {"channel": self.channel, "ephemeral": True, "data": self.data, "time": self.time}
+            out = {"channel": self.channel, "ephemeral": True, "data": data, "time": self.time}
             if self.key is not None:
                 out["key"] = self.key
         else:
@@ -159,7 +213,7 @@ class Publication:
                 "channel": self.channel,
                 "offset": self.offset,
                 "epoch": self.epoch,
-                "data": self.data,
+                "data": data,
                 "time": self.time,
             }
         if self.info is not None:
@@ -174,7 +228,8 @@ class Publication:
         """The publication object as JSON, encoded once."""
         cached = self._json
         if cached is None:
-            cached = self._json = dumps_to_keep(self.to_dict())  # kept as long as it is
+            # Not packed (a packed one has its JSON): its data is at hand.
+            cached = self._json = dumps_to_keep(self._as_dict(self._data))  # kept as it is
         return cached
 
     def encoded(self, key: object, encode: Any) -> Any:

@@ -61,6 +61,13 @@ class Endpoint:
     def disabled(self) -> bool:
         return self.disabled_reason is not None
 
+    @property
+    def failing(self) -> bool:
+        """Not known to answer: it never delivered, or its last attempt failed (see
+        :mod:`clarion.webhooks.slots`)."""
+        delivered, failed = self.last_delivered_at, self.last_error_at
+        return delivered is None or (failed is not None and failed >= delivered)
+
     def wants_channel(self, channel: str) -> bool:
         return matches_any(self.channels, channel)
 

@@ -47,6 +47,7 @@ from clarion.webhooks.outbox import Outbox
 from clarion.webhooks.registry import Registry, new_endpoint
 from clarion.webhooks.replay import replay, revive
 from clarion.webhooks.schedule import RetrySchedule
+from clarion.webhooks.slots import Slots
 from clarion.webhooks.sqlite_outbox import SQLiteOutbox
 from clarion.webhooks.targets import AllowList, shown
 from clarion.webhooks.worker import WorkerContext
@@ -76,7 +77,7 @@ class WebhookService:
         )
         self.counts = QueueCounts(self.config.max_dead_letters)
         self.attempt_stats = AttemptStats()
-        self.slots = asyncio.Semaphore(self.config.concurrency)
+        self.slots = Slots(self.config.concurrency)
         self._outbox = outbox  # made by the engine at start unless given
         self._opened = False
         self._registry: Registry | None = None

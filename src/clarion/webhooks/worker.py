@@ -3,7 +3,8 @@
 The worker reads a batch of the oldest pending deliveries from the outbox and works through
 them; it looks at the next only once the current one is delivered or dead-lettered, which is
 what keeps deliveries in order. Attempts hold one of the context's ``slots``: at most
-``concurrency`` requests are in flight across all endpoints, and each endpoint has at most one.
+``concurrency`` requests are in flight across all endpoints, each endpoint has at most one, and
+endpoints whose last attempt failed hold at most half of them (:mod:`clarion.webhooks.slots`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from clarion.webhooks.counts import QueueCounts
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.outbox import Outbox
 from clarion.webhooks.schedule import RetrySchedule
+from clarion.webhooks.slots import Slots
 from clarion.webhooks.targets import shown
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ class WorkerContext:
 
     outbox: Outbox
     sender: Sender
-    slots: asyncio.Semaphore  # ``concurrency`` attempts in flight, all endpoints together
+    slots: Slots  # ``concurrency`` attempts in flight, all endpoints together
     schedule: RetrySchedule
     counts: QueueCounts
     on_disabled: Callable[[Endpoint], None]  # the receiver answered 410 Gone
@@ -121,7 +123,7 @@ class EndpointWorker:
         wait = min(wait, context.schedule.ceiling(delivery.attempts) if delivery.attempts else 0.0)
         if wait > 0:
             await asyncio.sleep(wait)
-        async with context.slots:
+        async with context.slots.taken(failing=endpoint.failing):
             self.in_flight = True
             try:
                 outcome = await context.sender.attempt(endpoint, delivery)

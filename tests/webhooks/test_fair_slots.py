@@ -1,0 +1,40 @@
+"""Receivers that hang do not starve the others: endpoints not known to answer hold at most
+half of the attempts in flight (``webhook_delivery.concurrency``), so an endpoint that answers
+is delivered at its own pace however many others time out, attempt after attempt."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from ..conftest import until
+from .conftest import register
+from .receiver import Answer, Receiver
+
+HUNG = 8  # twice the slots: each of them times out, and tries again, and again
+
+
+async def test_hung_receivers_do_not_hold_up_one_that_answers(
+    make_hub: Callable[..., Any],
+) -> None:
+    running = await make_hub(webhook_delivery={"timeout": 1.0, "concurrency": 4})
+    async with contextlib.AsyncExitStack() as stack:
+        healthy = await stack.enter_async_context(Receiver())
+        await register(running, healthy, ["fair:*"])
+        await running.publish("fair:a", 0)
+        await healthy.wait_acknowledged(1)  # it answers: known to
+        hung = [
+            await stack.enter_async_context(Receiver(lambda r: Answer(hang=True)))
+            for _ in range(HUNG)
+        ]
+        for receiver in hung:
+            await register(running, receiver, ["fair:*"])
+        for n in range(1, 11):
+            await running.publish("fair:a", n)
+        # With one pool for all, each of these waited behind the hung endpoints' attempts,
+        # HUNG / concurrency timeouts of a second each: twenty seconds for the ten.
+        got = await healthy.wait_acknowledged(11, wait=8)
+        assert [r.payload["data"] for r in got] == list(range(11))
+        # And the hung ones are tried meanwhile, in their half of the slots.
+        await until(lambda: all(r.received for r in hung), wait=15)

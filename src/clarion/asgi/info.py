@@ -3,6 +3,9 @@ behind the API key."""
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from starlette.requests import Request
@@ -11,14 +14,14 @@ from starlette.responses import Response
 from clarion.asgi import access
 from clarion.asgi.responses import JSONResponse
 from clarion.core.hub import Hub
-from clarion.core.nodes import NodeReporter
+from clarion.core.nodes import ChannelRow, NodeReporter, channel_entry
 from clarion.errors import BadRequest
 
 MAX_LIMIT = 10_000
-SORTS = {
-    "channel": lambda c: c["channel"],
-    "subscribers": lambda c: (-c["subscribers"], c["channel"]),
-    "rate": lambda c: (-c["publication_rate"], c["channel"]),
+SORTS: dict[str, Callable[[ChannelRow], Any]] = {
+    "channel": itemgetter(0),
+    "subscribers": lambda row: (-row[1], row[0]),
+    "rate": lambda row: (-row[2], row[0]),
 }
 
 
@@ -65,13 +68,12 @@ class InfoAPI:
             if not raw_limit.isdigit() or not 0 < int(raw_limit) <= MAX_LIMIT:
                 raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
             limit = int(raw_limit)
-        channels, complete = await nodes.channels(node or None)
-        if search:
-            channels = [c for c in channels if search in c["channel"]]
-        channels.sort(key=SORTS[sort])
+        rows, complete = await nodes.channels(node or None, search or None)
+        # A page of the first ``limit``: no sort of them all (a node may hold 100,000).
+        page = heapq.nsmallest(limit, rows, key=SORTS[sort])
         body: dict[str, Any] = {
-            "channels": channels[:limit],
-            "total": len(channels),
+            "channels": [channel_entry(row) for row in page],
+            "total": len(rows),
             "complete": complete,
         }
         return JSONResponse(body)

@@ -41,6 +41,8 @@ log = logging.getLogger("clarion.nodes")
 
 INTERVAL = 1.0  # seconds between announces
 GONE_AFTER = 3 * INTERVAL + 2.0  # a record this old means the node stopped announcing
+# A channel in a listing: [name, subscribers, publications per second, node ids].
+ChannelRow = list[Any]
 # Channels a record lists: the busiest by subscribers, and the busiest by publication rate.
 TOP_BY_SUBSCRIBERS = 1000
 TOP_BY_RATE = 100
@@ -267,21 +269,22 @@ class NodeReporter:
         )
         return shown
 
-    async def channels(self, node: str | None = None) -> tuple[list[dict[str, Any]], bool]:
-        """Channels with subscribers across the nodes that are up (or on ``node`` only), and
-        whether the list is complete (each node announces its busiest ones only)."""
+    async def channels(
+        self, node: str | None = None, search: str | None = None
+    ) -> tuple[list[ChannelRow], bool]:
+        """Channels with subscribers across the nodes that are up (or on ``node`` only), those
+        whose name holds ``search`` if given, and whether the list is complete (each node
+        announces its busiest ones only). Rows, not dictionaries: a node may hold a hundred
+        thousand channels, and a caller shows a page of them."""
         now = time.time()
         mine = self.record()
-        merged: dict[str, dict[str, Any]] = {}
+        merged: dict[str, ChannelRow] = {}
         complete = True
         if node is None or node == self.node:
+            me = [self.node]
             for name, local in self.hub.local_channels.local.items():
-                merged[name] = {
-                    "channel": name,
-                    "subscribers": len(local),
-                    "publication_rate": round(local.rate, 2),
-                    "nodes": [self.node],
-                }
+                if search is None or search in name:
+                    merged[name] = [name, len(local), local.rate, me]
         if node != self.node:
             for record, seen in await self.directory.nodes():
                 rid = record.get("id")
@@ -291,21 +294,29 @@ class NodeReporter:
                 if record.get("channels_total", 0) > len(listed):
                     complete = False
                 for name, count, rate in listed:
-                    entry = merged.get(name)
-                    if entry is None:
-                        merged[name] = {
-                            "channel": name,
-                            "subscribers": count,
-                            "publication_rate": rate,
-                            "nodes": [rid],
-                        }
+                    if search is not None and search not in name:
+                        continue
+                    row = merged.get(name)
+                    if row is None:
+                        merged[name] = [name, count, rate, [rid]]
                     else:
-                        entry["subscribers"] += count
+                        row[1] += count
                         # Every node with subscribers receives every publication: the
                         # channel's rate is the same on each, not a sum.
-                        entry["publication_rate"] = max(entry["publication_rate"], rate)
-                        entry["nodes"].append(rid)
+                        row[2] = max(row[2], rate)
+                        row[3] = [*row[3], rid]  # a copy: the local rows share one list
         return list(merged.values()), complete
+
+
+def channel_entry(row: ChannelRow) -> dict[str, Any]:
+    """A row of :meth:`NodeReporter.channels` as ``GET /api/channels`` shows it."""
+    name, subscribers, rate, nodes = row
+    return {
+        "channel": name,
+        "subscribers": subscribers,
+        "publication_rate": round(rate, 2),
+        "nodes": nodes,
+    }
 
 
 class NodeCollector(Collector):

@@ -49,7 +49,12 @@ export function channels(view) {
     byRate.replaceChildren(busy.length ? table(columns, busy)
       : h("p", { class: "muted" }, "No publication in the last second."));
   };
-  search.addEventListener("input", () => load().catch(() => {}));
+  // One request pair once typing pauses, not one per key: each walks every channel of the hub.
+  let typing = null;
+  search.addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => load().catch(() => {}), 250);
+  });
   node.addEventListener("change", () => load().catch(() => {}));
   return refreshing(load);
 }

@@ -165,6 +165,48 @@ async def test_lifecycle_versions_grow_across_nodes(
             assert r.msg_id.endswith(f"_evt_{r.payload['version']}")
 
 
+async def test_redis_losing_its_data_loses_no_configured_endpoint_nor_reuses_an_event_id(
+    redis_server: RedisServer, make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A Redis restarted without its data (here: emptied) took the shared registry and the
+    event counter with it: each node saves its configured endpoints again, with their secret,
+    and event versions go on past every one made before, so no event id comes back."""
+    async with Receiver() as receiver:
+        static = [{"url": receiver.url, "channels": ["news"], "events": ["connect"]}]
+        a, b = await two_nodes(make_hub, redis_server, tmp_path, webhooks=static)
+        async with a.ws() as ws:
+            await ws.call("connect")
+        await a.publish("news", {"n": 1})
+        secret = await _configured_secret(a)
+        receiver.secret = secret
+        await receiver.wait_acknowledged(2)
+        await asyncio.to_thread(redis_server.restart)  # killed, started again empty
+
+        async def listed(node: RunningHub) -> list[str]:
+            async with node.http() as http:
+                body = (await http.get("/api/webhooks")).json()
+            return [w["id"] for w in body["webhooks"]]
+
+        deadline = asyncio.get_running_loop().time() + timeout(10)
+        while not (await listed(a) and await listed(b)):
+            assert asyncio.get_running_loop().time() < deadline, "never saved again"
+            await asyncio.sleep(0.1)
+        assert await _configured_secret(b) == secret  # the same secret: signatures still verify
+        async with b.ws() as ws:
+            await ws.call("connect")
+        await b.publish("news", {"n": 2})
+        got = await receiver.wait_acknowledged(4)
+        assert all(r.verified for r in got)
+        events = [r for r in got if r.payload.get("type") == "connect"]
+        assert len(events) == 2 and events[1].payload["version"] > events[0].payload["version"]
+        assert len({r.msg_id for r in got}) == 4  # no id came back
+
+
+async def _configured_secret(node: RunningHub) -> str:
+    (endpoint,) = node.hub.extension(WebhookService).endpoints.values()
+    return endpoint.secret
+
+
 async def _only_id(node: RunningHub) -> str:
     async with node.http() as http:
         listed = (await http.get("/api/webhooks")).json()["webhooks"]

@@ -62,6 +62,17 @@ WRITE_TRIES = 5  # a failed enqueue pipeline is tried again this many times, bac
 WRITE_BACKOFF = 0.1  # seconds before the first retry; doubles
 
 
+# KEYS: the lifecycle event counter; ARGV: events to number, the floor of a counter started
+_EVENT_VERSIONS = """
+local n = tonumber(ARGV[1])
+local top = redis.call('INCRBY', KEYS[1], n)
+if top == n then
+  top = redis.call('INCRBY', KEYS[1], ARGV[2])
+end
+return top
+"""
+
+
 @dataclass(slots=True)
 class _Pending:
     deliveries: list[Delivery]
@@ -251,7 +262,13 @@ class RedisOutbox:
         client = self.client
         events = self._unversioned(batch)
         if events:
-            top = int(await client.incrby(self._global("events"), len(events)))
+            # A counter Redis no longer has (new, or lost with Redis's data) starts past the
+            # clock in microseconds: versions, and the event ids made of them, never come
+            # back, and receivers deduplicate on the ids.
+            floor = time.time_ns() // 1000
+            top = int(
+                await client.eval(_EVENT_VERSIONS, 1, self._global("events"), len(events), floor)
+            )
             for version, pending in enumerate(events, top - len(events) + 1):
                 _set_version(pending.deliveries, version)
                 pending.versioned = True

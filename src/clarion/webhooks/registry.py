@@ -180,8 +180,25 @@ class Registry:
                 await self.context.counts.reload(outbox)
             if not force and version == self._seen:
                 return
+            # A version that went back: the shared store lost what it held (a Redis restarted
+            # without its data). This node's configured endpoints are its file's, not the
+            # store's: saved again, secrets and all, rather than dropped without a word.
+            lost = 0 <= version < self._seen
             self._seen = version
             loaded = {e.id: e for e in await outbox.load_endpoints()}
+            if lost:
+                mine = self.endpoints.values()
+                restored = [e for e in mine if e.source == "config" and e.id not in loaded]
+                for endpoint in restored:
+                    await outbox.save_endpoint(endpoint)
+                    loaded[endpoint.id] = endpoint
+                log.warning(
+                    "the shared webhook registry lost its endpoints (Redis restarted without its "
+                    "data?): %d configured here saved again; endpoints made through the API and "
+                    "pending deliveries are gone",
+                    len(restored),
+                )
+                self._seen = await outbox.registry_version()
             changed = False
             for endpoint_id in [i for i in self.endpoints if i not in loaded]:
                 self.endpoints.pop(endpoint_id)

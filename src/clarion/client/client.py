@@ -1,4 +1,8 @@
-"""The async client: `async with connect(url) as c`, then subscribe, publish, history, presence."""
+"""The async client: `async with connect(url) as c`, then subscribe, publish, history, presence.
+
+Long on purpose: this is the client's whole public surface, each method a few lines handing
+over to its transport (:mod:`clarion.client.websocket`, :mod:`clarion.client.shared`).
+"""
 
 from __future__ import annotations
 

@@ -199,6 +199,7 @@ def explain(error: ValidationError, model: type[BaseModel], sourced: Sourced) ->
     return ConfigError("\n".join(lines))
 
 
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']*@")
 # Keys whose values are credentials: an error names them, and never shows what they hold.
 SECRET_KEYS = frozenset({"api_key", "token_secret", "secret"})
 
@@ -231,7 +232,8 @@ def _line(detail: ErrorDetails, model: type[BaseModel], sourced: Sourced) -> str
         where = f"{origin.name}: {key} = {json.dumps(value, default=str)}"
     else:
         where = origin.name
-    return f"{where}: {reason}"
+    # A URL's user and password (a Redis engine's) are a credential too.
+    return _USERINFO.sub(r"\1***@", f"{where}: {reason}")
 
 
 def _text(value: Any) -> str:

@@ -76,6 +76,13 @@ def errors(lines: list[str]) -> list[str]:
             ["clarion: clarion.toml: webhooks[0].url: required"],
         ),
         (
+            'engine = "redis://:hunter2@localhost:99999/0"\n',
+            [
+                'clarion: clarion.toml: engine = "redis://***@localhost:99999/0": '
+                "not a valid URL: Port out of range 0-65535"
+            ],
+        ),
+        (
             'api_key = ""\n',
             [
                 "clarion: clarion.toml: api_key (value not shown): "

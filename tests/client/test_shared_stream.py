@@ -116,3 +116,58 @@ async def test_a_reader_behind_leaves_the_stream_until_it_catches_up(
         assert all(isinstance(m, Message) for m in got)
         with pytest.raises(TimeoutError):
             await next_item(slow, wait=0.3)
+
+
+@pytest.mark.parametrize("transport", OFF_WEBSOCKET)
+async def test_long_channel_names_are_spread_over_streams_that_fit_a_request_line(
+    hub: RunningHub, transport: TransportName
+) -> None:
+    # 100 names of 200 bytes: one query of them all would be over 20 KB, past the hub's own
+    # head limit (16 KiB) and nginx's request line (8 KB).
+    channels = [f"chat:{n:03d}-" + "x" * 195 for n in range(100)]
+    async with connect(hub.http_url, transport=transport) as client:
+        subs = [client.subscribe(channel) for channel in channels]
+        async with asyncio.timeout(timeout(15)):
+            await asyncio.gather(*(sub.ready() for sub in subs))
+        for n, channel in enumerate(channels):
+            await hub.publish(channel, n)
+        for n, sub in enumerate(subs):
+            assert (await next_message(sub)).data == n
+        if transport == "sse":
+            assert 2 <= len(sessions(hub, "sse")) <= 5
+
+
+@pytest.mark.parametrize("transport", OFF_WEBSOCKET)
+async def test_a_refused_first_subscription_leaves_no_deadline_behind(
+    hub_factory: Any, transport: TransportName
+) -> None:
+    """The hub answered (with a refusal): it is there, and a subscription made after the
+    first stream's deadline would have passed is served, not failed as unreachable."""
+    hub: RunningHub = await hub_factory(api_key="backend-key", token_secret=SECRET)
+    token = jwt.encode(
+        {"sub": "ada", "channels": ["chat:*"], "exp": int(time.time() + 600)},
+        SECRET,
+        algorithm="HS256",
+    )
+    async with connect(hub.http_url, token=token, transport=transport, open_timeout=1) as c:
+        with pytest.raises(RequestFailed):
+            await c.subscribe("admin:x").ready()
+        await asyncio.sleep(1.5)
+        later = c.subscribe("chat:y")
+        await later.ready()
+        await hub.publish("chat:y", "here")
+        assert (await next_message(later)).data == "here"
+
+
+async def test_polling_from_a_cursor_on_a_quiet_channel_is_no_unreachable_hub(
+    hub: RunningHub,
+) -> None:
+    """A long poll of a quiet channel answers only after its timeout: the first stream's
+    deadline must not take that silence for a hub that does not answer."""
+    first = await hub.publish("chat:quiet", "before")
+    async with connect(hub.http_url, transport="poll", open_timeout=1) as client:
+        sub = client.subscribe("chat:quiet", since=first["cursor"])
+        await sub.ready()
+        await asyncio.sleep(1.5)  # past the deadline, nothing published
+        await hub.publish("chat:quiet", "after")
+        assert (await next_message(sub)).data == "after"

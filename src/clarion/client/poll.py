@@ -1,11 +1,11 @@
 """Long-polling transport: one ``GET /poll?channel=A&channel=B…&cursor=K&timeout=S`` loop for
 every subscription (see :mod:`clarion.client.shared`).
 
-While a subscription has no position yet (made without ``since``), the poll is a plain one
-(``timeout=0``): it returns each channel's current position at once, so the subscription has a
-resume point before the first long poll, and nothing published from then on can slip between
-two requests. Each reply's combined cursor moves every subscription it answered for to its own
-channel's position.
+While a subscription has no position yet (made without ``since``), or the hub has not answered
+yet, the poll is a plain one (``timeout=0``): it returns each channel's current position at
+once, so the subscription has a resume point before the first long poll, and nothing published
+from then on can slip between two requests. Each reply's combined cursor moves every
+subscription it answered for to its own channel's position.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 FALLBACK_TIMEOUT = 10.0  # for a hub whose ``poll.timeout_max`` is below the client's timeout
 
 
-async def open_poll(stream: SharedStream, feeds: list[Feed]) -> str:
+async def open_poll(stream: SharedStream, feeds: list[Feed]) -> str | None:
     """Poll for ``feeds`` until a poll fails: why it failed (see :func:`open_sse`)."""
     ctx = stream.ctx
     url = ctx.api.endpoints.url("/poll")
@@ -40,8 +40,11 @@ async def open_poll(stream: SharedStream, feeds: list[Feed]) -> str:
             # Ended by the hub, or a reader behind: the shared stream reopens without it.
             feeds = [feed for feed in feeds if not (feed.done or feed.paused)]
             if not feeds:
-                return "no subscription is left to poll"
-        wait = longest if all(f.resume_cursor is not None for f in feeds) else 0.0
+                return None  # the stream reopens for the change
+        # A plain poll until the hub has answered once, whatever the cursors: a long poll of
+        # a quiet channel would outlast the first open's deadline with the hub up.
+        ready = stream.answered and all(f.resume_cursor is not None for f in feeds)
+        wait = longest if ready else 0.0
         params = httpx.QueryParams([*query(feeds), ("timeout", _seconds(wait))])
         timeout = httpx.Timeout(ctx.api.timeout, read=wait + ctx.api.timeout)
         try:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
+from urllib.parse import quote
 
 from clarion.client.errors import ConnectFailed, RequestFailed
 from clarion.client.items import position_of
@@ -33,8 +35,15 @@ from clarion.protocol.publication import StreamPosition
 
 log = logging.getLogger(__name__)
 
-# One open of the stream for the feeds given; returns why it ended (to retry after a backoff).
-Opener = Callable[["SharedStream", list[Feed]], Coroutine[Any, Any, str]]
+# One open of the stream for the feeds given: why it ended (to retry after a backoff), or None
+# when it ended for a change of the feeds (to reopen at once).
+Opener = Callable[["SharedStream", list[Feed]], Coroutine[Any, Any, str | None]]
+# Bytes of query one stream's request line may hold: nginx's default for a whole request line
+# is 8 KB (``large_client_header_buffers``), the hub's own head limit 16 KiB.
+LANE_BYTES = 6000
+# A channel's share of a query besides its name: ``channel=``, ``&``, and its position in the
+# combined cursor (about 31 bytes, base64) or a ``latest``.
+CHANNEL_QUERY_BYTES = 60
 
 
 class SharedStream:
@@ -55,7 +64,7 @@ class SharedStream:
         self._spawn = spawn
         self._run = run
         self._task: asyncio.Task[None] | None = None
-        self._open: asyncio.Task[str] | None = None
+        self._opens: list[asyncio.Task[str | None]] = []
         self._changing = False
         self.changed = asyncio.Event()
 
@@ -67,6 +76,8 @@ class SharedStream:
         feed.on_resume = self._change
         self._change()
         if self._task is None or self._task.done():
+            if not self.answered:
+                self._first_try = None  # a stream that starts again has a deadline of its own
             self._task = self._spawn(self._run(self), "clarion-client-stream")
 
     def remove(self, feed: Feed) -> None:
@@ -95,8 +106,9 @@ class SharedStream:
     def _reopen(self) -> None:
         self._changing = False
         self.changed.set()
-        if self._open is not None and not self._open.done():
-            self._open.cancel()
+        for opening in self._opens:
+            if not opening.done():
+                opening.cancel()
 
     # ---- opening ------------------------------------------------------------------------------
 
@@ -105,6 +117,8 @@ class SharedStream:
         ended (to retry after a backoff), None when they changed (to reopen at once). Raises
         what the open raised (a refusal, the hub saying to stop).
 
+        Feeds whose query would not fit one request line go on streams of their own
+        (:func:`lanes`); when one ends, they all reopen, each feed from its own position.
         Until an open was answered once, the tries end at ``open_timeout``: the subscriptions
         end with :class:`ConnectFailed`, as a first WebSocket connection would.
         """
@@ -119,29 +133,42 @@ class SharedStream:
         if left is not None and left <= 0:
             self._give_up()
             return None
-        self._open = opening = asyncio.ensure_future(opener(self, feeds))
+        openings = {asyncio.ensure_future(opener(self, lane)): lane for lane in lanes(feeds)}
+        self._opens = list(openings)
+        done: set[asyncio.Task[str | None]] = set()
         try:
-            await asyncio.wait({opening}, timeout=left)
-            if not opening.done() and self.answered:  # answered in time: a stream, for long
-                await asyncio.wait({opening})
+            done, _ = await asyncio.wait(openings, timeout=left, return_when=FIRST_COMPLETED)
+            if not done and self.answered:  # answered in time: streams, for long
+                done, _ = await asyncio.wait(openings, return_when=FIRST_COMPLETED)
         finally:
-            if not opening.done():  # the deadline, or this task was cancelled: so is the open
-                opening.cancel()
-            self._open = None
-        if not opening.done():
+            for opening in openings:  # the deadline, one lane's end, or this task cancelled
+                if not opening.done():
+                    opening.cancel()
+            self._opens = []
+        if not done:
             self.why = "no answer"
             self._give_up()
             return None
-        if opening.cancelled():
-            return None
-        try:
-            self.why = opening.result()
-            return self.why
-        except RequestFailed as exc:
-            # A refusal of some channels ends them, and the others reopen at once; one that
-            # ends none of ours is not asked again before the backoff.
-            self.why = f"refused: {exc}"
-            return None if self.refused(feeds, exc) else self.why
+        why: str | None = None
+        ended = False
+        for finished in done:
+            if finished.cancelled():
+                continue  # the feeds changed
+            error = finished.exception()
+            if isinstance(error, RequestFailed):
+                # The hub answered: a refusal of some channels ends them, and the others
+                # reopen at once; one that ends none of ours is not asked again before the
+                # backoff.
+                self.answered = True
+                ended |= self.refused(openings[finished], error)
+                why = f"refused: {error}"
+            elif error is not None:
+                raise error
+            elif why is None:
+                why = finished.result()
+        if why is not None:
+            self.why = why
+        return None if ended else why
 
     def opened(self) -> None:
         """The hub answered an open with its stream."""
@@ -209,6 +236,21 @@ def query(feeds: Iterable[Feed]) -> list[tuple[str, str]]:
     if positions:
         params.append(("cursor", Cursor.of(positions).encode()))
     return params
+
+
+def lanes(feeds: list[Feed]) -> list[list[Feed]]:
+    """``feeds`` in groups whose query fits one request line (:data:`LANE_BYTES`): a client
+    may hold 128 channels of 255 bytes, a stream of them all would be refused."""
+    out: list[list[Feed]] = [[]]
+    size = 0
+    for feed in feeds:
+        cost = len(quote(feed.channel, safe="")) + CHANNEL_QUERY_BYTES
+        if out[-1] and size + cost > LANE_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(feed)
+        size += cost
+    return out
 
 
 def naming(feeds: list[Feed]) -> str:

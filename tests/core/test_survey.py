@@ -70,6 +70,6 @@ async def test_the_pass_makes_rates_totals_and_the_busiest(
     hub.local_channels.release(held[2])
     await hub.nodes.survey()
     assert hub.stats.activity.publications["default"] == 7
-    assert [c["channel"] for c in (await hub.nodes.channels())[0]] == [
+    assert [row[0] for row in (await hub.nodes.channels())[0]] == [
         f"room:{n}" for n in (0, 1, 3, 4, 5, 6)
     ]

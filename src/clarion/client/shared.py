@@ -4,8 +4,9 @@ The hub reads several channels on one ``/sse`` stream or one ``/poll`` loop. A s
 subscription would cost a connection and a hub session each, counted against
 ``limits.max_connections_per_user`` and ``max_connections_per_ip``: a client with more
 subscriptions than that cap could not hold them. So all of a client's subscriptions share one
-stream (a few, past what one request line holds), reopened whenever they change (a subscribe, an unsubscribe, a reader that fell behind
-or caught up), with the changes of one turn of the event loop taken together.
+stream (a few, past what one request line holds), reopened whenever they change (a subscribe,
+an unsubscribe, a reader that fell behind or caught up), with the changes of one turn of the
+event loop taken together.
 
 Every subscription keeps its own position (a cursor of its channel alone: a publication's, a
 reset's, where its stream opened), moved only when an item is buffered. A reopened stream asks

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +29,9 @@ from clarion.settings import NamespaceOptions
 
 from ..conftest import WS, RunningHub, timeout, until
 from ..stomp.client import frame, stomp
+from .churn import churn_commands
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,10 +58,18 @@ def settings(join_leave: Any = "client", **limits: Any) -> dict[str, Any]:
     return out
 
 
-def churn_commands(n: int, channel: str = CHANNEL) -> list[str]:
-    """``n`` commands: subscribe, unsubscribe, subscribe... to ``channel``."""
-    ops = ("subscribe", "unsubscribe")
-    return [json.dumps({"id": i, "op": ops[i % 2], "channel": channel}) for i in range(n)]
+async def churners_apart(
+    hub: RunningHub, count: int, seconds: float
+) -> list[tuple[Counter[str], int | None]]:
+    """``count`` churners in a process of their own (:mod:`tests.security.churn`): their
+    client work neither shares the hub's event loop nor is counted as the hub's."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.security.churn", hub.ws_url, str(count), str(seconds),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout(60))
+    assert proc.returncode == 0
+    return [(Counter(outcomes), code) for outcomes, code in json.loads(out)]
 
 
 async def ws_churner(hub: RunningHub, seconds: float) -> tuple[Counter[str], int | None]:
@@ -326,7 +339,7 @@ async def test_twelve_churners_without_join_leave_leave_others_unharmed(
     publishes hold."""
 
     async def attack(hub: RunningHub) -> list[tuple[Counter[str], int | None]]:
-        return list(await asyncio.gather(*(ws_churner(hub, 2.0) for _ in range(12))))
+        return await churners_apart(hub, 12, 2.0)
 
     watcher, published, (results,) = await watched(
         hub_factory, attack, baseline=True, join_leave=False

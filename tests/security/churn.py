@@ -1,0 +1,65 @@
+"""Subscribe churners, run as a process of their own (``python -m tests.security.churn URL N
+SECONDS``): what the tests measure is what churn costs the hub, and clients of the test's own
+process would share the hub's event loop, their work counted as the hub's.
+
+Each churner is one anonymous ``/ws`` connection sending subscribe/unsubscribe back to back,
+never waiting for a reply, until it is closed or the seconds pass. Prints one JSON list:
+``[[{outcome: count}, close code], ...]``, one entry per churner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+CHANNEL = "chat:watch"
+
+
+def churn_commands(n: int, channel: str = CHANNEL) -> list[str]:
+    """``n`` commands: subscribe, unsubscribe, subscribe... to ``channel``."""
+    ops = ("subscribe", "unsubscribe")
+    return [json.dumps({"id": i, "op": ops[i % 2], "channel": channel}) for i in range(n)]
+
+
+async def churner(url: str, seconds: float) -> tuple[Counter[str], int | None]:
+    outcomes: Counter[str] = Counter()
+    async with websockets.connect(url, subprotocols=["clarion.v1"], open_timeout=30) as conn:  # type: ignore[list-item]
+
+        async def read() -> None:
+            async for raw in conn:
+                msg = json.loads(raw)
+                if "id" in msg:
+                    outcomes["ok" if "ok" in msg else msg["error"]["code"]] += 1
+
+        reader = asyncio.create_task(read())
+        deadline = time.monotonic() + seconds
+        batch = churn_commands(100)
+        try:
+            while time.monotonic() < deadline and not reader.done():
+                for command in batch:
+                    await conn.send(command)
+                await asyncio.sleep(0.005)
+        except ConnectionClosed:
+            pass
+        try:
+            await asyncio.wait_for(reader, 30)
+        except TimeoutError:
+            reader.cancel()
+        except ConnectionClosed:
+            pass
+        return outcomes, conn.close_code
+
+
+async def main(url: str, count: int, seconds: float) -> None:
+    results = await asyncio.gather(*(churner(url, seconds) for _ in range(count)))
+    print(json.dumps([[dict(outcomes), code] for outcomes, code in results]))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))

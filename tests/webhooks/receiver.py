@@ -26,6 +26,7 @@ class Answer:
     location: str | None = None
     hang: bool = False  # never answer
     drop: bool = False  # close the connection without answering (a lost 2xx, seen from the hub)
+    retry_after: str | None = None  # a Retry-After header
 
 
 OK = Answer()
@@ -113,6 +114,8 @@ class Receiver:
                 if answer.drop:
                     return
                 extra = f"location: {answer.location}\r\n" if answer.location else ""
+                if answer.retry_after is not None:
+                    extra += f"retry-after: {answer.retry_after}\r\n"
                 writer.write(
                     f"HTTP/1.1 {answer.status} X\r\ncontent-length: 2\r\n{extra}\r\nok".encode()
                 )

@@ -116,6 +116,9 @@ class Delivery:
     next_attempt: float = 0.0
     last_error: str | None = None
     dead_at: float | None = None
+    # The receiver's Retry-After, in seconds: the wait for the next attempt may be that long
+    # (kept in memory only: after a restart the schedule's own wait applies).
+    asked_wait: float = 0.0
 
     def describe(self, with_payload: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 import httpx
 
@@ -26,6 +27,7 @@ class Outcome:
     delivered: bool
     error: str | None = None
     status: int | None = None
+    retry_after: float | None = None  # seconds a 429 or 503 asked to wait (``Retry-After``)
 
     @property
     def gone(self) -> bool:
@@ -93,7 +95,8 @@ class Sender:
         else:
             text = excerpt.decode("utf-8", "replace").strip()
             error = f"HTTP {status}" + (f": {text}" if text else "")
-        return Outcome(False, error[:MAX_ERROR_CHARS], status)
+        wait = retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
+        return Outcome(False, error[:MAX_ERROR_CHARS], status, wait)
 
     async def _read_bounded(self, response: httpx.Response) -> bytes:
         """At most ``max_response_bytes`` of the body; the rest is never read."""
@@ -114,3 +117,19 @@ def _failure(exc: httpx.HTTPError) -> str:
     if reason is not None:
         return f"connection lost: {reason}"
     return str(exc) or type(exc).__name__
+
+
+def retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header's wait in seconds (delta-seconds or an HTTP date), if any."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(when.timestamp() - time.time(), 0.0)

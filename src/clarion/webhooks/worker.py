@@ -120,7 +120,8 @@ class EndpointWorker:
         # next_attempt is wall-clock time, to outlive a restart; the wait is bounded by what the
         # schedule could have chosen, so a clock stepped back delays no retry by the step.
         wait = delivery.next_attempt - time.time()
-        wait = min(wait, context.schedule.ceiling(delivery.attempts) if delivery.attempts else 0.0)
+        ceiling = context.schedule.ceiling(delivery.attempts) if delivery.attempts else 0.0
+        wait = min(wait, max(ceiling, delivery.asked_wait))
         if wait > 0:
             await asyncio.sleep(wait)
         async with context.slots.taken(failing=endpoint.failing):
@@ -170,6 +171,10 @@ class EndpointWorker:
                 delivery.attempts,
             )
             return
+        if outcome.retry_after is not None:
+            # A 429 or 503 that says when to come back: not before (within the schedule's cap).
+            delivery.asked_wait = min(outcome.retry_after, context.schedule.cap)
+            next_attempt = max(next_attempt, now + delivery.asked_wait)
         delivery.next_attempt = next_attempt
         await outbox.failed(delivery, endpoint)
 

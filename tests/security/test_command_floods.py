@@ -29,7 +29,7 @@ from clarion.settings import NamespaceOptions
 
 from ..conftest import WS, RunningHub, timeout, until
 from ..stomp.client import frame, stomp
-from .churn import churn_commands
+from .churn import churn_commands, churner
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,34 +75,8 @@ async def churners_apart(
 async def ws_churner(hub: RunningHub, seconds: float) -> tuple[Counter[str], int | None]:
     """One anonymous /ws connection sending subscribe/unsubscribe back to back, never waiting
     for a reply, until it is closed or ``seconds`` pass: its replies by outcome, its close
-    code."""
-    outcomes: Counter[str] = Counter()
-    async with hub.ws() as ws:
-        conn = ws.conn
-
-        async def read() -> None:
-            async for raw in conn:
-                msg = json.loads(raw)
-                if "id" in msg:
-                    outcomes["ok" if "ok" in msg else msg["error"]["code"]] += 1
-
-        reader = asyncio.create_task(read())
-        deadline = time.monotonic() + seconds
-        batch = churn_commands(100)
-        try:
-            while time.monotonic() < deadline and not reader.done():
-                for command in batch:
-                    await conn.send(command)
-                await asyncio.sleep(0.005)
-        except ConnectionClosed:
-            pass
-        try:
-            await asyncio.wait_for(reader, timeout(5))
-        except TimeoutError:
-            reader.cancel()
-        except ConnectionClosed:
-            pass
-        return outcomes, conn.close_code
+    code (in this process: :func:`churners_apart` runs them in another)."""
+    return await churner(hub.ws_url, seconds)
 
 
 class Watcher:

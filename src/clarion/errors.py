@@ -160,6 +160,7 @@ class HookUnavailable(ServerError):
     """The application's backend did not give a usable answer to a hook (``[hooks]``)."""
 
     code = ErrorCode.HOOK_UNAVAILABLE
+    logged: str | None = None  # what the hub's log says beyond the message (not for clients)
 
 
 class ConfigError(ServerError):

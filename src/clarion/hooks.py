@@ -40,12 +40,6 @@ _failures = LogLimit(log)
 
 MAX_ANSWER_BYTES = 65536
 MAX_REASON_CHARS = 200
-# Any Python will do: the secret is the prefix and the base64 of random bytes.
-MAKE_SECRET = (
-    "make one with: python3 -c 'import base64, os; "
-    f'print("{signing.SECRET_PREFIX}" + '
-    f"base64.b64encode(os.urandom({signing.MIN_SECRET_BYTES})).decode())'"
-)
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 Answer = dict[str, Any]
@@ -75,13 +69,13 @@ class HttpHooks:
     def __init__(self, options: HooksOptions) -> None:
         if not options.secret:
             raise ConfigError(
-                f"[hooks] needs a secret (whsec_...) to sign its requests; {MAKE_SECRET}"
+                f"[hooks] needs a secret (whsec_...) to sign its requests; {signing.MAKE_SECRET}"
             )
         try:
             self._key = signing.secret_key(options.secret)
         except BadRequest as exc:
             problem = exc.message.removeprefix("'secret' ")
-            raise ConfigError(f"hooks.secret {problem}; {MAKE_SECRET}") from None
+            raise ConfigError(f"hooks.secret {problem}; {signing.MAKE_SECRET}") from None
         self.options = options
         import httpx  # here: a hub without [hooks] never loads the HTTP client
 
@@ -180,11 +174,15 @@ class HttpHooks:
                     event,
                     "%s hook failed, allowing (on_failure = allow): %s",
                     event,
-                    exc.message,
+                    exc.logged or exc.message,
                 )
                 return None
             _failures.log(
-                logging.WARNING, event, "%s hook failed, refusing: %s", event, exc.message
+                logging.WARNING,
+                event,
+                "%s hook failed, refusing: %s",
+                event,
+                exc.logged or exc.message,
             )
             raise
         # A replaced publication depends on its data: never reused for another one.
@@ -213,7 +211,10 @@ class HttpHooks:
                 f"the application's backend did not answer within {self.options.timeout:g} s"
             ) from None
         except httpx.HTTPError as exc:
-            raise HookUnavailable(f"the application's backend cannot be reached: {exc!r}") from None
+            # The client is told that much; what the HTTP library said is for the hub's log.
+            error = HookUnavailable("the application's backend cannot be reached")
+            error.logged = f"{error.message}: {exc!r}"
+            raise error from None
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -14,7 +14,14 @@ import os
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from clarion.errors import ClarionError
 from clarion.protocol.channels import DEFAULT_NAMESPACE
@@ -29,6 +36,18 @@ REDIS_URL_SCHEMES = (
     "redis+sentinel://",
     "redis+cluster://",
 )
+
+
+def _checked_secret(value: str | None) -> str | None:
+    """A ``whsec_`` secret, refused when the file is read (naming it) rather than at start."""
+    if value is not None:
+        from clarion.webhooks.signing import MAKE_SECRET, secret_key  # light: base64 and hmac
+
+        try:
+            secret_key(value)
+        except ClarionError as exc:
+            raise ValueError(f"{exc.message}; {MAKE_SECRET}") from None
+    return value
 
 
 def url_host(host: str) -> str:
@@ -260,15 +279,7 @@ class WebhookEndpointConfig(BaseModel):
     @field_validator("secret")
     @classmethod
     def _secret_is_one(cls, value: str | None) -> str | None:
-        # Refused here, naming the file, rather than when the hub starts.
-        if value is not None:
-            from clarion.webhooks.signing import secret_key  # light: base64 and hmac
-
-            try:
-                secret_key(value)
-            except ClarionError as exc:
-                raise ValueError(exc.message) from None
-        return value
+        return _checked_secret(value)
 
 
 class WebhookDelivery(BaseModel):
@@ -329,6 +340,31 @@ class HooksOptions(BaseModel):
     @property
     def enabled(self) -> bool:
         return bool(self.connect_url or self.subscribe_url or self.publish_url)
+
+    @model_validator(mode="after")
+    def _signed(self) -> HooksOptions:
+        if self.enabled and self.secret is None:
+            from clarion.webhooks.signing import MAKE_SECRET
+
+            raise ValueError(
+                f"[hooks] needs a secret (whsec_...) to sign its requests; {MAKE_SECRET}"
+            )
+        return self
+
+    @field_validator("connect_url", "subscribe_url", "publish_url")
+    @classmethod
+    def _is_http_url(cls, value: str | None) -> str | None:
+        # Checked here, naming the file, not at each client's first request.
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_is_one(cls, value: str | None) -> str | None:
+        return _checked_secret(value)
 
 
 class Settings(BaseModel):
@@ -484,9 +520,8 @@ class Settings(BaseModel):
     def _no_empty_secret(cls, value: str | list[str] | None) -> str | list[str] | None:
         # An empty value is neither "unset" (development mode) nor a usable secret: refuse it
         # rather than guess which one was meant.
-        if value is not None and (
-            value == "" or value == [] or (isinstance(value, list) and "" in value)
-        ):
+        values = [value] if isinstance(value, str) else value
+        if values is not None and (not values or any(not v.strip() for v in values)):
             raise ValueError("must not be empty: remove the setting to leave it unset")
         return value
 

@@ -15,6 +15,11 @@ import pytest
 from ..conftest import timeout
 
 CLI = [sys.executable, "-m", "clarion.cli"]
+# What an error about a whsec_ secret adds: how to make one.
+MAKE_ONE = (
+    "; make one with: python3 -c 'import base64, os; "
+    "print(\"whsec_\" + base64.b64encode(os.urandom(24)).decode())'"
+)
 
 
 def clean_env(**variables: str) -> dict[str, str]:
@@ -83,6 +88,35 @@ def errors(lines: list[str]) -> list[str]:
             ],
         ),
         (
+            'api_key = "   "\n',
+            [
+                "clarion: clarion.toml: api_key (value not shown): "
+                "must not be empty: remove the setting to leave it unset"
+            ],
+        ),
+        (
+            "[hooks]\nconnect_url = 'ftp://u:p@h.example.com/x'\n"
+            "secret = 'whsec_ocnkZmpksmdS2tsgPBYHTW0AdY4tLNfN'\n",
+            [
+                'clarion: clarion.toml: hooks.connect_url = "ftp://***@h.example.com/x": '
+                "must be an http:// or https:// URL"
+            ],
+        ),
+        (
+            "[hooks]\nconnect_url = 'http://127.0.0.1:9/hook'\nsecret = 'whsec_QUJD'\n",
+            [
+                "clarion: clarion.toml: hooks.secret (value not shown): "
+                "'secret' must hold 24 to 64 bytes, not 3" + MAKE_ONE
+            ],
+        ),
+        (
+            "[hooks]\nconnect_url = 'http://127.0.0.1:9/hook'\n",
+            [
+                'clarion: clarion.toml: hooks = {"connect_url": "http://127.0.0.1:9/hook"}: '
+                "[hooks] needs a secret (whsec_...) to sign its requests" + MAKE_ONE
+            ],
+        ),
+        (
             'api_key = ""\n',
             [
                 "clarion: clarion.toml: api_key (value not shown): "
@@ -93,14 +127,14 @@ def errors(lines: list[str]) -> list[str]:
             "[[webhooks]]\nurl = 'https://example.com/h'\nsecret = 'whsec_not base64'\n",
             [
                 "clarion: clarion.toml: webhooks[0].secret (value not shown): "
-                "'secret' is not valid base64 after whsec_"
+                "'secret' is not valid base64 after whsec_" + MAKE_ONE
             ],
         ),
         (
             "[[webhooks]]\nurl = 'https://example.com/h'\nsecret = 'whsec_c2hvcnQ='\n",
             [
                 "clarion: clarion.toml: webhooks[0].secret (value not shown): "
-                "'secret' must hold 24 to 64 bytes, not 5"
+                "'secret' must hold 24 to 64 bytes, not 5" + MAKE_ONE
             ],
         ),
     ],
@@ -252,6 +286,19 @@ async def test_an_address_not_of_this_machine_gets_no_port_advice(tmp_path: Path
     assert errors(lines) == [
         "clarion: cannot listen on 192.0.2.1:0: cannot assign requested address"
     ]
+
+
+async def test_a_refused_webhook_url_is_shown_without_its_credentials(tmp_path: Path) -> None:
+    (tmp_path / "clarion.toml").write_text(
+        '[[webhooks]]\nurl = "https://user:PASSWORD@r.example.com/x?sig=QUERYSECRET"\n'
+        'channels = ["a:*"]\n'
+    )
+    code, lines = await serve("--config", "clarion.toml", "--port", "0", cwd=tmp_path)
+    assert code == 2
+    assert not [line for line in lines if "PASSWORD" in line or "QUERYSECRET" in line]
+    assert "[[webhooks]] 'https://r.example.com/x': 'url' must not hold credentials" in "\n".join(
+        lines
+    )
 
 
 async def test_unreachable_redis_is_one_line(tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ async def serve(
             "local development mode: engine=%s, no API key and no token secret, so anyone who "
             "can reach %s:%d may publish and subscribe (see docs/configuration.md)",
             redact(settings.engine),
-            settings.host,
+            url_host(settings.host),
             server.port,
         )
     log.info(

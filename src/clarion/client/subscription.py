@@ -185,7 +185,9 @@ class Feed:
         while not self.items:
             if self.done:
                 if self.error is not None:
-                    raise self.error
+                    # One error may end many subscriptions (a refusal of several channels):
+                    # each raise starts its own traceback, not one grown by all of them.
+                    raise self.error.with_traceback(None)
                 raise StopAsyncIteration
             self._readable.clear()
             await self._readable.wait()

@@ -24,6 +24,7 @@ from clarion.webhooks.targets import (
     check_address,
     check_target,
     parse_target,
+    shown,
 )
 from clarion.webhooks.worker import EndpointWorker, WorkerContext
 
@@ -248,7 +249,7 @@ class Registry:
             await self.add(endpoint)
 
     async def _configured(self, entry: WebhookEndpointConfig) -> Endpoint:
-        where = f"[[webhooks]] {entry.url!r}"
+        where = f"[[webhooks]] {shown(entry.url)!r}"  # never its user, password or query
         try:
             target = parse_target(entry.url)
             channels = check_channels(entry.channels)

@@ -20,6 +20,12 @@ from clarion.protocol.cursor import channel_tag
 SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES = 24
 MAX_SECRET_BYTES = 64
+# Any Python will do: the secret is the prefix and the base64 of random bytes.
+MAKE_SECRET = (
+    "make one with: python3 -c 'import base64, os; "
+    f'print("{SECRET_PREFIX}" + '
+    f"base64.b64encode(os.urandom({MIN_SECRET_BYTES})).decode())'"
+)
 
 
 def generate_secret() -> str:

@@ -3,6 +3,7 @@ CORS preflight, and JSON errors."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,8 +13,10 @@ from clarion.asgi.responses import send_error
 from clarion.asgitypes import Receive, Scope, Send
 from clarion.core.auth import Credentials
 from clarion.core.hub import Hub
+from clarion.core.session import Session
 from clarion.errors import BadCursor, BadRequest, ClarionError, MethodNotAllowed
 from clarion.protocol.channels import validate_channel
+from clarion.protocol.codes import CloseCode
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import StreamPosition
@@ -180,6 +183,18 @@ async def refuse(
 async def until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def stopped_by_host(session: Session) -> None:
+    """The server cancelled a stream or a long poll that was waiting: it is stopping without
+    telling the app first (uvicorn's ``--timeout-graceful-shutdown``), before the hub's own
+    shut-down. The request is answered as that shut-down would answer it (4000: reconnect
+    elsewhere), not ended by an error and a traceback; the cancellation is taken back, as the
+    request now ends by itself, at once."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    session.close(CloseCode.SHUTDOWN)
 
 
 class ChannelEndpoint:

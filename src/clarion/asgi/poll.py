@@ -30,6 +30,7 @@ from clarion.asgi.channelrequest import (
     about,
     authorized,
     channel_request,
+    stopped_by_host,
     until_disconnect,
 )
 from clarion.asgitypes import Receive, Scope, Send
@@ -381,9 +382,14 @@ class PollEndpoint(ChannelEndpoint):
                 if waiter.woken.done() or session.closed or watcher.done():
                     break
             if not waiter.woken.done() and not watcher.done():
-                await asyncio.wait(
-                    (waiter.woken, watcher), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
+                try:
+                    await asyncio.wait(
+                        (waiter.woken, watcher),
+                        timeout=timeout,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                except asyncio.CancelledError:
+                    stopped_by_host(session)  # answered below, with its disconnect
             if watcher.done():
                 return None
         finally:

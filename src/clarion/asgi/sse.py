@@ -35,6 +35,7 @@ from clarion.asgi.channelrequest import (
     authorized,
     channel_request,
     last_event_ids,
+    stopped_by_host,
     until_disconnect,
 )
 from clarion.asgi.pipe import BodyQueue, FastChunkPipe, Pipe, QueuePipe
@@ -413,21 +414,24 @@ class SseEndpoint(ChannelEndpoint):
             pipe = stream.start(opening, send, limit, fast, session, hub)
             pipe.on_overflow = lambda: hub.overflow(session)
             hub.subscribe_claimed(session)  # runs once the stream is open
-            await self._stream(stream, pipe, receive)
+            await self._stream(stream, pipe, receive, session)
         finally:
             session.close(CloseCode.NORMAL)
             if pipe is not None:
                 await pipe.stop()
 
     @staticmethod
-    async def _stream(stream: SseStream, pipe: Pipe, receive: Receive) -> None:
+    async def _stream(stream: SseStream, pipe: Pipe, receive: Receive, session: Session) -> None:
         """Write until the hub closes the stream or the client goes away."""
         watcher = asyncio.create_task(until_disconnect(receive), name="clarion-sse-watcher")
         waits: set[asyncio.Future[Any]] = {watcher, stream.ended}
         if isinstance(pipe, QueuePipe):
             waits.add(pipe.done)
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                stopped_by_host(session)  # its disconnect event goes out below
             if watcher.done() or (isinstance(pipe, QueuePipe) and pipe.lost):
                 stream.peer_gone = True
             else:

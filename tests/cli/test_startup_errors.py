@@ -18,7 +18,7 @@ CLI = [sys.executable, "-m", "clarion.cli"]
 # What an error about a whsec_ secret adds: how to make one.
 MAKE_ONE = (
     "; make one with: python3 -c 'import base64, os; "
-    "print(\"whsec_\" + base64.b64encode(os.urandom(24)).decode())'"
+    'print("whsec_" + base64.b64encode(os.urandom(24)).decode())\''
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -21,6 +22,7 @@ from clarion.protocol.publication import StreamPosition
 log = logging.getLogger(__name__)
 
 Item = Message | Reset
+WARN_EVERY = 60.0  # seconds between two warnings that a subscription's reader is behind
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -52,6 +54,7 @@ class Feed:
         "server",
         "since",
         "task",
+        "warned",
     )
 
     def __init__(
@@ -82,6 +85,7 @@ class Feed:
         self.task: asyncio.Task[None] | None = None
         # The hub made this subscription (the backend, or the token's ``subs`` claim).
         self.server = False
+        self.warned = -WARN_EVERY  # when the reader's falling behind was last logged
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
 
@@ -128,7 +132,13 @@ class Feed:
         if isinstance(item, Message) and self.is_duplicate(item):
             return
         if not self.offer(item):
-            log.warning(
+            # Once a minute at most: a reader that stays behind pauses again and again.
+            now = time.monotonic()
+            level = logging.WARNING if now - self.warned >= WARN_EVERY else logging.DEBUG
+            if level == logging.WARNING:
+                self.warned = now
+            log.log(
+                level,
                 "subscription to %s: buffer full (%d items), pausing until the reader catches up",
                 self.channel,
                 self.capacity,

@@ -290,3 +290,18 @@ async def test_the_attack_shape_keeps_a_real_process_within_the_budget(
         kept = len(r.json()["publications"])
     assert grown < 64 * MiB, f"RSS grew {grown // MiB} MB"
     assert 0 < kept < 15  # the budget, not history_size, decided what stays
+
+
+async def test_a_repeat_answered_after_eviction_keeps_its_position_and_its_data(
+    hub_factory: Callable[..., Any],
+) -> None:
+    """An idempotency key outlives its publication's place in the budget: a repeat gets the
+    first publication's offset, and the data of the publish it answers, not none."""
+    running = await budget_hub(hub_factory)
+    first = await running.hub.publish("quiet:keyed", {"n": 1}, idempotency_key="k-1")
+    await publish_all(running, [(f"quiet:other{n}", LISTS) for n in range(24)])
+    history, _ = await running.hub.history("quiet:keyed")
+    assert history.publications == []  # evicted
+    again = await running.hub.publish("quiet:keyed", {"n": 1}, idempotency_key="k-1")
+    assert again.repeated and (again.offset, again.epoch) == (first.offset, first.epoch)
+    assert again.data == {"n": 1}

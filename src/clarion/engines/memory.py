@@ -178,7 +178,16 @@ class MemoryEngine:
         if slot is not None:
             seen = log.keys.get(slot)
             if seen is not None:
-                return seen[1].as_repeat()
+                kept = seen[1]
+                if kept.packed:
+                    return kept.as_repeat()
+                # The byte budget let it go and the key kept its place only: the repeat is the
+                # same publish, so its own data fills the answer in.
+                again = Publication(
+                    channel, kept.offset, kept.epoch, data, kept.time, info, kept.id, attrs
+                )
+                again.repeated = True
+                return again
         log.offset += 1
         pub = Publication(
             channel,

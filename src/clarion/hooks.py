@@ -24,7 +24,7 @@ import orjson
 
 from clarion.core.auth import Credentials
 from clarion.core.limits import LogLimit
-from clarion.errors import BadChannel, BadRequest, ConfigError, Forbidden, HookUnavailable
+from clarion.errors import BadChannel, Forbidden, HookUnavailable
 from clarion.protocol.channels import validate_channel, validate_pattern
 from clarion.protocol.errors import ErrorCode, code_of
 from clarion.protocol.jsonkeep import writable
@@ -67,15 +67,9 @@ class HttpHooks:
     """The :class:`clarion.core.hooks.Hooks` of ``[hooks]``."""
 
     def __init__(self, options: HooksOptions) -> None:
-        if not options.secret:
-            raise ConfigError(
-                f"[hooks] needs a secret (whsec_...) to sign its requests; {signing.MAKE_SECRET}"
-            )
-        try:
-            self._key = signing.secret_key(options.secret)
-        except BadRequest as exc:
-            problem = exc.message.removeprefix("'secret' ")
-            raise ConfigError(f"hooks.secret {problem}; {signing.MAKE_SECRET}") from None
+        # The settings model checked the secret (present with a URL, and a whsec_ one).
+        assert options.secret is not None
+        self._key = signing.secret_key(options.secret)
         self.options = options
         import httpx  # here: a hub without [hooks] never loads the HTTP client
 

@@ -219,7 +219,7 @@ class Limits(BaseModel):
         256 * 1024 * 1024,
         ge=1_048_576,
         description="bytes of history the memory engine keeps across all channels: each "
-        "publication counts its JSON, the frame it was first delivered in and 512 bytes; past "
+        "publication counts its JSON, its wire encodings and 512 bytes; past "
         "it the oldest publications go first, and a reader resuming from before one gets a "
         "`trimmed` reset, as after `history_size`. (Redis holds the redis engine's history: "
         "its `maxmemory`.)",

@@ -70,3 +70,29 @@ def test_what_a_publication_keeps_holds_its_length_not_orjsons_buffer() -> None:
         b'{"n":0}',
     )
     assert held < 600, f"{held:.0f} bytes held per publication"
+
+
+def test_a_packed_publication_keeps_each_encoding_once_and_counts_it() -> None:
+    """Packed, a publication keeps its JSON and its encodings, not its data's objects; one
+    made later is kept too (every reader in that format gets it, not an encoding each) and its
+    bytes told to the engine's meter; a repeat's copy is counted by nobody."""
+    pub = Publication("c:a", 1, "e", {"x": [1, 2]}, 0)
+    first = pub.encoded("frame", lambda p: b"frame:" + p.json())
+    told: list[tuple[Publication, int]] = []
+    held = pub.pack(lambda p, n: told.append((p, n)))
+    assert held == pub.held == len(pub.json()) + len(first) and pub.packed
+    assert pub.data == {"x": [1, 2]}  # read back from the JSON
+    calls = []
+
+    def event(p: Publication) -> bytes:
+        calls.append(p)
+        return b"event"
+
+    assert pub.encoded("event", event) == b"event" == pub.encoded("event", event)
+    assert len(calls) == 1 and told == [(pub, 5)] and pub.held == held + 5
+    pub.encoded("object", lambda p: object())
+    pub.encoded("object", lambda p: object())
+    assert len(told) == 1  # not kept: made again each time rather than held uncounted
+    repeat = pub.as_repeat()
+    assert repeat.encoded("other", lambda p: b"other") == b"other" and len(told) == 1
+    assert repeat.data == {"x": [1, 2]} and repeat.repeated

@@ -21,6 +21,7 @@ import httpx
 
 from clarion.engines.memory import MemoryEngine
 from clarion.protocol.cursor import Cursor, encode_single
+from clarion.protocol.publication import StreamPosition
 
 from ..conftest import RunningHub, clarion_server, timeout
 from ..transports.streams import poll, sse
@@ -305,3 +306,29 @@ async def test_a_repeat_answered_after_eviction_keeps_its_position_and_its_data(
     again = await running.hub.publish("quiet:keyed", {"n": 1}, idempotency_key="k-1")
     assert again.repeated and (again.offset, again.epoch) == (first.offset, first.epoch)
     assert again.data == {"n": 1}
+
+
+async def test_a_format_first_made_for_a_resume_is_encoded_once_and_counted(
+    hub_factory: Callable[..., Any],
+) -> None:
+    """Publications delivered over WebSocket, then read back by two SSE resumes: the first
+    resume makes each one's SSE event and the publication keeps it (counted in the budget),
+    the second finds it made; so a reconnect storm in another format encodes each publication
+    once, not once per reader."""
+    running = await budget_hub(hub_factory)
+    engine = engine_of(running)
+    async with running.ws() as ws:
+        assert "ok" in await ws.subscribe("quiet:formats")
+        replies = await publish_all(running, [("quiet:formats", {"n": n}) for n in range(5)])
+        for _ in range(5):
+            await ws.recv()
+    since = Cursor.single("quiet:formats", StreamPosition(replies[0]["epoch"], 0)).encode()
+    before = engine.held_bytes
+    sizes = []
+    for _ in range(2):
+        async with sse(running, "quiet:formats", headers={"Last-Event-ID": since}) as stream:
+            got = await stream.messages(5)
+        assert [body["data"] for _, body in got] == [{"n": n} for n in range(5)]
+        sizes.append(engine.held_bytes)
+    assert sizes[0] > before  # the events kept, and counted
+    assert sizes[1] == sizes[0]  # made once: the second resume found them

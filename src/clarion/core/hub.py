@@ -134,9 +134,9 @@ class Hub:
         # listener returns, when awaitable, is awaited before the publish call answers.
         self.publish_listeners: list[Callable[[Publication], Awaitable[object] | None]] = []
         # Publications a listener refused to settle (the outbox could not store them): the
-        # publisher was answered an error, and a repeat with the same id runs them again, on
-        # the publication kept here (history may have let it go since).
-        self._unsettled: OrderedDict[tuple[str, str, int], Publication] = OrderedDict()
+        # publisher was answered an error, and a repeat with the same id runs them again (on
+        # the repeat's answer, which carries the data also once history let it go).
+        self._unsettled: OrderedDict[tuple[str, str, int], bool] = OrderedDict()
         # Called with session lifecycle events: connect, disconnect, subscribe, unsubscribe.
         self.lifecycle_listeners: list[Callable[[str, dict[str, Any]], None]] = []
         factories = ext.standard() if extensions is None else extensions
@@ -287,11 +287,7 @@ class Hub:
             attrs=attrs,
         )
         # A repeat published nothing: listeners saw it the first time, unless they failed.
-        if pub.repeated:
-            unsettled = self._unsettled.pop((pub.channel, pub.epoch, pub.offset), None)
-            if unsettled is None:
-                return pub
-            await self._published(unsettled)
+        if pub.repeated and not self._unsettled.pop((pub.channel, pub.epoch, pub.offset), False):
             return pub
         if self.publish_listeners:  # none: no coroutine to make and await per publication
             await self._published(pub)
@@ -338,7 +334,7 @@ class Hub:
             except Exception as exc:
                 _listener_failed("publish", exc)
         if refusal is not None:
-            self._unsettled[(pub.channel, pub.epoch, pub.offset)] = pub
+            self._unsettled[(pub.channel, pub.epoch, pub.offset)] = True
             while len(self._unsettled) > MAX_UNSETTLED:
                 self._unsettled.popitem(last=False)
             raise refusal

@@ -89,12 +89,16 @@ class MemoryEngine:
         # The clock is injectable so TTL behaviour can be tested without sleeping.
         self._clock = clock
         # Every stored publication, oldest first, across channels: id -> (log, publication,
-        # bytes counted, idempotency slot). A publication stays while its channel's history or
-        # an idempotency key holds it; past ``history_bytes`` in all, the oldest goes.
+        # idempotency slot); each counts its ``held`` bytes and HELD_OVERHEAD. A publication
+        # stays while its channel's history or an idempotency key holds it; past
+        # ``history_bytes`` in all, the oldest goes.
         self._held: OrderedDict[
-            int, tuple[_ChannelLog, Publication, int, tuple[str | None, str] | None]
+            int, tuple[_ChannelLog, Publication, tuple[str | None, str] | None]
         ] = OrderedDict()
         self.held_bytes = 0  # what _held counts
+        self._evicting = False  # an _evict is due on the next turn of the loop
+        # One bound method for every publication to hold, not a new one each (64 bytes apiece).
+        self._meter = self._grew
         self.history_bytes = history_bytes
         self._revoked = RevocationTable(data_dir)  # kept in data_dir when given
         self._logs: dict[str, _ChannelLog] = {}  # channels published to
@@ -216,9 +220,8 @@ class MemoryEngine:
             self._sink.on_publication(pub)  # delivered live with its data, as given
         if size > 0 or slot is not None:
             # Kept from here on as bytes, and counted (inline: once per publication).
-            cost = pub.pack() + HELD_OVERHEAD
-            self._held[id(pub)] = (log, pub, cost, slot)
-            self.held_bytes += cost
+            self.held_bytes += pub.pack(self._meter) + HELD_OVERHEAD
+            self._held[id(pub)] = (log, pub, slot)
             if self.held_bytes > self.history_bytes:
                 self._evict()
         return pub
@@ -233,10 +236,11 @@ class MemoryEngine:
         trim by ``history_size``. An idempotency key keeps answering repeats where it was
         published, with a copy holding no data.
         """
+        self._evicting = False
         held = self._held
         while held and self.held_bytes > self.history_bytes:
-            _, (log, pub, cost, slot) = held.popitem(last=False)
-            self.held_bytes -= cost
+            _, (log, pub, slot) = held.popitem(last=False)
+            self.held_bytes -= pub.held + HELD_OVERHEAD
             if log.entries and log.entries[0] is pub:
                 log.entries.popleft()
                 log.expiries.popleft()
@@ -248,12 +252,26 @@ class MemoryEngine:
                     )
                     log.keys[slot] = (seen[0], stub)  # its place in the order is kept
 
+    def _grew(self, pub: Publication, size: int) -> None:
+        """A held publication kept another encoding (a resume in another format): counted,
+        and the budget looked at once the loop turns (not in the middle of a delivery)."""
+        record = self._held.get(id(pub))
+        if record is None or record[1] is not pub:
+            return  # let go already: nothing of it is counted
+        self.held_bytes += size
+        if self.held_bytes > self.history_bytes and not self._evicting:
+            self._evicting = True
+            try:
+                asyncio.get_running_loop().call_soon(self._evict)
+            except RuntimeError:  # encoded outside any loop: nothing is being delivered
+                self._evict()
+
     def _release(self, pub: Publication) -> None:
         """``pub`` left its channel's history or its key: held still if the other has it."""
         record = self._held.get(id(pub))
         if record is None or record[1] is not pub:
             return
-        log, _, cost, slot = record
+        log, _, slot = record
         if slot is not None:
             seen = log.keys.get(slot)
             if seen is not None and seen[1] is pub:
@@ -261,7 +279,7 @@ class MemoryEngine:
         if log.holds(pub):
             return
         del self._held[id(pub)]
-        self.held_bytes -= cost
+        self.held_bytes -= pub.held + HELD_OVERHEAD
 
     def _drop_first(self, log: _ChannelLog) -> None:
         pub = log.entries.popleft()

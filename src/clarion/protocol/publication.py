@@ -17,6 +17,7 @@ publisher's ``key`` (what a backlogged subscriber keeps only the latest signal o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,18 +33,22 @@ _UNSET = object()  # not encoded yet (an encoding may be anything, None too)
 _PACKED = object()
 
 
-class _Kept(dict[object, Any]):
-    """A packed publication's further encodings: none is kept (what it holds is counted).
-    In its ``_more`` slot, so that :meth:`Publication.encoded` tests nothing more for it."""
-
-    __slots__ = ()
-
-    def __setitem__(self, key: object, value: Any) -> None:
-        pass
+# Told the bytes of each encoding a packed publication keeps after it was packed.
+Meter = Callable[["Publication", int], None]
 
 
-_KEPT = _Kept()
-_NO_KEY = object()  # a packed publication's ``_key`` when it keeps no encoding
+def _uncounted(pub: Publication, size: int) -> None:
+    pass
+
+
+def _bytes_of(value: Any) -> int | None:
+    """What an encoding holds, for a packed publication's count: ``None`` for one that cannot
+    be told (it is then made again each time rather than kept uncounted)."""
+    if isinstance(value, bytes | bytearray | str):
+        return len(value)
+    if isinstance(value, tuple) and all(isinstance(v, bytes | bytearray | str) for v in value):
+        return sum(len(v) for v in value)
+    return None
 
 
 def payload_size(data: Any, attrs: dict[str, Any] | None = None) -> int:
@@ -76,15 +81,17 @@ class Publication:
     wire encodings so that a publication delivered to many subscribers of one wire format is
     serialised once, and ``cursor`` and the JSON are kept once made.
 
-    A stored publication is :meth:`pack`-ed once delivered: it keeps its JSON, not the objects
-    its data decodes to (compact JSON of many small containers takes twenty times its length
-    as Python objects), and ``data`` is decoded from the JSON again when asked.
+    A stored publication is :meth:`pack`-ed once delivered: it keeps its JSON and its wire
+    encodings, not the objects its data decodes to (compact JSON of many small containers
+    takes twenty times its length as Python objects), and ``data`` is decoded from the JSON
+    again when asked.
     """
 
     __slots__ = (
         "_data",
         "_json",
         "_key",
+        "_meter",
         "_more",
         "_value",
         "attrs",
@@ -92,6 +99,7 @@ class Publication:
         "cursor",
         "ephemeral",
         "epoch",
+        "held",
         "id",
         "info",
         "key",
@@ -135,6 +143,10 @@ class Publication:
         self._key: object = None
         self._value: Any = None
         self._more: dict[object, Any] | None = None
+        # Set by pack(), read only once packed (a slot left unset costs nothing to make):
+        # ``held``, the bytes it holds (its JSON and its encodings), and ``_meter``.
+        self.held: int
+        self._meter: Meter
 
     def as_repeat(self) -> Publication:
         """A copy marked :attr:`repeated`, to answer a repeated publish with."""
@@ -149,6 +161,9 @@ class Publication:
             self.attrs,
         )
         copy._json = self._json
+        if self._data is _PACKED:  # a copy for its answer: held by no engine, counted nowhere
+            copy.held = 0
+            copy._meter = _uncounted
         copy.repeated = True
         return copy
 
@@ -161,22 +176,36 @@ class Publication:
             return orjson.loads(self._json)["data"]  # type: ignore[arg-type]
         return data
 
-    def pack(self) -> int:
-        """Keep this publication as bytes from now on: its JSON and the first wire encoding made
-        for it (what a resume in the format it was delivered in sends again), nothing else.
-        Returns the bytes it keeps. Encodings asked for later are made anew, not kept, so the
-        count stays true."""
+    def pack(self, meter: Meter) -> int:
+        """Keep this publication as bytes from now on: its JSON and its wire encodings (what a
+        resume sends again), not the objects its data decodes to. Returns the bytes it holds
+        (also :attr:`held`); an encoding made later is kept too, encoded once for every reader
+        in its format, and its bytes told to ``meter``."""
         body = self._json
         if body is None:
             body = self.json()
         self._data = _PACKED
-        self._more = _KEPT
+        held = len(body)
         value = self._value
-        if type(value) is bytes:
-            return len(body) + len(value)
-        self._key = _NO_KEY
-        self._value = None
-        return len(body)
+        if type(value) is bytes:  # nearly always: the frame of its one format
+            held += len(value)
+        elif self._key is not None:
+            size = _bytes_of(value)
+            if size is None:
+                self._key = self._value = None
+            else:
+                held += size
+        more = self._more
+        if more:
+            for key, value in list(more.items()):
+                size = _bytes_of(value)
+                if size is None:
+                    del more[key]
+                else:
+                    held += size
+        self.held = held
+        self._meter = meter
+        return held
 
     @property
     def packed(self) -> bool:
@@ -246,6 +275,12 @@ class Publication:
                 return value
         value = encode(self)
         if value is not self:  # kept, the publication itself would make it a cycle
+            if self._data is _PACKED:  # what it keeps is counted
+                size = _bytes_of(value)
+                if size is None:
+                    return value
+                self.held += size
+                self._meter(self, size)
             if self._key is None:
                 self._key, self._value = key, value
             elif more is None:

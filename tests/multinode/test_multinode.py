@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
+import websockets
 
 from clarion import CloseCode, mint_token
 
 from ..conftest import STRESS_RUNS, timeout
-from .conftest import Cluster
+from .conftest import CONFIG, Cluster
 from .helpers import Publisher, Tracker, assert_history, eventually
 
 pytestmark = pytest.mark.timeout(30)
@@ -265,10 +267,6 @@ async def test_connection_caps_are_shared_by_every_node(cluster: Cluster) -> Non
     a = await cluster.start(config=config, env=env)
     b = await cluster.start(config=config, env=env)
     headers = {"Authorization": f"Bearer {mint_token('s' * 32, 'u1', ['c'])}"}
-    import json
-
-    import websockets
-
     first = await websockets.connect(a.ws_url, additional_headers=headers)
     second = await websockets.connect(b.ws_url, additional_headers=headers)
     try:
@@ -292,3 +290,64 @@ async def test_connection_caps_are_shared_by_every_node(cluster: Cluster) -> Non
 
     await asyncio.sleep(0.5)
     assert await admitted()
+
+
+@pytest.mark.parametrize("kind", ["user", "ip"])
+async def test_a_killed_nodes_connections_stop_counting_before_its_clients_are_refused(
+    cluster: Cluster, kind: str
+) -> None:
+    # Leases that would count for 30 s: a refusal (4503) would end the clients' reconnecting.
+    query = "check_interval=0.5&presence_ttl=30"
+    if kind == "user":
+        env = {"CLARION_LIMITS__MAX_CONNECTIONS_PER_USER": "2"}
+        config = "[namespaces.default]\nanonymous = false\n"
+        env |= {"CLARION_TOKEN_SECRET": "s" * 32, "CLARION_API_KEY": "k" * 32}
+        headers = {"Authorization": f"Bearer {mint_token('s' * 32, 'u1', ['c'])}"}
+        key = "clarion:{conn:user:u1}"
+    else:
+        env = {"CLARION_LIMITS__MAX_CONNECTIONS_PER_IP": "2"}
+        config, headers, key = CONFIG, {}, "clarion:{conn:ip:127.0.0.1}"
+    a = await cluster.start(config=config, env=env, query=query)
+    b = await cluster.start(config=config, env=env, query=query)
+    store = aioredis.from_url(cluster.redis.url)
+    held: list[websockets.ClientConnection] = []
+    try:
+        for _ in range(2):
+            held.append(await websockets.connect(a.ws_url, additional_headers=headers))
+        await eventually(lambda: _counted(store, key, 2), timeout=timeout(10))
+        a.kill()  # SIGKILL: its two connections stay counted
+        for ws in held:
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), timeout(5))
+        # Their clients come back on b at once, and are admitted once a is known to be gone.
+        moved = [await websockets.connect(b.ws_url, additional_headers=headers) for _ in range(2)]
+        held += moved
+        await _members_when(store, key, 2, timeout(15))  # b's own: a's are gone
+        for ws in moved:
+            await ws.send('{"id": 1, "op": "ping"}')
+            assert json.loads(await asyncio.wait_for(ws.recv(), timeout(5))) == {"id": 1, "ok": {}}
+        # The cap holds: b is running, so a third is refused.
+        third = await websockets.connect(b.ws_url, additional_headers=headers)
+        held.append(third)
+        push = json.loads(await asyncio.wait_for(third.recv(), timeout(10)))
+        assert push["disconnect"]["code"] == CloseCode.TOO_MANY_CONNECTIONS
+    finally:
+        for ws in held:
+            await ws.close()
+        await store.aclose()
+
+
+async def _counted(store: aioredis.Redis, key: str, n: int) -> bool:
+    return int(await store.zcard(key)) == n
+
+
+async def _members_when(store: aioredis.Redis, key: str, n: int, within: float) -> list[str]:
+    """The live members of ``key`` once there are ``n``, all of one node."""
+    deadline = time.monotonic() + within
+    while True:
+        members = [m.decode() for m in await store.zrange(key, 0, -1)]
+        if len(members) == n and len({m.split(":")[0] for m in members}) == 1:
+            return members
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still counted: {members}")
+        await asyncio.sleep(0.1)

@@ -29,7 +29,12 @@ from prometheus_client.registry import Collector
 from clarion.core.operator import METRICS_CHANNEL
 from clarion.core.rates import LatencyHistogram
 from clarion.core.registry import OPERATORS
-from clarion.engines.base import NodeDirectory, NodeDirectoryStorage
+from clarion.engines.base import (
+    ANNOUNCE_INTERVAL,
+    GONE_AFTER,
+    NodeDirectory,
+    NodeDirectoryStorage,
+)
 from clarion.engines.nodes import LocalNodes
 from clarion.errors import ClarionError
 from clarion.tasks import stop
@@ -39,8 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clarion.nodes")
 
-INTERVAL = 1.0  # seconds between announces
-GONE_AFTER = 3 * INTERVAL + 2.0  # a record this old means the node stopped announcing
+INTERVAL = ANNOUNCE_INTERVAL  # seconds between announces
 # A channel in a listing: [name, subscribers, publications per second, node ids].
 ChannelRow = list[Any]
 # Channels a record lists: the busiest by subscribers, and the busiest by publication rate.

@@ -236,6 +236,12 @@ class WebhookStorage(Protocol):
         """A new, unopened outbox for a hub with these settings."""
 
 
+# Each node announces itself once a second; a record this old means the node stopped (killed,
+# or its machine lost) rather than running late.
+ANNOUNCE_INTERVAL = 1.0
+GONE_AFTER = 3 * ANNOUNCE_INTERVAL + 2.0
+
+
 @runtime_checkable
 class NodeDirectory(Protocol):
     """Where the hub nodes sharing an engine announce themselves (``GET /api/info``).

@@ -133,7 +133,9 @@ class RedisEngine:
         self._reads = SharedReads(self._batch, self._history, self._history_keys, self._decoded)
         self._health = HealthCheck(client, cluster=bool(self.target.cluster))
         self._positions.client = client
-        self.limits = ClusterLimits(client, self.keys, _ms(self.presence_ttl), self._batch)
+        self.limits = ClusterLimits(
+            client, self.keys, _ms(self.presence_ttl), self._batch, self.node_id
+        )
         presence = RedisPresence(client, self.keys, _ms(self.presence_ttl), self._batch)
         self._presence = presence
         where = self.target.description
@@ -583,7 +585,7 @@ class RedisEngine:
         """Every node of this prefix, each announced with its figures."""
         from clarion.engines.redis.nodes import RedisNodes
 
-        return RedisNodes(self.target, self.keys.prefix, self.node_id)
+        return RedisNodes(self.target, self.keys, self.node_id)
 
     async def healthy(self) -> bool:
         """Redis answers, and this node's pub/sub connection is up."""

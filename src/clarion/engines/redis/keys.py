@@ -77,6 +77,12 @@ class Keys:
     def connections(self, kind: str, key: str) -> str:
         return f"{self.prefix}:{{conn:{kind}:{key}}}"
 
+    def node_records(self) -> str:
+        return f"{self.prefix}:{{nodes}}:records"
+
+    def node_seen(self) -> str:
+        return f"{self.prefix}:{{nodes}}:seen"
+
     def rate(self, key: str) -> str:
         return f"{self.prefix}:{{rate:{key}}}"
 

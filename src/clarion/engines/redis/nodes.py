@@ -17,6 +17,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from clarion.engines.redis.connect import RedisTarget
+from clarion.engines.redis.keys import Keys
 from clarion.errors import EngineUnavailable
 
 KEEP = 600  # seconds both keys live after the last announce
@@ -48,11 +49,11 @@ return {now, redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'), redis.call('HGE
 class RedisNodes:
     """:class:`~clarion.engines.base.NodeDirectory` shared by every node of one prefix."""
 
-    def __init__(self, target: RedisTarget, prefix: str, node: str) -> None:
+    def __init__(self, target: RedisTarget, keys: Keys, node: str) -> None:
         self.node = node
         self._target = target
-        self._records = f"{prefix}:{{nodes}}:records"
-        self._seen = f"{prefix}:{{nodes}}:seen"
+        self._records = keys.node_records()
+        self._seen = keys.node_seen()
         # A client of its own: the directory outlives the engine's client at shutdown
         # (the node withdraws last) and its round trips measure Redis, not the engine's queue.
         self._client: Any = None

@@ -394,6 +394,56 @@ return out
 """
 )
 
+# KEYS: expiry zset
+# -> flat list: node, how many live members it holds (members are "<node>:<connection>"; an
+#    older version's plain members are counted under "")
+CONNECTION_NODES = (
+    _COMMON
+    + """
+local counts, order = {}, {}
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now_ms(), '+inf')) do
+  local node = string.match(member, '^([^:]*):') or ''
+  if counts[node] == nil then
+    counts[node] = 0
+    order[#order + 1] = node
+  end
+  counts[node] = counts[node] + 1
+end
+local out = {}
+for _, node in ipairs(order) do
+  out[#out + 1] = node
+  out[#out + 1] = counts[node]
+end
+return out
+"""
+)
+
+# KEYS: expiry zset
+# ARGV: nodes whose members go
+# -> how many went
+CONNECTION_PURGE = """
+local dead = {}
+for i = 1, #ARGV do dead[ARGV[i]] = true end
+local gone = {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local node = string.match(member, '^([^:]*):')
+  if node and dead[node] then gone[#gone + 1] = member end
+end
+for i = 1, #gone, 500 do
+  redis.call('ZREM', KEYS[1], unpack(gone, i, math.min(i + 499, #gone)))
+end
+return #gone
+"""
+
+# KEYS: the node directory's announce times (zset of node ids)
+# -> {now (ms), flat list of node, last announce (ms)}
+NODES_SEEN = (
+    _COMMON
+    + """
+return {now_ms(), redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
+"""
+)
+
 # KEYS: expiry zset -> members still alive
 CONNECTION_COUNT = (
     _COMMON

@@ -199,6 +199,8 @@ class RedisEngine:
         self._closing = True
         tasks, self._tasks = self._tasks, []
         await stop(tasks)
+        if self.limits is not None:
+            await self.limits.close()
         if self._link is not None:
             await self._link.close()
             self._link = None

@@ -22,6 +22,7 @@ from clarion.engines.redis import scripts
 from clarion.engines.redis.batch import Batcher
 from clarion.engines.redis.keys import Keys
 from clarion.errors import EngineUnavailable
+from clarion.tasks import stop
 
 
 def _unavailable(exc: BaseException, doing: str) -> EngineUnavailable:
@@ -43,7 +44,7 @@ class ClusterLimits:
         self._take = client.register_script(scripts.RATE_TAKE)
         self._client = client
         self._held: dict[str, set[str]] = {}  # key → this node's members
-        self._looking: dict[str, asyncio.Future[bool]] = {}  # key → a look after a refusal
+        self._looking: dict[str, asyncio.Task[bool]] = {}  # key → a look after a refusal
 
     async def acquire_connection(self, kind: str, key: str, member: str, limit: int) -> bool:
         """Count ``member`` (a connection id) under ``kind``/``key`` unless ``limit`` is reached.
@@ -81,11 +82,11 @@ class ClusterLimits:
         calls)."""
         looking = self._looking.get(name)
         if looking is None:
-            looking = self._looking[name] = asyncio.ensure_future(self._drop_stopped(name, limit))
+            looking = self._looking[name] = asyncio.create_task(self._drop_stopped(name, limit))
             looking.add_done_callback(lambda done: self._looked(name, done))
         return await asyncio.shield(looking) and await self._acquire_one(name, member, limit)
 
-    def _looked(self, name: str, done: asyncio.Future[bool]) -> None:
+    def _looked(self, name: str, done: asyncio.Task[bool]) -> None:
         if self._looking.get(name) is done:
             del self._looking[name]
         if not done.cancelled():
@@ -120,6 +121,10 @@ class ClusterLimits:
             if undecided and standing < limit:
                 await asyncio.sleep(ANNOUNCE_INTERVAL / 2)
         return False
+
+    async def close(self) -> None:
+        """Stop the looks under way (the engine is closing)."""
+        await stop(list(self._looking.values()))
 
     async def _seen_nodes(self) -> tuple[int, dict[str, int]]:
         """Redis' time and each node's last announce, both in milliseconds."""

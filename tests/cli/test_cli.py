@@ -94,6 +94,10 @@ async def test_token() -> None:
     assert claims["presence"] == ["team:*", "lobby"]
     code, _, err = await run("token", "--user", "42")
     assert code == 2 and "no token secret" in err
+    # A claim flag with no pattern is a mistake, not a token without the claim.
+    for flag in ("--publish", "--presence", "--channels"):
+        code, _, err = await run("token", "--user", "7", flag, "--secret", "s" * 32)
+        assert code == 2 and f"{flag}: expected at least one argument" in err
     # Without --channels: a valid token that opens no channel, minted with a warning.
     code, out, err = await run("token", "--user", "42", "--secret", "s" * 32)
     assert code == 0 and jwt.decode(out.strip(), "s" * 32, algorithms=["HS256"])["channels"] == []

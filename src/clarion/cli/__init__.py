@@ -112,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--channels", nargs="+", default=[], metavar="PATTERN", help="channels it may subscribe"
     )
-    token.add_argument("--publish", nargs="*", default=[], metavar="PATTERN", help="may publish")
+    token.add_argument(
+        "--publish", nargs="+", default=[], metavar="PATTERN", help="channels it may publish to"
+    )
     token.add_argument(
         "--presence",
-        nargs="*",
+        nargs="+",
         default=[],
         metavar="PATTERN",
         help="may read presence without subscribing",

@@ -227,15 +227,17 @@ class PortableServer:
         await asyncio.wait_for(self.serving, timeout * 5)
 
 
-async def start_uvicorn(app: Any, port: int = 0, hub: Hub | None = None) -> PortableServer:
-    """``app`` served by uvicorn on 127.0.0.1 (``port`` 0: a free one), in this event loop."""
+async def start_uvicorn(
+    app: Any, port: int = 0, hub: Hub | None = None, host: str = "127.0.0.1"
+) -> PortableServer:
+    """``app`` served by uvicorn on ``host`` (``port`` 0: a free one), in this event loop."""
     import time
 
     import uvicorn
 
     # uvicorn's own proxy-header handling is off: the hub reads those headers itself.
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", proxy_headers=False
+        app, host=host, port=port, log_level="warning", lifespan="off", proxy_headers=False
     )
     uv = uvicorn.Server(config)
     serving = asyncio.create_task(uv.serve())

@@ -167,3 +167,9 @@ def direct_routes(app: object) -> Mapping[bytes, DirectRoute]:
     """The direct routes ``app`` offers, by path as sent (without query); none by default."""
     routes: Mapping[bytes, DirectRoute] | None = getattr(app, "direct_routes", None)
     return {} if routes is None else routes
+
+
+def direct_local_only(app: object) -> bool:
+    """Does ``app`` take requests from this machine only (``direct_local_only``)? Then its
+    direct routes are for loopback peers, and the app itself answers the others."""
+    return bool(getattr(app, "direct_local_only", False))

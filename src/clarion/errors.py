@@ -139,6 +139,12 @@ class ServerError(ClarionError):
     code: Code = ErrorCode.INTERNAL
 
 
+class EngineNotShared(ServerError):
+    """Another process serves this port with a hub of its own on an engine nothing shares."""
+
+    code = ErrorCode.ENGINE_NOT_SHARED
+
+
 class NotStarted(ServerError):
     """The hub was never started: nothing it accepted could reach a live subscriber."""
 

@@ -450,7 +450,9 @@ class Settings(BaseModel):
     )
     allow_no_origin: bool = Field(True, description="accept requests without an Origin header")
     insecure: bool = Field(
-        False, description="allow a non-loopback bind without api_key and token secret"
+        False,
+        description="allow a non-loopback bind without api_key and token secret (and, in a "
+        "hub mounted in another server, requests from other machines)",
     )
     data_dir: str = Field("./clarion-data", description="durable local state of the memory engine")
     webhook_allow_hosts: list[str] = Field(

@@ -54,3 +54,47 @@ async def test_fastapi_example_publishes_to_mounted_hub() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_worker_processes_on_the_memory_engine_are_refused_not_split() -> None:
+    """``uvicorn --workers 2`` with the memory engine would be two hubs sharing nothing: each
+    publication would reach one worker's subscribers. The first worker a request reaches
+    serves; the other answers ``503 engine_not_shared`` and logs why."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app"]
+    proc = subprocess.Popen(
+        [*command, "--port", str(port), "--workers", "2"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    seen: dict[int, int] = {}
+    refusals: list[dict[str, str]] = []
+
+    async def publish(http: httpx.AsyncClient) -> None:
+        try:
+            r = await http.post("/rt/api/publish", json={"channel": "c", "data": 1})
+        except httpx.TransportError:
+            return  # not listening yet
+        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        if r.status_code == 503:
+            refusals.append(r.json()["error"])
+
+    try:
+        # A connection each, twenty at once: the kernel hands them to both workers.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, timeout=timeout(5), limits=limits) as http:
+            deadline = asyncio.get_running_loop().time() + timeout(60)
+            while not (seen.get(200) and seen.get(503)):
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                assert asyncio.get_running_loop().time() < deadline, f"answers: {seen}"
+                await asyncio.gather(*(publish(http) for _ in range(20)))
+                await asyncio.sleep(0.05)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert set(seen) == {200, 503}, seen
+    assert {e["code"] for e in refusals} == {"engine_not_shared"}
+    assert "Redis engine" in refusals[0]["message"]
+    assert "another process serves port" in err.decode()

@@ -17,7 +17,7 @@ from clarion.core.limits import LogLimit, excerpt
 from clarion.errors import BadRequest, ClarionError, Forbidden, Unauthorized
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.origins import OriginPolicy
-from clarion.protocol.proxies import Forwarded, TrustedProxies, resolve
+from clarion.protocol.proxies import Forwarded, TrustedProxies, elsewhere, resolve
 
 TOKEN_COOKIE = "clarion_token"
 
@@ -145,6 +145,13 @@ def forwarded(hub: Hub, scope: Scope) -> Forwarded:
     if not policy.proxies:  # the common case without a proxy: nothing to parse
         return Forwarded(peer, None)
     return resolve(peer, scope.get("headers", ()), policy.proxies, policy.forwarded_header)
+
+
+def from_elsewhere(scope: Scope) -> bool:
+    """Did this request's connection come from another machine? Its peer's address, not a
+    proxy's word: the rule it serves is about who can reach the hub's socket."""
+    client = scope.get("client")
+    return elsewhere(str(client[0]) if client else None)
 
 
 def client_address(hub: Hub, scope: Scope) -> str | None:

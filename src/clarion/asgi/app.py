@@ -19,6 +19,7 @@ from clarion.asgi.clientapi import ClientEndpoint, ClientRates
 from clarion.asgi.info import InfoAPI
 from clarion.asgi.openapi import document
 from clarion.asgi.poll import PollEndpoint
+from clarion.asgi.portclaim import PortClaim
 from clarion.asgi.publish import INTERNAL, BatchEndpoint, PublishEndpoint, body_cap
 from clarion.asgi.responses import (
     EXCEPTION_HANDLERS,
@@ -34,7 +35,17 @@ from clarion.asgi.websocket import ClarionWebSocket
 from clarion.asgitypes import DirectRoute
 from clarion.core.hub import Hub
 from clarion.core.limits import LogLimit
-from clarion.errors import BadRequest, ClarionError, NodeFull, NotFound, NotStarted, TooLarge
+from clarion.errors import (
+    BadRequest,
+    ClarionError,
+    EngineNotShared,
+    Forbidden,
+    NodeFull,
+    NotFound,
+    NotStarted,
+    TooLarge,
+)
+from clarion.protocol.errors import ErrorCode
 
 
 def encoded_path(scope: Scope) -> bool:
@@ -61,6 +72,24 @@ def route_path(scope: Scope) -> str:
 
 # A request to a hub never started: said at ERROR, once a minute (every request gets a 503).
 _not_started = LogLimit(logging.getLogger("clarion.hub"))
+# A request from another machine to a hub in development mode: once a minute per address.
+_elsewhere = LogLimit(logging.getLogger("clarion.hub"))
+
+# A request to a hub whose port another process's hub claimed: once a minute.
+_not_shared = LogLimit(logging.getLogger("clarion.hub"))
+NOT_SHARED = (
+    "another process serves port %d with a hub of its own on the memory engine, which keeps "
+    "channels inside one process: a publication taken by one would never reach the other's "
+    "subscribers, so this one answers 503. Run one process (no --workers), or use the Redis "
+    "engine (docs/redis.md)"
+)
+
+LOCAL_ONLY = (
+    "this hub is in local development mode (no api_key and no token secret), in which anyone "
+    "may publish and subscribe: it answers this machine only. Configure api_key and "
+    "token_secret (docs/security.md), or set insecure = true (CLARION_INSECURE=1) to let every "
+    "address in"
+)
 
 
 class App:
@@ -100,6 +129,17 @@ class App:
         self.direct_routes: dict[bytes, DirectRoute] = {
             path.encode(): endpoint for path, endpoint in self.publishing.items()
         }
+        # `clarion serve` refuses to listen beyond loopback in development mode; a hub in
+        # another server cannot know where that listens, so it looks at each peer instead.
+        settings = hub.settings
+        self.local_only = self.direct_local_only = (
+            settings.development_mode and not settings.insecure
+        )
+        # An engine that keeps channels in this process serves one process per port.
+        self.claim: PortClaim | None = None
+        if getattr(hub.engine, "process_local", False):
+            self.claim = PortClaim()
+            hub.extensions.append(self.claim)  # let go when the hub closes
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -116,6 +156,13 @@ class App:
                 except NotStarted as exc:
                     _not_started.log(logging.ERROR, "", "%s", exc.message)
                     refusal = exc
+                if refusal is None and self.local_only and access.from_elsewhere(scope):
+                    peer = str(scope["client"][0])
+                    _elsewhere.log(logging.WARNING, peer, "refused %s: %s", peer, LOCAL_ONLY)
+                    refusal = Forbidden(LOCAL_ONLY, code=ErrorCode.LOCAL_ONLY)
+                if refusal is None and self.claim is not None and not self.claim.serves(scope):
+                    refusal = EngineNotShared(NOT_SHARED % scope["server"][1])
+                    _not_shared.log(logging.ERROR, "", "%s", refusal.message)
             if refusal is not None:
                 if scope["type"] == "http":
                     await send_error(send, refusal)

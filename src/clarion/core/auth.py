@@ -154,7 +154,9 @@ def auth_notes(settings: Settings) -> list[str]:
         # transport, and a page elsewhere on the network is what listening there is for.
         notes.append(
             f"listening on {settings.host or 'every interface'} but no browser origin is "
-            "allowed: browser pages are refused (403) on /ws, /stomp, /sse, /poll and /client/*; "
+            "allowed: browser pages are refused (403) on /ws and /stomp, and on /sse, /poll and "
+            "/client/* wherever their browser sends an Origin (every POST, every cross-site "
+            "request); "
             "set allowed_origins (CLARION_ALLOWED_ORIGINS) to the origins of your pages, e.g. "
             "https://app.example.com, or public_url (CLARION_PUBLIC_URL) to the hub's own "
             "address for pages it serves"

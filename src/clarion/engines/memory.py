@@ -2,6 +2,10 @@
 
 Only revocations outlive the process: they are kept in ``revocations.json`` under ``data_dir``
 (:mod:`clarion.engines.revoked`).
+
+Long on purpose: it is the whole engine contract for one process (history with its byte budget,
+idempotency, presence, revocations, the webhook outbox's home), and each part is a few methods
+of the one state they share.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class MemoryEngine:
     """Single-node engine; publish is synchronous up to the hand-off to the hub."""
 
     name = "memory"
+    process_local = True  # channels live in this process (see clarion.asgi.portclaim)
     # publish and publish_ephemeral never suspend: callers may run them outside a task.
     publishes_inline = True
 

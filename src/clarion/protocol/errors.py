@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     TOKEN_EXPIRED = "token_expired"
     FORBIDDEN = "forbidden"
     ORIGIN_FORBIDDEN = "origin_forbidden"
+    LOCAL_ONLY = "local_only"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     TOO_LARGE = "too_large"
@@ -48,6 +49,7 @@ class ErrorCode(StrEnum):
     REVOKED = "revoked"
     SHUTTING_DOWN = "shutting_down"
     NOT_STARTED = "not_started"
+    ENGINE_NOT_SHARED = "engine_not_shared"
     NODE_FULL = "node_full"
     ENGINE_UNAVAILABLE = "engine_unavailable"
     HOOK_UNAVAILABLE = "hook_unavailable"
@@ -141,6 +143,13 @@ _RULES = [
         C.FORBIDDEN,
         "the browser origin is not allowed (`allowed_origins`, `public_url`)",
     ),
+    ErrorRule(
+        E.LOCAL_ONLY,
+        403,
+        C.FORBIDDEN,
+        "the hub is in local development mode (no `api_key`, no token secret) and the request "
+        "came from another machine (`insecure` lets every address in)",
+    ),
     ErrorRule(E.NOT_FOUND, 404, _BAD, "no such endpoint or resource"),
     ErrorRule(E.METHOD_NOT_ALLOWED, 405, _BAD, "wrong HTTP method"),
     ErrorRule(E.TOO_LARGE, 413, C.MESSAGE_TOO_BIG, "over `limits.max_message_bytes`"),
@@ -205,6 +214,13 @@ _RULES = [
         C.SHUTDOWN,
         "the hub mounted in an application was never started (`hub.lifespan` not passed to the "
         "application, or `hub.start()` not awaited)",
+    ),
+    ErrorRule(
+        E.ENGINE_NOT_SHARED,
+        503,
+        C.SERVER_ERROR,
+        "another process serves this port with a hub of its own on the memory engine (a "
+        "server's worker processes): a publication would reach one process's subscribers only",
     ),
     ErrorRule(E.NODE_FULL, 503, C.NODE_FULL, "the node holds `limits.max_connections`"),
     ErrorRule(

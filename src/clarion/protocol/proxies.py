@@ -63,6 +63,13 @@ def parse_address(text: str) -> IPAddress | None:
     return address
 
 
+def elsewhere(peer: str | None) -> bool:
+    """Is a connection's peer on another machine? A peer that is no IP address (a Unix
+    socket, a test client) is not."""
+    address = parse_address(peer.partition("%")[0]) if peer else None
+    return address is not None and not address.is_loopback
+
+
 def _is_port_suffix(text: str) -> bool:
     return text.startswith(":") and text[1:].isdigit() and len(text) <= 6
 

@@ -57,6 +57,8 @@ class Config:
     client_key: Callable[[str], str | None] | None = None
     # The app's direct routes by path (``clarion.asgitypes.direct_routes``).
     direct: dict[bytes, DirectRoute] = field(default_factory=dict)
+    # The direct routes serve loopback peers only (``clarion.asgitypes.direct_local_only``).
+    direct_local_only: bool = False
     # The app's JSON bodies for the errors the server answers itself, by status
     # (``clarion.asgitypes.server_errors``); plain text for the others.
     errors: dict[int, bytes] = field(default_factory=dict)

@@ -35,6 +35,7 @@ from urllib.parse import unquote
 import httptools
 
 from clarion.asgitypes import DirectRoute, Scope
+from clarion.protocol.proxies import elsewhere
 from clarion.server import fastws, flow
 from clarion.server.config import ASGI_VERSION, Config, Registry, reset
 from clarion.server.cycle import HttpCycle, error_response
@@ -191,6 +192,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.client is not None:
             peer = self.client[0]
             self._key = peer if config.client_key is None else config.client_key(peer)
+            if config.direct_local_only and elsewhere(peer):  # the app refuses it itself
+                self._direct = {}
+                self._whole = None
         budget = registry.descriptors
         if budget is not None and len(registry.connections) >= budget:
             registry.refusals.refused("descriptors", self._key, budget)

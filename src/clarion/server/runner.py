@@ -10,7 +10,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from clarion.asgitypes import ASGIApp, direct_routes, server_errors
+from clarion.asgitypes import ASGIApp, direct_local_only, direct_routes, server_errors
 from clarion.core.limits import AddressCount
 from clarion.server import fastws
 from clarion.server.config import Config, Registry, descriptor_budget
@@ -100,6 +100,7 @@ class Server:
             client_key=client_key,
             permessage_deflate=permessage_deflate,
             direct=dict(direct_routes(app)),
+            direct_local_only=direct_local_only(app),
             errors=dict(server_errors(app)),
         )
         self.registry = Registry()

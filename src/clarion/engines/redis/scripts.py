@@ -8,6 +8,9 @@ A channel's stream holds entries whose ids are ``<offset>-0`` with fields ``t`` 
 ms) and ``d`` (the JSON body). Offsets in a stream are contiguous from its first entry to the
 channel's top offset: entries only ever leave from the head (size trim, TTL trim), which is
 what lets the TTL trim binary-search by offset.
+
+Long on purpose: every script the engine runs is here, next to the helpers they share, so that
+what one key holds is read in one place.
 """
 
 from __future__ import annotations

@@ -98,3 +98,29 @@ async def test_worker_processes_on_the_memory_engine_are_refused_not_split() -> 
     assert {e["code"] for e in refusals} == {"engine_not_shared"}
     assert "Redis engine" in refusals[0]["message"]
     assert "another process serves port" in err.decode()
+
+
+TEST_CLIENT_RUN = """
+import time
+from fastapi.testclient import TestClient
+from examples.fastapi_app import app
+with TestClient(app) as client:
+    codes = [client.post("/rt/api/publish", json={"channel": "c", "data": i}).status_code
+             for i in range(3)]
+    time.sleep(1.0)  # the other process tests meanwhile
+    codes.append(client.post("/rt/api/publish", json={"channel": "c", "data": 3}).status_code)
+print(codes)
+"""
+
+
+def test_test_processes_side_by_side_claim_no_port() -> None:
+    """Test clients name no socket's port: two processes testing the app at once (say,
+    pytest-xdist) both get a hub of their own, as each expects."""
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TEST_CLIENT_RUN], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [run.communicate(timeout=timeout(60))[0] for run in runs]
+    assert outs == ["[200, 200, 200, 200]\n"] * 2

@@ -23,6 +23,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from clarion.protocol.proxies import parse_address
+
 try:
     import fcntl
 except ImportError:  # not on Windows: nothing claims, every hub serves
@@ -79,9 +81,11 @@ class PortClaim:
         """May this hub answer a request that came in on ``scope["server"]``'s port?"""
         if self.port is not None or fcntl is None:
             return True
-        server = scope.get("server")
-        port = server[1] if server else None
-        if not isinstance(port, int):  # a Unix socket, or a test client: nothing shared
+        host, port = scope.get("server") or (None, None)
+        # A socket's own address is an IP address; a Unix socket has no port, and a test
+        # client (Starlette's TestClient, httpx's ASGITransport) names a host: no port is
+        # shared then, and test processes side by side must not refuse each other.
+        if not isinstance(port, int) or parse_address(str(host)) is None:
             return True
         now = time.monotonic()
         if now - self._tried < RETRY:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -351,3 +352,61 @@ async def _members_when(store: aioredis.Redis, key: str, n: int, within: float) 
         if time.monotonic() > deadline:
             raise AssertionError(f"still counted: {members}")
         await asyncio.sleep(0.1)
+
+
+PRESENCE_CONFIG = """
+[namespaces.room]
+presence = true
+join_leave = "{mode}"
+presence_grace = 0.5
+"""
+
+
+@pytest.mark.parametrize("mode", ["client", "user"])
+async def test_a_killed_nodes_members_leave_with_an_event(cluster: Cluster, mode: str) -> None:
+    """A member list built from joins and leaves loses the clients of a node killed without a
+    goodbye: their leave comes once their lease has ended, once, not only their absence from
+    presence reads."""
+    env = {"CLARION_TOKEN_SECRET": "s" * 32, "CLARION_API_KEY": "k" * 32}
+    config = PRESENCE_CONFIG.format(mode=mode)
+    a = await cluster.start(config=config, env=env)
+    b = await cluster.start(config=config, env=env)
+
+    def as_user(user: str) -> dict[str, str]:
+        token = mint_token("s" * 32, user, ["room:*"], presence=["room:*"])
+        return {"Authorization": f"Bearer {token}"}
+
+    async def subscribed(url: str, user: str) -> Any:
+        ws = await websockets.connect(url, additional_headers=as_user(user))
+        await ws.send('{"id": 1, "op": "subscribe", "channel": "room:1"}')
+        while "ok" not in (reply := json.loads(await asyncio.wait_for(ws.recv(), timeout(5)))):
+            assert "join" in reply or "leave" in reply, reply
+        return ws
+
+    watcher = await subscribed(b.ws_url, "bob")
+    try:
+        alice = await subscribed(a.ws_url, "alice")
+        events: list[dict[str, Any]] = []
+
+        async def heard(kind: str, within: float) -> dict[str, Any]:
+            deadline = time.monotonic() + within
+            while True:
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {kind} among {events}"
+                msg = json.loads(await asyncio.wait_for(watcher.recv(), left))
+                events.append(msg)
+                if kind in msg and msg[kind].get("user") == "alice":
+                    return msg[kind]
+
+        await heard("join", timeout(10))
+        a.kill()  # SIGKILL: alice's entry stays until its lease ends (presence_ttl=2 here)
+        left = await heard("leave", timeout(15))
+        assert left["channel"] == "room:1"
+        if mode == "client":
+            assert left["transport"] == "ws" and left["client"]
+        # Once: nothing more about alice while b's next looks pass.
+        with pytest.raises(TimeoutError):
+            await heard("leave", 3.0)
+        await alice.close()
+    finally:
+        await watcher.close()

@@ -155,6 +155,7 @@ class Hub:
         # Before the first connection: a revoked user or token is refused from the start.
         await self.registry.sync_revocations()
         self.sweeper.start()
+        self.roster.start()
         try:
             for extension in self.extensions:
                 await extension.start()

@@ -2,7 +2,10 @@
 
 The engine holds the entries (every node's); this node adds and removes its sessions' entries,
 sends ``join``/``leave`` in the namespace's ``join_leave_mode``, and hands the events the
-engine broadcasts to the local subscribers allowed to read them.
+engine broadcasts to the local subscribers allowed to read them. With an engine whose entries
+outlive a node that stopped without removing them (:class:`LapsingPresence`), the nodes with
+subscribers on a channel send the ``leave`` of those entries once their lease has ended:
+members built from joins and leaves lose them too, not only presence reads.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from clarion.core.fanout import JOINED, JOINING, LEFT, Subscription
-from clarion.engines.base import PresenceEntry
+from clarion.engines.base import LapsingPresence, PresenceEntry
 from clarion.errors import ClarionError
 from clarion.settings import NamespaceOptions
 
@@ -25,6 +28,8 @@ log = logging.getLogger("clarion.hub")
 # Seconds a client's join or leave waits to go out with others; one that the same client
 # undoes meanwhile (a leave after its join) goes nowhere.
 ANNOUNCE_WINDOW = 0.05
+# Channels looked at together for ended leases: their calls share the engine's pipelines.
+LAPSE_SLICE = 500
 
 
 def entry_of(session: Session) -> PresenceEntry:
@@ -56,6 +61,7 @@ class Roster:
         self._outgoing: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
         self._flush_at: asyncio.TimerHandle | None = None
         self._sending: asyncio.Task[None] | None = None
+        self._lapses: asyncio.Task[None] | None = None  # the look for ended leases
 
     def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         """A ``join``/``leave`` from the engine: to the subscribers who may read presence."""
@@ -71,10 +77,64 @@ class Roster:
             if may_read(sub.session.credentials, channel, subscribed=True):
                 sub.session.transport.send_event(channel, kind, event)
 
+    def start(self) -> None:
+        engine = self.hub.engine
+        if isinstance(engine, LapsingPresence) and self._lapses is None:
+            self._lapses = asyncio.create_task(
+                self._watch_lapses(engine), name="clarion-presence-lapses"
+            )
+
     def stop(self) -> None:
         for retiring in self._retiring.values():
             retiring.cancel()  # a node going away sends no late leave
         self._retiring.clear()
+        if self._lapses is not None:
+            self._lapses.cancel()
+            self._lapses = None
+
+    async def _watch_lapses(self, engine: LapsingPresence) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(engine.lapse_interval)
+            hub = self.hub
+            channels = [
+                name
+                for name in list(hub.local_channels.local)
+                if hub.options(name).join_leave_mode is not None
+            ]
+            try:
+                for start in range(0, len(channels), LAPSE_SLICE):
+                    chunk = channels[start : start + LAPSE_SLICE]
+                    await asyncio.gather(*(self._lapsed(engine, name) for name in chunk))
+                failing = False
+            except ClarionError as exc:  # e.g. the engine is unreachable: the next pass
+                if not failing:
+                    log.warning("looking for ended presence leases failed: %s", exc.message)
+                failing = True
+
+    async def _lapsed(self, engine: LapsingPresence, channel: str) -> None:
+        """The leaves of ``channel``'s entries whose lease ended, each sent by one node."""
+        entries = await engine.presence_lapsed(channel)
+        if not entries:
+            return
+        hub = self.hub
+        options = hub.options(channel)
+        mode = options.join_leave_mode
+        if mode == "client":
+            for entry in entries:
+                shown = entry.to_dict(info=options.presence_info)
+                self._announce(channel, entry.client, "leave", {"channel": channel, **shown})
+        elif mode == "user":
+            # A user whose other clients live on stays; one with none left leaves, once.
+            last = {entry.user: entry for entry in entries if entry.user is not None}
+            for user, entry in last.items():
+                if (channel, user) in self._retiring:
+                    continue  # a client of its left here: that leave, after its grace
+                if await hub.engine.presence_retire(channel, user):
+                    event: dict[str, Any] = {"channel": channel, "user": user}
+                    if options.presence_info and entry.info is not None:
+                        event["info"] = entry.info
+                    await hub.engine.broadcast_event(channel, "leave", event)
 
     async def drain(self, timeout: float) -> None:
         """Send the join/leave events still waiting for their window now, and wait for them

@@ -215,6 +215,20 @@ class Engine(Protocol):
 
 
 @runtime_checkable
+class LapsingPresence(Protocol):
+    """An engine whose presence entries outlive a node that stops without removing them, until
+    their lease ends (Redis); the memory engine's end with their sessions."""
+
+    @property
+    def lapse_interval(self) -> float:
+        """Seconds between two calls of :meth:`presence_lapsed` per channel."""
+
+    async def presence_lapsed(self, channel: str) -> list[PresenceEntry]:
+        """Take out the entries of ``channel`` whose lease has ended; each entry is returned
+        to one caller only, on any node (its ``leave`` is sent once)."""
+
+
+@runtime_checkable
 class SharedLimits(Protocol):
     """Counts shared by every node (an engine's ``limits`` attribute, when it has one)."""
 

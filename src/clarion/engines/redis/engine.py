@@ -501,6 +501,14 @@ class RedisEngine:
     async def presence(self, channel: str) -> list[PresenceEntry]:
         return await self._require_presence().entries(channel)
 
+    @property
+    def lapse_interval(self) -> float:
+        """Seconds between looks for ended leases: as often as the refreshes that prevent them."""
+        return self.presence_ttl / 3
+
+    async def presence_lapsed(self, channel: str) -> list[PresenceEntry]:
+        return await self._require_presence().lapsed(channel)
+
     async def _refresh_forever(self) -> None:
         # Three refreshes per TTL: an entry survives two lost refreshes in a row.
         interval = self.presence_ttl / 3

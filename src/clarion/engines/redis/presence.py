@@ -1,8 +1,10 @@
 """Presence on Redis: per channel, the clients' leases and entries, and per user their leases.
 
 The node that owns a session adds its entry and refreshes all its entries every third of
-``presence_ttl``; readers drop expired ones. A node that crashes stops refreshing, so its
+``presence_ttl``; readers skip expired ones. A node that crashes stops refreshing, so its
 sessions leave presence within ``presence_ttl``; a node that shuts down removes them at once.
+The nodes with subscribers on a channel take its ended leases out (``lapsed``), so that their
+``leave`` is sent once; readers drop those still there a TTL later.
 Entries are kept here first, so that an entry added while Redis was down is put back by the
 next refresh.
 """
@@ -22,6 +24,24 @@ from clarion.engines.redis.connect import unavailable
 from clarion.engines.redis.keys import Keys
 
 DAY_MS = 86_400_000
+LAPSED_PER_CALL = 1000  # ended leases taken out per channel and call (the rest at the next)
+
+
+def _entries(flat: list[Any]) -> list[PresenceEntry]:
+    """Entries from a flat list of client, entry JSON."""
+    out = []
+    for i in range(0, len(flat), 2):
+        obj = orjson.loads(flat[i + 1])
+        out.append(
+            PresenceEntry(
+                obj["client"],
+                obj.get("user"),
+                obj.get("info"),
+                obj.get("transport", "ws"),
+                obj.get("address"),
+            )
+        )
+    return out
 
 
 class RedisPresence:
@@ -38,6 +58,7 @@ class RedisPresence:
         self._announce = client.register_script(scripts.PRESENCE_ANNOUNCE)
         self._retire = client.register_script(scripts.PRESENCE_RETIRE)
         self._get = client.register_script(scripts.PRESENCE_GET)
+        self._lapse = client.register_script(scripts.PRESENCE_LAPSE)
         self.scripts = (
             self._add,
             self._renew,
@@ -46,6 +67,7 @@ class RedisPresence:
             self._announce,
             self._retire,
             self._get,
+            self._lapse,
         )
         # This node's entries, for refresh: channel -> client -> (entry, user or "").
         self.held: dict[str, dict[str, tuple[bytes, str]]] = {}
@@ -123,22 +145,21 @@ class RedisPresence:
 
     async def entries(self, channel: str) -> list[PresenceEntry]:
         try:
-            flat = await self._get(keys=self._channel_keys(channel))
+            # An ended lease stays a TTL more for lapsed() to find: its leave is sent then.
+            flat = await self._get(keys=self._channel_keys(channel), args=[self._ttl_ms])
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"reading presence on {channel!r}") from None
-        out = []
-        for i in range(0, len(flat), 2):
-            obj = orjson.loads(flat[i + 1])
-            out.append(
-                PresenceEntry(
-                    obj["client"],
-                    obj.get("user"),
-                    obj.get("info"),
-                    obj.get("transport", "ws"),
-                    obj.get("address"),
-                )
-            )
-        return out
+        return _entries(flat)
+
+    async def lapsed(self, channel: str) -> list[PresenceEntry]:
+        """Take out the entries whose lease ended (their node stopped without removing them);
+        each is returned to one caller only."""
+        keys = [self._keys.presence_expiry(channel), self._keys.presence_entries(channel)]
+        try:
+            flat = await self._batch.script(self._lapse, keys=keys, args=[LAPSED_PER_CALL])
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise unavailable(exc, f"reading lapsed presence on {channel!r}") from None
+        return _entries(flat)
 
     async def refresh(self) -> None:
         """Renew every entry this node holds, in one pipeline (raises what Redis raised).

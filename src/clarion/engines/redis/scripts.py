@@ -342,20 +342,22 @@ return {redis.call('ZCOUNT', KEYS[1], bound, '+inf'), redis.call('ZCOUNT', KEYS[
 )
 
 # KEYS: expiry zset, entries hash, users zset
-# -> flat list of member, value of live entries (expired ones, and lapsed users, are dropped
-#    first)
+# ARGV: how long (ms) an ended lease stays for PRESENCE_LAPSE to find (its leave is sent then)
+# -> flat list of member, value of live entries (entries whose lease ended longer ago than
+#    that, and lapsed users, are dropped first)
 PRESENCE_GET = (
     _COMMON
     + """
 local zset, hash, users = KEYS[1], KEYS[2], KEYS[3]
 local now = now_ms()
-local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
+local old = now - tonumber(ARGV[1])
+local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', old)
 for i = 1, #expired, 500 do
   redis.call('HDEL', hash, unpack(expired, i, math.min(i + 499, #expired)))
 end
-if #expired > 0 then redis.call('ZREMRANGEBYSCORE', zset, '-inf', now) end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', zset, '-inf', old) end
 redis.call('ZREMRANGEBYSCORE', users, '-inf', now)
-local live = redis.call('ZRANGE', zset, 0, -1)
+local live = redis.call('ZRANGEBYSCORE', zset, '(' .. now, '+inf')
 local out = {}
 for i = 1, #live, 500 do
   local values = redis.call('HMGET', hash, unpack(live, i, math.min(i + 499, #live)))
@@ -365,6 +367,33 @@ for i = 1, #live, 500 do
       out[#out + 1] = values[j]
     end
   end
+end
+return out
+"""
+)
+
+# KEYS: expiry zset, entries hash
+# ARGV: at most how many
+# -> flat list of client, entry value of entries whose lease has ended (their node stopped
+#    without removing them), now removed: each goes to the one caller that removed it, so its
+#    leave is sent once
+PRESENCE_LAPSE = (
+    _COMMON
+    + """
+local zset, hash = KEYS[1], KEYS[2]
+local ended = redis.call('ZRANGEBYSCORE', zset, '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+local out = {}
+for i = 1, #ended, 500 do
+  local chunk = {unpack(ended, i, math.min(i + 499, #ended))}
+  local values = redis.call('HMGET', hash, unpack(chunk))
+  for j = 1, #values do
+    if values[j] then
+      out[#out + 1] = chunk[j]
+      out[#out + 1] = values[j]
+    end
+  end
+  redis.call('ZREM', zset, unpack(chunk))
+  redis.call('HDEL', hash, unpack(chunk))
 end
 return out
 """

@@ -111,7 +111,11 @@ export interface EphemeralPublication<T = unknown> {
   info?: { client?: string; user?: string; info?: unknown };
 }
 export type Publication<T = unknown> = StoredPublication<T> | EphemeralPublication<T>;
+/** History could not cover a gap: told once per gap; on a resume, right after the `subscribed`
+ * event that says `recovered: false`. */
 export interface ResetEvent { channel: string; reason: "epoch" | "trimmed" | "position" | "lost" | string; cursor: string }
+/** `recovered`: false when the subscription resumed from a cursor that history could not cover
+ * (its `reset` event comes next), on every transport; true otherwise. */
 export interface SubscribedEvent { channel: string; recovered: boolean; cursor: string | null; transport: TransportName | null }
 export interface UnsubscribedEvent {
   channel: string;

@@ -873,7 +873,7 @@ class Client extends Emitter {
       this.subs.set(ok.channel, sub);
       this.emit("subscription", sub);
     }
-    if (ok.reset) sub._reset({ channel: ok.channel, reason: ok.reset.reason ?? ok.reset, cursor: ok.cursor });
+    // With `reset`, the reset itself follows (a push, an event), as for a subscribe reply.
     sub._subscribed(ok);
     return sub;
   }
@@ -903,7 +903,7 @@ class Client extends Emitter {
     this._wsRequest(command).then(
       (ok) => {
         if (gen !== this.generation || this.subs.get(sub.channel) !== sub) return;
-        if (ok.reset) sub._reset({ channel: sub.channel, reason: ok.reset.reason ?? ok.reset, cursor: ok.cursor });
+        // A reply with `reset` is followed by the reset itself, which is what moves it on.
         sub._subscribed(ok, Boolean(since) && ok.recovered !== false);
       },
       (error) => {
@@ -1030,13 +1030,17 @@ class Client extends Emitter {
 
   // The stream is on: the client is connected, and its subscriptions that were waiting for it
   // are subscribed. `cursor`: where it opened (a reopening, not each poll), where those without
-  // publications are. `reset`: the channel whose history could not cover its gap, if any.
-  _streamOpened(stream, cursor, reset = null) {
+  // publications are. `resets`: the channels whose history could not cover their gap (their
+  // reset comes next). `known(sub)`: whether the hub has said yet whether it recovered; one it
+  // has not stays subscribing.
+  _streamOpened(stream, cursor, resets, known = () => true) {
     if (stream.gen === this.generation && this.state !== "connected") this._connected(stream.gen, false);
     for (const sub of stream.subs) {
       if (this.subs.get(sub.channel) !== sub) continue;
       if (cursor && !sub.cursor) sub._openedAt(cursor);
-      if (sub.state !== "subscribed") sub._subscribed({ recovered: sub.channel !== reset });
+      if (sub.state === "subscribed") continue;
+      const reset = resets.has(sub.channel);
+      if (reset || known(sub)) sub._subscribed({ recovered: !reset });
     }
   }
 
@@ -1157,7 +1161,13 @@ class Client extends Emitter {
         return;
       }
       let opened = false;
+      // The opening block names, before its id, each channel that did not recover.
+      const resets = new Set();
       const parser = new SseParser({
+        onComment: (text) => {
+          const [word, channel] = text.trim().split(" ");
+          if (!opened && word === "reset" && channel) resets.add(channel);
+        },
         onId: (id) => {
           if (!this._live(stream)) return;
           this._streamAt(stream, id);
@@ -1166,7 +1176,7 @@ class Client extends Emitter {
             opened = true;
             attempt = 0;
             stream.refreshed = false;
-            this._streamOpened(stream, id);
+            this._streamOpened(stream, id, resets);
           }
         },
         onEvent: (event) => {
@@ -1250,13 +1260,21 @@ class Client extends Emitter {
       const first = !opened;
       opened = true;
       stream.refreshed = false;
-      this._streamOpened(stream, first ? body.cursor : null, body.reset?.channel);
+      // A reply tells one reset: with one, a channel it brings nothing of may have another,
+      // told by the next reply (asked at once); one it brings publications of recovered.
+      const resets = new Set(body.reset ? [body.reset.channel] : []);
+      const brought = new Set(body.publications.map((pub) => pub.channel));
+      this._streamOpened(stream, first ? body.cursor : null, resets,
+        (sub) => !body.reset || brought.has(sub.channel));
       if (body.reset) this.subs.get(body.reset.channel)?._reset(body.reset);
       for (const pub of body.publications) this.subs.get(pub.channel)?._deliver(pub);
       for (const u of body.unsubscribed || []) this._serverUnsubscribed(u);
       if (body.disconnect) {
         const { code, reconnect } = body.disconnect;
         if (endsClient(code, reconnect, this.refreshable)) return this._stop(stream.gen, body.disconnect);
+        // The hub ended the session, as it ends an event stream: the next reply resumes it.
+        for (const sub of stream.subs) if (this.subs.get(sub.channel) === sub) sub._subscribing();
+        opened = false;
         if (body.disconnect.code === TOKEN_EXPIRED) await this._freshToken().catch(() => {});
         else await sleep(backoffDelay(attempt++, this.base, this.cap));
       }

@@ -172,6 +172,31 @@ async def test_foreign_epoch_cursor_is_not_malformed_it_resets(hub: RunningHub) 
         assert live["data"] == "live"
 
 
+async def test_the_opening_names_each_channel_that_did_not_recover(hub: RunningHub) -> None:
+    # Before any event of any channel: a client knows which of them recovered, however the
+    # bytes after the opening (here a replay ahead of the reset) are split.
+    since = (await hub.publish("chat:replayed", 0))["cursor"]
+    await hub.publish("chat:replayed", 1)
+    foreign = Cursor.single("chat:stale", StreamPosition("0123456789ab", 1)).encode()
+    async with sse(hub, "chat:replayed", "chat:stale", cursor=[since, foreign]) as stream:
+        head = b""
+        async for chunk in stream.response.aiter_bytes():
+            head += chunk
+            if b"\n\n" in head:
+                break
+        opening = head.split(b"\n\n")[0].split(b"\n")
+        assert opening[0].startswith(b"retry: ")
+        assert opening[1:-1] == [b": reset chat:stale epoch"]
+        assert opening[-1].startswith(b"id: ")
+    async with sse(hub, "chat:replayed", cursor=since) as stream:
+        head = b""
+        async for chunk in stream.response.aiter_bytes():
+            head += chunk
+            if b"\n\n" in head:
+                break
+        assert [line[:4] for line in head.split(b"\n\n")[0].split(b"\n")] == [b"retr", b"id: "]
+
+
 @both_servers
 async def test_one_stream_several_channels_resumes_all_of_them(hub: RunningHub) -> None:
     async with sse(hub, "chat:a", "chat:b") as stream:

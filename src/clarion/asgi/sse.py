@@ -16,7 +16,9 @@ an ``id:`` line with its combined cursor, re-encoded per event: about 1.6 µs pl
 channel, against 0.2 µs per event for a one-channel stream (``benchmarks/sse_cursor.py``).
 
 The stream opens with ``retry:`` and an ``id:``-only block giving the starting cursor, so a client
-that reconnects before its first event still resumes from where it connected.
+that reconnects before its first event still resumes from where it connected; a ``: reset``
+comment in that block names each channel whose gap history could not cover, whose ``reset``
+event follows.
 """
 
 from __future__ import annotations
@@ -447,6 +449,7 @@ class SseEndpoint(ChannelEndpoint):
     ) -> bytes:
         """Subscribe every channel; returns the stream's opening (``retry:`` and first ``id:``)."""
         started: dict[str, StreamPosition] = {}
+        resets: dict[str, str] = {}
         for channel in request.channels:
             since = request.since[channel]
 
@@ -455,6 +458,8 @@ class SseEndpoint(ChannelEndpoint):
                 # ``latest``, just before the newest publication, which comes next.
                 started[channel] = result.start
                 stream.set_position(channel, result.start)
+                if result.reset is not None:
+                    resets[channel] = result.reset
 
             with about(channel):
                 await session.subscribe(
@@ -476,5 +481,8 @@ class SseEndpoint(ChannelEndpoint):
             first = encode_single(request.channels[0], position.epoch, position.offset)
         else:
             first = stream.current_id()
-        # An id with no data sets the client's last event id without dispatching an event.
-        return opening[:-1] + sse.id_line(first) + b"\n"
+        # An id with no data sets the client's last event id without dispatching an event. The
+        # resets go in the same block, before anything of any channel: a client learns whether
+        # each subscription recovered as it opens, however the bytes after it are split.
+        marks = b"".join(sse.reset_mark(channel, reason) for channel, reason in resets.items())
+        return opening[:-1] + marks + sse.id_line(first) + b"\n"

@@ -76,6 +76,13 @@ def encode_comment(text: str = "") -> bytes:
     return b"".join(b": " + line + b"\n" for line in _LINE_BREAK.split(raw)) + b"\n"
 
 
+def reset_mark(channel: str, reason: str) -> bytes:
+    """A comment line of a stream's opening block: ``channel`` did not recover (``reason``),
+    its ``reset`` event follows. Parsers that do not look for it skip it, as any comment."""
+    fields = (_check_field("channel", channel), _check_field("reason", reason))
+    return b": reset %s %s\n" % fields
+
+
 def encode_retry(milliseconds: int) -> bytes:
     """The reconnection delay a client should use, sent first on every stream."""
     if milliseconds < 0:

@@ -157,6 +157,31 @@ async def test_a_request_dropped_from_the_queue_is_freed_without_the_collector(
         gc.enable()
 
 
+async def test_trailers_are_dropped_and_the_headers_stay_the_heads(start_server: Any) -> None:
+    seen: list[tuple[list[Any], list[Any]]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError
+        before = list(scope["headers"])
+        body = await read_body(receive)
+        seen.append((before, list(scope["headers"])))
+        await respond(send, 200, body)
+
+    server = await start_server(app)
+    reader, writer = await connect(server.port)
+    writer.write(
+        b"POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nAuthorization: Bearer x\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n"
+        + get("/next")
+    )
+    assert (await read_response(reader)).body == b"abc"
+    assert (await read_response(reader)).status == 200  # the next request is served as sent
+    (before, after), (following, _) = seen
+    assert before == after == [(b"host", b"t"), (b"transfer-encoding", b"chunked")]
+    assert following == [(b"host", b"test")]
+
+
 async def test_request_body_is_streamed_to_receive(start_server: Any) -> None:
     messages: list[dict[str, Any]] = []
 

@@ -153,7 +153,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
-        self._raw_bytes = 0  # bytes of chunks that completed neither a head nor a message
+        self._raw_bytes = 0  # bytes of reads that completed nothing and brought no body bytes
         self._in_head = True
         self._between = True  # the parser is between two requests (none begun)
         self._progress = False  # this chunk completed a head or a message
@@ -283,11 +283,12 @@ class HttpProtocol(asyncio.Protocol):
             reject, self._reject = self._reject, 0
             self._error(reject or 400, self._parsing)
             return False
-        if self._in_head and not self._progress:
-            # httptools buffers an unfinished header line without telling us: bound it here.
+        if not self._progress and (self._in_head or self._parsing is not None):
+            # httptools buffers an unfinished header or trailer line without telling us: bound
+            # it here (a read that brought body bytes is progress).
             self._raw_bytes += len(data)
             if self._raw_bytes > self.config.max_header_bytes:
-                self._error(431, None)
+                self._error(431, self._parsing)
                 return False
         return not (self._ignoring or self.transport.is_closing())
 
@@ -347,10 +348,16 @@ class HttpProtocol(asyncio.Protocol):
             self._raise(431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        headers.append((name.lower(), value))
         size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
         config = self.config
+        if not self._in_head:
+            # A trailer, after a chunked body: not supported, so dropped. The headers are the
+            # head's, which the app may have read already; its bytes count with the head's.
+            if size > config.max_header_bytes:
+                self._raise(431)
+            return
+        headers = self._headers
+        headers.append((name.lower(), value))
         if size > config.max_header_bytes or len(headers) > config.max_headers:
             self._raise(431)
 
@@ -505,6 +512,8 @@ class HttpProtocol(asyncio.Protocol):
         return end
 
     def on_body(self, body: bytes) -> None:
+        self._progress = True
+        self._raw_bytes = 0
         if self._body_left:
             self._body_left = max(0, self._body_left - len(body))
         cycle = self._parsing

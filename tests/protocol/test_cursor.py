@@ -1,5 +1,6 @@
 import base64
 import contextlib
+from hashlib import blake2b
 
 import pytest
 from hypothesis import given
@@ -110,3 +111,29 @@ def test_single_cursor_is_the_general_encoding(entries: list[tuple[str, str, int
         token = encode_single(channel, epoch, offset)
         assert token == Cursor.single(channel, StreamPosition(epoch, offset)).encode()
         assert Cursor.decode(token).get(channel) == StreamPosition(epoch, offset)
+
+
+def _forged(epoch: bytes, channels: int = 2) -> str:
+    """A cursor in the documented layout, whatever its epoch's length (up to the u8's 255)."""
+    body = bytearray((1, channels))
+    for n in range(channels):
+        body += channel_tag(f"ch:{n}") + bytes((len(epoch),)) + epoch + b"\x00"
+    body += blake2b(bytes(body), digest_size=4, person=b"clarion.cursor").digest()
+    return base64.urlsafe_b64encode(bytes(body)).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("length", [0, 1, 64, 65, 100, 255])
+def test_a_cursor_decodes_exactly_when_it_could_be_encoded(length: int) -> None:
+    epoch = b"e" * length
+    try:
+        Cursor({channel_tag("ch:0"): StreamPosition(epoch.decode(), 0)}).encode()
+    except ValueError:
+        encodable = False
+    else:
+        encodable = True
+    assert encodable == (1 <= length <= 64)
+    if encodable:
+        assert Cursor.decode(_forged(epoch)).get("ch:1") == StreamPosition(epoch.decode(), 0)
+    else:
+        with pytest.raises(BadCursor):
+            Cursor.decode(_forged(epoch))

@@ -111,3 +111,47 @@ async def test_only_corruption_is_refused(hub: RunningHub) -> None:
     async with hub.ws(additional_headers=bearer(["feed:*"])) as ws:
         for bad in (flipped, good[:-3], forge({"feed:b": (published["epoch"], 0)})):
             assert (await ws.subscribe("feed:a", since=bad))["error"]["code"] == "bad_cursor"
+
+
+@pytest.mark.parametrize(
+    "epochs",
+    [
+        pytest.param({"feed:a": "e" * 65, "feed:b": "e" * 65}, id="two-channels-65-bytes"),
+        pytest.param({"feed:a": "e" * 255, "feed:b": "e" * 8}, id="one-of-two-255-bytes"),
+        pytest.param({"feed:a": "e" * 65}, id="one-channel-65-bytes"),
+    ],
+)
+async def test_an_epoch_the_hub_cannot_write_is_a_bad_cursor_everywhere(
+    hub: RunningHub, epochs: dict[str, str]
+) -> None:
+    """Well-formed by the layout, but with an epoch over 64 bytes: no cursor the hub writes,
+    refused where it is read (once a 500 on /poll: the hub failed writing it back)."""
+    await hub.publish("feed:a", 1)
+    await hub.publish("feed:b", 1)
+    cursor = forge({channel: (epoch, 0) for channel, epoch in epochs.items()})
+    channels = list(epochs)
+    reader = bearer(["feed:*"])
+    async with hub.http(headers=reader) as http:
+        requests = [
+            ("/poll", {"channel": channels, "cursor": cursor, "timeout": 0}, reader),
+            ("/sse", {"channel": channels, "cursor": cursor}, reader),
+            ("/sse", {"channel": channels}, {**reader, "Last-Event-ID": cursor}),
+            ("/client/history", {"channel": "feed:a", "since": cursor}, reader),
+            (
+                "/api/history",
+                {"channel": "feed:a", "since": cursor},
+                {"Authorization": f"apikey {KEY}"},
+            ),
+        ]
+        for path, params, headers in requests:
+            r = await http.get(path, params=params, headers=headers)
+            assert (r.status_code, r.json()["error"]["code"]) == (400, "bad_cursor"), (path, r.text)
+    async with hub.ws(additional_headers=reader) as ws:
+        assert (await ws.subscribe("feed:a", since=cursor))["error"]["code"] == "bad_cursor"
+        reply = await ws.call("history", channel="feed:a", since=cursor)
+        assert reply["error"]["code"] == "bad_cursor"
+    async with stomp(hub) as client:
+        await client.connect(passcode=reader["Authorization"].removeprefix("Bearer "))
+        await client.send("SUBSCRIBE", id="1", destination="/topic/feed\\ca", x_since=cursor)
+        error = await client.expect("ERROR")
+        assert "bad_cursor" in str(error.headers) + str(error.body), error

@@ -11,6 +11,9 @@ from typing import Any
 import httptools
 import pytest
 
+from clarion.server.cycle import HttpCycle
+from clarion.server.http import MAX_QUEUED
+
 from ..conftest import until
 from .helpers import (
     connect,
@@ -77,6 +80,106 @@ async def test_pipelined_requests_run_one_at_a_time_in_order(start_server: Any) 
     writer.close()
     assert bodies == [b"/slow", b"/fast", b"/third"]
     assert most == 1
+
+
+async def test_a_long_pipeline_is_parsed_a_bounded_queue_at_a_time(start_server: Any) -> None:
+    """Requests pipelined far beyond the queue's bound are all answered, in order, with their
+    bodies (declared ones full of line feeds, chunked ones); the server parses no more of them
+    than the bound while one is in flight."""
+    queued: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError
+        body = await read_body(receive)
+        queued.extend(conn.queued for conn in server.registry.connections)
+        await asyncio.sleep(0.05 if scope["path"] == "/slow" else 0)
+        await respond(send, 200, scope["path"].encode() + b" " + body)
+
+    server = await start_server(app)
+    reader, writer = await connect(server.port)
+    sent = [get("/slow")]
+    for i in range(300):
+        if i % 3 == 0:
+            sent.append(get(f"/get{i}"))
+        elif i % 3 == 1:
+            body = b"\n\r\n" * 40 + b"%d" % i
+            head = f"POST /len{i} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n"
+            sent.append(head.encode() + body)
+        else:
+            chunks = b"2\r\n\n\n\r\n" * 30 + b"%x\r\n%d\r\n0\r\n\r\n" % (len(str(i)), i)
+            head = f"POST /chunked{i} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            sent.append(head.encode() + chunks)
+    writer.write(b"".join(sent))
+    bodies = [(await read_response(reader)).body for _ in range(301)]
+    assert bodies[0] == b"/slow "
+    for i, body in enumerate(bodies[1:]):
+        path, _, rest = body.partition(b" ")
+        kind = ("get", "len", "chunked")[i % 3]
+        assert path == f"/{kind}{i}".encode()
+        if kind == "len":
+            assert rest == b"\n\r\n" * 40 + b"%d" % i
+        elif kind == "chunked":
+            assert rest == b"\n\n" * 30 + b"%d" % i
+    assert max(queued) <= MAX_QUEUED, max(queued)
+    writer.write(get("/after"))  # the connection is kept, reading again
+    assert (await read_response(reader)).body == b"/after "
+
+
+async def test_a_request_dropped_from_the_queue_is_freed_without_the_collector(
+    start_server: Any,
+) -> None:
+    """A queued request's scope and cycle hold no reference cycle: when its connection ends
+    before its turn, reference counting frees them."""
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError
+        await release.wait()  # the requests behind this one stay queued meanwhile
+        await respond(send, 200, b"", [(b"content-length", b"0"), (b"connection", b"close")])
+
+    server = await start_server(app)
+    reader, writer = await connect(server.port)
+    gc.collect()
+    gc.disable()
+    try:
+        writer.write(get("/first") + get("/queued") * 10)
+        (conn,) = await until(lambda: list(server.registry.connections))
+        await until(lambda: conn.queued == 10)
+        release.set()  # answered with "connection: close": the queued ten are dropped
+        assert (await read_response(reader)).status == 200
+        await until(lambda: not server.registry.connections)
+        await asyncio.sleep(0.05)
+        alive = sum(isinstance(o, HttpCycle) for o in gc.get_objects())
+        assert alive == 0, alive
+    finally:
+        gc.enable()
+
+
+async def test_trailers_are_dropped_and_the_headers_stay_the_heads(start_server: Any) -> None:
+    seen: list[tuple[list[Any], list[Any]]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError
+        before = list(scope["headers"])
+        body = await read_body(receive)
+        seen.append((before, list(scope["headers"])))
+        await respond(send, 200, body)
+
+    server = await start_server(app)
+    reader, writer = await connect(server.port)
+    writer.write(
+        b"POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nAuthorization: Bearer x\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n"
+        + get("/next")
+    )
+    assert (await read_response(reader)).body == b"abc"
+    assert (await read_response(reader)).status == 200  # the next request is served as sent
+    (before, after), (following, _) = seen
+    assert before == after == [(b"host", b"t"), (b"transfer-encoding", b"chunked")]
+    assert following == [(b"host", b"test")]
 
 
 async def test_request_body_is_streamed_to_receive(start_server: Any) -> None:

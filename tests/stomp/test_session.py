@@ -527,7 +527,7 @@ def test_crafted_cursors_with_overlong_epochs_are_refused() -> None:
     err = error_of(
         connected(), frame("SUBSCRIBE", id="x", destination="/topic/c", x_since=long_epoch)
     )
-    assert (err.message, err.code) == ("x-since holds an invalid epoch", "bad_cursor")
+    assert (err.message, err.code) == ("x-since: cursor holds an invalid epoch", "bad_cursor")
 
 
 def test_ack_for_another_subscription_is_refused() -> None:

@@ -7,7 +7,6 @@ import hmac
 import logging
 import weakref
 from collections.abc import Iterable
-from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
 from clarion.asgitypes import Scope
@@ -15,6 +14,7 @@ from clarion.core.auth import Credentials
 from clarion.core.hub import Hub
 from clarion.core.limits import LogLimit, excerpt
 from clarion.errors import BadRequest, ClarionError, Forbidden, Unauthorized
+from clarion.protocol.cookies import cookie_value
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.origins import OriginPolicy
 from clarion.protocol.proxies import Forwarded, TrustedProxies, elsewhere, resolve
@@ -249,14 +249,8 @@ def token_from(hub: Hub, scope: Scope) -> str | None:
     # HTTP/2 may split the cookies over several fields (RFC 9113, 8.2.3): one jar of them all.
     cookie = "; ".join(v.decode("latin-1") for k, v in headers if k == b"cookie")
     if cookie and origin_trusted(hub, scope):
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(cookie)
-        except CookieError:
-            return None
-        morsel = jar.get(TOKEN_COOKIE)
-        if morsel is not None and morsel.value:
-            return morsel.value
+        # Only the token's cookie is read, in linear time: the rest of the jar is the client's.
+        return cookie_value(cookie, TOKEN_COOKIE) or None
     return None
 
 

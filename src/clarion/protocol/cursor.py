@@ -35,6 +35,11 @@ _TAG = 8
 _CHECK = 4
 
 
+def _epoch_fits(epoch: bytes) -> bool:
+    """The rule for an epoch in a cursor, for both ways: what is encoded is what decodes."""
+    return 0 < len(epoch) <= MAX_EPOCH_BYTES
+
+
 def channel_tag(channel: str) -> bytes:
     return blake2b(channel.encode(), digest_size=_TAG, person=b"clarion.chan").digest()
 
@@ -126,8 +131,8 @@ def encode_entries(entries: Iterable[tuple[bytes, StreamPosition]]) -> str:
     _put_varint(out, len(items))
     for tag, pos in items:
         epoch = pos.epoch.encode("ascii")
-        if not 0 < len(epoch) <= MAX_EPOCH_BYTES:
-            raise ValueError("epoch must be 1 to 64 bytes")
+        if not _epoch_fits(epoch):
+            raise ValueError(f"epoch must be 1 to {MAX_EPOCH_BYTES} bytes")
         if pos.offset < 0:
             raise ValueError("offset must not be negative")
         out += tag
@@ -175,8 +180,8 @@ _SINGLE_PREFIXES_MAX = 4096
 
 def _single_prefix(channel: str, epoch: str) -> tuple[bytes, Any]:
     raw = epoch.encode("ascii")
-    if not 0 < len(raw) <= MAX_EPOCH_BYTES:
-        raise ValueError("epoch must be 1 to 64 bytes")
+    if not _epoch_fits(raw):
+        raise ValueError(f"epoch must be 1 to {MAX_EPOCH_BYTES} bytes")
     head = bytes((VERSION, 1)) + channel_tag(channel) + bytes((len(raw),)) + raw
     state = blake2b(digest_size=_CHECK, person=b"clarion.cursor")
     state.update(head)
@@ -215,10 +220,14 @@ def decode_entries(token: object) -> dict[bytes, StreamPosition]:
         pos += _TAG
         size = body[pos]
         pos += 1
-        if size == 0 or pos + size > len(body):
+        if pos + size > len(body):
             raise BadCursor("cursor is truncated")
+        raw_epoch = body[pos : pos + size]
+        if not _epoch_fits(raw_epoch):
+            # A cursor this hub could not have written: refused here, not when one is echoed.
+            raise BadCursor("cursor holds an invalid epoch")
         try:
-            epoch = body[pos : pos + size].decode("ascii")
+            epoch = raw_epoch.decode("ascii")
         except UnicodeDecodeError:
             raise BadCursor("cursor holds an invalid epoch") from None
         pos += size

@@ -142,7 +142,6 @@ class HttpCycle:
         self.chunked = False
         self.no_body = False
         self._stream: ChunkStream | None = None
-        scope.setdefault("extensions", {})[FAST_STREAM_EXTENSION] = {"open": self.open_stream}
 
     # -- fed by the connection --------------------------------------------------------------
 
@@ -184,10 +183,12 @@ class HttpCycle:
 
     async def run(self) -> None:
         try:
-            # The scope holds this cycle (its stream extension's ``open``): let go of it, so
-            # that the two are freed by reference counting once the app has.
+            # The scope holds this cycle from now on (its stream extension's ``open``), and the
+            # cycle lets go of the scope: never both, so that the two are freed by reference
+            # counting, also when a queued request is dropped unrun with its connection.
             scope, self.scope = self.scope, None
             assert scope is not None
+            scope.setdefault("extensions", {})[FAST_STREAM_EXTENSION] = {"open": self.open_stream}
             await self.config.app(scope, self.receive, self.send)
         except Exception as exc:
             if not isinstance(exc, ClientDisconnected) or not self.disconnected:

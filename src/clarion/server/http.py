@@ -2,7 +2,8 @@
 
 ``httptools`` parses; this protocol turns each request head into an ASGI scope and a
 :class:`~clarion.server.cycle.HttpCycle`, runs one cycle at a time (pipelined requests wait,
-with reading paused), and hands the socket to
+with reading paused: at most ``MAX_QUEUED`` parsed, the rest of a read kept unparsed until
+they are answered), and hands the socket to
 :class:`~clarion.server.websocket.WebSocketProtocol` on ``Upgrade: websocket``.
 
 Limits, each answered before the app sees anything: request head bytes and header count (431),
@@ -57,6 +58,12 @@ except ImportError:  # built without a C compiler: every request goes through ht
 log = logging.getLogger("clarion.server.http")
 
 BODY_HIGH = 65536  # unread request body bytes at which reading pauses
+# Requests parsed and waiting behind the one in flight, per connection. They are answered one
+# at a time, so a request parsed long before its turn gains nothing and holds memory (its
+# scope, headers and cycle: about 2 KB): 16 keep the next ones ready however quick the app,
+# and what a client pipelines beyond them stays as it was read, unparsed, until they are
+# answered. One read (up to 256 KiB) of tiny requests no longer becomes thousands of cycles.
+MAX_QUEUED = 16
 
 # A request in flight or waiting behind one: for the app (ASGI) or for a direct route.
 InFlight = HttpCycle | DirectRequest
@@ -94,6 +101,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_between",
         "_body_due",
+        "_body_left",
         "_body_max",
         "_body_timer",
         "_completing",
@@ -119,7 +127,9 @@ class HttpProtocol(asyncio.Protocol):
         "_raw_bytes",
         "_reading_paused",
         "_reject",
+        "_resume",
         "_send_timer",
+        "_unparsed",
         "_upgrade",
         "_url",
         "_whole",
@@ -144,7 +154,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
-        self._raw_bytes = 0  # bytes of chunks that completed neither a head nor a message
+        self._raw_bytes = 0  # bytes of reads that completed nothing and brought no body bytes
         self._in_head = True
         self._between = True  # the parser is between two requests (none begun)
         self._progress = False  # this chunk completed a head or a message
@@ -154,6 +164,11 @@ class HttpProtocol(asyncio.Protocol):
         self._cycle: InFlight | None = None  # response in flight
         self._parsing: InFlight | None = None  # body being parsed
         self._pipeline: deque[InFlight | _Upgrade] = deque()
+        # What was read behind MAX_QUEUED requests, parsed once they are answered (reading
+        # is paused meanwhile), and the call that will parse it.
+        self._unparsed = b""
+        self._resume: asyncio.Handle | None = None
+        self._body_left = 0  # bytes of a declared body still to come: no request head in them
         self._direct: dict[bytes, DirectRoute] = config.direct
         self._whole = whole_direct if self._direct and fastws.COMPILED else None
         self._body_max = min(BODY_HIGH, config.max_body_bytes)  # a direct request's body
@@ -222,6 +237,12 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._ignoring:
             return
+        if self._unparsed:  # a read that was under way when reading paused: it waits too
+            self._unparsed += data
+            return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
         while (
             self._whole is not None and self._between and self._cycle is None and not self._pipeline
         ):
@@ -231,21 +252,18 @@ class HttpProtocol(asyncio.Protocol):
             if taken == len(data) or self._ignoring or self.transport.is_closing():
                 return
             data = data[taken:]  # a pipelined request behind it
-        self._progress = False
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgrade_parsed(data[exc.args[0] :])
-            return
-        except httptools.HttpParserError:
-            reject, self._reject = self._reject, 0
-            self._error(reject or 400, self._parsing)
-            return
-        if self._in_head and not self._progress:
-            # httptools buffers an unfinished header line without telling us: bound it here.
-            self._raw_bytes += len(data)
-            if self._raw_bytes > self.config.max_header_bytes:
-                self._error(431, None)
+        while data:
+            room = MAX_QUEUED - len(self._pipeline)
+            if room <= 0:
+                self._unparsed = data
+                self.update_reading()
+                break
+            end = _span(data, room, self._body_left)
+            if end < len(data):
+                fed, data = data[:end], data[end:]
+            else:
+                fed, data = data, b""
+            if not self._feed(fed, data):
                 return
         if self._head_due:
             self._head_due = False
@@ -257,8 +275,41 @@ class HttpProtocol(asyncio.Protocol):
             self._body_due = False
             self._arm_body_timer()
 
+    def _feed(self, data: bytes, rest: bytes) -> bool:
+        """Parse ``data`` (``rest`` follows it); False once the connection takes no more."""
+        self._progress = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_parsed(data[exc.args[0] :] + rest)
+            return False
+        except httptools.HttpParserError:
+            reject, self._reject = self._reject, 0
+            self._error(reject or 400, self._parsing)
+            return False
+        if not self._progress and (self._in_head or self._parsing is not None):
+            # httptools buffers an unfinished header or trailer line without telling us: bound
+            # it here (a read that brought body bytes is progress).
+            self._raw_bytes += len(data)
+            if self._raw_bytes > self.config.max_header_bytes:
+                self._error(431, self._parsing)
+                return False
+        return not (self._ignoring or self.transport.is_closing())
+
+    def _parse_unparsed(self) -> None:
+        self._resume = None
+        data, self._unparsed = self._unparsed, b""
+        if not data or self._detached or self._ignoring or self.transport.is_closing():
+            return
+        self._parse(data)
+        self.update_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        self._unparsed = b""
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         self.registry.connections.discard(self)
         self._uncount()
         if self._detached:
@@ -292,6 +343,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = True
         self._idle_since = None
         self._head_due = True
+        self._body_left = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -300,10 +352,16 @@ class HttpProtocol(asyncio.Protocol):
             self._raise(431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        headers.append((name.lower(), value))
         size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
         config = self.config
+        if not self._in_head:
+            # A trailer, after a chunked body: not supported, so dropped. The headers are the
+            # head's, which the app may have read already; its bytes count with the head's.
+            if size > config.max_header_bytes:
+                self._raise(431)
+            return
+        headers = self._headers
+        headers.append((name.lower(), value))
         if size > config.max_header_bytes or len(headers) > config.max_headers:
             self._raise(431)
 
@@ -358,6 +416,7 @@ class HttpProtocol(asyncio.Protocol):
         length = values.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
             self._raise(413)
+        self._body_left = _declared(length, values)
         if (length is not None and length.strip(b"0")) or b"transfer-encoding" in values:
             # A body is coming: it must be complete within body_timeout.
             self._body_due = True
@@ -401,6 +460,7 @@ class HttpProtocol(asyncio.Protocol):
                 return False  # the app's path reads (or refuses) a body this large
             if length.strip(b"0"):
                 self._body_due = True
+        self._body_left = _declared(length, values)
         request = DirectRequest(
             self, route, headers, keep_alive=parser.should_keep_alive(), http11=version == "1.1"
         )
@@ -456,6 +516,10 @@ class HttpProtocol(asyncio.Protocol):
         return end
 
     def on_body(self, body: bytes) -> None:
+        self._progress = True
+        self._raw_bytes = 0
+        if self._body_left:
+            self._body_left = max(0, self._body_left - len(body))
         cycle = self._parsing
         if cycle is None:
             return
@@ -470,6 +534,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._between = True
         self._body_due = False
+        self._body_left = 0
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
@@ -559,11 +624,16 @@ class HttpProtocol(asyncio.Protocol):
             self.registry.pending.release(self._key)
 
     def update_reading(self) -> None:
-        """Read only while nothing is queued: pipelined requests and unread bodies wait."""
+        """Read only while nothing is queued: pipelined requests, unread bodies and bytes read
+        but not yet parsed wait."""
         if self._detached or self._ignoring or self.transport.is_closing():
             return
         parsing = self._parsing
-        pause = bool(self._pipeline) or (parsing is not None and parsing.buffered > BODY_HIGH)
+        held = bool(self._pipeline) or (parsing is not None and parsing.buffered > BODY_HIGH)
+        if self._unparsed and not held and self._resume is None:
+            # Parsed from the loop: never inside the parser's callbacks or a response's.
+            self._resume = self._loop.call_soon(self._parse_unparsed)
+        pause = held or bool(self._unparsed)
         if pause != self._reading_paused:
             self._reading_paused = pause
             if pause:
@@ -630,6 +700,7 @@ class HttpProtocol(asyncio.Protocol):
             # The error is in a pipelined request: finish the one in flight, then close.
             active.keep_alive = False
             self._pipeline.clear()
+            self._unparsed = b""
             self._ignoring = True
             self.transport.pause_reading()
             self._reading_paused = True
@@ -755,8 +826,13 @@ class HttpProtocol(asyncio.Protocol):
         self._cancel_timers()
         self.transport.close()
 
+    @property
+    def queued(self) -> int:
+        """Requests parsed and waiting behind the one in flight (at most ``MAX_QUEUED``)."""
+        return len(self._pipeline)
+
     def is_idle(self) -> bool:
-        return self._cycle is None and not self._pipeline
+        return self._cycle is None and not self._pipeline and not self._unparsed
 
     def shutdown(self) -> None:
         if self.is_idle():
@@ -767,6 +843,26 @@ class HttpProtocol(asyncio.Protocol):
     def abort(self) -> None:
         # A FIN after what the kernel holds: a streaming client sees its response end.
         self.transport.abort()
+
+
+def _span(data: bytes, heads: int, skip: int) -> int:
+    """How much of ``data`` may be parsed without completing more than ``heads`` request
+    heads: up to its ``2 * heads``-th line feed after the first ``skip`` bytes (the rest of a
+    declared body). A head holds two line feeds at least (its request line and the empty line
+    that ends it: the parser wants CRLF), or one if it began in an earlier read."""
+    pos = skip
+    for _ in range(2 * heads):
+        pos = data.find(b"\n", pos) + 1
+        if not pos:
+            return len(data)
+    return pos
+
+
+def _declared(length: bytes | None, values: dict[bytes, bytes]) -> int:
+    """The body length a head declares, if the parser takes it so (not chunked)."""
+    if length is None or not length.isdigit() or b"transfer-encoding" in values:
+        return 0
+    return int(length)
 
 
 def _address(info: Any) -> tuple[str, int] | None:

@@ -21,7 +21,7 @@ import orjson
 
 from clarion.errors import BadChannel, BadCursor
 from clarion.protocol.channels import validate_channel
-from clarion.protocol.cursor import MAX_EPOCH_BYTES, Cursor, channel_tag, decode_entries
+from clarion.protocol.cursor import Cursor, channel_tag, decode_entries
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import MAX_KEY_CHARS, StreamPosition
 from clarion.protocol.stomp.acks import ACK_MODES, AckMode
@@ -484,10 +484,6 @@ class StompSession:
                 raise RemoteProtocolError(
                     f"x-since holds no position for channel {channel!r}", code=ErrorCode.BAD_CURSOR
                 )
-            if len(position.epoch) > MAX_EPOCH_BYTES:
-                raise RemoteProtocolError(
-                    "x-since holds an invalid epoch", code=ErrorCode.BAD_CURSOR
-                )
         latest = frame.get("x-latest")
         if latest not in (None, "true", "false"):
             raise RemoteProtocolError("x-latest must be true or false")
@@ -538,7 +534,7 @@ class StompSession:
             entries = decode_entries(cursor)
         except BadCursor:
             entries = {}
-        if len(entries) != 1 or any(len(p.epoch) > MAX_EPOCH_BYTES for p in entries.values()):
+        if len(entries) != 1:
             raise RemoteProtocolError(
                 f"{command} names no message of this hub: {ident[:60]!r}", code=ErrorCode.BAD_ACK
             )

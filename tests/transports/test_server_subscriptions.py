@@ -12,7 +12,7 @@ import jwt
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from clarion.protocol.cursor import Cursor
+from clarion.protocol.cursor import Cursor, encode_single
 from clarion.protocol.publication import StreamPosition
 
 from ..conftest import WS, RunningHub, timeout
@@ -197,6 +197,29 @@ async def test_waiting_poll_is_told_and_the_next_poll_loses_nothing(hub: Running
         await api(hub, "/api/unsubscribe", user="alice", channel="room:4")
         reply = await asyncio.wait_for(waiting, timeout(10))
         assert reply["unsubscribed"] == [{"channel": "room:4", "reason": "server"}]
+
+
+async def test_a_poll_subscribed_from_a_cursor_history_cannot_cover_is_told_of_the_gap(
+    hub: RunningHub,
+) -> None:
+    """The backend subscribes a waiting poll with a ``since`` of an epoch the hub no longer
+    has: the client's next poll, which names the channel with the reply's cursor, gets the
+    reset (as every transport would), not publications from the top as if nothing was missed."""
+    for i in range(3):
+        await hub.publish("room:9", i)
+    stale = encode_single("room:9", "0123456789ab", 2)
+    async with hub.http(headers=bearer(token(channels=["chat:*", "room:*"]))) as http:
+        first = await poll(http, "chat:a", timeout=0)
+        waiting = asyncio.create_task(poll(http, "chat:a", cursor=first["cursor"], timeout=20))
+        await asyncio.sleep(timeout(0.5))
+        await api(hub, "/api/subscribe", user="alice", channel="room:9", since=stale)
+        reply = await asyncio.wait_for(waiting, timeout(10))
+        assert [s["channel"] for s in reply["subscribed"]] == ["room:9"]
+        nxt = await poll(http, "chat:a", "room:9", cursor=reply["cursor"], timeout=0)
+        assert nxt["reset"]["channel"] == "room:9" and nxt["reset"]["reason"] == "epoch"
+        await hub.publish("room:9", "after")
+        live = await poll(http, "chat:a", "room:9", cursor=nxt["cursor"], timeout=5)
+        assert [p["data"] for p in live["publications"]] == ["after"]
 
 
 async def test_stomp_gets_a_hub_subscription_with_its_own_id(hub: RunningHub) -> None:

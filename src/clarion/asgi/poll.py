@@ -140,7 +140,13 @@ class PollWaiter:
         to its next poll, which reads what was published since from history."""
 
         def ready(result: SubscribeResult) -> None:
-            self.subscribed[channel] = result.start
+            # A ``since`` history could not cover stays the channel's position: the next
+            # poll, reading from it, reports the reset. (The top would skip the gap unsaid;
+            # this reply names no such channel, so it carries no reset of its.)
+            start = result.start
+            if since is not None and result.reset is not None:
+                start = since
+            self.subscribed[channel] = start
             self._wake()
 
         await session.subscribe(

@@ -1126,3 +1126,68 @@ async def test_a_revocation_stored_by_an_earlier_version_is_read(
     mark, entries = await engine.revocations(mark)
     assert sorted(key for _, key, _ in entries) == ["a", "b", "old"]  # logged again, once
     assert (await engine.revocations(mark))[1] == []
+
+
+async def _engine_on(server: RedisServer, query: str) -> RedisEngine:
+    engine = RedisEngine(f"{server.url}?{query}", Settings())
+    await engine.start(RecordingSink())
+    return engine
+
+
+async def _counted(engine: RedisEngine, key: str) -> int:
+    assert engine.limits is not None
+    return await engine.limits.connection_count("ip", key)
+
+
+async def test_a_connection_admitted_while_redis_was_away_counts_once_it_is_back() -> None:
+    """The caller fails open while Redis is away (its own caps apply); the connections it
+    admits then are counted cluster-wide once Redis answers again, not never."""
+    server = RedisServer(persistent=True)
+    server.start()
+    engine = await _engine_on(server, "check_interval=0.2&presence_ttl=1.5")
+    try:
+        assert engine.limits is not None
+        server.stop()
+        with pytest.raises(EngineUnavailable):
+            await engine.limits.acquire_connection("ip", "10.0.0.9", "away", 5)
+        server.start()
+
+        async def counted() -> bool:
+            with contextlib.suppress(EngineUnavailable):
+                return await _counted(engine, "10.0.0.9") == 1
+            return False
+
+        await until(counted, wait=10, interval=0.1)
+        await engine.limits.release_connection("ip", "10.0.0.9", "away")
+        assert await _counted(engine, "10.0.0.9") == 0
+    finally:
+        await engine.close()
+        server.cleanup()
+
+
+async def test_a_release_that_failed_is_made_again_once_redis_is_back() -> None:
+    """A connection closed while Redis was away stops counting soon after Redis answers
+    again, not when its lease ends (30 s here): until then it would refuse others (4503)."""
+    server = RedisServer(persistent=True)
+    server.start()
+    engine = await _engine_on(server, "check_interval=0.2&presence_ttl=30")
+    try:
+        assert engine.limits is not None
+        assert await engine.limits.acquire_connection("ip", "10.0.0.9", "gone", 1)
+        server.stop()  # away; every write is on disk (appendfsync always)
+        with pytest.raises(EngineUnavailable):
+            await engine.limits.release_connection("ip", "10.0.0.9", "gone")
+        server.start()  # a new process, from its append-only file: the member is there
+        started = time.monotonic()
+
+        async def released() -> bool:
+            with contextlib.suppress(EngineUnavailable):
+                return await _counted(engine, "10.0.0.9") == 0
+            return False
+
+        await until(released, wait=10, interval=0.1)
+        assert time.monotonic() - started < 10  # far from the lease's 30 s
+        assert await engine.limits.acquire_connection("ip", "10.0.0.9", "next", 1)
+    finally:
+        await engine.close()
+        server.cleanup()

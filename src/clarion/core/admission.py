@@ -54,6 +54,9 @@ class Admission:
                 admitted = await shared.acquire_connection(kind, key, session.id, cap)
             except (ClarionError, OSError) as exc:
                 self._unavailable("shared connection counts unavailable: %s", exc)
+                # Admitted by the local caps alone; the engine counts it once it can, so it
+                # is released as any other.
+                held.append((kind, key))
                 continue
             self._available()
             if session.closed:  # closed meanwhile: what was held is being released already

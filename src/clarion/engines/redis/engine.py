@@ -471,6 +471,10 @@ class RedisEngine:
                 if self._link is not None and self._link.up:
                     await self._positions.resync(list(self._positions.seen))
                     self._recovered_from_outage()  # only a check that ran says so
+                    if self.limits is not None:
+                        # Connections closed while Redis was away stop counting now, not
+                        # at the next refresh: until then they could refuse others (4503).
+                        await self.limits.release_failed()
             except (RedisError, OSError, TimeoutError, EngineUnavailable) as exc:
                 self._outage("position check", exc)
             except Exception:

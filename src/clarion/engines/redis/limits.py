@@ -44,6 +44,9 @@ class ClusterLimits:
         self._take = client.register_script(scripts.RATE_TAKE)
         self._client = client
         self._held: dict[str, set[str]] = {}  # key → this node's members
+        # key → members whose release failed (Redis away): released again by the next refresh,
+        # or at once by a refusal of their key, rather than left counted until they lapse.
+        self._unreleased: dict[str, set[str]] = {}
         self._looking: dict[str, asyncio.Task[bool]] = {}  # key → a look after a refusal
 
     async def acquire_connection(self, kind: str, key: str, member: str, limit: int) -> bool:
@@ -64,6 +67,9 @@ class ClusterLimits:
             if not admitted:
                 admitted = await self._recount(name, member, limit)
         except (RedisError, OSError, TimeoutError) as exc:
+            # Admitted anyway (the caller fails open while Redis is away): held here, so that
+            # the next refresh, which adds back what Redis lacks, counts it cluster-wide.
+            self._held.setdefault(name, set()).add(member)
             raise _unavailable(exc, f"counting a connection per {kind}") from None
         if admitted:
             self._held.setdefault(name, set()).add(member)
@@ -80,6 +86,10 @@ class ClusterLimits:
         """After a refusal: admitted after all if the count held members of stopped nodes.
         The refusals of one key at one time share one look (a burst of them stays a few
         calls)."""
+        if name in self._unreleased:  # this node's own leftovers first: they are no one's
+            await self._release_again([name])
+            if await self._acquire_one(name, member, limit):
+                return True
         looking = self._looking.get(name)
         if looking is None:
             looking = self._looking[name] = asyncio.create_task(self._drop_stopped(name, limit))
@@ -139,10 +149,11 @@ class ClusterLimits:
             held.discard(member)
             if not held:
                 del self._held[name]
-        # Not refreshed any more: should this fail, the member expires within the TTL.
+        # Not refreshed any more: should this fail, it is released again by the next refresh.
         try:
             await self._release(name, member)
         except (RedisError, OSError, TimeoutError) as exc:
+            self._unreleased.setdefault(name, set()).add(member)
             raise _unavailable(exc, f"releasing a connection per {kind}") from None
 
     def _release(self, name: str, member: str) -> Any:
@@ -164,9 +175,30 @@ class ClusterLimits:
         except (RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc, "taking a publish token") from None
 
+    async def _release_again(self, names: list[str]) -> None:
+        """Release the members of ``names`` whose release failed (raises what Redis raised;
+        those not released stay to be tried again)."""
+        taken = {name: set(self._unreleased[name]) for name in names}
+        calls: list[tuple[Any, list[Any], list[Any]]] = [
+            (None, [], ["ZREM", name, *members]) for name, members in taken.items()
+        ]
+        await self._batch.now(calls)
+        for name, members in taken.items():
+            left = self._unreleased.get(name)  # more may have failed meanwhile
+            if left is not None:
+                left -= members
+                if not left:
+                    del self._unreleased[name]
+
+    async def release_failed(self) -> None:
+        """Release again the members whose release failed, if any (raises what Redis raised)."""
+        if self._unreleased:
+            await self._release_again(list(self._unreleased))
+
     async def refresh(self) -> None:
-        """Renew this node's members' leases; add back those Redis lost (raises what Redis
-        raised)."""
+        """Release again what failed to be; renew this node's members' leases; add back those
+        Redis lost (raises what Redis raised)."""
+        await self.release_failed()
         if not self._held:
             return
         names = list(self._held)

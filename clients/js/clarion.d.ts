@@ -87,6 +87,10 @@ export interface ConnectOptions {
   openTimeout?: number;
   /** Milliseconds without a byte after which an SSE stream is reopened (default 45000). */
   sseSilence?: number;
+  /** The hub's limits.max_message_bytes (default 65536): a larger WebSocket request is
+   * refused at once with `too_large`, never sent (the hub would close the connection, 1009).
+   * null: no check. */
+  maxMessageBytes?: number | null;
   /** The page's URL to resolve a relative `url` against (default: location). */
   base?: string;
   onState?: (state: ClientState, transport: TransportName | null) => void;

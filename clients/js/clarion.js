@@ -301,6 +301,13 @@ function storeOf(store) {
 
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
+// A frame's size in UTF-8 bytes, as the hub counts it; 0 without a `limit` to check, and not
+// encoded when it fits anyway (a UTF-16 unit is at most three bytes).
+const frameBytes = (frame, limit) => {
+  if (!limit || frame.length * 3 <= limit) return 0;
+  return new TextEncoder().encode(frame).length;
+};
+
 // Before a channel name in `store`: the cursor a subscription's event stream opened at (no
 // channel name holds a "*").
 const STREAM_MARK = "*";
@@ -430,6 +437,9 @@ class Client extends Emitter {
     this.pollTimeout = options.pollTimeout ?? 25;
     this.openTimeout = options.openTimeout ?? 10000;
     this.sseSilence = options.sseSilence ?? 45000;
+    // The hub's limits.max_message_bytes: a frame over it closes the whole connection (1009,
+    // "do not reconnect"); null or 0: no check.
+    this.maxMessageBytes = options.maxMessageBytes === undefined ? 65536 : options.maxMessageBytes;
     this.subs = new Map();
     this.token = null;
     this.tokenExpires = null;
@@ -837,7 +847,16 @@ class Client extends Emitter {
     const ws = this.ws;
     if (!ws || ws.readyState !== 1) return Promise.reject(new Error("not connected"));
     const id = this.nextId++;
-    ws.send(JSON.stringify({ id, ...command }));
+    const frame = JSON.stringify({ id, ...command });
+    // Refused here, as the hub would refuse it over HTTP: over WebSocket it would close the
+    // connection for good (1009), ending every subscription.
+    const size = frameBytes(frame, this.maxMessageBytes);
+    if (size > this.maxMessageBytes) {
+      const limit = this.maxMessageBytes;
+      return Promise.reject(new ClarionError({ code: "too_large", limit,
+        message: `the ${command.op} frame is ${size} bytes, over maxMessageBytes (${limit})` }));
+    }
+    ws.send(frame);
     return new Promise((resolve, reject) => this.pending.set(id, { resolve, reject }));
   }
 

@@ -333,6 +333,7 @@ class Subscription extends Emitter {
     this.state = "unsubscribed";
     this.lastOffset = null;
     this.lastEpoch = null;
+    this.attachedTo = null; // the client's generation (connection) it was last attached in
     for (const [name, key] of [["publication", "onPublication"], ["reset", "onReset"],
       ["subscribing", "onSubscribing"], ["subscribed", "onSubscribed"],
       ["unsubscribed", "onUnsubscribed"], ["join", "onJoin"], ["leave", "onLeave"],
@@ -907,6 +908,11 @@ class Client extends Emitter {
   }
 
   _attach(sub) {
+    // Once per connection: a subscribe() from a handler that runs while _connected attaches
+    // every subscription (connected, state, subscribing) finds its own attached already, and a
+    // second subscribe op would be refused (already_subscribed) while the hub keeps the first.
+    if (sub.attachedTo === this.generation) return;
+    sub.attachedTo = this.generation;
     sub._subscribing();
     if (this.transport === "ws") this._wsSubscribe(sub);
     else this._restartStream();

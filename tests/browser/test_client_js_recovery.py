@@ -12,7 +12,7 @@ import pytest
 
 from ..conftest import RunningHub
 from .chromium import chromium_context, needs_chromium
-from .test_client_js import open_client, pubs, wait_for
+from .test_client_js import open_client, pubs, subscribed, wait_for
 
 pytestmark = needs_chromium
 
@@ -48,3 +48,38 @@ async def test_an_oversized_publish_over_websocket_is_refused_without_losing_the
         "subscribed",
     ]
     assert await page.evaluate("window.log.states") == ["connecting:ws", "connected:ws"]
+
+
+@pytest.mark.parametrize("event", ["connected", "state"])
+async def test_a_subscription_made_while_the_client_attaches_is_sent_once(
+    page: Any, hub: RunningHub, event: str
+) -> None:
+    """A page that (re)subscribes when the client connects: its handler runs while the client
+    attaches every subscription, and the new one is attached with them, once."""
+    sent: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append(frame)))
+    await page.goto(hub.http_url + "/healthz")
+    await page.evaluate(
+        """async (event) => {
+            const { connect } = await import('/clarion.js');
+            window.log = { pubs: [], events: [], states: [] };
+            const client = connect(location.origin, { transports: ['ws'] });
+            window.client = client;
+            client.on(event, () => {
+                if (client.state !== 'connected' || client.getSubscription('chat:lobby')) return;
+                window.sub = client.subscribe('chat:lobby', {
+                    onPublication: (p) => window.log.pubs.push(p.data),
+                });
+                const log = (e) => (d) => window.log.events.push(e + (d.code ? ':' + d.code : ''));
+                for (const e of ['subscribed', 'unsubscribed', 'error']) window.sub.on(e, log(e));
+            });
+        }""",
+        event,
+    )
+    await wait_for(page, "window.log.events.length > 0")
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", "delivered")
+    assert await pubs(page, 1) == ["delivered"]
+    assert await page.evaluate("window.log.events") == ["subscribed"]
+    assert await page.evaluate("window.sub.state") == "subscribed"
+    assert sum('"op":"subscribe"' in frame for frame in sent) == 1

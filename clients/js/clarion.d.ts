@@ -81,7 +81,8 @@ export interface ConnectOptions {
   backoffCap?: number;
   /** How often to try a better transport after a fallback, in ms (default 60000; 0: never). */
   upgradeInterval?: number;
-  /** Seconds a long poll waits (default 25). */
+  /** Seconds a long poll waits (default 25, at most 60); a hub whose poll.timeout_max is
+   * lower gets 10, then plain polls a second apart. */
   pollTimeout?: number;
   /** Milliseconds a WebSocket may take to answer the connect op, and /healthz a health check (default 10000). */
   openTimeout?: number;

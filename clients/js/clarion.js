@@ -308,6 +308,12 @@ const frameBytes = (frame, limit) => {
   return new TextEncoder().encode(frame).length;
 };
 
+// Seconds of a long poll: at most the hub's default bound, and after a hub's refusal of a
+// longer one, 10, then none (plain polls, one a second).
+const MAX_POLL_TIMEOUT = 60;
+const FALLBACK_POLL_TIMEOUT = 10;
+const PLAIN_POLL_PAUSE = 1000;
+
 // Before a channel name in `store`: the cursor a subscription's event stream opened at (no
 // channel name holds a "*").
 const STREAM_MARK = "*";
@@ -435,7 +441,9 @@ class Client extends Emitter {
     this.base = options.backoffBase ?? 500;
     this.cap = options.backoffCap ?? 20000;
     this.upgradeInterval = options.upgradeInterval ?? 60000;
-    this.pollTimeout = options.pollTimeout ?? 25;
+    // The hub's poll.timeout_max is 60 by default; a hub that allows less refuses a longer
+    // poll (bad_timeout), and the client then asks for less (_shorterPolls).
+    this.pollTimeout = Math.min(options.pollTimeout ?? 25, MAX_POLL_TIMEOUT);
     this.openTimeout = options.openTimeout ?? 10000;
     this.sseSilence = options.sseSilence ?? 45000;
     // The hub's limits.max_message_bytes: a frame over it closes the whole connection (1009,
@@ -1105,6 +1113,9 @@ class Client extends Emitter {
     const error = body?.error?.code ? new ClarionError(body.error, r.status) : null;
     if (!error) return this._failed(stream.gen, { reason: `HTTP ${r.status}` });
     if (error.code === "bad_cursor" && this._dropCursor(error.cursor)) return "again";
+    // The hub allows shorter polls than asked for: a matter of this client's, not of its
+    // subscriptions.
+    if (error.code === "bad_timeout" && this._shorterPolls()) return "again";
     const what = refusal(error.code, { status: r.status, refreshable: this.refreshable });
     if (what === "refresh") {
       // Once at once; a token that is refused again, or a getToken() that fails, backs off.
@@ -1156,6 +1167,14 @@ class Client extends Emitter {
       }
     }
     return dropped;
+  }
+
+  // A long poll the hub refused as too long: ask for less from now on. False when the
+  // client already asks for none.
+  _shorterPolls() {
+    if (!this.pollTimeout) return false;
+    this.pollTimeout = this.pollTimeout > FALLBACK_POLL_TIMEOUT ? FALLBACK_POLL_TIMEOUT : 0;
+    return true;
   }
 
   async _sseLoop(stream) {
@@ -1249,7 +1268,12 @@ class Client extends Emitter {
       const q = this._streamQuery(stream);
       // At once while a subscription waits to be confirmed; then a long poll.
       const waiting = [...stream.subs].some((sub) => sub.state !== "subscribed");
-      q.set("timeout", String(opened && !waiting ? this.pollTimeout : 0));
+      const long = opened && !waiting;
+      q.set("timeout", String(long ? this.pollTimeout : 0));
+      if (long && !this.pollTimeout) {
+        await sleep(PLAIN_POLL_PAUSE); // a hub that allows no long poll: plain ones, paced
+        if (!this._live(stream)) return;
+      }
       let r;
       let body;
       try {

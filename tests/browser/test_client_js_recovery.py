@@ -4,9 +4,11 @@ bounds, outages, subscriptions made again during one, and the end of a client.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -83,3 +85,42 @@ async def test_a_subscription_made_while_the_client_attaches_is_sent_once(
     assert await page.evaluate("window.log.events") == ["subscribed"]
     assert await page.evaluate("window.sub.state") == "subscribed"
     assert sum('"op":"subscribe"' in frame for frame in sent) == 1
+
+
+@pytest.mark.parametrize(
+    ("timeout_max", "options", "refused", "longest"),
+    [(20, {}, [25], 10), (None, {"pollTimeout": 90}, [], 60), (5, {}, [25, 10], 0)],
+    ids=["hub-max-20", "asked-90", "hub-max-5"],
+)
+async def test_long_polls_keep_within_the_hubs_bound(
+    page: Any,
+    hub_factory: Any,
+    timeout_max: float | None,
+    options: dict[str, Any],
+    refused: list[float],
+    longest: float,
+) -> None:
+    """A hub whose `poll.timeout_max` is below the client's poll timeout refuses the long poll
+    (`bad_timeout`): the client asks for less, and its subscriptions go on."""
+    hub = await hub_factory(**({"poll": {"timeout_max": timeout_max}} if timeout_max else {}))
+    asked: list[float] = []
+
+    def poll(request: Any) -> None:
+        if "/poll?" in request.url:
+            asked.append(float(parse_qs(urlsplit(request.url).query)["timeout"][0]))
+
+    page.on("request", poll)
+    await open_client(page, hub, {"transports": ["poll"], **options})
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await hub.publish("chat:lobby", 1)  # the poll's cursor holds the channel: nothing is missed
+    assert await pubs(page, 1) == [1]
+    await asyncio.sleep(1.5)  # long polls under way, or plain ones paced
+    await hub.publish("chat:lobby", 2)
+    assert await pubs(page, 2) == [1, 2]
+    assert [e["event"] for e in await page.evaluate("window.log.events")] == [
+        "subscribing",
+        "subscribed",
+    ]
+    # Over the bound: the client's first long poll, then its fallback, each refused once.
+    assert [t for t in asked if t > (timeout_max or 60)] == refused
+    assert asked[-1] == longest

@@ -467,6 +467,7 @@ class Client extends Emitter {
     this.stream = null;      // off WebSocket: the one stream every subscription reads
     this.restarting = false; // a reopen of that stream is due once the caller's code has run
     this.position = null;    // that stream's last cursor and the subscriptions it covers
+    this.timed = null;       // the generation whose upgrade and refresh timers are set
     if (typeof options.onState === "function") {
       for (const s of ["connecting", "connected", "disconnected", "closed"]) {
         this.on(s, () => options.onState(s, this.transport));
@@ -698,6 +699,10 @@ class Client extends Emitter {
     if (this.transport === "ws") this.position = null;
     this._setState("connected");
     if (attach) for (const sub of this.subs.values()) this._attach(sub);
+    // An event stream that stalled and came back is connected again in the same generation:
+    // its timers run already.
+    if (this.timed === gen) return;
+    this.timed = gen;
     if (this.level > 0) this._scheduleUpgrade(gen);
     this._scheduleRefresh(gen);
   }
@@ -1177,6 +1182,34 @@ class Client extends Emitter {
     return true;
   }
 
+  // The stream is not reading and waits (`attempt`'s backoff) before it tries again: told as a
+  // WebSocket tells its drop, the client disconnected and its subscriptions subscribing, then
+  // connecting as it tries; it is connected again once the stream is on.
+  async _stall(stream, attempt, detail = {}) {
+    if (this._live(stream)) {
+      for (const sub of this.subs.values()) if (sub.state === "subscribed") sub._subscribing();
+      if (this.state === "connected" || this.state === "connecting") {
+        this._setState("disconnected", { code: null, reason: "", reconnect: true, ...detail });
+      }
+    }
+    await sleep(backoffDelay(attempt, this.base, this.cap));
+    if (this._live(stream) && this.state === "disconnected") this._setState("connecting");
+  }
+
+  // An expired token ended the stream: it opens again at once with a fresh one, or, when
+  // getToken fails, after a wait.
+  async _renewToken(stream, attempt, detail) {
+    try {
+      await this._freshToken();
+      return attempt;
+    } catch (error) {
+      if (!this._live(stream)) return attempt;
+      this.emit("error", error);
+      await this._stall(stream, attempt, detail);
+      return attempt + 1;
+    }
+  }
+
   async _sseLoop(stream) {
     let attempt = 0;
     while (this._live(stream)) {
@@ -1196,7 +1229,7 @@ class Client extends Emitter {
       if (!r.ok || !(r.headers.get("content-type") || "").startsWith("text/event-stream")) {
         const what = await this._httpError(stream, r);
         if (what === "again") continue;
-        if (what === "backoff") { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
+        if (what === "backoff") { await this._stall(stream, attempt++, { reason: `HTTP ${r.status}` }); continue; }
         if (what === "ended" && this.stream === stream) this.stream = null;
         return;
       }
@@ -1251,11 +1284,10 @@ class Client extends Emitter {
       if (disconnect && endsClient(disconnect.code, disconnect.reconnect, this.refreshable)) {
         return this._stop(stream.gen, disconnect);
       }
-      if (disconnect?.code === TOKEN_EXPIRED) { await this._freshToken().catch(() => {}); continue; }
+      if (disconnect?.code === TOKEN_EXPIRED) { attempt = await this._renewToken(stream, attempt, disconnect); continue; }
       if (!started) return this._failed(stream.gen, { reason: "the stream ended before it started" });
-      for (const sub of stream.subs) if (this.subs.get(sub.channel) === sub) sub._subscribing();
       opened = false;
-      await sleep(backoffDelay(attempt++, this.base, this.cap));
+      await this._stall(stream, attempt++, disconnect ?? { reason: "the stream ended" });
     }
   }
 
@@ -1281,14 +1313,14 @@ class Client extends Emitter {
         if (r.ok) body = await r.json();
       } catch (error) {
         if (!this._live(stream)) return;
-        if (r && r.ok) { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
+        if (r && r.ok) { await this._stall(stream, attempt++, { reason: String(error) }); continue; }
         return this._failed(stream.gen, { reason: String(error) });
       }
       if (!this._live(stream)) return;
       if (!r.ok) {
         const what = await this._httpError(stream, r);
         if (what === "again") { opened = false; continue; } // another query: a reopening
-        if (what === "backoff") { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
+        if (what === "backoff") { await this._stall(stream, attempt++, { reason: `HTTP ${r.status}` }); continue; }
         if (what === "ended" && this.stream === stream) this.stream = null;
         return;
       }
@@ -1306,8 +1338,8 @@ class Client extends Emitter {
       if (body.disconnect) {
         const { code, reconnect } = body.disconnect;
         if (endsClient(code, reconnect, this.refreshable)) return this._stop(stream.gen, body.disconnect);
-        if (body.disconnect.code === TOKEN_EXPIRED) await this._freshToken().catch(() => {});
-        else await sleep(backoffDelay(attempt++, this.base, this.cap));
+        if (body.disconnect.code === TOKEN_EXPIRED) attempt = await this._renewToken(stream, attempt, body.disconnect);
+        else await this._stall(stream, attempt++, body.disconnect);
       }
     }
   }

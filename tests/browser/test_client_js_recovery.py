@@ -14,7 +14,7 @@ import pytest
 
 from ..conftest import RunningHub
 from .chromium import chromium_context, needs_chromium
-from .test_client_js import open_client, pubs, subscribed, wait_for
+from .test_client_js import alice, open_client, pubs, secured, subscribed, wait_for
 
 pytestmark = needs_chromium
 
@@ -124,3 +124,43 @@ async def test_long_polls_keep_within_the_hubs_bound(
     # Over the bound: the client's first long poll, then its fallback, each refused once.
     assert [t for t in asked if t > (timeout_max or 60)] == refused
     assert asked[-1] == longest
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_an_outage_of_tokens_is_told_as_on_websocket(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    """Short tokens, and getToken fails for a while: the stream cannot read, and the client
+    says so as over WebSocket (disconnected, the subscription subscribing), then comes back."""
+    hub = await secured(hub_factory)
+    broken = {"on": False}
+
+    def mint() -> str:
+        if broken["on"]:
+            raise RuntimeError("the token service is down")
+        return alice(ttl=3)
+
+    await page.expose_function("mintToken", mint)
+    await open_client(page, hub, {"transports": [transport], "tokenFromPage": True})
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", "before")
+    assert await pubs(page, 1) == ["before"]
+    broken["on"] = True
+    await wait_for(page, f"window.log.states.includes('disconnected:{transport}')")
+    await wait_for(page, "window.sub.state === 'subscribing'")
+    # It tries again as a WebSocket does: connecting, after each wait.
+    await wait_for(
+        page,
+        f"window.log.states.lastIndexOf('connecting:{transport}')"
+        f" > window.log.states.indexOf('disconnected:{transport}')",
+    )
+    broken["on"] = False
+    await wait_for(page, f"window.log.states.at(-1) === 'connected:{transport}'")
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await hub.publish("chat:lobby", "after")
+    assert await pubs(page, 2) == ["before", "after"]
+    events = [e["event"] for e in await page.evaluate("window.log.events")]
+    assert events[:2] == ["subscribing", "subscribed"]
+    assert events[-2:] == ["subscribing", "subscribed"]
+    assert "unsubscribed" not in events

@@ -1081,7 +1081,13 @@ class Client extends Emitter {
   // The stream's position, `cursor`: it covers the subscriptions it was opened with and those
   // the hub added since (`stream.subs`).
   _streamAt(stream, cursor) {
-    if (cursor) this.position = { cursor, subs: stream.subs };
+    if (!cursor) return;
+    this.position = { cursor, subs: stream.subs };
+    // What the stream left out (_streamQuery) can start from now on the next one.
+    if (stream.deferred) {
+      stream.deferred = false;
+      this._restartStream();
+    }
   }
 
   _covered(sub) {
@@ -1095,7 +1101,15 @@ class Client extends Emitter {
   // own cursors of the subscriptions it does not cover. `latest` names the channels that ask
   // for it and have no position.
   _streamQuery(stream) {
-    const subs = [...this.subs.values()];
+    let subs = [...this.subs.values()];
+    // A subscription from now on a channel the stream's position still holds (one ended and
+    // made again before the stream read anew) would resume there, from before it was made. It
+    // waits for the next opening: this one's position holds only the channels it reads.
+    const gone = new Set();
+    for (const sub of this.position?.subs || []) if (this.subs.get(sub.channel) !== sub) gone.add(sub.channel);
+    const later = subs.filter((sub) => gone.has(sub.channel) && !sub.cursor && !sub.streamCursor);
+    stream.deferred = later.length > 0 && subs.some((sub) => this._covered(sub));
+    if (stream.deferred) subs = subs.filter((sub) => !later.includes(sub));
     stream.subs = new Set(subs);
     const q = new URLSearchParams();
     for (const sub of subs) q.append("channel", sub.channel);

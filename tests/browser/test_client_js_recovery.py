@@ -14,7 +14,7 @@ import pytest
 
 from ..conftest import RunningHub
 from .chromium import chromium_context, needs_chromium
-from .test_client_js import alice, open_client, pubs, secured, subscribed, wait_for
+from .test_client_js import MANY, alice, open_client, pubs, secured, subscribed, wait_for
 
 pytestmark = needs_chromium
 
@@ -164,3 +164,34 @@ async def test_an_outage_of_tokens_is_told_as_on_websocket(
     assert events[:2] == ["subscribing", "subscribed"]
     assert events[-2:] == ["subscribing", "subscribed"]
     assert "unsubscribed" not in events
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_subscription_made_again_during_an_outage_starts_from_now(
+    page: Any, hub: RunningHub, transport: str
+) -> None:
+    """chat:b ends and is made again while the stream cannot read, so the stream's position
+    still holds chat:b where the old subscription was: the new one, without `since`, starts
+    from now all the same, as on WebSocket."""
+    await open_client(page, hub, {"transports": [transport], "pollTimeout": 20}, None)
+    await page.evaluate(MANY, ["chat:a", "chat:b"])
+    await wait_for(page, "Object.values(window.subs).every((s) => s.state === 'subscribed')")
+    await hub.publish("chat:b", "b seen")
+    assert await pubs(page, 1) == ["b seen"]
+    await page.context.set_offline(True)
+    for session in list(hub.hub.sessions.values()):
+        session.close(4000)
+    await page.evaluate("window.subs['chat:b'].unsubscribe()")
+    for n in range(3):
+        await hub.publish("chat:b", f"b old {n}")
+    await page.evaluate(MANY, ["chat:b"])
+    await page.context.set_offline(False)
+    await wait_for(page, "Object.values(window.subs).every((s) => s.state === 'subscribed')")
+    await subscribed(hub, "chat:b")
+    await hub.publish("chat:a", "a live")
+    await hub.publish("chat:b", "b live")
+    got = await pubs(page, 3)
+    await asyncio.sleep(0.3)  # anything more would be here by now
+    assert sorted(await page.evaluate("window.log.pubs")) == sorted(got)
+    assert sorted(got) == ["a live", "b live", "b seen"]
+    assert await page.evaluate("window.log.events") == []  # nothing refused

@@ -120,7 +120,8 @@ export interface ResetEvent { channel: string; reason: "epoch" | "trimmed" | "po
 export interface SubscribedEvent { channel: string; recovered: boolean; cursor: string | null; transport: TransportName | null }
 export interface UnsubscribedEvent {
   channel: string;
-  /** "client", "server", "forbidden", or the error code that ended it. */
+  /** "client" (unsubscribe() or close()), "server" (the backend's /api/unsubscribe),
+   * "forbidden", or the error code that ended it (those two after an error event). */
   reason: string;
 }
 export interface PresenceEvent { channel: string; client: string; user: string | null; transport: string; info?: unknown }
@@ -143,6 +144,8 @@ export interface SubscribeOptions<T = unknown> {
   onUnsubscribed?: (event: UnsubscribedEvent) => void;
   onJoin?: (event: PresenceEvent) => void;
   onLeave?: (event: PresenceEvent) => void;
+  /** The hub refused the subscription, or ended it for a reason other than the backend's
+   * unsubscribe (e.g. forbidden: a refreshed token no longer allows the channel). */
   onError?: (error: ClarionError) => void;
 }
 
@@ -204,6 +207,7 @@ export interface Client {
   on<K extends keyof ClientEvents>(event: K, fn: (e: ClientEvents[K]) => void): () => void;
   on(event: "state", fn: (state: ClientState, transport: TransportName | null) => void): () => void;
   off(event: string, fn: (...args: any[]) => void): void;
+  /** Ends every subscription (unsubscribed, reason "client"), then the client (closed). */
   close(): void;
 }
 

@@ -529,6 +529,11 @@ class Client extends Emitter {
     if (this.ws) { try { this.ws.close(1000); } catch {} this.ws = null; }
     this._stopStream();
     this._failPending(new Error("client closed"));
+    // Every subscription ends with the client, as after unsubscribe().
+    for (const sub of [...this.subs.values()]) {
+      this.subs.delete(sub.channel);
+      sub._ended("client");
+    }
     this._setState("closed");
   }
 
@@ -773,10 +778,13 @@ class Client extends Emitter {
 
   // Ask for a new token before this one expires: a refresh op on an open WebSocket; over SSE
   // and poll the next request carries it.
-  _scheduleRefresh(gen) {
+  // `failures`: refreshes that failed in a row, retried with the client's backoff.
+  _scheduleRefresh(gen, failures = 0) {
     if (!this.getToken || !this.tokenExpires) return;
+    const delay = failures ? backoffDelay(failures - 1, this.base, this.cap) : refreshDelay(this.tokenExpires);
     this._later(async () => {
       if (gen !== this.generation || this.closed) return;
+      let failed = false;
       try {
         const before = this.token;
         await this._freshToken();
@@ -787,9 +795,10 @@ class Client extends Emitter {
         }
       } catch (error) {
         this.emit("error", error);
+        failed = true;
       }
-      if (gen === this.generation) this._scheduleRefresh(gen);
-    }, Math.max(500, refreshDelay(this.tokenExpires))); // a getToken() that keeps giving the old token is not asked in a loop
+      if (gen === this.generation) this._scheduleRefresh(gen, failed ? failures + 1 : 0);
+    }, Math.max(500, delay)); // a getToken() that keeps giving the old token is not asked in a loop
   }
 
   // -- WebSocket --
@@ -917,6 +926,14 @@ class Client extends Emitter {
     this.subs.delete(channel); // the hub took it off the stream, which goes on with the others
     this.position?.subs?.delete(sub);
     if (!this.subs.size && this.transport !== "ws") this._stopStream();
+    // Any reason but the backend's is a refusal of the channel (a token that no longer allows
+    // it, a server-side subscription that could not be made): told as a refused subscribe is,
+    // and as an event stream that reopens without the permission tells it.
+    if (reason !== "server") {
+      const message = reason === "forbidden" ? `the token no longer allows ${channel}`
+        : `the hub ended the subscription to ${channel}: ${reason}`;
+      sub.emit("error", new ClarionError({ code: reason, channel, message }));
+    }
     sub._ended(reason);
   }
 

@@ -12,9 +12,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from clarion.core.auth import mint_token
+
 from ..conftest import RunningHub
 from .chromium import chromium_context, needs_chromium
-from .test_client_js import MANY, alice, open_client, pubs, secured, subscribed, wait_for
+from .test_client_js import (
+    MANY,
+    SECRET,
+    TRANSPORTS,
+    alice,
+    open_client,
+    pubs,
+    secured,
+    subscribed,
+    wait_for,
+)
 
 pytestmark = needs_chromium
 
@@ -195,3 +207,72 @@ async def test_a_subscription_made_again_during_an_outage_starts_from_now(
     assert sorted(await page.evaluate("window.log.pubs")) == sorted(got)
     assert sorted(got) == ["a live", "b live", "b seen"]
     assert await page.evaluate("window.log.events") == []  # nothing refused
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_close_ends_every_subscription(page: Any, hub: RunningHub, transport: str) -> None:
+    await open_client(page, hub, {"transports": [transport], "pollTimeout": 2})
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await page.evaluate("window.client.close()")
+    assert await page.evaluate("window.sub.state") == "unsubscribed"
+    events = await page.evaluate("window.log.events")
+    assert [(e["event"], e.get("reason")) for e in events] == [
+        ("subscribing", None),
+        ("subscribed", None),
+        ("unsubscribed", "client"),
+    ]
+    assert await page.evaluate("window.client.getSubscription('chat:lobby')") is None
+    assert (await page.evaluate("window.log.states"))[-1] == f"closed:{transport}"
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_failing_token_refresh_is_retried_with_backoff(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    """getToken fails from its second call on: the scheduled refresh asks it again after the
+    client's backoff (here 0.9 s, 1.8 s, 3.6 s, …), not every half second."""
+    hub = await secured(hub_factory)
+    calls: list[int] = []
+
+    def mint() -> str:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("the token service is down")
+        return alice(ttl=3)
+
+    await page.expose_function("mintToken", mint)
+    await page.goto(hub.http_url + "/healthz")
+    await page.evaluate("Math.random = () => 0.9")  # the backoff's delays, made exact
+    options = {"backoffBase": 1000, "backoffCap": 4000, "pollTimeout": 2}
+    await open_client(page, hub, {"transports": [transport], "tokenFromPage": True, **options})
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await asyncio.sleep(9)
+    # The refresh timer and the stream, which asks for a token each time it is refused.
+    assert len(calls) <= 12, len(calls)
+    assert await page.evaluate("window.sub.state") == "subscribing"
+
+
+async def test_a_token_that_no_longer_allows_the_channel_is_an_error_then_the_end(
+    page: Any, hub_factory: Any
+) -> None:
+    """Over WebSocket the refreshed token's loss of the channel is told as over SSE and
+    polling, where the reopened stream is refused: error (forbidden), then unsubscribed."""
+    hub = await secured(hub_factory)
+    tokens = [alice(ttl=4), mint_token(SECRET, "alice", ["news:*"], ttl=3600)]
+    await page.expose_function("mintToken", lambda: tokens.pop(0) if len(tokens) > 1 else tokens[0])
+    await open_client(page, hub, {"transports": ["ws"], "tokenFromPage": True})
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await page.evaluate(
+        "() => { window.sub.on('error', (e) => window.log.events.push({event: 'error',"
+        " code: e.code, channel: e.channel})); }"
+    )
+    await wait_for(page, "window.sub.state === 'unsubscribed'")
+    events = await page.evaluate("window.log.events")
+    assert [(e["event"], e.get("code") or e.get("reason")) for e in events] == [
+        ("subscribing", None),
+        ("subscribed", None),
+        ("error", "forbidden"),
+        ("unsubscribed", "forbidden"),
+    ]
+    assert events[2]["channel"] == "chat:lobby"
+    assert await page.evaluate("window.client.state") == "connected"

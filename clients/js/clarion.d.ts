@@ -81,12 +81,17 @@ export interface ConnectOptions {
   backoffCap?: number;
   /** How often to try a better transport after a fallback, in ms (default 60000; 0: never). */
   upgradeInterval?: number;
-  /** Seconds a long poll waits (default 25). */
+  /** Seconds a long poll waits (default 25, at most 60); a hub whose poll.timeout_max is
+   * lower gets 10, then plain polls a second apart. */
   pollTimeout?: number;
   /** Milliseconds a WebSocket may take to answer the connect op, and /healthz a health check (default 10000). */
   openTimeout?: number;
   /** Milliseconds without a byte after which an SSE stream is reopened (default 45000). */
   sseSilence?: number;
+  /** The hub's limits.max_message_bytes (default 65536): a larger WebSocket request is
+   * refused at once with `too_large`, never sent (the hub would close the connection, 1009).
+   * null: no check. */
+  maxMessageBytes?: number | null;
   /** The page's URL to resolve a relative `url` against (default: location). */
   base?: string;
   onState?: (state: ClientState, transport: TransportName | null) => void;
@@ -119,7 +124,8 @@ export interface ResetEvent { channel: string; reason: "epoch" | "trimmed" | "po
 export interface SubscribedEvent { channel: string; recovered: boolean; cursor: string | null; transport: TransportName | null }
 export interface UnsubscribedEvent {
   channel: string;
-  /** "client", "server", "forbidden", or the error code that ended it. */
+  /** "client" (unsubscribe() or close()), "server" (the backend's /api/unsubscribe),
+   * "forbidden", or the error code that ended it (those two after an error event). */
   reason: string;
 }
 export interface PresenceEvent { channel: string; client: string; user: string | null; transport: string; info?: unknown }
@@ -142,6 +148,8 @@ export interface SubscribeOptions<T = unknown> {
   onUnsubscribed?: (event: UnsubscribedEvent) => void;
   onJoin?: (event: PresenceEvent) => void;
   onLeave?: (event: PresenceEvent) => void;
+  /** The hub refused the subscription, or ended it for a reason other than the backend's
+   * unsubscribe (e.g. forbidden: a refreshed token no longer allows the channel). */
   onError?: (error: ClarionError) => void;
 }
 
@@ -203,6 +211,7 @@ export interface Client {
   on<K extends keyof ClientEvents>(event: K, fn: (e: ClientEvents[K]) => void): () => void;
   on(event: "state", fn: (state: ClientState, transport: TransportName | null) => void): () => void;
   off(event: string, fn: (...args: any[]) => void): void;
+  /** Ends every subscription (unsubscribed, reason "client"), then the client (closed). */
   close(): void;
 }
 

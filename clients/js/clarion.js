@@ -301,6 +301,19 @@ function storeOf(store) {
 
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
+// A frame's size in UTF-8 bytes, as the hub counts it; 0 without a `limit` to check, and not
+// encoded when it fits anyway (a UTF-16 unit is at most three bytes).
+const frameBytes = (frame, limit) => {
+  if (!limit || frame.length * 3 <= limit) return 0;
+  return new TextEncoder().encode(frame).length;
+};
+
+// Seconds of a long poll: at most the hub's default bound, and after a hub's refusal of a
+// longer one, 10, then none (plain polls, one a second).
+const MAX_POLL_TIMEOUT = 60;
+const FALLBACK_POLL_TIMEOUT = 10;
+const PLAIN_POLL_PAUSE = 1000;
+
 // Before a channel name in `store`: the cursor a subscription's event stream opened at (no
 // channel name holds a "*").
 const STREAM_MARK = "*";
@@ -326,6 +339,7 @@ class Subscription extends Emitter {
     this.state = "unsubscribed";
     this.lastOffset = null;
     this.lastEpoch = null;
+    this.attachedTo = null; // the client's generation (connection) it was last attached in
     for (const [name, key] of [["publication", "onPublication"], ["reset", "onReset"],
       ["subscribing", "onSubscribing"], ["subscribed", "onSubscribed"],
       ["unsubscribed", "onUnsubscribed"], ["join", "onJoin"], ["leave", "onLeave"],
@@ -427,9 +441,14 @@ class Client extends Emitter {
     this.base = options.backoffBase ?? 500;
     this.cap = options.backoffCap ?? 20000;
     this.upgradeInterval = options.upgradeInterval ?? 60000;
-    this.pollTimeout = options.pollTimeout ?? 25;
+    // The hub's poll.timeout_max is 60 by default; a hub that allows less refuses a longer
+    // poll (bad_timeout), and the client then asks for less (_shorterPolls).
+    this.pollTimeout = Math.min(options.pollTimeout ?? 25, MAX_POLL_TIMEOUT);
     this.openTimeout = options.openTimeout ?? 10000;
     this.sseSilence = options.sseSilence ?? 45000;
+    // The hub's limits.max_message_bytes: a frame over it closes the whole connection (1009,
+    // "do not reconnect"); null or 0: no check.
+    this.maxMessageBytes = options.maxMessageBytes === undefined ? 65536 : options.maxMessageBytes;
     this.subs = new Map();
     this.token = null;
     this.tokenExpires = null;
@@ -448,6 +467,7 @@ class Client extends Emitter {
     this.stream = null;      // off WebSocket: the one stream every subscription reads
     this.restarting = false; // a reopen of that stream is due once the caller's code has run
     this.position = null;    // that stream's last cursor and the subscriptions it covers
+    this.timed = null;       // the generation whose upgrade and refresh timers are set
     if (typeof options.onState === "function") {
       for (const s of ["connecting", "connected", "disconnected", "closed"]) {
         this.on(s, () => options.onState(s, this.transport));
@@ -509,6 +529,11 @@ class Client extends Emitter {
     if (this.ws) { try { this.ws.close(1000); } catch {} this.ws = null; }
     this._stopStream();
     this._failPending(new Error("client closed"));
+    // Every subscription ends with the client, as after unsubscribe().
+    for (const sub of [...this.subs.values()]) {
+      this.subs.delete(sub.channel);
+      sub._ended("client");
+    }
     this._setState("closed");
   }
 
@@ -679,6 +704,10 @@ class Client extends Emitter {
     if (this.transport === "ws") this.position = null;
     this._setState("connected");
     if (attach) for (const sub of this.subs.values()) this._attach(sub);
+    // An event stream that stalled and came back is connected again in the same generation:
+    // its timers run already.
+    if (this.timed === gen) return;
+    this.timed = gen;
     if (this.level > 0) this._scheduleUpgrade(gen);
     this._scheduleRefresh(gen);
   }
@@ -749,10 +778,13 @@ class Client extends Emitter {
 
   // Ask for a new token before this one expires: a refresh op on an open WebSocket; over SSE
   // and poll the next request carries it.
-  _scheduleRefresh(gen) {
+  // `failures`: refreshes that failed in a row, retried with the client's backoff.
+  _scheduleRefresh(gen, failures = 0) {
     if (!this.getToken || !this.tokenExpires) return;
+    const delay = failures ? backoffDelay(failures - 1, this.base, this.cap) : refreshDelay(this.tokenExpires);
     this._later(async () => {
       if (gen !== this.generation || this.closed) return;
+      let failed = false;
       try {
         const before = this.token;
         await this._freshToken();
@@ -763,9 +795,10 @@ class Client extends Emitter {
         }
       } catch (error) {
         this.emit("error", error);
+        failed = true;
       }
-      if (gen === this.generation) this._scheduleRefresh(gen);
-    }, Math.max(500, refreshDelay(this.tokenExpires))); // a getToken() that keeps giving the old token is not asked in a loop
+      if (gen === this.generation) this._scheduleRefresh(gen, failed ? failures + 1 : 0);
+    }, Math.max(500, delay)); // a getToken() that keeps giving the old token is not asked in a loop
   }
 
   // -- WebSocket --
@@ -837,7 +870,16 @@ class Client extends Emitter {
     const ws = this.ws;
     if (!ws || ws.readyState !== 1) return Promise.reject(new Error("not connected"));
     const id = this.nextId++;
-    ws.send(JSON.stringify({ id, ...command }));
+    const frame = JSON.stringify({ id, ...command });
+    // Refused here, as the hub would refuse it over HTTP: over WebSocket it would close the
+    // connection for good (1009), ending every subscription.
+    const size = frameBytes(frame, this.maxMessageBytes);
+    if (size > this.maxMessageBytes) {
+      const limit = this.maxMessageBytes;
+      return Promise.reject(new ClarionError({ code: "too_large", limit,
+        message: `the ${command.op} frame is ${size} bytes, over maxMessageBytes (${limit})` }));
+    }
+    ws.send(frame);
     return new Promise((resolve, reject) => this.pending.set(id, { resolve, reject }));
   }
 
@@ -884,10 +926,23 @@ class Client extends Emitter {
     this.subs.delete(channel); // the hub took it off the stream, which goes on with the others
     this.position?.subs?.delete(sub);
     if (!this.subs.size && this.transport !== "ws") this._stopStream();
+    // Any reason but the backend's is a refusal of the channel (a token that no longer allows
+    // it, a server-side subscription that could not be made): told as a refused subscribe is,
+    // and as an event stream that reopens without the permission tells it.
+    if (reason !== "server") {
+      const message = reason === "forbidden" ? `the token no longer allows ${channel}`
+        : `the hub ended the subscription to ${channel}: ${reason}`;
+      sub.emit("error", new ClarionError({ code: reason, channel, message }));
+    }
     sub._ended(reason);
   }
 
   _attach(sub) {
+    // Once per connection: a subscribe() from a handler that runs while _connected attaches
+    // every subscription (connected, state, subscribing) finds its own attached already, and a
+    // second subscribe op would be refused (already_subscribed) while the hub keeps the first.
+    if (sub.attachedTo === this.generation) return;
+    sub.attachedTo = this.generation;
     sub._subscribing();
     if (this.transport === "ws") this._wsSubscribe(sub);
     else this._restartStream();
@@ -1047,7 +1102,13 @@ class Client extends Emitter {
   // The stream's position, `cursor`: it covers the subscriptions it was opened with and those
   // the hub added since (`stream.subs`).
   _streamAt(stream, cursor) {
-    if (cursor) this.position = { cursor, subs: stream.subs };
+    if (!cursor) return;
+    this.position = { cursor, subs: stream.subs };
+    // What the stream left out (_streamQuery) can start from now on the next one.
+    if (stream.deferred) {
+      stream.deferred = false;
+      this._restartStream();
+    }
   }
 
   _covered(sub) {
@@ -1061,7 +1122,15 @@ class Client extends Emitter {
   // own cursors of the subscriptions it does not cover. `latest` names the channels that ask
   // for it and have no position.
   _streamQuery(stream) {
-    const subs = [...this.subs.values()];
+    let subs = [...this.subs.values()];
+    // A subscription from now on a channel the stream's position still holds (one ended and
+    // made again before the stream read anew) would resume there, from before it was made. It
+    // waits for the next opening: this one's position holds only the channels it reads.
+    const gone = new Set();
+    for (const sub of this.position?.subs || []) if (this.subs.get(sub.channel) !== sub) gone.add(sub.channel);
+    const later = subs.filter((sub) => gone.has(sub.channel) && !sub.cursor && !sub.streamCursor);
+    stream.deferred = later.length > 0 && subs.some((sub) => this._covered(sub));
+    if (stream.deferred) subs = subs.filter((sub) => !later.includes(sub));
     stream.subs = new Set(subs);
     const q = new URLSearchParams();
     for (const sub of subs) q.append("channel", sub.channel);
@@ -1084,6 +1153,9 @@ class Client extends Emitter {
     const error = body?.error?.code ? new ClarionError(body.error, r.status) : null;
     if (!error) return this._failed(stream.gen, { reason: `HTTP ${r.status}` });
     if (error.code === "bad_cursor" && this._dropCursor(error.cursor)) return "again";
+    // The hub allows shorter polls than asked for: a matter of this client's, not of its
+    // subscriptions.
+    if (error.code === "bad_timeout" && this._shorterPolls()) return "again";
     const what = refusal(error.code, { status: r.status, refreshable: this.refreshable });
     if (what === "refresh") {
       // Once at once; a token that is refused again, or a getToken() that fails, backs off.
@@ -1137,6 +1209,42 @@ class Client extends Emitter {
     return dropped;
   }
 
+  // A long poll the hub refused as too long: ask for less from now on. False when the
+  // client already asks for none.
+  _shorterPolls() {
+    if (!this.pollTimeout) return false;
+    this.pollTimeout = this.pollTimeout > FALLBACK_POLL_TIMEOUT ? FALLBACK_POLL_TIMEOUT : 0;
+    return true;
+  }
+
+  // The stream is not reading and waits (`attempt`'s backoff) before it tries again: told as a
+  // WebSocket tells its drop, the client disconnected and its subscriptions subscribing, then
+  // connecting as it tries; it is connected again once the stream is on.
+  async _stall(stream, attempt, detail = {}) {
+    if (this._live(stream)) {
+      for (const sub of this.subs.values()) if (sub.state === "subscribed") sub._subscribing();
+      if (this.state === "connected" || this.state === "connecting") {
+        this._setState("disconnected", { code: null, reason: "", reconnect: true, ...detail });
+      }
+    }
+    await sleep(backoffDelay(attempt, this.base, this.cap));
+    if (this._live(stream) && this.state === "disconnected") this._setState("connecting");
+  }
+
+  // An expired token ended the stream: it opens again at once with a fresh one, or, when
+  // getToken fails, after a wait.
+  async _renewToken(stream, attempt, detail) {
+    try {
+      await this._freshToken();
+      return attempt;
+    } catch (error) {
+      if (!this._live(stream)) return attempt;
+      this.emit("error", error);
+      await this._stall(stream, attempt, detail);
+      return attempt + 1;
+    }
+  }
+
   async _sseLoop(stream) {
     let attempt = 0;
     while (this._live(stream)) {
@@ -1156,7 +1264,7 @@ class Client extends Emitter {
       if (!r.ok || !(r.headers.get("content-type") || "").startsWith("text/event-stream")) {
         const what = await this._httpError(stream, r);
         if (what === "again") continue;
-        if (what === "backoff") { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
+        if (what === "backoff") { await this._stall(stream, attempt++, { reason: `HTTP ${r.status}` }); continue; }
         if (what === "ended" && this.stream === stream) this.stream = null;
         return;
       }
@@ -1217,11 +1325,10 @@ class Client extends Emitter {
       if (disconnect && endsClient(disconnect.code, disconnect.reconnect, this.refreshable)) {
         return this._stop(stream.gen, disconnect);
       }
-      if (disconnect?.code === TOKEN_EXPIRED) { await this._freshToken().catch(() => {}); continue; }
+      if (disconnect?.code === TOKEN_EXPIRED) { attempt = await this._renewToken(stream, attempt, disconnect); continue; }
       if (!started) return this._failed(stream.gen, { reason: "the stream ended before it started" });
-      for (const sub of stream.subs) if (this.subs.get(sub.channel) === sub) sub._subscribing();
       opened = false;
-      await sleep(backoffDelay(attempt++, this.base, this.cap));
+      await this._stall(stream, attempt++, disconnect ?? { reason: "the stream ended" });
     }
   }
 
@@ -1234,7 +1341,12 @@ class Client extends Emitter {
       const q = this._streamQuery(stream);
       // At once while a subscription waits to be confirmed; then a long poll.
       const waiting = [...stream.subs].some((sub) => sub.state !== "subscribed");
-      q.set("timeout", String(opened && !waiting ? this.pollTimeout : 0));
+      const long = opened && !waiting;
+      q.set("timeout", String(long ? this.pollTimeout : 0));
+      if (long && !this.pollTimeout) {
+        await sleep(PLAIN_POLL_PAUSE); // a hub that allows no long poll: plain ones, paced
+        if (!this._live(stream)) return;
+      }
       let r;
       let body;
       try {
@@ -1242,14 +1354,14 @@ class Client extends Emitter {
         if (r.ok) body = await r.json();
       } catch (error) {
         if (!this._live(stream)) return;
-        if (r && r.ok) { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
+        if (r && r.ok) { await this._stall(stream, attempt++, { reason: String(error) }); continue; }
         return this._failed(stream.gen, { reason: String(error) });
       }
       if (!this._live(stream)) return;
       if (!r.ok) {
         const what = await this._httpError(stream, r);
         if (what === "again") { opened = false; continue; } // another query: a reopening
-        if (what === "backoff") { await sleep(backoffDelay(attempt++, this.base, this.cap)); continue; }
+        if (what === "backoff") { await this._stall(stream, attempt++, { reason: `HTTP ${r.status}` }); continue; }
         if (what === "ended" && this.stream === stream) this.stream = null;
         return;
       }
@@ -1273,10 +1385,9 @@ class Client extends Emitter {
         const { code, reconnect } = body.disconnect;
         if (endsClient(code, reconnect, this.refreshable)) return this._stop(stream.gen, body.disconnect);
         // The hub ended the session, as it ends an event stream: the next reply resumes it.
-        for (const sub of stream.subs) if (this.subs.get(sub.channel) === sub) sub._subscribing();
         opened = false;
-        if (body.disconnect.code === TOKEN_EXPIRED) await this._freshToken().catch(() => {});
-        else await sleep(backoffDelay(attempt++, this.base, this.cap));
+        if (body.disconnect.code === TOKEN_EXPIRED) attempt = await this._renewToken(stream, attempt, body.disconnect);
+        else await this._stall(stream, attempt++, body.disconnect);
       }
     }
   }

@@ -1,0 +1,278 @@
+"""The browser client in headless Chromium against real hubs, where a connection or a stream
+goes wrong: oversized requests, subscriptions made while attaching, a hub's narrower poll
+bounds, outages, subscriptions made again during one, and the end of a client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from clarion.core.auth import mint_token
+
+from ..conftest import RunningHub
+from .chromium import chromium_context, needs_chromium
+from .test_client_js import (
+    MANY,
+    SECRET,
+    TRANSPORTS,
+    alice,
+    open_client,
+    pubs,
+    secured,
+    subscribed,
+    wait_for,
+)
+
+pytestmark = needs_chromium
+
+
+@pytest.fixture
+async def page(tmp_path: Path) -> AsyncIterator[Any]:
+    async with chromium_context(tmp_path / "profile") as context:
+        yield await context.new_page()
+
+
+async def test_an_oversized_publish_over_websocket_is_refused_without_losing_the_client(
+    page: Any, hub: RunningHub
+) -> None:
+    """The hub closes a WebSocket for good (1009) over a frame above its
+    `max_message_bytes`: the client refuses the request itself, as the hub refuses it over
+    HTTP, and everything else goes on."""
+    sent: list[int] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(len(payload))))
+    await open_client(page, hub, {"transports": ["ws"]})
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    refused = await page.evaluate(
+        "window.client.publish('chat:lobby', 'x'.repeat(70000))"
+        ".then(() => null, (e) => ({code: e.code, limit: e.limit}))"
+    )
+    assert refused == {"code": "too_large", "limit": 65536}
+    assert max(sent) < 65536
+    await hub.publish("chat:lobby", "still here")
+    assert await pubs(page, 1) == ["still here"]
+    reply = await page.evaluate("window.client.publish('chat:lobby', 'x'.repeat(60000))")
+    assert reply["offset"] == 2
+    assert await page.evaluate("[window.client.state, window.sub.state]") == [
+        "connected",
+        "subscribed",
+    ]
+    assert await page.evaluate("window.log.states") == ["connecting:ws", "connected:ws"]
+
+
+@pytest.mark.parametrize("event", ["connected", "state"])
+async def test_a_subscription_made_while_the_client_attaches_is_sent_once(
+    page: Any, hub: RunningHub, event: str
+) -> None:
+    """A page that (re)subscribes when the client connects: its handler runs while the client
+    attaches every subscription, and the new one is attached with them, once."""
+    sent: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append(frame)))
+    await page.goto(hub.http_url + "/healthz")
+    await page.evaluate(
+        """async (event) => {
+            const { connect } = await import('/clarion.js');
+            window.log = { pubs: [], events: [], states: [] };
+            const client = connect(location.origin, { transports: ['ws'] });
+            window.client = client;
+            client.on(event, () => {
+                if (client.state !== 'connected' || client.getSubscription('chat:lobby')) return;
+                window.sub = client.subscribe('chat:lobby', {
+                    onPublication: (p) => window.log.pubs.push(p.data),
+                });
+                const log = (e) => (d) => window.log.events.push(e + (d.code ? ':' + d.code : ''));
+                for (const e of ['subscribed', 'unsubscribed', 'error']) window.sub.on(e, log(e));
+            });
+        }""",
+        event,
+    )
+    await wait_for(page, "window.log.events.length > 0")
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", "delivered")
+    assert await pubs(page, 1) == ["delivered"]
+    assert await page.evaluate("window.log.events") == ["subscribed"]
+    assert await page.evaluate("window.sub.state") == "subscribed"
+    assert sum('"op":"subscribe"' in frame for frame in sent) == 1
+
+
+@pytest.mark.parametrize(
+    ("timeout_max", "options", "refused", "longest"),
+    [(20, {}, [25], 10), (None, {"pollTimeout": 90}, [], 60), (5, {}, [25, 10], 0)],
+    ids=["hub-max-20", "asked-90", "hub-max-5"],
+)
+async def test_long_polls_keep_within_the_hubs_bound(
+    page: Any,
+    hub_factory: Any,
+    timeout_max: float | None,
+    options: dict[str, Any],
+    refused: list[float],
+    longest: float,
+) -> None:
+    """A hub whose `poll.timeout_max` is below the client's poll timeout refuses the long poll
+    (`bad_timeout`): the client asks for less, and its subscriptions go on."""
+    hub = await hub_factory(**({"poll": {"timeout_max": timeout_max}} if timeout_max else {}))
+    asked: list[float] = []
+
+    def poll(request: Any) -> None:
+        if "/poll?" in request.url:
+            asked.append(float(parse_qs(urlsplit(request.url).query)["timeout"][0]))
+
+    page.on("request", poll)
+    await open_client(page, hub, {"transports": ["poll"], **options})
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await hub.publish("chat:lobby", 1)  # the poll's cursor holds the channel: nothing is missed
+    assert await pubs(page, 1) == [1]
+    await asyncio.sleep(1.5)  # long polls under way, or plain ones paced
+    await hub.publish("chat:lobby", 2)
+    assert await pubs(page, 2) == [1, 2]
+    assert [e["event"] for e in await page.evaluate("window.log.events")] == [
+        "subscribing",
+        "subscribed",
+    ]
+    # Over the bound: the client's first long poll, then its fallback, each refused once.
+    assert [t for t in asked if t > (timeout_max or 60)] == refused
+    assert asked[-1] == longest
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_an_outage_of_tokens_is_told_as_on_websocket(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    """Short tokens, and getToken fails for a while: the stream cannot read, and the client
+    says so as over WebSocket (disconnected, the subscription subscribing), then comes back."""
+    hub = await secured(hub_factory)
+    broken = {"on": False}
+
+    def mint() -> str:
+        if broken["on"]:
+            raise RuntimeError("the token service is down")
+        return alice(ttl=3)
+
+    await page.expose_function("mintToken", mint)
+    await open_client(page, hub, {"transports": [transport], "tokenFromPage": True})
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", "before")
+    assert await pubs(page, 1) == ["before"]
+    broken["on"] = True
+    await wait_for(page, f"window.log.states.includes('disconnected:{transport}')")
+    await wait_for(page, "window.sub.state === 'subscribing'")
+    # It tries again as a WebSocket does: connecting, after each wait.
+    await wait_for(
+        page,
+        f"window.log.states.lastIndexOf('connecting:{transport}')"
+        f" > window.log.states.indexOf('disconnected:{transport}')",
+    )
+    broken["on"] = False
+    await wait_for(page, f"window.log.states.at(-1) === 'connected:{transport}'")
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await hub.publish("chat:lobby", "after")
+    assert await pubs(page, 2) == ["before", "after"]
+    events = [e["event"] for e in await page.evaluate("window.log.events")]
+    assert events[:2] == ["subscribing", "subscribed"]
+    assert events[-2:] == ["subscribing", "subscribed"]
+    assert "unsubscribed" not in events
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_subscription_made_again_during_an_outage_starts_from_now(
+    page: Any, hub: RunningHub, transport: str
+) -> None:
+    """chat:b ends and is made again while the stream cannot read, so the stream's position
+    still holds chat:b where the old subscription was: the new one, without `since`, starts
+    from now all the same, as on WebSocket."""
+    await open_client(page, hub, {"transports": [transport], "pollTimeout": 20}, None)
+    await page.evaluate(MANY, ["chat:a", "chat:b"])
+    await wait_for(page, "Object.values(window.subs).every((s) => s.state === 'subscribed')")
+    await hub.publish("chat:b", "b seen")
+    assert await pubs(page, 1) == ["b seen"]
+    await page.context.set_offline(True)
+    for session in list(hub.hub.sessions.values()):
+        session.close(4000)
+    await page.evaluate("window.subs['chat:b'].unsubscribe()")
+    for n in range(3):
+        await hub.publish("chat:b", f"b old {n}")
+    await page.evaluate(MANY, ["chat:b"])
+    await page.context.set_offline(False)
+    await wait_for(page, "Object.values(window.subs).every((s) => s.state === 'subscribed')")
+    await subscribed(hub, "chat:b")
+    await hub.publish("chat:a", "a live")
+    await hub.publish("chat:b", "b live")
+    got = await pubs(page, 3)
+    await asyncio.sleep(0.3)  # anything more would be here by now
+    assert sorted(await page.evaluate("window.log.pubs")) == sorted(got)
+    assert sorted(got) == ["a live", "b live", "b seen"]
+    assert await page.evaluate("window.log.events") == []  # nothing refused
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_close_ends_every_subscription(page: Any, hub: RunningHub, transport: str) -> None:
+    await open_client(page, hub, {"transports": [transport], "pollTimeout": 2})
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await page.evaluate("window.client.close()")
+    assert await page.evaluate("window.sub.state") == "unsubscribed"
+    events = await page.evaluate("window.log.events")
+    assert [(e["event"], e.get("reason")) for e in events] == [
+        ("subscribing", None),
+        ("subscribed", None),
+        ("unsubscribed", "client"),
+    ]
+    assert await page.evaluate("window.client.getSubscription('chat:lobby')") is None
+    assert (await page.evaluate("window.log.states"))[-1] == f"closed:{transport}"
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_failing_token_refresh_is_retried_with_backoff(
+    page: Any, hub_factory: Any, transport: str
+) -> None:
+    """getToken fails from its second call on: the scheduled refresh asks it again after the
+    client's backoff (here 0.9 s, 1.8 s, 3.6 s, …), not every half second."""
+    hub = await secured(hub_factory)
+    calls: list[int] = []
+
+    def mint() -> str:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("the token service is down")
+        return alice(ttl=3)
+
+    await page.expose_function("mintToken", mint)
+    await page.goto(hub.http_url + "/healthz")
+    await page.evaluate("Math.random = () => 0.9")  # the backoff's delays, made exact
+    options = {"backoffBase": 1000, "backoffCap": 4000, "pollTimeout": 2}
+    await open_client(page, hub, {"transports": [transport], "tokenFromPage": True, **options})
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await asyncio.sleep(9)
+    # The refresh timer and the stream, which asks for a token each time it is refused.
+    assert len(calls) <= 12, len(calls)
+    assert await page.evaluate("window.sub.state") == "subscribing"
+
+
+async def test_a_token_that_no_longer_allows_the_channel_is_an_error_then_the_end(
+    page: Any, hub_factory: Any
+) -> None:
+    """Over WebSocket the refreshed token's loss of the channel is told as over SSE and
+    polling, where the reopened stream is refused: error (forbidden), then unsubscribed."""
+    hub = await secured(hub_factory)
+    tokens = [alice(ttl=4), mint_token(SECRET, "alice", ["news:*"], ttl=3600)]
+    await page.expose_function("mintToken", lambda: tokens.pop(0) if len(tokens) > 1 else tokens[0])
+    await open_client(page, hub, {"transports": ["ws"], "tokenFromPage": True})
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await page.evaluate(
+        "() => { window.sub.on('error', (e) => window.log.events.push({event: 'error',"
+        " code: e.code, channel: e.channel})); }"
+    )
+    await wait_for(page, "window.sub.state === 'unsubscribed'")
+    events = await page.evaluate("window.log.events")
+    assert [(e["event"], e.get("code") or e.get("reason")) for e in events] == [
+        ("subscribing", None),
+        ("subscribed", None),
+        ("error", "forbidden"),
+        ("unsubscribed", "forbidden"),
+    ]
+    assert events[2]["channel"] == "chat:lobby"
+    assert await page.evaluate("window.client.state") == "connected"

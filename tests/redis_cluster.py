@@ -180,11 +180,13 @@ class RedisCluster(Servers):
                 raise RuntimeError("the cluster did not reach cluster_state:ok\n" + self.report())
             time.sleep(0.1)
 
-    def owner(self, key: str) -> int | None:
-        """The port of the primary that owns ``key``'s slot now (None: none, failing over)."""
-        live = [p for p in self.ports if p in self.processes]
-        slot = int(command(live[0], "CLUSTER", "KEYSLOT", key).strip())
-        for line in command(live[0], "CLUSTER", "NODES").splitlines():
+    def owner(self, key: str, via: int | None = None) -> int | None:
+        """The port of the primary that owns ``key``'s slot now (None: none, failing over), as
+        the node on port ``via`` (by default the first running) sees it."""
+        if via is None:
+            via = next(p for p in self.ports if p in self.processes)
+        slot = int(command(via, "CLUSTER", "KEYSLOT", key).strip())
+        for line in command(via, "CLUSTER", "NODES").splitlines():
             fields = line.split()
             if "master" not in fields[2] or "fail" in fields[2]:
                 continue

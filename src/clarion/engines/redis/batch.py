@@ -13,6 +13,14 @@ connection fails every caller of that pipeline (as :class:`~redis.exceptions.Red
 none is retried. Scripts are sent by SHA; those Redis no longer holds (it restarted) are loaded
 and run again — a script Redis did not know has not run.
 
+A *durable* call (a publication, with the engine's ``wait_replicas``) is answered only once
+enough replicas acknowledged its write: its pipeline ends with ``WAIT replicas timeout`` on the
+connection that ran it (WAIT counts the acknowledgements of that connection's own writes), and
+with fewer the call fails with :class:`NotReplicated`. On a cluster each primary that ran
+durable calls gets its own WAIT, after them, on the same connection; a redirected call is not
+followed by the client (it would run elsewhere, unwaited) but sent again once, after the slot
+map is read again. Without durable calls nothing changes: no WAIT, no round trip.
+
 The per-session writes of a burst go further: the items queued for the same keys (one channel's
 presence entries, one address's connection count) while their call waits are *merged* into that
 one script call (:meth:`Batcher.join`), which handles them in call order and answers each its
@@ -20,6 +28,9 @@ own result. A session then costs its node a fraction of a command: the client li
 per-command CPU (packing, parsing, a timer per reply) and Redis' (one ``TIME``, one ``PEXPIRE``
 per call, not per session) stay flat as the burst grows. Every such call touches the keys of one
 slot, so it stays valid on a cluster.
+
+Long on purpose: queueing, merging and sending (on one connection, on a cluster's shards, with
+WAIT) are the one path every call takes; apart, each part would reach into the others.
 """
 
 from __future__ import annotations
@@ -31,8 +42,16 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from clarion.tasks import stop
@@ -53,17 +72,28 @@ JOIN_AGE = 1.0  # seconds an unsent merged call takes new items (it fails as its
 IN_FLIGHT = 2
 NO_CONNECTION = "no free connection to Redis in time"
 CLOSED = "the redis engine is closed"
+REDIRECTED = (AskError, MovedError, TryAgainError)  # the command did not run on that node
+
+Wait = tuple[int, int]  # WAIT's arguments: replicas, timeout in ms
+
+
+class NotReplicated(RedisError):
+    """A durable call's write ran on the primary, but fewer replicas than asked acknowledged it
+    in time: it may be lost in a failover, so its caller is not told it succeeded."""
 
 
 class Call:
     """One queued command; its arguments may still change until :attr:`sent`."""
 
-    __slots__ = ("args", "at", "future", "keys", "script", "sent")
+    __slots__ = ("args", "at", "durable", "future", "keys", "script", "sent")
 
-    def __init__(self, script: Any, keys: list[Any], args: list[Any]) -> None:
+    def __init__(
+        self, script: Any, keys: list[Any], args: list[Any], durable: bool = False
+    ) -> None:
         self.script = script  # a registered Script, or None for a plain command
         self.keys = keys
         self.args = args
+        self.durable = durable  # answered once the replicas acknowledged it (module doc)
         loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Any] = loop.create_future()
         self.at = loop.time()  # when queued: a call that waited too long fails
@@ -118,6 +148,7 @@ class Merged(Call):
         self.args = args
         self.at = asyncio.get_running_loop().time()
         self.sent = False
+        self.durable = False
         self.family = family
         self.items: list[tuple[asyncio.Future[Any], list[Any], list[Any]]] = []
         self.waiters: list[asyncio.Future[Any]] = []
@@ -155,8 +186,17 @@ class Merged(Call):
 class Batcher:
     """Queues commands; sends them as pipelines of ≤ MAX_BATCH, ≤ IN_FLIGHT at a time."""
 
-    def __init__(self, client: Any, limit: int | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        client: Any,
+        limit: int | None = None,
+        timeout: float = 10.0,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
+    ) -> None:
         self._client = client
+        # What a durable call waits for; None: nothing (durable calls are plain ones).
+        self._wait: Wait | None = (replicas, _ms(replica_timeout)) if replicas > 0 else None
         # A cluster client's per-node pools fail rather than wait when full: each batch under
         # way holds one connection per node it touches, so ``limit`` (the pool size) bounds
         # them too. A command queued longer than ``timeout`` seconds fails unsent.
@@ -169,18 +209,21 @@ class Batcher:
         self._expiry: asyncio.TimerHandle | None = None  # fails what waits too long
         self._closed = False
 
-    async def script(self, script: Any, keys: list[Any], args: list[Any] | None = None) -> Any:
-        """Run a registered script (``client.register_script``) in the next batch."""
-        return await self.queue(script, keys, args or []).future
+    async def script(
+        self, script: Any, keys: list[Any], args: list[Any] | None = None, durable: bool = False
+    ) -> Any:
+        """Run a registered script (``client.register_script``) in the next batch; a durable
+        one is answered once the replicas asked for acknowledged its writes."""
+        return await self.queue(script, keys, args or [], durable).future
 
     async def command(self, *args: Any) -> Any:
         """Run a plain command (e.g. ``"ZREM", key, member``) in the next batch."""
         return await self.queue(None, [], list(args)).future
 
-    def queue(self, script: Any, keys: list[Any], args: list[Any]) -> Call:
+    def queue(self, script: Any, keys: list[Any], args: list[Any], durable: bool = False) -> Call:
         """Queue a script call (``script`` None: ``args`` is a plain command) and return it;
         its result is its ``future``."""
-        call = Call(script, keys, args)
+        call = Call(script, keys, args, durable and self._wait is not None)
         if self._closed:  # e.g. a session's cleanup after the engine closed: no new connection
             call.future.set_exception(RedisConnectionError(CLOSED))
             return call
@@ -280,10 +323,10 @@ class Batcher:
         if not live:
             return
         try:
-            if len(live) == 1:
+            if len(live) == 1 and not live[0].durable:
                 results = [await live[0].run_alone(self._client)]
             else:
-                results = await _pipeline(self._client, live)
+                results = await _pipeline(self._client, live, self._wait)
         except Exception as exc:
             for call in live:
                 call.settle(exc)
@@ -331,26 +374,106 @@ class Batcher:
         await stop(self._sending)
 
 
-async def _pipeline(client: Any, calls: list[Call], *, reloaded: bool = False) -> list[Any]:
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+async def _pipeline(
+    client: Any, calls: list[Call], wait: Wait | None = None, *, reloaded: bool = False
+) -> list[Any]:
     results: list[Any]
-    if not isinstance(client, Redis) or pack_command is None:  # a cluster client routes calls
+    if wait is not None and not any(call.durable for call in calls):
+        wait = None
+    if isinstance(client, Redis) and pack_command is not None:
+        results = await _on_one_connection(client.connection_pool, calls, wait)
+    elif wait is not None and not isinstance(client, Redis):
+        results = await _on_shards(client, calls, wait)
+    else:  # a cluster client routes calls; a plain one keeps a pipeline on one connection
         pipe = client.pipeline(transaction=False)
         for call in calls:
             call.queue(pipe)
+        if wait is not None:
+            pipe.execute_command("WAIT", *wait)
         results = await pipe.execute(raise_on_error=False)
-    else:
-        results = await _on_one_connection(client.connection_pool, calls)
+        if wait is not None:
+            results = _acknowledged(calls, results[:-1], results[-1], wait)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing and not reloaded:
         for script in {calls[i].script for i in missing}:
             await client.script_load(script.script)
-        again = await _pipeline(client, [calls[i] for i in missing], reloaded=True)
+        again = await _pipeline(client, [calls[i] for i in missing], wait, reloaded=True)
         for i, result in zip(missing, again, strict=True):
             results[i] = result
     return results
 
 
-async def _on_one_connection(pool: Any, calls: list[Call]) -> list[Any]:
+def _acknowledged(calls: list[Call], results: list[Any], acked: Any, wait: Wait) -> list[Any]:
+    """The results, with those of the durable calls that ran failed when ``acked`` (WAIT's
+    reply on their connection) counts fewer replicas than asked for."""
+    if isinstance(acked, int) and acked >= wait[0]:
+        return results
+    if isinstance(acked, BaseException):
+        error = NotReplicated(f"WAIT for the write's replicas failed: {acked}")
+    else:
+        error = NotReplicated(
+            f"the write reached {acked} of the {wait[0]} replicas asked for within {wait[1]} ms"
+        )
+    return [
+        error if call.durable and not isinstance(result, BaseException) else result
+        for call, result in zip(calls, results, strict=True)
+    ]
+
+
+async def _on_shards(
+    client: Any, calls: list[Call], wait: Wait, *, redirected: bool = False
+) -> list[Any]:
+    """A cluster's pipeline whose durable calls are each sent to their slot's primary and
+    followed there by one WAIT (see the module's doc); the other calls are routed as usual."""
+    pipe = client.pipeline(transaction=False)
+    shard_of: list[str | None] = []  # per call: the primary a durable call was sent to
+    shards: dict[str, Any] = {}
+    unplaced: dict[int, RedisError] = {}
+    for i, call in enumerate(calls):
+        if not call.durable:
+            shard_of.append(None)
+            call.queue(pipe)
+            continue
+        try:
+            node = client.get_node_from_key(call.keys[0])
+        except RedisClusterException as exc:  # no owner known for its slot: not sent
+            unplaced[i] = RedisConnectionError(str(exc))
+            shard_of.append(None)
+            continue
+        shards[node.name] = node
+        shard_of.append(node.name)
+        pipe.execute_command(*call.command(), target_nodes=node)
+    for node in shards.values():
+        pipe.execute_command("WAIT", *wait, target_nodes=node)
+    sent = [call for i, call in enumerate(calls) if i not in unplaced]
+    replies = await pipe.execute(raise_on_error=False, allow_redirections=False)
+    acked = dict(zip(shards, replies[len(sent) :], strict=True))
+    replies = iter(replies[: len(sent)])
+    results: list[Any] = []
+    for i, (call, shard) in enumerate(zip(calls, shard_of, strict=True)):
+        if i in unplaced:
+            results.append(unplaced[i])
+            continue
+        result = next(replies)
+        if shard is not None:
+            result = _acknowledged([call], [result], acked[shard], wait)[0]
+        results.append(result)
+    moved = [i for i, r in enumerate(results) if isinstance(r, REDIRECTED)]
+    if moved and not redirected:
+        # A redirected call did not run there: read the slot map again, send them once more.
+        if any(isinstance(results[i], MovedError) for i in moved):
+            await client.nodes_manager.initialize()
+        again = await _on_shards(client, [calls[i] for i in moved], wait, redirected=True)
+        for i, result in zip(moved, again, strict=True):
+            results[i] = result
+    return results
+
+
+async def _on_one_connection(pool: Any, calls: list[Call], wait: Wait | None = None) -> list[Any]:
     """The calls as one write and their replies in order, on one pooled connection.
 
     What the client library's non-transactional pipeline does, without its per-command
@@ -361,14 +484,22 @@ async def _on_one_connection(pool: Any, calls: list[Call]) -> list[Any]:
     replies would no longer match what was asked.
     """
     assert pack_command is not None
+    commands = [c.command() for c in calls]
+    deadline = None
     connection = await pool.get_connection()
+    if connection.socket_timeout is not None:
+        deadline = connection.socket_timeout
+    if wait is not None:
+        commands.append(("WAIT", *wait))
+        if deadline is not None:
+            deadline += wait[1] / 1000  # WAIT answers after up to its timeout
     try:
-        await connection.send_packed_command(b"".join(pack_command(c.command()) for c in calls))
+        await connection.send_packed_command(b"".join(pack_command(c) for c in commands))
         results: list[Any] = []
         # One deadline for all the replies, not a timer per reply (the client library's own,
         # set up and torn down for each of up to MAX_BATCH replies).
-        async with asyncio.timeout(connection.socket_timeout):
-            for _ in calls:
+        async with asyncio.timeout(deadline):
+            for _ in commands:
                 try:
                     results.append(await connection.read_response(timeout=math.inf))
                 except ResponseError as exc:
@@ -381,4 +512,6 @@ async def _on_one_connection(pool: Any, calls: list[Call]) -> list[Any]:
         raise
     finally:
         await pool.release(connection)
+    if wait is not None:
+        return _acknowledged(calls, results[:-1], results[-1], wait)
     return results

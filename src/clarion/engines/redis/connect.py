@@ -1,8 +1,12 @@
 """Engine URLs: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``, ``redis+cluster://``.
 
 Query parameters that belong to clarion (``prefix``, ``check_interval``, ``presence_ttl``,
-``pool_size``, ``pool_timeout``) are taken out; the rest go to redis-py unchanged
-(``socket_timeout``, ``ssl_ca_certs``…).
+``pool_size``, ``pool_timeout``, ``wait_replicas``, ``wait_timeout``) are taken out; the rest go
+to redis-py unchanged (``socket_timeout``, ``ssl_ca_certs``…).
+
+``wait_replicas=N``: a publication is answered only once N replicas of the primary that ran it
+acknowledged its write (Redis ``WAIT``, on the connection that wrote); otherwise, after
+``wait_timeout`` seconds, it fails as any Redis error does. See batch.py.
 
 Commands share a bounded, *blocking* pool of ``pool_size`` connections; the engine's batched
 commands (``batch.py``) use at most two of them at once and queue behind those, so a burst of
@@ -51,6 +55,9 @@ DEFAULT_POOL_SIZE = 32
 # Longer than a command's own timeout (socket_timeout, 5 s), so that a call fails for a queue
 # only when Redis has stopped answering, not because a burst is being worked through.
 DEFAULT_POOL_TIMEOUT = 10.0
+# A replica on a LAN acknowledges within a round trip or two (Redis asks it at once); a second
+# means it is gone or far behind, and the publisher should hear so well within its own timeout.
+DEFAULT_WAIT_TIMEOUT = 1.0
 
 _DEFAULTS: dict[str, Any] = {
     "socket_connect_timeout": 2.0,
@@ -79,6 +86,8 @@ class RedisTarget:
     pool_size: int = DEFAULT_POOL_SIZE
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
     cluster: tuple[tuple[str, int], ...] = ()  # startup nodes of a Redis Cluster
+    wait_replicas: int = 0  # replicas that must acknowledge a publication (0: none asked)
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
 
     def client(self) -> Any:
         """A client whose commands share one bounded blocking pool (see the module's doc)."""
@@ -176,7 +185,15 @@ def _positive(query: dict[str, str], name: str, default: float) -> float:
     return value
 
 
-OWN_PARAMETERS = ("prefix", "check_interval", "presence_ttl", "pool_size", "pool_timeout")
+OWN_PARAMETERS = (
+    "prefix",
+    "check_interval",
+    "presence_ttl",
+    "pool_size",
+    "pool_timeout",
+    "wait_replicas",
+    "wait_timeout",
+)
 
 
 @cache
@@ -219,6 +236,23 @@ def parse_url(url: str) -> RedisTarget:
     raw_size = query.pop("pool_size", str(DEFAULT_POOL_SIZE))
     if not raw_size.isdigit() or int(raw_size) < 1:
         raise ConfigError(f"engine URL: pool_size must be a whole number >= 1, not {raw_size!r}")
+    raw_wait = query.pop("wait_replicas", "0")
+    if not raw_wait.isdigit():
+        raise ConfigError(
+            f"engine URL: wait_replicas must be a whole number >= 0, not {raw_wait!r}"
+        )
+    wait_timeout = _positive(query, "wait_timeout", DEFAULT_WAIT_TIMEOUT)
+    try:
+        socket_timeout = float(query.get("socket_timeout", _DEFAULTS["socket_timeout"]))
+    except ValueError:  # redis-py's to refuse, at the first connection
+        socket_timeout = float("inf")
+    if int(raw_wait) and wait_timeout >= socket_timeout:
+        # WAIT's reply comes after up to wait_timeout: the read must outlast it, or every
+        # unacknowledged write would surface as a dropped connection instead.
+        raise ConfigError(
+            f"engine URL: wait_timeout ({wait_timeout:g} s) must be shorter than "
+            f"socket_timeout ({socket_timeout:g} s)"
+        )
     _check_known(query, cluster=parts.scheme == "redis+cluster")
     rest = urlunsplit(parts._replace(query=urlencode(query)))
     host = parts.netloc.rpartition("@")[2]
@@ -255,6 +289,8 @@ def parse_url(url: str) -> RedisTarget:
         pool_size=int(raw_size),
         pool_timeout=pool_timeout,
         cluster=tuple(nodes),
+        wait_replicas=int(raw_wait),
+        wait_timeout=wait_timeout,
     )
 
 

@@ -94,6 +94,7 @@ class RedisEngine:
         self.keys = Keys(self.target.prefix, sharded=bool(self.target.cluster))
         # On a cluster, a channel's messages go through its shard (see keys.py).
         self._publish_command = "SPUBLISH" if self.target.cluster else "PUBLISH"
+        self._durable = self.target.wait_replicas > 0
         self.node_id = os.urandom(8).hex()
         self.check_interval = self.target.check_interval
         self.presence_ttl = self.target.presence_ttl
@@ -129,7 +130,13 @@ class RedisEngine:
         # iteration share one pipeline: a burst of sessions costs round trips per iteration.
         cluster = self.target.cluster
         limit = self.target.pool_size if cluster else None  # else the pool itself blocks
-        self._batch = Batcher(client, limit, self.target.pool_timeout)
+        self._batch = Batcher(
+            client,
+            limit,
+            self.target.pool_timeout,
+            self.target.wait_replicas,
+            self.target.wait_timeout,
+        )
         self._reads = SharedReads(self._batch, self._history, self._history_keys, self._decoded)
         self._health = HealthCheck(client, cluster=bool(self.target.cluster))
         self._positions.client = client
@@ -279,7 +286,10 @@ class RedisEngine:
                     pubsub_channel,
                     window,
                     self._publish_command,
+                    "1" if self._durable else "0",
                 ],
+                # With wait_replicas, answered once that many replicas have the write.
+                durable=self._durable,
             )
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"publishing to {channel!r}") from None

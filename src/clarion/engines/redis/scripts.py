@@ -68,7 +68,8 @@ end
 # KEYS: stream, meta, idempotency key
 # ARGV: body, history size, history ttl ms, meta ttl ms, epoch if new, pub/sub channel
 #       ('' = none), idempotency window ms ('0' = no key), publish command ('PUBLISH', or
-#       'SPUBLISH' on a cluster: the shard channel shares the keys' slot)
+#       'SPUBLISH' on a cluster: the shard channel shares the keys' slot), durable ('1': the
+#       caller then WAITs for replicas, so a duplicate writes too — see below)
 # -> {offset, epoch, time, duplicate (0/1), earlier body or ''}
 PUBLISH = (
     _COMMON
@@ -82,6 +83,10 @@ local epoch = load_meta(stream, meta, ARGV[5], meta_ttl)
 if window > 0 then
   local seen = redis.call('HMGET', idem, 'e', 'o', 't', 'd')
   if seen[1] == epoch then
+    -- WAIT counts the replicas that have this connection's last write: a repeat that wrote
+    -- nothing would be acknowledged before the first one's write (made on another
+    -- connection) had reached them. A write now comes after it in the replication stream.
+    if ARGV[9] == '1' then redis.call('PEXPIRE', meta, meta_ttl) end
     return {tonumber(seen[2]), epoch, tonumber(seen[3]), 1, seen[4]}
   end
 end

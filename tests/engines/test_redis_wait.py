@@ -1,0 +1,153 @@
+"""``wait_replicas``: a publication is answered once that many replicas acknowledged its write.
+
+Against real redis-server processes: a primary alone (no replica ever acknowledges: every
+publication fails after ``wait_timeout``, nothing hangs, and reads go on), and a primary with a
+replica started by the test (publications succeed; with the replica stopped they fail, and the
+retry with the same idempotency key is answered once the replica has the write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from clarion.engines.redis import RedisEngine
+from clarion.engines.redis.connect import parse_url
+from clarion.errors import ConfigError, EngineUnavailable
+from clarion.settings import NamespaceOptions, Settings
+
+from ..conftest import free_port
+from ..conftest import timeout as scaled
+from ..redis_cluster import Servers, command
+from ..redis_fixture import RedisServer
+from .helpers import RecordingSink
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
+        reason="redis-server and redis-cli are needed",
+    ),
+]
+
+OPTS = NamespaceOptions(idempotency_window=60)
+
+
+def test_wait_parameters() -> None:
+    target = parse_url("redis://h:6379/0?wait_replicas=2&wait_timeout=0.25")
+    assert (target.wait_replicas, target.wait_timeout) == (2, 0.25)
+    assert "wait" not in target.url  # clarion's own: not handed to redis-py
+    plain = parse_url("redis://h:6379/0")
+    assert plain.wait_replicas == 0
+    for bad in ("wait_replicas=-1", "wait_replicas=x", "wait_replicas=1&wait_timeout=0"):
+        with pytest.raises(ConfigError):
+            parse_url(f"redis://h:6379/0?{bad}")
+    # WAIT answers after up to wait_timeout: a read timeout shorter than that would drop the
+    # connection of every publication a replica is slow to acknowledge.
+    with pytest.raises(ConfigError, match="shorter than socket_timeout"):
+        parse_url("redis://h:6379/0?wait_replicas=1&wait_timeout=5")
+    with pytest.raises(ConfigError, match="shorter than socket_timeout"):
+        parse_url("redis://h:6379/0?wait_replicas=1&wait_timeout=2&socket_timeout=1")
+    assert parse_url("redis+cluster://h:7000?wait_replicas=1").wait_replicas == 1
+
+
+async def start(url: str) -> RedisEngine:
+    engine = RedisEngine(url, Settings())
+    await engine.start(RecordingSink())
+    return engine
+
+
+async def test_without_a_replica_publications_fail_after_wait_timeout(
+    redis_server: RedisServer,
+) -> None:
+    engine = await start(f"{redis_server.url}?wait_replicas=1&wait_timeout=0.3")
+    try:
+        began = time.monotonic()
+        with pytest.raises(EngineUnavailable, match="0 of the 1 replicas"):
+            await engine.publish("alone", 1, OPTS)
+        assert 0.25 < time.monotonic() - began < scaled(3)
+        # A burst (one pipeline, one WAIT) fails as a whole, each caller on its own; a read
+        # batched with it is answered.
+        began = time.monotonic()
+        results = await asyncio.gather(
+            *(engine.publish(f"burst-{i % 3}", i, OPTS) for i in range(30)),
+            engine.history("burst-0", OPTS),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, EngineUnavailable) for r in results[:-1]), results
+        assert not isinstance(results[-1], BaseException)
+        assert time.monotonic() - began < scaled(3)
+        # The writes ran on the primary: a 503 means "may have been applied", as ever.
+        assert [p.data for p in (await engine.history("alone", OPTS)).publications] == [1]
+    finally:
+        await engine.close()
+
+
+@pytest.fixture
+def replicated(redis_server: RedisServer) -> Iterator[tuple[RedisServer, Servers, int]]:
+    servers = Servers()
+    port = free_port()
+    # The replica's first sync starts at once, not after Redis' default 5 s wait for others.
+    command(redis_server.port, "CONFIG", "SET", "repl-diskless-sync-delay", "0")
+    try:
+        # fmt: off
+        servers.start(
+            port, "--replicaof", "127.0.0.1", str(redis_server.port),
+            "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
+        )
+        # fmt: on
+        servers.wait_answering([port])
+        yield redis_server, servers, port
+    finally:
+        servers.cleanup()
+
+
+async def wait_synced(primary: RedisServer) -> None:
+    client = aioredis.Redis(port=primary.port)
+    try:
+        deadline = time.monotonic() + scaled(20)
+        while (await client.info("replication")).get("slave0", {}).get("state") != "online":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+async def test_with_a_replica_publications_are_answered_once_it_has_them(
+    replicated: tuple[RedisServer, Servers, int],
+) -> None:
+    primary, servers, replica_port = replicated
+    await wait_synced(primary)
+    # Long enough for a replica on a loaded machine; a stopped one never answers anyway.
+    engine = await start(f"{primary.url}?wait_replicas=1&wait_timeout={min(scaled(2), 4)}")
+    replica = aioredis.Redis(port=replica_port)
+    stream = engine.keys.stream("ch")
+    try:
+        pubs = await asyncio.gather(*(engine.publish("ch", i, OPTS) for i in range(20)))
+        assert sorted(p.offset for p in pubs) == list(range(1, 21))
+        # Answered only once the replica had them: all are there already.
+        assert await replica.xlen(stream) == 20
+
+        # The replica stops: the write runs on the primary, unacknowledged, and fails.
+        pid = servers.processes[replica_port].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(EngineUnavailable, match="replicas"):
+                await engine.publish("ch", "late", OPTS, idempotency_key="k")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # The retry with the same key finds the first write, and is answered once the
+        # replica has it too.
+        again = await engine.publish("ch", "late", OPTS, idempotency_key="k")
+        assert again.repeated and again.offset == 21
+        assert await replica.xlen(stream) == 21
+    finally:
+        await replica.aclose()
+        await engine.close()

@@ -138,3 +138,18 @@ async def test_insecure_or_configured_answers_every_address(settings: Settings) 
             )
             assert r.status_code == 200, r.text
             assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_the_python_client_says_why_the_hub_refused_it() -> None:
+    """A refused WebSocket upgrade in the hub's error shape is told as the hub said it, not
+    guessed at (a wrong URL)."""
+    from clarion.client import ConnectFailed, connect
+
+    assert OUTWARD is not None
+    async with served(Settings()) as port:
+        with pytest.raises(ConnectFailed) as refused:
+            async with connect(f"http://{base(OUTWARD, port)}", transport="ws", open_timeout=5):
+                pass  # pragma: no cover
+    said = str(refused.value)
+    assert "HTTP 403" in said and "local_only" in said and "insecure" in said
+    assert "the hub's URL" not in said

@@ -1191,3 +1191,37 @@ async def test_a_release_that_failed_is_made_again_once_redis_is_back() -> None:
     finally:
         await engine.close()
         server.cleanup()
+
+
+async def test_a_connection_gone_while_its_count_failed_leaves_no_count_behind() -> None:
+    """A client that connects and leaves while Redis does not answer: its count, which the
+    engine keeps to add once Redis is back, is released with it, not renewed for ever (the
+    user or address one short of its cap on every node)."""
+    import websockets
+
+    from ..conftest import start_clarion_hub, stop_hub
+
+    server = RedisServer()
+    server.start()
+    engine = f"{server.url}?check_interval=0.2&presence_ttl=1.5&socket_timeout=0.5"
+    running = await start_clarion_hub(Settings(engine=engine))
+    key = running.hub.engine.keys.connections("ip", "127.0.0.1")  # type: ignore[attr-defined]
+    raw = aioredis.Redis(port=server.port)
+    try:
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            ws = await websockets.connect(running.ws_url)
+            await asyncio.sleep(0.1)
+            await ws.close()
+            await asyncio.sleep(scaled(1.5))  # the count's call times out meanwhile
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        # Well past refreshes (every 0.5 s) that would add a count still held.
+        await asyncio.sleep(scaled(2.5))
+        assert await raw.zrange(key, 0, -1) == []
+    finally:
+        await raw.aclose()
+        await stop_hub(running)
+        await running.hub.close()
+        server.cleanup()

@@ -78,10 +78,11 @@ _elsewhere = LogLimit(logging.getLogger("clarion.hub"))
 # A request to a hub whose port another process's hub claimed: once a minute.
 _not_shared = LogLimit(logging.getLogger("clarion.hub"))
 NOT_SHARED = (
-    "another process serves port %d with a hub of its own on the memory engine, which keeps "
-    "channels inside one process: a publication taken by one would never reach the other's "
-    "subscribers, so this one answers 503. Run one process (no --workers), or use the Redis "
-    "engine (docs/redis.md)"
+    "another process on this machine serves port %d with a hub of its own on the memory "
+    "engine, which keeps channels inside one process: a publication taken by one would never "
+    "reach the other's subscribers, so this one answers 503 and refuses hub.publish. Run one "
+    "process (no --workers), use the Redis engine (docs/redis.md), or, if the other is another "
+    "application, give this one another port"
 )
 
 LOCAL_ONLY = (
@@ -156,6 +157,8 @@ class App:
                 except NotStarted as exc:
                     _not_started.log(logging.ERROR, "", "%s", exc.message)
                     refusal = exc
+                except ClarionError as exc:  # stood down: its port is another process's
+                    refusal = exc
                 if refusal is None and self.local_only and access.from_elsewhere(scope):
                     peer = str(scope["client"][0])
                     _elsewhere.log(logging.WARNING, peer, "refused %s: %s", peer, LOCAL_ONLY)
@@ -163,6 +166,8 @@ class App:
                 if refusal is None and self.claim is not None and not self.claim.serves(scope):
                     refusal = EngineNotShared(NOT_SHARED % scope["server"][1])
                     _not_shared.log(logging.ERROR, "", "%s", refusal.message)
+                    # The application's own publishes too, until the port is this hub's.
+                    self.claim.stand_down(self.hub, refusal)
             if refusal is not None:
                 if scope["type"] == "http":
                     await send_error(send, refusal)

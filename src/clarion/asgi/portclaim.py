@@ -16,14 +16,19 @@ its claim when it closes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clarion.protocol.proxies import parse_address
+
+if TYPE_CHECKING:
+    from clarion.core.hub import Hub
+    from clarion.errors import ClarionError
 
 try:
     import fcntl
@@ -40,7 +45,10 @@ def _path(port: int) -> str:
     return os.path.join(tempfile.gettempdir(), f"clarion-{os.getuid()}-port-{port}.lock")
 
 
-def _lock(port: int) -> bool:
+def _lock(port: int) -> bool | None:
+    """Claim ``port`` for this process: True, False when another process holds it, None when
+    there is nowhere to keep the lock (then nothing is claimed, and nothing refused on a
+    guess)."""
     held = _held.get(port)
     if held is not None:
         _held[port] = (held[0], held[1] + 1)
@@ -48,7 +56,7 @@ def _lock(port: int) -> bool:
     try:
         fd = os.open(_path(port), os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
-        return True  # nowhere to keep a lock: no claim, and no refusal on a guess
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -59,7 +67,10 @@ def _lock(port: int) -> bool:
 
 
 def _unlock(port: int) -> None:
-    fd, count = _held[port]
+    held = _held.get(port)
+    if held is None:
+        return
+    fd, count = held
     if count > 1:
         _held[port] = (fd, count - 1)
         return
@@ -71,15 +82,19 @@ def _unlock(port: int) -> None:
 class PortClaim:
     """The claim of one hub; a hub extension, so that it is let go when the hub closes."""
 
-    __slots__ = ("_tried", "port")
+    __slots__ = ("_hub", "_retry", "_tried", "_unclaimable", "_wanted", "port")
 
     def __init__(self) -> None:
         self.port: int | None = None  # the port claimed
+        self._wanted: int | None = None  # the port requests came in on
         self._tried = -RETRY
+        self._unclaimable = False  # no lock can be kept here: every request is served
+        self._retry: asyncio.Task[None] | None = None  # tries again while stood down
+        self._hub: Hub | None = None  # the hub stood down
 
     def serves(self, scope: Mapping[str, Any]) -> bool:
         """May this hub answer a request that came in on ``scope["server"]``'s port?"""
-        if self.port is not None or fcntl is None:
+        if self.port is not None or self._unclaimable or fcntl is None:
             return True
         host, port = scope.get("server") or (None, None)
         # A socket's own address is an IP address; a Unix socket has no port, and a test
@@ -91,16 +106,53 @@ class PortClaim:
         if now - self._tried < RETRY:
             return False
         self._tried = now
-        if not _lock(port):
+        self._wanted = port
+        claimed = _lock(port)
+        if claimed is None:
+            self._unclaimable = True
+            return True
+        if not claimed:
             return False
         self.port = port
         return True
+
+    def stand_down(self, hub: Hub, refusal: ClarionError) -> None:
+        """Refuse all of ``hub``'s work (its application's publishes too) until a later try
+        claims the port: the other process may end."""
+        hub.refusal = refusal
+        self._hub = hub
+        if self._retry is None:
+            self._retry = asyncio.create_task(self._claim_later(hub), name="clarion-port-claim")
+
+    async def _claim_later(self, hub: Hub) -> None:
+        port = self._wanted
+        while port is not None:
+            await asyncio.sleep(RETRY)
+            claimed = _lock(port)
+            if claimed is False:
+                continue
+            if claimed:
+                self.port = port
+            else:
+                self._unclaimable = True
+            hub.refusal = None
+            break
+        self._retry = None
 
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
+        retry, self._retry = self._retry, None
+        if retry is not None:
+            retry.cancel()
+            await asyncio.gather(retry, return_exceptions=True)
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            hub.refusal = None  # started again, the hub claims anew
         port, self.port = self.port, None
         if port is not None:
             _unlock(port)
         self._tried = -RETRY
+        self._unclaimable = False
+        self._wanted = None

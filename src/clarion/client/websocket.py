@@ -29,6 +29,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, NoReturn
 
+import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import (
@@ -266,10 +267,16 @@ class WebSocketLink:
                 f"HTTP {exc.response.status_code}" if isinstance(exc, InvalidStatus) else str(exc)
             )
             status = exc.response.status_code if isinstance(exc, InvalidStatus) else 0
+            # The hub says why in its error shape; anything else (a proxy, another server)
+            # leaves a guess.
+            said = _hub_error(exc.response.body) if isinstance(exc, InvalidStatus) else None
             if status in (502, 503, 504):  # a gateway whose hub is away: try again later
-                raise Retry(f"{url} answered HTTP {status}: the hub is not there yet") from None
+                why = f"{said[0]}: {said[1]}" if said else "the hub is not there yet"
+                raise Retry(f"{url} answered HTTP {status}: {why}") from None
             message = f"the hub refused the WebSocket upgrade at {url} ({detail})"
-            if status in (403, 404):
+            if said is not None:
+                message += f": {said[0]}: {said[1]}"
+            elif status in (403, 404):
                 message += f": {self.endpoints.doubt()}"  # a path nothing serves is refused so
             self._refused(message)
         except (OSError, TimeoutError, WebSocketException) as exc:
@@ -539,3 +546,13 @@ class WebSocketLink:
         if reply.error is not None:
             raise RequestFailed.from_wire(reply.error)
         return reply.ok or {}
+
+
+def _hub_error(body: bytes | bytearray | None) -> tuple[str, str] | None:
+    """The code and message of a refusal in the hub's error shape, if ``body`` is one."""
+    try:
+        error = orjson.loads(body or b"")["error"]
+        code, message = error["code"], error["message"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return (code, message) if isinstance(code, str) and isinstance(message, str) else None

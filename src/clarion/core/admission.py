@@ -55,7 +55,10 @@ class Admission:
             except (ClarionError, OSError) as exc:
                 self._unavailable("shared connection counts unavailable: %s", exc)
                 # Admitted by the local caps alone; the engine counts it once it can, so it
-                # is released as any other.
+                # is released as any other (at once, if it closed while the engine failed).
+                if session.closed:
+                    await self._release(shared, [(kind, key)], session.id)
+                    return
                 held.append((kind, key))
                 continue
             self._available()

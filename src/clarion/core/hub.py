@@ -130,6 +130,9 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self.closing = False
+        # Set by an extension while this hub must take no work (another process serves its
+        # port with a hub of its own): every request and publish is refused with it.
+        self.refusal: ClarionError | None = None
         # Called with every publication this node made (webhooks' outbox, for one); what a
         # listener returns, when awaitable, is awaited before the publish call answers.
         self.publish_listeners: list[Callable[[Publication], Awaitable[object] | None]] = []
@@ -185,7 +188,10 @@ class Hub:
             log.info("hub closed")
         # After the sessions: their disconnect events still reach the webhook outbox.
         for extension in reversed(self.extensions):
-            await extension.close()
+            try:
+                await extension.close()
+            except Exception:  # the others still close (the webhook outbox among them)
+                log.exception("closing %s failed", type(extension).__name__)
 
     def extension(self, kind: type[E]) -> E:
         """The hub's extension of type ``kind`` (e.g. its
@@ -196,9 +202,12 @@ class Hub:
         raise NotFound(f"this hub has no {kind.__name__}")
 
     def check_started(self) -> None:
-        """Refuse work for a hub never started: it would be taken and never delivered live."""
+        """Refuse work for a hub never started, or one an extension stood down (``refusal``):
+        it would be taken and never delivered live."""
         if not self._started and not self.closing:
             raise NotStarted()
+        if self.refusal is not None:
+            raise self.refusal
 
     def asgi_app(self) -> Any:
         """The ASGI application: HTTP API, ``/ws`` and the other transports (built once)."""
@@ -267,7 +276,7 @@ class Hub:
         ``ephemeral`` (or the namespace's ``ephemeral`` option): a live signal, see
         :meth:`publish_ephemeral`; ``key`` is an ephemeral publication's key.
         """
-        if not self._started:
+        if not self._started or self.refusal is not None:
             self.check_started()
         validate_channel(channel)
         self.check_data(data, attrs)
@@ -415,6 +424,9 @@ class Hub:
 
     def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         self.roster.on_event(channel, kind, event)
+
+    def on_presence_restored(self, channel: str, client: str) -> None:
+        self.roster.restored(channel, client)
 
     def on_control(self, command: str, payload: dict[str, Any]) -> None:
         self.control.on_control(command, payload)

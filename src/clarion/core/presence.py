@@ -112,6 +112,33 @@ class Roster:
                     log.warning("looking for ended presence leases failed: %s", exc.message)
                 failing = True
 
+    def restored(self, channel: str, client: str) -> None:
+        """The engine added this node's entry of ``client`` again: its leave may have gone out
+        (its lease ended while this node could not renew it), so its join goes out again. A
+        reader that missed nothing hears a join for a client it has: harmless to a set."""
+        hub = self.hub
+        session = hub.sessions.get(client)
+        sub = session.subscriptions.get(channel) if session is not None else None
+        if session is None or sub is None or sub.joined != JOINED:
+            return
+        options = hub.options(channel)
+        mode = options.join_leave_mode
+        if mode == "client":
+            shown = entry_of(session).to_dict(info=options.presence_info)
+            self._announce(channel, client, "join", {"channel": channel, **shown})
+        elif mode == "user" and session.user is not None:
+            hub.spawn(self._rejoin(channel, session, options), name="clarion-rejoin")
+
+    async def _rejoin(self, channel: str, session: Session, options: NamespaceOptions) -> None:
+        engine = self.hub.engine
+        try:
+            if session.user is not None and await engine.presence_announce(channel, session.user):
+                await engine.broadcast_event(
+                    channel, "join", _user_event(channel, session, options)
+                )
+        except ClarionError as exc:
+            log.warning("presence join on %s failed: %s", channel, exc.message)
+
     async def _lapsed(self, engine: LapsingPresence, channel: str) -> None:
         """The leaves of ``channel``'s entries whose lease ended, each sent by one node."""
         entries = await engine.presence_lapsed(channel)

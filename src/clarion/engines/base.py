@@ -124,6 +124,10 @@ class EngineSink(Protocol):
     def on_control(self, command: str, payload: dict[str, Any]) -> None:
         """A node-wide command from another node (e.g. disconnect a user)."""
 
+    def on_presence_restored(self, channel: str, client: str) -> None:
+        """This node's presence entry of ``client`` on ``channel`` was missing from the engine
+        (lost, or taken out as lapsed, its leave sent) and was added again."""
+
 
 class Engine(Protocol):
     name: str

@@ -64,6 +64,9 @@ BODY_HIGH = 65536  # unread request body bytes at which reading pauses
 # and what a client pipelines beyond them stays as it was read, unparsed, until they are
 # answered. One read (up to 256 KiB) of tiny requests no longer becomes thousands of cycles.
 MAX_QUEUED = 16
+# No request is shorter: a three-letter method, a one-character target, the version and two
+# line ends ("GET / HTTP/1.1\n\n"; the parser wants CRLF, which is longer).
+MIN_REQUEST = 16
 
 # A request in flight or waiting behind one: for the app (ASGI) or for a direct route.
 InFlight = HttpCycle | DirectRequest
@@ -848,14 +851,20 @@ class HttpProtocol(asyncio.Protocol):
 def _span(data: bytes, heads: int, skip: int) -> int:
     """How much of ``data`` may be parsed without completing more than ``heads`` request
     heads: up to its ``2 * heads``-th line feed after the first ``skip`` bytes (the rest of a
-    declared body). A head holds two line feeds at least (its request line and the empty line
-    that ends it: the parser wants CRLF), or one if it began in an earlier read."""
+    declared body), and never less than ``heads`` shortest requests. A head holds two line
+    feeds at least (its request line and the empty line that ends it: the parser wants CRLF),
+    or one if it began in an earlier read, and a request :data:`MIN_REQUEST` bytes: so a body
+    dense with line feeds (a chunked one, whose length is not declared) is still parsed in
+    slices of some size, not a few bytes each."""
+    floor = min(len(data), skip + heads * MIN_REQUEST)
     pos = skip
     for _ in range(2 * heads):
         pos = data.find(b"\n", pos) + 1
         if not pos:
             return len(data)
-    return pos
+        if pos >= floor:
+            return pos  # fewer line feeds than the bound, and not too short
+    return floor
 
 
 def _declared(length: bytes | None, values: dict[bytes, bytes]) -> int:

@@ -538,7 +538,13 @@ class RedisEngine:
 
     async def _refresh(self) -> None:
         if self._presence is not None:
-            await self._presence.refresh()
+            restored = await self._presence.refresh()
+            sink = self._sink
+            if restored and sink is not None:
+                # Their leave may have been sent (their lease ended while this node could not
+                # renew it, and another node took them out): their join again.
+                for channel, client in restored:
+                    sink.on_presence_restored(channel, client)
         if self.limits is not None:
             await self.limits.refresh()
 

@@ -161,14 +161,15 @@ class RedisPresence:
             raise unavailable(exc, f"reading lapsed presence on {channel!r}") from None
         return _entries(flat)
 
-    async def refresh(self) -> None:
-        """Renew every entry this node holds, in one pipeline (raises what Redis raised).
+    async def refresh(self) -> list[tuple[str, str]]:
+        """Renew every entry this node holds, in one pipeline (raises what Redis raised); the
+        (channel, client) of those added again.
 
         Only the leases are renewed: the entries are in Redis already. Those Redis no longer
-        has (it restarted, or they lapsed while it was out of reach) are added again, whole,
-        in a second pipeline."""
+        has (it restarted, or they lapsed while it was out of reach, and another node sent
+        their leave) are added again, whole, in a second pipeline."""
         if not self.held:
-            return
+            return []
         calls = []
         channels = list(self.held)
         for channel in channels:
@@ -198,7 +199,7 @@ class RedisPresence:
                     keys = self._channel_keys(channel, user)
                     again.append((self._add, keys, [self._ttl_ms, client, value, user]))
         if not again:
-            return
+            return []
         await self._batch.now(again)
         # An entry removed while it was being added back may be back (its removal ran first):
         # remove it again, now that the addition has run.
@@ -209,6 +210,7 @@ class RedisPresence:
                 if client not in self.held.get(channel, {})
             )
         )
+        return [(c, client) for c, client, _ in lost if client in self.held.get(c, {})]
 
     async def leave_all(self) -> None:
         """Remove every entry this node holds (at shutdown: not after the TTL)."""

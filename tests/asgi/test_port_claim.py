@@ -11,30 +11,23 @@ from typing import Any
 import httpx
 import pytest
 
-from clarion import Hub, Settings
+from clarion import Settings
 from clarion.asgi import portclaim
-from clarion.server import Server
 
 from ..conftest import timeout
+from .test_local_only import base, served
 
 
 async def test_a_port_that_cannot_be_claimed_is_served_and_the_hub_closes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    hub = Hub(Settings(data_dir=str(tmp_path / "data")))
-    server = Server(hub.asgi_app(), host="127.0.0.1", port=0)
-    await hub.start()
-    await server.start()
-    try:
+    async with served(Settings(data_dir=str(tmp_path / "data"))) as port:
         # Where the lock would be, a directory: it cannot be opened for writing.
-        os.mkdir(portclaim._path(server.port))
+        os.mkdir(portclaim._path(port))
         async with httpx.AsyncClient(timeout=timeout(10)) as http:
             for _ in range(2):
-                r = await http.get(f"http://127.0.0.1:{server.port}/healthz")
+                r = await http.get(f"http://{base('127.0.0.1', port)}/healthz")
                 assert r.status_code == 200, r.text
-    finally:
-        await server.shutdown(1.0)
-        await hub.close()
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
-    assert server.port not in portclaim._held
+    assert port not in portclaim._held

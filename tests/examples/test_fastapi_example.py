@@ -93,9 +93,7 @@ async def test_worker_processes_on_the_memory_engine_are_refused_not_split() -> 
                 await asyncio.sleep(0.05)
             # The application's own publishes (hub.publish in its route) fail in the worker
             # that stood down, rather than reach no one: one hub hands out every offset.
-            orders = [
-                await http.post("/orders", json={"item": i}) for i in range(int(timeout(40)))
-            ]
+            orders = [await http.post("/orders", json={"item": i}) for i in range(int(timeout(40)))]
             answered = [r.json()["offset"] for r in orders if r.status_code == 200]
             assert {r.status_code for r in orders} <= {200, 500}
             assert len(answered) == len(set(answered)), answered

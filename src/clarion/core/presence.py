@@ -111,6 +111,8 @@ class Roster:
                 if not failing:
                     log.warning("looking for ended presence leases failed: %s", exc.message)
                 failing = True
+            except Exception:  # a fault of one pass must not end the next ones
+                log.exception("looking for ended presence leases failed")
 
     def restored(self, channel: str, client: str) -> None:
         """The engine added this node's entry of ``client`` again: its leave may have gone out

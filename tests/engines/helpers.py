@@ -26,6 +26,7 @@ class RecordingSink:
         self.signals: list[Publication] = []  # ephemeral publications
         self.events: list[tuple[str, str, dict[str, Any]]] = []
         self.controls: list[tuple[str, dict[str, Any]]] = []
+        self.restored: list[tuple[str, str]] = []  # presence entries added again
 
     def on_publication(self, pub: Publication) -> None:
         self.publications.append(pub)
@@ -38,6 +39,9 @@ class RecordingSink:
 
     def on_control(self, command: str, payload: dict[str, Any]) -> None:
         self.controls.append((command, payload))
+
+    def on_presence_restored(self, channel: str, client: str) -> None:
+        self.restored.append((channel, client))
 
     def offsets(self, channel: str) -> list[int]:
         return [p.offset for p in self.publications if p.channel == channel]

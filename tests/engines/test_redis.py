@@ -986,7 +986,7 @@ async def test_a_refresh_renews_leases_and_puts_back_what_redis_lost(
 ) -> None:
     """The periodic refresh sends no entry, only the clients to renew; the entries Redis lost
     (here deleted, as a restart without persistence would) come back whole, users too."""
-    a, _ = await nodes()
+    a, sink = await nodes()
     assert a.limits is not None
     await a.presence_add("c", PresenceEntry("p1", None, {"x": 1}))
     await a.presence_add("c", PresenceEntry("p2", None))
@@ -1012,6 +1012,8 @@ async def test_a_refresh_renews_leases_and_puts_back_what_redis_lost(
     ]
     assert await a.presence_stats("c") == PresenceStats(4, 2)
     assert await a.limits.connection_count("ip", "10.0.0.1") == 2
+    # The hub is told which came back: their leave may have gone out, their join goes again.
+    assert sorted(sink.restored) == [("c", "p1"), ("c", "u1")]
 
 
 async def test_a_refresh_leaves_alone_what_closed_while_it_ran(

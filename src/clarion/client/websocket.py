@@ -276,8 +276,9 @@ class WebSocketLink:
             message = f"the hub refused the WebSocket upgrade at {url} ({detail})"
             if said is not None:
                 message += f": {said[0]}: {said[1]}"
-            elif status in (403, 404):
-                message += f": {self.endpoints.doubt()}"  # a path nothing serves is refused so
+            # A path nothing serves is refused so (a 403 that says why is something else).
+            if status == 404 or (status == 403 and said is None):
+                message += f"{'; ' if said else ': '}{self.endpoints.doubt()}"
             self._refused(message)
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise Retry(f"cannot connect to {url}: {_plain(exc)}") from None

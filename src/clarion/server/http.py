@@ -862,9 +862,7 @@ def _span(data: bytes, heads: int, skip: int) -> int:
         pos = data.find(b"\n", pos) + 1
         if not pos:
             return len(data)
-        if pos >= floor:
-            return pos  # fewer line feeds than the bound, and not too short
-    return floor
+    return max(pos, floor)
 
 
 def _declared(length: bytes | None, values: dict[bytes, bytes]) -> int:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ..redis_cluster import RedisCluster
 from ..redis_fixture import RedisServer, redis_server
 from .helpers import Node
 
-__all__ = ["Cluster", "cluster", "redis_server"]
+__all__ = ["Cluster", "cluster", "redis_cluster", "redis_server"]
 
 CONFIG = """
 [namespaces.default]
@@ -50,3 +52,16 @@ def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop_all()
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisCluster]:
+    """Three primaries with a replica each, started by the test."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    cluster = RedisCluster(primaries=3, replicas=1)
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.cleanup()

@@ -41,18 +41,6 @@ pytestmark = [
 CHANNELS = ["a", "b", "c"]
 
 
-@pytest.fixture
-def redis_cluster() -> Iterator[RedisCluster]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    cluster = RedisCluster(primaries=3, replicas=1)
-    try:
-        cluster.start_all()
-        yield cluster
-    finally:
-        cluster.cleanup()
-
-
 class Hubs:
     def __init__(self, cluster: RedisCluster, tmp_path: Path) -> None:
         self.cluster = cluster

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +37,6 @@ pytestmark = [
 
 CHANNELS = [f"w{i}" for i in range(12)]
 RATE = 200.0
-
-
-@pytest.fixture
-def redis_cluster() -> Iterator[RedisCluster]:
-    cluster = RedisCluster(primaries=3, replicas=1)
-    try:
-        cluster.start_all()
-        yield cluster
-    finally:
-        cluster.cleanup()
 
 
 class Publishing:

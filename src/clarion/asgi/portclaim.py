@@ -7,8 +7,9 @@ reaches the other's subscribers, and a client that reconnects to the other is to
 cursor's epoch is unknown. ``clarion serve`` refuses to start so; a hub mounted in another
 server cannot see its workers, so it claims the port its requests arrive on, with a lock on a
 file that the kernel releases when the process ends, however it ends. A hub that finds the port
-claimed answers ``503 engine_not_shared`` and tries again at most once a second, so that it
-takes over when the other process is gone.
+claimed answers ``503 engine_not_shared``, and refuses its application's publishes
+(``hub.publish``) from then on; it tries again once a second, so that it takes over when the
+other process is gone.
 
 Hubs of one process share their claims (an application may mount two), and a hub lets go of
 its claim when it closes.
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 try:
     import fcntl
-except ImportError:  # not on Windows: nothing claims, every hub serves
+except ImportError:  # Windows has no flock: there nothing claims, every hub serves
     fcntl = None  # type: ignore[assignment]
 
 RETRY = 1.0  # seconds between two tries of a claimed port

@@ -12,9 +12,9 @@ import websockets
 from ..conftest import timeout, until
 from .conftest import Cluster
 from .helpers import Node
-from .test_cluster import Hubs, hubs, redis_cluster
+from .test_cluster import Hubs, hubs
 
-__all__ = ["hubs", "redis_cluster"]  # the fixtures, for the Redis Cluster test
+__all__ = ["hubs"]  # the fixture, for the Redis Cluster test (redis_cluster: conftest)
 
 CONFIG = """
 api_key = "k"

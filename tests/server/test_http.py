@@ -155,7 +155,7 @@ async def test_a_request_dropped_from_the_queue_is_freed_without_the_collector(
             # This test's queued requests only: a cycle another test's server left behind in
             # this worker process is not this one's to count.
             return sum(
-                isinstance(o, HttpCycle) and o.scope.get("path") == "/queued"
+                isinstance(o, HttpCycle) and (o.scope or {}).get("path") == "/queued"
                 for o in gc.get_objects()
             )
 

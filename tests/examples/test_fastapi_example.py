@@ -106,6 +106,53 @@ async def test_worker_processes_on_the_memory_engine_are_refused_not_split() -> 
     assert "another process on this machine serves port" in err.decode()
 
 
+async def test_a_worker_that_stands_down_refuses_its_publishes_from_the_start() -> None:
+    """The workers inherit the listening socket before their application starts, so they claim
+    its port then: the one that stands down refuses ``hub.publish`` before any request reaches
+    its hub, rather than publish to no one with offsets the other worker also hands out."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, "--workers", "2"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    statuses: dict[int, int] = {}
+    offsets: list[int] = []
+
+    async def order(http: httpx.AsyncClient, item: int) -> None:
+        try:
+            r = await http.post("/orders", json={"item": item})
+        except httpx.TransportError:
+            return  # not listening yet
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        if r.status_code == 200:
+            offsets.append(r.json()["offset"])
+
+    try:
+        # A connection each, twenty at once: the kernel hands them to both workers. No request
+        # goes to the hub's own routes.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, timeout=timeout(5), limits=limits) as http:
+            deadline = asyncio.get_running_loop().time() + timeout(60)
+            item = 0
+            while not (statuses.get(200) and statuses.get(500)):
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                assert asyncio.get_running_loop().time() < deadline, f"answers: {statuses}"
+                await asyncio.gather(*(order(http, item + i) for i in range(20)))
+                item += 20
+                await asyncio.sleep(0.05)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert set(statuses) == {200, 500}, statuses
+    # One hub hands out every offset: none twice.
+    assert len(offsets) == len(set(offsets)), sorted(offsets)
+    assert "another process on this machine serves port" in err.decode()
+
+
 TEST_CLIENT_RUN = """
 import time
 from fastapi.testclient import TestClient

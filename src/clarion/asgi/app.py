@@ -38,7 +38,6 @@ from clarion.core.limits import LogLimit
 from clarion.errors import (
     BadRequest,
     ClarionError,
-    EngineNotShared,
     Forbidden,
     NodeFull,
     NotFound,
@@ -74,16 +73,6 @@ def route_path(scope: Scope) -> str:
 _not_started = LogLimit(logging.getLogger("clarion.hub"))
 # A request from another machine to a hub in development mode: once a minute per address.
 _elsewhere = LogLimit(logging.getLogger("clarion.hub"))
-
-# A request to a hub whose port another process's hub claimed: once a minute.
-_not_shared = LogLimit(logging.getLogger("clarion.hub"))
-NOT_SHARED = (
-    "another process on this machine serves port %d with a hub of its own on the memory "
-    "engine, which keeps channels inside one process: a publication taken by one would never "
-    "reach the other's subscribers, so this one answers 503 and refuses hub.publish. Run one "
-    "process (no --workers), use the Redis engine (docs/redis.md), or, if the other is another "
-    "application, give this one another port"
-)
 
 LOCAL_ONLY = (
     "this hub is in local development mode (no api_key and no token secret), in which anyone "
@@ -139,7 +128,7 @@ class App:
         # An engine that keeps channels in this process serves one process per port.
         self.claim: PortClaim | None = None
         if getattr(hub.engine, "process_local", False):
-            self.claim = PortClaim()
+            self.claim = PortClaim(hub)
             hub.extensions.append(self.claim)  # let go when the hub closes
 
     @property
@@ -164,10 +153,8 @@ class App:
                     _elsewhere.log(logging.WARNING, peer, "refused %s: %s", peer, LOCAL_ONLY)
                     refusal = Forbidden(LOCAL_ONLY, code=ErrorCode.LOCAL_ONLY)
                 if refusal is None and self.claim is not None and not self.claim.serves(scope):
-                    refusal = EngineNotShared(NOT_SHARED % scope["server"][1])
-                    _not_shared.log(logging.ERROR, "", "%s", refusal.message)
                     # The application's own publishes too, until the port is this hub's.
-                    self.claim.stand_down(self.hub, refusal)
+                    refusal = self.claim.refuse(scope["server"][1])
             if refusal is not None:
                 if scope["type"] == "http":
                     await send_error(send, refusal)

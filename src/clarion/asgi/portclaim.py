@@ -5,8 +5,10 @@ Two processes serving one port — ``uvicorn --workers 2``, ``gunicorn -w 2``, a
 worker processes — are then two hubs that share nothing: a publication taken by one never
 reaches the other's subscribers, and a client that reconnects to the other is told its
 cursor's epoch is unknown. ``clarion serve`` refuses to start so; a hub mounted in another
-server cannot see its workers, so it claims the port its requests arrive on, with a lock on a
-file that the kernel releases when the process ends, however it ends. A hub that finds the port
+server cannot see its workers, so it claims its port with a lock on a file that the kernel
+releases when the process ends, however it ends: at start, each port the process already
+listens on (worker processes inherit their server's listening socket before the application
+starts), and otherwise the port its first request arrives on. A hub that finds the port
 claimed answers ``503 engine_not_shared``, and refuses its application's publishes
 (``hub.publish``) from then on; it tries again once a second, so that it takes over when the
 other process is gone.
@@ -19,17 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import socket
+import stat
 import tempfile
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from clarion.core.limits import LogLimit
+from clarion.errors import EngineNotShared
 from clarion.protocol.proxies import parse_address
 
 if TYPE_CHECKING:
     from clarion.core.hub import Hub
-    from clarion.errors import ClarionError
 
 try:
     import fcntl
@@ -37,6 +43,16 @@ except ImportError:  # Windows has no flock: there nothing claims, every hub ser
     fcntl = None  # type: ignore[assignment]
 
 RETRY = 1.0  # seconds between two tries of a claimed port
+
+NOT_SHARED = (
+    "another process on this machine serves port %d with a hub of its own on the memory "
+    "engine, which keeps channels inside one process: a publication taken by one would never "
+    "reach the other's subscribers, so this one answers 503 and refuses hub.publish. Run one "
+    "process (no --workers), use the Redis engine (docs/redis.md), or, if the other is another "
+    "application, give this one another port"
+)
+# Said at ERROR: at start, then once a minute while requests are refused.
+_not_shared = LogLimit(logging.getLogger("clarion.hub"))
 
 # This process's claims: port -> (descriptor holding the lock, claims on it).
 _held: dict[int, tuple[int, int]] = {}
@@ -67,6 +83,42 @@ def _lock(port: int) -> bool | None:
     return True
 
 
+def listening_ports() -> list[int]:
+    """The TCP ports this process serves (or is about to: bound, with no peer), read from its
+    descriptors where the system lists them, as Linux does in ``/proc``; elsewhere none, and the
+    first request names the port."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    ports: set[int] = set()
+    for name in names:
+        try:
+            fd = int(name)
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))  # a copy: closing it leaves the original
+        except (OSError, ValueError):
+            continue  # gone meanwhile (the descriptor that listed them), or not a socket
+        with sock:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            if sock.type != socket.SOCK_STREAM:
+                continue
+            try:
+                port = sock.getsockname()[1]
+            except OSError:
+                continue
+            try:
+                sock.getpeername()
+            except OSError:
+                # No peer: a server's socket. It may not listen yet: a server that hands one
+                # bound socket to its workers may leave listen() to each worker's loop.
+                if port:
+                    ports.add(port)
+    return sorted(ports)
+
+
 def _unlock(port: int) -> None:
     held = _held.get(port)
     if held is None:
@@ -83,77 +135,83 @@ def _unlock(port: int) -> None:
 class PortClaim:
     """The claim of one hub; a hub extension, so that it is let go when the hub closes."""
 
-    __slots__ = ("_hub", "_retry", "_tried", "_unclaimable", "_wanted", "port")
+    __slots__ = ("_hub", "_ports", "_retry", "_tried", "_unclaimable", "_wanted")
 
-    def __init__(self) -> None:
-        self.port: int | None = None  # the port claimed
-        self._wanted: int | None = None  # the port requests came in on
-        self._tried = -RETRY
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._ports: set[int] = set()  # the ports claimed
+        self._wanted: int | None = None  # the port another process holds
+        self._tried = -RETRY  # when that port was last tried
         self._unclaimable = False  # no lock can be kept here: every request is served
         self._retry: asyncio.Task[None] | None = None  # tries again while stood down
-        self._hub: Hub | None = None  # the hub stood down
 
     def serves(self, scope: Mapping[str, Any]) -> bool:
         """May this hub answer a request that came in on ``scope["server"]``'s port?"""
-        if self.port is not None or self._unclaimable or fcntl is None:
-            return True
         host, port = scope.get("server") or (None, None)
+        if port in self._ports or self._unclaimable or fcntl is None:
+            return True
         # A socket's own address is an IP address; a Unix socket has no port, and a test
         # client (Starlette's TestClient, httpx's ASGITransport) names a host: no port is
         # shared then, and test processes side by side must not refuse each other.
         if not isinstance(port, int) or parse_address(str(host)) is None:
             return True
         now = time.monotonic()
-        if now - self._tried < RETRY:
+        if port == self._wanted and now - self._tried < RETRY:
             return False
-        self._tried = now
-        self._wanted = port
+        return self._claim(port, now)
+
+    def _claim(self, port: int, now: float) -> bool:
         claimed = _lock(port)
         if claimed is None:
             self._unclaimable = True
             return True
         if not claimed:
+            self._wanted, self._tried = port, now
             return False
-        self.port = port
+        self._ports.add(port)
         return True
 
-    def stand_down(self, hub: Hub, refusal: ClarionError) -> None:
-        """Refuse all of ``hub``'s work (its application's publishes too) until a later try
-        claims the port: the other process may end."""
-        hub.refusal = refusal
-        self._hub = hub
+    def refuse(self, port: int) -> EngineNotShared:
+        """Another process holds ``port``: refuse this hub's work (its application's publishes
+        too) until a later try claims it, since the other process may end."""
+        refusal = EngineNotShared(NOT_SHARED % port)
+        _not_shared.log(logging.ERROR, "", "%s", refusal.message)
+        self._hub.refusal = refusal
         if self._retry is None:
-            self._retry = asyncio.create_task(self._claim_later(hub), name="clarion-port-claim")
+            self._retry = asyncio.create_task(self._claim_later(), name="clarion-port-claim")
+        return refusal
 
-    async def _claim_later(self, hub: Hub) -> None:
-        port = self._wanted
-        while port is not None:
+    async def _claim_later(self) -> None:
+        while (port := self._wanted) is not None:
             await asyncio.sleep(RETRY)
-            claimed = _lock(port)
-            if claimed is False:
-                continue
-            if claimed:
-                self.port = port
-            else:
-                self._unclaimable = True
-            hub.refusal = None
-            break
+            if self._claim(port, time.monotonic()):
+                self._wanted = None
+                self._hub.refusal = None
         self._retry = None
 
     async def start(self) -> None:
-        pass
+        """Claim the ports this process already listens on: a server's worker processes inherit
+        its listening socket before their application starts, so a worker that must stand down
+        does so before its application publishes, not at its hub's first request."""
+        if fcntl is None:
+            return
+        now = time.monotonic()
+        for port in listening_ports():
+            if not self._claim(port, now):
+                self.refuse(port)
+                return
+            if self._unclaimable:
+                return
 
     async def close(self) -> None:
         retry, self._retry = self._retry, None
         if retry is not None:
             retry.cancel()
             await asyncio.gather(retry, return_exceptions=True)
-        hub, self._hub = self._hub, None
-        if hub is not None:
-            hub.refusal = None  # started again, the hub claims anew
-        port, self.port = self.port, None
-        if port is not None:
+        self._hub.refusal = None  # started again, the hub claims anew
+        for port in self._ports:
             _unlock(port)
+        self._ports.clear()
         self._tried = -RETRY
         self._unclaimable = False
         self._wanted = None

@@ -19,7 +19,9 @@ connection that ran it (WAIT counts the acknowledgements of that connection's ow
 with fewer the call fails with :class:`NotReplicated`. On a cluster each primary that ran
 durable calls gets its own WAIT, after them, on the same connection; a redirected call is not
 followed by the client (it would run elsewhere, unwaited) but sent again once, after the slot
-map is read again. Without durable calls nothing changes: no WAIT, no round trip.
+map is read again. Without durable calls nothing changes: no WAIT, no round trip. Once
+confirmed, a durable call's ``confirmed`` callback runs (the engine then queues the
+publication's announcement, which goes with the next pipeline).
 
 The per-session writes of a burst go further: the items queued for the same keys (one channel's
 presence entries, one address's connection count) while their call waits are *merged* into that

@@ -1,7 +1,8 @@
 """The Redis engine: many hub nodes share channels, history and presence through one Redis.
 
 * Publish is one Lua script per publication (``scripts.PUBLISH``): meta, next offset, stream
-  entry, trims, idempotency and the pub/sub announcement, atomically.
+  entry, trims, idempotency and the pub/sub announcement, atomically (with ``wait_replicas``
+  the announcement comes once WAIT has confirmed the write: ``scripts.ANNOUNCE``).
 * Each node subscribes only to channels with local subscribers (``pubsub.py``; ``sharded.py``
   on a cluster); what pub/sub loses is read back from the streams (``positions.py``).
 * Presence entries expire unless their node refreshes them (``presence.py``).

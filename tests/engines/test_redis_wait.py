@@ -21,13 +21,14 @@ import redis.asyncio as aioredis
 from clarion.engines.redis import RedisEngine
 from clarion.engines.redis.connect import parse_url
 from clarion.errors import ConfigError, EngineUnavailable
+from clarion.protocol.publication import Publication
 from clarion.settings import NamespaceOptions, Settings
 
 from ..conftest import free_port
 from ..conftest import timeout as scaled
 from ..redis_cluster import Servers, command
 from ..redis_fixture import RedisServer
-from .helpers import RecordingSink
+from .helpers import RecordingSink, eventually
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -151,3 +152,85 @@ async def test_with_a_replica_publications_are_answered_once_it_has_them(
     finally:
         await replica.aclose()
         await engine.close()
+
+
+async def test_a_publication_is_announced_only_once_the_replica_has_it(
+    replicated: tuple[RedisServer, Servers, int],
+) -> None:
+    primary, servers, replica_port = replicated
+    await wait_synced(primary)
+    url = f"{primary.url}?wait_replicas=1&wait_timeout={min(scaled(2), 4)}"
+    publisher = await start(url)
+    sink = RecordingSink()
+    # Position checks run while the write waits for the replica: they do not show it either.
+    subscriber = RedisEngine(f"{url}&check_interval=0.1", Settings())
+    await subscriber.start(sink)
+    try:
+        await subscriber.subscribe("ch")
+        await subscriber.subscribe("barrier")
+        first = await publisher.publish("ch", "first", OPTS)
+        await eventually(lambda: sink.offsets("ch") == [first.offset])
+
+        pid = servers.processes[replica_port].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(EngineUnavailable, match="replicas"):
+                await publisher.publish("ch", "unconfirmed", OPTS)
+            # Pub/sub keeps one connection's messages in order: once this signal is here, an
+            # announcement the failed publication made would be too.
+            signal_pub = Publication("barrier", 0, "", "after", 0)
+            await publisher.publish_ephemeral(signal_pub)
+            await eventually(lambda: len(sink.signals) == 1)
+            await asyncio.sleep(0.3)
+            assert sink.offsets("ch") == [first.offset]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+        # Once a later publication is confirmed, the replica has the earlier one too: both are
+        # announced, in offset order.
+        last = await publisher.publish("ch", "last", OPTS)
+        await eventually(lambda: len(sink.offsets("ch")) == 3)
+        assert [(p.offset, p.data) for p in sink.publications] == [
+            (1, "first"),
+            (2, "unconfirmed"),
+            (3, "last"),
+        ]
+        assert last.offset == 3
+    finally:
+        await subscriber.close()
+        await publisher.close()
+
+
+async def test_publications_of_several_nodes_are_announced_in_offset_order(
+    replicated: tuple[RedisServer, Servers, int],
+) -> None:
+    primary, _, _ = replicated
+    await wait_synced(primary)
+    url = f"{primary.url}?wait_replicas=1&wait_timeout={min(scaled(2), 4)}"
+    publishers = [await start(url) for _ in range(3)]
+    sink = RecordingSink()
+    subscriber = RedisEngine(url, Settings())
+    await subscriber.start(sink)
+    history_off = NamespaceOptions(history_size=0)
+    try:
+        await subscriber.subscribe("ch")
+        await subscriber.subscribe("off")
+        # Bursts from three nodes at once: their WAITs end, and their announcements leave,
+        # in any order; the channel's announcements still reach the subscriber in order.
+        for _ in range(5):
+            await asyncio.gather(
+                *(engine.publish("ch", i, OPTS) for i in range(20) for engine in publishers),
+                # Without history (or one shorter than a burst) a node's announcement
+                # carries its own publications' bodies.
+                *(publishers[0].publish("off", i, history_off) for i in range(20)),
+            )
+        await eventually(lambda: len(sink.offsets("ch")) == 300, timeout=10)
+        await eventually(lambda: len(sink.offsets("off")) == 100, timeout=10)
+        assert sink.offsets("ch") == list(range(1, 301))
+        assert sink.offsets("off") == list(range(1, 101))
+        assert [p.data for p in sink.publications if p.channel == "off"] == list(range(20)) * 5
+        assert subscriber.recovered == 0  # none had to be read back from the stream
+    finally:
+        await subscriber.close()
+        for engine in publishers:
+            await engine.close()

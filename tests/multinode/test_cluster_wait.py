@@ -12,6 +12,7 @@ answered 503 ``engine_unavailable`` (their publishers retry with their idempoten
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -21,8 +22,14 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
+
+from clarion.engines.redis import RedisEngine
+from clarion.errors import EngineUnavailable
+from clarion.settings import NamespaceOptions, Settings
 
 from ..conftest import timeout
+from ..engines.helpers import RecordingSink
 from ..redis_cluster import RedisCluster, command
 from .conftest import CONFIG
 from .helpers import Node, eventually
@@ -157,3 +164,131 @@ async def histories(url: str) -> dict[tuple[str, str, int], Any]:
             for pub in body["publications"]:
                 out[(channel, pub["epoch"], pub["offset"])] = pub["data"]["seq"]
     return out
+
+
+class Subscriber:
+    """One WebSocket subscription: what it was sent, in order."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        self.url, self.channel = url, channel
+        self.received: list[tuple[str, int, Any]] = []  # epoch, offset, data
+        self.resets: list[str] = []
+        self.subscribed = asyncio.Event()
+
+    async def run(self, until: asyncio.Event) -> None:
+        protocols = [websockets.Subprotocol("clarion.v1")]
+        async with websockets.connect(self.url, subprotocols=protocols) as ws:
+            await ws.send(json.dumps({"id": 1, "op": "subscribe", "channel": self.channel}))
+            stop = asyncio.ensure_future(until.wait())
+            try:
+                while True:
+                    recv = asyncio.ensure_future(ws.recv())
+                    await asyncio.wait({recv, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    if not recv.done():
+                        recv.cancel()
+                        return
+                    msg = json.loads(recv.result())
+                    if msg.get("id") == 1:
+                        assert "ok" in msg, msg
+                        self.subscribed.set()
+                    elif "reset" in msg:
+                        self.resets.append(msg["reset"]["reason"])
+                    elif msg.get("channel") == self.channel and "offset" in msg:
+                        self.received.append((msg["epoch"], msg["offset"], msg["data"]))
+            finally:
+                stop.cancel()
+
+    def data(self) -> list[Any]:
+        return [data for _, _, data in self.received]
+
+
+def replica_online(port: int) -> bool:
+    info = command(port, "INFO", "replication")
+    return "role:master" in info and "state=online" in info
+
+
+async def test_a_stalled_primary_shows_subscribers_nothing_they_would_skip_later(
+    tmp_path: Path,
+) -> None:
+    """The stalled primary runs a publication queued on it and, unaware that a replica took
+    over meanwhile, announced it to the subscribers still on its pub/sub; the new primary had
+    given that offset to a publication answered 200, which they then skipped as delivered.
+
+    Two replicas per primary, so that the new primary has one to acknowledge its writes at once
+    and gives the stalled publication's offset to a publication answered 200 before the stalled
+    primary resumes. The subscriber's node checks positions rarely (``check_interval``), so its
+    pub/sub connection to the stalled primary outlives the stall, as it does whenever the stall
+    is shorter than its heartbeats or the link reconnects to the stopped process.
+    """
+    cluster = RedisCluster(primaries=3, replicas=2)
+    tasks: list[asyncio.Task[Any]] = []
+    engines: list[RedisEngine] = []
+    node: Node | None = None
+    stop = asyncio.Event()
+    try:
+        cluster.start_all()
+        config = tmp_path / "clarion.toml"
+        config.write_text(CONFIG)
+        query = "wait_replicas=1&wait_timeout=1"
+        node = Node(f"{cluster.url}?{query}&check_interval=30", config, tmp_path, {})
+        await node.wait_healthy(timeout=timeout(30))
+        subscriber = Subscriber(node.ws_url, "stall")
+        tasks.append(asyncio.create_task(subscriber.run(stop)))
+        await asyncio.wait_for(subscriber.subscribed.wait(), timeout(10))
+
+        opts = NamespaceOptions()
+        # Its commands wait on the stopped primary until it resumes, not time out before.
+        first = RedisEngine(f"{cluster.url}?{query}&socket_timeout=60", Settings())
+        engines.append(first)
+        await first.start(RecordingSink())
+        for i in range(3):
+            await first.publish("stall", f"p{i}", opts)
+        await eventually(lambda: subscriber.data() == ["p0", "p1", "p2"], timeout(10))
+
+        key = "clarion:{stall}:meta"
+        victim = cluster.owner(key)
+        assert victim is not None
+        witness = next(p for p in cluster.ports if p != victim)
+        process = cluster.processes[victim]
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            stalled = asyncio.create_task(first.publish("stall", "stalled", opts))
+            tasks.append(stalled)
+            await asyncio.sleep(0.2)  # sent: queued on the stopped primary
+            await eventually(
+                lambda: cluster.owner(key, via=witness) not in (None, victim),
+                timeout=timeout(30),
+                interval=0.1,
+            )
+            promoted = cluster.owner(key, via=witness)
+            assert promoted is not None
+            await eventually(lambda: replica_online(promoted), timeout(30), interval=0.1)
+            # A node that reads the slot map now publishes on the new primary: answered 200,
+            # at the offset the stalled publication has on the stopped one.
+            others = ",".join(f"127.0.0.1:{p}" for p in cluster.ports if p != victim)
+            second = RedisEngine(f"redis+cluster://{others}?{query}", Settings())
+            engines.append(second)
+            await second.start(RecordingSink())
+            fresh = await second.publish("stall", "fresh", opts)
+            assert fresh.offset == 4
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        # The stalled primary runs it, then learns it was replaced: WAIT fails, answered 503.
+        with pytest.raises(EngineUnavailable):
+            await asyncio.wait_for(stalled, timeout(30))
+        last = await second.publish("stall", "last", opts)
+        assert last.offset == 5
+        await eventually(lambda: "last" in subscriber.data(), timeout(30), interval=0.1)
+        # Every publication answered 200, in order, none skipped, no reset.
+        assert subscriber.data() == ["p0", "p1", "p2", "fresh", "last"]
+        assert subscriber.resets == []
+    finally:
+        stop.set()
+        for engine in engines:
+            await engine.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if node is not None:
+            node.kill()
+        cluster.cleanup()

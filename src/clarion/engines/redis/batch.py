@@ -19,7 +19,9 @@ connection that ran it (WAIT counts the acknowledgements of that connection's ow
 with fewer the call fails with :class:`NotReplicated`. On a cluster each primary that ran
 durable calls gets its own WAIT, after them, on the same connection; a redirected call is not
 followed by the client (it would run elsewhere, unwaited) but sent again once, after the slot
-map is read again. Without durable calls nothing changes: no WAIT, no round trip.
+map is read again. Without durable calls nothing changes: no WAIT, no round trip. Once
+confirmed, a durable call's ``confirmed`` callback runs (the engine then queues the
+publication's announcement, which goes with the next pipeline).
 
 The per-session writes of a burst go further: the items queued for the same keys (one channel's
 presence entries, one address's connection count) while their call waits are *merged* into that
@@ -75,6 +77,7 @@ CLOSED = "the redis engine is closed"
 REDIRECTED = (AskError, MovedError, TryAgainError)  # the command did not run on that node
 
 Wait = tuple[int, int]  # WAIT's arguments: replicas, timeout in ms
+Confirmed = Callable[[Any], None]
 
 
 class NotReplicated(RedisError):
@@ -85,15 +88,21 @@ class NotReplicated(RedisError):
 class Call:
     """One queued command; its arguments may still change until :attr:`sent`."""
 
-    __slots__ = ("args", "at", "durable", "future", "keys", "script", "sent")
+    __slots__ = ("args", "at", "confirmed", "durable", "future", "keys", "script", "sent")
 
     def __init__(
-        self, script: Any, keys: list[Any], args: list[Any], durable: bool = False
+        self,
+        script: Any,
+        keys: list[Any],
+        args: list[Any],
+        durable: bool = False,
+        confirmed: Confirmed | None = None,
     ) -> None:
         self.script = script  # a registered Script, or None for a plain command
         self.keys = keys
         self.args = args
         self.durable = durable  # answered once the replicas acknowledged it (module doc)
+        self.confirmed = confirmed  # called with a durable call's result once acknowledged
         loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Any] = loop.create_future()
         self.at = loop.time()  # when queued: a call that waited too long fails
@@ -149,6 +158,7 @@ class Merged(Call):
         self.at = asyncio.get_running_loop().time()
         self.sent = False
         self.durable = False
+        self.confirmed = None
         self.family = family
         self.items: list[tuple[asyncio.Future[Any], list[Any], list[Any]]] = []
         self.waiters: list[asyncio.Future[Any]] = []
@@ -210,20 +220,34 @@ class Batcher:
         self._closed = False
 
     async def script(
-        self, script: Any, keys: list[Any], args: list[Any] | None = None, durable: bool = False
+        self,
+        script: Any,
+        keys: list[Any],
+        args: list[Any] | None = None,
+        durable: bool = False,
+        confirmed: Confirmed | None = None,
     ) -> Any:
         """Run a registered script (``client.register_script``) in the next batch; a durable
-        one is answered once the replicas asked for acknowledged its writes."""
-        return await self.queue(script, keys, args or [], durable).future
+        one is answered once the replicas asked for acknowledged its writes, and only then is
+        ``confirmed`` called with its result (even if its caller has gone meanwhile)."""
+        return await self.queue(script, keys, args or [], durable, confirmed).future
 
     async def command(self, *args: Any) -> Any:
         """Run a plain command (e.g. ``"ZREM", key, member``) in the next batch."""
         return await self.queue(None, [], list(args)).future
 
-    def queue(self, script: Any, keys: list[Any], args: list[Any], durable: bool = False) -> Call:
+    def queue(
+        self,
+        script: Any,
+        keys: list[Any],
+        args: list[Any],
+        durable: bool = False,
+        confirmed: Confirmed | None = None,
+    ) -> Call:
         """Queue a script call (``script`` None: ``args`` is a plain command) and return it;
         its result is its ``future``."""
-        call = Call(script, keys, args, durable and self._wait is not None)
+        durable = durable and self._wait is not None
+        call = Call(script, keys, args, durable, confirmed if durable else None)
         if self._closed:  # e.g. a session's cleanup after the engine closed: no new connection
             call.future.set_exception(RedisConnectionError(CLOSED))
             return call
@@ -340,6 +364,10 @@ class Batcher:
             raise
         for call, result in zip(live, results, strict=True):
             call.settle(result)
+            if call.confirmed is not None and not isinstance(result, BaseException):
+                # After the caller's wake-up is scheduled: what it queues next (the next
+                # publication) goes in the same pipeline as what this queues.
+                call.confirmed(result)
 
     async def now(self, scripts: list[tuple[Any, list[Any], list[Any]]]) -> list[Any]:
         """Run ``(script, keys, args)`` calls at once, as one pipeline (periodic refreshes);

@@ -1,7 +1,8 @@
 """The Redis engine: many hub nodes share channels, history and presence through one Redis.
 
 * Publish is one Lua script per publication (``scripts.PUBLISH``): meta, next offset, stream
-  entry, trims, idempotency and the pub/sub announcement, atomically.
+  entry, trims, idempotency and the pub/sub announcement, atomically (with ``wait_replicas``
+  the announcement comes once WAIT has confirmed the write: ``scripts.ANNOUNCE``).
 * Each node subscribes only to channels with local subscribers (``pubsub.py``; ``sharded.py``
   on a cluster); what pub/sub loses is read back from the streams (``positions.py``).
 * Presence entries expire unless their node refreshes them (``presence.py``).
@@ -17,6 +18,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -95,6 +97,8 @@ class RedisEngine:
         # On a cluster, a channel's messages go through its shard (see keys.py).
         self._publish_command = "SPUBLISH" if self.target.cluster else "PUBLISH"
         self._durable = self.target.wait_replicas > 0
+        # Per channel, the last confirmed publication whose announcement failed (wait_replicas).
+        self._unannounced: dict[str, tuple[str, list[Any]]] = {}
         self.node_id = os.urandom(8).hex()
         self.check_interval = self.target.check_interval
         self.presence_ttl = self.target.presence_ttl
@@ -109,6 +113,7 @@ class RedisEngine:
             self._options,
             self._deliver_recovered,
             self.settings.limits.max_history_batch,
+            announced=self._durable,
         )
         self._presence: RedisPresence | None = None
         self._recent: dict[tuple[str, str, int], Publication] = {}  # see RECENT
@@ -123,6 +128,7 @@ class RedisEngine:
         self._closing = False
         client = self._client = self.target.client()
         self._publish = client.register_script(scripts.PUBLISH)
+        self._announce = client.register_script(scripts.ANNOUNCE)
         self._history = client.register_script(scripts.HISTORY)
         self._revoke = client.register_script(scripts.REVOKE)
         self._revocations = client.register_script(scripts.REVOCATIONS_SINCE)
@@ -157,6 +163,7 @@ class RedisEngine:
                 )
             for script in (
                 self._publish,
+                *([self._announce] if self._durable else []),
                 self._history,
                 *presence.scripts,
                 self._revoke,
@@ -271,6 +278,12 @@ class RedisEngine:
         if idempotency_key is not None and options.idempotency_window > 0:
             window = _ms(options.idempotency_window)
             idem = self.keys.idempotency(channel, idempotency_key, idempotency_scope)
+        confirmed = None
+        if self._durable:
+            # Announced on pub/sub only once WAIT has counted the replicas that hold it: a
+            # primary about to be replaced must not show subscribers what it will lose.
+            confirmed = self._announcer(channel, pubsub_channel, body)
+            pubsub_channel = ""
         try:
             # Batched: the publications made in one loop iteration share one round trip. Each
             # is still its own script, run atomically and in call order.
@@ -290,6 +303,7 @@ class RedisEngine:
                 ],
                 # With wait_replicas, answered once that many replicas have the write.
                 durable=self._durable,
+                confirmed=confirmed,
             )
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"publishing to {channel!r}") from None
@@ -300,6 +314,48 @@ class RedisEngine:
         return Publication(
             channel, offset, epoch.decode(), data, time, info, idempotency_key, attrs
         )
+
+    def _announcer(self, channel: str, pubsub_channel: str, body: bytes) -> Callable[[Any], None]:
+        """What announces a publication once WAIT has confirmed it."""
+
+        def confirmed(result: Any) -> None:
+            offset, epoch, time, duplicate, earlier = result
+            # Each carries its body: a history shorter than a burst may have dropped it from
+            # the stream already.
+            self._announce_up_to(
+                channel, pubsub_channel, [epoch, offset, time, earlier if duplicate else body]
+            )
+
+        return confirmed
+
+    def _announce_up_to(self, channel: str, pubsub_channel: str, item: list[Any]) -> None:
+        # The publications of one channel confirmed meanwhile are one script call
+        # (Batcher.join), which announces up to the highest of them.
+        announced = self._batch.join(
+            ("announce", channel),
+            self._announce,
+            keys=[self.keys.stream(channel), self.keys.meta(channel)],
+            args=[pubsub_channel, self._publish_command],
+            item_keys=[],
+            item_args=item,
+        )
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():
+                return
+            exc = future.exception()
+            if exc is not None:
+                # Tried again at the next position check; the next announcement on the
+                # channel covers it too.
+                self._unannounced[channel] = (pubsub_channel, item)
+                self._outage("announcing a publication", exc)
+
+        announced.add_done_callback(done)
+
+    def _announce_again(self) -> None:
+        again, self._unannounced = self._unannounced, {}
+        for channel, (pubsub_channel, item) in again.items():
+            self._announce_up_to(channel, pubsub_channel, item)
 
     async def publish_ephemeral(self, pub: Publication) -> None:
         # Pub/sub only: no stream entry, no offset; batched with the iteration's other calls.
@@ -478,6 +534,8 @@ class RedisEngine:
         while True:
             await asyncio.sleep(self.check_interval)
             try:
+                if self._unannounced:
+                    self._announce_again()
                 if self._link is not None and self._link.up:
                     await self._positions.resync(list(self._positions.seen))
                     self._recovered_from_outage()  # only a check that ran says so

@@ -7,6 +7,11 @@ stream and hands them to the hub, which drops those it already has. A lost *last
 publication — one no later publication would reveal — thus arrives within one interval. A
 stored top *below* the one seen means Redis lost writes (a failover): the history read of the
 catch-up then starts a new epoch (see ``scripts.HISTORY``), and subscribers get a reset.
+
+With ``wait_replicas`` a publication is announced only once replicas hold it, and the meta's
+``a`` is the top announced (``scripts.ANNOUNCE``): the check compares with that and catches up
+to it only, so that it never shows subscribers a write still waiting for its replicas (or one
+that failed to get them) which pub/sub would not have.
 """
 
 from __future__ import annotations
@@ -35,12 +40,15 @@ class Positions:
         options: Callable[[str], NamespaceOptions],
         deliver: Callable[[Publication], bool],
         batch: int,
+        *,
+        announced: bool = False,
     ) -> None:
         self._keys = keys
         self._history = history  # the engine's history read
         self._options = options
         self._deliver = deliver  # to the hub; False when there is no hub to deliver to
         self._batch = batch  # publications per history read
+        self._announced = announced  # compare with the announced top (wait_replicas)
         self.client: Any = None  # the engine's, once started
         self.seen: dict[str, StreamPosition] = {}  # subscribed channel -> last position seen
         self._lock = asyncio.Lock()
@@ -61,27 +69,39 @@ class Positions:
     async def resync(self, channels: list[str]) -> None:
         """Compare each channel's stored position with the last one seen; catch up the lagging."""
         async with self._lock:
-            lagging: list[str] = []
+            lagging: list[tuple[str, StreamPosition]] = []
+            fields = ("e", "s", "a") if self._announced else ("e", "s")
             for i in range(0, len(channels), CHECK_BATCH):
                 chunk = channels[i : i + CHECK_BATCH]
                 pipe = self.client.pipeline(transaction=False)
                 for channel in chunk:
-                    pipe.hmget(self._keys.meta(channel), "e", "s")
+                    pipe.hmget(self._keys.meta(channel), *fields)
                 rows = await pipe.execute()
-                for channel, (epoch, top) in zip(chunk, rows, strict=True):
+                for channel, (epoch, top, *announced) in zip(chunk, rows, strict=True):
                     seen = self.seen.get(channel)
                     if seen is None or epoch is None:
                         # Unsubscribed, or no meta: lost, or a read's lapsed (HMGET creates
                         # none); the next publication's new epoch is caught up then.
                         continue
+                    stored = StreamPosition(epoch.decode(), int(top))
+                    # No announced top: its publications were announced by the publish script
+                    # (a node without wait_replicas), or none is confirmed yet in this epoch.
+                    until = stored.offset
+                    if announced and announced[0] is not None:
+                        until = min(until, int(announced[0]))
                     # A top below what was seen: Redis lost writes (failover); the history
                     # read of the catch-up starts a new epoch for it.
-                    if epoch.decode() != seen.epoch or int(top) != seen.offset:
-                        lagging.append(channel)
-            for channel in lagging:
-                await self._catch_up(channel)
+                    if (
+                        stored.epoch != seen.epoch
+                        or stored.offset < seen.offset
+                        or until > seen.offset
+                    ):
+                        lagging.append((channel, StreamPosition(stored.epoch, until)))
+            for channel, target in lagging:
+                await self._catch_up(channel, target)
 
-    async def _catch_up(self, channel: str) -> None:
+    async def _catch_up(self, channel: str, until: StreamPosition) -> None:
+        """Read back what was missed, up to ``until`` (the announced top) in its epoch."""
         options = self._options(channel)
         for _ in range(CATCH_UP_ROUNDS):
             seen = self.seen.get(channel)
@@ -93,6 +113,10 @@ class Positions:
                 history = await self._history(channel, options, limit=self._batch)
             if self.seen.get(channel) is None:
                 return  # unsubscribed meanwhile
+            if history.position.epoch == until.epoch and history.position.offset > until.offset:
+                # Written since, or not announced yet: not shown before pub/sub would show it.
+                cut = [p for p in history.publications if p.offset <= until.offset]
+                history = History(cut, until, history.earliest)
             if history.publications:
                 log.info(
                     "recovered %d publication(s) on %s that pub/sub did not deliver",

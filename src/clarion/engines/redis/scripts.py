@@ -67,9 +67,10 @@ end
 
 # KEYS: stream, meta, idempotency key
 # ARGV: body, history size, history ttl ms, meta ttl ms, epoch if new, pub/sub channel
-#       ('' = none), idempotency window ms ('0' = no key), publish command ('PUBLISH', or
-#       'SPUBLISH' on a cluster: the shard channel shares the keys' slot), durable ('1': the
-#       caller then WAITs for replicas, so a duplicate writes too — see below)
+#       ('' = none; with wait_replicas, ANNOUNCE announces it after WAIT), idempotency window
+#       ms ('0' = no key), publish command ('PUBLISH', or 'SPUBLISH' on a cluster: the shard
+#       channel shares the keys' slot), durable ('1': the caller then WAITs for replicas, so
+#       a duplicate writes too — see below)
 # -> {offset, epoch, time, duplicate (0/1), earlier body or ''}
 PUBLISH = (
     _COMMON
@@ -113,6 +114,73 @@ return {offset, epoch, now, 0, ''}
 )
 
 # KEYS: stream, meta
+# ARGV: pub/sub channel, publish command ('PUBLISH' or 'SPUBLISH'), then per publication this
+#       node saw WAIT confirm: epoch, offset, time, body
+# -> how many publications were announced
+# With wait_replicas the publish script announces nothing: a publication is announced only once
+# WAIT has counted the replicas holding it. Confirmation is prefix-closed on a primary (a
+# replica that has a write has every write the primary ran before it), so confirming offset n
+# confirms every offset below it too. The meta's `a` is the top announced: each call announces
+# from there up to its highest confirmed offset the primary holds, in offset order, reading the
+# entries the call does not carry from the stream; calls from several nodes, arriving in any
+# order, thus announce each publication once and in order. An offset neither among the call's
+# own nor in the stream (trimmed, or history off, while another node's announcement was under
+# way) is skipped: subscribers meet a gap, and the history read it starts resets them.
+ANNOUNCE = (
+    _COMMON
+    + """
+local stream, meta = KEYS[1], KEYS[2]
+local m = redis.call('HMGET', meta, 'e', 's', 'a')
+if not m[1] then return 0 end  -- the meta is gone: so are its publications (a new epoch comes)
+local epoch, top = m[1], tonumber(m[2])
+local low, high, own = nil, 0, {}
+for i = 3, #ARGV, 4 do
+  if ARGV[i] == epoch then
+    local o = tonumber(ARGV[i + 1])
+    if low == nil or o < low then low = o end
+    if o > high then high = o end
+    own[o] = {ARGV[i + 2], ARGV[i + 3]}
+  end
+end
+-- A primary promoted since may lack the newest of them: it announces what it holds.
+high = math.min(high, top)
+if low == nil or low > high then return 0 end
+local from = low
+local announced = tonumber(m[3])
+if announced ~= nil and announced <= top then from = announced + 1 end
+-- Bounds the script's time after a long run of unconfirmed publications; subscribers read
+-- the older ones from the stream through their gap.
+from = math.max(from, high - 999)
+if from > high then return 0 end
+local carried = 0
+for o = from, high do
+  if own[o] ~= nil then carried = carried + 1 end
+end
+local entries = {}
+if carried <= high - from then  -- some are others' (or earlier unconfirmed) publications
+  entries = redis.call('XRANGE', stream, from, high)
+end
+local n, i = 0, 1
+for o = from, high do
+  local t, d
+  while entries[i] ~= nil and offset_of(entries[i]) < o do i = i + 1 end
+  if own[o] ~= nil then
+    t, d = own[o][1], own[o][2]
+  elseif entries[i] ~= nil and offset_of(entries[i]) == o then
+    t, d = entries[i][2][2], entries[i][2][4]
+  end
+  if d ~= nil then
+    redis.call(ARGV[2], ARGV[1],
+      'p' .. string.format('%d', o) .. ':' .. epoch .. ':' .. t .. ':' .. d)
+    n = n + 1
+  end
+end
+redis.call('HSET', meta, 'a', high)
+return n
+"""
+)
+
+# KEYS: stream, meta
 # ARGV: since epoch ('' = from the start), since offset, limit (-1 = no limit), epoch if new,
 #       unwritten ttl ms, history ttl ms, history size, reverse ('1': newest first, before since)
 # -> {epoch, top offset, earliest offset, entries}
@@ -135,6 +203,7 @@ if ARGV[1] == epoch and tonumber(ARGV[2]) > top and ARGV[8] ~= '1' then
   -- publications: start a new epoch, so that every reader gets a reset instead.
   redis.call('DEL', stream)
   redis.call('HSET', meta, 'e', ARGV[4], 's', 0)
+  redis.call('HDEL', meta, 'a')  -- the announced top (ANNOUNCE) was the old epoch's
   redis.call('PEXPIRE', meta, unwritten_ttl)
   epoch, top = ARGV[4], 0
 end

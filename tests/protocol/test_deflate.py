@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import zlib
 
 import pytest
@@ -168,3 +169,45 @@ def test_a_bomb_in_fragments_counts_against_what_is_left() -> None:
 def test_invalid_data_is_refused(data: bytes) -> None:
     with pytest.raises(InflateError):
         deflate.inflate(data, 65536)
+
+
+def _finished(payload: bytes) -> bytes:
+    """``payload`` as a deflate stream that ends with a final block (what a sender may send)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(payload) + compressor.flush(zlib.Z_FINISH)
+
+
+@pytest.mark.parametrize("limit", [65536, None])
+def test_a_stream_that_ends_with_a_final_block_is_read_whole(limit: int | None) -> None:
+    assert deflate.inflate(_finished(CHAT), limit) == CHAT
+    inflater = Inflater()
+    assert inflater.feed(_finished(CHAT), False, limit) == CHAT
+    assert inflater.feed(b"", True, limit) == b""  # an empty last fragment: nothing more
+
+
+@pytest.mark.parametrize("limit", [65536, None])
+@pytest.mark.parametrize(
+    "stream", [b"\x03\x00", _finished(CHAT)], ids=["empty stream", "chat message"]
+)
+def test_bytes_after_the_end_of_the_stream_are_refused(stream: bytes, limit: int | None) -> None:
+    # In the same fragment, final or not.
+    with pytest.raises(InflateError, match="after the end"):
+        deflate.inflate(stream + b"\0" * 100, limit)
+    with pytest.raises(InflateError, match="after the end"):
+        Inflater().feed(stream + b"\0", False, limit)
+    # In a later fragment: refused at once, not kept aside and copied again with each fragment.
+    inflater = Inflater()
+    inflater.feed(stream, False, limit)
+    with pytest.raises(InflateError, match="after the end"):
+        inflater.feed(b"\0" * 60_000, False, limit)
+
+
+def test_a_compressed_message_may_take_a_little_more_than_its_limit_on_the_wire() -> None:
+    # What does not compress, stored or coded with 9-bit codes, takes more than it inflates to.
+    for limit in (125, 65536, 1 << 20):
+        allowed = deflate.compressed_limit(limit)
+        assert limit + limit // 8 <= allowed <= limit + limit // 8 + 1024
+    incompressible = random.Random(7).randbytes(65536)
+    fixed = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_FIXED)
+    coded = fixed.compress(incompressible) + fixed.flush(zlib.Z_SYNC_FLUSH)
+    assert len(incompressible) < len(coded) <= deflate.compressed_limit(len(incompressible))

@@ -346,3 +346,35 @@ def test_empty_fragments_are_bounded_in_number() -> None:
     reader = FrameReader(64 * 100)
     _, events = drained(reader, data + frame(CONT, b"", fin=False) * 2)
     assert failure(events)[0] == 1009
+
+
+def _compressed_frame(payload: bytes, *, fin: bool = True, first: bool = True) -> bytes:
+    head = (0x80 if fin else 0) | ((0x40 | 0x1) if first else 0x0)
+    n = len(payload)
+    if n < 126:
+        length = bytes((0x80 | n,))
+    elif n < 65536:
+        length = bytes((0x80 | 126,)) + n.to_bytes(2, "big")
+    else:
+        length = bytes((0x80 | 127,)) + n.to_bytes(8, "big")
+    return bytes((head,)) + length + b"\0\0\0\0" + payload
+
+
+def test_a_compressed_message_is_bounded_on_the_wire_whatever_it_inflates_to() -> None:
+    """Empty stored blocks inflate to nothing: fragments of them would add no byte to the
+    message's inflated size, but each costs its bytes on the wire."""
+    reader = FrameReader(max_size=65536, inflate=True)
+    empty_blocks = b"\x00\x00\x00\xff\xff" * 12_000  # 60,000 bytes, inflating to nothing
+    events = reader.receive_data(_compressed_frame(empty_blocks, fin=False))
+    assert events == []
+    events = reader.receive_data(_compressed_frame(empty_blocks, fin=False, first=False))
+    assert isinstance(events[-1], Closed), events
+    assert events[-1].code == 1009, events
+
+
+def test_bytes_after_a_compressed_message_s_end_fail_the_connection() -> None:
+    reader = FrameReader(max_size=65536, inflate=True)
+    assert reader.receive_data(_compressed_frame(b"\x03\x00", fin=False)) == []
+    events = reader.receive_data(_compressed_frame(b" " * 1000, fin=False, first=False))
+    assert isinstance(events[-1], Closed), events
+    assert events[-1].code == 1002, events

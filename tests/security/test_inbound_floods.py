@@ -100,6 +100,7 @@ class Flood:
         self.chunk = chunk
         self.seconds = seconds
         self.received = bytearray()
+        self.sent = 0
         self.ended = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -116,6 +117,7 @@ class Flood:
         try:
             while time.monotonic() < deadline and not self.ended.is_set():
                 self.sock.sendall(self.chunk)
+                self.sent += len(self.chunk)
         except OSError:
             pass
 
@@ -329,3 +331,96 @@ def test_heart_beat_eols_are_skipped_without_a_python_step_per_byte() -> None:
         sys.settrace(None)
     assert parser.pending == 0
     assert lines < 1000, lines
+
+
+def _deflated(payload: bytes, end: int) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(payload) + compressor.flush(end)
+
+
+@pytest.mark.parametrize(
+    ("path", "subprotocol"), [("/ws", "clarion.v1"), ("/stomp", "v12.stomp")], ids=["ws", "stomp"]
+)
+@pytest.mark.parametrize(
+    ("opening", "chunk", "code"),
+    [
+        # A finished, empty deflate stream, then fragments of bytes after its end: each once
+        # added to what zlib kept aside, copied again with every fragment.
+        pytest.param(
+            frame(0x1, b"\x03\x00", fin=False, rsv1=True),
+            frame(0x0, b"\0" * 60_000, fin=False),
+            1002,
+            id="after-the-end",
+        ),
+        # Empty stored blocks inflate to nothing: only the message's bytes on the wire bound them.
+        pytest.param(
+            frame(0x1, b"\x00\x00\x00\xff\xff" * 12_000, fin=False, rsv1=True),
+            frame(0x0, b"\x00\x00\x00\xff\xff" * 12_000, fin=False),
+            1009,
+            id="inflating-to-nothing",
+        ),
+    ],
+)
+async def test_a_compressed_message_is_bounded_by_its_bytes_on_the_wire(
+    hub_factory: Callable[..., Any],
+    path: str,
+    subprotocol: str,
+    opening: bytes,
+    chunk: bytes,
+    code: int,
+) -> None:
+    running: RunningHub = await hub_factory(**settings())
+    sock = await asyncio.to_thread(connect, running.port, path, subprotocol, DEFLATE)
+    try:
+        sock.sendall(opening)
+        flood = await flooded(sock, chunk, seconds=timeout(5))
+        assert await asyncio.to_thread(flood.ended.wait, timeout(5))
+        assert flood.close_code() == code
+        # Cut at its first fragment too many, not after the 1,024 fragments (60 MB) a message
+        # may have; what was sent meanwhile is that fragment and what the socket buffers held.
+        assert flood.sent < 16 << 20, flood.sent
+    finally:
+        sock.close()
+    await still_served(running)
+
+
+@pytest.mark.parametrize(
+    ("path", "subprotocol"), [("/ws", "clarion.v1"), ("/stomp", "v12.stomp")], ids=["ws", "stomp"]
+)
+async def test_a_message_whose_deflate_stream_ends_with_a_final_block_is_read(
+    hub_factory: Callable[..., Any], path: str, subprotocol: str
+) -> None:
+    """RFC 7692 lets a sender end a message's stream with a final block: no false alarm."""
+    running: RunningHub = await hub_factory(**settings())
+    sock = await asyncio.to_thread(connect, running.port, path, subprotocol, DEFLATE)
+    try:
+        if path == "/stomp":
+            message = b"CONNECT\naccept-version:1.2\nhost:x\n\n\0"
+            expected = b"CONNECTED"
+        else:
+            message = b'{"op":"ping","id":1}'
+            expected = b"ok"
+        sock.sendall(frame(0x1, _deflated(message, zlib.Z_FINISH), rsv1=True))
+        reply = b""
+        deadline = time.monotonic() + timeout(10)
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            data = await asyncio.to_thread(sock.recv, 65536)
+            assert data, reply
+            reply += data
+            frames = reply
+            # The hub compresses too: inflate its first message to read it.
+            if len(frames) >= 2:
+                n, head = frames[1] & 0x7F, 2
+                if n == 126:
+                    n, head = struct.unpack("!H", frames[2:4])[0], 4
+                if len(frames) >= head + n:
+                    body = frames[head : head + n]
+                    if frames[0] & 0x40:
+                        body = zlib.decompressobj(-15).decompress(body + b"\x00\x00\xff\xff")
+                    assert expected in body, body
+                    break
+        else:
+            raise AssertionError(f"no reply: {reply!r}")
+    finally:
+        sock.close()

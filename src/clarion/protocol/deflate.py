@@ -178,6 +178,15 @@ class TooBig(ValueError):
     """The message inflates to more than it may (the connection fails: 1009)."""
 
 
+def compressed_limit(limit: int) -> int:
+    """The most bytes a compressed message inflating to at most ``limit`` bytes may take on the
+    wire. A compressor may expand what does not compress: by 5 bytes per stored block of up to
+    65,535, or by an eighth with fixed Huffman codes (9 bits for a byte over 143, as UTF-8's
+    are). Beyond this, the message is refused by its size on the wire, whatever it inflates to:
+    bytes that inflate to nothing (empty blocks) cost time too."""
+    return limit + limit // 8 + 1024
+
+
 class Inflater:
     """One compressed inbound message, inflated fragment by fragment within a size budget.
 
@@ -193,21 +202,30 @@ class Inflater:
         """The bytes ``data`` (the next fragment) inflates to, at most ``limit`` of them.
 
         Raises :class:`TooBig` beyond ``limit`` — having inflated no more than ``limit + 1``
-        bytes, however small ``data`` is (a zip bomb) — and :class:`InflateError` on invalid data.
+        bytes, however small ``data`` is (a zip bomb) — and :class:`InflateError` on invalid data,
+        data after the end of the deflate stream included (zlib would keep it aside, copying it
+        again with each fragment).
         """
+        z = self._zlib
+        if z.eof:  # the stream ended (a final block) in an earlier fragment
+            if data:
+                raise InflateError("data after the end of the compressed message")
+            return b""
         if fin:
             data = data + TRAILER
         try:
-            if limit is None:
-                return self._zlib.decompress(data)
             # One byte over the budget proves the message too big; stopping there keeps the
             # cost of a bomb to the budget.
-            out = self._zlib.decompress(data, limit + 1)
+            out = z.decompress(data) if limit is None else z.decompress(data, limit + 1)
         except zlib.error as exc:
             raise InflateError(f"invalid compressed data: {exc}") from None
-        if len(out) > limit:
+        if limit is not None and len(out) > limit:
             raise TooBig(f"message inflates to more than {limit} bytes")
-        # Under the budget, the output buffer was not full: all input was consumed.
+        # Under the budget, the output buffer was not full: all input was consumed. A stream
+        # that ends with a final block leaves the trailer appended above unread, and nothing
+        # else: anything more is not deflate data.
+        if z.eof and z.unused_data != (TRAILER if fin else b""):
+            raise InflateError("data after the end of the compressed message")
         return out
 
 

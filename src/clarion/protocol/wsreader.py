@@ -8,7 +8,8 @@ frames must be masked, control frames short and whole, messages within ``max_siz
 text valid UTF-8 (1007, at the first bad fragment); anything else is a protocol error (1002).
 With permessage-deflate negotiated (``inflate``), a message whose first frame has RSV1 set is
 inflated fragment by fragment (:class:`~clarion.protocol.deflate.Inflater`) within ``max_size``
-of inflated bytes (1009 beyond, 1002 for invalid data).
+of inflated bytes, and of ``compressed_limit(max_size)`` bytes on the wire (1009 beyond either;
+1002 for invalid data, bytes after the deflate stream's end included).
 
 What one call does is bounded whatever the frames are: it parses at most
 :data:`FRAMES_PER_CALL` frames (control frames and empty fragments included) and stops after
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from clarion.protocol.deflate import InflateError, Inflater, TooBig
+from clarion.protocol.deflate import InflateError, Inflater, TooBig, compressed_limit
 
 __all__ = ["Closed", "FrameReader", "Pong", "close_frame", "valid_close_code"]
 
@@ -113,7 +114,7 @@ class FrameReader:
 
     __slots__ = (
         "_buf", "_decoder", "_fragments", "_inflated", "_inflater", "_opcode", "_parts", "_pos",
-        "_size", "backlog", "inflate", "max_fragments", "max_size", "state",
+        "_size", "_wire", "backlog", "inflate", "max_fragments", "max_size", "state",
     )  # fmt: skip
 
     def __init__(self, max_size: int, *, inflate: bool = False) -> None:
@@ -129,6 +130,7 @@ class FrameReader:
         self._fragments = 0  # of the fragmented message being received
         self._opcode = 0  # of the fragmented message being received (0: none)
         self._size = 0  # its bytes so far
+        self._wire = 0  # a compressed message's bytes so far, before inflating
         self._parts: list[Any] | None = None  # its fragments: str for text, else bytes
         self._decoder: codecs.IncrementalDecoder | None = None
         self._inflater: Inflater | None = None  # of a compressed message being received
@@ -244,6 +246,12 @@ class FrameReader:
             return PROTOCOL_ERROR, "expected a continuation frame"
         if self._size + length > self.max_size:
             return TOO_BIG, f"message over {self.max_size} bytes"
+        # A compressed message is bounded on the wire too, not only by what it inflates to (a
+        # first frame is, by the line above).
+        if self._inflater is not None:
+            limit = compressed_limit(self.max_size)
+            if self._wire + length > limit:
+                return TOO_BIG, f"compressed message over {limit} bytes"
         return None
 
     def _frame(
@@ -253,6 +261,7 @@ class FrameReader:
         if opcode in (OP_TEXT, OP_BINARY):
             if compressed:
                 self._inflater = Inflater()  # fresh per message: no context takeover
+                self._wire = 0
             elif fin:
                 if opcode == OP_BINARY:
                     events.append(payload)
@@ -283,6 +292,7 @@ class FrameReader:
         self._fragments += 1
         inflater = self._inflater
         if inflater is not None:
+            self._wire += len(payload)
             try:
                 payload = inflater.feed(payload, bool(fin), self.max_size - self._size)
             except TooBig as exc:

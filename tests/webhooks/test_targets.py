@@ -60,7 +60,8 @@ UNSAFE_URLS = [
         ("http://0x7f.0.0.1:81/a?b=c", "http://127.0.0.1:81/a?b=c", "127.0.0.1"),
         ("http://127.1/", "http://127.0.0.1/", "127.0.0.1"),
         ("HTTPS://Example.COM/x", "https://example.com/x", None),
-        ("http://[::FFFF:127.0.0.1]/", "http://[::ffff:7f00:1]/", "::ffff:7f00:1"),
+        ("http://[::FFFF:127.0.0.1]/", "http://[::ffff:127.0.0.1]/", "::ffff:7f00:1"),
+        ("http://[::ffff:7f00:1]/", "http://[::ffff:127.0.0.1]/", "::ffff:127.0.0.1"),
         ("http://deadbeef.example/", "http://deadbeef.example/", None),
     ],
 )

@@ -66,6 +66,14 @@ def parse_ipv4_like_libc(host: str) -> ipaddress.IPv4Address | None:
         return None
 
 
+def _written(address: IPAddress) -> str:
+    """One way of writing ``address`` whatever the Python: an IPv4-mapped address with its IPv4
+    part dotted (RFC 5952 §5, as ``str`` does from Python 3.13 on; earlier ones write hex)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
+
+
 def parse_target(url: object) -> Target:
     """Check the shape of a target URL and normalise it; addresses are checked separately."""
     if not isinstance(url, str) or not url:
@@ -96,7 +104,7 @@ def parse_target(url: object) -> Target:
         except ValueError:
             raise BadRequest(f"'url' holds an invalid IPv6 address: {host!r}") from None
     if address is not None:
-        host = str(address)
+        host = _written(address)
     default_port = 443 if scheme == "https" else 80
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:

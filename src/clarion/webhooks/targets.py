@@ -58,7 +58,7 @@ def shown(url: str) -> str:
 
 def parse_ipv4_like_libc(host: str) -> ipaddress.IPv4Address | None:
     """``host`` as ``inet_aton`` would read it, or ``None`` when it is not an IPv4 literal."""
-    if _IPV4_LIKE.fullmatch(host) is None or not any(c.isdigit() for c in host):
+    if _IPV4_LIKE.fullmatch(host) is None or not any("0" <= c <= "9" for c in host):
         return None
     try:
         return ipaddress.IPv4Address(socket.inet_aton(host))

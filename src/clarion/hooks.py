@@ -74,7 +74,14 @@ class HttpHooks:
         import httpx  # here: a hub without [hooks] never loads the HTTP client
 
         # The backend is the operator's own, named in the configuration: no address filtering.
-        self._http = httpx.AsyncClient(timeout=options.timeout, follow_redirects=False)
+        # Straight to it (no proxy from the environment), and its answer uncompressed: what is
+        # read is what came over the wire, bounded by MAX_ANSWER_BYTES.
+        self._http = httpx.AsyncClient(
+            timeout=options.timeout,
+            follow_redirects=False,
+            trust_env=False,
+            headers={"accept-encoding": "identity"},
+        )
         self._cache: OrderedDict[tuple[str, str, str], tuple[float, Answer]] = OrderedDict()
         self.requests = 0  # sent to the backend (not answered from the cache)
 
@@ -223,8 +230,15 @@ class HttpHooks:
                 raise HookUnavailable(
                     f"the application's backend answered HTTP {response.status_code}"
                 )
+            # Compressed, a few hundred kilobytes inflate to gigabytes: refused unread, like
+            # any answer the hub did not ask for (it asks for identity).
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise HookUnavailable(
+                    f"the application's backend answered with content-encoding {encoding[:40]!r}"
+                )
             raw = bytearray()
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():
                 raw += chunk
                 if len(raw) > MAX_ANSWER_BYTES:
                     raise HookUnavailable("the application's backend answered too much")

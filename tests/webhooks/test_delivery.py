@@ -347,6 +347,16 @@ async def test_concurrent_publishes_are_stored_in_order_before_each_answers(
             assert queued == sorted(queued) == list(range(1, 21))
 
 
+async def test_the_answer_is_asked_for_uncompressed(webhook_hub: RunningHub) -> None:
+    """The hub reads at most max_response_bytes of an answer, raw: it asks for it as it is, so
+    that what it keeps of an error answer (last_error) is the receiver's words."""
+    async with Receiver() as receiver:
+        await register(webhook_hub, receiver, ["plain"])
+        await webhook_hub.publish("plain", 1)
+        (received,) = await receiver.wait_acknowledged(1)
+    assert received.headers["accept-encoding"] == "identity"
+
+
 async def test_a_receiver_that_is_down_is_reported_in_plain_words(
     webhook_hub: RunningHub,
 ) -> None:

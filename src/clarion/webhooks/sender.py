@@ -15,7 +15,7 @@ from clarion.webhooks import signing
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.metrics import AttemptStats
 from clarion.webhooks.outcome import Outcome, unexpected_failure
-from clarion.webhooks.targets import AllowList
+from clarion.webhooks.targets import AllowList, shown
 from clarion.webhooks.transport import GuardedTransport
 
 log = logging.getLogger("clarion.webhooks")
@@ -89,7 +89,9 @@ class Sender:
         if 200 <= status < 300:
             return Outcome(True, status=status)
         if 300 <= status < 400:
-            location = response.headers.get("location", "")[:200]
+            # Without its query: a redirect to https often repeats the endpoint's own, and
+            # last_error reaches the log.
+            location = shown(response.headers.get("location", ""))[:200]
             error = f"HTTP {status} redirect to {location!r} not followed"
         else:
             text = excerpt.decode("utf-8", "replace").strip()

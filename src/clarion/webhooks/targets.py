@@ -51,7 +51,11 @@ class Target:
 
 def shown(url: str) -> str:
     """``url`` as logs show it: without user, password and query, which may hold a secret."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a receiver's Location, say ("http://u:p@[x/?q"): cut them out
+        scheme, slashes, rest = re.split(r"[?#]", url, maxsplit=1)[0].rpartition("//")
+        return scheme + slashes + rest.rpartition("@")[2]
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 

@@ -93,6 +93,8 @@ class Backend:
             return JSONResponse({"allow": True, "data": {"text": "***"}})
         if channel == "room:readonly":
             return JSONResponse({"allow": False})
+        if event == "publish" and "forbidden-word" in json.dumps(body.get("data")):
+            return JSONResponse({"allow": False, "code": "moderated", "reason": "not that"})
         return JSONResponse({"allow": True})
 
     def count(self, event: str, channel: str | None = None) -> int:
@@ -291,6 +293,41 @@ async def test_publish_is_allowed_replaced_or_denied(hub_factory: Any, backend: 
         assert denied["error"]["code"] == "forbidden"
     published = [r for r in backend.requests if r["event"] == "publish"]
     assert published[0]["data"] == {"text": "bad"} and published[0]["user"] == "alice"
+
+
+async def test_every_publication_is_asked_about_never_an_answer_cached(
+    hub_factory: Any, backend: Backend
+) -> None:
+    """The publish hook judges the data it is sent: an allowed message does not let the next
+    through unasked, nor does a denied one refuse the next, however long ``cache_ttl`` is, on
+    every transport a client publishes over. Subscribe answers are still cached."""
+    hub = await hooked(hub_factory, backend.url + "/hook", cache_ttl=600)
+    claims = {"publish": ["room:*"]}
+    sequence = [{"text": "hello"}, {"text": "forbidden-word"}, {"text": "hello again"}]
+    results = []
+    async with hub.ws(additional_headers=bearer("alice", **claims)) as ws:
+        for data in sequence:
+            reply = await ws.call("publish", channel="room:chat", data=data)
+            results.append(reply["error"]["code"] if "error" in reply else "ok")
+        for _ in range(2):
+            assert "ok" in await ws.subscribe("room:chat")
+            assert "ok" in await ws.call("unsubscribe", channel="room:chat")
+    async with hub.http(headers=bearer("alice", **claims)) as http:
+        for data in sequence:
+            r = await http.post("/client/publish", json={"channel": "room:chat", "data": data})
+            results.append(r.json()["error"]["code"] if r.status_code != 200 else "ok")
+    for data in sequence:  # a refused SEND ends its STOMP connection: one each
+        async with stomp(hub) as client:
+            await client.connect(passcode=token("alice", **claims))
+            body = json.dumps(data, separators=(",", ":"))  # compact: a JSON publication
+            headers = {"content_type": "application/json", "receipt": "r"}
+            await client.send("SEND", body, destination="/topic/room:chat", **headers)
+            got = await client.recv()
+            results.append("ok" if got.command == "RECEIPT" else got.headers["x-code"])
+    assert results == ["ok", "moderated", "ok"] * 3
+    asked = [r["data"] for r in backend.requests if r["event"] == "publish"]
+    assert asked == sequence * 3
+    assert backend.count("subscribe", "room:chat") == 1
 
 
 async def test_an_answer_too_deep_to_write_back_is_a_failed_hook(

@@ -6,7 +6,8 @@ Each request is a JSON ``POST`` signed like a webhook (Standard Webhooks headers
 ``channels``, ``subs`` on connect; ``data`` on publish), or ``{"allow": false, "code"?,
 "reason"?}``, which the client gets as its error. Anything else — an error status, a timeout, a
 refused connection, a malformed answer — is a failure: refused with ``hook_unavailable`` unless
-``on_failure = "allow"``. Answers are reused for ``cache_ttl`` seconds per (event, user, channel).
+``on_failure = "allow"``. Connect and subscribe answers are reused for ``cache_ttl`` seconds per
+(event, user, channel); publish answers never are: each is about the data it was sent.
 """
 
 from __future__ import annotations
@@ -74,7 +75,14 @@ class HttpHooks:
         import httpx  # here: a hub without [hooks] never loads the HTTP client
 
         # The backend is the operator's own, named in the configuration: no address filtering.
-        self._http = httpx.AsyncClient(timeout=options.timeout, follow_redirects=False)
+        # Straight to it (no proxy from the environment), and its answer uncompressed: what is
+        # read is what came over the wire, bounded by MAX_ANSWER_BYTES.
+        self._http = httpx.AsyncClient(
+            timeout=options.timeout,
+            follow_redirects=False,
+            trust_env=False,
+            headers={"accept-encoding": "identity"},
+        )
         self._cache: OrderedDict[tuple[str, str, str], tuple[float, Answer]] = OrderedDict()
         self.requests = 0  # sent to the backend (not answered from the cache)
 
@@ -95,7 +103,7 @@ class HttpHooks:
             "subs": list(credentials.subs),
             "info": credentials.info,
         }
-        answer = await self._ask("connect", url, credentials.user, "", body)
+        answer = await self._ask("connect", url, credentials.user, "", body, cache=True)
         if answer is None:
             return credentials
         try:
@@ -124,7 +132,7 @@ class HttpHooks:
             "transport": transport,
             "channel": channel,
         }
-        await self._ask("subscribe", url, credentials.user, channel, body)
+        await self._ask("subscribe", url, credentials.user, channel, body, cache=True)
 
     async def publish(
         self, credentials: Credentials, channel: str, data: Any, client: str, transport: str
@@ -140,7 +148,9 @@ class HttpHooks:
             "channel": channel,
             "data": data,
         }
-        answer = await self._ask("publish", url, credentials.user, channel, body)
+        # Never from the cache: the backend judges this publication's data (a moderation
+        # check), so an answer about one message says nothing of the next.
+        answer = await self._ask("publish", url, credentials.user, channel, body, cache=False)
         if answer is None or "data" not in answer:
             return data
         return answer["data"]
@@ -148,13 +158,21 @@ class HttpHooks:
     # ---- asking -----------------------------------------------------------------------------
 
     async def _ask(
-        self, event: str, url: str, user: str | None, channel: str, body: dict[str, Any]
+        self,
+        event: str,
+        url: str,
+        user: str | None,
+        channel: str,
+        body: dict[str, Any],
+        *,
+        cache: bool,
     ) -> Answer | None:
         """The backend's answer (``None``: it failed and ``on_failure`` allows); raises
-        :class:`Forbidden` when it denies, :class:`HookUnavailable` when it failed."""
+        :class:`Forbidden` when it denies, :class:`HookUnavailable` when it failed. With
+        ``cache``, an answer is reused for the same (event, user, channel)."""
         key = (event, user or "", channel)
         # Only identified users share answers: anonymous sessions are told apart by nothing.
-        cacheable = user is not None and self.options.cache_ttl > 0
+        cacheable = cache and user is not None and self.options.cache_ttl > 0
         cached = self._cache.get(key) if cacheable else None
         if cached is not None and cached[0] > time.monotonic():
             self._cache.move_to_end(key)
@@ -179,8 +197,7 @@ class HttpHooks:
                 exc.logged or exc.message,
             )
             raise
-        # A replaced publication depends on its data: never reused for another one.
-        if cacheable and "data" not in answer and self.options.cache_size > 0:
+        if cacheable and self.options.cache_size > 0:
             self._cache[key] = (time.monotonic() + self.options.cache_ttl, answer)
             self._cache.move_to_end(key)
             while len(self._cache) > self.options.cache_size:
@@ -223,8 +240,15 @@ class HttpHooks:
                 raise HookUnavailable(
                     f"the application's backend answered HTTP {response.status_code}"
                 )
+            # Compressed, a few hundred kilobytes inflate to gigabytes: refused unread, like
+            # any answer the hub did not ask for (it asks for identity).
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise HookUnavailable(
+                    f"the application's backend answered with content-encoding {encoding[:40]!r}"
+                )
             raw = bytearray()
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():
                 raw += chunk
                 if len(raw) > MAX_ANSWER_BYTES:
                     raise HookUnavailable("the application's backend answered too much")

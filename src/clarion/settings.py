@@ -328,7 +328,10 @@ class HooksOptions(BaseModel):
     )
     timeout: float = Field(3, gt=0, le=60, description="seconds the backend has to answer")
     cache_ttl: float = Field(
-        30, ge=0, description="seconds an answer is reused for the same user and channel; 0 = never"
+        30,
+        ge=0,
+        description="seconds a connect or subscribe answer is reused for the same user and "
+        "channel (publish answers never are); 0 = never",
     )
     cache_size: int = Field(10_000, ge=0, description="answers kept in the cache, at most")
     on_failure: Literal["deny", "allow"] = Field(

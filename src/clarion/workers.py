@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clarion.errors import ClarionError, LocalCode
+from clarion.protocol.numbers import ascii_int
 from clarion.settings import Settings, url_host
 
 log = logging.getLogger("clarion.workers")
@@ -46,9 +47,10 @@ def worker_count(text: str) -> int:
     """``N`` or ``auto`` (the cores this process may run on)."""
     if text == "auto":
         return max(len(os.sched_getaffinity(0)), 1)
-    if not text.isdigit() or int(text) < 1:
+    count = ascii_int(text, max_digits=6)
+    if count is None or count < 1:
         raise ValueError(f"--workers takes a whole number >= 1 or auto, not {text!r}")
-    return int(text)
+    return count
 
 
 def check_engine(settings: Settings, workers: int) -> None:

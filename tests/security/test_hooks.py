@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import re
 import shlex
 import subprocess
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -91,6 +93,8 @@ class Backend:
             return JSONResponse({"allow": True, "data": {"text": "***"}})
         if channel == "room:readonly":
             return JSONResponse({"allow": False})
+        if event == "publish" and "forbidden-word" in json.dumps(body.get("data")):
+            return JSONResponse({"allow": False, "code": "moderated", "reason": "not that"})
         return JSONResponse({"allow": True})
 
     def count(self, event: str, channel: str | None = None) -> int:
@@ -291,6 +295,41 @@ async def test_publish_is_allowed_replaced_or_denied(hub_factory: Any, backend: 
     assert published[0]["data"] == {"text": "bad"} and published[0]["user"] == "alice"
 
 
+async def test_every_publication_is_asked_about_never_an_answer_cached(
+    hub_factory: Any, backend: Backend
+) -> None:
+    """The publish hook judges the data it is sent: an allowed message does not let the next
+    through unasked, nor does a denied one refuse the next, however long ``cache_ttl`` is, on
+    every transport a client publishes over. Subscribe answers are still cached."""
+    hub = await hooked(hub_factory, backend.url + "/hook", cache_ttl=600)
+    claims = {"publish": ["room:*"]}
+    sequence = [{"text": "hello"}, {"text": "forbidden-word"}, {"text": "hello again"}]
+    results = []
+    async with hub.ws(additional_headers=bearer("alice", **claims)) as ws:
+        for data in sequence:
+            reply = await ws.call("publish", channel="room:chat", data=data)
+            results.append(reply["error"]["code"] if "error" in reply else "ok")
+        for _ in range(2):
+            assert "ok" in await ws.subscribe("room:chat")
+            assert "ok" in await ws.call("unsubscribe", channel="room:chat")
+    async with hub.http(headers=bearer("alice", **claims)) as http:
+        for data in sequence:
+            r = await http.post("/client/publish", json={"channel": "room:chat", "data": data})
+            results.append(r.json()["error"]["code"] if r.status_code != 200 else "ok")
+    for data in sequence:  # a refused SEND ends its STOMP connection: one each
+        async with stomp(hub) as client:
+            await client.connect(passcode=token("alice", **claims))
+            body = json.dumps(data, separators=(",", ":"))  # compact: a JSON publication
+            headers = {"content_type": "application/json", "receipt": "r"}
+            await client.send("SEND", body, destination="/topic/room:chat", **headers)
+            got = await client.recv()
+            results.append("ok" if got.command == "RECEIPT" else got.headers["x-code"])
+    assert results == ["ok", "moderated", "ok"] * 3
+    asked = [r["data"] for r in backend.requests if r["event"] == "publish"]
+    assert asked == sequence * 3
+    assert backend.count("subscribe", "room:chat") == 1
+
+
 async def test_an_answer_too_deep_to_write_back_is_a_failed_hook(
     hub_factory: Any, backend: Backend
 ) -> None:
@@ -390,3 +429,128 @@ async def test_a_missing_or_malformed_hook_secret_says_how_to_make_one() -> None
     hub = Hub(Settings(token_secret=SECRET, api_key="k", hooks=hooks))
     await hub.start()
     await hub.close()
+
+
+class RawBackend:
+    """A hook backend written byte by byte, as a hostile one would be: every request gets
+    ``answer``; the head of each request is kept."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.heads: list[dict[str, str]] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def __aenter__(self) -> RawBackend:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                fields = dict(
+                    (name.strip().lower(), value.strip())
+                    for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:])
+                    if name
+                )
+                self.heads.append(fields)
+                await reader.readexactly(int(fields.get("content-length", "0")))
+                writer.write(self.answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def compressed_answer(body: bytes, encoding: str = "gzip") -> bytes:
+    packed = gzip.compress(body, 9)
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        b"content-encoding: %s\r\ncontent-length: %d\r\n\r\n"
+        % (encoding.encode(), len(packed))
+        + packed
+    )
+
+
+@pytest.mark.parametrize("on_failure", ["deny", "allow"])
+async def test_a_compressed_answer_is_a_failed_hook_and_the_hub_asks_for_none(
+    hub_factory: Any, on_failure: str
+) -> None:
+    """The hub asks for an answer as it is (``identity``); a compressed one is a failure like
+    any answer it cannot use, never inflated and read."""
+    denial = b'{"allow": false, "code": "inflated"}'
+    async with RawBackend(compressed_answer(denial)) as backend:
+        hub = await hooked(hub_factory, backend.url, on_failure=on_failure)
+        async with hub.http(headers=bearer()) as http:
+            r = await http.get("/poll", params={"channel": "room:a", "timeout": 0})
+        if on_failure == "deny":
+            assert r.status_code == 503 and r.json()["error"]["code"] == "hook_unavailable"
+        else:
+            assert r.status_code == 200, r.text
+        assert backend.heads and all(h["accept-encoding"] == "identity" for h in backend.heads)
+
+
+async def test_a_compression_bomb_from_the_backend_is_never_inflated(hub_factory: Any) -> None:
+    """64 MiB of zeros in 64 KB of gzip, answered to anonymous polls: what the hub holds of the
+    answers stays within the answer bound, not the inflated size."""
+    bomb = compressed_answer(b"\0" * (64 << 20))
+    async with RawBackend(bomb) as backend:
+        hooks = {"subscribe_url": backend.url, "secret": HOOK_SECRET}
+        hub = await hub_factory(
+            token_secret=SECRET,
+            api_key="k",
+            namespaces={"default": {"anonymous": True}},
+            hooks=hooks,
+        )
+        async with hub.http() as http:
+            tracemalloc.start()
+            try:
+                for n in range(4):
+                    r = await http.get("/poll", params={"channel": f"c{n}", "timeout": 0})
+                    assert r.status_code == 503 and r.json()["error"]["code"] == "hook_unavailable"
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+        assert len(backend.heads) == 4
+    assert peak < 16 << 20, f"{peak >> 20} MiB held at once"
+
+
+async def test_hooks_go_straight_to_the_backend_whatever_the_proxy_environment(
+    hub_factory: Any, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook URLs are the operator's, reached directly: an HTTP proxy named in the hub's
+    environment is not asked to carry the hooks' requests (nor to see their signatures)."""
+    proxied: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        proxied.append(await reader.read(4096))
+        writer.write(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    try:
+        address = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, address)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        hub = await hooked(hub_factory, backend.url + "/hook")
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name)  # the test's own clients go straight to the hub
+        async with hub.ws(additional_headers=bearer()) as ws:
+            assert "ok" in await ws.subscribe("room:a")
+    finally:
+        server.close()
+    assert proxied == []
+    assert backend.count("subscribe", "room:a") == 1

@@ -260,3 +260,20 @@ async def test_a_request_without_an_origin_refused_is_logged_with_its_setting(
         assert not ok
     (line,) = _refusals(caplog)
     assert "without an Origin" in line and "allow_no_origin" in line and "/poll" in line, line
+
+
+# Origins whose port is no ASCII number: superscript digits (str.isdigit() takes them and int()
+# refuses them; one byte each in a latin-1 header), signs, blanks, too many digits, nothing.
+BAD_PORTS = ["\u00b2", "8\u00b9", "\u00b3000", "+80", "-1", "0x50", "1_0", "123456", ""]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
+async def test_an_origin_whose_port_is_no_number_is_refused(server: str, transport: str) -> None:
+    """Refused like any origin that is none (403, never reflected), whether or not a configured
+    origin would match its host, before any token is looked at."""
+    hosts = ["https://app.example.com", "http://localhost", "http://127.0.0.1"]
+    for settings in (Settings(**CONFIGURED), Settings()):
+        async with serve(server, settings) as running:
+            cases = [(f"{host}:{port}", {}, False) for host in hosts for port in BAD_PORTS]
+            await _check(running, transport, cases)

@@ -299,3 +299,57 @@ async def test_connection_limits_answer_429_and_503(hub_factory: Any, path: str)
                 {"channel": "chat:lobby", "token": mint_token(SECRET, "carol", ["chat:*"])},
             )
             assert full.status_code == 503 and error_code(full) == "node_full"
+
+
+# Numbers a client may write that are not the ASCII decimal the API reads: other scripts' digits
+# (int() refuses the superscript and reads the others as 3), signs, blanks, underscores, hex,
+# fractions, more digits than int() converts, nothing.
+NOT_DECIMAL = [
+    "\u00b2",
+    "1\u00b9",
+    "\u0663",
+    "\uff13",
+    "+1",
+    "-1",
+    " 1",
+    "1 ",
+    "1_0",
+    "0x10",
+    "1e3",
+    "9" * 5000,
+    "",
+]
+NUMBER_PARAMETERS = [
+    ("/client/history", {"channel": "chat:lobby"}, "limit", "1"),
+    ("/api/history", {"channel": "chat:lobby"}, "limit", "1"),
+    ("/api/channels", {}, "limit", "1"),
+    ("/api/webhooks/{id}/dead-letters", {}, "limit", "1"),
+    ("/api/webhooks/{id}/dead-letters", {}, "after", "1"),
+    ("/poll", {"channel": "chat:lobby"}, "timeout", "0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "name", "good"),
+    NUMBER_PARAMETERS,
+    ids=[f"{path}?{name}" for path, _, name, _ in NUMBER_PARAMETERS],
+)
+async def test_number_parameters_take_ascii_digits_only(
+    hub_factory: Any, path: str, params: dict[str, str], name: str, good: str
+) -> None:
+    """Anything but ASCII digits is 400 with the parameter's error, never a 500 and never read
+    as a number; the hub goes on serving."""
+    hub = await hub_factory(webhook_allow_hosts=["127.0.0.1"])
+    async with hub.http() as http:
+        if "{id}" in path:
+            r = await http.post(
+                "/api/webhooks", json={"url": "http://127.0.0.1:9/hook", "channels": ["x"]}
+            )
+            path = path.format(id=r.json()["id"])
+        wrong = []
+        for value in NOT_DECIMAL:
+            r = await http.get(path, params={**params, name: value})
+            if r.status_code != 400 or name not in r.json()["error"]["message"]:
+                wrong.append((value[:12], r.status_code, r.text[:80]))
+        assert wrong == []
+        assert (await http.get(path, params={**params, name: good})).status_code == 200

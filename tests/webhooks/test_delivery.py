@@ -13,11 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from clarion.protocol.cursor import channel_tag
 
 from ..conftest import RunningHub, timeout
 from .conftest import register, state, wait_state
 from .receiver import OK, Answer, Received, Receiver
+from .test_redis_outbox import QUERY
 
 
 def offsets(received: list[Received]) -> list[int]:
@@ -344,6 +347,16 @@ async def test_concurrent_publishes_are_stored_in_order_before_each_answers(
             assert queued == sorted(queued) == list(range(1, 21))
 
 
+async def test_the_answer_is_asked_for_uncompressed(webhook_hub: RunningHub) -> None:
+    """The hub reads at most max_response_bytes of an answer, raw: it asks for it as it is, so
+    that what it keeps of an error answer (last_error) is the receiver's words."""
+    async with Receiver() as receiver:
+        await register(webhook_hub, receiver, ["plain"])
+        await webhook_hub.publish("plain", 1)
+        (received,) = await receiver.wait_acknowledged(1)
+    assert received.headers["accept-encoding"] == "identity"
+
+
 async def test_a_receiver_that_is_down_is_reported_in_plain_words(
     webhook_hub: RunningHub,
 ) -> None:
@@ -361,3 +374,48 @@ async def test_a_receiver_that_is_down_is_reported_in_plain_words(
         await webhook_hub.publish("d", "x")
         current = await wait_state(webhook_hub, hook["id"], lambda s: s["last_error"])
     assert current["last_error"] == "cannot connect: connection refused", current
+
+
+# Retry-After values a receiver may send that the hub once could not read: superscript digits
+# (which str.isdigit() takes and float() refuses, sent as UTF-8) and HTTP dates with a year no
+# datetime holds (OverflowError).
+HOSTILE_RETRY_AFTER = [
+    "\u00b2",
+    "1\u00b9",
+    "Mon, 01 Jan 99999999999 00:00:00 GMT",
+    "Fri, 31 Dec 9999999999999999999 23:59:59 GMT",
+]
+
+
+@pytest.mark.parametrize("engine", ["memory", "redis"])
+@pytest.mark.parametrize("value", HOSTILE_RETRY_AFTER)
+async def test_a_malformed_retry_after_is_a_failure_like_any_other(
+    make_hub: Callable[..., Any], request: pytest.FixtureRequest, engine: str, value: str
+) -> None:
+    """A 503 whose Retry-After cannot be read is retried on the schedule, counted, and
+    dead-lettered after the retry window; the deliveries behind it then go out."""
+    extra: dict[str, Any] = {}
+    if engine == "redis":
+        extra["engine"] = f"{request.getfixturevalue('redis_server').url}?{QUERY}"
+    running = await make_hub(webhook_delivery={"retry_window": 0.5}, **extra)
+
+    def behave(received: Received) -> Answer:
+        if received.payload["data"] == "hostile":
+            return Answer(status=503, retry_after=value)
+        return OK
+
+    async with Receiver(behave) as receiver:
+        hook = await register(running, receiver, ["ra:*"])
+        await running.publish("ra:a", "hostile")
+        await running.publish("ra:a", "next")
+        acked = await receiver.wait_acknowledged(1, wait=15)
+        assert [r.payload["data"] for r in acked] == ["next"]
+        # The delivery after it is recorded a moment after the receiver acknowledged it.
+        await wait_state(running, hook["id"], lambda s: (s["dead_letters"], s["backlog"]) == (1, 0))
+        async with running.http() as http:
+            letters = (await http.get(f"/api/webhooks/{hook['id']}/dead-letters")).json()
+        (letter,) = letters["dead_letters"]
+        assert letter["payload"]["data"] == "hostile"
+        assert letter["attempts"] >= 2 and letter["last_error"].startswith("HTTP 503")
+        hostile = [r for r in receiver.received if r.payload["data"] == "hostile"]
+        assert len(hostile) == letter["attempts"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import random
 import time
+from email.utils import formatdate
 
 import pytest
 from standardwebhooks import Webhook
@@ -12,6 +13,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from clarion.errors import BadRequest
 from clarion.webhooks import RetrySchedule, generate_secret
+from clarion.webhooks.sender import retry_after
 from clarion.webhooks.signing import headers, publication_msg_id, secret_key
 
 
@@ -71,3 +73,52 @@ def test_window_ends_retries_and_bounds_the_last_wait() -> None:
     assert last is not None and 59.0 <= last <= 60.0
     default = RetrySchedule()
     assert default.window == 86400 and default.cap == 3600
+
+
+RETRY_AFTER_READINGS: list[tuple[str | None, float | None]] = [
+    (None, None),
+    ("2", 2.0),
+    (" 7 ", 7.0),
+    ("0", 0.0),
+    ("0120", 120.0),
+    ("9999999999", 9999999999.0),
+    ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),  # in the past: no wait
+    ("Mon, 01 Jan 2024 00:00:00 GMT" + " " * 100, 0.0),
+    # Not delta-seconds: other scripts' digits, signs, fractions, exponents, too long.
+    ("\u00b2", None),
+    ("1\u00b9", None),
+    ("\u0663", None),
+    ("\uff13", None),
+    ("+5", None),
+    ("-5", None),
+    ("1.5", None),
+    ("1e3", None),
+    ("1_0", None),
+    ("inf", None),
+    ("nan", None),
+    ("", None),
+    ("9" * 11, None),
+    ("9" * 5000, None),
+    # Not an HTTP date a datetime holds, or without a zone, or too long for one.
+    ("Mon, 01 Jan 99999999999 00:00:00 GMT", None),
+    ("Mon, 01 Jan 10000 00:00:00 GMT", None),
+    ("Mon, 01 Jan 2024 00:00:00 -0000", None),
+    ("Mon, 99 Jan 2024 00:00:00 GMT", None),
+    ("Mon, 01 Jan 2024 00:00:00 GMT x" + "x" * 100, None),
+]
+
+
+def test_retry_after_reads_ascii_seconds_and_real_dates_only() -> None:
+    """What a receiver writes is read as RFC 9110 has it, and anything else is no wait at all:
+    never an exception, never another script's digits."""
+    wrong = []
+    for value, expected in RETRY_AFTER_READINGS:
+        try:
+            got: object = retry_after(value)
+        except Exception as exc:
+            got = exc
+        if got != expected:
+            wrong.append((value if value is None else value[:40], got, expected))
+    assert wrong == []
+    wait = retry_after(formatdate(time.time() + 100, usegmt=True))
+    assert wait is not None and 95 <= wait <= 100

@@ -20,6 +20,7 @@ from clarion.engines.base import presence_body
 from clarion.errors import BadRequest
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.errors import ErrorCode
+from clarion.protocol.numbers import ascii_int
 
 MAX_BROADCAST_CHANNELS = 1000
 MAX_UNIX_TIME = 253402300799  # 9999-12-31T23:59:59Z
@@ -82,15 +83,10 @@ class ServerAPI:
         raw_limit = _param(request, "limit", required=False)
         limit = None
         if raw_limit is not None:
-            if (
-                not raw_limit.isdigit()
-                or int(raw_limit) > self.hub.settings.limits.max_history_batch
-            ):
-                raise BadRequest(
-                    "limit must be an integer from 0 to "
-                    f"{self.hub.settings.limits.max_history_batch}"
-                )
-            limit = int(raw_limit)
+            most = self.hub.settings.limits.max_history_batch
+            limit = ascii_int(raw_limit, max_digits=len(str(most)))
+            if limit is None or limit > most:
+                raise BadRequest(f"limit must be an integer from 0 to {most}")
         reverse = _flag(request, "reverse")
         history, reason = await self.hub.history(
             channel, since=since or None, limit=limit, reverse=reverse

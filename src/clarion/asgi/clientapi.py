@@ -30,6 +30,7 @@ from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.messages import Command, CommandError
+from clarion.protocol.numbers import ascii_int
 
 log = logging.getLogger("clarion.api")
 # Tracebacks a peer may cause per request or frame: one per kind of failure a minute.
@@ -167,9 +168,10 @@ class ClientEndpoint:
                 obj["since"] = since
             limit = single_param(params, "limit")
             if limit is not None:
-                if not limit.isdigit() or len(limit) > 6:
+                number = ascii_int(limit, max_digits=6)
+                if number is None:
                     raise BadRequest("limit must be a whole number")
-                obj["limit"] = int(limit)
+                obj["limit"] = number
             obj["reverse"] = _flag(single_param(params, "reverse"), "reverse")
         return _command(obj)
 

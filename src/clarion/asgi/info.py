@@ -16,6 +16,7 @@ from clarion.asgi.responses import JSONResponse
 from clarion.core.hub import Hub
 from clarion.core.nodes import ChannelRow, NodeReporter, channel_entry
 from clarion.errors import BadRequest
+from clarion.protocol.numbers import ascii_int
 
 MAX_LIMIT = 10_000
 SORTS: dict[str, Callable[[ChannelRow], Any]] = {
@@ -65,9 +66,10 @@ class InfoAPI:
         raw_limit = _one(request, "limit")
         limit = MAX_LIMIT
         if raw_limit is not None:
-            if not raw_limit.isdigit() or not 0 < int(raw_limit) <= MAX_LIMIT:
+            number = ascii_int(raw_limit, max_digits=len(str(MAX_LIMIT)))
+            if number is None or not 0 < number <= MAX_LIMIT:
                 raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
-            limit = int(raw_limit)
+            limit = number
         rows, complete = await nodes.channels(node or None, search or None)
         # A page of the first ``limit``: no sort of them all (a node may hold 100,000).
         page = heapq.nsmallest(limit, rows, key=SORTS[sort])

@@ -23,6 +23,7 @@ from clarion.errors import BadRequest, ClarionError, MethodNotAllowed, TooLarge
 from clarion.protocol.channels import validate_channel
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.messages import CommandError, signal_fields
+from clarion.protocol.numbers import ascii_int
 from clarion.protocol.publication import Publication
 
 log = logging.getLogger("clarion.api")
@@ -43,8 +44,11 @@ def body_cap(hub: Hub) -> int:
 async def read_body(hub: Hub, scope: Scope, receive: Receive) -> bytes:
     """The request body, refused with :class:`TooLarge` past :func:`body_cap`."""
     cap = body_cap(hub)
+    # A declared length refused early when it says too much; one that is no number is the
+    # server's to refuse, and the read below is bounded whatever the head said.
     declared = access.header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
+    size = None if declared is None else ascii_int(declared, max_digits=32)
+    if size is not None and size > cap:
         raise TooLarge(f"request body over {cap} bytes")
     body = b""
     while True:

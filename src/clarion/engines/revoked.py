@@ -21,6 +21,7 @@ import orjson
 
 from clarion.engines.base import RevocationMark
 from clarion.errors import ConfigError, EngineUnavailable
+from clarion.protocol.numbers import ascii_int
 
 FILE = "revocations.json"
 
@@ -69,7 +70,7 @@ class RevocationTable:
     ) -> tuple[RevocationMark, list[tuple[str, str, float]]]:
         self.drop_lapsed()
         name, _, number = (mark or "").partition(":")
-        after = int(number) if name == self._name and number.isdigit() else 0
+        after = (ascii_int(number, max_digits=20) or 0) if name == self._name else 0
         out: list[tuple[str, str, float]] = []
         for member in reversed(self._changed):  # newest change first
             if self._changed[member] <= after:

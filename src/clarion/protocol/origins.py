@@ -16,6 +16,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from clarion.protocol.numbers import ascii_int
+
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+-.")
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=")
@@ -82,10 +84,11 @@ def parse_origin(value: str, *, pattern: bool = False) -> Origin | None:
         port_text = tail[1:]
         if pattern and port_text == "*":
             port = -1
-        elif port_text.isdigit() and len(port_text) <= 5 and int(port_text) <= 65535:
-            port = int(port_text)
         else:
-            return None
+            number = ascii_int(port_text, max_digits=5)
+            if number is None or number > 65535:
+                return None
+            port = number
     return Origin(scheme, host, port)
 
 

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from clarion.protocol.numbers import ascii_int
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -50,7 +52,7 @@ def parse_address(text: str) -> IPAddress | None:
         text = text[1:end]
     elif text.count(":") == 1:  # IPv4 with a port; a bare IPv6 has at least two colons
         text, _, port = text.partition(":")
-        if not port.isdigit():
+        if ascii_int(port, max_digits=5) is None:
             return None
     if "%" in text:  # zone ids name an interface of the proxy, not a client
         return None
@@ -71,7 +73,7 @@ def elsewhere(peer: str | None) -> bool:
 
 
 def _is_port_suffix(text: str) -> bool:
-    return text.startswith(":") and text[1:].isdigit() and len(text) <= 6
+    return text.startswith(":") and ascii_int(text[1:], max_digits=5) is not None
 
 
 def parse_network(text: str) -> IPNetwork:

@@ -36,6 +36,7 @@ from urllib.parse import unquote
 import httptools
 
 from clarion.asgitypes import DirectRoute, Scope
+from clarion.protocol.numbers import ascii_int
 from clarion.protocol.proxies import elsewhere
 from clarion.server import fastws, flow
 from clarion.server.config import ASGI_VERSION, Config, Registry, reset
@@ -67,6 +68,8 @@ MAX_QUEUED = 16
 # No request is shorter: a three-letter method, a one-character target, the version and two
 # line ends ("GET / HTTP/1.1\n\n"; the parser wants CRLF, which is longer).
 MIN_REQUEST = 16
+# Digits of the largest Content-Length the parser takes (2**64 - 1): longer is no length.
+LENGTH_DIGITS = 20
 
 # A request in flight or waiting behind one: for the app (ASGI) or for a direct route.
 InFlight = HttpCycle | DirectRequest
@@ -417,7 +420,8 @@ class HttpProtocol(asyncio.Protocol):
             # since httptools stops parsing this connection at the upgrade.
             keep_alive = False
         length = values.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
+        size = None if length is None else ascii_int(length, max_digits=LENGTH_DIGITS)
+        if size is not None and size > self.config.max_body_bytes:
             self._raise(413)
         self._body_left = _declared(length, values)
         if (length is not None and length.strip(b"0")) or b"transfer-encoding" in values:
@@ -459,7 +463,8 @@ class HttpProtocol(asyncio.Protocol):
             return False
         length = values.get(b"content-length")
         if length is not None:
-            if not length.isdigit() or int(length) > min(BODY_HIGH, self.config.max_body_bytes):
+            size = ascii_int(length, max_digits=LENGTH_DIGITS)
+            if size is None or size > min(BODY_HIGH, self.config.max_body_bytes):
                 return False  # the app's path reads (or refuses) a body this large
             if length.strip(b"0"):
                 self._body_due = True
@@ -867,9 +872,9 @@ def _span(data: bytes, heads: int, skip: int) -> int:
 
 def _declared(length: bytes | None, values: dict[bytes, bytes]) -> int:
     """The body length a head declares, if the parser takes it so (not chunked)."""
-    if length is None or not length.isdigit() or b"transfer-encoding" in values:
+    if length is None or b"transfer-encoding" in values:
         return 0
-    return int(length)
+    return ascii_int(length, max_digits=LENGTH_DIGITS) or 0
 
 
 def _address(info: Any) -> tuple[str, int] | None:

@@ -16,6 +16,7 @@ from clarion.asgi.api import read_json
 from clarion.asgi.responses import JSONResponse
 from clarion.core.hub import Hub
 from clarion.errors import BadRequest
+from clarion.protocol.numbers import ascii_int
 from clarion.webhooks.service import WebhookService
 
 MAX_LIST = 1000
@@ -25,9 +26,10 @@ def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
     raw = access.single_param(access.query_params(request.scope), name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) > maximum:
+    number = ascii_int(raw, max_digits=len(str(maximum)))
+    if number is None or number > maximum:
         raise BadRequest(f"{name} must be an integer from 0 to {maximum}")
-    return int(raw)
+    return number
 
 
 class WebhookAPI:

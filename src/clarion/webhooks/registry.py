@@ -241,7 +241,7 @@ class Registry:
                     "webhook %s (%s) is no longer configured: dropping it and %d pending "
                     "deliveries",
                     endpoint.id,
-                    endpoint.url,
+                    shown(endpoint.url),
                     self.context.counts.backlog.get(endpoint.id, 0),
                 )
                 await self.forget(endpoint)

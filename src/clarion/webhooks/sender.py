@@ -5,34 +5,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 import httpx
 
 from clarion.errors import ClarionError, os_reason
+from clarion.protocol.numbers import ascii_int
 from clarion.webhooks import signing
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.metrics import AttemptStats
-from clarion.webhooks.targets import AllowList
+from clarion.webhooks.outcome import Outcome, unexpected_failure
+from clarion.webhooks.targets import AllowList, shown
 from clarion.webhooks.transport import GuardedTransport
 
 log = logging.getLogger("clarion.webhooks")
 
 MAX_ERROR_CHARS = 300
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    delivered: bool
-    error: str | None = None
-    status: int | None = None
-    retry_after: float | None = None  # seconds a 429 or 503 asked to wait (``Retry-After``)
-
-    @property
-    def gone(self) -> bool:
-        """``410 Gone``: the receiver says this endpoint no longer exists."""
-        return self.status == 410
+# Retry-After: delta-seconds of up to ten ASCII digits (three centuries), or an HTTP date
+# (29 characters; the obsolete forms a few more). Anything longer or else is ignored.
+RETRY_AFTER_DIGITS = 10
+RETRY_AFTER_CHARS = 64
 
 
 class Sender:
@@ -64,8 +56,13 @@ class Sender:
         await self.client.aclose()
 
     async def attempt(self, endpoint: Endpoint, delivery: Delivery) -> Outcome:
+        """One attempt's outcome; whatever the receiver answers, a failure is an outcome (to
+        retry on the schedule, then dead-letter), never an exception."""
         started = time.perf_counter()
-        outcome = await self._attempt(endpoint, delivery)
+        try:
+            outcome = await self._attempt(endpoint, delivery)
+        except Exception as exc:
+            outcome = unexpected_failure(endpoint, exc)
         self.stats.record(endpoint.id, outcome.delivered, time.perf_counter() - started)
         return outcome
 
@@ -74,6 +71,8 @@ class Sender:
         headers = signing.headers(endpoint.key, delivery.msg_id, int(time.time()), delivery.body)
         headers["content-type"] = "application/json"
         headers["user-agent"] = self.user_agent
+        # The answer is read raw and bounded (an excerpt goes to last_error): ask for it plain.
+        headers["accept-encoding"] = "identity"
         try:
             async with asyncio.timeout(self.timeout):
                 async with self.client.stream(
@@ -90,7 +89,9 @@ class Sender:
         if 200 <= status < 300:
             return Outcome(True, status=status)
         if 300 <= status < 400:
-            location = response.headers.get("location", "")[:200]
+            # Without its query: a redirect to https often repeats the endpoint's own, and
+            # last_error reaches the log.
+            location = shown(response.headers.get("location", ""))[:200]
             error = f"HTTP {status} redirect to {location!r} not followed"
         else:
             text = excerpt.decode("utf-8", "replace").strip()
@@ -120,16 +121,22 @@ def _failure(exc: httpx.HTTPError) -> str:
 
 
 def retry_after(value: str | None) -> float | None:
-    """A ``Retry-After`` header's wait in seconds (delta-seconds or an HTTP date), if any."""
+    """A ``Retry-After`` header's wait in seconds (delta-seconds or an HTTP date); ``None`` when
+    there is none or it is malformed."""
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if len(value) > RETRY_AFTER_CHARS:
+        return None
+    seconds = ascii_int(value, max_digits=RETRY_AFTER_DIGITS)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            return None
+        return max(when.timestamp() - time.time(), 0.0)
+    except Exception:
+        # The receiver wrote it: a date the library cannot represent (year 99999999999 raises
+        # OverflowError) is as malformed as any other, and a malformed one is ignored.
         return None
-    if when.tzinfo is None:
-        return None
-    return max(when.timestamp() - time.time(), 0.0)

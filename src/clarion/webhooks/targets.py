@@ -51,14 +51,18 @@ class Target:
 
 def shown(url: str) -> str:
     """``url`` as logs show it: without user, password and query, which may hold a secret."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a receiver's Location, say ("http://u:p@[x/?q"): cut them out
+        scheme, slashes, rest = re.split(r"[?#]", url, maxsplit=1)[0].rpartition("//")
+        return scheme + slashes + rest.rpartition("@")[2]
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def parse_ipv4_like_libc(host: str) -> ipaddress.IPv4Address | None:
     """``host`` as ``inet_aton`` would read it, or ``None`` when it is not an IPv4 literal."""
-    if _IPV4_LIKE.fullmatch(host) is None or not any(c.isdigit() for c in host):
+    if _IPV4_LIKE.fullmatch(host) is None or not any("0" <= c <= "9" for c in host):
         return None
     try:
         return ipaddress.IPv4Address(socket.inet_aton(host))

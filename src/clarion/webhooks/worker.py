@@ -23,6 +23,7 @@ from clarion.core.limits import LogLimit
 from clarion.webhooks.counts import QueueCounts
 from clarion.webhooks.endpoint import Delivery, Endpoint
 from clarion.webhooks.outbox import Outbox
+from clarion.webhooks.outcome import unexpected_failure
 from clarion.webhooks.schedule import RetrySchedule
 from clarion.webhooks.slots import Slots
 from clarion.webhooks.targets import shown
@@ -128,6 +129,11 @@ class EndpointWorker:
             self.in_flight = True
             try:
                 outcome = await context.sender.attempt(endpoint, delivery)
+            except Exception as exc:
+                # Counted as a failed attempt, not left to _run's reload: that would try the
+                # same head again every FAILURE_PAUSE, for ever, with no backoff and no dead
+                # letter, and the deliveries behind it would wait for ever.
+                outcome = unexpected_failure(endpoint, exc)
             finally:
                 self.in_flight = False
         now = time.time()

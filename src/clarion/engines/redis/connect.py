@@ -44,6 +44,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from clarion.errors import ConfigError, EngineUnavailable
+from clarion.protocol.numbers import ascii_int
 
 DEFAULT_PREFIX = "clarion"
 DEFAULT_CHECK_INTERVAL = 2.0  # seconds between position checks and pub/sub heartbeats
@@ -234,10 +235,12 @@ def parse_url(url: str) -> RedisTarget:
         if theirs in query:
             raise ConfigError(f"engine URL: the pool is set with {ours}, not {theirs}")
     raw_size = query.pop("pool_size", str(DEFAULT_POOL_SIZE))
-    if not raw_size.isdigit() or int(raw_size) < 1:
+    pool_size = ascii_int(raw_size, max_digits=9)
+    if pool_size is None or pool_size < 1:
         raise ConfigError(f"engine URL: pool_size must be a whole number >= 1, not {raw_size!r}")
     raw_wait = query.pop("wait_replicas", "0")
-    if not raw_wait.isdigit():
+    wait_replicas = ascii_int(raw_wait, max_digits=9)
+    if wait_replicas is None:
         raise ConfigError(
             f"engine URL: wait_replicas must be a whole number >= 0, not {raw_wait!r}"
         )
@@ -246,7 +249,7 @@ def parse_url(url: str) -> RedisTarget:
         socket_timeout = float(query.get("socket_timeout", _DEFAULTS["socket_timeout"]))
     except ValueError:  # redis-py's to refuse, at the first connection
         socket_timeout = float("inf")
-    if int(raw_wait) and wait_timeout >= socket_timeout:
+    if wait_replicas and wait_timeout >= socket_timeout:
         # WAIT's reply comes after up to wait_timeout: the read must outlast it, or every
         # unacknowledged write would surface as a dropped connection instead.
         raise ConfigError(
@@ -262,18 +265,20 @@ def parse_url(url: str) -> RedisTarget:
     if parts.scheme == "redis+sentinel":
         for item in host.split(","):
             name, _, port = item.rpartition(":")
-            if not name or not port.isdigit():
+            number = ascii_int(port, max_digits=5)
+            if not name or number is None:
                 raise ConfigError(f"engine URL: sentinel address {item!r} is not host:port")
-            sentinels.append((name, int(port)))
+            sentinels.append((name, number))
         service = parts.path.strip("/").split("/")[0]
         if not service:
             raise ConfigError("engine URL: redis+sentinel:// needs a service name as its path")
     elif parts.scheme == "redis+cluster":
         for item in host.split(","):
             name, _, port = item.rpartition(":")
-            if not name or not port.isdigit():
+            number = ascii_int(port, max_digits=5)
+            if not name or number is None:
                 raise ConfigError(f"engine URL: cluster node address {item!r} is not host:port")
-            nodes.append((name, int(port)))
+            nodes.append((name, number))
         if parts.path.strip("/") not in ("", "0"):
             raise ConfigError("engine URL: a Redis Cluster has one database: no /db path")
     elif parts.scheme not in ("redis", "rediss", "unix"):
@@ -286,10 +291,10 @@ def parse_url(url: str) -> RedisTarget:
         presence_ttl=presence_ttl,
         sentinels=tuple(sentinels),
         service=service,
-        pool_size=int(raw_size),
+        pool_size=pool_size,
         pool_timeout=pool_timeout,
         cluster=tuple(nodes),
-        wait_replicas=int(raw_wait),
+        wait_replicas=wait_replicas,
         wait_timeout=wait_timeout,
     )
 

@@ -59,6 +59,7 @@ from clarion.engines.redis.reads import SharedReads
 from clarion.engines.redis.sharded import ShardedLink
 from clarion.errors import ConfigError, EngineUnavailable
 from clarion.protocol.channels import namespace_of
+from clarion.protocol.numbers import ascii_int
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions, Settings
 from clarion.tasks import stop
@@ -650,7 +651,7 @@ class RedisEngine:
     ) -> tuple[RevocationMark, list[tuple[str, str, float]]]:
         name, _, number = (since or "").partition(":")
         try:
-            args = [name, number if number.isdigit() else "0", repr(time.time())]
+            args = [name, str(ascii_int(number, max_digits=20) or 0), repr(time.time())]
             rows = await self._revocations(keys=self.keys.revocations(), args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, "reading revocations") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clarion.protocol.errors import ErrorCode
+from clarion.protocol.numbers import ascii_int
 from clarion.protocol.stomp.errors import RemoteProtocolError
 
 VERSIONS = ("1.0", "1.1", "1.2")  # oldest first
@@ -41,15 +42,13 @@ def parse_heart_beat(value: str | None) -> tuple[int, int]:
     """``cx,cy`` in milliseconds: how often the client can send, how often it wants to receive."""
     if value is None:
         return (0, 0)
-    parts = value.split(",")
-    if (
-        len(parts) != 2
-        or not all(p.strip().isdigit() and p.strip().isascii() for p in parts)
-        or any(len(p.strip()) > 10 for p in parts)
-    ):
+    parts = [ascii_int(p.strip(), max_digits=10) for p in value.split(",")]
+    if len(parts) != 2:
         raise RemoteProtocolError(f"invalid heart-beat header {value[:40]!r}")
-    cx, cy = (min(int(p), MAX_HEART_BEAT_MS) for p in parts)
-    return (cx, cy)
+    cx, cy = parts
+    if cx is None or cy is None:
+        raise RemoteProtocolError(f"invalid heart-beat header {value[:40]!r}")
+    return (min(cx, MAX_HEART_BEAT_MS), min(cy, MAX_HEART_BEAT_MS))
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from clarion.protocol.errors import ErrorCode
+from clarion.protocol.numbers import ascii_int
 from clarion.protocol.stomp.errors import RemoteProtocolError
 from clarion.protocol.stomp.frame import Frame, unescape
 
@@ -175,9 +176,9 @@ class FrameParser:
         length: int | None = None
         for name, value in headers:
             if name == "content-length":
-                if not value.isdigit() or not value.isascii() or len(value) > 12:
+                length = ascii_int(value, max_digits=12)
+                if length is None:
                     raise RemoteProtocolError(f"invalid content-length {value[:20]!r}")
-                length = int(value)
                 break
         body_start = match.end()
         if length is not None and body_start - start + length + 1 > self.max_frame_bytes:

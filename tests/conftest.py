@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import random
+import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -48,6 +50,15 @@ TEST_SERVER = _taken("TEST_SERVER", "clarion")
 if TEST_SERVER not in ("clarion", "asgi"):
     raise pytest.UsageError(f"CLARION_TEST_SERVER={TEST_SERVER!r}: expected clarion or asgi")
 
+
+# Hubs started without a data_dir of their own (in this process, or in processes it starts)
+# keep their durable state in a directory of this test process's, not in the checkout's
+# ./clarion-data: a hub the user ran there (the webhooks walkthrough leaves an outbox) must be
+# neither opened nor fought over by the test workers. Each worker imports this module and gets
+# its own.
+_DATA_DIR = tempfile.mkdtemp(prefix="clarion-tests-")
+os.environ["CLARION_DATA_DIR"] = _DATA_DIR
+atexit.register(shutil.rmtree, _DATA_DIR, True)
 
 # Property tests judge inputs, not speed: on a loaded machine a slow example is not a failure.
 settings.register_profile("clarion", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -414,7 +425,9 @@ async def spawn_hub(
     import sys
 
     assert TEST_SERVER != "asgi", NOT_ON_THIS_PATH
-    full_env = {**os.environ, **(env or {})}
+    # A whole environment (one with PATH, as clean_env makes) is taken as it is; a few
+    # variables are added to this process's.
+    full_env = dict(env) if env is not None and "PATH" in env else {**os.environ, **(env or {})}
     proc = await asyncio.create_subprocess_exec(
         *(cli or (sys.executable, "-m", "clarion.cli")),
         command,

@@ -38,7 +38,11 @@ if not CLARION.exists():
 
 def _env() -> dict[str, str]:
     # Nothing of the test suite's own environment may leak into the fresh install.
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("CLARION_")
+    }
     env["PATH"] = f"{FRESH / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     return env
 

@@ -61,6 +61,7 @@ export const ERRORS = {
   local_only: { status: 403, close: 4502 },
   not_found: { status: 404, close: 4507 },
   method_not_allowed: { status: 405, close: 4507 },
+  upgrade_required: { status: 426, close: 4507 },
   too_large: { status: 413, close: 1009 },
   limit_exceeded: { status: 429, close: 4507 },
   too_many_subscriptions: { status: 429, close: 4507 },

@@ -112,6 +112,12 @@ class NotFound(ClientError):
     code = ErrorCode.NOT_FOUND
 
 
+class UpgradeRequired(ClientError):
+    """A plain HTTP request to a WebSocket endpoint."""
+
+    code = ErrorCode.UPGRADE_REQUIRED
+
+
 class TooLarge(ClientError):
     code = ErrorCode.TOO_LARGE
 

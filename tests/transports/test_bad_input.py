@@ -353,3 +353,19 @@ async def test_number_parameters_take_ascii_digits_only(
                 wrong.append((value[:12], r.status_code, r.text[:80]))
         assert wrong == []
         assert (await http.get(path, params={**params, name: good})).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/ws", "/stomp"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_plain_request_to_a_websocket_endpoint_is_told_to_upgrade(
+    hub: RunningHub, path: str, method: str
+) -> None:
+    """What a browser opening the address, or a proxy that drops the upgrade's headers, gets:
+    426 saying so, not a bare 404."""
+    async with hub.http() as client:
+        # An upgrade's Connection header without its Upgrade header: what such a proxy sends.
+        response = await client.request(method, path, headers={"Connection": "Upgrade"})
+    assert response.status_code == 426, response.text
+    assert error_code(response) == "upgrade_required"
+    assert response.headers["upgrade"] == "websocket"
+    assert "proxy" in response.json()["error"]["message"]

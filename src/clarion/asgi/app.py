@@ -43,6 +43,7 @@ from clarion.errors import (
     NotFound,
     NotStarted,
     TooLarge,
+    UpgradeRequired,
 )
 from clarion.protocol.errors import ErrorCode
 
@@ -73,6 +74,12 @@ def route_path(scope: Scope) -> str:
 _not_started = LogLimit(logging.getLogger("clarion.hub"))
 # A request from another machine to a hub in development mode: once a minute per address.
 _elsewhere = LogLimit(logging.getLogger("clarion.hub"))
+
+UPGRADE_REQUIRED = (
+    "this is a WebSocket endpoint: connect with a WebSocket client (the request needs "
+    "'Upgrade: websocket' and 'Connection: Upgrade'). If a WebSocket client did, a proxy in "
+    "front of the hub dropped those headers: pass them on (docs/deployment.md)"
+)
 
 LOCAL_ONLY = (
     "this hub is in local development mode (no api_key and no token secret), in which anyone "
@@ -166,6 +173,11 @@ class App:
             if publishing is not None:
                 await publishing(scope, receive, send)
                 return
+        if scope["type"] == "http" and route_path(scope) in self.websockets:
+            # Said plainly, not a bare 404: this is what a proxy that drops the upgrade's
+            # headers (or a browser opening the address) gets.
+            await send_error(send, UpgradeRequired(UPGRADE_REQUIRED), [(b"upgrade", b"websocket")])
+            return
         if scope["type"] == "websocket":
             endpoint = self.websockets.get(route_path(scope))
             if endpoint is not None:

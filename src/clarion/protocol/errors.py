@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     LOCAL_ONLY = "local_only"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    UPGRADE_REQUIRED = "upgrade_required"
     TOO_LARGE = "too_large"
     LIMIT_EXCEEDED = "limit_exceeded"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
@@ -152,6 +153,13 @@ _RULES = [
     ),
     ErrorRule(E.NOT_FOUND, 404, _BAD, "no such endpoint or resource"),
     ErrorRule(E.METHOD_NOT_ALLOWED, 405, _BAD, "wrong HTTP method"),
+    ErrorRule(
+        E.UPGRADE_REQUIRED,
+        426,
+        _BAD,
+        "a plain HTTP request to a WebSocket endpoint (`/ws`, `/stomp`): a browser opening it, "
+        "or a proxy that drops the `Upgrade` and `Connection` headers",
+    ),
     ErrorRule(E.TOO_LARGE, 413, C.MESSAGE_TOO_BIG, "over `limits.max_message_bytes`"),
     ErrorRule(E.LIMIT_EXCEEDED, 429, _BAD, "a rate or count limit"),
     ErrorRule(

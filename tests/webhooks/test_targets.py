@@ -94,6 +94,14 @@ def test_malformed_targets_are_refused(url: str) -> None:
         ("239.1.1.1", "multicast"),
         ("8.8.8.8", None),
         ("2606:4700:4700::1111", None),
+        # Classed differently by different Pythons, or not at all: refused on every one.
+        ("192.0.0.8", "address"),
+        ("192.0.0.9", "address"),
+        ("192.88.99.1", "address"),
+        ("fec0::1", "address"),
+        ("3fff::1", "address"),
+        ("5f00::1", "address"),
+        ("2001:db8::1", "address"),
     ],
 )
 def test_address_policy(address: str, reason: str | None) -> None:

@@ -33,6 +33,27 @@ MAX_URL_CHARS = 2048
 _IPV4_LIKE = re.compile(r"[0-9a-fA-FxX.]+")
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT; not "private" in ipaddress
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# Special-purpose networks (IANA's registries) that no webhook receiver is on, listed here
+# because ``ipaddress`` classes some of them differently from one Python to the next (192.0.0.8
+# is global on 3.11.7, private on 3.13) or not at all (site-local fec0::/10, the documentation
+# prefix 3fff::/20): the policy must not move with the interpreter.
+_SPECIAL = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # documentation
+        "192.88.99.0/24",  # the 6to4 relay anycast, deprecated
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation
+        "203.0.113.0/24",  # documentation
+        "100::/64",  # discard-only
+        "2001::/23",  # IETF protocol assignments (Teredo among them)
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+        "5f00::/16",  # segment routing identifiers
+        "fec0::/10",  # site-local, deprecated
+    )
+)
 
 
 class UnsafeTarget(BadRequest):
@@ -141,6 +162,7 @@ def refusal(address: IPAddress) -> str | None:
         (address.is_private, "private"),
         (address.is_reserved, "reserved"),
         (isinstance(address, ipaddress.IPv4Address) and address in _SHARED, "shared (CGNAT)"),
+        (any(address in net for net in _SPECIAL), "special-purpose"),
     )
     for refused, name in checks:
         if refused:

@@ -165,6 +165,25 @@ async def test_subscribing_without_a_token_says_how_to_give_one(
     ]
 
 
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+async def test_a_token_that_does_not_cover_the_channel_says_so(
+    hub_process: Any, transport: str
+) -> None:
+    from clarion.core.auth import mint_token
+
+    hub = await hub_process(env={"CLARION_TOKEN_SECRET": SECRET, "CLARION_API_KEY": KEY})
+    code, out, err = await run(
+        "subscribe", "news:x", "--url", hub.http_url, "--transport", transport,
+        "--token", mint_token(SECRET, "ada", ["chat:*"]),
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    errors = [line for line in err.splitlines() if "connect" not in line]
+    assert errors == [
+        "clarion: not allowed to subscribe to 'news:x': the token's channels claim does not "
+        "cover it"
+    ]
+
+
 NO_KEY = (
     "clarion: pass the hub's API key: --api-key KEY, CLARION_API_KEY, or api_key in "
     "clarion.toml (or the file --config names)"

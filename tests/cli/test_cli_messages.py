@@ -248,9 +248,20 @@ async def test_every_command_reports_errors_the_same_way(hub_process: Any) -> No
             "clarion: the following arguments are required: channel, data\n"
             "try 'clarion publish --help'",
         ),
+        (  # the forms it takes
+            ["token", "--user", "1", "--ttl", "10x"],
+            "clarion: --ttl: not a duration: '10x' (use seconds, or a number with s, m, h or d: "
+            "90, 15m, 12h, 7d)\ntry 'clarion token --help'",
+        ),
+        (  # not float()'s other spellings: a token that never expires, or one that has
+            ["token", "--user", "1", "--ttl", "inf"],
+            "clarion: --ttl: not a duration: 'inf' (use seconds, or a number with s, m, h or d: "
+            "90, 15m, 12h, 7d)\ntry 'clarion token --help'",
+        ),
         (
-            ["token", "--user", "1", "--ttl", "soon"],
-            "clarion: --ttl: not a duration: 'soon'\ntry 'clarion token --help'",
+            ["token", "--user", "1", "--ttl", "0"],
+            "clarion: --ttl: not a duration: '0' (more than 0 seconds, and at most 36500d)\n"
+            "try 'clarion token --help'",
         ),
         (  # not dropped from the token without a word
             ["token", "--user", "1", "--info", '"Ann"'],

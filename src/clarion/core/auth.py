@@ -20,6 +20,8 @@ log = logging.getLogger("clarion.auth")
 
 MAX_TOKEN_CHARS = 8192
 RESERVED_NAMESPACE = "_clarion"  # the hub's own channels: see Authenticator._reserved
+# Their names' start. They are not the application's traffic: the node's figures leave them out.
+RESERVED_PREFIX = RESERVED_NAMESPACE + ":"
 
 
 @dataclass(frozen=True, slots=True)

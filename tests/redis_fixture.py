@@ -30,13 +30,16 @@ REDIS_SERVER = shutil.which("redis-server")
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, *, persistent: bool = False, databases: int | None = None
+    ) -> None:
         # A port chosen here may be taken before redis-server binds it: then it starts again
         # on another (not on restart(), which keeps its port).
         self._chosen = port is None
         self.port = port if port is not None else free_port()
         # Persistent: an append-only file fsynced on every write, kept across restart().
         self.persistent = persistent
+        self.databases = databases  # redis-server's own default (16) when None
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="clarion-redis-")
@@ -51,6 +54,8 @@ class RedisServer:
             "--dir", self._dir, "--loglevel", "warning", "--logfile", "redis.log",
         ]
         # fmt: on
+        if self.databases is not None:
+            args += ["--databases", str(self.databases)]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

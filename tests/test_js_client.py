@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,67 @@ def test_the_hub_ships_the_package_byte_for_byte() -> None:
     served = ROOT / "src" / "clarion" / "static" / "clarion.js"
     assert served.is_symlink() and served.resolve() == (PACKAGE / "clarion.js").resolve()
     assert served.read_bytes() == (PACKAGE / "clarion.js").read_bytes()
+
+
+# Where the docs say how to get the browser client: they must name what the repository holds.
+GUIDES = [PACKAGE / "README.md", ROOT / "docs" / "client.md"]
+CHECKOUT = "/path/to/clarion"  # the docs' stand-in for the reader's checkout
+
+
+def _package_name() -> str:
+    manifest = json.loads((PACKAGE / "package.json").read_text())
+    # Not on the npm registry: private, so that nothing publishes it by mistake.
+    assert manifest["private"] is True
+    name: str = manifest["name"]
+    return name
+
+
+def test_the_docs_import_the_package_by_its_name_and_install_it_from_a_checkout() -> None:
+    name = _package_name()
+    installs = 0
+    for guide in GUIDES:
+        text = guide.read_text()
+        # A bare specifier (not a path or a URL) is the package a bundler resolves.
+        for spec in re.findall(r'from "([^"./][^"]*)"', text):
+            assert spec == name or "://" in spec, f"{guide.name} imports {spec!r}"
+        assert not re.search(rf"npm (install|i|add) {re.escape(name)}\b", text), guide.name
+        for path in re.findall(r"npm install (\S+/clients/js)\b", text):
+            assert path == f"{CHECKOUT}/clients/js", f"{guide.name}: {path}"
+            installs += 1
+        if "importlib.resources" in text:
+            (command,) = set(re.findall(r"`(python -c \"[^`]*\")`", text))
+            shown = subprocess.run(
+                [sys.executable, *shlex.split(command)[1:]],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            shipped = Path(shown.stdout.strip())
+            assert shipped.read_bytes() == (PACKAGE / "clarion.js").read_bytes()
+    assert installs == len(GUIDES)
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
+def test_the_documented_npm_install_gives_a_package_that_imports(tmp_path: Path) -> None:
+    (command,) = re.findall(r"npm install \S+/clients/js", (PACKAGE / "README.md").read_text())
+    args = shlex.split(command.replace(CHECKOUT, str(ROOT)))
+    (tmp_path / "package.json").write_text('{"name": "app", "private": true}')
+    subprocess.run(
+        [*args, "--offline", "--ignore-scripts", "--no-audit", "--no-fund"],
+        cwd=tmp_path,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    script = f'import {{ connect }} from "{_package_name()}"; console.log(typeof connect);'
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "function", result.stderr
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")

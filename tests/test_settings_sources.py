@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import types
 import typing
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from clarion import ConfigError, Settings
 from clarion.settings import url_host
@@ -116,6 +118,76 @@ def test_the_client_commands_variables_are_not_settings(variable: str) -> None:
     ],
 )
 def test_bad_variables_are_named(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(Settings, None, {}, environ=environ)
+    assert caught.value.message == message
+
+
+def _union_settings() -> list[tuple[str, ...]]:
+    """Every setting whose type is a union of more than one type besides None."""
+    found: list[tuple[str, ...]] = []
+
+    def visit(model: type[BaseModel], path: tuple[str, ...]) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+                if len([a for a in typing.get_args(annotation) if a is not type(None)]) > 1:
+                    found.append((*path, name))
+            elif typing.get_origin(annotation) in (dict, list):  # [namespaces.chat], [[webhooks]]
+                item = typing.get_args(annotation)[-1]
+                if isinstance(item, type) and issubclass(item, BaseModel) and name != "webhooks":
+                    visit(item, (*path, name, "chat"))
+            elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                visit(annotation, (*path, name))
+
+    visit(Settings, ())
+    return found
+
+
+def test_a_value_of_no_type_of_a_union_is_one_line_of_what_it_accepts(tmp_path: Path) -> None:
+    unions = _union_settings()
+    assert set(unions) >= {("api_key",), ("namespaces", "chat", "join_leave")}
+    config = tmp_path / "clarion.toml"
+    for path in unions:
+        # A table is of none of their types: from a file, and from the environment.
+        table = f"[{'.'.join(path[:-1])}]\n" if path[:-1] else ""
+        config.write_text(f"{table}{path[-1]} = {{ x = 1 }}\n")
+        variable = "CLARION_" + "__".join(path).upper()
+        for file, environ, named in [
+            (config, {}, ".".join(path)),
+            (None, {variable: '{"x": 1}'}, variable),
+        ]:
+            with pytest.raises(ConfigError) as caught:
+                load(Settings, file, {}, environ=environ)
+            (line,) = caught.value.message.splitlines()
+            # The setting as written, not a member of pydantic's naming (join_leave.bool).
+            assert re.search(rf"{re.escape(named)}[ =]", line), line
+            assert ": must be " in line and " or " in line and "valid" not in line, line
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"CLARION_NAMESPACES__CHAT__JOIN_LEAVE": "users"},
+            'CLARION_NAMESPACES__CHAT__JOIN_LEAVE=users: must be true, false, "user" or "client"',
+        ),
+        (
+            {"CLARION_NAMESPACES": '{"chat": {"join_leave": 3}}'},
+            "CLARION_NAMESPACES: namespaces.chat.join_leave: "
+            'must be true, false, "user" or "client"',
+        ),
+        (
+            {"CLARION_API_KEY": '["k1", 2]'},
+            "CLARION_API_KEY (value not shown): must be a valid string",
+        ),
+        (
+            {"CLARION_NAMESPACES__CHAT__SLOW_CONSUMER": "drop"},
+            'CLARION_NAMESPACES__CHAT__SLOW_CONSUMER=drop: must be "disconnect" or "conflate"',
+        ),
+    ],
+)
+def test_choices_are_said_as_a_file_writes_them(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load(Settings, None, {}, environ=environ)
     assert caught.value.message == message

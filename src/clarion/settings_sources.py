@@ -176,16 +176,27 @@ def annotation_at(model: type[BaseModel], path: KeyPath) -> Any:
     """The type of the setting at ``path`` in ``model``; None when there is no such setting."""
     annotation: Any = model
     for key in path:
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            field = annotation.model_fields.get(str(key))
-            if field is None:
-                return None
-            annotation = field.annotation
-        elif typing.get_origin(annotation) in (dict, list):
-            annotation = typing.get_args(annotation)[-1]
-        else:
+        annotation = _step(annotation, key)
+        if annotation is None:
             return None
     return annotation
+
+
+def _step(annotation: Any, key: str | int) -> Any:
+    """The type of ``key`` within a value of type ``annotation``; None when it has no such key."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(key))
+        return None if field is None else field.annotation
+    if typing.get_origin(annotation) in (dict, list):
+        return typing.get_args(annotation)[-1]
+    return None
+
+
+def _choices(annotation: Any) -> tuple[Any, ...]:
+    """The members of a union that are not None: pydantic validates each of them apart."""
+    if typing.get_origin(annotation) not in (Union, types.UnionType):
+        return ()
+    return tuple(arg for arg in typing.get_args(annotation) if arg is not type(None))
 
 
 # ---- validation errors ----------------------------------------------------------------------
@@ -193,10 +204,100 @@ def annotation_at(model: type[BaseModel], path: KeyPath) -> Any:
 
 def explain(error: ValidationError, model: type[BaseModel], sourced: Sourced) -> ConfigError:
     """One plain line per problem, naming the file, variable or flag, the key and what is wanted."""
-    lines = [_line(detail, model, sourced) for detail in error.errors()]
+    lines = [_line(detail, model, sourced) for detail in _reworded(error.errors(), model)]
     if len(lines) > MAX_REPORTED:
         lines = [*lines[:MAX_REPORTED], f"… and {len(lines) - MAX_REPORTED} more"]
     return ConfigError("\n".join(lines))
+
+
+def _reworded(errors: list[ErrorDetails], model: type[BaseModel]) -> list[ErrorDetails]:
+    """pydantic's errors as problems of the settings written, in the words of the TOML file.
+
+    pydantic tries each member of a union and reports every failure, under a key of its own
+    making (``join_leave.bool``, ``join_leave.literal['user','client']``). A value of no member's
+    type is one problem, what the setting accepts; a value of a member's type that breaks that
+    member's rule (an item of a list, a bound) is that member's problem alone.
+    """
+    out: list[ErrorDetails | KeyPath] = []
+    unions: dict[KeyPath, tuple[Any, list[ErrorDetails]]] = {}
+    for detail in errors:
+        found = _union_in(model, tuple(detail["loc"]))
+        if found is None:
+            out.append(detail)
+            continue
+        at, union = found
+        if at not in unions:
+            unions[at] = (union, [])
+            out.append(at)
+        unions[at][1].append(detail)
+    result: list[ErrorDetails] = []
+    for item in out:
+        if not isinstance(item, tuple):
+            annotation = annotation_at(model, tuple(item["loc"]))
+            choices = _choices(annotation) or (annotation,)
+            if item["type"] == "literal_error" and typing.get_origin(choices[0]) is Literal:
+                item = _choice_error(item, annotation)
+            result.append(item)
+            continue
+        union, branches = unions[item]
+        inner = len(item) + 1  # the member's key, then the value's within it
+        kept = [d for d in branches if len(d["loc"]) > inner or not _mismatch(d["type"])]
+        for detail in kept:
+            loc = tuple(detail["loc"])
+            result.append({**detail, "loc": (*loc[: inner - 1], *loc[inner:])})
+        if not kept:
+            result.append(_choice_error({**branches[0], "loc": item}, union))
+    return result
+
+
+def _choice_error(detail: ErrorDetails, annotation: Any) -> ErrorDetails:
+    """A value outside a union or a set of literals: what the setting accepts, as TOML spells it."""
+    return {**detail, "type": "value_error", "msg": "must be " + _or(_accepted(annotation))}
+
+
+def _union_in(model: type[BaseModel], loc: KeyPath) -> tuple[KeyPath, Any] | None:
+    """The key in ``loc`` whose setting is a union, and its type; None when there is none."""
+    annotation: Any = model
+    for n, key in enumerate(loc):
+        choices = _choices(annotation)
+        if len(choices) > 1:
+            return loc[:n], annotation
+        if choices:  # X | None: the value is X's
+            annotation = choices[0]
+        annotation = _step(annotation, key)
+        if annotation is None:
+            return None
+    return None
+
+
+def _mismatch(kind: str) -> bool:
+    """Whether an error says the value is not of the member's type at all."""
+    return kind.endswith(("_type", "_parsing")) or kind in ("literal_error", "enum")
+
+
+def _accepted(annotation: Any) -> list[str]:
+    words: list[str] = []
+    for choice in _choices(annotation) or (annotation,):
+        if choice is bool:
+            words += ["true", "false"]
+        elif typing.get_origin(choice) is Literal:
+            words += [json.dumps(value) for value in typing.get_args(choice)]
+        elif typing.get_origin(choice) is list:
+            words.append(f"a list of {_noun(typing.get_args(choice)[0])}s")
+        else:
+            words.append(f"a {_noun(choice)}")
+    return words
+
+
+def _noun(annotation: Any) -> str:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "table"
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "table"}
+    return names.get(annotation, names.get(typing.get_origin(annotation), str(annotation)))
+
+
+def _or(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']*@")

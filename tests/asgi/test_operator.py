@@ -141,3 +141,26 @@ async def test_no_token_reads_or_writes_the_hubs_own_namespace(
             "/client/publish", json={"channel": METRICS_CHANNEL, "data": 1}, headers=bearer
         )
         assert r.status_code == 403, r.text
+
+
+async def test_the_hubs_own_channel_is_not_in_the_nodes_figures(hub_factory: Any) -> None:
+    # An idle hub with the admin page open shows no traffic: the page's own feed (a sample a
+    # second per node, delivered to the page) is not the application's.
+    hub = await secured(hub_factory, admin=True)
+    async with hub.ws() as operator, hub.http() as http:
+        assert "ok" in await operator.call("connect", token=KEY)
+        assert "ok" in await operator.subscribe(METRICS_CHANNEL)
+        samples = [(await operator.recv(wait=10))["data"] for _ in range(3)]
+        assert [s["publications_per_second"] for s in samples[1:]] == [0, 0]
+        assert [s["deliveries_per_second"] for s in samples[1:]] == [0, 0]
+        headers = {"authorization": f"apikey {KEY}"}
+        (node,) = (await http.get("/api/info", headers=headers)).json()["nodes"]
+        assert (node["publications_per_second"], node["deliveries_per_second"]) == (0, 0)
+        stats = hub.hub.stats
+        assert stats.publications == 0 and sum(stats.deliveries.values()) == 0
+        assert not +stats.activity.publications and not +stats.activity.deliveries  # namespaces
+        # The application's publications count, and the hub's channel keeps its own rate.
+        await http.post("/api/publish", json={"channel": "c", "data": 1}, headers=headers)
+        assert stats.publications == 1
+        channels = (await http.get("/api/channels", headers=headers)).json()
+        assert METRICS_CHANNEL in json.dumps(channels)

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import jwt
+import pytest
 
 from ..conftest import timeout
 
@@ -200,3 +201,15 @@ def test_python_m_clarion_is_the_clarion_command() -> None:
             check=False,
         )
         assert done.returncode == 0 and done.stdout.startswith("clarion "), done.stderr
+
+
+def test_durations_take_seconds_or_a_number_with_a_unit() -> None:
+    import argparse
+
+    from clarion.cli.arguments import duration
+
+    taken = {"90": 90, "90s": 90, "15m": 900, "1.5h": 5400, " 7D ": 604800, "36500d": 36500 * 86400}
+    assert {text: duration(text) for text in taken} == taken
+    for text in ("", "10x", "inf", "nan", "-5", "0", "0s", "1e3", "1_000", "٣", "36501d", "h"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            duration(text)

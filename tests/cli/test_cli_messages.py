@@ -165,6 +165,25 @@ async def test_subscribing_without_a_token_says_how_to_give_one(
     ]
 
 
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+async def test_a_token_that_does_not_cover_the_channel_says_so(
+    hub_process: Any, transport: str
+) -> None:
+    from clarion.core.auth import mint_token
+
+    hub = await hub_process(env={"CLARION_TOKEN_SECRET": SECRET, "CLARION_API_KEY": KEY})
+    code, out, err = await run(
+        "subscribe", "news:x", "--url", hub.http_url, "--transport", transport,
+        "--token", mint_token(SECRET, "ada", ["chat:*"]),
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    errors = [line for line in err.splitlines() if "connect" not in line]
+    assert errors == [
+        "clarion: not allowed to subscribe to 'news:x': the token's channels claim does not "
+        "cover it"
+    ]
+
+
 NO_KEY = (
     "clarion: pass the hub's API key: --api-key KEY, CLARION_API_KEY, or api_key in "
     "clarion.toml (or the file --config names)"
@@ -229,9 +248,20 @@ async def test_every_command_reports_errors_the_same_way(hub_process: Any) -> No
             "clarion: the following arguments are required: channel, data\n"
             "try 'clarion publish --help'",
         ),
+        (  # the forms it takes
+            ["token", "--user", "1", "--ttl", "10x"],
+            "clarion: --ttl: not a duration: '10x' (use seconds, or a number with s, m, h or d: "
+            "90, 15m, 12h, 7d)\ntry 'clarion token --help'",
+        ),
+        (  # not float()'s other spellings: a token that never expires, or one that has
+            ["token", "--user", "1", "--ttl", "inf"],
+            "clarion: --ttl: not a duration: 'inf' (use seconds, or a number with s, m, h or d: "
+            "90, 15m, 12h, 7d)\ntry 'clarion token --help'",
+        ),
         (
-            ["token", "--user", "1", "--ttl", "soon"],
-            "clarion: --ttl: not a duration: 'soon'\ntry 'clarion token --help'",
+            ["token", "--user", "1", "--ttl", "0"],
+            "clarion: --ttl: not a duration: '0' (more than 0 seconds, and at most 36500d)\n"
+            "try 'clarion token --help'",
         ),
         (  # not dropped from the token without a word
             ["token", "--user", "1", "--info", '"Ann"'],

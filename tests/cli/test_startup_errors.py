@@ -72,8 +72,26 @@ def errors(lines: list[str]) -> list[str]:
             "[namespaces.chat]\nslow_consumer = 'drop'\n",
             [
                 'clarion: clarion.toml: namespaces.chat.slow_consumer = "drop": '
-                "must be 'disconnect' or 'conflate'"
+                'must be "disconnect" or "conflate"'
             ],
+        ),
+        (  # a union: what it accepts, not pydantic's attempt at each member
+            "[namespaces.chat]\njoin_leave = 'users'\n",
+            [
+                'clarion: clarion.toml: namespaces.chat.join_leave = "users": '
+                'must be true, false, "user" or "client"'
+            ],
+        ),
+        (
+            "api_key = 5\n",
+            [
+                "clarion: clarion.toml: api_key (value not shown): "
+                "must be a string or a list of strings"
+            ],
+        ),
+        (  # a value of a member's type: that member's rule
+            "api_key = ['k1', 5]\n",
+            ["clarion: clarion.toml: api_key[1] (value not shown): must be a valid string"],
         ),
         ("limits = 5\n", ["clarion: clarion.toml: limits = 5: must be a table"]),
         (
@@ -204,7 +222,18 @@ async def test_clarion_toml_in_the_working_directory_is_read(tmp_path: Path) -> 
         ),
         (
             {"CLARION_LOG_LEVEL": "verbose"},
-            ["clarion: CLARION_LOG_LEVEL=verbose: must be 'debug', 'info', 'warning' or 'error'"],
+            ['clarion: CLARION_LOG_LEVEL=verbose: must be "debug", "info", "warning" or "error"'],
+        ),
+        (
+            {"CLARION_NAMESPACES__CHAT__JOIN_LEAVE": "users"},
+            [
+                "clarion: CLARION_NAMESPACES__CHAT__JOIN_LEAVE=users: "
+                'must be true, false, "user" or "client"'
+            ],
+        ),
+        (
+            {"CLARION_API_KEY": '{"k": 1}'},
+            ["clarion: CLARION_API_KEY (value not shown): must be a string or a list of strings"],
         ),
         (
             {"CLARION_ALLOWED_ORIGINS": '["https://app.example.com"'},

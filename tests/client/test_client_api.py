@@ -181,3 +181,55 @@ async def test_an_api_key_still_goes_through_the_server_api(hub: RunningHub) -> 
         assert [(m.offset, m.id, m.info) for m in page.publications] == [
             (published.offset, "b-1", None)
         ]
+
+
+@pytest.mark.parametrize("transport", ["ws", *OFF_WEBSOCKET])
+async def test_a_refusal_says_why_on_every_transport(
+    hub_factory: Any, transport: TransportName
+) -> None:
+    hub: RunningHub = await hub_factory(
+        api_key=KEY,
+        token_secret=SECRET,
+        namespaces={"news": {"client_publish": False}, "room": {"presence_read": "token"}},
+    )
+    narrow = token(channels=["chat:lobby", "room:*"], publish=["chat:lobby"])
+    reader = token(channels=["chat:*"], publish=[])
+
+    async def refusal(request: Any) -> str:
+        with pytest.raises(RequestFailed) as caught:
+            await request
+        return f"{caught.value.code}: {caught.value.message}"
+
+    async with connect(hub.http_url, token=narrow, transport=transport) as client:
+        uncovered = "the token's {} claim does not cover it"
+        assert await refusal(client.publish("chat:other", 1)) == (
+            "forbidden: not allowed to publish to 'chat:other': " + uncovered.format("publish")
+        )
+        assert await refusal(client.history("chat:other")) == (
+            "forbidden: not allowed to read the history of 'chat:other': "
+            + uncovered.format("channels")
+        )
+        assert await refusal(client.presence("room:a")) == (
+            "forbidden: not allowed to read the presence of 'room:a': "
+            "the token has no presence claim"
+        )
+        assert await refusal(client.publish("news:today", 1)) == (
+            "forbidden: clients may not publish to 'news:today': its namespace takes "
+            "publications from the server API only (client_publish = false)"
+        )
+        with pytest.raises(RequestFailed) as caught:
+            async with client.subscribe("chat:other"):
+                pass
+        assert caught.value.message == (
+            "not allowed to subscribe to 'chat:other': " + uncovered.format("channels")
+        )
+    async with connect(hub.http_url, token=reader, transport=transport) as client:
+        assert await refusal(client.publish("chat:lobby", 1)) == (
+            "forbidden: not allowed to publish to 'chat:lobby': the token has no publish claim"
+        )
+    async with connect(hub.http_url, transport=transport) as client:
+        assert await refusal(client.publish("chat:lobby", 1)) == (
+            "forbidden: not allowed to publish to 'chat:lobby': no token was given (a client "
+            "publishes with a token whose publish claim covers the channel, a backend with "
+            "the API key)"
+        )

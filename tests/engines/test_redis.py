@@ -296,6 +296,31 @@ async def test_unreachable_at_start() -> None:
     assert not await engine.healthy()
 
 
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+async def test_a_database_the_server_does_not_have_is_named_with_how_many_it_has() -> None:
+    server = RedisServer(databases=4)
+    server.start()
+    try:
+        for db in (99, 4):
+            engine = RedisEngine(f"redis://127.0.0.1:{server.port}/{db}", Settings())
+            with pytest.raises(ConfigError) as caught:
+                await engine.start(RecordingSink())
+            assert caught.value.message == (
+                f"Redis at redis://127.0.0.1:{server.port}/{db} has no database {db} "
+                "(it has 4, 0 to 3): change the engine URL's /db"
+            )
+            assert not await engine.healthy()
+        # Counted with SELECT alone: nothing was written anywhere.
+        for db in range(4):
+            client = aioredis.Redis(port=server.port, db=db)
+            try:
+                assert await client.dbsize() == 0
+            finally:
+                await client.aclose()
+    finally:
+        server.cleanup()
+
+
 async def test_redis_down_then_back(nodes: Callable[..., Any], redis_server: RedisServer) -> None:
     a, sink = await nodes()
     b, _ = await nodes()

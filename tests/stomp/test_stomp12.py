@@ -220,7 +220,10 @@ async def test_a_transaction_is_checked_as_it_goes(hub_factory) -> None:  # type
         await client.send("SEND", "1", destination="/topic/ro\\cx", transaction="tx", receipt="s")
         error = await client.expect("ERROR")
         assert error.headers["receipt-id"] == "s"
-        assert error.headers["message"] == "clients may not publish to 'ro:x'"
+        assert error.headers["message"] == (
+            "clients may not publish to 'ro:x': its namespace takes publications from the "
+            "server API only (client_publish = false)"
+        )
         assert await client.closed() == 4502
     async with stomp(running) as client:
         await client.connect()

@@ -207,7 +207,9 @@ class ClientEndpoint:
                 code=ErrorCode.RATE_LIMITED,
             )
         if cmd.op == "history":
-            await hub.authorize_read(session.credentials, channel, "poll", session.id)
+            await hub.authorize_read(
+                session.credentials, channel, "poll", session.id, act="read the history of"
+            )
             history, reason = await hub.history(
                 channel, since=cmd.since, limit=cmd.limit, reverse=cmd.reverse
             )

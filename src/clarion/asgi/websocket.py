@@ -230,7 +230,9 @@ class _Connection(Handler):
             return publish_reply(hub, pub)
         if op == "history":
             assert cmd.channel is not None
-            await hub.authorize_read(session.credentials, cmd.channel, "ws", session.id)
+            await hub.authorize_read(
+                session.credentials, cmd.channel, "ws", session.id, act="read the history of"
+            )
             history, reason = await hub.history(
                 cmd.channel, since=cmd.since, limit=cmd.limit, reverse=cmd.reverse
             )

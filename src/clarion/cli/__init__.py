@@ -122,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="may read presence without subscribing",
     )
-    token.add_argument("--ttl", type=duration, default=3600.0, help="lifetime, e.g. 1h (default)")
+    token.add_argument(
+        "--ttl",
+        type=duration,
+        default=3600.0,
+        help="lifetime: seconds, or a number with s, m, h or d (default: 1h)",
+    )
     token.add_argument(
         "--info", type=json_object, help="JSON object shown with publications (and presence)"
     )

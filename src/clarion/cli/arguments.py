@@ -1,13 +1,14 @@
 """What the ``clarion`` parser needs: its error style, argument types and shared options.
 
 Every ``clarion`` process builds the whole parser, whichever command it runs (and ``--help``
-runs none): this module imports nothing but :mod:`argparse`, and an argument type imports what
-it checks with only when it is given.
+runs none): this module imports nothing but :mod:`argparse` (and :mod:`re`, which argparse
+imports), and an argument type imports what it checks with only when it is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any, NoReturn
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -21,16 +22,26 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"clarion: {message}\ntry '{self.prog} --help'\n")
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_FORMS = "seconds, or a number with s, m, h or d: 90, 15m, 12h, 7d"
+# A hundred years: a longer lifetime is a slip of the finger (and past the year 9999, a hub
+# refuses the token's exp).
+MAX_DURATION = 36500 * 86400
+# ASCII digits only: float() also took "inf", "nan", "1e3", "1_000" and "-5".
+_DURATION = re.compile(r"(\d{1,12}(?:\.\d{1,9})?)([smhd]?)", re.ASCII)
+
+
 def duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``1h``, ``2d`` → seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip().lower()
-    try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
+    """``90``, ``90s``, ``1.5h``, ``15m``, ``2d`` → seconds, more than 0, at most 100 years."""
+    found = _DURATION.fullmatch(text.strip().lower())
+    if found is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use {DURATION_FORMS})")
+    seconds = float(found.group(1)) * DURATION_UNITS[found.group(2) or "s"]
+    if not 0 < seconds <= MAX_DURATION:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (more than 0 seconds, and at most 36500d)"
+        )
+    return seconds
 
 
 def port_number(text: str) -> int:

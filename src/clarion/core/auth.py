@@ -20,6 +20,8 @@ log = logging.getLogger("clarion.auth")
 
 MAX_TOKEN_CHARS = 8192
 RESERVED_NAMESPACE = "_clarion"  # the hub's own channels: see Authenticator._reserved
+# Their names' start. They are not the application's traffic: the node's figures leave them out.
+RESERVED_PREFIX = RESERVED_NAMESPACE + ":"
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,16 +304,23 @@ class Authenticator:
     def reads_reserved(self, creds: Credentials) -> bool:
         return creds.trusted
 
-    def check_subscribe(self, creds: Credentials, channel: str) -> None:
+    def check_subscribe(
+        self, creds: Credentials, channel: str, *, act: str = "subscribe to"
+    ) -> None:
+        """May ``creds`` read ``channel``? ``act`` names the read in a refusal: subscribing, or
+        reading the history or presence of a channel, which the same rule allows."""
         if self._reserved(creds, channel) or creds.trusted:
             return
         if matches_any(creds.channels, channel):
             return
         if self.settings.namespace(namespace_of(channel)).anonymous:
             return
-        if creds.user is None:
-            raise Unauthorized(f"a token is needed to subscribe to {channel!r}")
-        raise Forbidden(f"not allowed to subscribe to {channel!r}")
+        if not _has_token(creds):
+            raise Unauthorized(f"a token is needed to {act} {channel!r}")
+        why = _uncovered(creds, "channels")
+        if creds.user is None:  # a token without `sub` is refused as an anonymous session is
+            raise Unauthorized(f"not allowed to {act} {channel!r}: {why}")
+        raise Forbidden(f"not allowed to {act} {channel!r}: {why}")
 
     def check_presence(self, creds: Credentials, channel: str, *, subscribed: bool) -> None:
         """May this session read who is on ``channel`` (``subscribed``: is it subscribed)?"""
@@ -319,15 +328,20 @@ class Authenticator:
             return
         rule = self.settings.namespace(namespace_of(channel)).presence_read
         if rule == "anyone":
-            self.check_subscribe(creds, channel)
+            self.check_subscribe(creds, channel, act="read the presence of")
             return
         if rule == "subscribers" and subscribed and creds.user is not None:
             return
-        if creds.user is None:
+        if not _has_token(creds):
             raise Unauthorized(f"a token is needed to read the presence of {channel!r}")
+        if creds.user is None:
+            raise Unauthorized(
+                f"a token with a user (a sub claim) is needed to read the presence of {channel!r}"
+            )
         if rule == "subscribers":
             raise Forbidden(f"subscribe to {channel!r} to read its presence")
-        raise Forbidden(f"not allowed to read the presence of {channel!r}")
+        why = _uncovered(creds, "presence")
+        raise Forbidden(f"not allowed to read the presence of {channel!r}: {why}")
 
     def may_read_presence(self, creds: Credentials, channel: str, *, subscribed: bool) -> bool:
         try:
@@ -341,12 +355,35 @@ class Authenticator:
         if namespace == RESERVED_NAMESPACE:
             raise Forbidden(f"{channel!r} is the hub's own channel: only the hub publishes there")
         if not self.settings.namespace(namespace).client_publish:
-            raise Forbidden(f"clients may not publish to {channel!r}")
+            raise Forbidden(
+                f"clients may not publish to {channel!r}: its namespace takes publications "
+                "from the server API only (client_publish = false)"
+            )
         if creds.trusted:
             return
         if matches_any(creds.publish, channel):
             return
-        raise Forbidden(f"not allowed to publish to {channel!r}")
+        raise Forbidden(f"not allowed to publish to {channel!r}: {_uncovered(creds, 'publish')}")
+
+
+def _has_token(creds: Credentials) -> bool:
+    # Every token has an `exp`; anonymous sessions, and the hub's own, have none.
+    return creds.expires_at is not None
+
+
+def _uncovered(creds: Credentials, claim: str) -> str:
+    """Why the token's ``claim`` (channels, publish, presence) grants nothing here: what to
+    change, without the claim's patterns (the refusal may be logged where the token is not)."""
+    if not _has_token(creds):
+        if claim == "publish":
+            return (
+                "no token was given (a client publishes with a token whose publish claim "
+                "covers the channel, a backend with the API key)"
+            )
+        return "no token was given"
+    if not getattr(creds, claim):
+        return f"the token has no {claim} claim"
+    return f"the token's {claim} claim does not cover it"
 
 
 def mint_token(

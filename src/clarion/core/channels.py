@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from clarion.core.auth import RESERVED_PREFIX
 from clarion.core.fanout import LocalChannel, Push, Subscription, WireFormat
 from clarion.core.resume import waits_ahead
 from clarion.core.transport import Backlogged
@@ -108,7 +109,12 @@ class LocalChannels:
 
     def on_publication(self, pub: Publication) -> None:
         stats = self.stats
-        stats.publications += 1
+        # The hub's own channels (the admin page's figures, a publication a second per node)
+        # are not the application's traffic: the node's figures leave them out, or an idle hub
+        # would show one publication a second.
+        own = pub.channel.startswith(RESERVED_PREFIX)
+        if not own:
+            stats.publications += 1
         local = self.local.get(pub.channel)
         if local is None:
             return
@@ -129,6 +135,8 @@ class LocalChannels:
                 self._reset_all(local, "epoch", StreamPosition(pub.epoch, pub.offset - 1))
         local.last = pub
         self.deliver(local, pub)
+        if own:
+            return
         stats.countdown -= 1
         if stats.countdown <= 0:
             stats.sample(pub)
@@ -142,11 +150,13 @@ class LocalChannels:
             for sub in conflating:
                 conflating[sub] = pub
         deliveries = self.stats.deliveries
+        counted = not local.name.startswith(RESERVED_PREFIX)  # the hub's own: see on_publication
         total = 0
         for fmt, group in local.by_format.items():
             fmt.deliver(group.values(), pub.encoded(fmt, fmt.encode))
             count = len(group)
-            deliveries[fmt.transport] += count
+            if counted:
+                deliveries[fmt.transport] += count
             total += count
         local.published += 1
         local.delivered += total

@@ -450,10 +450,17 @@ class Hub:
         return await self.hooks.connect(credentials, transport)
 
     async def authorize_read(
-        self, credentials: Credentials, channel: str, transport: str, client: str | None = None
+        self,
+        credentials: Credentials,
+        channel: str,
+        transport: str,
+        client: str | None = None,
+        *,
+        act: str = "subscribe to",
     ) -> None:
-        """May these credentials read ``channel`` (subscribe, history, presence)?"""
-        self.auth.check_subscribe(credentials, channel)
+        """May these credentials read ``channel`` (subscribe, history, presence)? ``act`` names
+        the read in a refusal."""
+        self.auth.check_subscribe(credentials, channel, act=act)
         if self.hooks is not None:
             await self.hooks.subscribe(credentials, channel, client, transport)
 

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
+from clarion.core.auth import RESERVED_PREFIX
 from clarion.protocol.channels import DEFAULT_NAMESPACE, namespace_of
 
 if TYPE_CHECKING:
@@ -108,8 +109,9 @@ class Activity:
         local.rate = pubs / seconds
         if pubs:
             delivered = local.delivered
-            self.publications[local.namespace] += pubs
-            self.deliveries[local.namespace] += delivered - local.folded_delivered
+            if not local.name.startswith(RESERVED_PREFIX):  # the hub's own: not the app's
+                self.publications[local.namespace] += pubs
+                self.deliveries[local.namespace] += delivered - local.folded_delivered
             local.folded_published = published
             local.folded_delivered = delivered
 

@@ -24,6 +24,7 @@ never more than ``pool_size``) are under way at once (the others wait, ``pool_ti
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -42,6 +43,7 @@ from redis.asyncio.connection import (
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
 
 from clarion.errors import ConfigError, EngineUnavailable
 from clarion.protocol.numbers import ascii_int
@@ -297,6 +299,52 @@ def parse_url(url: str) -> RedisTarget:
         wait_replicas=wait_replicas,
         wait_timeout=wait_timeout,
     )
+
+
+# What Redis answers the SELECT of a connection to a database it does not have.
+_NO_SUCH_DB = "DB index is out of range"
+PROBE_TIMEOUT = 2.0  # seconds to count a server's databases for that error's message
+
+
+async def no_such_database(exc: BaseException, client: Any, where: str) -> ConfigError | None:
+    """The error to raise when ``exc`` says the server has no database of the URL's number
+    (Redis was reached: the URL is wrong); None when it says something else."""
+    if not isinstance(exc, ResponseError) or _NO_SUCH_DB not in str(exc):
+        return None
+    pool = client.connection_pool
+    db = pool.connection_kwargs.get("db", 0)
+    count = await _database_count(pool, int(db))
+    has = f"it has {count}, 0 to {count - 1}" if count else "its `databases` setting says how many"
+    return ConfigError(
+        f"Redis at {where} has no database {db} ({has}): change the engine URL's /db"
+    )
+
+
+async def _database_count(pool: Any, db: int) -> int | None:
+    """How many databases the server has (more than 0, at most ``db``): the highest that SELECT
+    takes, found by bisection on a connection to database 0. SELECT writes nothing, and is
+    allowed where CONFIG GET is often not (managed Redis, ACLs). None when it cannot be told."""
+    try:
+        connection = pool.connection_class(**{**pool.connection_kwargs, "db": 0})
+    except Exception:  # a pool of another kind (Sentinel's): the message goes without
+        return None
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            await connection.connect()
+            have, lack = 0, db  # database 0 always exists; database ``db`` does not
+            while lack - have > 1:
+                middle = (have + lack) // 2
+                await connection.send_command("SELECT", middle)
+                try:
+                    await connection.read_response()
+                    have = middle
+                except ResponseError:
+                    lack = middle
+            return have + 1
+    except (RedisError, OSError, TimeoutError):
+        return None
+    finally:
+        await connection.disconnect()
 
 
 def unavailable(exc: BaseException, doing: str) -> EngineUnavailable:

@@ -34,7 +34,7 @@ from clarion.engines.base import (
 )
 from clarion.engines.redis import scripts
 from clarion.engines.redis.batch import Batcher
-from clarion.engines.redis.connect import parse_url, unavailable
+from clarion.engines.redis.connect import no_such_database, parse_url, unavailable
 from clarion.engines.redis.health import PING_TIMEOUT, HealthCheck
 from clarion.engines.redis.keys import (
     EVENT,
@@ -172,7 +172,10 @@ class RedisEngine:
             ):
                 await client.script_load(script.script)
         except (RedisError, OSError, TimeoutError) as exc:
+            wrong = await no_such_database(exc, client, where)
             await self._close_client()
+            if wrong is not None:
+                raise wrong from None
             raise EngineUnavailable(f"cannot reach Redis at {where}: {exc or 'timeout'}") from None
         except BaseException:
             await self._close_client()

@@ -6,6 +6,7 @@ import os
 import random
 import struct
 import zlib
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from clarion.protocol.wsreader import (
     FRAMES_PER_CALL,
     INFLATED_PER_CALL,
+    LATE_FRAMES,
     Closed,
     Event,
     FrameReader,
@@ -348,33 +350,63 @@ def test_empty_fragments_are_bounded_in_number() -> None:
     assert failure(events)[0] == 1009
 
 
-def _compressed_frame(payload: bytes, *, fin: bool = True, first: bool = True) -> bytes:
-    head = (0x80 if fin else 0) | ((0x40 | 0x1) if first else 0x0)
-    n = len(payload)
-    if n < 126:
-        length = bytes((0x80 | n,))
-    elif n < 65536:
-        length = bytes((0x80 | 126,)) + n.to_bytes(2, "big")
-    else:
-        length = bytes((0x80 | 127,)) + n.to_bytes(8, "big")
-    return bytes((head,)) + length + b"\0\0\0\0" + payload
-
-
 def test_a_compressed_message_is_bounded_on_the_wire_whatever_it_inflates_to() -> None:
     """Empty stored blocks inflate to nothing: fragments of them would add no byte to the
     message's inflated size, but each costs its bytes on the wire."""
     reader = FrameReader(max_size=65536, inflate=True)
     empty_blocks = b"\x00\x00\x00\xff\xff" * 12_000  # 60,000 bytes, inflating to nothing
-    events = reader.receive_data(_compressed_frame(empty_blocks, fin=False))
+    events = reader.receive_data(frame(0x1, empty_blocks, fin=False, rsv=0x40))
     assert events == []
-    events = reader.receive_data(_compressed_frame(empty_blocks, fin=False, first=False))
+    events = reader.receive_data(frame(0x0, empty_blocks, fin=False))
     assert isinstance(events[-1], Closed), events
     assert events[-1].code == 1009, events
 
 
 def test_bytes_after_a_compressed_message_s_end_fail_the_connection() -> None:
     reader = FrameReader(max_size=65536, inflate=True)
-    assert reader.receive_data(_compressed_frame(b"\x03\x00", fin=False)) == []
-    events = reader.receive_data(_compressed_frame(b" " * 1000, fin=False, first=False))
+    assert reader.receive_data(frame(0x1, b"\x03\x00", fin=False, rsv=0x40)) == []
+    events = reader.receive_data(frame(0x0, b" " * 1000, fin=False))
     assert isinstance(events[-1], Closed), events
     assert events[-1].code == 1002, events
+
+
+def test_after_our_close_the_peer_s_data_frames_are_skipped_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a peer sent before it saw the hub's close is still handled; past that, its data
+    frames until its own close are skipped, not parsed, decoded or handed on: a peer that keeps
+    sending makes the hub do no more work for a connection it ended."""
+    handled: list[int] = []
+    frame_of = FrameReader._frame
+
+    def counting(self: FrameReader, events: list[Event], fin: int, opcode: int, *rest: Any) -> bool:
+        handled.append(opcode)
+        return frame_of(self, events, fin, opcode, *rest)
+
+    monkeypatch.setattr(FrameReader, "_frame", counting)
+    reader = FrameReader(max_size=1000, inflate=True)
+    reader.send_close(4505, "slow down")
+    text = frame(0x1, b'{"op":"subscribe","channel":"a"}')
+    events: list[Event] = []
+    for _ in range(LATE_FRAMES):
+        events += reader.receive_data(text)
+    assert events == ['{"op":"subscribe","channel":"a"}'] * LATE_FRAMES
+    handled.clear()
+    invalid = frame(0x1, b"\xff\xfe")  # not UTF-8: it would fail the connection if read
+    fragments = frame(0x1, b"x", fin=False) + frame(0x0, b"y")
+    for _ in range(10):
+        assert reader.receive_data(text + invalid + fragments) == []
+    assert handled == []
+    # Its close still ends the connection.
+    events = reader.receive_data(frame(0x8, (1000).to_bytes(2, "big")))
+    assert isinstance(events[-1], Closed) and events[-1].code == 1000
+    assert handled == [0x8]
+
+
+def test_after_our_close_a_frame_over_the_limit_still_fails_the_connection() -> None:
+    reader = FrameReader(max_size=1000)
+    reader.send_close(4505, "slow down")
+    for _ in range(LATE_FRAMES):
+        reader.receive_data(frame(0x1, b"{}"))
+    events = reader.receive_data(bytes((0x81, 0x80 | 127)) + (1 << 40).to_bytes(8, "big"))
+    assert isinstance(events[-1], Closed) and events[-1].code == 1009

@@ -35,7 +35,7 @@ from typing import Any
 
 from clarion.protocol.deflate import InflateError, Inflater, TooBig, compressed_limit
 
-__all__ = ["Closed", "FrameReader", "Pong", "close_frame", "valid_close_code"]
+__all__ = ["LATE_FRAMES", "Closed", "FrameReader", "Pong", "close_frame", "valid_close_code"]
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 NO_STATUS = 1005  # a close frame without a code (RFC 6455 §7.1.5)
@@ -50,6 +50,9 @@ FRAMES_PER_CALL = 64
 INFLATED_PER_CALL = 256 * 1024
 # A fragmented message may have one fragment per this many bytes of max_size (at least 64).
 FRAGMENT_BYTES = 64
+# Data frames still taken after our close frame: what a peer sent before it saw it (a publish
+# just before the hub went away is handled). The rest, until the peer's close, is skipped.
+LATE_FRAMES = 64
 
 _unpack16 = struct.Struct("!H").unpack_from
 _unpack64 = struct.Struct("!Q").unpack_from
@@ -113,8 +116,8 @@ class FrameReader:
     """One connection's inbound frames; see the module's docstring."""
 
     __slots__ = (
-        "_buf", "_decoder", "_fragments", "_inflated", "_inflater", "_opcode", "_parts", "_pos",
-        "_size", "_wire", "backlog", "inflate", "max_fragments", "max_size", "state",
+        "_buf", "_decoder", "_fragments", "_inflated", "_inflater", "_late", "_opcode", "_parts",
+        "_pos", "_size", "_wire", "backlog", "inflate", "max_fragments", "max_size", "state",
     )  # fmt: skip
 
     def __init__(self, max_size: int, *, inflate: bool = False) -> None:
@@ -131,6 +134,7 @@ class FrameReader:
         self._opcode = 0  # of the fragmented message being received (0: none)
         self._size = 0  # its bytes so far
         self._wire = 0  # a compressed message's bytes so far, before inflating
+        self._late = 0  # data frames taken after our close frame (see LATE_FRAMES)
         self._parts: list[Any] | None = None  # its fragments: str for text, else bytes
         self._decoder: codecs.IncrementalDecoder | None = None
         self._inflater: Inflater | None = None  # of a compressed message being received
@@ -193,6 +197,18 @@ class FrameReader:
                     return self._fail(events, PROTOCOL_ERROR, "payload length over 2**63")
                 head = 10
             opcode = first & 0x0F
+            if self.state == CLOSING and opcode < OP_CLOSE and self._late >= LATE_FRAMES:
+                # Past what it sent before it saw our close, the peer's data frames until its
+                # own close are skipped, not unmasked, decoded, inflated or handed on: a peer
+                # that keeps sending would otherwise keep the hub working for a connection it
+                # ended.
+                if length > self.max_size:
+                    return self._fail(events, TOO_BIG, f"frame over {self.max_size} bytes")
+                frame_end = pos + head + 4 + length
+                if frame_end > end:
+                    break
+                pos = frame_end
+                continue
             failure = self._check(first, second, opcode, length)
             if failure is not None:
                 return self._fail(events, *failure)
@@ -258,6 +274,8 @@ class FrameReader:
         self, events: list[Event], fin: int, opcode: int, payload: bytes, compressed: int
     ) -> bool:
         """Take one whole frame; False once the connection is over or the budget is spent."""
+        if self.state == CLOSING and opcode < OP_CLOSE:
+            self._late += 1
         if opcode in (OP_TEXT, OP_BINARY):
             if compressed:
                 self._inflater = Inflater()  # fresh per message: no context takeover

@@ -1,6 +1,7 @@
 """Subscribe churners, run as a process of their own (``python -m tests.security.churn URL N
-SECONDS``): what the tests measure is what churn costs the hub, and clients of the test's own
-process would share the hub's event loop, their work counted as the hub's.
+SECONDS``, then a line on stdin to start): what the tests measure is what churn costs the hub,
+and clients of the test's own process would share the hub's event loop, their work counted as
+the hub's.
 
 Each churner is one anonymous ``/ws`` connection sending subscribe/unsubscribe back to back,
 never waiting for a reply, until it is closed or the seconds pass. Prints one JSON list:
@@ -57,6 +58,10 @@ async def churner(url: str, seconds: float) -> tuple[Counter[str], int | None]:
 
 
 async def main(url: str, count: int, seconds: float) -> None:
+    # Started early, the process says it is ready and waits for a line on stdin: its start-up
+    # (the interpreter, the imports) must not fall in the window a test measures.
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
     results = await asyncio.gather(*(churner(url, seconds) for _ in range(count)))
     print(json.dumps([[dict(outcomes), code] for outcomes, code in results]))
 

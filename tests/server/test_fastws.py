@@ -287,24 +287,26 @@ async def test_overflow_is_re_armed_and_bounded(start_server: Any) -> None:
     assert peak <= 2 * limit + len(payload)
 
 
-async def test_frames_pushed_before_the_app_is_told_are_not_held_against_it(
+async def test_pushes_past_twice_the_limit_are_dropped_before_the_app_is_told(
     start_server: Any,
 ) -> None:
-    """The overflow callback runs soon after the overflow, not inside it: what the fan-out
-    pushed in between was pushed by an app that could not know, and does not close it."""
+    """The overflow callback runs soon after the overflow, not inside it; meanwhile the fan-out
+    goes on pushing, but past twice the limit nothing more is taken, even within that loop,
+    and a connection its app does not close is closed by the server."""
     events: list[str] = []
+    peaks: list[int] = []
     limit = 64 * 1024
-    payload = text_frame(b"p" * limit)  # one iteration's pushes take it past twice the limit
+    payload = text_frame(b"p" * (limit // 4))
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         conn = await accept(scope, receive, send)
         conn.set_send_limit(limit, lambda: events.append("overflow"))
-        deadline = time.monotonic() + TIMEOUT
-        while not events and time.monotonic() < deadline:
-            conn.push_many([conn], payload)  # the fan-out's loop: checked when flushed
+        for _ in range(100):  # one iteration: the app cannot be told in between
             conn.push_many([conn], payload)
-            await asyncio.sleep(0)
-        await asyncio.sleep(0.05)  # what was pushed meanwhile is flushed
+            conn.push(payload)
+            peaks.append(conn.buffered_bytes)
+        assert conn.cut
+        await asyncio.sleep(0.05)
         events.append("closed" if conn.closed else "open")
         await drain_until_disconnect(receive)
 
@@ -317,7 +319,8 @@ async def test_frames_pushed_before_the_app_is_told_are_not_held_against_it(
             await asyncio.sleep(0.01)
     finally:
         sock.close()
-    assert events == ["overflow", "open"]
+    assert events == ["overflow", "closed"]
+    assert max(peaks) <= 2 * limit
 
 
 async def socket_ends(sock: socket.socket, within: float) -> bool:

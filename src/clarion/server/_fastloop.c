@@ -140,6 +140,12 @@ static PyObject *push_many(PyObject *self, PyObject *const *args, Py_ssize_t nar
         return PyObject_Vectorcall(push_many_py, args, 2, NULL);
     Py_ssize_t size = PyBytes_GET_SIZE(frame);
     PyObject *size_obj = NULL; /* made once, for the connections over their limit */
+    /* Connections in the same state (the same frames pushed since their last write: every
+     * subscriber of a channel) hold the same count object, which this call maps to the next
+     * once: the count costs neither an int per connection nor a look into one. Both held, so
+     * that a freed object's address never matches. */
+    PyObject *memo_from = NULL, *memo_to = NULL, *memo_limit = NULL;
+    Py_ssize_t memo_queued = 0, limit_value = 0;
     PyObject *it = PyObject_GetIter(boxes);
     if (it == NULL) return NULL;
     PyObject *box;
@@ -155,15 +161,28 @@ static PyObject *push_many(PyObject *self, PyObject *const *args, Py_ssize_t nar
         }
         if (PyList_CheckExact(out)) {  /* else sealed: its pushes are discarded */
             /* The running count, against the limit, as Outbox.push does it. */
-            Py_ssize_t queued = slot_ssize(box, off_out_bytes);
-            Py_ssize_t backlog = slot_ssize(box, off_backlog);
-            Py_ssize_t limit = slot_ssize(box, off_limit);
-            if (queued < 0 || backlog < 0 || limit < 0) {
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_TypeError, "an Outbox count is not a size");
-                goto fail;
+            PyObject *cur = SLOT(box, off_out_bytes), *next = NULL;
+            Py_ssize_t queued, backlog, limit;
+            if (cur != NULL && cur == memo_from) {
+                queued = memo_queued;
+                next = memo_to;
+            } else {
+                queued = slot_ssize(box, off_out_bytes);
+                if (queued < 0) goto not_a_size;
+                queued += size;
             }
-            queued += size;
+            PyObject *limit_obj = SLOT(box, off_limit);
+            if (limit_obj != NULL && limit_obj == memo_limit) {
+                limit = limit_value;
+            } else {
+                limit = slot_ssize(box, off_limit);
+                if (limit < 0) goto not_a_size;
+                Py_INCREF(limit_obj);
+                Py_XSETREF(memo_limit, limit_obj);
+                limit_value = limit;
+            }
+            backlog = SLOT(box, off_backlog) == zero ? 0 : slot_ssize(box, off_backlog);
+            if (backlog < 0) goto not_a_size;
             if (queued + backlog > limit) {
                 if (size_obj == NULL && (size_obj = PyLong_FromSsize_t(size)) == NULL) goto fail;
                 PyObject *r = PyObject_CallMethodOneArg(box, str_admit, size_obj);
@@ -177,26 +196,40 @@ static PyObject *push_many(PyObject *self, PyObject *const *args, Py_ssize_t nar
                     continue;
                 }
             }
-            PyObject *count = PyLong_FromSsize_t(queued);
-            if (count == NULL) goto fail;
             Py_ssize_t n = PyList_GET_SIZE(out);
-            if (PyList_Append(out, frame) < 0) {
-                Py_DECREF(count);
-                goto fail;
+            if (PyList_Append(out, frame) < 0) goto fail;
+            if (next == NULL) {
+                next = PyLong_FromSsize_t(queued);
+                if (next == NULL) goto fail;
+                if (cur != NULL) {
+                    Py_INCREF(cur);
+                    Py_XSETREF(memo_from, cur);
+                    Py_XSETREF(memo_to, next); /* takes the new reference */
+                    memo_queued = queued;
+                }
             }
-            Py_XSETREF(SLOT(box, off_out_bytes), count);
+            Py_INCREF(next);
+            Py_XSETREF(SLOT(box, off_out_bytes), next);
             if (n == 0 && mark(box) < 0) goto fail;
         }
         Py_DECREF(box);
     }
     Py_DECREF(it);
     Py_XDECREF(size_obj);
+    Py_XDECREF(memo_from);
+    Py_XDECREF(memo_to);
+    Py_XDECREF(memo_limit);
     if (PyErr_Occurred()) return NULL;
     Py_RETURN_NONE;
+not_a_size:
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "an Outbox count is not a size");
 fail:
     Py_DECREF(box);
     Py_DECREF(it);
     Py_XDECREF(size_obj);
+    Py_XDECREF(memo_from);
+    Py_XDECREF(memo_to);
+    Py_XDECREF(memo_limit);
     return NULL;
 }
 

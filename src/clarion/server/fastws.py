@@ -1,11 +1,11 @@
 """The ``clarion.fast_websocket`` extension: pre-built frames, one coalesced write per iteration.
 
 A publication's frame is built once (server frames are unmasked, so the whole frame is the same
-bytes for every receiver) and handed to N connections with :meth:`Outbox.push`, which only appends
-to a list. The first push on a clean connection puts it on its event loop's :class:`Flusher`,
-which runs once at the end of the current loop iteration and writes each dirty connection's
-frames with ONE ``transport.write``: a thousand frames pushed to one connection in one iteration
-cost one syscall, not a thousand.
+bytes for every receiver) and handed to N connections with :meth:`Outbox.push`, which appends it
+to a list and counts it against the send limit. The first push on a clean connection puts it on
+its event loop's :class:`Flusher`, which runs once at the end of the current loop iteration and
+writes each dirty connection's frames with ONE ``transport.write``: a thousand frames pushed to
+one connection in one iteration cost one syscall, not a thousand.
 
 Frames the ``websockets`` protocol object produces itself (handshake response, pongs, close
 frames) go through the same buffer, so the order on the wire is the order of the calls.

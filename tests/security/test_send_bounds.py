@@ -47,11 +47,18 @@ CLARION_KINDS = [kind for kind in SERVER_KINDS if kind.startswith("clarion")]
 
 
 @contextlib.asynccontextmanager
-async def serve(kind: str, **settings: Any) -> AsyncIterator[RunningHub]:
+async def serve(
+    kind: str, policy: str = "disconnect", **settings: Any
+) -> AsyncIterator[RunningHub]:
     if kind == "clarion-compiled" and not fastws.use_compiled(True):
         pytest.skip("clarion.server._fastloop is not built (no C compiler at install)")
-    limits = {**LIMITS, **settings}
-    hub = Hub(Settings(limits=limits, compiled=kind == "clarion-compiled"))
+    hub = Hub(
+        Settings(
+            limits={**LIMITS, **settings},
+            namespaces={"default": {"slow_consumer": policy}},
+            compiled=kind == "clarion-compiled",
+        )
+    )
     if kind == "uvicorn":
         running = await start_portable_hub(hub=hub, mount=False)
     else:
@@ -160,11 +167,14 @@ async def test_one_publication_to_many_subscriptions_of_a_destination(kind: str)
             ws.close()
 
 
+@pytest.mark.parametrize("policy", ["disconnect", "conflate"])
 @pytest.mark.parametrize("kind", CLARION_KINDS)
-async def test_a_burst_of_publications_to_a_slow_ws_reader(kind: str) -> None:
+async def test_a_burst_of_publications_to_a_slow_ws_reader(kind: str, policy: str) -> None:
     """App code publishing 100 publications of 20 KB in a row (one loop iteration): the
-    server's fan-out loop (push_many) counts each frame against the budget as it appends."""
-    async with serve(kind) as running:
+    server's fan-out loop (push_many) counts each frame against the budget as it appends. Past
+    twice the budget the reader missed what was dropped: it is closed as slow (and resumes from
+    its cursor), even in a namespace that conflates."""
+    async with serve(kind, policy) as running:
         hub = running.hub
         ws = await ws_reader(running, "burst")
         try:
@@ -175,6 +185,7 @@ async def test_a_burst_of_publications_to_a_slow_ws_reader(kind: str) -> None:
             assert queued(session) <= 2 * BUDGET
             await until_slow(running, before)
             assert queued(session) <= 2 * BUDGET
+            assert hub.stats.conflations == 0
             assert await closed_with(ws) == 4001
         finally:
             ws.close()

@@ -44,8 +44,18 @@ class FastOutbox(Protocol):
         """True once the connection is closing or gone."""
         ...
 
+    @property
+    def cut(self) -> bool:
+        """True once pushes took the connection past twice its send limit: what is pushed
+        from then on is dropped, and the connection is ending."""
+        ...
+
     def push(self, frame: bytes) -> None:
         """Queue complete framed bytes; written at the end of this loop iteration."""
+        ...
+
+    def push_pair(self, head: bytes, body: bytes) -> None:
+        """:meth:`push` the frame ``head + body`` without making it: both or neither."""
         ...
 
     def push_many(self, connections: Iterable[Any], frame: bytes) -> None:
@@ -60,8 +70,9 @@ class FastOutbox(Protocol):
 
         Called soon after, from the loop, never from inside :meth:`push`. Calling this again
         re-arms it. The app must then stop pushing (close, or conflate until the backlog
-        drains): if it pushes on once told, past twice the limit the server closes the
-        connection itself.
+        drains). Past twice the limit nothing more is taken (:attr:`cut`), at once, even
+        within the loop that pushes; the app is told if it was not yet, and must close: if it
+        does not (or was told before), the server closes the connection itself.
         """
         ...
 

@@ -287,24 +287,26 @@ async def test_overflow_is_re_armed_and_bounded(start_server: Any) -> None:
     assert peak <= 2 * limit + len(payload)
 
 
-async def test_frames_pushed_before_the_app_is_told_are_not_held_against_it(
+async def test_pushes_past_twice_the_limit_are_dropped_before_the_app_is_told(
     start_server: Any,
 ) -> None:
-    """The overflow callback runs soon after the overflow, not inside it: what the fan-out
-    pushed in between was pushed by an app that could not know, and does not close it."""
+    """The overflow callback runs soon after the overflow, not inside it; meanwhile the fan-out
+    goes on pushing, but past twice the limit nothing more is taken, even within that loop,
+    and a connection its app does not close is closed by the server."""
     events: list[str] = []
+    peaks: list[int] = []
     limit = 64 * 1024
-    payload = text_frame(b"p" * limit)  # one iteration's pushes take it past twice the limit
+    payload = text_frame(b"p" * (limit // 4))
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         conn = await accept(scope, receive, send)
         conn.set_send_limit(limit, lambda: events.append("overflow"))
-        deadline = time.monotonic() + TIMEOUT
-        while not events and time.monotonic() < deadline:
-            conn.push_many([conn], payload)  # the fan-out's loop: checked when flushed
+        for _ in range(100):  # one iteration: the app cannot be told in between
             conn.push_many([conn], payload)
-            await asyncio.sleep(0)
-        await asyncio.sleep(0.05)  # what was pushed meanwhile is flushed
+            conn.push(payload)
+            peaks.append(conn.buffered_bytes)
+        assert conn.cut
+        await asyncio.sleep(0.05)
         events.append("closed" if conn.closed else "open")
         await drain_until_disconnect(receive)
 
@@ -317,7 +319,62 @@ async def test_frames_pushed_before_the_app_is_told_are_not_held_against_it(
             await asyncio.sleep(0.01)
     finally:
         sock.close()
-    assert events == ["overflow", "open"]
+    assert events == ["overflow", "closed"]
+    assert max(peaks) <= 2 * limit
+
+
+async def test_every_push_counts_against_the_limit_whatever_the_connections_state(
+    start_server: Any,
+) -> None:
+    """One running count per connection, kept by push and by the fan-out's loop alike, whatever
+    each connection holds already: in one iteration (nothing written meanwhile), each takes
+    frames until the next would pass twice its limit, then nothing more."""
+    limit = 64 * 1024
+    conns: list[Any] = []
+    ready = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conn = await accept(scope, receive, send)
+        conn.set_send_limit(limit, lambda: None)
+        conns.append(conn)
+        if len(conns) == 4:
+            ready.set()
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app, close_timeout=0.2)
+    socks = [await slow_reader(server.port) for _ in range(4)]
+    try:
+        await asyncio.wait_for(ready.wait(), TIMEOUT)
+        await asyncio.sleep(0.05)  # the handshakes are written
+        model = [0, 0, 0, 0]  # the last two alike until the third's own pushes
+
+        def pushed(i: int, frame: bytes) -> None:
+            if model[i] >= 0 and model[i] + len(frame) <= 2 * limit:
+                model[i] += len(frame)
+            elif model[i] >= 0:
+                model[i] = -model[i]  # cut: nothing more
+
+        big, small, shared, tiny = (text_frame(b"b" * 60_000), text_frame(b"s" * 1000),
+                                    text_frame(b"p" * 2000), text_frame(b"t" * 100))  # fmt: skip
+        conns[0].push(big)
+        pushed(0, big)
+        conns[1].push(small)
+        pushed(1, small)
+        for i in range(70):  # each is cut, at its own point
+            conns[0].push_many(conns, shared)
+            for j in range(4):
+                pushed(j, shared)
+            if i % 7 == 0:
+                conns[2].push(tiny)
+                pushed(2, tiny)
+        counts = [conn.buffered_bytes for conn in conns]
+        cuts = [conn.cut for conn in conns]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert counts == [abs(queued) for queued in model]
+    assert cuts == [queued < 0 for queued in model] == [True] * 4
+    assert max(counts) <= 2 * limit
 
 
 async def socket_ends(sock: socket.socket, within: float) -> bool:

@@ -76,8 +76,19 @@ class Pipe:
     def send(self, payload: bytes) -> None:
         raise NotImplementedError
 
+    def push_pair(self, head: bytes, body: bytes) -> None:
+        """Push the item ``head + body``: the fast pipes push it as two buffers, without
+        copying ``body`` (a large part shared by many items)."""
+        self.push(head + body)
+
     def backlog(self) -> int:
         raise NotImplementedError
+
+    @property
+    def cut(self) -> bool:
+        """Past twice the send budget: what is pushed is dropped, and the connection must end
+        (as slow, whatever the slow-consumer policy)."""
+        return False
 
     def watch_overflow(self) -> None:
         """Report the next overflow again (after a conflation ended)."""
@@ -129,6 +140,13 @@ class FastPipe(Pipe):
 
     def backlog(self) -> int:
         return int(self.conn.buffered_bytes)
+
+    @property
+    def cut(self) -> bool:
+        return bool(self.conn.cut)
+
+    def push_pair(self, head: bytes, body: bytes) -> None:
+        self.conn.push_pair(head, body)
 
     def watch_overflow(self) -> None:
         self.conn.set_send_limit(self.limit, self._overflow)
@@ -234,17 +252,19 @@ class QueuePipe(Pipe):
     """A bounded queue drained by one task; the ASGI messages are the subclass's.
 
     Over ``limit`` the owner's ``on_overflow`` policy runs (close as slow, or conflate); past
-    twice the limit, or when the connection closes while over it, what is queued is
-    dropped and only the end remains: a peer that does not read would otherwise hold it (and the
-    close behind it) for as long as it keeps the socket open. Items are kept in push order in a
-    deque. A keyed signal's frame (:class:`~clarion.protocol.frames.Latest`) pushed while the
-    connection is behind (something waits in the queue, or the host server has not taken the
-    last write yet) takes the place of the one of its slot still waiting, if any: the newest
-    per slot, where the older one was.
+    twice the limit nothing more is queued, at once, even within the fan-out loop that pushes
+    (:attr:`cut`), and the owner closes the connection; when it closes while over the limit,
+    what is queued is dropped and only the end remains: a peer that does not read would
+    otherwise hold it (and the close behind it) for as long as it keeps the socket open. Items
+    are kept in push order in a deque. A keyed signal's frame
+    (:class:`~clarion.protocol.frames.Latest`) pushed while the connection is behind (something
+    waits in the queue, or the host server has not taken the last write yet) takes the place of
+    the one of its slot still waiting, if any: the newest per slot, where the older one was.
     """
 
-    __slots__ = ("_allowance", "_busy", "_closed", "_lost", "_queue", "_queued", "_ready",
-                 "_slots", "_task", "_told", "_watching", "last_write", "limit")  # fmt: skip
+    __slots__ = ("_allowance", "_busy", "_closed", "_cut", "_lost", "_queue", "_queued",
+                 "_ready", "_slots", "_task", "_told", "_watching", "last_write",
+                 "limit")  # fmt: skip
 
     def __init__(self, send: Send, limit: int) -> None:
         self.limit = limit
@@ -263,43 +283,57 @@ class QueuePipe(Pipe):
         self._watching = False  # an overflow is scheduled to be told
         self._told = False  # on_overflow ran; re-armed once the backlog is down to half
         self._closed = False
+        self._cut = False  # past twice the limit: nothing more is queued
         self._lost = False
         self.last_write = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._drain(send), name="clarion-pipe")
 
     def put(self, item: Any) -> None:
-        if self._closed:
+        if self._closed or self._cut:
             return
         kind = type(item)
-        if (kind is Latest or kind is LatestText) and (self._queue or self._busy):
+        waiting = None
+        grow = len(item)
+        slotted = (kind is Latest or kind is LatestText) and bool(self._queue or self._busy)
+        if slotted:
             waiting = self._slots.get(item.slot)
-            if waiting is not None:  # the older signal of its slot is still queued: replaced
-                self._queued += len(item) - len(waiting.item)
-                waiting.item = item
-                return
+            if waiting is not None:  # replaces the older signal of its slot, still queued
+                grow -= len(waiting.item)
+        queued = self._queued + grow
+        if grow > 0 and queued > 2 * self.limit + self._allowance:
+            # The budget is a bound, not a hint: nothing more, not even the rest of the
+            # fan-out loop that pushes now; the owner closes the connection as slow.
+            self._cut = True
+            if self._told:
+                # Told before, and still queueing (a conflating session's replies).
+                _overflows.log(
+                    logging.WARNING,
+                    "",
+                    "send queue over twice its limit of %d: closing",
+                    self.limit,
+                )
+                self.close(CloseCode.POLICY_VIOLATION, "send buffer overflow")
+            else:
+                self._watch()
+            return
+        if waiting is not None:
+            waiting.item = item
+        elif slotted:
             waiting = self._slots[item.slot] = _Waiting(item)
             self._queue.append(waiting)
         else:
             self._queue.append(item)
-        self._queued += len(item)
+        self._queued = queued
         self._ready.set()
-        if self._queued > self.limit + self._allowance:
-            if self._told:
-                if self._queued > 2 * self.limit + self._allowance:
-                    # Told, and still queueing (a conflating session's replies): the budget
-                    # is a bound, not a hint.
-                    _overflows.log(
-                        logging.WARNING,
-                        "",
-                        "send queue over twice its limit of %d: closing",
-                        self.limit,
-                    )
-                    self.close(CloseCode.POLICY_VIOLATION, "send buffer overflow")
-            elif not self._watching:
-                # Deferred: put runs inside the hub's fan-out loop, which the overflow policy
-                # (closing or conflating the session) changes.
-                self._watching = True
-                asyncio.get_running_loop().call_soon(self._tell)
+        if queued > self.limit + self._allowance and not self._told:
+            self._watch()
+
+    def _watch(self) -> None:
+        if not self._watching:
+            # Deferred: put runs inside the hub's fan-out loop, which the overflow policy
+            # (closing or conflating the session) changes.
+            self._watching = True
+            asyncio.get_running_loop().call_soon(self._tell)
 
     def put_replay(self, item: Any) -> None:
         """Queue ``item`` on top of the budget (written first, it is the stream's start)."""
@@ -314,6 +348,10 @@ class QueuePipe(Pipe):
 
     def backlog(self) -> int:
         return self._queued
+
+    @property
+    def cut(self) -> bool:
+        return self._cut
 
     @property
     def lost(self) -> bool:

@@ -230,6 +230,9 @@ class SseStream:
     def backlog(self) -> int:
         return self.pipe.backlog() if self.pipe is not None else self._held_bytes
 
+    def cut(self) -> bool:
+        return self.pipe is not None and self.pipe.cut
+
     def watch_overflow(self) -> None:
         if self.pipe is not None:
             self.pipe.watch_overflow()

@@ -132,6 +132,9 @@ class StompConnection(Handler):
     def backlog(self) -> int:
         return self.pipe.backlog()
 
+    def cut(self) -> bool:
+        return self.pipe.cut
+
     def watch_overflow(self) -> None:
         self.pipe.watch_overflow()
 

@@ -7,6 +7,11 @@ frame header for the combined length.
 
 With permessage-deflate the tail is compressed once too, and each delivery puts the prefix in
 front of it as an uncompressed deflate block (:func:`~clarion.protocol.deflate.stored_block`).
+
+A tail of :data:`SHARED_TAIL` bytes or more is not copied per delivery: the frame is pushed as
+two buffers, its own head and the shared tail (the copy would cost more than the second
+append), so that the subscriptions of one connection to one destination hold one body between
+them until the write.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from clarion.protocol.stomp.message import is_binary
 
 HEART_BEAT = b"\n"
 _HEART_BEAT_FRAME = text_frame(HEART_BEAT)
+# From this tail length on, a delivery pushes its head and the shared tail as two buffers
+# instead of one copy of both (see docs/stomp.md, "Fan-out cost").
+SHARED_TAIL = 4096
 
 
 def _body(pub: Publication) -> bytes:
@@ -161,6 +169,7 @@ class StompWire:
 
     def _framed_push(self, prefix: bytes) -> Push:
         pipe_push = self.pipe.push
+        push_pair = self.pipe.push_pair
         size = len(prefix)
         slot_prefix = prefix.decode()
         last_length = -1
@@ -172,21 +181,27 @@ class StompWire:
             nonlocal last_length, head
             length = size + len(tail)
             if type(tail) is BinaryTail:
-                pipe_push(frame_header(length, OP_BINARY) + prefix + tail)
+                if len(tail) >= SHARED_TAIL:
+                    push_pair(frame_header(length, OP_BINARY) + prefix, tail)
+                else:
+                    pipe_push(frame_header(length, OP_BINARY) + prefix + tail)
                 return
             if length != last_length:
                 last_length = length
                 head = frame_header(length) + prefix
-            if type(tail) is Latest:  # one slot per subscription and key
+            if type(tail) is Latest:  # one slot per subscription and key: one buffer
                 pipe_push(latest(head + tail, (slot_prefix, tail.slot[1])))
-                return
-            pipe_push(head + tail)
+            elif len(tail) >= SHARED_TAIL:
+                push_pair(head, tail)
+            else:
+                pipe_push(head + tail)
 
         return push
 
     def _deflated_push(self, prefix: bytes, plain: Push) -> Push:
         """``plain`` for tails not worth compressing; compressed ones behind the prefix."""
         pipe_push = self.pipe.push
+        push_pair = self.pipe.push_pair
         stored = deflate.stored_block(prefix)
         size = len(stored)
         slot_prefix = prefix.decode()
@@ -195,10 +210,12 @@ class StompWire:
             if type(tail) is not DeflatedTail:
                 plain(tail)
                 return
-            frame = frame_header(size + len(tail), tail.first) + stored + tail
-            if tail.slot is not None:  # one slot per subscription and key
-                pipe_push(latest(frame, (slot_prefix, tail.slot[1])))
-                return
-            pipe_push(frame)
+            head = frame_header(size + len(tail), tail.first) + stored
+            if tail.slot is not None:  # one slot per subscription and key: one buffer
+                pipe_push(latest(head + tail, (slot_prefix, tail.slot[1])))
+            elif len(tail) >= SHARED_TAIL:
+                push_pair(head, tail)
+            else:
+                pipe_push(head + tail)
 
         return push

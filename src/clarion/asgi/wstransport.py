@@ -111,6 +111,9 @@ class WsTransport:
     def backlog(self) -> int:
         return self.pipe.backlog()
 
+    def cut(self) -> bool:
+        return self.pipe.cut
+
     def watch_overflow(self) -> None:
         self.pipe.watch_overflow()
 

@@ -280,15 +280,19 @@ class LocalChannels:
         """``session``'s send queue is full: conflate it, or close it with 4001 "slow".
 
         Conflation needs every channel of the session in a ``conflate`` namespace, and a
-        transport that reports its backlog; otherwise the session is disconnected.
+        transport that reports its backlog and is not past twice its budget (then it took
+        nothing more, and would miss what it was given: it resumes instead); otherwise the
+        session is disconnected.
         """
         if session.closed or session.conflating:
             return
         subs = list(session.subscriptions.values())
         options = self.hub.options
+        transport = session.transport
         if (
             subs
-            and isinstance(session.transport, Backlogged)
+            and isinstance(transport, Backlogged)
+            and not transport.cut()
             and all(options(sub.channel).slow_consumer == "conflate" for sub in subs)
         ):
             session.conflating = True

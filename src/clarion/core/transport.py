@@ -50,3 +50,7 @@ class Backlogged(Protocol):
 
     def watch_overflow(self) -> None:
         """Report the next overflow again (after a conflation ended)."""
+
+    def cut(self) -> bool:
+        """Past twice the send budget: nothing more is queued, and the connection must end
+        (as slow, whatever the slow-consumer policy)."""

@@ -41,7 +41,7 @@ static PyObject *report;       /* fastws._report(box, exc): logs what one flush 
 static PyObject *empty_bytes;
 static PyObject *zero;
 static PyObject *str_is_closing, *str_write, *str_buffer_size, *str_over_limit, *str_schedule,
-    *str_join;
+    *str_join, *str_admit;
 
 static Py_ssize_t off_out, off_dirty, off_pushed, off_flusher, off_held, off_sealed, off_eof,
     off_backlog, off_out_bytes, off_limit, off_transport, off_direct, off_fd;
@@ -98,6 +98,14 @@ static PyObject *bind_types(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* A slot holding a non-negative int, as a C size; -1 for anything else (an error set if the
+ * slot is unset or the int does not fit). */
+static inline Py_ssize_t slot_ssize(PyObject *obj, Py_ssize_t off) {
+    PyObject *v = SLOT(obj, off);
+    if (v == NULL || !PyLong_CheckExact(v)) return -1;
+    return PyLong_AsSsize_t(v);
+}
+
 /* The first frame of an iteration on a clean connection: put it on its loop's flusher. */
 static int mark(PyObject *box) {
     set_slot(box, off_pushed, Py_True);
@@ -130,6 +138,14 @@ static PyObject *push_many(PyObject *self, PyObject *const *args, Py_ssize_t nar
     PyObject *boxes = args[0], *frame = args[1];
     if (!PyBytes_CheckExact(frame) || outbox_type == NULL)  /* keyed signals: the Python loop */
         return PyObject_Vectorcall(push_many_py, args, 2, NULL);
+    Py_ssize_t size = PyBytes_GET_SIZE(frame);
+    PyObject *size_obj = NULL; /* made once, for the connections over their limit */
+    /* Connections in the same state (the same frames pushed since their last write: every
+     * subscriber of a channel) hold the same count object, which this call maps to the next
+     * once: the count costs neither an int per connection nor a look into one. Both held, so
+     * that a freed object's address never matches. */
+    PyObject *memo_from = NULL, *memo_to = NULL, *memo_limit = NULL;
+    Py_ssize_t memo_queued = 0, limit_value = 0;
     PyObject *it = PyObject_GetIter(boxes);
     if (it == NULL) return NULL;
     PyObject *box;
@@ -144,18 +160,76 @@ static PyObject *push_many(PyObject *self, PyObject *const *args, Py_ssize_t nar
             goto fail;
         }
         if (PyList_CheckExact(out)) {  /* else sealed: its pushes are discarded */
+            /* The running count, against the limit, as Outbox.push does it. */
+            PyObject *cur = SLOT(box, off_out_bytes), *next = NULL;
+            Py_ssize_t queued, backlog, limit;
+            if (cur != NULL && cur == memo_from) {
+                queued = memo_queued;
+                next = memo_to;
+            } else {
+                queued = slot_ssize(box, off_out_bytes);
+                if (queued < 0) goto not_a_size;
+                queued += size;
+            }
+            PyObject *limit_obj = SLOT(box, off_limit);
+            if (limit_obj != NULL && limit_obj == memo_limit) {
+                limit = limit_value;
+            } else {
+                limit = slot_ssize(box, off_limit);
+                if (limit < 0) goto not_a_size;
+                Py_INCREF(limit_obj);
+                Py_XSETREF(memo_limit, limit_obj);
+                limit_value = limit;
+            }
+            backlog = SLOT(box, off_backlog) == zero ? 0 : slot_ssize(box, off_backlog);
+            if (backlog < 0) goto not_a_size;
+            if (queued + backlog > limit) {
+                if (size_obj == NULL && (size_obj = PyLong_FromSsize_t(size)) == NULL) goto fail;
+                PyObject *r = PyObject_CallMethodOneArg(box, str_admit, size_obj);
+                if (r == NULL) goto fail;
+                int admitted = PyObject_IsTrue(r);
+                Py_DECREF(r);
+                if (admitted < 0) goto fail;
+                out = SLOT(box, off_out);
+                if (!admitted || out == NULL || !PyList_CheckExact(out)) {
+                    Py_DECREF(box);
+                    continue;
+                }
+            }
             Py_ssize_t n = PyList_GET_SIZE(out);
             if (PyList_Append(out, frame) < 0) goto fail;
+            if (next == NULL) {
+                next = PyLong_FromSsize_t(queued);
+                if (next == NULL) goto fail;
+                if (cur != NULL) {
+                    Py_INCREF(cur);
+                    Py_XSETREF(memo_from, cur);
+                    Py_XSETREF(memo_to, next); /* takes the new reference */
+                    memo_queued = queued;
+                }
+            }
+            Py_INCREF(next);
+            Py_XSETREF(SLOT(box, off_out_bytes), next);
             if (n == 0 && mark(box) < 0) goto fail;
         }
         Py_DECREF(box);
     }
     Py_DECREF(it);
+    Py_XDECREF(size_obj);
+    Py_XDECREF(memo_from);
+    Py_XDECREF(memo_to);
+    Py_XDECREF(memo_limit);
     if (PyErr_Occurred()) return NULL;
     Py_RETURN_NONE;
+not_a_size:
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "an Outbox count is not a size");
 fail:
     Py_DECREF(box);
     Py_DECREF(it);
+    Py_XDECREF(size_obj);
+    Py_XDECREF(memo_from);
+    Py_XDECREF(memo_to);
+    Py_XDECREF(memo_limit);
     return NULL;
 }
 
@@ -503,7 +577,8 @@ static PyMethodDef methods[] = {
      "bind(Outbox, Flusher, flush_one, push_many, report): the classes whose slots the loops "
      "use, and the Python code they fall back on."},
     {"push_many", (PyCFunction)(void (*)(void))push_many, METH_FASTCALL,
-     "push_many(boxes, frame): append one shared frame to each connection's queue."},
+     "push_many(boxes, frame): append one shared frame to each connection's queue, within "
+     "its send limit."},
     {"flush_boxes", flush_boxes, METH_O,
      "flush_boxes(dirty): write each dirty connection's queue."},
     {"whole_direct", (PyCFunction)(void (*)(void))whole_direct, METH_FASTCALL,
@@ -521,7 +596,7 @@ static struct PyModuleDef module = {
 /* What this source offers, as fastws.FASTLOOP_VERSION expects it: bumped with every change to
  * the functions or their arguments, so that a module built from an older source (an editable
  * install not rebuilt) is left unused, and said so, rather than half used. */
-#define FASTLOOP_VERSION 2
+#define FASTLOOP_VERSION 3
 
 PyMODINIT_FUNC PyInit__fastloop(void) {
     PyObject *m;
@@ -533,8 +608,9 @@ PyMODINIT_FUNC PyInit__fastloop(void) {
     str_over_limit = PyUnicode_InternFromString("_over_limit");
     str_schedule = PyUnicode_InternFromString("_schedule");
     str_join = PyUnicode_InternFromString("join");
+    str_admit = PyUnicode_InternFromString("_admit");
     if (!empty_bytes || !zero || !str_is_closing || !str_write || !str_buffer_size ||
-        !str_over_limit || !str_schedule || !str_join)
+        !str_over_limit || !str_schedule || !str_join || !str_admit)
         return NULL;
     m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddIntConstant(m, "VERSION", FASTLOOP_VERSION) < 0) {

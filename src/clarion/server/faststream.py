@@ -61,8 +61,10 @@ class ChunkStream(Outbox):
         """Forget what was pushed and not yet written (a reader too slow to take it)."""
         if not self._sealed:
             self._out.clear()
-            self._out_bytes = 0
+            self._out_bytes = self._held_bytes
         self._drop_held()
+        # Nothing waits any more: the stream's last chunk (the reason it ends) may go.
+        self._cut = False
 
     @property
     def closed(self) -> bool:

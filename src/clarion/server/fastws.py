@@ -1,11 +1,11 @@
 """The ``clarion.fast_websocket`` extension: pre-built frames, one coalesced write per iteration.
 
 A publication's frame is built once (server frames are unmasked, so the whole frame is the same
-bytes for every receiver) and handed to N connections with :meth:`Outbox.push`, which only appends
-to a list. The first push on a clean connection puts it on its event loop's :class:`Flusher`,
-which runs once at the end of the current loop iteration and writes each dirty connection's
-frames with ONE ``transport.write``: a thousand frames pushed to one connection in one iteration
-cost one syscall, not a thousand.
+bytes for every receiver) and handed to N connections with :meth:`Outbox.push`, which appends it
+to a list and counts it against the send limit. The first push on a clean connection puts it on
+its event loop's :class:`Flusher`, which runs once at the end of the current loop iteration and
+writes each dirty connection's frames with ONE ``transport.write``: a thousand frames pushed to
+one connection in one iteration cost one syscall, not a thousand.
 
 Frames the ``websockets`` protocol object produces itself (handshake response, pongs, close
 frames) go through the same buffer, so the order on the wire is the order of the calls.
@@ -64,26 +64,27 @@ _DISCARD = _Discard()
 def _push_many(boxes: Iterable[Outbox], frame: bytes) -> None:
     """Push one shared frame to many connections: the fan-out's inner loop, kept tight.
 
-    Per connection it is one list append; the first frame of an iteration also marks the
-    connection for the flush. The send limit is checked once per connection at flush time.
+    Per connection it is one list append and the running count; the first frame of an
+    iteration also marks the connection for the flush. Only a connection the count takes over
+    its limit goes to :meth:`Outbox._admit`.
     """
     if type(frame) is Latest:
         for box in boxes:
-            if box._backlog or box._held is not None:
-                box.push_latest(frame)  # behind: the frame waits in its slot
-                continue
-            out = box._out
-            if out:
-                out.append(frame)
-            else:
-                box._first_push(frame)
+            box.push(frame)  # a keyed signal may wait in its slot instead
         return
+    size = len(frame)
     for box in boxes:
         out = box._out
+        queued = box._out_bytes + size
+        if queued + box._backlog > box._limit and not box._admit(size):
+            continue
         if out:
+            if out is _DISCARD:
+                continue
             out.append(frame)
         else:
             box._first_push(frame)
+        box._out_bytes = queued
 
 
 class Outbox:
@@ -92,21 +93,27 @@ class Outbox:
     Subclasses set :attr:`transport` and call :meth:`init_outbox` before anything is queued, and
     implement :meth:`on_eof_flushed` (the protocol asked for the TCP half-close),
     :meth:`on_overflow_default` (the limit was hit and nobody asked to be told) and
-    :meth:`on_hard_overflow` (twice the limit: the app did not stop pushing), and may
+    :meth:`on_hard_overflow` (past twice the limit, and the app did not close), and may
     implement :meth:`on_backlog` (e.g. stop reading a peer that does not read). They do not
     override :meth:`flush` or the push methods: the compiled loops do their common case
     without calling them, from these slots.
+
+    One rule bounds every path that queues bytes (:meth:`push`, :meth:`push_pair`, the held
+    signals, :func:`push_many` and its compiled twin): ``_out_bytes``, a running count of all
+    that is queued here, plus the transport's buffer seen at the last look, against the limit.
+    Over it, :meth:`_admit` looks again and applies it; past twice it, nothing more is taken.
     """
 
     __slots__ = (
         "_backlog",
+        "_cut",
         "_direct",
         "_dirty",
         "_eof",
         "_fd",
         "_flusher",
-        "_hard",
         "_held",
+        "_held_bytes",
         "_held_check",
         "_limit",
         "_on_overflow",
@@ -128,20 +135,20 @@ class Outbox:
         # protocol's own frames, e.g. the close frame) and pushes go to _DISCARD.
         self._out: list[bytes] = []
         self._tail: list[bytes] = []
-        # Bytes queued by single pushes since the last flush (push_many does not count: its
-        # frames are bounded by one iteration's publications and checked at flush).
+        # Bytes queued here and not yet handed to the transport: _out, _tail and the held
+        # signals (of which _held_bytes), kept as they change, so that no check sums a queue.
         self._out_bytes = 0
+        self._held_bytes = 0
         # The transport's write buffer size at the last flush: push compares against it
         # without a call per frame; a suspected overflow is re-checked exactly.
         self._backlog = 0
         self._dirty = False
         self._eof = 0  # 1: half-close requested once the queue is written; 2: done
         self._sealed = False  # no more application frames (a close frame is queued)
-        self._overflowed = False
-        # The app's overflow callback ran: from then on it must stop pushing, and what it
-        # still pushes counts towards the hard limit.
-        self._told = False
-        self._hard = False  # on_hard_overflow is scheduled or done
+        self._overflowed = False  # the app is told, or about to be
+        self._told = False  # the app's overflow callback ran
+        # Past twice the limit: pushes are dropped from then on, and the connection ends.
+        self._cut = False
         self._pushed = False  # pushed since the last flush: the limit applies to it
         self._limit = limit
         # None: on_overflow_default (a bound method kept here would be a reference cycle of
@@ -182,43 +189,72 @@ class Outbox:
             self._flusher.mark(self)
 
     def push(self, frame: bytes) -> None:
-        if type(frame) is Latest:
-            self.push_latest(frame)
+        if type(frame) is Latest and (self._backlog or self._held is not None):
+            self._hold(frame)  # behind: the frame waits in its slot
+            return
+        queued = self._out_bytes + len(frame)
+        if queued + self._backlog > self._limit and not self._admit(len(frame)):
             return
         out = self._out
         if out:
+            if out is _DISCARD:
+                return
             out.append(frame)
         else:
             self._first_push(frame)
-        self._out_bytes += len(frame)
-        if self._out_bytes + self._backlog > self._limit:
-            self._check_limit()
+        self._out_bytes = queued
+
+    def push_pair(self, head: bytes, body: bytes) -> None:
+        """One frame given as two buffers, ``head`` then ``body`` (a large body shared by many
+        frames is not copied): both are queued, or neither."""
+        size = len(head) + len(body)
+        queued = self._out_bytes + size
+        if queued + self._backlog > self._limit and not self._admit(size):
+            return
+        out = self._out
+        if out is _DISCARD:
+            return
+        if out:
+            out.append(head)
+        else:
+            self._first_push(head)
+        out.append(body)
+        self._out_bytes = queued
 
     def push_text(self, payload: bytes) -> None:
         self.push(text_frame(payload))
 
-    def push_latest(self, frame: Latest) -> None:
-        """A keyed signal's frame: queued like any while the connection keeps up; while it is
-        behind (the transport's buffer held bytes at the last write), it waits in its slot,
-        replacing the one of the same slot that waited there."""
+    def _hold(self, frame: Latest) -> None:
+        """A keyed signal's frame while the connection is behind (the transport's buffer held
+        bytes at the last write): it waits in its slot, replacing the one of the same slot
+        that waited there, until the buffer is empty."""
+        if self._sealed or self._cut:
+            return
         held = self._held
-        if not self._backlog and held is None:
-            out = self._out
-            if out:
-                out.append(frame)
-            else:
-                self._first_push(frame)
-            return
-        if self._sealed:
-            return
         if held is None:
             held = self._held = {}
-        elif len(held) >= MAX_HELD and frame.slot not in held:
-            self._out.append(frame)  # keys beyond the bound queue as usual, against the limit
-            self._out_bytes += len(frame)
-            self._pushed = True
-            return
-        held[frame.slot] = frame
+        old = held.get(frame.slot)
+        if old is None and len(held) >= MAX_HELD:
+            # Keys beyond the bound queue as usual (still in its slot's type: the flush writes
+            # bytes of any kind), against the limit like any frame.
+            queued = self._out_bytes + len(frame)
+            if queued + self._backlog > self._limit and not self._admit(len(frame)):
+                return
+            self._out.append(frame)
+            self._out_bytes = queued
+        else:
+            # A replacement counts by the difference: a smaller signal frees what it replaced.
+            grow = len(frame) - (0 if old is None else len(old))
+            if (
+                grow > 0
+                and self._out_bytes + grow + self._backlog > self._limit
+                and not self._admit(grow)
+            ):
+                return
+            held[frame.slot] = frame
+            self._out_bytes += grow
+            self._held_bytes += grow
+        self._pushed = True
         if not self._dirty:  # the flush decides whether it may go out already
             self._dirty = True
             self._flusher.mark(self)
@@ -236,6 +272,7 @@ class Outbox:
                 self._held_check = self._flusher._loop.call_later(HELD_CHECK, self._check_held)
             return
         self._held = None
+        self._held_bytes = 0  # still counted, in _out now
         self._out.extend(held.values())
         self._pushed = True
 
@@ -247,20 +284,22 @@ class Outbox:
 
     def _drop_held(self) -> None:
         self._held = None
+        self._out_bytes -= self._held_bytes
+        self._held_bytes = 0
         if self._held_check is not None:
             self._held_check.cancel()
             self._held_check = None
-
-    def _queued(self) -> int:
-        out = () if self._out is _DISCARD else self._out
-        held = 0 if self._held is None else sum(map(len, self._held.values()))
-        return sum(map(len, out)) + sum(map(len, self._tail)) + held
 
     @property
     def buffered_bytes(self) -> int:
         transport = self.transport
         pending = 0 if transport.is_closing() else transport.get_write_buffer_size()
-        return self._queued() + pending
+        return self._out_bytes + pending
+
+    @property
+    def cut(self) -> bool:
+        """Past twice the limit: what is pushed is dropped, and the connection is ending."""
+        return self._cut
 
     def set_send_limit(self, limit: int, on_overflow: Callable[[], None]) -> None:
         self._limit = limit
@@ -271,9 +310,10 @@ class Outbox:
     def queue_raw(self, data: bytes, *, counted: bool = False) -> None:
         """Queue bytes past the seal: the handshake, ``websocket.send``, the protocol's frames.
 
-        ``counted``: the bytes count against the send limit, like pushes. Frames the protocol
-        object makes on its own (pongs, close frames, pings) are counted: a peer that sends
-        pings and never reads would otherwise grow the write buffer without bound. What
+        They are never dropped, and count in ``_out_bytes`` like all that is queued.
+        ``counted``: the flush holds them against the send limit, like pushes. Frames the
+        protocol object makes on its own (pongs, close frames, pings) are counted: a peer that
+        sends pings and never reads would otherwise grow the write buffer without bound. What
         ``websocket.send`` queues is not: that path waits for the transport to drain instead.
         """
         if self._eof:
@@ -337,13 +377,15 @@ class Outbox:
 
     def _over_limit(self) -> None:
         self.on_backlog()
+        if not self._cut and self._out_bytes + self._backlog > 2 * self._limit:
+            self._cut_off()  # the protocol's own frames (pongs) took it there
         self._overflow()
 
     def _clear(self) -> None:
         if self._out is not _DISCARD:
             self._out.clear()
         self._tail.clear()
-        self._out_bytes = 0
+        self._out_bytes = self._held_bytes  # what is held waits on
 
     def discard_outbox(self) -> None:
         self._direct = None
@@ -351,36 +393,60 @@ class Outbox:
         # so that reference counting frees the ended connection, not the collector.
         self._on_overflow = None
         self.seal()
+        self._drop_held()
         self._tail.clear()
         self._out_bytes = 0
-        self._drop_held()
 
-    def _check_limit(self) -> None:
+    def _admit(self, size: int) -> bool:
+        """Whether ``size`` more bytes may be queued, now that the running count suggests the
+        limit is passed: looks at the transport's buffer again and applies the limit.
+
+        Over the limit, the app is told (soon, from the loop); past twice it the bytes are
+        refused, and so is everything after them (:meth:`_cut_off`), synchronously: one
+        publication's fan-out to a connection with many subscriptions cannot grow it further.
+        """
+        if self._cut or self._sealed:
+            return False
         transport = self.transport
         self._backlog = 0 if transport.is_closing() else transport.get_write_buffer_size()
-        if self._queued() + self._backlog > self._limit:
+        total = self._out_bytes + size + self._backlog
+        if total > 2 * self._limit:
+            self._cut_off()
+            return False
+        if total > self._limit:
             self._overflow()
+        return True
 
     def _overflow(self) -> None:
-        # Both deferred: push() runs inside fan-out loops that the callbacks (closing a
-        # session) may mutate, and the policy's own close must go first.
+        # Deferred: push() runs inside fan-out loops that the callback (closing a session) may
+        # mutate.
         if not self._overflowed:
             self._overflowed = True
             self._told = False
             self._flusher._loop.call_soon(self._tell)
-        elif self._told and not self._hard and self._queued() + self._backlog > 2 * self._limit:
-            # Told, and still pushing: the budget is a bound, not a hint.
-            self._hard = True
-            self._flusher._loop.call_soon(self.on_hard_overflow)
+
+    def _cut_off(self) -> None:
+        self._cut = True
+        self._overflowed = True  # the app is told once, by _end_cut if not before
+        # Sealed already: the peer makes the hub write (pongs to its pings) while it does not
+        # read what is queued, the close included: the close handshake cannot finish.
+        self._flusher._loop.call_soon(self.on_hard_overflow if self._sealed else self._end_cut)
+
+    def _end_cut(self) -> None:
+        # The app decides how its connection ends (the hub closes it as slow, whatever its
+        # policy, seeing `cut`); one that was told before, or does not close, is closed here.
+        if not self._told and not self._sealed:
+            self._tell()
+        if self._cut and not self._sealed:
+            self.on_hard_overflow()
 
     def on_backlog(self) -> None:
         """What was written is over the limit and waits in the transport's buffer."""
         return None
 
     def _tell(self) -> None:
-        # Frames pushed until now were pushed before the app could know: they are not held
-        # against it (the flush that writes them does not check the limit again). Whatever it
-        # pushes from here on is, against twice the limit.
+        if self._told:
+            return
         self._told = True
         self._pushed = False
         on_overflow = self._on_overflow
@@ -399,7 +465,7 @@ class Outbox:
         raise NotImplementedError
 
 
-FASTLOOP_VERSION = 2  # the VERSION of _fastloop.c this code calls: a module of another is not used
+FASTLOOP_VERSION = 3  # the VERSION of _fastloop.c this code calls: a module of another is not used
 
 
 def _compiled() -> tuple[Any, str]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
 import os
 import random
-import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -51,18 +49,20 @@ if TEST_SERVER not in ("clarion", "asgi"):
     raise pytest.UsageError(f"CLARION_TEST_SERVER={TEST_SERVER!r}: expected clarion or asgi")
 
 
-# Hubs started without a data_dir of their own (in this process, or in processes it starts)
-# keep their durable state in a directory of this test process's, not in the checkout's
-# ./clarion-data: a hub the user ran there (the webhooks walkthrough leaves an outbox) must be
-# neither opened nor fought over by the test workers. Each worker imports this module and gets
-# its own.
-_DATA_DIR = tempfile.mkdtemp(prefix="clarion-tests-")
-os.environ["CLARION_DATA_DIR"] = _DATA_DIR
-atexit.register(shutil.rmtree, _DATA_DIR, True)
-
 # Property tests judge inputs, not speed: on a loaded machine a slow example is not a failure.
 settings.register_profile("clarion", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("clarion")
+
+
+@pytest.fixture(autouse=True)
+def _own_working_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test runs in a working directory of its own: hubs it starts without a data_dir (in
+    this process, or in processes it starts there) keep their durable state in its
+    ./clarion-data, not in the checkout's, which a hub the user ran there may hold (the
+    webhooks walkthrough leaves an outbox)."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 def timeout(seconds: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +17,18 @@ from ..conftest import free_port, timeout
 ROOT = Path(__file__).parents[2]
 
 
+def app_env() -> dict[str, str]:
+    """The environment that finds ``examples`` from the test's own working directory, where the
+    app's hub keeps its ./clarion-data (not in the checkout's)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
+
+
 async def test_fastapi_example_publishes_to_mounted_hub() -> None:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", str(port)],
-        cwd=ROOT,
+        env=app_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -64,7 +72,7 @@ async def test_worker_processes_on_the_memory_engine_are_refused_not_split() -> 
     command = [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app"]
     proc = subprocess.Popen(
         [*command, "--port", str(port), "--workers", "2"],
-        cwd=ROOT,
+        env=app_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -114,7 +122,7 @@ async def test_a_worker_that_stands_down_refuses_its_publishes_from_the_start() 
     command = [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", str(port)]
     proc = subprocess.Popen(
         [*command, "--workers", "2"],
-        cwd=ROOT,
+        env=app_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -171,7 +179,10 @@ def test_test_processes_side_by_side_claim_no_port() -> None:
     pytest-xdist) both get a hub of their own, as each expects."""
     runs = [
         subprocess.Popen(
-            [sys.executable, "-c", TEST_CLIENT_RUN], cwd=ROOT, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", TEST_CLIENT_RUN],
+            env=app_env(),
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]

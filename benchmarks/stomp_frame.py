@@ -56,6 +56,7 @@ class _NullTransport:
 
 class _Box(Outbox):
     __slots__ = ()
+    deflate_bits = 0  # a connection that did not negotiate permessage-deflate
 
     def on_eof_flushed(self) -> None:
         return None

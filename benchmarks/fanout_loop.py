@@ -16,47 +16,15 @@ import asyncio
 import gc
 import statistics
 import time
-from typing import Any
 
+from benchmarks.outboxes import outboxes
 from clarion.protocol.frames import text_frame
 from clarion.server import fastws
-from clarion.server.fastws import Outbox
-
-
-class _NullTransport:
-    """Accepts writes and forgets them; never paused, never closing."""
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def write(self, data: bytes) -> None:
-        return None
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-
-class _Box(Outbox):
-    __slots__ = ()
-
-    def on_eof_flushed(self) -> None:
-        return None
-
-    def on_overflow_default(self) -> None:
-        return None
 
 
 async def _measure(connections: int, rounds: int, frames_per_iteration: int) -> float:
     loop = asyncio.get_running_loop()
-    boxes = []
-    for _ in range(connections):
-        box = _Box()
-        box.transport = _NullTransport()  # type: ignore[assignment]
-        box.init_outbox(loop, 1 << 20)
-        boxes.append(box)
+    boxes = outboxes(connections, loop, 1 << 20)
     frames = [
         text_frame(b'{"channel":"prices","data":{"n":%d,"x":"%s"}}' % (i, b"y" * 150))
         for i in range(frames_per_iteration)

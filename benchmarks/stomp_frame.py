@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from benchmarks.outboxes import StubOutbox, outboxes
 from clarion.asgi.pipe import FastSocketPipe
 from clarion.asgi.stompwire import FRAME_FORMATS, StompWire
 from clarion.asgi.wstransport import frame_format
@@ -41,41 +42,7 @@ from clarion.server.fastws import Outbox
 DATA = {"symbol": "BTC-USD", "price": 64123.5, "size": 0.25, "side": "buy", "seq": 1234567}
 
 
-class _NullTransport:
-    """Accepts writes and forgets them; never paused, never closing."""
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def write(self, data: bytes) -> None:
-        return None
-
-
-class _Box(Outbox):
-    __slots__ = ()
-    deflate_bits = 0  # a connection that did not negotiate permessage-deflate
-
-    def on_eof_flushed(self) -> None:
-        return None
-
-    def on_overflow_default(self) -> None:
-        return None
-
-
-def _boxes(n: int, loop: asyncio.AbstractEventLoop) -> list[_Box]:
-    boxes = []
-    for _ in range(n):
-        box = _Box()
-        box.transport = _NullTransport()  # type: ignore[assignment]
-        box.init_outbox(loop, 1 << 30)
-        boxes.append(box)
-    return boxes
-
-
-def _header_per_delivery(box: _Box, prefix: bytes) -> Callable[[bytes], None]:
+def _header_per_delivery(box: StubOutbox, prefix: bytes) -> Callable[[bytes], None]:
     push, size = box.push, len(prefix)
 
     def deliver(tail: bytes) -> None:
@@ -84,7 +51,7 @@ def _header_per_delivery(box: _Box, prefix: bytes) -> Callable[[bytes], None]:
     return deliver
 
 
-def _two_pushes(box: _Box, prefix: bytes) -> Callable[[bytes], None]:
+def _two_pushes(box: StubOutbox, prefix: bytes) -> Callable[[bytes], None]:
     push, size = box.push, len(prefix)
 
     def deliver(tail: bytes) -> None:
@@ -116,7 +83,7 @@ async def _measure(
 
 async def main(subscribers: int, rounds: int) -> None:
     loop = asyncio.get_running_loop()
-    boxes = _boxes(subscribers, loop)
+    boxes = outboxes(subscribers, loop, 1 << 30)
     stomp_fmt = FRAME_FORMATS[(True, False)]
     prefixes = [message_prefix(f"sub-{i}", escaped=True) for i in range(subscribers)]
     cases: list[tuple[str, WireFormat, list[Any]]] = [

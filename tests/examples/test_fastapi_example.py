@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -22,6 +24,31 @@ def app_env() -> dict[str, str]:
     app's hub keeps its ./clarion-data (not in the checkout's)."""
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
+
+
+@asynccontextmanager
+async def spread(
+    proc: subprocess.Popen[bytes],
+    port: int,
+    send: Callable[[httpx.AsyncClient, int], Awaitable[None]],
+    wanted: tuple[int, int],
+    answers: dict[int, int],
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Requests (``send(client, n)``, n counting) twenty at once, each on a connection of its
+    own, so that the kernel hands them to both workers, until ``answers`` (statuses counted)
+    holds both ``wanted`` statuses, one from each worker; then the client."""
+    limits = httpx.Limits(max_keepalive_connections=0)
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base, timeout=timeout(5), limits=limits) as http:
+        deadline = asyncio.get_running_loop().time() + timeout(60)
+        n = 0
+        while not all(answers.get(status) for status in wanted):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert asyncio.get_running_loop().time() < deadline, f"answers: {answers}"
+            await asyncio.gather(*(send(http, n + i) for i in range(20)))
+            n += 20
+            await asyncio.sleep(0.05)
+        yield http
 
 
 async def test_fastapi_example_publishes_to_mounted_hub() -> None:
@@ -89,16 +116,7 @@ async def test_worker_processes_on_the_memory_engine_are_refused_not_split() -> 
             refusals.append(r.json()["error"])
 
     try:
-        # A connection each, twenty at once: the kernel hands them to both workers.
-        limits = httpx.Limits(max_keepalive_connections=0)
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base, timeout=timeout(5), limits=limits) as http:
-            deadline = asyncio.get_running_loop().time() + timeout(60)
-            while not (seen.get(200) and seen.get(503)):
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                assert asyncio.get_running_loop().time() < deadline, f"answers: {seen}"
-                await asyncio.gather(*(publish(http) for _ in range(20)))
-                await asyncio.sleep(0.05)
+        async with spread(proc, port, lambda http, _: publish(http), (200, 503), seen) as http:
             # The application's own publishes (hub.publish in its route) fail in the worker
             # that stood down, rather than reach no one: one hub hands out every offset.
             orders = [await http.post("/orders", json={"item": i}) for i in range(int(timeout(40)))]
@@ -139,19 +157,9 @@ async def test_a_worker_that_stands_down_refuses_its_publishes_from_the_start() 
             offsets.append(r.json()["offset"])
 
     try:
-        # A connection each, twenty at once: the kernel hands them to both workers. No request
-        # goes to the hub's own routes.
-        limits = httpx.Limits(max_keepalive_connections=0)
-        base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base, timeout=timeout(5), limits=limits) as http:
-            deadline = asyncio.get_running_loop().time() + timeout(60)
-            item = 0
-            while not (statuses.get(200) and statuses.get(500)):
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                assert asyncio.get_running_loop().time() < deadline, f"answers: {statuses}"
-                await asyncio.gather(*(order(http, item + i) for i in range(20)))
-                item += 20
-                await asyncio.sleep(0.05)
+        # No request goes to the hub's own routes.
+        async with spread(proc, port, order, (200, 500), statuses):
+            pass
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)

@@ -101,6 +101,15 @@ async def test_a_stalled_primary_replaced_meanwhile_loses_no_acknowledged_public
             node.kill()
 
 
+def stop_owner(cluster: RedisCluster, key: str) -> tuple[int, int]:
+    """SIGSTOP the primary that holds ``key``: its port, and another node's to ask through."""
+    victim = cluster.owner(key)
+    assert victim is not None
+    witness = next(p for p in cluster.ports if p != victim)
+    os.kill(cluster.processes[victim].pid, signal.SIGSTOP)
+    return victim, witness
+
+
 async def run_failover(cluster: RedisCluster, nodes: list[Node]) -> None:
     publishing = Publishing([node.http_url for node in nodes])
     stop = asyncio.Event()
@@ -108,11 +117,8 @@ async def run_failover(cluster: RedisCluster, nodes: list[Node]) -> None:
     try:
         await eventually(lambda: len(publishing.acked()) >= 200, timeout=timeout(20))
         key = f"clarion:{{{CHANNELS[0]}}}:meta"
-        victim = cluster.owner(key)
-        assert victim is not None
-        witness = next(p for p in cluster.ports if p != victim)
+        victim, witness = stop_owner(cluster, key)
         process = cluster.processes[victim]
-        os.kill(process.pid, signal.SIGSTOP)
         try:
             # Stopped until its replica has taken over, as a primary stalled by a long fork,
             # a swapped-out page or a paused VM would be.
@@ -246,11 +252,8 @@ async def test_a_stalled_primary_shows_subscribers_nothing_they_would_skip_later
         await eventually(lambda: subscriber.data() == ["p0", "p1", "p2"], timeout(10))
 
         key = "clarion:{stall}:meta"
-        victim = cluster.owner(key)
-        assert victim is not None
-        witness = next(p for p in cluster.ports if p != victim)
+        victim, witness = stop_owner(cluster, key)
         process = cluster.processes[victim]
-        os.kill(process.pid, signal.SIGSTOP)
         try:
             stalled = asyncio.create_task(first.publish("stall", "stalled", opts))
             tasks.append(stalled)

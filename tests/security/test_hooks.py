@@ -34,6 +34,7 @@ from clarion.webhooks.signing import generate_secret
 from ..conftest import RunningHub, clarion_server, timeout, until
 from ..redis_fixture import free_port
 from ..stomp.client import stomp
+from ..support.loopback import LoopbackServer
 
 SECRET = "a-long-enough-test-secret-0123456789"
 HOOK_SECRET = generate_secret()
@@ -431,30 +432,16 @@ async def test_a_missing_or_malformed_hook_secret_says_how_to_make_one() -> None
     await hub.close()
 
 
-class RawBackend:
+class RawBackend(LoopbackServer):
     """A hook backend written byte by byte, as a hostile one would be: every request gets
     ``answer``; the head of each request is kept."""
 
     def __init__(self, answer: bytes) -> None:
+        super().__init__()
         self.answer = answer
         self.heads: list[dict[str, str]] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def __aenter__(self) -> RawBackend:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")

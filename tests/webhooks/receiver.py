@@ -7,7 +7,6 @@ function decides the answer to each (a status, a redirect, silence, or a dropped
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from ..conftest import timeout
+from ..support.loopback import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -47,32 +47,13 @@ class Received:
         return 200 <= self.answer.status < 300 and not (self.answer.hang or self.answer.drop)
 
 
-class Receiver:
+class Receiver(LoopbackServer):
     def __init__(self, behave: Callable[[Received], Answer] | None = None) -> None:
+        super().__init__()
         self.behave = behave or (lambda r: OK)
         self.secret: str | None = None
         self.received: list[Received] = []
         self.changed = asyncio.Condition()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def __aenter__(self) -> Receiver:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 2)
 
     # ---- what arrived ------------------------------------------------------------------------
 
@@ -93,8 +74,7 @@ class Receiver:
 
     # ---- serving -----------------------------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 try:
@@ -121,7 +101,6 @@ class Receiver:
                 )
                 await writer.drain()
         finally:
-            self._writers.discard(writer)
             writer.close()
 
     async def _record(self, headers: dict[str, str], body: bytes) -> Answer:

@@ -13,7 +13,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from clarion.engines.redis import RedisEngine
 from clarion.engines.redis.connect import parse_url
 from clarion.errors import ConfigError, EngineUnavailable
-from clarion.protocol.publication import Publication
+from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions, Settings
 
 from ..conftest import free_port
@@ -85,8 +85,15 @@ async def test_without_a_replica_publications_fail_after_wait_timeout(
         assert all(isinstance(r, EngineUnavailable) for r in results[:-1]), results
         assert not isinstance(results[-1], BaseException)
         assert time.monotonic() - began < scaled(3)
-        # The writes ran on the primary: a 503 means "may have been applied", as ever.
-        assert [p.data for p in (await engine.history("alone", OPTS)).publications] == [1]
+        # The writes ran on the primary: a 503 means "may have been applied", as ever. They
+        # are not read back before a confirmed publication announces them.
+        raw = aioredis.Redis(port=redis_server.port)
+        try:
+            assert await raw.xlen(engine.keys.stream("alone")) == 1
+        finally:
+            await raw.aclose()
+        history = await engine.history("alone", OPTS)
+        assert (history.position.offset, history.publications) == (0, [])
     finally:
         await engine.close()
 
@@ -203,6 +210,69 @@ async def test_a_publication_is_announced_only_once_the_replica_has_it(
         assert last.offset == 3
     finally:
         await subscriber.close()
+        await publisher.close()
+
+
+async def reaches(read: Callable[[], Awaitable[object]], value: object) -> None:
+    deadline = time.monotonic() + scaled(10)
+    while (got := await read()) != value:
+        assert time.monotonic() < deadline, f"{got!r}, not {value!r}"
+        await asyncio.sleep(0.02)
+
+
+async def test_reads_show_only_what_was_announced(
+    replicated: tuple[RedisServer, Servers, int],
+) -> None:
+    """A write still waiting for its replicas (or one that never got them) may be lost in a
+    failover and its offset given to another publication: a reader shown it would skip that
+    one. Resumes, position reads and history pages stop at the announced top."""
+    primary, servers, replica_port = replicated
+    await wait_synced(primary)
+    url = f"{primary.url}?wait_replicas=1&wait_timeout={min(scaled(2), 4)}"
+    publisher = await start(url)
+    reader = await start(url)
+    raw = aioredis.Redis(port=primary.port)
+    opts = NamespaceOptions()
+
+    async def offsets(**kwargs: object) -> tuple[int, list[int]]:
+        history = await reader.history("ch", opts, **kwargs)  # type: ignore[arg-type]
+        return history.position.offset, [p.offset for p in history.publications]
+
+    try:
+        first = await publisher.publish("ch", "first", opts)
+        epoch = first.epoch
+        await reaches(lambda: raw.hget(publisher.keys.meta("ch"), "a"), b"1")
+
+        pid = servers.processes[replica_port].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            pending = asyncio.ensure_future(publisher.publish("ch", "unconfirmed", opts))
+            await reaches(lambda: raw.xlen(publisher.keys.stream("ch")), 2)
+            for _ in range(2):  # while its WAIT runs, and once it has failed
+                assert await offsets(limit=0) == (1, [])
+                assert await offsets(since=StreamPosition(epoch, 0)) == (1, [1])
+                assert await offsets(since=StreamPosition(epoch, 1)) == (1, [])
+                assert await offsets(limit=10, reverse=True) == (1, [1])
+                assert await offsets(limit=10) == (1, [1])
+                # A cursor above the announced top but within what the primary holds (after a
+                # failover that kept the writes and lost the meta's last update): no reset, and
+                # nothing shown twice.
+                assert await offsets(since=StreamPosition(epoch, 2)) == (2, [])
+                if not pending.done():
+                    with pytest.raises(EngineUnavailable, match="replicas"):
+                        await pending
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert (await reader.history("ch", opts, limit=0)).position.epoch == epoch
+
+        # A later confirmed publication announces the earlier one with it: both are read.
+        await publisher.publish("ch", "last", opts)
+        await reaches(lambda: raw.hget(publisher.keys.meta("ch"), "a"), b"3")
+        assert await offsets(since=StreamPosition(epoch, 1)) == (3, [2, 3])
+        assert await offsets(limit=0) == (3, [])
+    finally:
+        await raw.aclose()
+        await reader.close()
         await publisher.close()
 
 

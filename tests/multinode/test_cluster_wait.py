@@ -57,7 +57,9 @@ class Publishing:
         self.answered_at: dict[int, float] = {}
 
     async def run(self, until: asyncio.Event) -> None:
-        limits = httpx.Limits(max_connections=256)
+        # The stall leaves many connections idle once it ends. Each is let go before the hub's
+        # keep-alive timeout (5 s) can close it under a request reusing it (a ReadError).
+        limits = httpx.Limits(max_connections=256, keepalive_expiry=2)
         async with httpx.AsyncClient(timeout=timeout(20), limits=limits) as client:
             started, n, tasks = time.monotonic(), 0, set()
             while not until.is_set():

@@ -389,6 +389,8 @@ class RedisEngine:
             _ms(options.history_ttl),
             options.history_size,
             1 if reverse else 0,
+            # With wait_replicas: no further than the announced top (scripts.HISTORY).
+            1 if self._durable else 0,
         ]
         try:
             # A resume (everything after a cursor) or a position read shares its channel's

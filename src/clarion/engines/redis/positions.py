@@ -9,9 +9,9 @@ stored top *below* the one seen means Redis lost writes (a failover): the histor
 catch-up then starts a new epoch (see ``scripts.HISTORY``), and subscribers get a reset.
 
 With ``wait_replicas`` a publication is announced only once replicas hold it, and the meta's
-``a`` is the top announced (``scripts.ANNOUNCE``): the check compares with that and catches up
-to it only, so that it never shows subscribers a write still waiting for its replicas (or one
-that failed to get them) which pub/sub would not have.
+``a`` is the top announced (``scripts.ANNOUNCE``): the check compares with that, and its
+history reads stop there (``scripts.HISTORY``), so that it never shows subscribers a write still
+waiting for its replicas (or one that failed to get them) which pub/sub would not have.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Positions:
     async def resync(self, channels: list[str]) -> None:
         """Compare each channel's stored position with the last one seen; catch up the lagging."""
         async with self._lock:
-            lagging: list[tuple[str, StreamPosition]] = []
+            lagging: list[str] = []
             fields = ("e", "s", "a") if self._announced else ("e", "s")
             for i in range(0, len(channels), CHECK_BATCH):
                 chunk = channels[i : i + CHECK_BATCH]
@@ -96,12 +96,12 @@ class Positions:
                         or stored.offset < seen.offset
                         or until > seen.offset
                     ):
-                        lagging.append((channel, StreamPosition(stored.epoch, until)))
-            for channel, target in lagging:
-                await self._catch_up(channel, target)
+                        lagging.append(channel)
+            for channel in lagging:
+                await self._catch_up(channel)
 
-    async def _catch_up(self, channel: str, until: StreamPosition) -> None:
-        """Read back what was missed, up to ``until`` (the announced top) in its epoch."""
+    async def _catch_up(self, channel: str) -> None:
+        """Read back what was missed (with ``wait_replicas``, up to the announced top)."""
         options = self._options(channel)
         for _ in range(CATCH_UP_ROUNDS):
             seen = self.seen.get(channel)
@@ -113,10 +113,6 @@ class Positions:
                 history = await self._history(channel, options, limit=self._batch)
             if self.seen.get(channel) is None:
                 return  # unsubscribed meanwhile
-            if history.position.epoch == until.epoch and history.position.offset > until.offset:
-                # Written since, or not announced yet: not shown before pub/sub would show it.
-                cut = [p for p in history.publications if p.offset <= until.offset]
-                history = History(cut, until, history.earliest)
             if history.publications:
                 log.info(
                     "recovered %d publication(s) on %s that pub/sub did not deliver",

@@ -182,10 +182,16 @@ return n
 
 # KEYS: stream, meta
 # ARGV: since epoch ('' = from the start), since offset, limit (-1 = no limit), epoch if new,
-#       unwritten ttl ms, history ttl ms, history size, reverse ('1': newest first, before since)
+#       unwritten ttl ms, history ttl ms, history size, reverse ('1': newest first, before since),
+#       announced ('1': with wait_replicas, read no further than the announced top)
 # -> {epoch, top offset, earliest offset, entries}
 # A read gives a meta no more than the unwritten TTL: the epoch its readers were given, kept for
 # a publication that may follow soon, not for a day (reading fresh names would fill Redis).
+# With wait_replicas a write above the announced top `a` may still be waiting for its replicas,
+# and may be lost in a failover and its offset given again: a reader that saw it would skip the
+# publication given that offset. So the top a reader is shown is `a` (none yet in this epoch: 0),
+# and what it reads stops there; never below the reader's own cursor, which came from an
+# announcement (`a` may lag it after a failover that lost the meta's last HSET, not the writes).
 HISTORY = (
     _COMMON
     + """
@@ -207,6 +213,11 @@ if ARGV[1] == epoch and tonumber(ARGV[2]) > top and ARGV[8] ~= '1' then
   redis.call('PEXPIRE', meta, unwritten_ttl)
   epoch, top = ARGV[4], 0
 end
+if ARGV[9] == '1' then
+  local visible = tonumber(redis.call('HGET', meta, 'a') or '0')
+  if ARGV[1] == epoch then visible = math.max(visible, tonumber(ARGV[2])) end
+  top = math.min(top, visible)
+end
 if size == 0 then
   redis.call('DEL', stream)
 else
@@ -215,7 +226,7 @@ else
 end
 local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
 local earliest = top + 1
-if #first > 0 then earliest = offset_of(first[1]) end
+if #first > 0 then earliest = math.min(offset_of(first[1]), top + 1) end
 local entries = {}
 if limit ~= 0 and (ARGV[1] == '' or ARGV[1] == epoch) and ARGV[8] == '1' then
   local stop = top
@@ -232,9 +243,9 @@ elseif limit ~= 0 and (ARGV[1] == '' or ARGV[1] == epoch) then
   if ARGV[1] ~= '' then start = math.max(start, tonumber(ARGV[2]) + 1) end
   if start <= top then
     if limit > 0 then
-      entries = redis.call('XRANGE', stream, start, '+', 'COUNT', limit)
+      entries = redis.call('XRANGE', stream, start, top, 'COUNT', limit)
     else
-      entries = redis.call('XRANGE', stream, start, '+')
+      entries = redis.call('XRANGE', stream, start, top)
     end
   end
 end

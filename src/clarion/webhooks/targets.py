@@ -15,7 +15,6 @@ resolves somewhere else (DNS rebinding) is caught too. IPv4 literals are read th
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
 import socket
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from clarion.errors import BadRequest
 from clarion.protocol.errors import ErrorCode
+from clarion.webhooks.lookup import LOOKUPS, Lookups
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_URL_CHARS = 2048
@@ -210,11 +210,10 @@ def check_address(host: str, address: IPAddress, allow: AllowList) -> None:
         )
 
 
-async def resolve(host: str, port: int) -> list[IPAddress]:
+async def resolve(host: str, port: int, lookups: Lookups = LOOKUPS) -> list[IPAddress]:
     """Every address ``host`` resolves to, as the socket layer will see it."""
-    loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await lookups.resolve(host, port)
     except (OSError, UnicodeError) as exc:
         raise UnsafeTarget(f"cannot resolve webhook host {host!r}: {exc}") from None
     addresses: list[IPAddress] = []

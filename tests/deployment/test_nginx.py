@@ -331,6 +331,17 @@ def test_documented_read_timeouts_outlast_the_hubs_silences() -> None:
     assert buffered is not None and "proxy_buffering off;" in buffered.group(0)
 
 
+def test_nginx_lets_an_idle_connection_go_before_the_hub_does() -> None:
+    """Were the hub the first to close an idle upstream connection, nginx could send a request
+    on it as the close crossed, and answer that request 502."""
+    (site,) = fenced("nginx")
+    upstream = re.search(r"upstream clarion \{([^}]*)\}", site)
+    assert upstream is not None
+    idle = re.search(r"keepalive_timeout\s+(\w+);", upstream.group(1))
+    assert idle is not None, "nginx keeps an idle upstream connection 60 s by default"
+    assert _seconds(idle.group(1)) < Settings().limits.keepalive_timeout
+
+
 def test_the_systemd_unit_runs_the_documented_command(tmp_path: Path) -> None:
     (unit,) = fenced("ini")
     parser = configparser.ConfigParser(interpolation=None, strict=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import multiprocessing
 import socket
 import threading
 import time
@@ -120,3 +121,22 @@ async def test_callers_of_one_lookup_share_its_answer_and_its_failure(dns: Hangi
 async def test_names_resolve_as_the_socket_layer_sees_them() -> None:
     addresses = {str(a) for a in await resolve("localhost", 80)}
     assert addresses and addresses <= {"127.0.0.1", "::1"}
+
+
+def _resolve_in_child() -> None:
+    async def main() -> None:
+        async with asyncio.timeout(5):
+            await resolve("localhost", 80)
+
+    asyncio.run(main())
+
+
+async def test_a_forked_child_resolves_with_threads_of_its_own() -> None:
+    """A server that forks its workers after the app is loaded (gunicorn's preload) gives each
+    a copy of the lookups' state, but none of their threads."""
+    for _ in range(THREADS):  # every thread of the parent's is started
+        await resolve("localhost", 80)
+    child = multiprocessing.get_context("fork").Process(target=_resolve_in_child)
+    child.start()
+    await asyncio.to_thread(child.join, scaled(20))
+    assert child.exitcode == 0

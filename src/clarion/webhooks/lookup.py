@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import socket
 import threading
@@ -46,14 +47,27 @@ class Lookups:
         loop = asyncio.get_running_loop()
         key = (id(loop), host, port)
         future = self._pending.get(key)
-        if future is None:
+        # Another loop's (one that closed with a lookup under way, whose id this one reuses)
+        # is never settled: look up again.
+        if future is None or future.get_loop() is not loop:
             future = loop.create_future()
             self._pending[key] = future
-            future.add_done_callback(lambda _: self._pending.pop(key, None))
+            future.add_done_callback(lambda done: self._forget(key, done))
             self._jobs.put((host, port, future))
             self._start_thread()
         # Shielded: one caller giving up must not fail the lookup the others wait for.
         return await asyncio.shield(future)
+
+    def _forget(self, key: tuple[int, str, int], future: asyncio.Future[AddressInfo]) -> None:
+        if self._pending.get(key) is future:
+            del self._pending[key]
+
+    def after_fork(self) -> None:
+        """In a forked child: it has none of the threads, nor the loops lookups were for."""
+        self._started = 0
+        self._start_lock = threading.Lock()
+        self._jobs = queue.SimpleQueue()
+        self._pending.clear()
 
     def _start_thread(self) -> None:
         # Started as lookups come, then kept: a few idle threads cost next to nothing.
@@ -85,3 +99,5 @@ def _settle(future: asyncio.Future[AddressInfo], result: AddressInfo | Exception
 
 
 LOOKUPS = Lookups()
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=LOOKUPS.after_fork)

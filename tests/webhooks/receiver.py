@@ -27,6 +27,7 @@ class Answer:
     hang: bool = False  # never answer
     drop: bool = False  # close the connection without answering (a lost 2xx, seen from the hub)
     retry_after: str | None = None  # a Retry-After header
+    endless: bool = False  # the status and headers, then a body that never ends
 
 
 OK = Answer()
@@ -93,6 +94,10 @@ class Receiver(LoopbackServer):
                     await asyncio.Event().wait()
                 if answer.drop:
                     return
+                if answer.endless:
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nok")
+                    await writer.drain()
+                    await asyncio.Event().wait()
                 extra = f"location: {answer.location}\r\n" if answer.location else ""
                 if answer.retry_after is not None:
                     extra += f"retry-after: {answer.retry_after}\r\n"

@@ -160,6 +160,22 @@ async def test_hanging_receiver_is_retried_without_delaying_another(
         assert [r.payload["data"] for r in stuck.acknowledged] == [0, 1, 2, 3, 4]
 
 
+async def test_a_2xx_whose_body_never_ends_is_delivered_not_retried(
+    make_hub: Callable[..., Any],
+) -> None:
+    """The receiver said it took the message: sending it again would be a duplicate."""
+    running = await make_hub(webhook_delivery={"timeout": 1})
+    async with Receiver(lambda r: Answer(endless=True)) as receiver:
+        hook = await register(running, receiver, ["t:*"])
+        for n in range(3):
+            await running.publish("t:x", n)
+        await receiver.wait_until(lambda: len(receiver.received) >= 3, wait=10)
+        await wait_state(running, hook["id"], lambda s: s["backlog"] == 0, wait=10)
+        await asyncio.sleep(2)  # a retry would come after a second
+        assert [r.payload["data"] for r in receiver.received] == [0, 1, 2]
+        assert (await state(running, hook["id"]))["last_error"] is None
+
+
 async def test_gone_disables_the_endpoint_until_enabled(webhook_hub: RunningHub) -> None:
     gone = True
     async with Receiver(lambda r: Answer(status=410) if gone else OK) as receiver:

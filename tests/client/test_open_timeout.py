@@ -12,7 +12,7 @@ import pytest
 
 from clarion.client import ConnectFailed, TransportName, connect
 
-from ..conftest import timeout
+from ..conftest import RunningHub, timeout
 from .conftest import fixed_backoff, next_item
 
 OPEN_TIMEOUT = 0.5
@@ -143,3 +143,9 @@ async def test_a_backend_s_first_subscription_keeps_the_deadline(silent_port: in
         assert OPEN_TIMEOUT - 0.05 <= took < OPEN_TIMEOUT + _slack(), took
         closing = loop.time()
     assert loop.time() - closing < _slack()
+
+
+async def test_tls_to_a_hub_without_it_says_so(hub: RunningHub) -> None:
+    """The TLS library's error code is no OS errno: it once read "operation not permitted"."""
+    failed = await _fails_in_time(f"https://127.0.0.1:{hub.port}", "ws")
+    assert "the hub does not speak TLS on that port" in str(failed), failed

@@ -28,6 +28,7 @@ class Answer:
     drop: bool = False  # close the connection without answering (a lost 2xx, seen from the hub)
     retry_after: str | None = None  # a Retry-After header
     endless: bool = False  # the status and headers, then a body that never ends
+    cut: bool = False  # the status and headers, then part of the body, then the connection closed
 
 
 OK = Answer()
@@ -94,9 +95,11 @@ class Receiver(LoopbackServer):
                     await asyncio.Event().wait()
                 if answer.drop:
                     return
-                if answer.endless:
+                if answer.endless or answer.cut:
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nok")
                     await writer.drain()
+                    if answer.cut:
+                        return
                     await asyncio.Event().wait()
                 extra = f"location: {answer.location}\r\n" if answer.location else ""
                 if answer.retry_after is not None:

@@ -160,12 +160,13 @@ async def test_hanging_receiver_is_retried_without_delaying_another(
         assert [r.payload["data"] for r in stuck.acknowledged] == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("answer", [Answer(endless=True), Answer(cut=True)], ids=["endless", "cut"])
 async def test_a_2xx_whose_body_never_ends_is_delivered_not_retried(
-    make_hub: Callable[..., Any],
+    make_hub: Callable[..., Any], answer: Answer
 ) -> None:
     """The receiver said it took the message: sending it again would be a duplicate."""
     running = await make_hub(webhook_delivery={"timeout": 1})
-    async with Receiver(lambda r: Answer(endless=True)) as receiver:
+    async with Receiver(lambda r: answer) as receiver:
         hook = await register(running, receiver, ["t:*"])
         for n in range(3):
             await running.publish("t:x", n)

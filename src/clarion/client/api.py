@@ -150,7 +150,8 @@ class HttpApi:
         except httpx.ConnectError as exc:
             raise ConnectFailed(f"cannot connect to {url}: {exc}") from None
         except httpx.RequestError as exc:
-            raise ConnectionLost(f"the connection to {url} failed: {exc}") from None
+            reason = str(exc) or type(exc).__name__
+            raise ConnectionLost(f"the connection to {url} failed: {reason}") from None
         if not response.is_success:
             raise failure(response)
         try:

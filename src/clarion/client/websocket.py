@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import random
+import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -90,6 +91,11 @@ ReplyHandler = Callable[[Reply | None], None]  # ``None``: the connection ended 
 
 def _plain(exc: BaseException) -> str:
     """``connection refused`` rather than ``[Errno 111] Connect call failed ('127.0.0.1', 1)``."""
+    if isinstance(exc, ssl.SSLError):
+        # Its errno is the TLS library's code, not the OS's (1 would read "not permitted").
+        if exc.reason == "WRONG_VERSION_NUMBER":
+            return "TLS failed: the hub does not speak TLS on that port (use ws:// or http://)"
+        return f"TLS failed: {exc.reason or exc}"
     errno = getattr(exc, "errno", None)
     if isinstance(errno, int) and errno > 0:
         reason = os.strerror(errno)

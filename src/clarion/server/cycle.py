@@ -335,6 +335,10 @@ class HttpCycle:
             if self._stream is not None:
                 self._stream.discard_outbox()  # nothing pushed later may leak into a next reply
             self.response_complete = True
+            # Nor is what the app left unread of the body read any more: let it go, so that
+            # reading, paused for it, takes (and drops) the rest.
+            self._chunks.clear()
+            self.buffered = 0
             if self._length is not None and self._sent < self._length and not self.no_body:
                 self.keep_alive = False  # the client would wait for the missing bytes
             self._wake()

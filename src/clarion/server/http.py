@@ -70,6 +70,9 @@ MAX_QUEUED = 16
 MIN_REQUEST = 16
 # Digits of the largest Content-Length the parser takes (2**64 - 1): longer is no length.
 LENGTH_DIGITS = 20
+# Seconds an answered connection reads and drops what its client still sends (a body we
+# refused) before it is cut: the time for a client to see the answer and stop.
+LINGER = 5.0
 
 # A request in flight or waiting behind one: for the app (ASGI) or for a direct route.
 InFlight = HttpCycle | DirectRequest
@@ -125,6 +128,7 @@ class HttpProtocol(asyncio.Protocol):
         "_ignoring",
         "_in_head",
         "_key",
+        "_linger_timer",
         "_loop",
         "_parser",
         "_parsing",
@@ -192,6 +196,7 @@ class HttpProtocol(asyncio.Protocol):
         self._idle_since: float | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
         # A head or body is on its way: its timer is armed once the chunk that began it is
         # parsed, so a request that arrives whole in one read arms and cancels no timer.
         self._head_due = False
@@ -582,7 +587,10 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport.is_closing():
             return
         if not cycle.keep_alive or self.registry.shutting_down:
-            self.close()
+            if cycle is self._parsing and not cycle.expect_continue:
+                self._linger()  # answered before the whole body came
+            else:
+                self.close()
             return
         if cycle is self._parsing and cycle.expect_continue:
             # The client waits for "100 Continue" before sending a body we never asked for.
@@ -730,7 +738,7 @@ class HttpProtocol(asyncio.Protocol):
             body = b"Request Header Fields Too Large\n"
         self.registry.errors.log(logging.INFO, self.peer_key, "HTTP %d to %s", status, self.client)
         self.transport.write(error_response(self.config, status, body))
-        self.close()
+        self._linger()
 
     @property
     def peer_key(self) -> str:
@@ -817,11 +825,36 @@ class HttpProtocol(asyncio.Protocol):
         reset(self.transport)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._idle_timer, self._body_timer, self._send_timer):
+        for timer in (
+            self._head_timer,
+            self._idle_timer,
+            self._body_timer,
+            self._send_timer,
+            self._linger_timer,
+        ):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._idle_timer = self._body_timer = self._send_timer = None
+        self._linger_timer = None
         self._idle_since = None
+
+    def _linger(self) -> None:
+        """Close after an answer given while the request may still be arriving (its body).
+
+        Closing a socket with unread bytes in its receive buffer sends a reset, which can reach
+        the client before it has read the answer: it would see its connection fail, not the
+        413. So the answer goes, then our end of the stream, and what the client still sends
+        is read and dropped until it closes its end, for ``LINGER`` seconds at most."""
+        self._cancel_timers()
+        self._ignoring = True  # data_received drops what comes
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._linger_timer = self._loop.call_later(LINGER, self.transport.abort)
 
     @property
     def write_paused(self) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from email.utils import parsedate_to_datetime
@@ -74,29 +73,27 @@ class Sender:
         headers["user-agent"] = self.user_agent
         # The answer is read raw and bounded (an excerpt goes to last_error): ask for it plain.
         headers["accept-encoding"] = "identity"
+        head: int | None = None  # the answer's status, once its head is in
         try:
-            async with asyncio.timeout(self.timeout) as deadline:
+            async with asyncio.timeout(self.timeout):
                 async with self.client.stream(
                     "POST", endpoint.url, content=delivery.body, headers=headers
                 ) as response:
-                    if 200 <= response.status_code < 300:
-                        # Delivered: the receiver said so. Its body is read only to keep the
-                        # connection; one that never ends fails nothing (a retry would be a
-                        # duplicate), within the same deadline.
-                        when = deadline.when()
-                        deadline.reschedule(None)
-                        with contextlib.suppress(TimeoutError, httpx.HTTPError):
-                            async with asyncio.timeout_at(when):
-                                await self._read_bounded(response)
-                        return Outcome(True, status=response.status_code)
+                    head = response.status_code
                     excerpt = await self._read_bounded(response)
-        except (TimeoutError, httpx.TimeoutException):
-            return Outcome(False, f"no answer within {self.timeout:g}s")
+        except (TimeoutError, httpx.HTTPError) as exc:
+            if head is not None and 200 <= head < 300:
+                # Delivered: the receiver said so. A body that then never ends (or breaks
+                # off) costs the connection, not a retry, which would be a duplicate.
+                return Outcome(True, status=head)
+            if isinstance(exc, TimeoutError | httpx.TimeoutException):
+                return Outcome(False, f"no answer within {self.timeout:g}s")
+            return Outcome(False, _failure(exc)[:MAX_ERROR_CHARS])
         except ClarionError as exc:  # the connect-time address check
             return Outcome(False, exc.message)
-        except httpx.HTTPError as exc:
-            return Outcome(False, _failure(exc)[:MAX_ERROR_CHARS])
         status = response.status_code
+        if 200 <= status < 300:
+            return Outcome(True, status=status)
         if 300 <= status < 400:
             # Without its query: a redirect to https often repeats the endpoint's own, and
             # last_error reaches the log.

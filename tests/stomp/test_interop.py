@@ -141,3 +141,40 @@ async def test_stomp_py(secure: RunningHub) -> None:
     assert seen["bye"] is True
     assert seen["resumed"] == ["missed 1", "missed 2"]
     assert seen["error"] == "invalid token: Not enough segments"
+
+
+def _stomp_py_at_the_json_endpoint(port: int) -> tuple[str, float]:
+    import stomp
+
+    conn = stomp.WSStompConnection([("127.0.0.1", port)], ws_path="/ws")
+    began = time.monotonic()
+    try:
+        conn.connect(passcode=token("py"), wait=True, headers={"host": "clarion"})
+    except Exception as exc:
+        return type(exc).__name__, time.monotonic() - began
+    finally:
+        conn.disconnect()
+    return "connected", time.monotonic() - began
+
+
+async def test_a_stomp_client_at_the_json_endpoint_is_told_and_closed(
+    secure: RunningHub,
+) -> None:
+    """It once waited for a CONNECTED frame for ever: the hub answered its CONNECT with a JSON
+    error that a STOMP client cannot read, and kept the connection."""
+    pytest.importorskip("stomp", reason="stomp.py is not installed")
+    outcome, took = await asyncio.wait_for(
+        asyncio.to_thread(_stomp_py_at_the_json_endpoint, secure.port), timeout(30)
+    )
+    assert outcome == "ConnectFailedException" and took < timeout(5)
+    # What a client that reads it is told, and how the connection ends.
+    import websockets
+
+    async with websockets.connect(secure.ws_url, origin="http://127.0.0.1:1") as ws:
+        await ws.send("CONNECT\naccept-version:1.2\nhost:clarion\n\n\x00")
+        reply = json.loads(await ws.recv())
+        assert "STOMP is served at the hub's /stomp" in reply["error"]["message"]
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:  # the disconnect message, then the close
+                await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4507

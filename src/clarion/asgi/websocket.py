@@ -162,7 +162,7 @@ class _Connection(Handler):
         except CommandError as exc:
             self._error(exc.request_id, exc)
             self.bad_frames += 1
-            if self.bad_frames > MAX_BAD_FRAMES:
+            if exc.foreign or self.bad_frames > MAX_BAD_FRAMES:
                 self.session.close(CloseCode.BAD_REQUEST)
         except ClarionError as exc:
             self._error(rid, exc)

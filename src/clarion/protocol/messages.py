@@ -15,6 +15,7 @@ functions; a client writes commands with :func:`encode_command` and reads frames
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
@@ -50,11 +51,26 @@ RequestId = int | str | None
 
 
 class CommandError(BadRequest):
-    """A command that cannot be carried out as sent; ``request_id`` echoes its ``id``."""
+    """A command that cannot be carried out as sent; ``request_id`` echoes its ``id``.
 
-    def __init__(self, message: str, request_id: RequestId = None, code: Code | None = None):
+    ``foreign``: the frame is another protocol's (a STOMP client at the JSON endpoint), so no
+    frame of that peer's will be readable: the connection is closed at once."""
+
+    def __init__(
+        self,
+        message: str,
+        request_id: RequestId = None,
+        code: Code | None = None,
+        *,
+        foreign: bool = False,
+    ):
         super().__init__(message, code=code)
         self.request_id = request_id
+        self.foreign = foreign
+
+
+# The first line of a STOMP client's first frame (STOMP 1.2, "Connecting").
+_STOMP_CONNECT = re.compile(rb"\A(?:CONNECT|STOMP)\r?\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +94,13 @@ def parse_command(frame: str | bytes) -> Command:
     try:
         obj = orjson.loads(frame)
     except orjson.JSONDecodeError:
+        raw = frame.encode() if isinstance(frame, str) else frame
+        if _STOMP_CONNECT.match(raw):
+            raise CommandError(
+                "a STOMP frame: this endpoint speaks clarion's JSON protocol; "
+                "STOMP is served at the hub's /stomp",
+                foreign=True,
+            ) from None
         raise CommandError("frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise CommandError("frame must be a JSON object")

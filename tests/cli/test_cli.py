@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 
@@ -62,6 +63,10 @@ async def test_publish_errors_are_one_line_on_stderr(hub_process: Any) -> None:
         "clarion: publish refused (HTTP 400, bad_channel): "
         "channel may only contain letters, digits and _ . : @ / = , + -\n"
     )
+    # subscribe says so before connecting (there is nothing to connect to here).
+    code, out, err = await run("subscribe", "bad channel", "--url", "http://127.0.0.1:1")
+    assert (code, out) == (2, "")
+    assert err == "clarion: channel may only contain letters, digits and _ . : @ / = , + -\n"
     code, out, err = await run("publish", "c", "{not json", "--url", hub.http_url)
     assert (code, out) == (2, "")
     assert err == "clarion: data: not valid JSON: '{not json'\ntry 'clarion publish --help'\n"
@@ -74,6 +79,31 @@ async def test_publish_errors_are_one_line_on_stderr(hub_process: Any) -> None:
     code, out, err = await run("publish", "c", "1", "--url", "http://127.0.0.1:1")
     assert (code, out) == (2, "")
     assert err.startswith("clarion: cannot reach http://127.0.0.1:1: ") and err.count("\n") == 1
+
+
+async def test_publish_reads_the_data_from_standard_input(hub_process: Any) -> None:
+    hub = await hub_process()
+
+    async def publish(data: str, stdin: bytes) -> tuple[int | None, bytes, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "publish", "chat:in", data, "--url", hub.http_url,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout(30))
+        return proc.returncode, out, err
+
+    big = {"text": "x" * 60_000}  # within max_message_bytes (64 KiB)
+    code, out, _ = await publish("-", json.dumps(big).encode() + b"\n")
+    assert code == 0 and json.loads(out)["offset"] == 1
+    code, out, _ = await publish('"-"', b"")  # the JSON string "-" is data, not stdin
+    assert code == 0 and json.loads(out)["offset"] == 2
+    code, out, err = await publish("-", b"nope\n")
+    assert (code, out) == (2, b"")
+    assert err.startswith(b"clarion: data from standard input: not valid JSON: 'nope'")
+    async with httpx.AsyncClient(base_url=hub.http_url, timeout=timeout(10)) as api:
+        history = (await api.get("/api/history", params={"channel": "chat:in"})).json()
+    assert [p["data"] for p in history["publications"]] == [big, "-"]
 
 
 async def test_token() -> None:

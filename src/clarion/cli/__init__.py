@@ -23,7 +23,7 @@ from clarion.cli.arguments import (
     cursor_arg,
     duration,
     json_object,
-    json_value,
+    json_or_stdin,
     port_number,
     worker_count_arg,
 )
@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = sub.add_parser("publish", help="publish JSON to a channel through the server API")
     publish.add_argument("channel")
-    publish.add_argument("data", type=json_value, help='a JSON value, e.g. \'{"text": "hi"}\'')
+    publish.add_argument(
+        "data",
+        type=json_or_stdin,
+        help='a JSON value, e.g. \'{"text": "hi"}\', or - to read it from standard input',
+    )
     publish.add_argument("--id", help="idempotency key")
     add_client_options(publish, api_key=True)
     publish.set_defaults(func=_command("clarion.cli.client", "cmd_publish"))

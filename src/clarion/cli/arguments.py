@@ -67,6 +67,19 @@ def json_value(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON: {text!r}{hint}") from None
 
 
+class _Stdin:
+    """Read from standard input when the command runs (``-`` on the command line)."""
+
+
+STDIN = _Stdin()
+
+
+def json_or_stdin(text: str) -> Any:
+    """A JSON value, or ``-``: read it from standard input (a payload too large for a command
+    line, or made by another program). The JSON string ``"-"`` is a value like any other."""
+    return STDIN if text == "-" else json_value(text)
+
+
 def json_object(text: str) -> dict[str, Any]:
     value = json_value(text)
     if not isinstance(value, dict):

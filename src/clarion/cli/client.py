@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
-from clarion.cli.arguments import CURSOR_SOURCES
+from clarion.cli.arguments import CURSOR_SOURCES, STDIN, json_value
 from clarion.cli.command import load_settings, local_url
-from clarion.errors import BadCursor, ClarionError, LocalCode
+from clarion.errors import BadCursor, BadRequest, ClarionError, LocalCode
 
 
 class Target:
@@ -114,7 +114,13 @@ def refused(action: str, response: Any) -> ClarionError:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"channel": args.channel, "data": args.data}
+    data = args.data
+    if data is STDIN:
+        try:
+            data = json_value(sys.stdin.read().strip())
+        except argparse.ArgumentTypeError as exc:
+            raise BadRequest(f"data from standard input: {str(exc)[:300]}") from None
+    body: dict[str, Any] = {"channel": args.channel, "data": data}
     if args.id:
         body["id"] = args.id
     response = client_target(args).call("publish", "POST", "/api/publish", body)
@@ -136,10 +142,13 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     import asyncio
 
     from clarion.client import run_subscribe
+    from clarion.protocol.channels import validate_channel
     from clarion.protocol.codes import CloseCode
     from clarion.protocol.cursor import Cursor
     from clarion.protocol.errors import ErrorCode
 
+    # Said before connecting, as the client itself would refuse the name only then.
+    validate_channel(args.channel)
     url = client_target(args).url
     token = args.token or os.environ.get("CLARION_TOKEN")
     if args.since is not None and Cursor.decode(args.since).get(args.channel) is None:

@@ -95,3 +95,30 @@ def test_no_refusal_shows_the_tokens_patterns(auth: Authenticator) -> None:
         (auth.check_publish, (ada, "news:x")),
     ]:
         assert "private-team" not in refusal(call, *args)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "abc.def.ghi",
+        "not-a-jwt",
+        "a.b",
+        "..",
+        "eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24.x",
+        "\u00e9.\u00e9.\u00e9",
+    ],
+)
+def test_a_token_that_is_no_jwt_is_told_so(auth: Authenticator, token: str) -> None:
+    """Not the library's words alone ("Invalid header string: 'utf-8' codec can't decode")."""
+    message = refusal(auth.verify, token)
+    assert message.startswith(
+        "unauthorized: invalid token: not a JWT (three base64url parts, the first two JSON): "
+    ), message
+    assert "codec" not in message and len(message) < 120
+
+
+def test_a_wrong_signature_keeps_its_own_words(auth: Authenticator) -> None:
+    forged = jwt.encode({"exp": int(time.time()) + 60}, "another-secret-of-32-bytes-or-more!")
+    assert (
+        refusal(auth.verify, forged) == "unauthorized: invalid token: Signature verification failed"
+    )

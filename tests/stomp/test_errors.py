@@ -190,7 +190,12 @@ async def test_token_in_every_documented_place(secure: RunningHub, where: str) -
 @pytest.mark.parametrize(
     ("token", "message", "code"),
     [
-        ("not-a-jwt", "invalid token: Not enough segments", 4500),
+        (
+            "not-a-jwt",
+            "invalid token: not a JWT (three base64url parts, the first two JSON): "
+            "Not enough segments",
+            4500,
+        ),
         (
             mint_token("wrong-secret-of-a-decent-length-32", "u", ["*"]),
             "invalid token: Signature verification failed",

@@ -218,7 +218,7 @@ class Authenticator:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.InvalidTokenError as exc:
-            raise Unauthorized(f"invalid token: {exc}") from None
+            raise Unauthorized(f"invalid token: {_reason(jwt, exc)}") from None
         for jwk in self._key.keys:
             if kid is None or jwk.key_id == kid:
                 return jwk.key
@@ -266,7 +266,7 @@ class Authenticator:
                 issuer=self.settings.token_issuer,
             )
         except jwt.InvalidTokenError as exc:
-            raise Unauthorized(f"invalid token: {exc}") from None
+            raise Unauthorized(f"invalid token: {_reason(jwt, exc)}") from None
         if not isinstance(claims, dict):  # pragma: no cover - PyJWT decodes objects only
             raise Unauthorized("invalid token: its payload is not an object")
         _check_times(claims, time.time())
@@ -410,3 +410,13 @@ def mint_token(
     if info:
         claims["info"] = info
     return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def _reason(jwt: Any, exc: Exception) -> str:
+    """Why a token was refused, for whoever sent it. One that is no JWT at all says so first:
+    the library's words alone ("Invalid header string: 'utf-8' codec can't decode byte…")
+    read as the hub's failure, not the token's."""
+    if isinstance(exc, jwt.DecodeError) and not isinstance(exc, jwt.InvalidSignatureError):
+        detail = str(exc).split(":", 1)[0]
+        return f"not a JWT (three base64url parts, the first two JSON): {detail}"
+    return str(exc)

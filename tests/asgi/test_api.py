@@ -206,6 +206,15 @@ async def test_errors_are_json(
         assert "Traceback" not in r.text
 
 
+async def test_the_hub_s_address_says_what_is_served(hub: RunningHub) -> None:
+    """Someone opens the hub's address in a browser: a 404 that points at the endpoints."""
+    async with hub.http() as http:
+        r = await http.get("/")
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+    assert r.json()["error"]["message"].startswith("this is a clarion hub: nothing is served at /")
+    assert "/healthz" in r.text and "/clarion.js" in r.text
+
+
 async def test_api_key_required_when_configured(hub_factory) -> None:  # type: ignore[no-untyped-def]
     hub = await hub_factory(api_key=["new-key", "old-key"], token_secret="s" * 32)
     async with hub.http() as http:

@@ -200,11 +200,22 @@ class ServesRoutes(Protocol):
     def routes(self) -> list[BaseRoute]: ...
 
 
+ROOT_MESSAGE = (
+    "this is a clarion hub: nothing is served at /. Its endpoints: /ws (WebSocket, clarion.v1), "
+    "/stomp (STOMP), /sse, /poll, /api/… (the server API), /healthz, /clarion.js (the "
+    "browser client); clarion demo serves its apps at /demo/"
+)
+
+
 def _unrouted(default: Any) -> Any:
     """The router's answer to what no route takes; for a WebSocket, a 404 that says where the
     endpoints are, not the bare 403 that reads like an auth refusal."""
 
     async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and route_path(scope) == "/":
+            # Someone opened the hub's address in a browser: say what is here.
+            await send_error(send, NotFound(ROOT_MESSAGE))
+            return
         if scope["type"] != "websocket":
             await default(scope, receive, send)
             return

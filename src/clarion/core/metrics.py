@@ -129,7 +129,9 @@ class _HubCollector(Collector):
             "clarion_channels", "Channels with subscribers on this node", value=len(hub.local)
         )
         yield CounterMetricFamily(
-            "clarion_publications", "Publications accepted by this node", value=stats.publications
+            "clarion_publications",
+            "Publications this node delivered or received for its channels",
+            value=stats.publications,
         )
         yield CounterMetricFamily(
             "clarion_ephemeral_publications",

@@ -233,6 +233,60 @@ async def test_one_stream_several_channels_resumes_all_of_them(hub: RunningHub) 
         assert by_channel == {"chat:a": ["a2", "a3"], "chat:b": ["b1", "b2", "b3"]}
 
 
+async def _resume_round(port: int, channels: list[str], last_id: str) -> bytes:
+    """One stream from ``last_id``, read until the hub ends it or it goes quiet."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    query = "&".join(f"channel={c}" for c in channels)
+    request = f"GET /sse?{query} HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {last_id}\r\n\r\n"
+    writer.write(request.encode())
+    received = b""
+    try:
+        while not received.endswith(b"\r\n0\r\n\r\n"):  # the end of the response
+            async with asyncio.timeout(timeout(1)):
+                piece = await reader.read(65536)
+            if not piece:
+                break
+            received += piece
+    except TimeoutError:
+        pass
+    finally:
+        writer.close()
+    return received
+
+
+@both_servers
+async def test_a_resume_cut_short_keeps_every_channel_in_its_ids(hub_factory: Any) -> None:
+    """The first channel's backlog is more than the send budget takes: the stream is ended as
+    slow before the second channel is subscribed. Each id written meanwhile still names the
+    second channel at its cursor, so the reconnect resumes both: nothing skipped, no reset."""
+    hub = await hub_factory(limits={"send_queue_bytes": 64 * 1024})
+    a, b = "hist:a", "hist:b"
+    await hub.publish(a, "init")
+    await hub.publish(b, "init")
+    async with hub.http() as http:
+        r = await http.get("/poll", params=[("channel", a), ("channel", b), ("timeout", "0")])
+    last_id = r.json()["cursor"]
+    for n in range(60):
+        for channel in (a, b):
+            await hub.publish(channel, {"n": n, "pad": "y" * 2000})
+    got: dict[str, list[int]] = {a: [], b: []}
+    rounds, cut_short = 0, False
+    while len(got[a]) < 60 or len(got[b]) < 60:
+        rounds += 1
+        assert rounds <= 10, {k: len(v) for k, v in got.items()}
+        received = await _resume_round(hub.port, [a, b], last_id)
+        cut_short = cut_short or b'"code":4001' in received  # ended as slow
+        assert b"event: reset" not in received
+        for line in received.split(b"\n"):
+            if line.startswith(b"id: "):
+                last_id = line[4:].decode()
+            elif line.startswith(b'data: {"channel"'):
+                pub = orjson.loads(line[6:])
+                got[pub["channel"]].append(pub["offset"])
+    assert cut_short  # the budget did end a stream: the case under test happened
+    assert got == {a: list(range(2, 62)), b: list(range(2, 62))}
+
+
 async def test_a_cursor_missing_a_channel_starts_that_channel_from_now(hub: RunningHub) -> None:
     cursor = (await hub.publish("chat:a", "a1"))["cursor"]
     await hub.publish("chat:a", "a2")

@@ -453,6 +453,13 @@ class SseEndpoint(ChannelEndpoint):
         """Subscribe every channel; returns the stream's opening (``retry:`` and first ``id:``)."""
         started: dict[str, StreamPosition] = {}
         resets: dict[str, str] = {}
+        # Every channel resumed is in the stream's id from the start, at its cursor: an event
+        # written before a later channel is subscribed (a replay cut short by the send budget,
+        # say) must not leave that channel out, or a reconnect with its id starts it from now.
+        for channel in request.channels:
+            since = request.since[channel]
+            if since is not None:
+                stream.set_position(channel, since)
         for channel in request.channels:
             since = request.since[channel]
 

@@ -145,3 +145,26 @@ async def test_a_client_that_never_stops_is_cut_after_lingering(
                 await writer.drain()
     assert 0.4 < time.monotonic() - began < timeout(3)
     writer.close()
+
+
+async def test_a_body_buffered_past_the_pause_is_let_go_with_the_answer(
+    start_server: Any,
+) -> None:
+    """More than 64 KiB of the body arrive with the head: reading pauses for the app, which
+    answers without reading them. That body is let go with the answer and reading goes on:
+    it once stayed paused for ever, with every timer re-armed as "waiting on us", the
+    pipelined request behind it never answered, and a close by the client never seen."""
+    server = await start_server(early, max_body_bytes=1024 * 1024)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    size = 66_000
+    writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+    writer.write(b"x" * 65_900)
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403 ")
+    await reader.readexactly(len(b"refused before the body"))
+    writer.write(b"x" * (size - 65_900) + b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    async with asyncio.timeout(timeout(5)):
+        head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403 ")  # the pipelined request's own answer
+    writer.close()
+    await until(lambda: not server.registry.connections)  # and the close is seen

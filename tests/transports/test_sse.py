@@ -287,6 +287,25 @@ async def test_a_resume_cut_short_keeps_every_channel_in_its_ids(hub_factory: An
     assert got == {a: list(range(2, 62)), b: list(range(2, 62))}
 
 
+@pytest.mark.parametrize("channels", [["news"], ["news", "sport"]], ids=["one", "two"])
+async def test_an_http10_client_gets_its_stream(hub: RunningHub, channels: list[str]) -> None:
+    """HTTP/1.0 has no chunked bodies: the stream is the rest of the connection. One channel's
+    stream once took the server's chunk stream anyway, and answered 500."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    query = "&".join(f"channel={c}" for c in channels)
+    writer.write(f"GET /sse?{query} HTTP/1.0\r\n\r\n".encode())
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout(5))
+        assert head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")), head
+        await until(lambda: len(sse_sessions(hub)) == 1)
+        await hub.publish(channels[-1], "over 1.0")
+        received = b""
+        while b"over 1.0" not in received:
+            received += await asyncio.wait_for(reader.read(4096), timeout(5))
+    finally:
+        writer.close()
+
+
 async def test_a_cursor_missing_a_channel_starts_that_channel_from_now(hub: RunningHub) -> None:
     cursor = (await hub.publish("chat:a", "a1"))["cursor"]
     await hub.publish("chat:a", "a2")

@@ -188,7 +188,10 @@ class HttpCycle:
             # counting, also when a queued request is dropped unrun with its connection.
             scope, self.scope = self.scope, None
             assert scope is not None
-            scope.setdefault("extensions", {})[FAST_STREAM_EXTENSION] = {"open": self.open_stream}
+            if self.http11:  # HTTP/1.0 has no chunks: its streams end with the connection
+                scope.setdefault("extensions", {})[FAST_STREAM_EXTENSION] = {
+                    "open": self.open_stream
+                }
             await self.config.app(scope, self.receive, self.send)
         except Exception as exc:
             if not isinstance(exc, ClientDisconnected) or not self.disconnected:

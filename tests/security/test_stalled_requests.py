@@ -340,6 +340,41 @@ async def test_a_refused_connection_is_cheap(hub_factory: Any) -> None:
         keep.close()
 
 
+@HTTP_TIMERS
+async def test_responses_nobody_reads_count_under_their_address_s_cap(
+    hub_factory: Any, sockets: Any
+) -> None:
+    """A connection whose client reads nothing of its response waits on that client, like one
+    that sends nothing: it counts under the address's cap. Uncounted, one address held 8,000
+    of them (and their buffers) until send_timeout."""
+    cap = 5
+    hub: RunningHub = await hub_factory(limits={"max_pending_connections_per_ip": cap})
+    small_send_buffers(hub.server.sockets[0])
+    loop = asyncio.get_running_loop()
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(cap):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            stalled.append(sock)
+            await loop.sock_connect(sock, ("127.0.0.1", hub.port))
+            await loop.sock_sendall(sock, b"GET /clarion.js HTTP/1.1\r\nHost: h\r\n\r\n" * 50)
+        pending = hub.server.registry.pending
+        deadline = time.monotonic() + timeout(10)
+        while pending.by_key.get("127.0.0.1", 0) < cap:
+            assert time.monotonic() < deadline, pending.by_key
+            await asyncio.sleep(0.02)
+        reader, _ = await sockets(hub.port)
+        assert statuses(await until_closed(reader)) == [503]
+        reader, writer = await sockets(hub.port, "127.0.0.2")
+        writer.write(HEALTHZ)
+        assert statuses(await read_response(reader)) == [200]
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
 @pytest.mark.parametrize("kind", SERVERS)
 async def test_stomp_sockets_before_connect_count_per_address(kind: str) -> None:
     async with serve(kind, limits={"max_pending_connections_per_ip": 3}) as running:

@@ -337,12 +337,14 @@ class HttpProtocol(asyncio.Protocol):
         if self._send_timer is None and not self._detached:
             # The client takes none of what we write: it gets send_timeout to start again.
             self._send_timer = self._loop.call_later(self.config.send_timeout, self._send_stalled)
+        self._recount()
 
     def resume_writing(self) -> None:
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
         flow.release(self._drain)
+        self._recount()
 
     # -- httptools callbacks ----------------------------------------------------------------
 
@@ -627,6 +629,9 @@ class HttpProtocol(asyncio.Protocol):
             and cycle.body_complete
             and not cycle.response_complete
             and not cycle.answered
+            # A response the client does not read waits on the client: counted under its
+            # address's cap, or one address could hold any number of them.
+            and not flow.is_paused(self._drain)
         )
         if serving:
             self._uncount()

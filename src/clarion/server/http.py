@@ -70,6 +70,12 @@ MAX_QUEUED = 16
 MIN_REQUEST = 16
 # Digits of the largest Content-Length the parser takes (2**64 - 1): longer is no length.
 LENGTH_DIGITS = 20
+# A body comes to the app in pieces, one Python call each: one per chunk of a chunked body,
+# one per read of any other. Chunks of a byte each cost 130 times the CPU of the same bytes in
+# one chunk. A body has FREE_PIECES pieces of any size, and MIN_PIECE bytes a piece beyond,
+# on average: a body in crumbs is refused (400), one written in pieces as it is made is not.
+FREE_PIECES = 64
+MIN_PIECE = 64
 # Seconds an answered connection reads and drops what its client still sends (a body we
 # refused) before it is cut: the time for a client to see the answer and stop.
 LINGER = 5.0
@@ -132,6 +138,7 @@ class HttpProtocol(asyncio.Protocol):
         "_loop",
         "_parser",
         "_parsing",
+        "_pieces",
         "_pipeline",
         "_progress",
         "_raw_bytes",
@@ -179,6 +186,7 @@ class HttpProtocol(asyncio.Protocol):
         self._unparsed = b""
         self._resume: asyncio.Handle | None = None
         self._body_left = 0  # bytes of a declared body still to come: no request head in them
+        self._pieces = 0  # on_body calls for the request's body so far
         self._direct: dict[bytes, DirectRoute] = config.direct
         self._whole = whole_direct if self._direct and fastws.COMPILED else None
         self._body_max = min(BODY_HIGH, config.max_body_bytes)  # a direct request's body
@@ -379,6 +387,7 @@ class HttpProtocol(asyncio.Protocol):
             self._raise(431)
 
     def on_headers_complete(self) -> None:
+        self._pieces = 0
         self._head_due = False
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -541,6 +550,9 @@ class HttpProtocol(asyncio.Protocol):
         cycle.feed_body(body)
         if cycle.body_size > self.config.max_body_bytes:
             self._raise(413)
+        self._pieces += 1
+        if cycle.body_size < (self._pieces - FREE_PIECES) * MIN_PIECE:
+            self._raise(400)  # a body in crumbs: see MIN_PIECE
         if cycle.buffered > BODY_HIGH:
             self.update_reading()
 

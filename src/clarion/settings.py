@@ -215,6 +215,12 @@ class Limits(BaseModel):
     max_history_batch: int = Field(
         1000, ge=1, description="publications per history/poll reply (bytes: `send_queue_bytes`)"
     )
+    max_presence_clients: int = Field(
+        1000,
+        ge=1,
+        description="clients a client's presence reply lists; a channel with more lists that "
+        "many, with `truncated` (`presence_stats` counts them all; the server API lists all)",
+    )
     max_history_bytes: int = Field(
         256 * 1024 * 1024,
         ge=1_048_576,

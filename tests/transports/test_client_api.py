@@ -4,6 +4,7 @@ clients on SSE and polling, with the connection token, over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import httpx
@@ -296,3 +297,26 @@ async def test_many_requests_at_once_leave_no_session(secured: RunningHub) -> No
         )
     assert {r.status_code for r in replies} == {200}
     assert not secured.hub.sessions
+
+
+async def test_a_client_s_presence_reply_is_bounded(hub_factory: Any) -> None:
+    hub: RunningHub = await hub_factory(
+        token_secret=SECRET, api_key="backend-key", limits={"max_presence_clients": 3}
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [await stack.enter_async_context(hub.ws()) for _ in range(5)]
+        for n, ws in enumerate(sockets):
+            assert "ok" in await ws.call("connect", token=token(f"u{n}"))
+            await ws.subscribe("chat:a")
+        reply = (await sockets[0].call("presence", channel="chat:a"))["ok"]
+        assert len(reply["clients"]) == 3 and reply["truncated"] is True
+        assert len(reply["users"]) == 3 and reply["anonymous"] == 0
+        async with hub.http() as http:
+            params = {"channel": "chat:a"}
+            r = await http.get("/client/presence", params=params, headers=bearer(token()))
+            assert len(r.json()["clients"]) == 3 and r.json()["truncated"] is True
+            stats = await http.get("/client/presence_stats", params=params, headers=bearer(token()))
+            assert stats.json() == {"clients": 5, "users": 5}
+            backend = {"authorization": "apikey backend-key"}
+            r = await http.get("/api/presence", params=params, headers=backend)
+            assert len(r.json()["clients"]) == 5 and "truncated" not in r.json()

@@ -221,7 +221,8 @@ class ClientEndpoint:
         if cmd.op == "presence_stats":
             return (await hub.presence_stats(channel)).to_dict()
         info = hub.options(channel).presence_info
-        return presence_body(await hub.presence(channel), info=info)
+        limit = hub.settings.limits.max_presence_clients
+        return presence_body(await hub.presence(channel), info=info, limit=limit)
 
 
 def _may_subscribe(hub: Hub, session: Session, channel: str) -> bool:

@@ -244,7 +244,8 @@ class _Connection(Handler):
             if op == "presence_stats":
                 return (await hub.presence_stats(cmd.channel)).to_dict()
             info = hub.options(cmd.channel).presence_info
-            return presence_body(await hub.presence(cmd.channel), info=info)
+            limit = hub.settings.limits.max_presence_clients
+            return presence_body(await hub.presence(cmd.channel), info=info, limit=limit)
         if op in ("connect", "refresh"):
             return await self.authenticate(cmd)
         raise CommandError(

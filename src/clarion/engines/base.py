@@ -74,11 +74,19 @@ class PresenceEntry:
 
 
 def presence_body(
-    entries: list[PresenceEntry], *, info: bool, address: bool = False
+    entries: list[PresenceEntry], *, info: bool, address: bool = False, limit: int | None = None
 ) -> dict[str, Any]:
     """A presence reply: ``clients``, one entry per client, and ``users``, one per user with its
     clients (tabs, devices) and the union of their ``info`` (when ``info``); clients without a
-    user are listed under ``clients`` only, and counted in ``anonymous``."""
+    user are listed under ``clients`` only, and counted in ``anonymous``.
+
+    ``limit``: at most that many clients, and the users and anonymous ones among them, with
+    ``"truncated": true`` when there were more. A client's reply is bounded so (a channel of
+    ten thousand clients made each reply half a megabyte of a client's asking); the server
+    API's is not."""
+    truncated = limit is not None and len(entries) > limit
+    if truncated:
+        entries = entries[:limit]
     users: dict[str, dict[str, Any]] = {}
     anonymous = 0
     for entry in entries:
@@ -91,11 +99,14 @@ def presence_body(
         user["clients"].append(entry.client)
         if info and entry.info is not None:
             user.setdefault("info", {}).update(entry.info)
-    return {
+    body = {
         "clients": [e.to_dict(address=address, info=info) for e in entries],
         "users": list(users.values()),
         "anonymous": anonymous,
     }
+    if truncated:
+        body["truncated"] = True
+    return body
 
 
 @dataclass(frozen=True, slots=True)

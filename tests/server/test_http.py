@@ -238,6 +238,31 @@ async def test_declared_body_over_the_cap_is_answered_413_without_the_app(
     assert not called
 
 
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"deflate,chunked", b"identity"])
+async def test_a_transfer_coding_besides_chunked_is_answered_501(
+    start_server: Any, coding: bytes
+) -> None:
+    """Such a body would reach the app still coded, as if it were plain."""
+    called = False
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal called
+        called = scope["type"] == "http"
+        await echo(scope, receive, send)
+
+    server = await start_server(app)
+    reader, writer = await connect(server.port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: %s\r\n\r\n" % coding)
+    writer.write(b"2\r\nab\r\n0\r\n\r\n")
+    response = await read_response(reader)
+    assert response.status == 501 and not called
+    # Chunked alone is read as ever, in any case.
+    reader, writer = await connect(server.port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\n\r\n")
+    writer.write(b"2\r\nab\r\n0\r\n\r\n")
+    assert (await read_response(reader)).body == b"POST / ab"
+
+
 async def test_streamed_body_over_the_cap_is_answered_413(start_server: Any) -> None:
     seen: list[str] = []
 

@@ -439,8 +439,13 @@ class HttpProtocol(asyncio.Protocol):
         size = None if length is None else ascii_int(length, max_digits=LENGTH_DIGITS)
         if size is not None and size > self.config.max_body_bytes:
             self._raise(413)
+        coding = values.get(b"transfer-encoding")
+        if coding is not None and coding.strip().lower() != b"chunked":
+            # A coding besides chunked (gzip, chunked): the parser would take the chunks off
+            # and hand the app a body still coded, as if it were plain (RFC 9112, 6.1).
+            self._raise(501)
         self._body_left = _declared(length, values)
-        if (length is not None and length.strip(b"0")) or b"transfer-encoding" in values:
+        if (length is not None and length.strip(b"0")) or coding is not None:
             # A body is coming: it must be complete within body_timeout.
             self._body_due = True
         scope["type"] = "http"
@@ -750,6 +755,7 @@ class HttpProtocol(asyncio.Protocol):
             400: b"Bad Request\n",
             408: b"Request Timeout\n",
             413: b"Payload Too Large\n",
+            501: b"Not Implemented\n",
         }.get(status, b"")
         if status == 431:
             body = b"Request Header Fields Too Large\n"

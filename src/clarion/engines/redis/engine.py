@@ -378,7 +378,10 @@ class RedisEngine:
         since: StreamPosition | None = None,
         limit: int | None = None,
         reverse: bool = False,
+        trusted: bool = False,
     ) -> History:
+        """``trusted``: ``since`` is a position this node saw (its position checks), so that a
+        stored top below it shows lost writes; a client's cursor never changes the channel."""
         args = [
             since.epoch if since is not None else "",
             since.offset if since is not None else 0,
@@ -391,15 +394,14 @@ class RedisEngine:
             1 if reverse else 0,
             # With wait_replicas: no further than the announced top (scripts.HISTORY).
             1 if self._durable else 0,
+            1 if trusted else 0,
         ]
         try:
             # A resume (everything after a cursor) or a position read shares its channel's
-            # queued read (reads.py); None: this reader is ahead of the top, and reads alone.
+            # queued read (reads.py).
             resume = since is not None and limit is None
-            if not reverse and (resume or (since is None and limit == 0)):
-                shared = await self._reads.read(channel, args, since)
-                if shared is not None:
-                    return shared
+            if not reverse and not trusted and (resume or (since is None and limit == 0)):
+                return await self._reads.read(channel, args, since)
             keys = self._history_keys(channel)
             epoch_b, top, earliest, entries = await self._batch.script(self._history, keys, args)
         except (RedisError, OSError, TimeoutError) as exc:

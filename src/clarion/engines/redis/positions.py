@@ -107,7 +107,9 @@ class Positions:
             seen = self.seen.get(channel)
             if seen is None:
                 return
-            history = await self._history(channel, options, since=seen, limit=self._batch)
+            history = await self._history(
+                channel, options, since=seen, limit=self._batch, trusted=True
+            )
             if history.position.epoch != seen.epoch:
                 # Everything held of the new epoch; the hub resets its subscribers on it.
                 history = await self._history(channel, options, limit=self._batch)

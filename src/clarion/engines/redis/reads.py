@@ -7,8 +7,9 @@ oldest cursor among its readers, and each reader takes the part after its own. O
 yet sent is joined, so every read still runs in Redis after its reader began buffering live
 publications: nothing falls between the history and the live ones.
 
-The script's checks stay exact: a reader whose cursor is ahead of the channel's top (Redis lost
-writes) reads again alone, so that its read starts the new epoch as it would have unshared.
+A reader whose cursor is ahead of the channel's top gets the top and nothing else, as it would
+have unshared: the hub answers it with a ``position`` reset (a client's cursor never changes the
+channel; only a node's own position checks take a top below what they saw as lost writes).
 """
 
 from __future__ import annotations
@@ -49,14 +50,11 @@ class SharedReads:
         self._decode = decode  # (channel, epoch, entry) -> publication
         self._open: dict[tuple[str, str], _Shared] = {}  # (channel, cursor epoch) -> unsent
 
-    async def read(
-        self, channel: str, args: list[Any], since: StreamPosition | None
-    ) -> History | None:
+    async def read(self, channel: str, args: list[Any], since: StreamPosition | None) -> History:
         """The history of ``channel`` after ``since`` (``None``: no entries, the position).
 
         ``args`` are the script's arguments for this read alone (from ``since`` without a
-        limit, or limit 0 without a cursor). ``None``: the reader is ahead of the channel's
-        top, and must read again alone.
+        limit, or limit 0 without a cursor).
         """
         key = (channel, since.epoch if since is not None else "")
         shared = self._open.get(key)
@@ -69,10 +67,8 @@ class SharedReads:
         # Shielded: one reader cancelled must not cancel the call the others wait for.
         history = self._decoded(channel, shared, await asyncio.shield(shared.call.future))
         top = history.position
-        if since is None or since.epoch != top.epoch:
+        if since is None or since.epoch != top.epoch or since.offset > top.offset:
             return History([], top, history.earliest)
-        if since.offset > top.offset:
-            return None
         start = bisect_right(shared.offsets, since.offset)
         return History(history.publications[start:], top, history.earliest)
 

@@ -183,7 +183,8 @@ return n
 # KEYS: stream, meta
 # ARGV: since epoch ('' = from the start), since offset, limit (-1 = no limit), epoch if new,
 #       unwritten ttl ms, history ttl ms, history size, reverse ('1': newest first, before since),
-#       announced ('1': with wait_replicas, read no further than the announced top)
+#       announced ('1': with wait_replicas, read no further than the announced top), trusted
+#       ('1': since is a position this node saw announced, not a client's cursor)
 # -> {epoch, top offset, earliest offset, entries}
 # A read gives a meta no more than the unwritten TTL: the epoch its readers were given, kept for
 # a publication that may follow soon, not for a day (reading fresh names would fill Redis).
@@ -203,10 +204,12 @@ if top == 0 and redis.call('PTTL', meta) > unwritten_ttl then
   -- Left by an earlier version, which gave a read's meta the full meta TTL.
   redis.call('PEXPIRE', meta, unwritten_ttl)
 end
-if ARGV[1] == epoch and tonumber(ARGV[2]) > top and ARGV[8] ~= '1' then
-  -- A reader (reading forwards) has seen offsets this Redis never stored: it lost writes (a
+if ARGV[1] == epoch and tonumber(ARGV[2]) > top and ARGV[8] ~= '1' and ARGV[10] == '1' then
+  -- The node (reading forwards) saw offsets this Redis never stored: it lost writes (a
   -- failover to a replica that had not received them). Their offsets would be given again to other
-  -- publications: start a new epoch, so that every reader gets a reset instead.
+  -- publications: start a new epoch, so that every reader gets a reset instead. Only the node's
+  -- own positions are evidence: a client's cursor is not signed, and anyone may write one
+  -- (it is answered with the top, which the hub turns into a `position` reset).
   redis.call('DEL', stream)
   redis.call('HSET', meta, 'e', ARGV[4], 's', 0)
   redis.call('HDEL', meta, 'a')  -- the announced top (ANNOUNCE) was the old epoch's

@@ -149,7 +149,7 @@ class Limits(BaseModel):
         60,
         gt=0,
         description="ephemeral publications per second per session and channel (their own "
-        "budget: cursor moves come at 30-60 Hz)",
+        "budget: cursor moves come at 30-60 Hz); all of a session's channels together: 4 times",
     )
     client_ephemeral_burst: int = Field(
         60, ge=1, description="token-bucket size for client ephemeral publish"

@@ -301,6 +301,32 @@ async def test_the_python_client_sends_and_receives_signals(nodes: Callable[...,
             assert message.offset == after.offset and sub.cursor == after.cursor, transport
 
 
+async def test_signals_over_many_channels_share_one_total(
+    hub_factory: Callable[..., Any],
+) -> None:
+    """Each channel's bucket comes back full once the hub has forgotten it among many: one
+    connection sent 1,700 signals a second into one channel so, against 60. All its channels
+    together now take four channels' worth."""
+    rate, burst = 0.01, 5
+    hub: RunningHub = await hub_factory(
+        limits={
+            "client_ephemeral_rate": rate,
+            "client_ephemeral_burst": burst,
+            "max_subscriptions_per_connection": 4,
+        }
+    )
+    accepted: dict[str, int] = {}
+    async with hub.ws() as ws:
+        for _ in range(6):  # the victim's burst, then enough others to make it forgotten
+            for channel in ["room:victim"] * burst + [f"room:o{n}" for n in range(5)]:
+                reply = await ws.call("publish", channel=channel, data=1, ephemeral=True)
+                if "ok" in reply:
+                    accepted[channel] = accepted.get(channel, 0) + 1
+                elif reply["error"]["code"] != "ephemeral_rate_limited":
+                    raise AssertionError(reply)
+    assert sum(accepted.values()) == 4 * burst  # the total's burst, and nothing more
+
+
 async def test_a_stalled_subscriber_keeps_the_latest_signal_per_key(
     nodes: Callable[..., Any],
 ) -> None:

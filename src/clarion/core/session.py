@@ -32,6 +32,12 @@ from clarion.protocol.publication import Publication, StreamPosition
 if TYPE_CHECKING:
     from clarion.core.hub import Hub
 
+# A connection's live signals to all its channels together: as many as this many channels
+# at the full rate of each (a cursor on a few boards at once). Without a total, a connection
+# could send to any number of channels, and get a fresh burst on one by making the hub forget
+# its bucket among a hundred others.
+SIGNAL_CHANNELS = 4
+
 log = logging.getLogger("clarion.hub")
 # Failures a session's peer may cause once per session: one per kind a minute.
 _failures = LogLimit(log)
@@ -100,6 +106,7 @@ class Session:
         "pinged_at",
         "publish_bucket",
         "signal_buckets",
+        "signal_total",
         "subscriptions",
         "sweep_at",
         "transport",
@@ -131,6 +138,7 @@ class Session:
         # channel -> the bucket of its ephemeral publishes (made on the first one).
         # Made when first needed: most sessions never send a signal or get refused.
         self.signal_buckets: dict[str, TokenBucket] | None = None
+        self.signal_total: TokenBucket | None = None  # all its channels together
         self.abuse: Abuse | None = None
         self.conflating = False
         self.sweep_at = math.inf  # when the hub's sweep looks at this session next
@@ -416,17 +424,24 @@ class Session:
         buckets = self.signal_buckets
         if buckets is None:
             buckets = self.signal_buckets = {}
+            limits = self.hub.settings.limits
+            self.signal_total = TokenBucket(
+                limits.client_ephemeral_rate * SIGNAL_CHANNELS,
+                limits.client_ephemeral_burst * SIGNAL_CHANNELS,
+            )
         bucket = buckets.get(channel)
         if bucket is None:
             limits = self.hub.settings.limits
             if len(buckets) >= limits.max_subscriptions_per_connection:
-                # Bounded like the subscriptions: the bucket unused longest goes first (a
-                # second unused fills it again, so forgetting it gives little away).
+                # Bounded like the subscriptions: the bucket unused longest goes first. It
+                # comes back full, which the total below keeps from being a way round the rate.
                 del buckets[min(buckets, key=lambda c: buckets[c].stamp)]
             bucket = buckets[channel] = TokenBucket(
                 limits.client_ephemeral_rate, limits.client_ephemeral_burst
             )
-        return bucket.take()
+        total = self.signal_total
+        assert total is not None
+        return bucket.take() and total.take()
 
     @property
     def idempotency_scope(self) -> str:

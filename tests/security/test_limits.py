@@ -14,7 +14,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clarion.core.auth import mint_token
 
-from ..conftest import RunningHub, clarion_server, timeout
+from ..conftest import RunningHub, clarion_server, timeout, until
+from ..redis_fixture import RedisServer, redis_server
+
+__all__ = ["redis_server"]
 
 SECRET = "a-long-enough-test-secret-0123456789"
 
@@ -76,6 +79,42 @@ async def test_per_user_cap(hub_factory) -> None:  # type: ignore[no-untyped-def
         other = {"Authorization": f"Bearer {mint_token(SECRET, 'bob', ['*'])}"}
         async with hub.ws(additional_headers=other) as bob:
             assert (await bob.call("ping"))["ok"] == {}
+
+
+async def test_per_user_cap_spans_nodes_when_the_token_comes_in_the_connect_op(
+    hub_factory: Any, redis_server: RedisServer
+) -> None:
+    """The browser and Python clients send their token in the ``connect`` op, after the
+    session opened without a user: the user's count on every node was then never taken, and
+    each node held the cap's worth."""
+    settings = {
+        "token_secret": SECRET,
+        "api_key": "k",
+        "engine": redis_server.url,
+        "limits": {"max_connections_per_user": 3},
+    }
+    nodes = [await hub_factory(**settings) for _ in range(2)]
+    token = mint_token(SECRET, "alice", ["*"])
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = []
+        for n in range(6):
+            ws = await stack.enter_async_context(nodes[n % 2].ws())
+            assert "ok" in await ws.call("connect", token=token)
+            sockets.append(ws)
+        for ws in sockets[3:]:  # over the cap on the whole cluster: told 4503
+            code, _ = await closed_with(ws)
+            assert code == 4503
+        for ws in sockets[:3]:
+            assert (await ws.call("ping"))["ok"] == {}
+        # One of alice's goes: her count on the cluster makes room for one more.
+        admission = nodes[0].hub.admission
+        held = {sid for sid in nodes[0].hub.sessions if admission.holds(sid)}
+        await sockets[0].conn.close()
+        await until(lambda: len({sid for sid in held if admission.holds(sid)}) == len(held) - 1)
+        ws = await stack.enter_async_context(nodes[1].ws())
+        assert "ok" in await ws.call("connect", token=token)
+        await asyncio.sleep(0.3)
+        assert (await ws.call("ping"))["ok"] == {}
 
 
 async def test_node_cap(hub_factory) -> None:  # type: ignore[no-untyped-def]

@@ -69,7 +69,38 @@ class Admission:
             if not admitted:
                 session.close(CloseCode.TOO_MANY_CONNECTIONS)
                 return
-            held.append((kind, key))
+            if (kind, key) not in held:  # renamed() may have counted it meanwhile
+                held.append((kind, key))
+
+    async def renamed(self, session: Session, old: str | None) -> None:
+        """``session`` took another user (a token in the ``connect`` op, or a ``refresh``):
+        count it under that user on every node, no longer under the old one, or each node
+        would hold the user's cap of such sessions."""
+        shared = self.shared
+        if shared is None or session.closed:
+            return
+        held = self._held.setdefault(session.id, [])
+        if old is not None and ("user", old) in held:
+            held.remove(("user", old))
+            await self._release(shared, [("user", old)], session.id)
+        new = session.user
+        if new is None or ("user", new) in held or session.closed:
+            return
+        cap = self.hub.settings.limits.max_connections_per_user
+        try:
+            admitted = await shared.acquire_connection("user", new, session.id, cap)
+        except (ClarionError, OSError) as exc:
+            self._unavailable("shared connection counts unavailable: %s", exc)
+            admitted = True  # the local cap alone, as in admit()
+        if session.closed:  # closed meanwhile: what was held is being released already
+            if admitted:
+                await self._release(shared, [("user", new)], session.id)
+            return
+        if not admitted:
+            session.close(CloseCode.TOO_MANY_CONNECTIONS)
+            return
+        if ("user", new) not in held:
+            held.append(("user", new))
 
     async def release(self, session_id: str) -> None:
         held = self._held.pop(session_id, [])

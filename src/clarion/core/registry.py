@@ -112,6 +112,14 @@ class SessionRegistry:
             self.kinds[_kind(session)] += 1
         if new is not None:
             self.by_user.setdefault(new, set()).add(session)
+        hub = self.hub
+        if (
+            new != old
+            and hub.admission.shared is not None
+            and session.id in self.sessions
+            and session.transport.kind != "poll"
+        ):
+            hub.spawn(hub.admission.renamed(session, old))
 
     def forget(self, session: Session) -> None:
         """Take a closing ``session`` out of every index and count."""

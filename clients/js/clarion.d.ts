@@ -88,6 +88,16 @@ export interface ConnectOptions {
   openTimeout?: number;
   /** Milliseconds without a byte after which an SSE stream is reopened (default 45000). */
   sseSilence?: number;
+  /** Milliseconds without a frame on a WebSocket after which the client sends a ping op
+   * (default 25000; 0: never), and how long its answer may take before the connection is
+   * taken for dead and replaced (pongTimeout, default 10000). */
+  pingInterval?: number;
+  pongTimeout?: number;
+  /** Milliseconds publish, history and presence wait for the hub's answer (default 10000):
+   * then they reject with code "timeout". */
+  requestTimeout?: number;
+  /** Milliseconds getToken() may take (default 10000): then the try fails as if it threw. */
+  tokenTimeout?: number;
   /** The hub's limits.max_message_bytes (default 65536): a larger WebSocket request is
    * refused at once with `too_large`, never sent (the hub would close the connection, 1009).
    * null: no check. */

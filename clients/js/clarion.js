@@ -274,7 +274,10 @@ class Emitter {
   }
   off(event, fn) { this.handlers.get(event)?.delete(fn); }
   emit(event, ...args) {
-    for (const fn of [...(this.handlers.get(event) || [])]) {
+    const handlers = this.handlers.get(event);
+    // An error nobody listens to is not lost: a developer finds it in the console.
+    if (event === "error" && !handlers?.size) console.warn("clarion:", args[0]);
+    for (const fn of [...(handlers || [])]) {
       try { fn(...args); } catch (error) { console.error("clarion: handler failed", error); }
     }
   }
@@ -289,6 +292,21 @@ class ClarionError extends Error {
     if (error?.limit !== undefined) this.limit = error.limit; // a cap the request went over
     if (status !== undefined) this.status = status;
   }
+}
+
+// What a call rejects with when its answer will not come, each with its own code: the hub may
+// or may not have carried it out ("timeout", "connection_lost"), or it was never sent ("closed").
+function timeoutError(op, ms) {
+  return new ClarionError({ code: "timeout", message: `no answer to ${op} within ${ms} ms` });
+}
+
+function lostError(cause) {
+  const message = cause ? `connection lost: ${cause.message || cause}` : "connection lost";
+  return new ClarionError({ code: "connection_lost", message });
+}
+
+function closedError() {
+  return new ClarionError({ code: "closed", message: "the client is closed" });
 }
 
 // `localStorage`, a Map, or any object with get/set (or getItem/setItem).
@@ -447,6 +465,17 @@ class Client extends Emitter {
     this.pollTimeout = Math.min(options.pollTimeout ?? 25, MAX_POLL_TIMEOUT);
     this.openTimeout = options.openTimeout ?? 10000;
     this.sseSilence = options.sseSilence ?? 45000;
+    // A connection that dies without closing (a NAT that forgot it, a laptop woken on another
+    // network) shows no error in a browser. After pingInterval ms without a frame from the hub,
+    // the client sends a ping op; no answer within pongTimeout ms, and it is taken for dead.
+    this.pingInterval = options.pingInterval ?? 25000;
+    this.pongTimeout = options.pongTimeout ?? 10000;
+    // publish, history and presence reject with code "timeout" when the hub does not answer
+    // within requestTimeout ms (the Python client's request_timeout); getToken() has
+    // tokenTimeout ms to settle, or the try fails as if it had thrown.
+    this.requestTimeout = options.requestTimeout ?? 10000;
+    this.tokenTimeout = options.tokenTimeout ?? 10000;
+    this.heard = 0; // when the open WebSocket last brought a frame
     // The hub's limits.max_message_bytes: a frame over it closes the whole connection (1009,
     // "do not reconnect"); null or 0: no check.
     this.maxMessageBytes = options.maxMessageBytes === undefined ? 65536 : options.maxMessageBytes;
@@ -485,7 +514,7 @@ class Client extends Emitter {
   // -- public API --
 
   subscribe(channel, options = {}) {
-    if (this.closed) throw new Error("the client is closed");
+    if (this.closed) throw closedError();
     if (this.subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
     const sub = new Subscription(this, channel, options);
     this.subs.set(channel, sub);
@@ -529,7 +558,7 @@ class Client extends Emitter {
     if (this.online) this.online.end();
     if (this.ws) { try { this.ws.close(1000); } catch {} this.ws = null; }
     this._stopStream();
-    this._failPending(new Error("client closed"));
+    this._failPending(closedError());
     // Every subscription ends with the client, as after unsubscribe().
     for (const sub of [...this.subs.values()]) {
       this.subs.delete(sub.channel);
@@ -578,10 +607,24 @@ class Client extends Emitter {
     return t;
   }
 
+  _cancel(t) {
+    clearTimeout(t);
+    this.timers.delete(t);
+  }
+
   async _freshToken() {
     if (!this.getToken) return null;
-    const token = await this.getToken();
-    this.token = token || null;
+    let timer;
+    const late = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new ClarionError({ code: "timeout",
+        message: `getToken() did not settle within ${this.tokenTimeout} ms` })), this.tokenTimeout);
+    });
+    try {
+      const token = await Promise.race([this.getToken(), late]);
+      this.token = token || null;
+    } finally {
+      clearTimeout(timer);
+    }
     this.tokenExpires = tokenExpiry(this.token);
     return this.token;
   }
@@ -774,7 +817,7 @@ class Client extends Emitter {
     this.active = false;
     if (this.ws) { const ws = this.ws; this.ws = null; ws.onclose = null; try { ws.close(1000); } catch {} }
     this._stopStream();
-    this._failPending(new Error("connection lost"));
+    this._failPending(lostError());
   }
 
   // Ask for a new token before this one expires: a refresh op on an open WebSocket; over SSE
@@ -821,15 +864,16 @@ class Client extends Emitter {
         const ok = await this._wsRequest({ op: "connect", ...(this.token ? { token: this.token } : {}) });
         if (gen !== this.generation) return;
         opened = true;
-        clearTimeout(timer);
+        this._cancel(timer);
         this.clientId = ok.client;
         this.user = ok.user;
         if (ok.expires) this.tokenExpires = ok.expires;
         this._connected(gen);
+        this._watchWebSocket(gen, ws);
       } catch (error) {
         if (gen !== this.generation || !(error instanceof ClarionError)) return;
         opened = true;
-        clearTimeout(timer);
+        this._cancel(timer);
         this.emit("error", error);
         const what = refusal(error.code, { refreshable: this.refreshable, whole: true });
         const detail = { code: errorRule(error.code).close, reason: error.message };
@@ -845,6 +889,7 @@ class Client extends Emitter {
     };
     ws.onmessage = (event) => {
       if (gen !== this.generation) return;
+      this.heard = Date.now();
       let msg;
       try { msg = JSON.parse(event.data); } catch { return; }
       if (msg.disconnect) disconnect = msg.disconnect;
@@ -853,7 +898,7 @@ class Client extends Emitter {
     ws.onclose = (event) => {
       if (this.ws === ws) this.ws = null;
       if (gen !== this.generation || this.closed) return;
-      this._failPending(new Error("connection lost"));
+      this._failPending(lostError());
       const code = disconnect?.code ?? event.code;
       const ends = endsClient(code, disconnect?.reconnect, this.refreshable);
       const detail = { code, reason: disconnect?.reason ?? event.reason, reconnect: !ends };
@@ -867,9 +912,11 @@ class Client extends Emitter {
     };
   }
 
-  _wsRequest(command) {
+  // `wait`: ms until the call rejects with code "timeout" (0: it waits for the connection's end;
+  // subscribe and connect are held to the connection, not to a deadline).
+  _wsRequest(command, wait = 0) {
     const ws = this.ws;
-    if (!ws || ws.readyState !== 1) return Promise.reject(new Error("not connected"));
+    if (!ws || ws.readyState !== 1) return Promise.reject(lostError());
     const id = this.nextId++;
     const frame = JSON.stringify({ id, ...command });
     // Refused here, as the hub would refuse it over HTTP: over WebSocket it would close the
@@ -881,18 +928,54 @@ class Client extends Emitter {
         message: `the ${command.op} frame is ${size} bytes, over maxMessageBytes (${limit})` }));
     }
     ws.send(frame);
-    return new Promise((resolve, reject) => this.pending.set(id, { resolve, reject }));
+    return new Promise((resolve, reject) => {
+      const timer = wait ? this._later(() => {
+        this.pending.delete(id);
+        reject(timeoutError(command.op, wait));
+      }, wait) : null;
+      this.pending.set(id, { resolve, reject, timer });
+    });
   }
 
   _failPending(error) {
-    for (const { reject } of this.pending.values()) reject(error);
+    for (const { reject, timer } of this.pending.values()) {
+      if (timer !== null) this._cancel(timer);
+      reject(error);
+    }
     this.pending.clear();
+  }
+
+  // Nothing else shows that a quiet WebSocket still reaches the hub: the browser answers the
+  // hub's own pings out of sight, and a connection that died without closing never closes.
+  _watchWebSocket(gen, ws) {
+    if (!this.pingInterval) return;
+    this.heard = Date.now();
+    const check = () => {
+      if (gen !== this.generation || this.ws !== ws || this.closed) return;
+      const quiet = Date.now() - this.heard;
+      if (quiet < this.pingInterval) return void this._later(check, this.pingInterval - quiet);
+      this._wsRequest({ op: "ping" }, this.pongTimeout).then(
+        () => this._later(check, this.pingInterval),
+        (error) => {
+          if (gen !== this.generation || this.ws !== ws || error.code !== "timeout") return;
+          // Dead: what its close would do, for a close that will not come.
+          ws.onclose = ws.onmessage = null;
+          try { ws.close(1000); } catch {}
+          this.ws = null;
+          this._failPending(lostError());
+          this._retry(gen, { code: null, reason: `no answer to a ping within ${this.pongTimeout} ms`,
+            reconnect: true });
+        },
+      );
+    };
+    this._later(check, this.pingInterval);
   }
 
   _onFrame(msg) {
     if (msg.id !== undefined && msg.id !== null && this.pending.has(msg.id)) {
-      const { resolve, reject } = this.pending.get(msg.id);
+      const { resolve, reject, timer } = this.pending.get(msg.id);
       this.pending.delete(msg.id);
+      if (timer !== null) this._cancel(timer);
       if (msg.error) reject(new ClarionError(msg.error));
       else resolve(msg.ok);
       return;
@@ -998,24 +1081,37 @@ class Client extends Emitter {
   async _call(op, command) {
     // Closed — by close(), or by the hub with a code that says not to come back (a fixed token
     // that expired): nothing more is asked of the hub, as nothing more is subscribed.
-    if (this.closed) throw new Error("the client is closed");
+    if (this.closed) throw closedError();
     if (this.transport === "ws" && this.state === "connected" && this.ws?.readyState === 1) {
-      return this._wsRequest({ op, ...command });
+      return this._wsRequest({ op, ...command }, this.requestTimeout);
     }
-    // Off WebSocket: the hub's client endpoints, with the same token and permissions.
+    // Off WebSocket: the hub's client endpoints, with the same token and permissions. Before
+    // the first connection (or while getToken() is asked) there is no token yet: ask for one.
     let token = this.token;
+    if (token === null && this.getToken) token = await this._freshToken();
     for (let round = 0; ; round++) {
       const headers = this._headers(token);
+      const controller = new AbortController();
+      const timer = setTimeout(() => controller.abort(), this.requestTimeout);
+      const init = { headers, cache: "no-store", signal: controller.signal };
       let r;
-      if (op === "publish") {
-        headers["content-type"] = "application/json";
-        r = await fetch(this.urls.publish, { method: "POST", headers, body: JSON.stringify(command), cache: "no-store" });
-      } else {
-        const q = new URLSearchParams();
-        for (const [k, v] of Object.entries(command)) q.set(k, String(v));
-        r = await fetch(`${this.urls[op]}?${q}`, { headers, cache: "no-store" });
+      let body;
+      try {
+        if (op === "publish") {
+          headers["content-type"] = "application/json";
+          r = await fetch(this.urls.publish, { ...init, method: "POST", body: JSON.stringify(command) });
+        } else {
+          const q = new URLSearchParams();
+          for (const [k, v] of Object.entries(command)) q.set(k, String(v));
+          r = await fetch(`${this.urls[op]}?${q}`, init);
+        }
+        body = await r.json().catch(() => ({ error: { code: "http_error", message: `HTTP ${r.status}` } }));
+      } catch (error) {
+        // Sent or not, carried out or not: the caller cannot know, as for a connection lost.
+        throw controller.signal.aborted ? timeoutError(op, this.requestTimeout) : lostError(error);
+      } finally {
+        clearTimeout(timer);
       }
-      const body = await r.json().catch(() => ({ error: { code: "http_error", message: `HTTP ${r.status}` } }));
       if (r.ok) return body;
       if (body.error?.code === "token_expired" && this.getToken && round === 0) {
         token = await this._freshToken();
@@ -1350,6 +1446,10 @@ class Client extends Emitter {
       }
       let r;
       let body;
+      // A poll the hub holds for its timeout, and openTimeout more: past that, the connection
+      // under it died without closing (nothing else would end the wait).
+      const deadline = setTimeout(() => stream.controller.abort(),
+        (long ? this.pollTimeout * 1000 : 0) + this.openTimeout);
       try {
         r = await fetch(`${this.urls.poll}?${q}`, { headers: this._headers(), signal: stream.controller.signal, cache: "no-store" });
         if (r.ok) body = await r.json();
@@ -1357,6 +1457,8 @@ class Client extends Emitter {
         if (!this._live(stream)) return;
         if (r && r.ok) { await this._stall(stream, attempt++, { reason: String(error) }); continue; }
         return this._failed(stream.gen, { reason: String(error) });
+      } finally {
+        clearTimeout(deadline);
       }
       if (!this._live(stream)) return;
       if (!r.ok) {

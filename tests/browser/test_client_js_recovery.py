@@ -15,6 +15,7 @@ import pytest
 from clarion.core.auth import mint_token
 
 from ..conftest import RunningHub
+from ..support.proxy import FaultProxy
 from .chromium import chromium_context, needs_chromium
 from .test_client_js import (
     MANY,
@@ -276,3 +277,102 @@ async def test_a_token_that_no_longer_allows_the_channel_is_an_error_then_the_en
     ]
     assert events[2]["channel"] == "chat:lobby"
     assert await page.evaluate("window.client.state") == "connected"
+
+
+@pytest.fixture
+async def proxy(hub: RunningHub) -> AsyncIterator[FaultProxy]:
+    proxied = await FaultProxy(hub.port).start()
+    yield proxied
+    await proxied.close()
+
+
+@pytest.mark.parametrize("transport", ["ws", "poll"])
+async def test_a_connection_that_dies_without_closing_is_replaced(
+    page: Any, hub: RunningHub, proxy: FaultProxy, transport: str
+) -> None:
+    """A NAT that forgot the connection, a laptop woken on another network: nothing closes, and
+    a browser shows nothing (it answers the hub's pings out of the page's sight). The client
+    once stayed "connected" for good, receiving nothing, its calls waiting for ever."""
+    options = {
+        "hubUrl": f"http://127.0.0.1:{proxy.port}",
+        "transports": [transport],
+        "pingInterval": 500,
+        "pongTimeout": 500,
+        "pollTimeout": 1,
+        "openTimeout": 1000,
+    }
+    await open_client(page, hub, options)
+    await wait_for(page, f"window.log.states.includes('connected:{transport}')")
+    await subscribed(hub, "chat:lobby")
+    await hub.publish("chat:lobby", "before")
+    assert await pubs(page, 1) == ["before"]
+    assert proxy.freeze() >= 1
+    await hub.publish("chat:lobby", "while dead")
+    # Taken for dead, replaced over a new connection, resumed from the cursor.
+    assert await pubs(page, 2, seconds=15) == ["before", "while dead"]
+    await hub.publish("chat:lobby", "after")
+    assert await pubs(page, 3) == ["before", "while dead", "after"]
+
+
+async def test_a_call_the_hub_does_not_answer_rejects_with_timeout(
+    page: Any, hub: RunningHub, proxy: FaultProxy
+) -> None:
+    options = {
+        "hubUrl": f"http://127.0.0.1:{proxy.port}",
+        "transports": ["ws"],
+        "pingInterval": 60000,
+        "requestTimeout": 700,
+    }
+    await open_client(page, hub, options)
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    proxy.freeze()
+    refused = await page.evaluate(
+        "window.client.publish('chat:lobby', 1).then(() => null,"
+        " (e) => ({code: e.code, message: e.message}))"
+    )
+    assert refused == {"code": "timeout", "message": "no answer to publish within 700 ms"}
+
+
+async def test_a_get_token_that_never_settles_is_an_error_and_tried_again(
+    page: Any, hub_factory: Any
+) -> None:
+    hub = await secured(hub_factory)
+    await page.goto(hub.http_url + "/healthz")
+    await page.expose_function("mintToken", lambda: alice())
+    # A getToken that hangs the first time, then gives a token.
+    await page.evaluate(
+        """async () => {
+            const { connect } = await import('/clarion.js');
+            window.asked = 0;
+            window.hang = () => new Promise(() => {});
+            window.errors = [];
+            window.client = connect(location.origin, {
+                transports: ['ws'], tokenTimeout: 300, backoffBase: 50,
+                getToken: () => (++window.asked === 1 ? window.hang() : window.mintToken()),
+            });
+            window.client.on('error', (e) => window.errors.push(e.code));
+        }"""
+    )
+    await wait_for(page, "window.client.state === 'connected'")
+    assert await page.evaluate("window.errors") == ["timeout"]
+
+
+async def test_a_call_before_the_first_connection_carries_the_token(
+    page: Any, hub_factory: Any
+) -> None:
+    """It went to the client API without one (403 "no token was given"), on every transport."""
+    hub = await secured(hub_factory)
+    await page.goto(hub.http_url + "/healthz")
+    await page.expose_function("mintToken", lambda: alice())
+    reply = await page.evaluate(
+        """async () => {
+            const { connect } = await import('/clarion.js');
+            const client = connect(location.origin, {
+                transports: ['ws'], getToken: () => window.mintToken(),
+            });
+            try { return await client.publish('chat:lobby', 'early'); }
+            catch (e) { return {code: e.code, message: e.message}; }
+            finally { client.close(); }
+        }"""
+    )
+    assert reply["offset"] == 1, reply

@@ -2,8 +2,10 @@
 
 Placed between clients and a hub, or between a hub and Redis, it forwards bytes both ways and
 injects, on demand: added ``latency`` per chunk, a ``stall`` (nothing forwarded, nothing read:
-to each side the other went silent, as with a half-open connection), a ``reset`` of every
-connection (RST to both sides), and ``refuse`` (new connections reset at once).
+to each side the other went silent, as with a half-open connection), a ``freeze`` of the
+connections open now (they go silent for good while new ones pass: a NAT that forgot them, a
+laptop woken on another network), a ``reset`` of every connection (RST to both sides), and
+``refuse`` (new connections reset at once).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class FaultProxy:
         self._flowing.set()
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._frozen: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> FaultProxy:
@@ -42,6 +45,12 @@ class FaultProxy:
 
     def resume(self) -> None:
         self._flowing.set()
+
+    def freeze(self) -> int:
+        """The connections open now forward nothing more and are never closed; new ones flow.
+        Returns how many were frozen."""
+        self._frozen |= self._pairs
+        return len(self._pairs)
 
     def reset(self) -> int:
         """Reset every connection (RST both ways, no FIN); returns how many there were."""
@@ -92,11 +101,15 @@ class FaultProxy:
             while True:
                 await self._flowing.wait()
                 chunk = await src.read(65536)
+                if pair in self._frozen:
+                    await asyncio.Event().wait()  # for good, even a close: cancelled by close()
                 if not chunk:
                     break
                 if self.latency:
                     await asyncio.sleep(self.latency)
                 await self._flowing.wait()
+                if pair in self._frozen:
+                    await asyncio.Event().wait()
                 if pair not in self._pairs:
                     return  # reset meanwhile
                 dst.write(chunk)

@@ -333,12 +333,17 @@ async def test_a_call_the_hub_does_not_answer_rejects_with_timeout(
     assert refused == {"code": "timeout", "message": "no answer to publish within 700 ms"}
 
 
-async def test_a_get_token_that_never_settles_is_an_error_and_tried_again(
-    page: Any, hub_factory: Any
-) -> None:
+async def page_with_tokens(page: Any, hub_factory: Any) -> None:
+    """A page on a hub with tokens, which mints alice's with ``window.mintToken()``."""
     hub = await secured(hub_factory)
     await page.goto(hub.http_url + "/healthz")
     await page.expose_function("mintToken", lambda: alice())
+
+
+async def test_a_get_token_that_never_settles_is_an_error_and_tried_again(
+    page: Any, hub_factory: Any
+) -> None:
+    await page_with_tokens(page, hub_factory)
     # A getToken that hangs the first time, then gives a token.
     await page.evaluate(
         """async () => {
@@ -361,9 +366,7 @@ async def test_a_call_before_the_first_connection_carries_the_token(
     page: Any, hub_factory: Any
 ) -> None:
     """It went to the client API without one (403 "no token was given"), on every transport."""
-    hub = await secured(hub_factory)
-    await page.goto(hub.http_url + "/healthz")
-    await page.expose_function("mintToken", lambda: alice())
+    await page_with_tokens(page, hub_factory)
     reply = await page.evaluate(
         """async () => {
             const { connect } = await import('/clarion.js');

@@ -73,9 +73,9 @@ class Admission:
                 held.append((kind, key))
 
     async def renamed(self, session: Session, old: str | None) -> None:
-        """``session`` took another user (a token in the ``connect`` op, or a ``refresh``):
-        count it under that user on every node, no longer under the old one, or each node
-        would hold the user's cap of such sessions."""
+        """``session`` took another user (its token in the ``connect`` op, after it opened
+        without one): count it under that user on every node, no longer under the old one, or
+        each node would hold the user's cap of such sessions."""
         shared = self.shared
         if shared is None or session.closed:
             return

@@ -191,8 +191,9 @@ return n
 # With wait_replicas a write above the announced top `a` may still be waiting for its replicas,
 # and may be lost in a failover and its offset given again: a reader that saw it would skip the
 # publication given that offset. So the top a reader is shown is `a` (none yet in this epoch: 0),
-# and what it reads stops there; never below the reader's own cursor, which came from an
-# announcement (`a` may lag it after a failover that lost the meta's last HSET, not the writes).
+# and what it reads stops there; never below the reader's own cursor (`a` may lag one that came
+# from an announcement, after a failover that lost the meta's last HSET but not the writes; a
+# made-up one costs only its reader, who then skips what it claimed to have).
 HISTORY = (
     _COMMON
     + """

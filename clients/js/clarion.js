@@ -1153,6 +1153,15 @@ class Client extends Emitter {
     queueMicrotask(() => {
       this.restarting = false;
       if (this.closed || !this.active || this.transport === "ws") return;
+      const current = this.stream;
+      if (this.transport === "poll" && current && !current.opened && !current.stopped
+        && current.gen === this.generation && this.subs.size) {
+        // A poll cut before its first reply would have read nothing: subscriptions that change
+        // faster than the hub answers would starve every channel of the loop. That reply (at
+        // once: asked with timeout=0) comes first, then the new loop (_streamOpened).
+        current.reopen = true;
+        return;
+      }
       this._stopStream();
       if (!this.subs.size) {
         if (this.state !== "connected") this._connected(this.generation, false);
@@ -1186,6 +1195,12 @@ class Client extends Emitter {
   // reset comes next). `known(sub)`: whether the hub has said yet whether it recovered; one it
   // has not stays subscribing.
   _streamOpened(stream, cursor, resets, known = () => true) {
+    stream.opened = true;
+    if (stream.reopen && this.stream === stream) {
+      stream.reopen = false;
+      // After this reply is handled: the subscriptions changed while it was asked.
+      queueMicrotask(() => this._restartStream());
+    }
     if (stream.gen === this.generation && this.state !== "connected") this._connected(stream.gen, false);
     for (const sub of stream.subs) {
       if (this.subs.get(sub.channel) !== sub) continue;

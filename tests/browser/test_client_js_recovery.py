@@ -379,3 +379,31 @@ async def test_a_call_before_the_first_connection_carries_the_token(
         }"""
     )
     assert reply["offset"] == 1, reply
+
+
+async def test_subscriptions_that_change_faster_than_the_hub_answers_starve_no_channel(
+    page: Any, hub: RunningHub, proxy: FaultProxy
+) -> None:
+    """Each change restarts the one poll loop of every subscription. Each restart cut the poll
+    before it short, before its reply: with a subscription toggled every 150 ms and a hub
+    400 ms away, a channel nobody touched got 20 of 990 publications while it went on."""
+    proxy.latency = 0.2  # each way: a poll is answered in 0.4 s at best
+    options = {"hubUrl": f"http://127.0.0.1:{proxy.port}", "transports": ["poll"]}
+    await open_client(page, hub, options)
+    await wait_for(page, "window.sub.state === 'subscribed'", seconds=15)
+    await page.evaluate(
+        """() => {
+            let sub = null;
+            window.toggling = setInterval(() => {
+                if (sub) { sub.unsubscribe(); sub = null; }
+                else sub = window.client.subscribe('chat:toggled');
+            }, 150);
+        }"""
+    )
+    for n in range(30):
+        await hub.publish("chat:lobby", n)
+        await asyncio.sleep(0.1)
+    during = len(await page.evaluate("window.log.pubs"))
+    await page.evaluate("clearInterval(window.toggling)")
+    assert during >= 15, during  # half of them while the toggling went on (20 of 990 before)
+    assert await pubs(page, 30, seconds=15) == list(range(30))

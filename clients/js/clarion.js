@@ -301,7 +301,8 @@ function timeoutError(op, ms) {
 }
 
 function lostError(cause) {
-  const message = cause ? `connection lost: ${cause.message || cause}` : "connection lost";
+  const why = cause?.message || String(cause);
+  const message = why === "connection lost" ? why : `connection lost: ${why}`;
   return new ClarionError({ code: "connection_lost", message });
 }
 
@@ -817,7 +818,7 @@ class Client extends Emitter {
     this.active = false;
     if (this.ws) { const ws = this.ws; this.ws = null; ws.onclose = null; try { ws.close(1000); } catch {} }
     this._stopStream();
-    this._failPending(lostError());
+    this._failPending(new Error("connection lost"));
   }
 
   // Ask for a new token before this one expires: a refresh op on an open WebSocket; over SSE
@@ -898,7 +899,7 @@ class Client extends Emitter {
     ws.onclose = (event) => {
       if (this.ws === ws) this.ws = null;
       if (gen !== this.generation || this.closed) return;
-      this._failPending(lostError());
+      this._failPending(new Error("connection lost"));
       const code = disconnect?.code ?? event.code;
       const ends = endsClient(code, disconnect?.reconnect, this.refreshable);
       const detail = { code, reason: disconnect?.reason ?? event.reason, reconnect: !ends };
@@ -913,10 +914,12 @@ class Client extends Emitter {
   }
 
   // `wait`: ms until the call rejects with code "timeout" (0: it waits for the connection's end;
-  // subscribe and connect are held to the connection, not to a deadline).
+  // subscribe and connect are held to the connection, not to a deadline). A connection lost
+  // rejects with a plain Error: no refusal of the hub's (a ClarionError) for connect and
+  // subscribe, which the next connection makes again; _call gives callers its code.
   _wsRequest(command, wait = 0) {
     const ws = this.ws;
-    if (!ws || ws.readyState !== 1) return Promise.reject(lostError());
+    if (!ws || ws.readyState !== 1) return Promise.reject(new Error("not connected"));
     const id = this.nextId++;
     const frame = JSON.stringify({ id, ...command });
     // Refused here, as the hub would refuse it over HTTP: over WebSocket it would close the
@@ -962,7 +965,7 @@ class Client extends Emitter {
           ws.onclose = ws.onmessage = null;
           try { ws.close(1000); } catch {}
           this.ws = null;
-          this._failPending(lostError());
+          this._failPending(new Error("connection lost"));
           this._retry(gen, { code: null, reason: `no answer to a ping within ${this.pongTimeout} ms`,
             reconnect: true });
         },
@@ -1083,7 +1086,9 @@ class Client extends Emitter {
     // that expired): nothing more is asked of the hub, as nothing more is subscribed.
     if (this.closed) throw closedError();
     if (this.transport === "ws" && this.state === "connected" && this.ws?.readyState === 1) {
-      return this._wsRequest({ op, ...command }, this.requestTimeout);
+      return this._wsRequest({ op, ...command }, this.requestTimeout).catch((error) => {
+        throw error instanceof ClarionError ? error : lostError(error);
+      });
     }
     // Off WebSocket: the hub's client endpoints, with the same token and permissions. Before
     // the first connection (or while getToken() is asked) there is no token yet: ask for one.

@@ -408,3 +408,30 @@ async def test_subscriptions_that_change_faster_than_the_hub_answers_starve_no_c
     await page.evaluate("clearInterval(window.toggling)")
     assert during >= 15, during  # half of them while the toggling went on (20 of 990 before)
     assert await pubs(page, 30, seconds=15) == list(range(30))
+
+
+async def test_a_subscribe_in_flight_when_the_connection_drops_is_made_again(
+    page: Any, hub: RunningHub, proxy: FaultProxy
+) -> None:
+    """The drop fails what waits for an answer. A subscribe among it is no refusal: the next
+    connection makes it again (a call, by contrast, rejects with code connection_lost)."""
+    options = {"hubUrl": f"http://127.0.0.1:{proxy.port}", "transports": ["ws"]}
+    await open_client(page, hub, options)
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    proxy.latency = 0.3  # the subscribe's answer is on its way when the connection goes
+    await page.evaluate(
+        """() => {
+            window.late = window.client.subscribe('chat:late', {
+                onPublication: (p) => window.log.pubs.push(p.data),
+            });
+            window.call = window.client.history('chat:lobby')
+                .then(() => 'answered', (e) => e.code);
+        }"""
+    )
+    await asyncio.sleep(0.1)
+    assert proxy.reset() >= 1
+    proxy.latency = 0
+    assert await wait_for(page, "window.call") == "connection_lost"
+    await wait_for(page, "window.late.state === 'subscribed'", seconds=15)
+    await hub.publish("chat:late", "made again")
+    assert await pubs(page, 1) == ["made again"]

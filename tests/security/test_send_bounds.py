@@ -16,7 +16,8 @@ import json
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -140,11 +141,46 @@ async def reader(transport: str, running: RunningHub, channel: str) -> RawWebSoc
     return await ws_reader(running, channel)
 
 
-async def until_slow(running: RunningHub, before: int) -> None:
-    deadline = time.monotonic() + timeout(10)
-    while running.hub.stats.slow_disconnects == before:
-        assert time.monotonic() < deadline, "the reader was not closed as slow"
-        await asyncio.sleep(0.01)
+@dataclass
+class Behind:
+    """A hub and one peer of it that reads no more."""
+
+    running: RunningHub
+    ws: RawWebSocket
+    session: Session
+    before: int  # the hub's slow disconnects before the test pushed anything
+
+    @property
+    def hub(self) -> Hub:
+        return self.running.hub
+
+    @property
+    def cut(self) -> bool:
+        """Closed as slow since the test began."""
+        return self.hub.stats.slow_disconnects > self.before
+
+    async def until_cut(self) -> None:
+        deadline = time.monotonic() + timeout(10)
+        while not self.cut:
+            assert time.monotonic() < deadline, "the reader was not closed as slow"
+            await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def behind(
+    kind: str,
+    open_reader: Callable[[RunningHub], Awaitable[RawWebSocket]],
+    policy: str = "disconnect",
+    **settings: Any,
+) -> AsyncIterator[Behind]:
+    """A hub of ``kind`` and the one peer ``open_reader`` connects, which reads no more."""
+    async with serve(kind, policy, **settings) as running:
+        ws = await open_reader(running)
+        try:
+            hub = running.hub
+            yield Behind(running, ws, only_session(hub), hub.stats.slow_disconnects)
+        finally:
+            ws.close()
 
 
 @pytest.mark.parametrize("kind", SERVER_KINDS)
@@ -152,19 +188,12 @@ async def test_one_publication_to_many_subscriptions_of_a_destination(kind: str)
     """64 subscriptions of one connection to one destination, one publication of 50 KB: 3 MB
     of frames, once queued at once. Past twice the budget nothing more is taken, even within
     that fan-out, and the reader is closed as slow."""
-    async with serve(kind) as running:
-        hub = running.hub
-        ws = await stomp_reader(running, "big", 64)
-        try:
-            session = only_session(hub)
-            before = hub.stats.slow_disconnects
-            await hub.publish("big", "y" * 50_000)  # the fan-out, in this iteration
-            assert queued(session) <= 2 * BUDGET
-            await until_slow(running, before)
-            assert queued(session) <= 2 * BUDGET
-            assert await closed_with(ws) == 4001
-        finally:
-            ws.close()
+    async with behind(kind, lambda running: stomp_reader(running, "big", 64)) as peer:
+        await peer.hub.publish("big", "y" * 50_000)  # the fan-out, in this iteration
+        assert queued(peer.session) <= 2 * BUDGET
+        await peer.until_cut()
+        assert queued(peer.session) <= 2 * BUDGET
+        assert await closed_with(peer.ws) == 4001
 
 
 @pytest.mark.parametrize("policy", ["disconnect", "conflate"])
@@ -174,21 +203,14 @@ async def test_a_burst_of_publications_to_a_slow_ws_reader(kind: str, policy: st
     server's fan-out loop (push_many) counts each frame against the budget as it appends. Past
     twice the budget the reader missed what was dropped: it is closed as slow (and resumes from
     its cursor), even in a namespace that conflates."""
-    async with serve(kind, policy) as running:
-        hub = running.hub
-        ws = await ws_reader(running, "burst")
-        try:
-            session = only_session(hub)
-            before = hub.stats.slow_disconnects
-            for i in range(100):
-                await hub.publish("burst", {"n": i, "pad": "x" * 20_000})
-            assert queued(session) <= 2 * BUDGET
-            await until_slow(running, before)
-            assert queued(session) <= 2 * BUDGET
-            assert hub.stats.conflations == 0
-            assert await closed_with(ws) == 4001
-        finally:
-            ws.close()
+    async with behind(kind, lambda running: ws_reader(running, "burst"), policy) as peer:
+        for i in range(100):
+            await peer.hub.publish("burst", {"n": i, "pad": "x" * 20_000})
+        assert queued(peer.session) <= 2 * BUDGET
+        await peer.until_cut()
+        assert queued(peer.session) <= 2 * BUDGET
+        assert peer.hub.stats.conflations == 0
+        assert await closed_with(peer.ws) == 4001
 
 
 @pytest.mark.parametrize("transport", ["ws", "stomp"])
@@ -198,24 +220,17 @@ async def test_keyed_signals_of_new_keys_count_against_the_budget(
 ) -> None:
     """A reader behind keeps the latest signal per key in a slot: 300 signals of 20 KB, each
     of a new key, are 6 MB of slots unless they count like any queued byte."""
-    async with serve(kind) as running:
-        hub = running.hub
-        ws = await reader(transport, running, "cursors:doc")
-        try:
-            session = only_session(hub)
-            before = hub.stats.slow_disconnects
-            peak = 0
-            for i in range(300):
-                if hub.stats.slow_disconnects > before:
-                    break
-                await hub.publish("cursors:doc", "x" * 20_000, ephemeral=True, key=f"k{i}")
-                peak = max(peak, queued(session))
-                await asyncio.sleep(0)  # written, or held while the connection is behind
-            await until_slow(running, before)
-            assert peak <= 2 * BUDGET
-            assert await closed_with(ws) == 4001
-        finally:
-            ws.close()
+    async with behind(kind, lambda running: reader(transport, running, "cursors:doc")) as peer:
+        peak = 0
+        for i in range(300):
+            if peer.cut:
+                break
+            await peer.hub.publish("cursors:doc", "x" * 20_000, ephemeral=True, key=f"k{i}")
+            peak = max(peak, queued(peer.session))
+            await asyncio.sleep(0)  # written, or held while the connection is behind
+        await peer.until_cut()
+        assert peak <= 2 * BUDGET
+        assert await closed_with(peer.ws) == 4001
 
 
 @pytest.mark.parametrize("transport", ["ws", "stomp"])
@@ -225,35 +240,33 @@ async def test_replaced_signals_count_by_the_difference(kind: str, transport: st
     replaced 200 times by bigger and smaller signals stay within the budget, however many bytes
     went by; signals of new keys then count in full, and past the budget the reader is closed
     as slow."""
-    async with serve(kind, send_queue_bytes=4 * BUDGET) as running:
-        hub = running.hub
-        budget = 4 * BUDGET
-        ws = await reader(transport, running, "cursors:doc")
-        try:
-            session = only_session(hub)
-            before = hub.stats.slow_disconnects
-            await hub.publish("cursors:doc", "f" * 60_000)  # behind from now on
-            await asyncio.sleep(0.05)
-            peak = 0
-            for round_ in range(200):
-                size = 12_000 if round_ % 2 else 1_000
-                for key in range(4):
-                    await hub.publish("cursors:doc", "x" * size, ephemeral=True, key=f"k{key}")
-                peak = max(peak, queued(session))
-                await asyncio.sleep(0)
-            assert hub.stats.slow_disconnects == before, "replacements were counted in full"
-            assert peak <= budget
-            for i in range(100):
-                if hub.stats.slow_disconnects > before:
-                    break
-                await hub.publish("cursors:doc", "x" * 12_000, ephemeral=True, key=f"new{i}")
-                peak = max(peak, queued(session))
-                await asyncio.sleep(0)
-            await until_slow(running, before)
-            assert peak <= 2 * budget
-            assert await closed_with(ws) == 4001
-        finally:
-            ws.close()
+    budget = 4 * BUDGET
+
+    async def open_reader(running: RunningHub) -> RawWebSocket:
+        return await reader(transport, running, "cursors:doc")
+
+    async with behind(kind, open_reader, send_queue_bytes=budget) as peer:
+        hub = peer.hub
+        await hub.publish("cursors:doc", "f" * 60_000)  # behind from now on
+        await asyncio.sleep(0.05)
+        peak = 0
+        for round_ in range(200):
+            size = 12_000 if round_ % 2 else 1_000
+            for key in range(4):
+                await hub.publish("cursors:doc", "x" * size, ephemeral=True, key=f"k{key}")
+            peak = max(peak, queued(peer.session))
+            await asyncio.sleep(0)
+        assert not peer.cut, "replacements were counted in full"
+        assert peak <= budget
+        for i in range(100):
+            if peer.cut:
+                break
+            await hub.publish("cursors:doc", "x" * 12_000, ephemeral=True, key=f"new{i}")
+            peak = max(peak, queued(peer.session))
+            await asyncio.sleep(0)
+        await peer.until_cut()
+        assert peak <= 2 * budget
+        assert await closed_with(peer.ws) == 4001
 
 
 @pytest.mark.parametrize("kind", CLARION_KINDS)

@@ -1460,6 +1460,8 @@ class Client extends Emitter {
       const waiting = [...stream.subs].some((sub) => sub.state !== "subscribed");
       const long = opened && !waiting;
       q.set("timeout", String(long ? this.pollTimeout : 0));
+      // In presence as one client across polls: the id the hub gave, or empty for a new one.
+      q.set("client", this._pollClient || "");
       if (long && !this.pollTimeout) {
         await sleep(PLAIN_POLL_PAUSE); // a hub that allows no long poll: plain ones, paced
         if (!this._live(stream)) return;
@@ -1490,6 +1492,7 @@ class Client extends Emitter {
       }
       if (!body || !Array.isArray(body.publications)) return this._failed(stream.gen, { reason: "not a poll reply" });
       attempt = 0;
+      if (typeof body.client === "string") this._pollClient = body.client;
       for (const added of body.subscribed || []) stream.subs.add(this._serverSubscribed(added));
       this._streamAt(stream, body.cursor);
       const first = !opened;

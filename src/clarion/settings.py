@@ -257,6 +257,13 @@ class PollOptions(BaseModel):
 
     timeout: float = Field(25, ge=0, description="seconds a poll waits when it gives no `timeout`")
     timeout_max: float = Field(60, ge=0, description="largest `timeout` a poll may ask for")
+    presence_timeout: float = Field(
+        10,
+        gt=0,
+        le=3600,
+        description="seconds a long-poll client stays in presence after its poll's wait, "
+        "unless it polls again (polls that name `client`)",
+    )
 
 
 class WebhookEndpointConfig(BaseModel):

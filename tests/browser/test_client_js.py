@@ -165,12 +165,10 @@ async def test_each_transport_publishes_with_the_users_token(
     history = await page.evaluate("window.client.history('chat:lobby', {limit: 10})")
     assert [p["data"] for p in history["publications"]] == [{"text": "hi"}]
     presence = await page.evaluate("window.client.presence('chat:lobby')")
-    users = [c["user"] for c in presence["clients"]]
-    assert users == ([] if transport == "poll" else ["alice"])  # a poll is in no presence
+    # A long-poll client too: one client across its polls.
+    assert [(c["user"], c["transport"]) for c in presence["clients"]] == [("alice", transport)]
     stats = await page.evaluate("window.client.presenceStats('chat:lobby')")
-    assert stats == (
-        {"clients": 0, "users": 0} if transport == "poll" else {"clients": 1, "users": 1}
-    )
+    assert stats == {"clients": 1, "users": 1}
     # The token's permissions hold on every transport: no publishing to other channels.
     refused = await page.evaluate(
         "window.client.publish('news:x', 1).then(() => null, (e) => e.code)"

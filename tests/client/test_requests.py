@@ -32,14 +32,10 @@ async def test_publish_history_presence_round_trip(
             assert [(await next_message(sub)).data for _ in range(3)] == [
                 {"n": n} for n in range(3)
             ]
-            members = await client.presence("chat:lobby")
-            if transport == "poll":
-                assert members == []  # a poll is a short session: it never joins presence
-            else:
-                (member,) = members
-                assert member.transport == transport
-                if transport == "ws":
-                    assert member.client == client.client_id
+            (member,) = await client.presence("chat:lobby")  # a long-poll client too
+            assert member.transport == transport
+            if transport == "ws":
+                assert member.client == client.client_id
 
         page = await client.history("chat:lobby", limit=2)
         assert isinstance(page, History)
@@ -50,6 +46,20 @@ async def test_publish_history_presence_round_trip(
         assert [m.offset for m in rest.publications] == [3]
         assert rest.more is False
         assert rest.cursor == published[-1].cursor
+
+
+async def test_a_polling_client_is_one_member_across_its_polls(hub: RunningHub) -> None:
+    async with connect(hub.http_url, transport="poll") as client:
+        async with client.subscribe("chat:lobby") as sub, client.subscribe("chat:other"):
+            seen = set()
+            for n in range(5):  # each publication answers a poll, and the next one goes out
+                await client.publish("chat:lobby", n)
+                await next_message(sub)
+                members = await client.presence("chat:lobby")
+                assert [m.transport for m in members] == ["poll"]
+                seen.add(members[0].client)
+            (other,) = await client.presence("chat:other")
+    assert len(seen) == 1 and other.client in seen
 
 
 async def test_publish_id_is_idempotent_over_websocket(hub: RunningHub) -> None:

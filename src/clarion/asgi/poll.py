@@ -8,8 +8,10 @@ first publications pushed, or with an unchanged cursor when ``timeout`` runs out
 goes away while waiting is noticed through ``http.disconnect`` and its session closed at once.
 
 Each poll is a short core session of kind ``"poll"``: it counts against the connection limits
-and in the metrics, but never joins presence (it would join and leave on every poll). Nothing is
-kept between polls: the next one resumes from the cursor alone, on any node.
+and in the metrics. Nothing is kept between polls: the next one resumes from the cursor alone,
+on any node. A poll that names ``client`` puts its client in presence, not the session (which
+would join and leave on every poll): an entry held for the wait and a grace, renewed by each
+poll under the id the first was given (:meth:`~clarion.core.presence.Roster.hold_poll`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from clarion.asgitypes import Receive, Scope, Send
 from clarion.core.fanout import WireFormat, cursor_if_stored
 from clarion.core.hub import Hub
 from clarion.core.pages import CURSOR_BYTES
+from clarion.core.presence import POLL_CLIENT
 from clarion.core.session import Session, SubscribeResult
 from clarion.errors import BadRequest
 from clarion.protocol import messages
@@ -161,6 +164,7 @@ class _Reply:
     """Builds one reply: per channel its publications and where it now stands."""
 
     __slots__ = (
+        "client",
         "disconnect",
         "events",
         "positions",
@@ -178,6 +182,7 @@ class _Reply:
         self.unsubscribed: dict[str, str] = {}
         self.subscribed: list[str] = []
         self.events: list[dict[str, Any]] = []
+        self.client: str | None = None  # the long-poll client's id in presence
 
     def hub_changes(self, waiter: PollWaiter) -> None:
         """What the hub subscribed and unsubscribed while this poll was open."""
@@ -222,6 +227,8 @@ class _Reply:
             messages.encode_publication(pub, cursor_if_stored(pub)) for pub in self.publications
         )
         out = b'{"publications":[%s],"cursor":"%s"' % (pubs, cursor.encode("ascii"))
+        if self.client is not None:
+            out += b',"client":"%s"' % self.client.encode("ascii")
         if self.reset is not None:
             channel, reason, position = self.reset
             single = Cursor.single(channel, position).encode()  # the channel's own, after the gap
@@ -260,6 +267,16 @@ def read_timeout(hub: Hub, params: Params) -> float:
     return seconds
 
 
+def read_client(params: Params) -> str | None:
+    """``client``: absent, no presence; empty, a new client's first poll; else its id."""
+    raw = single_param(params, "client")
+    if raw is None or raw == "":
+        return raw
+    if not POLL_CLIENT.fullmatch(raw):
+        raise BadRequest("client must be the id an earlier poll's reply gave, or empty")
+    return raw
+
+
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:
     if if_none_match is None:
         return False
@@ -288,13 +305,19 @@ class PollEndpoint(ChannelEndpoint):
         if access.header(scope, b"last-event-id") or any(p in params for p in LAST_EVENT_ID_PARAMS):
             # An event stream's: ignored here, the poll would start from now without a word.
             raise BadRequest("/poll resumes from cursor=, not Last-Event-ID")
+        given = read_client(params)
         request = channel_request(hub, scope, params, params.get("cursor", []))
         request = await authorized(hub, request, "poll")
         limits = hub.settings.limits
         waiter = PollWaiter(limits.max_history_batch, limits.send_queue_bytes)
         session = hub.open_session(waiter, request.credentials, access.client_address(hub, scope))
         reply: _Reply | None
+        client: str | None = None
         try:
+            if given is not None:
+                client = await hub.roster.hold_poll(
+                    session, given or None, request.channels, timeout
+                )
             reply = await self._read(request)
             if reply.empty and timeout > 0 and not session.closed:
                 reply = await self._wait(
@@ -306,6 +329,7 @@ class PollEndpoint(ChannelEndpoint):
             session.close(CloseCode.NORMAL)
         if reply is None:
             return  # the client went away
+        reply.client = client
         cursor = reply.cursor()
         etag = f'"{cursor}"'
         headers = [
@@ -313,7 +337,11 @@ class PollEndpoint(ChannelEndpoint):
             (b"access-control-expose-headers", b"ETag"),
             *cors,
         ]
-        if reply.empty and _etag_matches(access.header(scope, b"if-none-match"), etag):
+        if (
+            reply.empty
+            and client == (given or None)  # a new id is never left unsaid
+            and _etag_matches(access.header(scope, b"if-none-match"), etag)
+        ):
             headers += [(b"cache-control", b"no-cache"), (b"content-length", b"0")]
             await send({"type": "http.response.start", "status": 304, "headers": headers})
             await send({"type": "http.response.body", "body": b""})

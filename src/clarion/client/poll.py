@@ -45,7 +45,9 @@ async def open_poll(stream: SharedStream, feeds: list[Feed]) -> str | None:
         # a quiet channel would outlast the first open's deadline with the hub up.
         ready = stream.answered and all(f.resume_cursor is not None for f in feeds)
         wait = longest if ready else 0.0
-        params = httpx.QueryParams([*query(feeds), ("timeout", _seconds(wait))])
+        params = httpx.QueryParams(
+            [*query(feeds), ("timeout", _seconds(wait)), ("client", ctx.poll.id)]
+        )
         timeout = httpx.Timeout(ctx.api.timeout, read=wait + ctx.api.timeout)
         try:
             headers = await ctx.api.stream_headers()
@@ -67,6 +69,8 @@ async def open_poll(stream: SharedStream, feeds: list[Feed]) -> str | None:
             log.info("the hub refused timeout=%s; polling with %s s", longest, FALLBACK_TIMEOUT)
             longest = FALLBACK_TIMEOUT
             continue
+        if isinstance(given := body.get("client"), str):
+            ctx.poll.id = given
         if not answered:
             log.info("connected to %s (%s)", url, naming(feeds))
             answered = True

@@ -9,7 +9,7 @@ next transport (see :mod:`clarion.client.refusals`). One stream carries every su
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 MISSING = frozenset({404, 405, 501})  # the hub (or a proxy before it) has no such endpoint
 
 
+@dataclass(slots=True)
+class PollClient:
+    """The id the hub gave this client's polls: one client in presence across its polls (and
+    its poll loops), whatever node answers them. Empty until a poll's reply gives one."""
+
+    id: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class StreamContext:
     api: HttpApi
@@ -35,6 +43,7 @@ class StreamContext:
     poll_timeout: float
     read_timeout: float  # SSE: longer than the hub's heartbeat interval
     open_timeout: float  # until the client's first stream is answered
+    poll: PollClient = field(default_factory=PollClient)
 
 
 async def check(response: httpx.Response, ctx: StreamContext, path: str) -> None:

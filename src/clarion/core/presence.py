@@ -3,19 +3,27 @@
 The engine holds the entries (every node's); this node adds and removes its sessions' entries,
 sends ``join``/``leave`` in the namespace's ``join_leave_mode``, and hands the events the
 engine broadcasts to the local subscribers allowed to read them. With an engine whose entries
-outlive a node that stopped without removing them (:class:`LapsingPresence`), the nodes with
+outlive a node that stopped without removing them (``node_leases``), the nodes with
 subscribers on a channel send the ``leave`` of those entries once their lease has ended:
 members built from joins and leaves lose them too, not only presence reads.
+
+A long-poll client holds no connection: its entry is a lease that each of its polls renews, on
+any node (:meth:`Roster.hold_poll`), and its ``leave`` goes out once the lease has ended, from
+the node that renewed it last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from clarion.core.fanout import JOINED, JOINING, LEFT, Subscription
-from clarion.engines.base import LapsingPresence, PresenceEntry
+from clarion.core.limits import TokenBucket
+from clarion.engines.base import Engine, Hold, PresenceEntry
 from clarion.errors import ClarionError
 from clarion.settings import NamespaceOptions
 
@@ -30,6 +38,14 @@ log = logging.getLogger("clarion.hub")
 ANNOUNCE_WINDOW = 0.05
 # Channels looked at together for ended leases: their calls share the engine's pipelines.
 LAPSE_SLICE = 500
+# A long-poll client's id, as the hub makes it: never a connection's (18 hex digits).
+POLL_CLIENT = re.compile(r"p[A-Za-z0-9_-]{22}")
+# Entries a user (an address, without a user) may add by polling, per node: a burst, then one
+# a second. Each poll without a known id adds one per channel it names, for its lease: bounded
+# so, a client that never sends its id back cannot fill a channel's presence.
+POLL_ENTRY_RATE = 1.0
+POLL_ENTRY_BURST = 10
+MAX_POLL_BUCKETS = 65536  # users and addresses whose adding is remembered at once
 
 
 def entry_of(session: Session) -> PresenceEntry:
@@ -62,6 +78,10 @@ class Roster:
         self._flush_at: asyncio.TimerHandle | None = None
         self._sending: asyncio.Task[None] | None = None
         self._lapses: asyncio.Task[None] | None = None  # the look for ended leases
+        # Channels where this node held a long-poll client's lease -> when the last one it
+        # held there ends (loop time): this node looks for it then.
+        self._polled: dict[str, float] = {}
+        self._poll_buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         """A ``join``/``leave`` from the engine: to the subscribers who may read presence."""
@@ -78,10 +98,9 @@ class Roster:
                 sub.session.transport.send_event(channel, kind, event)
 
     def start(self) -> None:
-        engine = self.hub.engine
-        if isinstance(engine, LapsingPresence) and self._lapses is None:
+        if self._lapses is None:
             self._lapses = asyncio.create_task(
-                self._watch_lapses(engine), name="clarion-presence-lapses"
+                self._watch_lapses(self.hub.engine), name="clarion-presence-lapses"
             )
 
     def stop(self) -> None:
@@ -92,16 +111,30 @@ class Roster:
             self._lapses.cancel()
             self._lapses = None
 
-    async def _watch_lapses(self, engine: LapsingPresence) -> None:
+    def _lapsing(self, engine: Engine) -> list[str]:
+        """The channels to look at for ended leases now."""
+        hub = self.hub
+        now = asyncio.get_running_loop().time()
+        # A lease this node held is looked for until a look after its end: renewed elsewhere
+        # meanwhile, it is that node's to look for.
+        late = now - 2 * engine.lapse_interval
+        polled = self._polled
+        for name in [name for name, until in polled.items() if until < late]:
+            del polled[name]
+        channels = list(polled)
+        if engine.node_leases:
+            channels += [
+                name
+                for name in list(hub.local_channels.local)
+                if name not in polled and hub.options(name).join_leave_mode is not None
+            ]
+        return channels
+
+    async def _watch_lapses(self, engine: Engine) -> None:
         failing = False
         while True:
             await asyncio.sleep(engine.lapse_interval)
-            hub = self.hub
-            channels = [
-                name
-                for name in list(hub.local_channels.local)
-                if hub.options(name).join_leave_mode is not None
-            ]
+            channels = self._lapsing(engine)
             try:
                 for start in range(0, len(channels), LAPSE_SLICE):
                     chunk = channels[start : start + LAPSE_SLICE]
@@ -141,12 +174,15 @@ class Roster:
         except ClarionError as exc:
             log.warning("presence join on %s failed: %s", channel, exc.message)
 
-    async def _lapsed(self, engine: LapsingPresence, channel: str) -> None:
+    async def _lapsed(self, engine: Engine, channel: str) -> None:
         """The leaves of ``channel``'s entries whose lease ended, each sent by one node."""
         entries = await engine.presence_lapsed(channel)
         if not entries:
             return
         hub = self.hub
+        if hub.lifecycle_listeners:
+            for entry in entries:
+                hub.emit("leave", {"channel": channel, **entry.to_dict()})
         options = hub.options(channel)
         mode = options.join_leave_mode
         if mode == "client":
@@ -164,6 +200,94 @@ class Roster:
                     if options.presence_info and entry.info is not None:
                         event["info"] = entry.info
                     await hub.engine.broadcast_event(channel, "leave", event)
+
+    async def hold_poll(
+        self, session: Session, client: str | None, channels: list[str], wait: float
+    ) -> str | None:
+        """Keep a long-poll client in the presence of those of ``channels`` that have presence,
+        until ``wait`` and ``poll.presence_timeout`` have passed (time for the reply to reach
+        it and its next poll to come, or a plain poll's pause), under ``client`` (an id a
+        poll of its was given before), and announce it where it is new.
+
+        Returns the id to give back: ``client``, or a new one when it had none or named
+        another user's entry. ``None`` when it had none and may add no entry now (over its
+        rate): it is in no presence until a later poll. The poll is answered either way, so
+        an engine that cannot be reached leaves it out of presence, no more.
+        """
+        hub = self.hub
+        held = [channel for channel in channels if hub.options(channel).presence]
+        if not held:
+            return client
+        engine = hub.engine
+        lease = wait + hub.settings.poll.presence_timeout
+        absent = held
+        try:
+            if client is not None:
+                entry = self._poll_entry(session, client)
+                done = await asyncio.gather(
+                    *(engine.presence_hold(c, entry, lease, create=False) for c in held)
+                )
+                if Hold.TAKEN in done:
+                    client = None  # someone else's: this client starts afresh
+                else:
+                    absent = [c for c, hold in zip(held, done, strict=True) if hold == Hold.ABSENT]
+            if absent and self._may_add(session):
+                if client is None:
+                    client = "p" + secrets.token_urlsafe(16)
+                entry = self._poll_entry(session, client)
+                done = await asyncio.gather(
+                    *(engine.presence_hold(c, entry, lease, create=True) for c in absent)
+                )
+                for channel, hold in zip(absent, done, strict=True):
+                    if hold == Hold.ADDED:
+                        await self._poll_joined(channel, session, entry)
+        except ClarionError as exc:
+            log.warning("holding a long-poll client's presence failed: %s", exc.message)
+            return client
+        if client is not None:
+            until = asyncio.get_running_loop().time() + lease
+            polled = self._polled
+            for channel in held:
+                if polled.get(channel, 0.0) < until:
+                    polled[channel] = until
+        return client
+
+    @staticmethod
+    def _poll_entry(session: Session, client: str) -> PresenceEntry:
+        return PresenceEntry(
+            client, session.user, session.credentials.info, "poll", session.client_ip
+        )
+
+    def _may_add(self, session: Session) -> bool:
+        key = f"user:{session.user}" if session.user is not None else f"ip:{session.ip_key}"
+        buckets = self._poll_buckets
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = TokenBucket(POLL_ENTRY_RATE, POLL_ENTRY_BURST)
+            if len(buckets) > MAX_POLL_BUCKETS:  # bounded: the least recent one goes
+                buckets.popitem(last=False)
+        else:
+            buckets.move_to_end(key)
+        return bucket.take()
+
+    async def _poll_joined(self, channel: str, session: Session, entry: PresenceEntry) -> None:
+        """A long-poll client's entry was added: its join, as a connection's."""
+        hub = self.hub
+        if hub.lifecycle_listeners:
+            hub.emit("join", {"channel": channel, **entry.to_dict()})
+        options = hub.options(channel)
+        mode = options.join_leave_mode
+        if mode == "client":
+            shown = entry.to_dict(info=options.presence_info)
+            self._announce(channel, entry.client, "join", {"channel": channel, **shown})
+        elif mode == "user" and session.user is not None:
+            pending = self._retiring.pop((channel, session.user), None)
+            if pending is not None:
+                pending.cancel()  # back within the grace: the leave check is moot
+            if await hub.engine.presence_announce(channel, session.user):
+                await hub.engine.broadcast_event(
+                    channel, "join", _user_event(channel, session, options)
+                )
 
     async def drain(self, timeout: float) -> None:
         """Send the join/leave events still waiting for their window now, and wait for them

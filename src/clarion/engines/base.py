@@ -8,6 +8,7 @@ publications, so a single code path delivers everything.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -26,6 +27,15 @@ RevocationMark = str
 # meta does (``history_meta_ttl``); a publication within it continues the epoch its readers
 # were given, one after it starts a new epoch (a reset for them, never a silent loss).
 UNWRITTEN_TTL = 120.0
+
+
+class Hold(enum.IntEnum):
+    """What :meth:`Engine.presence_hold` did."""
+
+    RENEWED = 0  # the entry was there: its lease runs from now
+    ADDED = 1  # it was not, and is now: its join is due
+    ABSENT = 2  # it was not, and ``create`` was false: nothing changed
+    TAKEN = 3  # the client id names another user's entry, or a connection's: nothing changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +217,28 @@ class Engine(Protocol):
     async def presence_stats(self, channel: str) -> PresenceStats:
         """The counts of :meth:`presence` without listing anyone: O(1) or one round trip."""
 
+    async def presence_hold(
+        self, channel: str, entry: PresenceEntry, lease: float, *, create: bool
+    ) -> Hold:
+        """Hold ``entry`` for ``lease`` seconds from now: the entry of a client that keeps no
+        connection (a long-poll client), which ends when its lease does unless held again, on
+        any node. Renews it when it is there; adds it when not, if ``create``. Never takes over
+        an entry of another user's, or one a connection holds."""
+
+    async def presence_lapsed(self, channel: str) -> list[PresenceEntry]:
+        """Take out the entries of ``channel`` whose lease has ended; each entry is returned
+        to one caller only, on any node (its ``leave`` is sent once)."""
+
+    # Whether a connection's entry outlives a node that stops without removing it, until its
+    # lease ends (Redis): then the nodes with subscribers on a channel look for ended leases
+    # there. Otherwise only long-poll clients' entries lapse, and the node that held one last
+    # looks for it.
+    node_leases: bool
+
+    @property
+    def lapse_interval(self) -> float:
+        """Seconds between two calls of :meth:`presence_lapsed` per channel."""
+
     async def presence_announce(self, channel: str, user: str) -> bool:
         """Mark ``user`` as announced on ``channel``; ``True`` when it was not (a ``join`` is
         due), on whichever node asks first."""
@@ -227,20 +259,6 @@ class Engine(Protocol):
         were lost or replaced since — and the mark to pass next time."""
 
     async def healthy(self) -> bool: ...
-
-
-@runtime_checkable
-class LapsingPresence(Protocol):
-    """An engine whose presence entries outlive a node that stops without removing them, until
-    their lease ends (Redis); the memory engine's end with their sessions."""
-
-    @property
-    def lapse_interval(self) -> float:
-        """Seconds between two calls of :meth:`presence_lapsed` per channel."""
-
-    async def presence_lapsed(self, channel: str) -> list[PresenceEntry]:
-        """Take out the entries of ``channel`` whose lease has ended; each entry is returned
-        to one caller only, on any node (its ``leave`` is sent once)."""
 
 
 @runtime_checkable

@@ -23,6 +23,7 @@ from clarion.engines.base import (
     UNWRITTEN_TTL,
     EngineSink,
     History,
+    Hold,
     PresenceEntry,
     PresenceStats,
     RevocationMark,
@@ -112,6 +113,9 @@ class MemoryEngine:
         self._unwritten: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._meta_ttl: dict[str, float] = {}
         self._presence: dict[str, dict[str, PresenceEntry]] = {}
+        # channel -> client -> when its lease ends: the entries no connection holds (long-poll
+        # clients'), which end with their lease.
+        self._leases: dict[str, dict[str, float]] = {}
         # channel -> user -> how many of its clients are present: the stats without a scan.
         self._users: dict[str, dict[str, int]] = {}
         self._announced: dict[str, set[str]] = {}  # channel -> users whose join was sent
@@ -376,13 +380,51 @@ class MemoryEngine:
         self._count_user(channel, entry.user, 1)
 
     async def presence_remove(self, channel: str, client: str) -> None:
+        self._take_out(channel, client)
+
+    def _take_out(self, channel: str, client: str) -> PresenceEntry | None:
+        leases = self._leases.get(channel)
+        if leases is not None and leases.pop(client, None) is not None and not leases:
+            del self._leases[channel]
         clients = self._presence.get(channel)
-        if clients is not None:
-            old = clients.pop(client, None)
-            if old is not None:
-                self._count_user(channel, old.user, -1)
-            if not clients:
-                del self._presence[channel]
+        if clients is None:
+            return None
+        old = clients.pop(client, None)
+        if old is not None:
+            self._count_user(channel, old.user, -1)
+        if not clients:
+            del self._presence[channel]
+        return old
+
+    async def presence_hold(
+        self, channel: str, entry: PresenceEntry, lease: float, *, create: bool
+    ) -> Hold:
+        leases = self._leases.get(channel)
+        held = self._presence.get(channel, {}).get(entry.client)
+        if held is not None:
+            if held.user != entry.user or leases is None or entry.client not in leases:
+                return Hold.TAKEN
+            leases[entry.client] = self._clock() + lease
+            return Hold.RENEWED
+        if not create:
+            return Hold.ABSENT
+        await self.presence_add(channel, entry)
+        self._leases.setdefault(channel, {})[entry.client] = self._clock() + lease
+        return Hold.ADDED
+
+    node_leases = False  # a connection's entry ends with its session
+
+    @property
+    def lapse_interval(self) -> float:
+        return 1.0
+
+    async def presence_lapsed(self, channel: str) -> list[PresenceEntry]:
+        leases = self._leases.get(channel)
+        if not leases:
+            return []
+        now = self._clock()
+        ended = [client for client, until in leases.items() if until <= now]
+        return [e for e in (self._take_out(channel, c) for c in ended) if e is not None]
 
     def _count_user(self, channel: str, user: str | None, delta: int) -> None:
         if user is None:

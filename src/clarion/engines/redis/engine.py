@@ -28,6 +28,7 @@ from clarion.engines.base import (
     UNWRITTEN_TTL,
     EngineSink,
     History,
+    Hold,
     PresenceEntry,
     PresenceStats,
     RevocationMark,
@@ -580,6 +581,13 @@ class RedisEngine:
 
     async def presence(self, channel: str) -> list[PresenceEntry]:
         return await self._require_presence().entries(channel)
+
+    async def presence_hold(
+        self, channel: str, entry: PresenceEntry, lease: float, *, create: bool
+    ) -> Hold:
+        return await self._require_presence().hold(channel, entry, lease, create=create)
+
+    node_leases = True  # see presence.py
 
     @property
     def lapse_interval(self) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from clarion.engines.base import PresenceEntry, PresenceStats
+from clarion.engines.base import Hold, PresenceEntry, PresenceStats
 from clarion.engines.redis import scripts
 from clarion.engines.redis.batch import Batcher
 from clarion.engines.redis.connect import unavailable
@@ -59,7 +59,9 @@ class RedisPresence:
         self._retire = client.register_script(scripts.PRESENCE_RETIRE)
         self._get = client.register_script(scripts.PRESENCE_GET)
         self._lapse = client.register_script(scripts.PRESENCE_LAPSE)
+        self._hold = client.register_script(scripts.PRESENCE_HOLD)
         self.scripts = (
+            self._hold,
             self._add,
             self._renew,
             self._remove,
@@ -102,6 +104,18 @@ class RedisPresence:
             )
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"adding presence on {channel!r}") from None
+
+    async def hold(self, channel: str, entry: PresenceEntry, lease: float, *, create: bool) -> Hold:
+        """A long-poll client's entry, for ``lease`` seconds: no node keeps or renews it."""
+        user = entry.user or ""
+        keys = self._channel_keys(channel)
+        keys.append(self._keys.presence_user(channel, user) if user else keys[2])
+        value = orjson.dumps(entry.to_dict(address=True))
+        args = [max(1, round(lease * 1000)), entry.client, value, user, "1" if create else "0"]
+        try:
+            return Hold(int(await self._batch.script(self._hold, keys=keys, args=args)))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise unavailable(exc, f"holding presence on {channel!r}") from None
 
     async def remove(self, channel: str, client: str) -> None:
         entries = self.held.get(channel)

@@ -22,6 +22,11 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Let `key` live `ms` more, unless it lives longer already (a lease of another length).
+local function extend(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+
 local function offset_of(entry)
   return tonumber(string.match(entry[1], '^(%d+)'))
 end
@@ -309,14 +314,51 @@ for i = 1, n do
   redis.call('HSET', hash, client, value)
   if user ~= '' then
     redis.call('ZADD', KEYS[3 + i], expires, client)
-    redis.call('PEXPIRE', KEYS[3 + i], ttl)
+    extend(KEYS[3 + i], ttl)
     redis.call('ZADD', users, 'GT', expires, user)
   end
 end
-redis.call('PEXPIRE', zset, ttl)
-redis.call('PEXPIRE', hash, ttl)
-if redis.call('EXISTS', users) == 1 then redis.call('PEXPIRE', users, ttl) end
+extend(zset, ttl)
+extend(hash, ttl)
+extend(users, ttl)
 return 1
+"""
+)
+
+# KEYS: expiry zset, entries hash, users zset, the entry's user zset (the users zset for an
+# entry without a user)
+# ARGV: lease ms, client, entry value, user ('' = none), create ('1' or '0')
+# -> 0: renewed; 1: added; 2: absent, not added; 3: the id names another user's entry or a
+#    connection's (whose transport is not "poll"), left as it is.
+# A long-poll client's entry: no node holds it, and its lease runs from each poll.
+PRESENCE_HOLD = (
+    _COMMON
+    + """
+local zset, hash, users, mine = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local lease, client, value, user = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local status = 1
+local old = redis.call('HGET', hash, client)
+if old then
+  local was = cjson.decode(old)
+  local was_user = was['user']
+  if was_user == nil or was_user == cjson.null then was_user = '' end
+  if was['transport'] ~= 'poll' or was_user ~= user then return 3 end
+  status = 0
+elseif ARGV[5] ~= '1' then
+  return 2
+end
+local expires = now_ms() + lease
+redis.call('ZADD', zset, expires, client)
+if status == 1 then redis.call('HSET', hash, client, value) end
+if user ~= '' then
+  redis.call('ZADD', mine, expires, client)
+  extend(mine, lease)
+  redis.call('ZADD', users, 'GT', expires, user)
+  extend(users, lease)
+end
+extend(zset, lease)
+extend(hash, lease)
+return status
 """
 )
 
@@ -354,16 +396,16 @@ for i = 3 + plain, #ARGV, 2 do
   if redis.call('ZSCORE', zset, client) then
     redis.call('ZADD', zset, expires, client)
     redis.call('ZADD', KEYS[k], expires, client)
-    redis.call('PEXPIRE', KEYS[k], ttl)
+    extend(KEYS[k], ttl)
     redis.call('ZADD', users, 'GT', expires, user)
   else
     missing[#missing + 1] = client
   end
   k = k + 1
 end
-if redis.call('EXISTS', zset) == 1 then redis.call('PEXPIRE', zset, ttl) end
-if redis.call('EXISTS', hash) == 1 then redis.call('PEXPIRE', hash, ttl) end
-if redis.call('EXISTS', users) == 1 then redis.call('PEXPIRE', users, ttl) end
+extend(zset, ttl)
+extend(hash, ttl)
+extend(users, ttl)
 return missing
 """
 )

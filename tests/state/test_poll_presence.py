@@ -1,0 +1,228 @@
+"""Long-poll clients in presence: one entry per client (not per poll), renewed by each of its
+polls on any node, with one join and one leave; over real HTTP on both engines (on Redis, two
+nodes sharing one ``redis-server``)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from clarion.core.auth import mint_token
+from clarion.core.presence import POLL_ENTRY_BURST
+from clarion.settings import NamespaceOptions, PollOptions
+
+from ..conftest import WS, RunningHub, timeout
+from ..transports.streams import error_code
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET = "a-long-enough-test-secret-0123456789"
+KEY = "presence-api-key"
+API = {"Authorization": f"apikey {KEY}"}
+# poll.presence_timeout: a lease's slack past its poll's wait, long enough for a loaded
+# machine's pauses between two polls of the test.
+LINGER = 3.0
+
+
+async def poll(http: httpx.AsyncClient, channel: str, **params: Any) -> dict[str, Any]:
+    """``GET /poll`` with ``params`` (``client`` among them), answered 200."""
+    r = await http.get("/poll", params={"channel": channel, **params})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def settings(mode: str = "client") -> dict[str, Any]:
+    room = NamespaceOptions(join_leave=mode, presence_grace=0.5, anonymous=True)  # type: ignore[arg-type]
+    return {
+        "token_secret": SECRET,
+        "api_key": KEY,
+        "namespaces": {"room": room},
+        "poll": PollOptions(presence_timeout=LINGER),
+    }
+
+
+def bearer(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(SECRET, user, ['room:*'])}"}
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def two(
+    request: pytest.FixtureRequest, hub_factory: Callable[..., Any]
+) -> Callable[..., Any]:
+    """Two nodes of one engine: the same hub twice on memory, two hubs on one Redis."""
+
+    async def make(**kw: Any) -> tuple[RunningHub, RunningHub]:
+        if request.param == "memory":
+            hub: RunningHub = await hub_factory(**kw)
+            return hub, hub
+        server = request.getfixturevalue("redis_server")
+        # Ended leases are looked for every third of presence_ttl.
+        url = f"{server.url}?presence_ttl=1.5"
+        return await hub_factory(engine=url, **kw), await hub_factory(engine=url, **kw)
+
+    return make
+
+
+async def listing(hub: RunningHub, channel: str) -> list[dict[str, Any]]:
+    async with hub.http(headers=API) as http:
+        r = await http.get("/api/presence", params={"channel": channel})
+    assert r.status_code == 200, r.text
+    clients: list[dict[str, Any]] = r.json()["clients"]
+    return clients
+
+
+async def about(ws: WS, user: str, wait: float = 10) -> tuple[str, dict[str, Any]]:
+    """The next join or leave about ``user``."""
+    while True:
+        msg = await ws.recv(wait)
+        for kind in ("join", "leave"):
+            if kind in msg and msg[kind].get("user") == user:
+                return kind, msg[kind]
+
+
+async def nothing_about(ws: WS, user: str, wait: float) -> None:
+    deadline = time.monotonic() + timeout(wait)
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            msg = await asyncio.wait_for(ws.conn.recv(), left)
+        except TimeoutError:
+            return
+        assert user not in str(msg), msg
+
+
+async def test_a_poll_client_joins_once_stays_while_it_polls_and_leaves_after(
+    two: Callable[..., Any],
+) -> None:
+    a, b = await two(**settings())
+    lifecycle: list[tuple[str, str]] = []
+    for node in {id(a): a, id(b): b}.values():
+        node.hub.lifecycle_listeners.append(lambda kind, e: lifecycle.append((kind, e["client"])))
+    async with (
+        a.ws(additional_headers=bearer("bob")) as watcher,
+        b.http(headers=bearer("alice")) as on_b,
+        a.http(headers=bearer("alice")) as on_a,
+    ):
+        assert "ok" in await watcher.subscribe("room:1")
+        first = await poll(on_b, "room:1", timeout=0, client="")
+        client = first["client"]
+        assert re.fullmatch(r"p[A-Za-z0-9_-]{22}", client)
+        kind, event = await about(watcher, "alice")
+        assert (kind, event["client"], event["transport"]) == ("join", client, "poll")
+        assert [
+            (c["client"], c["user"]) for c in await listing(a, "room:1") if c["transport"] == "poll"
+        ] == [(client, "alice")]
+
+        # Its later polls, on either node, renew the one entry: no other join, no leave, over
+        # longer than one lease.
+        cursor = first["cursor"]
+        for http in (on_a, on_b) * 4:
+            await asyncio.sleep(0.2)
+            reply = await poll(http, "room:1", timeout=0.2, cursor=cursor, client=client)
+            assert reply["client"] == client
+            cursor = reply["cursor"]
+        await nothing_about(watcher, "alice", 0.3)
+        assert len(await listing(b, "room:1")) == 2  # bob's connection and alice's client
+
+        started = time.monotonic()
+        kind, event = await about(watcher, "alice")
+        assert (kind, event["client"]) == ("leave", client)
+        print(f"left {time.monotonic() - started:.2f} s after its last poll's lease began")
+        assert [c["user"] for c in await listing(a, "room:1")] == ["bob"]
+    assert lifecycle.count(("join", client)) == 1
+    assert lifecycle.count(("leave", client)) == 1
+
+
+async def test_a_user_with_a_tab_and_a_poll_client_leaves_once_both_are_gone(
+    two: Callable[..., Any],
+) -> None:
+    a, b = await two(**settings("user"))
+    async with a.ws(additional_headers=bearer("bob")) as watcher:
+        assert "ok" in await watcher.subscribe("room:1")
+        async with b.http(headers=bearer("alice")) as http:
+            await poll(http, "room:1", timeout=0, client="")
+        assert await about(watcher, "alice") == ("join", {"channel": "room:1", "user": "alice"})
+        async with a.ws(additional_headers=bearer("alice")) as tab:
+            assert "ok" in await tab.subscribe("room:1")
+            # The poll client's lease ends meanwhile: alice is still here, in her tab.
+            await nothing_about(watcher, "alice", LINGER + 2.5)
+        assert await about(watcher, "alice") == ("leave", {"channel": "room:1", "user": "alice"})
+
+
+async def test_a_poll_id_is_never_taken_over_by_another_user(two: Callable[..., Any]) -> None:
+    a, b = await two(**settings())
+    async with b.http(headers=bearer("alice")) as alice, a.http(headers=bearer("eve")) as eve:
+        mine = (await poll(alice, "room:1", timeout=0, client=""))["client"]
+        theirs = (await poll(eve, "room:1", timeout=0, client=mine))["client"]
+        assert theirs != mine
+        # A connection's id is no poll client's either: the form alone refuses it.
+        clients = {c["client"]: c["user"] for c in await listing(a, "room:1")}
+    assert clients == {mine: "alice", theirs: "eve"}
+
+
+async def test_a_client_that_never_sends_its_id_back_adds_a_bounded_number(
+    hub_factory: Callable[..., Any],
+) -> None:
+    hub: RunningHub = await hub_factory(**settings())
+    given = []
+    started = time.monotonic()
+    async with hub.http() as http:  # anonymous: counted per address
+        for _ in range(40):
+            given.append((await poll(http, "room:1", timeout=0, client="")).get("client"))
+    elapsed = time.monotonic() - started
+    issued = [g for g in given if g is not None]
+    assert len(issued) == len(set(issued))
+    # A burst, then about one a second; the others are answered without presence.
+    assert POLL_ENTRY_BURST <= len(issued) <= POLL_ENTRY_BURST + elapsed + 1
+    assert len(await listing(hub, "room:1")) == len(issued)
+
+
+@pytest.mark.parametrize(
+    "client", ["x", "p" + "a" * 21, "p" + "a" * 23, "p" + "!" * 22, "0123456789abcdef01"]
+)
+async def test_a_client_id_not_of_the_hub_s_making_is_refused(hub: RunningHub, client: str) -> None:
+    async with hub.http() as http:
+        r = await http.get("/poll", params={"channel": "chat:1", "timeout": 0, "client": client})
+    assert r.status_code == 400, r.text
+    assert error_code(r) == "bad_request"
+    assert "client" in r.json()["error"]["message"]
+
+
+async def test_without_client_a_poll_is_in_no_presence(hub_factory: Callable[..., Any]) -> None:
+    hub: RunningHub = await hub_factory(**settings())
+    async with hub.http(headers=bearer("alice")) as http:
+        reply = await poll(http, "room:1", timeout=0)
+    assert "client" not in reply
+    assert await listing(hub, "room:1") == []
+
+
+async def test_an_id_the_hub_forgot_is_added_again(hub_factory: Callable[..., Any]) -> None:
+    """A poll client whose lease ended (a laptop asleep) comes back under its id: a new entry,
+    a new join, as after any absence."""
+    hub: RunningHub = await hub_factory(**settings())
+    async with hub.http(headers=bearer("alice")) as http:
+        client = (await poll(http, "room:1", timeout=0, client=""))["client"]
+        deadline = time.monotonic() + timeout(10)
+        while await listing(hub, "room:1"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        again = await poll(http, "room:1", timeout=0, client=client)
+    assert again["client"] == client
+    assert [c["client"] for c in await listing(hub, "room:1")] == [client]
+
+
+async def test_a_poll_naming_no_presence_channel_gets_no_id(
+    hub_factory: Callable[..., Any],
+) -> None:
+    kw = settings()
+    kw["namespaces"]["quiet"] = NamespaceOptions(presence=False, anonymous=True)
+    hub: RunningHub = await hub_factory(**kw)
+    async with hub.http() as http:
+        reply = await poll(http, "quiet:1", timeout=0, client="")
+    assert "client" not in reply

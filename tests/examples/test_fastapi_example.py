@@ -33,13 +33,18 @@ async def spread(
     send: Callable[[httpx.AsyncClient, int], Awaitable[None]],
     wanted: tuple[int, int],
     answers: dict[int, int],
+    uds: str | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """Requests (``send(client, n)``, n counting) twenty at once, each on a connection of its
     own, so that the kernel hands them to both workers, until ``answers`` (statuses counted)
-    holds both ``wanted`` statuses, one from each worker; then the client."""
+    holds both ``wanted`` statuses, one from each worker; then the client. With ``uds``, over
+    that Unix socket."""
     limits = httpx.Limits(max_keepalive_connections=0)
     base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base, timeout=timeout(5), limits=limits) as http:
+    transport = httpx.AsyncHTTPTransport(uds=uds, limits=limits) if uds else None
+    async with httpx.AsyncClient(
+        base_url=base, timeout=timeout(5), limits=limits, transport=transport
+    ) as http:
         deadline = asyncio.get_running_loop().time() + timeout(60)
         n = 0
         while not all(answers.get(status) for status in wanted):
@@ -130,6 +135,44 @@ async def test_worker_processes_on_the_memory_engine_are_refused_not_split() -> 
     assert {e["code"] for e in refusals} == {"engine_not_shared"}
     assert "Redis engine" in refusals[0]["message"]
     assert "another process on this machine serves port" in err.decode()
+
+
+async def test_worker_processes_on_one_unix_socket_are_refused_not_split(tmp_path: Path) -> None:
+    """The same behind a proxy that reaches the server by a Unix socket: no port, so the
+    workers claim the socket's path (a request on it names neither)."""
+    path = str(tmp_path / "hub.sock")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.fastapi_app:app",
+            "--uds",
+            path,
+            "--workers",
+            "2",
+        ],
+        env=app_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    seen: dict[int, int] = {}
+
+    async def publish(http: httpx.AsyncClient) -> None:
+        try:
+            r = await http.post("/rt/api/publish", json={"channel": "c", "data": 1})
+        except httpx.TransportError:
+            return  # not listening yet
+        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+
+    try:
+        async with spread(proc, 0, lambda http, _: publish(http), (200, 503), seen, uds=path):
+            pass
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert set(seen) == {200, 503}, seen
+    assert f"another process on this machine serves the Unix socket {path}" in err.decode()
 
 
 async def test_a_worker_that_stands_down_refuses_its_publishes_from_the_start() -> None:

@@ -6,12 +6,13 @@ worker processes — are then two hubs that share nothing: a publication taken b
 reaches the other's subscribers, and a client that reconnects to the other is told its
 cursor's epoch is unknown. ``clarion serve`` refuses to start so; a hub mounted in another
 server cannot see its workers, so it claims its port with a lock on a file that the kernel
-releases when the process ends, however it ends: at start, each port the process already
-listens on (worker processes inherit their server's listening socket before the application
-starts), and otherwise the port its first request arrives on. A hub that finds the port
-claimed answers ``503 engine_not_shared``, and refuses its application's publishes
+releases when the process ends, however it ends: at start, each port and Unix socket the
+process already listens on (worker processes inherit their server's listening socket before
+the application starts), and otherwise the port its first request arrives on. A hub that finds
+one claimed answers ``503 engine_not_shared``, and refuses its application's publishes
 (``hub.publish``) from then on; it tries again once a second, so that it takes over when the
-other process is gone.
+other process is gone. (A request on a Unix socket names no socket: those are claimed at start
+only, which is when a server's workers have theirs.)
 
 Hubs of one process share their claims (an application may mount two), and a hub lets go of
 its claim when it closes.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -45,7 +47,7 @@ except ImportError:  # Windows has no flock: there nothing claims, every hub ser
 RETRY = 1.0  # seconds between two tries of a claimed port
 
 NOT_SHARED = (
-    "another process on this machine serves port %d with a hub of its own on the memory "
+    "another process on this machine serves %s with a hub of its own on the memory "
     "engine, which keeps channels inside one process: a publication taken by one would never "
     "reach the other's subscribers, so this one answers 503 and refuses hub.publish. Run one "
     "process (no --workers), use the Redis engine (docs/redis.md), or, if the other is another "
@@ -54,15 +56,28 @@ NOT_SHARED = (
 # Said at ERROR: at start, then once a minute while requests are refused.
 _not_shared = LogLimit(logging.getLogger("clarion.hub"))
 
-# This process's claims: port -> (descriptor holding the lock, claims on it).
-_held: dict[int, tuple[int, int]] = {}
+# What a hub claims: a TCP port, or a Unix socket's path.
+Listener = int | str
+
+# This process's claims: listener -> (descriptor holding the lock, claims on it).
+_held: dict[Listener, tuple[int, int]] = {}
 
 
-def _path(port: int) -> str:
-    return os.path.join(tempfile.gettempdir(), f"clarion-{os.getuid()}-port-{port}.lock")
+def _path(listener: Listener) -> str:
+    if isinstance(listener, int):
+        name = f"port-{listener}"
+    else:  # a path can be long and hold anything: its digest names the lock
+        name = (
+            "unix-" + hashlib.sha256(listener.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        )
+    return os.path.join(tempfile.gettempdir(), f"clarion-{os.getuid()}-{name}.lock")
 
 
-def _lock(port: int) -> bool | None:
+def describe(listener: Listener) -> str:
+    return f"port {listener}" if isinstance(listener, int) else f"the Unix socket {listener}"
+
+
+def _lock(port: Listener) -> bool | None:
     """Claim ``port`` for this process: True, False when another process holds it, None when
     there is nowhere to keep the lock (then nothing is claimed, and nothing refused on a
     guess)."""
@@ -83,15 +98,16 @@ def _lock(port: int) -> bool | None:
     return True
 
 
-def listening_ports() -> list[int]:
-    """The TCP ports this process serves (or is about to: bound, with no peer), read from its
-    descriptors where the system lists them, as Linux does in ``/proc``; elsewhere none, and the
-    first request names the port."""
+def listening_ports() -> list[Listener]:
+    """The TCP ports and Unix sockets this process serves (or is about to: bound, with no
+    peer), read from its descriptors where the system lists them, as Linux does in ``/proc``;
+    elsewhere none, and the first request names the port."""
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:
         return []
     ports: set[int] = set()
+    paths: set[str] = set()
     for name in names:
         try:
             fd = int(name)
@@ -101,25 +117,31 @@ def listening_ports() -> list[int]:
         except (OSError, ValueError):
             continue  # gone meanwhile (the descriptor that listed them), or not a socket
         with sock:
-            if sock.family not in (socket.AF_INET, socket.AF_INET6):
-                continue
             if sock.type != socket.SOCK_STREAM:
                 continue
+            unix = sock.family == getattr(socket, "AF_UNIX", None)
+            if not unix and sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
             try:
-                port = sock.getsockname()[1]
+                name = sock.getsockname()
             except OSError:
                 continue
             try:
                 sock.getpeername()
+                continue  # a peer: a connection (a Unix one too, even with an unnamed peer)
             except OSError:
-                # No peer: a server's socket. It may not listen yet: a server that hands one
-                # bound socket to its workers may leave listen() to each worker's loop.
-                if port:
-                    ports.add(port)
-    return sorted(ports)
+                pass
+            # No peer: a server's socket. It may not listen yet: a server that hands one bound
+            # socket to its workers may leave listen() to each worker's loop.
+            if unix:
+                if isinstance(name, str) and name:  # an abstract name is bytes: not a file
+                    paths.add(os.path.abspath(name))
+            elif isinstance(name, tuple) and name[1]:
+                ports.add(name[1])
+    return [*sorted(ports), *sorted(paths)]
 
 
-def _unlock(port: int) -> None:
+def _unlock(port: Listener) -> None:
     held = _held.get(port)
     if held is None:
         return
@@ -139,8 +161,8 @@ class PortClaim:
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
-        self._ports: set[int] = set()  # the ports claimed
-        self._wanted: int | None = None  # the port another process holds
+        self._ports: set[Listener] = set()  # the ports and sockets claimed
+        self._wanted: Listener | None = None  # the one another process holds
         self._tried = -RETRY  # when that port was last tried
         self._unclaimable = False  # no lock can be kept here: every request is served
         self._retry: asyncio.Task[None] | None = None  # tries again while stood down
@@ -160,7 +182,7 @@ class PortClaim:
             return False
         return self._claim(port, now)
 
-    def _claim(self, port: int, now: float) -> bool:
+    def _claim(self, port: Listener, now: float) -> bool:
         claimed = _lock(port)
         if claimed is None:
             self._unclaimable = True
@@ -171,10 +193,10 @@ class PortClaim:
         self._ports.add(port)
         return True
 
-    def refuse(self, port: int) -> EngineNotShared:
+    def refuse(self, port: Listener) -> EngineNotShared:
         """Another process holds ``port``: refuse this hub's work (its application's publishes
         too) until a later try claims it, since the other process may end."""
-        refusal = EngineNotShared(NOT_SHARED % port)
+        refusal = EngineNotShared(NOT_SHARED % describe(port))
         _not_shared.log(logging.ERROR, "", "%s", refusal.message)
         self._hub.refusal = refusal
         if self._retry is None:

@@ -251,7 +251,7 @@ async def test_a_session_closed_by_the_hub_answers_with_its_disconnect(hub: Runn
     }
 
 
-async def test_polls_are_sessions_but_never_join_presence(hub: RunningHub) -> None:
+async def test_polls_are_sessions_and_without_client_in_no_presence(hub: RunningHub) -> None:
     async with hub.http() as client:
         cursor = (await poll(client, "chat:lobby", timeout=0))["cursor"]
         request = asyncio.create_task(poll(client, "chat:lobby", cursor=cursor, timeout=30))

@@ -171,3 +171,30 @@ async def test_polling_from_a_cursor_on_a_quiet_channel_is_no_unreachable_hub(
         await asyncio.sleep(1.5)  # past the deadline, nothing published
         await hub.publish("chat:quiet", "after")
         assert (await next_message(sub)).data == "after"
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+async def test_a_subscription_is_ready_with_its_resume_point(
+    hub: RunningHub, transport: TransportName
+) -> None:
+    """``ready()`` means the hub gave the subscription its place: a connection lost right after
+    loses nothing published meanwhile. (Over SSE it used to resolve with the stream's answer,
+    before the stream's first id said where the subscription starts.)"""
+    from ..support.proxy import FaultProxy
+
+    proxy = await FaultProxy(hub.port).start()
+    proxy.split_head = 0.3  # a stream's first id comes a while after its answer's head
+    try:
+        for n in range(5):
+            channel = f"chat:ready{n}"
+            async with connect(
+                f"http://127.0.0.1:{proxy.port}", transport=transport, backoff=fixed_backoff(0.2)
+            ) as client:
+                sub = client.subscribe(channel)
+                await sub.ready()
+                assert sub.cursor is not None, n
+                proxy.reset()
+                await hub.publish(channel, "meanwhile")
+                assert (await next_message(sub)).data == "meanwhile"
+    finally:
+        await proxy.close()

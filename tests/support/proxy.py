@@ -1,7 +1,9 @@
 """A fault-injecting TCP proxy on loopback, for chaos tests.
 
 Placed between clients and a hub, or between a hub and Redis, it forwards bytes both ways and
-injects, on demand: added ``latency`` per chunk, a ``stall`` (nothing forwarded, nothing read:
+injects, on demand: added ``latency`` per chunk, ``split_head`` (an HTTP answer's head forwarded
+alone, the bytes that came with it that much later: a stream's first event well after its
+answer), a ``stall`` (nothing forwarded, nothing read:
 to each side the other went silent, as with a half-open connection), a ``freeze`` of the
 connections open now (they go silent for good while new ones pass: a NAT that forgot them, a
 laptop woken on another network), a ``reset`` of every connection (RST to both sides), and
@@ -20,6 +22,7 @@ class FaultProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self.latency = 0.0  # seconds added to every chunk, each way
+        self.split_head = 0.0  # seconds between an answer's head and the bytes after it
         self.refuse = False
         self.port = 0
         self.accepted = 0
@@ -86,8 +89,8 @@ class FaultProxy:
             return
         pair = (writer, up_writer)
         self._pairs.add(pair)
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.ensure_future(self._pump(src, dst, pair))
+        for src, dst, answers in ((reader, up_writer, False), (up_reader, writer, True)):
+            task = asyncio.ensure_future(self._pump(src, dst, pair, answers))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -96,6 +99,7 @@ class FaultProxy:
         src: asyncio.StreamReader,
         dst: asyncio.StreamWriter,
         pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        answers: bool,
     ) -> None:
         try:
             while True:
@@ -112,6 +116,19 @@ class FaultProxy:
                     await asyncio.Event().wait()
                 if pair not in self._pairs:
                     return  # reset meanwhile
+                end = chunk.find(b"\r\n\r\n") + 4  # 3: no whole head in the chunk
+                if (
+                    answers
+                    and self.split_head
+                    and chunk.startswith(b"HTTP/")
+                    and 3 < end < len(chunk)
+                ):
+                    dst.write(chunk[:end])
+                    await dst.drain()
+                    await asyncio.sleep(self.split_head)
+                    if pair not in self._pairs:
+                        return
+                    chunk = chunk[end:]
                 dst.write(chunk)
                 await dst.drain()
         except (OSError, asyncio.IncompleteReadError):

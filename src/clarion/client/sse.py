@@ -49,13 +49,35 @@ async def open_sse(stream: SharedStream, feeds: list[Feed]) -> str:
             stream.opened()
             log.info("connected to %s (%s)", url, naming(feeds))
             for feed in feeds:
-                feed.confirmed(None)
+                if feed.resume_cursor is not None:
+                    feed.confirmed(None)  # resumed from where it stands
+            # The others are confirmed by the stream's first id, where they start: ready before
+            # it, a subscription reopened meanwhile would start from a later "now".
             async for event in source.aiter_sse():
-                if not _handle(stream, by_channel, event):
+                going = _handle(stream, by_channel, event)
+                if event.id:
+                    _start(by_channel, event.id)
+                if not going:
                     break
     except (httpx.RequestError, SSEError, Retry) as exc:
         return failed(url, exc)
     return "the hub ended the stream"
+
+
+def _start(feeds: dict[str, Feed], event_id: str) -> None:
+    """Confirm the subscriptions still waiting at the positions the stream's id gives (after
+    the event it came with: a publication of theirs is theirs, not a duplicate)."""
+    waiting = [
+        feed
+        for feed in feeds.values()
+        if not feed.done and (feed.resume_cursor is None or not feed.ready.done())
+    ]
+    if not waiting:
+        return
+    at = read_cursor(event_id)
+    if at is not None:
+        for feed in waiting:
+            feed.confirmed(own_cursor(at, feed.channel))
 
 
 def _handle(stream: SharedStream, feeds: dict[str, Feed], event: ServerSentEvent) -> bool:
@@ -65,13 +87,7 @@ def _handle(stream: SharedStream, feeds: dict[str, Feed], event: ServerSentEvent
         return True  # presence events, and events for newer clients
     if not event.data:
         # An ``id:``-only block (where the stream opens), or a heartbeat comment that the parser
-        # reports with the last id it saw: a position, not a publication. A subscription that
-        # has none yet stands there.
-        if event.id and any(f.resume_cursor is None for f in feeds.values()):
-            at = read_cursor(event.id)
-            if at is not None:
-                for each in feeds.values():
-                    each.confirmed(own_cursor(at, each.channel))
+        # reports with the last id it saw: a position, not a publication (see _start).
         return True
     try:
         body = event.json()

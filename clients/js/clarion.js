@@ -95,6 +95,7 @@ export function shouldReconnect(code) {
 }
 
 export const TOKEN_EXPIRED = 4004;
+const CAPPED = 4503; // too many connections (of one address, of one user)
 
 // The rule of an error code; for a code outside the table (an application's own refusal, a
 // proxy's answer), the rule its HTTP status implies (`status` 0: it came over WebSocket).
@@ -334,6 +335,12 @@ const MAX_POLL_TIMEOUT = 60;
 const FALLBACK_POLL_TIMEOUT = 10;
 const PLAIN_POLL_PAUSE = 1000;
 
+// An event stream that replaces another opens beside it, and takes its place once it has
+// opened. One that has not opened after this many ms (at most openTimeout) takes it at once:
+// over HTTP/1.1 a browser that has no connection left for it (six per origin, shared by every
+// tab) gets the old stream's.
+const TAKEOVER_DELAY = 3000;
+
 // Before a channel name in `store`: the cursor a subscription's event stream opened at (no
 // channel name holds a "*").
 const STREAM_MARK = "*";
@@ -496,6 +503,7 @@ class Client extends Emitter {
     this.active = false;     // the transport is up: new subscriptions attach at once
     this.online = null;      // while offline: the wait for the browser's "online" (_whenOnline)
     this.stream = null;      // off WebSocket: the one stream every subscription reads
+    this.next = null;        // over SSE: the stream on its way to replace it (_restartStream)
     this.restarting = false; // a reopen of that stream is due once the caller's code has run
     this.position = null;    // that stream's last cursor and the subscriptions it covers
     this.timed = null;       // the generation whose upgrade and refresh timers are set
@@ -1141,6 +1149,14 @@ class Client extends Emitter {
   // them, the later one winning. A subscription's own cursor is always of its channel alone (a
   // publication's, a reset's, `since`); one without publications has the cursor its stream
   // opened at, the same for all of them, so that a query holds each position about once.
+  //
+  // An event stream is replaced make-before-break: the new one is asked beside the old, which
+  // goes on delivering until the new one has opened (its first `id:`), and only then is cut.
+  // The new one starts from where the old one was when it was asked, so what the old one
+  // delivered in between comes again, and is dropped by offset (Subscription._deliver). A
+  // change while the new one is on its way does not cut it either: once it has opened, the
+  // next one is asked. So there are at most two streams, one of them opening, and
+  // subscriptions that change faster than the hub answers starve no channel.
 
   _openHttp(gen) {
     // Connected once the stream opens (at once when there is nothing to read).
@@ -1159,12 +1175,19 @@ class Client extends Emitter {
       this.restarting = false;
       if (this.closed || !this.active || this.transport === "ws") return;
       const current = this.stream;
-      if (this.transport === "poll" && current && !current.opened && !current.stopped
-        && current.gen === this.generation && this.subs.size) {
+      const same = current && !current.stopped && current.gen === this.generation;
+      if (this.transport === "poll" && same && !current.opened && this.subs.size) {
         // A poll cut before its first reply would have read nothing: subscriptions that change
         // faster than the hub answers would starve every channel of the loop. That reply (at
         // once: asked with timeout=0) comes first, then the new loop (_streamOpened).
         current.reopen = true;
+        return;
+      }
+      if (this.transport === "sse" && same && current.asking && this.subs.size) {
+        // Make before break: the stream that reads (or is opening) goes on until its
+        // replacement has opened. One on its way already opens first, then the next.
+        if (this.next) this.next.reopen = true;
+        else this._startStream(true);
         return;
       }
       this._stopStream();
@@ -1172,26 +1195,73 @@ class Client extends Emitter {
         if (this.state !== "connected") this._connected(this.generation, false);
         return;
       }
-      const stream = { stopped: false, controller: null, gen: this.generation, subs: null };
-      stream.stop = () => { stream.stopped = true; stream.controller?.abort(); };
-      this.stream = stream;
-      (this.transport === "sse" ? this._sseLoop(stream) : this._pollLoop(stream)).catch(
-        (error) => console.error("clarion: stream failed", error),
-      );
+      this._startStream(false);
     });
   }
 
+  // A stream of the subscriptions as they are; `beside`: an event stream that replaces the
+  // current one once it opens (this.next), else the client's stream at once.
+  _startStream(beside) {
+    const stream = { stopped: false, controller: null, gen: this.generation, subs: null, takeover: null };
+    stream.stop = () => {
+      stream.stopped = true;
+      clearTimeout(stream.takeover);
+      stream.controller?.abort();
+    };
+    if (beside) {
+      this.next = stream;
+      const delay = Math.min(this.openTimeout, TAKEOVER_DELAY);
+      stream.takeover = setTimeout(() => { if (this.next === stream) this._promote(stream); }, delay);
+    } else {
+      this.stream = stream;
+    }
+    (this.transport === "sse" ? this._sseLoop(stream) : this._pollLoop(stream)).catch(
+      (error) => console.error("clarion: stream failed", error),
+    );
+  }
+
+  // The replacement on its way becomes the client's stream; the one it replaces is cut.
+  _promote(stream) {
+    clearTimeout(stream.takeover);
+    if (this.next !== stream) return;
+    this.next = null;
+    if (this.stream && this.stream !== stream) this.stream.stop();
+    this.stream = stream;
+  }
+
+  // `stream` cannot read on: it failed, ended, or was refused. With a replacement on its way,
+  // that one takes over: true when `stream` was the one it replaces, which has nothing more to
+  // do; false when `stream` is (now) the client's stream, which deals with what happened.
+  _handOver(stream) {
+    const next = this.next;
+    if (!next) return false;
+    this._promote(next);
+    return next !== stream;
+  }
+
   _stopStream() {
+    if (this.next) this.next.stop();
     if (this.stream) this.stream.stop();
+    this.next = null;
     this.stream = null;
   }
 
-  // Whether `stream` is still the one to read; false also when no subscription is left.
+  // Whether `stream` is still one to read (the client's, or its replacement on its way); false
+  // also when no subscription is left.
   _live(stream) {
-    if (stream.stopped || this.closed || stream.gen !== this.generation || this.stream !== stream) return false;
+    if (stream.stopped || this.closed || stream.gen !== this.generation) return false;
+    if (this.stream !== stream && this.next !== stream) return false;
     if (this.subs.size) return true;
     this._stopStream();
     return false;
+  }
+
+  // The subscription that `stream` reads `channel` for: the client's, if the stream was opened
+  // with it (or the hub added it); not one made since on the same channel, which starts
+  // elsewhere (from now, or from its own cursor) and waits for a stream of its own.
+  _readBy(stream, channel) {
+    const sub = this.subs.get(channel);
+    return sub && stream.subs.has(sub) ? sub : undefined;
   }
 
   // The stream is on: the client is connected, and its subscriptions that were waiting for it
@@ -1263,13 +1333,20 @@ class Client extends Emitter {
 
   // An HTTP answer that is not the stream: a clarion error (JSON) is the hub speaking; anything
   // else (a proxy's page, a refused request) means this transport does not work here.
-  async _httpError(stream, r) {
+  // `beside`: the request was made beside the stream it replaces (_sseLoop).
+  async _httpError(stream, r, beside = false) {
     let body = null;
     try { body = await r.json(); } catch {}
     if (!this._live(stream)) return "ended"; // the subscriptions changed meanwhile
     const error = body?.error?.code ? new ClarionError(body.error, r.status) : null;
     if (!error) return this._failed(stream.gen, { reason: `HTTP ${r.status}` });
     if (error.code === "bad_cursor" && this._dropCursor(error.cursor)) return "again";
+    if (beside && error.code === "too_many_connections") {
+      // The hub counted the stream this one replaces, which is cut now (_handOver): the same
+      // request once more, as the only stream, once the hub has let that one go.
+      await sleep(this.base);
+      return this._live(stream) ? "again" : "ended";
+    }
     // The hub allows shorter polls than asked for: a matter of this client's, not of its
     // subscriptions.
     if (error.code === "bad_timeout" && this._shorterPolls()) return "again";
@@ -1365,8 +1442,16 @@ class Client extends Emitter {
   async _sseLoop(stream) {
     let attempt = 0;
     while (this._live(stream)) {
-      if (offline()) return this._failed(stream.gen, { reason: "the browser is offline" });
+      if (offline()) {
+        if (this._handOver(stream)) return;
+        return this._failed(stream.gen, { reason: "the browser is offline" });
+      }
       stream.controller = new AbortController();
+      stream.asking = true; // false while it waits to try again: a change then reopens at once
+      stream.reopen = false; // this request is of the subscriptions as they are now
+      // Asked beside the stream it replaces, which the hub counts too: a refusal for the
+      // connections of one address or user (too_many_connections) may be that one's doing.
+      const beside = this.next === stream;
       const q = this._streamQuery(stream);
       const headers = { ...this._headers(), accept: "text/event-stream" };
       let disconnect = null;
@@ -1374,13 +1459,15 @@ class Client extends Emitter {
       try {
         r = await fetch(`${this.urls.sse}?${q}`, { headers, signal: stream.controller.signal, cache: "no-store" });
       } catch (error) {
-        if (!this._live(stream)) return;
+        if (!this._live(stream) || this._handOver(stream)) return;
         return this._failed(stream.gen, { reason: String(error) });
       }
       if (!this._live(stream)) return void stream.controller.abort();
       if (!r.ok || !(r.headers.get("content-type") || "").startsWith("text/event-stream")) {
-        const what = await this._httpError(stream, r);
+        if (this._handOver(stream)) return void stream.controller.abort();
+        const what = await this._httpError(stream, r, beside);
         if (what === "again") continue;
+        stream.asking = false;
         if (what === "backoff") { await this._stall(stream, attempt++, { reason: `HTTP ${r.status}` }); continue; }
         if (what === "ended" && this.stream === stream) this.stream = null;
         return;
@@ -1388,6 +1475,8 @@ class Client extends Emitter {
       let opened = false;
       // The opening block names, before its id, each channel that did not recover.
       const resets = new Set();
+      // Until it has opened, a replacement reads nothing: the stream it replaces delivers.
+      const reads = () => this._live(stream) && this.stream === stream;
       const parser = new SseParser({
         onComment: (text) => {
           const [word, channel] = text.trim().split(" ");
@@ -1395,6 +1484,9 @@ class Client extends Emitter {
         },
         onId: (id) => {
           if (!this._live(stream)) return;
+          // The opening block's id: a replacement takes the place of the stream it replaces.
+          if (!opened && id && this.next === stream) this._promote(stream);
+          if (!reads()) return;
           this._streamAt(stream, id);
           // The opening block's id: the stream is on, from this position.
           if (!opened && id) {
@@ -1405,15 +1497,18 @@ class Client extends Emitter {
           }
         },
         onEvent: (event) => {
-          if (!this._live(stream)) return;
+          if (!reads()) return;
           let data;
           try { data = JSON.parse(event.data); } catch { return; }
-          if (event.type === "message") this.subs.get(data.channel)?._deliver(data);
-          else if (event.type === "reset") this.subs.get(data.channel)?._reset(data);
-          else if (event.type === "join" || event.type === "leave") this.subs.get(data.channel)?.emit(event.type, data);
+          if (event.type === "message") this._readBy(stream, data.channel)?._deliver(data);
+          else if (event.type === "reset") this._readBy(stream, data.channel)?._reset(data);
+          else if (event.type === "join" || event.type === "leave") this._readBy(stream, data.channel)?.emit(event.type, data);
           else if (event.type === "subscribe") stream.subs.add(this._serverSubscribed(data));
           else if (event.type === "unsubscribe") this._serverUnsubscribed(data);
           else if (event.type === "disconnect") disconnect = data;
+          // The hub changed what this stream reads: a replacement on its way was asked
+          // without that change, and the next one is asked once it opens.
+          if ((event.type === "subscribe" || event.type === "unsubscribe") && this.next) this._restartStream();
         },
       });
       // A stream silent for three of the hub's heartbeats is dead (a proxy lost it): reopen.
@@ -1439,9 +1534,16 @@ class Client extends Emitter {
       }
       parser.end();
       if (!this._live(stream)) return;
+      stream.asking = false;
       if (disconnect && endsClient(disconnect.code, disconnect.reconnect, this.refreshable)) {
-        return this._stop(stream.gen, disconnect);
+        if (!(beside && disconnect.code === CAPPED)) return this._stop(stream.gen, disconnect);
+        // A replacement over a cap that the stream it replaced counted for: once that one is
+        // cut (and the hub has let it go), the same request, as the only stream.
+        if (this._handOver(stream)) return;
+        await sleep(this.base);
+        continue;
       }
+      if (this._handOver(stream)) return;
       if (disconnect?.code === TOKEN_EXPIRED) { attempt = await this._renewToken(stream, attempt, disconnect); continue; }
       if (!started) return this._failed(stream.gen, { reason: "the stream ended before it started" });
       opened = false;
@@ -1504,8 +1606,8 @@ class Client extends Emitter {
       const brought = new Set(body.publications.map((pub) => pub.channel));
       this._streamOpened(stream, first ? body.cursor : null, resets,
         (sub) => !body.reset || brought.has(sub.channel));
-      if (body.reset) this.subs.get(body.reset.channel)?._reset(body.reset);
-      for (const pub of body.publications) this.subs.get(pub.channel)?._deliver(pub);
+      if (body.reset) this._readBy(stream, body.reset.channel)?._reset(body.reset);
+      for (const pub of body.publications) this._readBy(stream, pub.channel)?._deliver(pub);
       for (const u of body.unsubscribed || []) this._serverUnsubscribed(u);
       if (body.disconnect) {
         const { code, reconnect } = body.disconnect;

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from clarion.core.auth import mint_token
+from clarion.protocol.cursor import encode_single
 
 from ..conftest import RunningHub
 from ..support.proxy import FaultProxy
@@ -381,15 +382,18 @@ async def test_a_call_before_the_first_connection_carries_the_token(
     assert reply["offset"] == 1, reply
 
 
+@pytest.mark.parametrize("transport", ["sse", "poll"])
 async def test_subscriptions_that_change_faster_than_the_hub_answers_starve_no_channel(
-    page: Any, hub: RunningHub, proxy: FaultProxy
+    page: Any, hub: RunningHub, proxy: FaultProxy, transport: str
 ) -> None:
-    """Each change restarts the one poll loop of every subscription. Each restart cut the poll
-    before it short, before its reply: with a subscription toggled every 250 ms and a hub
-    400 ms away, a channel nobody touched once got 20 of 990 publications while it went on
-    (none here, toggled every 150 ms)."""
-    proxy.latency = 0.2  # each way: a poll is answered in 0.4 s at best
-    options = {"hubUrl": f"http://127.0.0.1:{proxy.port}", "transports": ["poll"]}
+    """Each change reopens the one stream (or poll loop) of every subscription. Each reopening
+    cut the one before it short, before it read anything: with a subscription toggled every
+    250 ms and a hub 400 ms away, a channel nobody touched once got 20 of 990 publications
+    while it went on over polling, and none over SSE (toggled every 150 ms here). A poll loop
+    now gets its first reply before it restarts; an event stream goes on until the one that
+    replaces it has opened."""
+    proxy.latency = 0.2  # each way: a poll is answered, a stream opens, in 0.4 s at best
+    options = {"hubUrl": f"http://127.0.0.1:{proxy.port}", "transports": [transport]}
     await open_client(page, hub, options)
     await wait_for(page, "window.sub.state === 'subscribed'", seconds=15)
     await page.evaluate(
@@ -406,8 +410,88 @@ async def test_subscriptions_that_change_faster_than_the_hub_answers_starve_no_c
         await asyncio.sleep(0.1)
     during = len(await page.evaluate("window.log.pubs"))
     await page.evaluate("clearInterval(window.toggling)")
-    assert during >= 15, during  # half of them while the toggling went on (20 of 990 before)
+    assert during >= 15, during  # half of them while the toggling went on (none before)
     assert await pubs(page, 30, seconds=15) == list(range(30))
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll"])
+async def test_a_subscription_toggled_while_publications_flow_loses_and_repeats_nothing(
+    page: Any, hub: RunningHub, proxy: FaultProxy, transport: str
+) -> None:
+    """Reopenings while both channels publish: over SSE the stream that replaces another opens
+    from where that one was asked (the old one delivers meanwhile, and the new one delivers it
+    again), over polling a loop restarts after its first reply. The channel nobody touches and
+    the toggled one, each subscription of it resuming where the last one ended, get every
+    publication once, in order."""
+    proxy.latency = 0.1
+    options = {"hubUrl": f"http://127.0.0.1:{proxy.port}", "transports": [transport]}
+    await open_client(page, hub, options)
+    await wait_for(page, "window.sub.state === 'subscribed'", seconds=15)
+    start = await hub.publish("chat:toggled", "start")
+    since = encode_single("chat:toggled", start["epoch"], start["offset"])
+    await page.evaluate(
+        """(since) => {
+            window.toggled = [];
+            window.toggledSince = since;
+            window.toggle = () => {
+                const sub = window.toggledSub;
+                if (sub) {
+                    window.toggledSince = sub.cursor || window.toggledSince;
+                    sub.unsubscribe();
+                    window.toggledSub = null;
+                    return;
+                }
+                window.toggledSub = window.client.subscribe('chat:toggled', {
+                    since: window.toggledSince,
+                    onPublication: (p) => window.toggled.push(p.data),
+                });
+            };
+            window.toggle();
+            window.toggling = setInterval(window.toggle, 230);
+        }""",
+        since,
+    )
+    count = 60
+    for n in range(count):
+        await hub.publish("chat:lobby", n)
+        await hub.publish("chat:toggled", n)
+        await asyncio.sleep(0.05)
+    await page.evaluate("clearInterval(window.toggling); window.toggledSub || window.toggle()")
+    assert await pubs(page, count, seconds=15) == list(range(count))
+    await wait_for(page, f"window.toggled.length >= {count}", seconds=15)
+    await asyncio.sleep(0.5)  # a repeat would come with the next reopening
+    assert await page.evaluate("window.log.pubs") == list(range(count))
+    assert await page.evaluate("window.toggled") == list(range(count))
+
+
+async def test_a_stream_replaced_at_the_hubs_connection_cap_cuts_the_old_one_first(
+    page: Any, hub_factory: Any
+) -> None:
+    """A hub that allows one connection per address refuses (too_many_connections) the stream
+    asked beside the open one to replace it: the client cuts the old one, asks again, and goes
+    on with both channels, where that refusal would otherwise close it."""
+    hub = await hub_factory(limits={"max_connections_per_ip": 1})
+    await open_client(page, hub, {"transports": ["sse"]})
+    await wait_for(page, "window.sub.state === 'subscribed'")
+    await hub.publish("chat:lobby", 1)
+    assert await pubs(page, 1) == [1]
+    await page.evaluate(
+        """() => {
+            window.other = [];
+            window.client.subscribe('chat:other', {
+                onPublication: (p) => window.other.push(p.data),
+            });
+        }"""
+    )
+    await wait_for(page, "window.client.getSubscription('chat:other').state === 'subscribed'")
+    await hub.publish("chat:lobby", 2)
+    await hub.publish("chat:other", "other")
+    assert await pubs(page, 2) == [1, 2]
+    assert await wait_for(page, "window.other.length && window.other") == ["other"]
+    assert await page.evaluate("[window.client.state, window.sub.state]") == [
+        "connected",
+        "subscribed",
+    ]
 
 
 async def test_a_subscribe_in_flight_when_the_connection_drops_is_made_again(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,43 @@ async def test_a_url_without_the_hub_asks_whether_it_is_the_hubs(
     last = err.splitlines()[-1]
     assert last.endswith(f"is {url} the hub's URL, with the path an application mounted it at?")
     assert "/rt/" + transport in last, last
+
+
+async def test_auto_at_a_url_without_the_hub_stops_at_once(hub_process: Any) -> None:
+    """As for one transport: nothing answers there, not even /healthz; waiting would not help
+    (it used to try again and again, a few times a second)."""
+    hub = await hub_process()
+    url = f"{hub.http_url}/rt"
+    code, out, err = await run("subscribe", "chat:lobby", "--url", url, "--transport", "auto")
+    assert (code, out) == (2, "")
+    assert err.splitlines()[-1].endswith(f"(and nothing is at {url}/healthz either)"), err
+
+
+async def test_a_reader_that_stops_reading_ends_the_subscription_quietly(
+    hub_process: Any,
+) -> None:
+    """``clarion subscribe … | head -2``: the lines it wanted, then an exit without a word."""
+    hub = await hub_process()
+    command = " ".join(shlex.quote(part) for part in [*CLI, "subscribe", "chat:lobby"])
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", f"set -o pipefail; {command} --url {hub.http_url} | head -2",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    sub = Subscriber(proc)
+    try:
+        await sub.expect(re.escape(f"clarion: connected to {hub.ws_url}"))
+        await asyncio.sleep(0.2)  # the subscription is made just after the connection
+        for n in range(5):  # the third finds no reader
+            code, _, err = await run("publish", "chat:lobby", str(n), "--url", hub.http_url)
+            assert code == 0, err
+        out, err = await asyncio.wait_for(proc.communicate(), timeout(15))
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+    assert [json.loads(line)["data"] for line in out.splitlines()] == [0, 1]
+    assert proc.returncode == 0, err  # the subscriber's own status, with pipefail
+    assert err.decode() == "", err
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse", "poll"])

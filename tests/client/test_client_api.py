@@ -159,17 +159,28 @@ async def test_requests_carry_the_current_token(hub: RunningHub, transport: Tran
         ]
 
 
-@pytest.mark.parametrize("transport", OFF_WEBSOCKET)
+@pytest.mark.parametrize("transport", ["ws", *OFF_WEBSOCKET])
 async def test_a_fixed_token_that_expired_stops_the_client(
-    hub: RunningHub, transport: TransportName
+    hub: RunningHub, transport: TransportName, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with connect(hub.http_url, token=token(exp=-60), transport=transport) as client:
+    if transport == "ws":  # the connection itself is refused: connect() says so
         with pytest.raises(Disconnected) as caught:
-            await client.publish("chat:lobby", "too late")
+            async with connect(hub.http_url, token=token(exp=-60), transport=transport):
+                pass
         assert caught.value.close_code == CloseCode.TOKEN_EXPIRED
-        assert client.closed
-        with pytest.raises(Disconnected):
-            await client.history("chat:lobby")
+    else:
+        async with connect(hub.http_url, token=token(exp=-60), transport=transport) as client:
+            with pytest.raises(Disconnected) as caught:
+                await client.publish("chat:lobby", "too late")
+            assert caught.value.close_code == CloseCode.TOKEN_EXPIRED
+            assert client.closed
+            with pytest.raises(Disconnected):
+                await client.history("chat:lobby")
+    # A stop is said in the log too, at WARNING (client.md), once.
+    stops = [
+        r for r in caplog.records if r.name.startswith("clarion.client") and "stopped" in r.message
+    ]
+    assert [r.levelname for r in stops] == ["WARNING"], caplog.text
 
 
 async def test_an_api_key_still_goes_through_the_server_api(hub: RunningHub) -> None:

@@ -189,7 +189,8 @@ class Client:
         if self._error is not None:
             return
         self._error = error
-        log.debug("client stopped: %s", error)  # raised to every subscription and request
+        # Raised to every subscription and request too; said here for a reader of the log.
+        log.warning("stopped, not reconnecting: %s", error)
         for feed in list(self._feeds.values()):
             feed.finish(error)
             if feed.task is not None:
@@ -229,7 +230,8 @@ class Client:
             # answers 404 there too, and fails here rather than at the first subscribe.
             assert self._api is not None
             if await self._api.nothing_at("/healthz"):
-                raise ConnectFailed(
+                # As for one transport asked for at a URL that serves none: nothing to wait for.
+                raise TransportUnavailable(
                     f"{exc} (and nothing is at {self.endpoints.url('/healthz')} either)"
                 ) from None
             log.info("WebSocket unavailable (%s); falling back to SSE", exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import gzip
 import json
 import logging
@@ -31,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from clarion import Hub, Settings
 from clarion.webhooks.signing import generate_secret
 
-from ..conftest import RunningHub, clarion_server, timeout, until
+from ..conftest import RunningHub, both_servers, clarion_server, timeout, until
 from ..redis_fixture import free_port
 from ..stomp.client import stomp
 from ..support.loopback import LoopbackServer
@@ -73,6 +74,8 @@ class Backend:
             return JSONResponse({"allow": False, "code": "login_required", "reason": "log in"})
         if event == "connect" and user == "mallory":
             return JSONResponse({"allow": False, "code": "banned", "reason": "you are banned"})
+        if event == "connect" and user == "verbose":
+            return JSONResponse({"allow": False, "code": "banned", "reason": "é" * 190})
         if event == "connect" and user == "amy":
             return JSONResponse(
                 {"allow": True, "info": {"name": "Amy"}, "channels": ["team:*"], "subs": ["team:7"]}
@@ -164,6 +167,22 @@ async def test_connect_denied_on_every_transport(hub_factory: Any, backend: Back
         assert reply["error"] == {"code": "banned", "message": "you are banned"}
     async with hub.ws(additional_headers=bearer("alice")) as ws:
         assert "ok" in await ws.call("ping")
+
+
+@both_servers
+async def test_a_long_refusal_is_clipped_to_a_close_frame(
+    hub_factory: Any, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A close reason holds 123 bytes: the application's reason (up to 200 characters, two
+    bytes each here) is cut to fit, not sent as a frame no peer may accept (which failed the
+    send under uvicorn, and left the connection open)."""
+    hub = await hooked(hub_factory, backend.url + "/hook")
+    async with hub.ws(additional_headers=bearer("verbose")) as ws:
+        code, reason = await closed_with(ws)
+    assert code == 4502
+    assert reason == "banned: " + "é" * 57 and len(reason.encode()) == 122
+    gc.collect()  # a task's exception nobody retrieved is reported as the task goes
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
 async def test_a_token_in_the_connect_op_is_asked_about_once_as_its_user(

@@ -37,7 +37,7 @@ from clarion.asgitypes import (
 )
 from clarion.core.fanout import deliver_each
 from clarion.core.limits import LogLimit
-from clarion.protocol.codes import CloseCode
+from clarion.protocol.codes import CloseCode, clip_reason
 from clarion.protocol.frames import Latest, LatestText, http_chunk, latest, latest_text
 
 log = logging.getLogger("clarion.pipe")
@@ -446,7 +446,8 @@ class SocketQueue(QueuePipe):
         while queue:
             item = self._unwrap(queue.popleft())
             if type(item) is _End:
-                await send({"type": "websocket.close", "code": item.code, "reason": item.reason})
+                reason = clip_reason(item.reason)  # a longer one is no close frame: an error
+                await send({"type": "websocket.close", "code": item.code, "reason": reason})
                 return True
             self._written(len(item))
             if isinstance(item, bytes):

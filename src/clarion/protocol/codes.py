@@ -121,3 +121,11 @@ def should_reconnect(code: int | None) -> bool:
     if code is None or code == 1006:
         return True
     return disconnect_for(code).reconnect
+
+
+def clip_reason(reason: str) -> str:
+    """A close reason fits in 123 bytes of UTF-8 (RFC 6455 §5.5: control payloads ≤ 125)."""
+    data = reason.encode()
+    if len(data) <= 123:
+        return reason
+    return data[:123].decode(errors="ignore")

@@ -32,6 +32,7 @@ from websockets.server import ServerProtocol
 from clarion.asgitypes import Message, Scope
 from clarion.core.limits import LogLimit, excerpt
 from clarion.protocol import deflate, handshake
+from clarion.protocol.codes import clip_reason
 from clarion.protocol.frames import OP_BINARY, OP_TEXT, binary_frame, text_frame
 from clarion.protocol.wsreader import Closed, FrameReader, Pong
 from clarion.server import flow
@@ -272,7 +273,7 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         reader = self._reader
         if reader is None or self.phase is not Phase.OPEN:
             return
-        frame = reader.send_close(code, _clip_reason(reason))  # ValueError: a bad code
+        frame = reader.send_close(code, clip_reason(reason))  # ValueError: a bad code
         self.phase = Phase.CLOSING
         self.seal()  # what was queued goes first, nothing pushed later
         self.queue_raw(frame, counted=True)
@@ -687,11 +688,3 @@ def _valid(name: str, value: str) -> bytes:
     if handshake.VALID_VALUE.fullmatch(value) is None:
         raise InvalidHeaderValue(name, value)
     return value.encode("latin-1")
-
-
-def _clip_reason(reason: str) -> str:
-    """A close reason fits in 123 bytes of UTF-8 (RFC 6455 §5.5: control payloads ≤ 125)."""
-    data = reason.encode()
-    if len(data) <= 123:
-        return reason
-    return data[:123].decode(errors="ignore")

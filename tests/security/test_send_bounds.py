@@ -80,8 +80,13 @@ def queued(session: Session) -> int:
     """What the hub holds for ``session``'s connection, counted from its queues and its
     transport's buffer themselves (not from the running count under test)."""
     pipe = session.transport.pipe  # type: ignore[attr-defined]
-    if not isinstance(pipe, FastPipe):
-        return pipe.backlog()  # the portable queue's own sum
+    if not isinstance(pipe, FastPipe):  # the portable path's queue: its frames' bytes
+        frames = [getattr(item, "item", item) for item in pipe._queue]  # a slot's: its frame
+        return sum(
+            len(f.encode() if isinstance(f, str) else f)
+            for f in frames
+            if isinstance(f, str | bytes)  # not the end (the close frame)
+        )
     conn: Any = pipe.conn
     held = conn._held or {}
     transport = conn.transport
@@ -210,6 +215,18 @@ async def test_a_burst_of_publications_to_a_slow_ws_reader(kind: str, policy: st
         await peer.until_cut()
         assert queued(peer.session) <= 2 * BUDGET
         assert peer.hub.stats.conflations == 0
+        assert await closed_with(peer.ws) == 4001
+
+
+@pytest.mark.parametrize("kind", SERVER_KINDS)
+async def test_text_beyond_ascii_counts_by_its_bytes(kind: str) -> None:
+    """A frame costs its UTF-8 bytes, not its characters: publications of euro signs (three
+    bytes each) are cut at the same budget as ASCII ones, not three times as late."""
+    async with behind(kind, lambda running: ws_reader(running, "euro")) as peer:
+        for i in range(100):
+            await peer.hub.publish("euro", {"n": i, "pad": "€" * 7_000})
+            assert queued(peer.session) <= 2 * BUDGET
+        await peer.until_cut()
         assert await closed_with(peer.ws) == 4001
 
 

@@ -328,7 +328,11 @@ class PollEndpoint(ChannelEndpoint):
         finally:
             session.close(CloseCode.NORMAL)
         if reply is None:
-            return  # the client went away
+            # The client went away: nobody reads the answer, but an application's middleware
+            # (Starlette's BaseHTTPMiddleware) takes a request left unanswered for a fault.
+            await send({"type": "http.response.start", "status": 499, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         reply.client = client
         cursor = reply.cursor()
         etag = f'"{cursor}"'

@@ -467,6 +467,9 @@ def _lock_file(path: Path) -> IO[bytes]:
         raise ConfigError(
             f"{path.parent} is in use by another clarion hub (its webhook outbox); give each "
             "hub its own data_dir (CLARION_DATA_DIR, or data_dir in clarion.toml or Settings): "
-            "two hubs started in one directory share the default ./clarion-data"
+            "two hubs started in one directory share the default ./clarion-data. Worker "
+            "processes of one server (uvicorn --workers, gunicorn -w) are not separate hubs: "
+            "with the memory engine run one process, or give them the Redis engine, whose "
+            "nodes share one outbox in Redis"
         ) from None
     return handle

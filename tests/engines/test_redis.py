@@ -1271,3 +1271,19 @@ async def test_a_connection_gone_while_its_count_failed_leaves_no_count_behind()
         await stop_hub(running)
         await running.hub.close()
         server.cleanup()
+
+
+async def test_the_first_health_check_after_a_restart_is_healthy(
+    nodes: Callable[..., Any], redis_server: RedisServer
+) -> None:
+    """The health check keeps a connection of its own, which a restarted Redis has closed:
+    a check that found that out only by failing said 503 once, on every node at once, to
+    every load balancer that drops a node after one failed probe."""
+    engine, _ = await nodes()
+    assert await engine.healthy()  # its connection is open now
+    redis_server.restart()
+    link = engine._link
+    assert link is not None
+    await until(lambda: not link.up, wait=10)
+    await until(lambda: link.up, wait=15)  # the pub/sub link is back: nothing checked since
+    assert await engine.healthy()

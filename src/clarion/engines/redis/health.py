@@ -62,15 +62,24 @@ class HealthCheck:
             conn = self._conn = self._client.connection_pool.make_connection()
         try:
             async with asyncio.timeout(PING_TIMEOUT):
-                await conn.connect()
-                await conn.send_command("PING", check_health=False)
-                await conn.read_response()
+                # Twice at most: the socket kept from the last check may be one Redis closed
+                # (it restarted since), which only a PING finds out; a fresh one then tells.
+                for retry in (True, False):
+                    try:
+                        await conn.connect()
+                        await conn.send_command("PING", check_health=False)
+                        await conn.read_response()
+                        return True
+                    except (RedisError, OSError):
+                        # Whatever was half sent or half read: the next try is on a new socket.
+                        with contextlib.suppress(Exception):
+                            await conn.disconnect(nowait=True)
+                        if not retry:
+                            raise
         except (RedisError, OSError, TimeoutError):
-            # Whatever was half sent or half read: the next check starts on a fresh socket.
             with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)
-            return False
-        return True
+        return False
 
     async def close(self) -> None:
         self._closed = True

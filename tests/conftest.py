@@ -442,15 +442,23 @@ async def spawn_hub(
     assert proc.stderr is not None
     log: list[str] = []
     deadline = asyncio.get_running_loop().time() + timeout(20)
-    while True:
-        remaining = deadline - asyncio.get_running_loop().time()
-        line = (await asyncio.wait_for(proc.stderr.readline(), max(remaining, 0.1))).decode()
-        if not line:
-            raise RuntimeError(f"clarion {command} exited:\n" + "".join(log))
-        log.append(line)
-        found = re.search(r"listening on http://[^:]+:(\d+)", line)
-        if found:
-            break
+    try:
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            line = (await asyncio.wait_for(proc.stderr.readline(), max(remaining, 0.1))).decode()
+            if not line:
+                raise RuntimeError(f"clarion {command} exited:\n" + "".join(log))
+            log.append(line)
+            found = re.search(r"listening on http://[^:]+:(\d+)", line)
+            if found:
+                break
+    except BaseException:
+        # Not started in time (or the test was stopped): no fixture knows of it yet, so it
+        # goes here, rather than listen on after the run.
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
 
     async def pump() -> None:
         assert proc.stderr is not None

@@ -49,16 +49,19 @@ async def test_publish_history_presence_round_trip(
 
 
 async def test_a_polling_client_is_one_member_across_its_polls(hub: RunningHub) -> None:
-    async with connect(hub.http_url, transport="poll") as client:
-        async with client.subscribe("chat:lobby") as sub, client.subscribe("chat:other"):
-            seen = set()
-            for n in range(5):  # each publication answers a poll, and the next one goes out
-                await client.publish("chat:lobby", n)
-                await next_message(sub)
-                members = await client.presence("chat:lobby")
-                assert [m.transport for m in members] == ["poll"]
-                seen.add(members[0].client)
-            (other,) = await client.presence("chat:other")
+    async with (
+        connect(hub.http_url, transport="poll") as client,
+        client.subscribe("chat:lobby") as sub,
+        client.subscribe("chat:other"),
+    ):
+        seen = set()
+        for n in range(5):  # each publication answers a poll, and the next one goes out
+            await client.publish("chat:lobby", n)
+            await next_message(sub)
+            members = await client.presence("chat:lobby")
+            assert [m.transport for m in members] == ["poll"]
+            seen.add(members[0].client)
+        (other,) = await client.presence("chat:other")
     assert len(seen) == 1 and other.client in seen
 
 

@@ -320,3 +320,16 @@ async def test_a_client_s_presence_reply_is_bounded(hub_factory: Any) -> None:
             backend = {"authorization": "apikey backend-key"}
             r = await http.get("/api/presence", params=params, headers=backend)
             assert len(r.json()["clients"]) == 5 and "truncated" not in r.json()
+
+
+async def test_data_over_the_size_cap_names_the_cap(secured: RunningHub) -> None:
+    """A client that has not connected yet (the browser client's first publish goes over
+    HTTP) learns the cap from the refusal, as a connected one knows it from its connect
+    reply. (Over WebSocket such a command is a frame over the cap: 1009.)"""
+    big = {"channel": "chat:a", "data": "x" * 70_000}
+    async with secured.http(headers=bearer(token())) as http:
+        client = await http.post("/client/publish", json=big)
+    async with secured.http(headers={"authorization": "apikey backend-key"}) as http:
+        server = await http.post("/api/publish", json=big)
+    for error in (client.json()["error"], server.json()["error"]):
+        assert (error["code"], error["limit"]) == ("too_large", 65536), error

@@ -254,7 +254,8 @@ class Hub:
             raise BadRequest(f"data is not JSON-serialisable: {exc}") from None
         if size > self.max_message_bytes:
             raise TooLarge(
-                f"data is {size} bytes, over max_message_bytes ({self.max_message_bytes})"
+                f"data is {size} bytes, over max_message_bytes ({self.max_message_bytes})",
+                limit=self.max_message_bytes,  # what a client may cut its data to
             )
 
     async def publish(

@@ -56,6 +56,24 @@ async def spread(
         yield http
 
 
+def publisher(
+    seen: dict[int, int], refusals: list[dict[str, str]]
+) -> Callable[[httpx.AsyncClient], Awaitable[None]]:
+    """A publish through the hub's API that counts its status in ``seen`` and keeps the
+    errors of its refusals (503) in ``refusals``."""
+
+    async def publish(http: httpx.AsyncClient) -> None:
+        try:
+            r = await http.post("/rt/api/publish", json={"channel": "c", "data": 1})
+        except httpx.TransportError:
+            return  # not listening yet
+        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        if r.status_code == 503:
+            refusals.append(r.json()["error"])
+
+    return publish
+
+
 async def test_fastapi_example_publishes_to_mounted_hub() -> None:
     port = free_port()
     proc = subprocess.Popen(
@@ -110,15 +128,7 @@ async def test_worker_processes_on_the_memory_engine_are_refused_not_split() -> 
     )
     seen: dict[int, int] = {}
     refusals: list[dict[str, str]] = []
-
-    async def publish(http: httpx.AsyncClient) -> None:
-        try:
-            r = await http.post("/rt/api/publish", json={"channel": "c", "data": 1})
-        except httpx.TransportError:
-            return  # not listening yet
-        seen[r.status_code] = seen.get(r.status_code, 0) + 1
-        if r.status_code == 503:
-            refusals.append(r.json()["error"])
+    publish = publisher(seen, refusals)
 
     try:
         async with spread(proc, port, lambda http, _: publish(http), (200, 503), seen) as http:
@@ -157,13 +167,7 @@ async def test_worker_processes_on_one_unix_socket_are_refused_not_split(tmp_pat
         stderr=subprocess.PIPE,
     )
     seen: dict[int, int] = {}
-
-    async def publish(http: httpx.AsyncClient) -> None:
-        try:
-            r = await http.post("/rt/api/publish", json={"channel": "c", "data": 1})
-        except httpx.TransportError:
-            return  # not listening yet
-        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+    publish = publisher(seen, [])
 
     try:
         async with spread(proc, 0, lambda http, _: publish(http), (200, 503), seen, uds=path):

@@ -240,7 +240,7 @@ class Roster:
                 )
                 for channel, hold in zip(absent, done, strict=True):
                     if hold == Hold.ADDED:
-                        await self._poll_joined(channel, session, entry)
+                        await self._joined(channel, session, entry)
         except ClarionError as exc:
             log.warning("holding a long-poll client's presence failed: %s", exc.message)
             return client
@@ -270,8 +270,9 @@ class Roster:
             buckets.move_to_end(key)
         return bucket.take()
 
-    async def _poll_joined(self, channel: str, session: Session, entry: PresenceEntry) -> None:
-        """A long-poll client's entry was added: its join, as a connection's."""
+    async def _joined(self, channel: str, session: Session, entry: PresenceEntry) -> None:
+        """``entry`` (``session``'s, or its long-poll client's) was added: its join, to the
+        lifecycle's listeners and in the namespace's mode."""
         hub = self.hub
         if hub.lifecycle_listeners:
             hub.emit("join", {"channel": channel, **entry.to_dict()})
@@ -377,21 +378,7 @@ class Roster:
             if session.subscriptions.get(channel) is None:
                 await self._forget(session, channel)
             return
-        if hub.lifecycle_listeners:
-            hub.emit("join", {"channel": channel, **entry.to_dict()})
-        options = hub.options(channel)
-        mode = options.join_leave_mode
-        if mode == "client":
-            shown = entry.to_dict(info=options.presence_info)
-            self._announce(channel, session.id, "join", {"channel": channel, **shown})
-        elif mode == "user" and session.user is not None:
-            pending = self._retiring.pop((channel, session.user), None)
-            if pending is not None:
-                pending.cancel()  # back within the grace: the leave check is moot
-            if await engine.presence_announce(channel, session.user):
-                await engine.broadcast_event(
-                    channel, "join", _user_event(channel, session, options)
-                )
+        await self._joined(channel, session, entry)
         if sub.joined == LEFT:
             # Ended while its join was being announced: one leave follows it.
             await self._leave(session, channel, remove=session.subscriptions.get(channel) is None)

@@ -147,6 +147,37 @@ async def test_token_is_sent_and_a_refused_token_stops_the_client(hub_factory: A
         assert not client.closed
 
 
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+async def test_a_token_callable_that_never_answers_is_asked_again(
+    hub_factory: Any, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An async token callable that hangs (a backend that never answers) fails its try after
+    ``request_timeout``, and the next try asks again: the client is not stuck on it."""
+    hub: RunningHub = await hub_factory(token_secret=SECRET, api_key="k")
+    asked: list[int] = []
+
+    async def hanging_once() -> str:
+        asked.append(1)
+        if len(asked) == 1:
+            await asyncio.Event().wait()
+        return mint_token(SECRET, "ada", ["chat:*"])
+
+    caplog.set_level(logging.INFO, logger="clarion.client")
+    client = connect(
+        hub.http_url,
+        transport=transport,  # type: ignore[arg-type]
+        token=hanging_once,
+        backoff=fixed_backoff(0.05),
+        request_timeout=0.5,
+        open_timeout=timeout(10),
+    )
+    async with client, client.subscribe("chat:lobby") as sub:
+        await hub.publish("chat:lobby", "in")
+        assert (await next_message(sub)).data == "in"
+    assert len(asked) >= 2
+    assert "no token within 0.5 s" in caplog.text
+
+
 async def test_unreachable_hub_fails_within_open_timeout() -> None:
     # Held bound, never listening, for the whole test: every attempt is refused, and no other
     # test's server can take the port meanwhile.

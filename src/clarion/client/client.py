@@ -73,7 +73,7 @@ class Client:
         if not 0 < poll_timeout <= MAX_POLL_TIMEOUT:
             raise ValueError(f"poll_timeout must be more than 0 and at most {MAX_POLL_TIMEOUT}")
         self.endpoints = Endpoints.parse(url)
-        self._tokens = Tokens(token)
+        self._tokens = Tokens(token, timeout=request_timeout)
         self._api_key = api_key
         self._option: TransportName = transport
         self._backoff = backoff if backoff is not None else Backoff()

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 
 TokenSource = str | Callable[[], str | Awaitable[str]] | None
 
 
-async def resolve_token(source: TokenSource) -> str | None:
+async def resolve_token(source: TokenSource, timeout: float | None = None) -> str | None:
+    """The source's token; an async callable that has not answered within ``timeout`` seconds
+    fails (``TimeoutError``), as one that raised: a connection must not wait on it for ever."""
     if source is None or isinstance(source, str):
         return source
     value = source()
     if inspect.isawaitable(value):
-        value = await value
+        try:
+            async with asyncio.timeout(timeout):
+                value = await value
+        except TimeoutError:
+            raise TimeoutError(f"no token within {timeout:g} s") from None
     if not isinstance(value, str):
         raise TypeError("a token callable must return a string")
     return value
@@ -32,16 +39,17 @@ class Tokens:
     a token a reconnect obtained is the one the next request carries.
     """
 
-    __slots__ = ("_asked", "current", "source")
+    __slots__ = ("_asked", "current", "source", "timeout")
 
-    def __init__(self, source: TokenSource) -> None:
+    def __init__(self, source: TokenSource, timeout: float | None = None) -> None:
         self.source = source
+        self.timeout = timeout  # for an async callable's answer
         self.current: str | None = None
         self._asked = False
 
     async def fresh(self) -> str | None:
         """Ask the source; its answer becomes the current token."""
-        token = await resolve_token(self.source)
+        token = await resolve_token(self.source, self.timeout)
         self.current, self._asked = token, True
         return token
 

@@ -38,7 +38,7 @@ from clarion.asgitypes import (
 from clarion.core.fanout import deliver_each
 from clarion.core.limits import LogLimit
 from clarion.protocol.codes import CloseCode, clip_reason
-from clarion.protocol.frames import Latest, LatestText, http_chunk, latest, latest_text
+from clarion.protocol.frames import Latest, LatestText, http_chunk, latest, latest_text, size_of
 
 log = logging.getLogger("clarion.pipe")
 # A peer that does not read causes it, once per connection: a line a minute at most.
@@ -246,14 +246,6 @@ class _End:
     def __init__(self, code: int, reason: str) -> None:
         self.code = code
         self.reason = reason
-
-
-def size_of(item: str | bytes) -> int:
-    """What ``item`` takes on the wire, in bytes: a text frame's UTF-8, not its characters
-    (three or four times as many in CJK or emoji). Free for ASCII text, the common case."""
-    if isinstance(item, bytes) or item.isascii():
-        return len(item)
-    return len(item.encode())
 
 
 class QueuePipe(Pipe):

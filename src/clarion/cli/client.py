@@ -132,6 +132,8 @@ def _show_client_progress() -> None:
     """The client's connection lines (connecting, retrying, lost, connected) on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("clarion: %(message)s"))
+    # Why the client stopped is the command's last line, in its own words: not twice.
+    handler.addFilter(lambda record: not getattr(record, "stop", False))
     client_log = logging.getLogger("clarion.client")
     client_log.addHandler(handler)
     client_log.setLevel(logging.INFO)

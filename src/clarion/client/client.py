@@ -190,7 +190,7 @@ class Client:
             return
         self._error = error
         # Raised to every subscription and request too; said here for a reader of the log.
-        log.warning("stopped, not reconnecting: %s", error)
+        log.warning("stopped, not reconnecting: %s", error, extra={"stop": True})
         for feed in list(self._feeds.values()):
             feed.finish(error)
             if feed.task is not None:

@@ -160,7 +160,12 @@ _RULES = [
         "a plain HTTP request to a WebSocket endpoint (`/ws`, `/stomp`): a browser opening it, "
         "or a proxy that drops the `Upgrade` and `Connection` headers",
     ),
-    ErrorRule(E.TOO_LARGE, 413, C.MESSAGE_TOO_BIG, "over `limits.max_message_bytes`"),
+    ErrorRule(
+        E.TOO_LARGE,
+        413,
+        C.MESSAGE_TOO_BIG,
+        'over `limits.max_message_bytes`; a publication\'s data over it names the cap (`"limit"`)',
+    ),
     ErrorRule(E.LIMIT_EXCEEDED, 429, _BAD, "a rate or count limit"),
     ErrorRule(
         E.TOO_MANY_SUBSCRIPTIONS, 429, _BAD, "over `limits.max_subscriptions_per_connection`"
@@ -227,8 +232,9 @@ _RULES = [
         E.ENGINE_NOT_SHARED,
         503,
         C.SERVER_ERROR,
-        "another process serves this port with a hub of its own on the memory engine (a "
-        "server's worker processes): a publication would reach one process's subscribers only",
+        "another process serves this port (or Unix socket) with a hub of its own on the memory "
+        "engine (a server's worker processes): a publication would reach one process's "
+        "subscribers only",
     ),
     ErrorRule(E.NODE_FULL, 503, C.NODE_FULL, "the node holds `limits.max_connections`"),
     ErrorRule(

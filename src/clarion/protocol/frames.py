@@ -91,3 +91,11 @@ def latest_text(data: str, slot: tuple[str, str]) -> LatestText:
     text = LatestText(data)
     text.slot = slot
     return text
+
+
+def size_of(item: str | bytes) -> int:
+    """What ``item`` takes on the wire, in bytes: a text frame's UTF-8, not its characters
+    (three or four times as many in CJK or emoji). Free for ASCII text, the common case."""
+    if isinstance(item, bytes) or item.isascii():
+        return len(item)
+    return len(item.encode())

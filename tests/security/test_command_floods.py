@@ -340,7 +340,7 @@ async def test_twelve_churners_without_join_leave_leave_others_unharmed(
         prepare=churners.ready,
         join_leave=False,
     )
-    assert all(code == 4505 for _, code in results)
+    assert all(code == 4505 for _, code in results), results  # each one's replies and close
     assert watcher.events == Counter()
     # Over the attack, the publisher's requests went through about as fast as with nobody
     # churning (without the budget: a tenth as many), however loaded the machine is.

@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-link", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_command("clarion.cli.serve", "cmd_serve"))
 
-    publish = sub.add_parser("publish", help="publish JSON to a channel through the server API")
-    publish.add_argument("channel")
+    about = "publish JSON to a channel through the server API"
+    publish = sub.add_parser("publish", help=about, description=about[0].upper() + about[1:])
+    publish.add_argument("channel", help="the channel, e.g. chat:lobby (namespace:name)")
     publish.add_argument(
         "data",
         type=json_or_stdin,
@@ -94,11 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_options(publish, api_key=True)
     publish.set_defaults(func=_command("clarion.cli.client", "cmd_publish"))
 
-    subscribe = sub.add_parser(
-        "subscribe",
-        help="print a channel's publications as JSON lines, resuming across dropped connections",
-    )
-    subscribe.add_argument("channel")
+    about = "print a channel's publications as JSON lines, resuming across dropped connections"
+    subscribe = sub.add_parser("subscribe", help=about, description=about[0].upper() + about[1:])
+    subscribe.add_argument("channel", help="the channel, e.g. chat:lobby (namespace:name)")
     subscribe.add_argument(
         "--since",
         type=cursor_arg,
@@ -107,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_options(subscribe, api_key=False)
     subscribe.add_argument("--token", help="connection token ($CLARION_TOKEN)")
     subscribe.add_argument(
-        "--transport", choices=["ws", "sse", "poll", "auto"], default="ws", help="default ws"
+        "--transport",
+        choices=["ws", "sse", "poll", "auto"],
+        default="ws",
+        help="default ws; auto falls back to SSE, then polling, where WebSocket is refused",
     )
     subscribe.set_defaults(func=_command("clarion.cli.client", "cmd_subscribe"))
 

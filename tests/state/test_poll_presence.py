@@ -161,7 +161,6 @@ async def test_a_poll_id_is_never_taken_over_by_another_user(two: Callable[..., 
         mine = (await poll(alice, "room:1", timeout=0, client=""))["client"]
         theirs = (await poll(eve, "room:1", timeout=0, client=mine))["client"]
         assert theirs != mine
-        # A connection's id is no poll client's either: the form alone refuses it.
         clients = {c["client"]: c["user"] for c in await listing(a, "room:1")}
     assert clients == {mine: "alice", theirs: "eve"}
 
@@ -183,6 +182,30 @@ async def test_a_client_that_never_sends_its_id_back_adds_a_bounded_number(
     assert len(await listing(hub, "room:1")) == len(issued)
 
 
+async def test_channels_named_without_an_entry_are_not_watched(
+    hub_factory: Callable[..., Any],
+) -> None:
+    """Past its rate a poll adds no entry: the channels it names then are not looked at for
+    ended leases either, so what the node watches grows with the entries, not the names."""
+    hub: RunningHub = await hub_factory(**settings())
+    async with hub.http() as http:
+        client = (await poll(http, "room:0", timeout=0, client=""))["client"]
+        for _ in range(POLL_ENTRY_BURST + 20):  # the address's rate, spent
+            if "client" not in await poll(http, "room:0", timeout=0, client=""):
+                break
+        else:
+            pytest.fail("new clients were still added")
+        started = time.monotonic()
+        for n in range(1, 41):
+            reply = await poll(http, f"room:{n}", timeout=0, client=client)
+            assert reply["client"] == client
+        elapsed = time.monotonic() - started
+    watched = hub.hub.roster._polled
+    # room:0, and a channel per token that came back meanwhile (one a second)
+    assert "room:0" in watched and len(watched) <= 1 + elapsed + 1, sorted(watched)
+
+
+# The last: a connection's id (18 hex digits) is no poll client's either.
 @pytest.mark.parametrize(
     "client", ["x", "p" + "a" * 21, "p" + "a" * 23, "p" + "!" * 22, "0123456789abcdef01"]
 )

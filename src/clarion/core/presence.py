@@ -22,7 +22,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from clarion.core.fanout import JOINED, JOINING, LEFT, Subscription
-from clarion.core.limits import TokenBucket
+from clarion.core.limits import LogLimit, TokenBucket
 from clarion.engines.base import Engine, Hold, PresenceEntry
 from clarion.errors import ClarionError
 from clarion.settings import NamespaceOptions
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from clarion.core.session import Session
 
 log = logging.getLogger("clarion.hub")
+# A poll's presence failing (the engine unreachable) is said once a minute, not once a poll.
+_hold_failed = LogLimit(log)
 
 # Seconds a client's join or leave waits to go out with others; one that the same client
 # undoes meanwhile (a leave after its join) goes nowhere.
@@ -221,6 +223,7 @@ class Roster:
         engine = hub.engine
         lease = wait + hub.settings.poll.presence_timeout
         absent = held
+        kept: list[str] = []  # the channels whose entry of this client is held now
         try:
             if client is not None:
                 entry = self._poll_entry(session, client)
@@ -231,6 +234,7 @@ class Roster:
                     client = None  # someone else's: this client starts afresh
                 else:
                     absent = [c for c, hold in zip(held, done, strict=True) if hold == Hold.ABSENT]
+                    kept = [c for c, hold in zip(held, done, strict=True) if hold == Hold.RENEWED]
             if absent and self._may_add(session):
                 if client is None:
                     client = "p" + secrets.token_urlsafe(16)
@@ -240,16 +244,20 @@ class Roster:
                 )
                 for channel, hold in zip(absent, done, strict=True):
                     if hold == Hold.ADDED:
+                        kept.append(channel)
                         await self._joined(channel, session, entry)
         except ClarionError as exc:
-            log.warning("holding a long-poll client's presence failed: %s", exc.message)
+            _hold_failed.log(
+                logging.WARNING, "", "holding a long-poll client's presence failed: %s", exc.message
+            )
             return client
-        if client is not None:
-            until = asyncio.get_running_loop().time() + lease
-            polled = self._polled
-            for channel in held:
-                if polled.get(channel, 0.0) < until:
-                    polled[channel] = until
+        # Looked at for ended leases: only where an entry is held (a poll may name channels it
+        # adds nothing to, over its rate), so this grows with the entries, not with the names.
+        until = asyncio.get_running_loop().time() + lease
+        polled = self._polled
+        for channel in kept:
+            if polled.get(channel, 0.0) < until:
+                polled[channel] = until
         return client
 
     @staticmethod

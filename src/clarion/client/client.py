@@ -347,9 +347,9 @@ class Client:
                 if self._mode == "sse":
                     from clarion.client.sse import open_sse  # needs httpx-sse
 
-                    why = await stream.run_opens(open_sse)
+                    why = await stream.run_opens(open_sse, beside=True)
                 else:
-                    why = await stream.run_opens(open_poll)
+                    why = await stream.run_opens(open_poll, beside=False)
             except Disconnected as exc:
                 return self._stop(exc)
             except TransportUnavailable as exc:

@@ -2,15 +2,16 @@
 every subscription (see :mod:`clarion.client.shared`).
 
 While a subscription has no position yet (made without ``since``), or the hub has not answered
-yet, the poll is a plain one (``timeout=0``): it returns each channel's current position at
-once, so the subscription has a resume point before the first long poll, and nothing published
-from then on can slip between two requests. Each reply's combined cursor moves every
-subscription it answered for to its own channel's position.
+this loop yet, the poll is a plain one (``timeout=0``): it returns each channel's current
+position at once, so the subscription has a resume point before the first long poll, and
+nothing published from then on can slip between two requests. Each reply's combined cursor
+moves every subscription it answered for to its own channel's position.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -29,8 +30,11 @@ log = logging.getLogger(__name__)
 FALLBACK_TIMEOUT = 10.0  # for a hub whose ``poll.timeout_max`` is below the client's timeout
 
 
-async def open_poll(stream: SharedStream, feeds: list[Feed]) -> str | None:
-    """Poll for ``feeds`` until a poll fails: why it failed (see :func:`open_sse`)."""
+async def open_poll(
+    stream: SharedStream, feeds: list[Feed], replied: Callable[[], None]
+) -> str | None:
+    """Poll for ``feeds`` until a poll fails: why it failed (see :func:`open_sse`). ``replied``
+    is called at the first reply."""
     ctx = stream.ctx
     url = ctx.api.endpoints.url("/poll")
     answered = False  # said once per open, as the other transports say their connection
@@ -41,9 +45,10 @@ async def open_poll(stream: SharedStream, feeds: list[Feed]) -> str | None:
             feeds = [feed for feed in feeds if not (feed.done or feed.paused)]
             if not feeds:
                 return None  # the stream reopens for the change
-        # A plain poll until the hub has answered once, whatever the cursors: a long poll of
-        # a quiet channel would outlast the first open's deadline with the hub up.
-        ready = stream.answered and all(f.resume_cursor is not None for f in feeds)
+        # A plain poll until this open was answered, whatever the cursors: a long poll of a
+        # quiet channel would outlast the first open's deadline with the hub up, and hold up
+        # the change of subscriptions that waits for this open's first reply.
+        ready = answered and all(f.resume_cursor is not None for f in feeds)
         wait = longest if ready else 0.0
         params = httpx.QueryParams(
             [*query(feeds), ("timeout", _seconds(wait)), ("client", ctx.poll.id)]
@@ -79,6 +84,7 @@ async def open_poll(stream: SharedStream, feeds: list[Feed]) -> str | None:
         error = disconnect_from(body.get("disconnect"), ctx)
         if error is not None:
             raise error
+        replied()
 
 
 def _take(stream: SharedStream, feeds: list[Feed], body: dict[str, Any], at: Cursor) -> None:

@@ -6,7 +6,8 @@ subscription would cost a connection and a hub session each, counted against
 subscriptions than that cap could not hold them. So all of a client's subscriptions share one
 stream (a few, past what one request line holds), reopened whenever they change (a subscribe,
 an unsubscribe, a reader that fell behind or caught up), with the changes of one turn of the
-event loop taken together.
+event loop taken together. A reopening never cuts an open the hub has not answered yet (see
+:meth:`SharedStream.run_opens`).
 
 Every subscription keeps its own position (a cursor of its channel alone: a publication's, a
 reset's, where its stream opened), moved only when an item is buffered. A reopened stream asks
@@ -25,20 +26,23 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 from urllib.parse import quote
 
-from clarion.client.errors import ConnectFailed, RequestFailed
+from clarion.client.errors import ConnectFailed, Disconnected, RequestFailed
 from clarion.client.items import position_of
 from clarion.client.streams import StreamContext
 from clarion.client.subscription import Feed
 from clarion.errors import BadCursor
+from clarion.protocol.codes import CloseCode
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import StreamPosition
 
 log = logging.getLogger(__name__)
+CAPPED = CloseCode.TOO_MANY_CONNECTIONS
 
-# One open of the stream for the feeds given: why it ended (to retry after a backoff), or None
-# when it ended for a change of the feeds (to reopen at once).
-Opener = Callable[["SharedStream", list[Feed]], Coroutine[Any, Any, str | None]]
+# One open of the stream for the feeds given, which calls its third argument once the hub has
+# answered it (an event stream's opening id, a poll's reply): why it ended (to retry after a
+# backoff), or None when it ended for a change of the feeds (to reopen at once).
+Opener = Callable[["SharedStream", list[Feed], Callable[[], None]], Coroutine[Any, Any, str | None]]
 # Bytes of query one stream's request line may hold: nginx's default for a whole request line
 # is 8 KB (``large_client_header_buffers``), the hub's own head limit 16 KiB.
 LANE_BYTES = 6000
@@ -66,7 +70,6 @@ class SharedStream:
         self._spawn = spawn
         self._run = run
         self._task: asyncio.Task[None] | None = None
-        self._opens: list[asyncio.Task[str | None]] = []
         self._changing = False
         self.changed = asyncio.Event()
 
@@ -108,16 +111,19 @@ class SharedStream:
     def _reopen(self) -> None:
         self._changing = False
         self.changed.set()
-        for opening in self._opens:
-            if not opening.done():
-                opening.cancel()
 
     # ---- opening ------------------------------------------------------------------------------
 
-    async def run_opens(self, opener: Opener) -> str | None:
+    async def run_opens(self, opener: Opener, *, beside: bool) -> str | None:
         """Open the stream for the feeds wanted now, until it ends or they change: why it
         ended (to retry after a backoff), None when they changed (to reopen at once). Raises
         what the open raised (a refusal, the hub saying to stop).
+
+        A change never cuts an open the hub has not answered yet: cut at once, subscriptions
+        that change faster than the hub answers would starve every channel of the stream. With
+        ``beside`` (SSE) the open that replaces it is asked beside it, and it goes on delivering
+        until that one has opened; else (polling) it is cut once answered (the first poll of an
+        open is a plain one, answered at once).
 
         Feeds whose query would not fit one request line go on streams of their own
         (:func:`lanes`); when one ends, they all reopen, each feed from its own position.
@@ -135,34 +141,67 @@ class SharedStream:
         if left is not None and left <= 0:
             self._give_up()
             return None
-        openings = {asyncio.ensure_future(opener(self, lane)): lane for lane in lanes(feeds)}
-        self._opens = list(openings)
-        done: set[asyncio.Task[str | None]] = set()
+        current = Opening(self, opener, feeds)
+        after: Opening | None = None  # beside: the open that replaces ``current`` once open
+        change = asyncio.ensure_future(self.changed.wait())
         try:
-            done, _ = await asyncio.wait(openings, timeout=left, return_when=FIRST_COMPLETED)
-            if not done and self.answered:  # answered in time: streams, for long
-                done, _ = await asyncio.wait(openings, return_when=FIRST_COMPLETED)
+            while True:
+                waits: set[asyncio.Future[Any]] = {change, *current.lanes}
+                if not current.opened.done():
+                    waits.add(current.opened)
+                if after is not None:
+                    waits |= {after.opened, *after.lanes}
+                done, _ = await asyncio.wait(
+                    waits, timeout=self._left(), return_when=FIRST_COMPLETED
+                )
+                if not done:  # the first open's deadline, nothing answered
+                    self.why = "no answer"
+                    self._give_up()
+                    return None
+                if after is not None and (after.opened in done or not done.isdisjoint(after.lanes)):
+                    # Opened, or ended before it could: the replacement takes over either way.
+                    current.cancel()
+                    current, after = after, None
+                    if _over_cap(current, done):
+                        # The hub counted the stream it replaces, cut now: asked again alone.
+                        self.why = "the hub's connection cap counted the stream replaced"
+                        return self.why
+                elif not done.isdisjoint(current.lanes) and after is not None:
+                    # The stream ended while its replacement opens: that one takes over.
+                    _raise_stop(current, done)
+                    current.cancel()
+                    current, after = after, None
+                if not done.isdisjoint(current.lanes):
+                    return self._ended(current, done)
+                if change in done:
+                    self.changed.clear()
+                    change = asyncio.ensure_future(self.changed.wait())
+                    (current if after is None else after).stale = True
+                if current.stale and current.opened.done():
+                    if not beside or not self.wanted():
+                        return None  # reopened at once, by the caller
+                    current.stale = False
+                    after = Opening(self, opener, self.wanted())
         finally:
-            for opening in openings:  # the deadline, one lane's end, or this task cancelled
-                if not opening.done():
-                    opening.cancel()
-            self._opens = []
-        if not done:
-            self.why = "no answer"
-            self._give_up()
-            return None
+            change.cancel()
+            current.cancel()
+            if after is not None:
+                after.cancel()
+
+    def _ended(self, opening: Opening, done: set[asyncio.Future[Any]]) -> str | None:
+        """Why ``opening`` ended (its lanes in ``done``); None to reopen at once."""
         why: str | None = None
         ended = False
-        for finished in done:
-            if finished.cancelled():
-                continue  # the feeds changed
+        for finished in opening.lanes:
+            if finished not in done or finished.cancelled():
+                continue
             error = finished.exception()
             if isinstance(error, RequestFailed):
                 # The hub answered: a refusal of some channels ends them, and the others
                 # reopen at once; one that ends none of ours is not asked again before the
                 # backoff.
                 self.answered = True
-                ended |= self.refused(openings[finished], error)
+                ended |= self.refused(opening.lanes[finished], error)
                 why = f"refused: {error}"
             elif error is not None:
                 raise error
@@ -220,6 +259,66 @@ class SharedStream:
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+
+class Opening:
+    """One open of the stream: a request for each lane, opened once the hub answered them all."""
+
+    def __init__(self, stream: SharedStream, opener: Opener, feeds: list[Feed]) -> None:
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.stale = False  # the feeds changed since it was asked
+        groups = lanes(feeds)
+        self._waiting = len(groups)
+        self.lanes = {
+            asyncio.ensure_future(opener(stream, lane, self._answer_once())): lane
+            for lane in groups
+        }
+
+    def _answer_once(self) -> Callable[[], None]:
+        said = False
+
+        def answered() -> None:
+            nonlocal said
+            if said:
+                return
+            said = True
+            self._waiting -= 1
+            if self._waiting == 0 and not self.opened.done():
+                self.opened.set_result(None)
+
+        return answered
+
+    def cancel(self) -> None:
+        self.opened.cancel()
+        for lane in self.lanes:
+            if not lane.done():
+                lane.cancel()
+            elif not lane.cancelled():
+                lane.exception()  # replaced: what it ended with was dealt with, or is moot
+
+
+def _over_cap(opening: Opening, done: set[asyncio.Future[Any]]) -> bool:
+    """Whether a lane of ``opening`` in ``done`` was refused for the hub's per-address or
+    per-user connection cap (``too_many_connections``)."""
+    for lane in opening.lanes:
+        if lane in done and not lane.cancelled():
+            error = lane.exception()
+            if (
+                isinstance(error, Disconnected)
+                and error.close_code == CloseCode.TOO_MANY_CONNECTIONS
+            ):
+                return True
+    return False
+
+
+def _raise_stop(opening: Opening, done: set[asyncio.Future[Any]]) -> None:
+    """Raise what a lane of ``opening`` in ``done`` raised that is not a refusal of its open
+    (the hub saying to stop): a replacement does not take over from that."""
+    for lane in opening.lanes:
+        if lane in done and not lane.cancelled():
+            error = lane.exception()
+            if error is not None and not isinstance(error, RequestFailed):
+                raise error
 
 
 def query(feeds: Iterable[Feed]) -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ subscription keeps.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import httpx
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
@@ -24,8 +25,9 @@ from clarion.client.subscription import Feed
 log = logging.getLogger(__name__)
 
 
-async def open_sse(stream: SharedStream, feeds: list[Feed]) -> str:
-    """Read one event stream for ``feeds`` until it ends: why it ended.
+async def open_sse(stream: SharedStream, feeds: list[Feed], answered: Callable[[], None]) -> str:
+    """Read one event stream for ``feeds`` until it ends: why it ended. ``answered`` is called
+    at the stream's first id, where it has opened.
 
     Raises :class:`TransportUnavailable` when the hub has no ``/sse``, and the error that ends
     subscriptions (or the client) when the hub refuses the stream.
@@ -57,6 +59,7 @@ async def open_sse(stream: SharedStream, feeds: list[Feed]) -> str:
                 going = _handle(stream, by_channel, event)
                 if event.id:
                     _start(by_channel, event.id)
+                    answered()
                 if not going:
                     break
     except (httpx.RequestError, SSEError, Retry) as exc:
@@ -103,6 +106,12 @@ def _handle(stream: SharedStream, feeds: dict[str, Feed], event: ServerSentEvent
     feed = feeds.get(channel) if isinstance(channel, str) else None
     if feed is None:
         return True  # a channel the backend added to this stream: no subscription of ours
+    if feed.paused:
+        # Its reader is behind: what this stream skips for it comes on a later one, from the
+        # feed's own position. Caught up, it may be live again before this stream is cut (its
+        # replacement opened), and must get nothing more from this one past the gap.
+        del feeds[channel]
+        return True
     if kind == "message":
         message = message_from(body)  # its own cursor: the event's ``id:`` is the stream's
         if message is not None:

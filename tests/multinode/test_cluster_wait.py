@@ -55,6 +55,7 @@ class Publishing:
         # seq -> (channel, status, error code or None, epoch, offset)
         self.answers: dict[int, tuple[str, int, str | None, str, int]] = {}
         self.answered_at: dict[int, float] = {}
+        self.failures: list[str] = []  # requests that got no answer at all
 
     async def run(self, until: asyncio.Event) -> None:
         # The stall leaves many connections idle once it ends. Each is let go before the hub's
@@ -74,7 +75,22 @@ class Publishing:
         channel = CHANNELS[n % len(CHANNELS)]
         url = self.urls[n % len(self.urls)]
         body = {"channel": channel, "data": {"seq": n}, "id": f"p{n}"}
-        r = await client.post(f"{url}/api/publish", json=body)
+        reused = True
+
+        async def trace(event: str, _info: dict[str, Any]) -> None:
+            nonlocal reused
+            if event.startswith("connection.connect_tcp"):
+                reused = False
+
+        try:
+            r = await client.post(f"{url}/api/publish", json=body, extensions={"trace": trace})
+        except httpx.TransportError as exc:
+            # Said with what tells a hub's fault from the keep-alive race of HTTP/1.1 (a
+            # connection the hub closed as idle while a request was on its way on it).
+            kind = "a reused" if reused else "a new"
+            at = time.monotonic()
+            self.failures.append(f"#{n} to {url} on {kind} connection at {at:.3f}: {exc!r}")
+            return
         out = r.json()
         if r.status_code == 200:
             self.answers[n] = (channel, 200, None, out["epoch"], out["offset"])
@@ -120,6 +136,7 @@ async def run_failover(cluster: RedisCluster, nodes: list[Node]) -> None:
         await eventually(lambda: len(publishing.acked()) >= 200, timeout=timeout(20))
         key = f"clarion:{{{CHANNELS[0]}}}:meta"
         victim, witness = stop_owner(cluster, key)
+        stalled = time.monotonic()
         process = cluster.processes[victim]
         try:
             # Stopped until its replica has taken over, as a primary stalled by a long fork,
@@ -147,6 +164,12 @@ async def run_failover(cluster: RedisCluster, nodes: list[Node]) -> None:
         stop.set()
         await task
 
+    # Every request was answered (a 503 at worst); the nodes' logs say what they saw if not.
+    assert not publishing.failures, (
+        f"stalled at {stalled:.3f}, resumed at {resumed:.3f}",
+        publishing.failures,
+        [node.log() for node in nodes],
+    )
     stored = await histories(nodes[0].http_url)
     answers = publishing.answers
     acked = publishing.acked()
@@ -255,6 +278,7 @@ async def test_a_stalled_primary_shows_subscribers_nothing_they_would_skip_later
 
         key = "clarion:{stall}:meta"
         victim, witness = stop_owner(cluster, key)
+        stalled = time.monotonic()
         process = cluster.processes[victim]
         try:
             stalled = asyncio.create_task(first.publish("stall", "stalled", opts))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -61,3 +63,41 @@ async def test_half_open_clients_are_ended_by_the_hubs_pings(
         await direct.close()
         for ws in clients:
             ws.transport.abort()
+
+
+async def test_a_hub_that_could_not_run_for_a_while_ends_no_live_session(
+    hub_process: Callable[..., Any],
+) -> None:
+    """The hub's process stopped (a paused VM, a machine out of CPU) for longer than a ping's
+    interval and timeout together. Its clients were silent because it sent them no ping, and
+    a live one's pong to its last ping waits unread: neither makes a session dead. Before, the
+    first sweep after the stall ended every session with 4002, a reconnect storm of the whole
+    node."""
+    hub = await hub_process(
+        env={"CLARION_LIMITS__PING_INTERVAL": "1", "CLARION_LIMITS__PONG_TIMEOUT": "1"}
+    )
+    clients = []
+    for n in range(5):
+        ws = await websockets.connect(hub.ws_url, subprotocols=["clarion.v1"], ping_interval=None)
+        await ws.send(json.dumps({"id": 1, "op": "subscribe", "channel": "h:stall"}))
+        assert "ok" in json.loads(await asyncio.wait_for(ws.recv(), timeout(5))), n
+        clients.append(ws)
+    try:
+        await asyncio.sleep(1.5)  # pinged at least once, answered
+        os.kill(hub.proc.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(3)
+        finally:
+            os.kill(hub.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(2)  # the sweeps after it: pings again, answered
+        async with httpx.AsyncClient() as api:
+            r = await api.post(
+                f"{hub.http_url}/api/publish", json={"channel": "h:stall", "data": "after"}
+            )
+            assert r.status_code == 200, r.text
+        for n, ws in enumerate(clients):
+            msg = json.loads(await asyncio.wait_for(ws.recv(), timeout(5)))
+            assert msg.get("data") == "after", (n, msg)
+    finally:
+        for ws in clients:
+            await ws.close()

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import resource
+import signal
 import socket
 import sys
 import time
@@ -476,3 +477,45 @@ async def test_ws_sockets_before_their_session_count_per_address(kind: str) -> N
         for writer in accepted:
             writer.close()
         silent.close()
+
+
+# What a client sends before the hub stalls, and what it sends during the stall: a request
+# whose head, body or arrival on a kept-alive connection is due when the hub runs again.
+BODY = b'{"channel": "chat:x", "data": 1}'
+STALLED = {
+    "idle": (HEALTHZ, HEALTHZ, "KEEPALIVE"),
+    "head": (b"GET /healthz HTTP/1.1\r\n", b"Host: h\r\n\r\n", "HANDSHAKE"),
+    "body": (
+        PUBLISH + b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY[:10]),
+        BODY[10:],
+        "BODY",
+    ),
+}
+
+
+@clarion_server("a `clarion serve` process, stopped and resumed")
+@pytest.mark.parametrize("state", list(STALLED))
+async def test_what_came_while_the_hub_was_stalled_is_read_before_its_timer_decides(
+    hub_process: Any, sockets: Any, state: str
+) -> None:
+    """A connection's timer ran out while the hub's process could not run (stopped, or starved
+    of CPU on a busy machine), and its client had sent what the timer waited for meanwhile.
+    The event loop runs due timers before it reads: the connection was closed with the bytes
+    unread, and its client saw a reset, as if the hub had dropped a request sent in time."""
+    before, during, timer = STALLED[state]
+    hub = await hub_process(env={f"CLARION_LIMITS__{timer}_TIMEOUT": "1"})
+    reader, writer = await sockets(hub.port)
+    if state == "idle":
+        writer.write(HEALTHZ)
+        assert statuses(await read_response(reader)) == [200]
+    else:
+        writer.write(before)
+        await asyncio.sleep(0.05)
+    os.kill(hub.proc.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(0.3)
+        writer.write(during)  # well within the timer
+        await asyncio.sleep(1.5)  # the timer is due when the hub runs again
+    finally:
+        os.kill(hub.proc.pid, signal.SIGCONT)
+    assert statuses(await read_response(reader)) == [200]

@@ -110,7 +110,7 @@ def _handle(stream: SharedStream, feeds: dict[str, Feed], event: ServerSentEvent
         # Its reader is behind: what this stream skips for it comes on a later one, from the
         # feed's own position. Caught up, it may be live again before this stream is cut (its
         # replacement opened), and must get nothing more from this one past the gap.
-        del feeds[channel]
+        del feeds[feed.channel]
         return True
     if kind == "message":
         message = message_from(body)  # its own cursor: the event's ``id:`` is the stream's

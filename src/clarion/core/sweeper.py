@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("clarion.hub")
 
 TICK = 1.0  # seconds between heartbeat / idle / expiry sweeps over sessions
+READ_FIRST = 0.05  # seconds a late sweep waits, for the loop to read its sockets once
 # Seconds between reads of the engine's revocations: what a node missed (it was cut off from the
 # others when a revocation was announced) is refused at the latest this long after.
 REVOCATION_SYNC = 5.0
@@ -68,8 +69,15 @@ class Sweeper:
         await tasks.stop(timers)
 
     async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            due = loop.time() + TICK
             await asyncio.sleep(TICK)
+            if loop.time() - due > TICK:
+                # The process could not run for a while (stopped, starved of CPU), and the
+                # loop wakes its timers before it reads: what peers sent meanwhile (a pong) is
+                # read first, so that no session is judged by it unread.
+                await asyncio.sleep(READ_FIRST)
             try:
                 self.hub.stats.roll()
                 self.tick(time.monotonic())
@@ -153,16 +161,18 @@ class Sweeper:
         limits = self.hub.settings.limits
         transport = session.transport
         last = transport.last_activity
-        silent = now - last
-        if silent > limits.ping_interval + limits.pong_timeout:
-            session.close(CloseCode.NO_PONG)
-            return None
-        if silent > limits.ping_interval and (
-            session.pinged_at is None or now - session.pinged_at > limits.ping_interval
-        ):
+        pinged = session.pinged_at
+        if pinged is not None and pinged > last:
+            # Dead: silent since a ping that had its time to be answered. Silence alone is
+            # not enough: after a stall of the hub's own, its peers were silent because it
+            # sent them no ping.
+            if now - pinged >= limits.pong_timeout:
+                session.close(CloseCode.NO_PONG)
+                return None
+        elif now - last > limits.ping_interval:
             session.pinged_at = now
             transport.ping()
-            last = transport.last_activity  # a pong may be in already
+            last = transport.last_activity  # a pong may be in already (or a stream's write)
         if (
             self.hub.auth.enabled
             and session.user is None
@@ -181,10 +191,11 @@ class Sweeper:
         limits = self.hub.settings.limits
         if last is None:
             last = session.transport.last_activity
-        ping = last + limits.ping_interval
-        if ping <= now:  # silent already, and pinged: the next ping
-            ping = (session.pinged_at or now) + limits.ping_interval
-        when = min(ping, last + limits.ping_interval + limits.pong_timeout)
+        pinged = session.pinged_at
+        if pinged is not None and pinged > last:
+            when = pinged + limits.pong_timeout  # its ping's answer is due
+        else:
+            when = last + limits.ping_interval  # the next ping
         if self.hub.auth.enabled and session.user is None and not session.subscriptions:
             when = min(when, session.connected_at + limits.handshake_timeout)
         if session.idle_since is not None:

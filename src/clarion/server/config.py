@@ -21,6 +21,12 @@ from typing import Any, Protocol
 from clarion.asgitypes import ASGIApp, DirectRoute
 from clarion.core.limits import AddressCount, LogLimit, Refusals
 
+try:
+    import fcntl
+    import termios
+except ImportError:  # Windows: a timer's connection is taken for what it seems
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger("clarion.server")
 
 
@@ -162,6 +168,7 @@ def descriptor_budget() -> int | None:
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_NO_BYTES = struct.pack("i", 0)
 
 
 def reset(transport: asyncio.Transport) -> None:
@@ -176,3 +183,19 @@ def reset(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()
+
+
+def unread(transport: asyncio.Transport) -> bool:
+    """Whether bytes from the peer wait in the socket, not yet read by the event loop.
+
+    uvloop runs the timers that are due before it reads: after a stall (the process stopped
+    or starved of CPU), a timer may find its connection idle although a request came in time.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or fcntl is None:
+        return False
+    try:
+        waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, _NO_BYTES)
+    except OSError:
+        return False
+    return bool(struct.unpack("i", waiting)[0])

@@ -39,7 +39,7 @@ from clarion.asgitypes import DirectRoute, Scope
 from clarion.protocol.numbers import ascii_int
 from clarion.protocol.proxies import elsewhere
 from clarion.server import fastws, flow
-from clarion.server.config import ASGI_VERSION, Config, Registry, reset
+from clarion.server.config import ASGI_VERSION, Config, Registry, reset, unread
 from clarion.server.cycle import HttpCycle, error_response
 from clarion.server.direct import DirectRequest
 from clarion.server.flusher import flusher_for
@@ -79,6 +79,9 @@ MIN_PIECE = 64
 # Seconds an answered connection reads and drops what its client still sends (a body we
 # refused) before it is cut: the time for a client to see the answer and stop.
 LINGER = 5.0
+# A timer that runs out while its client's bytes wait unread (they came while the process could
+# not run: uvloop runs due timers before it reads) looks again this much later, once read.
+READ_FIRST = 0.05
 
 # A request in flight or waiting behind one: for the app (ASGI) or for a direct route.
 InFlight = HttpCycle | DirectRequest
@@ -773,6 +776,9 @@ class HttpProtocol(asyncio.Protocol):
         if self._waiting_on_us():
             self._head_timer = self._loop.call_later(self.config.handshake_timeout, self._timed_out)
             return
+        if unread(self.transport):
+            self._head_timer = self._loop.call_later(READ_FIRST, self._timed_out)
+            return
         self.registry.stalls.log(
             logging.INFO,
             self.peer_key,
@@ -790,6 +796,9 @@ class HttpProtocol(asyncio.Protocol):
         self._body_timer = None
         if self._waiting_on_us():
             self._arm_body_timer()
+            return
+        if unread(self.transport):
+            self._body_timer = self._loop.call_later(READ_FIRST, self._body_timed_out)
             return
         self.registry.stalls.log(
             logging.INFO,
@@ -831,6 +840,8 @@ class HttpProtocol(asyncio.Protocol):
         if since is None:
             return  # busy: armed again once the connection idles
         left = since + self.config.keepalive_timeout - self._loop.time()
+        if left <= 0 and unread(self.transport):
+            left = READ_FIRST
         if left > 0:
             self._idle_timer = self._loop.call_later(left, self._idle_timed_out)
         else:

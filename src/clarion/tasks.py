@@ -22,6 +22,9 @@ from typing import Any
 log = logging.getLogger("clarion.tasks")
 
 STOP_TIMEOUT = 5.0  # seconds a shutdown waits for its tasks, at most
+# Seconds a timer that found its peers silent after a stall of this process waits for the event
+# loop to read its sockets once: the loop wakes its timers before it reads (see :func:`tick`).
+READ_FIRST = 0.05
 # Seconds a cancelled task has to end before it is cancelled again: long enough for the
 # cleanup a task may await when cancelled (closing a connection), which a new cancel would cut.
 RECANCEL = 0.5
@@ -50,3 +53,18 @@ async def stop(tasks: Iterable[asyncio.Task[Any]], timeout: float = STOP_TIMEOUT
         # Logged here; retrieving it also keeps asyncio from logging it later as never retrieved.
         if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
             log.error("task %s failed", task.get_name(), exc_info=exc)
+
+
+async def tick(seconds: float) -> None:
+    """Sleep ``seconds`` before a periodic check of peers; if the process could not run for a
+    while meanwhile (stopped, a paused VM, a machine out of CPU), :data:`READ_FIRST` more.
+
+    The event loop wakes its timers before it reads: a check run at once would judge peers by
+    what it had read before the stall, and take a reply that came during it (a pong, a poll)
+    for silence.
+    """
+    loop = asyncio.get_running_loop()
+    due = loop.time() + seconds
+    await asyncio.sleep(seconds)
+    if loop.time() - due > seconds:
+        await asyncio.sleep(READ_FIRST)

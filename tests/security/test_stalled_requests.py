@@ -519,3 +519,37 @@ async def test_what_came_while_the_hub_was_stalled_is_read_before_its_timer_deci
     finally:
         os.kill(hub.proc.pid, signal.SIGCONT)
     assert statuses(await read_response(reader)) == [200]
+
+
+@clarion_server("a `clarion serve` process, stopped and resumed")
+async def test_a_response_read_while_the_hub_was_stalled_is_not_cut(hub_process: Any) -> None:
+    """The send timer of a response its client did not read ran out while the hub's process
+    could not run, and the client had read meanwhile. The event loop runs due timers before it
+    looks at its sockets: the connection was reset as one whose client reads nothing."""
+    hub = await hub_process(env={"CLARION_LIMITS__SEND_TIMEOUT": "1"})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", hub.port))
+    count = 100
+    got = bytearray()
+
+    async def read_for(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while chunk := await loop.sock_recv(sock, 65536):
+                    got.extend(chunk)
+
+    try:
+        await loop.sock_sendall(sock, b"GET /clarion.js HTTP/1.1\r\nHost: h\r\n\r\n" * count)
+        await asyncio.sleep(0.3)  # the buffers are full: the hub waits on its client
+        os.kill(hub.proc.pid, signal.SIGSTOP)
+        try:
+            await read_for(2.0)  # the client reads, past the send timer, while the hub is out
+        finally:
+            os.kill(hub.proc.pid, signal.SIGCONT)
+        await read_for(timeout(10))
+        assert got.count(b"HTTP/1.1 200 ") == count
+    finally:
+        sock.close()

@@ -21,6 +21,7 @@ import secrets
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from clarion import tasks
 from clarion.core.fanout import JOINED, JOINING, LEFT, Subscription
 from clarion.core.limits import LogLimit, TokenBucket
 from clarion.engines.base import Engine, Hold, PresenceEntry
@@ -135,7 +136,7 @@ class Roster:
     async def _watch_lapses(self, engine: Engine) -> None:
         failing = False
         while True:
-            await asyncio.sleep(engine.lapse_interval)
+            await tasks.tick(engine.lapse_interval)  # a poll that came in a stall is read
             channels = self._lapsing(engine)
             try:
                 for start in range(0, len(channels), LAPSE_SLICE):

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("clarion.hub")
 
 TICK = 1.0  # seconds between heartbeat / idle / expiry sweeps over sessions
-READ_FIRST = 0.05  # seconds a late sweep waits, for the loop to read its sockets once
 # Seconds between reads of the engine's revocations: what a node missed (it was cut off from the
 # others when a revocation was announced) is refused at the latest this long after.
 REVOCATION_SYNC = 5.0
@@ -69,15 +68,8 @@ class Sweeper:
         await tasks.stop(timers)
 
     async def _tick_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            due = loop.time() + TICK
-            await asyncio.sleep(TICK)
-            if loop.time() - due > TICK:
-                # The process could not run for a while (stopped, starved of CPU), and the
-                # loop wakes its timers before it reads: what peers sent meanwhile (a pong) is
-                # read first, so that no session is judged by it unread.
-                await asyncio.sleep(READ_FIRST)
+            await tasks.tick(TICK)  # after a stall, what peers sent meanwhile is read first
             try:
                 self.hub.stats.roll()
                 self.tick(time.monotonic())

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import select
 import socket
 import struct
 import time
@@ -183,6 +184,20 @@ def reset(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()
+
+
+def writable(transport: asyncio.Transport) -> bool:
+    """Whether the socket's send buffer has room now: its peer read since the event loop last
+    looked (after a stall, as :func:`unread`)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    try:
+        poller.register(sock.fileno(), select.POLLOUT)
+    except (OSError, ValueError):
+        return False
+    return bool(poller.poll(0))
 
 
 def unread(transport: asyncio.Transport) -> bool:

@@ -39,11 +39,12 @@ from clarion.asgitypes import DirectRoute, Scope
 from clarion.protocol.numbers import ascii_int
 from clarion.protocol.proxies import elsewhere
 from clarion.server import fastws, flow
-from clarion.server.config import ASGI_VERSION, Config, Registry, reset, unread
+from clarion.server.config import ASGI_VERSION, Config, Registry, reset, unread, writable
 from clarion.server.cycle import HttpCycle, error_response
 from clarion.server.direct import DirectRequest
 from clarion.server.flusher import flusher_for
 from clarion.server.websocket import WebSocketProtocol
+from clarion.tasks import READ_FIRST
 
 WholeDirect = Callable[
     [bytes, dict[bytes, DirectRoute], int, int, int],
@@ -79,9 +80,6 @@ MIN_PIECE = 64
 # Seconds an answered connection reads and drops what its client still sends (a body we
 # refused) before it is cut: the time for a client to see the answer and stop.
 LINGER = 5.0
-# A timer that runs out while its client's bytes wait unread (they came while the process could
-# not run: uvloop runs due timers before it reads) looks again this much later, once read.
-READ_FIRST = 0.05
 
 # A request in flight or waiting behind one: for the app (ASGI) or for a direct route.
 InFlight = HttpCycle | DirectRequest
@@ -849,6 +847,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send_stalled(self) -> None:
         self._send_timer = None
+        if writable(self.transport):  # it read while we could not run: write on
+            self._send_timer = self._loop.call_later(READ_FIRST, self._send_stalled)
+            return
         self.registry.stalls.log(
             logging.INFO,
             self.peer_key,

@@ -37,7 +37,6 @@ from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import StreamPosition
 
 log = logging.getLogger(__name__)
-CAPPED = CloseCode.TOO_MANY_CONNECTIONS
 
 # One open of the stream for the feeds given, which calls its third argument once the hub has
 # answered it (an event stream's opening id, a poll's reply): why it ended (to retry after a

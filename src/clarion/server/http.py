@@ -769,13 +769,13 @@ class HttpProtocol(asyncio.Protocol):
         """The key this connection's log lines are limited by: its caps key."""
         return self._key or ""
 
-    def _timed_out(self) -> None:
+    def _timed_out(self, look: bool = True) -> None:
         self._head_timer = None
         if self._waiting_on_us():
             self._head_timer = self._loop.call_later(self.config.handshake_timeout, self._timed_out)
             return
-        if unread(self.transport):
-            self._head_timer = self._loop.call_later(READ_FIRST, self._timed_out)
+        if look and unread(self.transport):  # once: a trickle of bytes buys no more time
+            self._head_timer = self._loop.call_later(READ_FIRST, self._timed_out, False)
             return
         self.registry.stalls.log(
             logging.INFO,
@@ -790,13 +790,13 @@ class HttpProtocol(asyncio.Protocol):
             self._body_timer.cancel()
         self._body_timer = self._loop.call_later(self.config.body_timeout, self._body_timed_out)
 
-    def _body_timed_out(self) -> None:
+    def _body_timed_out(self, look: bool = True) -> None:
         self._body_timer = None
         if self._waiting_on_us():
             self._arm_body_timer()
             return
-        if unread(self.transport):
-            self._body_timer = self._loop.call_later(READ_FIRST, self._body_timed_out)
+        if look and unread(self.transport):  # once, as the head's
+            self._body_timer = self._loop.call_later(READ_FIRST, self._body_timed_out, False)
             return
         self.registry.stalls.log(
             logging.INFO,
@@ -847,8 +847,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send_stalled(self) -> None:
         self._send_timer = None
-        if writable(self.transport):  # it read while we could not run: write on
-            self._send_timer = self._loop.call_later(READ_FIRST, self._send_stalled)
+        if writable(self.transport):
+            # It read, and the loop has not seen it yet (it could not run): it gets
+            # send_timeout again, as a client that starts reading does.
+            self._send_timer = self._loop.call_later(self.config.send_timeout, self._send_stalled)
             return
         self.registry.stalls.log(
             logging.INFO,

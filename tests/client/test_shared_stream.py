@@ -360,3 +360,75 @@ async def test_a_reader_catching_up_while_its_channel_publishes_misses_nothing(
             assert got == list(range(count))
     finally:
         await proxy.close()
+
+
+async def test_a_reader_that_caught_up_misses_nothing_while_its_stream_is_replaced(
+    hub: RunningHub,
+) -> None:
+    """A burst fills the buffer of a reader that keeps up (one read, one turn of the loop):
+    the subscription pauses, its reader catches up at once, and it is asked on a replacement
+    while the old stream still runs. The old stream must deliver nothing more to it: it
+    skipped a publication, which only the replacement brings, and a later one from the old
+    stream would have passed it (dropped then as a repeat). Here the replacement's first id
+    comes a second after its answer's head, as a loss on the way can make it."""
+    proxy = await FaultProxy(hub.port).start()
+    try:
+        async with connect(
+            f"http://127.0.0.1:{proxy.port}", transport="sse", queue_size=4
+        ) as client:
+            sub = client.subscribe("chat:busy")
+            await sub.ready()
+            got: list[Any] = []
+
+            async def read() -> None:
+                async for item in sub:
+                    assert isinstance(item, Message), item
+                    got.append(item.data)
+
+            reading = asyncio.create_task(read())
+            try:
+                proxy.stall()  # a burst of five reaches the client in one read
+                for n in range(5):
+                    await hub.publish("chat:busy", n)
+                proxy.split_head = 1.0
+                proxy.resume()
+                await asyncio.sleep(0.5)  # the replacement's head is in, its first id not yet
+                await hub.publish("chat:busy", 5)  # on the old stream too
+                proxy.split_head = 0
+                await asyncio.sleep(1.0)
+                await hub.publish("chat:busy", 6)
+                async with asyncio.timeout(timeout(10)):
+                    while len(got) < 7:
+                        await asyncio.sleep(0.02)
+            finally:
+                reading.cancel()
+            assert got == list(range(7))
+    finally:
+        await proxy.close()
+
+
+async def test_a_live_signal_comes_once_while_the_stream_is_replaced(hub: RunningHub) -> None:
+    """A live signal (``ephemeral``) published while a replacement opens beside the old
+    stream goes out on both: it has no offset to be dropped by as a repeat. Only the newest
+    stream the hub has answered for a subscription delivers to it."""
+    proxy = await FaultProxy(hub.port).start()
+    try:
+        async with connect(f"http://127.0.0.1:{proxy.port}", transport="sse") as client:
+            sub = client.subscribe("chat:live")
+            await sub.ready()
+            await hub.publish("chat:live", "stored-1")
+            assert (await next_message(sub)).data == "stored-1"
+            proxy.split_head = 1.0  # the replacement's first id a second after its head
+            other = client.subscribe("chat:other")  # a replacement beside the old stream
+            await asyncio.sleep(0.5)
+            await hub.publish("chat:live", "typing", ephemeral=True)
+            await asyncio.sleep(1.0)
+            proxy.split_head = 0
+            await hub.publish("chat:live", "stored-2")
+            got = [(await next_message(sub)).data for _ in range(2)]
+            assert got == ["typing", "stored-2"]
+            with pytest.raises(TimeoutError):
+                await next_item(sub, wait=0.3)
+            await other.unsubscribe()
+    finally:
+        await proxy.close()

@@ -553,3 +553,31 @@ async def test_a_response_read_while_the_hub_was_stalled_is_not_cut(hub_process:
         assert got.count(b"HTTP/1.1 200 ") == count
     finally:
         sock.close()
+
+
+@HTTP_TIMERS
+async def test_bytes_left_unread_for_good_buy_a_timer_no_more_time(hub_factory: Any) -> None:
+    """A timer that finds its client's bytes unread looks again once the loop has read them
+    (they may have come while the hub could not run). Bytes that stay unread for good (a
+    malformed request pipelined behind a stream: reading stops there) made it look again every
+    50 ms for as long as the stream lasted, and never close the connection: work for nothing,
+    a core's worth from a few addresses. It looks once, then decides."""
+    hub: RunningHub = await hub_factory(limits={"handshake_timeout": 1.0})
+    loop = asyncio.get_running_loop()
+    sock = socket.create_connection(("127.0.0.1", hub.port))
+    sock.setblocking(False)
+    try:
+        stream = b"GET /sse?channel=chat:a HTTP/1.1\r\nHost: h\r\n\r\n"
+        await loop.sock_sendall(sock, stream + b"GET /x HTTP/1.1\r\nHost: h\r\n")
+        await asyncio.sleep(0.2)
+        await loop.sock_sendall(sock, b"\x00\x01 bad\r\n\r\n")  # fails to parse: reading stops
+        await asyncio.sleep(0.2)
+        await loop.sock_sendall(sock, b"more bytes")  # unread for good
+        # Closed at the head's deadline (reset: what it sent is still unread), not kept.
+        with contextlib.suppress(ConnectionResetError):
+            async with asyncio.timeout(timeout(5)):
+                while await loop.sock_recv(sock, 65536):
+                    pass
+        assert not hub.server.registry.connections
+    finally:
+        sock.close()

@@ -51,6 +51,10 @@ async def open_sse(stream: SharedStream, feeds: list[Feed], answered: Callable[[
             stream.opened()
             log.info("connected to %s (%s)", url, naming(feeds))
             for feed in feeds:
+                # The hub has subscribed this stream: what it sends from now on (a live
+                # signal too) comes here, and the stream this one replaces delivers no more.
+                # What that one has not delivered yet, this one brings from where it was asked.
+                feed.carrier = by_channel
                 if feed.resume_cursor is not None:
                     feed.confirmed(None)  # resumed from where it stands
             # The others are confirmed by the stream's first id, where they start: ready before
@@ -106,12 +110,8 @@ def _handle(stream: SharedStream, feeds: dict[str, Feed], event: ServerSentEvent
     feed = feeds.get(channel) if isinstance(channel, str) else None
     if feed is None:
         return True  # a channel the backend added to this stream: no subscription of ours
-    if feed.paused:
-        # Its reader is behind: what this stream skips for it comes on a later one, from the
-        # feed's own position. Caught up, it may be live again before this stream is cut (its
-        # replacement opened), and must get nothing more from this one past the gap.
-        del feeds[feed.channel]
-        return True
+    if feed.carrier is not feeds:
+        return True  # replaced for it: a newer stream delivers to it
     if kind == "message":
         message = message_from(body)  # its own cursor: the event's ``id:`` is the stream's
         if message is not None:

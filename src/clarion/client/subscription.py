@@ -38,6 +38,7 @@ class Feed:
         "_readable",
         "_writable",
         "capacity",
+        "carrier",
         "channel",
         "cursor",
         "done",
@@ -79,6 +80,9 @@ class Feed:
         # ``resume_cursor`` once the reader has caught up (``on_resume``).
         self.paused = False
         self.on_overflow: Callable[[Feed], None] | None = None
+        # Over SSE: the newest stream the hub has answered for this feed, the only one that
+        # delivers to it (make-before-break has two open for a while).
+        self.carrier: object | None = None
         self.on_resume: Callable[[Feed], None] | None = None
         self.done = False
         self.error: BaseException | None = None

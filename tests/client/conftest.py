@@ -13,6 +13,7 @@ from clarion.core.session import Session
 from clarion.server import Server
 
 from ..conftest import TEST_SERVER, PortableServer, RunningHub, start_uvicorn, timeout
+from ..support.proxy import FaultProxy
 
 TRANSPORTS = ["ws", "sse", "poll"]
 
@@ -48,6 +49,16 @@ async def session_of(running: RunningHub, kind: str, channel: str, wait: float =
             if found:
                 return found[0]
             await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def proxy(hub: RunningHub) -> AsyncIterator[FaultProxy]:
+    """A fault-injecting proxy in front of ``hub`` (``http://127.0.0.1:{proxy.port}``)."""
+    running = await FaultProxy(hub.port).start()
+    try:
+        yield running
+    finally:
+        await running.close()
 
 
 FrontFactory = Callable[..., Awaitable[str]]

@@ -177,133 +177,121 @@ async def test_polling_from_a_cursor_on_a_quiet_channel_is_no_unreachable_hub(
 
 @pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
 async def test_a_subscription_is_ready_with_its_resume_point(
-    hub: RunningHub, transport: TransportName
+    hub: RunningHub, proxy: FaultProxy, transport: TransportName
 ) -> None:
     """``ready()`` means the hub gave the subscription its place: a connection lost right after
     loses nothing published meanwhile. (Over SSE it used to resolve with the stream's answer,
     before the stream's first id said where the subscription starts.)"""
-    proxy = await FaultProxy(hub.port).start()
     proxy.split_head = 0.3  # a stream's first id comes a while after its answer's head
-    try:
-        for n in range(5):
-            channel = f"chat:ready{n}"
-            async with connect(
-                f"http://127.0.0.1:{proxy.port}", transport=transport, backoff=fixed_backoff(0.2)
-            ) as client:
-                sub = client.subscribe(channel)
-                await sub.ready()
-                assert sub.cursor is not None, n
-                proxy.reset()
-                await hub.publish(channel, "meanwhile")
-                assert (await next_message(sub)).data == "meanwhile"
-    finally:
-        await proxy.close()
+    for n in range(5):
+        channel = f"chat:ready{n}"
+        async with connect(
+            f"http://127.0.0.1:{proxy.port}", transport=transport, backoff=fixed_backoff(0.2)
+        ) as client:
+            sub = client.subscribe(channel)
+            await sub.ready()
+            assert sub.cursor is not None, n
+            proxy.reset()
+            await hub.publish(channel, "meanwhile")
+            assert (await next_message(sub)).data == "meanwhile"
 
 
 @pytest.mark.parametrize("transport", OFF_WEBSOCKET)
 async def test_subscriptions_that_change_faster_than_the_hub_answers_starve_no_channel(
-    hub: RunningHub, transport: TransportName
+    hub: RunningHub, proxy: FaultProxy, transport: TransportName
 ) -> None:
     """Each change reopens the one stream (or poll loop) of every subscription. Each reopening
     cut the one before it short, before the hub had answered: with a subscription toggled every
     150 ms and a hub 400 ms away, a channel nobody touched got none of 30 publications while
-    the toggling went on. An event stream now goes on until the one that replaces it has
-    opened; a poll loop gets its first reply before it restarts."""
-    proxy = await FaultProxy(hub.port).start()
+    the toggling went on. An event stream now goes on until the hub has answered the one that
+    replaces it; a poll loop gets its first reply before it restarts."""
     proxy.latency = 0.2  # each way: a poll is answered, a stream opens, in 0.4 s at best
-    try:
-        async with connect(f"http://127.0.0.1:{proxy.port}", transport=transport) as client:
-            steady = client.subscribe("chat:lobby")
-            await steady.ready()
-            got: list[Any] = []
+    async with connect(f"http://127.0.0.1:{proxy.port}", transport=transport) as client:
+        steady = client.subscribe("chat:lobby")
+        await steady.ready()
+        got: list[Any] = []
 
-            async def toggle() -> None:
-                toggled: Any = None
-                while True:
-                    await asyncio.sleep(0.15)
-                    if toggled is None:
-                        toggled = client.subscribe("chat:toggled")
-                    else:
-                        await toggled.unsubscribe()
-                        toggled = None
+        async def toggle() -> None:
+            toggled: Any = None
+            while True:
+                await asyncio.sleep(0.15)
+                if toggled is None:
+                    toggled = client.subscribe("chat:toggled")
+                else:
+                    await toggled.unsubscribe()
+                    toggled = None
 
-            async def read() -> None:
-                async for item in steady:
-                    got.append(item.data)
+        async def read() -> None:
+            async for item in steady:
+                got.append(item.data)
 
-            toggling = asyncio.create_task(toggle())
-            reading = asyncio.create_task(read())
-            try:
-                for n in range(30):
-                    await hub.publish("chat:lobby", n)
-                    await asyncio.sleep(0.1)
-                during = len(got)
-                toggling.cancel()
-                async with asyncio.timeout(timeout(10)):
-                    while len(got) < 30:
-                        await asyncio.sleep(0.05)
-            finally:
-                toggling.cancel()
-                reading.cancel()
-            assert during >= 15, during  # half of them while the toggling went on
-            assert got == list(range(30))
-    finally:
-        await proxy.close()
+        toggling = asyncio.create_task(toggle())
+        reading = asyncio.create_task(read())
+        try:
+            for n in range(30):
+                await hub.publish("chat:lobby", n)
+                await asyncio.sleep(0.1)
+            during = len(got)
+            toggling.cancel()
+            async with asyncio.timeout(timeout(10)):
+                while len(got) < 30:
+                    await asyncio.sleep(0.05)
+        finally:
+            toggling.cancel()
+            reading.cancel()
+        assert during >= 15, during  # half of them while the toggling went on
+        assert got == list(range(30))
 
 
 @pytest.mark.parametrize("transport", OFF_WEBSOCKET)
 async def test_a_subscription_toggled_while_publications_flow_loses_and_repeats_nothing(
-    hub: RunningHub, transport: TransportName
+    hub: RunningHub, proxy: FaultProxy, transport: TransportName
 ) -> None:
     """Reopenings while both channels publish: over SSE the stream that replaces another opens
     from where that one was asked (the old one delivers meanwhile, and the new one delivers it
     again), over polling a loop restarts after its first reply. The channel nobody touches, and
     the toggled one, each subscription of it resuming where the last one was read, get every
     publication once, in order."""
-    proxy = await FaultProxy(hub.port).start()
     proxy.latency = 0.1
     count = 40
-    try:
-        async with connect(f"http://127.0.0.1:{proxy.port}", transport=transport) as client:
-            steady = client.subscribe("chat:steady")
-            await steady.ready()
-            since = (await hub.publish("chat:toggled", "start"))["cursor"]
-            toggled: list[Any] = []
+    async with connect(f"http://127.0.0.1:{proxy.port}", transport=transport) as client:
+        steady = client.subscribe("chat:steady")
+        await steady.ready()
+        since = (await hub.publish("chat:toggled", "start"))["cursor"]
+        toggled: list[Any] = []
 
-            async def toggle() -> None:
-                nonlocal since
-                while True:
-                    sub = client.subscribe("chat:toggled", since=since)
-                    try:
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(0.2):
-                                async for item in sub:
-                                    assert isinstance(item, Message), item
-                                    toggled.append(item.data)
-                    finally:
-                        since = sub.cursor or since
-                        await sub.unsubscribe()
+        async def toggle() -> None:
+            nonlocal since
+            while True:
+                sub = client.subscribe("chat:toggled", since=since)
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.2):
+                            async for item in sub:
+                                assert isinstance(item, Message), item
+                                toggled.append(item.data)
+                finally:
+                    since = sub.cursor or since
+                    await sub.unsubscribe()
 
-            toggling = asyncio.create_task(toggle())
-            try:
-                for n in range(count):
-                    await hub.publish("chat:steady", n)
-                    await hub.publish("chat:toggled", n)
-                    await asyncio.sleep(0.05)
-            finally:
-                toggling.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await toggling
-            last = client.subscribe("chat:toggled", since=since)
-            while len(toggled) < count:
-                toggled.append((await next_message(last, wait=10)).data)
-            assert toggled == list(range(count))
-            assert [(await next_message(steady)).data for _ in range(count)] == list(range(count))
-            for sub in (steady, last):
-                with pytest.raises(TimeoutError):
-                    await next_item(sub, wait=0.3)  # and no duplicate
-    finally:
-        await proxy.close()
+        toggling = asyncio.create_task(toggle())
+        try:
+            for n in range(count):
+                await hub.publish("chat:steady", n)
+                await hub.publish("chat:toggled", n)
+                await asyncio.sleep(0.05)
+        finally:
+            toggling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await toggling
+        last = client.subscribe("chat:toggled", since=since)
+        while len(toggled) < count:
+            toggled.append((await next_message(last, wait=10)).data)
+        assert toggled == list(range(count))
+        assert [(await next_message(steady)).data for _ in range(count)] == list(range(count))
+        for sub in (steady, last):
+            with pytest.raises(TimeoutError):
+                await next_item(sub, wait=0.3)  # and no duplicate
 
 
 async def test_a_stream_replaced_at_the_hubs_connection_cap_cuts_the_old_one_first(
@@ -327,43 +315,39 @@ async def test_a_stream_replaced_at_the_hubs_connection_cap_cuts_the_old_one_fir
 
 @pytest.mark.parametrize("transport", OFF_WEBSOCKET)
 async def test_a_reader_catching_up_while_its_channel_publishes_misses_nothing(
-    hub: RunningHub, transport: TransportName
+    hub: RunningHub, proxy: FaultProxy, transport: TransportName
 ) -> None:
     """A reader behind leaves the stream; caught up, it rejoins on the stream that replaces
     this one, from its own position. The stream it left goes on until then, and must deliver
     nothing more to it: what it skipped comes on the replacement, which drops as repeats what
     is older than the subscription's last publication. (A guard: the race is narrow, and this
     passed without the stream's check too.)"""
-    proxy = await FaultProxy(hub.port).start()
     proxy.latency = 0.05
-    try:
-        async with connect(
-            f"http://127.0.0.1:{proxy.port}", transport=transport, queue_size=4
-        ) as client:
-            sub = client.subscribe("chat:busy")
-            await sub.ready()
-            for n in range(20):  # five times what it buffers, none read yet
+    async with connect(
+        f"http://127.0.0.1:{proxy.port}", transport=transport, queue_size=4
+    ) as client:
+        sub = client.subscribe("chat:busy")
+        await sub.ready()
+        for n in range(20):  # five times what it buffers, none read yet
+            await hub.publish("chat:busy", n)
+        count = 60
+
+        async def publish_more() -> None:
+            for n in range(20, count):
                 await hub.publish("chat:busy", n)
-            count = 60
+                await asyncio.sleep(0.01)
 
-            async def publish_more() -> None:
-                for n in range(20, count):
-                    await hub.publish("chat:busy", n)
-                    await asyncio.sleep(0.01)
-
-            publishing = asyncio.create_task(publish_more())
-            got = []
-            for _ in range(count):
-                got.append((await next_message(sub, wait=10)).data)
-                await asyncio.sleep(0.005)
-            await publishing
-            assert got == list(range(count))
-    finally:
-        await proxy.close()
+        publishing = asyncio.create_task(publish_more())
+        got = []
+        for _ in range(count):
+            got.append((await next_message(sub, wait=10)).data)
+            await asyncio.sleep(0.005)
+        await publishing
+        assert got == list(range(count))
 
 
 async def test_a_reader_that_caught_up_misses_nothing_while_its_stream_is_replaced(
-    hub: RunningHub,
+    hub: RunningHub, proxy: FaultProxy
 ) -> None:
     """A burst fills the buffer of a reader that keeps up (one read, one turn of the loop):
     the subscription pauses, its reader catches up at once, and it is asked on a replacement
@@ -371,64 +355,56 @@ async def test_a_reader_that_caught_up_misses_nothing_while_its_stream_is_replac
     skipped a publication, which only the replacement brings, and a later one from the old
     stream would have passed it (dropped then as a repeat). Here the replacement's first id
     comes a second after its answer's head, as a loss on the way can make it."""
-    proxy = await FaultProxy(hub.port).start()
-    try:
-        async with connect(
-            f"http://127.0.0.1:{proxy.port}", transport="sse", queue_size=4
-        ) as client:
-            sub = client.subscribe("chat:busy")
-            await sub.ready()
-            got: list[Any] = []
+    async with connect(f"http://127.0.0.1:{proxy.port}", transport="sse", queue_size=4) as client:
+        sub = client.subscribe("chat:busy")
+        await sub.ready()
+        got: list[Any] = []
 
-            async def read() -> None:
-                async for item in sub:
-                    assert isinstance(item, Message), item
-                    got.append(item.data)
+        async def read() -> None:
+            async for item in sub:
+                assert isinstance(item, Message), item
+                got.append(item.data)
 
-            reading = asyncio.create_task(read())
-            try:
-                proxy.stall()  # a burst of five reaches the client in one read
-                for n in range(5):
-                    await hub.publish("chat:busy", n)
-                proxy.split_head = 1.0
-                proxy.resume()
-                await asyncio.sleep(0.5)  # the replacement's head is in, its first id not yet
-                await hub.publish("chat:busy", 5)  # on the old stream too
-                proxy.split_head = 0
-                await asyncio.sleep(1.0)
-                await hub.publish("chat:busy", 6)
-                async with asyncio.timeout(timeout(10)):
-                    while len(got) < 7:
-                        await asyncio.sleep(0.02)
-            finally:
-                reading.cancel()
-            assert got == list(range(7))
-    finally:
-        await proxy.close()
+        reading = asyncio.create_task(read())
+        try:
+            proxy.stall()  # a burst of five reaches the client in one read
+            for n in range(5):
+                await hub.publish("chat:busy", n)
+            proxy.split_head = 1.0
+            proxy.resume()
+            await asyncio.sleep(0.5)  # the replacement's head is in, its first id not yet
+            await hub.publish("chat:busy", 5)  # on the old stream too
+            proxy.split_head = 0
+            await asyncio.sleep(1.0)
+            await hub.publish("chat:busy", 6)
+            async with asyncio.timeout(timeout(10)):
+                while len(got) < 7:
+                    await asyncio.sleep(0.02)
+        finally:
+            reading.cancel()
+        assert got == list(range(7))
 
 
-async def test_a_live_signal_comes_once_while_the_stream_is_replaced(hub: RunningHub) -> None:
+async def test_a_live_signal_comes_once_while_the_stream_is_replaced(
+    hub: RunningHub, proxy: FaultProxy
+) -> None:
     """A live signal (``ephemeral``) published while a replacement opens beside the old
     stream goes out on both: it has no offset to be dropped by as a repeat. Only the newest
     stream the hub has answered for a subscription delivers to it."""
-    proxy = await FaultProxy(hub.port).start()
-    try:
-        async with connect(f"http://127.0.0.1:{proxy.port}", transport="sse") as client:
-            sub = client.subscribe("chat:live")
-            await sub.ready()
-            await hub.publish("chat:live", "stored-1")
-            assert (await next_message(sub)).data == "stored-1"
-            proxy.split_head = 1.0  # the replacement's first id a second after its head
-            other = client.subscribe("chat:other")  # a replacement beside the old stream
-            await asyncio.sleep(0.5)
-            await hub.publish("chat:live", "typing", ephemeral=True)
-            await asyncio.sleep(1.0)
-            proxy.split_head = 0
-            await hub.publish("chat:live", "stored-2")
-            got = [(await next_message(sub)).data for _ in range(2)]
-            assert got == ["typing", "stored-2"]
-            with pytest.raises(TimeoutError):
-                await next_item(sub, wait=0.3)
-            await other.unsubscribe()
-    finally:
-        await proxy.close()
+    async with connect(f"http://127.0.0.1:{proxy.port}", transport="sse") as client:
+        sub = client.subscribe("chat:live")
+        await sub.ready()
+        await hub.publish("chat:live", "stored-1")
+        assert (await next_message(sub)).data == "stored-1"
+        proxy.split_head = 1.0  # the replacement's first id a second after its head
+        other = client.subscribe("chat:other")  # a replacement beside the old stream
+        await asyncio.sleep(0.5)
+        await hub.publish("chat:live", "typing", ephemeral=True)
+        await asyncio.sleep(1.0)
+        proxy.split_head = 0
+        await hub.publish("chat:live", "stored-2")
+        got = [(await next_message(sub)).data for _ in range(2)]
+        assert got == ["typing", "stored-2"]
+        with pytest.raises(TimeoutError):
+            await next_item(sub, wait=0.3)
+        await other.unsubscribe()

@@ -120,8 +120,9 @@ class SharedStream:
 
         A change never cuts an open the hub has not answered yet: cut at once, subscriptions
         that change faster than the hub answers would starve every channel of the stream. With
-        ``beside`` (SSE) the open that replaces it is asked beside it, and it goes on delivering
-        until that one has opened; else (polling) it is cut once answered (the first poll of an
+        ``beside`` (SSE) the open that replaces it is asked beside it; it delivers until the hub
+        has answered that one (which delivers from then on: :attr:`Feed.carrier`) and is cut
+        once that one has opened. Else (polling) it is cut once answered (the first poll of an
         open is a plain one, answered at once).
 
         Feeds whose query would not fit one request line go on streams of their own

@@ -297,28 +297,30 @@ class Opening:
                 lane.exception()  # replaced: what it ended with was dealt with, or is moot
 
 
+def _errors(opening: Opening, done: set[asyncio.Future[Any]]) -> list[BaseException]:
+    """What the lanes of ``opening`` that are in ``done`` raised."""
+    return [
+        error
+        for lane in opening.lanes
+        if lane in done and not lane.cancelled() and (error := lane.exception()) is not None
+    ]
+
+
 def _over_cap(opening: Opening, done: set[asyncio.Future[Any]]) -> bool:
     """Whether a lane of ``opening`` in ``done`` was refused for the hub's per-address or
     per-user connection cap (``too_many_connections``)."""
-    for lane in opening.lanes:
-        if lane in done and not lane.cancelled():
-            error = lane.exception()
-            if (
-                isinstance(error, Disconnected)
-                and error.close_code == CloseCode.TOO_MANY_CONNECTIONS
-            ):
-                return True
-    return False
+    return any(
+        isinstance(error, Disconnected) and error.close_code == CloseCode.TOO_MANY_CONNECTIONS
+        for error in _errors(opening, done)
+    )
 
 
 def _raise_stop(opening: Opening, done: set[asyncio.Future[Any]]) -> None:
     """Raise what a lane of ``opening`` in ``done`` raised that is not a refusal of its open
     (the hub saying to stop): a replacement does not take over from that."""
-    for lane in opening.lanes:
-        if lane in done and not lane.cancelled():
-            error = lane.exception()
-            if error is not None and not isinstance(error, RequestFailed):
-                raise error
+    for error in _errors(opening, done):
+        if not isinstance(error, RequestFailed):
+            raise error
 
 
 def query(feeds: Iterable[Feed]) -> list[tuple[str, str]]:

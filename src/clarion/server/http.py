@@ -832,14 +832,15 @@ class HttpProtocol(asyncio.Protocol):
                     self.config.keepalive_timeout, self._idle_timed_out
                 )
 
-    def _idle_timed_out(self) -> None:
+    def _idle_timed_out(self, look: bool = True) -> None:
         self._idle_timer = None
         since = self._idle_since
         if since is None:
             return  # busy: armed again once the connection idles
         left = since + self.config.keepalive_timeout - self._loop.time()
-        if left <= 0 and unread(self.transport):
-            left = READ_FIRST
+        if left <= 0 and look and unread(self.transport):  # once, as the head's
+            self._idle_timer = self._loop.call_later(READ_FIRST, self._idle_timed_out, False)
+            return
         if left > 0:
             self._idle_timer = self._loop.call_later(left, self._idle_timed_out)
         else:

@@ -334,6 +334,8 @@ const frameBytes = (frame, limit) => {
 const MAX_POLL_TIMEOUT = 60;
 const FALLBACK_POLL_TIMEOUT = 10;
 const PLAIN_POLL_PAUSE = 1000;
+// The longest query of a DELETE /poll that leaves presence; more channels take more requests.
+const LEAVE_QUERY_CHARS = 4000;
 
 // An event stream that replaces another opens beside it, and takes its place once it has
 // opened. One that has not opened after this many ms (at most openTimeout) takes it at once:
@@ -507,6 +509,21 @@ class Client extends Emitter {
     this.restarting = false; // a reopen of that stream is due once the caller's code has run
     this.position = null;    // that stream's last cursor and the subscriptions it covers
     this.timed = null;       // the generation whose upgrade and refresh timers are set
+    // Long polling: the hub keeps the client in the presence of the channels its polls carry,
+    // under the id its first poll was given, until the lease of the last poll runs out (its
+    // wait and poll.presence_timeout, some 35 s). The client says when it leaves instead
+    // (_leavePolls): `polled`, the channels polls carried under that id; `leaving`, those of
+    // them unsubscribed, left once no poll carries them.
+    this._pollClient = null;
+    this.polled = new Set();
+    this.leaving = new Set();
+    this.hidden = false;     // the page went with its poll stopped (_pageHidden)
+    if (typeof window !== "undefined" && typeof window.addEventListener === "function") {
+      this.onPageHide = () => this._pageHidden();
+      this.onPageShow = (event) => this._pageShown(event);
+      window.addEventListener("pagehide", this.onPageHide);
+      window.addEventListener("pageshow", this.onPageShow);
+    }
     if (typeof options.onState === "function") {
       for (const s of ["connecting", "connected", "disconnected", "closed"]) {
         this.on(s, () => options.onState(s, this.transport));
@@ -567,6 +584,11 @@ class Client extends Emitter {
     if (this.online) this.online.end();
     if (this.ws) { try { this.ws.close(1000); } catch {} this.ws = null; }
     this._stopStream();
+    this._leavePolls(true); // after the poll stopped: none renews what the leave ended
+    if (this.onPageHide) {
+      window.removeEventListener("pagehide", this.onPageHide);
+      window.removeEventListener("pageshow", this.onPageShow);
+    }
     this._failPending(closedError());
     // Every subscription ends with the client, as after unsubscribe().
     for (const sub of [...this.subs.values()]) {
@@ -776,6 +798,8 @@ class Client extends Emitter {
       if (gen !== this.generation || this.closed) return;
       if (!works) return this._scheduleUpgrade(gen);
       this._teardown();
+      // Off polling: its client leaves presence now, the new connection joins in its place.
+      this._leavePolls(true);
       this.level = 0;
       this._lost(gen, { reason: `moving to ${better}` });
       this._connect();
@@ -1078,6 +1102,7 @@ class Client extends Emitter {
   _unsubscribe(sub) {
     if (this.subs.get(sub.channel) !== sub) return;
     this.subs.delete(sub.channel);
+    if (this.polled.has(sub.channel)) this.leaving.add(sub.channel);
     if (this.transport === "ws") {
       if (this.ws && this.ws.readyState === 1) {
         this._wsRequest({ op: "unsubscribe", channel: sub.channel }).catch(() => {});
@@ -1085,6 +1110,50 @@ class Client extends Emitter {
     } else if (this.active) {
       this._restartStream(); // the stream, without it
     }
+    // A poll loop leaves once it is reopened without the channel (_restartStream); with none
+    // running, at once.
+    if (this.transport !== "poll" || !this.active) this._leavePolls();
+  }
+
+  // Out of the presence of channels that polls carried, now rather than when the lease of the
+  // last one runs out: `DELETE /poll?channel=…&client=<id>`, fire and forget (lost, the lease
+  // still ends). Called once no poll carries them, so that none renews what it ended. `all`:
+  // every channel polls carried (the client or its page goes), else those unsubscribed and not
+  // subscribed again since. keepalive: the request outlives a page that is going.
+  _leavePolls(all = false) {
+    const channels = all ? [...this.polled] : [...this.leaving].filter((c) => !this.subs.has(c));
+    this.leaving.clear();
+    for (const channel of channels) this.polled.delete(channel);
+    const client = this._pollClient;
+    if (!client || !channels.length) return;
+    const headers = this._headers();
+    for (let i = 0; i < channels.length;) {
+      // Whatever the number of channels, a URL far below the 8 KB of a request line that
+      // proxies take by default (nginx's large_client_header_buffers).
+      const q = new URLSearchParams();
+      do q.append("channel", channels[i++]); while (i < channels.length && q.toString().length < LEAVE_QUERY_CHARS);
+      q.set("client", client);
+      fetch(`${this.urls.poll}?${q}`, { method: "DELETE", headers, keepalive: true, cache: "no-store" })
+        .catch(() => {});
+    }
+  }
+
+  // The page goes (closed, navigated away from, or into the back/forward cache): its poll ends
+  // with it, and its client would stay in presence until the lease ran out. The poll stops
+  // first, then it leaves; a page restored from the cache polls again, and joins again.
+  _pageHidden() {
+    if (this.closed || !this.polled.size) return;
+    if (this.transport === "poll" && this.stream) {
+      this._stopStream();
+      this.hidden = true;
+    }
+    this._leavePolls(true);
+  }
+
+  _pageShown(event) {
+    if (!event.persisted || !this.hidden) return;
+    this.hidden = false;
+    this._restartStream();
   }
 
   // -- publish, history, presence --
@@ -1173,13 +1242,14 @@ class Client extends Emitter {
     this.restarting = true;
     queueMicrotask(() => {
       this.restarting = false;
-      if (this.closed || !this.active || this.transport === "ws") return;
+      if (this.closed || !this.active || this.transport === "ws") return void this._leavePolls();
       const current = this.stream;
       const same = current && !current.stopped && current.gen === this.generation;
       if (this.transport === "poll" && same && !current.opened && this.subs.size) {
         // A poll cut before its first reply would have read nothing: subscriptions that change
         // faster than the hub answers would starve every channel of the loop. That reply (at
-        // once: asked with timeout=0) comes first, then the new loop (_streamOpened).
+        // once: asked with timeout=0) comes first, then the new loop (_streamOpened), and the
+        // leaves of the channels it carried that are gone.
         current.reopen = true;
         return;
       }
@@ -1191,6 +1261,7 @@ class Client extends Emitter {
         return;
       }
       this._stopStream();
+      this._leavePolls(); // what the stopped poll carried and the next one does not
       if (!this.subs.size) {
         if (this.state !== "connected") this._connected(this.generation, false);
         return;
@@ -1558,6 +1629,7 @@ class Client extends Emitter {
       if (offline()) return this._failed(stream.gen, { reason: "the browser is offline" });
       stream.controller = new AbortController();
       const q = this._streamQuery(stream);
+      for (const sub of stream.subs) this.polled.add(sub.channel);
       // At once while a subscription waits to be confirmed; then a long poll.
       const waiting = [...stream.subs].some((sub) => sub.state !== "subscribed");
       const long = opened && !waiting;

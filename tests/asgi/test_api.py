@@ -149,7 +149,7 @@ async def test_metrics_count_sessions_and_subscriptions_as_they_come_and_go(
         ("GET", "/api/publish_batch", "POST"),
         ("PUT", "/api/history", "GET, HEAD"),
         ("POST", "/sse", "GET, OPTIONS"),
-        ("DELETE", "/poll", "GET, OPTIONS"),
+        ("PUT", "/poll", "GET, DELETE, OPTIONS"),
         ("GET", "/client/publish", "POST, OPTIONS"),
     ],
 )

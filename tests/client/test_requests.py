@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
 
 from clarion.client import (
+    Client,
     ClientClosed,
     History,
     Message,
@@ -15,8 +17,9 @@ from clarion.client import (
     TransportName,
     connect,
 )
+from clarion.settings import PollOptions
 
-from ..conftest import RunningHub
+from ..conftest import RunningHub, until
 from .conftest import TRANSPORTS, next_message, sessions
 
 
@@ -63,6 +66,38 @@ async def test_a_polling_client_is_one_member_across_its_polls(hub: RunningHub) 
             seen.add(members[0].client)
         (other,) = await client.presence("chat:other")
     assert len(seen) == 1 and other.client in seen
+
+
+async def test_a_polling_client_leaves_what_it_unsubscribes_and_all_when_it_closes(
+    hub_factory: Any,
+) -> None:
+    """It says so (``DELETE /poll``): gone from presence at once, not when the lease of its
+    last poll ends (its timeout, 20 s, and ``presence_timeout``, 30 s, here)."""
+    hub: RunningHub = await hub_factory(poll=PollOptions(presence_timeout=30))
+
+    async def members(reader: Client, channel: str) -> list[str]:
+        return [m.transport for m in await reader.presence(channel)]
+
+    async with connect(hub.http_url, transport="ws") as reader:
+        client = await connect(hub.http_url, transport="poll", poll_timeout=20)
+        try:
+            lobby = client.subscribe("chat:lobby")
+            other = client.subscribe("chat:other")
+            await lobby.ready()
+            await other.ready()
+            # Paced: presence reads spend the reader's command budget.
+            await until(lambda: members(reader, "chat:other"), interval=0.2)
+            await until(lambda: members(reader, "chat:lobby"), interval=0.2)
+            await other.unsubscribe()
+            await until(lambda: _empty(members(reader, "chat:other")), wait=8, interval=0.2)
+            assert await members(reader, "chat:lobby") == ["poll"]
+        finally:
+            await client.close()
+        await until(lambda: _empty(members(reader, "chat:lobby")), wait=8, interval=0.2)
+
+
+async def _empty(listing: Coroutine[Any, Any, list[str]]) -> bool:
+    return not await listing
 
 
 async def test_publish_id_is_idempotent_over_websocket(hub: RunningHub) -> None:

@@ -249,3 +249,131 @@ async def test_a_poll_naming_no_presence_channel_gets_no_id(
     async with hub.http() as http:
         reply = await poll(http, "quiet:1", timeout=0, client="")
     assert "client" not in reply
+
+
+async def leave(http: httpx.AsyncClient, channels: list[str], client: str) -> None:
+    """``DELETE /poll``: the client leaves ``channels``, answered 204."""
+    r = await http.delete("/poll", params={"channel": channels, "client": client})
+    assert r.status_code == 204, r.text
+    assert r.content == b""
+
+
+async def long_lease(http: httpx.AsyncClient, hub: RunningHub, channel: str) -> str:
+    """A poll client in ``channel``'s presence under a long poll's lease (its ``timeout``, 20 s,
+    and ``presence_timeout``), answered at once: something waits for it."""
+    first = await poll(http, channel, timeout=0, client="")
+    await hub.publish(channel, {"n": 1})
+    reply = await poll(http, channel, timeout=20, cursor=first["cursor"], client=first["client"])
+    assert reply["publications"], reply
+    client: str = first["client"]
+    return client
+
+
+async def test_a_poll_client_that_says_it_leaves_leaves_at_once(two: Callable[..., Any]) -> None:
+    """Its entries go and its leaves come now, on whichever node it asks, well before its
+    lease would end (23 s here); once, though the ended lease is looked for later."""
+    a, b = await two(**settings())
+    lifecycle: list[tuple[str, str, str]] = []
+    for node in {id(a): a, id(b): b}.values():
+        node.hub.lifecycle_listeners.append(
+            lambda kind, e: lifecycle.append((kind, e.get("channel", ""), e["client"]))
+        )
+    async with (
+        a.ws(additional_headers=bearer("bob")) as watcher,
+        b.http(headers=bearer("alice")) as on_b,
+        a.http(headers=bearer("alice")) as on_a,
+    ):
+        assert "ok" in await watcher.subscribe("room:1")
+        assert "ok" in await watcher.subscribe("room:2")
+        client = await long_lease(on_b, b, "room:1")
+        assert (await poll(on_b, "room:2", timeout=0, client=client))["client"] == client
+        joined = {(await about(watcher, "alice"))[1]["channel"] for _ in range(2)}
+        assert joined == {"room:1", "room:2"}
+
+        started = time.monotonic()
+        await leave(on_a, ["room:1"], client)
+        kind, event = await about(watcher, "alice")
+        assert (kind, event["channel"], event["client"]) == ("leave", "room:1", client)
+        print(f"left {time.monotonic() - started:.2f} s after it said so")
+        assert [c["user"] for c in await listing(a, "room:1")] == ["bob"]
+        # The other channel it did not leave keeps it.
+        assert "alice" in [c["user"] for c in await listing(b, "room:2")]
+
+        await leave(on_a, ["room:1"], client)  # said again: nothing changes
+        # Both nodes look for ended leases meanwhile (every 0.5 s on Redis, 1 s on memory).
+        await nothing_about(watcher, "alice", 2.5)
+    assert lifecycle.count(("leave", "room:1", client)) == 1
+
+
+async def test_a_poll_user_who_leaves_is_gone_after_the_grace(two: Callable[..., Any]) -> None:
+    a, b = await two(**settings("user"))
+    async with (
+        a.ws(additional_headers=bearer("bob")) as watcher,
+        b.http(headers=bearer("alice")) as http,
+    ):
+        assert "ok" in await watcher.subscribe("room:1")
+        client = await long_lease(http, b, "room:1")
+        assert await about(watcher, "alice") == ("join", {"channel": "room:1", "user": "alice"})
+        await leave(http, ["room:1"], client)
+        assert await about(watcher, "alice") == ("leave", {"channel": "room:1", "user": "alice"})
+        assert [c["user"] for c in await listing(a, "room:1")] == ["bob"]
+
+
+async def test_a_poll_user_back_within_the_grace_neither_leaves_nor_joins(
+    hub_factory: Callable[..., Any],
+) -> None:
+    """A page reloaded over long polling: the old client leaves, the new one comes at once."""
+    hub: RunningHub = await hub_factory(**settings("user"))
+    async with (
+        hub.ws(additional_headers=bearer("bob")) as watcher,
+        hub.http(headers=bearer("alice")) as http,
+    ):
+        assert "ok" in await watcher.subscribe("room:1")
+        old = await long_lease(http, hub, "room:1")
+        assert await about(watcher, "alice") == ("join", {"channel": "room:1", "user": "alice"})
+        await leave(http, ["room:1"], old)
+        new = (await poll(http, "room:1", timeout=0, client=""))["client"]
+        assert new != old
+        await nothing_about(watcher, "alice", 1.5)  # the grace is 0.5 s
+        assert [c["client"] for c in await listing(hub, "room:1") if c["user"] == "alice"] == [new]
+
+
+async def test_a_leave_takes_out_only_its_own_users_client(two: Callable[..., Any]) -> None:
+    """An id is a secret, but one that leaked does not let another user, nor someone without
+    a token, take the client out; nor does an id make a connection leave."""
+    a, b = await two(**settings())
+    async with (
+        b.http(headers=bearer("alice")) as alice,
+        a.http(headers=bearer("eve")) as eve,
+        a.http() as nobody,
+        a.ws(additional_headers=bearer("carol")) as carol,
+    ):
+        assert "ok" in await carol.subscribe("room:1")
+        mine = await long_lease(alice, b, "room:1")
+        await leave(eve, ["room:1"], mine)
+        await leave(nobody, ["room:1"], mine)
+        clients = {c["user"]: c["client"] for c in await listing(a, "room:1")}
+        assert clients == {"alice": mine, "carol": clients["carol"]}
+        # A connection's id is no poll client's: refused before anything is read.
+        r = await eve.delete("/poll", params={"channel": "room:1", "client": clients["carol"]})
+        assert (r.status_code, error_code(r)) == (400, "bad_request")
+        assert len(await listing(b, "room:1")) == 2
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"channel": "room:1"},  # no client
+        {"channel": "room:1", "client": ""},  # a new client's: it has nothing to leave
+        {"channel": "room:1", "client": "p" + "!" * 22},
+        {"client": "p" + "a" * 22},  # no channel
+        {"channel": "room:1", "client": ["p" + "a" * 22, "p" + "b" * 22]},
+    ],
+)
+async def test_a_leave_that_names_no_client_or_channel_is_refused(
+    hub_factory: Callable[..., Any], params: dict[str, Any]
+) -> None:
+    hub: RunningHub = await hub_factory(**settings())
+    async with hub.http() as http:
+        r = await http.delete("/poll", params=params)
+    assert (r.status_code, error_code(r)) == (400, "bad_request"), r.text

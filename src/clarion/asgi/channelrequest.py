@@ -200,6 +200,8 @@ def stopped_by_host(session: Session) -> None:
 class ChannelEndpoint:
     """A raw ASGI endpoint reading channels: methods, origin, CORS preflight and errors."""
 
+    METHODS: tuple[str, ...] = ("GET",)  # besides OPTIONS, the preflight's
+
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
@@ -214,8 +216,9 @@ class ChannelEndpoint:
             if method == "OPTIONS":
                 await self.preflight(send, cors)
                 return
-            if method != "GET":
-                raise MethodNotAllowed(f"{method} is not allowed here", allow="GET, OPTIONS")
+            if method not in self.METHODS:
+                allow = ", ".join((*self.METHODS, "OPTIONS"))
+                raise MethodNotAllowed(f"{method} is not allowed here", allow=allow)
             if hub.closing:
                 raise ClarionError("the hub is shutting down", code=ErrorCode.SHUTTING_DOWN)
             params = query_params(hub, scope)
@@ -227,7 +230,7 @@ class ChannelEndpoint:
     async def preflight(self, send: Send, cors: list[tuple[bytes, bytes]]) -> None:
         headers = [
             *cors,
-            (b"access-control-allow-methods", b"GET, OPTIONS"),
+            (b"access-control-allow-methods", ", ".join((*self.METHODS, "OPTIONS")).encode()),
             (b"access-control-allow-headers", ALLOWED_HEADERS),
             (b"access-control-max-age", b"600"),
             (b"content-length", b"0"),

@@ -483,6 +483,7 @@ def document() -> dict[str, Any]:
                         _query("channel", True, _CHANNEL, "a channel; repeat for several"),
                         _query("cursor", False, {"type": "string"}, "after; repeat to merge"),
                         _query("timeout", False, {"type": "number"}, "seconds to wait, 0-60"),
+                        _query("client", False, {"type": "string"}, "in presence: id, or empty"),
                         _query("token", False, {"type": "string"}, "connection token"),
                     ],
                     responses={
@@ -490,7 +491,17 @@ def document() -> dict[str, Any]:
                         "304": {"description": "nothing new (If-None-Match)"},
                         **_ERRORS,
                     },
-                )
+                ),
+                "delete": _op(
+                    "A long-poll client leaves the presence of channels it stops polling",
+                    security=[],
+                    parameters=[
+                        _query("channel", True, _CHANNEL, "a channel; repeat for several"),
+                        _query("client", True, {"type": "string"}, "the id its polls were given"),
+                        _query("token", False, {"type": "string"}, "connection token"),
+                    ],
+                    responses={"204": {"description": "left (or was not there)"}, **_ERRORS},
+                ),
             },
             **_client_api(),
             "/api/webhooks": {

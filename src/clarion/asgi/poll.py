@@ -290,7 +290,10 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 
 class PollEndpoint(ChannelEndpoint):
-    """``GET /poll?channel=A&cursor=C&timeout=S``."""
+    """``GET /poll?channel=A&cursor=C&timeout=S``; ``DELETE /poll?channel=A&client=ID``, a
+    long-poll client leaving the presence of channels it stops polling."""
+
+    METHODS = ("GET", "DELETE")
 
     async def serve(
         self,
@@ -301,6 +304,9 @@ class PollEndpoint(ChannelEndpoint):
         cors: list[tuple[bytes, bytes]],
     ) -> None:
         hub = self.hub
+        if scope["method"] == "DELETE":
+            await self._leave(scope, send, params, cors)
+            return
         timeout = read_timeout(hub, params)
         if access.header(scope, b"last-event-id") or any(p in params for p in LAST_EVENT_ID_PARAMS):
             # An event stream's: ignored here, the poll would start from now without a word.
@@ -364,6 +370,21 @@ class PollEndpoint(ChannelEndpoint):
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    async def _leave(
+        self, scope: Scope, send: Send, params: Params, cors: list[tuple[bytes, bytes]]
+    ) -> None:
+        """The client's entries on the channels go now, and their leaves with them: ``204``
+        whether or not it was in their presence (a repeat changes nothing)."""
+        hub = self.hub
+        client = read_client(params)
+        if not client:
+            raise BadRequest("client must be the id an earlier poll's reply gave")
+        request = await authorized(hub, channel_request(hub, scope, params, []), "poll")
+        await hub.roster.release_poll(request.credentials, client, request.channels)
+        headers = [(b"cache-control", b"no-cache"), *cors]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     async def _read(self, request: ChannelRequest) -> _Reply:
         """History after the cursor, within one reply's count and bytes, shared by channels."""

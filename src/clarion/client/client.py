@@ -26,7 +26,7 @@ from clarion.client.errors import (
     TransportUnavailable,
 )
 from clarion.client.items import History, Member, PresenceStats, PresentUser, Published
-from clarion.client.poll import open_poll
+from clarion.client.poll import leave_poll, open_poll
 from clarion.client.shared import SharedStream
 from clarion.client.streams import StreamContext
 from clarion.client.subscription import Feed, Subscription
@@ -92,6 +92,8 @@ class Client:
         self._link: WebSocketLink | None = None
         self._hub_made: asyncio.Queue[Subscription] | None = None
         self._stream: SharedStream | None = None  # every subscription over SSE or polling
+        # Leaves of presence on their way (polling): a close waits for them, they are short.
+        self._leaves: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -148,12 +150,18 @@ class Client:
         if self._state == "closed":
             return
         self._state = "closed"
+        polled = list(self._stream.feeds.values()) if self._stream is not None else []
         for feed in list(self._feeds.values()):
             feed.finish()
         self._feeds.clear()
         # Bounded, re-cancelling: a feed awaits the HTTP client and the token callable, which
         # may lose a cancel (see clarion.tasks).
         await stop(list(self._tasks))
+        if self._mode == "poll" and self._stream is not None:
+            # After the loop stopped: no poll of its renews what the leave ends.
+            self._leave(polled)
+        if self._leaves:
+            await asyncio.wait(self._leaves)  # each bounded by LEAVE_TIMEOUT
         if self._link is not None:
             await self._link.close()
         if self._api is not None:
@@ -310,9 +318,19 @@ class Client:
         if self._link is not None:
             self._link.detach(feed)
         if self._stream is not None:
+            polled = self._stream.feeds.get(feed.channel) is feed
             self._stream.remove(feed)
+            if polled and self._mode == "poll":
+                self._leave([feed])
         if feed.task is not None:
             feed.task.cancel()
+
+    def _leave(self, feeds: list[Feed]) -> None:
+        """Polling: the hub hears that this client left those channels' presence."""
+        assert self._stream is not None
+        task = asyncio.create_task(leave_poll(self._stream.ctx, feeds), name="clarion-leave")
+        self._leaves.add(task)
+        task.add_done_callback(self._leaves.discard)
 
     def _release_quietly(self, feed: Feed) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop may be gone already

@@ -10,6 +10,7 @@ moves every subscription it answered for to its own channel's position.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -19,8 +20,15 @@ import httpx
 from clarion.client.errors import RequestFailed, unsubscribed
 from clarion.client.items import Message
 from clarion.client.refusals import Retry
-from clarion.client.shared import SharedStream, naming, own_cursor, query, read_cursor
-from clarion.client.streams import check, disconnect_from, failed, message_from, reset_from
+from clarion.client.shared import SharedStream, lanes, naming, own_cursor, query, read_cursor
+from clarion.client.streams import (
+    StreamContext,
+    check,
+    disconnect_from,
+    failed,
+    message_from,
+    reset_from,
+)
 from clarion.client.subscription import Feed
 from clarion.protocol.cursor import Cursor
 from clarion.protocol.errors import ErrorCode
@@ -28,6 +36,8 @@ from clarion.protocol.errors import ErrorCode
 log = logging.getLogger(__name__)
 
 FALLBACK_TIMEOUT = 10.0  # for a hub whose ``poll.timeout_max`` is below the client's timeout
+# Seconds a leave may take: without it the client leaves all the same, when its lease ends.
+LEAVE_TIMEOUT = 2.0
 
 
 async def open_poll(
@@ -85,6 +95,37 @@ async def open_poll(
         if error is not None:
             raise error
         replied()
+
+
+async def leave_poll(ctx: StreamContext, feeds: list[Feed]) -> None:
+    """Tell the hub that this client's polls no longer read ``feeds``' channels: it leaves
+    their presence now, not when the lease of its last poll ends (``DELETE /poll``). Never
+    raises: a leave that fails changes only when."""
+    client = ctx.poll.id
+    if not client or not feeds:
+        return
+    url = ctx.api.endpoints.url("/poll")
+    try:
+        headers = await ctx.api.stream_headers()
+        async with asyncio.timeout(LEAVE_TIMEOUT):
+            answers = await asyncio.gather(
+                *(
+                    ctx.api.http.delete(
+                        url,
+                        params=httpx.QueryParams(
+                            [*(("channel", feed.channel) for feed in lane), ("client", client)]
+                        ),
+                        headers=headers,
+                    )
+                    for lane in lanes(feeds)
+                )
+            )
+    except Exception as exc:
+        log.debug("leaving %s failed: %r", naming(feeds), exc)
+        return
+    for answer in answers:
+        if answer.status_code != 204:
+            log.debug("leaving %s: HTTP %d", naming(feeds), answer.status_code)
 
 
 def _take(stream: SharedStream, feeds: list[Feed], body: dict[str, Any], at: Cursor) -> None:

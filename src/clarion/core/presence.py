@@ -29,6 +29,7 @@ from clarion.errors import ClarionError
 from clarion.settings import NamespaceOptions
 
 if TYPE_CHECKING:
+    from clarion.core.auth import Credentials
     from clarion.core.hub import Hub
     from clarion.core.session import Session
 
@@ -61,10 +62,10 @@ def entry_of(session: Session) -> PresenceEntry:
     )
 
 
-def _user_event(channel: str, session: Session, options: NamespaceOptions) -> dict[str, Any]:
-    event: dict[str, Any] = {"channel": channel, "user": session.user}
-    if options.presence_info and session.credentials.info is not None:
-        event["info"] = session.credentials.info
+def _user_event(channel: str, entry: PresenceEntry, options: NamespaceOptions) -> dict[str, Any]:
+    event: dict[str, Any] = {"channel": channel, "user": entry.user}
+    if options.presence_info and entry.info is not None:
+        event["info"] = entry.info
     return event
 
 
@@ -172,7 +173,7 @@ class Roster:
         try:
             if session.user is not None and await engine.presence_announce(channel, session.user):
                 await engine.broadcast_event(
-                    channel, "join", _user_event(channel, session, options)
+                    channel, "join", _user_event(channel, entry_of(session), options)
                 )
         except ClarionError as exc:
             log.warning("presence join on %s failed: %s", channel, exc.message)
@@ -261,6 +262,23 @@ class Roster:
                 polled[channel] = until
         return client
 
+    async def release_poll(
+        self, credentials: Credentials, client: str, channels: list[str]
+    ) -> None:
+        """A long-poll client left ``channels`` (it unsubscribed, or its page is going): its
+        entries go now, with their leaves, as a connection's go when it unsubscribes. Only its
+        own user's entries: an id naming another user's client, or none, changes nothing."""
+        hub = self.hub
+        held = [channel for channel in channels if hub.options(channel).presence]
+        entry = PresenceEntry(client, credentials.user, credentials.info, "poll", None)
+        released = await asyncio.gather(*(hub.engine.presence_release(c, entry) for c in held))
+        for channel, gone in zip(held, released, strict=True):
+            if gone is None:
+                continue
+            if hub.lifecycle_listeners:
+                hub.emit("leave", {"channel": channel, **gone.to_dict()})
+            self._went(channel, gone, hub.options(channel))
+
     @staticmethod
     def _poll_entry(session: Session, client: str) -> PresenceEntry:
         return PresenceEntry(
@@ -296,7 +314,7 @@ class Roster:
                 pending.cancel()  # back within the grace: the leave check is moot
             if await hub.engine.presence_announce(channel, session.user):
                 await hub.engine.broadcast_event(
-                    channel, "join", _user_event(channel, session, options)
+                    channel, "join", _user_event(channel, entry, options)
                 )
 
     async def drain(self, timeout: float) -> None:
@@ -413,19 +431,24 @@ class Roster:
             await hub.engine.presence_remove(channel, session.id)
         if hub.lifecycle_listeners:
             hub.emit("leave", {"channel": channel, **session.info()})
+        self._went(channel, entry_of(session), options)
+
+    def _went(self, channel: str, entry: PresenceEntry, options: NamespaceOptions) -> None:
+        """``entry``'s client left ``channel`` of its own accord: its leave, in the
+        namespace's mode."""
         mode = options.join_leave_mode
         if mode == "client":
-            shown = entry_of(session).to_dict(info=options.presence_info)
-            self._announce(channel, session.id, "leave", {"channel": channel, **shown})
-        elif mode == "user" and session.user is not None and not hub.closing:
+            shown = entry.to_dict(info=options.presence_info)
+            self._announce(channel, entry.client, "leave", {"channel": channel, **shown})
+        elif mode == "user" and entry.user is not None and not self.hub.closing:
             # The user leaves once none of its clients is back within the grace, on any node:
             # a reload or a reconnect storm sends neither leave nor join.
-            key = (channel, session.user)
+            key = (channel, entry.user)
             pending = self._retiring.pop(key, None)
             if pending is not None:
                 pending.cancel()
-            event = _user_event(channel, session, options)
-            self._retiring[key] = hub.spawn(
+            event = _user_event(channel, entry, options)
+            self._retiring[key] = self.hub.spawn(
                 self._retire_later(key, event, options.presence_grace), name="clarion-retire"
             )
 

@@ -225,6 +225,11 @@ class Engine(Protocol):
         any node. Renews it when it is there; adds it when not, if ``create``. Never takes over
         an entry of another user's, or one a connection holds."""
 
+    async def presence_release(self, channel: str, entry: PresenceEntry) -> PresenceEntry | None:
+        """Take out the entry a long-poll client's polls hold under ``entry.client``, at the
+        client's word that it left: only when it is ``entry.user``'s (never another user's, nor
+        a connection's). The entry taken out, to one caller only; ``None`` when there was none."""
+
     async def presence_lapsed(self, channel: str) -> list[PresenceEntry]:
         """Take out the entries of ``channel`` whose lease has ended; each entry is returned
         to one caller only, on any node (its ``leave`` is sent once)."""

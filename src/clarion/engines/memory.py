@@ -412,6 +412,13 @@ class MemoryEngine:
         self._leases.setdefault(channel, {})[entry.client] = self._clock() + lease
         return Hold.ADDED
 
+    async def presence_release(self, channel: str, entry: PresenceEntry) -> PresenceEntry | None:
+        leases = self._leases.get(channel)
+        held = self._presence.get(channel, {}).get(entry.client)
+        if held is None or held.user != entry.user or leases is None or entry.client not in leases:
+            return None
+        return self._take_out(channel, entry.client)
+
     node_leases = False  # a connection's entry ends with its session
 
     @property

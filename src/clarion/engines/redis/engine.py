@@ -587,6 +587,9 @@ class RedisEngine:
     ) -> Hold:
         return await self._require_presence().hold(channel, entry, lease, create=create)
 
+    async def presence_release(self, channel: str, entry: PresenceEntry) -> PresenceEntry | None:
+        return await self._require_presence().release(channel, entry)
+
     node_leases = True  # see presence.py
 
     @property

@@ -60,8 +60,10 @@ class RedisPresence:
         self._get = client.register_script(scripts.PRESENCE_GET)
         self._lapse = client.register_script(scripts.PRESENCE_LAPSE)
         self._hold = client.register_script(scripts.PRESENCE_HOLD)
+        self._release = client.register_script(scripts.PRESENCE_RELEASE)
         self.scripts = (
             self._hold,
+            self._release,
             self._add,
             self._renew,
             self._remove,
@@ -116,6 +118,16 @@ class RedisPresence:
             return Hold(int(await self._batch.script(self._hold, keys=keys, args=args)))
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"holding presence on {channel!r}") from None
+
+    async def release(self, channel: str, entry: PresenceEntry) -> PresenceEntry | None:
+        """A long-poll client's entry, taken out at its word (if it is ``entry.user``'s)."""
+        user = entry.user or ""
+        keys = self._channel_keys(channel, user)
+        try:
+            found = await self._batch.script(self._release, keys=keys, args=[entry.client, user])
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise unavailable(exc, f"releasing presence on {channel!r}") from None
+        return _entries([entry.client, found])[0] if found is not None else None
 
     async def remove(self, channel: str, client: str) -> None:
         entries = self.held.get(channel)

@@ -410,12 +410,30 @@ return missing
 """
 )
 
+# An entry of `client` is gone: its user's own zset loses it, and the users zset keeps the user
+# with its newest lease left, or drops it. -> 1 when the user has no client left, else 0.
+_FORGET = """
+local function forget(users, mine, client, user, now)
+  if user == '' then return 1 end
+  redis.call('ZREM', mine, client)
+  redis.call('ZREMRANGEBYSCORE', mine, '-inf', now)
+  local newest = redis.call('ZRANGE', mine, -1, -1, 'WITHSCORES')
+  if #newest == 0 then
+    redis.call('ZREM', users, user)
+    return 1
+  end
+  redis.call('ZADD', users, newest[2], user)
+  return 0
+end
+"""
+
 # KEYS: expiry zset, entries hash, users zset, then one user zset per client (anything for a
 # client without a user)
 # ARGV: pairs of client, user ('' = none)
 # -> per client, 1 when its user has no live client left (or it has no user), else 0
 PRESENCE_REMOVE = (
     _COMMON
+    + _FORGET
     + """
 local zset, hash, users = KEYS[1], KEYS[2], KEYS[3]
 local now = now_ms()
@@ -424,20 +442,33 @@ for i = 1, #ARGV / 2 do
   local client, user, mine = ARGV[2 * i - 1], ARGV[2 * i], KEYS[3 + i]
   redis.call('ZREM', zset, client)
   redis.call('HDEL', hash, client)
-  out[i] = 1
-  if user ~= '' then
-    redis.call('ZREM', mine, client)
-    redis.call('ZREMRANGEBYSCORE', mine, '-inf', now)
-    local newest = redis.call('ZRANGE', mine, -1, -1, 'WITHSCORES')
-    if #newest == 0 then
-      redis.call('ZREM', users, user)
-    else
-      redis.call('ZADD', users, newest[2], user)
-      out[i] = 0
-    end
-  end
+  out[i] = forget(users, mine, client, user, now)
 end
 return out
+"""
+)
+
+# KEYS: expiry zset, entries hash, users zset, the entry's user zset (the users zset for an
+# entry without a user)
+# ARGV: client, user ('' = none)
+# -> the entry, taken out, when it is a long-poll client's of that user; else nil, nothing
+#    changed.
+PRESENCE_RELEASE = (
+    _COMMON
+    + _FORGET
+    + """
+local zset, hash, users, mine = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local client, user = ARGV[1], ARGV[2]
+local old = redis.call('HGET', hash, client)
+if not old then return false end
+local was = cjson.decode(old)
+local was_user = was['user']
+if was_user == nil or was_user == cjson.null then was_user = '' end
+if was['transport'] ~= 'poll' or was_user ~= user then return false end
+redis.call('ZREM', zset, client)
+redis.call('HDEL', hash, client)
+forget(users, mine, client, user, now_ms())
+return old
 """
 )
 

@@ -1287,3 +1287,31 @@ async def test_the_first_health_check_after_a_restart_is_healthy(
     await until(lambda: not link.up, wait=10)
     await until(lambda: link.up, wait=15)  # the pub/sub link is back: nothing checked since
     assert await engine.healthy()
+
+
+async def test_a_crashed_nodes_entries_are_found_where_no_node_subscribes(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """Its entries' channels are known (with when their last lease ends): another node takes
+    out their ended entries, each once, though it subscribes to none of them; a channel where
+    a lease lives on is kept, one with none left is forgotten."""
+    a, _ = await nodes("presence_ttl=1.5")
+    b, _ = await nodes("presence_ttl=1.5")
+    c, _ = await nodes("presence_ttl=1.5")
+    await a.presence_add("gone", PresenceEntry("a1", "alice"))
+    await a.presence_add("mixed", PresenceEntry("a2", "alice"))
+    await b.presence_add("mixed", PresenceEntry("b1", "bob"))
+    assert await b.presence_orphaned() == []  # every lease lives
+    await crash(a)
+    found: dict[str, list[str]] = {}
+
+    async def taken() -> bool:
+        for node in (b, c):  # both look: each entry comes out once
+            for channel, entries in await node.presence_orphaned():
+                found.setdefault(channel, []).extend(e.client for e in entries)
+        return "gone" in found
+
+    await until(taken, wait=5, interval=0.1)
+    assert found == {"gone": ["a1"]}  # "mixed": b renews a lease there (its own scan's)
+    index = raw.zrange(a.keys.presence_channels(), 0, -1)
+    assert [m.decode() for m in await index] == ["mixed"]

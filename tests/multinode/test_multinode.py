@@ -13,8 +13,10 @@ import redis.asyncio as aioredis
 import websockets
 
 from clarion import CloseCode, mint_token
+from clarion.webhooks import generate_secret
 
 from ..conftest import STRESS_RUNS, timeout
+from ..webhooks.receiver import Receiver
 from .conftest import CONFIG, Cluster
 from .helpers import Publisher, Tracker, assert_history, eventually
 
@@ -410,3 +412,62 @@ async def test_a_killed_nodes_members_leave_with_an_event(cluster: Cluster, mode
         await alice.close()
     finally:
         await watcher.close()
+
+
+WEBHOOK_CONFIG = """
+webhook_allow_hosts = ["127.0.0.1"]
+
+[namespaces.room]
+presence = true
+
+[[webhooks]]
+url = "{url}"
+channels = ["room:*"]
+events = ["join", "leave"]
+id = "wh_presence"
+secret = "{secret}"
+"""
+
+
+@pytest.mark.parametrize("others", ["nobody", "a subscriber"])
+async def test_a_killed_nodes_clients_leave_for_the_webhooks(cluster: Cluster, others: str) -> None:
+    """A backend that keeps who is online from its webhooks hears the clients of a node killed
+    without a goodbye leave too, once their lease has ended: whether or not another node
+    subscribes to their channel (``nobody``: the channel is on no node left), and without
+    ``join_leave`` (which only subscribers' events need)."""
+    async with Receiver() as receiver:
+        receiver.secret = generate_secret()
+        env = {"CLARION_TOKEN_SECRET": "s" * 32, "CLARION_API_KEY": "k" * 32}
+        config = WEBHOOK_CONFIG.format(url=receiver.url, secret=receiver.secret)
+        a = await cluster.start(config=config, env=env)
+        b = await cluster.start(config=config, env=env)
+
+        def connected(url: str, user: str) -> Any:
+            token = mint_token("s" * 32, user, ["room:*"])
+            return websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"})
+
+        def about(kind: str) -> list[dict[str, Any]]:
+            return [
+                r.payload["data"]
+                for r in receiver.received
+                if r.payload.get("type") == kind and r.payload["data"].get("user") == "alice"
+            ]
+
+        async with connected(b.ws_url, "bob") as bob:
+            if others == "a subscriber":
+                await bob.send('{"id": 1, "op": "subscribe", "channel": "room:1"}')
+                assert "ok" in json.loads(await asyncio.wait_for(bob.recv(), timeout(5)))
+            alice = await connected(a.ws_url, "alice")
+            await alice.send('{"id": 1, "op": "subscribe", "channel": "room:1"}')
+            assert "ok" in json.loads(await asyncio.wait_for(alice.recv(), timeout(5)))
+            await receiver.wait_until(lambda: bool(about("join")), wait=15)
+            (joined,) = about("join")
+            a.kill()  # SIGKILL: alice's entry stays until its lease ends (presence_ttl=2 here)
+            # The webhooks' lease moves to b too, if a held it: within presence_ttl more.
+            await receiver.wait_until(lambda: bool(about("leave")), wait=20)
+            (left,) = about("leave")
+            assert (left["client"], left["channel"]) == (joined["client"], "room:1")
+            # Once: nothing more about alice while b's next looks pass (every 2/3 s).
+            await asyncio.sleep(2.5)
+            assert len(about("leave")) == 1
+            await alice.close()

@@ -127,10 +127,17 @@ class Roster:
             del polled[name]
         channels = list(polled)
         if engine.node_leases:
+            # Where someone hears of leaves: subscribers in the join_leave mode, or the
+            # lifecycle's listeners (webhooks) on any channel with presence.
+            listened = bool(hub.lifecycle_listeners)
             channels += [
                 name
                 for name in list(hub.local_channels.local)
-                if name not in polled and hub.options(name).join_leave_mode is not None
+                if name not in polled
+                and (
+                    (options := hub.options(name)).join_leave_mode is not None
+                    or (listened and options.presence)
+                )
             ]
         return channels
 
@@ -143,6 +150,9 @@ class Roster:
                 for start in range(0, len(channels), LAPSE_SLICE):
                     chunk = channels[start : start + LAPSE_SLICE]
                     await asyncio.gather(*(self._lapsed(engine, name) for name in chunk))
+                # Channels no node subscribes to any more, whose clients' nodes all stopped.
+                for channel, entries in await engine.presence_orphaned():
+                    await self._leaves(channel, entries)
                 failing = False
             except ClarionError as exc:  # e.g. the engine is unreachable: the next pass
                 if not failing:
@@ -181,8 +191,12 @@ class Roster:
     async def _lapsed(self, engine: Engine, channel: str) -> None:
         """The leaves of ``channel``'s entries whose lease ended, each sent by one node."""
         entries = await engine.presence_lapsed(channel)
-        if not entries:
-            return
+        if entries:
+            await self._leaves(channel, entries)
+
+    async def _leaves(self, channel: str, entries: list[PresenceEntry]) -> None:
+        """The leaves of ``entries``, whose lease ended: to the lifecycle's listeners and in
+        the namespace's mode."""
         hub = self.hub
         if hub.lifecycle_listeners:
             for entry in entries:

@@ -234,6 +234,12 @@ class Engine(Protocol):
         """Take out the entries of ``channel`` whose lease has ended; each entry is returned
         to one caller only, on any node (its ``leave`` is sent once)."""
 
+    async def presence_orphaned(self) -> list[tuple[str, list[PresenceEntry]]]:
+        """Take out the ended entries of channels where no lease lives any more, however few
+        nodes subscribe to them (those that held the entries stopped without removing them):
+        per channel, those taken out, each returned to one caller only. Empty for an engine
+        whose entries end with their node (``node_leases`` false)."""
+
     # Whether a connection's entry outlives a node that stops without removing it, until its
     # lease ends (Redis): then the nodes with subscribers on a channel look for ended leases
     # there. Otherwise only long-poll clients' entries lapse, and the node that held one last

@@ -419,6 +419,9 @@ class MemoryEngine:
             return None
         return self._take_out(channel, entry.client)
 
+    async def presence_orphaned(self) -> list[tuple[str, list[PresenceEntry]]]:
+        return []  # the node that held a long-poll client's lease looks for its end
+
     node_leases = False  # a connection's entry ends with its session
 
     @property

@@ -590,6 +590,9 @@ class RedisEngine:
     async def presence_release(self, channel: str, entry: PresenceEntry) -> PresenceEntry | None:
         return await self._require_presence().release(channel, entry)
 
+    async def presence_orphaned(self) -> list[tuple[str, list[PresenceEntry]]]:
+        return await self._require_presence().orphaned()
+
     node_leases = True  # see presence.py
 
     @property

@@ -74,6 +74,11 @@ class Keys:
         """The leases of one user's clients on the channel."""
         return f"{self.prefix}:{{{channel}}}:presence:u:{user}"
 
+    def presence_channels(self) -> str:
+        """Channels with presence entries -> when the last lease known there ends: where the
+        leaves of clients whose nodes all stopped without removing them are looked for."""
+        return f"{self.prefix}:{{presence}}:channels"
+
     def connections(self, kind: str, key: str) -> str:
         return f"{self.prefix}:{{conn:{kind}:{key}}}"
 

@@ -25,6 +25,11 @@ from clarion.engines.redis.keys import Keys
 
 DAY_MS = 86_400_000
 LAPSED_PER_CALL = 1000  # ended leases taken out per channel and call (the rest at the next)
+ORPHANED_PER_LOOK = 200  # channels with no live lease looked at per look (the rest at the next)
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _entries(flat: list[Any]) -> list[PresenceEntry]:
@@ -61,9 +66,17 @@ class RedisPresence:
         self._lapse = client.register_script(scripts.PRESENCE_LAPSE)
         self._hold = client.register_script(scripts.PRESENCE_HOLD)
         self._release = client.register_script(scripts.PRESENCE_RELEASE)
+        self._channels_hold = client.register_script(scripts.PRESENCE_CHANNELS_HOLD)
+        self._channels_due = client.register_script(scripts.PRESENCE_CHANNELS_DUE)
+        self._channels_settle = client.register_script(scripts.PRESENCE_CHANNELS_SETTLE)
+        self._last_lease = client.register_script(scripts.PRESENCE_LAST_LEASE)
         self.scripts = (
             self._hold,
             self._release,
+            self._channels_hold,
+            self._channels_due,
+            self._channels_settle,
+            self._last_lease,
             self._add,
             self._renew,
             self._remove,
@@ -91,12 +104,13 @@ class RedisPresence:
         value = orjson.dumps(entry.to_dict(address=True))
         user = entry.user or ""
         # Kept locally first: if Redis is down now, the next refresh puts the entry back.
+        first = channel not in self.held
         self.held.setdefault(channel, {})[entry.client] = (value, user)
         keys = self._channel_keys(channel)
         try:
             # The adds and removes of one channel queued together are one script call each,
             # run in call order.
-            await self._batch.join(
+            added = self._batch.join(
                 keys[0],
                 self._add,
                 keys,
@@ -104,8 +118,18 @@ class RedisPresence:
                 [self._keys.presence_user(channel, user) if user else keys[2]],
                 [entry.client, value, user],
             )
+            if first:  # known from now on, should this node stop without removing it
+                await asyncio.gather(added, self._known([channel], self._ttl_ms))
+            else:
+                await added
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"adding presence on {channel!r}") from None
+
+    def _known(self, channels: list[str], lease_ms: int) -> Any:
+        """The call that records leases on ``channels`` until ``lease_ms`` from now, at least."""
+        return self._batch.script(
+            self._channels_hold, keys=[self._keys.presence_channels()], args=[lease_ms, *channels]
+        )
 
     async def hold(self, channel: str, entry: PresenceEntry, lease: float, *, create: bool) -> Hold:
         """A long-poll client's entry, for ``lease`` seconds: no node keeps or renews it."""
@@ -113,9 +137,13 @@ class RedisPresence:
         keys = self._channel_keys(channel)
         keys.append(self._keys.presence_user(channel, user) if user else keys[2])
         value = orjson.dumps(entry.to_dict(address=True))
-        args = [max(1, round(lease * 1000)), entry.client, value, user, "1" if create else "0"]
+        lease_ms = max(1, round(lease * 1000))
+        args = [lease_ms, entry.client, value, user, "1" if create else "0"]
         try:
-            return Hold(int(await self._batch.script(self._hold, keys=keys, args=args)))
+            done = Hold(int(await self._batch.script(self._hold, keys=keys, args=args)))
+            if done == Hold.ADDED:  # a renewed one's channel is known, or was looked at since
+                await self._known([channel], lease_ms)
+            return done
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"holding presence on {channel!r}") from None
 
@@ -187,6 +215,35 @@ class RedisPresence:
             raise unavailable(exc, f"reading lapsed presence on {channel!r}") from None
         return _entries(flat)
 
+    async def orphaned(self) -> list[tuple[str, list[PresenceEntry]]]:
+        """The ended entries of channels where no lease is known to live (the nodes that held
+        them stopped without removing them, and none renews any), taken out, each returned to
+        one caller only; the channels with none left are forgotten."""
+        index = self._keys.presence_channels()
+        try:
+            flat = await self._batch.script(
+                self._channels_due, keys=[index], args=[ORPHANED_PER_LOOK]
+            )
+            due = [(_text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+            found = await asyncio.gather(*(self._orphans(index, c, seen) for c, seen in due))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise unavailable(exc, "reading orphaned presence") from None
+        return [
+            (channel, entries) for (channel, _), entries in zip(due, found, strict=True) if entries
+        ]
+
+    async def _orphans(self, index: str, channel: str, seen: Any) -> list[PresenceEntry]:
+        entries = await self.lapsed(channel)
+        last = await self._batch.script(
+            self._last_lease, keys=[self._keys.presence_expiry(channel)], args=[]
+        )
+        # A lease that lives on there (a node renewing, a poll client, or more ended ones than
+        # one call takes out) keeps the channel, looked at again once it has ended.
+        await self._batch.script(
+            self._channels_settle, keys=[index], args=[channel, seen, last or ""]
+        )
+        return entries
+
     async def refresh(self) -> list[tuple[str, str]]:
         """Renew every entry this node holds, in one pipeline (raises what Redis raised); the
         (channel, client) of those added again.
@@ -211,7 +268,10 @@ class RedisPresence:
             keys = self._channel_keys(channel)
             keys += [self._keys.presence_user(channel, user) for user in users]
             calls.append((self._renew, keys, [self._ttl_ms, len(plain), *plain, *pairs]))
-        missing = await self._batch.now(calls)
+        # Each channel is known to hold a lease for as long as these last.
+        index = [self._keys.presence_channels()]
+        calls.append((self._channels_hold, index, [self._ttl_ms, *channels]))
+        missing = (await self._batch.now(calls))[:-1]
         lost: list[tuple[str, str, str]] = []
         again = []
         for channel, clients in zip(channels, missing, strict=True):

@@ -296,7 +296,9 @@ return missing
 
 # Presence keeps, per channel, the clients' leases (expiry zset), their entries (hash), the
 # users' leases (users zset: each user scored with the latest lease of its clients, so a user
-# is live exactly while one of its clients is), and per user the leases of its clients.
+# is live exactly while one of its clients is), and per user the leases of its clients. The
+# leases and entries outlive the last lease by as long again: an entry whose lease ended is
+# there for a node to take out and send its leave (PRESENCE_LAPSE), even when it was the last.
 
 # KEYS: expiry zset, entries hash, users zset, then one user zset per entry (anything for an
 # entry without a user)
@@ -318,8 +320,8 @@ for i = 1, n do
     redis.call('ZADD', users, 'GT', expires, user)
   end
 end
-extend(zset, ttl)
-extend(hash, ttl)
+extend(zset, 2 * ttl)
+extend(hash, 2 * ttl)
 extend(users, ttl)
 return 1
 """
@@ -356,8 +358,8 @@ if user ~= '' then
   redis.call('ZADD', users, 'GT', expires, user)
   extend(users, lease)
 end
-extend(zset, lease)
-extend(hash, lease)
+extend(zset, 2 * lease)
+extend(hash, 2 * lease)
 return status
 """
 )
@@ -403,8 +405,8 @@ for i = 3 + plain, #ARGV, 2 do
   end
   k = k + 1
 end
-extend(zset, ttl)
-extend(hash, ttl)
+extend(zset, 2 * ttl)
+extend(hash, 2 * ttl)
 extend(users, ttl)
 return missing
 """
@@ -560,6 +562,57 @@ end
 return out
 """
 )
+
+# KEYS: the presence channels zset
+# ARGV: lease ms, then channels
+# Each channel is known to hold a lease until at least now + lease (raised, never lowered).
+PRESENCE_CHANNELS_HOLD = (
+    _COMMON
+    + """
+local expires = now_ms() + tonumber(ARGV[1])
+for i = 2, #ARGV, 500 do
+  local pairs = {}
+  for j = i, math.min(i + 499, #ARGV) do
+    pairs[#pairs + 1] = expires
+    pairs[#pairs + 1] = ARGV[j]
+  end
+  redis.call('ZADD', KEYS[1], 'GT', unpack(pairs))
+end
+redis.call('PEXPIRE', KEYS[1], 86400000)
+"""
+)
+
+# KEYS: the presence channels zset
+# ARGV: limit
+# -> {channel, until ms} of those whose every lease known has ended
+PRESENCE_CHANNELS_DUE = (
+    _COMMON
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'WITHSCORES', 'LIMIT', 0,
+  tonumber(ARGV[1]))
+"""
+)
+
+# KEYS: expiry zset of a channel
+# -> when the last lease held there ends (ms), or false when none is
+PRESENCE_LAST_LEASE = """
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #last == 0 then return false end
+return last[2]
+"""
+
+# KEYS: the presence channels zset
+# ARGV: channel, the score read when it was due, the last lease there now ('' = none)
+# A channel with no lease left goes, unless a lease was known there meanwhile (its score rose).
+PRESENCE_CHANNELS_SETTLE = """
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[1])
+  return 1
+end
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
 
 # KEYS: expiry zset
 # ARGV: ttl ms, then pairs of member, limit

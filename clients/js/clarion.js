@@ -1121,11 +1121,12 @@ class Client extends Emitter {
   // every channel polls carried (the client or its page goes), else those unsubscribed and not
   // subscribed again since. keepalive: the request outlives a page that is going.
   _leavePolls(all = false) {
+    const client = this._pollClient;
+    if (!client) return; // no poll answered yet: kept for a later call, once one is
     const channels = all ? [...this.polled] : [...this.leaving].filter((c) => !this.subs.has(c));
     this.leaving.clear();
     for (const channel of channels) this.polled.delete(channel);
-    const client = this._pollClient;
-    if (!client || !channels.length) return;
+    if (!channels.length) return;
     const headers = this._headers();
     for (let i = 0; i < channels.length;) {
       // Whatever the number of channels, a URL far below the 8 KB of a request line that

@@ -218,3 +218,44 @@ async def test_a_poll_client_whose_page_comes_back_from_the_cache_joins_again(
                 await leaves(watcher, client, ["room:1"])
         finally:
             await context.close()
+
+
+async def test_a_poll_client_that_moves_up_to_the_websocket_leaves_as_its_connection_joins(
+    page: Any, hub_factory: Any
+) -> None:
+    hub = await presence_hub(hub_factory)
+    blocked = {"on": True}
+
+    async def ws_route(ws: Any) -> None:
+        if blocked["on"]:
+            await ws.close()
+        else:
+            ws.connect_to_server()
+
+    await page.route_web_socket("**/ws", ws_route)
+    bob = {"Authorization": f"Bearer {token('bob')}"}
+    async with hub.ws(additional_headers=bob) as watcher:
+        assert "ok" in await watcher.subscribe("room:1")
+        await page.goto(hub.http_url + "/healthz")
+        await page.evaluate(
+            """async (token) => {
+                const { connect } = await import('/clarion.js');
+                window.client = connect(location.origin, { transports: ['ws', 'poll'], token,
+                    pollTimeout: 20, upgradeInterval: 500, backoffBase: 50, backoffCap: 1000 });
+                window.client.subscribe('room:1');
+            }""",
+            token("alice"),
+        )
+        kind, event = await about(watcher, "alice")
+        assert (kind, event["transport"]) == ("join", "poll"), event
+        polled = event["client"]
+        blocked["on"] = False
+        seen: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout(SOON + 2)
+        while len(seen) < 2:  # the poll client's leave and the connection's join, either order
+            assert time.monotonic() < deadline, seen
+            kind, event = await about(watcher, "alice")
+            seen[kind] = event
+        assert (seen["leave"]["client"], seen["leave"]["transport"]) == (polled, "poll")
+        assert seen["join"]["transport"] == "ws"
+        assert await listed(hub, "room:1") == [("alice", "ws"), ("bob", "ws")]

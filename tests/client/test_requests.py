@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
@@ -20,6 +21,7 @@ from clarion.client import (
 from clarion.settings import PollOptions
 
 from ..conftest import RunningHub, until
+from ..support.proxy import FaultProxy
 from .conftest import TRANSPORTS, next_message, sessions
 
 
@@ -212,3 +214,19 @@ async def test_history_says_when_it_no_longer_reaches_since(
     assert page.reset is not None
     assert (page.reset.channel, page.reset.reason) == ("news", "trimmed")
     assert page.reset.position is not None and page.reset.position.offset == 3
+
+
+async def test_a_channel_left_before_its_first_poll_was_answered_is_left(
+    hub: RunningHub, proxy: FaultProxy
+) -> None:
+    """The leave waits for the poll on its way (whose answer gives the client its id, and
+    which, reaching the hub after the leave, would put the client back): it does not leave the
+    client there until the lease of that poll ends (``presence_timeout``, 10 s)."""
+    proxy.latency = 0.3  # each way
+    heard: list[str] = []
+    hub.hub.lifecycle_listeners.append(lambda kind, event: heard.append(kind))
+    async with connect(f"http://127.0.0.1:{proxy.port}", transport="poll") as client:
+        sub = client.subscribe("chat:lobby")
+        await asyncio.sleep(0.1)  # its first poll is on its way
+        await sub.unsubscribe()
+        await until(lambda: heard == ["join", "leave"], wait=5)  # not 10 s: its lease's end

@@ -1315,3 +1315,32 @@ async def test_a_crashed_nodes_entries_are_found_where_no_node_subscribes(
     assert found == {"gone": ["a1"]}  # "mixed": b renews a lease there (its own scan's)
     index = raw.zrange(a.keys.presence_channels(), 0, -1)
     assert [m.decode() for m in await index] == ["mixed"]
+
+
+async def test_a_crashed_nodes_many_channels_each_leave_once_before_their_keys_expire(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """Far more channels than one claim takes: the nodes share them, claim after claim, and
+    every ended entry comes out once, within the time its keys outlive its lease."""
+    a, _ = await nodes("presence_ttl=1.5")
+    b, _ = await nodes("presence_ttl=1.5")
+    c, _ = await nodes("presence_ttl=1.5")
+    n = 1500
+    await asyncio.gather(
+        *(a.presence_add(f"many{i}", PresenceEntry(f"a{i}", "alice")) for i in range(n))
+    )
+    await crash(a)
+    found: list[str] = []
+
+    async def look(node: RedisEngine) -> None:
+        for _, entries in await node.presence_orphaned():
+            found.extend(e.client for e in entries)
+
+    async def all_found() -> bool:
+        await asyncio.gather(look(b), look(c))  # as each node's watcher would, at once
+        return len(found) >= n
+
+    # Looked at every third of the TTL, as the nodes do; the keys live a TTL past the lease.
+    await until(all_found, wait=6, interval=0.5)
+    assert sorted(found) == sorted(f"a{i}" for i in range(n))
+    assert await raw.zcard(a.keys.presence_channels()) == 0

@@ -377,3 +377,19 @@ async def test_a_leave_that_names_no_client_or_channel_is_refused(
     async with hub.http() as http:
         r = await http.delete("/poll", params=params)
     assert (r.status_code, error_code(r)) == (400, "bad_request"), r.text
+
+
+async def test_an_anonymous_clients_leave_comes_from_its_own_address(
+    two: Callable[..., Any],
+) -> None:
+    """An anonymous client's id is shown to every presence reader: without a user to tell
+    whose it is, only its own address (here through a trusted proxy) takes it out."""
+    a, b = await two(**settings(), trusted_proxies=["127.0.0.1"])
+    mine, theirs = {"X-Forwarded-For": "192.0.2.10"}, {"X-Forwarded-For": "192.0.2.66"}
+    async with b.http(headers=mine) as owner, a.http(headers=theirs) as stranger:
+        client = await long_lease(owner, b, "room:1")
+        await leave(stranger, ["room:1"], client)
+        assert [c["client"] for c in await listing(a, "room:1")] == [client]
+        async with a.http(headers=mine) as owner_elsewhere:
+            await leave(owner_elsewhere, ["room:1"], client)
+        assert await listing(b, "room:1") == []

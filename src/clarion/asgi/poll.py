@@ -381,7 +381,8 @@ class PollEndpoint(ChannelEndpoint):
         if not client:
             raise BadRequest("client must be the id an earlier poll's reply gave")
         request = await authorized(hub, channel_request(hub, scope, params, []), "poll")
-        await hub.roster.release_poll(request.credentials, client, request.channels)
+        address = access.client_address(hub, scope)
+        await hub.roster.release_poll(request.credentials, address, client, request.channels)
         headers = [(b"cache-control", b"no-cache"), *cors]
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})

@@ -26,7 +26,7 @@ from clarion.client.errors import (
     TransportUnavailable,
 )
 from clarion.client.items import History, Member, PresenceStats, PresentUser, Published
-from clarion.client.poll import leave_poll, open_poll
+from clarion.client.poll import LEAVE_TIMEOUT, leave_poll, open_poll
 from clarion.client.shared import SharedStream
 from clarion.client.streams import StreamContext
 from clarion.client.subscription import Feed, Subscription
@@ -161,7 +161,9 @@ class Client:
             # After the loop stopped: no poll of its renews what the leave ends.
             self._leave(polled)
         if self._leaves:
-            await asyncio.wait(self._leaves)  # each bounded by LEAVE_TIMEOUT
+            # Each bounded by LEAVE_TIMEOUT; past it (a cancel the token callable lost), stopped.
+            await asyncio.wait(self._leaves, timeout=LEAVE_TIMEOUT)
+            await stop(list(self._leaves))
         if self._link is not None:
             await self._link.close()
         if self._api is not None:

@@ -68,6 +68,8 @@ async def open_poll(
             headers = await ctx.api.stream_headers()
         except Exception as exc:
             return f"the token callable failed: {exc!r}"
+        asked = [feed.channel for feed in feeds]
+        ctx.poll.ask(asked)
         try:
             response = await ctx.api.http.get(url, params=params, headers=headers, timeout=timeout)
             await check(response, ctx, "/poll")
@@ -76,6 +78,8 @@ async def open_poll(
             at = read_cursor(cursor) if isinstance(cursor, str) and cursor else None
             if at is None:
                 raise Retry(f"{url} answered without a cursor")
+            if isinstance(given := body.get("client"), str):
+                ctx.poll.id = given
         except (httpx.RequestError, Retry, ValueError) as exc:
             return failed(url, exc)
         except RequestFailed as exc:
@@ -84,8 +88,8 @@ async def open_poll(
             log.info("the hub refused timeout=%s; polling with %s s", longest, FALLBACK_TIMEOUT)
             longest = FALLBACK_TIMEOUT
             continue
-        if isinstance(given := body.get("client"), str):
-            ctx.poll.id = given
+        finally:
+            ctx.poll.done(asked)  # answered (its id taken), failed or cut
         if not answered:
             log.info("connected to %s (%s)", url, naming(feeds))
             answered = True
@@ -101,13 +105,18 @@ async def leave_poll(ctx: StreamContext, feeds: list[Feed]) -> None:
     """Tell the hub that this client's polls no longer read ``feeds``' channels: it leaves
     their presence now, not when the lease of its last poll ends (``DELETE /poll``). Never
     raises: a leave that fails changes only when."""
-    client = ctx.poll.id
-    if not client or not feeds:
+    if not feeds:
         return
     url = ctx.api.endpoints.url("/poll")
     try:
-        headers = await ctx.api.stream_headers()
-        async with asyncio.timeout(LEAVE_TIMEOUT):
+        async with asyncio.timeout(LEAVE_TIMEOUT):  # the token callable's time included
+            # After the polls that named them: one reaching the hub later would undo the leave
+            # (and the first one's reply gives the id).
+            await ctx.poll.quiet([feed.channel for feed in feeds])
+            client = ctx.poll.id
+            if not client:
+                return
+            headers = await ctx.api.stream_headers()
             answers = await asyncio.gather(
                 *(
                     ctx.api.http.delete(

@@ -8,7 +8,9 @@ next transport (see :mod:`clarion.client.refusals`). One stream carries every su
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,23 @@ class PollClient:
     its poll loops), whatever node answers them. Empty until a poll's reply gives one."""
 
     id: str = ""
+    # Channel -> its polls on their way. A leave waits for them: one that reached the hub after
+    # the leave would put the client back in the channel's presence.
+    asking: Counter[str] = field(default_factory=Counter)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def ask(self, channels: list[str]) -> None:
+        self.asking.update(channels)
+
+    def done(self, channels: list[str]) -> None:
+        self.asking.subtract(channels)
+        self.answered.set()
+
+    async def quiet(self, channels: list[str]) -> None:
+        """Until no poll naming ``channels`` is on its way."""
+        while any(self.asking[channel] > 0 for channel in channels):
+            self.answered.clear()
+            await self.answered.wait()
 
 
 @dataclass(frozen=True, slots=True)

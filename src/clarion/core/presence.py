@@ -9,7 +9,11 @@ members built from joins and leaves lose them too, not only presence reads.
 
 A long-poll client holds no connection: its entry is a lease that each of its polls renews, on
 any node (:meth:`Roster.hold_poll`), and its ``leave`` goes out once the lease has ended, from
-the node that renewed it last.
+the node that renewed it last, or at once when it says it left (:meth:`Roster.release_poll`).
+
+Long on purpose: one class holds this node's side of presence, whose rules interlock (a join
+cancels a pending user leave, a lapse and a release end the same entries once, the grace and
+the announce window apply to every way of leaving).
 """
 
 from __future__ import annotations
@@ -145,14 +149,21 @@ class Roster:
         failing = False
         while True:
             await tasks.tick(engine.lapse_interval)  # a poll that came in a stall is read
-            channels = self._lapsing(engine)
+            orphaned: list[tuple[str, list[PresenceEntry]]] = []
             try:
+                channels = self._lapsing(engine)
+                raised: list[Exception] = []
                 for start in range(0, len(channels), LAPSE_SLICE):
                     chunk = channels[start : start + LAPSE_SLICE]
-                    await asyncio.gather(*(self._lapsed(engine, name) for name in chunk))
-                # Channels no node subscribes to any more, whose clients' nodes all stopped.
-                for channel, entries in await engine.presence_orphaned():
-                    await self._leaves(channel, entries)
+                    done = await asyncio.gather(
+                        *(self._lapsed(engine, name) for name in chunk), return_exceptions=True
+                    )
+                    raised += [e for e in done if isinstance(e, Exception)]
+                # Channels no node subscribes to any more, whose clients' nodes all stopped
+                # (looked at whatever a channel above raised).
+                orphaned = await engine.presence_orphaned()
+                if raised:
+                    raise raised[0]
                 failing = False
             except ClarionError as exc:  # e.g. the engine is unreachable: the next pass
                 if not failing:
@@ -160,6 +171,11 @@ class Roster:
                 failing = True
             except Exception:  # a fault of one pass must not end the next ones
                 log.exception("looking for ended presence leases failed")
+            for channel, entries in orphaned:  # each channel's on their own
+                try:
+                    await self._leaves(channel, entries)
+                except ClarionError as exc:
+                    log.warning("presence leaves on %s failed: %s", channel, exc.message)
 
     def restored(self, channel: str, client: str) -> None:
         """The engine added this node's entry of ``client`` again: its leave may have gone out
@@ -277,14 +293,15 @@ class Roster:
         return client
 
     async def release_poll(
-        self, credentials: Credentials, client: str, channels: list[str]
+        self, credentials: Credentials, address: str | None, client: str, channels: list[str]
     ) -> None:
         """A long-poll client left ``channels`` (it unsubscribed, or its page is going): its
         entries go now, with their leaves, as a connection's go when it unsubscribes. Only its
-        own user's entries: an id naming another user's client, or none, changes nothing."""
+        own user's entries (an anonymous client's, from its address): an id naming another's
+        client, or none, changes nothing."""
         hub = self.hub
         held = [channel for channel in channels if hub.options(channel).presence]
-        entry = PresenceEntry(client, credentials.user, credentials.info, "poll", None)
+        entry = PresenceEntry(client, credentials.user, credentials.info, "poll", address)
         released = await asyncio.gather(*(hub.engine.presence_release(c, entry) for c in held))
         for channel, gone in zip(held, released, strict=True):
             if gone is None:

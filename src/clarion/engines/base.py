@@ -228,7 +228,8 @@ class Engine(Protocol):
     async def presence_release(self, channel: str, entry: PresenceEntry) -> PresenceEntry | None:
         """Take out the entry a long-poll client's polls hold under ``entry.client``, at the
         client's word that it left: only when it is ``entry.user``'s (never another user's, nor
-        a connection's). The entry taken out, to one caller only; ``None`` when there was none."""
+        a connection's), and, without a user, held from ``entry.address`` (ids are shown in
+        presence). The entry taken out, to one caller only; ``None`` when there was none."""
 
     async def presence_lapsed(self, channel: str) -> list[PresenceEntry]:
         """Take out the entries of ``channel`` whose lease has ended; each entry is returned

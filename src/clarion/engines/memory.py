@@ -417,6 +417,8 @@ class MemoryEngine:
         held = self._presence.get(channel, {}).get(entry.client)
         if held is None or held.user != entry.user or leases is None or entry.client not in leases:
             return None
+        if held.user is None and held.address != entry.address:
+            return None  # an anonymous client's id is no secret: its address stands in for a user
         return self._take_out(channel, entry.client)
 
     async def presence_orphaned(self) -> list[tuple[str, list[PresenceEntry]]]:

@@ -12,6 +12,7 @@ next refresh.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
@@ -23,9 +24,12 @@ from clarion.engines.redis.batch import Batcher
 from clarion.engines.redis.connect import unavailable
 from clarion.engines.redis.keys import Keys
 
+log = logging.getLogger("clarion.engines.redis")
+
 DAY_MS = 86_400_000
 LAPSED_PER_CALL = 1000  # ended leases taken out per channel and call (the rest at the next)
-ORPHANED_PER_LOOK = 200  # channels with no live lease looked at per look (the rest at the next)
+ORPHANED_PER_LOOK = 200  # channels with no live lease claimed at a time
+ORPHANED_BATCHES = 50  # claims per look at most (the rest at the next)
 
 
 def _text(raw: Any) -> str:
@@ -125,11 +129,18 @@ class RedisPresence:
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"adding presence on {channel!r}") from None
 
-    def _known(self, channels: list[str], lease_ms: int) -> Any:
-        """The call that records leases on ``channels`` until ``lease_ms`` from now, at least."""
-        return self._batch.script(
-            self._channels_hold, keys=[self._keys.presence_channels()], args=[lease_ms, *channels]
-        )
+    async def _known(self, channels: list[str], lease_ms: int) -> None:
+        """Record leases on ``channels`` until ``lease_ms`` from now, at least. Failing (the
+        index's shard unreachable), the entry holds all the same: a refresh records it."""
+        try:
+            await self._batch.script(
+                self._channels_hold,
+                keys=[self._keys.presence_channels()],
+                args=[lease_ms, *channels],
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Said at DEBUG: the refresh meets the same shard and the engine warns of it then.
+            log.debug("recording presence channels failed: %s", exc)
 
     async def hold(self, channel: str, entry: PresenceEntry, lease: float, *, create: bool) -> Hold:
         """A long-poll client's entry, for ``lease`` seconds: no node keeps or renews it."""
@@ -151,8 +162,9 @@ class RedisPresence:
         """A long-poll client's entry, taken out at its word (if it is ``entry.user``'s)."""
         user = entry.user or ""
         keys = self._channel_keys(channel, user)
+        args = [entry.client, user, entry.address or ""]
         try:
-            found = await self._batch.script(self._release, keys=keys, args=[entry.client, user])
+            found = await self._batch.script(self._release, keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"releasing presence on {channel!r}") from None
         return _entries([entry.client, found])[0] if found is not None else None
@@ -218,30 +230,56 @@ class RedisPresence:
     async def orphaned(self) -> list[tuple[str, list[PresenceEntry]]]:
         """The ended entries of channels where no lease is known to live (the nodes that held
         them stopped without removing them, and none renews any), taken out, each returned to
-        one caller only; the channels with none left are forgotten."""
-        index = self._keys.presence_channels()
-        try:
-            flat = await self._batch.script(
-                self._channels_due, keys=[index], args=[ORPHANED_PER_LOOK]
-            )
-            due = [(_text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
-            found = await asyncio.gather(*(self._orphans(index, c, seen) for c, seen in due))
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise unavailable(exc, "reading orphaned presence") from None
-        return [
-            (channel, entries) for (channel, _), entries in zip(due, found, strict=True) if entries
-        ]
+        one caller only; the channels with none left are forgotten.
 
-    async def _orphans(self, index: str, channel: str, seen: Any) -> list[PresenceEntry]:
-        entries = await self.lapsed(channel)
-        last = await self._batch.script(
-            self._last_lease, keys=[self._keys.presence_expiry(channel)], args=[]
-        )
-        # A lease that lives on there (a node renewing, a poll client, or more ended ones than
-        # one call takes out) keeps the channel, looked at again once it has ended.
-        await self._batch.script(
-            self._channels_settle, keys=[index], args=[channel, seen, last or ""]
-        )
+        Channels are claimed a few hundred at a time, so that the nodes share them, until none
+        is due (or ``ORPHANED_BATCHES`` batches): a backlog is worked off in one look, before
+        the ended entries' keys expire. What one channel's calls raised leaves the others' as
+        found; raised only when nothing was found."""
+        index = self._keys.presence_channels()
+        out: list[tuple[str, list[PresenceEntry]]] = []
+        failed: BaseException | None = None
+        for _ in range(ORPHANED_BATCHES):
+            try:
+                claim, *due = await self._batch.script(
+                    self._channels_due,
+                    keys=[index],
+                    args=[ORPHANED_PER_LOOK, self._ttl_ms // 3],
+                )
+            except (RedisError, OSError, TimeoutError) as exc:
+                failed = exc
+                break
+            channels = [_text(raw) for raw in due]
+            found = await asyncio.gather(
+                *(self._orphans(index, channel, claim) for channel in channels),
+                return_exceptions=True,
+            )
+            for channel, entries in zip(channels, found, strict=True):
+                if isinstance(entries, BaseException):
+                    failed = entries  # claimed: looked at again once the claim lapses
+                elif entries:
+                    out.append((channel, entries))
+            if len(due) < ORPHANED_PER_LOOK or failed is not None:
+                break
+        if failed is not None and not out:
+            if isinstance(failed, RedisError | OSError | TimeoutError):
+                raise unavailable(failed, "reading orphaned presence") from None
+            raise failed
+        return out
+
+    async def _orphans(self, index: str, channel: str, claim: Any) -> list[PresenceEntry]:
+        entries = await self.lapsed(channel)  # raised: nothing taken out
+        try:
+            last = await self._batch.script(
+                self._last_lease, keys=[self._keys.presence_expiry(channel)], args=[]
+            )
+            # A lease that lives on there (a node renewing, a poll client, or more ended ones
+            # than one call takes out) keeps the channel, looked at again once it has ended.
+            await self._batch.script(
+                self._channels_settle, keys=[index], args=[channel, claim, last or ""]
+            )
+        except (RedisError, OSError, TimeoutError):
+            pass  # the entries are out: their leaves are due; the claim lapses, and it is settled
         return entries
 
     async def refresh(self) -> list[tuple[str, str]]:
@@ -268,10 +306,9 @@ class RedisPresence:
             keys = self._channel_keys(channel)
             keys += [self._keys.presence_user(channel, user) for user in users]
             calls.append((self._renew, keys, [self._ttl_ms, len(plain), *plain, *pairs]))
+        missing = await self._batch.now(calls)
         # Each channel is known to hold a lease for as long as these last.
-        index = [self._keys.presence_channels()]
-        calls.append((self._channels_hold, index, [self._ttl_ms, *channels]))
-        missing = (await self._batch.now(calls))[:-1]
+        await self._known(channels, self._ttl_ms)
         lost: list[tuple[str, str, str]] = []
         again = []
         for channel, clients in zip(channels, missing, strict=True):

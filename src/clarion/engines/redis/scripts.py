@@ -452,9 +452,9 @@ return out
 
 # KEYS: expiry zset, entries hash, users zset, the entry's user zset (the users zset for an
 # entry without a user)
-# ARGV: client, user ('' = none)
-# -> the entry, taken out, when it is a long-poll client's of that user; else nil, nothing
-#    changed.
+# ARGV: client, user ('' = none), address
+# -> the entry, taken out, when it is a long-poll client's of that user (without a user: from
+#    that address); else nil, nothing changed.
 PRESENCE_RELEASE = (
     _COMMON
     + _FORGET
@@ -467,6 +467,7 @@ local was = cjson.decode(old)
 local was_user = was['user']
 if was_user == nil or was_user == cjson.null then was_user = '' end
 if was['transport'] ~= 'poll' or was_user ~= user then return false end
+if user == '' and was['address'] ~= ARGV[3] then return false end
 redis.call('ZREM', zset, client)
 redis.call('HDEL', hash, client)
 forget(users, mine, client, user, now_ms())
@@ -583,13 +584,18 @@ redis.call('PEXPIRE', KEYS[1], 86400000)
 )
 
 # KEYS: the presence channels zset
-# ARGV: limit
-# -> {channel, until ms} of those whose every lease known has ended
+# ARGV: limit, claim ms
+# -> {claim, channels...}: up to `limit` channels whose every lease known has ended, claimed by
+#    the caller: scored `claim` (now + claim ms), so that the other nodes take others meanwhile,
+#    and this one again if its caller stops before it settles them.
 PRESENCE_CHANNELS_DUE = (
     _COMMON
     + """
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'WITHSCORES', 'LIMIT', 0,
-  tonumber(ARGV[1]))
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local claim = now + tonumber(ARGV[2])
+for i = 1, #due do redis.call('ZADD', KEYS[1], 'XX', claim, due[i]) end
+return {claim, unpack(due)}
 """
 )
 
@@ -602,16 +608,18 @@ return last[2]
 """
 
 # KEYS: the presence channels zset
-# ARGV: channel, the score read when it was due, the last lease there now ('' = none)
-# A channel with no lease left goes, unless a lease was known there meanwhile (its score rose).
+# ARGV: channel, the caller's claim, the last lease there now ('' = none)
+# A claimed channel is scored with its last lease (looked at again once it ends), or goes when
+# none is left; unless a lease was recorded there since the claim (its score rose past it).
 PRESENCE_CHANNELS_SETTLE = """
-if ARGV[3] ~= '' then
-  redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[1])
-  return 1
-end
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
-return 0
+if score and tonumber(score) > tonumber(ARGV[2]) then return 0 end
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+elseif score then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 1
 """
 
 # KEYS: expiry zset

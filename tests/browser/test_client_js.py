@@ -303,7 +303,8 @@ async def test_the_first_state_reaches_handlers_added_after_connect(
     assert await page.evaluate("window.log.states") == ["connecting:ws", "connected:ws"]
 
 
-async def test_moves_back_up_once_the_websocket_works_again(page: Any, hub: RunningHub) -> None:
+async def blocking_websockets(page: Any) -> dict[str, bool]:
+    """The page's WebSockets to ``/ws`` are closed at once while ``["on"]`` holds."""
     blocked = {"on": True}
 
     async def ws_route(ws: Any) -> None:
@@ -313,6 +314,11 @@ async def test_moves_back_up_once_the_websocket_works_again(page: Any, hub: Runn
             ws.connect_to_server()
 
     await page.route_web_socket("**/ws", ws_route)
+    return blocked
+
+
+async def test_moves_back_up_once_the_websocket_works_again(page: Any, hub: RunningHub) -> None:
+    blocked = await blocking_websockets(page)
     await open_client(page, hub, {"upgradeInterval": 500})
     await wait_for(page, "window.log.states.includes('connected:sse')")
     await hub.publish("chat:lobby", 1)

@@ -17,7 +17,7 @@ from clarion.settings import NamespaceOptions, PollOptions
 
 from ..conftest import WS, RunningHub, timeout, until
 from .chromium import CHROMIUM, FLAGS, chromium_context, needs_chromium
-from .test_client_js import wait_for
+from .test_client_js import blocking_websockets, wait_for
 
 pytestmark = needs_chromium
 
@@ -224,15 +224,7 @@ async def test_a_poll_client_that_moves_up_to_the_websocket_leaves_as_its_connec
     page: Any, hub_factory: Any
 ) -> None:
     hub = await presence_hub(hub_factory)
-    blocked = {"on": True}
-
-    async def ws_route(ws: Any) -> None:
-        if blocked["on"]:
-            await ws.close()
-        else:
-            ws.connect_to_server()
-
-    await page.route_web_socket("**/ws", ws_route)
+    blocked = await blocking_websockets(page)
     bob = {"Authorization": f"Bearer {token('bob')}"}
     async with hub.ws(additional_headers=bob) as watcher:
         assert "ok" in await watcher.subscribe("room:1")

@@ -46,6 +46,18 @@ def node_port() -> int:
     return free_port(span=10000)
 
 
+def node_ports(count: int) -> list[int]:
+    """Free ports for ``count`` nodes started together: drawn at random, two may be the same
+    (a node then fails to start), or one another's bus port, unless drawn again."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = node_port()
+        taken = {p for q in ports for p in (q, q + 10000)}
+        if port not in taken and port + 10000 not in taken:
+            ports.append(port)
+    return ports
+
+
 class Servers:
     """redis-server processes of one test; each stopped by pid."""
 
@@ -98,7 +110,7 @@ class Servers:
 class RedisCluster(Servers):
     def __init__(self, primaries: int = 3, replicas: int = 1) -> None:
         super().__init__()
-        self.ports = [node_port() for _ in range(primaries * (1 + replicas))]
+        self.ports = node_ports(primaries * (1 + replicas))
         self.replicas = replicas
 
     @property

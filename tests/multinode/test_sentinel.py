@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from ..conftest import timeout
-from ..redis_cluster import Servers, command, node_port
+from ..redis_cluster import Servers, command, node_ports
 from ..redis_fixture import REDIS_SERVER
 from .conftest import CONFIG
 from .helpers import Node, Publisher, Tracker, eventually
@@ -34,8 +34,7 @@ class SentinelSet(Servers):
     def __init__(self) -> None:
         super().__init__()
         # Chosen before the nodes bind them: below the ephemeral range (redis_cluster.node_port).
-        self.primary, self.replica = node_port(), node_port()
-        self.sentinels = [node_port() for _ in range(3)]
+        self.primary, self.replica, *self.sentinels = node_ports(5)
 
     def start_all(self) -> None:
         assert REDIS_SERVER is not None

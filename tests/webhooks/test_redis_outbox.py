@@ -370,3 +370,26 @@ async def test_concurrent_publishes_are_stored_before_each_answers(
         finally:
             await store.aclose()
         assert sorted(queued) == sorted(published) and len(set(published)) == 60
+
+
+async def test_ended_leases_are_looked_for_where_a_webhook_wants_the_leaves(
+    redis_server: RedisServer, make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A node looks for the ended leases of its channels (the clients of a node that stopped
+    without removing them) where someone hears of their leaves: a webhook that asks for
+    ``connect`` alone, or for the leaves of other channels, costs it no look."""
+    a, _ = await two_nodes(make_hub, redis_server, tmp_path)
+    async with Receiver() as receiver, a.ws() as ws:
+        for channel in ("room:1", "news:1"):
+            assert "ok" in await ws.subscribe(channel)
+        engine = a.hub.engine
+
+        def looked_at() -> list[str]:
+            return sorted(a.hub.roster._lapsing(engine))
+
+        assert looked_at() == []
+        await register(a, receiver, ["room:*", "news:*"], events=["connect"])
+        await eventually(lambda: bool(a.hub.lifecycle_listeners), 5)
+        assert looked_at() == []
+        await register(a, receiver, ["room:*"], events=["join", "leave"])
+        await eventually(lambda: looked_at() == ["room:1"], 5)

@@ -142,6 +142,9 @@ class Hub:
         self._unsettled: OrderedDict[tuple[str, str, int], bool] = OrderedDict()
         # Called with session lifecycle events: connect, disconnect, subscribe, unsubscribe.
         self.lifecycle_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        # Whether a listener wants the ``leave`` events of a channel: where they do, the nodes
+        # look for the ended leases of clients whose node stopped without removing them.
+        self.leaves_wanted: list[Callable[[str], bool]] = []
         factories = ext.standard() if extensions is None else extensions
         self.extensions: list[ext.Extension] = [make(self) for make in factories]
 

@@ -131,16 +131,16 @@ class Roster:
             del polled[name]
         channels = list(polled)
         if engine.node_leases:
-            # Where someone hears of leaves: subscribers in the join_leave mode, or the
-            # lifecycle's listeners (webhooks) on any channel with presence.
-            listened = bool(hub.lifecycle_listeners)
+            # Where someone hears of leaves: subscribers in the join_leave mode, or a
+            # lifecycle listener (a webhook) that wants the channel's.
+            wanted = hub.leaves_wanted
             channels += [
                 name
                 for name in list(hub.local_channels.local)
                 if name not in polled
                 and (
                     (options := hub.options(name)).join_leave_mode is not None
-                    or (listened and options.presence)
+                    or (options.presence and any(wants(name) for wants in wanted))
                 )
             ]
         return channels

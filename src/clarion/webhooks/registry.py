@@ -112,6 +112,10 @@ class Registry:
             self._routes[channel] = found
         return found
 
+    def wants_leaves(self, channel: str) -> bool:
+        """Whether an enabled endpoint takes the ``leave`` events of ``channel``."""
+        return any("leave" in e.events for e in self.targets(channel))
+
     def event_targets(self, kind: str, payload: dict[str, Any]) -> list[Endpoint]:
         return [
             e for e in self.endpoints.values() if not e.disabled and e.wants_event(kind, payload)

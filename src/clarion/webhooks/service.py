@@ -63,6 +63,10 @@ log = logging.getLogger("clarion.webhooks")
 SYNC_INTERVAL = 1.0  # seconds between looks at a shared outbox's endpoint registry
 
 
+def _no_leaves(channel: str) -> bool:
+    return False
+
+
 class WebhookService:
     """Webhooks of one hub, one of its extensions (:mod:`clarion.core.extension`). Opened by
     :meth:`start` when there is anything to deliver."""
@@ -84,6 +88,7 @@ class WebhookService:
         self._intake: Intake | None = None
         self._sender: Sender | None = None
         self._events_listener: Callable[[str, dict[str, Any]], None] | None = None
+        self._leaves_wanted: Callable[[str], bool] = _no_leaves
         self._started = False
         self._opening: asyncio.Lock | None = None
         self._sync: asyncio.Task[None] | None = None
@@ -267,9 +272,13 @@ class WebhookService:
         if on and current is None and self._intake is not None:
             self._events_listener = self._intake.on_lifecycle
             listeners.append(self._events_listener)
+            self._leaves_wanted = self._intake.registry.wants_leaves
+            self.hub.leaves_wanted.append(self._leaves_wanted)
         elif not on and current is not None:
             with contextlib.suppress(ValueError):
                 listeners.remove(current)
+            with contextlib.suppress(ValueError):
+                self.hub.leaves_wanted.remove(self._leaves_wanted)
             self._events_listener = None
 
     # ---- the server API -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,11 @@ async def presence_hub(hub_factory: Any) -> RunningHub:
 
 def token(user: str) -> str:
     return mint_token(SECRET, user, ["room:*"])
+
+
+def watching(hub: RunningHub) -> AbstractAsyncContextManager[WS]:
+    """Bob's WebSocket, which hears alice's joins and leaves on the channels it subscribes."""
+    return hub.ws(additional_headers={"Authorization": f"Bearer {token('bob')}"})
 
 
 # One client on long polling with alice's token, subscribed to `channels`, on the hub's origin.
@@ -139,7 +145,7 @@ async def test_a_poll_client_that_unsubscribes_leaves_that_channel_at_once(
     page: Any, hub_factory: Any
 ) -> None:
     hub = await presence_hub(hub_factory)
-    async with hub.ws(additional_headers={"Authorization": f"Bearer {token('bob')}"}) as watcher:
+    async with watching(hub) as watcher:
         client = await polling(page, hub, watcher, ["room:1", "room:2"])
         await page.evaluate("window.subs['room:1'].unsubscribe()")
         await leaves(watcher, client, ["room:1"])
@@ -156,7 +162,7 @@ async def test_a_poll_client_that_is_closed_leaves_every_channel_at_once(
     page: Any, hub_factory: Any
 ) -> None:
     hub = await presence_hub(hub_factory)
-    async with hub.ws(additional_headers={"Authorization": f"Bearer {token('bob')}"}) as watcher:
+    async with watching(hub) as watcher:
         client = await polling(page, hub, watcher, ["room:1", "room:2"])
         await page.evaluate("window.client.close()")
         await leaves(watcher, client, ["room:1", "room:2"])
@@ -170,7 +176,7 @@ async def test_a_poll_client_whose_page_goes_leaves_at_once(
     page: Any, hub_factory: Any, how: str
 ) -> None:
     hub = await presence_hub(hub_factory)
-    async with hub.ws(additional_headers={"Authorization": f"Bearer {token('bob')}"}) as watcher:
+    async with watching(hub) as watcher:
         client = await polling(page, hub, watcher, ["room:1", "room:2"])
         if how == "closed":
             await page.close()
@@ -200,8 +206,7 @@ async def test_a_poll_client_whose_page_comes_back_from_the_cache_joins_again(
         )
         try:
             page = await context.new_page()
-            bob = {"Authorization": f"Bearer {token('bob')}"}
-            async with hub.ws(additional_headers=bob) as watcher:
+            async with watching(hub) as watcher:
                 client = await polling(page, hub, watcher, ["room:1"])
                 await page.evaluate(
                     "addEventListener('pageshow', (e) => { window.restored = e.persisted; })"
@@ -225,8 +230,7 @@ async def test_a_poll_client_that_moves_up_to_the_websocket_leaves_as_its_connec
 ) -> None:
     hub = await presence_hub(hub_factory)
     blocked = await blocking_websockets(page)
-    bob = {"Authorization": f"Bearer {token('bob')}"}
-    async with hub.ws(additional_headers=bob) as watcher:
+    async with watching(hub) as watcher:
         assert "ok" in await watcher.subscribe("room:1")
         await page.goto(hub.http_url + "/healthz")
         await page.evaluate(

@@ -93,6 +93,9 @@ async def test_a_polling_client_leaves_what_it_unsubscribes_and_all_when_it_clos
             await other.unsubscribe()
             await until(lambda: _empty(members(reader, "chat:other")), wait=8, interval=0.2)
             assert await members(reader, "chat:lobby") == ["poll"]
+            # Nothing kept of a channel no poll names any more: bounded by those polled now.
+            assert client._stream is not None
+            assert set(client._stream.ctx.poll.asking) <= {"chat:lobby"}
         finally:
             await client.close()
         await until(lambda: _empty(members(reader, "chat:lobby")), wait=8, interval=0.2)

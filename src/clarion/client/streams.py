@@ -45,7 +45,11 @@ class PollClient:
         self.asking.update(channels)
 
     def done(self, channels: list[str]) -> None:
-        self.asking.subtract(channels)
+        asking = self.asking
+        for channel in channels:
+            asking[channel] -= 1
+            if asking[channel] <= 0:
+                del asking[channel]  # a channel polled once is not kept for the client's life
         self.answered.set()
 
     async def quiet(self, channels: list[str]) -> None:

@@ -63,10 +63,6 @@ log = logging.getLogger("clarion.webhooks")
 SYNC_INTERVAL = 1.0  # seconds between looks at a shared outbox's endpoint registry
 
 
-def _no_leaves(channel: str) -> bool:
-    return False
-
-
 class WebhookService:
     """Webhooks of one hub, one of its extensions (:mod:`clarion.core.extension`). Opened by
     :meth:`start` when there is anything to deliver."""
@@ -88,7 +84,7 @@ class WebhookService:
         self._intake: Intake | None = None
         self._sender: Sender | None = None
         self._events_listener: Callable[[str, dict[str, Any]], None] | None = None
-        self._leaves_wanted: Callable[[str], bool] = _no_leaves
+        self._leaves_wanted: Callable[[str], bool] | None = None
         self._started = False
         self._opening: asyncio.Lock | None = None
         self._sync: asyncio.Task[None] | None = None
@@ -277,8 +273,10 @@ class WebhookService:
         elif not on and current is not None:
             with contextlib.suppress(ValueError):
                 listeners.remove(current)
-            with contextlib.suppress(ValueError):
-                self.hub.leaves_wanted.remove(self._leaves_wanted)
+            wanted, self._leaves_wanted = self._leaves_wanted, None
+            if wanted is not None:
+                with contextlib.suppress(ValueError):
+                    self.hub.leaves_wanted.remove(wanted)
             self._events_listener = None
 
     # ---- the server API -----------------------------------------------------------------------

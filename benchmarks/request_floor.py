@@ -22,6 +22,9 @@ with the built ``_fastloop`` copied in), measured in the same rounds. ``--batch 
 clarion answering ``POST /api/publish_batch`` with that many publications per request, each to a
 channel of its own; its figures are per publication, not per request. ``--engine URL`` runs
 clarion on that engine (a Redis URL: the CPU counted is still the hub's alone, not Redis').
+``--python PY`` adds clarion and the floor run by another interpreter (a CPython build of
+another kind, say, with clarion installed in its environment), in the same rounds; the others
+run on ``$BENCH_HUB_PYTHON`` if set, else on the interpreter running this.
 
 Needs ``wrk`` and nginx with nchan (``bash benchmarks/setup.sh``).
 """
@@ -42,7 +45,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.loadgen import proc_cpu_split
-from benchmarks.servers import Server, ServerError, free_port, start_server
+from benchmarks.servers import Server, ServerError, free_port, hub_python, start_server
 
 PAYLOAD = b'{"user":"ann","text":"hello there, how is it going today? fine"}'
 CLARION_BODY = b'{"channel":"room-7","data":%s}' % PAYLOAD
@@ -95,12 +98,13 @@ async def _serve_floor(port: int) -> None:
     await asyncio.Event().wait()
 
 
-def start_floor(workroot: Path) -> Server:
+def start_floor(workroot: Path, python: str | None = None) -> Server:
     port = free_port()
     workdir = workroot / f"floor-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "server.log"
-    cmd = ["taskset", "-c", "1", sys.executable, "-m", "benchmarks.request_floor", "--floor"]
+    python = python or hub_python()
+    cmd = ["taskset", "-c", "1", python, "-m", "benchmarks.request_floor", "--floor"]
     cmd.append(str(port))
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -174,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         help="also clarion's POST /api/publish_batch with N publications per request",
     )
     p.add_argument("--engine", default="", metavar="URL", help="clarion's engine (default: memory)")
+    p.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="PY",
+        help="also clarion and the floor on this interpreter (a Python whose environment has "
+        "clarion installed); may be repeated",
+    )
     p.add_argument("--floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.floor is not None:
@@ -209,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
                 env = {"PYTHONPATH": a.baseline}
                 started.append(start_server("clarion", "ws", root, env_extra=env))
                 rows["baseline"] = (started[-1], "/api/publish", CLARION_BODY, 1)
+            for python in a.python:
+                started.append(start_server("clarion", "ws", root, env_extra=engine, python=python))
+                rows[f"clarion on {python}"] = (started[-1], "/api/publish", CLARION_BODY, 1)
+                started.append(start_floor(root, python))
+                rows[f"floor on {python}"] = (started[-1], "/api/publish", CLARION_BODY, 1)
             for _ in range(a.rounds):
                 for name, (server, path, body, n) in rows.items():
                     run = drive(server, path, body, a.seconds, root / "post.lua", n)

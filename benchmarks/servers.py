@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 REFS = HERE / "refs"
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+HUB_PYTHON_ENV = "BENCH_HUB_PYTHON"
 
 # clarion's limits are raised so that they do not cap a 10,000-connection run from loopback
 CLARION_ENV = {
@@ -143,8 +144,18 @@ def under_callgrind(cmd: list[str], out: Path | str) -> list[str]:
     ]
 
 
-def clarion_command() -> list[str]:
-    """How to run the ``clarion`` console script of this interpreter's environment."""
+def hub_python() -> str:
+    """The interpreter the hubs run on: ``$BENCH_HUB_PYTHON`` (a Python whose environment
+    has clarion installed, e.g. a venv made from another build of CPython), or this one."""
+    return os.environ.get(HUB_PYTHON_ENV) or sys.executable
+
+
+def clarion_command(python: str | None = None) -> list[str]:
+    """How to run ``clarion`` on ``python`` (a Python whose environment has clarion installed),
+    by default the hub's interpreter (:func:`hub_python`)."""
+    python = python or os.environ.get(HUB_PYTHON_ENV)
+    if python:
+        return [python, "-m", "clarion"]
     script = Path(sys.executable).parent / "clarion"
     if script.exists():
         return [str(script)]
@@ -166,8 +177,10 @@ def start_server(
     core: int | None = 1,
     ready_timeout: float = 20.0,
     env_extra: dict[str, str] | None = None,
+    python: str | None = None,
 ) -> Server:
-    """Start ``name`` (clarion|nchan|node) serving ``transport`` (ws|sse) on a free port."""
+    """Start ``name`` (clarion|nchan|node) serving ``transport`` (ws|sse) on a free port;
+    clarion on ``python`` if given (see :func:`clarion_command`)."""
     port = free_port()
     workdir = workroot / f"{name}-{transport}-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +188,7 @@ def start_server(
     env = dict(os.environ)
     extra_env: dict[str, str] = {}
     if name == "clarion":
-        cmd = [*clarion_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [*clarion_command(python), "serve", "--host", "127.0.0.1", "--port", str(port)]
         cmd += ["--log-level", "warning"]
         extra_env = {**CLARION_ENV, **(env_extra or {})}
         health = "/healthz"
@@ -315,9 +328,27 @@ def clarion_probe(workroot: Path) -> str | None:
     return None
 
 
+_BUILD_PROBE = """
+import os, sys, sysconfig
+args = sysconfig.get_config_var("CONFIG_ARGS") or ""
+flags = [f for f in ("--enable-optimizations", "--with-lto") if f in args]
+shared = any("libpython" in line for line in open("/proc/self/maps"))
+print(sys.version.split()[0], os.path.realpath(sys.executable),
+      "libpython " + ("shared" if shared else "linked in"), *flags)
+"""
+
+
+def interpreter_build(python: str) -> str:
+    """What a hub's CPython is: version, binary, whether libpython is a shared library (its
+    calls then go through the PLT) and the optimisation flags its build declares (a
+    distribution's build may be optimised without declaring it)."""
+    return _run([python, "-c", _BUILD_PROBE]).strip() or "?"
+
+
 def versions() -> dict[str, str]:
     v: dict[str, str] = {}
     v["python"] = sys.version.split()[0]
+    v["hub python"] = interpreter_build(hub_python())
     for dist in ("uvloop", "httptools", "orjson", "clarion"):
         with contextlib.suppress(Exception):
             from importlib.metadata import version

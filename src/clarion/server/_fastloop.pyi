@@ -1,5 +1,5 @@
 # The compiled loops of clarion.server.fastws (see _fastloop.c); absent when not built.
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 VERSION: int
@@ -22,3 +22,4 @@ def whole_direct(
     max_body: int,
     /,
 ) -> tuple[Any, list[tuple[bytes, bytes]], int, int] | None: ...
+def step(coro: Coroutine[Any, Any, Any], /) -> tuple[bool, Any]: ...

@@ -16,20 +16,37 @@ connection's state machine (the current request, the pipeline), with the attribu
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from clarion.asgitypes import DirectResponse, DirectRoute
 from clarion.core.limits import LogLimit
+from clarion.server import fastws
 from clarion.server.config import date_header
 from clarion.server.cycle import error_response, status_line
 
 if TYPE_CHECKING:
     from clarion.server.http import HttpProtocol
 
+# Used only while the compiled loops run (fastws.COMPILED: built, and from this source).
+step: Callable[[Coroutine[Any, Any, DirectResponse]], tuple[bool, Any]] | None
+try:
+    from clarion.server._fastloop import step
+except ImportError:  # built without a C compiler
+    step = None
+
 log = logging.getLogger("clarion.server.http")
 # Tracebacks a peer may cause per request: one per kind of failure a minute.
 _failures = LogLimit(log)
+
+
+def _step(coro: Coroutine[Any, Any, DirectResponse]) -> tuple[bool, Any]:
+    """Run ``coro`` until it suspends or ends: ``(False, what it yielded)`` or ``(True, what it
+    returned)``; the compiled ``step`` does the same without raising StopIteration at its end."""
+    try:
+        return False, coro.send(None)
+    except StopIteration as done:
+        return True, done.value
 
 
 def _failed(exc: Exception) -> None:
@@ -172,12 +189,11 @@ class DirectRequest:
             if not route.eager:
                 self._conn.registry.start(self._finish(coro, None), "clarion-http")
                 return
-            try:
-                suspended = coro.send(None)
-            except StopIteration as done:
-                self._respond(done.value)
+            ended, value = (step if fastws.COMPILED and step else _step)(coro)
+            if ended:
+                self._respond(value)
                 return
-            self._conn.registry.start(self._finish(coro, _Resume(coro, suspended)), "clarion-http")
+            self._conn.registry.start(self._finish(coro, _Resume(coro, value)), "clarion-http")
         except Exception as exc:
             # In a parser callback: nothing may escape to the parser, which would call it a 400.
             _failed(exc)

@@ -465,7 +465,7 @@ class Outbox:
         raise NotImplementedError
 
 
-FASTLOOP_VERSION = 3  # the VERSION of _fastloop.c this code calls: a module of another is not used
+FASTLOOP_VERSION = 4  # the VERSION of _fastloop.c this code calls: a module of another is not used
 
 
 def _compiled() -> tuple[Any, str]:

@@ -67,19 +67,22 @@ class Connections:
         self.port = port
         self.idle: list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]] = []
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        """``POST`` ``body`` as JSON: the answer's status and body. A failure says whether its
-        connection was a reused one (in a note)."""
-        reader, writer, reused = await self._take()
+    async def post(self, path: str, body: bytes, within: float) -> tuple[int, bytes]:
+        """``POST`` ``body`` as JSON: the answer's status and body, within ``within`` seconds.
+        A failure says whether its connection was a reused one (in a note)."""
+        reused, writer = False, None
         try:
-            head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            writer.write(head.encode() + body)
-            status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
-            headers = dict(line.lower().split(": ", 1) for line in lines if line)
-            answer = await reader.readexactly(int(headers["content-length"]))
+            async with asyncio.timeout(within):
+                reader, writer, reused = await self._take()
+                head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                writer.write(head.encode() + body)
+                status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+                headers = dict(line.lower().split(": ", 1) for line in lines if line)
+                answer = await reader.readexactly(int(headers["content-length"]))
         except BaseException as exc:
-            writer.close()
+            if writer is not None:
+                writer.close()
             exc.add_note(f"on a {'reused' if reused else 'new'} connection")
             raise
         if headers.get("connection") == "close":
@@ -112,7 +115,7 @@ class Publishing:
         # seq -> (channel, status, error code or None, epoch, offset)
         self.answers: dict[int, tuple[str, int, str | None, str, int]] = {}
         self.answered_at: dict[int, float] = {}
-        self.failures: list[str] = []  # requests that got no answer at all
+        self.failures: list[str] = []  # requests that got no answer, or none it could read
         self.slots = asyncio.Semaphore(IN_FLIGHT)
 
     async def run(self, until: asyncio.Event) -> None:
@@ -135,17 +138,17 @@ class Publishing:
         body = json.dumps({"channel": channel, "data": {"seq": n}, "id": f"p{n}"}).encode()
         try:
             async with self.slots:
-                status, answer = await asyncio.wait_for(hub.post("/api/publish", body), timeout(20))
-        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+                status, answer = await hub.post("/api/publish", body, timeout(20))
+            out = json.loads(answer)
+            if status == 200:
+                self.answers[n] = (channel, 200, None, out["epoch"], out["offset"])
+            else:
+                self.answers[n] = (channel, status, out["error"]["code"], "", 0)
+        except Exception as exc:  # whatever it was, this request got no answer it could read
             at = time.monotonic()
             said = " ".join(getattr(exc, "__notes__", []))
             self.failures.append(f"#{n} to port {hub.port} {said} at {at:.3f}: {exc!r}")
             return
-        out = json.loads(answer)
-        if status == 200:
-            self.answers[n] = (channel, 200, None, out["epoch"], out["offset"])
-        else:
-            self.answers[n] = (channel, status, out["error"]["code"], "", 0)
         self.answered_at[n] = time.monotonic()
 
     def acked(self, after: float = 0.0) -> list[int]:

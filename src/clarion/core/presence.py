@@ -176,6 +176,8 @@ class Roster:
                     await self._leaves(channel, entries)
                 except ClarionError as exc:
                     log.warning("presence leaves on %s failed: %s", channel, exc.message)
+                except Exception:  # as above: the other channels and the next passes go on
+                    log.exception("presence leaves on %s failed", channel)
 
     def restored(self, channel: str, client: str) -> None:
         """The engine added this node's entry of ``client`` again: its leave may have gone out

@@ -17,6 +17,10 @@ does not, count instructions, with callgrind counting only while publications ar
 (user space only: the kernel's part of the syscalls is not counted.) With ``--channels 1
 --subscribers 1000`` the same count is the fan-out's: one publication, a thousand deliveries.
 
+``--batch N`` sends the publications ``N`` to a request, to ``POST /api/publish_batch``, each
+to the next channel in turn (``--requests`` still counts publications, and every figure is per
+publication).
+
 ``--client-process`` runs the client (publishers and subscribers) in a process of its own,
 started with ``exec``, which valgrind does not follow: the count is then the server's alone —
 the hub, its event loop and its reads and writes — without the client's share (about 15 % of
@@ -35,6 +39,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -71,15 +76,19 @@ class _Reader(asyncio.Protocol):
             elif b'"id":1' in data:  # the subscribe reply: the subscription is live
                 self.replied = True
         else:
-            # One small JSON reply per request: its body ends with "}".
+            # One reply per request, its body as long as its Content-Length says.
             self.buf += data
-            while b"}" in self.buf and b"\r\n\r\n" in self.buf:
-                _, _, rest = self.buf.partition(b"\r\n\r\n")
-                end = rest.find(b"}")
-                if end < 0:
+            while (head := self.buf.find(b"\r\n\r\n")) >= 0:
+                length = _CONTENT_LENGTH.search(self.buf, 0, head)
+                assert length is not None, self.buf[:head]
+                end = head + 4 + int(length[1])
+                if len(self.buf) < end:
                     break
-                self.buf = rest[end + 1 :]
+                self.buf = self.buf[end:]
                 self.done(self)
+
+
+_CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 
 
 def _callgrind(state: str) -> None:
@@ -123,6 +132,7 @@ async def run(
     subscribers: int = 1,
     client_process: bool = False,
     bytecodes: _Bytecodes | None = None,
+    batch: int = 0,
 ) -> dict[str, Any]:
     from clarion.core.hub import Hub
     from clarion.settings import Limits, Settings
@@ -153,7 +163,9 @@ async def run(
 
     # The same client either way; in its own process, valgrind does not count it.
     run = _client_process if client_process else client
-    delivered = await run(server.port, requests, channels, connections, subscribers, start, stop)
+    delivered = await run(
+        server.port, requests, channels, connections, subscribers, start, stop, batch
+    )
     await server.shutdown(5.0)
     cpu, wall = counting
     return {
@@ -161,6 +173,7 @@ async def run(
         "channels": channels,
         "connections": connections,
         "subscribers": subscribers,
+        "batch": batch,
         "client_process": client_process,
         "cpu_us_per_publication": round(1e6 * cpu / requests, 1),
         "publications_per_s": round(requests / wall),
@@ -177,9 +190,11 @@ async def client(
     subscribers: int,
     start: Callable[[], Awaitable[None]],
     stop: Callable[[], Awaitable[None]],
+    batch: int = 0,
 ) -> int:
-    """Subscribe, then publish ``requests`` publications; ``start`` and ``stop`` are called
-    around the publishing (until every frame reached its subscriber). The frames delivered."""
+    """Subscribe, then publish ``requests`` publications (``batch`` to a request, if given);
+    ``start`` and ``stop`` are called around the publishing (until every frame reached its
+    subscriber). The frames delivered."""
     loop = asyncio.get_running_loop()
     subs: list[_Reader] = []
     for k in range(channels * subscribers):
@@ -194,19 +209,28 @@ async def client(
     sent = answered = 0
     finished = loop.create_future()
 
-    def post(conn: _Reader) -> None:
+    per_request = batch or 1
+
+    def item() -> bytes:
         nonlocal sent
         sent += 1
-        body = b'{"channel":"bench%d","data":%s}' % (sent % channels, make_payload(sent, 100))
+        return b'{"channel":"bench%d","data":%s}' % (sent % channels, make_payload(sent, 100))
+
+    def post(conn: _Reader) -> None:
+        if batch:
+            path = b"/api/publish_batch"
+            body = b'{"publications":[%s]}' % b",".join(item() for _ in range(batch))
+        else:
+            path, body = b"/api/publish", item()
         assert conn.transport is not None
         conn.transport.write(
-            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body)
         )
 
     def done(conn: _Reader) -> None:
         nonlocal answered
-        answered += 1
+        answered += per_request
         if sent < requests:
             post(conn)
         elif answered == requests and not finished.done():
@@ -217,7 +241,7 @@ async def client(
         _, pub = await loop.create_connection(lambda: _Reader(done), "127.0.0.1", port)
         pubs.append(pub)
     await start()
-    for pub in pubs[:requests]:
+    for pub in pubs[: requests // per_request]:
         post(pub)
     await finished
     deadline = time.monotonic() + 600
@@ -238,6 +262,7 @@ async def _client_process(
     subscribers: int,
     start: Callable[[], Awaitable[None]],
     stop: Callable[[], Awaitable[None]],
+    batch: int = 0,
 ) -> int:
     """:func:`client` in a process of its own (not traced by valgrind, which follows no
     ``exec``): what is counted in this one is then the server alone."""
@@ -255,6 +280,8 @@ async def _client_process(
         str(connections),
         "--subscribers",
         str(subscribers),
+        "--batch",
+        str(batch),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -273,7 +300,9 @@ async def _client_process(
     return delivered
 
 
-async def _client_of(port: int, requests: int, channels: int, connections: int, subs: int) -> int:
+async def _client_of(
+    port: int, requests: int, channels: int, connections: int, subs: int, batch: int
+) -> int:
     """The client process: says ``ready`` once subscribed, publishes on ``go``, says ``done``
     and closes its connections on ``stopped`` (once the server stopped counting)."""
     loop = asyncio.get_running_loop()
@@ -290,7 +319,7 @@ async def _client_of(port: int, requests: int, channels: int, connections: int, 
         sys.stdout.flush()
         await reader.readline()
 
-    delivered = await client(port, requests, channels, connections, subs, start, stop)
+    delivered = await client(port, requests, channels, connections, subs, start, stop, batch)
     sys.stdout.write(f"{delivered}\n")
     sys.stdout.flush()
     return delivered
@@ -319,10 +348,21 @@ def main(argv: list[str] | None = None) -> int:
         help="count the bytecodes the server runs per publication, and print the N functions "
         "that run most (implies --client-process; the CPU figure is then meaningless)",
     )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N publications per request, to POST /api/publish_batch (--requests a multiple of N)",
+    )
     p.add_argument("--client-of", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.batch < 0 or a.batch > 1000 or (a.batch and a.requests % a.batch):
+        p.error("--batch takes 1 to 1000, and --requests must be a multiple of it")
     if a.client_of is not None:
-        work: Any = _client_of(a.client_of, a.requests, a.channels, a.connections, a.subscribers)
+        work: Any = _client_of(
+            a.client_of, a.requests, a.channels, a.connections, a.subscribers, a.batch
+        )
     else:
         counter = _Bytecodes() if a.bytecodes else None
         work = run(
@@ -333,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             a.subscribers,
             a.client_process or counter is not None,
             counter,
+            a.batch,
         )
     try:
         import uvloop

@@ -201,9 +201,16 @@ def test_deflate_benchmark_tables(capsys: pytest.CaptureFixture[str]) -> None:
     assert "| **frame** | **245** (payload 241) |" in out
 
 
-@pytest.mark.parametrize("client_process", [False, True], ids=["one-process", "client-process"])
+@pytest.mark.parametrize(
+    ("client_process", "batch"),
+    [(False, 0), (True, 0), (True, 10)],
+    ids=["one-process", "client-process", "batches"],
+)
 def test_publish_cost_delivers_every_publication(
-    client_process: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    client_process: bool,
+    batch: int,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pytest.importorskip("clarion", reason="clarion is not importable")
     import json
@@ -213,9 +220,12 @@ def test_publish_cost_delivers_every_publication(
     # The client process is started with ``-m benchmarks.publish_cost``: from the repository.
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
     argv = ["--requests", "60", "--channels", "6", "--connections", "4"]
-    assert publish_cost.main(argv + (["--client-process"] if client_process else [])) == 0
+    argv += ["--client-process"] if client_process else []
+    argv += ["--batch", str(batch)] if batch else []
+    assert publish_cost.main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["delivered"] == 60 and result["client_process"] is client_process
+    assert result["batch"] == batch
 
 
 def test_the_in_process_fanout_benchmarks_run(capsys: pytest.CaptureFixture[str]) -> None:

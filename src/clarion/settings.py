@@ -66,7 +66,9 @@ class NamespaceOptions(BaseModel):
         86400,
         gt=0,
         description="seconds an idle channel's epoch and offset are remembered after its last "
-        "publication; after that its next publication starts a new epoch. A channel read but "
+        "publication (on the memory engine, less once the channels holding nothing else fill "
+        "half of `limits.max_history_bytes`); after that its next publication starts a new "
+        "epoch. A channel read but "
         "never published to is remembered 120 s only, whatever this says",
     )
     anonymous: bool = Field(False, description="allow subscribe without a token")
@@ -225,10 +227,15 @@ class Limits(BaseModel):
         256 * 1024 * 1024,
         ge=1_048_576,
         description="bytes of history the memory engine keeps across all channels: each "
-        "publication counts its JSON, its wire encodings and 512 bytes; past "
-        "it the oldest publications go first, and a reader resuming from before one gets a "
-        "`trimmed` reset, as after `history_size`. (Redis holds the redis engine's history: "
-        "its `maxmemory`.)",
+        "publication counts its JSON, its wire encodings and 512 bytes; an idempotency key "
+        "that outlives its publication 512 bytes and its characters; each channel published "
+        "to 2,048 bytes and its name's characters, while it is remembered "
+        "(`history_meta_ttl`). Past it the oldest publications go first, and a reader "
+        "resuming from before one gets a `trimmed` reset, as after `history_size`. Channels "
+        "holding nothing but their position take at most half of it: past that, the one "
+        "written longest ago is forgotten, and its next publication starts a new epoch (its "
+        "readers get an `epoch` reset). (Redis holds the redis engine's history: its "
+        "`maxmemory`.)",
     )
 
     @property

@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import tracemalloc
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
+import pytest
 
+import clarion
 from clarion.engines.memory import MemoryEngine
 from clarion.protocol.cursor import Cursor, encode_single
 from clarion.protocol.publication import StreamPosition
@@ -332,3 +335,123 @@ async def test_a_format_first_made_for_a_resume_is_encoded_once_and_counted(
         sizes.append(engine.held_bytes)
     assert sizes[0] > before  # the events kept, and counted
     assert sizes[1] == sizes[0]  # made once: the second resume found them
+
+
+# ---- what channels and idempotency keys hold ------------------------------------------------
+
+T = TypeVar("T")
+# Namespaces with a history and without one: a channel published to once keeps its position
+# either way (its offset, its epoch), for history_meta_ttl, a day by default.
+LIVE = {"history_size": 0}
+
+
+async def publish_batches(
+    http: httpx.AsyncClient, items: list[dict[str, Any]], size: int = 500
+) -> list[dict[str, Any]]:
+    """Over ``POST /api/publish_batch``, ``size`` to a request (within the 128 KiB a body
+    may take): each item's answer."""
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(items), size):
+        r = await http.post(
+            "/api/publish_batch", json={"publications": items[start : start + size]}
+        )
+        assert r.status_code == 200, r.text
+        results += r.json()["results"]
+    assert all("offset" in result for result in results), results[:3]
+    return results
+
+
+async def hub_growth(work: Awaitable[T]) -> tuple[T, int]:
+    """What ``work`` returns, and what it left allocated by the hub's own code (this
+    process's client and its answers left out)."""
+    only_hub = [tracemalloc.Filter(True, str(Path(clarion.__file__).parent / "*"))]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot().filter_traces(only_hub)
+        result = await work
+        after = tracemalloc.take_snapshot().filter_traces(only_hub)
+    finally:
+        tracemalloc.stop()
+    return result, sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+
+
+@pytest.mark.parametrize("namespace", ["quiet", "live"])
+async def test_channels_published_to_once_stay_within_the_budget(
+    hub_factory: Callable[..., Any], namespace: str
+) -> None:
+    """A publisher naming a new channel at every publication: each channel's position is
+    counted, those of channels holding nothing else take at most half the budget, and the
+    oldest goes first: a reader of it is told (an ``epoch`` reset), a recent one keeps its
+    place. Python's own count of what 20,000 such channels leave behind stays within a few
+    budgets (40 MB before they were counted)."""
+    running: RunningHub = await hub_factory(
+        limits={"max_history_bytes": MiB}, namespaces={"quiet": QUIET, "live": LIVE}
+    )
+    engine = engine_of(running)
+    names = [f"{namespace}:once-{n:05d}" for n in range(20_000)]
+    async with running.http() as http:
+        await publish_batches(http, [{"channel": "quiet:warm", "data": 0}])
+        items = [{"channel": name, "data": {"n": n}} for n, name in enumerate(names)]
+        results, grown = await hub_growth(publish_batches(http, items))
+        assert engine.held_bytes <= MiB and engine.bare_bytes <= MiB // 2
+        # The budget, and the cursor encoder's prefixes of recent channels (at most 4,096).
+        assert grown < 8 * MiB, f"{grown // 1024} KiB for 20,000 channels"
+        # The newest channel keeps its position, the oldest has none left to keep.
+        r = await http.get("/api/history", params={"channel": names[-1]})
+        assert r.json()["cursor"] == results[-1]["cursor"]
+    async with running.ws() as ws:
+        await ws.send(
+            {"id": 1, "op": "subscribe", "channel": names[0], "since": results[0]["cursor"]}
+        )
+        reset = None
+        while reset is None:
+            msg = await ws.recv()
+            assert "offset" not in msg, msg
+            reset = msg.get("reset")
+    assert reset["channel"] == names[0] and reset["reason"] == "epoch"
+    # Published to again, it starts anew, in the epoch its reader was just given.
+    again = await running.publish(names[0], "again")
+    assert again["offset"] == 1 and Cursor.decode(reset["cursor"]).get(names[0]) == (
+        StreamPosition(again["epoch"], 0)
+    )
+
+
+async def test_idempotency_keys_outliving_their_publications_stay_within_the_budget(
+    hub_factory: Callable[..., Any],
+) -> None:
+    """Every publication with a key of its own, 128 characters: once the budget lets a
+    publication go, its key's stub is counted too, and goes in its turn. A recent key still
+    answers a repeat with its offset; the oldest is forgotten, and its repeat is published
+    anew (the budget, not the idempotency window, decided)."""
+    running = await budget_hub(hub_factory)
+    engine = engine_of(running)
+    items = [
+        {"channel": f"quiet:keyed{n % 30}", "data": {"n": n}, "id": f"{n:0128d}"}
+        for n in range(20_000)
+    ]
+    async with running.http() as http:
+        await publish_batches(http, [{"channel": "quiet:warm", "data": 0}])
+        results, grown = await hub_growth(publish_batches(http, items))
+        assert engine.held_bytes <= MiB
+        assert grown < 4 * MiB, f"{grown // 1024} KiB for 20,000 keys"
+        recent, oldest = await publish_batches(http, [items[-1], items[0]])
+    assert (recent["offset"], recent["epoch"]) == (results[-1]["offset"], results[-1]["epoch"])
+    assert oldest["offset"] > results[0]["offset"]  # published again: the key was let go
+
+
+@clarion_server("the RSS of a real clarion serve process")
+async def test_channels_named_once_keep_a_real_process_within_the_budget(
+    hub_process: Callable[..., Any],
+) -> None:
+    """100,000 channels published to once each, through the API, with an 8 MiB budget: they
+    took some 2 KB each kept for a day (200 MB); now the process grows by a few budgets."""
+    proc = await hub_process(env={"CLARION_LIMITS__MAX_HISTORY_BYTES": str(8 * MiB)})
+    async with httpx.AsyncClient(base_url=proc.http_url, timeout=timeout(30)) as http:
+        await publish_batches(http, [{"channel": "warm", "data": 0}])
+        before = proc.rss_bytes()
+        for start in range(0, 100_000, 10_000):
+            await publish_batches(
+                http, [{"channel": f"named-{n}", "data": n} for n in range(start, start + 10_000)]
+            )
+        grown = proc.rss_bytes() - before
+    assert grown < 48 * MiB, f"RSS grew {grown // MiB} MB"

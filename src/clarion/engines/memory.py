@@ -44,8 +44,17 @@ SWEEP_SLICE = 1000  # channels looked at per loop iteration: about 1 ms
 # and an epoch, and anyone may read any name. The oldest read is forgotten first.
 MAX_UNWRITTEN = 10_000
 # What a stored publication costs besides its bytes: the object and its slots, its cursor, its
-# place in its channel's log and in the engine's ledger, its expiry. Counted in the budget.
+# place in its channel's log and in the engine's ledger, its expiry. Counted in the budget, and
+# so is an idempotency key's stub (its key's characters besides).
 HELD_OVERHEAD = 512
+# What a channel published to costs while it holds nothing, besides its name's characters: its
+# log (two deques, a key map, the epoch) and its places in the engine's maps; 1,969 bytes
+# measured with a name of 18. Counted in the budget: anyone allowed to publish may name new
+# channels, and each is kept for its namespace's history_meta_ttl.
+LOG_OVERHEAD = 2048
+# The share of the budget that the positions of channels holding nothing else may take: past
+# it the oldest goes, so that names published to once cannot push every channel's history out.
+BARE_SHARE = 0.5
 DEFAULT_HISTORY_BYTES = 256 * 1024 * 1024  # limits.max_history_bytes
 
 log = logging.getLogger("clarion.engines.memory")
@@ -56,9 +65,19 @@ def new_epoch() -> str:
 
 
 class _ChannelLog:
-    __slots__ = ("entries", "epoch", "expiries", "keys", "last_write", "offset")
+    __slots__ = (
+        "bare",
+        "entries",
+        "epoch",
+        "expiries",
+        "keys",
+        "last_write",
+        "name",
+        "offset",
+    )
 
-    def __init__(self, epoch: str) -> None:
+    def __init__(self, name: str, epoch: str) -> None:
+        self.name = name
         self.epoch = epoch
         self.offset = 0
         self.entries: deque[Publication] = deque()
@@ -66,6 +85,8 @@ class _ChannelLog:
         # (scope, key) -> (expiry, publication); scope None is the backend's space.
         self.keys: OrderedDict[tuple[str | None, str], tuple[float, Publication]] = OrderedDict()
         self.last_write = 0.0
+        # Listed in the engine's ``_bare``: no entry and no key, only the channel's position.
+        self.bare = False
 
     def holds(self, pub: Publication) -> bool:
         """Whether ``pub`` is still in this log (its offsets are contiguous from the first)."""
@@ -97,15 +118,21 @@ class MemoryEngine:
         # Every stored publication, oldest first, across channels: id -> (log, publication,
         # idempotency slot); each counts its ``held`` bytes and HELD_OVERHEAD. A publication
         # stays while its channel's history or an idempotency key holds it; past
-        # ``history_bytes`` in all, the oldest goes.
+        # ``history_bytes`` in all, the oldest goes, its key's stub taking a place at the end.
         self._held: OrderedDict[
             int, tuple[_ChannelLog, Publication, tuple[str | None, str] | None]
         ] = OrderedDict()
-        self.held_bytes = 0  # what _held counts
+        # The logs holding nothing but their channel's position, by when they came to or were
+        # last published to, oldest first; they count ``bare_bytes`` of ``held_bytes``, at
+        # most BARE_SHARE of the budget.
+        self._bare: OrderedDict[str, _ChannelLog] = OrderedDict()
+        self.held_bytes = 0  # what _held and the logs count
+        self.bare_bytes = 0
         self._evicting = False  # an _evict is due on the next turn of the loop
         # One bound method for every publication to hold, not a new one each (64 bytes apiece).
         self._meter = self._grew
         self.history_bytes = history_bytes
+        self.bare_room = history_bytes * BARE_SHARE
         self._revoked = RevocationTable(data_dir)  # kept in data_dir when given
         self._logs: dict[str, _ChannelLog] = {}  # channels published to
         # Channels read but never published to: the epoch their readers were given, and when it
@@ -139,9 +166,39 @@ class MemoryEngine:
         if log is None:
             # The first publication continues the epoch readers of the empty channel were given.
             read = self._unwritten.pop(channel, None)
-            log = self._logs[channel] = _ChannelLog(new_epoch() if read is None else read[0])
+            log = self._logs[channel] = _ChannelLog(
+                channel, new_epoch() if read is None else read[0]
+            )
             log.last_write = self._clock()
+            self.held_bytes += LOG_OVERHEAD + len(channel)
         return log
+
+    def _forget(self, log: _ChannelLog) -> None:
+        """Drop a channel's log: its next publication starts a new epoch (a reader of the old
+        one gets an ``epoch`` reset, as after ``history_meta_ttl``)."""
+        channel = log.name
+        del self._logs[channel]
+        self._meta_ttl.pop(channel, None)
+        self.held_bytes -= LOG_OVERHEAD + len(channel)
+        if log.bare:
+            self._clothe(log)
+        keys, log.keys = log.keys, OrderedDict()
+        for _, pub in keys.values():  # the keys go with the log: what they held is let go
+            self._release(pub)
+
+    def _settle(self, log: _ChannelLog) -> None:
+        """``log`` may have let go of its last entry or key: if so, list it as bare (the
+        share is looked at by the next publication's :meth:`_evict`)."""
+        if not log.bare and not log.entries and not log.keys:
+            log.bare = True
+            self._bare[log.name] = log
+            self.bare_bytes += LOG_OVERHEAD + len(log.name)
+
+    def _clothe(self, log: _ChannelLog) -> None:
+        """``log`` is no longer bare: it holds something again, or goes."""
+        log.bare = False
+        del self._bare[log.name]
+        self.bare_bytes -= LOG_OVERHEAD + len(log.name)
 
     def _unwritten_epoch(self, channel: str) -> str:
         read = self._unwritten.get(channel)
@@ -231,23 +288,39 @@ class MemoryEngine:
             # Kept from here on as bytes, and counted (inline: once per publication).
             self.held_bytes += pub.pack(self._meter) + HELD_OVERHEAD
             self._held[id(pub)] = (log, pub, slot)
-            if self.held_bytes > self.history_bytes:
-                self._evict()
+            if log.bare:
+                self._clothe(log)
+        elif log.bare:
+            self._bare.move_to_end(channel)  # the newest written of the logs holding nothing
+        else:
+            self._settle(log)
+        if self.held_bytes > self.history_bytes or self.bare_bytes > self.bare_room:
+            self._evict()
         return pub
 
     # ---- the byte budget ------------------------------------------------------------------------
 
     def _evict(self) -> None:
-        """Drop the oldest publications held, across channels, until the rest fit the budget.
+        """Drop the oldest of what is held, across channels, until the rest fits the budget.
 
-        From its channel's history: it was the oldest left there (both go in publish order), so
-        ``earliest`` moves past it and a reader behind it gets a ``trimmed`` reset, as after a
-        trim by ``history_size``. An idempotency key keeps answering repeats where it was
-        published, with a copy holding no data.
+        A publication, from its channel's history: it was the oldest left there (both go in
+        publish order), so ``earliest`` moves past it and a reader behind it gets a ``trimmed``
+        reset, as after a trim by ``history_size``. An idempotency key keeps answering repeats
+        where it was published, with a stub holding no data, which takes its own place at the
+        end of the ledger; once that comes up, the key is forgotten (a repeat is then published
+        anew). Past BARE_SHARE of the budget, the logs of channels holding nothing else go
+        first, the one written longest ago first (see :meth:`_forget`): a channel keeps its
+        position after its publications went, but names published to once cannot take the
+        room of every channel's history.
         """
         self._evicting = False
-        held = self._held
-        while held and self.held_bytes > self.history_bytes:
+        held, bare = self._held, self._bare
+        while True:
+            if self.bare_bytes > self.bare_room:
+                self._forget(next(iter(bare.values())))
+                continue
+            if not held or self.held_bytes <= self.history_bytes:
+                break
             _, (log, pub, slot) = held.popitem(last=False)
             self.held_bytes -= pub.held + HELD_OVERHEAD
             if log.entries and log.entries[0] is pub:
@@ -256,10 +329,19 @@ class MemoryEngine:
             if slot is not None:
                 seen = log.keys.get(slot)
                 if seen is not None and seen[1] is pub:
-                    stub = Publication(
-                        pub.channel, pub.offset, pub.epoch, None, pub.time, pub.info, pub.id
-                    )
-                    log.keys[slot] = (seen[0], stub)  # its place in the order is kept
+                    if pub.packed:
+                        stub = Publication(
+                            pub.channel, pub.offset, pub.epoch, None, pub.time, pub.info, pub.id
+                        )
+                        # The key's characters: never more than the publication (its JSON
+                        # holds them), so that each turn of this loop lowers the count.
+                        stub.held = min(len(slot[1]) + len(slot[0] or ""), pub.held)
+                        log.keys[slot] = (seen[0], stub)  # its place in the key order is kept
+                        held[id(stub)] = (log, stub, slot)
+                        self.held_bytes += stub.held + HELD_OVERHEAD
+                    else:  # a stub's turn: the key goes
+                        del log.keys[slot]
+            self._settle(log)
 
     def _grew(self, pub: Publication, size: int) -> None:
         """A held publication kept another encoding (a resume in another format): counted,
@@ -294,6 +376,8 @@ class MemoryEngine:
         pub = log.entries.popleft()
         log.expiries.popleft()
         self._release(pub)
+        if not log.entries:
+            self._settle(log)
 
     def _trim(self, log: _ChannelLog, now: float, size: int) -> None:
         entries, expiries = log.entries, log.expiries
@@ -306,6 +390,8 @@ class MemoryEngine:
                 break
             keys.popitem(last=False)
             self._release(first[1])
+            if not keys:
+                self._settle(log)
 
     async def publish_ephemeral(self, pub: Publication) -> None:
         if self._sink is not None:
@@ -522,11 +608,7 @@ class MemoryEngine:
             self._drop_first(log)
         if log.entries or now - log.last_write <= self._meta_ttl.get(channel, 86400.0):
             return 0
-        del self._logs[channel]
-        self._meta_ttl.pop(channel, None)
-        keys, log.keys = log.keys, OrderedDict()
-        for _, pub in keys.values():  # the keys go with the log: what they held is let go
-            self._release(pub)
+        self._forget(log)
         return 1
 
     async def _sweep_forever(self) -> None:

@@ -425,3 +425,24 @@ async def test_an_unsubscribe_is_never_refused(hub_factory: Callable[..., Any]) 
             await client.send("SUBSCRIBE", id=str(n), destination="/topic/room:b")
             await client.send("UNSUBSCRIBE", id=str(n), receipt=f"u{n}")
             assert (await client.expect("RECEIPT")).headers["receipt-id"] == f"u{n}"
+
+
+async def test_twenty_malformed_frames_are_answered_and_the_next_closes(
+    hub: RunningHub,
+) -> None:
+    """Malformed JSON and unknown ops each get an error reply; a connection is tolerated 20 of
+    them, whatever comes between, and the 21st closes it with 4507 (``bad_request``)."""
+    bad = ["{not json", '{"id": 1, "op": "fly"}', '["an", "array"]', '{"id": "x", "op": 7}']
+    async with hub.ws() as ws:
+        for n in range(20):
+            await ws.conn.send(bad[n % len(bad)])
+            reply = await ws.recv()
+            assert reply["error"]["code"] in ("bad_request", "unknown_op"), reply
+            if n == 9:  # a good command between them does not wipe the count
+                assert "ok" in await ws.subscribe("chat:between")
+        await ws.conn.send(bad[0])
+        assert (await ws.recv())["error"]["code"] == "bad_request"
+        assert (await ws.recv())["disconnect"]["code"] == 4507
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        assert ws.conn.close_code == 4507

@@ -327,6 +327,28 @@ async def test_signals_over_many_channels_share_one_total(
     assert sum(accepted.values()) == 4 * burst  # the total's burst, and nothing more
 
 
+async def test_signals_over_http_to_many_channels_share_one_total(
+    hub_factory: Callable[..., Any],
+) -> None:
+    """``/client/publish`` gives a client the budgets of one connection: its signals to
+    channels it names afresh at every request stop at the total, not at one burst per
+    channel (6,000 signals to 100 channels went through before)."""
+    rate, burst = 0.01, 5
+    hub: RunningHub = await hub_factory(
+        limits={"client_ephemeral_rate": rate, "client_ephemeral_burst": burst}
+    )
+    codes: list[int | str] = []
+    async with hub.http() as http:
+        for n in range(30):
+            for _ in range(2):
+                r = await http.post(
+                    "/client/publish", json={"channel": f"room:h{n}", "data": 1, "ephemeral": True}
+                )
+                codes.append(r.status_code if r.status_code == 200 else r.json()["error"]["code"])
+    assert codes.count(200) == 4 * burst
+    assert codes.count("ephemeral_rate_limited") == len(codes) - 4 * burst
+
+
 async def test_a_stalled_subscriber_keeps_the_latest_signal_per_key(
     nodes: Callable[..., Any],
 ) -> None:

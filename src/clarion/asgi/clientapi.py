@@ -23,7 +23,7 @@ from clarion.asgi.responses import send_json
 from clarion.asgi.websocket import history_body
 from clarion.core.hub import Hub
 from clarion.core.limits import LogLimit, TokenBucket
-from clarion.core.session import Session
+from clarion.core.session import SIGNAL_CHANNELS, Session
 from clarion.engines.base import presence_body
 from clarion.errors import BadRequest, ClarionError, LimitExceeded, MethodNotAllowed
 from clarion.protocol import messages
@@ -52,28 +52,32 @@ class ClientRates:
         self, session: Session, signal_channel: str | None = None, *, command: bool = False
     ) -> bool:
         """A token for one publish, for one ephemeral publish to ``signal_channel`` (their
-        own budget, per channel, as on a connection), or with ``command`` for one history or
-        presence read (the command budget of a connection)."""
-        key = f"user:{session.user}" if session.user is not None else f"ip:{session.ip_key}"
+        own budget, per channel and for all channels together, as on a connection), or with
+        ``command`` for one history or presence read (the command budget of a connection)."""
+        who = f"user:{session.user}" if session.user is not None else f"ip:{session.ip_key}"
+        limits = self.hub.settings.limits
         if signal_channel is not None:
-            key = f"{key} signal:{signal_channel}"
-        elif command:
-            key = f"{key} commands"
+            rate, burst = limits.client_ephemeral_rate, limits.client_ephemeral_burst
+            return self._bucket(f"{who} signal:{signal_channel}", rate, burst).take() and (
+                self._bucket(
+                    f"{who} signals", rate * SIGNAL_CHANNELS, burst * SIGNAL_CHANNELS
+                ).take()
+            )
+        if command:
+            return self._bucket(
+                f"{who} commands", limits.client_command_rate, limits.command_burst
+            ).take()
+        return self._bucket(who, limits.client_publish_rate, limits.client_publish_burst).take()
+
+    def _bucket(self, key: str, rate: float, burst: int) -> TokenBucket:
         bucket = self.buckets.get(key)
         if bucket is None:
-            limits = self.hub.settings.limits
-            if signal_channel is not None:
-                bucket = TokenBucket(limits.client_ephemeral_rate, limits.client_ephemeral_burst)
-            elif command:
-                bucket = TokenBucket(limits.client_command_rate, limits.command_burst)
-            else:
-                bucket = TokenBucket(limits.client_publish_rate, limits.client_publish_burst)
-            self.buckets[key] = bucket
+            bucket = self.buckets[key] = TokenBucket(rate, burst)
             if len(self.buckets) > MAX_RATE_KEYS:  # bounded: the least recent one goes
                 self.buckets.popitem(last=False)
         else:
             self.buckets.move_to_end(key)
-        return bucket.take()
+        return bucket
 
 
 def _command(obj: dict[str, Any]) -> Command:

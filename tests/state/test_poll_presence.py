@@ -393,3 +393,22 @@ async def test_an_anonymous_clients_leave_comes_from_its_own_address(
         async with a.http(headers=mine) as owner_elsewhere:
             await leave(owner_elsewhere, ["room:1"], client)
         assert await listing(b, "room:1") == []
+
+
+async def test_an_anonymous_clients_id_polled_from_another_address_is_not_taken_over(
+    two: Callable[..., Any],
+) -> None:
+    """Its id, read from presence and polled from another address, gets the stranger an id of
+    its own: the owner's entry is not renewed by the stranger's polls (a ghost kept in the room)
+    and stays the owner's, whose own polls, from any node, go on holding it."""
+    a, b = await two(**settings(), trusted_proxies=["127.0.0.1"])
+    mine, theirs = {"X-Forwarded-For": "192.0.2.10"}, {"X-Forwarded-For": "192.0.2.66"}
+    async with b.http(headers=mine) as owner, a.http(headers=theirs) as stranger:
+        client = (await poll(owner, "room:1", timeout=0, client=""))["client"]
+        other = (await poll(stranger, "room:1", timeout=0, client=client))["client"]
+        assert other != client
+        assert sorted(c["client"] for c in await listing(a, "room:1")) == sorted([client, other])
+        async with a.http(headers=mine) as owner_elsewhere:
+            assert (await poll(owner_elsewhere, "room:1", timeout=0, client=client))[
+                "client"
+            ] == client

@@ -246,9 +246,10 @@ class Roster:
         poll of its was given before), and announce it where it is new.
 
         Returns the id to give back: ``client``, or a new one when it had none or named
-        another user's entry. ``None`` when it had none and may add no entry now (over its
-        rate): it is in no presence until a later poll. The poll is answered either way, so
-        an engine that cannot be reached leaves it out of presence, no more.
+        another user's entry (an anonymous client's, held from another address). ``None`` when
+        it had none and may add no entry now (over its rate): it is in no presence until a
+        later poll. The poll is answered either way, so an engine that cannot be reached
+        leaves it out of presence, no more.
         """
         hub = self.hub
         held = [channel for channel in channels if hub.options(channel).presence]

@@ -223,7 +223,8 @@ class Engine(Protocol):
         """Hold ``entry`` for ``lease`` seconds from now: the entry of a client that keeps no
         connection (a long-poll client), which ends when its lease does unless held again, on
         any node. Renews it when it is there; adds it when not, if ``create``. Never takes over
-        an entry of another user's, or one a connection holds."""
+        an entry of another user's (without a user: one held from another address, as
+        :meth:`presence_release`), or one a connection holds."""
 
     async def presence_release(self, channel: str, entry: PresenceEntry) -> PresenceEntry | None:
         """Take out the entry a long-poll client's polls hold under ``entry.client``, at the

@@ -490,6 +490,8 @@ class MemoryEngine:
         if held is not None:
             if held.user != entry.user or leases is None or entry.client not in leases:
                 return Hold.TAKEN
+            if held.user is None and held.address != entry.address:
+                return Hold.TAKEN  # an anonymous client's id is no secret: see presence_release
             leases[entry.client] = self._clock() + lease
             return Hold.RENEWED
         if not create:

@@ -149,7 +149,7 @@ class RedisPresence:
         keys.append(self._keys.presence_user(channel, user) if user else keys[2])
         value = orjson.dumps(entry.to_dict(address=True))
         lease_ms = max(1, round(lease * 1000))
-        args = [lease_ms, entry.client, value, user, "1" if create else "0"]
+        args = [lease_ms, entry.client, value, user, "1" if create else "0", entry.address or ""]
         try:
             done = Hold(int(await self._batch.script(self._hold, keys=keys, args=args)))
             if done == Hold.ADDED:  # a renewed one's channel is known, or was looked at since

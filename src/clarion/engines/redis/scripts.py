@@ -329,9 +329,10 @@ return 1
 
 # KEYS: expiry zset, entries hash, users zset, the entry's user zset (the users zset for an
 # entry without a user)
-# ARGV: lease ms, client, entry value, user ('' = none), create ('1' or '0')
-# -> 0: renewed; 1: added; 2: absent, not added; 3: the id names another user's entry or a
-#    connection's (whose transport is not "poll"), left as it is.
+# ARGV: lease ms, client, entry value, user ('' = none), create ('1' or '0'), address
+# -> 0: renewed; 1: added; 2: absent, not added; 3: the id names another user's entry (without
+#    a user: one held from another address) or a connection's (whose transport is not "poll"),
+#    left as it is.
 # A long-poll client's entry: no node holds it, and its lease runs from each poll.
 PRESENCE_HOLD = (
     _COMMON
@@ -345,6 +346,7 @@ if old then
   local was_user = was['user']
   if was_user == nil or was_user == cjson.null then was_user = '' end
   if was['transport'] ~= 'poll' or was_user ~= user then return 3 end
+  if user == '' and was['address'] ~= ARGV[6] then return 3 end
   status = 0
 elseif ARGV[5] ~= '1' then
   return 2

@@ -83,8 +83,9 @@ class NamespaceOptions(BaseModel):
     presence_grace: float = Field(
         5,
         ge=0,
-        description='seconds a user\'s leave waits with `join_leave = "user"`: a reload or a '
-        "reconnect within it sends neither leave nor join",
+        description='seconds a user\'s leave waits with `join_leave = "user"`, its last '
+        "client's presence entry with it: a reload or a reconnect within it sends neither leave "
+        "nor join, and a subscriber arriving meanwhile finds the user in presence",
     )
     presence_read: Literal["subscribers", "anyone", "token"] = Field(
         "subscribers",

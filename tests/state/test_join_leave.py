@@ -139,6 +139,49 @@ async def test_alice_with_two_tabs_and_bob(nodes: Callable[..., Any]) -> None:
         assert time.monotonic() - closed >= GRACE  # not before the grace
 
 
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_a_reader_arriving_within_the_grace_sees_the_user_who_comes_back(
+    nodes: Callable[..., Any], transport: str
+) -> None:
+    """Alice's only tab goes; carol subscribes and reads presence within the grace; alice is
+    back within it (a reload). Carol's read lists alice, and she hears neither a join nor a
+    leave of her. Before, alice's entry went with the tab and her return sent no join: a
+    "here now" list built from the read and the events lacked her for good."""
+    a: RunningHub = await nodes(**settings("user"))
+    b: RunningHub = await nodes(**settings("user"))
+
+    def tab(hub: RunningHub) -> Any:
+        if transport == "ws":
+            return hub.ws(additional_headers=bearer("alice"))
+        return sse(hub, "room:1", headers=bearer("alice"))
+
+    async def opened(client: Any) -> None:
+        if transport == "ws":
+            await client.subscribe("room:1")
+        else:
+            await client.opening()
+
+    async with tab(b) as first:
+        await opened(first)
+        await until_stats(a, "room:1", clients=1, users=1)
+    async with a.ws(additional_headers=bearer("carol")) as carol:
+        await carol.subscribe("room:1")
+        seen = (await carol.call("presence", channel="room:1"))["ok"]
+        assert {u["user"] for u in seen["users"]} == {"alice", "carol"}, seen
+        async with tab(b) as again:
+            await opened(again)
+            deadline = time.monotonic() + timeout(GRACE + 1)
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    msg = await asyncio.wait_for(carol.conn.recv(), left)
+                except TimeoutError:
+                    break
+                assert "alice" not in str(msg), msg
+            await until_stats(a, "room:1", clients=2, users=2)  # the first tab's entry gone
+            seen = (await carol.call("presence", channel="room:1"))["ok"]
+            assert {u["user"] for u in seen["users"]} == {"alice", "carol"}, seen
+
+
 async def test_client_mode_keeps_per_client_events(nodes: Callable[..., Any]) -> None:
     hub: RunningHub = await nodes(**settings("client"))
     async with hub.ws(additional_headers=bearer("bob")) as bob:

@@ -338,6 +338,30 @@ async def test_a_poll_user_back_within_the_grace_neither_leaves_nor_joins(
         assert [c["client"] for c in await listing(hub, "room:1") if c["user"] == "alice"] == [new]
 
 
+async def test_a_reader_arriving_within_the_grace_sees_the_poll_user_who_comes_back(
+    two: Callable[..., Any],
+) -> None:
+    """A page reloaded over long polling, with carol arriving between the leave and the new
+    page's first poll: her presence read lists alice, whose old client stays listed for the
+    grace, and she hears neither a join nor a leave of her; then only the new client is left."""
+    a, b = await two(**settings("user"))
+    async with b.http(headers=bearer("alice")) as http:
+        old = await long_lease(http, b, "room:1")
+        await leave(http, ["room:1"], old)
+        async with a.ws(additional_headers=bearer("carol")) as carol:
+            assert "ok" in await carol.subscribe("room:1")
+            seen = (await carol.call("presence", channel="room:1"))["ok"]
+            assert {u["user"] for u in seen["users"]} == {"alice", "carol"}, seen
+            new = (await poll(http, "room:1", timeout=0, client=""))["client"]
+            await nothing_about(carol, "alice", 2.0)  # the grace is 0.5 s
+            deadline = time.monotonic() + timeout(10)
+            while (
+                alices := [c["client"] for c in await listing(a, "room:1") if c["user"] == "alice"]
+            ) != [new]:
+                assert time.monotonic() < deadline, alices
+                await asyncio.sleep(0.1)
+
+
 async def test_a_leave_takes_out_only_its_own_users_client(two: Callable[..., Any]) -> None:
     """An id is a secret, but one that leaked does not let another user, nor someone without
     a token, take the client out; nor does an id make a connection leave."""

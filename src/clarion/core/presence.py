@@ -19,6 +19,7 @@ the announce window apply to every way of leaving).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -56,6 +57,11 @@ POLL_ENTRY_BURST = 10
 MAX_POLL_BUCKETS = 65536  # users and addresses whose adding is remembered at once
 
 
+def _graced(options: NamespaceOptions) -> bool:
+    """A user's leave waits for a grace here, and so does the entry of its last client."""
+    return options.join_leave_mode == "user" and options.presence_grace > 0
+
+
 def entry_of(session: Session) -> PresenceEntry:
     return PresenceEntry(
         session.id,
@@ -80,6 +86,9 @@ class Roster:
         self.hub = hub
         # (channel, user) -> the task that sends the user's leave once its grace has passed.
         self._retiring: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        # The entries of this node's clients that left a channel with join_leave = "user",
+        # each taken out once its grace has passed (see _leave); set, they go at once.
+        self._hurry = asyncio.Event()
         # Per-client events waiting for the next flush: channel -> client -> (kind, event).
         # At most one per client and channel, so they are bounded by the sessions.
         self._outgoing: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
@@ -106,6 +115,7 @@ class Roster:
                 sub.session.transport.send_event(channel, kind, event)
 
     def start(self) -> None:
+        self._hurry.clear()
         if self._lapses is None:
             self._lapses = asyncio.create_task(
                 self._watch_lapses(self.hub.engine), name="clarion-presence-lapses"
@@ -115,6 +125,7 @@ class Roster:
         for retiring in self._retiring.values():
             retiring.cancel()  # a node going away sends no late leave
         self._retiring.clear()
+        self._hurry.set()  # but takes its entries out now, not after the grace
         if self._lapses is not None:
             self._lapses.cancel()
             self._lapses = None
@@ -305,6 +316,14 @@ class Roster:
         hub = self.hub
         held = [channel for channel in channels if hub.options(channel).presence]
         entry = PresenceEntry(client, credentials.user, credentials.info, "poll", address)
+        if credentials.user is not None and not hub.closing:
+            # Where its user's leave waits for a grace, its entry waits as long, as a
+            # connection's does (see _leave): its lease ends then, and the look for ended
+            # leases sends the user's leave unless a client of the user is back.
+            graced = [c for c in held if _graced(hub.options(c))]
+            if graced:
+                held = [c for c in held if c not in graced]
+                await self._shorten(entry, graced)
         released = await asyncio.gather(*(hub.engine.presence_release(c, entry) for c in held))
         for channel, gone in zip(held, released, strict=True):
             if gone is None:
@@ -312,6 +331,22 @@ class Roster:
             if hub.lifecycle_listeners:
                 hub.emit("leave", {"channel": channel, **gone.to_dict()})
             self._went(channel, gone, hub.options(channel))
+
+    async def _shorten(self, entry: PresenceEntry, channels: list[str]) -> None:
+        """End ``entry``'s leases on ``channels`` after their grace, and look for their end."""
+        hub = self.hub
+        graces = [hub.options(c).presence_grace for c in channels]
+        done = await asyncio.gather(
+            *(
+                hub.engine.presence_hold(c, entry, grace, create=False)
+                for c, grace in zip(channels, graces, strict=True)
+            )
+        )
+        now = asyncio.get_running_loop().time()
+        polled = self._polled
+        for channel, grace, hold in zip(channels, graces, done, strict=True):
+            if hold == Hold.RENEWED and polled.get(channel, 0.0) < now + grace:
+                polled[channel] = now + grace
 
     @staticmethod
     def _poll_entry(session: Session, client: str) -> PresenceEntry:
@@ -461,15 +496,40 @@ class Roster:
         options = hub.options(channel)
         if not options.presence or session.transport.kind == "poll":
             return
+        removal = None
         if remove:
-            await hub.engine.presence_remove(channel, session.id)
+            if session.user is not None and not hub.closing and _graced(options):
+                # Its entry stays as long as its user's leave waits: a reader arriving within
+                # the grace sees the user, who gets no join if back within it (a reload).
+                removal = hub.spawn(
+                    self._take_out_later(session, channel, options.presence_grace),
+                    name="clarion-presence-out",
+                )
+            else:
+                await hub.engine.presence_remove(channel, session.id)
         if hub.lifecycle_listeners:
             hub.emit("leave", {"channel": channel, **session.info()})
-        self._went(channel, entry_of(session), options)
+        self._went(channel, entry_of(session), options, removal)
 
-    def _went(self, channel: str, entry: PresenceEntry, options: NamespaceOptions) -> None:
+    async def _take_out_later(self, session: Session, channel: str, grace: float) -> None:
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._hurry.wait()
+            if session.subscriptions.get(channel) is None:  # not back on this connection
+                await self.hub.engine.presence_remove(channel, session.id)
+        except ClarionError as exc:  # e.g. the engine is unreachable: entries expire
+            log.warning("presence cleanup failed for %s: %s", channel, exc.message)
+
+    def _went(
+        self,
+        channel: str,
+        entry: PresenceEntry,
+        options: NamespaceOptions,
+        removal: asyncio.Task[None] | None = None,
+    ) -> None:
         """``entry``'s client left ``channel`` of its own accord: its leave, in the
-        namespace's mode."""
+        namespace's mode (a user's after ``removal``, its entry's, if still to come)."""
         mode = options.join_leave_mode
         if mode == "client":
             shown = entry.to_dict(info=options.presence_info)
@@ -483,15 +543,24 @@ class Roster:
                 pending.cancel()
             event = _user_event(channel, entry, options)
             self._retiring[key] = self.hub.spawn(
-                self._retire_later(key, event, options.presence_grace), name="clarion-retire"
+                self._retire_later(key, event, options.presence_grace, removal),
+                name="clarion-retire",
             )
 
     async def _retire_later(
-        self, key: tuple[str, str], event: dict[str, Any], grace: float
+        self,
+        key: tuple[str, str],
+        event: dict[str, Any],
+        grace: float,
+        removal: asyncio.Task[None] | None,
     ) -> None:
         channel, user = key
         try:
             await asyncio.sleep(grace)
+            if removal is not None:
+                # Taken out first, or the user would seem to have a client still. Shielded: a
+                # return within the grace cancels this leave, never the entry's removal.
+                await asyncio.shield(removal)
             if self._retiring.get(key) is asyncio.current_task():
                 del self._retiring[key]
             if await self.hub.engine.presence_retire(channel, user):

@@ -357,7 +357,10 @@ if status == 1 then redis.call('HSET', hash, client, value) end
 if user ~= '' then
   redis.call('ZADD', mine, expires, client)
   extend(mine, lease)
-  redis.call('ZADD', users, 'GT', expires, user)
+  -- The user lives as long as its newest lease: this one may have been shortened (a client
+  -- that said it leaves, kept for the grace of its user's leave).
+  local newest = redis.call('ZRANGE', mine, -1, -1, 'WITHSCORES')
+  redis.call('ZADD', users, newest[2], user)
   extend(users, lease)
 end
 extend(zset, 2 * lease)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,44 @@ async def test_auto_at_a_url_without_the_hub_stops_at_once(hub_process: Any) -> 
     code, out, err = await run("subscribe", "chat:lobby", "--url", url, "--transport", "auto")
     assert (code, out) == (2, "")
     assert err.splitlines()[-1].endswith(f"(and nothing is at {url}/healthz either)"), err
+
+
+@pytest.mark.parametrize("transport", ["ws", "auto"])
+async def test_another_kind_of_server_at_the_url_stops_at_once(
+    tmp_path: Path, transport: str
+) -> None:
+    """A plain HTTP/1.0 file server, no hub: its answer to the upgrade is no WebSocket
+    handshake, and its /healthz is a 404. It used to be tried again and again."""
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+        "--directory", str(tmp_path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await until_listening(port)
+        code, out, err = await asyncio.wait_for(
+            run("subscribe", "chat:lobby", "--url", url, "--transport", transport), timeout(30)
+        )
+    finally:
+        server.terminate()
+        await server.wait()
+    assert (code, out) == (2, "")
+    assert f"nothing is at {url}/healthz either" in err.splitlines()[-1], err
+
+
+async def until_listening(port: int) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout(10)
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            assert asyncio.get_running_loop().time() < deadline, "the server did not start"
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
 
 
 async def test_a_reader_that_stops_reading_ends_the_subscription_quietly(

@@ -135,6 +135,7 @@ class Client:
                 open_timeout=self._open_timeout,
                 max_message_bytes=self._max_message_bytes,
                 on_fatal=self._link_failed,
+                nothing_at=self._api.nothing_at,
             )
         # A backend with an API key publishes over HTTP: it opens the WebSocket only to subscribe.
         if self._api_key is None and self._option in ("ws", "auto"):

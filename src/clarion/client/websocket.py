@@ -25,7 +25,7 @@ import os
 import random
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any, NoReturn
@@ -36,6 +36,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHeader,
+    InvalidMessage,
     InvalidStatus,
     NegotiationError,
     WebSocketException,
@@ -126,8 +127,11 @@ class WebSocketLink:
         open_timeout: float,
         max_message_bytes: int | None,
         on_fatal: Callable[[ClarionError], None],
+        nothing_at: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.endpoints = endpoints
+        # Whether a path of the hub's URL is answered 404 (see HttpApi.nothing_at).
+        self.nothing_at = nothing_at
         self.max_message_bytes = max_message_bytes
         self.tokens = tokens
         self.backoff = backoff
@@ -286,6 +290,20 @@ class WebSocketLink:
             if status == 404 or (status == 403 and said is None):
                 message += f"{'; ' if said else ': '}{self.endpoints.doubt()}"
             self._refused(message)
+        except InvalidMessage as exc:
+            # Something answered, but no HTTP/1.1 handshake: another kind of server (or a
+            # connection cut mid-answer). A URL where /healthz is not there either is not a hub's.
+            why = f"cannot connect to {url}: {_plain(exc)}"
+            if (
+                not self.ever_connected
+                and self.nothing_at is not None
+                and await self.nothing_at("/healthz")
+            ):
+                self._refused(
+                    f"{why}, and nothing is at {self.endpoints.url('/healthz')} either: "
+                    f"{self.endpoints.doubt()}"
+                )
+            raise Retry(why) from None
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise Retry(f"cannot connect to {url}: {_plain(exc)}") from None
         if conn.subprotocol != SUBPROTOCOL:

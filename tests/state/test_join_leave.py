@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 
 from clarion.core.auth import mint_token
 from clarion.settings import NamespaceOptions
@@ -180,6 +181,62 @@ async def test_a_reader_arriving_within_the_grace_sees_the_user_who_comes_back(
             await until_stats(a, "room:1", clients=2, users=2)  # the first tab's entry gone
             seen = (await carol.call("presence", channel="room:1"))["ok"]
             assert {u["user"] for u in seen["users"]} == {"alice", "carol"}, seen
+
+
+async def test_a_clients_entry_stays_for_the_grace_of_its_latest_leave(
+    nodes: Callable[..., Any],
+) -> None:
+    """Alice leaves, comes back on the same connection and leaves again two seconds later:
+    her entry stays until the grace of that last leave has passed, not of the first (whose
+    removal took it out early, and a reader arriving then missed her for good)."""
+    grace = 3.0
+    room = NamespaceOptions(join_leave="user", presence_grace=grace)
+    hub: RunningHub = await nodes(token_secret=SECRET, api_key=KEY, namespaces={"room": room})
+    async with hub.ws(additional_headers=bearer("alice")) as alice:
+        assert "ok" in await alice.subscribe("room:1")
+        await until_stats(hub, "room:1", clients=1, users=1)
+        assert "ok" in await alice.call("unsubscribe", channel="room:1")
+        first = time.monotonic()
+        await asyncio.sleep(2.0)
+        assert "ok" in await alice.subscribe("room:1")
+        assert "ok" in await alice.call("unsubscribe", channel="room:1")
+        last = time.monotonic()
+        await asyncio.sleep(max(0.0, first + grace + 1.0 - time.monotonic()))
+        async with hub.http(headers={"Authorization": f"apikey {KEY}"}) as http:
+            listed = (await http.get("/api/presence", params={"channel": "room:1"})).json()
+        assert time.monotonic() < last + grace, "too slow to look within the last grace"
+        assert [c["user"] for c in listed["clients"]] == ["alice"], listed
+        await until_stats(hub, "room:1", clients=0, users=0)  # and gone after it
+
+
+async def test_an_entry_goes_when_a_subscribe_within_the_grace_fails(
+    hub_factory: Callable[..., Any], redis_server: Any
+) -> None:
+    """Alice leaves, and subscribes again on the same connection while Redis stalls (its own
+    server here, paused): that subscribe is still reading history when her grace ends, then
+    fails, and she closes. Her entry goes, and bob hears her leave; the node used to renew it
+    for as long as it ran. (Taken out at the grace's end, with Redis paused: the removal
+    fails, and the entry ends with its lease, presence_ttl.)"""
+    url = f"{redis_server.url}?socket_timeout=0.5&presence_ttl=3"
+    hub: RunningHub = await hub_factory(engine=url, **settings("user"))
+    pause = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    async with hub.ws(additional_headers=bearer("bob")) as bob:
+        assert "ok" in await bob.subscribe("room:1")
+        async with hub.ws(additional_headers=bearer("alice")) as alice:
+            assert "ok" in await alice.subscribe("room:1")
+            while (await bob.recv()).get("join", {}).get("user") != "alice":
+                pass
+            assert "ok" in await alice.call("unsubscribe", channel="room:1")
+            await asyncio.sleep(GRACE - 0.2)
+            pause.execute_command("CLIENT", "PAUSE", "900", "ALL")
+            refused = await alice.call("subscribe", channel="room:1")
+            assert refused["error"]["code"] == "engine_unavailable", refused
+        while True:
+            msg = await bob.recv(timeout(20))
+            if "leave" in msg:
+                break
+    assert msg["leave"] == {"channel": "room:1", "user": "alice"}
+    await until_stats(hub, "room:1", clients=1, users=1)
 
 
 async def test_client_mode_keeps_per_client_events(nodes: Callable[..., Any]) -> None:

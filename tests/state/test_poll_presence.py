@@ -12,10 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
+from clarion import Hub
 from clarion.core.auth import mint_token
 from clarion.core.presence import POLL_ENTRY_BURST
-from clarion.settings import NamespaceOptions, PollOptions
+from clarion.settings import NamespaceOptions, PollOptions, Settings
 
 from ..conftest import WS, RunningHub, timeout
 from ..transports.streams import error_code
@@ -360,6 +362,51 @@ async def test_a_reader_arriving_within_the_grace_sees_the_poll_user_who_comes_b
             ) != [new]:
                 assert time.monotonic() < deadline, alices
                 await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("engine", ["memory", "redis"])
+async def test_an_anonymous_client_without_an_address_keeps_its_id(
+    request: pytest.FixtureRequest, engine: str, tmp_path: Any
+) -> None:
+    """Served on a unix socket (the ASGI scope has no client address), an anonymous poll
+    client keeps the id its first poll was given, is one entry, and its leave takes it out:
+    on Redis its stored entry, without an address, did not match the empty one its polls
+    bring."""
+    url = "memory" if engine == "memory" else request.getfixturevalue("redis_server").url
+    hub = Hub(
+        Settings(
+            engine=url,
+            api_key=KEY,
+            token_secret=SECRET,
+            namespaces={"room": NamespaceOptions(join_leave="client", anonymous=True)},
+            poll=PollOptions(presence_timeout=LINGER),
+            data_dir=str(tmp_path / "data"),
+        )
+    )
+    await hub.start()
+    path = str(tmp_path / "hub.sock")
+    server = uvicorn.Server(
+        uvicorn.Config(hub.asgi_app(), uds=path, log_level="warning", lifespan="off")
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        transport = httpx.AsyncHTTPTransport(uds=path)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as http:
+            ids = [(await poll(http, "room:1", timeout=0, client=""))["client"]]
+            for _ in range(3):
+                ids.append((await poll(http, "room:1", timeout=0, client=ids[-1]))["client"])
+            r = await http.get("/api/presence", params={"channel": "room:1"}, headers=API)
+            await leave(http, ["room:1"], ids[0])  # and it may say it leaves
+            after = await http.get("/api/presence", params={"channel": "room:1"}, headers=API)
+        assert ids == ids[:1] * 4, ids
+        assert [c["client"] for c in r.json()["clients"]] == ids[:1]
+        assert after.json()["clients"] == []
+    finally:
+        server.should_exit = True
+        await serving
+        await hub.close()
 
 
 async def test_a_leave_takes_out_only_its_own_users_client(two: Callable[..., Any]) -> None:

@@ -86,8 +86,10 @@ class Roster:
         self.hub = hub
         # (channel, user) -> the task that sends the user's leave once its grace has passed.
         self._retiring: dict[tuple[str, str], asyncio.Task[Any]] = {}
-        # The entries of this node's clients that left a channel with join_leave = "user",
-        # each taken out once its grace has passed (see _leave); set, they go at once.
+        # (channel, session id) -> the task that takes out the entry of a client that left a
+        # channel with join_leave = "user", once the grace of its latest leave has passed (see
+        # _leave). Set, _hurry takes them out at once.
+        self._taking_out: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._hurry = asyncio.Event()
         # Per-client events waiting for the next flush: channel -> client -> (kind, event).
         # At most one per client and channel, so they are bounded by the sessions.
@@ -500,8 +502,13 @@ class Roster:
         if remove:
             if session.user is not None and not hub.closing and _graced(options):
                 # Its entry stays as long as its user's leave waits: a reader arriving within
-                # the grace sees the user, who gets no join if back within it (a reload).
-                removal = hub.spawn(
+                # the grace sees the user, who gets no join if back within it (a reload). One
+                # removal per client and channel: the latest leave's grace decides.
+                key = (channel, session.id)
+                earlier = self._taking_out.pop(key, None)
+                if earlier is not None:
+                    earlier.cancel()
+                removal = self._taking_out[key] = hub.spawn(
                     self._take_out_later(session, channel, options.presence_grace),
                     name="clarion-presence-out",
                 )
@@ -516,7 +523,13 @@ class Roster:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     await self._hurry.wait()
-            if session.subscriptions.get(channel) is None:  # not back on this connection
+            if self._taking_out.get((channel, session.id)) is asyncio.current_task():
+                del self._taking_out[(channel, session.id)]
+            sub = session.subscriptions.get(channel)
+            # Unless back on this connection with its join made or on its way (that one's leave
+            # takes the entry out): a subscribe still reading history may yet fail, and one
+            # that succeeds adds the entry again.
+            if sub is None or sub.joined not in (JOINING, JOINED):
                 await self.hub.engine.presence_remove(channel, session.id)
         except ClarionError as exc:  # e.g. the engine is unreachable: entries expire
             log.warning("presence cleanup failed for %s: %s", channel, exc.message)

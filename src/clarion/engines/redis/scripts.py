@@ -22,6 +22,14 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A presence entry's address, '' when it has none (a client on a unix socket), as callers
+-- pass it.
+local function address_of(entry)
+  local address = entry['address']
+  if address == nil or address == cjson.null then return '' end
+  return address
+end
+
 -- Let `key` live `ms` more, unless it lives longer already (a lease of another length).
 local function extend(key, ms)
   if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
@@ -346,7 +354,7 @@ if old then
   local was_user = was['user']
   if was_user == nil or was_user == cjson.null then was_user = '' end
   if was['transport'] ~= 'poll' or was_user ~= user then return 3 end
-  if user == '' and was['address'] ~= ARGV[6] then return 3 end
+  if user == '' and address_of(was) ~= ARGV[6] then return 3 end
   status = 0
 elseif ARGV[5] ~= '1' then
   return 2
@@ -472,7 +480,7 @@ local was = cjson.decode(old)
 local was_user = was['user']
 if was_user == nil or was_user == cjson.null then was_user = '' end
 if was['transport'] ~= 'poll' or was_user ~= user then return false end
-if user == '' and was['address'] ~= ARGV[3] then return false end
+if user == '' and address_of(was) ~= ARGV[3] then return false end
 redis.call('ZREM', zset, client)
 redis.call('HDEL', hash, client)
 forget(users, mine, client, user, now_ms())

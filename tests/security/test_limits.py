@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
+from functools import partial
 from typing import Any
 
 import pytest
@@ -98,9 +99,16 @@ async def test_per_user_cap_spans_nodes_when_the_token_comes_in_the_connect_op(
     async with contextlib.AsyncExitStack() as stack:
         sockets = []
         for n in range(6):
+            node = nodes[n % 2].hub
             ws = await stack.enter_async_context(nodes[n % 2].ws())
-            assert "ok" in await ws.call("connect", token=token)
+            reply = await ws.call("connect", token=token)
+            assert "ok" in reply, reply
             sockets.append(ws)
+            if n < 3:
+                # Counted after the reply, on the engine, in whatever order the nodes' calls
+                # reach it: the test waits, so that the three first are the three counted.
+                counted = partial(node.admission.holds, reply["ok"]["client"], "alice")
+                await until(counted)
         for ws in sockets[3:]:  # over the cap on the whole cluster: told 4503
             code, _ = await closed_with(ws)
             assert code == 4503

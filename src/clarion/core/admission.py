@@ -28,8 +28,10 @@ class Admission:
         self._buckets: dict[str, TokenBucket] = {}  # per user, when nothing is shared
         self._failing = False  # the shared counts are unreachable (logged once per outage)
 
-    def holds(self, session_id: str) -> bool:
-        return session_id in self._held
+    def holds(self, session_id: str, user: str | None = None) -> bool:
+        """Whether ``session_id`` is counted on every node (under ``user``, if given)."""
+        held = self._held.get(session_id)
+        return held is not None and (user is None or ("user", user) in held)
 
     async def admit(self, session: Session) -> None:
         """Count ``session`` against the caps every node shares; close it when over one.

@@ -228,7 +228,7 @@ async def test_an_entry_goes_when_a_subscribe_within_the_grace_fails(
                 pass
             assert "ok" in await alice.call("unsubscribe", channel="room:1")
             await asyncio.sleep(GRACE - 0.2)
-            pause.execute_command("CLIENT", "PAUSE", "900", "ALL")
+            pause.execute_command("CLIENT", "PAUSE", "1500", "ALL")
             refused = await alice.call("subscribe", channel="room:1")
             assert refused["error"]["code"] == "engine_unavailable", refused
         while True:

@@ -133,8 +133,9 @@ return {offset, epoch, now, 0, ''}
 # With wait_replicas the publish script announces nothing: a publication is announced only once
 # WAIT has counted the replicas holding it. Confirmation is prefix-closed on a primary (a
 # replica that has a write has every write the primary ran before it), so confirming offset n
-# confirms every offset below it too. The meta's `a` is the top announced: each call announces
-# from there up to its highest confirmed offset the primary holds, in offset order, reading the
+# confirms every offset below it too. The meta's `a` is the top announced (none: nothing of the
+# epoch yet): each call announces from the next offset up to its highest confirmed offset the
+# primary holds, in offset order, reading the
 # entries the call does not carry from the stream; calls from several nodes, arriving in any
 # order, thus announce each publication once and in order. An offset neither among the call's
 # own nor in the stream (trimmed, or history off, while another node's announcement was under
@@ -158,9 +159,13 @@ end
 -- A primary promoted since may lack the newest of them: it announces what it holds.
 high = math.min(high, top)
 if low == nil or low > high then return 0 end
-local from = low
+-- From the first not announced yet: this epoch's first when none was (another node's, written
+-- before this node's own, may be confirmed by this node's WAIT first: it is announced here).
+local from = 1
 local announced = tonumber(m[3])
-if announced ~= nil and announced <= top then from = announced + 1 end
+if announced ~= nil then
+  if announced <= top then from = announced + 1 else from = low end
+end
 -- Bounds the script's time after a long run of unconfirmed publications; subscribers read
 -- the older ones from the stream through their gap.
 from = math.max(from, high - 999)

@@ -21,7 +21,12 @@ async def run(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout(30))
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout(30))
+    finally:
+        if proc.returncode is None:  # timed out or cancelled: it must not outlive the test
+            proc.kill()
+            await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 

@@ -84,8 +84,8 @@ class _Reader(asyncio.Protocol):
                 end = head + 4 + int(length[1])
                 if len(self.buf) < end:
                     break
-                self.buf = self.buf[end:]
-                self.done(self)
+                reply, self.buf = self.buf[:end], self.buf[end:]
+                self.done(self, reply)
 
 
 _CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
@@ -228,8 +228,12 @@ async def client(
             b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body)
         )
 
-    def done(conn: _Reader) -> None:
+    def done(conn: _Reader, reply: bytes) -> None:
         nonlocal answered
+        if b'"error"' in reply:  # a refused publication would leave its subscriber waiting
+            if not finished.done():
+                finished.set_exception(RuntimeError(f"the hub refused: {reply[-300:]!r}"))
+            return
         answered += per_request
         if sent < requests:
             post(conn)

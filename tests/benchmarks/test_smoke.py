@@ -238,3 +238,16 @@ def test_the_in_process_fanout_benchmarks_run(capsys: pytest.CaptureFixture[str]
     asyncio.run(stomp_frame.main(20, 1))
     assert "stomp, two pushes" in capsys.readouterr().out
     assert asyncio.run(fanout_loop._measure(50, 3, 2)) > 0
+
+
+def test_publish_cost_fails_at_once_when_the_hub_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refused publication never reaches its subscriber: the run says so, at once, rather
+    than waiting ten minutes for its frame."""
+    pytest.importorskip("clarion", reason="clarion is not importable")
+    from benchmarks import publish_cost
+
+    monkeypatch.setattr(publish_cost, "make_payload", lambda n, size: b'"' + b"x" * 70_000 + b'"')
+    with pytest.raises(RuntimeError, match="too_large"):
+        publish_cost.main(["--requests", "20", "--channels", "2", "--connections", "2"])

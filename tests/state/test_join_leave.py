@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
+import redis.asyncio as aioredis
 
 from clarion.core.auth import mint_token
 from clarion.settings import NamespaceOptions
@@ -219,7 +219,14 @@ async def test_an_entry_goes_when_a_subscribe_within_the_grace_fails(
     fails, and the entry ends with its lease, presence_ttl.)"""
     url = f"{redis_server.url}?socket_timeout=0.5&presence_ttl=3"
     hub: RunningHub = await hub_factory(engine=url, **settings("user"))
-    pause = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    raw = aioredis.Redis(port=redis_server.port)
+    try:
+        await alice_resubscribes_while_redis_pauses(hub, raw)
+    finally:
+        await raw.aclose()
+
+
+async def alice_resubscribes_while_redis_pauses(hub: RunningHub, raw: aioredis.Redis) -> None:
     async with hub.ws(additional_headers=bearer("bob")) as bob:
         assert "ok" in await bob.subscribe("room:1")
         async with hub.ws(additional_headers=bearer("alice")) as alice:
@@ -228,7 +235,7 @@ async def test_an_entry_goes_when_a_subscribe_within_the_grace_fails(
                 pass
             assert "ok" in await alice.call("unsubscribe", channel="room:1")
             await asyncio.sleep(GRACE - 0.2)
-            pause.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+            await raw.execute_command("CLIENT", "PAUSE", 1500, "ALL")
             refused = await alice.call("subscribe", channel="room:1")
             assert refused["error"]["code"] == "engine_unavailable", refused
         while True:

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from clarion.client import ConnectFailed, TransportName, connect
+from clarion.client import ConnectFailed, Message, Reset, TransportName, connect
 
-from ..conftest import RunningHub, timeout
+from ..conftest import RunningHub, free_port, start_hub, stop_hub, timeout
 from .conftest import fixed_backoff, next_item
 
 OPEN_TIMEOUT = 0.5
@@ -149,3 +149,41 @@ async def test_tls_to_a_hub_without_it_says_so(hub: RunningHub) -> None:
     """The TLS library's error code is no OS errno: it once read "operation not permitted"."""
     failed = await _fails_in_time(f"https://127.0.0.1:{hub.port}", "ws")
     assert "the hub does not speak TLS on that port" in str(failed), failed
+
+
+@pytest.mark.parametrize("transport", ["ws", "auto", "sse", "poll"])
+async def test_without_an_open_timeout_the_client_waits_for_the_hub(
+    transport: TransportName,
+) -> None:
+    # open_timeout=None: no deadline for the first connection. Nothing listens for longer
+    # than an open_timeout would allow, then a hub starts there and the subscription is served.
+    port = free_port()
+    subscribed = asyncio.Event()
+
+    async def first_item() -> Message | Reset:
+        url = f"http://127.0.0.1:{port}"
+        backoff = fixed_backoff(0.1)
+        async with connect(url, transport=transport, open_timeout=None, backoff=backoff) as c:
+            sub = c.subscribe("chat:lobby")
+            await sub.ready()
+            subscribed.set()
+            return await next_item(sub)
+
+    waiting = asyncio.create_task(first_item())
+    await asyncio.sleep(OPEN_TIMEOUT * 3)
+    assert not waiting.done()
+    hub = await start_hub(port=port)
+    try:
+        await asyncio.wait_for(subscribed.wait(), timeout(10))
+        await hub.publish("chat:lobby", {"n": 1})
+        item = await asyncio.wait_for(waiting, timeout(10))
+        assert isinstance(item, Message) and item.publication.data == {"n": 1}, item
+    finally:
+        waiting.cancel()
+        await stop_hub(hub)
+
+
+def test_an_open_timeout_is_positive_or_none() -> None:
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="timeouts must be positive"):
+            connect("http://127.0.0.1:1", open_timeout=bad)

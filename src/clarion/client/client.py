@@ -59,7 +59,7 @@ class Client:
         transport: TransportName = "auto",
         backoff: Backoff | None = None,
         queue_size: int = 1024,
-        open_timeout: float = 10.0,
+        open_timeout: float | None = 10.0,
         request_timeout: float = 10.0,
         poll_timeout: float = 25.0,
         max_message_bytes: int | None = 65536,
@@ -68,7 +68,7 @@ class Client:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
-        if not open_timeout > 0 or not request_timeout > 0:
+        if (open_timeout is not None and not open_timeout > 0) or not request_timeout > 0:
             raise ValueError("timeouts must be positive")
         if not 0 < poll_timeout <= MAX_POLL_TIMEOUT:
             raise ValueError(f"poll_timeout must be more than 0 and at most {MAX_POLL_TIMEOUT}")
@@ -503,7 +503,7 @@ def connect(
     transport: TransportName = "auto",
     backoff: Backoff | None = None,
     queue_size: int = 1024,
-    open_timeout: float = 10.0,
+    open_timeout: float | None = 10.0,
     request_timeout: float = 10.0,
     poll_timeout: float = 25.0,
     max_message_bytes: int | None = 65536,

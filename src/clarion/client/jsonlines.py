@@ -8,7 +8,6 @@ from typing import Any, TextIO
 import orjson
 
 from clarion.client.client import TransportName, connect
-from clarion.client.errors import ConnectFailed, TransportUnavailable
 from clarion.client.items import Message, Reset
 from clarion.client.tokens import TokenSource
 
@@ -36,18 +35,11 @@ async def run_subscribe(
 ) -> int:
     """Write ``channel``'s items to ``out`` until the hub says not to reconnect (which raises).
 
-    A hub that cannot be reached yet is waited for, as a dropped connection is: the client's
-    log says what is being tried.
+    A hub that cannot be reached yet is waited for as a dropped connection is, with the same
+    backoff (no ``open_timeout``): the client's log says what is being tried.
     """
-    while True:
-        try:
-            async with connect(url, token=token, transport=transport) as client:
-                async for item in client.subscribe(channel, since=since):
-                    out.write(line_of(item).decode() + "\n")
-                    out.flush()
-                    since = item.cursor
-            return 0
-        except TransportUnavailable:
-            raise
-        except ConnectFailed as exc:
-            log.info("%s; still trying", exc)
+    async with connect(url, token=token, transport=transport, open_timeout=None) as client:
+        async for item in client.subscribe(channel, since=since):
+            out.write(line_of(item).decode() + "\n")
+            out.flush()
+    return 0

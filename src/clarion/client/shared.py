@@ -232,7 +232,7 @@ class SharedStream:
 
     def _left(self) -> float | None:
         """Seconds left before the first open's deadline; None once an open was answered."""
-        if self.answered or self._first_try is None:
+        if self.answered or self._first_try is None or self.ctx.open_timeout is None:
             return None
         return self._first_try + self.ctx.open_timeout - asyncio.get_running_loop().time()
 

@@ -65,7 +65,7 @@ class StreamContext:
     backoff: Backoff
     poll_timeout: float
     read_timeout: float  # SSE: longer than the hub's heartbeat interval
-    open_timeout: float  # until the client's first stream is answered
+    open_timeout: float | None  # until the client's first stream is answered (None: no end)
     poll: PollClient = field(default_factory=PollClient)
 
 

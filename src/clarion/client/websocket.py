@@ -83,6 +83,9 @@ log = logging.getLogger(__name__)
 # room for a hub that raised it.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 CLOSE_TIMEOUT = 2.0
+# Seconds each try (the handshake, then the answer to ``connect``) may take when ``open_timeout``
+# sets no deadline for the first connection.
+TRY_TIMEOUT = 10.0
 # Seconds a subscribe refused with ``rate_limited`` waits (jittered) before it is sent again:
 # the hub's command budget refills at ``limits.client_command_rate`` a second.
 RATE_LIMITED_DELAY = 1.0
@@ -124,7 +127,7 @@ class WebSocketLink:
         *,
         tokens: Tokens,
         backoff: Backoff,
-        open_timeout: float,
+        open_timeout: float | None,
         max_message_bytes: int | None,
         on_fatal: Callable[[ClarionError], None],
         nothing_at: Callable[[str], Awaitable[bool]] | None = None,
@@ -135,7 +138,8 @@ class WebSocketLink:
         self.max_message_bytes = max_message_bytes
         self.tokens = tokens
         self.backoff = backoff
-        self.open_timeout = open_timeout
+        # Each try's; the first connection's deadline is the client's (None: no deadline).
+        self.try_timeout = open_timeout if open_timeout is not None else TRY_TIMEOUT
         self.on_fatal = on_fatal
         # Makes the feed of a channel the hub subscribed this connection to (None: ignore them).
         self.on_hub_subscribe: Callable[[str], Feed] | None = None
@@ -268,7 +272,7 @@ class WebSocketLink:
             conn = await ws_connect(
                 url,
                 subprotocols=[Subprotocol(SUBPROTOCOL)],
-                open_timeout=self.open_timeout,
+                open_timeout=self.try_timeout,
                 close_timeout=CLOSE_TIMEOUT,
                 max_size=MAX_FRAME_BYTES,
             )
@@ -337,7 +341,7 @@ class WebSocketLink:
             self._send(Command(rid, "connect", token=token))
             waits: set[asyncio.Future[Any]] = {reply, reader}
             done, _ = await asyncio.wait(
-                waits, timeout=self.open_timeout, return_when=asyncio.FIRST_COMPLETED
+                waits, timeout=self.try_timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if reply.done() and (answer := reply.result()) is not None:
                 if answer.error is not None:

@@ -29,9 +29,12 @@ from typing import Any
 
 import pytest
 
+from clarion.asgi.stomp import StompConnection
 from clarion.protocol import wsreader
+from clarion.protocol.cursor import encode_single
 from clarion.protocol.deflate import Inflater
 from clarion.protocol.stomp.parser import FrameParser
+from clarion.protocol.stomp.session import MAX_FRAMES_PER_MESSAGE
 from clarion.server import Server
 from clarion.settings import NamespaceOptions
 
@@ -311,6 +314,86 @@ async def test_what_a_peer_sent_before_it_left_is_handled(reset: bool) -> None:
         assert received == ["m"] * 10 + ["disconnect 1006" if reset else "disconnect 1000"]
     finally:
         await asyncio.wait_for(server.shutdown(timeout=1.0), timeout(5))
+
+
+def _stomp_frame(command: str, *headers: str) -> bytes:
+    return (command + "\n" + "".join(h + "\n" for h in headers) + "\n\0").encode()
+
+
+ACK_ID = encode_single("pub:x", "e", 5)
+# Frames that carry no receipt, so that nothing answers them: what the hub spends on them
+# shows only in its loop. Each flood packs as many into one message as a message may hold.
+PACKED = {
+    "unsubscribe": _stomp_frame("UNSUBSCRIBE", "id:nope"),
+    "ack": _stomp_frame("ACK", f"id:{ACK_ID}"),
+    "nack": _stomp_frame("NACK", f"id:{ACK_ID}"),
+    "begin-abort": _stomp_frame("BEGIN", "transaction:t") + _stomp_frame("ABORT", "transaction:t"),
+}
+
+
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+@pytest.mark.parametrize("kind", list(PACKED))
+async def test_stomp_frames_packed_in_messages_are_bounded_per_turn(
+    hub_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, kind: str, deflate: bool
+) -> None:
+    # Thousands of small STOMP frames in one WebSocket message, a few bytes each on the wire
+    # once deflated, were all carried out in one turn: other clients waited for seconds.
+    carried = [0]
+    dispatch = StompConnection.dispatch
+
+    async def counting(self: StompConnection, event: Any) -> None:
+        carried[0] += 1
+        await dispatch(self, event)
+
+    monkeypatch.setattr(StompConnection, "dispatch", counting)
+    running: RunningHub = await hub_factory(**settings())
+    most = 0
+    loop = asyncio.get_running_loop()
+    ticking = True
+
+    def tick() -> None:
+        nonlocal most
+        most = max(most, carried[0])
+        carried[0] = 0
+        if ticking:
+            loop.call_soon(tick)
+
+    message = PACKED[kind] * (MAX_FRAMES_PER_MESSAGE // PACKED[kind].count(b"\0"))
+    chunk = (compressed(message) if deflate else frame(0x1, message)) * 200
+    sock = await asyncio.to_thread(
+        connect, running.port, "/stomp", "v12.stomp", DEFLATE if deflate else ""
+    )
+    try:
+        sock.sendall(frame(0x1, b"CONNECT\naccept-version:1.2\nhost:x\n\n\0"))
+        assert b"CONNECTED" in await asyncio.to_thread(sock.recv, 4096)
+        sock.sendall(
+            frame(0x1, _stomp_frame("SUBSCRIBE", "id:s", "destination:/topic/pub:x", "ack:client"))
+        )
+        loop.call_soon(tick)
+        flood = await flooded(sock, chunk)
+        assert flood.close_code() is None, flood.received[:200]  # within the rules
+        assert most > 0
+        assert most <= wsreader.FRAMES_PER_CALL, most
+    finally:
+        ticking = False
+        sock.close()
+    await still_served(running)
+
+
+async def test_a_message_of_more_frames_than_allowed_ends_the_session(hub: RunningHub) -> None:
+    sock = await asyncio.to_thread(connect, hub.port, "/stomp", "v12.stomp")
+    try:
+        sock.sendall(frame(0x1, b"CONNECT\naccept-version:1.2\nhost:x\n\n\0"))
+        assert b"CONNECTED" in await asyncio.to_thread(sock.recv, 4096)
+        packed = PACKED["unsubscribe"] * (MAX_FRAMES_PER_MESSAGE + 1)
+        flood = await flooded(sock, frame(0x1, packed), seconds=timeout(2))
+        assert b"ERROR" in flood.received, flood.received
+        assert f"over {MAX_FRAMES_PER_MESSAGE} frames in one WebSocket message".encode() in (
+            flood.received
+        )
+        assert flood.ended.is_set() or flood.close_code() is not None
+    finally:
+        sock.close()
 
 
 def test_heart_beat_eols_are_skipped_without_a_python_step_per_byte() -> None:

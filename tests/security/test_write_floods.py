@@ -134,7 +134,7 @@ async def test_stomp_receipts_never_read(kind: str) -> None:
     async with serve(kind, limits=UNMETERED) as running:
         receipt = b"r" * 200
         frame = b"UNSUBSCRIBE\nid:nope\nreceipt:" + receipt + b"\n\n\0"
-        chunk = masked(TEXT, frame * 40) * 8
+        chunk = masked(TEXT, frame * 16) * 20  # a WebSocket message holds at most 16 frames
         first = masked(TEXT, STOMP_CONNECT)
         await flood_while_others_are_served(running, "/stomp", "v12.stomp", first, chunk)
 

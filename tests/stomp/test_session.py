@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -36,6 +40,7 @@ from clarion.protocol.stomp import (
     select_subprotocol,
 )
 from clarion.protocol.stomp.acks import MAX_OUT_OF_ORDER
+from clarion.protocol.stomp.session import MAX_FRAMES_PER_MESSAGE
 from clarion.protocol.stomp.states import transitions_markdown
 
 from .client import frame
@@ -60,8 +65,12 @@ def connected(version: str = "1.2", **headers: str) -> StompSession:
 
 
 def error_of(session: StompSession, data: bytes) -> RemoteProtocolError:
+    """The error ``data``'s frames end in, each sent as a message of its own, as clients do."""
     with pytest.raises(RemoteProtocolError) as info:
-        feed(session, data)
+        *whole, rest = data.split(b"\0")
+        for part in whole:
+            feed(session, part + b"\0")
+        feed(session, rest)
     return info.value
 
 
@@ -548,6 +557,102 @@ def test_out_of_order_acks_are_bounded() -> None:
     acks.ack(StreamPosition("e", 1))
     assert acks.position == StreamPosition("e", MAX_OUT_OF_ORDER + 1)
     assert acks.out_of_order == 0
+
+
+def test_out_of_order_acks_are_bounded_per_connection_not_per_subscription() -> None:
+    # Many subscriptions must not multiply the bound: acks spread over two count together.
+    session, _ = subscribed("client-individual")
+    feed(session, frame("SUBSCRIBE", id="t", destination="/topic/d", ack="client-individual"))
+    session.subscriptions["t"].start(StreamPosition("e", 0))
+    half = MAX_OUT_OF_ORDER // 2
+    for n in range(half):
+        ack(session, 2 + n)
+        feed(session, frame("ACK", id=encode_single("d", "e", 2 + n)))
+    err = error_of(session, frame("ACK", id=encode_single("d", "e", 10**6)))
+    assert err.code == "too_many_acks"
+
+    # What an ended subscription held stops counting.
+    session, _ = subscribed("client-individual")
+    feed(session, frame("SUBSCRIBE", id="t", destination="/topic/d", ack="client-individual"))
+    session.subscriptions["t"].start(StreamPosition("e", 0))
+    for n in range(MAX_OUT_OF_ORDER):
+        ack(session, 2 + n)
+    feed(session, frame("UNSUBSCRIBE", id="s"))
+    for n in range(MAX_OUT_OF_ORDER):
+        feed(session, frame("ACK", id=encode_single("d", "e", 2 + n)))
+    assert session.subscriptions["t"].acks is not None
+    assert session.subscriptions["t"].acks.out_of_order == MAX_OUT_OF_ORDER
+
+
+def test_forged_epochs_hold_no_more_than_the_bound() -> None:
+    # Ids are cursors anyone can build, each with an epoch of its own: what is held for them
+    # is within the same bound, and only the last few epochs are kept.
+    session, event = subscribed("client-individual")
+    for n in range(3 * MAX_OUT_OF_ORDER):
+        try:
+            ack(session, 5 + n, epoch=f"forged{n:058d}")
+        except RemoteProtocolError as exc:
+            assert exc.code == "too_many_acks"
+            break
+    acks = event.subscription.acks
+    assert acks is not None and acks.out_of_order <= MAX_OUT_OF_ORDER
+    assert acks.room.held == acks.out_of_order
+
+
+def _steps(call: Callable[[], object]) -> int:
+    """Python lines run by ``call``, comprehensions included."""
+    lines = 0
+
+    def trace(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal lines
+        if event == "line":
+            lines += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return lines
+
+
+@pytest.mark.parametrize("reset", [True, False], ids=["reset-ack", "client-mode"])
+def test_an_ack_costs_no_walk_over_what_is_held(reset: bool) -> None:
+    # With the bound's worth held far ahead, each cumulative ack that covers none of it used
+    # to rebuild the whole set: thousands of steps per frame, 0.5 s per message of them.
+    acks = AckPosition(StreamPosition("e", 0), individual=True)
+    for n in range(MAX_OUT_OF_ORDER):
+        acks.ack(StreamPosition("e", 10**6 + n))
+    if not reset:
+        acks.individual = False  # the same position in client mode: every ack is cumulative
+    worst = max(
+        _steps(lambda k=k: acks.ack(StreamPosition("e", k), cumulative=reset))  # type: ignore[misc]
+        for k in range(1, 200)
+    )
+    assert worst < 60, worst
+    assert acks.out_of_order == MAX_OUT_OF_ORDER
+    # Covering them drops each once, and the run behind the position is walked over.
+    acks.ack(StreamPosition("e", 10**6 - 1), cumulative=True)
+    assert acks.position == StreamPosition("e", 10**6 + MAX_OUT_OF_ORDER - 1)
+    assert acks.out_of_order == 0 and acks.room.held == 0
+
+
+def test_a_message_holds_at_most_sixteen_frames() -> None:
+    session = connected()
+    events = feed(session, frame("UNSUBSCRIBE", id="x") * MAX_FRAMES_PER_MESSAGE)
+    assert len(events) == MAX_FRAMES_PER_MESSAGE
+    # Heart-beat EOLs are not frames; the next message counts afresh.
+    assert len(feed(session, b"\n" * 1000 + frame("UNSUBSCRIBE", id="x") * 3)) == 3
+    session.receive_data(frame("UNSUBSCRIBE", id="x") * (MAX_FRAMES_PER_MESSAGE + 1))
+    for _ in range(MAX_FRAMES_PER_MESSAGE):
+        assert session.next_event() is not None
+    with pytest.raises(RemoteProtocolError) as info:
+        session.next_event()
+    assert (info.value.code, str(info.value)) == (
+        "bad_frame",
+        f"over {MAX_FRAMES_PER_MESSAGE} frames in one WebSocket message",
+    )
 
 
 # ---- documentation and properties

@@ -53,6 +53,7 @@ from clarion.protocol.stomp import (
     acked_cursor,
     select_subprotocol,
 )
+from clarion.protocol.wsreader import FRAMES_PER_CALL
 
 log = logging.getLogger("clarion.stomp")
 # Tracebacks a peer may cause per request or frame: one per kind of failure a minute.
@@ -104,6 +105,7 @@ class StompConnection(Handler):
         self._finishing = False
         self.last_received = time.monotonic()
         self._receipt: str | None = None  # of the frame being carried out
+        self._frames = 0  # carried out since this connection last let the loop turn
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._handshake_timer: asyncio.TimerHandle | None = loop.call_later(
@@ -308,6 +310,12 @@ class StompConnection(Handler):
                     break
                 completed = True
                 await self.dispatch(event)
+                self._frames += 1
+                if self._frames >= FRAMES_PER_CALL:
+                    # Frames packed in messages: other connections get their turn between
+                    # batches, as between the WebSocket frames of one read.
+                    self._frames = 0
+                    await asyncio.sleep(0)
         except ClarionError as exc:
             receipt = getattr(exc, "receipt_id", None) or self._receipt
             self.fail(exc, receipt)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clarion.protocol.publication import StreamPosition
-from clarion.protocol.stomp.acks import AckMode, AckPosition
+from clarion.protocol.stomp.acks import AckMode, AckPosition, AckRoom
 from clarion.protocol.stomp.message import message_prefix
 from clarion.protocol.stomp.negotiation import HeartBeat
 
@@ -19,10 +19,17 @@ class StompSubscription:
     ``.<n>`` for the others.
     """
 
-    __slots__ = ("ack", "ack_suffix", "acks", "channel", "id", "prefix")
+    __slots__ = ("ack", "ack_suffix", "acks", "channel", "id", "prefix", "room")
 
     def __init__(
-        self, sub_id: str, channel: str, ack: AckMode, *, escaped: bool, ack_suffix: str = ""
+        self,
+        sub_id: str,
+        channel: str,
+        ack: AckMode,
+        *,
+        escaped: bool,
+        ack_suffix: str = "",
+        room: AckRoom | None = None,
     ) -> None:
         self.id = sub_id
         self.channel = channel
@@ -30,11 +37,19 @@ class StompSubscription:
         self.ack_suffix = ack_suffix
         self.prefix = message_prefix(sub_id, escaped=escaped)
         self.acks: AckPosition | None = None
+        self.room = room if room is not None else AckRoom()  # the connection's, shared
 
     def start(self, position: StreamPosition) -> None:
         """Deliveries begin after ``position``: the acked position starts there."""
         if self.ack != "auto":
-            self.acks = AckPosition(position, individual=self.ack == "client-individual")
+            self.end()
+            individual = self.ack == "client-individual"
+            self.acks = AckPosition(position, individual=individual, room=self.room)
+
+    def end(self) -> None:
+        """The subscription ended: what it held out of order stops counting."""
+        if self.acks is not None:
+            self.acks.release()
 
     @property
     def needs_ack(self) -> bool:

@@ -24,7 +24,7 @@ from clarion.protocol.channels import validate_channel
 from clarion.protocol.cursor import Cursor, channel_tag, decode_entries
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.publication import MAX_KEY_CHARS, StreamPosition
-from clarion.protocol.stomp.acks import ACK_MODES, AckMode
+from clarion.protocol.stomp.acks import ACK_MODES, AckMode, AckRoom
 from clarion.protocol.stomp.errors import LocalProtocolError, RemoteProtocolError
 from clarion.protocol.stomp.events import (
     Abort,
@@ -69,6 +69,10 @@ from clarion.protocol.stomp.states import (
 )
 
 MAX_ID_CHARS = 256  # subscription ids
+# Frames one receive_data (one WebSocket message) may complete, heart-beat EOLs aside. Clients
+# send a frame per message; thousands of small frames packed in one, a few bytes each once
+# deflated, would make the hub work for minutes per kilobyte received.
+MAX_FRAMES_PER_MESSAGE = 16
 DEFAULT_MAX_SUBSCRIPTIONS = 128
 MAX_USER_HEADERS = 32  # on one SEND, passed on to subscribers
 MAX_USER_HEADER_BYTES = 4096  # their names and values, in UTF-8
@@ -207,8 +211,10 @@ class StompSession:
     """
 
     __slots__ = (
+        "_ack_room",
         "_by_suffix",
         "_by_tag",
+        "_frames_left",
         "_held_bytes",
         "_serial",
         "by_channel",
@@ -250,6 +256,8 @@ class StompSession:
         self._by_tag: dict[bytes, StompSubscription] = {}
         self._by_suffix: dict[str, StompSubscription] = {}
         self._serial = 0
+        self._ack_room = AckRoom()  # acknowledgements held out of order, all subscriptions
+        self._frames_left = MAX_FRAMES_PER_MESSAGE  # in the message being read
         # Open transactions: their held frames (with the bytes each counts for), in order.
         self.transactions: dict[str, list[tuple[Held, int]]] = {}
         self.max_transaction_bytes = (
@@ -268,8 +276,10 @@ class StompSession:
     # ---- client -> hub ------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
+        """Take one WebSocket message's bytes: at most MAX_FRAMES_PER_MESSAGE frames end in it."""
         if self.state not in IGNORING_INPUT:
             self.parser.feed(data)
+            self._frames_left = MAX_FRAMES_PER_MESSAGE
 
     @property
     def pending_bytes(self) -> int:
@@ -287,6 +297,11 @@ class StompSession:
         frame = self.parser.next_frame()
         if frame is None:
             return None
+        self._frames_left -= 1
+        if self._frames_left < 0:
+            raise RemoteProtocolError(
+                f"over {MAX_FRAMES_PER_MESSAGE} frames in one WebSocket message"
+            )
         receipt = frame.get("receipt")
         following = CLIENT_TRANSITIONS[self.state].get(frame.command)
         if following is None:
@@ -505,6 +520,7 @@ class StompSession:
 
     def forget(self, sub: StompSubscription) -> None:
         """Drop ``sub`` from the session's books."""
+        sub.end()
         if self.subscriptions.get(sub.id) is sub:
             del self.subscriptions[sub.id]
         subs = self.by_channel.get(sub.channel)
@@ -675,7 +691,9 @@ class StompSession:
         if tag in self._by_tag:
             self._serial += 1
             suffix = f".{self._serial}"
-        sub = StompSubscription(sub_id, channel, ack, escaped=self.escaped, ack_suffix=suffix)
+        sub = StompSubscription(
+            sub_id, channel, ack, escaped=self.escaped, ack_suffix=suffix, room=self._ack_room
+        )
         self.subscriptions[sub_id] = sub
         self.by_channel.setdefault(channel, []).append(sub)
         if suffix:

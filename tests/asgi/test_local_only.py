@@ -106,9 +106,11 @@ async def test_development_mode_answers_this_machine_only(caplog: Any) -> None:
                     pass
             assert handshake.value.response.status_code == 403
         said = [
-            r.getMessage() for r in caplog.records if "local development mode" in r.getMessage()
+            r.getMessage()
+            for r in caplog.records
+            if "local development mode" in r.getMessage() and OUTWARD in r.getMessage()
         ]
-        assert said and OUTWARD in said[0] and "insecure" in said[0]
+        assert said and "insecure" in said[0]
         assert len(said) == 1  # once a minute per address, not once per request
 
         def served_here(r: httpx.Response, path: str) -> None:
@@ -153,3 +155,27 @@ async def test_the_python_client_says_why_the_hub_refused_it() -> None:
     said = str(refused.value)
     assert "HTTP 403" in said and "local_only" in said and "insecure" in said
     assert "the hub's URL" not in said
+
+
+@pytest.mark.parametrize(
+    ("settings", "who"),
+    [
+        (Settings(), "anyone on this machine"),
+        (Settings(insecure=True), "anyone who can reach it"),
+        (Settings(api_key="k" * 32), None),
+    ],
+)
+async def test_a_hub_mounted_in_an_application_announces_development_mode(
+    caplog: Any, settings: Settings, who: str | None
+) -> None:
+    # Not only `clarion serve`: the hub itself says so at start, once.
+    caplog.set_level(logging.INFO, logger="clarion")
+    hub = Hub(settings)
+    await hub.start()
+    await hub.close()
+    said = [r for r in caplog.records if "local development mode" in r.getMessage()]
+    if who is None:
+        assert said == []
+    else:
+        (line,) = said
+        assert line.levelno == logging.WARNING and who in line.getMessage()

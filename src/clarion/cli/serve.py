@@ -11,7 +11,7 @@ import logging
 import signal
 
 from clarion import __version__
-from clarion.cli.command import Loaded, load_settings, local_url, redact, run, setup_logging
+from clarion.cli.command import Loaded, load_settings, local_url, run, setup_logging
 from clarion.errors import ClarionError, LocalCode, os_reason
 from clarion.settings import Settings, url_host
 
@@ -120,14 +120,6 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    if settings.development_mode:
-        log.warning(
-            "local development mode: engine=%s, no API key and no token secret, so anyone who "
-            "can reach %s:%d may publish and subscribe (see docs/configuration.md)",
-            redact(settings.engine),
-            url_host(settings.host),
-            server.port,
-        )
     log.info(
         "clarion %s listening on http://%s:%d", __version__, url_host(settings.host), server.port
     )

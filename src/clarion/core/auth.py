@@ -134,11 +134,16 @@ def auth_notes(settings: Settings) -> list[str]:
     (the admin page among them) no origin setting lets in, one line each, for the start-up log.
 
     Development mode — no ``api_key`` and no token key — is the one state in which everything is
-    allowed (announced on its own). Any other configuration is secure as it stands: a hub
-    without a token key believes no token, a hub without an API key serves no server API.
+    allowed: it is announced, by a hub mounted in an application as by ``clarion serve``. Any
+    other configuration is secure as it stands: a hub without a token key believes no token, a
+    hub without an API key serves no server API.
     """
     if settings.development_mode:
-        return []
+        who = "anyone who can reach it" if settings.insecure else "anyone on this machine"
+        return [
+            f"local development mode: no API key and no token secret, so {who} may publish "
+            "and subscribe (see docs/configuration.md)"
+        ]
     notes = []
     if not settings.auth_enabled:
         notes.append(

@@ -320,8 +320,20 @@ class WebhookDelivery(BaseModel):
     max_backlog: int = Field(
         100_000, ge=1, description="pending deliveries per endpoint; beyond, new ones dead-letter"
     )
+    max_backlog_bytes: int = Field(
+        268_435_456,
+        ge=1,
+        description="bytes of pending deliveries' payloads per endpoint (on Redis, as stored); "
+        "beyond, new ones dead-letter",
+    )
     max_dead_letters: int = Field(
         10_000, ge=1, description="dead letters kept per endpoint; the oldest go first"
+    )
+    max_dead_letter_bytes: int = Field(
+        268_435_456,
+        ge=1,
+        description="bytes of dead letters kept per endpoint (payloads; on Redis, as stored); "
+        "the oldest go first, the newest is kept whatever its size",
     )
     fsync: bool = Field(
         False, description="fsync every outbox commit (survives power loss, costs latency)"

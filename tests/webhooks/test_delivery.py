@@ -18,7 +18,15 @@ import pytest
 from clarion.protocol.cursor import channel_tag
 
 from ..conftest import RunningHub, timeout
-from .conftest import register, state, wait_state
+from .conftest import (
+    BACKLOG_BYTES,
+    DEAD_LETTER_BYTES,
+    fill_past_backlog_bytes,
+    keep_newest_dead_letters_within_bytes,
+    register,
+    state,
+    wait_state,
+)
 from .receiver import OK, Answer, Received, Receiver
 from .test_redis_outbox import QUERY
 
@@ -436,3 +444,19 @@ async def test_a_malformed_retry_after_is_a_failure_like_any_other(
         assert letter["attempts"] >= 2 and letter["last_error"].startswith("HTTP 503")
         hostile = [r for r in receiver.received if r.payload["data"] == "hostile"]
         assert len(hostile) == letter["attempts"]
+
+
+async def test_the_backlog_is_bounded_in_bytes(make_hub: Callable[..., Any]) -> None:
+    # Counted deliveries alone let clients publishing large payloads to a stuck endpoint fill
+    # the disk: 100,000 of 64 KB each.
+    failing = [True]
+    running = await make_hub(webhook_delivery={"max_backlog_bytes": BACKLOG_BYTES})
+    async with Receiver(lambda r: Answer(status=500) if failing[0] else OK) as receiver:
+        await fill_past_backlog_bytes(running, running, receiver, failing)
+
+
+async def test_dead_letters_are_bounded_in_bytes(make_hub: Callable[..., Any]) -> None:
+    limits = {"max_backlog_bytes": 8_000, "max_dead_letter_bytes": DEAD_LETTER_BYTES}
+    running = await make_hub(webhook_delivery=limits)
+    async with Receiver(lambda r: Answer(status=500)) as receiver:
+        await keep_newest_dead_letters_within_bytes(running, running, receiver)

@@ -22,7 +22,14 @@ from clarion.webhooks.signing import publication_msg_id
 from ..conftest import RunningHub, timeout
 from ..multinode.helpers import Node
 from ..redis_fixture import RedisServer
-from .conftest import register, wait_state
+from .conftest import (
+    BACKLOG_BYTES,
+    DEAD_LETTER_BYTES,
+    fill_past_backlog_bytes,
+    keep_newest_dead_letters_within_bytes,
+    register,
+    wait_state,
+)
 from .receiver import OK, Answer, Received, Receiver
 
 # Short leases so a dead node's endpoints move on within the test's bounds.
@@ -393,3 +400,39 @@ async def test_ended_leases_are_looked_for_where_a_webhook_wants_the_leaves(
         assert looked_at() == []
         await register(a, receiver, ["room:*"], events=["join", "leave"])
         await eventually(lambda: looked_at() == ["room:1"], 5)
+
+
+async def test_the_backlog_is_bounded_in_bytes_across_nodes(
+    redis_server: RedisServer, make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    failing = [True]
+    limits = {"max_backlog_bytes": BACKLOG_BYTES}
+    a, b = await two_nodes(make_hub, redis_server, tmp_path, webhook_delivery=limits)
+    async with Receiver(lambda r: Answer(status=500) if failing[0] else OK) as receiver:
+        hook_id = await fill_past_backlog_bytes(a, b, receiver, failing)
+    # The scripts that change the pending deliveries keep their byte count exact: enqueued,
+    # rewritten by each failed attempt, delivered.
+    store = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        (counter,) = [k async for k in store.scan_iter(match=f"*{{wh:{hook_id}}}:bytes")]
+        assert int(await store.get(counter)) == 0
+    finally:
+        await store.aclose()
+
+
+async def test_dead_letters_are_bounded_in_bytes_across_nodes(
+    redis_server: RedisServer, make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    limits = {"max_backlog_bytes": 8_000, "max_dead_letter_bytes": DEAD_LETTER_BYTES}
+    a, b = await two_nodes(make_hub, redis_server, tmp_path, webhook_delivery=limits)
+    async with Receiver(lambda r: Answer(status=500)) as receiver:
+        await keep_newest_dead_letters_within_bytes(a, b, receiver)
+        (hook_id,) = b.hub.extension(WebhookService).endpoints
+    store = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        (dead,) = [k async for k in store.scan_iter(match=f"*{{wh:{hook_id}}}:dead")]
+        (held,) = [k async for k in store.scan_iter(match=f"*{{wh:{hook_id}}}:dbytes")]
+        letters = await store.zrange(dead, 0, -1)
+        assert int(await store.get(held)) == sum(len(m) for m in letters) <= DEAD_LETTER_BYTES
+    finally:
+        await store.aclose()

@@ -568,7 +568,10 @@ class MemoryEngine:
 
         delivery = settings.webhook_delivery
         return SQLiteOutbox(
-            settings.data_dir, fsync=delivery.fsync, max_dead_letters=delivery.max_dead_letters
+            settings.data_dir,
+            fsync=delivery.fsync,
+            max_dead_letters=delivery.max_dead_letters,
+            max_dead_letter_bytes=delivery.max_dead_letter_bytes,
         )
 
     def node_directory(self) -> LocalNodes:

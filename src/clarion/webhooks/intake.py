@@ -4,7 +4,8 @@ For each enabled endpoint that wants it, a publication or event becomes one
 :class:`~clarion.webhooks.endpoint.Delivery`. The publish listener returns the outbox's future
 and the hub awaits it, so the publish call returns once the deliveries are stored; writes of
 one loop iteration are committed together, off the event loop. One too large for
-``max_body_bytes``, or beyond the endpoint's ``max_backlog``, goes straight to the dead letters.
+``max_body_bytes``, or beyond the endpoint's ``max_backlog`` or ``max_backlog_bytes``, goes
+straight to the dead letters.
 """
 
 from __future__ import annotations
@@ -120,6 +121,11 @@ class Intake:
                 reason = f"payload over max_body_bytes ({config.max_body_bytes})"
             elif self.counts.backlog.get(d.endpoint, 0) >= config.max_backlog:
                 reason = f"backlog full (max_backlog {config.max_backlog})"
+            elif (
+                self.counts.backlog_bytes.get(d.endpoint, 0) + len(d.body)
+                > config.max_backlog_bytes
+            ):
+                reason = f"backlog full (max_backlog_bytes {config.max_backlog_bytes})"
             if reason is not None:
                 d.dead_at, d.last_error = d.created_at, reason
                 _dead.log(
@@ -131,7 +137,7 @@ class Intake:
                     reason,
                 )
             else:
-                self.counts.add_backlog(d.endpoint, 1)
+                self.counts.add_backlog(d.endpoint, 1, len(d.body))
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def answer(stored: list[Delivery] | None, failure: BaseException | None) -> None:
@@ -193,5 +199,5 @@ class Intake:
             elif id(d) in new:
                 self.registry.wake(d.endpoint)
             else:  # already pending, or lost
-                self.counts.add_backlog(d.endpoint, -1)
+                self.counts.add_backlog(d.endpoint, -1, len(d.body))
         return len(stored)

@@ -74,6 +74,10 @@ class Outbox(Protocol):
     async def backlog(self) -> dict[str, int]:
         """Pending deliveries per endpoint."""
 
+    async def backlog_bytes(self) -> dict[str, int]:
+        """What the pending deliveries take, per endpoint: their payloads' bytes (on Redis,
+        their stored form, payload and retry state)."""
+
     async def dead_count(self) -> dict[str, int]: ...
 
     async def dead_letters(self, endpoint_id: str, after_seq: int, limit: int) -> list[Delivery]:

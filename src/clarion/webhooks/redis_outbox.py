@@ -59,6 +59,7 @@ log = logging.getLogger("clarion.webhooks")
 
 OPEN_TIMEOUT = 5.0  # seconds to reach Redis when the outbox opens
 WRITE_TRIES = 5  # a failed enqueue pipeline is tried again this many times, backing off
+BURY_KEYS = ("q", "d", "dseq", "dead", "bytes", "dbytes")
 WRITE_BACKOFF = 0.1  # seconds before the first retry; doubles
 
 
@@ -86,7 +87,13 @@ class RedisOutbox:
 
     shared = True
 
-    def __init__(self, engine: RedisEngine, *, max_dead_letters: int = 10_000) -> None:
+    def __init__(
+        self,
+        engine: RedisEngine,
+        *,
+        max_dead_letters: int = 10_000,
+        max_dead_letter_bytes: int = 1 << 28,
+    ) -> None:
         # A client of its own, made like the engine's (same URL, Sentinel, options): the engine
         # closes its client before the webhook service stops, and stopping still needs Redis
         # to write the last deliveries and release this node's leases.
@@ -98,6 +105,7 @@ class RedisOutbox:
         # looks for deliveries queued by other nodes.
         self.poll_interval: float | None = min(1.0, self.lease_ttl / 4)
         self._keep_dead = max_dead_letters
+        self._keep_dead_bytes = max_dead_letter_bytes
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._pending: list[_Pending] = []
@@ -228,11 +236,12 @@ class RedisOutbox:
         for pending in batch:
             for d in pending.deliveries:
                 if d.dead_at is None:
-                    keys = [self._key(d.endpoint, n) for n in ("seq", "q", "d")]
+                    keys = [self._key(d.endpoint, n) for n in ("seq", "q", "d", "bytes")]
                     out.append(("enqueue", keys, [d.msg_id, encode_delivery(d)], d.endpoint))
                 else:
-                    keys = [self._key(d.endpoint, n) for n in ("q", "d", "dseq", "dead")]
-                    out.append(("bury", keys, ["", encode_delivery(d), self._keep_dead], ""))
+                    keys = [self._key(d.endpoint, n) for n in BURY_KEYS]
+                    bounds = [self._keep_dead, self._keep_dead_bytes]
+                    out.append(("bury", keys, ["", encode_delivery(d), *bounds], ""))
         return out
 
     def _unversioned(self, batch: list[_Pending]) -> list[_Pending]:
@@ -320,7 +329,7 @@ class RedisOutbox:
         if delivery.channel is not None and delivery.offset is not None:
             channel = delivery.channel
             position = orjson.dumps([delivery.epoch, delivery.offset, time.time()])
-        keys = [self._key(endpoint.id, n) for n in ("q", "d", "pos", "state")]
+        keys = [self._key(endpoint.id, n) for n in ("q", "d", "pos", "state", "bytes")]
         args = [
             delivery.msg_id,
             channel,
@@ -331,7 +340,7 @@ class RedisOutbox:
         await self._scripts["delivered"](keys=keys, args=args, client=self.client)
 
     async def failed(self, delivery: Delivery, endpoint: Endpoint) -> None:
-        keys = [self._key(endpoint.id, n) for n in ("q", "d", "state")]
+        keys = [self._key(endpoint.id, n) for n in ("q", "d", "state", "bytes")]
         args = [
             delivery.msg_id,
             encode_delivery(delivery),
@@ -342,8 +351,9 @@ class RedisOutbox:
 
     async def bury(self, delivery: Delivery) -> None:
         e = delivery.endpoint
-        keys = [self._key(e, n) for n in ("q", "d", "dseq", "dead")]
-        args = [delivery.msg_id, encode_delivery(delivery), self._keep_dead]
+        keys = [self._key(e, n) for n in BURY_KEYS]
+        bounds = [self._keep_dead, self._keep_dead_bytes]
+        args = [delivery.msg_id, encode_delivery(delivery), *bounds]
         await self._scripts["bury"](keys=keys, args=args, client=self.client)
 
     async def _counts(self, name: str) -> dict[str, int]:
@@ -356,6 +366,14 @@ class RedisOutbox:
 
     async def backlog(self) -> dict[str, int]:
         return await self._counts("q")
+
+    async def backlog_bytes(self) -> dict[str, int]:
+        ids = [as_text(i) or "" for i in await self.client.hkeys(self._global("endpoints"))]
+        pipe = self.client.pipeline(transaction=False)
+        for endpoint_id in ids:
+            pipe.get(self._key(endpoint_id, "bytes"))
+        held = await pipe.execute()
+        return {i: int(n) for i, n in zip(ids, held, strict=True) if n and int(n) > 0}
 
     async def dead_count(self) -> dict[str, int]:
         return await self._counts("dead")
@@ -388,12 +406,13 @@ class RedisOutbox:
                 offset=letter.offset,
                 created_at=letter.created_at,
             )
-            keys = [self._key(endpoint_id, n) for n in ("seq", "q", "d")]
+            keys = [self._key(endpoint_id, n) for n in ("seq", "q", "d", "bytes")]
             # In dead-letter order; a message id still pending stays where it is.
             seq = await self._scripts["enqueue"](
                 keys=keys, args=[fresh.msg_id, encode_delivery(fresh)], client=self.client
             )
-            await self.client.zrem(dead_key, member)
+            if await self.client.zrem(dead_key, member):
+                await self.client.decrby(self._key(endpoint_id, "dbytes"), len(member))
             revived += 1 if seq else 0
         return revived
 

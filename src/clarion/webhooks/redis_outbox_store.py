@@ -9,8 +9,10 @@ Keys, under the engine's prefix ``P``:
 * per endpoint, all with the hash tag ``{wh:<id>}`` so that one Lua script may touch them all:
   ``q`` (sorted set, message id by queue position), ``d`` (hash, message id → delivery with its
   retry state), ``seq`` (the queue position counter), ``dead`` (sorted set of dead letters,
-  ``"<seq>:<json>"`` by seq), ``dseq``, ``pos`` (hash, channel → last delivered position),
-  ``state`` (hash: last error, last delivery, disabled reason) and ``lease``.
+  ``"<seq>:<json>"`` by seq), ``dseq``, ``dbytes`` (what the dead letters take), ``pos`` (hash,
+  channel → last delivered position),
+  ``state`` (hash: last error, last delivery, disabled reason), ``lease``, and ``bytes`` (what
+  the pending deliveries in ``d`` take, kept by the scripts that change ``d``).
 * the pub/sub channel ``P.wh.registry`` announces registry changes, so that other nodes start
   queueing for a new endpoint within moments rather than at their next periodic look.
 """
@@ -23,40 +25,54 @@ import orjson
 
 from clarion.webhooks.endpoint import Delivery
 
-# KEYS: seq, q, d. ARGV: msg_id, delivery. A message id already pending stays where it is.
+# KEYS: seq, q, d, bytes. ARGV: msg_id, delivery. A message id already pending stays where it is.
 ENQUEUE = """
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('INCRBY', KEYS[4], #ARGV[2])
 return seq
 """
 
-# KEYS: q, d, dseq, dead. ARGV: msg_id (or '' for a new delivery), dead letter, how many to
-# keep. A delivery no longer pending (its endpoint deleted meanwhile) is left alone.
+# KEYS: q, d, dseq, dead, bytes, dbytes. ARGV: msg_id (or '' for a new delivery), dead letter,
+# how many to keep, how many bytes of them (the newest is kept whatever its size). A delivery no
+# longer pending (its endpoint deleted meanwhile) is left alone.
 BURY = """
 if ARGV[1] ~= '' then
   if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+  redis.call('DECRBY', KEYS[5], redis.call('HSTRLEN', KEYS[2], ARGV[1]))
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
 local seq = redis.call('INCR', KEYS[3])
-redis.call('ZADD', KEYS[4], seq, seq .. ':' .. ARGV[2])
-redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[3]) + 1))
+local letter = seq .. ':' .. ARGV[2]
+redis.call('ZADD', KEYS[4], seq, letter)
+local held = redis.call('INCRBY', KEYS[6], #letter)
+for _, gone in ipairs(redis.call('ZRANGE', KEYS[4], 0, -(tonumber(ARGV[3]) + 1))) do
+  redis.call('ZREM', KEYS[4], gone)
+  held = redis.call('DECRBY', KEYS[6], #gone)
+end
+while held > tonumber(ARGV[4]) and redis.call('ZCARD', KEYS[4]) > 1 do
+  local oldest = redis.call('ZPOPMIN', KEYS[4])
+  held = redis.call('DECRBY', KEYS[6], #oldest[1])
+end
 return seq
 """
 
-# KEYS: q, d, state. ARGV: msg_id, delivery, last error, its time. Only while still pending:
-# the keys of an endpoint deleted meanwhile are not brought back.
+# KEYS: q, d, state, bytes. ARGV: msg_id, delivery, last error, its time. Only while still
+# pending: the keys of an endpoint deleted meanwhile are not brought back.
 UPDATE = """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('INCRBY', KEYS[4], #ARGV[2] - redis.call('HSTRLEN', KEYS[2], ARGV[1]))
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], 'last_error', ARGV[3], 'last_error_at', ARGV[4])
 return 1
 """
 
-# KEYS: q, d, pos, state. ARGV: msg_id, channel (or ''), position, last msg id, its time.
+# KEYS: q, d, pos, state, bytes. ARGV: msg_id, channel (or ''), position, last msg id, its time.
 DELIVERED = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('DECRBY', KEYS[5], redis.call('HSTRLEN', KEYS[2], ARGV[1]))
 redis.call('HDEL', KEYS[2], ARGV[1])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[3]) end
 redis.call('HSET', KEYS[4], 'last_msg_id', ARGV[4], 'last_delivered_at', ARGV[5])
@@ -92,7 +108,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-ENDPOINT_KEYS = ("q", "d", "seq", "dead", "dseq", "pos", "state", "lease")
+ENDPOINT_KEYS = ("q", "d", "seq", "dead", "dseq", "pos", "state", "lease", "bytes", "dbytes")
 
 
 def encode_delivery(d: Delivery) -> bytes:

@@ -83,5 +83,6 @@ async def revive(
         raise BadRequest("'ids' must be a list of 1 to 1000 message ids")
     revived = await outbox.revive(endpoint.id, ids)
     counts.dead = await outbox.dead_count()
-    counts.add_backlog(endpoint.id, revived)
+    counts.backlog = await outbox.backlog()
+    counts.backlog_bytes = await outbox.backlog_bytes()
     return revived

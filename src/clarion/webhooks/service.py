@@ -161,6 +161,7 @@ class WebhookService:
             self.hub.settings.data_dir,
             fsync=self.config.fsync,
             max_dead_letters=self.config.max_dead_letters,
+            max_dead_letter_bytes=self.config.max_dead_letter_bytes,
         )
 
     async def _open(self) -> Registry:
@@ -246,6 +247,10 @@ class WebhookService:
         """Catch up with a shared outbox (endpoints other nodes changed, queue sizes)."""
         if self._registry is not None and self.outbox.shared:
             await self._registry.refresh(force)
+        elif self._registry is not None:
+            # Dead letters past max_dead_letter_bytes go oldest first, which this node's count
+            # does not follow as they go: read for whoever asks.
+            self.counts.dead = await self.outbox.dead_count()
 
     def _written(self, endpoint_ids: set[str]) -> None:
         """The outbox stored new deliveries for these endpoints: wake their workers."""

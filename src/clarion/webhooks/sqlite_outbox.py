@@ -52,11 +52,20 @@ class SQLiteOutbox:
     poll_interval: float | None = None
 
     def __init__(
-        self, data_dir: str | Path, *, fsync: bool = False, max_dead_letters: int = 10_000
+        self,
+        data_dir: str | Path,
+        *,
+        fsync: bool = False,
+        max_dead_letters: int = 10_000,
+        max_dead_letter_bytes: int = 1 << 28,
     ) -> None:
         self.path = Path(data_dir) / self.FILE
         self._fsync = fsync
         self._keep_dead = max_dead_letters
+        self._keep_dead_bytes = max_dead_letter_bytes
+        # Bytes of each endpoint's dead letters' payloads, as committed; an endpoint missing is
+        # read at its next trim (a rolled back transaction forgets them all).
+        self._dead_bytes: dict[str, int] = {}
         self._db: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
         # The connection is used on this one thread only, in the order calls are made.
@@ -144,6 +153,7 @@ class SQLiteOutbox:
             yield db
             db.execute("COMMIT")
         except BaseException:
+            self._dead_bytes.clear()
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
@@ -189,7 +199,7 @@ class SQLiteOutbox:
     def _commit(self, batches: list[tuple[list[Delivery], int | None]]) -> list[list[Delivery]]:
         """One transaction for every batch enqueued since the last commit (writer thread)."""
         out: list[list[Delivery]] = []
-        buried: set[str] = set()
+        buried: dict[str, int] = {}  # endpoint -> bytes of the dead letters written for it
         version = None
         with self._transaction() as db:
             for deliveries, event_version in batches:
@@ -211,13 +221,13 @@ class SQLiteOutbox:
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (*delivery_values(d), d.attempts, d.last_error, d.dead_at),
                         )
-                        buried.add(d.endpoint)
+                        buried[d.endpoint] = buried.get(d.endpoint, 0) + len(d.body)
                         stored.append(d)
                 out.append(stored)
                 if event_version is not None:
                     version = max(version or 0, event_version)
-            for endpoint_id in buried:
-                _trim_dead(db, endpoint_id, self._keep_dead)
+            for endpoint_id, added in buried.items():
+                self._trim_dead(db, endpoint_id, added)
             if version is not None:
                 db.execute(
                     "INSERT INTO meta (key, value) VALUES ('event_version', ?) "
@@ -249,6 +259,9 @@ class SQLiteOutbox:
 
     async def backlog(self) -> dict[str, int]:
         return await self._call(self._backlog)
+
+    async def backlog_bytes(self) -> dict[str, int]:
+        return await self._call(self._backlog_bytes)
 
     async def dead_count(self) -> dict[str, int]:
         return await self._call(self._dead_count)
@@ -339,11 +352,46 @@ class SQLiteOutbox:
                     delivery.dead_at,
                 ),
             )
-            _trim_dead(db, delivery.endpoint, self._keep_dead)
+            self._trim_dead(db, delivery.endpoint, len(delivery.body))
+
+    def _trim_dead(self, db: sqlite3.Connection, endpoint_id: str, added: int) -> None:
+        """``added`` bytes of dead letters were just written for ``endpoint_id``: keep its newest
+        ``max_dead_letters``, and of those the newest whose payloads fit
+        ``max_dead_letter_bytes`` (the newest one whatever its size)."""
+        held = self._dead_bytes.get(endpoint_id)
+        if held is None:
+            (row,) = db.execute(
+                "SELECT coalesce(sum(length(body)), 0) FROM dead_letters WHERE endpoint = ?",
+                (endpoint_id,),
+            )
+            held = int(row[0])
+        else:
+            held += added
+        cut = db.execute(
+            "SELECT seq FROM dead_letters WHERE endpoint = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (endpoint_id, self._keep_dead),
+        ).fetchone()
+        if cut is not None:
+            held -= _drop_dead(db, endpoint_id, cut[0])
+        if held > self._keep_dead_bytes:
+            cut = db.execute(
+                "SELECT seq FROM (SELECT seq, row_number() OVER w AS n, "
+                "sum(length(body)) OVER w AS held FROM dead_letters WHERE endpoint = ?1 "
+                "WINDOW w AS (ORDER BY seq DESC)) WHERE held > ?2 AND n > 1 "
+                "ORDER BY seq DESC LIMIT 1",
+                (endpoint_id, self._keep_dead_bytes),
+            ).fetchone()
+            if cut is not None:
+                held -= _drop_dead(db, endpoint_id, cut[0])
+        self._dead_bytes[endpoint_id] = held
 
     def _backlog(self) -> dict[str, int]:
         rows = self.db.execute("SELECT endpoint, count(*) FROM outbox GROUP BY endpoint")
         return {endpoint: count for endpoint, count in rows}
+
+    def _backlog_bytes(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT endpoint, sum(length(body)) FROM outbox GROUP BY endpoint")
+        return {endpoint: held for endpoint, held in rows}
 
     def _dead_count(self) -> dict[str, int]:
         rows = self.db.execute("SELECT endpoint, count(*) FROM dead_letters GROUP BY endpoint")
@@ -379,6 +427,7 @@ class SQLiteOutbox:
             )
             revived = db.total_changes - before
             db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
+            self._dead_bytes.pop(endpoint_id, None)
         return revived
 
     def _positions(self, endpoint_id: str, limit: int) -> list[tuple[str, str, int]]:
@@ -441,17 +490,19 @@ class SQLiteOutbox:
 
     def _delete_endpoint(self, endpoint_id: str) -> None:
         with self._transaction() as db:
+            self._dead_bytes.pop(endpoint_id, None)
             for table in ("endpoints", "outbox", "dead_letters", "positions"):
                 column = "id" if table == "endpoints" else "endpoint"
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (endpoint_id,))
 
 
-def _trim_dead(db: sqlite3.Connection, endpoint_id: str, keep: int) -> None:
-    db.execute(
-        "DELETE FROM dead_letters WHERE endpoint = ? AND seq <= ("
-        "SELECT seq FROM dead_letters WHERE endpoint = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-        (endpoint_id, endpoint_id, keep),
-    )
+def _drop_dead(db: sqlite3.Connection, endpoint_id: str, through: int) -> int:
+    """Delete an endpoint's dead letters up to seq ``through``: the bytes they held."""
+    # A blob's length comes from its row's header: the payloads themselves are not read.
+    where = "FROM dead_letters WHERE endpoint = ? AND seq <= ?"
+    (gone,) = db.execute(f"SELECT coalesce(sum(length(body)), 0) {where}", (endpoint_id, through))
+    db.execute(f"DELETE {where}", (endpoint_id, through))
+    return int(gone[0])
 
 
 def _lock_file(path: Path) -> IO[bytes]:

@@ -142,7 +142,7 @@ class EndpointWorker:
             endpoint.last_delivered_at = millis(now)
             await outbox.delivered(delivery, endpoint)
             self.queue.popleft()
-            context.counts.add_backlog(endpoint.id, -1)
+            context.counts.add_backlog(endpoint.id, -1, len(delivery.body))
             return
         delivery.attempts += 1
         delivery.last_error = outcome.error
@@ -166,7 +166,7 @@ class EndpointWorker:
             delivery.dead_at = now
             await outbox.bury(delivery)
             self.queue.popleft()
-            context.counts.add_backlog(endpoint.id, -1)
+            context.counts.add_backlog(endpoint.id, -1, len(delivery.body))
             context.counts.add_dead(endpoint.id)
             _dead.log(
                 logging.WARNING,

@@ -689,7 +689,12 @@ class RedisEngine:
         """One outbox in Redis shared by every node; each endpoint delivered by one node."""
         from clarion.webhooks.redis_outbox import RedisOutbox
 
-        return RedisOutbox(self, max_dead_letters=settings.webhook_delivery.max_dead_letters)
+        delivery = settings.webhook_delivery
+        return RedisOutbox(
+            self,
+            max_dead_letters=delivery.max_dead_letters,
+            max_dead_letter_bytes=delivery.max_dead_letter_bytes,
+        )
 
     def node_directory(self) -> RedisNodes:
         """Every node of this prefix, each announced with its figures."""

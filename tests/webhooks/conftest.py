@@ -134,4 +134,9 @@ async def keep_newest_dead_letters_within_bytes(
             await asyncio.sleep(0.05)
     assert 1 <= len(kept) <= 3 and kept == list(range(12 - len(kept), 12)), kept
     await wait_state(reader, hook["id"], lambda s: s["dead_letters"] == len(kept))
+    # The metrics count what the outbox holds, not every dead letter ever made.
+    async with reader.http() as http:
+        text = (await http.get("/metrics")).text
+    gauge = f'clarion_webhook_dead_letters{{endpoint="{hook["id"]}"}} {float(len(kept))}'
+    assert gauge in text, [line for line in text.splitlines() if "dead_letters{" in line]
     return kept

@@ -28,23 +28,27 @@ def _delivery(rng: random.Random, n: int, *, dead: bool) -> Delivery:
     )
 
 
-def _check(outbox: SQLiteOutbox) -> None:
+def _check(outbox: SQLiteOutbox, told: dict[str, int]) -> None:
     for endpoint in ENDPOINTS:
         rows = outbox.db.execute(
             "SELECT seq, length(body) FROM dead_letters WHERE endpoint = ? ORDER BY seq",
             (endpoint,),
         ).fetchall()
         held = sum(size for _, size in rows)
-        known = outbox._dead_bytes.get(endpoint)
+        known = outbox._dead.held.get(endpoint)
         assert known is None or known == held, (endpoint, known, held)
         assert len(rows) <= KEEP
         assert held <= KEEP_BYTES or len(rows) == 1, rows
+        # What the outbox tells of the dead letters it holds, after each write giving more.
+        assert told.get(endpoint, 0) == len(rows), (endpoint, told, len(rows))
 
 
 @pytest.mark.parametrize("seed", range(6))
 async def test_dead_letter_bytes_follow_what_is_held(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     outbox = SQLiteOutbox(tmp_path, max_dead_letters=KEEP, max_dead_letter_bytes=KEEP_BYTES)
+    told: dict[str, int] = {}
+    outbox.on_dead_counted = told.__setitem__
     await outbox.open()
     try:
         pending: list[Delivery] = []
@@ -64,8 +68,9 @@ async def test_dead_letter_bytes_follow_what_is_held(tmp_path: Path, seed: int) 
                 letters = await outbox.dead_letters(endpoint, 0, 100)
                 some = [d.msg_id for d in letters if rng.random() < 0.5]
                 await outbox.revive(endpoint, some or None)
+                told[endpoint] = (await outbox.dead_count()).get(endpoint, 0)  # as replay does
                 pending += await outbox.head(endpoint, 1000)
                 pending = list({d.msg_id: d for d in pending}.values())
-            _check(outbox)
+            _check(outbox, told)
     finally:
         await outbox.aclose()

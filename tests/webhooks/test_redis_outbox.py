@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import redis
 import redis.asyncio
 
 from clarion.webhooks import WebhookService, generate_secret
+from clarion.webhooks.endpoint import Delivery
+from clarion.webhooks.redis_outbox_store import encode_delivery
 from clarion.webhooks.signing import publication_msg_id
 
 from ..conftest import RunningHub, timeout
@@ -415,7 +418,7 @@ async def test_the_backlog_is_bounded_in_bytes_across_nodes(
     store = redis.asyncio.Redis.from_url(redis_server.url)
     try:
         (counter,) = [k async for k in store.scan_iter(match=f"*{{wh:{hook_id}}}:bytes")]
-        assert int(await store.get(counter)) == 0
+        assert int(await store.hget(counter, "n")) == 0
     finally:
         await store.aclose()
 
@@ -433,6 +436,58 @@ async def test_dead_letters_are_bounded_in_bytes_across_nodes(
         (dead,) = [k async for k in store.scan_iter(match=f"*{{wh:{hook_id}}}:dead")]
         (held,) = [k async for k in store.scan_iter(match=f"*{{wh:{hook_id}}}:dbytes")]
         letters = await store.zrange(dead, 0, -1)
-        assert int(await store.get(held)) == sum(len(m) for m in letters) <= DEAD_LETTER_BYTES
+        assert int(await store.hget(held, "n")) == sum(len(m) for m in letters) <= DEAD_LETTER_BYTES
+    finally:
+        await store.aclose()
+
+
+async def test_byte_counts_leave_out_what_was_stored_before_them(
+    redis_server: RedisServer, make_hub: Callable[..., Any], tmp_path: Path
+) -> None:
+    # A hub upgraded with a backlog: deliveries and dead letters written by scripts that kept
+    # no byte counts. Taking them off counts that never had them would drive the counts below
+    # zero, and the bounds would allow that much more for good.
+    failing = [True]
+    limits = {"retry_window": 0.4}
+    a, b = await two_nodes(make_hub, redis_server, tmp_path, webhook_delivery=limits)
+    store = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        async with Receiver(lambda r: Answer(status=500) if failing[0] else OK) as receiver:
+            hook = await register(a, receiver, ["up:*"])
+            keys = [k async for k in store.scan_iter(match=f"*{{wh:{hook['id']}}}*")]
+            key = keys[0].decode()
+            prefix = key[: key.index("{wh:")]
+
+            def at(name: str) -> str:
+                return f"{prefix}{{wh:{hook['id']}}}:{name}"
+
+            for n in range(5):  # as the scripts before byte counts wrote them
+                body = orjson.dumps({"channel": "up:x", "data": {"old": n, "pad": "x" * 400}})
+                old = Delivery(hook["id"], f"old_{n}", "publication", body)
+                seq = await store.incr(at("seq"))
+                await store.zadd(at("q"), {old.msg_id: seq})
+                await store.hset(at("d"), old.msg_id, encode_delivery(old))
+                dseq = await store.incr(at("dseq"))
+                letter = encode_delivery(Delivery(hook["id"], f"dead_{n}", "publication", body))
+                await store.zadd(at("dead"), {b"%d:%s" % (dseq, letter): dseq})
+            for n in range(3):
+                await a.publish("up:x", {"n": n})
+            # Everything pending dies (the retry window is short): old and new alike.
+            await wait_state(b, hook["id"], lambda s: s["backlog"] == 0, wait=15)
+            assert int(await store.hget(at("bytes"), "n")) == 0
+            letters = await store.zrange(at("dead"), 0, -1)
+            counted = int(await store.hget(at("dbytes"), "from"))
+            new = [m for m in letters if int(m.split(b":", 1)[0]) >= counted]
+            assert len(letters) == 13 and len(new) == 8, (len(letters), len(new))
+            assert int(await store.hget(at("dbytes"), "n")) == sum(len(m) for m in new)
+            # Revived, delivered: both counts back at zero, none below.
+            failing[0] = False
+            async with b.http() as http:
+                r = await http.post(f"/api/webhooks/{hook['id']}/dead-letters/replay")
+                assert r.json() == {"enqueued": 13}, r.text
+            await receiver.wait_acknowledged(13, wait=15)
+            await wait_state(b, hook["id"], lambda s: s["backlog"] == 0, wait=10)
+            assert int(await store.hget(at("bytes"), "n")) == 0
+            assert int(await store.hget(at("dbytes"), "n")) == 0
     finally:
         await store.aclose()

@@ -1,9 +1,10 @@
 """Pending deliveries and dead letters per endpoint, as this node last counted them.
 
-Kept in memory for ``GET /api/webhooks`` and the ``max_backlog`` and ``max_backlog_bytes``
-bounds, adjusted as deliveries
-are stored and delivered, and read again from the outbox when it is opened or, when shared,
-refreshed.
+Kept in memory for ``GET /api/webhooks``, the metrics and the ``max_backlog`` and
+``max_backlog_bytes`` bounds, adjusted as deliveries are stored and delivered, and read again
+from the outbox when it is opened or, when shared, refreshed. The dead letters' count comes from
+the outbox only (told after each write by one of this node's, read at refresh when shared): it
+alone knows which of them its bounds let go.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from clarion.webhooks.outbox import Outbox
 
 
 class QueueCounts:
-    def __init__(self, max_dead_letters: int) -> None:
+    def __init__(self) -> None:
         self.backlog: dict[str, int] = {}
         self.backlog_bytes: dict[str, int] = {}  # what the pending deliveries' payloads take
         self.dead: dict[str, int] = {}
-        self._max_dead = max_dead_letters
 
     async def reload(self, outbox: Outbox) -> None:
         self.backlog = await outbox.backlog()
@@ -29,10 +29,9 @@ class QueueCounts:
         held = self.backlog_bytes.get(endpoint_id, 0)
         self.backlog_bytes[endpoint_id] = max(0, held + (size if delta > 0 else -size))
 
-    def add_dead(self, endpoint_id: str) -> None:
-        # The outbox keeps at most max_dead_letters, dropping the oldest: count the same way.
-        held = self.dead.get(endpoint_id, 0) + 1
-        self.dead[endpoint_id] = min(held, self._max_dead)
+    def dead_counted(self, endpoint_id: str, held: int) -> None:
+        """The outbox holds ``held`` dead letters for the endpoint now."""
+        self.dead[endpoint_id] = held
 
     def forget(self, endpoint_id: str) -> None:
         self.backlog.pop(endpoint_id, None)

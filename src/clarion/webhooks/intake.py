@@ -194,9 +194,8 @@ class Intake:
         new = {id(d) for d in stored}
         for d in deliveries:
             if d.dead_at is not None:
-                if id(d) in new:
-                    self.counts.add_dead(d.endpoint)
-            elif id(d) in new:
+                continue  # counted by the outbox, which knows what its bounds let go
+            if id(d) in new:
                 self.registry.wake(d.endpoint)
             else:  # already pending, or lost
                 self.counts.add_backlog(d.endpoint, -1, len(d.body))

@@ -32,6 +32,9 @@ class Outbox(Protocol):
     on_written: Callable[[set[str]], None] | None
     # Told when another node announces a change of the endpoint registry (shared outboxes).
     on_registry_changed: Callable[[], None] | None
+    # Told how many dead letters an endpoint holds after a write of this node's gave it more
+    # (an outbox that is not shared: a shared one's counts are read at each refresh).
+    on_dead_counted: Callable[[str, int], None] | None
 
     def in_use(self) -> bool:
         """Whether to open the outbox at start: it holds something, or other nodes may add to
@@ -83,8 +86,9 @@ class Outbox(Protocol):
     async def dead_letters(self, endpoint_id: str, after_seq: int, limit: int) -> list[Delivery]:
         """Dead letters of an endpoint, oldest first."""
 
-    async def revive(self, endpoint_id: str, ids: list[str] | None) -> int:
-        """Move dead letters (all, or those with these message ids) back to the outbox's end."""
+    async def revive(self, endpoint_id: str, ids: list[str] | None) -> tuple[int, int]:
+        """Move dead letters (all, or those with these message ids) back to the outbox's end:
+        how many are pending again, and their payloads' bytes."""
 
     async def positions(self, endpoint_id: str, limit: int) -> list[tuple[str, str, int]]:
         """``(channel, epoch, offset)`` of the last delivery per channel, latest first."""

@@ -44,6 +44,7 @@ from clarion.webhooks.redis_outbox_store import (
     ENQUEUE,
     HEAD,
     RELEASE,
+    UNBURY,
     UPDATE,
     as_int,
     as_text,
@@ -117,6 +118,7 @@ class RedisOutbox:
         self.on_written: Callable[[set[str]], None] | None = None
         # Told when another node announces a change of the endpoint registry.
         self.on_registry_changed: Callable[[], None] | None = None
+        self.on_dead_counted: Callable[[str, int], None] | None = None  # counts are read instead
 
     # ---- keys ----------------------------------------------------------------------------------
 
@@ -142,6 +144,7 @@ class RedisOutbox:
         for name, source in (
             ("enqueue", ENQUEUE),
             ("bury", BURY),
+            ("unbury", UNBURY),
             ("update", UPDATE),
             ("delivered", DELIVERED),
             ("head", HEAD),
@@ -371,7 +374,7 @@ class RedisOutbox:
         ids = [as_text(i) or "" for i in await self.client.hkeys(self._global("endpoints"))]
         pipe = self.client.pipeline(transaction=False)
         for endpoint_id in ids:
-            pipe.get(self._key(endpoint_id, "bytes"))
+            pipe.hget(self._key(endpoint_id, "bytes"), "n")
         held = await pipe.execute()
         return {i: int(n) for i, n in zip(ids, held, strict=True) if n and int(n) > 0}
 
@@ -388,10 +391,10 @@ class RedisOutbox:
         seq, _, body = member.partition(b":")
         return decode_delivery(endpoint_id, int(seq), body)
 
-    async def revive(self, endpoint_id: str, ids: list[str] | None) -> int:
+    async def revive(self, endpoint_id: str, ids: list[str] | None) -> tuple[int, int]:
         dead_key = self._key(endpoint_id, "dead")
         wanted = None if ids is None else set(ids)
-        revived = 0
+        revived = size = 0
         for member in await self.client.zrange(dead_key, 0, -1):
             letter = self._dead(endpoint_id, member)
             if wanted is not None and letter.msg_id not in wanted:
@@ -411,10 +414,12 @@ class RedisOutbox:
             seq = await self._scripts["enqueue"](
                 keys=keys, args=[fresh.msg_id, encode_delivery(fresh)], client=self.client
             )
-            if await self.client.zrem(dead_key, member):
-                await self.client.decrby(self._key(endpoint_id, "dbytes"), len(member))
-            revived += 1 if seq else 0
-        return revived
+            keys = [dead_key, self._key(endpoint_id, "dbytes")]
+            await self._scripts["unbury"](keys=keys, args=[member], client=self.client)
+            if seq:
+                revived += 1
+                size += len(fresh.body)
+        return revived, size
 
     async def positions(self, endpoint_id: str, limit: int) -> list[tuple[str, str, int]]:
         raw = await self.client.hgetall(self._key(endpoint_id, "pos"))

@@ -9,10 +9,10 @@ Keys, under the engine's prefix ``P``:
 * per endpoint, all with the hash tag ``{wh:<id>}`` so that one Lua script may touch them all:
   ``q`` (sorted set, message id by queue position), ``d`` (hash, message id → delivery with its
   retry state), ``seq`` (the queue position counter), ``dead`` (sorted set of dead letters,
-  ``"<seq>:<json>"`` by seq), ``dseq``, ``dbytes`` (what the dead letters take), ``pos`` (hash,
-  channel → last delivered position),
-  ``state`` (hash: last error, last delivery, disabled reason), ``lease``, and ``bytes`` (what
-  the pending deliveries in ``d`` take, kept by the scripts that change ``d``).
+  ``"<seq>:<json>"`` by seq), ``dseq``, ``pos`` (hash, channel → last delivered position),
+  ``state`` (hash: last error, last delivery, disabled reason), ``lease``, and ``bytes`` and
+  ``dbytes`` (what the pending deliveries and the dead letters take, kept by the scripts that
+  change them: see below).
 * the pub/sub channel ``P.wh.registry`` announces registry changes, so that other nodes start
   queueing for a new endpoint within moments rather than at their next periodic look.
 """
@@ -25,59 +25,104 @@ import orjson
 
 from clarion.webhooks.endpoint import Delivery
 
+# Byte counts: ``bytes`` (pending) and ``dbytes`` (dead letters) are hashes of ``n``, the bytes
+# counted, and ``from``, the first queue (or dead-letter) position counted: what was stored
+# before the counts existed (a hub upgraded with a backlog) is neither counted nor taken off.
+_UNCOUNT = """
+local function uncount(q, d, bytes, id)
+  local seq = redis.call('ZSCORE', q, id)
+  local from = redis.call('HGET', bytes, 'from')
+  if seq and from and tonumber(seq) >= tonumber(from) then
+    redis.call('HINCRBY', bytes, 'n', -redis.call('HSTRLEN', d, id))
+  end
+end
+local function counted_letter(dbytes, letter)
+  local from = redis.call('HGET', dbytes, 'from')
+  return from and tonumber(string.match(letter, '^(%d+):')) >= tonumber(from)
+end
+"""
+
 # KEYS: seq, q, d, bytes. ARGV: msg_id, delivery. A message id already pending stays where it is.
 ENQUEUE = """
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-redis.call('INCRBY', KEYS[4], #ARGV[2])
+redis.call('HSETNX', KEYS[4], 'from', seq)
+redis.call('HINCRBY', KEYS[4], 'n', #ARGV[2])
 return seq
 """
 
 # KEYS: q, d, dseq, dead, bytes, dbytes. ARGV: msg_id (or '' for a new delivery), dead letter,
 # how many to keep, how many bytes of them (the newest is kept whatever its size). A delivery no
 # longer pending (its endpoint deleted meanwhile) is left alone.
-BURY = """
+BURY = (
+    _UNCOUNT
+    + """
 if ARGV[1] ~= '' then
-  if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-  redis.call('DECRBY', KEYS[5], redis.call('HSTRLEN', KEYS[2], ARGV[1]))
+  if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+  uncount(KEYS[1], KEYS[2], KEYS[5], ARGV[1])
+  redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
 local seq = redis.call('INCR', KEYS[3])
 local letter = seq .. ':' .. ARGV[2]
 redis.call('ZADD', KEYS[4], seq, letter)
-local held = redis.call('INCRBY', KEYS[6], #letter)
+redis.call('HSETNX', KEYS[6], 'from', seq)
+local held = redis.call('HINCRBY', KEYS[6], 'n', #letter)
 for _, gone in ipairs(redis.call('ZRANGE', KEYS[4], 0, -(tonumber(ARGV[3]) + 1))) do
   redis.call('ZREM', KEYS[4], gone)
-  held = redis.call('DECRBY', KEYS[6], #gone)
+  if counted_letter(KEYS[6], gone) then held = redis.call('HINCRBY', KEYS[6], 'n', -#gone) end
 end
 while held > tonumber(ARGV[4]) and redis.call('ZCARD', KEYS[4]) > 1 do
-  local oldest = redis.call('ZPOPMIN', KEYS[4])
-  held = redis.call('DECRBY', KEYS[6], #oldest[1])
+  local oldest = redis.call('ZPOPMIN', KEYS[4])[1]
+  if counted_letter(KEYS[6], oldest) then held = redis.call('HINCRBY', KEYS[6], 'n', -#oldest) end
 end
 return seq
 """
+)
+
+# KEYS: dead, dbytes. ARGV: a dead letter (its member). Taken out of the dead letters (revived).
+UNBURY = (
+    _UNCOUNT
+    + """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if counted_letter(KEYS[2], ARGV[1]) then redis.call('HINCRBY', KEYS[2], 'n', -#ARGV[1]) end
+return 1
+"""
+)
 
 # KEYS: q, d, state, bytes. ARGV: msg_id, delivery, last error, its time. Only while still
 # pending: the keys of an endpoint deleted meanwhile are not brought back.
-UPDATE = """
+UPDATE = (
+    _UNCOUNT
+    + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('INCRBY', KEYS[4], #ARGV[2] - redis.call('HSTRLEN', KEYS[2], ARGV[1]))
+uncount(KEYS[1], KEYS[2], KEYS[4], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local seq = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local from = redis.call('HGET', KEYS[4], 'from')
+if from and tonumber(seq) >= tonumber(from) then
+  redis.call('HINCRBY', KEYS[4], 'n', #ARGV[2])
+end
 redis.call('HSET', KEYS[3], 'last_error', ARGV[3], 'last_error_at', ARGV[4])
 return 1
 """
+)
 
 # KEYS: q, d, pos, state, bytes. ARGV: msg_id, channel (or ''), position, last msg id, its time.
-DELIVERED = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('DECRBY', KEYS[5], redis.call('HSTRLEN', KEYS[2], ARGV[1]))
+DELIVERED = (
+    _UNCOUNT
+    + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+uncount(KEYS[1], KEYS[2], KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[3], ARGV[2], ARGV[3]) end
 redis.call('HSET', KEYS[4], 'last_msg_id', ARGV[4], 'last_delivered_at', ARGV[5])
 return 1
 """
+)
 
 # KEYS: q, d. ARGV: limit. Flat list: seq, delivery, seq, delivery…
 HEAD = """

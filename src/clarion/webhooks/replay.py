@@ -81,8 +81,7 @@ async def revive(
         or not 0 < len(ids) <= 1000
     ):
         raise BadRequest("'ids' must be a list of 1 to 1000 message ids")
-    revived = await outbox.revive(endpoint.id, ids)
+    revived, size = await outbox.revive(endpoint.id, ids)
     counts.dead = await outbox.dead_count()
-    counts.backlog = await outbox.backlog()
-    counts.backlog_bytes = await outbox.backlog_bytes()
+    counts.add_backlog(endpoint.id, revived, size)
     return revived

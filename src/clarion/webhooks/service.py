@@ -75,7 +75,7 @@ class WebhookService:
         self.schedule = RetrySchedule(
             self.config.retry_base, self.config.retry_cap, self.config.retry_window
         )
-        self.counts = QueueCounts(self.config.max_dead_letters)
+        self.counts = QueueCounts()
         self.attempt_stats = AttemptStats()
         self.slots = Slots(self.config.concurrency)
         self._outbox = outbox  # made by the engine at start unless given
@@ -172,6 +172,7 @@ class WebhookService:
         self._opened = True
         outbox.on_written = self._written
         outbox.on_registry_changed = self._registry_changed.set
+        outbox.on_dead_counted = self.counts.dead_counted
         await self.counts.reload(outbox)
         # Imported on opening, with the HTTP client it sends with: a hub that never uses
         # webhooks does not load httpx.
@@ -247,10 +248,6 @@ class WebhookService:
         """Catch up with a shared outbox (endpoints other nodes changed, queue sizes)."""
         if self._registry is not None and self.outbox.shared:
             await self._registry.refresh(force)
-        elif self._registry is not None:
-            # Dead letters past max_dead_letter_bytes go oldest first, which this node's count
-            # does not follow as they go: read for whoever asks.
-            self.counts.dead = await self.outbox.dead_count()
 
     def _written(self, endpoint_ids: set[str]) -> None:
         """The outbox stored new deliveries for these endpoints: wake their workers."""

@@ -27,6 +27,7 @@ import orjson
 
 from clarion.errors import ConfigError
 from clarion.webhooks.endpoint import Delivery, Endpoint
+from clarion.webhooks.sqlite_dead import DeadLetterBounds
 from clarion.webhooks.sqlite_schema import (
     DELIVERY_COLUMNS,
     SCHEMA,
@@ -38,6 +39,9 @@ from clarion.webhooks.sqlite_space import WAL_LIMIT, Reclaimer, open_incremental
 _T = TypeVar("_T")
 # Deliveries handed to enqueue, the event version they carry, and who waits for them.
 _Pending = tuple[list[Delivery], int | None, "asyncio.Future[list[Delivery]]"]
+# A commit's outcome: what each batch stored, and the dead letters held by each endpoint given
+# more.
+_Committed = tuple[list[list[Delivery]], dict[str, int]]
 
 
 class SQLiteOutbox:
@@ -61,20 +65,17 @@ class SQLiteOutbox:
     ) -> None:
         self.path = Path(data_dir) / self.FILE
         self._fsync = fsync
-        self._keep_dead = max_dead_letters
-        self._keep_dead_bytes = max_dead_letter_bytes
-        # Bytes of each endpoint's dead letters' payloads, as committed; an endpoint missing is
-        # read at its next trim (a rolled back transaction forgets them all).
-        self._dead_bytes: dict[str, int] = {}
+        self._dead = DeadLetterBounds(max_dead_letters, max_dead_letter_bytes)
         self._db: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
         # The connection is used on this one thread only, in the order calls are made.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="clarion-webhook-outbox")
         self._pending: list[_Pending] = []  # enqueued, for the next commit
         self._scheduled = False
-        self._writing: asyncio.Future[list[list[Delivery]]] | None = None
+        self._writing: asyncio.Future[_Committed] | None = None
         self.on_written: Callable[[set[str]], None] | None = None
         self.on_registry_changed: Callable[[], None] | None = None  # one node: never called
+        self.on_dead_counted: Callable[[str, int], None] | None = None
         self._space = Reclaimer(self._call, lambda: self._db)
 
     def in_use(self) -> bool:
@@ -153,7 +154,7 @@ class SQLiteOutbox:
             yield db
             db.execute("COMMIT")
         except BaseException:
-            self._dead_bytes.clear()
+            self._dead.forget()
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
@@ -183,7 +184,7 @@ class SQLiteOutbox:
         self._writing = job
         job.add_done_callback(lambda j: self._written(batch, j))
 
-    def _written(self, batch: list[_Pending], job: asyncio.Future[list[list[Delivery]]]) -> None:
+    def _written(self, batch: list[_Pending], job: asyncio.Future[_Committed]) -> None:
         self._writing = None
         failure = job.exception() if not job.cancelled() else asyncio.CancelledError()
         for i, (_, _, done) in enumerate(batch):
@@ -192,12 +193,15 @@ class SQLiteOutbox:
             if failure is not None:
                 done.set_exception(failure)
             else:
-                done.set_result(job.result()[i])
+                done.set_result(job.result()[0][i])
+        if failure is None:
+            self._dead_counted(job.result()[1])
         # What was enqueued while this commit ran goes in the next one, together.
         self._write_pending()
 
-    def _commit(self, batches: list[tuple[list[Delivery], int | None]]) -> list[list[Delivery]]:
-        """One transaction for every batch enqueued since the last commit (writer thread)."""
+    def _commit(self, batches: list[tuple[list[Delivery], int | None]]) -> _Committed:
+        """One transaction for every batch enqueued since the last commit (writer thread): what
+        each batch stored, and the dead letters now held by the endpoints given more."""
         out: list[list[Delivery]] = []
         buried: dict[str, int] = {}  # endpoint -> bytes of the dead letters written for it
         version = None
@@ -226,15 +230,19 @@ class SQLiteOutbox:
                 out.append(stored)
                 if event_version is not None:
                     version = max(version or 0, event_version)
-            for endpoint_id, added in buried.items():
-                self._trim_dead(db, endpoint_id, added)
+            dead = {e: self._dead.trim(db, e, added) for e, added in buried.items()}
             if version is not None:
                 db.execute(
                     "INSERT INTO meta (key, value) VALUES ('event_version', ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
                     (version,),
                 )
-        return out
+        return out, dead
+
+    def _dead_counted(self, dead: dict[str, int]) -> None:
+        if self.on_dead_counted is not None:
+            for endpoint_id, held in dead.items():
+                self.on_dead_counted(endpoint_id, held)
 
     async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn`` on the writer thread, after everything submitted before it. Once submitted
@@ -254,7 +262,8 @@ class SQLiteOutbox:
         await self._call(self._failed, delivery, endpoint)
 
     async def bury(self, delivery: Delivery) -> None:
-        await self._call(self._bury, delivery)
+        held = await self._call(self._bury, delivery)
+        self._dead_counted({delivery.endpoint: held})
         self._space.soon()
 
     async def backlog(self) -> dict[str, int]:
@@ -269,7 +278,7 @@ class SQLiteOutbox:
     async def dead_letters(self, endpoint_id: str, after_seq: int, limit: int) -> list[Delivery]:
         return await self._call(self._dead_letters, endpoint_id, after_seq, limit)
 
-    async def revive(self, endpoint_id: str, ids: list[str] | None) -> int:
+    async def revive(self, endpoint_id: str, ids: list[str] | None) -> tuple[int, int]:
         revived = await self._call(self._revive, endpoint_id, ids)
         self._space.soon()
         return revived
@@ -338,7 +347,7 @@ class SQLiteOutbox:
                 (endpoint.last_error, endpoint.last_error_at, endpoint.id),
             )
 
-    def _bury(self, delivery: Delivery) -> None:
+    def _bury(self, delivery: Delivery) -> int:
         with self._transaction() as db:
             db.execute("DELETE FROM outbox WHERE seq = ?", (delivery.seq,))
             db.execute(
@@ -352,38 +361,7 @@ class SQLiteOutbox:
                     delivery.dead_at,
                 ),
             )
-            self._trim_dead(db, delivery.endpoint, len(delivery.body))
-
-    def _trim_dead(self, db: sqlite3.Connection, endpoint_id: str, added: int) -> None:
-        """``added`` bytes of dead letters were just written for ``endpoint_id``: keep its newest
-        ``max_dead_letters``, and of those the newest whose payloads fit
-        ``max_dead_letter_bytes`` (the newest one whatever its size)."""
-        held = self._dead_bytes.get(endpoint_id)
-        if held is None:
-            (row,) = db.execute(
-                "SELECT coalesce(sum(length(body)), 0) FROM dead_letters WHERE endpoint = ?",
-                (endpoint_id,),
-            )
-            held = int(row[0])
-        else:
-            held += added
-        cut = db.execute(
-            "SELECT seq FROM dead_letters WHERE endpoint = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
-            (endpoint_id, self._keep_dead),
-        ).fetchone()
-        if cut is not None:
-            held -= _drop_dead(db, endpoint_id, cut[0])
-        if held > self._keep_dead_bytes:
-            cut = db.execute(
-                "SELECT seq FROM (SELECT seq, row_number() OVER w AS n, "
-                "sum(length(body)) OVER w AS held FROM dead_letters WHERE endpoint = ?1 "
-                "WINDOW w AS (ORDER BY seq DESC)) WHERE held > ?2 AND n > 1 "
-                "ORDER BY seq DESC LIMIT 1",
-                (endpoint_id, self._keep_dead_bytes),
-            ).fetchone()
-            if cut is not None:
-                held -= _drop_dead(db, endpoint_id, cut[0])
-        self._dead_bytes[endpoint_id] = held
+            return self._dead.trim(db, delivery.endpoint, len(delivery.body))
 
     def _backlog(self) -> dict[str, int]:
         rows = self.db.execute("SELECT endpoint, count(*) FROM outbox GROUP BY endpoint")
@@ -410,7 +388,7 @@ class SQLiteOutbox:
             out.append(d)
         return out
 
-    def _revive(self, endpoint_id: str, ids: list[str] | None) -> int:
+    def _revive(self, endpoint_id: str, ids: list[str] | None) -> tuple[int, int]:
         where = "endpoint = ?"
         params: list[Any] = [endpoint_id]
         if ids is not None:
@@ -419,6 +397,7 @@ class SQLiteOutbox:
         with self._transaction() as db:
             # In dead-letter order; a message id still pending stays where it is.
             before = db.total_changes
+            (last,) = db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
             db.execute(
                 "INSERT OR IGNORE INTO outbox (endpoint, msg_id, kind, channel, epoch, "
                 '"offset", body, created_at) SELECT endpoint, msg_id, kind, channel, epoch, '
@@ -426,9 +405,12 @@ class SQLiteOutbox:
                 params,
             )
             revived = db.total_changes - before
+            (size,) = db.execute(
+                "SELECT coalesce(sum(length(body)), 0) FROM outbox WHERE seq > ?", (last,)
+            ).fetchone()
             db.execute(f"DELETE FROM dead_letters WHERE {where}", params)
-            self._dead_bytes.pop(endpoint_id, None)
-        return revived
+            self._dead.forget(endpoint_id)
+        return revived, int(size)
 
     def _positions(self, endpoint_id: str, limit: int) -> list[tuple[str, str, int]]:
         rows = self.db.execute(
@@ -490,19 +472,10 @@ class SQLiteOutbox:
 
     def _delete_endpoint(self, endpoint_id: str) -> None:
         with self._transaction() as db:
-            self._dead_bytes.pop(endpoint_id, None)
+            self._dead.forget(endpoint_id)
             for table in ("endpoints", "outbox", "dead_letters", "positions"):
                 column = "id" if table == "endpoints" else "endpoint"
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (endpoint_id,))
-
-
-def _drop_dead(db: sqlite3.Connection, endpoint_id: str, through: int) -> int:
-    """Delete an endpoint's dead letters up to seq ``through``: the bytes they held."""
-    # A blob's length comes from its row's header: the payloads themselves are not read.
-    where = "FROM dead_letters WHERE endpoint = ? AND seq <= ?"
-    (gone,) = db.execute(f"SELECT coalesce(sum(length(body)), 0) {where}", (endpoint_id, through))
-    db.execute(f"DELETE {where}", (endpoint_id, through))
-    return int(gone[0])
 
 
 def _lock_file(path: Path) -> IO[bytes]:

@@ -167,7 +167,6 @@ class EndpointWorker:
             await outbox.bury(delivery)
             self.queue.popleft()
             context.counts.add_backlog(endpoint.id, -1, len(delivery.body))
-            context.counts.add_dead(endpoint.id)
             _dead.log(
                 logging.WARNING,
                 endpoint.id,

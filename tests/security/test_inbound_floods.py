@@ -18,13 +18,11 @@ import base64
 import os
 import socket
 import struct
-import sys
 import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from types import FrameType
 from typing import Any
 
 import pytest
@@ -39,6 +37,7 @@ from clarion.server import Server
 from clarion.settings import NamespaceOptions
 
 from ..conftest import RunningHub, clarion_server, timeout, until
+from ..support.steps import python_steps
 
 pytestmark = clarion_server("the frame reader and inbound queue of clarion's own server")
 
@@ -399,19 +398,9 @@ async def test_a_message_of_more_frames_than_allowed_ends_the_session(hub: Runni
 def test_heart_beat_eols_are_skipped_without_a_python_step_per_byte() -> None:
     parser = FrameParser()
     parser.feed(b"\n" * 65000 + b"\r\n" * 1000)
-    lines = 0
-
-    def trace(frame: FrameType, event: str, arg: object) -> Any:
-        nonlocal lines
-        if event == "line":
-            lines += 1
-        return trace
-
-    sys.settrace(trace)
-    try:
-        assert parser.next_frame() is None
-    finally:
-        sys.settrace(None)
+    frames: list[object] = []
+    lines = python_steps(lambda: frames.append(parser.next_frame()))
+    assert frames == [None]
     assert parser.pending == 0
     assert lines < 1000, lines
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -43,6 +39,7 @@ from clarion.protocol.stomp.acks import MAX_EPOCHS, MAX_OUT_OF_ORDER
 from clarion.protocol.stomp.session import MAX_FRAMES_PER_MESSAGE
 from clarion.protocol.stomp.states import transitions_markdown
 
+from ..support.steps import python_steps
 from .client import frame
 
 DOCS = Path(__file__).parents[2] / "docs" / "stomp.md"
@@ -595,24 +592,6 @@ def test_forged_epochs_hold_no_more_than_the_bound() -> None:
     assert acks.room.held == acks.out_of_order
 
 
-def _steps(call: Callable[[], object]) -> int:
-    """Python lines run by ``call``, comprehensions included."""
-    lines = 0
-
-    def trace(frame: FrameType, event: str, arg: object) -> Any:
-        nonlocal lines
-        if event == "line":
-            lines += 1
-        return trace
-
-    sys.settrace(trace)
-    try:
-        call()
-    finally:
-        sys.settrace(None)
-    return lines
-
-
 @pytest.mark.parametrize("reset", [True, False], ids=["reset-ack", "client-mode"])
 def test_an_ack_costs_no_walk_over_what_is_held(reset: bool) -> None:
     # With the bound's worth held far ahead, each cumulative ack that covers none of it used
@@ -623,7 +602,7 @@ def test_an_ack_costs_no_walk_over_what_is_held(reset: bool) -> None:
     if not reset:
         acks.individual = False  # the same position in client mode: every ack is cumulative
     worst = max(
-        _steps(lambda k=k: acks.ack(StreamPosition("e", k), cumulative=reset))  # type: ignore[misc]
+        python_steps(lambda k=k: acks.ack(StreamPosition("e", k), cumulative=reset))  # type: ignore[misc]
         for k in range(1, 200)
     )
     assert worst < 60, worst

@@ -43,9 +43,10 @@ class AckRoom:
 class AckPosition:
     """The acked position of one subscription in ``client`` or ``client-individual`` mode.
 
-    An epoch never seen is taken as newer than every known one: a channel's first publication
-    may come in another epoch than the subscription's start without a reset. Only the last
-    MAX_EPOCHS are remembered, with what is held out of order in them.
+    An epoch never seen is taken as newer than every known one (the hub announces a new epoch
+    with a reset before its first message; an id naming one it did not announce is forged or
+    stale, and moves only this subscription's own position). Only the last MAX_EPOCHS are
+    remembered, with what is held out of order in them.
     """
 
     __slots__ = ("_acked", "_epochs", "individual", "position", "room")

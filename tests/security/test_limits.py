@@ -168,6 +168,25 @@ async def test_idle_and_connect_deadline(hub_factory) -> None:  # type: ignore[n
         assert (await closed_with(anonymous, wait=5))[0] == 4506
 
 
+async def test_the_connect_deadline_is_for_sessions_that_never_began(hub_factory) -> None:  # type: ignore[no-untyped-def]
+    # An anonymous client that subscribed, then let its channels go, finished connecting long
+    # ago: the sweep once closed it with 4506 (do not reconnect) if it found it between two
+    # subscriptions after handshake_timeout. Holding nothing, it is idle (4504, reconnect).
+    secured = await hub_factory(
+        token_secret=SECRET,
+        api_key="k",
+        namespaces={"pub": {"anonymous": True}},
+        limits={"handshake_timeout": 1, "idle_timeout": 3},
+    )
+    async with secured.ws() as anonymous:
+        started = time.monotonic()
+        assert "ok" in await anonymous.subscribe("pub:room")
+        assert "ok" in await anonymous.call("unsubscribe", channel="pub:room")
+        code, _ = await closed_with(anonymous, wait=10)
+        assert code == 4504, code
+        assert time.monotonic() - started >= 2.5
+
+
 @clarion_server("pings are the host server's on the portable path (uvicorn: --ws-ping-interval)")
 async def test_peer_that_stops_answering_pings_is_removed(hub_factory) -> None:  # type: ignore[no-untyped-def]
     hub = await hub_factory(limits={"ping_interval": 1, "pong_timeout": 1})

@@ -93,6 +93,7 @@ class Session:
 
     __slots__ = (
         "abuse",
+        "began",
         "client_ip",
         "closed",
         "command_bucket",
@@ -128,6 +129,9 @@ class Session:
         self.closed = False
         self.connected_at = time.monotonic()
         self.idle_since: float | None = self.connected_at
+        # It subscribed once: past the handshake, whatever it holds now (idle_timeout then
+        # decides about a session that holds nothing).
+        self.began = False
         self.pinged_at: float | None = None
         limits = hub.settings.limits
         self.publish_bucket = TokenBucket(limits.client_publish_rate, limits.client_publish_burst)
@@ -202,6 +206,7 @@ class Session:
         sub = Subscription(self, channel, fmt, push, target, server=server)
         self._hold(channel, sub)
         self.idle_since = None
+        self.began = True
         try:
             local = await channels.acquire(channel)
         except BaseException:

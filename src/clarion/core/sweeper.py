@@ -168,7 +168,7 @@ class Sweeper:
         if (
             self.hub.auth.enabled
             and session.user is None
-            and not session.subscriptions
+            and not session.began
             and now - session.connected_at > limits.handshake_timeout
         ):
             session.close(CloseCode.HANDSHAKE_TIMEOUT)
@@ -188,7 +188,7 @@ class Sweeper:
             when = pinged + limits.pong_timeout  # its ping's answer is due
         else:
             when = last + limits.ping_interval  # the next ping
-        if self.hub.auth.enabled and session.user is None and not session.subscriptions:
+        if self.hub.auth.enabled and session.user is None and not session.began:
             when = min(when, session.connected_at + limits.handshake_timeout)
         if session.idle_since is not None:
             when = min(when, session.idle_since + limits.idle_timeout)

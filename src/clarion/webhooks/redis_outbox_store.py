@@ -28,11 +28,14 @@ from clarion.webhooks.endpoint import Delivery
 # Byte counts: ``bytes`` (pending) and ``dbytes`` (dead letters) are hashes of ``n``, the bytes
 # counted, and ``from``, the first queue (or dead-letter) position counted: what was stored
 # before the counts existed (a hub upgraded with a backlog) is neither counted nor taken off.
-_UNCOUNT = """
-local function uncount(q, d, bytes, id)
+_COUNTS = """
+local function counted(q, bytes, id)
   local seq = redis.call('ZSCORE', q, id)
   local from = redis.call('HGET', bytes, 'from')
-  if seq and from and tonumber(seq) >= tonumber(from) then
+  return seq and from and tonumber(seq) >= tonumber(from)
+end
+local function uncount(q, d, bytes, id)
+  if counted(q, bytes, id) then
     redis.call('HINCRBY', bytes, 'n', -redis.call('HSTRLEN', d, id))
   end
 end
@@ -57,7 +60,7 @@ return seq
 # how many to keep, how many bytes of them (the newest is kept whatever its size). A delivery no
 # longer pending (its endpoint deleted meanwhile) is left alone.
 BURY = (
-    _UNCOUNT
+    _COUNTS
     + """
 if ARGV[1] ~= '' then
   if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
@@ -84,7 +87,7 @@ return seq
 
 # KEYS: dead, dbytes. ARGV: a dead letter (its member). Taken out of the dead letters (revived).
 UNBURY = (
-    _UNCOUNT
+    _COUNTS
     + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 if counted_letter(KEYS[2], ARGV[1]) then redis.call('HINCRBY', KEYS[2], 'n', -#ARGV[1]) end
@@ -95,16 +98,13 @@ return 1
 # KEYS: q, d, state, bytes. ARGV: msg_id, delivery, last error, its time. Only while still
 # pending: the keys of an endpoint deleted meanwhile are not brought back.
 UPDATE = (
-    _UNCOUNT
+    _COUNTS
     + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-uncount(KEYS[1], KEYS[2], KEYS[4], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-local seq = redis.call('ZSCORE', KEYS[1], ARGV[1])
-local from = redis.call('HGET', KEYS[4], 'from')
-if from and tonumber(seq) >= tonumber(from) then
-  redis.call('HINCRBY', KEYS[4], 'n', #ARGV[2])
+if counted(KEYS[1], KEYS[4], ARGV[1]) then
+  redis.call('HINCRBY', KEYS[4], 'n', #ARGV[2] - redis.call('HSTRLEN', KEYS[2], ARGV[1]))
 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], 'last_error', ARGV[3], 'last_error_at', ARGV[4])
 return 1
 """
@@ -112,7 +112,7 @@ return 1
 
 # KEYS: q, d, pos, state, bytes. ARGV: msg_id, channel (or ''), position, last msg id, its time.
 DELIVERED = (
-    _UNCOUNT
+    _COUNTS
     + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 uncount(KEYS[1], KEYS[2], KEYS[5], ARGV[1])

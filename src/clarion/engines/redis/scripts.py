@@ -135,9 +135,9 @@ return {offset, epoch, now, 0, ''}
 # replica that has a write has every write the primary ran before it), so confirming offset n
 # confirms every offset below it too. The meta's `a` is the top announced (none: nothing of the
 # epoch yet): each call announces from the next offset up to its highest confirmed offset the
-# primary holds, in offset order, reading the
-# entries the call does not carry from the stream; calls from several nodes, arriving in any
-# order, thus announce each publication once and in order. An offset neither among the call's
+# primary holds, in offset order, reading the entries the call does not carry from the stream;
+# calls from several nodes, arriving in any order, thus announce each publication once and in
+# order. An offset neither among the call's
 # own nor in the stream (trimmed, or history off, while another node's announcement was under
 # way) is skipped: subscribers meet a gap, and the history read it starts resets them.
 ANNOUNCE = (

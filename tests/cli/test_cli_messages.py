@@ -114,7 +114,7 @@ async def test_subscribe_waits_for_the_hub_past_the_open_timeout_with_one_backof
     transport: str,
 ) -> None:
     # A client library's connect() gives up at its open_timeout (10 s); the command waits for
-    # the hub as for one that went away: one run of tries whose delays grow to the cap, not
+    # the hub as for one that went away: one run of tries whose ceiling grows to the cap, not
     # a new client (and a backoff started over) every 10 s.
     port = free_port()
     sub = await subscribe(f"http://127.0.0.1:{port}", "--transport", transport)

@@ -324,12 +324,16 @@ async def test_twelve_churners_without_join_leave_leave_others_unharmed(
     hub_factory: Callable[..., Any],
 ) -> None:
     """Subscribe churn costs the hub even with no event to send (replies, history reads,
-    presence entries): the budget bounds it, so a watcher's latency and the backend's
-    publishes hold.
+    presence entries): the budget bounds it, so a watcher's latency holds and everything the
+    backend publishes meanwhile reaches it.
 
     The budget bounds the work each churner gets out of the hub before it is closed, not the
-    time that work takes: on a machine short of CPU it takes longer. So the publisher's window
-    is twice the churners' time, and covers the whole attack."""
+    time that work takes: on a machine short of CPU it takes longer, and how many the backend
+    publishes meanwhile says more of the machine's other load than of the hub (with the budget
+    64-69 of 73 measured on a quiet machine, 29 of 65 under a load average of 30; without it 34-41
+    of 73). What is checked is the work itself, the replies each churner got: with the budget
+    its burst and what refilled before it was closed (some 620, an unsubscribe never being
+    refused), without it all it sent (4,800 each in the same 2 s)."""
 
     churners = ChurnersApart(12, 2.0)
     watcher, published, (results,) = await watched(
@@ -341,11 +345,12 @@ async def test_twelve_churners_without_join_leave_leave_others_unharmed(
         join_leave=False,
     )
     assert all(code == 4505 for _, code in results), results  # each one's replies and close
+    # Subscribes within the burst and its refill (20 a second, however long the close takes
+    # here), the unsubscribes between them, 50 refusals.
+    most = 2 * (BURST + 20 * timeout(4))
+    assert all(o["ok"] <= most and o["rate_limited"] <= 50 for o, _ in results), results
     assert watcher.events == Counter()
-    # Over the attack, the publisher's requests went through about as fast as with nobody
-    # churning (without the budget: a tenth as many), however loaded the machine is.
-    assert published >= watcher.alone / 2, (published, watcher.alone)
-    assert len(watcher.latencies) == published
+    assert published > 0 and len(watcher.latencies) == published
     assert max(watcher.latencies) < max(timeout(0.5), 10 * watcher.alone_latency)
 
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clarion.errors import BadCursor
-from clarion.protocol.cursor import Cursor, channel_tag, encode_single
+from clarion.protocol.cursor import Cursor, Positions, channel_tag, encode_entries, encode_single
 from clarion.protocol.publication import StreamPosition
 
 channels = st.from_regex(r"[A-Za-z0-9_.:@/=,+\-]{1,40}", fullmatch=True)
@@ -23,6 +23,33 @@ def test_round_trip(mapping: dict[str, StreamPosition]) -> None:
     for channel, position in mapping.items():
         assert decoded.get(channel) == position
     assert len(decoded) == len(mapping)
+
+
+# A stream's positions changed one at a time: a few channels, so that they move, leave and
+# come back.
+changes = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "c", "chat:d"]), st.none() | positions), max_size=40
+)
+
+
+@given(changes)
+def test_positions_kept_encoded_are_the_cursor_of_the_same_items(steps: list) -> None:
+    """An SSE stream's ``id:`` is built from entries encoded as they move: the same token as
+    one built from scratch, whatever moved, left or came back, and in what order."""
+    kept = Positions()
+    plain: dict[bytes, StreamPosition] = {}
+    for channel, position in steps:
+        tag = channel_tag(channel)
+        if position is None:
+            kept.pop(tag)
+            plain.pop(tag, None)
+        else:
+            kept[tag] = position
+            plain[tag] = position
+        assert len(kept) == len(plain) and dict(kept.items()) == plain
+        if plain:
+            assert kept.encode() == encode_entries(plain.items())
+            assert Cursor.decode(kept.encode()) == Cursor(plain)
 
 
 @given(st.text(max_size=200))

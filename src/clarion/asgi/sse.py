@@ -47,7 +47,7 @@ from clarion.core.hub import Hub
 from clarion.core.session import Session, SubscribeResult
 from clarion.protocol import sse
 from clarion.protocol.codes import CloseCode, disconnect_for
-from clarion.protocol.cursor import Cursor, channel_tag, encode_entries, encode_single
+from clarion.protocol.cursor import Cursor, Positions, channel_tag, encode_single
 from clarion.protocol.frames import http_chunk, latest
 from clarion.protocol.publication import Publication, StreamPosition
 
@@ -142,7 +142,7 @@ class SseStream:
         self._started = 0.0
         self._beat: asyncio.TimerHandle | None = None
         # Several channels: the stream's own position per channel tag, for its ``id:`` lines.
-        self._positions: dict[bytes, StreamPosition] | None = {} if channels > 1 else None
+        self._positions: Positions | None = Positions() if channels > 1 else None
         # What each held event's ``id:`` line will add once rendered, counted with it: it
         # names every channel's position (about 30 bytes each, a 12-character epoch).
         self.frame_overhead = ID_BYTES_PER_CHANNEL * channels if channels > 1 else 0
@@ -217,7 +217,7 @@ class SseStream:
         if self._positions is not None:
             return
         hub = session.hub
-        positions: dict[bytes, StreamPosition] = {}
+        positions = Positions()
         for channel in session.subscriptions:
             position = hub.delivered_position(session, channel)
             if position is not None:
@@ -295,7 +295,7 @@ class SseStream:
 
     def current_id(self) -> str:
         assert self._positions is not None
-        return encode_entries(self._positions.items())
+        return self._positions.encode()
 
     def _render(self, item: Tagged) -> bytes:
         """A tagged event with the stream's ``id:`` line as it stands after this event.
@@ -306,12 +306,12 @@ class SseStream:
         assert positions is not None
         tag, position, body = item
         if position is FORGET:
-            positions.pop(tag, None)
+            positions.pop(tag)
         elif position is not None:
             positions[tag] = position
         if not positions:
             return body
-        return b"id: %s\n" % encode_entries(positions.items()).encode("ascii") + body
+        return b"id: %s\n" % positions.encode().encode("ascii") + body
 
     # ---- the pipe -----------------------------------------------------------------------
 

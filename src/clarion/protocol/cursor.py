@@ -94,6 +94,10 @@ class Cursor:
     def get(self, channel: str) -> StreamPosition | None:
         return self._entries.get(channel_tag(channel))
 
+    def entries(self) -> Iterable[tuple[bytes, StreamPosition]]:
+        """Each position with its channel's tag, in the cursor's order."""
+        return self._entries.items()
+
     def covers(self, channels: Iterable[str]) -> bool:
         return all(channel_tag(ch) in self._entries for ch in channels)
 
@@ -125,22 +129,72 @@ class Cursor:
         return cls(decode_entries(token))
 
 
-def encode_entries(entries: Iterable[tuple[bytes, StreamPosition]]) -> str:
-    items = list(entries)
+def _entry(tag: bytes, pos: StreamPosition) -> bytes:
+    """One channel's part of a cursor: ``channel_tag epoch_len epoch offset``."""
+    epoch = pos.epoch.encode("ascii")
+    if not _epoch_fits(epoch):
+        raise ValueError(f"epoch must be 1 to {MAX_EPOCH_BYTES} bytes")
+    if pos.offset < 0:
+        raise ValueError("offset must not be negative")
+    out = bytearray(tag)
+    out.append(len(epoch))
+    out += epoch
+    _put_varint(out, pos.offset)
+    return bytes(out)
+
+
+def _token(entries: list[bytes]) -> str:
+    """The cursor of these encoded entries: header, entries, checksum, base64url."""
     out = bytearray((VERSION,))
-    _put_varint(out, len(items))
-    for tag, pos in items:
-        epoch = pos.epoch.encode("ascii")
-        if not _epoch_fits(epoch):
-            raise ValueError(f"epoch must be 1 to {MAX_EPOCH_BYTES} bytes")
-        if pos.offset < 0:
-            raise ValueError("offset must not be negative")
-        out += tag
-        out.append(len(epoch))
-        out += epoch
-        _put_varint(out, pos.offset)
+    _put_varint(out, len(entries))
+    out += b"".join(entries)
     out += _checksum(bytes(out))
-    return base64.urlsafe_b64encode(bytes(out)).rstrip(b"=").decode("ascii")
+    # base64url, as base64.urlsafe_b64encode makes it, without its two Python calls.
+    raw = binascii.b2a_base64(bytes(out), newline=False)
+    return raw.translate(_URLSAFE).rstrip(b"=").decode("ascii")
+
+
+def encode_entries(entries: Iterable[tuple[bytes, StreamPosition]]) -> str:
+    return _token([_entry(tag, pos) for tag, pos in entries])
+
+
+class Positions:
+    """Positions by channel tag that a stream keeps and writes as a cursor again and again:
+    each entry is encoded when its position moves, and a cursor joins them. A multi-channel SSE
+    stream's ``id:`` names every channel it reads, on every event; built from scratch it cost
+    some 80 µs of Python per event at 128 channels, whoever chose the stream's shape. The
+    token is that of :func:`encode_entries` over the same items in the same order."""
+
+    __slots__ = ("_encoded", "_positions", "_token")
+
+    def __init__(self) -> None:
+        self._positions: dict[bytes, StreamPosition] = {}
+        self._encoded: dict[bytes, bytes] = {}  # in the same order as _positions
+        self._token: str | None = None
+
+    def __setitem__(self, tag: bytes, position: StreamPosition) -> None:
+        if self._positions.get(tag) == position:
+            return
+        self._encoded[tag] = _entry(tag, position)
+        self._positions[tag] = position
+        self._token = None
+
+    def pop(self, tag: bytes) -> None:
+        if self._positions.pop(tag, None) is not None:
+            del self._encoded[tag]
+            self._token = None
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def items(self) -> Iterable[tuple[bytes, StreamPosition]]:
+        return self._positions.items()
+
+    def encode(self) -> str:
+        token = self._token
+        if token is None:
+            token = self._token = _token(list(self._encoded.values()))
+        return token
 
 
 def encode_single(channel: str, epoch: str, offset: int) -> str:
@@ -164,8 +218,7 @@ def encode_single(channel: str, epoch: str, offset: int) -> str:
         tail = bytes(out)
     check = state.copy()
     check.update(tail)
-    # base64url, as base64.urlsafe_b64encode makes it, without its two Python calls.
-    raw = binascii.b2a_base64(head + tail + check.digest(), newline=False)
+    raw = binascii.b2a_base64(head + tail + check.digest(), newline=False)  # as in _token
     return raw.translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 

@@ -54,6 +54,9 @@ CLARION = str(Path(sys.executable).with_name("clarion"))
 ENV = {
     "CLARION_LIMITS__MAX_CONNECTIONS_PER_IP": "100000",
     "CLARION_LIMITS__MAX_CONNECTIONS": "100000",
+    # Every client resumes from one address, which one address's allowance of history cannot
+    # cover.
+    "CLARION_LIMITS__CLIENT_HISTORY_BURST": str(1 << 40),
     "CLARION_NAMESPACES__DEFAULT__PRESENCE": "false",
 }
 

@@ -33,6 +33,10 @@ CLARION_ENV = {
     "CLARION_LIMITS__MAX_CONNECTIONS": "100000",
     "CLARION_LIMITS__MAX_CONNECTIONS_PER_IP": "100000",
     "CLARION_LIMITS__MAX_CONNECTIONS_PER_USER": "100000",
+    # Every client resumes from one address, which one address's allowance of history cannot
+    # cover.
+    "CLARION_LIMITS__CLIENT_HISTORY_RATE": str(1 << 40),
+    "CLARION_LIMITS__CLIENT_HISTORY_BURST": str(1 << 40),
 }
 
 

@@ -67,6 +67,8 @@ async def serve(port: int, status: Path) -> None:
             # 1,000 of them may be mid-handshake at once.
             "max_pending_connections_per_ip": 100_000,
             "max_pending_connections": 100_000,
+            # And every client resumes from it: more history than one address is allowed.
+            "client_history_burst": 1 << 40,
             "send_queue_bytes": 64 * 1024,
         },
     )

@@ -13,7 +13,8 @@ from clarion import lazy
 if TYPE_CHECKING:
     from clarion.core.auth import Credentials, mint_token
     from clarion.core.hub import Hub
-    from clarion.core.session import Session, SubscribeResult
+    from clarion.core.resume import SubscribeResult
+    from clarion.core.session import Session
     from clarion.engines.base import Engine, History, PresenceEntry
     from clarion.errors import (
         BadChannel,
@@ -44,7 +45,7 @@ _EXPORTS = {
     "mint_token": "clarion.core.auth",
     "Hub": "clarion.core.hub",
     "Session": "clarion.core.session",
-    "SubscribeResult": "clarion.core.session",
+    "SubscribeResult": "clarion.core.resume",
     "Engine": "clarion.engines.base",
     "History": "clarion.engines.base",
     "PresenceEntry": "clarion.engines.base",

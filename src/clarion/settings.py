@@ -170,6 +170,20 @@ class Limits(BaseModel):
         "max_subscriptions_per_connection plus 20, so that a reconnect resubscribing every "
         "channel (and reading each one's history or presence) passes",
     )
+    client_history_rate: float = Field(
+        4 * 1_048_576,
+        gt=0,
+        description="bytes of stored publications sent per second to each user (to each "
+        "address, without a user), across its connections and requests: history reads, the "
+        "replay a resume starts with, poll replies read from history; past it each such page "
+        "holds one publication",
+    )
+    client_history_burst: int = Field(
+        64 * 1_048_576,
+        ge=1,
+        description="bucket size of client_history_rate, in bytes: what a reader may be sent "
+        "at once (a reconnect resuming every channel it reads after a long absence)",
+    )
     send_queue_bytes: int = Field(
         1_048_576,
         ge=4096,

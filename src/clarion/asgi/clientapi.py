@@ -54,7 +54,7 @@ class ClientRates:
         """A token for one publish, for one ephemeral publish to ``signal_channel`` (their
         own budget, per channel and for all channels together, as on a connection), or with
         ``command`` for one history or presence read (the command budget of a connection)."""
-        who = f"user:{session.user}" if session.user is not None else f"ip:{session.ip_key}"
+        who = session.rate_key
         limits = self.hub.settings.limits
         if signal_channel is not None:
             rate, burst = limits.client_ephemeral_rate, limits.client_ephemeral_burst
@@ -215,7 +215,7 @@ class ClientEndpoint:
                 session.credentials, channel, "poll", session.id, act="read the history of"
             )
             history, reason = await hub.history(
-                channel, since=cmd.since, limit=cmd.limit, reverse=cmd.reverse
+                channel, since=cmd.since, limit=cmd.limit, reverse=cmd.reverse, reader=session
             )
             return history_body(hub, channel, history, reason, reverse=cmd.reverse)
         # A request is subscribed to nothing; a user whose token may subscribe to the channel

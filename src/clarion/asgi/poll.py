@@ -39,7 +39,8 @@ from clarion.core.fanout import WireFormat, cursor_if_stored
 from clarion.core.hub import Hub
 from clarion.core.pages import CURSOR_BYTES
 from clarion.core.presence import POLL_CLIENT
-from clarion.core.session import Session, SubscribeResult
+from clarion.core.resume import SubscribeResult
+from clarion.core.session import Session
 from clarion.errors import BadRequest
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode, Disconnect, disconnect_for
@@ -324,7 +325,7 @@ class PollEndpoint(ChannelEndpoint):
                 client = await hub.roster.hold_poll(
                     session, given or None, request.channels, timeout
                 )
-            reply = await self._read(request)
+            reply = await self._read(request, session)
             if reply.empty and timeout > 0 and not session.closed:
                 reply = await self._wait(
                     session, waiter, request, reply.positions, timeout, receive
@@ -387,12 +388,13 @@ class PollEndpoint(ChannelEndpoint):
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _read(self, request: ChannelRequest) -> _Reply:
-        """History after the cursor, within one reply's count and bytes, shared by channels."""
+    async def _read(self, request: ChannelRequest, session: Session) -> _Reply:
+        """History after the cursor, within one reply's count and bytes, shared by channels,
+        and within what the client's allowance has left (at least one publication)."""
         hub = self.hub
         limits = hub.settings.limits
         count = limits.max_history_batch
-        size = limits.send_queue_bytes
+        size = allowed = hub.reads.budget(session.rate_key, limits.send_queue_bytes)
         share = max(1, count // len(request.channels))
         found: dict[str, list[Publication | _Reset]] = {}
         start: dict[str, StreamPosition] = {}
@@ -403,7 +405,9 @@ class PollEndpoint(ChannelEndpoint):
                 history, reason = await hub.history(channel, limit=1, reverse=True)
             else:
                 limit = 0 if since is None else min(share, count)
-                history, reason = await hub.history(channel, since=since, limit=limit)
+                history, reason = await hub.history(
+                    channel, since=since, limit=limit, budget=max(size, 1)
+                )
             start[channel] = since if since is not None else history.position
             events: list[Publication | _Reset] = []
             if reason is not None:
@@ -417,6 +421,7 @@ class PollEndpoint(ChannelEndpoint):
                 size -= len(pub.json()) + CURSOR_BYTES
                 events.append(pub)
             found[channel] = events
+        hub.reads.spend(session.rate_key, allowed - size)
         reply = _Reply(start)
         for channel in request.channels:
             reply.add_channel(channel, found[channel])

@@ -44,7 +44,8 @@ from clarion.asgi.pipe import BodyQueue, FastChunkPipe, Pipe, QueuePipe
 from clarion.asgitypes import FastStream, Receive, Scope, Send, fast_stream
 from clarion.core.fanout import WireFormat, cursor_if_stored, publication_cursor
 from clarion.core.hub import Hub
-from clarion.core.session import Session, SubscribeResult
+from clarion.core.resume import SubscribeResult
+from clarion.core.session import Session
 from clarion.protocol import sse
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor, Positions, channel_tag, encode_single

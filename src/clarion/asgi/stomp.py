@@ -2,9 +2,8 @@
 
 The STOMP session itself is the pure :class:`~clarion.protocol.stomp.StompSession`; this module
 moves bytes between it, the socket and the hub, and owns the timers: the ``CONNECT`` deadline,
-the hub's heart-beats, and the deadline of a frame split across WebSocket messages. Liveness of
-the client is the hub's tick, through :attr:`StompConnection.last_activity` and
-:meth:`StompConnection.ping`.
+the hub's heart-beats, and the deadline of a frame split across WebSocket messages. The hub's
+tick watches the client (:attr:`StompConnection.last_activity`, :meth:`StompConnection.ping`).
 
 Publications reach subscribers as ``MESSAGE`` frames cut in two
 (:mod:`clarion.protocol.stomp.message`): the tail, shared by every subscriber, is built once per
@@ -30,7 +29,8 @@ from clarion.asgi.wsendpoint import Handler, WebSocketEndpoint
 from clarion.asgitypes import Message
 from clarion.core.hub import Hub
 from clarion.core.limits import LogLimit
-from clarion.core.session import Session, SubscribeResult
+from clarion.core.resume import SubscribeResult
+from clarion.core.session import Session
 from clarion.errors import ClarionError, LimitExceeded, Unauthorized
 from clarion.protocol.codes import CloseCode, disconnect_for
 from clarion.protocol.cursor import Cursor

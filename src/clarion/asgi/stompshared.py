@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from clarion.asgi.stompwire import BinaryTail, message_tail_of
 from clarion.core.fanout import Push, WireFormat
-from clarion.core.pages import fitting, replay_budget
+from clarion.core.pages import fitting, page_bytes, replay_budget
 from clarion.core.resume import reset_reason
 from clarion.core.session import Session
 from clarion.protocol.codes import CloseCode
@@ -78,7 +78,11 @@ async def subscribe_shared(conn: StompConnection, session: Session, event: Subsc
         # As every resume: the replay stops at what the send budget has left, and a client
         # that missed more is closed as slow once that part is out, to resume from it.
         pubs = [p for p in history.publications if p.epoch == last.epoch and p.offset > last.offset]
-        count = fitting(pubs, replay_budget(hub.settings.limits.send_queue_bytes, conn.backlog()))
+        budget = replay_budget(hub.settings.limits.send_queue_bytes, conn.backlog())
+        if pubs:  # and the client's own allowance, across its connections
+            budget = hub.reads.budget(session.rate_key, budget)
+        count = fitting(pubs, budget)
+        hub.reads.spend(session.rate_key, page_bytes(pubs[:count]))
         for pub in pubs[:count]:
             shared.deliver(sub, pub)
             last = pub.position

@@ -13,7 +13,8 @@ from clarion.asgi.wstransport import WsTransport
 from clarion.asgitypes import Message
 from clarion.core.hub import Hub
 from clarion.core.limits import LogLimit
-from clarion.core.session import Session, SubscribeResult
+from clarion.core.resume import SubscribeResult
+from clarion.core.session import Session
 from clarion.engines.base import presence_body
 from clarion.errors import ClarionError, Forbidden, LimitExceeded, Unauthorized
 from clarion.protocol import messages
@@ -234,7 +235,7 @@ class _Connection(Handler):
                 session.credentials, cmd.channel, "ws", session.id, act="read the history of"
             )
             history, reason = await hub.history(
-                cmd.channel, since=cmd.since, limit=cmd.limit, reverse=cmd.reverse
+                cmd.channel, since=cmd.since, limit=cmd.limit, reverse=cmd.reverse, reader=session
             )
             return history_body(hub, cmd.channel, history, reason, reverse=cmd.reverse)
         if op in ("presence", "presence_stats"):

@@ -26,7 +26,8 @@ from clarion.protocol.frames import (
 from clarion.protocol.publication import Publication, StreamPosition
 
 if TYPE_CHECKING:
-    from clarion.core.session import Session, SubscribeResult
+    from clarion.core.resume import SubscribeResult
+    from clarion.core.session import Session
 
 
 def _frame(pub: Publication) -> bytes:

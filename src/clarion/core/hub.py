@@ -38,7 +38,7 @@ from clarion.core.limits import LogLimit
 from clarion.core.metrics import Stats, make_registry, render
 from clarion.core.nodes import NodeCollector, NodeReporter
 from clarion.core.operator import OperatorAuth
-from clarion.core.pages import page_budget, read_page
+from clarion.core.pages import ReadAllowance, page_budget, page_bytes, read_page
 from clarion.core.presence import Roster
 from clarion.core.registry import SessionRegistry
 from clarion.core.resume import history_reset, position_for
@@ -106,6 +106,9 @@ class Hub:
             OperatorAuth(self.settings) if self.settings.admin else Authenticator(self.settings)
         )
         self.stats = Stats(self.settings.namespaces)
+        limits = self.settings.limits
+        # The bytes of stored publications each client is sent (history, resumes, polls).
+        self.reads = ReadAllowance(limits.client_history_rate, limits.client_history_burst)
         # Set by the application layer when ``[hooks]`` are configured.
         self.hooks: Hooks | None = None
         self.admission = Admission(self)
@@ -384,6 +387,8 @@ class Hub:
         since: str | StreamPosition | None = None,
         limit: int | None = None,
         reverse: bool = False,
+        reader: Session | None = None,
+        budget: int | None = None,
     ) -> tuple[History, str | None]:
         """A history read; also returns a reset reason when ``since`` cannot be covered.
 
@@ -391,11 +396,17 @@ class Hub:
         reset reasons are then ``epoch`` and ``position`` only — reaching the oldest
         publication held is the end of the pages, not a gap. A page also stops at
         ``limits.send_queue_bytes`` (:mod:`~clarion.core.pages`): ``more`` and ``cursor`` say
-        where the next one starts."""
+        where the next one starts. A client's read (``reader``) stops at what its allowance
+        has left, too (:class:`~clarion.core.pages.ReadAllowance`); ``budget``, at that
+        many bytes (a part of a reply that its caller counts)."""
         validate_channel(channel)
         position = position_for(channel, since)
         cap = self.settings.limits.max_history_batch
         limit = cap if limit is None else min(limit, cap)
+        page = page_budget(self.settings.limits.send_queue_bytes)
+        budget = page if budget is None else min(budget, page)
+        if reader is not None:
+            budget = self.reads.budget(reader.rate_key, budget)
         history = await read_page(
             self.engine,
             channel,
@@ -403,9 +414,11 @@ class Hub:
             since=position,
             limit=limit,
             reverse=reverse,
-            budget=page_budget(self.settings.limits.send_queue_bytes),
+            budget=budget,
             remote=not self.publishes_inline,
         )
+        if reader is not None:
+            self.reads.spend(reader.rate_key, page_bytes(history.publications))
         reason = history_reset(history, position, reverse)
         if reason is not None:
             self.stats.resets[reason] += 1

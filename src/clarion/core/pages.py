@@ -10,6 +10,8 @@ resume from its last cursor) always gets further.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from clarion.engines.base import Engine, History
@@ -33,6 +35,59 @@ def replay_budget(limit: int, queued: int) -> int:
     JSON (an SSE ``id:`` line, STOMP's headers), and must not take the connection over its
     budget by themselves."""
     return max((limit - queued) // 2, 1)
+
+
+def page_bytes(pubs: Sequence[Publication], overhead: int = 0) -> int:
+    """What ``pubs`` count for in a page (as :func:`fitting` counts them)."""
+    return sum(len(pub.json()) for pub in pubs) + (CURSOR_BYTES + overhead) * len(pubs)
+
+
+MAX_READERS = 65536  # users and addresses whose allowance is remembered at once
+
+
+class ReadAllowance:
+    """The bytes of stored publications each reader is sent, across all its connections and
+    requests: one bucket per user, or per address without a user (``rate`` bytes a second,
+    up to ``burst``).
+
+    Each page is bounded by the send budget, but not how often a client asks for one: a
+    poll with an old cursor, a stream reopened with one, a reconnect that resumes, a history
+    read, each a small request that makes the hub read and send up to a megabyte, as often as
+    the client likes. A page takes what its reader has left, and always one publication, so a
+    reader still gets further (the next poll, page or resume goes on from there) and one over
+    its allowance costs the hub a publication per request, not a page. What was sent comes off
+    the allowance, which never goes below nothing: a publication larger than what was left
+    does not hold its reader back for longer than one.
+    """
+
+    __slots__ = ("_buckets", "burst", "rate")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # who -> [bytes, stamp]
+
+    def budget(self, who: str, page: int) -> int:
+        """The bytes of ``who``'s next page: ``page`` or what it has left, at least 1."""
+        return max(min(page, int(self._refill(who)[0])), 1)
+
+    def spend(self, who: str, used: int) -> None:
+        if used > 0:
+            bucket = self._refill(who)
+            bucket[0] = max(bucket[0] - used, 0.0)
+
+    def _refill(self, who: str) -> list[float]:
+        now = time.monotonic()
+        bucket = self._buckets.get(who)
+        if bucket is None:
+            bucket = self._buckets[who] = [self.burst, now]
+            if len(self._buckets) > MAX_READERS:  # bounded: the least recent one goes
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(who)
+            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+        return bucket
 
 
 def fitting(pubs: Sequence[Publication], budget: int, overhead: int = 0) -> int:

@@ -2,15 +2,17 @@
 
 Pure functions over engine values — no hub, no session, no I/O — so the algorithm is tested
 on its own (``tests/core/test_resume_plan.py``); :meth:`Session.subscribe` reads the history,
-asks :func:`plan_resume` what to send, and sends it.
+asks :func:`plan_resume` what to send, and sends it, after a :class:`SubscribeResult` (the
+reply: where the subscriber stands, and whether it recovered).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from clarion.core.pages import fitting
+from clarion.core.pages import fitting, page_bytes
 from clarion.engines.base import History
 from clarion.errors import BadCursor
 from clarion.protocol.cursor import Cursor, encode_single
@@ -53,6 +55,36 @@ def history_reset(history: History, since: StreamPosition | None, reverse: bool)
 
 
 @dataclass(frozen=True, slots=True)
+class SubscribeResult:
+    channel: str
+    position: StreamPosition
+    cursor: str
+    recovered: bool
+    reset: str | None  # the reset reason when the history could not cover the gap
+    # Where the subscriber stands before what it is sent first: ``since`` when that was
+    # covered, just before the newest publication with ``latest``, else ``position``. What a
+    # client stores to resume from until those publications come.
+    start: StreamPosition
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "channel": self.channel,
+            "epoch": self.position.epoch,
+            "offset": self.position.offset,
+            "cursor": self.cursor,
+            "recovered": self.recovered,
+        }
+        if self.reset is not None:
+            out["reset"] = self.reset
+        start = self.start
+        if start != self.position:
+            # Publications from before the top follow (resumed, or ``latest``): the client
+            # stands here until they come, so a drop in between resumes here, not at the top.
+            out["since"] = encode_single(self.channel, start.epoch, start.offset)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     """Tell the subscriber it missed publications: ``reason``, and where it goes on from."""
 
@@ -71,6 +103,7 @@ class Resume:
     # The replay stopped at its byte budget: publications after ``last`` are still to come,
     # so the subscriber cannot go live; it resumes from ``last`` on a new connection.
     cut: bool = False
+    replayed: int = 0  # what the publications read from history count for in a page
 
     @property
     def recovered(self) -> bool:
@@ -106,6 +139,7 @@ def plan_resume(
         sends.append(Reset(reason, encode_single(channel, top.epoch, top.offset)))
     last = since if (since is not None and reason is None) else history.position
     start = last
+    replayed = 0
     if since is None and latest and history.publications:
         first = history.publications[0]  # the newest, sent first: the start is just before it
         start = StreamPosition(first.epoch, first.offset - 1)
@@ -115,8 +149,9 @@ def plan_resume(
         for pub in pubs[:count]:
             sends.append(pub)
             last = pub.position
+        replayed = page_bytes(pubs[:count], overhead)
         if count < len(pubs):
-            return Resume(reason, sends, last, start, cut=True)
+            return Resume(reason, sends, last, start, cut=True, replayed=replayed)
     for pub in buffered:
         if pub.epoch != last.epoch:
             sends.append(Reset("epoch", encode_single(channel, pub.epoch, pub.offset - 1)))
@@ -124,7 +159,7 @@ def plan_resume(
             continue
         sends.append(pub)
         last = pub.position
-    return Resume(reason, sends, last, start)
+    return Resume(reason, sends, last, start, replayed=replayed)
 
 
 def waits_ahead(live: StreamPosition | None, last: StreamPosition) -> bool:

@@ -12,14 +12,13 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from clarion.core.auth import Credentials
 from clarion.core.fanout import Push, Subscription, WireFormat
 from clarion.core.limits import Abuse, LogLimit, TokenBucket
 from clarion.core.pages import replay_budget
-from clarion.core.resume import Reset, plan_resume, position_for
+from clarion.core.resume import Reset, SubscribeResult, plan_resume, position_for
 from clarion.core.transport import Transport
 from clarion.errors import BadRequest, ClarionError, LimitExceeded
 from clarion.protocol.channels import validate_channel
@@ -52,36 +51,6 @@ def _failed(what: str, session: Session, exc: Exception) -> None:
         session,
         exc_info=exc,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class SubscribeResult:
-    channel: str
-    position: StreamPosition
-    cursor: str
-    recovered: bool
-    reset: str | None  # the reset reason when the history could not cover the gap
-    # Where the subscriber stands before what it is sent first: ``since`` when that was
-    # covered, just before the newest publication with ``latest``, else ``position``. What a
-    # client stores to resume from until those publications come.
-    start: StreamPosition
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "channel": self.channel,
-            "epoch": self.position.epoch,
-            "offset": self.position.offset,
-            "cursor": self.cursor,
-            "recovered": self.recovered,
-        }
-        if self.reset is not None:
-            out["reset"] = self.reset
-        start = self.start
-        if start != self.position:
-            # Publications from before the top follow (resumed, or ``latest``): the client
-            # stands here until they come, so a drop in between resumes here, not at the top.
-            out["since"] = encode_single(self.channel, start.epoch, start.offset)
-        return out
 
 
 def new_session_id() -> str:
@@ -150,6 +119,13 @@ class Session:
     @property
     def user(self) -> str | None:
         return self.credentials.user
+
+    @property
+    def rate_key(self) -> str:
+        """Whom budgets kept across connections and requests count this session as: its
+        user, or its address without one."""
+        user = self.credentials.user
+        return f"user:{user}" if user is not None else f"ip:{self.ip_key}"
 
     def info(self) -> dict[str, Any]:
         """The session as lifecycle events describe it."""
@@ -244,7 +220,11 @@ class Session:
         queued: int = backlog() if backlog is not None else 0
         budget = replay_budget(hub.settings.limits.send_queue_bytes, queued)
         overhead = getattr(self.transport, "frame_overhead", 0)  # (an SSE stream's id lines)
+        if history.publications:  # and the client's own allowance, across its connections
+            budget = hub.reads.budget(self.rate_key, budget)
         plan = plan_resume(channel, history, since_pos, latest, buffer, budget, overhead)
+        if plan.replayed:
+            hub.reads.spend(self.rate_key, plan.replayed)
         top = history.position
         result = SubscribeResult(
             channel,

@@ -400,6 +400,12 @@ class PollEndpoint(ChannelEndpoint):
         start: dict[str, StreamPosition] = {}
         for channel in request.channels:
             since = request.since[channel]
+            if since is not None and (count <= 0 or size <= 0):
+                # The reply is full (and holds something): this channel stays where its cursor
+                # is, for the next poll, unread; a full reply costs its pages, not its channels.
+                start[channel] = since
+                found[channel] = []
+                continue
             if since is None and channel in request.latest:
                 # The newest stored publication: its position is the channel's top.
                 history, reason = await hub.history(channel, limit=1, reverse=True)

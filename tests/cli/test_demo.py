@@ -74,6 +74,44 @@ async def test_the_token_endpoint_takes_names_only(hub_process: Any) -> None:
         assert (await http.get("/demo/token", params={"user": "x" * 24})).status_code == 200
 
 
+async def test_the_board_snapshot_is_the_notes_and_their_cursor(hub_process: Any) -> None:
+    from clarion.client import connect
+
+    demo = await hub_process(command="demo")
+    async with RunningHub(None, None, demo.port).http() as http:  # type: ignore[arg-type]
+        empty = await http.get("/demo/board.json")
+        assert empty.status_code == 200 and empty.headers["cache-control"] == "no-store"
+        start = empty.json()
+        assert start["notes"] == [] and isinstance(start["cursor"], str)
+        assert (await http.post("/demo/board.json")).status_code == 405
+
+        token = (await http.get("/demo/token", params={"user": "visitor"})).json()["token"]
+        async with connect(demo.http_url, token=token, transport="sse") as client:
+            add = {"op": "add", "id": "n1", "x": 0.25, "y": 1.5, "text": "é" * 600}
+            await client.publish("board:main", add)
+            await client.publish("board:main", "not a change")
+            last = await client.publish("board:main", {"op": "move", "id": "n1", "x": 0.5, "y": 0})
+            snapshot: dict[str, Any] = {}
+            for _ in range(int(timeout(10) / 0.05)):  # the keeper follows the channel
+                snapshot = (await http.get("/demo/board.json")).json()
+                if snapshot["cursor"] == last.cursor:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(snapshot)
+            # The server's rules, the page's too: coordinates within the board, texts cut.
+            assert snapshot["notes"] == [
+                {"id": "n1", "x": 0.5, "y": 0.0, "text": "é" * 500, "by": "visitor"}
+            ]
+            # The cursor resumes after the last change the notes hold: only later ones follow.
+            async with client.subscribe("board:main", since=snapshot["cursor"]) as sub:
+                await client.publish("board:main", {"op": "delete", "id": "n1"})
+                item = await asyncio.wait_for(anext(sub), timeout(10))
+                assert item.data == {"op": "delete", "id": "n1"}  # type: ignore[union-attr]
+    demo.proc.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(demo.proc.wait(), timeout(15)) == 0
+
+
 async def test_clarion_serve_has_no_demo(hub: RunningHub) -> None:
     async with hub.http() as http:
         for path in ("/demo/", "/demo/token?user=x", "/demo/chat"):

@@ -1,4 +1,5 @@
-"""The demo hub: its settings, its token endpoint, its pages, and the feeds it runs."""
+"""The demo hub: its settings, its token endpoint, its pages, the feeds it runs, and the board
+it keeps."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from clarion.asgi.responses import EXCEPTION_HANDLERS, ErrorResponse, JSONRespon
 from clarion.asgitypes import DirectRoute, direct_routes, server_errors
 from clarion.core.auth import mint_token
 from clarion.core.hub import Hub
+from clarion.demo.board import Board, keep
 from clarion.demo.feeds import DEVICES, DeviceSpec, device, ticker
-from clarion.errors import BadRequest, NotFound
+from clarion.errors import BadRequest, EngineUnavailable, NotFound
 from clarion.settings import Settings
 from clarion.tasks import stop
 
@@ -31,6 +33,7 @@ from clarion.tasks import stop
 # which no name can spell, so a page cannot pose as a device.
 NAME = re.compile(r"[A-Za-z0-9_-]{1,24}")
 TOKEN_TTL = 600  # seconds; the pages' client asks for a new one before it expires
+BOARD_WAIT = 10  # seconds a snapshot waits for the keeper's first load before giving up
 
 # What a person may do on the demo pages.
 READ = ["chat:*", "typing:*", "ticker:*", "iot:*", "board:*", "cursors:*"]
@@ -117,18 +120,20 @@ class Pages:
 
 
 class Demo:
-    """The demo around a hub: pages and token endpoint in front of the hub's own app, and the
-    publishers (the ticker's prices, the simulated devices) running beside it.
+    """The demo around a hub: pages, token endpoint and the board's snapshot in front of the
+    hub's own app, and beside it the publishers (the ticker's prices, the simulated devices)
+    and the board's keeper.
 
     ``app`` is the ASGI application to serve; its lifespan starts the hub and the ticker. The
-    devices connect as clients over the network, so they start once the server listens:
-    :meth:`serving` gives them its URL.
+    devices and the keeper connect as clients over the network, so they start once the server
+    listens: :meth:`serving` gives them its URL.
     """
 
     def __init__(self, hub: Hub, devices: tuple[DeviceSpec, ...] = DEVICES) -> None:
         self.hub = hub
         self.devices = devices
         self.pages = Pages()
+        self.board = Board()
         self.tasks: set[asyncio.Task[None]] = set()
         self.hub_app = hub.asgi_app()
         self.router = Starlette(
@@ -136,6 +141,7 @@ class Demo:
                 Route("/", self._home, methods=["GET"]),
                 Route("/demo", self._home, methods=["GET"]),
                 Route("/demo/token", self._token, methods=["GET"]),
+                Route("/demo/board.json", self._board, methods=["GET"]),
                 Route("/demo/devices.json", self._devices, methods=["GET"]),
                 Route("/demo/{name:path}", self._page, methods=["GET"]),
             ],
@@ -168,10 +174,12 @@ class Demo:
         task.add_done_callback(self.tasks.discard)
 
     def serving(self, url: str) -> None:
-        """The server listens at ``url``: the devices can connect."""
-        assert self.hub.settings.token_secret is not None
+        """The server listens at ``url``: the devices and the board's keeper can connect."""
+        secret = self.hub.settings.token_secret
+        assert secret is not None
         for spec in self.devices:
-            self.spawn(device(url, self.hub.settings.token_secret, spec), f"demo device {spec.id}")
+            self.spawn(device(url, secret, spec), f"demo device {spec.id}")
+        self.spawn(keep(url, secret, self.board), "demo board keeper")
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
@@ -195,6 +203,15 @@ class Demo:
         return JSONResponse(
             [{"id": d.id, "label": d.label, "temperature": d.temperature} for d in self.devices]
         )
+
+    async def _board(self, request: Request) -> Response:
+        # The notes and the cursor they are at: a page draws them, then subscribes from there.
+        try:
+            async with asyncio.timeout(BOARD_WAIT):
+                await self.board.loaded.wait()
+        except TimeoutError:
+            return ErrorResponse(EngineUnavailable("the board is not loaded yet: try again"))
+        return JSONResponse(self.board.snapshot(), headers={"cache-control": "no-store"})
 
     async def _token(self, request: Request) -> Response:
         # Demo-only: a token for whoever asks, for the name they ask for.

@@ -91,15 +91,17 @@ function bar(page, me, wanted, client) {
 // Who is on a channel, per user (a user's tabs are one), `me` always among them: read from presence
 // on every (re)subscribe, kept up by join and leave. A long-polling client is in no presence and
 // gets no join or leave between polls: it reads presence again every 5 s. `render` gets the names.
+// The demo's own clients (the board's keeper, "demo:board") have a ':' that no person's name has.
 export function people(client, channel, me, render) {
   const users = new Set([me]);
+  const person = (user) => user && !user.includes(":");
   const show = () => render([...users].sort());
   async function refresh() {
     try {
       const { users: here = [] } = await client.presence(channel);
       users.clear();
       users.add(me);
-      for (const u of here) users.add(u.user);
+      for (const u of here) if (person(u.user)) users.add(u.user);
       show();
     } catch (error) {
       console.warn("presence", error);
@@ -109,7 +111,7 @@ export function people(client, channel, me, render) {
   show();
   return {
     refresh,
-    onJoin: (e) => { if (e.user) { users.add(e.user); show(); } },
+    onJoin: (e) => { if (person(e.user)) { users.add(e.user); show(); } },
     onLeave: (e) => { if (e.user && e.user !== me) { users.delete(e.user); show(); } },
   };
 }

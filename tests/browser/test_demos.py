@@ -1,7 +1,7 @@
 """The demo apps in headless Chromium, served by the demo hub (pages, token endpoint, feeds):
 two people chatting, the ticker and the dashboard updating, cursors moving between two
-browsers — each on WebSocket and on a fallback transport. Each test saves a screenshot in
-``test-output/demo/``."""
+browsers, a board that outlives its channel's history — each on WebSocket and on a fallback
+transport. Each test saves a screenshot in ``test-output/demo/``."""
 
 from __future__ import annotations
 
@@ -249,3 +249,93 @@ async def test_the_chat_resumes_and_says_when_it_missed_messages(
     texts = await lines.all_text_contents()
     assert texts == [f"flood {n}" for n in range(200, 250)]
     await screenshot(page, f"chat-reset-{transport}")
+
+
+async def move_many(demo: RunningDemo, note: str, count: int, to: tuple[float, float]) -> None:
+    """``count`` moves of ``note`` as a backend publishes them (the server API, with the demo's
+    key), the last one to ``to``."""
+    from clarion.client import connect
+
+    moves = [{"op": "move", "id": note, "x": n / count, "y": 0.5} for n in range(count - 1)]
+    moves.append({"op": "move", "id": note, "x": to[0], "y": to[1]})
+    async with connect(demo.url, api_key=demo.hub.settings.api_key) as backend:
+        for start in range(0, count, 1000):  # the most a batch takes
+            batch = [{"channel": "board:main", "data": m} for m in moves[start : start + 1000]]
+            results = await backend.publish_batch(batch)
+            assert all(r.offset for r in results), results  # type: ignore[union-attr]
+
+
+def note_at(note: str, x: float, y: float) -> str:
+    """A page expression: ``note`` is drawn at (x, y)."""
+    found = f"document.querySelector('.note[data-id=\"{note}\"]')"
+    return (
+        f"{found} && Math.abs(parseFloat({found}.style.left) - {x * 100}) < 0.01"
+        f" && Math.abs(parseFloat({found}.style.top) - {y * 100}) < 0.01"
+    )
+
+
+async def oldest_held(demo: RunningDemo) -> Any:
+    return (await demo.hub.history("board:main", limit=1))[0].publications[0].data
+
+
+@pytest.mark.parametrize("transport", ["ws", "poll"])
+async def test_a_note_outlives_the_history_of_its_channel(
+    browser: Any, demo: RunningDemo, transport: str
+) -> None:
+    alice = await open_app(browser, demo, "board", transport, "alice")
+    await alice.click("#add")
+    added = alice.locator(".note", has_text="New note")
+    await added.wait_for(timeout=ms(10))
+    note = await added.get_attribute("data-id")
+    assert note
+
+    # More changes than the channel keeps: its history no longer holds the note's add.
+    kept = demo.hub.options("board:main").history_size
+    await move_many(demo, note, kept + 50, (0.7, 0.4))
+    assert (await oldest_held(demo))["op"] == "move"
+
+    # A new visitor starts from the server's snapshot: the note, where it was moved last.
+    bob = await open_app(browser, demo, "board", transport, "bob")
+    await until(bob, note_at(note, 0.7, 0.4))
+    await until(alice, note_at(note, 0.7, 0.4))
+    assert await bob.locator(".note .by").all_text_contents() == ["by alice"]
+    assert await bob.locator("#notice").is_hidden()
+    # The keeper follows the channel too, but it is no person: not among who is here.
+    await bob.locator("#people [data-user=alice]").wait_for(timeout=ms(10))
+    assert sorted(
+        await bob.locator("#people .avatar").evaluate_all(
+            "(avatars) => avatars.map((a) => a.dataset.user)"
+        )
+    ) == ["alice", "bob"]
+
+    # And from its cursor, the changes after it.
+    await move_many(demo, note, 3, (0.2, 0.6))
+    await until(bob, note_at(note, 0.2, 0.6))
+    await screenshot(bob, f"board-kept-{transport}")
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_the_board_reloads_its_snapshot_after_a_reset(
+    browser: Any, demo: RunningDemo, transport: str
+) -> None:
+    page = await open_app(browser, demo, "board", transport, "carol")
+    await page.click("#add")
+    added = page.locator(".note", has_text="New note")
+    await added.wait_for(timeout=ms(10))
+    note = await added.get_attribute("data-id")
+    assert note
+
+    # Away while more changed than the channel keeps: history cannot cover the gap (a reset),
+    # so the page starts again from the snapshot.
+    await page.context.set_offline(True)
+    for session in list(demo.hub.sessions.values()):
+        if session.user == "carol":
+            session.close(4000)
+    kept = demo.hub.options("board:main").history_size
+    await move_many(demo, note, kept + 50, (0.3, 0.8))
+    await demo.hub.publish("board:main", {"op": "edit", "id": note, "text": "moved a lot"})
+    await page.context.set_offline(False)
+    await page.locator("#notice", has_text="Missed changes").wait_for(timeout=ms(20))
+    await until(page, note_at(note, 0.3, 0.8), seconds=20)
+    assert await page.locator(".note .text").all_text_contents() == ["moved a lot"]
+    await screenshot(page, f"board-reset-{transport}")

@@ -1,9 +1,18 @@
-// Board: sticky notes as a stream of stored events (add, move, edit, delete) that every visitor
-// replays from history, and cursors as live signals (ephemeral), the latest per user.
+// Board: sticky notes kept by the demo server, their changes (add, move, edit, delete) carried
+// by a stored channel; cursors as live signals (ephemeral), the latest per user.
+//
+// The server holds the board (clarion/demo/board.py): it follows the channel, applies every
+// change, and answers /demo/board.json with the notes and the cursor of the last change they
+// hold. A page draws that, then subscribes from that cursor: every later change once, however
+// many the channel's history has let go before.
 import { start, el, colorOf, people } from "/demo/common.js";
 
 const NOTES = "board:main";
 const CURSORS = "cursors:main";
+// The server's bounds (board.py): a full board takes no new note; longer texts are cut.
+const MAX_NOTES = 200;
+const MAX_TEXT = 500;
+const MAX_ID = 64;
 const { client, me } = start("board");
 const board = document.getElementById("board");
 
@@ -15,26 +24,41 @@ const place = (node, x, y) => {
   node.style.left = `${x * 100}%`;
   node.style.top = `${y * 100}%`;
 };
+// Characters as Python counts them (code points), so that a cut text is the server's too.
+const cut = (text) => [...text].slice(0, MAX_TEXT).join("");
+const coordinate = (v) => (typeof v === "number" && Number.isFinite(v) ? Math.min(1, Math.max(0, v)) : null);
 
-function apply(event, by) {
-  const node = notes.get(event.id);
-  if (event.op === "add" && !node) {
-    const text = el("div", { class: "text", contenteditable: "true", spellcheck: "false" }, event.text);
-    const del = el("span", { class: "del", title: "delete" }, "×");
-    const made = el("div", { class: "note", "data-id": event.id, style: `background:${pastel(by)}` },
-      del, text, el("div", { class: "by" }, `by ${by}`));
-    place(made, event.x, event.y);
-    notes.set(event.id, made);
-    board.append(made);
-    wire(made, event.id, text, del);
-  } else if (node && event.op === "move") {
-    place(node, event.x, event.y);
-  } else if (node && event.op === "edit") {
-    const text = node.querySelector(".text");
-    if (document.activeElement !== text) text.textContent = event.text;
-  } else if (node && event.op === "delete") {
+function addNote(id, x, y, text, by) {
+  const body = el("div", { class: "text", contenteditable: "true", spellcheck: "false" }, text);
+  const del = el("span", { class: "del", title: "delete" }, "×");
+  const made = el("div", { class: "note", "data-id": id, style: `background:${pastel(by)}` },
+    del, body, el("div", { class: "by" }, `by ${by}`));
+  place(made, x, y);
+  notes.set(id, made);
+  board.append(made);
+  wire(made, id, body, del);
+}
+
+// One change, by the server's rules: whatever a page publishes, the page and the snapshot
+// agree. A known id is not added twice; an unknown one is not moved, edited or deleted.
+function apply(change, by) {
+  if (!change || typeof change !== "object") return;
+  const { op, id } = change;
+  if (typeof id !== "string" || id.length === 0 || [...id].length > MAX_ID) return;
+  const node = notes.get(id);
+  const x = coordinate(change.x);
+  const y = coordinate(change.y);
+  const text = typeof change.text === "string" ? cut(change.text) : null;
+  if (op === "add" && !node && x !== null && y !== null) {
+    if (notes.size < MAX_NOTES) addNote(id, x, y, text ?? "", by);
+  } else if (op === "move" && node && x !== null && y !== null) {
+    place(node, x, y);
+  } else if (op === "edit" && node && text !== null) {
+    const body = node.querySelector(".text");
+    if (document.activeElement !== body) body.textContent = text;
+  } else if (op === "delete" && node) {
     node.remove();
-    notes.delete(event.id);
+    notes.delete(id);
   }
 }
 
@@ -51,7 +75,7 @@ function wire(node, id, text, del) {
   let before = null;
   text.addEventListener("focus", () => { before = text.textContent; });
   text.addEventListener("blur", () => {
-    if (text.textContent !== before) send({ op: "edit", id, text: text.textContent.slice(0, 500) });
+    if (text.textContent !== before) send({ op: "edit", id, text: cut(text.textContent) });
   });
   node.addEventListener("pointerdown", (e) => {
     if (e.target === text || e.target === del) return;
@@ -62,7 +86,7 @@ function wire(node, id, text, del) {
     node.setPointerCapture(e.pointerId);
     const move = (m) => {
       const p = fraction(m);
-      at = { x: Math.max(0, left + p.x - start.x), y: Math.max(0, top + p.y - start.y) };
+      at = { x: coordinate(left + p.x - start.x), y: coordinate(top + p.y - start.y) };
       place(node, at.x, at.y);
     };
     const up = () => {
@@ -76,21 +100,22 @@ function wire(node, id, text, del) {
 }
 
 document.getElementById("add").addEventListener("click", () => {
+  if (notes.size >= MAX_NOTES) return notice(`The board is full (${MAX_NOTES} notes): delete one first.`);
   const id = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
   send({ op: "add", id, x: 0.1 + Math.random() * 0.6, y: 0.1 + Math.random() * 0.5, text: "New note" });
 });
 
-// History first (every event the channel holds, oldest first), then a subscription from the
-// cursor where it ended: nothing missed in between, nothing twice.
-async function load() {
-  for (const node of notes.values()) node.remove();
-  notes.clear();
-  let since;
-  for (;;) {
-    const page = await client.history(NOTES, since ? { since } : {});
-    for (const pub of page.publications) apply(pub.data, pub.info?.user ?? "?");
-    since = page.cursor;
-    if (!page.more) return since;
+// The server's notes and the cursor they are at, asked again until it answers.
+async function snapshot() {
+  for (let wait = 500; ; wait = Math.min(2 * wait, 10000)) {
+    try {
+      const r = await fetch("/demo/board.json", { cache: "no-store" });
+      if (r.ok) return await r.json();
+      console.warn(`board: HTTP ${r.status}, asking again`);
+    } catch (error) {
+      console.warn("board", error);
+    }
+    await new Promise((done) => setTimeout(done, wait));
   }
 }
 
@@ -153,21 +178,30 @@ client.subscribe(CURSORS, {
   },
 });
 
-// ---- start: wait for the connection, replay the notes, then follow them ----
+// ---- start: draw the snapshot, then follow the changes from its cursor ----
 
-client.on("connected", async function once() {
-  client.off("connected", once);
-  const since = await load();
-  client.subscribe(NOTES, {
-    since,
-    onPublication: (pub) => apply(pub.data, pub.info?.user ?? "?"),
+let notesSub = null;
+let resets = 0; // in a row: one more means the snapshot is behind too, so wait a little
+
+async function follow() {
+  const { notes: held, cursor } = await snapshot();
+  notesSub?.unsubscribe();
+  for (const node of notes.values()) node.remove();
+  notes.clear();
+  for (const n of held) addNote(n.id, n.x, n.y, n.text, n.by);
+  const sub = client.subscribe(NOTES, {
+    since: cursor,
+    onPublication: (pub) => { resets = 0; apply(pub.data, pub.info?.user ?? "?"); },
     onSubscribed: here.refresh,
-    onReset: async () => {
-      // History no longer reaches back to where we were: rebuild the board from it.
+    onReset: () => {
+      // History no longer reaches back to where we were: start again from a new snapshot.
+      if (sub !== notesSub) return;
       notice("Missed changes while disconnected — reloaded the board.");
-      await load();
+      setTimeout(follow, Math.min(10000, 1000 * (2 ** resets++ - 1)));
     },
     onJoin: here.onJoin,
     onLeave: here.onLeave,
   });
-});
+  notesSub = sub;
+}
+follow();

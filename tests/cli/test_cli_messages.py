@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from clarion.protocol.cursor import channel_tag, encode_entries
@@ -249,6 +250,72 @@ async def test_a_reader_that_stops_reading_ends_the_subscription_quietly(
     assert [json.loads(line)["data"] for line in out.splitlines()] == [0, 1]
     assert proc.returncode == 0, err  # the subscriber's own status, with pipefail
     assert err.decode() == "", err
+
+
+async def into_closed_pipe(*args: str, buffered: bool) -> tuple[int, str]:
+    """Run ``clarion ARGS`` with its stdout a pipe whose reader has gone (what ``| head -1``
+    leaves once it has its line): the exit status and stderr. ``buffered``: stdout as Python
+    buffers it for a pipe, so the first write to fail may be the last flush; else (as with
+    PYTHONUNBUFFERED) every write."""
+    read, write = os.pipe()
+    os.close(read)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, *args, stdout=write, stderr=asyncio.subprocess.PIPE, env=env
+        )
+    finally:
+        os.close(write)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), timeout(30))
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+async def test_every_command_ends_quietly_when_its_reader_has_gone(
+    hub_process: Any, buffered: bool
+) -> None:
+    """Output into a closed pipe: exit status 0 and not a word, whichever command writes and
+    however much (`clarion subscribe` is tested beside, with `| head`)."""
+    hub = await hub_process(env={"CLARION_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]'})
+    url = hub.http_url
+    async with httpx.AsyncClient(base_url=url) as api:
+        for n in range(70):  # a listing longer than Python's buffer of stdout (8 KB)
+            body = {"url": f"http://127.0.0.1:9/hook/{n}", "channels": ["chat:*"]}
+            assert (await api.post("/api/webhooks", json=body)).status_code == 200
+    commands = [
+        ["webhooks", "list", "--url", url],
+        ["webhooks", "list", "--json", "--url", url],
+        ["webhooks", "add", "http://127.0.0.1:9/hook/new", "--channel", "chat:*", "--url", url],
+        ["publish", "chat:lobby", "1", "--url", url],
+        ["token", "--user", "42", "--channels", "chat:*", "--secret", SECRET],
+        ["--help"],
+        ["webhooks", "--help"],
+    ]
+    for args in commands:
+        assert await into_closed_pipe(*args, buffered=buffered) == (0, ""), args
+    # What a reader that leaves after one line sees, as a shell runs it.
+    command = " ".join(shlex.quote(part) for part in [*CLI, "webhooks", "list", "--url", url])
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", f"set -o pipefail; {command} | head -1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # a failure ends the pipeline's commands too, not bash alone
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout(30))
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            await proc.wait()
+    assert (proc.returncode, err.decode()) == (0, "")
+    assert out.decode().startswith("wh_") and out.decode().count("\n") == 1
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse", "poll"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
@@ -150,6 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # Here, not at the interpreter's exit, where a failed flush would be an "Exception
+            # ignored" and status 120: output still buffered (or --help, which ends in
+            # SystemExit) meets a reader that left as a write does.
+            if sys.stdout is not None:  # None: started with stdout closed (`>&-`)
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # What read stdout stopped reading (`clarion webhooks list | head -1`): the command's
+        # end, quietly, for every command and whichever write found the pipe closed. (A socket's
+        # EPIPE never gets here: httpx and websockets raise their own errors for it.) The rest of
+        # the output goes nowhere, so the interpreter's own last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the workers of serve

@@ -173,11 +173,6 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        # Whatever read the lines stopped reading (`| head`): the subscription's end, quietly.
-        # The interpreter's last flush of stdout would fail too: it goes nowhere now.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except ClarionError as exc:
         # Refused at subscribe (WebSocket), or the stream closed for it (SSE, polling).
         refused = exc.code == ErrorCode.UNAUTHORIZED

@@ -2,7 +2,8 @@
 
 What the parser needs is in :mod:`clarion.cli.arguments`. A subcommand's failure is a
 :class:`~clarion.errors.ClarionError`; :func:`clarion.cli.main` prints it as ``clarion: …`` on
-stderr and exits 2, as :class:`~clarion.cli.arguments.Parser` does for a usage error.
+stderr and exits 2, as :class:`~clarion.cli.arguments.Parser` does for a usage error; a command
+whose stdout's reader has gone (``| head -1``) ends there, quietly, with status 0.
 """
 
 from __future__ import annotations

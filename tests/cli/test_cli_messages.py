@@ -343,8 +343,26 @@ async def test_subscribing_without_a_token_says_how_to_give_one(
     errors = [line for line in err.splitlines() if "connect" not in line]
     assert errors == [
         "clarion: a token is needed to subscribe to 'chat:lobby'",
-        "clarion: pass a token with --token or CLARION_TOKEN (clarion token --user NAME mints one)",
+        "clarion: pass a token with --token or CLARION_TOKEN "
+        "(clarion token --user NAME --channels chat:lobby mints one)",
     ]
+    # The command it gives mints a token this subscription is made with.
+    mint = shlex.split(errors[1].split("(", 1)[1].removesuffix(" mints one)"))
+    assert mint[:2] == ["clarion", "token"]
+    code, token, err = await run(*[word.replace("NAME", "ada") for word in mint[1:]],
+        "--secret", SECRET)  # fmt: skip
+    assert (code, err) == (0, "")
+    sub = await subscribe(hub.http_url, "--transport", transport, "--token", token.strip())
+    try:
+        await sub.expect(r"clarion: connected to .*")
+        await asyncio.sleep(0.2)  # the subscription is made just after the connection
+        code, _, err = await run("publish", "chat:lobby", "1", "--url", hub.http_url,
+            "--api-key", KEY)  # fmt: skip
+        assert code == 0, err
+        assert (await sub.line())["data"] == 1
+    finally:
+        sub.proc.terminate()
+        await sub.proc.wait()
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse", "poll"])

@@ -179,8 +179,11 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         closed = getattr(exc, "close_code", None) == CloseCode.UNAUTHORIZED
         if token or not (refused or closed):
             raise
-        # The hub cannot say where a token comes from; the command can.
-        hint = "pass a token with --token or CLARION_TOKEN (clarion token --user NAME mints one)"
+        # The hub cannot say where a token comes from; the command can. With --channels: a
+        # token without it allows no channel, and this one would be refused in turn. (A
+        # channel name needs no quoting in a shell: its alphabet has no special character.)
+        mint = f"clarion token --user NAME --channels {args.channel}"
+        hint = f"pass a token with --token or CLARION_TOKEN ({mint} mints one)"
         raise ClarionError(f"{exc.message}\n{hint}", code=exc.code) from None
 
 

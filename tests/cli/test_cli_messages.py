@@ -463,6 +463,26 @@ async def test_every_command_reports_errors_the_same_way(hub_process: Any) -> No
             "clarion: --ttl: not a duration: '0' (more than 0 seconds, and at most 36500d)\n"
             "try 'clarion token --help'",
         ),
+        (  # refused before a word about the token: no warning for a token not minted
+            ["token", "--user", "1", "--secret", "short", "--ttl", "0"],
+            "clarion: --ttl: not a duration: '0' (more than 0 seconds, and at most 36500d)\n"
+            "try 'clarion token --help'",
+        ),
+        (  # a pattern the hub would refuse the whole token for, in any of the claims
+            ["token", "--user", "1", "--secret", "short", "--channels", "chat:*", "chat lobby"],
+            "clarion: --channels: invalid channel pattern 'chat lobby': 1 to 255 characters of "
+            "letters, digits, _ . : @ / = , + - and *\ntry 'clarion token --help'",
+        ),
+        (
+            ["token", "--user", "1", "--secret", "short", "--publish", ""],
+            "clarion: --publish: invalid channel pattern '': 1 to 255 characters of "
+            "letters, digits, _ . : @ / = , + - and *\ntry 'clarion token --help'",
+        ),
+        (
+            ["token", "--user", "1", "--channels", "a", "--presence", "room#1"],
+            "clarion: --presence: invalid channel pattern 'room#1': 1 to 255 characters of "
+            "letters, digits, _ . : @ / = , + - and *\ntry 'clarion token --help'",
+        ),
         (  # not dropped from the token without a word
             ["token", "--user", "1", "--info", '"Ann"'],
             "clarion: --info: not a JSON object: '\"Ann\"'\ntry 'clarion token --help'",

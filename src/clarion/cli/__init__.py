@@ -21,6 +21,7 @@ from clarion.cli.arguments import (
     LOG_LEVELS,
     Parser,
     add_client_options,
+    channel_pattern,
     cursor_arg,
     duration,
     json_object,
@@ -117,15 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="mint a development connection token (HS256 JWT)")
     token.add_argument("--user", required=True, help="the token's sub claim")
     token.add_argument(
-        "--channels", nargs="+", default=[], metavar="PATTERN", help="channels it may subscribe"
+        "--channels",
+        nargs="+",
+        default=[],
+        type=channel_pattern,
+        metavar="PATTERN",
+        help="channels it may subscribe",
     )
     token.add_argument(
-        "--publish", nargs="+", default=[], metavar="PATTERN", help="channels it may publish to"
+        "--publish",
+        nargs="+",
+        default=[],
+        type=channel_pattern,
+        metavar="PATTERN",
+        help="channels it may publish to",
     )
     token.add_argument(
         "--presence",
         nargs="+",
         default=[],
+        type=channel_pattern,
         metavar="PATTERN",
         help="may read presence without subscribing",
     )

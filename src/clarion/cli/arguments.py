@@ -87,6 +87,18 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def channel_pattern(text: str) -> str:
+    """A pattern of a token's claim, checked as the hub checks it: a hub refuses every token
+    with one it cannot read, so one is a usage error, not a token minted in vain."""
+    from clarion.errors import BadChannel
+    from clarion.protocol.channels import validate_pattern
+
+    try:
+        return validate_pattern(text)
+    except BadChannel as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 CURSOR_SOURCES = (
     'a cursor is the "cursor" of a line clarion subscribe prints, or of a /poll answer, '
     "or the id: of an SSE event"

@@ -199,13 +199,8 @@ def cmd_token(args: argparse.Namespace) -> int:
             code=LocalCode.CONFIG,
         )
     algorithm = settings.token_algorithm if settings.token_algorithm.startswith("HS") else "HS256"
-    note = secret_note(secret, algorithm)
-    if note:  # a development secret is allowed, but not silently
-        sys.stderr.write(f"clarion: warning: {note}\n")
-    if not args.channels:  # a valid token, and useless for subscribing: say so
-        sys.stderr.write(
-            "clarion: warning: the token allows no channel: pass --channels, e.g. 'chat:*'\n"
-        )
+    # Minted before any warning: every argument is checked by then (the parser checked the
+    # flags' forms, the secret is found), so a warning is only ever about a token printed.
     token = mint_token(
         secret,
         args.user,
@@ -216,5 +211,12 @@ def cmd_token(args: argparse.Namespace) -> int:
         info=args.info,
         algorithm=algorithm,
     )
+    note = secret_note(secret, algorithm)
+    if note:  # a development secret is allowed, but not silently
+        sys.stderr.write(f"clarion: warning: {note}\n")
+    if not args.channels:  # a valid token, and useless for subscribing: say so
+        sys.stderr.write(
+            "clarion: warning: the token allows no channel: pass --channels, e.g. 'chat:*'\n"
+        )
     sys.stdout.write(token + "\n")
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -150,6 +150,56 @@ async def test_api_key_publishes_over_http_without_a_websocket(hub_factory: Any)
         with pytest.raises(RequestFailed) as caught:
             await client.publish("chat:lobby", "nope")
         assert caught.value.status == 401 and caught.value.code == "unauthorized"
+
+
+async def _not_found_server() -> asyncio.Server:
+    """Another server (a host application where the hub is not mounted): a bare text 404 for
+    every request."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n"
+            b"Connection: close\r\n\r\nNot Found"
+        )
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+
+async def test_a_request_where_nothing_serves_asks_whether_the_url_is_the_hubs(
+    hub_factory: Any,
+) -> None:
+    # A 404 for the endpoint itself, not for something the hub lacks: every request says what
+    # a subscription at the same URL says, on the server API and the client API alike.
+    hub: RunningHub = await hub_factory(api_key="backend-key")
+    other = await _not_found_server()
+    try:
+        port = other.sockets[0].getsockname()[1]
+        for url in (f"{hub.http_url}/wrong", f"http://127.0.0.1:{port}/rt"):
+            doubt = f"is {url} the hub's URL, with the path an application mounted it at?"
+            async with (
+                connect(url, api_key="backend-key", transport="sse") as backend,
+                connect(url, transport="sse") as client,
+            ):
+                calls: list[Callable[[], Coroutine[Any, Any, Any]]] = [
+                    lambda: backend.publish("chat:lobby", 1),
+                    lambda: backend.publish_batch([{"channel": "chat:lobby", "data": 1}]),
+                    lambda: backend.history("chat:lobby", reverse=True),
+                    lambda: backend.presence("chat:lobby"),
+                    lambda: client.publish("chat:lobby", 1),
+                    lambda: client.history("chat:lobby"),
+                    lambda: client.presence_stats("chat:lobby"),
+                ]
+                for call in calls:
+                    with pytest.raises(RequestFailed) as caught:
+                        await call()
+                    assert (caught.value.code, caught.value.status) == ("not_found", 404)
+                    assert caught.value.message.endswith(f": {doubt}"), caught.value.message
+    finally:
+        other.close()
+        await other.wait_closed()
 
 
 async def test_publish_batch_answers_each_in_order(hub_factory: Any) -> None:

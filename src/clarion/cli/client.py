@@ -53,8 +53,10 @@ class Target:
                 f"cannot reach {self.url}: {exc}", code=LocalCode.UNREACHABLE
             ) from None
         if response.status_code != 200:
+            from clarion.client.api import nothing_serves
+
             error = self.refused(action, response)
-            if response.status_code == 404 and not _names_a_resource(response):
+            if nothing_serves(response):
                 raise ClarionError(f"{error.message}\n{endpoints.doubt()}", code=error.code)
             raise error
         return response
@@ -71,16 +73,6 @@ class Target:
             )
             return ClarionError(f"{error.message}\n{hint}", code=error.code)
         return error
-
-
-def _names_a_resource(response: Any) -> bool:
-    """A 404 of the hub about something it lacks (a webhook), not one for a path nothing serves
-    (the router's bare "Not Found", or another server's page)."""
-    try:
-        message = orjson.loads(response.content)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return False
-    return isinstance(message, str) and message != "Not Found"
 
 
 def client_target(args: argparse.Namespace) -> Target:

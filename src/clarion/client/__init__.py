@@ -26,6 +26,7 @@ from clarion.client.errors import (
     Disconnected,
     RequestFailed,
     RequestTimeout,
+    TransportUnavailable,
 )
 from clarion.client.items import (
     History,
@@ -60,6 +61,7 @@ __all__ = [
     "Reset",
     "Subscription",
     "TransportName",
+    "TransportUnavailable",
     "connect",
     "run_subscribe",
 ]

@@ -55,6 +55,19 @@ def failure(response: httpx.Response) -> RequestFailed:
     return RequestFailed.from_wire(error, status)
 
 
+def nothing_serves(response: httpx.Response) -> bool:
+    """Whether ``response`` is a 404 for a path nothing serves (a router's bare "Not Found", or
+    another server's page), not the hub's about something it lacks (a webhook): most often the
+    hub's URL without the path an application mounted it at (:meth:`Endpoints.doubt`)."""
+    if response.status_code != 404:
+        return False
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return True
+    return not isinstance(message, str) or message == "Not Found"
+
+
 class HttpApi:
     """One ``httpx.AsyncClient`` for a client's requests (server or client API) and its SSE and
     poll streams."""
@@ -153,7 +166,14 @@ class HttpApi:
             reason = str(exc) or type(exc).__name__
             raise ConnectionLost(f"the connection to {url} failed: {reason}") from None
         if not response.is_success:
-            raise failure(response)
+            error = failure(response)
+            if nothing_serves(response):
+                # The hint a subscription gives at the same URL: a bare "HTTP 404 Not Found"
+                # leaves the reader to guess that it is the URL, not the channel.
+                raise RequestFailed(
+                    f"{error.message}: {self.endpoints.doubt()}", code=error.code, status=404
+                )
+            raise error
         try:
             body = response.json()
         except ValueError:

@@ -4,6 +4,7 @@
     ├── ClientClosed       the client is closed; ``close_code``/``reason`` say why
     │   └── Disconnected   the hub ended the connection with a "do not reconnect" code
     ├── ConnectFailed      the hub could not be reached, or refused the transport, when opening
+    │   └── TransportUnavailable  the URL has no endpoint for the transport (404, refused upgrade)
     ├── ConnectionLost     the connection dropped with a request in flight: its outcome is unknown
     ├── RequestTimeout     no answer within ``request_timeout`` (also a :class:`TimeoutError`)
     └── RequestFailed      the hub answered with an error: ``code``, ``message``, HTTP ``status``

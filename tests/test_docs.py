@@ -163,3 +163,34 @@ def _check_readme(session: Session) -> None:
     # The FastAPI app's own hub delivered the order.
     (order,) = [json.loads(line) for line in session.output_of(r"subscribe orders:new")]
     assert order["channel"] == "orders:new" and order["data"] == {"item": "tea"}
+
+
+def test_the_token_minting_example_mints_what_clarion_token_does(tmp_path: Path) -> None:
+    """docs/client.md's PyJWT program and its `clarion token` line: one token, believed by a hub
+    with the secret (the document's run checks that each runs, not what they mint)."""
+    from clarion.core.auth import Authenticator
+    from clarion.settings import Settings
+
+    doc = blocks(ROOT / "docs" / "client.md")
+    (program,) = [b for b in doc if b.runs and b.lang == "python" and "jwt.encode" in b.text]
+    (command,) = [b for b in doc if b.runs and b.lang == "sh" and "clarion token" in b.text]
+    secret = "t" * 43
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLARION_")}
+    env["CLARION_TOKEN_SECRET"] = secret
+    (tmp_path / ".venv").symlink_to(sys.prefix)
+    tokens = []
+    for argv in ([sys.executable, "-c", program.text], ["bash", "-c", command.text]):
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert (done.returncode, done.stderr) == (0, ""), argv
+        tokens.append(done.stdout.strip())
+    hub = Authenticator(Settings(token_secret=secret))
+    from_python, from_cli = (hub.verify(token) for token in tokens)
+    assert from_python.user == "42" and "user:42" in from_python.channels
+    assert from_python.publish
+    assert (from_python.user, from_python.channels, from_python.publish) == (
+        from_cli.user,
+        from_cli.channels,
+        from_cli.publish,
+    )
+    lifetimes = [c.claims["exp"] - c.claims["iat"] for c in (from_python, from_cli)]
+    assert lifetimes == [3600, 3600]

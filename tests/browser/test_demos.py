@@ -274,6 +274,16 @@ def note_at(note: str, x: float, y: float) -> str:
     )
 
 
+async def add_note(page: Any) -> str:
+    """A note added from ``page``'s button, once the page shows it: its id."""
+    await page.click("#add")
+    added = page.locator(".note", has_text="New note")
+    await added.wait_for(timeout=ms(10))
+    note: str | None = await added.get_attribute("data-id")
+    assert note
+    return note
+
+
 async def oldest_held(demo: RunningDemo) -> Any:
     return (await demo.hub.history("board:main", limit=1))[0].publications[0].data
 
@@ -283,11 +293,7 @@ async def test_a_note_outlives_the_history_of_its_channel(
     browser: Any, demo: RunningDemo, transport: str
 ) -> None:
     alice = await open_app(browser, demo, "board", transport, "alice")
-    await alice.click("#add")
-    added = alice.locator(".note", has_text="New note")
-    await added.wait_for(timeout=ms(10))
-    note = await added.get_attribute("data-id")
-    assert note
+    note = await add_note(alice)
 
     # More changes than the channel keeps: its history no longer holds the note's add.
     kept = demo.hub.options("board:main").history_size
@@ -319,11 +325,7 @@ async def test_the_board_reloads_its_snapshot_after_a_reset(
     browser: Any, demo: RunningDemo, transport: str
 ) -> None:
     page = await open_app(browser, demo, "board", transport, "carol")
-    await page.click("#add")
-    added = page.locator(".note", has_text="New note")
-    await added.wait_for(timeout=ms(10))
-    note = await added.get_attribute("data-id")
-    assert note
+    note = await add_note(page)
 
     # Away while more changed than the channel keeps: history cannot cover the gap (a reset),
     # so the page starts again from the snapshot.

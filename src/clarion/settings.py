@@ -174,9 +174,9 @@ class Limits(BaseModel):
         4 * 1_048_576,
         gt=0,
         description="bytes of stored publications sent per second to each user (to each "
-        "address, without a user), across its connections and requests to this node: history reads, the "
-        "replay a resume starts with, poll replies read from history; past it each such page "
-        "holds one publication",
+        "address, without a user), across its connections and requests to this node: history "
+        "reads, the replay a resume starts with, poll replies read from history; past it each "
+        "such page holds one publication",
     )
     client_history_burst: int = Field(
         64 * 1_048_576,

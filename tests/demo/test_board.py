@@ -7,8 +7,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from clarion.client import connect
 from clarion.core.hub import Hub
 from clarion.demo import Demo, demo_settings
+from clarion.demo.app import person_token
 from clarion.demo.board import CHANNEL, MAX_TEXT, Board, keep
 from clarion.standalone import make_server
 from clarion.tasks import stop
@@ -122,6 +124,40 @@ async def test_the_keeper_resumes_and_applies_what_history_holds_after_a_reset(
             await asyncio.sleep(0.05)
         assert board.snapshot()["notes"] == [
             {"id": "a", "x": 0.4995, "y": 0.5, "text": "moved", "by": "?"}
+        ]
+        await stop([keeper], timeout=timeout(5))
+    finally:
+        await server.shutdown(timeout=timeout(5))
+
+
+async def test_a_live_signal_changes_no_note(tmp_path: Path) -> None:
+    """Any page may publish on the board's channel, ephemeral publications included: they are
+    in no history, so a page resuming from a cursor never sees them, and the snapshot must not
+    hold them either."""
+    hub = Hub(demo_settings("127.0.0.1", 0, str(tmp_path)))
+    server = make_server(hub, app=Demo(hub, devices=()), port=0)
+    await server.start()
+    url = f"http://127.0.0.1:{server.port}"
+    secret = hub.settings.token_secret
+    assert secret is not None
+    board = Board()
+    try:
+        await hub.publish(CHANNEL, {"op": "add", "id": "a", "x": 0.1, "y": 0.1, "text": "a"})
+        keeper = asyncio.create_task(keep(url, secret, board))
+        await asyncio.wait_for(board.loaded.wait(), timeout(10))
+        async with connect(url, token=person_token(hub.settings, "mallory")) as client:
+            for change in (
+                {"op": "delete", "id": "a"},
+                {"op": "add", "id": "ghost", "x": 0.5, "y": 0.5, "text": "in no history"},
+            ):
+                await client.publish(CHANNEL, change, ephemeral=True)
+            last = await client.publish(CHANNEL, {"op": "edit", "id": "a", "text": "kept"})
+        for _ in range(int(timeout(10) / 0.05)):
+            if board.cursor == last.cursor:
+                break
+            await asyncio.sleep(0.05)
+        assert board.snapshot()["notes"] == [
+            {"id": "a", "x": 0.1, "y": 0.1, "text": "kept", "by": "?"}
         ]
         await stop([keeper], timeout=timeout(5))
     finally:

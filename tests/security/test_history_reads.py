@@ -11,6 +11,7 @@ without one: ``Session.rate_key``) has left of ``limits.client_history_rate`` an
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from clarion.core.auth import mint_token
 
 from ..conftest import RunningHub
+from ..redis_fixture import RedisServer, redis_server  # noqa: F401  (a fixture)
 from ..stomp.client import stomp
 from ..transports.streams import poll, sse
 
@@ -34,14 +36,19 @@ def bearer(user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_token(SECRET, user, ['feed:*'])}"}
 
 
+def settings(**kw: Any) -> dict[str, Any]:
+    return {
+        "token_secret": SECRET,
+        "api_key": KEY,
+        # No refill to speak of within a test: what a reader is sent comes off the burst.
+        "limits": {"client_history_rate": 1, "client_history_burst": BURST},
+        **kw,
+    }
+
+
 @pytest.fixture
 async def hub(hub_factory: Callable[..., Any]) -> RunningHub:
-    running: RunningHub = await hub_factory(
-        token_secret=SECRET,
-        api_key=KEY,
-        # No refill to speak of within a test: what a reader is sent comes off the burst.
-        limits={"client_history_rate": 1, "client_history_burst": BURST},
-    )
+    running: RunningHub = await hub_factory(**settings())
     return running
 
 
@@ -119,3 +126,45 @@ async def test_the_backends_reads_draw_on_no_allowance(hub: RunningHub) -> None:
     async with hub.http(headers={"Authorization": f"apikey {KEY}"}) as http:
         r = await http.get("/api/history", params={"channel": CHANNEL, "since": first})
     assert len(r.json()["publications"]) == STORED - 1
+
+
+async def test_reads_at_once_share_one_allowance_on_a_remote_engine(
+    hub_factory: Callable[..., Any],
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    """On Redis a read waits for its engine: twenty at once each found the whole allowance
+    left (twenty pages sent against one page's allowance). The page's bytes are taken
+    before the wait, and what was not sent given back."""
+    hub: RunningHub = await hub_factory(**settings(engine=redis_server.url))
+    first = await stored(hub)
+
+    async def at_once(user: str, read: Callable[[Any], Any]) -> list[int]:
+        async with hub.http(headers=bearer(user)) as http:
+            return list(await asyncio.gather(*(read(http) for _ in range(20))))
+
+    async def history(http: Any) -> int:
+        r = await http.get("/client/history", params={"channel": CHANNEL, "since": first})
+        return len(r.json()["publications"])
+
+    async def polled(http: Any) -> int:
+        return len((await poll(http, CHANNEL, cursor=first, timeout=0))["publications"])
+
+    for user, read in (("mallory", history), ("trudy", polled)):
+        got = await at_once(user, read)
+        # About the allowance's worth in all (18 publications), and one for each of the rest.
+        assert sum(got) <= 20 + len(got), got
+
+
+async def test_a_newest_publication_asked_for_comes_in_a_full_reply(hub: RunningHub) -> None:
+    """A channel polled with ``latest`` and no cursor starts just before its newest
+    publication: a reply already full must carry it all the same, or no poll ever would."""
+    first = await stored(hub)
+    for n in range(3):
+        await hub.publish("feed:other", {"n": 100 + n})
+    async with hub.http(headers=bearer("mallory")) as http:
+        cursor = (await poll(http, CHANNEL, cursor=first, timeout=0))["cursor"]  # the allowance
+        body = await poll(
+            http, CHANNEL, "feed:other", cursor=cursor, latest="feed:other", timeout=0
+        )
+    got = [(p["channel"], p["data"]["n"]) for p in body["publications"]]
+    assert ("feed:other", 102) in got and len(got) == 2, got

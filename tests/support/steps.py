@@ -21,6 +21,7 @@ def python_steps(call: Callable[[], object]) -> int:
 
     # The collector would run other tests' finalizers (an event loop's, a transport's) inside
     # the call whenever it came due, and count their lines as the call's: it runs before.
+    collecting = gc.isenabled()
     gc.collect()
     gc.disable()
     sys.settrace(trace)
@@ -28,5 +29,6 @@ def python_steps(call: Callable[[], object]) -> int:
         call()
     finally:
         sys.settrace(None)
-        gc.enable()
+        if collecting:
+            gc.enable()
     return lines

@@ -394,7 +394,8 @@ class PollEndpoint(ChannelEndpoint):
         hub = self.hub
         limits = hub.settings.limits
         count = limits.max_history_batch
-        size = allowed = hub.reads.budget(session.rate_key, limits.send_queue_bytes)
+        # Taken before the reads, which may wait: concurrent polls find what is left.
+        size = hub.reads.take(session.rate_key, limits.send_queue_bytes)
         share = max(1, count // len(request.channels))
         found: dict[str, list[Publication | _Reset]] = {}
         start: dict[str, StreamPosition] = {}
@@ -420,14 +421,15 @@ class PollEndpoint(ChannelEndpoint):
                 # As on every transport: a reset, then live publications from the current position.
                 found[channel] = [_Reset(channel, reason, history.position)]
                 continue
+            newest = since is None  # (with ``latest``): its start is just before it
             for pub in history.publications:
-                if count <= 0 or size <= 0:
+                if (count <= 0 or size <= 0) and not newest:
                     break
                 count -= 1
                 size -= len(pub.json()) + CURSOR_BYTES
                 events.append(pub)
             found[channel] = events
-        hub.reads.spend(session.rate_key, allowed - size)
+        hub.reads.give_back(session.rate_key, size)
         reply = _Reply(start)
         for channel in request.channels:
             reply.add_channel(channel, found[channel])

@@ -406,7 +406,7 @@ class Hub:
         page = page_budget(self.settings.limits.send_queue_bytes)
         budget = page if budget is None else min(budget, page)
         if reader is not None:
-            budget = self.reads.budget(reader.rate_key, budget)
+            budget = self.reads.take(reader.rate_key, budget)
         history = await read_page(
             self.engine,
             channel,
@@ -418,7 +418,7 @@ class Hub:
             remote=not self.publishes_inline,
         )
         if reader is not None:
-            self.reads.spend(reader.rate_key, page_bytes(history.publications))
+            self.reads.give_back(reader.rate_key, budget - page_bytes(history.publications))
         reason = history_reset(history, position, reverse)
         if reason is not None:
             self.stats.resets[reason] += 1

@@ -47,17 +47,19 @@ MAX_READERS = 65536  # users and addresses whose allowance is remembered at once
 
 class ReadAllowance:
     """The bytes of stored publications each reader is sent, across all its connections and
-    requests: one bucket per user, or per address without a user (``rate`` bytes a second,
-    up to ``burst``).
+    requests to this node: one bucket per user, or per address without a user (``rate`` bytes
+    a second, up to ``burst``).
 
     Each page is bounded by the send budget, but not how often a client asks for one: a
     poll with an old cursor, a stream reopened with one, a reconnect that resumes, a history
-    read, each a small request that makes the hub read and send up to a megabyte, as often as
-    the client likes. A page takes what its reader has left, and always one publication, so a
+    read, each a small request that makes the hub send up to a megabyte, as often as the
+    client likes. A page takes what its reader has left, and always one publication, so a
     reader still gets further (the next poll, page or resume goes on from there) and one over
-    its allowance costs the hub a publication per request, not a page. What was sent comes off
-    the allowance, which never goes below nothing: a publication larger than what was left
-    does not hold its reader back for longer than one.
+    its allowance is sent a publication per request, not a page. A read that waits (on a
+    remote engine) takes its page's bytes before it waits and gives back what it did not
+    send, so that reads at once cannot each find the whole allowance. The allowance never
+    goes below nothing: a publication larger than what was left holds its reader back no
+    longer than one.
     """
 
     __slots__ = ("_buckets", "burst", "rate")
@@ -65,29 +67,45 @@ class ReadAllowance:
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = float(burst)
-        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # who -> [bytes, stamp]
+        # who -> [bytes, stamp]; only readers that took something: a full bucket is no entry.
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
 
     def budget(self, who: str, page: int) -> int:
         """The bytes of ``who``'s next page: ``page`` or what it has left, at least 1."""
-        return max(min(page, int(self._refill(who)[0])), 1)
+        bucket = self._buckets.get(who)
+        left = self.burst if bucket is None else self._refill(bucket)
+        return max(min(page, int(left)), 1)
 
     def spend(self, who: str, used: int) -> None:
-        if used > 0:
-            bucket = self._refill(who)
-            bucket[0] = max(bucket[0] - used, 0.0)
-
-    def _refill(self, who: str) -> list[float]:
-        now = time.monotonic()
+        if used <= 0:
+            return
         bucket = self._buckets.get(who)
         if bucket is None:
-            bucket = self._buckets[who] = [self.burst, now]
-            if len(self._buckets) > MAX_READERS:  # bounded: the least recent one goes
+            if len(self._buckets) >= MAX_READERS:  # bounded: the least recent one goes
                 self._buckets.popitem(last=False)
+            bucket = self._buckets[who] = [self.burst, time.monotonic()]
         else:
             self._buckets.move_to_end(who)
-            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-            bucket[1] = now
-        return bucket
+            self._refill(bucket)
+        bucket[0] = max(bucket[0] - used, 0.0)
+
+    def take(self, who: str, page: int) -> int:
+        """:meth:`budget`, taken at once, for a read that waits before it knows what it sends:
+        what it does not send goes back (:meth:`give_back`)."""
+        taken = self.budget(who, page)
+        self.spend(who, taken)
+        return taken
+
+    def give_back(self, who: str, unused: int) -> None:
+        bucket = self._buckets.get(who)
+        if unused > 0 and bucket is not None:
+            bucket[0] = min(self.burst, bucket[0] + unused)
+
+    def _refill(self, bucket: list[float]) -> float:
+        now = time.monotonic()
+        bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        return bucket[0]
 
 
 def fitting(pubs: Sequence[Publication], budget: int, overhead: int = 0) -> int:

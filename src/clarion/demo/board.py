@@ -117,7 +117,9 @@ async def keep(url: str, secret: str, board: Board) -> None:
                         if isinstance(item, Reset):
                             log.warning("demo board: %s changes lost (%s)", CHANNEL, item.reason)
                             await replay(client, board, until=item)
-                        else:
+                        elif not item.ephemeral:
+                            # A live signal is in no history: a page resuming from a cursor
+                            # would never see it, so the board is not changed by one.
                             board.apply(item.data, _user(item.info), item.cursor)
         except asyncio.CancelledError:
             raise

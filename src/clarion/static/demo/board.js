@@ -191,7 +191,12 @@ async function follow() {
   for (const n of held) addNote(n.id, n.x, n.y, n.text, n.by);
   const sub = client.subscribe(NOTES, {
     since: cursor,
-    onPublication: (pub) => { resets = 0; apply(pub.data, pub.info?.user ?? "?"); },
+    onPublication: (pub) => {
+      // A live signal is in no history, so not in the snapshot either: it changes nothing.
+      if (pub.ephemeral) return;
+      resets = 0;
+      apply(pub.data, pub.info?.user ?? "?");
+    },
     onSubscribed: here.refresh,
     onReset: () => {
       // History no longer reaches back to where we were: start again from a new snapshot.

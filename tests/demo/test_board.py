@@ -4,6 +4,9 @@ keeper that follows the channel, over a real hub."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,21 +96,47 @@ def test_the_board_is_bounded() -> None:
     assert [n["id"] for n in board.snapshot()["notes"]] == ["b", "c"]
 
 
+@dataclass
+class RunningDemo:
+    hub: Hub
+    url: str
+    secret: str
+    board: Board
+
+    def keeper(self) -> asyncio.Task[None]:
+        return asyncio.create_task(keep(self.url, self.secret, self.board))
+
+    async def followed(self, cursor: str | None) -> None:
+        """Until the keeper has applied the change at ``cursor``."""
+        for _ in range(int(timeout(10) / 0.05)):
+            if self.board.cursor == cursor:
+                return
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running_demo(tmp_path: Path) -> AsyncIterator[RunningDemo]:
+    """The demo as `clarion demo` serves it, without devices, and a board of the test's own."""
+    hub = Hub(demo_settings("127.0.0.1", 0, str(tmp_path)))
+    server = make_server(hub, app=Demo(hub, devices=()), port=0)
+    await server.start()
+    secret = hub.settings.token_secret
+    assert secret is not None
+    try:
+        yield RunningDemo(hub, f"http://127.0.0.1:{server.port}", secret, Board())
+    finally:
+        await server.shutdown(timeout=timeout(5))
+
+
 @clarion_server("the demo as `clarion demo` serves it")
 async def test_the_keeper_resumes_and_applies_what_history_holds_after_a_reset(
     tmp_path: Path,
 ) -> None:
-    hub = Hub(demo_settings("127.0.0.1", 0, str(tmp_path)))
-    server = make_server(hub, app=Demo(hub, devices=()), port=0)
-    await server.start()
-    url = f"http://127.0.0.1:{server.port}"
-    secret = hub.settings.token_secret
-    assert secret is not None
-    board = Board()
-    try:
+    async with running_demo(tmp_path) as demo:
+        hub, board = demo.hub, demo.board
         await hub.publish(CHANNEL, {"op": "add", "id": "a", "x": 0.1, "y": 0.1, "text": "a"})
         await hub.publish(CHANNEL, {"op": "add", "id": "b", "x": 0.2, "y": 0.2, "text": "b"})
-        keeper = asyncio.create_task(keep(url, secret, board))
+        keeper = demo.keeper()
         await asyncio.wait_for(board.loaded.wait(), timeout(10))  # from history, at start
         assert [n.id for n in board.notes.values()] == ["a", "b"]
         await stop([keeper], timeout=timeout(5))
@@ -117,48 +146,33 @@ async def test_the_keeper_resumes_and_applies_what_history_holds_after_a_reset(
             await hub.publish(CHANNEL, {"op": "move", "id": "a", "x": n / 2000, "y": 0.5})
         await hub.publish(CHANNEL, {"op": "delete", "id": "b"})
         last = await hub.publish(CHANNEL, {"op": "edit", "id": "a", "text": "moved"})
-        keeper = asyncio.create_task(keep(url, secret, board))
-        for _ in range(int(timeout(10) / 0.05)):
-            if board.cursor == hub.cursor_of(last):
-                break
-            await asyncio.sleep(0.05)
+        keeper = demo.keeper()
+        await demo.followed(hub.cursor_of(last))
         assert board.snapshot()["notes"] == [
             {"id": "a", "x": 0.4995, "y": 0.5, "text": "moved", "by": "?"}
         ]
         await stop([keeper], timeout=timeout(5))
-    finally:
-        await server.shutdown(timeout=timeout(5))
 
 
+@clarion_server("the demo as `clarion demo` serves it")
 async def test_a_live_signal_changes_no_note(tmp_path: Path) -> None:
     """Any page may publish on the board's channel, ephemeral publications included: they are
     in no history, so a page resuming from a cursor never sees them, and the snapshot must not
     hold them either."""
-    hub = Hub(demo_settings("127.0.0.1", 0, str(tmp_path)))
-    server = make_server(hub, app=Demo(hub, devices=()), port=0)
-    await server.start()
-    url = f"http://127.0.0.1:{server.port}"
-    secret = hub.settings.token_secret
-    assert secret is not None
-    board = Board()
-    try:
+    async with running_demo(tmp_path) as demo:
+        hub, board = demo.hub, demo.board
         await hub.publish(CHANNEL, {"op": "add", "id": "a", "x": 0.1, "y": 0.1, "text": "a"})
-        keeper = asyncio.create_task(keep(url, secret, board))
+        keeper = demo.keeper()
         await asyncio.wait_for(board.loaded.wait(), timeout(10))
-        async with connect(url, token=person_token(hub.settings, "mallory")) as client:
+        async with connect(demo.url, token=person_token(hub.settings, "mallory")) as client:
             for change in (
                 {"op": "delete", "id": "a"},
                 {"op": "add", "id": "ghost", "x": 0.5, "y": 0.5, "text": "in no history"},
             ):
                 await client.publish(CHANNEL, change, ephemeral=True)
             last = await client.publish(CHANNEL, {"op": "edit", "id": "a", "text": "kept"})
-        for _ in range(int(timeout(10) / 0.05)):
-            if board.cursor == last.cursor:
-                break
-            await asyncio.sleep(0.05)
+        await demo.followed(last.cursor)
         assert board.snapshot()["notes"] == [
             {"id": "a", "x": 0.1, "y": 0.1, "text": "kept", "by": "?"}
         ]
         await stop([keeper], timeout=timeout(5))
-    finally:
-        await server.shutdown(timeout=timeout(5))

@@ -128,6 +128,19 @@ def test_a_replay_within_its_budget_goes_live() -> None:
     assert offsets(plan.sends) == [1, 2, 3, 4]
 
 
+def test_a_page_short_of_the_top_is_cut_where_it_ends_and_one_reaching_it_goes_live() -> None:
+    """A page (a reader over its allowance) holds what fits, not all that is stored: where
+    it ends before the top, the rest is still to come from the next resume."""
+    since = StreamPosition(EPOCH, 0)
+    page = History([pub(1), pub(2)], StreamPosition(EPOCH, 10), 1)
+    plan = plan_resume("c", page, since, False, [pub(10), pub(11)], paged=True)
+    assert plan.cut and offsets(plan.sends) == [1, 2]
+    assert plan.last == StreamPosition(EPOCH, 2)
+    whole = History([pub(9), pub(10)], StreamPosition(EPOCH, 10), 1)
+    plan = plan_resume("c", whole, StreamPosition(EPOCH, 8), False, [pub(10), pub(11)], paged=True)
+    assert not plan.cut and offsets(plan.sends) == [9, 10, 11]
+
+
 def test_a_page_always_holds_one_publication_and_never_encodes_far_past_its_budget() -> None:
     pubs = [pub(n) for n in range(10, 100)]  # of one size: two-digit offsets
     assert fitting(pubs, 1) == 1

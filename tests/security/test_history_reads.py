@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from clarion.core.auth import mint_token
+from clarion.core.pages import FIRST_PIECE
 
 from ..conftest import RunningHub
 from ..redis_fixture import RedisServer, redis_server  # noqa: F401  (a fixture)
@@ -168,3 +169,89 @@ async def test_a_newest_publication_asked_for_comes_in_a_full_reply(hub: Running
         )
     got = [(p["channel"], p["data"]["n"]) for p in body["publications"]]
     assert ("feed:other", 102) in got and len(got) == 2, got
+
+
+@pytest.mark.parametrize("engine", ["memory", "redis"])
+async def test_a_resume_past_the_allowance_reads_a_page_not_the_history(
+    hub_factory: Callable[..., Any],
+    redis_server: RedisServer,  # noqa: F811
+    engine: str,
+) -> None:
+    """A resume used to read everything after its cursor, up to the channel's
+    ``history_size``, to send one publication: a reader over its allowance made the hub (and
+    Redis) read thousands of publications per reconnect. It now reads a page of what it may
+    be sent, on every transport that resumes."""
+    many = 3000
+    hub: RunningHub = await hub_factory(
+        **settings(
+            engine=redis_server.url if engine == "redis" else "memory",
+            namespaces={"feed": {"history_size": 10_000}},
+        )
+    )
+    first = hub.hub.cursor_of(await hub.hub.publish(CHANNEL, {"n": 0}))
+    for n in range(1, many):
+        await hub.hub.publish(CHANNEL, {"n": n, "text": TEXT})
+    reads: list[int] = []
+    read = hub.hub.engine.history
+
+    async def counted(*args: Any, **kw: Any) -> Any:
+        history = await read(*args, **kw)
+        reads.append(len(history.publications))
+        return history
+
+    headers = bearer("mallory")
+    async with hub.http(headers=headers) as http:  # the allowance, spent
+        await http.get("/client/history", params={"channel": CHANNEL, "since": first})
+    hub.hub.engine.history = counted  # type: ignore[method-assign]
+    try:
+        async with hub.ws(additional_headers=headers) as ws:
+            assert (await ws.subscribe(CHANNEL, since=first))["ok"]["recovered"] is True
+            assert (await ws.recv())["data"]["n"] == 1
+            await ws.conn.wait_closed()
+        async with sse(hub, CHANNEL, headers=headers, cursor=first) as stream:
+            events = await stream.rest()
+            assert [e.json()["data"]["n"] for e in events if e.event == "message"] == [1]
+        async with stomp(hub) as client:
+            await client.connect(passcode=headers["Authorization"].removeprefix("Bearer "))
+            # A resume of its own, and one beside a live subscription (a shared destination).
+            await client.send("SUBSCRIBE", id="1", destination="/topic/feed\\cbig", x_since=first)
+            assert (await client.expect("MESSAGE")).json()["n"] == 1
+            await client.expect("ERROR")
+        async with stomp(hub) as client:
+            await client.connect(passcode=headers["Authorization"].removeprefix("Bearer "))
+            await client.send("SUBSCRIBE", id="1", destination="/topic/feed\\cbig", receipt="r")
+            await client.expect("RECEIPT")
+            await client.send("SUBSCRIBE", id="2", destination="/topic/feed\\cbig", x_since=first)
+            assert (await client.expect("MESSAGE")).json()["n"] == 1
+            await client.expect("ERROR")
+    finally:
+        hub.hub.engine.history = read  # type: ignore[method-assign]
+    assert reads and max(reads) <= FIRST_PIECE, reads  # not the 2,999 after the cursor
+
+
+async def test_a_reader_past_its_allowance_resumes_page_by_page_without_a_gap(
+    hub: RunningHub,
+) -> None:
+    """Each resume is sent what it may be and closed as slow where more is stored (4001);
+    the one that reaches the top goes live: every publication once, in order."""
+    first = await stored(hub)
+    headers = bearer("mallory")
+    async with hub.http(headers=headers) as http:  # the allowance, spent
+        await http.get("/client/history", params={"channel": CHANNEL, "since": first})
+    await hub.publish(CHANNEL, {"n": STORED})
+    newest, _ = await hub.hub.history(CHANNEL, limit=4, reverse=True)
+    cursor, got = hub.hub.cursor_of(newest.publications[-1]), []  # three before the top
+    for _ in range(10):
+        async with hub.ws(additional_headers=headers) as ws:
+            assert (await ws.subscribe(CHANNEL, since=cursor))["ok"]["recovered"] is True
+            pub = await ws.recv()
+            got.append(pub["data"]["n"])
+            cursor = pub["cursor"]
+            if pub["data"]["n"] < STORED:
+                await ws.conn.wait_closed()
+                assert ws.conn.close_code == 4001
+                continue
+            await hub.publish(CHANNEL, {"n": STORED + 1})  # live, on the stream that is
+            got.append((await ws.recv())["data"]["n"])
+            break
+    assert got == [STORED - 2, STORED - 1, STORED, STORED + 1], got

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from clarion.asgi.stompwire import BinaryTail, message_tail_of
 from clarion.core.fanout import Push, WireFormat
-from clarion.core.pages import fitting, page_bytes, replay_budget
-from clarion.core.resume import reset_reason
+from clarion.core.pages import fitting, page_bytes, read_resume, replay_budget
+from clarion.core.resume import reset_reason, short_of
 from clarion.core.session import Session
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.cursor import Cursor
@@ -62,7 +62,11 @@ async def subscribe_shared(conn: StompConnection, session: Session, event: Subsc
     # Resume this subscription alone: live publications wait in its buffer meanwhile.
     buffer = shared.add(sub, pending=True)
     hub = conn.hub
-    history = await hub.engine.history(channel, hub.options(channel), since=since, limit=None)
+    full = replay_budget(hub.settings.limits.send_queue_bytes, 0)
+    allowance = hub.reads.budget(session.rate_key, full)
+    history, paged = await read_resume(
+        hub.engine, channel, hub.options(channel), since, allowance, full
+    )
     if shared.buffers.get(sub) is not buffer or conn.shared.get(channel) is not shared:
         return  # unsubscribed meanwhile
     reason = None if history.covers(since) else reset_reason(history, since)
@@ -86,7 +90,7 @@ async def subscribe_shared(conn: StompConnection, session: Session, event: Subsc
         for pub in pubs[:count]:
             shared.deliver(sub, pub)
             last = pub.position
-        if count < len(pubs):
+        if count < len(pubs) or (paged and short_of(last, history.position)):
             hub.stats.slow_disconnects += 1
             session.close(CloseCode.SLOW)
             return

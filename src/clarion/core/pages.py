@@ -163,3 +163,34 @@ async def read_page(
     if count < len(pubs) or pubs is not history.publications:
         history = History(pubs[:count], history.position, history.earliest)
     return history
+
+
+async def read_resume(
+    engine: Engine,
+    channel: str,
+    options: NamespaceOptions,
+    since: StreamPosition,
+    allowance: int,
+    replay: int,
+) -> tuple[History, bool]:
+    """What a resume from ``since`` reads, and whether it is a page (``True``): a page may
+    stop short of the channel's top, and the resume is then cut after it.
+
+    Everything after ``since`` (the read a reconnect storm's resumers of one channel share),
+    unless its reader's ``allowance`` is less than the ``replay`` it could otherwise be sent:
+    then only a page of what it may be sent. A reader over its allowance is sent one
+    publication per resume; it must not cost the read of a history of ``history_size``.
+    """
+    if allowance >= replay:
+        return await engine.history(channel, options, since=since, limit=None), False
+    page = await read_page(
+        engine,
+        channel,
+        options,
+        since=since,
+        limit=max(options.history_size, 1),
+        reverse=False,
+        budget=allowance,
+        remote=True,
+    )
+    return page, True

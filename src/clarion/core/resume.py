@@ -118,6 +118,7 @@ def plan_resume(
     buffered: Iterable[Publication],
     budget: int | None = None,
     overhead: int = 0,
+    paged: bool = False,
 ) -> Resume:
     """Join ``history`` (read after the subscription started buffering) and the live
     publications ``buffered`` meanwhile, without a gap or a repeat.
@@ -128,7 +129,9 @@ def plan_resume(
 
     ``budget``: the bytes the replayed publications may take (:mod:`~clarion.core.pages`);
     past it the plan stops there (``cut``) and sends nothing buffered. ``overhead``: the
-    transport's framing per publication, counted in the budget too.
+    transport's framing per publication, counted in the budget too. ``paged``: ``history``
+    is a page (:func:`~clarion.core.pages.read_resume`), which ends before the channel's top
+    when more is stored: the plan is cut there as well.
     """
     reason = None
     if since is not None and not history.covers(since):
@@ -150,7 +153,7 @@ def plan_resume(
             sends.append(pub)
             last = pub.position
         replayed = page_bytes(pubs[:count], overhead)
-        if count < len(pubs):
+        if count < len(pubs) or (paged and short_of(last, history.position)):
             return Resume(reason, sends, last, start, cut=True, replayed=replayed)
     for pub in buffered:
         if pub.epoch != last.epoch:
@@ -160,6 +163,11 @@ def plan_resume(
         sends.append(pub)
         last = pub.position
     return Resume(reason, sends, last, start, replayed=replayed)
+
+
+def short_of(last: StreamPosition, top: StreamPosition) -> bool:
+    """Does a page read up to ``last`` leave stored publications of ``top``'s epoch after it?"""
+    return last.epoch == top.epoch and last.offset < top.offset
 
 
 def waits_ahead(live: StreamPosition | None, last: StreamPosition) -> bool:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from clarion.core.auth import Credentials
 from clarion.core.fanout import Push, Subscription, WireFormat
 from clarion.core.limits import Abuse, LogLimit, TokenBucket
-from clarion.core.pages import replay_budget
+from clarion.core.pages import read_resume, replay_budget
 from clarion.core.resume import Reset, SubscribeResult, plan_resume, position_for
 from clarion.core.transport import Transport
 from clarion.errors import BadRequest, ClarionError, LimitExceeded
@@ -194,15 +194,20 @@ class Session:
         # Buffer live publications before reading history, so none falls between the two.
         buffer: list[Publication] = []
         local.pending[sub] = buffer
+        paged = False
+        full = replay_budget(hub.settings.limits.send_queue_bytes, 0)
         try:
-            if since_pos is None and latest:
+            if since_pos is not None:
+                allowance = hub.reads.budget(self.rate_key, full)
+                history, paged = await read_resume(
+                    hub.engine, channel, options, since_pos, allowance, full
+                )
+            elif latest:
                 # The stream's newest entry; its position is the channel's top, so live
                 # publications buffered meanwhile follow it without a gap or a repeat.
                 history = await hub.engine.history(channel, options, limit=1, reverse=True)
             else:
-                history = await hub.engine.history(
-                    channel, options, since=since_pos, limit=None if since_pos else 0
-                )
+                history = await hub.engine.history(channel, options, limit=0)
         except BaseException:
             if self.subscriptions.get(channel) is sub:
                 self._let_go(channel)
@@ -222,7 +227,7 @@ class Session:
         overhead = getattr(self.transport, "frame_overhead", 0)  # (an SSE stream's id lines)
         if history.publications:  # and the client's own allowance, across its connections
             budget = hub.reads.budget(self.rate_key, budget)
-        plan = plan_resume(channel, history, since_pos, latest, buffer, budget, overhead)
+        plan = plan_resume(channel, history, since_pos, latest, buffer, budget, overhead, paged)
         if plan.replayed:
             hub.reads.spend(self.rate_key, plan.replayed)
         top = history.position

@@ -52,6 +52,36 @@ async def test_the_api_key_reads_the_metrics_channel(hub_factory: Any) -> None:
         assert refused["error"]["code"] == "forbidden"
 
 
+async def test_the_api_key_does_not_publish_to_the_hubs_own_channels(hub_factory: Any) -> None:
+    """The admin page's figures come from the hub alone: a backend's publish, batch or
+    broadcast there is refused, and nothing is stored."""
+    hub = await secured(hub_factory, admin=True)
+    key = {"authorization": f"apikey {KEY}"}
+    async with hub.http(headers=key) as http:
+        r = await http.post("/api/publish", json={"channel": METRICS_CHANNEL, "data": {"x": 1}})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
+        r = await http.post(
+            "/api/publish_batch",
+            json={
+                "publications": [
+                    {"channel": METRICS_CHANNEL, "data": 1},
+                    {"channel": "a", "data": 2},
+                ]
+            },
+        )
+        results = r.json()["results"]
+        assert results[0]["error"]["code"] == "forbidden" and results[1]["offset"] == 1, results
+        r = await http.post(
+            "/api/broadcast", json={"channels": ["b", "_clarion:other"], "data": {"x": 1}}
+        )
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
+        assert (await http.get("/api/history", params={"channel": "b"})).json()[
+            "publications"
+        ] == []
+    history, _ = await hub.hub.history(METRICS_CHANNEL)
+    assert all("x" not in p.data for p in history.publications)
+
+
 async def test_a_wrong_key_is_no_token(hub_factory: Any) -> None:
     hub = await secured(hub_factory, admin=True)
     async with hub.ws() as ws:

@@ -12,7 +12,7 @@ import pytest
 
 from clarion.core.auth import mint_token
 
-from ..conftest import RunningHub
+from ..conftest import RunningHub, timeout
 
 SECRET = "client-api-secret-0123456789abcdef"
 ORIGIN = "https://app.example.com"
@@ -158,6 +158,30 @@ async def test_history_and_presence_reads_are_held_to_the_command_rate(
             "/client/history", params={"channel": "chat:r"}, headers=bearer(token("bob"))
         )
         assert r.status_code == 200
+
+
+async def test_a_client_that_may_publish_nowhere_is_answered_before_its_body(
+    secured: RunningHub,
+) -> None:
+    """Credentials come from the request's head: without a `publish` claim (anonymous, or a
+    token without one) the refusal comes at once, with most of a declared body unsent — the
+    hub holds none of it (it held up to the body cap per connection until the body's
+    timeout)."""
+    for auth in ("", f"Authorization: Bearer {token(publish=[])}\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", secured.port)
+        try:
+            writer.write(
+                (
+                    "POST /client/publish HTTP/1.1\r\nHost: x\r\n"
+                    f"{auth}Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                    '{"channel": "chat:a", "data": "'
+                ).encode()
+            )
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout(10))
+            assert head.startswith(b"HTTP/1.1 403"), head
+        finally:
+            writer.close()
 
 
 @pytest.mark.parametrize(

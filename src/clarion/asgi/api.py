@@ -15,6 +15,7 @@ from clarion.asgi import access
 from clarion.asgi.publish import parse_object, read_body
 from clarion.asgi.responses import JSONResponse
 from clarion.asgi.websocket import history_body
+from clarion.core.auth import check_not_reserved
 from clarion.core.hub import Hub
 from clarion.engines.base import presence_body
 from clarion.errors import BadRequest
@@ -64,7 +65,9 @@ class ServerAPI:
             raise BadRequest(f"at most {MAX_BROADCAST_CHANNELS} channels per broadcast")
         if "data" not in body:
             raise BadRequest("'data' is required")
-        pubs = await self.hub.broadcast([validate_channel(c) for c in channels], body["data"])
+        for channel in channels:
+            check_not_reserved(validate_channel(channel))
+        pubs = await self.hub.broadcast(channels, body["data"])
         return JSONResponse(
             {
                 "results": [

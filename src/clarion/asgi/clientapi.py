@@ -25,7 +25,7 @@ from clarion.core.hub import Hub
 from clarion.core.limits import LogLimit, TokenBucket
 from clarion.core.session import SIGNAL_CHANNELS, Session
 from clarion.engines.base import presence_body
-from clarion.errors import BadRequest, ClarionError, LimitExceeded, MethodNotAllowed
+from clarion.errors import BadRequest, ClarionError, Forbidden, LimitExceeded, MethodNotAllowed
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.errors import ErrorCode
@@ -125,8 +125,12 @@ class ClientEndpoint:
                 )
             if hub.closing:
                 raise ClarionError("the hub is shutting down", code=ErrorCode.SHUTTING_DOWN)
-            command = await self._read(scope, receive)
+            # Who asks, from the request's head, before any of its body is read: a client
+            # that may publish nowhere makes the hub hold none of a body it sends.
             credentials = await hub.authenticate(access.credentials_for(hub, scope), "poll")
+            if self.op == "publish" and not (credentials.trusted or credentials.publish):
+                raise Forbidden("this client may publish nowhere: its token has no `publish` claim")
+            command = await self._read(scope, receive)
             session = hub.open_session(
                 PollWaiter(0, 0), credentials, access.client_address(hub, scope)
             )

@@ -17,6 +17,7 @@ import orjson
 from clarion.asgi import access
 from clarion.asgi.responses import error_body, send_error, send_json
 from clarion.asgitypes import DirectResponse, Receive, Scope, Send
+from clarion.core.auth import check_not_reserved
 from clarion.core.fanout import publication_cursor
 from clarion.core.hub import Hub
 from clarion.errors import BadRequest, ClarionError, MethodNotAllowed, TooLarge
@@ -132,6 +133,7 @@ class PublishEndpoint:
     async def publish_one(self, body: dict[str, Any]) -> Publication:
         """One publication as a body of ``POST /api/publish`` describes it."""
         channel = validate_channel(body.get("channel"))
+        check_not_reserved(channel)
         if "data" not in body:
             raise BadRequest("'data' is required")
         key = body.get("id")

@@ -356,10 +356,8 @@ class Authenticator:
         return True
 
     def check_publish(self, creds: Credentials, channel: str) -> None:
-        namespace = namespace_of(channel)
-        if namespace == RESERVED_NAMESPACE:
-            raise Forbidden(f"{channel!r} is the hub's own channel: only the hub publishes there")
-        if not self.settings.namespace(namespace).client_publish:
+        check_not_reserved(channel)
+        if not self.settings.namespace(namespace_of(channel)).client_publish:
             raise Forbidden(
                 f"clients may not publish to {channel!r}: its namespace takes publications "
                 "from the server API only (client_publish = false)"
@@ -369,6 +367,13 @@ class Authenticator:
         if matches_any(creds.publish, channel):
             return
         raise Forbidden(f"not allowed to publish to {channel!r}: {_uncovered(creds, 'publish')}")
+
+
+def check_not_reserved(channel: str) -> None:
+    """Only the hub publishes to its own channels (the admin page's figures): neither a
+    client nor a backend with the API key may forge them."""
+    if channel.startswith(RESERVED_PREFIX):  # its namespace (a test on every publication)
+        raise Forbidden(f"{channel!r} is the hub's own channel: only the hub publishes there")
 
 
 def _has_token(creds: Credentials) -> bool:

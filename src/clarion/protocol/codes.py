@@ -101,7 +101,13 @@ _TABLE = [
         "The client kept exceeding its publish rate or its command rate "
         "(subscribe, unsubscribe, history, presence, refresh).",
     ),
-    Disconnect(4506, "handshake timeout", False, "The client did not finish connecting in time."),
+    Disconnect(
+        4506,
+        "handshake timeout",
+        False,
+        "The client did not finish connecting in time: no token, and for an anonymous client "
+        "no subscription, within `limits.handshake_timeout`.",
+    ),
     Disconnect(4507, "bad request", False, "The client kept sending frames the hub cannot read."),
 ]
 

@@ -9,7 +9,6 @@ client publish rate, ``presence_read``. Each request is a session while it runs,
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -22,7 +21,7 @@ from clarion.asgi.publish import parse_object, publish_reply, read_body
 from clarion.asgi.responses import send_json
 from clarion.asgi.websocket import history_body
 from clarion.core.hub import Hub
-from clarion.core.limits import LogLimit, TokenBucket
+from clarion.core.limits import Allowances, LogLimit
 from clarion.core.session import SIGNAL_CHANNELS, Session
 from clarion.engines.base import presence_body
 from clarion.errors import BadRequest, ClarionError, Forbidden, LimitExceeded, MethodNotAllowed
@@ -37,7 +36,6 @@ log = logging.getLogger("clarion.api")
 _failures = LogLimit(log)
 
 ALLOWED_HEADERS = b"authorization, content-type"
-MAX_RATE_KEYS = 65536  # users and addresses whose publish rate is remembered at once
 
 
 class ClientRates:
@@ -46,7 +44,12 @@ class ClientRates:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        limits = hub.settings.limits
+        rate, burst = limits.client_ephemeral_rate, limits.client_ephemeral_burst
+        self.publishes = Allowances(limits.client_publish_rate, limits.client_publish_burst)
+        self.commands = Allowances(limits.client_command_rate, limits.command_burst)
+        self.signals = Allowances(rate, burst)  # per user and channel
+        self.all_signals = Allowances(rate * SIGNAL_CHANNELS, burst * SIGNAL_CHANNELS)
 
     def take(
         self, session: Session, signal_channel: str | None = None, *, command: bool = False
@@ -55,29 +58,11 @@ class ClientRates:
         own budget, per channel and for all channels together, as on a connection), or with
         ``command`` for one history or presence read (the command budget of a connection)."""
         who = session.rate_key
-        limits = self.hub.settings.limits
         if signal_channel is not None:
-            rate, burst = limits.client_ephemeral_rate, limits.client_ephemeral_burst
-            return self._bucket(f"{who} signal:{signal_channel}", rate, burst).take() and (
-                self._bucket(
-                    f"{who} signals", rate * SIGNAL_CHANNELS, burst * SIGNAL_CHANNELS
-                ).take()
-            )
+            return self.signals.take(f"{who} {signal_channel}") and self.all_signals.take(who)
         if command:
-            return self._bucket(
-                f"{who} commands", limits.client_command_rate, limits.command_burst
-            ).take()
-        return self._bucket(who, limits.client_publish_rate, limits.client_publish_burst).take()
-
-    def _bucket(self, key: str, rate: float, burst: int) -> TokenBucket:
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            bucket = self.buckets[key] = TokenBucket(rate, burst)
-            if len(self.buckets) > MAX_RATE_KEYS:  # bounded: the least recent one goes
-                self.buckets.popitem(last=False)
-        else:
-            self.buckets.move_to_end(key)
-        return bucket
+            return self.commands.take(who)
+        return self.publishes.take(who)
 
 
 def _command(obj: dict[str, Any]) -> Command:

@@ -395,7 +395,7 @@ class PollEndpoint(ChannelEndpoint):
         limits = hub.settings.limits
         count = limits.max_history_batch
         # Taken before the reads, which may wait: concurrent polls find what is left.
-        size = hub.reads.take(session.rate_key, limits.send_queue_bytes)
+        size = hub.reads.reserve(session.rate_key, limits.send_queue_bytes)
         share = max(1, count // len(request.channels))
         found: dict[str, list[Publication | _Reset]] = {}
         start: dict[str, StreamPosition] = {}

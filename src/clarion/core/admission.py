@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from clarion.core.limits import TokenBucket
+from clarion.core.limits import Allowances
 from clarion.engines.base import SharedLimits
 from clarion.errors import ClarionError
 from clarion.protocol.codes import CloseCode
@@ -25,7 +25,12 @@ class Admission:
         self.hub = hub
         self.shared: SharedLimits | None = None  # set when the hub starts
         self._held: dict[str, list[tuple[str, str]]] = {}  # session id -> counted (kind, key)
-        self._buckets: dict[str, TokenBucket] = {}  # per user, when nothing is shared
+        limits = hub.settings.limits
+        # Per user, when nothing is shared; kept after the user's last session on this node
+        # ends, or reconnecting would refill it.
+        self._user_rates = Allowances(
+            limits.client_publish_rate_per_user or 1.0, limits.client_publish_burst
+        )
         self._failing = False  # the shared counts are unreachable (logged once per outage)
 
     def holds(self, session_id: str, user: str | None = None) -> bool:
@@ -130,10 +135,6 @@ class Admission:
             self._failing = False
             log.info("shared connection counts available again")
 
-    def forget_user(self, user: str) -> None:
-        """The user's last session on this node closed."""
-        self._buckets.pop(user, None)
-
     async def check_user_rate(self, session: Session) -> bool:
         """The per-user publish rate (``client_publish_rate_per_user``), shared when possible."""
         limits = self.hub.settings.limits
@@ -148,7 +149,4 @@ class Admission:
                 )
             except (ClarionError, OSError) as exc:
                 self._unavailable("shared publish rate unavailable: %s", exc)
-        bucket = self._buckets.get(user)
-        if bucket is None:
-            bucket = self._buckets[user] = TokenBucket(rate, limits.client_publish_burst)
-        return bucket.take()
+        return self._user_rates.take(user)

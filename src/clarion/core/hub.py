@@ -406,7 +406,7 @@ class Hub:
         page = page_budget(self.settings.limits.send_queue_bytes)
         budget = page if budget is None else min(budget, page)
         if reader is not None:
-            budget = self.reads.take(reader.rate_key, budget)
+            budget = self.reads.reserve(reader.rate_key, budget)
         history = await read_page(
             self.engine,
             channel,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 
@@ -27,6 +28,77 @@ class TokenBucket:
             self.tokens -= 1.0
             return True
         return False
+
+
+MAX_HOLDERS = 65536  # users and addresses whose allowance is remembered at once
+
+
+class Allowances:
+    """A token bucket per holder — a user, or an address without one — for budgets that span a
+    client's connections and requests (``rate`` a second, up to ``burst``).
+
+    A budget per connection comes back full with each new connection: a client that reconnects
+    escapes it. The hub's budgets per user or address all live in tables of this one kind (the
+    subscriptions a client starts, the bytes of history it is sent, the client API's rates).
+    Only a holder that spent something has an entry (a full bucket is none), and at most
+    ``holders`` are kept: past that the one unused longest goes, and comes back full. So the
+    table is bounded, and only a client with that many identities at once could refill its own
+    bucket early — each of which has a budget of its own anyway.
+    """
+
+    __slots__ = ("_buckets", "burst", "holders", "rate")
+
+    def __init__(self, rate: float, burst: float, holders: int = MAX_HOLDERS) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.holders = holders
+        # who -> [tokens, stamp]
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def left(self, who: str) -> float:
+        """The tokens ``who`` has now."""
+        bucket = self._buckets.get(who)
+        return self.burst if bucket is None else self._refill(bucket)
+
+    def take(self, who: str, count: float = 1.0) -> bool:
+        """``count`` tokens at once, or none (``False``)."""
+        if self.left(who) < count:
+            return False
+        self.spend(who, count)
+        return True
+
+    def spend(self, who: str, count: float) -> None:
+        """Take ``count`` tokens, or all there are: the bucket never goes below empty."""
+        if count <= 0:
+            return
+        bucket = self._buckets.get(who)
+        if bucket is None:
+            if len(self._buckets) >= self.holders:  # bounded: the least recent one goes
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[who] = [self.burst, time.monotonic()]
+        else:
+            self._buckets.move_to_end(who)
+            self._refill(bucket)
+        bucket[0] = max(bucket[0] - count, 0.0)
+
+    def give_back(self, who: str, count: float) -> None:
+        """Tokens taken for something that did not use them."""
+        bucket = self._buckets.get(who)
+        if count > 0 and bucket is not None:
+            bucket[0] = min(self.burst, bucket[0] + count)
+
+    def wait(self, who: str, count: float = 1.0) -> float:
+        """Seconds until ``who`` has ``count`` tokens (0: it has them now)."""
+        return max(count - self.left(who), 0.0) / self.rate
+
+    def _refill(self, bucket: list[float]) -> float:
+        now = time.monotonic()
+        bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        return bucket[0]
 
 
 class AddressCount:

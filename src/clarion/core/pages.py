@@ -10,10 +10,9 @@ resume from its last cursor) always gets further.
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Sequence
 
+from clarion.core.limits import Allowances
 from clarion.engines.base import Engine, History
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions
@@ -42,10 +41,7 @@ def page_bytes(pubs: Sequence[Publication], overhead: int = 0) -> int:
     return sum(len(pub.json()) for pub in pubs) + (CURSOR_BYTES + overhead) * len(pubs)
 
 
-MAX_READERS = 65536  # users and addresses whose allowance is remembered at once
-
-
-class ReadAllowance:
+class ReadAllowance(Allowances):
     """The bytes of stored publications each reader is sent, across all its connections and
     requests to this node: one bucket per user, or per address without a user (``rate`` bytes
     a second, up to ``burst``).
@@ -62,50 +58,18 @@ class ReadAllowance:
     longer than one.
     """
 
-    __slots__ = ("_buckets", "burst", "rate")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        # who -> [bytes, stamp]; only readers that took something: a full bucket is no entry.
-        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+    __slots__ = ()
 
     def budget(self, who: str, page: int) -> int:
         """The bytes of ``who``'s next page: ``page`` or what it has left, at least 1."""
-        bucket = self._buckets.get(who)
-        left = self.burst if bucket is None else self._refill(bucket)
-        return max(min(page, int(left)), 1)
+        return max(min(page, int(self.left(who))), 1)
 
-    def spend(self, who: str, used: int) -> None:
-        if used <= 0:
-            return
-        bucket = self._buckets.get(who)
-        if bucket is None:
-            if len(self._buckets) >= MAX_READERS:  # bounded: the least recent one goes
-                self._buckets.popitem(last=False)
-            bucket = self._buckets[who] = [self.burst, time.monotonic()]
-        else:
-            self._buckets.move_to_end(who)
-            self._refill(bucket)
-        bucket[0] = max(bucket[0] - used, 0.0)
-
-    def take(self, who: str, page: int) -> int:
+    def reserve(self, who: str, page: int) -> int:
         """:meth:`budget`, taken at once, for a read that waits before it knows what it sends:
         what it does not send goes back (:meth:`give_back`)."""
         taken = self.budget(who, page)
         self.spend(who, taken)
         return taken
-
-    def give_back(self, who: str, unused: int) -> None:
-        bucket = self._buckets.get(who)
-        if unused > 0 and bucket is not None:
-            bucket[0] = min(self.burst, bucket[0] + unused)
-
-    def _refill(self, bucket: list[float]) -> float:
-        now = time.monotonic()
-        bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
-        return bucket[0]
 
 
 def fitting(pubs: Sequence[Publication], budget: int, overhead: int = 0) -> int:

@@ -23,12 +23,11 @@ import contextlib
 import logging
 import re
 import secrets
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from clarion import tasks
 from clarion.core.fanout import JOINED, JOINING, LEFT, Subscription
-from clarion.core.limits import LogLimit, TokenBucket
+from clarion.core.limits import Allowances, LogLimit
 from clarion.engines.base import Engine, Hold, PresenceEntry
 from clarion.errors import ClarionError
 from clarion.settings import NamespaceOptions
@@ -100,7 +99,7 @@ class Roster:
         # Channels where this node held a long-poll client's lease -> when the last one it
         # held there ends (loop time): this node looks for it then.
         self._polled: dict[str, float] = {}
-        self._poll_buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._poll_entries = Allowances(POLL_ENTRY_RATE, POLL_ENTRY_BURST, MAX_POLL_BUCKETS)
 
     def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
         """A ``join``/``leave`` from the engine: to the subscribers who may read presence."""
@@ -357,16 +356,7 @@ class Roster:
         )
 
     def _may_add(self, session: Session) -> bool:
-        key = f"user:{session.user}" if session.user is not None else f"ip:{session.ip_key}"
-        buckets = self._poll_buckets
-        bucket = buckets.get(key)
-        if bucket is None:
-            bucket = buckets[key] = TokenBucket(POLL_ENTRY_RATE, POLL_ENTRY_BURST)
-            if len(buckets) > MAX_POLL_BUCKETS:  # bounded: the least recent one goes
-                buckets.popitem(last=False)
-        else:
-            buckets.move_to_end(key)
-        return bucket.take()
+        return self._poll_entries.take(session.rate_key)
 
     async def _joined(self, channel: str, session: Session, entry: PresenceEntry) -> None:
         """``entry`` (``session``'s, or its long-poll client's) was added: its join, to the

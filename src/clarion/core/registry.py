@@ -139,7 +139,6 @@ class SessionRegistry:
                 held.discard(session)
                 if not held:
                     del self.by_user[session.user]
-                    self.hub.admission.forget_user(session.user)
 
     def addressed(self, payload: dict[str, Any]) -> list[Session]:
         """This node's sessions of ``payload``'s ``user``, or its session ``client``."""

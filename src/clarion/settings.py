@@ -170,6 +170,21 @@ class Limits(BaseModel):
         "max_subscriptions_per_connection plus 20, so that a reconnect resubscribing every "
         "channel (and reading each one's history or presence) passes",
     )
+    client_subscribe_rate: float = Field(
+        20,
+        gt=0,
+        description="subscriptions started per second by each user (each address, without a "
+        "user), across its connections and transports to this node: subscribe ops, STOMP "
+        "SUBSCRIBE, each channel of an /sse stream, each channel a long-poll client joins the "
+        "presence of; over it, `rate_limited` (/sse: 429 with Retry-After)",
+    )
+    client_subscribe_burst: int = Field(
+        1024,
+        ge=1,
+        description="bucket size of client_subscribe_rate: a user's tabs resubscribing "
+        "everything at once after a hub restart or a network blip; never less than "
+        "max_subscriptions_per_connection",
+    )
     client_history_rate: float = Field(
         4 * 1_048_576,
         gt=0,
@@ -252,6 +267,11 @@ class Limits(BaseModel):
         "readers get an `epoch` reset). (Redis holds the redis engine's history: its "
         "`maxmemory`.)",
     )
+
+    @property
+    def subscribe_burst(self) -> int:
+        """The subscribe bucket's size: one connection subscribing all it may hold fits in it."""
+        return max(self.client_subscribe_burst, self.max_subscriptions_per_connection)
 
     @property
     def command_burst(self) -> int:

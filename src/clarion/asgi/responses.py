@@ -60,6 +60,9 @@ async def send_error(
     """``exc`` as the API's error body, with its code's status: every HTTP error of the hub."""
     if isinstance(exc, MethodNotAllowed) and exc.allow:  # a 405 says what the endpoint takes
         headers = [*headers, (b"allow", exc.allow.encode())]
+    wait = exc.details.get("retry_after")
+    if isinstance(wait, int):  # a rate limit says when its client may ask again
+        headers = [*headers, (b"retry-after", b"%d" % wait)]
     await send_json(send, exc.status, error_body(exc), headers)
 
 

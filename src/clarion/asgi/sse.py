@@ -452,6 +452,8 @@ class SseEndpoint(ChannelEndpoint):
         self, session: Session, stream: SseStream, request: ChannelRequest
     ) -> bytes:
         """Subscribe every channel; returns the stream's opening (``retry:`` and first ``id:``)."""
+        # All its channels or none: a stream refused (429, Retry-After) is asked again whole.
+        session.take_subscriptions(len(request.channels))
         started: dict[str, StreamPosition] = {}
         resets: dict[str, str] = {}
         # Every channel resumed is in the stream's id from the start, at its cursor: an event
@@ -481,6 +483,7 @@ class SseEndpoint(ChannelEndpoint):
                     latest=channel in request.latest,
                     on_ready=ready,
                     checked=True,
+                    prepaid=True,
                 )
             if session.closed:
                 break

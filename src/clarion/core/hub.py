@@ -34,7 +34,7 @@ from clarion.core.channels import LocalChannels
 from clarion.core.control import Control
 from clarion.core.fanout import Push, WireFormat, publication_cursor
 from clarion.core.hooks import Hooks
-from clarion.core.limits import LogLimit
+from clarion.core.limits import Allowances, LogLimit
 from clarion.core.metrics import Stats, make_registry, render
 from clarion.core.nodes import NodeCollector, NodeReporter
 from clarion.core.operator import OperatorAuth
@@ -109,6 +109,9 @@ class Hub:
         limits = self.settings.limits
         # The bytes of stored publications each client is sent (history, resumes, polls).
         self.reads = ReadAllowance(limits.client_history_rate, limits.client_history_burst)
+        # The subscriptions each client starts, across its connections and transports: each
+        # may be a presence join and leave pushed to every reader of the channel's presence.
+        self.subscribes = Allowances(limits.client_subscribe_rate, limits.subscribe_burst)
         # Set by the application layer when ``[hooks]`` are configured.
         self.hooks: Hooks | None = None
         self.admission = Admission(self)

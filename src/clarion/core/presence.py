@@ -282,7 +282,7 @@ class Roster:
                 else:
                     absent = [c for c, hold in zip(held, done, strict=True) if hold == Hold.ABSENT]
                     kept = [c for c, hold in zip(held, done, strict=True) if hold == Hold.RENEWED]
-            if absent and self._may_add(session):
+            if absent and self._may_add(session, len(absent)):
                 if client is None:
                     client = "p" + secrets.token_urlsafe(16)
                 entry = self._poll_entry(session, client)
@@ -355,8 +355,16 @@ class Roster:
             client, session.user, session.credentials.info, "poll", session.client_ip
         )
 
-    def _may_add(self, session: Session) -> bool:
-        return self._poll_entries.take(session.rate_key)
+    def _may_add(self, session: Session, channels: int) -> bool:
+        """Whether a poll may add its client to ``channels`` more presences: within its
+        principal's new poll clients, and within its subscriptions
+        (``limits.client_subscribe_rate``), for each is a join, as a connection's subscribe is."""
+        who = session.rate_key
+        subscribes = self.hub.subscribes
+        if subscribes.left(who) < channels or not self._poll_entries.take(who):
+            return False
+        subscribes.spend(who, channels)
+        return True
 
     async def _joined(self, channel: str, session: Session, entry: PresenceEntry) -> None:
         """``entry`` (``session``'s, or its long-poll client's) was added: its join, to the

@@ -150,6 +150,7 @@ class Session:
         target: Any = None,
         server: bool = False,
         checked: bool = False,
+        prepaid: bool = False,
     ) -> SubscribeResult | None:
         """Subscribe, resuming from ``since`` (a cursor token or position) when given.
 
@@ -162,7 +163,9 @@ class Session:
         right after ``on_ready``, before live ones. ``server``: the backend asked for it
         (``POST /api/subscribe``), so the token's permissions are not checked, and a later
         token does not end it. ``checked``: the adapter already authorized this read for the
-        same request (:meth:`Hub.authorize_read`).
+        same request (:meth:`Hub.authorize_read`). ``prepaid``: the adapter took this
+        subscription from the client's allowance already, with the others of its request
+        (:meth:`take_subscriptions`).
         """
         hub = self.hub
         validate_channel(channel)
@@ -170,6 +173,10 @@ class Session:
             hub.auth.check_subscribe(self.credentials, channel)
         since_pos = position_for(channel, since)
         self._check_room(channel)
+        # A long poll's subscription is a read that lasts one request, with no presence of its
+        # own (its client's joins are counted where they are made: Roster.hold_poll).
+        if not server and not prepaid and self.transport.kind != "poll":
+            self.take_subscriptions(1)
         if not server and not checked and hub.hooks is not None:
             await hub.hooks.subscribe(self.credentials, channel, self.id, self.transport.kind)
             if self.closed:
@@ -399,6 +406,29 @@ class Session:
                 f"{op} refused: sending subscribe, history, presence or token ops "
                 "faster than limits.client_command_rate",
                 code=ErrorCode.RATE_LIMITED,
+            )
+
+    def take_subscriptions(self, count: int) -> None:
+        """``count`` subscriptions from what this session's user (its address, without one)
+        may start on this node, across its connections and transports, or ``rate_limited``
+        with ``retry_after``, the whole seconds until they are there.
+
+        Each subscription may be a presence join and, later, a leave pushed to every reader of
+        the channel's presence: a client reopening many connections of many channels makes
+        work that grows with connections times channels times readers. A budget per
+        connection comes back with each new one; this one does not. Not a strike towards 4505:
+        a user's tabs resubscribing at once after a restart are not abusive, and each
+        connection's own command budget still bounds how often it asks.
+        """
+        allowance = self.hub.subscribes
+        who = self.rate_key
+        if not allowance.take(who, count):
+            wait = max(math.ceil(allowance.wait(who, count)), 1)
+            raise LimitExceeded(
+                f"subscribing faster than limits.client_subscribe_rate allows this user or "
+                f"address: try again in {wait} s",
+                code=ErrorCode.RATE_LIMITED,
+                retry_after=wait,
             )
 
     def _strike(self) -> None:

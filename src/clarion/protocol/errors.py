@@ -205,7 +205,9 @@ _RULES = [
         C.ABUSE,
         "publishing faster than `limits.client_publish_rate` (or the per-user rate), or "
         "sending subscribe, unsubscribe, history, presence and token ops faster than "
-        "`limits.client_command_rate`",
+        "`limits.client_command_rate`, or starting subscriptions faster than "
+        "`limits.client_subscribe_rate` allows a user or address (with `retry_after`, and "
+        "`Retry-After` over HTTP)",
     ),
     ErrorRule(
         E.EPHEMERAL_RATE_LIMITED,

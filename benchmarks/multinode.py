@@ -57,6 +57,8 @@ ENV = {
     # Every client resumes from one address, which one address's allowance of history cannot
     # cover.
     "CLARION_LIMITS__CLIENT_HISTORY_BURST": str(1 << 40),
+    # And every client subscribes from it: more subscriptions than one address may start.
+    "CLARION_LIMITS__CLIENT_SUBSCRIBE_BURST": str(1 << 40),
     "CLARION_NAMESPACES__DEFAULT__PRESENCE": "false",
 }
 

@@ -37,6 +37,10 @@ CLARION_ENV = {
     # cover.
     "CLARION_LIMITS__CLIENT_HISTORY_RATE": str(1 << 40),
     "CLARION_LIMITS__CLIENT_HISTORY_BURST": str(1 << 40),
+    # And every client subscribes from it, all at once in a reconnect storm: more subscriptions
+    # than one address may start.
+    "CLARION_LIMITS__CLIENT_SUBSCRIBE_RATE": str(1 << 40),
+    "CLARION_LIMITS__CLIENT_SUBSCRIBE_BURST": str(1 << 40),
 }
 
 

@@ -69,6 +69,8 @@ async def serve(port: int, status: Path) -> None:
             "max_pending_connections": 100_000,
             # And every client resumes from it: more history than one address is allowed.
             "client_history_burst": 1 << 40,
+            # And subscribes from it: more subscriptions than one address may start.
+            "client_subscribe_burst": 1 << 40,
             "send_queue_bytes": 64 * 1024,
         },
     )

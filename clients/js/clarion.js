@@ -119,7 +119,8 @@ const ONE_CHANNEL = new Set([4502, 4507, 1009]);
 export function refusal(code, { status = 0, refreshable = false, whole = false } = {}) {
   const rule = errorRule(code, status);
   if (rule.close === TOKEN_EXPIRED) return refreshable ? "refresh" : "stop";
-  if (rule.reconnect) return "backoff";
+  // A budget that refills (a user's subscriptions, say): the same request, after its wait.
+  if (rule.reconnect || code === "rate_limited") return "backoff";
   return whole || !ONE_CHANNEL.has(rule.close) ? "stop" : "fail";
 }
 
@@ -128,6 +129,12 @@ export function refusal(code, { status = 0, refreshable = false, whole = false }
 export function endsClient(code, reconnect, refreshable) {
   if (code === TOKEN_EXPIRED && !refreshable) return true;
   return !(typeof reconnect === "boolean" ? reconnect : shouldReconnect(code));
+}
+
+// What a rate limit asked to wait (`retryAfter` seconds), in ms: at least that, and up to half
+// as long again, so that the tabs it refused together do not all come back together.
+export function retryAfterDelay(retryAfter, random = Math.random) {
+  return retryAfter * 1000 * (1 + random() / 2);
 }
 
 // Full jitter: a random delay in [0, min(cap, base·2^attempt)), so that many clients dropped at
@@ -291,6 +298,8 @@ class ClarionError extends Error {
     if (error?.channel !== undefined) this.channel = error.channel; // the one channel refused
     if (error?.cursor !== undefined) this.cursor = error.cursor; // the cursor it could not read
     if (error?.limit !== undefined) this.limit = error.limit; // a cap the request went over
+    // Seconds a rate limit asks to wait before the same request (`Retry-After` over HTTP).
+    if (Number.isFinite(error?.retry_after)) this.retryAfter = error.retry_after;
     if (status !== undefined) this.status = status;
   }
 }
@@ -1085,11 +1094,13 @@ class Client extends Emitter {
         if (error instanceof ClarionError) {
           if (error.code === "bad_cursor" && since) { sub._forget(); return this._wsSubscribe(sub); }
           if (error.code === "rate_limited") {
-            // The connection's command budget is spent for now: ask again in about a second,
-            // on this connection (a new one resubscribes everything anyway).
+            // A budget is spent for now (the connection's, or its user's, which says when it
+            // has room again): ask again then, on this connection (a new one resubscribes
+            // everything anyway).
+            const delay = error.retryAfter ? retryAfterDelay(error.retryAfter) : 500 + Math.random() * 1000;
             return this._later(() => {
               if (gen === this.generation && this.subs.get(sub.channel) === sub) this._wsSubscribe(sub);
-            }, 500 + Math.random() * 1000);
+            }, delay);
           }
           this.subs.delete(sub.channel);
           sub.emit("error", error);
@@ -1430,7 +1441,13 @@ class Client extends Emitter {
       try { await this._freshToken(); } catch (failure) { this.emit("error", failure); return "backoff"; }
       return again ? "backoff" : "again";
     }
-    if (what === "backoff") return "backoff";
+    if (what === "backoff") {
+      // Over a rate limit: not before the wait it names (`Retry-After`), however few the tries.
+      const header = Number(r.headers.get("retry-after"));
+      const wait = error.retryAfter || (Number.isFinite(header) && header > 0 ? header : 0);
+      if (wait) stream.retryAfter = wait;
+      return "backoff";
+    }
     if (what === "stop") {
       this._stop(stream.gen, { code: errorRule(error.code, r.status).close, reason: error.message });
       return "ended";
@@ -1493,7 +1510,9 @@ class Client extends Emitter {
         this._setState("disconnected", { code: null, reason: "", reconnect: true, ...detail });
       }
     }
-    await sleep(backoffDelay(attempt, this.base, this.cap));
+    const wait = stream.retryAfter ? retryAfterDelay(stream.retryAfter) : 0;
+    stream.retryAfter = 0;
+    await sleep(Math.max(wait, backoffDelay(attempt, this.base, this.cap)));
     if (this._live(stream) && this.state === "disconnected") this._setState("connecting");
   }
 

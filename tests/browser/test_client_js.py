@@ -955,3 +955,29 @@ async def test_a_rate_limited_subscribe_is_sent_again(page: Any, hub_factory: An
     await hub.publish("chat:a", "hello")
     assert await pubs(page, 1) == ["hello"]
     assert await page.evaluate("window.log.events") == []
+
+
+async def test_a_stream_refused_for_its_user_s_subscriptions_opens_after_retry_after(
+    page: Any, hub_factory: Any
+) -> None:
+    """``/sse`` refused with ``429 rate_limited`` (the address's subscriptions are spent): the
+    client waits its ``Retry-After`` and opens again, rather than stopping; counted in refusals,
+    not seconds (a client that did not wait would be refused at each short backoff)."""
+    limits = {
+        "max_subscriptions_per_connection": 2,
+        "client_subscribe_burst": 2,
+        "client_subscribe_rate": 0.5,  # one every 2 s
+    }
+    hub = await hub_factory(limits=limits)
+    async with (
+        hub.http() as http,
+        http.stream("GET", "/sse", params={"channel": ["a", "b"]}) as other,
+    ):
+        assert other.status_code == 200  # another tab of the address took the allowance
+        await open_client(page, hub, {"transports": ["sse"], "backoffBase": 50, "backoffCap": 50})
+        await subscribed(hub, "chat:lobby")
+        await hub.publish("chat:lobby", "through")
+        assert await pubs(page, 1) == ["through"]
+    assert 1 <= hub.hub.stats.errors["rate_limited"] <= 2
+    events = await page.evaluate("window.log.events")
+    assert [e for e in events if e["event"] in ("error", "unsubscribed")] == [], events

@@ -52,7 +52,12 @@ def failure(response: httpx.Response) -> RequestFailed:
             "code": _STATUS_CODES.get(status, f"http_{status}"),
             "message": f"HTTP {status} {response.reason_phrase}".strip(),
         }
-    return RequestFailed.from_wire(error, status)
+    failed = RequestFailed.from_wire(error, status)
+    if failed.retry_after is None and status in (429, 503):
+        header = response.headers.get("retry-after", "")
+        if header.isascii() and header.isdigit() and 0 < len(header) <= 6:
+            failed.retry_after = float(header)
+    return failed
 
 
 def nothing_serves(response: httpx.Response) -> bool:

@@ -7,6 +7,13 @@ import random
 from collections.abc import Callable
 
 
+def retry_after_delay(wait: float, rng: Callable[[], float] = random.random) -> float:
+    """What to wait after a rate limit asked for ``wait`` seconds: at least that, and up to
+    half as long again, so that the clients (or subscriptions) it refused together do not all
+    come back together."""
+    return wait * (1 + rng() / 2)
+
+
 class Backoff:
     """Attempt ``n`` (from 0) waits a uniformly random time in ``[0, min(cap, base * factor**n)]``.
 

@@ -77,9 +77,12 @@ class RequestFailed(ClarionError):
         status: int | None = None,
         channel: str | None = None,
         limit: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, code=code)
         self._status = status if status is not None else 0
+        self.retry_after = retry_after
+        """Seconds a rate limit asked to wait before the same request (``Retry-After``)."""
         self.channel = channel
         """The channel the refusal names (one channel of a stream of several), if it names one."""
         self.limit = limit
@@ -100,6 +103,7 @@ class RequestFailed(ClarionError):
         message = error.get("message")
         channel = error.get("channel")
         limit = error.get("limit")
+        wait = error.get("retry_after")
         return cls(
             message if isinstance(message, str) else "the hub refused the request",
             code=code_of(code)
@@ -110,6 +114,7 @@ class RequestFailed(ClarionError):
             status=status,
             channel=channel if isinstance(channel, str) else None,
             limit=limit if type(limit) is int else None,
+            retry_after=float(wait) if type(wait) is int and wait > 0 else None,
         )
 
     def __str__(self) -> str:

@@ -81,6 +81,7 @@ async def open_poll(
             if isinstance(given := body.get("client"), str):
                 ctx.poll.id = given
         except (httpx.RequestError, Retry, ValueError) as exc:
+            stream.refused_for(exc)
             return failed(url, exc)
         except RequestFailed as exc:
             if exc.code != ErrorCode.BAD_TIMEOUT or longest <= FALLBACK_TIMEOUT:

@@ -33,7 +33,12 @@ _ONE_CHANNEL = frozenset({CloseCode.FORBIDDEN, CloseCode.BAD_REQUEST, CloseCode.
 
 
 class Retry(Exception):
-    """This attempt failed in a way a later one may not: wait, then try again."""
+    """This attempt failed in a way a later one may not: wait, then try again (not before
+    ``wait`` seconds, when the hub named them: a rate limit's ``Retry-After``)."""
+
+    def __init__(self, message: str, wait: float | None = None) -> None:
+        super().__init__(message)
+        self.wait = wait
 
 
 def error_rule(code: str, status: int = 0) -> ErrorRule:
@@ -57,7 +62,8 @@ def verdict(code: str, status: int = 0, *, refreshable: bool, whole: bool) -> Ve
     if rule.close == CloseCode.TOKEN_EXPIRED:
         # The same token again would expire again: only a fresh one helps.
         return "refresh" if refreshable else "stop"
-    if rule.reconnect:
+    # A budget that refills (a user's subscriptions, say): the same request, after its wait.
+    if rule.reconnect or code == ErrorCode.RATE_LIMITED:
         return "backoff"
     return "stop" if whole or rule.close not in _ONE_CHANNEL else "fail"
 
@@ -66,7 +72,7 @@ def refused(error: RequestFailed, token: TokenSource, *, whole: bool) -> Excepti
     """The exception that carries out :func:`verdict` for ``error``."""
     decided = verdict(error.code, error.status, refreshable=refreshable(token), whole=whole)
     if decided in ("refresh", "backoff"):
-        return Retry(f"{error.code}: {error.message}")
+        return Retry(f"{error.code}: {error.message}", error.retry_after)
     if decided == "stop":
         return Disconnected(error_rule(error.code, error.status).close, error.message)
     return error

@@ -26,8 +26,10 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 from urllib.parse import quote
 
+from clarion.client.backoff import retry_after_delay
 from clarion.client.errors import ConnectFailed, Disconnected, RequestFailed
 from clarion.client.items import position_of
+from clarion.client.refusals import Retry
 from clarion.client.streams import StreamContext
 from clarion.client.subscription import Feed
 from clarion.errors import BadCursor
@@ -66,6 +68,7 @@ class SharedStream:
         self.answered = False  # an open was answered once: the hub is there
         self._first_try: float | None = None
         self.why = "no answer"  # how the last open ended, for the error when the tries end
+        self.retry_after = 0.0  # seconds a rate limit asked the next try to wait, at least
         self._spawn = spawn
         self._run = run
         self._task: asyncio.Task[None] | None = None
@@ -219,7 +222,8 @@ class SharedStream:
     async def pause(self, why: object) -> None:
         """Wait out the backoff delay after a failed open (less if the feeds change, or the
         first open's deadline comes first)."""
-        delay = self.ctx.backoff.delay(self.attempt)
+        delay = max(self.ctx.backoff.delay(self.attempt), retry_after_delay(self.retry_after))
+        self.retry_after = 0.0
         self.attempt += 1
         left = self._left()
         if left is not None and left < delay:
@@ -229,6 +233,12 @@ class SharedStream:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self.changed.wait()
+
+    def refused_for(self, exc: BaseException) -> None:
+        """An open failed with ``exc``: if a rate limit said when to ask again, the next try
+        waits that long at least."""
+        if isinstance(exc, Retry) and exc.wait:
+            self.retry_after = max(self.retry_after, exc.wait)
 
     def _left(self) -> float | None:
         """Seconds left before the first open's deadline; None once an open was answered."""

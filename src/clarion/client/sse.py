@@ -67,6 +67,7 @@ async def open_sse(stream: SharedStream, feeds: list[Feed], answered: Callable[[
                 if not going:
                     break
     except (httpx.RequestError, SSEError, Retry) as exc:
+        stream.refused_for(exc)
         return failed(url, exc)
     return "the hub ended the stream"
 

@@ -43,7 +43,7 @@ from websockets.exceptions import (
 )
 from websockets.typing import Subprotocol
 
-from clarion.client.backoff import Backoff
+from clarion.client.backoff import Backoff, retry_after_delay
 from clarion.client.endpoints import Endpoints
 from clarion.client.errors import (
     ClientClosed,
@@ -494,9 +494,11 @@ class WebSocketLink:
                 self._subscribe(feed, again=False)
                 return
             if error is not None and error["code"] == ErrorCode.RATE_LIMITED:
-                # The connection's command budget is spent for now: the feed waits and asks
-                # again on this connection (a new one resubscribes it anyway).
-                self._subscribe_later(feed, self._conn)
+                # A budget is spent for now (the connection's, or its user's, which says when
+                # it has room again): the feed waits and asks again on this connection (a new
+                # one resubscribes it anyway).
+                wait = RequestFailed.from_wire(error).retry_after
+                self._subscribe_later(feed, self._conn, wait)
                 return
             if error is not None:
                 del self.feeds[feed.channel]
@@ -518,12 +520,15 @@ class WebSocketLink:
         if not self._send(command):
             del self._pending[rid]
 
-    def _subscribe_later(self, feed: Feed, conn: ClientConnection | None) -> None:
+    def _subscribe_later(
+        self, feed: Feed, conn: ClientConnection | None, wait: float | None
+    ) -> None:
         def again() -> None:
             if self.feeds.get(feed.channel) is feed and self._conn is conn and self._connected:
                 self._subscribe(feed)
 
-        delay = RATE_LIMITED_DELAY * random.uniform(0.5, 1.5)  # not all feeds at once
+        # Not all feeds at once.
+        delay = retry_after_delay(wait) if wait else RATE_LIMITED_DELAY * random.uniform(0.5, 1.5)
         asyncio.get_running_loop().call_later(delay, again)
 
     def _unsubscribe(self, channel: str) -> None:

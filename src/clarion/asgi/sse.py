@@ -63,8 +63,7 @@ def _event(pub: Publication) -> bytes:
 
 
 Tagged = tuple[bytes, StreamPosition | None, bytes]  # channel tag, its new position, event body
-# The position of a tagged item whose channel leaves the stream's ``id:`` (a channel the hub
-# unsubscribed that the stream's URL does not name).
+# A tagged item's position when its channel leaves the ``id:`` (unsubscribed, not in the URL).
 FORGET = StreamPosition("", -1)
 
 
@@ -452,8 +451,7 @@ class SseEndpoint(ChannelEndpoint):
         self, session: Session, stream: SseStream, request: ChannelRequest
     ) -> bytes:
         """Subscribe every channel; returns the stream's opening (``retry:`` and first ``id:``)."""
-        # All its channels or none: a stream refused (429, Retry-After) is asked again whole.
-        session.take_subscriptions(len(request.channels))
+        session.take_subscriptions(len(request.channels))  # all or none: 429, Retry-After
         started: dict[str, StreamPosition] = {}
         resets: dict[str, str] = {}
         # Every channel resumed is in the stream's id from the start, at its cursor: an event

@@ -163,9 +163,8 @@ class Session:
         right after ``on_ready``, before live ones. ``server``: the backend asked for it
         (``POST /api/subscribe``), so the token's permissions are not checked, and a later
         token does not end it. ``checked``: the adapter already authorized this read for the
-        same request (:meth:`Hub.authorize_read`). ``prepaid``: the adapter took this
-        subscription from the client's allowance already, with the others of its request
-        (:meth:`take_subscriptions`).
+        same request (:meth:`Hub.authorize_read`). ``prepaid``: the adapter took it from the
+        client's allowance with its request's others (:meth:`take_subscriptions`).
         """
         hub = self.hub
         validate_channel(channel)
@@ -173,8 +172,7 @@ class Session:
             hub.auth.check_subscribe(self.credentials, channel)
         since_pos = position_for(channel, since)
         self._check_room(channel)
-        # A long poll's subscription is a read that lasts one request, with no presence of its
-        # own (its client's joins are counted where they are made: Roster.hold_poll).
+        # Not a long poll's: a read for one request (its joins count in Roster.hold_poll).
         if not server and not prepaid and self.transport.kind != "poll":
             self.take_subscriptions(1)
         if not server and not checked and hub.hooks is not None:
@@ -409,27 +407,18 @@ class Session:
             )
 
     def take_subscriptions(self, count: int) -> None:
-        """``count`` subscriptions from what this session's user (its address, without one)
-        may start on this node, across its connections and transports, or ``rate_limited``
-        with ``retry_after``, the whole seconds until they are there.
+        """``count`` subscriptions from what this session's user (address) may start on this
+        node, across its connections, or ``rate_limited`` with ``retry_after`` (whole seconds).
 
-        Each subscription may be a presence join and, later, a leave pushed to every reader of
-        the channel's presence: a client reopening many connections of many channels makes
-        work that grows with connections times channels times readers. A budget per
-        connection comes back with each new one; this one does not. Not a strike towards 4505:
-        a user's tabs resubscribing at once after a restart are not abusive, and each
-        connection's own command budget still bounds how often it asks.
+        Each may be a presence join and leave pushed to every reader of the channel, one
+        user's other connections among them; a connection's own budget comes back with each
+        new one. No strike towards 4505: tabs resubscribing after a restart are no abuse.
         """
-        allowance = self.hub.subscribes
-        who = self.rate_key
+        allowance, who = self.hub.subscribes, self.rate_key
         if not allowance.take(who, count):
             wait = max(math.ceil(allowance.wait(who, count)), 1)
-            raise LimitExceeded(
-                f"subscribing faster than limits.client_subscribe_rate allows this user or "
-                f"address: try again in {wait} s",
-                code=ErrorCode.RATE_LIMITED,
-                retry_after=wait,
-            )
+            why = f"over limits.client_subscribe_rate for this user or address: retry in {wait} s"
+            raise LimitExceeded(why, code=ErrorCode.RATE_LIMITED, retry_after=wait)
 
     def _strike(self) -> None:
         """One refusal; persistent abuse closes the session."""

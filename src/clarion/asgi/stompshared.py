@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from clarion.asgi.stompwire import BinaryTail, message_tail_of
 from clarion.core.fanout import Push, WireFormat
-from clarion.core.pages import fitting, page_bytes, read_resume, replay_budget
+from clarion.core.pages import fitting, page_bytes, read_start, replay_budget
 from clarion.core.resume import reset_reason, short_of
 from clarion.core.session import Session
 from clarion.protocol.codes import CloseCode
@@ -64,8 +64,8 @@ async def subscribe_shared(conn: StompConnection, session: Session, event: Subsc
     hub = conn.hub
     full = replay_budget(hub.settings.limits.send_queue_bytes, 0)
     allowance = hub.reads.budget(session.rate_key, full)
-    history, paged = await read_resume(
-        hub.engine, channel, hub.options(channel), since, allowance, full
+    history, paged = await read_start(
+        hub.engine, channel, hub.options(channel), since, False, allowance, full
     )
     if shared.buffers.get(sub) is not buffer or conn.shared.get(channel) is not shared:
         return  # unsubscribed meanwhile

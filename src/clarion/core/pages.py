@@ -129,22 +129,30 @@ async def read_page(
     return history
 
 
-async def read_resume(
+async def read_start(
     engine: Engine,
     channel: str,
     options: NamespaceOptions,
-    since: StreamPosition,
+    since: StreamPosition | None,
+    latest: bool,
     allowance: int,
     replay: int,
 ) -> tuple[History, bool]:
-    """What a resume from ``since`` reads, and whether it is a page (``True``): a page may
-    stop short of the channel's top, and the resume is then cut after it.
+    """What a new subscriber's start reads, and whether it is a page (``True``): a page may
+    stop short of the channel's top, and a resume is then cut after it.
 
-    Everything after ``since`` (the read a reconnect storm's resumers of one channel share),
-    unless its reader's ``allowance`` is less than the ``replay`` it could otherwise be sent:
-    then only a page of what it may be sent. A reader over its allowance is sent one
-    publication per resume; it must not cost the read of a history of ``history_size``.
+    Without ``since``, the channel's position, and with ``latest`` its newest publication:
+    its position is the top, so live publications buffered meanwhile follow it without a gap
+    or a repeat. From ``since``, everything after it (the read a reconnect storm's resumers
+    of one channel share), unless its reader's ``allowance`` is less than the ``replay`` it
+    could otherwise be sent: then only a page of what it may be sent. A reader over its
+    allowance is sent one publication per resume; it must not cost the read of a history of
+    ``history_size``.
     """
+    if since is None:
+        if latest:
+            return await engine.history(channel, options, limit=1, reverse=True), False
+        return await engine.history(channel, options, limit=0), False
     if allowance >= replay:
         return await engine.history(channel, options, since=since, limit=None), False
     page = await read_page(

@@ -130,7 +130,7 @@ def plan_resume(
     ``budget``: the bytes the replayed publications may take (:mod:`~clarion.core.pages`);
     past it the plan stops there (``cut``) and sends nothing buffered. ``overhead``: the
     transport's framing per publication, counted in the budget too. ``paged``: ``history``
-    is a page (:func:`~clarion.core.pages.read_resume`), which ends before the channel's top
+    is a page (:func:`~clarion.core.pages.read_start`), which ends before the channel's top
     when more is stored: the plan is cut there as well.
     """
     reason = None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from clarion.core.auth import Credentials
 from clarion.core.fanout import Push, Subscription, WireFormat
 from clarion.core.limits import Abuse, LogLimit, TokenBucket
-from clarion.core.pages import read_resume, replay_budget
+from clarion.core.pages import read_start, replay_budget
 from clarion.core.resume import Reset, SubscribeResult, plan_resume, position_for
 from clarion.core.transport import Transport
 from clarion.errors import BadRequest, ClarionError, LimitExceeded
@@ -199,20 +199,12 @@ class Session:
         # Buffer live publications before reading history, so none falls between the two.
         buffer: list[Publication] = []
         local.pending[sub] = buffer
-        paged = False
         full = replay_budget(hub.settings.limits.send_queue_bytes, 0)
+        allowance = hub.reads.budget(self.rate_key, full) if since_pos is not None else full
         try:
-            if since_pos is not None:
-                allowance = hub.reads.budget(self.rate_key, full)
-                history, paged = await read_resume(
-                    hub.engine, channel, options, since_pos, allowance, full
-                )
-            elif latest:
-                # The stream's newest entry; its position is the channel's top, so live
-                # publications buffered meanwhile follow it without a gap or a repeat.
-                history = await hub.engine.history(channel, options, limit=1, reverse=True)
-            else:
-                history = await hub.engine.history(channel, options, limit=0)
+            history, paged = await read_start(
+                hub.engine, channel, options, since_pos, latest, allowance, full
+            )
         except BaseException:
             if self.subscriptions.get(channel) is sub:
                 self._let_go(channel)

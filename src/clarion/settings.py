@@ -161,7 +161,9 @@ class Limits(BaseModel):
         20,
         gt=0,
         description="subscribe, history, presence, connect and refresh ops per second per "
-        "session (STOMP: SUBSCRIBE); over it, `rate_limited` (an unsubscribe is never refused)",
+        "session (STOMP: SUBSCRIBE); over it, `rate_limited` (an unsubscribe is never refused). "
+        "The reads and token ops also per user (per address without one) across its "
+        "connections and client API requests",
     )
     client_command_burst: int = Field(
         300,

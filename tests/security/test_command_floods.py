@@ -321,6 +321,49 @@ async def test_costly_reads_spend_the_same_budget(hub_factory: Callable[..., Any
             assert "ok" in await ws.call("ping")
 
 
+async def test_reads_across_a_users_connections_share_one_budget(
+    hub_factory: Callable[..., Any],
+) -> None:
+    """A connection's budget comes back with each new connection: a user with many, each
+    within its own, listed a full channel's presence (a thousand entries, 0.7 ms of the hub's
+    core each) as often as it liked. Reads and token ops also take from the user's budget,
+    across its connections and the client API: past it ``rate_limited`` with
+    ``retry_after``, no strike towards 4505, and another user goes on."""
+    burst = 40
+    hub: RunningHub = await hub_factory(
+        **settings(
+            client_command_rate=0.01,  # no refill to speak of within the test
+            client_command_burst=burst,
+            max_subscriptions_per_connection=4,
+        )
+    )
+    assert hub.hub.settings.limits.command_burst == burst
+    mallory = mint_token(SECRET, "mallory", ["chat:*"])
+    ops = ("history", "presence", "presence_stats")
+    replies: list[dict[str, Any]] = []
+    for _ in range(4):  # each connection within its own budget of 40
+        async with hub.ws() as ws:
+            assert "ok" in await ws.call("connect", token=mallory)
+            for i in range(15):
+                replies.append(await ws.call(ops[i % 3], channel=CHANNEL))
+            assert "ok" in await ws.call("ping")  # not closed
+    ok = [r for r in replies if "ok" in r]
+    refused = [r["error"] for r in replies if "error" in r]
+    assert len(ok) == burst, len(ok)
+    assert len(refused) == 60 - burst
+    assert all(e["code"] == "rate_limited" and e["retry_after"] >= 1 for e in refused), refused
+    async with hub.http() as http:
+        r = await http.get(
+            "/client/presence",
+            params={"channel": CHANNEL},
+            headers={"Authorization": f"Bearer {mallory}"},
+        )
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, r.text
+    async with hub.ws() as ws:
+        assert "ok" in await ws.call("connect", token=mint_token(SECRET, "bob", ["chat:*"]))
+        assert "ok" in await ws.call("presence", channel=CHANNEL)
+
+
 async def test_twelve_churners_without_join_leave_leave_others_unharmed(
     hub_factory: Callable[..., Any],
 ) -> None:

@@ -47,21 +47,16 @@ class ClientRates:
         limits = hub.settings.limits
         rate, burst = limits.client_ephemeral_rate, limits.client_ephemeral_burst
         self.publishes = Allowances(limits.client_publish_rate, limits.client_publish_burst)
-        self.commands = Allowances(limits.client_command_rate, limits.command_burst)
         self.signals = Allowances(rate, burst)  # per user and channel
         self.all_signals = Allowances(rate * SIGNAL_CHANNELS, burst * SIGNAL_CHANNELS)
 
-    def take(
-        self, session: Session, signal_channel: str | None = None, *, command: bool = False
-    ) -> bool:
-        """A token for one publish, for one ephemeral publish to ``signal_channel`` (their
-        own budget, per channel and for all channels together, as on a connection), or with
-        ``command`` for one history or presence read (the command budget of a connection)."""
+    def take(self, session: Session, signal_channel: str | None = None) -> bool:
+        """A token for one publish, or for one ephemeral publish to ``signal_channel`` (their
+        own budget, per channel and for all channels together, as on a connection). History
+        and presence reads take from ``hub.commands``, which connections share."""
         who = session.rate_key
         if signal_channel is not None:
             return self.signals.take(f"{who} {signal_channel}") and self.all_signals.take(who)
-        if command:
-            return self.commands.take(who)
         return self.publishes.take(who)
 
 
@@ -193,12 +188,8 @@ class ClientEndpoint:
                 key=cmd.key,
             )
             return publish_reply(hub, pub)
-        if not self.rates.take(session, command=True):
-            raise LimitExceeded(
-                f"{cmd.op} refused: reading history or presence faster than "
-                "limits.client_command_rate",
-                code=ErrorCode.RATE_LIMITED,
-            )
+        why = f"{cmd.op} refused: reading history or presence faster than client_command_rate"
+        hub.commands.require(session.rate_key, 1, why)  # (shared with the user's connections)
         if cmd.op == "history":
             await hub.authorize_read(
                 session.credentials, channel, "poll", session.id, act="read the history of"

@@ -112,6 +112,9 @@ class Hub:
         # The subscriptions each client starts, across its connections and transports: each
         # may be a presence join and leave pushed to every reader of the channel's presence.
         self.subscribes = Allowances(limits.client_subscribe_rate, limits.subscribe_burst)
+        # Each client's reads and token ops (history, presence, refresh) across its
+        # connections and client API requests, besides each connection's own budget.
+        self.commands = Allowances(limits.client_command_rate, limits.command_burst)
         # Set by the application layer when ``[hooks]`` are configured.
         self.hooks: Hooks | None = None
         self.admission = Admission(self)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+from clarion.errors import LimitExceeded
+from clarion.protocol.errors import ErrorCode
 
 
 class TokenBucket:
@@ -93,6 +97,15 @@ class Allowances:
     def wait(self, who: str, count: float = 1.0) -> float:
         """Seconds until ``who`` has ``count`` tokens (0: it has them now)."""
         return max(count - self.left(who), 0.0) / self.rate
+
+    def require(self, who: str, count: float, refused: str) -> None:
+        """:meth:`take`, or ``rate_limited`` saying ``refused`` and in how many whole seconds
+        ``who`` has them (``retry_after``; ``Retry-After`` over HTTP)."""
+        if not self.take(who, count):
+            wait = max(math.ceil(self.wait(who, count)), 1)
+            raise LimitExceeded(
+                f"{refused}: retry in {wait} s", code=ErrorCode.RATE_LIMITED, retry_after=wait
+            )
 
     def _refill(self, bucket: list[float]) -> float:
         now = time.monotonic()

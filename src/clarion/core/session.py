@@ -108,8 +108,8 @@ class Session:
         # join and leave, a history or presence read, a token check) spends from one budget:
         # without it, subscribe/unsubscribe churn floods every presence reader of a channel.
         self.command_bucket = TokenBucket(limits.client_command_rate, limits.command_burst)
-        # channel -> the bucket of its ephemeral publishes (made on the first one).
-        # Made when first needed: most sessions never send a signal or get refused.
+        # channel -> the bucket of its ephemeral publishes, made when first needed: most
+        # sessions never send a signal or get refused.
         self.signal_buckets: dict[str, TokenBucket] | None = None
         self.signal_total: TokenBucket | None = None  # all its channels together
         self.abuse: Abuse | None = None
@@ -389,7 +389,16 @@ class Session:
 
     def take_command(self, op: str) -> None:
         """One token of this connection's command budget for ``op``, or ``rate_limited``
-        (counted as a refusal towards closing the session with 4505, as publish floods are)."""
+        (counted as a refusal towards closing the session with 4505, as publish floods are).
+
+        A read or token op (history, presence, refresh, a further connect) also takes one of
+        its user's (address's), across its connections and client API requests, without a
+        strike: each new connection has a full budget of its own. Subscriptions have their
+        own allowance (:meth:`take_subscriptions`); a first ``connect`` is the connection's.
+        """
+        if op not in ("subscribe", "SUBSCRIBE") and (op != "connect" or self.user is not None):
+            why = f"{op} refused: this user's (address's) ops are over limits.client_command_rate"
+            self.hub.commands.require(self.rate_key, 1, why)
         if not self.command_bucket.take():
             self._strike()
             raise LimitExceeded(
@@ -406,11 +415,7 @@ class Session:
         user's other connections among them; a connection's own budget comes back with each
         new one. No strike towards 4505: tabs resubscribing after a restart are no abuse.
         """
-        allowance, who = self.hub.subscribes, self.rate_key
-        if not allowance.take(who, count):
-            wait = max(math.ceil(allowance.wait(who, count)), 1)
-            why = f"over limits.client_subscribe_rate for this user or address: retry in {wait} s"
-            raise LimitExceeded(why, code=ErrorCode.RATE_LIMITED, retry_after=wait)
+        self.hub.subscribes.require(self.rate_key, count, "over limits.client_subscribe_rate")
 
     def _strike(self) -> None:
         """One refusal; persistent abuse closes the session."""

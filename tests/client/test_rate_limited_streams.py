@@ -70,7 +70,9 @@ async def test_a_subscribe_refused_for_its_user_waits_the_retry_after_named(
             await session_of(running, "ws", "chat:lobby", wait=15)
             await running.publish("chat:lobby", "through")
             assert (await next_message(sub)).data == "through"
-    assert 1 <= running.hub.stats.errors["rate_limited"] <= 2
+    # Asked again once its retry_after has passed, when the allowance holds it: its fallback
+    # of about a second would be refused first (the reply's retry_after was once dropped).
+    assert running.hub.stats.errors["rate_limited"] == 1
 
 
 @pytest.fixture

@@ -163,6 +163,18 @@ def test_the_client_reads_back_every_frame_the_hub_writes() -> None:
     assert messages.parse_frame(messages.encode_error(None, refused)) == messages.Reply(
         None, error={"code": "forbidden", "message": "no"}
     )
+    # What an error adds to its code and message, which a client acts on, is read back too.
+    wait = ClarionError("later", code="rate_limited", retry_after=3, limit=20, channel="c")
+    assert messages.parse_frame(messages.encode_error(1, wait)) == messages.Reply(
+        1,
+        error={
+            "code": "rate_limited",
+            "message": "later",
+            "retry_after": 3,
+            "limit": 20,
+            "channel": "c",
+        },
+    )
     assert messages.parse_frame(messages.encode_reset("c", "trimmed", "K")) == messages.ResetPush(
         "c", "trimmed", "K"
     )

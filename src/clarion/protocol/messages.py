@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
 
@@ -258,6 +258,10 @@ class FrameError(ValueError):
 class ErrorBody(TypedDict):
     code: str
     message: str
+    # What some errors add: the wait a rate limit names, the limit, the channel refused.
+    retry_after: NotRequired[int]
+    limit: NotRequired[int]
+    channel: NotRequired[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,16 +362,18 @@ def _reply(obj: dict[str, Any]) -> Reply:
     if not (rid is None or isinstance(rid, int | str)) or isinstance(rid, bool):
         raise FrameError("a reply whose id is neither a number nor a string")
     if "error" in obj:
-        error = obj["error"]
-        code = error.get("code") if isinstance(error, dict) else None
-        message = error.get("message") if isinstance(error, dict) else None
-        return Reply(
-            rid,
-            error={
-                "code": code if isinstance(code, str) else "error",
-                "message": message if isinstance(message, str) else "the hub refused the request",
-            },
-        )
+        error = obj["error"] if isinstance(obj["error"], dict) else {}
+        code, message = error.get("code"), error.get("message")
+        body: ErrorBody = {
+            "code": code if isinstance(code, str) else "error",
+            "message": message if isinstance(message, str) else "the hub refused the request",
+        }
+        for name in ("retry_after", "limit"):
+            if type(value := error.get(name)) is int:
+                body[name] = value
+        if isinstance(channel := error.get("channel"), str):
+            body["channel"] = channel
+        return Reply(rid, error=body)
     ok = obj["ok"]
     return Reply(rid, ok=ok if isinstance(ok, dict) else {})
 

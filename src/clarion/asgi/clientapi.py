@@ -24,7 +24,7 @@ from clarion.core.hub import Hub
 from clarion.core.limits import Allowances, LogLimit
 from clarion.core.session import SIGNAL_CHANNELS, Session
 from clarion.engines.base import presence_body
-from clarion.errors import BadRequest, ClarionError, Forbidden, LimitExceeded, MethodNotAllowed
+from clarion.errors import BadRequest, ClarionError, LimitExceeded, MethodNotAllowed
 from clarion.protocol import messages
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.errors import ErrorCode
@@ -108,8 +108,8 @@ class ClientEndpoint:
             # Who asks, from the request's head, before any of its body is read: a client
             # that may publish nowhere makes the hub hold none of a body it sends.
             credentials = await hub.authenticate(access.credentials_for(hub, scope), "poll")
-            if self.op == "publish" and not (credentials.trusted or credentials.publish):
-                raise Forbidden("this client may publish nowhere: its token has no `publish` claim")
+            if self.op == "publish":
+                hub.auth.check_publishes(credentials)
             command = await self._read(scope, receive)
             session = hub.open_session(
                 PollWaiter(0, 0), credentials, access.client_address(hub, scope)

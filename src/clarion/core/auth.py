@@ -355,6 +355,11 @@ class Authenticator:
             return False
         return True
 
+    def check_publishes(self, creds: Credentials) -> None:
+        """Refused before a request's body is read: ``creds`` may publish to no channel."""
+        if not (creds.trusted or creds.publish):
+            raise Forbidden(f"not allowed to publish: {_uncovered(creds, 'publish')}")
+
     def check_publish(self, creds: Credentials, channel: str) -> None:
         check_not_reserved(channel)
         if not self.settings.namespace(namespace_of(channel)).client_publish:

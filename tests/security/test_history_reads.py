@@ -255,3 +255,37 @@ async def test_a_reader_past_its_allowance_resumes_page_by_page_without_a_gap(
             got.append((await ws.recv())["data"]["n"])
             break
     assert got == [STORED - 2, STORED - 1, STORED, STORED + 1], got
+
+
+async def test_over_the_allowance_a_busy_first_channel_holds_back_no_other(
+    hub: RunningHub,
+) -> None:
+    """Over the allowance each poll carries one publication: the oldest any of its channels
+    has for the client, whatever order the request names them in. (It was the first
+    channel's that had one: a busy channel named first held every other back until it had
+    nothing left.) Nothing is skipped or sent twice, and each channel keeps its order."""
+    busy, quiet = "feed:busy", "feed:quiet"
+    first = await stored(hub)
+    async with hub.http(headers=bearer("mallory")) as http:
+        await poll(http, CHANNEL, cursor=first, timeout=0)  # the allowance, spent
+        cursor = (await poll(http, busy, quiet, timeout=0))["cursor"]
+        for n in range(5):
+            await hub.publish(busy, {"n": n, "text": TEXT})
+        # Apart in time (the publications' clock counts milliseconds), so which is older is
+        # not a tie.
+        await asyncio.sleep(0.01)
+        await hub.publish(quiet, {"n": 1000, "text": TEXT})
+        await asyncio.sleep(0.01)
+        for n in range(5, 10):
+            await hub.publish(busy, {"n": n, "text": TEXT})
+        got: list[tuple[str, int]] = []
+        for _ in range(20):
+            body = await poll(http, busy, quiet, cursor=cursor, timeout=0)
+            assert len(body["publications"]) <= 1
+            got += [(p["channel"], p["data"]["n"]) for p in body["publications"]]
+            cursor = body["cursor"]
+            if not body["publications"]:
+                break
+    assert [n for channel, n in got if channel == busy] == list(range(10))
+    assert [n for channel, n in got if channel == quiet] == [1000]
+    assert got.index((quiet, 1000)) == 5, got

@@ -224,7 +224,7 @@ class ApiKeys:
             raise Unauthorized("wrong API key")
 
 
-def token_from(hub: Hub, scope: Scope) -> str | None:
+def token_from(hub: Hub, scope: Scope, params: Params | None = None) -> str | None:
     """The connection token from the Authorization header, the ``token`` query or the cookie.
 
     A browser sends the cookie on its own, whichever page opened the request: it counts only from
@@ -232,10 +232,11 @@ def token_from(hub: Hub, scope: Scope) -> str | None:
     An origin admitted by ``allowed_origins = ["*"]`` alone must present its token itself.
 
     A token given twice — two ``token`` parameters, two ``Authorization`` headers — is refused
-    whatever the values: which one a proxy or the hub would read is a guess."""
+    whatever the values: which one a proxy or the hub would read is a guess. ``params``: the
+    query as the caller read it already (a wide poll's is long: read once)."""
     headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
     authorizations = [v for k, v in headers if k == b"authorization"]
-    tokens = query(scope).get("token")
+    tokens = (query(scope) if params is None else params).get("token")
     if len(authorizations) > 1:
         raise Unauthorized("the Authorization header is given more than once")
     if tokens is not None and len(tokens) > 1:
@@ -254,8 +255,8 @@ def token_from(hub: Hub, scope: Scope) -> str | None:
     return None
 
 
-def credentials_for(hub: Hub, scope: Scope) -> Credentials:
-    token = token_from(hub, scope)
+def credentials_for(hub: Hub, scope: Scope, params: Params | None = None) -> Credentials:
+    token = token_from(hub, scope, params)
     if token is None:
         return hub.auth.anonymous()
     return hub.auth.verify_request(token)

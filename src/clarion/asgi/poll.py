@@ -168,6 +168,8 @@ class _Reply:
         "client",
         "disconnect",
         "events",
+        "given",
+        "moved",
         "positions",
         "publications",
         "reset",
@@ -175,8 +177,12 @@ class _Reply:
         "unsubscribed",
     )
 
-    def __init__(self, since: dict[str, StreamPosition]) -> None:
+    def __init__(self, since: dict[str, StreamPosition], given: str | None = None) -> None:
         self.positions = dict(since)
+        # The request's cursor, when it held exactly ``since``: the reply's while nothing moves
+        # (encoding one per channel again, only to get it back, cost as much as reading them).
+        self.given = given
+        self.moved = False
         self.publications: list[Publication] = []
         self.reset: tuple[str, str, StreamPosition] | None = None
         self.disconnect: Disconnect | None = None
@@ -192,6 +198,7 @@ class _Reply:
         for channel, position in waiter.subscribed.items():
             self.subscribed.append(channel)
             self.positions[channel] = position
+            self.moved = True
 
     def add_channel(self, channel: str, events: list[Publication | _Reset]) -> None:
         """Take one channel's events, in order. One reset per reply: a channel with another
@@ -201,6 +208,7 @@ class _Reply:
                 return
             first = next(e for e in events if isinstance(e, _Reset))
             self.reset = (channel, first.reason, first.position)
+        self.moved = True
         for event in events:
             if isinstance(event, _Reset):
                 self.positions[channel] = event.position
@@ -221,6 +229,8 @@ class _Reply:
         )
 
     def cursor(self) -> str:
+        if self.given is not None and not self.moved:
+            return self.given
         return Cursor.of(self.positions).encode()
 
     def body(self, cursor: str) -> bytes:
@@ -314,10 +324,11 @@ class PollEndpoint(ChannelEndpoint):
             raise BadRequest("/poll resumes from cursor=, not Last-Event-ID")
         given = read_client(params)
         request = channel_request(hub, scope, params, params.get("cursor", []))
+        address = access.client_address(hub, scope)
         request = await authorized(hub, request, "poll")
         limits = hub.settings.limits
         waiter = PollWaiter(limits.max_history_batch, limits.send_queue_bytes)
-        session = hub.open_session(waiter, request.credentials, access.client_address(hub, scope))
+        session = hub.open_session(waiter, request.credentials, address)
         reply: _Reply | None
         client: str | None = None
         try:
@@ -327,8 +338,9 @@ class PollEndpoint(ChannelEndpoint):
                 )
             reply = await self._read(request, session)
             if reply.empty and timeout > 0 and not session.closed:
+                given = None if reply.moved else reply.given
                 reply = await self._wait(
-                    session, waiter, request, reply.positions, timeout, receive
+                    session, waiter, request, reply.positions, given, timeout, receive
                 )
             elif not session.closed:
                 reply.hub_changes(waiter)
@@ -390,7 +402,15 @@ class PollEndpoint(ChannelEndpoint):
 
     async def _read(self, request: ChannelRequest, session: Session) -> _Reply:
         """History after the cursor, within one reply's count and bytes, shared by channels,
-        and within what the client's allowance has left (at least one publication)."""
+        and within what the client's allowance has left (at least one publication).
+
+        A channel with nothing new costs a comparison where the engine can tell at once (in
+        process), a one-publication read elsewhere. The channels with something are read
+        oldest first, by the time of the first publication each has for the client: when the
+        reply fills (the allowance spent, it holds one publication) the others stay where
+        their cursor is, and the next poll serves them before anything newer. No channel
+        waits on another's later publications, whatever the order the request names them in.
+        """
         hub = self.hub
         limits = hub.settings.limits
         count = limits.max_history_batch
@@ -399,40 +419,58 @@ class PollEndpoint(ChannelEndpoint):
         share = max(1, count // len(request.channels))
         found: dict[str, list[Publication | _Reset]] = {}
         start: dict[str, StreamPosition] = {}
-        for channel in request.channels:
+        # (time of the first publication after the cursor, request order, channel, cursor)
+        behind: list[tuple[int, int, str, StreamPosition]] = []
+        for index, channel in enumerate(request.channels):
             since = request.since[channel]
-            if since is not None and (count <= 0 or size <= 0):
+            if since is not None:
+                start[channel] = since
+                if hub.up_to_date(channel, since):
+                    continue
+                first, reason = await hub.history(channel, since=since, limit=1, budget=1)
+                if reason is not None:
+                    # As on every transport: a reset, then live publications from the current
+                    # position. It sends nothing, so it comes first.
+                    found[channel] = [_Reset(channel, reason, first.position)]
+                elif first.publications:
+                    behind.append((first.publications[0].time, index, channel, since))
+                continue
+            if channel in request.latest:
+                # The newest stored publication: its position is the channel's top. It is sent
+                # however full the reply is (its start is just before it).
+                history, _ = await hub.history(channel, limit=1, reverse=True)
+                for pub in history.publications:
+                    count -= 1
+                    size -= len(pub.json()) + CURSOR_BYTES
+                found[channel] = list(history.publications)
+            else:
+                history, _ = await hub.history(channel, limit=0)
+            start[channel] = history.position
+        behind.sort()
+        for _, _, channel, since in behind:
+            if count <= 0 or size <= 0:
                 # The reply is full (and holds something): this channel stays where its cursor
                 # is, for the next poll, unread; a full reply costs its pages, not its channels.
-                start[channel] = since
-                found[channel] = []
-                continue
-            if since is None and channel in request.latest:
-                # The newest stored publication: its position is the channel's top.
-                history, reason = await hub.history(channel, limit=1, reverse=True)
-            else:
-                limit = 0 if since is None else min(share, count)
-                history, reason = await hub.history(
-                    channel, since=since, limit=limit, budget=max(size, 1)
-                )
-            start[channel] = since if since is not None else history.position
-            events: list[Publication | _Reset] = []
-            if reason is not None:
-                # As on every transport: a reset, then live publications from the current position.
+                break
+            history, reason = await hub.history(
+                channel, since=since, limit=min(share, count), budget=max(size, 1)
+            )
+            if reason is not None:  # trimmed since the first read
                 found[channel] = [_Reset(channel, reason, history.position)]
                 continue
-            newest = since is None  # (with ``latest``): its start is just before it
+            events: list[Publication | _Reset] = []
             for pub in history.publications:
-                if (count <= 0 or size <= 0) and not newest:
+                if count <= 0 or size <= 0:
                     break
                 count -= 1
                 size -= len(pub.json()) + CURSOR_BYTES
                 events.append(pub)
             found[channel] = events
         hub.reads.give_back(session.rate_key, size)
-        reply = _Reply(start)
+        reply = _Reply(start, request.given)
         for channel in request.channels:
-            reply.add_channel(channel, found[channel])
+            if channel in found:
+                reply.add_channel(channel, found[channel])
         return reply
 
     async def _wait(
@@ -441,6 +479,7 @@ class PollEndpoint(ChannelEndpoint):
         waiter: PollWaiter,
         request: ChannelRequest,
         positions: dict[str, StreamPosition],
+        given: str | None,
         timeout: float,
         receive: Receive,
     ) -> _Reply | None:
@@ -467,9 +506,11 @@ class PollEndpoint(ChannelEndpoint):
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
-        reply = _Reply(positions)
+        reply = _Reply(positions, given)
         for channel in request.channels:
-            reply.add_channel(channel, [e for e in waiter.events if _channel_of(e) == channel])
+            events = [e for e in waiter.events if _channel_of(e) == channel]
+            if events:
+                reply.add_channel(channel, events)
         reply.disconnect = waiter.disconnect
         reply.hub_changes(waiter)
         return reply

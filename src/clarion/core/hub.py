@@ -115,6 +115,9 @@ class Hub:
         # Each client's reads and token ops (history, presence, refresh) across its
         # connections and client API requests, besides each connection's own budget.
         self.commands = Allowances(limits.client_command_rate, limits.command_burst)
+        self._stands_at: Callable[[str, StreamPosition], bool] | None = getattr(
+            self.engine, "stands_at", None
+        )
         # Set by the application layer when ``[hooks]`` are configured.
         self.hooks: Hooks | None = None
         self.admission = Admission(self)
@@ -253,6 +256,13 @@ class Hub:
         then completes in the caller's step unless a listener (the webhook outbox) makes it
         wait. Engines say so with a ``publishes_inline = True`` attribute."""
         return getattr(self.engine, "publishes_inline", False) is True
+
+    def up_to_date(self, channel: str, since: StreamPosition) -> bool:
+        """Whether a read of ``channel`` from ``since`` would find nothing and no gap, where
+        the engine can tell at once (an in-process one has ``stands_at``); ``False`` where it
+        cannot: then read it."""
+        stands_at = self._stands_at
+        return stands_at is not None and stands_at(channel, since)
 
     def options(self, channel: str) -> NamespaceOptions:
         return self.settings.namespace(namespace_of(channel))

@@ -443,6 +443,16 @@ class MemoryEngine:
         pubs = [entries[i] for i in range(start, stop)] if start < stop else []
         return History(pubs, position, log.earliest)
 
+    def stands_at(self, channel: str, position: StreamPosition) -> bool:
+        """Whether a reader at ``position`` on ``channel`` has nothing to read and no reset
+        due — what a history read from there would say, for a comparison (a wide poll's
+        channels, most with nothing new). Trimming moves no position: none is done here."""
+        log = self._logs.get(channel)
+        if log is not None:
+            return log.offset == position.offset and log.epoch == position.epoch
+        read = self._unwritten.get(channel)
+        return read is not None and position.offset == 0 and read[0] == position.epoch
+
     async def subscribe(self, channel: str) -> None:
         return None
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
 from hashlib import blake2b
 from typing import Any
 
@@ -40,6 +41,7 @@ def _epoch_fits(epoch: bytes) -> bool:
     return 0 < len(epoch) <= MAX_EPOCH_BYTES
 
 
+@lru_cache(maxsize=4096)  # a wide poll or stream names the same channels again and again
 def channel_tag(channel: str) -> bytes:
     return blake2b(channel.encode(), digest_size=_TAG, person=b"clarion.chan").digest()
 

@@ -1,0 +1,174 @@
+"""What one ``GET /poll`` costs the hub when nothing is pending, by the number of its channels.
+
+    .venv/bin/python -m benchmarks.poll_cost [--polls 2000] [--channels 1,16,128] [--src DIR]
+
+``clarion serve`` (memory engine, its once-a-second passes off) runs in its own process; each
+channel holds one publication, and a client on one keep-alive connection sends ``--polls`` plain
+polls (``timeout=0``) naming the channels with the cursor a first poll gave, so every channel is
+checked against its position and none has anything newer: the wide poll an address can repeat.
+It prints the server's process CPU (user and kernel) per request, and per channel past the
+first against a one-channel poll measured in the same run. ``--src DIR`` runs the hub from
+another tree's ``src``, for before/after figures; ``--cprofile FILE`` profiles the hub over the
+widest polls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+import clarion
+from benchmarks.loadgen import proc_cpu_seconds
+from benchmarks.resume_cost import _SERVE, _SERVE_CPROFILE
+from benchmarks.servers import CLARION_ENV, free_port, wait_healthy
+
+# What is measured is the hub's CPU, not its refusals: the poll budget (where the hub has
+# one: an older tree's ``--src`` has not) is out of reach.
+_UNBOUNDED = {
+    "CLARION_LIMITS__CLIENT_POLL_CHECK_RATE": str(1 << 40),
+    "CLARION_LIMITS__CLIENT_POLL_CHECK_BURST": str(1 << 40),
+}
+
+
+def _env(src: str | None, cprofile: Path | None) -> dict[str, str]:
+    env = {**os.environ, **CLARION_ENV, "RESUME_COST_CPROFILE": str(cprofile)}
+    settings = Path(clarion.__file__).parent / "settings.py"
+    if src is not None:
+        env["PYTHONPATH"] = str(Path(src).resolve())
+        settings = Path(src) / "clarion" / "settings.py"
+    if "client_poll_check_rate" in settings.read_text():
+        env.update(_UNBOUNDED)
+    return env
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection, a request at a time."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.buffer = b""
+
+    def request(self, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
+        head = f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.sock.sendall(head.encode() + b"\r\n" + body)
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        header, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        length = 0
+        for line in header.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(self.buffer) < length:
+            self.buffer += self._recv()
+        reply, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(header.split(b" ", 2)[1]), reply
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _poll_target(channels: list[str], cursor: str | None) -> str:
+    query = "&".join(f"channel={c}" for c in channels)
+    if cursor is not None:
+        query += f"&cursor={cursor}"
+    return f"/poll?{query}&timeout=0"
+
+
+def _per_poll(conn: _Connection, pid: int, channels: list[str], polls: int) -> float:
+    """Server CPU seconds per poll of ``channels``, none with anything newer than its cursor."""
+    status, body = conn.request("GET", _poll_target(channels, None))
+    if status != 200:
+        raise RuntimeError(f"poll: {status} {body[:200]!r}")
+    target = _poll_target(channels, orjson.loads(body)["cursor"])
+    for _ in range(50):  # warm-up
+        conn.request("GET", target)
+    before = proc_cpu_seconds([pid])
+    for _ in range(polls):
+        status, body = conn.request("GET", target)
+        if status != 200 or orjson.loads(body)["publications"]:
+            raise RuntimeError(f"poll: {status} {body[:200]!r}")
+    return (proc_cpu_seconds([pid]) - before) / polls
+
+
+def measure(polls: int, counts: list[int], src: str | None, cprofile: Path | None) -> None:
+    port = free_port()
+    env = _env(src, cprofile)
+    serve = _SERVE if cprofile is None else _SERVE_CPROFILE
+    cmd = [sys.executable, "-c", serve, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with tempfile.TemporaryDirectory() as tmp:
+        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            [*cmd, "--log-level", "warning"],
+            cwd=tmp,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        conn = None
+        try:
+            wait_healthy(port, proc, 30)
+            conn = _Connection(port)
+            widest = max(counts)
+            channels = [f"bench:room-{i}" for i in range(widest)]
+            for channel in channels:
+                body = orjson.dumps({"channel": channel, "data": {"text": "hello"}})
+                if conn.request("POST", "/api/publish", body)[0] != 200:
+                    raise RuntimeError("publish failed")
+            reference = _per_poll(conn, proc.pid, channels[:1], polls)
+            print(f"{'channels':>8} {'µs/poll':>9} {'µs/extra channel':>17}")
+            print(f"{1:>8} {reference * 1e6:>9.1f} {'-':>17}")
+            for n in counts:
+                if n == 1:
+                    continue
+                if cprofile is not None and n == widest:
+                    proc.send_signal(signal.SIGUSR1)
+                cost = _per_poll(conn, proc.pid, channels[:n], polls)
+                if cprofile is not None and n == widest:
+                    proc.send_signal(signal.SIGUSR2)
+                    time.sleep(1.0)
+                extra = (cost - reference) / (n - 1)
+                print(f"{n:>8} {cost * 1e6:>9.1f} {extra * 1e6:>17.2f}")
+        finally:
+            if conn is not None:
+                conn.close()
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--polls", type=int, default=2000)
+    parser.add_argument("--channels", default="1,16,128")
+    parser.add_argument("--src", help="run the hub from this tree's src directory")
+    parser.add_argument("--cprofile", type=Path, help="write the hub's profile of the widest polls")
+    args = parser.parse_args()
+    counts = sorted({int(c) for c in args.channels.split(",")})
+    measure(args.polls, counts, args.src, args.cprofile)
+
+
+if __name__ == "__main__":
+    main()

@@ -201,6 +201,21 @@ class Limits(BaseModel):
         description="bucket size of client_history_rate, in bytes: what a reader may be sent "
         "at once (a reconnect resuming every channel it reads after a long absence)",
     )
+    client_poll_check_rate: float = Field(
+        12_800,
+        gt=0,
+        description="channels that `/poll` requests may name per second, per user (per "
+        "address, without a user), across its polls to this node: each poll spends one per "
+        "channel it names, whether it answers at once or waits; over it, `429 rate_limited` "
+        "with `Retry-After`. A long-poll client polls once per reply: 100 polls a second of "
+        "128 channels",
+    )
+    client_poll_check_burst: int = Field(
+        51_200,
+        ge=1,
+        description="bucket size of client_poll_check_rate, in channels; never less than "
+        "max_subscriptions_per_connection, so that any poll passes once the bucket is full",
+    )
     send_queue_bytes: int = Field(
         1_048_576,
         ge=4096,
@@ -274,6 +289,11 @@ class Limits(BaseModel):
     def subscribe_burst(self) -> int:
         """The subscribe bucket's size: one connection subscribing all it may hold fits in it."""
         return max(self.client_subscribe_burst, self.max_subscriptions_per_connection)
+
+    @property
+    def poll_check_burst(self) -> int:
+        """The poll budget's bucket: the widest poll a connection may make must fit in it."""
+        return max(self.client_poll_check_burst, self.max_subscriptions_per_connection)
 
     @property
     def command_burst(self) -> int:

@@ -16,7 +16,7 @@ import orjson
 from clarion.asgi import access
 from clarion.asgi.access import single_param
 from clarion.asgi.channelrequest import query_params, refuse
-from clarion.asgi.poll import PollWaiter
+from clarion.asgi.pollreply import PollWaiter
 from clarion.asgi.publish import parse_object, publish_reply, read_body
 from clarion.asgi.responses import send_json
 from clarion.asgi.websocket import history_body

@@ -115,6 +115,8 @@ class Hub:
         # Each client's reads and token ops (history, presence, refresh) across its
         # connections and client API requests, besides each connection's own budget.
         self.commands = Allowances(limits.client_command_rate, limits.command_burst)
+        # The channels each client's polls make the hub check (``GET /poll``).
+        self.poll_checks = Allowances(limits.client_poll_check_rate, limits.poll_check_burst)
         self._stands_at: Callable[[str, StreamPosition], bool] | None = getattr(
             self.engine, "stands_at", None
         )

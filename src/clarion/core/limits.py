@@ -34,6 +34,12 @@ class TokenBucket:
         return False
 
 
+def principal(user: str | None, ip_key: str | None) -> str:
+    """Whom budgets kept across connections and requests count a client as: its user, or its
+    address (as the caps count it) without one."""
+    return f"user:{user}" if user is not None else f"ip:{ip_key}"
+
+
 MAX_HOLDERS = 65536  # users and addresses whose allowance is remembered at once
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from clarion.core.auth import Credentials
 from clarion.core.fanout import Push, Subscription, WireFormat
-from clarion.core.limits import Abuse, LogLimit, TokenBucket
+from clarion.core.limits import Abuse, LogLimit, TokenBucket, principal
 from clarion.core.pages import read_start, replay_budget
 from clarion.core.resume import Reset, SubscribeResult, plan_resume, position_for
 from clarion.core.transport import Transport
@@ -124,8 +124,7 @@ class Session:
     def rate_key(self) -> str:
         """Whom budgets kept across connections and requests count this session as: its
         user, or its address without one."""
-        user = self.credentials.user
-        return f"user:{user}" if user is not None else f"ip:{self.ip_key}"
+        return principal(self.credentials.user, self.ip_key)
 
     def info(self) -> dict[str, Any]:
         """The session as lifecycle events describe it."""

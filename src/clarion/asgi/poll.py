@@ -17,7 +17,6 @@ poll under the id the first was given (:meth:`~clarion.core.presence.Roster.hold
 from __future__ import annotations
 
 import asyncio
-import math
 
 from clarion.asgi import access
 from clarion.asgi.access import Params, single_param
@@ -38,7 +37,7 @@ from clarion.core.limits import principal
 from clarion.core.pages import CURSOR_BYTES
 from clarion.core.presence import POLL_CLIENT
 from clarion.core.session import Session
-from clarion.errors import BadRequest, ClientError
+from clarion.errors import BadRequest
 from clarion.protocol.codes import CloseCode
 from clarion.protocol.errors import ErrorCode
 from clarion.protocol.numbers import ascii_decimal
@@ -75,13 +74,8 @@ def charge(hub: Hub, request: ChannelRequest, address: str | None) -> None:
     client polling at once, again and again, on many channels is held to
     ``limits.client_poll_check_rate`` of them, not to what one core can answer."""
     who = principal(request.credentials.user, hub.pending_key(address))
-    checks, count = hub.poll_checks, len(request.channels)
-    if not checks.take(who, count):
-        raise ClientError(
-            "polling more channels a second than limits.client_poll_check_rate allows",
-            code=ErrorCode.RATE_LIMITED,
-            retry_after=max(math.ceil(checks.wait(who, count)), 1),
-        )
+    why = "polling more channels a second than limits.client_poll_check_rate allows"
+    hub.poll_checks.require(who, len(request.channels), why)
 
 
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:

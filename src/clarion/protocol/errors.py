@@ -203,11 +203,13 @@ _RULES = [
         E.RATE_LIMITED,
         429,
         C.ABUSE,
-        "publishing faster than `limits.client_publish_rate` (or the per-user rate), or "
-        "sending subscribe, unsubscribe, history, presence and token ops faster than "
-        "`limits.client_command_rate`, or starting subscriptions faster than "
-        "`limits.client_subscribe_rate` allows a user or address (with `retry_after`, and "
-        "`Retry-After` over HTTP)",
+        "publishing faster than `limits.client_publish_rate` (or the per-user rate), sending "
+        "subscribe, unsubscribe, history, presence and token ops faster than "
+        "`limits.client_command_rate` (per connection; the reads and token ops also per user "
+        "or address), starting subscriptions faster than `limits.client_subscribe_rate` "
+        "allows a user or address, or naming more channels in `/poll` requests than "
+        "`limits.client_poll_check_rate` allows; a budget per user or address says when it "
+        "has room again: `retry_after`, and `Retry-After` over HTTP",
     ),
     ErrorRule(
         E.EPHEMERAL_RATE_LIMITED,

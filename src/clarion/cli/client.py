@@ -40,18 +40,35 @@ class Target:
             endpoints = Endpoints.parse(self.url)  # a ws:// URL of the hub's /ws too
         except ValueError as exc:
             raise ClarionError(f"--url: {exc}", code=LocalCode.UNREACHABLE) from None
+        from clarion.client.bounds import (
+            MAX_ERROR_BYTES,
+            MAX_REPLY_BYTES,
+            TooLarge,
+            read_body_sync,
+            too_large,
+        )
+
+        url = endpoints.url(path)
         try:
-            response = httpx.request(
+            with httpx.stream(
                 method,
-                endpoints.url(path),
+                url,
                 content=None if body is None else orjson.dumps(body),
                 headers={"Content-Type": "application/json", **self.headers()},
                 timeout=timeout,
-            )
+            ) as streamed:
+                # Read within the client's bounds: whatever answers at the URL may never end.
+                if streamed.status_code == 200:
+                    response = read_body_sync(streamed, MAX_REPLY_BYTES, "a reply", None)
+                else:
+                    what = f"an HTTP {streamed.status_code} body"
+                    response = read_body_sync(streamed, MAX_ERROR_BYTES, what, None)
         except httpx.HTTPError as exc:
             raise ClarionError(
                 f"cannot reach {self.url}: {exc}", code=LocalCode.UNREACHABLE
             ) from None
+        except TooLarge as exc:
+            raise ClarionError(too_large(url, exc), code=LocalCode.UNREACHABLE) from None
         if response.status_code != 200:
             from clarion.client.api import nothing_serves
 

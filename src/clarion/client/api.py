@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from clarion.client.bounds import ReadLimits, TooLarge, read_answer, too_large
 from clarion.client.endpoints import Endpoints
 from clarion.client.errors import (
     ConnectFailed,
@@ -85,6 +86,7 @@ class HttpApi:
         tokens: Tokens,
         timeout: float,
         on_fatal: Callable[[Disconnected], None],
+        limits: ReadLimits | None = None,
     ) -> None:
         self.endpoints = endpoints
         self.api_key = api_key
@@ -93,6 +95,7 @@ class HttpApi:
         # the client ends, as the hub closing that connection would end it.
         self.on_fatal = on_fatal
         self.timeout = timeout
+        self.limits = limits if limits is not None else ReadLimits()
         # Every SSE or poll subscription holds a connection of its own for as long as it lives.
         self.http = httpx.AsyncClient(
             timeout=timeout,
@@ -107,10 +110,14 @@ class HttpApi:
         """Whether ``path`` is answered 404 (nothing is there: the URL is not the hub's, or
         lacks the path it is mounted at); any other answer, or none, says nothing of the URL."""
         try:
-            response = await self.http.get(self.endpoints.url(path))
+            return await self.status("GET", self.endpoints.url(path)) == 404
         except httpx.HTTPError:
             return False
-        return response.status_code == 404
+
+    async def status(self, method: str, url: str, **kwargs: Any) -> int:
+        """The status of an answer whose body says nothing the client needs: never read."""
+        async with self.http.stream(method, url, **kwargs) as response:
+            return response.status_code
 
     def api_headers(self) -> dict[str, str]:
         return {"Authorization": f"apikey {self.api_key}"} if self.api_key else {}
@@ -162,7 +169,10 @@ class HttpApi:
     ) -> dict[str, Any]:
         url = self.endpoints.url(path)
         try:
-            response = await self.http.request(method, url, headers=headers, **kwargs)
+            async with self.http.stream(method, url, headers=headers, **kwargs) as streamed:
+                response = await read_answer(streamed, self.limits)
+        except TooLarge as exc:
+            raise ConnectionLost(too_large(url, exc)) from None
         except httpx.TimeoutException:
             raise RequestTimeout(f"no answer from {url} within {self.timeout} s") from None
         except httpx.ConnectError as exc:

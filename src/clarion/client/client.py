@@ -16,6 +16,7 @@ from typing import Any, Literal, NoReturn
 
 from clarion.client.api import HttpApi
 from clarion.client.backoff import Backoff
+from clarion.client.bounds import MAX_EVENT_BYTES, MAX_REPLY_BYTES, ReadLimits
 from clarion.client.endpoints import Endpoints
 from clarion.client.errors import (
     ClientClosed,
@@ -63,6 +64,8 @@ class Client:
         request_timeout: float = 10.0,
         poll_timeout: float = 25.0,
         max_message_bytes: int | None = 65536,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
@@ -82,6 +85,7 @@ class Client:
         self._request_timeout = request_timeout
         self._poll_timeout = poll_timeout
         self._max_message_bytes = max_message_bytes
+        self._limits = ReadLimits(max_event_bytes, max_reply_bytes)
         self._mode: TransportName | None = transport if transport in ("sse", "poll") else None
         self._state: Literal["new", "open", "closed"] = "new"
         self._error: ClarionError | None = None
@@ -122,6 +126,7 @@ class Client:
             tokens=self._tokens,
             timeout=self._request_timeout,
             on_fatal=self._stop,
+            limits=self._limits,
         )
         ctx = StreamContext(
             self._api, self._backoff, self._poll_timeout, SSE_READ_TIMEOUT, self._open_timeout
@@ -134,6 +139,7 @@ class Client:
                 backoff=self._backoff,
                 open_timeout=self._open_timeout,
                 max_message_bytes=self._max_message_bytes,
+                max_reply_bytes=self._limits.reply,
                 on_fatal=self._link_failed,
                 nothing_at=self._api.nothing_at,
             )
@@ -507,6 +513,8 @@ def connect(
     request_timeout: float = 10.0,
     poll_timeout: float = 25.0,
     max_message_bytes: int | None = 65536,
+    max_event_bytes: int = MAX_EVENT_BYTES,
+    max_reply_bytes: int = MAX_REPLY_BYTES,
 ) -> Client:
     """A client for the hub at ``url``; use as ``async with connect(url) as client:``.
 
@@ -526,4 +534,6 @@ def connect(
         request_timeout=request_timeout,
         poll_timeout=poll_timeout,
         max_message_bytes=max_message_bytes,
+        max_event_bytes=max_event_bytes,
+        max_reply_bytes=max_reply_bytes,
     )

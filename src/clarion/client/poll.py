@@ -11,12 +11,14 @@ moves every subscription it answered for to its own channel's position.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from clarion.client.bounds import read_body
 from clarion.client.errors import RequestFailed, unsubscribed
 from clarion.client.items import Message
 from clarion.client.refusals import Retry
@@ -71,9 +73,13 @@ async def open_poll(
         asked = [feed.channel for feed in feeds]
         ctx.poll.ask(asked)
         try:
-            response = await ctx.api.http.get(url, params=params, headers=headers, timeout=timeout)
-            await check(response, ctx, "/poll")
-            body = response.json()
+            async with ctx.api.http.stream(
+                "GET", url, params=params, headers=headers, timeout=timeout
+            ) as response:
+                await check(response, ctx, "/poll")
+                limit = ctx.api.limits.reply
+                raw = (await read_body(response, limit, "a reply", "max_reply_bytes")).content
+            body = json.loads(raw)
             cursor = body.get("cursor") if isinstance(body, dict) else None
             at = read_cursor(cursor) if isinstance(cursor, str) and cursor else None
             if at is None:
@@ -120,7 +126,8 @@ async def leave_poll(ctx: StreamContext, feeds: list[Feed]) -> None:
             headers = await ctx.api.stream_headers()
             answers = await asyncio.gather(
                 *(
-                    ctx.api.http.delete(
+                    ctx.api.status(
+                        "DELETE",
                         url,
                         params=httpx.QueryParams(
                             [*(("channel", feed.channel) for feed in lane), ("client", client)]
@@ -134,8 +141,8 @@ async def leave_poll(ctx: StreamContext, feeds: list[Feed]) -> None:
         log.debug("leaving %s failed: %r", naming(feeds), exc)
         return
     for answer in answers:
-        if answer.status_code != 204:
-            log.debug("leaving %s: HTTP %d", naming(feeds), answer.status_code)
+        if answer != 204:
+            log.debug("leaving %s: HTTP %d", naming(feeds), answer)
 
 
 def _take(stream: SharedStream, feeds: list[Feed], body: dict[str, Any], at: Cursor) -> None:

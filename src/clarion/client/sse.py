@@ -14,8 +14,9 @@ import logging
 from collections.abc import Callable
 
 import httpx
-from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
+from httpx_sse import ServerSentEvent
 
+from clarion.client.bounds import EventReader
 from clarion.client.errors import TransportUnavailable, unsubscribed
 from clarion.client.refusals import Retry
 from clarion.client.shared import SharedStream, naming, own_cursor, query, read_cursor
@@ -40,12 +41,14 @@ async def open_sse(stream: SharedStream, feeds: list[Feed], answered: Callable[[
     except Exception as exc:
         return f"the token callable failed: {exc!r}"
     by_channel = {feed.channel: feed for feed in feeds}
+    # The stream is read through EventReader: no event over max_event_bytes is buffered.
+    headers |= {"Accept": "text/event-stream", "Cache-Control": "no-store"}
     try:
-        async with aconnect_sse(
-            ctx.api.http, "GET", url, params=query(feeds), headers=headers, timeout=timeout
-        ) as source:
-            await check(source.response, ctx, "/sse")
-            kind = source.response.headers.get("content-type", "").partition(";")[0]
+        async with ctx.api.http.stream(
+            "GET", url, params=httpx.QueryParams([*query(feeds)]), headers=headers, timeout=timeout
+        ) as response:
+            await check(response, ctx, "/sse")
+            kind = response.headers.get("content-type", "").partition(";")[0]
             if kind.strip() != "text/event-stream":
                 raise TransportUnavailable(f"{url} does not answer with an event stream")
             stream.opened()
@@ -59,17 +62,31 @@ async def open_sse(stream: SharedStream, feeds: list[Feed], answered: Callable[[
                     feed.confirmed(None)  # resumed from where it stands
             # The others are confirmed by the stream's first id, where they start: ready before
             # it, a subscription reopened meanwhile would start from a later "now".
-            async for event in source.aiter_sse():
-                going = _handle(stream, by_channel, event)
-                if event.id:
-                    _start(by_channel, event.id)
-                    answered()
-                if not going:
+            reader = EventReader(ctx.api.limits.event)
+            async for chunk in response.aiter_bytes():
+                if not _take(stream, by_channel, reader.feed(chunk), answered):
                     break
-    except (httpx.RequestError, SSEError, Retry) as exc:
+    except (httpx.RequestError, Retry) as exc:
         stream.refused_for(exc)
         return failed(url, exc)
     return "the hub ended the stream"
+
+
+def _take(
+    stream: SharedStream,
+    feeds: dict[str, Feed],
+    events: list[ServerSentEvent],
+    answered: Callable[[], None],
+) -> bool:
+    """Handle one read's events; False when the stream should be reopened."""
+    for event in events:
+        going = _handle(stream, feeds, event)
+        if event.id:
+            _start(feeds, event.id)
+            answered()
+        if not going:
+            return False
+    return True
 
 
 def _start(feeds: dict[str, Feed], event_id: str) -> None:

@@ -18,6 +18,7 @@ import httpx
 
 from clarion.client.api import HttpApi, failure
 from clarion.client.backoff import Backoff
+from clarion.client.bounds import TooLarge, read_answer, too_large
 from clarion.client.errors import Disconnected, TransportUnavailable
 from clarion.client.items import Message, Reset
 from clarion.client.refusals import refused, stops
@@ -74,7 +75,7 @@ async def check(response: httpx.Response, ctx: StreamContext, path: str) -> None
     status = response.status_code
     if status == 200:
         return
-    await response.aread()
+    response = await read_answer(response, ctx.api.limits)  # TooLarge: a failed attempt
     error = failure(response)
     if status in MISSING:
         raise TransportUnavailable(
@@ -130,6 +131,8 @@ def disconnect_from(obj: Any, ctx: StreamContext) -> Disconnected | None:
 
 def failed(url: str, exc: BaseException) -> str:
     """What went wrong with a request to ``url``, in plain words."""
+    if isinstance(exc, TooLarge):
+        return too_large(url, exc)
     if isinstance(exc, httpx.ConnectError):
         return f"cannot connect to {url}: {_reason(exc)}"
     if isinstance(exc, httpx.TimeoutException):

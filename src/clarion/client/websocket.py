@@ -44,6 +44,7 @@ from websockets.exceptions import (
 from websockets.typing import Subprotocol
 
 from clarion.client.backoff import Backoff, retry_after_delay
+from clarion.client.bounds import MAX_REPLY_BYTES, TooLarge, too_large
 from clarion.client.endpoints import Endpoints
 from clarion.client.errors import (
     ClientClosed,
@@ -79,9 +80,6 @@ from clarion.tasks import stop
 
 log = logging.getLogger(__name__)
 
-# A history reply holds about the hub's ``send_queue_bytes``, whose setting is not known here:
-# room for a hub that raised it.
-MAX_FRAME_BYTES = 64 * 1024 * 1024
 CLOSE_TIMEOUT = 2.0
 # Seconds each try (the handshake, then the answer to ``connect``) may take when ``open_timeout``
 # sets no deadline for the first connection.
@@ -109,6 +107,13 @@ def _plain(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _oversized(conn: ClientConnection) -> bool:
+    """Whether this side closed ``conn`` for a message over ``max_size`` (it sends 1009 for
+    nothing else)."""
+    sent = conn.protocol.close_sent
+    return sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG
+
+
 def _settle(future: asyncio.Future[Reply | None], reply: Reply | None) -> None:
     if not future.done():
         future.set_result(reply)
@@ -131,11 +136,15 @@ class WebSocketLink:
         max_message_bytes: int | None,
         on_fatal: Callable[[ClarionError], None],
         nothing_at: Callable[[str], Awaitable[bool]] | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         self.endpoints = endpoints
         # Whether a path of the hub's URL is answered 404 (see HttpApi.nothing_at).
         self.nothing_at = nothing_at
         self.max_message_bytes = max_message_bytes
+        # The largest message read (a history reply is the largest the hub sends): websockets
+        # drops a connection whose message would be larger (1009) before buffering it.
+        self.max_reply_bytes = max_reply_bytes
         self.tokens = tokens
         self.backoff = backoff
         # Each try's; the first connection's deadline is the client's (None: no deadline).
@@ -274,7 +283,7 @@ class WebSocketLink:
                 subprotocols=[Subprotocol(SUBPROTOCOL)],
                 open_timeout=self.try_timeout,
                 close_timeout=CLOSE_TIMEOUT,
-                max_size=MAX_FRAME_BYTES,
+                max_size=self.max_reply_bytes,
             )
         except (InvalidStatus, InvalidHeader, NegotiationError) as exc:
             detail = (
@@ -376,6 +385,10 @@ class WebSocketLink:
                 async with asyncio.timeout(CLOSE_TIMEOUT):
                     await conn.close()
             await asyncio.gather(reader, writer, return_exceptions=True)
+        if _oversized(conn):
+            # Dropped by this side: the hub's own close code (if it echoed ours) says nothing.
+            error = TooLarge("a message", self.max_reply_bytes, "max_reply_bytes")
+            raise Retry(too_large(self.endpoints.ws, error))
         code, reason, reconnect = self._outcome(conn)
         return connected, code, reason, reconnect
 

@@ -107,6 +107,16 @@ def _plain(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class _Connection(ClientConnection):
+    """Dropped at once past ``max_size``: websockets would read on, discarding, until the peer
+    closes or ``close_timeout`` passes, and a peer past the limit is not one to wait for."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if _oversized(self):
+            self.transport.abort()
+
+
 def _oversized(conn: ClientConnection) -> bool:
     """Whether this side closed ``conn`` for a message over ``max_size`` (it sends 1009 for
     nothing else)."""
@@ -284,6 +294,7 @@ class WebSocketLink:
                 open_timeout=self.try_timeout,
                 close_timeout=CLOSE_TIMEOUT,
                 max_size=self.max_reply_bytes,
+                create_connection=_Connection,
             )
         except (InvalidStatus, InvalidHeader, NegotiationError) as exc:
             detail = (

@@ -64,7 +64,7 @@ def too_large(url: str, exc: TooLarge) -> str:
 
 def _declared(response: httpx.Response) -> int | None:
     value = response.headers.get("content-length", "")
-    return int(value) if value.isascii() and value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
 
 
 async def read_body(

@@ -64,6 +64,16 @@ async def proxy(hub: RunningHub) -> AsyncIterator[FaultProxy]:
 FrontFactory = Callable[..., Awaitable[str]]
 
 
+async def serve_front(app: Any) -> Server | PortableServer:
+    """``app`` served on a port of its own, on the suite's server path: a server in front of a
+    hub (as a proxy would be)."""
+    if TEST_SERVER == "asgi":
+        return await start_uvicorn(app)
+    server = Server(app, host="127.0.0.1", port=0)
+    await server.start()
+    return server
+
+
 @pytest.fixture
 async def front(hub: RunningHub) -> AsyncIterator[FrontFactory]:
     """``await front(refuse_ws=True, missing=("/sse",))`` → the base URL of a second server (on
@@ -86,12 +96,7 @@ async def front(hub: RunningHub) -> AsyncIterator[FrontFactory]:
                 return
             await app(scope, receive, send)
 
-        server: Server | PortableServer
-        if TEST_SERVER == "asgi":
-            server = await start_uvicorn(picky)
-        else:
-            server = Server(picky, host="127.0.0.1", port=0)
-            await server.start()
+        server = await serve_front(picky)
         servers.append(server)
         return f"http://127.0.0.1:{server.port}"
 

@@ -20,10 +20,9 @@ from clarion.asgi.responses import send_error
 from clarion.client import connect
 from clarion.errors import LimitExceeded
 from clarion.protocol.errors import ErrorCode
-from clarion.server import Server
 
-from ..conftest import TEST_SERVER, PortableServer, RunningHub, start_uvicorn
-from .conftest import fixed_backoff, next_message, session_of
+from ..conftest import RunningHub
+from .conftest import fixed_backoff, next_message, serve_front, session_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,12 +89,7 @@ async def limiting_front(hub: RunningHub) -> Any:
             return
         await app(scope, receive, send)
 
-    server: Server | PortableServer
-    if TEST_SERVER == "asgi":
-        server = await start_uvicorn(front)
-    else:
-        server = Server(front, host="127.0.0.1", port=0)
-        await server.start()
+    server = await serve_front(front)
     try:
         yield f"http://127.0.0.1:{server.port}", refused
     finally:

@@ -120,51 +120,42 @@ SSE = http_head("200 OK", "text/event-stream")
 
 
 @pytest.mark.parametrize(
-    "peer",
+    ("peer", "transport", "option"),
     [
-        pytest.param(EndlessPeer(SSE + b"data: ", b"x" * UNIT), id="a line without end"),
-        pytest.param(EndlessPeer(SSE, b": c\n" * (UNIT // 4)), id="comments without an event"),
-        pytest.param(EndlessPeer(SSE, b"data: x\n" * (UNIT // 8)), id="an event without end"),
+        pytest.param(
+            EndlessPeer(SSE + b"data: ", b"x" * UNIT), "sse", "max_event_bytes",
+            id="a line without end",
+        ),
+        pytest.param(
+            EndlessPeer(SSE, b": c\n" * (UNIT // 4)), "sse", "max_event_bytes",
+            id="comments without an event",
+        ),
+        pytest.param(
+            EndlessPeer(SSE, b"data: x\n" * (UNIT // 8)), "sse", "max_event_bytes",
+            id="an event without end",
+        ),
+        pytest.param(
+            EndlessPeer(http_head("200 OK", "application/json") + b"[", b"1," * (UNIT // 2)),
+            "poll", "max_reply_bytes",
+            id="a poll reply without end",
+        ),
     ],
-    indirect=True,
-)
-async def test_an_endless_sse_event_is_dropped_and_the_stream_retried(
-    peer: EndlessPeer, caplog: pytest.LogCaptureFixture
+    indirect=["peer"],
+)  # fmt: skip
+async def test_an_endless_event_or_reply_is_dropped_and_the_stream_retried(
+    peer: EndlessPeer, transport: Any, option: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "clarion.client")
+    bounds: dict[str, Any] = {option: SMALL}
     async with connect(
-        peer.url, transport="sse", backoff=fixed_backoff(0.05), max_event_bytes=SMALL
+        peer.url, transport=transport, backoff=fixed_backoff(0.05), **bounds
     ) as client:
         sub = client.subscribe("chat:lobby")
         reading = asyncio.ensure_future(anext(sub))
         await until(lambda: len(peer.sent) >= 2, wait=20)  # dropped, then tried again
         reading.cancel()
     dropped_within(peer, SMALL)
-    assert "more than 262144 bytes (max_event_bytes)" in caplog.text
-
-
-@pytest.mark.parametrize(
-    "peer",
-    [
-        pytest.param(
-            EndlessPeer(http_head("200 OK", "application/json") + b"[", b"1," * (UNIT // 2))
-        )
-    ],
-    indirect=True,
-)
-async def test_an_endless_poll_reply_is_dropped_and_the_poll_retried(
-    peer: EndlessPeer, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, "clarion.client")
-    async with connect(
-        peer.url, transport="poll", backoff=fixed_backoff(0.05), max_reply_bytes=SMALL
-    ) as client:
-        sub = client.subscribe("chat:lobby")
-        reading = asyncio.ensure_future(anext(sub))
-        await until(lambda: len(peer.sent) >= 2, wait=20)
-        reading.cancel()
-    dropped_within(peer, SMALL)
-    assert "more than 262144 bytes (max_reply_bytes)" in caplog.text
+    assert f"more than 262144 bytes ({option})" in caplog.text
 
 
 @pytest.mark.parametrize(

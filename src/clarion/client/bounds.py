@@ -67,34 +67,42 @@ def _declared(response: httpx.Response) -> int | None:
     return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
 
 
+class _Body:
+    """A body read in chunks, ``limit`` bytes at most (one declared longer is refused first)."""
+
+    __slots__ = ("data", "limit", "option", "what")
+
+    def __init__(self, response: httpx.Response, limit: int, what: str, option: str | None):
+        self.data = bytearray()
+        self.limit, self.what, self.option = limit, what, option
+        declared = _declared(response)
+        if declared is not None and declared > limit:
+            raise TooLarge(what, limit, option)
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            raise TooLarge(self.what, self.limit, self.option)
+
+
 async def read_body(
     response: httpx.Response, limit: int, what: str, option: str | None
 ) -> httpx.Response:
     """``response`` (opened with ``stream``) with its body read, ``limit`` bytes at most."""
-    declared = _declared(response)
-    if declared is not None and declared > limit:
-        raise TooLarge(what, limit, option)
-    body = bytearray()
+    body = _Body(response, limit, what, option)
     async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            raise TooLarge(what, limit, option)
-    return _holding(response, bytes(body))
+        body.add(chunk)
+    return _holding(response, bytes(body.data))
 
 
 def read_body_sync(
     response: httpx.Response, limit: int, what: str, option: str | None
 ) -> httpx.Response:
     """:func:`read_body` for a response of a blocking ``httpx.stream``."""
-    declared = _declared(response)
-    if declared is not None and declared > limit:
-        raise TooLarge(what, limit, option)
-    body = bytearray()
+    body = _Body(response, limit, what, option)
     for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > limit:
-            raise TooLarge(what, limit, option)
-    return _holding(response, bytes(body))
+        body.add(chunk)
+    return _holding(response, bytes(body.data))
 
 
 async def read_answer(response: httpx.Response, limits: ReadLimits) -> httpx.Response:

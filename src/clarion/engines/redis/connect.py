@@ -43,7 +43,7 @@ from redis.asyncio.connection import (
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from clarion.errors import ConfigError, EngineUnavailable
 from clarion.protocol.numbers import ascii_int
@@ -348,5 +348,12 @@ async def _database_count(pool: Any, db: int) -> int | None:
 
 
 def unavailable(exc: BaseException, doing: str) -> EngineUnavailable:
-    """What a Redis failure while ``doing`` something raises to the hub."""
-    return EngineUnavailable(f"Redis unavailable while {doing}: {exc or 'timeout'}")
+    """What a Redis failure while ``doing`` something raises to the hub, and tells clients.
+
+    An error reply names the script and its line: clients are told its kind only (the
+    engine's outage log line has it whole)."""
+    why: object = exc or "timeout"
+    if isinstance(exc, ResponseError):
+        full = isinstance(exc, OutOfMemoryError) or "maxmemory" in str(exc)
+        why = "Redis is over its maxmemory" if full else "Redis refused the command"
+    return EngineUnavailable(f"Redis unavailable while {doing}: {why}")

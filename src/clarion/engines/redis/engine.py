@@ -73,7 +73,7 @@ log = logging.getLogger("clarion.engines.redis")
 
 START_TIMEOUT = 5.0  # seconds to reach Redis at start
 SUBSCRIBE_TIMEOUT = 5.0  # seconds for Redis to confirm a subscription
-MIN_REDIS = (6, 2)  # XTRIM MINID, ZADD GT
+MIN_REDIS = (7, 0)  # XTRIM MINID, ZADD GT (6.2); script flags, so maxmemory holds (7.0)
 # Decoded publications kept by (channel, epoch, offset), which names one content for good: the
 # history reads of a reconnect storm then share objects, and with them their encoded frames.
 RECENT = 4096

@@ -15,6 +15,12 @@ what one key holds is read in one place.
 
 from __future__ import annotations
 
+# The first line of a script that stores what a client sends (a publication, a presence
+# entry): Redis 7 then checks `maxmemory` before the script runs and refuses it whole. Without
+# it, Redis checks only until a script's first write, and a write that frees (the DEL of a
+# stream left over from a lost meta) let the rest of a new channel's publish past the limit.
+_DENY_OOM = "#!lua\n"
+
 # Shared helpers, prepended to the scripts that need them.
 _COMMON = """
 local function now_ms()
@@ -86,7 +92,8 @@ end
 #       a duplicate writes too — see below)
 # -> {offset, epoch, time, duplicate (0/1), earlier body or ''}
 PUBLISH = (
-    _COMMON
+    _DENY_OOM
+    + _COMMON
     + """
 local stream, meta, idem = KEYS[1], KEYS[2], KEYS[3]
 local size, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -318,7 +325,8 @@ return missing
 # ARGV: ttl ms, then triples of client, entry value, user ('' = none)
 # Adds or refreshes clients; each lease ends `ttl` after this call unless refreshed again.
 PRESENCE_ADD = (
-    _COMMON
+    _DENY_OOM
+    + _COMMON
     + """
 local zset, hash, users, ttl = KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1])
 local expires = now_ms() + ttl
@@ -348,7 +356,8 @@ return 1
 #    left as it is.
 # A long-poll client's entry: no node holds it, and its lease runs from each poll.
 PRESENCE_HOLD = (
-    _COMMON
+    _DENY_OOM
+    + _COMMON
     + """
 local zset, hash, users, mine = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local lease, client, value, user = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]

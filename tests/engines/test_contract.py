@@ -275,6 +275,19 @@ async def test_presence_add_remove_list(engine: Subject) -> None:
     assert [p.client for p in await e.presence("other")] == ["c9"]
 
 
+async def test_presence_read_to_a_limit(engine: Subject) -> None:
+    e = engine.engine
+    for n in range(7):
+        await e.presence_add("c", PresenceEntry(f"c{n}", f"u{n}"))
+    everyone = await e.presence("c")
+    assert len(everyone) == 7
+    some = await e.presence("c", 3)
+    assert len(some) == 3 and set(some) <= set(everyone)
+    assert await e.presence("c", 7) == everyone == await e.presence("c", 50)
+    assert await e.presence("c", 0) == []
+    assert await e.presence("empty", 3) == []
+
+
 async def test_presence_stats_count_clients_and_distinct_users(engine: Subject) -> None:
     e = engine.engine
     assert await e.presence_stats("c") == PresenceStats(0, 0)

@@ -206,7 +206,9 @@ class ClientEndpoint:
             return (await hub.presence_stats(channel)).to_dict()
         info = hub.options(channel).presence_info
         limit = hub.settings.limits.max_presence_clients
-        return presence_body(await hub.presence(channel), info=info, limit=limit)
+        # One more than the reply lists tells it is truncated; the engine reads no more.
+        entries = await hub.presence(channel, limit + 1)
+        return presence_body(entries, info=info, limit=limit)
 
 
 def _may_subscribe(hub: Hub, session: Session, channel: str) -> bool:

@@ -246,7 +246,9 @@ class _Connection(Handler):
                 return (await hub.presence_stats(cmd.channel)).to_dict()
             info = hub.options(cmd.channel).presence_info
             limit = hub.settings.limits.max_presence_clients
-            return presence_body(await hub.presence(cmd.channel), info=info, limit=limit)
+            # One more than the reply lists tells it is truncated; the engine reads no more.
+            entries = await hub.presence(cmd.channel, limit + 1)
+            return presence_body(entries, info=info, limit=limit)
         if op in ("connect", "refresh"):
             return await self.authenticate(cmd)
         raise CommandError(

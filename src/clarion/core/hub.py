@@ -442,9 +442,10 @@ class Hub:
             self.stats.resets[reason] += 1
         return history, reason
 
-    async def presence(self, channel: str) -> list[PresenceEntry]:
+    async def presence(self, channel: str, limit: int | None = None) -> list[PresenceEntry]:
+        """At most ``limit`` entries (``None``: all, the server API's)."""
         validate_channel(channel)
-        return await self.engine.presence(channel)
+        return await self.engine.presence(channel, limit)
 
     async def presence_stats(self, channel: str) -> PresenceStats:
         """How many clients and distinct users are present, without listing them."""

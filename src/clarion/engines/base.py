@@ -212,7 +212,10 @@ class Engine(Protocol):
 
     async def presence_remove(self, channel: str, client: str) -> None: ...
 
-    async def presence(self, channel: str) -> list[PresenceEntry]: ...
+    async def presence(self, channel: str, limit: int | None = None) -> list[PresenceEntry]:
+        """The channel's entries, at most ``limit`` (``None``: all). A bounded read costs the
+        engine no more than the entries it returns: a client's reply is cut to a limit, and a
+        channel of tens of thousands must not cost each such read all of them."""
 
     async def presence_stats(self, channel: str) -> PresenceStats:
         """The counts of :meth:`presence` without listing anyone: O(1) or one round trip."""

@@ -17,6 +17,7 @@ import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from clarion.engines.base import (
@@ -569,8 +570,8 @@ class MemoryEngine:
             len(self._presence.get(channel, ())), len(self._users.get(channel, ()))
         )
 
-    async def presence(self, channel: str) -> list[PresenceEntry]:
-        return list(self._presence.get(channel, {}).values())
+    async def presence(self, channel: str, limit: int | None = None) -> list[PresenceEntry]:
+        return list(islice(self._presence.get(channel, {}).values(), limit))
 
     def webhook_outbox(self, settings: Settings) -> Outbox:
         """One SQLite file under the hub's ``data_dir``: this node publishes everything."""

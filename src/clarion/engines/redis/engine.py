@@ -579,8 +579,8 @@ class RedisEngine:
     async def presence_stats(self, channel: str) -> PresenceStats:
         return await self._require_presence().stats(channel)
 
-    async def presence(self, channel: str) -> list[PresenceEntry]:
-        return await self._require_presence().entries(channel)
+    async def presence(self, channel: str, limit: int | None = None) -> list[PresenceEntry]:
+        return await self._require_presence().entries(channel, limit)
 
     async def presence_hold(
         self, channel: str, entry: PresenceEntry, lease: float, *, create: bool

@@ -209,10 +209,12 @@ class RedisPresence:
             raise unavailable(exc, f"counting presence on {channel!r}") from None
         return PresenceStats(int(clients), int(users))
 
-    async def entries(self, channel: str) -> list[PresenceEntry]:
+    async def entries(self, channel: str, limit: int | None = None) -> list[PresenceEntry]:
+        """The live entries, at most ``limit`` of them (the script reads no more)."""
+        args = [self._ttl_ms, -1 if limit is None else limit]
         try:
             # An ended lease stays a TTL more for lapsed() to find: its leave is sent then.
-            flat = await self._get(keys=self._channel_keys(channel), args=[self._ttl_ms])
+            flat = await self._get(keys=self._channel_keys(channel), args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"reading presence on {channel!r}") from None
         return _entries(flat)

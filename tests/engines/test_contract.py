@@ -190,6 +190,26 @@ async def test_history_size_zero_keeps_positions_only(engine: Subject) -> None:
     assert history.position.offset == 3 and history.earliest == 4
 
 
+async def test_standing_tells_the_positions_with_nothing_to_read(engine: Subject) -> None:
+    """What a forward read from each position would say: nothing, and no reset."""
+    e = engine.engine
+    await publish_n(engine, "c", 2)
+    top = (await e.history("c", OPTS, limit=0)).position
+    unwritten = (await e.history("quiet", OPTS, limit=0)).position  # a read gave it one
+    behind = StreamPosition(top.epoch, top.offset - 1)
+    ahead = StreamPosition(top.epoch, top.offset + 1)
+    other = StreamPosition("another", top.offset)
+    assert await e.standing({}) == set()
+    assert await e.standing({"c": top, "quiet": unwritten}) == {"c", "quiet"}
+    for since in (behind, ahead, other):
+        assert await e.standing({"c": since}) == set()
+        history = await e.history("c", OPTS, since=since, limit=1)
+        assert history.publications or not history.covers(since)
+    assert await e.standing({"never": StreamPosition(top.epoch, 0)}) == set()
+    await e.publish("c", {"n": 2}, OPTS)
+    assert await e.standing({"c": top, "quiet": unwritten}) == {"quiet"}
+
+
 def test_covers_is_exact() -> None:
     h = History([], StreamPosition("e", 10), 6)
     assert [n for n in range(0, 13) if h.covers(StreamPosition("e", n))] == [5, 6, 7, 8, 9, 10]

@@ -349,3 +349,38 @@ async def test_a_node_confirmed_first_announces_the_earlier_offsets_of_another(
         await subscriber.close()
         await a.close()
         await b.close()
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_standing_says_what_the_history_script_would(
+    redis_server: RedisServer, durable: bool
+) -> None:
+    """A poll's look at positions (one HMGET a channel) never says "nothing new" where the
+    read it saves would have found a publication or a reset: with ``wait_replicas`` the
+    writes above the announced top ``a`` are not shown, and a cursor inside them stands."""
+    query = "?wait_replicas=1&wait_timeout=0.3" if durable else ""
+    engine = await start(redis_server.url + query)
+    raw = aioredis.Redis.from_url(redis_server.url)
+    try:
+        meta = engine.keys.meta("m")
+        # (stored top, announced top or None, cursor offset)
+        cases = [(s, a, c) for s in (0, 3, 5) for a in (None, 0, 3, 5) for c in (0, 2, 3, 4, 5, 6)]
+        cases = [(s, a, c) for s, a, c in cases if a is None or a <= s]
+        for top, announced, offset in cases:
+            await raw.delete(meta)
+            await raw.hset(meta, mapping={"e": "E", "s": top})
+            if announced is not None:
+                await raw.hset(meta, "a", announced)
+            since = StreamPosition("E", offset)
+            said = "m" in await engine.standing({"m": since})
+            history = await engine.history("m", OPTS, since=since, limit=1)
+            nothing = not history.publications and history.position == since
+            assert said == nothing, (top, announced, offset)
+            if not durable:
+                assert said == (top == offset)
+        await raw.delete(meta)
+        await raw.hset(meta, mapping={"e": "E", "s": "x"})  # unusual: the read decides
+        assert await engine.standing({"m": StreamPosition("E", 0)}) == set()
+    finally:
+        await raw.aclose()
+        await engine.close()

@@ -19,6 +19,7 @@ from clarion.engines.base import PresenceEntry
 
 from ..conftest import RunningHub
 from ..redis_fixture import RedisServer, redis_server  # noqa: F401  (a fixture)
+from ..transports.streams import poll
 
 KEY = "backend-key"
 LISTED = 10  # limits.max_presence_clients
@@ -102,3 +103,49 @@ async def test_a_clients_presence_read_costs_redis_its_reply_not_the_channel(
         body = (await ws.call("presence", channel=small))["ok"]
     assert len(body["clients"]) == LISTED and "truncated" not in body
     assert body["anonymous"] == LISTED
+
+
+CHANNELS = [f"room:{n}" for n in range(64)]
+
+
+async def test_a_wide_poll_with_nothing_new_runs_no_history_script(
+    hub_factory: Callable[..., Any],
+    redis_server: RedisServer,  # noqa: F811
+    raw: Any,
+) -> None:
+    hub = await started(hub_factory, redis_server)
+    for channel in CHANNELS[:-1]:  # the last is never written: its reads gave it a position
+        await hub.publish(channel, {"at": channel})
+    async with hub.http() as http:
+        cursor = (await poll(http, *CHANNELS, timeout=0))["cursor"]
+
+        before = await calls(raw)
+        body = await poll(http, *CHANNELS, cursor=cursor, timeout=0)
+        cost = spent(before, await calls(raw))
+        assert body["publications"] == [] and body["cursor"] == cursor
+        # One look at each channel's position; no history script (one each, before).
+        assert "evalsha" not in cost and cost.get("hmget") == len(CHANNELS), cost
+
+        # What moved is read, and only that.
+        await hub.publish(CHANNELS[3], {"n": 1})
+        await hub.publish(CHANNELS[-1], {"n": 2})
+        before = await calls(raw)
+        body = await poll(http, *CHANNELS, cursor=cursor, timeout=0)
+        cost = spent(before, await calls(raw))
+        got = [(p["channel"], p["data"]["n"]) for p in body["publications"]]
+        assert got == [(CHANNELS[3], 1), (CHANNELS[-1], 2)]
+        assert cost["evalsha"] <= 4, cost
+        cursor = body["cursor"]
+
+        # A channel whose meta is gone (lost, or lapsed) or whose epoch changed is read in
+        # full, and its reader reset: never taken for one with nothing new.
+        await raw.delete(hub.hub.engine.keys.meta(CHANNELS[5]))
+        await raw.hset(hub.hub.engine.keys.meta(CHANNELS[6]), "e", "another")
+        resets = set()
+        for _ in range(3):  # one reset a reply
+            body = await poll(http, *CHANNELS, cursor=cursor, timeout=0)
+            if "reset" in body:
+                resets.add(body["reset"]["channel"])
+            cursor = body["cursor"]
+        assert resets == {CHANNELS[5], CHANNELS[6]}
+        assert body["publications"] == [] and "reset" not in body

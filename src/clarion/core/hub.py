@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from clarion.core import extension as ext
@@ -117,9 +117,6 @@ class Hub:
         self.commands = Allowances(limits.client_command_rate, limits.command_burst)
         # The channels each client's polls make the hub check (``GET /poll``).
         self.poll_checks = Allowances(limits.client_poll_check_rate, limits.poll_check_burst)
-        self._stands_at: Callable[[str, StreamPosition], bool] | None = getattr(
-            self.engine, "stands_at", None
-        )
         # Set by the application layer when ``[hooks]`` are configured.
         self.hooks: Hooks | None = None
         self.admission = Admission(self)
@@ -259,12 +256,14 @@ class Hub:
         wait. Engines say so with a ``publishes_inline = True`` attribute."""
         return getattr(self.engine, "publishes_inline", False) is True
 
-    def up_to_date(self, channel: str, since: StreamPosition) -> bool:
-        """Whether a read of ``channel`` from ``since`` would find nothing and no gap, where
-        the engine can tell at once (an in-process one has ``stands_at``); ``False`` where it
-        cannot: then read it."""
-        stands_at = self._stands_at
-        return stands_at is not None and stands_at(channel, since)
+    async def standing(self, positions: Mapping[str, StreamPosition]) -> set[str]:
+        """The channels whose read from their position would find nothing and no gap: a
+        comparison each in process, one round trip for them all on Redis; read the others."""
+        if not positions:
+            return set()
+        for channel in positions:
+            validate_channel(channel)
+        return await self.engine.standing(positions)
 
     def options(self, channel: str) -> NamespaceOptions:
         return self.settings.namespace(namespace_of(channel))

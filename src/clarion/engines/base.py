@@ -9,6 +9,7 @@ publications, so a single code path delivers everything.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -198,6 +199,12 @@ class Engine(Protocol):
         older than it (offsets below ``since.offset``; from the newest when ``None``; none of
         another epoch), the ``limit`` newest of them.
         """
+
+    async def standing(self, positions: Mapping[str, StreamPosition]) -> set[str]:
+        """The channels of ``positions`` where a client's read from its position would find
+        nothing and no reset due — what :meth:`history` would say, for all of a wide poll's
+        channels at once: comparisons in process, one round trip on Redis. A channel left out
+        may still have nothing: its caller reads it."""
 
     async def subscribe(self, channel: str) -> None:
         """Start receiving the channel's publications on this node."""

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -453,6 +453,9 @@ class MemoryEngine:
             return log.offset == position.offset and log.epoch == position.epoch
         read = self._unwritten.get(channel)
         return read is not None and position.offset == 0 and read[0] == position.epoch
+
+    async def standing(self, positions: Mapping[str, StreamPosition]) -> set[str]:
+        return {channel for channel, since in positions.items() if self.stands_at(channel, since)}
 
     async def subscribe(self, channel: str) -> None:
         return None

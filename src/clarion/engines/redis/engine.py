@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -56,7 +56,7 @@ from clarion.engines.redis.limits import ClusterLimits
 from clarion.engines.redis.positions import Positions
 from clarion.engines.redis.presence import RedisPresence
 from clarion.engines.redis.pubsub import PubSubLink
-from clarion.engines.redis.reads import SharedReads
+from clarion.engines.redis.reads import SharedReads, stands
 from clarion.engines.redis.sharded import ShardedLink
 from clarion.errors import ConfigError, EngineUnavailable
 from clarion.protocol.channels import namespace_of
@@ -410,6 +410,22 @@ class RedisEngine:
         epoch = epoch_b.decode()
         pubs = [self._decoded(channel, epoch, entry) for entry in entries]
         return History(pubs, StreamPosition(epoch, int(top)), int(earliest))
+
+    async def standing(self, positions: Mapping[str, StreamPosition]) -> set[str]:
+        """One ``HMGET`` of each channel's meta, all in the same pipeline (reads.stands): a
+        wide poll with nothing new costs a command per channel, not a history script."""
+        fields = ("e", "s", "a") if self._durable else ("e", "s")
+        calls = {
+            channel: self._batch.queue(None, [], ["HMGET", self.keys.meta(channel), *fields])
+            for channel in positions
+        }
+        rows = await asyncio.gather(*(c.future for c in calls.values()), return_exceptions=True)
+        # A failed look leaves its channel to the full read, which raises as any read does.
+        return {
+            channel
+            for (channel, since), row in zip(positions.items(), rows, strict=True)
+            if not isinstance(row, BaseException) and stands(row, since, self._durable)
+        }
 
     def _history_keys(self, channel: str) -> list[str]:
         return [self.keys.stream(channel), self.keys.meta(channel)]

@@ -7,6 +7,12 @@ oldest cursor among its readers, and each reader takes the part after its own. O
 yet sent is joined, so every read still runs in Redis after its reader began buffering live
 publications: nothing falls between the history and the live ones.
 
+A poll names many channels, most with nothing new: :func:`stands` tells from a channel's meta
+alone (one ``HMGET``, all of a poll's in one pipeline) that a read from a cursor would find
+nothing and no reset, so that only the others are read. Anything else — no meta (never read,
+lapsed, lost: the read creates one, in a new epoch), another epoch, a top below the cursor, a
+field that is not a number — is read in full, which decides as it always did.
+
 A reader whose cursor is ahead of the channel's top gets the top and nothing else, as it would
 have unshared: the hub answers it with a ``position`` reset (a client's cursor never changes the
 channel; only a node's own position checks take a top below what they saw as lost writes).
@@ -84,3 +90,25 @@ class SharedReads:
     def _done(self, key: tuple[str, str], shared: _Shared, _: object) -> None:
         if self._open.get(key) is shared:
             del self._open[key]
+
+
+def stands(row: list[Any], since: StreamPosition, announced: bool) -> bool:
+    """Whether ``scripts.HISTORY`` from a client's cursor ``since`` would return no entries
+    and its top at ``since`` (no reset), given the meta's ``e``, ``s``, ``a`` (``announced``:
+    with ``wait_replicas``, whose reads stop at ``a``).
+
+    Trims are left out: they never move a top, and a reader at the top is covered whatever
+    was trimmed. A trusted position (the node's own checks) is never asked here: a top below
+    it starts a new epoch, which only its read may do."""
+    epoch, top, *rest = row
+    if epoch is None or top is None or epoch.decode() != since.epoch:
+        return False
+    try:
+        stored = int(top)
+        shown = int(rest[0]) if rest and rest[0] is not None else 0
+    except ValueError:
+        return False
+    if stored == since.offset:
+        return True
+    # Above the cursor, only writes still waiting for their replicas: not shown to readers.
+    return announced and stored > since.offset and shown <= since.offset

@@ -1,15 +1,18 @@
 """What one ``GET /poll`` costs the hub when nothing is pending, by the number of its channels.
 
     .venv/bin/python -m benchmarks.poll_cost [--polls 2000] [--channels 1,16,128] [--src DIR]
+        [--engine redis://127.0.0.1:6379/9]
 
 ``clarion serve`` (memory engine, its once-a-second passes off) runs in its own process; each
 channel holds one publication, and a client on one keep-alive connection sends ``--polls`` plain
 polls (``timeout=0``) naming the channels with the cursor a first poll gave, so every channel is
 checked against its position and none has anything newer: the wide poll an address can repeat.
 It prints the server's process CPU (user and kernel) per request, and per channel past the
-first against a one-channel poll measured in the same run. ``--src DIR`` runs the hub from
-another tree's ``src``, for before/after figures; ``--cprofile FILE`` profiles the hub over the
-widest polls.
+first against a one-channel poll measured in the same run. ``--engine redis://127.0.0.1:6379/9``
+runs it on that Redis instead (channels named anew each run: nothing is flushed), and prints
+Redis' commands and CPU per poll too, from ``INFO commandstats``. ``--src DIR`` runs the hub
+from another tree's ``src``, for before/after figures; ``--cprofile FILE`` profiles the hub
+over the widest polls.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -92,27 +96,57 @@ def _poll_target(channels: list[str], cursor: str | None) -> str:
     return f"/poll?{query}&timeout=0"
 
 
-def _per_poll(conn: _Connection, pid: int, channels: list[str], polls: int) -> float:
-    """Server CPU seconds per poll of ``channels``, none with anything newer than its cursor."""
+def _redis_work(redis: Any) -> tuple[int, int]:
+    """Commands Redis has run (those of scripts included; not INFO) and their µs, so far."""
+    stats = redis.info("commandstats")
+    mine = [s for name, s in stats.items() if name != "cmdstat_info"]
+    return sum(int(s["calls"]) for s in mine), sum(int(s["usec"]) for s in mine)
+
+
+def _per_poll(
+    conn: _Connection, pid: int, channels: list[str], polls: int, redis: Any = None
+) -> tuple[float, tuple[float, float] | None]:
+    """Server CPU seconds per poll of ``channels``, none with anything newer than its cursor;
+    with ``redis``, its commands and µs per poll too."""
     status, body = conn.request("GET", _poll_target(channels, None))
     if status != 200:
         raise RuntimeError(f"poll: {status} {body[:200]!r}")
     target = _poll_target(channels, orjson.loads(body)["cursor"])
     for _ in range(50):  # warm-up
         conn.request("GET", target)
+    work = _redis_work(redis) if redis is not None else (0, 0)
     before = proc_cpu_seconds([pid])
     for _ in range(polls):
         status, body = conn.request("GET", target)
         if status != 200 or orjson.loads(body)["publications"]:
             raise RuntimeError(f"poll: {status} {body[:200]!r}")
-    return (proc_cpu_seconds([pid]) - before) / polls
+    cpu = (proc_cpu_seconds([pid]) - before) / polls
+    if redis is None:
+        return cpu, None
+    calls, usec = _redis_work(redis)
+    return cpu, ((calls - work[0]) / polls, (usec - work[1]) / polls)
 
 
-def measure(polls: int, counts: list[int], src: str | None, cprofile: Path | None) -> None:
+def _row(n: int, cost: float, extra: str, redis: tuple[float, float] | None) -> str:
+    row = f"{n:>8} {cost * 1e6:>9.1f} {extra:>17}"
+    if redis is not None:
+        row += f" {redis[0]:>15.1f} {redis[1]:>12.1f}"
+    return row
+
+
+def measure(
+    polls: int, counts: list[int], src: str | None, cprofile: Path | None, engine: str | None
+) -> None:
     port = free_port()
     env = _env(src, cprofile)
     serve = _SERVE if cprofile is None else _SERVE_CPROFILE
     cmd = [sys.executable, "-c", serve, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    redis = None
+    if engine is not None:
+        import redis as redis_py
+
+        redis = redis_py.Redis.from_url(engine)
+        cmd += ["--engine", engine]
     with tempfile.TemporaryDirectory() as tmp:
         log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
@@ -128,25 +162,29 @@ def measure(polls: int, counts: list[int], src: str | None, cprofile: Path | Non
             wait_healthy(port, proc, 30)
             conn = _Connection(port)
             widest = max(counts)
-            channels = [f"bench:room-{i}" for i in range(widest)]
+            run = os.urandom(4).hex()  # a Redis keeps earlier runs' channels
+            channels = [f"bench:room-{run}-{i}" for i in range(widest)]
             for channel in channels:
                 body = orjson.dumps({"channel": channel, "data": {"text": "hello"}})
                 if conn.request("POST", "/api/publish", body)[0] != 200:
                     raise RuntimeError("publish failed")
-            reference = _per_poll(conn, proc.pid, channels[:1], polls)
-            print(f"{'channels':>8} {'µs/poll':>9} {'µs/extra channel':>17}")
-            print(f"{1:>8} {reference * 1e6:>9.1f} {'-':>17}")
+            reference, work = _per_poll(conn, proc.pid, channels[:1], polls, redis)
+            head = f"{'channels':>8} {'µs/poll':>9} {'µs/extra channel':>17}"
+            if redis is not None:
+                head += f" {'Redis cmds/poll':>15} {'Redis µs/poll':>12}"
+            print(head)
+            print(_row(1, reference, "-", work))
             for n in counts:
                 if n == 1:
                     continue
                 if cprofile is not None and n == widest:
                     proc.send_signal(signal.SIGUSR1)
-                cost = _per_poll(conn, proc.pid, channels[:n], polls)
+                cost, work = _per_poll(conn, proc.pid, channels[:n], polls, redis)
                 if cprofile is not None and n == widest:
                     proc.send_signal(signal.SIGUSR2)
                     time.sleep(1.0)
                 extra = (cost - reference) / (n - 1)
-                print(f"{n:>8} {cost * 1e6:>9.1f} {extra * 1e6:>17.2f}")
+                print(_row(n, cost, f"{extra * 1e6:.2f}", work))
         finally:
             if conn is not None:
                 conn.close()
@@ -157,6 +195,8 @@ def measure(polls: int, counts: list[int], src: str | None, cprofile: Path | Non
                 proc.kill()
                 proc.wait()
             log.close()
+            if redis is not None:
+                redis.close()
 
 
 def main() -> None:
@@ -165,9 +205,10 @@ def main() -> None:
     parser.add_argument("--channels", default="1,16,128")
     parser.add_argument("--src", help="run the hub from this tree's src directory")
     parser.add_argument("--cprofile", type=Path, help="write the hub's profile of the widest polls")
+    parser.add_argument("--engine", help="a Redis URL, instead of the memory engine")
     args = parser.parse_args()
     counts = sorted({int(c) for c in args.channels.split(",")})
-    measure(args.polls, counts, args.src, args.cprofile)
+    measure(args.polls, counts, args.src, args.cprofile, args.engine)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ CLOSE_GRACE = 2.0  # seconds a stream closed by the hub gets to write its last e
 def _event(pub: Publication) -> bytes:
     event = sse.publication_event(pub, cursor_if_stored(pub))
     if pub.key is not None:  # a keyed signal: a stream that is behind keeps the newest
-        return latest(event, (pub.channel, pub.key))
+        return latest(event, pub.slot())
     return event
 
 
@@ -84,7 +84,7 @@ SSE_TAGGED = WireFormat("sse/tagged", "sse", _tagged)
 def _chunked_event(pub: Publication) -> bytes:
     chunk = http_chunk(pub.encoded(SSE_EVENT, _event))
     if pub.key is not None:  # a keyed signal: a stream that is behind keeps the newest
-        return latest(chunk, (pub.channel, pub.key))
+        return latest(chunk, pub.slot())
     return chunk
 
 

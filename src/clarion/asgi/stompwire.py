@@ -28,6 +28,7 @@ from clarion.protocol.frames import (
     RSV1,
     Latest,
     LatestText,
+    Slot,
     frame_header,
     latest,
     latest_text,
@@ -69,7 +70,7 @@ def _formats(kind: str, encode: Callable[[bytes], Any]) -> dict[tuple[bool, bool
             if is_binary(pub):
                 return BinaryTail(frame)
             if pub.key is not None:  # a keyed signal: a connection that is behind keeps the newest
-                slot = (pub.channel, pub.key)
+                slot = pub.slot()
                 return latest(frame, slot) if encode is _same else latest_text(frame.decode(), slot)
             return encode(frame)
 
@@ -96,7 +97,7 @@ class DeflatedTail(bytes):
     """A tail compressed on its own (permessage-deflate), with the first byte its frame has."""
 
     first: int  # OP_TEXT or OP_BINARY, with RSV1
-    slot: tuple[str, str] | None  # a keyed signal's, as in Latest
+    slot: Slot | None  # a keyed signal's, as in Latest
 
 
 def _deflated_formats(bits: int) -> dict[tuple[bool, bool], WireFormat]:
@@ -156,8 +157,8 @@ class StompWire:
             def push_text(tail: str | bytes) -> None:
                 if isinstance(tail, bytes):  # a BinaryTail
                     pipe_push(prefix + tail)
-                elif type(tail) is LatestText:  # one slot per subscription and key
-                    pipe_push(latest_text(text + tail, (text, tail.slot[1])))
+                elif type(tail) is LatestText:  # one slot per subscription, publisher and key
+                    pipe_push(latest_text(text + tail, (text, *tail.slot[1:])))
                 else:
                     pipe_push(text + tail)
 
@@ -189,8 +190,8 @@ class StompWire:
             if length != last_length:
                 last_length = length
                 head = frame_header(length) + prefix
-            if type(tail) is Latest:  # one slot per subscription and key: one buffer
-                pipe_push(latest(head + tail, (slot_prefix, tail.slot[1])))
+            if type(tail) is Latest:  # one slot per subscription, publisher and key: one buffer
+                pipe_push(latest(head + tail, (slot_prefix, *tail.slot[1:])))
             elif len(tail) >= SHARED_TAIL:
                 push_pair(head, tail)
             else:
@@ -211,8 +212,8 @@ class StompWire:
                 plain(tail)
                 return
             head = frame_header(size + len(tail), tail.first) + stored
-            if tail.slot is not None:  # one slot per subscription and key: one buffer
-                pipe_push(latest(head + tail, (slot_prefix, tail.slot[1])))
+            if tail.slot is not None:  # one slot per subscription, publisher and key: one buffer
+                pipe_push(latest(head + tail, (slot_prefix, *tail.slot[1:])))
             elif len(tail) >= SHARED_TAIL:
                 push_pair(head, tail)
             else:

@@ -34,14 +34,14 @@ def _frame(pub: Publication) -> bytes:
     cursor = None if pub.ephemeral else publication_cursor(pub)
     frame = text_frame(messages.encode_publication(pub, cursor))
     if pub.key is not None:  # a keyed signal: a connection that is behind keeps the newest
-        return latest(frame, (pub.channel, pub.key))
+        return latest(frame, pub.slot())
     return frame
 
 
 def _text(pub: Publication) -> str:
     text = messages.encode_publication(pub, cursor_if_stored(pub)).decode()
     if pub.key is not None:  # a keyed signal: a queue that is behind keeps the newest
-        return latest_text(text, (pub.channel, pub.key))
+        return latest_text(text, pub.slot())
     return text
 
 
@@ -79,7 +79,7 @@ def _deflated(plain: WireFormat, bits: int) -> Callable[[Publication], bytes]:
             return plain_frame
         frame = frame_header(len(data), OP_TEXT | RSV1) + data
         if pub.key is not None:
-            return latest(frame, (pub.channel, pub.key))
+            return latest(frame, pub.slot())
         return frame
 
     return encode

@@ -292,13 +292,15 @@ class Hub:
         attrs: dict[str, Any] | None = None,
         ephemeral: bool = False,
         key: str | None = None,
+        publisher: str | None = None,
     ) -> Publication:
         """Publish ``data`` to ``channel``; every subscriber on every node receives it.
 
         ``idempotency_scope`` is ``None`` for the backend (API and app code); client publishes
         pass their session's scope, so that no client can take a key the backend will use.
         ``ephemeral`` (or the namespace's ``ephemeral`` option): a live signal, see
-        :meth:`publish_ephemeral`; ``key`` is an ephemeral publication's key.
+        :meth:`publish_ephemeral`; ``key`` is an ephemeral publication's key, ``publisher``
+        whose key it is (client publishes pass their session's scope; ``None``: the backend's).
         """
         if not self._started or self.refusal is not None:
             self.check_started()
@@ -308,7 +310,9 @@ class Hub:
         if ephemeral or options.ephemeral:
             if idempotency_key is not None:
                 raise BadRequest("an ephemeral publication takes no id: it is never stored")
-            return await self.publish_ephemeral(channel, data, info=info, attrs=attrs, key=key)
+            return await self.publish_ephemeral(
+                channel, data, info=info, attrs=attrs, key=key, publisher=publisher
+            )
         if key is not None:
             raise BadRequest("a key is for ephemeral publications only")
         pub = await self.engine.publish(
@@ -335,13 +339,16 @@ class Hub:
         info: dict[str, Any] | None = None,
         attrs: dict[str, Any] | None = None,
         key: str | None = None,
+        publisher: str | None = None,
     ) -> Publication:
         """A live signal: delivered to the channel's live subscribers on every node, never
         stored, no offset, no cursor, not sent to webhooks. When a subscriber's send queue has
-        a backlog, only the latest signal per ``key`` waits in it."""
+        a backlog, only the latest signal per ``publisher`` and ``key`` waits in it."""
         if key is not None and not (isinstance(key, str) and 0 < len(key) <= MAX_KEY_CHARS):
             raise BadRequest(f"key must be a string of 1 to {MAX_KEY_CHARS} characters")
-        pub = Publication.signal(channel, data, int(time.time() * 1000), info, attrs, key)
+        pub = Publication.signal(
+            channel, data, int(time.time() * 1000), info, attrs, key, publisher
+        )
         await self.engine.publish_ephemeral(pub)
         return pub
 

@@ -384,6 +384,8 @@ class Session:
             attrs=attrs,
             ephemeral=ephemeral,
             key=key,
+            # A signal's key is its user's (its session's without one): the same space.
+            publisher=self.idempotency_scope,
         )
 
     def take_command(self, op: str) -> None:

@@ -6,7 +6,7 @@ chunk of a streaming response (Server-Sent Events). Frames from clients are read
 :mod:`clarion.protocol.wsreader`.
 
 A frame or chunk of a keyed live signal is :class:`Latest`: the same bytes, plus the ``slot``
-(channel and key) that a connection which is behind keeps only the newest frame of.
+(channel, publisher and key) that a connection which is behind keeps only the newest frame of.
 """
 
 from __future__ import annotations
@@ -67,27 +67,31 @@ def http_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+# Where a keyed signal waits: its channel (on STOMP its subscription), its publisher and its key.
+Slot = tuple[str, str, str]
+
+
 class Latest(bytes):
     """A frame (or chunk) of a keyed live signal, for a connection that is behind (what it was
     sent still waits to be written): only the newest frame of each ``slot`` waits for it."""
 
-    slot: tuple[str, str]
+    slot: Slot
 
 
 class LatestText(str):
     """:class:`Latest` for the pipes that queue text (``websocket.send``)."""
 
-    slot: tuple[str, str]
+    slot: Slot
 
 
-def latest(data: bytes, slot: tuple[str, str]) -> Latest:
+def latest(data: bytes, slot: Slot) -> Latest:
     """``data`` marked as the newest frame of ``slot``."""
     frame = Latest(data)
     frame.slot = slot
     return frame
 
 
-def latest_text(data: str, slot: tuple[str, str]) -> LatestText:
+def latest_text(data: str, slot: Slot) -> LatestText:
     text = LatestText(data)
     text.slot = slot
     return text

@@ -12,7 +12,8 @@ An **ephemeral** publication (a live signal: a cursor position, a typing flag) i
 live subscribers and nothing else: it is never stored, takes no offset (``offset`` 0, ``epoch``
 empty) and moves no cursor. Its object carries ``"ephemeral": true`` and, when given, the
 publisher's ``key`` (what a backlogged subscriber keeps only the latest signal of) instead of
-``offset`` and ``epoch``.
+``offset`` and ``epoch``. The key is the publisher's own: a signal replaces only one of the same
+``publisher`` (known to the hub, never shown) with the same key (:meth:`Publication.slot`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class Publication:
         "info",
         "key",
         "offset",
+        "publisher",
         "repeated",
         "time",
     )
@@ -132,6 +134,8 @@ class Publication:
         self.attrs = attrs or None  # see ATTRIBUTES
         self.ephemeral = ephemeral
         self.key = key  # ephemeral only: signals of one key replace each other in a backlog
+        # Ephemeral only: who sent the signal, for its slot (None: the backend).
+        self.publisher: str | None = None
         # The single-channel cursor just after it, once encoded (core.fanout.publication_cursor);
         # it and the JSON are slots, not entries of _encodings: every publication gets both.
         self.cursor: str | None = None
@@ -224,9 +228,22 @@ class Publication:
         info: dict[str, Any] | None = None,
         attrs: dict[str, Any] | None = None,
         key: str | None = None,
+        publisher: str | None = None,
     ) -> Publication:
-        """An ephemeral publication: no place in the stream, never stored."""
-        return cls(channel, 0, "", data, time, info, None, attrs, ephemeral=True, key=key)
+        """An ephemeral publication: no place in the stream, never stored. ``publisher`` is
+        who sent it: a client's user, or its session when it has none; ``None`` for the
+        backend."""
+        pub = cls(channel, 0, "", data, time, info, None, attrs, ephemeral=True, key=key)
+        pub.publisher = publisher
+        return pub
+
+    def slot(self) -> tuple[str, str, str]:
+        """Where a reader that is behind keeps only the newest of this keyed signal: channel,
+        publisher and key. Clients choose keys freely: without the publisher, anyone's signal
+        of another's key would replace theirs. The backend's is ``""``, which no client's
+        publisher is."""
+        assert self.key is not None
+        return (self.channel, self.publisher or "", self.key)
 
     def to_dict(self) -> dict[str, Any]:
         return self._as_dict(self.data)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from clarion.asgitypes import FAST_WEBSOCKET, FastWebSocket
-from clarion.protocol.frames import Latest, text_frame
+from clarion.protocol.frames import Latest, Slot, text_frame
 from clarion.server import flusher
 from clarion.server.flusher import Flusher, flusher_for
 
@@ -157,7 +157,7 @@ class Outbox:
         self._flusher = flusher_for(loop)
         # Keyed signals waiting while the connection is behind: the newest per slot, in the
         # order their slots first came; written once the transport's buffer is empty.
-        self._held: dict[tuple[str, str], bytes] | None = None
+        self._held: dict[Slot, bytes] | None = None
         self._held_check: asyncio.TimerHandle | None = None
         # The compiled flush may write to this socket itself, skipping the transport, while
         # the transport's buffer is empty: only for a connection every byte of which goes

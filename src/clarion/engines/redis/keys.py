@@ -10,7 +10,9 @@ Pub/sub payloads (one pub/sub channel per clarion channel, one control channel p
   optional ``info`` and ``id``; offset, epoch and time are prepended by the publish script,
   which is the only place they are known.
 * ``s<json>`` — an ephemeral publication: its publication object (``"ephemeral": true``, no
-  offset or epoch); it travels through pub/sub only and is stored nowhere.
+  offset or epoch); it travels through pub/sub only and is stored nowhere. A client's signal
+  is followed by a newline and its publisher (compact JSON holds no raw newline): the nodes
+  need it for the signal's slot, and its object does not show it.
 * ``e<json>`` — a channel event (presence ``join``/``leave``): ``{"k": kind, "e": event}``.
 * on the control channel: ``{"n": node, "c": command, "p": payload}``.
 
@@ -157,14 +159,20 @@ def decode_entry(channel: str, epoch: str, entry: list[Any]) -> Publication:
 
 
 def encode_signal(pub: Publication) -> bytes:
-    """An ephemeral publication on pub/sub: ``s`` and its object (it is nowhere else)."""
-    return b"s" + pub.json()
+    """An ephemeral publication on pub/sub: ``s``, its object (it is nowhere else) and, for a
+    client's, ``\n`` and its publisher."""
+    if pub.publisher is None:
+        return b"s" + pub.json()
+    return b"s" + pub.json() + b"\n" + pub.publisher.encode()
 
 
 def decode_signal(channel: str, payload: bytes) -> Publication:
-    obj = orjson.loads(payload[1:])
+    body, _, publisher = payload[1:].partition(b"\n")
+    obj = orjson.loads(body)
     obj["channel"] = channel
-    return Publication.from_dict(obj)
+    pub = Publication.from_dict(obj)
+    pub.publisher = publisher.decode() if publisher else None
+    return pub
 
 
 def encode_event(kind: str, event: dict[str, Any]) -> bytes:

@@ -38,15 +38,7 @@ from clarion.asgitypes import (
 from clarion.core.fanout import deliver_each
 from clarion.core.limits import LogLimit
 from clarion.protocol.codes import CloseCode, clip_reason
-from clarion.protocol.frames import (
-    Latest,
-    LatestText,
-    Slot,
-    http_chunk,
-    latest,
-    latest_text,
-    size_of,
-)
+from clarion.protocol.frames import Latest, LatestText, http_chunk, latest, latest_text, size_of
 
 log = logging.getLogger("clarion.pipe")
 # A peer that does not read causes it, once per connection: a line a minute at most.
@@ -283,7 +275,7 @@ class QueuePipe(Pipe):
         self._queue: deque[Any] = deque()
         self._queued = 0
         # slot -> the keyed signal waiting in the queue for it (wrapped, so it can be replaced).
-        self._slots: dict[Slot, _Waiting] = {}
+        self._slots: dict[tuple[str, str, str], _Waiting] = {}
         self._busy = False  # the writer is handing bytes to the host server
         # Bytes allowed on top of the limit, shrinking as they are written (a replay).
         self._allowance = 0

@@ -384,8 +384,7 @@ class Session:
             attrs=attrs,
             ephemeral=ephemeral,
             key=key,
-            # A signal's key is its user's (its session's without one): the same space.
-            publisher=self.idempotency_scope,
+            publisher=self.idempotency_scope,  # a signal's key is its user's (session's)
         )
 
     def take_command(self, op: str) -> None:

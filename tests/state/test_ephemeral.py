@@ -7,7 +7,8 @@ import asyncio
 import json
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -363,26 +364,12 @@ async def test_a_stalled_subscriber_keeps_the_latest_signal_per_key(
     writer: RunningHub = await nodes(**settings)
     reader: RunningHub = await nodes(**settings)
     # A reader that stops reading: the client takes no frame off the socket once one waits.
-    async with websockets.connect(
-        reader.ws_url,
-        subprotocols=["clarion.v1"],
-        max_queue=1,
-        max_size=None,
-        ping_interval=None,
-        compression=None,
-    ) as conn:
+    async with websockets.connect(reader.ws_url, subprotocols=["clarion.v1"], **STALLED) as conn:
         small_receive_buffer(conn)
         await conn.send(json.dumps({"id": 1, "op": "subscribe", "channel": "cur:doc"}))
         assert "ok" in json.loads(await asyncio.wait_for(conn.recv(), timeout(5)))
         session = next(s for s in reader.hub.sessions.values() if "cur:doc" in s.subscriptions)
-        # Stored publications until what the hub sent it waits in the hub's buffer.
-        filler = "x" * 32_000
-        stored = 0
-        while not await behind(session):
-            assert stored < 512, "the reader never fell behind"
-            for _ in range(16):
-                await writer.publish("cur:doc", filler)
-            stored += 16
+        await fill_until_behind(writer, session)
         # 1,000 cursor signals from 10 keys while it is behind.
         signals_before = reader.hub.stats.signals
         async with writer.ws() as publisher:
@@ -425,28 +412,9 @@ async def test_a_stalled_stomp_subscriber_keeps_the_latest_signal_per_key(
     }
     writer: RunningHub = await nodes(**settings)
     reader: RunningHub = await nodes(**settings)
-    url = f"ws://127.0.0.1:{reader.port}/stomp"
-    async with websockets.connect(
-        url,
-        subprotocols=[Subprotocol("v12.stomp")],
-        max_queue=1,
-        max_size=None,
-        ping_interval=None,
-        compression=None,
-    ) as conn:
-        small_receive_buffer(conn)
-        await conn.send(frame("CONNECT", accept_version="1.2", host="clarion").decode())
-        assert (await stomp_frames(conn))[0].command == "CONNECTED"
-        subscribe = frame("SUBSCRIBE", id="s", destination="/topic/cur:doc", receipt="r")
-        await conn.send(subscribe.decode())
-        assert (await stomp_frames(conn))[0].command == "RECEIPT"
+    async with stomp_reader(reader.port) as conn:
         session = next(s for s in reader.hub.sessions.values() if "cur:doc" in s.subscriptions)
-        stored = 0
-        while not await behind(session):
-            assert stored < 512, "the reader never fell behind"
-            for _ in range(16):
-                await writer.publish("cur:doc", "x" * 32_000)
-            stored += 16
+        await fill_until_behind(writer, session)
         signals_before = reader.hub.stats.signals
         async with writer.ws() as publisher:
             for i in range(1000):
@@ -498,12 +466,7 @@ async def test_a_stalled_sse_stream_keeps_the_latest_signal_per_key(
         assert head.startswith(b"HTTP/1.1 200"), head
         await until(lambda: any("cur:doc" in s.subscriptions for s in reader.hub.sessions.values()))
         session = next(s for s in reader.hub.sessions.values() if "cur:doc" in s.subscriptions)
-        stored = 0
-        while not await behind(session):
-            assert stored < 512, "the reader never fell behind"
-            for _ in range(16):
-                await writer.publish("cur:doc", "x" * 32_000)
-            stored += 16
+        await fill_until_behind(writer, session)
         signals_before = reader.hub.stats.signals
         for i in range(1000):
             await writer.hub.publish("cur:doc", {"i": i}, ephemeral=True, key=f"k{i % 10}")
@@ -529,6 +492,42 @@ def small_receive_buffer(conn: Any) -> None:
     megabytes first). The reader does not offer compression either: the filler would shrink to
     almost nothing on a server that compresses (uvicorn does by default)."""
     conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+
+
+# A client that takes no frame off its socket once one waits (a reader that stops reading).
+STALLED: dict[str, Any] = {
+    "max_queue": 1,
+    "max_size": None,
+    "ping_interval": None,
+    "compression": None,
+}
+
+
+@asynccontextmanager
+async def stomp_reader(port: int) -> AsyncIterator[Any]:
+    """A STOMP connection subscribed to ``cur:doc`` that reads only when asked, with a small
+    receive buffer: the hub falls behind on it at once."""
+    async with websockets.connect(
+        f"ws://127.0.0.1:{port}/stomp", subprotocols=[Subprotocol("v12.stomp")], **STALLED
+    ) as conn:
+        small_receive_buffer(conn)
+        await conn.send(frame("CONNECT", accept_version="1.2", host="clarion").decode())
+        assert (await stomp_frames(conn))[0].command == "CONNECTED"
+        subscribe = frame("SUBSCRIBE", id="s", destination="/topic/cur:doc", receipt="r")
+        await conn.send(subscribe.decode())
+        assert (await stomp_frames(conn))[0].command == "RECEIPT"
+        yield conn
+
+
+async def fill_until_behind(writer: RunningHub, session: Any) -> None:
+    """Stored publications on ``cur:doc`` until what the hub sent ``session`` waits in the
+    hub's buffer (its reader does not read)."""
+    stored = 0
+    while not await behind(session):
+        assert stored < 512, "the reader never fell behind"
+        for _ in range(16):
+            await writer.publish("cur:doc", "x" * 32_000)
+        stored += 16
 
 
 async def behind(session: Any) -> bool:

@@ -16,11 +16,10 @@ from typing import Any
 import jwt
 import pytest
 import websockets
-from websockets.typing import Subprotocol
 
 from ..conftest import WS, RunningHub, timeout, until
-from ..stomp.client import frame, parse
-from .test_ephemeral import behind, small_receive_buffer, stomp_frames
+from ..stomp.client import parse
+from .test_ephemeral import STALLED, fill_until_behind, small_receive_buffer, stomp_reader
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -119,14 +118,8 @@ class SseReader(Reader):
 
 @asynccontextmanager
 async def reader_on(hub: RunningHub, transport: str) -> AsyncIterator[Reader]:
-    options: dict[str, Any] = {
-        "max_queue": 1,
-        "max_size": None,
-        "ping_interval": None,
-        "compression": None,
-    }
     if transport == "ws":
-        async with websockets.connect(hub.ws_url, subprotocols=["clarion.v1"], **options) as conn:
+        async with websockets.connect(hub.ws_url, subprotocols=["clarion.v1"], **STALLED) as conn:
             small_receive_buffer(conn)
             await conn.send(json.dumps({"id": 1, "op": "subscribe", "channel": "cur:doc"}))
             assert "ok" in json.loads(await asyncio.wait_for(conn.recv(), timeout(5)))
@@ -134,16 +127,7 @@ async def reader_on(hub: RunningHub, transport: str) -> AsyncIterator[Reader]:
             reader.conn = conn
             yield reader
     elif transport == "stomp":
-        url = f"ws://127.0.0.1:{hub.port}/stomp"
-        async with websockets.connect(
-            url, subprotocols=[Subprotocol("v12.stomp")], **options
-        ) as conn:
-            small_receive_buffer(conn)
-            await conn.send(frame("CONNECT", accept_version="1.2", host="clarion").decode())
-            assert (await stomp_frames(conn))[0].command == "CONNECTED"
-            subscribe = frame("SUBSCRIBE", id="s", destination="/topic/cur:doc", receipt="r")
-            await conn.send(subscribe.decode())
-            assert (await stomp_frames(conn))[0].command == "RECEIPT"
+        async with stomp_reader(hub.port) as conn:
             reader = StompReader()
             reader.conn = conn
             yield reader
@@ -171,12 +155,7 @@ async def test_a_signal_of_another_publisher_does_not_take_the_slot_of_a_key(
     node: RunningHub = await nodes(**SETTINGS)  # the reader's, and Mallory's
     async with reader_on(node, transport) as reader:
         session = next(s for s in node.hub.sessions.values() if "cur:doc" in s.subscriptions)
-        stored = 0
-        while not await behind(session):
-            assert stored < 512, "the reader never fell behind"
-            for _ in range(16):
-                await alice_node.publish("cur:doc", "x" * 32_000)
-            stored += 16
+        await fill_until_behind(alice_node, session)
         signals_before = node.hub.stats.signals
         async with user(alice_node, "alice") as alice, user(node, "mallory") as mallory:
             for i in range(5):

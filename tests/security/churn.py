@@ -28,8 +28,11 @@ def churn_commands(n: int, channel: str = CHANNEL) -> list[str]:
     return [json.dumps({"id": i, "op": ops[i % 2], "channel": channel}) for i in range(n)]
 
 
-async def churner(url: str, seconds: float) -> tuple[Counter[str], int | None]:
+async def churner(url: str, seconds: float) -> tuple[Counter[str], int | None, float]:
+    """One connection churning until closed or ``seconds`` pass: its replies by outcome, its
+    close code and how long it was open (what its budget refilled for)."""
     outcomes: Counter[str] = Counter()
+    opened = time.monotonic()
     async with websockets.connect(url, subprotocols=["clarion.v1"], open_timeout=30) as conn:  # type: ignore[list-item]
 
         async def read() -> None:
@@ -54,7 +57,7 @@ async def churner(url: str, seconds: float) -> tuple[Counter[str], int | None]:
             reader.cancel()
         except ConnectionClosed:
             pass
-        return outcomes, conn.close_code
+        return outcomes, conn.close_code, time.monotonic() - opened
 
 
 async def main(url: str, count: int, seconds: float) -> None:
@@ -63,7 +66,7 @@ async def main(url: str, count: int, seconds: float) -> None:
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     results = await asyncio.gather(*(churner(url, seconds) for _ in range(count)))
-    print(json.dumps([[dict(outcomes), code] for outcomes, code in results]))
+    print(json.dumps([[dict(outcomes), code, open_for] for outcomes, code, open_for in results]))
 
 
 if __name__ == "__main__":

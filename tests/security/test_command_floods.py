@@ -79,18 +79,20 @@ class ChurnersApart:
         line = await asyncio.wait_for(self.proc.stdout.readline(), timeout(60))
         assert line == b"ready\n", line
 
-    async def run(self, hub: RunningHub) -> list[tuple[Counter[str], int | None]]:
+    async def run(self, hub: RunningHub) -> list[tuple[Counter[str], int | None, float]]:
+        """Each churner's replies by outcome, close code and seconds open."""
         assert self.proc is not None
         out, _err = await asyncio.wait_for(self.proc.communicate(b"go\n"), timeout(60))
         assert self.proc.returncode == 0
-        return [(Counter(outcomes), code) for outcomes, code in json.loads(out)]
+        return [(Counter(outcomes), code, open_for) for outcomes, code, open_for in json.loads(out)]
 
 
 async def ws_churner(hub: RunningHub, seconds: float) -> tuple[Counter[str], int | None]:
     """One anonymous /ws connection sending subscribe/unsubscribe back to back, never waiting
     for a reply, until it is closed or ``seconds`` pass: its replies by outcome, its close
     code (in this process: :class:`ChurnersApart` runs them in another)."""
-    return await churner(hub.ws_url, seconds)
+    outcomes, code, _ = await churner(hub.ws_url, seconds)
+    return outcomes, code
 
 
 class Watcher:
@@ -389,11 +391,12 @@ async def test_twelve_churners_without_join_leave_leave_others_unharmed(
         prepare=churners.ready,
         join_leave=False,
     )
-    assert all(code == 4505 for _, code in results), results  # each one's replies and close
-    # Subscribes within the burst and its refill (20 a second, however long the close takes
-    # here), the unsubscribes between them, 50 refusals.
-    most = 2 * (BURST + 20 * timeout(4))
-    assert all(o["ok"] <= most and o["rate_limited"] <= 50 for o, _ in results), results
+    assert all(code == 4505 for _, code, _ in results), results  # each one's replies and close
+    # Subscribes within the burst and its refill (20 a second for as long as it was open: on
+    # a loaded machine its close takes longer), the unsubscribes between them, 50 refusals.
+    for outcomes, _, open_for in results:
+        most = 2 * (BURST + 20 * (open_for + 1))
+        assert outcomes["ok"] <= most and outcomes["rate_limited"] <= 50, (outcomes, open_for)
     assert watcher.events == Counter()
     assert published > 0 and len(watcher.latencies) == published
     assert max(watcher.latencies) < max(timeout(0.5), 10 * watcher.alone_latency)

@@ -43,7 +43,6 @@ class ClientRates:
     client over HTTP gets the budgets of one connection, not one per request or path."""
 
     def __init__(self, hub: Hub) -> None:
-        self.hub = hub
         limits = hub.settings.limits
         rate, burst = limits.client_ephemeral_rate, limits.client_ephemeral_burst
         self.publishes = Allowances(limits.client_publish_rate, limits.client_publish_burst)

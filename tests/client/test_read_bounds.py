@@ -15,6 +15,7 @@ import hashlib
 import logging
 import struct
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -243,3 +244,79 @@ async def test_the_cli_reports_an_endless_answer_in_one_line(
     assert b"Traceback" not in err
     assert b"bytes: the connection was dropped" in err, err
     dropped_within(peer, 8 * 1024 * 1024)
+
+
+def _gzip_of_zeros() -> tuple[bytes, bytes]:
+    """A gzip stream's header and a block that repeats without end, each block 64 MiB of zeros
+    in 64 KiB: a full flush leaves nothing for the next block to refer back to."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    header = packer.compress(b"")
+    return header, packer.compress(bytes(64 * 1024 * 1024)) + packer.flush(zlib.Z_FULL_FLUSH)
+
+
+GZIP_HEADER, GZIP_BLOCK = _gzip_of_zeros()
+
+
+def gzipped(status: str, kind: str) -> EndlessPeer:
+    head = f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Encoding: gzip\r\n\r\n"
+    return EndlessPeer(head.encode() + GZIP_HEADER, GZIP_BLOCK)
+
+
+def asked_as_sent(peer: EndlessPeer) -> None:
+    assert peer.requests
+    for request in peer.requests:
+        assert b"\r\naccept-encoding: identity\r\n" in request.lower(), request
+
+
+GZIPPED = "an answer with content-encoding 'gzip', not asked for: the connection was dropped"
+
+
+@pytest.mark.parametrize(
+    ("peer", "transport"),
+    [
+        pytest.param(gzipped("200 OK", "text/event-stream"), "sse", id="sse"),
+        pytest.param(gzipped("200 OK", "application/json"), "poll", id="poll"),
+        pytest.param(gzipped("403 Forbidden", "text/html"), "sse", id="sse error"),
+    ],
+    indirect=["peer"],
+)
+async def test_a_compressed_answer_is_refused_unread_and_the_stream_retried(
+    peer: EndlessPeer, transport: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Inflated, each 64 KiB the peer sends is 64 MiB: counted after inflating, one read would
+    # be past every limit before the count saw it.
+    caplog.set_level(logging.INFO, "clarion.client")
+    async with connect(
+        peer.url, transport=transport, backoff=fixed_backoff(0.05), open_timeout=None
+    ) as client:
+        sub = client.subscribe("chat:lobby")
+        reading = asyncio.ensure_future(anext(sub))
+        await until(lambda: len(peer.sent) >= 2, wait=20)
+        reading.cancel()
+    asked_as_sent(peer)
+    dropped_within(peer, 0)
+    assert GZIPPED in caplog.text
+
+
+@pytest.mark.parametrize("peer", [gzipped("200 OK", "application/json")], indirect=True)
+async def test_a_compressed_api_reply_fails_the_request_unread(peer: EndlessPeer) -> None:
+    async with connect(peer.url, api_key="k") as client:
+        with pytest.raises(ConnectionLost, match="content-encoding 'gzip'"):
+            await client.history("chat:lobby")
+    asked_as_sent(peer)
+    await until(lambda: peer.sent, wait=20)  # the peer sees the hang-up after the client
+    dropped_within(peer, 0)
+
+
+@pytest.mark.parametrize("peer", [gzipped("200 OK", "application/json")], indirect=True)
+async def test_the_cli_refuses_a_compressed_answer_in_one_line(peer: EndlessPeer) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "clarion", "publish", "chat:lobby", "{}", "--url", peer.url,
+        "--api-key", "k", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _out, err = await asyncio.wait_for(proc.communicate(), timeout(60))
+    assert proc.returncode not in (0, None)
+    assert b"Traceback" not in err
+    assert GZIPPED.encode() in err, err
+    asked_as_sent(peer)
+    dropped_within(peer, 0)

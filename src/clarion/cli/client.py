@@ -41,11 +41,12 @@ class Target:
         except ValueError as exc:
             raise ClarionError(f"--url: {exc}", code=LocalCode.UNREACHABLE) from None
         from clarion.client.bounds import (
+            AS_SENT,
             MAX_ERROR_BYTES,
             MAX_REPLY_BYTES,
-            TooLarge,
+            Dropped,
+            dropped,
             read_body_sync,
-            too_large,
         )
 
         url = endpoints.url(path)
@@ -54,7 +55,7 @@ class Target:
                 method,
                 url,
                 content=None if body is None else orjson.dumps(body),
-                headers={"Content-Type": "application/json", **self.headers()},
+                headers={"Content-Type": "application/json", **AS_SENT, **self.headers()},
                 timeout=timeout,
             ) as streamed:
                 # Read within the client's bounds: whatever answers at the URL may never end.
@@ -67,8 +68,8 @@ class Target:
             raise ClarionError(
                 f"cannot reach {self.url}: {exc}", code=LocalCode.UNREACHABLE
             ) from None
-        except TooLarge as exc:
-            raise ClarionError(too_large(url, exc), code=LocalCode.UNREACHABLE) from None
+        except Dropped as exc:
+            raise ClarionError(dropped(url, exc), code=LocalCode.UNREACHABLE) from None
         if response.status_code != 200:
             from clarion.client.api import nothing_serves
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from clarion.client.bounds import ReadLimits, TooLarge, read_answer, too_large
+from clarion.client.bounds import AS_SENT, Dropped, ReadLimits, dropped, read_answer
 from clarion.client.endpoints import Endpoints
 from clarion.client.errors import (
     ConnectFailed,
@@ -99,7 +99,7 @@ class HttpApi:
         # Every SSE or poll subscription holds a connection of its own for as long as it lives.
         self.http = httpx.AsyncClient(
             timeout=timeout,
-            headers={"Accept": "application/json"},
+            headers={"Accept": "application/json", **AS_SENT},
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         )
 
@@ -171,8 +171,8 @@ class HttpApi:
         try:
             async with self.http.stream(method, url, headers=headers, **kwargs) as streamed:
                 response = await read_answer(streamed, self.limits)
-        except TooLarge as exc:
-            raise ConnectionLost(too_large(url, exc)) from None
+        except Dropped as exc:
+            raise ConnectionLost(dropped(url, exc)) from None
         except httpx.TimeoutException:
             raise RequestTimeout(f"no answer from {url} within {self.timeout} s") from None
         except httpx.ConnectError as exc:

@@ -13,7 +13,11 @@ set from what a real hub can send (docs/client.md, "Limits on what the client re
 - :data:`MAX_ERROR_BYTES` (64 KiB): the body of an error answer (a 4xx or 5xx), a few hundred
   bytes from a hub.
 
-Past a limit the connection is dropped and the attempt fails: :class:`TooLarge` is a
+The limits count bytes as sent, so every request asks for them so (:data:`AS_SENT`): a compressed
+answer inflates a thousandfold from one read, before its size is known. One compressed anyway is
+refused unread (:class:`Compressed`).
+
+Past a limit the connection is dropped and the attempt fails: :class:`Dropped` is a
 :class:`Retry`, so a stream or a WebSocket connection tries again after the backoff delay, and a
 request raises :class:`ConnectionLost` naming the limit.
 """
@@ -32,6 +36,9 @@ MAX_EVENT_BYTES = 1024 * 1024
 MAX_REPLY_BYTES = 8 * 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 
+# Every request's: what the hub sends is not compressed, and what the limits count is what came.
+AS_SENT = {"Accept-Encoding": "identity"}
+
 _BREAK = re.compile(rb"\r\n?|\n")  # an SSE line ends at CRLF, CR or LF
 # Headers that describe the body as sent: a copy holding the body as read has none of them.
 _AS_SENT = frozenset({"content-encoding", "content-length", "transfer-encoding"})
@@ -49,8 +56,12 @@ class ReadLimits:
             raise ValueError("max_event_bytes and max_reply_bytes must be positive")
 
 
-class TooLarge(Retry):
-    """An answer over one of the client's limits: its connection is dropped."""
+class Dropped(Retry):
+    """An answer the client will not read: its connection is dropped."""
+
+
+class TooLarge(Dropped):
+    """An answer over one of the client's limits."""
 
     def __init__(self, what: str, limit: int, option: str | None) -> None:
         named = f" ({option})" if option else ""
@@ -58,8 +69,22 @@ class TooLarge(Retry):
         self.limit = limit
 
 
-def too_large(url: str, exc: TooLarge) -> str:
+class Compressed(Dropped):
+    """An answer compressed although the request asked for it as sent."""
+
+    def __init__(self, coding: str) -> None:
+        super().__init__(f"an answer with content-encoding {coding[:40]!r}, not asked for")
+
+
+def dropped(url: str, exc: Dropped) -> str:
     return f"{url} sent {exc}: the connection was dropped"
+
+
+def as_sent(response: httpx.Response) -> None:
+    """Raise :class:`Compressed` unless ``response``'s body comes as sent (before any is read)."""
+    coding = response.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in ("", "identity"):
+        raise Compressed(coding)
 
 
 def _declared(response: httpx.Response) -> int | None:
@@ -75,6 +100,7 @@ class _Body:
     def __init__(self, response: httpx.Response, limit: int, what: str, option: str | None):
         self.data = bytearray()
         self.limit, self.what, self.option = limit, what, option
+        as_sent(response)
         declared = _declared(response)
         if declared is not None and declared > limit:
             raise TooLarge(what, limit, option)

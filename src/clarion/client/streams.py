@@ -18,7 +18,7 @@ import httpx
 
 from clarion.client.api import HttpApi, failure
 from clarion.client.backoff import Backoff
-from clarion.client.bounds import TooLarge, read_answer, too_large
+from clarion.client.bounds import Dropped, as_sent, dropped, read_answer
 from clarion.client.errors import Disconnected, TransportUnavailable
 from clarion.client.items import Message, Reset
 from clarion.client.refusals import refused, stops
@@ -72,10 +72,11 @@ class StreamContext:
 
 async def check(response: httpx.Response, ctx: StreamContext, path: str) -> None:
     """Raise what a non-200 answer to a stream request means; return on 200."""
+    as_sent(response)  # whatever its status: a compressed body is not read
     status = response.status_code
     if status == 200:
         return
-    response = await read_answer(response, ctx.api.limits)  # TooLarge: a failed attempt
+    response = await read_answer(response, ctx.api.limits)  # Dropped: a failed attempt
     error = failure(response)
     if status in MISSING:
         raise TransportUnavailable(
@@ -131,8 +132,8 @@ def disconnect_from(obj: Any, ctx: StreamContext) -> Disconnected | None:
 
 def failed(url: str, exc: BaseException) -> str:
     """What went wrong with a request to ``url``, in plain words."""
-    if isinstance(exc, TooLarge):
-        return too_large(url, exc)
+    if isinstance(exc, Dropped):
+        return dropped(url, exc)
     if isinstance(exc, httpx.ConnectError):
         return f"cannot connect to {url}: {_reason(exc)}"
     if isinstance(exc, httpx.TimeoutException):

@@ -44,7 +44,7 @@ from websockets.exceptions import (
 from websockets.typing import Subprotocol
 
 from clarion.client.backoff import Backoff, retry_after_delay
-from clarion.client.bounds import MAX_REPLY_BYTES, TooLarge, too_large
+from clarion.client.bounds import MAX_REPLY_BYTES, TooLarge, dropped
 from clarion.client.endpoints import Endpoints
 from clarion.client.errors import (
     ClientClosed,
@@ -399,7 +399,7 @@ class WebSocketLink:
         if _oversized(conn):
             # Dropped by this side: the hub's own close code (if it echoed ours) says nothing.
             error = TooLarge("a message", self.max_reply_bytes, "max_reply_bytes")
-            raise Retry(too_large(self.endpoints.ws, error))
+            raise Retry(dropped(self.endpoints.ws, error))
         code, reason, reconnect = self._outcome(conn)
         return connected, code, reason, reconnect
 

@@ -1,7 +1,7 @@
 """What one ``GET /poll`` costs the hub when nothing is pending, by the number of its channels.
 
     .venv/bin/python -m benchmarks.poll_cost [--polls 2000] [--channels 1,16,128] [--src DIR]
-        [--engine redis://127.0.0.1:6379/9]
+        [--engine redis://127.0.0.1:6379/9] [--wait SECONDS]
 
 ``clarion serve`` (memory engine, its once-a-second passes off) runs in its own process; each
 channel holds one publication, and a client on one keep-alive connection sends ``--polls`` plain
@@ -12,7 +12,9 @@ first against a one-channel poll measured in the same run. ``--engine redis://12
 runs it on that Redis instead (channels named anew each run: nothing is flushed), and prints
 Redis' commands and CPU per poll too, from ``INFO commandstats``. ``--src DIR`` runs the hub
 from another tree's ``src``, for before/after figures; ``--cprofile FILE`` profiles the hub
-over the widest polls.
+over the widest polls. ``--wait 0.001`` sends long polls instead (``timeout=0.001``): each
+finds nothing, subscribes its channels, waits that long and answers, so what is measured is a
+long poll's whole cycle with nothing new.
 """
 
 from __future__ import annotations
@@ -89,11 +91,11 @@ class _Connection:
         self.sock.close()
 
 
-def _poll_target(channels: list[str], cursor: str | None) -> str:
+def _poll_target(channels: list[str], cursor: str | None, wait: float = 0) -> str:
     query = "&".join(f"channel={c}" for c in channels)
     if cursor is not None:
         query += f"&cursor={cursor}"
-    return f"/poll?{query}&timeout=0"
+    return f"/poll?{query}&timeout={wait:g}"
 
 
 def _redis_work(redis: Any) -> tuple[int, int]:
@@ -104,14 +106,14 @@ def _redis_work(redis: Any) -> tuple[int, int]:
 
 
 def _per_poll(
-    conn: _Connection, pid: int, channels: list[str], polls: int, redis: Any = None
+    conn: _Connection, pid: int, channels: list[str], polls: int, wait: float, redis: Any = None
 ) -> tuple[float, tuple[float, float] | None]:
     """Server CPU seconds per poll of ``channels``, none with anything newer than its cursor;
     with ``redis``, its commands and µs per poll too."""
     status, body = conn.request("GET", _poll_target(channels, None))
     if status != 200:
         raise RuntimeError(f"poll: {status} {body[:200]!r}")
-    target = _poll_target(channels, orjson.loads(body)["cursor"])
+    target = _poll_target(channels, orjson.loads(body)["cursor"], wait)
     for _ in range(50):  # warm-up
         conn.request("GET", target)
     work = _redis_work(redis) if redis is not None else (0, 0)
@@ -135,7 +137,12 @@ def _row(n: int, cost: float, extra: str, redis: tuple[float, float] | None) -> 
 
 
 def measure(
-    polls: int, counts: list[int], src: str | None, cprofile: Path | None, engine: str | None
+    polls: int,
+    counts: list[int],
+    src: str | None,
+    cprofile: Path | None,
+    engine: str | None,
+    wait: float,
 ) -> None:
     port = free_port()
     env = _env(src, cprofile)
@@ -168,7 +175,7 @@ def measure(
                 body = orjson.dumps({"channel": channel, "data": {"text": "hello"}})
                 if conn.request("POST", "/api/publish", body)[0] != 200:
                     raise RuntimeError("publish failed")
-            reference, work = _per_poll(conn, proc.pid, channels[:1], polls, redis)
+            reference, work = _per_poll(conn, proc.pid, channels[:1], polls, wait, redis)
             head = f"{'channels':>8} {'µs/poll':>9} {'µs/extra channel':>17}"
             if redis is not None:
                 head += f" {'Redis cmds/poll':>15} {'Redis µs/poll':>12}"
@@ -179,7 +186,7 @@ def measure(
                     continue
                 if cprofile is not None and n == widest:
                     proc.send_signal(signal.SIGUSR1)
-                cost, work = _per_poll(conn, proc.pid, channels[:n], polls, redis)
+                cost, work = _per_poll(conn, proc.pid, channels[:n], polls, wait, redis)
                 if cprofile is not None and n == widest:
                     proc.send_signal(signal.SIGUSR2)
                     time.sleep(1.0)
@@ -206,9 +213,10 @@ def main() -> None:
     parser.add_argument("--src", help="run the hub from this tree's src directory")
     parser.add_argument("--cprofile", type=Path, help="write the hub's profile of the widest polls")
     parser.add_argument("--engine", help="a Redis URL, instead of the memory engine")
+    parser.add_argument("--wait", type=float, default=0, help="long polls of this timeout")
     args = parser.parse_args()
     counts = sorted({int(c) for c in args.channels.split(",")})
-    measure(args.polls, counts, args.src, args.cprofile, args.engine)
+    measure(args.polls, counts, args.src, args.cprofile, args.engine, args.wait)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 A poll reads history after its cursor first. When that holds something (or a reset), or when
 ``timeout=0``, it answers at once. Otherwise it subscribes its channels through the core with
-the positions it just read — the core's subscribe reads history again after registering, so a
-publication landing between the read and the wait is pushed, not lost — and answers with the
-first publications pushed, or with an unchanged cursor when ``timeout`` runs out. A client that
+the positions it just read — the core's subscribe looks again after registering (on Redis at
+the channel's position, reading only if it moved), so a publication landing between the read
+and the wait is pushed, not lost — and answers with the first publications pushed, or with an
+unchanged cursor when ``timeout`` runs out. On Redis the channels subscribe all at once, so
+that their round trips share pipelines. A client that
 goes away while waiting is noticed through ``http.disconnect`` and its session closed at once.
 
 Each poll is a short core session of kind ``"poll"``: it counts against the connection limits
@@ -278,14 +280,27 @@ class PollEndpoint(ChannelEndpoint):
         receive: Receive,
     ) -> PollReply | None:
         watcher = asyncio.create_task(until_disconnect(receive), name="clarion-poll-watcher")
+
+        async def subscribe(channel: str) -> None:
+            with about(channel):
+                await session.subscribe(
+                    channel, POLL_WAKE, waiter.push, since=positions[channel], checked=True
+                )
+
         try:
-            for channel in request.channels:
-                with about(channel):
-                    await session.subscribe(
-                        channel, POLL_WAKE, waiter.push, since=positions[channel], checked=True
-                    )
-                if waiter.woken.done() or session.closed or watcher.done():
-                    break
+            if self.hub.publishes_inline:  # in process: each completes without waiting
+                for channel in request.channels:
+                    await subscribe(channel)
+                    if waiter.woken.done() or session.closed or watcher.done():
+                        break
+            else:
+                # Each waits on the engine (Redis): all at once, their round trips shared.
+                done = await asyncio.gather(
+                    *map(subscribe, request.channels), return_exceptions=True
+                )
+                for outcome in done:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
             if not waiter.woken.done() and not watcher.done():
                 try:
                     await asyncio.wait(

@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 
 # Seconds to wait after each failed read back of missing publications; None: give up.
 RECOVERY_RETRIES: tuple[float | None, ...] = (0.1, 0.3, 0.9, None)
+# Seconds a node stays subscribed on a remote engine (Redis) to a channel its last subscriber
+# left: a long poll's next poll comes milliseconds after its reply, a reconnect within seconds,
+# and each would otherwise subscribe the node anew (a round trip and a read of the position,
+# then an unsubscribe), channel by channel.
+LINGER = 5.0
 
 log = logging.getLogger("clarion.hub")
 
@@ -38,6 +43,10 @@ class LocalChannels:
         self.local: dict[str, LocalChannel] = {}
         # Channels reading back publications the engine skipped: live ones wait here meanwhile.
         self._recovering: dict[str, list[Publication]] = {}
+        # Channels without a subscriber that the node stays subscribed to (remote engines), the
+        # oldest first, with when they were left; each keeps its position as publications pass.
+        self._idle: dict[str, tuple[LocalChannel, float]] = {}
+        self._expiry: asyncio.TimerHandle | None = None
 
     # ---- the node's subscription to a channel -------------------------------------------------
 
@@ -47,19 +56,26 @@ class LocalChannels:
         while True:
             local = self.local.get(channel)
             if local is None:
+                idle = self._idle.pop(channel, None)
+                if idle is not None:  # still subscribed, at the position its publications gave
+                    local = self.local[channel] = idle[0]
+                    return local
                 namespace = self.stats.activity.namespace(channel)
                 local = self.local[channel] = LocalChannel(channel, namespace)
                 ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 local.ready = ready
                 subscribed = False
                 try:
-                    await hub.engine.subscribe(channel)
-                    subscribed = True
                     # Where live delivery starts: from here the engine hands this node every
                     # later publication, in order, and none before. Subscribers whose history
                     # reads end further on wait for the channel to get there (``ahead``);
                     # the channel's position never jumps over publications still on their way.
-                    start = await hub.engine.history(channel, hub.options(channel), limit=0)
+                    # A remote engine read it as it subscribed: one round trip, not two.
+                    start = await hub.engine.subscribe(channel)
+                    subscribed = True
+                    if start is None:
+                        read = await hub.engine.history(channel, hub.options(channel), limit=0)
+                        start = read.position
                 except BaseException as exc:
                     if self.local.get(channel) is local:
                         del self.local[channel]
@@ -70,7 +86,7 @@ class LocalChannels:
                     ready.exception()  # retrieved: waiters re-raise it themselves
                     raise
                 if local.position is None:
-                    local.position = start.position
+                    local.position = start
                 local.ready = None
                 ready.set_result(None)
                 return local
@@ -80,14 +96,48 @@ class LocalChannels:
             return local
 
     def release(self, local: LocalChannel) -> None:
-        """Forget ``local`` once it has no subscriber left (and unsubscribe the node)."""
-        if len(local) == 0 and local.ready is None and self.local.get(local.name) is local:
-            del self.local[local.name]
+        """Forget ``local`` once it has no subscriber left, and unsubscribe the node: at once
+        in process, after :data:`LINGER` seconds without a subscriber on a remote engine."""
+        name = local.name
+        if len(local) == 0 and local.ready is None and self.local.get(name) is local:
+            del self.local[name]
             self.stats.activity.retire(local)
-            self.hub.spawn(self._engine_unsubscribe(local.name))
+            hub = self.hub
+            if hub.publishes_inline or local.last is None or name in self._recovering:
+                hub.spawn(self._engine_unsubscribe(name))
+                return
+            loop = asyncio.get_running_loop()
+            self._idle[name] = (local, loop.time())
+            if self._expiry is None:
+                self._expiry = loop.call_later(LINGER, self._expire)
+
+    def _expire(self) -> None:
+        """Unsubscribe the node from the channels left :data:`LINGER` seconds ago."""
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        due = loop.time() - LINGER
+        idle = self._idle
+        while idle:
+            name, (_, since) = next(iter(idle.items()))
+            if since > due:
+                self._expiry = loop.call_at(since + LINGER, self._expire)
+                return
+            del idle[name]
+            self.hub.spawn(self._engine_unsubscribe(name))
+
+    def _forget_idle(self, channel: str) -> None:
+        if self._idle.pop(channel, None) is not None:
+            self.hub.spawn(self._engine_unsubscribe(channel))
+
+    def close(self) -> None:
+        """The hub is closing: no more unsubscribes (the engine closes with it)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self._idle.clear()
 
     async def _engine_unsubscribe(self, channel: str) -> None:
-        if channel not in self.local:
+        if channel not in self.local and channel not in self._idle:
             await self.hub.engine.unsubscribe(channel)
 
     def detach(self, sub: Subscription) -> None:
@@ -117,6 +167,8 @@ class LocalChannels:
             stats.publications += 1
         local = self.local.get(pub.channel)
         if local is None:
+            if self._idle:
+                self._pass_idle(pub)
             return
         if self._recovering:  # nearly always empty: one test, not a lookup
             recovering = self._recovering.get(pub.channel)
@@ -140,6 +192,23 @@ class LocalChannels:
         stats.countdown -= 1
         if stats.countdown <= 0:
             stats.sample(pub)
+
+    def _pass_idle(self, pub: Publication) -> None:
+        """A publication of a channel without subscribers: its position moves on; after a gap
+        or in a new epoch it is no longer known here, and the node unsubscribes (the next
+        subscriber subscribes it anew)."""
+        idle = self._idle.get(pub.channel)
+        if idle is None:
+            return
+        local = idle[0]
+        last = local.last
+        if last is not None and pub.epoch == last.epoch:
+            if pub.offset <= last.offset:
+                return  # already passed (recovered from history first)
+            if pub.offset == last.offset + 1:
+                local.last = pub
+                return
+        self._forget_idle(pub.channel)
 
     def deliver(self, local: LocalChannel, pub: Publication) -> None:
         if local.pending:

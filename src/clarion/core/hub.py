@@ -197,6 +197,7 @@ class Hub:
             if self._tasks:
                 await asyncio.wait(list(self._tasks), timeout=2.0)
             await self.roster.drain(timeout=2.0)  # the leaves those tasks queued
+            self.local_channels.close()
             await self.engine.close()
             self._started = False
             log.info("hub closed")

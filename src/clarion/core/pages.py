@@ -137,6 +137,7 @@ async def read_start(
     latest: bool,
     allowance: int,
     replay: int,
+    looked: bool = False,
 ) -> tuple[History, bool]:
     """What a new subscriber's start reads, and whether it is a page (``True``): a page may
     stop short of the channel's top, and a resume is then cut after it.
@@ -148,7 +149,13 @@ async def read_start(
     could otherwise be sent: then only a page of what it may be sent. A reader over its
     allowance is sent one publication per resume; it must not cost the read of a history of
     ``history_size``.
+
+    ``looked``: the reader found nothing after ``since`` just before (a long poll about to
+    wait), so the channel most likely stands there: its position is looked at first (on Redis
+    one command of a shared pipeline, against a script), and read only if it moved.
     """
+    if looked and since is not None and channel in await engine.standing({channel: since}):
+        return History([], since, since.offset + 1), False
     if since is None:
         if latest:
             return await engine.history(channel, options, limit=1, reverse=True), False

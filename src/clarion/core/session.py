@@ -53,10 +53,6 @@ def _failed(what: str, session: Session, exc: Exception) -> None:
     )
 
 
-def new_session_id() -> str:
-    return os.urandom(9).hex()
-
-
 class Session:
     """A connected client. Created by :meth:`Hub.open_session`, ended by :meth:`close`."""
 
@@ -86,7 +82,7 @@ class Session:
         self, hub: Hub, transport: Transport, credentials: Credentials, client_ip: str | None
     ) -> None:
         self.hub = hub
-        self.id = new_session_id()
+        self.id = os.urandom(9).hex()
         self.transport = transport
         self.credentials = credentials
         self.client_ip = client_ip
@@ -201,8 +197,10 @@ class Session:
         full = replay_budget(hub.settings.limits.send_queue_bytes, 0)
         allowance = hub.reads.budget(self.rate_key, full) if since_pos is not None else full
         try:
+            # A long poll subscribes after finding nothing: on Redis a look costs less than a read.
+            looked = self.transport.kind == "poll" and not hub.publishes_inline
             history, paged = await read_start(
-                hub.engine, channel, options, since_pos, latest, allowance, full
+                hub.engine, channel, options, since_pos, latest, allowance, full, looked
             )
         except BaseException:
             if self.subscriptions.get(channel) is sub:

@@ -206,8 +206,9 @@ class Engine(Protocol):
         channels at once: comparisons in process, one round trip on Redis. A channel left out
         may still have nothing: its caller reads it."""
 
-    async def subscribe(self, channel: str) -> None:
-        """Start receiving the channel's publications on this node."""
+    async def subscribe(self, channel: str) -> StreamPosition | None:
+        """Start receiving the channel's publications on this node; the channel's position
+        once subscribed, where subscribing read it (``None``: the caller reads it)."""
 
     async def unsubscribe(self, channel: str) -> None: ...
 

@@ -457,7 +457,7 @@ class MemoryEngine:
     async def standing(self, positions: Mapping[str, StreamPosition]) -> set[str]:
         return {channel for channel, since in positions.items() if self.stands_at(channel, since)}
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str) -> StreamPosition | None:
         return None
 
     async def unsubscribe(self, channel: str) -> None:

@@ -446,7 +446,7 @@ class RedisEngine:
 
     # ---- subscriptions and delivery ---------------------------------------------------------
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str) -> StreamPosition | None:
         link = self._require_link()
         if not link.up and not await self._ping():
             raise EngineUnavailable(f"Redis unavailable while subscribing to {channel!r}")
@@ -462,6 +462,7 @@ class RedisEngine:
             await asyncio.shield(link.unsubscribe(channel))
             raise
         self._positions.note(history.position, channel)
+        return history.position
 
     async def unsubscribe(self, channel: str) -> None:
         self._positions.forget(channel)

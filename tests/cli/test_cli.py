@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import subprocess
@@ -152,6 +153,17 @@ def test_help_lists_every_option() -> None:
         "--workers",
     ):
         assert flag in out.stdout
+
+
+def test_every_command_says_what_it_does_in_its_help() -> None:
+    """Each ``clarion <command> --help`` has a sentence between its usage and its options."""
+    from clarion.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) >= {"serve", "publish", "subscribe", "token", "webhooks", "demo"}
+    for name, command in commands.choices.items():
+        assert command.description, f"clarion {name} --help says nothing of what it does"
 
 
 def test_parsing_the_command_line_loads_no_command() -> None:

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subscribe.set_defaults(func=_command("clarion.cli.client", "cmd_subscribe"))
 
-    token = sub.add_parser("token", help="mint a development connection token (HS256 JWT)")
+    about = "mint a development connection token (HS256 JWT)"
+    token = sub.add_parser("token", help=about, description=about[0].upper() + about[1:])
     token.add_argument("--user", required=True, help="the token's sub claim")
     token.add_argument(
         "--channels",

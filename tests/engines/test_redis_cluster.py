@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from clarion.engines.base import UNWRITTEN_TTL, PresenceEntry
 from clarion.engines.redis import RedisEngine
 from clarion.engines.redis.connect import parse_url
+from clarion.engines.redis.sharded import ShardedLink
 from clarion.errors import ConfigError
 from clarion.settings import NamespaceOptions, Settings
 
@@ -145,3 +147,44 @@ async def test_a_read_of_an_unwritten_channel_leaves_a_short_lived_meta_on_every
     for channel in CHANNELS:
         await engine.publish(channel, 1, OPTS)
     assert all(ttl > OPTS.history_meta_ttl * 1000 - 60_000 for ttl in ttls()), ttls()
+
+
+async def test_a_channel_subscribed_again_while_it_moves_stays_subscribed(
+    redis_cluster: RedisCluster, nodes: Callable[..., Any]
+) -> None:
+    """Its slot moved, the node subscribes the channel on the new primary's link. If the
+    channel is meanwhile unsubscribed and subscribed again (its subscribers' churn), the new
+    subscription is on that same link: the move must not take it back as if no one wanted it."""
+    engine, _ = await nodes()
+    sharded = engine._link
+    assert isinstance(sharded, ShardedLink)
+    channel = f"moving-{os.urandom(4).hex()}"  # a slot of its own to move: the cluster is shared
+    key = engine.keys.meta(channel)
+    source = redis_cluster.owner(key)
+    on_target = next(c for c in CHANNELS if redis_cluster.owner(c) != source)
+    target = redis_cluster.owner(on_target)
+    assert target is not None
+    await engine.subscribe(channel)
+    await engine.subscribe(on_target)  # the target's link, made
+    link = next(link for name, link in sharded._links.items() if name.endswith(f":{target}"))
+    real = link.subscribe
+    entered, go = asyncio.Event(), asyncio.Event()
+
+    async def first_held(name: str, wait: float) -> None:
+        if name == channel and not entered.is_set():
+            entered.set()
+            await go.wait()  # the move's own, until the churn below is through
+        await real(name, wait)
+
+    link.subscribe = first_held  # type: ignore[method-assign]
+    redis_cluster.move_slot(key, target)
+    sharded._topology_changed()
+    await asyncio.wait_for(entered.wait(), 20)
+    await engine.unsubscribe(channel)
+    await engine.subscribe(channel)
+    go.set()
+    assert sharded._rehoming is not None
+    await asyncio.wait_for(sharded._rehoming, 20)
+    assert channel in link.wanted
+    subscribed = command(target, "PUBSUB", "SHARDCHANNELS", engine.keys.pubsub(channel))
+    assert engine.keys.pubsub(channel) in subscribed

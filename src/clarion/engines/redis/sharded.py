@@ -177,8 +177,12 @@ class ShardedLink:
             except EngineUnavailable:
                 left = True  # it stays homed on the old one: the next round tries again
                 continue
-            if self._home.get(channel) != old:  # unsubscribed meanwhile
-                await link.unsubscribe(channel)
+            home = self._home.get(channel)
+            if home != old:
+                # Unsubscribed meanwhile: undone here, unless subscribed again meanwhile, on
+                # this same link (a second SSUBSCRIBE of one connection is the same one).
+                if home != new:
+                    await link.unsubscribe(channel)
                 continue
             self._home[channel] = new
             moved.append(channel)

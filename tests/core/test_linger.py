@@ -10,6 +10,7 @@ in a new epoch, the position is no longer known and the node unsubscribes at onc
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from typing import Any
@@ -125,3 +126,61 @@ async def test_a_gap_while_left_lets_the_channel_go_at_once(
         assert (await ws.subscribe(channel, since=first["cursor"]))["ok"]["recovered"] is True
         assert [(await ws.recv())["data"]["n"] for _ in (1, 2)] == [1, 2]
     assert subscribed == [channel]
+
+
+async def test_a_channel_whose_history_lapsed_while_left_goes_on_without_a_false_reset(
+    hub: RunningHub, redis: Any
+) -> None:
+    """Its meta and stream gone while no one was subscribed (as their TTLs running out do),
+    the channel starts again in a new epoch that no publication announced: a new subscriber
+    is told of no reset, and one resuming from the old epoch of one reset."""
+    channel = room()
+    keys = hub.hub.engine.keys
+    async with hub.ws() as ws:
+        first = (await ws.subscribe(channel))["ok"]
+        await hub.publish(channel, {"n": 1})
+        assert (await ws.recv())["data"] == {"n": 1}
+        assert "ok" in await ws.call("unsubscribe", channel=channel)
+    await redis.delete(keys.meta(channel), keys.stream(channel))
+    async with hub.ws() as fresh, hub.ws() as back:
+        assert (await fresh.subscribe(channel))["ok"]["epoch"] != first["epoch"]
+        resumed = await back.subscribe(channel, since=first["cursor"])
+        await hub.publish(channel, {"n": 2})
+        assert (await fresh.recv())["data"] == {"n": 2}
+        seen = [resumed]
+        while "data" not in seen[-1]:
+            seen.append(await back.recv())
+    assert seen[-1]["data"] == {"n": 2}
+    assert seen[0]["ok"]["reset"] == "epoch"
+    assert sum("reset" in message for message in seen) == 1, seen  # one reset pushed
+
+
+async def test_a_channel_let_go_while_it_reads_back_a_gap_loses_nothing_for_the_next(
+    hub: RunningHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its read back of a gap outlives the channel's state (the last subscriber left): the
+    publications that come meanwhile belong to the state made for the next subscriber, not to
+    the read back, which has no one to give them to."""
+    channel = room()
+    engine = hub.hub.engine
+    read = engine.history
+    reading = asyncio.Event()
+
+    async def held(name: str, *args: Any, **kw: Any) -> Any:
+        if name == channel and kw.get("since") is not None:
+            await reading.wait()
+        return await read(name, *args, **kw)
+
+    async with hub.ws() as a, hub.ws() as b:
+        first = (await a.subscribe(channel))["ok"]
+        await hub.publish(channel, {"n": 1})
+        assert (await a.recv())["data"] == {"n": 1}
+        monkeypatch.setattr(engine, "history", held)
+        hub.hub.on_publication(Publication(channel, 3, first["epoch"], {"n": 3}, 0))  # 2: lost
+        assert "ok" in await a.call("unsubscribe", channel=channel)
+        assert (await b.subscribe(channel))["ok"]["offset"] == 1
+        await hub.publish(channel, {"n": 2})
+        try:
+            assert (await b.recv())["data"] == {"n": 2}
+        finally:
+            reading.set()

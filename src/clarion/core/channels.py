@@ -41,12 +41,17 @@ class LocalChannels:
         self.hub = hub
         self.stats = hub.stats
         self.local: dict[str, LocalChannel] = {}
-        # Channels reading back publications the engine skipped: live ones wait here meanwhile.
-        self._recovering: dict[str, list[Publication]] = {}
+        # Channels reading back publications the engine skipped: live ones wait here meanwhile,
+        # for the channel's state that started the read (one made after it was let go reads
+        # its own).
+        self._recovering: dict[str, tuple[LocalChannel, list[Publication]]] = {}
         # Channels without a subscriber that the node stays subscribed to (remote engines), the
         # oldest first, with when they were left; each keeps its position as publications pass.
         self._idle: dict[str, tuple[LocalChannel, float]] = {}
         self._expiry: asyncio.TimerHandle | None = None
+        # Taken back from ``_idle``, their epoch not yet checked by a subscriber's read: a
+        # channel whose history lapsed meanwhile starts again in a new epoch, unannounced.
+        self._revived: set[str] = set()
 
     # ---- the node's subscription to a channel -------------------------------------------------
 
@@ -59,6 +64,7 @@ class LocalChannels:
                 idle = self._idle.pop(channel, None)
                 if idle is not None:  # still subscribed, at the position its publications gave
                     local = self.local[channel] = idle[0]
+                    self._revived.add(channel)
                     return local
                 namespace = self.stats.activity.namespace(channel)
                 local = self.local[channel] = LocalChannel(channel, namespace)
@@ -101,6 +107,7 @@ class LocalChannels:
         name = local.name
         if len(local) == 0 and local.ready is None and self.local.get(name) is local:
             del self.local[name]
+            self._revived.discard(name)
             self.stats.activity.retire(local)
             hub = self.hub
             if hub.publishes_inline or local.last is None or name in self._recovering:
@@ -110,6 +117,16 @@ class LocalChannels:
             self._idle[name] = (local, loop.time())
             if self._expiry is None:
                 self._expiry = loop.call_later(LINGER, self._expire)
+
+    def confirm(self, local: LocalChannel, top: StreamPosition) -> None:
+        """A subscriber read ``top``: a channel taken back from the idle ones takes its epoch
+        when its own is another (the history lapsed while no one was subscribed). Its
+        subscribers are all still reading, so none is told of a reset that is not theirs."""
+        if local.name in self._revived:
+            self._revived.discard(local.name)
+            live = local.position
+            if live is None or live.epoch != top.epoch:
+                local.position = top
 
     def _expire(self) -> None:
         """Unsubscribe the node from the channels left :data:`LINGER` seconds ago."""
@@ -135,6 +152,7 @@ class LocalChannels:
             self._expiry.cancel()
             self._expiry = None
         self._idle.clear()
+        self._revived.clear()
 
     async def _engine_unsubscribe(self, channel: str) -> None:
         if channel not in self.local and channel not in self._idle:
@@ -172,8 +190,8 @@ class LocalChannels:
             return
         if self._recovering:  # nearly always empty: one test, not a lookup
             recovering = self._recovering.get(pub.channel)
-            if recovering is not None:
-                recovering.append(pub)
+            if recovering is not None and recovering[0] is local:
+                recovering[1].append(pub)
                 return
         last = local.last
         if last is not None:
@@ -262,12 +280,13 @@ class LocalChannels:
 
     def _recover(self, local: LocalChannel, pub: Publication) -> None:
         """Publications went missing between the engine and this node: read them back."""
-        self._recovering[local.name] = [pub]
+        self._recovering[local.name] = (local, [pub])
         self.hub.spawn(self._recover_from_history(local), name=f"clarion-recover-{local.name}")
 
     async def _recover_from_history(self, local: LocalChannel) -> None:
         hub = self.hub
         channel = local.name
+        held = self._recovering[channel][1]
         try:
             since = local.position
             history = None
@@ -291,7 +310,7 @@ class LocalChannels:
                     # back, so the reset's cursor points just before it, past the gap. (The
                     # last position delivered would be a cursor before the gap, which the next
                     # publication then silently jumps.)
-                    first = min(self._recovering[channel], key=lambda p: p.offset)
+                    first = min(held, key=lambda p: p.offset)
                     target = StreamPosition(first.epoch, first.offset - 1)
                 if target is not None:
                     self._reset_all(local, "lost", target)
@@ -306,8 +325,9 @@ class LocalChannels:
                         local.last = pub
                         self.deliver(local, pub)
         finally:
-            buffered = self._recovering.pop(channel, [])
-        for pub in sorted(buffered, key=lambda p: p.offset):
+            if self._recovering.get(channel, (None,))[0] is local:
+                del self._recovering[channel]
+        for pub in sorted(held, key=lambda p: p.offset):
             if self.local.get(channel) is local:
                 self.on_publication(pub)
 

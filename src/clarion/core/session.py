@@ -210,6 +210,7 @@ class Session:
             raise
         if local.pending.get(sub) is not buffer:  # detached meanwhile
             return None
+        channels.confirm(local, history.position)
         # From here to go_live nothing awaits: history, buffered and live stay in order.
         # The replay takes what the send budget has left: a forged cursor at offset 0 must
         # not queue the whole history for a peer that does not read.

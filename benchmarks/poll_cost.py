@@ -1,7 +1,7 @@
 """What one ``GET /poll`` costs the hub when nothing is pending, by the number of its channels.
 
     .venv/bin/python -m benchmarks.poll_cost [--polls 2000] [--channels 1,16,128] [--src DIR]
-        [--engine redis://127.0.0.1:6379/9] [--wait SECONDS]
+        [--engine redis://127.0.0.1:6379/9] [--wait SECONDS] [--sse [--fresh]]
 
 ``clarion serve`` (memory engine, its once-a-second passes off) runs in its own process; each
 channel holds one publication, and a client on one keep-alive connection sends ``--polls`` plain
@@ -14,7 +14,10 @@ Redis' commands and CPU per poll too, from ``INFO commandstats``. ``--src DIR`` 
 from another tree's ``src``, for before/after figures; ``--cprofile FILE`` profiles the hub
 over the widest polls. ``--wait 0.001`` sends long polls instead (``timeout=0.001``): each
 finds nothing, subscribes its channels, waits that long and answers, so what is measured is a
-long poll's whole cycle with nothing new.
+long poll's whole cycle with nothing new. ``--sse`` opens event streams instead, each on a
+connection of its own with the first poll's cursor as its ``Last-Event-ID`` (a client
+reconnecting its stream), read up to the stream's first ``id:`` and closed; with ``--fresh``
+each stream names channels never named before, without a cursor (a stream opened anew).
 """
 
 from __future__ import annotations
@@ -105,23 +108,63 @@ def _redis_work(redis: Any) -> tuple[int, int]:
     return sum(int(s["calls"]) for s in mine), sum(int(s["usec"]) for s in mine)
 
 
+def _open_stream(port: int, channels: list[str], cursor: str | None) -> None:
+    """An event stream of ``channels``, read up to its first ``id:``, then dropped."""
+    query = "&".join(f"channel={c}" for c in channels)
+    head = f"GET /sse?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if cursor is not None:
+        head += f"Last-Event-ID: {cursor}\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode() + b"\r\n")
+        got = b""
+        while b"\nid:" not in got:
+            chunk = sock.recv(1 << 20)
+            if not chunk or got.startswith(b"HTTP/1.1 4"):
+                raise RuntimeError(f"sse: {got[:200]!r}")
+            got += chunk
+
+
+class _Mode:
+    """What each request is: a poll (``wait`` its timeout), or a stream opened (``sse``), on
+    the same channels or (``fresh``) on new ones each time."""
+
+    def __init__(self, port: int, wait: float, sse: bool, fresh: bool) -> None:
+        self.port, self.wait, self.sse, self.fresh = port, wait, sse, fresh
+        self.opened = 0
+
+    def run(self, conn: _Connection, target: str, channels: list[str], cursor: str) -> None:
+        if not self.sse:
+            status, body = conn.request("GET", target)
+            if status != 200 or orjson.loads(body)["publications"]:
+                raise RuntimeError(f"poll: {status} {body[:200]!r}")
+        elif self.fresh:
+            self.opened += 1
+            _open_stream(self.port, [f"{c}-{self.opened}" for c in channels], None)
+        else:
+            _open_stream(self.port, channels, cursor)
+
+
 def _per_poll(
-    conn: _Connection, pid: int, channels: list[str], polls: int, wait: float, redis: Any = None
+    conn: _Connection,
+    pid: int,
+    channels: list[str],
+    polls: int,
+    mode: _Mode,
+    redis: Any = None,
 ) -> tuple[float, tuple[float, float] | None]:
     """Server CPU seconds per poll of ``channels``, none with anything newer than its cursor;
     with ``redis``, its commands and µs per poll too."""
     status, body = conn.request("GET", _poll_target(channels, None))
     if status != 200:
         raise RuntimeError(f"poll: {status} {body[:200]!r}")
-    target = _poll_target(channels, orjson.loads(body)["cursor"], wait)
+    cursor = orjson.loads(body)["cursor"]
+    target = _poll_target(channels, cursor, mode.wait)
     for _ in range(50):  # warm-up
-        conn.request("GET", target)
+        mode.run(conn, target, channels, cursor)
     work = _redis_work(redis) if redis is not None else (0, 0)
     before = proc_cpu_seconds([pid])
     for _ in range(polls):
-        status, body = conn.request("GET", target)
-        if status != 200 or orjson.loads(body)["publications"]:
-            raise RuntimeError(f"poll: {status} {body[:200]!r}")
+        mode.run(conn, target, channels, cursor)
     cpu = (proc_cpu_seconds([pid]) - before) / polls
     if redis is None:
         return cpu, None
@@ -142,9 +185,9 @@ def measure(
     src: str | None,
     cprofile: Path | None,
     engine: str | None,
-    wait: float,
+    mode: _Mode,
 ) -> None:
-    port = free_port()
+    port = mode.port = free_port()
     env = _env(src, cprofile)
     serve = _SERVE if cprofile is None else _SERVE_CPROFILE
     cmd = [sys.executable, "-c", serve, "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -175,7 +218,7 @@ def measure(
                 body = orjson.dumps({"channel": channel, "data": {"text": "hello"}})
                 if conn.request("POST", "/api/publish", body)[0] != 200:
                     raise RuntimeError("publish failed")
-            reference, work = _per_poll(conn, proc.pid, channels[:1], polls, wait, redis)
+            reference, work = _per_poll(conn, proc.pid, channels[:1], polls, mode, redis)
             head = f"{'channels':>8} {'µs/poll':>9} {'µs/extra channel':>17}"
             if redis is not None:
                 head += f" {'Redis cmds/poll':>15} {'Redis µs/poll':>12}"
@@ -186,7 +229,7 @@ def measure(
                     continue
                 if cprofile is not None and n == widest:
                     proc.send_signal(signal.SIGUSR1)
-                cost, work = _per_poll(conn, proc.pid, channels[:n], polls, wait, redis)
+                cost, work = _per_poll(conn, proc.pid, channels[:n], polls, mode, redis)
                 if cprofile is not None and n == widest:
                     proc.send_signal(signal.SIGUSR2)
                     time.sleep(1.0)
@@ -214,9 +257,12 @@ def main() -> None:
     parser.add_argument("--cprofile", type=Path, help="write the hub's profile of the widest polls")
     parser.add_argument("--engine", help="a Redis URL, instead of the memory engine")
     parser.add_argument("--wait", type=float, default=0, help="long polls of this timeout")
+    parser.add_argument("--sse", action="store_true", help="event streams opened, not polls")
+    parser.add_argument("--fresh", action="store_true", help="with --sse: new channels each time")
     args = parser.parse_args()
     counts = sorted({int(c) for c in args.channels.split(",")})
-    measure(args.polls, counts, args.src, args.cprofile, args.engine, args.wait)
+    mode = _Mode(0, args.wait, args.sse, args.fresh)
+    measure(args.polls, counts, args.src, args.cprofile, args.engine, mode)
 
 
 if __name__ == "__main__":

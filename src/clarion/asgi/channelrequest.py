@@ -4,7 +4,7 @@ CORS preflight, and JSON errors."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from clarion.asgi import access
@@ -148,6 +148,35 @@ def about(channel: str) -> Iterator[None]:
     except ClarionError as exc:
         exc.details.setdefault("channel", channel)
         raise
+
+
+async def subscribe_each(
+    hub: Hub,
+    channels: list[str],
+    subscribe: Callable[[str], Awaitable[object]],
+    done: Callable[[], bool],
+) -> None:
+    """``subscribe(channel)`` for each of a request's channels, an error naming its channel.
+
+    In process one after another, until ``done()`` (each completes without waiting). On a
+    remote engine (Redis) all at once, so that their round trips share pipelines: one after
+    another, a 128-channel stream or long poll waited on 128 times as many. The first error
+    is raised once all are through; what the others made, the session's close undoes.
+    """
+
+    async def one(channel: str) -> None:
+        with about(channel):
+            await subscribe(channel)
+
+    if hub.publishes_inline:
+        for channel in channels:
+            await one(channel)
+            if done():
+                return
+        return
+    for outcome in await asyncio.gather(*map(one, channels), return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 # The parameters a request may repeat: a stream reads several channels, and merges cursors.

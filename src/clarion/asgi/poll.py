@@ -26,10 +26,10 @@ from clarion.asgi.channelrequest import (
     LAST_EVENT_ID_PARAMS,
     ChannelEndpoint,
     ChannelRequest,
-    about,
     authorized,
     channel_request,
     stopped_by_host,
+    subscribe_each,
     until_disconnect,
 )
 from clarion.asgi.pollreply import POLL_WAKE, PollReply, PollReset, PollWaiter
@@ -282,25 +282,15 @@ class PollEndpoint(ChannelEndpoint):
         watcher = asyncio.create_task(until_disconnect(receive), name="clarion-poll-watcher")
 
         async def subscribe(channel: str) -> None:
-            with about(channel):
-                await session.subscribe(
-                    channel, POLL_WAKE, waiter.push, since=positions[channel], checked=True
-                )
+            await session.subscribe(
+                channel, POLL_WAKE, waiter.push, since=positions[channel], checked=True
+            )
+
+        def done() -> bool:
+            return waiter.woken.done() or session.closed or watcher.done()
 
         try:
-            if self.hub.publishes_inline:  # in process: each completes without waiting
-                for channel in request.channels:
-                    await subscribe(channel)
-                    if waiter.woken.done() or session.closed or watcher.done():
-                        break
-            else:
-                # Each waits on the engine (Redis): all at once, their round trips shared.
-                done = await asyncio.gather(
-                    *map(subscribe, request.channels), return_exceptions=True
-                )
-                for outcome in done:
-                    if isinstance(outcome, BaseException):
-                        raise outcome
+            await subscribe_each(self.hub, request.channels, subscribe, done)
             if not waiter.woken.done() and not watcher.done():
                 try:
                     await asyncio.wait(

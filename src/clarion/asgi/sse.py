@@ -33,11 +33,11 @@ from clarion.asgi.access import Params
 from clarion.asgi.channelrequest import (
     ChannelEndpoint,
     ChannelRequest,
-    about,
     authorized,
     channel_request,
     last_event_ids,
     stopped_by_host,
+    subscribe_each,
     until_disconnect,
 )
 from clarion.asgi.pipe import BodyQueue, FastChunkPipe, Pipe, QueuePipe
@@ -461,10 +461,9 @@ class SseEndpoint(ChannelEndpoint):
             since = request.since[channel]
             if since is not None:
                 stream.set_position(channel, since)
-        for channel in request.channels:
-            since = request.since[channel]
 
-            def ready(result: SubscribeResult, channel: str = channel) -> None:
+        async def subscribe(channel: str) -> None:
+            def ready(result: SubscribeResult) -> None:
                 # Resumed: the stream is at ``since`` until the replayed events pass it; with
                 # ``latest``, just before the newest publication, which comes next.
                 started[channel] = result.start
@@ -472,19 +471,18 @@ class SseEndpoint(ChannelEndpoint):
                 if result.reset is not None:
                     resets[channel] = result.reset
 
-            with about(channel):
-                await session.subscribe(
-                    channel,
-                    stream.fmt,
-                    stream.push,
-                    since=since,
-                    latest=channel in request.latest,
-                    on_ready=ready,
-                    checked=True,
-                    prepaid=True,
-                )
-            if session.closed:
-                break
+            await session.subscribe(
+                channel,
+                stream.fmt,
+                stream.push,
+                since=request.since[channel],
+                latest=channel in request.latest,
+                on_ready=ready,
+                checked=True,
+                prepaid=True,
+            )
+
+        await subscribe_each(self.hub, request.channels, subscribe, lambda: session.closed)
         opening = sse.encode_retry(self.hub.settings.sse.retry_ms)
         if session.closed or len(started) < len(request.channels):
             return opening

@@ -117,6 +117,16 @@ def dropped_within(peer: EndlessPeer, limit: int) -> None:
     assert max(peer.sent) < limit + IN_FLIGHT, peer.sent
 
 
+async def retried(peer: EndlessPeer, transport: Any, **options: Any) -> None:
+    """A subscription over ``transport`` until the client dropped ``peer`` and tried again."""
+    async with connect(
+        peer.url, transport=transport, backoff=fixed_backoff(0.05), **options
+    ) as client:
+        reading = asyncio.ensure_future(anext(client.subscribe("chat:lobby")))
+        await until(lambda: len(peer.sent) >= 2, wait=20)
+        reading.cancel()
+
+
 SSE = http_head("200 OK", "text/event-stream")
 
 
@@ -147,14 +157,7 @@ async def test_an_endless_event_or_reply_is_dropped_and_the_stream_retried(
     peer: EndlessPeer, transport: Any, option: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "clarion.client")
-    bounds: dict[str, Any] = {option: SMALL}
-    async with connect(
-        peer.url, transport=transport, backoff=fixed_backoff(0.05), **bounds
-    ) as client:
-        sub = client.subscribe("chat:lobby")
-        reading = asyncio.ensure_future(anext(sub))
-        await until(lambda: len(peer.sent) >= 2, wait=20)  # dropped, then tried again
-        reading.cancel()
+    await retried(peer, transport, **{option: SMALL})
     dropped_within(peer, SMALL)
     assert f"more than 262144 bytes ({option})" in caplog.text
 
@@ -169,13 +172,7 @@ async def test_an_endless_error_body_is_dropped_and_the_stream_retried(
     peer: EndlessPeer, transport: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "clarion.client")
-    async with connect(
-        peer.url, transport=transport, backoff=fixed_backoff(0.05), open_timeout=None
-    ) as client:
-        sub = client.subscribe("chat:lobby")
-        reading = asyncio.ensure_future(anext(sub))
-        await until(lambda: len(peer.sent) >= 2, wait=20)
-        reading.cancel()
+    await retried(peer, transport, open_timeout=None)
     dropped_within(peer, 64 * 1024)
     assert "an HTTP 403 body of more than 65536 bytes" in caplog.text
 
@@ -286,13 +283,7 @@ async def test_a_compressed_answer_is_refused_unread_and_the_stream_retried(
     # Inflated, each 64 KiB the peer sends is 64 MiB: counted after inflating, one read would
     # be past every limit before the count saw it.
     caplog.set_level(logging.INFO, "clarion.client")
-    async with connect(
-        peer.url, transport=transport, backoff=fixed_backoff(0.05), open_timeout=None
-    ) as client:
-        sub = client.subscribe("chat:lobby")
-        reading = asyncio.ensure_future(anext(sub))
-        await until(lambda: len(peer.sent) >= 2, wait=20)
-        reading.cancel()
+    await retried(peer, transport, open_timeout=None)
     asked_as_sent(peer)
     dropped_within(peer, 0)
     assert GZIPPED in caplog.text

@@ -18,21 +18,15 @@ from typing import Any
 import pytest
 
 from ..conftest import RunningHub, timeout
-from ..redis_fixture import RedisServer, redis_server  # noqa: F401  (a fixture)
+from ..redis_fixture import RedisServer
 from .streams import poll
 
 ROOMS = [f"room:{n}" for n in range(32)]
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def hub(
-    request: pytest.FixtureRequest,
-    hub_factory: Callable[..., Any],
-    redis_server: RedisServer,  # noqa: F811
-) -> RunningHub:
-    engine = redis_server.url if request.param == "redis" else "memory"
-    running: RunningHub = await hub_factory(engine=engine)
-    return running
+@pytest.fixture
+def hub(engine_hub: RunningHub) -> RunningHub:
+    return engine_hub
 
 
 async def started(hub: RunningHub, client: Any) -> tuple[str, asyncio.Task[dict[str, Any]]]:
@@ -89,7 +83,7 @@ async def test_a_publication_landing_while_a_long_poll_subscribes_wakes_it(
 
 async def test_a_long_poll_with_nothing_new_reads_no_history_to_wait_on_redis(
     hub_factory: Callable[..., Any],
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     """Counted at the engine: a history read where the node's subscription takes the
     channel's position, as it subscribes, and none for the poll's own resume; the next long

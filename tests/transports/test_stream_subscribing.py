@@ -4,27 +4,19 @@ channel's order."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from ..conftest import RunningHub
-from ..redis_fixture import RedisServer, redis_server  # noqa: F401  (a fixture)
 from .streams import sse
 
 ROOMS = [f"room:{n}" for n in range(32)]
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def hub(
-    request: pytest.FixtureRequest,
-    hub_factory: Callable[..., Any],
-    redis_server: RedisServer,  # noqa: F811
-) -> RunningHub:
-    engine = redis_server.url if request.param == "redis" else "memory"
-    running: RunningHub = await hub_factory(engine=engine)
-    return running
+@pytest.fixture
+def hub(engine_hub: RunningHub) -> RunningHub:
+    return engine_hub
 
 
 async def test_a_stream_reopened_on_many_channels_gets_each_publication_once_in_order(

@@ -6,8 +6,8 @@ the positions it just read — the core's subscribe looks again after registerin
 the channel's position, reading only if it moved), so a publication landing between the read
 and the wait is pushed, not lost — and answers with the first publications pushed, or with an
 unchanged cursor when ``timeout`` runs out. On Redis the channels subscribe all at once, so
-that their round trips share pipelines. A client that
-goes away while waiting is noticed through ``http.disconnect`` and its session closed at once.
+that their round trips share pipelines. A client that goes away while waiting is noticed
+through ``http.disconnect`` and its session closed at once.
 
 Each poll is a short core session of kind ``"poll"``: it counts against the connection limits
 and in the metrics. Nothing is kept between polls: the next one resumes from the cursor alone,

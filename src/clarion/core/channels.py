@@ -110,7 +110,8 @@ class LocalChannels:
             self._revived.discard(name)
             self.stats.activity.retire(local)
             hub = self.hub
-            if hub.publishes_inline or local.last is None or name in self._recovering:
+            stays = not (hub.publishes_inline or hub.closing or name in self._recovering)
+            if not stays or local.last is None:
                 hub.spawn(self._engine_unsubscribe(name))
                 return
             loop = asyncio.get_running_loop()

@@ -246,7 +246,7 @@ class Session:
             script = f'{command}\nprintf %s "${assignment.group(1)}"'
         keeps_running = bool(KEEPS_RUNNING.search(command))
         hub = self.hub_of(command) if keeps_running else None
-        before = self.connections(hub) if hub else 0
+        before = self.subscriptions(hub) if hub else 0
         proc = subprocess.Popen(
             ["bash", "-c", script],
             cwd=self.workdir,
@@ -308,23 +308,23 @@ class Session:
         for port in ports:
             _wait_listening(int(port))
         deadline = time.monotonic() + timeout(20)
-        if hub:  # its session is open on the hub
-            while self.connections(hub) <= before:
+        if hub:  # it subscribed on the hub: its session open is not enough, on a busy machine
+            while self.subscriptions(hub) <= before:
                 assert proc.poll() is None, f"`{command}` ended:\n" + "".join(errors)
-                assert time.monotonic() < deadline, f"`{command}` never connected"
+                assert time.monotonic() < deadline, f"`{command}` never subscribed"
                 time.sleep(0.05)
         elif not ports:  # nothing to watch: give it the time a reader would
             time.sleep(timeout(BACKGROUND_AFTER))
 
-    def connections(self, hub: str) -> int:
-        """Sessions open on the hub at ``hub``, from its /metrics."""
+    def subscriptions(self, hub: str) -> int:
+        """Subscriptions held on the hub at ``hub``, from its /metrics."""
         with urllib.request.urlopen(f"{hub}/metrics", timeout=timeout(10)) as response:
             text = response.read().decode()
         return int(
             sum(
                 float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines()
-                if line.startswith("clarion_connections{")
+                if line.startswith("clarion_subscriptions{")
             )
         )
 

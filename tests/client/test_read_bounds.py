@@ -259,7 +259,7 @@ def gzipped(status: str, kind: str) -> EndlessPeer:
     return EndlessPeer(head.encode() + GZIP_HEADER, GZIP_BLOCK)
 
 
-def asked_as_sent(peer: EndlessPeer) -> None:
+def asked_uncompressed(peer: EndlessPeer) -> None:
     assert peer.requests
     for request in peer.requests:
         assert b"\r\naccept-encoding: identity\r\n" in request.lower(), request
@@ -284,7 +284,7 @@ async def test_a_compressed_answer_is_refused_unread_and_the_stream_retried(
     # be past every limit before the count saw it.
     caplog.set_level(logging.INFO, "clarion.client")
     await retried(peer, transport, open_timeout=None)
-    asked_as_sent(peer)
+    asked_uncompressed(peer)
     dropped_within(peer, 0)
     assert GZIPPED in caplog.text
 
@@ -294,7 +294,7 @@ async def test_a_compressed_api_reply_fails_the_request_unread(peer: EndlessPeer
     async with connect(peer.url, api_key="k") as client:
         with pytest.raises(ConnectionLost, match="content-encoding 'gzip'"):
             await client.history("chat:lobby")
-    asked_as_sent(peer)
+    asked_uncompressed(peer)
     await until(lambda: peer.sent, wait=20)  # the peer sees the hang-up after the client
     dropped_within(peer, 0)
 
@@ -309,5 +309,5 @@ async def test_the_cli_refuses_a_compressed_answer_in_one_line(peer: EndlessPeer
     assert proc.returncode not in (0, None)
     assert b"Traceback" not in err
     assert GZIPPED.encode() in err, err
-    asked_as_sent(peer)
+    asked_uncompressed(peer)
     dropped_within(peer, 0)

@@ -41,9 +41,9 @@ class Target:
         except ValueError as exc:
             raise ClarionError(f"--url: {exc}", code=LocalCode.UNREACHABLE) from None
         from clarion.client.bounds import (
-            AS_SENT,
             MAX_ERROR_BYTES,
             MAX_REPLY_BYTES,
+            UNCOMPRESSED,
             Dropped,
             dropped,
             read_body_sync,
@@ -55,7 +55,7 @@ class Target:
                 method,
                 url,
                 content=None if body is None else orjson.dumps(body),
-                headers={"Content-Type": "application/json", **AS_SENT, **self.headers()},
+                headers={"Content-Type": "application/json", **UNCOMPRESSED, **self.headers()},
                 timeout=timeout,
             ) as streamed:
                 # Read within the client's bounds: whatever answers at the URL may never end.

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from clarion.client.bounds import AS_SENT, Dropped, ReadLimits, dropped, read_answer
+from clarion.client.bounds import UNCOMPRESSED, Dropped, ReadLimits, dropped, read_answer
 from clarion.client.endpoints import Endpoints
 from clarion.client.errors import (
     ConnectFailed,
@@ -99,7 +99,7 @@ class HttpApi:
         # Every SSE or poll subscription holds a connection of its own for as long as it lives.
         self.http = httpx.AsyncClient(
             timeout=timeout,
-            headers={"Accept": "application/json", **AS_SENT},
+            headers={"Accept": "application/json", **UNCOMPRESSED},
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         )
 

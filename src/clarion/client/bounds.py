@@ -13,9 +13,9 @@ set from what a real hub can send (docs/client.md, "Limits on what the client re
 - :data:`MAX_ERROR_BYTES` (64 KiB): the body of an error answer (a 4xx or 5xx), a few hundred
   bytes from a hub.
 
-The limits count bytes as sent, so every request asks for them so (:data:`AS_SENT`): a compressed
-answer inflates a thousandfold from one read, before its size is known. One compressed anyway is
-refused unread (:class:`Compressed`).
+The limits count the bytes that come, so every request asks for its answer uncompressed
+(:data:`UNCOMPRESSED`): a compressed answer inflates a thousandfold from one read, before its
+size is known. One compressed anyway is refused unread (:class:`Compressed`).
 
 Past a limit the connection is dropped and the attempt fails: :class:`Dropped` is a
 :class:`Retry`, so a stream or a WebSocket connection tries again after the backoff delay, and a
@@ -37,7 +37,7 @@ MAX_REPLY_BYTES = 8 * 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 
 # Every request's: what the hub sends is not compressed, and what the limits count is what came.
-AS_SENT = {"Accept-Encoding": "identity"}
+UNCOMPRESSED = {"Accept-Encoding": "identity"}
 
 _BREAK = re.compile(rb"\r\n?|\n")  # an SSE line ends at CRLF, CR or LF
 # Headers that describe the body as sent: a copy holding the body as read has none of them.
@@ -80,8 +80,8 @@ def dropped(url: str, exc: Dropped) -> str:
     return f"{url} sent {exc}: the connection was dropped"
 
 
-def as_sent(response: httpx.Response) -> None:
-    """Raise :class:`Compressed` unless ``response``'s body comes as sent (before any is read)."""
+def refuse_compressed(response: httpx.Response) -> None:
+    """Raise :class:`Compressed` if ``response``'s body is compressed (before any is read)."""
     coding = response.headers.get("content-encoding", "identity").strip().lower()
     if coding not in ("", "identity"):
         raise Compressed(coding)
@@ -100,7 +100,7 @@ class _Body:
     def __init__(self, response: httpx.Response, limit: int, what: str, option: str | None):
         self.data = bytearray()
         self.limit, self.what, self.option = limit, what, option
-        as_sent(response)
+        refuse_compressed(response)
         declared = _declared(response)
         if declared is not None and declared > limit:
             raise TooLarge(what, limit, option)

@@ -18,7 +18,7 @@ import httpx
 
 from clarion.client.api import HttpApi, failure
 from clarion.client.backoff import Backoff
-from clarion.client.bounds import Dropped, as_sent, dropped, read_answer
+from clarion.client.bounds import Dropped, dropped, read_answer, refuse_compressed
 from clarion.client.errors import Disconnected, TransportUnavailable
 from clarion.client.items import Message, Reset
 from clarion.client.refusals import refused, stops
@@ -72,7 +72,7 @@ class StreamContext:
 
 async def check(response: httpx.Response, ctx: StreamContext, path: str) -> None:
     """Raise what a non-200 answer to a stream request means; return on 200."""
-    as_sent(response)  # whatever its status: a compressed body is not read
+    refuse_compressed(response)  # whatever its status: a compressed body is not read
     status = response.status_code
     if status == 200:
         return

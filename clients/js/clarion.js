@@ -96,6 +96,10 @@ export function shouldReconnect(code) {
 
 export const TOKEN_EXPIRED = 4004;
 const CAPPED = 4503; // too many connections (of one address, of one user)
+// Tries of a replacement refused over a cap that the stream it replaces counted for: a busy hub
+// lets go of that one a little after it is cut. The waits double from the backoff's base: 31
+// times it in all (15.5 s by default) before the refusal is taken as the hub's word.
+const CAPPED_TRIES = 6;
 
 // The rule of an error code; for a code outside the table (an application's own refusal, a
 // proxy's answer), the rule its HTTP status implies (`status` 0: it came over WebSocket).
@@ -1414,6 +1418,18 @@ class Client extends Emitter {
     return q;
   }
 
+  // A replacement refused over a cap (of one address's or user's connections) that the stream it
+  // replaces counted for: that one is cut now (_handOver), and the same request goes again, as
+  // the only stream, once the hub has let it go. A busy hub notices the cut a little later: a
+  // few tries, each waiting longer. Whether to try again (after the wait).
+  async _cappedAgain(stream, beside) {
+    if (!beside && !stream.capped) return false;
+    stream.capped = (stream.capped || 0) + 1;
+    if (stream.capped >= CAPPED_TRIES) return false;
+    await sleep(Math.min(this.base * 2 ** (stream.capped - 1), this.cap));
+    return true;
+  }
+
   // An HTTP answer that is not the stream: a clarion error (JSON) is the hub speaking; anything
   // else (a proxy's page, a refused request) means this transport does not work here.
   // `beside`: the request was made beside the stream it replaces (_sseLoop).
@@ -1424,10 +1440,7 @@ class Client extends Emitter {
     const error = body?.error?.code ? new ClarionError(body.error, r.status) : null;
     if (!error) return this._failed(stream.gen, { reason: `HTTP ${r.status}` });
     if (error.code === "bad_cursor" && this._dropCursor(error.cursor)) return "again";
-    if (beside && error.code === "too_many_connections") {
-      // The hub counted the stream this one replaces, which is cut now (_handOver): the same
-      // request once more, as the only stream, once the hub has let that one go.
-      await sleep(this.base);
+    if (error.code === "too_many_connections" && (await this._cappedAgain(stream, beside))) {
       return this._live(stream) ? "again" : "ended";
     }
     // The hub allows shorter polls than asked for: a matter of this client's, not of its
@@ -1584,6 +1597,7 @@ class Client extends Emitter {
             opened = true;
             attempt = 0;
             stream.refreshed = false;
+            stream.capped = 0;
             this._streamOpened(stream, id, resets);
           }
         },
@@ -1627,11 +1641,11 @@ class Client extends Emitter {
       if (!this._live(stream)) return;
       stream.asking = false;
       if (disconnect && endsClient(disconnect.code, disconnect.reconnect, this.refreshable)) {
-        if (!(beside && disconnect.code === CAPPED)) return this._stop(stream.gen, disconnect);
-        // A replacement over a cap that the stream it replaced counted for: once that one is
-        // cut (and the hub has let it go), the same request, as the only stream.
+        if (disconnect.code !== CAPPED || !(beside || stream.capped)) {
+          return this._stop(stream.gen, disconnect);
+        }
         if (this._handOver(stream)) return;
-        await sleep(this.base);
+        if (!(await this._cappedAgain(stream, beside))) return this._stop(stream.gen, disconnect);
         continue;
       }
       if (this._handOver(stream)) return;

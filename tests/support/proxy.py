@@ -22,6 +22,7 @@ class FaultProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self.latency = 0.0  # seconds added to every chunk, each way
+        self.close_delay = 0.0  # seconds before one side's end reaches the other
         self.split_head = 0.0  # seconds between an answer's head and the bytes after it
         self.refuse = False
         self.port = 0
@@ -108,6 +109,8 @@ class FaultProxy:
                 if pair in self._frozen:
                     await asyncio.Event().wait()  # for good, even a close: cancelled by close()
                 if not chunk:
+                    if self.close_delay:
+                        await asyncio.sleep(self.close_delay)
                     break
                 if self.latency:
                     await asyncio.sleep(self.latency)

@@ -23,6 +23,7 @@ from clarion.engines.redis.pubsub import PubSubLink
 from clarion.errors import ConfigError, EngineUnavailable
 from clarion.protocol.publication import StreamPosition
 from clarion.settings import NamespaceOptions, Settings
+from clarion.tasks import stop
 
 from ..conftest import timeout as scaled
 from ..conftest import until
@@ -175,10 +176,11 @@ async def renewed(raw: aioredis.Redis, zset: str, *members: str) -> None:
 
 async def crash(node: RedisEngine) -> float:
     """Stop ``node`` as a crash would: its refreshes stop and nothing is cleaned up. Its last
-    refresh runs first, so its leases outlive it by the whole TTL from the time returned."""
-    for task in node._tasks:
-        task.cancel()
-    await asyncio.gather(*node._tasks, return_exceptions=True)
+    refresh runs first, so its leases outlive it by the whole TTL from the time returned.
+
+    Stopped as the engine stops them, not cancelled and awaited: a refresh whose write ends as
+    the cancel comes loses it inside redis-py (see clarion.tasks) and would refresh on."""
+    await stop(node._tasks)
     refreshed = time.monotonic()
     await node._refresh()
     if node._presence is not None:

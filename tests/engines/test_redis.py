@@ -78,6 +78,36 @@ async def test_publications_cross_nodes(nodes: Callable[..., Any]) -> None:
     assert c_sink.offsets("c") == []
 
 
+async def test_a_moments_subscriptions_go_out_together_and_end_as_the_last_call_said(
+    nodes: Callable[..., Any], raw: aioredis.Redis
+) -> None:
+    """A stream of many channels (or a burst of sessions) subscribes its node to them at once:
+    one SUBSCRIBE of them all, not one command each. Calls for one channel made in the same
+    moment still take effect in call order."""
+    a, sink = await nodes("check_interval=30")
+    before = await command_calls(raw, "subscribe")
+    await asyncio.gather(*(a.subscribe(f"wide{i}") for i in range(100)))
+    assert await command_calls(raw, "subscribe") - before == 1
+    numsub = dict(await raw.pubsub_numsub(*(a.keys.pubsub(f"wide{i}") for i in range(100))))
+    assert set(numsub.values()) == {1}
+
+    # Let go and taken again, let go, taken and let go: each ends as its last call said,
+    # and a subscribe let go of in the same moment is still answered.
+    await asyncio.gather(
+        a.unsubscribe("wide0"),
+        a.subscribe("wide0"),
+        a.unsubscribe("wide1"),
+        a.subscribe("fresh"),
+        a.unsubscribe("fresh"),
+    )
+    names = [a.keys.pubsub(c) for c in ("wide0", "wide1", "fresh")]
+    assert [n for _, n in await raw.pubsub_numsub(*names)] == [1, 0, 0]
+    for channel in ("wide1", "fresh", "wide0"):
+        await a.publish(channel, channel, OPTS)
+    await eventually(lambda: sink.offsets("wide0") == [1])
+    assert sink.offsets("wide1") == sink.offsets("fresh") == []
+
+
 async def test_idempotency_is_cluster_wide(nodes: Callable[..., Any]) -> None:
     a, _ = await nodes()
     b, _ = await nodes()

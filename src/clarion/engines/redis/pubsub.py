@@ -5,8 +5,10 @@ by Redis (output buffer limit, killed client), is gone. The link therefore repor
 (re)connection through ``on_resubscribed`` once all wanted channels are subscribed again, so
 that the engine can compare each channel's stored position with the last one it saw.
 
-Subscribe and unsubscribe calls for one channel may interleave; they go out under one FIFO
-lock, in call order, so Redis ends in the state of the last call. ``subscribe`` returns once
+Subscribe and unsubscribe calls for one channel may interleave; they are queued in call order
+and go out in that order, so Redis ends in the state of the last call. The calls of one loop
+iteration go out together, in one write (a stream of many channels, a burst of sessions): the
+adjacent ones of one kind as one command of many channels. ``subscribe`` returns once
 Redis has confirmed the subscription: from then on, every publication reaches this node (or
 its loss is detectable), which is what lets the hub read history right after without a gap.
 
@@ -27,13 +29,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from clarion.engines.redis.batch import pack_command
 from clarion.engines.redis.keys import Keys
 from clarion.errors import EngineUnavailable
 from clarion.tasks import stop
 
 log = logging.getLogger("clarion.engines.redis")
 
-SUBSCRIBE_BATCH = 500  # channels per SUBSCRIBE command when resubscribing
+SUBSCRIBE_BATCH = 500  # channels per SUBSCRIBE (or UNSUBSCRIBE) command
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 
@@ -61,7 +64,9 @@ class PubSubLink:
         self._on_resubscribed = on_resubscribed
         self._client_name = client_name
         self.wanted: set[str] = set()
-        self._order = asyncio.Lock()  # FIFO: commands leave in call order
+        self._order = asyncio.Lock()  # a reconnect's batch and the queued commands, in turn
+        self._queued: list[tuple[str, str]] = []  # (command, argument), in call order
+        self._sender: asyncio.Task[None] | None = None  # sends what is queued, then ends
         self._conn: Any = None
         # Per channel, groups of subscribe() calls, each satisfied by one confirmation.
         self._pending: dict[str, deque[list[asyncio.Future[None]]]] = {}
@@ -102,9 +107,9 @@ class PubSubLink:
     async def close(self) -> None:
         self._closed = True
         self._up.set()  # a start() still waiting gives up now, not at its timeout
-        if self._task is not None:
-            await stop([self._task])
-            self._task = None
+        await stop([task for task in (self._task, self._sender) if task is not None])
+        self._task = None
+        self._queued.clear()
         for groups in self._pending.values():
             for group in groups:
                 for fut in group:
@@ -119,10 +124,9 @@ class PubSubLink:
         On failure the channel stays wanted: the caller unsubscribes to undo it.
         """
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        async with self._order:
-            self.wanted.add(channel)
-            self._pending.setdefault(channel, deque()).append([fut])
-            await self._send(self._subscribe_cmd, self._keys.pubsub(channel))
+        self.wanted.add(channel)
+        self._pending.setdefault(channel, deque()).append([fut])
+        self._queue(self._subscribe_cmd, self._keys.pubsub(channel))
         try:
             async with asyncio.timeout(timeout):
                 await fut
@@ -132,9 +136,8 @@ class PubSubLink:
             ) from None
 
     async def unsubscribe(self, channel: str) -> None:
-        async with self._order:
-            self.wanted.discard(channel)
-            await self._send("S" * self._sharded + "UNSUBSCRIBE", self._keys.pubsub(channel))
+        self.wanted.discard(channel)
+        self._queue("S" * self._sharded + "UNSUBSCRIBE", self._keys.pubsub(channel))
 
     async def heartbeat(self) -> None:
         """Called periodically: a PING left unanswered since the last call means a dead link."""
@@ -146,19 +149,57 @@ class PubSubLink:
             await conn.disconnect(nowait=True)
             return
         self._pings_sent += 1
-        async with self._order:
-            await self._send("PING", f"hb-{self._pings_sent}")
+        self._queue("PING", f"hb-{self._pings_sent}")
 
-    async def _send(self, *args: str) -> None:
-        """Send on the live connection; when it is down, the next one's batch covers it."""
-        conn = self._conn
-        if conn is None:
+    def _queue(self, command: str, argument: str) -> None:
+        if self._closed:
             return
+        self._queued.append((command, argument))
+        if self._sender is None:
+            # Its first step comes after this iteration's other calls: they go with this one.
+            self._sender = asyncio.get_running_loop().create_task(
+                self._send_queued(), name="clarion-redis-pubsub-send"
+            )
+
+    async def _send_queued(self) -> None:
+        """Send what is queued on the live connection, one write at a time; when it is down,
+        the next one's batch covers it (``wanted``)."""
         try:
-            await conn.send_command(*args, check_health=False)
-        except Exception as exc:
-            # The reader fails on the same connection and reconnects.
-            log.debug("redis pub/sub send failed: %s", exc)
+            while self._queued:
+                async with self._order:
+                    queued, self._queued = self._queued, []
+                    conn = self._conn
+                    if conn is None:
+                        continue
+                    try:
+                        await conn.send_packed_command(
+                            self._packed(conn, queued), check_health=False
+                        )
+                    except Exception as exc:
+                        # The reader fails on the same connection and reconnects.
+                        log.debug("redis pub/sub send failed: %s", exc)
+        finally:
+            self._sender = None
+
+    def _packed(self, conn: Any, queued: list[tuple[str, str]]) -> list[bytes]:
+        # Adjacent (un)subscriptions as one command, except a cluster's: one slot per command.
+        commands: list[list[str]] = []
+        for command, argument in queued:
+            last = commands[-1] if commands else None
+            if (
+                last is not None
+                and last[0] == command
+                and command.endswith("SUBSCRIBE")
+                and not self._sharded
+                and len(last) <= SUBSCRIBE_BATCH
+            ):
+                last.append(argument)
+            else:
+                commands.append([command, argument])
+        if pack_command is None:  # pragma: no cover - an older hiredis: the client library packs
+            packed: list[bytes] = conn.pack_commands(commands)
+            return packed
+        return [pack_command(tuple(command)) for command in commands]
 
     # ---- the connection ---------------------------------------------------------------------
 

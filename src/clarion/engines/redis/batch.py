@@ -378,6 +378,21 @@ class Batcher:
                 raise result
         return list(results)
 
+    async def commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Run plain commands at once, as one pipeline (periodic checks); returns their raw
+        replies, or raises the first error."""
+        if isinstance(self._client, Redis) and pack_command is not None:
+            results = await _exchange(self._client.connection_pool, commands)
+        else:  # a cluster's: routed by key
+            pipe = self._client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return list(results)
+
     async def close(self, timeout: float) -> None:
         """Refuse new commands; let those queued or under way finish, for at most ``timeout``;
         fail the others."""
@@ -502,25 +517,31 @@ async def _on_shards(
 
 
 async def _on_one_connection(pool: Any, calls: list[Call], wait: Wait | None = None) -> list[Any]:
-    """The calls as one write and their replies in order, on one pooled connection.
+    """The calls as one write and their replies in order, on one pooled connection; with
+    ``wait``, followed by WAIT, whose reply decides the durable calls' results."""
+    commands = [c.command() for c in calls]
+    if wait is None:
+        return await _exchange(pool, commands)
+    results = await _exchange(pool, [*commands, ("WAIT", *wait)], wait[1] / 1000)
+    return _acknowledged(calls, results[:-1], results[-1], wait)
+
+
+async def _exchange(pool: Any, commands: list[tuple[Any, ...]], longer: float = 0.0) -> list[Any]:
+    """The commands as one write and their replies in order, on one pooled connection.
 
     What the client library's non-transactional pipeline does, without its per-command
     layers (packing in Python, response callbacks, retries, observability): the batcher's
     calls are scripts and plain commands whose raw replies are what the callers want, and a
-    reconnect storm sends thousands of them. An error reply is that call's result; anything
+    reconnect storm sends thousands of them. An error reply is that command's result; anything
     else (a lost connection, a timeout) fails them all and closes the connection, whose
-    replies would no longer match what was asked.
+    replies would no longer match what was asked. ``longer``: seconds a command may take
+    beyond the connection's timeout (WAIT answers after up to its own).
     """
     assert pack_command is not None
-    commands = [c.command() for c in calls]
     deadline = None
     connection = await pool.get_connection()
     if connection.socket_timeout is not None:
-        deadline = connection.socket_timeout
-    if wait is not None:
-        commands.append(("WAIT", *wait))
-        if deadline is not None:
-            deadline += wait[1] / 1000  # WAIT answers after up to its timeout
+        deadline = connection.socket_timeout + longer
     try:
         await connection.send_packed_command(b"".join(pack_command(c) for c in commands))
         results: list[Any] = []
@@ -540,6 +561,4 @@ async def _on_one_connection(pool: Any, calls: list[Call], wait: Wait | None = N
         raise
     finally:
         await pool.release(connection)
-    if wait is not None:
-        return _acknowledged(calls, results[:-1], results[-1], wait)
     return results

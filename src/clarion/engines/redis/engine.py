@@ -147,7 +147,7 @@ class RedisEngine:
         )
         self._reads = SharedReads(self._batch, self._history, self._history_keys, self._decoded)
         self._health = HealthCheck(client, cluster=bool(self.target.cluster))
-        self._positions.client = client
+        self._positions.batch = self._batch
         self.limits = ClusterLimits(
             client, self.keys, _ms(self.presence_ttl), self._batch, self.node_id
         )

@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from clarion.engines.base import History
+from clarion.engines.redis.batch import Batcher
 from clarion.engines.redis.keys import Keys
 from clarion.protocol.publication import Publication, StreamPosition
 from clarion.settings import NamespaceOptions
@@ -49,7 +49,7 @@ class Positions:
         self._deliver = deliver  # to the hub; False when there is no hub to deliver to
         self._batch = batch  # publications per history read
         self._announced = announced  # compare with the announced top (wait_replicas)
-        self.client: Any = None  # the engine's, once started
+        self.batch: Batcher | None = None  # the engine's, once started
         self.seen: dict[str, StreamPosition] = {}  # subscribed channel -> last position seen
         self._lock = asyncio.Lock()
         self.recovered = 0  # publications read back from streams after pub/sub lost them
@@ -68,15 +68,14 @@ class Positions:
 
     async def resync(self, channels: list[str]) -> None:
         """Compare each channel's stored position with the last one seen; catch up the lagging."""
+        assert self.batch is not None, "checked once started"
         async with self._lock:
             lagging: list[str] = []
             fields = ("e", "s", "a") if self._announced else ("e", "s")
             for i in range(0, len(channels), CHECK_BATCH):
                 chunk = channels[i : i + CHECK_BATCH]
-                pipe = self.client.pipeline(transaction=False)
-                for channel in chunk:
-                    pipe.hmget(self._keys.meta(channel), *fields)
-                rows = await pipe.execute()
+                meta = self._keys.meta
+                rows = await self.batch.commands([("HMGET", meta(c), *fields) for c in chunk])
                 for channel, (epoch, top, *announced) in zip(chunk, rows, strict=True):
                     seen = self.seen.get(channel)
                     if seen is None or epoch is None:

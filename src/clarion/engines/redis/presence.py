@@ -132,11 +132,13 @@ class RedisPresence:
     async def _known(self, channels: list[str], lease_ms: int) -> None:
         """Record leases on ``channels`` until ``lease_ms`` from now, at least. Failing (the
         index's shard unreachable), the entry holds all the same: a refresh records it."""
+        index = self._keys.presence_channels()
         try:
-            await self._batch.script(
-                self._channels_hold,
-                keys=[self._keys.presence_channels()],
-                args=[lease_ms, *channels],
+            # Those of one moment (a stream's many channels, a burst of sessions) are one call:
+            # the index is one key. A family per lease: the script raises scores only (ZADD GT),
+            # so the calls of different leases may run in any order.
+            await self._batch.join(
+                (index, lease_ms), self._channels_hold, [index], [lease_ms], [], channels
             )
         except (RedisError, OSError, TimeoutError) as exc:
             # Said at DEBUG: the refresh meets the same shard and the engine warns of it then.

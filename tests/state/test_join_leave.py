@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -259,6 +260,48 @@ async def test_client_mode_keeps_per_client_events(nodes: Callable[..., Any]) ->
         while "leave" not in (msg := await bob.recv()):
             pass
         assert msg["leave"]["user"] == "alice" and "client" in msg["leave"]
+
+
+async def test_a_burst_of_joins_in_many_rooms_is_heard_once_each(
+    nodes: Callable[..., Any],
+) -> None:
+    """Clients joining many rooms at once: each join reaches the other node's reader once, and
+    each leave after it (on Redis they go out together, sharing pipelines)."""
+    watching = await nodes(**settings("client"))
+    joining = await nodes(**settings("client"))
+    rooms = [f"room:burst{i}" for i in range(8)]
+    users = [f"user{i}" for i in range(12)]
+    async with watching.ws(additional_headers=bearer("bob")) as bob:
+        for room in rooms:
+            await bob.subscribe(room)
+
+        async def heard(kind: str) -> list[tuple[str, str]]:
+            got: list[tuple[str, str]] = []
+            while len(got) < len(rooms) * len(users):
+                msg = await bob.recv(timeout(10))
+                if kind in msg and msg[kind]["user"] != "bob":  # his own join comes too
+                    got.append((msg[kind]["channel"], msg[kind]["user"]))
+            return sorted(got)
+
+        async def join_all(conn: WS) -> None:
+            for room in rooms:
+                await conn.subscribe(room)
+
+        expected = sorted((room, user) for room in rooms for user in users)
+        # Each tab hears every other's joins too, unread: a bounded queue would hold back its
+        # reads, and with them its close.
+        async with contextlib.AsyncExitStack() as tabs:
+            conns = await asyncio.gather(
+                *(
+                    tabs.enter_async_context(
+                        joining.ws(additional_headers=bearer(u), max_queue=None)
+                    )
+                    for u in users
+                )
+            )
+            await asyncio.gather(*map(join_all, conns))
+            assert await heard("join") == expected
+        assert await heard("leave") == expected
 
 
 async def test_a_node_shutting_down_sends_its_clients_leaves(

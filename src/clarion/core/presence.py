@@ -430,12 +430,27 @@ class Roster:
         if before is not None and not before.done():
             await asyncio.wait([before])  # in order, across batches too
         broadcast = self.hub.engine.broadcast_event
-        for channel, events in batch.items():
-            for kind, event in events.values():
+        sent = [(c, kind, event) for c, events in batch.items() for kind, event in events.values()]
+        outcomes: list[BaseException | None] = []
+        if self.hub.publishes_inline:  # each one done at once: no task each
+            for channel, kind, event in sent:
                 try:
                     await broadcast(channel, kind, event)
-                except ClarionError as exc:  # e.g. the engine is unreachable
-                    log.warning("presence %s on %s failed: %s", kind, channel, exc.message)
+                    outcomes.append(None)
+                except ClarionError as exc:
+                    outcomes.append(exc)
+        else:
+            # All at once, in this order: on Redis they share pipelines, where one after
+            # another they cost a round trip each and fell behind a burst of sessions.
+            outcomes = await asyncio.gather(
+                *(broadcast(channel, kind, event) for channel, kind, event in sent),
+                return_exceptions=True,
+            )
+        for (channel, kind, _), outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, ClarionError):  # e.g. the engine is unreachable
+                log.warning("presence %s on %s failed: %s", kind, channel, outcome.message)
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     async def join(self, session: Session, sub: Subscription) -> None:
         """Add the session to ``sub``'s channel and announce it, once per subscription.

@@ -658,8 +658,9 @@ class RedisEngine:
     # ---- events, control, health ------------------------------------------------------------
 
     async def broadcast_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
+        # Batched with the iteration's other calls: a burst of joins shares pipelines.
         try:
-            await self._client.execute_command(
+            await self._batch.command(
                 self._publish_command, self.keys.pubsub(channel), encode_event(kind, event)
             )
         except (RedisError, OSError, TimeoutError) as exc:

@@ -1,0 +1,141 @@
+"""A burst of sessions joining the presence of many rooms on Redis: how soon a watcher hears
+of every join, and what the burst costs the hub.
+
+``clarion serve`` on a ``redis-server`` of its own, with one namespace, ``room``: anonymous,
+presence readable by anyone, ``join_leave = "client"``. ``--clients`` WebSocket connections
+open at once and each subscribes to ``--rooms`` rooms of its own; watchers, subscribed to every
+room beforehand, hear each join, which the hub sends through Redis (one node here, as on every
+node of a cluster). Printed: seconds from the first connection until every client was
+subscribed and until the watchers heard the last join, the hub's and Redis' CPU seconds over
+that span, and the ``PUBLISH`` commands Redis ran::
+
+    .venv/bin/python -m benchmarks.presence_burst --clients 500 --rooms 10
+
+``--src DIR`` runs the hub from another tree's ``src`` (one built with its extension), to
+compare two trees on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import websockets
+from redis import Redis
+from websockets.typing import Subprotocol
+
+from benchmarks.loadgen import proc_cpu_seconds
+from benchmarks.servers import CLARION_ENV, free_port, start_redis, wait_healthy
+
+PROTOCOL = [Subprotocol("clarion.v1")]
+WATCHED = 125  # rooms per watcher: within a connection's 128 subscriptions
+CONFIG = '[namespaces.room]\nanonymous = true\npresence_read = "anyone"\njoin_leave = "client"\n'
+
+
+def _publishes(redis: Redis) -> int:
+    stats: dict[str, Any] = redis.info("commandstats")  # type: ignore[assignment]
+    return int(stats.get("cmdstat_publish", {}).get("calls", 0))
+
+
+def _redis_cpu(redis: Redis) -> float:
+    info: dict[str, Any] = redis.info("cpu")  # type: ignore[assignment]
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def _subscribed(url: str, rooms: list[str]) -> Any:
+    """A connection subscribed to every room of ``rooms`` (each reply read)."""
+    conn = await websockets.connect(url, subprotocols=PROTOCOL, max_queue=None)
+    for i, room in enumerate(rooms):
+        await conn.send(json.dumps({"id": i, "op": "subscribe", "channel": room}))
+    replies = 0
+    while replies < len(rooms):
+        frame = json.loads(await conn.recv())
+        if "error" in frame:
+            raise RuntimeError(f"subscribe refused: {frame}")
+        replies += "ok" in frame
+    return conn
+
+
+async def _joins(conn: Any, expected: int) -> None:
+    """Read ``conn`` until it has heard ``expected`` joins."""
+    heard = 0
+    while heard < expected:
+        heard += "join" in json.loads(await conn.recv())
+
+
+async def burst(port: int, pid: int, redis: Redis, clients: int, rooms: int) -> dict[str, Any]:
+    url = f"ws://127.0.0.1:{port}/ws"
+    # Rooms of their own: a joining client hears its own joins only, so that what is measured
+    # is the hub sending the joins, not each client reading everyone else's.
+    own = [[f"room:c{i}-r{j}" for j in range(rooms)] for i in range(clients)]
+    every = [room for mine in own for room in mine]
+    groups = [every[i : i + WATCHED] for i in range(0, len(every), WATCHED)]
+    watchers = await asyncio.gather(*(_subscribed(url, group) for group in groups))
+    hearing = [
+        asyncio.create_task(_joins(w, len(g))) for w, g in zip(watchers, groups, strict=True)
+    ]
+    publishes, cpu, redis_cpu = _publishes(redis), proc_cpu_seconds([pid]), _redis_cpu(redis)
+    start = time.monotonic()
+    conns = await asyncio.gather(*(_subscribed(url, mine) for mine in own))
+    subscribed = time.monotonic() - start
+    try:
+        await asyncio.wait_for(asyncio.gather(*hearing), 120)
+        elapsed = time.monotonic() - start
+        spent = proc_cpu_seconds([pid]) - cpu
+        spent_redis = _redis_cpu(redis) - redis_cpu
+        published = _publishes(redis) - publishes
+    finally:
+        for conn in [*watchers, *conns]:
+            await conn.close()
+    return {
+        "clients": clients,
+        "rooms_each": rooms,
+        "seconds_to_all_subscribed": round(subscribed, 3),
+        "seconds_to_last_join": round(elapsed, 3),
+        "hub_cpu_seconds": round(spent, 3),
+        "redis_cpu_seconds": round(spent_redis, 3),
+        "redis_publish_commands": published,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=500)
+    p.add_argument("--rooms", type=int, default=10)
+    p.add_argument("--src", help="run the hub from this tree's src directory")
+    a = p.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="clarion-presence-burst-"))
+    redis_server = start_redis(workdir, core=None)
+    (workdir / "clarion.toml").write_text(CONFIG)
+    env = {**os.environ, **CLARION_ENV}
+    if a.src:
+        env["PYTHONPATH"] = str(Path(a.src).resolve())
+    port = free_port()
+    engine = f"redis://127.0.0.1:{redis_server.port}/0"
+    cmd = [sys.executable, "-m", "clarion", "serve", "--port", str(port), "--engine", engine]
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    redis = Redis(port=redis_server.port)
+    try:
+        wait_healthy(port, proc, 30)
+        result = asyncio.run(burst(port, proc.pid, redis, a.clients, a.rooms))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+        redis.close()
+        redis_server.stop()
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

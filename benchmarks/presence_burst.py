@@ -7,7 +7,9 @@ open at once and each subscribes to ``--rooms`` rooms of its own; watchers, subs
 room beforehand, hear each join, which the hub sends through Redis (one node here, as on every
 node of a cluster). Printed: seconds from the first connection until every client was
 subscribed and until the watchers heard the last join, the hub's and Redis' CPU seconds over
-that span, and the ``PUBLISH`` commands Redis ran::
+that span, and the ``PUBLISH`` commands Redis ran. Then every client asks for the presence of
+each of its rooms at once (a chat client showing who is there): seconds until every answer came,
+and the hub's and Redis' CPU seconds for them::
 
     .venv/bin/python -m benchmarks.presence_burst --clients 500 --rooms 10
 
@@ -64,6 +66,18 @@ async def _subscribed(url: str, rooms: list[str]) -> Any:
     return conn
 
 
+async def _listed(conn: Any, rooms: list[str]) -> None:
+    """Ask for the presence of each room at once; read until every answer came."""
+    for i, room in enumerate(rooms):
+        await conn.send(json.dumps({"id": f"p{i}", "op": "presence", "channel": room}))
+    answers = 0
+    while answers < len(rooms):
+        frame = json.loads(await conn.recv())
+        if "error" in frame:
+            raise RuntimeError(f"presence refused: {frame}")
+        answers += str(frame.get("id", "")).startswith("p")
+
+
 async def _joins(conn: Any, expected: int) -> None:
     """Read ``conn`` until it has heard ``expected`` joins."""
     heard = 0
@@ -92,6 +106,15 @@ async def burst(port: int, pid: int, redis: Redis, clients: int, rooms: int) -> 
         spent = proc_cpu_seconds([pid]) - cpu
         spent_redis = _redis_cpu(redis) - redis_cpu
         published = _publishes(redis) - publishes
+        # Then each client asks who is in each of its rooms, all at once.
+        cpu, redis_cpu = proc_cpu_seconds([pid]), _redis_cpu(redis)
+        start = time.monotonic()
+        await asyncio.wait_for(
+            asyncio.gather(*(_listed(c, mine) for c, mine in zip(conns, own, strict=True))), 120
+        )
+        listed = time.monotonic() - start
+        listing_cpu = proc_cpu_seconds([pid]) - cpu
+        listing_redis = _redis_cpu(redis) - redis_cpu
     finally:
         for conn in [*watchers, *conns]:
             await conn.close()
@@ -103,6 +126,9 @@ async def burst(port: int, pid: int, redis: Redis, clients: int, rooms: int) -> 
         "hub_cpu_seconds": round(spent, 3),
         "redis_cpu_seconds": round(spent_redis, 3),
         "redis_publish_commands": published,
+        "seconds_to_all_listed": round(listed, 3),
+        "listing_hub_cpu_seconds": round(listing_cpu, 3),
+        "listing_redis_cpu_seconds": round(listing_redis, 3),
     }
 
 
@@ -115,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="clarion-presence-burst-"))
     redis_server = start_redis(workdir, core=None)
     (workdir / "clarion.toml").write_text(CONFIG)
-    env = {**os.environ, **CLARION_ENV}
+    # Every client reads from one address: more ops than one address may send.
+    many = str(1 << 40)
+    env = {
+        **os.environ,
+        **CLARION_ENV,
+        "CLARION_LIMITS__CLIENT_COMMAND_RATE": many,
+        "CLARION_LIMITS__CLIENT_COMMAND_BURST": many,
+    }
     if a.src:
         env["PYTHONPATH"] = str(Path(a.src).resolve())
     port = free_port()

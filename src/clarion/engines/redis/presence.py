@@ -216,7 +216,8 @@ class RedisPresence:
         args = [self._ttl_ms, -1 if limit is None else limit]
         try:
             # An ended lease stays a TTL more for lapsed() to find: its leave is sent then.
-            flat = await self._get(keys=self._channel_keys(channel), args=args)
+            # Batched with the iteration's other calls: a burst of readers shares pipelines.
+            flat = await self._batch.script(self._get, self._channel_keys(channel), args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise unavailable(exc, f"reading presence on {channel!r}") from None
         return _entries(flat)

@@ -415,6 +415,71 @@ def _quiet_link(client: Any, name: str) -> PubSubLink:
     )
 
 
+async def test_a_subscribe_during_a_resubscribe_waits_for_its_own_confirmation(
+    redis_server: RedisServer,
+) -> None:
+    """A channel let go and taken again while the link resubscribes after a reconnect (its
+    writes waiting on a busy socket) is confirmed by its own SUBSCRIBE, after the batch's and
+    the UNSUBSCRIBE queued behind it: answered by the batch's, the subscriber would read its
+    baseline while the node was about to let go of the channel, and lose what came then."""
+    client = parse_url(redis_server.url).client()
+    raw = aioredis.Redis(port=redis_server.port)
+    keys = Keys("clarion")
+    heard: list[str] = []  # what Redis said of channel A, in order
+    held, gate = asyncio.Event(), asyncio.Event()
+    made: list[Any] = []
+
+    def connection() -> Any:
+        conn = client.connection_pool.make_connection()
+        send, read = conn.send_command, conn.read_response
+        made.append(conn)
+
+        async def send_command(*args: Any, **kwargs: Any) -> None:
+            if len(made) > 1 and args[0] == "SUBSCRIBE" and keys.pubsub("A") in args:
+                held.set()  # the reconnect's batch, inside the link's lock: a full socket
+                await gate.wait()
+            await send(*args, **kwargs)
+
+        async def read_response(*args: Any, **kwargs: Any) -> Any:
+            msg = await read(*args, **kwargs)
+            if isinstance(msg, list) and keys.channel_of(msg[1]) == "A":
+                heard.append(msg[0].decode())
+            return msg
+
+        conn.send_command, conn.read_response = send_command, read_response
+        return conn
+
+    link = PubSubLink(keys, connection, lambda c, p: None, lambda cs: None, client_name="re")
+    try:
+        await link.start(5.0)
+        await link.subscribe("A", 5.0)
+        heard.clear()
+        await raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await asyncio.wait_for(held.wait(), scaled(5))
+        await link.unsubscribe("A")
+        again = asyncio.create_task(link.subscribe("A", 5.0))
+        await asyncio.sleep(0)  # asked: its future is channel A's last
+        mine = link._pending["A"][-1][0]
+        answered_at: list[int] = []  # how much Redis had said of A when it was answered
+        confirmed = link._confirmed
+
+        def confirming(channel: bytes) -> None:
+            confirmed(channel)
+            if mine.done() and not answered_at:
+                answered_at.append(len(heard))
+
+        link._confirmed = confirming  # type: ignore[method-assign]
+        gate.set()
+        await asyncio.wait_for(again, scaled(5))
+        assert heard[:3] == ["subscribe", "unsubscribe", "subscribe"]
+        assert answered_at == [3], "answered by another SUBSCRIBE than its own"
+    finally:
+        gate.set()
+        await link.close()
+        await raw.aclose()
+        await client.aclose()
+
+
 async def test_a_close_during_the_pubsub_setup_ends_the_link(redis_server: RedisServer) -> None:
     """A close at any point of the pub/sub connection's setup ends the link at once.
 

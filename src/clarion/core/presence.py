@@ -449,8 +449,8 @@ class Roster:
         for (channel, kind, _), outcome in zip(sent, outcomes, strict=True):
             if isinstance(outcome, ClarionError):  # e.g. the engine is unreachable
                 log.warning("presence %s on %s failed: %s", kind, channel, outcome.message)
-            elif isinstance(outcome, BaseException):
-                raise outcome
+            elif isinstance(outcome, Exception):  # each said, not only the first
+                log.error("presence %s on %s failed", kind, channel, exc_info=outcome)
 
     async def join(self, session: Session, sub: Subscription) -> None:
         """Add the session to ``sub``'s channel and announce it, once per subscription.

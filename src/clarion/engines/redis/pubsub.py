@@ -169,7 +169,7 @@ class PubSubLink:
                 async with self._order:
                     queued, self._queued = self._queued, []
                     conn = self._conn
-                    if conn is None:
+                    if conn is None or not queued:  # down, or a reconnect's batch took them
                         continue
                     try:
                         await conn.send_packed_command(
@@ -242,17 +242,14 @@ class PubSubLink:
         # From here reads wait as long as the channels stay quiet; liveness is the heartbeat's.
         conn.socket_timeout = None
         async with self._order:
-            if self._control:
-                await conn.send_command("SUBSCRIBE", self._keys.control)
-            names = [self._keys.pubsub(c) for c in self.wanted]
-            step = 1 if self._sharded else SUBSCRIBE_BATCH
-            for i in range(0, len(names), step):
-                await conn.send_command(self._subscribe_cmd, *names[i : i + step])
-            # This batch yields exactly one confirmation per wanted channel, which satisfies
-            # every subscribe() still waiting from before the reconnect; later calls queue
-            # behind it with their own SUBSCRIBE.
+            # Settled before the first write, which may wait on a full socket: what is queued
+            # is covered by this batch of the channels wanted, and every subscribe() waiting
+            # takes the batch's one confirmation of its channel. A call made during the writes
+            # then queues behind the batch, with its own command and its own confirmation.
+            self._queued.clear()
+            wanted = list(self.wanted)
             pending, self._pending = self._pending, {}
-            for channel in self.wanted:
+            for channel in wanted:
                 groups = pending.pop(channel, ())
                 self._pending[channel] = deque([[fut for group in groups for fut in group]])
             for groups in pending.values():  # superseded by a later unsubscribe
@@ -260,6 +257,12 @@ class PubSubLink:
                     for fut in group:
                         if not fut.done():
                             fut.set_result(None)
+            if self._control:
+                await conn.send_command("SUBSCRIBE", self._keys.control)
+            names = [self._keys.pubsub(c) for c in wanted]
+            step = 1 if self._sharded else SUBSCRIBE_BATCH
+            for i in range(0, len(names), step):
+                await conn.send_command(self._subscribe_cmd, *names[i : i + step])
             self._generation += 1
             # Answered after every SUBSCRIBE above has taken effect.
             await conn.send_command("PING", f"resync-{self._generation}")

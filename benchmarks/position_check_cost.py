@@ -26,31 +26,12 @@ from typing import Any
 import uvloop
 from redis.asyncio import Redis
 
+from benchmarks.redis_session_cost import Sink
 from benchmarks.servers import start_redis
 from clarion.engines.redis import RedisEngine
-from clarion.protocol.publication import Publication
 from clarion.settings import NamespaceOptions, Settings
 
 CHUNK = 2000  # channels subscribed or published to at once
-
-
-class _Quiet:
-    """An engine sink that drops what it is handed."""
-
-    def on_publication(self, pub: Publication) -> None:
-        pass
-
-    def on_ephemeral(self, pub: Publication) -> None:
-        pass
-
-    def on_event(self, channel: str, kind: str, event: dict[str, Any]) -> None:
-        pass
-
-    def on_control(self, command: str, payload: dict[str, Any]) -> None:
-        pass
-
-    def on_presence_restored(self, channel: str, client: str) -> None:
-        pass
 
 
 async def _redis_command_seconds(client: Redis) -> float:
@@ -63,7 +44,7 @@ async def _redis_command_seconds(client: Redis) -> float:
 async def measure(port: int, channels: int, rounds: int) -> dict[str, Any]:
     raw = Redis(port=port, protocol=2)
     engine = RedisEngine(f"redis://127.0.0.1:{port}/0?check_interval=3600", Settings())
-    await engine.start(_Quiet())
+    await engine.start(Sink())
     names = [f"room{i}" for i in range(channels)]
     options = NamespaceOptions()
     try:

@@ -496,3 +496,58 @@ async def test_a_message_whose_deflate_stream_ends_with_a_final_block_is_read(
             raise AssertionError(f"no reply: {reply!r}")
     finally:
         sock.close()
+
+
+def _accepted_after_the_close(sock: socket.socket, bad: bytes, seconds: float) -> tuple[int, int]:
+    """Send ``bad``, read up to the hub's close frame, then go on sending for ``seconds`` as
+    fast as the socket takes it; the close code and the bytes taken after it."""
+    sock.sendall(bad)
+    received = b""
+    while len(received) < 4:  # a close frame: 0x88, its length, the code
+        data = sock.recv(1 << 16)
+        assert data, received
+        received += data
+    assert received[0] == 0x88, received
+    code = int.from_bytes(received[2:4], "big")
+    sock.setblocking(False)
+    chunk, accepted = b"\0" * 65536, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            accepted += sock.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.005)
+        except OSError:
+            break
+    return code, accepted
+
+
+@pytest.mark.parametrize(
+    ("path", "subprotocol"), [("/ws", "clarion.v1"), ("/stomp", "v12.stomp")], ids=["ws", "stomp"]
+)
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        pytest.param(frame(0x1, b"x")[:1] + bytes((1,)) + b"x", 1002, id="unmasked"),
+        pytest.param(frame(0x1, b"\xff\xfe"), 1007, id="not-utf-8"),
+        pytest.param(frame(0x2, b"\0" * 70_000), 1009, id="too-big"),
+        pytest.param(frame(0x0, b"x"), 1002, id="continuation-first"),
+    ],
+)
+async def test_nothing_is_read_after_the_hub_fails_a_connection(
+    hub_factory: Callable[..., Any], path: str, subprotocol: str, bad: bytes, code: int
+) -> None:
+    """A peer that goes on sending after it broke the protocol fills the socket buffers, not
+    the hub's time: the hub reads nothing more (RFC 6455 §7.1.7) until its close timer ends the
+    connection, and every other client is served meanwhile."""
+    running: RunningHub = await hub_factory(**settings())
+    sock = await asyncio.to_thread(connect, running.port, path, subprotocol)
+    try:
+        closed, accepted = await asyncio.to_thread(_accepted_after_the_close, sock, bad, 1.0)
+        assert closed == code
+        # Reading and dropping, the hub took hundreds of megabytes a second over loopback; not
+        # reading, the kernel's buffers take a few.
+        assert accepted < 16 << 20, accepted
+    finally:
+        sock.close()
+    await still_served(running)

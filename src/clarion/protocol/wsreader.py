@@ -109,7 +109,9 @@ class Closed:
 
 Event = str | bytes | Pong | Closed
 
-OPEN, CLOSING, CLOSED = 0, 1, 2  # CLOSING: our close frame is sent, the peer's awaited
+# CLOSING: our close frame is sent, the peer's awaited. FAILED: closed by the reader failing
+# the connection; what the peer sends after that is not to be read at all (RFC 6455 §7.1.7).
+OPEN, CLOSING, CLOSED, FAILED = 0, 1, 2, 3
 
 
 class FrameReader:
@@ -159,7 +161,7 @@ class FrameReader:
         for the frames still buffered.
         """
         events: list[Event] = []
-        if self.state == CLOSED:
+        if self.state >= CLOSED:
             return events
         buf = self._buf
         pos = 0
@@ -220,7 +222,7 @@ class FrameReader:
                 payload = apply_mask(view[pos + head + 4 : frame_end], mask)
             pos = frame_end
             if not self._frame(events, first & 0x80, opcode, payload, first & 0x40):
-                if self.state == CLOSED:
+                if self.state >= CLOSED:
                     return events
                 if pos == end:
                     self.backlog = False
@@ -371,6 +373,7 @@ class FrameReader:
     def _fail(self, events: list[Event], code: int, reason: str) -> list[Event]:
         frame = close_frame(code, reason) if self.state == OPEN else None
         self._end()
+        self.state = FAILED
         events.append(Closed(code, reason, frame, failed=True))
         return events
 

@@ -34,7 +34,7 @@ from clarion.core.limits import LogLimit, excerpt
 from clarion.protocol import deflate, handshake
 from clarion.protocol.codes import clip_reason
 from clarion.protocol.frames import OP_BINARY, OP_TEXT, binary_frame, text_frame
-from clarion.protocol.wsreader import Closed, FrameReader, Pong
+from clarion.protocol.wsreader import FAILED, Closed, FrameReader, Pong
 from clarion.server import flow
 from clarion.server.config import ClientDisconnected, Config, Registry, http_date, reset
 from clarion.server.fastws import FAST_WEBSOCKET_EXTENSION, Outbox
@@ -592,6 +592,10 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
                 closed = cast(Closed, event)
                 if closed.failed:
                     log.debug("websocket closed on a protocol error: %s", closed.reason)
+                    # Nothing more is read (RFC 6455 §7.1.7): a peer that goes on sending after
+                    # it broke the protocol fills its socket buffers, not the hub's time, until
+                    # the close timer ends the connection.
+                    self._pause_reading()
                 self.phase = Phase.CLOSING
                 self.seal()
                 if closed.frame is not None:
@@ -672,6 +676,8 @@ class WebSocketProtocol(Outbox, asyncio.Protocol):
         if self._write_blocked:
             return  # resume_writing() reads again
         reader = self._reader
+        if reader is not None and reader.state == FAILED:
+            return
         if reader is not None and reader.backlog:
             # Frames already read come first, in a later turn: the socket after them.
             if not self._parse_scheduled:

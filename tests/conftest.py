@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, settings
 from websockets.asyncio.client import ClientConnection
 
 from clarion import Hub, Settings
+from clarion.client.api import KEEPALIVE_EXPIRY
 
 
 def _taken(name: str, default: str) -> str:
@@ -137,6 +138,9 @@ class RunningHub:
         self._client: httpx.AsyncClient | None = None
 
     def http(self, **kw: Any) -> httpx.AsyncClient:
+        # As the Python client does: a connection idle for the hub's keep-alive timeout is not
+        # used again, or a request could go out as the hub closes it.
+        kw.setdefault("limits", httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY))
         return httpx.AsyncClient(base_url=self.http_url, timeout=timeout(10), **kw)
 
     async def publish(self, channel: str, data: Any, **extra: Any) -> dict[str, Any]:

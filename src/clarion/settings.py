@@ -247,7 +247,10 @@ class Limits(BaseModel):
         "(then the connection is reset)",
     )
     keepalive_timeout: float = Field(
-        5, gt=0, description="seconds an idle keep-alive HTTP connection stays open"
+        5,
+        gt=0,
+        description="seconds an idle keep-alive HTTP connection stays open; clients and "
+        "proxies should reuse one for less (the Python client lets go of it after 4 s)",
     )
     max_pending_connections: int = Field(
         10_000,

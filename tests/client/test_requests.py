@@ -16,9 +16,10 @@ from clarion.client import (
     Published,
     RequestFailed,
     TransportName,
+    api,
     connect,
 )
-from clarion.settings import PollOptions
+from clarion.settings import PollOptions, Settings
 
 from ..conftest import RunningHub, until
 from ..support.proxy import FaultProxy
@@ -283,3 +284,24 @@ async def test_a_channel_left_before_its_first_poll_was_answered_is_left(
         await asyncio.sleep(0.1)  # its first poll is on its way
         await sub.unsubscribe()
         await until(lambda: heard == ["join", "leave"], wait=5)  # not 10 s: its lease's end
+
+
+async def test_an_idle_connection_is_let_go_before_the_hub_closes_it(
+    hub: RunningHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection idle for the client's keep-alive expiry is not used again, and that expiry
+    is under the hub's keep-alive timeout: a request never goes out on a connection as the hub
+    closes it for idling (it would fail unanswered)."""
+    assert Settings().limits.keepalive_timeout > api.KEEPALIVE_EXPIRY
+    monkeypatch.setattr(api, "KEEPALIVE_EXPIRY", 0.3)
+    proxy = await FaultProxy(hub.port).start()
+    try:
+        async with connect(f"http://127.0.0.1:{proxy.port}", transport="poll") as client:
+            await client.publish("chat:idle", 1)
+            await client.publish("chat:idle", 2)
+            used = proxy.accepted  # the second on the first's connection
+            await asyncio.sleep(0.6)  # past the expiry, well within the hub's timeout
+            await client.publish("chat:idle", 3)
+            assert proxy.accepted == used + 1
+    finally:
+        await proxy.close()

@@ -28,14 +28,14 @@ from clarion.client.refusals import Retry, request_refused
 from clarion.client.tokens import Tokens
 from clarion.protocol.errors import rule_for
 
-# Codes for answers that do not carry the hub's error body (e.g. a proxy, or the HTTP server's
-# own body-size cap): the same codes the hub would have used. A bare 429 is a proxy's rate limit,
-# not one of the hub's (they say which): ``http_429``, retried later (clarion.client.refusals).
 # Seconds an idle connection is used again: under the hub's `limits.keepalive_timeout` (5 s by
 # default), so that a request never goes out on a connection the hub is closing for idling,
 # which would fail it unanswered.
 KEEPALIVE_EXPIRY = 4.0
 
+# Codes for answers that do not carry the hub's error body (e.g. a proxy, or the HTTP server's
+# own body-size cap): the same codes the hub would have used. A bare 429 is a proxy's rate limit,
+# not one of the hub's (they say which): ``http_429``, retried later (clarion.client.refusals).
 _STATUS_CODES = {
     400: "bad_request",
     401: "unauthorized",

@@ -18,16 +18,14 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import uvloop
 from redis.asyncio import Redis
 
 from benchmarks.redis_session_cost import Sink
-from benchmarks.servers import start_redis
+from benchmarks.servers import temporary_redis
 from clarion.engines.redis import RedisEngine
 from clarion.settings import NamespaceOptions, Settings
 
@@ -36,7 +34,7 @@ CHUNK = 2000  # channels subscribed or published to at once
 
 async def _redis_command_seconds(client: Redis) -> float:
     """The time Redis spent running commands so far, by its own count (``INFO commandstats``,
-    microseconds, finer than its process' CPU ticks)."""
+    microseconds; a script's inner commands would count twice, and the check runs none)."""
     stats = await client.info("commandstats")
     return sum(float(row["usec"]) for row in stats.values()) / 1e6
 
@@ -80,11 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels", type=int, default=100_000)
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args(argv)
-    redis = start_redis(Path(tempfile.mkdtemp(prefix="clarion-positions-")), core=None)
-    try:
+    with temporary_redis("clarion-positions-") as (_, redis):
         result = uvloop.run(measure(redis.port, a.channels, a.rounds))
-    finally:
-        redis.stop()
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

@@ -25,31 +25,31 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import websockets
-from redis import Redis
 from websockets.typing import Subprotocol
 
-from benchmarks.loadgen import proc_cpu_seconds
-from benchmarks.servers import CLARION_ENV, free_port, start_redis, wait_healthy
+from benchmarks.loadgen import RedisWork, proc_cpu_seconds
+from benchmarks.servers import CLARION_ENV, free_port, stop_process, temporary_redis, wait_healthy
 
 PROTOCOL = [Subprotocol("clarion.v1")]
 WATCHED = 125  # rooms per watcher: within a connection's 128 subscriptions
 CONFIG = '[namespaces.room]\nanonymous = true\npresence_read = "anyone"\njoin_leave = "client"\n'
 
 
-def _publishes(redis: Redis) -> int:
-    stats: dict[str, Any] = redis.info("commandstats")  # type: ignore[assignment]
-    return int(stats.get("cmdstat_publish", {}).get("calls", 0))
+class _Spent:
+    """The hub's CPU seconds and what Redis did (``RedisWork``) from when it is made."""
 
+    def __init__(self, pid: int, redis_port: int) -> None:
+        self.pid = pid
+        self.cpu = proc_cpu_seconds([pid])
+        self.redis = RedisWork(redis_port)
 
-def _redis_cpu(redis: Redis) -> float:
-    info: dict[str, Any] = redis.info("cpu")  # type: ignore[assignment]
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    def since(self) -> tuple[float, dict[str, Any]]:
+        return proc_cpu_seconds([self.pid]) - self.cpu, self.redis.since()
 
 
 async def _subscribed(url: str, rooms: list[str]) -> Any:
@@ -85,7 +85,7 @@ async def _joins(conn: Any, expected: int) -> None:
         heard += "join" in json.loads(await conn.recv())
 
 
-async def burst(port: int, pid: int, redis: Redis, clients: int, rooms: int) -> dict[str, Any]:
+async def burst(port: int, pid: int, redis_port: int, clients: int, rooms: int) -> dict[str, Any]:
     url = f"ws://127.0.0.1:{port}/ws"
     # Rooms of their own: a joining client hears its own joins only, so that what is measured
     # is the hub sending the joins, not each client reading everyone else's.
@@ -96,25 +96,22 @@ async def burst(port: int, pid: int, redis: Redis, clients: int, rooms: int) -> 
     hearing = [
         asyncio.create_task(_joins(w, len(g))) for w, g in zip(watchers, groups, strict=True)
     ]
-    publishes, cpu, redis_cpu = _publishes(redis), proc_cpu_seconds([pid]), _redis_cpu(redis)
+    spent = _Spent(pid, redis_port)
     start = time.monotonic()
     conns = await asyncio.gather(*(_subscribed(url, mine) for mine in own))
     subscribed = time.monotonic() - start
     try:
         await asyncio.wait_for(asyncio.gather(*hearing), 120)
         elapsed = time.monotonic() - start
-        spent = proc_cpu_seconds([pid]) - cpu
-        spent_redis = _redis_cpu(redis) - redis_cpu
-        published = _publishes(redis) - publishes
+        joining_cpu, joining_redis = spent.since()
         # Then each client asks who is in each of its rooms, all at once.
-        cpu, redis_cpu = proc_cpu_seconds([pid]), _redis_cpu(redis)
+        spent = _Spent(pid, redis_port)
         start = time.monotonic()
         await asyncio.wait_for(
             asyncio.gather(*(_listed(c, mine) for c, mine in zip(conns, own, strict=True))), 120
         )
         listed = time.monotonic() - start
-        listing_cpu = proc_cpu_seconds([pid]) - cpu
-        listing_redis = _redis_cpu(redis) - redis_cpu
+        listing_cpu, listing_redis = spent.since()
     finally:
         for conn in [*watchers, *conns]:
             await conn.close()
@@ -123,23 +120,17 @@ async def burst(port: int, pid: int, redis: Redis, clients: int, rooms: int) -> 
         "rooms_each": rooms,
         "seconds_to_all_subscribed": round(subscribed, 3),
         "seconds_to_last_join": round(elapsed, 3),
-        "hub_cpu_seconds": round(spent, 3),
-        "redis_cpu_seconds": round(spent_redis, 3),
-        "redis_publish_commands": published,
+        "hub_cpu_seconds": round(joining_cpu, 3),
+        "redis_cpu_seconds": round(joining_redis["cpu_seconds"], 3),
+        "redis_publish_commands": joining_redis["by_command"].get("publish", 0),
         "seconds_to_all_listed": round(listed, 3),
         "listing_hub_cpu_seconds": round(listing_cpu, 3),
-        "listing_redis_cpu_seconds": round(listing_redis, 3),
+        "listing_redis_cpu_seconds": round(listing_redis["cpu_seconds"], 3),
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--clients", type=int, default=500)
-    p.add_argument("--rooms", type=int, default=10)
-    p.add_argument("--src", help="run the hub from this tree's src directory")
-    a = p.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="clarion-presence-burst-"))
-    redis_server = start_redis(workdir, core=None)
+def _run(workdir: Path, redis_port: int, a: argparse.Namespace) -> dict[str, Any]:
+    """The hub on ``redis_port``, started in ``workdir``, and the burst against it."""
     (workdir / "clarion.toml").write_text(CONFIG)
     # Every client reads from one address: more ops than one address may send.
     many = str(1 << 40)
@@ -152,20 +143,26 @@ def main(argv: list[str] | None = None) -> int:
     if a.src:
         env["PYTHONPATH"] = str(Path(a.src).resolve())
     port = free_port()
-    engine = f"redis://127.0.0.1:{redis_server.port}/0"
+    engine = f"redis://127.0.0.1:{redis_port}/0"
     cmd = [sys.executable, "-m", "clarion", "serve", "--port", str(port), "--engine", engine]
     log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    redis = Redis(port=redis_server.port)
     try:
         wait_healthy(port, proc, 30)
-        result = asyncio.run(burst(port, proc.pid, redis, a.clients, a.rooms))
+        return asyncio.run(burst(port, proc.pid, redis_port, a.clients, a.rooms))
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
         log.close()
-        redis.close()
-        redis_server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=500)
+    p.add_argument("--rooms", type=int, default=10)
+    p.add_argument("--src", help="run the hub from this tree's src directory")
+    a = p.parse_args(argv)
+    with temporary_redis("clarion-presence-burst-") as (workdir, redis_server):
+        result = _run(workdir, redis_server.port, a)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 

@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import uvloop
 from redis.asyncio import Redis
 
-from benchmarks.servers import start_redis
+from benchmarks.servers import temporary_redis
 from clarion.engines.redis import batch
 
 
@@ -67,11 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if batch.pack_command is None:
         raise SystemExit("hiredis has no pack_command here: the engine uses the library's way")
-    redis = start_redis(Path(tempfile.mkdtemp(prefix="clarion-pipeline-")), core=None)
-    try:
+    with temporary_redis("clarion-pipeline-") as (_, redis):
         rounds: Any = uvloop.run(measure(redis.port, a.pipelines, a.size, a.rounds))
-    finally:
-        redis.stop()
     sys.stdout.write(json.dumps({"size": a.size, "rounds": rounds}) + "\n")
     return 0
 

@@ -14,7 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -283,6 +285,21 @@ def start_redis(workroot: Path, core: int | None = 1, ready_timeout: float = 10.
         time.sleep(0.05)
     server.stop()
     raise ServerError(f"redis-server did not answer PING within {ready_timeout}s")
+
+
+@contextlib.contextmanager
+def temporary_redis(prefix: str) -> Iterator[tuple[Path, Server]]:
+    """A directory for a run and a ``redis-server`` of its own in it (on any core); both are
+    gone afterwards."""
+    workroot = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        redis = start_redis(workroot, core=None)
+        try:
+            yield workroot, redis
+        finally:
+            redis.stop()
+    finally:
+        shutil.rmtree(workroot, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ deliveries = publications x subscribers. No timing assertions.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,24 @@ def test_publish_cost_fails_at_once_when_the_hub_refuses(
     monkeypatch.setattr(publish_cost, "make_payload", lambda n, size: b'"' + b"x" * 70_000 + b'"')
     with pytest.raises(RuntimeError, match="too_large"):
         publish_cost.main(["--requests", "20", "--channels", "2", "--connections", "2"])
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_the_redis_many_rooms_benchmarks_run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The position check's and the presence burst's benchmarks run to their end on a Redis of
+    their own: every channel checked each round, every join heard, every listing answered."""
+    import json
+
+    from benchmarks import position_check_cost, presence_burst
+
+    assert position_check_cost.main(["--channels", "300", "--rounds", "2"]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["channels"] == 300 and len(checked["us_per_channel"]) == 2
+    # The hub is started with ``-m clarion``: from the repository, as a user runs it.
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    assert presence_burst.main(["--clients", "20", "--rooms", "3"]) == 0
+    burst = json.loads(capsys.readouterr().out)
+    assert burst["redis_publish_commands"] >= 20 * 3, burst  # one PUBLISH per join at least
+    assert burst["seconds_to_last_join"] >= burst["seconds_to_all_subscribed"] > 0, burst

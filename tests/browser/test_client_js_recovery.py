@@ -471,8 +471,9 @@ async def test_a_stream_replaced_at_the_hubs_connection_cap_cuts_the_old_one_fir
     """A hub that allows one connection per address refuses (too_many_connections) the stream
     asked beside the open one to replace it: the client cuts the old one, asks again, and goes
     on with both channels, where that refusal would otherwise close it. A hub that notices the
-    cut late (a busy one; here a proxy holds each close 1.2 s, past the first try again, 0.5 s
-    later) refuses the next try too: the client tries a few times, each waiting longer."""
+    cut late (a busy one; here a proxy holds each close 0.7 s or 1.2 s, past the first tries
+    again: 50, 100, 200 ms later with the tests' backoffBase) refuses the next tries too: the
+    client tries a few times, each waiting longer."""
     hub = await hub_factory(limits={"max_connections_per_ip": 1})
     proxy = await FaultProxy(hub.port).start()
     proxy.close_delay = close_delay

@@ -1,13 +1,14 @@
 """A fault-injecting TCP proxy on loopback, for chaos tests.
 
 Placed between clients and a hub, or between a hub and Redis, it forwards bytes both ways and
-injects, on demand: added ``latency`` per chunk, ``split_head`` (an HTTP answer's head forwarded
-alone, the bytes that came with it that much later: a stream's first event well after its
-answer), a ``stall`` (nothing forwarded, nothing read:
-to each side the other went silent, as with a half-open connection), a ``freeze`` of the
-connections open now (they go silent for good while new ones pass: a NAT that forgot them, a
-laptop woken on another network), a ``reset`` of every connection (RST to both sides), and
-``refuse`` (new connections reset at once).
+injects, on demand: added ``latency`` per chunk, a ``close_delay`` (one side's end reaches the
+other that much later: a hub that lets go of a cut connection late), ``split_head`` (an HTTP
+answer's head forwarded alone, the bytes that came with it that much later: a stream's first
+event well after its answer), a ``stall`` (nothing forwarded, nothing read: to each side the
+other went silent, as with a half-open connection), a ``freeze`` of the connections open now
+(they go silent for good while new ones pass: a NAT that forgot them, a laptop woken on another
+network), a ``reset`` of every connection (RST to both sides), and ``refuse`` (new connections
+reset at once).
 """
 
 from __future__ import annotations

@@ -15,7 +15,13 @@ other process is gone. (A request on a Unix socket names no socket: those are cl
 only, which is when a server's workers have theirs.)
 
 Hubs of one process share their claims (an application may mount two), and a hub lets go of
-its claim when it closes.
+its claim when it closes: the last to let go removes the file, so that a hub that ends normally
+leaves none behind (one killed leaves its file, which the next claimer takes as it is). Removing
+a file that others may lock is safe only so: the holder removes it while it still holds the
+lock, and a claimer that gets a lock checks that the path still names the file it locked, or
+opens the path again. Without that check, a process that opened the file just before it was
+removed would lock it once let go (a file no one can open any more) while a third made a new
+one at the path and locked that: two holders of one port.
 """
 
 from __future__ import annotations
@@ -59,8 +65,12 @@ _not_shared = LogLimit(logging.getLogger("clarion.hub"))
 # What a hub claims: a TCP port, or a Unix socket's path.
 Listener = int | str
 
-# This process's claims: listener -> (descriptor holding the lock, claims on it).
-_held: dict[Listener, tuple[int, int]] = {}
+# This process's claims: listener -> (descriptor holding the lock, its file's path, claims on it).
+_held: dict[Listener, tuple[int, str, int]] = {}
+
+# How many times a claimer opens the path again after locking a file that was removed
+# meanwhile; each time, another process claimed the port and let it go in between.
+TRIES = 10
 
 
 def _path(listener: Listener) -> str:
@@ -83,19 +93,34 @@ def _lock(port: Listener) -> bool | None:
     guess)."""
     held = _held.get(port)
     if held is not None:
-        _held[port] = (held[0], held[1] + 1)
+        fd, path, count = held
+        _held[port] = (fd, path, count + 1)
         return True
+    path = _path(port)
+    for _ in range(TRIES):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        if _named(fd, path):
+            _held[port] = (fd, path, 1)
+            return True
+        os.close(fd)  # its holder removed it as it let go: the path's file is the one to lock
+    return False  # claimed and let go under every try: someone else is claiming it now
+
+
+def _named(fd: int, path: str) -> bool:
+    """Is the file open as ``fd`` the one at ``path``?"""
     try:
-        fd = os.open(_path(port), os.O_RDWR | os.O_CREAT, 0o600)
+        opened, named = os.fstat(fd), os.stat(path)
     except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return False
-    _held[port] = (fd, 1)
-    return True
+        return False  # removed
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
 
 
 def listening_ports() -> list[Listener]:
@@ -145,11 +170,17 @@ def _unlock(port: Listener) -> None:
     held = _held.get(port)
     if held is None:
         return
-    fd, count = held
+    fd, path, count = held
     if count > 1:
-        _held[port] = (fd, count - 1)
+        _held[port] = (fd, path, count - 1)
         return
     del _held[port]
+    # Removed while still locked (see the module's docstring), unless the path names another
+    # file now: something else removed this one (a cleaner of old temporary files, say), and
+    # another process made and claimed the new one, which is not this one's to remove.
+    if _named(fd, path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     with contextlib.suppress(OSError):
         os.close(fd)  # closing the descriptor releases the lock
 

@@ -65,6 +65,42 @@ def test_the_last_claim_of_a_process_removes_the_file(
     assert not os.path.exists(path)
 
 
+def test_a_forked_child_that_lets_go_leaves_its_parents_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child inherits its parent's claims; its release must not remove the file the parent
+    still holds the lock on, or a third process would make a new one and claim the port too."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    listener = str(tmp_path / "hub.sock")
+    path = portclaim._path(listener)
+    assert portclaim._lock(listener)
+    try:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child process
+            try:
+                portclaim._unlock(listener)
+            finally:
+                os._exit(0)
+        assert os.waitpid(child, 0)[1] == 0
+        assert os.path.exists(path)
+        other = subprocess.run(
+            [sys.executable, "-c", CLAIM_ONCE, listener],
+            env={**os.environ, "TMPDIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=timeout(30),
+        )
+        assert other.stdout.strip() == "False", other.stderr  # still the parent's
+    finally:
+        while listener in portclaim._held:
+            portclaim._unlock(listener)
+    assert not os.path.exists(path)
+
+
+# Claims the listener in argv[1] in a process of its own and prints whether it got it.
+CLAIM_ONCE = "import sys; from clarion.asgi import portclaim; print(portclaim._lock(sys.argv[1]))"
+
+
 @clarion_server("a `clarion serve` process")
 async def test_clarion_serve_stopped_leaves_no_lock_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_process: Any

@@ -65,8 +65,10 @@ _not_shared = LogLimit(logging.getLogger("clarion.hub"))
 # What a hub claims: a TCP port, or a Unix socket's path.
 Listener = int | str
 
-# This process's claims: listener -> (descriptor holding the lock, its file's path, claims on it).
-_held: dict[Listener, tuple[int, str, int]] = {}
+# This process's claims: listener -> (descriptor holding the lock, its file's path, the pid
+# that claimed it, claims on it). A forked child inherits the table and the descriptors, but
+# the lock stays its parent's for as long as the parent keeps its own descriptor.
+_held: dict[Listener, tuple[int, str, int, int]] = {}
 
 # How many times a claimer opens the path again after locking a file that was removed
 # meanwhile; each time, another process claimed the port and let it go in between.
@@ -93,8 +95,8 @@ def _lock(port: Listener) -> bool | None:
     guess)."""
     held = _held.get(port)
     if held is not None:
-        fd, path, count = held
-        _held[port] = (fd, path, count + 1)
+        fd, path, pid, count = held
+        _held[port] = (fd, path, pid, count + 1)
         return True
     path = _path(port)
     for _ in range(TRIES):
@@ -108,7 +110,7 @@ def _lock(port: Listener) -> bool | None:
             os.close(fd)
             return False
         if _named(fd, path):
-            _held[port] = (fd, path, 1)
+            _held[port] = (fd, path, os.getpid(), 1)
             return True
         os.close(fd)  # its holder removed it as it let go: the path's file is the one to lock
     return False  # claimed and let go under every try: someone else is claiming it now
@@ -170,15 +172,16 @@ def _unlock(port: Listener) -> None:
     held = _held.get(port)
     if held is None:
         return
-    fd, path, count = held
+    fd, path, pid, count = held
     if count > 1:
-        _held[port] = (fd, path, count - 1)
+        _held[port] = (fd, path, pid, count - 1)
         return
     del _held[port]
     # Removed while still locked (see the module's docstring), unless the path names another
     # file now: something else removed this one (a cleaner of old temporary files, say), and
     # another process made and claimed the new one, which is not this one's to remove.
-    if _named(fd, path):
+    # A forked child's release leaves the file to the parent that still holds the lock.
+    if pid == os.getpid() and _named(fd, path):
         with contextlib.suppress(OSError):
             os.unlink(path)
     with contextlib.suppress(OSError):

@@ -11,7 +11,8 @@ variables are not named ``CLARION_…``, which the hub would refuse as unknown s
 publication and its dict of encodings out of the collector's lists (``PyObject_GC_UnTrack``
 through ``ctypes``: a measurement of what that would save, not something the hub does — an
 untracked object in a reference cycle is never freed); ``young:N`` makes the young collections
-come every ``N`` allocations instead of what ``clarion serve`` sets; anything else, or unset,
+come every ``N`` allocations instead of what ``clarion serve`` sets; ``thresholds:A,B,C`` sets
+all three thresholds instead; anything else, or unset,
 changes nothing.
 Either way each collection of the hub longer than 1 ms, and every full one, is written to
 ``<GCPROBE_DIR or the temporary directory>/gcprobe-<pid>.txt``: the wall time, the
@@ -36,6 +37,8 @@ def _install() -> None:
         _untrack_publications()
     elif mode.startswith("young:"):
         _young_every(int(mode.partition(":")[2]))
+    elif mode.startswith("thresholds:"):
+        _thresholds(*(int(n) for n in mode.partition(":")[2].split(",")))
     folder = os.environ.get("GCPROBE_DIR", tempfile.gettempdir())
     out = open(os.path.join(folder, f"gcprobe-{os.getpid()}.txt"), "w", buffering=1)  # noqa: SIM115
     started = [0.0]
@@ -57,6 +60,15 @@ def _young_every(allocations: int) -> None:
 
     def set_threshold(young: int, *older: int) -> None:  # what ``clarion serve`` calls
         real(allocations, *older)
+
+    gc.set_threshold = set_threshold
+
+
+def _thresholds(*given: int) -> None:
+    real = gc.set_threshold
+
+    def set_threshold(*_: int) -> None:  # what ``clarion serve`` calls: these instead
+        real(*given)
 
     gc.set_threshold = set_threshold
 

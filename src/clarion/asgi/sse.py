@@ -19,6 +19,8 @@ The stream opens with ``retry:`` and an ``id:``-only block giving the starting c
 that reconnects before its first event still resumes from where it connected; a ``: reset``
 comment in that block names each channel whose gap history could not cover, whose ``reset``
 event follows.
+
+Long on purpose: the stream and its endpoint share the rules of held events and ``id:`` lines.
 """
 
 from __future__ import annotations
@@ -128,7 +130,6 @@ class SseStream:
         "opened",
         "peer_gone",
         "pipe",
-        "push",
         "url_tags",
     )
 
@@ -147,7 +148,6 @@ class SseStream:
         # names every channel's position (about 30 bytes each, a 12-character epoch).
         self.frame_overhead = ID_BYTES_PER_CHANNEL * channels if channels > 1 else 0
         self.fmt = SSE_TAGGED if channels > 1 else SSE_EVENT
-        self.push: Callable[[Any], None] = self._push_tagged if channels > 1 else self._push_event
         self.closed = False
         self.peer_gone = False
         self.ended: asyncio.Future[None] = self._loop.create_future()
@@ -156,6 +156,11 @@ class SseStream:
         # The tags of the channels the request named: they stay in the ``id:`` whatever happens,
         # so that a reconnect with the same URL always finds its channels in the cursor.
         self.url_tags: set[bytes] = set()
+
+    @property
+    def push(self) -> Callable[[Any], None]:
+        """What its subscriptions push with: made when asked (kept, it would be a cycle)."""
+        return self._push_tagged if self._positions is not None else self._push_event
 
     # ---- Transport ----------------------------------------------------------------------
 
@@ -225,7 +230,6 @@ class SseStream:
             hub.reformat(session, channel, SSE_TAGGED, self._push_tagged)
         self._positions = positions
         self.fmt = SSE_TAGGED
-        self.push = self._push_tagged
 
     def backlog(self) -> int:
         return self.pipe.backlog() if self.pipe is not None else self._held_bytes
@@ -424,6 +428,7 @@ class SseEndpoint(ChannelEndpoint):
             session.close(CloseCode.NORMAL)
             if pipe is not None:
                 await pipe.stop()
+                pipe.release()
 
     @staticmethod
     async def _stream(stream: SseStream, pipe: Pipe, receive: Receive, session: Session) -> None:

@@ -9,6 +9,8 @@ Publications reach subscribers as ``MESSAGE`` frames cut in two
 (:mod:`clarion.protocol.stomp.message`): the tail, shared by every subscriber, is built once per
 publication and flavour; each delivery only adds the subscription's prefix and, on the fast path,
 the WebSocket frame header for the combined length.
+
+Long on purpose: the connection is both its session's transport and what carries out its frames.
 """
 
 from __future__ import annotations
@@ -477,6 +479,8 @@ class StompConnection(Handler):
         self.end(CloseCode.NORMAL, "normal")
         self.unpend()
         self.pipe.release()
+        # The session names this connection as its transport: kept, the two would be a cycle.
+        self.session = None
 
 
 class StompEndpoint(WebSocketEndpoint):

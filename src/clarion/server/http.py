@@ -339,6 +339,9 @@ class HttpProtocol(asyncio.Protocol):
             if cycle is not None and not isinstance(cycle, _Upgrade):
                 cycle.disconnect()
         self._pipeline.clear()
+        # Each request names this connection: one whose app still runs (a stream, a long poll)
+        # would hold it, and be held by it, until a full collection. Nothing reads them now.
+        self._cycle = self._parsing = None
         flow.release(self._drain)
 
     def pause_writing(self) -> None:

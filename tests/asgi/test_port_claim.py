@@ -101,13 +101,19 @@ def test_a_forked_child_that_lets_go_leaves_its_parents_file(
 CLAIM_ONCE = "import sys; from clarion.asgi import portclaim; print(portclaim._lock(sys.argv[1]))"
 
 
+async def serve_claiming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_process: Any) -> Any:
+    """``clarion serve`` with its lock files in ``tmp_path``, which this process then uses too."""
+    running = await hub_process(env={"TMPDIR": str(tmp_path)})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert os.path.exists(portclaim._path(running.port))  # claimed at start
+    return running
+
+
 @clarion_server("a `clarion serve` process")
 async def test_clarion_serve_stopped_leaves_no_lock_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_process: Any
 ) -> None:
-    running = await hub_process(env={"TMPDIR": str(tmp_path)})
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    assert os.path.exists(portclaim._path(running.port))  # claimed at start
+    running = await serve_claiming(tmp_path, monkeypatch, hub_process)
     running.proc.terminate()
     assert await asyncio.wait_for(running.proc.wait(), timeout(20)) == 0, "".join(running.log)
     assert not list(tmp_path.glob("clarion-*.lock"))
@@ -117,8 +123,7 @@ async def test_clarion_serve_stopped_leaves_no_lock_file(
 async def test_a_killed_hub_leaves_its_file_for_the_next_claimer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_process: Any
 ) -> None:
-    running = await hub_process(env={"TMPDIR": str(tmp_path)})
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    running = await serve_claiming(tmp_path, monkeypatch, hub_process)
     path = portclaim._path(running.port)
     running.proc.kill()
     await running.proc.wait()

@@ -175,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                 gen = _Sockets(port, a.transport, n)
             await gen.connect_all(120.0)
             end = time.monotonic() + 60
-            while _sessions(port) < n and time.monotonic() < end:
-                await asyncio.sleep(0.2)  # the long polls, until each waits
+            while (opened := _sessions(port)) < n:
+                if time.monotonic() > end:  # the long polls, until each waits
+                    raise RuntimeError(f"{opened} of {n} sessions opened")
+                await asyncio.sleep(0.2)
             await asyncio.sleep(1.0)
             counts.append(_signal(proc, out, 2))
             gen.close_all()

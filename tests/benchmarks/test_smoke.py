@@ -241,6 +241,20 @@ def test_the_in_process_fanout_benchmarks_run(capsys: pytest.CaptureFixture[str]
     assert asyncio.run(fanout_loop._measure(50, 3, 2)) > 0
 
 
+@pytest.mark.parametrize("transport", ["stomp", "poll"])
+def test_drop_garbage_opens_and_drops_every_session(
+    transport: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The transports the load generator does not speak: its own clients open every session
+    (it waits until the hub counts them all) and drop them."""
+    from benchmarks import drop_garbage
+
+    assert drop_garbage.main(["--connections", "20", "--transport", transport, "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"connections: 20 ({transport})" in out
+    assert "after the drop" in out
+
+
 def test_publish_cost_fails_at_once_when_the_hub_refuses(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

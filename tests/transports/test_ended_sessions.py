@@ -63,7 +63,11 @@ async def collector_held() -> AsyncIterator[Callable[[], Counter[str]]]:
 
 
 async def settled(running: RunningHub) -> None:
-    """Every session gone, and on clarion's server every connection and request task."""
+    """Every session gone, and on clarion's server every connection and request task (the
+    test's own publishing connection closed first: the hub would keep it until it idles)."""
+    if running._client is not None:
+        await running._client.aclose()
+        running._client = None
     await until(lambda: not running.hub.registry.sessions, timeout(10))
     registry = getattr(running.server, "registry", None)
     if registry is not None:
@@ -71,7 +75,9 @@ async def settled(running: RunningHub) -> None:
     await asyncio.sleep(0.05)  # the callbacks that follow a close (done callbacks, pipes)
 
 
-async def ws_session(running: RunningHub, path: str, end: str) -> None:
+async def ws_session(running: RunningHub, path: str, end: str, shared: bool = False) -> None:
+    """A session subscribed to ``chat:a`` (on STOMP twice when ``shared``: one hub subscription
+    fanned out to both) that gets a publication, then ends as ``end`` says."""
     stomp = path == "/stomp"
     url = f"ws://127.0.0.1:{running.port}{path}?token={token('alice')}"
     conn = await websockets.connect(
@@ -81,8 +87,10 @@ async def ws_session(running: RunningHub, path: str, end: str) -> None:
         if stomp:
             await conn.send("CONNECT\naccept-version:1.2\nhost:hub\n\n\x00")
             assert (await asyncio.wait_for(conn.recv(), timeout(5))).startswith("CONNECTED")
-            await conn.send("SUBSCRIBE\nid:1\ndestination:/topic/chat:a\nreceipt:r\n\n\x00")
-            assert "RECEIPT" in await asyncio.wait_for(conn.recv(), timeout(5))
+            for sub in ("1", "2") if shared else ("1",):
+                frame = f"SUBSCRIBE\nid:{sub}\ndestination:/topic/chat:a\nreceipt:r\n\n\x00"
+                await conn.send(frame)
+                assert "RECEIPT" in await asyncio.wait_for(conn.recv(), timeout(5))
         else:
             await conn.send(json.dumps({"id": 1, "op": "subscribe", "channel": "chat:a"}))
             assert json.loads(await asyncio.wait_for(conn.recv(), timeout(5)))["id"] == 1
@@ -104,14 +112,26 @@ async def ws_session(running: RunningHub, path: str, end: str) -> None:
         await conn.close()
 
 
-async def sse_session(running: RunningHub, channels: list[str], end: str) -> None:
+async def sse_session(
+    running: RunningHub, channels: list[str], end: str, added: str | None = None
+) -> None:
+    """A stream of ``channels`` (and of ``added`` too, subscribed by the backend once it is
+    open, which moves a one-channel stream to the several channels' events) that gets a
+    publication, then ends as ``end`` says."""
     async with httpx.AsyncClient(base_url=running.http_url, timeout=timeout(10)) as http:
         params = [("channel", c) for c in channels] + [("token", token("alice"))]
         async with http.stream("GET", "/sse", params=params) as r:
             assert r.status_code == 200
             lines = r.aiter_lines()
             await anext(lines)  # the stream's opening
-            await running.publish(channels[0], {"n": 1})
+            if added is not None:
+                subscribed = await http.post(
+                    "/api/subscribe",
+                    json={"user": "alice", "channel": added},
+                    headers={"authorization": "apikey backend-key"},
+                )
+                assert subscribed.status_code == 200, subscribed.text
+            await running.publish(added or channels[0], {"n": 1})
             async for line in lines:
                 if line.startswith("data:") and '"n"' in line:
                     break
@@ -158,9 +178,16 @@ CASES: dict[str, Callable[[RunningHub], Awaitable[None]]] = {
         f"stomp-{end}": partial(ws_session, path="/stomp", end=end)
         for end in ("client", "abort", "hub")
     },
+    "stomp-shared-client": partial(ws_session, path="/stomp", end="client", shared=True),
     **{
         f"sse-{name}-{end}": partial(sse_session, channels=channels, end=end)
         for name, channels in (("one-channel", ["chat:a"]), ("two-channels", ["chat:a", "chat:b"]))
+        for end in ("client", "hub")
+    },
+    **{
+        f"sse-added-channel-{end}": partial(
+            sse_session, channels=["chat:a"], end=end, added="chat:b"
+        )
         for end in ("client", "hub")
     },
     **{

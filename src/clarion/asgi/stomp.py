@@ -479,8 +479,10 @@ class StompConnection(Handler):
         self.end(CloseCode.NORMAL, "normal")
         self.unpend()
         self.pipe.release()
-        # The session names this connection as its transport: kept, the two would be a cycle.
+        # The session names this connection as its transport, and each shared channel names
+        # it too: kept, each would be a cycle.
         self.session = None
+        self.shared.clear()
 
 
 class StompEndpoint(WebSocketEndpoint):

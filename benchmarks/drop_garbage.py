@@ -6,14 +6,13 @@
 Starts ``clarion serve`` in a child process, opens ``--connections`` sessions of one transport
 that each subscribe to one channel — WebSocket connections or event streams from
 ``benchmarks.loadgen``, STOMP connections, long polls waiting — then turns the hub's collector
-off and drops every connection at once (RST), as P5 does. After the connections are open, and again
-once the hub has ended the sessions, one ``gc.collect()`` in the hub counts the objects that
-reference counting could not free in that phase (the collector is off from the warm-up on) —
-those kept only by cycles, which the collector's passes otherwise find, at the cost of a walk
-over every object the hub holds — and lists them by type, with how long that full collection
-held the hub's loop. Zero per connection is the goal:
-what a connection's handshake or a dead connection left is then freed the moment the hub lets
-go of it.
+off and drops every connection at once (RST), as P5 does. After the connections are open, and
+again once the hub has ended the sessions, one ``gc.collect()`` in the hub counts the objects
+that reference counting could not free in that phase (the collector is off from the warm-up
+on) — those kept only by cycles, which the collector's passes otherwise find, at the cost of a
+walk over every object the hub holds — and lists them by type, with how long that full
+collection held the hub's loop. Zero per connection is the goal: what a connection's handshake
+or a dead connection left is then freed the moment the hub lets go of it.
 
 With ``--engine redis`` the hub runs on a ``redis-server`` started for the run (the release of
 connection counts and presence entries is then on the drop's path too). Loopback only; every
@@ -85,7 +84,7 @@ def _signal(proc: subprocess.Popen[bytes], out: str, n: int, timeout: float = 12
 
 
 class _Sockets:
-    """STOMP connections or waiting long polls, the ``LoadGen`` calls this benchmark makes."""
+    """STOMP connections, or long polls left waiting: what ``LoadGen`` does for the others."""
 
     def __init__(self, port: int, transport: str, n: int) -> None:
         self.port, self.transport, self.n = port, transport, n

@@ -156,6 +156,12 @@ class RunningHub:
         result: dict[str, Any] = r.json()
         return result
 
+    async def close_client(self) -> None:
+        """Close the connection :meth:`publish` keeps (the next publish opens another)."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
     @asynccontextmanager
     async def ws(self, **kw: Any) -> AsyncIterator[WS]:
         kw.setdefault("subprotocols", ["clarion.v1"])
@@ -290,8 +296,7 @@ async def start_portable_hub(
 
 
 async def stop_hub(running: RunningHub) -> None:
-    if running._client is not None:
-        await running._client.aclose()
+    await running.close_client()
     await running.server.shutdown(timeout=timeout(2))
 
 

@@ -3,8 +3,8 @@ objects in a reference cycle: reference counting frees them when it ends.
 
 Whatever a cycle holds (the session, its transport, pipe, buffers, the HTTP connection) waits
 for the collector's oldest generation, which runs rarely and walks every object the hub holds:
-after a mass disconnect of 10,000 streams, 40 to 50 objects each, a pause of a fifth of a second
-or more, and their memory held until then. Each case ends a few sessions, then asks the
+after 9,000 event streams dropped at once, 47 objects each, a pause of 0.4 s, and their memory
+held until then (``benchmarks/drop_garbage.py``). Each case ends a few sessions, then asks the
 collector (``DEBUG_SAVEALL``) what it would have had to free of clarion's own objects.
 """
 
@@ -65,9 +65,7 @@ async def collector_held() -> AsyncIterator[Callable[[], Counter[str]]]:
 async def settled(running: RunningHub) -> None:
     """Every session gone, and on clarion's server every connection and request task (the
     test's own publishing connection closed first: the hub would keep it until it idles)."""
-    if running._client is not None:
-        await running._client.aclose()
-        running._client = None
+    await running.close_client()
     await until(lambda: not running.hub.registry.sessions, timeout(10))
     registry = getattr(running.server, "registry", None)
     if registry is not None:

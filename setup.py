@@ -12,7 +12,8 @@ setup(
     ext_modules=[
         Extension(
             "clarion.server._fastloop",
-            sources=["src/clarion/server/_fastloop.c"],
+            sources=["src/clarion/server/_fastloop.c", "src/clarion/server/sendring.c"],
+            depends=["src/clarion/server/sendring.h"],
             optional=True,
         )
     ]

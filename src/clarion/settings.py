@@ -573,6 +573,12 @@ class Settings(BaseModel):
         "POST /api/publish requests, compiled when clarion was built with them (false: in "
         "Python and httptools, the fallback when no C compiler was at hand)",
     )
+    io_uring: bool = Field(
+        True,
+        description="with the compiled loops on Linux, send the frames of all the connections "
+        "an event-loop iteration wrote to in one system call (io_uring) where the kernel allows "
+        "it (false: one send each)",
+    )
     permessage_deflate: bool = Field(
         True,
         description="compress WebSocket messages (/ws, /stomp) for clients that offer it; "

@@ -39,6 +39,7 @@ def make_server(
         send_limit=limits.send_queue_bytes,
         flush_interval=settings.flush_interval,
         compiled=settings.compiled,
+        io_uring=settings.io_uring,
         keepalive_timeout=limits.keepalive_timeout,
         body_timeout=limits.body_timeout,
         send_timeout=limits.send_timeout,

@@ -52,20 +52,29 @@ async def close_clients() -> AsyncIterator[None]:
 
 
 BUILT = fastws.use_compiled(True)  # whether the compiled loops were built here
+# "" where the compiled flush sends through io_uring here, else why not (the kernel decides).
+RING = fastws.NO_RING
+
+# start_server's variants: the compiled loops as a server runs them by default (their sends
+# batched through io_uring where the kernel allows it), the compiled loops with one send per
+# connection (io_uring=False, and wherever the kernel refuses io_uring), the Python loops.
+LOOPS = ["compiled", "one-send", "python"]
 
 
 def on_both_loops(request: Any, start_server: StartServer, what: str) -> StartServer:
-    """``start_server`` on the compiled loops (``request.param == "compiled"``) or on the Python
-    code they fall back to; ``what`` names what the compiled module would have tested."""
-    compiled = request.param == "compiled"
+    """``start_server`` on the compiled loops (``request.param`` "compiled", or "one-send" for
+    their sends one by one) or on the Python code they fall back to; ``what`` names what the
+    compiled module would have tested."""
+    compiled = request.param != "python"
     if compiled and not BUILT:
         # CI installs with a compiler: there, a missing module is a broken build, not a choice.
         if os.environ.get("CI") == "true":
             pytest.fail(f"clarion.server._fastloop was not built: {what} went untested")
         pytest.skip("clarion.server._fastloop is not built (no C compiler at install)")
+    ring = request.param == "compiled"
 
     async def start(app: Any, **options: Any) -> Any:
-        server = await start_server(app, compiled=compiled, **options)
+        server = await start_server(app, compiled=compiled, io_uring=ring, **options)
         assert fastws.COMPILED is compiled
         return server
 

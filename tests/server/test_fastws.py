@@ -21,18 +21,19 @@ from websockets.asyncio.client import ClientConnection
 
 from clarion.core.limits import LogLimit
 from clarion.protocol.frames import text_frame
-from clarion.server import FAST_WEBSOCKET_EXTENSION, fastws, flusher
+from clarion.server import FAST_WEBSOCKET_EXTENSION, Server, fastws, flusher
 from clarion.server.fastws import Outbox
 
 from ..conftest import until
-from .conftest import BUILT, on_both_loops
+from .conftest import BUILT, LOOPS, RING, on_both_loops
 from .helpers import TIMEOUT
 from .test_websocket import closed, open_ws, recv
 
 
-@pytest.fixture(params=["compiled", "python"])
+@pytest.fixture(params=LOOPS)
 def start_server(request: Any, start_server: Any) -> Any:
-    """Every test here runs on the compiled loops and on the Python ones they fall back to."""
+    """Every test here runs on the compiled loops, with their sends batched through io_uring
+    (where the kernel allows it) and one by one, and on the Python ones they fall back to."""
     return on_both_loops(request, start_server, "the compiled loops")
 
 
@@ -498,6 +499,187 @@ async def test_a_reader_behind_gets_every_frame_in_order(start_server: Any) -> N
         assert pushed and pushed[0] > 0  # the writes did not all go through at once
         got = [(await recv(ws))[:6] for _ in range(count)]
     assert got == [f"{i:06d}" for i in range(count)]
+
+
+async def test_readers_behind_in_one_flush_each_get_every_frame_in_order(
+    start_server: Any,
+) -> None:
+    """Several connections' sends in one flush (one system call through io_uring), until
+    their sockets take no more: every connection's rest waits in its own transport, and every
+    frame arrives, in order, on each."""
+    clients, count, size = 4, 600, 16 * 1024  # ~10 MB each, more than loopback's buffers hold
+    conns: list[Any] = []
+    pushed: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        conn = await accept(scope, receive, send)
+        conn.set_send_limit(64 * 1024 * 1024, lambda: None)
+        conns.append(conn)
+        if len(conns) == clients:
+            for i in range(count):  # one frame per connection and flush: the ring's case
+                conn.push_many(conns, text_frame(b"%06d" % i + b"x" * size))
+                await asyncio.sleep(0)
+            pushed.extend(c.buffered_bytes for c in conns)
+        await drain_until_disconnect(receive)
+
+    server = await start_server(app)
+    async with contextlib.AsyncExitStack() as stack:
+        wss = [
+            await stack.enter_async_context(open_ws(server.port, max_queue=1, max_size=None))
+            for _ in range(clients)
+        ]
+        await until(lambda: pushed)
+        assert all(held > 0 for held in pushed)  # no send went through whole
+        for ws in wss:
+            got = [(await recv(ws))[:6] for _ in range(count)]
+            assert got == [f"{i:06d}" for i in range(count)]
+
+
+# A server of plain outboxes over loopback, in a process of its own: `deliver()` pushes 200
+# frames to 8 connections, each iteration's sends in one flush, and checks what each client
+# read; `rings()` counts the process's io_uring file descriptors.
+RING_SCRIPT = """
+import asyncio, os, socket
+from clarion.protocol.frames import text_frame
+from clarion.server import fastws
+from clarion.server.fastws import Outbox
+
+boxes = []
+
+class Box(Outbox, asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.init_outbox(asyncio.get_running_loop(), 1 << 20)
+        self.allow_direct_writes()
+        boxes.append(self)
+    def on_eof_flushed(self): pass
+    def on_overflow_default(self): pass
+    def on_hard_overflow(self): pass
+
+def rings():
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[io_uring]"
+        except OSError:
+            pass
+    return found
+
+async def serve():
+    boxes.clear()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Box, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+    while len(boxes) < 8:
+        await asyncio.sleep(0.01)
+    frames = [text_frame(b"frame %d" % i) for i in range(200)]
+    for frame in frames:
+        boxes[0].push_many(boxes, frame)
+        await asyncio.sleep(0)
+    want = b"".join(frames)
+    for client in clients:
+        client.settimeout(10)
+        got = b""
+        while len(got) < len(want):
+            got += client.recv(65536)
+        assert got == want
+        client.close()
+    server.close()
+
+def deliver():
+    asyncio.run(serve())
+"""
+
+
+@pytest.mark.skipif(not BUILT or RING != "", reason=f"no io_uring sends here: {RING}")
+def test_a_forked_child_sends_through_a_ring_of_its_own() -> None:
+    """A ring is one process's: a child forked after its parent opened one drops its copy and
+    opens its own at its first flush, and both deliver every frame side by side."""
+    code = RING_SCRIPT + (
+        "assert fastws.use_compiled(True) and fastws.NO_RING == ''\n"
+        "before = rings()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    inherited = rings()\n"
+        "    deliver()\n"
+        "    print('child', inherited, rings(), flush=True)\n"
+        "    os._exit(0)\n"
+        "deliver()\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print('parent', before, rings(), os.waitstatus_to_exitcode(status))\n"
+    )
+    said = sorted(run_python(code).splitlines())
+    assert said == ["child 0 1", "parent 1 1 0"]
+
+
+# A seccomp filter that refuses io_uring_setup (425 on every architecture) with EPERM, as
+# container runtimes' default profiles do.
+REFUSE_RING = """
+import ctypes, struct
+libc = ctypes.CDLL(None, use_errno=True)
+filters = [
+    struct.pack("HBBI", 0x20, 0, 0, 0),             # load the call's number
+    struct.pack("HBBI", 0x15, 0, 1, 425),           # io_uring_setup?
+    struct.pack("HBBI", 0x06, 0, 0, 0x00050000 | 1),  # refused: EPERM
+    struct.pack("HBBI", 0x06, 0, 0, 0x7FFF0000),    # anything else: allowed
+]
+program = ctypes.create_string_buffer(b"".join(filters))
+
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+prog = Prog(len(filters), ctypes.addressof(program))
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0, ctypes.get_errno()  # seccomp filter
+"""
+
+
+@pytest.mark.skipif(not BUILT or not sys.platform.startswith("linux"), reason="Linux, compiled")
+def test_where_io_uring_is_refused_the_flush_sends_one_by_one() -> None:
+    """A process the kernel refuses io_uring (a container's seccomp profile): the ring says
+    why, and every frame still goes out, one send per connection."""
+    code = (
+        REFUSE_RING
+        + RING_SCRIPT
+        + (
+            "fastws.use_compiled(True)\n"
+            "print(fastws.NO_RING)\n"
+            "deliver()\n"
+            "print('delivered', rings())\n"
+        )
+    )
+    assert run_python(code).splitlines() == [
+        "not allowed here: Operation not permitted",
+        "delivered 0",
+    ]
+
+
+@pytest.mark.skipif(not BUILT, reason="clarion.server._fastloop is not built")
+async def test_the_server_says_how_its_flush_sends(caplog: Any) -> None:
+    """At start the server logs which way its frames go out: batched through io_uring, or
+    one send per connection and why."""
+    caplog.set_level(logging.INFO, logger="clarion.server")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    said = []
+    for io_uring in (True, False):
+        server = Server(app, host="127.0.0.1", port=0, io_uring=io_uring)
+        await server.start()
+        await server.shutdown(timeout=1.0)
+        said += [r.getMessage() for r in caplog.records if "fan-out loops" in r.getMessage()]
+        caplog.clear()
+    ring = (
+        "compiled, sends batched through io_uring"
+        if RING == ""
+        else (f"compiled, one send per connection (io_uring {RING})")
+    )
+    assert said == [
+        f"fan-out loops: {ring}",
+        "fan-out loops: compiled, one send per connection (io_uring switched off)",
+    ]
 
 
 def run_python(code: str) -> str:

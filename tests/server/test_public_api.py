@@ -60,6 +60,7 @@ def test_server_options() -> None:
         "close_timeout",
         "flush_interval",
         "compiled",
+        "io_uring",
         "body_timeout",
         "send_timeout",
         "max_pending",
@@ -74,3 +75,4 @@ def test_server_options() -> None:
     assert parameters["max_pending_per_ip"].default == 1000
     assert parameters["reuse_port"].default is False
     assert parameters["permessage_deflate"].default is True
+    assert parameters["io_uring"].default is True

@@ -10,7 +10,8 @@
  * A connection that allows it (a WebSocket, whose every byte goes through its Outbox) and whose
  * transport's buffer was empty at its last write gets its frames with one send()/sendmsg() on
  * its socket, skipping the transport; whatever the kernel does not take goes to the transport's
- * write(), which buffers it and raises what an error means, as for any write.
+ * write(), which buffers it and raises what an error means, as for any write. With use_ring(),
+ * the one-frame sends of a flush go to the kernel together, through io_uring (sendring.c).
  *
  * whole_direct() reads a request for one of the app's direct routes (POST /api/publish) that a
  * chunk holds whole and that is written in the plainest way (see http.py), in place of the
@@ -27,6 +28,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+
+#include "sendring.h"
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024
@@ -358,9 +361,35 @@ static int flush_queue(PyObject *box, PyObject *out, PyObject *transport) {
     return rc < 0 ? -1 : 1;
 }
 
+/* With the ring: a connection that the common case would send one frame to directly has it
+ * taken out of its queue into `*data`, to go out with the others (send_queued); it returns 2.
+ * Otherwise what flush_queue does, now: several frames go out in one sendmsg() of their own,
+ * which already shares its system call among them (joining them for the ring would cost a
+ * copy of every byte in a burst, more than the call it saves). */
+static int queue_or_flush(PyObject *box, PyObject *out, PyObject *transport, PyObject **data) {
+    PyObject *backlog = SLOT(box, off_backlog), *fdobj = SLOT(box, off_fd);
+    if (PyList_GET_SIZE(out) != 1 || !PyBytes_Check(PyList_GET_ITEM(out, 0)) ||
+        SLOT(box, off_direct) != transport || backlog == NULL || !PyLong_CheckExact(backlog) ||
+        PyLong_AsSsize_t(backlog) != 0 || fdobj == NULL || !PyLong_CheckExact(fdobj))
+        return flush_queue(box, out, transport);
+    PyObject *closing = PyObject_CallMethodNoArgs(transport, str_is_closing);
+    if (closing == NULL) return -1;
+    int is_closing = PyObject_IsTrue(closing);
+    Py_DECREF(closing);
+    if (is_closing) return is_closing < 0 ? -1 : flush_queue(box, out, transport);
+    set_slot(box, off_dirty, Py_False);
+    *data = Py_NewRef(PyList_GET_ITEM(out, 0));
+    if (clear_out(box, out) < 0) {
+        Py_CLEAR(*data);
+        return -1;
+    }
+    return 2;
+}
+
 /* One connection: 1 = done here, 0 = not the common case (the caller runs the Python flush),
- * -1 = error. */
-static int flush_fast(PyObject *box) {
+ * 2 = its frame in `*data`, to be sent with the iteration's others (only when `data` is
+ * given), -1 = error. */
+static int flush_fast(PyObject *box, PyObject **data) {
     PyObject *out = SLOT(box, off_out), *held = SLOT(box, off_held), *eof = SLOT(box, off_eof);
     PyObject *sealed = SLOT(box, off_sealed), *transport = SLOT(box, off_transport);
     if (out == NULL || held != Py_None || sealed != Py_False || eof == NULL || transport == NULL ||
@@ -368,9 +397,54 @@ static int flush_fast(PyObject *box) {
         return 0;
     Py_INCREF(out);
     Py_INCREF(transport);
-    int rc = flush_queue(box, out, transport);
+    int rc = data == NULL ? flush_queue(box, out, transport)
+                          : queue_or_flush(box, out, transport, data);
     Py_DECREF(transport);
     Py_DECREF(out);
+    return rc;
+}
+
+/* As the Python loop does: one connection's failure is logged, the rest go on. 0, or -1 if
+ * the logging itself failed. */
+static int report_failure(PyObject *box) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) PyException_SetTraceback(value, tb);
+    PyObject *r = PyObject_CallFunctionObjArgs(report, box, value, NULL);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Whether flush_boxes sends through the ring (use_ring). */
+static int ring_wanted;
+
+/* Connections whose frames wait to go out together: the references each entry holds. */
+#define BATCH 256
+typedef struct {
+    PyObject *box, *transport, *data;
+} queued;
+
+/* Send the batch, then what flush_queue does after its send; every reference let go. */
+static int send_queued(queued *q, sendring_entry *e, int k) {
+    int rc = 0;
+    sendring_send(e, (size_t)k);
+    for (int i = 0; i < k; i++) {
+        ssize_t sent = e[i].res;
+        if (rc == 0 && sent >= 0 && (size_t)sent == e[i].len) {
+            set_slot(q[i].box, off_pushed, Py_False); /* nothing waits: under any limit */
+        } else if (rc == 0 &&
+                   write_rest(q[i].box, q[i].transport, q[i].data, sent > 0 ? sent : 0) < 0) {
+            rc = report_failure(q[i].box);
+        }
+        Py_DECREF(q[i].data);
+        Py_DECREF(q[i].transport);
+        Py_DECREF(q[i].box);
+    }
     return rc;
 }
 
@@ -379,39 +453,63 @@ static PyObject *flush_boxes(PyObject *self, PyObject *dirty) {
         PyErr_SetString(PyExc_TypeError, "flush_boxes(list)");
         return NULL;
     }
+    /* Until the batch is sent its sockets stay open: a transport closed meanwhile (by what
+     * a Python flush runs) closes its socket from a later callback, on either event loop. */
+    queued q[BATCH];
+    sendring_entry e[BATCH];
+    PyObject *type, *value, *tb;
+    int k = 0, batch = ring_wanted && PyList_GET_SIZE(dirty) > 1 && sendring_ready();
     /* Flushing may not add to this list (the flusher swapped it out), but hold it anyway. */
     Py_INCREF(dirty);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dirty); i++) {
-        PyObject *box = PyList_GET_ITEM(dirty, i);
+        PyObject *box = PyList_GET_ITEM(dirty, i), *data = NULL;
         Py_INCREF(box);
-        int rc = PyObject_TypeCheck(box, outbox_type) ? flush_fast(box) : 0;
-        if (rc < 0) {
-            /* As the Python loop does: one connection's failure is logged, the rest go on. */
-            PyObject *type, *value, *tb;
-            PyErr_Fetch(&type, &value, &tb);
-            PyErr_NormalizeException(&type, &value, &tb);
-            if (tb != NULL) PyException_SetTraceback(value, tb);
-            PyObject *r = PyObject_CallFunctionObjArgs(report, box, value, NULL);
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(tb);
-            if (r == NULL) {
-                Py_DECREF(box);
-                Py_DECREF(dirty);
-                return NULL;
+        int rc = PyObject_TypeCheck(box, outbox_type) ? flush_fast(box, batch ? &data : NULL)
+                                                       : 0;
+        if (rc == 2) {
+            PyObject *transport = SLOT(box, off_transport);
+            Py_INCREF(transport);
+            q[k] = (queued){box, transport, data};
+            e[k] = (sendring_entry){(int)PyLong_AsLong(SLOT(box, off_fd)),
+                                    PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data), 0};
+            if (++k == BATCH) {
+                int failed = send_queued(q, e, k);
+                k = 0;
+                if (failed) goto fail;
             }
-            Py_DECREF(r);
-            rc = 1;
+            continue; /* the entry holds the box */
         }
-        if (rc == 0 && flush_slow(box) < 0) {
-            Py_DECREF(box);
-            Py_DECREF(dirty);
-            return NULL;
-        }
+        if (rc < 0) rc = report_failure(box) < 0 ? -1 : 1;
+        if (rc == 0) rc = flush_slow(box) < 0 ? -1 : 1;
         Py_DECREF(box);
+        if (rc < 0) goto fail;
     }
     Py_DECREF(dirty);
+    if (send_queued(q, e, k) < 0) return NULL;
     Py_RETURN_NONE;
+fail:
+    /* What is queued still goes out; the error stays the one to raise. */
+    PyErr_Fetch(&type, &value, &tb);
+    send_queued(q, e, k);
+    PyErr_Restore(type, value, tb);
+    Py_DECREF(dirty);
+    return NULL;
+}
+
+/* use_ring(enabled): flush through the ring or not; "" when it is used, else why not. */
+static PyObject *use_ring(PyObject *self, PyObject *enabled) {
+    int on = PyObject_IsTrue(enabled);
+    if (on < 0) return NULL;
+    ring_wanted = 0;
+    if (!on) {
+        sendring_close();
+        return PyUnicode_FromString("");
+    }
+    const char *why = "";
+    int err = sendring_open(&why);
+    if (err != 0) return PyUnicode_FromFormat("%s: %s", why, strerror(err));
+    ring_wanted = 1;
+    return PyUnicode_FromString("");
 }
 
 
@@ -597,6 +695,9 @@ static PyMethodDef methods[] = {
      "its send limit."},
     {"flush_boxes", flush_boxes, METH_O,
      "flush_boxes(dirty): write each dirty connection's queue."},
+    {"use_ring", use_ring, METH_O,
+     "use_ring(enabled): send the flush's frames through io_uring, many sockets' sends in one "
+     "system call, or one send each; returns '' when the ring is used, else why not."},
     {"whole_direct", (PyCFunction)(void (*)(void))whole_direct, METH_FASTCALL,
      "whole_direct(data, routes, max_headers, max_head_bytes, max_body): a direct route's "
      "request read whole from data, as (route, headers, body_start, end), or None."},
@@ -615,7 +716,7 @@ static struct PyModuleDef module = {
 /* What this source offers, as fastws.FASTLOOP_VERSION expects it: bumped with every change to
  * the functions or their arguments, so that a module built from an older source (an editable
  * install not rebuilt) is left unused, and said so, rather than half used. */
-#define FASTLOOP_VERSION 4
+#define FASTLOOP_VERSION 5
 
 PyMODINIT_FUNC PyInit__fastloop(void) {
     PyObject *m;

@@ -53,6 +53,7 @@ class Config:
     close_timeout: float = 3.0
     flush_interval: float = 0.0
     compiled: bool = True
+    io_uring: bool = True
     body_timeout: float = 30.0
     send_timeout: float = 60.0
     max_pending: int = 10_000

@@ -15,7 +15,11 @@ compiled twin, ``clarion.server._fastloop``, built when clarion is installed wit
 at hand; it takes their common case (a connection with frames to write and nothing else to do)
 and hands every other to the Python code here, which stays the reference. :data:`COMPILED` says
 which runs; the server's ``compiled=False`` (the setting ``compiled = false``) keeps the Python
-loops.
+loops. :data:`NO_RING` says whether the compiled flush's sends go through io_uring, many in one
+system call (``io_uring = false`` keeps them one by one).
+
+Long on purpose: the outbox's send limit, its Python loops and the choice of their compiled
+twin are one rule and its two implementations, kept in one place.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from clarion.server.flusher import Flusher, flusher_for
 __all__ = [
     "COMPILED",
     "FAST_WEBSOCKET_EXTENSION",
+    "NO_RING",
     "FastWebSocket",
     "Flusher",
     "Outbox",
@@ -465,7 +470,7 @@ class Outbox:
         raise NotImplementedError
 
 
-FASTLOOP_VERSION = 4  # the VERSION of _fastloop.c this code calls: a module of another is not used
+FASTLOOP_VERSION = 5  # the VERSION of _fastloop.c this code calls: a module of another is not used
 
 
 def _compiled() -> tuple[Any, str]:
@@ -481,18 +486,24 @@ def _compiled() -> tuple[Any, str]:
 
 _FASTLOOP, NOT_COMPILED = _compiled()  # NOT_COMPILED: why the compiled loops are not available
 COMPILED = False  # whether the compiled loops run (use_compiled sets it)
+NO_RING = ""  # "" when their sends go through io_uring, else why not (use_compiled sets it)
 push_many = _push_many
 
 
-def use_compiled(enabled: bool = True) -> bool:
-    """Run the compiled loops (if built) or the Python ones, from the next connection on;
+def use_compiled(enabled: bool = True, ring: bool = True) -> bool:
+    """Run the compiled loops (if built) or the Python ones, from the next connection on, the
+    compiled flush's sends batched through io_uring (``ring``) where the kernel allows it;
     returns whether the compiled ones run. For tests and benchmarks of both."""
-    global COMPILED, push_many
+    global COMPILED, NO_RING, push_many
     COMPILED = enabled and _FASTLOOP is not None
+    if COMPILED:
+        NO_RING = _FASTLOOP.use_ring(ring) or ("" if ring else "switched off")
+    else:
+        NO_RING = "no compiled loops"
     push_many = _FASTLOOP.push_many if COMPILED else _push_many
     flusher.flush_boxes = _FASTLOOP.flush_boxes if COMPILED else flusher.flush_each
     Outbox.push_many = staticmethod(push_many)
     return COMPILED
 
 
-use_compiled()
+use_compiled(ring=False)  # a ring is opened by a server that starts (Server.start asks)

@@ -37,7 +37,9 @@ class Server:
     ``flush_interval`` how long pushed frames may wait to share a write (0: until the end of the
     loop iteration; the setting is per event loop). ``compiled`` runs the fan-out's append and
     flush loops compiled when clarion was built with them (``False``: in Python; the setting
-    is per process, see :mod:`clarion.server.fastws`). ``permessage_deflate`` accepts clients'
+    is per process, see :mod:`clarion.server.fastws`); with them, ``io_uring`` sends the frames
+    of a loop iteration's connections in one system call where the kernel allows it (Linux's
+    io_uring; ``False``: one ``send`` each). ``permessage_deflate`` accepts clients'
     offers of compression (RFC 7692), each message compressed on its own.
 
     A request body must be complete within ``body_timeout`` seconds of its head; a response
@@ -68,6 +70,7 @@ class Server:
         close_timeout: float = 3.0,
         flush_interval: float = 0.0,
         compiled: bool = True,
+        io_uring: bool = True,
         body_timeout: float = 30.0,
         send_timeout: float = 60.0,
         max_pending: int = 10_000,
@@ -93,6 +96,7 @@ class Server:
             close_timeout=close_timeout,
             flush_interval=flush_interval,
             compiled=compiled,
+            io_uring=io_uring,
             body_timeout=body_timeout,
             send_timeout=send_timeout,
             max_pending=max_pending,
@@ -135,7 +139,7 @@ class Server:
         loop = asyncio.get_running_loop()
         config, registry = self.config, self.registry
         flusher_for(loop).interval = config.flush_interval
-        compiled = use_compiled(config.compiled)
+        compiled = use_compiled(config.compiled, ring=config.io_uring)
         budget = registry.descriptors = descriptor_budget()
         pending = registry.pending
         if budget is not None and pending.per_key > budget // 2:
@@ -179,8 +183,11 @@ class Server:
         await server.start_serving()
         log.debug("server listening on %s:%d", self.host, self.port)
         # Said once serving, so a server that could not start says only why.
-        if compiled:
-            log.info("fan-out loops: compiled")
+        if compiled and not fastws.NO_RING:
+            log.info("fan-out loops: compiled, sends batched through io_uring")
+        elif compiled:
+            why = fastws.NO_RING
+            log.info("fan-out loops: compiled, one send per connection (io_uring %s)", why)
         else:
             why = "switched off" if config.compiled is False else fastws.NOT_COMPILED
             log.info("fan-out loops: Python (compiled ones %s)", why)

@@ -232,32 +232,73 @@ async def test_a_client_that_does_not_read_its_answers_is_not_read_either(
         other = await request(server.port, post("/d", b"other"))
         assert json.loads(other.body)["body"] == "other"
         # Reading the answers lets everything through.
-        statuses = await read_answers(sock, count)
-        assert statuses == [201] * count
+        answers = await read_answers(sock, count)
+        assert [status for status, _ in answers] == [201] * count
         await asyncio.wait_for(sending, TIMEOUT)
     finally:
         sock.close()
     assert len(route.calls) == count + 1
 
 
-async def read_answers(sock: socket.socket, count: int) -> list[int]:
-    """The statuses of ``count`` responses of known length read from a non-blocking socket."""
+async def read_answers(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """The statuses and bodies of ``count`` responses of known length read from a non-blocking
+    socket."""
     loop = asyncio.get_running_loop()
     data = bytearray()
-    statuses: list[int] = []
-    while len(statuses) < count:
+    answers: list[tuple[int, bytes]] = []
+    while len(answers) < count:
         end = data.find(b"\r\n\r\n")
         if end >= 0:
             head = bytes(data[:end]).lower()
             length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
             if len(data) >= end + 4 + length:
-                statuses.append(int(head.split(b" ")[1]))
+                answers.append((int(head.split(b" ")[1]), bytes(data[end + 4 : end + 4 + length])))
                 del data[: end + 4 + length]
                 continue
         chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), TIMEOUT)
-        assert chunk, f"closed after {len(statuses)} answers"
+        assert chunk, f"closed after {len(answers)} answers"
         data += chunk
-    return statuses
+    return answers
+
+
+async def test_answers_to_many_clients_behind_on_reading_arrive_whole_and_in_order(
+    start_server: Any,
+) -> None:
+    """Clients with long pipelines each have an answer in every flush, and read none for a
+    while: their sockets fill, a write's rest waits in its transport, reading stops. Every
+    answer arrives whole, in order."""
+    route = Route()
+    server = await start_server(App(route))
+    loop = asyncio.get_running_loop()
+    clients, count = 4, 2000
+    pad = "x" * 3000  # ~6 MB of answers each, more than loopback's buffers hold
+    socks = []
+    try:
+        for _ in range(clients):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", server.port)), TIMEOUT)
+            socks.append(sock)
+        sending = [
+            asyncio.ensure_future(
+                loop.sock_sendall(
+                    sock,
+                    b"".join(post("/d", f"{c} {i} {pad}".encode()) for i in range(count)),
+                )
+            )
+            for c, sock in enumerate(socks)
+        ]
+        await asyncio.sleep(0.3)  # nobody reads: answers fill the clients' sockets
+        for c, sock in enumerate(socks):
+            answers = await read_answers(sock, count)
+            assert [json.loads(body)["body"] for _, body in answers] == [
+                f"{c} {i} {pad}" for i in range(count)
+            ]
+        await asyncio.wait_for(asyncio.gather(*sending), TIMEOUT)
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 async def test_requests_written_unusually_are_answered_alike(start_server: Any) -> None:

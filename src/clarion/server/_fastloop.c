@@ -436,7 +436,10 @@ static int send_queued(queued *q, sendring_entry *e, int k) {
     for (int i = 0; i < k; i++) {
         ssize_t sent = e[i].res;
         if (rc == 0 && sent >= 0 && (size_t)sent == e[i].len) {
-            set_slot(q[i].box, off_pushed, Py_False); /* nothing waits: under any limit */
+            /* Nothing waits: under any limit, unless frames came since it was queued. */
+            PyObject *out = SLOT(q[i].box, off_out);
+            if (out != NULL && PyList_CheckExact(out) && PyList_GET_SIZE(out) == 0)
+                set_slot(q[i].box, off_pushed, Py_False);
         } else if (rc == 0 &&
                    write_rest(q[i].box, q[i].transport, q[i].data, sent > 0 ? sent : 0) < 0) {
             rc = report_failure(q[i].box);

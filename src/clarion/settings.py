@@ -575,9 +575,9 @@ class Settings(BaseModel):
     )
     io_uring: bool = Field(
         True,
-        description="with the compiled loops on Linux, send the frames of all the connections "
-        "an event-loop iteration wrote to in one system call (io_uring) where the kernel allows "
-        "it (false: one send each)",
+        description="with the compiled loops on Linux, send an event-loop iteration's frames to "
+        "the connections with one frame each in one system call (io_uring) where the kernel "
+        "allows it (false: one send each)",
     )
     permessage_deflate: bool = Field(
         True,

@@ -296,8 +296,12 @@ static PyObject *joined(PyObject *out) {
 }
 
 /* One connection's queue `out` to its `transport` (both held by the caller, as Python code
- * may run in between): 1 = done here, 0 = not the common case, -1 = error. */
-static int flush_queue(PyObject *box, PyObject *out, PyObject *transport) {
+ * may run in between): 1 = done here, 0 = not the common case, -1 = error; with `frame` (the
+ * ring), 2 = its one frame taken out of the queue into `*frame`, to go out with the
+ * iteration's others (send_queued). Several frames keep their own sendmsg(), which already
+ * shares its system call among them: joining them for the ring would copy every byte of a
+ * burst to save one call. */
+static int flush_queue(PyObject *box, PyObject *out, PyObject *transport, PyObject **frame) {
     Py_ssize_t n = PyList_GET_SIZE(out);
     set_slot(box, off_dirty, Py_False);
     if (n == 0) return 1;
@@ -320,6 +324,14 @@ static int flush_queue(PyObject *box, PyObject *out, PyObject *transport) {
         if (rc == 0) rc = write_rest(box, transport, data, 0);
         Py_DECREF(data);
         return rc < 0 ? -1 : 1;
+    }
+    if (frame != NULL && n == 1 && PyBytes_Check(PyList_GET_ITEM(out, 0))) {
+        *frame = Py_NewRef(PyList_GET_ITEM(out, 0));
+        if (clear_out(box, out) < 0) {
+            Py_CLEAR(*frame);
+            return -1;
+        }
+        return 2;
     }
     struct iovec iov[MAX_IOV];
     size_t total = 0;
@@ -361,31 +373,6 @@ static int flush_queue(PyObject *box, PyObject *out, PyObject *transport) {
     return rc < 0 ? -1 : 1;
 }
 
-/* With the ring: a connection that the common case would send one frame to directly has it
- * taken out of its queue into `*data`, to go out with the others (send_queued); it returns 2.
- * Otherwise what flush_queue does, now: several frames go out in one sendmsg() of their own,
- * which already shares its system call among them (joining them for the ring would cost a
- * copy of every byte in a burst, more than the call it saves). */
-static int queue_or_flush(PyObject *box, PyObject *out, PyObject *transport, PyObject **data) {
-    PyObject *backlog = SLOT(box, off_backlog), *fdobj = SLOT(box, off_fd);
-    if (PyList_GET_SIZE(out) != 1 || !PyBytes_Check(PyList_GET_ITEM(out, 0)) ||
-        SLOT(box, off_direct) != transport || backlog == NULL || !PyLong_CheckExact(backlog) ||
-        PyLong_AsSsize_t(backlog) != 0 || fdobj == NULL || !PyLong_CheckExact(fdobj))
-        return flush_queue(box, out, transport);
-    PyObject *closing = PyObject_CallMethodNoArgs(transport, str_is_closing);
-    if (closing == NULL) return -1;
-    int is_closing = PyObject_IsTrue(closing);
-    Py_DECREF(closing);
-    if (is_closing) return is_closing < 0 ? -1 : flush_queue(box, out, transport);
-    set_slot(box, off_dirty, Py_False);
-    *data = Py_NewRef(PyList_GET_ITEM(out, 0));
-    if (clear_out(box, out) < 0) {
-        Py_CLEAR(*data);
-        return -1;
-    }
-    return 2;
-}
-
 /* One connection: 1 = done here, 0 = not the common case (the caller runs the Python flush),
  * 2 = its frame in `*data`, to be sent with the iteration's others (only when `data` is
  * given), -1 = error. */
@@ -397,8 +384,7 @@ static int flush_fast(PyObject *box, PyObject **data) {
         return 0;
     Py_INCREF(out);
     Py_INCREF(transport);
-    int rc = data == NULL ? flush_queue(box, out, transport)
-                          : queue_or_flush(box, out, transport, data);
+    int rc = flush_queue(box, out, transport, data);
     Py_DECREF(transport);
     Py_DECREF(out);
     return rc;

@@ -37,9 +37,9 @@ class Server:
     ``flush_interval`` how long pushed frames may wait to share a write (0: until the end of the
     loop iteration; the setting is per event loop). ``compiled`` runs the fan-out's append and
     flush loops compiled when clarion was built with them (``False``: in Python; the setting
-    is per process, see :mod:`clarion.server.fastws`); with them, ``io_uring`` sends the frames
-    of a loop iteration's connections in one system call where the kernel allows it (Linux's
-    io_uring; ``False``: one ``send`` each). ``permessage_deflate`` accepts clients'
+    is per process, see :mod:`clarion.server.fastws`); with them, ``io_uring`` sends a loop
+    iteration's frames to the connections with one frame each in one system call where the
+    kernel allows it (Linux's io_uring; ``False``: one ``send`` each). ``permessage_deflate`` accepts clients'
     offers of compression (RFC 7692), each message compressed on its own.
 
     A request body must be complete within ``body_timeout`` seconds of its head; a response

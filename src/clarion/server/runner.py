@@ -39,8 +39,8 @@ class Server:
     flush loops compiled when clarion was built with them (``False``: in Python; the setting
     is per process, see :mod:`clarion.server.fastws`); with them, ``io_uring`` sends a loop
     iteration's frames to the connections with one frame each in one system call where the
-    kernel allows it (Linux's io_uring; ``False``: one ``send`` each). ``permessage_deflate`` accepts clients'
-    offers of compression (RFC 7692), each message compressed on its own.
+    kernel allows it (Linux's io_uring; ``False``: one ``send`` each). ``permessage_deflate``
+    accepts clients' offers of compression (RFC 7692), each message compressed on its own.
 
     A request body must be complete within ``body_timeout`` seconds of its head; a response
     whose client reads none of it for ``send_timeout`` seconds is cut (reset). Connections
